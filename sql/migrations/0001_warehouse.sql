@@ -125,7 +125,8 @@ create table if not exists taptouch.quarantine (
     raw_text        text,
     "window"        text,                   -- partition key or window, e.g. 2026-11-02
     run_id          text,
-    quarantined_at  timestamptz not null default now()
+    quarantined_at  timestamptz not null default now(),
+    resolved_at     timestamptz              -- set when a later load accepted a valid version of the record
 );
 create index if not exists quarantine_window on taptouch.quarantine (entity, "window");
 
