@@ -1,0 +1,340 @@
+"""TaptouchClient: envelope, ``index``/``count`` pagination, retries, rate limit, typed errors.
+
+Records are yielded lazily, page by page, as parsed JSON (``dict``) exactly as the API sent them,
+with every non-integer number as ``Decimal``. Validation and the mapping to warehouse rows live in
+:mod:`taptouch_resource.api` and the loader, so a malformed record is quarantined there, not lost
+here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import api, jsonutil
+from .auth import ENV_HINT, ClientCredentialsAuth
+from .errors import (
+    TaptouchAPIError,
+    TaptouchAuthError,
+    TaptouchConfigError,
+    TaptouchProtocolError,
+    TaptouchRateLimitError,
+)
+from .retry import RETRY_STATUSES, Backoff, ClientStats, RateLimiter, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+DEFAULT_MAX_PAGES = 100_000
+NO_RETRY_HINTS = {
+    400: "the request was malformed",
+    403: "the token may not read this resource",
+    404: "check the store id and TAPTOUCH_BASE_URL",
+    422: "a parameter was refused",
+}
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str) -> str:
+    """The base URL without a trailing slash; https unless the host is loopback (the sandbox)."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TaptouchConfigError(
+            f"TAPTOUCH_BASE_URL must be an https:// URL such as {api.DEFAULT_BASE_URL}, got {base_url!r}."
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise TaptouchConfigError(
+            f"Refusing plain http to {parts.hostname}: credentials and tokens would travel unencrypted. "
+            f"Use https:// (plain http is allowed only for loopback hosts such as the sandbox)."
+        )
+    if parts.username or parts.password:
+        raise TaptouchConfigError("TAPTOUCH_BASE_URL must not contain credentials; use TAPTOUCH_CLIENT_ID/SECRET.")
+    return base_url.strip().rstrip("/")
+
+
+def _iso(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        raise ValueError(f"{ts!r} has no time zone; pass an aware datetime (e.g. with tzinfo=timezone.utc)")
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class TaptouchClient:
+    """A client for the Taptouch integration API.
+
+    Keyword-only; every argument has a safe default except the credentials. ``transport`` lets
+    tests and the in-process sandbox run without sockets. One client is safe to share between
+    threads: the token cache, the rate limiter and the counters are shared.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        base_url: str = api.DEFAULT_BASE_URL,
+        scopes: tuple[str, ...] | list[str] = api.ALL_SCOPES,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        page_size: int = api.DEFAULT_PAGE_SIZE,
+        max_retries: int = 5,
+        requests_per_second: float | None = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        auth: ClientCredentialsAuth | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        retry_budget: float = 600.0,
+        backoff_cap: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        verify: Any = True,
+        max_connections: int = 16,
+    ):
+        if verify is False:
+            raise TaptouchConfigError(
+                "TLS verification cannot be switched off. To trust a private CA, pass verify= a CA "
+                "bundle path or an ssl.SSLContext."
+            )
+        if not 1 <= page_size <= api.MAX_PAGE_SIZE:
+            raise TaptouchConfigError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}, got {page_size}.")
+        self.base_url = check_base_url(base_url)
+        self.page_size = page_size
+        self.max_pages = max_pages
+        self._sleep = sleep
+        timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(10.0, timeout))
+        self.stats = auth.stats if auth is not None else ClientStats()
+        self._backoff = Backoff(max_retries=max_retries, cap=backoff_cap, budget=retry_budget)
+        self.auth = auth or ClientCredentialsAuth(
+            client_id=client_id,
+            client_secret=client_secret,
+            token_url=self.base_url + api.TOKEN_PATH,
+            scopes=scopes,
+            transport=transport,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=self._backoff,
+            sleep=sleep,
+            stats=self.stats,
+            verify=verify,
+        )
+        self.limiter = RateLimiter(requests_per_second, sleep=sleep)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.Client(
+            base_url=self.base_url, auth=self.auth, timeout=timeout, transport=transport, verify=verify,
+            limits=limits, headers={"Accept": "application/json", "User-Agent": "taptouch-sync/0.1"},
+        )
+
+    def __repr__(self) -> str:
+        return f"TaptouchClient(base_url={self.base_url!r}, client_id={self.auth.client_id!r})"
+
+    def __enter__(self) -> "TaptouchClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- public API ----------------------------------------------------------------------------
+    def list_stores(self) -> Iterator[dict]:
+        """Every store the token may read (``integration.store``)."""
+        return self._records(api.STORES_PATH, {}, "stores")
+
+    def iter_orders(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
+                    status: str | None = None) -> Iterator[dict]:
+        """Orders of one store with ``updated_at`` in ``[updated_from, updated_to)``, latest versions."""
+        for page in self.iter_order_pages(store_id, updated_from=updated_from, updated_to=updated_to, status=status):
+            yield from page
+
+    def iter_order_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
+                         status: str | None = None) -> Iterator[list[dict]]:
+        """Like :meth:`iter_orders`, one list per API page (the loader stages whole pages)."""
+        params: dict[str, Any] = {api.PARAM_UPDATED_FROM: _iso(updated_from), api.PARAM_UPDATED_TO: _iso(updated_to)}
+        if status:
+            params[api.PARAM_STATUS] = status
+        return self._paginate(api.ORDERS_PATH.format(store_id=int(store_id)), params, f"store {store_id} orders")
+
+    def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
+        """Current stock levels of one store (``integration.inventory``)."""
+        params: dict[str, Any] = {}
+        if updated_from is not None:
+            params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
+        return self._records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
+
+    def iter_inventory_pages(self, store_id: int) -> Iterator[list[dict]]:
+        return self._paginate(api.INVENTORY_PATH.format(store_id=int(store_id)), {}, f"store {store_id} inventory")
+
+    def log_summary(self, logger: logging.Logger | None = None) -> dict[str, int]:
+        s = self.stats.snapshot()
+        (logger or log).info(
+            "Taptouch API: %(requests)d requests, %(pages)d pages, %(records)d records, %(retries)d retries, "
+            "%(rate_limited)d rate-limited (429), %(server_errors)d server errors, %(token_requests)d token requests", s,
+        )
+        return s
+
+    # -- pagination ----------------------------------------------------------------------------
+    def _records(self, path: str, params: dict, what: str) -> Iterator[dict]:
+        for page in self._paginate(path, params, what):
+            yield from page
+
+    def _paginate(self, path: str, params: dict, what: str) -> Iterator[list[dict]]:
+        """Pages of ``path`` until a page shorter than ``count``; a repeated page is an error."""
+        count = self.page_size
+        previous: list | None = None
+        records = 0
+        index = 0
+        while True:
+            if index >= self.max_pages:
+                raise TaptouchProtocolError(
+                    f"{what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
+                )
+            page = self._get(path, {**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            if previous is not None and len(page) == count and page == previous:
+                raise TaptouchProtocolError(
+                    f"{what}: page {index} is identical to page {index - 1}; the server seems to ignore "
+                    f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever."
+                )
+            records += len(page)
+            self.stats.add(pages=1, records=len(page))
+            log.debug("%s: page %d, %d records", what, index, len(page))
+            yield page
+            if len(page) < count:
+                break
+            previous = page
+            index += 1
+        log.debug("%s: %d pages, %d records", what, index + 1, records)
+
+    # -- one request ---------------------------------------------------------------------------
+    def _get(self, path: str, params: dict) -> list:
+        attempt = 0
+        waited = 0.0
+        while True:
+            self.limiter.acquire()
+            self.stats.add(requests=1)
+            wait: float | None = None
+            try:
+                response = self._http.get(path, params=params)
+            except httpx.TransportError as exc:
+                self.stats.add(network_errors=1)
+                if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+                    raise TaptouchConfigError(f"Cannot reach {self.base_url}: {exc}. Check TAPTOUCH_BASE_URL.") from None
+                failure: Exception = exc
+                what = f"{type(exc).__name__}"
+            else:
+                status = response.status_code
+                if status == 200:
+                    data = self._envelope(response, path)
+                    if data is not None:
+                        return data
+                    what = "ack mismatch"  # HTTP 200 whose envelope acks a retryable failure
+                    failure = self._api_error(response, path)
+                elif status == 401:
+                    raise TaptouchAuthError(
+                        f"Taptouch refused the access token twice on {path} (HTTP 401): the token was revoked "
+                        f"or the client was disabled. {ENV_HINT}", status=401, error=self._error_code(response),
+                    )
+                elif status in RETRY_STATUSES:
+                    what = f"HTTP {status}"
+                    failure = self._api_error(response, path)
+                    if status == 429:
+                        self.stats.add(rate_limited=1)
+                        wait = parse_retry_after(response.headers.get("Retry-After"))
+                        if wait is None:
+                            wait = max(self._backoff.delay(attempt + 1), 1.0)
+                    else:
+                        self.stats.add(server_errors=1)
+                else:
+                    raise self._api_error(response, path)
+            attempt += 1
+            if wait is None:
+                wait = self._backoff.delay(attempt)
+            if attempt > self._backoff.max_retries or waited + wait > self._backoff.budget:
+                if isinstance(failure, TaptouchRateLimitError):
+                    raise failure
+                if isinstance(failure, TaptouchAPIError):
+                    raise failure
+                raise TaptouchAPIError(
+                    status=0, path=path, message=f"network error {what} after {attempt} attempts",
+                    hint=f"check that {self.base_url} is reachable",
+                ) from None
+            waited += wait
+            self.stats.add(retries=1)
+            log.info("GET %s: %s; retry %d/%d in %.2fs", path, what, attempt, self._backoff.max_retries, wait)
+            self._sleep(wait)
+
+    def _envelope(self, response: httpx.Response, path: str) -> list | None:
+        """``data`` of a 200 envelope; None when ``ack`` says a retryable failure; raises otherwise."""
+        try:
+            doc = jsonutil.loads(response.content)
+        except ValueError:
+            raise TaptouchProtocolError(
+                f"GET {path}: HTTP 200 but the body is not JSON ({_peek(response)}). Is TAPTOUCH_BASE_URL the API?"
+            ) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get(api.ENVELOPE_STATUS), dict):
+            raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
+        ack = doc[api.ENVELOPE_STATUS].get(api.ENVELOPE_ACK)
+        if ack != 200:
+            if isinstance(ack, int) and ack in RETRY_STATUSES:
+                return None
+            raise self._api_error(response, path, doc=doc)
+        data = doc.get(api.ENVELOPE_DATA)
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise TaptouchProtocolError(
+                f"GET {path}: envelope 'data' is {type(data).__name__}, expected a list of records."
+            )
+        return data
+
+    def _error_code(self, response: httpx.Response) -> str | None:
+        try:
+            doc = jsonutil.loads(response.content)
+            errors = doc[api.ENVELOPE_STATUS][api.ENVELOPE_ERRORS]
+            return errors.get(api.ERROR_CODE) if isinstance(errors, dict) else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _api_error(self, response: httpx.Response, path: str, doc: Any = None) -> TaptouchAPIError:
+        status = response.status_code
+        ack = code = message = parameter = None
+        if doc is None:
+            try:
+                doc = jsonutil.loads(response.content)
+            except ValueError:
+                doc = None
+        if isinstance(doc, dict) and isinstance(doc.get(api.ENVELOPE_STATUS), dict):
+            st = doc[api.ENVELOPE_STATUS]
+            ack = st.get(api.ENVELOPE_ACK)
+            errors = st.get(api.ENVELOPE_ERRORS)
+            if isinstance(errors, dict):
+                code = errors.get(api.ERROR_CODE)
+                message = errors.get(api.ERROR_MESSAGE)
+                parameter = errors.get(api.ERROR_PARAMETER)
+            elif errors is not None:
+                message = str(errors)
+        elif doc is None:
+            message = f"non-JSON body ({_peek(response)})"
+        code = str(code)[:100] if code is not None else None
+        message = str(message)[:500] if message is not None else None
+        hint = NO_RETRY_HINTS.get(status)
+        if code == api.ERROR_STORE_FORBIDDEN:
+            hint = "the merchant has not granted this store to the integration"
+        cls = TaptouchRateLimitError if status == 429 else TaptouchAPIError
+        return cls(status=status, ack=ack, code=code, message=message, path=path, parameter=parameter, hint=hint)
+
+
+def _peek(response: httpx.Response) -> str:
+    ctype = response.headers.get("content-type", "?")
+    return f"content-type {ctype}, {len(response.content)} bytes"

@@ -1,0 +1,105 @@
+"""Retry timing, ``Retry-After`` parsing, a shared request-rate limiter and request counters."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from email.utils import parsedate_to_datetime
+from typing import Callable
+
+# 429 with ``Retry-After: 0`` means "now", but a client that retries at once spins; wait this much.
+MIN_RETRY_AFTER = 0.25
+# A server asking for more than this is treated as "wait this long", so a bad header cannot park a run.
+MAX_RETRY_AFTER = 120.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date. None if absent/invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - now()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog), capped, with a total budget."""
+
+    max_retries: int = 5
+    base: float = 0.5
+    cap: float = 30.0
+    budget: float = 600.0  # seconds of waiting allowed for one request, all retries together
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        """Wait before retry number ``attempt`` (1-based)."""
+        return self.rng.uniform(0, min(self.cap, self.base * (2 ** (attempt - 1))))
+
+
+class RateLimiter:
+    """At most ``rate`` requests per second across every thread using it (a spaced schedule).
+
+    Each caller reserves the next free slot under a lock, then sleeps outside it, so threads queue
+    fairly and the lock is never held while waiting.
+    """
+
+    def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.interval = 0.0 if not rate or rate <= 0 else 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
+
+
+@dataclass
+class ClientStats:
+    """Counters for one client (thread-safe increments). Shown in logs and asset metadata."""
+
+    requests: int = 0
+    pages: int = 0
+    records: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+    network_errors: int = 0
+    token_requests: int = 0
+    unauthorized: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}

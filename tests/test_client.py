@@ -1,0 +1,422 @@
+"""Unit tests of the client, token manager and parsing, against httpx.MockTransport (no sockets)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from email.utils import format_datetime
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from taptouch_resource import (
+    ClientCredentialsAuth,
+    TaptouchAPIError,
+    TaptouchAuthError,
+    TaptouchClient,
+    TaptouchConfigError,
+    TaptouchProtocolError,
+    TaptouchRateLimitError,
+    TaptouchResource,
+)
+from taptouch_resource import jsonutil
+from taptouch_resource.retry import MIN_RETRY_AFTER, parse_retry_after
+
+SECRET = "s3cr3t-value-never-shown"
+BASE = "https://api.taptouch.test"
+T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+T1 = T0 + timedelta(days=1)
+
+
+def envelope(data, ack=200, errors=None):
+    return {"status": {"timestamp": 1764300000, "ack": ack, "errors": errors}, "data": data}
+
+
+class FakeAPI:
+    """A scriptable Taptouch: a token endpoint and one paginated list, with queued faults."""
+
+    def __init__(self, records=None, *, lifetime=172800, scope=None):
+        self.records = records if records is not None else [{"id": i, "v": Decimal("0.10")} for i in range(250)]
+        self.lifetime = lifetime
+        self.scope = scope
+        self.token_calls = 0
+        self.api_calls = 0
+        self.valid_tokens: set[str] = set()
+        self.faults: list[httpx.Response] = []  # served (one each) before normal API answers
+        self.token_faults: list[httpx.Response] = []
+        self.ignore_index = False
+        self.seen_auth: list[str] = []
+        self.lock = threading.Lock()
+        self.token_delay = 0.0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/v2/token":
+            with self.lock:
+                self.token_calls += 1
+                fault = self.token_faults.pop(0) if self.token_faults else None
+                n = self.token_calls
+            if self.token_delay:
+                time.sleep(self.token_delay)
+            if fault is not None:
+                return fault
+            form = parse_qs(request.content.decode())
+            if form.get("client_secret") != [SECRET]:
+                return httpx.Response(401, json={"error": "invalid_client", "error_description": "bad secret"})
+            token = f"tok-{n}"
+            with self.lock:
+                self.valid_tokens.add(token)
+            body = {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime}
+            body["scope"] = self.scope if self.scope is not None else form["scope"][0]
+            return httpx.Response(200, json=body)
+        with self.lock:
+            self.api_calls += 1
+            fault = self.faults.pop(0) if self.faults else None
+        auth = request.headers.get("Authorization", "")
+        self.seen_auth.append(auth)
+        if fault is not None:
+            return fault
+        if auth.split(" ", 1)[-1] not in self.valid_tokens:
+            return httpx.Response(401, json=envelope(None, 401, {"code": "invalid_token", "message": "expired"}))
+        q = request.url.params
+        count, index = int(q.get("count", 100)), int(q.get("index", 0))
+        if self.ignore_index:
+            index = 0
+        page = self.records[index * count:(index + 1) * count]
+        return httpx.Response(200, content=jsonutil.dumps(envelope(page)).encode())
+
+
+def make_client(fake, **kw):
+    kw.setdefault("sleep", lambda s: None)
+    kw.setdefault("requests_per_second", None)
+    return TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE,
+                          transport=httpx.MockTransport(fake), **kw)
+
+
+def test_pagination_and_decimal_exactness():
+    fake = FakeAPI(records=[{"id": i, "amount": Decimal("0.10")} for i in range(10_000)])
+    client = make_client(fake, page_size=500)
+    records = list(client._records("/integration/v1/stores", {}, "test"))
+    assert [r["id"] for r in records] == list(range(10_000))
+    total = sum(r["amount"] for r in records)
+    assert total == Decimal("1000.00") and isinstance(records[0]["amount"], Decimal)
+    assert sum(0.1 for _ in range(10_000)) != 1000.0  # the float way is wrong: why Decimal matters
+    # 10,000 records / 500 = 20 full pages, then an empty one ends it
+    assert client.stats.pages == 21 and fake.token_calls == 1
+
+
+def test_short_page_stops_and_params_sent():
+    fake = FakeAPI(records=[{"id": i} for i in range(250)])
+    seen = []
+
+    def spy(request):
+        seen.append(dict(request.url.params))
+        return fake(request)
+
+    client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(spy),
+                            page_size=100, requests_per_second=None, sleep=lambda s: None)
+    got = list(client.iter_orders(7101, updated_from=T0, updated_to=T1))
+    assert len(got) == 250
+    api_calls = [p for p in seen if "index" in p]
+    assert [p["index"] for p in api_calls] == ["0", "1", "2"]
+    assert api_calls[0]["updated_from"] == "2026-11-02T00:00:00Z" and api_calls[0]["updated_to"] == "2026-11-03T00:00:00Z"
+    assert all(p["count"] == "100" for p in api_calls)
+
+
+def test_iteration_is_lazy():
+    fake = FakeAPI(records=[{"id": i} for i in range(1000)])
+    client = make_client(fake, page_size=100)
+    it = client.iter_orders(1, updated_from=T0, updated_to=T1)
+    assert fake.api_calls == 0
+    next(it)
+    assert fake.api_calls == 1
+
+
+def test_repeated_page_guard():
+    fake = FakeAPI(records=[{"id": i} for i in range(1000)])
+    fake.ignore_index = True
+    client = make_client(fake, page_size=100)
+    with pytest.raises(TaptouchProtocolError, match="identical"):
+        list(client.iter_orders(1, updated_from=T0, updated_to=T1))
+    assert fake.api_calls == 2
+
+
+def test_max_pages_bound():
+    fake = FakeAPI(records=[{"id": i} for i in range(1000)])
+    client = make_client(fake, page_size=10, max_pages=5)
+    with pytest.raises(TaptouchProtocolError, match="more than 5 pages"):
+        list(client.iter_orders(1, updated_from=T0, updated_to=T1))
+
+
+def test_concurrent_first_requests_fetch_one_token():
+    fake = FakeAPI(records=[{"id": 1}])
+    fake.token_delay = 0.05
+    client = make_client(fake)
+    barrier = threading.Barrier(16)
+    errors = []
+
+    def work():
+        try:
+            barrier.wait()
+            list(client.list_stores())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert fake.token_calls == 1 and fake.api_calls == 16
+
+
+def test_token_refreshed_early_with_fake_clock():
+    now = [1000.0]
+    fake = FakeAPI(lifetime=100)
+    auth = ClientCredentialsAuth(client_id="cid", client_secret=SECRET, token_url=BASE + "/auth/v2/token",
+                                 transport=httpx.MockTransport(fake), clock=lambda: now[0])
+    first = auth.get_token()
+    now[0] += 89  # margin = min(300, 10% of 100) = 10 s: still valid at 89 s
+    assert auth.get_token() == first and fake.token_calls == 1
+    now[0] += 2  # 91 s: inside the margin -> refreshed before it expires
+    second = auth.get_token()
+    assert second != first and fake.token_calls == 2
+    # a 2-day token refreshes 300 s early
+    fake.lifetime = 172800
+    now[0] += 200
+    auth.invalidate(second)
+    t = auth.get_token()
+    now[0] += 172800 - 301
+    assert auth.get_token() == t
+    now[0] += 2
+    assert auth.get_token() != t
+
+
+def test_401_refreshes_once_and_resends():
+    fake = FakeAPI(records=[{"id": 1}])
+    client = make_client(fake)
+    list(client.list_stores())
+    fake.valid_tokens.clear()  # revoked mid-sync
+    assert [r["id"] for r in client.list_stores()] == [1]
+    assert fake.token_calls == 2
+    assert fake.seen_auth[-2] == "Bearer tok-1" and fake.seen_auth[-1] == "Bearer tok-2"
+
+
+def test_second_401_raises_auth_error():
+    fake = FakeAPI()
+    client = make_client(fake)
+    always_401 = httpx.Response(401, json=envelope(None, 401, {"code": "invalid_token", "message": "revoked"}))
+    fake.faults = [always_401, always_401]
+    with pytest.raises(TaptouchAuthError, match="TAPTOUCH_CLIENT_ID"):
+        list(client.list_stores())
+    assert fake.token_calls == 2
+
+
+def test_bad_credentials_name_env_vars_and_hide_secret(caplog):
+    fake = FakeAPI()
+    client = TaptouchClient(client_id="cid", client_secret="wrong-" + SECRET, base_url=BASE,
+                            transport=httpx.MockTransport(fake), sleep=lambda s: None)
+    with caplog.at_level(logging.DEBUG), pytest.raises(TaptouchAuthError) as err:
+        list(client.list_stores())
+    text = str(err.value)
+    assert "invalid_client" in text and "TAPTOUCH_CLIENT_SECRET" in text
+    assert SECRET not in text and SECRET not in caplog.text and SECRET not in repr(client)
+    assert SECRET not in repr(client.auth)
+
+
+def test_token_error_envelope_form():
+    fake = FakeAPI()
+    fake.token_faults = [httpx.Response(401, json=envelope(None, 401, {"code": "invalid_client", "message": "nope"}))]
+    client = make_client(fake)
+    with pytest.raises(TaptouchAuthError, match="invalid_client: nope"):
+        list(client.list_stores())
+
+
+def test_token_endpoint_retried_on_429_and_5xx():
+    fake = FakeAPI(records=[{"id": 1}])
+    fake.token_faults = [httpx.Response(429, headers={"Retry-After": "0"}),
+                         httpx.Response(503, text="<html>down</html>")]
+    sleeps = []
+    client = make_client(fake, sleep=sleeps.append)
+    client.auth._sleep = sleeps.append
+    assert len(list(client.list_stores())) == 1
+    assert fake.token_calls == 3 and sleeps[0] == MIN_RETRY_AFTER
+
+
+def test_narrower_scope_is_a_clear_error():
+    fake = FakeAPI(scope="integration.store")
+    client = make_client(fake)
+    with pytest.raises(TaptouchAuthError) as err:
+        list(client.list_stores())
+    assert err.value.missing_scopes == ("integration.order", "integration.inventory")
+    assert "integration.order" in str(err.value)
+
+
+def test_retry_after_zero_waits_a_minimum_and_date_form():
+    fake = FakeAPI(records=[{"id": 1}])
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    fake.faults = [
+        httpx.Response(429, headers={"Retry-After": "0"}, json=envelope(None, 429, "slow down")),
+        httpx.Response(429, headers={"Retry-After": format_datetime(when, usegmt=True)}, json=envelope(None, 429, "x")),
+        httpx.Response(429, headers={"Retry-After": "2"}, json=envelope(None, 429, "x")),
+    ]
+    sleeps = []
+    client = make_client(fake, sleep=sleeps.append)
+    assert len(list(client.list_stores())) == 1
+    assert sleeps[0] == MIN_RETRY_AFTER
+    assert 27 <= sleeps[1] <= 31
+    assert sleeps[2] == 2.0
+    assert client.stats.rate_limited == 3 and client.stats.retries == 3
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after("0") == MIN_RETRY_AFTER
+    assert parse_retry_after("5") == 5.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=lambda: 1445412470.0) == 10.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after("100000") == 120.0
+
+
+def test_rate_limit_retries_used_up():
+    fake = FakeAPI()
+    fake.faults = [httpx.Response(429, headers={"Retry-After": "1"}, json=envelope(None, 429, "x"))] * 10
+    client = make_client(fake, max_retries=3)
+    with pytest.raises(TaptouchRateLimitError):
+        list(client.list_stores())
+    assert fake.api_calls == 4
+
+
+def test_5xx_html_retried_with_capped_jittered_backoff():
+    fake = FakeAPI(records=[{"id": 1}])
+    fake.faults = [httpx.Response(s, text="<html><h1>bad gateway</h1></html>") for s in (500, 502, 503, 504)]
+    sleeps = []
+    client = make_client(fake, sleep=sleeps.append, max_retries=5, backoff_cap=1.0)
+    assert len(list(client.list_stores())) == 1
+    assert len(sleeps) == 4 and all(0 <= s <= 1.0 for s in sleeps)
+    assert client.stats.server_errors == 4
+
+
+def test_network_errors_retried():
+    fake = FakeAPI(records=[{"id": 1}])
+    calls = {"n": 0}
+
+    def flaky(request):
+        if "/integration/" in request.url.path and calls["n"] < 2:
+            calls["n"] += 1
+            raise httpx.ReadTimeout("timed out", request=request)
+        return fake(request)
+
+    client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(flaky),
+                            sleep=lambda s: None)
+    assert len(list(client.list_stores())) == 1
+    assert client.stats.network_errors == 2
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 422])
+def test_no_retry_on_client_errors(status):
+    fake = FakeAPI()
+    fake.faults = [httpx.Response(status, json=envelope(None, status, {"code": "store_forbidden" if status == 403 else "bad",
+                                                                        "message": "m", "parameter": "count"}))]
+    client = make_client(fake)
+    with pytest.raises(TaptouchAPIError) as err:
+        list(client.iter_orders(7101, updated_from=T0, updated_to=T1))
+    assert err.value.status == status and fake.api_calls == 1
+    assert "/integration/v1/stores/7101/orders" in str(err.value)
+    if status == 422:
+        assert err.value.parameter == "count" and "count" in str(err.value)
+    if status == 403:
+        assert err.value.code == "store_forbidden"
+
+
+def test_envelope_checks():
+    fake = FakeAPI()
+    client = make_client(fake)
+    fake.faults = [httpx.Response(200, text="<html>hello</html>")]
+    with pytest.raises(TaptouchProtocolError, match="not JSON"):
+        list(client.list_stores())
+    fake.faults = [httpx.Response(200, json={"data": []})]
+    with pytest.raises(TaptouchProtocolError, match="envelope"):
+        list(client.list_stores())
+    fake.faults = [httpx.Response(200, json=envelope({"id": 1}))]
+    with pytest.raises(TaptouchProtocolError, match="expected a list"):
+        list(client.list_stores())
+    # ack contradicting a 200: a 4xx ack is an error with the string errors surfaced
+    fake.faults = [httpx.Response(200, json=envelope(None, 404, "store not found"))]
+    with pytest.raises(TaptouchAPIError) as err:
+        list(client.list_stores())
+    assert err.value.ack == 404 and "store not found" in str(err.value)
+    # a 5xx ack in a 200 is retried like a 5xx
+    fake.faults = [httpx.Response(200, json=envelope(None, 500, "oops"))]
+    assert len(list(client.list_stores())) == 250
+
+
+def test_rate_limiter_spaces_requests_across_threads():
+    from taptouch_resource.retry import RateLimiter
+
+    limiter = RateLimiter(50)
+    start = time.monotonic()
+    threads = [threading.Thread(target=lambda: [limiter.acquire() for _ in range(10)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 40 acquisitions at 50/s need at least 39 intervals of 20 ms
+    assert time.monotonic() - start >= 0.75
+
+
+@pytest.mark.parametrize("url", ["http://api.taptouch.net", "http://10.0.0.5:8080", "ftp://x", "api.taptouch.net"])
+def test_plain_http_to_remote_refused(url):
+    with pytest.raises(TaptouchConfigError):
+        TaptouchClient(client_id="a", client_secret="b", base_url=url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8765", "http://localhost:1", "http://[::1]:9", "https://api.taptouch.net"])
+def test_loopback_http_and_https_allowed(url):
+    TaptouchClient(client_id="a", client_secret="b", base_url=url)
+
+
+def test_tls_verification_cannot_be_disabled():
+    with pytest.raises(TaptouchConfigError, match="TLS verification"):
+        TaptouchClient(client_id="a", client_secret="b", verify=False)
+
+
+def test_secret_absent_from_repr_logs_and_errors(caplog):
+    fake = FakeAPI(records=[{"id": 1}])
+    fake.faults = [httpx.Response(500, text="x")]
+    with caplog.at_level(logging.DEBUG):
+        client = make_client(fake)
+        list(client.list_stores())
+        client.log_summary()
+        res = TaptouchResource(client_id="cid", client_secret=SECRET, base_url=BASE)
+        shown = repr(res) + str(res) + repr(client) + repr(client.auth) + repr(client.auth._token)
+    assert SECRET not in shown and SECRET not in caplog.text
+    assert "tok-1" not in shown and "tok-1" not in caplog.text
+
+
+def test_resource_requires_credentials():
+    with pytest.raises(TaptouchConfigError, match="TAPTOUCH_CLIENT_SECRET"):
+        TaptouchResource(client_id="cid", client_secret="").get_client()
+    with pytest.raises(TaptouchConfigError, match="TAPTOUCH_CLIENT_ID"):
+        TaptouchResource(client_id=" ", client_secret="x").get_client()
+
+
+def test_resource_clients_share_one_token():
+    fake = FakeAPI(records=[{"id": 1}])
+    res = TaptouchResource(client_id="cid", client_secret=SECRET, base_url=BASE).with_transport(httpx.MockTransport(fake))
+    for _ in range(3):
+        list(res.get_client().list_stores())
+    assert fake.token_calls == 1
+
+
+def test_jsonutil_roundtrip_exact():
+    text = '{"a":45.50,"b":[1,2.000,-0.01],"c":"x\\ty\\u0000"}'
+    doc = jsonutil.loads(text)
+    assert doc["a"] == Decimal("45.50") and str(doc["a"]) == "45.50"
+    assert jsonutil.dumps({"a": doc["a"], "b": doc["b"]}) == '{"a":45.50,"b":[1,2.000,-0.01]}'
+    assert jsonutil.loads("NaN").is_nan()
+    assert json.loads(jsonutil.dumps({"s": "tab\t\"q\" \\ 🍰"})) == {"s": "tab\t\"q\" \\ 🍰"}
