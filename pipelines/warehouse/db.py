@@ -22,6 +22,7 @@ Passwords never appear in logs or error messages: everything that shows a URL go
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -230,7 +231,10 @@ def stop_embedded_server(data_dir: str | Path | None = None) -> bool:
             from pgserver.postgres_server import PostgresServer
 
             pgserver.pg_ctl(["-w", "stop"], pgdata=pgdata, user=_pgserver_system_user())
-            PostgresServer._instances.pop(pgdata, None)
+            handle = PostgresServer._instances.pop(pgdata, None)
+            if handle is not None:  # this process's pgserver handle: forget it, at exit too
+                atexit.unregister(handle._cleanup)
+                handle.global_process_id_list.get_and_remove(os.getpid())
             logger.info("stopped embedded PostgreSQL in %s", pgdata)
             return True
 

@@ -1,0 +1,179 @@
+"""The migration runner against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipelines.warehouse.db import connect
+from pipelines.warehouse.migrations import MigrationError, discover, migrate, migrations_dir, pending, status
+
+CONTRACT_TABLES = {
+    "stores",
+    "orders",
+    "order_items",
+    "order_payments",
+    "order_refunds",
+    "inventory_levels",
+    "inventory_snapshots",
+    "quarantine",
+}
+
+MONEY_COLUMNS = {
+    "orders": {"subtotal", "discount", "surcharge", "rounding", "tax", "total", "tips"},
+    "order_items": {"unit_price", "discount", "tax", "total"},
+    "order_payments": {"amount", "tip", "surcharge"},
+    "order_refunds": {"amount"},
+    "inventory_levels": {"cost_price", "sell_price"},
+    "inventory_snapshots": {"cost_price", "sell_price"},
+}
+
+
+@pytest.fixture
+def migrations_copy(tmp_path: Path) -> Path:
+    """A writable copy of the real migration files."""
+    target = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), target)
+    return target
+
+
+def _applied_versions(url: str) -> list[tuple[int, str]]:
+    with connect(url) as conn:
+        return conn.execute(
+            "select version, name from taptouch_meta.schema_migrations order by version"
+        ).fetchall()
+
+
+def test_migrate_creates_contract_tables_with_exact_money(database_url: str) -> None:
+    applied = migrate(database_url)
+
+    assert applied == [m.name for m in discover()]
+    with connect(database_url) as conn:
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "select table_name from information_schema.tables where table_schema = 'taptouch'"
+            )
+        }
+        columns = {
+            (table, column): (data_type, precision, scale)
+            for table, column, data_type, precision, scale in conn.execute(
+                "select table_name, column_name, data_type, numeric_precision, numeric_scale"
+                " from information_schema.columns where table_schema = 'taptouch'"
+            )
+        }
+    assert CONTRACT_TABLES <= tables
+    for table, money in MONEY_COLUMNS.items():
+        for column in money:
+            assert columns[(table, column)] == ("numeric", 12, 2), (table, column)
+
+
+def test_second_migrate_applies_nothing(database_url: str) -> None:
+    first = migrate(database_url)
+    assert first
+    assert pending(database_url) == []
+
+    assert migrate(database_url) == []
+    assert [name for _, name in _applied_versions(database_url)] == first
+    assert {s.state for s in status(database_url)} == {"applied"}
+
+
+def test_pending_lists_unapplied_files_in_order(database_url: str, migrations_copy: Path) -> None:
+    (migrations_copy / "0002_extra.sql").write_text("create table taptouch.extra (id int);\n")
+    assert pending(database_url, directory=migrations_copy) == ["0001_warehouse.sql", "0002_extra.sql"]
+
+
+def test_changed_applied_file_is_refused(database_url: str, migrations_copy: Path) -> None:
+    migrate(database_url, directory=migrations_copy)
+    (migrations_copy / "0002_later.sql").write_text("create table taptouch.later (id int);\n")
+    original = migrations_copy / "0001_warehouse.sql"
+    original.write_bytes(original.read_bytes() + b"\n-- edited after it was applied\n")
+
+    with pytest.raises(MigrationError) as raised:
+        migrate(database_url, directory=migrations_copy)
+
+    message = str(raised.value)
+    assert "0001_warehouse.sql" in message
+    assert "immutable" in message and "new numbered file" in message
+    # Nothing after the changed file was applied either.
+    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql")]
+    assert [s.state for s in status(database_url, directory=migrations_copy)] == ["changed", "pending"]
+
+
+def test_failing_file_rolls_back_and_is_named(database_url: str, migrations_copy: Path) -> None:
+    broken = migrations_copy / "0002_broken.sql"
+    broken.write_text(
+        "create table taptouch.half_done (id int);\n"
+        "insert into taptouch.no_such_table values (1);\n"
+    )
+
+    with pytest.raises(MigrationError) as raised:
+        migrate(database_url, directory=migrations_copy)
+
+    message = str(raised.value)
+    assert "0002_broken.sql" in message
+    assert "no_such_table" in message  # the PostgreSQL error
+    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql")]  # earlier file stays
+    with connect(database_url) as conn:
+        assert conn.execute("select to_regclass('taptouch.half_done')").fetchone() == (None,)
+
+    # Fixed, the file applies on the next run.
+    broken.write_text("create table taptouch.half_done (id int);\n")
+    assert migrate(database_url, directory=migrations_copy) == ["0002_broken.sql"]
+
+
+def test_badly_named_file_is_refused(database_url: str, migrations_copy: Path) -> None:
+    (migrations_copy / "add_things.sql").write_text("select 1;\n")
+    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+        migrate(database_url, directory=migrations_copy)
+
+
+def _migrate_in_child(url: str, directory: str, barrier, results) -> None:
+    barrier.wait(timeout=60)
+    try:
+        results.put(("ok", migrate(url, directory=directory)))
+    except BaseException as err:  # reported to the parent, which fails the test
+        results.put(("error", repr(err)))
+
+
+def test_concurrent_processes_apply_each_migration_once(
+    database_url: str, migrations_copy: Path
+) -> None:
+    # A slow extra file widens the window in which processes overlap.
+    (migrations_copy / "0002_slow.sql").write_text(
+        "create table taptouch.slow_marker (id int primary key);\n"
+        "insert into taptouch.slow_marker values (1);\n"
+        "select pg_sleep(0.5);\n"
+    )
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_migrate_in_child, args=(database_url, str(migrations_copy), barrier, results)
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+
+    errors = [detail for kind, detail in outcomes if kind == "error"]
+    assert errors == []
+    applied_by_all = [name for _, names in outcomes for name in names]
+    assert sorted(applied_by_all) == ["0001_warehouse.sql", "0002_slow.sql"]
+    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql"), (2, "0002_slow.sql")]
+    with connect(database_url) as conn:
+        assert conn.execute("select count(*) from taptouch.slow_marker").fetchone() == (1,)
+
+
+def test_migrate_reports_unreachable_server() -> None:
+    with pytest.raises(psycopg.OperationalError):
+        migrate("postgresql://nobody@127.0.0.1:1/nothing")
