@@ -140,6 +140,7 @@ def _migrate_in_child(url: str, directory: str, barrier, results) -> None:
         results.put(("error", repr(err)))
 
 
+@pytest.mark.slow
 def test_concurrent_processes_apply_each_migration_once(
     database_url: str, migrations_copy: Path
 ) -> None:

@@ -319,8 +319,8 @@ class PostgresResource(dg.ConfigurableResource):
         description=(
             "PostgreSQL URL, postgresql://user:password@host:5432/dbname. When unset, falls back "
             f"to the environment variable {DATABASE_URL_ENV}, then to the embedded PostgreSQL "
-            f"(data in ${PGDATA_ENV}, default <project root>/.taptouch/pgdata). Pass secrets "
-            f'with dg.EnvVar("{DATABASE_URL_ENV}") rather than a literal.'
+            f"(data in ${PGDATA_ENV}, default <project root>/.taptouch/pgdata). Leaving it unset "
+            "and setting the environment variable keeps the password out of code and run config."
         ),
     )
     statement_timeout_ms: Optional[int] = Field(
