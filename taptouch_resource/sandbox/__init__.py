@@ -1,0 +1,17 @@
+"""A faithful fake of the Taptouch API (see /work/shared/taptouch-api.md): deterministic, with faults.
+
+    from taptouch_resource.sandbox import Sandbox, SandboxConfig, Faults
+
+    sb = Sandbox(SandboxConfig(seed=1, stores=3, days=30, end_date=date(2026, 11, 27)), faults=Faults())
+    httpx.Client(base_url="https://api.taptouch.net", transport=sb.transport())   # in-process
+    with sb.serve() as url: ...                                                   # real HTTP
+
+Helpers (``sb.stores()``, ``sb.orders(store_id)``, ``sb.orders_in_window(...)``, ``sb.inventory(...)``)
+return the clean truth: records exactly as served, parsed with ``parse_float=Decimal``, without the
+malformed-record or extra-field faults applied. ``truth`` computes the expected analytics.
+"""
+
+from .app import MALFORMED_KINDS, Sandbox
+from .config import ALL_SCOPES, Faults, SandboxConfig, Stats
+
+__all__ = ["ALL_SCOPES", "MALFORMED_KINDS", "Faults", "Sandbox", "SandboxConfig", "Stats"]

@@ -1,0 +1,527 @@
+"""The Sandbox: a fake Taptouch server (OAuth token endpoint + Integration API) with faults.
+
+One request handler (``Sandbox.handle``) serves both an in-process ``httpx.MockTransport`` and a
+real HTTP server on a background thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import math
+import re
+import secrets
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+
+from ._json import dumps, loads
+from .config import ALL_SCOPES, Faults, SandboxConfig, Stats
+from .data import STATUS_CODE, OrderData
+
+MAX_COUNT = 500
+DEFAULT_COUNT = 100
+_TOKEN_PATH = re.compile(r"/auth/v2/token/?$")
+_API_PATH = re.compile(r"/integration/v1/stores(?:/([^/]+)/(orders|inventory))?/?$")
+_SCOPE_FOR = {None: "integration.store", "orders": "integration.order", "inventory": "integration.inventory"}
+_HTML_ERRORS = [(500, "Internal Server Error"), (502, "Bad Gateway"), (503, "Service Unavailable")]
+MALFORMED_KINDS = ("missing_total", "total_not_a_number", "created_at_without_offset",
+                   "items_not_a_list", "nul_in_number", "subtotal_three_decimals")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    stall: bool = False  # the timeout fault fired: HTTP sleeps, the mock transport raises ReadTimeout
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **more: Any):
+        super().__init__(message)
+        self.status, self.errors = status, {"code": code, "message": message, **more}
+
+
+def malformed_kind(order_id: int, every: int) -> str | None:
+    """The malformed-record kind of an order under ``malformed_every = every``, or None if served clean."""
+    if every <= 0:
+        return None
+    h = zlib.crc32(order_id.to_bytes(8, "little"))
+    if h % every:
+        return None
+    return MALFORMED_KINDS[(h // every) % len(MALFORMED_KINDS)]
+
+
+def _corrupt(record: dict, kind: str) -> dict:
+    if kind == "missing_total":
+        del record["total"]
+    elif kind == "total_not_a_number":
+        record["total"] = "abc"
+    elif kind == "created_at_without_offset":
+        record["created_at"] = datetime.fromisoformat(record["created_at"]).replace(tzinfo=None).isoformat()
+    elif kind == "items_not_a_list":
+        record["items"] = {str(i["id"]): i for i in record["items"]}
+    elif kind == "nul_in_number":
+        record["number"] = record["number"] + "\x00"
+    elif kind == "subtotal_three_decimals":
+        from decimal import Decimal
+
+        record["subtotal"] = record["subtotal"] + Decimal("0.005")
+    return record
+
+
+def _add_extra_fields(record: dict, kind: str) -> dict:
+    record["x_loyalty_tier"] = "gold"
+    record["x_meta"] = {"schema": 3, "source": f"sandbox-{kind}", "tags": ["☕", "beta"], "weight": 0.5,
+                        "nested": {"flag": True, "list": [1, None]}}
+    if kind == "order":
+        for item in record.get("items") or []:
+            item["x_kitchen_station"] = "bar" if item.get("category") == "Coffee" else "kitchen"
+    return record
+
+
+class _FaultCounter:
+    """'Every N' counting that restarts whenever the knob's value changes."""
+
+    __slots__ = ("every", "count", "left")
+
+    def __init__(self) -> None:
+        self.every, self.count, self.left = 0, 0, 0
+
+    def fires(self, every: int, burst: int = 1) -> bool:
+        if every != self.every:
+            self.every, self.count, self.left = every, 0, 0
+        if every <= 0:
+            return False
+        self.count += 1
+        if self.left > 0:
+            self.left -= 1
+            return True
+        if self.count % every == 0:
+            self.left = max(0, burst - 1)
+            return True
+        return False
+
+
+class Sandbox:
+    """A deterministic fake Taptouch merchant. See the package docstring for the surface."""
+
+    def __init__(self, config: SandboxConfig | None = None, *, faults: Faults | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config or SandboxConfig()
+        self.end_date: date = self.config.end_date or datetime.now(timezone.utc).date()
+        self.faults = faults if faults is not None else Faults()
+        self.stats = Stats()
+        self.clock = clock
+        self._data = OrderData(self.config, self.end_date)
+        self._tokens: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.RLock()
+        self._counters: dict[str, _FaultCounter] = {}
+        self._html_turn = 0
+        self._token_turn = 0
+
+    def __repr__(self) -> str:  # no secret in repr
+        c = self.config
+        return f"Sandbox(seed={c.seed}, stores={c.stores}, days={c.days}, end_date={self.end_date})"
+
+    # ================================================================ helpers for tests
+    def store_ids(self) -> list[int]:
+        return self._data.store_ids()
+
+    def stores(self) -> list[dict]:
+        """Store records exactly as /stores serves them (clean: no extra-field fault applied)."""
+        return [loads(s.text) for s in self._data.stores]
+
+    def orders(self, store_id: int) -> Iterator[dict]:
+        """Every order of the store in its latest state, as served (clean), by created_at."""
+        for oid in self._data.all_order_ids(store_id):
+            yield loads(self._data.order_text(oid))
+
+    def order(self, order_id: int) -> dict:
+        """One order in its latest state (clean)."""
+        return self._data.order(order_id)
+
+    def orders_in_window(self, store_id: int, updated_from: datetime | None,
+                         updated_to: datetime | None) -> list[dict]:
+        """The orders /orders serves for [updated_from, updated_to), in served order (clean)."""
+        ids = self._data.window_ids(store_id, _epoch(updated_from), _epoch(updated_to))
+        return [loads(self._data.order_text(oid)) for oid in ids]
+
+    def inventory(self, store_id: int) -> list[dict]:
+        """Stock levels as /inventory serves them (clean), by product_id."""
+        return [loads(text) for _, _, text in self._data.inventory_rows(store_id)]
+
+    def malformed_order_ids(self) -> set[int]:
+        """Ids the malformed-record fault serves broken under the current ``faults.malformed_every``."""
+        every = self.faults.malformed_every
+        if every <= 0:
+            return set()
+        return {oid for sid in self.store_ids() for oid in self._data.all_order_ids(sid)
+                if malformed_kind(oid, every)}
+
+    def malformed_kind(self, order_id: int) -> str | None:
+        return malformed_kind(order_id, self.faults.malformed_every)
+
+    def edit_order(self, order_id: int, **changes: Any) -> dict:
+        """Publish a new version of an order (late edit): returns it. updated_at defaults to +1 h."""
+        return self._data.edit_order(order_id, changes)
+
+    def issue_token(self, scopes: Iterable[str] | None = None, lifetime: int | None = None) -> str:
+        granted = frozenset(self.config.granted_scopes if scopes is None else scopes)
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            life = self.faults.token_lifetime if lifetime is None else lifetime
+            self._tokens[token] = (self.clock() + life, granted)
+        return token
+
+    def revoke_all_tokens(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    # ================================================================ transports
+    def transport(self) -> httpx.MockTransport:
+        """In-process transport (no sockets) serving the API at any base URL."""
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            resp = self.handle(request.method, request.url.path, request.url.query.decode("ascii"),
+                               request.headers, request.content)
+            if resp.stall:
+                raise httpx.ReadTimeout("sandbox: timeout fault (the server stalled)", request=request)
+            return httpx.Response(resp.status, headers=resp.headers, content=resp.body)
+
+        return httpx.MockTransport(handler)
+
+    @contextlib.contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve over real HTTP on a background thread; yields the base URL."""
+        server = self.make_server(host, port)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  name="taptouch-sandbox", daemon=True)
+        thread.start()
+        try:
+            yield _url(server)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+    def make_server(self, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+        sandbox = self
+
+        class Handler(_HTTPHandler):
+            pass
+
+        Handler.sandbox = sandbox
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        return server
+
+    # ================================================================ the server
+    def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
+        if _TOKEN_PATH.search(path):
+            resp = self._token_endpoint(method, headers, body)
+        else:
+            resp = self._api(method, path, query, headers)
+        with self._lock:
+            by = self.stats.responses_by_status
+            by[resp.status] = by.get(resp.status, 0) + 1
+        return resp
+
+    def _fires(self, name: str, every: int, burst: int = 1) -> bool:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = _FaultCounter()
+        return counter.fires(every, burst)
+
+    # ---------------------------------------------------------------- OAuth
+    def _token_endpoint(self, method: str, headers: Mapping[str, str], body: bytes) -> Response:
+        f = self.faults
+        with self._lock:
+            self.stats.token_requests += 1
+            if self._fires("token_errors", f.token_errors_every):
+                self._token_turn += 1
+                if self._token_turn % 2:
+                    return _html(503, "Service Unavailable")
+                return _oauth_error(429, "temporarily_unavailable", "Too many token requests; retry later.",
+                                    [("Retry-After", self._retry_after())])
+        if method != "POST":
+            return _oauth_error(405, "invalid_request", "Use POST for the token endpoint.")
+        try:
+            form = _parse_form(headers.get("content-type", ""), body)
+        except ValueError as exc:
+            return _oauth_error(400, "invalid_request", str(exc))
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        auth = headers.get("authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                cid, _, csec = base64.b64decode(auth[6:].strip()).decode().partition(":")
+                client_id, client_secret = unquote(cid), unquote(csec)
+            except ValueError:
+                return _oauth_error(401, "invalid_client", "Malformed Basic credentials.")
+        cfg = self.config
+        if not (client_id and client_secret and hmac.compare_digest(client_id.encode(), cfg.client_id.encode())
+                and hmac.compare_digest(client_secret.encode(), cfg.client_secret.encode())):
+            return _oauth_error(401, "invalid_client", "Client authentication failed: check client_id and client_secret.")
+        grant = form.get("grant_type")
+        if not grant:
+            return _oauth_error(400, "invalid_request", "grant_type is required.")
+        if grant in ("authorization_code", "refresh_token"):
+            return _oauth_error(400, "invalid_grant", f"The sandbox issues no {grant.replace('_', ' ')}s; "
+                                                      "use grant_type=client_credentials.")
+        if grant != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported.")
+        requested = form.get("scope")
+        wanted = requested.split() if requested is not None else list(ALL_SCOPES)
+        unknown = [s for s in wanted if s not in ALL_SCOPES]
+        if unknown or not wanted:
+            return _oauth_error(400, "invalid_scope", f"Unknown scope(s): {' '.join(unknown) or '(empty)'}.")
+        granted = [s for s in wanted if s in cfg.granted_scopes]
+        if not granted:
+            return _oauth_error(400, "invalid_scope", "None of the requested scopes is granted to this client.")
+        token = self.issue_token(granted)
+        payload = {"access_token": token, "token_type": "Bearer", "expires_in": self.faults.token_lifetime,
+                   "scope": " ".join(granted)}
+        return Response(200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+                        dumps(payload).encode())
+
+    def _retry_after(self) -> str:
+        ra = self.faults.retry_after
+        if ra == "date":
+            return formatdate(math.ceil(self.clock()) + 2, usegmt=True)
+        return ra
+
+    # ---------------------------------------------------------------- Integration API
+    def _api(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> Response:
+        f = self.faults
+        with self._lock:
+            self.stats.api_requests += 1
+            stall = self._fires("timeout", f.timeout_every)
+            server_error = self._fires("server_error", f.server_error_every, f.server_error_burst)
+            rate_limited = self._fires("rate_limit", f.rate_limit_every, f.rate_limit_burst)
+            ack_mismatch = self._fires("ack_mismatch", f.ack_mismatch_every)
+            revoke_after = self._fires("revoke", f.revoke_tokens_every)
+            if server_error:
+                status, reason = _HTML_ERRORS[self._html_turn % len(_HTML_ERRORS)]
+                self._html_turn += 1
+                resp = _html(status, reason)
+            elif rate_limited:
+                resp = self._envelope_error(429, {"code": "rate_limited", "message": "Too many requests; slow down."},
+                                            [("Retry-After", self._retry_after())])
+            else:
+                try:
+                    resp = self._route(method, path, query, headers)
+                    if ack_mismatch and resp.status == 200:
+                        resp = Response(200, [("Content-Type", "application/json")], dumps(
+                            {"status": {"timestamp": int(self.clock()), "ack": 500,
+                                        "errors": "Internal error while reading records; retry later."},
+                             "data": None}).encode())
+                except _ApiError as exc:
+                    extra = [("WWW-Authenticate", f'Bearer error="{exc.errors["code"]}"')] if exc.status == 401 else []
+                    resp = self._envelope_error(exc.status, exc.errors, extra)
+            if revoke_after:
+                self._tokens.clear()
+            resp.stall = stall
+            return resp
+
+    def _envelope_error(self, status: int, errors: Any, headers: list[tuple[str, str]] = ()) -> Response:
+        body = dumps({"status": {"timestamp": int(self.clock()), "ack": status, "errors": errors}, "data": None})
+        return Response(status, [("Content-Type", "application/json"), *headers], body.encode())
+
+    def _route(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> Response:
+        m = _API_PATH.search(path)
+        if not m:
+            raise _ApiError(404, "not_found", f"No such endpoint: {path}")
+        if method != "GET":
+            raise _ApiError(405, "method_not_allowed", f"{method} is not allowed here; use GET.")
+        store_part, kind = m.group(1), m.group(2)
+        self._authorize(headers, _SCOPE_FOR[kind])
+        params = parse_qs(query, keep_blank_values=True)
+        index = _int_param(params, "index", 0, 0, None)
+        count = _int_param(params, "count", DEFAULT_COUNT, 1, MAX_COUNT)
+        if kind is None:
+            texts = [s.text for s in self._data.stores]
+            return self._page(texts, index, count, "store")
+        try:
+            store_id = int(store_part)
+            store = self._data.by_id[store_id]
+        except (ValueError, KeyError):
+            raise _ApiError(404, "store_not_found", f"Store {store_part} does not exist.") from None
+        if store_id in self.faults.forbidden_stores:
+            raise _ApiError(403, "store_forbidden", f"This token may not read store {store_id}; "
+                                                    "ask the merchant to grant access again.")
+        if kind == "inventory":
+            since = _time_param(params, "updated_from")
+            rows = self._data.inventory_rows(store.id)
+            texts = [text for at, _, text in rows if since is None or at >= since]
+            return self._page(texts, index, count, "inventory")
+        f, t = _time_param(params, "updated_from"), _time_param(params, "updated_to")
+        statuses = None
+        if params.get("status"):
+            names = [s for v in params["status"] for s in v.split(",") if s]
+            bad = [s for s in names if s not in STATUS_CODE]
+            if bad:
+                raise _ApiError(422, "invalid_parameter", f"status must be one of {', '.join(STATUS_CODE)}",
+                                parameter="status")
+            statuses = frozenset(STATUS_CODE[s] for s in names)
+        ids = self._data.window_ids(store.id, f, t, statuses)
+        start, stop = self._slice(index, count)
+        page_ids = ids[start:stop]
+        texts = [self._data.order_text(oid) for oid in page_ids]
+        every = self.faults.malformed_every
+        if every > 0:
+            for i, oid in enumerate(page_ids):
+                bad = malformed_kind(oid, every)
+                if bad:
+                    texts[i] = dumps(_corrupt(loads(texts[i]), bad))
+        self.stats.orders_served += len(texts)
+        return self._envelope(texts, "order")
+
+    def _authorize(self, headers: Mapping[str, str], scope: str) -> None:
+        auth = headers.get("authorization") or ""
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _ApiError(401, "invalid_token", "Missing bearer token: send 'Authorization: bearer <access_token>'.")
+        entry = self._tokens.get(token.strip())
+        if entry is None:
+            raise _ApiError(401, "invalid_token", "The access token is invalid or was revoked; get a new one.")
+        expires, scopes = entry
+        if self.clock() >= expires:
+            raise _ApiError(401, "invalid_token", "The access token has expired; get a new one.")
+        if scope not in scopes:
+            raise _ApiError(403, "insufficient_scope", f"This endpoint needs scope {scope}.", scope=scope)
+
+    def _slice(self, index: int, count: int) -> tuple[int, int]:
+        if self.faults.ignore_index:
+            index = 0
+        start = index * (count - 1) if self.faults.duplicate_page_boundary else index * count
+        return start, start + count
+
+    def _page(self, texts: list[str], index: int, count: int, kind: str) -> Response:
+        start, stop = self._slice(index, count)
+        return self._envelope(texts[start:stop], kind)
+
+    def _envelope(self, texts: list[str], kind: str) -> Response:
+        if self.faults.extra_fields:
+            texts = [dumps(_add_extra_fields(loads(t), kind)) for t in texts]
+        head = '{"status":{"timestamp":%d,"ack":200,"errors":null},"data":[' % int(self.clock())
+        body = (head + ",".join(texts) + "]}").encode()
+        return Response(200, [("Content-Type", "application/json; charset=utf-8")], body)
+
+
+# ==================================================================== helpers
+def _epoch(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("datetimes must carry a UTC offset")
+    return math.ceil(value.timestamp())
+
+
+def _int_param(params: dict[str, list[str]], name: str, default: int, lo: int, hi: int | None) -> int:
+    values = params.get(name)
+    if not values:
+        return default
+    raw = values[-1].strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+    if value is None or value < lo or (hi is not None and value > hi):
+        raise _ApiError(422, "invalid_parameter", f"{name} must be an integer {bounds}, got {raw!r}",
+                        parameter=name)
+    return value
+
+
+def _time_param(params: dict[str, list[str]], name: str) -> int | None:
+    values = params.get(name)
+    if not values:
+        return None
+    raw = values[-1].strip()
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise _ApiError(422, "invalid_parameter",
+                        f"{name} must be ISO 8601 with a UTC offset, e.g. 2026-11-27T00:00:00+11:00 "
+                        f"(URL-encode '+' as %2B), got {raw!r}", parameter=name)
+    return math.ceil(value.timestamp())
+
+
+def _parse_form(content_type: str, body: bytes) -> dict[str, str]:
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype in ("application/x-www-form-urlencoded", ""):
+        return {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True).items()}
+    if ctype == "multipart/form-data":
+        m = re.search(r'boundary="?([^";]+)"?', content_type)
+        if not m:
+            raise ValueError("multipart body without a boundary")
+        out = {}
+        for part in body.split(b"--" + m.group(1).encode()):
+            head, sep, value = part.partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            name = re.search(rb'name="([^"]*)"', head)
+            if name:
+                out[name.group(1).decode()] = value.removesuffix(b"\r\n").decode("utf-8")
+        return out
+    raise ValueError(f"Unsupported content type {ctype!r}: send application/x-www-form-urlencoded.")
+
+
+def _oauth_error(status: int, error: str, description: str, headers: list[tuple[str, str]] = ()) -> Response:
+    body = dumps({"error": error, "error_description": description}).encode()
+    return Response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *headers], body)
+
+
+def _html(status: int, reason: str) -> Response:
+    body = f"<html><body><h1>{status} {reason}</h1></body></html>".encode()
+    return Response(status, [("Content-Type", "text/html")], body)
+
+
+def _url(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 120  # idle keep-alive connections give up their thread after this
+    sandbox: Sandbox
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        sb = self.sandbox
+        resp = sb.handle(self.command, unquote(split.path), split.query, self.headers, body)
+        delay = sb.faults.latency + (sb.faults.timeout_sleep if resp.stall else 0.0)
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            self.send_response(resp.status)
+            for k, v in resp.headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(resp.body)))
+            self.end_headers()
+            self.wfile.write(resp.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass

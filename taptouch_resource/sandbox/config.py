@@ -1,0 +1,87 @@
+"""Configuration of the sandbox: what data it holds (SandboxConfig) and how it misbehaves (Faults)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import date
+
+ALL_SCOPES = ("integration.store", "integration.order", "integration.inventory")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The data set. Everything is a pure function of these fields (and of ``end_date``)."""
+
+    seed: int = 1
+    stores: int = 3
+    days: int = 30
+    end_date: date | None = None  # None: today in UTC, resolved once when the Sandbox is built
+    orders_per_day: int = 60  # mean per store per day; weekends a little busier; at most 9999
+    client_id: str = "sandbox-client"
+    client_secret: str = "sandbox-secret"
+    granted_scopes: tuple[str, ...] = ALL_SCOPES
+    store_id_base: int = 7101
+    empty_store_ids: tuple[int, ...] = ()  # stores that exist but have no orders and no inventory
+    inactive_store_ids: tuple[int, ...] = ()  # stores listed with status "inactive"
+
+    def __post_init__(self) -> None:
+        if self.stores < 0 or self.stores > 899:
+            raise ValueError("stores must be between 0 and 899")
+        if self.days < 1:
+            raise ValueError("days must be at least 1")
+        if not 0 <= self.orders_per_day <= 8000:
+            raise ValueError("orders_per_day must be between 0 and 8000")
+        unknown = set(self.granted_scopes) - set(ALL_SCOPES)
+        if unknown:
+            raise ValueError(f"granted_scopes has unknown scopes {sorted(unknown)}; known: {ALL_SCOPES}")
+
+
+@dataclass
+class Faults:
+    """Fault injection; every knob is off by default and may be changed between requests.
+
+    "Every N" knobs count API requests (token requests for ``token_errors_every``) from the
+    moment the knob last changed value, so setting ``rate_limit_every = 3`` makes the third
+    request after it a 429.
+    """
+
+    rate_limit_every: int = 0  # every Nth API request starts a burst of 429s
+    rate_limit_burst: int = 1
+    retry_after: str = "1"  # Retry-After of a 429: "0", seconds, or "date" (an HTTP-date 1-2 s ahead)
+    server_error_every: int = 0  # every Nth API request starts a burst of 500/502/503 HTML pages
+    server_error_burst: int = 1
+    latency: float = 0.0  # seconds added to every request (real HTTP only)
+    timeout_every: int = 0  # every Nth API request stalls: sleeps timeout_sleep (HTTP) / ReadTimeout (mock)
+    timeout_sleep: float = 5.0
+    token_lifetime: int = 172800  # expires_in of new tokens, seconds
+    revoke_tokens_every: int = 0  # after every N API requests all tokens are revoked
+    token_errors_every: int = 0  # every Nth token request: 503 HTML or 429, alternately
+    duplicate_page_boundary: bool = False  # page k>=1 starts with the last record of page k-1
+    ignore_index: bool = False  # the server ignores ?index= and always serves page 0
+    malformed_every: int = 0  # ~1 in N orders (chosen by id) are served broken, see malformed_order_ids()
+    extra_fields: bool = False  # unknown fields (some nested) on every store, order, item and stock record
+    forbidden_stores: set[int] = field(default_factory=set)  # 403 store_forbidden on orders/inventory
+    ack_mismatch_every: int = 0  # every Nth API request: HTTP 200 carrying status.ack 500
+
+    def reset(self) -> None:
+        """Switch every fault off again."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+
+
+@dataclass
+class Stats:
+    """Counters of what the sandbox served. Attribute or item access: ``stats.api_requests``."""
+
+    api_requests: int = 0
+    token_requests: int = 0
+    orders_served: int = 0
+    responses_by_status: dict[int, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+    def reset(self) -> None:
+        self.api_requests = self.token_requests = self.orders_served = 0
+        self.responses_by_status = {}
