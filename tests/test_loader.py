@@ -1,0 +1,253 @@
+"""The loader against a real PostgreSQL: newest wins, children follow, atomic windows, hostile text."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from pipelines.warehouse import loader
+from pipelines.warehouse.loader import OrderWindowLoad, load_inventory, load_stores
+from taptouch_resource import jsonutil
+from tests import factories as f
+
+D = Decimal
+
+
+def conn_for(url):
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+
+@pytest.fixture
+def db(migrated_db):
+    with conn_for(migrated_db) as conn:
+        load_stores(conn, [f.store(7101, "Australia/Melbourne"), f.store(7102, "Australia/Perth")])
+        yield conn
+
+
+def load_orders(conn, pages, window="2026-11-02", **kw):
+    with OrderWindowLoad(conn, window=window, **kw) as load:
+        for store_id, page in pages:
+            load.add_page(store_id, page)
+        return load.finish()
+
+
+def q(conn, sql, *args):
+    with conn.cursor() as cur:
+        cur.execute(sql, args or None)
+        return cur.fetchall()
+
+
+def test_orders_loaded_exactly_with_children_and_business_date(db):
+    o = f.order(1, created_at="2026-11-02T23:50:00+11:00")  # Melbourne local date 2026-11-02
+    p = f.order(2, store_id=7102, created_at="2026-11-02T23:50:00+11:00")  # Perth: 20:50 on 2026-11-02
+    late = f.order(3, created_at="2026-11-02T13:10:00+00:00")  # UTC 13:10 = 00:10 next day in Melbourne
+    counts = load_orders(db, [(7101, [o, late]), (7102, [p])])
+    assert (counts.inserted, counts.updated, counts.unchanged, counts.quarantined) == (3, 0, 0, 0)
+    rows = dict(q(db, "select order_id, business_date from taptouch.orders"))
+    assert rows == {1: date(2026, 11, 2), 2: date(2026, 11, 2), 3: date(2026, 11, 3)}
+    total, subtotal = q(db, "select total, subtotal from taptouch.orders where order_id = 1")[0]
+    assert total == o["total"] and subtotal == D("36.60")
+    assert q(db, "select count(*) from taptouch.order_items")[0][0] == 6
+    assert q(db, "select sum(amount) from taptouch.order_payments where order_id = 1")[0][0] == o["total"]
+    raw = q(db, "select raw::text from taptouch.orders where order_id = 1")[0][0]
+    assert jsonutil.loads(raw) == o
+    mods = q(db, "select modifiers from taptouch.order_items where order_id = 1 and item_id = 1")[0][0]
+    assert mods == [{"id": 77, "name": "Oat milk", "quantity": 1, "price": 0.8}] or mods[0]["name"] == "Oat milk"
+
+
+def test_newest_wins_and_never_moves_backwards(db):
+    v1 = f.order(10, updated_at="2026-11-02T12:40:00+11:00")
+    v2 = f.order(10, updated_at="2026-11-03T09:00:00+11:00", status="partially_refunded", refunds=["5.00"],
+                 items=[f.item(1, 1, "8.90", name="Orange juice")])
+    load_orders(db, [(7101, [v2])], window="2026-11-03")
+    counts = load_orders(db, [(7101, [v1])], window="2026-11-02")  # an older window loaded later
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 1)
+    assert q(db, "select status, total from taptouch.orders where order_id = 10") == [("partially_refunded", D("8.90"))]
+    assert q(db, "select item_id, name from taptouch.order_items where order_id = 10") == [(1, "Orange juice")]
+    assert q(db, "select amount from taptouch.order_refunds where order_id = 10") == [(D("5.00"),)]
+    # reloading the same data changes nothing
+    before = q(db, "select order_id, loaded_at from taptouch.orders")
+    counts = load_orders(db, [(7101, [v2])], window="2026-11-03")
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 1)
+    assert q(db, "select order_id, loaded_at from taptouch.orders") == before
+
+
+def test_children_replaced_with_accepted_version(db):
+    v1 = f.order(20, updated_at="2026-11-02T12:40:00+11:00")  # 2 items, 1 payment
+    load_orders(db, [(7101, [v1])])
+    v2 = f.order(20, updated_at="2026-11-02T13:00:00+11:00", items=[f.item(5, 3, "4.00")], status="refunded",
+                 refunds=["6.00", "6.00"])
+    counts = load_orders(db, [(7101, [v2])])
+    assert counts.updated == 1
+    assert q(db, "select item_id, quantity from taptouch.order_items where order_id = 20") == [(5, D(3))]
+    assert q(db, "select count(*) from taptouch.order_refunds where order_id = 20") == [(2,)]
+    assert q(db, "select count(*) from taptouch.order_payments where order_id = 20") == [(1,)]
+
+
+def test_in_batch_duplicates_reduced(db):
+    old = f.order(30, updated_at="2026-11-02T12:40:00+11:00")
+    new = f.order(30, updated_at="2026-11-02T14:00:00+11:00", items=[f.item(9, 1, "3.00")])
+    same_ts_later = f.order(31, updated_at="2026-11-02T12:00:00+11:00", number="first")
+    same_ts_last = dict(f.order(31, updated_at="2026-11-02T12:00:00+11:00", number="last seen"))
+    counts = load_orders(db, [(7101, [new, old, same_ts_later]), (7101, [same_ts_last, old])])
+    assert counts.inserted == 2 and counts.duplicates == 3
+    assert q(db, "select item_id from taptouch.order_items where order_id = 30") == [(9,)]
+    assert q(db, "select number from taptouch.orders where order_id = 31") == [("last seen",)]
+
+
+def test_bad_records_quarantined_others_loaded(db):
+    good = f.order(40)
+    bad_total = dict(f.order(41), total=D("99.99"))
+    nul = f.order(42, number="A\x00B")
+    three_dp = dict(f.order(43), subtotal=D("12.345"))
+    string_money = dict(f.order(44), total="36.60")
+    no_offset = f.order(45, created_at="2026-11-02T12:31:05")
+    nan = dict(f.order(46), tax=D("NaN"))
+    counts = load_orders(db, [(7101, [good, bad_total, nul, three_dp, string_money, no_offset, nan, "not an object"])],
+                         run_id="run-1")
+    assert counts.inserted == 1 and counts.quarantined == 7
+    reasons = dict(q(db, "select record_key, reason from taptouch.quarantine where entity = 'order'"))
+    assert "total 99.99 != subtotal" in reasons["41"]
+    assert "NUL" in reasons["42"]
+    assert "more than 2 decimals" in reasons["43"]
+    assert "must be a JSON number" in reasons["44"]
+    assert "no UTC offset" in reasons["45"]
+    assert "not a finite number" in reasons["46"]
+    assert q(db, "select count(*) from taptouch.quarantine where record_key is null and reason like '%not a JSON object%'")[0][0] == 1
+    # the NUL record is kept, readable: the NUL shown as \u0000
+    assert q(db, "select raw->>'number' from taptouch.quarantine where record_key = '42'") == [("A\\u0000B",)]
+    assert q(db, "select distinct run_id, \"window\" from taptouch.quarantine") == [("run-1", "2026-11-02")]
+    # the source fixes order 41 later: it loads and the quarantine row is marked resolved
+    load_orders(db, [(7101, [f.order(41, updated_at="2026-11-02T15:00:00+11:00")])])
+    assert q(db, "select resolved_at is not null from taptouch.quarantine where record_key = '41'") == [(True,)]
+    assert q(db, "select count(*) from taptouch.orders")[0][0] == 2
+
+
+def test_hostile_text_survives_byte_for_byte(db):
+    texts = ["tab\there", "new\nline\r\n", "back\\slash \\N \\.", "quote ' \" `", "emoji ☕🥐 ünïcødé",
+             "'; drop table taptouch.orders; --", "Robert'); DELETE FROM taptouch.stores;--", "\\x00 literal"]
+    orders = [f.order(100 + i, number=t, customer={"id": 5, "name": t, "email": t},
+                      items=[f.item(1, 1, "2.00", name=t, category=t)]) for i, t in enumerate(texts)]
+    load_orders(db, [(7101, orders)])
+    got = q(db, "select number, customer_name, raw->>'number' from taptouch.orders order by order_id")
+    assert got == [(t, t, t) for t in texts]
+    assert [r[0] for r in q(db, "select name from taptouch.order_items order by order_id")] == texts
+    assert q(db, "select count(*) from taptouch.stores")[0][0] == 2
+
+
+def test_exact_money(db):
+    orders = [f.order(200 + i, items=[f.item(1, 1, "0.10")]) for i in range(1000)]
+    load_orders(db, [(7101, orders)], batch_size=128)
+    assert q(db, "select sum(total), sum(subtotal) from taptouch.orders") == [(D("100.00"), D("100.00"))]
+
+
+def test_failed_store_discarded_others_commit(db):
+    with OrderWindowLoad(db, window="2026-11-02") as load:
+        load.add_page(7101, [f.order(300)])
+        load.add_page(7102, [f.order(301, store_id=7102)])
+        load.discard_store(7102)
+        counts = load.finish()
+    assert counts.inserted == 1
+    assert q(db, "select order_id from taptouch.orders") == [(300,)]
+
+
+def test_error_mid_window_rolls_back_everything(db):
+    with pytest.raises(RuntimeError):
+        with OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
+            load.add_page(7101, [f.order(400), f.order(401)])
+            raise RuntimeError("fetch failed")
+    assert q(db, "select count(*) from taptouch.orders")[0][0] == 0
+    assert q(db, "select count(*) from taptouch.sync_log where entity = 'orders'")[0][0] == 0
+
+
+def test_unknown_store_is_a_clear_error(db):
+    with pytest.raises(loader.UnknownStoreError, match="stores' asset first"):
+        with OrderWindowLoad(db, window="2026-11-02") as load:
+            load.add_page(9999, [f.order(500, store_id=9999)])
+
+
+def test_connection_killed_mid_merge_leaves_tables_unchanged(db, migrated_db):
+    load_orders(db, [(7101, [f.order(600, updated_at="2026-11-02T12:40:00+11:00")])])
+    before = q(db, "select order_id, updated_at, total from taptouch.orders order by 1")
+    newer = [f.order(600, updated_at="2026-11-02T13:40:00+11:00", items=[f.item(1, 1, "1.00")])] + \
+            [f.order(601 + i) for i in range(50)]
+    blocker = conn_for(migrated_db)
+    blocker.execute("select pg_advisory_lock(%s)", (loader._LOCK_ORDERS,))  # the merge will wait here
+    errors = []
+    victim = conn_for(migrated_db)
+
+    def run():
+        try:
+            load_orders(victim, [(7101, newer)])
+        except psycopg.OperationalError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    pid = victim.info.backend_pid
+    for _ in range(100):  # wait until the loader is blocked on the lock, i.e. mid-merge
+        if q(blocker, "select wait_event_type from pg_stat_activity where pid = %s", pid) == [("Lock",)]:
+            break
+        time.sleep(0.05)
+    q(blocker, "select pg_terminate_backend(%s)", pid)
+    t.join(10)
+    blocker.execute("select pg_advisory_unlock(%s)", (loader._LOCK_ORDERS,))
+    blocker.close()
+    assert errors, "the killed load must fail"
+    assert q(db, "select order_id, updated_at, total from taptouch.orders order by 1") == before
+    counts = load_orders(db, [(7101, newer)])  # a rerun completes
+    assert counts.updated == 1 and counts.inserted == 50
+    assert q(db, "select count(*) from taptouch.order_items where order_id = 600")[0][0] == 1
+
+
+def test_two_concurrent_loads_of_one_window(db, migrated_db):
+    orders = [f.order(700 + i) for i in range(300)]
+    results, errors = [], []
+
+    def run():
+        try:
+            with conn_for(migrated_db) as c:
+                results.append(load_orders(c, [(7101, orders)], batch_size=50))
+        except Exception as exc:  # pragma: no cover - reported by the assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r.inserted for r in results) == [0, 300]
+    assert sorted(r.unchanged for r in results) == [0, 300]
+    assert q(db, "select count(*), count(distinct order_id) from taptouch.orders") == [(300, 300)]
+    assert q(db, "select count(*) from taptouch.order_items")[0][0] == 600
+
+
+def test_stores_upsert_newest_wins(db):
+    counts = load_stores(db, [f.store(7101, "Australia/Melbourne", name="Renamed", updated_at="2026-11-01T10:00:00+10:00"),
+                              f.store(7103, "Pacific/Auckland"), f.store(7104, "Mars/Olympus")])
+    assert (counts.inserted, counts.updated, counts.quarantined) == (1, 1, 1)
+    assert q(db, "select name from taptouch.stores where store_id = 7101") == [("Renamed",)]
+    old = load_stores(db, [f.store(7101, "Australia/Melbourne", name="Old", updated_at="2026-01-01T00:00:00+10:00")])
+    assert old.unchanged == 1 and q(db, "select name from taptouch.stores where store_id = 7101") == [("Renamed",)]
+    assert "IANA" in q(db, "select reason from taptouch.quarantine where entity = 'store'")[0][0]
+
+
+def test_inventory_replaced_exactly_and_snapshot(db):
+    day = date(2026, 11, 27)
+    c1 = load_inventory(db, 7101, [f.inventory(1), f.inventory(2, on_hand="-3"), f.inventory(3, on_hand="0.25")],
+                        snapshot_date=day)
+    assert c1.inserted == 3
+    c2 = load_inventory(db, 7101, [f.inventory(1, on_hand="11"), f.inventory(3, on_hand="0.25"),
+                                   dict(f.inventory(4), on_hand="lots")], snapshot_date=day)
+    assert (c2.updated, c2.unchanged, c2.deleted, c2.quarantined) == (1, 1, 1, 1)
+    assert q(db, "select product_id, on_hand from taptouch.inventory_levels order by 1") == [(1, D(11)), (3, D("0.25"))]
+    assert q(db, "select product_id, on_hand from taptouch.inventory_snapshots where snapshot_date = %s order by 1",
+             day) == [(1, D(11)), (3, D("0.25"))]
+    load_inventory(db, 7101, [f.inventory(1, on_hand="10")], snapshot_date=date(2026, 11, 28))
+    assert q(db, "select count(*) from taptouch.inventory_snapshots")[0][0] == 3
