@@ -314,11 +314,14 @@ def test_edit_order_publishes_a_later_valid_version():
     original = next(o for o in sb.orders(7101) if o["status"] == "completed")
     edited = sb.edit_order(original["id"], status="partially_refunded")
     check_arithmetic(edited)
-    assert edited["updated_at"] > original["updated_at"] or \
-        datetime.fromisoformat(edited["updated_at"]) > datetime.fromisoformat(original["updated_at"])
+    assert datetime.fromisoformat(edited["updated_at"]) == datetime.fromisoformat(original["updated_at"]) + timedelta(hours=1)
     assert sb.order(original["id"]) == edited
     u = datetime.fromisoformat(edited["updated_at"])
     assert edited in sb.orders_in_window(7101, u, u + timedelta(seconds=1))
+    voided = sb.edit_order(original["id"], status="voided", updated_at=u + timedelta(hours=2))
+    check_arithmetic(voided)
+    assert voided["payments"] == [] and voided["refunds"] == []
+    assert datetime.fromisoformat(voided["updated_at"]) == u + timedelta(hours=2)
     old_u = datetime.fromisoformat(original["updated_at"])
     assert original["id"] not in {o["id"] for o in sb.orders_in_window(7101, old_u, old_u + timedelta(seconds=1))}
 

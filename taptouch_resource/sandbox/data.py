@@ -129,7 +129,7 @@ class OrderData:
         self.cap = int(datetime.combine(end_date + timedelta(days=1), time(0), timezone.utc).timestamp())
         self._lock = threading.RLock()
         per_day = max(1, config.orders_per_day)
-        self._skeletons = _LRU(max(32, 300_000 // per_day))
+        self._skeletons = _LRU(max(32, 150_000 // per_day))
         self._texts = _LRU(20_000)
         self._windows = _LRU(8)
         self._overrides: dict[int, _Override] = {}
@@ -528,9 +528,9 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     pre = subtotal - _cents(new["discount"])
     if status == "voided" and "payments" not in changes:
         new["payments"] = []
-    if status == "open":
+    if status in ("open", "voided"):
         new["completed_at"] = None
-    elif status != "voided" and new.get("completed_at") is None:
+    elif new.get("completed_at") is None:
         new["completed_at"] = upd_iso
     payments = new["payments"]
     surcharge = sum(_cents(p["surcharge"]) for p in payments)
