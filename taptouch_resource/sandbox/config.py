@@ -19,7 +19,7 @@ class SandboxConfig:
     end_date: date | None = None  # None: today in UTC, resolved once when the Sandbox is built
     orders_per_day: int = 60  # mean per store per day; weekends a little busier; at most 9999
     client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
+    client_secret: str = field(default="sandbox-secret", repr=False)
     granted_scopes: tuple[str, ...] = ALL_SCOPES
     store_id_base: int = 7101
     empty_store_ids: tuple[int, ...] = ()  # stores that exist but have no orders and no inventory
