@@ -523,3 +523,19 @@ def test_cli_serves_until_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_empty_and_inactive_stores_and_async_clients():
+    import asyncio
+
+    sb = make(stores=3, days=2, empty_store_ids=(7102,), inactive_store_ids=(7103,))
+    assert [s["status"] for s in sb.stores()] == ["active", "active", "inactive"]
+    assert list(sb.orders(7102)) == [] and sb.inventory(7102) == [] and list(sb.orders(7103))
+    headers = auth(sb)
+
+    async def fetch() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=BASE, transport=sb.transport()) as c:
+            return await c.get("/integration/v1/stores/7102/orders", headers=headers)
+
+    r = asyncio.run(fetch())
+    assert r.status_code == 200 and parse(r)["data"] == []
