@@ -2,18 +2,22 @@
 
 The server is ``$TAPTOUCH_TEST_DATABASE_URL`` when set (an admin URL, e.g.
 ``postgresql://postgres@127.0.0.1:5432/postgres``: the user must be allowed to create
-databases), otherwise an embedded pgserver started in the session's temp dir (one per
+databases), otherwise an embedded pgserver started in a scratch temp dir (one per
 pytest-xdist worker) and stopped at the end of the session.
 
 Fixtures: ``pg_admin_url`` (session), ``make_database`` (session factory), ``database_url``
-(a fresh empty database per test), ``migrated_db`` (a fresh database with every migration).
+(a fresh empty database per test), ``migrated_db`` (a fresh database with every migration),
+``embedded_pgdata`` (a data dir for an embedded server of the test's own).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
+from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg
@@ -25,12 +29,25 @@ from pipelines.warehouse.db import DATABASE_URL_ENV, PGDATA_ENV, libpq_url, stop
 TEST_DATABASE_URL_ENV = "TAPTOUCH_TEST_DATABASE_URL"
 
 
+@pytest.fixture(scope="session")
+def pg_scratch_root() -> Iterator[Path]:
+    """A private directory for embedded-server data dirs, removed at the end of the session.
+
+    Not under pytest's basetemp on purpose: as root, pgserver runs postgres as the system user
+    ``pgserver``, and every pytest session that starts on the machine resets
+    ``/tmp/pytest-of-<user>`` to mode 0700, which locks running servers out of their data
+    (PANIC: could not open pg_control: Permission denied)."""
+    root = Path(tempfile.mkdtemp(prefix="taptouch-test-pg-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _isolated_environment(pg_scratch_root: Path) -> Iterator[None]:
     """No test touches the user's database or ``.taptouch/pgdata``: ``TAPTOUCH_DATABASE_URL``
-    is unset and ``TAPTOUCH_PGDATA`` points into the session temp dir. An embedded server a
-    test starts there through the default resolution is stopped at the end."""
-    pgdata = tmp_path_factory.mktemp("default-pgdata") / "pgdata"
+    is unset and ``TAPTOUCH_PGDATA`` points into a scratch dir. An embedded server a test
+    starts there through the default resolution is stopped at the end."""
+    pgdata = pg_scratch_root / "default-pgdata"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(DATABASE_URL_ENV, raising=False)
         mp.setenv(PGDATA_ENV, str(pgdata))
@@ -38,8 +55,17 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stop_embedded_server(pgdata)
 
 
+@pytest.fixture
+def embedded_pgdata(pg_scratch_root: Path) -> Iterator[Path]:
+    """A fresh data dir for :func:`~pipelines.warehouse.db.embedded_database_url` (not created
+    yet); a server started in it is stopped after the test."""
+    pgdata = Path(tempfile.mkdtemp(dir=pg_scratch_root)) / "pgdata"
+    yield pgdata
+    stop_embedded_server(pgdata)
+
+
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url(pg_scratch_root: Path) -> Iterator[str]:
     """URL of a database on a server where the tests may create databases."""
     configured = os.environ.get(TEST_DATABASE_URL_ENV, "").strip()
     if configured:
@@ -48,8 +74,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
-    pgdata = tmp_path_factory.mktemp("test-pg") / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pg_scratch_root / "session-pgdata", cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.cli import main
+from pipelines.warehouse.migrations import discover
 from pipelines.warehouse.db import (
     DATABASE_URL_ENV,
     PGDATA_ENV,
@@ -95,11 +96,8 @@ def test_sqlalchemy_url_keeps_socket_host() -> None:
 
 
 @pytest.fixture
-def embedded_dir(tmp_path: Path) -> Iterator[Path]:
-    """A fresh embedded-server data dir, stopped after the test."""
-    pgdata = tmp_path / "pgdata"
-    yield pgdata
-    stop_embedded_server(pgdata)
+def embedded_dir(embedded_pgdata: Path) -> Path:
+    return embedded_pgdata
 
 
 def _url_from_other_process(pgdata: Path) -> subprocess.Popen:
@@ -192,7 +190,7 @@ def test_resource_falls_back_to_environment(database_url: str, monkeypatch: pyte
 
 def test_resource_ensure_migrated_is_idempotent(database_url: str) -> None:
     resource = PostgresResource(database_url=database_url)
-    assert resource.ensure_migrated() == ["0001_warehouse.sql"]
+    assert resource.ensure_migrated() == [m.name for m in discover()]
     assert resource.ensure_migrated() == []
     with resource.connect() as conn:
         assert conn.execute("select to_regclass('taptouch.orders') is not null").fetchone() == (True,)
@@ -208,7 +206,8 @@ def test_migrated_db_fixture_has_contract_tables(migrated_db: str) -> None:
 
 def test_cli_migrate_then_up_to_date(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "migrate", "--database-url", database_url]) == 0
-    assert "0001_warehouse.sql" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(m.name in out for m in discover())
     assert main(["-q", "migrate", "--database-url", database_url]) == 0
     assert "up to date" in capsys.readouterr().out
 

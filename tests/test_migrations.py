@@ -33,6 +33,19 @@ MONEY_COLUMNS = {
 }
 
 
+REAL = discover()
+"""The project's migration files; tests add theirs after the last one."""
+
+
+def _next(name: str, offset: int = 1) -> str:
+    """File name of a test migration numbered after the real ones."""
+    return f"{REAL[-1].version + offset:04d}_{name}.sql"
+
+
+def _real_applied() -> list[tuple[int, str]]:
+    return [(m.version, m.name) for m in REAL]
+
+
 @pytest.fixture
 def migrations_copy(tmp_path: Path) -> Path:
     """A writable copy of the real migration files."""
@@ -51,7 +64,7 @@ def _applied_versions(url: str) -> list[tuple[int, str]]:
 def test_migrate_creates_contract_tables_with_exact_money(database_url: str) -> None:
     applied = migrate(database_url)
 
-    assert applied == [m.name for m in discover()]
+    assert applied == [m.name for m in REAL]
     with connect(database_url) as conn:
         tables = {
             row[0]
@@ -83,29 +96,33 @@ def test_second_migrate_applies_nothing(database_url: str) -> None:
 
 
 def test_pending_lists_unapplied_files_in_order(database_url: str, migrations_copy: Path) -> None:
-    (migrations_copy / "0002_extra.sql").write_text("create table taptouch.extra (id int);\n")
-    assert pending(database_url, directory=migrations_copy) == ["0001_warehouse.sql", "0002_extra.sql"]
+    (migrations_copy / _next("extra")).write_text("create table taptouch.extra (id int);\n")
+    expected = [m.name for m in REAL] + [_next("extra")]
+    assert pending(database_url, directory=migrations_copy) == expected
+    migrate(database_url, directory=migrations_copy)
+    assert pending(database_url, directory=migrations_copy) == []
 
 
 def test_changed_applied_file_is_refused(database_url: str, migrations_copy: Path) -> None:
     migrate(database_url, directory=migrations_copy)
-    (migrations_copy / "0002_later.sql").write_text("create table taptouch.later (id int);\n")
-    original = migrations_copy / "0001_warehouse.sql"
+    (migrations_copy / _next("later")).write_text("create table taptouch.later (id int);\n")
+    original = migrations_copy / REAL[0].name
     original.write_bytes(original.read_bytes() + b"\n-- edited after it was applied\n")
 
     with pytest.raises(MigrationError) as raised:
         migrate(database_url, directory=migrations_copy)
 
     message = str(raised.value)
-    assert "0001_warehouse.sql" in message
+    assert REAL[0].name in message
     assert "immutable" in message and "new numbered file" in message
     # Nothing after the changed file was applied either.
-    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql")]
-    assert [s.state for s in status(database_url, directory=migrations_copy)] == ["changed", "pending"]
+    assert _applied_versions(database_url) == _real_applied()
+    states = [s.state for s in status(database_url, directory=migrations_copy)]
+    assert states == ["changed"] + ["applied"] * (len(REAL) - 1) + ["pending"]
 
 
 def test_failing_file_rolls_back_and_is_named(database_url: str, migrations_copy: Path) -> None:
-    broken = migrations_copy / "0002_broken.sql"
+    broken = migrations_copy / _next("broken")
     broken.write_text(
         "create table taptouch.half_done (id int);\n"
         "insert into taptouch.no_such_table values (1);\n"
@@ -115,15 +132,15 @@ def test_failing_file_rolls_back_and_is_named(database_url: str, migrations_copy
         migrate(database_url, directory=migrations_copy)
 
     message = str(raised.value)
-    assert "0002_broken.sql" in message
+    assert broken.name in message
     assert "no_such_table" in message  # the PostgreSQL error
-    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql")]  # earlier file stays
+    assert _applied_versions(database_url) == _real_applied()  # earlier files stay
     with connect(database_url) as conn:
         assert conn.execute("select to_regclass('taptouch.half_done')").fetchone() == (None,)
 
     # Fixed, the file applies on the next run.
     broken.write_text("create table taptouch.half_done (id int);\n")
-    assert migrate(database_url, directory=migrations_copy) == ["0002_broken.sql"]
+    assert migrate(database_url, directory=migrations_copy) == [broken.name]
 
 
 def test_badly_named_file_is_refused(database_url: str, migrations_copy: Path) -> None:
@@ -145,7 +162,7 @@ def test_concurrent_processes_apply_each_migration_once(
     database_url: str, migrations_copy: Path
 ) -> None:
     # A slow extra file widens the window in which processes overlap.
-    (migrations_copy / "0002_slow.sql").write_text(
+    (migrations_copy / _next("slow")).write_text(
         "create table taptouch.slow_marker (id int primary key);\n"
         "insert into taptouch.slow_marker values (1);\n"
         "select pg_sleep(0.5);\n"
@@ -169,8 +186,9 @@ def test_concurrent_processes_apply_each_migration_once(
     errors = [detail for kind, detail in outcomes if kind == "error"]
     assert errors == []
     applied_by_all = [name for _, names in outcomes for name in names]
-    assert sorted(applied_by_all) == ["0001_warehouse.sql", "0002_slow.sql"]
-    assert _applied_versions(database_url) == [(1, "0001_warehouse.sql"), (2, "0002_slow.sql")]
+    expected = [m.name for m in REAL] + [_next("slow")]
+    assert sorted(applied_by_all) == expected
+    assert _applied_versions(database_url) == _real_applied() + [(REAL[-1].version + 1, _next("slow"))]
     with connect(database_url) as conn:
         assert conn.execute("select count(*) from taptouch.slow_marker").fetchone() == (1,)
 
