@@ -25,7 +25,7 @@ from typing import Any, Callable, Generator
 import httpx
 
 from . import api, jsonutil
-from .errors import TaptouchAuthError, TaptouchProtocolError
+from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchProtocolError
 from .retry import RETRY_STATUSES, Backoff, ClientStats, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,11 @@ class ClientCredentialsAuth(httpx.Auth):
                     wait = parse_retry_after(response.headers.get("Retry-After"))
             attempt += 1
             if attempt > self._backoff.max_retries or waited >= self._backoff.budget:
-                raise TaptouchAuthError(
-                    f"Could not get a Taptouch access token from {self.token_url}: {what} after "
-                    f"{attempt} attempts. The token endpoint may be down; try again later."
+                raise TaptouchAPIError(
+                    status=response.status_code if response is not None else 0, path=api.TOKEN_PATH,
+                    message=f"could not get an access token: {what} after {attempt} attempts",
+                    hint=f"check that TAPTOUCH_BASE_URL ({self.token_url.rsplit(api.TOKEN_PATH, 1)[0]}) is "
+                         f"the Taptouch API and reachable; if it is, the token endpoint is down: try again later",
                 )
             wait = wait if wait is not None else self._backoff.delay(attempt)
             waited += wait

@@ -1,12 +1,9 @@
 """``TaptouchResource``: the Dagster resource that hands assets a configured :class:`TaptouchClient`.
 
-Configure it with ``dg.EnvVar`` so secrets stay out of code and of Dagster's run config::
-
-    TaptouchResource(
-        client_id=dg.EnvVar("TAPTOUCH_CLIENT_ID"),
-        client_secret=dg.EnvVar("TAPTOUCH_CLIENT_SECRET"),
-        base_url=dg.EnvVar("TAPTOUCH_BASE_URL"),   # optional; default https://api.taptouch.net
-    )
+Leave the credentials unset to read them, when a client is made, from the environment variables
+``TAPTOUCH_CLIENT_ID``, ``TAPTOUCH_CLIENT_SECRET`` and ``TAPTOUCH_BASE_URL`` (so secrets stay out
+of code and of Dagster's run config, and a missing one is a clear error naming the variable);
+or pass them, e.g. ``client_secret=dg.EnvVar("MY_SECRET")``.
 
 Clients created by one process for the same credentials, scopes and base URL share one token
 cache, so every asset of a run (and every thread) reuses the same access token.
@@ -15,18 +12,23 @@ cache, so every asset of a run (and every thread) reuses the same access token.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from typing import Any, Optional
 
 import dagster as dg
 import httpx
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from . import api
 from .auth import ClientCredentialsAuth
 from .client import DEFAULT_TIMEOUT, TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats
+
+ENV_CLIENT_ID = "TAPTOUCH_CLIENT_ID"
+ENV_CLIENT_SECRET = "TAPTOUCH_CLIENT_SECRET"
+ENV_BASE_URL = "TAPTOUCH_BASE_URL"
 
 _auth_cache: dict[tuple, ClientCredentialsAuth] = {}
 _auth_cache_lock = threading.Lock()
@@ -54,10 +56,14 @@ class TaptouchResource(dg.ConfigurableResource):
     ``TAPTOUCH_CLIENT_SECRET``, ``TAPTOUCH_BASE_URL``.
     """
 
-    client_id: str = Field(description="OAuth client id (TAPTOUCH_CLIENT_ID).")
-    client_secret: str = Field(description="OAuth client secret (TAPTOUCH_CLIENT_SECRET). Never logged.", repr=False)
-    base_url: str = Field(default=api.DEFAULT_BASE_URL,
-                          description="API base URL (TAPTOUCH_BASE_URL). https, or http only for loopback.")
+    client_id: Optional[str] = Field(
+        default=None, description="OAuth client id. Unset: the TAPTOUCH_CLIENT_ID environment variable.")
+    client_secret: Optional[str] = Field(
+        default=None, repr=False,
+        description="OAuth client secret. Unset: TAPTOUCH_CLIENT_SECRET. Never logged or shown.")
+    base_url: Optional[str] = Field(
+        default=None, description=f"API base URL. Unset: TAPTOUCH_BASE_URL, else {api.DEFAULT_BASE_URL}. "
+                                  "https, or plain http only for loopback hosts (the sandbox).")
     scopes: list[str] = Field(default_factory=lambda: list(api.ALL_SCOPES),
                               description="OAuth scopes to request.")
     timeout: float = Field(default=60.0, description="Read timeout per request, seconds (connect: 10 s).")
@@ -66,30 +72,34 @@ class TaptouchResource(dg.ConfigurableResource):
     requests_per_second: Optional[float] = Field(
         default=10.0, description="Client-side request-rate limit shared by all threads of a client (None: off).")
 
-    _transport: Any = PrivateAttr(default=None)
-
     def __repr__(self) -> str:
         return f"TaptouchResource(base_url={self.base_url!r}, client_id={self.client_id!r}, client_secret=***)"
 
-    def with_transport(self, transport: httpx.BaseTransport) -> "TaptouchResource":
-        """A copy that talks through ``transport`` (the in-process sandbox in tests)."""
-        copy = self.model_copy()
-        copy._transport = transport
-        return copy
+    __str__ = __repr__
+
+    def resolved(self) -> tuple[str, str, str]:
+        """(client id, client secret, base URL) from the fields, else the environment variables."""
+        client_id = (self.client_id if self.client_id is not None else os.environ.get(ENV_CLIENT_ID, "")).strip()
+        secret = self.client_secret if self.client_secret is not None else os.environ.get(ENV_CLIENT_SECRET, "")
+        base_url = (self.base_url or os.environ.get(ENV_BASE_URL, "") or api.DEFAULT_BASE_URL).strip()
+        if not client_id:
+            raise TaptouchConfigError(
+                f"{ENV_CLIENT_ID} is not set: set it to your Taptouch OAuth client id "
+                f"(and {ENV_CLIENT_SECRET} to its secret). To try the project without credentials, run the demo: ./dev demo")
+        if not secret.strip():
+            raise TaptouchConfigError(
+                f"{ENV_CLIENT_SECRET} is not set or empty: set it to the secret of Taptouch client {client_id!r}.")
+        return client_id, secret, check_base_url(base_url)
 
     def get_client(self) -> TaptouchClient:
         """A new client (cheap); token caches are shared per credentials within the process."""
-        if not (self.client_id or "").strip():
-            raise TaptouchConfigError("TAPTOUCH_CLIENT_ID is not set: set it to your Taptouch OAuth client id.")
-        if not (self.client_secret or "").strip():
-            raise TaptouchConfigError("TAPTOUCH_CLIENT_SECRET is not set: set it to your Taptouch OAuth client secret.")
-        base_url = check_base_url(self.base_url or api.DEFAULT_BASE_URL)
+        client_id, secret, base_url = self.resolved()
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        auth = shared_auth(client_id=self.client_id, client_secret=self.client_secret, base_url=base_url,
+        auth = shared_auth(client_id=client_id, client_secret=secret, base_url=base_url,
                            scopes=tuple(self.scopes), timeout=timeout, max_retries=self.max_retries,
-                           transport=self._transport)
+                           transport=None)
         return TaptouchClient(
-            client_id=self.client_id, client_secret=self.client_secret, base_url=base_url,
+            client_id=client_id, client_secret=secret, base_url=base_url,
             scopes=tuple(self.scopes), timeout=timeout, page_size=self.page_size, max_retries=self.max_retries,
-            requests_per_second=self.requests_per_second, transport=self._transport, auth=auth,
+            requests_per_second=self.requests_per_second, auth=auth,
         )

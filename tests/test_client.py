@@ -405,12 +405,15 @@ def test_resource_requires_credentials():
         TaptouchResource(client_id=" ", client_secret="x").get_client()
 
 
-def test_resource_clients_share_one_token():
-    fake = FakeAPI(records=[{"id": 1}])
-    res = TaptouchResource(client_id="cid", client_secret=SECRET, base_url=BASE).with_transport(httpx.MockTransport(fake))
-    for _ in range(3):
-        list(res.get_client().list_stores())
-    assert fake.token_calls == 1
+def test_resource_clients_share_one_token_over_http():
+    from taptouch_resource.sandbox import Sandbox, SandboxConfig
+
+    sb = Sandbox(SandboxConfig(stores=2, days=1, orders_per_day=5))
+    with sb.serve() as url:
+        res = TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url)
+        for _ in range(3):
+            assert [s["id"] for s in res.get_client().list_stores()] == sb.store_ids()
+    assert sb.stats.token_requests == 1
 
 
 def test_jsonutil_roundtrip_exact():

@@ -1,0 +1,278 @@
+"""The synced data: ``stores``, ``orders`` (daily partitions) and ``inventory``."""
+
+
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from taptouch_resource import TaptouchError, TaptouchResource
+
+from .. import settings
+from ..partitions import daily_partitions
+from ..sync import SyncResult, is_transient, day_window, known_store_ids, sync_inventory, sync_orders_window, sync_stores
+from ..warehouse.db import PostgresResource
+from ..warehouse.views import apply_views
+
+# Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
+# (a backfill plus the hourly schedule) never exceed the API budget. Set its limit with
+#   dagster instance concurrency set taptouch_api 2
+# or in dagster.yaml (concurrency: pools: default_limit).
+API_POOL = "taptouch_api"
+KINDS = {"taptouch", "postgres"}
+GROUP = "taptouch"
+
+# Step-level retries for transient failures (the client already retried each request).
+RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+CHECK_QUARANTINE = "no_quarantined_records"
+CHECK_ARITHMETIC = "order_arithmetic"
+CHECK_FRESHNESS = "orders_fresh"
+FRESHNESS_HOURS = 2
+
+
+_views_applied: set[str] = set()
+
+
+def prepare_warehouse(warehouse: PostgresResource) -> None:
+    """Apply pending migrations and (once per process) the analytics views, before any load."""
+    warehouse.ensure_migrated()
+    url = warehouse.url()
+    if url not in _views_applied:
+        with warehouse.connect() as conn:
+            conn.autocommit = True
+            apply_views(conn)
+        _views_applied.add(url)
+
+
+@contextmanager
+def api_errors():
+    """Non-transient API errors (credentials, configuration, 4xx) fail the step at once, unretried,
+    with the client's message (which says what to set); transient ones go to the RetryPolicy."""
+    try:
+        yield
+    except (TaptouchError, ValueError) as exc:
+        if isinstance(exc, TaptouchError) and is_transient(exc):
+            raise
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def _api_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def _api_metadata(delta: dict[str, int]) -> dict[str, int]:
+    return {
+        "api_requests": delta["requests"],
+        "api_retries": delta["retries"],
+        "api_429s": delta["rate_limited"],
+        "token_requests": delta["token_requests"],
+    }
+
+
+def _fail_if_stores_failed(result: SyncResult, what: str, metadata: dict) -> None:
+    if not result.failures:
+        return
+    lines = "\n".join(f"- {f}" for f in result.failures)
+    transient = any(f.transient for f in result.failures)
+    raise dg.Failure(
+        description=(
+            f"{what}: {len(result.failures)} store(s) failed; the other {len(result.stores_ok)} store(s) "
+            f"were loaded and committed.\n{lines}"
+            + ("" if transient else "\nThese errors are not transient: the step is not retried.")
+        ),
+        metadata=metadata,
+        allow_retries=transient,
+    )
+
+
+def _markdown_table(rows: list[dict], cols: list[str]) -> str:
+    def cell(v) -> str:
+        return str(v if v is not None else "").replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(cell(r.get(c)) for c in cols) + " |\n" for r in rows)
+
+
+@dg.asset(
+    key="stores", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
+    description="Every store the Taptouch token may read, upserted into taptouch.stores.",
+)
+def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
+    """Every store the token may read; upserted."""
+    t0 = time.monotonic()
+    prepare_warehouse(warehouse)
+    with api_errors():
+        client = taptouch.get_client()
+        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
+    before = client.stats.snapshot()
+    with warehouse.connect() as conn:
+        conn.autocommit = True
+        with api_errors():
+            counts, records = sync_stores(client, conn, run_id=context.run_id)
+    delta = _api_delta(before, client.stats.snapshot())
+    preview = [r for r in records if isinstance(r, dict)][:50]
+    context.log.info(f"stores: {len(records)} listed; {counts.as_dict()}")
+    return dg.MaterializeResult(metadata={
+        **counts.as_dict(),
+        "dagster/row_count": len(records),
+        **_api_metadata(delta),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "preview": dg.MetadataValue.md(_markdown_table(preview, ["id", "name", "status", "timezone", "currency"])),
+    })
+
+
+@dg.asset(
+    key="orders", group_name=GROUP, kinds=KINDS, deps=["stores"], partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
+    pool=API_POOL, retry_policy=RETRY,
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_QUARANTINE, asset="orders",
+                          description="No order of the partition was quarantined (warns when some were)."),
+        dg.AssetCheckSpec(CHECK_ARITHMETIC, asset="orders",
+                          description="Σ item totals = subtotal; Σ payments = total for completed orders."),
+    ],
+    description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day.",
+)
+def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
+    """Orders updated in each UTC day, for every store, with items, payments and refunds."""
+    t0 = time.monotonic()
+    prepare_warehouse(warehouse)
+    with api_errors():
+        client = taptouch.get_client()
+        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
+    before = client.stats.snapshot()
+    keys = list(context.partition_keys)
+    total = SyncResult()
+    with warehouse.connect() as conn:
+        conn.autocommit = True
+        if not known_store_ids(conn):
+            context.log.info("taptouch.stores is empty: loading stores first")
+            with api_errors():
+                sync_stores(client, conn, run_id=context.run_id)
+        for key in keys:
+            start, end = day_window(key)
+            context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
+            result = sync_orders_window(
+                client, conn, start=start, end=end, window=key, run_id=context.run_id,
+                max_workers=settings.store_workers(), batch_size=settings.batch_size(), progress=context.log.info,
+            )
+            c = result.counts
+            context.log.info(
+                f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+                f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
+                f"({result.seconds:.1f}s)"
+            )
+            total.merge(result)
+        range_start, _ = day_window(keys[0])
+        _, range_end = day_window(keys[-1])
+        checks = _order_checks(conn, keys, range_start, range_end)
+    delta = _api_delta(before, client.stats.snapshot())
+    failed = sorted({f.store_id for f in total.failures})
+    metadata = {
+        **total.counts.as_dict(),
+        "dagster/row_count": total.counts.rows,
+        "partitions": len(keys),
+        "stores_ok": len(set(total.stores_ok) - set(failed)),
+        "stores_failed": len(failed),
+        "failed_store_ids": ", ".join(map(str, failed)) or "none",
+        "pages": total.pages,
+        **_api_metadata(delta),
+        "duration_s": round(time.monotonic() - t0, 3),
+    }
+    client.log_summary(context.log)
+    _fail_if_stores_failed(total, f"orders {keys[0]}..{keys[-1]}", metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _order_checks(conn, keys: list[str], start: datetime, end: datetime) -> list[dg.AssetCheckResult]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "select count(*), coalesce(string_agg(distinct left(reason, 120), '; '), '') from taptouch.quarantine"
+            " where entity = 'order' and \"window\" = any(%s) and resolved_at is null",
+            (keys,),
+        )
+        quarantined, reasons = cur.fetchone()
+        cur.execute(
+            """
+            with o as (
+                select order_id, status, subtotal, total from taptouch.orders
+                where updated_at >= %s and updated_at < %s
+            ),
+            items as (
+                select i.order_id, sum(i.total) as item_total from taptouch.order_items i
+                join o using (order_id) group by i.order_id
+            ),
+            pays as (
+                select p.order_id, sum(p.amount) as paid from taptouch.order_payments p
+                join o using (order_id) group by p.order_id
+            )
+            select count(*),
+                   count(*) filter (where items.item_total is not null and items.item_total <> o.subtotal),
+                   count(*) filter (where o.status = 'completed' and coalesce(pays.paid, 0) <> o.total)
+            from o left join items using (order_id) left join pays using (order_id)
+            """,
+            (start, end),
+        )
+        checked, bad_subtotal, bad_paid = cur.fetchone()
+    return [
+        dg.AssetCheckResult(
+            check_name=CHECK_QUARANTINE, asset_key="orders", passed=quarantined == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"quarantined": quarantined, "reasons": reasons[:2000] or "none",
+                      "where": "select * from taptouch.quarantine where entity = 'order' and resolved_at is null"},
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_ARITHMETIC, asset_key="orders", passed=bad_subtotal == 0 and bad_paid == 0,
+            metadata={"orders_checked": checked, "subtotal_mismatches": bad_subtotal, "payment_mismatches": bad_paid},
+        ),
+    ]
+
+
+@dg.asset_check(asset="orders", name=CHECK_FRESHNESS, blocking=False,
+                description=f"The last successful orders load finished within {FRESHNESS_HOURS} hours.")
+def orders_fresh(warehouse: PostgresResource) -> dg.AssetCheckResult:
+    warehouse.ensure_migrated()
+    with warehouse.connect() as conn, conn.cursor() as cur:
+        cur.execute("select max(finished_at) from taptouch.sync_log where entity = 'orders'")
+        last = cur.fetchone()[0]
+    age_h = None if last is None else (datetime.now(timezone.utc) - last).total_seconds() / 3600
+    return dg.AssetCheckResult(
+        passed=age_h is not None and age_h <= FRESHNESS_HOURS, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"last_load": str(last) if last else "never", "age_hours": round(age_h, 2) if age_h is not None else -1.0},
+    )
+
+
+@dg.asset(
+    key="inventory", group_name=GROUP, kinds=KINDS, deps=["stores"], pool=API_POOL, retry_policy=RETRY,
+    description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots.",
+)
+def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
+    """Current stock per store, replacing the previous list; today's snapshot per product."""
+    t0 = time.monotonic()
+    prepare_warehouse(warehouse)
+    with api_errors():
+        client = taptouch.get_client()
+        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
+    before = client.stats.snapshot()
+    with warehouse.connect() as conn:
+        conn.autocommit = True
+        if not known_store_ids(conn):
+            context.log.info("taptouch.stores is empty: loading stores first")
+            with api_errors():
+                sync_stores(client, conn, run_id=context.run_id)
+        result = sync_inventory(client, conn, run_id=context.run_id, progress=context.log.info)
+    delta = _api_delta(before, client.stats.snapshot())
+    failed = sorted({f.store_id for f in result.failures})
+    metadata = {
+        **result.counts.as_dict(),
+        "dagster/row_count": result.counts.rows,
+        "stores_ok": len(result.stores_ok),
+        "stores_failed": len(failed),
+        "failed_store_ids": ", ".join(map(str, failed)) or "none",
+        **_api_metadata(delta),
+        "duration_s": round(time.monotonic() - t0, 3),
+    }
+    _fail_if_stores_failed(result, "inventory", metadata)
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,55 @@
+"""Schedules. Every cron runs in UTC (``execution_timezone="UTC"``) because the ``orders``
+partitions are UTC days; the times below are UTC.
+
+| schedule           | cron (UTC)     | what it runs                                                        |
+|--------------------|----------------|---------------------------------------------------------------------|
+| orders_hourly      | 5 * * * *      | today's orders partition; also yesterday's during 00:00-03:59 UTC    |
+|                    |                | to catch late edits made around midnight                            |
+| stores_daily       | 0 2 * * *      | stores                                                              |
+| inventory_hourly   | 20 * * * *     | inventory (levels and today's snapshot)                             |
+| orders_freshness   | */30 * * * *   | the orders_fresh check (last successful load within 2 hours)        |
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from .partitions import daily_partitions
+
+LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
+
+orders_job = dg.define_asset_job("orders_job", selection=dg.AssetSelection.assets("orders"),
+                                 partitions_def=daily_partitions,
+                                 description="Load orders for one daily partition (UTC day).")
+stores_job = dg.define_asset_job("stores_job", selection=dg.AssetSelection.assets("stores"))
+inventory_job = dg.define_asset_job("inventory_job", selection=dg.AssetSelection.assets("inventory"))
+freshness_job = dg.define_asset_job(
+    "orders_freshness_job", selection=dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("orders"), "orders_fresh")),
+    description="Runs the orders_fresh check alone (no load).",
+)
+
+
+@dg.schedule(job=orders_job, cron_schedule="5 * * * *", execution_timezone="UTC",
+             description="Hourly: today's orders partition, plus yesterday's in the first hours of a UTC day.")
+def orders_hourly(context: dg.ScheduleEvaluationContext):
+    now = context.scheduled_execution_time
+    days = [now.date()]
+    if now.hour < LATE_EDIT_HOURS:
+        days.insert(0, (now - timedelta(days=1)).date())
+    for day in days:
+        key = day.isoformat()
+        yield dg.RunRequest(run_key=f"orders-{key}-{now:%Y%m%dT%H%M}", partition_key=key)
+
+
+stores_daily = dg.ScheduleDefinition(name="stores_daily", job=stores_job, cron_schedule="0 2 * * *",
+                                     execution_timezone="UTC", description="Daily at 02:00 UTC: stores.")
+inventory_hourly = dg.ScheduleDefinition(name="inventory_hourly", job=inventory_job, cron_schedule="20 * * * *",
+                                         execution_timezone="UTC", description="Hourly at :20 UTC: inventory.")
+orders_freshness = dg.ScheduleDefinition(name="orders_freshness", job=freshness_job, cron_schedule="*/30 * * * *",
+                                         execution_timezone="UTC",
+                                         description="Every 30 minutes: is the last orders load under 2 hours old?")
+
+schedules = [orders_hourly, stores_daily, inventory_hourly, orders_freshness]
+jobs = [orders_job, stores_job, inventory_job, freshness_job]
