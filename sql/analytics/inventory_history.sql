@@ -1,0 +1,62 @@
+-- analytics.inventory_history: daily stock snapshots beside the units sold that day.
+-- depends: inventory, orders, stores
+-- One row per taptouch.inventory_snapshots row (snapshot_date, store_id, product_id): the stock at
+-- the last inventory sync of that store-local date, joined to the product's sales of the same
+-- business date (snapshot_date = business_date, matched by product_id). Sales are items of orders
+-- with status completed, partially_refunded or refunded; open and voided are left out, refunds
+-- (order-level money) do not reduce units, as in inventory_status.
+-- Columns:
+--   snapshot_date   store-local date of the snapshot (= the business_date of the sales beside it)
+--   store_id        the store
+--   store_name      its name (taptouch.stores.name)
+--   product_id      the product
+--   sku, name, category, unit   as currently listed in inventory_levels (null once delisted)
+--   on_hand         units in stock at the snapshot
+--   cost_price      unit cost at the snapshot
+--   sell_price      unit sell price at the snapshot
+--   stock_value     greatest(on_hand, 0) × cost_price, rounded to cents (negative stock counts as 0)
+--   units_sold      Σ item quantity of the product on sales orders of that business date (0 if none)
+--   item_sales      Σ item total of those lines (0.00 if none)
+create or replace view analytics.inventory_history as
+with sales as (
+    select order_id, store_id, business_date
+    from taptouch.orders
+    where status in ('completed', 'partially_refunded', 'refunded')
+),
+daily_units as (
+    select
+        sales.store_id,
+        sales.business_date,
+        items.product_id,
+        sum(items.quantity) as units_sold,
+        sum(items.total) as item_sales
+    from taptouch.order_items as items
+    join sales using (order_id)
+    where items.product_id is not null
+    group by sales.store_id, sales.business_date, items.product_id
+)
+select
+    snapshots.snapshot_date,
+    snapshots.store_id,
+    stores.name as store_name,
+    snapshots.product_id,
+    levels.sku,
+    levels.name,
+    levels.category,
+    levels.unit,
+    snapshots.on_hand,
+    snapshots.cost_price,
+    snapshots.sell_price,
+    round(greatest(snapshots.on_hand, 0) * snapshots.cost_price, 2)::numeric(14, 2) as stock_value,
+    coalesce(daily_units.units_sold, 0) as units_sold,
+    coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales
+from taptouch.inventory_snapshots as snapshots
+left join daily_units
+    on daily_units.store_id = snapshots.store_id
+    and daily_units.business_date = snapshots.snapshot_date
+    and daily_units.product_id = snapshots.product_id
+left join taptouch.inventory_levels as levels
+    on levels.store_id = snapshots.store_id
+    and levels.product_id = snapshots.product_id
+left join taptouch.stores as stores
+    on stores.store_id = snapshots.store_id;
