@@ -93,7 +93,35 @@ def _psql_executable() -> str:
     return str(bundled) if bundled.exists() else "psql"
 
 
+# --- demo / ui --------------------------------------------------------------------------------
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=7, help="how many daily order partitions to load (default 7)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(days=args.days)
+
+
+def _ui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sandbox", action="store_true",
+                        help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--host", default="127.0.0.1")
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_ui
+
+    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host)
+
+
 COMMANDS: dict[str, Command] = {
+    "demo": Command(_demo, "run the whole pipeline on the sandbox API and the embedded PostgreSQL", _demo_arguments),
+    "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
     "migrate": Command(_migrate, "apply pending database migrations", _database_url_argument),
     "db-url": Command(_db_url, "print the database URL and how to open psql on it", _db_url_arguments),
 }
@@ -125,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines are debugging noise
+    for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines are debugging noise here
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from pipelines.warehouse.db import WarehouseConfigError
     from pipelines.warehouse.migrations import MigrationError

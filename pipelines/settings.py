@@ -12,7 +12,7 @@
 | TAPTOUCH_REQUESTS_PER_SECOND | 10                         | client-side request-rate limit per run           |
 | TAPTOUCH_PAGE_SIZE           | 500                        | records per API page (1..500)                    |
 | TAPTOUCH_BATCH_SIZE          | 5000                       | orders per COPY batch (bounds memory)            |
-| TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN | 7                  | partitions one backfill run loads                |
+| TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN | 10                 | partitions one backfill run loads                |
 """
 
 from __future__ import annotations
@@ -66,4 +66,4 @@ def batch_size() -> int:
 
 
 def backfill_partitions_per_run() -> int:
-    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", 7, 1, 366)
+    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", 10, 1, 366)

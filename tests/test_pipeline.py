@@ -1,0 +1,208 @@
+"""The Dagster pipeline end to end: sandbox over HTTP -> assets -> real PostgreSQL == ground truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from pipelines.assets.analytics import analytics_assets
+from pipelines.assets.taptouch import inventory, orders, stores
+from pipelines.definitions import defs
+from pipelines.schedules import orders_hourly
+from pipelines.warehouse.db import PostgresResource
+from taptouch_resource import TaptouchResource, jsonutil
+from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
+from taptouch_resource.sandbox import truth
+
+END = date(2026, 11, 27)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sandbox():
+    sb = Sandbox(SandboxConfig(seed=7, stores=3, days=6, end_date=END, orders_per_day=40))
+    with sb.serve() as url:
+        sb.url = url
+        yield sb
+
+
+def resources(sb, db_url, secret=None):
+    return {
+        "taptouch": TaptouchResource(client_id=sb.config.client_id, client_secret=secret or sb.config.client_secret,
+                                     base_url=sb.url, requests_per_second=None),
+        "warehouse": PostgresResource(database_url=db_url),
+    }
+
+
+def rows(db_url, sql, *args):
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(sql, args or None).fetchall()
+
+
+def expected_orders(sb, days: list[str]) -> dict[int, dict]:
+    out = {}
+    for d in days:
+        start = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
+        for sid in sb.store_ids():
+            for o in sb.orders_in_window(sid, start, start + timedelta(days=1)):
+                out[o["id"]] = o
+    return out
+
+
+def assert_orders_match(db_url, sb, days):
+    want = expected_orders(sb, days)
+    assert want, "the sandbox must have orders in the window"
+    got = {r[0]: r[1:] for r in rows(db_url, "select order_id, updated_at, status, total, raw::text from taptouch.orders")}
+    assert set(got) == set(want)
+    for oid, o in want.items():
+        updated_at, status, total, raw = got[oid]
+        assert updated_at == datetime.fromisoformat(o["updated_at"])
+        assert (status, total) == (o["status"], o["total"])
+        assert jsonutil.loads(raw) == o
+    items = rows(db_url, "select order_id, item_id, total from taptouch.order_items order by 1, 2")
+    assert items == sorted((o["id"], i["id"], i["total"]) for o in want.values() for i in o["items"])
+    pays = rows(db_url, "select order_id, payment_id, amount from taptouch.order_payments order by 1, 2")
+    assert pays == sorted((o["id"], p["id"], p["amount"]) for o in want.values() for p in o["payments"])
+    refunds = rows(db_url, "select order_id, refund_id, amount from taptouch.order_refunds order by 1, 2")
+    assert refunds == sorted((o["id"], r["id"], r["amount"]) for o in want.values() for r in o["refunds"])
+
+
+def test_definitions_load_and_every_job_and_schedule_resolves():
+    repo = defs.get_repository_def()
+    assert {"stores", "orders", "inventory", "daily_store_sales"} <= {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    for name in repo.job_names:
+        repo.get_job(name)
+    assert {s.name for s in repo.schedule_defs} == {"orders_hourly", "stores_daily", "inventory_hourly", "orders_freshness"}
+    for s in repo.schedule_defs:
+        assert s.execution_timezone == "UTC"
+    orders_def = repo.assets_defs_by_key[dg.AssetKey("orders")]
+    assert orders_def.partitions_def is not None and orders_def.backfill_policy is not None
+    assert {k.name for k in repo.asset_graph.asset_check_keys} >= {"no_quarantined_records", "order_arithmetic", "orders_fresh"}
+
+
+def test_orders_hourly_schedule_requests():
+    def keys(when):
+        ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+        return [r.partition_key for r in orders_hourly.evaluate_tick(ctx).run_requests]
+
+    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=timezone.utc)) == ["2026-11-01", "2026-11-02"]
+    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=timezone.utc)) == ["2026-11-01", "2026-11-02"]
+    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=timezone.utc)) == ["2026-11-02"]
+    assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=timezone.utc)) == ["2026-11-02"]
+
+
+def test_assets_load_ground_truth(sandbox, migrated_db):
+    res = resources(sandbox, migrated_db)
+    result = dg.materialize([stores, inventory], resources=res)
+    assert result.success
+    got = dict(rows(migrated_db, "select store_id, name from taptouch.stores"))
+    assert got == {s["id"]: s["name"] for s in sandbox.stores()}
+    levels = rows(migrated_db, "select store_id, product_id, on_hand, cost_price from taptouch.inventory_levels order by 1, 2")
+    assert levels == sorted((sid, p["product_id"], Decimal(p["on_hand"]), p["cost_price"])
+                            for sid in sandbox.store_ids() for p in sandbox.inventory(sid))
+    assert rows(migrated_db, "select count(*) from taptouch.inventory_snapshots")[0][0] == len(levels)
+
+    result = dg.materialize([orders], resources=res, partition_key="2026-11-25")
+    assert result.success
+    assert_orders_match(migrated_db, sandbox, ["2026-11-25"])
+    md = result.asset_materializations_for_node("orders")[0].metadata
+    assert md["inserted"].value == len(expected_orders(sandbox, ["2026-11-25"]))
+    assert md["stores_ok"].value == 3 and md["stores_failed"].value == 0 and md["api_requests"].value >= 3
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"no_quarantined_records": True, "order_arithmetic": True}
+
+
+def test_backfill_of_three_partitions_through_an_instance_then_rerun_changes_nothing(sandbox, migrated_db, tmp_path):
+    res = resources(sandbox, migrated_db)
+    days = ["2026-11-23", "2026-11-24", "2026-11-25"]
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        assert dg.materialize([stores], resources=res, instance=instance).success
+        tags = {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]}
+        first = dg.materialize([orders], resources=res, instance=instance, tags=tags)
+        assert first.success
+        assert_orders_match(migrated_db, sandbox, days)
+        before = rows(migrated_db, "select order_id, loaded_at from taptouch.orders order by 1")
+        again = dg.materialize([orders], resources=res, instance=instance, tags=tags)
+        md = again.asset_materializations_for_node("orders")[0].metadata
+        assert md["inserted"].value == 0 and md["updated"].value == 0 and md["unchanged"].value == len(before)
+        assert rows(migrated_db, "select order_id, loaded_at from taptouch.orders order by 1") == before
+        status = instance.get_status_by_partition(dg.AssetKey("orders"), days, orders.partitions_def)
+        assert status and all(str(v).endswith("MATERIALIZED") for v in status.values())
+
+
+def test_forbidden_store_is_isolated_and_named(sandbox, migrated_db):
+    sandbox.faults.forbidden_stores = {sandbox.store_ids()[1]}
+    res = resources(sandbox, migrated_db)
+    assert dg.materialize([stores], resources=res).success
+    result = dg.materialize([orders], resources=res, partition_key="2026-11-25", raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("orders")
+    text = str(failure.user_failure_data.description if failure.user_failure_data else failure.error)
+    bad = sandbox.store_ids()[1]
+    assert f"store {bad}" in text and "store_forbidden" in text
+    ok_stores = [s for s in sandbox.store_ids() if s != bad]
+    loaded = {r[0] for r in rows(migrated_db, "select distinct store_id from taptouch.orders")}
+    assert loaded == set(ok_stores)
+    start = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    expected = {o["id"] for s in ok_stores for o in sandbox.orders_in_window(s, start, start + timedelta(days=1))}
+    assert {r[0] for r in rows(migrated_db, "select order_id from taptouch.orders")} == expected
+
+
+def test_wrong_credentials_fail_first_step_clearly(sandbox, migrated_db):
+    res = resources(sandbox, migrated_db, secret="not-the-secret")
+    result = dg.materialize([stores], resources=res, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("stores")
+    text = failure.user_failure_data.description
+    assert "TAPTOUCH_CLIENT_SECRET" in text and "invalid_client" in text
+    assert "not-the-secret" not in text
+
+
+def test_missing_client_id_names_the_variable(migrated_db, monkeypatch):
+    monkeypatch.delenv("TAPTOUCH_CLIENT_ID", raising=False)
+    monkeypatch.delenv("TAPTOUCH_CLIENT_SECRET", raising=False)
+    res = {"taptouch": TaptouchResource(), "warehouse": PostgresResource(database_url=migrated_db)}
+    result = dg.materialize([stores], resources=res, raise_on_error=False)
+    assert "TAPTOUCH_CLIENT_ID is not set" in result.failure_data_for_node("stores").user_failure_data.description
+
+
+def test_quarantine_check_warns_and_other_orders_load(migrated_db):
+    sb = Sandbox(SandboxConfig(seed=3, stores=2, days=3, end_date=END, orders_per_day=60), faults=Faults(malformed_every=10))
+    with sb.serve() as url:
+        sb.url = url
+        res = resources(sb, migrated_db)
+        assert dg.materialize([stores], resources=res).success
+        result = dg.materialize([orders], resources=res, partition_key="2026-11-26")
+    assert result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    quarantined = rows(migrated_db, "select record_key from taptouch.quarantine where entity = 'order'")
+    assert quarantined, "malformed_every=10 must produce quarantined orders in a day"
+    assert checks["no_quarantined_records"].passed is False
+    assert checks["no_quarantined_records"].severity == dg.AssetCheckSeverity.WARN
+    assert {int(k) for (k,) in quarantined} <= sb.malformed_order_ids()
+    loaded = {r[0] for r in rows(migrated_db, "select order_id from taptouch.orders")}
+    start = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    all_ids = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, start, start + timedelta(days=1))}
+    assert loaded == all_ids - {int(k) for (k,) in quarantined}
+
+
+@pytest.mark.slow
+def test_operator_cli_materializes_a_partition(sandbox, migrated_db, tmp_path):
+    env = {**os.environ, "TAPTOUCH_BASE_URL": sandbox.url, "TAPTOUCH_CLIENT_ID": sandbox.config.client_id,
+           "TAPTOUCH_CLIENT_SECRET": sandbox.config.client_secret, "TAPTOUCH_DATABASE_URL": migrated_db,
+           "DAGSTER_HOME": str(tmp_path)}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    for select, extra in (("stores", []), ("orders", ["--partition", "2026-11-24"])):
+        proc = subprocess.run([dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", select, *extra],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_orders_match(migrated_db, sandbox, ["2026-11-24"])
+    assert sandbox.config.client_secret not in proc.stdout + proc.stderr
