@@ -1,0 +1,433 @@
+"""The analytics views against ground truth computed independently in Python from the sandbox.
+
+Data goes through the production path (sandbox API in-process -> TaptouchClient -> sync_orders_window
+-> loader -> real PostgreSQL -> apply_views); the expected figures are plain Python over the
+sandbox's clean records (Decimal, zoneinfo), compared exactly, to the cent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from pipelines.sync import day_window, sync_orders_window
+from pipelines.warehouse.db import libpq_url
+from pipelines.warehouse.loader import load_inventory, load_stores
+from pipelines.warehouse.migrations import migrate
+from pipelines.warehouse.views import apply_views
+from taptouch_resource import TaptouchClient
+from taptouch_resource.sandbox import Sandbox, SandboxConfig, truth
+
+D = Decimal
+CENT = D("0.01")
+ZERO = D("0.00")
+SALES = truth.SALES_STATUSES
+STORES = 3
+DAYS = 5
+
+
+# ------------------------------------------------------------------------------------------ loading
+def make_sandbox() -> Sandbox:
+    # end_date = today (UTC): inventory_status looks at the 28 days before today in each store's zone
+    return Sandbox(SandboxConfig(seed=7, stores=STORES, days=DAYS, orders_per_day=40,
+                                 end_date=datetime.now(timezone.utc).date()))
+
+
+def client_for(sb: Sandbox) -> TaptouchClient:
+    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
+                          page_size=500, requests_per_second=None)
+
+
+def utc_days(sb: Sandbox) -> list[date]:
+    """Every UTC day an updated_at can fall on: stores east of UTC start their first day the day
+    before; late edits may be published the day after end_date."""
+    first = sb.end_date - timedelta(days=DAYS)
+    return [first + timedelta(days=i) for i in range(DAYS + 2)]
+
+
+def sync_day(client: TaptouchClient, conn: psycopg.Connection, day: date) -> None:
+    start, end = day_window(day)
+    result = sync_orders_window(client, conn, start=start, end=end, window=day.isoformat(), max_workers=2)
+    assert not result.failures, result.failures
+
+
+def inventory_days(sb: Sandbox) -> list[date]:
+    return [sb.end_date - timedelta(days=i) for i in range(3, -1, -1)]
+
+
+def inventory_records(sb: Sandbox, store_id: int, day: date) -> list[dict]:
+    """The store's stock list as the API serves it, varied per snapshot day; the first products are
+    forced to negative and zero stock so the stock-out and value rules are exercised every time."""
+    records = [dict(r) for r in sb.inventory(store_id)]
+    shift = (sb.end_date - day).days
+    for i, rec in enumerate(records):
+        if i == 0:
+            rec["on_hand"] = D("-3")
+        elif i == 1:
+            rec["on_hand"] = D("0")
+        else:
+            rec["on_hand"] = rec["on_hand"] + shift
+    return records
+
+
+def sell_stock_products(sb: Sandbox) -> list[int]:
+    """Late edits: add lines of stock products to some orders of every store (every day, every status),
+    as the shop's retail sales of beans. Returns the edited order ids."""
+    edited = []
+    stock = {sid: {r["product_id"]: r for r in sb.inventory(sid)} for sid in sb.store_ids()}
+    for sid in sb.store_ids():
+        # the sandbox's menu and stock catalogues do not overlap: sell stock products through edits,
+        # among them the first listed, whose stock inventory_records forces negative
+        listed = sorted(stock[sid])
+        sold = [listed[0], listed[5], listed[6]]
+        for order in list(sb.orders(sid))[::9]:
+            rec = stock[sid][sold[order["id"] % len(sold)]]
+            line = {"id": len(order["items"]) + 1, "product_id": rec["product_id"], "sku": rec["sku"],
+                    "name": rec["name"], "category": rec["category"], "quantity": 1 + order["id"] % 3,
+                    "unit_price": rec["sell_price"], "discount": ZERO, "tax": ZERO, "total": ZERO,
+                    "modifiers": []}
+            sb.edit_order(order["id"], items=order["items"] + [line],
+                          updated_at=datetime.fromisoformat(order["updated_at"]) + timedelta(minutes=5))
+            edited.append(order["id"])
+    return edited
+
+
+def load_sandbox(url: str, sb: Sandbox) -> psycopg.Connection:
+    conn = psycopg.connect(libpq_url(url), autocommit=True)
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    for day in utc_days(sb):
+        sync_day(client, conn, day)
+    for day in inventory_days(sb):
+        for sid in sb.store_ids():
+            load_inventory(conn, sid, inventory_records(sb, sid, day), snapshot_date=day)
+    apply_views(conn)
+    return conn
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    sb = make_sandbox()
+    sell_stock_products(sb)
+    return sb
+
+
+@pytest.fixture(scope="module")
+def loaded(make_database, sandbox):
+    """One migrated database holding the whole sandbox, shared by the read-only tests of this module."""
+    url = make_database()
+    migrate(url)
+    conn = load_sandbox(url, sandbox)
+    yield url, conn
+    conn.close()
+
+
+# ------------------------------------------------------------------------------------- ground truth
+def tz_of(sb: Sandbox) -> dict[int, ZoneInfo]:
+    return {s["id"]: ZoneInfo(s["timezone"]) for s in sb.stores()}
+
+
+def sales_orders(sb: Sandbox):
+    """(store_id, business_date, local created_at, order) of every sales order, latest versions."""
+    tz = tz_of(sb)
+    for sid in sb.store_ids():
+        for order in sb.orders(sid):
+            if order["status"] in SALES:
+                local = datetime.fromisoformat(order["created_at"]).astimezone(tz[sid])
+                yield sid, local.date(), local, order
+
+
+def refunded(order: dict) -> Decimal:
+    return sum((r["amount"] for r in order["refunds"]), ZERO)
+
+
+def truth_hourly_sales(sb):
+    acc = defaultdict(lambda: {"order_count": 0, "refunds": ZERO, "net_sales": ZERO})
+    for sid, day, local, order in sales_orders(sb):
+        row = acc[(sid, day, local.hour)]
+        row["order_count"] += 1
+        row["refunds"] += refunded(order)
+        row["net_sales"] += order["total"] - refunded(order)
+    return dict(acc)
+
+
+def truth_product_sales(sb):
+    acc = defaultdict(lambda: {"order_ids": set(), "units": D(0), "net_item_sales": ZERO, "item_discounts": ZERO,
+                               "modifier_revenue": D(0)})
+    for sid, day, _, order in sales_orders(sb):
+        for item in order["items"]:
+            row = acc[(sid, day, item["product_id"], item["name"], item["category"])]
+            row["order_ids"].add(order["id"])
+            row["units"] += D(item["quantity"])
+            row["net_item_sales"] += item["total"]
+            row["item_discounts"] += item["discount"]
+            for m in item["modifiers"]:
+                row["modifier_revenue"] += D(item["quantity"]) * m["price"] * D(m.get("quantity") or 1)
+    return {k: {"order_count": len(v["order_ids"]), "units": v["units"], "net_item_sales": v["net_item_sales"],
+                "item_discounts": v["item_discounts"],
+                "modifier_revenue": v["modifier_revenue"].quantize(CENT, ROUND_HALF_UP)}
+            for k, v in acc.items()}
+
+
+def truth_payment_mix(sb):
+    acc = defaultdict(lambda: {"payment_count": 0, "amount": ZERO, "surcharges": ZERO, "tips": ZERO})
+    for sid, day, _, order in sales_orders(sb):
+        for p in order["payments"]:
+            row = acc[(sid, day, p["method"])]
+            row["payment_count"] += 1
+            row["amount"] += p["amount"]
+            row["surcharges"] += p["surcharge"]
+            row["tips"] += p["tip"]
+    return dict(acc)
+
+
+def truth_channel_mix(sb):
+    acc = defaultdict(lambda: {"order_count": 0, "refunds": ZERO, "net_sales": ZERO})
+    for sid, day, _, order in sales_orders(sb):
+        row = acc[(sid, day, order["source"], order["fulfillment_type"])]
+        row["order_count"] += 1
+        row["refunds"] += refunded(order)
+        row["net_sales"] += order["total"] - refunded(order)
+    return dict(acc)
+
+
+def units_by_day(sb) -> dict[tuple[int, date, int], tuple[Decimal, Decimal]]:
+    acc = defaultdict(lambda: [D(0), ZERO])
+    for sid, day, _, order in sales_orders(sb):
+        for item in order["items"]:
+            row = acc[(sid, day, item["product_id"])]
+            row[0] += D(item["quantity"])
+            row[1] += item["total"]
+    return {k: tuple(v) for k, v in acc.items()}
+
+
+def stock_value(on_hand: Decimal, cost: Decimal | None) -> Decimal | None:
+    return None if cost is None else (max(on_hand, D(0)) * cost).quantize(CENT, ROUND_HALF_UP)
+
+
+def truth_inventory_status(sb, now: datetime):
+    tz = tz_of(sb)
+    units = units_by_day(sb)
+    out = {}
+    for sid in sb.store_ids():
+        today = now.astimezone(tz[sid]).date()
+        for rec in inventory_records(sb, sid, sb.end_date):  # the last snapshot loaded is the current level
+            pid, on_hand = rec["product_id"], D(rec["on_hand"])
+            sold = sum((units.get((sid, today - timedelta(days=k), pid), (D(0),))[0] for k in range(1, 29)), D(0))
+            out[(sid, pid)] = {
+                "on_hand": on_hand,
+                "stock_value": stock_value(on_hand, rec["cost_price"]),
+                "below_reorder": on_hand < rec["reorder_level"],
+                "stock_out": on_hand <= 0,
+                "units_sold_28d": sold,
+                "avg_daily_units_28d": (sold / 28).quantize(D("0.001"), ROUND_HALF_UP),
+                "days_of_cover": (max(on_hand, D(0)) * 28 / sold).quantize(D("0.1"), ROUND_HALF_UP) if sold else None,
+            }
+    return out
+
+
+def truth_inventory_history(sb):
+    units = units_by_day(sb)
+    out = {}
+    for day in inventory_days(sb):
+        for sid in sb.store_ids():
+            for rec in inventory_records(sb, sid, day):
+                u, s = units.get((sid, day, rec["product_id"]), (D(0), ZERO))
+                out[(day, sid, rec["product_id"])] = {"on_hand": D(rec["on_hand"]),
+                                                     "stock_value": stock_value(D(rec["on_hand"]), rec["cost_price"]),
+                                                     "units_sold": u, "item_sales": s}
+    return out
+
+
+# ------------------------------------------------------------------------------------- comparison
+KEYS = {
+    "daily_store_sales": ("store_id", "business_date"),
+    "hourly_sales": ("store_id", "business_date", "local_hour"),
+    "product_sales": ("store_id", "business_date", "product_id", "product_name", "category"),
+    "payment_mix": ("store_id", "business_date", "method"),
+    "channel_mix": ("store_id", "business_date", "source", "fulfillment_type"),
+    "inventory_status": ("store_id", "product_id"),
+    "inventory_history": ("snapshot_date", "store_id", "product_id"),
+}
+
+
+def db_now(conn) -> datetime:
+    return conn.execute("select now()").fetchone()[0]
+
+
+def expected(view: str, sb: Sandbox, now: datetime) -> dict:
+    return {
+        "daily_store_sales": lambda: truth.daily_store_sales(sb),
+        "hourly_sales": lambda: truth_hourly_sales(sb),
+        "product_sales": lambda: truth_product_sales(sb),
+        "payment_mix": lambda: truth_payment_mix(sb),
+        "channel_mix": lambda: truth_channel_mix(sb),
+        "inventory_status": lambda: truth_inventory_status(sb, now),
+        "inventory_history": lambda: truth_inventory_history(sb),
+    }[view]()
+
+
+def actual(conn, view: str, columns) -> dict:
+    keys = KEYS[view]
+    cur = conn.execute(f"select {', '.join(keys + tuple(columns))} from analytics.{view}")
+    return {row[:len(keys)]: dict(zip(columns, row[len(keys):])) for row in cur.fetchall()}
+
+
+def assert_view_matches(conn, view: str, sb: Sandbox) -> dict:
+    want = expected(view, sb, db_now(conn))
+    columns = next(iter(want.values())).keys()
+    got = actual(conn, view, columns)
+    assert got.keys() == want.keys(), (view, sorted(got.keys() ^ want.keys(), key=str)[:5])
+    wrong = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    assert not wrong, (view, list(wrong.items())[:3])
+    for k, row in got.items():  # money stays exact: Decimal with cents, never float
+        for col, value in row.items():
+            assert not isinstance(value, float), (view, col)
+    return got
+
+
+# ------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("view", sorted(KEYS))
+def test_view_matches_ground_truth(loaded, sandbox, view):
+    _, conn = loaded
+    got = assert_view_matches(conn, view, sandbox)
+    assert len(got) > 0
+
+
+def test_data_covers_midnight_refunds_voids_and_open_orders(loaded, sandbox):
+    """The data the views are checked on holds the hard cases (so the comparisons above test them)."""
+    _, conn = loaded
+    tz = tz_of(sandbox)
+    zones = {str(z) for z in tz.values()}
+    assert len(zones) == STORES  # three different time zones
+    near_midnight = defaultdict(int)  # per store: sales orders whose UTC date differs from their business date
+    statuses = defaultdict(int)
+    for sid in sandbox.store_ids():
+        for order in sandbox.orders(sid):
+            statuses[order["status"]] += 1
+            created = datetime.fromisoformat(order["created_at"])
+            local = created.astimezone(tz[sid])
+            if order["status"] in SALES and (local.hour == 0 or local.hour == 23) \
+                    and created.astimezone(timezone.utc).date() != local.date():
+                near_midnight[sid] += 1
+    assert all(near_midnight[sid] > 0 for sid in sandbox.store_ids()), near_midnight
+    for status in ("voided", "open", "refunded", "partially_refunded", "completed"):
+        assert statuses[status] > 0, statuses
+
+    # those orders land on their local date and hour, in every store
+    hours = conn.execute("select store_id, array_agg(distinct local_hour) from analytics.hourly_sales"
+                         " group by store_id").fetchall()
+    assert {sid for sid, hs in hours if 0 in hs and 23 in hs} == set(sandbox.store_ids())
+    # the cross-view identities the README promises
+    mismatches = conn.execute("""
+        with h as (select store_id, business_date, sum(order_count) as n, sum(net_sales) as net
+                   from analytics.hourly_sales group by store_id, business_date),
+             c as (select store_id, business_date, sum(order_count) as n, sum(net_sales) as net
+                   from analytics.channel_mix group by store_id, business_date),
+             p as (select store_id, business_date, sum(net_item_sales) as items
+                   from analytics.product_sales group by store_id, business_date),
+             m as (select store_id, business_date, sum(amount) as amount
+                   from analytics.payment_mix group by store_id, business_date)
+        select count(*) from analytics.daily_store_sales d
+        join h using (store_id, business_date) join c using (store_id, business_date)
+        join p using (store_id, business_date) join m using (store_id, business_date)
+        where h.n <> d.order_count or h.net <> d.net_sales or c.n <> d.order_count or c.net <> d.net_sales
+           or p.items <> d.gross_sales or m.amount - d.refunds <> d.net_sales""").fetchone()[0]
+    assert mismatches == 0
+
+
+def test_inventory_cases_are_exercised(loaded, sandbox):
+    _, conn = loaded
+    rows = conn.execute("select on_hand, stock_value, stock_out, below_reorder, days_of_cover"
+                        " from analytics.inventory_status").fetchall()
+    assert any(on_hand < 0 and value == 0 and out for on_hand, value, out, _, _ in rows)  # negative stock: value 0
+    assert any(cover is not None and cover > 0 for *_, cover in rows)
+    assert any(cover == 0 for *_, cover in rows)  # sold but out of stock
+    assert any(cover is None for *_, cover in rows)  # never sold
+    assert any(below for *_, below, _ in rows) and not all(below for *_, below, _ in rows)
+    sold = conn.execute("select count(*) from analytics.inventory_history where units_sold > 0").fetchone()[0]
+    assert sold > 0
+
+
+def test_views_follow_late_edits(migrated_db):
+    """A later version of an order (refunded, voided, reopened, re-itemised, moved across midnight)
+    reloaded through its window moves every view with it."""
+    sb = make_sandbox()
+    conn = load_sandbox(migrated_db, sb)
+    try:
+        before = {v: actual(conn, v, ["order_count", "net_sales"])
+                  for v in ("daily_store_sales", "hourly_sales", "channel_mix")}
+        tz = tz_of(sb)
+        picked: dict[str, dict] = {}
+        for sid in sb.store_ids():
+            for order in sb.orders(sid):
+                local = datetime.fromisoformat(order["created_at"]).astimezone(tz[sid])
+                st = order["status"]
+                if st == "completed" and order["refunds"] == [] and "refund" not in picked:
+                    picked["refund"] = order
+                elif st == "completed" and "void" not in picked and local.hour >= 8:
+                    picked["void"] = order
+                elif st == "open" and "complete" not in picked:
+                    picked["complete"] = order
+                elif st == "completed" and local.hour == 23 and "midnight" not in picked:
+                    picked["midnight"] = order
+                elif st == "completed" and len(order["items"]) > 1 and "items" not in picked:
+                    picked["items"] = order
+        assert picked.keys() == {"refund", "void", "complete", "midnight", "items"}, picked.keys()
+        # published after every original version: in the UTC day after end_date
+        published = datetime.combine(sb.end_date + timedelta(days=1), datetime.min.time(), timezone.utc)
+        midnight_local = datetime.fromisoformat(picked["midnight"]["created_at"]).astimezone(
+            tz[picked["midnight"]["store_id"]])
+        edits = {
+            "refund": {"status": "refunded"},
+            "void": {"status": "voided"},
+            "complete": {"status": "completed"},
+            # created_at corrected from 23:xx to 00:05 the next local day: it moves business date
+            "midnight": {"created_at": (midnight_local + timedelta(days=1)).replace(hour=0, minute=5).isoformat()},
+            "items": {"items": [{**picked["items"]["items"][0],
+                                 "quantity": picked["items"]["items"][0]["quantity"] + 2}]
+                      + picked["items"]["items"][1:]},
+        }
+        for n, (case, changes) in enumerate(edits.items()):
+            sb.edit_order(picked[case]["id"], updated_at=published + timedelta(minutes=n), **changes)
+        moved = sb.order(picked["midnight"]["id"])
+        assert truth.business_date(moved, str(tz[moved["store_id"]])) != \
+            truth.business_date(picked["midnight"], str(tz[moved["store_id"]]))
+        assert sb.order(picked["refund"]["id"])["refunds"]
+
+        sync_day(client_for(sb), conn, published.date())  # the window holding the new versions
+        for view in KEYS:
+            assert_view_matches(conn, view, sb)
+        after = {v: actual(conn, v, ["order_count", "net_sales"]) for v in before}
+        for view in before:
+            assert after[view] != before[view], view
+    finally:
+        conn.close()
+
+
+def test_analytics_assets_materialize_with_chart(loaded):
+    import dagster as dg
+
+    from pipelines.assets.analytics import analytics_assets
+    from pipelines.warehouse.db import PostgresResource
+
+    url, conn = loaded
+    result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})
+    assert result.success
+    mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()}
+    assert set(mats) == set(KEYS)
+    for view, mat in mats.items():
+        rows = conn.execute(f"select count(*) from analytics.{view}").fetchone()[0]
+        assert mat.metadata["dagster/row_count"].value == rows > 0
+    chart = mats["daily_store_sales"].metadata["net_sales_chart"].value
+    prefix = "data:image/png;base64,"
+    assert prefix in chart
+    data = chart.split(prefix, 1)[1].rstrip(")")
+    assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
