@@ -110,7 +110,7 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
     with warehouse.connect() as conn:
         conn.autocommit = True
         with api_errors():
-            counts, records = sync_stores(client, conn, run_id=context.run_id)
+            counts, records = sync_stores(client, conn, run_id=context.run.run_id)
     delta = _api_delta(before, client.stats.snapshot())
     preview = [r for r in records if isinstance(r, dict)][:50]
     context.log.info(f"stores: {len(records)} listed; {counts.as_dict()}")
@@ -150,12 +150,12 @@ def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
         if not known_store_ids(conn):
             context.log.info("taptouch.stores is empty: loading stores first")
             with api_errors():
-                sync_stores(client, conn, run_id=context.run_id)
+                sync_stores(client, conn, run_id=context.run.run_id)
         for key in keys:
             start, end = day_window(key)
             context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
             result = sync_orders_window(
-                client, conn, start=start, end=end, window=key, run_id=context.run_id,
+                client, conn, start=start, end=end, window=key, run_id=context.run.run_id,
                 max_workers=settings.store_workers(), batch_size=settings.batch_size(), progress=context.log.info,
             )
             c = result.counts
@@ -261,8 +261,8 @@ def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, war
         if not known_store_ids(conn):
             context.log.info("taptouch.stores is empty: loading stores first")
             with api_errors():
-                sync_stores(client, conn, run_id=context.run_id)
-        result = sync_inventory(client, conn, run_id=context.run_id, progress=context.log.info)
+                sync_stores(client, conn, run_id=context.run.run_id)
+        result = sync_inventory(client, conn, run_id=context.run.run_id, progress=context.log.info)
     delta = _api_delta(before, client.stats.snapshot())
     failed = sorted({f.store_id for f in result.failures})
     metadata = {

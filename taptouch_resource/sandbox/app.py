@@ -86,7 +86,8 @@ def _add_extra_fields(record: dict, kind: str) -> dict:
     record["x_meta"] = {"schema": 3, "source": f"sandbox-{kind}", "tags": ["☕", "beta"], "weight": 0.5,
                         "nested": {"flag": True, "list": [1, None]}}
     if kind == "order":
-        for item in record.get("items") or []:
+        items = record.get("items")
+        for item in items if isinstance(items, list) else []:  # a malformed record may hold a dict
             item["x_kitchen_station"] = "bar" if item.get("category") == "Coffee" else "kitchen"
     return record
 
