@@ -1,0 +1,616 @@
+"""End-to-end sync benchmark: this project next to dlt and next to the two ceilings, in one run.
+
+    ./dev python bench/sync_bench.py --orders 100000                 # issue 6: sync side by side
+    ./dev python bench/sync_bench.py --orders 10000 100000 --mode loader   # issue 3: loader vs raw COPY
+
+Every contender runs in its own subprocess (its peak RSS and CPU time are its own), against a fresh
+sandbox server in yet another process (``python -m taptouch_resource.sandbox serve``, real HTTP on
+loopback), and a fresh empty database on the Postgres server of ``--database-url`` (default:
+``$TAPTOUCH_DATABASE_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``).
+
+Contenders (``--mode sync``):
+  api          API ceiling: every order page fetched through TaptouchClient (4 stores in parallel,
+               one UTC day per window, as the asset does) and discarded.
+  copy         DB ceiling: a raw COPY (text format, pre-built files) of the same rows (orders with
+               raw, items, payments, refunds) into plain tables without keys or indexes.
+  ours         pipelines.sync: sync_stores, then sync_orders_window for each UTC day (the
+               ``orders`` asset's code path), into the migrated warehouse.
+  ours-resync  the same windows again, nothing changed at the source.
+  dlt          dlt's rest_api source: OAuth2 client credentials, page-number paginator on
+               index/count, stores -> orders per store (updated_from/updated_to = the whole
+               range, one run), merge on ``id``, nested child tables, into Postgres.
+  dlt-resync   the same dlt pipeline run again, nothing changed at the source.
+
+``--mode loader`` (issue 3): OrderWindowLoad alone, fed pre-generated pages (one window holding
+every order), timed around the loader calls only, next to the raw COPY of the same rows.
+
+Volume: 4 stores x 500 orders per store per local day; ``--orders N`` picks the number of days
+(10k -> 5 days, 100k -> 50, 1M -> 500). The sandbox's weekends are a little busier, so the real
+count is ~1-2% above N; the table shows the real count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STORES = 4
+ORDERS_PER_DAY = 500
+END_DATE = date(2026, 11, 27)
+SEED = 1
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+PAGE_SIZE = 500
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+CHILD_TABLES = ("items", "payments", "refunds")
+
+
+# ------------------------------------------------------------------------------------------------
+# volume and windows
+
+
+def days_for(orders: int) -> int:
+    return max(1, round(orders / (STORES * ORDERS_PER_DAY)))
+
+
+def utc_windows(days: int) -> list[tuple[datetime, datetime, str]]:
+    """UTC days covering every order's updated_at: local days run ahead of or behind UTC by up to a day."""
+    first = END_DATE - timedelta(days=days)  # the first local day's orders start the UTC day before
+    out = []
+    d = first
+    while d <= END_DATE + timedelta(days=1):
+        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        out.append((start, start + timedelta(days=1), d.isoformat()))
+        d += timedelta(days=1)
+    return out
+
+
+def sandbox_config(days: int):
+    from taptouch_resource.sandbox import SandboxConfig
+    return SandboxConfig(seed=SEED, stores=STORES, days=days, orders_per_day=ORDERS_PER_DAY, end_date=END_DATE)
+
+
+# ------------------------------------------------------------------------------------------------
+# processes: sandbox server, contender subprocesses
+
+
+class SandboxServer:
+    """``python -m taptouch_resource.sandbox serve --port 0`` in its own process."""
+
+    def __init__(self, days: int):
+        self.days = days
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def __enter__(self) -> "SandboxServer":
+        cmd = [sys.executable, "-m", "taptouch_resource.sandbox", "serve", "--port", "0", "--seed", str(SEED),
+               "--stores", str(STORES), "--days", str(self.days), "--orders-per-day", str(ORDERS_PER_DAY),
+               "--end-date", END_DATE.isoformat()]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if "serving http://" not in line:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the sandbox did not start: {line!r}")
+        self.url = line.split("serving ", 1)[1].split()[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def run_child(name: str, spec: dict, log_dir: Path) -> dict:
+    """Run one contender in a subprocess; its result JSON, with the peak RSS the kernel measured."""
+    out = log_dir / f"{name}.json"
+    log = log_dir / f"{name}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", name, json.dumps(spec), str(out)]
+    with open(log, "w") as lf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=lf, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not out.exists():
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"contender {name} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    result = json.loads(out.read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux; the child alone (not the server)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# databases
+
+
+def admin_url(cli: str | None) -> str:
+    return cli or os.environ.get("TAPTOUCH_DATABASE_URL", "").strip() or DEFAULT_ADMIN_URL
+
+
+def fresh_database(admin: str, name: str, *, migrate: bool) -> str:
+    import psycopg
+    from psycopg import sql
+    from pipelines.warehouse.db import libpq_url, with_database
+    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = with_database(libpq_url(admin), name)
+    if migrate:
+        from pipelines.warehouse.migrations import migrate as run_migrations
+        run_migrations(url)
+    return url
+
+
+def drop_database(admin: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+    from pipelines.warehouse.db import libpq_url
+    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+# ------------------------------------------------------------------------------------------------
+# setup (untimed): the rows of the raw COPY, and the pages of the loader benchmark
+
+
+def _text_cell(v) -> str:
+    if v is None:
+        return "\\N"
+    if isinstance(v, str):
+        s = v
+    elif isinstance(v, (list, dict)):
+        from taptouch_resource import jsonutil
+        s = jsonutil.dumps(v)
+    elif isinstance(v, datetime):
+        return v.isoformat()
+    else:
+        return str(v)
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def build_copy_files(days: int, directory: Path, pages_file: Path | None = None) -> dict:
+    """COPY text files of the warehouse rows of every order (the rows ours loads), from the sandbox
+    in-process. With ``pages_file``: also the API pages (by store), pickled one after another."""
+    from pipelines.warehouse import loader
+    from taptouch_resource import api, jsonutil
+    from taptouch_resource.sandbox import Sandbox
+    sb = Sandbox(sandbox_config(days))
+    tz = {s["id"]: s["timezone"] for s in sb.stores()}
+    names = {"orders": loader.ORDER_COLS + ("raw",), "items": loader.ITEM_COLS,
+             "payments": loader.PAYMENT_COLS, "refunds": loader.REFUND_COLS}
+    files = {k: open(directory / f"{k}.tsv", "w", encoding="utf-8") for k in names}
+    counts = dict.fromkeys(names, 0)
+    pf = open(pages_file, "wb") if pages_file else None
+    try:
+        for store_id in sb.store_ids():
+            page: list = []
+            for raw in sb.orders(store_id):
+                p = api.parse_order(raw, tz[store_id])
+                row = [p["order"][c] for c in loader.ORDER_COLS] + [jsonutil.dumps(raw)]
+                files["orders"].write("\t".join(map(_text_cell, row)) + "\n")
+                counts["orders"] += 1
+                for key, cols in (("items", loader.ITEM_COLS), ("payments", loader.PAYMENT_COLS),
+                                  ("refunds", loader.REFUND_COLS)):
+                    for r in p[key]:
+                        files[key].write("\t".join(_text_cell(r[c]) for c in cols) + "\n")
+                        counts[key] += 1
+                if pf:
+                    page.append(raw)
+                    if len(page) == PAGE_SIZE:
+                        pickle.dump((store_id, page), pf, protocol=pickle.HIGHEST_PROTOCOL)
+                        page = []
+            if pf and page:
+                pickle.dump((store_id, page), pf, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        for f in files.values():
+            f.close()
+        if pf:
+            pf.close()
+    return {"files": {k: str(directory / f"{k}.tsv") for k in names},
+            "cols": {k: list(v) for k, v in names.items()}, "counts": counts}
+
+
+# ------------------------------------------------------------------------------------------------
+# contenders (each runs in its own subprocess)
+
+
+def _rows_of(page: list) -> int:
+    return sum(1 + len(o.get("items") or ()) + len(o.get("payments") or ()) + len(o.get("refunds") or ())
+               for o in page)
+
+
+def _client(url: str):
+    from taptouch_resource import TaptouchClient
+    # No client-side rate limit: the sandbox has none, and the point is the throughput of the code.
+    return TaptouchClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=url, page_size=PAGE_SIZE,
+                          requests_per_second=None)
+
+
+def child_api(spec: dict) -> dict:
+    client = _client(spec["url"])
+    windows = utc_windows(spec["days"])
+    t0 = time.perf_counter()
+    stores = [s["id"] for s in client.list_stores()]
+
+    def drain(store_id: int, start: datetime, end: datetime) -> tuple[int, int]:
+        n = rows = 0
+        for page in client.iter_order_pages(store_id, updated_from=start, updated_to=end):
+            n += len(page)
+            rows += _rows_of(page)
+        return n, rows
+
+    orders = rows = 0
+    with ThreadPoolExecutor(max_workers=spec["workers"]) as pool:
+        for start, end, _ in windows:
+            for n, r in pool.map(lambda s: drain(s, start, end), stores):
+                orders += n
+                rows += r
+    wall = time.perf_counter() - t0
+    return {"orders": orders, "rows": rows, "wall_s": wall, "requests": client.stats.snapshot()["requests"]}
+
+
+def child_copy(spec: dict) -> dict:
+    import psycopg
+    from psycopg import sql
+    files = spec["copy"]["files"]
+    cols = spec["copy"]["cols"]
+    like = {"orders": "taptouch.orders", "items": "taptouch.order_items", "payments": "taptouch.order_payments",
+            "refunds": "taptouch.order_refunds"}
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        for k, src in like.items():  # plain tables: the columns and NOT NULLs, no key, no index
+            conn.execute(sql.SQL("create table {} (like {} including defaults)").format(sql.Identifier(f"raw_{k}"), sql.SQL(src)))
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for k, path in files.items():
+                stmt = sql.SQL("copy {} ({}) from stdin").format(
+                    sql.Identifier(f"raw_{k}"), sql.SQL(", ").join(map(sql.Identifier, cols[k])))
+                with cur.copy(stmt) as cp, open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        cp.write(chunk)
+        wall = time.perf_counter() - t0
+        counts = {k: conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(f"raw_{k}"))).fetchone()[0]
+                  for k in files}
+    return {"orders": counts["orders"], "rows": sum(counts.values()), "wall_s": wall, "requests": 0}
+
+
+def _warehouse_counts(conn) -> dict:
+    out = {}
+    for k, t in (("orders", "orders"), ("items", "order_items"), ("payments", "order_payments"),
+                 ("refunds", "order_refunds")):
+        out[k] = conn.execute(f"select count(*) from taptouch.{t}").fetchone()[0]
+    return out
+
+
+def child_ours(spec: dict) -> dict:
+    import psycopg
+    from pipelines.sync import sync_orders_window, sync_stores
+    profiler = None
+    if spec.get("profile"):
+        from pyinstrument import Profiler
+        profiler = Profiler(interval=0.002)
+        profiler.start()
+    client = _client(spec["url"])
+    windows = utc_windows(spec["days"])
+    totals = {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        t0 = time.perf_counter()
+        sync_stores(client, conn)
+        orders = 0
+        for start, end, key in windows:
+            result = sync_orders_window(client, conn, start=start, end=end, window=key, max_workers=spec["workers"],
+                                        batch_size=spec["batch_size"], progress=lambda msg: None)
+            if result.failures:
+                raise RuntimeError(f"window {key}: {result.failures}")
+            orders += result.records
+            for k in totals:
+                totals[k] += getattr(result.counts, k)
+        wall = time.perf_counter() - t0
+        counts = _warehouse_counts(conn)
+    if profiler:
+        profiler.stop()
+        Path(spec["profile"]).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    return {"orders": orders, "rows": sum(counts.values()), "wall_s": wall, "requests": client.stats.snapshot()["requests"],
+            "counts": counts, "load": totals}
+
+
+def _dlt_source(url: str, days: int, counter: list):
+    import requests
+    from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
+    from dlt.sources.helpers.rest_client.paginators import PageNumberPaginator
+    from dlt.sources.rest_api import rest_api_source
+
+    class CountingSession(requests.Session):
+        def send(self, request, **kw):
+            counter[0] += 1
+            return super().send(request, **kw)
+
+    windows = utc_windows(days)
+    updated_from = windows[0][0].isoformat().replace("+00:00", "Z")
+    updated_to = windows[-1][1].isoformat().replace("+00:00", "Z")
+    session = CountingSession()
+    auth = OAuth2ClientCredentials(
+        access_token_url=url + "/auth/v2/token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+        access_token_request_data={"scope": "integration.store integration.order"}, session=session,
+    )
+    return rest_api_source({
+        "client": {
+            "base_url": url + "/",
+            "auth": auth,
+            "session": session,
+            # index = page number from 0, count = page size; stops at the first short/empty page
+            "paginator": PageNumberPaginator(base_page=0, page_param="index", total_path=None),
+        },
+        "resource_defaults": {
+            "write_disposition": "merge",
+            "primary_key": "id",
+            "endpoint": {"data_selector": "data", "params": {"count": PAGE_SIZE}},
+        },
+        "resources": [
+            {"name": "stores", "endpoint": {"path": "integration/v1/stores"}},
+            {
+                "name": "orders",
+                "parallelized": True,
+                "endpoint": {
+                    "path": "integration/v1/stores/{store_id}/orders",
+                    "params": {
+                        "store_id": {"type": "resolve", "resource": "stores", "field": "id"},
+                        "updated_from": updated_from,
+                        "updated_to": updated_to,
+                    },
+                },
+            },
+        ],
+    })
+
+
+def _with_password(url: str) -> str:
+    """dlt insists on a password; a trust-auth server (the default here) ignores this one."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.password is not None or "@" not in parts.netloc:
+        return url
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit((parts.scheme, f"{user}:unused@{host}", parts.path, parts.query, parts.fragment))
+
+
+def child_dlt(spec: dict) -> dict:
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+    import dlt
+    import psycopg
+    counter = [0]
+    pipeline = dlt.pipeline(pipeline_name="taptouch_bench", pipelines_dir=spec["dlt_dir"],
+                            destination=dlt.destinations.postgres(_with_password(spec["db"])), dataset_name="taptouch_dlt",
+                            progress=None)
+    t0 = time.perf_counter()
+    info = pipeline.run(_dlt_source(spec["url"], spec["days"], counter))
+    wall = time.perf_counter() - t0
+    info.raise_on_failed_jobs()
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        counts = {}
+        for k, t in (("orders", "orders"), ("items", "orders__items"), ("payments", "orders__payments"),
+                     ("refunds", "orders__refunds")):
+            try:
+                counts[k] = conn.execute(f"select count(*) from taptouch_dlt.{t}").fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                counts[k] = 0
+    trace = pipeline.last_trace
+    steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps if s.finished_at}
+    orders = spec["expected_orders"]
+    return {"orders": orders, "rows": orders + counts["items"] + counts["payments"] + counts["refunds"],
+            "wall_s": wall, "requests": counter[0], "counts": counts, "steps": steps}
+
+
+def child_loader(spec: dict) -> dict:
+    """Issue 3: OrderWindowLoad fed pre-generated pages, one window, timed around the loader calls."""
+    import psycopg
+    from pipelines.warehouse.loader import OrderWindowLoad
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    in_loader = 0.0
+    orders = 0
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        from pipelines.sync import sync_stores
+        from taptouch_resource.sandbox import Sandbox
+        from pipelines.warehouse.loader import load_stores
+        load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())
+        t = time.perf_counter()
+        load = OrderWindowLoad(conn, window="bench", batch_size=spec["batch_size"])
+        load.__enter__()
+        in_loader += time.perf_counter() - t
+        with open(spec["pages"], "rb") as f:
+            while True:
+                try:
+                    store_id, page = pickle.load(f)
+                except EOFError:
+                    break
+                t = time.perf_counter()
+                load.add_page(store_id, page)
+                in_loader += time.perf_counter() - t
+                orders += len(page)
+        t = time.perf_counter()
+        counts = load.finish()
+        load.__exit__(None, None, None)
+        in_loader += time.perf_counter() - t
+        wc = _warehouse_counts(conn)
+    return {"orders": orders, "rows": sum(wc.values()), "wall_s": in_loader, "requests": 0, "counts": wc,
+            "load": counts.as_dict(), "rss_after_imports_mb": rss_before}
+
+
+CHILDREN = {"api": child_api, "copy": child_copy, "ours": child_ours, "ours-resync": child_ours,
+            "dlt": child_dlt, "dlt-resync": child_dlt, "loader": child_loader}
+
+
+def child_main(argv: list[str]) -> None:
+    name, spec, out = argv[0], json.loads(argv[1]), argv[2]
+    sys.path.insert(0, str(ROOT))
+    result = CHILDREN[name](spec)
+    Path(out).write_text(json.dumps(result, default=str))
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def fmt_row(name: str, r: dict) -> str:
+    ops = r["orders"] / r["wall_s"] if r["wall_s"] else 0
+    rps = r["rows"] / r["wall_s"] if r["wall_s"] else 0
+    return (f"| {name} | {r['orders']:,} | {r['rows']:,} | {r['wall_s']:.1f} | {ops:,.0f} | {rps:,.0f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['cpu_s']:.1f} | {r['requests']:,} |")
+
+
+HEADER = ("| contender | orders | rows | wall s | orders/s | rows/s | peak RSS MB | CPU s (client) | API requests |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def rate(r: dict | None, key: str = "orders") -> float:
+    return r[key] / r["wall_s"] if r and r["wall_s"] else float("nan")
+
+
+def run_volume(n: int, args, work: Path) -> dict:
+    days = days_for(n)
+    admin = admin_url(args.database_url)
+    results: dict[str, dict] = {}
+    wanted = args.contenders
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    vol_dir = work / f"v{n}"
+    vol_dir.mkdir(parents=True, exist_ok=True)
+    base = {"days": days, "workers": args.workers, "batch_size": args.batch_size}
+    copy_spec = None
+    if "copy" in wanted or args.mode == "loader":
+        t = time.perf_counter()
+        pages = vol_dir / "pages.pickle" if args.mode == "loader" else None
+        copy_spec = build_copy_files(days, vol_dir, pages)
+        say(f"[{n}] setup: COPY files of {copy_spec['counts']} built in {time.perf_counter() - t:.1f}s (untimed)")
+    dbs = []
+    try:
+        if args.mode == "loader":
+            for name in ("copy", "loader"):
+                db = f"bench_{name}_{n}"
+                dbs.append(db)
+                url = fresh_database(admin, db, migrate=True)
+                spec = {**base, "db": url, "copy": copy_spec, "pages": str(vol_dir / "pages.pickle")}
+                say(f"[{n}] {name} ...")
+                results[name] = run_child(name, spec, vol_dir)
+                say(f"[{n}] {name}: {results[name]['wall_s']:.1f}s, {rate(results[name], 'rows'):,.0f} rows/s")
+            return results
+        expected = None
+        for name in [c for c in ("api", "copy", "ours", "ours-resync", "dlt", "dlt-resync") if c in wanted]:
+            spec = dict(base)
+            if name in ("copy", "ours", "dlt"):
+                db = f"bench_{name}_{n}"
+                dbs.append(db)
+                spec["db"] = fresh_database(admin, db, migrate=name != "dlt")
+                if name == "dlt":
+                    spec["dlt_dir"] = str(vol_dir / "dlt")
+                    shutil.rmtree(spec["dlt_dir"], ignore_errors=True)
+            elif name == "ours-resync":
+                from pipelines.warehouse.db import libpq_url, with_database
+                spec["db"] = with_database(libpq_url(admin), f"bench_ours_{n}")
+            elif name == "dlt-resync":
+                from pipelines.warehouse.db import libpq_url, with_database
+                spec["db"] = with_database(libpq_url(admin), f"bench_dlt_{n}")
+                spec["dlt_dir"] = str(vol_dir / "dlt")
+            if name == "copy":
+                spec["copy"] = copy_spec
+            if name == "ours" and args.profile:
+                spec["profile"] = str(Path(args.profile).with_suffix(f".{n}.txt"))
+            spec["expected_orders"] = expected or (results.get("api") or results.get("ours") or {}).get("orders", 0)
+            say(f"[{n}] {name} ...")
+            if name == "copy":
+                results[name] = run_child(name, spec, vol_dir)
+            else:
+                with SandboxServer(days) as server:  # fresh server: every contender pays the same generation cost
+                    spec["url"] = server.url
+                    results[name] = run_child(name, spec, vol_dir)
+            r = results[name]
+            expected = expected or (r["orders"] if name in ("api", "ours") else None)
+            say(f"[{n}] {name}: {r['orders']:,} orders in {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+                + (f", counts {r.get('counts')}" if r.get("counts") else "")
+                + (f", load {r.get('load')}" if r.get("load") else "")
+                + (f", steps {r.get('steps')}" if r.get("steps") else ""))
+        return results
+    finally:
+        if not args.keep_databases:
+            for db in dbs:
+                drop_database(admin, db)
+
+
+def report(all_results: dict[int, dict], args) -> str:
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
+             f"{STORES} stores x {ORDERS_PER_DAY} orders/store/day · page size {PAGE_SIZE} · "
+             f"{args.workers} store workers · batch {args.batch_size}", "", HEADER]
+    for n, res in all_results.items():
+        for name, r in res.items():
+            lines.append(fmt_row(f"{name} ({n // 1000}k)", r))
+    lines.append("")
+    for n, res in all_results.items():
+        if args.mode == "loader":
+            c, lo = res.get("copy"), res.get("loader")
+            if c and lo:
+                lines.append(f"- {n // 1000}k loader: {rate(lo, 'rows'):,.0f} rows/s = {rate(lo, 'rows') / rate(c, 'rows'):.0%} "
+                             f"of raw COPY ({rate(c, 'rows'):,.0f} rows/s); goal >= 40%; peak RSS {lo['peak_rss_mb']:.0f} MB "
+                             f"({lo['rss_after_imports_mb']:.0f} MB after imports)")
+            continue
+        ours, dlt_r = res.get("ours"), res.get("dlt")
+        ceil = min(rate(res.get("api")), rate(res.get("copy")))
+        parts = []
+        if ours and dlt_r:
+            parts.append(f"ours/dlt = {rate(ours) / rate(dlt_r):.1f}x (goal >= 3x)")
+        if ours and res.get("api") and res.get("copy"):
+            parts.append(f"ours/min(API {rate(res['api']):,.0f}, COPY {rate(res['copy']):,.0f} orders/s) = "
+                         f"{rate(ours) / ceil:.0%} (goal >= 70%)")
+        if ours and res.get("ours-resync"):
+            parts.append(f"ours first/re-sync = {ours['wall_s'] / res['ours-resync']['wall_s']:.1f}x (goal >= 5x)")
+        if dlt_r and res.get("dlt-resync"):
+            parts.append(f"dlt first/re-sync = {dlt_r['wall_s'] / res['dlt-resync']['wall_s']:.1f}x")
+        lines.append(f"- {n // 1000}k: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        child_main(argv[1:])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--orders", type=int, nargs="+", default=[100_000], help="volume(s), e.g. 10000 100000 1000000")
+    p.add_argument("--mode", choices=("sync", "loader"), default="sync")
+    p.add_argument("--contenders", nargs="+", default=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"],
+                   choices=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"])
+    p.add_argument("--database-url", help="admin URL of the Postgres server (a database per contender is created)")
+    p.add_argument("--workers", type=int, default=4, help="stores fetched in parallel (TAPTOUCH_STORE_WORKERS)")
+    p.add_argument("--batch-size", type=int, default=5000, help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)")
+    p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
+    p.add_argument("--keep-databases", action="store_true")
+    p.add_argument("--json", help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    all_results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="taptouch-bench-") as tmp:
+        for n in args.orders:
+            all_results[n] = run_volume(n, args, Path(tmp))
+    text = report(all_results, args)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in all_results.items()}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
