@@ -121,8 +121,14 @@ def sync_orders_window(
     if store_ids is None:
         store_ids = sorted(timezones)
     result = SyncResult()
+    for sid in [s for s in store_ids if s not in timezones]:
+        result.failures.append(StoreFailure(
+            sid, f"store {sid} is not in taptouch.stores (its store record was quarantined, or the stores asset "
+                 f"has not run), so its time zone and the orders' business dates are unknown", transient=False))
+    store_ids = [s for s in store_ids if s in timezones]
     if not store_ids:
-        say(f"orders {window}: no stores in taptouch.stores; nothing to load")
+        say(f"orders {window}: no stores to load")
+        result.seconds = time.monotonic() - t0
         return result
     pages_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * max_workers))
     stop = threading.Event()

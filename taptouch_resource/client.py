@@ -67,10 +67,14 @@ def check_base_url(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
 
-def _iso(ts: datetime) -> str:
+def _iso(ts: datetime | str) -> str:
+    """ISO 8601 with an explicit offset (``+00:00``). A naive datetime is taken as UTC; a string is
+    passed through as given."""
+    if isinstance(ts, str):
+        return ts
     if ts.tzinfo is None:
-        raise ValueError(f"{ts!r} has no time zone; pass an aware datetime (e.g. with tzinfo=timezone.utc)")
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat()
 
 
 class TaptouchClient:

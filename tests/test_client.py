@@ -123,7 +123,8 @@ def test_short_page_stops_and_params_sent():
     assert len(got) == 250
     api_calls = [p for p in seen if "index" in p]
     assert [p["index"] for p in api_calls] == ["0", "1", "2"]
-    assert api_calls[0]["updated_from"] == "2026-11-02T00:00:00Z" and api_calls[0]["updated_to"] == "2026-11-03T00:00:00Z"
+    assert api_calls[0]["updated_from"] == "2026-11-02T00:00:00+00:00"
+    assert api_calls[0]["updated_to"] == "2026-11-03T00:00:00+00:00"
     assert all(p["count"] == "100" for p in api_calls)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from taptouch_resource import TaptouchError, TaptouchResource
+from taptouch_resource import TaptouchError, TaptouchResource, api
 
 from .. import settings
 from ..partitions import daily_partitions
@@ -25,6 +25,13 @@ GROUP = "taptouch"
 
 # Step-level retries for transient failures (the client already retried each request).
 RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+STORE_ID = api.STORE_ID_FIELD
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 CHECK_QUARANTINE = "no_quarantined_records"
 CHECK_ARITHMETIC = "order_arithmetic"
@@ -147,15 +154,16 @@ def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
     total = SyncResult()
     with warehouse.connect() as conn:
         conn.autocommit = True
-        if not known_store_ids(conn):
-            context.log.info("taptouch.stores is empty: loading stores first")
-            with api_errors():
-                sync_stores(client, conn, run_id=context.run.run_id)
+        # The store list comes from the API on every run, so a store added or removed since the last
+        # `stores` run is handled now; upserting it also gives the loader a new store's time zone.
+        with api_errors():
+            _, listed = sync_stores(client, conn, run_id=context.run.run_id)
+        store_ids = sorted({r[STORE_ID] for r in listed if isinstance(r, dict) and _is_id(r.get(STORE_ID))})
         for key in keys:
             start, end = day_window(key)
             context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
             result = sync_orders_window(
-                client, conn, start=start, end=end, window=key, run_id=context.run.run_id,
+                client, conn, start=start, end=end, window=key, run_id=context.run.run_id, store_ids=store_ids,
                 max_workers=settings.store_workers(), batch_size=settings.batch_size(), progress=context.log.info,
             )
             c = result.counts
