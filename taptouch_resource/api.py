@@ -72,6 +72,7 @@ SALE_STATUSES = ("completed", "partially_refunded", "refunded")
 _MONEY_MAX = Decimal("9999999999.99")  # numeric(12,2)
 _BIGINT_MAX = 2**63 - 1
 _CENT = Decimal("0.01")
+_IMPLAUSIBLE = Decimal("1e15")
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def _number(rec: dict, name: str, path: str = "", *, required: bool = True) -> D
     d = Decimal(v)
     if not d.is_finite():
         raise InvalidRecord(f"{_where(path, name)} is not a finite number: {v}")
-    if abs(d) > Decimal("1e15"):
+    if abs(d) > _IMPLAUSIBLE:
         raise InvalidRecord(f"{_where(path, name)} is implausibly large: {v}")
     return d
 
@@ -153,11 +154,12 @@ def _money(rec: dict, name: str, path: str = "", *, required: bool = True) -> De
     d = _number(rec, name, path, required=required)
     if d is None:
         return None
-    if d != d.quantize(_CENT):
+    q = d.quantize(_CENT)
+    if d != q:
         raise InvalidRecord(f"{_where(path, name)} has more than 2 decimals: {d} (money is exact to the cent)")
     if abs(d) > _MONEY_MAX:
         raise InvalidRecord(f"{_where(path, name)} is out of range for money: {d}")
-    return d.quantize(_CENT)
+    return q
 
 
 def _instant(rec: dict, name: str, path: str = "", *, required: bool = True) -> datetime | None:
@@ -213,10 +215,12 @@ def _strings_clean(obj: Any, path: str = "record") -> None:
             _strings_clean(v, f"{path}[{i}]")
 
 
-def _root(raw: Any, entity: str) -> dict:
+def _root(raw: Any, entity: str, raw_text: str | None = None) -> dict:
     if not isinstance(raw, dict):
         raise InvalidRecord(f"the {entity} record is not a JSON object but {type(raw).__name__}")
-    _strings_clean(raw, entity)
+    # jsonutil.dumps writes every NUL (in a value or a key) as \u0000: without one, no walk is needed.
+    if raw_text is None or "\\u0000" in raw_text:
+        _strings_clean(raw, entity)
     return raw
 
 
@@ -257,14 +261,15 @@ def parse_store(raw: Any) -> dict:
 # Orders [model]
 
 
-def parse_order(raw: Any, timezone: str) -> dict:
+def parse_order(raw: Any, timezone: str, *, raw_text: str | None = None) -> dict:
     """Validate an order and compute its rows.
 
     Returns ``{"order": row, "items": [...], "payments": [...], "refunds": [...]}`` with
     warehouse column names. ``timezone`` is the store's IANA zone: ``business_date`` is the local
-    calendar date of ``created_at`` there.
+    calendar date of ``created_at`` there. ``raw_text``: ``jsonutil.dumps(raw)`` when the caller
+    has it (the loader stores it), which makes the NUL check one substring search.
     """
-    rec = _root(raw, "order")
+    rec = _root(raw, "order", raw_text)
     order_id = _id(rec, ORDER_ID_FIELD)
     status = _text(rec, "status", required=True)
     created_at = _instant(rec, "created_at")

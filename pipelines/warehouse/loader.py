@@ -294,7 +294,11 @@ class OrderWindowLoad:
         sc = self.store_counts(store_id)
         for raw in records:
             try:
-                parsed = api.parse_order(raw, tz)
+                raw_text = jsonutil.dumps(raw)
+            except (TypeError, ValueError):
+                raw_text = None  # e.g. a NaN: parse_order says why, or the dumps below raises as before
+            try:
+                parsed = api.parse_order(raw, tz, raw_text=raw_text)
                 if parsed["order"]["store_id"] != store_id:
                     raise InvalidRecord(
                         f"store_id {parsed['order']['store_id']} differs from the store it was listed under ({store_id})"
@@ -306,7 +310,9 @@ class OrderWindowLoad:
                 continue
             self._seq += 1
             seq = self._seq
-            self._buf["o"].append((seq,) + _row(ORDER_COLS, parsed["order"]) + (jsonutil.dumps(raw),))
+            if raw_text is None:
+                raw_text = jsonutil.dumps(raw)
+            self._buf["o"].append((seq,) + _row(ORDER_COLS, parsed["order"]) + (raw_text,))
             self._buf["i"].extend((seq,) + _row(ITEM_COLS, r) for r in parsed["items"])
             self._buf["p"].extend((seq,) + _row(PAYMENT_COLS, r) for r in parsed["payments"])
             self._buf["r"].extend((seq,) + _row(REFUND_COLS, r) for r in parsed["refunds"])
