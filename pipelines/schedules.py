@@ -16,12 +16,10 @@ from datetime import timedelta
 
 import dagster as dg
 
-from .partitions import daily_partitions
 
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
 
 orders_job = dg.define_asset_job("orders_job", selection=dg.AssetSelection.assets("orders"),
-                                 partitions_def=daily_partitions,
                                  description="Load orders for one daily partition (UTC day).")
 stores_job = dg.define_asset_job("stores_job", selection=dg.AssetSelection.assets("stores"))
 inventory_job = dg.define_asset_job("inventory_job", selection=dg.AssetSelection.assets("inventory"))
