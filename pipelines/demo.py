@@ -33,9 +33,27 @@ SANDBOX_DAYS = 30
 SANDBOX_STORES = 3
 
 
+LOCAL_INSTANCE_YAML = """\
+# Local Dagster instance of `taptouch-sync demo` / `taptouch-sync ui` (written once; edit freely).
+python_logs:
+  # the client's retries / 429s / token refreshes and the loader's quarantine lines reach the event log
+  managed_python_loggers: [taptouch_resource, pipelines]
+  python_log_level: INFO
+concurrency:
+  pools:
+    default_limit: 2   # at most 2 steps in the taptouch_api pool at once (API budget)
+telemetry:
+  enabled: false
+"""
+
+
 def dagster_home() -> Path:
+    """The local instance directory (``DAGSTER_HOME`` or ``.taptouch/dagster_home``), with a dagster.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or project_root() / ".taptouch" / "dagster_home")
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(LOCAL_INSTANCE_YAML)
     return home
 
 
@@ -65,7 +83,7 @@ def _run_config() -> dict:
 
 
 def run_demo(days: int = 7) -> int:
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home()))
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
     import dagster as dg
 
     from .assets.analytics import analytics_assets
@@ -140,8 +158,7 @@ def print_summary(conn, first: date, last: date) -> None:
 
 def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1") -> int:
     """``dagster dev`` on this code location and the local instance (optionally with the sandbox)."""
-    env_home = str(dagster_home())
-    os.environ.setdefault("DAGSTER_HOME", env_home)
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", host, "-p", str(port)]
     with (sandbox_env() if sandbox else contextlib.nullcontext()):
         if not sandbox and not os.environ.get("TAPTOUCH_CLIENT_ID"):
