@@ -119,11 +119,123 @@ def _ui(args: argparse.Namespace) -> int:
     return run_ui(sandbox=args.sandbox, port=args.port, host=args.host)
 
 
+# --- authorize / tokens / refresh (merchant grants, docs/merchant-auth.md) ----------------------
+
+
+def _taptouch_store(args: argparse.Namespace):
+    """(client id, secret, base URL, TokenStore) from TAPTOUCH_* and the (migrated) warehouse."""
+    from pipelines.warehouse.db import resolve_database_url
+    from pipelines.warehouse.migrations import migrate
+    from taptouch_resource import TaptouchResource
+    from taptouch_resource.token_store import TokenStore
+
+    client_id, secret, base_url = TaptouchResource().resolved()
+    url = resolve_database_url(args.database_url)
+    migrate(url)
+    return client_id, secret, base_url, TokenStore.for_client(url, client_id, secret)
+
+
+def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_url_argument(parser)
+    parser.add_argument("--merchant", default="default",
+                        help="a label for this merchant's grant (TaptouchResource.merchant); default 'default'")
+    parser.add_argument("--scope", action="append", dest="scopes", metavar="SCOPE",
+                        help="scope to ask the merchant for (repeatable); default integration.store")
+    parser.add_argument("--redirect-uri", metavar="URI",
+                        help="the redirect URI registered with Taptouch; default http://127.0.0.1:PORT/callback. "
+                             "A non-loopback URI (a deployed callback) makes the command ask for the URL the "
+                             "merchant was redirected to")
+    parser.add_argument("--port", type=int, default=8765, help="port of the loopback callback (0: any free port)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the merchant (default 300)")
+    parser.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
+
+
+def _has_browser() -> bool:
+    import os
+
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    from taptouch_resource import TaptouchError, api
+    from taptouch_resource.authorize import run_authorize
+
+    try:
+        client_id, secret, base_url, store = _taptouch_store(args)
+        result = run_authorize(
+            base_url=base_url, client_id=client_id, client_secret=secret, store=store, merchant=args.merchant,
+            scopes=tuple(args.scopes or (api.SCOPE_STORE,)), redirect_uri=args.redirect_uri, port=args.port,
+            timeout=args.timeout, open_browser=not args.no_browser and _has_browser(),
+            announce=lambda text: print(text, flush=True),
+        )
+    except TaptouchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    stores = ", ".join(map(str, result.store_ids)) or "none listed"
+    print(f"Authorized merchant {result.merchant!r}: scopes {' '.join(result.scopes)}; stores {stores}.")
+    print("The tokens are stored encrypted in taptouch_auth.tokens; the merchant_tokens_keepalive schedule "
+          "(or `taptouch-sync refresh`) keeps them alive.")
+    return EXIT_OK
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from taptouch_resource import TaptouchError
+
+    try:
+        client_id, _, base_url, store = _taptouch_store(args)
+        grants = store.grants()
+    except TaptouchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not grants:
+        print("No tokens stored. Connect a merchant with: taptouch-sync authorize --merchant NAME")
+        return EXIT_OK
+    for g in grants:
+        who = f"merchant {g.label}" if g.grant_type == "authorization_code" else "client credentials"
+        refresh = (f"refresh token valid until {g.refresh_expires_at:%Y-%m-%d %H:%M} UTC" if g.has_refresh_token
+                   else "no usable refresh token" if g.grant_type == "authorization_code" else "")
+        print(f"{who} [{g.client_id} @ {g.base_url}]: scopes {' '.join(g.scopes)}; "
+              f"access until {g.access_expires_at:%Y-%m-%d %H:%M} UTC; {refresh}"
+              + (f"; stores {', '.join(map(str, g.store_ids))}" if g.store_ids else "")
+              + f"; {g.rotations} refresh(es) since authorized {g.authorized_at:%Y-%m-%d %H:%M} UTC")
+        if g.last_error:
+            print(f"  ! {g.last_error}")
+    return EXIT_OK
+
+
+def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_url_argument(parser)
+    parser.add_argument("--min-remaining-hours", type=float, default=72.0,
+                        help="rotate refresh tokens with less than this left of their 4 days (default 72)")
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from taptouch_resource import TaptouchError
+    from taptouch_resource.authorize import keep_merchants_alive
+
+    try:
+        client_id, secret, base_url, store = _taptouch_store(args)
+        results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret,
+                                       min_remaining=args.min_remaining_hours * 3600)
+    except TaptouchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if not results:
+        print("No merchant grant stored for this client and base URL.")
+    for r in results:
+        print(f"merchant {r.merchant}: " + (f"FAILED: {r.error}" if r.error else "rotated" if r.rotated else "fresh"))
+    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, "run the whole pipeline on the sandbox API and the embedded PostgreSQL", _demo_arguments),
     "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
     "migrate": Command(_migrate, "apply pending database migrations", _database_url_argument),
     "db-url": Command(_db_url, "print the database URL and how to open psql on it", _db_url_arguments),
+    "authorize": Command(_authorize, "connect a merchant: authorization code + PKCE; stores the tokens encrypted",
+                         _authorize_arguments),
+    "tokens": Command(_tokens, "list stored OAuth grants (never the tokens)", _database_url_argument),
+    "refresh": Command(_refresh, "rotate merchant refresh tokens before their 4 days run out", _refresh_arguments),
 }
 
 
@@ -148,8 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``taptouch-sync``. Returns (and, as a script, exits with) the exit code:
     0 success, 1 a failure (e.g. a migration failed), 2 a configuration or usage error."""
     args = build_parser().parse_args(argv)
+    # demo/ui print their own progress and Dagster prints the runs' logs: keep the root logger quiet
+    quiet = args.quiet or args.command in ("demo", "ui")
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )

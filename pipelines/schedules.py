@@ -8,6 +8,8 @@ partitions are UTC days; the times below are UTC.
 | stores_daily       | 0 2 * * *      | stores                                                              |
 | inventory_hourly   | 20 * * * *     | inventory (levels and today's snapshot)                             |
 | orders_freshness   | */30 * * * *   | the orders_fresh check (last successful load within 2 hours)        |
+| merchant_tokens_   | 40 3 * * *     | rotate stored merchant refresh tokens with < 3 of their 4 days left |
+|   keepalive        |                | (pipelines/tokens.py)                                               |
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import dagster as dg
+
+from .tokens import merchant_tokens_keepalive_job
 
 
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
@@ -49,5 +53,9 @@ orders_freshness = dg.ScheduleDefinition(name="orders_freshness", job=freshness_
                                          execution_timezone="UTC",
                                          description="Every 30 minutes: is the last orders load under 2 hours old?")
 
-schedules = [orders_hourly, stores_daily, inventory_hourly, orders_freshness]
-jobs = [orders_job, stores_job, inventory_job, freshness_job]
+merchant_tokens_keepalive = dg.ScheduleDefinition(
+    name="merchant_tokens_keepalive", job=merchant_tokens_keepalive_job, cron_schedule="40 3 * * *",
+    execution_timezone="UTC", description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.")
+
+schedules = [orders_hourly, stores_daily, inventory_hourly, orders_freshness, merchant_tokens_keepalive]
+jobs = [orders_job, stores_job, inventory_job, freshness_job, merchant_tokens_keepalive_job]

@@ -12,6 +12,10 @@
   form (``{"status": {"ack": 401, "errors": ...}}``) are both understood.
 * A granted ``scope`` narrower than the requested one is an error naming the missing scopes.
 * The client secret and tokens never appear in ``repr()``, logs or exception text.
+* With a :class:`~taptouch_resource.token_store.TokenStore` (``store=``), tokens are shared by
+  every process of a deployment through Postgres; the in-memory cache stays in front of it.
+  :class:`MerchantAuth` serves a merchant's authorization-code grant from the store, rotating its
+  single-use refresh token under a row lock.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import httpx
 
 from . import api, jsonutil
 from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchProtocolError
 from .retry import RETRY_STATUSES, Backoff, ClientStats, parse_retry_after
+
+if TYPE_CHECKING:
+    from .token_store import GrantKey, StoredAccess, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,34 @@ class Token:
 
     def __repr__(self) -> str:  # never show the token itself
         return f"Token(scopes={self.scopes!r}, lifetime={self.lifetime})"
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A successful token-endpoint answer (any grant)."""
+
+    access_token: str
+    lifetime: float  # expires_in, seconds
+    scopes: tuple[str, ...]
+    refresh_token: str | None = None
+    refresh_lifetime: float | None = None  # seconds, when the server says; else the documented 4 days
+
+    def __repr__(self) -> str:  # never show the tokens
+        return (f"TokenResponse(scopes={self.scopes!r}, lifetime={self.lifetime}, "
+                f"refresh_token={'***' if self.refresh_token else None})")
+
+
+class ReauthorizationRequired(TaptouchAuthError):
+    """The merchant's grant cannot be used any more (revoked, expired, refresh token reused or lost):
+    the merchant must go through ``taptouch-sync authorize`` again."""
+
+    def __init__(self, message: str, *, description: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.description = description
+
+
+def reauthorize_command(merchant: str) -> str:
+    return f"taptouch-sync authorize --merchant {merchant}"
 
 
 def refresh_margin(lifetime: float) -> float:
@@ -87,6 +122,8 @@ class ClientCredentialsAuth(httpx.Auth):
         sleep: Callable[[float], None] = time.sleep,
         stats: ClientStats | None = None,
         verify: Any = True,
+        store: "TokenStore | None" = None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         if not client_id or not client_id.strip():
             raise TaptouchAuthError("The Taptouch client id is empty. Set TAPTOUCH_CLIENT_ID.")
@@ -103,6 +140,8 @@ class ClientCredentialsAuth(httpx.Auth):
         self._lock = threading.Lock()
         self._token: Token | None = None
         self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._store = store
+        self._wall = wall_clock
 
     def __repr__(self) -> str:
         return f"ClientCredentialsAuth(client_id={self.client_id!r}, scopes={self.scopes!r}, secret=***)"
@@ -119,7 +158,7 @@ class ClientCredentialsAuth(httpx.Auth):
         with self._lock:
             token = self._token
             if not self._valid(token):  # another thread may have refreshed while we waited
-                token = self._token = self._fetch()
+                token = self._token = self._obtain()
             return token.access_token
 
     def invalidate(self, access_token: str) -> None:
@@ -127,6 +166,38 @@ class ClientCredentialsAuth(httpx.Auth):
         with self._lock:
             if self._token is not None and self._token.access_token == access_token:
                 self._token = None
+            if self._store is not None:  # other processes must not reuse it either
+                self._store.invalidate_access(self.store_key, access_token)
+
+    # -- the shared store ------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.token_url.rsplit(api.TOKEN_PATH, 1)[0]
+
+    @property
+    def store_key(self) -> "GrantKey":
+        from .token_store import GrantKey
+
+        return GrantKey.client_credentials(self.base_url, self.client_id, self.scopes)
+
+    def _obtain(self) -> Token:
+        """A fresh token: from the shared store when there is one (fetched under its lock if the
+        stored one is stale), else straight from the token endpoint."""
+        if self._store is None:
+            return self._fetch()
+        from .token_store import TokenStoreError
+
+        try:
+            stored = self._store.client_credentials(self.store_key, fetch=lambda: self._request(self._form())[0])
+        except TokenStoreError as exc:  # sharing is an optimisation for client credentials: go on alone
+            log.warning("%s Fetching a token for this process only.", exc)
+            return self._fetch()
+        return self._from_stored(stored)
+
+    def _from_stored(self, stored: "StoredAccess") -> Token:
+        """The stored token with its wall-clock expiry moved onto this object's clock."""
+        return Token(stored.access_token, self._clock() + (stored.expires_at - self._wall()),
+                     stored.lifetime, stored.scopes)
 
     # -- httpx.Auth ------------------------------------------------------------------------------
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -141,13 +212,20 @@ class ClientCredentialsAuth(httpx.Auth):
             yield request
 
     # -- the token endpoint ----------------------------------------------------------------------
-    def _fetch(self) -> Token:
-        form = {
+    def _form(self) -> dict[str, str]:
+        return {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
             "client_secret": self._secret,
             "scope": " ".join(self.scopes),
         }
+
+    def _fetch(self) -> Token:
+        response, started = self._request(self._form())
+        return Token(response.access_token, started + response.lifetime, response.lifetime, response.scopes)
+
+    def _request(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
+        """POST ``form`` to the token endpoint with retries; (answer, this clock at the last send)."""
         attempt = 0
         waited = 0.0
         while True:
@@ -161,7 +239,7 @@ class ClientCredentialsAuth(httpx.Auth):
                 what = f"network error ({type(exc).__name__})"
             else:
                 if response.status_code == 200:
-                    return self._parse(response, started)
+                    return self._parse(response), started
                 if response.status_code not in RETRY_STATUSES:
                     self._raise(response)
                 what = f"HTTP {response.status_code}"
@@ -181,11 +259,14 @@ class ClientCredentialsAuth(httpx.Auth):
             log.warning("Token endpoint: %s; retrying in %.2fs (attempt %d)", what, wait, attempt)
             self._sleep(wait)
 
-    def _parse(self, response: httpx.Response, started: float) -> Token:
+    def _parse(self, response: httpx.Response) -> TokenResponse:
         try:
             doc = jsonutil.loads(response.content)
             access = doc["access_token"]
             lifetime = float(doc.get("expires_in") or 3600)
+            refresh = doc.get("refresh_token")
+            refresh_lifetime = doc.get("refresh_token_expires_in")
+            refresh_lifetime = float(refresh_lifetime) if refresh_lifetime is not None else None
         except (ValueError, KeyError, TypeError):
             raise TaptouchProtocolError(
                 f"The token endpoint {self.token_url} answered 200 without a usable access_token/expires_in."
@@ -204,11 +285,13 @@ class ClientCredentialsAuth(httpx.Auth):
                 error="insufficient_scope",
             )
         log.debug("Got a Taptouch access token for client %s, valid %.0fs", self.client_id, lifetime)
-        return Token(access, started + lifetime, lifetime, granted_scopes)
+        return TokenResponse(access, lifetime, granted_scopes,
+                             refresh if isinstance(refresh, str) and refresh else None, refresh_lifetime)
 
     def _raise(self, response: httpx.Response) -> None:
         error, description = describe_token_error(response.status_code, response.content)
         description = description.replace(self._secret, "***")[:300]  # a server could echo the form
+        self._raise_grant_error(response.status_code, error, description)
         if error == "invalid_scope":
             raise TaptouchAuthError(
                 f"Taptouch refused the requested scope(s) {' '.join(self.scopes)}: {description}. "
@@ -222,5 +305,61 @@ class ClientCredentialsAuth(httpx.Auth):
             status=response.status_code, error=error,
         )
 
+    def _raise_grant_error(self, status: int, error: str | None, description: str) -> None:
+        """Hook for grants with their own errors (``MerchantAuth``: ``invalid_grant``)."""
+
     def close(self) -> None:
         self._http.close()
+
+
+class MerchantAuth(ClientCredentialsAuth):
+    """``httpx.Auth`` with a merchant's authorization-code grant, kept in a shared :class:`TokenStore`.
+
+    The grant was stored by ``taptouch-sync authorize --merchant NAME``. Access tokens come from the
+    store (in-memory cache in front); a stale one is replaced with the refresh-token grant under the
+    row lock of the store, so concurrent processes never present the same single-use refresh token
+    twice. A grant that can no longer be refreshed raises :class:`ReauthorizationRequired`, which
+    names the command to run.
+    """
+
+    def __init__(self, *, merchant: str, store: "TokenStore", scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,),
+                 **kwargs: Any):
+        if store is None:
+            raise TaptouchAuthError("A merchant grant needs the token store (the warehouse database).")
+        super().__init__(scopes=scopes, store=store, **kwargs)
+        self.merchant = merchant
+
+    def __repr__(self) -> str:
+        return f"MerchantAuth(client_id={self.client_id!r}, merchant={self.merchant!r}, secret=***)"
+
+    @property
+    def store_key(self) -> "GrantKey":
+        from .token_store import GrantKey
+
+        return GrantKey.merchant(self.base_url, self.client_id, self.merchant)
+
+    def _obtain(self) -> Token:
+        return self._from_stored(self._store.merchant_access(self.store_key, refresh=self.refresh_with))
+
+    def refresh_with(self, refresh_token: str) -> TokenResponse:
+        """The refresh-token grant (one use of ``refresh_token``). Called by the store under its row lock."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                "client_id": self.client_id, "client_secret": self._secret}
+        log.info("Refreshing the access token of merchant %s", self.merchant)
+        return self._request(form)[0]
+
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> TokenResponse:
+        """The authorization_code grant (``taptouch-sync authorize``); invalid_grant raises
+        :class:`ReauthorizationRequired` with ``description`` set to Taptouch's reason."""
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier, "client_id": self.client_id, "client_secret": self._secret}
+        return self._request(form)[0]
+
+    def _raise_grant_error(self, status: int, error: str | None, description: str) -> None:
+        if error == "invalid_grant":
+            raise ReauthorizationRequired(
+                f"Taptouch refused the refresh token of merchant {self.merchant!r} ({description or error}): "
+                f"the grant was revoked, expired (4 days without a refresh) or its refresh token was already "
+                f"used. The merchant must authorize again: {reauthorize_command(self.merchant)}",
+                status=status, error=error, description=description,
+            )

@@ -6,7 +6,15 @@ of code and of Dagster's run config, and a missing one is a clear error naming t
 or pass them, e.g. ``client_secret=dg.EnvVar("MY_SECRET")``.
 
 Clients created by one process for the same credentials, scopes and base URL share one token
-cache, so every asset of a run (and every thread) reuses the same access token.
+cache, so every asset of a run (and every thread) reuses the same access token. Given the warehouse
+URL (``get_client(database_url=...)``, as the assets do), tokens are also shared by every process
+of the deployment through the token store (``taptouch_auth.tokens``, see ``token_store.py``).
+
+Grants: ``grant="client_credentials"`` (default) for everything; ``grant="authorization_code"``
+makes :meth:`TaptouchResource.get_store_client` (used by the ``stores`` asset, scope
+``integration.store``) use the grant a merchant gave through ``taptouch-sync authorize --merchant
+NAME``, with ``merchant="NAME"`` (or ``TAPTOUCH_MERCHANT``). Orders and inventory always use client
+credentials: Taptouch grants ``integration.order``/``integration.inventory`` only to them.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import httpx
 from pydantic import Field
 
 from . import api
-from .auth import ClientCredentialsAuth
+from .auth import ClientCredentialsAuth, MerchantAuth
 from .client import DEFAULT_TIMEOUT, TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats
@@ -29,23 +37,43 @@ from .retry import ClientStats
 ENV_CLIENT_ID = "TAPTOUCH_CLIENT_ID"
 ENV_CLIENT_SECRET = "TAPTOUCH_CLIENT_SECRET"
 ENV_BASE_URL = "TAPTOUCH_BASE_URL"
+ENV_MERCHANT = "TAPTOUCH_MERCHANT"
+ENV_DATABASE_URL = "TAPTOUCH_DATABASE_URL"
+GRANTS = ("client_credentials", "authorization_code")
 
 _auth_cache: dict[tuple, ClientCredentialsAuth] = {}
 _auth_cache_lock = threading.Lock()
 
 
 def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tuple[str, ...],
-                timeout: httpx.Timeout, max_retries: int, transport: httpx.BaseTransport | None = None) -> ClientCredentialsAuth:
-    """One token manager per (base URL, client id, secret, scopes) in this process."""
-    key = (base_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest(), tuple(sorted(scopes)), id(transport))
+                timeout: httpx.Timeout, max_retries: int, transport: httpx.BaseTransport | None = None,
+                database_url: str | None = None, merchant: str | None = None) -> ClientCredentialsAuth:
+    """One token manager per (base URL, client id, secret, scopes, token store, merchant) in this process.
+
+    ``database_url``: share tokens through the token store in that database. ``merchant``: the
+    merchant's authorization-code grant (needs ``database_url``) instead of client credentials."""
+    key = (base_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest(), tuple(sorted(scopes)), id(transport),
+           hashlib.sha256(database_url.encode()).hexdigest() if database_url else None, merchant)
     with _auth_cache_lock:
         auth = _auth_cache.get(key)
         if auth is None:
-            auth = _auth_cache[key] = ClientCredentialsAuth(
-                client_id=client_id, client_secret=client_secret, token_url=base_url + api.TOKEN_PATH,
-                scopes=scopes, timeout=timeout, max_retries=max_retries, transport=transport,
-                stats=ClientStats(),
-            )
+            store = None
+            if database_url:
+                from .token_store import TokenStore
+
+                store = TokenStore.for_client(database_url, client_id, client_secret)
+            common = dict(client_id=client_id, client_secret=client_secret, token_url=base_url + api.TOKEN_PATH,
+                          scopes=scopes, timeout=timeout, max_retries=max_retries, transport=transport,
+                          stats=ClientStats(), store=store)
+            if merchant is not None:
+                if store is None:
+                    raise TaptouchConfigError(
+                        "grant='authorization_code' keeps the merchant's tokens in the warehouse database: "
+                        f"set {ENV_DATABASE_URL} (or pass database_url).")
+                auth = MerchantAuth(merchant=merchant, **common)
+            else:
+                auth = ClientCredentialsAuth(**common)
+            _auth_cache[key] = auth
         return auth
 
 
@@ -71,6 +99,17 @@ class TaptouchResource(dg.ConfigurableResource):
     max_retries: int = Field(default=5, description="Retries per request on 429, 5xx and network errors.")
     requests_per_second: Optional[float] = Field(
         default=10.0, description="Client-side request-rate limit shared by all threads of a client (None: off).")
+    grant: str = Field(
+        default="client_credentials",
+        description="How the stores asset (integration.store) authenticates: 'client_credentials', or "
+                    "'authorization_code' with the grant stored by `taptouch-sync authorize --merchant NAME`. "
+                    "Orders and inventory always use client credentials.")
+    merchant: Optional[str] = Field(
+        default=None, description="With grant='authorization_code': the merchant label given to "
+                                  "`taptouch-sync authorize`. Unset: TAPTOUCH_MERCHANT, else 'default'.")
+    share_tokens: bool = Field(
+        default=True, description="Share tokens between processes through taptouch_auth.tokens in the "
+                                  "warehouse database (when one is known).")
 
     def __repr__(self) -> str:
         return f"TaptouchResource(base_url={self.base_url!r}, client_id={self.client_id!r}, client_secret=***)"
@@ -91,15 +130,32 @@ class TaptouchResource(dg.ConfigurableResource):
                 f"{ENV_CLIENT_SECRET} is not set or empty: set it to the secret of Taptouch client {client_id!r}.")
         return client_id, secret, check_base_url(base_url)
 
-    def get_client(self) -> TaptouchClient:
-        """A new client (cheap); token caches are shared per credentials within the process."""
+    def get_client(self, *, database_url: str | None = None) -> TaptouchClient:
+        """A new client (cheap) with client credentials; tokens are shared per credentials within the
+        process and, given the warehouse ``database_url`` (else ``TAPTOUCH_DATABASE_URL``), by every
+        process through the token store."""
+        return self._client(database_url, merchant=None, scopes=tuple(self.scopes))
+
+    def get_store_client(self, *, database_url: str | None = None) -> TaptouchClient:
+        """A client for the Store API (``integration.store``) with the configured ``grant``."""
+        if self.grant not in GRANTS:
+            raise TaptouchConfigError(f"grant must be one of {', '.join(GRANTS)}, got {self.grant!r}.")
+        if self.grant == "client_credentials":
+            return self.get_client(database_url=database_url)
+        merchant = (self.merchant or os.environ.get(ENV_MERCHANT, "") or "default").strip()
+        return self._client(database_url or os.environ.get(ENV_DATABASE_URL) or None, merchant=merchant,
+                            scopes=(api.SCOPE_STORE,))
+
+    def _client(self, database_url: str | None, *, merchant: str | None, scopes: tuple[str, ...]) -> TaptouchClient:
         client_id, secret, base_url = self.resolved()
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
+        if merchant is None:
+            database_url = (database_url or os.environ.get(ENV_DATABASE_URL) or None) if self.share_tokens else None
         auth = shared_auth(client_id=client_id, client_secret=secret, base_url=base_url,
-                           scopes=tuple(self.scopes), timeout=timeout, max_retries=self.max_retries,
-                           transport=None)
+                           scopes=scopes, timeout=timeout, max_retries=self.max_retries,
+                           transport=None, database_url=database_url, merchant=merchant)
         return TaptouchClient(
             client_id=client_id, client_secret=secret, base_url=base_url,
-            scopes=tuple(self.scopes), timeout=timeout, page_size=self.page_size, max_retries=self.max_retries,
+            scopes=scopes, timeout=timeout, page_size=self.page_size, max_retries=self.max_retries,
             requests_per_second=self.requests_per_second, auth=auth,
         )

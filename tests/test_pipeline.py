@@ -80,7 +80,8 @@ def test_definitions_load_and_every_job_and_schedule_resolves():
     assert {"stores", "orders", "inventory", "daily_store_sales"} <= {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     for name in repo.job_names:
         repo.get_job(name)
-    assert {s.name for s in repo.schedule_defs} == {"orders_hourly", "stores_daily", "inventory_hourly", "orders_freshness"}
+    assert {s.name for s in repo.schedule_defs} == {"orders_hourly", "stores_daily", "inventory_hourly", "orders_freshness",
+                                                     "merchant_tokens_keepalive"}
     for s in repo.schedule_defs:
         assert s.execution_timezone == "UTC"
     orders_def = repo.assets_defs_by_key[dg.AssetKey("orders")]

@@ -111,7 +111,7 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
     t0 = time.monotonic()
     prepare_warehouse(warehouse)
     with api_errors():
-        client = taptouch.get_client()
+        client = taptouch.get_store_client(database_url=warehouse.url())
         client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
     before = client.stats.snapshot()
     with warehouse.connect() as conn:
@@ -120,7 +120,6 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
             counts, records = sync_stores(client, conn, run_id=context.run.run_id)
     delta = _api_delta(before, client.stats.snapshot())
     preview = [r for r in records if isinstance(r, dict)][:50]
-    context.log.info(f"stores: {len(records)} listed; {counts.as_dict()}")
     return dg.MaterializeResult(metadata={
         **counts.as_dict(),
         "dagster/row_count": len(records),
@@ -147,7 +146,7 @@ def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
     t0 = time.monotonic()
     prepare_warehouse(warehouse)
     with api_errors():
-        client = taptouch.get_client()
+        client = taptouch.get_client(database_url=warehouse.url())
         client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
     before = client.stats.snapshot()
     keys = list(context.partition_keys)
@@ -261,7 +260,7 @@ def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, war
     t0 = time.monotonic()
     prepare_warehouse(warehouse)
     with api_errors():
-        client = taptouch.get_client()
+        client = taptouch.get_client(database_url=warehouse.url())
         client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
     before = client.stats.snapshot()
     with warehouse.connect() as conn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import hmac
 import math
 import re
@@ -15,12 +16,13 @@ import secrets
 import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 
@@ -31,6 +33,11 @@ from .data import STATUS_CODE, OrderData
 MAX_COUNT = 500
 DEFAULT_COUNT = 100
 _TOKEN_PATH = re.compile(r"/auth/v2/token/?$")
+_AUTHORIZE_PATH = re.compile(r"/auth/v2/authorize/?$")
+# Scopes a merchant may grant through the authorization-code flow [doc: the scope table].
+MERCHANT_SCOPES = ("integration.store",)
+REFRESH_TOKEN_LIFETIME = 4 * 86400  # a refresh token is usable within 4 days [doc]
+CODE_LIFETIME = 600
 _API_PATH = re.compile(r"/integration/v1/stores(?:/([^/]+)/(orders|inventory))?/?$")
 _SCOPE_FOR = {None: "integration.store", "orders": "integration.order", "inventory": "integration.inventory"}
 _HTML_ERRORS = [(500, "Internal Server Error"), (502, "Bad Gateway"), (503, "Service Unavailable")]
@@ -92,6 +99,34 @@ def _add_extra_fields(record: dict, kind: str) -> dict:
     return record
 
 
+@dataclass
+class MerchantGrant:
+    """One merchant's authorization of the client (what an authorize + code exchange created)."""
+
+    grant_id: int
+    scopes: frozenset[str]
+    store_ids: tuple[int, ...]
+    revoked: bool = False
+    access_tokens: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Code:
+    grant_scopes: frozenset[str]
+    redirect_uri: str
+    challenge: str | None
+    expires: float
+    used: bool = False
+    grant_id: int | None = None
+
+
+@dataclass
+class _RefreshToken:
+    grant_id: int
+    expires: float
+    used: bool = False
+
+
 class _FaultCounter:
     """'Every N' counting that restarts whenever the knob's value changes."""
 
@@ -131,6 +166,15 @@ class Sandbox:
         self._counters: dict[str, _FaultCounter] = {}
         self._html_turn = 0
         self._token_turn = 0
+        # Authorization-code flow. ``consent`` is the merchant's answer on the authorize page:
+        # "approve" (auto-approve, the default) or "deny" (redirect with error=access_denied).
+        self.consent = "approve"
+        self.refresh_token_lifetime = REFRESH_TOKEN_LIFETIME
+        self.registered_redirect_uris: tuple[str, ...] = ()  # https callbacks accepted besides loopback http
+        self.grant_requests: Counter[str] = Counter()  # token requests per grant_type (authenticated ones)
+        self._codes: dict[str, _Code] = {}
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
+        self._grants: dict[int, MerchantGrant] = {}
 
     def __repr__(self) -> str:  # no secret in repr
         c = self.config
@@ -190,6 +234,28 @@ class Sandbox:
         with self._lock:
             self._tokens.clear()
 
+    def merchant_grants(self) -> list[MerchantGrant]:
+        """Every authorization a merchant gave (revoked ones included)."""
+        with self._lock:
+            return list(self._grants.values())
+
+    def revoke_grant(self, grant_id: int | None = None) -> None:
+        """The merchant revokes access (one grant, or all): its access and refresh tokens stop working."""
+        with self._lock:
+            for grant in self._grants.values():
+                if grant_id is None or grant.grant_id == grant_id:
+                    self._revoke(grant)
+
+    def token_is_valid(self, access_token: str) -> bool:
+        with self._lock:
+            entry = self._tokens.get(access_token)
+            return entry is not None and self.clock() < entry[0]
+
+    def _revoke(self, grant: MerchantGrant) -> None:
+        grant.revoked = True
+        for token in grant.access_tokens:
+            self._tokens.pop(token, None)
+
     # ================================================================ transports
     def transport(self) -> httpx.MockTransport:
         """In-process transport (no sockets) serving the API at any base URL."""
@@ -232,6 +298,8 @@ class Sandbox:
     def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
         if _TOKEN_PATH.search(path):
             resp = self._token_endpoint(method, headers, body)
+        elif _AUTHORIZE_PATH.search(path):
+            resp = self._authorize_endpoint(method, query)
         else:
             resp = self._api(method, path, query, headers)
         with self._lock:
@@ -277,9 +345,12 @@ class Sandbox:
         grant = form.get("grant_type")
         if not grant:
             return _oauth_error(400, "invalid_request", "grant_type is required.")
-        if grant in ("authorization_code", "refresh_token"):
-            return _oauth_error(400, "invalid_grant", f"The sandbox issues no {grant.replace('_', ' ')}s; "
-                                                      "use grant_type=client_credentials.")
+        with self._lock:
+            self.grant_requests[grant] += 1
+        if grant == "authorization_code":
+            return self._code_grant(form)
+        if grant == "refresh_token":
+            return self._refresh_grant(form)
         if grant != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported.")
         requested = form.get("scope")
@@ -295,6 +366,104 @@ class Sandbox:
                    "scope": " ".join(granted)}
         return Response(200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
                         dumps(payload).encode())
+
+    # ---------------------------------------------------------------- authorization-code flow
+    def _authorize_endpoint(self, method: str, query: str) -> Response:
+        """``GET /auth/v2/authorize``: the merchant approves (or denies) at once; redirect back."""
+        if method != "GET":
+            return _html(405, "Method Not Allowed")
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        client_id, redirect_uri = params.get("client_id", ""), params.get("redirect_uri", "")
+        # RFC 6749 4.1.2.1: with a bad client or redirect URI, tell the user instead of redirecting.
+        if not hmac.compare_digest(client_id.encode(), self.config.client_id.encode()):
+            return _html(400, "Unknown client_id")
+        if not self._redirect_allowed(redirect_uri):
+            return _html(400, "redirect_uri is not registered for this client")
+        state = params.get("state")
+
+        def back(**answer: str) -> Response:
+            if state is not None:
+                answer["state"] = state
+            sep = "&" if urlsplit(redirect_uri).query else "?"
+            return Response(302, [("Location", redirect_uri + sep + urlencode(answer)), ("Cache-Control", "no-store")], b"")
+
+        if params.get("response_type") != "code":
+            return back(error="unsupported_response_type", error_description="response_type must be code.")
+        wanted = params.get("scope", " ".join(MERCHANT_SCOPES)).split()
+        if not wanted or any(s not in MERCHANT_SCOPES for s in wanted):
+            return back(error="invalid_scope",
+                        error_description=f"A merchant can grant only {' '.join(MERCHANT_SCOPES)}.")
+        challenge, method_ = params.get("code_challenge"), params.get("code_challenge_method", "plain")
+        if challenge is not None and (method_ != "S256" or not re.fullmatch(r"[A-Za-z0-9_-]{43}", challenge)):
+            return back(error="invalid_request", error_description="Use code_challenge_method=S256 with a "
+                                                                   "43-character code_challenge.")
+        if self.consent != "approve":
+            return back(error="access_denied", error_description="The merchant denied access.")
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self._codes[code] = _Code(frozenset(wanted), redirect_uri, challenge, self.clock() + CODE_LIFETIME)
+        return back(code=code)
+
+    def _redirect_allowed(self, uri: str) -> bool:
+        parts = urlsplit(uri)
+        if parts.fragment or not parts.hostname:
+            return False
+        if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+            return True  # loopback redirect, any port (RFC 8252 7.3)
+        return parts.scheme == "https" and uri.split("?")[0] in self.registered_redirect_uris
+
+    def _issue_merchant_tokens(self, grant: MerchantGrant) -> Response:
+        access = self.issue_token(grant.scopes)
+        refresh = secrets.token_urlsafe(32)
+        grant.access_tokens.add(access)
+        self._refresh_tokens[refresh] = _RefreshToken(grant.grant_id, self.clock() + self.refresh_token_lifetime)
+        payload = {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                   "expires_in": self.faults.token_lifetime, "scope": " ".join(sorted(grant.scopes))}
+        return Response(200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+                        dumps(payload).encode())
+
+    def _code_grant(self, form: dict[str, str]) -> Response:
+        with self._lock:
+            code = self._codes.get(form.get("code") or "")
+            if code is None or self.clock() >= code.expires:
+                return _oauth_error(400, "invalid_grant", "The authorization code is invalid or expired.")
+            if code.used:  # RFC 6749 4.1.2: a code used twice revokes what it gave
+                if code.grant_id is not None:
+                    self._revoke(self._grants[code.grant_id])
+                return _oauth_error(400, "invalid_grant", "The authorization code was already used.")
+            if form.get("redirect_uri") != code.redirect_uri:
+                return _oauth_error(400, "invalid_grant", "redirect_uri differs from the authorize request's.")
+            if code.challenge is not None:
+                verifier = form.get("code_verifier") or ""
+                digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+                if not hmac.compare_digest(digest, code.challenge.encode()):
+                    return _oauth_error(400, "invalid_grant", "PKCE verification failed: code_verifier does "
+                                                              "not match code_challenge.")
+            code.used = True
+            grant = MerchantGrant(len(self._grants) + 1, code.grant_scopes, tuple(self.store_ids()))
+            code.grant_id = grant.grant_id
+            self._grants[grant.grant_id] = grant
+            return self._issue_merchant_tokens(grant)
+
+    def _refresh_grant(self, form: dict[str, str]) -> Response:
+        with self._lock:
+            entry = self._refresh_tokens.get(form.get("refresh_token") or "")
+            if entry is None:
+                return _oauth_error(400, "invalid_grant", "The refresh token is invalid.")
+            grant = self._grants[entry.grant_id]
+            if entry.used:  # reuse of a rotated refresh token: revoke the whole grant (OAuth 2.0 BCP)
+                self._revoke(grant)
+                return _oauth_error(400, "invalid_grant", "The refresh token was already used; the "
+                                                          "authorization is revoked.")
+            if grant.revoked:
+                return _oauth_error(400, "invalid_grant", "The merchant revoked this authorization.")
+            if self.clock() >= entry.expires:
+                return _oauth_error(400, "invalid_grant", "The refresh token has expired (valid 4 days).")
+            wanted = form.get("scope")
+            if wanted and not set(wanted.split()) <= grant.scopes:
+                return _oauth_error(400, "invalid_scope", "A refresh cannot widen the granted scope.")
+            entry.used = True
+            return self._issue_merchant_tokens(grant)
 
     def _retry_after(self) -> str:
         ra = self.faults.retry_after

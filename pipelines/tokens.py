@@ -1,0 +1,33 @@
+"""Keeping merchant grants alive: a merchant's refresh token is single use and valid for 4 days, so
+``merchant_tokens_keepalive_job`` (scheduled daily by ``merchant_tokens_keepalive``) rotates every
+stored merchant grant whose refresh token has less than 3 days left, whether or not syncs run."""
+
+import dagster as dg
+
+from taptouch_resource import TaptouchResource
+from taptouch_resource.authorize import keep_merchants_alive
+from taptouch_resource.token_store import TokenStore
+
+from .warehouse.db import PostgresResource
+
+
+@dg.op(description="Refresh stored merchant tokens whose refresh token has less than 3 days left.")
+def refresh_merchant_tokens(context: dg.OpExecutionContext, taptouch: TaptouchResource,
+                            warehouse: PostgresResource) -> dg.Output[int]:
+    warehouse.ensure_migrated()
+    client_id, secret, base_url = taptouch.resolved()
+    store = TokenStore.for_client(warehouse.url(), client_id, secret)
+    results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret)
+    for r in results:
+        context.log.info(f"merchant {r.merchant}: {'rotated' if r.rotated else 'still fresh' if not r.error else 'FAILED'}")
+    failed = [r for r in results if r.error]
+    if failed:
+        raise dg.Failure(description="\n".join(r.error for r in failed), allow_retries=False,
+                         metadata={"merchants": len(results), "failed": len(failed)})
+    return dg.Output(sum(r.rotated for r in results),
+                     metadata={"merchants": len(results), "rotated": sum(r.rotated for r in results)})
+
+
+@dg.job(description="Rotate merchant refresh tokens well inside their 4-day validity.")
+def merchant_tokens_keepalive_job():
+    refresh_merchant_tokens()

@@ -1,0 +1,407 @@
+"""OAuth tokens shared by every process of a deployment, in Postgres (``taptouch_auth.tokens``).
+
+One row per grant: a client-credentials token per (base URL, client id, scopes), and a merchant's
+authorization-code grant per (base URL, client id, merchant label).
+
+* **Encrypted at rest.** Access and refresh tokens are Fernet ciphertexts (``cryptography``). The
+  key is ``TAPTOUCH_TOKEN_KEY`` (a Fernet key; several comma-separated keys rotate: the first
+  encrypts, every one decrypts), else derived from the client secret with HKDF-SHA256. Selecting
+  the table shows no usable token; the schema is closed to ``public``.
+* **Client credentials: one fetch at a time.** A stale token is replaced under a transaction-level
+  advisory lock keyed by the grant; processes that waited re-read the row and reuse the new token.
+  (A row lock cannot serve: the row may not exist yet.)
+* **Refresh-token rotation under a row lock.** A merchant's refresh token is single use. A stale
+  access token is refreshed inside ``SELECT ... FOR UPDATE``; the new pair is written and committed
+  before the lock is released, so concurrent processes never present the same refresh token twice,
+  and those that waited read the fresh access token.
+* **The crash window.** Between Taptouch's answer and the commit, a crash (kill -9, lost database
+  connection) rolls the transaction back: the new pair is lost with the process while Taptouch has
+  already consumed the stored refresh token. The next refresh presents it again, Taptouch answers
+  ``invalid_grant`` (and, following the OAuth security BCP, revokes the grant), and the store raises
+  :class:`~taptouch_resource.auth.ReauthorizationRequired` naming the command to run. No client-side
+  design closes this window (the new token exists only in the answer); it lasts the few
+  milliseconds of one UPDATE and COMMIT, and the daily keep-alive surfaces it within a day.
+* Nothing here imports Dagster: the CLI and any process can use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+import psycopg
+import psycopg.errors
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from psycopg.rows import dict_row
+
+from .auth import ReauthorizationRequired, TokenResponse, reauthorize_command, refresh_margin
+from .errors import TaptouchConfigError, TaptouchError
+
+log = logging.getLogger(__name__)
+
+ENV_TOKEN_KEY = "TAPTOUCH_TOKEN_KEY"
+REFRESH_LIFETIME = 4 * 86400.0  # a refresh token is usable within 4 days [doc]
+KEEPALIVE_MIN_REMAINING = 3 * 86400.0  # the keep-alive rotates refresh tokens with less than this left
+GRANT_CLIENT_CREDENTIALS = "client_credentials"
+GRANT_AUTHORIZATION_CODE = "authorization_code"
+_COLUMNS = ("token_id, base_url, client_id, grant_type, label, scopes, access_token, access_issued_at, "
+            "access_expires_at, refresh_token, refresh_expires_at, store_ids, rotations, last_error, "
+            "authorized_at, updated_at")
+
+
+class TokenStoreError(TaptouchError):
+    """The token store cannot be used as configured (e.g. the tokens were encrypted with another key)."""
+
+
+# -------------------------------------------------------------------------------------------- keys
+def derive_key(client_id: str, client_secret: str) -> bytes:
+    """A Fernet key derived from the client secret (HKDF-SHA256, bound to the client id)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"taptouch-sync token store",
+                info=b"fernet-v1:" + client_id.encode())
+    return base64.urlsafe_b64encode(hkdf.derive(client_secret.encode()))
+
+
+class TokenCipher:
+    """Encrypts tokens for the store. ``repr`` shows no key."""
+
+    def __init__(self, keys: Sequence[bytes | str], *, source: str):
+        try:
+            self._fernet = MultiFernet([Fernet(k) for k in keys])
+        except (ValueError, TypeError):
+            raise TaptouchConfigError(
+                f"{ENV_TOKEN_KEY} must be a Fernet key (32 url-safe base64-encoded bytes), or several "
+                f"separated by commas. Make one with: python -c \"from cryptography.fernet import Fernet; "
+                f"print(Fernet.generate_key().decode())\"") from None
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"TokenCipher(source={self.source!r})"
+
+    @classmethod
+    def from_env(cls, client_id: str, client_secret: str, env: Mapping[str, str] | None = None) -> "TokenCipher":
+        """``TAPTOUCH_TOKEN_KEY`` when set, else a key derived from the client secret."""
+        env = os.environ if env is None else env
+        configured = (env.get(ENV_TOKEN_KEY) or "").strip()
+        if configured:
+            return cls([k.strip() for k in configured.split(",") if k.strip()], source=ENV_TOKEN_KEY)
+        return cls([derive_key(client_id, client_secret)], source="derived from the client secret")
+
+    def encrypt(self, token: str) -> bytes:
+        return self._fernet.encrypt(token.encode())
+
+    def decrypt(self, blob: bytes) -> str:
+        try:
+            return self._fernet.decrypt(bytes(blob)).decode()
+        except InvalidToken:
+            raise TokenStoreError(
+                f"A stored token cannot be decrypted with the current key ({self.source}): "
+                f"{ENV_TOKEN_KEY} or the client secret changed since it was stored. Restore the old key "
+                f"(list it after the new one in {ENV_TOKEN_KEY}), or authorize again."
+            ) from None
+
+
+# -------------------------------------------------------------------------------------------- rows
+@dataclass(frozen=True)
+class GrantKey:
+    """Which row: (base URL, client id, grant type, label)."""
+
+    base_url: str
+    client_id: str
+    grant_type: str
+    label: str
+
+    @classmethod
+    def client_credentials(cls, base_url: str, client_id: str, scopes: Sequence[str]) -> "GrantKey":
+        return cls(base_url, client_id, GRANT_CLIENT_CREDENTIALS, " ".join(sorted(set(scopes))))
+
+    @classmethod
+    def merchant(cls, base_url: str, client_id: str, merchant: str) -> "GrantKey":
+        if not merchant or not merchant.strip():
+            raise TaptouchConfigError("The merchant label is empty: pass --merchant NAME (any name you choose).")
+        return cls(base_url, client_id, GRANT_AUTHORIZATION_CODE, merchant.strip())
+
+    def lock_id(self) -> int:
+        """A 64-bit advisory-lock key for this grant."""
+        digest = hashlib.sha256("\x1f".join(["taptouch-token", *self.__dict__.values()]).encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class StoredAccess:
+    """A usable access token; ``expires_at`` is wall-clock (Unix) seconds."""
+
+    access_token: str
+    expires_at: float
+    lifetime: float
+    scopes: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"StoredAccess(scopes={self.scopes!r}, expires_at={self.expires_at:.0f})"
+
+
+@dataclass(frozen=True)
+class StoredGrant:
+    """What ``taptouch-sync tokens`` shows of a row: everything but the tokens."""
+
+    token_id: int
+    base_url: str
+    client_id: str
+    grant_type: str
+    label: str
+    scopes: tuple[str, ...]
+    store_ids: tuple[int, ...]
+    access_expires_at: datetime
+    refresh_expires_at: datetime | None
+    has_refresh_token: bool
+    rotations: int
+    last_error: str | None
+    authorized_at: datetime
+    updated_at: datetime
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+# -------------------------------------------------------------------------------------------- store
+class TokenStore:
+    """Tokens in ``taptouch_auth.tokens`` (migration 0003). One short connection per operation.
+
+    ``clock`` (wall-clock seconds) decides freshness; ``before_commit(key)`` runs after the token
+    endpoint answered a refresh and before the new pair is committed (tests simulate a crash there).
+    """
+
+    def __init__(self, database_url: str, *, cipher: TokenCipher, clock: Callable[[], float] = time.time,
+                 lock_timeout: float = 120.0, connect_timeout: int = 10,
+                 before_commit: Callable[[GrantKey], None] | None = None):
+        scheme, sep, rest = database_url.partition("://")
+        if not sep:
+            raise TaptouchConfigError("The token store needs a postgresql:// URL.")
+        self._url = f"postgresql://{rest}" if scheme in ("postgres", "postgresql+psycopg") else database_url
+        self.cipher = cipher
+        self._clock = clock
+        self._lock_timeout_ms = int(lock_timeout * 1000)
+        self._connect_timeout = connect_timeout
+        self._before_commit = before_commit
+
+    def __repr__(self) -> str:
+        return f"TokenStore(cipher={self.cipher!r})"
+
+    @classmethod
+    def for_client(cls, database_url: str, client_id: str, client_secret: str, **kwargs: Any) -> "TokenStore":
+        return cls(database_url, cipher=TokenCipher.from_env(client_id, client_secret), **kwargs)
+
+    def _connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(self._url, connect_timeout=self._connect_timeout, row_factory=dict_row)
+        conn.execute("select set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
+        conn.commit()
+        return conn
+
+    # ---------------------------------------------------------------- reading
+    def _row(self, conn: psycopg.Connection, key: GrantKey, *, lock: bool = False) -> dict | None:
+        query = (f"select {_COLUMNS} from taptouch_auth.tokens where base_url = %s and client_id = %s "
+                 f"and grant_type = %s and label = %s" + (" for update" if lock else ""))
+        return conn.execute(query, (key.base_url, key.client_id, key.grant_type, key.label)).fetchone()
+
+    def _fresh(self, row: dict) -> bool:
+        expires, issued = row["access_expires_at"].timestamp(), row["access_issued_at"].timestamp()
+        return self._clock() < expires - refresh_margin(max(0.0, expires - issued))
+
+    def _access(self, row: dict) -> StoredAccess:
+        expires, issued = row["access_expires_at"].timestamp(), row["access_issued_at"].timestamp()
+        return StoredAccess(self.cipher.decrypt(row["access_token"]), expires, expires - issued, tuple(row["scopes"]))
+
+    def grants(self, *, base_url: str | None = None, client_id: str | None = None) -> list[StoredGrant]:
+        """Every stored grant (no tokens), merchants first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"select {_COLUMNS} from taptouch_auth.tokens where (%s::text is null or base_url = %s) "
+                f"and (%s::text is null or client_id = %s) order by grant_type, base_url, client_id, label",
+                (base_url, base_url, client_id, client_id)).fetchall()
+        return [StoredGrant(
+            r["token_id"], r["base_url"], r["client_id"], r["grant_type"], r["label"], tuple(r["scopes"]),
+            tuple(r["store_ids"]), r["access_expires_at"], r["refresh_expires_at"], r["refresh_token"] is not None,
+            r["rotations"], r["last_error"], r["authorized_at"], r["updated_at"]) for r in rows]
+
+    # ---------------------------------------------------------------- writing
+    def _upsert(self, conn: psycopg.Connection, key: GrantKey, answer: TokenResponse, issued: float, *,
+                store_ids: Sequence[int] | None = None, authorized: bool = False) -> None:
+        refresh_enc = self.cipher.encrypt(answer.refresh_token) if answer.refresh_token else None
+        refresh_expires = (_ts(issued + (answer.refresh_lifetime or REFRESH_LIFETIME)) if answer.refresh_token
+                           else None)
+        conn.execute(
+            """
+            insert into taptouch_auth.tokens as t (base_url, client_id, grant_type, label, scopes, access_token,
+                access_issued_at, access_expires_at, refresh_token, refresh_expires_at, store_ids, authorized_at,
+                updated_at)
+            values (%(base_url)s, %(client_id)s, %(grant_type)s, %(label)s, %(scopes)s, %(access)s, %(issued)s,
+                    %(expires)s, %(refresh)s, %(refresh_expires)s, coalesce(%(store_ids)s, '{}'::bigint[]),
+                    %(now)s, %(now)s)
+            on conflict (base_url, client_id, grant_type, label) do update set
+                scopes = excluded.scopes, access_token = excluded.access_token,
+                access_issued_at = excluded.access_issued_at, access_expires_at = excluded.access_expires_at,
+                refresh_token = coalesce(excluded.refresh_token, case when %(authorized)s then null
+                                                                      else t.refresh_token end),
+                refresh_expires_at = case when excluded.refresh_token is not null then excluded.refresh_expires_at
+                                          when %(authorized)s then null else t.refresh_expires_at end,
+                store_ids = coalesce(%(store_ids)s, t.store_ids),
+                rotations = case when %(authorized)s then 0 else t.rotations + 1 end,
+                authorized_at = case when %(authorized)s then excluded.authorized_at else t.authorized_at end,
+                last_error = null, updated_at = excluded.updated_at
+            """,
+            {"base_url": key.base_url, "client_id": key.client_id, "grant_type": key.grant_type, "label": key.label,
+             "scopes": list(answer.scopes), "access": self.cipher.encrypt(answer.access_token),
+             "issued": _ts(issued), "expires": _ts(issued + answer.lifetime), "refresh": refresh_enc,
+             "refresh_expires": refresh_expires, "store_ids": list(store_ids) if store_ids is not None else None,
+             "now": _ts(self._clock()), "authorized": authorized},
+        )
+
+    def save_authorization(self, key: GrantKey, answer: TokenResponse, *, issued: float,
+                           store_ids: Sequence[int] = ()) -> None:
+        """Store a merchant's new grant (the code exchange's answer), replacing an older one."""
+        if not answer.refresh_token:
+            raise TaptouchError("The code exchange returned no refresh_token: the grant could not be kept alive.")
+        with self._connect() as conn:
+            self._upsert(conn, key, answer, issued, store_ids=store_ids, authorized=True)
+        log.info("Stored the authorization of merchant %s", key.label)
+
+    def set_store_ids(self, key: GrantKey, store_ids: Sequence[int]) -> None:
+        with self._connect() as conn:
+            conn.execute("update taptouch_auth.tokens set store_ids = %s where base_url = %s and client_id = %s "
+                         "and grant_type = %s and label = %s",
+                         (list(store_ids), key.base_url, key.client_id, key.grant_type, key.label))
+
+    def forget(self, key: GrantKey) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute("delete from taptouch_auth.tokens where base_url = %s and client_id = %s "
+                               "and grant_type = %s and label = %s",
+                               (key.base_url, key.client_id, key.grant_type, key.label))
+            return cur.rowcount > 0
+
+    def invalidate_access(self, key: GrantKey, access_token: str) -> None:
+        """Mark the stored access token expired (Taptouch refused it), unless it was already replaced."""
+        try:
+            self._invalidate_access(key, access_token)
+        except psycopg.Error as exc:  # the caller still drops its own copy; the store re-checks expiry
+            log.warning("Could not mark the refused access token in the token store (%s)", type(exc).__name__)
+
+    def _invalidate_access(self, key: GrantKey, access_token: str) -> None:
+        with self._connect() as conn:
+            row = self._row(conn, key, lock=True)
+            if row is None:
+                return
+            try:
+                stored = self.cipher.decrypt(row["access_token"])
+            except TokenStoreError:
+                stored = None
+            if stored == access_token:
+                conn.execute("update taptouch_auth.tokens set access_expires_at = access_issued_at, updated_at = %s "
+                             "where token_id = %s", (_ts(self._clock()), row["token_id"]))
+
+    # ---------------------------------------------------------------- client credentials
+    def client_credentials(self, key: GrantKey, *, fetch: Callable[[], TokenResponse]) -> StoredAccess:
+        """The stored token while fresh; else one process fetches (advisory lock), the others reuse it.
+
+        A database failure is :class:`TokenStoreError` (the caller may fall back to its own fetch)."""
+        try:
+            return self._client_credentials(key, fetch)
+        except psycopg.Error as exc:
+            hint = (" Run: taptouch-sync migrate" if isinstance(exc, psycopg.errors.UndefinedTable) else "")
+            raise TokenStoreError(f"The token store is unavailable ({type(exc).__name__}).{hint}") from None
+
+    def _client_credentials(self, key: GrantKey, fetch: Callable[[], TokenResponse]) -> StoredAccess:
+        with self._connect() as conn:
+            row = self._row(conn, key)
+            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row)):
+                return access
+            conn.execute("select pg_advisory_xact_lock(%s)", (key.lock_id(),))
+            row = self._row(conn, key)  # read committed: sees what a process that held the lock wrote
+            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row)):
+                log.debug("Reusing the client-credentials token another process fetched")
+                return access
+            issued = self._clock()
+            answer = fetch()
+            self._upsert(conn, key, answer, issued)
+            conn.commit()
+            log.info("Fetched a client-credentials token for client %s and stored it", key.client_id)
+            return StoredAccess(answer.access_token, issued + answer.lifetime, answer.lifetime, answer.scopes)
+
+    def _decrypt_or_none(self, row: dict) -> StoredAccess | None:
+        try:
+            return self._access(row)
+        except TokenStoreError as exc:  # a client-credentials token is cheap to replace
+            log.warning("%s Fetching a new client-credentials token.", exc)
+            return None
+
+    # ---------------------------------------------------------------- merchant grants
+    def merchant_access(self, key: GrantKey, *, refresh: Callable[[str], TokenResponse]) -> StoredAccess:
+        """The merchant's access token; refreshed (rotating the refresh token) when stale."""
+        return self._rotate(key, refresh, lambda row: not self._fresh(row))
+
+    def keep_alive(self, key: GrantKey, *, refresh: Callable[[str], TokenResponse],
+                   min_remaining: float = KEEPALIVE_MIN_REMAINING) -> bool:
+        """Refresh when the refresh token has less than ``min_remaining`` seconds left (or the access
+        token is stale). True when this call rotated the tokens."""
+        rotated: list[bool] = []
+
+        def stale(row: dict) -> bool:
+            left = (row["refresh_expires_at"].timestamp() - self._clock()) if row["refresh_expires_at"] else 0.0
+            return (row["refresh_token"] is not None and left < min_remaining) or not self._fresh(row)
+
+        self._rotate(key, refresh, stale, rotated=rotated)
+        return bool(rotated)
+
+    def _rotate(self, key: GrantKey, refresh: Callable[[str], TokenResponse], stale: Callable[[dict], bool], *,
+                rotated: list[bool] | None = None) -> StoredAccess:
+        with self._connect() as conn:
+            row = self._row(conn, key)
+            if row is None:
+                raise ReauthorizationRequired(
+                    f"No authorization of merchant {key.label!r} is stored for client {key.client_id!r} at "
+                    f"{key.base_url}. Run: {reauthorize_command(key.label)}", error="no_grant")
+            if not stale(row):
+                return self._access(row)
+            row = self._row(conn, key, lock=True)  # waits while another process refreshes
+            if not stale(row):
+                log.info("Merchant %s: another process refreshed the token; using it", key.label)
+                return self._access(row)
+            if row["refresh_token"] is None:
+                raise ReauthorizationRequired(
+                    f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
+                    f"Run: {reauthorize_command(key.label)}", error="invalid_grant")
+            if row["refresh_expires_at"] is not None and self._clock() >= row["refresh_expires_at"].timestamp():
+                message = (f"The refresh token of merchant {key.label!r} expired at "
+                           f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
+                           f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}")
+                self._mark_unusable(conn, row, message)
+                conn.commit()
+                raise ReauthorizationRequired(message, error="invalid_grant")
+            refresh_token = self.cipher.decrypt(row["refresh_token"])
+            issued = self._clock()
+            try:
+                answer = refresh(refresh_token)
+            except ReauthorizationRequired as exc:
+                self._mark_unusable(conn, row, str(exc))
+                conn.commit()
+                raise
+            if self._before_commit is not None:
+                self._before_commit(key)
+            self._upsert(conn, key, answer, issued)
+            conn.commit()  # the new pair is durable before the row lock is released
+            if rotated is not None:
+                rotated.append(True)
+            log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, answer.lifetime)
+            return StoredAccess(answer.access_token, issued + answer.lifetime, answer.lifetime, answer.scopes)
+
+    def _mark_unusable(self, conn: psycopg.Connection, row: dict, message: str) -> None:
+        """Drop the dead refresh token; a still-valid access token stays usable until it expires."""
+        conn.execute("update taptouch_auth.tokens set refresh_token = null, last_error = %s, updated_at = %s "
+                     "where token_id = %s", (message[:1000], _ts(self._clock()), row["token_id"]))
