@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # --------------------------------------------------------------------------------------------
@@ -195,6 +195,20 @@ def _list(rec: dict, name: str, path: str = "") -> list:
     return v
 
 
+def _lines(rec: dict, name: str) -> Iterator[tuple[str, dict, int]]:
+    """(path, line, id) for each object of the list ``name``; ids must be unique within the record."""
+    seen: set[int] = set()
+    for i, line in enumerate(_list(rec, name)):
+        path = f"{name}[{i}]"
+        if not isinstance(line, dict):
+            raise InvalidRecord(f"{path} is not an object")
+        line_id = _id(line, "id", path)
+        if line_id in seen:
+            raise InvalidRecord(f"{path}.id {line_id} appears twice in the order")
+        seen.add(line_id)
+        yield path, line, line_id
+
+
 def _show(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -302,15 +316,7 @@ def parse_order(raw: Any, timezone: str, *, raw_text: str | None = None) -> dict
     }
 
     items = []
-    seen: set[int] = set()
-    for i, it in enumerate(_list(rec, "items")):
-        p = f"items[{i}]"
-        if not isinstance(it, dict):
-            raise InvalidRecord(f"{p} is not an object")
-        item_id = _id(it, "id", p)
-        if item_id in seen:
-            raise InvalidRecord(f"{p}.id {item_id} appears twice in the order")
-        seen.add(item_id)
+    for p, it, item_id in _lines(rec, "items"):
         qty = _number(it, "quantity", p)
         if qty <= 0:
             raise InvalidRecord(f"{p}.quantity must be positive, got {qty}")
@@ -344,15 +350,7 @@ def parse_order(raw: Any, timezone: str, *, raw_text: str | None = None) -> dict
         items.append(row)
 
     payments = []
-    seen = set()
-    for i, pay in enumerate(_list(rec, "payments")):
-        p = f"payments[{i}]"
-        if not isinstance(pay, dict):
-            raise InvalidRecord(f"{p} is not an object")
-        pid = _id(pay, "id", p)
-        if pid in seen:
-            raise InvalidRecord(f"{p}.id {pid} appears twice in the order")
-        seen.add(pid)
+    for p, pay, pid in _lines(rec, "payments"):
         payments.append({
             "order_id": order_id,
             "payment_id": pid,
@@ -364,15 +362,7 @@ def parse_order(raw: Any, timezone: str, *, raw_text: str | None = None) -> dict
         })
 
     refunds = []
-    seen = set()
-    for i, ref in enumerate(_list(rec, "refunds")):
-        p = f"refunds[{i}]"
-        if not isinstance(ref, dict):
-            raise InvalidRecord(f"{p} is not an object")
-        rid = _id(ref, "id", p)
-        if rid in seen:
-            raise InvalidRecord(f"{p}.id {rid} appears twice in the order")
-        seen.add(rid)
+    for p, ref, rid in _lines(rec, "refunds"):
         refunds.append({
             "order_id": order_id,
             "refund_id": rid,
