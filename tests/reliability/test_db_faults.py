@@ -1,0 +1,75 @@
+"""Database faults: terminated mid-merge, statement timeout, the embedded server restarted."""
+
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.warehouse.db import connect, embedded_database_url, stop_embedded_server
+from pipelines.warehouse.migrations import migrate
+from reliability import dbfaults
+from reliability.check import compare
+from taptouch_resource import TaptouchClient
+from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.reliability
+
+
+def test_connection_terminated_mid_merge(migrated_db):
+    o = dbfaults.terminate_mid_merge(migrated_db)
+    assert o.error.startswith("AdminShutdown: terminating connection"), o.error
+    assert o.unchanged, "the killed window must roll back whole"
+    assert o.retry_ok, str(o.diff)
+
+
+def test_statement_timeout(migrated_db):
+    o = dbfaults.statement_timeout(migrated_db, timeout_ms=300)
+    assert o.error == "QueryCanceled: canceling statement due to statement timeout", o.error
+    assert o.unchanged
+    assert o.retry_ok, str(o.diff)
+
+
+@pytest.mark.slow
+def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
+    url = embedded_database_url(embedded_pgdata)
+    migrate(url)
+    end_date = dbfaults.END_DATE
+    sb = Sandbox(SandboxConfig(seed=9, stores=3, days=5, end_date=end_date, orders_per_day=40),
+                 faults=Faults(latency=0.02))
+    days = [end_date - timedelta(days=6) + timedelta(days=i) for i in range(8)]
+    errors = []
+    with sb.serve() as base_url:
+        client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=base_url,
+                                page_size=20, requests_per_second=None)
+
+        def run(db_url):
+            try:
+                with connect(db_url, autocommit=True) as conn:
+                    sync_stores(client, conn)
+                    for d in days:
+                        s, e = day_window(d)
+                        sync_orders_window(client, conn, start=s, end=e, window=d.isoformat())
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=run, args=(url,))
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive(), "the run finished before the restart; make it slower"
+        stop_embedded_server(embedded_pgdata)
+        url = embedded_database_url(embedded_pgdata)  # started again
+        t.join(120)
+        assert errors and isinstance(errors[0], psycopg.OperationalError), errors
+        assert "terminat" in str(errors[0]) or "closed" in str(errors[0]) or "shut" in str(errors[0]), str(errors[0])
+        errors.clear()
+        run(url)  # the retry works
+        assert not errors
+        with connect(url, autocommit=True) as conn:
+            s, _ = day_window(days[0])
+            _, e = day_window(days[-1])
+            diff = compare(conn, sb, s, e)
+        client.close()
+    assert diff.ok and diff.orders_found > 500, str(diff)

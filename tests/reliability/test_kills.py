@@ -1,0 +1,17 @@
+"""SIGKILL a load (a child process over real HTTP) at random points; rerun; consistent and complete."""
+
+import os
+
+import pytest
+
+from reliability.kills import run_kills
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+
+def test_sigkill_at_random_points_then_rerun(migrated_db):
+    result = run_kills(migrated_db, int(os.environ.get("RELIABILITY_KILLS", "3")), seed=7)
+    assert result.kills >= 3
+    assert not result.inconsistent, result.inconsistent
+    assert result.diff.ok, str(result.diff)
+    assert result.diff.orders_found == result.diff.orders_expected > 500
