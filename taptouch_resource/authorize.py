@@ -201,6 +201,7 @@ def run_authorize(
     announce: Callable[[str], None] = print,
     read_redirect: Callable[[], str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AuthorizeResult:
     """The whole flow; see the module docstring. ``read_redirect`` returns the URL the merchant was
     redirected to, for a redirect URI that is not a loopback address (default: ask on stdin)."""
@@ -225,7 +226,7 @@ def run_authorize(
             announce(f"After approving, paste the full URL you were redirected to ({redirect_uri}?code=...):")
             params = _params_from_url((read_redirect or input)())
         code = check_redirect(params, state=state)
-        issued = time.time()
+        issued = clock()
         answer = exchange_code(auth, code=code, redirect_uri=redirect_uri, code_verifier=verifier)
         key = auth.store_key
         store.save_authorization(key, answer, issued=issued)

@@ -349,12 +349,14 @@ class TokenStore:
     def keep_alive(self, key: GrantKey, *, refresh: Callable[[str], TokenResponse],
                    min_remaining: float = KEEPALIVE_MIN_REMAINING) -> bool:
         """Refresh when the refresh token has less than ``min_remaining`` seconds left (or the access
-        token is stale). True when this call rotated the tokens."""
+        token is stale). True when this call rotated the tokens. A grant without a usable refresh
+        token raises :class:`ReauthorizationRequired` even while its access token still works."""
         rotated: list[bool] = []
 
         def stale(row: dict) -> bool:
             left = (row["refresh_expires_at"].timestamp() - self._clock()) if row["refresh_expires_at"] else 0.0
-            return (row["refresh_token"] is not None and left < min_remaining) or not self._fresh(row)
+            # no refresh token: the grant is dying (the access token may still work); say so now
+            return row["refresh_token"] is None or left < min_remaining or not self._fresh(row)
 
         self._rotate(key, refresh, stale, rotated=rotated)
         return bool(rotated)
