@@ -11,6 +11,7 @@ from datetime import date
 import dagster as dg
 import psycopg
 import pytest
+from cryptography.fernet import Fernet
 
 from pipelines.tokens import merchant_tokens_keepalive_job
 from pipelines.warehouse.db import PostgresResource
@@ -18,7 +19,7 @@ from taptouch_resource import TaptouchClient, TaptouchResource, api
 from taptouch_resource.auth import ClientCredentialsAuth, ReauthorizationRequired
 from taptouch_resource.authorize import keep_merchants_alive, merchant_auth
 from taptouch_resource.sandbox import Sandbox, SandboxConfig
-from taptouch_resource.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError
+from taptouch_resource.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError, derive_key
 
 from .oauth_helpers import BROWSER_THREAD, CLIENT_ID, CLIENT_SECRET, authorize, make_store, sandbox_secrets
 
@@ -72,12 +73,8 @@ def test_tokens_are_encrypted_at_rest(sb, served, migrated_db, monkeypatch):
     with pytest.raises(TokenStoreError, match=f"cannot be decrypted.*{ENV_TOKEN_KEY}"):
         auth.get_token()
     # an explicit key, rotated: the old key listed after the new one still decrypts
-    old_key, new_key = TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET, env={}), None
-    from cryptography.fernet import Fernet
-
+    old_key = TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET, env={})
     new_key = Fernet.generate_key().decode()
-    from taptouch_resource.token_store import derive_key
-
     rotated = TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET,
                                    env={ENV_TOKEN_KEY: f"{new_key},{derive_key(CLIENT_ID, CLIENT_SECRET).decode()}"})
     assert rotated.decrypt(old_key.encrypt("x")) == "x" and rotated.source == ENV_TOKEN_KEY
