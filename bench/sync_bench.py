@@ -131,7 +131,9 @@ def run_child(name: str, spec: dict, log_dir: Path) -> dict:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"contender {name} failed (exit {proc.returncode}); log {log}:\n{tail}")
     result = json.loads(out.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux; the child alone (not the server)
+    # wait4's ru_maxrss would start from this (forking) process's own RSS: the child reports the
+    # high-water mark of its own memory after exec (VmHWM), and of any process it waited for.
+    result.setdefault("peak_rss_mb", usage.ru_maxrss / 1024)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     return result
 
@@ -460,6 +462,8 @@ def child_main(argv: list[str]) -> None:
     name, spec, out = argv[0], json.loads(argv[1]), argv[2]
     sys.path.insert(0, str(ROOT))
     result = CHILDREN[name](spec)
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    result["peak_rss_mb"] = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     Path(out).write_text(json.dumps(result, default=str))
 
 
