@@ -11,7 +11,7 @@ from taptouch_resource import TaptouchError, TaptouchResource, api
 
 from .. import settings
 from ..partitions import daily_partitions
-from ..sync import SyncResult, is_transient, day_window, known_store_ids, sync_inventory, sync_orders_window, sync_stores
+from ..sync import SyncResult, day_window, is_transient, sync_inventory, sync_orders_window, sync_stores
 from ..warehouse.db import PostgresResource
 from ..warehouse.views import apply_views
 
@@ -65,6 +65,44 @@ def api_errors():
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
+class _Session:
+    """What an API-calling asset works with: a verified client, an autocommit connection, the clock."""
+
+    def __init__(self, client, conn):
+        self.client = client
+        self.conn = conn
+        self.t0 = time.monotonic()
+        self._before = client.stats.snapshot()
+
+    def api_metadata(self) -> dict:
+        return {**_api_metadata(_api_delta(self._before, self.client.stats.snapshot())),
+                "duration_s": round(time.monotonic() - self.t0, 3)}
+
+    def listed_store_ids(self, context: dg.AssetExecutionContext) -> list[int]:
+        """The store list from the API on every run, so a store added or removed since the last `stores`
+        run is handled now; upserting it also gives the loader a new store's time zone."""
+        with api_errors():
+            _, listed = sync_stores(self.client, self.conn, run_id=context.run.run_id)
+        return sorted({r[STORE_ID] for r in listed if isinstance(r, dict) and _is_id(r.get(STORE_ID))})
+
+
+@contextmanager
+def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False):
+    """Migrate, make a client and check its credentials (failing clearly, unretried, before any
+    work), and open an autocommit connection to the warehouse."""
+    prepare_warehouse(warehouse)
+    url = warehouse.url()
+    with api_errors():
+        client = taptouch.get_store_client(database_url=url) if store_api else taptouch.get_client(database_url=url)
+        client.auth.get_token()
+    try:
+        with warehouse.connect() as conn:
+            conn.autocommit = True
+            yield _Session(client, conn)
+    finally:
+        client.close()
+
+
 def _api_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
@@ -108,23 +146,13 @@ def _markdown_table(rows: list[dict], cols: list[str]) -> str:
 )
 def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
     """Every store the token may read; upserted."""
-    t0 = time.monotonic()
-    prepare_warehouse(warehouse)
-    with api_errors():
-        client = taptouch.get_store_client(database_url=warehouse.url())
-        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
-    before = client.stats.snapshot()
-    with warehouse.connect() as conn:
-        conn.autocommit = True
-        with api_errors():
-            counts, records = sync_stores(client, conn, run_id=context.run.run_id)
-    delta = _api_delta(before, client.stats.snapshot())
+    with api_session(taptouch, warehouse, store_api=True) as session, api_errors():
+        counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
     preview = [r for r in records if isinstance(r, dict)][:50]
     return dg.MaterializeResult(metadata={
         **counts.as_dict(),
         "dagster/row_count": len(records),
-        **_api_metadata(delta),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **session.api_metadata(),
         "preview": dg.MetadataValue.md(_markdown_table(preview, ["id", "name", "status", "timezone", "currency"])),
     })
 
@@ -143,21 +171,11 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
 )
 def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
     """Orders updated in each UTC day, for every store, with items, payments and refunds."""
-    t0 = time.monotonic()
-    prepare_warehouse(warehouse)
-    with api_errors():
-        client = taptouch.get_client(database_url=warehouse.url())
-        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
-    before = client.stats.snapshot()
     keys = list(context.partition_keys)
     total = SyncResult()
-    with warehouse.connect() as conn:
-        conn.autocommit = True
-        # The store list comes from the API on every run, so a store added or removed since the last
-        # `stores` run is handled now; upserting it also gives the loader a new store's time zone.
-        with api_errors():
-            _, listed = sync_stores(client, conn, run_id=context.run.run_id)
-        store_ids = sorted({r[STORE_ID] for r in listed if isinstance(r, dict) and _is_id(r.get(STORE_ID))})
+    with api_session(taptouch, warehouse) as session:
+        client, conn = session.client, session.conn
+        store_ids = session.listed_store_ids(context)
         for key in keys:
             start, end = day_window(key)
             context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
@@ -175,7 +193,6 @@ def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
         range_start, _ = day_window(keys[0])
         _, range_end = day_window(keys[-1])
         checks = _order_checks(conn, keys, range_start, range_end)
-    delta = _api_delta(before, client.stats.snapshot())
     failed = sorted({f.store_id for f in total.failures})
     metadata = {
         **total.counts.as_dict(),
@@ -185,10 +202,10 @@ def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
         "stores_failed": len(failed),
         "failed_store_ids": ", ".join(map(str, failed)) or "none",
         "pages": total.pages,
-        **_api_metadata(delta),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **session.api_metadata(),
     }
-    client.log_summary(context.log)
+    api_md = session.api_metadata()
+    context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in api_md.items()))
     _fail_if_stores_failed(total, f"orders {keys[0]}..{keys[-1]}", metadata)
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -257,20 +274,10 @@ def orders_fresh(warehouse: PostgresResource) -> dg.AssetCheckResult:
 )
 def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
     """Current stock per store, replacing the previous list; today's snapshot per product."""
-    t0 = time.monotonic()
-    prepare_warehouse(warehouse)
-    with api_errors():
-        client = taptouch.get_client(database_url=warehouse.url())
-        client.auth.get_token()  # wrong credentials or URL fail here, clearly, before any work
-    before = client.stats.snapshot()
-    with warehouse.connect() as conn:
-        conn.autocommit = True
-        if not known_store_ids(conn):
-            context.log.info("taptouch.stores is empty: loading stores first")
-            with api_errors():
-                sync_stores(client, conn, run_id=context.run.run_id)
-        result = sync_inventory(client, conn, run_id=context.run.run_id, progress=context.log.info)
-    delta = _api_delta(before, client.stats.snapshot())
+    with api_session(taptouch, warehouse) as session:
+        store_ids = session.listed_store_ids(context)
+        result = sync_inventory(session.client, session.conn, store_ids=store_ids, run_id=context.run.run_id,
+                                progress=context.log.info)
     failed = sorted({f.store_id for f in result.failures})
     metadata = {
         **result.counts.as_dict(),
@@ -278,8 +285,7 @@ def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, war
         "stores_ok": len(result.stores_ok),
         "stores_failed": len(failed),
         "failed_store_ids": ", ".join(map(str, failed)) or "none",
-        **_api_metadata(delta),
-        "duration_s": round(time.monotonic() - t0, 3),
+        **session.api_metadata(),
     }
     _fail_if_stores_failed(result, "inventory", metadata)
     return dg.MaterializeResult(metadata=metadata)
