@@ -251,3 +251,15 @@ def test_inventory_replaced_exactly_and_snapshot(db):
              day) == [(1, D(11)), (3, D("0.25"))]
     load_inventory(db, 7101, [f.inventory(1, on_hand="10")], snapshot_date=date(2026, 11, 28))
     assert q(db, "select count(*) from taptouch.inventory_snapshots")[0][0] == 3
+
+
+def test_unchanged_records_skipped_by_digest_and_same_version_edits_still_win(db):
+    orders = [f.order(800 + i) for i in range(20)]
+    load_orders(db, [(7101, orders)])
+    assert q(db, "select count(*) from taptouch.orders where raw_hash is null")[0][0] == 0
+    # the same page twice (a page-boundary duplicate) and a same-timestamp correction of one order
+    fixed = dict(orders[3], number="corrected")
+    counts = load_orders(db, [(7101, orders), (7101, orders[:2] + [fixed])])
+    assert (counts.inserted, counts.updated, counts.unchanged, counts.duplicates) == (0, 1, 19, 3)
+    assert q(db, "select number from taptouch.orders where order_id = 803") == [("corrected",)]
+    assert q(db, "select count(*) from taptouch.order_items where order_id = 803")[0][0] == 2

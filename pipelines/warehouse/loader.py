@@ -21,6 +21,7 @@ with a later ``updated_at``); its quarantine row is then stamped ``resolved_at``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import zlib
@@ -252,6 +253,7 @@ class OrderWindowLoad:
         self._cur: psycopg.Cursor | None = None
         self._started = datetime.now(timezone.utc)
         self._discarded: set[int] = set()
+        self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
         self._finished = False
 
     def __enter__(self) -> "OrderWindowLoad":
@@ -292,11 +294,24 @@ class OrderWindowLoad:
             )
         staged = 0
         sc = self.store_counts(store_id)
+        records = records if isinstance(records, list) else list(records)
+        known = self._known_digests(records)
         for raw in records:
             try:
                 raw_text = jsonutil.dumps(raw)
             except (TypeError, ValueError):
                 raw_text = None  # e.g. a NaN: parse_order says why, or the dumps below raises as before
+            digest = None
+            if raw_text is not None:
+                digest = hashlib.blake2b(raw_text.encode(), digest_size=16).digest()
+                oid = raw.get(api.ORDER_ID_FIELD) if isinstance(raw, dict) else None
+                if known.get(oid) == digest:  # the warehouse holds exactly this version already
+                    if oid in self._skipped:
+                        self.counts.duplicates += 1
+                    else:
+                        self._skipped.add(oid)
+                        sc.unchanged += 1
+                    continue
             try:
                 parsed = api.parse_order(raw, tz, raw_text=raw_text)
                 if parsed["order"]["store_id"] != store_id:
@@ -312,7 +327,8 @@ class OrderWindowLoad:
             seq = self._seq
             if raw_text is None:
                 raw_text = jsonutil.dumps(raw)
-            self._buf["o"].append((seq,) + _row(ORDER_COLS, parsed["order"]) + (raw_text,))
+                digest = hashlib.blake2b(raw_text.encode(), digest_size=16).digest()
+            self._buf["o"].append((seq,) + _row(ORDER_COLS, parsed["order"]) + (raw_text, digest))
             self._buf["i"].extend((seq,) + _row(ITEM_COLS, r) for r in parsed["items"])
             self._buf["p"].extend((seq,) + _row(PAYMENT_COLS, r) for r in parsed["payments"])
             self._buf["r"].extend((seq,) + _row(REFUND_COLS, r) for r in parsed["refunds"])
@@ -322,9 +338,18 @@ class OrderWindowLoad:
             self._flush()
         return staged
 
+    def _known_digests(self, records: list) -> dict[int, bytes]:
+        """order id -> raw_hash of the version the warehouse holds, for the ids on this page."""
+        ids = [r.get(api.ORDER_ID_FIELD) for r in records if isinstance(r, dict)]
+        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63]
+        if not ids:
+            return {}
+        self._cur.execute("select order_id, raw_hash from taptouch.orders where order_id = any(%s)", (ids,))
+        return {oid: bytes(h) for oid, h in self._cur.fetchall() if h is not None}
+
     def _flush(self) -> None:
         cur = self._cur
-        for key, table, cols in (("o", "stage_orders", ORDER_COLS + ("raw",)), ("i", "stage_items", ITEM_COLS),
+        for key, table, cols in (("o", "stage_orders", ORDER_COLS + ("raw", "raw_hash")), ("i", "stage_items", ITEM_COLS),
                                  ("p", "stage_payments", PAYMENT_COLS), ("r", "stage_refunds", REFUND_COLS)):
             if self._buf[key]:
                 _copy(cur, table, ("seq",) + cols, self._buf[key])
@@ -355,8 +380,8 @@ class OrderWindowLoad:
             "select distinct on (order_id) * from stage_orders order by order_id, updated_at desc, seq desc"
         )
         cur.execute("select (select count(*) from stage_orders) - (select count(*) from pick)")
-        self.counts.duplicates = cur.fetchone()[0]
-        cols = ORDER_COLS + ("raw",)
+        self.counts.duplicates += cur.fetchone()[0]
+        cols = ORDER_COLS + ("raw", "raw_hash")
         # 2. merge under the advisory lock (concurrent loads of overlapping windows take turns)
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
         cur.execute(sql.SQL(
@@ -365,7 +390,7 @@ class OrderWindowLoad:
             " insert into taptouch.orders as t ({cols}) select {cols} from pick order by order_id"
             " on conflict (order_id) do update set {sets}, loaded_at = now()"
             " where excluded.updated_at > t.updated_at"
-            " or (excluded.updated_at = t.updated_at and excluded.raw is distinct from t.raw)"
+            " or (excluded.updated_at = t.updated_at and excluded.raw_hash is distinct from t.raw_hash)"
             " returning t.order_id, t.store_id, (xmax = 0) as inserted"
             ") select up.order_id, up.store_id, up.inserted, pick.seq from up join pick using (order_id)"
         ).format(cols=_ids(cols), sets=_set_list(cols, ("order_id",))))
@@ -389,10 +414,19 @@ class OrderWindowLoad:
         )
         for store_id, n, ins, upd in cur.fetchall():
             sc = self.store_counts(store_id)
-            sc.inserted, sc.updated, sc.unchanged = ins, upd, n - ins - upd
+            sc.inserted, sc.updated = ins, upd
+            sc.unchanged += n - ins - upd
             self.counts.inserted += ins
             self.counts.updated += upd
-            self.counts.unchanged += n - ins - upd
+        if self._skipped:
+            # an order recognised as unchanged on one page and staged from another page (a duplicate
+            # across a page boundary) was counted twice: once here, once in the skip
+            cur.execute("select store_id, count(*) from pick where order_id = any(%s) group by store_id",
+                        (list(self._skipped),))
+            for store_id, n in cur.fetchall():
+                self.store_counts(store_id).unchanged -= n
+                self.counts.duplicates += n
+        self.counts.unchanged = sum(sc.unchanged for sc in self.per_store.values())
         self.quarantine.flush(cur)
         cur.execute(
             "update taptouch.quarantine q set resolved_at = now() from pick p where q.entity = 'order'"
