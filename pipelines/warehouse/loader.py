@@ -92,7 +92,9 @@ class LoadCounts:
 
 def _cell(col: str, value: Any) -> Any:
     if col in _JSON_COLS:
-        return None if value is None else jsonutil.dumps(value)
+        if value is None:
+            return None
+        return "[]" if value == [] else jsonutil.dumps(value)
     return value
 
 
