@@ -16,12 +16,13 @@ import yaml
 
 from taptouch_resource.sandbox import Sandbox, SandboxConfig
 
-from .conftest import (API_POOL, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, DAYS, ProdStack,
+from .conftest import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
                        chromium_binary, max_overlap)
 
 POOL_LIMIT = 2
 PARTITIONS_PER_RUN = 2
 BACKFILL = [(END - timedelta(days=d)).isoformat() for d in range(12, 0, -1)]  # 12 days ending the day before END
+
 
 def defined_schedules() -> set[str]:
     from pipelines.definitions import defs
@@ -161,6 +162,65 @@ def screenshot_orders_page(stack: ProdStack, png) -> None:
 
 HELM_VALUES = DEPLOY_DAGSTER_YAML.parent / "helm" / "values.yaml"
 DOCKERFILE = DEPLOY_DAGSTER_YAML.parent / "Dockerfile"
+
+
+# Keys of Dagster's chart (helm/dagster/schema: DagsterHelmValues and its subschemas, chart 1.13)
+# that these values may use; helm itself is not installable here, so a typo is caught this way.
+CHART_KEYS = {
+    "": {"global", "dagsterWebserver", "dagster-user-deployments", "postgresql",
+         "generatePostgresqlPasswordSecret", "runLauncher", "dagsterDaemon", "concurrency", "pythonLogs",
+         "retention", "telemetry", "computeLogManager", "ingress", "imagePullSecrets", "serviceAccount"},
+    "dagster-user-deployments": {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
+    "deployment": {"name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "port",
+                   "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity", "tolerations",
+                   "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
+                   "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName"},
+    "postgresql": {"image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword",
+                   "postgresqlDatabase", "postgresqlParams", "postgresqlScheme", "service"},
+    "k8sRunLauncher": {"image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile",
+                       "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes", "labels",
+                       "failPodOnRunFailure", "resources", "schedulerName", "securityContext", "runK8sConfig"},
+    "runK8sConfig": {"containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"},
+    "dagsterDaemon": {"enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps",
+                      "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations",
+                      "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
+                      "startupProbe", "annotations", "runMonitoring", "runRetries", "sensors", "schedules",
+                      "schedulerName", "volumeMounts", "volumes"},
+    "queuedRunCoordinator": {"maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds",
+                             "dequeueNumWorkers", "dequeueUseThreads"},
+    "concurrency": {"enabled", "pools", "runs"},
+    "pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
+    "runs": {"maxConcurrentRuns", "tagConcurrencyLimits"},
+    "retention": {"enabled", "sensor", "schedule", "autoMaterialize"},
+    "tickRetentionByType": {"skipped", "success", "failure", "started"},
+}
+
+
+def test_helm_values_use_only_the_charts_keys():
+    values = yaml.safe_load(HELM_VALUES.read_text())
+
+    def within(section: str, mapping: dict) -> None:
+        unknown = set(mapping) - CHART_KEYS[section]
+        assert not unknown, f"keys the chart does not know under {section or 'the top level'}: {unknown}"
+
+    within("", values)
+    within("dagster-user-deployments", values["dagster-user-deployments"])
+    for deployment in values["dagster-user-deployments"]["deployments"]:
+        within("deployment", deployment)
+    within("postgresql", values["postgresql"])
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    within("k8sRunLauncher", launcher)
+    within("runK8sConfig", launcher["runK8sConfig"])
+    within("dagsterDaemon", values["dagsterDaemon"])
+    within("queuedRunCoordinator", values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"])
+    within("concurrency", values["concurrency"])
+    within("pools", values["concurrency"]["pools"])
+    within("runs", values["concurrency"]["runs"])
+    within("retention", values["retention"])
+    for kind in ("schedule", "sensor"):
+        days = values["retention"][kind]["purgeAfterDays"]
+        if isinstance(days, dict):  # the chart wants all four tick statuses when given per status
+            assert set(days) == CHART_KEYS["tickRetentionByType"], days
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
