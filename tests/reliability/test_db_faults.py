@@ -38,12 +38,12 @@ def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
     migrate(url)
     end_date = dbfaults.END_DATE
     sb = Sandbox(SandboxConfig(seed=9, stores=3, days=5, end_date=end_date, orders_per_day=40),
-                 faults=Faults(latency=0.02))
+                 faults=Faults(latency=0.1))  # ~0.5 s per window: the restart lands mid-run
     days = [end_date - timedelta(days=6) + timedelta(days=i) for i in range(8)]
     errors = []
     with sb.serve() as base_url:
         client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=base_url,
-                                page_size=20, requests_per_second=None)
+                                page_size=10, requests_per_second=None)
 
         def run(db_url):
             try:
@@ -57,8 +57,15 @@ def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
 
         t = threading.Thread(target=run, args=(url,))
         t.start()
-        time.sleep(1.5)
-        assert t.is_alive(), "the run finished before the restart; make it slower"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # restart once the first window has committed
+            with connect(url, autocommit=True) as probe:
+                done = probe.execute("select count(distinct \"window\") from taptouch.sync_log"
+                                     " where entity = 'orders'").fetchone()[0]
+            if done >= 1:
+                break
+            time.sleep(0.05)
+        assert t.is_alive() and done < len(days), "the run finished before the restart; make it slower"
         stop_embedded_server(embedded_pgdata)
         url = embedded_database_url(embedded_pgdata)  # started again
         t.join(120)
