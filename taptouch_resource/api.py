@@ -217,15 +217,28 @@ def _show(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _text_problem(s: str) -> str | None:
+    """Why PostgreSQL could not store ``s`` as text, or None."""
+    if "\x00" in s:
+        return "contains a NUL byte, which PostgreSQL cannot store in text"
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode"
+    return None
+
+
 def _strings_clean(obj: Any, path: str = "record") -> None:
-    """Reject NUL anywhere (also in keys and unknown fields): jsonb refuses \\u0000 in text."""
+    """Reject text PostgreSQL cannot store (NUL, lone surrogates) anywhere, keys and unknown fields too."""
     if isinstance(obj, str):
-        if "\x00" in obj:
-            raise InvalidRecord(f"{path} contains a NUL byte, which PostgreSQL cannot store in text")
+        problem = _text_problem(obj)
+        if problem:
+            raise InvalidRecord(f"{path} {problem}")
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            if "\x00" in k:
-                raise InvalidRecord(f"a field name in {path} contains a NUL byte")
+            if _text_problem(k):
+                raise InvalidRecord(f"a field name in {path} {_text_problem(k)}")
             _strings_clean(v, f"{path}.{k}")
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
@@ -235,8 +248,9 @@ def _strings_clean(obj: Any, path: str = "record") -> None:
 def _root(raw: Any, entity: str, raw_text: str | None = None) -> dict:
     if not isinstance(raw, dict):
         raise InvalidRecord(f"the {entity} record is not a JSON object but {type(raw).__name__}")
-    # jsonutil.dumps writes every NUL (in a value or a key) as \u0000: without one, no walk is needed.
-    if raw_text is None or "\\u0000" in raw_text:
+    # jsonutil.dumps writes every NUL (in a value or a key) as \u0000 and keeps other text as is:
+    # a text without that escape that encodes as UTF-8 needs no walk.
+    if raw_text is None or "\\u0000" in raw_text or _text_problem(raw_text):
         _strings_clean(raw, entity)
     return raw
 

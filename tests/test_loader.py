@@ -263,3 +263,15 @@ def test_unchanged_records_skipped_by_digest_and_same_version_edits_still_win(db
     assert (counts.inserted, counts.updated, counts.unchanged, counts.duplicates) == (0, 1, 19, 3)
     assert q(db, "select number from taptouch.orders where order_id = 803") == [("corrected",)]
     assert q(db, "select count(*) from taptouch.order_items where order_id = 803")[0][0] == 2
+
+
+def test_lone_surrogates_are_quarantined_not_fatal(db):
+    bad_value = f.order(900, number="A\ud800B")
+    bad_key = dict(f.order(901), **{"x_\udfff": "y"})
+    counts = load_orders(db, [(7101, [f.order(902), bad_value, bad_key])])
+    assert (counts.inserted, counts.quarantined) == (1, 2)
+    reasons = dict(q(db, "select record_key, reason from taptouch.quarantine where entity = 'order'"))
+    assert "surrogate" in reasons["900"] and "surrogate" in reasons["901"]
+    assert q(db, "select raw is null, raw_text like '%\\\\ud800%' from taptouch.quarantine where record_key = '900'") == [(True, True)]
+    stores = load_stores(db, [f.store(7105, "Australia/Perth", name="Caf\udce9")])
+    assert stores.quarantined == 1

@@ -116,6 +116,9 @@ def quarantine_raw(raw: Any) -> tuple[str | None, str | None]:
     """(jsonb text, plain text) for a quarantined record. jsonb cannot hold NUL: it is shown as \\u0000."""
     try:
         text = jsonutil.dumps(raw)
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not valid Unicode, so neither jsonb nor text can hold it
+        return None, text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:1_000_000]
     except (TypeError, ValueError):
         return None, repr(raw).replace("\x00", "\\x00")[:1_000_000]
     if "\\u0000" in text:
@@ -305,7 +308,7 @@ class OrderWindowLoad:
                 raw_text = None  # e.g. a NaN: parse_order says why, or the dumps below raises as before
             digest = None
             if raw_text is not None:
-                digest = hashlib.blake2b(raw_text.encode(), digest_size=16).digest()
+                digest = hashlib.blake2b(raw_text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
                 oid = raw.get(api.ORDER_ID_FIELD) if isinstance(raw, dict) else None
                 if known.get(oid) == digest:  # the warehouse holds exactly this version already
                     if oid in self._skipped:
