@@ -10,7 +10,7 @@
 | TAPTOUCH_START_DATE          | 2024-01-01                 | first daily partition of `orders` (UTC day)      |
 | TAPTOUCH_STORE_WORKERS       | 4                          | stores fetched in parallel within one run        |
 | TAPTOUCH_REQUESTS_PER_SECOND | 10                         | client-side request-rate limit per run           |
-| TAPTOUCH_PAGE_SIZE           | 500                        | records per API page (1..500)                    |
+| TAPTOUCH_PAGE_SIZE           | 100                        | records per API page (1..500)                    |
 | TAPTOUCH_BATCH_SIZE          | 5000                       | orders per COPY batch (bounds memory)            |
 | TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN | 10                 | partitions one backfill run loads                |
 """
@@ -58,7 +58,7 @@ def requests_per_second() -> float | None:
 
 
 def page_size() -> int:
-    return _int("TAPTOUCH_PAGE_SIZE", 500, 1, 500)
+    return _int("TAPTOUCH_PAGE_SIZE", 100, 1, 500)
 
 
 def batch_size() -> int:

@@ -95,7 +95,8 @@ class TaptouchResource(dg.ConfigurableResource):
     scopes: list[str] = Field(default_factory=lambda: list(api.ALL_SCOPES),
                               description="OAuth scopes to request.")
     timeout: float = Field(default=60.0, description="Read timeout per request, seconds (connect: 10 s).")
-    page_size: int = Field(default=api.MAX_PAGE_SIZE, description="Records per page ('count'), 1..500.")
+    page_size: int = Field(default=api.DEFAULT_PAGE_SIZE,
+                           description="Records per page ('count'): 100, the documented default; up to 500 (the modelled maximum).")
     max_retries: int = Field(default=5, description="Retries per request on 429, 5xx and network errors.")
     requests_per_second: Optional[float] = Field(
         default=10.0, description="Client-side request-rate limit shared by all threads of a client (None: off).")
