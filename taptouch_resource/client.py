@@ -289,7 +289,7 @@ class TaptouchClient:
         if not isinstance(doc, dict) or not isinstance(doc.get(api.ENVELOPE_STATUS), dict):
             raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
         ack = doc[api.ENVELOPE_STATUS].get(api.ENVELOPE_ACK)
-        if ack != 200:
+        if ack != 200 and ack != "200":  # an int per the contract; a numeric string is read the same
             if isinstance(ack, int) and ack in RETRY_STATUSES:
                 return None
             raise self._api_error(response, path, doc=doc)
