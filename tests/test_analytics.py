@@ -147,6 +147,15 @@ def refunded(order: dict) -> Decimal:
     return sum((r["amount"] for r in order["refunds"]), ZERO)
 
 
+def truth_sales_orders(sb):
+    return {
+        (order["id"],): {"store_id": sid, "business_date": day, "local_hour": local.hour, "status": order["status"],
+                         "total": order["total"], "refunds": refunded(order),
+                         "net_total": order["total"] - refunded(order)}
+        for sid, day, local, order in sales_orders(sb)
+    }
+
+
 def truth_hourly_sales(sb):
     acc = defaultdict(lambda: {"order_count": 0, "refunds": ZERO, "net_sales": ZERO})
     for sid, day, local, order in sales_orders(sb):
@@ -247,6 +256,7 @@ def truth_inventory_history(sb):
 
 # ------------------------------------------------------------------------------------- comparison
 KEYS = {
+    "sales_orders": ("order_id",),
     "daily_store_sales": ("store_id", "business_date"),
     "hourly_sales": ("store_id", "business_date", "local_hour"),
     "product_sales": ("store_id", "business_date", "product_id", "product_name", "category"),
@@ -263,6 +273,7 @@ def db_now(conn) -> datetime:
 
 def expected(view: str, sb: Sandbox, now: datetime) -> dict:
     return {
+        "sales_orders": lambda: truth_sales_orders(sb),
         "daily_store_sales": lambda: truth.daily_store_sales(sb),
         "hourly_sales": lambda: truth_hourly_sales(sb),
         "product_sales": lambda: truth_product_sales(sb),

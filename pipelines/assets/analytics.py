@@ -2,26 +2,24 @@
 
 Each ``sql/analytics/<name>.sql`` becomes the asset ``<name>`` that creates or replaces the view
 ``analytics.<name>``. Its upstream assets are named in the file's header line ``-- depends: a, b``
-(default: orders and stores), so the lineage graph shows raw -> analytics.
+(default: orders and stores; other views too, e.g. `sales_orders`), so the lineage graph shows
+raw -> sales_orders -> the views analysts query.
 """
 
 
 import base64
 import io
-import re
 
 import dagster as dg
 
 from ..warehouse.db import PostgresResource
-from ..warehouse.views import analytics_dir, apply_views, view_names, view_sql
+from ..warehouse.views import analytics_dir, apply_views, view_depends, view_names, view_sql
 
 GROUP = "analytics"
-_DEPENDS = re.compile(r"^--\s*depends:\s*(.+)$", re.MULTILINE)
 
 
 def _deps(name: str) -> list[str]:
-    m = _DEPENDS.search(view_sql(name))
-    return [d.strip() for d in m.group(1).split(",") if d.strip()] if m else ["orders", "stores"]
+    return view_depends(name) or ["orders", "stores"]
 
 
 def _description(name: str) -> str:

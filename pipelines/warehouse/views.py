@@ -7,6 +7,7 @@ cheaply, before every load, so ``analytics.*`` exists as soon as any table does.
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from pathlib import Path
 
@@ -30,9 +31,39 @@ def view_sql(name: str, directory: Path | None = None) -> str:
     return ((directory or analytics_dir()) / f"{name}.sql").read_text(encoding="utf-8")
 
 
+_DEPENDS = re.compile(r"^--\s*depends:\s*(.+)$", re.MULTILINE)
+
+
+def view_depends(name: str, directory: Path | None = None) -> list[str]:
+    """What a view's header line ``-- depends: a, b`` names (assets and other views)."""
+    m = _DEPENDS.search(view_sql(name, directory))
+    return [d.strip() for d in m.group(1).split(",") if d.strip()] if m else []
+
+
+def in_dependency_order(names: list[str], directory: Path | None = None) -> list[str]:
+    """``names`` plus the views they build on, each after the views it depends on."""
+    known = set(view_names(directory))
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in ordered:
+            return
+        if name in path:
+            raise ValueError(f"analytics views depend on each other in a cycle: {' -> '.join(path + (name,))}")
+        for dep in view_depends(name, directory):
+            if dep in known:
+                visit(dep, path + (name,))
+        ordered.append(name)
+
+    for name in names:
+        visit(name, ())
+    return ordered
+
+
 def apply_views(conn: psycopg.Connection, names: list[str] | None = None) -> list[str]:
-    """Create or replace the named views (all by default) in one transaction. Returns the names."""
-    names = view_names() if names is None else names
+    """Create or replace the named views (all by default) and the views they build on, in
+    dependency order, in one transaction. Returns the names applied."""
+    names = in_dependency_order(view_names() if names is None else names)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK,))
         for name in names:

@@ -1,4 +1,5 @@
 -- analytics.daily_store_sales: sales per store and business date (the store's local calendar date).
+-- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date) that has sales. Sales are orders with status completed,
 -- partially_refunded or refunded; open and voided orders are left out of every figure.
 -- Columns:
@@ -13,41 +14,16 @@
 --   tax              Σ GST included in total
 --   avg_order_value  Σ total / order_count, rounded to cents
 create or replace view analytics.daily_store_sales as
-with sales as (
-    select order_id, store_id, business_date, subtotal, discount, total, tax
-    from taptouch.orders
-    where status in ('completed', 'partially_refunded', 'refunded')
-),
-order_refunds as (
-    select r.order_id, sum(r.amount) as refunded
-    from taptouch.order_refunds as r
-    join sales using (order_id)
-    group by r.order_id
-),
-daily as (
-    select
-        sales.store_id,
-        sales.business_date,
-        count(*) as order_count,
-        sum(sales.subtotal) as gross_sales,
-        sum(sales.discount) as discounts,
-        coalesce(sum(order_refunds.refunded), 0) as refunds,
-        sum(sales.total) as total_sales,
-        sum(sales.tax) as tax
-    from sales
-    left join order_refunds using (order_id)
-    group by sales.store_id, sales.business_date
-)
 select
-    daily.store_id,
-    stores.name as store_name,
-    daily.business_date,
-    daily.order_count,
-    daily.gross_sales::numeric(14, 2) as gross_sales,
-    daily.discounts::numeric(14, 2) as discounts,
-    daily.refunds::numeric(14, 2) as refunds,
-    (daily.total_sales - daily.refunds)::numeric(14, 2) as net_sales,
-    daily.tax::numeric(14, 2) as tax,
-    round(daily.total_sales / daily.order_count, 2) as avg_order_value
-from daily
-left join taptouch.stores as stores using (store_id);
+    store_id,
+    store_name,
+    business_date,
+    count(*) as order_count,
+    sum(subtotal)::numeric(14, 2) as gross_sales,
+    sum(discount)::numeric(14, 2) as discounts,
+    sum(refunds)::numeric(14, 2) as refunds,
+    sum(net_total)::numeric(14, 2) as net_sales,
+    sum(tax)::numeric(14, 2) as tax,
+    round(sum(total) / count(*), 2) as avg_order_value
+from analytics.sales_orders
+group by store_id, store_name, business_date;

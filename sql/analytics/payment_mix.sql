@@ -1,5 +1,5 @@
 -- analytics.payment_mix: payments per store, business date and payment method.
--- depends: orders, stores
+-- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, method) with payments on sales orders (status completed,
 -- partially_refunded or refunded, dated by the order's business date as in daily_store_sales).
 -- Payments on open orders (e.g. a gift card part-payment) and voided orders are left out.
@@ -18,8 +18,7 @@
 create or replace view analytics.payment_mix as
 with sales as (
     select order_id, store_id, business_date
-    from taptouch.orders
-    where status in ('completed', 'partially_refunded', 'refunded')
+    from analytics.sales_orders
 ),
 payments as (
     select

@@ -1,5 +1,5 @@
 -- analytics.product_sales: units and item sales per store, business date and product.
--- depends: orders, stores
+-- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, product_id, product_name, category) sold on that day, the
 -- product as named on the order lines. Only items of sales orders count (status completed,
 -- partially_refunded or refunded); items of open and voided orders are left out, as in
@@ -24,8 +24,7 @@
 create or replace view analytics.product_sales as
 with sales as (
     select order_id, store_id, business_date
-    from taptouch.orders
-    where status in ('completed', 'partially_refunded', 'refunded')
+    from analytics.sales_orders
 ),
 items as (
     select

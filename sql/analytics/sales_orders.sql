@@ -1,0 +1,52 @@
+-- analytics.sales_orders: every sales order, once, with its refunds — the one definition of "sales"
+-- that every other view builds on.
+-- depends: orders, stores
+-- Sales orders are orders with status completed, partially_refunded or refunded; open and voided
+-- orders are not sales and appear in no analytics figure. Refunds are attributed to the order
+-- (its business date, hour and channel), whenever they were made.
+-- Columns:
+--   order_id          the order
+--   store_id          its store
+--   store_name        the store's name (taptouch.stores.name)
+--   business_date     local date of created_at in the store's time zone
+--   local_hour        0-23, the hour of created_at in the store's time zone
+--   source            pos | kiosk | online | ubereats | doordash (null if unsent)
+--   fulfillment_type  dine_in | takeaway | delivery | pickup (null if unsent)
+--   status            completed | partially_refunded | refunded
+--   subtotal          Σ item totals (GST-inclusive, before the order discount)
+--   discount          order-level discount
+--   total             what the customer paid: subtotal − discount + surcharge + rounding
+--   tax               GST included in total
+--   refunds           Σ refund amounts of the order (0 when none)
+--   net_total         total − refunds
+create or replace view analytics.sales_orders as
+with sales as (
+    select
+        orders.order_id,
+        orders.store_id,
+        stores.name as store_name,
+        orders.business_date,
+        extract(hour from orders.created_at at time zone stores.timezone)::integer as local_hour,
+        orders.source,
+        orders.fulfillment_type,
+        orders.status,
+        orders.subtotal,
+        orders.discount,
+        orders.total,
+        orders.tax
+    from taptouch.orders as orders
+    left join taptouch.stores as stores using (store_id)
+    where orders.status in ('completed', 'partially_refunded', 'refunded')
+),
+order_refunds as (
+    select refunds.order_id, sum(refunds.amount) as refunded
+    from taptouch.order_refunds as refunds
+    join sales using (order_id)
+    group by refunds.order_id
+)
+select
+    sales.*,
+    coalesce(order_refunds.refunded, 0)::numeric(14, 2) as refunds,
+    (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total
+from sales
+left join order_refunds using (order_id);
