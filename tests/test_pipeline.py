@@ -13,7 +13,6 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pipelines.assets.analytics import analytics_assets
 from pipelines.assets.taptouch import inventory, orders, stores
 from pipelines.definitions import defs
 from pipelines.schedules import orders_hourly
@@ -47,18 +46,8 @@ def rows(db_url, sql, *args):
         return conn.execute(sql, args or None).fetchall()
 
 
-def expected_orders(sb, days: list[str]) -> dict[int, dict]:
-    out = {}
-    for d in days:
-        start = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
-        for sid in sb.store_ids():
-            for o in sb.orders_in_window(sid, start, start + timedelta(days=1)):
-                out[o["id"]] = o
-    return out
-
-
 def assert_orders_match(db_url, sb, days):
-    want = expected_orders(sb, days)
+    want = truth.orders_updated_in_days(sb, days)
     assert want, "the sandbox must have orders in the window"
     got = {r[0]: r[1:] for r in rows(db_url, "select order_id, updated_at, status, total, raw::text from taptouch.orders")}
     assert set(got) == set(want)
@@ -115,7 +104,7 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     assert result.success
     assert_orders_match(migrated_db, sandbox, ["2026-11-25"])
     md = result.asset_materializations_for_node("orders")[0].metadata
-    assert md["inserted"].value == len(expected_orders(sandbox, ["2026-11-25"]))
+    assert md["inserted"].value == len(truth.orders_updated_in_days(sandbox, ["2026-11-25"]))
     assert md["stores_ok"].value == 3 and md["stores_failed"].value == 0 and md["api_requests"].value >= 3
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"no_quarantined_records": True, "order_arithmetic": True}

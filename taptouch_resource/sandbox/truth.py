@@ -6,7 +6,7 @@ These follow /work/shared/warehouse.md, so a test can compare the warehouse with
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -26,6 +26,19 @@ def business_date(order: dict, timezone: str) -> date:
 def orders_by_id(sb: Sandbox) -> dict[int, dict]:
     """Every order of every store in its latest state, by id (clean records)."""
     return {o["id"]: o for sid in sb.store_ids() for o in sb.orders(sid)}
+
+
+def orders_updated_in_days(sb: Sandbox, days: list[str | date]) -> dict[int, dict]:
+    """Latest version of every order whose updated_at lies in one of these UTC days (what the daily
+    ``orders`` partitions of those days load), by id."""
+    out: dict[int, dict] = {}
+    for d in days:
+        d = date.fromisoformat(d) if isinstance(d, str) else d
+        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        for sid in sb.store_ids():
+            for o in sb.orders_in_window(sid, start, start + timedelta(days=1)):
+                out[o["id"]] = o
+    return out
 
 
 def daily_store_sales(sb: Sandbox, store_ids: list[int] | None = None) -> dict[tuple[int, date], dict]:

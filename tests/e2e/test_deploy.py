@@ -7,13 +7,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
 import psycopg
 import pytest
 import yaml
 
+from taptouch_resource.sandbox import truth
 from taptouch_resource.sandbox import Sandbox, SandboxConfig
 
 from .conftest import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
@@ -35,16 +36,6 @@ def defined_schedules() -> set[str]:
 def truth_sandbox() -> Sandbox:
     """The same data the HTTP sandbox serves (it is a pure function of the config)."""
     return Sandbox(SandboxConfig(seed=SEED, stores=STORES, days=DAYS, end_date=END, orders_per_day=ORDERS_PER_DAY))
-
-
-def expected_orders(sb: Sandbox, days: list[str]) -> dict[int, dict]:
-    out = {}
-    for d in days:
-        start = datetime.fromisoformat(d).replace(tzinfo=timezone.utc)
-        for sid in sb.store_ids():
-            for o in sb.orders_in_window(sid, start, start + timedelta(days=1)):
-                out[o["id"]] = o
-    return out
 
 
 def test_deploy_dagster_yaml_is_a_valid_production_instance_config(monkeypatch):
@@ -105,7 +96,7 @@ def test_backfill_on_the_production_instance(prod_stack, tmp_path):
 
     # The warehouse equals the sandbox's truth for those days.
     sb = truth_sandbox()
-    want = expected_orders(sb, BACKFILL)
+    want = truth.orders_updated_in_days(sb, BACKFILL)
     assert len(want) > 100
     with psycopg.connect(stack.warehouse_url) as conn:
         got = {r[0]: r[1:] for r in conn.execute(
