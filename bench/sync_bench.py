@@ -43,7 +43,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -427,7 +426,6 @@ def child_loader(spec: dict) -> dict:
     in_loader = 0.0
     orders = 0
     with psycopg.connect(spec["db"], autocommit=True) as conn:
-        from pipelines.sync import sync_stores
         from taptouch_resource.sandbox import Sandbox
         from pipelines.warehouse.loader import load_stores
         load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())

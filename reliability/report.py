@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {kind:<28}{n}")
     print(f"  kills survived (SIGKILL): {k.kills} mid-load (+{k.completed_early} loads that finished first), "
           f"windows committed at each kill: {sorted(Counter(k.windows_committed_at_kill).items())}, {t_kills:.0f}s")
-    print(f"  database faults:          " + ", ".join(f"{o.kind} -> {o.error}" for o in db_outcomes))
+    print("  database faults:          " + ", ".join(f"{o.kind} -> {o.error}" for o in db_outcomes))
     print(f"  concurrent runs:          {conc.runs} runs (same window twice; backfill vs hourly), "
           f"{len(conc.errors)} errors")
     print(f"  bad inputs tried:         {len(envelope) + len(records)} "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Any, Optional
+from typing import Optional
 
 import dagster as dg
 import httpx
@@ -30,7 +30,7 @@ from pydantic import Field
 
 from . import api
 from .auth import ClientCredentialsAuth, MerchantAuth
-from .client import DEFAULT_TIMEOUT, TaptouchClient, check_base_url
+from .client import TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats
 

@@ -3,8 +3,6 @@ with a test client playing the merchant's browser, and the sandbox's side of it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import subprocess

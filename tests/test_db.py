@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import psycopg
@@ -27,7 +26,6 @@ from pipelines.warehouse.db import (
     redact_url,
     resolve_database_url,
     sqlalchemy_url,
-    stop_embedded_server,
 )
 
 # --- URL resolution (no server needed) --------------------------------------------------------
