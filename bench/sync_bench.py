@@ -4,7 +4,7 @@
     ./dev python bench/sync_bench.py --orders 10000 100000 --mode loader   # issue 3: loader vs raw COPY
 
 Every contender runs in its own subprocess (its peak RSS and CPU time are its own), against a fresh
-sandbox server in yet another process (``python -m taptouch_resource.sandbox serve``, real HTTP on
+sandbox server in yet another process (``python -m taptouch_sandbox serve``, real HTTP on
 loopback), and a fresh empty database on the Postgres server of ``--database-url`` (default:
 ``$TAPTOUCH_DATABASE_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``).
 
@@ -77,7 +77,7 @@ def utc_windows(days: int) -> list[tuple[datetime, datetime, str]]:
 
 
 def sandbox_config(days: int):
-    from taptouch_resource.sandbox import SandboxConfig
+    from taptouch_sandbox import SandboxConfig
     return SandboxConfig(seed=SEED, stores=STORES, days=days, orders_per_day=ORDERS_PER_DAY, end_date=END_DATE)
 
 
@@ -86,7 +86,7 @@ def sandbox_config(days: int):
 
 
 class SandboxServer:
-    """``python -m taptouch_resource.sandbox serve --port 0`` in its own process."""
+    """``python -m taptouch_sandbox serve --port 0`` in its own process."""
 
     def __init__(self, days: int):
         self.days = days
@@ -94,7 +94,7 @@ class SandboxServer:
         self.url = ""
 
     def __enter__(self) -> "SandboxServer":
-        cmd = [sys.executable, "-m", "taptouch_resource.sandbox", "serve", "--port", "0", "--seed", str(SEED),
+        cmd = [sys.executable, "-m", "taptouch_sandbox", "serve", "--port", "0", "--seed", str(SEED),
                "--stores", str(STORES), "--days", str(self.days), "--orders-per-day", str(ORDERS_PER_DAY),
                "--end-date", END_DATE.isoformat()]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -191,7 +191,7 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
     in-process. With ``pages_file``: also the API pages (by store), pickled one after another."""
     from pipelines.warehouse import loader
     from taptouch_resource import api, jsonutil
-    from taptouch_resource.sandbox import Sandbox
+    from taptouch_sandbox import Sandbox
     sb = Sandbox(sandbox_config(days))
     tz = {s["id"]: s["timezone"] for s in sb.stores()}
     names = {"orders": loader.ORDER_COLS + ("raw",), "items": loader.ITEM_COLS,
@@ -426,7 +426,7 @@ def child_loader(spec: dict) -> dict:
     in_loader = 0.0
     orders = 0
     with psycopg.connect(spec["db"], autocommit=True) as conn:
-        from taptouch_resource.sandbox import Sandbox
+        from taptouch_sandbox import Sandbox
         from pipelines.warehouse.loader import load_stores
         load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())
         t = time.perf_counter()

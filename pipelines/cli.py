@@ -127,7 +127,7 @@ def _taptouch_store(args: argparse.Namespace):
     from pipelines.warehouse.db import resolve_database_url
     from pipelines.warehouse.migrations import migrate
     from taptouch_resource import TaptouchResource
-    from taptouch_resource.token_store import TokenStore
+    from pipelines.warehouse.token_store import TokenStore
 
     client_id, secret, base_url = TaptouchResource().resolved()
     url = resolve_database_url(args.database_url)
@@ -158,7 +158,7 @@ def _has_browser() -> bool:
 
 def _authorize(args: argparse.Namespace) -> int:
     from taptouch_resource import TaptouchError, api
-    from taptouch_resource.authorize import run_authorize
+    from pipelines.authorize import run_authorize
 
     try:
         client_id, secret, base_url, store = _taptouch_store(args)
@@ -211,7 +211,7 @@ def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _refresh(args: argparse.Namespace) -> int:
     from taptouch_resource import TaptouchError
-    from taptouch_resource.authorize import keep_merchants_alive
+    from pipelines.authorize import keep_merchants_alive
 
     try:
         client_id, secret, base_url, store = _taptouch_store(args)

@@ -60,7 +60,7 @@ def dagster_home() -> Path:
 @contextlib.contextmanager
 def sandbox_env(seed: int = 1, stores: int = SANDBOX_STORES, days: int = SANDBOX_DAYS) -> Iterator[str]:
     """Serve the sandbox over HTTP and point TAPTOUCH_* at it for this process and its children."""
-    from taptouch_resource.sandbox import Sandbox, SandboxConfig
+    from taptouch_sandbox import Sandbox, SandboxConfig
 
     sb = Sandbox(SandboxConfig(seed=seed, stores=stores, days=days))
     with sb.serve(host="127.0.0.1", port=0) as url:

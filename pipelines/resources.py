@@ -3,7 +3,7 @@
 from taptouch_resource import TaptouchResource
 
 from . import settings
-from .warehouse.db import PostgresResource
+from .warehouse.resource import PostgresResource
 
 # Credentials and base URL are read from TAPTOUCH_CLIENT_ID / TAPTOUCH_CLIENT_SECRET /
 # TAPTOUCH_BASE_URL when a client is made (a missing one fails the first step, naming the variable).

@@ -5,10 +5,10 @@ stored merchant grant whose refresh token has less than 3 days left, whether or 
 import dagster as dg
 
 from taptouch_resource import TaptouchResource
-from taptouch_resource.authorize import keep_merchants_alive
-from taptouch_resource.token_store import TokenStore
+from pipelines.authorize import keep_merchants_alive
+from pipelines.warehouse.token_store import TokenStore
 
-from .warehouse.db import PostgresResource
+from .warehouse.resource import PostgresResource
 
 
 @dg.op(description="Refresh stored merchant tokens whose refresh token has less than 3 days left.")

@@ -1,4 +1,12 @@
-"""Taptouch API client library: OAuth token manager, paginated client, Dagster resource, sandbox."""
+"""The Taptouch client library: OAuth token manager, paginated client, typed errors, and the
+Dagster resource that hands assets a configured client.
+
+The client modules (``api``, ``auth``, ``client``, ``errors``, ``retry``, ``tokens``) import neither
+Dagster nor psycopg. ``TaptouchResource`` (``resource.py``) is the only Dagster import; it is loaded
+on first use of the name, so ``from taptouch_resource import TaptouchClient`` stays light.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .api import ALL_SCOPES, DEFAULT_BASE_URL, InvalidRecord
 from .auth import ClientCredentialsAuth
@@ -11,12 +19,16 @@ from .errors import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
-from .resource import TaptouchResource
+from .tokens import InMemoryTokens, TokenPersistence
+
+if TYPE_CHECKING:
+    from .resource import TaptouchResource
 
 __all__ = [
     "ALL_SCOPES",
     "DEFAULT_BASE_URL",
     "ClientCredentialsAuth",
+    "InMemoryTokens",
     "InvalidRecord",
     "TaptouchAPIError",
     "TaptouchAuthError",
@@ -26,4 +38,13 @@ __all__ = [
     "TaptouchProtocolError",
     "TaptouchRateLimitError",
     "TaptouchResource",
+    "TokenPersistence",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TaptouchResource":  # the Dagster resource: imported on first use only
+        from .resource import TaptouchResource
+
+        return TaptouchResource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,8 +12,9 @@
   form (``{"status": {"ack": 401, "errors": ...}}``) are both understood.
 * A granted ``scope`` narrower than the requested one is an error naming the missing scopes.
 * The client secret and tokens never appear in ``repr()``, logs or exception text.
-* With a :class:`~taptouch_resource.token_store.TokenStore` (``store=``), tokens are shared by
-  every process of a deployment through Postgres; the in-memory cache stays in front of it.
+* With a :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``; the code location passes
+  its Postgres token store), tokens are shared by every process of a deployment; the in-memory
+  cache stays in front of it.
   :class:`MerchantAuth` serves a merchant's authorization-code grant from the store, rotating its
   single-use refresh token under a row lock.
 """
@@ -21,19 +22,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from decimal import Decimal
+from typing import Any, Callable, Generator
 
 import httpx
 
 from . import api, jsonutil
-from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchProtocolError
-from .retry import RETRY_STATUSES, Backoff, ClientStats, parse_retry_after
-
-if TYPE_CHECKING:
-    from .token_store import GrantKey, StoredAccess, TokenStore
+from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchProtocolError, parse_error_body
+from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
+from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ class Token:
         return f"Token(scopes={self.scopes!r}, lifetime={self.lifetime})"
 
 
-@dataclass(frozen=True)
-class TokenResponse:
-    """A successful token-endpoint answer (any grant)."""
-
-    access_token: str
-    lifetime: float  # expires_in, seconds
-    scopes: tuple[str, ...]
-    refresh_token: str | None = None
-    refresh_lifetime: float | None = None  # seconds, when the server says; else the documented 4 days
-
-    def __repr__(self) -> str:  # never show the tokens
-        return (f"TokenResponse(scopes={self.scopes!r}, lifetime={self.lifetime}, "
-                f"refresh_token={'***' if self.refresh_token else None})")
-
-
 class ReauthorizationRequired(TaptouchAuthError):
     """The merchant's grant cannot be used any more (revoked, expired, refresh token reused or lost):
     the merchant must go through ``taptouch-sync authorize`` again."""
@@ -79,27 +65,39 @@ def reauthorize_command(merchant: str) -> str:
     return f"taptouch-sync authorize --merchant {merchant}"
 
 
-def refresh_margin(lifetime: float) -> float:
-    """How long before expiry a token is replaced: min(300 s, 10 % of its lifetime)."""
-    return min(300.0, 0.1 * lifetime)
-
-
 def describe_token_error(status: int, body: bytes) -> tuple[str | None, str]:
     """(error code, description) from a token-endpoint error in RFC 6749 or envelope form."""
-    try:
-        doc = jsonutil.loads(body)
-    except ValueError:
+    parsed = parse_error_body(body)
+    if not parsed.is_json:
         return None, f"HTTP {status} with a non-JSON body"
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return doc["error"], str(doc.get("error_description") or "")
-    if isinstance(doc, dict) and isinstance(doc.get(api.ENVELOPE_STATUS), dict):
-        errors = doc[api.ENVELOPE_STATUS].get(api.ENVELOPE_ERRORS)
-        if isinstance(errors, dict):
-            return (str(errors.get("code") or errors.get("error") or "") or None,
-                    str(errors.get("message") or errors.get("error_description") or ""))
-        if errors:
-            return None, str(errors)
-    return None, f"HTTP {status}"
+    return parsed.code, parsed.message or ("" if parsed.code else f"HTTP {status}")
+
+
+# What a token endpoint may say about lifetimes, in seconds. Anything outside is clamped into the
+# range (a missing, non-numeric, NaN or infinite value takes the default), so a careless server can
+# neither make every request fetch a token nor park a token past any date a store can hold.
+ACCESS_LIFETIME_RANGE = (60.0, 7 * 86_400.0, 3600.0)  # (min, max, default): Taptouch documents 3600 s
+REFRESH_LIFETIME_RANGE = (60.0, REFRESH_LIFETIME, REFRESH_LIFETIME)  # refresh tokens: 4 days [doc]
+
+
+def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) -> float:
+    """``expires_in``-style seconds clamped to ``bounds`` = (min, max, default)."""
+    lo, hi, default = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        seconds = None
+    else:
+        try:
+            seconds = float(value)
+        except (ValueError, OverflowError):
+            seconds = None
+    if seconds is None or not math.isfinite(seconds):
+        if value is not None:
+            log.warning("The token endpoint sent %s=%.40r; using %.0f s", name, value, default)
+        return default
+    clamped = min(max(seconds, lo), hi)
+    if clamped != seconds:
+        log.warning("The token endpoint sent %s=%s; clamped to %.0f s (allowed %.0f..%.0f)", name, seconds, clamped, lo, hi)
+    return clamped
 
 
 class ClientCredentialsAuth(httpx.Auth):
@@ -122,7 +120,7 @@ class ClientCredentialsAuth(httpx.Auth):
         sleep: Callable[[float], None] = time.sleep,
         stats: ClientStats | None = None,
         verify: Any = True,
-        store: "TokenStore | None" = None,
+        store: TokenPersistence | None = None,
         wall_clock: Callable[[], float] = time.time,
     ):
         if not client_id or not client_id.strip():
@@ -175,9 +173,7 @@ class ClientCredentialsAuth(httpx.Auth):
         return self.token_url.rsplit(api.TOKEN_PATH, 1)[0]
 
     @property
-    def store_key(self) -> "GrantKey":
-        from .token_store import GrantKey
-
+    def store_key(self) -> GrantKey:
         return GrantKey.client_credentials(self.base_url, self.client_id, self.scopes)
 
     def _obtain(self) -> Token:
@@ -185,8 +181,6 @@ class ClientCredentialsAuth(httpx.Auth):
         stored one is stale), else straight from the token endpoint."""
         if self._store is None:
             return self._fetch()
-        from .token_store import TokenStoreError
-
         try:
             stored = self._store.client_credentials(self.store_key, fetch=lambda: self._request(self._form())[0])
         except TokenStoreError as exc:  # sharing is an optimisation for client credentials: go on alone
@@ -194,7 +188,7 @@ class ClientCredentialsAuth(httpx.Auth):
             return self._fetch()
         return self._from_stored(stored)
 
-    def _from_stored(self, stored: "StoredAccess") -> Token:
+    def _from_stored(self, stored: StoredAccess) -> Token:
         """The stored token with its wall-clock expiry moved onto this object's clock."""
         return Token(stored.access_token, self._clock() + (stored.expires_at - self._wall()),
                      stored.lifetime, stored.scopes)
@@ -225,52 +219,47 @@ class ClientCredentialsAuth(httpx.Auth):
         return Token(response.access_token, started + response.lifetime, response.lifetime, response.scopes)
 
     def _request(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
-        """POST ``form`` to the token endpoint with retries; (answer, this clock at the last send)."""
-        attempt = 0
-        waited = 0.0
-        while True:
-            self.stats.add(token_requests=1)
-            wait: float | None = None
-            try:
-                started = self._clock()
-                response = self._http.post(self.token_url, data=form, headers={"Accept": "application/json"})
-            except httpx.TransportError as exc:
-                response = None
-                what = f"network error ({type(exc).__name__})"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response), started
-                if response.status_code not in RETRY_STATUSES:
-                    self._raise(response)
-                what = f"HTTP {response.status_code}"
-                if response.status_code == 429:
-                    wait = parse_retry_after(response.headers.get("Retry-After"))
-            attempt += 1
-            if attempt > self._backoff.max_retries or waited >= self._backoff.budget:
-                raise TaptouchAPIError(
-                    status=response.status_code if response is not None else 0, path=api.TOKEN_PATH,
-                    message=f"could not get an access token: {what} after {attempt} attempts",
-                    hint=f"check that TAPTOUCH_BASE_URL ({self.token_url.rsplit(api.TOKEN_PATH, 1)[0]}) is "
-                         f"the Taptouch API and reachable; if it is, the token endpoint is down: try again later",
-                )
-            wait = wait if wait is not None else self._backoff.delay(attempt)
-            waited += wait
-            self.stats.add(retries=1)
-            log.warning("Token endpoint: %s; retrying in %.2fs (attempt %d)", what, wait, attempt)
-            self._sleep(wait)
+        """POST ``form`` to the token endpoint with the shared retry engine; (answer, this clock at the
+        send that succeeded)."""
+        return with_retries(lambda: self._attempt(form), what="token endpoint", backoff=self._backoff,
+                            stats=self.stats, sleep=self._sleep)
+
+    def _attempt(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
+        self.stats.add(token_requests=1)
+        started = self._clock()
+        try:
+            response = self._http.post(self.token_url, data=form, headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
+        if response.status_code == 200:
+            return self._parse(response), started
+        if response.status_code not in RETRY_STATUSES:
+            self._raise(response)
+        status = response.status_code
+        wait = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
+        raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
+                        rate_limited=status == 429)
+
+    def _unavailable(self, status: int, what: str) -> TaptouchAPIError:
+        return TaptouchAPIError(
+            status=status, path=api.TOKEN_PATH, message=f"could not get an access token: {what}, retries exhausted",
+            hint=f"check that TAPTOUCH_BASE_URL ({self.base_url}) is the Taptouch API and reachable; if it is, "
+                 f"the token endpoint is down: try again later",
+        )
 
     def _parse(self, response: httpx.Response) -> TokenResponse:
         try:
             doc = jsonutil.loads(response.content)
             access = doc["access_token"]
-            lifetime = float(doc.get("expires_in") or 3600)
-            refresh = doc.get("refresh_token")
-            refresh_lifetime = doc.get("refresh_token_expires_in")
-            refresh_lifetime = float(refresh_lifetime) if refresh_lifetime is not None else None
         except (ValueError, KeyError, TypeError):
             raise TaptouchProtocolError(
-                f"The token endpoint {self.token_url} answered 200 without a usable access_token/expires_in."
+                f"The token endpoint {self.token_url} answered 200 without a usable access_token."
             ) from None
+        lifetime = parse_lifetime(doc.get("expires_in"), ACCESS_LIFETIME_RANGE, "expires_in")
+        refresh = doc.get("refresh_token")
+        refresh_lifetime = doc.get("refresh_token_expires_in")
+        if refresh_lifetime is not None:
+            refresh_lifetime = parse_lifetime(refresh_lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
         if not isinstance(access, str) or not access:
             raise TaptouchProtocolError("The token endpoint answered 200 with an empty access_token.")
         granted = doc.get("scope")
@@ -322,7 +311,7 @@ class MerchantAuth(ClientCredentialsAuth):
     names the command to run.
     """
 
-    def __init__(self, *, merchant: str, store: "TokenStore", scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,),
+    def __init__(self, *, merchant: str, store: TokenPersistence, scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,),
                  **kwargs: Any):
         if store is None:
             raise TaptouchAuthError("A merchant grant needs the token store (the warehouse database).")
@@ -333,9 +322,7 @@ class MerchantAuth(ClientCredentialsAuth):
         return f"MerchantAuth(client_id={self.client_id!r}, merchant={self.merchant!r}, secret=***)"
 
     @property
-    def store_key(self) -> "GrantKey":
-        from .token_store import GrantKey
-
+    def store_key(self) -> GrantKey:
         return GrantKey.merchant(self.base_url, self.client_id, self.merchant)
 
     def _obtain(self) -> Token:

@@ -20,13 +20,14 @@ import httpx
 from . import api, jsonutil
 from .auth import ENV_HINT, ClientCredentialsAuth
 from .errors import (
+    parse_error_body,
     TaptouchAPIError,
     TaptouchAuthError,
     TaptouchConfigError,
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
-from .retry import RETRY_STATUSES, Backoff, ClientStats, RateLimiter, parse_retry_after
+from .retry import RETRY_STATUSES, Backoff, ClientStats, RateLimiter, Retryable, parse_retry_after, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,6 @@ class TaptouchClient:
             params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
         return self._records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
 
-    def iter_inventory_pages(self, store_id: int) -> Iterator[list[dict]]:
-        return self._paginate(api.INVENTORY_PATH.format(store_id=int(store_id)), {}, f"store {store_id} inventory")
-
     def log_summary(self, logger: logging.Logger | None = None) -> dict[str, int]:
         s = self.stats.snapshot()
         (logger or log).info(
@@ -222,61 +220,43 @@ class TaptouchClient:
 
     # -- one request ---------------------------------------------------------------------------
     def _get(self, path: str, params: dict) -> list:
-        attempt = 0
-        waited = 0.0
-        while True:
-            self.limiter.acquire()
-            self.stats.add(requests=1)
-            wait: float | None = None
-            try:
-                response = self._http.get(path, params=params)
-            except httpx.TransportError as exc:
-                self.stats.add(network_errors=1)
-                if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-                    raise TaptouchConfigError(f"Cannot reach {self.base_url}: {exc}. Check TAPTOUCH_BASE_URL.") from None
-                failure: Exception = exc
-                what = f"{type(exc).__name__}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    data = self._envelope(response, path)
-                    if data is not None:
-                        return data
-                    what = "ack mismatch"  # HTTP 200 whose envelope acks a retryable failure
-                    failure = self._api_error(response, path)
-                elif status == 401:
-                    raise TaptouchAuthError(
-                        f"Taptouch refused the access token twice on {path} (HTTP 401): the token was revoked "
-                        f"or the client was disabled. {ENV_HINT}", status=401, error=self._error_code(response),
-                    )
-                elif status in RETRY_STATUSES:
-                    what = f"HTTP {status}"
-                    failure = self._api_error(response, path)
-                    if status == 429:
-                        self.stats.add(rate_limited=1)
-                        wait = parse_retry_after(response.headers.get("Retry-After"))
-                        if wait is None:
-                            wait = max(self._backoff.delay(attempt + 1), 1.0)
-                    else:
-                        self.stats.add(server_errors=1)
-                else:
-                    raise self._api_error(response, path)
-            attempt += 1
-            if wait is None:
-                wait = self._backoff.delay(attempt)
-            if attempt > self._backoff.max_retries or waited + wait > self._backoff.budget:
-                if isinstance(failure, TaptouchRateLimitError):
-                    raise failure
-                if isinstance(failure, TaptouchAPIError):
-                    raise failure
-                raise TaptouchAPIError(
-                    status=0, path=path, message=f"network error {what} after {attempt} attempts",
-                    hint=f"check that {self.base_url} is reachable",
-                ) from None
-            waited += wait
-            self.stats.add(retries=1)
-            log.info("GET %s: %s; retry %d/%d in %.2fs", path, what, attempt, self._backoff.max_retries, wait)
-            self._sleep(wait)
+        """``data`` of one page, retried by the shared engine on 429, 5xx, network errors and an
+        envelope whose ``ack`` is one of those."""
+        return with_retries(lambda: self._attempt(path, params), what=f"GET {path}", backoff=self._backoff,
+                            stats=self.stats, sleep=self._sleep)
+
+    def _attempt(self, path: str, params: dict) -> list:
+        self.limiter.acquire()
+        self.stats.add(requests=1)
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.TransportError as exc:
+            self.stats.add(network_errors=1)
+            if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+                raise TaptouchConfigError(f"Cannot reach the API at {self.base_url}: {type(exc).__name__}. "
+                                          f"Check TAPTOUCH_BASE_URL.") from None
+            raise Retryable(type(exc).__name__, TaptouchAPIError(
+                status=0, path=path, message=f"network error {type(exc).__name__}, retries exhausted",
+                hint=f"check that {self.base_url} is reachable")) from None
+        status = response.status_code
+        if status == 200:
+            data = self._envelope(response, path)
+            if data is None:  # HTTP 200 whose envelope acks a retryable failure
+                raise Retryable("ack mismatch", self._api_error(response, path))
+            return data
+        if status == 401:
+            raise TaptouchAuthError(
+                f"Taptouch refused the access token twice on {path} (HTTP 401): the token was revoked "
+                f"or the client was disabled. {ENV_HINT}", status=401, error=parse_error_body(response.content).code,
+            )
+        if status not in RETRY_STATUSES:
+            raise self._api_error(response, path)
+        if status == 429:
+            self.stats.add(rate_limited=1)
+            raise Retryable("HTTP 429", self._api_error(response, path), rate_limited=True,
+                            wait=parse_retry_after(response.headers.get("Retry-After")))
+        self.stats.add(server_errors=1)
+        raise Retryable(f"HTTP {status}", self._api_error(response, path))
 
     def _envelope(self, response: httpx.Response, path: str) -> list | None:
         """``data`` of a 200 envelope; None when ``ack`` says a retryable failure; raises otherwise."""
@@ -302,41 +282,16 @@ class TaptouchClient:
             )
         return data
 
-    def _error_code(self, response: httpx.Response) -> str | None:
-        try:
-            doc = jsonutil.loads(response.content)
-            errors = doc[api.ENVELOPE_STATUS][api.ENVELOPE_ERRORS]
-            return errors.get(api.ERROR_CODE) if isinstance(errors, dict) else None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-
     def _api_error(self, response: httpx.Response, path: str, doc: Any = None) -> TaptouchAPIError:
         status = response.status_code
-        ack = code = message = parameter = None
-        if doc is None:
-            try:
-                doc = jsonutil.loads(response.content)
-            except ValueError:
-                doc = None
-        if isinstance(doc, dict) and isinstance(doc.get(api.ENVELOPE_STATUS), dict):
-            st = doc[api.ENVELOPE_STATUS]
-            ack = st.get(api.ENVELOPE_ACK)
-            errors = st.get(api.ENVELOPE_ERRORS)
-            if isinstance(errors, dict):
-                code = errors.get(api.ERROR_CODE)
-                message = errors.get(api.ERROR_MESSAGE)
-                parameter = errors.get(api.ERROR_PARAMETER)
-            elif errors is not None:
-                message = str(errors)
-        elif doc is None:
-            message = f"non-JSON body ({_peek(response)})"
-        code = str(code)[:100] if code is not None else None
-        message = str(message)[:500] if message is not None else None
+        body = parse_error_body(response.content if doc is None else doc)
+        message = body.message if body.is_json else f"non-JSON body ({_peek(response)})"
         hint = NO_RETRY_HINTS.get(status)
-        if code == api.ERROR_STORE_FORBIDDEN:
+        if body.code == api.ERROR_STORE_FORBIDDEN:
             hint = "the merchant has not granted this store to the integration"
         cls = TaptouchRateLimitError if status == 429 else TaptouchAPIError
-        return cls(status=status, ack=ack, code=code, message=message, path=path, parameter=parameter, hint=hint)
+        return cls(status=status, ack=body.ack, code=body.code, message=message, path=path,
+                   parameter=body.parameter, hint=hint)
 
 
 def _peek(response: httpx.Response) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from . import api, jsonutil
 
 
 class TaptouchError(Exception):
@@ -63,3 +66,51 @@ class TaptouchRateLimitError(TaptouchAPIError):
 
 class TaptouchProtocolError(TaptouchError):
     """The server broke the protocol: a body that is not the envelope, a repeated page, too many pages."""
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What an error answer says, from any of its forms: the envelope (``status.ack`` and
+    ``status.errors`` with ``code``/``message``/``parameter``) or RFC 6749 §5.2
+    (``error``/``error_description``, the token endpoint). ``is_json`` is False for a body that is
+    not JSON (an HTML error page from a proxy)."""
+
+    ack: Any = None
+    code: str | None = None
+    message: str | None = None
+    parameter: str | None = None
+    is_json: bool = True
+
+
+def parse_error_body(body: bytes | str | Any) -> ErrorBody:
+    """The one parser of error answers (API and token endpoint). ``body``: raw bytes, or a parsed doc."""
+    if isinstance(body, (bytes, bytearray, str)):
+        try:
+            doc = jsonutil.loads(body)
+        except ValueError:
+            return ErrorBody(is_json=False)
+    else:
+        doc = body
+    if not isinstance(doc, dict):
+        return ErrorBody()
+    if isinstance(doc.get("error"), str):  # RFC 6749
+        return ErrorBody(code=_short(doc["error"], 100), message=_short(doc.get("error_description"), 500))
+    status = doc.get(api.ENVELOPE_STATUS)
+    if not isinstance(status, dict):
+        return ErrorBody()
+    errors = status.get(api.ENVELOPE_ERRORS)
+    ack = status.get(api.ENVELOPE_ACK)
+    if isinstance(errors, dict):
+        return ErrorBody(
+            ack=ack,
+            code=_short(errors.get(api.ERROR_CODE) or errors.get("error"), 100),
+            message=_short(errors.get(api.ERROR_MESSAGE) or errors.get("error_description"), 500),
+            parameter=_short(errors.get(api.ERROR_PARAMETER), 200),
+        )
+    return ErrorBody(ack=ack, message=_short(errors, 500) if errors else None)
+
+
+def _short(value: Any, limit: int) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)[:limit]

@@ -7,8 +7,8 @@ or pass them, e.g. ``client_secret=dg.EnvVar("MY_SECRET")``.
 
 Clients created by one process for the same credentials, scopes and base URL share one token
 cache, so every asset of a run (and every thread) reuses the same access token. Given the warehouse
-URL (``get_client(database_url=...)``, as the assets do), tokens are also shared by every process
-of the deployment through the token store (``taptouch_auth.tokens``, see ``token_store.py``).
+store (``get_client(token_store=...)``, as the assets do with the warehouse's
+``pipelines/warehouse/token_store.py``), tokens are also shared by every process of the deployment.
 
 Grants: ``grant="client_credentials"`` (default) for everything; ``grant="authorization_code"``
 makes :meth:`TaptouchResource.get_store_client` (used by the ``stores`` asset, scope
@@ -33,6 +33,7 @@ from .auth import ClientCredentialsAuth, MerchantAuth
 from .client import TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats
+from .tokens import TokenPersistence
 
 ENV_CLIENT_ID = "TAPTOUCH_CLIENT_ID"
 ENV_CLIENT_SECRET = "TAPTOUCH_CLIENT_SECRET"
@@ -47,21 +48,19 @@ _auth_cache_lock = threading.Lock()
 
 def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tuple[str, ...],
                 timeout: httpx.Timeout, max_retries: int, transport: httpx.BaseTransport | None = None,
-                database_url: str | None = None, merchant: str | None = None) -> ClientCredentialsAuth:
+                token_store: TokenPersistence | None = None, merchant: str | None = None) -> ClientCredentialsAuth:
     """One token manager per (base URL, client id, secret, scopes, token store, merchant) in this process.
 
-    ``database_url``: share tokens through the token store in that database. ``merchant``: the
-    merchant's authorization-code grant (needs ``database_url``) instead of client credentials."""
+    ``token_store``: share tokens with other processes through it (its ``identity`` attribute, when
+    it has one, says which stores are the same). ``merchant``: the merchant's authorization-code
+    grant (needs a durable ``token_store``) instead of client credentials."""
+    store_id = getattr(token_store, "identity", id(token_store)) if token_store is not None else None
     key = (base_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest(), tuple(sorted(scopes)), id(transport),
-           hashlib.sha256(database_url.encode()).hexdigest() if database_url else None, merchant)
+           store_id, merchant)
     with _auth_cache_lock:
         auth = _auth_cache.get(key)
         if auth is None:
-            store = None
-            if database_url:
-                from .token_store import TokenStore
-
-                store = TokenStore.for_client(database_url, client_id, client_secret)
+            store = token_store
             common = dict(client_id=client_id, client_secret=client_secret, token_url=base_url + api.TOKEN_PATH,
                           scopes=scopes, timeout=timeout, max_retries=max_retries, transport=transport,
                           stats=ClientStats(), store=store)
@@ -69,7 +68,7 @@ def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tu
                 if store is None:
                     raise TaptouchConfigError(
                         "grant='authorization_code' keeps the merchant's tokens in the warehouse database: "
-                        f"set {ENV_DATABASE_URL} (or pass database_url).")
+                        f"set {ENV_DATABASE_URL}, or pass token_store=.")
                 auth = MerchantAuth(merchant=merchant, **common)
             else:
                 auth = ClientCredentialsAuth(**common)
@@ -131,30 +130,32 @@ class TaptouchResource(dg.ConfigurableResource):
                 f"{ENV_CLIENT_SECRET} is not set or empty: set it to the secret of Taptouch client {client_id!r}.")
         return client_id, secret, check_base_url(base_url)
 
-    def get_client(self, *, database_url: str | None = None) -> TaptouchClient:
+    def get_client(self, *, token_store: TokenPersistence | None = None) -> TaptouchClient:
         """A new client (cheap) with client credentials; tokens are shared per credentials within the
-        process and, given the warehouse ``database_url`` (else ``TAPTOUCH_DATABASE_URL``), by every
-        process through the token store."""
-        return self._client(database_url, merchant=None, scopes=tuple(self.scopes))
+        process and, given a ``token_store`` (the code location passes the warehouse's), by every
+        process using that store."""
+        return self._client(token_store, merchant=None, scopes=tuple(self.scopes))
 
-    def get_store_client(self, *, database_url: str | None = None) -> TaptouchClient:
+    def get_store_client(self, *, token_store: TokenPersistence | None = None) -> TaptouchClient:
         """A client for the Store API (``integration.store``) with the configured ``grant``."""
         if self.grant not in GRANTS:
             raise TaptouchConfigError(f"grant must be one of {', '.join(GRANTS)}, got {self.grant!r}.")
         if self.grant == "client_credentials":
-            return self.get_client(database_url=database_url)
-        merchant = (self.merchant or os.environ.get(ENV_MERCHANT, "") or "default").strip()
-        return self._client(database_url or os.environ.get(ENV_DATABASE_URL) or None, merchant=merchant,
-                            scopes=(api.SCOPE_STORE,))
+            return self.get_client(token_store=token_store)
+        return self._client(token_store, merchant=self.merchant_label(), scopes=(api.SCOPE_STORE,))
 
-    def _client(self, database_url: str | None, *, merchant: str | None, scopes: tuple[str, ...]) -> TaptouchClient:
+    def merchant_label(self) -> str:
+        return (self.merchant or os.environ.get(ENV_MERCHANT, "") or "default").strip()
+
+    def _client(self, token_store: TokenPersistence | None, *, merchant: str | None,
+                scopes: tuple[str, ...]) -> TaptouchClient:
         client_id, secret, base_url = self.resolved()
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        if merchant is None:
-            database_url = (database_url or os.environ.get(ENV_DATABASE_URL) or None) if self.share_tokens else None
+        if merchant is None and not self.share_tokens:
+            token_store = None
         auth = shared_auth(client_id=client_id, client_secret=secret, base_url=base_url,
                            scopes=scopes, timeout=timeout, max_retries=self.max_retries,
-                           transport=None, database_url=database_url, merchant=merchant)
+                           transport=None, token_store=token_store, merchant=merchant)
         return TaptouchClient(
             client_id=client_id, client_secret=secret, base_url=base_url,
             scopes=scopes, timeout=timeout, page_size=self.page_size, max_retries=self.max_retries,

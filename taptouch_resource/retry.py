@@ -1,19 +1,32 @@
-"""Retry timing, ``Retry-After`` parsing, a shared request-rate limiter and request counters."""
+"""The one retry engine (token and API requests), ``Retry-After`` parsing, the rate limiter, counters.
+
+A request is retried on 429, 5xx and network errors with capped full-jitter backoff, honouring
+``Retry-After``; never on 400/401/403/404/422. :func:`with_retries` runs the loop for both the token
+endpoint (:mod:`.auth`) and the API (:mod:`.client`): each attempt either returns its result or
+raises :class:`Retryable`; the engine waits and tries again until ``max_retries`` or the total
+wait budget is spent, then raises the attempt's own error.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field, fields
 from email.utils import parsedate_to_datetime
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # 429 with ``Retry-After: 0`` means "now", but a client that retries at once spins; wait this much.
 MIN_RETRY_AFTER = 0.25
 # A server asking for more than this is treated as "wait this long", so a bad header cannot park a run.
 MAX_RETRY_AFTER = 120.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A 429 without a usable Retry-After waits at least this long (the backoff's first steps are shorter).
+MIN_429_WAIT = 1.0
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
@@ -51,6 +64,42 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Wait before retry number ``attempt`` (1-based)."""
         return self.rng.uniform(0, min(self.cap, self.base * (2 ** (attempt - 1))))
+
+
+class Retryable(Exception):
+    """Raised by one attempt to ask :func:`with_retries` for another. ``failure`` is raised when no
+    retry is left; ``wait`` is what the server asked for (``Retry-After``), else the backoff decides;
+    ``rate_limited`` marks a 429 (its backoff wait is at least :data:`MIN_429_WAIT`)."""
+
+    def __init__(self, reason: str, failure: Exception, *, wait: float | None = None, rate_limited: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.failure = failure
+        self.wait = wait
+        self.rate_limited = rate_limited
+
+
+def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats: "ClientStats",
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget."""
+    tries = 0
+    waited = 0.0
+    while True:
+        try:
+            return attempt()
+        except Retryable as retry:
+            tries += 1
+            wait = retry.wait
+            if wait is None:
+                wait = backoff.delay(tries)
+                if retry.rate_limited:
+                    wait = max(wait, MIN_429_WAIT)
+            if tries > backoff.max_retries or waited + wait > backoff.budget:
+                raise retry.failure from None
+            waited += wait
+            stats.add(retries=1)
+            log.info("%s: %s; retry %d/%d in %.2fs", what, retry.reason, tries, backoff.max_retries, wait)
+            sleep(wait)
 
 
 class RateLimiter:

@@ -22,7 +22,8 @@ from pipelines.warehouse.loader import load_inventory, load_stores
 from pipelines.warehouse.migrations import migrate
 from pipelines.warehouse.views import apply_views
 from taptouch_resource import TaptouchClient
-from taptouch_resource.sandbox import Sandbox, SandboxConfig, truth
+from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support import truth
 
 D = Decimal
 CENT = D("0.01")
@@ -426,7 +427,7 @@ def test_analytics_assets_materialize_with_chart(loaded):
     import dagster as dg
 
     from pipelines.assets.analytics import analytics_assets
-    from pipelines.warehouse.db import PostgresResource
+    from pipelines.warehouse.resource import PostgresResource
 
     url, conn = loaded
     result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})

@@ -16,12 +16,13 @@ import psycopg
 import pytest
 
 from taptouch_resource import TaptouchResource, api
-from taptouch_resource import authorize as authorize_module
+from pipelines import authorize as authorize_module
 from taptouch_resource.auth import ReauthorizationRequired
-from taptouch_resource.authorize import AuthorizationFailed, merchant_auth, pkce_pair, s256
-from taptouch_resource.sandbox import Sandbox, SandboxConfig
+from pipelines.warehouse.token_store import TokenStore
+from pipelines.authorize import AuthorizationFailed, merchant_auth, pkce_pair, s256
+from taptouch_sandbox import Sandbox, SandboxConfig
 
-from .oauth_helpers import CLIENT_ID, CLIENT_SECRET, Browser, authorize, make_store
+from tests.support.oauth_helpers import CLIENT_ID, CLIENT_SECRET, Browser, authorize, make_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_whole_flow_stores_the_grant_and_the_stores_asset_client_uses_it(sb, ser
     # the stores asset's client, configured for the merchant grant, reads the stores with it
     res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
                            grant="authorization_code", merchant="cafe", requests_per_second=None)
-    client = res.get_store_client(database_url=migrated_db)
+    client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert [s["id"] for s in client.list_stores()] == sb.store_ids()
     assert sb.grant_requests["client_credentials"] == 0 and sb.grant_requests["refresh_token"] == 0
     assert sb.token_is_valid(client.auth.get_token())
@@ -227,7 +228,7 @@ def test_revoked_grant_asks_to_authorize_again(sb, served, migrated_db):
     auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
     res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
                            grant="authorization_code", merchant="cafe", requests_per_second=None)
-    client = res.get_store_client(database_url=migrated_db)
+    client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert len(list(client.list_stores())) == 2
     sb.revoke_grant()
     with pytest.raises(ReauthorizationRequired, match="taptouch-sync authorize --merchant cafe"):

@@ -407,7 +407,7 @@ def test_resource_requires_credentials():
 
 
 def test_resource_clients_share_one_token_over_http():
-    from taptouch_resource.sandbox import Sandbox, SandboxConfig
+    from taptouch_sandbox import Sandbox, SandboxConfig
 
     sb = Sandbox(SandboxConfig(stores=2, days=1, orders_per_day=5))
     with sb.serve() as url:

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 
 END = date(2026, 11, 27)
 

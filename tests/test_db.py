@@ -18,7 +18,6 @@ from pipelines.warehouse.migrations import discover
 from pipelines.warehouse.db import (
     DATABASE_URL_ENV,
     PGDATA_ENV,
-    PostgresResource,
     WarehouseConfigError,
     connect,
     embedded_database_url,
@@ -27,6 +26,7 @@ from pipelines.warehouse.db import (
     resolve_database_url,
     sqlalchemy_url,
 )
+from pipelines.warehouse.resource import PostgresResource
 
 # --- URL resolution (no server needed) --------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 from pipelines.warehouse import loader
 from pipelines.warehouse.loader import OrderWindowLoad, load_inventory, load_stores
 from taptouch_resource import jsonutil
-from tests import factories as f
+from tests.support import factories as f
 
 D = Decimal
 

@@ -16,10 +16,10 @@ import pytest
 from pipelines.assets.taptouch import inventory, orders, stores
 from pipelines.definitions import defs
 from pipelines.schedules import orders_hourly
-from pipelines.warehouse.db import PostgresResource
+from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchResource, jsonutil
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
-from taptouch_resource.sandbox import truth
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support import truth
 
 END = date(2026, 11, 27)
 ROOT = Path(__file__).resolve().parents[1]

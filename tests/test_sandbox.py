@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig, truth
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support import truth
 
 END = date(2026, 11, 27)
 BASE = "https://api.taptouch.net"
@@ -502,7 +503,7 @@ def test_real_http_server_serves_the_same_data_and_stalls():
 
 def test_cli_serves_until_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taptouch_resource.sandbox", "serve", "--port", "0", "--stores", "2", "--days", "2",
+        [sys.executable, "-m", "taptouch_sandbox", "serve", "--port", "0", "--stores", "2", "--days", "2",
          "--end-date", "2026-11-27", "--forbidden-store", "7102", "--client-secret", "s3cret"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

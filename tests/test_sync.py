@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.sync import day_window, sync_orders_window, sync_stores
 from taptouch_resource import TaptouchClient
-from taptouch_resource.sandbox import Sandbox, SandboxConfig
+from taptouch_sandbox import Sandbox, SandboxConfig
 
 
 @pytest.fixture

@@ -14,14 +14,14 @@ import pytest
 from cryptography.fernet import Fernet
 
 from pipelines.tokens import merchant_tokens_keepalive_job
-from pipelines.warehouse.db import PostgresResource
+from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchResource, api
 from taptouch_resource.auth import ClientCredentialsAuth, ReauthorizationRequired
-from taptouch_resource.authorize import keep_merchants_alive, merchant_auth
-from taptouch_resource.sandbox import Sandbox, SandboxConfig
-from taptouch_resource.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError, derive_key
+from pipelines.authorize import keep_merchants_alive, merchant_auth
+from taptouch_sandbox import Sandbox, SandboxConfig
+from pipelines.warehouse.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError, derive_key
 
-from .oauth_helpers import BROWSER_THREAD, CLIENT_ID, CLIENT_SECRET, authorize, make_store, sandbox_secrets
+from tests.support.oauth_helpers import BROWSER_THREAD, CLIENT_ID, CLIENT_SECRET, authorize, make_store, sandbox_secrets
 
 PROCESSES = 10
 DAY = 86400.0
@@ -140,7 +140,7 @@ def test_ten_processes_fetch_one_client_credentials_token(sb, served, migrated_d
     assert len(tokens) == 1 and sb.token_is_valid(tokens.pop())
     # a later run (any process) reuses it: the in-memory cache is empty, the store is not
     res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served, requests_per_second=None)
-    assert len(list(res.get_client(database_url=migrated_db).list_stores())) == 2
+    assert len(list(res.get_client(token_store=TokenStore.for_resource(res, migrated_db)).list_stores())) == 2
     assert sb.grant_requests["client_credentials"] == 1
 
 

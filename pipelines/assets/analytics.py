@@ -12,7 +12,7 @@ import io
 
 import dagster as dg
 
-from ..warehouse.db import PostgresResource
+from ..warehouse.resource import PostgresResource
 from ..warehouse.views import analytics_dir, apply_views, view_depends, view_names, view_sql
 
 GROUP = "analytics"

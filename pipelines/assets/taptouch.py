@@ -12,7 +12,8 @@ from taptouch_resource import TaptouchError, TaptouchResource, api
 from .. import settings
 from ..partitions import daily_partitions
 from ..sync import SyncResult, day_window, is_transient, sync_inventory, sync_orders_window, sync_stores
-from ..warehouse.db import PostgresResource
+from ..warehouse.resource import PostgresResource
+from ..warehouse.token_store import TokenStore
 from ..warehouse.views import apply_views
 
 # Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
@@ -93,7 +94,8 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
     prepare_warehouse(warehouse)
     url = warehouse.url()
     with api_errors():
-        client = taptouch.get_store_client(database_url=url) if store_api else taptouch.get_client(database_url=url)
+        tokens = TokenStore.for_resource(taptouch, url)
+        client = taptouch.get_store_client(token_store=tokens) if store_api else taptouch.get_client(token_store=tokens)
         client.auth.get_token()
     try:
         with warehouse.connect() as conn:

@@ -157,7 +157,7 @@ class ProdStack:
         return self
 
     def _start_sandbox(self, env: dict[str, str]) -> None:
-        argv = [str(BIN / "python"), "-m", "taptouch_resource.sandbox", "serve", "--port", "0",
+        argv = [str(BIN / "python"), "-m", "taptouch_sandbox", "serve", "--port", "0",
                 "--seed", str(SEED), "--stores", str(STORES), "--days", str(DAYS),
                 "--orders-per-day", str(ORDERS_PER_DAY), "--end-date", END.isoformat()]
         if self.sandbox_latency:

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import yaml
 
-from taptouch_resource.sandbox import truth
-from taptouch_resource.sandbox import Sandbox, SandboxConfig
+from tests.support import truth
+from taptouch_sandbox import Sandbox, SandboxConfig
 
 from .conftest import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
                        chromium_binary, max_overlap)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reliability import badinput
+from tests.support.reliability import badinput
 
 pytestmark = pytest.mark.reliability
 

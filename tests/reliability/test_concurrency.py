@@ -2,7 +2,7 @@
 
 import pytest
 
-from reliability import dbfaults
+from tests.support.reliability import dbfaults
 
 pytestmark = pytest.mark.reliability
 

@@ -10,10 +10,10 @@ import pytest
 from pipelines.sync import day_window, sync_orders_window, sync_stores
 from pipelines.warehouse.db import connect, embedded_database_url, stop_embedded_server
 from pipelines.warehouse.migrations import migrate
-from reliability import dbfaults
-from reliability.check import compare
+from tests.support.reliability import dbfaults
+from tests.support.reliability.check import compare
 from taptouch_resource import TaptouchClient
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.reliability
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from reliability.kills import run_kills
+from tests.support.reliability.kills import run_kills
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 
 from pipelines.sync import sync_orders_window, sync_stores
-from reliability import schedules
-from reliability.check import compare, reset
-from reliability.dbfaults import full_range, load_all, make_client, make_sandbox
-from reliability.schedules import FakeClock, FaultTransport
+from tests.support.reliability import schedules
+from tests.support.reliability.check import compare, reset
+from tests.support.reliability.dbfaults import full_range, load_all, make_client, make_sandbox
+from tests.support.reliability.schedules import FakeClock, FaultTransport
 
 pytestmark = pytest.mark.reliability
 CI_SCHEDULES = int(os.environ.get("RELIABILITY_SCHEDULES", "20"))

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from pipelines.assets.taptouch import inventory, orders, stores
-from pipelines.warehouse.db import PostgresResource
+from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchConfigError, TaptouchError, TaptouchResource
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
-from reliability.dbfaults import END_DATE
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support.reliability.dbfaults import END_DATE
 
 pytestmark = pytest.mark.reliability
 

@@ -1,7 +1,7 @@
 """SIGKILL a load at random points, rerun it, and check the tables after every kill.
 
 The sandbox is served over real HTTP from this process; the load runs in a child process
-(:mod:`reliability.kill_child`) that is killed with SIGKILL after a random delay. After each kill
+(:mod:`tests.support.reliability.kill_child`) that is killed with SIGKILL after a random delay. After each kill
 the warehouse must be consistent: every order window is either wholly committed or absent (no
 half-loaded window), and every order present equals the truth with exactly its children. After
 the last kill the load runs to completion and the warehouse must equal the truth.
@@ -26,11 +26,11 @@ import psycopg
 
 from pipelines.sync import day_window
 from pipelines.warehouse.db import connect
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 
 from .check import Diff, compare, reset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 END_DATE = date(2026, 11, 27)
 
 
@@ -50,7 +50,7 @@ class KillResult:
 def _spawn(url: str, db_url: str, first: date, last: date) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
-        [sys.executable, "-m", "reliability.kill_child", url, db_url, first.isoformat(), last.isoformat()],
+        [sys.executable, "-m", "tests.support.reliability.kill_child", url, db_url, first.isoformat(), last.isoformat()],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
 

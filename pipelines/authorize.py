@@ -31,11 +31,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from . import api
-from .auth import MerchantAuth, ReauthorizationRequired, TokenResponse, reauthorize_command
-from .client import TaptouchClient, is_loopback
-from .errors import TaptouchAuthError, TaptouchConfigError, TaptouchError
-from .token_store import GRANT_AUTHORIZATION_CODE, KEEPALIVE_MIN_REMAINING, GrantKey, TokenStore
+from taptouch_resource import api
+from taptouch_resource.auth import MerchantAuth, ReauthorizationRequired, reauthorize_command
+from taptouch_resource.client import TaptouchClient, is_loopback
+from taptouch_resource.errors import TaptouchAuthError, TaptouchConfigError, TaptouchError
+from taptouch_resource.tokens import GRANT_AUTHORIZATION_CODE, GrantKey, TokenResponse
+
+from .warehouse.token_store import KEEPALIVE_MIN_REMAINING, TokenStore
 
 log = logging.getLogger(__name__)
 

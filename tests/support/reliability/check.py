@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import psycopg
 
-from taptouch_resource.sandbox import Sandbox
+from taptouch_sandbox import Sandbox
 
 ORDER_FIELDS = ("store_id", "updated_at", "status", "subtotal", "discount", "total", "tax")
 TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels",

@@ -1,4 +1,4 @@
-"""Print the reliability figures: ``./dev python -m reliability.report --schedules 200``.
+"""Print the reliability figures: ``./dev python -m tests.support.reliability.report --schedules 200``.
 
 Runs (against a fresh database on ``TAPTOUCH_TEST_DATABASE_URL``'s server, else the embedded
 PostgreSQL): the seeded fault schedules, the SIGKILL loop, the database faults, the concurrency
@@ -17,15 +17,15 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python reliability/report.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python tests/support/reliability/report.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from pipelines.warehouse.db import libpq_url, resolve_database_url, with_database  # noqa: E402
 from pipelines.warehouse.migrations import migrate  # noqa: E402
-from reliability import badinput, dbfaults, kills, schedules  # noqa: E402
+from tests.support.reliability import badinput, dbfaults, kills, schedules  # noqa: E402
 
 
 def fresh_database(admin_url: str) -> tuple[str, str]:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         # 4. bad input
         envelope = badinput.run_envelope_cases()
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            from reliability.check import reset
+            from tests.support.reliability.check import reset
 
             reset(conn)
             records = badinput.run_record_cases(conn)

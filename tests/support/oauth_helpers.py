@@ -8,9 +8,9 @@ from typing import Callable
 
 import httpx
 
-from taptouch_resource.authorize import AuthorizeResult, run_authorize
-from taptouch_resource.sandbox import Sandbox
-from taptouch_resource.token_store import TokenCipher, TokenStore
+from pipelines.authorize import AuthorizeResult, run_authorize
+from taptouch_sandbox import Sandbox
+from pipelines.warehouse.token_store import TokenCipher, TokenStore
 
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 BROWSER_THREAD = "merchant-browser"

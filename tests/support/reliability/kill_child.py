@@ -1,4 +1,4 @@
-"""The load a kill test SIGKILLs: ``python -m reliability.kill_child BASE_URL DATABASE_URL START END``.
+"""The load a kill test SIGKILLs: ``python -m tests.support.reliability.kill_child BASE_URL DATABASE_URL START END``.
 
 Syncs stores, then every UTC day of ``[START, END)`` as one order window each, through the
 production code (``pipelines.sync``), with small pages and COPY batches so a kill can land in any

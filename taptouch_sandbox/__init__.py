@@ -1,6 +1,6 @@
 """A faithful fake of the Taptouch API (see /work/shared/taptouch-api.md): deterministic, with faults.
 
-    from taptouch_resource.sandbox import Sandbox, SandboxConfig, Faults
+    from taptouch_sandbox import Sandbox, SandboxConfig, Faults
 
     sb = Sandbox(SandboxConfig(seed=1, stores=3, days=30, end_date=date(2026, 11, 27)), faults=Faults())
     httpx.Client(base_url="https://api.taptouch.net", transport=sb.transport())   # in-process
@@ -8,7 +8,7 @@
 
 Helpers (``sb.stores()``, ``sb.orders(store_id)``, ``sb.orders_in_window(...)``, ``sb.inventory(...)``)
 return the clean truth: records exactly as served, parsed with ``parse_float=Decimal``, without the
-malformed-record or extra-field faults applied. ``truth`` computes the expected analytics.
+malformed-record or extra-field faults applied. ``tests.support.truth`` (in the repository) computes the expected analytics.
 """
 
 from .app import MALFORMED_KINDS, Sandbox

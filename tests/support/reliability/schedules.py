@@ -38,8 +38,8 @@ from taptouch_resource import TaptouchClient, TaptouchError, api, jsonutil
 from taptouch_resource.api import InvalidRecord
 from taptouch_resource.auth import ClientCredentialsAuth
 from taptouch_resource.retry import Backoff
-from taptouch_resource.sandbox import Faults, Sandbox, SandboxConfig
-from taptouch_resource.sandbox.data import recompute_order
+from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from taptouch_sandbox.data import recompute_order
 
 from .check import Diff, compare, reset
 

@@ -21,7 +21,8 @@ authorization-code grant per (base URL, client id, merchant label).
   :class:`~taptouch_resource.auth.ReauthorizationRequired` naming the command to run. No client-side
   design closes this window (the new token exists only in the answer); it lasts the few
   milliseconds of one UPDATE and COMMIT, and the daily keep-alive surfaces it within a day.
-* Nothing here imports Dagster: the CLI and any process can use it.
+* Nothing here imports Dagster: the CLI and any process can use it. It implements
+  :class:`taptouch_resource.tokens.TokenPersistence`, the protocol the client's auth flow uses.
 """
 
 from __future__ import annotations
@@ -42,23 +43,24 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from psycopg.rows import dict_row
 
-from .auth import ReauthorizationRequired, TokenResponse, reauthorize_command, refresh_margin
-from .errors import TaptouchConfigError, TaptouchError
+from taptouch_resource.auth import ReauthorizationRequired, reauthorize_command
+from taptouch_resource.errors import TaptouchConfigError, TaptouchError
+from taptouch_resource.tokens import (
+    REFRESH_LIFETIME,
+    GrantKey,
+    StoredAccess,
+    TokenResponse,
+    TokenStoreError,
+    refresh_margin,
+)
 
 log = logging.getLogger(__name__)
 
 ENV_TOKEN_KEY = "TAPTOUCH_TOKEN_KEY"
-REFRESH_LIFETIME = 4 * 86400.0  # a refresh token is usable within 4 days [doc]
 KEEPALIVE_MIN_REMAINING = 3 * 86400.0  # the keep-alive rotates refresh tokens with less than this left
-GRANT_CLIENT_CREDENTIALS = "client_credentials"
-GRANT_AUTHORIZATION_CODE = "authorization_code"
 _COLUMNS = ("token_id, base_url, client_id, grant_type, label, scopes, access_token, access_issued_at, "
             "access_expires_at, refresh_token, refresh_expires_at, store_ids, rotations, last_error, "
             "authorized_at, updated_at")
-
-
-class TokenStoreError(TaptouchError):
-    """The token store cannot be used as configured (e.g. the tokens were encrypted with another key)."""
 
 
 # -------------------------------------------------------------------------------------------- keys
@@ -110,44 +112,6 @@ class TokenCipher:
 
 # -------------------------------------------------------------------------------------------- rows
 @dataclass(frozen=True)
-class GrantKey:
-    """Which row: (base URL, client id, grant type, label)."""
-
-    base_url: str
-    client_id: str
-    grant_type: str
-    label: str
-
-    @classmethod
-    def client_credentials(cls, base_url: str, client_id: str, scopes: Sequence[str]) -> "GrantKey":
-        return cls(base_url, client_id, GRANT_CLIENT_CREDENTIALS, " ".join(sorted(set(scopes))))
-
-    @classmethod
-    def merchant(cls, base_url: str, client_id: str, merchant: str) -> "GrantKey":
-        if not merchant or not merchant.strip():
-            raise TaptouchConfigError("The merchant label is empty: pass --merchant NAME (any name you choose).")
-        return cls(base_url, client_id, GRANT_AUTHORIZATION_CODE, merchant.strip())
-
-    def lock_id(self) -> int:
-        """A 64-bit advisory-lock key for this grant."""
-        digest = hashlib.sha256("\x1f".join(["taptouch-token", *self.__dict__.values()]).encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
-
-
-@dataclass(frozen=True)
-class StoredAccess:
-    """A usable access token; ``expires_at`` is wall-clock (Unix) seconds."""
-
-    access_token: str
-    expires_at: float
-    lifetime: float
-    scopes: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return f"StoredAccess(scopes={self.scopes!r}, expires_at={self.expires_at:.0f})"
-
-
-@dataclass(frozen=True)
 class StoredGrant:
     """What ``taptouch-sync tokens`` shows of a row: everything but the tokens."""
 
@@ -198,6 +162,17 @@ class TokenStore:
     @classmethod
     def for_client(cls, database_url: str, client_id: str, client_secret: str, **kwargs: Any) -> "TokenStore":
         return cls(database_url, cipher=TokenCipher.from_env(client_id, client_secret), **kwargs)
+
+    @classmethod
+    def for_resource(cls, taptouch: Any, database_url: str, **kwargs: Any) -> "TokenStore":
+        """The store for a ``TaptouchResource``'s credentials (its key derives from them)."""
+        client_id, secret, _ = taptouch.resolved()
+        return cls.for_client(database_url, client_id, secret, **kwargs)
+
+    @property
+    def identity(self) -> str:
+        """Which database: stores with the same identity share tokens (see ``shared_auth``)."""
+        return hashlib.sha256(self._url.encode()).hexdigest()
 
     def _connect(self) -> psycopg.Connection:
         conn = psycopg.connect(self._url, connect_timeout=self._connect_timeout, row_factory=dict_row)

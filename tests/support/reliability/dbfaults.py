@@ -21,9 +21,10 @@ from datetime import date, datetime, timedelta, timezone
 import psycopg
 
 from pipelines.sync import day_window, sync_orders_window, sync_stores
-from pipelines.warehouse.db import PostgresResource, connect
+from pipelines.warehouse.db import connect
+from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient
-from taptouch_resource.sandbox import Sandbox, SandboxConfig
+from taptouch_sandbox import Sandbox, SandboxConfig
 
 from .check import Diff, compare, reset
 

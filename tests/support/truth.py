@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
-    from .app import Sandbox
+    from taptouch_sandbox import Sandbox
 
 SALES_STATUSES = frozenset({"completed", "partially_refunded", "refunded"})
 CENT = Decimal("0.01")

@@ -1,4 +1,4 @@
-"""Throughput of the sandbox: ``python -m taptouch_resource.sandbox.bench [--stores 2 --days 30 ...]``.
+"""Throughput of the sandbox: ``python -m taptouch_sandbox.bench [--stores 2 --days 30 ...]``.
 
 Pages through every order of every store with a plain httpx client (count=500) and parses each
 page as a client must (``parse_float=Decimal``); prints orders/s in-process and over loopback HTTP.
