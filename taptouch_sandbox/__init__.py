@@ -1,4 +1,4 @@
-"""A faithful fake of the Taptouch API (see /work/shared/taptouch-api.md): deterministic, with faults.
+"""A faithful fake of the Taptouch API (the contract as modelled: docs/api-model.md): deterministic, with faults.
 
     from taptouch_sandbox import Sandbox, SandboxConfig, Faults
 
