@@ -27,7 +27,8 @@ from .errors import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
-from .retry import RETRY_STATUSES, Backoff, ClientStats, RateLimiter, Retryable, parse_retry_after, with_retries
+from .retry import (MIN_429_WAIT, RETRY_STATUSES, Backoff, ClientStats, RateLimiter, RequestLimiter, Retryable,
+                    parse_retry_after, with_retries)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class TaptouchClient:
         sleep: Callable[[float], None] = time.sleep,
         verify: Any = True,
         max_connections: int = 16,
+        limiter: RequestLimiter | None = None,
     ):
         if verify is False:
             raise TaptouchConfigError(
@@ -133,7 +135,8 @@ class TaptouchClient:
             stats=self.stats,
             verify=verify,
         )
-        self.limiter = RateLimiter(requests_per_second, sleep=sleep)
+        # ``limiter``: e.g. the shared budget of pipelines.warehouse.budget; default: this client's own.
+        self.limiter: RequestLimiter = limiter if limiter is not None else RateLimiter(requests_per_second, sleep=sleep)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(
             base_url=self.base_url, auth=self.auth, timeout=timeout, transport=transport, verify=verify,
@@ -226,8 +229,8 @@ class TaptouchClient:
                             stats=self.stats, sleep=self._sleep)
 
     def _attempt(self, path: str, params: dict) -> list:
-        self.limiter.acquire()
-        self.stats.add(requests=1)
+        waited = self.limiter.acquire()
+        self.stats.add(requests=1, waited_seconds=waited)
         try:
             response = self._http.get(path, params=params)
         except httpx.TransportError as exc:
@@ -253,8 +256,9 @@ class TaptouchClient:
             raise self._api_error(response, path)
         if status == 429:
             self.stats.add(rate_limited=1)
-            raise Retryable("HTTP 429", self._api_error(response, path), rate_limited=True,
-                            wait=parse_retry_after(response.headers.get("Retry-After")))
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            self.limiter.penalize(MIN_429_WAIT if wait is None else wait)  # everyone sharing the limiter slows down
+            raise Retryable("HTTP 429", self._api_error(response, path), rate_limited=True, wait=wait)
         self.stats.add(server_errors=1)
         raise Retryable(f"HTTP {status}", self._api_error(response, path))
 

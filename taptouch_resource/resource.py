@@ -32,7 +32,7 @@ from . import api
 from .auth import ClientCredentialsAuth, MerchantAuth
 from .client import TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
-from .retry import ClientStats
+from .retry import ClientStats, RequestLimiter
 from .tokens import TokenPersistence
 
 ENV_CLIENT_ID = "TAPTOUCH_CLIENT_ID"
@@ -79,8 +79,9 @@ def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tu
 class TaptouchResource(dg.ConfigurableResource):
     """Taptouch API access for assets: credentials, base URL, paging, retries and rate limit.
 
-    Environment variables (documented in the README): ``TAPTOUCH_CLIENT_ID``,
-    ``TAPTOUCH_CLIENT_SECRET``, ``TAPTOUCH_BASE_URL``.
+    Every field is documented in the README's Settings table. A tunable left unset (None) takes the
+    code location's value when a run starts (``pipelines.settings.for_run``: its variable, else the
+    default), or the library default when the resource is used on its own.
     """
 
     client_id: Optional[str] = Field(
@@ -94,11 +95,13 @@ class TaptouchResource(dg.ConfigurableResource):
     scopes: list[str] = Field(default_factory=lambda: list(api.ALL_SCOPES),
                               description="OAuth scopes to request.")
     timeout: float = Field(default=60.0, description="Read timeout per request, seconds (connect: 10 s).")
-    page_size: int = Field(default=api.DEFAULT_PAGE_SIZE,
-                           description="Records per page ('count'): 100, the documented default; up to 500 (the modelled maximum).")
     max_retries: int = Field(default=5, description="Retries per request on 429, 5xx and network errors.")
+    page_size: Optional[int] = Field(
+        default=None, description="Records per API page, 1..500. Unset: TAPTOUCH_PAGE_SIZE, else 100.")
     requests_per_second: Optional[float] = Field(
-        default=10.0, description="Client-side request-rate limit shared by all threads of a client (None: off).")
+        default=None, description="Request-rate limit of a run, 0: none. Unset: TAPTOUCH_REQUESTS_PER_SECOND, else 10.")
+    store_workers: Optional[int] = Field(
+        default=None, description="Stores fetched in parallel in a run. Unset: TAPTOUCH_STORE_WORKERS, else 4.")
     grant: str = Field(
         default="client_credentials",
         description="How the stores asset (integration.store) authenticates: 'client_credentials', or "
@@ -130,25 +133,33 @@ class TaptouchResource(dg.ConfigurableResource):
                 f"{ENV_CLIENT_SECRET} is not set or empty: set it to the secret of Taptouch client {client_id!r}.")
         return client_id, secret, check_base_url(base_url)
 
-    def get_client(self, *, token_store: TokenPersistence | None = None) -> TaptouchClient:
+    def get_client(self, *, token_store: TokenPersistence | None = None,
+                   limiter: RequestLimiter | None = None) -> TaptouchClient:
         """A new client (cheap) with client credentials; tokens are shared per credentials within the
         process and, given a ``token_store`` (the code location passes the warehouse's), by every
-        process using that store."""
-        return self._client(token_store, merchant=None, scopes=tuple(self.scopes))
+        process using that store. ``limiter``: the request-rate limiter (e.g. the warehouse's shared
+        budget); unset, the client limits itself to ``requests_per_second``."""
+        return self._client(token_store, merchant=None, scopes=tuple(self.scopes), limiter=limiter)
 
-    def get_store_client(self, *, token_store: TokenPersistence | None = None) -> TaptouchClient:
+    def get_store_client(self, *, token_store: TokenPersistence | None = None,
+                         limiter: RequestLimiter | None = None) -> TaptouchClient:
         """A client for the Store API (``integration.store``) with the configured ``grant``."""
         if self.grant not in GRANTS:
             raise TaptouchConfigError(f"grant must be one of {', '.join(GRANTS)}, got {self.grant!r}.")
         if self.grant == "client_credentials":
-            return self.get_client(token_store=token_store)
-        return self._client(token_store, merchant=self.merchant_label(), scopes=(api.SCOPE_STORE,))
+            return self.get_client(token_store=token_store, limiter=limiter)
+        return self._client(token_store, merchant=self.merchant_label(), scopes=(api.SCOPE_STORE,), limiter=limiter)
+
+    def _rate_limit(self) -> float | None:
+        """The client's limit: unset -> 10/s (the library default), 0 -> none."""
+        rate = 10.0 if self.requests_per_second is None else self.requests_per_second
+        return rate if rate > 0 else None
 
     def merchant_label(self) -> str:
         return (self.merchant or os.environ.get(ENV_MERCHANT, "") or "default").strip()
 
     def _client(self, token_store: TokenPersistence | None, *, merchant: str | None,
-                scopes: tuple[str, ...]) -> TaptouchClient:
+                scopes: tuple[str, ...], limiter: RequestLimiter | None = None) -> TaptouchClient:
         client_id, secret, base_url = self.resolved()
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
         if merchant is None and not self.share_tokens:
@@ -158,6 +169,6 @@ class TaptouchResource(dg.ConfigurableResource):
                            transport=None, token_store=token_store, merchant=merchant)
         return TaptouchClient(
             client_id=client_id, client_secret=secret, base_url=base_url,
-            scopes=scopes, timeout=timeout, page_size=self.page_size, max_retries=self.max_retries,
-            requests_per_second=self.requests_per_second, auth=auth,
+            scopes=scopes, timeout=timeout, page_size=self.page_size or api.DEFAULT_PAGE_SIZE, max_retries=self.max_retries,
+            requests_per_second=self._rate_limit(), auth=auth, limiter=limiter,
         )

@@ -1,4 +1,5 @@
-"""The one retry engine (token and API requests), ``Retry-After`` parsing, the rate limiter, counters.
+"""The one retry engine (token and API requests), ``Retry-After`` parsing, the rate-limiter protocol
+and its in-process implementation, counters.
 
 A request is retried on 429, 5xx and network errors with capped full-jitter backoff, honouring
 ``Retry-After``; never on 400/401/403/404/422. :func:`with_retries` runs the loop for both the token
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from email.utils import parsedate_to_datetime
-from typing import Callable, TypeVar
+from typing import Callable, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -102,11 +103,33 @@ def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats
             sleep(wait)
 
 
+@runtime_checkable
+class RequestLimiter(Protocol):
+    """What :class:`~taptouch_resource.client.TaptouchClient` asks before every API request.
+
+    Two implementations: :class:`RateLimiter` (this process only, the default) and
+    ``pipelines.warehouse.budget.SharedBudget`` (one budget per client id across every process,
+    coordinated through the warehouse PostgreSQL). Both are safe to share between threads.
+    """
+
+    def acquire(self) -> float:
+        """Block until the next request may be sent; return the seconds spent waiting."""
+        ...
+
+    def penalize(self, seconds: float) -> None:
+        """The server answered 429 asking for ``seconds`` of quiet: nobody sharing this limiter
+        sends a request before then."""
+        ...
+
+
 class RateLimiter:
     """At most ``rate`` requests per second across every thread using it (a spaced schedule).
 
     Each caller reserves the next free slot under a lock, then sleeps outside it, so threads queue
-    fairly and the lock is never held while waiting.
+    fairly and the lock is never held while waiting. A 429 (:meth:`penalize`) pushes the next free
+    slot past the server's ``Retry-After``, so every thread of the process pauses, not only the one
+    that got it. ``rate`` None or <= 0: off (no waiting, and 429s are left to the retry engine).
+    ``waited_seconds`` is the total wait spent here.
     """
 
     def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
@@ -116,17 +139,26 @@ class RateLimiter:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next = 0.0
+        self.waited_seconds = 0.0
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
         if not self.interval:
-            return
+            return 0.0
         with self._lock:
             now = self._clock()
             slot = max(now, self._next)
             self._next = slot + self.interval
-        wait = slot - now
+            wait = slot - now
+            self.waited_seconds += wait
         if wait > 0:
             self._sleep(wait)
+        return wait
+
+    def penalize(self, seconds: float) -> None:
+        if not self.interval or seconds <= 0:
+            return
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
 
 
 @dataclass
@@ -142,13 +174,14 @@ class ClientStats:
     network_errors: int = 0
     token_requests: int = 0
     unauthorized: int = 0
+    waited_seconds: float = 0.0  # spent waiting for the request-rate limiter (in-process or shared budget)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, **counts: int) -> None:
+    def add(self, **counts: float) -> None:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -70,6 +71,9 @@ class Faults:
             setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
 
 
+REQUEST_TIMES_KEPT = 100_000
+
+
 @dataclass
 class Stats:
     """Counters of what the sandbox served. Attribute or item access: ``stats.api_requests``."""
@@ -78,6 +82,9 @@ class Stats:
     token_requests: int = 0
     orders_served: int = 0
     responses_by_status: dict[int, int] = field(default_factory=dict)
+    # When each API request arrived (time.time(), Unix seconds; token requests not included), the
+    # latest REQUEST_TIMES_KEPT: what rate-limit tests count per one-second window.
+    api_request_times: deque = field(default_factory=lambda: deque(maxlen=REQUEST_TIMES_KEPT))
 
     def __getitem__(self, name: str):
         return getattr(self, name)
@@ -85,3 +92,4 @@ class Stats:
     def reset(self) -> None:
         self.api_requests = self.token_requests = self.orders_served = 0
         self.responses_by_status = {}
+        self.api_request_times.clear()

