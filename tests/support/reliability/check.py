@@ -101,13 +101,7 @@ def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetim
         if len(got) != len(got_rows):
             diff.note("duplicated", f"{table}: {len(got_rows) - len(got)} repeated keys")
         want = {(oid, c["id"]): Decimal(c[amount]) for oid, o in valid.items() for c in o[name]}
-        for k in want.keys() - got.keys():
-            diff.note("lost", f"{table} {k} missing")
-        for k in got.keys() - want.keys():
-            diff.note("duplicated", f"{table} {k} not in the truth's version")
-        for k in want.keys() & got.keys():
-            if want[k] != got[k]:
-                diff.note("mismatched", f"{table} {k}: {got[k]} != {want[k]}")
+        _compare_keyed(diff, table, want, got, extra="not in the truth's version")
 
     # malformed orders: quarantined with a reason, unresolved
     if malformed:
@@ -122,28 +116,28 @@ def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetim
         cur.execute("select store_id, name, timezone, updated_at from taptouch.stores")
         got_s = {r[0]: r[1:] for r in cur.fetchall()}
         want_s = {s["id"]: (s["name"], s["timezone"], _dt(s["updated_at"])) for s in sb.stores()}
-        for sid in want_s.keys() - got_s.keys():
-            diff.note("lost", f"store {sid} missing")
-        for sid in got_s.keys() - want_s.keys():
-            diff.note("duplicated", f"store {sid} not in the truth")
-        for sid in want_s.keys() & got_s.keys():
-            if want_s[sid] != got_s[sid]:
-                diff.note("mismatched", f"store {sid}: {got_s[sid]} != {want_s[sid]}")
+        _compare_keyed(diff, "store", want_s, got_s, extra="not in the truth")
 
     if inventory:
         cur.execute("select store_id, product_id, on_hand, sell_price from taptouch.inventory_levels")
         got_i = {(r[0], r[1]): (r[2], r[3]) for r in cur.fetchall()}
         want_i = {(sid, r["product_id"]): (Decimal(r["on_hand"]), Decimal(r["sell_price"]))
                   for sid in sb.store_ids() for r in sb.inventory(sid)}
-        for k in want_i.keys() - got_i.keys():
-            diff.note("lost", f"inventory {k} missing")
-        for k in got_i.keys() - want_i.keys():
-            diff.note("duplicated", f"inventory {k} not listed by the API")
-        for k in want_i.keys() & got_i.keys():
-            if want_i[k] != got_i[k]:
-                diff.note("mismatched", f"inventory {k}: {got_i[k]} != {want_i[k]}")
+        _compare_keyed(diff, "inventory", want_i, got_i, extra="not listed by the API")
     cur.close()
     return diff
+
+
+def _compare_keyed(diff: Diff, what: str, want: dict, got: dict, *, extra: str) -> None:
+    """Rows keyed alike: a key only the truth has is lost, one only the warehouse has is
+    duplicated (``extra`` says how), a shared key with other values is mismatched."""
+    for key in sorted(want.keys() - got.keys()):
+        diff.note("lost", f"{what} {key} missing")
+    for key in sorted(got.keys() - want.keys()):
+        diff.note("duplicated", f"{what} {key} {extra}")
+    for key in sorted(want.keys() & got.keys()):
+        if want[key] != got[key]:
+            diff.note("mismatched", f"{what} {key}: {got[key]} != {want[key]}")
 
 
 def reset(conn: psycopg.Connection) -> None:

@@ -70,10 +70,20 @@ def snapshot(conn: psycopg.Connection) -> list[tuple]:
 @dataclass
 class FaultOutcome:
     kind: str
-    error: str = ""
-    unchanged: bool = False  # the tables were as before the failed run
-    retry_ok: bool = False  # a rerun made the warehouse equal the truth
-    diff: Diff = field(default_factory=Diff)
+    edited_order_id: int = 0  # the order republished (as "refunded") whose merge the fault hits
+    edited_updated_at: datetime | None = None  # the new version's updated_at
+    error: str = ""  # "ExceptionType: first line" of what the failed sync raised
+    rows_before: list[tuple] = field(default_factory=list)  # snapshot() before the failed run
+    rows_after_failure: list[tuple] = field(default_factory=list)  # snapshot() right after it
+    diff: Diff = field(default_factory=Diff)  # the warehouse against the truth after a rerun
+
+    @property
+    def unchanged(self) -> bool:  # the failed run left the tables as they were
+        return self.rows_after_failure == self.rows_before
+
+    @property
+    def retry_ok(self) -> bool:  # a rerun made the warehouse equal the truth
+        return self.diff.ok
 
     @property
     def ok(self) -> bool:
@@ -89,8 +99,9 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         load_all(client, conn)
         oid = next(iter(sb.orders(sb.store_ids()[0])))["id"]
         new = sb.edit_order(oid, status="refunded")
+        outcome.edited_order_id, outcome.edited_updated_at = oid, datetime.fromisoformat(new["updated_at"])
         day = datetime.fromisoformat(new["updated_at"]).astimezone(timezone.utc).date()
-        before = snapshot(conn)
+        outcome.rows_before = snapshot(conn)
         blocker = connect(db_url, autocommit=False)
         blocker.execute("select 1 from taptouch.orders where order_id = %s for update", (oid,))
         errors: list[BaseException] = []
@@ -118,12 +129,11 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         blocker.close()
         if errors:
             outcome.error = f"{type(errors[0]).__name__}: {str(errors[0]).strip().splitlines()[0]}"
-        outcome.unchanged = snapshot(conn) == before
+        outcome.rows_after_failure = snapshot(conn)
         s, e = day_window(day)
         with connect(db_url, autocommit=True) as again:
             sync_orders_window(client, again, start=s, end=e, window=day.isoformat())
         outcome.diff = compare(conn, sb, *full_range())
-        outcome.retry_ok = outcome.diff.ok
     client.close()
     return outcome
 
