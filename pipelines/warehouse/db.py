@@ -17,35 +17,46 @@ Settings (environment variables):
     Data directory of the embedded server. Unset: ``<project root>/.taptouch/pgdata``.
 
 Passwords never appear in logs or error messages: everything that shows a URL goes through
-:func:`redact_url`.
+:func:`redact_url` (which reads URLs the way libpq does, see :mod:`.urls`), and every connection
+error is re-raised with the password removed (:func:`connect`, :func:`get_engine`). The embedded
+server admits only its owner (see :mod:`.embedded`).
 """
 
 from __future__ import annotations
 
-import atexit
-import fcntl
 import logging
 import os
 import threading
-import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Optional
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Optional
 
 import psycopg
 import sqlalchemy
-from psycopg import sql
+
+from .embedded import (  # noqa: F401 - re-exported: the embedded server's names live here too
+    EMBEDDED_DATABASE,
+    PGDATA_ENV,
+    EmbeddedServerError,
+    _embedded_running,
+    embedded_data_dir,
+    embedded_database_url,
+    private_dir,
+    project_root,
+    state_dir,
+    stop_embedded_server,
+)
+from .urls import ACCEPTED_SCHEMES, REDACTED, redact_text, redact_url, redacted_error, scheme_of, secrets_of
+from .urls import with_database as _with_database
 
 logger = logging.getLogger(__name__)
 
 DATABASE_URL_ENV = "TAPTOUCH_DATABASE_URL"
-PGDATA_ENV = "TAPTOUCH_PGDATA"
-EMBEDDED_DATABASE = "taptouch"
-"""Name of the database created inside the embedded server (not the default ``postgres`` db)."""
+_ACCEPTED_SCHEMES = ACCEPTED_SCHEMES
+_REDACTED = REDACTED
 
-_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
-_REDACTED = "***"
+__all__ = ["DATABASE_URL_ENV", "EMBEDDED_DATABASE", "PGDATA_ENV", "EmbeddedServerError", "WarehouseConfigError",
+           "connect", "embedded_data_dir", "embedded_database_url", "get_engine", "libpq_url", "project_root",
+           "redact_text", "redact_url", "redacted_error", "resolve_database_url", "secrets_of", "sqlalchemy_url",
+           "stop_embedded_server", "with_database"]
 
 
 class WarehouseConfigError(ValueError):
@@ -57,42 +68,8 @@ class WarehouseConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def project_root() -> Path:
-    """The directory holding ``pyproject.toml`` above this file; the cwd when there is none
-    (e.g. when the package is installed into site-packages)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return Path.cwd()
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user-info part or a ``password=`` query parameter)
-    replaced by ``***``. Safe to log. Returns the input unchanged when it has no password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable database URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hostinfo = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-            if password:
-                netloc = f"{user}:{_REDACTED}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k == "password" for k, _ in pairs):
-            query = urlencode(
-                [(k, _REDACTED if k == "password" else v) for k, v in pairs], safe="/*"
-            )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def _validate_url(url: str, source: str) -> str:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in _ACCEPTED_SCHEMES:
+    if scheme_of(url) not in ACCEPTED_SCHEMES:
         raise WarehouseConfigError(
             f"The database URL from {source} ({redact_url(url)!r}) is not a PostgreSQL URL. "
             "Expected the form postgresql://user:password@host:5432/dbname "
@@ -123,134 +100,24 @@ def libpq_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise WarehouseConfigError(f"Not a URL: {redact_url(url)!r}")
-    if scheme.lower() in _ACCEPTED_SCHEMES:
+    if scheme.lower() in ACCEPTED_SCHEMES:
         return f"postgresql://{rest}"
     return url
 
 
 def sqlalchemy_url(url: str) -> str:
     """``url`` in SQLAlchemy's ``postgresql+psycopg://`` form. Query parameters (such as the
-    ``host=/socket/dir`` of a unix-socket URL) are kept: the psycopg dialect passes them on."""
+    ``host=/socket/dir`` of a unix-socket URL) are kept: the psycopg dialect passes them on.
+    (:func:`get_engine` does not parse it with SQLAlchemy: libpq reads the URL, see there.)"""
     return "postgresql+psycopg://" + libpq_url(url).partition("://")[2]
 
 
 def with_database(url: str, database: str) -> str:
     """``url`` pointing at another database on the same server (the URL path replaced)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-# --------------------------------------------------------------------------------------------
-# Embedded server
-# --------------------------------------------------------------------------------------------
-
-_embedded_urls: dict[Path, str] = {}
-_embedded_guard = threading.Lock()
-
-
-def embedded_data_dir(data_dir: str | Path | None = None) -> Path:
-    """Data directory of the embedded server: ``data_dir``, else ``$TAPTOUCH_PGDATA``, else
-    ``<project root>/.taptouch/pgdata``."""
-    chosen = data_dir or os.environ.get(PGDATA_ENV) or project_root() / ".taptouch" / "pgdata"
-    return Path(chosen).expanduser().resolve()
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing): serialises processes that start
-    or set up the same embedded server."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def embedded_database_url(data_dir: str | Path | None = None) -> str:
-    """URL of the ``taptouch`` database in the embedded PostgreSQL for ``data_dir`` (see
-    :func:`embedded_data_dir`).
-
-    The server is started on first use and left running when this process exits, so later
-    processes reuse it; a second call in the same process returns the cached URL at once. Safe
-    when several processes call it at once: start-up and database creation happen under a file
-    lock on ``<data_dir>.lock``. The URL is a unix-socket URI without a password (trust auth,
-    no TCP listener)."""
-    pgdata = embedded_data_dir(data_dir)
-    with _embedded_guard:
-        cached = _embedded_urls.get(pgdata)
-        if cached is not None:
-            return cached
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(pgdata.with_name(pgdata.name + ".lock")):
-            pgserver = _import_pgserver()
-            if not _embedded_running(pgdata):
-                logger.info("starting embedded PostgreSQL in %s", pgdata)
-            server = pgserver.get_server(pgdata, cleanup_mode=None)
-            admin_url = server.get_uri()
-            _create_database_if_missing(admin_url, EMBEDDED_DATABASE)
-            url = with_database(admin_url, EMBEDDED_DATABASE)
-        _embedded_urls[pgdata] = url
-        return url
-
-
-def _import_pgserver() -> Any:
-    # Imported lazily: only the embedded server needs it. Its import warns when XDG_RUNTIME_DIR
-    # is unset (containers, CI), which is harmless: it falls back to /tmp/runtime-<uid>.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-    return pgserver
-
-
-def _embedded_running(pgdata: Path) -> bool:
-    _import_pgserver()
-    from pgserver.utils import PostmasterInfo
-
     try:
-        info = PostmasterInfo.read_from_pgdata(pgdata)
-    except (OSError, ValueError, AssertionError):
-        return False
-    return info is not None and info.is_running()
-
-
-def stop_embedded_server(data_dir: str | Path | None = None) -> bool:
-    """Stop the embedded server for ``data_dir`` (see :func:`embedded_data_dir`) if it runs.
-    Returns whether a server was stopped. Its data stays on disk."""
-    pgdata = embedded_data_dir(data_dir)
-    with _embedded_guard:
-        _embedded_urls.pop(pgdata, None)
-        if not pgdata.exists():
-            return False
-        with _file_lock(pgdata.with_name(pgdata.name + ".lock")):
-            if not _embedded_running(pgdata):
-                return False
-            pgserver = _import_pgserver()
-            from pgserver.postgres_server import PostgresServer
-
-            pgserver.pg_ctl(["-w", "stop"], pgdata=pgdata, user=_pgserver_system_user())
-            handle = PostgresServer._instances.pop(pgdata, None)
-            if handle is not None:  # this process's pgserver handle: forget it, at exit too
-                atexit.unregister(handle._cleanup)
-                handle.global_process_id_list.get_and_remove(os.getpid())
-            logger.info("stopped embedded PostgreSQL in %s", pgdata)
-            return True
-
-
-def _pgserver_system_user() -> str | None:
-    # pgserver runs postgres as the system user "pgserver" when we are root (postgres refuses
-    # to run as root); pg_ctl must run as that same user.
-    return "pgserver" if os.name == "posix" and os.geteuid() == 0 else None
-
-
-def _create_database_if_missing(admin_url: str, database: str) -> None:
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        exists = conn.execute(
-            "select 1 from pg_database where datname = %s", (database,)
-        ).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-            logger.info("created database %s in the embedded PostgreSQL", database)
+        return _with_database(url, database)
+    except ValueError:
+        raise WarehouseConfigError(f"Not a URL: {redact_url(url)!r}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,21 +136,37 @@ def _timeout_options(statement_timeout_ms: Optional[int]) -> dict[str, Any]:
     return {"options": f"-c statement_timeout={int(statement_timeout_ms)}"}
 
 
+def connect_url(url: str, **kwargs: Any) -> psycopg.Connection:
+    """:func:`psycopg.connect` on a libpq URL; an error is re-raised (same class) without the
+    password and without the original chained to it."""
+    target = libpq_url(url)
+    try:
+        return psycopg.connect(target, **kwargs)
+    except psycopg.Error as exc:
+        error = redacted_error(exc, url)
+    raise error
+
+
 def get_engine(
     url: str | None = None, *, statement_timeout_ms: Optional[int] = None
 ) -> sqlalchemy.Engine:
     """A SQLAlchemy engine for ``url`` (resolved with :func:`resolve_database_url`), cached per
     URL and timeout, with ``pool_pre_ping=True`` so connections dropped by a server restart are
-    replaced transparently."""
-    target = sqlalchemy_url(resolve_database_url(url))
+    replaced transparently.
+
+    libpq, not SQLAlchemy, reads the URL (SQLAlchemy's parser disagrees with libpq about
+    passwords holding ``@``, ``#`` or ``%``): the engine connects through :func:`connect_url`, so
+    a connection error carries no password either. ``engine.url`` holds no credentials."""
+    target = libpq_url(resolve_database_url(url))
     key = (target, statement_timeout_ms)
     with _engines_guard:
         engine = _engines.get(key)
         if engine is None:
+            options = _timeout_options(statement_timeout_ms)
             engine = sqlalchemy.create_engine(
-                target,
+                "postgresql+psycopg://",
+                creator=lambda: connect_url(target, **options),
                 pool_pre_ping=True,
-                connect_args=_timeout_options(statement_timeout_ms),
             )
             _engines[key] = engine
         return engine
@@ -293,5 +176,6 @@ def connect(url: str | None = None, **kwargs: Any) -> psycopg.Connection:
     """A new psycopg 3 connection to ``url`` (resolved with :func:`resolve_database_url`).
     ``kwargs`` go to :func:`psycopg.connect` (``autocommit=True``, ``row_factory=...``,
     ``options="-c statement_timeout=5000"``...). Use it as a context manager: the block
-    commits on success, rolls back on error, and closes the connection."""
-    return psycopg.connect(libpq_url(resolve_database_url(url)), **kwargs)
+    commits on success, rolls back on error, and closes the connection. A connection error is
+    re-raised without the password (see :func:`connect_url`)."""
+    return connect_url(resolve_database_url(url), **kwargs)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from psycopg.rows import dict_row
 
+from pipelines.warehouse.urls import redacted_error
 from taptouch_resource.auth import ReauthorizationRequired, reauthorize_command
 from taptouch_resource.errors import TaptouchConfigError, TaptouchError
 from taptouch_resource.tokens import (
@@ -175,7 +176,15 @@ class TokenStore:
         return hashlib.sha256(self._url.encode()).hexdigest()
 
     def _connect(self) -> psycopg.Connection:
-        conn = psycopg.connect(self._url, connect_timeout=self._connect_timeout, row_factory=dict_row)
+        try:
+            conn = psycopg.connect(self._url, connect_timeout=self._connect_timeout, row_factory=dict_row)
+        except psycopg.Error as exc:  # libpq may quote the password (``invalid percent-encoded token``)
+            error = redacted_error(exc, self._url)
+        else:
+            return self._configure(conn)
+        raise error
+
+    def _configure(self, conn: psycopg.Connection) -> psycopg.Connection:
         conn.execute("select set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
         conn.commit()
         return conn
