@@ -25,12 +25,13 @@ PARTITIONS_PER_RUN = 2
 BACKFILL = [(END - timedelta(days=d)).isoformat() for d in range(12, 0, -1)]  # 12 days ending the day before END
 
 
-def defined_schedules() -> set[str]:
+SCHEDULES = {"orders_hourly", "orders_freshness", "stores_daily", "inventory_hourly", "merchant_tokens_keepalive"}
+
+
+def test_the_code_location_defines_the_schedules_the_daemon_runs():
     from pipelines.definitions import defs
 
-    names = {s.name for s in defs.get_repository_def().schedule_defs}
-    assert {"orders_hourly", "stores_daily", "inventory_hourly", "orders_freshness"} <= names
-    return names
+    assert {s.name for s in defs.get_repository_def().schedule_defs} == SCHEDULES
 
 
 def truth_sandbox() -> Sandbox:
@@ -62,7 +63,7 @@ def test_backfill_on_the_production_instance(prod_stack, tmp_path):
 
     # The schedules are registered with the daemon's instance (and stopped until someone starts them).
     schedules = stack.schedules()
-    assert set(schedules) == defined_schedules()
+    assert set(schedules) == SCHEDULES
     assert all(s["executionTimezone"] == "UTC" for s in schedules.values())
 
     # stores once, as a queued job run the daemon launches.
