@@ -32,7 +32,7 @@ from typing import Any, Callable, Generator
 import httpx
 
 from . import api, jsonutil
-from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchProtocolError, parse_error_body
+from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchError, TaptouchProtocolError, parse_error_body
 from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
 from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
 
@@ -71,6 +71,20 @@ def describe_token_error(status: int, body: bytes) -> tuple[str | None, str]:
     if not parsed.is_json:
         return None, f"HTTP {status} with a non-JSON body"
     return parsed.code, parsed.message or ("" if parsed.code else f"HTTP {status}")
+
+
+_TOKEN_CHARS = r"A-Za-z0-9_\-"
+
+
+def redact_values(text: str, values: Any) -> str:
+    """``text`` with every occurrence of each of ``values`` as a whole value (not next to a
+    letter, digit, ``_`` or ``-``) replaced by ``***``, longest first: a short secret such as
+    ``abc`` masks ``secret abc.`` but not ``abcdef``."""
+    import re
+
+    for value in sorted({v for v in values if v}, key=len, reverse=True):
+        text = re.sub(rf"(?<![{_TOKEN_CHARS}]){re.escape(value)}(?![{_TOKEN_CHARS}])", "***", text)
+    return text
 
 
 # What a token endpoint may say about lifetimes, in seconds. Anything outside is clamped into the
@@ -234,7 +248,7 @@ class ClientCredentialsAuth(httpx.Auth):
         if response.status_code == 200:
             return self._parse(response), started
         if response.status_code not in RETRY_STATUSES:
-            self._raise(response)
+            self._raise(response, form)
         status = response.status_code
         wait = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
         raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
@@ -248,6 +262,24 @@ class ClientCredentialsAuth(httpx.Auth):
         )
 
     def _parse(self, response: httpx.Response) -> TokenResponse:
+        try:
+            return self._parse_answer(response)
+        except TaptouchError as exc:
+            # The endpoint answered 200 but the answer is unusable. If it rotated the refresh token,
+            # the old one is spent: hand the new one to the caller (the token store persists it),
+            # so a bad answer never costs the merchant their grant.
+            try:
+                doc = jsonutil.loads(response.content)
+                refresh = doc.get("refresh_token") if isinstance(doc, dict) else None
+            except ValueError:
+                refresh = None
+            if isinstance(refresh, str) and refresh:
+                exc.rotated_refresh_token = refresh  # type: ignore[attr-defined]
+                exc.rotated_refresh_lifetime = parse_lifetime(  # type: ignore[attr-defined]
+                    doc.get("refresh_token_expires_in"), REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
+            raise
+
+    def _parse_answer(self, response: httpx.Response) -> TokenResponse:
         try:
             doc = jsonutil.loads(response.content)
             access = doc["access_token"]
@@ -277,9 +309,20 @@ class ClientCredentialsAuth(httpx.Auth):
         return TokenResponse(access, lifetime, granted_scopes,
                              refresh if isinstance(refresh, str) and refresh else None, refresh_lifetime)
 
-    def _raise(self, response: httpx.Response) -> None:
+    def _secrets(self, form: dict[str, str] | None) -> list[str]:
+        """Every secret value a token-endpoint answer could echo: the client secret, the form's
+        refresh token, code and code verifier, and the access token this object holds."""
+        values = [self._secret]
+        values += [(form or {}).get(k, "") for k in ("refresh_token", "code", "code_verifier", "client_secret")]
+        if self._token is not None:
+            values.append(self._token.access_token)
+        return [v for v in values if v]
+
+    def _raise(self, response: httpx.Response, form: dict[str, str] | None = None) -> None:
         error, description = describe_token_error(response.status_code, response.content)
-        description = description.replace(self._secret, "***")[:300]  # a server could echo the form
+        secrets = self._secrets(form)  # a server could echo the form: whole values only are masked
+        description = redact_values(description, secrets)[:300]
+        error = redact_values(error, secrets) if error else error
         self._raise_grant_error(response.status_code, error, description)
         if error == "invalid_scope":
             raise TaptouchAuthError(

@@ -43,8 +43,11 @@ NO_RETRY_HINTS = {
 
 
 def is_loopback(host: str) -> bool:
+    """True for a literal loopback address (``127.0.0.0/8``, ``::1``) and the name ``localhost``
+    itself. Any other name, ``evil.localhost`` included, is resolved through DNS and may point
+    anywhere, so it does not count."""
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -53,15 +56,23 @@ def is_loopback(host: str) -> bool:
 
 
 def check_base_url(base_url: str) -> str:
-    """The base URL without a trailing slash; https unless the host is loopback (the sandbox)."""
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """The base URL without a trailing slash; https unless the host is loopback (the sandbox).
+    An error never echoes the URL (it could carry credentials): it names the scheme or host only."""
+    if "@" in base_url:  # user info, however it is spelled (a '#' or '?' in a password fools urlsplit)
+        raise TaptouchConfigError("TAPTOUCH_BASE_URL must not contain credentials; use TAPTOUCH_CLIENT_ID/SECRET.")
+    try:
+        parts = urlsplit(base_url.strip())
+        hostname = parts.hostname
+    except ValueError:
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
+        shown = f"a {parts.scheme}:// URL" if parts is not None and parts.scheme else "a value that is not a URL"
         raise TaptouchConfigError(
-            f"TAPTOUCH_BASE_URL must be an https:// URL such as {api.DEFAULT_BASE_URL}, got {base_url!r}."
+            f"TAPTOUCH_BASE_URL must be an https:// URL such as {api.DEFAULT_BASE_URL}, got {shown}."
         )
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(hostname):
         raise TaptouchConfigError(
-            f"Refusing plain http to {parts.hostname}: credentials and tokens would travel unencrypted. "
+            f"Refusing plain http to {hostname}: credentials and tokens would travel unencrypted. "
             f"Use https:// (plain http is allowed only for loopback hosts such as the sandbox)."
         )
     if parts.username or parts.password:

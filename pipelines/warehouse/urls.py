@@ -117,7 +117,9 @@ def secrets_of(url: str) -> set[str]:
         if parts.password:
             found.add(parts.password)
             # libpq reads ``a@b`` in a password as the end of the user info: ``b`` becomes a host
-            found.update(piece for piece in re.split(r"[@/?#]", parts.password) if len(piece) >= 3)
+            pieces = parts.password.split("@")
+            found.update(piece + "@" for piece in pieces[1:] if piece)
+            found.update(piece for piece in re.split(r"[@/?#]", parts.password) if piece)
         _, query = _split_query(parts.rest)
         for pair in (query or "").split("&"):
             key, eq, value = pair.partition("=")
@@ -140,8 +142,10 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with each of ``secrets`` (longest first), every URL's password and every
     ``password=`` value hidden."""
     for secret in sorted(set(secrets), key=len, reverse=True):
-        if secret:
+        if len(secret) >= 4:
             text = text.replace(secret, REDACTED)
+        elif secret:  # a short one only as a whole word: "p" must not mask every p of the message
+            text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", REDACTED, text)
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
     return _KV_PASSWORD.sub(lambda m: m.group("key") + REDACTED, text)
 
