@@ -14,11 +14,10 @@ import psycopg
 import pytest
 import yaml
 
-from tests.support import truth
 from taptouch_sandbox import Sandbox, SandboxConfig
-
-from .conftest import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
-                       chromium_binary, max_overlap)
+from tests.support import truth
+from tests.support.prodstack import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
+                                     chromium_binary, max_overlap)
 
 POOL_LIMIT = 2
 PARTITIONS_PER_RUN = 2
