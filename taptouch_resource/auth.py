@@ -90,7 +90,7 @@ def redact_values(text: str, values: Any) -> str:
 # What a token endpoint may say about lifetimes, in seconds. Anything outside is clamped into the
 # range (a missing, non-numeric, NaN or infinite value takes the default), so a careless server can
 # neither make every request fetch a token nor park a token past any date a store can hold.
-ACCESS_LIFETIME_RANGE = (60.0, 7 * 86_400.0, 3600.0)  # (min, max, default): Taptouch documents 3600 s
+ACCESS_LIFETIME_RANGE = (1.0, 7 * 86_400.0, 3600.0)  # (min, max, default): Taptouch documents 3600 s
 REFRESH_LIFETIME_RANGE = (60.0, REFRESH_LIFETIME, REFRESH_LIFETIME)  # refresh tokens: 4 days [doc]
 
 
