@@ -1,11 +1,27 @@
-"""The Dagster code location: ``dagster dev -m pipelines.definitions`` (or via workspace.yaml)."""
+"""The Dagster code location: ``dagster dev -m pipelines.definitions`` (or workspace.yaml, or ``dg``).
+
+The one place that picks the resources. The credentials are bound with ``dg.EnvVar``: Dagster reads
+them when a run starts and never stores them in run config; a run launched without one fails before
+its first step with an error naming the variable. Every other setting is read when a run starts
+(``pipelines.settings``), except the two the definitions need to load (the ``orders`` partitions).
+"""
 
 import dagster as dg
 
+from taptouch_resource import TaptouchResource
+
 from .assets.analytics import analytics_assets
 from .assets.taptouch import inventory, orders, orders_fresh, stores
-from .resources import RESOURCES
 from .schedules import jobs, schedules
+from .warehouse.resource import PostgresResource
+
+RESOURCES = {
+    # TAPTOUCH_BASE_URL and TAPTOUCH_MERCHANT are read by the resource when a client is made.
+    "taptouch": TaptouchResource(client_id=dg.EnvVar("TAPTOUCH_CLIENT_ID"),
+                                 client_secret=dg.EnvVar("TAPTOUCH_CLIENT_SECRET")),
+    # TAPTOUCH_DATABASE_URL, else the embedded PostgreSQL.
+    "warehouse": PostgresResource(),
+}
 
 defs = dg.Definitions(
     assets=[stores, orders, inventory, *analytics_assets],

@@ -87,9 +87,8 @@ def run_demo(days: int = 7) -> int:
     import dagster as dg
 
     from .assets.analytics import analytics_assets
-    from .definitions import defs
-    from .resources import RESOURCES
-    from .warehouse.db import connect
+    from .definitions import RESOURCES, defs
+    from .warehouse.resource import PostgresResource
 
     t0 = time.monotonic()
     print("==> taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
@@ -117,8 +116,7 @@ def run_demo(days: int = 7) -> int:
         print("==> [3/3] analytics views")
         _check(dg.materialize([*analytics_assets], instance=instance, resources=RESOURCES, run_config=_run_config(),
                               tags={"source": "demo"}))
-    with connect(url) as conn:
-        print_summary(conn, first, today)
+    print_summary(PostgresResource(database_url=url), first, today)
     print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated).")
     print("Explore the same data:")
     print("  ./dev ui                         # Dagster UI on http://127.0.0.1:3000 (runs, assets, checks, schedules)")
@@ -132,28 +130,30 @@ def _check(result) -> None:
         raise SystemExit("demo: a Dagster run failed; see the log above")
 
 
-def print_summary(conn, first: date, last: date) -> None:
-    with conn.cursor() as cur:
-        cur.execute(
-            "select store_id, store_name, business_date, order_count, net_sales from analytics.daily_store_sales"
-            " where business_date between %s and %s order by store_id, business_date",
-            (first, last),
-        )
-        rows = cur.fetchall()
-        cur.execute(
-            "select (select count(*) from taptouch.stores), (select count(*) from taptouch.orders),"
-            " (select count(*) from taptouch.order_items), (select count(*) from taptouch.order_payments),"
-            " (select count(*) from taptouch.order_refunds), (select count(*) from taptouch.inventory_levels),"
-            " (select count(*) from taptouch.quarantine where resolved_at is null)"
-        )
-        counts = cur.fetchone()
+SUMMARY_TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels")
+
+
+def print_summary(warehouse, first: date, last: date) -> None:
+    """Row counts, then orders and net sales per store and business date (pandas through the
+    warehouse's SQLAlchemy engine; ``warehouse`` is a ``PostgresResource``)."""
+    from .assets.preview import read_frame
+
+    counts = read_frame(warehouse, " union all ".join(
+        f"select '{t}' as table_name, count(*) as n from taptouch.{t}" for t in SUMMARY_TABLES)
+        + " union all select 'quarantined', count(*) from taptouch.quarantine where resolved_at is null")
+    sales = read_frame(
+        warehouse,
+        "select store_id as store, store_name as name, business_date as date, order_count as orders,"
+        " net_sales from analytics.daily_store_sales where business_date between :first and :last"
+        " order by store_id, business_date",
+        first=first, last=last,
+    )
     print("\nWhat the warehouse holds:")
-    names = ["stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels", "quarantined"]
-    print("  " + ", ".join(f"{n} {c}" for n, c in zip(names, counts)))
+    print("  " + ", ".join(f"{r.table_name} {r.n}" for r in counts.itertuples()))
     print(f"\nanalytics.daily_store_sales, business dates {first} .. {last}:")
-    print(f"  {'store':<6} {'name':<28} {'date':<10} {'orders':>6} {'net sales':>12}")
-    for store_id, name, day, n, net in rows:
-        print(f"  {store_id:<6} {(name or '')[:28]:<28} {day.isoformat():<10} {n:>6} {net:>12,.2f}")
+    sales["name"] = sales["name"].fillna("").str.slice(0, 28)
+    sales["net_sales"] = sales["net_sales"].map(lambda v: f"{v:,.2f}")
+    print(sales.to_string(index=False))
 
 
 def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1") -> int:

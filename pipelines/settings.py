@@ -1,42 +1,49 @@
-"""Settings read from the environment, with their defaults. Every one is documented in the README.
+"""The code location's settings: the one place that reads the ``TAPTOUCH_*`` tunables.
 
-| variable                     | default                    | meaning                                          |
-|------------------------------|----------------------------|--------------------------------------------------|
-| TAPTOUCH_CLIENT_ID           | (required)                 | OAuth client id                                  |
-| TAPTOUCH_CLIENT_SECRET       | (required)                 | OAuth client secret; never logged                |
-| TAPTOUCH_BASE_URL            | https://api.taptouch.net   | API base URL (https; http only for loopback)     |
-| TAPTOUCH_DATABASE_URL        | embedded PostgreSQL        | postgresql:// URL of the warehouse               |
-| TAPTOUCH_PGDATA              | .taptouch/pgdata           | data directory of the embedded PostgreSQL        |
-| TAPTOUCH_START_DATE          | 2024-01-01                 | first daily partition of `orders` (UTC day)      |
-| TAPTOUCH_STORE_WORKERS       | 4                          | stores fetched in parallel within one run        |
-| TAPTOUCH_REQUESTS_PER_SECOND | 10                         | client-side request-rate limit per run           |
-| TAPTOUCH_PAGE_SIZE           | 100                        | records per API page (1..500)                    |
-| TAPTOUCH_BATCH_SIZE          | 5000                       | orders per COPY batch (bounds memory)            |
-| TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN | 10                 | partitions one backfill run loads                |
+Each is documented once, in the README's Settings table. They are read when a run starts (the
+assets call :func:`for_run`), so a changed variable takes effect at the next run, except the two
+that Dagster needs when it loads the definitions: ``TAPTOUCH_START_DATE`` (the ``orders``
+partitions) and ``TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN`` (its backfill policy); reload the code
+location after changing those.
+
+A tunable set on a resource (in code, or per run in the launchpad) wins over its variable.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import date
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
+    from taptouch_resource import TaptouchResource
+
+    from .warehouse.resource import PostgresResource
 
 DEFAULT_START_DATE = "2024-01-01"
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_REQUESTS_PER_SECOND = 10.0
+DEFAULT_STORE_WORKERS = 4
+DEFAULT_BATCH_SIZE = 5000
+DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
 
 
-def _int(name: str, default: int, lo: int = 1, hi: int = 10_000) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
+def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None) -> int:
+    """``configured`` when set, else the variable ``name``, else ``default``; checked to lie in [lo, hi]."""
+    source, raw = (name, os.environ.get(name, "").strip()) if configured is None else ("the resource's value", configured)
+    if raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+        raise ValueError(f"{name} ({source}) must be between {lo} and {hi}, got {value}")
     return value
 
 
 def start_date() -> str:
+    """First daily partition of ``orders`` (read when the definitions load)."""
     raw = os.environ.get("TAPTOUCH_START_DATE", "").strip() or DEFAULT_START_DATE
     try:
         date.fromisoformat(raw)
@@ -45,25 +52,41 @@ def start_date() -> str:
     return raw
 
 
-def store_workers() -> int:
-    return _int("TAPTOUCH_STORE_WORKERS", 4, 1, 64)
-
-
-def requests_per_second() -> float | None:
-    raw = os.environ.get("TAPTOUCH_REQUESTS_PER_SECOND", "").strip()
-    if not raw:
-        return 10.0
-    value = float(raw)
-    return None if value <= 0 else value
-
-
-def page_size() -> int:
-    return _int("TAPTOUCH_PAGE_SIZE", 100, 1, 500)
-
-
-def batch_size() -> int:
-    return _int("TAPTOUCH_BATCH_SIZE", 5000, 1, 1_000_000)
-
-
 def backfill_partitions_per_run() -> int:
-    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", 10, 1, 366)
+    """Partitions one backfill run of ``orders`` loads (read when the definitions load)."""
+    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", DEFAULT_BACKFILL_PARTITIONS_PER_RUN, 1, 366)
+
+
+def page_size(configured: int | None = None) -> int:
+    return _int("TAPTOUCH_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, 500, configured)
+
+
+def store_workers(configured: int | None = None) -> int:
+    return _int("TAPTOUCH_STORE_WORKERS", DEFAULT_STORE_WORKERS, 1, 64, configured)
+
+
+def batch_size(configured: int | None = None) -> int:
+    return _int("TAPTOUCH_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1_000_000, configured)
+
+
+def requests_per_second(configured: float | None = None) -> float:
+    """The request-rate limit; 0 means no limit."""
+    raw = os.environ.get("TAPTOUCH_REQUESTS_PER_SECOND", "").strip() if configured is None else configured
+    if raw == "":
+        return DEFAULT_REQUESTS_PER_SECOND
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"TAPTOUCH_REQUESTS_PER_SECOND must be a number (0: no limit), got {raw!r}") from None
+    return max(value, 0.0)
+
+
+def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource") -> tuple["TaptouchResource", int]:
+    """At run start: ``taptouch`` with every tunable it leaves unset taken from its variable, and
+    the loader's batch size (``warehouse.batch_size``, else ``TAPTOUCH_BATCH_SIZE``)."""
+    resolved = taptouch.model_copy(update={
+        "page_size": page_size(taptouch.page_size),
+        "requests_per_second": requests_per_second(taptouch.requests_per_second),
+        "store_workers": store_workers(taptouch.store_workers),
+    })
+    return resolved, batch_size(warehouse.batch_size)

@@ -5,9 +5,14 @@ measurement exercises the production code path.
 
 Orders of one window: stores are fetched in parallel threads (bounded; they share one client, so
 its token cache and request-rate limit are shared) while the calling thread validates and COPYs
-pages into staging as they arrive (fetching and loading overlap). A bounded queue keeps memory
-independent of the window size. A store that fails is dropped from the window's staging; the other
-stores commit, and the failure is reported.
+pages into staging as they arrive (fetching and loading overlap). The fetchers speak to the loader
+in typed events (:class:`PageFetched`, :class:`StoreDone`, :class:`StoreFailed`) through a bounded
+queue, which keeps memory independent of the window size. A store that fails is dropped from the
+window's staging; the other stores commit, and the failure is reported.
+
+Which stores exist, and their time zones, comes from the API's store listing read by the caller's
+own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset) writes
+``taptouch.stores``.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Callable, Iterator, Union
 
 import psycopg
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
 from taptouch_resource import api
+from taptouch_resource.api import InvalidRecord
 
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores, store_timezones
 
@@ -37,7 +43,7 @@ DEFAULT_STORE_WORKERS = 4
 class StoreFailure:
     store_id: int
     error: str
-    transient: bool  # worth retrying the step (network, 5xx, 429); False for 403/404/422/auth
+    transient: bool  # worth retrying the step (network, 5xx, 429, a lost database connection)
 
     def __str__(self) -> str:
         return f"store {self.store_id}: {self.error}"
@@ -63,11 +69,12 @@ class SyncResult:
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Can retrying cure it? A network error, a 5xx or a 429 from the API, or a lost database
+    connection (psycopg's OperationalError: also deadlocks and cancelled statements). Anything
+    else (credentials, 4xx, a malformed answer, a bug) fails the same way again."""
     if isinstance(exc, TaptouchAPIError):
         return exc.status == 0 or exc.status == 429 or exc.status >= 500
-    if isinstance(exc, TaptouchError):
-        return False  # auth, config, protocol: retrying the same thing will not help
-    return True
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def describe(exc: BaseException) -> str:
@@ -81,8 +88,13 @@ def day_window(day: date | str) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+# ------------------------------------------------------------------------------------------------
+# stores
+
+
 def sync_stores(client: TaptouchClient, conn: psycopg.Connection, *, run_id: str | None = None) -> tuple[LoadCounts, list[dict]]:
-    """Fetch every store the token may read and upsert them. Returns counts and the raw records."""
+    """Fetch every store the token may read and upsert them into ``taptouch.stores`` (the ``stores``
+    asset, the table's one writer). Returns counts and the raw records."""
     records = list(client.list_stores())
     counts = load_stores(conn, records, run_id=run_id)
     log.info("stores: %d listed, %d inserted, %d updated, %d unchanged, %d quarantined",
@@ -90,11 +102,138 @@ def sync_stores(client: TaptouchClient, conn: psycopg.Connection, *, run_id: str
     return counts, records
 
 
-def known_store_ids(conn: psycopg.Connection) -> list[int]:
-    return sorted(store_timezones(conn))
+@dataclass(frozen=True)
+class StoreListing:
+    """The API's store listing, read only: each valid store's time zone, and the records that
+    break the loader's rules (record key -> reason), which cost only their own store."""
+
+    timezones: dict[int, str]
+    invalid: dict[str, str]
+
+    @property
+    def store_ids(self) -> list[int]:
+        return sorted(self.timezones)
 
 
-_DONE = object()
+def list_stores(client: TaptouchClient) -> StoreListing:
+    """Which stores exist and their time zones, from the API (never from or into the warehouse).
+    Each record is checked with the rules the loader applies (:func:`api.parse_store`)."""
+    timezones: dict[int, str] = {}
+    invalid: dict[str, str] = {}
+    for raw in client.list_stores():
+        try:
+            row = api.parse_store(raw)
+        except InvalidRecord as exc:
+            invalid[api.record_key("store", raw) or "(no id)"] = exc.reason
+            continue
+        timezones[row["store_id"]] = row["timezone"]
+    for key, reason in invalid.items():
+        log.warning("store %s skipped: its store record is malformed (%s)", key, reason)
+    return StoreListing(timezones, invalid)
+
+
+# ------------------------------------------------------------------------------------------------
+# orders: fetchers -> typed events -> one window load
+
+
+@dataclass(frozen=True)
+class PageFetched:
+    store_id: int
+    records: list
+
+
+@dataclass(frozen=True)
+class StoreDone:
+    store_id: int
+    pages: int
+    orders: int
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    store_id: int
+    error: BaseException
+
+
+FetchEvent = Union[PageFetched, StoreDone, StoreFailed]
+
+
+class _OrderFetchers:
+    """Fetch threads for the stores of one window; :meth:`events` yields what they report, until
+    every store is done or failed. Leaving the ``with`` block stops threads still fetching."""
+
+    def __init__(self, client: TaptouchClient, start: datetime, end: datetime, workers: int):
+        self.client, self.start, self.end = client, start, end
+        self.events_q: queue.Queue[FetchEvent] = queue.Queue(maxsize=max(4, 2 * workers))
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taptouch-fetch")
+
+    def __enter__(self) -> "_OrderFetchers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def events(self, store_ids: list[int]) -> Iterator[FetchEvent]:
+        for store_id in store_ids:
+            self.pool.submit(self._fetch, store_id)
+        pending = set(store_ids)
+        while pending:
+            event = self.events_q.get()
+            if not isinstance(event, PageFetched):
+                pending.discard(event.store_id)
+            yield event
+
+    def _put(self, event: FetchEvent) -> None:
+        while not self.stop.is_set():
+            try:
+                self.events_q.put(event, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _fetch(self, store_id: int) -> None:
+        pages = orders = 0
+        try:
+            for page in self.client.iter_order_pages(store_id, updated_from=self.start, updated_to=self.end):
+                if self.stop.is_set():
+                    return
+                pages += 1
+                orders += len(page)
+                self._put(PageFetched(store_id, page))
+            self._put(StoreDone(store_id, pages, orders))
+        except BaseException as exc:  # reported per store, never silently
+            self._put(StoreFailed(store_id, exc))
+
+
+def _record(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: str,
+            say: Callable[[str], None]) -> None:
+    """Apply one fetch event to the window's load and to the result."""
+    if isinstance(event, PageFetched):
+        load.add_page(event.store_id, event.records)
+    elif isinstance(event, StoreDone):
+        result.pages += event.pages
+        result.records += event.orders
+        result.stores_ok.append(event.store_id)
+        result.per_store[event.store_id] = {"pages": event.pages, "orders": event.orders}
+        say(f"store {event.store_id}: {event.pages} pages, {event.orders} orders ({window})")
+    else:
+        load.discard_store(event.store_id)
+        failure = StoreFailure(event.store_id, describe(event.error), is_transient(event.error))
+        result.failures.append(failure)
+        log.error("orders %s: %s", window, failure)
+
+
+def _known_stores(store_ids: list[int], timezones: dict[int, str], source: str,
+                  result: SyncResult) -> list[int]:
+    """The stores whose time zone is known; the others become named, permanent failures."""
+    for sid in store_ids:
+        if sid not in timezones:
+            result.failures.append(StoreFailure(
+                sid, f"store {sid} is not in {source}, so its time zone and the orders' business dates "
+                     f"are unknown", transient=False))
+    return [sid for sid in store_ids if sid in timezones]
 
 
 def sync_orders_window(
@@ -105,6 +244,7 @@ def sync_orders_window(
     end: datetime,
     window: str,
     store_ids: list[int] | None = None,
+    timezones: dict[int, str] | None = None,
     run_id: str | None = None,
     max_workers: int = DEFAULT_STORE_WORKERS,
     batch_size: int | None = None,
@@ -112,85 +252,39 @@ def sync_orders_window(
 ) -> SyncResult:
     """Load every store's orders with ``updated_at`` in [start, end) as one transaction.
 
+    ``timezones`` (store id -> IANA zone, e.g. :attr:`StoreListing.timezones`) dates the orders;
+    unset, they are read from ``taptouch.stores``. ``store_ids`` defaults to every store in it.
     Stores that fail are discarded from the window and listed in ``result.failures``; everything
     else commits. An error on the database side rolls the whole window back and propagates.
     """
     t0 = time.monotonic()
     say = progress or log.info
-    timezones = store_timezones(conn)
-    if store_ids is None:
-        store_ids = sorted(timezones)
+    source = "the API's store listing" if timezones is not None else "taptouch.stores"
+    timezones = store_timezones(conn) if timezones is None else timezones
     result = SyncResult()
-    for sid in [s for s in store_ids if s not in timezones]:
-        result.failures.append(StoreFailure(
-            sid, f"store {sid} is not in taptouch.stores (its store record was quarantined, or the stores asset "
-                 f"has not run), so its time zone and the orders' business dates are unknown", transient=False))
-    store_ids = [s for s in store_ids if s in timezones]
+    store_ids = _known_stores(sorted(timezones) if store_ids is None else store_ids, timezones, source, result)
     if not store_ids:
         say(f"orders {window}: no stores to load")
         result.seconds = time.monotonic() - t0
         return result
-    pages_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * max_workers))
-    stop = threading.Event()
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                pages_q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def fetch(store_id: int) -> None:
-        pages = records = 0
-        try:
-            for page in client.iter_order_pages(store_id, updated_from=start, updated_to=end):
-                if stop.is_set():
-                    return
-                pages += 1
-                records += len(page)
-                put(("page", store_id, page))
-            put(("done", store_id, (pages, records)))
-        except BaseException as exc:  # reported per store, never silently
-            put(("error", store_id, exc))
-
     kwargs = {"batch_size": batch_size} if batch_size else {}
     workers = max(1, min(max_workers, len(store_ids)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taptouch-fetch") as pool:
-        try:
-            with OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones, **kwargs) as load:
-                for sid in store_ids:
-                    pool.submit(fetch, sid)
-                pending = set(store_ids)
-                while pending:
-                    kind, store_id, payload = pages_q.get()
-                    if kind == "page":
-                        load.add_page(store_id, payload)
-                    elif kind == "done":
-                        pending.discard(store_id)
-                        pages, records = payload
-                        result.pages += pages
-                        result.records += records
-                        result.stores_ok.append(store_id)
-                        result.per_store[store_id] = {"pages": pages, "orders": records}
-                        say(f"store {store_id}: {pages} pages, {records} orders ({window})")
-                    else:
-                        pending.discard(store_id)
-                        load.discard_store(store_id)
-                        failure = StoreFailure(store_id, describe(payload), is_transient(payload))
-                        result.failures.append(failure)
-                        log.error("orders %s: %s", window, failure)
-                counts = load.finish()
-        finally:
-            stop.set()
+    with _OrderFetchers(client, start, end, workers) as fetchers, \
+            OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones, **kwargs) as load:
+        for event in fetchers.events(store_ids):
+            _record(event, load, result, window, say)
+        result.counts = load.finish()
     for sid, sc in load.per_store.items():
         if sid in result.per_store:
             result.per_store[sid].update(inserted=sc.inserted, updated=sc.updated, unchanged=sc.unchanged,
                                          quarantined=sc.quarantined)
-    result.counts = counts
     result.stores_ok.sort()
     result.seconds = time.monotonic() - t0
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# inventory
 
 
 def sync_inventory(
@@ -198,17 +292,19 @@ def sync_inventory(
     conn: psycopg.Connection,
     *,
     store_ids: list[int] | None = None,
+    timezones: dict[int, str] | None = None,
     run_id: str | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SyncResult:
     """Replace each store's inventory levels and upsert today's snapshot (store-local date).
 
-    Each store commits on its own: one store failing costs the others nothing.
+    ``timezones`` as for :func:`sync_orders_window` (unset: ``taptouch.stores``). Each store
+    commits on its own: one store failing costs the others nothing.
     """
     t0 = time.monotonic()
     say = progress or log.info
-    timezones = store_timezones(conn)
+    timezones = store_timezones(conn) if timezones is None else timezones
     store_ids = sorted(timezones) if store_ids is None else store_ids
     now = now or datetime.now(timezone.utc)
     result = SyncResult()

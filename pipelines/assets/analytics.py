@@ -1,59 +1,68 @@
-"""Analytics views as assets (group ``analytics``), downstream of the loads, one per SQL file.
+"""Analytics views as assets (group ``analytics``), one per SQL file, and their only writers.
 
 Each ``sql/analytics/<name>.sql`` becomes the asset ``<name>`` that creates or replaces the view
-``analytics.<name>``. Its upstream assets are named in the file's header line ``-- depends: a, b``
-(default: orders and stores; other views too, e.g. `sales_orders`), so the lineage graph shows
-raw -> sales_orders -> the views analysts query.
+``analytics.<name>``. Its upstream assets are what its SQL reads: the asset that writes each
+``taptouch.*`` table it names (:data:`TABLE_WRITERS`) and the analytics views it builds on, so the
+lineage graph shows raw -> sales_orders -> the views analysts query. Each materialization records
+the row count and a preview (pandas through the warehouse's SQLAlchemy engine);
+``daily_store_sales`` adds a chart of net sales.
 """
 
 
 import base64
+import hashlib
 import io
 
 import dagster as dg
 
 from ..warehouse.resource import PostgresResource
-from ..warehouse.views import analytics_dir, apply_views, view_depends, view_names, view_sql
+from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
+from .preview import markdown_preview, read_frame
 
 GROUP = "analytics"
 
-
-def _deps(name: str) -> list[str]:
-    return view_depends(name) or ["orders", "stores"]
-
-
-def _description(name: str) -> str:
-    first = view_sql(name).splitlines()[0].lstrip("- ").strip()
-    return first or f"analytics.{name}"
+# The one asset that writes each table of schema taptouch.
+TABLE_WRITERS = {
+    "stores": "stores",
+    "orders": "orders", "order_items": "orders", "order_payments": "orders", "order_refunds": "orders",
+    "inventory_levels": "inventory", "inventory_snapshots": "inventory",
+}
 
 
-def sales_chart_markdown(conn, days: int = 28) -> str | None:
-    """A PNG line chart of net sales per store per business date, as markdown (inline data URI)."""
+def view_deps(name: str) -> list[str]:
+    """The assets ``analytics.<name>`` reads: the writers of its tables, and the views it builds on."""
+    reads = view_reads(name)
+    unowned = reads["taptouch"] - TABLE_WRITERS.keys()
+    if unowned:
+        raise ValueError(f"sql/analytics/{name}.sql reads {', '.join(sorted(unowned))}, which no asset writes "
+                         f"(pipelines/assets/analytics.py TABLE_WRITERS)")
+    return sorted({TABLE_WRITERS[t] for t in reads["taptouch"]} | reads["analytics"])
+
+
+def sales_chart(warehouse: PostgresResource, days: int = 28) -> str | None:
+    """A PNG line chart of net sales per store over the last ``days`` business dates, as markdown
+    (an inline data URI); None when the view is empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with conn.cursor() as cur:
-        cur.execute(
-            "select store_id, coalesce(store_name, store_id::text), business_date, net_sales"
-            " from analytics.daily_store_sales"
-            " where business_date > (select max(business_date) from analytics.daily_store_sales) - %s"
-            " order by store_id, business_date",
-            (days,),
-        )
-        rows = cur.fetchall()
-    if not rows:
+    frame = read_frame(
+        warehouse,
+        "select store_id, coalesce(store_name, store_id::text) as store_name, business_date, net_sales"
+        " from analytics.daily_store_sales"
+        " where business_date > (select max(business_date) from analytics.daily_store_sales) - cast(:days as integer)",
+        days=days,
+    )
+    if frame.empty:
         return None
-    series: dict[str, tuple[list, list]] = {}
-    for store_id, name, day, net in rows:
-        xs, ys = series.setdefault(f"{store_id} {name}", ([], []))
-        xs.append(day)
-        ys.append(float(net))  # plotting only: the figures themselves stay exact in the view
+    frame["store"] = frame["store_id"].astype(str) + " " + frame["store_name"]
+    frame["net_sales"] = frame["net_sales"].astype(float)  # plotting only: the view's figures stay exact
+    series = frame.pivot_table(index="business_date", columns="store", values="net_sales", aggfunc="sum")
     fig, ax = plt.subplots(figsize=(9, 4), dpi=90)
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set_title("Net sales per store per business date (AUD)")
+    series.plot(ax=ax, marker="o", markersize=3)
+    ax.set_title("Net sales per store per business date")
+    ax.set_xlabel("business date")
     ax.set_ylabel("net sales")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -65,22 +74,23 @@ def sales_chart_markdown(conn, days: int = 28) -> str | None:
 
 
 def _make_view_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=_deps(name),
-              description=_description(name))
+    @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=view_deps(name),
+              description=view_description(name),
+              code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12])
     def _view(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dg.MaterializeResult:
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:
             conn.autocommit = True
             apply_views(conn, [name])
-            with conn.cursor() as cur:
-                cur.execute(f'select count(*) from analytics."{name}"')
-                rows = cur.fetchone()[0]
-            metadata = {"dagster/row_count": rows, "view": f"analytics.{name}",
-                        "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql"))}
-            if name == "daily_store_sales":
-                chart = sales_chart_markdown(conn)
-                if chart:
-                    metadata["net_sales_chart"] = dg.MetadataValue.md(chart)
+        rows = int(read_frame(warehouse, f'select count(*) as n from analytics."{name}"')["n"].iloc[0])
+        preview = read_frame(warehouse, f'select * from analytics."{name}" limit 20')
+        metadata = {"dagster/row_count": rows, "view": f"analytics.{name}",
+                    "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql")),
+                    "preview": markdown_preview(preview)}
+        if name == "daily_store_sales":
+            chart = sales_chart(warehouse)
+            if chart:
+                metadata["net_sales_chart"] = dg.MetadataValue.md(chart)
         context.log.info(f"analytics.{name}: {rows} rows")
         return dg.MaterializeResult(metadata=metadata)
 

@@ -1,4 +1,10 @@
-"""The synced data: ``stores``, ``orders`` (daily partitions) and ``inventory``."""
+"""The synced data: ``stores``, ``orders`` (daily partitions) and ``inventory``.
+
+One writer per table: ``stores`` is the only asset that writes ``taptouch.stores``. ``orders`` and
+``inventory`` read the API's store listing with their own client (read only) to learn which
+stores exist and their time zones, so neither depends on a ``stores`` run (``taptouch.orders``
+has no foreign key to it: ``orders`` loads on a fresh warehouse too).
+"""
 
 
 import time
@@ -7,14 +13,15 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from taptouch_resource import TaptouchError, TaptouchResource, api
+from taptouch_resource import TaptouchError, TaptouchResource
 
 from .. import settings
 from ..partitions import daily_partitions
-from ..sync import SyncResult, day_window, is_transient, sync_inventory, sync_orders_window, sync_stores
+from .preview import PREVIEW_ROWS, markdown_preview, read_frame
+from ..sync import (StoreListing, SyncResult, day_window, describe, is_transient, list_stores, sync_inventory,
+                    sync_orders_window, sync_stores)
 from ..warehouse.resource import PostgresResource
 from ..warehouse.token_store import TokenStore
-from ..warehouse.views import apply_views
 
 # Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
 # (a backfill plus the hourly schedule) never exceed the API budget. Set its limit with
@@ -24,15 +31,9 @@ API_POOL = "taptouch_api"
 KINDS = {"taptouch", "postgres"}
 GROUP = "taptouch"
 
-# Step-level retries for transient failures (the client already retried each request).
+# Step-level retries, only for errors a retry can cure (sync.is_transient); the client has already
+# retried each request. Anything else fails the step at once (step_errors).
 RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-
-STORE_ID = api.STORE_ID_FIELD
-
-
-def _is_id(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 CHECK_QUARANTINE = "no_quarantined_records"
 CHECK_ARITHMETIC = "order_arithmetic"
@@ -40,38 +41,32 @@ CHECK_FRESHNESS = "orders_fresh"
 FRESHNESS_HOURS = 2
 
 
-_views_applied: set[str] = set()
-
-
-def prepare_warehouse(warehouse: PostgresResource) -> None:
-    """Apply pending migrations and (once per process) the analytics views, before any load."""
-    warehouse.ensure_migrated()
-    url = warehouse.url()
-    if url not in _views_applied:
-        with warehouse.connect() as conn:
-            conn.autocommit = True
-            apply_views(conn)
-        _views_applied.add(url)
-
-
 @contextmanager
-def api_errors():
-    """Non-transient API errors (credentials, configuration, 4xx) fail the step at once, unretried,
-    with the client's message (which says what to set); transient ones go to the RetryPolicy."""
+def step_errors():
+    """Errors a retry can cure (network, 5xx, 429, a lost database connection) propagate to the
+    step's RetryPolicy; anything else (credentials, configuration, 4xx, a bug) fails the step at
+    once, unretried, with its message (a Taptouch error's says what to set)."""
     try:
         yield
-    except (TaptouchError, ValueError) as exc:
-        if isinstance(exc, TaptouchError) and is_transient(exc):
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
             raise
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        if isinstance(exc, TaptouchError):
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        raise dg.Failure(description=describe(exc), allow_retries=False) from exc
 
 
 class _Session:
-    """What an API-calling asset works with: a verified client, an autocommit connection, the clock."""
+    """What an API-calling asset works with in one run: a client with verified credentials, an
+    autocommit connection, the run's tunables and the clock."""
 
-    def __init__(self, client, conn):
+    def __init__(self, client, conn, *, store_workers: int, batch_size: int):
         self.client = client
         self.conn = conn
+        self.store_workers = store_workers
+        self.batch_size = batch_size
         self.t0 = time.monotonic()
         self._before = client.stats.snapshot()
 
@@ -79,28 +74,28 @@ class _Session:
         return {**_api_metadata(_api_delta(self._before, self.client.stats.snapshot())),
                 "duration_s": round(time.monotonic() - self.t0, 3)}
 
-    def listed_store_ids(self, context: dg.AssetExecutionContext) -> list[int]:
-        """The store list from the API on every run, so a store added or removed since the last `stores`
-        run is handled now; upserting it also gives the loader a new store's time zone."""
-        with api_errors():
-            _, listed = sync_stores(self.client, self.conn, run_id=context.run.run_id)
-        return sorted({r[STORE_ID] for r in listed if isinstance(r, dict) and _is_id(r.get(STORE_ID))})
+    def store_listing(self, context: dg.AssetExecutionContext) -> StoreListing:
+        """The API's store listing (read only): a malformed store record costs only its store."""
+        listing = list_stores(self.client)
+        for key, reason in listing.invalid.items():
+            context.log.warning(f"store {key} skipped: its store record is malformed ({reason}); "
+                                f"see taptouch.quarantine after the next stores run")
+        return listing
 
 
 @contextmanager
 def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False):
-    """Migrate, make a client and check its credentials (failing clearly, unretried, before any
-    work), and open an autocommit connection to the warehouse."""
-    prepare_warehouse(warehouse)
-    url = warehouse.url()
-    with api_errors():
-        tokens = TokenStore.for_resource(taptouch, url)
-        client = taptouch.get_store_client(token_store=tokens) if store_api else taptouch.get_client(token_store=tokens)
-        client.auth.get_token()
+    """At run start: read the settings, migrate, make a client and check its credentials (failing
+    clearly before any work), and open an autocommit connection to the warehouse."""
+    taptouch, batch_size = settings.for_run(taptouch, warehouse)
+    warehouse.ensure_migrated()
+    tokens = TokenStore.for_resource(taptouch, warehouse.url())
+    client = taptouch.get_store_client(token_store=tokens) if store_api else taptouch.get_client(token_store=tokens)
     try:
+        client.auth.get_token()
         with warehouse.connect() as conn:
             conn.autocommit = True
-            yield _Session(client, conn)
+            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size)
     finally:
         client.close()
 
@@ -134,33 +129,27 @@ def _fail_if_stores_failed(result: SyncResult, what: str, metadata: dict) -> Non
     )
 
 
-def _markdown_table(rows: list[dict], cols: list[str]) -> str:
-    def cell(v) -> str:
-        return str(v if v is not None else "").replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    return head + "".join("| " + " | ".join(cell(r.get(c)) for c in cols) + " |\n" for r in rows)
-
-
 @dg.asset(
     key="stores", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
-    description="Every store the Taptouch token may read, upserted into taptouch.stores.",
+    description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
 )
 def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
     """Every store the token may read; upserted."""
-    with api_session(taptouch, warehouse, store_api=True) as session, api_errors():
-        counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
-    preview = [r for r in records if isinstance(r, dict)][:50]
+    with step_errors():
+        with api_session(taptouch, warehouse, store_api=True) as session:
+            counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
+        preview = read_frame(warehouse, "select store_id, name, status, timezone, currency from taptouch.stores"
+                                        " order by store_id limit :n", n=PREVIEW_ROWS)
     return dg.MaterializeResult(metadata={
         **counts.as_dict(),
         "dagster/row_count": len(records),
         **session.api_metadata(),
-        "preview": dg.MetadataValue.md(_markdown_table(preview, ["id", "name", "status", "timezone", "currency"])),
+        "preview": markdown_preview(preview),
     })
 
 
 @dg.asset(
-    key="orders", group_name=GROUP, kinds=KINDS, deps=["stores"], partitions_def=daily_partitions,
+    key="orders", group_name=GROUP, kinds=KINDS, partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
     pool=API_POOL, retry_policy=RETRY,
     check_specs=[
@@ -169,47 +158,58 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
         dg.AssetCheckSpec(CHECK_ARITHMETIC, asset="orders",
                           description="Σ item totals = subtotal; Σ payments = total for completed orders."),
     ],
-    description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day.",
+    description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day, "
+                "for every store in the API's store listing, which this asset reads itself (for the stores' "
+                "time zones, i.e. business dates); it never writes taptouch.stores.",
 )
 def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Orders updated in each UTC day, for every store, with items, payments and refunds."""
+    """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
     keys = list(context.partition_keys)
-    total = SyncResult()
-    with api_session(taptouch, warehouse) as session:
-        client, conn = session.client, session.conn
-        store_ids = session.listed_store_ids(context)
+    with step_errors(), api_session(taptouch, warehouse) as session:
+        listing = session.store_listing(context)
+        total = SyncResult()
         for key in keys:
-            start, end = day_window(key)
-            context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
-            result = sync_orders_window(
-                client, conn, start=start, end=end, window=key, run_id=context.run.run_id, store_ids=store_ids,
-                max_workers=settings.store_workers(), batch_size=settings.batch_size(), progress=context.log.info,
-            )
-            c = result.counts
-            context.log.info(
-                f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
-                f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
-                f"({result.seconds:.1f}s)"
-            )
-            total.merge(result)
+            total.merge(_load_orders_day(context, session, listing, key))
         range_start, _ = day_window(keys[0])
         _, range_end = day_window(keys[-1])
-        checks = _order_checks(conn, keys, range_start, range_end)
-    failed = sorted({f.store_id for f in total.failures})
-    metadata = {
-        **total.counts.as_dict(),
-        "dagster/row_count": total.counts.rows,
-        "partitions": len(keys),
-        "stores_ok": len(set(total.stores_ok) - set(failed)),
-        "stores_failed": len(failed),
-        "failed_store_ids": ", ".join(map(str, failed)) or "none",
-        "pages": total.pages,
-        **session.api_metadata(),
-    }
-    api_md = session.api_metadata()
-    context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in api_md.items()))
+        checks = _order_checks(session.conn, keys, range_start, range_end)
+    metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
+                **session.api_metadata()}
+    context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
     _fail_if_stores_failed(total, f"orders {keys[0]}..{keys[-1]}", metadata)
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _load_orders_day(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
+                     key: str) -> SyncResult:
+    start, end = day_window(key)
+    context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
+    result = sync_orders_window(
+        session.client, session.conn, start=start, end=end, window=key, run_id=context.run.run_id,
+        store_ids=listing.store_ids, timezones=listing.timezones, max_workers=session.store_workers,
+        batch_size=session.batch_size, progress=context.log.info,
+    )
+    c = result.counts
+    context.log.info(
+        f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+        f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
+        f"({result.seconds:.1f}s)"
+    )
+    return result
+
+
+def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
+    """Counts, and which stores loaded, failed, or were skipped for a malformed store record."""
+    failed = sorted({f.store_id for f in result.failures})
+    return {
+        **result.counts.as_dict(),
+        "dagster/row_count": result.counts.rows,
+        "stores_ok": len(set(result.stores_ok) - set(failed)),
+        "stores_failed": len(failed),
+        "failed_store_ids": ", ".join(map(str, failed)) or "none",
+        "stores_skipped": len(listing.invalid),
+        "skipped_store_records": ", ".join(sorted(listing.invalid)) or "none",
+    }
 
 
 def _order_checks(conn, keys: list[str], start: datetime, end: datetime) -> list[dg.AssetCheckResult]:
@@ -271,23 +271,17 @@ def orders_fresh(warehouse: PostgresResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(
-    key="inventory", group_name=GROUP, kinds=KINDS, deps=["stores"], pool=API_POOL, retry_policy=RETRY,
-    description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots.",
+    key="inventory", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
+    description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
+                "every store in the API's store listing, which this asset reads itself (for the stores' time zones, "
+                "i.e. snapshot dates); it never writes taptouch.stores.",
 )
 def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
     """Current stock per store, replacing the previous list; today's snapshot per product."""
-    with api_session(taptouch, warehouse) as session:
-        store_ids = session.listed_store_ids(context)
-        result = sync_inventory(session.client, session.conn, store_ids=store_ids, run_id=context.run.run_id,
-                                progress=context.log.info)
-    failed = sorted({f.store_id for f in result.failures})
-    metadata = {
-        **result.counts.as_dict(),
-        "dagster/row_count": result.counts.rows,
-        "stores_ok": len(result.stores_ok),
-        "stores_failed": len(failed),
-        "failed_store_ids": ", ".join(map(str, failed)) or "none",
-        **session.api_metadata(),
-    }
+    with step_errors(), api_session(taptouch, warehouse) as session:
+        listing = session.store_listing(context)
+        result = sync_inventory(session.client, session.conn, store_ids=listing.store_ids,
+                                timezones=listing.timezones, run_id=context.run.run_id, progress=context.log.info)
+    metadata = {**_store_metadata(result, listing), **session.api_metadata()}
     _fail_if_stores_failed(result, "inventory", metadata)
     return dg.MaterializeResult(metadata=metadata)

@@ -44,6 +44,9 @@ class PostgresResource(dg.ConfigurableResource):
         ),
     )
 
+    batch_size: Optional[int] = Field(
+        default=None, description="Orders per COPY batch (bounds memory). Unset: TAPTOUCH_BATCH_SIZE, else 5000.")
+
     def url(self) -> str:
         """The resolved database URL (may contain a password: log it with redact_url)."""
         return resolve_database_url(self.database_url)

@@ -1,5 +1,4 @@
 -- analytics.channel_mix: sales per store, business date, order source and fulfillment type.
--- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, source, fulfillment_type) that has sales. Sales, refunds
 -- and exclusions are those of daily_store_sales (completed, partially_refunded and refunded orders;
 -- open and voided left out; refunds attributed to the order's business date and channel).

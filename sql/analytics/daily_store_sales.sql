@@ -1,5 +1,4 @@
 -- analytics.daily_store_sales: sales per store and business date (the store's local calendar date).
--- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date) that has sales. Sales are orders with status completed,
 -- partially_refunded or refunded; open and voided orders are left out of every figure.
 -- Columns:

@@ -1,5 +1,4 @@
 -- analytics.hourly_sales: sales per store, business date and local hour of the day (for heatmaps).
--- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, local_hour) that has sales; an hour without sales has no
 -- row (read it as 0). Sales, refunds and exclusions are those of daily_store_sales: orders with
 -- status completed, partially_refunded or refunded; open and voided orders are left out; refunds

@@ -1,5 +1,4 @@
 -- analytics.inventory_history: daily stock snapshots beside the units sold that day.
--- depends: inventory, orders, stores, sales_orders
 -- One row per taptouch.inventory_snapshots row (snapshot_date, store_id, product_id): the stock at
 -- the last inventory sync of that store-local date, joined to the product's sales of the same
 -- business date (snapshot_date = business_date, matched by product_id). Sales are items of orders

@@ -1,5 +1,4 @@
 -- analytics.inventory_status: current stock of every listed product, its value and how long it lasts.
--- depends: inventory, orders, stores, sales_orders
 -- One row per (store_id, product_id) in taptouch.inventory_levels (the products the API listed at
 -- the last inventory sync). Units sold come from items of sales orders (status completed,
 -- partially_refunded or refunded; open and voided left out, as in daily_store_sales), matched by

@@ -1,5 +1,4 @@
 -- analytics.payment_mix: payments per store, business date and payment method.
--- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, method) with payments on sales orders (status completed,
 -- partially_refunded or refunded, dated by the order's business date as in daily_store_sales).
 -- Payments on open orders (e.g. a gift card part-payment) and voided orders are left out.

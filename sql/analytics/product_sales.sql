@@ -1,5 +1,4 @@
 -- analytics.product_sales: units and item sales per store, business date and product.
--- depends: orders, stores, sales_orders
 -- One row per (store_id, business_date, product_id, product_name, category) sold on that day, the
 -- product as named on the order lines. Only items of sales orders count (status completed,
 -- partially_refunded or refunded); items of open and voided orders are left out, as in

@@ -1,6 +1,5 @@
 -- analytics.sales_orders: every sales order, once, with its refunds — the one definition of "sales"
 -- that every other view builds on.
--- depends: orders, stores
 -- Sales orders are orders with status completed, partially_refunded or refunded; open and voided
 -- orders are not sales and appear in no analytics figure. Refunds are attributed to the order
 -- (its business date, hour and channel), whenever they were made.
