@@ -7,7 +7,8 @@
 #   PORT=3001 HOST=0.0.0.0 deploy/local-prod.sh
 #
 # Environment:
-#   DAGSTER_PG_URL   instance database, postgresql+psycopg2://user:pw@host:5432/dagster.
+#   DAGSTER_PG_URL   instance database, postgresql+psycopg2://user:pw@host:5432/dagster (read from the
+#                    environment only: no secret is ever put on a command line).
 #                    Unset: a database `dagster` is created on the warehouse's server
 #                    (TAPTOUCH_DATABASE_URL, or the embedded PostgreSQL).
 #   DAGSTER_HOME     default .taptouch/prod_home (dagster.yaml is refreshed from deploy/ on start)
@@ -19,9 +20,12 @@ ROOT=$PWD
 BIN=${VENV:-$ROOT/.venv}/bin
 [ -x "$BIN/dagster-daemon" ] || { echo "no $BIN/dagster-daemon: run ./dev once to create .venv" >&2; exit 2; }
 
+# Everything this script and the two processes create (run storage, compute logs, the instance
+# config) is readable by its owner only.
+umask 077
 export DAGSTER_HOME=${DAGSTER_HOME:-$ROOT/.taptouch/prod_home}
-mkdir -p "$DAGSTER_HOME"
-cp deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+mkdir -p -m 700 "$DAGSTER_HOME"
+install -m 600 deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 if [ -z "${DAGSTER_PG_URL:-}" ]; then
   DAGSTER_PG_URL=$("$BIN/python" - <<'PY'
@@ -39,7 +43,8 @@ PY
   export DAGSTER_PG_URL
 fi
 echo "DAGSTER_HOME=$DAGSTER_HOME"
-echo "instance database: $("$BIN/python" -c 'import sys; from pipelines.warehouse.db import redact_url; print(redact_url(sys.argv[1]))' "$DAGSTER_PG_URL")"
+# Secrets travel in the environment, never on a command line (`ps` shows argv to every user).
+echo "instance database: $("$BIN/python" -c 'import os; from pipelines.warehouse.db import redact_url; print(redact_url(os.environ["DAGSTER_PG_URL"]))')"
 
 pids=()
 stop() {

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import psycopg
 
 from taptouch_resource import api
 from taptouch_resource.auth import MerchantAuth, ReauthorizationRequired, reauthorize_command
@@ -75,9 +76,13 @@ _PAGE = ("<!doctype html><html><head><meta charset='utf-8'><title>taptouch-sync<
 
 
 class CallbackServer:
-    """A one-shot HTTP server on a loopback address that catches the authorization redirect."""
+    """A one-shot HTTP server on a loopback address that catches the authorization redirect.
 
-    def __init__(self, redirect_uri: str | None = None, *, port: int = DEFAULT_PORT):
+    With ``state`` set, a request whose ``state`` does not match is answered 400 and ignored: any
+    local process or web page can reach a loopback port, so the first request must not decide the
+    authorization. The server keeps waiting for the real redirect until the timeout."""
+
+    def __init__(self, redirect_uri: str | None = None, *, port: int = DEFAULT_PORT, state: str | None = None):
         if redirect_uri is None:
             host, path = "127.0.0.1", CALLBACK_PATH
         else:
@@ -86,7 +91,9 @@ class CallbackServer:
                 raise TaptouchConfigError(f"{redirect_uri!r} is not a loopback http:// redirect URI.")
             host, port, path = parts.hostname, parts.port or 80, parts.path or "/"
         self._answers: "queue.Queue[dict[str, str]]" = queue.Queue()
-        answers, callback_path = self._answers, path
+        self.state = state
+        self.ignored = 0
+        answers, callback_path, server_self = self._answers, path, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
@@ -95,6 +102,14 @@ class CallbackServer:
                     self._page(404, "Not found", "This is the taptouch-sync authorization callback.")
                     return
                 params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+                expected = server_self.state
+                if expected is not None and not hmac.compare_digest((params.get("state") or "").encode(),
+                                                                    expected.encode()):
+                    server_self.ignored += 1
+                    self._page(400, "Not this authorization",
+                               "This redirect does not belong to the authorization taptouch-sync is waiting "
+                               "for (its state does not match); it was ignored.")
+                    return
                 if "error" in params:
                     self._page(200, "Authorization not completed",
                                "Taptouch did not authorize taptouch-sync. Return to your terminal for details.")
@@ -141,10 +156,12 @@ class CallbackServer:
         try:
             return self._answers.get(timeout=timeout)
         except queue.Empty:
+            ignored = (f" ({self.ignored} request(s) with another state were ignored: an old tab, or another "
+                       f"program trying to interfere)" if self.ignored else "")
             raise AuthorizationFailed(
-                f"No authorization arrived at {self.redirect_uri} within {timeout:.0f} s. Open the URL printed "
-                f"above in a browser on this machine and approve, or run the command again (--timeout to "
-                f"wait longer).", error="timeout") from None
+                f"No authorization arrived at {self.redirect_uri} within {timeout:.0f} s{ignored}. Open the URL "
+                f"printed above in a browser on this machine and approve, or run the command again (--timeout "
+                f"to wait longer).", error="timeout") from None
 
 
 def _params_from_url(url: str) -> dict[str, str]:
@@ -213,9 +230,14 @@ def run_authorize(
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(24)
     loopback = redirect_uri is None or is_loopback(urlsplit(redirect_uri).hostname or "")
+    if redirect_uri is not None and not loopback and urlsplit(redirect_uri).scheme != "https":
+        raise TaptouchConfigError(
+            f"The redirect URI {redirect_uri!r} is neither a loopback address (http://127.0.0.1:PORT/..., "
+            f"http://localhost:PORT/...) nor https://: the authorization code would travel unencrypted. "
+            f"Register and pass an https:// URI.")
     try:
         if loopback:
-            with CallbackServer(redirect_uri, port=port) as server:
+            with CallbackServer(redirect_uri, port=port, state=state) as server:
                 url = authorize_url(base_url, client_id=client_id, scopes=scopes, state=state,
                                     redirect_uri=server.redirect_uri, code_challenge=challenge)
                 _show(url, announce, open_browser)
@@ -282,7 +304,8 @@ def keep_merchants_alive(store: TokenStore, *, base_url: str, client_id: str, cl
                          min_remaining: float = KEEPALIVE_MIN_REMAINING,
                          transport: httpx.BaseTransport | None = None) -> list[KeepAliveResult]:
     """Rotate every stored merchant grant of this client whose refresh token has less than
-    ``min_remaining`` seconds left. A grant that must be authorized again is reported, not raised."""
+    ``min_remaining`` seconds left. A grant that fails (must be authorized again, cannot be decrypted,
+    a bad answer) is reported in its result and logged, not raised: the others are still rotated."""
     base_url = base_url.rstrip("/")
     results = []
     for grant in store.grants(base_url=base_url, client_id=client_id):
@@ -293,8 +316,12 @@ def keep_merchants_alive(store: TokenStore, *, base_url: str, client_id: str, cl
         try:
             rotated = store.keep_alive(auth.store_key, refresh=auth.refresh_with, min_remaining=min_remaining)
             results.append(KeepAliveResult(grant.label, rotated))
-        except ReauthorizationRequired as exc:
+        except TaptouchError as exc:  # reauthorize, unreadable (another key), a bad answer: report, go on
+            log.warning("merchant %s: %s", grant.label, exc)
             results.append(KeepAliveResult(grant.label, False, str(exc)))
+        except psycopg.Error as exc:  # already redacted by the store
+            log.warning("merchant %s: the token store failed: %s", grant.label, exc)
+            results.append(KeepAliveResult(grant.label, False, f"the token store failed ({type(exc).__name__}: {exc})"))
         finally:
             auth.close()
     return results

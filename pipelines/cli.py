@@ -270,20 +270,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines are debugging noise here
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from pipelines.warehouse.db import WarehouseConfigError
+    from pipelines.warehouse.db import EmbeddedServerError, WarehouseConfigError, redact_text
     from pipelines.warehouse.migrations import MigrationError
 
+    # Every message below goes through redact_text too: connection errors already come without the
+    # password (pipelines.warehouse.db), this catches any URL or password= that slipped through.
     try:
         return args._run(args)
     except WarehouseConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_CONFIG
-    except MigrationError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (MigrationError, EmbeddedServerError) as err:
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip()}", file=sys.stderr)
+        print(f"error: cannot reach the database: {redact_text(str(err).strip())}", file=sys.stderr)
         return EXIT_FAILED
+    except psycopg.Error as err:  # e.g. a URL libpq cannot parse (ProgrammingError)
+        print(f"error: the database URL or connection failed: {redact_text(str(err).strip())}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

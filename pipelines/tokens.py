@@ -18,12 +18,18 @@ def refresh_merchant_tokens(context: dg.OpExecutionContext, taptouch: TaptouchRe
     client_id, secret, base_url = taptouch.resolved()
     store = TokenStore.for_client(warehouse.url(), client_id, secret)
     results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret)
-    for r in results:
-        context.log.info(f"merchant {r.merchant}: {'rotated' if r.rotated else 'still fresh' if not r.error else 'FAILED'}")
+    for r in results:  # every grant is tried; each failure is reported, then the step fails
+        if r.error:
+            context.log.error(f"merchant {r.merchant}: FAILED: {r.error}")
+        else:
+            context.log.info(f"merchant {r.merchant}: {'rotated' if r.rotated else 'still fresh'}")
     failed = [r for r in results if r.error]
     if failed:
-        raise dg.Failure(description="\n".join(r.error for r in failed), allow_retries=False,
-                         metadata={"merchants": len(results), "failed": len(failed)})
+        raise dg.Failure(description="\n".join(f"merchant {r.merchant}: {r.error}" for r in failed),
+                         allow_retries=False,
+                         metadata={"merchants": len(results), "failed": len(failed),
+                                   "failed_merchants": ", ".join(r.merchant for r in failed),
+                                   "rotated": sum(r.rotated for r in results)})
     return dg.Output(sum(r.rotated for r in results),
                      metadata={"merchants": len(results), "rotated": sum(r.rotated for r in results)})
 

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from taptouch_resource import TaptouchResource, api
+from taptouch_resource import TaptouchConfigError, TaptouchResource, api
 from pipelines import authorize as authorize_module
 from taptouch_resource.auth import ReauthorizationRequired
 from pipelines.warehouse.token_store import TokenStore
@@ -100,16 +100,68 @@ def test_authorize_command_end_to_end(sb, served, migrated_db, capsys, monkeypat
 
 
 # ---------------------------------------------------------------------------------------- failures
-def test_state_mismatch_is_rejected_and_nothing_stored(sb, served, migrated_db):
+def test_forged_state_is_ignored_and_the_flow_waits_until_its_timeout(sb, served, migrated_db):
+    """Any local process or web page can reach the loopback callback: a request with another state
+    (here: the only one that arrives) must not decide the authorization, not even fail it."""
     def forge(location: str) -> str:
         return re.sub(r"state=[^&]+", "state=forged", location)
 
     browser = Browser(tamper=forge)
-    with pytest.raises(AuthorizationFailed, match="state does not match") as exc:
-        authorize(served, make_store(migrated_db), browser=browser)
-    assert exc.value.error == "state_mismatch"
+    with pytest.raises(AuthorizationFailed, match=r"within 2 s \(1 request\(s\) with another state were ignored") as exc:
+        authorize(served, make_store(migrated_db), browser=browser, timeout=1.5)
+    assert exc.value.error == "timeout"
+    assert browser.pages[-1].status_code == 400 and "ignored" in browser.pages[-1].text
     assert sb.grant_requests["authorization_code"] == 0  # the code was never exchanged
     assert stored_rows(migrated_db) == 0
+
+
+def test_forged_redirects_before_the_real_one_do_not_abort_it(sb, served, migrated_db):
+    """A forged denial and a forged code reach the callback first; the real redirect still completes."""
+    forged: list[httpx.Response] = []
+
+    def forge_first(location: str) -> str:
+        callback = location.split("?", 1)[0]
+        with httpx.Client(timeout=5) as http:
+            forged.append(http.get(callback + "?error=access_denied&state=forged"))
+            forged.append(http.get(callback + "?code=attacker-code&state=" + "x" * 32))
+            forged.append(http.get(callback + "?code=attacker-code"))  # no state at all
+        return location
+
+    result = authorize(served, make_store(migrated_db), browser=Browser(tamper=forge_first))
+    assert [r.status_code for r in forged] == [400, 400, 400]
+    assert result.merchant == "cafe" and stored_rows(migrated_db) == 1
+    assert sb.grant_requests["authorization_code"] == 1  # only the real code was exchanged
+
+
+@pytest.mark.parametrize("redirect_uri", ["http://sync.example.com/taptouch/callback",
+                                          "http://evil.localhost:8765/callback",
+                                          "http://127.0.0.1.nip.io:8765/callback"])
+def test_a_non_loopback_redirect_uri_must_be_https(sb, served, migrated_db, redirect_uri):
+    with pytest.raises(TaptouchConfigError, match="https://"):
+        authorize_module.run_authorize(
+            base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
+            merchant="cafe", redirect_uri=redirect_uri, announce=lambda text: None, read_redirect=lambda: "")
+    assert sb.grant_requests["authorization_code"] == 0 and stored_rows(migrated_db) == 0
+
+
+def test_the_loopback_callback_accepts_only_literal_loopback_hosts():
+    for uri in ["http://evil.localhost:0/callback", "http://localhost.example.com:0/cb", "http://10.0.0.1:0/cb"]:
+        with pytest.raises(TaptouchConfigError, match="not a loopback"):
+            authorize_module.CallbackServer(uri)
+    with authorize_module.CallbackServer("http://localhost:0/callback") as server:
+        assert server.redirect_uri.startswith("http://localhost:")
+
+
+def test_pasted_redirect_with_another_state_is_refused(sb, served, migrated_db):
+    """A deployed (https) callback: the pasted URL is checked too; a mismatch stores nothing."""
+    sb.registered_redirect_uris = ("https://sync.example.com/taptouch/callback",)
+    with pytest.raises(AuthorizationFailed, match="state does not match") as exc:
+        authorize_module.run_authorize(
+            base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
+            merchant="deployed", redirect_uri="https://sync.example.com/taptouch/callback",
+            announce=lambda text: None,
+            read_redirect=lambda: "https://sync.example.com/taptouch/callback?code=abc&state=forged")
+    assert exc.value.error == "state_mismatch" and stored_rows(migrated_db) == 0
 
 
 def test_pkce_verifier_mismatch_is_rejected_and_nothing_stored(sb, served, migrated_db, monkeypatch):

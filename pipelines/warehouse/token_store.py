@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -44,7 +45,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from psycopg.rows import dict_row
 
 from pipelines.warehouse.urls import redacted_error
-from taptouch_resource.auth import ReauthorizationRequired, reauthorize_command
+from taptouch_resource.auth import (
+    ACCESS_LIFETIME_RANGE,
+    REFRESH_LIFETIME_RANGE,
+    ReauthorizationRequired,
+    parse_lifetime,
+    reauthorize_command,
+)
 from taptouch_resource.errors import TaptouchConfigError, TaptouchError
 from taptouch_resource.tokens import (
     REFRESH_LIFETIME,
@@ -132,8 +139,24 @@ class StoredGrant:
     updated_at: datetime
 
 
+_MAX_TS = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
 def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
+    """A timestamp the store can hold: anything beyond year 9999 (or not finite) is a bug upstream,
+    never a crash here (``year 33715 is out of range`` once cost a merchant their grant)."""
+    if not math.isfinite(seconds):
+        seconds = 0.0
+    return datetime.fromtimestamp(min(max(seconds, 0.0), _MAX_TS), timezone.utc)
+
+
+def _lifetimes(answer: TokenResponse) -> tuple[float, float]:
+    """(access, refresh) lifetimes of ``answer``, clamped to the documented ranges whoever built
+    it (:func:`~taptouch_resource.auth.parse_lifetime`)."""
+    access = parse_lifetime(answer.lifetime, ACCESS_LIFETIME_RANGE, "expires_in")
+    refresh = parse_lifetime(answer.refresh_lifetime if answer.refresh_lifetime is not None else REFRESH_LIFETIME,
+                             REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
+    return access, refresh
 
 
 # -------------------------------------------------------------------------------------------- store
@@ -218,9 +241,9 @@ class TokenStore:
     # ---------------------------------------------------------------- writing
     def _upsert(self, conn: psycopg.Connection, key: GrantKey, answer: TokenResponse, issued: float, *,
                 store_ids: Sequence[int] | None = None, authorized: bool = False) -> None:
+        access_lifetime, refresh_lifetime = _lifetimes(answer)
         refresh_enc = self.cipher.encrypt(answer.refresh_token) if answer.refresh_token else None
-        refresh_expires = (_ts(issued + (answer.refresh_lifetime or REFRESH_LIFETIME)) if answer.refresh_token
-                           else None)
+        refresh_expires = _ts(issued + refresh_lifetime) if answer.refresh_token else None
         conn.execute(
             """
             insert into taptouch_auth.tokens as t (base_url, client_id, grant_type, label, scopes, access_token,
@@ -243,7 +266,7 @@ class TokenStore:
             """,
             {"base_url": key.base_url, "client_id": key.client_id, "grant_type": key.grant_type, "label": key.label,
              "scopes": list(answer.scopes), "access": self.cipher.encrypt(answer.access_token),
-             "issued": _ts(issued), "expires": _ts(issued + answer.lifetime), "refresh": refresh_enc,
+             "issued": _ts(issued), "expires": _ts(issued + access_lifetime), "refresh": refresh_enc,
              "refresh_expires": refresh_expires, "store_ids": list(store_ids) if store_ids is not None else None,
              "now": _ts(self._clock()), "authorized": authorized},
         )
@@ -316,7 +339,8 @@ class TokenStore:
             self._upsert(conn, key, answer, issued)
             conn.commit()
             log.info("Fetched a client-credentials token for client %s and stored it", key.client_id)
-            return StoredAccess(answer.access_token, issued + answer.lifetime, answer.lifetime, answer.scopes)
+            lifetime = _lifetimes(answer)[0]
+            return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
     def _decrypt_or_none(self, row: dict) -> StoredAccess | None:
         try:
@@ -378,14 +402,34 @@ class TokenStore:
                 self._mark_unusable(conn, row, str(exc))
                 conn.commit()
                 raise
+            except TaptouchError as exc:
+                rotated_token = getattr(exc, "rotated_refresh_token", None)
+                if rotated_token:  # Taptouch rotated the token but the rest of its answer is unusable
+                    self._keep_rotated(conn, row, rotated_token, issued,
+                                       getattr(exc, "rotated_refresh_lifetime", None) or REFRESH_LIFETIME, str(exc))
+                    conn.commit()
+                raise
             if self._before_commit is not None:
                 self._before_commit(key)
             self._upsert(conn, key, answer, issued)
             conn.commit()  # the new pair is durable before the row lock is released
             if rotated is not None:
                 rotated.append(True)
-            log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, answer.lifetime)
-            return StoredAccess(answer.access_token, issued + answer.lifetime, answer.lifetime, answer.scopes)
+            lifetime = _lifetimes(answer)[0]
+            log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, lifetime)
+            return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
+
+    def _keep_rotated(self, conn: psycopg.Connection, row: dict, refresh_token: str, issued: float,
+                      lifetime: float, message: str) -> None:
+        """Store a refresh token from an answer that was otherwise unusable: the old one is spent at
+        Taptouch, this one keeps the grant alive. The access token is marked stale."""
+        lifetime = parse_lifetime(lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
+        conn.execute("update taptouch_auth.tokens set refresh_token = %s, refresh_expires_at = %s, "
+                     "access_expires_at = access_issued_at, rotations = rotations + 1, last_error = %s, "
+                     "updated_at = %s where token_id = %s",
+                     (self.cipher.encrypt(refresh_token), _ts(issued + lifetime), message[:1000],
+                      _ts(self._clock()), row["token_id"]))
+        log.warning("Merchant %s: kept the rotated refresh token of an unusable answer (%s)", row["label"], message)
 
     def _mark_unusable(self, conn: psycopg.Connection, row: dict, message: str) -> None:
         """Drop the dead refresh token; a still-valid access token stays usable until it expires."""
