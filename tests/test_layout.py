@@ -265,6 +265,25 @@ def test_client_module_never_imports_dagster_or_psycopg(module):
     assert _top_level(_imported_names(path), {"dagster", "psycopg"}) == []
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """``start`` and every module it imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph[module]
+    return seen
+
+
+@pytest.mark.parametrize("module", CLIENT_MODULES)
+def test_client_module_reaches_only_client_modules(module):
+    """Not ``resource`` (Dagster) nor the package ``__init__`` (which can load it), even through a
+    relative or deferred import."""
+    client = {f"taptouch_resource.{name}" for name in CLIENT_MODULES}
+    assert reachable(import_graph(ROOT, PACKAGES), f"taptouch_resource.{module}") - client == set()
+
+
 def test_the_import_scan_sees_deferred_imports(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("import httpx\n\ndef f():\n    import psycopg.rows\n    from dagster import asset\n")
