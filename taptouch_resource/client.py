@@ -1,21 +1,30 @@
 """TaptouchClient: envelope, ``index``/``count`` pagination, retries, rate limit, typed errors.
 
-Records are yielded lazily, page by page, as parsed JSON (``dict``) exactly as the API sent them,
-with every non-integer number as ``Decimal``. Validation and the mapping to warehouse rows live in
-:mod:`taptouch_resource.api` and the loader, so a malformed record is quarantined there, not lost
-here.
+Records are yielded lazily, page by page, either as parsed JSON (``dict``, every non-integer number
+as ``Decimal``) or, from the ``*_records`` / ``*_record_pages`` methods, as the exact bytes the API
+sent for each record (the envelope is decoded by msgspec with ``data`` as a list of raw records, so
+nothing about a record is re-spelled). Validation and the mapping to warehouse rows live in the
+warehouse's record boundary (``pipelines.warehouse.records``), so a malformed record is quarantined
+there, not lost here. A record that is not even JSON is yielded as its ``bytes`` by the dict methods.
+
+A page is only ever yielded from a well-formed answer: a 200 whose envelope has no ``data``, a null
+or non-list ``data``, or more records than ``count`` is a :class:`TaptouchProtocolError`, never an
+empty page, so a caller never replaces a store's data from an incomplete listing.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 
 from . import api, jsonutil
 from .auth import ENV_HINT, ClientCredentialsAuth
@@ -169,6 +178,10 @@ class TaptouchClient:
     # -- public API ----------------------------------------------------------------------------
     def list_stores(self) -> Iterator[dict]:
         """Every store the token may read (``integration.store``)."""
+        return _parsed(self.list_store_records())
+
+    def list_store_records(self) -> Iterator[bytes]:
+        """Like :meth:`list_stores`, each record as the exact JSON bytes the API sent."""
         return self._records(api.STORES_PATH, {}, "stores")
 
     def iter_orders(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
@@ -179,7 +192,15 @@ class TaptouchClient:
 
     def iter_order_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
                          status: str | None = None) -> Iterator[list[dict]]:
-        """Like :meth:`iter_orders`, one list per API page (the loader stages whole pages)."""
+        """Like :meth:`iter_orders`, one list per API page."""
+        for page in self.iter_order_record_pages(store_id, updated_from=updated_from, updated_to=updated_to,
+                                                 status=status):
+            yield [_parse(r) for r in page]
+
+    def iter_order_record_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
+                                status: str | None = None) -> Iterator[list[bytes]]:
+        """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
+        loader stages: no parsing into Python objects on the way)."""
         params: dict[str, Any] = {api.PARAM_UPDATED_FROM: _iso(updated_from), api.PARAM_UPDATED_TO: _iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
@@ -187,6 +208,10 @@ class TaptouchClient:
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
         """Current stock levels of one store (``integration.inventory``)."""
+        return _parsed(self.iter_inventory_records(store_id, updated_from=updated_from))
+
+    def iter_inventory_records(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[bytes]:
+        """Like :meth:`iter_inventory`, each record as the exact JSON bytes the API sent."""
         params: dict[str, Any] = {}
         if updated_from is not None:
             params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
@@ -201,12 +226,13 @@ class TaptouchClient:
         return s
 
     # -- pagination ----------------------------------------------------------------------------
-    def _records(self, path: str, params: dict, what: str) -> Iterator[dict]:
+    def _records(self, path: str, params: dict, what: str) -> Iterator[bytes]:
         for page in self._paginate(path, params, what):
             yield from page
 
-    def _paginate(self, path: str, params: dict, what: str) -> Iterator[list[dict]]:
-        """Pages of ``path`` until a page shorter than ``count``; a repeated page is an error."""
+    def _paginate(self, path: str, params: dict, what: str) -> Iterator[list[bytes]]:
+        """Pages of ``path`` until a page shorter than ``count``; a repeated page, or a page longer
+        than ``count``, is an error."""
         count = self.page_size
         previous: list | None = None
         records = 0
@@ -217,6 +243,11 @@ class TaptouchClient:
                     f"{what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
                 )
             page = self._get(path, {**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            if len(page) > count:
+                raise TaptouchProtocolError(
+                    f"{what}: page {index} holds {len(page)} records, more than the {count} asked for; the "
+                    f"listing cannot be trusted to be complete. Stopping without loading this store."
+                )
             if previous is not None and len(page) == count and page == previous:
                 raise TaptouchProtocolError(
                     f"{what}: page {index} is identical to page {index - 1}; the server seems to ignore "
@@ -233,13 +264,13 @@ class TaptouchClient:
         log.debug("%s: %d pages, %d records", what, index + 1, records)
 
     # -- one request ---------------------------------------------------------------------------
-    def _get(self, path: str, params: dict) -> list:
+    def _get(self, path: str, params: dict) -> list[bytes]:
         """``data`` of one page, retried by the shared engine on 429, 5xx, network errors and an
         envelope whose ``ack`` is one of those."""
         return with_retries(lambda: self._attempt(path, params), what=f"GET {path}", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
-    def _attempt(self, path: str, params: dict) -> list:
+    def _attempt(self, path: str, params: dict) -> list[bytes]:
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
@@ -273,29 +304,37 @@ class TaptouchClient:
         self.stats.add(server_errors=1)
         raise Retryable(f"HTTP {status}", self._api_error(response, path))
 
-    def _envelope(self, response: httpx.Response, path: str) -> list | None:
-        """``data`` of a 200 envelope; None when ``ack`` says a retryable failure; raises otherwise."""
+    def _envelope(self, response: httpx.Response, path: str) -> list[bytes] | None:
+        """The records of a 200 envelope, each as its exact bytes; None when ``ack`` says a retryable
+        failure; raises otherwise. Missing, null or non-list ``data`` is a protocol error."""
+        body = response.content
         try:
-            doc = jsonutil.loads(response.content)
-        except ValueError:
-            raise TaptouchProtocolError(
-                f"GET {path}: HTTP 200 but the body is not JSON ({_peek(response)}). Is TAPTOUCH_BASE_URL the API?"
-            ) from None
-        if not isinstance(doc, dict) or not isinstance(doc.get(api.ENVELOPE_STATUS), dict):
+            env = _ENVELOPE.decode(body)
+            status, data = env.status, bytes(env.data)
+            records = None if data in (b"", b"null") or data[:1] != b"[" else [bytes(r) for r in _RAW_LIST.decode(data)]
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            # Not strict JSON somewhere (NaN, a lone surrogate, invalid UTF-8 in one record): split the
+            # page tolerantly so that the boundary can quarantine that one record.
+            try:
+                status, data, records = _split_tolerant(body)
+            except ValueError:
+                raise TaptouchProtocolError(
+                    f"GET {path}: HTTP 200 but the body is not JSON ({_peek(response)}). Is TAPTOUCH_BASE_URL the API?"
+                ) from None
+        if not isinstance(status, dict):
             raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
-        ack = doc[api.ENVELOPE_STATUS].get(api.ENVELOPE_ACK)
+        ack = status.get(api.ENVELOPE_ACK)
         if ack != 200 and ack != "200":  # an int per the contract; a numeric string is read the same
-            if isinstance(ack, int) and ack in RETRY_STATUSES:
+            if isinstance(ack, int) and not isinstance(ack, bool) and ack in RETRY_STATUSES:
                 return None
-            raise self._api_error(response, path, doc=doc)
-        data = doc.get(api.ENVELOPE_DATA)
-        if data is None:
-            return []
-        if not isinstance(data, list):
+            raise self._api_error(response, path)
+        if records is None:
+            shown = "missing" if data == b"" else "null" if data == b"null" else f"not a list ({_kind(data)})"
             raise TaptouchProtocolError(
-                f"GET {path}: envelope 'data' is {type(data).__name__}, expected a list of records."
+                f"GET {path}: HTTP 200 but the envelope's '{api.ENVELOPE_DATA}' is {shown}; expected a list of "
+                f"records. Nothing is loaded from an incomplete listing (the store is reported as failed)."
             )
-        return data
+        return records
 
     def _api_error(self, response: httpx.Response, path: str, doc: Any = None) -> TaptouchAPIError:
         status = response.status_code
@@ -307,6 +346,102 @@ class TaptouchClient:
         cls = TaptouchRateLimitError if status == 429 else TaptouchAPIError
         return cls(status=status, ack=body.ack, code=body.code, message=message, path=path,
                    parameter=body.parameter, hint=hint)
+
+
+class _Envelope(msgspec.Struct):
+    status: Any = None
+    data: msgspec.Raw = msgspec.Raw(b"")  # empty: the key is missing
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _kind(data: bytes) -> str:
+    return {b"{": "an object", b'"': "a string", b"t": "a boolean", b"f": "a boolean"}.get(data[:1], "a number")
+
+
+def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
+    """(status, data token, records as exact bytes) of an envelope that strict JSON refuses.
+
+    Python's JSON scanner (which reads NaN, lone surrogates, and, through surrogateescape, bytes
+    that are not UTF-8) walks the top-level object; each element of ``data`` is cut out by its own
+    span, so every record keeps its exact bytes. Raises ValueError when the body is not JSON at all."""
+    text = body.decode("utf-8", "surrogateescape")
+    dec = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
+    n = len(text)
+
+    def ws(i: int) -> int:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    i = ws(0)
+    if i >= n or text[i] != "{":
+        raise ValueError("not an object")
+    status: Any = None
+    data_token = b""
+    records: list[bytes] | None = None
+    i = ws(i + 1)
+    if i < n and text[i] == "}":
+        return status, data_token, records
+    while True:
+        if i >= n or text[i] != '"':
+            raise ValueError("expected a key")
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = ws(i)
+        if i >= n or text[i] != ":":
+            raise ValueError("expected ':'")
+        i = ws(i + 1)
+        if key == api.ENVELOPE_DATA and i < n and text[i] == "[":
+            records = []
+            i = ws(i + 1)
+            if i < n and text[i] == "]":
+                i += 1
+            else:
+                while True:
+                    _, j = dec.raw_decode(text, i)
+                    records.append(text[i:j].encode("utf-8", "surrogateescape"))
+                    i = ws(j)
+                    if i < n and text[i] == ",":
+                        i = ws(i + 1)
+                        continue
+                    if i < n and text[i] == "]":
+                        i += 1
+                        break
+                    raise ValueError("expected ',' or ']'")
+            data_token = b"["
+        else:
+            value, j = dec.raw_decode(text, i)
+            if key == api.ENVELOPE_STATUS:
+                status = value
+            elif key == api.ENVELOPE_DATA:
+                data_token = text[i:j].encode("utf-8", "surrogateescape")
+                records = None
+            i = j
+        i = ws(i)
+        if i < n and text[i] == ",":
+            i = ws(i + 1)
+            continue
+        if i < n and text[i] == "}":
+            break
+        raise ValueError("expected ',' or '}'")
+    if ws(i + 1) != n:
+        raise ValueError("trailing data")
+    return status, data_token, records
+
+
+def _parse(raw: bytes) -> Any:
+    """A record as parsed JSON (``Decimal`` numbers); a record that is not JSON stays its bytes."""
+    try:
+        return jsonutil.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+
+
+def _parsed(records: Iterator[bytes]) -> Iterator[Any]:
+    for raw in records:
+        yield _parse(raw)
 
 
 def _peek(response: httpx.Response) -> str:

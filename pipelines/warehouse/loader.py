@@ -2,12 +2,16 @@
 
 How a load works (orders; stores and inventory follow the same pattern):
 
-1. Records arrive page by page. Each is validated by :mod:`taptouch_resource.api`; a record that
-   breaks a rule goes to ``taptouch.quarantine`` with its reason and raw form, and costs no other
-   record its load.
+1. Records arrive page by page, as the exact bytes the API sent (or as parsed dicts, which are
+   serialised exactly). Each passes the record boundary (:mod:`.records`); a record that breaks a
+   rule goes to ``taptouch.quarantine`` with its reason and raw form, and costs no other record its
+   load. A value the boundary let through and PostgreSQL still refuses in COPY costs only its own
+   record too: the batch is retried record by record under savepoints and the refused one is
+   quarantined with PostgreSQL's reason.
 2. Valid rows are buffered and COPYed (psycopg 3 ``COPY``) in batches into temporary staging
    tables, so memory is bounded by the batch size, never by the window.
-3. ``finish()`` reduces duplicates (newest ``updated_at``, then last seen), merges with
+3. ``finish()`` reduces duplicates (newest ``updated_at`` at the precision the API sent it, kept
+   exactly in ``updated_at_exact``, then last seen), merges with
    ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` the staged version is newer (or the same
    version with different content), and replaces the items, payments and refunds of exactly the
    orders whose version was accepted. Everything from the first staged row to the merge is one
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import zlib
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
@@ -32,8 +35,11 @@ from typing import Any, Iterable, Sequence
 import psycopg
 from psycopg import sql
 
-from taptouch_resource import api, jsonutil
+import msgspec
+
 from taptouch_resource.api import InvalidRecord
+
+from . import records
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +48,15 @@ _LOCK_ORDERS = zlib.crc32(b"taptouch.orders.merge")
 _LOCK_STORES = zlib.crc32(b"taptouch.stores.merge")
 _LOCK_INVENTORY = zlib.crc32(b"taptouch.inventory.merge")
 
-ORDER_COLS = (
-    "order_id", "store_id", "number", "source", "fulfillment_type", "status", "created_at", "updated_at",
-    "completed_at", "business_date", "currency", "subtotal", "discount", "surcharge", "rounding", "tax",
-    "total", "tips", "redeem_points", "customer_id", "customer_name", "cashier_id", "cashier_name",
-)
-ITEM_COLS = ("order_id", "item_id", "product_id", "sku", "name", "category", "quantity", "unit_price",
-             "discount", "tax", "total", "modifiers")
-PAYMENT_COLS = ("order_id", "payment_id", "method", "amount", "tip", "surcharge", "paid_at")
-REFUND_COLS = ("order_id", "refund_id", "amount", "reason", "refunded_at")
-STORE_COLS = ("store_id", "name", "business_name", "status", "timezone", "currency", "phone", "email",
-              "address", "created_at", "updated_at")
-INVENTORY_COLS = ("store_id", "product_id", "sku", "name", "category", "unit", "on_hand", "reorder_level",
-                  "cost_price", "sell_price", "updated_at")
-_JSON_COLS = {"modifiers", "address"}
+ORDER_COLS = records.ORDER_COLS
+ITEM_COLS = records.ITEM_COLS
+PAYMENT_COLS = records.PAYMENT_COLS
+REFUND_COLS = records.REFUND_COLS
+STORE_COLS = records.STORE_COLS
+INVENTORY_COLS = records.INVENTORY_COLS
+_STAGED_ORDER_COLS = ORDER_COLS + ("updated_at_exact", "raw", "raw_hash")
+# an older row (loaded before migration 0005) has no exact version: its microsecond instant stands in
+_EXACT = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
 
 
 class UnknownStoreError(RuntimeError):
@@ -90,18 +91,6 @@ class LoadCounts:
 # helpers
 
 
-def _cell(col: str, value: Any) -> Any:
-    if col in _JSON_COLS:
-        if value is None:
-            return None
-        return "[]" if value == [] else jsonutil.dumps(value)
-    return value
-
-
-def _row(cols: Sequence[str], rec: dict) -> tuple:
-    return tuple(_cell(c, rec[c]) for c in cols)
-
-
 def _copy(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterable[tuple]) -> None:
     stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
     with cur.copy(stmt) as cp:
@@ -109,21 +98,11 @@ def _copy(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterable[t
             cp.write_row(r)
 
 
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def quarantine_raw(raw: Any) -> tuple[str | None, str | None]:
-    """(jsonb text, plain text) for a quarantined record. jsonb cannot hold NUL: it is shown as \\u0000."""
-    try:
-        text = jsonutil.dumps(raw)
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: not valid Unicode, so neither jsonb nor text can hold it
-        return None, text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:1_000_000]
-    except (TypeError, ValueError):
-        return None, repr(raw).replace("\x00", "\\x00")[:1_000_000]
-    if "\\u0000" in text:
-        text = _NUL_ESCAPE.sub(r"\1\\\\u0000", text)
-    return text, None
+def _is_data_error(exc: psycopg.Error) -> bool:
+    """PostgreSQL refused a value (a record's fault), as opposed to a lost connection, a crash, a
+    deadlock or a cancel (the infrastructure's fault, which must fail the load)."""
+    state = exc.sqlstate or ""
+    return bool(state) and not state.startswith(("08", "40", "53", "57", "58", "XX", "25"))
 
 
 class _Quarantine:
@@ -134,16 +113,19 @@ class _Quarantine:
         self.rows: list[tuple] = []
 
     def add(self, raw: Any, reason: str, store_id: int | None) -> None:
-        raw_json, raw_text = quarantine_raw(raw)
-        key = api.record_key(self.entity, raw)
-        self.rows.append((self.entity, key, store_id, reason[:2000], raw_json, raw_text, self.window, self.run_id))
+        candidate, text = records.quarantine_forms(raw)
+        key = records.record_key(self.entity, raw)
+        self.rows.append((self.entity, key, store_id, reason[:2000], candidate, text, self.window, self.run_id))
         log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)
 
     def flush(self, cur: psycopg.Cursor) -> None:
+        # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
+        # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
         if self.rows:
             cur.executemany(
                 "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, \"window\", run_id)"
-                " values (%s, %s, %s, %s, %s::jsonb, %s, %s, %s)",
+                " select e, k, s, r, j, case when j is null then t end, w, u from (select %s::text e, %s::text k,"
+                " %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j, %s::text t, %s::text w, %s::text u) x",
                 self.rows,
             )
             self.rows = []
@@ -173,48 +155,81 @@ def _ids(cols: Sequence[str]) -> sql.Composable:
 # stores
 
 
-def load_stores(conn: psycopg.Connection, records: Iterable[Any], *, run_id: str | None = None) -> LoadCounts:
-    """Upsert store records (newest ``updated_at`` wins) in one transaction."""
+def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None) -> LoadCounts:
+    """Upsert store records (newest ``updated_at`` wins, at full precision) in one transaction."""
     started = datetime.now(timezone.utc)
     counts = LoadCounts()
     quarantine = _Quarantine("store", None, run_id)
     rows: dict[int, tuple] = {}
     seen = 0
-    for raw in records:
+    for raw in records_:
         try:
-            row = api.parse_store(raw)
+            row, key, text = records.store_row(raw)
         except InvalidRecord as exc:
             quarantine.add(raw, exc.reason, None)
             counts.quarantined += 1
             continue
         seen += 1
-        prev = rows.get(row["store_id"])
-        if prev is None or row["updated_at"] >= prev[len(STORE_COLS) - 1]:
-            rows[row["store_id"]] = _row(STORE_COLS, row) + (jsonutil.dumps(raw),)
+        prev = rows.get(row[0])
+        if prev is None or key >= prev[len(STORE_COLS)]:
+            rows[row[0]] = row + (key, text)
     counts.duplicates = seen - len(rows)
-    cols = STORE_COLS + ("raw",)
+    cols = STORE_COLS + ("updated_at_exact", "raw")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("create temp table stage_stores (like taptouch.stores including defaults) on commit drop"))
-        _copy(cur, "stage_stores", cols, [rows[k] for k in sorted(rows)])
+        _copy_or_quarantine(cur, "stage_stores", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
+                            lambda r: (r[-1].encode("utf-8"), None))
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_STORES,))
         cur.execute(sql.SQL(
             "insert into taptouch.stores as t ({cols}) select {cols} from stage_stores order by store_id "
             "on conflict (store_id) do update set {sets}, loaded_at = now() "
-            "where excluded.updated_at > t.updated_at "
-            "or (excluded.updated_at = t.updated_at and excluded.raw is distinct from t.raw) "
+            "where excluded.updated_at_exact > " + _EXACT + " "
+            "or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw is distinct from t.raw) "
             "returning (xmax = 0)"
         ).format(cols=_ids(cols), sets=_set_list(cols, ("store_id",))))
         flags = [r[0] for r in cur.fetchall()]
         counts.inserted = sum(flags)
         counts.updated = len(flags) - counts.inserted
-        counts.unchanged = len(rows) - len(flags)
+        cur.execute("select count(*) from stage_stores")
+        counts.unchanged = cur.fetchone()[0] - len(flags)
         quarantine.flush(cur)
         cur.execute(
-            "update taptouch.quarantine set resolved_at = now() where entity = 'store' and resolved_at is null"
-            " and record_key = any(%s)", ([str(k) for k in rows],),
+            "update taptouch.quarantine q set resolved_at = now() from stage_stores s where q.entity = 'store'"
+            " and q.resolved_at is null and q.record_key = s.store_id::text"
         )
         _sync_log(cur, "stores", None, None, run_id, started, counts)
     return counts
+
+
+def _copy_or_quarantine(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: list[tuple],
+                        quarantine: "_Quarantine", counts: LoadCounts, raw_of, ) -> None:
+    """COPY rows; if PostgreSQL refuses a value, COPY them one by one under savepoints and
+    quarantine exactly the refused ones (``raw_of(row)`` -> (raw, store_id))."""
+    if not rows:
+        return
+    try:
+        with cur.connection.transaction():
+            _copy(cur, table, cols, rows)
+        return
+    except psycopg.Error as exc:
+        if not _is_data_error(exc):
+            raise
+    for r in rows:
+        try:
+            with cur.connection.transaction():
+                _copy(cur, table, cols, [r])
+        except psycopg.Error as exc:
+            if not _is_data_error(exc):
+                raise
+            raw, store_id = raw_of(r)
+            quarantine.add(raw, _refused_reason(raw, quarantine.entity, exc), store_id)
+            counts.quarantined += 1
+
+
+def _refused_reason(raw: Any, entity: str, exc: psycopg.Error) -> str:
+    precise = records.deep_reason(records.as_bytes(raw), entity)
+    diag = (exc.diag.message_primary or str(exc)).strip()
+    return precise or f"PostgreSQL refused a value of the {entity} record: {diag}"
 
 
 def store_timezones(conn: psycopg.Connection) -> dict[int, str]:
@@ -225,6 +240,22 @@ def store_timezones(conn: psycopg.Connection) -> dict[int, str]:
 
 # ------------------------------------------------------------------------------------------------
 # orders
+
+
+class _Id(msgspec.Struct):
+    id: Any = None
+
+
+_ID_DECODER = msgspec.json.Decoder(_Id)
+
+
+def _order_id(raw: bytes) -> int | None:
+    """The record's id when it is a valid bigint (for the unchanged-digest lookup), else None."""
+    try:
+        oid = _ID_DECODER.decode(raw).id
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return None
+    return oid if oid.__class__ is int and 0 <= oid <= records.BIGINT_MAX else None
 
 
 class OrderWindowLoad:
@@ -252,8 +283,7 @@ class OrderWindowLoad:
         self.counts = LoadCounts()
         self.per_store: dict[int, LoadCounts] = {}
         self._seq = 0
-        self._buf: dict[str, list[tuple]] = {"o": [], "i": [], "p": [], "r": []}
-        self._buffered = 0
+        self._buf: list[tuple] = []  # (seq, store_id, raw, order row, items, payments, refunds) per order
         self._tx: psycopg.Transaction | None = None
         self._cur: psycopg.Cursor | None = None
         self._started = datetime.now(timezone.utc)
@@ -289,8 +319,9 @@ class OrderWindowLoad:
     def store_counts(self, store_id: int) -> LoadCounts:
         return self.per_store.setdefault(store_id, LoadCounts())
 
-    def add_page(self, store_id: int, records: Iterable[Any]) -> int:
-        """Validate and stage one page of one store's orders. Returns how many rows were staged."""
+    def add_page(self, store_id: int, page: Iterable[Any]) -> int:
+        """Validate and stage one page of one store's orders (each record its exact JSON bytes, or a
+        parsed dict). Returns how many orders were staged."""
         tz = self.timezones.get(store_id)
         if tz is None:
             raise UnknownStoreError(
@@ -299,30 +330,22 @@ class OrderWindowLoad:
             )
         staged = 0
         sc = self.store_counts(store_id)
-        records = records if isinstance(records, list) else list(records)
-        known = self._known_digests(records)
-        for raw in records:
+        raws = [records.as_bytes(r) for r in page]
+        ids = [_order_id(r) for r in raws]
+        known = self._known_digests(ids)
+        buf = self._buf
+        blake = hashlib.blake2b
+        for raw, oid in zip(raws, ids):
+            digest = blake(raw, digest_size=16).digest()
+            if oid is not None and known.get(oid) == digest:  # the warehouse holds exactly this version already
+                if oid in self._skipped:
+                    self.counts.duplicates += 1
+                else:
+                    self._skipped.add(oid)
+                    sc.unchanged += 1
+                continue
             try:
-                raw_text = jsonutil.dumps(raw)
-            except (TypeError, ValueError):
-                raw_text = None  # e.g. a NaN: parse_order says why, or the dumps below raises as before
-            digest = None
-            if raw_text is not None:
-                digest = hashlib.blake2b(raw_text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-                oid = raw.get(api.ORDER_ID_FIELD) if isinstance(raw, dict) else None
-                if known.get(oid) == digest:  # the warehouse holds exactly this version already
-                    if oid in self._skipped:
-                        self.counts.duplicates += 1
-                    else:
-                        self._skipped.add(oid)
-                        sc.unchanged += 1
-                    continue
-            try:
-                parsed = api.parse_order(raw, tz, raw_text=raw_text)
-                if parsed["order"]["store_id"] != store_id:
-                    raise InvalidRecord(
-                        f"store_id {parsed['order']['store_id']} differs from the store it was listed under ({store_id})"
-                    )
+                r = records.order_rows(raw, tz, store_id)
             except InvalidRecord as exc:
                 self.quarantine.add(raw, exc.reason, store_id)
                 self.counts.quarantined += 1
@@ -330,23 +353,16 @@ class OrderWindowLoad:
                 continue
             self._seq += 1
             seq = self._seq
-            if raw_text is None:
-                raw_text = jsonutil.dumps(raw)
-                digest = hashlib.blake2b(raw_text.encode(), digest_size=16).digest()
-            self._buf["o"].append((seq,) + _row(ORDER_COLS, parsed["order"]) + (raw_text, digest))
-            self._buf["i"].extend((seq,) + _row(ITEM_COLS, r) for r in parsed["items"])
-            self._buf["p"].extend((seq,) + _row(PAYMENT_COLS, r) for r in parsed["payments"])
-            self._buf["r"].extend((seq,) + _row(REFUND_COLS, r) for r in parsed["refunds"])
+            buf.append((seq, store_id, raw, (seq, *r.order, r.updated_key, r.raw, digest),
+                        [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments], [(seq, *x) for x in r.refunds]))
             staged += 1
-        self._buffered += staged
-        if self._buffered >= self.batch_size:
+        if len(buf) >= self.batch_size:
             self._flush()
         return staged
 
-    def _known_digests(self, records: list) -> dict[int, bytes]:
+    def _known_digests(self, ids: list[int | None]) -> dict[int, bytes]:
         """order id -> raw_hash of the version the warehouse holds, for the ids on this page."""
-        ids = [r.get(api.ORDER_ID_FIELD) for r in records if isinstance(r, dict)]
-        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63]
+        ids = [i for i in ids if i is not None]
         if not ids:
             return {}
         self._cur.execute("select order_id, raw_hash from taptouch.orders where order_id = any(%s)", (ids,))
@@ -354,13 +370,35 @@ class OrderWindowLoad:
 
     def _flush(self) -> None:
         cur = self._cur
-        for key, table, cols in (("o", "stage_orders", ORDER_COLS + ("raw", "raw_hash")), ("i", "stage_items", ITEM_COLS),
-                                 ("p", "stage_payments", PAYMENT_COLS), ("r", "stage_refunds", REFUND_COLS)):
-            if self._buf[key]:
-                _copy(cur, table, ("seq",) + cols, self._buf[key])
-        self._buf = {"o": [], "i": [], "p": [], "r": []}
-        self._buffered = 0
+        groups, self._buf = self._buf, []
+        if groups:
+            try:
+                with self.conn.transaction():  # a savepoint: a refused value costs only its record
+                    self._copy_groups(groups)
+            except psycopg.Error as exc:
+                if not _is_data_error(exc):
+                    raise
+                for g in groups:
+                    try:
+                        with self.conn.transaction():
+                            self._copy_groups([g])
+                    except psycopg.Error as exc:
+                        if not _is_data_error(exc):
+                            raise
+                        _, store_id, raw = g[:3]
+                        self.quarantine.add(raw, _refused_reason(raw, "order", exc), store_id)
+                        self.counts.quarantined += 1
+                        self.store_counts(store_id).quarantined += 1
         self.quarantine.flush(cur)
+
+    def _copy_groups(self, groups: list[tuple]) -> None:
+        cur = self._cur
+        _copy(cur, "stage_orders", ("seq",) + _STAGED_ORDER_COLS, [g[3] for g in groups])
+        for i, table, cols in ((4, "stage_items", ITEM_COLS), (5, "stage_payments", PAYMENT_COLS),
+                               (6, "stage_refunds", REFUND_COLS)):
+            rows = [r for g in groups for r in g[i]]
+            if rows:
+                _copy(cur, table, ("seq",) + cols, rows)
 
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
@@ -382,11 +420,11 @@ class OrderWindowLoad:
         # 1. one version per order: newest updated_at, then the last seen
         cur.execute(
             "create temp table pick on commit drop as "
-            "select distinct on (order_id) * from stage_orders order by order_id, updated_at desc, seq desc"
+            "select distinct on (order_id) * from stage_orders order by order_id, updated_at_exact desc, seq desc"
         )
         cur.execute("select (select count(*) from stage_orders) - (select count(*) from pick)")
         self.counts.duplicates += cur.fetchone()[0]
-        cols = ORDER_COLS + ("raw", "raw_hash")
+        cols = _STAGED_ORDER_COLS
         # 2. merge under the advisory lock (concurrent loads of overlapping windows take turns)
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
         cur.execute(sql.SQL(
@@ -394,8 +432,8 @@ class OrderWindowLoad:
             "with up as ("
             " insert into taptouch.orders as t ({cols}) select {cols} from pick order by order_id"
             " on conflict (order_id) do update set {sets}, loaded_at = now()"
-            " where excluded.updated_at > t.updated_at"
-            " or (excluded.updated_at = t.updated_at and excluded.raw_hash is distinct from t.raw_hash)"
+            " where excluded.updated_at_exact > " + _EXACT +
+            " or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw_hash is distinct from t.raw_hash)"
             " returning t.order_id, t.store_id, (xmax = 0) as inserted"
             ") select up.order_id, up.store_id, up.inserted, pick.seq from up join pick using (order_id)"
         ).format(cols=_ids(cols), sets=_set_list(cols, ("order_id",))))
@@ -448,12 +486,17 @@ class OrderWindowLoad:
 # inventory
 
 
-def load_inventory(conn: psycopg.Connection, store_id: int, records: Iterable[Any], *, snapshot_date: date,
+def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[Any], *, snapshot_date: date,
                    run_id: str | None = None) -> LoadCounts:
-    """Replace one store's ``inventory_levels`` by exactly the listed products, and upsert today's snapshot.
+    """Merge one store's complete inventory listing into ``inventory_levels`` and upsert today's snapshot.
 
-    Everything (levels, deletions, snapshot, quarantine) commits in one transaction. A product whose
-    record is malformed keeps its previous level (it is listed, just unreadable) and is quarantined.
+    ``records_`` must be the store's complete listing (the client raises rather than return a
+    partial or malformed one). Per product, the newest ``updated_at`` wins (full precision): an older
+    listing loaded later never moves a level backwards. A product the listing does not contain is
+    delisted (deleted), unless its level is newer than every level of this listing (then this
+    listing is older than the row and cannot speak for it). A product whose record is malformed keeps
+    its previous level (it is listed, just unreadable) and is quarantined. Everything (levels,
+    deletions, snapshot, quarantine) commits in one transaction.
     """
     started = datetime.now(timezone.utc)
     counts = LoadCounts()
@@ -461,49 +504,62 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records: Iterable[An
     rows: dict[int, tuple] = {}
     bad_ids: list[int] = []
     seen = 0
-    for raw in records:
+    newest: Any = None
+    for raw in records_:
         try:
-            row = api.parse_inventory(raw, store_id)
+            row, key, text = records.inventory_row(raw, store_id)
         except InvalidRecord as exc:
             quarantine.add(raw, exc.reason, store_id)
             counts.quarantined += 1
-            pid = raw.get(api.INVENTORY_ID_FIELD) if isinstance(raw, dict) else None
-            if isinstance(pid, int) and not isinstance(pid, bool):
+            pid = _product_id(raw)
+            if pid is not None:
                 bad_ids.append(pid)
             continue
         seen += 1
-        rows[row["product_id"]] = _row(INVENTORY_COLS, row) + (jsonutil.dumps(raw),)  # last seen wins
+        prev = rows.get(row[1])
+        if prev is None or key is None or prev[-2] is None or key >= prev[-2]:  # newest, then last seen
+            rows[row[1]] = row + (key, text)
+        if key is not None and (newest is None or key > newest):
+            newest = key
     counts.duplicates = seen - len(rows)
-    cols = INVENTORY_COLS + ("raw",)
+    cols = INVENTORY_COLS + ("updated_at_exact", "raw")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop")
-        _copy(cur, "stage_inventory", cols, [rows[k] for k in sorted(rows)])
+        _copy_or_quarantine(cur, "stage_inventory", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
+                            lambda r: (r[-1].encode("utf-8"), store_id))
         cur.execute("select pg_advisory_xact_lock(%s, %s)", (_LOCK_INVENTORY % 2**31, store_id % 2**31))
         cur.execute(
             "delete from taptouch.inventory_levels l where l.store_id = %s"
             " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
-            " and l.product_id <> all(%s)",
-            (store_id, bad_ids),
+            " and l.product_id <> all(%s)"
+            " and (%s::numeric is null or l.updated_at is null"
+            "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)",
+            (store_id, bad_ids, newest, newest),
         )
         counts.deleted = cur.rowcount
+        exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
         cur.execute(sql.SQL(
             "insert into taptouch.inventory_levels as t ({cols}) select {cols} from stage_inventory order by product_id "
             "on conflict (store_id, product_id) do update set {sets}, synced_at = now() "
-            "where excluded.raw is distinct from t.raw "
+            "where excluded.raw is distinct from t.raw and (excluded.updated_at_exact is null or t.updated_at is null"
+            " or excluded.updated_at_exact >= " + exact + ") "
             "returning (xmax = 0)"
         ).format(cols=_ids(cols), sets=_set_list(cols, ("store_id", "product_id"))))
         flags = [r[0] for r in cur.fetchall()]
         counts.inserted = sum(flags)
         counts.updated = len(flags) - counts.inserted
-        counts.unchanged = len(rows) - len(flags)
+        cur.execute("select count(*) from stage_inventory")
+        counts.unchanged = cur.fetchone()[0] - len(flags)
+        # today's snapshot is the store's levels after the merge (the last sync of the day wins; a
+        # product delisted since an earlier sync today leaves it)
         cur.execute(
             "insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand, cost_price, sell_price)"
-            " select %s, store_id, product_id, on_hand, cost_price, sell_price from stage_inventory order by product_id"
+            " select %s, store_id, product_id, on_hand, cost_price, sell_price from taptouch.inventory_levels"
+            " where store_id = %s order by product_id"
             " on conflict (snapshot_date, store_id, product_id) do update set on_hand = excluded.on_hand,"
             " cost_price = excluded.cost_price, sell_price = excluded.sell_price, synced_at = now()",
-            (snapshot_date,),
+            (snapshot_date, store_id),
         )
-        # the last sync of the day wins: a product delisted since an earlier sync today leaves the snapshot
         cur.execute(
             "delete from taptouch.inventory_snapshots n where n.snapshot_date = %s and n.store_id = %s"
             " and not exists (select 1 from taptouch.inventory_levels l where l.store_id = n.store_id"
@@ -512,8 +568,24 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records: Iterable[An
         )
         quarantine.flush(cur)
         cur.execute(
-            "update taptouch.quarantine set resolved_at = now() where entity = 'inventory' and resolved_at is null"
-            " and store_id = %s and record_key = any(%s)", (store_id, [str(k) for k in rows]),
+            "update taptouch.quarantine q set resolved_at = now() from stage_inventory s where q.entity = 'inventory'"
+            " and q.resolved_at is null and q.store_id = %s and q.record_key = s.product_id::text", (store_id,),
         )
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
     return counts
+
+
+class _ProductId(msgspec.Struct):
+    product_id: Any = None
+
+
+_PRODUCT_ID_DECODER = msgspec.json.Decoder(_ProductId)
+
+
+def _product_id(raw: Any) -> int | None:
+    try:
+        pid = _PRODUCT_ID_DECODER.decode(records.as_bytes(raw)).product_id
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        key = records.record_key("inventory", raw)
+        pid = int(key) if key is not None and key.isdigit() else None
+    return pid if pid.__class__ is int and 0 <= pid <= records.BIGINT_MAX else None
