@@ -100,7 +100,7 @@ def make_client(fake, **kw):
 def test_pagination_and_decimal_exactness():
     fake = FakeAPI(records=[{"id": i, "amount": Decimal("0.10")} for i in range(10_000)])
     client = make_client(fake, page_size=500)
-    records = list(client._records("/integration/v1/stores", {}, "test"))
+    records = list(client.list_stores())
     assert [r["id"] for r in records] == list(range(10_000))
     total = sum(r["amount"] for r in records)  # summed as floats, 10,000 x 0.1 is not 1000.0
     assert total == Decimal("1000.00") and isinstance(records[0]["amount"], Decimal)

@@ -4,6 +4,7 @@ the UI uses, the warehouse compared with the sandbox's truth, and the UI in a re
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -286,4 +287,6 @@ def test_local_prod_script_is_valid_bash():
     script = DEPLOY_DAGSTER_YAML.parent / "local-prod.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
-    assert "cp deploy/dagster.yaml" in text and "dagster-daemon" in text and "dagster-webserver" in text
+    # the instance's config is deploy/dagster.yaml, copied into DAGSTER_HOME; both processes run on it
+    assert re.search(r'deploy/dagster\.yaml "\$DAGSTER_HOME/dagster\.yaml"', text), text
+    assert "dagster-daemon" in text and "dagster-webserver" in text
