@@ -222,6 +222,14 @@ class Sandbox:
         """Publish a new version of an order (late edit): returns it. updated_at defaults to +1 h."""
         return self._data.edit_order(order_id, changes)
 
+    def delete_order(self, order_id: int) -> None:
+        """Delete an order at the source: /orders stops listing it (no tombstone) [model]; the
+        helpers (``orders``, ``orders_in_window``) leave it out too. ``restore_order`` undoes it."""
+        self._data.delete_order(order_id)
+
+    def restore_order(self, order_id: int) -> None:
+        self._data.restore_order(order_id)
+
     def issue_token(self, scopes: Iterable[str] | None = None, lifetime: int | None = None) -> str:
         granted = frozenset(self.config.granted_scopes if scopes is None else scopes)
         token = secrets.token_urlsafe(32)

@@ -133,6 +133,7 @@ class OrderData:
         self._texts = _LRU(20_000)
         self._windows = _LRU(8)
         self._overrides: dict[int, _Override] = {}
+        self._deleted: set[int] = set()  # deleted at the source: no longer listed (no tombstone) [model]
         self._inventory: dict[int, list[tuple[int, int, str]]] = {}
         self.stores: list[Store] = [self._make_store(i) for i in range(config.stores)]
         self.by_id: dict[int, Store] = {s.id: s for s in self.stores}
@@ -432,6 +433,8 @@ class OrderData:
         for oid, ov in overrides.items():
             if ov.store_id == store.id and f <= ov.updated < t and (statuses is None or ov.status in statuses):
                 rows.append((ov.updated, oid))
+        if self._deleted:
+            rows = [r for r in rows if r[1] not in self._deleted]
         rows.sort()
         return array("q", [oid for _, oid in rows])
 
@@ -442,7 +445,8 @@ class OrderData:
             with self._lock:
                 n_orders = len(self._skeleton(store, ordinal)[1])
             base = self.order_id(store.idx, ordinal, 0)
-            yield from range(base, base + n_orders)
+            deleted = self._deleted
+            yield from (oid for oid in range(base, base + n_orders) if oid not in deleted)
 
     # ---------------------------------------------------------------- edits
     def edit_order(self, order_id: int, changes: dict[str, Any]) -> dict:
@@ -457,6 +461,24 @@ class OrderData:
             self._windows.clear()
             self._texts.pop(order_id, None)
             return self.order(order_id)
+
+    def delete_order(self, order_id: int) -> None:
+        """Delete an order at the source: it is no longer listed (no tombstone, updated_at unchanged)."""
+        with self._lock:
+            if self.decode_id(order_id) is None and order_id not in self._overrides:
+                raise KeyError(order_id)
+            self._deleted.add(order_id)
+            self._windows.clear()
+
+    def restore_order(self, order_id: int) -> None:
+        """Undo :meth:`delete_order`: the order is listed again, as it was."""
+        with self._lock:
+            self._deleted.discard(order_id)
+            self._windows.clear()
+
+    def deleted_order_ids(self) -> set[int]:
+        with self._lock:
+            return set(self._deleted)
 
     # ---------------------------------------------------------------- inventory
     def inventory_rows(self, store_id: int) -> list[tuple[int, int, str]]:

@@ -2,7 +2,8 @@
 -- that every other view builds on.
 -- Sales orders are orders with status completed, partially_refunded or refunded; open and voided
 -- orders are not sales and appear in no analytics figure. Refunds are attributed to the order
--- (its business date, hour and channel), whenever they were made.
+-- (its business date, hour and channel), whenever they were made. Orders the API no longer returns
+-- (taptouch.orders.deleted_at set by the reconciliation) are left out, and so from every view.
 -- Columns:
 --   order_id          the order
 --   store_id          its store
@@ -36,6 +37,7 @@ with sales as (
     from taptouch.orders as orders
     left join taptouch.stores as stores using (store_id)
     where orders.status in ('completed', 'partially_refunded', 'refunded')
+      and orders.deleted_at is null
 ),
 order_refunds as (
     select refunds.order_id, sum(refunds.amount) as refunded

@@ -1,0 +1,127 @@
+"""Deletions: the reconciliation soft-deletes orders the API stopped listing, the analytics leave them
+out, and an order that comes back is restored (sandbox over HTTP, real PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import psycopg
+import pytest
+
+from pipelines.reconcile import order_deletions, reconcile_days, reconcile_orders
+from pipelines.sync import sync_orders_window, sync_stores
+from pipelines.warehouse.resource import PostgresResource
+from pipelines.warehouse.views import apply_views
+from taptouch_resource import TaptouchClient, TaptouchResource
+from taptouch_sandbox import Sandbox, SandboxConfig
+
+
+@pytest.fixture
+def world(migrated_db):
+    today = datetime.now(timezone.utc).date()
+    sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
+    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
+                            requests_per_second=None, sleep=lambda s: None, page_size=50)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        now = datetime.now(timezone.utc)
+        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+        result = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+        assert not result.failures and result.counts.inserted > 100
+        apply_views(conn)
+        yield sb, client, conn
+
+
+def _sales_ids(conn) -> set[int]:
+    return {r[0] for r in conn.execute("select order_id from analytics.sales_orders")}
+
+
+def _deleted(conn) -> dict[int, datetime | None]:
+    return dict(conn.execute("select order_id, deleted_at from taptouch.orders where deleted_at is not null"))
+
+
+def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_returns(world):
+    sb, client, conn = world
+    now = datetime.now(timezone.utc)
+    recent = conn.execute(
+        "select order_id, store_id from taptouch.orders where status = 'completed' and updated_at >= %s"
+        " and updated_at < %s order by order_id", (now - timedelta(days=3), now)).fetchall()
+    old = conn.execute("select order_id from taptouch.orders where updated_at < %s order by order_id limit 1",
+                       (now - timedelta(days=8),)).fetchone()
+    assert recent and old
+    gone, store_id = recent[len(recent) // 2]
+    assert gone in _sales_ids(conn)
+    before_daily = conn.execute("select sum(order_count) from analytics.daily_store_sales").fetchone()[0]
+    sb.delete_order(gone)
+    sb.delete_order(old[0])  # outside the 7-day window: not judged
+
+    result = reconcile_orders(client, conn, days=7)
+    assert not result.failures
+    assert result.deleted == 1 and result.restored == 0
+    assert set(_deleted(conn)) == {gone}
+    assert conn.execute("select count(*) from taptouch.orders where order_id = %s", (gone,)).fetchone()[0] == 1
+    assert gone not in _sales_ids(conn)
+    assert conn.execute("select sum(order_count) from analytics.daily_store_sales").fetchone()[0] == before_daily - 1
+
+    # a second run changes nothing
+    again = reconcile_orders(client, conn, days=7)
+    assert again.deleted == 0 and again.restored == 0 and set(_deleted(conn)) == {gone}
+
+    sb.restore_order(gone)
+    back = reconcile_orders(client, conn, days=7)
+    assert back.restored == 1 and back.deleted == 0
+    assert _deleted(conn) == {}
+    assert gone in _sales_ids(conn)
+
+
+def test_an_order_edited_after_the_load_is_not_taken_for_deleted(world):
+    sb, client, conn = world
+    now = datetime.now(timezone.utc)
+    oid = conn.execute("select order_id from taptouch.orders where status = 'completed' and updated_at >= %s"
+                       " and updated_at < %s order by order_id limit 1", (now - timedelta(days=6), now - timedelta(days=5))
+                       ).fetchone()[0]
+    # the API's version moves to a later updated_at (out of the warehouse's updated_at); never reloaded here
+    sb.edit_order(oid, updated_at=(now - timedelta(minutes=5)).isoformat())
+    result = reconcile_orders(client, conn, days=7)
+    assert result.deleted == 0 and _deleted(conn) == {}
+
+
+def test_a_mass_disappearance_is_refused_not_applied(world):
+    sb, client, conn = world
+    store_id = sb.store_ids()[0]
+    for o in list(sb.orders(store_id)):
+        sb.delete_order(o["id"])
+    result = reconcile_orders(client, conn, days=7)
+    assert [f[0] for f in result.failures] == [store_id]
+    assert "refusing" in result.failures[0][1]
+    assert _deleted(conn) == {}
+
+
+def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, monkeypatch):
+    sb, _, conn = world
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "5")
+    assert reconcile_days() == 5
+    now = datetime.now(timezone.utc)
+    oid = conn.execute("select order_id from taptouch.orders where updated_at >= %s and updated_at < %s"
+                       " order by order_id limit 1", (now - timedelta(days=2), now)).fetchone()[0]
+    sb.delete_order(oid)
+    with sb.serve() as url:
+        result = dg.materialize([order_deletions], resources={
+            "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
+                                         requests_per_second=None),
+            "warehouse": PostgresResource(database_url=migrated_db),
+        })
+    assert result.success
+    md = result.asset_materializations_for_node("order_deletions")[0].metadata
+    assert md["deleted"].value == 1 and md["restored"].value == 0
+    assert str(oid) in md["deleted_order_ids"].value
+    assert set(_deleted(conn)) == {oid}
+
+
+def test_reconcile_days_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "zero")
+    with pytest.raises(ValueError, match="TAPTOUCH_RECONCILE_DAYS"):
+        reconcile_days()
+    monkeypatch.delenv("TAPTOUCH_RECONCILE_DAYS")
+    assert reconcile_days() == 7
