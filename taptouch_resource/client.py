@@ -178,11 +178,11 @@ class TaptouchClient:
     # -- public API ----------------------------------------------------------------------------
     def list_stores(self) -> Iterator[dict]:
         """Every store the token may read (``integration.store``)."""
-        return _parsed(self.list_store_records())
+        return self._records(api.STORES_PATH, {}, "stores")
 
     def list_store_records(self) -> Iterator[bytes]:
         """Like :meth:`list_stores`, each record as the exact JSON bytes the API sent."""
-        return self._records(api.STORES_PATH, {}, "stores")
+        return self._raw_records(api.STORES_PATH, {}, "stores")
 
     def iter_orders(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
                     status: str | None = None) -> Iterator[dict]:
@@ -208,14 +208,14 @@ class TaptouchClient:
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
         """Current stock levels of one store (``integration.inventory``)."""
-        return _parsed(self.iter_inventory_records(store_id, updated_from=updated_from))
+        return _parsed(self.iter_inventory_records(store_id, updated_from=updated_from))  # dicts
 
     def iter_inventory_records(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[bytes]:
         """Like :meth:`iter_inventory`, each record as the exact JSON bytes the API sent."""
         params: dict[str, Any] = {}
         if updated_from is not None:
             params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
-        return self._records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
+        return self._raw_records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
 
     def log_summary(self, logger: logging.Logger | None = None) -> dict[str, int]:
         s = self.stats.snapshot()
@@ -226,7 +226,10 @@ class TaptouchClient:
         return s
 
     # -- pagination ----------------------------------------------------------------------------
-    def _records(self, path: str, params: dict, what: str) -> Iterator[bytes]:
+    def _records(self, path: str, params: dict, what: str) -> Iterator[Any]:
+        return _parsed(self._raw_records(path, params, what))
+
+    def _raw_records(self, path: str, params: dict, what: str) -> Iterator[bytes]:
         for page in self._paginate(path, params, what):
             yield from page
 
@@ -312,6 +315,9 @@ class TaptouchClient:
             env = _ENVELOPE.decode(body)
             status, data = env.status, bytes(env.data)
             records = None if data in (b"", b"null") or data[:1] != b"[" else [bytes(r) for r in _RAW_LIST.decode(data)]
+        except msgspec.ValidationError:  # JSON, but not an object
+            raise TaptouchProtocolError(
+                f"GET {path}: the response is not the Taptouch envelope (no 'status' object).") from None
         except (msgspec.DecodeError, RecursionError, ValueError):
             # Not strict JSON somewhere (NaN, a lone surrogate, invalid UTF-8 in one record): split the
             # page tolerantly so that the boundary can quarantine that one record.

@@ -614,7 +614,12 @@ def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
         rec = decoder.decode(raw)
         nums = _NUMS.get(entity)
         if nums is not None:
-            nums.decode(raw)
+            try:
+                nums.decode(raw)
+            except msgspec.ValidationError as exc:
+                if str(exc).startswith("Expected"):  # a number field sent as a string (or worse)
+                    raise
+                # else a number beyond float's range: the Decimal rules judge it
         return rec
     except (msgspec.DecodeError, ValueError, RecursionError, OverflowError) as exc:
         reason = deep_reason(raw, entity)
