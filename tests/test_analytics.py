@@ -20,7 +20,7 @@ from pipelines.sync import day_window, sync_orders_window
 from pipelines.warehouse.db import libpq_url
 from pipelines.warehouse.loader import load_inventory, load_stores
 from pipelines.warehouse.migrations import migrate
-from pipelines.warehouse.views import apply_views
+from pipelines.warehouse.views import ViewConflictError, apply_views, view_sql
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import truth
@@ -443,3 +443,60 @@ def test_analytics_assets_materialize_with_chart(loaded):
     assert prefix in chart
     data = chart.split(prefix, 1)[1].rstrip(")")
     assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
+    import dagster as dg
+
+    from pipelines.assets.analytics import analytics_assets
+    from pipelines.warehouse.resource import PostgresResource
+
+    url, conn = loaded
+    result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})
+    mat = next(e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+               if e.asset_key.to_user_string() == "daily_store_sales")
+    preview = mat.metadata["preview"].value.splitlines()
+    header = [c.strip() for c in preview[0].strip("|").split("|")]
+    assert header == ["store_id", "store_name", "business_date", "order_count", "gross_sales", "discounts",
+                      "refunds", "net_sales", "tax", "avg_order_value"]
+    first = conn.execute("select store_id, store_name from analytics.daily_store_sales limit 1").fetchone()
+    assert len(preview) == 2 + min(20, mat.metadata["dagster/row_count"].value)
+    assert str(first[0]) in preview[2] and first[1] in preview[2]
+
+
+# ------------------------------------------------------------------------------ applying views safely
+WIDER_SALES_ORDERS = view_sql("sales_orders").replace(
+    "as net_total\nfrom sales", "as net_total,\n    1 as retired_column\nfrom sales")
+
+
+def relations(conn, schema: str) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "select table_name from information_schema.views where table_schema = %s", (schema,))}
+
+
+def test_a_view_whose_columns_changed_is_recreated_with_every_view_built_on_it(migrated_db):
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        apply_views(conn)
+        conn.execute(WIDER_SALES_ORDERS)  # an older version with one more column
+        assert "retired_column" in {r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+        assert apply_views(conn, ["sales_orders"]) == ["sales_orders"]
+        assert relations(conn, "analytics") == set(KEYS)  # the dependents came back
+        assert "retired_column" not in {r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+
+
+def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        apply_views(conn)
+        conn.execute("create view public.my_report as select store_id, count(*) as n"
+                     " from analytics.daily_store_sales group by store_id")
+        apply_views(conn)  # same columns: replaced in place, the user's view untouched
+        assert "my_report" in relations(conn, "public")
+        conn.execute(WIDER_SALES_ORDERS)
+        with pytest.raises(ViewConflictError, match="public.my_report"):
+            apply_views(conn, ["sales_orders"])
+        assert "my_report" in relations(conn, "public")
+        assert relations(conn, "analytics") == set(KEYS)
+        assert "retired_column" in {r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_name = 'sales_orders'")}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
-from taptouch_resource import TaptouchClient
+from pipelines.sync import (PageFetched, StoreDone, day_window, is_transient, list_stores, sync_orders_window,
+                            sync_stores)
+from taptouch_resource import TaptouchAPIError, TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
 
@@ -48,3 +50,60 @@ def test_parallel_pages_with_faults_load_everything_once(setup):
     assert got == {k: o["total"] for k, o in expected.items()}
     assert result.counts.duplicates > 0 and client.stats.rate_limited > 0 and client.stats.server_errors > 0
     assert result.per_store[sb.store_ids()[0]]["pages"] >= 2
+
+
+def test_store_listing_is_read_only_and_a_malformed_record_costs_only_its_store(setup):
+    sb, client, conn = setup
+    good, bad = sb.store_ids()[0], sb.store_ids()[2]
+    served = sb.stores()
+    records = [r for r in served if r["id"] != bad] + [{**next(r for r in served if r["id"] == bad), "timezone": "Nowhere/Town"}]
+    client.list_stores = lambda: iter(records)  # the listing as the API would serve it
+    listing = list_stores(client)
+    assert listing.store_ids == [s for s in sb.store_ids() if s != bad]
+    assert listing.timezones[good] == next(r["timezone"] for r in served if r["id"] == good)
+    assert list(listing.invalid) == [str(bad)] and "Nowhere/Town" in listing.invalid[str(bad)]
+    assert conn.execute("select count(*) from taptouch.stores").fetchone()[0] == 0
+
+
+def test_orders_load_with_time_zones_from_the_listing_on_a_fresh_warehouse(setup):
+    sb, client, conn = setup
+    listing = list_stores(client)
+    start, end = day_window("2026-11-26")
+    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26",
+                                store_ids=listing.store_ids + [9999], timezones=listing.timezones)
+    assert [(f.store_id, f.transient) for f in result.failures] == [(9999, False)]
+    assert "not in the API's store listing" in result.failures[0].error
+    expected = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, start, end)}
+    assert {r[0] for r in conn.execute("select order_id from taptouch.orders")} == expected
+    assert conn.execute("select count(*) from taptouch.stores").fetchone()[0] == 0
+
+
+def test_a_failing_store_is_discarded_and_named(setup):
+    sb, client, conn = setup
+    listing = list_stores(client)
+    bad = sb.store_ids()[1]
+    sb.faults.forbidden_stores = {bad}
+    start, end = day_window("2026-11-26")
+    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26",
+                                timezones=listing.timezones, max_workers=3)
+    assert [(f.store_id, f.transient) for f in result.failures] == [(bad, False)]
+    assert "store_forbidden" in result.failures[0].error
+    assert result.stores_ok == [s for s in sb.store_ids() if s != bad]
+    loaded = {r[0] for r in conn.execute("select distinct store_id from taptouch.orders")}
+    assert loaded == set(result.stores_ok)
+
+
+def test_fetch_events_are_frozen_values():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PageFetched(7, []).store_id = 8  # nobody edits an event in flight
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        StoreDone(7, pages=2, orders=30).orders = 31
+
+
+def test_only_errors_a_retry_can_cure_are_transient():
+    assert is_transient(TaptouchAPIError(status=503, path="/x")) and is_transient(TaptouchAPIError(status=429, path="/x"))
+    assert is_transient(TaptouchAPIError(status=0, path="/x"))  # network
+    assert is_transient(psycopg.OperationalError("connection lost"))
+    assert not is_transient(TaptouchAPIError(status=404, path="/x"))
+    assert not is_transient(psycopg.errors.UniqueViolation("duplicate"))
+    assert not is_transient(RuntimeError("a bug"))
