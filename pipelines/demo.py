@@ -152,8 +152,8 @@ def print_summary(warehouse, first: date, last: date) -> None:
     print("  " + ", ".join(f"{r.table_name} {r.n}" for r in counts.itertuples()))
     print(f"\nanalytics.daily_store_sales, business dates {first} .. {last}:")
     sales["name"] = sales["name"].fillna("").str.slice(0, 28)
-    sales["net_sales"] = sales["net_sales"].map(lambda v: f"{v:,.2f}")
-    print(sales.to_string(index=False))
+    print(sales.to_string(index=False, justify="left", formatters={
+        "name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"}))
 
 
 def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1") -> int:
