@@ -48,12 +48,25 @@ telemetry:
 
 
 def dagster_home() -> Path:
-    """The local instance directory (``DAGSTER_HOME`` or ``.taptouch/dagster_home``), with a dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or project_root() / ".taptouch" / "dagster_home")
-    home.mkdir(parents=True, exist_ok=True)
+    """The local instance directory (``DAGSTER_HOME`` or ``.taptouch/dagster_home``), with a dagster.yaml.
+
+    Owner only: directories it creates are 0700, and the process umask becomes 077, so the run
+    storage, event logs and compute logs Dagster writes next (this process and ``dagster dev``,
+    which inherits the umask) are readable by their owner alone. The default home, the project's
+    own, is tightened to 0700 when an older version left it open."""
+    from .warehouse.db import private_dir, state_dir
+
+    os.umask(0o077)
+    configured = os.environ.get("DAGSTER_HOME")
+    home = Path(configured) if configured else state_dir() / "dagster_home"
+    private_dir(home)
+    if not configured and home.stat().st_uid == os.geteuid():
+        os.chmod(home, 0o700)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(LOCAL_INSTANCE_YAML)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(LOCAL_INSTANCE_YAML)
     return home
 
 
