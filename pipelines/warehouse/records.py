@@ -626,6 +626,16 @@ def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
         raise InvalidRecord(reason or _translate(exc, entity)) from None
 
 
+def _unforeseen(raw: bytes, entity: str, exc: Exception) -> InvalidRecord:
+    """An error no rule foresaw (e.g. invalid UTF-8 inside an unknown field, which the typed decode
+    skips): the precise path says why when it can, the error itself otherwise."""
+    try:
+        reason = deep_reason(raw, entity)
+    except Exception:  # pragma: no cover - deep_reason is total; belt and braces
+        reason = None
+    return InvalidRecord(reason or f"the {entity} record could not be read: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def _lines_unique(lines: list, name: str) -> None:
     if len(lines) > 1:
         ids = [line.id for line in lines]
@@ -649,7 +659,7 @@ def order_rows(record: Any, timezone_name: str, store_id: int | None = None) -> 
     except InvalidRecord:
         raise
     except Exception as exc:  # a rule this module did not foresee: that record, not the window
-        raise InvalidRecord(f"the order record could not be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise _unforeseen(raw, "order", exc) from None
 
 
 class _Slow(Exception):
@@ -917,7 +927,7 @@ def store_row(record: Any) -> tuple[tuple, Decimal, str]:
     except msgspec.ValidationError as exc:
         raise InvalidRecord(_translate(exc, "store")) from None
     except Exception as exc:
-        raise InvalidRecord(f"the store record could not be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise _unforeseen(raw, "store", exc) from None
 
 
 def inventory_row(record: Any, store_id: int) -> tuple[tuple, Decimal | None, str]:
@@ -933,7 +943,7 @@ def inventory_row(record: Any, store_id: int) -> tuple[tuple, Decimal | None, st
     except InvalidRecord:
         raise
     except Exception as exc:
-        raise InvalidRecord(f"the inventory record could not be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise _unforeseen(raw, "inventory", exc) from None
 
 
 # --------------------------------------------------------------------------------------------
