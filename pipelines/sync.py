@@ -196,7 +196,7 @@ class _OrderFetchers:
     def _fetch(self, store_id: int) -> None:
         pages = orders = 0
         try:
-            for page in self.client.iter_order_pages(store_id, updated_from=self.start, updated_to=self.end):
+            for page in self.client.iter_order_record_pages(store_id, updated_from=self.start, updated_to=self.end):
                 if self.stop.is_set():
                     return
                 pages += 1
