@@ -44,6 +44,23 @@ def test_plain_http_to_loopback_is_allowed(url):
     TaptouchClient(client_id="c", client_secret="s", base_url=url).close()
 
 
+@pytest.mark.parametrize("url", ["http://evil.localhost:8765", "http://localhost.evil.com", "http://127.0.0.1.nip.io",
+                                 "http://0x7f000001.example", "http://[::ffff:10.0.0.1]/"])
+def test_loopback_is_literal(url):
+    """Only literal loopback addresses and ``localhost`` itself skip https: any other name is
+    resolved through DNS and may point anywhere."""
+    with pytest.raises(TaptouchConfigError, match="Refusing plain http"):
+        TaptouchClient(client_id="c", client_secret="s", base_url=url)
+
+
+@pytest.mark.parametrize("url", ["http://user:Hunter2#x@127.0.0.1:1", "https://u:Hunter2@api.taptouch.net",
+                                 "ftp://u:Hunter2?x@api.taptouch.net", "Hunter2"])
+def test_a_bad_base_url_is_never_echoed(url):
+    with pytest.raises(TaptouchConfigError) as raised:
+        TaptouchClient(client_id="c", client_secret="s", base_url=url)
+    assert "Hunter2" not in str(raised.value) and "TAPTOUCH_BASE_URL" in str(raised.value)
+
+
 def test_tls_verification_cannot_be_switched_off():
     with pytest.raises(TaptouchConfigError, match="TLS verification"):
         TaptouchClient(client_id="c", client_secret="s", verify=False)
