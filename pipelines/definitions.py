@@ -11,7 +11,8 @@ import dagster as dg
 from taptouch_resource import TaptouchResource
 
 from .assets.analytics import analytics_assets
-from .assets.taptouch import inventory, orders, orders_fresh, stores
+from . import alerts, checks, reconcile
+from .assets.taptouch import inventory, orders, stores
 from .schedules import jobs, schedules
 from .warehouse.resource import PostgresResource
 
@@ -24,9 +25,10 @@ RESOURCES = {
 }
 
 defs = dg.Definitions(
-    assets=[stores, orders, inventory, *analytics_assets],
-    asset_checks=[orders_fresh],
-    jobs=jobs,
-    schedules=schedules,
+    assets=[stores, orders, inventory, *analytics_assets, reconcile.order_deletions],
+    asset_checks=checks.asset_checks,  # freshness and schema drift
+    jobs=[*jobs, reconcile.reconcile_job],
+    schedules=[*schedules, reconcile.orders_reconcile_daily],
+    sensors=[*alerts.sensors, *checks.sensors],
     resources=RESOURCES,
 )

@@ -7,7 +7,6 @@ partitions are UTC days; the times below are UTC.
 |                    |                | to catch late edits made around midnight                            |
 | stores_daily       | 0 2 * * *      | stores                                                              |
 | inventory_hourly   | 20 * * * *     | inventory (levels and today's snapshot)                             |
-| orders_freshness   | */30 * * * *   | the orders_fresh check (last successful load within 2 hours)        |
 | merchant_tokens_   | 40 3 * * *     | rotate stored merchant refresh tokens with < 3 of their 4 days left |
 |   keepalive        |                | (pipelines/tokens.py)                                               |
 """
@@ -27,10 +26,6 @@ orders_job = dg.define_asset_job("orders_job", selection=dg.AssetSelection.asset
                                  description="Load orders for one daily partition (UTC day).")
 stores_job = dg.define_asset_job("stores_job", selection=dg.AssetSelection.assets("stores"))
 inventory_job = dg.define_asset_job("inventory_job", selection=dg.AssetSelection.assets("inventory"))
-freshness_job = dg.define_asset_job(
-    "orders_freshness_job", selection=dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("orders"), "orders_fresh")),
-    description="Runs the orders_fresh check alone (no load).",
-)
 
 
 @dg.schedule(job=orders_job, cron_schedule="5 * * * *", execution_timezone="UTC",
@@ -49,13 +44,11 @@ stores_daily = dg.ScheduleDefinition(name="stores_daily", job=stores_job, cron_s
                                      execution_timezone="UTC", description="Daily at 02:00 UTC: stores.")
 inventory_hourly = dg.ScheduleDefinition(name="inventory_hourly", job=inventory_job, cron_schedule="20 * * * *",
                                          execution_timezone="UTC", description="Hourly at :20 UTC: inventory.")
-orders_freshness = dg.ScheduleDefinition(name="orders_freshness", job=freshness_job, cron_schedule="*/30 * * * *",
-                                         execution_timezone="UTC",
-                                         description="Every 30 minutes: is the last orders load under 2 hours old?")
 
 merchant_tokens_keepalive = dg.ScheduleDefinition(
     name="merchant_tokens_keepalive", job=merchant_tokens_keepalive_job, cron_schedule="40 3 * * *",
     execution_timezone="UTC", description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.")
 
-schedules = [orders_hourly, stores_daily, inventory_hourly, orders_freshness, merchant_tokens_keepalive]
-jobs = [orders_job, stores_job, inventory_job, freshness_job, merchant_tokens_keepalive_job]
+# Freshness of orders: pipelines/checks.py (freshness_check + freshness_checks_sensor replace orders_freshness).
+schedules = [orders_hourly, stores_daily, inventory_hourly, merchant_tokens_keepalive]
+jobs = [orders_job, stores_job, inventory_job, merchant_tokens_keepalive_job]

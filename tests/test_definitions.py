@@ -54,16 +54,16 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
     for name in repo.job_names:
         repo.get_job(name)
     assert {s.name for s in repo.schedule_defs} == {
-        "orders_hourly", "stores_daily", "inventory_hourly", "orders_freshness", "merchant_tokens_keepalive"}
+        "orders_hourly", "stores_daily", "inventory_hourly", "orders_reconcile_daily", "merchant_tokens_keepalive"}
     assert all(s.execution_timezone == "UTC" for s in repo.schedule_defs)
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert keys == {"stores", "orders", "inventory", *VIEW_UPSTREAMS}
+    assert keys == {"stores", "orders", "inventory", "order_deletions", *VIEW_UPSTREAMS}
     for key in repo.asset_graph.get_all_asset_keys():
         assert repo.assets_defs_by_key[key].descriptions_by_key[key]
     orders_def = repo.assets_defs_by_key[dg.AssetKey("orders")]
     assert orders_def.partitions_def is not None and orders_def.backfill_policy is not None
     assert {k.name for k in repo.asset_graph.asset_check_keys} == {
-        "no_quarantined_records", "order_arithmetic", "orders_fresh"}
+        "no_quarantined_records", "order_arithmetic", "freshness_check", "schema_drift"}
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import io
 import dagster as dg
 
 from ..warehouse.resource import PostgresResource
+from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata
 from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
 from .preview import markdown_preview, read_frame
 
@@ -76,7 +77,8 @@ def sales_chart(warehouse: PostgresResource, days: int = 28) -> str | None:
 def _make_view_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=view_deps(name),
               description=view_description(name),
-              code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12])
+              code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
+              metadata=view_metadata(name), automation_condition=VIEW_AUTOMATION)
     def _view(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dg.MaterializeResult:
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:
@@ -84,7 +86,7 @@ def _make_view_asset(name: str) -> dg.AssetsDefinition:
             apply_views(conn, [name])
         rows = int(read_frame(warehouse, f'select count(*) as n from analytics."{name}"')["n"].iloc[0])
         preview = read_frame(warehouse, f'select * from analytics."{name}" limit 20')
-        metadata = {"dagster/row_count": rows, "view": f"analytics.{name}",
+        metadata = {**view_materialization_metadata(warehouse, name), "dagster/row_count": rows, "view": f"analytics.{name}",
                     "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql")),
                     "preview": markdown_preview(preview)}
         if name == "daily_store_sales":

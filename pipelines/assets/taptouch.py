@@ -9,7 +9,7 @@ has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 
 import dagster as dg
 
@@ -21,6 +21,7 @@ from .preview import PREVIEW_ROWS, markdown_preview, read_frame
 from ..sync import (StoreListing, SyncResult, day_window, describe, is_transient, list_stores, sync_inventory,
                     sync_orders_window, sync_stores)
 from ..warehouse.resource import PostgresResource
+from ..warehouse.schema import table_metadata
 from ..warehouse.token_store import TokenStore
 
 # Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
@@ -37,8 +38,6 @@ RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, 
 
 CHECK_QUARANTINE = "no_quarantined_records"
 CHECK_ARITHMETIC = "order_arithmetic"
-CHECK_FRESHNESS = "orders_fresh"
-FRESHNESS_HOURS = 2
 
 
 @contextmanager
@@ -131,6 +130,7 @@ def _fail_if_stores_failed(result: SyncResult, what: str, metadata: dict) -> Non
 
 @dg.asset(
     key="stores", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
+    metadata=table_metadata("taptouch.stores"),
     description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
 )
 def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
@@ -150,6 +150,7 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
 
 @dg.asset(
     key="orders", group_name=GROUP, kinds=KINDS, partitions_def=daily_partitions,
+    metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments", "taptouch.order_refunds"),
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
     pool=API_POOL, retry_policy=RETRY,
     check_specs=[
@@ -256,22 +257,9 @@ def _order_checks(conn, keys: list[str], start: datetime, end: datetime) -> list
     ]
 
 
-@dg.asset_check(asset="orders", name=CHECK_FRESHNESS, blocking=False,
-                description=f"The last successful orders load finished within {FRESHNESS_HOURS} hours.")
-def orders_fresh(warehouse: PostgresResource) -> dg.AssetCheckResult:
-    warehouse.ensure_migrated()
-    with warehouse.connect() as conn, conn.cursor() as cur:
-        cur.execute("select max(finished_at) from taptouch.sync_log where entity = 'orders'")
-        last = cur.fetchone()[0]
-    age_h = None if last is None else (datetime.now(timezone.utc) - last).total_seconds() / 3600
-    return dg.AssetCheckResult(
-        passed=age_h is not None and age_h <= FRESHNESS_HOURS, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"last_load": str(last) if last else "never", "age_hours": round(age_h, 2) if age_h is not None else -1.0},
-    )
-
-
 @dg.asset(
     key="inventory", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
+    metadata=table_metadata("taptouch.inventory_levels", "taptouch.inventory_snapshots"),
     description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
                 "every store in the API's store listing, which this asset reads itself (for the stores' time zones, "
                 "i.e. snapshot dates); it never writes taptouch.stores.",

@@ -25,7 +25,7 @@ PARTITIONS_PER_RUN = 2
 BACKFILL = [(END - timedelta(days=d)).isoformat() for d in range(12, 0, -1)]  # 12 days ending the day before END
 
 
-SCHEDULES = {"orders_hourly", "orders_freshness", "stores_daily", "inventory_hourly", "merchant_tokens_keepalive"}
+SCHEDULES = {"orders_hourly", "orders_reconcile_daily", "stores_daily", "inventory_hourly", "merchant_tokens_keepalive"}
 
 
 def test_the_code_location_defines_the_schedules_the_daemon_runs():

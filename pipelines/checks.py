@@ -1,0 +1,181 @@
+"""Asset checks beyond the loads' own: freshness (Dagster's machinery) and schema drift.
+
+**Freshness**: ``dg.build_last_update_freshness_checks`` gives ``orders`` the check
+``freshness_check`` (the last materialization of any partition is under
+:data:`ORDERS_FRESHNESS` old; WARN), and ``dg.build_sensor_for_freshness_checks`` the sensor
+``freshness_checks_sensor``, which runs the check only when it may have changed state instead of
+on a fixed cron. They replace the hand-written ``orders_fresh`` check and its 30-minute
+``orders_freshness`` schedule (48 runs a day).
+
+**Schema drift**: ``schema_drift`` on ``stores``, ``orders`` and ``inventory`` lists every field
+seen in ``raw`` (the record exactly as the API sent it) that no typed column carries, with the
+first time it was seen (``loaded_at`` / ``synced_at``), how many records have it and an example
+value. It looks at records written in the last :data:`DRIFT_LOOKBACK_DAYS` days and only warns:
+a new field is news, not an error. docs/alerts.md shows how to promote such a field to a column
+and backfill it from ``raw`` without calling the API.
+"""
+
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+
+import dagster as dg
+
+from .warehouse.resource import PostgresResource
+
+ORDERS_FRESHNESS = timedelta(hours=2)
+DRIFT_CHECK = "schema_drift"
+DRIFT_LOOKBACK_DAYS = 7
+EXAMPLE_CHARS = 120
+
+with warnings.catch_warnings():
+    # "superseded" by FreshnessPolicy, whose evaluations are not check results: the alerts sensor
+    # (pipelines/alerts.py) notifies on failed checks, so a check is what we want here.
+    warnings.simplefilter("ignore")
+    freshness_checks = dg.build_last_update_freshness_checks(
+        assets=["orders"], lower_bound_delta=ORDERS_FRESHNESS, severity=dg.AssetCheckSeverity.WARN,
+    )
+    freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
+        freshness_checks=freshness_checks, name="freshness_checks_sensor",
+        minimum_interval_seconds=300,
+    )
+
+
+@dataclass(frozen=True)
+class RawShape:
+    """Which fields of an entity's raw record the typed columns carry."""
+
+    table: str
+    seen_column: str  # when the row was written: loaded_at / synced_at
+    top: frozenset[str]  # top-level fields carried by a column (or by a child table)
+    objects: dict  # nested object -> its carried fields ("address" absent: stored whole as jsonb)
+    arrays: dict  # array of objects -> the fields its child table carries
+    kept_in_raw: frozenset[str] = frozenset()  # known fields deliberately left in raw only
+
+
+SHAPES: dict[str, RawShape] = {
+    "stores": RawShape(
+        table="taptouch.stores", seen_column="loaded_at",
+        top=frozenset({"id", "name", "business_name", "status", "timezone", "currency", "phone", "email",
+                       "address", "created_at", "updated_at"}),
+        objects={}, arrays={},
+    ),
+    "orders": RawShape(
+        table="taptouch.orders", seen_column="loaded_at",
+        top=frozenset({"id", "number", "store_id", "source", "fulfillment_type", "status", "cashier", "customer",
+                       "created_at", "updated_at", "completed_at", "currency", "subtotal", "discount", "surcharge",
+                       "rounding", "tax", "total", "tips", "redeem_points", "items", "payments", "refunds"}),
+        objects={"cashier": frozenset({"id", "name"}), "customer": frozenset({"id", "name"})},
+        arrays={
+            "items": frozenset({"id", "product_id", "sku", "name", "category", "quantity", "unit_price",
+                                "discount", "tax", "total", "modifiers"}),
+            "payments": frozenset({"id", "method", "amount", "tip", "surcharge", "paid_at"}),
+            "refunds": frozenset({"id", "amount", "reason", "refunded_at"}),
+        },
+        # the customer's e-mail is personal data the warehouse does not copy into a column
+        kept_in_raw=frozenset({"customer.email"}),
+    ),
+    "inventory": RawShape(
+        table="taptouch.inventory_levels", seen_column="synced_at",
+        top=frozenset({"product_id", "sku", "name", "category", "unit", "on_hand", "reorder_level", "cost_price",
+                       "sell_price", "updated_at"}),
+        objects={}, arrays={},
+    ),
+}
+
+
+def carried_paths(shape: RawShape) -> list[str]:
+    paths = set(shape.top) | set(shape.kept_in_raw)
+    paths |= {f"{obj}.{f}" for obj, fields in shape.objects.items() for f in fields}
+    paths |= {f"{arr}[].{f}" for arr, fields in shape.arrays.items() for f in fields}
+    return sorted(paths)
+
+
+_DRIFT_SQL = """
+with recs as (
+    select raw, {seen} as seen_at from {table}
+    where {seen} >= now() - make_interval(days => %(days)s) and jsonb_typeof(raw) = 'object'
+),
+fields as (
+    select k.key as path, k.value, recs.seen_at
+    from recs cross join lateral jsonb_each(recs.raw) as k
+    union all
+    select o.name || '.' || k.key, k.value, recs.seen_at
+    from recs
+    cross join lateral unnest(%(objects)s::text[]) as o(name)
+    cross join lateral jsonb_each(case when jsonb_typeof(recs.raw -> o.name) = 'object'
+                                       then recs.raw -> o.name else '{{}}'::jsonb end) as k
+    union all
+    select a.name || '[].' || k.key, k.value, recs.seen_at
+    from recs
+    cross join lateral unnest(%(arrays)s::text[]) as a(name)
+    cross join lateral jsonb_array_elements(case when jsonb_typeof(recs.raw -> a.name) = 'array'
+                                                 then recs.raw -> a.name else '[]'::jsonb end) as e
+    cross join lateral jsonb_each(case when jsonb_typeof(e) = 'object' then e else '{{}}'::jsonb end) as k
+)
+select path, min(seen_at) as first_seen, count(*) as records,
+       left((array_agg(value::text order by seen_at))[1], %(chars)s) as example
+from fields
+where not (path = any(%(carried)s))
+group by path
+order by path
+"""
+
+
+def find_drift(conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS) -> tuple[list[tuple], int]:
+    """``([(path, first_seen, records, example), ...], records scanned)`` for ``entity``."""
+    from psycopg import sql
+
+    shape = SHAPES[entity]
+    schema, table = shape.table.split(".")
+    query = sql.SQL(_DRIFT_SQL).format(seen=sql.Identifier(shape.seen_column),
+                                       table=sql.Identifier(schema, table))
+    with conn.cursor() as cur:
+        cur.execute(query, {"days": days, "objects": sorted(shape.objects), "arrays": sorted(shape.arrays),
+                            "carried": carried_paths(shape), "chars": EXAMPLE_CHARS})
+        rows = cur.fetchall()
+        cur.execute(sql.SQL("select count(*) from {t} where {seen} >= now() - make_interval(days => %s)").format(
+            t=sql.Identifier(schema, table), seen=sql.Identifier(shape.seen_column)), (days,))
+        scanned = cur.fetchone()[0]
+    return rows, scanned
+
+
+def _md_table(rows: list[tuple]) -> str:
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| field | first seen | records | example |\n|---|---|---|---|\n"
+    return head + "".join(f"| `{cell(p)}` | {cell(f)} | {n} | `{cell(e)}` |\n" for p, f, n, e in rows)
+
+
+def _make_drift_check(entity: str) -> dg.AssetChecksDefinition:
+    shape = SHAPES[entity]
+
+    @dg.asset_check(
+        asset=entity, name=DRIFT_CHECK, blocking=False,
+        description=(f"Fields in {shape.table}.raw (records written in the last {DRIFT_LOOKBACK_DAYS} days) that no "
+                     f"typed column carries; warns, never fails the load. docs/alerts.md: promoting a field."),
+    )
+    def _drift(warehouse: PostgresResource) -> dg.AssetCheckResult:
+        warehouse.ensure_migrated()
+        with warehouse.connect() as conn:
+            rows, scanned = find_drift(conn, entity)
+        metadata = {
+            "unknown_fields": len(rows),
+            "fields": ", ".join(r[0] for r in rows) or "none",
+            "records_scanned": scanned,
+            "lookback_days": DRIFT_LOOKBACK_DAYS,
+            "table": shape.table,
+        }
+        if rows:
+            metadata["drift"] = dg.MetadataValue.md(_md_table(rows))
+        return dg.AssetCheckResult(passed=not rows, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                                   description=(f"{len(rows)} field(s) in raw not carried by a column: "
+                                                + ", ".join(r[0] for r in rows)) if rows else None)
+
+    return _drift
+
+
+drift_checks = [_make_drift_check(entity) for entity in SHAPES]
+asset_checks = [*freshness_checks, *drift_checks]
+sensors = [freshness_checks_sensor]
