@@ -62,14 +62,18 @@ _PK_LIST = re.compile(r"primary\s+key\s*\(([^)]*)\)", re.IGNORECASE)
 
 
 def _split_top_level(body: str) -> list[str]:
-    """Split on commas outside parentheses (``numeric(12,2)``, ``check (a in (1, 2))``)."""
-    parts, depth, cur = [], 0, []
+    """Split on commas outside parentheses and quotes (``numeric(12,2)``, ``default 'a, b'``)."""
+    parts, depth, cur, quote = [], 0, [], None
     for ch in body:
-        if ch == "(":
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
-        if ch == "," and depth == 0:
+        if ch == "," and depth == 0 and not quote:
             parts.append("".join(cur))
             cur = []
         else:
