@@ -13,8 +13,8 @@ Sensors (both on by default, read by the Dagster daemon):
 
 * ``taptouch_run_failure_alert``: every run of this code location that fails, once.
 * ``taptouch_check_failure_alert``: every failed asset check evaluation at or above
-  ``TAPTOUCH_ALERT_MIN_SEVERITY`` (``WARN``, the default, or ``ERROR``), once (a cursor over the
-  event log).
+  ``TAPTOUCH_ALERT_MIN_SEVERITY`` (``WARN``, the default, or ``ERROR``) in a run that succeeded,
+  once (a check that fails its run, e.g. a blocking ERROR check, is in the run's own alert).
 
 ``TAPTOUCH_ALERT_SENSOR_INTERVAL`` (seconds, default 30, read when the definitions load) is how
 often they look. A webhook that cannot be reached fails the tick (the daemon shows it) and the
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,7 +40,6 @@ INTERVAL_ENV = "TAPTOUCH_ALERT_SENSOR_INTERVAL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 ERROR_CHARS = 600
 TIMEOUT = 10.0
-FIRST_TICK_LOOKBACK = timedelta(minutes=15)  # check failures a newly started sensor still reports
 
 # Environment variables whose values never appear in an alert, whatever the text around them.
 SECRET_ENVS = ("TAPTOUCH_CLIENT_SECRET", "TAPTOUCH_TOKEN_KEY", "TAPTOUCH_DATABASE_URL", "DAGSTER_PG_URL",
@@ -228,55 +226,37 @@ def _severity_rank(severity: dg.AssetCheckSeverity) -> int:
     return 2 if severity == dg.AssetCheckSeverity.ERROR else 1
 
 
-def failed_check_alerts(instance, cursor: int | None, *, threshold: dg.AssetCheckSeverity,
-                        now: datetime | None = None, limit: int = 200) -> tuple[list[tuple[int, dict]], int | None]:
-    """``([(storage id, alert), ...], new cursor)``: alerts for the failed check evaluations after
-    event-log ``cursor``. Without a cursor (a new sensor) only the last 15 minutes count."""
-    from dagster._core.event_api import EventRecordsFilter
+def failed_check_alerts(instance, run_id: str, *, threshold: dg.AssetCheckSeverity) -> list[dict]:
+    """One alert per failed check evaluation of run ``run_id`` at or above ``threshold``."""
     from dagster._core.events import DagsterEventType
 
-    records = instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=cursor),
-        limit=limit, ascending=True,
-    )
-    since = ((now or datetime.now(timezone.utc)) - FIRST_TICK_LOOKBACK).timestamp() if cursor is None else None
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
     alerts = []
     for record in records:
-        cursor = record.storage_id
         entry = record.event_log_entry
-        if since is not None and entry.timestamp < since:
-            continue
         evaluation = entry.dagster_event.event_specific_data
         if evaluation.passed or _severity_rank(evaluation.severity) < _severity_rank(threshold):
             continue
         partition = getattr(evaluation, "partition", None) or getattr(entry.dagster_event, "partition", None)
-        alerts.append((record.storage_id, check_failure_message(evaluation, entry.run_id or None, partition)))
-    return alerts, cursor
+        alerts.append(check_failure_message(evaluation, run_id, partition))
+    return alerts
 
 
-@dg.sensor(
-    name="taptouch_check_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=sensor_interval(),
-    description=f"Posts one message per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) "
-                f"to ${WEBHOOK_ENV} (off when unset).",
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS, name="taptouch_check_failure_alert", monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval(),
+    description=f"Posts one message per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
+                f"run that succeeded to ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
 )
-def taptouch_check_failure_alert(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+def taptouch_check_failure_alert(context: dg.RunStatusSensorContext) -> None:
     url = webhook_url()
     if not url:
-        return dg.SkipReason(f"{WEBHOOK_ENV} is not set: alerts are off")
-    cursor = int(context.cursor) if context.cursor else None
-    alerts, new_cursor = failed_check_alerts(context.instance, cursor, threshold=min_severity())
-    for storage_id, message in alerts:
-        try:
-            post(message, url)
-        except Exception:
-            # the ones before it were sent: resume from this one at the next tick
-            if storage_id - 1 > (cursor or 0):
-                context.update_cursor(str(storage_id - 1))
-            raise
-    if new_cursor is not None:
-        context.update_cursor(str(new_cursor))
-    return dg.SkipReason(f"{len(alerts)} check alert(s) posted")
+        return
+    messages = failed_check_alerts(context.instance, context.dagster_run.run_id, threshold=min_severity())
+    for message in messages:
+        post(message, url)
+    if messages:
+        context.log.info(f"{len(messages)} check alert(s) posted for run {context.dagster_run.run_id}")
 
 
 sensors = [taptouch_run_failure_alert, taptouch_check_failure_alert]
