@@ -196,7 +196,7 @@ RECONCILE_ASSET = "order_deletions"
     key=RECONCILE_ASSET, group_name="taptouch", kinds={"taptouch", "postgres"}, deps=["orders"],
     pool="taptouch_api",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
-    metadata={"dagster/table_name": "taptouch.orders", "column": "deleted_at"},
+    metadata={"writes": "taptouch.orders.deleted_at (only that column; the orders asset writes the rest)"},
     description=(
         "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
         "the API no longer lists; cleared when they come back."
