@@ -231,6 +231,7 @@ class _NumInventory(msgspec.Struct):
 
 
 _NUMS = {"order": msgspec.json.Decoder(_NumOrder), "inventory": msgspec.json.Decoder(_NumInventory)}
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789.", b"0000000000")
 _ID_FIELD = {"order": "id", "store": "id", "inventory": "product_id"}
 
 
@@ -602,11 +603,16 @@ class OrderRows(msgspec.Struct, array_like=True):
 def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
     """The record decoded into its typed shape, or InvalidRecord with the most precise reason.
 
-    Screens (all compiled code): a ``\\u0000`` escape (jsonb and text cannot hold NUL) and a number
-    field sent as a string send the record down the precise path. A number out of ``numeric``'s range
-    in an unknown field is refused by PostgreSQL when the batch is COPYed; the loader then finds
-    the record and quarantines it with :func:`deep_reason`."""
+    Screens (all compiled code): a ``\\u0000`` escape (jsonb and text cannot hold NUL), an exponent or
+    a run of thousands of digits (a number maybe beyond ``numeric``'s range, in any field) send the
+    record down the precise path; a number field sent as a string fails the typed number decode.
+    A false alarm (e.g. a text like "10e5") costs time, never correctness."""
     if b"\\u0000" in raw:
+        reason = deep_reason(raw, entity)
+        if reason:
+            raise InvalidRecord(reason)
+    digits = raw.translate(_DIGITS_TO_ZERO)
+    if b"0e" in digits or b"0E" in digits or b"0" * 4000 in digits:
         reason = deep_reason(raw, entity)
         if reason:
             raise InvalidRecord(reason)
