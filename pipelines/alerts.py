@@ -11,7 +11,7 @@ user-info and query, and anything that looks like a credential (``secret=…``, 
 
 Sensors (both on by default, read by the Dagster daemon):
 
-* ``taptouch_run_failure_alert``: every run of this code location that fails, once.
+* ``taptouch_run_failure_alert``: every run of the instance that fails, once.
 * ``taptouch_check_failure_alert``: every failed asset check evaluation at or above
   ``TAPTOUCH_ALERT_MIN_SEVERITY`` (``WARN``, the default, or ``ERROR``) in a run that succeeded,
   once (a check that fails its run, e.g. a blocking ERROR check, is in the run's own alert).

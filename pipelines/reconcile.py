@@ -175,7 +175,7 @@ def reconcile_orders(
                 (store_id, sorted(listed)),
             )
             sr.restored = sorted(r[0] for r in cur.fetchall())
-            if sr.deleted or sr.restored:
+            if sr.deleted or sr.restored:  # sync_log: deleted = marked deleted, updated = restored
                 cur.execute(
                     "insert into taptouch.sync_log (entity, store_id, \"window\", started_at, deleted, updated)"
                     " values ('order_deletions', %s, %s, %s, %s, %s)",
