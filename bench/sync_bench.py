@@ -179,6 +179,8 @@ def _text_cell(v) -> str:
     elif isinstance(v, (list, dict)):
         from taptouch_resource import jsonutil
         s = jsonutil.dumps(v)
+    elif isinstance(v, bytes):
+        s = v.decode("utf-8")
     elif isinstance(v, datetime):
         return v.isoformat()
     else:
@@ -189,8 +191,7 @@ def _text_cell(v) -> str:
 def build_copy_files(days: int, directory: Path, pages_file: Path | None = None) -> dict:
     """COPY text files of the warehouse rows of every order (the rows ours loads), from the sandbox
     in-process. With ``pages_file``: also the API pages (by store), pickled one after another."""
-    from pipelines.warehouse import loader
-    from taptouch_resource import api, jsonutil
+    from pipelines.warehouse import loader, records
     from taptouch_sandbox import Sandbox
     sb = Sandbox(sandbox_config(days))
     tz = {s["id"]: s["timezone"] for s in sb.stores()}
@@ -203,14 +204,14 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
         for store_id in sb.store_ids():
             page: list = []
             for raw in sb.orders(store_id):
-                p = api.parse_order(raw, tz[store_id])
-                row = [p["order"][c] for c in loader.ORDER_COLS] + [jsonutil.dumps(raw)]
+                raw = records.as_bytes(raw)  # the bytes an API would send
+                p = records.order_rows(raw, tz[store_id])
+                row = list(p.order) + [p.raw]
                 files["orders"].write("\t".join(map(_text_cell, row)) + "\n")
                 counts["orders"] += 1
-                for key, cols in (("items", loader.ITEM_COLS), ("payments", loader.PAYMENT_COLS),
-                                  ("refunds", loader.REFUND_COLS)):
-                    for r in p[key]:
-                        files[key].write("\t".join(_text_cell(r[c]) for c in cols) + "\n")
+                for key, rows in (("items", p.items), ("payments", p.payments), ("refunds", p.refunds)):
+                    for r in rows:
+                        files[key].write("\t".join(map(_text_cell, r)) + "\n")
                         counts[key] += 1
                 if pf:
                     page.append(raw)
@@ -577,6 +578,11 @@ def report(all_results: dict[int, dict], args) -> str:
         if ours and res.get("api") and res.get("copy"):
             parts.append(f"ours/min(API {rate(res['api']):,.0f}, COPY {rate(res['copy']):,.0f} orders/s) = "
                          f"{rate(ours) / ceil:.0%} (goal >= 70%)")
+        if ours and res.get("api"):
+            parts.append(f"client CPU ours/bare fetch = {ours['cpu_s']:.1f}/{res['api']['cpu_s']:.1f} s = "
+                         f"{ours['cpu_s'] / res['api']['cpu_s']:.1f}x (goal <= 2x)")
+        if ours:
+            parts.append(f"peak RSS {ours['peak_rss_mb']:.0f} MB (goal < 300)")
         if ours and res.get("ours-resync"):
             parts.append(f"ours first/re-sync = {ours['wall_s'] / res['ours-resync']['wall_s']:.1f}x (goal >= 5x)")
         if dlt_r and res.get("dlt-resync"):

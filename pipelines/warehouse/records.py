@@ -487,9 +487,10 @@ class _BadInstant(ValueError):
 
 
 @lru_cache(maxsize=65536)
-def _instant(s: str) -> tuple[datetime, Decimal]:
-    """(the instant in UTC rounded to the microsecond as PostgreSQL stores it, exact epoch seconds with
-    every fractional digit sent). Raises _BadInstant with the reason."""
+def _instant(s: str) -> datetime:
+    """The instant in UTC, rounded to the microsecond as PostgreSQL stores it. Raises _BadInstant
+    with the reason for anything PostgreSQL would refuse, read differently, or store beyond what
+    Python (and psycopg) can read back."""
     m = _TS.fullmatch(s)
     if m is None:
         if datetime_like(s):
@@ -498,22 +499,15 @@ def _instant(s: str) -> tuple[datetime, Decimal]:
     y, mo, d, h, mi, sec, frac, z, sign, oh, om, oextra = m.groups()
     if oextra is not None:
         raise _BadInstant(f"has a UTC offset with seconds: {_show(s)} (offsets are hours and minutes)")
+    if z is None and (int(oh) > MAX_OFFSET_HOURS or int(om or 0) > 59):
+        raise _BadInstant(f"has a UTC offset PostgreSQL refuses: {_show(s)} (at most ±15:59)")
     try:
-        local = datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec))
+        offset = "+00:00" if z else f"{sign}{oh}:{om or '00'}"
+        local = datetime.fromisoformat(f"{y}-{mo}-{d}T{h}:{mi}:{sec}{offset}")
     except ValueError as exc:
         raise _BadInstant(f"is not a valid date and time: {_show(s)} ({exc})") from None
-    if z is None:
-        hours, minutes = int(oh), int(om or 0)
-        if hours > MAX_OFFSET_HOURS or minutes > 59:
-            raise _BadInstant(f"has a UTC offset PostgreSQL refuses: {_show(s)} (at most ±15:59)")
-        offset = (hours * 60 + minutes) * (-60 if sign == "-" else 60)
-    else:
-        offset = 0
-    tz = _TZ_CACHE.get(offset)
-    if tz is None:
-        tz = _TZ_CACHE[offset] = timezone(timedelta(seconds=offset))
     try:
-        utc = local.replace(tzinfo=tz).astimezone(timezone.utc)
+        utc = local.astimezone(timezone.utc)
         if frac:
             micro = int(frac[:6].ljust(6, "0"))
             if len(frac) > 6 and frac[6] >= "5":  # PostgreSQL rounds to the microsecond
@@ -521,11 +515,22 @@ def _instant(s: str) -> tuple[datetime, Decimal]:
             utc = utc + timedelta(microseconds=micro)
     except OverflowError:
         raise _BadInstant(f"is outside years 1-9999 in UTC: {_show(s)}") from None
-    if utc.year < 1 or utc > _MAX_INSTANT:
+    if utc > _MAX_INSTANT:
         raise _BadInstant(f"is outside years 1-9999 in UTC: {_show(s)}")
-    whole = (local - _EPOCH_NAIVE) // timedelta(seconds=1) - offset
-    exact = Decimal(whole) + (Decimal("0." + frac) if frac else 0)
-    return utc, exact
+    return utc
+
+
+@lru_cache(maxsize=4096)
+def _exact(s: str) -> Decimal:
+    utc = _instant(s)
+    whole = (utc.replace(microsecond=0) - EPOCH) // timedelta(seconds=1)
+    frac = _TS.fullmatch(s).group(7)
+    if not frac:
+        return Decimal(whole)
+    # the fraction as sent (every digit); utc's microseconds may have been rounded up into the next second
+    if utc.microsecond < int(frac[:6].ljust(6, "0")):
+        whole -= 1
+    return Decimal(whole) + Decimal("0." + frac)
 
 
 def datetime_like(s: str) -> bool:
@@ -547,12 +552,12 @@ def _ts(v: str | None, where: str, required: bool = True) -> str | None:
 
 def instant(s: str) -> datetime:
     """The UTC instant of a valid timestamp text (rounded to the microsecond)."""
-    return _instant(s)[0]
+    return _instant(s)
 
 
 def exact_instant(s: str) -> Decimal:
     """Epoch seconds with every fractional digit the API sent: the version key of newest-wins."""
-    return _instant(s)[1]
+    return _exact(s)
 
 
 @lru_cache(maxsize=512)
@@ -562,7 +567,7 @@ def zone(name: str) -> ZoneInfo:
 
 @lru_cache(maxsize=65536)
 def _business_date(created_at: str, tz: str) -> date:
-    return _instant(created_at)[0].astimezone(zone(tz)).date()
+    return _instant(created_at).astimezone(zone(tz)).date()
 
 
 def local_date(ts: datetime, tz: str) -> date:
@@ -676,8 +681,11 @@ _MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # nu
 _quant = Decimal.quantize
 
 
+_mq = _MONEY_CTX.quantize
+
+
 def _m(v: Decimal) -> Decimal:
-    return _quant(v, CENT, context=_MONEY_CTX)  # raises unless exact to the cent and within numeric(12,2)
+    return _mq(v, CENT)  # raises unless exact to the cent and within numeric(12,2)
 
 
 def _q(v: Decimal) -> Decimal:
@@ -707,7 +715,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
             raise _Slow
         created, updated, completed = o.created_at, o.updated_at, o.completed_at
         _instant(created)
-        key = _instant(updated)[1]
+        key = _exact(updated)
         if completed is not None:
             _instant(completed)
         subtotal, discount, surcharge, rounding, total = _m(o.subtotal), _m(o.discount), _m(o.surcharge), \
