@@ -29,9 +29,8 @@ from typing import Callable, Iterator, Union
 import psycopg
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
-from taptouch_resource import api
-from taptouch_resource.api import InvalidRecord
 
+from .warehouse import records as record_rules
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores, store_timezones
 
 log = logging.getLogger(__name__)
@@ -117,14 +116,15 @@ class StoreListing:
 
 def list_stores(client: TaptouchClient) -> StoreListing:
     """Which stores exist and their time zones, from the API (never from or into the warehouse).
-    Each record is checked with the rules the loader applies (:func:`api.parse_store`)."""
+    Each record is checked with the rules the loader applies (the record boundary,
+    :func:`pipelines.warehouse.records.parse_store`)."""
     timezones: dict[int, str] = {}
     invalid: dict[str, str] = {}
     for raw in client.list_stores():
         try:
-            row = api.parse_store(raw)
-        except InvalidRecord as exc:
-            invalid[api.record_key("store", raw) or "(no id)"] = exc.reason
+            row = record_rules.parse_store(raw)
+        except record_rules.InvalidRecord as exc:
+            invalid[record_rules.record_key("store", raw) or "(no id)"] = exc.reason
             continue
         timezones[row["store_id"]] = row["timezone"]
     for key, reason in invalid.items():
@@ -311,7 +311,7 @@ def sync_inventory(
     for store_id in store_ids:
         try:
             records = list(client.iter_inventory(store_id))
-            snapshot_date = api.local_date(now, timezones.get(store_id, "UTC"))
+            snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
             counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id)
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
