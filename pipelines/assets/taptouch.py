@@ -22,6 +22,7 @@ from ..sync import (StoreListing, SyncResult, day_window, describe, is_transient
                     sync_orders_window, sync_stores)
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
+from ..warehouse.budget import SharedBudget
 from ..warehouse.token_store import TokenStore
 
 # Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
@@ -88,8 +89,12 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
     clearly before any work), and open an autocommit connection to the warehouse."""
     taptouch, batch_size = settings.for_run(taptouch, warehouse)
     warehouse.ensure_migrated()
-    tokens = TokenStore.for_resource(taptouch, warehouse.url())
-    client = taptouch.get_store_client(token_store=tokens) if store_api else taptouch.get_client(token_store=tokens)
+    url = warehouse.url()
+    tokens = TokenStore.for_resource(taptouch, url)
+    # one request budget per client id, shared through the warehouse by every run and process
+    budget = SharedBudget.for_client(url, taptouch.resolved()[0], taptouch.requests_per_second)
+    get = taptouch.get_store_client if store_api else taptouch.get_client
+    client = get(token_store=tokens, limiter=budget)
     try:
         client.auth.get_token()
         with warehouse.connect() as conn:
@@ -109,6 +114,7 @@ def _api_metadata(delta: dict[str, int]) -> dict[str, int]:
         "api_retries": delta["retries"],
         "api_429s": delta["rate_limited"],
         "token_requests": delta["token_requests"],
+        "budget_wait_s": round(delta["waited_seconds"], 3),
     }
 
 
