@@ -24,11 +24,20 @@ RESOURCES = {
     "warehouse": PostgresResource(),
 }
 
+# Re-applies an analytics view when it is missing, its SQL changed or a table it reads was loaded
+# (each view's automation condition, pipelines/warehouse/schema.py). Running by default: with the
+# daemon up, nothing has to be switched on for the views to follow the loads.
+views_automation = dg.AutomationConditionSensorDefinition(
+    "analytics_views_automation", target=dg.AssetSelection.groups("analytics"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Re-applies analytics views whose SQL changed or whose tables were loaded.",
+)
+
 defs = dg.Definitions(
     assets=[stores, orders, inventory, *analytics_assets, reconcile.order_deletions],
     asset_checks=checks.asset_checks,  # freshness and schema drift
     jobs=[*jobs, reconcile.reconcile_job],
     schedules=[*schedules, reconcile.orders_reconcile_daily],
-    sensors=[*alerts.sensors, *checks.sensors],
+    sensors=[*alerts.sensors, *checks.sensors, views_automation],
     resources=RESOURCES,
 )
