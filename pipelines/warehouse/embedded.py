@@ -1,9 +1,12 @@
 """The embedded PostgreSQL (binaries from the ``pgserver`` package), admitting only its owner.
 
 pgserver's own ``get_server`` is not used: it initialises the cluster with ``trust``
-authentication, moves the socket of a data directory whose path is too long for a unix socket to
-a world-writable directory under ``/tmp``, and, run as root, changes every parent directory of the
-data directory to mode 0755 so that its ``pgserver`` system user can reach it. Here:
+authentication; when ``<data dir>/.s.PGSQL.5432`` does not fit in a unix socket address
+(``pgserver.utils.find_suitable_socket_dir``) it puts the socket in
+``platformdirs.user_runtime_path("python_PostgresServer")/<hash>`` (``/tmp/runtime-<user>/...``
+without ``XDG_RUNTIME_DIR``), which, run as root, it makes mode 0777; and, run as root, it changes
+every parent directory of the data directory to mode 0755 (``ensure_prefix_permissions``) so that
+its ``pgserver`` system user can reach it. Here:
 
 * **No trust, no TCP.** ``initdb --auth-local=scram-sha-256 --auth-host=reject`` with a random
   superuser password; ``listen_addresses=''``. The password lives in a libpq password file
@@ -124,6 +127,8 @@ def passfile_path(pgdata: Path) -> Path:
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created 0600 if missing)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)  # one left by an older version may be 0644
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
