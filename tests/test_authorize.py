@@ -58,7 +58,7 @@ def test_whole_flow_stores_the_grant_and_the_stores_asset_client_uses_it(sb, ser
 
     # the stores asset's client, configured for the merchant grant, reads the stores with it
     res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
-                           grant="authorization_code", merchant="cafe", requests_per_second=None)
+                           grant="authorization_code", merchant="cafe", requests_per_second=0)
     client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert [s["id"] for s in client.list_stores()] == sb.store_ids()
     assert sb.grant_requests["client_credentials"] == 0 and sb.grant_requests["refresh_token"] == 0
@@ -279,7 +279,7 @@ def test_revoked_grant_asks_to_authorize_again(sb, served, migrated_db):
     authorize(served, store, merchant="cafe")
     auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
     res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
-                           grant="authorization_code", merchant="cafe", requests_per_second=None)
+                           grant="authorization_code", merchant="cafe", requests_per_second=0)
     client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert len(list(client.list_stores())) == 2
     sb.revoke_grant()

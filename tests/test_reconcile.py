@@ -109,7 +109,7 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
     with sb.serve() as url:
         result = dg.materialize([order_deletions], resources={
             "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
-                                         requests_per_second=None),
+                                         requests_per_second=0),
             "warehouse": PostgresResource(database_url=migrated_db),
         })
     assert result.success

@@ -139,7 +139,7 @@ def test_ten_processes_fetch_one_client_credentials_token(sb, served, migrated_d
     tokens = {token for _, token in out}
     assert len(tokens) == 1 and sb.token_is_valid(tokens.pop())
     # a later run (any process) reuses it: the in-memory cache is empty, the store is not
-    res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served, requests_per_second=None)
+    res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served, requests_per_second=0)
     assert len(list(res.get_client(token_store=TokenStore.for_resource(res, migrated_db)).list_stores())) == 2
     assert sb.grant_requests["client_credentials"] == 1
 

@@ -105,7 +105,7 @@ def test_no_secret_or_token_in_anything_a_run_wrote(migrated_db, tmp_path, caplo
     with sb.serve() as url, dg.instance_for_test(temp_dir=str(home)) as instance:
         monkeypatch.setenv("TAPTOUCH_CLIENT_SECRET", secret)
         resources = {"taptouch": TaptouchResource(client_id="sandbox-client", base_url=url,
-                                                  requests_per_second=None, page_size=7),
+                                                  requests_per_second=0, page_size=7),
                      "warehouse": PostgresResource(database_url=migrated_db)}
         ok = dg.materialize([stores, orders, inventory], resources=resources, partition_key="2026-11-26",
                             instance=instance)
