@@ -323,7 +323,7 @@ class TaptouchClient:
             # page tolerantly so that the boundary can quarantine that one record.
             try:
                 status, data, records = _split_tolerant(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise TaptouchProtocolError(
                     f"GET {path}: HTTP 200 but the body is not JSON ({_peek(response)}). Is TAPTOUCH_BASE_URL the API?"
                 ) from None
@@ -406,7 +406,7 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
                 i += 1
             else:
                 while True:
-                    _, j = dec.raw_decode(text, i)
+                    j = _value_end(dec, text, i)
                     records.append(text[i:j].encode("utf-8", "surrogateescape"))
                     i = ws(j)
                     if i < n and text[i] == ",":
@@ -435,6 +435,34 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
     if ws(i + 1) != n:
         raise ValueError("trailing data")
     return status, data_token, records
+
+
+def _value_end(dec: json.JSONDecoder, text: str, i: int) -> int:
+    """Where the JSON value starting at ``i`` ends. A value nested deeper than the parsers recurse
+    is skipped by matching brackets (outside strings), so that one record's depth costs only that
+    record (the boundary quarantines it), not the page."""
+    try:
+        return dec.raw_decode(text, i)[1]
+    except RecursionError:
+        pass
+    depth, n, in_str = 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_str:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unterminated value")
 
 
 def _parse(raw: bytes) -> Any:

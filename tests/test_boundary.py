@@ -267,3 +267,13 @@ def test_one_non_json_record_keeps_its_page_and_its_bytes():
         assert pages == [[b'{"id":1,"v":1.50}', b'{"id":2,"v":NaN}', b'{"id":3,"s":"\xe9"}']]
         parsed = list(client.iter_inventory(7101))
     assert parsed[0] == {"id": 1, "v": D("1.50")} and parsed[1]["v"].is_nan() and parsed[2] == b'{"id":3,"s":"\xe9"}'
+
+
+def test_a_record_nested_deeper_than_the_parsers_costs_only_itself():
+    deep = b'{"id":2,"x":' + b"[" * 3000 + b'"]\\""' + b"]" * 3000 + b"}"
+    body = b'{"status":{"ack":200},"data":[{"id":1},' + deep + b',{"id":3}]}'
+    with client_serving(body) as client:
+        records_ = list(client.iter_inventory(7101))
+    assert records_[0] == {"id": 1} and records_[1] == deep and records_[2] == {"id": 3}
+    with pytest.raises(InvalidRecord, match="nested too deep"):
+        records.order_rows(deep, TZ)

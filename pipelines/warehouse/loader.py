@@ -115,7 +115,8 @@ class _Quarantine:
     def add(self, raw: Any, reason: str, store_id: int | None) -> None:
         candidate, text = records.quarantine_forms(raw)
         key = records.record_key(self.entity, raw)
-        self.rows.append((self.entity, key, store_id, reason[:2000], candidate, text, self.window, self.run_id))
+        reason = reason[:2000].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id))
         log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)
 
     def flush(self, cur: psycopg.Cursor) -> None:
