@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import tempfile
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -20,6 +21,9 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="taptouch-hypothesis-"))  # nothing written into the checkout
 
 from pipelines.warehouse import records
 from pipelines.warehouse.loader import OrderWindowLoad, load_stores
@@ -132,7 +136,7 @@ def pages_of(draw, recs: list) -> list[list]:
 
 # -- the pure boundary: total, and the fast path agrees with the precise one ------------------------
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_boundary_is_total_and_fast_path_matches_precise_path(data):
     for raw, expect, _ in data.draw(versions(1)):
@@ -188,7 +192,7 @@ def _check(conn, window_ids: list[int], expected: dict[int, bytes], hostile: int
     assert q[0] == q[1] == hostile, "every hostile record is quarantined once, with a reason and its raw form"
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(st.data())
 @pytest.mark.postgres

@@ -678,7 +678,6 @@ class _Slow(Exception):
 
 
 _MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # numeric(12,2), exact to the cent
-_quant = Decimal.quantize
 
 
 _mq = _MONEY_CTX.quantize
