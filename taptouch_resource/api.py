@@ -12,10 +12,6 @@ shapes name the record fields. A record that breaks a rule raises :class:`Invali
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from functools import lru_cache
-from typing import Any
-from zoneinfo import ZoneInfo
 
 # --------------------------------------------------------------------------------------------
 # Endpoints and OAuth [doc]
@@ -75,37 +71,3 @@ class InvalidRecord(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.record_key = record_key
-
-
-@lru_cache(maxsize=512)
-def zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def local_date(ts: datetime, timezone: str) -> date:
-    """The calendar date of an instant in an IANA time zone."""
-    return ts.astimezone(zone(timezone)).date()
-
-
-# --------------------------------------------------------------------------------------------
-# Compatibility: the record -> row mapping moved to pipelines.warehouse.records (the record
-# boundary). These delegate to it, imported on first use, for callers written against this module.
-
-def record_key(entity: str, raw: Any) -> str | None:
-    from pipelines.warehouse import records
-    return records.record_key(entity, raw)
-
-
-def parse_store(raw: Any) -> dict:
-    from pipelines.warehouse import records
-    return records.parse_store(raw)
-
-
-def parse_order(raw: Any, timezone: str, **kwargs: Any) -> dict:
-    from pipelines.warehouse import records
-    return records.parse_order(raw, timezone)
-
-
-def parse_inventory(raw: Any, store_id: int) -> dict:
-    from pipelines.warehouse import records
-    return records.parse_inventory(raw, store_id)

@@ -208,11 +208,13 @@ def test_parse_functions_raise_only_invalid_record():
             records.parse_inventory(raw, 1)
 
 
-def test_api_module_keeps_compatible_names():
-    row = api.parse_store(f.store(7101, TZ))
-    assert row["store_id"] == 7101 and row["timezone"] == TZ
-    assert api.record_key("order", b'{"id": 5}') == "5"
-    assert api.parse_order(f.order(3), TZ)["order"]["order_id"] == 3
+def test_dict_views_of_the_rows():
+    row = records.parse_store(f.store(7101, TZ))
+    assert row["store_id"] == 7101 and row["timezone"] == TZ and row["address"]["suburb"] == "Richmond"
+    assert records.record_key("order", b'{"id": 5}') == "5"
+    parsed = records.parse_order(f.order(3), TZ)
+    assert parsed["order"]["order_id"] == 3 and parsed["order"]["business_date"] == date(2026, 11, 2)
+    assert parsed["items"][0]["modifiers"] == [{"id": 77, "name": "Oat milk", "quantity": 1, "price": D("0.80")}]
 
 
 def test_exact_instant_keeps_every_digit():

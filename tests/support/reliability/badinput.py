@@ -19,6 +19,7 @@ from typing import Any, Callable
 import httpx
 import psycopg
 
+from pipelines.warehouse import records as boundary
 from pipelines.warehouse.loader import OrderWindowLoad, load_stores
 from taptouch_resource import (TaptouchAPIError, TaptouchClient, TaptouchError, TaptouchProtocolError, api,
                                jsonutil)
@@ -176,7 +177,7 @@ def run_record_cases(conn: psycopg.Connection) -> list[CaseResult]:
     for name, records, expected, fragment in cases:
         first = records[0]
         oid = first.get("id") if isinstance(first, dict) else None
-        key = api.record_key("order", first)
+        key = boundary.record_key("order", first)
         if expected == "quarantine":
             hits = [q for q in quarantine if fragment in q[1] and q[0] == key]
             loaded = isinstance(oid, int) and oid in orders
