@@ -11,8 +11,9 @@ A tunable set on a resource (in code, or per run in the launchpad) wins over its
 
 from __future__ import annotations
 
+import math
 import os
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
@@ -21,11 +22,17 @@ if TYPE_CHECKING:  # the resources import dagster; this module stays importable 
     from .warehouse.resource import PostgresResource
 
 DEFAULT_START_DATE = "2024-01-01"
+# A run with this tag set to "true" (or the orders asset's config full_refresh: true) loads its
+# windows in full, ignoring their high-water marks. Backfills launched from the UI can carry it.
+FULL_REFRESH_TAG = "taptouch/full_refresh"
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_REQUESTS_PER_SECOND = 10.0
 DEFAULT_STORE_WORKERS = 4
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
+# Replica lag of a read API is seconds; 5 minutes is ample and keeps an unchanged re-run of a busy
+# day to one page per store (a cafe sells far fewer than a page of orders in 5 minutes).
+DEFAULT_LOOKBACK = timedelta(minutes=5)
 
 
 def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None) -> int:
@@ -77,8 +84,29 @@ def requests_per_second(configured: float | None = None) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"TAPTOUCH_REQUESTS_PER_SECOND must be a number (0: no limit), got {raw!r}") from None
+        value = float("nan")
+    if not math.isfinite(value):
+        raise ValueError(f"TAPTOUCH_REQUESTS_PER_SECOND must be a number (0: no limit), got {raw!r}")
     return max(value, 0.0)
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def lookback(configured: str | int | None = None) -> timedelta:
+    """How far before a window's high-water mark a re-run asks the API again (replica lag): seconds,
+    or a number with s/m/h. The full refresh of a closed day catches anything later than this."""
+    raw = os.environ.get("TAPTOUCH_LOOKBACK", "").strip().lower() if configured is None else str(configured)
+    if raw == "":
+        return DEFAULT_LOOKBACK
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "")
+    try:
+        seconds = int(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"TAPTOUCH_LOOKBACK must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}") from None
+    if not 0 <= seconds <= 86_400:
+        raise ValueError(f"TAPTOUCH_LOOKBACK must be between 0 and 24h, got {raw!r}")
+    return timedelta(seconds=seconds)
 
 
 def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource") -> tuple["TaptouchResource", int]:

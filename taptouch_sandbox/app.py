@@ -485,6 +485,7 @@ class Sandbox:
         with self._lock:
             self.stats.api_requests += 1
             self.stats.api_request_times.append(time.time())
+            self.stats.api_requests_by_path[path] += 1
             stall = self._fires("timeout", f.timeout_every)
             server_error = self._fires("server_error", f.server_error_every, f.server_error_burst)
             rate_limited = self._fires("rate_limit", f.rate_limit_every, f.rate_limit_burst)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -85,6 +85,8 @@ class Stats:
     # When each API request arrived (time.time(), Unix seconds; token requests not included), the
     # latest REQUEST_TIMES_KEPT: what rate-limit tests count per one-second window.
     api_request_times: deque = field(default_factory=lambda: deque(maxlen=REQUEST_TIMES_KEPT))
+    # API requests per path (without the query): what incremental-load tests count per store.
+    api_requests_by_path: Counter = field(default_factory=Counter)
 
     def __getitem__(self, name: str):
         return getattr(self, name)
@@ -93,3 +95,4 @@ class Stats:
         self.api_requests = self.token_requests = self.orders_served = 0
         self.responses_by_status = {}
         self.api_request_times.clear()
+        self.api_requests_by_path.clear()

@@ -18,6 +18,7 @@ import pytest
 from pipelines.assets.taptouch import inventory, orders, stores
 from pipelines.definitions import defs
 from pipelines.schedules import orders_hourly
+from pipelines.settings import FULL_REFRESH_TAG
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchResource, jsonutil
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
@@ -69,12 +70,18 @@ def assert_orders_match(db_url, sb, days):
 def test_orders_hourly_schedule_requests():
     def keys(when):
         ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
-        return [r.partition_key for r in orders_hourly.evaluate_tick(ctx).run_requests]
+        return [(r.partition_key, r.tags.get("taptouch/full_refresh", "incremental"))
+                for r in orders_hourly.evaluate_tick(ctx).run_requests]
 
-    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=timezone.utc)) == ["2026-11-01", "2026-11-02"]
-    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=timezone.utc)) == ["2026-11-01", "2026-11-02"]
-    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=timezone.utc)) == ["2026-11-02"]
-    assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=timezone.utc)) == ["2026-11-02"]
+    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=timezone.utc)) == [("2026-11-01", "incremental"),
+                                                                       ("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=timezone.utc)) == [("2026-11-01", "incremental"),
+                                                                       ("2026-11-02", "incremental")]
+    # the closed day once in full, so a record later than the lookback is caught within a day
+    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=timezone.utc)) == [("2026-11-01", "true"),
+                                                                       ("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 5, 5, tzinfo=timezone.utc)) == [("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=timezone.utc)) == [("2026-11-02", "incremental")]
 
 
 def test_assets_load_ground_truth(sandbox, migrated_db):
@@ -108,7 +115,7 @@ def test_backfill_of_three_partitions_through_an_instance_then_rerun_changes_not
         assert first.success
         assert_orders_match(migrated_db, sandbox, days)
         before = rows(migrated_db, "select order_id, loaded_at from taptouch.orders order by 1")
-        again = dg.materialize([orders], resources=res, instance=instance, tags=tags)
+        again = dg.materialize([orders], resources=res, instance=instance, tags={**tags, FULL_REFRESH_TAG: "true"})
         md = again.asset_materializations_for_node("orders")[0].metadata
         assert md["inserted"].value == 0 and md["updated"].value == 0 and md["unchanged"].value == len(before)
         assert rows(migrated_db, "select order_id, loaded_at from taptouch.orders order by 1") == before

@@ -10,8 +10,10 @@ has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 import time
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Optional
 
 import dagster as dg
+from pydantic import Field
 
 from taptouch_resource import TaptouchError, TaptouchResource
 
@@ -154,6 +156,17 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
     })
 
 
+class OrdersConfig(dg.Config):
+    """Launchpad / run config of ``orders`` (``ops: orders: config: ...``)."""
+
+    full_refresh: bool = Field(
+        default=False, description="Fetch each window in full, ignoring the high-water marks (also: run tag "
+                                   "taptouch/full_refresh=true, which a backfill can carry).")
+    lookback: Optional[str] = Field(
+        default=None, description="Re-ask the API from each store's high-water mark minus this (seconds, or "
+                                  "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
+
+
 @dg.asset(
     key="orders", group_name=GROUP, kinds=KINDS, partitions_def=daily_partitions,
     metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments", "taptouch.order_refunds"),
@@ -169,32 +182,38 @@ def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, wareho
                 "for every store in the API's store listing, which this asset reads itself (for the stores' "
                 "time zones, i.e. business dates); it never writes taptouch.stores.",
 )
-def orders(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
+def orders(context: dg.AssetExecutionContext, config: OrdersConfig, taptouch: TaptouchResource,
+           warehouse: PostgresResource) -> dg.MaterializeResult:
     """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
     keys = list(context.partition_keys)
+    full = config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true"
+    lookback = None if full else settings.lookback(config.lookback)
+    context.log.info("orders: full refresh (high-water marks ignored)" if full else
+                     f"orders: incremental from each store's high-water mark, lookback {lookback}")
     with step_errors(), api_session(taptouch, warehouse) as session:
         listing = session.store_listing(context)
         total = SyncResult()
         for key in keys:
-            total.merge(_load_orders_day(context, session, listing, key))
+            total.merge(_load_orders_day(context, session, listing, key, lookback))
         range_start, _ = day_window(keys[0])
         _, range_end = day_window(keys[-1])
         checks = _order_checks(session.conn, keys, range_start, range_end)
     metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
-                **session.api_metadata()}
+                "full_refresh": full, "incremental_stores": total.incremental_stores,
+                "pages_skipped": total.pages_skipped, **session.api_metadata()}
     context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
     _fail_if_stores_failed(total, f"orders {keys[0]}..{keys[-1]}", metadata)
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _load_orders_day(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
-                     key: str) -> SyncResult:
+                     key: str, lookback) -> SyncResult:
     start, end = day_window(key)
     context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
     result = sync_orders_window(
         session.client, session.conn, start=start, end=end, window=key, run_id=context.run.run_id,
         store_ids=listing.store_ids, timezones=listing.timezones, max_workers=session.store_workers,
-        batch_size=session.batch_size, progress=context.log.info,
+        batch_size=session.batch_size, progress=context.log.info, lookback=lookback,
     )
     c = result.counts
     context.log.info(

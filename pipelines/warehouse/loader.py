@@ -39,7 +39,7 @@ import msgspec
 
 from taptouch_resource.api import InvalidRecord
 
-from . import records
+from . import marks, records
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,12 @@ class OrderWindowLoad:
     """
 
     def __init__(self, conn: psycopg.Connection, *, window: str | None, run_id: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None,
+                 mark_span: tuple[datetime, datetime, bool] | None = None):
+        """``mark_span`` = (window start, window end, full refresh?): advance the high-water marks of
+        the stores loaded completely (see :mod:`.marks`), in the same transaction as the data."""
         self.conn = conn
+        self.mark_span = mark_span
         self.window = window
         self.run_id = run_id
         self.batch_size = batch_size
@@ -478,6 +482,9 @@ class OrderWindowLoad:
         )
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
+        if self.mark_span is not None:  # every store still in per_store was fetched completely
+            start, end, full = self.mark_span
+            marks.advance(cur, self.window, sorted(self.per_store), start, end, full=full)
         self._finished = True
         self._tx.__exit__(None, None, None)
         return self.counts
