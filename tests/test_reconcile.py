@@ -75,6 +75,21 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
     assert gone in _sales_ids(conn)
 
 
+def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
+    sb, client, conn = world
+    now = datetime.now(timezone.utc)
+    gone = conn.execute("select order_id from taptouch.orders where updated_at >= %s order by order_id limit 1",
+                        (now - timedelta(days=3),)).fetchone()[0]
+    sb.delete_order(gone)
+    assert reconcile_orders(client, conn, days=7).deleted == 1
+    assert set(_deleted(conn)) == {gone}
+    sb.restore_order(gone)  # listed again, unchanged: the loader recognises it by its digest
+    start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+    again = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+    assert again.counts.inserted == 0 and again.counts.updated == 0
+    assert _deleted(conn) == {}  # restored by the load itself, not only by the next reconciliation
+
+
 def test_an_order_edited_after_the_load_is_not_taken_for_deleted(world):
     sb, client, conn = world
     now = datetime.now(timezone.utc)
