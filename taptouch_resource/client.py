@@ -195,7 +195,7 @@ class TaptouchClient:
         """Like :meth:`iter_orders`, one list per API page."""
         for page in self.iter_order_record_pages(store_id, updated_from=updated_from, updated_to=updated_to,
                                                  status=status):
-            yield [_parse(r) for r in page]
+            yield _parse_page(page)
 
     def iter_order_record_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
                                 status: str | None = None) -> Iterator[list[bytes]]:
@@ -208,7 +208,10 @@ class TaptouchClient:
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
         """Current stock levels of one store (``integration.inventory``)."""
-        return _parsed(self.iter_inventory_records(store_id, updated_from=updated_from))  # dicts
+        params: dict[str, Any] = {}
+        if updated_from is not None:
+            params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
+        return self._records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
 
     def iter_inventory_records(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[bytes]:
         """Like :meth:`iter_inventory`, each record as the exact JSON bytes the API sent."""
@@ -227,7 +230,8 @@ class TaptouchClient:
 
     # -- pagination ----------------------------------------------------------------------------
     def _records(self, path: str, params: dict, what: str) -> Iterator[Any]:
-        return _parsed(self._raw_records(path, params, what))
+        for page in self._paginate(path, params, what):
+            yield from _parse_page(page)
 
     def _raw_records(self, path: str, params: dict, what: str) -> Iterator[bytes]:
         for page in self._paginate(path, params, what):
@@ -473,9 +477,13 @@ def _parse(raw: bytes) -> Any:
         return raw
 
 
-def _parsed(records: Iterator[bytes]) -> Iterator[Any]:
-    for raw in records:
-        yield _parse(raw)
+def _parse_page(page: list[bytes]) -> list[Any]:
+    """Every record of a page as parsed JSON: one parse of the whole page when it is all JSON (the
+    common case), else record by record."""
+    try:
+        return jsonutil.loads(b"[" + b",".join(page) + b"]")
+    except (ValueError, RecursionError):
+        return [_parse(r) for r in page]
 
 
 def _peek(response: httpx.Response) -> str:

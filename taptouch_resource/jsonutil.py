@@ -18,14 +18,12 @@ import msgspec
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
-def _parse_int(text: str) -> Any:
-    # Python refuses to convert integers of more than 4300 digits; keep them exact as Decimal.
-    return int(text) if len(text) < 4000 else Decimal(text)
-
-
 def loads(data: str | bytes) -> Any:
-    """Parse JSON with every non-integer number as ``Decimal`` (never through float)."""
-    return json.loads(data, parse_float=Decimal, parse_int=_parse_int, parse_constant=Decimal)
+    """Parse JSON with every non-integer number as ``Decimal`` (never through float).
+
+    Raises ValueError for text that is not JSON, and for an integer of more than 4300 digits
+    (Python's limit; the record boundary reads those exactly from the record's bytes)."""
+    return json.loads(data, parse_float=Decimal, parse_constant=Decimal)
 
 
 def dumps(obj: Any) -> str:
