@@ -98,6 +98,31 @@ def _copy(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterable[t
             cp.write_row(r)
 
 
+def _line(row: tuple) -> str:
+    """One row as a line of COPY's text format, without the newline, for values that need no escaping:
+    ``int``, ``Decimal`` (finite), ``date`` and text holding no backslash, tab, newline or carriage
+    return (None is ``\\N``). What psycopg's text dumpers write for the same values."""
+    return "\t".join(["\\N" if v is None else str(v) for v in row])
+
+
+def _copy_parts(cur: psycopg.Cursor, table: str, cols: Sequence[str], parts: list) -> None:
+    """COPY a mix of pre-formatted text lines (str) and lists of row tuples (psycopg formats them)."""
+    stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
+    with cur.copy(stmt) as cp:
+        text: list[str] = []
+        for part in parts:
+            if part.__class__ is str:
+                text.append(part)
+                if len(text) >= 1000:
+                    cp.write("".join(text))
+                    text = []
+            else:
+                for r in part:
+                    cp.write_row(r)
+        if text:
+            cp.write("".join(text))
+
+
 def _is_data_error(exc: psycopg.Error) -> bool:
     """PostgreSQL refused a value (a record's fault), as opposed to a lost connection, a crash, a
     deadlock or a cancel (the infrastructure's fault, which must fail the load)."""
@@ -358,8 +383,19 @@ class OrderWindowLoad:
                 continue
             self._seq += 1
             seq = self._seq
-            buf.append((seq, store_id, raw, (seq, *r.order, r.updated_key, r.raw, digest),
-                        [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments], [(seq, *x) for x in r.refunds]))
+            if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
+                # a byte COPY's text format must escape: psycopg formats (and escapes) these rows
+                buf.append((seq, store_id, raw, [(seq, *r.order, r.updated_key, r.raw, digest)],
+                            [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments],
+                            [(seq, *x) for x in r.refunds]))
+            else:
+                # every text of the rows is a piece of raw (or a number, a date): none needs escaping
+                p = f"{seq}\t"
+                buf.append((seq, store_id, raw,
+                            f"{p}{_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
+                            "".join([f"{p}{_line(x)}\n" for x in r.items]),
+                            "".join([f"{p}{_line(x)}\n" for x in r.payments]),
+                            "".join([f"{p}{_line(x)}\n" for x in r.refunds])))
             staged += 1
         if len(buf) >= self.batch_size:
             self._flush()
@@ -398,12 +434,11 @@ class OrderWindowLoad:
 
     def _copy_groups(self, groups: list[tuple]) -> None:
         cur = self._cur
-        _copy(cur, "stage_orders", ("seq",) + _STAGED_ORDER_COLS, [g[3] for g in groups])
-        for i, table, cols in ((4, "stage_items", ITEM_COLS), (5, "stage_payments", PAYMENT_COLS),
-                               (6, "stage_refunds", REFUND_COLS)):
-            rows = [r for g in groups for r in g[i]]
-            if rows:
-                _copy(cur, table, ("seq",) + cols, rows)
+        for i, table, cols in ((3, "stage_orders", _STAGED_ORDER_COLS), (4, "stage_items", ITEM_COLS),
+                               (5, "stage_payments", PAYMENT_COLS), (6, "stage_refunds", REFUND_COLS)):
+            parts = [g[i] for g in groups if g[i]]
+            if parts:
+                _copy_parts(cur, table, ("seq",) + cols, parts)
 
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
