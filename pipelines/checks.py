@@ -21,6 +21,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from .accounts import DEFAULT, Account
 from .warehouse.resource import PostgresResource
 
 ORDERS_FRESHNESS = timedelta(hours=2)
@@ -28,17 +29,22 @@ DRIFT_CHECK = "schema_drift"
 DRIFT_LOOKBACK_DAYS = 7
 EXAMPLE_CHARS = 120
 
-with warnings.catch_warnings():
-    # "superseded" by FreshnessPolicy, whose evaluations are not check results: the alerts sensor
-    # (pipelines/alerts.py) notifies on failed checks, so a check is what we want here.
-    warnings.simplefilter("ignore")
-    freshness_checks = dg.build_last_update_freshness_checks(
-        assets=["orders"], lower_bound_delta=ORDERS_FRESHNESS, severity=dg.AssetCheckSeverity.WARN,
-    )
-    freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=freshness_checks, name="freshness_checks_sensor",
-        minimum_interval_seconds=300,
-    )
+
+
+def freshness_definitions(account: Account = DEFAULT) -> tuple[list, dg.SensorDefinition]:
+    """``freshness_check`` on the account's ``orders`` and its sensor (``<name>_freshness_checks_sensor``)."""
+    with warnings.catch_warnings():
+        # "superseded" by FreshnessPolicy, whose evaluations are not check results: the alerts sensor
+        # (pipelines/alerts.py) notifies on failed checks, so a check is what we want here.
+        warnings.simplefilter("ignore")
+        checks = dg.build_last_update_freshness_checks(
+            assets=[account.key("orders")], lower_bound_delta=ORDERS_FRESHNESS, severity=dg.AssetCheckSeverity.WARN,
+        )
+        sensor = dg.build_sensor_for_freshness_checks(
+            freshness_checks=checks, name=account.named("freshness_checks_sensor"),
+            minimum_interval_seconds=300,
+        )
+    return list(checks), sensor
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ _DRIFT_SQL = """
 with recs as (
     select raw, {seen} as seen_at from {table}
     where {seen} >= now() - make_interval(days => %(days)s) and jsonb_typeof(raw) = 'object'
+      and (%(account)s::text is null or account = %(account)s)
 ),
 fields as (
     select k.key as path, k.value, recs.seen_at
@@ -122,8 +129,10 @@ order by path
 """
 
 
-def find_drift(conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS) -> tuple[list[tuple], int]:
-    """``([(path, first_seen, records, example), ...], records scanned)`` for ``entity``."""
+def find_drift(conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS,
+               account: str | None = None) -> tuple[list[tuple], int]:
+    """``([(path, first_seen, records, example), ...], records scanned)`` for ``entity``; with
+    ``account``, only that account's records."""
     from psycopg import sql
 
     shape = SHAPES[entity]
@@ -132,10 +141,11 @@ def find_drift(conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS) -> tuple[l
                                        table=sql.Identifier(schema, table))
     with conn.cursor() as cur:
         cur.execute(query, {"days": days, "objects": sorted(shape.objects), "arrays": sorted(shape.arrays),
-                            "carried": carried_paths(shape), "chars": EXAMPLE_CHARS})
+                            "carried": carried_paths(shape), "chars": EXAMPLE_CHARS, "account": account})
         rows = cur.fetchall()
-        cur.execute(sql.SQL("select count(*) from {t} where {seen} >= now() - make_interval(days => %s)").format(
-            t=sql.Identifier(schema, table), seen=sql.Identifier(shape.seen_column)), (days,))
+        cur.execute(sql.SQL("select count(*) from {t} where {seen} >= now() - make_interval(days => %s)"
+                            " and (%s::text is null or account = %s)").format(
+            t=sql.Identifier(schema, table), seen=sql.Identifier(shape.seen_column)), (days, account, account))
         scanned = cur.fetchone()[0]
     return rows, scanned
 
@@ -148,18 +158,19 @@ def _md_table(rows: list[tuple]) -> str:
     return head + "".join(f"| `{cell(p)}` | {cell(f)} | {n} | `{cell(e)}` |\n" for p, f, n, e in rows)
 
 
-def _make_drift_check(entity: str) -> dg.AssetChecksDefinition:
+def _make_drift_check(entity: str, account: Account = DEFAULT) -> dg.AssetChecksDefinition:
     shape = SHAPES[entity]
+    only = account.name if account.prefixed else None  # a named account looks at its own rows
 
     @dg.asset_check(
-        asset=entity, name=DRIFT_CHECK, blocking=False,
+        asset=account.key(entity), name=DRIFT_CHECK, blocking=False,
         description=(f"Fields in {shape.table}.raw (records written in the last {DRIFT_LOOKBACK_DAYS} days) that no "
                      f"typed column carries; warns, never fails the load. docs/alerts.md: promoting a field."),
     )
     def _drift(warehouse: PostgresResource) -> dg.AssetCheckResult:
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:
-            rows, scanned = find_drift(conn, entity)
+            rows, scanned = find_drift(conn, entity, account=only)
         metadata = {
             "unknown_fields": len(rows),
             "fields": ", ".join(r[0] for r in rows) or "none",
@@ -176,6 +187,14 @@ def _make_drift_check(entity: str) -> dg.AssetChecksDefinition:
     return _drift
 
 
+def account_checks(account: Account = DEFAULT) -> tuple[list, list[dg.SensorDefinition]]:
+    """The checks (freshness, schema drift) and sensors of one account's assets."""
+    freshness, sensor = freshness_definitions(account)
+    return [*freshness, *(_make_drift_check(entity, account) for entity in SHAPES)], [sensor]
+
+
+# The single-account checks (today's names): the factory with no prefix.
+freshness_checks, freshness_checks_sensor = freshness_definitions(DEFAULT)
 drift_checks = [_make_drift_check(entity) for entity in SHAPES]
 asset_checks = [*freshness_checks, *drift_checks]
 sensors = [freshness_checks_sensor]

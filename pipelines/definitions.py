@@ -3,26 +3,51 @@
 The one place that picks the resources. The credentials are bound with ``dg.EnvVar``: Dagster reads
 them when a run starts and never stores them in run config; a run launched without one fails before
 its first step with an error naming the variable. Every other setting is read when a run starts
-(``pipelines.settings``), except the two the definitions need to load (the ``orders`` partitions).
+(``pipelines.settings``), except those the definitions need to load: the ``orders`` partitions and
+``TAPTOUCH_ACCOUNTS`` (``pipelines.accounts``); reload the code location after changing them.
+
+Every account's definitions come from one factory, :func:`account_definitions`: with
+``TAPTOUCH_ACCOUNTS`` unset it is called once with no prefix (today's names: ``stores``,
+``orders``, ``orders_hourly``, resource ``taptouch``, pool ``taptouch_api``); with
+``TAPTOUCH_ACCOUNTS=north,south``, once per account (``north/orders``, ``north_orders_hourly``,
+resource ``taptouch_north``, pool ``taptouch_api_north``). The analytics views, the alert sensors
+and the warehouse are shared by all.
 """
 
 import dagster as dg
 
-from taptouch_resource import TaptouchResource
-
-from .assets.analytics import analytics_assets
+from . import accounts as accounts_config
 from . import alerts, checks, reconcile
-from .assets.taptouch import inventory, orders, stores
-from .schedules import jobs, schedules
+from .accounts import Account
+from .assets.analytics import make_analytics_assets
+from .assets.taptouch import taptouch_assets
+from .schedules import account_schedules
 from .warehouse.resource import PostgresResource
 
-RESOURCES = {
-    # TAPTOUCH_BASE_URL and TAPTOUCH_MERCHANT are read by the resource when a client is made.
-    "taptouch": TaptouchResource(client_id=dg.EnvVar("TAPTOUCH_CLIENT_ID"),
-                                 client_secret=dg.EnvVar("TAPTOUCH_CLIENT_SECRET")),
-    # TAPTOUCH_DATABASE_URL, else the embedded PostgreSQL.
-    "warehouse": PostgresResource(),
-}
+ACCOUNTS: list[Account] = accounts_config.configured()  # read when the definitions load
+
+
+def account_definitions(account: Account) -> dg.Definitions:
+    """Everything of one Taptouch account: its assets (``stores``, ``orders``, ``inventory``,
+    ``order_deletions``) under its key prefix, their checks, jobs and schedules (with the
+    merchant-token keep-alive of its client id), the freshness sensor, and its ``TaptouchResource``. Each asset runs in the account's own pool with its own
+    client id, so its request budget and tokens are its own, and a failure stays in its runs."""
+    deletions, reconcile_job, reconcile_schedule = reconcile.deletions_definitions(account)
+    schedules, jobs = account_schedules(account)
+    asset_checks, sensors = checks.account_checks(account)
+    return dg.Definitions(
+        assets=[*taptouch_assets(account), deletions],
+        asset_checks=asset_checks,  # freshness and schema drift
+        jobs=[*jobs, reconcile_job],
+        schedules=[*schedules, reconcile_schedule],
+        sensors=sensors,
+        # TAPTOUCH_BASE_URL (an account's TAPTOUCH_<NAME>_BASE_URL) is read when a run starts
+        resources={account.resource_key: account.resource()},
+    )
+
+
+# TAPTOUCH_DATABASE_URL, else the embedded PostgreSQL: one warehouse for every account.
+WAREHOUSE = PostgresResource()
 
 # Re-applies an analytics view when it is missing, its SQL changed or a table it reads was loaded
 # (each view's automation condition, pipelines/warehouse/schema.py). Running by default: with the
@@ -33,11 +58,17 @@ views_automation = dg.AutomationConditionSensorDefinition(
     description="Re-applies analytics views whose SQL changed or whose tables were loaded.",
 )
 
-defs = dg.Definitions(
-    assets=[stores, orders, inventory, *analytics_assets, reconcile.order_deletions],
-    asset_checks=checks.asset_checks,  # freshness and schema drift
-    jobs=[*jobs, reconcile.reconcile_job],
-    schedules=[*schedules, reconcile.orders_reconcile_daily],
-    sensors=[*alerts.sensors, *checks.sensors, views_automation],
-    resources=RESOURCES,
-)
+
+def shared_definitions(accounts: list[Account]) -> dg.Definitions:
+    """What every account shares: the analytics views (they read every account's tables), the alert
+    sensors, the views' automation sensor and the warehouse."""
+    return dg.Definitions(
+        assets=make_analytics_assets(accounts),
+        sensors=[*alerts.sensors, views_automation],
+        resources={"warehouse": WAREHOUSE},
+    )
+
+
+defs = dg.Definitions.merge(*(account_definitions(account) for account in ACCOUNTS), shared_definitions(ACCOUNTS))
+# Every resource by key: "taptouch" (or "taptouch_<name>" per account) and "warehouse".
+RESOURCES = dict(defs.resources)

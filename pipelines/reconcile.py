@@ -33,11 +33,11 @@ from typing import Callable
 import dagster as dg
 import psycopg
 
-from taptouch_resource import TaptouchClient, TaptouchError, TaptouchResource, api
+from taptouch_resource import TaptouchClient, TaptouchError, api
 
+from .accounts import DEFAULT, Account
 from .sync import describe, is_transient
 from .warehouse.loader import _LOCK_ORDERS  # the loader's merge lock: the two never interleave
-from .warehouse.resource import PostgresResource
 
 log = logging.getLogger(__name__)
 
@@ -192,59 +192,68 @@ def reconcile_orders(
 RECONCILE_ASSET = "order_deletions"
 
 
-@dg.asset(
-    key=RECONCILE_ASSET, group_name="taptouch", kinds={"taptouch", "postgres"}, deps=["orders"],
-    pool="taptouch_api",
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
-    metadata={"writes": "taptouch.orders.deleted_at (only that column; the orders asset writes the rest)"},
-    description=(
-        "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
-        "the API no longer lists; cleared when they come back."
-    ),
-)
-def order_deletions(context: dg.AssetExecutionContext, taptouch: TaptouchResource,
-                    warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Compare the API's order ids of the recent window with the warehouse's; mark and restore."""
-    # the assets' session (settings, migrations, a verified client, a connection) and error policy
-    from .assets.taptouch import api_session, step_errors
+def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefinition, object, dg.ScheduleDefinition]:
+    """``order_deletions`` of one account (under its key prefix, in its pool, with its resource),
+    its job and its daily schedule."""
+    resource_key = account.resource_key
 
-    t = time.monotonic()
-    days = reconcile_days()
-    with step_errors(), api_session(taptouch, warehouse) as session:
-        store_ids = session.store_listing(context).store_ids
-        result = reconcile_orders(session.client, session.conn, days=days, store_ids=store_ids,
-                                  progress=context.log.info)
-        api_md = session.api_metadata()
-    deleted_ids = [oid for s in result.stores for oid in s.deleted]
-    restored_ids = [oid for s in result.stores for oid in s.restored]
-    metadata = {
-        "window_start": result.start.isoformat(),
-        "window_end": result.end.isoformat(),
-        "listed": result.listed,
-        "checked": result.checked,
-        "deleted": result.deleted,
-        "restored": result.restored,
-        "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
-        "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
-        "stores_ok": len(result.stores),
-        "stores_failed": len(result.failures),
-        **api_md,
-        "duration_s": round(time.monotonic() - t, 3),
-    }
-    if result.failures:
-        lines = "\n".join(f"- store {sid}: {err}" for sid, err, _ in result.failures)
-        raise dg.Failure(
-            description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
-            metadata=metadata, allow_retries=any(tr for _, _, tr in result.failures),
-        )
-    return dg.MaterializeResult(metadata=metadata)
+    @dg.asset(
+        key=account.key(RECONCILE_ASSET), group_name=account.group, kinds={"taptouch", "postgres"},
+        deps=[account.key("orders")], pool=account.pool, required_resource_keys={resource_key, "warehouse"},
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+        metadata={"writes": "taptouch.orders.deleted_at (only that column; the orders asset writes the rest)"},
+        description=(
+            "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
+            "the API no longer lists; cleared when they come back."
+        ),
+    )
+    def order_deletions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Compare the API's order ids of the recent window with the warehouse's; mark and restore."""
+        # the assets' session (settings, migrations, a verified client, a connection) and error policy
+        from .assets.taptouch import api_session, step_errors
+
+        taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
+        t = time.monotonic()
+        days = reconcile_days()
+        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
+            store_ids = session.store_listing(context).store_ids
+            result = reconcile_orders(session.client, session.conn, days=days, store_ids=store_ids,
+                                      progress=context.log.info)
+            api_md = session.api_metadata()
+        deleted_ids = [oid for s in result.stores for oid in s.deleted]
+        restored_ids = [oid for s in result.stores for oid in s.restored]
+        metadata = {
+            "window_start": result.start.isoformat(),
+            "window_end": result.end.isoformat(),
+            "listed": result.listed,
+            "checked": result.checked,
+            "deleted": result.deleted,
+            "restored": result.restored,
+            "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
+            "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
+            "stores_ok": len(result.stores),
+            "stores_failed": len(result.failures),
+            **api_md,
+            "duration_s": round(time.monotonic() - t, 3),
+        }
+        if result.failures:
+            lines = "\n".join(f"- store {sid}: {err}" for sid, err, _ in result.failures)
+            raise dg.Failure(
+                description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
+                metadata=metadata, allow_retries=any(tr for _, _, tr in result.failures),
+            )
+        return dg.MaterializeResult(metadata=metadata)
+
+    job = dg.define_asset_job(
+        account.named("orders_reconcile_job"), selection=dg.AssetSelection.assets(account.key(RECONCILE_ASSET)),
+        description="Soft-delete recent orders the API no longer lists; restore those it lists again.",
+    )
+    schedule = dg.ScheduleDefinition(
+        name=account.named("orders_reconcile_daily"), job=job, cron_schedule="30 3 * * *", execution_timezone="UTC",
+        description="Daily at 03:30 UTC: reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (deletions).",
+    )
+    return order_deletions, job, schedule
 
 
-reconcile_job = dg.define_asset_job(
-    "orders_reconcile_job", selection=dg.AssetSelection.assets(RECONCILE_ASSET),
-    description="Soft-delete recent orders the API no longer lists; restore those it lists again.",
-)
-orders_reconcile_daily = dg.ScheduleDefinition(
-    name="orders_reconcile_daily", job=reconcile_job, cron_schedule="30 3 * * *", execution_timezone="UTC",
-    description="Daily at 03:30 UTC: reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (deletions).",
-)
+# The single-account definitions (today's names): the factory with no prefix.
+order_deletions, reconcile_job, orders_reconcile_daily = deletions_definitions(DEFAULT)

@@ -11,6 +11,10 @@ partitions are UTC days; the times below are UTC.
 | inventory_hourly   | 20 * * * *     | inventory (levels and today's snapshot)                             |
 | merchant_tokens_   | 40 3 * * *     | rotate stored merchant refresh tokens with < 3 of their 4 days left |
 |   keepalive        |                | (pipelines/tokens.py)                                               |
+
+A named account (TAPTOUCH_ACCOUNTS) has its own copies of the first three, named after it
+(north_orders_hourly, north_stores_daily, north_inventory_hourly, north_merchant_tokens_keepalive),
+from :func:`account_schedules`.
 """
 
 from __future__ import annotations
@@ -19,30 +23,47 @@ from datetime import timedelta
 
 import dagster as dg
 
+from .accounts import DEFAULT, Account
 from .settings import FULL_REFRESH_TAG
-from .tokens import merchant_tokens_keepalive_job
+from .tokens import keepalive_job
 
 
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
 FULL_REFRESH_HOUR = LATE_EDIT_HOURS  # then, once the day has closed, yesterday is loaded once in full
 
-orders_job = dg.define_asset_job("orders_job", selection=dg.AssetSelection.assets("orders"),
-                                 description="Load orders for one daily partition (UTC day).")
-stores_job = dg.define_asset_job("stores_job", selection=dg.AssetSelection.assets("stores"))
-inventory_job = dg.define_asset_job("inventory_job", selection=dg.AssetSelection.assets("inventory"))
+def account_schedules(account: Account = DEFAULT) -> tuple[list[dg.ScheduleDefinition], list]:
+    """The schedules and jobs of one account's ``stores``, ``orders`` and ``inventory``, named after
+    it (``north_orders_hourly``, ``north_orders_job``; today's names for the single account)."""
+    orders_job = dg.define_asset_job(account.named("orders_job"), selection=dg.AssetSelection.assets(account.key("orders")),
+                                     description="Load orders for one daily partition (UTC day).")
+    stores_job = dg.define_asset_job(account.named("stores_job"), selection=dg.AssetSelection.assets(account.key("stores")))
+    inventory_job = dg.define_asset_job(account.named("inventory_job"),
+                                        selection=dg.AssetSelection.assets(account.key("inventory")))
 
+    @dg.schedule(name=account.named("orders_hourly"), job=orders_job, cron_schedule="5 * * * *",
+                 execution_timezone="UTC",
+                 description="Hourly: today's orders partition from its high-water mark; yesterday's too in the first "
+                             "hours of a UTC day, then once in full.")
+    def orders_hourly(context: dg.ScheduleEvaluationContext):
+        now = context.scheduled_execution_time
+        yesterday = (now - timedelta(days=1)).date().isoformat()
+        if now.hour < LATE_EDIT_HOURS:
+            yield _orders_run(yesterday, now, full=False)
+        elif now.hour == FULL_REFRESH_HOUR:
+            yield _orders_run(yesterday, now, full=True)
+        yield _orders_run(now.date().isoformat(), now, full=False)
 
-@dg.schedule(job=orders_job, cron_schedule="5 * * * *", execution_timezone="UTC",
-             description="Hourly: today's orders partition from its high-water mark; yesterday's too in the first "
-                         "hours of a UTC day, then once in full.")
-def orders_hourly(context: dg.ScheduleEvaluationContext):
-    now = context.scheduled_execution_time
-    yesterday = (now - timedelta(days=1)).date().isoformat()
-    if now.hour < LATE_EDIT_HOURS:
-        yield _orders_run(yesterday, now, full=False)
-    elif now.hour == FULL_REFRESH_HOUR:
-        yield _orders_run(yesterday, now, full=True)
-    yield _orders_run(now.date().isoformat(), now, full=False)
+    stores_daily = dg.ScheduleDefinition(name=account.named("stores_daily"), job=stores_job, cron_schedule="0 2 * * *",
+                                         execution_timezone="UTC", description="Daily at 02:00 UTC: stores.")
+    inventory_hourly = dg.ScheduleDefinition(name=account.named("inventory_hourly"), job=inventory_job,
+                                             cron_schedule="20 * * * *", execution_timezone="UTC",
+                                             description="Hourly at :20 UTC: inventory.")
+    keepalive_job_ = keepalive_job(account)
+    keepalive = dg.ScheduleDefinition(
+        name=account.named("merchant_tokens_keepalive"), job=keepalive_job_, cron_schedule="40 3 * * *",
+        execution_timezone="UTC", description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.")
+    return ([orders_hourly, stores_daily, inventory_hourly, keepalive],
+            [orders_job, stores_job, inventory_job, keepalive_job_])
 
 
 def _orders_run(key: str, now, *, full: bool) -> dg.RunRequest:
@@ -51,15 +72,8 @@ def _orders_run(key: str, now, *, full: bool) -> dg.RunRequest:
                          tags=tags)
 
 
-stores_daily = dg.ScheduleDefinition(name="stores_daily", job=stores_job, cron_schedule="0 2 * * *",
-                                     execution_timezone="UTC", description="Daily at 02:00 UTC: stores.")
-inventory_hourly = dg.ScheduleDefinition(name="inventory_hourly", job=inventory_job, cron_schedule="20 * * * *",
-                                         execution_timezone="UTC", description="Hourly at :20 UTC: inventory.")
-
-merchant_tokens_keepalive = dg.ScheduleDefinition(
-    name="merchant_tokens_keepalive", job=merchant_tokens_keepalive_job, cron_schedule="40 3 * * *",
-    execution_timezone="UTC", description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.")
-
+# The single-account schedules and jobs (today's names): the factory with no prefix.
+schedules, jobs = account_schedules(DEFAULT)
+orders_hourly, stores_daily, inventory_hourly, merchant_tokens_keepalive = schedules
+orders_job, stores_job, inventory_job, merchant_tokens_keepalive_job = jobs
 # Freshness of orders: pipelines/checks.py (freshness_check + freshness_checks_sensor replace orders_freshness).
-schedules = [orders_hourly, stores_daily, inventory_hourly, merchant_tokens_keepalive]
-jobs = [orders_job, stores_job, inventory_job, merchant_tokens_keepalive_job]

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
     from taptouch_resource import TaptouchResource
 
+    from .accounts import Account
+
     from .warehouse.resource import PostgresResource
 
 DEFAULT_START_DATE = "2024-01-01"
@@ -76,9 +78,12 @@ def batch_size(configured: int | None = None) -> int:
     return _int("TAPTOUCH_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1_000_000, configured)
 
 
-def requests_per_second(configured: float | None = None) -> float:
-    """The request-rate limit; 0 means no limit."""
-    raw = os.environ.get("TAPTOUCH_REQUESTS_PER_SECOND", "").strip() if configured is None else configured
+def requests_per_second(configured: float | None = None, *, variable: str = "TAPTOUCH_REQUESTS_PER_SECOND") -> float:
+    """The request-rate limit; 0 means no limit. ``variable``: an account's own variable, which
+    falls back to ``TAPTOUCH_REQUESTS_PER_SECOND`` when unset."""
+    raw = os.environ.get(variable, "").strip() if configured is None else configured
+    if raw == "" and variable != "TAPTOUCH_REQUESTS_PER_SECOND":
+        return requests_per_second()
     if raw == "":
         return DEFAULT_REQUESTS_PER_SECOND
     try:
@@ -86,7 +91,7 @@ def requests_per_second(configured: float | None = None) -> float:
     except ValueError:
         value = float("nan")
     if not math.isfinite(value):
-        raise ValueError(f"TAPTOUCH_REQUESTS_PER_SECOND must be a number (0: no limit), got {raw!r}")
+        raise ValueError(f"{variable} must be a number (0: no limit), got {raw!r}")
     return max(value, 0.0)
 
 
@@ -109,12 +114,23 @@ def lookback(configured: str | int | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource") -> tuple["TaptouchResource", int]:
+def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
+            account: "Account | None" = None) -> tuple["TaptouchResource", int]:
     """At run start: ``taptouch`` with every tunable it leaves unset taken from its variable, and
-    the loader's batch size (``warehouse.batch_size``, else ``TAPTOUCH_BATCH_SIZE``)."""
-    resolved = taptouch.model_copy(update={
+    the loader's batch size (``warehouse.batch_size``, else ``TAPTOUCH_BATCH_SIZE``).
+
+    A named ``account`` (``TAPTOUCH_ACCOUNTS``) reads ``TAPTOUCH_<NAME>_BASE_URL`` and
+    ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
+    ``TAPTOUCH_REQUESTS_PER_SECOND``, as for the single account)."""
+    update = {
         "page_size": page_size(taptouch.page_size),
         "requests_per_second": requests_per_second(taptouch.requests_per_second),
         "store_workers": store_workers(taptouch.store_workers),
-    })
-    return resolved, batch_size(warehouse.batch_size)
+    }
+    if account is not None and account.prefixed:
+        update["requests_per_second"] = requests_per_second(taptouch.requests_per_second,
+                                                            variable=account.env("REQUESTS_PER_SECOND"))
+        base_url = os.environ.get(account.env("BASE_URL"), "").strip()
+        if taptouch.base_url is None and base_url:
+            update["base_url"] = base_url
+    return taptouch.model_copy(update=update), batch_size(warehouse.batch_size)

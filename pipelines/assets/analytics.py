@@ -13,8 +13,11 @@ import base64
 import hashlib
 import io
 
+from typing import Sequence
+
 import dagster as dg
 
+from ..accounts import DEFAULT, Account
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata
 from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
@@ -30,14 +33,16 @@ TABLE_WRITERS = {
 }
 
 
-def view_deps(name: str) -> list[str]:
-    """The assets ``analytics.<name>`` reads: the writers of its tables, and the views it builds on."""
+def view_deps(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> list[str]:
+    """The assets ``analytics.<name>`` reads: the writers of its tables (every account's: one
+    warehouse holds them all), and the views it builds on."""
     reads = view_reads(name)
     unowned = reads["taptouch"] - TABLE_WRITERS.keys()
     if unowned:
         raise ValueError(f"sql/analytics/{name}.sql reads {', '.join(sorted(unowned))}, which no asset writes "
                          f"(pipelines/assets/analytics.py TABLE_WRITERS)")
-    return sorted({TABLE_WRITERS[t] for t in reads["taptouch"]} | reads["analytics"])
+    writers = {a.key_string(TABLE_WRITERS[t]) for t in reads["taptouch"] for a in accounts}
+    return sorted(writers | reads["analytics"])
 
 
 def sales_chart(warehouse: PostgresResource, days: int = 28) -> str | None:
@@ -74,8 +79,10 @@ def sales_chart(warehouse: PostgresResource, days: int = 28) -> str | None:
     return f"![net sales per store per day](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
-def _make_view_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=view_deps(name),
+def _make_view_asset(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> dg.AssetsDefinition:
+    deps = [dg.AssetKey.from_user_string(d) for d in view_deps(name, accounts)]
+
+    @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=deps,
               description=view_description(name),
               code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
               metadata=view_metadata(name), automation_condition=VIEW_AUTOMATION)
@@ -99,4 +106,9 @@ def _make_view_asset(name: str) -> dg.AssetsDefinition:
     return _view
 
 
-analytics_assets = [_make_view_asset(name) for name in view_names()]
+def make_analytics_assets(accounts: Sequence[Account] = (DEFAULT,)) -> list[dg.AssetsDefinition]:
+    """One asset per view of ``sql/analytics/``, shared by every account (the views carry ``account``)."""
+    return [_make_view_asset(name, accounts) for name in view_names()]
+
+
+analytics_assets = make_analytics_assets()

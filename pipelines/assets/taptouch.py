@@ -18,6 +18,7 @@ from pydantic import Field
 from taptouch_resource import TaptouchError, TaptouchResource
 
 from .. import settings
+from ..accounts import DEFAULT, Account
 from ..partitions import daily_partitions
 from .preview import PREVIEW_ROWS, markdown_preview, read_frame
 from ..sync import (StoreListing, SyncResult, day_window, describe, is_transient, list_stores, sync_inventory,
@@ -27,11 +28,11 @@ from ..warehouse.schema import table_metadata
 from ..warehouse.budget import SharedBudget
 from ..warehouse.token_store import TokenStore
 
-# Every asset that calls the Taptouch API runs in this Dagster concurrency pool, so concurrent runs
-# (a backfill plus the hourly schedule) never exceed the API budget. Set its limit with
-#   dagster instance concurrency set taptouch_api 2
+# Every asset that calls the Taptouch API runs in its account's Dagster concurrency pool, so
+# concurrent runs (a backfill plus the hourly schedule) never exceed the API budget. Set its limit with
+#   dagster instance concurrency set taptouch_api 2        (taptouch_api_<name> for a named account)
 # or in dagster.yaml (concurrency: pools: default_limit).
-API_POOL = "taptouch_api"
+API_POOL = DEFAULT.pool
 KINDS = {"taptouch", "postgres"}
 GROUP = "taptouch"
 
@@ -86,10 +87,13 @@ class _Session:
 
 
 @contextmanager
-def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False):
+def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False,
+                account: Account = DEFAULT):
     """At run start: read the settings, migrate, make a client and check its credentials (failing
-    clearly before any work), and open an autocommit connection to the warehouse."""
-    taptouch, batch_size = settings.for_run(taptouch, warehouse)
+    clearly before any work), and open an autocommit connection to the warehouse. For a named
+    ``account`` the connection's ``taptouch.account`` setting is its name, which every row the
+    session writes takes as its ``account`` (the column's default, migration 0009)."""
+    taptouch, batch_size = settings.for_run(taptouch, warehouse, account)
     warehouse.ensure_migrated()
     url = warehouse.url()
     tokens = TokenStore.for_resource(taptouch, url)
@@ -101,6 +105,8 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
         client.auth.get_token()
         with warehouse.connect() as conn:
             conn.autocommit = True
+            if account.prefixed:
+                conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
             yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size)
     finally:
         client.close()
@@ -136,26 +142,6 @@ def _fail_if_stores_failed(result: SyncResult, what: str, metadata: dict) -> Non
     )
 
 
-@dg.asset(
-    key="stores", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
-    metadata=table_metadata("taptouch.stores"),
-    description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
-)
-def stores(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Every store the token may read; upserted."""
-    with step_errors():
-        with api_session(taptouch, warehouse, store_api=True) as session:
-            counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
-        preview = read_frame(warehouse, "select store_id, name, status, timezone, currency from taptouch.stores"
-                                        " order by store_id limit :n", n=PREVIEW_ROWS)
-    return dg.MaterializeResult(metadata={
-        **counts.as_dict(),
-        "dagster/row_count": len(records),
-        **session.api_metadata(),
-        "preview": markdown_preview(preview),
-    })
-
-
 class OrdersConfig(dg.Config):
     """Launchpad / run config of ``orders`` (``ops: orders: config: ...``)."""
 
@@ -165,45 +151,6 @@ class OrdersConfig(dg.Config):
     lookback: Optional[str] = Field(
         default=None, description="Re-ask the API from each store's high-water mark minus this (seconds, or "
                                   "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
-
-
-@dg.asset(
-    key="orders", group_name=GROUP, kinds=KINDS, partitions_def=daily_partitions,
-    metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments", "taptouch.order_refunds"),
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
-    pool=API_POOL, retry_policy=RETRY,
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_QUARANTINE, asset="orders",
-                          description="No order of the partition was quarantined (warns when some were)."),
-        dg.AssetCheckSpec(CHECK_ARITHMETIC, asset="orders",
-                          description="Σ item totals = subtotal; Σ payments = total for completed orders."),
-    ],
-    description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day, "
-                "for every store in the API's store listing, which this asset reads itself (for the stores' "
-                "time zones, i.e. business dates); it never writes taptouch.stores.",
-)
-def orders(context: dg.AssetExecutionContext, config: OrdersConfig, taptouch: TaptouchResource,
-           warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
-    keys = list(context.partition_keys)
-    full = config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true"
-    lookback = None if full else settings.lookback(config.lookback)
-    context.log.info("orders: full refresh (high-water marks ignored)" if full else
-                     f"orders: incremental from each store's high-water mark, lookback {lookback}")
-    with step_errors(), api_session(taptouch, warehouse) as session:
-        listing = session.store_listing(context)
-        total = SyncResult()
-        for key in keys:
-            total.merge(_load_orders_day(context, session, listing, key, lookback))
-        range_start, _ = day_window(keys[0])
-        _, range_end = day_window(keys[-1])
-        checks = _order_checks(session.conn, keys, range_start, range_end)
-    metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
-                "full_refresh": full, "incremental_stores": total.incremental_stores,
-                "pages_skipped": total.pages_skipped, **session.api_metadata()}
-    context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
-    _fail_if_stores_failed(total, f"orders {keys[0]}..{keys[-1]}", metadata)
-    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _load_orders_day(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
@@ -238,19 +185,23 @@ def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
     }
 
 
-def _order_checks(conn, keys: list[str], start: datetime, end: datetime) -> list[dg.AssetCheckResult]:
+def _order_checks(conn, keys: list[str], start: datetime, end: datetime,
+                  account: Account = DEFAULT) -> list[dg.AssetCheckResult]:
+    # a named account checks only its own rows; the single account, every row (all are 'default')
+    mine = account.name if account.prefixed else None
     with conn.cursor() as cur:
         cur.execute(
             "select count(*), coalesce(string_agg(distinct left(reason, 120), '; '), '') from taptouch.quarantine"
-            " where entity = 'order' and \"window\" = any(%s) and resolved_at is null",
-            (keys,),
+            " where entity = 'order' and \"window\" = any(%s) and resolved_at is null"
+            " and (%s::text is null or account = %s)",
+            (keys, mine, mine),
         )
         quarantined, reasons = cur.fetchone()
         cur.execute(
             """
             with o as (
                 select order_id, status, subtotal, total from taptouch.orders
-                where updated_at >= %s and updated_at < %s
+                where updated_at >= %s and updated_at < %s and (%s::text is null or account = %s)
             ),
             items as (
                 select i.order_id, sum(i.total) as item_total from taptouch.order_items i
@@ -265,36 +216,115 @@ def _order_checks(conn, keys: list[str], start: datetime, end: datetime) -> list
                    count(*) filter (where o.status = 'completed' and coalesce(pays.paid, 0) <> o.total)
             from o left join items using (order_id) left join pays using (order_id)
             """,
-            (start, end),
+            (start, end, mine, mine),
         )
         checked, bad_subtotal, bad_paid = cur.fetchone()
     return [
         dg.AssetCheckResult(
-            check_name=CHECK_QUARANTINE, asset_key="orders", passed=quarantined == 0,
+            check_name=CHECK_QUARANTINE, asset_key=account.key("orders"), passed=quarantined == 0,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"quarantined": quarantined, "reasons": reasons[:2000] or "none",
                       "where": "select * from taptouch.quarantine where entity = 'order' and resolved_at is null"},
         ),
         dg.AssetCheckResult(
-            check_name=CHECK_ARITHMETIC, asset_key="orders", passed=bad_subtotal == 0 and bad_paid == 0,
+            check_name=CHECK_ARITHMETIC, asset_key=account.key("orders"), passed=bad_subtotal == 0 and bad_paid == 0,
             metadata={"orders_checked": checked, "subtotal_mismatches": bad_subtotal, "payment_mismatches": bad_paid},
         ),
     ]
 
 
-@dg.asset(
-    key="inventory", group_name=GROUP, kinds=KINDS, pool=API_POOL, retry_policy=RETRY,
-    metadata=table_metadata("taptouch.inventory_levels", "taptouch.inventory_snapshots"),
-    description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
-                "every store in the API's store listing, which this asset reads itself (for the stores' time zones, "
-                "i.e. snapshot dates); it never writes taptouch.stores.",
-)
-def inventory(context: dg.AssetExecutionContext, taptouch: TaptouchResource, warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Current stock per store, replacing the previous list; today's snapshot per product."""
-    with step_errors(), api_session(taptouch, warehouse) as session:
-        listing = session.store_listing(context)
-        result = sync_inventory(session.client, session.conn, store_ids=listing.store_ids,
-                                timezones=listing.timezones, run_id=context.run.run_id, progress=context.log.info)
-    metadata = {**_store_metadata(result, listing), **session.api_metadata()}
-    _fail_if_stores_failed(result, "inventory", metadata)
-    return dg.MaterializeResult(metadata=metadata)
+def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
+    """``stores``, ``orders`` and ``inventory`` of one account: under its key prefix (none for the
+    single-account setup), in its pool, with its resource (``account.resource_key``)."""
+    group, pool, resource_key = account.group, account.pool, account.resource_key
+    resource_keys = {resource_key, "warehouse"}
+    orders_key = account.key("orders")
+    stores_sql = ("select store_id, name, status, timezone, currency from taptouch.stores"
+                  + (" where account = :account" if account.prefixed else "") + " order by store_id limit :n")
+
+    def _resources(context) -> tuple[TaptouchResource, PostgresResource]:
+        return getattr(context.resources, resource_key), context.resources.warehouse
+
+    @dg.asset(
+        key=account.key("stores"), group_name=group, kinds=KINDS, pool=pool, retry_policy=RETRY,
+        required_resource_keys=resource_keys, metadata=table_metadata("taptouch.stores"),
+        description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
+    )
+    def stores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Every store the token may read; upserted."""
+        taptouch, warehouse = _resources(context)
+        with step_errors():
+            with api_session(taptouch, warehouse, store_api=True, account=account) as session:
+                counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
+            params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
+            preview = read_frame(warehouse, stores_sql, **params)
+        return dg.MaterializeResult(metadata={
+            **counts.as_dict(),
+            "dagster/row_count": len(records),
+            **session.api_metadata(),
+            "preview": markdown_preview(preview),
+        })
+
+    @dg.asset(
+        key=orders_key, group_name=group, kinds=KINDS, partitions_def=daily_partitions,
+        metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments",
+                                "taptouch.order_refunds"),
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
+        pool=pool, retry_policy=RETRY, required_resource_keys=resource_keys,
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_QUARANTINE, asset=orders_key,
+                              description="No order of the partition was quarantined (warns when some were)."),
+            dg.AssetCheckSpec(CHECK_ARITHMETIC, asset=orders_key,
+                              description="Σ item totals = subtotal; Σ payments = total for completed orders."),
+        ],
+        description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day, "
+                    "for every store in the API's store listing, which this asset reads itself (for the stores' "
+                    "time zones, i.e. business dates); it never writes taptouch.stores.",
+    )
+    def orders(context: dg.AssetExecutionContext, config: OrdersConfig) -> dg.MaterializeResult:
+        """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
+        taptouch, warehouse = _resources(context)
+        keys = list(context.partition_keys)
+        full = config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true"
+        lookback = None if full else settings.lookback(config.lookback)
+        context.log.info("orders: full refresh (high-water marks ignored)" if full else
+                         f"orders: incremental from each store's high-water mark, lookback {lookback}")
+        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
+            listing = session.store_listing(context)
+            total = SyncResult()
+            for key in keys:
+                total.merge(_load_orders_day(context, session, listing, key, lookback))
+            range_start, _ = day_window(keys[0])
+            _, range_end = day_window(keys[-1])
+            checks = _order_checks(session.conn, keys, range_start, range_end, account)
+        metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
+                    "full_refresh": full, "incremental_stores": total.incremental_stores,
+                    "pages_skipped": total.pages_skipped, **session.api_metadata()}
+        context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
+        _fail_if_stores_failed(total, f"{account.key_string('orders')} {keys[0]}..{keys[-1]}", metadata)
+        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+    @dg.asset(
+        key=account.key("inventory"), group_name=group, kinds=KINDS, pool=pool, retry_policy=RETRY,
+        required_resource_keys=resource_keys,
+        metadata=table_metadata("taptouch.inventory_levels", "taptouch.inventory_snapshots"),
+        description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
+                    "every store in the API's store listing, which this asset reads itself (for the stores' time "
+                    "zones, i.e. snapshot dates); it never writes taptouch.stores.",
+    )
+    def inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Current stock per store, replacing the previous list; today's snapshot per product."""
+        taptouch, warehouse = _resources(context)
+        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
+            listing = session.store_listing(context)
+            result = sync_inventory(session.client, session.conn, store_ids=listing.store_ids,
+                                    timezones=listing.timezones, run_id=context.run.run_id, progress=context.log.info)
+        metadata = {**_store_metadata(result, listing), **session.api_metadata()}
+        _fail_if_stores_failed(result, account.key_string("inventory"), metadata)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [stores, orders, inventory]
+
+
+# The single-account assets (today's keys): the factory with no prefix.
+stores, orders, inventory = taptouch_assets(DEFAULT)

@@ -12,6 +12,7 @@
 --   order_count       number of sales orders
 --   refunds           Σ refund amounts of those orders
 --   net_sales         Σ total − refunds
+--   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.channel_mix as
 select
     store_id,
@@ -21,6 +22,7 @@ select
     fulfillment_type,
     count(*) as order_count,
     sum(refunds)::numeric(14, 2) as refunds,
-    sum(net_total)::numeric(14, 2) as net_sales
+    sum(net_total)::numeric(14, 2) as net_sales,
+    account
 from analytics.sales_orders
-group by store_id, store_name, business_date, source, fulfillment_type;
+group by store_id, store_name, business_date, source, fulfillment_type, account;

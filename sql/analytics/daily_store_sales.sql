@@ -12,6 +12,7 @@
 --   net_sales        Σ total − refunds
 --   tax              Σ GST included in total
 --   avg_order_value  Σ total / order_count, rounded to cents
+--   account          the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.daily_store_sales as
 select
     store_id,
@@ -23,6 +24,7 @@ select
     sum(refunds)::numeric(14, 2) as refunds,
     sum(net_total)::numeric(14, 2) as net_sales,
     sum(tax)::numeric(14, 2) as tax,
-    round(sum(total) / count(*), 2) as avg_order_value
+    round(sum(total) / count(*), 2) as avg_order_value,
+    account
 from analytics.sales_orders
-group by store_id, store_name, business_date;
+group by store_id, store_name, business_date, account;

@@ -11,6 +11,7 @@
 --   order_count    number of sales orders created in that hour
 --   refunds        Σ refund amounts of those orders
 --   net_sales      Σ total − refunds of those orders
+--   account        the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 -- Over a store-day, Σ order_count and Σ net_sales equal daily_store_sales.
 create or replace view analytics.hourly_sales as
 select
@@ -20,6 +21,7 @@ select
     local_hour,
     count(*) as order_count,
     sum(refunds)::numeric(14, 2) as refunds,
-    sum(net_total)::numeric(14, 2) as net_sales
+    sum(net_total)::numeric(14, 2) as net_sales,
+    account
 from analytics.sales_orders
-group by store_id, store_name, business_date, local_hour;
+group by store_id, store_name, business_date, local_hour, account;

@@ -16,6 +16,7 @@
 --   stock_value     greatest(on_hand, 0) × cost_price, rounded to cents (negative stock counts as 0)
 --   units_sold      Σ item quantity of the product on sales orders of that business date (0 if none)
 --   item_sales      Σ item total of those lines (0.00 if none)
+--   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.inventory_history as
 with sales as (
     select order_id, store_id, business_date
@@ -47,7 +48,8 @@ select
     snapshots.sell_price,
     round(greatest(snapshots.on_hand, 0) * snapshots.cost_price, 2)::numeric(14, 2) as stock_value,
     coalesce(daily_units.units_sold, 0) as units_sold,
-    coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales
+    coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales,
+    snapshots.account::text as account
 from taptouch.inventory_snapshots as snapshots
 left join daily_units
     on daily_units.store_id = snapshots.store_id

@@ -24,6 +24,7 @@
 --                         null without sales in the last 28 days, 0 when out of stock
 --   updated_at            when the API last changed the level
 --   synced_at             when the pipeline last wrote the row
+--   account               the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.inventory_status as
 with levels as (
     select
@@ -70,7 +71,8 @@ select
     round(coalesce(recent_units.units_sold, 0) / 28, 3) as avg_daily_units_28d,
     round(greatest(levels.on_hand, 0) * 28 / nullif(recent_units.units_sold, 0), 1) as days_of_cover,
     levels.updated_at,
-    levels.synced_at
+    levels.synced_at,
+    levels.account::text as account
 from levels
 left join recent_units using (store_id, product_id)
 left join taptouch.stores as stores using (store_id);

@@ -14,15 +14,17 @@
 --   amount         Σ payment amount (card surcharges included, tips not)
 --   surcharges     Σ card surcharge inside those amounts
 --   tips           Σ tips given with those payments (on top of amount)
+--   account        the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.payment_mix as
 with sales as (
-    select order_id, store_id, business_date
+    select order_id, store_id, business_date, account
     from analytics.sales_orders
 ),
 payments as (
     select
         sales.store_id,
         sales.business_date,
+        sales.account,
         payments.method,
         payments.amount,
         payments.surcharge,
@@ -38,9 +40,10 @@ daily as (
         count(*) as payment_count,
         sum(amount) as amount,
         sum(surcharge) as surcharges,
-        sum(tip) as tips
+        sum(tip) as tips,
+        account
     from payments
-    group by store_id, business_date, method
+    group by store_id, business_date, method, account
 )
 select
     daily.store_id,
@@ -50,6 +53,7 @@ select
     daily.payment_count,
     daily.amount::numeric(14, 2) as amount,
     daily.surcharges::numeric(14, 2) as surcharges,
-    daily.tips::numeric(14, 2) as tips
+    daily.tips::numeric(14, 2) as tips,
+    daily.account
 from daily
 left join taptouch.stores as stores using (store_id);

@@ -20,15 +20,17 @@
 --   item_discounts    Σ item-level discount
 --   modifier_revenue  Σ item quantity × modifier price × modifier quantity (part of net_item_sales,
 --                     before item discounts), rounded to cents
+--   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.product_sales as
 with sales as (
-    select order_id, store_id, business_date
+    select order_id, store_id, business_date, account
     from analytics.sales_orders
 ),
 items as (
     select
         sales.store_id,
         sales.business_date,
+        sales.account,
         items.order_id,
         items.item_id,
         items.product_id,
@@ -65,10 +67,12 @@ daily as (
         sum(items.quantity) as units,
         sum(items.total) as net_item_sales,
         sum(items.discount) as item_discounts,
-        coalesce(sum(item_modifiers.modifier_revenue), 0) as modifier_revenue
+        coalesce(sum(item_modifiers.modifier_revenue), 0) as modifier_revenue,
+        items.account
     from items
     left join item_modifiers using (order_id, item_id)
-    group by items.store_id, items.business_date, items.product_id, items.product_name, items.category
+    group by items.store_id, items.business_date, items.product_id, items.product_name, items.category,
+             items.account
 )
 select
     daily.store_id,
@@ -81,6 +85,7 @@ select
     daily.units,
     daily.net_item_sales::numeric(14, 2) as net_item_sales,
     daily.item_discounts::numeric(14, 2) as item_discounts,
-    round(daily.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue
+    round(daily.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
+    daily.account
 from daily
 left join taptouch.stores as stores using (store_id);

@@ -19,6 +19,7 @@
 --   tax               GST included in total
 --   refunds           Σ refund amounts of the order (0 when none)
 --   net_total         total − refunds
+--   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.sales_orders as
 with sales as (
     select
@@ -33,7 +34,8 @@ with sales as (
         orders.subtotal,
         orders.discount,
         orders.total,
-        orders.tax
+        orders.tax,
+        orders.account::text as account
     from taptouch.orders as orders
     left join taptouch.stores as stores using (store_id)
     where orders.status in ('completed', 'partially_refunded', 'refunded')
@@ -46,8 +48,20 @@ order_refunds as (
     group by refunds.order_id
 )
 select
-    sales.*,
+    sales.order_id,
+    sales.store_id,
+    sales.store_name,
+    sales.business_date,
+    sales.local_hour,
+    sales.source,
+    sales.fulfillment_type,
+    sales.status,
+    sales.subtotal,
+    sales.discount,
+    sales.total,
+    sales.tax,
     coalesce(order_refunds.refunded, 0)::numeric(14, 2) as refunds,
-    (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total
+    (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total,
+    sales.account
 from sales
 left join order_refunds using (order_id);

@@ -1,0 +1,110 @@
+"""Taptouch accounts of this deployment, from ``TAPTOUCH_ACCOUNTS`` (read when the definitions load).
+
+Unset (or empty): one account, :data:`DEFAULT`, with today's names: assets ``stores``, ``orders``,
+``inventory``, ``order_deletions``; pool ``taptouch_api``; resource ``taptouch``; schedules
+``orders_hourly`` ...; credentials ``TAPTOUCH_CLIENT_ID`` / ``TAPTOUCH_CLIENT_SECRET``; rows
+``account = 'default'``.
+
+``TAPTOUCH_ACCOUNTS=north,south``: one account per name, each with its own asset key prefix
+(``north/orders``), pool (``taptouch_api_north``), resource (``taptouch_north``), jobs and
+schedules (``north_orders_hourly``), checks, request budget and tokens (both keyed by its client
+id), and rows ``account = 'north'``. Its settings are ``TAPTOUCH_<NAME>_CLIENT_ID``,
+``TAPTOUCH_<NAME>_CLIENT_SECRET`` (bound with ``dg.EnvVar``: read when a run starts), and the
+optional ``TAPTOUCH_<NAME>_BASE_URL`` and ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` (read when a run
+starts, :mod:`pipelines.settings`; unset: ``TAPTOUCH_BASE_URL`` / ``TAPTOUCH_REQUESTS_PER_SECOND``).
+
+A change to ``TAPTOUCH_ACCOUNTS`` takes effect when the code location is reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+ACCOUNTS_ENV = "TAPTOUCH_ACCOUNTS"
+DEFAULT_NAME = "default"
+_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+MAX_NAME = 40
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Taptouch client (OAuth client id) of the deployment and the names of its definitions."""
+
+    name: str
+    prefixed: bool = True  # False only for the single-account setup (DEFAULT): today's names
+
+    # ---- Dagster names
+    def key(self, asset: str) -> "object":
+        """The asset key of ``asset`` (``orders`` -> ``north/orders``)."""
+        import dagster as dg
+
+        return dg.AssetKey([self.name, asset] if self.prefixed else [asset])
+
+    def key_string(self, asset: str) -> str:
+        return f"{self.name}/{asset}" if self.prefixed else asset
+
+    def op_name(self, asset: str) -> str:
+        """The op of ``asset`` in run config (``ops: {north__orders: ...}``)."""
+        return f"{self.name}__{asset}" if self.prefixed else asset
+
+    def named(self, thing: str) -> str:
+        """A job, schedule, sensor or group name (``orders_hourly`` -> ``north_orders_hourly``)."""
+        return f"{self.name}_{thing}" if self.prefixed else thing
+
+    @property
+    def pool(self) -> str:
+        return f"taptouch_api_{self.name}" if self.prefixed else "taptouch_api"
+
+    @property
+    def resource_key(self) -> str:
+        return f"taptouch_{self.name}" if self.prefixed else "taptouch"
+
+    @property
+    def group(self) -> str:
+        return f"taptouch_{self.name}" if self.prefixed else "taptouch"
+
+    # ---- settings
+    def env(self, setting: str) -> str:
+        """The variable of ``setting`` (``CLIENT_ID`` -> ``TAPTOUCH_NORTH_CLIENT_ID``)."""
+        return f"TAPTOUCH_{self.name.upper()}_{setting}" if self.prefixed else f"TAPTOUCH_{setting}"
+
+    def resource(self):
+        """The account's ``TaptouchResource``: credentials bound with ``dg.EnvVar`` (read when a run
+        starts; a run without them fails before its first step, naming the variable)."""
+        import dagster as dg
+
+        from taptouch_resource import TaptouchResource
+
+        return TaptouchResource(client_id=dg.EnvVar(self.env("CLIENT_ID")),
+                                client_secret=dg.EnvVar(self.env("CLIENT_SECRET")))
+
+
+DEFAULT = Account(DEFAULT_NAME, prefixed=False)
+
+
+def parse(raw: str | None) -> list[Account]:
+    """The accounts named by ``raw`` (a ``TAPTOUCH_ACCOUNTS`` value); ``[DEFAULT]`` when empty."""
+    names = [part.strip() for part in (raw or "").split(",")]
+    names = [n for n in names if n]
+    if not names:
+        return [DEFAULT]
+    seen: set[str] = set()
+    for name in names:
+        if not _NAME.match(name) or len(name) > MAX_NAME:
+            raise ValueError(
+                f"{ACCOUNTS_ENV}: {name!r} is not a valid account name: use lowercase letters, digits and _, "
+                f"starting with a letter, at most {MAX_NAME} characters (e.g. TAPTOUCH_ACCOUNTS=north,south)")
+        if name == DEFAULT_NAME:
+            raise ValueError(f"{ACCOUNTS_ENV}: 'default' is reserved for the single-account setup "
+                             f"(TAPTOUCH_ACCOUNTS unset); give the account another name")
+        if name in seen:
+            raise ValueError(f"{ACCOUNTS_ENV}: account {name!r} is named twice")
+        seen.add(name)
+    return [Account(n) for n in names]
+
+
+def configured() -> list[Account]:
+    """The accounts of ``TAPTOUCH_ACCOUNTS`` (read when the definitions load)."""
+    return parse(os.environ.get(ACCOUNTS_ENV))
