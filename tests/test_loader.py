@@ -275,3 +275,56 @@ def test_lone_surrogates_are_quarantined_not_fatal(db):
     assert q(db, "select raw is null, raw_text like '%\\\\ud800%' from taptouch.quarantine where record_key = '900'") == [(True, True)]
     stores = load_stores(db, [f.store(7105, "Australia/Perth", name="Caf\udce9")])
     assert stores.quarantined == 1
+
+
+def test_preformatted_copy_lines_land_what_psycopg_formats(db):
+    """Records with no byte COPY's text format escapes are staged as pre-formatted lines; the same
+    records pretty-printed (newlines: psycopg formats their rows) must land exactly the same rows."""
+    import json
+
+    from pipelines.warehouse import records
+
+    def variants():
+        yield f.order(1)
+        yield f.order(2, status="open", customer={"id": 9, "name": "Mārama ☕🥐"}, number="N")
+        yield f.order(3, items=[f.item(1, D("0.375"), "12.40", name="Cheese (kg)"),
+                                f.item(2, 3, "1.10", [{"id": 5, "name": "x", "quantity": 2, "price": "0.25"}])],
+                      discount="0.50", surcharge="0.15", rounding="-0.02",
+                      created_at="2026-11-02T12:31:05.1234567Z", updated_at="2026-11-02T12:31:05.9999995-03:30")
+        o = f.order(4, refunds=("3.00",), redeem_points=D("12.5"), tips=D("1.00"))
+        o["refunds"][0].update(reason=None, refunded_at="2026-11-02T13:00:00Z")
+        o.update(source=None, fulfillment_type=None, currency=None, cashier=None)
+        yield o
+        o = f.order(5, items=[])
+        o["items"][:] = []
+        yield o
+
+    compact = [records.as_bytes(o) for o in variants()]
+    assert not any(b in r for r in compact for b in (b"\\", b"\n", b"\r", b"\t"))
+    pretty = [json.dumps(json.loads(r.decode()), indent=1).encode() for r in compact]  # same values, newlines
+    assert all(jsonutil.loads(a) == jsonutil.loads(b) for a, b in zip(compact, pretty))
+    tables = {"orders": "order_id", "order_items": "order_id, item_id", "order_payments": "order_id, payment_id",
+              "order_refunds": "order_id, refund_id"}
+
+    def snapshot():
+        out = {}
+        for t, key in tables.items():
+            cols = [c for (c,) in q(db, "select column_name from information_schema.columns where table_schema ="
+                                        " 'taptouch' and table_name = %s and column_name not in ('loaded_at', 'raw_hash')"
+                                        " order by ordinal_position", t)]
+            out[t] = q(db, f"select {', '.join(cols)} from taptouch.{t} order by {key}")
+        return out
+
+    for recs in (compact, pretty):
+        counts = load_orders(db, [(7101, recs)])
+        assert (counts.inserted, counts.quarantined) == (5, 0)
+        got = snapshot()
+        if recs is compact:
+            first = got
+            assert len(got["orders"]) == 5 and len(got["order_refunds"]) == 1
+        db.execute("truncate taptouch.orders, taptouch.order_items, taptouch.order_payments, taptouch.order_refunds")
+    assert got == first
+    # and the values are the boundary's, exactly (scale of every numeric included)
+    r = records.order_rows(compact[2], "Australia/Melbourne", 7101)
+    row = next(x for x in first["order_items"] if x[:2] == (3, 1))
+    assert [str(v) for v in row[6:11]] == [str(v) for v in r.items[0][6:11]] == ["0.375", "12.40", "0.00", "0.42", "4.65"]

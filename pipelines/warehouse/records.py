@@ -523,14 +523,18 @@ def _instant(s: str) -> datetime:
 @lru_cache(maxsize=4096)
 def _exact(s: str) -> Decimal:
     utc = _instant(s)
-    whole = (utc.replace(microsecond=0) - EPOCH) // timedelta(seconds=1)
-    frac = _TS.fullmatch(s).group(7)
-    if not frac:
+    d = utc - EPOCH
+    whole = d.days * 86400 + d.seconds
+    if s[19:20] != ".":  # valid texts are date and time (19 characters), then a fraction or the offset
         return Decimal(whole)
+    frac = _FRAC.match(s, 20).group()
     # the fraction as sent (every digit); utc's microseconds may have been rounded up into the next second
     if utc.microsecond < int(frac[:6].ljust(6, "0")):
         whole -= 1
     return Decimal(whole) + Decimal("0." + frac)
+
+
+_FRAC = re.compile(r"[0-9]+")
 
 
 def datetime_like(s: str) -> bool:
@@ -681,6 +685,7 @@ _MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # nu
 
 
 _mq = _MONEY_CTX.quantize
+_CENTS = (CENT,) * 6
 
 
 def _m(v: Decimal) -> Decimal:
@@ -717,8 +722,9 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
         key = _exact(updated)
         if completed is not None:
             _instant(completed)
-        subtotal, discount, surcharge, rounding, total = _m(o.subtotal), _m(o.discount), _m(o.surcharge), \
-            _m(o.rounding), _m(o.total)
+        # money: one trapped quantize each (exact cents and numeric(12,2) in one C call), mapped in C
+        subtotal, discount, surcharge, rounding, total, tax = map(_mq, (o.subtotal, o.discount, o.surcharge,
+                                                                       o.rounding, o.total, o.tax), _CENTS)
         if subtotal - discount + surcharge + rounding != total:
             raise _Slow
         cust, cash = o.customer, o.cashier
@@ -745,8 +751,8 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
         tips = o.tips
         rp = o.redeem_points
         order = (oid, sid, number, source, ftype, status, created, updated, completed, _business_date(created, tz),
-                 currency, subtotal, discount, surcharge, rounding, _m(o.tax), total,
-                 ZERO if tips is None else _m(tips), None if rp is None else _q(rp),
+                 currency, subtotal, discount, surcharge, rounding, tax, total,
+                 ZERO if tips is None else _mq(tips, CENT), None if rp is None else _q(rp),
                  cust_id, cust_name, cash_id, cash_name)
         items = []
         if o.items:
@@ -760,8 +766,8 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                 qty = _q(it.quantity)
                 if qty <= 0:
                     raise _Slow
-                price, itotal = _m(it.unit_price), _m(it.total)
-                idisc = ZERO if it.discount is None else _m(it.discount)
+                price, itotal = _mq(it.unit_price, CENT), _mq(it.total, CENT)
+                idisc = ZERO if it.discount is None else _mq(it.discount, CENT)
                 mb = bytes(it.modifiers)
                 if mb == b"[]":
                     mods_text, mod_sum = "[]", 0
@@ -770,7 +776,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                 else:
                     mod_sum = 0
                     for m in _DEC_MODIFIERS.decode(mb) or ():
-                        mod_sum += _m(m.price) * (1 if m.quantity is None else _q(m.quantity))
+                        mod_sum += _mq(m.price, CENT) * (1 if m.quantity is None else _q(m.quantity))
                     mods_text = mb.decode("utf-8")
                 if abs(qty * (price + mod_sum) - idisc - itotal) >= CENT:
                     raise _Slow
@@ -780,7 +786,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                     for v in (sku, name, cat):
                         _t(v, TEXT_MAX)
                 items.append((oid, iid, pid, sku, name, cat, qty, price, idisc,
-                              ZERO if it.tax is None else _m(it.tax), itotal, mods_text))
+                              ZERO if it.tax is None else _mq(it.tax, CENT), itotal, mods_text))
             if item_sum != subtotal:
                 raise _Slow
         payments = []
@@ -792,13 +798,13 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                 if pid in seen or not 0 <= pid <= BIGINT_MAX or not method.strip() or len(method) > SHORT_TEXT_MAX:
                     raise _Slow
                 seen.add(pid)
-                amount = _m(pay.amount)
+                amount = _mq(pay.amount, CENT)
                 paid += amount
                 at = pay.paid_at
                 if at is not None:
                     _instant(at)
-                payments.append((oid, pid, method, amount, ZERO if pay.tip is None else _m(pay.tip),
-                                 ZERO if pay.surcharge is None else _m(pay.surcharge), at))
+                payments.append((oid, pid, method, amount, ZERO if pay.tip is None else _mq(pay.tip, CENT),
+                                 ZERO if pay.surcharge is None else _mq(pay.surcharge, CENT), at))
         if status == "completed" and paid != total:
             raise _Slow
         refunds = []
@@ -814,7 +820,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                     _instant(at)
                 if not long_ok:
                     _t(ref.reason, TEXT_MAX)
-                refunds.append((oid, rid, _m(ref.amount), ref.reason, at))
+                refunds.append((oid, rid, _mq(ref.amount, CENT), ref.reason, at))
         return OrderRows(oid, sid, key, order, items, payments, refunds, raw.decode("utf-8"))
     except (_Slow, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError, msgspec.ValidationError,
             OverflowError, ZoneInfoNotFoundError):
