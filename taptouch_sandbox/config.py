@@ -25,6 +25,9 @@ class SandboxConfig:
     store_id_base: int = 7101
     empty_store_ids: tuple[int, ...] = ()  # stores that exist but have no orders and no inventory
     inactive_store_ids: tuple[int, ...] = ()  # stores listed with status "inactive"
+    # Order ids of id_space 0 are today's; another client served by the same server (SandboxGroup)
+    # takes another space so that its order ids, like its store ids, are its own (ids are global).
+    id_space: int = 0
 
     def __post_init__(self) -> None:
         if self.stores < 0 or self.stores > 899:
@@ -33,6 +36,8 @@ class SandboxConfig:
             raise ValueError("days must be at least 1")
         if not 0 <= self.orders_per_day <= 8000:
             raise ValueError("orders_per_day must be between 0 and 8000")
+        if not 0 <= self.id_space <= 99:
+            raise ValueError("id_space must be between 0 and 99")
         unknown = set(self.granted_scopes) - set(ALL_SCOPES)
         if unknown:
             raise ValueError(f"granted_scopes has unknown scopes {sorted(unknown)}; known: {ALL_SCOPES}")

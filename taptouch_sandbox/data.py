@@ -36,6 +36,7 @@ STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 MAX_EDIT_LAG = 3 * 86400  # updated_at - created_at never exceeds this (30 h edits + completion)
 _ID_DAY = 10_000
 _ID_STORE = 1_000_000
+_ID_SPACE = 1_000  # store indexes per id space (stores <= 899)
 
 # minute-of-day weights of a café: breakfast and lunch peaks, a thin evening of deliveries
 _W = []
@@ -176,15 +177,15 @@ class OrderData:
         return [s.id for s in self.stores]
 
     # ---------------------------------------------------------------- ids
-    @staticmethod
-    def order_id(store_idx: int, ordinal: int, n: int) -> int:
-        return ((store_idx + 1) * _ID_STORE + ordinal) * _ID_DAY + n
+    def order_id(self, store_idx: int, ordinal: int, n: int) -> int:
+        # id_space > 0 (another client of the same server): another block of ids (Taptouch ids are global)
+        return ((self.config.id_space * _ID_SPACE + store_idx + 1) * _ID_STORE + ordinal) * _ID_DAY + n
 
     def decode_id(self, order_id: int) -> tuple[Store, int, int] | None:
         n = order_id % _ID_DAY
         rest = order_id // _ID_DAY
         ordinal = rest % _ID_STORE
-        idx = rest // _ID_STORE - 1
+        idx = rest // _ID_STORE - 1 - self.config.id_space * _ID_SPACE
         if not (0 <= idx < len(self.stores)) or not (self.first_ordinal <= ordinal <= self.end_ordinal):
             return None
         store = self.stores[idx]

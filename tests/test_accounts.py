@@ -1,0 +1,301 @@
+"""Several Taptouch accounts in one deployment (issue 17): two clients side by side over real HTTP.
+
+One sandbox server (``SandboxGroup``) serves two clients with disjoint stores at one base URL, so
+the tokens and request budgets below are told apart by client id alone, as in production. The
+accounts' definitions come from the same factory the code location uses, their credentials from
+``TAPTOUCH_<NAME>_*`` through ``dg.EnvVar`` as there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from pipelines import accounts
+from pipelines.accounts import DEFAULT, Account
+from pipelines.definitions import account_definitions
+from pipelines.warehouse.migrations import migrate
+from pipelines.warehouse.resource import PostgresResource
+from pipelines.warehouse.views import apply_views
+from taptouch_sandbox import Sandbox, SandboxConfig, SandboxGroup
+from tests.support import truth
+
+END = date(2026, 11, 27)
+DAY = "2026-11-26"
+ROOT = Path(__file__).resolve().parents[1]
+NORTH, SOUTH = Account("north"), Account("south")
+TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels",
+          "inventory_snapshots", "sync_log", "sync_marks")
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def test_accounts_unset_is_the_single_account_with_todays_names():
+    assert accounts.parse(None) == accounts.parse("") == accounts.parse(" , ") == [DEFAULT]
+    assert DEFAULT.key_string("orders") == "orders" and DEFAULT.pool == "taptouch_api"
+    assert DEFAULT.resource_key == "taptouch" and DEFAULT.named("orders_hourly") == "orders_hourly"
+    assert DEFAULT.env("CLIENT_ID") == "TAPTOUCH_CLIENT_ID"
+
+
+def test_named_accounts_get_their_own_names():
+    north, south = accounts.parse(" north, south_2 ")
+    assert north.key("orders") == dg.AssetKey(["north", "orders"])
+    assert (north.pool, north.resource_key, north.named("orders_hourly")) == (
+        "taptouch_api_north", "taptouch_north", "north_orders_hourly")
+    assert south.env("CLIENT_SECRET") == "TAPTOUCH_SOUTH_2_CLIENT_SECRET"
+
+
+@pytest.mark.parametrize("raw, error", [
+    ("North", "not a valid account name"), ("1st", "not a valid account name"), ("a-b", "not a valid account name"),
+    ("default", "reserved"), ("north,north", "named twice"),
+])
+def test_bad_account_names_fail_at_load_naming_the_variable(raw, error):
+    with pytest.raises(ValueError, match=f"TAPTOUCH_ACCOUNTS.*{error}"):
+        accounts.parse(raw)
+
+
+SHAPE = """
+import json
+from pipelines.definitions import defs
+repo = defs.get_repository_def()
+graph = repo.asset_graph
+print(json.dumps({
+    "assets": sorted(k.to_user_string() for k in graph.get_all_asset_keys()),
+    "pools": {k.to_user_string(): sorted(graph.get(k).pools or []) for k in graph.get_all_asset_keys()},
+    "jobs": sorted(j.name for j in repo.get_all_jobs()),
+    "schedules": sorted(s.name for s in repo.schedule_defs),
+    "sensors": sorted(s.name for s in repo.sensor_defs),
+    "resources": sorted(defs.resources),
+    "checks": sorted(k.asset_key.to_user_string() + ":" + k.name for k in graph.asset_check_keys),
+    "view_deps": sorted(k.to_user_string() for k in graph.get(__import__("dagster").AssetKey("sales_orders")).parent_keys),
+}))
+"""
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPTOUCH_") or k == "TAPTOUCH_PGDATA"}
+    return {**env, **extra}
+
+
+def test_definitions_with_two_accounts_load_in_a_subprocess():
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", SHAPE], cwd=ROOT, capture_output=True, text=True,
+                         env=_env(TAPTOUCH_ACCOUNTS="north,south"), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shape = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("north", "south"):
+        for asset in ("stores", "orders", "inventory", "order_deletions"):
+            assert f"{name}/{asset}" in shape["assets"]
+            assert shape["pools"][f"{name}/{asset}"] == [f"taptouch_api_{name}"]
+        for schedule in ("orders_hourly", "stores_daily", "inventory_hourly", "orders_reconcile_daily",
+                         "merchant_tokens_keepalive"):
+            assert f"{name}_{schedule}" in shape["schedules"]
+        assert f"{name}_orders_job" in shape["jobs"] and f"{name}_freshness_checks_sensor" in shape["sensors"]
+        assert f"taptouch_{name}" in shape["resources"]
+        for check in ("orders:freshness_check", "orders:no_quarantined_records", "orders:schema_drift",
+                      "stores:schema_drift", "inventory:schema_drift"):
+            assert f"{name}/{check}" in shape["checks"]
+    assert not {"stores", "orders", "inventory", "order_deletions"} & set(shape["assets"])
+    assert "taptouch" not in shape["resources"] and "warehouse" in shape["resources"]
+    assert shape["view_deps"] == ["north/orders", "north/stores", "south/orders", "south/stores"]
+    assert {"taptouch_run_failure_alert", "taptouch_check_failure_alert", "analytics_views_automation"} <= set(
+        shape["sensors"])
+
+
+@pytest.mark.parametrize("command", [
+    [str(ROOT / ".venv/bin/dg"), "check", "defs"],
+    [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
+])
+def test_check_defs_passes_with_accounts_configured_and_no_credentials(command):
+    if not Path(command[0]).exists() and command[0].endswith("dg"):
+        pytest.skip("dg is not installed in .venv")
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=_env(TAPTOUCH_ACCOUNTS="north,south"))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+
+def test_a_bad_accounts_value_fails_the_code_location_load_naming_it():
+    out = subprocess.run([sys.executable, "-c", "import pipelines.definitions"], cwd=ROOT, capture_output=True,
+                         text=True, env=_env(TAPTOUCH_ACCOUNTS="north,Default"), timeout=300)
+    assert out.returncode != 0 and "TAPTOUCH_ACCOUNTS" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ over real HTTP
+
+
+@pytest.fixture
+def two_accounts(monkeypatch, migrated_db):
+    """One server, two clients (north: stores 7101-7103, south: 8101-8102), their TAPTOUCH_* set."""
+    north = Sandbox(SandboxConfig(seed=7, stores=3, days=4, end_date=END, orders_per_day=30,
+                                  client_id="north-client", client_secret="north-secret"))
+    south = Sandbox(SandboxConfig(seed=8, stores=2, days=4, end_date=END, orders_per_day=30, store_id_base=8101,
+                                  id_space=1, client_id="south-client", client_secret="south-secret"))
+    group = SandboxGroup([north, south])
+    with group.serve() as url:
+        for account, sb in ((NORTH, north), (SOUTH, south)):
+            monkeypatch.setenv(account.env("CLIENT_ID"), sb.config.client_id)
+            monkeypatch.setenv(account.env("CLIENT_SECRET"), sb.config.client_secret)
+            monkeypatch.setenv(account.env("BASE_URL"), url)
+        monkeypatch.setenv("TAPTOUCH_SOUTH_REQUESTS_PER_SECOND", "40")  # north: TAPTOUCH_REQUESTS_PER_SECOND
+        monkeypatch.setenv("TAPTOUCH_REQUESTS_PER_SECOND", "50")
+        monkeypatch.delenv("TAPTOUCH_BASE_URL", raising=False)
+        yield {"north": north, "south": south, "url": url, "db": migrated_db}
+
+
+def _resources(db: str, *accounts_: Account) -> dict:
+    # the code location's own resources: credentials bound with dg.EnvVar(TAPTOUCH_<NAME>_...)
+    return {**{a.resource_key: a.resource() for a in accounts_}, "warehouse": PostgresResource(database_url=db)}
+
+
+def _assets(account: Account) -> list:
+    defs = account_definitions(account)
+    return [a for a in defs.assets if not any(k.path[-1] == "order_deletions" for k in a.keys)]
+
+
+def _load(env, account: Account, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    """One account's stores, inventory and orders of DAY: one run, as its schedules would."""
+    instance = env.setdefault("instance", dg.DagsterInstance.ephemeral())
+    return dg.materialize(_assets(account), resources=_resources(env["db"], account), partition_key=DAY,
+                          selection=[account.key("stores"), account.key("orders"), account.key("inventory")],
+                          instance=instance, raise_on_error=raise_on_error)
+
+
+def _rows(db: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(db) as conn:
+        return conn.execute(sql, args or None).fetchall()
+
+
+def _snapshot(db: str, account: str) -> dict[str, list]:
+    """Every row of the account, table by table (what must not change when the other account fails)."""
+    out = {}
+    for table in ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels"):
+        cols = "*" if table != "stores" else "store_id, name, raw, account"
+        out[table] = _rows(db, f"select {cols} from taptouch.{table} where account = %s order by 1, 2", account)
+    return out
+
+
+def test_two_accounts_load_side_by_side_each_row_tagged_with_its_account(two_accounts):
+    env, db = two_accounts, two_accounts["db"]
+    for account in (NORTH, SOUTH):
+        assert _load(env, account).success
+    for name in ("north", "south"):
+        sb = env[name]
+        want = truth.orders_updated_in_days(sb, [DAY])
+        assert want
+        got = dict(_rows(db, "select order_id, account from taptouch.orders where store_id = any(%s)", sb.store_ids()))
+        assert set(got) == set(want) and set(got.values()) == {name}
+        assert _rows(db, "select store_id from taptouch.stores where account = %s order by 1", name) == [
+            (s,) for s in sb.store_ids()]
+    for table in TABLES:  # every table: every row belongs to one of the two accounts, none to 'default'
+        accounts_in = {r[0] for r in _rows(db, f"select distinct account from taptouch.{table}")}
+        assert accounts_in == {"north", "south"}, table
+    # children carry their order's account
+    assert _rows(db, "select count(*) from taptouch.order_items i join taptouch.orders o using (order_id)"
+                     " where i.account <> o.account") == [(0,)]
+
+    # an analyst compares the accounts in one query
+    with psycopg.connect(db, autocommit=True) as conn:
+        apply_views(conn)
+    per_account = dict(_rows(db, "select account, sum(order_count) from analytics.daily_store_sales group by account"))
+    assert set(per_account) == {"north", "south"} and all(n > 0 for n in per_account.values())
+
+
+def test_checks_and_step_metadata_are_the_accounts_own(two_accounts):
+    env = two_accounts
+    result = _load(env, SOUTH)
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.asset_key for e in evaluations} == {SOUTH.key("orders")}
+    checked = next(e for e in evaluations if e.check_name == "order_arithmetic").metadata["orders_checked"].value
+    assert checked == len(_rows(env["db"], "select 1 from taptouch.orders where account = 'south'"))
+    assert _load(env, NORTH).success
+    evaluations = _load(env, SOUTH).get_asset_check_evaluations()  # north's rows are not south's to check
+    assert next(e for e in evaluations if e.check_name == "order_arithmetic").metadata["orders_checked"].value == checked
+
+
+def test_one_account_failing_leaves_the_other_accounts_data_and_runs_untouched(two_accounts, monkeypatch):
+    env, db = two_accounts, two_accounts["db"]
+    assert _load(env, NORTH).success and _load(env, SOUTH).success
+    north_before = _snapshot(db, "north")
+    north_requests = env["north"].stats.api_requests
+
+    # 1. south's secret is wrong: south's run fails at once, naming the client; north's run is unaffected
+    monkeypatch.setenv("TAPTOUCH_SOUTH_CLIENT_SECRET", "wrong")
+    failed = _load(env, SOUTH, raise_on_error=False)
+    assert not failed.success
+    assert "invalid_client" in "".join(str(e.event_specific_data.error) for e in failed.get_step_failure_events())
+    assert _load(env, NORTH).success
+    assert _snapshot(db, "north") == north_before  # loading the same day again changes nothing
+    assert env["north"].stats.api_requests > north_requests
+
+    # 2. one run with both accounts' assets (e.g. "materialize all"): south's steps fail, north's commit
+    monkeypatch.setenv("TAPTOUCH_SOUTH_CLIENT_SECRET", "south-secret")
+    env["south"].faults.forbidden_stores = {8101}
+    south_before = _rows(db, "select order_id, updated_at from taptouch.orders where account = 'south' order by 1")
+    both = dg.materialize(
+        [*_assets(NORTH), *_assets(SOUTH)], resources=_resources(db, NORTH, SOUTH), partition_key=DAY,
+        selection=[NORTH.key("orders"), SOUTH.key("orders")], instance=env["instance"], raise_on_error=False)
+    assert not both.success
+    failures = both.get_step_failure_events()
+    assert {e.step_key for e in failures} == {"south__orders"}
+    assert "8101" in str(failures[0].event_specific_data.error)  # the forbidden store is named
+    assert {e.asset_key for e in both.get_asset_materialization_events()} == {NORTH.key("orders")}
+    assert _snapshot(db, "north") == north_before
+    # south's other store still committed (per-store isolation inside the account)
+    assert _rows(db, "select order_id, updated_at from taptouch.orders where account = 'south' order by 1") == south_before
+
+
+def test_budgets_and_tokens_are_separate_per_account(two_accounts):
+    env, db = two_accounts, two_accounts["db"]
+    assert _load(env, NORTH).success and _load(env, SOUTH).success
+    budgets = {r[0]: r[1:] for r in _rows(db, "select client_id, rate, requests from taptouch_meta.request_budget")}
+    assert set(budgets) == {"north-client", "south-client"}
+    assert budgets["north-client"][0] == 50 and budgets["south-client"][0] == 40  # each account's own rate
+    # each budget counted its own client's requests only (the sandbox counts what each client sent)
+    assert budgets["north-client"][1] == env["north"].stats.api_requests
+    assert budgets["south-client"][1] == env["south"].stats.api_requests
+
+    tokens = _rows(db, "select base_url, client_id from taptouch_auth.tokens order by client_id")
+    assert [t[1] for t in tokens] == ["north-client", "south-client"]
+    assert {t[0] for t in tokens} == {env["url"]}  # one server: told apart by client id
+    # each client asked for one token and then shared it between its runs
+    assert env["north"].stats.token_requests == 1 and env["south"].stats.token_requests == 1
+    assert _load(env, NORTH).success
+    assert env["north"].stats.token_requests == 1
+
+
+def test_existing_rows_and_the_single_account_setup_are_account_default(make_database):
+    url = make_database()
+    migrate(url, directory=_migrations_up_to(8))
+    with psycopg.connect(url) as conn:
+        conn.execute("insert into taptouch.stores (store_id, name, status, timezone, currency, raw, updated_at)"
+                     " values (1, 'Old', 'active', 'UTC', 'AUD', '{}', now())")
+    migrate(url)
+    assert _rows(url, "select account from taptouch.stores") == [("default",)]
+    columns = _rows(url, "select table_name, data_type, is_nullable from information_schema.columns"
+                         " where table_schema = 'taptouch' and column_name = 'account' order by 1")
+    assert {c[0] for c in columns} >= set(TABLES) | {"quarantine"}
+    assert {c[1:] for c in columns} == {("text", "NO")}
+    with psycopg.connect(url) as conn:  # a session with no account set writes 'default'
+        conn.execute("insert into taptouch.sync_log (entity, started_at) values ('x', now())")
+        conn.execute("select set_config('taptouch.account', 'north', false)")
+        conn.execute("insert into taptouch.sync_log (entity, started_at) values ('y', now())")
+    assert _rows(url, "select entity, account from taptouch.sync_log order by 1") == [("x", "default"), ("y", "north")]
+
+
+def _migrations_up_to(n: int) -> Path:
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="migrations-"))
+    for path in sorted((ROOT / "sql" / "migrations").glob("*.sql")):
+        if int(path.name[:4]) <= n:
+            shutil.copy(path, target / path.name)
+    return target
