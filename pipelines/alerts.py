@@ -4,8 +4,9 @@ Set ``TAPTOUCH_ALERT_WEBHOOK_URL`` to a Slack incoming-webhook URL (or Mattermos
 Discord's ``/slack`` URL, a Teams incoming webhook, or any HTTP endpoint that takes a JSON POST);
 unset, both sensors skip every tick and nothing is sent. The body is Slack-compatible:
 ``{"text": "...", "blocks": [...]}`` (``text`` alone is enough for the others). It names the job,
-asset(s), partition, run id, an error summary and a link to the run in the Dagster UI
-(``TAPTOUCH_UI_URL``, default ``http://127.0.0.1:3000``), and never a secret: every URL loses its
+the account (a named account's assets, ``TAPTOUCH_ACCOUNTS``), asset(s), partition, run id, an
+error summary and a link to the run in the Dagster UI (``TAPTOUCH_UI_URL``, default
+``http://127.0.0.1:3000``), and never a secret: every URL loses its
 user-info and query, and anything that looks like a credential (``secret=…``, ``password=…``,
 ``Bearer …``, the values of the secret settings) is replaced by ``***``.
 
@@ -44,6 +45,12 @@ TIMEOUT = 10.0
 # Environment variables whose values never appear in an alert, whatever the text around them.
 SECRET_ENVS = ("TAPTOUCH_CLIENT_SECRET", "TAPTOUCH_TOKEN_KEY", "TAPTOUCH_DATABASE_URL", "DAGSTER_PG_URL",
                WEBHOOK_ENV, "TAPTOUCH_TEST_DATABASE_URL")
+
+
+def secret_envs() -> list[str]:
+    """:data:`SECRET_ENVS` and every account's ``TAPTOUCH_<NAME>_CLIENT_SECRET``."""
+    return [*SECRET_ENVS, *sorted(k for k in os.environ if k.startswith("TAPTOUCH_") and k.endswith("_CLIENT_SECRET")
+                                  and k not in SECRET_ENVS)]
 
 
 def webhook_url() -> str | None:
@@ -99,7 +106,7 @@ def _redact_url(match: re.Match) -> str:
 
 def redact(text: str) -> str:
     """``text`` without anything that looks like a credential."""
-    for env in SECRET_ENVS:
+    for env in secret_envs():
         value = os.environ.get(env, "").strip()
         if len(value) >= 4:
             text = text.replace(value, _REDACTED)
@@ -161,15 +168,23 @@ def _partition(tags: dict[str, str]) -> str | None:
     return None
 
 
+def account_of(asset_keys) -> str:
+    """The account(s) of assets under an account's key prefix (``north/orders`` -> ``north``);
+    empty for the single-account setup's keys, so its alerts read as before."""
+    return ", ".join(sorted({k.path[0] for k in asset_keys if len(k.path) > 1}))
+
+
 def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message: str | None) -> dict:
     """The alert for a failed ``run`` (a DagsterRun); ``step_errors`` = [(step key, error text)]."""
-    assets = sorted(k.to_user_string() for k in (run.asset_selection or ()))
+    keys = list(run.asset_selection or ())
+    assets = sorted(k.to_user_string() for k in keys)
     if not assets:
         assets = sorted({step for step, _ in step_errors})
     error = "; ".join(f"{step}: {err}" for step, err in step_errors) or failure_message
     return build_message(
         title=f"taptouch-sync: run failed ({run.job_name})",
         fields={
+            "account": account_of(keys),
             "asset": ", ".join(assets) or "-",
             "partition": _partition(dict(run.tags)) or "-",
             "run": run.run_id,
@@ -211,7 +226,8 @@ def check_failure_message(evaluation, run_id: str | None, partition: str | None)
     )
     return build_message(
         title=f"taptouch-sync: check {evaluation.check_name} on {asset} failed ({evaluation.severity.value})",
-        fields={"asset": asset, "check": evaluation.check_name, "severity": evaluation.severity.value,
+        fields={"account": account_of([evaluation.asset_key]), "asset": asset, "check": evaluation.check_name,
+                "severity": evaluation.severity.value,
                 "partition": partition or "-", "run": run_id or "-"},
         error=summary,
         link=f"{ui_url()}/runs/{run_id}" if run_id else f"{ui_url()}/assets/{'/'.join(evaluation.asset_key.path)}",

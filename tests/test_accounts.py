@@ -299,3 +299,21 @@ def _migrations_up_to(n: int) -> Path:
         if int(path.name[:4]) <= n:
             shutil.copy(path, target / path.name)
     return target
+
+
+# ------------------------------------------------------------------------------------ alerts
+
+
+def test_alerts_name_the_account_and_hide_its_secret(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipelines import alerts
+
+    monkeypatch.setenv("TAPTOUCH_SOUTH_CLIENT_SECRET", "s0uth-very-secret")
+    run = SimpleNamespace(asset_selection={SOUTH.key("orders")}, tags={"dagster/partition": DAY},
+                          run_id="r1", job_name="south_orders_job")
+    message = alerts.run_failure_message(run, [("south__orders", "invalid_client for s0uth-very-secret")], None)
+    assert "account: south" in message["text"] and "south/orders" in message["text"]
+    assert "s0uth-very-secret" not in json.dumps(message)
+    single = SimpleNamespace(asset_selection={DEFAULT.key("orders")}, tags={}, run_id="r2", job_name="orders_job")
+    assert "account" not in alerts.run_failure_message(single, [], "boom")["text"]  # as before
