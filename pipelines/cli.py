@@ -98,17 +98,22 @@ def _psql_executable() -> str:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=7, help="how many daily order partitions to load (default 7)")
+    parser.add_argument("--accounts", action="store_true",
+                        help="two Taptouch accounts (north, south) in one deployment: TAPTOUCH_ACCOUNTS=north,south "
+                             "on a sandbox serving two clients with their own stores")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(days=args.days)
+    return run_demo(days=args.days, accounts=args.accounts)
 
 
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sandbox", action="store_true",
                         help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)")
+    parser.add_argument("--accounts", action="store_true",
+                        help="with --sandbox: the two-account demo (TAPTOUCH_ACCOUNTS=north,south)")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--host", default="127.0.0.1")
 
@@ -116,7 +121,7 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.demo import run_ui
 
-    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host)
+    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host, accounts=args.accounts)
 
 
 # --- authorize / tokens / refresh (merchant grants, docs/merchant-auth.md) ----------------------

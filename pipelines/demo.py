@@ -11,6 +11,11 @@ PostgreSQL, then runs the real Dagster assets on a persistent local Dagster inst
 
 and prints a summary per store and day. Running it again is safe: every load is idempotent.
 
+``taptouch-sync demo --accounts`` shows two Taptouch accounts in one deployment: one sandbox server
+with two clients (``north``: 3 stores, ``south``: 2 stores), ``TAPTOUCH_ACCOUNTS=north,south``,
+each account's assets (``north/orders`` ...) as its own runs, the shared views, and a summary
+per account from one query.
+
 The sandbox is used only because this command says so, and it says so on screen. With the
 ``TAPTOUCH_*`` variables set, the assets use them and never fall back to the sandbox.
 """
@@ -91,11 +96,41 @@ def sandbox_env(seed: int = 1, stores: int = SANDBOX_STORES, days: int = SANDBOX
                     os.environ[k] = v
 
 
+@contextlib.contextmanager
+def sandbox_accounts_env(days: int = SANDBOX_DAYS) -> Iterator[str]:
+    """Serve the two-account sandbox (one server, clients ``north`` and ``south`` with their own
+    stores) and set ``TAPTOUCH_ACCOUNTS=north,south`` and each account's ``TAPTOUCH_<NAME>_*`` for
+    this process and its children. Set before the definitions load: they read TAPTOUCH_ACCOUNTS."""
+    from taptouch_sandbox.group import demo_group
+
+    group, members = demo_group(days=days)
+    with group.serve(host="127.0.0.1", port=0) as url:
+        values = {"TAPTOUCH_ACCOUNTS": ",".join(members)}
+        for name, sb in members.items():
+            values.update({f"TAPTOUCH_{name.upper()}_BASE_URL": url,
+                           f"TAPTOUCH_{name.upper()}_CLIENT_ID": sb.config.client_id,
+                           f"TAPTOUCH_{name.upper()}_CLIENT_SECRET": sb.config.client_secret})
+        saved = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        described = ", ".join(f"{name}: stores {', '.join(map(str, sb.store_ids()))}" for name, sb in members.items())
+        print(f"==> sandbox Taptouch API (fake, deterministic data, {days} days) at {url}, two clients: {described}")
+        try:
+            yield url
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 def _run_config() -> dict:
     return {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_demo(days: int = 7) -> int:
+def run_demo(days: int = 7, accounts: bool = False) -> int:
+    if accounts:
+        return run_accounts_demo(days)
     os.environ["DAGSTER_HOME"] = str(dagster_home())
     import dagster as dg
 
@@ -138,6 +173,67 @@ def run_demo(days: int = 7) -> int:
     return 0
 
 
+def run_accounts_demo(days: int = 7) -> int:
+    """The demo with two accounts in one deployment: each account's stores, inventory and orders
+    as its own runs, then the shared analytics views, and a per-account summary."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    import dagster as dg
+
+    from .warehouse.resource import PostgresResource
+
+    t0 = time.monotonic()
+    print("==> taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse")
+    url = resolve_database_url()
+    print(f"==> warehouse: {redact_url(url)}")
+    instance = dg.DagsterInstance.get()
+    print(f"==> Dagster instance: {os.environ['DAGSTER_HOME']}")
+    with sandbox_accounts_env():
+        from . import definitions  # loaded now: TAPTOUCH_ACCOUNTS is set
+
+        today = datetime.now(timezone.utc).date()
+        first = today - timedelta(days=days - 1)
+        first_partition = first - timedelta(days=1)
+        assets = list(definitions.defs.assets)
+        for account in definitions.ACCOUNTS:
+            print(f"==> [{account.name}] {account.key_string('stores')} and {account.key_string('inventory')}")
+            _check(dg.materialize(assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
+                                  selection=[account.key("stores"), account.key("inventory")], tags={"source": "demo"}))
+            print(f"==> [{account.name}] {account.key_string('orders')}, partitions {first_partition} .. {today}"
+                  " (one ranged backfill run)")
+            _check(dg.materialize(
+                assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
+                selection=[account.key("orders")],
+                tags={"dagster/asset_partition_range_start": first_partition.isoformat(),
+                      "dagster/asset_partition_range_end": today.isoformat(), "source": "demo"},
+            ))
+        print("==> analytics views (shared: every account's rows, with their account)")
+        _check(dg.materialize(assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
+                              selection=dg.AssetSelection.groups("analytics"), tags={"source": "demo"}))
+    print_accounts_summary(PostgresResource(database_url=url), first, today)
+    print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated).")
+    print("Explore the same data:")
+    print("  ./dev ui --sandbox --accounts    # Dagster UI with both accounts' assets (north/..., south/...)")
+    print('  psql "$(./dev taptouch-sync db-url --raw)" -c "select account, business_date, sum(net_sales)'
+          ' from analytics.daily_store_sales group by account, business_date order by business_date, account"')
+    return 0
+
+
+def print_accounts_summary(warehouse, first: date, last: date) -> None:
+    """Orders and net sales per account and business date, from one query over both accounts."""
+    from .assets.preview import read_frame
+
+    frame = read_frame(
+        warehouse,
+        "select account, business_date as date, count(distinct store_id) as stores, sum(order_count)::integer as orders,"
+        " sum(net_sales) as net_sales from analytics.daily_store_sales"
+        " where business_date between :first and :last group by account, business_date"
+        " order by business_date, account",
+        first=first, last=last,
+    )
+    print(f"\nanalytics.daily_store_sales per account, business dates {first} .. {last}:")
+    print(frame.to_string(index=False, justify="left", formatters={"net_sales": lambda v: f"{v:>12,.2f}"}))
+
+
 def _check(result) -> None:
     if not result.success:
         raise SystemExit("demo: a Dagster run failed; see the log above")
@@ -169,12 +265,14 @@ def print_summary(warehouse, first: date, last: date) -> None:
         "name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"}))
 
 
-def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1") -> int:
-    """``dagster dev`` on this code location and the local instance (optionally with the sandbox)."""
+def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False) -> int:
+    """``dagster dev`` on this code location and the local instance (optionally with the sandbox,
+    ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south)."""
     os.environ["DAGSTER_HOME"] = str(dagster_home())
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", host, "-p", str(port)]
-    with (sandbox_env() if sandbox else contextlib.nullcontext()):
-        if not sandbox and not os.environ.get("TAPTOUCH_CLIENT_ID"):
+    env = (sandbox_accounts_env() if accounts else sandbox_env()) if sandbox else contextlib.nullcontext()
+    with env:
+        if not sandbox and not os.environ.get("TAPTOUCH_CLIENT_ID") and not os.environ.get("TAPTOUCH_ACCOUNTS"):
             print("note: TAPTOUCH_CLIENT_ID is not set; runs will fail until it is (or use --sandbox).")
         print(f"==> Dagster UI on http://{host}:{port} (Ctrl-C to stop)")
         proc = subprocess.Popen(cmd, cwd=project_root())
