@@ -317,3 +317,48 @@ def test_alerts_name_the_account_and_hide_its_secret(monkeypatch):
     assert "s0uth-very-secret" not in json.dumps(message)
     single = SimpleNamespace(asset_selection={DEFAULT.key("orders")}, tags={}, run_id="r2", job_name="orders_job")
     assert "account" not in alerts.run_failure_message(single, [], "boom")["text"]  # as before
+
+
+def test_an_operator_materializes_one_accounts_partition_from_the_command_line(two_accounts, tmp_path):
+    """`dagster asset materialize -m pipelines.definitions --select north/orders --partition DAY`
+    with TAPTOUCH_ACCOUNTS=north,south: only north's orders of that day, tagged north."""
+    env, db = two_accounts, two_accounts["db"]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    variables = {k: v for k, v in os.environ.items() if k.startswith(("TAPTOUCH_NORTH_", "TAPTOUCH_SOUTH_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
+         "--select", "north/orders", "--partition", DAY],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=_env(TAPTOUCH_ACCOUNTS="north,south", TAPTOUCH_DATABASE_URL=db, DAGSTER_HOME=str(home),
+                 TAPTOUCH_REQUESTS_PER_SECOND="0", **variables))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    want = truth.orders_updated_in_days(env["north"], [DAY])
+    assert dict(_rows(db, "select order_id, account from taptouch.orders")) == {oid: "north" for oid in want}
+    assert env["south"].stats.api_requests == 0 and env["south"].stats.token_requests == 0
+
+
+def test_the_sandbox_group_keeps_each_clients_stores_and_tokens_apart():
+    import httpx
+
+    from taptouch_sandbox.group import demo_group
+
+    group, members = demo_group(days=2)
+    north, south = members["north"], members["south"]
+    assert not set(north.store_ids()) & set(south.store_ids())
+    with group.serve() as url, httpx.Client(base_url=url, timeout=10) as http:
+        def token(client_id, secret):
+            return http.post("/auth/v2/token", data={"grant_type": "client_credentials", "client_id": client_id,
+                                                      "client_secret": secret})
+
+        assert token("nobody", "x").json()["error"] == "invalid_client"
+        assert token(north.config.client_id, south.config.client_secret).status_code == 401
+        north_token = token(north.config.client_id, north.config.client_secret).json()["access_token"]
+        listed = http.get("/integration/v1/stores", headers={"Authorization": f"Bearer {north_token}"})
+        assert [s["id"] for s in listed.json()["data"]] == north.store_ids()
+        other = http.get(f"/integration/v1/stores/{south.store_ids()[0]}/orders",
+                         headers={"Authorization": f"Bearer {north_token}"})
+        assert other.status_code in (403, 404)  # north's token never reads south's store
+    assert south.stats.token_requests == 0 and south.stats.api_requests == 0  # nothing above was south's
+    with pytest.raises(ValueError, match="disjoint"):
+        SandboxGroup([Sandbox(SandboxConfig(client_id="a")), Sandbox(SandboxConfig(client_id="b", id_space=1))])
