@@ -4,7 +4,7 @@ and the API request rate observed against the configured limit.
     TAPTOUCH_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python deploy/measure_backfill.py --limits 1 2 4 --partitions 12
 
-Each limit gets a fresh stack (tests/e2e/conftest.py: sandbox over HTTP, dagster-webserver,
+Each limit gets a fresh stack (tests/support/prodstack.py: sandbox over HTTP, dagster-webserver,
 dagster-daemon on deploy/dagster.yaml with `taptouch_api` limited to that number) and two fresh
 databases on the server in TAPTOUCH_TEST_DATABASE_URL (an admin URL). The backfill is launched
 through GraphQL like the UI does; wall time runs from the launch to the backfill's completion.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.warehouse.db import libpq_url, with_database  # noqa: E402
-from tests.e2e.conftest import END, ProdStack, dagster_pg_url, max_overlap  # noqa: E402
+from tests.support.prodstack import END, ProdStack, dagster_pg_url, max_overlap  # noqa: E402
 
 
 def create_database(admin: str) -> tuple[str, str]:

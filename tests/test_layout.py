@@ -315,14 +315,7 @@ def test_the_packages_import_nothing_from_tests():
 
 
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for d in ("bench", "deploy") for p in (ROOT / d).rglob("*.py"))
-SCRIPTS_ON_OLD_IMPORTS = {  # a script still importing a conftest; the marker goes once it imports tests.support
-    "deploy/measure_backfill.py": "imports tests.e2e.conftest; ProdStack is now in tests.support.prodstack",
-}
-
-
-@pytest.mark.parametrize("script", [
-    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=SCRIPTS_ON_OLD_IMPORTS[s]))
-    if s in SCRIPTS_ON_OLD_IMPORTS else s for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_take_test_machinery_only_from_tests_support(script):
     """The benchmark and measurement scripts may use the test machinery, from its one home."""
     outside = [n for n in _imports_from_tests(ROOT / script) if n != "tests.support" and not n.startswith("tests.support.")]
