@@ -8,8 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-# END, max_overlap: re-exported for deploy/measure_backfill.py, which imports them from here
-from tests.support.prodstack import END, ProdStack, dagster_pg_url, max_overlap  # noqa: F401
+from tests.support.prodstack import ProdStack, dagster_pg_url
 
 
 @pytest.fixture
