@@ -525,8 +525,9 @@ class OrderWindowLoad:
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
         # an order the API lists again is no longer deleted at the source (see pipelines/reconcile.py)
-        cur.execute("update taptouch.orders o set deleted_at = null where o.deleted_at is not null and"
-                    " (o.order_id in (select order_id from pick) or o.order_id = any(%s))", (list(self._skipped),))
+        # (one index probe per listed order: an OR of the two lists had the planner scan the whole table)
+        cur.execute("update taptouch.orders o set deleted_at = null where o.deleted_at is not null and o.order_id in"
+                    " (select order_id from pick union all select unnest(%s::bigint[]))", (list(self._skipped),))
         if self.mark_span is not None:  # every store still in per_store was fetched completely
             start, end, full = self.mark_span
             marks.advance(cur, self.window, sorted(self.per_store), start, end, full=full)
