@@ -30,7 +30,6 @@ DRIFT_LOOKBACK_DAYS = 7
 EXAMPLE_CHARS = 120
 
 
-
 def freshness_definitions(account: Account = DEFAULT) -> tuple[list, dg.SensorDefinition]:
     """``freshness_check`` on the account's ``orders`` and its sensor (``<name>_freshness_checks_sensor``)."""
     with warnings.catch_warnings():

@@ -362,3 +362,15 @@ def test_the_sandbox_group_keeps_each_clients_stores_and_tokens_apart():
     assert south.stats.token_requests == 0 and south.stats.api_requests == 0  # nothing above was south's
     with pytest.raises(ValueError, match="disjoint"):
         SandboxGroup([Sandbox(SandboxConfig(client_id="a")), Sandbox(SandboxConfig(client_id="b", id_space=1))])
+
+
+def test_schema_drift_of_one_account_is_not_the_others(two_accounts):
+    from pipelines.checks import find_drift
+
+    env, db = two_accounts, two_accounts["db"]
+    env["south"].faults.extra_fields = True  # south's API starts sending fields no column carries
+    assert _load(env, NORTH).success and _load(env, SOUTH).success
+    with psycopg.connect(db) as conn:
+        south, _ = find_drift(conn, "orders", account="south")
+        north, scanned = find_drift(conn, "orders", account="north")
+    assert south and not north and scanned > 0
