@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 DEFAULT_MAX_PAGES = 100_000
+# A page of 500 orders is about 1 MB of JSON; no real page comes near this (decoded size).
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
 NO_RETRY_HINTS = {
     400: "the request was malformed",
     403: "the token may not read this resource",
@@ -126,6 +128,7 @@ class TaptouchClient:
         sleep: Callable[[float], None] = time.sleep,
         verify: Any = True,
         max_connections: int = 16,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         limiter: RequestLimiter | None = None,
     ):
         if verify is False:
@@ -138,6 +141,7 @@ class TaptouchClient:
         self.base_url = check_base_url(base_url)
         self.page_size = page_size
         self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
         self._sleep = sleep
         timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(10.0, timeout))
         self.stats = auth.stats if auth is not None else ClientStats()
@@ -277,11 +281,27 @@ class TaptouchClient:
         return with_retries(lambda: self._attempt(path, params), what=f"GET {path}", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
+    def _get_bounded(self, path: str, params: dict) -> httpx.Response:
+        """GET, reading at most ``max_response_bytes`` of the decoded body: a compressed answer that
+        unpacks to gigabytes (a zip bomb) fails this listing instead of the worker's memory."""
+        with self._http.stream("GET", path, params=params) as streamed:
+            chunks, size = [], 0
+            for chunk in streamed.iter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise TaptouchProtocolError(
+                        f"GET {path}: the answer is larger than {self.max_response_bytes} bytes once decompressed "
+                        f"(a page of {self.page_size} records is far smaller); refusing it.")
+                chunks.append(chunk)
+        headers = [(k, v) for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")]
+        return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks),
+                              request=streamed.request)
+
     def _attempt(self, path: str, params: dict) -> list[bytes]:
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
-            response = self._http.get(path, params=params)
+            response = self._get_bounded(path, params)
         except httpx.TransportError as exc:
             self.stats.add(network_errors=1)
             if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):

@@ -431,3 +431,24 @@ def test_jsonutil_roundtrip_exact():
     assert jsonutil.dumps({"a": doc["a"], "b": doc["b"]}) == '{"a":45.50,"b":[1,2.000,-0.01]}'
     assert jsonutil.loads("NaN").is_nan()
     assert json.loads(jsonutil.dumps({"s": "tab\t\"q\" \\ 🍰"})) == {"s": "tab\t\"q\" \\ 🍰"}
+
+
+def test_a_compressed_answer_that_unpacks_past_the_limit_fails_the_listing_not_the_memory():
+    import gzip
+    import resource
+
+    fake = FakeAPI()
+    # 200 MB of spaces inside a valid envelope, gzip-compressed to about 200 KB: a zip bomb
+    bomb = gzip.compress(b'{"status": {"ack": 200}, "data": [' + b" " * (200 * 2**20) + b"]}", 9)
+    assert len(bomb) < 400_000
+    fake.faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=bomb)]
+    client = make_client(fake, max_response_bytes=8 * 2**20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TaptouchProtocolError, match="larger than 8388608 bytes once decompressed"):
+        list(client.list_stores())
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100  # the bomb was never unpacked whole (it would take 200 MB)
+    # an ordinary gzip answer is read as before
+    fake.faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
+                                  content=gzip.compress(json.dumps(envelope([{"id": 1}])).encode()))]
+    assert [r["id"] for r in make_client(fake).list_stores()] == [1]
