@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +79,17 @@ def is_transient(exc: BaseException) -> bool:
     else (credentials, 4xx, a malformed answer, a bug) fails the same way again."""
     if isinstance(exc, TaptouchAPIError):
         return exc.status == 0 or exc.status == 429 or exc.status >= 500
-    return isinstance(exc, psycopg.OperationalError)
+    if isinstance(exc, psycopg.OperationalError):
+        return not _WAREHOUSE_MISCONFIGURED.search(str(exc))
+    return False
+
+
+# A connection refused for these reasons fails the same way however often it is retried: the
+# warehouse URL (TAPTOUCH_DATABASE_URL) is wrong, not the server briefly away.
+_WAREHOUSE_MISCONFIGURED = re.compile(
+    r"password authentication failed|no password supplied|authentication failed|does not exist|"
+    r"could not translate host name|failed to resolve host|Name or service not known|invalid (dsn|connection option|"
+    r"integer value|port)|role .* is not permitted|no pg_hba.conf entry", re.IGNORECASE)
 
 
 def describe(exc: BaseException) -> str:

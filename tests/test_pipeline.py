@@ -88,6 +88,8 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     res = resources(sandbox, migrated_db)
     result = dg.materialize([stores, inventory], resources=res)
     assert result.success
+    tokens = [result.asset_materializations_for_node(n)[0].metadata["token_requests"].value for n in ("stores", "inventory")]
+    assert sorted(tokens) == [0, 1]  # the first step's token request is counted; the second step reuses it
     got = dict(rows(migrated_db, "select store_id, name from taptouch.stores"))
     assert got == {s["id"]: s["name"] for s in sandbox.stores()}
     levels = rows(migrated_db, "select store_id, product_id, on_hand, cost_price from taptouch.inventory_levels order by 1, 2")
@@ -100,6 +102,7 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     assert_orders_match(migrated_db, sandbox, ["2026-11-25"])
     md = result.asset_materializations_for_node("orders")[0].metadata
     assert md["inserted"].value == len(truth.orders_updated_in_days(sandbox, ["2026-11-25"]))
+    assert md["token_requests"].value == 0  # the token of the first run is still valid, shared
     assert md["stores_ok"].value == 3 and md["stores_failed"].value == 0 and md["api_requests"].value >= 3
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"no_quarantined_records": True, "order_arithmetic": True}
@@ -191,3 +194,14 @@ def test_operator_cli_materializes_a_partition(sandbox, migrated_db, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert_orders_match(migrated_db, sandbox, ["2026-11-24"])
     assert sandbox.config.client_secret not in proc.stdout + proc.stderr
+
+
+def test_a_wrong_warehouse_url_fails_at_once_unretried(sandbox, make_database):
+    wrong = make_database().rsplit("/", 1)[0] + "/no_such_warehouse_db"
+    res = resources(sandbox, wrong)
+    result = dg.materialize([orders], resources=res, partition_key="2026-11-25", raise_on_error=False)
+    assert not result.success
+    types = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in types and types.count("STEP_FAILURE") == 1
+    failure = result.failure_data_for_node("orders")
+    assert "no_such_warehouse_db" in failure.error.message and "does not exist" in failure.error.message

@@ -107,3 +107,8 @@ def test_only_errors_a_retry_can_cure_are_transient():
     assert not is_transient(TaptouchAPIError(status=404, path="/x"))
     assert not is_transient(psycopg.errors.UniqueViolation("duplicate"))
     assert not is_transient(RuntimeError("a bug"))
+    # a warehouse URL that is wrong fails the same way on every retry: not retried
+    assert not is_transient(psycopg.OperationalError('connection failed: FATAL:  database "wh" does not exist'))
+    assert not is_transient(psycopg.OperationalError('FATAL:  password authentication failed for user "etl"'))
+    assert not is_transient(psycopg.OperationalError("failed to resolve host '***': Name or service not known"))
+    assert is_transient(psycopg.OperationalError("connection to server at 10.0.0.5, port 5432 failed: Connection refused"))

@@ -65,13 +65,13 @@ class _Session:
     """What an API-calling asset works with in one run: a client with verified credentials, an
     autocommit connection, the run's tunables and the clock."""
 
-    def __init__(self, client, conn, *, store_workers: int, batch_size: int):
+    def __init__(self, client, conn, *, store_workers: int, batch_size: int, before: dict | None = None):
         self.client = client
         self.conn = conn
         self.store_workers = store_workers
         self.batch_size = batch_size
         self.t0 = time.monotonic()
-        self._before = client.stats.snapshot()
+        self._before = before if before is not None else client.stats.snapshot()
 
     def api_metadata(self) -> dict:
         return {**_api_metadata(_api_delta(self._before, self.client.stats.snapshot())),
@@ -102,12 +102,13 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
     get = taptouch.get_store_client if store_api else taptouch.get_client
     client = get(token_store=tokens, limiter=budget)
     try:
+        before = client.stats.snapshot()  # the run's counters include its own token request
         client.auth.get_token()
         with warehouse.connect() as conn:
             conn.autocommit = True
             if account.prefixed:
                 conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
-            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size)
+            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size, before=before)
     finally:
         client.close()
 
