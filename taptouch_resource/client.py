@@ -353,6 +353,8 @@ class TaptouchClient:
                 ) from None
         if not isinstance(status, dict):
             raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
+        if body.count(b'"' + api.ENVELOPE_DATA.encode() + b'"') > 1:  # rare: only then look closer
+            _refuse_repeated_keys(body, path)
         ack = status.get(api.ENVELOPE_ACK)
         if ack != 200 and ack != "200":  # an int per the contract; a numeric string is read the same
             if isinstance(ack, int) and not isinstance(ack, bool) and ack in RETRY_STATUSES:
@@ -385,6 +387,25 @@ class _Envelope(msgspec.Struct):
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _refuse_repeated_keys(body: bytes, path: str) -> None:
+    """A top-level key given twice (``"data": [...], "data": []``) leaves the listing ambiguous: a
+    parser keeps one of them, and a replace from it could delete what the other listed."""
+    keys: list[str] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> None:
+        keys[:] = [k for k, _ in pairs]  # the last call is the top-level object
+
+    try:
+        json.loads(body.decode("utf-8", "surrogateescape"), object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return  # not JSON as a whole: the tolerant split decides
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise TaptouchProtocolError(
+            f"GET {path}: HTTP 200 but the envelope gives {', '.join(repr(k) for k in repeated)} more than once; "
+            f"the listing is ambiguous. Nothing is loaded from it (the store is reported as failed).")
 
 
 def _kind(data: bytes) -> str:

@@ -452,3 +452,13 @@ def test_a_compressed_answer_that_unpacks_past_the_limit_fails_the_listing_not_t
     fake.faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
                                   content=gzip.compress(json.dumps(envelope([{"id": 1}])).encode()))]
     assert [r["id"] for r in make_client(fake).list_stores()] == [1]
+
+
+def test_an_envelope_that_repeats_data_is_refused_not_read_as_the_last_copy():
+    fake = FakeAPI()
+    fake.faults = [httpx.Response(200, content=b'{"status": {"ack": 200}, "data": [{"id": 1}, {"id": 2}], "data": []}')]
+    with pytest.raises(TaptouchProtocolError, match="'data' more than once"):
+        list(make_client(fake).list_stores())
+    # a record that has a "data" field of its own is an ordinary record
+    fake.faults = [httpx.Response(200, content=b'{"status": {"ack": 200}, "data": [{"id": 1, "data": {"data": 2}}]}')]
+    assert [r["id"] for r in make_client(fake).list_stores()] == [1]
