@@ -30,8 +30,9 @@ ACCOUNTS: list[Account] = accounts_config.configured()  # read when the definiti
 def account_definitions(account: Account) -> dg.Definitions:
     """Everything of one Taptouch account: its assets (``stores``, ``orders``, ``inventory``,
     ``order_deletions``) under its key prefix, their checks, jobs and schedules (with the
-    merchant-token keep-alive of its client id), the freshness sensor, and its ``TaptouchResource``. Each asset runs in the account's own pool with its own
-    client id, so its request budget and tokens are its own, and a failure stays in its runs."""
+    merchant-token keep-alive of its client id), the freshness sensor, and its
+    ``TaptouchResource``. Each asset runs in the account's own pool with its own client id, so its
+    request budget and tokens are its own, and a failure stays in its own steps."""
     deletions, reconcile_job, reconcile_schedule = reconcile.deletions_definitions(account)
     schedules, jobs = account_schedules(account)
     asset_checks, sensors = checks.account_checks(account)
