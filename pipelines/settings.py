@@ -133,4 +133,13 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
         base_url = os.environ.get(account.env("BASE_URL"), "").strip()
         if taptouch.base_url is None and base_url:
             update["base_url"] = base_url
+        # Run config for the resource (launchpad) replaces the EnvVar-bound credentials: the fields
+        # it leaves out come from the account's own variables, never from TAPTOUCH_CLIENT_ID.
+        for field, setting in (("client_id", "CLIENT_ID"), ("client_secret", "CLIENT_SECRET")):
+            if getattr(taptouch, field) is None:
+                value = os.environ.get(account.env(setting), "")
+                if not value.strip():
+                    raise ValueError(f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
+                                     f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
+                update[field] = value
     return taptouch.model_copy(update=update), batch_size(warehouse.batch_size)

@@ -374,3 +374,23 @@ def test_schema_drift_of_one_account_is_not_the_others(two_accounts):
         south, _ = find_drift(conn, "orders", account="south")
         north, scanned = find_drift(conn, "orders", account="north")
     assert south and not north and scanned > 0
+
+
+def test_launchpad_config_of_an_accounts_resource_keeps_the_accounts_credentials(two_accounts, monkeypatch):
+    """Run config replaces the resource's EnvVar-bound fields: the ones it leaves out come from the
+    account's TAPTOUCH_<NAME>_* (never TAPTOUCH_CLIENT_ID, which here is another client)."""
+    env = two_accounts
+    monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "south-client")
+    monkeypatch.setenv("TAPTOUCH_CLIENT_SECRET", "south-secret")
+    result = dg.materialize(_assets(NORTH), resources=_resources(env["db"], NORTH), partition_key=DAY,
+                            selection=[NORTH.key("orders")], instance=dg.DagsterInstance.ephemeral(),
+                            run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}})
+    assert result.success
+    assert env["south"].stats.token_requests == 0 and env["north"].stats.token_requests == 1
+    assert set(dict(_rows(env["db"], "select order_id, account from taptouch.orders")).values()) == {"north"}
+    monkeypatch.delenv("TAPTOUCH_NORTH_CLIENT_SECRET")
+    failed = dg.materialize(_assets(NORTH), resources=_resources(env["db"], NORTH), partition_key=DAY,
+                            selection=[NORTH.key("orders")], instance=dg.DagsterInstance.ephemeral(),
+                            run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}},
+                            raise_on_error=False)
+    assert "TAPTOUCH_NORTH_CLIENT_SECRET is not set" in str(failed.get_step_failure_events()[0].event_specific_data.error)
