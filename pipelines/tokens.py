@@ -3,15 +3,14 @@
 stored merchant grant whose refresh token has less than 3 days left, whether or not syncs run."""
 
 import functools
-import os
 
 import dagster as dg
 
 from taptouch_resource import TaptouchResource
-from taptouch_resource.client import check_base_url
 from pipelines.authorize import keep_merchants_alive
 from pipelines.warehouse.token_store import TokenStore
 
+from . import settings
 from .accounts import DEFAULT, Account
 from .warehouse.resource import PostgresResource
 
@@ -27,9 +26,9 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
         taptouch: TaptouchResource = getattr(context.resources, resource_key)
         warehouse: PostgresResource = context.resources.warehouse
         warehouse.ensure_migrated()
+        if account.prefixed:  # the account's TAPTOUCH_<NAME>_* fill what the resource leaves unset
+            taptouch = settings.for_run(taptouch, warehouse, account)[0]
         client_id, secret, base_url = taptouch.resolved()
-        if account.prefixed and taptouch.base_url is None:
-            base_url = check_base_url(os.environ.get(account.env("BASE_URL"), "").strip() or base_url)
         store = TokenStore.for_client(warehouse.url(), client_id, secret)
         results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret)
         for r in results:  # every grant is tried; each failure is reported, then the step fails

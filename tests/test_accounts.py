@@ -394,3 +394,12 @@ def test_launchpad_config_of_an_accounts_resource_keeps_the_accounts_credentials
                             run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}},
                             raise_on_error=False)
     assert "TAPTOUCH_NORTH_CLIENT_SECRET is not set" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_an_accounts_token_keepalive_uses_its_own_client(two_accounts):
+    from pipelines.tokens import keepalive_job
+
+    job = keepalive_job(NORTH)
+    assert job.name == "north_merchant_tokens_keepalive_job" and keepalive_job(NORTH) is job
+    result = job.execute_in_process(resources=_resources(two_accounts["db"], NORTH))
+    assert result.success and result.output_for_node("north_refresh_merchant_tokens") == 0  # no merchant grants
