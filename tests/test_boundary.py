@@ -73,7 +73,8 @@ PROBES = [
     ("nesting deeper than can be stored", with_field(19, "[" * 3000 + "]" * 3000), "nested too deep"),
     ("year 1 with +05:00", order_bytes(20, created_at="0001-01-01T00:00:00+05:00"), "outside years 1-9999"),
     ("9999-12-31T23:59:59-05:00", order_bytes(21, updated_at="9999-12-31T23:59:59-05:00"), "outside years 1-9999"),
-    ("rounding into year 10000", order_bytes(22, updated_at="9999-12-31T23:59:59.9999999Z"), "outside years 1-9999"),
+    ("the last day of year 9999", order_bytes(22, updated_at="9999-12-31T23:59:59.9999999Z"), "within a day of those limits"),
+    ("the first day of year 1", order_bytes(27, created_at="0001-01-01T12:00:00Z"), "within a day of those limits"),
     ("offset +23:59", order_bytes(23, created_at="2026-11-02T12:31:05+23:59"), "offset PostgreSQL refuses"),
     ("offset +00:00:30.5", order_bytes(24, created_at="2026-11-02T12:31:05+00:00:30.5"), "offset with seconds"),
     ("hour 24", order_bytes(25, created_at="2026-11-02T24:00:00+11:00"), "not a valid date"),
@@ -222,6 +223,19 @@ def test_exact_instant_keeps_every_digit():
     assert records.exact_instant("1970-01-01T00:00:01.5+00:00") == D("1.5")
     assert records.exact_instant("1969-12-31T23:59:59.7Z") == D("-0.3")
     assert records.instant("2026-11-02T12:40:00+11:00") == datetime(2026, 11, 2, 1, 40, tzinfo=timezone.utc)
+
+
+def test_fractions_beyond_microseconds_are_cut_never_rounded_into_the_next_day(db):
+    counts = load_raw(db, [order_bytes(90, updated_at="2026-11-02T23:59:59.999999999Z", number="last of the day"),
+                           order_bytes(91, updated_at="2026-11-02T12:00:00.0000005Z")])
+    assert (counts.inserted, counts.quarantined) == (2, 0)
+    assert q(db, "select order_id, updated_at from taptouch.orders order by 1") == [
+        (90, datetime(2026, 11, 2, 23, 59, 59, 999999, tzinfo=timezone.utc)),  # still 2 November
+        (91, datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc))]
+    assert q(db, "select updated_at_exact % 1 from taptouch.orders where order_id = 90") == [(D("0.999999999"),)]
+    # the last nanosecond of the last readable day is in range (rounding would have crossed into the next)
+    assert records.instant("9999-12-30T23:59:59.999999999+00:00") == datetime(9999, 12, 30, 23, 59, 59, 999999,
+                                                                                tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,11 @@ CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
-_MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+# Instants a reader in any time zone (offsets up to ±16 h) can still see in years 1-9999: psycopg
+# (and Python) cannot represent year 0 or 10000, so a row within a day of those limits could be
+# stored but never read back by a session whose time zone pushes it over.
+_MIN_INSTANT = datetime(1, 1, 2, tzinfo=timezone.utc)
+_MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +492,7 @@ class _BadInstant(ValueError):
 
 @lru_cache(maxsize=65536)
 def _instant(s: str) -> datetime:
-    """The instant in UTC, rounded to the microsecond as PostgreSQL stores it. Raises _BadInstant
+    """The instant in UTC, cut to the microsecond as it is stored (:func:`_pg`). Raises _BadInstant
     with the reason for anything PostgreSQL would refuse, read differently, or store beyond what
     Python (and psycopg) can read back."""
     m = _TS.fullmatch(s)
@@ -508,15 +512,13 @@ def _instant(s: str) -> datetime:
         raise _BadInstant(f"is not a valid date and time: {_show(s)} ({exc})") from None
     try:
         utc = local.astimezone(timezone.utc)
-        if frac:
-            micro = int(frac[:6].ljust(6, "0"))
-            if len(frac) > 6 and frac[6] >= "5":  # PostgreSQL rounds to the microsecond
-                micro += 1
-            utc = utc + timedelta(microseconds=micro)
+        if frac:  # cut, never rounded: rounding could carry 23:59:59.9999999 into the next day or year
+            utc = utc + timedelta(microseconds=int(frac[:6].ljust(6, "0")))
     except OverflowError:
         raise _BadInstant(f"is outside years 1-9999 in UTC: {_show(s)}") from None
-    if utc > _MAX_INSTANT:
-        raise _BadInstant(f"is outside years 1-9999 in UTC: {_show(s)}")
+    if utc > _MAX_INSTANT or utc < _MIN_INSTANT:
+        raise _BadInstant(f"is outside years 1-9999 in UTC, or within a day of those limits where a reader's "
+                          f"time zone cannot show it: {_show(s)}")
     return utc
 
 
@@ -528,13 +530,19 @@ def _exact(s: str) -> Decimal:
     if s[19:20] != ".":  # valid texts are date and time (19 characters), then a fraction or the offset
         return Decimal(whole)
     frac = _FRAC.match(s, 20).group()
-    # the fraction as sent (every digit); utc's microseconds may have been rounded up into the next second
-    if utc.microsecond < int(frac[:6].ljust(6, "0")):
-        whole -= 1
-    return Decimal(whole) + Decimal("0." + frac)
+    return Decimal(whole) + Decimal("0." + frac)  # the fraction as sent, every digit
 
 
 _FRAC = re.compile(r"[0-9]+")
+
+
+def _pg(v: str | None) -> str | None:
+    """The timestamp text as stored: a fraction longer than microseconds is cut to six digits, so
+    PostgreSQL does not round it (``23:59:59.9999999Z`` would become the next day, and of year 9999,
+    year 10000). The version key keeps every digit (:func:`exact_instant`)."""
+    if v is not None and v[26:27].isdigit() and v[19:20] == ".":
+        return v[:26] + v[_FRAC.match(v, 20).end():]
+    return v
 
 
 def datetime_like(s: str) -> bool:
@@ -551,7 +559,7 @@ def _ts(v: str | None, where: str, required: bool = True) -> str | None:
         _instant(v)
     except _BadInstant as exc:
         raise InvalidRecord(f"{where} {exc}") from None
-    return v
+    return _pg(v)
 
 
 def instant(s: str) -> datetime:
@@ -750,7 +758,8 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
             raise _Slow
         tips = o.tips
         rp = o.redeem_points
-        order = (oid, sid, number, source, ftype, status, created, updated, completed, _business_date(created, tz),
+        order = (oid, sid, number, source, ftype, status, _pg(created), _pg(updated), _pg(completed),
+                 _business_date(created, tz),
                  currency, subtotal, discount, surcharge, rounding, tax, total,
                  ZERO if tips is None else _mq(tips, CENT), None if rp is None else _q(rp),
                  cust_id, cust_name, cash_id, cash_name)
@@ -804,7 +813,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                 if at is not None:
                     _instant(at)
                 payments.append((oid, pid, method, amount, ZERO if pay.tip is None else _mq(pay.tip, CENT),
-                                 ZERO if pay.surcharge is None else _mq(pay.surcharge, CENT), at))
+                                 ZERO if pay.surcharge is None else _mq(pay.surcharge, CENT), _pg(at)))
         if status == "completed" and paid != total:
             raise _Slow
         refunds = []
@@ -820,7 +829,7 @@ def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
                     _instant(at)
                 if not long_ok:
                     _t(ref.reason, TEXT_MAX)
-                refunds.append((oid, rid, _mq(ref.amount, CENT), ref.reason, at))
+                refunds.append((oid, rid, _mq(ref.amount, CENT), ref.reason, _pg(at)))
         return OrderRows(oid, sid, key, order, items, payments, refunds, raw.decode("utf-8"))
     except (_Slow, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError, msgspec.ValidationError,
             OverflowError, ZoneInfoNotFoundError):
@@ -922,7 +931,7 @@ def _order_rows(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> Ord
         raise InvalidRecord(f"total {total} != subtotal - discount + surcharge + rounding = {expected_total}")
     if status == "completed" and paid != total:
         raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
-    return OrderRows(oid, sid, exact_instant(updated), order, items, payments, refunds, raw.decode("utf-8"))
+    return OrderRows(oid, sid, exact_instant(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
 
 
 def store_row(record: Any) -> tuple[tuple, Decimal, str]:
