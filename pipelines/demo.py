@@ -128,22 +128,30 @@ def _run_config() -> dict:
     return {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+def _start(title: str):
+    """The demo's Dagster instance (owner-only, under .taptouch/) and warehouse, announced."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    import dagster as dg
+
+    t0 = time.monotonic()
+    print(f"==> {title}")
+    url = resolve_database_url()
+    print(f"==> warehouse: {redact_url(url)}")
+    instance = dg.DagsterInstance.get()
+    print(f"==> Dagster instance: {os.environ['DAGSTER_HOME']}")
+    return t0, url, instance
+
+
 def run_demo(days: int = 7, accounts: bool = False) -> int:
     if accounts:
         return run_accounts_demo(days)
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    t0, url, instance = _start("taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
     import dagster as dg
 
     from .assets.analytics import analytics_assets
     from .definitions import RESOURCES, defs
     from .warehouse.resource import PostgresResource
 
-    t0 = time.monotonic()
-    print("==> taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
-    url = resolve_database_url()
-    print(f"==> warehouse: {redact_url(url)}")
-    instance = dg.DagsterInstance.get()
-    print(f"==> Dagster instance: {os.environ['DAGSTER_HOME']}")
     with sandbox_env():
         today = datetime.now(timezone.utc).date()
         first = today - timedelta(days=days - 1)
@@ -176,17 +184,11 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
 def run_accounts_demo(days: int = 7) -> int:
     """The demo with two accounts in one deployment: each account's stores, inventory and orders
     as its own runs, then the shared analytics views, and a per-account summary."""
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    t0, url, instance = _start("taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse")
     import dagster as dg
 
     from .warehouse.resource import PostgresResource
 
-    t0 = time.monotonic()
-    print("==> taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse")
-    url = resolve_database_url()
-    print(f"==> warehouse: {redact_url(url)}")
-    instance = dg.DagsterInstance.get()
-    print(f"==> Dagster instance: {os.environ['DAGSTER_HOME']}")
     with sandbox_accounts_env():
         from . import definitions  # loaded now: TAPTOUCH_ACCOUNTS is set
 
