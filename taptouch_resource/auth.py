@@ -114,6 +114,9 @@ def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) ->
     return clamped
 
 
+MAX_TOKEN_ANSWER_BYTES = 1 * 2**20
+
+
 class ClientCredentialsAuth(httpx.Auth):
     """``httpx.Auth`` that attaches a cached client-credentials bearer token to each request."""
 
@@ -242,7 +245,7 @@ class ClientCredentialsAuth(httpx.Auth):
         self.stats.add(token_requests=1)
         started = self._clock()
         try:
-            response = self._http.post(self.token_url, data=form, headers={"Accept": "application/json"})
+            response = self._post_bounded(form)
         except httpx.TransportError as exc:
             raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
         if response.status_code == 200:
@@ -253,6 +256,21 @@ class ClientCredentialsAuth(httpx.Auth):
         wait = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
         raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
                         rate_limited=status == 429)
+
+    def _post_bounded(self, form: dict[str, str]) -> httpx.Response:
+        """POST to the token endpoint, reading at most MAX_TOKEN_ANSWER_BYTES of the decoded answer
+        (a token answer is a few hundred bytes; a compressed bomb fails here, not the process)."""
+        with self._http.stream("POST", self.token_url, data=form, headers={"Accept": "application/json"}) as streamed:
+            chunks, size = [], 0
+            for chunk in streamed.iter_bytes():
+                size += len(chunk)
+                if size > MAX_TOKEN_ANSWER_BYTES:
+                    raise TaptouchProtocolError(
+                        f"The token endpoint {self.token_url} answered more than {MAX_TOKEN_ANSWER_BYTES} bytes "
+                        f"(once decompressed); a token answer is a few hundred. Refusing it.")
+                chunks.append(chunk)
+        headers = [(k, v) for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")]
+        return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks), request=streamed.request)
 
     def _unavailable(self, status: int, what: str) -> TaptouchAPIError:
         return TaptouchAPIError(

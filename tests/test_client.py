@@ -462,3 +462,14 @@ def test_an_envelope_that_repeats_data_is_refused_not_read_as_the_last_copy():
     # a record that has a "data" field of its own is an ordinary record
     fake.faults = [httpx.Response(200, content=b'{"status": {"ack": 200}, "data": [{"id": 1, "data": {"data": 2}}]}')]
     assert [r["id"] for r in make_client(fake).list_stores()] == [1]
+
+
+def test_a_token_answer_that_unpacks_past_a_megabyte_is_refused():
+    import gzip
+
+    fake = FakeAPI()
+    fake.token_faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
+                                        content=gzip.compress(b'{"access_token": "' + b"x" * (50 * 2**20) + b'"}'))]
+    with pytest.raises(TaptouchProtocolError, match="more than 1048576 bytes"):
+        make_client(fake).auth.get_token()
+    assert make_client(fake).auth.get_token() == "tok-2"  # an ordinary answer is read as before
