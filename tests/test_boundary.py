@@ -107,6 +107,8 @@ def test_probe_quarantines_only_its_record(db, name, raw, fragment):
     reason, raw_json, raw_text = q(db, "select reason, raw::text, raw_text from taptouch.quarantine")[0]
     assert fragment in reason
     assert raw_json is not None or raw_text is not None  # its raw form is kept
+    if name == "nesting deeper than can be stored":
+        assert q(db, "select record_key from taptouch.quarantine") == [("19",)]
     assert q(db, "select order_id from taptouch.orders order by 1") == [(1,), (2,)]
 
 
@@ -293,3 +295,4 @@ def test_a_record_nested_deeper_than_the_parsers_costs_only_itself():
     assert records_[0] == {"id": 1} and records_[1] == deep and records_[2] == {"id": 3}
     with pytest.raises(InvalidRecord, match="nested too deep"):
         records.order_rows(deep, TZ)
+    assert records.record_key("order", deep) == "2"  # its quarantine row still names the order

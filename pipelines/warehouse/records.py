@@ -1033,8 +1033,10 @@ def record_key(entity: str, record: Any) -> str | None:
     else:
         try:
             doc = _loads_tolerant(_text_of(as_bytes(record)))
-        except (ValueError, RecursionError):
-            return None
+        except (ValueError, RecursionError):  # e.g. nested too deep: read a leading integer id if there is one
+            m = re.search(rb'"' + _ID_FIELD[entity].encode() + rb'"\s*:\s*(-?[0-9]{1,19})\s*[,}]',
+                          as_bytes(record)[:4096])
+            return m.group(1).decode() if m else None
     if not isinstance(doc, dict):
         return None
     value = doc.get(_ID_FIELD[entity])
