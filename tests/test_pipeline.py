@@ -19,6 +19,7 @@ from pipelines.assets.taptouch import inventory, orders, stores
 from pipelines.definitions import defs
 from pipelines.schedules import orders_hourly
 from pipelines.settings import FULL_REFRESH_TAG
+from pipelines.warehouse.db import with_database
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchResource, jsonutil
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
@@ -197,7 +198,7 @@ def test_operator_cli_materializes_a_partition(sandbox, migrated_db, tmp_path):
 
 
 def test_a_wrong_warehouse_url_fails_at_once_unretried(sandbox, make_database):
-    wrong = make_database().rsplit("/", 1)[0] + "/no_such_warehouse_db"
+    wrong = with_database(make_database(), "no_such_warehouse_db")  # the server's URL, another database
     res = resources(sandbox, wrong)
     result = dg.materialize([orders], resources=res, partition_key="2026-11-25", raise_on_error=False)
     assert not result.success
