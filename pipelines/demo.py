@@ -82,18 +82,25 @@ def sandbox_env(seed: int = 1, stores: int = SANDBOX_STORES, days: int = SANDBOX
 
     sb = Sandbox(SandboxConfig(seed=seed, stores=stores, days=days))
     with sb.serve(host="127.0.0.1", port=0) as url:
-        saved = {k: os.environ.get(k) for k in ("TAPTOUCH_BASE_URL", "TAPTOUCH_CLIENT_ID", "TAPTOUCH_CLIENT_SECRET")}
-        os.environ.update({"TAPTOUCH_BASE_URL": url, "TAPTOUCH_CLIENT_ID": sb.config.client_id,
-                           "TAPTOUCH_CLIENT_SECRET": sb.config.client_secret})
         print(f"==> sandbox Taptouch API (fake, deterministic data: {stores} stores, {days} days) at {url}")
-        try:
+        with _exported({"TAPTOUCH_BASE_URL": url, "TAPTOUCH_CLIENT_ID": sb.config.client_id,
+                        "TAPTOUCH_CLIENT_SECRET": sb.config.client_secret}):
             yield url
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _exported(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment of this process and its children, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -110,18 +117,10 @@ def sandbox_accounts_env(days: int = SANDBOX_DAYS) -> Iterator[str]:
             values.update({f"TAPTOUCH_{name.upper()}_BASE_URL": url,
                            f"TAPTOUCH_{name.upper()}_CLIENT_ID": sb.config.client_id,
                            f"TAPTOUCH_{name.upper()}_CLIENT_SECRET": sb.config.client_secret})
-        saved = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)
         described = ", ".join(f"{name}: stores {', '.join(map(str, sb.store_ids()))}" for name, sb in members.items())
         print(f"==> sandbox Taptouch API (fake, deterministic data, {days} days) at {url}, two clients: {described}")
-        try:
+        with _exported(values):
             yield url
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def _run_config() -> dict:

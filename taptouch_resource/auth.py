@@ -33,6 +33,7 @@ import httpx
 
 from . import api, jsonutil
 from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchError, TaptouchProtocolError, parse_error_body
+from .http import send_bounded
 from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
 from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
 
@@ -245,7 +246,8 @@ class ClientCredentialsAuth(httpx.Auth):
         self.stats.add(token_requests=1)
         started = self._clock()
         try:
-            response = self._post_bounded(form)
+            response = send_bounded(self._http, "POST", self.token_url, data=form, limit=MAX_TOKEN_ANSWER_BYTES,
+                                    what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"})
         except httpx.TransportError as exc:
             raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
         if response.status_code == 200:
@@ -256,21 +258,6 @@ class ClientCredentialsAuth(httpx.Auth):
         wait = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
         raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
                         rate_limited=status == 429)
-
-    def _post_bounded(self, form: dict[str, str]) -> httpx.Response:
-        """POST to the token endpoint, reading at most MAX_TOKEN_ANSWER_BYTES of the decoded answer
-        (a token answer is a few hundred bytes; a compressed bomb fails here, not the process)."""
-        with self._http.stream("POST", self.token_url, data=form, headers={"Accept": "application/json"}) as streamed:
-            chunks, size = [], 0
-            for chunk in streamed.iter_bytes():
-                size += len(chunk)
-                if size > MAX_TOKEN_ANSWER_BYTES:
-                    raise TaptouchProtocolError(
-                        f"The token endpoint {self.token_url} answered more than {MAX_TOKEN_ANSWER_BYTES} bytes "
-                        f"(once decompressed); a token answer is a few hundred. Refusing it.")
-                chunks.append(chunk)
-        headers = [(k, v) for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")]
-        return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks), request=streamed.request)
 
     def _unavailable(self, status: int, what: str) -> TaptouchAPIError:
         return TaptouchAPIError(

@@ -36,6 +36,7 @@ from .errors import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
+from .http import send_bounded
 from .retry import (MIN_429_WAIT, RETRY_STATUSES, Backoff, ClientStats, RateLimiter, RequestLimiter, Retryable,
                     parse_retry_after, with_retries)
 
@@ -281,27 +282,12 @@ class TaptouchClient:
         return with_retries(lambda: self._attempt(path, params), what=f"GET {path}", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
-    def _get_bounded(self, path: str, params: dict) -> httpx.Response:
-        """GET, reading at most ``max_response_bytes`` of the decoded body: a compressed answer that
-        unpacks to gigabytes (a zip bomb) fails this listing instead of the worker's memory."""
-        with self._http.stream("GET", path, params=params) as streamed:
-            chunks, size = [], 0
-            for chunk in streamed.iter_bytes():
-                size += len(chunk)
-                if size > self.max_response_bytes:
-                    raise TaptouchProtocolError(
-                        f"GET {path}: the answer is larger than {self.max_response_bytes} bytes once decompressed "
-                        f"(a page of {self.page_size} records is far smaller); refusing it.")
-                chunks.append(chunk)
-        headers = [(k, v) for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")]
-        return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks),
-                              request=streamed.request)
-
     def _attempt(self, path: str, params: dict) -> list[bytes]:
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
-            response = self._get_bounded(path, params)
+            response = send_bounded(self._http, "GET", path, params=params, limit=self.max_response_bytes,
+                                    what=f"GET {path}")
         except httpx.TransportError as exc:
             self.stats.add(network_errors=1)
             if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
