@@ -21,22 +21,40 @@ CLIENT_ID, SECRET = "sandbox-client", "sandbox-secret"
 END = date(2026, 11, 27)
 RATE = 20.0
 PROCESSES = 4
+LATE_ALLOWANCE_S = 0.25
+"""How late a request may leave after its slot on this loaded 2-core machine (four loading processes,
+the sandbox and PostgreSQL share the cores): at the server, a late request bunches with on-time
+ones, up to RATE x this many more in one second (docs/operating.md, "Sharing the API budget")."""
 
 
 def max_in_one_second(times: list[float]) -> int:
-    """The most arrivals in any half-open window [t, t + 1 s)."""
-    times = sorted(times)
+    """The most arrivals in any half-open window [t, t + 1 s), to the microsecond (PostgreSQL's
+    resolution: two slots 1.000000 s apart are in different windows, whatever float rounding says)."""
+    times = sorted(round(t * 1_000_000) for t in times)
     best, lo = 0, 0
     for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
+        while times[lo] <= t - 1_000_000:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
 
 
+class _RecordingBudget(SharedBudget):
+    """The shared budget, keeping each slot the database granted (its clock, epoch seconds)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots: list[float] = []
+
+    def acquire(self) -> float:
+        wait = super().acquire()
+        self.slots.append(self.last_slot)
+        return wait
+
+
 def _load(base_url: str, database_url: str, barrier, results) -> None:
     """One process: every store's orders of two days, pages of 15, through the shared budget."""
-    budget = SharedBudget.for_client(database_url, CLIENT_ID, RATE)
+    budget = _RecordingBudget(database_url, CLIENT_ID, RATE)
     with TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, base_url=base_url, page_size=15,
                         limiter=budget) as client:
         client.auth.get_token()
@@ -48,7 +66,8 @@ def _load(base_url: str, database_url: str, barrier, results) -> None:
                                                          updated_to=start + timedelta(days=2)))
         stats = client.stats.snapshot()
     results.put({"requests": stats["requests"], "orders": orders, "waited_seconds": stats["waited_seconds"],
-                 "fallbacks": budget.fallbacks})
+                 "fallbacks": budget.fallbacks, "slots": budget.slots})
+    budget.close()
 
 
 @pytest.mark.slow
@@ -73,15 +92,37 @@ def test_four_processes_share_one_budget(migrated_db):
     assert len(times) == sum(r["requests"] for r in reports) == sandbox.stats.api_requests
     assert len(times) >= 60 and all(r["fallbacks"] == 0 for r in reports)
     assert len({r["orders"] for r in reports}) == 1 and reports[0]["orders"] > 0  # each loaded the same data
+    # The grants (the database's clock): never more than rate + burst - 1 in a half-open second,
+    # whichever process asked; the slots of the first requests (token, stores) are counted too.
+    slots = [slot for r in reports for slot in r["slots"]]
+    assert len(slots) == len(times) and None not in slots
+    granted_peak = max_in_one_second(slots)
+    assert granted_peak <= RATE + DEFAULT_BURST - 1, (granted_peak, RATE)
+    # At the server: the same, plus the requests that left late bunching with on-time ones.
     peak = max_in_one_second(times)
-    # The documented bound: rate + burst in any one-second window, whoever sends.
-    assert peak <= RATE + DEFAULT_BURST, (peak, RATE)
+    assert peak <= RATE + DEFAULT_BURST + RATE * LATE_ALLOWANCE_S, (peak, RATE)
     # ... and the processes did share it: together about RATE per second, not 4 x RATE.
     span = max(times) - min(times)
     assert span >= (len(times) - DEFAULT_BURST - PROCESSES) / RATE * 0.9
     assert sum(r["waited_seconds"] for r in reports) > 0
-    print(f"\n{len(times)} requests from {PROCESSES} processes in {span:.2f}s; "
-          f"max {peak} in any 1 s window (budget {RATE:g}/s, burst {DEFAULT_BURST})")
+    print(f"\n{len(times)} requests from {PROCESSES} processes in {span:.2f}s; max {granted_peak} granted and "
+          f"{peak} received in any 1 s window (budget {RATE:g}/s, burst {DEFAULT_BURST})")
+
+
+@pytest.mark.postgres
+def test_slots_are_spaced_one_interval_apart_whichever_connection_asks(migrated_db):
+    """The grant itself, without sleeping: two processes' budgets (two connections) asking in turn
+    get slots exactly 1/rate apart on the database's clock, so a second never holds more than rate."""
+    budgets = [SharedBudget(migrated_db, "spacing-client", RATE, sleep=lambda s: None) for _ in range(2)]
+    slots = []
+    for i in range(3 * int(RATE)):
+        budgets[i % 2].acquire()
+        slots.append(budgets[i % 2].last_slot)
+    for budget in budgets:
+        budget.close()
+    gaps = [b - a for a, b in zip(slots, slots[1:])]
+    assert all(gap == pytest.approx(1 / RATE, abs=1e-5) for gap in gaps), gaps
+    assert max_in_one_second(slots) == RATE
 
 
 @pytest.mark.postgres

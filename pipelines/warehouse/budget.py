@@ -11,16 +11,20 @@ takes it as ``limiter=``::
 **The algorithm: GCRA, one row, one statement.** ``taptouch_meta.request_budget`` (migration 0006)
 holds one row per client id. ``next_at`` is the bucket's *theoretical arrival time* (the generic cell
 rate algorithm, i.e. a token bucket stored as a single timestamp). Each request runs one
-``insert ... on conflict do update ... returning`` in autocommit: under the row's lock it moves
+``insert ... on conflict do update ... returning`` in autocommit, reading ``clock_timestamp()`` once
+(two readings in one statement differ by microseconds, and that difference let 21 slots into one
+second at 20/s): under the row's lock it moves
 ``next_at`` to ``greatest(next_at, now) + 1/rate`` and returns the wait until the request's slot,
 ``greatest(now, old next_at - (burst - 1)/rate) - now``. The caller then sleeps *outside* any
 transaction, so the row is locked for one statement (microseconds) and processes queue in the
 order they asked. Consequences:
 
-* At most ``rate + burst - 1`` requests start in any half-open one-second window, ``rate + burst``
-  in a closed one (``burst`` requests may go back to back after a pause, then one every
-  ``1/rate``). Default ``burst`` is :data:`DEFAULT_BURST` = 1: strictly spaced, as the in-process
-  limiter always was.
+* At most ``rate + burst - 1`` slots fall in any half-open one-second window of the database's
+  clock, ``rate + burst`` in a closed one (``burst`` requests may go back to back after a pause,
+  then one every ``1/rate``). Default ``burst`` is :data:`DEFAULT_BURST` = 1: strictly spaced, as
+  the in-process limiter always was. At the API, a request that leaves late (its process was
+  descheduled, its connection slow) can bunch with the on-time ones after it: count
+  ``rate x`` that delay more (at 20/s, one more per 50 ms of delay). ``last_slot`` is the grant.
 * Every time is the database server's ``clock_timestamp()``, and only differences travel back, so
   processes on different machines need no synchronised clocks.
 * A 429 (:meth:`SharedBudget.penalize`) sets ``blocked_until = now + Retry-After`` and pushes
@@ -74,17 +78,19 @@ CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 5000
 
 _ACQUIRE = """
+with clock as materialized (select clock_timestamp() as now)
 insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at)
-values (%(client_id)s, %(rate)s, %(burst)s, clock_timestamp() + %(interval)s * interval '1 second', 1,
-        clock_timestamp())
+select %(client_id)s, %(rate)s, %(burst)s, now + %(interval)s * interval '1 second', 1, now from clock
 on conflict (client_id) do update set
-    next_at = greatest(b.next_at, clock_timestamp()) + %(interval)s * interval '1 second',
+    next_at = greatest(b.next_at, excluded.updated_at) + %(interval)s * interval '1 second',
     rate = excluded.rate,
     burst = excluded.burst,
     requests = b.requests + 1,
-    updated_at = clock_timestamp()
+    updated_at = excluded.updated_at
 returning extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) * interval '1 second', b.updated_at)
-                              - b.updated_at)::float8
+                              - b.updated_at)::float8,
+          extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) * interval '1 second',
+                                      b.updated_at))::float8
 """
 
 _PENALIZE = """
@@ -131,6 +137,9 @@ class SharedBudget:
         self._fallback = RateLimiter(self.rate, sleep=sleep)
         self.waited_seconds = 0.0
         self.fallbacks = 0
+        self.last_slot: float | None = None
+        """The database's time (epoch seconds) of the last slot given to this process: the grant the
+        bound is about, before this host's scheduler and network add their delay."""
 
     def __repr__(self) -> str:  # no URL (it may hold a password)
         return f"SharedBudget(client_id={self.client_id!r}, rate={self.rate}, burst={self.burst})"
@@ -157,11 +166,11 @@ class SharedBudget:
     # ------------------------------------------------------------------ RequestLimiter
     def acquire(self) -> float:
         """Wait for this request's slot in the shared budget; return the seconds waited."""
-        wait = self._run(_ACQUIRE, {})
-        if wait is None:  # the database failed: this process limits itself
+        row = self._run(_ACQUIRE, {})
+        if row is None:  # the database failed: this process limits itself
             wait = self._fallback.acquire()
         else:
-            wait = max(0.0, float(wait))
+            wait, self.last_slot = max(0.0, float(row[0])), float(row[1])
             if wait > 0:
                 self._sleep(wait)
         with self._lock:
@@ -183,7 +192,7 @@ class SharedBudget:
             self._conn = None
 
     # ------------------------------------------------------------------ the database
-    def _run(self, query: str, params: dict, *, fetch: bool = True) -> float | None:
+    def _run(self, query: str, params: dict, *, fetch: bool = True) -> tuple | None:
         """Run one statement; None (after a WARNING) when the database fails or is still considered down."""
         params = {"client_id": self.client_id, "rate": self.rate, "burst": self.burst,
                   "interval": self._interval, "tau": self._tau, **params}
@@ -200,7 +209,7 @@ class SharedBudget:
                 log.warning("shared API budget for client %s: the database answers again; back to the shared "
                             "budget", self.client_id)
                 self._down_until = 0.0
-            return row[0] if fetch else 0.0
+            return tuple(row) if fetch else ()
 
     def _connection(self) -> psycopg.Connection:
         if self._pid != os.getpid():  # forked: the parent's connection is not ours to use or close
