@@ -123,7 +123,8 @@ def test_embedded_server_starts_once_and_is_reused(
 
     started = time.monotonic()
     assert embedded_database_url(str(embedded_dir)) == url
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # reused: a start takes seconds (and logs, checked below)
+    assert caplog.text.count("starting embedded PostgreSQL") == 1
 
     with connect(url, autocommit=True) as conn:
         assert conn.execute("select current_database()").fetchone() == ("taptouch",)
