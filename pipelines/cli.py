@@ -127,14 +127,50 @@ def _ui(args: argparse.Namespace) -> int:
 # --- authorize / tokens / refresh (merchant grants, docs/merchant-auth.md) ----------------------
 
 
+def _account_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--account", metavar="NAME",
+                        help="an account of TAPTOUCH_ACCOUNTS: use its TAPTOUCH_<NAME>_CLIENT_ID / _CLIENT_SECRET / "
+                             "_BASE_URL; default the single-account TAPTOUCH_CLIENT_ID / _CLIENT_SECRET / _BASE_URL")
+
+
+def _credentials(account_name: str | None) -> tuple[str, str, str]:
+    """(client id, secret, base URL) of the single account, or of ``--account NAME``."""
+    import os
+
+    from pipelines.accounts import ACCOUNTS_ENV, configured
+    from taptouch_resource import TaptouchConfigError, TaptouchResource
+
+    if not account_name:
+        return TaptouchResource().resolved()
+    try:
+        accounts = {a.name: a for a in configured() if a.prefixed}
+    except ValueError as err:
+        raise TaptouchConfigError(str(err)) from None
+    account = accounts.get(account_name)
+    if account is None:
+        listed = ", ".join(accounts) or "unset"
+        raise TaptouchConfigError(f"--account {account_name!r} is not one of {ACCOUNTS_ENV} ({listed}). Add it there "
+                                  f"(with TAPTOUCH_{account_name.upper()}_CLIENT_ID and _CLIENT_SECRET), or leave out "
+                                  f"--account for the single-account TAPTOUCH_CLIENT_ID.")
+    found = {}
+    for setting in ("CLIENT_ID", "CLIENT_SECRET"):
+        found[setting] = os.environ.get(account.env(setting), "")
+        if not found[setting].strip():
+            raise TaptouchConfigError(f"{account.env(setting)} is not set: set it to the "
+                                      f"{setting.lower().replace('_', ' ')} of Taptouch account {account.name!r}.")
+    base_url = os.environ.get(account.env("BASE_URL"), "").strip() or None
+    return TaptouchResource(client_id=found["CLIENT_ID"], client_secret=found["CLIENT_SECRET"],
+                            base_url=base_url).resolved()
+
+
 def _taptouch_store(args: argparse.Namespace):
-    """(client id, secret, base URL, TokenStore) from TAPTOUCH_* and the (migrated) warehouse."""
+    """(client id, secret, base URL, TokenStore) from TAPTOUCH_* (or ``--account``'s variables) and
+    the (migrated) warehouse."""
     from pipelines.warehouse.db import resolve_database_url
     from pipelines.warehouse.migrations import migrate
-    from taptouch_resource import TaptouchResource
     from pipelines.warehouse.token_store import TokenStore
 
-    client_id, secret, base_url = TaptouchResource().resolved()
+    client_id, secret, base_url = _credentials(getattr(args, "account", None))
     url = resolve_database_url(args.database_url)
     migrate(url)
     return client_id, secret, base_url, TokenStore.for_client(url, client_id, secret)
@@ -142,6 +178,7 @@ def _taptouch_store(args: argparse.Namespace):
 
 def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
+    _account_argument(parser)
     parser.add_argument("--merchant", default="default",
                         help="a label for this merchant's grant (TaptouchResource.merchant); default 'default'")
     parser.add_argument("--scope", action="append", dest="scopes", metavar="SCOPE",
@@ -178,8 +215,10 @@ def _authorize(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     stores = ", ".join(map(str, result.store_ids)) or "none listed"
     print(f"Authorized merchant {result.merchant!r}: scopes {' '.join(result.scopes)}; stores {stores}.")
-    print("The tokens are stored encrypted in taptouch_auth.tokens; the merchant_tokens_keepalive schedule "
-          "(or `taptouch-sync refresh`) keeps them alive.")
+    schedule = f"{args.account}_merchant_tokens_keepalive" if args.account else "merchant_tokens_keepalive"
+    again = f"taptouch-sync refresh --account {args.account}" if args.account else "taptouch-sync refresh"
+    print(f"The tokens are stored encrypted in taptouch_auth.tokens; the {schedule} schedule "
+          f"(or `{again}`) keeps them alive.")
     return EXIT_OK
 
 
@@ -188,7 +227,7 @@ def _tokens(args: argparse.Namespace) -> int:
 
     try:
         client_id, _, base_url, store = _taptouch_store(args)
-        grants = store.grants()
+        grants = store.grants(client_id=client_id)  # this client's (account's) grants, not another's
     except TaptouchError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -208,8 +247,14 @@ def _tokens(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_url_argument(parser)
+    _account_argument(parser)
+
+
 def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
+    _account_argument(parser)
     parser.add_argument("--min-remaining-hours", type=float, default=72.0,
                         help="rotate refresh tokens with less than this left of their 4 days (default 72)")
 
@@ -239,7 +284,7 @@ COMMANDS: dict[str, Command] = {
     "db-url": Command(_db_url, "print the database URL and how to open psql on it", _db_url_arguments),
     "authorize": Command(_authorize, "connect a merchant: authorization code + PKCE; stores the tokens encrypted",
                          _authorize_arguments),
-    "tokens": Command(_tokens, "list stored OAuth grants (never the tokens)", _database_url_argument),
+    "tokens": Command(_tokens, "list stored OAuth grants (never the tokens)", _tokens_arguments),
     "refresh": Command(_refresh, "rotate merchant refresh tokens before their 4 days run out", _refresh_arguments),
 }
 

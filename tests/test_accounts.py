@@ -403,3 +403,48 @@ def test_an_accounts_token_keepalive_uses_its_own_client(two_accounts):
     assert job.name == "north_merchant_tokens_keepalive_job" and keepalive_job(NORTH) is job
     result = job.execute_in_process(resources=_resources(two_accounts["db"], NORTH))
     assert result.success and result.output_for_node("north_refresh_merchant_tokens") == 0  # no merchant grants
+
+
+@pytest.mark.slow
+def test_the_token_commands_take_an_account(two_accounts, monkeypatch, capsys):
+    """``authorize`` / ``tokens`` / ``refresh --account south`` use south's TAPTOUCH_SOUTH_* and its
+    grants only; without ``--account`` they stay the single-account commands."""
+    from pipelines.cli import main
+    from tests.support.oauth_helpers import Browser
+
+    monkeypatch.setenv("TAPTOUCH_ACCOUNTS", "north,south")
+    db, south = two_accounts["db"], two_accounts["south"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "authorize", "--account", "south", "--merchant", "bakery",
+         "--port", "0", "--no-browser", "--timeout", "30", "--database-url", db],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        browser = Browser()
+        for line in proc.stdout:
+            browser(line)
+            if browser.threads:
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    browser.join()
+    assert proc.returncode == 0, err
+    assert "Authorized merchant 'bakery'" in out and "8101, 8102" in out  # south's stores
+    assert "south_merchant_tokens_keepalive" in out and "refresh --account south" in out
+    assert south.grant_requests["authorization_code"] == 1
+    assert two_accounts["north"].grant_requests["authorization_code"] == 0
+
+    assert main(["tokens", "--account", "south", "--database-url", db]) == 0
+    listing = capsys.readouterr().out
+    assert "merchant bakery [south-client @" in listing and "stores 8101, 8102" in listing
+    assert main(["tokens", "--account", "north", "--database-url", db]) == 0
+    assert "No tokens stored" in capsys.readouterr().out  # north's client id has no grant
+    assert main(["refresh", "--account", "south", "--database-url", db]) == 0
+    assert capsys.readouterr().out.strip() == "merchant bakery: fresh"
+
+    assert main(["tokens", "--account", "east", "--database-url", db]) == 2
+    assert "'east' is not one of TAPTOUCH_ACCOUNTS (north, south)" in capsys.readouterr().err
+    monkeypatch.delenv("TAPTOUCH_SOUTH_CLIENT_SECRET")
+    assert main(["refresh", "--account", "south", "--database-url", db]) == 1
+    assert "TAPTOUCH_SOUTH_CLIENT_SECRET is not set" in capsys.readouterr().err
