@@ -371,7 +371,7 @@ class OrderWindowLoad:
         sc = self.store_counts(store_id)
         raws = [records.as_bytes(r) for r in page]
         ids = [_order_id(r) for r in raws]
-        known = self._known_digests(ids)
+        known = self._known_digests(ids, store_id)
         buf = self._buf
         blake = hashlib.blake2b
         for raw, oid in zip(raws, ids):
@@ -410,12 +410,15 @@ class OrderWindowLoad:
             self._flush()
         return staged
 
-    def _known_digests(self, ids: list[int | None]) -> dict[int, bytes]:
-        """order id -> raw_hash of the version the warehouse holds, for the ids on this page."""
+    def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, bytes]:
+        """order id -> raw_hash of the version the warehouse holds, for the ids on this page, when that
+        version belongs to the listed store (the same bytes listed under another store are checked,
+        and quarantined for their store_id, never skipped as unchanged)."""
         ids = [i for i in ids if i is not None]
         if not ids:
             return {}
-        self._cur.execute("select order_id, raw_hash from taptouch.orders where order_id = any(%s)", (ids,))
+        self._cur.execute("select order_id, raw_hash from taptouch.orders where order_id = any(%s) and store_id = %s",
+                          (ids, store_id))
         return {oid: bytes(h) for oid, h in self._cur.fetchall() if h is not None}
 
     def _flush(self) -> None:
@@ -487,7 +490,8 @@ class OrderWindowLoad:
             " order by s.order_id"
             " on conflict (order_id) do update set {sets}, loaded_at = now()"
             " where excluded.updated_at_exact > " + _EXACT +
-            " or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw_hash is distinct from t.raw_hash)"
+            " or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw_hash is distinct from t.raw_hash"
+            "     and excluded.raw::text is distinct from t.raw::text)"  # not the same JSON in another key order
             " returning t.order_id, t.store_id, (xmax = 0) as inserted"
             ") select up.order_id, up.store_id, up.inserted, pick.seq from up join pick using (order_id)"
         ).format(cols=_ids(cols), sets=_set_list(cols, ("order_id",)),
@@ -566,6 +570,7 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
     quarantine = _Quarantine("inventory", snapshot_date.isoformat(), run_id)
     rows: dict[int, tuple] = {}
     bad_ids: list[int] = []
+    unidentified = 0  # malformed records whose product id cannot be read
     seen = 0
     newest: Any = None
     for raw in records_:
@@ -577,6 +582,8 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
             pid = _product_id(raw)
             if pid is not None:
                 bad_ids.append(pid)
+            else:  # which product it lists is unknown: the listing cannot say what is no longer stocked
+                unidentified += 1
             continue
         seen += 1
         prev = rows.get(row[1])
@@ -588,18 +595,28 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
     cols = INVENTORY_COLS + ("updated_at_exact", "raw")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop")
+        def refused(r: tuple) -> tuple[bytes, int]:
+            bad_ids.append(r[1])  # listed, just unloadable: keeps its previous level like any malformed record
+            return r[-1].encode("utf-8"), store_id
+
         _copy_or_quarantine(cur, "stage_inventory", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
-                            lambda r: (r[-1].encode("utf-8"), store_id))
+                            refused)
         cur.execute("select pg_advisory_xact_lock(%s, %s)", (_LOCK_INVENTORY % 2**31, store_id % 2**31))
-        cur.execute(
-            "delete from taptouch.inventory_levels l where l.store_id = %s"
-            " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
-            " and l.product_id <> all(%s)"
-            " and (%s::numeric is null or l.updated_at is null"
-            "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)",
-            (store_id, bad_ids, newest, newest),
-        )
-        counts.deleted = cur.rowcount
+        if unidentified:
+            # a destructive replace only from a well-formed listing: a record whose product cannot be
+            # identified might be any product, so nothing is delisted this time
+            log.warning("inventory of store %s: %d malformed record(s) without a readable product_id; "
+                        "no product is delisted from this listing", store_id, unidentified)
+        else:
+            cur.execute(
+                "delete from taptouch.inventory_levels l where l.store_id = %s"
+                " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
+                " and l.product_id <> all(%s)"
+                " and (%s::numeric is null or l.updated_at is null"
+                "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)",
+                (store_id, bad_ids, newest, newest),
+            )
+            counts.deleted = cur.rowcount
         exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
         cur.execute(sql.SQL(
             "insert into taptouch.inventory_levels as t ({cols}) select {cols} from stage_inventory order by product_id "

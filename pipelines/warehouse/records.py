@@ -540,8 +540,10 @@ def _pg(v: str | None) -> str | None:
     """The timestamp text as stored: a fraction longer than microseconds is cut to six digits, so
     PostgreSQL does not round it (``23:59:59.9999999Z`` would become the next day, and of year 9999,
     year 10000). The version key keeps every digit (:func:`exact_instant`)."""
-    if v is not None and v[26:27].isdigit() and v[19:20] == ".":
-        return v[:26] + v[_FRAC.match(v, 20).end():]
+    if v is not None and v[19:20] == "." and v[26:27].isdigit():
+        end = _FRAC.match(v, 20).end()
+        if end > 26:  # more than six fractional digits (a shorter fraction is followed by its offset)
+            return v[:26] + v[end:]
     return v
 
 
