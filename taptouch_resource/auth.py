@@ -32,8 +32,9 @@ from typing import Any, Callable, Generator
 import httpx
 
 from . import api, jsonutil
-from .errors import TaptouchAPIError, TaptouchAuthError, TaptouchError, TaptouchProtocolError, parse_error_body
-from .http import send_bounded
+from .errors import (TaptouchAPIError, TaptouchAuthError, TaptouchConfigError, TaptouchError, TaptouchProtocolError,
+                     parse_error_body)
+from .http import DEFAULT_DEADLINE, redirect_target, send_bounded, tls_verification_failed
 from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
 from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
 
@@ -140,6 +141,7 @@ class ClientCredentialsAuth(httpx.Auth):
         verify: Any = True,
         store: TokenPersistence | None = None,
         wall_clock: Callable[[], float] = time.time,
+        deadline: float | None = DEFAULT_DEADLINE,
     ):
         if not client_id or not client_id.strip():
             raise TaptouchAuthError("The Taptouch client id is empty. Set TAPTOUCH_CLIENT_ID.")
@@ -158,6 +160,7 @@ class ClientCredentialsAuth(httpx.Auth):
         self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
         self._store = store
         self._wall = wall_clock
+        self._deadline = deadline
 
     def __repr__(self) -> str:
         return f"ClientCredentialsAuth(client_id={self.client_id!r}, scopes={self.scopes!r}, secret=***)"
@@ -247,15 +250,29 @@ class ClientCredentialsAuth(httpx.Auth):
         started = self._clock()
         try:
             response = send_bounded(self._http, "POST", self.token_url, data=form, limit=MAX_TOKEN_ANSWER_BYTES,
-                                    what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"})
+                                    what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"},
+                                    deadline=self._deadline)
         except httpx.TransportError as exc:
+            if tls_verification_failed(exc):
+                raise TaptouchConfigError(
+                    f"The TLS certificate of the token endpoint {self.token_url} could not be verified (retrying "
+                    f"cannot cure that). Check TAPTOUCH_BASE_URL; to trust a private CA pass verify= a CA bundle."
+                ) from None
             raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
         if response.status_code == 200:
+            response = _error_inside_200(response)
+        if response.status_code == 200:
             return self._parse(response), started
+        if 300 <= response.status_code < 400:
+            raise TaptouchAPIError(
+                status=response.status_code, path=api.TOKEN_PATH,
+                message=f"the token endpoint answered with a redirect{redirect_target(response)}; not followed "
+                        f"(the client secret would travel with it)",
+                hint="set TAPTOUCH_BASE_URL to the API's own address")
         if response.status_code not in RETRY_STATUSES:
             self._raise(response, form)
         status = response.status_code
-        wait = parse_retry_after(response.headers.get("Retry-After")) if status == 429 else None
+        wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
                         rate_limited=status == 429)
 
@@ -299,7 +316,19 @@ class ClientCredentialsAuth(httpx.Auth):
             refresh_lifetime = parse_lifetime(refresh_lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
         if not isinstance(access, str) or not access:
             raise TaptouchProtocolError("The token endpoint answered 200 with an empty access_token.")
+        if not all("!" <= c <= "~" for c in access):  # it goes into an HTTP header: no spaces, CR/LF, non-ASCII
+            raise TaptouchProtocolError(
+                "The token endpoint answered 200 with an access_token that cannot be sent in an Authorization header "
+                "(it holds spaces, control or non-ASCII characters); it is not used and not stored.")
+        token_type = doc.get("token_type")
+        if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
+            shown = "".join(c for c in str(token_type)[:20] if c.isalnum() or c in "-_ ")
+            raise TaptouchProtocolError(
+                f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
+                f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1).")
         granted = doc.get("scope")
+        if isinstance(granted, list) and all(isinstance(g, str) for g in granted):
+            granted = " ".join(granted)
         granted_scopes = tuple(granted.split()) if isinstance(granted, str) else self.scopes
         missing = tuple(s for s in self.scopes if s not in granted_scopes)
         if missing:
@@ -347,6 +376,31 @@ class ClientCredentialsAuth(httpx.Auth):
 
     def close(self) -> None:
         self._http.close()
+
+
+def _error_inside_200(response: httpx.Response) -> httpx.Response:
+    """A token answer of HTTP 200 that is an error in envelope form (``status.ack`` not 200) or in
+    RFC 6749 form (``error``, no ``access_token``), as the response its status means (the error
+    form is then read as usual); any other answer unchanged."""
+    try:
+        doc = jsonutil.loads(response.content)
+    except (ValueError, RecursionError):
+        return response
+    if not isinstance(doc, dict) or "access_token" in doc:
+        return response
+    status = None
+    envelope = doc.get(api.ENVELOPE_STATUS)
+    if isinstance(envelope, dict):
+        ack = envelope.get(api.ENVELOPE_ACK)
+        if isinstance(ack, str) and ack.strip().isdigit():
+            ack = int(ack)
+        if isinstance(ack, int) and not isinstance(ack, bool) and 400 <= ack <= 599:
+            status = ack
+    if status is None and isinstance(doc.get("error"), str):
+        status = 400
+    if status is None:
+        return response
+    return httpx.Response(status, headers=response.headers, content=response.content, request=response.request)
 
 
 class MerchantAuth(ClientCredentialsAuth):

@@ -14,9 +14,11 @@ empty page, so a caller never replaces a store's data from an incomplete listing
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -27,7 +29,7 @@ import httpx
 import msgspec
 
 from . import api, jsonutil
-from .auth import ENV_HINT, ClientCredentialsAuth
+from .auth import ENV_HINT, ClientCredentialsAuth, redact_values
 from .errors import (
     parse_error_body,
     TaptouchAPIError,
@@ -36,7 +38,7 @@ from .errors import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
-from .http import send_bounded
+from .http import DEFAULT_DEADLINE, as_utf8, redirect_target, send_bounded, tls_verification_failed
 from .retry import (MIN_429_WAIT, RETRY_STATUSES, Backoff, ClientStats, RateLimiter, RequestLimiter, Retryable,
                     parse_retry_after, with_retries)
 
@@ -131,6 +133,7 @@ class TaptouchClient:
         max_connections: int = 16,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         limiter: RequestLimiter | None = None,
+        deadline: float | None = DEFAULT_DEADLINE,
     ):
         if verify is False:
             raise TaptouchConfigError(
@@ -143,6 +146,7 @@ class TaptouchClient:
         self.page_size = page_size
         self.max_pages = max_pages
         self.max_response_bytes = max_response_bytes
+        self.deadline = deadline  # seconds for one whole answer, however slowly it trickles in
         self._sleep = sleep
         timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(10.0, timeout))
         self.stats = auth.stats if auth is not None else ClientStats()
@@ -159,6 +163,7 @@ class TaptouchClient:
             sleep=sleep,
             stats=self.stats,
             verify=verify,
+            deadline=deadline,
         )
         # ``limiter``: e.g. the shared budget of pipelines.warehouse.budget; default: this client's own.
         self.limiter: RequestLimiter = limiter if limiter is not None else RateLimiter(requests_per_second, sleep=sleep)
@@ -247,6 +252,7 @@ class TaptouchClient:
         than ``count``, is an error."""
         count = self.page_size
         previous: list | None = None
+        seen_pages: dict[bytes, int] = {}  # digest of each full page -> its index
         records = 0
         index = 0
         while True:
@@ -254,7 +260,7 @@ class TaptouchClient:
                 raise TaptouchProtocolError(
                     f"{what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
                 )
-            page = self._get(path, {**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            page, hints = self._get(path, {**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
             if len(page) > count:
                 raise TaptouchProtocolError(
                     f"{what}: page {index} holds {len(page)} records, more than the {count} asked for; the "
@@ -265,6 +271,15 @@ class TaptouchClient:
                     f"{what}: page {index} is identical to page {index - 1}; the server seems to ignore "
                     f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever."
                 )
+            if len(page) == count:  # a cycle (0, 1, 0, 1, ...) is caught as well as a repeat
+                digest = hashlib.blake2b(b"\x00".join(page), digest_size=16).digest()
+                if digest in seen_pages:
+                    raise TaptouchProtocolError(
+                        f"{what}: page {index} is identical to page {seen_pages[digest]}; the server's pages "
+                        f"go round in a cycle. Stopping instead of looping forever.")
+                seen_pages[digest] = index
+            if len(page) < count:
+                _check_last_page(hints, what, index, records + len(page))
             records += len(page)
             self.stats.add(pages=1, records=len(page))
             log.debug("%s: page %d, %d records", what, index, len(page))
@@ -276,54 +291,84 @@ class TaptouchClient:
         log.debug("%s: %d pages, %d records", what, index + 1, records)
 
     # -- one request ---------------------------------------------------------------------------
-    def _get(self, path: str, params: dict) -> list[bytes]:
-        """``data`` of one page, retried by the shared engine on 429, 5xx, network errors and an
-        envelope whose ``ack`` is one of those."""
-        return with_retries(lambda: self._attempt(path, params), what=f"GET {path}", backoff=self._backoff,
+    def _get(self, path: str, params: dict) -> tuple[list[bytes], dict[str, Any]]:
+        """(``data`` of one page, the envelope's pagination hints), retried by the shared engine on
+        429, 5xx, network errors and an envelope whose ``ack`` is one of those; an envelope acking 401
+        gets one fresh token, like an HTTP 401."""
+        state = {"ack_401": False}
+        return with_retries(lambda: self._attempt(path, params, state), what=f"GET {path}", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
-    def _attempt(self, path: str, params: dict) -> list[bytes]:
+    def _attempt(self, path: str, params: dict, state: dict | None = None) -> tuple[list[bytes], dict[str, Any]]:
+        state = {"ack_401": False} if state is None else state
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
             response = send_bounded(self._http, "GET", path, params=params, limit=self.max_response_bytes,
-                                    what=f"GET {path}")
+                                    what=f"GET {path}", deadline=self.deadline)
         except httpx.TransportError as exc:
             self.stats.add(network_errors=1)
             if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
                 raise TaptouchConfigError(f"Cannot reach the API at {self.base_url}: {type(exc).__name__}. "
                                           f"Check TAPTOUCH_BASE_URL.") from None
+            if tls_verification_failed(exc):
+                raise TaptouchConfigError(
+                    f"The TLS certificate of {urlsplit(self.base_url).hostname} could not be verified (retrying "
+                    f"cannot cure that). Check TAPTOUCH_BASE_URL; to trust a private CA pass verify= a CA bundle."
+                ) from None
             raise Retryable(type(exc).__name__, TaptouchAPIError(
                 status=0, path=path, message=f"network error {type(exc).__name__}, retries exhausted",
                 hint=f"check that {self.base_url} is reachable")) from None
         status = response.status_code
         if status == 200:
-            data = self._envelope(response, path)
-            if data is None:  # HTTP 200 whose envelope acks a retryable failure
-                raise Retryable("ack mismatch", self._api_error(response, path))
-            return data
+            ack, data, hints = self._envelope(response, path)
+            if ack == 200:
+                return data, hints
+            if ack == 401:
+                return self._refused_token(response, path, state, ack=True)
+            error = self._api_error(response, path, ack=ack)
+            if ack in RETRY_STATUSES:  # HTTP 200 whose envelope acks a retryable failure
+                raise Retryable(f"ack {ack} in an HTTP 200", error)
+            raise error
         if status == 401:
-            raise TaptouchAuthError(
-                f"Taptouch refused the access token twice on {path} (HTTP 401): the token was revoked "
-                f"or the client was disabled. {ENV_HINT}", status=401, error=parse_error_body(response.content).code,
-            )
+            return self._refused_token(response, path, state, ack=False)
         if status not in RETRY_STATUSES:
             raise self._api_error(response, path)
+        error = self._api_error(response, path)
+        wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         if status == 429:
             self.stats.add(rate_limited=1)
-            wait = parse_retry_after(response.headers.get("Retry-After"))
             self.limiter.penalize(MIN_429_WAIT if wait is None else wait)  # everyone sharing the limiter slows down
-            raise Retryable("HTTP 429", self._api_error(response, path), rate_limited=True, wait=wait)
+            raise Retryable("HTTP 429", error, rate_limited=True, wait=wait)
         self.stats.add(server_errors=1)
-        raise Retryable(f"HTTP {status}", self._api_error(response, path))
+        raise Retryable(f"HTTP {status}", error, wait=wait)
 
-    def _envelope(self, response: httpx.Response, path: str) -> list[bytes] | None:
-        """The records of a 200 envelope, each as its exact bytes; None when ``ack`` says a retryable
-        failure; raises otherwise. Missing, null or non-list ``data`` is a protocol error."""
-        body = response.content
+    def _refused_token(self, response: httpx.Response, path: str, state: dict, *, ack: bool) -> Any:
+        """A 401 (HTTP, after the auth flow's one refresh; or an envelope ack, refreshed here once)."""
+        sent = _bearer(response)
+        error = TaptouchAuthError(
+            f"Taptouch refused the access token {'(ack 401 in an HTTP 200)' if ack else '(HTTP 401)'} on {path}, "
+            f"a fresh one too: the token was revoked or the client was disabled. {ENV_HINT}", status=401,
+            error=self._redact(parse_error_body(response.content).code, response),
+        )
+        if ack and not state["ack_401"]:
+            state["ack_401"] = True
+            self.stats.add(unauthorized=1)
+            if sent:
+                self.auth.invalidate(sent)
+            raise Retryable("ack 401: fetching a fresh token", error, wait=0.0)
+        raise error
+
+    def _envelope(self, response: httpx.Response, path: str) -> tuple[int, list[bytes] | None, dict[str, Any]]:
+        """(``ack``, the records of a 200 envelope each as its exact bytes, pagination hints). A body
+        that is not the envelope, an ``ack`` that is not a status code, or (with ack 200) missing,
+        null or non-list ``data`` is a protocol error."""
+        body = as_utf8(response.content, response.headers.get("content-type"))
+        extras: dict[str, Any] = {}
         try:
             env = _ENVELOPE.decode(body)
             status, data = env.status, bytes(env.data)
+            extras = {name: getattr(env, name) for name in _HINT_FIELDS if getattr(env, name) is not None}
             records = None if data in (b"", b"null") or data[:1] != b"[" else [bytes(r) for r in _RAW_LIST.decode(data)]
         except msgspec.ValidationError:  # JSON, but not an object
             raise TaptouchProtocolError(
@@ -332,7 +377,7 @@ class TaptouchClient:
             # Not strict JSON somewhere (NaN, a lone surrogate, invalid UTF-8 in one record): split the
             # page tolerantly so that the boundary can quarantine that one record.
             try:
-                status, data, records = _split_tolerant(body)
+                status, data, records, extras = _split_tolerant(body)
             except (ValueError, RecursionError):
                 raise TaptouchProtocolError(
                     f"GET {path}: HTTP 200 but the body is not JSON ({_peek(response)}). Is TAPTOUCH_BASE_URL the API?"
@@ -341,36 +386,65 @@ class TaptouchClient:
             raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
         if body.count(b'"' + api.ENVELOPE_DATA.encode() + b'"') > 1:  # rare: only then look closer
             _refuse_repeated_keys(body, path)
-        ack = status.get(api.ENVELOPE_ACK)
-        if ack != 200 and ack != "200":  # an int per the contract; a numeric string is read the same
-            if isinstance(ack, int) and not isinstance(ack, bool) and ack in RETRY_STATUSES:
-                return None
-            raise self._api_error(response, path)
+        ack = _status_code(status.get(api.ENVELOPE_ACK))
+        if ack is None:
+            raise TaptouchAPIError(
+                status=200, ack=status.get(api.ENVELOPE_ACK), path=path,
+                message=f"the envelope's status has no usable '{api.ENVELOPE_ACK}' (got "
+                        f"{_kind_of(status.get(api.ENVELOPE_ACK))}); success cannot be told from failure, so nothing "
+                        f"is loaded from it",
+                hint="check that TAPTOUCH_BASE_URL is the Taptouch API")
+        if ack != 200:
+            return ack, None, {}
         if records is None:
             shown = "missing" if data == b"" else "null" if data == b"null" else f"not a list ({_kind(data)})"
             raise TaptouchProtocolError(
                 f"GET {path}: HTTP 200 but the envelope's '{api.ENVELOPE_DATA}' is {shown}; expected a list of "
                 f"records. Nothing is loaded from an incomplete listing (the store is reported as failed)."
             )
-        return records
+        return 200, records, _hints(status, extras)
 
-    def _api_error(self, response: httpx.Response, path: str, doc: Any = None) -> TaptouchAPIError:
-        status = response.status_code
-        body = parse_error_body(response.content if doc is None else doc)
+    def _api_error(self, response: httpx.Response, path: str, *, ack: int | None = None) -> TaptouchAPIError:
+        """The error an answer describes; ``ack``: the envelope's error ack inside an HTTP 200 (the
+        failure is then classified by it). Text the server sent is shown with every secret this
+        client holds (and the bearer token the request carried) masked: a server may echo them."""
+        http_status = response.status_code
+        status = http_status if ack is None else ack
+        body = parse_error_body(as_utf8(response.content, response.headers.get("content-type")))
         message = body.message if body.is_json else f"non-JSON body ({_peek(response)})"
         hint = NO_RETRY_HINTS.get(status)
+        if 300 <= http_status < 400:
+            message = f"the API answered with a redirect{redirect_target(response)}"
+            hint = ("redirects are not followed (the access token would travel with them); set "
+                    "TAPTOUCH_BASE_URL to the API's own address")
+        elif hint is None and status not in RETRY_STATUSES and not 400 <= status < 600:
+            hint = "the API answers a listing with 200 and the envelope; check TAPTOUCH_BASE_URL"
         if body.code == api.ERROR_STORE_FORBIDDEN:
             hint = "the merchant has not granted this store to the integration"
         cls = TaptouchRateLimitError if status == 429 else TaptouchAPIError
-        return cls(status=status, ack=body.ack, code=body.code, message=message, path=path,
-                   parameter=body.parameter, hint=hint)
+        return cls(status=status, ack=body.ack, code=self._redact(body.code, response),
+                   message=self._redact(message, response), path=path,
+                   parameter=self._redact(body.parameter, response), hint=hint, http_status=http_status)
+
+    def _redact(self, text: str | None, response: httpx.Response) -> str | None:
+        if not text:
+            return text
+        secrets = [getattr(self.auth, "_secret", None), _bearer(response)]
+        token = getattr(self.auth, "_token", None)
+        if token is not None:
+            secrets.append(token.access_token)
+        return redact_values(text, secrets)
 
 
-class _Envelope(msgspec.Struct):
-    status: Any = None
-    data: msgspec.Raw = msgspec.Raw(b"")  # empty: the key is missing
+# Top-level envelope keys that may say more records follow (not in the contract; a server that
+# sends them and contradicts a short last page is not trusted: see _check_last_page).
+_HINT_FIELDS = (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_TOTAL_FIELDS, *api.PAGINATION_CONTAINERS)
 
-
+_Envelope = msgspec.defstruct("_Envelope", [
+    ("status", Any, None),
+    ("data", msgspec.Raw, msgspec.Raw(b"")),  # empty: the key is missing
+    *[(name, Any, None) for name in _HINT_FIELDS],
+])
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -394,12 +468,65 @@ def _refuse_repeated_keys(body: bytes, path: str) -> None:
             f"the listing is ambiguous. Nothing is loaded from it (the store is reported as failed).")
 
 
+def _status_code(value: Any) -> int | None:
+    """An ``ack`` as a status code: an int (or a numeric string, or an integral float) in 100..599."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, (float, Decimal)) and math.isfinite(value) and value == int(value):
+        value = int(value)
+    return value if isinstance(value, int) and 100 <= value <= 599 else None
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{type(value).__name__} {str(value)[:20]!r}"
+
+
+def _hints(status: Any, extras: dict[str, Any]) -> dict[str, Any]:
+    """Pagination hints from the envelope's top level, its status, or a ``pagination``/``meta`` object."""
+    found: dict[str, Any] = {}
+    places = [extras, status if isinstance(status, dict) else {}]
+    places += [extras.get(c) for c in api.PAGINATION_CONTAINERS if isinstance(extras.get(c), dict)]
+    for place in places:
+        for name in (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_TOTAL_FIELDS):
+            if name in place and place[name] is not None:
+                found.setdefault(name, place[name])
+    return found
+
+
+def _check_last_page(hints: dict[str, Any], what: str, index: int, records: int) -> None:
+    """A short page ends the listing (the contract's rule), unless the server itself says that more
+    records follow: then the listing is truncated, and nothing may be replaced from it."""
+    for name in api.PAGINATION_MORE_FIELDS:
+        if hints.get(name) is True:
+            raise TaptouchProtocolError(
+                f"{what}: page {index} is the last by the contract's rule (fewer records than asked for) but the "
+                f"server says {name}=true; the listing may be truncated. Stopping without loading this store.")
+    for name in api.PAGINATION_TOTAL_FIELDS:
+        total = hints.get(name)
+        if isinstance(total, int) and not isinstance(total, bool) and total > records:
+            raise TaptouchProtocolError(
+                f"{what}: the listing ended after {records} records at page {index} but the server says "
+                f"{name}={total}; the listing may be truncated. Stopping without loading this store.")
+
+
+def _bearer(response: httpx.Response) -> str | None:
+    """The access token the request of ``response`` carried."""
+    sent = response.request.headers.get("Authorization", "") if response.request is not None else ""
+    scheme, _, token = sent.partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def _kind(data: bytes) -> str:
     return {b"{": "an object", b'"': "a string", b"t": "a boolean", b"f": "a boolean"}.get(data[:1], "a number")
 
 
-def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
-    """(status, data token, records as exact bytes) of an envelope that strict JSON refuses.
+def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None, dict[str, Any]]:
+    """(status, data token, records as exact bytes, pagination hints) of an envelope that strict
+    JSON refuses.
 
     Python's JSON scanner (which reads NaN, lone surrogates, and, through surrogateescape, bytes
     that are not UTF-8) walks the top-level object; each element of ``data`` is cut out by its own
@@ -419,9 +546,10 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
     status: Any = None
     data_token = b""
     records: list[bytes] | None = None
+    extras: dict[str, Any] = {}
     i = ws(i + 1)
     if i < n and text[i] == "}":
-        return status, data_token, records
+        return status, data_token, records, extras
     while True:
         if i >= n or text[i] != '"':
             raise ValueError("expected a key")
@@ -452,6 +580,8 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
             value, j = dec.raw_decode(text, i)
             if key == api.ENVELOPE_STATUS:
                 status = value
+            elif key in _HINT_FIELDS and value is not None:
+                extras[key] = value
             elif key == api.ENVELOPE_DATA:
                 data_token = text[i:j].encode("utf-8", "surrogateescape")
                 records = None
@@ -465,7 +595,7 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None]:
         raise ValueError("expected ',' or '}'")
     if ws(i + 1) != n:
         raise ValueError("trailing data")
-    return status, data_token, records
+    return status, data_token, records, extras
 
 
 def _value_end(dec: json.JSONDecoder, text: str, i: int) -> int:

@@ -33,21 +33,28 @@ class TaptouchAuthError(TaptouchError):
 class TaptouchAPIError(TaptouchError):
     """The API answered with an error (HTTP status and/or envelope ``ack``).
 
-    Attributes: ``status`` (HTTP), ``ack`` (envelope), ``code`` and ``message`` (from
-    ``status.errors``), ``path`` (the request path, without query secrets), ``parameter`` (for 422).
+    Attributes: ``status`` (the failure's status: the HTTP status, or the envelope's ``ack`` when an
+    HTTP 200 carries an error ack, so that a 200 acking 503 is classified like a 503), ``http_status``
+    (the HTTP status as sent), ``ack`` (envelope), ``code`` and ``message`` (from ``status.errors``),
+    ``path`` (the request path, without query secrets), ``parameter`` (for 422).
     """
 
     def __init__(self, *, status: int, ack: Any = None, code: str | None = None, message: str | None = None,
-                 path: str = "", parameter: str | None = None, hint: str | None = None):
+                 path: str = "", parameter: str | None = None, hint: str | None = None,
+                 http_status: int | None = None):
         self.status = status
+        self.http_status = status if http_status is None else http_status
         self.ack = ack
         self.code = code
         self.message = message
         self.path = path
         self.parameter = parameter
-        parts = [f"Taptouch API error HTTP {status}"]
-        if ack is not None and ack != status:
-            parts.append(f"(ack {ack})")
+        if self.http_status != status:
+            parts = [f"Taptouch API error ack {status} (in an HTTP {self.http_status} answer)"]
+        else:
+            parts = [f"Taptouch API error HTTP {status}"]
+            if ack is not None and ack != status:
+                parts.append(f"(ack {ack})")
         parts.append(f"on {path}:" if path else ":")
         if code:
             parts.append(f"[{code}]")

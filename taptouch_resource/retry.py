@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 MIN_RETRY_AFTER = 0.25
 # A server asking for more than this is treated as "wait this long", so a bad header cannot park a run.
 MAX_RETRY_AFTER = 120.0
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 408 and the 52x of CDN proxies (origin unreachable or timing out) are as curable as a 503.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # A 429 without a usable Retry-After waits at least this long (the backoff's first steps are shorter).
 MIN_429_WAIT = 1.0
 
