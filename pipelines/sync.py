@@ -358,7 +358,7 @@ def sync_inventory(
     result = SyncResult()
     for store_id in store_ids:
         try:
-            records = list(client.iter_inventory(store_id))
+            records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
             snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
             counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id)
         except TaptouchError as exc:

@@ -296,3 +296,22 @@ def test_a_record_nested_deeper_than_the_parsers_costs_only_itself():
     with pytest.raises(InvalidRecord, match="nested too deep"):
         records.order_rows(deep, TZ)
     assert records.record_key("order", deep) == "2"  # its quarantine row still names the order
+
+
+def test_inventory_raw_is_the_bytes_the_api_sent(db):
+    """sync_inventory stages each level's own bytes: key order, number spelling and unknown fields
+    survive in ``raw`` exactly, as for orders."""
+    from pipelines.sync import sync_inventory
+
+    level = (b'{"updated_at":"2026-11-27T08:00:00.1234567+11:00","product_id":3301,"sku":"LAT","name":"Latte beans",'
+             b'"category":"Coffee","unit":"kg","on_hand":12.50,"reorder_level":5E0,"cost_price":18.20,'
+             b'"sell_price":32.00,"x_new":{"b":1,"a":[1.0,-0]}}')
+    body = b'{"status":{"ack":200,"errors":null},"data":[' + level + b"]}"
+    with client_serving(body) as client:
+        result = sync_inventory(client, db, store_ids=[7101], timezones={7101: TZ},
+                                now=datetime(2026, 11, 27, tzinfo=timezone.utc))
+    assert result.failures == [] and result.counts.inserted == 1
+    [(same, on_hand, reorder, spelled)] = q(
+        db, "select raw = %s::jsonb, on_hand, reorder_level, raw->'x_new'->>'a' from taptouch.inventory_levels",
+        level.decode())
+    assert same and spelled == "[1.0, 0]" and (on_hand, reorder) == (D("12.50"), D("5"))
