@@ -315,3 +315,16 @@ def test_inventory_raw_is_the_bytes_the_api_sent(db):
         db, "select raw = %s::jsonb, on_hand, reorder_level, raw->'x_new'->>'a' from taptouch.inventory_levels",
         level.decode())
     assert same and spelled == "[1.0, 0]" and (on_hand, reorder) == (D("12.50"), D("5"))
+
+
+@pytest.mark.parametrize("tz", ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris", "Mars/Olympus",
+                                "../../etc/passwd", ""])
+def test_a_store_zone_that_is_not_a_place_is_quarantined(tz):
+    """Business dates must not depend on the machine: ``localtime`` is the loader's own zone."""
+    with pytest.raises(InvalidRecord, match="timezone"):
+        records.parse_store(f.store(7101, tz))
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Etc/GMT-14", "Asia/Kathmandu", "America/Argentina/ComodRivadavia"])
+def test_unusual_but_real_store_zones_load(tz):
+    assert records.parse_store(f.store(7101, tz))["timezone"] == tz

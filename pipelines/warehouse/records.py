@@ -574,6 +574,12 @@ def exact_instant(s: str) -> Decimal:
     return _exact(s)
 
 
+_NOT_A_PLACE = frozenset({"localtime", "posixrules", "Factory"})
+"""Names the tz database accepts that are not a store's place: ``localtime`` is whatever zone the
+loading machine (or the PostgreSQL server) is set to, so business dates would depend on where the
+sync runs."""
+
+
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
@@ -943,6 +949,8 @@ def store_row(record: Any) -> tuple[tuple, Decimal, str]:
         s: _Store = _checked(raw, "store", _DEC_STORE)
         tz = _text(s.timezone, "timezone", True, SHORT_TEXT_MAX)
         try:
+            if tz in _NOT_A_PLACE or tz.startswith(("posix/", "right/")):
+                raise ValueError(tz)  # this machine's zone, a placeholder, or leap-second clocks
             zone(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidRecord(f"timezone {tz!r} is not an IANA time zone (needed for business dates)") from None
