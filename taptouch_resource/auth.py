@@ -386,8 +386,8 @@ def _error_inside_200(response: httpx.Response) -> httpx.Response:
         doc = jsonutil.loads(response.content)
     except (ValueError, RecursionError):
         return response
-    if not isinstance(doc, dict) or "access_token" in doc:
-        return response
+    if not isinstance(doc, dict) or "access_token" in doc or "refresh_token" in doc:
+        return response  # an answer (maybe unusable, then _parse keeps a rotated refresh token)
     status = None
     envelope = doc.get(api.ENVELOPE_STATUS)
     if isinstance(envelope, dict):

@@ -272,7 +272,10 @@ class TaptouchClient:
                     f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever."
                 )
             if len(page) == count:  # a cycle (0, 1, 0, 1, ...) is caught as well as a repeat
-                digest = hashlib.blake2b(b"\x00".join(page), digest_size=16).digest()
+                hasher = hashlib.blake2b(digest_size=16)
+                for record in page:
+                    hasher.update(len(record).to_bytes(8, "big") + record)
+                digest = hasher.digest()
                 if digest in seen_pages:
                     raise TaptouchProtocolError(
                         f"{what}: page {index} is identical to page {seen_pages[digest]}; the server's pages "
