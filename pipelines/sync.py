@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Union
 import psycopg
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
+from taptouch_resource.retry import RETRY_STATUSES
 
 from .warehouse import marks
 from .warehouse import records as record_rules
@@ -74,11 +75,12 @@ class SyncResult:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Can retrying cure it? A network error, a 5xx or a 429 from the API, or a lost database
+    """Can retrying cure it? A network error, a 408, 429, 500, 502-504 or a proxy's 52x from the
+    API (what the client retries; not 501 or 505, which say the request itself is wrong), or a lost database
     connection (psycopg's OperationalError: also deadlocks and cancelled statements). Anything
     else (credentials, 4xx, a malformed answer, a bug) fails the same way again."""
-    if isinstance(exc, TaptouchAPIError):
-        return exc.status == 0 or exc.status == 429 or exc.status >= 500
+    if isinstance(exc, TaptouchAPIError):  # the statuses the client itself retries (RETRY_STATUSES)
+        return exc.status == 0 or exc.status in RETRY_STATUSES
     if isinstance(exc, psycopg.OperationalError):
         return not _WAREHOUSE_MISCONFIGURED.search(str(exc))
     return False

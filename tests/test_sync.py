@@ -105,6 +105,9 @@ def test_only_errors_a_retry_can_cure_are_transient():
     assert is_transient(TaptouchAPIError(status=0, path="/x"))  # network
     assert is_transient(psycopg.OperationalError("connection lost"))
     assert not is_transient(TaptouchAPIError(status=404, path="/x"))
+    # the step retries exactly what the client retries: a proxy's 408/524 yes, 501/505 (the request is wrong) no
+    assert [s for s in (408, 500, 501, 502, 503, 504, 505, 520, 524, 599)
+            if is_transient(TaptouchAPIError(status=s, path="/x"))] == [408, 500, 502, 503, 504, 520, 524]
     assert not is_transient(psycopg.errors.UniqueViolation("duplicate"))
     assert not is_transient(RuntimeError("a bug"))
     # a warehouse URL that is wrong fails the same way on every retry: not retried
