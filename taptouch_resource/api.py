@@ -37,9 +37,8 @@ MAX_PAGE_SIZE = 500
 
 # Pagination hints [not in the contract]: fields some servers add to a list answer (top level, in
 # ``status``, or in one of the containers). The client never pages by them; it only refuses a short
-# last page that they contradict ("more follows", or a total above what was received).
+# last page that one of them contradicts ("more follows").
 PAGINATION_MORE_FIELDS = ("has_more", "hasMore", "more")
-PAGINATION_TOTAL_FIELDS = ("total", "total_count", "totalCount")
 PAGINATION_CONTAINERS = ("pagination", "paging", "meta")
 
 # Order and inventory filters [model]

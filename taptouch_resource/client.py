@@ -441,7 +441,7 @@ class TaptouchClient:
 
 # Top-level envelope keys that may say more records follow (not in the contract; a server that
 # sends them and contradicts a short last page is not trusted: see _check_last_page).
-_HINT_FIELDS = (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_TOTAL_FIELDS, *api.PAGINATION_CONTAINERS)
+_HINT_FIELDS = (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_CONTAINERS)
 
 _Envelope = msgspec.defstruct("_Envelope", [
     ("status", Any, None),
@@ -494,7 +494,7 @@ def _hints(status: Any, extras: dict[str, Any]) -> dict[str, Any]:
     places = [extras, status if isinstance(status, dict) else {}]
     places += [extras.get(c) for c in api.PAGINATION_CONTAINERS if isinstance(extras.get(c), dict)]
     for place in places:
-        for name in (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_TOTAL_FIELDS):
+        for name in api.PAGINATION_MORE_FIELDS:
             if name in place and place[name] is not None:
                 found.setdefault(name, place[name])
     return found
@@ -502,18 +502,14 @@ def _hints(status: Any, extras: dict[str, Any]) -> dict[str, Any]:
 
 def _check_last_page(hints: dict[str, Any], what: str, index: int, records: int) -> None:
     """A short page ends the listing (the contract's rule), unless the server itself says that more
-    records follow: then the listing is truncated, and nothing may be replaced from it."""
+    records follow: then the listing is truncated, and nothing may be replaced from it. A ``total``
+    is not checked: it is not in the contract, and while data changes under the paginator a count
+    taken at one page's time differs from what the pages hold without anything being wrong."""
     for name in api.PAGINATION_MORE_FIELDS:
         if hints.get(name) is True:
             raise TaptouchProtocolError(
                 f"{what}: page {index} is the last by the contract's rule (fewer records than asked for) but the "
                 f"server says {name}=true; the listing may be truncated. Stopping without loading this store.")
-    for name in api.PAGINATION_TOTAL_FIELDS:
-        total = hints.get(name)
-        if isinstance(total, int) and not isinstance(total, bool) and total > records:
-            raise TaptouchProtocolError(
-                f"{what}: the listing ended after {records} records at page {index} but the server says "
-                f"{name}={total}; the listing may be truncated. Stopping without loading this store.")
 
 
 def _bearer(response: httpx.Response) -> str | None:
