@@ -17,6 +17,7 @@ own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import re
@@ -39,6 +40,9 @@ from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE_WORKERS = 4
+WINDOWS_IN_FLIGHT = 2
+"""Windows of a ranged run loaded at once (:func:`sync_orders_windows`), each in its own transaction
+on its own connection: one window's merge runs in PostgreSQL while the next one is fetched."""
 
 
 @dataclass
@@ -331,6 +335,45 @@ def sync_orders_window(
     result.stores_ok.sort()
     result.seconds = time.monotonic() - t0
     return result
+
+
+def sync_orders_windows(
+    client: TaptouchClient,
+    connect: Callable[[], psycopg.Connection],
+    windows: list[tuple[datetime, datetime, str]],
+    *,
+    in_flight: int = WINDOWS_IN_FLIGHT,
+    **kwargs,
+) -> Iterator[tuple[str, SyncResult]]:
+    """:func:`sync_orders_window` for each ``(start, end, key)`` of ``windows``, up to ``in_flight``
+    at once, each on its own connection from ``connect()`` (autocommit, as the caller would pass to
+    :func:`sync_orders_window`); yields ``(key, result)`` in the windows' order.
+
+    Each window is its own transaction, exactly as when loaded one after the other; overlapping
+    them only lets one window's merge (PostgreSQL's work) run while the next window is fetched and
+    staged (the client's). The windows share ``client`` (its token and request budget). If a window
+    raises, the windows already started finish (each commits or rolls back on its own, and is safe
+    to load again), no further window starts, and the error propagates.
+    """
+    def load(window: tuple[datetime, datetime, str]) -> SyncResult:
+        start, end, key = window
+        with connect() as conn:
+            return sync_orders_window(client, conn, start=start, end=end, window=key, **kwargs)
+
+    if in_flight <= 1 or len(windows) <= 1:
+        for window in windows:
+            yield window[2], load(window)
+        return
+    upcoming = iter(windows)
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="orders-window") as pool:
+        started = [(w[2], pool.submit(load, w)) for w in itertools.islice(upcoming, in_flight)]
+        while started:
+            key, future = started.pop(0)
+            result = future.result()
+            following = next(upcoming, None)
+            if following is not None:
+                started.append((following[2], pool.submit(load, following)))
+            yield key, result
 
 
 # ------------------------------------------------------------------------------------------------

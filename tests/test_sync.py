@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from pipelines.sync import (PageFetched, StoreDone, day_window, is_transient, list_stores, sync_orders_window,
-                            sync_stores)
+                            sync_orders_windows, sync_stores)
 from taptouch_resource import TaptouchAPIError, TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
@@ -50,6 +50,54 @@ def test_parallel_pages_with_faults_load_everything_once(setup):
     assert got == {k: o["total"] for k, o in expected.items()}
     assert result.counts.duplicates > 0 and client.stats.rate_limited > 0 and client.stats.server_errors > 0
     assert result.per_store[sb.store_ids()[0]]["pages"] >= 2
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3, 5])
+def test_windows_in_flight_load_every_window_once_in_order(setup, migrated_db, in_flight):
+    """A ranged run's windows, several in flight (each its own connection and transaction): every
+    window is loaded and reported once, in order, and the warehouse holds exactly the source."""
+    sb, client, conn = setup
+    sync_stores(client, conn)
+    days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
+    windows = [(*day_window(d), d) for d in days]
+    reported = list(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True), windows,
+                                        in_flight=in_flight, max_workers=2, batch_size=16))
+    assert [key for key, _ in reported] == days
+    expected = {o["id"]: o["total"] for s in sb.store_ids() for start, end, _ in windows
+                for o in sb.orders_in_window(s, start, end)}
+    assert len(expected) > 100
+    assert dict(conn.execute("select order_id, total from taptouch.orders").fetchall()) == expected
+    assert sum(r.counts.inserted for _, r in reported) == len(expected)
+    assert [r.records for _, r in reported] == [
+        sum(len(sb.orders_in_window(s, start, end)) for s in sb.store_ids()) for start, end, _ in windows]
+
+
+def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monkeypatch):
+    """The error propagates; the window already started after it finishes on its own (committed,
+    safe to load again), and no window after those starts."""
+    import pipelines.sync as sync_module
+
+    sb, client, conn = setup
+    sync_stores(client, conn)
+    days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
+    real, asked = sync_module.sync_orders_window, []
+
+    def window_or_outage(client_, conn_, *, window, **kwargs):
+        asked.append(window)
+        if window == "2026-11-25":
+            raise psycopg.OperationalError("connection to server lost")
+        return real(client_, conn_, window=window, **kwargs)
+
+    monkeypatch.setattr(sync_module, "sync_orders_window", window_or_outage)
+    loaded = []
+    with pytest.raises(psycopg.OperationalError, match="lost"):
+        for key, _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
+                                          [(*day_window(d), d) for d in days], in_flight=2, max_workers=2):
+            loaded.append(key)
+    # 24 and 25 start together; 26 starts when 24 is reported; 25's error then stops the run: 27 never starts
+    assert loaded == ["2026-11-24"] and sorted(asked) == days[:3]
+    marks = {r[0] for r in conn.execute('select distinct "window" from taptouch.sync_marks')}
+    assert marks == {"2026-11-24", "2026-11-26"}
 
 
 def test_store_listing_is_read_only_and_a_malformed_record_costs_only_its_store(setup):

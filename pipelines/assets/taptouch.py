@@ -21,8 +21,8 @@ from .. import settings
 from ..accounts import DEFAULT, Account
 from ..partitions import daily_partitions
 from .preview import PREVIEW_ROWS, markdown_preview, read_frame
-from ..sync import (StoreListing, SyncResult, day_window, describe, is_transient, list_stores, sync_inventory,
-                    sync_orders_window, sync_stores)
+from ..sync import (WINDOWS_IN_FLIGHT, StoreListing, SyncResult, day_window, describe, is_transient, list_stores,
+                    sync_inventory, sync_orders_windows, sync_stores)
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
 from ..warehouse.budget import SharedBudget
@@ -65,9 +65,11 @@ class _Session:
     """What an API-calling asset works with in one run: a client with verified credentials, an
     autocommit connection, the run's tunables and the clock."""
 
-    def __init__(self, client, conn, *, store_workers: int, batch_size: int, before: dict | None = None):
+    def __init__(self, client, conn, *, store_workers: int, batch_size: int, before: dict | None = None,
+                 connect=None):
         self.client = client
         self.conn = conn
+        self.connect = connect  # another autocommit connection like conn (for windows loaded at once)
         self.store_workers = store_workers
         self.batch_size = batch_size
         self.t0 = time.monotonic()
@@ -104,11 +106,16 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
     try:
         before = client.stats.snapshot()  # the run's counters include its own token request
         client.auth.get_token()
-        with warehouse.connect() as conn:
+        def connect():
+            conn = warehouse.connect()
             conn.autocommit = True
             if account.prefixed:
                 conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
-            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size, before=before)
+            return conn
+
+        with connect() as conn:
+            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size, before=before,
+                           connect=connect)
     finally:
         client.close()
 
@@ -154,22 +161,27 @@ class OrdersConfig(dg.Config):
                                   "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
 
 
-def _load_orders_day(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
-                     key: str, lookback) -> SyncResult:
-    start, end = day_window(key)
-    context.log.info(f"orders {key}: loading [{start.isoformat()}, {end.isoformat()})")
-    result = sync_orders_window(
-        session.client, session.conn, start=start, end=end, window=key, run_id=context.run.run_id,
-        store_ids=listing.store_ids, timezones=listing.timezones, max_workers=session.store_workers,
-        batch_size=session.batch_size, progress=context.log.info, lookback=lookback,
-    )
-    c = result.counts
-    context.log.info(
-        f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
-        f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
-        f"({result.seconds:.1f}s)"
-    )
-    return result
+def _load_orders_days(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
+                      keys: list[str], lookback) -> SyncResult:
+    """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
+    window's merge overlaps the next one's fetching), each its own transaction; a summary per day."""
+    windows = [(*day_window(key), key) for key in keys]
+    context.log.info(f"orders: loading {len(keys)} window(s) [{windows[0][0].isoformat()}, {windows[-1][1].isoformat()})"
+                     + (f", {WINDOWS_IN_FLIGHT} at a time" if len(keys) > 1 else ""))
+    total = SyncResult()
+    for key, result in sync_orders_windows(
+        session.client, session.connect, windows, run_id=context.run.run_id, store_ids=listing.store_ids,
+        timezones=listing.timezones, max_workers=session.store_workers, batch_size=session.batch_size,
+        progress=context.log.info, lookback=lookback,
+    ):
+        c = result.counts
+        context.log.info(
+            f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+            f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
+            f"({result.seconds:.1f}s)"
+        )
+        total.merge(result)
+    return total
 
 
 def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
@@ -292,9 +304,7 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
                          f"orders: incremental from each store's high-water mark, lookback {lookback}")
         with step_errors(), api_session(taptouch, warehouse, account=account) as session:
             listing = session.store_listing(context)
-            total = SyncResult()
-            for key in keys:
-                total.merge(_load_orders_day(context, session, listing, key, lookback))
+            total = _load_orders_days(context, session, listing, keys, lookback)
             range_start, _ = day_window(keys[0])
             _, range_end = day_window(keys[-1])
             checks = _order_checks(session.conn, keys, range_start, range_end, account)
