@@ -10,6 +10,10 @@ in typed events (:class:`PageFetched`, :class:`StoreDone`, :class:`StoreFailed`)
 queue, which keeps memory independent of the window size. A store that fails is dropped from the
 window's staging; the other stores commit, and the failure is reported.
 
+Several windows (a ranged run): :func:`sync_orders_windows` loads :data:`WINDOWS_IN_FLIGHT` of
+them at once, each on its own connection and in its own transaction, so one window's merge runs in
+PostgreSQL while the next one is fetched; results come back in the windows' order.
+
 Which stores exist, and their time zones, comes from the API's store listing read by the caller's
 own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset) writes
 ``taptouch.stores``.
