@@ -28,10 +28,35 @@ class Command(NamedTuple):
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
 
 
+def _bounded(kind: type, lo: float, hi: float | None = None, *, what: str = "") -> Callable[[str], float]:
+    """An argparse ``type``: ``kind`` (int or float) in [lo, hi]; a bad value is a usage error (exit 2)
+    that says what is allowed, never a failure deep inside the command."""
+    allowed = what or (f"from {lo:g} to {hi:g}" if hi is not None else f"at least {lo:g}")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}: "
+                                             f"give one {allowed}") from None
+        if value != value or not lo <= value <= (hi if hi is not None else float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give one {allowed}")
+        return value
+
+    return parse
+
+
+def _url_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a postgresql:// URL, or leave --database-url out to use "
+                                         "TAPTOUCH_DATABASE_URL (else the embedded PostgreSQL)")
+    return text.strip()
+
+
 def _database_url_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
-        metavar="URL",
+        metavar="URL", type=_url_text,
         help="PostgreSQL URL; default $TAPTOUCH_DATABASE_URL, else the embedded PostgreSQL",
     )
 
@@ -97,7 +122,7 @@ def _psql_executable() -> str:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=7, help="how many daily order partitions to load (default 7)")
+    parser.add_argument("--days", type=_bounded(int, 1, 366), default=7, help="how many daily order partitions to load (default 7)")
     parser.add_argument("--accounts", action="store_true",
                         help="two Taptouch accounts (north, south) in one deployment: TAPTOUCH_ACCOUNTS=north,south "
                              "on a sandbox serving two clients with their own stores")
@@ -114,7 +139,7 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)")
     parser.add_argument("--accounts", action="store_true",
                         help="with --sandbox: the two-account demo (TAPTOUCH_ACCOUNTS=north,south)")
-    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--port", type=_bounded(int, 1, 65535), default=3000)
     parser.add_argument("--host", default="127.0.0.1")
 
 
@@ -187,8 +212,8 @@ def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the redirect URI registered with Taptouch; default http://127.0.0.1:PORT/callback. "
                              "A non-loopback URI (a deployed callback) makes the command ask for the URL the "
                              "merchant was redirected to")
-    parser.add_argument("--port", type=int, default=8765, help="port of the loopback callback (0: any free port)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the merchant (default 300)")
+    parser.add_argument("--port", type=_bounded(int, 0, 65535), default=8765, help="port of the loopback callback (0: any free port)")
+    parser.add_argument("--timeout", type=_bounded(float, 1, 86_400), default=300.0, help="seconds to wait for the merchant (default 300)")
     parser.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
 
 
@@ -255,7 +280,7 @@ def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
 def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
     _account_argument(parser)
-    parser.add_argument("--min-remaining-hours", type=float, default=72.0,
+    parser.add_argument("--min-remaining-hours", type=_bounded(float, 0, 96), default=72.0,
                         help="rotate refresh tokens with less than this left of their 4 days (default 72)")
 
 
@@ -289,8 +314,18 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error never echoes a password: ``taptouch-sync migrate
+    postgresql://u:pw@h/db`` (the flag forgotten) quotes the URL as an unrecognized argument."""
+
+    def error(self, message: str):  # type: ignore[override]
+        from pipelines.warehouse.urls import redact_text
+
+        super().error(redact_text(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="taptouch-sync",
         description="Keep a Taptouch merchant's data in Postgres.",
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
@@ -37,33 +37,80 @@ DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
 DEFAULT_LOOKBACK = timedelta(minutes=5)
 
 
-def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None) -> int:
+try:  # the resources import dagster; this module stays importable without it
+    from dagster import Failure as _Failure
+except ImportError:  # pragma: no cover - dagster is a dependency of the code location
+    _Failure = None
+
+
+class SettingError(ValueError):
+    """A ``TAPTOUCH_*`` setting (or the resource field standing for it) has a value the code location
+    cannot use. The message names the variable, the value and what to set instead."""
+
+
+if _Failure is not None:
+    class RunSettingError(SettingError, _Failure):
+        """A setting read when a run starts: a ``dg.Failure`` that the step's ``RetryPolicy`` does not
+        retry (a retry cannot cure a bad setting), and still a ``ValueError``."""
+
+        def __init__(self, message: str):
+            _Failure.__init__(self, description=message, allow_retries=False)
+else:  # pragma: no cover
+    class RunSettingError(SettingError):  # type: ignore[no-redef]
+        pass
+
+
+def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None, *,
+         at_load: bool = False) -> int:
     """``configured`` when set, else the variable ``name``, else ``default``; checked to lie in [lo, hi]."""
-    source, raw = (name, os.environ.get(name, "").strip()) if configured is None else ("the resource's value", configured)
+    error = SettingError if at_load else RunSettingError
+    if configured is None:
+        source, raw = name, os.environ.get(name, "").strip()
+        fix = f"set {name} to a whole number from {lo} to {hi}, or unset it for the default {default}"
+    else:
+        field = name.removeprefix("TAPTOUCH_").lower()
+        source, raw = f"{name} (the resource's {field})", configured
+        fix = f"set the resource's {field} to a whole number from {lo} to {hi}, or leave it unset to use {name}"
     if raw == "":
         return default
+    if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+        raise error(f"{source} must be an integer, got {raw!r}: {fix}")
     try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        value = int(raw) if not isinstance(raw, str) or raw.isascii() else int("x")
+    except (ValueError, TypeError):
+        raise error(f"{source} must be an integer, got {raw!r}: {fix}") from None
     if not lo <= value <= hi:
-        raise ValueError(f"{name} ({source}) must be between {lo} and {hi}, got {value}")
+        raise error(f"{source} must be between {lo} and {hi}, got {value}: {fix}")
     return value
 
 
+EARLIEST_START_DATE = date(1970, 1, 1)
+
+
 def start_date() -> str:
-    """First daily partition of ``orders`` (read when the definitions load)."""
+    """First daily partition of ``orders`` (read when the definitions load), as ``YYYY-MM-DD``:
+    between 1970-01-01 and today (UTC), so that today's partition, which the schedules load,
+    exists."""
     raw = os.environ.get("TAPTOUCH_START_DATE", "").strip() or DEFAULT_START_DATE
     try:
-        date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"TAPTOUCH_START_DATE must be a date like 2026-01-01, got {raw!r}") from None
-    return raw
+        raise SettingError(f"TAPTOUCH_START_DATE must be a date like 2026-01-01 (YYYY-MM-DD), got {raw!r}: set it "
+                           f"to the first UTC day of orders to load, or unset it for {DEFAULT_START_DATE}") from None
+    today = datetime.now(timezone.utc).date()
+    if day > today:
+        raise SettingError(f"TAPTOUCH_START_DATE {raw!r} is after today ({today}, UTC): the orders partitions run "
+                           f"from it to today, so there would be no partition to load. Set it to the first UTC day "
+                           f"of orders to load, today or earlier.")
+    if day < EARLIEST_START_DATE:
+        raise SettingError(f"TAPTOUCH_START_DATE {raw!r} is before {EARLIEST_START_DATE}: set it to the first UTC day "
+                           f"of orders to load (Taptouch has none before it).")
+    return day.isoformat()
 
 
 def backfill_partitions_per_run() -> int:
     """Partitions one backfill run of ``orders`` loads (read when the definitions load)."""
-    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", DEFAULT_BACKFILL_PARTITIONS_PER_RUN, 1, 366)
+    return _int("TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN", DEFAULT_BACKFILL_PARTITIONS_PER_RUN, 1, 366, at_load=True)
 
 
 def page_size(configured: int | None = None) -> int:
@@ -78,6 +125,9 @@ def batch_size(configured: int | None = None) -> int:
     return _int("TAPTOUCH_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1_000_000, configured)
 
 
+MIN_REQUESTS_PER_SECOND = 0.01  # one request every 100 s: anything slower stalls a run for hours
+
+
 def requests_per_second(configured: float | None = None, *, variable: str = "TAPTOUCH_REQUESTS_PER_SECOND") -> float:
     """The request-rate limit; 0 means no limit. ``variable``: an account's own variable, which
     falls back to ``TAPTOUCH_REQUESTS_PER_SECOND`` when unset."""
@@ -86,13 +136,17 @@ def requests_per_second(configured: float | None = None, *, variable: str = "TAP
         return requests_per_second()
     if raw == "":
         return DEFAULT_REQUESTS_PER_SECOND
+    source = variable if configured is None else f"{variable} (the resource's requests_per_second)"
     try:
-        value = float(raw)
-    except ValueError:
+        value = float(raw) if not isinstance(raw, bool) else float("nan")
+    except (ValueError, TypeError):
         value = float("nan")
-    if not math.isfinite(value):
-        raise ValueError(f"{variable} must be a number (0: no limit), got {raw!r}")
-    return max(value, 0.0)
+    if not math.isfinite(value) or value < 0 or 0 < value < MIN_REQUESTS_PER_SECOND:
+        raise RunSettingError(
+            f"{source} must be 0 (no limit) or a number of requests per second from {MIN_REQUESTS_PER_SECOND} "
+            f"(e.g. 10 or 0.5), got {raw!r}: set it to the budget Taptouch gives the client id, or unset it for "
+            f"the default {DEFAULT_REQUESTS_PER_SECOND:g}")
+    return value + 0.0  # -0.0 -> 0.0
 
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -101,16 +155,18 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 def lookback(configured: str | int | None = None) -> timedelta:
     """How far before a window's high-water mark a re-run asks the API again (replica lag): seconds,
     or a number with s/m/h. The full refresh of a closed day catches anything later than this."""
-    raw = os.environ.get("TAPTOUCH_LOOKBACK", "").strip().lower() if configured is None else str(configured)
+    source = "TAPTOUCH_LOOKBACK" if configured is None else "TAPTOUCH_LOOKBACK (the orders config's lookback)"
+    raw = (os.environ.get("TAPTOUCH_LOOKBACK", "") if configured is None else str(configured)).strip()
     if raw == "":
         return DEFAULT_LOOKBACK
-    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "")
-    try:
-        seconds = int(number) * _UNITS[unit]
-    except ValueError:
-        raise ValueError(f"TAPTOUCH_LOOKBACK must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}") from None
+    text = raw.lower().replace(" ", "")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "")
+    fix = "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most 24h, or unset it for 5m"
+    if not (number.isascii() and number.isdigit()):
+        raise RunSettingError(f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
+    seconds = int(number) * _UNITS[unit]
     if not 0 <= seconds <= 86_400:
-        raise ValueError(f"TAPTOUCH_LOOKBACK must be between 0 and 24h, got {raw!r}")
+        raise RunSettingError(f"{source} must be between 0 and 24h, got {raw!r}: {fix}")
     return timedelta(seconds=seconds)
 
 
@@ -122,24 +178,29 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
     A named ``account`` (``TAPTOUCH_ACCOUNTS``) reads ``TAPTOUCH_<NAME>_BASE_URL`` and
     ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
     ``TAPTOUCH_REQUESTS_PER_SECOND``, as for the single account)."""
+    named = account is not None and account.prefixed
     update = {
         "page_size": page_size(taptouch.page_size),
-        "requests_per_second": requests_per_second(taptouch.requests_per_second),
+        "requests_per_second": requests_per_second(
+            taptouch.requests_per_second,
+            **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})),
         "store_workers": store_workers(taptouch.store_workers),
     }
-    if account is not None and account.prefixed:
-        update["requests_per_second"] = requests_per_second(taptouch.requests_per_second,
-                                                            variable=account.env("REQUESTS_PER_SECOND"))
-        base_url = os.environ.get(account.env("BASE_URL"), "").strip()
+    if named:
+        from taptouch_resource.resource import checked_base_url
+
+        variable = account.env("BASE_URL")
+        base_url = os.environ.get(variable, "").strip()
         if taptouch.base_url is None and base_url:
-            update["base_url"] = base_url
+            update["base_url"] = checked_base_url(base_url, variable)
         # Run config for the resource (launchpad) replaces the EnvVar-bound credentials: the fields
         # it leaves out come from the account's own variables, never from TAPTOUCH_CLIENT_ID.
         for field, setting in (("client_id", "CLIENT_ID"), ("client_secret", "CLIENT_SECRET")):
             if getattr(taptouch, field) is None:
-                value = os.environ.get(account.env(setting), "")
-                if not value.strip():
-                    raise ValueError(f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
-                                     f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
+                value = os.environ.get(account.env(setting), "").strip()  # a newline read from a file is no part of it
+                if not value:
+                    raise RunSettingError(
+                        f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
+                        f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
                 update[field] = value
     return taptouch.model_copy(update=update), batch_size(warehouse.batch_size)

@@ -23,6 +23,7 @@ import hashlib
 import os
 import threading
 from typing import Optional
+from urllib.parse import urlsplit
 
 import dagster as dg
 import httpx
@@ -76,6 +77,36 @@ def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tu
         return auth
 
 
+def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
+    """``base_url`` as :func:`~taptouch_resource.client.check_base_url` accepts it (https unless
+    loopback, no credentials, no trailing slash), and usable as a prefix of every request path: no
+    whitespace inside, no query or fragment, a valid port. Every error names ``source`` (the
+    variable or field the value came from) and never echoes the URL (it could carry credentials)."""
+    text = base_url.strip()
+    try:
+        checked = check_base_url(text)
+        if any(ch.isspace() for ch in checked):
+            raise TaptouchConfigError(f"{source} must not contain spaces: set it to a URL such as {api.DEFAULT_BASE_URL}.")
+        parts = urlsplit(checked)
+        try:
+            parts.port
+        except ValueError:
+            raise TaptouchConfigError(f"{source} has an invalid port: use https://HOST or https://HOST:PORT "
+                                      f"with PORT from 1 to 65535.") from None
+        if "?" in checked or "#" in checked:
+            raise TaptouchConfigError(f"{source} must not have a query (?...) or fragment (#...): the API paths are "
+                                      f"appended to it. Set it to the API's base URL, e.g. {api.DEFAULT_BASE_URL} "
+                                      f"(a path prefix such as https://proxy.example/taptouch is fine).")
+    except TaptouchConfigError as err:
+        message = str(err)
+        if source != ENV_BASE_URL:
+            message = message.replace(ENV_BASE_URL, source)
+        if source not in message:
+            message = f"{source}: {message}"
+        raise TaptouchConfigError(message) from None
+    return checked
+
+
 class TaptouchResource(dg.ConfigurableResource):
     """Taptouch API access for assets: credentials, base URL, paging, retries and rate limit.
 
@@ -122,16 +153,19 @@ class TaptouchResource(dg.ConfigurableResource):
     def resolved(self) -> tuple[str, str, str]:
         """(client id, client secret, base URL) from the fields, else the environment variables."""
         client_id = (self.client_id if self.client_id is not None else os.environ.get(ENV_CLIENT_ID, "")).strip()
-        secret = self.client_secret if self.client_secret is not None else os.environ.get(ENV_CLIENT_SECRET, "")
-        base_url = (self.base_url or os.environ.get(ENV_BASE_URL, "") or api.DEFAULT_BASE_URL).strip()
+        # surrounding whitespace is never part of a secret: it is a newline left by a secret file or `echo`
+        secret = (self.client_secret if self.client_secret is not None else os.environ.get(ENV_CLIENT_SECRET, "")).strip()
+        configured = (self.base_url or "").strip()
+        base_url = configured or os.environ.get(ENV_BASE_URL, "").strip() or api.DEFAULT_BASE_URL
+        source = f"the resource's base_url ({ENV_BASE_URL})" if configured else ENV_BASE_URL
         if not client_id:
             raise TaptouchConfigError(
                 f"{ENV_CLIENT_ID} is not set: set it to your Taptouch OAuth client id "
                 f"(and {ENV_CLIENT_SECRET} to its secret). To try the project without credentials, run the demo: ./dev demo")
-        if not secret.strip():
+        if not secret:
             raise TaptouchConfigError(
                 f"{ENV_CLIENT_SECRET} is not set or empty: set it to the secret of Taptouch client {client_id!r}.")
-        return client_id, secret, check_base_url(base_url)
+        return client_id, secret, checked_base_url(base_url, source)
 
     def get_client(self, *, token_store: TokenPersistence | None = None,
                    limiter: RequestLimiter | None = None) -> TaptouchClient:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from typing import Any, Optional
 
@@ -44,7 +45,7 @@ from .embedded import (  # noqa: F401 - re-exported: the embedded server's names
     state_dir,
     stop_embedded_server,
 )
-from .urls import ACCEPTED_SCHEMES, REDACTED, redact_text, redact_url, redacted_error, scheme_of, secrets_of
+from .urls import ACCEPTED_SCHEMES, REDACTED, is_uri, redact_text, redact_url, redacted_error, scheme_of, secrets_of
 from .urls import with_database as _with_database
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,15 @@ class WarehouseConfigError(ValueError):
 
 def _validate_url(url: str, source: str) -> str:
     if scheme_of(url) not in ACCEPTED_SCHEMES:
+        if not is_uri(url) and "=" in url:
+            got = "a key=value connection string (host=... dbname=...)"
+        else:
+            scheme = scheme_of(url)
+            got = f"a {scheme}:// URL" if scheme else "a value that is not a URL"
         raise WarehouseConfigError(
-            f"The database URL from {source} ({redact_url(url)!r}) is not a PostgreSQL URL. "
+            f"The database URL from {source} is not a PostgreSQL URL: got {got}. "
             "Expected the form postgresql://user:password@host:5432/dbname "
-            "(postgres:// and postgresql+psycopg:// are accepted too). "
+            "(postgres:// and postgresql+psycopg:// are accepted too; percent-encode @ # ? / % : in the password). "
             f"Fix {DATABASE_URL_ENV} or the database_url setting, or unset both to use the "
             "embedded PostgreSQL."
         )
@@ -136,14 +142,67 @@ def _timeout_options(statement_timeout_ms: Optional[int]) -> dict[str, Any]:
     return {"options": f"-c statement_timeout={int(statement_timeout_ms)}"}
 
 
+# What an operator can do about a connection error, by libpq's message; {source} names the setting.
+_HINTS = (
+    (re.compile(r"invalid percent-encoded token|invalid URI|invalid (integer|port)|missing \"=\"|"
+                r"unexpected spaces|invalid \w+ value|invalid connection option", re.IGNORECASE),
+     "{source} is not a URL libpq can read: write it as postgresql://<user>:<password>@<host>:5432/<dbname> and "
+     "percent-encode the characters @ # ? / % : and spaces in the user name and password "
+     "(@ as %40, # as %23, ? as %3F, / as %2F, % as %25, : as %3A, space as %20)"),
+    (re.compile(r'database "[^"]*" does not exist', re.IGNORECASE),
+     "create that database (createdb), or fix the database name at the end of {source}"),
+    (re.compile(r"password authentication failed|no password supplied|role \"[^\"]*\" does not exist",
+                re.IGNORECASE),
+     "check the user name and password in {source}"),
+    (re.compile(r"could not translate host name|failed to resolve host|Name or service not known|"
+                r"Connection refused|timeout expired|No route to host|Network is unreachable", re.IGNORECASE),
+     "check the host and port in {source}, and that PostgreSQL runs there and accepts connections"),
+)
+
+
+def _setting_of(url: str) -> str | None:
+    """Which setting ``url`` came from, for a hint: None for the embedded server (its own URL)."""
+    if url in _embedded_urls_values():
+        return None
+    env = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if env and url.strip() == env:
+        return DATABASE_URL_ENV
+    return f"the database URL (--database-url, or the warehouse resource's database_url; default {DATABASE_URL_ENV})"
+
+
+def _embedded_urls_values() -> set[str]:
+    from . import embedded
+
+    return set(embedded._embedded_urls.values())
+
+
+def _with_hint(error: BaseException, url: str) -> BaseException:
+    """``error`` (already redacted) with what to do about it, naming the setting, when known."""
+    source = _setting_of(url)
+    message = str(error).strip()
+    if source is None:
+        return error
+    for pattern, hint in _HINTS:
+        if pattern.search(message):
+            break
+    else:
+        return error
+    try:
+        clean = type(error)(f"{message} ({hint.format(source=source)})")
+    except Exception:  # noqa: BLE001 - a class with another constructor: keep the redacted one
+        return error
+    clean.__suppress_context__ = True
+    return clean
+
+
 def connect_url(url: str, **kwargs: Any) -> psycopg.Connection:
     """:func:`psycopg.connect` on a libpq URL; an error is re-raised (same class) without the
-    password and without the original chained to it."""
+    password and without the original chained to it, with a hint naming the setting to fix."""
     target = libpq_url(url)
     try:
         return psycopg.connect(target, **kwargs)
     except psycopg.Error as exc:
-        error = redacted_error(exc, url)
+        error = _with_hint(redacted_error(exc, url), url)
     raise error
 
 

@@ -113,10 +113,33 @@ def state_dir() -> Path:
 def embedded_data_dir(data_dir: str | Path | None = None) -> Path:
     """Data directory of the embedded server: ``data_dir``, else ``$TAPTOUCH_PGDATA``, else
     ``<project root>/.taptouch/pgdata``."""
-    chosen = data_dir or os.environ.get(PGDATA_ENV)
+    chosen = data_dir or os.environ.get(PGDATA_ENV, "").strip()  # whitespace around a path is a typo
     if not chosen:
         return (state_dir() / "pgdata").resolve()
     return Path(chosen).expanduser().resolve()
+
+
+def _setting(data_dir: str | Path | None) -> str:
+    return "the data directory" if data_dir else PGDATA_ENV
+
+
+def _check_empty(pgdata: Path, setting: str) -> None:
+    """Before ``initdb`` (under the start-up lock): ``pgdata`` is missing or empty."""
+    if pgdata.is_dir() and any(pgdata.iterdir()):
+        raise EmbeddedServerError(
+            f"{setting} is {pgdata}, a directory that holds other files and no PostgreSQL data: set {PGDATA_ENV} "
+            f"to a new or empty directory (e.g. {pgdata / 'pgdata'}), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server.")
+
+
+def _check_data_dir(pgdata: Path, setting: str) -> None:
+    """Fail, naming the setting, when ``pgdata`` cannot be a data directory."""
+    for path in (pgdata, *pgdata.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise EmbeddedServerError(
+                    f"{setting} is {pgdata}, but {path} is a file, not a directory: set {PGDATA_ENV} to a directory "
+                    f"(it is created if missing), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server.")
+            break
 
 
 def passfile_path(pgdata: Path) -> Path:
@@ -376,11 +399,25 @@ def embedded_database_url(data_dir: str | Path | None = None) -> str:
 
     Safe when several processes call it at once (a file lock on ``<data_dir>.lock``). The URL
     holds no password: it names the socket directory and the owner-only password file."""
+    try:
+        return _embedded_database_url(data_dir)
+    except OSError as exc:  # the data directory cannot be made or used here
+        setting = _setting(data_dir)
+        error = EmbeddedServerError(
+            f"The embedded PostgreSQL cannot use its data directory ({setting}): {exc.strerror or exc} "
+            f"({exc.filename or embedded_data_dir(data_dir)}). Set {PGDATA_ENV} to a directory this user may "
+            f"create and write (at most a few hundred characters long), or set TAPTOUCH_DATABASE_URL to a "
+            f"PostgreSQL server.")
+    raise error
+
+
+def _embedded_database_url(data_dir: str | Path | None = None) -> str:
     pgdata = embedded_data_dir(data_dir)
     with _embedded_guard:
         cached = _embedded_urls.get(pgdata)
         if cached is not None:
             return cached
+        _check_data_dir(pgdata, _setting(data_dir))
         private_dir(pgdata.parent)
         with _file_lock(pgdata.with_name(pgdata.name + ".lock")):
             info = _postmaster(pgdata)
@@ -388,6 +425,8 @@ def embedded_database_url(data_dir: str | Path | None = None) -> str:
                 if info is not None:  # started by an older version, with trust authentication
                     logger.info("restarting the embedded PostgreSQL in %s with password authentication", pgdata)
                     _stop(pgdata, info)
+                if not (pgdata / "PG_VERSION").exists():
+                    _check_empty(pgdata, _setting(data_dir))
                 password = _read_password(pgdata) or secrets.token_urlsafe(32)
                 _write_private(passfile_path(pgdata), f"*:*:*:{SUPERUSER}:{password}\n")
                 if not (pgdata / "PG_VERSION").exists():
