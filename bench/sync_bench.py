@@ -322,7 +322,8 @@ def child_ours(spec: dict) -> dict:
     if spec.get("incremental"):
         from pipelines import settings
         lookback = settings.lookback(None)
-    in_flight = spec.get("in_flight", WINDOWS_IN_FLIGHT)
+    # pyinstrument samples the main thread only: a profile loads one window at a time, in this thread
+    in_flight = 1 if profiler else spec.get("in_flight", WINDOWS_IN_FLIGHT)
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
