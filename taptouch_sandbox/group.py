@@ -103,9 +103,12 @@ def _token_client_id(headers: Mapping[str, str], body: bytes) -> str | None:
         return None
 
 
-# The demo's two accounts (`taptouch-sync demo --accounts`): disjoint stores, their own clients.
+# The demo's two accounts (`taptouch-sync demo --accounts`): their own clients, and stores and order
+# ids disjoint from each other and from the single-account demo's (7101.., id_space 0), so both
+# demos can share one warehouse and each row keeps the account that loaded it.
 DEMO_ACCOUNTS = {
-    "north": dict(seed=1, stores=3, store_id_base=7101, client_id="sandbox-north", client_secret="sandbox-north-secret"),
+    "north": dict(seed=3, stores=3, store_id_base=7201, id_space=2, client_id="sandbox-north",
+                  client_secret="sandbox-north-secret"),
     "south": dict(seed=2, stores=2, store_id_base=8101, id_space=1, client_id="sandbox-south", client_secret="sandbox-south-secret"),
 }
 

@@ -346,6 +346,13 @@ def test_the_sandbox_group_keeps_each_clients_stores_and_tokens_apart():
     group, members = demo_group(days=2)
     north, south = members["north"], members["south"]
     assert not set(north.store_ids()) & set(south.store_ids())
+    # ... and apart from the single-account demo's sandbox, so both demos can share one warehouse
+    # with every row keeping the account that loaded it (ids are global: a shared id would stay 'default')
+    single = Sandbox(SandboxConfig(days=2))
+    assert not set(single.store_ids()) & (set(north.store_ids()) | set(south.store_ids()))
+    ids = {name: {o["id"] for s in sb.store_ids() for o in sb.orders(s)} for name, sb in
+           {"single": single, **members}.items()}
+    assert all(ids.values()) and not ids["single"] & ids["north"] and not ids["single"] & ids["south"]
     with group.serve() as url, httpx.Client(base_url=url, timeout=10) as http:
         def token(client_id, secret):
             return http.post("/auth/v2/token", data={"grant_type": "client_credentials", "client_id": client_id,
