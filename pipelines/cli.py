@@ -347,11 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # demo/ui print their own progress and Dagster prints the runs' logs: keep the root logger quiet
     quiet = args.quiet or args.command in ("demo", "ui")
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        # records propagated from other loggers (Dagster's, which prints its own) skip the root
+        # logger's level: only the handler's keeps them from being printed twice
+        handler.setLevel(level)
     for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines are debugging noise here
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -8,6 +8,7 @@ has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 
 
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Optional
@@ -35,6 +36,10 @@ from ..warehouse.token_store import TokenStore
 API_POOL = DEFAULT.pool
 KINDS = {"taptouch", "postgres"}
 GROUP = "taptouch"
+
+# BackfillPolicy.multi_run is how a backfill groups partitions into runs (docs/operating.md); Dagster
+# marks the parameter beta and would print that on every load of the code location.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message="Parameter `backfill_policy`")
 
 # Step-level retries, only for errors a retry can cure (sync.is_transient); the client has already
 # retried each request. Anything else fails the step at once (step_errors).
