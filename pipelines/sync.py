@@ -12,7 +12,8 @@ window's staging; the other stores commit, and the failure is reported.
 
 Several windows (a ranged run): :func:`sync_orders_windows` loads :data:`WINDOWS_IN_FLIGHT` of
 them at once, each on its own connection and in its own transaction, so one window's merge runs in
-PostgreSQL while the next one is fetched; results come back in the windows' order.
+PostgreSQL while the next one is fetched; results come back, and merges commit, in the windows'
+order. If the caller stops (run termination), the windows in flight roll back.
 
 Which stores exist, and their time zones, comes from the API's store listing read by the caller's
 own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset) writes
@@ -21,7 +22,6 @@ own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import re
@@ -184,6 +184,26 @@ class StoreFailed:
 FetchEvent = Union[PageFetched, StoreDone, StoreFailed]
 
 
+class WindowCancelled(Exception):
+    """The caller of :func:`sync_orders_windows` stopped (run termination): this window stopped
+    before its merge, and rolled back."""
+
+
+_CANCEL_POLL_S = 0.2  # how often a window waiting for its fetchers or its turn to merge checks ``cancel``
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise WindowCancelled("the run stopped before this window merged; it was rolled back")
+
+
+def _wait_for(previous: threading.Event, cancel: threading.Event | None) -> None:
+    """Wait until the previous window of the run has committed, rolled back or failed."""
+    while not previous.wait(_CANCEL_POLL_S):
+        _check(cancel)
+    _check(cancel)
+
+
 class _OrderFetchers:
     """Fetch threads for the stores of one window; :meth:`events` yields what they report, until
     every store is done or failed. Leaving the ``with`` block stops threads still fetching."""
@@ -201,12 +221,21 @@ class _OrderFetchers:
         self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def events(self, store_ids: list[int]) -> Iterator[FetchEvent]:
+    def events(self, store_ids: list[int], cancel: threading.Event | None = None) -> Iterator[FetchEvent]:
+        """The stores' events as they come; :class:`WindowCancelled` once ``cancel`` is set."""
         for store_id in store_ids:
             self.pool.submit(self._fetch, store_id)
         pending = set(store_ids)
         while pending:
-            event = self.events_q.get()
+            if cancel is None:
+                event = self.events_q.get()
+            else:
+                try:
+                    event = self.events_q.get(timeout=_CANCEL_POLL_S)
+                except queue.Empty:
+                    _check(cancel)
+                    continue
+                _check(cancel)
             if not isinstance(event, PageFetched):
                 pending.discard(event.store_id)
             yield event
@@ -301,6 +330,8 @@ def sync_orders_window(
     batch_size: int | None = None,
     progress: Callable[[str], None] | None = None,
     lookback: timedelta | None = None,
+    cancel: threading.Event | None = None,
+    before_merge: Callable[[], None] | None = None,
 ) -> SyncResult:
     """Load every store's orders with ``updated_at`` in [start, end) as one transaction.
 
@@ -312,6 +343,10 @@ def sync_orders_window(
     unset, they are read from ``taptouch.stores``. ``store_ids`` defaults to every store in it.
     Stores that fail are discarded from the window and listed in ``result.failures``; everything
     else commits. An error on the database side rolls the whole window back and propagates.
+
+    ``cancel`` (set by :func:`sync_orders_windows` when its caller stops): the window stops fetching
+    and rolls back (:class:`WindowCancelled`) unless its merge has begun. ``before_merge`` is called
+    once everything is staged, just before the merge (:class:`OrderWindowLoad`'s ``before_merge``).
     """
     t0 = time.monotonic()
     say = progress or log.info
@@ -328,9 +363,10 @@ def sync_orders_window(
     starts = _fetch_starts(conn, client, window, store_ids, start, lookback, result, say)
     with _OrderFetchers(client, starts, end, workers) as fetchers, \
             OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones,
-                            mark_span=(start, end, lookback is None), **kwargs) as load:
-        for event in fetchers.events(store_ids):
+                            mark_span=(start, end, lookback is None), before_merge=before_merge, **kwargs) as load:
+        for event in fetchers.events(store_ids, cancel):
             _record(event, load, result, window, say)
+        _check(cancel)
         result.counts = load.finish()
     for sid, sc in load.per_store.items():
         if sid in result.per_store:
@@ -355,29 +391,65 @@ def sync_orders_windows(
 
     Each window is its own transaction, exactly as when loaded one after the other; overlapping
     them only lets one window's merge (PostgreSQL's work) run while the next window is fetched and
-    staged (the client's). The windows share ``client`` (its token and request budget). If a window
-    raises, the windows already started finish (each commits or rolls back on its own, and is safe
-    to load again), no further window starts, and the error propagates.
-    """
-    def load(window: tuple[datetime, datetime, str]) -> SyncResult:
-        start, end, key = window
-        with connect() as conn:
-            return sync_orders_window(client, conn, start=start, end=end, window=key, **kwargs)
+    staged (the client's). The merges themselves commit in the windows' order (a window ready
+    first waits, outside any statement, for the one before it), so the warehouse ends as after a
+    serial run even when an order edited between two windows' fetches is in both (which version's
+    quarantine row is resolved), and no window spends a statement (under statement_timeout) waiting
+    for a whole merge of its own run. The windows share ``client`` (its token and request budget).
 
+    If a window raises, the windows already started finish (each commits or rolls back on its
+    own, and is safe to load again), no further window starts, and the error propagates. If the
+    caller stops instead (run termination raises in the calling thread, or the generator is
+    closed), the windows in flight stop fetching and roll back (those already merging commit), as
+    a window loaded alone would; then the caller's exception propagates.
+    """
     if in_flight <= 1 or len(windows) <= 1:
-        for window in windows:
-            yield window[2], load(window)
-        return
-    upcoming = iter(windows)
-    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="orders-window") as pool:
-        started = [(w[2], pool.submit(load, w)) for w in itertools.islice(upcoming, in_flight)]
-        while started:
-            key, future = started.pop(0)
-            result = future.result()
-            following = next(upcoming, None)
-            if following is not None:
-                started.append((following[2], pool.submit(load, following)))
+        for start, end, key in windows:
+            with connect() as conn:
+                result = sync_orders_window(client, conn, start=start, end=end, window=key, **kwargs)
             yield key, result
+        return
+
+    cancel = threading.Event()
+    ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
+
+    def load(i: int) -> SyncResult:
+        start, end, key = windows[i]
+        try:
+            previous = ended[i - 1] if i else None
+            with connect() as conn:
+                return sync_orders_window(
+                    client, conn, start=start, end=end, window=key, cancel=cancel,
+                    before_merge=None if previous is None else (lambda: _wait_for(previous, cancel)), **kwargs)
+        finally:
+            ended[i].set()
+
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="orders-window")
+    window_failed = False
+    try:
+        started = [(i, pool.submit(load, i)) for i in range(min(in_flight, len(windows)))]
+        following = len(started)
+        while started:
+            i, future = started.pop(0)
+            try:
+                result = future.result()
+            except BaseException as exc:
+                # the window's own error, or the calling thread interrupted while it waited
+                window_failed = future.done() and not future.cancelled() and future.exception() is exc
+                raise
+            if following < len(windows):
+                started.append((following, pool.submit(load, following)))
+                following += 1
+            yield windows[i][2], result
+    finally:
+        if not window_failed:  # the caller stopped: the windows in flight roll back
+            cancel.set()
+        try:
+            pool.shutdown(wait=True)
+        except BaseException:  # interrupted again while the windows finish: stop them now
+            cancel.set()
+            pool.shutdown(wait=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------------------

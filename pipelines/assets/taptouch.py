@@ -9,7 +9,7 @@ has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Optional
 
@@ -174,18 +174,21 @@ def _load_orders_days(context: dg.AssetExecutionContext, session: _Session, list
     context.log.info(f"orders: loading {len(keys)} window(s) [{windows[0][0].isoformat()}, {windows[-1][1].isoformat()})"
                      + (f", {WINDOWS_IN_FLIGHT} at a time" if len(keys) > 1 else ""))
     total = SyncResult()
-    for key, result in sync_orders_windows(
+    loads = sync_orders_windows(
         session.client, session.connect, windows, run_id=context.run.run_id, store_ids=listing.store_ids,
         timezones=listing.timezones, max_workers=session.store_workers, batch_size=session.batch_size,
         progress=context.log.info, lookback=lookback,
-    ):
-        c = result.counts
-        context.log.info(
-            f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
-            f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
-            f"({result.seconds:.1f}s)"
-        )
-        total.merge(result)
+    )
+    # closing: whatever stops this loop (run termination) stops the windows in flight at once
+    with closing(loads):
+        for key, result in loads:
+            c = result.counts
+            context.log.info(
+                f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+                f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
+                f"({result.seconds:.1f}s)"
+            )
+            total.merge(result)
     return total
 
 
@@ -312,7 +315,10 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
             total = _load_orders_days(context, session, listing, keys, lookback)
             range_start, _ = day_window(keys[0])
             _, range_end = day_window(keys[-1])
-            checks = _order_checks(session.conn, keys, range_start, range_end, account)
+            # a connection of its own: session.conn sat idle while the windows loaded on theirs (a
+            # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
+            with session.connect() as conn:
+                checks = _order_checks(conn, keys, range_start, range_end, account)
         metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
                     "full_refresh": full, "incremental_stores": total.incremental_stores,
                     "pages_skipped": total.pages_skipped, **session.api_metadata()}

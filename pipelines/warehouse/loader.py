@@ -30,7 +30,7 @@ import logging
 import zlib
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -309,10 +309,15 @@ class OrderWindowLoad:
 
     def __init__(self, conn: psycopg.Connection, *, window: str | None, run_id: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None,
-                 mark_span: tuple[datetime, datetime, bool] | None = None):
+                 mark_span: tuple[datetime, datetime, bool] | None = None,
+                 before_merge: Callable[[], None] | None = None):
         """``mark_span`` = (window start, window end, full refresh?): advance the high-water marks of
-        the stores loaded completely (see :mod:`.marks`), in the same transaction as the data."""
+        the stores loaded completely (see :mod:`.marks`), in the same transaction as the data.
+        ``before_merge``: called by :meth:`finish` once everything is staged, before the merge
+        lock is taken (e.g. to wait, outside any statement, until the run's previous window has
+        committed: windows loaded at once then commit in order); an exception from it rolls back."""
         self.conn = conn
+        self.before_merge = before_merge
         self.mark_span = mark_span
         self.window = window
         self.run_id = run_id
@@ -481,6 +486,8 @@ class OrderWindowLoad:
         cur.execute("select (select count(*) from stage_orders) - (select count(*) from pick)")
         self.counts.duplicates += cur.fetchone()[0]
         cols = _STAGED_ORDER_COLS
+        if self.before_merge is not None:
+            self.before_merge()
         # 2. merge under the advisory lock (concurrent loads of overlapping windows take turns)
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
         cur.execute(sql.SQL(

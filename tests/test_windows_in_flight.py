@@ -1,0 +1,206 @@
+"""A ranged orders run with several windows in flight (pipelines.sync.sync_orders_windows): what
+loading two days at once must not change, against the in-process sandbox and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import date, datetime, timezone
+
+import dagster as dg
+import httpx
+import psycopg
+import pytest
+
+import pipelines.sync as sync_module
+from pipelines.assets import taptouch as taptouch_assets_module
+from pipelines.sync import day_window, sync_orders_windows, sync_stores
+from pipelines.warehouse import marks as marks_module
+from pipelines.warehouse.loader import OrderWindowLoad
+from pipelines.warehouse.resource import PostgresResource
+from taptouch_resource import TaptouchClient, TaptouchResource
+from taptouch_sandbox import Sandbox, SandboxConfig
+
+D1, D2 = "2026-11-25", "2026-11-26"
+LONG_CURRENCY = "AUD" * 4  # 12 characters: over CURRENCY_MAX (10), quarantined
+
+
+def _client(transport) -> TaptouchClient:
+    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
+                          requests_per_second=None, sleep=lambda s: None, page_size=20)
+
+
+def _windows(*days):
+    return [(*day_window(d), d) for d in days]
+
+
+@pytest.fixture
+def sb():
+    return Sandbox(SandboxConfig(seed=5, stores=3, days=3, end_date=date(2026, 11, 27), orders_per_day=50))
+
+
+@pytest.mark.parametrize("case", ["newer_version_invalid", "older_version_invalid"])
+def test_an_order_edited_between_the_windows_fetches_leaves_the_quarantine_as_a_serial_run_would(
+        sb, migrated_db, monkeypatch, case):
+    """Order X is listed in D1's window, then edited into D2 before D2 is fetched: D1 stages the old
+    version, D2 the new one. D2 happens to be ready first. The warehouse must end as when D1 then
+    D2 load one after the other: a quarantined newest version stays unresolved (an older valid
+    version merged later does not resolve it); a quarantined older version is resolved by the valid
+    newer one (it is not committed, unresolved, after it)."""
+    store = sb.store_ids()[0]
+    x = sb.orders_in_window(store, *day_window(D1))[0]["id"]
+    if case == "older_version_invalid":  # D1 serves an invalid version, D2 the valid edit
+        sb.edit_order(x, currency=LONG_CURRENCY, updated_at="2026-11-25T20:00:00+00:00")
+        edit = {"currency": "AUD"}
+    else:  # D1 serves the valid version, D2 an invalid edit
+        edit = {"currency": LONG_CURRENCY}
+    v1 = sb.order(x)
+    d1_staged, d2_done, edited = threading.Event(), threading.Event(), threading.Event()
+    base = sb.transport()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("updated_from", "").startswith(D2):
+            d1_staged.wait(10)  # D2 is fetched after D1 has every page (and after the edit)
+            if not edited.is_set():
+                sb.edit_order(x, updated_at="2026-11-26T12:00:00+00:00", **edit)
+                edited.set()
+        return base.handle_request(request)
+
+    class D2First(OrderWindowLoad):
+        """D1 has fetched everything, but its merge comes after D2 had every chance to commit."""
+
+        def finish(self):
+            if self.window == D1:
+                d1_staged.set()
+                d2_done.wait(1.5)
+            try:
+                return super().finish()
+            finally:
+                if self.window == D2:
+                    d2_done.set()
+
+    monkeypatch.setattr(sync_module, "OrderWindowLoad", D2First)
+    client = _client(httpx.MockTransport(handler))
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        reported = dict(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
+                                            _windows(D1, D2), in_flight=2, max_workers=2))
+        v2 = sb.order(x)
+        quarantine = conn.execute("select \"window\", resolved_at is not null from taptouch.quarantine"
+                                  " where record_key = %s", (str(x),)).fetchall()
+        held = conn.execute("select updated_at, currency from taptouch.orders where order_id = %s", (x,)).fetchall()
+        checks = {c.check_name: c for c in taptouch_assets_module._order_checks(
+            conn, [D1, D2], day_window(D1)[0], day_window(D2)[1])}
+    assert edited.is_set() and set(reported) == {D1, D2}
+    if case == "newer_version_invalid":
+        # the newest version (D2's) is invalid: the warehouse keeps v1 and the quarantine says so
+        assert held == [(datetime.fromisoformat(v1["updated_at"]), "AUD")]
+        assert quarantine == [(D2, False)]
+        assert checks["no_quarantined_records"].passed is False
+        assert checks["no_quarantined_records"].metadata["quarantined"].value == 1
+    else:
+        # the invalid version (D1's) was superseded by a valid one the warehouse holds: resolved
+        assert held == [(datetime.fromisoformat(v2["updated_at"]), "AUD")]
+        assert quarantine == [(D1, True)]
+        assert checks["no_quarantined_records"].passed is True
+
+
+def test_a_statement_timeout_does_not_cancel_a_window_waiting_for_the_other_windows_merge(
+        sb, migrated_db, monkeypatch):
+    """Every statement of a merge is under the warehouse's statement_timeout, but a merge is several
+    statements: the window after it must not spend one statement waiting for all of them."""
+    real_advance = marks_module.advance
+
+    def slow_advance(cur, *args, **kwargs):  # a big window's merge: each statement within the timeout
+        real_advance(cur, *args, **kwargs)
+        for _ in range(3):
+            cur.execute("select pg_sleep(0.6)")
+
+    monkeypatch.setattr(marks_module, "advance", slow_advance)
+    client = _client(sb.transport())
+    days = [D1, D2]
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        reported = list(sync_orders_windows(
+            client, lambda: psycopg.connect(migrated_db, autocommit=True, options="-c statement_timeout=1000"),
+            _windows(*days), in_flight=2, max_workers=2))
+        loaded = dict(conn.execute("select order_id, total from taptouch.orders").fetchall())
+    assert [k for k, _ in reported] == days
+    expected = {o["id"]: o["total"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))}
+    assert loaded == expected
+
+
+def test_an_interrupt_stops_the_windows_in_flight_and_nothing_more_commits(sb, migrated_db):
+    """Run termination: Dagster raises DagsterExecutionInterruptedError in the main thread (here
+    while it waits for the first window). The windows in flight must stop (roll back, no more API
+    requests) as a window loaded alone would, not go on fetching and commit after the run ended."""
+    base = sb.transport()
+    requests = []
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if "/orders" in request.url.path:
+            requests.append(time.monotonic())
+            time.sleep(0.1)
+        return base.handle_request(request)
+
+    client = _client(httpx.MockTransport(slow))
+
+    def interrupt(signum, frame):
+        raise dg.DagsterExecutionInterruptedError("run terminated")
+
+    days = ["2026-11-24", D1, D2, "2026-11-27"]
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            sync_stores(client, conn)
+            timer.start()
+            with pytest.raises(dg.DagsterExecutionInterruptedError):
+                for _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
+                                             _windows(*days), in_flight=2, max_workers=2):
+                    pass
+            asked = len(requests)
+            time.sleep(0.6)
+            committed = conn.execute("select count(*) from taptouch.orders").fetchone()[0]
+            marked = conn.execute("select count(*) from taptouch.sync_marks").fetchone()[0]
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert 0 < asked < 3 * 3 * 2  # interrupted early: fewer requests than two whole windows take
+    assert len(requests) == asked  # nothing asked after the interrupt was raised
+    assert (committed, marked) == (0, 0)
+
+
+def test_a_ranged_run_survives_the_server_closing_idle_sessions(migrated_db, monkeypatch):
+    """idle_session_timeout (a DBA's guard against leaked connections) closes a session that sat
+    idle, outside a transaction, for longer than the limit. The windows load on their own
+    connections, so the run's first connection sits idle for the whole range: the asset checks
+    must not depend on it (an OperationalError there retries the step, and the next attempt idles
+    as long again)."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(f"alter database {conn.info.dbname} set idle_session_timeout = '1000ms'")
+    monkeypatch.setattr(taptouch_assets_module, "RETRY", dg.RetryPolicy(max_retries=0))
+    stores, orders, _ = taptouch_assets_module.taptouch_assets()
+    sb = Sandbox(SandboxConfig(seed=5, stores=3, days=3, end_date=date(2026, 11, 27), orders_per_day=50))
+    sb.faults.latency = 0.5  # over HTTP: the listing and the three days take a few seconds
+    with sb.serve() as url:
+        res = {"taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
+                                            requests_per_second=0),
+               "warehouse": PostgresResource(database_url=migrated_db)}
+        assert dg.materialize([stores], resources=res).success
+        days = ["2026-11-25", "2026-11-26", "2026-11-27"]
+        tags = {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]}
+        t0 = time.monotonic()
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([orders], resources=res, tags=tags, instance=instance, raise_on_error=False)
+        took = time.monotonic() - t0
+    assert took > 1.5  # the run's first connection did idle past the limit
+    assert result.success, result.failure_data_for_node("orders")
+    with psycopg.connect(migrated_db) as conn:
+        loaded = {r[0] for r in conn.execute("select order_id from taptouch.orders")}
+    expected = {o["id"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))}
+    assert loaded == expected
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"no_quarantined_records": True, "order_arithmetic": True}
