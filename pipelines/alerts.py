@@ -74,8 +74,12 @@ def sensor_interval() -> int:
     try:
         value = int(raw) if raw else 30
     except ValueError:
-        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds, got {raw!r}") from None
-    return max(1, value)
+        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: "
+                         f"set it so, or unset it for 30") from None
+    if not 1 <= value <= 86_400:
+        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: "
+                         f"set it so, or unset it for 30")
+    return value
 
 
 # ------------------------------------------------------------------------------------ redaction

@@ -113,9 +113,13 @@ def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, stor
         client.auth.get_token()
         def connect():
             conn = warehouse.connect()
-            conn.autocommit = True
-            if account.prefixed:
-                conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
+            try:
+                conn.autocommit = True
+                if account.prefixed:
+                    conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
+            except BaseException:
+                conn.close()  # never leave a half-set-up connection open
+                raise
             return conn
 
         with connect() as conn:
