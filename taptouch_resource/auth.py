@@ -33,8 +33,8 @@ import httpx
 
 from . import api, jsonutil
 from .errors import (TaptouchAPIError, TaptouchAuthError, TaptouchConfigError, TaptouchError, TaptouchProtocolError,
-                     parse_error_body)
-from .http import DEFAULT_DEADLINE, redirect_target, send_bounded, tls_verification_failed
+                     ack_status, parse_error_body)
+from .http import DEFAULT_DEADLINE, printable, redirect_target, send_bounded, tls_verification_failed
 from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
 from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
 
@@ -322,7 +322,7 @@ class ClientCredentialsAuth(httpx.Auth):
                 "(it holds spaces, control or non-ASCII characters); it is not used and not stored.")
         token_type = doc.get("token_type")
         if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
-            shown = "".join(c for c in str(token_type)[:20] if c.isalnum() or c in "-_ ")
+            shown = printable(str(token_type), 20)
             raise TaptouchProtocolError(
                 f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
                 f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1).")
@@ -391,10 +391,8 @@ def _error_inside_200(response: httpx.Response) -> httpx.Response:
     status = None
     envelope = doc.get(api.ENVELOPE_STATUS)
     if isinstance(envelope, dict):
-        ack = envelope.get(api.ENVELOPE_ACK)
-        if isinstance(ack, str) and ack.strip().isdigit():
-            ack = int(ack)
-        if isinstance(ack, int) and not isinstance(ack, bool) and 400 <= ack <= 599:
+        ack = ack_status(envelope.get(api.ENVELOPE_ACK))
+        if ack is not None and ack >= 400:
             status = ack
     if status is None and isinstance(doc.get("error"), str):
         status = 400

@@ -18,7 +18,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import math
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -31,6 +30,7 @@ import msgspec
 from . import api, jsonutil
 from .auth import ENV_HINT, ClientCredentialsAuth, redact_values
 from .errors import (
+    ack_status,
     parse_error_body,
     TaptouchAPIError,
     TaptouchAuthError,
@@ -389,7 +389,7 @@ class TaptouchClient:
             raise TaptouchProtocolError(f"GET {path}: the response is not the Taptouch envelope (no 'status' object).")
         if body.count(b'"' + api.ENVELOPE_DATA.encode() + b'"') > 1:  # rare: only then look closer
             _refuse_repeated_keys(body, path)
-        ack = _status_code(status.get(api.ENVELOPE_ACK))
+        ack = ack_status(status.get(api.ENVELOPE_ACK))
         if ack is None:
             raise TaptouchAPIError(
                 status=200, ack=status.get(api.ENVELOPE_ACK), path=path,
@@ -469,17 +469,6 @@ def _refuse_repeated_keys(body: bytes, path: str) -> None:
         raise TaptouchProtocolError(
             f"GET {path}: HTTP 200 but the envelope gives {', '.join(repr(k) for k in repeated)} more than once; "
             f"the listing is ambiguous. Nothing is loaded from it (the store is reported as failed).")
-
-
-def _status_code(value: Any) -> int | None:
-    """An ``ack`` as a status code: an int (or a numeric string, or an integral float) in 100..599."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, (float, Decimal)) and math.isfinite(value) and value == int(value):
-        value = int(value)
-    return value if isinstance(value, int) and 100 <= value <= 599 else None
 
 
 def _kind_of(value: Any) -> str:

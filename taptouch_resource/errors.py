@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from . import api, jsonutil
+
+
+def ack_status(value: Any) -> int | None:
+    """An envelope ``ack`` as a status code: an int (or a numeric string, or an integral float) in
+    100..599; None for anything else. One reading for API answers and token answers alike."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, (float, Decimal)) and math.isfinite(value) and value == int(value):
+        value = int(value)
+    return value if isinstance(value, int) and 100 <= value <= 599 else None
 
 
 class TaptouchError(Exception):

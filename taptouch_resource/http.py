@@ -39,7 +39,7 @@ def send_bounded(http: httpx.Client, method: str, url: str, *, limit: int, what:
                     raise httpx.ReadTimeout(f"the answer took longer than {deadline:.0f} s in total",
                                             request=streamed.request)
         except httpx.DecodingError:
-            encoding = _printable(streamed.headers.get("content-encoding", "?"), 40)
+            encoding = printable(streamed.headers.get("content-encoding", "?"), 40)
             raise TaptouchProtocolError(
                 f"{what} sent a body that is not valid {encoding} although its Content-Encoding says so; "
                 f"the answer cannot be read (a misconfigured server or proxy).") from None
@@ -73,7 +73,9 @@ def tls_verification_failed(exc: BaseException) -> bool:
     return False
 
 
-def _printable(text: str, limit: int) -> str:
+def printable(text: str, limit: int) -> str:
+    """The first ``limit`` characters of a server-given value, fit to quote in an error (printable
+    ASCII only: no control characters or look-alikes reach a log)."""
     return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
