@@ -417,26 +417,13 @@ def test_the_token_commands_take_an_account(two_accounts, monkeypatch, capsys):
     """``authorize`` / ``tokens`` / ``refresh --account south`` use south's TAPTOUCH_SOUTH_* and its
     grants only; without ``--account`` they stay the single-account commands."""
     from pipelines.cli import main
-    from tests.support.oauth_helpers import Browser
+    from tests.support.oauth_helpers import run_authorize_command
 
     monkeypatch.setenv("TAPTOUCH_ACCOUNTS", "north,south")
     db, south = two_accounts["db"], two_accounts["south"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "authorize", "--account", "south", "--merchant", "bakery",
-         "--port", "0", "--no-browser", "--timeout", "30", "--database-url", db],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        browser = Browser()
-        for line in proc.stdout:
-            browser(line)
-            if browser.threads:
-                break
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    browser.join()
-    assert proc.returncode == 0, err
+    done, _ = run_authorize_command(["--account", "south", "--merchant", "bakery", "--database-url", db], {})
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
     assert "Authorized merchant 'bakery'" in out and "8101, 8102" in out  # south's stores
     assert "south_merchant_tokens_keepalive" in out and "refresh --account south" in out
     assert south.grant_requests["authorization_code"] == 1

@@ -3,12 +3,8 @@ with a test client playing the merchant's browser, and the sandbox's side of it.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from datetime import date
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -22,9 +18,7 @@ from pipelines.warehouse.token_store import TokenStore
 from pipelines.authorize import AuthorizationFailed, merchant_auth, pkce_pair, s256
 from taptouch_sandbox import Sandbox, SandboxConfig
 
-from tests.support.oauth_helpers import CLIENT_ID, CLIENT_SECRET, Browser, authorize, make_store
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.oauth_helpers import CLIENT_ID, CLIENT_SECRET, Browser, authorize, make_store, run_authorize_command
 
 
 @pytest.fixture
@@ -69,23 +63,11 @@ def test_whole_flow_stores_the_grant_and_the_stores_asset_client_uses_it(sb, ser
 def test_authorize_command_end_to_end(sb, served, migrated_db, capsys, monkeypatch):
     """``taptouch-sync authorize`` in its own process: it prints the URL, the browser follows it, the
     command catches the redirect, exchanges the code and stores the grant; ``tokens`` lists it."""
-    env = {**os.environ, "TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET,
-           "TAPTOUCH_BASE_URL": served, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "authorize", "--merchant", "bakery", "--port", "0", "--no-browser",
-         "--timeout", "30", "--database-url", migrated_db],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        browser = Browser()
-        for line in proc.stdout:
-            browser(line)
-            if browser.threads:
-                break
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    browser.join()
-    assert proc.returncode == 0, err
+    done, browser = run_authorize_command(
+        ["--merchant", "bakery", "--database-url", migrated_db],
+        {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET, "TAPTOUCH_BASE_URL": served})
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
     assert "Authorized merchant 'bakery'" in out and "7101" in out
     assert browser.pages[-1].status_code == 200 and "Authorization received" in browser.pages[-1].text
 

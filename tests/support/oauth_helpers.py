@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Callable
 
 import httpx
@@ -63,3 +67,23 @@ def authorize(base_url: str, store: TokenStore, merchant: str = "cafe", browser:
 def sandbox_secrets(sb: Sandbox) -> set[str]:
     """Every access token, refresh token and authorization code the sandbox ever issued."""
     return set(sb._tokens) | set(sb._refresh_tokens) | set(sb._codes)
+
+
+def run_authorize_command(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Browser]:
+    """``taptouch-sync authorize ARGS`` in its own process (loopback callback on any port, no
+    browser, 30 s timeout), with a :class:`Browser` following the URL it prints as the merchant."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "authorize", *args, "--port", "0", "--no-browser", "--timeout", "30"],
+        cwd=Path(__file__).resolve().parents[2], env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    browser = Browser()
+    try:
+        for line in proc.stdout:
+            browser(line)
+            if browser.threads:
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    browser.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), browser
