@@ -307,17 +307,31 @@ def _warehouse_counts(conn) -> dict:
     return out
 
 
+def _load_windows(client, db: str, windows: list, **kwargs) -> tuple[int, dict]:
+    """Every window through ``sync_orders_windows`` as the ``orders`` asset loads a ranged run:
+    (orders fetched, load counts). A store failure fails the bench."""
+    import psycopg
+    from pipelines.sync import sync_orders_windows
+    orders, totals = 0, {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
+    for key, result in sync_orders_windows(client, lambda: psycopg.connect(db, autocommit=True), windows,
+                                           progress=lambda msg: None, **kwargs):
+        if result.failures:
+            raise RuntimeError(f"window {key}: {result.failures}")
+        orders += result.records
+        for k in totals:
+            totals[k] += getattr(result.counts, k)
+    return orders, totals
+
+
 def child_ours(spec: dict) -> dict:
     import psycopg
-    from pipelines.sync import WINDOWS_IN_FLIGHT, sync_orders_windows, sync_stores
+    from pipelines.sync import WINDOWS_IN_FLIGHT, sync_stores
     profiler = None
     if spec.get("profile"):
         from pyinstrument import Profiler
         profiler = Profiler(interval=0.002)
         profiler.start()
     client = _client(spec["url"])
-    windows = utc_windows(spec["days"])
-    totals = {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
     lookback = None
     if spec.get("incremental"):
         from pipelines import settings
@@ -327,16 +341,8 @@ def child_ours(spec: dict) -> dict:
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
-        orders = 0
-        for key, result in sync_orders_windows(client, lambda: psycopg.connect(spec["db"], autocommit=True), windows,
-                                               in_flight=in_flight, max_workers=spec["workers"],
-                                               batch_size=spec["batch_size"], progress=lambda msg: None,
-                                               lookback=lookback):
-            if result.failures:
-                raise RuntimeError(f"window {key}: {result.failures}")
-            orders += result.records
-            for k in totals:
-                totals[k] += getattr(result.counts, k)
+        orders, totals = _load_windows(client, spec["db"], utc_windows(spec["days"]), in_flight=in_flight,
+                                       max_workers=spec["workers"], batch_size=spec["batch_size"], lookback=lookback)
         wall = time.perf_counter() - t0
         counts = _warehouse_counts(conn)
     if profiler:
@@ -348,19 +354,10 @@ def child_ours(spec: dict) -> dict:
 
 def _ours_run(args: tuple) -> dict:
     """One backfill run of ``ours-2runs``: its windows as the asset loads them, its own client."""
-    import psycopg
-    from pipelines.sync import sync_orders_windows
     url, db, windows, workers, batch_size = args
     client = _client(url)
-    orders, totals = 0, {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
     windows = [(datetime.fromisoformat(start), datetime.fromisoformat(end), key) for start, end, key in windows]
-    for key, result in sync_orders_windows(client, lambda: psycopg.connect(db, autocommit=True), windows,
-                                           max_workers=workers, batch_size=batch_size, progress=lambda msg: None):
-        if result.failures:
-            raise RuntimeError(f"window {key}: {result.failures}")
-        orders += result.records
-        for k in totals:
-            totals[k] += getattr(result.counts, k)
+    orders, totals = _load_windows(client, db, windows, max_workers=workers, batch_size=batch_size)
     return {"orders": orders, "load": totals, "requests": client.stats.snapshot()["requests"]}
 
 
