@@ -160,8 +160,7 @@ def _account_argument(parser: argparse.ArgumentParser) -> None:
 
 def _credentials(account_name: str | None) -> tuple[str, str, str]:
     """(client id, secret, base URL) of the single account, or of ``--account NAME``."""
-    import os
-
+    from pipelines import settings
     from pipelines.accounts import ACCOUNTS_ENV, configured
     from taptouch_resource import TaptouchConfigError, TaptouchResource
 
@@ -177,15 +176,10 @@ def _credentials(account_name: str | None) -> tuple[str, str, str]:
         raise TaptouchConfigError(f"--account {account_name!r} is not one of {ACCOUNTS_ENV} ({listed}). Add it there "
                                   f"(with TAPTOUCH_{account_name.upper()}_CLIENT_ID and _CLIENT_SECRET), or leave out "
                                   f"--account for the single-account TAPTOUCH_CLIENT_ID.")
-    found = {}
-    for setting in ("CLIENT_ID", "CLIENT_SECRET"):
-        found[setting] = os.environ.get(account.env(setting), "")
-        if not found[setting].strip():
-            raise TaptouchConfigError(f"{account.env(setting)} is not set: set it to the "
-                                      f"{setting.lower().replace('_', ' ')} of Taptouch account {account.name!r}.")
-    base_url = os.environ.get(account.env("BASE_URL"), "").strip() or None
-    return TaptouchResource(client_id=found["CLIENT_ID"], client_secret=found["CLIENT_SECRET"],
-                            base_url=base_url).resolved()
+    try:
+        return settings.account_resource(TaptouchResource(), account).resolved()
+    except settings.SettingError as err:
+        raise TaptouchConfigError(str(err)) from None
 
 
 def _taptouch_store(args: argparse.Namespace):

@@ -179,6 +179,8 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
     ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
     ``TAPTOUCH_REQUESTS_PER_SECOND``, as for the single account)."""
     named = account is not None and account.prefixed
+    if named:
+        taptouch = account_resource(taptouch, account)
     update = {
         "page_size": page_size(taptouch.page_size),
         "requests_per_second": requests_per_second(
@@ -186,21 +188,27 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
             **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})),
         "store_workers": store_workers(taptouch.store_workers),
     }
-    if named:
-        from taptouch_resource.resource import checked_base_url
-
-        variable = account.env("BASE_URL")
-        base_url = os.environ.get(variable, "").strip()
-        if taptouch.base_url is None and base_url:
-            update["base_url"] = checked_base_url(base_url, variable)
-        # Run config for the resource (launchpad) replaces the EnvVar-bound credentials: the fields
-        # it leaves out come from the account's own variables, never from TAPTOUCH_CLIENT_ID.
-        for field, setting in (("client_id", "CLIENT_ID"), ("client_secret", "CLIENT_SECRET")):
-            if getattr(taptouch, field) is None:
-                value = os.environ.get(account.env(setting), "").strip()  # a newline read from a file is no part of it
-                if not value:
-                    raise RunSettingError(
-                        f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
-                        f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
-                update[field] = value
     return taptouch.model_copy(update=update), batch_size(warehouse.batch_size)
+
+
+def account_resource(taptouch: "TaptouchResource", account: "Account") -> "TaptouchResource":
+    """``taptouch`` with the base URL and credentials it leaves unset taken from a named account's
+    ``TAPTOUCH_<NAME>_BASE_URL`` / ``_CLIENT_ID`` / ``_CLIENT_SECRET`` (for runs and for the CLI's
+    ``--account``). Run config for the resource (launchpad) replaces the EnvVar-bound credentials:
+    the fields it leaves out come from the account's own variables, never from TAPTOUCH_CLIENT_ID."""
+    from taptouch_resource.resource import checked_base_url
+
+    update = {}
+    variable = account.env("BASE_URL")
+    base_url = os.environ.get(variable, "").strip()
+    if taptouch.base_url is None and base_url:
+        update["base_url"] = checked_base_url(base_url, variable)
+    for field, setting in (("client_id", "CLIENT_ID"), ("client_secret", "CLIENT_SECRET")):
+        if getattr(taptouch, field) is None:
+            value = os.environ.get(account.env(setting), "").strip()  # a newline read from a file is no part of it
+            if not value:
+                raise RunSettingError(
+                    f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
+                    f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
+            update[field] = value
+    return taptouch.model_copy(update=update)
