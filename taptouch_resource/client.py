@@ -38,6 +38,7 @@ from .errors import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
 )
+from .listing import OrderListing, Page
 from .http import DEFAULT_DEADLINE, as_utf8, redirect_target, send_bounded, tls_verification_failed
 from .retry import (MIN_429_WAIT, RETRY_STATUSES, Backoff, ClientStats, RateLimiter, RequestLimiter, Retryable,
                     parse_retry_after, with_retries)
@@ -208,13 +209,23 @@ class TaptouchClient:
             yield _parse_page(page)
 
     def iter_order_record_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
-                                status: str | None = None) -> Iterator[list[bytes]]:
+                                status: str | None = None) -> OrderListing:
         """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
-        loader stages: no parsing into Python objects on the way)."""
-        params: dict[str, Any] = {api.PARAM_UPDATED_FROM: _iso(updated_from), api.PARAM_UPDATED_TO: _iso(updated_to)}
+        loader stages: no parsing into Python objects on the way).
+
+        The pages come from an :class:`~taptouch_resource.listing.OrderListing` (keyset pages checked
+        to be in order, else a verifying pass), which tells afterwards whether the listing is
+        ``complete``, when it ``started_at`` on the API's clock, and the ``newest`` instant read."""
+        params: dict[str, Any] = {api.PARAM_UPDATED_TO: _iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
-        return self._paginate(api.ORDERS_PATH.format(store_id=int(store_id)), params, f"store {store_id} orders")
+        path = api.ORDERS_PATH.format(store_id=int(store_id))
+        what = f"store {store_id} orders"
+        return OrderListing(
+            fetch=lambda p: self._listing_page(path, p, what),
+            offset_pages=lambda p: self._paginate(path, p, what),
+            params=params, updated_from=updated_from, updated_to=updated_to, page_size=self.page_size,
+            max_pages=self.max_pages, what=what)
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
         """Current stock levels of one store (``integration.inventory``)."""
@@ -292,6 +303,20 @@ class TaptouchClient:
             previous = page
             index += 1
         log.debug("%s: %d pages, %d records", what, index + 1, records)
+
+    def _listing_page(self, path: str, params: dict, what: str) -> Page:
+        """One page of a keyset listing, with the paginator's page checks (not longer than asked for;
+        a short page the server says is not the last is refused)."""
+        page, hints = self._get(path, params)
+        count, index = params[api.PARAM_COUNT], params[api.PARAM_INDEX]
+        if len(page) > count:
+            raise TaptouchProtocolError(
+                f"{what}: a page holds {len(page)} records, more than the {count} asked for; the listing cannot "
+                f"be trusted to be complete. Stopping without loading this store.")
+        if len(page) < count:
+            _check_last_page(hints, what, index, len(page))
+        self.stats.add(pages=1, records=len(page))
+        return Page(page, hints.get(_TIMESTAMP))
 
     # -- one request ---------------------------------------------------------------------------
     def _get(self, path: str, params: dict) -> tuple[list[bytes], dict[str, Any]]:
@@ -405,7 +430,7 @@ class TaptouchClient:
                 f"GET {path}: HTTP 200 but the envelope's '{api.ENVELOPE_DATA}' is {shown}; expected a list of "
                 f"records. Nothing is loaded from an incomplete listing (the store is reported as failed)."
             )
-        return 200, records, _hints(status, extras)
+        return 200, records, {**_hints(status, extras), _TIMESTAMP: status.get(api.ENVELOPE_TIMESTAMP)}
 
     def _api_error(self, response: httpx.Response, path: str, *, ack: int | None = None) -> TaptouchAPIError:
         """The error an answer describes; ``ack``: the envelope's error ack inside an HTTP 200 (the
@@ -438,6 +463,8 @@ class TaptouchClient:
             secrets.append(token.access_token)
         return redact_values(text, secrets)
 
+
+_TIMESTAMP = "status.timestamp"  # the envelope's clock, carried with a page's hints
 
 # Top-level envelope keys that may say more records follow (not in the contract; a server that
 # sends them and contradicts a short last page is not trusted: see _check_last_page).

@@ -55,7 +55,8 @@ def test_every_record_arrives_exactly_despite_every_fault():
 
     # every fault really happened
     assert stats["rate_limited"] > 0 and stats["server_errors"] > 0 and stats["network_errors"] > 0
-    assert stats["unauthorized"] > 0 and stats["token_requests"] > 2 and copies > len(got)
+    assert stats["unauthorized"] > 0 and stats["token_requests"] > 2
+    assert copies == len(got)  # a record repeated across pages is yielded once by the keyset listing
     assert err.value.status == 403 and err.value.code == "store_forbidden"
 
     # each record, de-duplicated by id, is exactly what the sandbox holds (plus the unknown fields it added)

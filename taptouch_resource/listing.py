@@ -1,0 +1,283 @@
+"""An order listing that knows whether it is complete: keyset pages, checked, with a verifying pass.
+
+Reading a listing by page number while data changes under it skips records: an order on page 0
+edited before page 1 is read moves behind the reader, every later record shifts one place forward,
+and the record at the page boundary is never served. So :class:`OrderListing` reads *keyset* pages:
+each page asks from the newest ``updated_at`` seen so far (inclusive, since ``updated_from`` is
+inclusive), always at ``index`` 0, and drops what it has already read (by id and version). An edit
+moves an order *forward* (past the cursor, where it is read again in its new version), and a
+deletion removes a record behind the cursor: neither shifts what is still ahead.
+
+That is correct only while the server returns each page in ``updated_at`` order within the range
+asked for, which the contract does not promise. Every page is checked; the first page that is not
+in order (or holds records outside the range) ends the keyset pass; the whole range is then read by
+page number, and once more as a *verifying pass*. The listing counts as complete only if the
+verifying pass found no record older than the listing's start that the earlier reads had missed
+(an older record found only then proves a skip, and page numbers may have skipped others too).
+
+Records at one instant that fill a whole page cannot move a keyset cursor: that instant alone
+(``[t, t + 1 us)``) is read by page number, twice (a record skipped in the first read because another
+one left that instant is found by the second), and the cursor moves on past it.
+
+After iteration a listing tells the sync what it may believe (see :class:`OrderListing`): whether it
+is ``complete``, the instant it ``started_at`` on the API's own clock (the first page's envelope
+``status.timestamp``, whole seconds, floored minus one second), and the ``newest`` instant read.
+A high-water mark is never moved by an incomplete listing, nor past ``started_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator
+
+import msgspec
+
+from . import api
+from .errors import TaptouchProtocolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One answer of a listing: its records (exact bytes) and the envelope's ``status.timestamp``."""
+
+    records: list[bytes]
+    timestamp: Any = None
+
+
+class _Key(msgspec.Struct):
+    id: Any = None
+    updated_at: Any = None
+
+
+_KEY_DECODER = msgspec.json.Decoder(_Key)
+_TICK = timedelta(microseconds=1)
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """An ISO 8601 instant with an offset, floored to the microsecond (Python's precision); None
+    when it is not one. Flooring keeps ``updated_from`` inclusive of the record it came from."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        at = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00").replace("z", "+00:00")))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    try:
+        return at.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return None
+
+
+def record_key(raw: bytes) -> tuple[Any, Any, datetime | None]:
+    """(id, the version as sent, its instant) of one record's bytes; Nones where unreadable."""
+    try:
+        k = _KEY_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return None, None, None
+    oid = k.id if isinstance(k.id, (int, str)) and not isinstance(k.id, bool) else None
+    version = k.updated_at if isinstance(k.updated_at, str) else None
+    return oid, version, parse_instant(version)
+
+
+def api_clock(timestamp: Any) -> datetime | None:
+    """The instant a listing started on the API's clock: ``status.timestamp`` (Unix seconds, whole)
+    floored, minus one second (a record stamped within that second may be newer than the answer)."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, str)):
+        return None
+    try:
+        seconds = float(timestamp)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or not 0 < seconds < 253402300799:
+        return None
+    return datetime.fromtimestamp(math.floor(seconds), timezone.utc) - timedelta(seconds=1)
+
+
+def iso(ts: datetime) -> str:
+    """ISO 8601 in UTC with an explicit offset (a naive datetime is taken as UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat()
+
+
+class OrderListing:
+    """Pages (lists of each record's exact bytes) of one store's orders with ``updated_at`` in
+    ``[updated_from, updated_to)``, read so that the listing knows whether it is complete.
+
+    Iterate it for the pages. Afterwards (or while iterating):
+
+    - ``complete``: True once exhausted, if every record that was in the range for the whole
+      listing was read (keyset pages, each checked to be in order, or a verifying pass that found
+      nothing the first pass missed). False while reading, and when a skip cannot be ruled out.
+    - ``started_at``: the API's clock when the listing started (floor of the first page's
+      ``status.timestamp`` minus 1 s); None when the server sent no usable timestamp.
+    - ``newest``: the newest ``updated_at`` read (microsecond floor); None if none was readable.
+    - ``verified``: True when the keyset pass had to be checked by a second pass.
+    - ``pages``, ``records``: answers read, records yielded (duplicates dropped).
+
+    ``fetch(params) -> Page`` performs one request (retries, envelope, page checks: the client's
+    job); ``offset_pages(params)`` is the client's page-number paginator with its loop guards.
+    """
+
+    def __init__(self, *, fetch: Callable[[dict], Page], offset_pages: Callable[[dict], Iterator[list[bytes]]],
+                 params: dict, updated_from: datetime, updated_to: datetime, page_size: int, max_pages: int,
+                 what: str, on_page: Callable[[int], None] | None = None):
+        self._fetch, self._offset_pages = fetch, offset_pages
+        self._params = params
+        self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
+        self._count, self._max_pages, self.what = page_size, max_pages, what
+        self._on_page = on_page
+        self.complete = False
+        self.started_at: datetime | None = None
+        self.newest: datetime | None = None
+        self.verified = False
+        self.pages = 0
+        self.records = 0
+        self._seen: set[tuple[Any, Any]] = set()  # (id, version as sent) of every record yielded
+        self._seen_ids: set[Any] = set()
+        self._missed = 0
+        self._blind = False  # stepped by page number past records whose instants could not be read
+        self._it = self._run()
+
+    def __iter__(self) -> "OrderListing":
+        return self
+
+    def __next__(self) -> list[bytes]:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+    # -- the two passes ------------------------------------------------------------------------
+    def _run(self) -> Iterator[list[bytes]]:
+        in_order = yield from self._keyset()
+        if in_order:
+            self.complete = not self._blind
+            return
+        self.verified = True
+        log.warning("%s: the API's pages were not in updated_at order; reading the range by page number, then "
+                    "once more to verify it", self.what)
+        yield from self._by_page_number(verifying=False)
+        missed = yield from self._by_page_number(verifying=True)
+        self.complete = missed == 0
+        if missed:
+            log.warning("%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
+                        "still be incomplete, so no high-water mark moves from it", self.what, missed)
+
+    def _keyset(self) -> Iterator[list[bytes]]:
+        """Keyset pages; returns False at the first page that is out of order (the rest is then
+        left to the page-number passes)."""
+        cursor, index = self.updated_from, 0
+        previous: list[bytes] | None = None
+        while True:
+            self._bound()
+            page = self._fetch({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
+                                api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
+            self._started(page)
+            if index and page.records == previous:
+                raise TaptouchProtocolError(
+                    f"{self.what}: page {index} is identical to page {index - 1}; the server seems to ignore the "
+                    f"'{api.PARAM_INDEX}' parameter. Stopping instead of looping forever.")
+            fresh, instants, in_order = self._take(page.records, cursor)
+            if fresh:
+                yield fresh
+            if not in_order:
+                return False
+            if len(page.records) < self._count:
+                return True
+            last = max(instants, default=None)
+            if last is not None and last > cursor:
+                cursor, index, previous = last, 0, None
+            elif last is not None:  # a whole page at the cursor's instant: read that instant alone
+                yield from self._one_instant(cursor)
+                cursor, index, previous = cursor + _TICK, 0, None
+            else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
+                index, previous, self._blind = index + 1, page.records, True
+
+    def _one_instant(self, instant: datetime) -> Iterator[list[bytes]]:
+        """Every record at ``instant`` (more than a page of them): [instant, instant + 1 us) by page
+        number, twice, so that a record at that instant skipped because another one moved away
+        during the first read is found by the second."""
+        params = {**self._params, api.PARAM_UPDATED_FROM: iso(instant), api.PARAM_UPDATED_TO: iso(instant + _TICK)}
+        for _ in range(2):
+            for records in self._offset_pages(params):
+                self._bound()
+                self._started(Page(records))
+                fresh, _, _ = self._take(records, None)
+                if fresh:
+                    yield fresh
+
+    def _bound(self) -> None:
+        if self.pages >= self._max_pages:
+            raise TaptouchProtocolError(f"{self.what}: more than {self._max_pages} pages; stopping (raise "
+                                        f"max_pages if this is real).")
+
+    def _by_page_number(self, *, verifying: bool) -> Iterator[list[bytes]]:
+        """The whole range by page number (the client's loop guards apply). ``verifying``: returns
+        how many records older than the listing's start this pass found that no earlier pass read."""
+        params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
+        self._missed = 0
+        for records in self._offset_pages(params):
+            self._started(Page(records))
+            fresh, _, _ = self._take(records, None, verifying=verifying)
+            if fresh:
+                yield fresh
+        return self._missed
+
+    # -- one page --------------------------------------------------------------------------------
+    def _started(self, page: Page) -> None:
+        self.pages += 1
+        if self.pages == 1:
+            self.started_at = api_clock(page.timestamp)
+        if self._on_page is not None:
+            self._on_page(self.pages)
+
+    def _take(self, records: list[bytes], cursor: datetime | None,
+              verifying: bool = False) -> tuple[list[bytes], list[datetime], bool]:
+        """(records not read before, the readable instants of the page, whether the page is in
+        order within [cursor, updated_to)). ``verifying``: count the records older than the
+        listing's start whose id the first pass never read (``_missed``)."""
+        fresh: list[bytes] = []
+        instants: list[datetime] = []
+        in_order = True
+        previous: datetime | None = None
+        for raw in records:
+            oid, version, at = record_key(raw)
+            if at is not None:
+                if (previous is not None and at < previous) or (cursor is not None and at < cursor) \
+                        or at >= self.updated_to:
+                    in_order = False
+                previous = at
+                instants.append(at)
+                if at < self.updated_to and (self.newest is None or at > self.newest):
+                    self.newest = at
+            if oid is not None:
+                key = (oid, version)
+                if key in self._seen:
+                    continue
+                if verifying and oid not in self._seen_ids and (
+                        at is None or self.started_at is None or at < self.started_at):
+                    self._missed += 1
+                self._seen.add(key)
+                self._seen_ids.add(oid)
+            fresh.append(raw)
+        self.records += len(fresh)
+        return fresh, instants, in_order
+
+
+def _utc(ts: datetime | str) -> datetime:
+    if isinstance(ts, str):  # the client's methods also accept an ISO string
+        parsed = parse_instant(ts)
+        if parsed is None:
+            raise ValueError(f"not an ISO 8601 instant with an offset: {ts!r}")
+        return parsed
+    return (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts).astimezone(timezone.utc)

@@ -1,0 +1,172 @@
+"""Order listings that know whether they are complete (taptouch_resource.listing), against an API
+whose data moves while it is being read: edits and deletions between pages, unsorted pages, many
+records at one instant, a server clock in the envelope."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from taptouch_resource import TaptouchClient
+from taptouch_resource.listing import api_clock, parse_instant
+
+T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+T1 = T0 + timedelta(days=1)
+NOW = int((T1 + timedelta(hours=1)).timestamp())  # the fake API's clock (status.timestamp)
+
+
+def at(seconds: int) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat()
+
+
+class MovingAPI:
+    """A store's order listing over mutable data: [updated_from, updated_to) by updated_at, sorted by
+    (updated_at, id) unless ``unsorted``; ``after_page(n)`` runs after the n-th orders page is served."""
+
+    def __init__(self, orders: dict[int, int], *, unsorted: bool = False):
+        self.orders = dict(orders)  # id -> seconds after T0
+        self.unsorted = unsorted
+        self.after_page = lambda n: None
+        self.pages = 0
+        self.timestamp: object = NOW
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
+        q = {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()}
+        lo, hi = parse_instant(q["updated_from"]), parse_instant(q["updated_to"])
+        rows = sorted((T0 + timedelta(seconds=s), oid) for oid, s in self.orders.items())
+        rows = [(u, oid) for u, oid in rows if lo <= u < hi]
+        if self.unsorted:
+            rows.sort(key=lambda r: (r[1] * 7919) % 1009)
+        index, count = int(q.get("index", 0)), int(q["count"])
+        page = rows[index * count:(index + 1) * count]
+        body = {"status": {"timestamp": self.timestamp, "ack": 200, "errors": None},
+                "data": [{"id": oid, "updated_at": u.isoformat()} for u, oid in page]}
+        self.pages += 1
+        response = httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        self.after_page(self.pages)
+        return response
+
+
+def client_for(fake: MovingAPI, page_size: int = 5) -> TaptouchClient:
+    return TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
+                          transport=httpx.MockTransport(fake), page_size=page_size, requests_per_second=None,
+                          sleep=lambda s: None)
+
+
+def read(fake: MovingAPI, page_size: int = 5):
+    listing = client_for(fake, page_size).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    ids = [json.loads(r)["id"] for page in listing for r in page]
+    return listing, ids
+
+
+def test_an_edit_between_pages_skips_nothing():
+    # ids 1..12 one second apart; right after page 1 (ids 1-5) order 2 is edited (moves to the end).
+    # Reading by page number, page 2 would start at id 7: id 6 slid onto page 1 and was never read.
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    fake.after_page = lambda n: fake.orders.update({2: 100}) if n == 1 else None
+    listing, ids = read(fake)
+    assert set(ids) == set(range(1, 13))
+    assert ids.count(2) == 2  # both versions are read; the loader keeps the newest
+    assert listing.complete and not listing.verified
+
+
+def test_a_deletion_between_pages_skips_nothing():
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    fake.after_page = lambda n: fake.orders.pop(3) if n == 1 else None
+    listing, ids = read(fake)
+    assert set(ids) == set(range(1, 13))  # 3 was read before it went; 6 is not skipped
+    assert listing.complete
+
+
+def test_offset_paging_would_have_skipped():
+    """The hazard this guards against, shown on the fake itself: page-number reads lose id 6."""
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    fake.after_page = lambda n: fake.orders.update({2: 100}) if n == 1 else None
+    client = client_for(fake)
+    pages = client._paginate("/integration/v1/stores/7101/orders",
+                             {"updated_from": T0.isoformat(), "updated_to": T1.isoformat()}, "orders")
+    ids = {json.loads(r)["id"] for page in pages for r in page}
+    assert 6 not in ids
+
+
+def test_many_records_at_one_instant_are_all_read():
+    fake = MovingAPI({i: 10 for i in range(1, 13)} | {20: 11, 21: 12})
+    listing, ids = read(fake)
+    assert sorted(set(ids)) == list(range(1, 13)) + [20, 21]
+    assert listing.complete
+
+
+def test_unsorted_pages_trigger_a_verifying_pass():
+    fake = MovingAPI({i: i for i in range(1, 23)}, unsorted=True)
+    listing, ids = read(fake)
+    assert set(ids) == set(range(1, 23))
+    assert listing.verified and listing.complete
+
+
+def test_unsorted_pages_with_a_skip_are_not_complete():
+    # unsorted pages, and while the range is read by page number an old order appears at the front
+    # (a late replica): that pass has already read the front, so only the verifying pass finds it,
+    # which proves the earlier reads skipped something: not complete
+    fake = MovingAPI({i: i for i in range(1, 23)}, unsorted=True)
+    assert (1009 * 7919) % 1009 == 0  # id 1009 sorts first on the unsorted server
+    fake.after_page = lambda n: fake.orders.update({1009: 0}) if n == 2 else None
+    listing, ids = read(fake)
+    assert 1009 in ids  # found, and loaded
+    assert listing.verified and not listing.complete
+
+
+def test_started_at_is_the_api_clock_floor_minus_one_second():
+    fake = MovingAPI({1: 1})
+    fake.timestamp = NOW + 0.9
+    listing, _ = read(fake)
+    assert listing.started_at == datetime.fromtimestamp(NOW - 1, timezone.utc)
+    assert listing.newest == T0 + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("value", [None, "soon", True, float("nan"), -5, 1e30, [1]])
+def test_a_missing_or_absurd_clock_gives_no_start(value):
+    assert api_clock(value) is None
+
+
+def test_nine_fractional_digits_floor_to_the_microsecond():
+    assert parse_instant("2026-11-27T12:31:05.123456789+11:00") == datetime(2026, 11, 27, 1, 31, 5, 123456,
+                                                                           tzinfo=timezone.utc)
+    assert parse_instant("2026-11-27T12:31:05Z") == datetime(2026, 11, 27, 12, 31, 5, tzinfo=timezone.utc)
+    assert parse_instant("2026-11-27T12:31:05") is None  # no offset: not an instant
+
+
+def test_random_edits_and_deletions_during_a_listing_lose_nothing():
+    """Every order that stays in the range for the whole listing is read, whatever moves around it."""
+    rng = random.Random(20)
+    for _ in range(200):
+        n = rng.randint(0, 40)
+        orders = {i: rng.randint(0, 30) for i in range(1, n + 1)}
+        fake = MovingAPI(orders)
+        untouched = set(orders)
+        next_id = [1000]
+
+        def chaos(_: int) -> None:
+            for _ in range(rng.randint(0, 3)):
+                kind = rng.random()
+                if kind < 0.4 and fake.orders:
+                    oid = rng.choice(sorted(fake.orders))
+                    fake.orders[oid] = max(fake.orders[oid], rng.randint(0, 60))  # edits move forward
+                    untouched.discard(oid)
+                elif kind < 0.7 and fake.orders:
+                    oid = rng.choice(sorted(fake.orders))
+                    del fake.orders[oid]
+                    untouched.discard(oid)
+                else:
+                    fake.orders[next_id[0]] = rng.randint(0, 60)
+                    next_id[0] += 1
+        fake.after_page = chaos
+        listing, ids = read(fake, page_size=rng.randint(3, 6))
+        assert untouched <= set(ids)
+        assert listing.complete
