@@ -1,36 +1,45 @@
-"""Alerts: a failed run, or a failed asset check, posts one message to a webhook.
+"""Alerts: a failed run, or a failed asset check, sends one message to a webhook, at least once.
 
 Set ``TAPTOUCH_ALERT_WEBHOOK_URL`` to a Slack incoming-webhook URL (or Mattermost, Rocket.Chat,
 Discord's ``/slack`` URL, a Teams incoming webhook, or any HTTP endpoint that takes a JSON POST);
-unset, both sensors skip every tick and nothing is sent. The body is Slack-compatible:
-``{"text": "...", "blocks": [...]}`` (``text`` alone is enough for the others). It names the job,
-the account (a named account's assets, ``TAPTOUCH_ACCOUNTS``), asset(s), partition, run id, an
-error summary and a link to the run in the Dagster UI (``TAPTOUCH_UI_URL``, default
-``http://127.0.0.1:3000``), and never a secret: every URL loses its
-user-info and query, and anything that looks like a credential (``secret=…``, ``password=…``,
-``Bearer …``, the values of the secret settings) is replaced by ``***``.
+unset, every alert sensor skips every tick and nothing is sent or queued. The body is
+Slack-compatible: ``{"text": "...", "blocks": [...], "idempotency_key": "..."}`` (``text`` alone
+is enough for the others). It names the job, the account (a named account's assets,
+``TAPTOUCH_ACCOUNTS``), asset(s), partition, run id, an error summary and a link to the run in the
+Dagster UI (``TAPTOUCH_UI_URL``, default ``http://127.0.0.1:3000``), and never a secret
+(:func:`redact`): every URL loses its user info (all of it, up to its last ``@``), query and
+fragment, and anything that looks like a credential (``secret=…``, ``password=…``, ``Bearer …``,
+JWTs, long random tokens, the values of the secret settings and every piece of a database URL's
+password) is replaced by ``***``. Run ids and partition keys are shown as they are.
 
-Sensors (both on by default, read by the Dagster daemon):
+Sensors (all on by default, read by the Dagster daemon):
 
 * ``taptouch_run_failure_alert``: every run of the instance that fails, once.
 * ``taptouch_check_failure_alert``: every failed asset check evaluation at or above
   ``TAPTOUCH_ALERT_MIN_SEVERITY`` (``WARN``, the default, or ``ERROR``) in a run that succeeded,
   once (a check that fails its run, e.g. a blocking ERROR check, is in the run's own alert).
+* ``taptouch_alert_outbox``: sends what the two others queued.
 
-``TAPTOUCH_ALERT_SENSOR_INTERVAL`` (seconds, default 30, read when the definitions load) is how
-often they look. A webhook that cannot be reached fails the tick (the daemon shows it) and the
-alert is tried again at the next tick.
+Dagster moves a run-status sensor's cursor past a run even when the tick raises, so the first two
+never POST: they write each alert to the warehouse's ``taptouch.alert_outbox``
+(:mod:`pipelines.alert_outbox`, keyed by an idempotency key, so a re-run of a tick adds no second
+row), and the third POSTs the due rows, retrying with backoff across ticks until the webhook takes
+them. When the warehouse cannot take an alert, it is POSTed directly, once, and the tick logs
+that. ``TAPTOUCH_ALERT_SENSOR_INTERVAL`` (seconds, default 30, read when the definitions load) is
+how often they look.
 """
 
-import json
 import logging
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
-import httpx
+import psycopg
+
+from . import alert_outbox as outbox
+from .warehouse.db import EmbeddedServerError, WarehouseConfigError, connect
+from .warehouse.resource import PostgresResource
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,6 @@ UI_URL_ENV = "TAPTOUCH_UI_URL"
 INTERVAL_ENV = "TAPTOUCH_ALERT_SENSOR_INTERVAL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 ERROR_CHARS = 600
-TIMEOUT = 10.0
 
 # Environment variables whose values never appear in an alert, whatever the text around them.
 SECRET_ENVS = ("TAPTOUCH_CLIENT_SECRET", "TAPTOUCH_TOKEN_KEY", "TAPTOUCH_DATABASE_URL", "DAGSTER_PG_URL",
@@ -85,40 +93,112 @@ def sensor_interval() -> int:
 # ------------------------------------------------------------------------------------ redaction
 
 _REDACTED = "***"
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>|`]+")
+# A URL runs to the next whitespace, quote or bracket: everything RFC 3986 allows in a user info
+# (the sub-delims ! $ & ' ( ) * + , ; =, percent escapes) and what it does not but libpq takes (#, ?,
+# / and @ in a password) stays inside it, so no part of a password is left outside the URL.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b((?:client_)?secret|password|passwd|pwd|token|access_token|refresh_token|api_key|apikey|"
     r"authorization|code_verifier|key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _LONG_TOKEN = re.compile(r"\b(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}\b")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+_AUTHORITY_END = re.compile(r"[/?#]")
+MAX_REDACT_CHARS = 20_000  # longer texts are cut before redaction (far past what an alert shows)
+# Secret settings that hold a URL: the password of each, in every reading (libpq's and a person's;
+# pieces split at @ / ? #; percent-decoded), is hidden on its own too, wherever it appears.
+URL_SECRET_ENVS = ("TAPTOUCH_DATABASE_URL", "DAGSTER_PG_URL", "TAPTOUCH_TEST_DATABASE_URL")
 
 
-def _redact_url(match: re.Match) -> str:
-    url = match.group(0)
+def _host_port(host: str) -> str:
+    """One ``host[:port]`` of an authority: a port that is not a number is hidden (it may be the
+    start of a password whose ``@`` is missing: ``https://help.taptouch.net:docs/``)."""
+    if host.startswith("["):  # IPv6 literal
+        end = host.find("]")
+        if end < 0:
+            return _REDACTED
+        name, port = host[:end + 1], host[end + 1:]
+        if port and not port.startswith(":"):
+            return name + _REDACTED
+        port = port[1:]
+    else:
+        name, _, port = host.partition(":")
+    if not port:
+        return name
+    return f"{name}:{port}" if port.isascii() and port.isdigit() else f"{name}:{_REDACTED}"
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without its user info (all of it up to the **last** ``@``: a password may hold
+    ``#``, ``?``, ``/`` or ``@``, which libpq reads as part of it), query or fragment; a
+    non-numeric port is hidden. Never raises: on any surprise the whole URL is hidden."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        scheme, _, rest = url.partition("://")
+        at = rest.rfind("@")
+        user_info = at >= 0
+        rest = rest[at + 1:]
+        end = _AUTHORITY_END.search(rest)
+        authority, tail = (rest[:end.start()], rest[end.start():]) if end else (rest, "")
+        hosts = ",".join(_host_port(host) for host in authority.split(","))  # libpq: h1:5432,h2:5433
+        path, mark, query = tail.partition("#")[0].partition("?")
+        return (f"{scheme}://" + (f"{_REDACTED}@" if user_info else "") + hosts + path
+                + (f"?{_REDACTED}" if mark and query else ""))
+    except Exception:  # noqa: BLE001 - redaction must never raise; hide everything instead
         return _REDACTED
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{_REDACTED}@{host}" if "@" in parts.netloc else host
-    query = _REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def redact(text: str) -> str:
-    """``text`` without anything that looks like a credential."""
+def _known_secrets() -> list[str]:
+    """The values of the secret settings, and each piece of a URL setting's password, longest first."""
+    from pipelines.warehouse.urls import secrets_of
+
+    found: set[str] = set()
     for env in secret_envs():
         value = os.environ.get(env, "").strip()
-        if len(value) >= 4:
-            text = text.replace(value, _REDACTED)
-    text = _URL.sub(_redact_url, text)
+        if value:
+            found.add(value)
+            if env in URL_SECRET_ENVS:
+                found.update(secrets_of(value))
+    return sorted(found, key=len, reverse=True)
+
+
+def _hide(text: str, secret: str) -> str:
+    if len(secret) >= 4:
+        return text.replace(secret, _REDACTED)
+    # a short one only as a whole word: "p" must not mask every p of the message
+    return re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", _REDACTED, text)
+
+
+def redact(text: str, keep: tuple[str | None, ...] = ()) -> str:
+    """``text`` without anything that looks like a credential. Never raises (on any surprise the
+    whole text is ``***``) and never keeps part of a secret: a URL loses all of its user info, up
+    to its last ``@``.
+
+    ``keep``: values known not to be secrets (a Dagster run id, a partition key) that the
+    heuristics would otherwise mask (a run id is a 36-character token with letters and digits,
+    like an API key): they are shown as they are, unless they hold a secret setting's value."""
+    try:
+        return _redact(str(text)[:MAX_REDACT_CHARS], keep)
+    except Exception:  # noqa: BLE001 - an alert must not be lost to its redaction
+        log.warning("redaction failed on a %d-character text: the whole text is hidden", len(str(text)))
+        return _REDACTED
+
+
+def _redact(text: str, keep: tuple[str | None, ...]) -> str:
+    for secret in _known_secrets():  # first: a kept value holding a secret is no longer found below
+        text = _hide(text, secret)
+    shielded = {}
+    for i, value in enumerate(v for v in keep if v):
+        if value in text:
+            token = f"\ue000{i}\ue001"  # private-use characters: no pattern below matches them
+            text = text.replace(value, token)
+            shielded[token] = value
+    text = _URL.sub(lambda m: _redact_url(m.group(0)), text)
     text = _JWT.sub(_REDACTED, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
     text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", text)
     text = _LONG_TOKEN.sub(_REDACTED, text)
+    for token, value in shielded.items():
+        text = text.replace(token, value)
     return text
 
 
@@ -130,10 +210,13 @@ def _short(text: str | None, limit: int = ERROR_CHARS) -> str:
 # ------------------------------------------------------------------------------------ messages
 
 
-def build_message(*, title: str, fields: dict[str, str], error: str | None, link: str) -> dict:
-    """A Slack-compatible body: ``text`` (what every webhook shows) plus ``blocks``."""
-    error = redact(_short(error)) if error else None
-    fields = {k: redact(str(v)) for k, v in fields.items() if v}
+def build_message(*, title: str, fields: dict[str, str], error: str | None, link: str,
+                  keep: tuple[str | None, ...] = ()) -> dict:
+    """A Slack-compatible body: ``text`` (what every webhook shows) plus ``blocks``. Every field,
+    the error and the link are redacted; ``keep`` (run id, partition) is shown as it is."""
+    error = _short(redact(error, keep)) if error else None
+    fields = {k: redact(str(v), keep) for k, v in fields.items() if v}
+    link = redact(link, keep)
     lines = [title] + [f"{k}: {v}" for k, v in fields.items()]
     if error:
         lines.append(f"error: {error}")
@@ -147,20 +230,6 @@ def build_message(*, title: str, fields: dict[str, str], error: str | None, link
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{error}```"}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open in Dagster>"}]})
     return {"text": text, "blocks": blocks}
-
-
-def post(message: dict, url: str | None = None) -> None:
-    """POST ``message`` as JSON; raises (with the URL redacted) when the webhook does not take it."""
-    url = url or webhook_url()
-    if not url:
-        return
-    try:
-        response = httpx.post(url, content=json.dumps(message), headers={"Content-Type": "application/json"},
-                              timeout=TIMEOUT)
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"alert webhook {redact(url)} unreachable: {type(exc).__name__}") from None
-    if response.status_code >= 300:
-        raise RuntimeError(f"alert webhook {redact(url)} answered HTTP {response.status_code}")
 
 
 def _partition(tags: dict[str, str]) -> str | None:
@@ -185,26 +254,74 @@ def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message
     if not assets:
         assets = sorted({step for step, _ in step_errors})
     error = "; ".join(f"{step}: {err}" for step, err in step_errors) or failure_message
+    partition = _partition(dict(run.tags))
     return build_message(
         title=f"taptouch-sync: run failed ({run.job_name})",
         fields={
             "account": account_of(keys),
             "asset": ", ".join(assets) or "-",
-            "partition": _partition(dict(run.tags)) or "-",
+            "partition": partition or "-",
             "run": run.run_id,
             "job": run.job_name,
         },
         error=error,
         link=f"{ui_url()}/runs/{run.run_id}",
+        keep=(run.run_id, partition),
     )
+
+
+def run_failure_alert(run, step_errors: list[tuple[str, str]], failure_message: str | None) -> outbox.Alert:
+    """:func:`run_failure_message` as an outbox alert, keyed ``run-failure:<run id>``."""
+    return outbox.Alert(key=outbox.alert_key("run-failure", run.run_id), kind="run_failure",
+                        body=run_failure_message(run, step_errors, failure_message))
+
+
+# ------------------------------------------------------------------------------------ delivery
+
+# What "the warehouse is unreachable" looks like: the alerts are then sent directly, once.
+_OUTBOX_UNAVAILABLE = (psycopg.Error, WarehouseConfigError, EmbeddedServerError, OSError)
+CONNECT_TIMEOUT = 3  # seconds to reach the warehouse from a sensor tick
+STATEMENT_TIMEOUT_MS = 5000
+
+
+def _outbox_connection(warehouse: PostgresResource) -> psycopg.Connection:
+    """An autocommit connection for the outbox, quick to give up: a sensor tick must stay short."""
+    return connect(warehouse.url(), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                   options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+
+
+def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, logger) -> None:
+    """Write ``alerts`` to the outbox (the delivery sensor sends them). When the warehouse cannot
+    take them (unreachable, not migrated), POST each directly, once (best effort), log that, and
+    raise if any of them was not taken: that alert is lost, and the tick shows it."""
+    if not alerts:
+        return
+    try:
+        with _outbox_connection(warehouse) as conn:
+            added = outbox.enqueue(conn, alerts)
+        logger.info(f"{added} alert(s) queued in taptouch.alert_outbox ({len(alerts) - added} already there)")
+        return
+    except _OUTBOX_UNAVAILABLE as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}")
+    logger.warning(f"the alert outbox (taptouch.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
+                   f"alert(s) directly, once, without retries")
+    lost = []
+    for alert in alerts:
+        try:
+            outbox.post(outbox.with_key(alert.body, alert.key), alert.key, url)
+        except outbox.DeliveryError as exc:
+            lost.append(f"{alert.key}: {exc}")
+    if lost:
+        raise RuntimeError(f"{len(lost)} alert(s) lost: the outbox is unavailable ({reason}) and the webhook did not "
+                           f"take them: {'; '.join(lost)}")
 
 
 @dg.run_failure_sensor(
     name="taptouch_run_failure_alert", monitor_all_code_locations=True,
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval(),
-    description=f"Posts one message per failed run to ${WEBHOOK_ENV} (off when unset).",
+    description=f"Queues one alert per failed run for ${WEBHOOK_ENV} (off when unset).",
 )
-def taptouch_run_failure_alert(context: dg.RunFailureSensorContext) -> None:
+def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: PostgresResource) -> None:
     url = webhook_url()
     if not url:
         return
@@ -214,8 +331,8 @@ def taptouch_run_failure_alert(context: dg.RunFailureSensorContext) -> None:
         err = getattr(data, "error", None)
         text = (err.message if err is not None else None) or event.message or ""
         step_errors.append((event.step_key or "?", text.strip()))
-    post(run_failure_message(context.dagster_run, step_errors, context.failure_event.message), url)
-    context.log.info(f"alert posted for failed run {context.dagster_run.run_id}")
+    alert = run_failure_alert(context.dagster_run, step_errors, context.failure_event.message)
+    submit([alert], url, warehouse, context.log)
 
 
 # ------------------------------------------------------------------------------------ failed checks
@@ -235,6 +352,7 @@ def check_failure_message(evaluation, run_id: str | None, partition: str | None)
                 "partition": partition or "-", "run": run_id or "-"},
         error=summary,
         link=f"{ui_url()}/runs/{run_id}" if run_id else f"{ui_url()}/assets/{'/'.join(evaluation.asset_key.path)}",
+        keep=(run_id, partition),
     )
 
 
@@ -246,37 +364,84 @@ def _severity_rank(severity: dg.AssetCheckSeverity) -> int:
     return 2 if severity == dg.AssetCheckSeverity.ERROR else 1
 
 
-def failed_check_alerts(instance, run_id: str, *, threshold: dg.AssetCheckSeverity) -> list[dict]:
-    """One alert per failed check evaluation of run ``run_id`` at or above ``threshold``."""
+def _check_partition(instance, run, entry, evaluation, materializations: dict) -> str | None:
+    """The partition a check evaluation is about. Dagster 1.13 leaves ``evaluation.partition`` and
+    the event's partition empty for a check run with its asset, so: those when set, else the
+    partition of the materialization the check targeted, else the run's partition (or range)."""
+    found = getattr(evaluation, "partition", None) or getattr(entry.dagster_event, "partition", None)
+    if found:
+        return found
+    target = getattr(evaluation, "target_materialization_data", None)
+    if target is not None and target.run_id == run.run_id:
+        if not materializations:
+            from dagster._core.events import DagsterEventType
+
+            for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+                materializations[record.storage_id] = record.event_log_entry.dagster_event.partition
+        if materializations.get(target.storage_id):
+            return materializations[target.storage_id]
+    return _partition(dict(run.tags))
+
+
+def failed_check_alerts(instance, run_id: str, *, threshold: dg.AssetCheckSeverity) -> list[outbox.Alert]:
+    """One alert per failed check evaluation of run ``run_id`` at or above ``threshold``, keyed
+    ``check-failure:<run id>:<asset>:<check>:<partition>``."""
     from dagster._core.events import DagsterEventType
 
+    run = instance.get_run_by_id(run_id)
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-    alerts = []
+    alerts, materializations = [], {}
     for record in records:
         entry = record.event_log_entry
         evaluation = entry.dagster_event.event_specific_data
         if evaluation.passed or _severity_rank(evaluation.severity) < _severity_rank(threshold):
             continue
-        partition = getattr(evaluation, "partition", None) or getattr(entry.dagster_event, "partition", None)
-        alerts.append(check_failure_message(evaluation, run_id, partition))
+        partition = _check_partition(instance, run, entry, evaluation, materializations)
+        key = outbox.alert_key("check-failure", run_id, evaluation.asset_key.to_user_string(), evaluation.check_name,
+                               partition)
+        alerts.append(outbox.Alert(key=key, kind="check_failure",
+                                   body=check_failure_message(evaluation, run_id, partition)))
     return alerts
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS, name="taptouch_check_failure_alert", monitor_all_code_locations=True,
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval(),
-    description=f"Posts one message per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
-                f"run that succeeded to ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
+    description=f"Queues one alert per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
+                f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
 )
-def taptouch_check_failure_alert(context: dg.RunStatusSensorContext) -> None:
+def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: PostgresResource) -> None:
     url = webhook_url()
     if not url:
         return
-    messages = failed_check_alerts(context.instance, context.dagster_run.run_id, threshold=min_severity())
-    for message in messages:
-        post(message, url)
-    if messages:
-        context.log.info(f"{len(messages)} check alert(s) posted for run {context.dagster_run.run_id}")
+    alerts = failed_check_alerts(context.instance, context.dagster_run.run_id, threshold=min_severity())
+    submit(alerts, url, warehouse, context.log)
 
 
-sensors = [taptouch_run_failure_alert, taptouch_check_failure_alert]
+# ------------------------------------------------------------------------------------ the outbox
+
+
+@dg.sensor(
+    name="taptouch_alert_outbox", default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=sensor_interval(),
+    description=f"POSTs the alerts queued in taptouch.alert_outbox to ${WEBHOOK_ENV}, retrying with backoff until "
+                f"they are taken (off when unset).",
+)
+def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: PostgresResource):
+    url = webhook_url()
+    if not url:
+        return dg.SkipReason(f"{WEBHOOK_ENV} is unset: alerts are off")
+    try:
+        with _outbox_connection(warehouse) as conn:
+            delivery = outbox.deliver_due(conn, url)
+    except _OUTBOX_UNAVAILABLE as exc:
+        raise RuntimeError(f"the alert outbox (taptouch.alert_outbox) is unavailable: "
+                           f"{redact(f'{type(exc).__name__}: {exc}')} (the queued alerts wait; a missing table: run "
+                           f"taptouch-sync migrate)") from None
+    if delivery.failed:
+        raise RuntimeError(f"alert delivery failed: {delivery.error}; sent {delivery.sent}, {delivery.pending} pending "
+                           f"(retried with backoff)")
+    return dg.SkipReason(f"sent {delivery.sent} alert(s), {delivery.pending} pending")
+
+
+sensors = [taptouch_run_failure_alert, taptouch_check_failure_alert, taptouch_alert_outbox]

@@ -39,7 +39,7 @@ import msgspec
 
 from taptouch_resource.api import InvalidRecord
 
-from . import marks, records
+from . import derived, marks, records
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,22 @@ def _ids(cols: Sequence[str]) -> sql.Composable:
 # stores
 
 
-def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None) -> LoadCounts:
-    """Upsert store records (newest ``updated_at`` wins, at full precision) in one transaction."""
+@dataclass
+class StoreLoadCounts(LoadCounts):
+    """:class:`LoadCounts` of a stores load, plus ``business_dates_rederived``: orders whose
+    ``business_date`` changed because their store's zone did (see :mod:`.derived`)."""
+
+    business_dates_rederived: int = 0
+
+
+def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None) -> StoreLoadCounts:
+    """Upsert store records (newest ``updated_at`` wins, at full precision) in one transaction.
+
+    A store accepted with another zone than the one the warehouse held (or not held before) has
+    the ``business_date`` of its orders re-derived in the same transaction, under the orders merge
+    lock (:func:`.derived.rederive_business_dates`), counted in ``business_dates_rederived``."""
     started = datetime.now(timezone.utc)
-    counts = LoadCounts()
+    counts = StoreLoadCounts()
     quarantine = _Quarantine("store", None, run_id)
     rows: dict[int, tuple] = {}
     seen = 0
@@ -206,6 +218,8 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
         _copy_or_quarantine(cur, "stage_stores", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
                             lambda r: (r[-1].encode("utf-8"), None))
         cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_STORES,))
+        cur.execute("create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
+                    " where store_id in (select store_id from stage_stores)")
         cur.execute(sql.SQL(
             "insert into taptouch.stores as t ({cols}) select {cols} from stage_stores order by store_id "
             "on conflict (store_id) do update set {sets}, loaded_at = now() "
@@ -218,6 +232,21 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
         counts.updated = len(flags) - counts.inserted
         cur.execute("select count(*) from stage_stores")
         counts.unchanged = cur.fetchone()[0] - len(flags)
+        # business dates follow the zone: stores accepted with a zone the warehouse did not hold
+        cur.execute("select s.store_id, b.timezone, s.timezone from taptouch.stores s join stage_stores g using (store_id)"
+                    " left join zones_before b using (store_id) where s.timezone is distinct from b.timezone"
+                    " order by s.store_id")
+        moved = cur.fetchall()
+        if moved:
+            cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))  # no orders merge between read and write
+            counts.business_dates_rederived = derived.rederive_business_dates(cur, [m[0] for m in moved])
+            for store_id, before, after in moved:
+                if before is not None:
+                    log.warning("store %s: time zone %s -> %s; business dates of its orders re-derived",
+                                store_id, before, after)
+            if counts.business_dates_rederived:
+                log.warning("stores: %d order business date(s) re-derived after a time zone change",
+                            counts.business_dates_rederived)
         quarantine.flush(cur)
         cur.execute(
             "update taptouch.quarantine q set resolved_at = now() from stage_stores s where q.entity = 'store'"
@@ -516,6 +545,8 @@ class OrderWindowLoad:
                 "order by s.order_id"
             ).format(t=sql.Identifier(table), s=sql.Identifier(stage), cols=_ids(cols_),
                      scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols_)))
+        # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
+        derived.follow_store_zones(cur, self.timezones, self.per_store, only="accepted")
         # 4. counts per store
         cur.execute(
             "select p.store_id, count(*), count(a.order_id) filter (where a.inserted),"

@@ -43,7 +43,7 @@ from taptouch_resource.api import InvalidRecord
 
 __all__ = [
     "InvalidRecord", "OrderRows", "as_bytes", "deep_reason", "parse_inventory", "parse_order", "parse_store",
-    "quarantine_forms", "record_key", "zone", "local_date",
+    "quarantine_forms", "record_key", "zone", "local_date", "business_date",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -585,14 +585,37 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+NO_DAY_START = timedelta(0)
+"""A business day that starts at local midnight (issue 22 will read a store's own start)."""
+
+
+def business_date(at: datetime, tz: str, day_start: timedelta = NO_DAY_START) -> date:
+    """THE business-date rule, the one place it is computed (orders' ``business_date``, inventory
+    snapshot dates, re-derivation after a store's zone changes, ``taptouch-sync rebuild``): the
+    local calendar date of the instant ``at`` in the store's IANA zone ``tz``, for a business day
+    that starts ``day_start`` after local midnight (a sale at 02:00 belongs to the day before when
+    the day starts at 04:00). ``day_start`` is wall-clock time, like the opening hours a merchant
+    sets: on a day whose clocks change, the day still starts at that local time.
+
+    Deliberately not computed in SQL: PostgreSQL reads some zone names as abbreviations with a
+    fixed offset (``at time zone 'CET'`` is +01:00 all summer) and may ship other tz data than
+    Python, so a second SQL copy of the rule would not be the same rule."""
+    local = at.astimezone(zone(tz))
+    if day_start:
+        local = local.replace(tzinfo=None) - day_start
+    return local.date()
+
+
 @lru_cache(maxsize=65536)
 def _business_date(created_at: str, tz: str) -> date:
-    return _instant(created_at).astimezone(zone(tz)).date()
+    """:func:`business_date` of an order's ``created_at`` text (cut to the microsecond as stored)."""
+    return business_date(_instant(created_at), tz)
 
 
 def local_date(ts: datetime, tz: str) -> date:
-    """The calendar date of an instant in an IANA time zone."""
-    return ts.astimezone(zone(tz)).date()
+    """The store-local business date of an instant (e.g. an inventory snapshot's date: it lines up
+    with the ``business_date`` of the sales beside it). The same rule: :func:`business_date`."""
+    return business_date(ts, tz)
 
 
 def _raw_object(raw: msgspec.Raw | None, where: str) -> str | None:
