@@ -12,8 +12,8 @@ return the clean truth: records exactly as served, parsed with ``parse_float=Dec
 malformed-record or extra-field faults applied. ``tests.support.truth`` (in the repository) computes the expected analytics.
 """
 
-from .app import MALFORMED_KINDS, Sandbox
+from .app import MALFORMED_KINDS, OrdersPage, Sandbox
 from .config import ALL_SCOPES, Faults, SandboxConfig, Stats
 from .group import SandboxGroup
 
-__all__ = ["ALL_SCOPES", "MALFORMED_KINDS", "Faults", "Sandbox", "SandboxConfig", "SandboxGroup", "Stats"]
+__all__ = ["ALL_SCOPES", "MALFORMED_KINDS", "Faults", "OrdersPage", "Sandbox", "SandboxConfig", "SandboxGroup", "Stats"]

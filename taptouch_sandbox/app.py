@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import hmac
 import math
+import random
 import re
 import secrets
 import threading
@@ -52,6 +53,25 @@ class Response:
     body: bytes
     stall: bool = False  # the timeout fault fired: HTTP sleeps, the mock transport raises ReadTimeout
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OrdersPage:
+    """One orders page as it reached the client (what :attr:`Sandbox.on_page` receives).
+
+    ``ids`` are the order ids served, in served order, after any fault shaped the page;
+    ``fault`` names that fault ("empty", "partial" or "unsorted"), None for a faithful page.
+    ``updated_from``/``updated_to`` are the request's bounds in epoch seconds (None if absent);
+    ``timestamp`` is the envelope's ``status.timestamp`` (the API's clock, skew included)."""
+
+    store_id: int
+    index: int
+    count: int
+    updated_from: int | None
+    updated_to: int | None
+    ids: tuple[int, ...]
+    timestamp: int
+    fault: str | None = None
 
 
 class _ApiError(Exception):
@@ -175,6 +195,11 @@ class Sandbox:
         self._codes: dict[str, _Code] = {}
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._grants: dict[int, MerchantGrant] = {}
+        # Called with an :class:`OrdersPage` after each orders page has been served with HTTP 200 (not
+        # for a page a timeout or ack fault replaced), under the sandbox's lock, on the serving thread:
+        # a test may edit, delete or restore orders there, "while the listing runs". What it raises
+        # reaches the client as a transport error would (in-process: out of the httpx call).
+        self.on_page: Callable[[OrdersPage], None] | None = None
 
     def __repr__(self) -> str:  # no secret in repr
         c = self.config
@@ -229,6 +254,10 @@ class Sandbox:
 
     def restore_order(self, order_id: int) -> None:
         self._data.restore_order(order_id)
+
+    def api_time(self) -> int:
+        """The API's clock, whole seconds (``status.timestamp``): ``clock()`` plus ``faults.clock_skew``."""
+        return math.floor(self.clock() + self.faults.clock_skew)
 
     def issue_token(self, scopes: Iterable[str] | None = None, lifetime: int | None = None) -> str:
         granted = frozenset(self.config.granted_scopes if scopes is None else scopes)
@@ -503,7 +532,7 @@ class Sandbox:
                     resp = self._route(method, path, query, headers)
                     if ack_mismatch and resp.status == 200:
                         resp = Response(200, [("Content-Type", "application/json")], dumps(
-                            {"status": {"timestamp": int(self.clock()), "ack": 500,
+                            {"status": {"timestamp": self.api_time(), "ack": 500,
                                         "errors": "Internal error while reading records; retry later."},
                              "data": None}).encode())
                 except _ApiError as exc:
@@ -512,10 +541,25 @@ class Sandbox:
             if revoke_after:
                 self._tokens.clear()
             resp.stall = stall
+            page = resp.extra.get("orders_page")
+            if page is not None and not stall and not ack_mismatch:
+                self._served(page)
             return resp
 
+    def _served(self, page: OrdersPage) -> None:
+        """After an orders page reached the client: the edit-during-listing fault, then ``on_page``."""
+        f = self.faults
+        if f.edits_during_listing > 0 and page.ids and len(page.ids) == page.count:
+            f.edits_during_listing -= 1
+            oid = page.ids[0]
+            previous = int(datetime.fromisoformat(self._data.order(oid)["updated_at"]).timestamp())
+            at = max(int(self.clock()), previous + 1)
+            self._data.edit_order(oid, {"updated_at": datetime.fromtimestamp(at, timezone.utc)})
+        if self.on_page is not None:
+            self.on_page(page)
+
     def _envelope_error(self, status: int, errors: Any, headers: list[tuple[str, str]] = ()) -> Response:
-        body = dumps({"status": {"timestamp": int(self.clock()), "ack": status, "errors": errors}, "data": None})
+        body = dumps({"status": {"timestamp": self.api_time(), "ack": status, "errors": errors}, "data": None})
         return Response(status, [("Content-Type", "application/json"), *headers], body.encode())
 
     def _route(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> Response:
@@ -556,16 +600,31 @@ class Sandbox:
             statuses = frozenset(STATUS_CODE[s] for s in names)
         ids = self._data.window_ids(store.id, f, t, statuses)
         start, stop = self._slice(index, count)
-        page_ids = ids[start:stop]
+        page_ids = list(ids[start:stop])
+        fault = None
+        faults = self.faults
+        if self._fires("empty_orders", faults.empty_orders_every):
+            page_ids, fault = [], "empty"
+        elif self._fires("partial_orders", faults.partial_orders_every) and page_ids:
+            page_ids, fault = page_ids[:len(page_ids) // 2], "partial"
+        if faults.unsorted_pages and len(page_ids) > 1:
+            shuffled = page_ids[:]
+            random.Random(zlib.crc32(repr((store.id, index, page_ids)).encode())).shuffle(shuffled)
+            if shuffled == page_ids:
+                shuffled.reverse()
+            page_ids, fault = shuffled, fault or "unsorted"
         texts = [self._data.order_text(oid) for oid in page_ids]
-        every = self.faults.malformed_every
+        every = faults.malformed_every
         if every > 0:
             for i, oid in enumerate(page_ids):
                 bad = malformed_kind(oid, every)
                 if bad:
                     texts[i] = dumps(_corrupt(loads(texts[i]), bad))
         self.stats.orders_served += len(texts)
-        return self._envelope(texts, "order")
+        timestamp = self.api_time()
+        resp = self._envelope(texts, "order", timestamp)
+        resp.extra["orders_page"] = OrdersPage(store.id, index, count, f, t, tuple(page_ids), timestamp, fault)
+        return resp
 
     def _authorize(self, headers: Mapping[str, str], scope: str) -> None:
         auth = headers.get("authorization") or ""
@@ -591,10 +650,11 @@ class Sandbox:
         start, stop = self._slice(index, count)
         return self._envelope(texts[start:stop], kind)
 
-    def _envelope(self, texts: list[str], kind: str) -> Response:
+    def _envelope(self, texts: list[str], kind: str, timestamp: int | None = None) -> Response:
         if self.faults.extra_fields:
             texts = [dumps(_add_extra_fields(loads(t), kind)) for t in texts]
-        head = '{"status":{"timestamp":%d,"ack":200,"errors":null},"data":[' % int(self.clock())
+        stamp = self.api_time() if timestamp is None else timestamp
+        head = '{"status":{"timestamp":%d,"ack":200,"errors":null},"data":[' % stamp
         body = (head + ",".join(texts) + "]}").encode()
         return Response(200, [("Content-Type", "application/json; charset=utf-8")], body)
 

@@ -69,6 +69,16 @@ class Faults:
     extra_fields: bool = False  # unknown fields (some nested) on every store, order, item and stock record
     forbidden_stores: set[int] = field(default_factory=set)  # 403 store_forbidden on orders/inventory
     ack_mismatch_every: int = 0  # every Nth API request: HTTP 200 carrying status.ack 500
+    # Eventually consistent listings (issue 20). The two "every N" knobs below count the orders
+    # requests that reach the data (not those a 429/5xx fault answered), each on its own.
+    empty_orders_every: int = 0  # every Nth orders request: HTTP 200 with "data": [] (looks like the end)
+    partial_orders_every: int = 0  # every Nth orders request: its page cut to half (short: looks like the end)
+    unsorted_pages: bool = False  # records of every orders page in a shuffled order (the contract promises none)
+    clock_skew: float = 0.0  # seconds added to the API's clock (status.timestamp) but not to record instants
+    # The next N orders pages served full (more may follow) each get their first record edited right
+    # after serving, as a merchant's edit while the listing runs: updated_at = max(clock, previous + 1 s).
+    # Counts down to 0. Read by page number, the record at that page's boundary is then never served.
+    edits_during_listing: int = 0
 
     def reset(self) -> None:
         """Switch every fault off again."""
