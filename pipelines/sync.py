@@ -70,6 +70,7 @@ class SyncResult:
     per_store: dict[int, dict[str, int]] = field(default_factory=dict)
     pages_skipped: int = 0  # pages not requested thanks to the high-water marks (estimated)
     incremental_stores: int = 0  # stores fetched from their mark instead of the window's start
+    incomplete: list[int] = field(default_factory=list)  # stores whose listing may have missed a record
 
     def merge(self, other: "SyncResult") -> None:
         self.counts += other.counts
@@ -80,6 +81,7 @@ class SyncResult:
         self.seconds += other.seconds
         self.pages_skipped += other.pages_skipped
         self.incremental_stores += other.incremental_stores
+        self.incomplete = sorted(set(self.incomplete) | set(other.incomplete))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -170,9 +172,14 @@ class PageFetched:
 
 @dataclass(frozen=True)
 class StoreDone:
+    """A store's listing ended. ``complete``: it is known to hold every order that was in range for
+    the whole listing; ``mark``: where the store's high-water mark may move (:func:`marks.mark_for`)."""
+
     store_id: int
     pages: int
     orders: int
+    complete: bool = True
+    mark: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -251,15 +258,15 @@ class _OrderFetchers:
     def _fetch(self, store_id: int) -> None:
         pages = orders = 0
         try:
-            pages_ = self.client.iter_order_record_pages(store_id, updated_from=self.starts[store_id],
-                                                         updated_to=self.end)
-            for page in pages_:
+            listing = self.client.iter_order_record_pages(store_id, updated_from=self.starts[store_id],
+                                                          updated_to=self.end)
+            for page in listing:
                 if self.stop.is_set():
                     return
                 pages += 1
                 orders += len(page)
                 self._put(PageFetched(store_id, page))
-            self._put(StoreDone(store_id, pages, orders))
+            self._put(StoreDone(store_id, pages, orders, complete=listing.complete, mark=marks.mark_for(listing)))
         except BaseException as exc:  # reported per store, never silently
             self._put(StoreFailed(store_id, exc))
 
@@ -270,6 +277,12 @@ def _record(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window
     if isinstance(event, PageFetched):
         load.add_page(event.store_id, event.records)
     elif isinstance(event, StoreDone):
+        load.store_listed(event.store_id, event.mark)
+        if not event.complete:
+            result.incomplete.append(event.store_id)
+            log.warning("orders %s: store %s: the listing may have missed a record that moved while it was read; "
+                        "what it read is loaded, and the store's high-water mark stays so the next run asks again",
+                        window, event.store_id)
         result.pages += event.pages
         result.records += event.orders
         result.stores_ok.append(event.store_id)
@@ -336,8 +349,9 @@ def sync_orders_window(
     """Load every store's orders with ``updated_at`` in [start, end) as one transaction.
 
     ``lookback`` set: incremental; each store is asked only from its high-water mark minus
-    ``lookback`` (:mod:`.warehouse.marks`). Unset: the whole window (a full refresh). Either way the
-    marks advance with the data.
+    ``lookback`` (:mod:`.warehouse.marks`). Unset: the whole window (a full refresh). Either way a
+    store's mark moves with the data, but only from a complete listing, and never past the instant
+    its listing started on the API's clock (``result.incomplete`` names the stores whose mark stayed).
 
     ``timezones`` (store id -> IANA zone, e.g. :attr:`StoreListing.timezones`) dates the orders;
     unset, they are read from ``taptouch.stores``. ``store_ids`` defaults to every store in it.
@@ -362,8 +376,8 @@ def sync_orders_window(
     workers = max(1, min(max_workers, len(store_ids)))
     starts = _fetch_starts(conn, client, window, store_ids, start, lookback, result, say)
     with _OrderFetchers(client, starts, end, workers) as fetchers, \
-            OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones,
-                            mark_span=(start, end, lookback is None), before_merge=before_merge, **kwargs) as load:
+            OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones, full=lookback is None,
+                            before_merge=before_merge, **kwargs) as load:
         for event in fetchers.events(store_ids, cancel):
             _record(event, load, result, window, say)
         _check(cancel)
@@ -481,7 +495,8 @@ def sync_inventory(
         try:
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
             snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
-            counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id)
+            counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id,
+                                    now=now)
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)

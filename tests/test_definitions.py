@@ -63,7 +63,7 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
     orders_def = repo.assets_defs_by_key[dg.AssetKey("orders")]
     assert orders_def.partitions_def is not None and orders_def.backfill_policy is not None
     assert {k.name for k in repo.asset_graph.asset_check_keys} == {
-        "no_quarantined_records", "order_arithmetic", "freshness_check", "schema_drift"}
+        "no_quarantined_records", "order_arithmetic", "no_future_dated_orders", "freshness_check", "schema_drift"}
 
 
 @pytest.mark.slow

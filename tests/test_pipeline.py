@@ -106,7 +106,7 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     assert md["token_requests"].value == 0  # the token of the first run is still valid, shared
     assert md["stores_ok"].value == 3 and md["stores_failed"].value == 0 and md["api_requests"].value >= 3
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"no_quarantined_records": True, "order_arithmetic": True}
+    assert checks == {"no_quarantined_records": True, "order_arithmetic": True, "no_future_dated_orders": True}
 
 
 def test_backfill_of_three_partitions_through_an_instance_then_rerun_changes_nothing(sandbox, migrated_db, tmp_path):

@@ -48,7 +48,8 @@ def test_parallel_pages_with_faults_load_everything_once(setup):
     expected = {o["id"]: o for s in sb.store_ids() for o in sb.orders_in_window(s, start, end)}
     got = dict(conn.execute("select order_id, total from taptouch.orders").fetchall())
     assert got == {k: o["total"] for k, o in expected.items()}
-    assert result.counts.duplicates > 0 and client.stats.rate_limited > 0 and client.stats.server_errors > 0
+    assert client.stats.rate_limited > 0 and client.stats.server_errors > 0
+    assert result.counts.duplicates == 0  # the listing yields each version once, whatever the pages repeat
     assert result.per_store[sb.store_ids()[0]]["pages"] >= 2
 
 
