@@ -338,16 +338,16 @@ class OrderWindowLoad:
 
     def __init__(self, conn: psycopg.Connection, *, window: str | None, run_id: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None,
-                 mark_span: tuple[datetime, datetime, bool] | None = None,
-                 before_merge: Callable[[], None] | None = None):
-        """``mark_span`` = (window start, window end, full refresh?): advance the high-water marks of
-        the stores loaded completely (see :mod:`.marks`), in the same transaction as the data.
+                 full: bool = False, before_merge: Callable[[], None] | None = None):
+        """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
+        of the stores passed to :meth:`store_listed` move in the same transaction as the data.
         ``before_merge``: called by :meth:`finish` once everything is staged, before the merge
         lock is taken (e.g. to wait, outside any statement, until the run's previous window has
         committed: windows loaded at once then commit in order); an exception from it rolls back."""
         self.conn = conn
         self.before_merge = before_merge
-        self.mark_span = mark_span
+        self.full = full
+        self._marks: dict[int, datetime | None] = {}  # store id -> where its mark may move (None: stays)
         self.window = window
         self.run_id = run_id
         self.batch_size = batch_size
@@ -486,6 +486,11 @@ class OrderWindowLoad:
             if parts:
                 _copy_parts(cur, table, ("seq",) + cols, parts)
 
+    def store_listed(self, store_id: int, mark: datetime | None) -> None:
+        """A store's listing ended: its high-water mark may move to ``mark`` (None: it stays) when
+        the window commits (:func:`.marks.mark_for` says how far a listing lets it move)."""
+        self._marks[store_id] = mark
+
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
         self._flush()
@@ -579,9 +584,9 @@ class OrderWindowLoad:
         # (one index probe per listed order: an OR of the two lists had the planner scan the whole table)
         cur.execute("update taptouch.orders o set deleted_at = null where o.deleted_at is not null and o.order_id in"
                     " (select order_id from pick union all select unnest(%s::bigint[]))", (list(self._skipped),))
-        if self.mark_span is not None:  # every store still in per_store was fetched completely
-            start, end, full = self.mark_span
-            marks.advance(cur, self.window, sorted(self.per_store), start, end, full=full)
+        if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
+            marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
+                                             if sid not in self._discarded}, full=self.full)
         self._finished = True
         self._tx.__exit__(None, None, None)
         return self.counts
