@@ -6,6 +6,16 @@ A request is retried on 429, 5xx and network errors with capped full-jitter back
 endpoint (:mod:`.auth`) and the API (:mod:`.client`): each attempt either returns its result or
 raises :class:`Retryable`; the engine waits and tries again until ``max_retries`` or the total
 wait budget is spent, then raises the attempt's own error.
+
+**Every wait is bounded and can be stopped.** All waits of the package (a retry back-off, a 429's
+``Retry-After``, the request-rate limiter, and the warehouse's shared budget in
+``pipelines.warehouse.budget``) go through one primitive, :func:`pause`. No single pause is longer
+than the larger of :data:`MAX_WAIT` (60 s) and the server's ``Retry-After``, itself capped at
+:data:`MAX_RETRY_AFTER` (15 minutes). A thread that runs inside ``with stop_on(event):`` has its
+pauses end at once when ``event`` is set: the pause raises :class:`Stopped`, so a fetch thread stops
+within milliseconds of its run being terminated instead of sleeping out its wait. Dagster's run
+termination raises in a step's main thread (whose waits the signal already interrupts); the code
+that owns worker threads sets their stop event while it unwinds.
 """
 
 from __future__ import annotations
@@ -14,9 +24,10 @@ import logging
 import random
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from email.utils import parsedate_to_datetime
-from typing import Callable, Protocol, TypeVar, runtime_checkable
+from typing import Callable, Iterator, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -24,11 +35,77 @@ log = logging.getLogger(__name__)
 # 429 with ``Retry-After: 0`` means "now", but a client that retries at once spins; wait this much.
 MIN_RETRY_AFTER = 0.25
 # A server asking for more than this is treated as "wait this long", so a bad header cannot park a run.
-MAX_RETRY_AFTER = 120.0
+MAX_RETRY_AFTER = 900.0
+# No wait that is not a server-imposed pause (a back-off, a queue for the request budget) is longer.
+MAX_WAIT = 60.0
 # 408 and the 52x of CDN proxies (origin unreachable or timing out) are as curable as a 503.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # A 429 without a usable Retry-After waits at least this long (the backoff's first steps are shorter).
 MIN_429_WAIT = 1.0
+
+
+class Stopped(Exception):
+    """A wait ended early because the calling thread's stop event was set (its run is stopping)."""
+
+
+_stops = threading.local()  # .events: the stop events of the calling thread, innermost last
+
+
+@contextmanager
+def stop_on(event: threading.Event) -> Iterator[threading.Event]:
+    """Within the block, every :func:`pause` of the calling thread (so every wait of a client or a
+    limiter it calls: budget, rate limit, retry back-off, 429) raises :class:`Stopped` as soon as
+    ``event`` is set, and at once if it already is. Nests; scoped to this thread (a thread started
+    inside the block needs its own ``stop_on``)."""
+    events = getattr(_stops, "events", None)
+    if events is None:
+        events = _stops.events = []
+    events.append(event)
+    try:
+        yield event
+    finally:
+        events.remove(event)
+
+
+def stop_events() -> tuple[threading.Event, ...]:
+    """The stop events that end the calling thread's waits (see :func:`stop_on`)."""
+    return tuple(getattr(_stops, "events", ()))
+
+
+def check_stop() -> None:
+    """Raise :class:`Stopped` if a stop event of the calling thread is set."""
+    if any(e.is_set() for e in stop_events()):
+        raise Stopped("the run is stopping; the wait was cut short")
+
+
+_POLL = 0.1  # with two or more stop events in scope, how often a pause looks at the outer ones
+
+
+def pause(seconds: float, sleep: Callable[[float], None] | None = None) -> None:
+    """The package's one way to wait: ``seconds`` (at most :data:`MAX_RETRY_AFTER`), ended early by
+    the calling thread's stop events (:func:`stop_on`), raising :class:`Stopped`.
+
+    ``sleep``: a test's injected clock, called with the seconds (then the stop events are looked at);
+    ``None`` or ``time.sleep`` is the real clock, where the wait is a wait on the stop event, so a set
+    event wakes it at once."""
+    check_stop()
+    seconds = min(max(float(seconds), 0.0), MAX_RETRY_AFTER) if seconds == seconds else 0.0
+    if sleep is not None and sleep is not time.sleep:
+        sleep(seconds)
+        check_stop()
+        return
+    if seconds <= 0:
+        return
+    events = stop_events()
+    if not events:
+        time.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if events[-1].wait(left if len(events) == 1 else min(left, _POLL)):
+            break
+        check_stop()
+    check_stop()
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
@@ -82,26 +159,30 @@ class Retryable(Exception):
 
 
 def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats: "ClientStats",
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget."""
+                 sleep: Callable[[float], None] | None = time.sleep) -> T:
+    """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget.
+    Each wait is a :func:`pause` (a server's ``Retry-After`` at most :data:`MAX_RETRY_AFTER`, a
+    back-off at most :data:`MAX_WAIT`), so a stopping thread's retry raises :class:`Stopped`."""
     tries = 0
     waited = 0.0
     while True:
+        check_stop()
         try:
             return attempt()
         except Retryable as retry:
             tries += 1
             wait = retry.wait
             if wait is None:
-                wait = backoff.delay(tries)
+                wait = min(backoff.delay(tries), MAX_WAIT)
                 if retry.rate_limited:
                     wait = max(wait, MIN_429_WAIT)
+            wait = min(max(wait, 0.0), MAX_RETRY_AFTER)
             if tries > backoff.max_retries or waited + wait > backoff.budget:
                 raise retry.failure from None
             waited += wait
             stats.add(retries=1)
             log.info("%s: %s; retry %d/%d in %.2fs", what, retry.reason, tries, backoff.max_retries, wait)
-            sleep(wait)
+            pause(wait, sleep)
 
 
 @runtime_checkable
@@ -127,39 +208,52 @@ class RateLimiter:
     """At most ``rate`` requests per second across every thread using it (a spaced schedule).
 
     Each caller reserves the next free slot under a lock, then sleeps outside it, so threads queue
-    fairly and the lock is never held while waiting. A 429 (:meth:`penalize`) pushes the next free
-    slot past the server's ``Retry-After``, so every thread of the process pauses, not only the one
-    that got it. ``rate`` None or <= 0: off (no waiting, and 429s are left to the retry engine).
-    ``waited_seconds`` is the total wait spent here.
+    fairly and the lock is never held while waiting. A 429 (:meth:`penalize`, at most
+    :data:`MAX_RETRY_AFTER`) pauses every thread of the process, not only the one that got it: while
+    it lasts nobody reserves a slot, each caller waits for its end and then queues as usual, so no
+    single wait is longer than the larger of the pause and :data:`MAX_WAIT`. Every wait is a
+    :func:`pause` (a stopping thread's wait raises :class:`Stopped`). ``rate`` None or <= 0: off (no
+    waiting, and 429s are left to the retry engine). ``waited_seconds`` is the total wait spent here.
     """
 
     def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] | None = time.sleep):
         self.interval = 0.0 if not rate or rate <= 0 else 1.0 / rate
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next = 0.0
+        self._blocked_until = 0.0
         self.waited_seconds = 0.0
 
     def acquire(self) -> float:
         if not self.interval:
             return 0.0
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-            wait = slot - now
-            self.waited_seconds += wait
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+        check_stop()
+        waited, now = 0.0, self._clock()
+        while True:
+            with self._lock:
+                now = max(self._clock(), now)  # (a test's clock may not move while it "sleeps")
+                blocked = min(self._blocked_until - now, MAX_RETRY_AFTER)
+                if blocked <= 0:  # not paused: reserve the next slot (a queue at most MAX_WAIT long)
+                    slot = min(max(now, self._next), now + MAX_WAIT)
+                    self._next = slot + self.interval
+                wait = blocked if blocked > 0 else slot - now
+                self.waited_seconds += wait
+            waited += wait
+            if wait > 0:
+                pause(wait, self._sleep)
+            if blocked <= 0:
+                return waited
+            now += blocked  # paused: wait for the pause's end holding no slot, then queue
 
     def penalize(self, seconds: float) -> None:
         if not self.interval or seconds <= 0:
             return
         with self._lock:
-            self._next = max(self._next, self._clock() + seconds)
+            until = self._clock() + min(seconds, MAX_RETRY_AFTER)
+            self._blocked_until = max(self._blocked_until, until)
+            self._next = max(self._next, until)
 
 
 @dataclass

@@ -280,7 +280,7 @@ def test_parse_retry_after_forms():
     assert parse_retry_after("5") == 5.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=lambda: 1445412470.0) == 10.0
     assert parse_retry_after("garbage") is None
-    assert parse_retry_after("100000") == 120.0  # capped at two minutes
+    assert parse_retry_after("100000") == 900.0  # capped at 15 minutes (MAX_RETRY_AFTER)
 
 
 def test_rate_limit_retries_used_up():

@@ -190,13 +190,13 @@ def test_retry_after_on_a_503_is_honoured():
     assert sleeps == [7.0]
 
 
-@pytest.mark.parametrize("header, wait", [("-5", 0.25), ("NaN", None), ("inf", 120.0), ("1e400", 120.0),
+@pytest.mark.parametrize("header, wait", [("-5", 0.25), ("NaN", None), ("inf", 900.0), ("1e400", 900.0),
                                           ("Mon, 01 Jan 1990 00:00:00 GMT", 0.25),
-                                          ("Fri, 31 Dec 9999 23:59:59 GMT", 120.0)])
+                                          ("Fri, 31 Dec 9999 23:59:59 GMT", 900.0)])
 def test_hostile_retry_after_values_are_bounded(header, wait):
     sleeps: list[float] = []
     server = Server([httpx.Response(429, headers={"Retry-After": header}), httpx.Response(200, json=envelope([]))])
-    assert list(client_for(server, sleep=sleeps.append).list_stores()) == []
+    assert list(client_for(server, sleep=sleeps.append, retry_budget=3600).list_stores()) == []
     assert len(sleeps) == 1 and (sleeps[0] == wait if wait is not None else 1.0 <= sleeps[0] <= 30.0)
 
 

@@ -27,10 +27,21 @@ order they asked. Consequences:
   ``rate x`` that delay more (at 20/s, one more per 50 ms of delay). ``last_slot`` is the grant.
 * Every time is the database server's ``clock_timestamp()``, and only differences travel back, so
   processes on different machines need no synchronised clocks.
-* A 429 (:meth:`SharedBudget.penalize`) sets ``blocked_until = now + Retry-After`` and pushes
-  ``next_at`` past it, so no process sharing the client id gets a slot before then; afterwards
-  requests resume spaced, without a burst. Requests that had already been given a slot before the
-  429 (at most one per waiting thread) still go.
+* A 429 (:meth:`SharedBudget.penalize`) sets ``blocked_until = now + Retry-After`` (at most
+  :data:`~taptouch_resource.retry.MAX_RETRY_AFTER`, 15 minutes) and pushes ``next_at`` past it, so
+  no process sharing the client id gets a slot before then. While it lasts, a request is given no
+  slot: it waits for the pause's end and asks again, so afterwards requests resume spaced, without
+  a burst. Requests that had already been given a slot before the 429 (at most one per waiting
+  thread) still go.
+
+**Every wait is bounded, and can be stopped.** No single wait is longer than the larger of
+:data:`~taptouch_resource.retry.MAX_WAIT` (60 s) and the pause of a 429. The row cannot hold
+anyone longer, whatever it says: a pause is at most 15 minutes from now; a next slot further than
+60 s ahead of now (no real queue is that long; a row edited by hand, or written by a clock that was
+ahead) is reset to now; and a row last updated more than :data:`CLOCK_STEP` ahead of the database's
+clock (the clock stepped back) has its slots and pause moved back by the step. Each heal logs a
+WARNING. Every wait is a :func:`taptouch_resource.retry.pause`, so a thread inside
+``stop_on(event)`` stops waiting (``Stopped``) as soon as its run sets ``event``.
 * Cost: one round trip per request. Measured against a local PostgreSQL 15 on 2 busy cores: 0.7 ms per
   :meth:`SharedBudget.acquire` against 100 ms between requests at 10 requests/s, so slots are not
   reserved in batches (a batch would hold slots a process may not use, and blur the budget).
@@ -66,7 +77,7 @@ import psycopg
 import psycopg.errors
 
 from pipelines.warehouse.db import libpq_url
-from taptouch_resource.retry import RateLimiter, RequestLimiter
+from taptouch_resource.retry import MAX_RETRY_AFTER, MAX_WAIT, RateLimiter, RequestLimiter, check_stop, pause
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +87,68 @@ RETRY_DATABASE_AFTER = 30.0
 """Seconds between attempts to reach the database again after it failed (meanwhile: in-process)."""
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 5000
+CLOCK_STEP = 2 * STATEMENT_TIMEOUT_MS / 1000
+"""A row last updated further ahead of the database clock than this (seconds) was written before the
+clock stepped back (a statement waits at most ``lock_timeout`` for the row, so an ordinary lead is
+shorter): its times are moved back by the step."""
 
-_ACQUIRE = """
+# Fragments of the two statements. In ``on conflict do update``, ``b`` is the row as it was and
+# ``excluded.updated_at`` this statement's one reading of the clock. A row whose ``updated_at`` lies
+# ahead of that reading by more than CLOCK_STEP was written before the database clock stepped back:
+# its times are shifted back by the step (``_SKEW``), so a step of an hour costs nobody an hour. (A
+# smaller lead is ordinary: a statement reads the clock before it waits for the row's lock, so the
+# row may have been updated a little after that reading; shifting then would bunch slots.)
+_NOW = "excluded.updated_at"
+_SKEW = (f"case when b.updated_at > {_NOW} + %(clock_step)s * interval '1 second' then b.updated_at - {_NOW} "
+         f"else interval '0' end")
+_OLD_NEXT = f"(b.next_at - {_SKEW})"
+_OLD_BLOCKED = f"(b.blocked_until - {_SKEW})"
+_SECONDS = "* interval '1 second'"
+_MAX_PAUSE = f"{_NOW} + %(max_pause)s {_SECONDS}"
+_PAUSED = f"coalesce({_OLD_BLOCKED}, '-infinity') > {_NOW}"
+
+_ACQUIRE = f"""
 with clock as materialized (select clock_timestamp() as now)
 insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at)
-select %(client_id)s, %(rate)s, %(burst)s, now + %(interval)s * interval '1 second', 1, now from clock
+select %(client_id)s, %(rate)s, %(burst)s, now + %(interval)s {_SECONDS}, 1, now from clock
 on conflict (client_id) do update set
-    next_at = greatest(b.next_at, excluded.updated_at) + %(interval)s * interval '1 second',
+    blocked_until = case when {_OLD_BLOCKED} > {_MAX_PAUSE} then {_MAX_PAUSE} else {_OLD_BLOCKED} end,
+    next_at = case when {_PAUSED} then {_OLD_NEXT}
+                   when {_OLD_NEXT} - %(tau)s {_SECONDS} > {_NOW} + %(max_wait)s {_SECONDS}
+                   then {_NOW} + %(interval)s {_SECONDS}
+                   else greatest({_OLD_NEXT}, {_NOW}) + %(interval)s {_SECONDS} end,
     rate = excluded.rate,
     burst = excluded.burst,
-    requests = b.requests + 1,
-    updated_at = excluded.updated_at
-returning extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) * interval '1 second', b.updated_at)
-                              - b.updated_at)::float8,
-          extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) * interval '1 second',
-                                      b.updated_at))::float8
+    requests = b.requests + case when {_PAUSED} then 0 else 1 end,
+    updated_at = {_NOW}
+returning coalesce(b.blocked_until > b.updated_at, false),
+          extract(epoch from case when b.blocked_until > b.updated_at then b.blocked_until
+                                  else greatest(b.next_at - (%(interval)s + %(tau)s) {_SECONDS}, b.updated_at) end
+                             - b.updated_at)::float8,
+          extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) {_SECONDS}, b.updated_at))::float8,
+          (select extract(epoch from o.updated_at - b.updated_at)::float8
+           from taptouch_meta.request_budget o where o.client_id = b.client_id),
+          (select extract(epoch from o.next_at - b.updated_at)::float8 - %(tau)s
+           from taptouch_meta.request_budget o where o.client_id = b.client_id)
 """
+"""One request: (paused, wait, slot, stepped_back, ahead). Paused (a 429's pause, at most
+``max_pause`` from now): no slot is given, ``wait`` is the pause's rest, and the caller asks again
+at its end. Otherwise the slot is ``wait`` from now, never more than ``max_wait``: a row whose next
+slot lies further ahead (a far-future value, however it got there) is reset to now. The last two
+(seconds the row's clock was ahead, seconds its next slot was ahead) are the row as this
+statement's snapshot saw it, for the WARNING only."""
 
-_PENALIZE = """
+_PENALIZE = f"""
+with clock as materialized (select clock_timestamp() as now)
 insert into taptouch_meta.request_budget as b
     (client_id, rate, burst, next_at, blocked_until, rate_limited, updated_at)
-values (%(client_id)s, %(rate)s, %(burst)s, clock_timestamp() + (%(seconds)s + %(tau)s) * interval '1 second',
-        clock_timestamp() + %(seconds)s * interval '1 second', 1, clock_timestamp())
+select %(client_id)s, %(rate)s, %(burst)s, now + (%(seconds)s + %(tau)s) {_SECONDS}, now + %(seconds)s {_SECONDS},
+       1, now from clock
 on conflict (client_id) do update set
-    blocked_until = greatest(b.blocked_until, clock_timestamp() + %(seconds)s * interval '1 second'),
-    next_at = greatest(b.next_at, clock_timestamp() + (%(seconds)s + %(tau)s) * interval '1 second'),
+    blocked_until = least(greatest(coalesce({_OLD_BLOCKED}, '-infinity'), excluded.blocked_until), {_MAX_PAUSE}),
+    next_at = greatest({_OLD_NEXT}, excluded.next_at),
     rate_limited = b.rate_limited + 1,
-    updated_at = clock_timestamp()
+    updated_at = {_NOW}
 """
 
 
@@ -165,22 +211,44 @@ class SharedBudget:
 
     # ------------------------------------------------------------------ RequestLimiter
     def acquire(self) -> float:
-        """Wait for this request's slot in the shared budget; return the seconds waited."""
-        row = self._run(_ACQUIRE, {})
-        if row is None:  # the database failed: this process limits itself
-            wait = self._fallback.acquire()
-        else:
-            wait, self.last_slot = max(0.0, float(row[0])), float(row[1])
-            if wait > 0:
-                self._sleep(wait)
-        with self._lock:
-            self.waited_seconds += wait
-        return wait
+        """Wait for this request's slot in the shared budget; return the seconds waited. During a
+        429's pause it waits for the pause's end (holding no slot) and asks again, so no single wait
+        is longer than the larger of :data:`~taptouch_resource.retry.MAX_WAIT` and the pause. Every
+        wait is a :func:`~taptouch_resource.retry.pause`: a stopping thread raises ``Stopped``."""
+        waited = 0.0
+        while True:
+            check_stop()
+            row = self._run(_ACQUIRE, {})
+            if row is None:  # the database failed: this process limits itself
+                wait = self._fallback.acquire()
+                paused = False
+            else:
+                paused, wait, slot, stepped_back, ahead = row
+                wait = min(max(0.0, float(wait)), MAX_RETRY_AFTER if paused else MAX_WAIT)
+                self._report_heal(stepped_back, ahead, paused)
+                if not paused:
+                    self.last_slot = float(slot)
+                with self._lock:
+                    self.waited_seconds += wait
+                pause(wait, self._sleep)
+            waited += wait
+            if not paused:
+                return waited
+
+    def _report_heal(self, stepped_back: float | None, ahead: float | None, paused: bool) -> None:
+        if stepped_back is not None and stepped_back > CLOCK_STEP:
+            log.warning("shared API budget for client %s: the database clock stepped back %.0fs since the budget "
+                        "was last used; its slots and pause were moved back with it", self.client_id, stepped_back)
+        elif not paused and ahead is not None and ahead > MAX_WAIT:
+            log.warning("shared API budget for client %s: the next slot was %.0fs ahead, more than the %.0fs any "
+                        "queue takes (the row was edited, or written by a clock that was ahead); reset to now",
+                        self.client_id, ahead, MAX_WAIT)
 
     def penalize(self, seconds: float) -> None:
         """A 429 asked for ``seconds`` of quiet: no process sharing the budget gets a slot before then."""
         if seconds <= 0:
             return
+        seconds = min(float(seconds), MAX_RETRY_AFTER)
         self._fallback.penalize(seconds)  # this process at least, even if the database fails
         self._run(_PENALIZE, {"seconds": float(seconds)}, fetch=False)
         log.info("Taptouch answered 429: every process using client %s waits %.2fs", self.client_id, seconds)
@@ -194,8 +262,9 @@ class SharedBudget:
     # ------------------------------------------------------------------ the database
     def _run(self, query: str, params: dict, *, fetch: bool = True) -> tuple | None:
         """Run one statement; None (after a WARNING) when the database fails or is still considered down."""
-        params = {"client_id": self.client_id, "rate": self.rate, "burst": self.burst,
-                  "interval": self._interval, "tau": self._tau, **params}
+        params = {"client_id": self.client_id, "rate": self.rate, "burst": self.burst, "interval": self._interval,
+                  "tau": self._tau, "max_wait": MAX_WAIT, "max_pause": MAX_RETRY_AFTER, "clock_step": CLOCK_STEP,
+                  **params}
         with self._lock:
             if time.monotonic() < self._down_until:
                 return None
