@@ -37,7 +37,7 @@ import psycopg
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
 from taptouch_resource.retry import RETRY_STATUSES
 
-from .warehouse import marks
+from .warehouse import marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores, store_timezones
 
@@ -121,31 +121,47 @@ def day_window(day: date | str) -> tuple[datetime, datetime]:
 
 def sync_stores(client: TaptouchClient, conn: psycopg.Connection, *, run_id: str | None = None) -> tuple[LoadCounts, list[dict]]:
     """Fetch every store the token may read and upsert them into ``taptouch.stores`` (the ``stores``
-    asset, the table's one writer). Returns counts and the raw records."""
+    asset, the table's one writer), except the stores another account owns
+    (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded."""
     records = list(client.list_stores())
+    ids = [r.get("id") for r in records if isinstance(r, dict)]
+    foreign = ownership.foreign_stores(conn, [i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
+    if foreign:
+        _warn_foreign(conn, foreign)
+        records = [r for r in records if not (isinstance(r, dict) and r.get("id") in foreign)]
     counts = load_stores(conn, records, run_id=run_id)
     log.info("stores: %d listed, %d inserted, %d updated, %d unchanged, %d quarantined",
              len(records), counts.inserted, counts.updated, counts.unchanged, counts.quarantined)
     return counts, records
 
 
+def _warn_foreign(conn: psycopg.Connection, foreign: dict[int, str]) -> None:
+    me = ownership.session_account(conn)
+    for sid, owner in sorted(foreign.items()):
+        log.warning("store %s skipped: account %r lists it, but account %r loaded it first and owns it "
+                    "(see docs/operating.md, 'Several accounts')", sid, me, owner)
+
+
 @dataclass(frozen=True)
 class StoreListing:
-    """The API's store listing, read only: each valid store's time zone, and the records that
-    break the loader's rules (record key -> reason), which cost only their own store."""
+    """The API's store listing, read only: each valid store's time zone, the records that break
+    the loader's rules (record key -> reason), which cost only their own store, and the stores
+    another account owns (store id -> that account), which this account skips."""
 
     timezones: dict[int, str]
     invalid: dict[str, str]
+    foreign: dict[int, str] = field(default_factory=dict)
 
     @property
     def store_ids(self) -> list[int]:
         return sorted(self.timezones)
 
 
-def list_stores(client: TaptouchClient) -> StoreListing:
-    """Which stores exist and their time zones, from the API (never from or into the warehouse).
+def list_stores(client: TaptouchClient, conn: psycopg.Connection | None = None) -> StoreListing:
+    """Which stores exist and their time zones, from the API (never written to the warehouse).
     Each record is checked with the rules the loader applies (the record boundary,
-    :func:`pipelines.warehouse.records.parse_store`)."""
+    :func:`pipelines.warehouse.records.parse_store`). With ``conn``, the stores another account
+    owns are left out (``foreign``), with a warning naming both accounts."""
     timezones: dict[int, str] = {}
     invalid: dict[str, str] = {}
     for raw in client.list_stores():
@@ -157,7 +173,11 @@ def list_stores(client: TaptouchClient) -> StoreListing:
         timezones[row["store_id"]] = row["timezone"]
     for key, reason in invalid.items():
         log.warning("store %s skipped: its store record is malformed (%s)", key, reason)
-    return StoreListing(timezones, invalid)
+    foreign = ownership.foreign_stores(conn, sorted(timezones)) if conn is not None else {}
+    if foreign:
+        _warn_foreign(conn, foreign)
+        timezones = {sid: tz for sid, tz in timezones.items() if sid not in foreign}
+    return StoreListing(timezones, invalid, foreign)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -88,10 +88,13 @@ class _Session:
 
     def store_listing(self, context: dg.AssetExecutionContext) -> StoreListing:
         """The API's store listing (read only): a malformed store record costs only its store."""
-        listing = list_stores(self.client)
+        listing = list_stores(self.client, self.conn)
         for key, reason in listing.invalid.items():
             context.log.warning(f"store {key} skipped: its store record is malformed ({reason}); "
                                 f"see taptouch.quarantine after the next stores run")
+        for sid, owner in sorted(listing.foreign.items()):
+            context.log.warning(f"store {sid} skipped: account {owner!r} loaded it first and owns it; this account "
+                                f"lists it too (see docs/operating.md, 'Several accounts')")
         return listing
 
 
@@ -207,7 +210,9 @@ def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
         "stores_ok": len(set(result.stores_ok) - set(failed)),
         "stores_failed": len(failed),
         "failed_store_ids": ", ".join(map(str, failed)) or "none",
-        "stores_skipped": len(listing.invalid),
+        "stores_skipped": len(listing.invalid) + len(listing.foreign),
+        "stores_of_other_accounts": ", ".join(f"{sid} ({owner})" for sid, owner in sorted(listing.foreign.items()))
+                                    or "none",
         "skipped_store_records": ", ".join(sorted(listing.invalid)) or "none",
     }
 

@@ -546,7 +546,9 @@ class OrderWindowLoad:
                 "delete from taptouch.{t} c using accepted a where c.order_id = a.order_id and not a.inserted"
             ).format(t=sql.Identifier(table)))
             cur.execute(sql.SQL(
-                "insert into taptouch.{t} ({cols}) select {scols} from {s} s join accepted a on a.seq = s.seq "
+                # the children carry their order's account, whichever account's run replaced them
+                "insert into taptouch.{t} ({cols}, account) select {scols}, o.account from {s} s"
+                " join accepted a on a.seq = s.seq join taptouch.orders o on o.order_id = s.order_id "
                 "order by s.order_id"
             ).format(t=sql.Identifier(table), s=sql.Identifier(stage), cols=_ids(cols_),
                      scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols_)))
