@@ -351,6 +351,7 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
                 checks = _order_checks(conn, keys, range_start, range_end, account)
         metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
                     "full_refresh": full, "incremental_stores": total.incremental_stores,
+                    "incomplete_stores": ", ".join(map(str, total.incomplete)) or "none",
                     "pages_skipped": total.pages_skipped, **session.api_metadata()}
         context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
         _fail_if_stores_failed(total, f"{account.key_string('orders')} {keys[0]}..{keys[-1]}", metadata)
