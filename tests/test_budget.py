@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from datetime import date, datetime, time as dtime, timedelta, timezone
 
+import httpx
+import psycopg
 import pytest
 
 from pipelines.warehouse.budget import DEFAULT_BURST, SharedBudget
 from taptouch_resource import TaptouchClient
 from taptouch_resource.errors import TaptouchRateLimitError
-from taptouch_resource.retry import RateLimiter, RequestLimiter
+from taptouch_resource.retry import (MAX_RETRY_AFTER, MAX_WAIT, RateLimiter, RequestLimiter, Stopped, pause,
+                                     stop_events, stop_on)
 from taptouch_sandbox import Sandbox, SandboxConfig
 
 CLIENT_ID, SECRET = "sandbox-client", "sandbox-secret"
@@ -185,3 +189,222 @@ def test_in_process_limiter_pauses_every_thread_after_a_429():
     limiter.penalize(3.0)
     assert limiter.acquire() == pytest.approx(3.0)
     assert limiter.waited_seconds == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 20 item 6: every wait is bounded, an absurd row heals itself, and a stopping run's waits end.
+
+def _row(db_url: str, client_id: str) -> dict:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        cur = conn.execute(
+            "select extract(epoch from next_at - clock_timestamp())::float8 as next_ahead, "
+            "extract(epoch from blocked_until - clock_timestamp())::float8 as blocked_ahead, requests "
+            "from taptouch_meta.request_budget where client_id = %s", (client_id,))
+        names = [c.name for c in cur.description]
+        return dict(zip(names, cur.fetchone()))
+
+
+def _set_row(db_url: str, client_id: str, assignments: str) -> None:
+    """Write the budget row as a broken process, a hand edit or a clock that was ahead would."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"update taptouch_meta.request_budget set {assignments} where client_id = %s", (client_id,))
+
+
+@pytest.mark.postgres
+def test_a_far_future_slot_in_the_row_heals_itself_instead_of_parking_every_process(migrated_db, caplog):
+    waits: list[float] = []
+    budget = SharedBudget(migrated_db, "far-future", 10, sleep=waits.append)
+    budget.acquire()  # the row exists
+    _set_row(migrated_db, "far-future", "next_at = clock_timestamp() + interval '10 days'")
+    other = SharedBudget(migrated_db, "far-future", 10, sleep=waits.append)  # another process
+    with caplog.at_level(logging.WARNING, logger="pipelines.warehouse.budget"):
+        first = other.acquire()
+        second = budget.acquire()
+    assert first <= 0.01 and second <= 0.2, waits  # not ten days, and not even MAX_WAIT
+    assert max(waits) <= MAX_WAIT
+    assert _row(migrated_db, "far-future")["next_ahead"] < 1.0  # the row is healed: slots near now again
+    assert "reset to now" in caplog.text and "far-future" in caplog.text
+    other.close(), budget.close()
+
+
+@pytest.mark.postgres
+def test_a_database_clock_stepping_back_an_hour_costs_nobody_an_hour(migrated_db, caplog):
+    """The row was written by the clock before it stepped back an hour: its next slot, its last
+    update and an ended 429 pause all lie an hour ahead of the clock now. The slots move back with
+    the clock: the next request goes at once, the one after it 1/rate later, as before the step."""
+    waits: list[float] = []
+    budget = SharedBudget(migrated_db, "stepped", 10, sleep=waits.append)
+    budget.acquire()
+    _set_row(migrated_db, "stepped", "updated_at = clock_timestamp() + interval '1 hour', "
+                                     "next_at = clock_timestamp() + interval '1 hour 0.1 second', "
+                                     "blocked_until = clock_timestamp() + interval '1 hour' - interval '10 seconds'")
+    with caplog.at_level(logging.WARNING, logger="pipelines.warehouse.budget"):
+        budget.acquire()
+        budget.acquire()
+    assert max(waits) <= 0.25, waits  # spaced 1/rate as before, not 3600 s
+    assert "stepped back" in caplog.text
+    row = _row(migrated_db, "stepped")
+    assert row["next_ahead"] < 1.0 and row["blocked_ahead"] < 0  # the ended pause stays ended
+    budget.close()
+
+
+@pytest.mark.postgres
+def test_a_clock_step_during_a_429_pause_keeps_the_pause_not_the_hour(migrated_db):
+    """A pause of about one second, written by the clock an hour ahead: after the step the pause
+    still lasts about one second, not an hour, and not the 15-minute cap."""
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # real time must pass for the database's pause to end
+        waits.append(seconds)
+        time.sleep(min(seconds, 1.5))
+
+    budget = SharedBudget(migrated_db, "stepped-pause", 10, sleep=sleep)
+    budget.acquire()
+    waits.clear()
+    _set_row(migrated_db, "stepped-pause", "updated_at = clock_timestamp() + interval '1 hour', "
+                                           "blocked_until = clock_timestamp() + interval '1 hour 1 second', "
+                                           "next_at = clock_timestamp() + interval '1 hour 1 second'")
+    started = time.monotonic()
+    budget.acquire()
+    assert 0.5 <= waits[0] <= 1.1 and max(waits) <= 1.1, waits
+    assert time.monotonic() - started < 3
+    budget.close()
+
+
+@pytest.mark.postgres
+def test_a_429_asking_for_ten_hours_pauses_every_process_for_fifteen_minutes_at_most(migrated_db):
+    """The row's pause is capped; the waits around it, recorded by an injected sleep that moves the
+    row's times back as the database clock would have moved forward, are each at most 15 minutes."""
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        _set_row(migrated_db, "ten-hours", f"blocked_until = blocked_until - interval '{seconds} seconds', "
+                                           f"next_at = next_at - interval '{seconds} seconds'")
+
+    budget = SharedBudget(migrated_db, "ten-hours", 10, sleep=sleep)
+    budget.acquire()
+    waits.clear()
+    budget.penalize(10 * 3600)
+    assert MAX_RETRY_AFTER - 5 <= _row(migrated_db, "ten-hours")["blocked_ahead"] <= MAX_RETRY_AFTER
+    budget.acquire()
+    assert waits and max(waits) <= MAX_RETRY_AFTER and waits[0] >= MAX_RETRY_AFTER - 5, waits
+    assert _row(migrated_db, "ten-hours")["blocked_ahead"] <= 0  # asked again at the pause's end
+    budget.close()
+
+
+def test_a_retry_after_of_ten_hours_is_waited_as_fifteen_minutes():
+    """Through the client, the retry engine and the in-process limiter, against the sandbox: every
+    recorded wait is at most MAX_RETRY_AFTER (15 min), the longest one is exactly that, and the
+    request then succeeds."""
+    sandbox = Sandbox(SandboxConfig(stores=1, days=1, end_date=END, orders_per_day=5))
+    base, limited = sandbox.transport(), []
+
+    def once_429(request: httpx.Request) -> httpx.Response:
+        if "/stores" in request.url.path and not limited:
+            limited.append(request)
+            return httpx.Response(429, headers={"Retry-After": "36000"})
+        return base.handle_request(request)
+
+    waits: list[float] = []
+    with TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, transport=httpx.MockTransport(once_429),
+                        sleep=waits.append, requests_per_second=10, retry_budget=3600) as client:
+        stores = list(client.list_stores())
+    assert stores and client.stats.rate_limited == 1 and len(limited) == 1
+    assert max(waits) == MAX_RETRY_AFTER == 900.0 and all(w <= MAX_RETRY_AFTER for w in waits), waits
+
+
+def test_a_backoff_never_waits_more_than_max_wait():
+    from taptouch_resource.retry import Backoff, ClientStats, Retryable, with_retries
+    waits: list[float] = []
+    attempts = iter([Retryable("HTTP 503", RuntimeError("x")), Retryable("HTTP 503", RuntimeError("x"))])
+
+    def attempt():
+        error = next(attempts, None)
+        if error:
+            raise error
+        return "ok"
+
+    backoff = Backoff(max_retries=5, base=1000.0, cap=10_000.0, budget=10_000.0)
+    assert with_retries(attempt, what="t", backoff=backoff, stats=ClientStats(), sleep=waits.append) == "ok"
+    assert len(waits) == 2 and max(waits) <= MAX_WAIT
+
+
+@pytest.mark.postgres
+def test_a_thread_waiting_on_the_shared_budget_stops_at_once_when_its_run_stops(migrated_db):
+    """A long (but legitimate) queue for the budget: the thread waiting for its slot inside
+    ``stop_on(event)`` raises Stopped within a fraction of a second of ``event.set()``."""
+    budget = SharedBudget(migrated_db, "stoppable", 10)
+    budget.acquire()
+    _set_row(migrated_db, "stoppable", "next_at = clock_timestamp() + interval '50 seconds'")
+    stop, outcome = threading.Event(), {}
+
+    def fetch():
+        with stop_on(stop):
+            try:
+                budget.acquire()
+                outcome["result"] = "acquired"
+            except Stopped:
+                outcome["result"] = "stopped"
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting for its slot, 50 s ahead
+    stopped_at = time.monotonic()
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - stopped_at < 0.5
+    assert outcome == {"result": "stopped"}
+    budget.close()
+
+
+def test_a_thread_in_a_429_wait_stops_at_once_when_its_run_stops():
+    """The retry engine's wait for a 429's Retry-After (10 minutes, real clock) and the limiter's
+    pause both end when the thread's stop event is set; without a stop event a pause is a sleep."""
+    sandbox = Sandbox(SandboxConfig(stores=1, days=1, end_date=END, orders_per_day=5))
+    client = TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, transport=sandbox.transport(),
+                            requests_per_second=10)
+    client.auth.get_token()
+    sandbox.faults.retry_after, sandbox.faults.rate_limit_every = "600", 1
+    stop, outcomes = threading.Event(), []
+
+    def fetch():
+        with stop_on(stop):
+            try:
+                list(client.list_stores())
+                outcomes.append("listed")
+            except Stopped:
+                outcomes.append("stopped")
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]  # one in the retry wait, two in the pause
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while client.stats.rate_limited == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert client.stats.rate_limited >= 1 and all(t.is_alive() for t in threads)
+    stopped_at = time.monotonic()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert time.monotonic() - stopped_at < 0.5 and outcomes == ["stopped"] * 3
+    client.close()
+
+
+def test_pause_without_a_stop_event_sleeps_and_nested_scopes_all_stop():
+    started = time.monotonic()
+    pause(0.05)
+    assert time.monotonic() - started >= 0.05
+    outer, inner = threading.Event(), threading.Event()
+    with stop_on(outer), stop_on(inner):
+        assert stop_events() == (outer, inner)
+        threading.Timer(0.2, outer.set).start()  # the outer scope's event stops an inner wait too
+        started = time.monotonic()
+        with pytest.raises(Stopped):
+            pause(30)
+        assert time.monotonic() - started < 1.0
+    assert stop_events() == ()
+    with stop_on(outer), pytest.raises(Stopped):  # already set: no wait, no request
+        RateLimiter(10).acquire()
