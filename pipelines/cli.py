@@ -296,6 +296,32 @@ def _refresh(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
 
 
+# --- rebuild ---------------------------------------------------------------------------------
+
+
+def _rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    _database_url_argument(parser)
+    parser.add_argument("--batch-size", type=_bounded(int, 1, 100_000), default=2000,
+                        help="rows per batch; each batch is its own transaction (default 2000)")
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from pipelines.warehouse.db import connect, redact_url, resolve_database_url
+    from pipelines.warehouse.migrations import migrate
+    from pipelines.warehouse.rebuild import rebuild
+
+    url = resolve_database_url(args.database_url)
+    migrate(url)
+    print(f"Rebuilding the typed tables of {redact_url(url)} from raw (no API call; safe to interrupt and run again)",
+          flush=True)
+    with connect(url, autocommit=True) as conn:
+        report = rebuild(conn, batch_size=args.batch_size, progress=lambda text: print(text, flush=True))
+    for line in report.lines():
+        print(line)
+    print(f"{report.changed} row(s) changed." if report.changed else "Nothing changed: every typed row matches its raw.")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, "run the whole pipeline on the sandbox API and the embedded PostgreSQL", _demo_arguments),
     "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
@@ -305,6 +331,8 @@ COMMANDS: dict[str, Command] = {
                          _authorize_arguments),
     "tokens": Command(_tokens, "list stored OAuth grants (never the tokens)", _tokens_arguments),
     "refresh": Command(_refresh, "rotate merchant refresh tokens before their 4 days run out", _refresh_arguments),
+    "rebuild": Command(_rebuild, "re-derive every typed table from raw (no API call) and retry quarantined records",
+                       _rebuild_arguments),
 }
 
 

@@ -189,12 +189,14 @@ class StoreLoadCounts(LoadCounts):
     business_dates_rederived: int = 0
 
 
-def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None) -> StoreLoadCounts:
+def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None,
+                history: bool = True) -> StoreLoadCounts:
     """Upsert store records (newest ``updated_at`` wins, at full precision) in one transaction.
 
     A store accepted with another zone than the one the warehouse held (or not held before) has
     the ``business_date`` of its orders re-derived in the same transaction, under the orders merge
-    lock (:func:`.derived.rederive_business_dates`), counted in ``business_dates_rederived``."""
+    lock (:func:`.derived.rederive_business_dates`), counted in ``business_dates_rederived``.
+    ``history=False``: no ``sync_log`` row (``taptouch-sync rebuild`` retrying quarantined stores)."""
     started = datetime.now(timezone.utc)
     counts = StoreLoadCounts()
     quarantine = _Quarantine("store", None, run_id)
@@ -252,7 +254,8 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
             "update taptouch.quarantine q set resolved_at = now() from stage_stores s where q.entity = 'store'"
             " and q.resolved_at is null and q.record_key = s.store_id::text"
         )
-        _sync_log(cur, "stores", None, None, run_id, started, counts)
+        if history:
+            _sync_log(cur, "stores", None, None, run_id, started, counts)
     return counts
 
 
