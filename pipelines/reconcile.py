@@ -1,75 +1,87 @@
-"""Deletions: a scheduled reconciliation of the warehouse's recent orders with the API's.
+"""Deletions, restores and repairs: a scheduled reconciliation of the warehouse's orders with the API's.
 
 Taptouch does not document what happens to a deleted order; the modelled behaviour
 (docs/api-model.md) is that it simply stops being listed, with no tombstone. So nothing in a normal
-load says an order is gone. Once a day (``orders_reconcile_daily``) the asset ``order_deletions``:
+load says an order is gone. Every 6 hours (schedule ``orders_reconcile_daily``, its name kept) the
+asset ``order_deletions``, per store:
 
-1. lists, per store, every order the API returns with ``updated_at`` from ``now - N days``
-   (``TAPTOUCH_RECONCILE_DAYS``, default 7) onwards, with no effective upper bound (until a day
-   after now): an order edited since the warehouse loaded it has a *later* ``updated_at``, so it is
-   still in this listing, never mistaken for a deleted one;
-2. takes the warehouse's orders of that store whose ``updated_at`` lies in ``[now - N days, t0)``,
-   ``t0`` being the instant the listing started (an order the loader inserts meanwhile is not judged);
-3. an order of (2) missing from (1) is listed once more (offset pagination can skip a record when
-   another moves under it); still missing -> ``deleted_at = now()`` (soft delete: nothing is removed);
-4. a warehouse order with ``deleted_at`` set that the listing returns again is restored
-   (``deleted_at = null``).
+1. **lists** (outside any transaction and lock: no API call ever waits under the merge lock) every
+   order with ``updated_at`` from the earliest of ``now - N days`` (``TAPTOUCH_RECONCILE_DAYS``,
+   default 7) and the ``updated_at`` of the store's soft-deleted orders, with no effective upper
+   bound: an order edited since it was loaded has a *later* ``updated_at``, so it is still listed,
+   and every deleted order, whatever its age, is looked for again. Records are read as bytes; one
+   that does not parse still counts as listed, by the id read from its bytes
+   (:func:`pipelines.warehouse.deletions.listed_id`).
+2. **repairs**: a listed order the warehouse lacks, or holds in an older version (exact
+   ``updated_at_exact``; same version, other bytes), is loaded through the orders loader's own
+   merge (:class:`~pipelines.warehouse.loader.OrderWindowLoad`), counted as ``repaired``.
+3. **judges** (one short transaction under the orders merge lock,
+   :func:`pipelines.warehouse.deletions.judge_listing`): the warehouse's live orders of the store
+   with ``updated_at`` in ``[now - N days, listing start)`` that the listing missed become deletion
+   candidates; a candidate missed again by a complete listing at least ``TAPTOUCH_RECONCILE_CONFIRM_S``
+   (3600) seconds later is marked deleted (``deleted_at``). Listed orders are restored and leave
+   the candidates. Nothing ever waits for the interval: a later run confirms.
 
-A store whose listing fails is left untouched (and named in the failure). A store that would lose
-more than half of its window's orders at once (and more than 20) is not changed either: that is
-more likely an API fault than a mass deletion; the step fails naming it.
+A listing that is incomplete (``complete`` false) or holds a record whose id cannot be read from
+its bytes deletes nothing at that store (logged); it still restores what it listed. A store whose
+listing fails is left untouched (and named in the failure). A store that would lose an unusual
+share of its orders (:func:`pipelines.warehouse.deletions.unusual_share`) loses none: the step fails
+naming it, and an operator confirms a real mass deletion with the run config
+``confirm_mass_deletion_stores: [<store id>]``.
 
 The analytics views leave out orders with ``deleted_at`` set (sql/analytics/sales_orders.sql).
 """
 
 
+import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from decimal import Decimal
+from typing import Any, Callable, Iterable
 
 import dagster as dg
+import msgspec
 import psycopg
 
-from taptouch_resource import TaptouchClient, TaptouchError, api
+from taptouch_resource import TaptouchClient, TaptouchError
 
 from .accounts import DEFAULT, Account
+from .settings import DEFAULT_RECONCILE_DAYS, reconcile_confirm_s, reconcile_days
 from .sync import describe, is_transient
-from .warehouse.loader import _LOCK_ORDERS  # the loader's merge lock: the two never interleave
+from .warehouse import deletions, records
+from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
 
 log = logging.getLogger(__name__)
 
 RECONCILE_DAYS_ENV = "TAPTOUCH_RECONCILE_DAYS"
-DEFAULT_RECONCILE_DAYS = 7
+RECONCILE_CONFIRM_ENV = "TAPTOUCH_RECONCILE_CONFIRM_S"
 LISTING_SLACK = timedelta(seconds=1)  # the warehouse rounds instants to microseconds; the API may not
-MAX_DELETE_SHARE = 0.5
-MAX_DELETE_FLOOR = 20
+# The listing's upper bound: far enough that an order whose later version is future-dated (a bad
+# clock at the till) is still listed rather than taken for deleted.
+LISTING_HORIZON = timedelta(days=3660)
+WINDOW = "order_deletions"  # the ``window`` of the sync_log rows (and quarantine rows) of its repairs
 
-
-def reconcile_days() -> int:
-    """``TAPTOUCH_RECONCILE_DAYS`` (default 7, 1..366): how many days back the reconciliation looks."""
-    raw = os.environ.get(RECONCILE_DAYS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_RECONCILE_DAYS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{RECONCILE_DAYS_ENV} must be an integer number of days, got {raw!r}") from None
-    if not 1 <= value <= 366:
-        raise ValueError(f"{RECONCILE_DAYS_ENV} must be between 1 and 366, got {value}")
-    return value
+__all__ = ["reconcile_orders", "reconcile_days", "ReconcileResult", "StoreReconcile", "order_deletions",
+           "deletions_definitions", "DEFAULT_RECONCILE_DAYS"]
 
 
 @dataclass
 class StoreReconcile:
     store_id: int
-    listed: int = 0
-    checked: int = 0
+    listed: int = 0  # records listed (ids readable or not)
+    checked: int = 0  # live warehouse orders judged
+    listed_from: datetime | None = None
+    complete: bool = True
+    unidentified: int = 0  # listed records whose id cannot be read: nothing deleted at the store
     deleted: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
-    relisted: bool = False
+    candidates: list[int] = field(default_factory=list)  # first missed now
+    waiting: list[int] = field(default_factory=list)  # missed again, not yet TAPTOUCH_RECONCILE_CONFIRM_S old
+    refused: list[int] = field(default_factory=list)  # the share guard refused to delete them
+    repaired: int = 0
+    quarantined: int = 0
 
 
 @dataclass
@@ -79,13 +91,32 @@ class ReconcileResult:
     stores: list[StoreReconcile] = field(default_factory=list)
     failures: list[tuple[int, str, bool]] = field(default_factory=list)  # (store, error, transient)
 
+    def _n(self, name: str) -> int:
+        return sum(len(getattr(s, name)) for s in self.stores)
+
     @property
     def deleted(self) -> int:
-        return sum(len(s.deleted) for s in self.stores)
+        return self._n("deleted")
 
     @property
     def restored(self) -> int:
-        return sum(len(s.restored) for s in self.stores)
+        return self._n("restored")
+
+    @property
+    def candidates(self) -> int:
+        return self._n("candidates")
+
+    @property
+    def waiting(self) -> int:
+        return self._n("waiting")
+
+    @property
+    def refused(self) -> int:
+        return self._n("refused")
+
+    @property
+    def repaired(self) -> int:
+        return sum(s.repaired for s in self.stores)
 
     @property
     def checked(self) -> int:
@@ -96,14 +127,81 @@ class ReconcileResult:
         return sum(s.listed for s in self.stores)
 
 
-def _listed_ids(client: TaptouchClient, store_id: int, start: datetime, end: datetime) -> set[int]:
-    ids: set[int] = set()
-    for page in client.iter_order_pages(store_id, updated_from=start, updated_to=end):
-        for rec in page:
-            oid = rec.get(api.ORDER_ID_FIELD) if isinstance(rec, dict) else None
-            if isinstance(oid, int) and not isinstance(oid, bool):
-                ids.add(oid)
-    return ids
+class _Version(msgspec.Struct):
+    updated_at: Any = None
+
+
+_VERSION = msgspec.json.Decoder(_Version)
+
+
+def _version(raw: bytes) -> Decimal | None:
+    """The record's exact version (``updated_at`` as epoch seconds, every digit sent), if readable."""
+    try:
+        text = _VERSION.decode(raw).updated_at
+        return records.exact_instant(text) if isinstance(text, str) else None
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return None
+
+
+@dataclass
+class _Listing:
+    ids: set[int] = field(default_factory=set)
+    records: int = 0
+    unidentified: int = 0
+    repairs: dict[int, tuple[Decimal, bytes]] = field(default_factory=dict)  # id -> (version, bytes)
+    complete: bool = True
+    started_at: datetime | None = None
+
+
+def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int, start: datetime,
+                end: datetime) -> _Listing:
+    """One listing of a store's orders, read as bytes, outside any transaction: the ids it names
+    and the records the warehouse lacks or holds in an older version (checked page by page with a
+    read-only query; the merge decides again under its lock)."""
+    out = _Listing()
+    listing = client.iter_order_record_pages(store_id, updated_from=start, updated_to=end)
+    for page in listing:
+        out.records += len(page)
+        found: list[tuple[int, bytes]] = []
+        for raw in page:
+            raw = records.as_bytes(raw)
+            oid = _order_id(raw)
+            if oid is None:
+                oid = deletions.listed_id(raw)
+                if oid is None:
+                    out.unidentified += 1
+                    log.warning("reconcile: store %s lists a record whose order id cannot be read; nothing at "
+                                "this store is marked deleted from this listing", store_id)
+                    continue
+                out.ids.add(oid)
+                continue  # listed (it shields its order), but not loadable here: the orders asset quarantines it
+            out.ids.add(oid)
+            found.append((oid, raw))
+        if not found:
+            continue
+        held = dict(((oid, (bytes(h) if h is not None else None, v)) for oid, h, v in conn.execute(
+            "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
+            " from taptouch.orders where order_id = any(%s)", ([oid for oid, _ in found],))))
+        for oid, raw in found:
+            have = held.get(oid)
+            if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
+                continue  # exactly this version
+            version = _version(raw)
+            if version is None or (have is not None and version < have[1]):
+                continue  # unreadable version (the orders asset quarantines it), or older than the warehouse's
+            kept = out.repairs.get(oid)
+            if kept is None or version >= kept[0]:
+                out.repairs[oid] = (version, raw)
+    out.complete = bool(getattr(listing, "complete", True))
+    started = getattr(listing, "started_at", None)
+    out.started_at = started if isinstance(started, datetime) else None
+    return out
+
+
+def _earliest_deleted(conn: psycopg.Connection, store_id: int) -> datetime | None:
+    row = conn.execute("select min(updated_at) from taptouch.orders where store_id = %s and deleted_at is not null",
+                       (store_id,)).fetchone()
+    return row[0] if row else None
 
 
 def reconcile_orders(
@@ -114,112 +212,129 @@ def reconcile_orders(
     store_ids: list[int] | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
+    timezones: dict[int, str] | None = None,
+    confirm_s: int | None = None,
+    confirm_mass_deletion_stores: Iterable[int] = (),
+    run_id: str | None = None,
 ) -> ReconcileResult:
-    """Soft-delete the warehouse's orders of the last ``days`` days that the API no longer lists,
-    and restore soft-deleted orders it lists again. Each store commits on its own."""
+    """Reconcile each store's orders with one listing of the API (module docstring): repair what
+    the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
+    listing at least ``confirm_s`` seconds earlier missed too, and restore what is listed again.
+
+    ``conn`` must be an autocommit connection: the listing runs outside any transaction, and each
+    store's repairs and judgement are short transactions of their own. ``now`` (default: the
+    clock) is the only clock the decisions read, so tests pass a fake one. A store in
+    ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
+    """
     say = progress or log.info
     days = reconcile_days() if days is None else days
+    confirm_s = reconcile_confirm_s() if confirm_s is None else confirm_s
+    confirmed = {int(s) for s in confirm_mass_deletion_stores}
     now = now or datetime.now(timezone.utc)
     start = now - timedelta(days=days)
     result = ReconcileResult(start=start, end=now)
+    timezones = store_timezones(conn) if timezones is None else timezones
     if store_ids is None:
-        with conn.cursor() as cur:
-            cur.execute("select store_id from taptouch.stores order by store_id")
-            store_ids = [r[0] for r in cur.fetchall()]
+        store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
+    seen_by = f"order_deletions run {run_id}" if run_id else "order_deletions"
     for store_id in store_ids:
-        t0 = datetime.now(timezone.utc)
-        until = max(t0, now) + timedelta(days=1)
+        earliest = _earliest_deleted(conn, store_id)
+        listed_from = min(start, earliest) if earliest is not None else start
         try:
-            listed = _listed_ids(client, store_id, start - LISTING_SLACK, until)
+            listing = _list_store(client, conn, store_id, listed_from - LISTING_SLACK,
+                                  max(now, datetime.now(timezone.utc)) + LISTING_HORIZON)
         except TaptouchError as exc:
             result.failures.append((store_id, describe(exc), is_transient(exc)))
             log.error("reconcile: store %s: %s", store_id, describe(exc))
             continue
-        sr = StoreReconcile(store_id, listed=len(listed))
+        sr = StoreReconcile(store_id, listed=listing.records, listed_from=listed_from, complete=listing.complete,
+                            unidentified=listing.unidentified)
+        if listing.repairs and store_id in timezones:
+            with OrderWindowLoad(conn, window=WINDOW, run_id=run_id, timezones={store_id: timezones[store_id]}) as load:
+                load.add_page(store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
+                counts = load.finish()
+            sr.repaired, sr.quarantined = counts.inserted + counts.updated, counts.quarantined
+        started_at = listing.started_at or now
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
-            cur.execute(
-                "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-                " and deleted_at is null order by order_id",
-                (store_id, start, min(t0, now)),
-            )
-            live = [r[0] for r in cur.fetchall()]
-            sr.checked = len(live)
-            missing = [oid for oid in live if oid not in listed]
-            if missing:
-                sr.relisted = True
-                try:
-                    again = _listed_ids(client, store_id, start - LISTING_SLACK, until)
-                except TaptouchError as exc:
-                    result.failures.append((store_id, describe(exc), is_transient(exc)))
-                    continue
-                listed |= again
-                missing = [oid for oid in missing if oid not in listed]
-            if len(missing) > max(MAX_DELETE_FLOOR, MAX_DELETE_SHARE * len(live)):
-                result.failures.append((store_id, (
-                    f"the API no longer lists {len(missing)} of the {len(live)} orders of the last {days} days; "
-                    f"refusing to mark so many deleted at once (an API fault is more likely). Check the store's "
-                    f"orders in Taptouch; if they really are gone, run with a smaller {RECONCILE_DAYS_ENV}"
-                ), False))
-                continue
-            if missing:
+            if listing.complete and not listing.unidentified:
+                judged = deletions.judge_listing(
+                    cur, store_id, listing.ids, listed_from=start, listed_to=None, started_at=started_at, now=now,
+                    confirm_s=confirm_s, mass_confirmed=store_id in confirmed, listed_count=listing.records,
+                    seen_by=seen_by)
+                sr.checked = judged.live
+                sr.deleted, sr.restored, sr.refused = judged.deleted, judged.restored, judged.refused
+                sr.candidates, sr.waiting = judged.candidates, judged.waiting
+                if judged.refusal:
+                    result.failures.append((store_id, judged.refusal, False))
+            else:
+                why = ("the listing is not known to be complete" if not listing.complete else
+                       f"{listing.unidentified} listed record(s) have no readable order id")
+                log.warning("reconcile: store %s: %s; nothing at this store is marked deleted from it (listed "
+                            "orders are still restored)", store_id, why)
+                sr.restored, _ = deletions.note_listed(cur, listing.ids)
+            if sr.deleted or sr.restored or sr.repaired:
+                # sync_log: deleted = marked deleted, updated = restored (repairs have their own rows)
                 cur.execute(
-                    "update taptouch.orders set deleted_at = now() where order_id = any(%s) and deleted_at is null"
-                    " returning order_id",
-                    (missing,),
-                )
-                sr.deleted = sorted(r[0] for r in cur.fetchall())
-            cur.execute(
-                "update taptouch.orders set deleted_at = null where store_id = %s and deleted_at is not null"
-                " and order_id = any(%s) returning order_id",
-                (store_id, sorted(listed)),
-            )
-            sr.restored = sorted(r[0] for r in cur.fetchall())
-            if sr.deleted or sr.restored:  # sync_log: deleted = marked deleted, updated = restored
-                cur.execute(
-                    "insert into taptouch.sync_log (entity, store_id, \"window\", started_at, deleted, updated)"
-                    " values ('order_deletions', %s, %s, %s, %s, %s)",
-                    (store_id, f"{start.isoformat()}..{now.isoformat()}", t0, len(sr.deleted), len(sr.restored)),
+                    "insert into taptouch.sync_log (entity, store_id, \"window\", run_id, started_at, deleted, updated)"
+                    " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
+                    (store_id, f"{listed_from.isoformat()}..{now.isoformat()}", run_id, now, len(sr.deleted),
+                     len(sr.restored)),
                 )
         result.stores.append(sr)
-        say(f"store {store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.deleted)} marked deleted, "
-            f"{len(sr.restored)} restored")
+        say(f"store {store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
+            f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "
+            f"restored, {sr.repaired} repaired" + ("" if sr.complete else " (listing incomplete: nothing deleted)"))
     return result
 
 
 # ------------------------------------------------------------------------------------------ dagster
 
 RECONCILE_ASSET = "order_deletions"
+RECONCILE_CRON = "30 */6 * * *"
+
+
+class ReconcileConfig(dg.Config):
+    """Run config of ``order_deletions``."""
+
+    confirm_mass_deletion_stores: list[int] = []
+    """Stores whose unusual share of deletions an operator confirms (they really were deleted in
+    Taptouch): e.g. ``[1042]``. Confirms only orders two complete listings missed."""
 
 
 def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefinition, object, dg.ScheduleDefinition]:
     """``order_deletions`` of one account (under its key prefix, in its pool, with its resource),
-    its job and its daily schedule."""
+    its job and its schedule (every 6 hours; named ``orders_reconcile_daily`` as before)."""
     resource_key = account.resource_key
 
     @dg.asset(
         key=account.key(RECONCILE_ASSET), group_name=account.group, kinds={"taptouch", "postgres"},
         deps=[account.key("orders")], pool=account.pool, required_resource_keys={resource_key, "warehouse"},
         retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
-        metadata={"writes": "taptouch.orders.deleted_at (only that column; the orders asset writes the rest)"},
+        metadata={"writes": "taptouch.orders.deleted_at and taptouch.deletion_candidates; repairs (orders the "
+                            "warehouse lacks or holds older) through the orders loader's merge"},
         description=(
             "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
-            "the API no longer lists; cleared when they come back."
+            "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when "
+            "they come back, whatever their age. Repairs orders the warehouse lacks or holds older. Run config "
+            "confirm_mass_deletion_stores: [<store>] confirms an unusual share of deletions."
         ),
     )
-    def order_deletions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        """Compare the API's order ids of the recent window with the warehouse's; mark and restore."""
+    def order_deletions(context: dg.AssetExecutionContext, config: ReconcileConfig) -> dg.MaterializeResult:
+        """Compare the API's orders with the warehouse's: repair, record candidates, confirm, restore."""
         # the assets' session (settings, migrations, a verified client, a connection) and error policy
         from .assets.taptouch import api_session, step_errors
 
         taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
         t = time.monotonic()
-        days = reconcile_days()
-        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
-            store_ids = session.store_listing(context).store_ids
-            result = reconcile_orders(session.client, session.conn, days=days, store_ids=store_ids,
-                                      progress=context.log.info)
-            api_md = session.api_metadata()
+        with step_errors():
+            days, confirm_s = reconcile_days(), reconcile_confirm_s()
+            with api_session(taptouch, warehouse, account=account) as session:
+                listing = session.store_listing(context)
+                result = reconcile_orders(session.client, session.conn, days=days, store_ids=listing.store_ids,
+                                          timezones=listing.timezones, confirm_s=confirm_s,
+                                          confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
+                                          run_id=context.run.run_id, progress=context.log.info)
+                api_md = session.api_metadata()
         deleted_ids = [oid for s in result.stores for oid in s.deleted]
         restored_ids = [oid for s in result.stores for oid in s.restored]
         metadata = {
@@ -227,17 +342,24 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
             "window_end": result.end.isoformat(),
             "listed": result.listed,
             "checked": result.checked,
+            "newly_missing": result.candidates,
+            "awaiting_confirmation": result.waiting,
             "deleted": result.deleted,
             "restored": result.restored,
+            "repaired": result.repaired,
+            "refused": result.refused,
             "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
             "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
+            "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores
+                                           if not s.complete or s.unidentified) or "none",
             "stores_ok": len(result.stores),
             "stores_failed": len(result.failures),
             **api_md,
             "duration_s": round(time.monotonic() - t, 3),
         }
         if result.failures:
-            lines = "\n".join(f"- store {sid}: {err}" for sid, err, _ in result.failures)
+            lines = "\n".join(f"- store {sid}: {err}" if not err.startswith(f"store {sid}:") else f"- {err}"
+                              for sid, err, _ in result.failures)
             raise dg.Failure(
                 description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
                 metadata=metadata, allow_retries=any(tr for _, _, tr in result.failures),
@@ -246,11 +368,14 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
 
     job = dg.define_asset_job(
         account.named("orders_reconcile_job"), selection=dg.AssetSelection.assets(account.key(RECONCILE_ASSET)),
-        description="Soft-delete recent orders the API no longer lists; restore those it lists again.",
+        description="Repair and soft-delete recent orders (two listings apart confirm a deletion); restore those "
+                    "listed again.",
     )
     schedule = dg.ScheduleDefinition(
-        name=account.named("orders_reconcile_daily"), job=job, cron_schedule="30 3 * * *", execution_timezone="UTC",
-        description="Daily at 03:30 UTC: reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (deletions).",
+        name=account.named("orders_reconcile_daily"), job=job, cron_schedule=RECONCILE_CRON, execution_timezone="UTC",
+        description="Every 6 hours (00:30, 06:30, 12:30, 18:30 UTC; the name says daily for compatibility): "
+                    "reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (repairs, deletions confirmed by a "
+                    "second listing, restores).",
     )
     return order_deletions, job, schedule
 

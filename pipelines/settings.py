@@ -125,6 +125,22 @@ def batch_size(configured: int | None = None) -> int:
     return _int("TAPTOUCH_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1_000_000, configured)
 
 
+DEFAULT_RECONCILE_DAYS = 7
+DEFAULT_RECONCILE_CONFIRM_S = 3600
+
+
+def reconcile_days() -> int:
+    """``TAPTOUCH_RECONCILE_DAYS`` (1..366): how many days back ``order_deletions`` judges orders."""
+    return _int("TAPTOUCH_RECONCILE_DAYS", DEFAULT_RECONCILE_DAYS, 1, 366)
+
+
+def reconcile_confirm_s() -> int:
+    """``TAPTOUCH_RECONCILE_CONFIRM_S`` (0..604800 s): how long after a complete listing first
+    missed an order (or a suspicious inventory listing a product) a second one must be taken
+    before the order is marked deleted (the product delisted)."""
+    return _int("TAPTOUCH_RECONCILE_CONFIRM_S", DEFAULT_RECONCILE_CONFIRM_S, 0, 7 * 86_400)
+
+
 MIN_REQUESTS_PER_SECOND = 0.01  # one request every 100 s: anything slower stalls a run for hours
 
 

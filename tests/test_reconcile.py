@@ -1,5 +1,6 @@
-"""Deletions: the reconciliation soft-deletes orders the API stopped listing, the analytics leave them
-out, and an order that comes back is restored (sandbox over HTTP, real PostgreSQL)."""
+"""Deletions: the reconciliation soft-deletes orders two complete listings an hour apart no longer
+return, the analytics leave them out, and an order that comes back is restored (sandbox over HTTP,
+real PostgreSQL; a fake clock for the interval). The hostile cases: tests/test_deletions.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pipelines.reconcile import order_deletions, reconcile_days, reconcile_orders
+from pipelines.reconcile import RECONCILE_CRON, order_deletions, orders_reconcile_daily, reconcile_days, reconcile_orders
+from pipelines.settings import reconcile_confirm_s
 from pipelines.sync import sync_orders_window, sync_stores
 from pipelines.warehouse.resource import PostgresResource
 from pipelines.warehouse.views import apply_views
@@ -41,6 +43,14 @@ def _deleted(conn) -> dict[int, datetime | None]:
     return dict(conn.execute("select order_id, deleted_at from taptouch.orders where deleted_at is not null"))
 
 
+HOUR = timedelta(hours=1)
+
+
+def _twice(client, conn, now: datetime, **kwargs):
+    """Two reconciliations an hour apart (TAPTOUCH_RECONCILE_CONFIRM_S's default): (first, second)."""
+    return reconcile_orders(client, conn, now=now, **kwargs), reconcile_orders(client, conn, now=now + HOUR, **kwargs)
+
+
 def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_returns(world):
     sb, client, conn = world
     now = datetime.now(timezone.utc)
@@ -56,7 +66,8 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
     sb.delete_order(gone)
     sb.delete_order(old[0])  # outside the 7-day window: not judged
 
-    result = reconcile_orders(client, conn, days=7)
+    first, result = _twice(client, conn, now, days=7)
+    assert not first.failures and first.deleted == 0 and first.candidates == 1  # one listing proves nothing
     assert not result.failures
     assert result.deleted == 1 and result.restored == 0
     assert set(_deleted(conn)) == {gone}
@@ -64,12 +75,12 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
     assert gone not in _sales_ids(conn)
     assert conn.execute("select sum(order_count) from analytics.daily_store_sales").fetchone()[0] == before_daily - 1
 
-    # a second run changes nothing
-    again = reconcile_orders(client, conn, days=7)
+    # a further run changes nothing
+    again = reconcile_orders(client, conn, days=7, now=now + 2 * HOUR)
     assert again.deleted == 0 and again.restored == 0 and set(_deleted(conn)) == {gone}
 
     sb.restore_order(gone)
-    back = reconcile_orders(client, conn, days=7)
+    back = reconcile_orders(client, conn, days=7, now=now + 3 * HOUR)
     assert back.restored == 1 and back.deleted == 0
     assert _deleted(conn) == {}
     assert gone in _sales_ids(conn)
@@ -81,7 +92,7 @@ def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
     gone = conn.execute("select order_id from taptouch.orders where updated_at >= %s order by order_id limit 1",
                         (now - timedelta(days=3),)).fetchone()[0]
     sb.delete_order(gone)
-    assert reconcile_orders(client, conn, days=7).deleted == 1
+    assert _twice(client, conn, now, days=7)[1].deleted == 1
     assert set(_deleted(conn)) == {gone}
     sb.restore_order(gone)  # listed again, unchanged: the loader recognises it by its digest
     start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
@@ -98,8 +109,8 @@ def test_an_order_edited_after_the_load_is_not_taken_for_deleted(world):
                        ).fetchone()[0]
     # the API's version moves to a later updated_at (out of the warehouse's updated_at); never reloaded here
     sb.edit_order(oid, updated_at=(now - timedelta(minutes=5)).isoformat())
-    result = reconcile_orders(client, conn, days=7)
-    assert result.deleted == 0 and _deleted(conn) == {}
+    for result in _twice(client, conn, now, days=7):
+        assert result.deleted == 0 and _deleted(conn) == {}
 
 
 def test_a_mass_disappearance_is_refused_not_applied(world):
@@ -107,27 +118,30 @@ def test_a_mass_disappearance_is_refused_not_applied(world):
     store_id = sb.store_ids()[0]
     for o in list(sb.orders(store_id)):
         sb.delete_order(o["id"])
-    result = reconcile_orders(client, conn, days=7)
+    first, result = _twice(client, conn, datetime.now(timezone.utc), days=7)
+    assert not first.failures  # candidates only
     assert [f[0] for f in result.failures] == [store_id]
-    assert "refusing" in result.failures[0][1]
+    assert "confirm_mass_deletion_stores" in result.failures[0][1]
     assert _deleted(conn) == {}
 
 
 def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, monkeypatch):
     sb, _, conn = world
     monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "5")
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "0")  # the asset reads the real clock
     assert reconcile_days() == 5
     now = datetime.now(timezone.utc)
     oid = conn.execute("select order_id from taptouch.orders where updated_at >= %s and updated_at < %s"
                        " order by order_id limit 1", (now - timedelta(days=2), now)).fetchone()[0]
     sb.delete_order(oid)
     with sb.serve() as url:
-        result = dg.materialize([order_deletions], resources={
+        first, result = (dg.materialize([order_deletions], resources={
             "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
                                          requests_per_second=0),
             "warehouse": PostgresResource(database_url=migrated_db),
-        })
-    assert result.success
+        }) for _ in range(2))
+    assert first.success and result.success
+    assert first.asset_materializations_for_node("order_deletions")[0].metadata["newly_missing"].value == 1
     md = result.asset_materializations_for_node("order_deletions")[0].metadata
     assert md["deleted"].value == 1 and md["restored"].value == 0
     assert str(oid) in md["deleted_order_ids"].value
@@ -140,3 +154,13 @@ def test_reconcile_days_setting_is_validated(monkeypatch):
         reconcile_days()
     monkeypatch.delenv("TAPTOUCH_RECONCILE_DAYS")
     assert reconcile_days() == 7
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "-1")
+    with pytest.raises(ValueError, match="TAPTOUCH_RECONCILE_CONFIRM_S"):
+        reconcile_confirm_s()
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "60")
+    assert reconcile_confirm_s() == 60
+
+
+def test_the_schedule_runs_every_six_hours():
+    assert RECONCILE_CRON == "30 */6 * * *" and orders_reconcile_daily.cron_schedule == RECONCILE_CRON
+    assert "6 hours" in orders_reconcile_daily.description

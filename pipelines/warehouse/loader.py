@@ -29,7 +29,7 @@ import hashlib
 import logging
 import zlib
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 import psycopg
@@ -602,7 +602,8 @@ class OrderWindowLoad:
 
 
 def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[Any], *, snapshot_date: date,
-                   run_id: str | None = None) -> LoadCounts:
+                   run_id: str | None = None, now: datetime | None = None,
+                   confirm_s: int | None = None) -> LoadCounts:
     """Merge one store's complete inventory listing into ``inventory_levels`` and upsert today's snapshot.
 
     ``records_`` must be the store's complete listing (the client raises rather than return a
@@ -612,8 +613,19 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
     listing is older than the row and cannot speak for it). A product whose record is malformed keeps
     its previous level (it is listed, just unreadable) and is quarantined. Everything (levels,
     deletions, snapshot, quarantine) commits in one transaction.
+
+    A *suspicious* listing (empty while the store holds levels, or one that would delist more than
+    half of the store's products) delists nothing at once: the products it no longer lists wait in
+    ``taptouch.inventory_delist_candidates`` and are delisted only when a second listing at least
+    ``confirm_s`` seconds later (``TAPTOUCH_RECONCILE_CONFIRM_S``, by ``now``) agrees. The levels it
+    does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
     """
     started = datetime.now(timezone.utc)
+    now = now or started
+    if confirm_s is None:
+        from ..settings import reconcile_confirm_s  # read at run time, like every TAPTOUCH_* tunable
+
+        confirm_s = reconcile_confirm_s()
     counts = LoadCounts()
     quarantine = _Quarantine("inventory", snapshot_date.isoformat(), run_id)
     rows: dict[int, tuple] = {}
@@ -655,16 +667,10 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
             # identified might be any product, so nothing is delisted this time
             log.warning("inventory of store %s: %d malformed record(s) without a readable product_id; "
                         "no product is delisted from this listing", store_id, unidentified)
+            _forget_delistings(cur, store_id, stage=True, listed=bad_ids)
         else:
-            cur.execute(
-                "delete from taptouch.inventory_levels l where l.store_id = %s"
-                " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
-                " and l.product_id <> all(%s)"
-                " and (%s::numeric is null or l.updated_at is null"
-                "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)",
-                (store_id, bad_ids, newest, newest),
-            )
-            counts.deleted = cur.rowcount
+            counts.deleted = _delist(cur, store_id, bad_ids, newest, listed=seen + counts.quarantined, now=now,
+                                     confirm_s=confirm_s)
         exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
         cur.execute(sql.SQL(
             "insert into taptouch.inventory_levels as t ({cols}) select {cols} from stage_inventory order by product_id "
@@ -701,6 +707,64 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
         )
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
     return counts
+
+
+def _delist(cur: psycopg.Cursor, store_id: int, listed_bad: list[int], newest: Any, *, listed: int,
+            now: datetime, confirm_s: int) -> int:
+    """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains;
+    from a suspicious listing, only those a listing ``confirm_s`` seconds earlier also missed.
+    Returns how many were delisted."""
+    cur.execute(
+        "select l.product_id from taptouch.inventory_levels l where l.store_id = %s"
+        " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
+        " and l.product_id <> all(%s)"
+        " and (%s::numeric is null or l.updated_at is null"
+        "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)"
+        " order by l.product_id",
+        (store_id, listed_bad, newest, newest),
+    )
+    gone = [r[0] for r in cur.fetchall()]
+    cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))
+    held = cur.fetchone()[0]
+    suspicious = bool(gone) and ((listed == 0 and held > 0) or 2 * len(gone) > held)
+    if not suspicious:
+        _forget_delistings(cur, store_id)
+        delist = gone
+    else:
+        cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s and product_id <> all(%s)",
+                    (store_id, gone))
+        cur.execute("select product_id from taptouch.inventory_delist_candidates where store_id = %s"
+                    " and first_missing_at <= %s", (store_id, now - timedelta(seconds=confirm_s)))
+        delist = sorted(r[0] for r in cur.fetchall())
+        cur.executemany(
+            "insert into taptouch.inventory_delist_candidates (store_id, product_id, first_missing_at)"
+            " values (%s, %s, %s) on conflict (store_id, product_id) do nothing",
+            [(store_id, pid, now) for pid in gone])
+        waiting = len(gone) - len(delist)
+        if waiting:
+            log.warning("inventory of store %s: the listing %s; %d product(s) it no longer lists are kept until a "
+                        "second listing at least %d s later agrees", store_id,
+                        "is empty" if listed == 0 else f"would delist {len(gone)} of the store's {held} products",
+                        waiting, confirm_s)
+        if delist:
+            cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s and product_id = any(%s)",
+                        (store_id, delist))
+    if not delist:
+        return 0
+    cur.execute("delete from taptouch.inventory_levels where store_id = %s and product_id = any(%s)",
+                (store_id, delist))
+    return cur.rowcount
+
+
+def _forget_delistings(cur: psycopg.Cursor, store_id: int, *, stage: bool = False, listed: list[int] = ()) -> None:
+    """Remove a store's waiting delistings: all of them, or (``stage``) those of the products this
+    listing contains (staged, or ``listed`` but unreadable)."""
+    if stage:
+        cur.execute("delete from taptouch.inventory_delist_candidates c where c.store_id = %s and (c.product_id = "
+                    "any(%s) or exists (select 1 from stage_inventory s where s.product_id = c.product_id))",
+                    (store_id, list(listed)))
+    else:
+        cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s", (store_id,))
 
 
 class _ProductId(msgspec.Struct):

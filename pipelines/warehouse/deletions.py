@@ -1,0 +1,213 @@
+"""Which orders a complete listing proves deleted: two listings, a share guard, and restores.
+
+Taptouch has no tombstones [model]: an order deleted at the source simply stops being listed. One
+listing that misses an order proves little (an empty or partial 200 answer, a replica behind), so
+an order is marked deleted (``taptouch.orders.deleted_at``) only when it is absent from two
+*complete* listings at least ``confirm_s`` seconds apart (``TAPTOUCH_RECONCILE_CONFIRM_S``):
+
+1. :func:`judge_listing` takes the warehouse's live orders of one store whose ``updated_at`` lies
+   in the listing's range ``[listed_from, min(listed_to, started_at))`` (an order that changed
+   after the listing started may rightly be missing from it, so it is not judged). Those the
+   listing did not return are *missing*.
+2. A missing order that is not yet a candidate becomes one (``taptouch.deletion_candidates``,
+   ``first_missing_at = now``). A candidate missing again at least ``confirm_s`` after it was first
+   missed is confirmed: ``deleted_at = now``, and its candidate row goes.
+3. Every other candidate of the store is dropped: the listing returned it, or its warehouse row is
+   no longer in the range (edited meanwhile and loaded, so it exists), or it is already deleted.
+   Confirming therefore always re-checks that the row is still where the listing looked.
+4. **Share guard**: if the orders to confirm are an unusual share of the store's live orders in
+   range (see :func:`unusual_share`) nothing is marked deleted unless ``mass_confirmed`` (an
+   operator's explicit confirmation for this store); the candidates stay, so a confirming run
+   needs no further wait.
+
+:func:`note_listed` is the other half, for every listing, complete or not: each id it returned is
+no longer a candidate and no longer deleted (a restore, whatever the order's age).
+
+A listing that is incomplete, or holds a record whose id cannot be read from its bytes, proves
+nothing about what is missing: its caller calls only :func:`note_listed` (:func:`listed_id` reads
+the id of a record that does not parse, as quarantine does).
+
+These functions run inside the caller's transaction and take the orders merge lock themselves
+(:data:`~pipelines.warehouse.loader._LOCK_ORDERS`, re-entrant within a transaction): no API call
+may happen while it is held. ``pipelines/reconcile.py`` (asset ``order_deletions``) calls them
+after listing; the orders loader may call them for any other complete listing.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable
+
+import psycopg
+
+from . import records
+
+log = logging.getLogger(__name__)
+
+LOCK_ORDERS = zlib.crc32(b"taptouch.orders.merge")  # = loader._LOCK_ORDERS (no import cycle)
+
+MASS_SHARE = Decimal("0.10")
+MASS_FLOOR = 2
+
+
+def unusual_share(to_delete: int, live: int, listed: int) -> bool:
+    """Would deleting ``to_delete`` of a store's ``live`` orders in range be unusual?
+
+    Yes when the listing returned nothing at all while the store holds live orders in range (an
+    empty 200 answer is the commonest fault, and one order's deletion never empties a listing
+    that covers more), or when more than ``max(2, 10% of live)`` would go. Real deletions are rare
+    (a mistaken order voided and removed: a handful a week at a busy store, far under 10%), and
+    the floor of 2 lets a small store lose one or two; a larger share, at any store size, waits for
+    an operator."""
+    if to_delete <= 0:
+        return False
+    if listed == 0 and live > 0:
+        return True
+    return to_delete > max(MASS_FLOOR, int(MASS_SHARE * live))
+
+
+def describe_rule() -> str:
+    return (f"more than max({MASS_FLOOR}, {int(MASS_SHARE * 100)}%) of the store's live orders in range, "
+            f"or any from an empty listing")
+
+
+def listed_id(raw: Any) -> int | None:
+    """The order id a listed record names, read from its bytes like quarantine does
+    (:func:`records.record_key`); a string id holding an integer (``"58231907"``) counts. None when
+    no id can be read, or it is not one a warehouse order can have."""
+    key = records.record_key("order", raw)
+    if key is None:
+        return None
+    text = key.strip()
+    try:
+        value = int(text) if text.lstrip("-").isdigit() and text.isascii() else None
+    except ValueError:
+        value = None
+    if value is None:
+        try:
+            number = Decimal(text)
+        except (InvalidOperation, ValueError):
+            return None
+        if not number.is_finite() or number != number.to_integral_value():
+            return None
+        value = int(number)
+    return value if 0 <= value <= records.BIGINT_MAX else None
+
+
+@dataclass
+class Judgement:
+    """What :func:`judge_listing` did for one store."""
+
+    store_id: int
+    live: int = 0  # live warehouse orders in the judged range
+    missing: list[int] = field(default_factory=list)  # live in range, not listed
+    candidates: list[int] = field(default_factory=list)  # newly recorded candidates
+    deleted: list[int] = field(default_factory=list)  # confirmed and marked deleted now
+    waiting: list[int] = field(default_factory=list)  # candidates not yet confirm_s old
+    restored: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # would have been deleted: the share guard refused
+    dropped: int = 0  # candidates removed (listed again, or moved out of range)
+
+    @property
+    def refusal(self) -> str | None:
+        if not self.refused:
+            return None
+        return (f"store {self.store_id}: the listing would mark {len(self.refused)} of the store's {self.live} "
+                f"live orders in range deleted ({describe_rule()} is refused as a probable API fault); nothing "
+                f"was marked deleted. If these orders really were deleted in Taptouch, confirm it with the run "
+                f"config of order_deletions: confirm_mass_deletion_stores: [{self.store_id}]")
+
+
+def _require_transaction(cur: psycopg.Cursor) -> None:
+    if cur.connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise RuntimeError("pipelines.warehouse.deletions needs an open transaction (the merge lock is "
+                           "transaction-scoped)")
+
+
+def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int]:
+    """Orders a listing returned exist at the source: clear their ``deleted_at`` and remove their
+    deletion candidates. Returns (restored order ids, candidates removed). Any listing may call it,
+    complete or not, inside a transaction."""
+    _require_transaction(cur)
+    ids = sorted(set(ids))
+    if not ids:
+        return [], 0
+    cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
+    cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ids,))
+    dropped = cur.rowcount
+    cur.execute("update taptouch.orders set deleted_at = null where deleted_at is not null and order_id = any(%s)"
+                " returning order_id", (ids,))
+    return sorted(r[0] for r in cur.fetchall()), dropped
+
+
+def judge_listing(
+    cur: psycopg.Cursor,
+    store_id: int,
+    listed_ids: Iterable[int],
+    *,
+    listed_from: datetime,
+    listed_to: datetime | None,
+    started_at: datetime,
+    now: datetime,
+    confirm_s: int,
+    mass_confirmed: bool = False,
+    listed_count: int | None = None,
+    seen_by: str | None = None,
+) -> Judgement:
+    """Judge one store's orders by one COMPLETE listing whose records all had a readable id
+    (the caller checks both) and that returned ``listed_ids`` for ``updated_at`` in
+    ``[listed_from, listed_to)`` (``None``: no upper bound), started at ``started_at`` on the API's
+    clock. Records candidates, confirms those missing for ``confirm_s`` seconds (by ``now``),
+    restores what was listed, and applies the share guard unless ``mass_confirmed``.
+
+    ``listed_count``: records the listing returned in all (default ``len(listed_ids)``), for the
+    empty-listing rule. Runs in the caller's transaction; takes the orders merge lock."""
+    _require_transaction(cur)
+    listed = set(listed_ids)
+    result = Judgement(store_id)
+    cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
+    result.restored, result.dropped = note_listed(cur, listed)
+    bound = started_at if listed_to is None else min(started_at, listed_to)
+    cur.execute("select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+                " and deleted_at is null order by order_id", (store_id, listed_from, bound))
+    live = [r[0] for r in cur.fetchall()]
+    result.live = len(live)
+    missing = [oid for oid in live if oid not in listed]
+    result.missing = missing
+    cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
+                (store_id,))
+    held = dict(cur.fetchall())
+    # candidates no longer missing here (listed, moved out of range, deleted): not confirmed, dropped
+    gone = sorted(set(held) - set(missing))
+    if gone:
+        cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (gone,))
+        result.dropped += cur.rowcount
+    due = timedelta(seconds=confirm_s)
+    ripe = [oid for oid in missing if oid in held and now - held[oid] >= due]
+    result.waiting = [oid for oid in missing if oid in held and oid not in ripe]
+    result.candidates = [oid for oid in missing if oid not in held]
+    if result.candidates:
+        cur.executemany(
+            "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
+            " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, %s) on conflict (order_id) do nothing",
+            [(oid, store_id, now, now, started_at, seen_by) for oid in result.candidates])
+    if result.waiting:
+        cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
+                    (now, result.waiting))
+    listed_n = len(listed) if listed_count is None else listed_count
+    if ripe and unusual_share(len(ripe), len(live), listed_n) and not mass_confirmed:
+        result.refused = ripe
+        cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
+                    (now, ripe))
+        log.error("%s", result.refusal)
+        return result
+    if ripe:
+        cur.execute("update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
+                    " returning order_id", (now, ripe))
+        result.deleted = sorted(r[0] for r in cur.fetchall())
+        cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ripe,))
+    return result

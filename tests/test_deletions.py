@@ -1,0 +1,363 @@
+"""Deletions you can trust (issue 20, items 3 and 4): two complete listings an hour apart, the share
+guard, unparseable records, restores whatever the age, repairs, and no API call under the merge
+lock. Sandbox over an httpx transport, real PostgreSQL, a fake clock for the confirmation interval."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import dagster as dg
+import httpx
+import psycopg
+import pytest
+
+from pipelines.reconcile import order_deletions, reconcile_orders
+from pipelines.sync import sync_orders_window, sync_stores
+from pipelines.warehouse import deletions
+from pipelines.warehouse.loader import _LOCK_ORDERS
+from pipelines.warehouse.resource import PostgresResource
+from taptouch_resource import TaptouchClient, TaptouchResource
+from taptouch_sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.postgres
+
+HOUR = timedelta(hours=1)
+_ORDERS = re.compile(r"/stores/(\d+)/orders$")
+
+
+class Tamper(httpx.BaseTransport):
+    """The sandbox's transport, with a hook that may rewrite or replace the answer of an orders
+    request: ``hook(store_id, request, response) -> response``."""
+
+    def __init__(self, sb: Sandbox):
+        self.inner = sb.transport()
+        self.hook: Callable[[int, httpx.Request, httpx.Response], httpx.Response] | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        m = _ORDERS.search(request.url.path)
+        if m and self.hook is not None:
+            response.read()
+            return self.hook(int(m.group(1)), request, response)
+        return response
+
+
+def _answer(response: httpx.Response, body: bytes) -> httpx.Response:
+    return httpx.Response(response.status_code, headers={"content-type": "application/json"}, content=body)
+
+
+def empty_answer(store: int):
+    """An HTTP 200 envelope with ``data: []`` for every orders request of ``store``."""
+    def hook(sid, request, response):
+        if sid != store or response.status_code != 200:
+            return response
+        env = json.loads(response.content)
+        env["data"] = []
+        return _answer(response, json.dumps(env).encode())
+    return hook
+
+
+def _client(transport, sleep=lambda s: None) -> TaptouchClient:
+    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
+                          requests_per_second=None, sleep=sleep, page_size=50)
+
+
+@pytest.fixture
+def small(migrated_db):
+    """One store left with exactly 3 orders (the others deleted at the source before the load)."""
+    today = datetime.now(timezone.utc).date()
+    sb = Sandbox(SandboxConfig(seed=5, stores=2, days=4, end_date=today, orders_per_day=6))
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    keep = [o["id"] for o in sb.orders(store) if o["updated_at"] < (now - HOUR).isoformat()][-3:]
+    for o in list(sb.orders(store)):
+        if o["id"] not in keep:
+            sb.delete_order(o["id"])
+    tamper = Tamper(sb)
+    client = _client(tamper)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=6)
+        assert not sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all").failures
+        assert _live(conn, store) == sorted(keep) and len(keep) == 3
+        yield sb, tamper, client, conn, store
+
+
+@pytest.fixture
+def world(migrated_db):
+    today = datetime.now(timezone.utc).date()
+    sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
+    tamper = Tamper(sb)
+    client = _client(tamper)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        now = datetime.now(timezone.utc)
+        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+        result = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+        assert not result.failures and result.counts.inserted > 100
+        yield sb, tamper, client, conn
+
+
+def _live(conn, store: int) -> list[int]:
+    return [r[0] for r in conn.execute("select order_id from taptouch.orders where store_id = %s and deleted_at is null"
+                                       " order by order_id", (store,))]
+
+
+def _deleted(conn) -> set[int]:
+    return {r[0] for r in conn.execute("select order_id from taptouch.orders where deleted_at is not null")}
+
+
+def _candidates(conn) -> set[int]:
+    return {r[0] for r in conn.execute("select order_id from taptouch.deletion_candidates")}
+
+
+def _recent(conn, store: int, now: datetime, days: int = 3) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " order by order_id", (store, now - timedelta(days=days), now - HOUR))]
+
+
+# ------------------------------------------------------------------------------------- two listings
+
+
+def test_one_empty_answer_for_a_small_store_deletes_nothing(small):
+    sb, tamper, client, conn, store = small
+    now = datetime.now(timezone.utc)
+    tamper.hook = empty_answer(store)
+    first = reconcile_orders(client, conn, days=7, now=now)
+    assert first.deleted == 0 and not first.failures
+    assert _candidates(conn) == set(_live(conn, store)) and len(_live(conn, store)) == 3  # candidates only
+    # the same empty answer an hour later: 3 of 3 is an unusual share, refused loudly, nothing deleted
+    second = reconcile_orders(client, conn, days=7, now=now + HOUR)
+    assert second.deleted == 0 and _deleted(conn) == set()
+    [(sid, error, transient)] = second.failures
+    assert sid == store and not transient
+    assert f"confirm_mass_deletion_stores: [{store}]" in error and "3 of the store's 3" in error
+    # the API answers properly again: the candidates go, nothing was ever deleted
+    tamper.hook = None
+    third = reconcile_orders(client, conn, days=7, now=now + 2 * HOUR)
+    assert third.deleted == 0 and not third.failures
+    assert _candidates(conn) == set() and len(_live(conn, store)) == 3
+
+
+def test_a_partial_answer_then_a_full_one_an_hour_later(world):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    recent = _recent(conn, store, now)
+    gone = recent[len(recent) // 2]
+    sb.delete_order(gone)  # one real deletion among the orders the partial answer leaves out
+
+    def partial(sid, request, response):  # the first page cut to a third: short, so it looks like the end
+        if sid != store or response.status_code != 200:
+            return response
+        env = json.loads(response.content)
+        env["data"] = env["data"][: len(env["data"]) // 3]
+        return _answer(response, json.dumps(env).encode())
+
+    tamper.hook = partial
+    first = reconcile_orders(client, conn, days=7, now=now)
+    assert first.deleted == 0 and not first.failures
+    assert gone in _candidates(conn) and len(_candidates(conn)) > 10  # the partial answer missed many
+    tamper.hook = None
+    # half an hour later: not yet confirmed
+    early = reconcile_orders(client, conn, days=7, now=now + HOUR / 2)
+    assert early.deleted == 0 and _candidates(conn) == {gone}
+    # an hour after the first listing: the one order both complete listings missed is deleted, only it
+    second = reconcile_orders(client, conn, days=7, now=now + HOUR)
+    assert second.deleted == 1 and _deleted(conn) == {gone} and _candidates(conn) == set()
+    assert conn.execute("select deleted_at from taptouch.orders where order_id = %s", (gone,)).fetchone()[0] \
+        == now + HOUR
+
+
+def test_a_candidate_edited_and_loaded_meanwhile_is_not_deleted(world):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    oid = _recent(conn, store, now)[0]
+    sb.delete_order(oid)  # the listings miss it
+    reconcile_orders(client, conn, days=7, now=now)
+    assert _candidates(conn) == {oid}
+    # the order moves (edited at the source and loaded) out of the range a listing judges
+    conn.execute("update taptouch.orders set updated_at = %s where order_id = %s", (now + timedelta(days=1), oid))
+    second = reconcile_orders(client, conn, days=7, now=now + 2 * HOUR)
+    assert second.deleted == 0 and _deleted(conn) == set() and _candidates(conn) == set()
+
+
+# ------------------------------------------------------------------------------ unparseable records
+
+
+def test_an_unparseable_record_counts_as_listed(world):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    as_string, bad_utf8 = _recent(conn, store, now)[:2]
+
+    def hostile(sid, request, response):  # one record with a string id, one with bytes that are not UTF-8
+        if sid != store or response.status_code != 200:
+            return response
+        body = response.content.replace(b'{"id":%d,' % as_string, b'{"id":"%d",' % as_string)
+        body = re.sub(rb'(\{"id":%d,[^{]*?"number":")' % bad_utf8, lambda m: m.group(1) + b"\xff\xfe", body)
+        return _answer(response, body)
+
+    tamper.hook = hostile
+    for at in (now, now + HOUR, now + 2 * HOUR):
+        result = reconcile_orders(client, conn, days=7, now=at)
+        assert result.deleted == 0 and not result.failures
+    assert _deleted(conn) == set() and _candidates(conn) == set()
+    # the hook really served them broken: the orders loader quarantines both
+    start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+    sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+    keys = {r[0] for r in conn.execute("select record_key from taptouch.quarantine where entity = 'order'")}
+    assert {str(as_string), str(bad_utf8)} <= keys
+
+
+def test_a_record_without_a_readable_id_deletes_nothing_at_its_store(world, caplog):
+    sb, tamper, client, conn = world
+    store, other = sb.store_ids()[:2]
+    now = datetime.now(timezone.utc)
+    nameless = _recent(conn, store, now)[0]
+    gone, gone_other = _recent(conn, store, now)[3], _recent(conn, other, now)[3]
+    sb.delete_order(gone)
+    sb.delete_order(gone_other)
+
+    def no_id(sid, request, response):
+        if sid != store or response.status_code != 200:
+            return response
+        return _answer(response, response.content.replace(b'{"id":%d,' % nameless, b'{"ident":%d,' % nameless))
+
+    tamper.hook = no_id
+    for at in (now, now + HOUR, now + 2 * HOUR):
+        reconcile_orders(client, conn, days=7, now=at)
+    assert _deleted(conn) == {gone_other}  # the other store's deletion went through, this store's did not
+    assert "cannot be read" in caplog.text and f"store {store}" in caplog.text
+
+
+# ------------------------------------------------------------------------------- restores, repairs
+
+
+def test_an_order_listed_again_long_after_its_deletion_is_restored(world):
+    sb, tamper, client, conn = world
+    now = datetime.now(timezone.utc)
+    old, store = conn.execute("select order_id, store_id from taptouch.orders where updated_at < %s"
+                              " order by updated_at limit 1", (now - timedelta(days=8),)).fetchone()
+    # deleted back when it was recent (or by a wider TAPTOUCH_RECONCILE_DAYS), and listed again since
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=8), old))
+    result = reconcile_orders(client, conn, days=2, now=now)
+    assert result.restored == 1 and _deleted(conn) == set()
+    listed_from = [s.listed_from for s in result.stores if s.store_id == store][0]
+    assert listed_from < now - timedelta(days=8)
+
+
+def test_orders_the_warehouse_lacks_or_holds_older_are_repaired_through_the_merge(world):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[1]
+    now = datetime.now(timezone.utc)
+    lost, stale = _recent(conn, store, now)[:2]
+    conn.execute("delete from taptouch.orders where order_id = %s", (lost,))  # a record a listing skipped
+    edited = sb.edit_order(stale, updated_at=(now - HOUR / 2).isoformat())  # an edit the hourly run missed
+    result = reconcile_orders(client, conn, days=7, now=now)
+    assert result.repaired == 2 and result.deleted == 0
+    row = conn.execute("select raw ->> 'updated_at' from taptouch.orders where order_id = %s", (stale,)).fetchone()
+    assert row[0] == edited["updated_at"]
+    assert conn.execute("select count(*) from taptouch.order_items where order_id = %s", (lost,)).fetchone()[0] \
+        == len(sb.order(lost)["items"])
+    assert reconcile_orders(client, conn, days=7, now=now).repaired == 0  # nothing left to repair
+
+
+# --------------------------------------------------------------------------------- mass deletions
+
+
+def test_a_mass_deletion_is_refused_until_confirmed_by_the_judging_function(small):
+    sb, tamper, client, conn, store = small
+    for oid in _live(conn, store):
+        sb.delete_order(oid)  # really gone: every one of the store's orders
+    now = datetime.now(timezone.utc)
+    reconcile_orders(client, conn, days=7, now=now)
+    refused = reconcile_orders(client, conn, days=7, now=now + HOUR)
+    assert refused.deleted == 0 and refused.refused == 3 and [f[0] for f in refused.failures] == [store]
+    confirmed = reconcile_orders(client, conn, days=7, now=now + HOUR, confirm_mass_deletion_stores=[store])
+    assert confirmed.deleted == 3 and not confirmed.failures and _live(conn, store) == []
+
+
+def test_unusual_share_rule():
+    assert not deletions.unusual_share(0, 0, 0)
+    assert deletions.unusual_share(1, 1, 0)  # an empty listing never deletes
+    assert not deletions.unusual_share(1, 3, 2) and not deletions.unusual_share(2, 3, 1)
+    assert deletions.unusual_share(3, 3, 5)  # more than 2 of a small store
+    assert not deletions.unusual_share(10, 100, 90) and deletions.unusual_share(11, 100, 89)
+    assert deletions.listed_id(b'{"id":"58231907","x":1}') == 58231907
+    assert deletions.listed_id(b'{"id":58231907,"number":"\xff"}') == 58231907
+    assert deletions.listed_id(b'{"number":"A"}') is None and deletions.listed_id(b'{"id":"A-1"}') is None
+
+
+def test_mass_deletion_refused_then_confirmed_with_run_config(small, migrated_db, monkeypatch):
+    sb, tamper, client, conn, store = small
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "0")  # the asset reads the clock: no interval here
+    for oid in _live(conn, store):
+        sb.delete_order(oid)
+
+    def run(config: dict | None = None):
+        with sb.serve() as url:
+            return dg.materialize([order_deletions], raise_on_error=False, run_config=config, resources={
+                "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret",
+                                             base_url=url, requests_per_second=0),
+                "warehouse": PostgresResource(database_url=migrated_db),
+            })
+
+    first = run()  # candidates only
+    assert first.success and _candidates(conn) == {*_candidates(conn)} and len(_candidates(conn)) == 3
+    assert first.asset_materializations_for_node("order_deletions")[0].metadata["newly_missing"].value == 3
+    second = run()  # the second listing agrees: 3 of 3 is unusual, refused, the run fails naming the store
+    assert not second.success and len(_live(conn, store)) == 3
+    failure = [e for e in second.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    text = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
+    assert f"store {store}" in text and "confirm_mass_deletion_stores" in text
+    third = run({"ops": {"order_deletions": {"config": {"confirm_mass_deletion_stores": [store]}}}})
+    assert third.success and _live(conn, store) == []
+    md = third.asset_materializations_for_node("order_deletions")[0].metadata
+    assert md["deleted"].value == 3
+
+
+# ------------------------------------------------------------------------------ no API call under a lock
+
+
+def test_a_429_during_the_listing_never_blocks_an_orders_merge(world, migrated_db):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    sb.delete_order(_recent(conn, store, now)[2])  # something missing: the old code listed again under the lock
+    probes: list[bool] = []
+    rejected = threading.local()
+
+    def retry_after(sid, request, response):  # every listing's first answer is a 429 with Retry-After
+        first = request.url.params.get("index") == "0"
+        if first and not getattr(rejected, "done", False):
+            rejected.done = True
+            return httpx.Response(429, headers={"Retry-After": "2", "content-type": "application/json"},
+                                  content=b'{"status":{"timestamp":1,"ack":429,"errors":{"code":"rate_limited"}},'
+                                          b'"data":null}')
+        rejected.done = False
+        return response
+
+    def stalled(seconds: float) -> None:  # while the client waits out Retry-After, another run merges
+        with psycopg.connect(migrated_db, autocommit=True) as other:
+            other.execute("set lock_timeout = '300ms'")
+            try:
+                with other.transaction():
+                    other.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
+                probes.append(True)
+            except psycopg.errors.LockNotAvailable:
+                probes.append(False)
+
+    tamper.hook = retry_after
+    slow = _client(tamper, sleep=stalled)
+    for at in (now, now + HOUR):
+        result = reconcile_orders(slow, conn, days=7, now=at)
+        assert not result.failures
+    assert probes and all(probes), probes
+    assert len(_deleted(conn)) == 1

@@ -1,0 +1,114 @@
+"""Inventory delisting you can trust (issue 20, item 3): an empty listing for a store that holds levels,
+or one that would delist more than half of its products, delists nothing until a second listing at
+least TAPTOUCH_RECONCILE_CONFIRM_S later agrees; an ordinary listing still delists at once (sandbox
+over an httpx transport, real PostgreSQL, a fake clock)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import psycopg
+import pytest
+
+from pipelines.sync import sync_inventory, sync_stores
+from taptouch_resource import TaptouchClient
+from taptouch_sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.postgres
+
+HOUR = timedelta(hours=1)
+_INVENTORY = re.compile(r"/stores/(\d+)/inventory$")
+
+
+class Listing(httpx.BaseTransport):
+    """The sandbox's transport; ``keep(store_id, records) -> records`` rewrites inventory answers."""
+
+    def __init__(self, sb: Sandbox):
+        self.inner, self.keep = sb.transport(), None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        m = _INVENTORY.search(request.url.path)
+        if m and self.keep is not None and response.status_code == 200:
+            env = json.loads(response.read())
+            env["data"] = self.keep(int(m.group(1)), env["data"])
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=json.dumps(env).encode())
+        return response
+
+
+@pytest.fixture
+def world(migrated_db):
+    sb = Sandbox(SandboxConfig(seed=3, stores=2, days=2, orders_per_day=5))
+    transport = Listing(sb)
+    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
+                            requests_per_second=None, sleep=lambda s: None, page_size=500)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        now = datetime.now(timezone.utc)
+        assert not sync_inventory(client, conn, now=now).failures
+        yield sb, transport, client, conn, now
+
+
+def _products(conn, store: int) -> list[int]:
+    return [r[0] for r in conn.execute("select product_id from taptouch.inventory_levels where store_id = %s"
+                                       " order by product_id", (store,))]
+
+
+def _waiting(conn, store: int) -> list[int]:
+    return [r[0] for r in conn.execute("select product_id from taptouch.inventory_delist_candidates"
+                                       " where store_id = %s order by product_id", (store,))]
+
+
+def test_an_empty_listing_keeps_the_levels_until_a_second_one_agrees(world):
+    sb, transport, client, conn, now = world
+    store, other = sb.store_ids()
+    held, held_other = _products(conn, store), _products(conn, other)
+    assert len(held) > 10
+    transport.keep = lambda sid, data: [] if sid == store else data
+    first = sync_inventory(client, conn, now=now + HOUR)
+    assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
+    assert _waiting(conn, store) == held
+    assert sync_inventory(client, conn, now=now + HOUR + HOUR / 2).counts.deleted == 0  # too soon
+    assert _products(conn, store) == held
+    second = sync_inventory(client, conn, now=now + 2 * HOUR)  # an hour after the first: it agrees
+    assert second.per_store[store]["deleted"] == len(held)
+    assert _products(conn, store) == [] and _waiting(conn, store) == []
+    assert _products(conn, other) == held_other  # the other store was never touched
+
+
+def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_clears_the_wait(world):
+    sb, transport, client, conn, now = world
+    store = sb.store_ids()[0]
+    held = _products(conn, store)
+    few = held[:len(held) // 3]
+
+    def partial(sid, data):
+        if sid != store:
+            return data
+        kept = [r for r in data if r["product_id"] in few]
+        kept[0]["on_hand"] = 4321  # the levels it does list still merge
+        return kept
+
+    transport.keep = partial
+    first = sync_inventory(client, conn, now=now + HOUR)
+    assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
+    assert conn.execute("select on_hand from taptouch.inventory_levels where store_id = %s and product_id = %s",
+                        (store, few[0])).fetchone()[0] == 4321
+    assert _waiting(conn, store) == [p for p in held if p not in few]
+    transport.keep = None  # the full listing comes back: nothing waits any more, nothing was delisted
+    sync_inventory(client, conn, now=now + 3 * HOUR)
+    assert _products(conn, store) == held and _waiting(conn, store) == []
+
+
+def test_an_ordinary_listing_still_delists_at_once(world):
+    sb, transport, client, conn, now = world
+    store = sb.store_ids()[0]
+    held = _products(conn, store)
+    gone = held[:3]
+    transport.keep = lambda sid, data: [r for r in data if r["product_id"] not in gone] if sid == store else data
+    result = sync_inventory(client, conn, now=now + HOUR)
+    assert result.per_store[store]["deleted"] == 3
+    assert _products(conn, store) == held[3:] and _waiting(conn, store) == []
