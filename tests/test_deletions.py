@@ -361,3 +361,26 @@ def test_a_429_during_the_listing_never_blocks_an_orders_merge(world, migrated_d
         assert not result.failures
     assert probes and all(probes), probes
     assert len(_deleted(conn)) == 1
+
+
+def test_a_bounded_listing_records_candidates_but_only_an_open_ended_one_confirms(world):
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    recent = _recent(conn, store, now)
+    moved = recent[0]
+    day_from, day_to = now - timedelta(days=3), now - HOUR
+    inside = set(_recent(conn, store, now)) - {moved}
+
+    def judge(at, to):
+        with conn.transaction(), conn.cursor() as cur:
+            return deletions.judge_listing(cur, store, inside, listed_from=day_from, listed_to=to, started_at=day_to,
+                                           now=at, confirm_s=3600)
+
+    # an edit moved it past the window's end; the warehouse still holds the old version in the window
+    first = judge(now, day_to)
+    assert first.candidates == [moved]
+    later = judge(now + 2 * HOUR, day_to)  # another bounded listing, two hours later: still not confirmed
+    assert later.deleted == [] and later.waiting == [moved] and _deleted(conn) == set()
+    # the open-ended listing (the reconciliation's) confirms a candidate it misses too
+    assert judge(now + 2 * HOUR, None).deleted == [moved]

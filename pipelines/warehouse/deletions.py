@@ -164,6 +164,10 @@ def judge_listing(
     clock. Records candidates, confirms those missing for ``confirm_s`` seconds (by ``now``),
     restores what was listed, and applies the share guard unless ``mass_confirmed``.
 
+    Only an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the
+    orders asset, a full reload) records and clears candidates but marks nothing deleted, since an
+    order edited past ``listed_to`` and not loaded yet is missing from it without being deleted.
+
     ``listed_count``: records the listing returned in all (default ``len(listed_ids)``), for the
     empty-listing rule. Runs in the caller's transaction; takes the orders merge lock."""
     _require_transaction(cur)
@@ -187,7 +191,10 @@ def judge_listing(
         cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (gone,))
         result.dropped += cur.rowcount
     due = timedelta(seconds=confirm_s)
-    ripe = [oid for oid in missing if oid in held and now - held[oid] >= due]
+    # A bounded listing ([from, to)) may miss an order only because an edit moved it past ``to``
+    # and the warehouse has not loaded that version yet: it records candidates, and only an
+    # open-ended listing (the reconciliation's) confirms them (that one still lists a moved order).
+    ripe = [] if listed_to is not None else [oid for oid in missing if oid in held and now - held[oid] >= due]
     result.waiting = [oid for oid in missing if oid in held and oid not in ripe]
     result.candidates = [oid for oid in missing if oid not in held]
     if result.candidates:
