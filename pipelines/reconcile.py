@@ -226,6 +226,9 @@ def reconcile_orders(
     clock) is the only clock the decisions read, so tests pass a fake one. A store in
     ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
     """
+    if not conn.autocommit:
+        raise ValueError("reconcile_orders needs an autocommit connection: its listing must run outside any "
+                         "transaction (a transaction left open would hold its locks through every API call)")
     say = progress or log.info
     days = reconcile_days() if days is None else days
     confirm_s = reconcile_confirm_s() if confirm_s is None else confirm_s
