@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("taptouch_resource", "taptouch_sandbox", "pipelines")
-CLIENT_MODULES = ("api", "auth", "client", "errors", "http", "retry", "tokens", "jsonutil")
+CLIENT_MODULES = ("api", "auth", "client", "errors", "http", "retry", "tokens", "jsonutil", "listing")
 
 
 # --- the import graph -------------------------------------------------------------------------
