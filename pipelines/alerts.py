@@ -290,6 +290,13 @@ def _outbox_connection(warehouse: PostgresResource) -> psycopg.Connection:
                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception's class and the first line of its message, redacted (a psycopg error goes on
+    with the statement it failed on)."""
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}")
+
+
 def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, logger) -> None:
     """Write ``alerts`` to the outbox (the delivery sensor sends them). When the warehouse cannot
     take them (unreachable, not migrated), POST each directly, once (best effort), log that, and
@@ -302,7 +309,7 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
         logger.info(f"{added} alert(s) queued in taptouch.alert_outbox ({len(alerts) - added} already there)")
         return
     except _OUTBOX_UNAVAILABLE as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}")
+        reason = _reason(exc)
     logger.warning(f"the alert outbox (taptouch.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
                    f"alert(s) directly, once, without retries")
     lost = []
@@ -436,7 +443,7 @@ def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: Postgr
             delivery = outbox.deliver_due(conn, url)
     except _OUTBOX_UNAVAILABLE as exc:
         raise RuntimeError(f"the alert outbox (taptouch.alert_outbox) is unavailable: "
-                           f"{redact(f'{type(exc).__name__}: {exc}')} (the queued alerts wait; a missing table: run "
+                           f"{_reason(exc)} (the queued alerts wait; a missing table: run "
                            f"taptouch-sync migrate)") from None
     if delivery.failed:
         raise RuntimeError(f"alert delivery failed: {delivery.error}; sent {delivery.sent}, {delivery.pending} pending "
