@@ -108,7 +108,7 @@ def post(body: dict[str, Any], key: str, url: str, *, deadline: float = POST_DEA
         _abandoned[:] = [t for t in _abandoned if t.is_alive()]
         if len(_abandoned) >= MAX_ABANDONED:
             raise DeliveryError(f"the alert webhook is still answering {len(_abandoned)} earlier POSTs past their "
-                                f"{POST_DEADLINE:g} s deadline: not tried")
+                                f"deadline: not tried")
     payload = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
     outcome: dict[str, Any] = {}
