@@ -95,8 +95,9 @@ def sensor_interval() -> int:
 _REDACTED = "***"
 # A URL runs to the next whitespace, quote or bracket: everything RFC 3986 allows in a user info
 # (the sub-delims ! $ & ' ( ) * + , ; =, percent escapes) and what it does not but libpq takes (#, ?,
-# / and @ in a password) stays inside it, so no part of a password is left outside the URL.
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
+# / and @ in a password) stays inside it, so no part of a password is left outside the URL. No
+# word boundary before the scheme: "dsn_postgresql://u:pw@h" is a URL too.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b((?:client_)?secret|password|passwd|pwd|token|access_token|refresh_token|api_key|apikey|"
     r"authorization|code_verifier|key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)")

@@ -75,7 +75,7 @@ _URL_PUNCTUATION = "!$&'()*+,;=%~-._:#?/@[]{}^\\"
         lambda p: any(c in _SECRET_CHARS for c in p)),
     host=st.text(string.ascii_lowercase + ".-", min_size=1, max_size=12),
     tail=st.text(string.ascii_lowercase + "/?#=&.", max_size=12),
-    before=st.sampled_from(["", "error: ", "url=", "(", "connect to '"]),
+    before=st.sampled_from(["", "error: ", "url=", "(", "connect to '", "dsn_", "x-", "é"]),
     after=st.sampled_from(["", " failed", "' refused", ")", ", retrying"]),
 )
 def test_a_password_in_a_urls_user_info_never_survives_in_any_part(scheme, user, password, host, tail, before, after):
