@@ -200,6 +200,8 @@ class StoreDone:
     orders: int
     complete: bool = True
     mark: datetime | None = None
+    listed_from: datetime | None = None
+    started_at: datetime | None = None  # on the API's clock
 
 
 @dataclass(frozen=True)
@@ -286,18 +288,21 @@ class _OrderFetchers:
                 pages += 1
                 orders += len(page)
                 self._put(PageFetched(store_id, page))
-            self._put(StoreDone(store_id, pages, orders, complete=listing.complete, mark=marks.mark_for(listing)))
+            self._put(StoreDone(store_id, pages, orders, complete=listing.complete, mark=marks.mark_for(listing),
+                                listed_from=self.starts[store_id], started_at=listing.started_at))
         except BaseException as exc:  # reported per store, never silently
             self._put(StoreFailed(store_id, exc))
 
 
-def _record(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: str,
-            say: Callable[[str], None]) -> None:
-    """Apply one fetch event to the window's load and to the result."""
+def _apply_event(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: str, end: datetime,
+                 say: Callable[[str], None]) -> None:
+    """Apply one fetch event to the window's load and to the result (``end``: the window's end)."""
     if isinstance(event, PageFetched):
         load.add_page(event.store_id, event.records)
     elif isinstance(event, StoreDone):
-        load.store_listed(event.store_id, event.mark)
+        complete = event.complete and event.started_at is not None and event.listed_from is not None
+        load.store_listed(event.store_id, event.mark,
+                          (event.listed_from, end, event.started_at) if complete else None)
         if not event.complete:
             result.incomplete.append(event.store_id)
             log.warning("orders %s: store %s: the listing may have missed a record that moved while it was read; "
@@ -399,7 +404,7 @@ def sync_orders_window(
             OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones, full=lookback is None,
                             before_merge=before_merge, **kwargs) as load:
         for event in fetchers.events(store_ids, cancel):
-            _record(event, load, result, window, say)
+            _apply_event(event, load, result, window, end, say)
         _check(cancel)
         result.counts = load.finish()
     for sid, sc in load.per_store.items():

@@ -384,3 +384,30 @@ def test_a_bounded_listing_records_candidates_but_only_an_open_ended_one_confirm
     assert later.deleted == [] and later.waiting == [moved] and _deleted(conn) == set()
     # the open-ended listing (the reconciliation's) confirms a candidate it misses too
     assert judge(now + 2 * HOUR, None).deleted == [moved]
+
+
+# ------------------------------------------------------------------- any complete listing counts
+
+
+def test_a_complete_orders_listing_is_the_first_of_the_two(world):
+    """A full reload (any complete listing of the orders asset) records what it misses as candidates;
+    the reconciliation an hour later confirms them. A bounded listing never confirms by itself, and
+    it speaks only for its own range (a candidate outside it stays)."""
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    day = now - timedelta(days=2)
+    gone = _recent(conn, store, now, days=1)[0]
+    sb.delete_order(gone)
+    outside = conn.execute("select min(order_id) from taptouch.orders where store_id = %s and updated_at < %s",
+                           (store, day - timedelta(days=2))).fetchone()[0]  # still listed, but not in range
+    conn.execute("insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at)"
+                 " values (%s, %s, %s, %s)", (outside, store, now, now))
+    result = sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all")
+    assert not result.failures and not result.incomplete
+    assert _candidates(conn) == {gone, outside} and _deleted(conn) == set()  # recorded, nothing deleted
+    again = sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all")
+    assert not again.failures and _deleted(conn) == set()  # a second bounded listing still does not confirm
+    reconciled = reconcile_orders(client, conn, days=7, now=now + HOUR + timedelta(minutes=1))
+    assert not reconciled.failures and _deleted(conn) == {gone}
+    assert _candidates(conn) == set()  # the reconciliation listed the other one: it exists

@@ -14,7 +14,8 @@ an order is marked deleted (``taptouch.orders.deleted_at``) only when it is abse
    missed is confirmed: ``deleted_at = now``, and its candidate row goes.
 3. Every other candidate of the store is dropped: the listing returned it, or its warehouse row is
    no longer in the range (edited meanwhile and loaded, so it exists), or it is already deleted.
-   Confirming therefore always re-checks that the row is still where the listing looked.
+   Confirming therefore always re-checks that the row is still where the listing looked. (A
+   bounded listing looks only at the candidates whose order lies in its range.)
 4. **Share guard**: if the orders to confirm are an unusual share of the store's live orders in
    range (see :func:`unusual_share`) nothing is marked deleted unless ``mass_confirmed`` (an
    operator's explicit confirmation for this store); the candidates stay, so a confirming run
@@ -182,8 +183,13 @@ def judge_listing(
     result.live = len(live)
     missing = [oid for oid in live if oid not in listed]
     result.missing = missing
-    cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
-                (store_id,))
+    if listed_to is None:
+        cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
+                    (store_id,))
+    else:  # a bounded listing speaks only for the candidates whose order lies in its range
+        cur.execute("select c.order_id, c.first_missing_at from taptouch.deletion_candidates c join taptouch.orders o"
+                    " using (order_id) where c.store_id = %s and o.updated_at >= %s and o.updated_at < %s",
+                    (store_id, listed_from, bound))
     held = dict(cur.fetchall())
     # candidates no longer missing here (listed, moved out of range, deleted): not confirmed, dropped
     gone = sorted(set(held) - set(missing))

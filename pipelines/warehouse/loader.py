@@ -39,7 +39,7 @@ import msgspec
 
 from taptouch_resource.api import InvalidRecord
 
-from . import derived, marks, records
+from . import deletions, derived, marks, records
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +351,9 @@ class OrderWindowLoad:
         self.before_merge = before_merge
         self.full = full
         self._marks: dict[int, datetime | None] = {}  # store id -> where its mark may move (None: stays)
+        self._judged: dict[int, tuple[datetime, datetime, datetime]] = {}  # complete listings (store_listed)
+        self._listed: dict[int, set[int]] = {}  # store id -> every order id its pages held
+        self._blind: set[int] = set()  # stores with a listed record whose id cannot be read
         self.window = window
         self.run_id = run_id
         self.batch_size = batch_size
@@ -408,6 +411,13 @@ class OrderWindowLoad:
         sc = self.store_counts(store_id)
         raws = [records.as_bytes(r) for r in page]
         ids = [_order_id(r) for r in raws]
+        listed = self._listed.setdefault(store_id, set())
+        for raw, oid in zip(raws, ids):
+            oid = oid if oid is not None else deletions.listed_id(raw)  # a malformed record is listed too
+            if oid is None:
+                self._blind.add(store_id)
+            else:
+                listed.add(oid)
         known = self._known_digests(ids, store_id)
         buf = self._buf
         blake = hashlib.blake2b
@@ -489,10 +499,18 @@ class OrderWindowLoad:
             if parts:
                 _copy_parts(cur, table, ("seq",) + cols, parts)
 
-    def store_listed(self, store_id: int, mark: datetime | None) -> None:
+    def store_listed(self, store_id: int, mark: datetime | None,
+                     complete: tuple[datetime, datetime, datetime] | None = None) -> None:
         """A store's listing ended: its high-water mark may move to ``mark`` (None: it stays) when
-        the window commits (:func:`.marks.mark_for` says how far a listing lets it move)."""
+        the window commits (:func:`.marks.mark_for` says how far a listing lets it move).
+
+        ``complete`` = (listed from, listed to, started at on the API's clock) of a listing known to
+        be complete: it also counts as one of the two listings that must miss an order before it
+        is marked deleted (:func:`.deletions.judge_listing`; a bounded listing records and clears
+        candidates, it never confirms a deletion)."""
         self._marks[store_id] = mark
+        if complete is not None:
+            self._judged[store_id] = complete
 
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
@@ -585,10 +603,18 @@ class OrderWindowLoad:
         )
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
-        # an order the API lists again is no longer deleted at the source (see pipelines/reconcile.py)
-        # (one index probe per listed order: an OR of the two lists had the planner scan the whole table)
-        cur.execute("update taptouch.orders o set deleted_at = null where o.deleted_at is not null and o.order_id in"
-                    " (select order_id from pick union all select unnest(%s::bigint[]))", (list(self._skipped),))
+        # an order the API lists is not deleted at the source: restored, and no longer a deletion
+        # candidate; a complete listing also records the orders it missed as candidates (.deletions)
+        for store_id, ids in sorted(self._listed.items()):
+            if store_id in self._discarded:
+                continue
+            judged = self._judged.get(store_id) if store_id not in self._blind else None
+            if judged is None:
+                deletions.note_listed(cur, ids)
+            else:
+                listed_from, listed_to, started_at = judged
+                deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
+                                        started_at=started_at, now=started_at, confirm_s=0, seen_by=self.run_id)
         if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
             marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
                                              if sid not in self._discarded}, full=self.full)
