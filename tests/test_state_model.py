@@ -42,7 +42,7 @@ from taptouch_sandbox import Faults, OrdersPage, Sandbox, SandboxConfig
 from tests.support.state_model import STORES, Tally, World
 
 LONG = os.environ.get("TAPTOUCH_MODEL_LONG", "").strip() not in ("", "0")
-EXAMPLES = int(os.environ.get("TAPTOUCH_MODEL_EXAMPLES", "200" if LONG else "10"))
+EXAMPLES = int(os.environ.get("TAPTOUCH_MODEL_EXAMPLES", "200" if LONG else "25"))
 STEPS = int(os.environ.get("TAPTOUCH_MODEL_STEPS", "60" if LONG else "25"))
 
 pick = st.integers(0, 10**6)

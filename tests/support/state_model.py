@@ -156,6 +156,8 @@ class World:
         self.seen_live: set[int] = set()  # returned to a successful run since the source last deleted it
         self.wh_version: dict[int, datetime] = {}
         self.marks: dict[tuple, datetime] = {}
+        self.mark_step: dict[tuple, int] = {}  # the step a mark last moved in
+        self.visible_step: dict[int, int] = {}  # the step an order's current version became visible (0: from the start)
         self.step_pages: list[OrdersPage] = []  # the orders pages served during the current step
         self.mark_key_cols = self._mark_key_columns()
         # listing-time actions, armed by rules and spent by _on_page
@@ -187,6 +189,7 @@ class World:
         for oid in born:
             del self.unborn[oid]
             self.sb.restore_order(oid)
+            self.visible_step[oid] = self.tally.steps
         self.tally.births += len(born)
 
     def new_order(self, store_id: int) -> int | None:
@@ -202,6 +205,7 @@ class World:
         if self.sb.order(oid)["completed_at"] is not None:
             changes["completed_at"] = at
         self.sb.edit_order(oid, **changes)
+        self.visible_step[oid] = self.tally.steps
         self.tally.births += 1
         return oid
 
@@ -220,6 +224,7 @@ class World:
         elif kind != "touch":
             changes["status"] = kind
         self.sb.edit_order(oid, **changes)
+        self.visible_step[oid] = self.tally.steps
         self.tally.edits += 1
         return f"{kind}@{instant(stamp):%d %H:%M:%S}"
 
@@ -239,6 +244,7 @@ class World:
 
     def restore(self, oid: int) -> None:
         self.sb.restore_order(oid)
+        self.visible_step[oid] = self.tally.steps
         del self.deleted[oid]
         self.tally.restores += 1
 
@@ -396,7 +402,30 @@ class World:
             elif mark > instant(min(firsts)):
                 problems.append(f"mark {key} = {mark.isoformat()} passes its listing's start "
                                 f"{instant(min(firsts)).isoformat()} (API clock)")
+            self.mark_step[key] = self.tally.steps
         self.marks = marks
+        # 4. no mark passes a record the warehouse lacks: the next incremental run asks only from
+        # mark - lookback, so every order visible before the mark moved, in [window start, mark -
+        # lookback), must be held at its version (a skipped record would otherwise wait for a full reload)
+        lookback = settings.lookback()
+        win_at = cols.index("window") if "window" in cols else None
+        for key, mark in marks.items():
+            try:
+                start = datetime.fromisoformat(key[win_at]).replace(tzinfo=timezone.utc) if win_at is not None else None
+            except (TypeError, ValueError):
+                continue
+            if mark is None or start is None or key not in self.mark_step:
+                continue
+            limit = min(mark - lookback, start + timedelta(days=1))
+            moved = self.mark_step[key]
+            for oid in self.live:
+                if self.store_of[oid] != key[sid_at] or self.visible_step.get(oid, 0) >= moved:
+                    continue
+                at = datetime.fromisoformat(self.sb.order(oid)["updated_at"])
+                got = held.get(oid)
+                if start <= at < limit and (got is None or got[0] < at):
+                    problems.append(f"mark {key} = {mark.isoformat()} passed order {oid} ({at.isoformat()}), which "
+                                    f"the warehouse {'lacks' if got is None else 'holds older'}")
         if problems:
             raise Violation("; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
 
