@@ -1,6 +1,6 @@
 """The alert outbox: alerts are written to the warehouse first, then POSTed until a webhook takes them.
 
-``taptouch.alert_outbox`` (migration 0010) holds one row per alert, keyed by an idempotency key
+``taptouch_meta.alert_outbox`` (migration 0010) holds one row per alert, keyed by an idempotency key
 derived from what the alert is about (:func:`alert_key`: ``run-failure:<run id>``,
 ``check-failure:<run id>:<asset>:<check>:<partition>``), so enqueuing the same event twice makes
 one row (:func:`enqueue`). :func:`deliver_due` sends the rows that are due, oldest first:
@@ -138,15 +138,15 @@ def post(body: dict[str, Any], key: str, url: str, *, deadline: float = POST_DEA
 # ------------------------------------------------------------------------------------ the table
 
 _INSERT = """
-insert into taptouch.alert_outbox (idempotency_key, kind, body) values (%s, %s, %s)
+insert into taptouch_meta.alert_outbox (idempotency_key, kind, body) values (%s, %s, %s)
 on conflict (idempotency_key) do nothing
 """
 
 _CLAIM = """
-update taptouch.alert_outbox
+update taptouch_meta.alert_outbox
 set attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = now() + make_interval(secs => %s)
 where idempotency_key = (
-    select idempotency_key from taptouch.alert_outbox
+    select idempotency_key from taptouch_meta.alert_outbox
     where sent_at is null and next_attempt_at <= now()
     order by next_attempt_at, created_at
     limit 1
@@ -156,16 +156,16 @@ returning idempotency_key, body, attempts
 """
 
 _SENT = """
-update taptouch.alert_outbox set sent_at = now(), last_error = null where idempotency_key = %s
+update taptouch_meta.alert_outbox set sent_at = now(), last_error = null where idempotency_key = %s
 """
 
 _FAILED = """
-update taptouch.alert_outbox
+update taptouch_meta.alert_outbox
 set last_error = %s, next_attempt_at = now() + make_interval(secs => %s)
 where idempotency_key = %s
 """
 
-_PENDING = "select count(*) from taptouch.alert_outbox where sent_at is null"
+_PENDING = "select count(*) from taptouch_meta.alert_outbox where sent_at is null"
 
 
 def enqueue(conn, alerts: list[Alert]) -> int:

@@ -21,7 +21,7 @@ Sensors (all on by default, read by the Dagster daemon):
 * ``taptouch_alert_outbox``: sends what the two others queued.
 
 Dagster moves a run-status sensor's cursor past a run even when the tick raises, so the first two
-never POST: they write each alert to the warehouse's ``taptouch.alert_outbox``
+never POST: they write each alert to the warehouse's ``taptouch_meta.alert_outbox``
 (:mod:`pipelines.alert_outbox`, keyed by an idempotency key, so a re-run of a tick adds no second
 row), and the third POSTs the due rows, retrying with backoff across ticks until the webhook takes
 them. When the warehouse cannot take an alert, it is POSTed directly, once, and the tick logs
@@ -307,11 +307,11 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
     try:
         with _outbox_connection(warehouse) as conn:
             added = outbox.enqueue(conn, alerts)
-        logger.info(f"{added} alert(s) queued in taptouch.alert_outbox ({len(alerts) - added} already there)")
+        logger.info(f"{added} alert(s) queued in taptouch_meta.alert_outbox ({len(alerts) - added} already there)")
         return
     except _OUTBOX_UNAVAILABLE as exc:
         reason = _reason(exc)
-    logger.warning(f"the alert outbox (taptouch.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
+    logger.warning(f"the alert outbox (taptouch_meta.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
                    f"alert(s) directly, once, without retries")
     lost = []
     for alert in alerts:
@@ -432,7 +432,7 @@ def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: 
 @dg.sensor(
     name="taptouch_alert_outbox", default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=sensor_interval(),
-    description=f"POSTs the alerts queued in taptouch.alert_outbox to ${WEBHOOK_ENV}, retrying with backoff until "
+    description=f"POSTs the alerts queued in taptouch_meta.alert_outbox to ${WEBHOOK_ENV}, retrying with backoff until "
                 f"they are taken (off when unset).",
 )
 def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: PostgresResource):
@@ -443,7 +443,7 @@ def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: Postgr
         with _outbox_connection(warehouse) as conn:
             delivery = outbox.deliver_due(conn, url)
     except _OUTBOX_UNAVAILABLE as exc:
-        raise RuntimeError(f"the alert outbox (taptouch.alert_outbox) is unavailable: "
+        raise RuntimeError(f"the alert outbox (taptouch_meta.alert_outbox) is unavailable: "
                            f"{_reason(exc)} (the queued alerts wait; a missing table: run "
                            f"taptouch-sync migrate)") from None
     if delivery.failed:

@@ -157,7 +157,7 @@ def deliver(warehouse: PostgresResource, instance=None):
 
 def outbox_rows(db: str) -> list[dict]:
     with psycopg.connect(db, row_factory=psycopg.rows.dict_row) as conn:
-        return conn.execute("select * from taptouch.alert_outbox order by idempotency_key").fetchall()
+        return conn.execute("select * from taptouch_meta.alert_outbox order by idempotency_key").fetchall()
 
 
 def test_failed_checks_are_sent_once_each_at_or_above_the_severity(monkeypatch, migrated_db):
@@ -208,13 +208,13 @@ def test_a_failed_post_is_retried_on_a_later_tick_and_delivered_exactly_once(mon
         assert receiver.answers == [500]
 
         with psycopg.connect(migrated_db) as conn:  # the backoff has passed
-            conn.execute("update taptouch.alert_outbox set next_attempt_at = now()")
+            conn.execute("update taptouch_meta.alert_outbox set next_attempt_at = now()")
         assert "sent 1" in deliver(warehouse, instance).skip_message
         (row,) = outbox_rows(migrated_db)
         assert row["attempts"] == 2 and row["sent_at"] is not None and row["last_error"] is None
         deliver(warehouse, instance)
         with psycopg.connect(migrated_db) as conn:
-            conn.execute("update taptouch.alert_outbox set next_attempt_at = now()")
+            conn.execute("update taptouch_meta.alert_outbox set next_attempt_at = now()")
         deliver(warehouse, instance)
         assert receiver.answers == [500, 200] and len(receiver.delivered()) == 1
         assert receiver.bodies[0] == receiver.bodies[1]

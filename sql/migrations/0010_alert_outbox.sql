@@ -3,8 +3,11 @@
 -- TAPTOUCH_ALERT_WEBHOOK_URL, retrying with exponential backoff across ticks until the webhook
 -- answers 2xx. Delivery is at least once: a receiver may see an alert twice (same key), never miss one.
 -- The body is stored already redacted; the webhook URL (a secret) is never stored.
+-- In taptouch_meta with the sync's other working state (not Taptouch data: no account column).
 -- A new, empty table: the migration is instant at any warehouse size.
-create table if not exists taptouch.alert_outbox (
+create schema if not exists taptouch_meta;
+
+create table if not exists taptouch_meta.alert_outbox (
     idempotency_key  text primary key,           -- e.g. run-failure:<run id>; sent as the Idempotency-Key header
     kind             text not null,               -- run_failure | check_failure
     body             jsonb not null,              -- the JSON POSTed (carries idempotency_key too)
@@ -16,5 +19,5 @@ create table if not exists taptouch.alert_outbox (
     sent_at          timestamptz                  -- the webhook answered 2xx; null: still pending
 );
 
-create index if not exists alert_outbox_due on taptouch.alert_outbox (next_attempt_at, created_at)
+create index if not exists alert_outbox_due on taptouch_meta.alert_outbox (next_attempt_at, created_at)
     where sent_at is null;
