@@ -93,7 +93,7 @@ def sensor_interval() -> int:
 # ------------------------------------------------------------------------------------ redaction
 
 _REDACTED = "***"
-# A URL runs to the next whitespace, quote or bracket: everything RFC 3986 allows in a user info
+# A URL runs to the next whitespace, ", <, >, | or backtick: everything RFC 3986 allows in a user info
 # (the sub-delims ! $ & ' ( ) * + , ; =, percent escapes) and what it does not but libpq takes (#, ?,
 # / and @ in a password) stays inside it, so no part of a password is left outside the URL. No
 # word boundary before the scheme: "dsn_postgresql://u:pw@h" is a URL too.
