@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Union
 import psycopg
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
-from taptouch_resource.retry import RETRY_STATUSES
+from taptouch_resource.retry import RETRY_STATUSES, stop_on
 
 from .warehouse import marks, ownership
 from .warehouse import records as record_rules
@@ -218,6 +218,7 @@ class WindowCancelled(Exception):
     before its merge, and rolled back."""
 
 
+_ABANDON_AFTER_S = 1.0  # a stopping window waits this long for fetch threads busy in a request
 _CANCEL_POLL_S = 0.2  # how often a window waiting for its fetchers or its turn to merge checks ``cancel``
 
 
@@ -235,25 +236,39 @@ def _wait_for(previous: threading.Event, cancel: threading.Event | None) -> None
 
 class _OrderFetchers:
     """Fetch threads for the stores of one window; :meth:`events` yields what they report, until
-    every store is done or failed. Leaving the ``with`` block stops threads still fetching."""
+    every store is done or failed. Leaving the ``with`` block stops the threads still fetching: their
+    waits (budget, 429, back-off) end at once (:func:`taptouch_resource.retry.stop_on`); a request
+    already on the wire is not waited for when the block is left by an exception (a run being
+    terminated, a window cancelled): the daemon thread is abandoned, and ends with that request."""
 
     def __init__(self, client: TaptouchClient, starts: dict[int, datetime], end: datetime, workers: int):
         self.client, self.starts, self.end = client, starts, end
         self.events_q: queue.Queue[FetchEvent] = queue.Queue(maxsize=max(4, 2 * workers))
         self.stop = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taptouch-fetch")
+        self.workers = workers
+        self._todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> "_OrderFetchers":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.stop.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        give_up = None if exc_type is None else time.monotonic() + _ABANDON_AFTER_S
+        for thread in self._threads:
+            thread.join(None if give_up is None else max(0.0, give_up - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.warning("%d fetch thread(s) still waiting on a request were left to end on their own", len(stuck))
 
     def events(self, store_ids: list[int], cancel: threading.Event | None = None) -> Iterator[FetchEvent]:
         """The stores' events as they come; :class:`WindowCancelled` once ``cancel`` is set."""
         for store_id in store_ids:
-            self.pool.submit(self._fetch, store_id)
+            self._todo.put(store_id)
+        for n in range(min(self.workers, len(store_ids))):
+            thread = threading.Thread(target=self._work, name=f"taptouch-fetch-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         pending = set(store_ids)
         while pending:
             if cancel is None:
@@ -269,6 +284,14 @@ class _OrderFetchers:
                 pending.discard(event.store_id)
             yield event
 
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                store_id = self._todo.get_nowait()
+            except queue.Empty:
+                return
+            self._fetch(store_id)
+
     def _put(self, event: FetchEvent) -> None:
         while not self.stop.is_set():
             try:
@@ -278,6 +301,10 @@ class _OrderFetchers:
                 continue
 
     def _fetch(self, store_id: int) -> None:
+        with stop_on(self.stop):  # leaving the block (a run stopping) ends this thread's waits at once
+            self._fetch_store(store_id)
+
+    def _fetch_store(self, store_id: int) -> None:
         pages = orders = 0
         try:
             listing = self.client.iter_order_record_pages(store_id, updated_from=self.starts[store_id],
@@ -453,6 +480,10 @@ def sync_orders_windows(
     ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
 
     def load(i: int) -> SyncResult:
+        with stop_on(cancel):
+            return _load(i)
+
+    def _load(i: int) -> SyncResult:
         start, end, key = windows[i]
         try:
             previous = ended[i - 1] if i else None

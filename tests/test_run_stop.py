@@ -46,9 +46,25 @@ class _LimitedFetches(Sandbox):
         return super().handle(method, path, query, headers, body)
 
 
+class _StalledFetches(Sandbox):
+    """The sandbox, never answering an orders request (it holds it for two minutes, longer than the
+    client's read timeout): the fetch threads are busy in a request when the run is stopped."""
+
+    released = None
+
+    def handle(self, method, path, query, headers, body):
+        if "/orders" in path:
+            with self._lock:
+                self.stats.responses_by_status[429] = self.stats.responses_by_status.get(429, 0) + 1  # "reached"
+            self.released.wait(120)
+            return self._envelope_error(503, {"code": "stalled", "message": "gave up"})
+        return super().handle(method, path, query, headers, body)
+
+
 def _terminate_while_waiting(mode: str, sandbox: Sandbox, url: str, db_url: str) -> float:
-    """Start the run, wait until its fetches got their 429 (Retry-After 600 s) and wait on it,
-    SIGTERM the run worker; return how long it took to be gone."""
+    """Start the run, wait until its fetches got their 429 (Retry-After 600 s) and wait on it (or
+    are stuck in a request the server does not answer), SIGTERM the run worker; return how long it
+    took to be gone."""
     child = _spawn(mode, url, db_url)
     try:
         assert child.stdout.readline().strip() == "ready"
@@ -57,7 +73,7 @@ def _terminate_while_waiting(mode: str, sandbox: Sandbox, url: str, db_url: str)
             assert child.poll() is None, child.communicate()
             time.sleep(0.05)
         assert sandbox.stats.responses_by_status.get(429, 0) >= 1, "the run never reached the fetches"
-        time.sleep(1.0)  # the fetch threads are now in the 429 wait and the budget's pause
+        time.sleep(1.0)  # the fetch threads are now in the 429 wait and the budget's pause (or the request)
         assert child.poll() is None
         limited = sandbox.stats.responses_by_status[429]
         sent_at = time.monotonic()
@@ -94,9 +110,24 @@ def test_a_run_whose_fetch_threads_wait_with_stop_on_stops_within_5_s_of_sigterm
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="needs the lead's wiring in pipelines/sync.py (_OrderFetchers._fetch inside "
-                                       "retry.stop_on(self.stop)); remove this marker with that change")
 def test_a_terminated_orders_run_stops_within_5_s_while_waiting_on_a_429_and_the_budget(sandbox_url, migrated_db):
     sandbox, url = sandbox_url
     took = _terminate_while_waiting("orders", sandbox, url, migrated_db)
+    assert took < STOP_WITHIN_S, f"the run worker was still there {took:.1f}s after SIGTERM"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_terminated_orders_run_stops_within_5_s_while_a_request_hangs(migrated_db):
+    """The fetch threads are inside a request the server does not answer (for longer than the read
+    timeout): the stopping window does not wait for them."""
+    import threading
+
+    sb = _StalledFetches(SandboxConfig(seed=3, stores=3, days=2, end_date=date(2026, 11, 27), orders_per_day=20))
+    sb.released = threading.Event()
+    with sb.serve() as url:
+        try:
+            took = _terminate_while_waiting("orders", sb, url, migrated_db)
+        finally:
+            sb.released.set()
     assert took < STOP_WITHIN_S, f"the run worker was still there {took:.1f}s after SIGTERM"
