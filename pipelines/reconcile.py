@@ -159,7 +159,8 @@ def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int,
     and the records the warehouse lacks or holds in an older version (checked page by page with a
     read-only query; the merge decides again under its lock)."""
     out = _Listing()
-    listing = client.iter_order_record_pages(store_id, updated_from=start, updated_to=end)
+    # the last page is asked for twice: an empty or cut-short 200 answer looks like the listing's end
+    listing = client.iter_order_record_pages(store_id, updated_from=start, updated_to=end, confirm_end=True)
     for page in listing:
         out.records += len(page)
         found: list[tuple[int, bytes]] = []

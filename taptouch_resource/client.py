@@ -209,13 +209,14 @@ class TaptouchClient:
             yield _parse_page(page)
 
     def iter_order_record_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
-                                status: str | None = None) -> OrderListing:
+                                status: str | None = None, confirm_end: bool = False) -> OrderListing:
         """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
         loader stages: no parsing into Python objects on the way).
 
         The pages come from an :class:`~taptouch_resource.listing.OrderListing` (keyset pages checked
         to be in order, else a verifying pass), which tells afterwards whether the listing is
-        ``complete``, when it ``started_at`` on the API's clock, and the ``newest`` instant read."""
+        ``complete``, when it ``started_at`` on the API's clock, and the ``newest`` instant read.
+        ``confirm_end``: the last page is asked for twice (see :class:`OrderListing`)."""
         params: dict[str, Any] = {api.PARAM_UPDATED_TO: _iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
@@ -225,7 +226,7 @@ class TaptouchClient:
             fetch=lambda p: self._listing_page(path, p, what),
             offset_pages=lambda p: self._paginate(path, p, what),
             params=params, updated_from=updated_from, updated_to=updated_to, page_size=self.page_size,
-            max_pages=self.max_pages, what=what)
+            max_pages=self.max_pages, what=what, confirm_end=confirm_end)
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
         """Current stock levels of one store (``integration.inventory``)."""

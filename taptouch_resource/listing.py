@@ -124,18 +124,23 @@ class OrderListing:
     - ``verified``: True when the keyset pass had to be checked by a second pass.
     - ``pages``, ``records``: answers read, records yielded (duplicates dropped).
 
+    ``confirm_end``: ask for the last (short) page twice; an empty or cut-short 200 answer looks
+    exactly like the end of a listing, and a second answer that differs makes it incomplete. One
+    more request per listing: for listings that may prove deletions (the reconciliation).
+
     ``fetch(params) -> Page`` performs one request (retries, envelope, page checks: the client's
     job); ``offset_pages(params)`` is the client's page-number paginator with its loop guards.
     """
 
     def __init__(self, *, fetch: Callable[[dict], Page], offset_pages: Callable[[dict], Iterator[list[bytes]]],
                  params: dict, updated_from: datetime, updated_to: datetime, page_size: int, max_pages: int,
-                 what: str, on_page: Callable[[int], None] | None = None):
+                 what: str, on_page: Callable[[int], None] | None = None, confirm_end: bool = False):
         self._fetch, self._offset_pages = fetch, offset_pages
         self._params = params
         self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
         self._count, self._max_pages, self.what = page_size, max_pages, what
         self._on_page = on_page
+        self._confirm_end = confirm_end
         self.complete = False
         self.started_at: datetime | None = None
         self.newest: datetime | None = None
@@ -145,7 +150,9 @@ class OrderListing:
         self._seen: set[tuple[Any, Any]] = set()  # (id, version as sent) of every record yielded
         self._seen_ids: set[Any] = set()
         self._missed = 0
-        self._blind = False  # stepped by page number past records whose instants could not be read
+        # stepped by page number past records whose instants could not be read, or a last page
+        # that answered differently when asked again: never complete
+        self._doubtful = False
         self._it = self._run()
 
     def __iter__(self) -> "OrderListing":
@@ -161,7 +168,7 @@ class OrderListing:
     def _run(self) -> Iterator[list[bytes]]:
         in_order = yield from self._keyset()
         if in_order:
-            self.complete = not self._blind
+            self.complete = not self._doubtful
             return
         self.verified = True
         log.warning("%s: the API's pages were not in updated_at order; reading the range by page number, then "
@@ -193,6 +200,8 @@ class OrderListing:
             if not in_order:
                 return False
             if len(page.records) < self._count:
+                if self._confirm_end:
+                    yield from self._confirm_last(cursor, index, page.records)
                 return True
             last = max(instants, default=None)
             if last is not None and last > cursor:
@@ -201,7 +210,23 @@ class OrderListing:
                 yield from self._one_instant(cursor)
                 cursor, index, previous = cursor + _TICK, 0, None
             else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
-                index, previous, self._blind = index + 1, page.records, True
+                index, previous, self._doubtful = index + 1, page.records, True
+
+    def _confirm_last(self, cursor: datetime, index: int, records: list[bytes]) -> Iterator[list[bytes]]:
+        """Ask for the last (short) page once more: an empty or cut-short 200 answer looks exactly
+        like the end of a listing. A second answer that differs makes the listing incomplete (what
+        it adds is read)."""
+        self._bound()
+        again = self._fetch({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
+                             api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
+        self._started(again)
+        if again.records != records:
+            self._doubtful = True
+            log.warning("%s: the last page answered differently when asked again (%d then %d records); the "
+                        "listing is not trusted to be complete", self.what, len(records), len(again.records))
+            fresh, _, _ = self._take(again.records, None)
+            if fresh:
+                yield fresh
 
     def _one_instant(self, instant: datetime) -> Iterator[list[bytes]]:
         """Every record at ``instant`` (more than a page of them): [instant, instant + 1 us) by page

@@ -170,3 +170,35 @@ def test_random_edits_and_deletions_during_a_listing_lose_nothing():
         listing, ids = read(fake, page_size=rng.randint(3, 6))
         assert untouched <= set(ids)
         assert listing.complete
+
+
+def test_an_empty_answer_that_looks_like_the_end_is_caught_when_asked_twice():
+    """The 2nd answer is an empty 200 (a careless server): it looks exactly like the end of the
+    listing. Asked once more, the last page answers differently: the listing is not complete."""
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    real = fake.__call__
+    answers = [0]
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return real(request)
+        answers[0] += 1
+        response = real(request)
+        if answers[0] == 2:
+            body = json.loads(response.content)
+            body["data"] = []
+            return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        return response
+
+    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
+                            transport=httpx.MockTransport(flaky), page_size=5, requests_per_second=None,
+                            sleep=lambda s: None)
+    trusting = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    assert len([r for page in trusting for r in page]) == 5 and trusting.complete  # fooled: ends early
+    answers[0] = 0
+    careful = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in careful for r in page}
+    assert not careful.complete and ids >= set(range(1, 6))
+    answers[0] = 10  # a well-behaved server: the last page answers the same twice
+    steady = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    assert {json.loads(r)["id"] for page in steady for r in page} == set(range(1, 13)) and steady.complete
