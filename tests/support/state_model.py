@@ -403,10 +403,13 @@ class World:
                 problems.append(f"mark {key} = {mark.isoformat()} passes its listing's start "
                                 f"{instant(min(firsts)).isoformat()} (API clock)")
             self.mark_step[key] = self.tally.steps
-        self.marks = marks
+        previous, self.marks = self.marks, marks
         # 4. no mark passes a record the warehouse lacks: the next incremental run asks only from
-        # mark - lookback, so every order visible before the mark moved, in [window start, mark -
-        # lookback), must be held at its version (a skipped record would otherwise wait for a full reload)
+        # mark - lookback, so every order visible before the mark moved, in the range its listing
+        # asked for ([old mark - lookback or window start, new mark - lookback)), must be held at its
+        # version (a skipped record would otherwise wait for a full reload). An order that appears
+        # with an instant older than the range asked for (a re-listing at the source, a late
+        # replica) is the reconciliation's and the daily full reload's to catch (docs/operating.md).
         lookback = settings.lookback()
         win_at = cols.index("window") if "window" in cols else None
         for key, mark in marks.items():
@@ -414,8 +417,9 @@ class World:
                 start = datetime.fromisoformat(key[win_at]).replace(tzinfo=timezone.utc) if win_at is not None else None
             except (TypeError, ValueError):
                 continue
-            if mark is None or start is None or key not in self.mark_step:
+            if mark is None or start is None or key not in self.mark_step or previous.get(key) == mark:
                 continue
+            asked_from = start if previous.get(key) is None else max(start, previous[key] - lookback)
             limit = min(mark - lookback, start + timedelta(days=1))
             moved = self.mark_step[key]
             for oid in self.live:
@@ -423,7 +427,7 @@ class World:
                     continue
                 at = datetime.fromisoformat(self.sb.order(oid)["updated_at"])
                 got = held.get(oid)
-                if start <= at < limit and (got is None or got[0] < at):
+                if asked_from <= at < limit and (got is None or got[0] < at):
                     problems.append(f"mark {key} = {mark.isoformat()} passed order {oid} ({at.isoformat()}), which "
                                     f"the warehouse {'lacks' if got is None else 'holds older'}")
         if problems:
