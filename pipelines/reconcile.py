@@ -247,7 +247,7 @@ def reconcile_orders(
         try:
             listing = _list_store(client, conn, store_id, listed_from - LISTING_SLACK,
                                   max(now, datetime.now(timezone.utc)) + LISTING_HORIZON)
-        except TaptouchError as exc:
+        except Exception as exc:  # a hostile answer costs its own store, never the others'
             result.failures.append((store_id, describe(exc), is_transient(exc)))
             log.error("reconcile: store %s: %s", store_id, describe(exc))
             continue

@@ -15,9 +15,10 @@ page number, and once more as a *verifying pass*. The listing counts as complete
 verifying pass found no record older than the listing's start that the earlier reads had missed
 (an older record found only then proves a skip, and page numbers may have skipped others too).
 
-Records at one instant that fill a whole page cannot move a keyset cursor: that instant alone
-(``[t, t + 1 us)``) is read by page number, twice (a record skipped in the first read because another
-one left that instant is found by the second), and the cursor moves on past it.
+A whole page that cannot move the keyset cursor (a page or more of records at one instant, or a
+server that compares ``updated_from`` at whole seconds and holds a page of records within one
+second) has its second read alone (``[s, s + 1 s)``) by page number, twice (a record skipped in the
+first read because another one moved away is found by the second); the cursor then moves past it.
 
 After iteration a listing tells the sync what it may believe (see :class:`OrderListing`): whether it
 is ``complete``, the instant it ``started_at`` on the API's own clock (the first page's envelope
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
@@ -56,17 +58,19 @@ class _Key(msgspec.Struct):
 
 
 _KEY_DECODER = msgspec.json.Decoder(_Key)
-_TICK = timedelta(microseconds=1)
 # A server may compare ``updated_from`` at whole seconds: records up to a second before the cursor
 # are extra (dropped as read), not a sign of disorder. Further back, it ignores ``updated_from``.
 _GRAIN = timedelta(seconds=1)
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+# what the record boundary accepts as an instant (RFC 3339: date, time, optional fraction, offset);
+# week dates, basic format or a comma fraction would drive the cursor while the loader quarantines
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,30})?([Zz]|[+-]\d{2}(:?\d{2})?)")
 
 
 def parse_instant(value: Any) -> datetime | None:
     """An ISO 8601 instant with an offset, floored to the microsecond (Python's precision); None
     when it is not one. Flooring keeps ``updated_from`` inclusive of the record it came from."""
-    if not isinstance(value, str) or len(value) > 64:
+    if not isinstance(value, str) or len(value) > 64 or not _INSTANT.fullmatch(value):
         return None
     try:
         at = datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00").replace("z", "+00:00")))
@@ -91,16 +95,23 @@ def record_key(raw: bytes) -> tuple[Any, Any, datetime | None]:
     return oid, version, parse_instant(version)
 
 
-def api_clock(timestamp: Any) -> datetime | None:
+_EARLIEST_CLOCK = 978307200  # 2001-01-01: an API clock before that is broken, not a clock
+_CLOCK_AHEAD = 86400  # an API clock more than a day ahead of this machine's is not believed either
+
+
+def api_clock(timestamp: Any, *, local: float | None = None) -> datetime | None:
     """The instant a listing started on the API's clock: ``status.timestamp`` (Unix seconds, whole)
-    floored, minus one second (a record stamped within that second may be newer than the answer)."""
+    floored, minus one second (a record stamped within that second may be newer than the answer).
+    None when it is missing or not plausible (before 2001, or more than a day ahead of ``local``,
+    this machine's clock): a hostile clock must not let a mark run ahead."""
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, str)):
         return None
     try:
         seconds = float(timestamp)
-    except ValueError:
+    except (ValueError, OverflowError, TypeError):
         return None
-    if not math.isfinite(seconds) or not 0 < seconds < 253402300799:
+    local = time.time() if local is None else local
+    if not math.isfinite(seconds) or not _EARLIEST_CLOCK <= seconds <= local + _CLOCK_AHEAD:
         return None
     return datetime.fromtimestamp(math.floor(seconds), timezone.utc) - timedelta(seconds=1)
 
@@ -209,9 +220,12 @@ class OrderListing:
             last = max(instants, default=None)
             if last is not None and last > cursor:
                 cursor, index, previous = last, 0, None
-            elif last is not None:  # a whole page at the cursor's instant: read that instant alone
-                yield from self._one_instant(cursor)
-                cursor, index, previous = cursor + _TICK, 0, None
+            elif last is not None:  # a whole page that does not move the cursor: read its second alone
+                second = cursor.replace(microsecond=0)
+                served = yield from self._one_second(second)
+                if not served:  # the server cannot read one second on its own: the page-number passes
+                    return False
+                cursor, index, previous = second + _GRAIN, 0, None
             else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
                 index, previous, self._doubtful = index + 1, page.records, True
 
@@ -223,23 +237,32 @@ class OrderListing:
         again = self._fetch({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
                              api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
         self._started(again)
-        if again.records != records:
+        if again.records == records:
+            return
+        first_ids = {record_key(r)[0] for r in records}
+        again_ids = {record_key(r)[0] for r in again.records}
+        added = [record_key(r) for r in again.records if r not in records]
+        # an order edited meanwhile moves to the end with an instant after the listing started: that
+        # is a busy store, not a short answer; anything else that differs is
+        moved_on = first_ids <= again_ids and all(
+            at is not None and self.started_at is not None and at >= self.started_at for _, _, at in added)
+        if not moved_on:
             self._doubtful = True
             log.warning("%s: the last page answered differently when asked again (%d then %d records); the "
                         "listing is not trusted to be complete", self.what, len(records), len(again.records))
-            fresh, _, _ = self._take(again.records, None)
-            if fresh:
-                yield fresh
+        fresh, _, _ = self._take(again.records, None)
+        if fresh:
+            yield fresh
 
-    def _one_instant(self, instant: datetime) -> Iterator[list[bytes]]:
-        """Every record at ``instant`` (more than a page of them): [instant, instant + 1 us) by page
-        number, twice, so that a record at that instant skipped because another one moved away
-        during the first read is found by the second. A server that answers that range with nothing
-        where a whole page held that instant (it cannot read so narrow a range) leaves the listing
-        incomplete."""
-        params = {**self._params, api.PARAM_UPDATED_FROM: iso(instant), api.PARAM_UPDATED_TO: iso(instant + _TICK)}
+    def _one_second(self, second: datetime) -> Iterator[list[bytes]]:
+        """Every record in ``[second, second + 1 s)``, where a whole page did not move the cursor (a
+        page or more of records at one instant, or a server that compares ``updated_from`` at whole
+        seconds), by page number, twice: a record skipped in the first read because another one
+        moved away is found by the second. Returns how many records the reads served (0: the server
+        cannot read so narrow a range)."""
+        params = {**self._params, api.PARAM_UPDATED_FROM: iso(second), api.PARAM_UPDATED_TO: iso(second + _GRAIN)}
+        served = 0
         for _ in range(2):
-            served = 0
             for records in self._offset_pages(params):
                 self._bound()
                 self._started(Page(records))
@@ -247,10 +270,7 @@ class OrderListing:
                 fresh, _, _ = self._take(records, None)
                 if fresh:
                     yield fresh
-            if served == 0:
-                self._doubtful = True
-                log.warning("%s: the API served no record for the instant %s alone, where a whole page held it; "
-                            "the listing is not trusted to be complete", self.what, iso(instant))
+        return served
 
     def _bound(self) -> None:
         if self.pages >= self._max_pages:

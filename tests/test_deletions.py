@@ -411,3 +411,26 @@ def test_a_complete_orders_listing_is_the_first_of_the_two(world):
     reconciled = reconcile_orders(client, conn, days=7, now=now + HOUR + timedelta(minutes=1))
     assert not reconciled.failures and _deleted(conn) == {gone}
     assert _candidates(conn) == set()  # the reconciliation listed the other one: it exists
+
+
+@pytest.mark.parametrize("skew", [-7200, 10 * 365 * 86400])
+def test_the_hour_between_two_listings_is_timed_by_one_clock(world, skew):
+    """The API's clock 2 hours behind, or 10 years ahead: a candidate recorded by a full reload still
+    waits exactly TAPTOUCH_RECONCILE_CONFIRM_S on this machine's clock, neither confirmed a minute
+    later nor never."""
+    sb, tamper, client, conn = world
+    store = sb.store_ids()[0]
+    now = datetime.now(timezone.utc)
+    gone = _recent(conn, store, now, days=1)[0]
+    sb.delete_order(gone)
+    sb.faults.clock_skew = skew
+    day = now - timedelta(days=2)
+    assert not sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all").failures
+    # a clock 2 h behind is believed (and its listing judged); one 10 years ahead is not, so that
+    # listing proves nothing (no candidate) and the reconciliations below start the wait
+    assert _candidates(conn) == ({gone} if skew < 0 else set())
+    sb.faults.clock_skew = 0
+    soon = reconcile_orders(client, conn, days=7, now=now + timedelta(minutes=1), confirm_s=3600)
+    assert not soon.failures and _deleted(conn) == set()
+    later = reconcile_orders(client, conn, days=7, now=now + 2 * HOUR + timedelta(minutes=2), confirm_s=3600)
+    assert not later.failures and _deleted(conn) == {gone}

@@ -245,13 +245,13 @@ def test_a_server_ignoring_updated_from_is_read_by_page_number():
     assert ids == set(range(1, 13)) and listing.verified and listing.complete
 
 
-def test_a_server_that_cannot_read_one_instant_leaves_the_listing_incomplete():
+def test_a_server_that_cannot_read_one_second_is_read_by_page_number():
     fake = MovingAPI({i: 5 for i in range(1, 13)} | {20: 6})
     real = fake.__call__
 
     def narrow_is_empty(request: httpx.Request) -> httpx.Response:
         q = {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()}
-        if "updated_to" in q and parse_instant(q["updated_to"]) - parse_instant(q["updated_from"]) < timedelta(seconds=1):
+        if "updated_to" in q and parse_instant(q["updated_to"]) - parse_instant(q["updated_from"]) <= timedelta(seconds=1):
             request = httpx.Request(request.method, request.url.copy_merge_params({"updated_to": q["updated_from"]}))
         return real(request)
 
@@ -259,5 +259,40 @@ def test_a_server_that_cannot_read_one_instant_leaves_the_listing_incomplete():
                             transport=httpx.MockTransport(narrow_is_empty), page_size=5, requests_per_second=None,
                             sleep=lambda s: None)
     listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
-    list(listing)
-    assert not listing.complete
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert ids == set(range(1, 13)) | {20} and listing.verified
+
+
+def test_a_page_of_records_within_one_second_on_a_whole_seconds_server():
+    """15 orders inside one second at distinct microseconds, a server comparing updated_from at
+    whole seconds: the cursor cannot move by keyset; that second is read alone, then the rest."""
+    us = timedelta(microseconds=1)
+    fake = MovingAPI({})
+    fake.orders = {}
+    base = {i: T0 + timedelta(seconds=5) + (10_000 + i) * us for i in range(1, 16)} | {99: T0 + timedelta(seconds=9)}
+    real_call = MovingAPI.__call__
+
+    def floors(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return real_call(fake, request)
+        q = {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()}
+        lo = parse_instant(q["updated_from"]).replace(microsecond=0)
+        hi = parse_instant(q["updated_to"])
+        rows = sorted((at, oid) for oid, at in base.items() if lo <= at < hi)
+        index, count = int(q.get("index", 0)), int(q["count"])
+        body = {"status": {"timestamp": NOW, "ack": 200, "errors": None},
+                "data": [{"id": oid, "updated_at": at.isoformat()} for at, oid in rows[index * count:(index + 1) * count]]}
+        fake.pages += 1
+        return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
+                            transport=httpx.MockTransport(floors), page_size=10, requests_per_second=None,
+                            sleep=lambda s: None, max_pages=50)
+    listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert ids == set(base) and listing.complete and fake.pages < 15
+
+
+@pytest.mark.parametrize("timestamp", [10**400, "1e400", 1, 0.5, 253402300798, "nan", -1])
+def test_an_absurd_api_clock_is_not_believed(timestamp):
+    assert api_clock(timestamp) is None

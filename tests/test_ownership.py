@@ -80,3 +80,14 @@ def test_an_order_and_its_children_carry_one_account(sandbox, migrated_db):
             {"id": order["id"]}).fetchall()
         assert {kind for kind, _ in rows} >= {"orders", "items", "refunds"}
         assert {account for _, account in rows} == {"north"}
+
+
+def test_a_store_whose_orders_another_account_loaded_first_is_theirs(sandbox, migrated_db):
+    """The orders asset may load a store before any stores run: its orders say who was first."""
+    client = client_of(sandbox)
+    with session(migrated_db, "north") as north, session(migrated_db, "south") as south:
+        tz = list_stores(client, north).timezones  # no store rows yet
+        sync_orders_window(client, north, start=START, end=END, window=DAY, timezones=tz)
+        assert list_stores(client, south).foreign == {sid: "north" for sid in sandbox.store_ids()}
+        counts, records = sync_stores(client, south)
+        assert records == [] and north.execute("select count(*) from taptouch.stores").fetchone() == (0,)

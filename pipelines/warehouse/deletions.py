@@ -183,6 +183,10 @@ def judge_listing(
     result.live = len(live)
     missing = [oid for oid in live if oid not in listed]
     result.missing = missing
+    # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
+    # wait now: the interval is never shortened, and never made endless, by a clock step
+    cur.execute("update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s"
+                " and first_missing_at > %s", (now, store_id, now))
     if listed_to is None:
         cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
                     (store_id,))

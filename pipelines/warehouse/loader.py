@@ -613,8 +613,10 @@ class OrderWindowLoad:
                 deletions.note_listed(cur, ids)
             else:
                 listed_from, listed_to, started_at = judged
+                # timed by this machine's clock, as the reconciliation that may confirm it (never the API's)
                 deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
-                                        started_at=started_at, now=started_at, confirm_s=0, seen_by=self.run_id)
+                                        started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
+                                        seen_by=self.run_id)
         if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
             marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
                                              if sid not in self._discarded}, full=self.full)
