@@ -54,10 +54,11 @@ class MovingAPI:
         return response
 
 
-def client_for(fake: MovingAPI, page_size: int = 5) -> TaptouchClient:
+def client_for(handler, page_size: int = 5, **kw) -> TaptouchClient:
+    """A client of the fake API (or of any request handler standing in front of it)."""
     return TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                          transport=httpx.MockTransport(fake), page_size=page_size, requests_per_second=None,
-                          sleep=lambda s: None)
+                          transport=httpx.MockTransport(handler), page_size=page_size, requests_per_second=None,
+                          sleep=lambda s: None, **kw)
 
 
 def read(fake: MovingAPI, page_size: int = 5):
@@ -190,9 +191,7 @@ def test_an_empty_answer_that_looks_like_the_end_is_caught_when_asked_twice():
             return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
         return response
 
-    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                            transport=httpx.MockTransport(flaky), page_size=5, requests_per_second=None,
-                            sleep=lambda s: None)
+    client = client_for(flaky, 5)
     trusting = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
     assert len([r for page in trusting for r in page]) == 5 and trusting.complete  # fooled: ends early
     answers[0] = 0
@@ -220,9 +219,7 @@ def test_a_server_comparing_whole_seconds_is_not_disorder():
         del url
         return real(request)
 
-    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                            transport=httpx.MockTransport(floors), page_size=5, requests_per_second=None,
-                            sleep=lambda s: None)
+    client = client_for(floors, 5)
     listing = client.iter_order_record_pages(7101, updated_from=T0 + timedelta(microseconds=500_000), updated_to=T1)
     ids = {json.loads(r)["id"] for page in listing for r in page}
     assert ids == set(range(1, 13)) and listing.complete and not listing.verified
@@ -237,9 +234,7 @@ def test_a_server_ignoring_updated_from_is_read_by_page_number():
             request = httpx.Request(request.method, request.url.copy_merge_params({"updated_from": T0.isoformat()}))
         return real(request)
 
-    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                            transport=httpx.MockTransport(ignores), page_size=5, requests_per_second=None,
-                            sleep=lambda s: None)
+    client = client_for(ignores, 5)
     listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
     ids = {json.loads(r)["id"] for page in listing for r in page}
     assert ids == set(range(1, 13)) and listing.verified and listing.complete
@@ -255,9 +250,7 @@ def test_a_server_that_cannot_read_one_second_is_read_by_page_number():
             request = httpx.Request(request.method, request.url.copy_merge_params({"updated_to": q["updated_from"]}))
         return real(request)
 
-    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                            transport=httpx.MockTransport(narrow_is_empty), page_size=5, requests_per_second=None,
-                            sleep=lambda s: None)
+    client = client_for(narrow_is_empty, 5)
     listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
     ids = {json.loads(r)["id"] for page in listing for r in page}
     assert ids == set(range(1, 13)) | {20} and listing.verified
@@ -285,9 +278,7 @@ def test_a_page_of_records_within_one_second_on_a_whole_seconds_server():
         fake.pages += 1
         return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 
-    client = TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                            transport=httpx.MockTransport(floors), page_size=10, requests_per_second=None,
-                            sleep=lambda s: None, max_pages=50)
+    client = client_for(floors, 10, max_pages=50)
     listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
     ids = {json.loads(r)["id"] for page in listing for r in page}
     assert ids == set(base) and listing.complete and fake.pages < 15
