@@ -139,14 +139,19 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)")
     parser.add_argument("--accounts", action="store_true",
                         help="with --sandbox: the two-account demo (TAPTOUCH_ACCOUNTS=north,south)")
-    parser.add_argument("--port", type=_bounded(int, 1, 65535), default=3000)
+    parser.add_argument("--port", type=_bounded(int, 1, 65535), default=3000, help="the webserver's port (default 3000)")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--env-file", metavar="PATH",
+                        help="where to write the CLI's environment for this UI (default .taptouch/ui.env; "
+                             "`source` it so ./dev taptouch-sync / ./dev dagster use the same instance, warehouse "
+                             "and sandbox)")
 
 
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.demo import run_ui
 
-    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host, accounts=args.accounts)
+    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host, accounts=args.accounts,
+                  env_file=args.env_file)
 
 
 # --- authorize / tokens / refresh (merchant grants, docs/merchant-auth.md) ----------------------

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .warehouse.db import project_root, redact_url, resolve_database_url
 
@@ -266,19 +267,267 @@ def print_summary(warehouse, first: date, last: date) -> None:
         "name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"}))
 
 
-def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False) -> int:
-    """``dagster dev`` on this code location and the local instance (optionally with the sandbox,
-    ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south)."""
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", host, "-p", str(port)]
-    env = (sandbox_accounts_env() if accounts else sandbox_env()) if sandbox else contextlib.nullcontext()
-    with env:
-        if not sandbox and not os.environ.get("TAPTOUCH_CLIENT_ID") and not os.environ.get("TAPTOUCH_ACCOUNTS"):
-            print("note: TAPTOUCH_CLIENT_ID is not set; runs will fail until it is (or use --sandbox).")
-        print(f"==> Dagster UI on http://{host}:{port} (Ctrl-C to stop)")
-        proc = subprocess.Popen(cmd, cwd=project_root())
+UI_ENV_FILE = "ui.env"
+"""Name of the file, in ``.taptouch/``, where ``taptouch-sync ui`` writes the CLI's environment."""
+UI_GRACE_S = 10.0
+"""Seconds ``dagster dev`` gets to shut its services down after being asked, before SIGTERM."""
+UI_TERM_GRACE_S = 4.0
+"""Seconds the UI's process group gets after SIGTERM, before SIGKILL."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by the first stop signal (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Handlers for SIGTERM, SIGINT and SIGHUP in ``taptouch-sync ui``.
+
+    The first signal raises :class:`_Stop` (or, while ``deferred``, is only recorded); later ones are
+    counted: a second one skips the graceful wait. A SIGHUP ignored when the command started
+    (``nohup``) stays ignored; SIGINT and SIGTERM are always handled, even when the shell that started
+    the command in the background ignored SIGINT. Signals this process *handles* are reset to their
+    default in the children it starts (``exec`` does so), so ``dagster dev`` and its services never
+    inherit an ignored SIGINT or SIGTERM."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self.deferred = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # nohup: the user asked for hangups to be ignored
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame) -> None:
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+            if not self.deferred:
+                raise _Stop(signum)
+
+    def raise_pending(self) -> None:
+        if self.signum is not None:
+            raise _Stop(self.signum)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``: from /proc on Linux, else whether
+    ``killpg(pgid, 0)`` finds any process (zombies included)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            return proc.wait()
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state ppid pgrp ...
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_group(proc: subprocess.Popen, pgid: int, timeout: float) -> bool:
+    """Whether every process of the group is gone within ``timeout`` seconds (reaping ``proc``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.poll()
+        if not _group_members(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _stop_tree(proc: subprocess.Popen, shutdown_fd: int | None, signals: _StopSignals) -> None:
+    """Stop ``dagster dev`` and every process of its group (webserver, daemon, code server, runs).
+
+    1. the shutdown message on ``dagster dev``'s shutdown pipe (its own graceful stop), up to
+       :data:`UI_GRACE_S` seconds — skipped when a second stop signal arrived;
+    2. SIGTERM to the group, up to :data:`UI_TERM_GRACE_S` seconds;
+    3. SIGKILL to the group."""
+    pgid = proc.pid  # start_new_session: the leader's pid is the group's id
+    if shutdown_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(shutdown_fd, b"SHUTDOWN\n")
+    deadline = time.monotonic() + UI_GRACE_S
+    while time.monotonic() < deadline and signals.count < 2:
+        if _wait_group(proc, pgid, 0.2):
+            return
+    print("==> the Dagster UI did not stop in time: SIGTERM to its processes", flush=True)
+    _signal_group(pgid, signal.SIGTERM)
+    if _wait_group(proc, pgid, UI_TERM_GRACE_S):
+        return
+    print("==> SIGKILL to the Dagster UI's remaining processes", flush=True)
+    _signal_group(pgid, signal.SIGKILL)
+    _wait_group(proc, pgid, 5.0)
+    proc.poll()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(
+                f"taptouch-sync ui: {host}:{port} is in use ({exc.strerror}): another `./dev ui` or Dagster "
+                f"webserver still runs there. Stop it, or choose another port with --port.") from None
+
+
+def _ui_env_lines(pid: int, sandbox_keys: Sequence[str], database_url: str, database_from_env: bool) -> list[str]:
+    """The ``source``-able lines of the UI's CLI environment (see :func:`run_ui`)."""
+    q = shlex.quote
+    lines = [
+        f"# Written by `taptouch-sync ui` (pid {pid}); valid while that UI runs, removed when it stops.",
+        "# `source` it in another shell: ./dev taptouch-sync ... and ./dev dagster ... then use the UI's",
+        "# Dagster instance (their runs show in the UI), warehouse and sandbox API.",
+        f"export DAGSTER_HOME={q(os.environ['DAGSTER_HOME'])}",
+    ]
+    if database_from_env and redact_url(database_url) != database_url:
+        lines.append("# TAPTOUCH_DATABASE_URL: the one of the environment that started the UI (it holds a password,"
+                     " so it is not written here)")
+    else:
+        lines.append(f"export TAPTOUCH_DATABASE_URL={q(database_url)}")
+    if sandbox_keys:
+        lines.append("# the local sandbox API: a FAKE client id and secret of a test server, not a real credential")
+        lines += [f"export {key}={q(os.environ[key])}" for key in sandbox_keys]
+        if "TAPTOUCH_ACCOUNTS" not in os.environ:
+            lines.append("unset TAPTOUCH_ACCOUNTS  # the UI runs the single-account sandbox")
+    else:
+        lines.append("# TAPTOUCH_CLIENT_ID / _SECRET / _BASE_URL (or TAPTOUCH_ACCOUNTS): as in the environment that"
+                     " started the UI (real credentials are not written here)")
+    return lines
+
+
+def _write_private_text(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False,
+           env_file: str | Path | None = None) -> int:
+    """``dagster dev`` on this code location and the local instance (optionally with the sandbox,
+    ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south), until a stop signal.
+
+    * **The CLI's environment.** The warehouse URL is resolved once (the embedded PostgreSQL is started
+      here when ``TAPTOUCH_DATABASE_URL`` is unset) and given to ``dagster dev``; ``DAGSTER_HOME``, that
+      URL and the sandbox's ``TAPTOUCH_*`` are printed and written to ``env_file`` (default
+      ``.taptouch/ui.env``, mode 0600): ``source`` it and ``./dev taptouch-sync ...`` / ``./dev dagster
+      ...`` act on the same sandbox, warehouse and instance. Real credentials are never written.
+    * **Stopping.** ``dagster dev`` runs in its own session (process group); SIGTERM, SIGINT or SIGHUP to
+      this process asks it to stop through its shutdown pipe, then SIGTERM and finally SIGKILL go to its
+      whole group (webserver, daemon, code server, runs): see :func:`_stop_tree`. Should this process
+      die without cleaning up (SIGKILL), the pipe closes and ``dagster dev`` stops by itself. Then the
+      sandbox API stops, the env file is removed, and the embedded PostgreSQL is stopped if this command
+      started it (one already running is left running). Returns 0 after a stop asked by a signal, else
+      ``dagster dev``'s exit status."""
+    from .warehouse.db import DATABASE_URL_ENV, state_dir, stop_embedded_server
+    from .warehouse.embedded import _embedded_running, embedded_data_dir
+
+    with _StopSignals() as signals, contextlib.ExitStack() as stack:
+        try:
+            os.environ["DAGSTER_HOME"] = str(dagster_home())
+            _check_port_free(host, port)
+            database_from_env = bool(os.environ.get(DATABASE_URL_ENV, "").strip())
+            if not database_from_env:
+                pgdata = embedded_data_dir()
+                signals.deferred = True  # the start of the embedded server is not interrupted halfway
+                was_running = _embedded_running(pgdata)
+                database_url = resolve_database_url()
+                if not was_running:
+                    stack.callback(_stop_embedded, stop_embedded_server, pgdata)
+                signals.deferred = False
+                signals.raise_pending()
+            else:
+                database_url = resolve_database_url()
+            print(f"==> warehouse: {redact_url(database_url)}", flush=True)
+            stack.enter_context(_exported({DATABASE_URL_ENV: database_url}))
+            before = dict(os.environ)
+            if sandbox:
+                stack.enter_context(sandbox_accounts_env() if accounts else sandbox_env())
+            elif not os.environ.get("TAPTOUCH_CLIENT_ID") and not os.environ.get("TAPTOUCH_ACCOUNTS"):
+                print("note: TAPTOUCH_CLIENT_ID is not set; runs will fail until it is (or use --sandbox).")
+            sandbox_keys = sorted(k for k, v in os.environ.items() if k.startswith("TAPTOUCH_") and before.get(k) != v)
+            path = Path(env_file) if env_file else state_dir() / UI_ENV_FILE
+            lines = _ui_env_lines(os.getpid(), sandbox_keys, database_url, database_from_env)
+            text = "\n".join(lines) + "\n"
+            _write_private_text(path, text)
+            stack.callback(_remove_if_ours, path, text)
+            print(f"==> the CLI's environment for this UI, written to {path} "
+                  f"(in another shell: source {path}):", flush=True)
+            for line in lines:
+                print(f"    {line}")
+            print(f"==> Dagster UI on http://{host}:{port} (Ctrl-C or SIGTERM stops it and everything it started)",
+                  flush=True)
+            return _serve(host, port, signals)
+        except _Stop as stop:
+            print(f"==> taptouch-sync ui: stopped by {signal.Signals(stop.signum).name}", flush=True)
+            return 0
+        finally:
+            signals.deferred = True  # the clean-up below (sandbox, env file, PostgreSQL) runs to its end
+
+
+def _serve(host: str, port: int, signals: _StopSignals) -> int:
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", host, "-p", str(port)]
+    read_fd, write_fd = os.pipe()
+    signals.deferred = True  # no stop between the fork and knowing the child
+    try:
+        proc = subprocess.Popen([*cmd, "--shutdown-pipe", str(read_fd)], cwd=project_root(),
+                                pass_fds=[read_fd], start_new_session=True)
+    finally:
+        os.close(read_fd)
+        signals.deferred = False
+    try:
+        signals.raise_pending()
+        code = proc.wait()
+        print(f"==> dagster dev exited with status {code}", flush=True)
+        return code
+    finally:
+        signals.deferred = True  # a stop signal now only hurries the stop below
+        try:
+            _stop_tree(proc, write_fd, signals)
+        finally:
+            os.close(write_fd)
+
+
+def _stop_embedded(stop, pgdata: Path) -> None:
+    if stop(pgdata):
+        print(f"==> stopped the embedded PostgreSQL this command started ({pgdata})", flush=True)
+
+
+def _remove_if_ours(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            path.unlink()
