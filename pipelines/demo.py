@@ -511,7 +511,12 @@ def _serve(host: str, port: int, signals: _StopSignals) -> int:
         signals.deferred = False
     try:
         signals.raise_pending()
-        code = proc.wait()
+        while True:  # never one blocking wait: a signal that lands on another thread (the sandbox's
+            try:     # server) would run its handler only when the main thread runs Python code again
+                code = proc.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         print(f"==> dagster dev exited with status {code}", flush=True)
         return code
     finally:
