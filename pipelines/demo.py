@@ -448,11 +448,12 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
       ...`` act on the same sandbox, warehouse and instance. Real credentials are never written.
     * **Stopping.** ``dagster dev`` runs in its own session (process group); SIGTERM, SIGINT or SIGHUP to
       this process asks it to stop through its shutdown pipe, then SIGTERM and finally SIGKILL go to its
-      whole group (webserver, daemon, code server, runs): see :func:`_stop_tree`. Should this process
-      die without cleaning up (SIGKILL), the pipe closes and ``dagster dev`` stops by itself. Then the
-      sandbox API stops, the env file is removed, and the embedded PostgreSQL is stopped if this command
-      started it (one already running is left running). Returns 0 after a stop asked by a signal, else
-      ``dagster dev``'s exit status."""
+      whole group (webserver, daemon, code server, runs): see :func:`_stop_tree`. Then the sandbox API
+      stops, the env file is removed, and the embedded PostgreSQL is stopped if this command started it
+      (one already running is left running). Should this process die without cleaning up (SIGKILL),
+      ``dagster dev`` gets SIGTERM (on Linux: :func:`_dies_with_parent`).
+
+    Returns 0 after a stop asked by a signal, else ``dagster dev``'s exit status."""
     from .warehouse.db import DATABASE_URL_ENV, state_dir, stop_embedded_server
     from .warehouse.embedded import _embedded_running, embedded_data_dir
 
@@ -505,7 +506,7 @@ def _serve(host: str, port: int, signals: _StopSignals) -> int:
     signals.deferred = True  # no stop between the fork and knowing the child
     try:
         proc = subprocess.Popen([*cmd, "--shutdown-pipe", str(read_fd)], cwd=project_root(),
-                                pass_fds=[read_fd], start_new_session=True)
+                                pass_fds=[read_fd], start_new_session=True, preexec_fn=_dies_with_parent())
     finally:
         os.close(read_fd)
         signals.deferred = False
@@ -525,6 +526,30 @@ def _serve(host: str, port: int, signals: _StopSignals) -> int:
             _stop_tree(proc, write_fd, signals)
         finally:
             os.close(write_fd)
+
+
+def _dies_with_parent():
+    """On Linux, a ``preexec_fn`` making the child (``dagster dev``) receive SIGTERM when this process
+    dies, even by SIGKILL (``PR_SET_PDEATHSIG``); ``dagster dev`` then stops its services as on any
+    SIGTERM. (Its shutdown pipe closing is not enough: Dagster ignores the pipe's end of file.)
+    None elsewhere. prctl is looked up before the fork: the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before prctl took effect: nothing to serve
+            os._exit(1)
+
+    return preexec
 
 
 def _stop_embedded(stop, pgdata: Path) -> None:

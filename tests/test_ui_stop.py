@@ -241,3 +241,14 @@ def test_the_embedded_postgresql_it_started_is_stopped_with_it(start_ui, embedde
     _assert_all_gone(ui, values["TAPTOUCH_BASE_URL"], took)
     assert not pid_file.exists() and not _alive(postmaster), "the embedded PostgreSQL it started still runs"
     assert "stopped the embedded PostgreSQL" in ui.output()
+
+
+@pytest.mark.postgres
+def test_sigkill_of_the_top_process_still_stops_dagster(start_ui):
+    """The top process cannot clean up after SIGKILL: ``dagster dev`` gets SIGTERM from the kernel
+    (parent-death signal) and stops its services; the sandbox thread died with the top process."""
+    ui = start_ui()
+    took = ui.stop(signal.SIGKILL)
+    left = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in ui.tree if _alive(p)]
+    assert not left, f"still running {took:.1f}s after SIGKILL of the top process:\n" + "\n".join(left)
+    assert took < STOP_WITHIN_S and not _port_open(ui.port)
