@@ -458,7 +458,7 @@ def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
     preview = mat.metadata["preview"].value.splitlines()
     header = [c.strip() for c in preview[0].strip("|").split("|")]
     assert header == ["store_id", "store_name", "business_date", "order_count", "gross_sales", "discounts",
-                      "refunds", "net_sales", "tax", "avg_order_value", "account"]
+                      "refunds", "net_sales", "tax", "avg_order_value", "account", "currency"]
     first = conn.execute("select store_id, store_name from analytics.daily_store_sales limit 1").fetchone()
     assert len(preview) == 2 + min(20, mat.metadata["dagster/row_count"].value)
     assert str(first[0]) in preview[2] and first[1] in preview[2]
@@ -466,7 +466,7 @@ def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
 
 # ------------------------------------------------------------------------------ applying views safely
 WIDER_SALES_ORDERS = view_sql("sales_orders").replace(
-    "sales.account\nfrom sales", "sales.account,\n    1 as retired_column\nfrom sales")
+    "sales.currency\nfrom sales", "sales.currency,\n    1 as retired_column\nfrom sales")
 assert "retired_column" in WIDER_SALES_ORDERS
 
 

@@ -10,6 +10,8 @@ Rules:
   (:class:`MigrationError`): add a new numbered file instead.
 - Each file runs in its own transaction together with its bookkeeping row: a file that fails
   leaves nothing behind, and the files before it stay applied.
+- After the files, every schema, table and column gets its ``COMMENT ON`` from
+  :mod:`pipelines.warehouse.catalog` (where it differs), so comments follow new columns.
 - All of it happens under a PostgreSQL advisory lock, and what is applied is re-read after the
   lock is taken, so processes starting at the same time (Dagster run workers, the UI, the CLI)
   never apply a file twice.
@@ -160,6 +162,17 @@ def pending(url: str | None = None, *, directory: str | Path | None = None) -> l
     return [s.name for s in status(url, directory=directory) if s.state == "pending"]
 
 
+def _apply_comments(conn: psycopg.Connection) -> None:
+    """``COMMENT ON`` what the migrations created, from :mod:`pipelines.warehouse.catalog` (only
+    where a comment differs: up to date, this writes nothing)."""
+    from pipelines.warehouse.catalog import apply_comments
+
+    with conn.transaction():
+        written = apply_comments(conn)
+    if written:
+        logger.info("wrote %d catalog comments", written)
+
+
 def migrate(url: str | None = None, *, directory: str | Path | None = None) -> list[str]:
     """Apply every pending migration in ``directory`` (default ``<project root>/sql/migrations``)
     to ``url`` (resolved with :func:`~pipelines.warehouse.db.resolve_database_url`).
@@ -203,6 +216,7 @@ def migrate(url: str | None = None, *, directory: str | Path | None = None) -> l
                     (time.monotonic() - started) * 1000,
                 )
                 done.append(migration.name)
+            _apply_comments(conn)
             return done
         finally:
             if not conn.closed and not conn.broken:

@@ -2,7 +2,9 @@
 
 * Tables: every ``create table [if not exists] <schema>.<table> (...)`` in ``sql/migrations/*.sql``,
   in file order, plus later ``alter table <schema>.<table> add column [if not exists] ...`` (and
-  ``drop column``). A trailing ``-- comment`` on a column line becomes its description.
+  ``drop column``). Column descriptions come from :mod:`pipelines.warehouse.catalog` (the one
+  text PostgreSQL's ``COMMENT ON`` gets too; a trailing ``-- comment`` on a column line is only a
+  fallback).
 * Views: the ``-- Columns:`` block of the header comment of ``sql/analytics/<name>.sql`` (names
   and descriptions; the types are known only to the database, so the view assets add them from
   ``information_schema`` when they are materialized: :func:`view_schema_from_db`).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from .catalog import column_text, view_columns  # noqa: F401  (view_columns: re-exported)
 from .migrations import discover
 from .views import analytics_dir, view_sql
 
@@ -164,10 +167,10 @@ def warehouse_tables() -> dict[str, Table]:
     return parse_migrations([m.path for m in discover()])
 
 
-def _table_schema(columns: list[Column]) -> dg.TableSchema:
+def _table_schema(qualified: str, columns: list[Column]) -> dg.TableSchema:
     return dg.TableSchema(columns=[
         dg.TableColumn(
-            name=c.name, type=c.type, description=c.description,
+            name=c.name, type=c.type, description=column_text(qualified, c.name) or c.description,
             constraints=dg.TableColumnConstraints(nullable=c.nullable),
             tags={"primary_key": "true"} if c.primary_key else None,
         )
@@ -181,7 +184,7 @@ def table_schema(qualified: str) -> dg.TableSchema:
         table = warehouse_tables()[qualified]
     except KeyError:
         raise KeyError(f"{qualified} is not created by any file in sql/migrations") from None
-    return _table_schema(list(table.columns.values()))
+    return _table_schema(qualified, list(table.columns.values()))
 
 
 def table_metadata(qualified: str, *also: str) -> dict:
@@ -195,32 +198,6 @@ def table_metadata(qualified: str, *also: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ views
-
-_COLUMNS_HEAD = re.compile(r"^--\s*Columns:\s*$")
-_COLUMN_LINE = re.compile(r"^--   (\w[\w, ]*?\w)\s{2,}(\S.*)$")
-_CONTINUATION = re.compile(r"^--\s{4,}(\S.*)$")
-
-
-def view_columns(name: str, directory: Path | None = None) -> list[tuple[str, str]]:
-    """(column, description) from the ``-- Columns:`` block of a view's header, in order."""
-    cols: list[list[str]] = []
-    inside = False
-    for line in view_sql(name, directory).splitlines():
-        if not inside:
-            inside = bool(_COLUMNS_HEAD.match(line))
-            continue
-        m = _COLUMN_LINE.match(line)
-        if m:
-            for col in m.group(1).split(","):
-                cols.append([col.strip(), m.group(2).strip()])
-            continue
-        c = _CONTINUATION.match(line)
-        if c and cols:
-            cols[-1][1] += " " + c.group(1).strip()
-            continue
-        break
-    return [(n, d) for n, d in cols]
-
 
 def view_code_version(name: str, directory: Path | None = None) -> str:
     """The view's code version: the first 12 hex digits of the sha256 of its SQL file."""

@@ -8,7 +8,8 @@ Applying a view never drops a view it does not recreate: ``create or replace vie
 the columns allow; when a view's column list changed (PostgreSQL refuses to replace it), the view
 and the views built on it are dropped and recreated in one transaction, and only if every one of
 those dependents is a view of ``sql/analytics/``; otherwise nothing is dropped and the error says
-which view is in the way.
+which view is in the way. Each view applied gets its ``COMMENT ON`` (the view and its columns, from
+its header: :mod:`pipelines.warehouse.catalog`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -154,5 +155,9 @@ def apply_views(conn: psycopg.Connection, names: list[str] | None = None) -> lis
                 if recreated:
                     log.info("analytics.%s changed its columns: recreated with %s", name, ", ".join(recreated))
             applied.append(name)
+        # A view dropped and recreated (with the views built on it) has lost its comments.
+        from .catalog import apply_comments
+
+        apply_comments(conn, [(SCHEMA, name) for name in view_names()])
     log.info("analytics views applied: %s", ", ".join(applied))
     return applied

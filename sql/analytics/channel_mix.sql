@@ -13,6 +13,7 @@
 --   refunds           Σ refund amounts of those orders
 --   net_sales         Σ total − refunds
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.channel_mix as
 select
     store_id,
@@ -23,6 +24,7 @@ select
     count(*) as order_count,
     sum(refunds)::numeric(14, 2) as refunds,
     sum(net_total)::numeric(14, 2) as net_sales,
-    account
+    account,
+    currency
 from analytics.sales_orders
-group by store_id, store_name, business_date, source, fulfillment_type, account;
+group by store_id, store_name, business_date, source, fulfillment_type, account, currency;

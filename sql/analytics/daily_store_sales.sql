@@ -13,6 +13,7 @@
 --   tax              Σ GST included in total
 --   avg_order_value  Σ total / order_count, rounded to cents
 --   account          the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency         ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.daily_store_sales as
 select
     store_id,
@@ -25,6 +26,7 @@ select
     sum(net_total)::numeric(14, 2) as net_sales,
     sum(tax)::numeric(14, 2) as tax,
     round(sum(total) / count(*), 2) as avg_order_value,
-    account
+    account,
+    currency
 from analytics.sales_orders
-group by store_id, store_name, business_date, account;
+group by store_id, store_name, business_date, account, currency;

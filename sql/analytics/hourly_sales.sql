@@ -12,6 +12,7 @@
 --   refunds        Σ refund amounts of those orders
 --   net_sales      Σ total − refunds of those orders
 --   account        the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency       ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 -- Over a store-day, Σ order_count and Σ net_sales equal daily_store_sales.
 create or replace view analytics.hourly_sales as
 select
@@ -22,6 +23,7 @@ select
     count(*) as order_count,
     sum(refunds)::numeric(14, 2) as refunds,
     sum(net_total)::numeric(14, 2) as net_sales,
-    account
+    account,
+    currency
 from analytics.sales_orders
-group by store_id, store_name, business_date, local_hour, account;
+group by store_id, store_name, business_date, local_hour, account, currency;

@@ -17,6 +17,7 @@
 --   units_sold      Σ item quantity of the product on sales orders of that business date (0 if none)
 --   item_sales      Σ item total of those lines (0.00 if none)
 --   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency        ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.inventory_history as
 with sales as (
     select order_id, store_id, business_date
@@ -49,7 +50,8 @@ select
     round(greatest(snapshots.on_hand, 0) * snapshots.cost_price, 2)::numeric(14, 2) as stock_value,
     coalesce(daily_units.units_sold, 0) as units_sold,
     coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales,
-    snapshots.account::text as account
+    snapshots.account::text as account,
+    stores.currency
 from taptouch.inventory_snapshots as snapshots
 left join daily_units
     on daily_units.store_id = snapshots.store_id

@@ -25,6 +25,7 @@
 --   updated_at            when the API last changed the level
 --   synced_at             when the pipeline last wrote the row
 --   account               the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency              ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.inventory_status as
 with levels as (
     select
@@ -72,7 +73,8 @@ select
     round(greatest(levels.on_hand, 0) * 28 / nullif(recent_units.units_sold, 0), 1) as days_of_cover,
     levels.updated_at,
     levels.synced_at,
-    levels.account::text as account
+    levels.account::text as account,
+    stores.currency
 from levels
 left join recent_units using (store_id, product_id)
 left join taptouch.stores as stores using (store_id);

@@ -15,6 +15,7 @@
 --   surcharges     Σ card surcharge inside those amounts
 --   tips           Σ tips given with those payments (on top of amount)
 --   account        the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency       ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.payment_mix as
 with sales as (
     select order_id, store_id, business_date, account
@@ -54,6 +55,7 @@ select
     daily.amount::numeric(14, 2) as amount,
     daily.surcharges::numeric(14, 2) as surcharges,
     daily.tips::numeric(14, 2) as tips,
-    daily.account
+    daily.account,
+    stores.currency
 from daily
 left join taptouch.stores as stores using (store_id);

@@ -21,6 +21,7 @@
 --   modifier_revenue  Σ item quantity × modifier price × modifier quantity (part of net_item_sales,
 --                     before item discounts), rounded to cents
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.product_sales as
 with sales as (
     select order_id, store_id, business_date, account
@@ -86,6 +87,7 @@ select
     daily.net_item_sales::numeric(14, 2) as net_item_sales,
     daily.item_discounts::numeric(14, 2) as item_discounts,
     round(daily.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
-    daily.account
+    daily.account,
+    stores.currency
 from daily
 left join taptouch.stores as stores using (store_id);

@@ -20,6 +20,7 @@
 --   refunds           Σ refund amounts of the order (0 when none)
 --   net_total         total − refunds
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
 create or replace view analytics.sales_orders as
 with sales as (
     select
@@ -35,7 +36,8 @@ with sales as (
         orders.discount,
         orders.total,
         orders.tax,
-        orders.account::text as account
+        orders.account::text as account,
+        stores.currency
     from taptouch.orders as orders
     left join taptouch.stores as stores using (store_id)
     where orders.status in ('completed', 'partially_refunded', 'refunded')
@@ -62,6 +64,7 @@ select
     sales.tax,
     coalesce(order_refunds.refunded, 0)::numeric(14, 2) as refunds,
     (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total,
-    sales.account
+    sales.account,
+    sales.currency
 from sales
 left join order_refunds using (order_id);
