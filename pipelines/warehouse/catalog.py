@@ -6,7 +6,7 @@ One source, two readers:
   column's text from here.
 * PostgreSQL: ``COMMENT ON`` every schema, table, view and column (``\\d+``, Metabase, Superset,
   dbt sources read them). :func:`apply_comments` writes them: the migrations runner after migrating
-  (tables, schemas) and :func:`~pipelines.warehouse.views.apply_views` after applying a view (a
+  (schemas, tables) and :func:`~pipelines.warehouse.views.apply_views` after applying a view (a
   view dropped and recreated loses its comments).
 
 Where the text lives:
@@ -305,11 +305,15 @@ def comments() -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
 # --------------------------------------------------------------------------------------- applying
 
 def apply_comments(conn: psycopg.Connection, relations: list[tuple[str, str]] | None = None) -> int:
-    """``COMMENT ON`` the schemas, and the relations (all described ones by default) and their
-    columns, where they exist and their comment differs. Returns the number of comments written."""
-    wanted = comments()
-    if relations is not None:
-        wanted = {r: wanted[r] for r in relations if r in wanted}
+    """``COMMENT ON`` the named relations (``(schema, name)``) and their columns, where they exist
+    and their comment differs; by default the schemas and every table of :data:`TABLES` (what the
+    migrations create; the views are commented by ``apply_views``, under its lock, so a view being
+    recreated by another process is never touched here). Returns the number of comments written."""
+    everything = comments()
+    if relations is None:
+        wanted = {r: everything[r] for r in everything if r[0] != VIEW_SCHEMA}
+    else:
+        wanted = {r: everything[r] for r in relations if r in everything}
     written = 0
     with conn.cursor() as cur:
         if relations is None:

@@ -11,7 +11,8 @@ Rules:
 - Each file runs in its own transaction together with its bookkeeping row: a file that fails
   leaves nothing behind, and the files before it stay applied.
 - After the files, every schema, table and column gets its ``COMMENT ON`` from
-  :mod:`pipelines.warehouse.catalog` (where it differs), so comments follow new columns.
+  :mod:`pipelines.warehouse.catalog` (where it differs), so comments follow new columns (views
+  get theirs from ``apply_views``).
 - All of it happens under a PostgreSQL advisory lock, and what is applied is re-read after the
   lock is taken, so processes starting at the same time (Dagster run workers, the UI, the CLI)
   never apply a file twice.
