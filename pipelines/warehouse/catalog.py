@@ -25,14 +25,11 @@ catalog only (no table rewrite, no lock readers or writers wait for).
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import psycopg
-from psycopg import sql
 
+from .comments import write_comments
 from .views import SCHEMA as VIEW_SCHEMA
-from .views import view_description, view_names, view_sql
+from .views import view_columns, view_description, view_names  # view_columns: also read from here
 
 ACCOUNT = "the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account"
 _MONEY = "numeric(12,2), in the store's currency (taptouch.stores.currency)"
@@ -268,32 +265,6 @@ def column_text(qualified: str, column: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------ views
 
-_COLUMNS_HEAD = re.compile(r"^--\s*Columns:\s*$")
-_COLUMN_LINE = re.compile(r"^--   (\w[\w, ]*?\w)\s{2,}(\S.*)$")
-_CONTINUATION = re.compile(r"^--\s{4,}(\S.*)$")
-
-
-def view_columns(name: str, directory: Path | None = None) -> list[tuple[str, str]]:
-    """(column, description) from the ``-- Columns:`` block of a view's header, in order."""
-    cols: list[list[str]] = []
-    inside = False
-    for line in view_sql(name, directory).splitlines():
-        if not inside:
-            inside = bool(_COLUMNS_HEAD.match(line))
-            continue
-        m = _COLUMN_LINE.match(line)
-        if m:
-            for col in m.group(1).split(","):
-                cols.append([col.strip(), m.group(2).strip()])
-            continue
-        c = _CONTINUATION.match(line)
-        if c and cols:
-            cols[-1][1] += " " + c.group(1).strip()
-            continue
-        break
-    return [(n, d) for n, d in cols]
-
-
 def comments() -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
     """(schema, relation) -> (its comment, {column: comment}) for every table and view described."""
     found = {tuple(q.split(".", 1)): entry for q, entry in TABLES.items()}
@@ -314,42 +285,4 @@ def apply_comments(conn: psycopg.Connection, relations: list[tuple[str, str]] | 
         wanted = {r: everything[r] for r in everything if r[0] != VIEW_SCHEMA}
     else:
         wanted = {r: everything[r] for r in relations if r in everything}
-    written = 0
-    with conn.cursor() as cur:
-        if relations is None:
-            cur.execute("select nspname, obj_description(oid, 'pg_namespace') from pg_namespace"
-                        " where nspname = any(%s)", (list(SCHEMAS),))
-            for schema, current in cur.fetchall():
-                if current != SCHEMAS[schema]:
-                    cur.execute(sql.SQL("comment on schema {} is {}").format(
-                        sql.Identifier(schema), sql.Literal(SCHEMAS[schema])))
-                    written += 1
-        cur.execute(
-            """
-            select ns.nspname, cls.relname, cls.relkind, obj_description(cls.oid, 'pg_class'),
-                   att.attname, col_description(cls.oid, att.attnum)
-            from pg_class as cls
-            join pg_namespace as ns on ns.oid = cls.relnamespace
-            join pg_attribute as att on att.attrelid = cls.oid and att.attnum > 0 and not att.attisdropped
-            where ns.nspname = any(%s) and cls.relkind in ('r', 'p', 'v', 'm')
-            """,
-            (sorted({s for s, _ in wanted}),),
-        )
-        seen: set[tuple[str, str]] = set()
-        for schema, relation, kind, rel_comment, column, col_comment in cur.fetchall():
-            entry = wanted.get((schema, relation))
-            if entry is None:
-                continue
-            text, columns = entry
-            target = sql.Identifier(schema, relation)
-            if (schema, relation) not in seen:
-                seen.add((schema, relation))
-                if rel_comment != text:
-                    what = sql.SQL("view" if kind == "v" else "materialized view" if kind == "m" else "table")
-                    cur.execute(sql.SQL("comment on {} {} is {}").format(what, target, sql.Literal(text)))
-                    written += 1
-            if column in columns and col_comment != columns[column]:
-                cur.execute(sql.SQL("comment on column {}.{} is {}").format(
-                    target, sql.Identifier(column), sql.Literal(columns[column])))
-                written += 1
-    return written
+    return write_comments(conn, wanted, SCHEMAS if relations is None else None)

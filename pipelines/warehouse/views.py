@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from .comments import write_comments
 from .db import project_root
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,35 @@ def apply_views(conn: psycopg.Connection, names: list[str] | None = None) -> lis
                     log.info("analytics.%s changed its columns: recreated with %s", name, ", ".join(recreated))
             applied.append(name)
         # A view dropped and recreated (with the views built on it) has lost its comments.
-        from .catalog import apply_comments
-
-        apply_comments(conn, [(SCHEMA, name) for name in view_names()])
+        write_comments(conn, {(SCHEMA, name): (view_description(name), dict(view_columns(name)))
+                              for name in view_names()})
     log.info("analytics views applied: %s", ", ".join(applied))
     return applied
+
+
+# ---------------------------------------------------------------------------- column descriptions
+
+_COLUMNS_HEAD = re.compile(r"^--\s*Columns:\s*$")
+_COLUMN_LINE = re.compile(r"^--   (\w[\w, ]*?\w)\s{2,}(\S.*)$")
+_CONTINUATION = re.compile(r"^--\s{4,}(\S.*)$")
+
+
+def view_columns(name: str, directory: Path | None = None) -> list[tuple[str, str]]:
+    """(column, description) from the ``-- Columns:`` block of a view's header, in order."""
+    cols: list[list[str]] = []
+    inside = False
+    for line in view_sql(name, directory).splitlines():
+        if not inside:
+            inside = bool(_COLUMNS_HEAD.match(line))
+            continue
+        m = _COLUMN_LINE.match(line)
+        if m:
+            for col in m.group(1).split(","):
+                cols.append([col.strip(), m.group(2).strip()])
+            continue
+        c = _CONTINUATION.match(line)
+        if c and cols:
+            cols[-1][1] += " " + c.group(1).strip()
+            continue
+        break
+    return [(n, d) for n, d in cols]
