@@ -29,13 +29,12 @@ from ..warehouse.schema import table_metadata
 from ..warehouse.budget import SharedBudget
 from ..warehouse.token_store import TokenStore
 
-# Every asset that calls the Taptouch API runs in its account's Dagster concurrency pool, so
-# concurrent runs (a backfill plus the hourly schedule) never exceed the API budget. Set its limit with
+# Every asset that calls the Taptouch API runs in its account's Dagster concurrency pool
+# (Account.pool), so concurrent runs (a backfill plus the hourly schedule) never exceed the API
+# budget. Set its limit with
 #   dagster instance concurrency set taptouch_api 2        (taptouch_api_<name> for a named account)
 # or in dagster.yaml (concurrency: pools: default_limit).
-API_POOL = DEFAULT.pool
 KINDS = {"taptouch", "postgres"}
-GROUP = "taptouch"
 
 # BackfillPolicy.multi_run is how a backfill groups partitions into runs (docs/operating.md); Dagster
 # marks the parameter beta and would print that on every load of the code location.
