@@ -205,6 +205,40 @@ def _earliest_deleted(conn: psycopg.Connection, store_id: int) -> datetime | Non
     return row[0] if row else None
 
 
+def _judge_store(conn: psycopg.Connection, listing, sr: StoreReconcile, *, start: datetime, now: datetime,
+                 confirm_s: int, mass_confirmed: bool, seen_by: str, run_id: str | None) -> str | None:
+    """One store's judgement of its finished listing, in one short transaction under the merge
+    lock (deletions.judge_listing, or only restores from a listing that cannot judge), logged in
+    sync_log. Returns the share guard's refusal, if any."""
+    refusal = None
+    started_at = listing.started_at or now
+    with conn.transaction(), conn.cursor() as cur:
+        if listing.complete and not listing.unidentified:
+            judged = deletions.judge_listing(
+                cur, sr.store_id, listing.ids, listed_from=start, listed_to=None, started_at=started_at, now=now,
+                confirm_s=confirm_s, mass_confirmed=mass_confirmed, listed_count=listing.records,
+                seen_by=seen_by)
+            sr.checked = judged.live
+            sr.deleted, sr.restored, sr.refused = judged.deleted, judged.restored, judged.refused
+            sr.candidates, sr.waiting = judged.candidates, judged.waiting
+            refusal = judged.refusal
+        else:
+            why = ("the listing is not known to be complete" if not listing.complete else
+                   f"{listing.unidentified} listed record(s) have no readable order id")
+            log.warning("reconcile: store %s: %s; nothing at this store is marked deleted from it (listed "
+                        "orders are still restored)", sr.store_id, why)
+            sr.restored, _ = deletions.note_listed(cur, listing.ids)
+        if sr.deleted or sr.restored or sr.repaired:
+            # sync_log: deleted = marked deleted, updated = restored (repairs have their own rows)
+            cur.execute(
+                "insert into taptouch.sync_log (entity, store_id, \"window\", run_id, started_at, deleted, updated)"
+                " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
+                (sr.store_id, f"{sr.listed_from.isoformat()}..{now.isoformat()}", run_id, now, len(sr.deleted),
+                 len(sr.restored)),
+            )
+    return refusal
+
+
 def reconcile_orders(
     client: TaptouchClient,
     conn: psycopg.Connection,
@@ -258,32 +292,10 @@ def reconcile_orders(
                 load.add_page(store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
                 counts = load.finish()
             sr.repaired, sr.quarantined = counts.inserted + counts.updated, counts.quarantined
-        started_at = listing.started_at or now
-        with conn.transaction(), conn.cursor() as cur:
-            if listing.complete and not listing.unidentified:
-                judged = deletions.judge_listing(
-                    cur, store_id, listing.ids, listed_from=start, listed_to=None, started_at=started_at, now=now,
-                    confirm_s=confirm_s, mass_confirmed=store_id in confirmed, listed_count=listing.records,
-                    seen_by=seen_by)
-                sr.checked = judged.live
-                sr.deleted, sr.restored, sr.refused = judged.deleted, judged.restored, judged.refused
-                sr.candidates, sr.waiting = judged.candidates, judged.waiting
-                if judged.refusal:
-                    result.failures.append((store_id, judged.refusal, False))
-            else:
-                why = ("the listing is not known to be complete" if not listing.complete else
-                       f"{listing.unidentified} listed record(s) have no readable order id")
-                log.warning("reconcile: store %s: %s; nothing at this store is marked deleted from it (listed "
-                            "orders are still restored)", store_id, why)
-                sr.restored, _ = deletions.note_listed(cur, listing.ids)
-            if sr.deleted or sr.restored or sr.repaired:
-                # sync_log: deleted = marked deleted, updated = restored (repairs have their own rows)
-                cur.execute(
-                    "insert into taptouch.sync_log (entity, store_id, \"window\", run_id, started_at, deleted, updated)"
-                    " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
-                    (store_id, f"{listed_from.isoformat()}..{now.isoformat()}", run_id, now, len(sr.deleted),
-                     len(sr.restored)),
-                )
+        refusal = _judge_store(conn, listing, sr, start=start, now=now, confirm_s=confirm_s,
+                               mass_confirmed=store_id in confirmed, seen_by=seen_by, run_id=run_id)
+        if refusal:
+            result.failures.append((store_id, refusal, False))
         result.stores.append(sr)
         say(f"store {store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
             f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "

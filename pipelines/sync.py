@@ -480,10 +480,6 @@ def sync_orders_windows(
     ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
 
     def load(i: int) -> SyncResult:
-        with stop_on(cancel):
-            return _load(i)
-
-    def _load(i: int) -> SyncResult:
         start, end, key = windows[i]
         try:
             previous = ended[i - 1] if i else None

@@ -512,6 +512,22 @@ class OrderWindowLoad:
         if complete is not None:
             self._judged[store_id] = complete
 
+    def _judge_listings(self, cur: psycopg.Cursor) -> None:
+        """An order the API lists is not deleted at the source: restored, and no longer a deletion
+        candidate; a complete listing also records the orders it missed as candidates (.deletions),
+        timed by this machine's clock, as the reconciliation that may confirm them (never the API's)."""
+        for store_id, ids in sorted(self._listed.items()):
+            if store_id in self._discarded:
+                continue
+            judged = self._judged.get(store_id) if store_id not in self._blind else None
+            if judged is None:
+                deletions.note_listed(cur, ids)
+                continue
+            listed_from, listed_to, started_at = judged
+            deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
+                                    started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
+                                    seen_by=self.run_id)
+
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
         self._flush()
@@ -603,20 +619,7 @@ class OrderWindowLoad:
         )
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
-        # an order the API lists is not deleted at the source: restored, and no longer a deletion
-        # candidate; a complete listing also records the orders it missed as candidates (.deletions)
-        for store_id, ids in sorted(self._listed.items()):
-            if store_id in self._discarded:
-                continue
-            judged = self._judged.get(store_id) if store_id not in self._blind else None
-            if judged is None:
-                deletions.note_listed(cur, ids)
-            else:
-                listed_from, listed_to, started_at = judged
-                # timed by this machine's clock, as the reconciliation that may confirm it (never the API's)
-                deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
-                                        started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
-                                        seen_by=self.run_id)
+        self._judge_listings(cur)
         if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
             marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
                                              if sid not in self._discarded}, full=self.full)
