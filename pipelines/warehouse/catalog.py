@@ -13,7 +13,7 @@ Where the text lives:
 
 * Tables (migrations are immutable, so their text cannot live in the SQL files): :data:`TABLES`
   below, ``schema.table`` -> (the table's comment, {column: text}). A column a new migration adds
-  gets its row here; ``tests/test_comments.py`` fails while any column lacks one.
+  gets its row here; ``tests/warehouse/test_comments.py`` fails while any column lacks one.
 * Views: the ``-- Columns:`` block of the header of ``sql/analytics/<name>.sql`` (:func:`view_columns`)
   and the header's first line (:func:`~pipelines.warehouse.views.view_description`), next to the SQL
   they describe.

@@ -22,7 +22,7 @@ from taptouch_resource import TaptouchAPIError, TaptouchConfigError, TaptouchRes
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import truth
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 END = date(2026, 11, 27)
 DAY = "2026-11-25"
 

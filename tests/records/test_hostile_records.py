@@ -3,7 +3,7 @@
 Each test loads exact bytes into a real PostgreSQL next to a valid record and asserts the outcome:
 the window commits, the record loads with the stated values or is quarantined with its reason,
 and nothing older, unlisted or unidentified costs the warehouse a row. Cases already covered by
-tests/test_boundary.py and tests/test_records_properties.py are not repeated here.
+tests/records/test_boundary.py and tests/records/test_records_properties.py are not repeated here.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_unidentified_malformed_inventory_record_delists_nothing(db, bad, key):
         [(1, D(4)), (2, D("12.5")), (3, D("12.5"))]
     assert q(db, "select record_key from taptouch.quarantine where entity = 'inventory'") == [(key,)]
     # the next well-formed listing delists as usual (one of three: an ordinary listing, see
-    # tests/test_inventory_guard.py for one that would delist more than half)
+    # tests/warehouse/test_inventory_guard.py for one that would delist more than half)
     counts = load_inventory(db, 7101, [inv(1, on_hand="4"), inv(2)], snapshot_date=DAY)
     assert (counts.deleted, levels(db)) == (1, [(1, D(4)), (2, D("12.5"))])
 

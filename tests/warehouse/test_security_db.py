@@ -161,6 +161,6 @@ def test_dagster_home_and_its_files_are_owner_only(tmp_path: Path, monkeypatch) 
 
 
 def test_local_prod_script_keeps_the_url_off_the_command_line() -> None:
-    script = (Path(__file__).resolve().parents[1] / "deploy" / "local-prod.sh").read_text()
+    script = (Path(__file__).resolve().parents[2] / "deploy" / "local-prod.sh").read_text()
     assert '"$DAGSTER_PG_URL")' not in script and 'sys.argv' not in script
     assert 'os.environ["DAGSTER_PG_URL"]' in script and "umask 077" in script

@@ -29,7 +29,7 @@ from pipelines.warehouse.db import libpq_url
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXE = ROOT / ".venv" / "bin" / "taptouch-sync"
 BIN = EXE.parent
 UP_WITHIN_S = 180.0  # two shared cores: the first start imports Dagster in five processes

@@ -23,7 +23,7 @@ from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchConfigError, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DAY = "2026-11-25"
 
 

@@ -25,7 +25,7 @@ from taptouch_resource import jsonutil
 from tests.support import factories as f
 
 D = Decimal
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 TYPED = {
     "orders": "select order_id, store_id, number, status, created_at, updated_at, completed_at, business_date, subtotal,"

@@ -21,7 +21,7 @@ import pytest
 
 from taptouch_sandbox import Sandbox, SandboxConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STOP_WITHIN_S = 5.0
 
 

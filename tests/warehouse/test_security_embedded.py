@@ -23,7 +23,7 @@ import pytest
 
 from pipelines.warehouse.db import connect, embedded_database_url, stop_embedded_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,6 +1,6 @@
 """Deletions: the reconciliation soft-deletes orders two complete listings an hour apart no longer
 return, the analytics leave them out, and an order that comes back is restored (sandbox over HTTP,
-real PostgreSQL; a fake clock for the interval). The hostile cases: tests/test_deletions.py."""
+real PostgreSQL; a fake clock for the interval). The hostile cases: tests/warehouse/test_deletions.py."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from tests.support import truth
 
 END = date(2026, 11, 27)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def test_parse_lifetime_range_is_the_documented_one():
     """docs/security.md states the range the code clamps to."""
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     assert f"`expires_in` is clamped to {LOW:g} s .. {HIGH:g} s (7 days)" in doc
     assert f"default {DEFAULT:g} s" in doc
     assert parse_lifetime(3600, ACCESS_LIFETIME_RANGE, "expires_in") == 3600.0

@@ -27,7 +27,7 @@ from pipelines import alert_outbox, alerts
 from pipelines.warehouse.resource import PostgresResource
 from tests.support.webhook import Receiver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -30,7 +30,7 @@ from tests.support import truth
 
 END = date(2026, 11, 27)
 DAY = "2026-11-26"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NORTH, SOUTH = Account("north"), Account("south")
 TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels",
           "inventory_snapshots", "sync_log", "sync_marks")

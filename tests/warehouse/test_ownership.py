@@ -1,6 +1,6 @@
 """Two accounts that list the same store (issue 20, item 8): the first account that loaded a store
 owns it; the other skips it with a warning naming both; an order and its child rows always carry
-the same account; marks are per account (tests/test_marks.py)."""
+the same account; marks are per account (tests/warehouse/test_marks.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pipelines.warehouse import catalog
 from pipelines.warehouse.migrations import migrate
 from pipelines.warehouse.schema import table_schema, warehouse_tables
 from pipelines.warehouse.views import apply_views, view_names
-from tests.test_analytics import load_sandbox, make_sandbox
+from tests.warehouse.test_analytics import load_sandbox, make_sandbox
 
 SCHEMAS = ("taptouch", "analytics", "taptouch_meta", "taptouch_auth")
 
