@@ -1,68 +1,11 @@
 """One Taptouch API request budget per client id, shared by every process through the warehouse.
 
-``TAPTOUCH_REQUESTS_PER_SECOND`` is the rate of one ``client_id`` across every process that uses it
-(runs, schedules, backfills, the CLI), not of one run. :class:`SharedBudget` implements
-:class:`taptouch_resource.retry.RequestLimiter`, so a :class:`~taptouch_resource.TaptouchClient`
-takes it as ``limiter=``::
-
-    budget = SharedBudget.for_client(database_url, client_id, rate_per_second=10)
-    client = TaptouchClient(..., limiter=budget)       # or TaptouchResource.get_client(limiter=budget)
-
-**The algorithm: GCRA, one row, one statement.** ``taptouch_meta.request_budget`` (migration 0006)
-holds one row per client id. ``next_at`` is the bucket's *theoretical arrival time* (the generic cell
-rate algorithm, i.e. a token bucket stored as a single timestamp). Each request runs one
-``insert ... on conflict do update ... returning`` in autocommit, reading ``clock_timestamp()`` once
-(two readings in one statement differ by microseconds, and that difference let 21 slots into one
-second at 20/s): under the row's lock it moves
-``next_at`` to ``greatest(next_at, now) + 1/rate`` and returns the wait until the request's slot,
-``greatest(now, old next_at - (burst - 1)/rate) - now``. The caller then sleeps *outside* any
-transaction, so the row is locked for one statement (microseconds) and processes queue in the
-order they asked. Consequences:
-
-* At most ``rate + burst - 1`` slots fall in any half-open one-second window of the database's
-  clock, ``rate + burst`` in a closed one (``burst`` requests may go back to back after a pause,
-  then one every ``1/rate``). Default ``burst`` is :data:`DEFAULT_BURST` = 1: strictly spaced, as
-  the in-process limiter always was. At the API, a request that leaves late (its process was
-  descheduled, its connection slow) can bunch with the on-time ones after it: count
-  ``rate x`` that delay more (at 20/s, one more per 50 ms of delay). ``last_slot`` is the grant.
-* Every time is the database server's ``clock_timestamp()``, and only differences travel back, so
-  processes on different machines need no synchronised clocks.
-* A 429 (:meth:`SharedBudget.penalize`) sets ``blocked_until = now + Retry-After`` (at most
-  :data:`~taptouch_resource.retry.MAX_RETRY_AFTER`, 15 minutes) and pushes ``next_at`` past it, so
-  no process sharing the client id gets a slot before then. While it lasts, a request is given no
-  slot: it waits for the pause's end and asks again, so afterwards requests resume spaced, without
-  a burst. Requests that had already been given a slot before the 429 (at most one per waiting
-  thread) still go.
-
-**Every wait is bounded, and can be stopped.** No single wait is longer than the larger of
-:data:`~taptouch_resource.retry.MAX_WAIT` (60 s) and the pause of a 429. The row cannot hold
-anyone longer, whatever it says: a pause is at most 15 minutes from now; a next slot further than
-60 s ahead of now (no real queue is that long; a row edited by hand, or written by a clock that was
-ahead) is reset to now; and a row last updated more than :data:`CLOCK_STEP` ahead of the database's
-clock (the clock stepped back) has its slots and pause moved back by the step. Each heal logs a
-WARNING. Every wait is a :func:`taptouch_resource.retry.pause`, so a thread inside
-``stop_on(event)`` stops waiting (``Stopped``) as soon as its run sets ``event``.
-* Cost: one round trip per request. Measured against a local PostgreSQL 15 on 2 busy cores: 0.7 ms per
-  :meth:`SharedBudget.acquire` against 100 ms between requests at 10 requests/s, so slots are not
-  reserved in batches (a batch would hold slots a process may not use, and blur the budget).
-
-**Why not pyrate-limiter's PostgresBucket** (4.5.1, checked 2026-11-28): it works with psycopg 3
-but needs ``psycopg_pool`` (a new dependency); it creates its own table at run time
-(``ratelimit___<name>``, outside our migrations, ``timestamp`` without time zone); it stores one row
-per request and deletes them as they age (a write and a delete per request); under contention its
-``LOCK TABLE ... NOWAIT`` fails at once and the limiter polls, so four processes mostly spin instead
-of queueing; and it has no notion of a server-imposed pause, which a 429 needs. The single-row GCRA
-above is ~100 lines, queues fairly, and a 429 is one more column.
-
-**When the database fails** (unreachable, the migration not applied yet, a timeout), the sync does
-not stop and does not go quiet: the budget logs a WARNING naming the error and falls back to an
-in-process :class:`~taptouch_resource.retry.RateLimiter` at the same rate, tries the database again
-every :data:`RETRY_DATABASE_AFTER` seconds, and logs when it is back. While it falls back, processes
-together may exceed the budget (each keeps to the rate on its own, and still slows down on its own
-429s); ``fallbacks`` counts the outages. Failing the run instead would make the budget, which only
-protects the API, a new way for the sync to fail.
-
-Nothing here imports Dagster.
+:class:`SharedBudget` is a :class:`taptouch_resource.retry.RequestLimiter` (``TaptouchClient(...,
+limiter=budget)``) kept as one GCRA row per client id in ``taptouch_meta.request_budget``, timed by
+the database's clock: one statement per request, the wait slept outside any transaction. A 429
+pauses every process of the client id; every wait is bounded and stoppable; a wrong row heals
+itself; when the database fails, the process limits itself alone. How and why, with the bounds and
+the alternatives weighed: docs/operating.md, "Sharing the API budget".
 """
 
 from __future__ import annotations
