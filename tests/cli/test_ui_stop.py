@@ -1,4 +1,4 @@
-"""Issue 22 items 2 and 3: ``taptouch-sync ui`` (what ``./dev ui`` runs) stops its whole process
+"""``taptouch-sync ui`` (what ``./dev ui`` runs) stops its whole process
 tree on SIGTERM, SIGINT or SIGHUP, also under ``nohup``, and hands the CLI the environment of the UI's
 sandbox, warehouse and Dagster instance.
 

@@ -1,4 +1,4 @@
-"""Several Taptouch accounts in one deployment (issue 17): two clients side by side over real HTTP.
+"""Several Taptouch accounts in one deployment: two clients side by side over real HTTP.
 
 One sandbox server (``SandboxGroup``) serves two clients with disjoint stores at one base URL, so
 the tokens and request budgets below are told apart by client id alone, as in production. The

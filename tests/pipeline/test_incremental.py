@@ -1,4 +1,4 @@
-"""Incremental order windows (issue 14, item 1): a re-run asks the API only from each store's
+"""Incremental order windows: a re-run asks the API only from each store's
 high-water mark minus the lookback; a full refresh (run tag or config) fetches the whole window."""
 
 from __future__ import annotations

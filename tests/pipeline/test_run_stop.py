@@ -1,4 +1,4 @@
-"""Issue 20 item 6: a terminated run stops within 5 seconds of its worker receiving SIGTERM, also
+"""A terminated run stops within 5 seconds of its worker receiving SIGTERM, also
 while its fetch threads wait on the shared request budget or on a 429's Retry-After.
 
 A real Dagster run (:mod:`tests.support.stop_child`, a run worker that handles SIGTERM as Dagster's

@@ -1,4 +1,4 @@
-"""Model-based test of sync state (issue 20, "Proof"): random histories of a merchant and a careless
+"""Model-based test of sync state: random histories of a merchant and a careless
 server, driven through the real sync code, with invariants after every step and an exact
 comparison at the end.
 

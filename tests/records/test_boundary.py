@@ -1,4 +1,4 @@
-"""The record boundary (issue 13): every value lands exactly or quarantines one record.
+"""The record boundary: every value lands exactly or quarantines one record.
 
 Each probe found by hand is here as a regression: through the loader into a real PostgreSQL
 (the window commits, the valid record next to the bad one loads, the bad one is quarantined with

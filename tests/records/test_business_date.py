@@ -1,4 +1,4 @@
-"""Issue 20 item 7: business_date is derived by one function and follows its store's time zone.
+"""business_date is derived by one function and follows its store's time zone.
 
 - every place that dates something (an order's business_date, an inventory snapshot's date, the
   re-derivation after a zone change) gives what :func:`records.business_date` gives, on hostile

@@ -1,4 +1,4 @@
-"""The world of the model-based test (tests/pipeline/test_state_model.py, issue 20 "Proof").
+"""The world of the model-based test (tests/pipeline/test_state_model.py).
 
 A :class:`World` is one history's sandbox on a fake clock, the real client over the in-process
 transport, one warehouse connection, and the bookkeeping the invariants need:

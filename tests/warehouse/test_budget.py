@@ -192,7 +192,7 @@ def test_in_process_limiter_pauses_every_thread_after_a_429():
 
 
 # ------------------------------------------------------------------------------------------------
-# Issue 20 item 6: every wait is bounded, an absurd row heals itself, and a stopping run's waits end.
+# Every wait is bounded, an absurd row heals itself, and a stopping run's waits end.
 
 def _row(db_url: str, client_id: str) -> dict:
     with psycopg.connect(db_url, autocommit=True) as conn:

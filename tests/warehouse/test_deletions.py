@@ -1,4 +1,4 @@
-"""Deletions you can trust (issue 20, items 3 and 4): two complete listings an hour apart, the share
+"""Deletions you can trust: two complete listings an hour apart, the share
 guard, unparseable records, restores whatever the age, repairs, and no API call under the merge
 lock. Sandbox over an httpx transport, real PostgreSQL, a fake clock for the confirmation interval."""
 

@@ -1,4 +1,4 @@
-"""Inventory delisting you can trust (issue 20, item 3): an empty listing for a store that holds levels,
+"""Inventory delisting you can trust: an empty listing for a store that holds levels,
 or one that would delist more than half of its products, delists nothing until a second listing at
 least TAPTOUCH_RECONCILE_CONFIRM_S later agrees; an ordinary listing still delists at once (sandbox
 over an httpx transport, real PostgreSQL, a fake clock)."""

@@ -1,4 +1,4 @@
-"""High-water marks you can trust (issue 20, items 1 and 2), on the sandbox and real PostgreSQL:
+"""High-water marks you can trust, on the sandbox and real PostgreSQL:
 an edit during a listing skips nothing; a mark moves only from a complete listing and never past the
 listing's start on the API's clock, so a future-dated record cannot freeze a store's hourly loads."""
 

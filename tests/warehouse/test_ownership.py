@@ -1,4 +1,4 @@
-"""Two accounts that list the same store (issue 20, item 8): the first account that loaded a store
+"""Two accounts that list the same store: the first account that loaded a store
 owns it; the other skips it with a warning naming both; an order and its child rows always carry
 the same account; marks are per account (tests/warehouse/test_marks.py)."""
 

@@ -1,4 +1,4 @@
-"""Issue 20 item 7: ``taptouch-sync rebuild`` re-derives every typed table from raw, as a user runs it.
+"""``taptouch-sync rebuild`` re-derives every typed table from raw, as a user runs it.
 
 Typed columns are damaged by SQL (what a parser bug, or a hand edit, leaves behind), the command
 runs (``main([...])`` in process, and the console script in a subprocess), and the warehouse equals
