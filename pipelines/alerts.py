@@ -26,7 +26,7 @@ never POST: they write each alert to the warehouse's ``taptouch_meta.alert_outbo
 row), and the third POSTs the due rows, retrying with backoff across ticks until the webhook takes
 them. When the warehouse cannot take an alert, it is POSTed directly, once, and the tick logs
 that. ``TAPTOUCH_ALERT_SENSOR_INTERVAL`` (seconds, default 30, read when the definitions load) is
-how often they look.
+how often they look. Each tick reads the other settings once (:func:`pipelines.settings.alert_settings`).
 """
 
 import logging
@@ -38,16 +38,17 @@ import dagster as dg
 import psycopg
 
 from . import alert_outbox as outbox
+from . import settings
 from .warehouse.db import EmbeddedServerError, WarehouseConfigError, connect
 from .warehouse.resource import PostgresResource
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_ENV = "TAPTOUCH_ALERT_WEBHOOK_URL"
-MIN_SEVERITY_ENV = "TAPTOUCH_ALERT_MIN_SEVERITY"
-UI_URL_ENV = "TAPTOUCH_UI_URL"
-INTERVAL_ENV = "TAPTOUCH_ALERT_SENSOR_INTERVAL"
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
+WEBHOOK_ENV = settings.ALERT_WEBHOOK_ENV
+MIN_SEVERITY_ENV = settings.ALERT_MIN_SEVERITY_ENV
+UI_URL_ENV = settings.UI_URL_ENV
+INTERVAL_ENV = settings.ALERT_INTERVAL_ENV
+DEFAULT_UI_URL = settings.DEFAULT_UI_URL
 ERROR_CHARS = 600
 
 # Environment variables whose values never appear in an alert, whatever the text around them.
@@ -61,33 +62,9 @@ def secret_envs() -> list[str]:
                                   and k not in SECRET_ENVS)]
 
 
-def webhook_url() -> str | None:
-    return os.environ.get(WEBHOOK_ENV, "").strip() or None
-
-
-def ui_url() -> str:
-    return (os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL).rstrip("/")
-
-
-def min_severity() -> dg.AssetCheckSeverity:
-    raw = os.environ.get(MIN_SEVERITY_ENV, "").strip().upper() or "WARN"
-    try:
-        return dg.AssetCheckSeverity[raw]
-    except KeyError:
-        raise ValueError(f"{MIN_SEVERITY_ENV} must be WARN or ERROR, got {raw!r}") from None
-
-
-def sensor_interval() -> int:
-    raw = os.environ.get(INTERVAL_ENV, "").strip()
-    try:
-        value = int(raw) if raw else 30
-    except ValueError:
-        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: "
-                         f"set it so, or unset it for 30") from None
-    if not 1 <= value <= 86_400:
-        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: "
-                         f"set it so, or unset it for 30")
-    return value
+def min_severity(alert: settings.AlertSettings) -> dg.AssetCheckSeverity:
+    """The lowest severity of a failed check that is alerted on."""
+    return dg.AssetCheckSeverity[alert.min_severity]
 
 
 # ------------------------------------------------------------------------------------ redaction
@@ -248,8 +225,10 @@ def account_of(asset_keys) -> str:
     return ", ".join(sorted({k.path[0] for k in asset_keys if len(k.path) > 1}))
 
 
-def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message: str | None) -> dict:
-    """The alert for a failed ``run`` (a DagsterRun); ``step_errors`` = [(step key, error text)]."""
+def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message: str | None, *,
+                        ui_url: str = settings.DEFAULT_UI_URL) -> dict:
+    """The alert for a failed ``run`` (a DagsterRun); ``step_errors`` = [(step key, error text)];
+    ``ui_url``: the Dagster UI the link points at (:attr:`settings.AlertSettings.ui_url`)."""
     keys = list(run.asset_selection or ())
     assets = sorted(k.to_user_string() for k in keys)
     if not assets:
@@ -266,15 +245,16 @@ def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message
             "job": run.job_name,
         },
         error=error,
-        link=f"{ui_url()}/runs/{run.run_id}",
+        link=f"{ui_url}/runs/{run.run_id}",
         keep=(run.run_id, partition),
     )
 
 
-def run_failure_alert(run, step_errors: list[tuple[str, str]], failure_message: str | None) -> outbox.Alert:
+def run_failure_alert(run, step_errors: list[tuple[str, str]], failure_message: str | None, *,
+                      ui_url: str) -> outbox.Alert:
     """:func:`run_failure_message` as an outbox alert, keyed ``run-failure:<run id>``."""
     return outbox.Alert(key=outbox.alert_key("run-failure", run.run_id), kind="run_failure",
-                        body=run_failure_message(run, step_errors, failure_message))
+                        body=run_failure_message(run, step_errors, failure_message, ui_url=ui_url))
 
 
 # ------------------------------------------------------------------------------------ delivery
@@ -326,12 +306,12 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
 
 @dg.run_failure_sensor(
     name="taptouch_run_failure_alert", monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval(),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"Queues one alert per failed run for ${WEBHOOK_ENV} (off when unset).",
 )
 def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: PostgresResource) -> None:
-    url = webhook_url()
-    if not url:
+    alert = settings.alert_settings()
+    if not alert.webhook_url:
         return
     step_errors = []
     for event in context.get_step_failure_events():
@@ -339,14 +319,14 @@ def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: P
         err = getattr(data, "error", None)
         text = (err.message if err is not None else None) or event.message or ""
         step_errors.append((event.step_key or "?", text.strip()))
-    alert = run_failure_alert(context.dagster_run, step_errors, context.failure_event.message)
-    submit([alert], url, warehouse, context.log)
+    failure = run_failure_alert(context.dagster_run, step_errors, context.failure_event.message, ui_url=alert.ui_url)
+    submit([failure], alert.webhook_url, warehouse, context.log)
 
 
 # ------------------------------------------------------------------------------------ failed checks
 
 
-def check_failure_message(evaluation, run_id: str | None, partition: str | None) -> dict:
+def check_failure_message(evaluation, run_id: str | None, partition: str | None, *, ui_url: str) -> dict:
     """The alert for a failed ``AssetCheckEvaluation``."""
     asset = evaluation.asset_key.to_user_string()
     summary = evaluation.description or ", ".join(
@@ -359,7 +339,7 @@ def check_failure_message(evaluation, run_id: str | None, partition: str | None)
                 "severity": evaluation.severity.value,
                 "partition": partition or "-", "run": run_id or "-"},
         error=summary,
-        link=f"{ui_url()}/runs/{run_id}" if run_id else f"{ui_url()}/assets/{'/'.join(evaluation.asset_key.path)}",
+        link=f"{ui_url}/runs/{run_id}" if run_id else f"{ui_url}/assets/{'/'.join(evaluation.asset_key.path)}",
         keep=(run_id, partition),
     )
 
@@ -391,9 +371,10 @@ def _check_partition(instance, run, entry, evaluation, materializations: dict) -
     return _partition(dict(run.tags))
 
 
-def failed_check_alerts(instance, run_id: str, *, threshold: dg.AssetCheckSeverity) -> list[outbox.Alert]:
-    """One alert per failed check evaluation of run ``run_id`` at or above ``threshold``, keyed
-    ``check-failure:<run id>:<asset>:<check>:<partition>``."""
+def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) -> list[outbox.Alert]:
+    """One alert per failed check evaluation of run ``run_id`` at or above ``alert.min_severity``,
+    keyed ``check-failure:<run id>:<asset>:<check>:<partition>``."""
+    threshold = min_severity(alert)
     from dagster._core.events import DagsterEventType
 
     run = instance.get_run_by_id(run_id)
@@ -408,22 +389,22 @@ def failed_check_alerts(instance, run_id: str, *, threshold: dg.AssetCheckSeveri
         key = outbox.alert_key("check-failure", run_id, evaluation.asset_key.to_user_string(), evaluation.check_name,
                                partition)
         alerts.append(outbox.Alert(key=key, kind="check_failure",
-                                   body=check_failure_message(evaluation, run_id, partition)))
+                                   body=check_failure_message(evaluation, run_id, partition, ui_url=alert.ui_url)))
     return alerts
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS, name="taptouch_check_failure_alert", monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval(),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"Queues one alert per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
                 f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
 )
 def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: PostgresResource) -> None:
-    url = webhook_url()
-    if not url:
+    alert = settings.alert_settings()
+    if not alert.webhook_url:
         return
-    alerts = failed_check_alerts(context.instance, context.dagster_run.run_id, threshold=min_severity())
-    submit(alerts, url, warehouse, context.log)
+    submit(failed_check_alerts(context.instance, context.dagster_run.run_id, alert), alert.webhook_url, warehouse,
+           context.log)
 
 
 # ------------------------------------------------------------------------------------ the outbox
@@ -431,12 +412,12 @@ def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: 
 
 @dg.sensor(
     name="taptouch_alert_outbox", default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=sensor_interval(),
+    minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"POSTs the alerts queued in taptouch_meta.alert_outbox to ${WEBHOOK_ENV}, retrying with backoff until "
                 f"they are taken (off when unset).",
 )
 def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: PostgresResource):
-    url = webhook_url()
+    url = settings.alert_settings().webhook_url
     if not url:
         return dg.SkipReason(f"{WEBHOOK_ENV} is unset: alerts are off")
     try:

@@ -48,15 +48,13 @@ import psycopg
 from taptouch_resource import TaptouchClient, TaptouchError
 
 from .accounts import DEFAULT, Account
-from .settings import DEFAULT_RECONCILE_DAYS, reconcile_confirm_s, reconcile_days
+from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, reconcile_days
 from .sync import describe, is_transient
 from .warehouse import deletions, records
 from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
 
 log = logging.getLogger(__name__)
 
-RECONCILE_DAYS_ENV = "TAPTOUCH_RECONCILE_DAYS"
-RECONCILE_CONFIRM_ENV = "TAPTOUCH_RECONCILE_CONFIRM_S"
 LISTING_SLACK = timedelta(seconds=1)  # the warehouse rounds instants to microseconds; the API may not
 # The listing's upper bound: far enough that an order whose later version is future-dated (a bad
 # clock at the till) is still listed rather than taken for deleted.
@@ -243,18 +241,20 @@ def reconcile_orders(
     client: TaptouchClient,
     conn: psycopg.Connection,
     *,
-    days: int | None = None,
+    days: int = DEFAULT_RECONCILE_DAYS,
     store_ids: list[int] | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     timezones: dict[int, str] | None = None,
-    confirm_s: int | None = None,
+    confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S,
     confirm_mass_deletion_stores: Iterable[int] = (),
     run_id: str | None = None,
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
     listing at least ``confirm_s`` seconds earlier missed too, and restore what is listed again.
+    ``days`` and ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_DAYS`` and
+    ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:class:`pipelines.settings.RunSettings`).
 
     ``conn`` must be an autocommit connection: the listing runs outside any transaction, and each
     store's repairs and judgement are short transactions of their own. ``now`` (default: the
@@ -265,8 +265,6 @@ def reconcile_orders(
         raise ValueError("reconcile_orders needs an autocommit connection: its listing must run outside any "
                          "transaction (a transaction left open would hold its locks through every API call)")
     say = progress or log.info
-    days = reconcile_days() if days is None else days
-    confirm_s = reconcile_confirm_s() if confirm_s is None else confirm_s
     confirmed = {int(s) for s in confirm_mass_deletion_stores}
     now = now or datetime.now(timezone.utc)
     start = now - timedelta(days=days)
@@ -337,20 +335,20 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
     )
     def order_deletions(context: dg.AssetExecutionContext, config: ReconcileConfig) -> dg.MaterializeResult:
         """Compare the API's orders with the warehouse's: repair, record candidates, confirm, restore."""
-        # the assets' session (settings, migrations, a verified client, a connection) and error policy
-        from .assets.taptouch import api_session, step_errors
+        # the assets' run context (settings, migrations, a verified client, a connection) and error policy
+        from .assets.taptouch import run_context, step_errors
 
         taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
         t = time.monotonic()
         with step_errors():
-            days, confirm_s = reconcile_days(), reconcile_confirm_s()
-            with api_session(taptouch, warehouse, account=account) as session:
-                listing = session.store_listing(context)
-                result = reconcile_orders(session.client, session.conn, days=days, store_ids=listing.store_ids,
-                                          timezones=listing.timezones, confirm_s=confirm_s,
+            with run_context(taptouch, warehouse, account=account) as run:
+                listing = run.store_listing(context)
+                result = reconcile_orders(run.client, run.conn, days=run.settings.reconcile_days,
+                                          store_ids=listing.store_ids, timezones=listing.timezones,
+                                          confirm_s=run.settings.reconcile_confirm_s,
                                           confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
                                           run_id=context.run.run_id, progress=context.log.info)
-                api_md = session.api_metadata()
+                api_md = run.api_metadata()
         deleted_ids = [oid for s in result.stores for oid in s.deleted]
         restored_ids = [oid for s in result.stores for oid in s.restored]
         metadata = {

@@ -1,10 +1,13 @@
-"""The code location's settings: the one place that reads the ``TAPTOUCH_*`` tunables.
+"""The code location's settings: the one place that reads the ``TAPTOUCH_*`` tunables and holds
+their defaults.
 
-Each is documented once, in the README's Settings table. They are read when a run starts (the
-assets call :func:`for_run`), so a changed variable takes effect at the next run, except the two
-that Dagster needs when it loads the definitions: ``TAPTOUCH_START_DATE`` (the ``orders``
-partitions) and ``TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN`` (its backfill policy); reload the code
-location after changing those.
+Each is documented once, in the README's Settings table. A run reads them once, when it starts
+(:func:`for_run` builds its frozen :class:`RunSettings`, which the assets pass down), so a changed
+variable takes effect at the next run. The alert sensors read theirs at each tick
+(:func:`alert_settings`). Dagster needs three when it loads the definitions:
+``TAPTOUCH_START_DATE`` (the ``orders`` partitions), ``TAPTOUCH_BACKFILL_PARTITIONS_PER_RUN`` (its
+backfill policy) and ``TAPTOUCH_ALERT_SENSOR_INTERVAL``; reload the code location after changing
+those.
 
 A tunable set on a resource (in code, or per run in the launchpad) wins over its variable.
 """
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
+
+from taptouch_resource import api
 
 if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
     from taptouch_resource import TaptouchResource
@@ -27,7 +33,7 @@ DEFAULT_START_DATE = "2024-01-01"
 # A run with this tag set to "true" (or the orders asset's config full_refresh: true) loads its
 # windows in full, ignoring their high-water marks. Backfills launched from the UI can carry it.
 FULL_REFRESH_TAG = "taptouch/full_refresh"
-DEFAULT_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = api.DEFAULT_PAGE_SIZE  # the client's own default: one value for both
 DEFAULT_REQUESTS_PER_SECOND = 10.0
 DEFAULT_STORE_WORKERS = 4
 DEFAULT_BATCH_SIZE = 5000
@@ -186,10 +192,26 @@ def lookback(configured: str | int | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """Every tunable of one run of one account, read once when the run starts (:func:`for_run`) and
+    passed down. Built directly (``RunSettings(store_workers=2)``), it holds the defaults."""
+
+    page_size: int = DEFAULT_PAGE_SIZE
+    requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND  # 0: no limit
+    store_workers: int = DEFAULT_STORE_WORKERS
+    batch_size: int = DEFAULT_BATCH_SIZE  # orders per COPY batch
+    lookback: timedelta = DEFAULT_LOOKBACK  # an incremental window re-asks from its mark minus this
+    reconcile_days: int = DEFAULT_RECONCILE_DAYS
+    reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
+
+
 def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
-            account: "Account | None" = None) -> tuple["TaptouchResource", int]:
-    """At run start: ``taptouch`` with every tunable it leaves unset taken from its variable, and
-    the loader's batch size (``warehouse.batch_size``, else ``TAPTOUCH_BATCH_SIZE``).
+            account: "Account | None" = None) -> tuple["TaptouchResource", RunSettings]:
+    """At run start, the one read of the environment: ``taptouch`` with its credentials and base
+    URL resolved and every tunable it leaves unset taken from its variable, and the run's
+    :class:`RunSettings` (the loader's batch size: ``warehouse.batch_size``, else
+    ``TAPTOUCH_BATCH_SIZE``).
 
     A named ``account`` (``TAPTOUCH_ACCOUNTS``) reads ``TAPTOUCH_<NAME>_BASE_URL`` and
     ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
@@ -197,14 +219,23 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
     named = account is not None and account.prefixed
     if named:
         taptouch = account_resource(taptouch, account)
-    update = {
-        "page_size": page_size(taptouch.page_size),
-        "requests_per_second": requests_per_second(
+    run = RunSettings(
+        page_size=page_size(taptouch.page_size),
+        requests_per_second=requests_per_second(
             taptouch.requests_per_second,
             **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})),
-        "store_workers": store_workers(taptouch.store_workers),
-    }
-    return taptouch.model_copy(update=update), batch_size(warehouse.batch_size)
+        store_workers=store_workers(taptouch.store_workers),
+        batch_size=batch_size(warehouse.batch_size),
+        lookback=lookback(),
+        reconcile_days=reconcile_days(),
+        reconcile_confirm_s=reconcile_confirm_s(),
+    )
+    client_id, client_secret, base_url = taptouch.resolved()  # later uses read these fields, not the environment
+    taptouch = taptouch.model_copy(update={
+        "client_id": client_id, "client_secret": client_secret, "base_url": base_url,
+        "page_size": run.page_size, "requests_per_second": run.requests_per_second,
+        "store_workers": run.store_workers})
+    return taptouch, run
 
 
 def account_resource(taptouch: "TaptouchResource", account: "Account") -> "TaptouchResource":
@@ -228,3 +259,52 @@ def account_resource(taptouch: "TaptouchResource", account: "Account") -> "Tapto
                     f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
             update[field] = value
     return taptouch.model_copy(update=update)
+
+
+# ------------------------------------------------------------------------------------------ alerts
+
+ALERT_WEBHOOK_ENV = "TAPTOUCH_ALERT_WEBHOOK_URL"
+ALERT_MIN_SEVERITY_ENV = "TAPTOUCH_ALERT_MIN_SEVERITY"
+UI_URL_ENV = "TAPTOUCH_UI_URL"
+ALERT_INTERVAL_ENV = "TAPTOUCH_ALERT_SENSOR_INTERVAL"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+DEFAULT_ALERT_MIN_SEVERITY = "WARN"
+DEFAULT_ALERT_SENSOR_INTERVAL_S = 30
+ALERT_SEVERITIES = ("WARN", "ERROR")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """What the alert sensors read at each tick (they run outside any run)."""
+
+    webhook_url: str | None = None  # unset: alerts are off
+    ui_url: str = DEFAULT_UI_URL  # links to runs, without a trailing /
+    min_severity: str = DEFAULT_ALERT_MIN_SEVERITY  # WARN or ERROR: the failed checks alerted on
+
+
+def alert_settings() -> AlertSettings:
+    """``TAPTOUCH_ALERT_WEBHOOK_URL``, ``TAPTOUCH_UI_URL`` and ``TAPTOUCH_ALERT_MIN_SEVERITY``, read now."""
+    severity = os.environ.get(ALERT_MIN_SEVERITY_ENV, "").strip().upper() or DEFAULT_ALERT_MIN_SEVERITY
+    if severity not in ALERT_SEVERITIES:
+        raise SettingError(f"{ALERT_MIN_SEVERITY_ENV} must be WARN or ERROR, got {severity!r}")
+    return AlertSettings(
+        webhook_url=os.environ.get(ALERT_WEBHOOK_ENV, "").strip() or None,
+        ui_url=(os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL).rstrip("/"),
+        min_severity=severity,
+    )
+
+
+def alert_sensor_interval() -> int:
+    """``TAPTOUCH_ALERT_SENSOR_INTERVAL``: seconds between the alert sensors' ticks (read when the
+    definitions load)."""
+    raw = os.environ.get(ALERT_INTERVAL_ENV, "").strip()
+    fix = f"set it so, or unset it for {DEFAULT_ALERT_SENSOR_INTERVAL_S}"
+    try:
+        value = int(raw) if raw else DEFAULT_ALERT_SENSOR_INTERVAL_S
+    except ValueError:
+        raise SettingError(f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: "
+                           f"{fix}") from None
+    if not 1 <= value <= 86_400:
+        raise SettingError(f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: "
+                           f"{fix}")
+    return value

@@ -67,22 +67,22 @@ def step_errors():
         raise dg.Failure(description=describe(exc), allow_retries=False) from exc
 
 
-class _Session:
+class RunContext:
     """What an API-calling asset works with in one run: a client with verified credentials, an
-    autocommit connection, the run's tunables and the clock."""
+    autocommit connection (and ``connect`` for more like it), the run's :class:`~pipelines.settings.RunSettings`
+    and the clock."""
 
-    def __init__(self, client, conn, *, store_workers: int, batch_size: int, before: dict | None = None,
+    def __init__(self, client, conn, run_settings: settings.RunSettings, *, api_before: dict | None = None,
                  connect=None):
         self.client = client
         self.conn = conn
         self.connect = connect  # another autocommit connection like conn (for windows loaded at once)
-        self.store_workers = store_workers
-        self.batch_size = batch_size
+        self.settings = run_settings
         self.t0 = time.monotonic()
-        self._before = before if before is not None else client.stats.snapshot()
+        self._api_before = api_before if api_before is not None else client.stats.snapshot()
 
     def api_metadata(self) -> dict:
-        return {**_api_metadata(_api_delta(self._before, self.client.stats.snapshot())),
+        return {**_api_metadata(_api_delta(self._api_before, self.client.stats.snapshot())),
                 "duration_s": round(time.monotonic() - self.t0, 3)}
 
     def store_listing(self, context: dg.AssetExecutionContext) -> StoreListing:
@@ -97,38 +97,44 @@ class _Session:
         return listing
 
 
+def _account_connector(warehouse: PostgresResource, account: Account):
+    """A function opening autocommit connections whose ``taptouch.account`` setting is a named
+    account's name, which every row they write takes as its ``account`` (the column's default,
+    migration 0009)."""
+    def connect():
+        conn = warehouse.connect()
+        try:
+            conn.autocommit = True
+            if account.prefixed:
+                conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
+        except BaseException:
+            conn.close()  # never leave a half-set-up connection open
+            raise
+        return conn
+    return connect
+
+
 @contextmanager
-def api_session(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False,
+def run_context(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False,
                 account: Account = DEFAULT):
-    """At run start: read the settings, migrate, make a client and check its credentials (failing
-    clearly before any work), and open an autocommit connection to the warehouse. For a named
-    ``account`` the connection's ``taptouch.account`` setting is its name, which every row the
-    session writes takes as its ``account`` (the column's default, migration 0009)."""
-    taptouch, batch_size = settings.for_run(taptouch, warehouse, account)
+    """At run start: read the settings (once: :func:`pipelines.settings.for_run`), migrate, make a
+    client and check its credentials (failing clearly before any work), and open an autocommit
+    connection to the warehouse, for a named ``account`` writing rows as that account. Yields the
+    :class:`RunContext`."""
+    taptouch, run_settings = settings.for_run(taptouch, warehouse, account)
     warehouse.ensure_migrated()
     url = warehouse.url()
     tokens = TokenStore.for_resource(taptouch, url)
     # one request budget per client id, shared through the warehouse by every run and process
-    budget = SharedBudget.for_client(url, taptouch.resolved()[0], taptouch.requests_per_second)
+    budget = SharedBudget.for_client(url, taptouch.client_id, run_settings.requests_per_second)
     get = taptouch.get_store_client if store_api else taptouch.get_client
     client = get(token_store=tokens, limiter=budget)
     try:
-        before = client.stats.snapshot()  # the run's counters include its own token request
+        api_before = client.stats.snapshot()  # the run's counters include its own token request
         client.auth.get_token()
-        def connect():
-            conn = warehouse.connect()
-            try:
-                conn.autocommit = True
-                if account.prefixed:
-                    conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
-            except BaseException:
-                conn.close()  # never leave a half-set-up connection open
-                raise
-            return conn
-
+        connect = _account_connector(warehouse, account)
         with connect() as conn:
-            yield _Session(client, conn, store_workers=taptouch.store_workers, batch_size=batch_size, before=before,
-                           connect=connect)
+            yield RunContext(client, conn, run_settings, api_before=api_before, connect=connect)
     finally:
         client.close()
 
@@ -174,7 +180,7 @@ class OrdersConfig(dg.Config):
                                   "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
 
 
-def _load_orders_days(context: dg.AssetExecutionContext, session: _Session, listing: StoreListing,
+def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listing: StoreListing,
                       keys: list[str], lookback) -> SyncResult:
     """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
     window's merge overlaps the next one's fetching), each its own transaction; a summary per day."""
@@ -183,8 +189,8 @@ def _load_orders_days(context: dg.AssetExecutionContext, session: _Session, list
                      + (f", {WINDOWS_IN_FLIGHT} at a time" if len(keys) > 1 else ""))
     total = SyncResult()
     loads = sync_orders_windows(
-        session.client, session.connect, windows, run_id=context.run.run_id, store_ids=listing.store_ids,
-        timezones=listing.timezones, max_workers=session.store_workers, batch_size=session.batch_size,
+        run.client, run.connect, windows, run_id=context.run.run_id, store_ids=listing.store_ids,
+        timezones=listing.timezones, max_workers=run.settings.store_workers, batch_size=run.settings.batch_size,
         progress=context.log.info, lookback=lookback,
     )
     # closing: whatever stops this loop (run termination) stops the windows in flight at once
@@ -301,14 +307,14 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
         """Every store the token may read; upserted."""
         taptouch, warehouse = _resources(context)
         with step_errors():
-            with api_session(taptouch, warehouse, store_api=True, account=account) as session:
-                counts, records = sync_stores(session.client, session.conn, run_id=context.run.run_id)
+            with run_context(taptouch, warehouse, store_api=True, account=account) as run:
+                counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
             params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
             preview = read_frame(warehouse, stores_sql, **params)
         return dg.MaterializeResult(metadata={
             **counts.as_dict(),
             "dagster/row_count": len(records),
-            **session.api_metadata(),
+            **run.api_metadata(),
             "preview": markdown_preview(preview),
         })
 
@@ -339,20 +345,20 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
         lookback = None if full else settings.lookback(config.lookback)
         context.log.info("orders: full refresh (high-water marks ignored)" if full else
                          f"orders: incremental from each store's high-water mark, lookback {lookback}")
-        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
-            listing = session.store_listing(context)
-            total = _load_orders_days(context, session, listing, keys, lookback)
+        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+            listing = run.store_listing(context)
+            total = _load_orders_days(context, run, listing, keys, lookback)
             range_start, _ = day_window(keys[0])
             _, range_end = day_window(keys[-1])
-            # a connection of its own: session.conn sat idle while the windows loaded on theirs (a
+            # a connection of its own: run.conn sat idle while the windows loaded on theirs (a
             # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
-            with session.connect() as conn:
+            with run.connect() as conn:
                 checks = _order_checks(conn, keys, range_start, range_end, account)
         metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
                     "full_refresh": full, "incremental_stores": total.incremental_stores,
                     "incomplete_stores": ", ".join(map(str, total.incomplete)) or "none",
-                    "pages_skipped": total.pages_skipped, **session.api_metadata()}
-        context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in session.api_metadata().items()))
+                    "pages_skipped": total.pages_skipped, **run.api_metadata()}
+        context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in run.api_metadata().items()))
         _fail_if_stores_failed(total, f"{account.key_string('orders')} {keys[0]}..{keys[-1]}", metadata)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -367,11 +373,11 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
     def inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Current stock per store, replacing the previous list; today's snapshot per product."""
         taptouch, warehouse = _resources(context)
-        with step_errors(), api_session(taptouch, warehouse, account=account) as session:
-            listing = session.store_listing(context)
-            result = sync_inventory(session.client, session.conn, store_ids=listing.store_ids,
+        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+            listing = run.store_listing(context)
+            result = sync_inventory(run.client, run.conn, store_ids=listing.store_ids,
                                     timezones=listing.timezones, run_id=context.run.run_id, progress=context.log.info)
-        metadata = {**_store_metadata(result, listing), **session.api_metadata()}
+        metadata = {**_store_metadata(result, listing), **run.api_metadata()}
         _fail_if_stores_failed(result, account.key_string("inventory"), metadata)
         return dg.MaterializeResult(metadata=metadata)
 

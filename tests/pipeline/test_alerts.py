@@ -23,7 +23,7 @@ import psycopg
 import psycopg.rows
 import pytest
 
-from pipelines import alert_outbox, alerts
+from pipelines import alert_outbox, alerts, settings
 from pipelines.warehouse.resource import PostgresResource
 from tests.support.webhook import Receiver
 
@@ -105,7 +105,8 @@ def test_run_ids_are_shown_and_other_long_tokens_are_not(monkeypatch):
     run = SimpleNamespace(asset_selection=set(), tags={"dagster/partition": "2026-11-02"}, run_id=run_id,
                           job_name="orders_job")
     message = alerts.run_failure_message(
-        run, [("orders", f"step of run {run_id} failed: key 0123456789abcdef0123456789abcdef01 refused")], None)
+        run, [("orders", f"step of run {run_id} failed: key 0123456789abcdef0123456789abcdef01 refused")], None,
+        ui_url=settings.alert_settings().ui_url)
     text = message["text"]
     assert f"run: {run_id}" in text and "partition: 2026-11-02" in text
     assert f"https://dagster.example.com/runs/{run_id}" in text and f"step of run {run_id} failed" in text
@@ -304,7 +305,7 @@ def test_without_the_outbox_alerts_are_sent_directly_and_that_is_logged(monkeypa
 def test_min_severity_is_validated(monkeypatch):
     monkeypatch.setenv(alerts.MIN_SEVERITY_ENV, "loud")
     with pytest.raises(ValueError, match="WARN or ERROR"):
-        alerts.min_severity()
+        settings.alert_settings()
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -179,14 +179,23 @@ def test_tunables_are_resource_fields_read_at_run_start(monkeypatch):
     assert "batch_size" in warehouse
 
     unset, db = TaptouchResource(), PostgresResource()
+    monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "id-1")
+    monkeypatch.setenv("TAPTOUCH_CLIENT_SECRET", "secret-1")
     monkeypatch.setenv("TAPTOUCH_PAGE_SIZE", "7")
     monkeypatch.setenv("TAPTOUCH_STORE_WORKERS", "2")
     monkeypatch.setenv("TAPTOUCH_REQUESTS_PER_SECOND", "0")
     monkeypatch.setenv("TAPTOUCH_BATCH_SIZE", "300")
-    resolved, batch = settings.for_run(unset, db)  # the variables as they are now, not at import
-    assert (resolved.page_size, resolved.store_workers, resolved.requests_per_second, batch) == (7, 2, 0.0, 300)
-    resolved, batch = settings.for_run(TaptouchResource(page_size=50, store_workers=1), PostgresResource(batch_size=9))
-    assert (resolved.page_size, resolved.store_workers, batch) == (50, 1, 9)  # a field set wins
+    monkeypatch.setenv("TAPTOUCH_LOOKBACK", "1h")
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "3")
+    resolved, run = settings.for_run(unset, db)  # the variables as they are now, not at import
+    assert (resolved.page_size, resolved.store_workers, resolved.requests_per_second, run.batch_size) == (7, 2, 0.0, 300)
+    assert (run.page_size, run.store_workers, run.requests_per_second) == (7, 2, 0.0)
+    assert (run.lookback, run.reconcile_days, run.reconcile_confirm_s) == (timedelta(hours=1), 3, 3600)
+    assert (resolved.client_id, resolved.client_secret) == ("id-1", "secret-1")  # read once, into the fields
+    monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "changed mid-run")
+    assert resolved.resolved()[0] == "id-1"
+    resolved, run = settings.for_run(TaptouchResource(page_size=50, store_workers=1), PostgresResource(batch_size=9))
+    assert (resolved.page_size, resolved.store_workers, run.batch_size) == (50, 1, 9)  # a field set wins
     monkeypatch.setenv("TAPTOUCH_PAGE_SIZE", "501")
     with pytest.raises(ValueError, match="TAPTOUCH_PAGE_SIZE"):
         settings.for_run(unset, db)

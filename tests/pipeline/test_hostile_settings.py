@@ -264,11 +264,9 @@ def test_out_of_range_arguments_are_usage_errors(argv, message, capsys):
 @pytest.mark.parametrize("raw, expected", [("", 30), ("5", 5), (" 86400 ", 86400), ("0", None), ("-5", None),
                                            ("86401", None), ("abc", None), ("1.5", None)])
 def test_the_alert_sensor_interval_is_checked_not_silently_raised(monkeypatch, raw, expected):
-    from pipelines import alerts
-
     monkeypatch.setenv("TAPTOUCH_ALERT_SENSOR_INTERVAL", raw)
     if expected is None:
         with pytest.raises(ValueError, match="TAPTOUCH_ALERT_SENSOR_INTERVAL must be a whole number of seconds from 1"):
-            alerts.sensor_interval()
+            settings.alert_sensor_interval()
     else:
-        assert alerts.sensor_interval() == expected
+        assert settings.alert_sensor_interval() == expected
