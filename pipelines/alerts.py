@@ -1,32 +1,10 @@
 """Alerts: a failed run, or a failed asset check, sends one message to a webhook, at least once.
 
-Set ``TAPTOUCH_ALERT_WEBHOOK_URL`` to a Slack incoming-webhook URL (or Mattermost, Rocket.Chat,
-Discord's ``/slack`` URL, a Teams incoming webhook, or any HTTP endpoint that takes a JSON POST);
-unset, every alert sensor skips every tick and nothing is sent or queued. The body is
-Slack-compatible: ``{"text": "...", "blocks": [...], "idempotency_key": "..."}`` (``text`` alone
-is enough for the others). It names the job, the account (a named account's assets,
-``TAPTOUCH_ACCOUNTS``), asset(s), partition, run id, an error summary and a link to the run in the
-Dagster UI (``TAPTOUCH_UI_URL``, default ``http://127.0.0.1:3000``), and never a secret
-(:func:`redact`): every URL loses its user info (all of it, up to its last ``@``), query and
-fragment, and anything that looks like a credential (``secret=…``, ``password=…``, ``Bearer …``,
-JWTs, long random tokens, the values of the secret settings and every piece of a database URL's
-password) is replaced by ``***``. Run ids and partition keys are shown as they are.
-
-Sensors (all on by default, read by the Dagster daemon):
-
-* ``taptouch_run_failure_alert``: every run of the instance that fails, once.
-* ``taptouch_check_failure_alert``: every failed asset check evaluation at or above
-  ``TAPTOUCH_ALERT_MIN_SEVERITY`` (``WARN``, the default, or ``ERROR``) in a run that succeeded,
-  once (a check that fails its run, e.g. a blocking ERROR check, is in the run's own alert).
-* ``taptouch_alert_outbox``: sends what the two others queued.
-
-Dagster moves a run-status sensor's cursor past a run even when the tick raises, so the first two
-never POST: they write each alert to the warehouse's ``taptouch_meta.alert_outbox``
-(:mod:`pipelines.alert_outbox`, keyed by an idempotency key, so a re-run of a tick adds no second
-row), and the third POSTs the due rows, retrying with backoff across ticks until the webhook takes
-them. When the warehouse cannot take an alert, it is POSTed directly, once, and the tick logs
-that. ``TAPTOUCH_ALERT_SENSOR_INTERVAL`` (seconds, default 30, read when the definitions load) is
-how often they look. Each tick reads the other settings once (:func:`pipelines.settings.alert_settings`).
+``taptouch_run_failure_alert`` and ``taptouch_check_failure_alert`` write each alert, redacted
+(:func:`redact`), to the warehouse's outbox (:mod:`pipelines.alert_outbox`, one row per event), and
+``taptouch_alert_outbox`` POSTs it with backoff until the webhook takes it. Nothing is queued or
+sent while ``TAPTOUCH_ALERT_WEBHOOK_URL`` is unset. Settings, the message, redaction and delivery:
+docs/alerts.md.
 """
 
 import logging

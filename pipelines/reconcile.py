@@ -1,35 +1,10 @@
-"""Deletions, restores and repairs: a scheduled reconciliation of the warehouse's orders with the API's.
+"""Deletions, restores and repairs: the ``order_deletions`` asset reconciles the warehouse's orders
+with the API's listing, store by store.
 
-Taptouch does not document what happens to a deleted order; the modelled behaviour
-(docs/api-model.md) is that it simply stops being listed, with no tombstone. So nothing in a normal
-load says an order is gone. Every 6 hours (schedule ``orders_reconcile_daily``, its name kept) the
-asset ``order_deletions``, per store:
-
-1. **lists** (outside any transaction and lock: no API call ever waits under the merge lock) every
-   order with ``updated_at`` from the earliest of ``now - N days`` (``TAPTOUCH_RECONCILE_DAYS``,
-   default 7) and the ``updated_at`` of the store's soft-deleted orders, with no effective upper
-   bound: an order edited since it was loaded has a *later* ``updated_at``, so it is still listed,
-   and every deleted order, whatever its age, is looked for again. Records are read as bytes; one
-   that does not parse still counts as listed, by the id read from its bytes
-   (:func:`pipelines.warehouse.deletions.listed_id`).
-2. **repairs**: a listed order the warehouse lacks, or holds in an older version (exact
-   ``updated_at_exact``; same version, other bytes), is loaded through the orders loader's own
-   merge (:class:`~pipelines.warehouse.loader.OrderWindowLoad`), counted as ``repaired``.
-3. **judges** (one short transaction under the orders merge lock,
-   :func:`pipelines.warehouse.deletions.judge_listing`): the warehouse's live orders of the store
-   with ``updated_at`` in ``[now - N days, listing start)`` that the listing missed become deletion
-   candidates; a candidate missed again by a complete listing at least ``TAPTOUCH_RECONCILE_CONFIRM_S``
-   (3600) seconds later is marked deleted (``deleted_at``). Listed orders are restored and leave
-   the candidates. Nothing ever waits for the interval: a later run confirms.
-
-A listing that is incomplete (``complete`` false) or holds a record whose id cannot be read from
-its bytes deletes nothing at that store (logged); it still restores what it listed. A store whose
-listing fails is left untouched (and named in the failure). A store that would lose an unusual
-share of its orders (:func:`pipelines.warehouse.deletions.unusual_share`) loses none: the step fails
-naming it, and an operator confirms a real mass deletion with the run config
-``confirm_mass_deletion_stores: [<store id>]``.
-
-The analytics views leave out orders with ``deleted_at`` set (sql/analytics/sales_orders.sql).
+It lists outside any transaction or lock, loads the listed orders the warehouse lacks or holds in
+an older version through the orders merge (:class:`~pipelines.warehouse.loader.OrderWindowLoad`),
+then lets :mod:`pipelines.warehouse.deletions` judge the listing. The rules (two complete listings,
+the share guard, restores whatever the age): docs/operating.md, "Deletions and restores".
 """
 
 

@@ -1,26 +1,9 @@
 """The warehouse's descriptions: one text per schema, table, view and column, for Dagster and PostgreSQL.
 
-One source, two readers:
-
-* Dagster: ``dagster/column_schema`` descriptions (:mod:`pipelines.warehouse.schema`) take each
-  column's text from here.
-* PostgreSQL: ``COMMENT ON`` every schema, table, view and column (``\\d+``, Metabase, Superset,
-  dbt sources read them). :func:`apply_comments` writes them: the migrations runner after migrating
-  (schemas, tables) and :func:`~pipelines.warehouse.views.apply_views` after applying a view (a
-  view dropped and recreated loses its comments).
-
-Where the text lives:
-
-* Tables (migrations are immutable, so their text cannot live in the SQL files): :data:`TABLES`
-  below, ``schema.table`` -> (the table's comment, {column: text}). A column a new migration adds
-  gets its row here; ``tests/warehouse/test_comments.py`` fails while any column lacks one.
-* Views: the ``-- Columns:`` block of the header of ``sql/analytics/<name>.sql`` (:func:`view_columns`)
-  and the header's first line (:func:`~pipelines.warehouse.views.view_description`), next to the SQL
-  they describe.
-
-:func:`apply_comments` comments only objects that exist and only where the stored comment differs,
-so running it again costs a catalog read and writes nothing. ``COMMENT ON`` touches the system
-catalog only (no table rewrite, no lock readers or writers wait for).
+Tables' texts live in :data:`TABLES` (applied migrations are immutable, so the text cannot live in
+their files); views' in the ``-- Columns:`` block of their SQL header (:func:`view_columns`). The
+Dagster column schemas read them, and :func:`apply_comments` writes them as ``COMMENT ON`` where
+they differ. docs/warehouse.md, "Comments".
 """
 
 from __future__ import annotations

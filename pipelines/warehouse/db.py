@@ -1,25 +1,9 @@
 """Where the warehouse lives and how to connect to it.
 
-Resolution order for the database URL (see :func:`resolve_database_url`):
-
-1. an explicit URL (a resource's ``database_url``, a ``--database-url`` flag);
-2. the environment variable ``TAPTOUCH_DATABASE_URL``;
-3. an embedded PostgreSQL (the ``pgserver`` package) whose data lives in ``TAPTOUCH_PGDATA``,
-   by default ``<project root>/.taptouch/pgdata``. It is started on first use and left running, so
-   later processes (the Dagster UI, ``psql``, the next ``taptouch-sync`` call) reuse it.
-
-Settings (environment variables):
-
-``TAPTOUCH_DATABASE_URL``
-    A libpq URI, ``postgresql://user:password@host:5432/dbname`` (``postgres://`` and
-    ``postgresql+psycopg://`` are accepted too). Unset: use the embedded server.
-``TAPTOUCH_PGDATA``
-    Data directory of the embedded server. Unset: ``<project root>/.taptouch/pgdata``.
-
-Passwords never appear in logs or error messages: everything that shows a URL goes through
-:func:`redact_url` (which reads URLs the way libpq does, see :mod:`.urls`), and every connection
-error is re-raised with the password removed (:func:`connect`, :func:`get_engine`). The embedded
-server admits only its owner (see :mod:`.embedded`).
+The URL is an explicit one, else ``TAPTOUCH_DATABASE_URL``, else the embedded PostgreSQL in
+``TAPTOUCH_PGDATA`` (:func:`resolve_database_url`; :mod:`.embedded`). A URL is shown only through
+:func:`redact_url`, and every connection error is re-raised without the password (:func:`connect`,
+:func:`get_engine`). Settings: the README's table; passwords: docs/security.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,10 @@
 """Which orders a complete listing proves deleted: two listings, a share guard, and restores.
 
-Taptouch has no tombstones [model]: an order deleted at the source simply stops being listed. One
-listing that misses an order proves little (an empty or partial 200 answer, a replica behind), so
-an order is marked deleted (``taptouch.orders.deleted_at``) only when it is absent from two
-*complete* listings at least ``confirm_s`` seconds apart (``TAPTOUCH_RECONCILE_CONFIRM_S``):
-
-1. :func:`judge_listing` takes the warehouse's live orders of one store whose ``updated_at`` lies
-   in the listing's range ``[listed_from, min(listed_to, started_at))`` (an order that changed
-   after the listing started may rightly be missing from it, so it is not judged). Those the
-   listing did not return are *missing*.
-2. A missing order that is not yet a candidate becomes one (``taptouch.deletion_candidates``,
-   ``first_missing_at = now``). A candidate missing again at least ``confirm_s`` after it was first
-   missed is confirmed: ``deleted_at = now``, and its candidate row goes.
-3. Every other candidate of the store is dropped: the listing returned it, or its warehouse row is
-   no longer in the range (edited meanwhile and loaded, so it exists), or it is already deleted.
-   Confirming therefore always re-checks that the row is still where the listing looked. (A
-   bounded listing looks only at the candidates whose order lies in its range.)
-4. **Share guard**: if the orders to confirm are an unusual share of the store's live orders in
-   range (see :func:`unusual_share`) nothing is marked deleted unless ``mass_confirmed`` (an
-   operator's explicit confirmation for this store); the candidates stay, so a confirming run
-   needs no further wait.
-
-:func:`note_listed` is the other half, for every listing, complete or not: each id it returned is
-no longer a candidate and no longer deleted (a restore, whatever the order's age).
-
-A listing that is incomplete, or holds a record whose id cannot be read from its bytes, proves
-nothing about what is missing: its caller calls only :func:`note_listed` (:func:`listed_id` reads
-the id of a record that does not parse, as quarantine does).
-
-These functions run inside the caller's transaction and take the orders merge lock themselves
-(:data:`~pipelines.warehouse.loader._LOCK_ORDERS`, re-entrant within a transaction): no API call
-may happen while it is held. ``pipelines/reconcile.py`` (asset ``order_deletions``) calls them
-after listing; the orders loader may call them for any other complete listing.
+:func:`judge_listing` makes the live orders a complete listing missed deletion candidates, and
+marks deleted a candidate missed again ``confirm_s`` later, unless :func:`unusual_share` holds the
+store back; :func:`note_listed` restores every listed id, whatever the listing. Both run in the
+caller's transaction under the orders merge lock, so no API call may happen meanwhile. The rules:
+docs/operating.md, "Deletions and restores".
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """Derived columns follow their source: ``taptouch.orders.business_date`` re-derived when its inputs change.
 
-``business_date`` is derived from an order's ``created_at`` and its store's zone by one function,
-:func:`pipelines.warehouse.records.business_date`. The order's bytes do not hold the zone, so a
-store whose zone is corrected leaves the dates of its orders stale unless something re-derives
-them. The rule this module keeps: **every order's business_date is business_date(created_at, the
-zone taptouch.stores holds for its store)**, after every commit:
-
-- :func:`pipelines.warehouse.loader.load_stores`, when it accepts a store whose zone differs from
-  the one the warehouse held (or a store it did not hold yet), re-derives the dates of that
-  store's orders in the same transaction (:func:`rederive_business_dates`);
-- the orders merge dates orders by the zone its caller read from the API's store listing; where
-  that differs from the zone the warehouse holds (the listing saw a change the ``stores`` asset has
-  not loaded yet, or an older listing), :func:`follow_store_zones` re-dates the orders it just
-  accepted by the warehouse's zone, in the same transaction;
-- ``taptouch-sync rebuild`` (:mod:`.rebuild`) re-derives every order from ``raw`` with the same rule.
-
-Both writers hold the orders merge lock while they read the zones and write the dates, so a
-``stores`` load and an ``orders`` load running at once cannot leave a date behind.
-
-The re-derivation goes through the Python function, not a SQL copy of it: PostgreSQL reads some
-zone names as fixed-offset abbreviations (``at time zone 'CET'``) and may carry other tz data than
-Python, so a SQL twin would not be provably the same rule. It is still set-based where it counts:
-one server-side read of the store's orders, the changed dates COPYed into a temporary table, one
-``UPDATE ... FROM`` (about a second for 100k orders of a store).
+Every order's ``business_date`` is ``records.business_date(created_at, the zone taptouch.stores
+holds for its store)`` after every commit: a stores load that accepts a new zone re-dates that
+store's orders (:func:`rederive_business_dates`), and the orders merge re-dates what it accepted by
+the warehouse's zone where the API's listing showed another (:func:`follow_store_zones`), both under
+the orders merge lock. The rule runs in Python, never as a SQL copy. docs/operating.md, "Derived
+columns and rebuild".
 """
 
 from __future__ import annotations

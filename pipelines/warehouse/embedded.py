@@ -1,30 +1,11 @@
 """The embedded PostgreSQL (binaries from the ``pgserver`` package), admitting only its owner.
 
-pgserver's own ``get_server`` is not used: it initialises the cluster with ``trust``
-authentication; when ``<data dir>/.s.PGSQL.5432`` does not fit in a unix socket address
-(``pgserver.utils.find_suitable_socket_dir``) it puts the socket in
-``platformdirs.user_runtime_path("python_PostgresServer")/<hash>`` (``/tmp/runtime-<user>/...``
-without ``XDG_RUNTIME_DIR``), which, run as root, it makes mode 0777; and, run as root, it changes
-every parent directory of the data directory to mode 0755 (``ensure_prefix_permissions``) so that
-its ``pgserver`` system user can reach it. Here:
-
-* **No trust, no TCP.** ``initdb --auth-local=scram-sha-256 --auth-host=reject`` with a random
-  superuser password; ``listen_addresses=''``. The password lives in a libpq password file
-  ``<data dir>.pgpass`` of mode 0600, and the URL names it (``passfile=``) instead of holding it,
-  so ``psql "$(taptouch-sync db-url --raw)"`` works for the owner and for nobody else. A data
-  directory made by an older version (trust) is converted on its next start, in single-user mode.
-* **A private socket directory.** The socket lives in the data directory (mode 0700) when the
-  path fits in a unix socket address (about 100 bytes), else in a fresh ``mkdtemp`` directory
-  (mode 0700, owned by this user, unpredictable name) under the temp directory; the socket itself
-  is 0700 too (``unix_socket_permissions``).
-* **Owned by the user who runs the project; no parent directory touched.** PostgreSQL refuses
-  to run as root. As root, the server runs in a user namespace (``unshare --user``) that maps a
-  non-zero user id onto root: PostgreSQL sees an ordinary user, the files stay root's, and no
-  other user gets any access. Where user namespaces are not available, the server runs as the
-  system user ``pgserver`` only if it can already reach the data directory; otherwise the start
-  fails with an error saying what to do. No permission of any existing directory is changed.
-* Start-up is serialised by a ``flock`` on ``<data dir>.lock`` (0600); the server is left running
-  for the next process and stopped with :func:`stop_embedded_server`.
+pgserver's own ``get_server`` is not used (it sets up ``trust`` authentication and, run as root,
+opens parent directories and its socket directory to everyone). Here: scram with a random password
+in a 0600 password file, no TCP, a private 0700 socket directory, the server run as the project's
+own user (in a user namespace under root), no existing directory's permissions changed, and start-up
+serialised by a ``flock``. The server is left running for the next process
+(:func:`stop_embedded_server` stops it). Why and how: docs/security.md, "The embedded PostgreSQL".
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
-"""High-water marks of incremental order loads (``taptouch.sync_marks``, migrations 0008 and 0012).
+"""High-water marks of incremental order loads (``taptouch.sync_marks``), per account, store and window.
 
-For each (account, store, window) the mark is an instant before which every order of that store in
-that window has been read: a re-run of the window asks the API only for
-``[max(window start, mark - lookback), window end)`` (:func:`fetch_from`); the lookback covers
-replica lag. Newest-wins merging is unchanged, so a stale replica still cannot move a row backwards.
-
-What may move a mark (:func:`mark_for`), and nothing else:
-
-- only a listing that is known to be complete (:class:`taptouch_resource.listing.OrderListing`:
-  keyset pages checked to be in order, or a verifying pass that found nothing missed); a listing
-  that may have skipped a record leaves the mark where it was, so the next run asks again;
-- to the newest ``updated_at`` that listing read, but never past the instant the listing started
-  on the API's own clock (the first page's ``status.timestamp``, floored, minus one second): a
-  future-dated record (a till whose clock runs ahead) still loads, but cannot carry the mark past
-  edits made after the listing. Without a usable API clock the mark does not move;
-- in the same transaction as the data (:func:`advance`), and never backwards.
-
-The mark is per account (the connection's ``taptouch.account`` setting, see migration 0009): two
-accounts that list one store keep their own. A full refresh asks for the whole window whatever the
-mark, and stamps ``full_loaded_at``.
+A re-run asks the API only from ``mark - lookback`` (:func:`fetch_from`). A mark moves only from a
+complete listing, to the newest ``updated_at`` it read but never past the listing's start on the
+API's clock (:func:`mark_for`), in the data's own transaction and never backwards
+(:func:`advance`). The rules: docs/operating.md, "The rules of a mark".
 """
 
 from __future__ import annotations

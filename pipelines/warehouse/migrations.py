@@ -1,25 +1,9 @@
 """Forward-only schema migrations: numbered plain-SQL files applied in order, once.
 
-Files live in ``<project root>/sql/migrations`` and are named ``NNNN_name.sql``
-(e.g. ``0001_warehouse.sql``); they are applied in numeric order. Each applied file is recorded
-in ``taptouch_meta.schema_migrations`` with the sha256 of its bytes.
-
-Rules:
-
-- An applied file is immutable. If its bytes change, :func:`migrate` refuses to run
-  (:class:`MigrationError`): add a new numbered file instead.
-- Each file runs in its own transaction together with its bookkeeping row: a file that fails
-  leaves nothing behind, and the files before it stay applied.
-- After the files, every schema, table and column gets its ``COMMENT ON`` from
-  :mod:`pipelines.warehouse.catalog` (where it differs), so comments follow new columns (views
-  get theirs from ``apply_views``).
-- All of it happens under a PostgreSQL advisory lock, and what is applied is re-read after the
-  lock is taken, so processes starting at the same time (Dagster run workers, the UI, the CLI)
-  never apply a file twice.
-
-Why no library: our migrations are plain SQL and forward-only. Alembic's machinery (env.py,
-revision graphs, downgrades, autogenerate from models we do not have) buys nothing here, while
-the whole runner is a few dozen lines one can read in a minute.
+``sql/migrations/NNNN_name.sql`` files run each in its own transaction, under an advisory lock,
+recorded with their sha256 in ``taptouch_meta.schema_migrations``; a changed applied file is an
+error (:class:`MigrationError`). Then tables get their comments (:mod:`pipelines.warehouse.catalog`).
+Why no library: docs/warehouse.md, "Migrations".
 """
 
 from __future__ import annotations

@@ -1,35 +1,10 @@
 """``taptouch-sync rebuild``: re-derive every typed table from ``raw``, without calling the API.
 
-Use it after a parser fix, when a drifted field is promoted to a column, or to repair a typed
-column that was changed by hand. Every ``taptouch.*`` row keeps ``raw``, the record as the API
-sent it; this module sends each ``raw`` through the record boundary again (the same functions a
-load uses: :func:`records.order_rows`, :func:`records.store_row`, :func:`records.inventory_row`,
-with business dates from :func:`records.business_date` and the zone ``taptouch.stores`` holds) and
-writes what differs:
-
-- ``taptouch.stores``: typed columns; a store whose zone changed re-dates its orders
-  (:func:`.derived.rederive_business_dates`), as a stores load does;
-- ``taptouch.orders`` and its items, payments and refunds: typed columns of the order; the
-  children of an order whose child rows differ from the ones its ``raw`` gives are replaced (the
-  load's recipe: delete that order's children, insert the derived ones, each with its order's
-  account);
-- ``taptouch.inventory_levels``: typed columns.
-
-Then unresolved quarantine rows are retried: a quarantined record that now passes the boundary is
-merged with the load's newest-wins rule (a stores retry is :func:`.loader.load_stores` itself;
-orders and inventory use the loads' conditions: never over a newer version, and an inventory
-level is not brought back for a product a later listing no longer had), and every quarantine row
-of a record that now has a valid version is stamped ``resolved_at``, as a load does.
-
-What it never does: call the API, write history (no ``sync_log`` row, no inventory snapshot, no
-high-water mark), move ``raw``, ``raw_hash``, ``updated_at`` ordering, ``deleted_at`` or a row's
-account, or delete a row. A row whose ``raw`` no longer passes the boundary (a stricter rule) is
-kept as it is and counted as ``invalid`` (logged with its reason).
-
-Safe to interrupt: work is done in batches (:data:`DEFAULT_BATCH_SIZE` rows), each its own
-transaction under the same advisory lock as the loads of that table, so a batch commits whole or
-not at all and never interleaves with a merge; running it again examines everything again and
-finishes the work (what is already right is not written twice).
+Each row's ``raw`` goes through the record boundary again and only what differs is written, in
+batches under the loads' advisory locks (safe to interrupt, finished by running it again); then
+unresolved quarantine rows are retried with the loads' newest-wins rules. It never writes history,
+``raw``, ``deleted_at`` or a row's account, and deletes nothing. When to use it and what it reports:
+docs/operating.md, "Derived columns and rebuild".
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """OAuth tokens shared by every process of a deployment, in Postgres (``taptouch_auth.tokens``).
 
-One row per grant: a client-credentials token per (base URL, client id, scopes), and a merchant's
-authorization-code grant per (base URL, client id, merchant label).
-
-* **Encrypted at rest.** Access and refresh tokens are Fernet ciphertexts (``cryptography``). The
-  key is ``TAPTOUCH_TOKEN_KEY`` (a Fernet key; several comma-separated keys rotate: the first
-  encrypts, every one decrypts), else derived from the client secret with HKDF-SHA256. Selecting
-  the table shows no usable token; the schema is closed to ``public``.
-* **Client credentials: one fetch at a time.** A stale token is replaced under a transaction-level
-  advisory lock keyed by the grant; processes that waited re-read the row and reuse the new token.
-  (A row lock cannot serve: the row may not exist yet.)
-* **Refresh-token rotation under a row lock.** A merchant's refresh token is single use. A stale
-  access token is refreshed inside ``SELECT ... FOR UPDATE``; the new pair is written and committed
-  before the lock is released, so concurrent processes never present the same refresh token twice,
-  and those that waited read the fresh access token.
-* **The crash window.** Between Taptouch's answer and the commit, a crash (kill -9, lost database
-  connection) rolls the transaction back: the new pair is lost with the process while Taptouch has
-  already consumed the stored refresh token. The next refresh presents it again, Taptouch answers
-  ``invalid_grant`` (and, following the OAuth security BCP, revokes the grant), and the store raises
-  :class:`~taptouch_resource.auth.ReauthorizationRequired` naming the command to run. No client-side
-  design closes this window (the new token exists only in the answer); it lasts the few
-  milliseconds of one UPDATE and COMMIT, and the daily keep-alive surfaces it within a day.
-* Nothing here imports Dagster: the CLI and any process can use it. It implements
-  :class:`taptouch_resource.tokens.TokenPersistence`, the protocol the client's auth flow uses.
+One row per grant (a client-credentials token per base URL, client id and scopes; a merchant's
+grant per base URL, client id and merchant label), Fernet-encrypted at rest. A stale
+client-credentials token is fetched once, under an advisory lock; a merchant's single-use refresh
+token is rotated under a row lock and committed before the lock is released. Implements
+:class:`taptouch_resource.tokens.TokenPersistence`; imports no Dagster. Keys, rotation and the one
+crash window: docs/authorization.md and docs/security.md.
 """
 
 from __future__ import annotations
