@@ -1,19 +1,10 @@
 """Taptouch accounts of this deployment, from ``TAPTOUCH_ACCOUNTS`` (read when the definitions load).
 
-Unset (or empty): one account, :data:`DEFAULT`, with today's names: assets ``stores``, ``orders``,
-``inventory``, ``order_deletions``; pool ``taptouch_api``; resource ``taptouch``; schedules
-``orders_hourly`` ...; credentials ``TAPTOUCH_CLIENT_ID`` / ``TAPTOUCH_CLIENT_SECRET``; rows
-``account = 'default'``.
-
-``TAPTOUCH_ACCOUNTS=north,south``: one account per name, each with its own asset key prefix
-(``north/orders``), pool (``taptouch_api_north``), resource (``taptouch_north``), jobs and
-schedules (``north_orders_hourly``), checks, request budget and tokens (both keyed by its client
-id), and rows ``account = 'north'``. Its settings are ``TAPTOUCH_<NAME>_CLIENT_ID``,
-``TAPTOUCH_<NAME>_CLIENT_SECRET`` (bound with ``dg.EnvVar``: read when a run starts), and the
-optional ``TAPTOUCH_<NAME>_BASE_URL`` and ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` (read when a run
-starts, :mod:`pipelines.settings`; unset: ``TAPTOUCH_BASE_URL`` / ``TAPTOUCH_REQUESTS_PER_SECOND``).
-
-A change to ``TAPTOUCH_ACCOUNTS`` takes effect when the code location is reloaded.
+Unset (or empty): one account, :data:`DEFAULT`, whose names carry no prefix (``stores``,
+``orders_hourly``, pool ``taptouch_api``, resource ``taptouch``) and whose rows say
+``account = 'default'``. ``TAPTOUCH_ACCOUNTS=north,south``: one :class:`Account` per name, each
+prefixing its asset keys, pool, resource, jobs and schedules, with its own ``TAPTOUCH_<NAME>_*``
+credentials. What an account owns and shares: docs/operating.md, "Several accounts".
 """
 
 from __future__ import annotations

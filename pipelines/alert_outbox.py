@@ -1,24 +1,11 @@
 """The alert outbox: alerts are written to the warehouse first, then POSTed until a webhook takes them.
 
-``taptouch_meta.alert_outbox`` (migration 0010) holds one row per alert, keyed by an idempotency key
-derived from what the alert is about (:func:`alert_key`: ``run-failure:<run id>``,
-``check-failure:<run id>:<asset>:<check>:<partition>``), so enqueuing the same event twice makes
-one row (:func:`enqueue`). :func:`deliver_due` sends the rows that are due, oldest first:
-
-* a row is *claimed* before its POST (``attempts + 1``, ``next_attempt_at = now() + CLAIM_LEASE``),
-  so two ticks never send it at once, and a process that dies mid-POST leaves it due again after
-  the lease;
-* a 2xx answer sets ``sent_at``; anything else (no answer within the deadline, a refused
-  connection, any other status) records ``last_error`` and sets ``next_attempt_at`` by
-  :func:`backoff` (15 s, 30 s, 1 min, ... at most 1 h). A row is never given up: at least once;
-* each POST has one whole-request deadline (:data:`POST_DEADLINE`, see :func:`post`), a tick
-  sends at most :data:`BATCH` rows within :data:`TICK_BUDGET` seconds, and stops at the first
-  failure (the webhook is down: the other rows wait for the next tick without using an attempt).
-
-Every POST carries the key as the ``Idempotency-Key`` header and as the body's
-``idempotency_key`` field: a receiver that sees a key twice can drop the second.
-
-No dagster import: :mod:`pipelines.alerts` builds the messages and runs the sensors.
+:func:`enqueue` writes one row per event of ``taptouch_meta.alert_outbox``, keyed by
+:func:`alert_key`; :func:`deliver_due` claims the due rows before POSTing them, marks a 2xx
+``sent_at`` and retries anything else with :func:`backoff`, never giving up; each POST has one
+whole-request deadline (:func:`post`). At least once, with the key in an ``Idempotency-Key`` header.
+No dagster import: :mod:`pipelines.alerts` builds the messages and runs the sensors. The delivery
+rules: docs/alerts.md, "The outbox".
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """A merchant connects their stores: the OAuth 2.0 authorization-code flow with PKCE (RFC 6749 4.1,
 RFC 7636, RFC 8252 for the loopback redirect).
 
-:func:`run_authorize` builds the authorize URL (``response_type=code``, ``client_id``, ``scope``,
-``state``, ``redirect_uri``, ``code_challenge`` with ``S256``), shows it (and opens a browser when
-asked), waits for the redirect on a loopback callback ``http://127.0.0.1:PORT/callback`` (or, for a
-deployed callback, reads the URL the merchant was sent to), checks ``state``, exchanges the code
-with the ``code_verifier`` and stores the grant in the :class:`TokenStore`. A denied authorization,
-a mismatched state, an error from Taptouch or a timeout raise :class:`AuthorizationFailed` and store
-nothing.
-
-:func:`keep_merchants_alive` refreshes the stored merchant grants well inside the 4-day validity
-of their refresh tokens (the ``refresh`` command and the ``merchant_tokens_keepalive`` schedule).
+:func:`run_authorize` sends the merchant to Taptouch's authorize URL, takes the redirect (a loopback
+callback, or the URL pasted from a deployed one), checks ``state``, exchanges the code and stores
+the grant in the :class:`TokenStore`; anything else raises :class:`AuthorizationFailed` and stores
+nothing. :func:`keep_merchants_alive` refreshes stored grants well inside their refresh tokens'
+4-day validity. The flow as a user runs it: docs/authorization.md.
 """
 
 from __future__ import annotations

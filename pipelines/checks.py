@@ -1,18 +1,9 @@
 """Asset checks beyond the loads' own: freshness (Dagster's machinery) and schema drift.
 
-**Freshness**: ``dg.build_last_update_freshness_checks`` gives ``orders`` the check
-``freshness_check`` (the last materialization of any partition is under
-:data:`ORDERS_FRESHNESS` old; WARN), and ``dg.build_sensor_for_freshness_checks`` the sensor
-``freshness_checks_sensor``, which runs the check only when it may have changed state instead of
-on a fixed cron. They replace the hand-written ``orders_fresh`` check and its 30-minute
-``orders_freshness`` schedule (48 runs a day).
-
-**Schema drift**: ``schema_drift`` on ``stores``, ``orders`` and ``inventory`` lists every field
-seen in ``raw`` (the record exactly as the API sent it) that no typed column carries, with the
-first time it was seen (``loaded_at`` / ``synced_at``), how many records have it and an example
-value. It looks at records written in the last :data:`DRIFT_LOOKBACK_DAYS` days and only warns:
-a new field is news, not an error. docs/alerts.md shows how to promote such a field to a column
-and backfill it from ``raw`` without calling the API.
+``freshness_check`` on ``orders`` (``dg.build_last_update_freshness_checks``, last load under
+:data:`ORDERS_FRESHNESS` old) with its ``freshness_checks_sensor``; ``schema_drift`` on ``stores``,
+``orders`` and ``inventory`` warns about fields in ``raw`` that no typed column carries, seen in the
+last :data:`DRIFT_LOOKBACK_DAYS` days. What they report and how to promote a field: docs/alerts.md.
 """
 
 import warnings

@@ -1,17 +1,9 @@
 """The Dagster code location: ``dagster dev -m pipelines.definitions`` (or workspace.yaml, or ``dg``).
 
-The one place that picks the resources. The credentials are bound with ``dg.EnvVar``: Dagster reads
-them when a run starts and never stores them in run config; a run launched without one fails before
-its first step with an error naming the variable. Every other setting is read when a run starts
-(``pipelines.settings``), except those the definitions need to load: the ``orders`` partitions and
-``TAPTOUCH_ACCOUNTS`` (``pipelines.accounts``); reload the code location after changing them.
-
-Every account's definitions come from one factory, :func:`account_definitions`: with
-``TAPTOUCH_ACCOUNTS`` unset it is called once with no prefix (today's names: ``stores``,
-``orders``, ``orders_hourly``, resource ``taptouch``, pool ``taptouch_api``); with
-``TAPTOUCH_ACCOUNTS=north,south``, once per account (``north/orders``, ``north_orders_hourly``,
-resource ``taptouch_north``, pool ``taptouch_api_north``). The analytics views, the alert sensors
-and the warehouse are shared by all.
+The one place that picks the resources; credentials are bound with ``dg.EnvVar``. Every account's
+definitions come from one factory, :func:`account_definitions` (called once without a prefix when
+``TAPTOUCH_ACCOUNTS`` is unset); the analytics views, the alert sensors and the warehouse are shared
+by all. Settings: the README; accounts: docs/operating.md, "Several accounts".
 """
 
 import dagster as dg

@@ -1,13 +1,10 @@
-"""Every modelled detail of the Taptouch API in one place.
+"""Every modelled detail of the Taptouch API protocol in one place.
 
-Taptouch documents its OAuth endpoints, scopes, the response envelope and ``index``/``count``
-pagination. The Store, Order and Inventory *record shapes* and the order-list filters are modelled
-(see the project README). Every path, query parameter and field name the client relies on lives in
-this module: meeting the real API later means editing this file, not the client or the pipeline.
-
-What a record must hold to become warehouse rows (types, limits of PostgreSQL, the order arithmetic)
-is the warehouse's business: the record boundary, ``pipelines.warehouse.records``, whose typed
-shapes name the record fields. A record that breaks a rule raises :class:`InvalidRecord` there.
+Every path, query parameter, envelope and error field, page size and id field the client relies on
+lives here ([doc]: documented by Taptouch; [model]: modelled), so meeting the real API means editing
+this file, not the client. The record shapes, and the rules a record must meet to become warehouse
+rows, belong to the warehouse's record boundary (``pipelines.warehouse.records``), which raises
+:class:`InvalidRecord`. What is documented and what is modelled: docs/api-model.md.
 """
 
 from __future__ import annotations
