@@ -1,23 +1,10 @@
 """The one-command demo and the local UI, on the embedded defaults.
 
-``taptouch-sync demo`` starts the sandbox Taptouch API over HTTP on a free port and the embedded
-PostgreSQL, then runs the real Dagster assets on a persistent local Dagster instance
-(``.taptouch/dagster_home``, so ``taptouch-sync ui`` shows the same runs afterwards):
-
-1. ``stores`` and ``inventory``;
-2. ``orders`` for the last N days as one ranged run over the partitions — the run a UI backfill
-   launches under the asset's ``BackfillPolicy``;
-3. the analytics views;
-
-and prints a summary per store and day. Running it again is safe: every load is idempotent.
-
-``taptouch-sync demo --accounts`` shows two Taptouch accounts in one deployment: one sandbox server
-with two clients (``north``: 3 stores, ``south``: 2 stores), ``TAPTOUCH_ACCOUNTS=north,south``,
-each account's assets (``north/orders`` ...) as its own runs, the shared views, and a summary
-per account from one query.
-
-The sandbox is used only because this command says so, and it says so on screen. With the
-``TAPTOUCH_*`` variables set, the assets use them and never fall back to the sandbox.
+``taptouch-sync demo`` starts the sandbox API over HTTP and the embedded PostgreSQL, runs the real
+assets (``stores``, ``inventory``, the last N days of ``orders`` as one ranged run, the analytics
+views) on a persistent local instance (``.taptouch/dagster_home``, which ``taptouch-sync ui`` shows),
+and prints a summary; ``--accounts`` does it for two accounts. It is safe to re-run, and the sandbox
+is used only because this command says so, on screen. What it shows: the README.
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
-"""Schedules. Every cron runs in UTC (``execution_timezone="UTC"``) because the ``orders``
-partitions are UTC days; the times below are UTC.
-
-| schedule           | cron (UTC)     | what it runs                                                        |
-|--------------------|----------------|---------------------------------------------------------------------|
-| orders_hourly      | 5 * * * *      | today's orders partition, incrementally (from its high-water mark); |
-|                    |                | yesterday's too during 00:00-03:59 UTC (late edits around midnight) |
-|                    |                | and once in full at 04:05 (tag taptouch/full_refresh): a record that |
-|                    |                | reached the API later than TAPTOUCH_LOOKBACK is caught within a day |
-| stores_daily       | 0 2 * * *      | stores                                                              |
-| inventory_hourly   | 20 * * * *     | inventory (levels and today's snapshot)                             |
-| merchant_tokens_   | 40 3 * * *     | rotate stored merchant refresh tokens with < 3 of their 4 days left |
-|   keepalive        |                | (pipelines/tokens.py)                                               |
-
-A named account (TAPTOUCH_ACCOUNTS) has its own copies of the first three, named after it
-(north_orders_hourly, north_stores_daily, north_inventory_hourly, north_merchant_tokens_keepalive),
-from :func:`account_schedules`.
+"""Schedules, every cron in UTC (``execution_timezone="UTC"``) because the ``orders`` partitions are
+UTC days: ``orders_hourly`` (incremental, yesterday's once in full at 04:05), ``stores_daily``,
+``inventory_hourly`` and ``merchant_tokens_keepalive``, each account's own copies from
+:func:`account_schedules`. What each runs and when: docs/operating.md, "Assets, jobs, schedules".
 """
 
 from __future__ import annotations

@@ -5,11 +5,8 @@
     sb = Sandbox(SandboxConfig(seed=1, stores=3, days=30, end_date=date(2026, 11, 27)), faults=Faults())
     httpx.Client(base_url="https://api.taptouch.net", transport=sb.transport())   # in-process
     with sb.serve() as url: ...                                                   # real HTTP
-    with SandboxGroup([sb, other]).serve() as url: ...   # several clients (accounts) behind one server
 
-Helpers (``sb.stores()``, ``sb.orders(store_id)``, ``sb.orders_in_window(...)``, ``sb.inventory(...)``)
-return the clean truth: records exactly as served, parsed with ``parse_float=Decimal``, without the
-malformed-record or extra-field faults applied. ``tests.support.truth`` (in the repository) computes the expected analytics.
+Data, faults, helpers and several clients behind one server: docs/sandbox.md.
 """
 
 from .app import MALFORMED_KINDS, OrdersPage, Sandbox

@@ -1,15 +1,9 @@
 """The sandbox's data: stores, orders and stock levels, generated deterministically and lazily.
 
-Orders are generated in two steps, both seeded from (seed, store, local day):
-
-* a day *skeleton*: one small tuple per order (created, completed, updated, status, local minute),
-  cheap, enough to select and sort the orders of an ``updated_at`` window;
-* an order's *detail* (items, payments, refunds...), from its own sub-seed, so any single order
-  can be rebuilt on its own, and encoded once to the exact JSON text the API serves.
-
-Only bounded LRU caches hold generated data, so memory does not grow with the total volume.
-Every helper that returns records parses the served JSON text back (``parse_float=Decimal``), so
-a helper's dict equals a served record parsed the same way, by construction.
+Each (seed, store, local day) seeds a cheap day *skeleton* (enough to select and sort an
+``updated_at`` window) and each order its own *detail*, encoded once to the exact JSON the API
+serves; only bounded LRU caches hold them, so memory does not grow with the volume. Helpers parse
+the served text back (``parse_float=Decimal``), so they equal a served record by construction.
 """
 
 from __future__ import annotations

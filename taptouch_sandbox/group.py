@@ -1,16 +1,9 @@
 """Several Taptouch clients behind one sandbox server: what a deployment with several accounts sees.
 
-    north = Sandbox(SandboxConfig(seed=1, client_id="north-client", client_secret="north-secret"))
-    south = Sandbox(SandboxConfig(seed=2, store_id_base=8101, id_space=1, client_id="south-client",
-                                  client_secret="south-secret"))
-    group = SandboxGroup([north, south])
-    with group.serve() as url: ...     # one base URL, two clients, disjoint stores
-
-Each member is a whole :class:`Sandbox`: its own client id and secret, stores, tokens, faults and
-counters (``group["north-client"].faults.forbidden_stores = {7101}`` breaks one account only). A
-token request goes to the member whose client id it names (an unknown one gets ``invalid_client``
-from the first member); an API request goes to the member that issued its bearer token. A member's
-``latency`` and timeout stalls apply to its own requests.
+Each member of a :class:`SandboxGroup` is a whole :class:`Sandbox` (its own client id and secret,
+stores, tokens, faults and counters); a token request goes to the member its client id names, an
+API request to the member that issued its bearer token. :func:`demo_group` is the demo's pair.
+docs/sandbox.md, "Several clients behind one server".
 """
 
 from __future__ import annotations

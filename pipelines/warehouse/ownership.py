@@ -1,14 +1,9 @@
 """Which account owns a store: the first account that loaded it (``taptouch.stores.account``).
 
-Two Taptouch accounts of one deployment may both be granted the same store (a franchise group and
-the store's own login). Taptouch ids are global, so their rows would collide: after an edit, an
-order would keep one account while its items, payments and refunds took the other's, and the two
-accounts' marks and deletions would judge each other's loads. So a store belongs to the account
-that loaded it first (its store row, or before that its orders); any other account that lists it
-skips it (its stores, orders, inventory and reconciliation runs), with a warning naming both
-accounts. Two accounts loading a store for the very first time at the same moment may both load
-it once; the store row then names the first, and the check applies from their next runs. To move a store to another account,
-update ``taptouch.stores.account`` (docs/operating.md, "Several accounts").
+Taptouch ids are global, so two accounts granted the same store would write each other's rows; any
+account other than the owner skips the store (stores, orders, inventory, reconciliation) with a
+warning naming both. Two accounts loading a store for the very first time at once may both load it
+once. docs/operating.md, "Several accounts".
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Column schemas of the warehouse, read from the SQL files that create it (never written twice).
 
-* Tables: every ``create table [if not exists] <schema>.<table> (...)`` in ``sql/migrations/*.sql``,
-  in file order, plus later ``alter table <schema>.<table> add column [if not exists] ...`` (and
-  ``drop column``). Column descriptions come from :mod:`pipelines.warehouse.catalog` (the one
-  text PostgreSQL's ``COMMENT ON`` gets too; a trailing ``-- comment`` on a column line is only a
-  fallback).
-* Views: the ``-- Columns:`` block of the header comment of ``sql/analytics/<name>.sql`` (names
-  and descriptions; the types are known only to the database, so the view assets add them from
-  ``information_schema`` when they are materialized: :func:`view_schema_from_db`).
-
-The asset decorators take ``dagster/table_name`` and ``dagster/column_schema`` from here
-(:func:`table_metadata`, :func:`view_metadata`), and each view's ``code_version`` is the hash of
-its SQL (:func:`view_code_version`). Nothing here needs a database except ``view_schema_from_db``.
+Tables from the ``create table`` and later ``alter table ... add column`` statements of
+``sql/migrations/``, with descriptions from :mod:`pipelines.warehouse.catalog`; views from the
+``-- Columns:`` block of their SQL header (types from the database when materialized:
+:func:`view_schema_from_db`). The assets take ``dagster/table_name``, ``dagster/column_schema`` and
+a view's ``code_version`` from here. docs/alerts.md, "Views that know their version, and the catalog".
 """
 
 from __future__ import annotations

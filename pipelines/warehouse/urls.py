@@ -1,20 +1,10 @@
 """Database URLs read the way libpq reads them, and redacted before anything shows them.
 
-libpq does not parse a ``postgresql://`` URI like a web URL: the user info runs to the first ``@``
-(before any ``/``), and ``#`` or ``?`` inside it belong to the password
-(``postgresql://u:Hunter2#x@host/db`` has the password ``Hunter2#x``; :mod:`urllib.parse` would
-call ``#x@host/db`` a fragment). libpq has no fragments at all. So URLs are parsed here by hand:
-
-* :func:`redact_url` hides everything between the user name and the **last** ``@`` of the URL
-  (a superset of what libpq takes as the password, so a password with an unencoded ``@`` or ``/``,
-  which libpq would misread, is hidden as well), and every ``password=`` query parameter. A
-  libpq key/value string (``host=h user=u password='a b'``) has its ``password`` value hidden.
-* :func:`redact_text` removes the password of a URL from any text (a driver's error message may
-  quote it: ``invalid percent-encoded token: "50%off"``), and hides every URL and ``password=``
-  in it.
-* :func:`redacted_error` turns a psycopg error into one of the same class whose message went
-  through :func:`redact_text`, with no chained original: callers raise it *outside* their
-  ``except`` block, so neither a traceback nor Dagster's error storage sees the original.
+libpq's user info runs to the first ``@`` and may hold ``#`` or ``?``, which :mod:`urllib.parse`
+misreads, so URLs are parsed here by hand: :func:`redact_url` hides everything up to the **last**
+``@`` and every ``password``; :func:`redact_text` cleans any text that may quote a URL; and
+:func:`redacted_error` re-raises a psycopg error without the password or a chained original.
+docs/security.md, "Database URLs and passwords".
 """
 
 from __future__ import annotations

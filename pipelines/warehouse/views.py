@@ -1,15 +1,9 @@
 """The analysts' views: ``sql/analytics/<name>.sql`` each create or replace ``analytics.<name>``.
 
-Views are repeatable (unlike migrations) and owned by the analytics assets alone: the loads never
-apply them. What a view reads is taken from its SQL (``taptouch.<table>`` and ``analytics.<view>``
-references outside comments), so the asset graph cannot disagree with the SQL.
-
-Applying a view never drops a view it does not recreate: ``create or replace view`` is used where
-the columns allow; when a view's column list changed (PostgreSQL refuses to replace it), the view
-and the views built on it are dropped and recreated in one transaction, and only if every one of
-those dependents is a view of ``sql/analytics/``; otherwise nothing is dropped and the error says
-which view is in the way. Each view applied gets its ``COMMENT ON`` (the view and its columns, from
-its header: :mod:`pipelines.warehouse.catalog`) in the same transaction.
+Owned by the analytics assets alone; what a view reads is taken from its SQL, so the asset graph
+cannot disagree with it. Applying never drops a view it does not recreate (a view whose columns
+changed is recreated with its dependents in one transaction, and only when they are all project
+views), and comments each view it applies. docs/analytics.md.
 """
 
 from __future__ import annotations
