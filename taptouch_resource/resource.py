@@ -1,20 +1,10 @@
 """``TaptouchResource``: the Dagster resource that hands assets a configured :class:`TaptouchClient`.
 
-Leave the credentials unset to read them, when a client is made, from the environment variables
-``TAPTOUCH_CLIENT_ID``, ``TAPTOUCH_CLIENT_SECRET`` and ``TAPTOUCH_BASE_URL`` (so secrets stay out
-of code and of Dagster's run config, and a missing one is a clear error naming the variable);
-or pass them, e.g. ``client_secret=dg.EnvVar("MY_SECRET")``.
-
-Clients created by one process for the same credentials, scopes and base URL share one token
-cache, so every asset of a run (and every thread) reuses the same access token. Given the warehouse
-store (``get_client(token_store=...)``, as the assets do with the warehouse's
-``pipelines/warehouse/token_store.py``), tokens are also shared by every process of the deployment.
-
-Grants: ``grant="client_credentials"`` (default) for everything; ``grant="authorization_code"``
-makes :meth:`TaptouchResource.get_store_client` (used by the ``stores`` asset, scope
-``integration.store``) use the grant a merchant gave through ``taptouch-sync authorize --merchant
-NAME``, with ``merchant="NAME"`` (or ``TAPTOUCH_MERCHANT``). Orders and inventory always use client
-credentials: Taptouch grants ``integration.order``/``integration.inventory`` only to them.
+Credentials left unset are read from ``TAPTOUCH_CLIENT_ID``, ``TAPTOUCH_CLIENT_SECRET`` and
+``TAPTOUCH_BASE_URL`` when a client is made (a missing one is an error naming the variable). Clients
+of one process share a token cache, and with the warehouse's token store (``get_client(token_store=
+...)``) every process does. ``grant="authorization_code"`` makes :meth:`get_store_client` use a
+merchant's stored grant (docs/authorization.md); orders and inventory always use client credentials.
 """
 
 from __future__ import annotations

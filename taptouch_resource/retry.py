@@ -1,21 +1,12 @@
 """The one retry engine (token and API requests), ``Retry-After`` parsing, the rate-limiter protocol
 and its in-process implementation, counters.
 
-A request is retried on 429, 5xx and network errors with capped full-jitter backoff, honouring
-``Retry-After``; never on 400/401/403/404/422. :func:`with_retries` runs the loop for both the token
-endpoint (:mod:`.auth`) and the API (:mod:`.client`): each attempt either returns its result or
-raises :class:`Retryable`; the engine waits and tries again until ``max_retries`` or the total
-wait budget is spent, then raises the attempt's own error.
-
-**Every wait is bounded and can be stopped.** All waits of the package (a retry back-off, a 429's
-``Retry-After``, the request-rate limiter, and the warehouse's shared budget in
-``pipelines.warehouse.budget``) go through one primitive, :func:`pause`. No single pause is longer
-than the larger of :data:`MAX_WAIT` (60 s) and the server's ``Retry-After``, itself capped at
-:data:`MAX_RETRY_AFTER` (15 minutes). A thread that runs inside ``with stop_on(event):`` has its
-pauses end at once when ``event`` is set: the pause raises :class:`Stopped`, so a fetch thread stops
-within milliseconds of its run being terminated instead of sleeping out its wait. Dagster's run
-termination raises in a step's main thread (whose waits the signal already interrupts); the code
-that owns worker threads sets their stop event while it unwinds.
+:func:`with_retries` retries an attempt that raises :class:`Retryable` (429, 5xx, network errors)
+with capped full-jitter backoff, honouring ``Retry-After``, until ``max_retries`` or the wait budget
+is spent. Every wait of the package and of the warehouse's shared budget is one :func:`pause`: at
+most the larger of :data:`MAX_WAIT` and a ``Retry-After`` capped at :data:`MAX_RETRY_AFTER`, and
+ended at once (:class:`Stopped`) inside ``stop_on(event)`` when the run stops. docs/client.md;
+the bounds: docs/operating.md, "Request budget".
 """
 
 from __future__ import annotations
