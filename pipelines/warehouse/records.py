@@ -1,30 +1,11 @@
 """The record boundary: the exact bytes of one API record -> warehouse rows, or one quarantine.
 
 Every value of every record, known and unknown fields at any depth, either lands exactly or sends
-that one record to ``taptouch.quarantine`` with a reason a person understands. Nothing here raises
-anything but :class:`InvalidRecord` for a record (the entry points catch everything else and turn
-it into a reason), so no value can fail a window.
-
-What a record must satisfy is what PostgreSQL and ``jsonb`` can hold, plus the contract's rules:
-
-- the bytes are JSON (no NaN/Infinity, valid UTF-8, no lone UTF-16 surrogates, no NUL: ``jsonb``
-  and ``text`` cannot hold ``\\u0000``), nested at most as deep as the decoder allows;
-- every number, in unknown fields too, fits PostgreSQL's ``numeric`` (at most 16383 digits after
-  the point and 131072 before it: ``1e-20000`` does not);
-- ids fit ``bigint``; money has at most 2 decimals and fits ``numeric(12,2)``; money and
-  quantities are JSON numbers, never strings;
-- timestamps are RFC 3339 with an offset PostgreSQL accepts (at most ±15:59, no seconds) and an
-  instant in years 1..9999 after conversion to UTC (Python and psycopg read nothing else back);
-- the order arithmetic of the contract holds, exact in cents.
-
-How it is fast: each record is decoded once by msgspec into typed Structs (compiled code checks
-JSON validity, types and presence), a few byte searches screen for the rare values the typed
-decode does not see (``\\u0000``, exponents, very long digit runs, numbers sent as strings, in any
-field); only a record that trips a screen or fails the decode takes the slow, precise path
-(:func:`deep_reason`), which walks the whole document to say exactly what is wrong.
-
-``raw`` is the record's own bytes as the API sent them (msgspec.Raw per record): unknown fields,
-key order and number spelling are kept; ``jsonb`` then stores it.
+that one record to ``taptouch.quarantine`` with a reason a person understands; nothing but
+:class:`InvalidRecord` leaves it, so no value can fail a window. Each record is decoded once by
+msgspec into typed Structs and screened by a few byte searches; only a record that trips a screen
+or fails the decode takes the precise path (:func:`deep_reason`). ``raw`` is the record's own bytes.
+The rules: docs/warehouse.md, "Quarantine".
 """
 
 from __future__ import annotations
