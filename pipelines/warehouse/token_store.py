@@ -308,13 +308,14 @@ class TokenStore:
             raise TokenStoreError(f"The token store is unavailable ({type(exc).__name__}).{hint}") from None
 
     def _client_credentials(self, key: GrantKey, fetch: Callable[[], TokenResponse]) -> StoredAccess:
+        unreadable: list[bytes] = []  # stored tokens this key could not open (said once, not per read)
         with self._connect() as conn:
             row = self._row(conn, key)
-            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row)):
+            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row, key, unreadable)):
                 return access
             conn.execute("select pg_advisory_xact_lock(%s)", (key.lock_id(),))
             row = self._row(conn, key)  # read committed: sees what a process that held the lock wrote
-            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row)):
+            if row is not None and self._fresh(row) and (access := self._decrypt_or_none(row, key, unreadable)):
                 log.debug("Reusing the client-credentials token another process fetched")
                 return access
             issued = self._clock()
@@ -325,11 +326,20 @@ class TokenStore:
             lifetime = _lifetimes(answer)[0]
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
-    def _decrypt_or_none(self, row: dict) -> StoredAccess | None:
+    def _decrypt_or_none(self, row: dict, key: GrantKey, unreadable: list[bytes]) -> StoredAccess | None:
+        """The stored client-credentials token, or None when this key cannot open it. That token is
+        cheap to replace, so nothing needs restoring: one INFO line per token says which setting
+        differs from the one that stored it (a wrong secret then fails at the token endpoint)."""
         try:
             return self._access(row)
-        except TokenStoreError as exc:  # a client-credentials token is cheap to replace
-            log.warning("%s Fetching a new client-credentials token.", exc)
+        except TokenStoreError:
+            blob = bytes(row["access_token"])
+            if blob not in unreadable:
+                unreadable.append(blob)
+                changed = ("the client secret differs from the one that stored it"
+                           if self.cipher.source != ENV_TOKEN_KEY else f"{ENV_TOKEN_KEY} no longer holds its key")
+                log.info("The stored client-credentials token of client %s was sealed with another key (%s): "
+                         "fetching a new one", key.client_id, changed)
             return None
 
     # ---------------------------------------------------------------- merchant grants

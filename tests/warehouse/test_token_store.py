@@ -259,3 +259,27 @@ def test_no_token_in_logs(sb, served, migrated_db, caplog):
     assert any("rotated the refresh token" in r.getMessage() for r in ours)  # the logs were captured
     assert len(secrets) >= 4 and not [s for s in secrets if s in text]
     assert CLIENT_SECRET not in text
+
+
+# ---------------------------------------------------------------------------------------- wrong secret
+def test_a_wrong_client_secret_says_so_without_blaming_the_token_key(sb, served, migrated_db, caplog):
+    """A client-credentials token stored under the right secret, then a run with a wrong one: the
+    stored token (sealed with the key the right secret derives) is simply replaced. No warning about
+    TAPTOUCH_TOKEN_KEY or restoring an old key, and one line at most about the stored token; the
+    error is the token endpoint's refusal of the client."""
+    good = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                 token_url=served + api.TOKEN_PATH, store=make_store(migrated_db))
+    good.get_token()
+    wrong_store = TokenStore(migrated_db, cipher=TokenCipher.from_env(CLIENT_ID, "a-wrong-secret", env={}))
+    wrong = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret="a-wrong-secret",
+                                  token_url=served + api.TOKEN_PATH, store=wrong_store)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Exception) as refused:
+        wrong.get_token()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert ENV_TOKEN_KEY not in text and "Restore the old key" not in text, text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "stored" in r.getMessage()], text
+    assert sum("another key" in r.getMessage() for r in caplog.records) == 1, text
+    assert "client" in str(refused.value).lower() and ENV_TOKEN_KEY not in str(refused.value)
+    # the right secret still finds a token it can read (the refused fetch stored nothing)
+    assert good.get_token()
