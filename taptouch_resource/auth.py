@@ -12,6 +12,8 @@
   form (``{"status": {"ack": 401, "errors": ...}}``) are both understood.
 * A granted ``scope`` narrower than the requested one is an error naming the missing scopes.
 * The client secret and tokens never appear in ``repr()``, logs or exception text.
+* The HTTP exchange with the token endpoint is :class:`TokenEndpoint`'s; the ``httpx.Auth`` flow only
+  attaches tokens and refreshes them.
 * With a :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``; the code location passes
   its Postgres token store), tokens are shared by every process of a deployment; the in-memory
   cache stays in front of it.
@@ -23,20 +25,37 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Generator
+from typing import Any, NoReturn, TypeGuard
 
 import httpx
 
 from . import api, jsonutil
-from .errors import (TaptouchAPIError, TaptouchAuthError, TaptouchConfigError, TaptouchError, TaptouchProtocolError,
-                     ack_status, parse_error_body)
+from .errors import (
+    TaptouchAPIError,
+    TaptouchAuthError,
+    TaptouchConfigError,
+    TaptouchError,
+    TaptouchProtocolError,
+    ack_status,
+    parse_error_body,
+)
 from .http import DEFAULT_DEADLINE, printable, redirect_target, send_bounded, tls_verification_failed
 from .retry import RETRY_STATUSES, Backoff, ClientStats, Retryable, parse_retry_after, with_retries
-from .tokens import GrantKey, StoredAccess, TokenPersistence, REFRESH_LIFETIME, TokenResponse, TokenStoreError, refresh_margin
+from .tokens import (
+    REFRESH_LIFETIME,
+    GrantKey,
+    StoredAccess,
+    TokenPersistence,
+    TokenResponse,
+    TokenStoreError,
+    refresh_margin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +97,10 @@ def describe_token_error(status: int, body: bytes) -> tuple[str | None, str]:
 _TOKEN_CHARS = r"A-Za-z0-9_\-"
 
 
-def redact_values(text: str, values: Any) -> str:
+def redact_values(text: str, values: Iterable[str | None]) -> str:
     """``text`` with every occurrence of each of ``values`` as a whole value (not next to a
     letter, digit, ``_`` or ``-``) replaced by ``***``, longest first: a short secret such as
     ``abc`` masks ``secret abc.`` but not ``abcdef``."""
-    import re
-
     for value in sorted({v for v in values if v}, key=len, reverse=True):
         text = re.sub(rf"(?<![{_TOKEN_CHARS}]){re.escape(value)}(?![{_TOKEN_CHARS}])", "***", text)
     return text
@@ -119,146 +136,86 @@ def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) ->
 MAX_TOKEN_ANSWER_BYTES = 1 * 2**20
 
 
-class ClientCredentialsAuth(httpx.Auth):
-    """``httpx.Auth`` that attaches a cached client-credentials bearer token to each request."""
+class TokenEndpoint:
+    """The OAuth token endpoint of one client: POSTs a grant's form, retried by the shared engine
+    (429 honouring ``Retry-After``, 5xx, network errors), and reads the answer into a
+    :class:`~taptouch_resource.tokens.TokenResponse` or a typed error whose text masks every secret.
 
-    requires_response_body = False
+    ``merchant``: the label of the merchant grant this endpoint serves, if any; Taptouch's
+    ``invalid_grant`` then raises :class:`ReauthorizationRequired` naming the command to run.
+    """
 
     def __init__(
         self,
         *,
+        token_url: str,
         client_id: str,
         client_secret: str,
-        token_url: str,
-        scopes: tuple[str, ...] | list[str] = api.ALL_SCOPES,
+        scopes: tuple[str, ...],
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout | float = 30.0,
-        max_retries: int = 5,
+        verify: Any = True,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         stats: ClientStats | None = None,
-        verify: Any = True,
-        store: TokenPersistence | None = None,
-        wall_clock: Callable[[], float] = time.time,
         deadline: float | None = DEFAULT_DEADLINE,
+        merchant: str | None = None,
     ):
-        if not client_id or not client_id.strip():
-            raise TaptouchAuthError("The Taptouch client id is empty. Set TAPTOUCH_CLIENT_ID.")
-        if not client_secret or not client_secret.strip():
-            raise TaptouchAuthError("The Taptouch client secret is empty. Set TAPTOUCH_CLIENT_SECRET.")
+        self.token_url = token_url
         self.client_id = client_id
         self._secret = client_secret
-        self.token_url = token_url
-        self.scopes = tuple(scopes)
+        self.scopes = scopes
+        self.merchant = merchant
+        self._backoff = backoff or Backoff()
         self._clock = clock
         self._sleep = sleep
-        self._backoff = backoff or Backoff(max_retries=max_retries)
         self.stats = stats or ClientStats()
-        self._lock = threading.Lock()
-        self._token: Token | None = None
-        self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
-        self._store = store
-        self._wall = wall_clock
         self._deadline = deadline
+        self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self.held_token: Callable[[], str | None] = lambda: None  # a token to mask too (the auth's own)
 
     def __repr__(self) -> str:
-        return f"ClientCredentialsAuth(client_id={self.client_id!r}, scopes={self.scopes!r}, secret=***)"
+        return f"TokenEndpoint(token_url={self.token_url!r}, client_id={self.client_id!r}, secret=***)"
 
-    # -- the cache -------------------------------------------------------------------------------
-    def _valid(self, token: Token | None) -> bool:
-        return token is not None and self._clock() < token.expires_at - refresh_margin(token.lifetime)
-
-    def get_token(self) -> str:
-        """A valid access token, fetching one if the cached token is missing or near expiry."""
-        token = self._token
-        if self._valid(token):
-            return token.access_token
-        with self._lock:
-            token = self._token
-            if not self._valid(token):  # another thread may have refreshed while we waited
-                token = self._token = self._obtain()
-            return token.access_token
-
-    def invalidate(self, access_token: str) -> None:
-        """Forget ``access_token`` (after a 401) unless another thread already replaced it."""
-        with self._lock:
-            if self._token is not None and self._token.access_token == access_token:
-                self._token = None
-            if self._store is not None:  # other processes must not reuse it either
-                self._store.invalidate_access(self.store_key, access_token)
-
-    # -- the shared store ------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         return self.token_url.rsplit(api.TOKEN_PATH, 1)[0]
 
-    @property
-    def store_key(self) -> GrantKey:
-        return GrantKey.client_credentials(self.base_url, self.client_id, self.scopes)
+    def secrets(self) -> list[str]:
+        """What no text of this package may show: the client secret and the token the auth holds."""
+        return [v for v in (self._secret, self.held_token()) if v]
 
-    def _obtain(self) -> Token:
-        """A fresh token: from the shared store when there is one (fetched under its lock if the
-        stored one is stale), else straight from the token endpoint."""
-        if self._store is None:
-            return self._fetch()
-        try:
-            stored = self._store.client_credentials(self.store_key, fetch=lambda: self._request(self._form())[0])
-        except TokenStoreError as exc:  # sharing is an optimisation for client credentials: go on alone
-            log.warning("%s Fetching a token for this process only.", exc)
-            return self._fetch()
-        return self._from_stored(stored)
+    # -- the grants ------------------------------------------------------------------------------
+    def client_credentials(self) -> tuple[TokenResponse, float]:
+        """The client-credentials grant: (answer, this endpoint's clock at the send that succeeded)."""
+        return self.request({"grant_type": "client_credentials", "client_id": self.client_id,
+                             "client_secret": self._secret, "scope": " ".join(self.scopes)})
 
-    def _from_stored(self, stored: StoredAccess) -> Token:
-        """The stored token with its wall-clock expiry moved onto this object's clock."""
-        return Token(stored.access_token, self._clock() + (stored.expires_at - self._wall()),
-                     stored.lifetime, stored.scopes)
+    def refresh(self, refresh_token: str) -> TokenResponse:
+        """The refresh-token grant (one use of ``refresh_token``)."""
+        return self.request({"grant_type": "refresh_token", "refresh_token": refresh_token,
+                             "client_id": self.client_id, "client_secret": self._secret})[0]
 
-    # -- httpx.Auth ------------------------------------------------------------------------------
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.get_token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            self.stats.add(unauthorized=1)
-            log.info("Taptouch answered 401: refreshing the access token once and resending")
-            self.invalidate(token)
-            request.headers["Authorization"] = f"Bearer {self.get_token()}"
-            yield request
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> TokenResponse:
+        """The authorization_code grant (PKCE)."""
+        return self.request({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                             "code_verifier": code_verifier, "client_id": self.client_id,
+                             "client_secret": self._secret})[0]
 
-    # -- the token endpoint ----------------------------------------------------------------------
-    def _form(self) -> dict[str, str]:
-        return {
-            "grant_type": "client_credentials",
-            "client_id": self.client_id,
-            "client_secret": self._secret,
-            "scope": " ".join(self.scopes),
-        }
-
-    def _fetch(self) -> Token:
-        response, started = self._request(self._form())
-        return Token(response.access_token, started + response.lifetime, response.lifetime, response.scopes)
-
-    def _request(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
-        """POST ``form`` to the token endpoint with the shared retry engine; (answer, this clock at the
-        send that succeeded)."""
+    def request(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
+        """POST ``form`` with the shared retry engine; (answer, this clock at the send that succeeded)."""
         return with_retries(lambda: self._attempt(form), what="token endpoint", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
+    def close(self) -> None:
+        self._http.close()
+
+    # -- one exchange ----------------------------------------------------------------------------
     def _attempt(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
         self.stats.add(token_requests=1)
         started = self._clock()
-        try:
-            response = send_bounded(self._http, "POST", self.token_url, data=form, limit=MAX_TOKEN_ANSWER_BYTES,
-                                    what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"},
-                                    deadline=self._deadline)
-        except httpx.TransportError as exc:
-            if tls_verification_failed(exc):
-                raise TaptouchConfigError(
-                    f"The TLS certificate of the token endpoint {self.token_url} could not be verified (retrying "
-                    f"cannot cure that). Check TAPTOUCH_BASE_URL; to trust a private CA pass verify= a CA bundle."
-                ) from None
-            raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
+        response = self._post(form)
         if response.status_code == 200:
             response = _error_inside_200(response)
         if response.status_code == 200:
@@ -275,6 +232,19 @@ class ClientCredentialsAuth(httpx.Auth):
         wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
                         rate_limited=status == 429)
+
+    def _post(self, form: dict[str, str]) -> httpx.Response:
+        try:
+            return send_bounded(self._http, "POST", self.token_url, data=form, limit=MAX_TOKEN_ANSWER_BYTES,
+                                what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"},
+                                deadline=self._deadline)
+        except httpx.TransportError as exc:
+            if tls_verification_failed(exc):
+                raise TaptouchConfigError(
+                    f"The TLS certificate of the token endpoint {self.token_url} could not be verified (retrying "
+                    f"cannot cure that). Check TAPTOUCH_BASE_URL; to trust a private CA pass verify= a CA bundle."
+                ) from None
+            raise Retryable(f"network error ({type(exc).__name__})", self._unavailable(0, type(exc).__name__)) from None
 
     def _unavailable(self, status: int, what: str) -> TaptouchAPIError:
         return TaptouchAPIError(
@@ -314,19 +284,14 @@ class ClientCredentialsAuth(httpx.Auth):
         refresh_lifetime = doc.get("refresh_token_expires_in")
         if refresh_lifetime is not None:
             refresh_lifetime = parse_lifetime(refresh_lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
-        if not isinstance(access, str) or not access:
-            raise TaptouchProtocolError("The token endpoint answered 200 with an empty access_token.")
-        if not all("!" <= c <= "~" for c in access):  # it goes into an HTTP header: no spaces, CR/LF, non-ASCII
-            raise TaptouchProtocolError(
-                "The token endpoint answered 200 with an access_token that cannot be sent in an Authorization header "
-                "(it holds spaces, control or non-ASCII characters); it is not used and not stored.")
-        token_type = doc.get("token_type")
-        if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
-            shown = printable(str(token_type), 20)
-            raise TaptouchProtocolError(
-                f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
-                f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1).")
-        granted = doc.get("scope")
+        _check_access_token(access, doc.get("token_type"))
+        granted_scopes = self._granted_scopes(doc.get("scope"))
+        log.debug("Got a Taptouch access token for client %s, valid %.0fs", self.client_id, lifetime)
+        return TokenResponse(access, lifetime, granted_scopes,
+                             refresh if isinstance(refresh, str) and refresh else None, refresh_lifetime)
+
+    def _granted_scopes(self, granted: Any) -> tuple[str, ...]:
+        """The scopes an answer grants (all asked for when it does not say); fewer is an error."""
         if isinstance(granted, list) and all(isinstance(g, str) for g in granted):
             granted = " ".join(granted)
         granted_scopes = tuple(granted.split()) if isinstance(granted, str) else self.scopes
@@ -339,25 +304,27 @@ class ClientCredentialsAuth(httpx.Auth):
                 missing_scopes=missing,
                 error="insufficient_scope",
             )
-        log.debug("Got a Taptouch access token for client %s, valid %.0fs", self.client_id, lifetime)
-        return TokenResponse(access, lifetime, granted_scopes,
-                             refresh if isinstance(refresh, str) and refresh else None, refresh_lifetime)
+        return granted_scopes
 
     def _secrets(self, form: dict[str, str] | None) -> list[str]:
         """Every secret value a token-endpoint answer could echo: the client secret, the form's
-        refresh token, code and code verifier, and the access token this object holds."""
-        values = [self._secret]
+        refresh token, code and code verifier, and the access token the auth holds."""
+        values = [*self.secrets()]
         values += [(form or {}).get(k, "") for k in ("refresh_token", "code", "code_verifier", "client_secret")]
-        if self._token is not None:
-            values.append(self._token.access_token)
         return [v for v in values if v]
 
-    def _raise(self, response: httpx.Response, form: dict[str, str] | None = None) -> None:
+    def _raise(self, response: httpx.Response, form: dict[str, str] | None = None) -> NoReturn:
         error, description = describe_token_error(response.status_code, response.content)
         secrets = self._secrets(form)  # a server could echo the form: whole values only are masked
         description = redact_values(description, secrets)[:300]
         error = redact_values(error, secrets) if error else error
-        self._raise_grant_error(response.status_code, error, description)
+        if error == "invalid_grant" and self.merchant is not None:
+            raise ReauthorizationRequired(
+                f"Taptouch refused the refresh token of merchant {self.merchant!r} ({description or error}): "
+                f"the grant was revoked, expired (4 days without a refresh) or its refresh token was already "
+                f"used. The merchant must authorize again: {reauthorize_command(self.merchant)}",
+                status=response.status_code, error=error, description=description,
+            )
         if error == "invalid_scope":
             raise TaptouchAuthError(
                 f"Taptouch refused the requested scope(s) {' '.join(self.scopes)}: {description}. "
@@ -371,11 +338,141 @@ class ClientCredentialsAuth(httpx.Auth):
             status=response.status_code, error=error,
         )
 
-    def _raise_grant_error(self, status: int, error: str | None, description: str) -> None:
-        """Hook for grants with their own errors (``MerchantAuth``: ``invalid_grant``)."""
+
+def _check_access_token(access: Any, token_type: Any) -> None:
+    """An access token usable as a Bearer header value, of type Bearer (or no type said)."""
+    if not isinstance(access, str) or not access:
+        raise TaptouchProtocolError("The token endpoint answered 200 with an empty access_token.")
+    if not all("!" <= c <= "~" for c in access):  # it goes into an HTTP header: no spaces, CR/LF, non-ASCII
+        raise TaptouchProtocolError(
+            "The token endpoint answered 200 with an access_token that cannot be sent in an Authorization header "
+            "(it holds spaces, control or non-ASCII characters); it is not used and not stored.")
+    if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
+        shown = printable(str(token_type), 20)
+        raise TaptouchProtocolError(
+            f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
+            f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1).")
+
+
+class ClientCredentialsAuth(httpx.Auth):
+    """``httpx.Auth`` that attaches a cached client-credentials bearer token to each request, and on
+    a 401 refreshes it once and resends. Tokens come from its :class:`TokenEndpoint` (``endpoint``),
+    or through a shared :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``)."""
+
+    requires_response_body = False
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        token_url: str,
+        scopes: tuple[str, ...] | list[str] = api.ALL_SCOPES,
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+        max_retries: int = 5,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        stats: ClientStats | None = None,
+        verify: Any = True,
+        store: TokenPersistence | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        deadline: float | None = DEFAULT_DEADLINE,
+    ):
+        if not client_id or not client_id.strip():
+            raise TaptouchAuthError("The Taptouch client id is empty. Set TAPTOUCH_CLIENT_ID.")
+        if not client_secret or not client_secret.strip():
+            raise TaptouchAuthError("The Taptouch client secret is empty. Set TAPTOUCH_CLIENT_SECRET.")
+        self.client_id = client_id
+        self.token_url = token_url
+        self.scopes = tuple(scopes)
+        self.stats = stats or ClientStats()
+        self.endpoint = TokenEndpoint(
+            token_url=token_url, client_id=client_id, client_secret=client_secret, scopes=self.scopes,
+            transport=transport, timeout=timeout, verify=verify, backoff=backoff or Backoff(max_retries=max_retries),
+            clock=clock, sleep=sleep, stats=self.stats, deadline=deadline)
+        self.endpoint.held_token = lambda: self._token.access_token if self._token is not None else None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: Token | None = None
+        self._store = store
+        self._wall = wall_clock
+
+    def __repr__(self) -> str:
+        return f"ClientCredentialsAuth(client_id={self.client_id!r}, scopes={self.scopes!r}, secret=***)"
+
+    def held_secrets(self) -> list[str]:
+        """The client secret and the access token held now: what no error text may show."""
+        return self.endpoint.secrets()
+
+    # -- the cache -------------------------------------------------------------------------------
+    def _valid(self, token: Token | None) -> TypeGuard[Token]:
+        return token is not None and self._clock() < token.expires_at - refresh_margin(token.lifetime)
+
+    def get_token(self) -> str:
+        """A valid access token, fetching one if the cached token is missing or near expiry."""
+        token = self._token
+        if self._valid(token):
+            return token.access_token
+        with self._lock:
+            token = self._token
+            if not self._valid(token):  # another thread may have refreshed while we waited
+                token = self._token = self._obtain()
+            return token.access_token
+
+    def invalidate(self, access_token: str) -> None:
+        """Forget ``access_token`` (after a 401) unless another thread already replaced it."""
+        with self._lock:
+            if self._token is not None and self._token.access_token == access_token:
+                self._token = None
+            if self._store is not None:  # other processes must not reuse it either
+                self._store.invalidate_access(self.store_key, access_token)
+
+    # -- the shared store ------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.endpoint.base_url
+
+    @property
+    def store_key(self) -> GrantKey:
+        return GrantKey.client_credentials(self.base_url, self.client_id, self.scopes)
+
+    def _obtain(self) -> Token:
+        """A fresh token: from the shared store when there is one (fetched under its lock if the
+        stored one is stale), else straight from the token endpoint."""
+        if self._store is None:
+            return self._fetch()
+        try:
+            stored = self._store.client_credentials(self.store_key, fetch=lambda: self.endpoint.client_credentials()[0])
+        except TokenStoreError as exc:  # sharing is an optimisation for client credentials: go on alone
+            log.warning("%s Fetching a token for this process only.", exc)
+            return self._fetch()
+        return self._from_stored(stored)
+
+    def _fetch(self) -> Token:
+        response, started = self.endpoint.client_credentials()
+        return Token(response.access_token, started + response.lifetime, response.lifetime, response.scopes)
+
+    def _from_stored(self, stored: StoredAccess) -> Token:
+        """The stored token with its wall-clock expiry moved onto this object's clock."""
+        return Token(stored.access_token, self._clock() + (stored.expires_at - self._wall()),
+                     stored.lifetime, stored.scopes)
+
+    # -- httpx.Auth ------------------------------------------------------------------------------
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.get_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            self.stats.add(unauthorized=1)
+            log.info("Taptouch answered 401: refreshing the access token once and resending")
+            self.invalidate(token)
+            request.headers["Authorization"] = f"Bearer {self.get_token()}"
+            yield request
 
     def close(self) -> None:
-        self._http.close()
+        self.endpoint.close()
 
 
 def _error_inside_200(response: httpx.Response) -> httpx.Response:
@@ -401,6 +498,8 @@ def _error_inside_200(response: httpx.Response) -> httpx.Response:
     return httpx.Response(status, headers=response.headers, content=response.content, request=response.request)
 
 
+
+
 class MerchantAuth(ClientCredentialsAuth):
     """``httpx.Auth`` with a merchant's authorization-code grant, kept in a shared :class:`TokenStore`.
 
@@ -411,12 +510,14 @@ class MerchantAuth(ClientCredentialsAuth):
     names the command to run.
     """
 
-    def __init__(self, *, merchant: str, store: TokenPersistence, scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,),
-                 **kwargs: Any):
+    def __init__(self, *, merchant: str, store: TokenPersistence,
+                 scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,), **kwargs: Any):
         if store is None:
             raise TaptouchAuthError("A merchant grant needs the token store (the warehouse database).")
         super().__init__(scopes=scopes, store=store, **kwargs)
         self.merchant = merchant
+        self.endpoint.merchant = merchant
+        self._grants = store
 
     def __repr__(self) -> str:
         return f"MerchantAuth(client_id={self.client_id!r}, merchant={self.merchant!r}, secret=***)"
@@ -426,27 +527,14 @@ class MerchantAuth(ClientCredentialsAuth):
         return GrantKey.merchant(self.base_url, self.client_id, self.merchant)
 
     def _obtain(self) -> Token:
-        return self._from_stored(self._store.merchant_access(self.store_key, refresh=self.refresh_with))
+        return self._from_stored(self._grants.merchant_access(self.store_key, refresh=self.refresh_with))
 
     def refresh_with(self, refresh_token: str) -> TokenResponse:
         """The refresh-token grant (one use of ``refresh_token``). Called by the store under its row lock."""
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
-                "client_id": self.client_id, "client_secret": self._secret}
         log.info("Refreshing the access token of merchant %s", self.merchant)
-        return self._request(form)[0]
+        return self.endpoint.refresh(refresh_token)
 
     def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> TokenResponse:
         """The authorization_code grant (``taptouch-sync authorize``); invalid_grant raises
         :class:`ReauthorizationRequired` with ``description`` set to Taptouch's reason."""
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": code_verifier, "client_id": self.client_id, "client_secret": self._secret}
-        return self._request(form)[0]
-
-    def _raise_grant_error(self, status: int, error: str | None, description: str) -> None:
-        if error == "invalid_grant":
-            raise ReauthorizationRequired(
-                f"Taptouch refused the refresh token of merchant {self.merchant!r} ({description or error}): "
-                f"the grant was revoked, expired (4 days without a refresh) or its refresh token was already "
-                f"used. The merchant must authorize again: {reauthorize_command(self.merchant)}",
-                status=status, error=error, description=description,
-            )
+        return self.endpoint.exchange_code(code=code, redirect_uri=redirect_uri, code_verifier=code_verifier)

@@ -1,4 +1,5 @@
-"""TaptouchClient: envelope, ``index``/``count`` pagination, retries, rate limit, typed errors.
+"""TaptouchClient: envelope, pagination (through :class:`~taptouch_resource.listing.Paginator`),
+retries, rate limit, typed errors.
 
 Records are yielded lazily, page by page, either as parsed JSON (``dict``, every non-integer number
 as ``Decimal``) or, from the ``*_records`` / ``*_record_pages`` methods, as the exact bytes the API
@@ -14,14 +15,17 @@ empty page, so a caller never replaces a store's data from an incomplete listing
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import ipaddress
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from itertools import chain
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,22 +34,31 @@ import msgspec
 from . import api, jsonutil
 from .auth import ENV_HINT, ClientCredentialsAuth, redact_values
 from .errors import (
-    ack_status,
-    parse_error_body,
     TaptouchAPIError,
     TaptouchAuthError,
     TaptouchConfigError,
     TaptouchProtocolError,
     TaptouchRateLimitError,
+    ack_status,
+    parse_error_body,
 )
-from .listing import OrderListing, Page
 from .http import DEFAULT_DEADLINE, as_utf8, redirect_target, send_bounded, tls_verification_failed
-from .retry import (MIN_429_WAIT, RETRY_STATUSES, Backoff, ClientStats, RateLimiter, RequestLimiter, Retryable,
-                    parse_retry_after, with_retries)
+from .listing import OrderListing, Page, Paginator, Params, iso
+from .retry import (
+    MIN_429_WAIT,
+    RETRY_STATUSES,
+    Backoff,
+    ClientStats,
+    RateLimiter,
+    RequestLimiter,
+    Retryable,
+    parse_retry_after,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+DEFAULT_TIMEOUT = 60.0  # seconds per read; connect: at most 10 s
 DEFAULT_MAX_PAGES = 100_000
 # A page of 500 orders is about 1 MB of JSON; no real page comes near this (decoded size).
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
@@ -95,22 +108,56 @@ def check_base_url(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
 
-def _iso(ts: datetime | str) -> str:
-    """ISO 8601 with an explicit offset (``+00:00``). A naive datetime is taken as UTC; a string is
-    passed through as given."""
-    if isinstance(ts, str):
-        return ts
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).isoformat()
+@dataclass(frozen=True)
+class ClientOptions:
+    """The client's tunables, each with a safe default.
+
+    ``timeout``: seconds per read (connect: at most 10 s), or an ``httpx.Timeout``. ``page_size``:
+    records per page, 1..500. ``max_pages``: pages of one listing before it is refused.
+    ``max_retries``, ``retry_budget`` (seconds of waiting for one request, all retries together) and
+    ``backoff_cap`` (the longest back-off step): the retry engine. ``requests_per_second``: the
+    client's own rate limit when no ``limiter`` is given (None or 0: none). ``max_connections``: the
+    connection pool. ``max_response_bytes``: the largest decoded answer read. ``deadline``: seconds
+    for one whole answer, however slowly it trickles in.
+    """
+
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT
+    page_size: int = api.DEFAULT_PAGE_SIZE
+    max_pages: int = DEFAULT_MAX_PAGES
+    max_retries: int = 5
+    retry_budget: float = 600.0
+    backoff_cap: float = 30.0
+    requests_per_second: float | None = 10.0
+    max_connections: int = 16
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    deadline: float | None = DEFAULT_DEADLINE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= api.MAX_PAGE_SIZE:
+            raise TaptouchConfigError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}, got {self.page_size}.")
+
+    def http_timeout(self) -> httpx.Timeout:
+        timeout = self.timeout
+        return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(10.0, timeout))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> ClientOptions:
+        """These options with some fields replaced; an unknown name is a TypeError naming it."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"TaptouchClient() got unexpected keyword argument(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **overrides) if overrides else self
 
 
 class TaptouchClient:
     """A client for the Taptouch integration API.
 
-    Keyword-only; every argument has a safe default except the credentials. ``transport`` lets
-    tests and the in-process sandbox run without sockets. One client is safe to share between
-    threads: the token cache, the rate limiter and the counters are shared.
+    Keyword-only; every argument has a safe default except the credentials. The tunables come in
+    ``options`` (:class:`ClientOptions`); each may also be given as a keyword of its own
+    (``page_size=500``), which overrides ``options``. ``transport`` lets tests and the in-process
+    sandbox run without sockets; ``auth``: a token manager to share (its ``stats`` are used);
+    ``limiter``: e.g. the shared budget of ``pipelines.warehouse.budget`` (default: the client's own
+    :class:`~taptouch_resource.retry.RateLimiter`); ``sleep``: a test's clock. One client is safe to
+    share between threads: the token cache, the rate limiter and the counters are shared.
     """
 
     def __init__(
@@ -120,64 +167,50 @@ class TaptouchClient:
         client_secret: str,
         base_url: str = api.DEFAULT_BASE_URL,
         scopes: tuple[str, ...] | list[str] = api.ALL_SCOPES,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        page_size: int = api.DEFAULT_PAGE_SIZE,
-        max_retries: int = 5,
-        requests_per_second: float | None = 10.0,
+        options: ClientOptions | None = None,
         transport: httpx.BaseTransport | None = None,
         auth: ClientCredentialsAuth | None = None,
-        max_pages: int = DEFAULT_MAX_PAGES,
-        retry_budget: float = 600.0,
-        backoff_cap: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-        verify: Any = True,
-        max_connections: int = 16,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         limiter: RequestLimiter | None = None,
-        deadline: float | None = DEFAULT_DEADLINE,
+        verify: Any = True,
+        sleep: Callable[[float], None] = time.sleep,
+        **tunables: Any,
     ):
         if verify is False:
             raise TaptouchConfigError(
                 "TLS verification cannot be switched off. To trust a private CA, pass verify= a CA "
                 "bundle path or an ssl.SSLContext."
             )
-        if not 1 <= page_size <= api.MAX_PAGE_SIZE:
-            raise TaptouchConfigError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}, got {page_size}.")
+        self.options = opts = (options or ClientOptions()).with_overrides(tunables)
         self.base_url = check_base_url(base_url)
-        self.page_size = page_size
-        self.max_pages = max_pages
-        self.max_response_bytes = max_response_bytes
-        self.deadline = deadline  # seconds for one whole answer, however slowly it trickles in
         self._sleep = sleep
-        timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(10.0, timeout))
+        timeout = opts.http_timeout()
         self.stats = auth.stats if auth is not None else ClientStats()
-        self._backoff = Backoff(max_retries=max_retries, cap=backoff_cap, budget=retry_budget)
+        self._backoff = Backoff(max_retries=opts.max_retries, cap=opts.backoff_cap, budget=opts.retry_budget)
         self.auth = auth or ClientCredentialsAuth(
-            client_id=client_id,
-            client_secret=client_secret,
-            token_url=self.base_url + api.TOKEN_PATH,
-            scopes=scopes,
-            transport=transport,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=self._backoff,
-            sleep=sleep,
-            stats=self.stats,
-            verify=verify,
-            deadline=deadline,
+            client_id=client_id, client_secret=client_secret, token_url=self.base_url + api.TOKEN_PATH,
+            scopes=scopes, transport=transport, timeout=timeout, max_retries=opts.max_retries,
+            backoff=self._backoff, sleep=sleep, stats=self.stats, verify=verify, deadline=opts.deadline,
         )
-        # ``limiter``: e.g. the shared budget of pipelines.warehouse.budget; default: this client's own.
-        self.limiter: RequestLimiter = limiter if limiter is not None else RateLimiter(requests_per_second, sleep=sleep)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.limiter: RequestLimiter = (limiter if limiter is not None
+                                        else RateLimiter(opts.requests_per_second, sleep=sleep))
+        limits = httpx.Limits(max_connections=opts.max_connections, max_keepalive_connections=opts.max_connections)
         self._http = httpx.Client(
             base_url=self.base_url, auth=self.auth, timeout=timeout, transport=transport, verify=verify,
             limits=limits, headers={"Accept": "application/json", "User-Agent": "taptouch-sync/0.1"},
         )
 
+    @property
+    def page_size(self) -> int:
+        return self.options.page_size
+
+    @property
+    def max_pages(self) -> int:
+        return self.options.max_pages
+
     def __repr__(self) -> str:
         return f"TaptouchClient(base_url={self.base_url!r}, client_id={self.auth.client_id!r})"
 
-    def __enter__(self) -> "TaptouchClient":
+    def __enter__(self) -> TaptouchClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -186,29 +219,25 @@ class TaptouchClient:
     def close(self) -> None:
         self._http.close()
 
-    # -- public API ----------------------------------------------------------------------------
-    def list_stores(self) -> Iterator[dict]:
+    # -- the listings ----------------------------------------------------------------------------
+    def list_stores(self) -> Iterator[Any]:
         """Every store the token may read (``integration.store``)."""
-        return self._records(api.STORES_PATH, {}, "stores")
+        return _parsed(self._paginate(api.STORES_PATH, {}, "stores"))
 
-    def list_store_records(self) -> Iterator[bytes]:
-        """Like :meth:`list_stores`, each record as the exact JSON bytes the API sent."""
-        return self._raw_records(api.STORES_PATH, {}, "stores")
-
-    def iter_orders(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
-                    status: str | None = None) -> Iterator[dict]:
+    def iter_orders(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
+                    status: str | None = None) -> Iterator[Any]:
         """Orders of one store with ``updated_at`` in ``[updated_from, updated_to)``, latest versions."""
-        for page in self.iter_order_pages(store_id, updated_from=updated_from, updated_to=updated_to, status=status):
-            yield from page
+        pages = self.iter_order_pages(store_id, updated_from=updated_from, updated_to=updated_to, status=status)
+        return chain.from_iterable(pages)
 
-    def iter_order_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
-                         status: str | None = None) -> Iterator[list[dict]]:
+    def iter_order_pages(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
+                         status: str | None = None) -> Iterator[list[Any]]:
         """Like :meth:`iter_orders`, one list per API page."""
         for page in self.iter_order_record_pages(store_id, updated_from=updated_from, updated_to=updated_to,
                                                  status=status):
             yield _parse_page(page)
 
-    def iter_order_record_pages(self, store_id: int, *, updated_from: datetime, updated_to: datetime,
+    def iter_order_record_pages(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
                                 status: str | None = None, confirm_end: bool = False) -> OrderListing:
         """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
         loader stages: no parsing into Python objects on the way).
@@ -217,124 +246,79 @@ class TaptouchClient:
         to be in order, else a verifying pass), which tells afterwards whether the listing is
         ``complete``, when it ``started_at`` on the API's clock, and the ``newest`` instant read.
         ``confirm_end``: the last page is asked for twice (see :class:`OrderListing`)."""
-        params: dict[str, Any] = {api.PARAM_UPDATED_TO: _iso(updated_to)}
+        params: Params = {api.PARAM_UPDATED_TO: iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
-        path = api.ORDERS_PATH.format(store_id=int(store_id))
-        what = f"store {store_id} orders"
-        return OrderListing(
-            fetch=lambda p: self._listing_page(path, p, what),
-            offset_pages=lambda p: self._paginate(path, p, what),
-            params=params, updated_from=updated_from, updated_to=updated_to, page_size=self.page_size,
-            max_pages=self.max_pages, what=what, confirm_end=confirm_end)
+        paginator = self._paginator(api.ORDERS_PATH.format(store_id=int(store_id)), f"store {store_id} orders")
+        return OrderListing(paginator, params=params, updated_from=updated_from, updated_to=updated_to,
+                            confirm_end=confirm_end)
 
-    def iter_inventory(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[dict]:
+    def iter_inventory(self, store_id: int, *, updated_from: datetime | str | None = None) -> Iterator[Any]:
         """Current stock levels of one store (``integration.inventory``)."""
-        params: dict[str, Any] = {}
-        if updated_from is not None:
-            params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
-        return self._records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
+        return _parsed(self._inventory_pages(store_id, updated_from))
 
-    def iter_inventory_records(self, store_id: int, *, updated_from: datetime | None = None) -> Iterator[bytes]:
+    def iter_inventory_records(self, store_id: int, *, updated_from: datetime | str | None = None) -> Iterator[bytes]:
         """Like :meth:`iter_inventory`, each record as the exact JSON bytes the API sent."""
-        params: dict[str, Any] = {}
-        if updated_from is not None:
-            params[api.PARAM_UPDATED_FROM] = _iso(updated_from)
-        return self._raw_records(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
+        return chain.from_iterable(self._inventory_pages(store_id, updated_from))
 
-    def log_summary(self, logger: logging.Logger | None = None) -> dict[str, int]:
-        s = self.stats.snapshot()
-        (logger or log).info(
-            "Taptouch API: %(requests)d requests, %(pages)d pages, %(records)d records, %(retries)d retries, "
-            "%(rate_limited)d rate-limited (429), %(server_errors)d server errors, %(token_requests)d token requests", s,
-        )
-        return s
+    def _inventory_pages(self, store_id: int, updated_from: datetime | str | None) -> Iterator[list[bytes]]:
+        params: Params = {} if updated_from is None else {api.PARAM_UPDATED_FROM: iso(updated_from)}
+        return self._paginate(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
 
     # -- pagination ----------------------------------------------------------------------------
-    def _records(self, path: str, params: dict, what: str) -> Iterator[Any]:
-        for page in self._paginate(path, params, what):
-            yield from _parse_page(page)
+    def _paginator(self, path: str, what: str) -> Paginator:
+        """The page rules of ``path``, each page one retried request of this client."""
+        return Paginator(lambda params: self._get(path, params), page_size=self.page_size,
+                         max_pages=self.max_pages, what=what, stats=self.stats)
 
-    def _raw_records(self, path: str, params: dict, what: str) -> Iterator[bytes]:
-        for page in self._paginate(path, params, what):
-            yield from page
-
-    def _paginate(self, path: str, params: dict, what: str) -> Iterator[list[bytes]]:
-        """Pages of ``path`` until a page shorter than ``count``; a repeated page, or a page longer
-        than ``count``, is an error."""
-        count = self.page_size
-        previous: list | None = None
-        seen_pages: dict[bytes, int] = {}  # digest of each full page -> its index
-        records = 0
-        index = 0
-        while True:
-            if index >= self.max_pages:
-                raise TaptouchProtocolError(
-                    f"{what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
-                )
-            page, hints = self._get(path, {**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
-            if len(page) > count:
-                raise TaptouchProtocolError(
-                    f"{what}: page {index} holds {len(page)} records, more than the {count} asked for; the "
-                    f"listing cannot be trusted to be complete. Stopping without loading this store."
-                )
-            if previous is not None and len(page) == count and page == previous:
-                raise TaptouchProtocolError(
-                    f"{what}: page {index} is identical to page {index - 1}; the server seems to ignore "
-                    f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever."
-                )
-            if len(page) == count:  # a cycle (0, 1, 0, 1, ...) is caught as well as a repeat
-                hasher = hashlib.blake2b(digest_size=16)
-                for record in page:
-                    hasher.update(len(record).to_bytes(8, "big") + record)
-                digest = hasher.digest()
-                if digest in seen_pages:
-                    raise TaptouchProtocolError(
-                        f"{what}: page {index} is identical to page {seen_pages[digest]}; the server's pages "
-                        f"go round in a cycle. Stopping instead of looping forever.")
-                seen_pages[digest] = index
-            if len(page) < count:
-                _check_last_page(hints, what, index, records + len(page))
-            records += len(page)
-            self.stats.add(pages=1, records=len(page))
-            log.debug("%s: page %d, %d records", what, index, len(page))
-            yield page
-            if len(page) < count:
-                break
-            previous = page
-            index += 1
-        log.debug("%s: %d pages, %d records", what, index + 1, records)
-
-    def _listing_page(self, path: str, params: dict, what: str) -> Page:
-        """One page of a keyset listing, with the paginator's page checks (not longer than asked for;
-        a short page the server says is not the last is refused)."""
-        page, hints = self._get(path, params)
-        count, index = params[api.PARAM_COUNT], params[api.PARAM_INDEX]
-        if len(page) > count:
-            raise TaptouchProtocolError(
-                f"{what}: a page holds {len(page)} records, more than the {count} asked for; the listing cannot "
-                f"be trusted to be complete. Stopping without loading this store.")
-        if len(page) < count:
-            _check_last_page(hints, what, index, len(page))
-        self.stats.add(pages=1, records=len(page))
-        return Page(page, hints.get(_TIMESTAMP))
+    def _paginate(self, path: str, params: Params, what: str) -> Iterator[list[bytes]]:
+        """The pages of ``path`` by page number (see :meth:`Paginator.paginate`), each a list of the
+        records' exact bytes."""
+        return self._paginator(path, what).paginate(params)
 
     # -- one request ---------------------------------------------------------------------------
-    def _get(self, path: str, params: dict) -> tuple[list[bytes], dict[str, Any]]:
-        """(``data`` of one page, the envelope's pagination hints), retried by the shared engine on
-        429, 5xx, network errors and an envelope whose ``ack`` is one of those; an envelope acking 401
-        gets one fresh token, like an HTTP 401."""
+    def _get(self, path: str, params: Params) -> Page:
+        """One page (``data`` of the envelope, its clock and pagination hints), retried by the shared
+        engine on 429, 5xx, network errors and an envelope whose ``ack`` is one of those; an envelope
+        acking 401 gets one fresh token, like an HTTP 401."""
         state = {"ack_401": False}
         return with_retries(lambda: self._attempt(path, params, state), what=f"GET {path}", backoff=self._backoff,
                             stats=self.stats, sleep=self._sleep)
 
-    def _attempt(self, path: str, params: dict, state: dict | None = None) -> tuple[list[bytes], dict[str, Any]]:
-        state = {"ack_401": False} if state is None else state
+    def _attempt(self, path: str, params: Params, state: dict[str, bool]) -> Page:
+        response = self._send(path, params)
+        status = response.status_code
+        if status == 200:
+            ack, page = self._envelope(response, path)
+            if page is not None:
+                return page
+            if ack == 401:
+                self._refused_token(response, path, state, ack=True)
+            error = self._api_error(response, path, ack=ack)
+            if ack in RETRY_STATUSES:  # HTTP 200 whose envelope acks a retryable failure
+                raise Retryable(f"ack {ack} in an HTTP 200", error)
+            raise error
+        if status == 401:
+            self._refused_token(response, path, state, ack=False)
+        if status not in RETRY_STATUSES:
+            raise self._api_error(response, path)
+        error = self._api_error(response, path)
+        wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        if status == 429:
+            self.stats.add(rate_limited=1)
+            self.limiter.penalize(MIN_429_WAIT if wait is None else wait)  # everyone sharing the limiter slows down
+            raise Retryable("HTTP 429", error, rate_limited=True, wait=wait)
+        self.stats.add(server_errors=1)
+        raise Retryable(f"HTTP {status}", error, wait=wait)
+
+    def _send(self, path: str, params: Params) -> httpx.Response:
+        """One GET once the limiter allows it; a network error is :class:`Retryable`, unless no retry
+        can cure it (an unusable URL, a certificate that does not verify)."""
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
-            response = send_bounded(self._http, "GET", path, params=params, limit=self.max_response_bytes,
-                                    what=f"GET {path}", deadline=self.deadline)
+            response = send_bounded(self._http, "GET", path, params=params, limit=self.options.max_response_bytes,
+                                    what=f"GET {path}", deadline=self.options.deadline)
         except httpx.TransportError as exc:
             self.stats.add(network_errors=1)
             if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
@@ -348,31 +332,9 @@ class TaptouchClient:
             raise Retryable(type(exc).__name__, TaptouchAPIError(
                 status=0, path=path, message=f"network error {type(exc).__name__}, retries exhausted",
                 hint=f"check that {self.base_url} is reachable")) from None
-        status = response.status_code
-        if status == 200:
-            ack, data, hints = self._envelope(response, path)
-            if ack == 200:
-                return data, hints
-            if ack == 401:
-                return self._refused_token(response, path, state, ack=True)
-            error = self._api_error(response, path, ack=ack)
-            if ack in RETRY_STATUSES:  # HTTP 200 whose envelope acks a retryable failure
-                raise Retryable(f"ack {ack} in an HTTP 200", error)
-            raise error
-        if status == 401:
-            return self._refused_token(response, path, state, ack=False)
-        if status not in RETRY_STATUSES:
-            raise self._api_error(response, path)
-        error = self._api_error(response, path)
-        wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
-        if status == 429:
-            self.stats.add(rate_limited=1)
-            self.limiter.penalize(MIN_429_WAIT if wait is None else wait)  # everyone sharing the limiter slows down
-            raise Retryable("HTTP 429", error, rate_limited=True, wait=wait)
-        self.stats.add(server_errors=1)
-        raise Retryable(f"HTTP {status}", error, wait=wait)
+        return response
 
-    def _refused_token(self, response: httpx.Response, path: str, state: dict, *, ack: bool) -> Any:
+    def _refused_token(self, response: httpx.Response, path: str, state: dict[str, bool], *, ack: bool) -> NoReturn:
         """A 401 (HTTP, after the auth flow's one refresh; or an envelope ack, refreshed here once)."""
         sent = _bearer(response)
         error = TaptouchAuthError(
@@ -388,10 +350,10 @@ class TaptouchClient:
             raise Retryable("ack 401: fetching a fresh token", error, wait=0.0)
         raise error
 
-    def _envelope(self, response: httpx.Response, path: str) -> tuple[int, list[bytes] | None, dict[str, Any]]:
-        """(``ack``, the records of a 200 envelope each as its exact bytes, pagination hints). A body
-        that is not the envelope, an ``ack`` that is not a status code, or (with ack 200) missing,
-        null or non-list ``data`` is a protocol error."""
+    def _envelope(self, response: httpx.Response, path: str) -> tuple[int, Page | None]:
+        """(``ack``, with ack 200 the page: its records each as its exact bytes, the envelope's clock and
+        whether it says more records follow). A body that is not the envelope, an ``ack`` that is not a
+        status code, or (with ack 200) missing, null or non-list ``data`` is a protocol error."""
         body = as_utf8(response.content, response.headers.get("content-type"))
         extras: dict[str, Any] = {}
         try:
@@ -424,14 +386,14 @@ class TaptouchClient:
                         f"is loaded from it",
                 hint="check that TAPTOUCH_BASE_URL is the Taptouch API")
         if ack != 200:
-            return ack, None, {}
+            return ack, None
         if records is None:
             shown = "missing" if data == b"" else "null" if data == b"null" else f"not a list ({_kind(data)})"
             raise TaptouchProtocolError(
                 f"GET {path}: HTTP 200 but the envelope's '{api.ENVELOPE_DATA}' is {shown}; expected a list of "
                 f"records. Nothing is loaded from an incomplete listing (the store is reported as failed)."
             )
-        return 200, records, {**_hints(status, extras), _TIMESTAMP: status.get(api.ENVELOPE_TIMESTAMP)}
+        return 200, Page(records, status.get(api.ENVELOPE_TIMESTAMP), _says_more(status, extras))
 
     def _api_error(self, response: httpx.Response, path: str, *, ack: int | None = None) -> TaptouchAPIError:
         """The error an answer describes; ``ack``: the envelope's error ack inside an HTTP 200 (the
@@ -458,17 +420,11 @@ class TaptouchClient:
     def _redact(self, text: str | None, response: httpx.Response) -> str | None:
         if not text:
             return text
-        secrets = [getattr(self.auth, "_secret", None), _bearer(response)]
-        token = getattr(self.auth, "_token", None)
-        if token is not None:
-            secrets.append(token.access_token)
-        return redact_values(text, secrets)
+        return redact_values(text, [*self.auth.held_secrets(), _bearer(response)])
 
-
-_TIMESTAMP = "status.timestamp"  # the envelope's clock, carried with a page's hints
 
 # Top-level envelope keys that may say more records follow (not in the contract; a server that
-# sends them and contradicts a short last page is not trusted: see _check_last_page).
+# sends them and contradicts a short last page is not trusted: see Paginator.page).
 _HINT_FIELDS = (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_CONTAINERS)
 
 _Envelope = msgspec.defstruct("_Envelope", [
@@ -505,28 +461,18 @@ def _kind_of(value: Any) -> str:
     return f"{type(value).__name__} {str(value)[:20]!r}"
 
 
-def _hints(status: Any, extras: dict[str, Any]) -> dict[str, Any]:
-    """Pagination hints from the envelope's top level, its status, or a ``pagination``/``meta`` object."""
-    found: dict[str, Any] = {}
-    places = [extras, status if isinstance(status, dict) else {}]
-    places += [extras.get(c) for c in api.PAGINATION_CONTAINERS if isinstance(extras.get(c), dict)]
-    for place in places:
-        for name in api.PAGINATION_MORE_FIELDS:
-            if name in place and place[name] is not None:
-                found.setdefault(name, place[name])
-    return found
-
-
-def _check_last_page(hints: dict[str, Any], what: str, index: int, records: int) -> None:
-    """A short page ends the listing (the contract's rule), unless the server itself says that more
-    records follow: then the listing is truncated, and nothing may be replaced from it. A ``total``
-    is not checked: it is not in the contract, and while data changes under the paginator a count
-    taken at one page's time differs from what the pages hold without anything being wrong."""
+def _says_more(status: Any, extras: dict[str, Any]) -> str | None:
+    """The name of the first pagination hint (the envelope's top level, its status, or a
+    ``pagination``/``meta`` object, first found wins) that says more records follow (``true``).
+    A ``total`` is not read: it is not in the contract, and while data changes under the paginator a
+    count taken at one page's time differs from what the pages hold without anything being wrong."""
+    places: list[dict[str, Any]] = [extras, status if isinstance(status, dict) else {}]
+    places += [extras[c] for c in api.PAGINATION_CONTAINERS if isinstance(extras.get(c), dict)]
     for name in api.PAGINATION_MORE_FIELDS:
-        if hints.get(name) is True:
-            raise TaptouchProtocolError(
-                f"{what}: page {index} is the last by the contract's rule (fewer records than asked for) but the "
-                f"server says {name}=true; the listing may be truncated. Stopping without loading this store.")
+        value = next((place[name] for place in places if place.get(name) is not None), None)
+        if value is True:
+            return name
+    return None
 
 
 def _bearer(response: httpx.Response) -> str | None:
@@ -648,6 +594,12 @@ def _parse(raw: bytes) -> Any:
         return jsonutil.loads(raw)
     except (ValueError, RecursionError):
         return raw
+
+
+def _parsed(pages: Iterable[list[bytes]]) -> Iterator[Any]:
+    """The records of ``pages`` as parsed JSON, one by one."""
+    for page in pages:
+        yield from _parse_page(page)
 
 
 def _parse_page(page: list[bytes]) -> list[Any]:

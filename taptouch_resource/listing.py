@@ -1,4 +1,10 @@
-"""An order listing that knows whether it is complete: keyset pages, checked, with a verifying pass.
+"""Paging: the page rules of every listing (:class:`Paginator`) and order listings that know whether
+they are complete (:class:`OrderListing`, keyset pages on top of the same rules).
+
+:class:`Paginator` holds the rules of the ``index``/``count`` contract: a page longer than asked for
+is refused; a short page ends the listing, unless the server says more records follow; a page
+identical to an earlier one (a server that ignores ``index``, or pages in a cycle) is an error, as is
+going past ``max_pages``. The client's listing methods all page through it.
 
 Reading a listing by page number while data changes under it skips records: an order on page 0
 edited before page 1 is read moves behind the reader, every later record shifts one place forward,
@@ -28,28 +34,125 @@ A high-water mark is never moved by an incomplete listing, nor past ``started_at
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgspec
 
 from . import api
 from .errors import TaptouchProtocolError
+from .retry import ClientStats
 
 log = logging.getLogger(__name__)
+
+Params = dict[str, Any]  # the query of one request
 
 
 @dataclass(frozen=True)
 class Page:
-    """One answer of a listing: its records (exact bytes) and the envelope's ``status.timestamp``."""
+    """One answer of a listing: its records (exact bytes), the envelope's ``status.timestamp``, and
+    the name of a field by which the server says more records follow (``has_more: true``; not in the
+    contract), if it sent one."""
 
     records: list[bytes]
     timestamp: Any = None
+    more: str | None = None
+
+
+class RepeatGuard:
+    """The full pages of one pass, in order: a page identical to the one before it (a server that
+    ignores ``index``) or to any earlier one (pages that go round in a cycle) is an error. A pass of
+    one page costs nothing: pages are hashed only once a second one comes."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._previous: list[bytes] | None = None
+        self._seen: dict[bytes, int] = {}  # digest of each full page -> its index
+
+    def check(self, index: int, records: list[bytes]) -> None:
+        """``records``: the full page at ``index`` (the pages before it were checked already)."""
+        previous, self._previous = self._previous, records
+        if previous is None:
+            return
+        if records == previous:
+            raise TaptouchProtocolError(
+                f"{self.what}: page {index} is identical to page {index - 1}; the server seems to ignore "
+                f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever.")
+        if not self._seen:
+            self._seen[_digest(previous)] = index - 1
+        digest = _digest(records)
+        if digest in self._seen:
+            raise TaptouchProtocolError(
+                f"{self.what}: page {index} is identical to page {self._seen[digest]}; the server's pages "
+                f"go round in a cycle. Stopping instead of looping forever.")
+        self._seen[digest] = index
+
+
+def _digest(records: list[bytes]) -> bytes:
+    hasher = hashlib.blake2b(digest_size=16)
+    for record in records:
+        hasher.update(len(record).to_bytes(8, "big") + record)
+    return hasher.digest()
+
+
+class Paginator:
+    """The page rules of one listing: ``index``/``count`` pages of ``page_size`` records.
+
+    ``fetch(params) -> Page`` performs one request (retries, the envelope: the client's job).
+    :meth:`page` checks one answer (not longer than asked for; a short page is the last unless the
+    server says more follow; counted in ``stats``); :meth:`paginate` walks the pages from ``index``
+    0 to the first short page, refusing repeated pages and more than ``max_pages``.
+    """
+
+    def __init__(self, fetch: Callable[[Params], Page], *, page_size: int, max_pages: int, what: str,
+                 stats: ClientStats | None = None):
+        self._fetch = fetch
+        self.page_size, self.max_pages, self.what = page_size, max_pages, what
+        self._stats = stats
+
+    def page(self, params: Params) -> Page:
+        """One checked answer to ``params`` (which carry its ``index`` and ``count``)."""
+        page = self._fetch(params)
+        count, index, size = params[api.PARAM_COUNT], params[api.PARAM_INDEX], len(page.records)
+        if size > count:
+            raise TaptouchProtocolError(
+                f"{self.what}: page {index} holds {size} records, more than the {count} asked for; the listing "
+                f"cannot be trusted to be complete. Stopping without loading this store.")
+        if size < count and page.more is not None:
+            raise TaptouchProtocolError(
+                f"{self.what}: page {index} is the last by the contract's rule (fewer records than asked for) but "
+                f"the server says {page.more}=true; the listing may be truncated. Stopping without loading this "
+                f"store.")
+        if self._stats is not None:
+            self._stats.add(pages=1, records=size)
+        return page
+
+    def paginate(self, params: Params) -> Iterator[list[bytes]]:
+        """The records of every page of ``params`` (without ``index``/``count``), page by page."""
+        count = self.page_size
+        guard = RepeatGuard(self.what)
+        records = index = 0
+        while True:
+            if index >= self.max_pages:
+                raise TaptouchProtocolError(
+                    f"{self.what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real).")
+            page = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            if len(page.records) == count:
+                guard.check(index, page.records)
+            records += len(page.records)
+            log.debug("%s: page %d, %d records", self.what, index, len(page.records))
+            yield page.records
+            if len(page.records) < count:
+                break
+            index += 1
+        log.debug("%s: %d pages, %d records", self.what, index + 1, records)
 
 
 class _Key(msgspec.Struct):
@@ -116,8 +219,11 @@ def api_clock(timestamp: Any, *, local: float | None = None) -> datetime | None:
     return datetime.fromtimestamp(math.floor(seconds), timezone.utc) - timedelta(seconds=1)
 
 
-def iso(ts: datetime) -> str:
-    """ISO 8601 in UTC with an explicit offset (a naive datetime is taken as UTC)."""
+def iso(ts: datetime | str) -> str:
+    """ISO 8601 in UTC with an explicit offset (``+00:00``). A naive datetime is taken as UTC; a
+    string is passed through as given."""
+    if isinstance(ts, str):
+        return ts
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
     return ts.astimezone(timezone.utc).isoformat()
@@ -142,18 +248,16 @@ class OrderListing:
     exactly like the end of a listing, and a second answer that differs makes it incomplete. One
     more request per listing: for listings that may prove deletions (the reconciliation).
 
-    ``fetch(params) -> Page`` performs one request (retries, envelope, page checks: the client's
-    job); ``offset_pages(params)`` is the client's page-number paginator with its loop guards.
+    ``paginator``: the listing's page rules; its :meth:`Paginator.page` reads each keyset page, its
+    :meth:`Paginator.paginate` the page-number passes. ``params``: the query besides the range.
     """
 
-    def __init__(self, *, fetch: Callable[[dict], Page], offset_pages: Callable[[dict], Iterator[list[bytes]]],
-                 params: dict, updated_from: datetime, updated_to: datetime, page_size: int, max_pages: int,
-                 what: str, on_page: Callable[[int], None] | None = None, confirm_end: bool = False):
-        self._fetch, self._offset_pages = fetch, offset_pages
+    def __init__(self, paginator: Paginator, *, params: Params, updated_from: datetime | str,
+                 updated_to: datetime | str, confirm_end: bool = False):
+        self._paginator = paginator
         self._params = params
         self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
-        self._count, self._max_pages, self.what = page_size, max_pages, what
-        self._on_page = on_page
+        self._count, self._max_pages, self.what = paginator.page_size, paginator.max_pages, paginator.what
         self._confirm_end = confirm_end
         self.complete = False
         self.started_at: datetime | None = None
@@ -169,7 +273,7 @@ class OrderListing:
         self._doubtful = False
         self._it = self._run()
 
-    def __iter__(self) -> "OrderListing":
+    def __iter__(self) -> OrderListing:
         return self
 
     def __next__(self) -> list[bytes]:
@@ -179,7 +283,7 @@ class OrderListing:
         self._it.close()
 
     # -- the two passes ------------------------------------------------------------------------
-    def _run(self) -> Iterator[list[bytes]]:
+    def _run(self) -> Generator[list[bytes], None, None]:
         in_order = yield from self._keyset()
         if in_order:
             self.complete = not self._doubtful
@@ -194,20 +298,15 @@ class OrderListing:
             log.warning("%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
                         "still be incomplete, so no high-water mark moves from it", self.what, missed)
 
-    def _keyset(self) -> Iterator[list[bytes]]:
+    def _keyset(self) -> Generator[list[bytes], None, bool]:
         """Keyset pages; returns False at the first page that is out of order (the rest is then
         left to the page-number passes)."""
         cursor, index = self.updated_from, 0
-        previous: list[bytes] | None = None
+        guard = RepeatGuard(self.what)  # pages at one cursor: only a page of unreadable instants stays on it
         while True:
-            self._bound()
-            page = self._fetch({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
-                                api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
-            self._started(page)
-            if index and page.records == previous:
-                raise TaptouchProtocolError(
-                    f"{self.what}: page {index} is identical to page {index - 1}; the server seems to ignore the "
-                    f"'{api.PARAM_INDEX}' parameter. Stopping instead of looping forever.")
+            page = self._keyset_page(cursor, index)
+            if len(page.records) == self._count:
+                guard.check(index, page.records)
             fresh, instants, in_order = self._take(page.records, cursor)
             if fresh:
                 yield fresh
@@ -219,24 +318,28 @@ class OrderListing:
                 return True
             last = max(instants, default=None)
             if last is not None and last > cursor:
-                cursor, index, previous = last, 0, None
+                cursor, index, guard = last, 0, RepeatGuard(self.what)
             elif last is not None:  # a whole page that does not move the cursor: read its second alone
                 second = cursor.replace(microsecond=0)
                 served = yield from self._one_second(second)
                 if not served:  # the server cannot read one second on its own: the page-number passes
                     return False
-                cursor, index, previous = second + _GRAIN, 0, None
+                cursor, index, guard = second + _GRAIN, 0, RepeatGuard(self.what)
             else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
-                index, previous, self._doubtful = index + 1, page.records, True
+                index, self._doubtful = index + 1, True
 
-    def _confirm_last(self, cursor: datetime, index: int, records: list[bytes]) -> Iterator[list[bytes]]:
+    def _keyset_page(self, cursor: datetime, index: int) -> Page:
+        self._bound()
+        page = self._paginator.page({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
+                                     api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
+        self._started(page)
+        return page
+
+    def _confirm_last(self, cursor: datetime, index: int, records: list[bytes]) -> Generator[list[bytes], None, None]:
         """Ask for the last (short) page once more: an empty or cut-short 200 answer looks exactly
         like the end of a listing. A second answer that differs makes the listing incomplete (what
         it adds is read)."""
-        self._bound()
-        again = self._fetch({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
-                             api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
-        self._started(again)
+        again = self._keyset_page(cursor, index)
         if again.records == records:
             return
         first_ids = {record_key(r)[0] for r in records}
@@ -254,7 +357,7 @@ class OrderListing:
         if fresh:
             yield fresh
 
-    def _one_second(self, second: datetime) -> Iterator[list[bytes]]:
+    def _one_second(self, second: datetime) -> Generator[list[bytes], None, int]:
         """Every record in ``[second, second + 1 s)``, where a whole page did not move the cursor (a
         page or more of records at one instant, or a server that compares ``updated_from`` at whole
         seconds), by page number, twice: a record skipped in the first read because another one
@@ -263,7 +366,7 @@ class OrderListing:
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(second), api.PARAM_UPDATED_TO: iso(second + _GRAIN)}
         served = 0
         for _ in range(2):
-            for records in self._offset_pages(params):
+            for records in self._paginator.paginate(params):
                 self._bound()
                 self._started(Page(records))
                 served += len(records)
@@ -277,12 +380,12 @@ class OrderListing:
             raise TaptouchProtocolError(f"{self.what}: more than {self._max_pages} pages; stopping (raise "
                                         f"max_pages if this is real).")
 
-    def _by_page_number(self, *, verifying: bool) -> Iterator[list[bytes]]:
+    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, int]:
         """The whole range by page number (the client's loop guards apply). ``verifying``: returns
         how many records older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
-        for records in self._offset_pages(params):
+        for records in self._paginator.paginate(params):
             self._started(Page(records))
             fresh, _, _ = self._take(records, None, verifying=verifying)
             if fresh:
@@ -294,8 +397,6 @@ class OrderListing:
         self.pages += 1
         if self.pages == 1:
             self.started_at = api_clock(page.timestamp)
-        if self._on_page is not None:
-            self._on_page(self.pages)
 
     def _take(self, records: list[bytes], cursor: datetime | None,
               verifying: bool = False) -> tuple[list[bytes], list[datetime], bool]:

@@ -243,8 +243,7 @@ def test_token_endpoint_retried_on_429_and_5xx():
     fake.token_faults = [httpx.Response(429, headers={"Retry-After": "0"}),
                          httpx.Response(503, text="<html>down</html>")]
     sleeps = []
-    client = make_client(fake, sleep=sleeps.append)
-    client.auth._sleep = sleeps.append
+    client = make_client(fake, sleep=sleeps.append)  # the token endpoint's waits too
     assert len(list(client.list_stores())) == 1
     assert fake.token_calls == 3 and sleeps[0] == MIN_RETRY_AFTER
 
@@ -399,7 +398,6 @@ def test_secret_absent_from_repr_logs_and_errors(caplog):
     with caplog.at_level(logging.DEBUG):
         client = make_client(fake)
         list(client.list_stores())
-        client.log_summary()
         res = TaptouchResource(client_id="cid", client_secret=SECRET, base_url=BASE)
         shown = repr(res) + str(res) + repr(client) + repr(client.auth) + repr(client.auth._token)
     assert SECRET not in shown and SECRET not in caplog.text

@@ -106,7 +106,7 @@ def test_a_bom_or_a_declared_charset_still_delivers_the_record_exactly(body, con
         return Server([raw(body, headers={"Content-Type": content_type})])
 
     assert list(client_for(server()).list_stores()) == [{"id": 1, "name": "Café"}]
-    assert list(client_for(server()).list_store_records()) == ['{"id": 1, "name": "Café"}'.encode()]
+    assert list(client_for(server()).iter_inventory_records(7101)) == ['{"id": 1, "name": "Café"}'.encode()]
 
 
 def test_a_utf8_body_mislabelled_latin1_keeps_its_text_when_one_record_is_broken():
