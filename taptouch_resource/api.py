@@ -9,7 +9,6 @@ rows, belong to the warehouse's record boundary (``pipelines.warehouse.records``
 
 from __future__ import annotations
 
-
 # --------------------------------------------------------------------------------------------
 # Endpoints and OAuth [doc]
 DEFAULT_BASE_URL = "https://api.taptouch.net"

@@ -357,7 +357,7 @@ class TaptouchClient:
         body = as_utf8(response.content, response.headers.get("content-type"))
         extras: dict[str, Any] = {}
         try:
-            env = _ENVELOPE.decode(body)
+            env: Any = _ENVELOPE.decode(body)  # a struct defined at run time (its hint fields)
             status, data = env.status, bytes(env.data)
             extras = {name: getattr(env, name) for name in _HINT_FIELDS if getattr(env, name) is not None}
             records = None if data in (b"", b"null") or data[:1] != b"[" else [bytes(r) for r in _RAW_LIST.decode(data)]
@@ -493,71 +493,87 @@ def _split_tolerant(body: bytes) -> tuple[Any, bytes, list[bytes] | None, dict[s
     Python's JSON scanner (which reads NaN, lone surrogates, and, through surrogateescape, bytes
     that are not UTF-8) walks the top-level object; each element of ``data`` is cut out by its own
     span, so every record keeps its exact bytes. Raises ValueError when the body is not JSON at all."""
-    text = body.decode("utf-8", "surrogateescape")
-    dec = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
-    n = len(text)
+    split = _TolerantSplit(body.decode("utf-8", "surrogateescape"))
+    split.run()
+    return split.status, split.data_token, split.records, split.extras
 
-    def ws(i: int) -> int:
+
+class _TolerantSplit:
+    """One walk of :func:`_split_tolerant` over ``text``: its results in the attributes."""
+
+    def __init__(self, text: str):
+        self.text, self.n = text, len(text)
+        self.dec = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
+        self.status: Any = None
+        self.data_token = b""
+        self.records: list[bytes] | None = None
+        self.extras: dict[str, Any] = {}
+
+    def run(self) -> None:
+        i = self._ws(0)
+        if not self._at(i, "{"):
+            raise ValueError("not an object")
+        i = self._ws(i + 1)
+        if self._at(i, "}"):
+            return
+        while True:
+            if not self._at(i, '"'):
+                raise ValueError("expected a key")
+            key, i = json.decoder.scanstring(self.text, i + 1)  # type: ignore[attr-defined]
+            i = self._ws(i)
+            if not self._at(i, ":"):
+                raise ValueError("expected ':'")
+            i = self._ws(self._member(key, self._ws(i + 1)))
+            if self._at(i, ","):
+                i = self._ws(i + 1)
+                continue
+            if self._at(i, "}"):
+                break
+            raise ValueError("expected ',' or '}'")
+        if self._ws(i + 1) != self.n:
+            raise ValueError("trailing data")
+
+    def _member(self, key: str, i: int) -> int:
+        """Reads the value of ``key`` at ``i``; returns where it ends."""
+        if key == api.ENVELOPE_DATA and self._at(i, "["):
+            self.data_token = b"["
+            return self._record_list(i)
+        value, j = self.dec.raw_decode(self.text, i)
+        if key == api.ENVELOPE_STATUS:
+            self.status = value
+        elif key in _HINT_FIELDS and value is not None:
+            self.extras[key] = value
+        elif key == api.ENVELOPE_DATA:
+            self.data_token = self.text[i:j].encode("utf-8", "surrogateescape")
+            self.records = None
+        return j
+
+    def _record_list(self, i: int) -> int:
+        """The records of the list at ``i``, each cut out by its own span; returns where it ends."""
+        records: list[bytes] = []
+        self.records = records
+        i = self._ws(i + 1)
+        if self._at(i, "]"):
+            return i + 1
+        while True:
+            j = _value_end(self.dec, self.text, i)
+            records.append(self.text[i:j].encode("utf-8", "surrogateescape"))
+            i = self._ws(j)
+            if self._at(i, ","):
+                i = self._ws(i + 1)
+                continue
+            if self._at(i, "]"):
+                return i + 1
+            raise ValueError("expected ',' or ']'")
+
+    def _at(self, i: int, char: str) -> bool:
+        return i < self.n and self.text[i] == char
+
+    def _ws(self, i: int) -> int:
+        text, n = self.text, self.n
         while i < n and text[i] in " \t\r\n":
             i += 1
         return i
-
-    i = ws(0)
-    if i >= n or text[i] != "{":
-        raise ValueError("not an object")
-    status: Any = None
-    data_token = b""
-    records: list[bytes] | None = None
-    extras: dict[str, Any] = {}
-    i = ws(i + 1)
-    if i < n and text[i] == "}":
-        return status, data_token, records, extras
-    while True:
-        if i >= n or text[i] != '"':
-            raise ValueError("expected a key")
-        key, i = json.decoder.scanstring(text, i + 1)
-        i = ws(i)
-        if i >= n or text[i] != ":":
-            raise ValueError("expected ':'")
-        i = ws(i + 1)
-        if key == api.ENVELOPE_DATA and i < n and text[i] == "[":
-            records = []
-            i = ws(i + 1)
-            if i < n and text[i] == "]":
-                i += 1
-            else:
-                while True:
-                    j = _value_end(dec, text, i)
-                    records.append(text[i:j].encode("utf-8", "surrogateescape"))
-                    i = ws(j)
-                    if i < n and text[i] == ",":
-                        i = ws(i + 1)
-                        continue
-                    if i < n and text[i] == "]":
-                        i += 1
-                        break
-                    raise ValueError("expected ',' or ']'")
-            data_token = b"["
-        else:
-            value, j = dec.raw_decode(text, i)
-            if key == api.ENVELOPE_STATUS:
-                status = value
-            elif key in _HINT_FIELDS and value is not None:
-                extras[key] = value
-            elif key == api.ENVELOPE_DATA:
-                data_token = text[i:j].encode("utf-8", "surrogateescape")
-                records = None
-            i = j
-        i = ws(i)
-        if i < n and text[i] == ",":
-            i = ws(i + 1)
-            continue
-        if i < n and text[i] == "}":
-            break
-        raise ValueError("expected ',' or '}'")
-    if ws(i + 1) != n:
-        raise ValueError("trailing data")
-    return status, data_token, records, extras
 
 
 def _value_end(dec: json.JSONDecoder, text: str, i: int) -> int:
@@ -606,7 +622,8 @@ def _parse_page(page: list[bytes]) -> list[Any]:
     """Every record of a page as parsed JSON: one parse of the whole page when it is all JSON (the
     common case), else record by record."""
     try:
-        return jsonutil.loads(b"[" + b",".join(page) + b"]")
+        records: list[Any] = jsonutil.loads(b"[" + b",".join(page) + b"]")
+        return records
     except (ValueError, RecursionError):
         return [_parse(r) for r in page]
 

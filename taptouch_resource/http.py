@@ -5,8 +5,9 @@ from __future__ import annotations
 import codecs
 import ssl
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
-from typing import Any, Callable
 
 import httpx
 

@@ -18,7 +18,7 @@ import msgspec
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
-def loads(data: str | bytes) -> Any:
+def loads(data: str | bytes | bytearray) -> Any:
     """Parse JSON with every non-integer number as ``Decimal`` (never through float).
 
     Raises ValueError for text that is not JSON, and for an integer of more than 4300 digits

@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -182,7 +182,7 @@ def parse_instant(value: Any) -> datetime | None:
     if at.tzinfo is None:
         return None
     try:
-        return at.astimezone(timezone.utc)
+        return at.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
 
@@ -216,7 +216,7 @@ def api_clock(timestamp: Any, *, local: float | None = None) -> datetime | None:
     local = time.time() if local is None else local
     if not math.isfinite(seconds) or not _EARLIEST_CLOCK <= seconds <= local + _CLOCK_AHEAD:
         return None
-    return datetime.fromtimestamp(math.floor(seconds), timezone.utc) - timedelta(seconds=1)
+    return datetime.fromtimestamp(math.floor(seconds), UTC) - timedelta(seconds=1)
 
 
 def iso(ts: datetime | str) -> str:
@@ -225,8 +225,8 @@ def iso(ts: datetime | str) -> str:
     if isinstance(ts, str):
         return ts
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).isoformat()
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat()
 
 
 class OrderListing:
@@ -437,4 +437,4 @@ def _utc(ts: datetime | str) -> datetime:
         if parsed is None:
             raise ValueError(f"not an ISO 8601 instant with an offset: {ts!r}")
         return parsed
-    return (ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts).astimezone(timezone.utc)
+    return (ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts).astimezone(UTC)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -21,7 +21,7 @@ from pydantic import Field
 
 from . import api
 from .auth import ClientCredentialsAuth, MerchantAuth
-from .client import TaptouchClient, check_base_url
+from .client import ClientOptions, TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats, RequestLimiter
 from .tokens import TokenPersistence
@@ -33,7 +33,7 @@ ENV_MERCHANT = "TAPTOUCH_MERCHANT"
 ENV_DATABASE_URL = "TAPTOUCH_DATABASE_URL"
 GRANTS = ("client_credentials", "authorization_code")
 
-_auth_cache: dict[tuple, ClientCredentialsAuth] = {}
+_auth_cache: dict[tuple[Any, ...], ClientCredentialsAuth] = {}
 _auth_cache_lock = threading.Lock()
 
 
@@ -52,9 +52,9 @@ def shared_auth(*, client_id: str, client_secret: str, base_url: str, scopes: tu
         auth = _auth_cache.get(key)
         if auth is None:
             store = token_store
-            common = dict(client_id=client_id, client_secret=client_secret, token_url=base_url + api.TOKEN_PATH,
-                          scopes=scopes, timeout=timeout, max_retries=max_retries, transport=transport,
-                          stats=ClientStats(), store=store)
+            common: dict[str, Any] = dict(
+                client_id=client_id, client_secret=client_secret, token_url=base_url + api.TOKEN_PATH, scopes=scopes,
+                timeout=timeout, max_retries=max_retries, transport=transport, stats=ClientStats(), store=store)
             if merchant is not None:
                 if store is None:
                     raise TaptouchConfigError(
@@ -79,7 +79,7 @@ def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
             raise TaptouchConfigError(f"{source} must not contain spaces: set it to a URL such as {api.DEFAULT_BASE_URL}.")
         parts = urlsplit(checked)
         try:
-            parts.port
+            _ = parts.port  # reading it checks it
         except ValueError:
             raise TaptouchConfigError(f"{source} has an invalid port: use https://HOST or https://HOST:PORT "
                                       f"with PORT from 1 to 65535.") from None
@@ -97,7 +97,7 @@ def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
     return checked
 
 
-class TaptouchResource(dg.ConfigurableResource):
+class TaptouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic only to type checkers
     """Taptouch API access for assets: credentials, base URL, paging, retries and rate limit.
 
     Every field is documented in the README's Settings table. A tunable left unset (None) takes the
@@ -105,30 +105,30 @@ class TaptouchResource(dg.ConfigurableResource):
     default), or the library default when the resource is used on its own.
     """
 
-    client_id: Optional[str] = Field(
+    client_id: str | None = Field(
         default=None, description="OAuth client id. Unset: the TAPTOUCH_CLIENT_ID environment variable.")
-    client_secret: Optional[str] = Field(
+    client_secret: str | None = Field(
         default=None, repr=False,
         description="OAuth client secret. Unset: TAPTOUCH_CLIENT_SECRET. Never logged or shown.")
-    base_url: Optional[str] = Field(
+    base_url: str | None = Field(
         default=None, description=f"API base URL. Unset: TAPTOUCH_BASE_URL, else {api.DEFAULT_BASE_URL}. "
                                   "https, or plain http only for loopback hosts (the sandbox).")
     scopes: list[str] = Field(default_factory=lambda: list(api.ALL_SCOPES),
                               description="OAuth scopes to request.")
     timeout: float = Field(default=60.0, description="Read timeout per request, seconds (connect: 10 s).")
     max_retries: int = Field(default=5, description="Retries per request on 429, 5xx and network errors.")
-    page_size: Optional[int] = Field(
+    page_size: int | None = Field(
         default=None, description="Records per API page, 1..500. Unset: TAPTOUCH_PAGE_SIZE, else 100.")
-    requests_per_second: Optional[float] = Field(
+    requests_per_second: float | None = Field(
         default=None, description="Request-rate limit of a run, 0: none. Unset: TAPTOUCH_REQUESTS_PER_SECOND, else 10.")
-    store_workers: Optional[int] = Field(
+    store_workers: int | None = Field(
         default=None, description="Stores fetched in parallel in a run. Unset: TAPTOUCH_STORE_WORKERS, else 4.")
     grant: str = Field(
         default="client_credentials",
         description="How the stores asset (integration.store) authenticates: 'client_credentials', or "
                     "'authorization_code' with the grant stored by `taptouch-sync authorize --merchant NAME`. "
                     "Orders and inventory always use client credentials.")
-    merchant: Optional[str] = Field(
+    merchant: str | None = Field(
         default=None, description="With grant='authorization_code': the merchant label given to "
                                   "`taptouch-sync authorize`. Unset: TAPTOUCH_MERCHANT, else 'default'.")
     share_tokens: bool = Field(
@@ -191,8 +191,7 @@ class TaptouchResource(dg.ConfigurableResource):
         auth = shared_auth(client_id=client_id, client_secret=secret, base_url=base_url,
                            scopes=scopes, timeout=timeout, max_retries=self.max_retries,
                            transport=None, token_store=token_store, merchant=merchant)
-        return TaptouchClient(
-            client_id=client_id, client_secret=secret, base_url=base_url,
-            scopes=scopes, timeout=timeout, page_size=self.page_size or api.DEFAULT_PAGE_SIZE, max_retries=self.max_retries,
-            requests_per_second=self._rate_limit(), auth=auth, limiter=limiter,
-        )
+        options = ClientOptions(timeout=timeout, page_size=self.page_size or api.DEFAULT_PAGE_SIZE,
+                                max_retries=self.max_retries, requests_per_second=self._rate_limit())
+        return TaptouchClient(client_id=client_id, client_secret=secret, base_url=base_url, scopes=scopes,
+                              options=options, auth=auth, limiter=limiter)

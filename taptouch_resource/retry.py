@@ -15,10 +15,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from email.utils import parsedate_to_datetime
-from typing import Callable, Iterator, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Retryable(Exception):
         self.rate_limited = rate_limited
 
 
-def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats: "ClientStats",
+def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats: ClientStats,
                  sleep: Callable[[float], None] | None = time.sleep) -> T:
     """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget.
     Each wait is a :func:`pause` (a server's ``Retry-After`` at most :data:`MAX_RETRY_AFTER`, a

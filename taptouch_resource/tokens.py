@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from .errors import TaptouchConfigError, TaptouchError
 
@@ -56,11 +57,11 @@ class GrantKey:
     label: str
 
     @classmethod
-    def client_credentials(cls, base_url: str, client_id: str, scopes: Sequence[str]) -> "GrantKey":
+    def client_credentials(cls, base_url: str, client_id: str, scopes: Sequence[str]) -> GrantKey:
         return cls(base_url, client_id, GRANT_CLIENT_CREDENTIALS, " ".join(sorted(set(scopes))))
 
     @classmethod
-    def merchant(cls, base_url: str, client_id: str, merchant: str) -> "GrantKey":
+    def merchant(cls, base_url: str, client_id: str, merchant: str) -> GrantKey:
         if not merchant or not merchant.strip():
             raise TaptouchConfigError("The merchant label is empty: pass --merchant NAME (any name you choose).")
         return cls(base_url, client_id, GRANT_AUTHORIZATION_CODE, merchant.strip())

@@ -11,13 +11,12 @@ import httpx
 import psycopg
 import pytest
 
-from taptouch_resource import TaptouchConfigError, TaptouchResource, api
 from pipelines import authorize as authorize_module
-from taptouch_resource.auth import ReauthorizationRequired
-from pipelines.warehouse.token_store import TokenStore
 from pipelines.authorize import AuthorizationFailed, merchant_auth, pkce_pair, s256
+from pipelines.warehouse.token_store import TokenStore
+from taptouch_resource import TaptouchConfigError, TaptouchResource, api
+from taptouch_resource.auth import ReauthorizationRequired
 from taptouch_sandbox import Sandbox, SandboxConfig
-
 from tests.support.oauth_helpers import CLIENT_ID, CLIENT_SECRET, Browser, authorize, make_store, run_authorize_command
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
 from urllib.parse import parse_qs
@@ -23,13 +23,14 @@ from taptouch_resource import (
     TaptouchProtocolError,
     TaptouchRateLimitError,
     TaptouchResource,
+    jsonutil,
 )
-from taptouch_resource import jsonutil
+from taptouch_resource.client import ClientOptions
 from taptouch_resource.retry import MIN_RETRY_AFTER, parse_retry_after
 
 SECRET = "s3cr3t-value-never-shown"
 BASE = "https://api.taptouch.test"
-T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
 
 
@@ -106,6 +107,21 @@ def test_pagination_and_decimal_exactness():
     assert total == Decimal("1000.00") and isinstance(records[0]["amount"], Decimal)
     # 10,000 records / 500 = 20 full pages, then an empty one ends it
     assert client.stats.pages == 21 and fake.token_calls == 1
+
+
+def test_tunables_come_in_options_or_as_keywords_which_override_them():
+    options = ClientOptions(page_size=3, max_pages=7)
+    fake = FakeAPI(records=[{"id": i} for i in range(5)])
+    client = make_client(fake, options=options)
+    assert [r["id"] for r in client.list_stores()] == [0, 1, 2, 3, 4]
+    assert client.stats.pages == 2 and client.page_size == 3  # 3 + 2 records: the short page ends it
+    overridden = make_client(fake, options=options, page_size=5, max_retries=1)
+    assert (overridden.page_size, overridden.max_pages, overridden.options.max_retries) == (5, 7, 1)
+    assert options.page_size == 3  # the options given are not changed
+    with pytest.raises(TypeError, match="page_sise"):
+        make_client(fake, page_sise=5)
+    with pytest.raises(TaptouchConfigError, match="page_size must be between 1 and 500"):
+        ClientOptions(page_size=501)
 
 
 def test_short_page_stops_and_params_sent():
@@ -259,7 +275,7 @@ def test_narrower_scope_is_a_clear_error():
 
 def test_retry_after_zero_waits_a_minimum_and_date_form():
     fake = FakeAPI(records=[{"id": 1}])
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = datetime.now(UTC) + timedelta(seconds=30)
     fake.faults = [
         httpx.Response(429, headers={"Retry-After": "0"}, json=envelope(None, 429, "slow down")),
         httpx.Response(429, headers={"Retry-After": format_datetime(when, usegmt=True)}, json=envelope(None, 429, "x")),

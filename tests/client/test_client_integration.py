@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ def test_every_record_arrives_exactly_despite_every_fault():
     sb = Sandbox(SandboxConfig(seed=11, stores=3, days=2, end_date=END, orders_per_day=40), faults=faulty())
     forbidden = sb.store_ids()[2]
     sb.faults.forbidden_stores = {forbidden}
-    start = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 26, tzinfo=UTC)
     end = start + timedelta(days=1)
     with sb.serve() as url:
         client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,

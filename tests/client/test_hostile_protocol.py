@@ -9,7 +9,6 @@ import socket
 import ssl
 import threading
 import time
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -22,7 +21,6 @@ from taptouch_resource import (
     TaptouchAuthError,
     TaptouchClient,
     TaptouchConfigError,
-    TaptouchError,
     TaptouchProtocolError,
 )
 

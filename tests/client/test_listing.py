@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
-from taptouch_resource import TaptouchClient
-from taptouch_resource.listing import api_clock, parse_instant
+from taptouch_resource import TaptouchClient, TaptouchProtocolError
+from taptouch_resource.listing import Page, Paginator, api_clock, parse_instant
 
-T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
 NOW = int((T1 + timedelta(hours=1)).timestamp())  # the fake API's clock (status.timestamp)
 
@@ -97,6 +98,40 @@ def test_offset_paging_would_have_skipped():
     assert 6 not in ids
 
 
+def pages_of(answers: list[Page], page_size: int = 2, max_pages: int = 10) -> tuple[list[list[bytes]], list[dict]]:
+    """What a Paginator yields over ``answers`` (one per request), and the params it asked with."""
+    asked: list[dict] = []
+
+    def fetch(params: dict) -> Page:
+        asked.append(params)
+        return answers[len(asked) - 1]
+
+    paginator = Paginator(fetch, page_size=page_size, max_pages=max_pages, what="things")
+    return list(paginator.paginate({"q": 1})), asked
+
+
+def test_the_paginator_walks_index_pages_to_the_first_short_one():
+    pages, asked = pages_of([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"5"]), Page([b"never"])])
+    assert pages == [[b"1", b"2"], [b"3", b"4"], [b"5"]]
+    assert asked == [{"q": 1, "index": i, "count": 2} for i in range(3)]
+
+
+@pytest.mark.parametrize("answers, error", [
+    ([Page([b"1", b"2", b"3"])], "page 0 holds 3 records, more than the 2 asked for"),
+    ([Page([b"1", b"2"]), Page([b"3"], more="has_more")], "page 1 is the last .* has_more=true"),
+    ([Page([b"1", b"2"]), Page([b"1", b"2"])], "page 1 is identical to page 0; the server seems to ignore"),
+    ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"1", b"2"])], "page 2 is identical to page 0; .* cycle"),
+    ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"5", b"6"])], "more than 3 pages"),
+])
+def test_the_paginator_refuses_what_the_page_rules_forbid(answers, error):
+    with pytest.raises(TaptouchProtocolError, match=error):
+        pages_of(answers, max_pages=3)
+
+
+def test_a_short_page_saying_no_more_or_a_full_page_saying_more_is_fine():
+    assert pages_of([Page([b"1", b"2"], more="has_more"), Page([])])[0] == [[b"1", b"2"], []]
+
+
 def test_many_records_at_one_instant_are_all_read():
     fake = MovingAPI({i: 10 for i in range(1, 13)} | {20: 11, 21: 12})
     listing, ids = read(fake)
@@ -127,7 +162,7 @@ def test_started_at_is_the_api_clock_floor_minus_one_second():
     fake = MovingAPI({1: 1})
     fake.timestamp = NOW + 0.9
     listing, _ = read(fake)
-    assert listing.started_at == datetime.fromtimestamp(NOW - 1, timezone.utc)
+    assert listing.started_at == datetime.fromtimestamp(NOW - 1, UTC)
     assert listing.newest == T0 + timedelta(seconds=1)
 
 
@@ -138,9 +173,32 @@ def test_a_missing_or_absurd_clock_gives_no_start(value):
 
 def test_nine_fractional_digits_floor_to_the_microsecond():
     assert parse_instant("2026-11-27T12:31:05.123456789+11:00") == datetime(2026, 11, 27, 1, 31, 5, 123456,
-                                                                           tzinfo=timezone.utc)
-    assert parse_instant("2026-11-27T12:31:05Z") == datetime(2026, 11, 27, 12, 31, 5, tzinfo=timezone.utc)
+                                                                           tzinfo=UTC)
+    assert parse_instant("2026-11-27T12:31:05Z") == datetime(2026, 11, 27, 12, 31, 5, tzinfo=UTC)
     assert parse_instant("2026-11-27T12:31:05") is None  # no offset: not an instant
+
+
+def random_chaos(fake: MovingAPI, rng: random.Random, untouched: set[int]) -> Callable[[int], None]:
+    """After each page: up to three random edits (forward in time), deletions or new orders; an
+    order edited or deleted leaves ``untouched``."""
+    next_id = [1000]
+
+    def chaos(_: int) -> None:
+        for _ in range(rng.randint(0, 3)):
+            kind = rng.random()
+            if kind < 0.4 and fake.orders:
+                oid = rng.choice(sorted(fake.orders))
+                fake.orders[oid] = max(fake.orders[oid], rng.randint(0, 60))  # edits move forward
+                untouched.discard(oid)
+            elif kind < 0.7 and fake.orders:
+                oid = rng.choice(sorted(fake.orders))
+                del fake.orders[oid]
+                untouched.discard(oid)
+            else:
+                fake.orders[next_id[0]] = rng.randint(0, 60)
+                next_id[0] += 1
+
+    return chaos
 
 
 def test_random_edits_and_deletions_during_a_listing_lose_nothing():
@@ -151,23 +209,7 @@ def test_random_edits_and_deletions_during_a_listing_lose_nothing():
         orders = {i: rng.randint(0, 30) for i in range(1, n + 1)}
         fake = MovingAPI(orders)
         untouched = set(orders)
-        next_id = [1000]
-
-        def chaos(_: int) -> None:
-            for _ in range(rng.randint(0, 3)):
-                kind = rng.random()
-                if kind < 0.4 and fake.orders:
-                    oid = rng.choice(sorted(fake.orders))
-                    fake.orders[oid] = max(fake.orders[oid], rng.randint(0, 60))  # edits move forward
-                    untouched.discard(oid)
-                elif kind < 0.7 and fake.orders:
-                    oid = rng.choice(sorted(fake.orders))
-                    del fake.orders[oid]
-                    untouched.discard(oid)
-                else:
-                    fake.orders[next_id[0]] = rng.randint(0, 60)
-                    next_id[0] += 1
-        fake.after_page = chaos
+        fake.after_page = random_chaos(fake, rng, untouched)
         listing, ids = read(fake, page_size=rng.randint(3, 6))
         assert untouched <= set(ids)
         assert listing.complete

@@ -8,8 +8,8 @@ on the way to the client (a raw JSON literal such as ``1e400`` or ``NaN`` for ``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date
-from typing import Callable
 
 import httpx
 import psycopg
@@ -29,7 +29,6 @@ from taptouch_resource.auth import (
 from taptouch_resource.errors import TaptouchAuthError, TaptouchError
 from taptouch_resource.tokens import GrantKey, InMemoryTokens, TokenResponse
 from taptouch_sandbox import Sandbox, SandboxConfig
-
 from tests.support.oauth_helpers import CLIENT_ID, CLIENT_SECRET, authorize, make_store
 
 DAY = 86400.0
@@ -169,7 +168,7 @@ def test_the_store_itself_clamps_what_any_caller_hands_it(migrated_db):
     key = GrantKey.client_credentials("https://api.example", CLIENT_ID, ["integration.store"])
     for lifetime in (1e12, float("inf"), float("nan"), -1.0):
         store.forget(key)
-        got = store.client_credentials(key, fetch=lambda: TokenResponse("tok", lifetime, ("integration.store",)))
+        got = store.client_credentials(key, fetch=lambda lifetime=lifetime: TokenResponse("tok", lifetime, ("integration.store",)))
         assert LOW <= got.lifetime <= HIGH
         access, _ = stored_lifetimes(migrated_db, key.label)
         assert LOW <= access <= HIGH
