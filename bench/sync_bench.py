@@ -71,16 +71,13 @@ def days_for(orders: int) -> int:
     return max(1, round(orders / (STORES * ORDERS_PER_DAY)))
 
 
-def utc_windows(days: int) -> list[tuple[datetime, datetime, str]]:
-    """UTC days covering every order's updated_at: local days run ahead of or behind UTC by up to a day."""
+def utc_windows(days: int) -> list:
+    """The ``OrderWindow`` of each UTC day covering every order's updated_at: local days run ahead of
+    or behind UTC by up to a day."""
+    from pipelines.sync import OrderWindow
+
     first = END_DATE - timedelta(days=days)  # the first local day's orders start the UTC day before
-    out = []
-    d = first
-    while d <= END_DATE + timedelta(days=1):
-        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
-        out.append((start, start + timedelta(days=1), d.isoformat()))
-        d += timedelta(days=1)
-    return out
+    return [OrderWindow.day(first + timedelta(days=i)) for i in range((END_DATE + timedelta(days=1) - first).days + 1)]
 
 
 def sandbox_config(days: int):
@@ -267,8 +264,8 @@ def child_api(spec: dict) -> dict:
 
     orders = rows = 0
     with ThreadPoolExecutor(max_workers=spec["workers"]) as pool:
-        for start, end, _ in windows:
-            for n, r in pool.map(lambda s: drain(s, start, end), stores):
+        for window in windows:
+            for n, r in pool.map(lambda s: drain(s, window.start, window.end), stores):
                 orders += n
                 rows += r
     wall = time.perf_counter() - t0
@@ -307,16 +304,26 @@ def _warehouse_counts(conn) -> dict:
     return out
 
 
-def _load_windows(client, db: str, windows: list, **kwargs) -> tuple[int, dict]:
-    """Every window through ``sync_orders_windows`` as the ``orders`` asset loads a ranged run:
-    (orders fetched, load counts). A store failure fails the bench."""
+def _load_windows(client, db: str, windows: list, spec: dict, *, incremental: bool = False,
+                  in_flight: int | None = None) -> tuple[int, dict]:
+    """Every window exactly as the ``orders`` asset loads a ranged run: the API's store listing for
+    the stores' time zones, then ``sync_orders_windows`` with the run's settings and sync mode
+    (incremental: ``TAPTOUCH_LOOKBACK``'s default). (orders fetched, load counts); a store failure
+    fails the bench."""
     import psycopg
-    from pipelines.sync import sync_orders_windows
+    from pipelines.settings import RunSettings
+    from pipelines.sync import FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, list_stores, sync_orders_windows
+    run_settings = RunSettings(store_workers=spec["workers"], batch_size=spec["batch_size"], page_size=PAGE_SIZE,
+                               requests_per_second=0.0)
+    with psycopg.connect(db, autocommit=True) as conn:
+        listing = list_stores(client, conn)
+    run = OrdersRun(listing.timezones, mode=Incremental(run_settings.lookback) if incremental else FULL_REFRESH,
+                    settings=run_settings, progress=lambda msg: None)
     orders, totals = 0, {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
-    for key, result in sync_orders_windows(client, lambda: psycopg.connect(db, autocommit=True), windows,
-                                           progress=lambda msg: None, **kwargs):
+    for window, result in sync_orders_windows(client, lambda: psycopg.connect(db, autocommit=True), windows, run,
+                                              in_flight=WINDOWS_IN_FLIGHT if in_flight is None else in_flight):
         if result.failures:
-            raise RuntimeError(f"window {key}: {result.failures}")
+            raise RuntimeError(f"window {window.key}: {result.failures}")
         orders += result.records
         for k in totals:
             totals[k] += getattr(result.counts, k)
@@ -332,17 +339,13 @@ def child_ours(spec: dict) -> dict:
         profiler = Profiler(interval=0.002)
         profiler.start()
     client = _client(spec["url"])
-    lookback = None
-    if spec.get("incremental"):
-        from pipelines import settings
-        lookback = settings.lookback(None)
     # pyinstrument samples the main thread only: a profile loads one window at a time, in this thread
     in_flight = 1 if profiler else spec.get("in_flight", WINDOWS_IN_FLIGHT)
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
-        orders, totals = _load_windows(client, spec["db"], utc_windows(spec["days"]), in_flight=in_flight,
-                                       max_workers=spec["workers"], batch_size=spec["batch_size"], lookback=lookback)
+        orders, totals = _load_windows(client, spec["db"], utc_windows(spec["days"]), spec,
+                                       incremental=bool(spec.get("incremental")), in_flight=in_flight)
         wall = time.perf_counter() - t0
         counts = _warehouse_counts(conn)
     if profiler:
@@ -354,10 +357,9 @@ def child_ours(spec: dict) -> dict:
 
 def _ours_run(args: tuple) -> dict:
     """One backfill run of ``ours-2runs``: its windows as the asset loads them, its own client."""
-    url, db, windows, workers, batch_size = args
+    url, db, windows, spec = args
     client = _client(url)
-    windows = [(datetime.fromisoformat(start), datetime.fromisoformat(end), key) for start, end, key in windows]
-    orders, totals = _load_windows(client, db, windows, max_workers=workers, batch_size=batch_size)
+    orders, totals = _load_windows(client, db, windows, spec)
     return {"orders": orders, "load": totals, "requests": client.stats.snapshot()["requests"]}
 
 
@@ -367,14 +369,13 @@ def child_ours_runs(spec: dict) -> dict:
     import psycopg
     from pipelines.sync import sync_stores
     client = _client(spec["url"])
-    windows = [(s.isoformat(), e.isoformat(), k) for s, e, k in utc_windows(spec["days"])]
+    windows = utc_windows(spec["days"])  # frozen dataclasses: they pickle to the spawned processes
     runs = [windows[i:i + 10] for i in range(0, len(windows), 10)]
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
         with multiprocessing.get_context("spawn").Pool(2) as pool:
-            parts = pool.map(_ours_run, [(spec["url"], spec["db"], run, spec["workers"], spec["batch_size"])
-                                         for run in runs], chunksize=1)
+            parts = pool.map(_ours_run, [(spec["url"], spec["db"], run, spec) for run in runs], chunksize=1)
         wall = time.perf_counter() - t0
         counts = _warehouse_counts(conn)
     totals = {k: sum(p["load"][k] for p in parts) for k in parts[0]["load"]}
@@ -395,8 +396,8 @@ def _dlt_source(url: str, days: int, counter: list):
             return super().send(request, **kw)
 
     windows = utc_windows(days)
-    updated_from = windows[0][0].isoformat().replace("+00:00", "Z")
-    updated_to = windows[-1][1].isoformat().replace("+00:00", "Z")
+    updated_from = windows[0].start.isoformat().replace("+00:00", "Z")
+    updated_to = windows[-1].end.isoformat().replace("+00:00", "Z")
     session = CountingSession()
     auth = OAuth2ClientCredentials(
         access_token_url=url + "/auth/v2/token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
@@ -539,75 +540,97 @@ def rate(r: dict | None, key: str = "orders") -> float:
     return r[key] / r["wall_s"] if r and r["wall_s"] else float("nan")
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _loader_volume(n: int, admin: str, base: dict, copy_spec: dict, vol_dir: Path, dbs: list[str]) -> dict:
+    """``--mode loader``: the raw COPY and the loader alone, each into a fresh warehouse."""
+    results: dict[str, dict] = {}
+    for name in ("copy", "loader"):
+        db = f"bench_{name}_{n}"
+        dbs.append(db)
+        url = fresh_database(admin, db, migrate=True)
+        spec = {**base, "db": url, "copy": copy_spec, "pages": str(vol_dir / "pages.pickle")}
+        _progress(f"[{n}] {name} ...")
+        results[name] = run_child(name, spec, vol_dir)
+        _progress(f"[{n}] {name}: {results[name]['wall_s']:.1f}s, {rate(results[name], 'rows'):,.0f} rows/s")
+    return results
+
+
+def _contender_spec(name: str, n: int, args, admin: str, base: dict, copy_spec: dict | None, vol_dir: Path,
+                    dbs: list[str]) -> dict:
+    """What the child of contender ``name`` is given: its database (fresh, or the one it re-syncs)."""
+    from pipelines.warehouse.db import libpq_url, with_database
+
+    spec = dict(base)
+    if name == "ours-serial":
+        spec["in_flight"] = 1
+    if name in ("copy", "ours", "ours-serial", "ours-2runs", "dlt"):
+        db = f"bench_{name}_{n}"
+        dbs.append(db)
+        spec["db"] = fresh_database(admin, db, migrate=name != "dlt")
+        if name == "dlt":
+            spec["dlt_dir"] = str(vol_dir / "dlt")
+            shutil.rmtree(spec["dlt_dir"], ignore_errors=True)
+    elif name in ("ours-resync", "ours-incremental"):
+        spec["incremental"] = name == "ours-incremental"
+        spec["db"] = with_database(libpq_url(admin), f"bench_ours_{n}")
+    elif name == "dlt-resync":
+        spec["db"] = with_database(libpq_url(admin), f"bench_dlt_{n}")
+        spec["dlt_dir"] = str(vol_dir / "dlt")
+    if name == "copy":
+        spec["copy"] = copy_spec
+    if name == "ours" and args.profile:
+        spec["profile"] = str(Path(args.profile).with_suffix(f".{n}.txt"))
+    return spec
+
+
+def _run_contender(name: str, n: int, days: int, spec: dict, vol_dir: Path, expected: int | None) -> dict:
+    """One contender in its child process (a fresh sandbox server for those that call the API);
+    one that loads must end holding every order the API serves."""
+    _progress(f"[{n}] {name} ...")
+    if name == "copy":
+        r = run_child(name, spec, vol_dir)
+    else:
+        with SandboxServer(days) as server:  # fresh server: every contender pays the same generation cost
+            spec["url"] = server.url
+            r = run_child(name, spec, vol_dir)
+    # Every contender that loads must hold every order the API serves: a fast wrong answer is no answer.
+    if expected and r.get("counts") and r["counts"].get("orders") != expected:
+        raise RuntimeError(f"{name} holds {r['counts'].get('orders')} orders, the API serves {expected}")
+    _progress(f"[{n}] {name}: {r['orders']:,} orders in {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+              + (f", counts {r.get('counts')}" if r.get("counts") else "")
+              + (f", load {r.get('load')}" if r.get("load") else "")
+              + (f", steps {r.get('steps')}" if r.get("steps") else ""))
+    return r
+
+
 def run_volume(n: int, args, work: Path) -> dict:
     days = days_for(n)
     admin = admin_url(args.database_url)
     results: dict[str, dict] = {}
-    wanted = args.contenders
-    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     vol_dir = work / f"v{n}"
     vol_dir.mkdir(parents=True, exist_ok=True)
     base = {"days": days, "workers": args.workers, "batch_size": args.batch_size}
     copy_spec = None
-    if "copy" in wanted or args.mode == "loader":
+    if "copy" in args.contenders or args.mode == "loader":
         t = time.perf_counter()
         pages = vol_dir / "pages.pickle" if args.mode == "loader" else None
         copy_spec = build_copy_files(days, vol_dir, pages)
-        say(f"[{n}] setup: COPY files of {copy_spec['counts']} built in {time.perf_counter() - t:.1f}s (untimed)")
-    dbs = []
+        _progress(f"[{n}] setup: COPY files of {copy_spec['counts']} built in {time.perf_counter() - t:.1f}s (untimed)")
+    dbs: list[str] = []
     try:
         if args.mode == "loader":
-            for name in ("copy", "loader"):
-                db = f"bench_{name}_{n}"
-                dbs.append(db)
-                url = fresh_database(admin, db, migrate=True)
-                spec = {**base, "db": url, "copy": copy_spec, "pages": str(vol_dir / "pages.pickle")}
-                say(f"[{n}] {name} ...")
-                results[name] = run_child(name, spec, vol_dir)
-                say(f"[{n}] {name}: {results[name]['wall_s']:.1f}s, {rate(results[name], 'rows'):,.0f} rows/s")
-            return results
+            return _loader_volume(n, admin, base, copy_spec, vol_dir, dbs)
         expected = None
         for name in [c for c in ("api", "copy", "ours", "ours-resync", "ours-incremental", "ours-serial",
-                                 "ours-2runs", "dlt", "dlt-resync") if c in wanted]:
-            spec = dict(base)
-            if name == "ours-serial":
-                spec["in_flight"] = 1
-            if name in ("copy", "ours", "ours-serial", "ours-2runs", "dlt"):
-                db = f"bench_{name}_{n}"
-                dbs.append(db)
-                spec["db"] = fresh_database(admin, db, migrate=name != "dlt")
-                if name == "dlt":
-                    spec["dlt_dir"] = str(vol_dir / "dlt")
-                    shutil.rmtree(spec["dlt_dir"], ignore_errors=True)
-            elif name in ("ours-resync", "ours-incremental"):
-                spec["incremental"] = name == "ours-incremental"
-                from pipelines.warehouse.db import libpq_url, with_database
-                spec["db"] = with_database(libpq_url(admin), f"bench_ours_{n}")
-            elif name == "dlt-resync":
-                from pipelines.warehouse.db import libpq_url, with_database
-                spec["db"] = with_database(libpq_url(admin), f"bench_dlt_{n}")
-                spec["dlt_dir"] = str(vol_dir / "dlt")
-            if name == "copy":
-                spec["copy"] = copy_spec
-            if name == "ours" and args.profile:
-                spec["profile"] = str(Path(args.profile).with_suffix(f".{n}.txt"))
+                                 "ours-2runs", "dlt", "dlt-resync") if c in args.contenders]:
+            spec = _contender_spec(name, n, args, admin, base, copy_spec, vol_dir, dbs)
             spec["expected_orders"] = expected or (results.get("api") or results.get("ours") or {}).get("orders", 0)
-            say(f"[{n}] {name} ...")
-            if name == "copy":
-                results[name] = run_child(name, spec, vol_dir)
-            else:
-                with SandboxServer(days) as server:  # fresh server: every contender pays the same generation cost
-                    spec["url"] = server.url
-                    results[name] = run_child(name, spec, vol_dir)
-            r = results[name]
-            # Every contender that loads must hold every order the API serves: a fast wrong answer is no answer.
-            if expected and r.get("counts") and r["counts"].get("orders") != expected:
-                raise RuntimeError(f"{name} holds {r['counts'].get('orders')} orders, the API serves {expected}")
-            expected = expected or (r["orders"] if name in ("api", "ours", "ours-serial", "ours-2runs") else None)
-            say(f"[{n}] {name}: {r['orders']:,} orders in {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
-                + (f", counts {r.get('counts')}" if r.get("counts") else "")
-                + (f", load {r.get('load')}" if r.get("load") else "")
-                + (f", steps {r.get('steps')}" if r.get("steps") else ""))
+            results[name] = _run_contender(name, n, days, spec, vol_dir, expected)
+            expected = expected or (results[name]["orders"] if name in ("api", "ours", "ours-serial", "ours-2runs")
+                                    else None)
         return results
     finally:
         if not args.keep_databases:
@@ -666,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_child":
         child_main(argv[1:])
         return 0
+    sys.path.insert(0, str(ROOT))
+    from pipelines import settings
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orders", type=int, nargs="+", default=[100_000], help="volume(s), e.g. 10000 100000 1000000")
     p.add_argument("--mode", choices=("sync", "loader"), default="sync")
@@ -673,13 +698,14 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["api", "copy", "ours", "ours-resync", "ours-incremental", "ours-serial", "ours-2runs",
                             "dlt", "dlt-resync"])
     p.add_argument("--database-url", help="admin URL of the Postgres server (a database per contender is created)")
-    p.add_argument("--workers", type=int, default=4, help="stores fetched in parallel (TAPTOUCH_STORE_WORKERS)")
-    p.add_argument("--batch-size", type=int, default=5000, help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)")
+    p.add_argument("--workers", type=int, default=settings.DEFAULT_STORE_WORKERS,
+                   help="stores fetched in parallel (TAPTOUCH_STORE_WORKERS)")
+    p.add_argument("--batch-size", type=int, default=settings.DEFAULT_BATCH_SIZE,
+                   help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)")
     p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--json", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     all_results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="taptouch-bench-") as tmp:
         for n in args.orders:

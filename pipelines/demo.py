@@ -145,7 +145,7 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
         # partitions are UTC days; business dates are local (up to UTC+13 here): load one more day
         first_partition = first - timedelta(days=1)
         defs.get_repository_def()  # the same code location the UI and the CLI load
-        from .assets.taptouch import inventory, orders, stores
+        stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))
 
         print("==> [1/3] stores and inventory")
         _check(dg.materialize([stores, inventory], instance=instance, resources=RESOURCES, run_config=_run_config(),

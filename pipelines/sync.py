@@ -37,13 +37,13 @@ import psycopg
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
 from taptouch_resource.retry import RETRY_STATUSES, stop_on
 
+from .settings import RunSettings
 from .warehouse import marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores, store_timezones
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE_WORKERS = 4
 WINDOWS_IN_FLIGHT = 2
 """Windows of a ranged run loaded at once (:func:`sync_orders_windows`), each in its own transaction
 on its own connection: one window's merge runs in PostgreSQL while the next one is fetched."""
@@ -113,6 +113,62 @@ def day_window(day: date | str) -> tuple[datetime, datetime]:
     d = date.fromisoformat(day) if isinstance(day, str) else day
     start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
     return start, start + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class OrderWindow:
+    """The orders with ``updated_at`` in ``[start, end)``, loaded as one transaction. ``key`` names
+    it: the ``window`` of its high-water marks, sync_log and quarantine rows (a daily partition
+    key for the ``orders`` asset)."""
+
+    key: str
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def day(cls, day: date | str) -> "OrderWindow":
+        """The UTC day ``day`` (a daily partition of ``orders``), keyed ``YYYY-MM-DD``."""
+        start, end = day_window(day)
+        return cls(start.date().isoformat(), start, end)
+
+
+@dataclass(frozen=True)
+class FullRefresh:
+    """Sync mode: every store's whole window, whatever its high-water mark (the marks record the
+    full load)."""
+
+    def __str__(self) -> str:
+        return "full refresh (high-water marks ignored)"
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Sync mode: each store from its high-water mark minus ``lookback`` (replica lag), or from the
+    window's start when it has none (:mod:`.warehouse.marks`)."""
+
+    lookback: timedelta
+
+    def __str__(self) -> str:
+        return f"incremental from each store's high-water mark, lookback {self.lookback}"
+
+
+SyncMode = Union[FullRefresh, Incremental]
+FULL_REFRESH = FullRefresh()
+
+
+@dataclass(frozen=True)
+class OrdersRun:
+    """What every window of one orders run shares: the stores and their time zones (which date
+    the orders: :attr:`StoreListing.timezones`), the sync mode, the run's settings (store workers,
+    batch size) and where progress goes. ``store_ids``: the stores to load (unset: every store of
+    ``timezones``); one whose time zone is unknown is a named, permanent failure."""
+
+    timezones: dict[int, str]
+    mode: SyncMode = FULL_REFRESH
+    settings: RunSettings = RunSettings()
+    run_id: str | None = None
+    progress: Callable[[str], None] = log.info
+    store_ids: list[int] | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,119 +377,103 @@ class _OrderFetchers:
             self._put(StoreFailed(store_id, exc))
 
 
-def _apply_event(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: str, end: datetime,
-                 say: Callable[[str], None]) -> None:
-    """Apply one fetch event to the window's load and to the result (``end``: the window's end)."""
+def _apply_event(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: OrderWindow,
+                 progress: Callable[[str], None]) -> None:
+    """Apply one fetch event to the window's load and to the result."""
     if isinstance(event, PageFetched):
         load.add_page(event.store_id, event.records)
     elif isinstance(event, StoreDone):
         complete = event.complete and event.started_at is not None and event.listed_from is not None
         load.store_listed(event.store_id, event.mark,
-                          (event.listed_from, end, event.started_at) if complete else None)
+                          (event.listed_from, window.end, event.started_at) if complete else None)
         if not event.complete:
             result.incomplete.append(event.store_id)
             log.warning("orders %s: store %s: the listing may have missed a record that moved while it was read; "
                         "what it read is loaded, and the store's high-water mark stays so the next run asks again",
-                        window, event.store_id)
+                        window.key, event.store_id)
         result.pages += event.pages
         result.records += event.orders
         result.stores_ok.append(event.store_id)
         result.per_store[event.store_id] = {"pages": event.pages, "orders": event.orders}
-        say(f"store {event.store_id}: {event.pages} pages, {event.orders} orders ({window})")
+        progress(f"store {event.store_id}: {event.pages} pages, {event.orders} orders ({window.key})")
     else:
         load.discard_store(event.store_id)
         failure = StoreFailure(event.store_id, describe(event.error), is_transient(event.error))
         result.failures.append(failure)
-        log.error("orders %s: %s", window, failure)
+        log.error("orders %s: %s", window.key, failure)
 
 
-def _known_stores(store_ids: list[int], timezones: dict[int, str], source: str,
-                  result: SyncResult) -> list[int]:
+def _known_stores(store_ids: list[int], timezones: dict[int, str], result: SyncResult) -> list[int]:
     """The stores whose time zone is known; the others become named, permanent failures."""
     for sid in store_ids:
         if sid not in timezones:
             result.failures.append(StoreFailure(
-                sid, f"store {sid} is not in {source}, so its time zone and the orders' business dates "
-                     f"are unknown", transient=False))
+                sid, f"store {sid} is not in the API's store listing, so its time zone and the orders' "
+                     f"business dates are unknown", transient=False))
     return [sid for sid in store_ids if sid in timezones]
 
 
-def _fetch_starts(conn: psycopg.Connection, client: TaptouchClient, window: str, store_ids: list[int],
-                  start: datetime, lookback: timedelta | None, result: SyncResult,
-                  say: Callable[[str], None]) -> dict[int, datetime]:
+def _fetch_starts(conn: psycopg.Connection, client: TaptouchClient, window: OrderWindow, store_ids: list[int],
+                  mode: SyncMode, result: SyncResult, progress: Callable[[str], None]) -> dict[int, datetime]:
     """Where each store's fetch starts: the window's start, or (incremental) its mark - lookback;
     counts the pages that are not requested again (orders already loaded before that point)."""
-    if lookback is None:
-        return {sid: start for sid in store_ids}
-    held = marks.read(conn, window, store_ids)
-    starts = {sid: marks.fetch_from(start, held.get(sid), lookback) for sid in store_ids}
-    later = {sid: at for sid, at in starts.items() if at > start}
-    if later:
+    if not isinstance(mode, Incremental):
+        return {sid: window.start for sid in store_ids}
+    stored_marks = marks.read(conn, window.key, store_ids)
+    starts = {sid: marks.fetch_from(window.start, stored_marks.get(sid), mode.lookback) for sid in store_ids}
+    from_mark = {sid: at for sid, at in starts.items() if at > window.start}
+    if from_mark:
         with conn.cursor() as cur:
             cur.execute("select s.store_id, count(o.order_id) from unnest(%s::bigint[], %s::timestamptz[]) as s(store_id, f)"
                         " left join taptouch.orders o on o.store_id = s.store_id and o.updated_at >= %s"
-                        " and o.updated_at < s.f group by s.store_id", (list(later), list(later.values()), start))
+                        " and o.updated_at < s.f group by s.store_id",
+                        (list(from_mark), list(from_mark.values()), window.start))
             before = dict(cur.fetchall())
-        result.incremental_stores += len(later)
+        result.incremental_stores += len(from_mark)
         result.pages_skipped += sum(n // client.page_size for n in before.values())  # whole pages only
-        say(f"orders {window}: {len(later)} of {len(store_ids)} stores from their high-water mark "
-            f"(lookback {lookback}); about {result.pages_skipped} pages not requested again")
+        progress(f"orders {window.key}: {len(from_mark)} of {len(store_ids)} stores from their high-water mark "
+                 f"(lookback {mode.lookback}); about {result.pages_skipped} pages not requested again")
     return starts
 
 
-def sync_orders_window(
-    client: TaptouchClient,
-    conn: psycopg.Connection,
-    *,
-    start: datetime,
-    end: datetime,
-    window: str,
-    store_ids: list[int] | None = None,
-    timezones: dict[int, str] | None = None,
-    run_id: str | None = None,
-    max_workers: int = DEFAULT_STORE_WORKERS,
-    batch_size: int | None = None,
-    progress: Callable[[str], None] | None = None,
-    lookback: timedelta | None = None,
-    cancel: threading.Event | None = None,
-    before_merge: Callable[[], None] | None = None,
-) -> SyncResult:
-    """Load every store's orders with ``updated_at`` in [start, end) as one transaction.
+def sync_orders_window(client: TaptouchClient, conn: psycopg.Connection, window: OrderWindow, run: OrdersRun, *,
+                       cancel: threading.Event | None = None,
+                       before_merge: Callable[[], None] | None = None) -> SyncResult:
+    """Load the orders of ``window`` of every store of ``run`` as one transaction.
 
-    ``lookback`` set: incremental; each store is asked only from its high-water mark minus
-    ``lookback`` (:mod:`.warehouse.marks`). Unset: the whole window (a full refresh). Either way a
-    store's mark moves with the data, but only from a complete listing, and never past the instant
-    its listing started on the API's clock (``result.incomplete`` names the stores whose mark stayed).
+    :class:`Incremental`: each store is asked only from its high-water mark minus the lookback
+    (:mod:`.warehouse.marks`); :class:`FullRefresh`: the whole window. Either way a store's mark
+    moves with the data, but only from a complete listing, and never past the instant its listing
+    started on the API's clock (``result.incomplete`` names the stores whose mark stayed).
 
-    ``timezones`` (store id -> IANA zone, e.g. :attr:`StoreListing.timezones`) dates the orders;
-    unset, they are read from ``taptouch.stores``. ``store_ids`` defaults to every store in it.
     Stores that fail are discarded from the window and listed in ``result.failures``; everything
     else commits. An error on the database side rolls the whole window back and propagates.
 
     ``cancel`` (set by :func:`sync_orders_windows` when its caller stops): the window stops fetching
     and rolls back (:class:`WindowCancelled`) unless its merge has begun. ``before_merge`` is called
-    once everything is staged, just before the merge (:class:`OrderWindowLoad`'s ``before_merge``).
+    between the load's two steps, once everything is staged and before the merge takes its lock
+    (e.g. to wait, outside any statement, for the run's previous window to commit).
     """
     t0 = time.monotonic()
-    say = progress or log.info
-    source = "the API's store listing" if timezones is not None else "taptouch.stores"
-    timezones = store_timezones(conn) if timezones is None else timezones
     result = SyncResult()
-    store_ids = _known_stores(sorted(timezones) if store_ids is None else store_ids, timezones, source, result)
+    store_ids = _known_stores(sorted(run.timezones) if run.store_ids is None else run.store_ids, run.timezones,
+                              result)
     if not store_ids:
-        say(f"orders {window}: no stores to load")
+        run.progress(f"orders {window.key}: no stores to load")
         result.seconds = time.monotonic() - t0
         return result
-    kwargs = {"batch_size": batch_size} if batch_size else {}
-    workers = max(1, min(max_workers, len(store_ids)))
-    starts = _fetch_starts(conn, client, window, store_ids, start, lookback, result, say)
-    with _OrderFetchers(client, starts, end, workers) as fetchers, \
-            OrderWindowLoad(conn, window=window, run_id=run_id, timezones=timezones, full=lookback is None,
-                            before_merge=before_merge, **kwargs) as load:
+    workers = max(1, min(run.settings.store_workers, len(store_ids)))
+    starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
+    with _OrderFetchers(client, starts, window.end, workers) as fetchers, \
+            OrderWindowLoad(conn, window=window.key, run_id=run.run_id, timezones=run.timezones,
+                            full=isinstance(run.mode, FullRefresh), batch_size=run.settings.batch_size) as load:
         for event in fetchers.events(store_ids, cancel):
-            _apply_event(event, load, result, window, end, say)
+            _apply_event(event, load, result, window, run.progress)
         _check(cancel)
-        result.counts = load.finish()
+        load.close_staging()  # staged; no lock is held yet
+        if before_merge is not None:
+            before_merge()
+        result.counts = load.finish()  # the merge, and the commit
     for sid, sc in load.per_store.items():
         if sid in result.per_store:
             result.per_store[sid].update(inserted=sc.inserted, updated=sc.updated, unchanged=sc.unchanged,
@@ -443,17 +483,12 @@ def sync_orders_window(
     return result
 
 
-def sync_orders_windows(
-    client: TaptouchClient,
-    connect: Callable[[], psycopg.Connection],
-    windows: list[tuple[datetime, datetime, str]],
-    *,
-    in_flight: int = WINDOWS_IN_FLIGHT,
-    **kwargs,
-) -> Iterator[tuple[str, SyncResult]]:
-    """:func:`sync_orders_window` for each ``(start, end, key)`` of ``windows``, up to ``in_flight``
-    at once, each on its own connection from ``connect()`` (autocommit, as the caller would pass to
-    :func:`sync_orders_window`); yields ``(key, result)`` in the windows' order.
+def sync_orders_windows(client: TaptouchClient, connect: Callable[[], psycopg.Connection],
+                        windows: list[OrderWindow], run: OrdersRun, *,
+                        in_flight: int = WINDOWS_IN_FLIGHT) -> Iterator[tuple[OrderWindow, SyncResult]]:
+    """:func:`sync_orders_window` for each of ``windows``, up to ``in_flight`` at once, each on its
+    own connection from ``connect()`` (autocommit, as the caller would pass to
+    :func:`sync_orders_window`); yields ``(window, result)`` in the windows' order.
 
     Each window is its own transaction, exactly as when loaded one after the other; overlapping
     them only lets one window's merge (PostgreSQL's work) run while the next window is fetched and
@@ -470,52 +505,61 @@ def sync_orders_windows(
     a window loaded alone would; then the caller's exception propagates.
     """
     if in_flight <= 1 or len(windows) <= 1:
-        for start, end, key in windows:
+        for window in windows:
             with connect() as conn:
-                result = sync_orders_window(client, conn, start=start, end=end, window=key, **kwargs)
-            yield key, result
+                result = sync_orders_window(client, conn, window, run)
+            yield window, result
         return
+    yield from _WindowsInFlight(client, connect, windows, run, in_flight).results()
 
-    cancel = threading.Event()
-    ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
 
-    def load(i: int) -> SyncResult:
-        start, end, key = windows[i]
+class _WindowsInFlight:
+    """Windows of one run loaded ``in_flight`` at a time on a thread pool, their merges in order
+    (:func:`sync_orders_windows`)."""
+
+    def __init__(self, client: TaptouchClient, connect: Callable[[], psycopg.Connection],
+                 windows: list[OrderWindow], run: OrdersRun, in_flight: int):
+        self.client, self.connect, self.windows, self.run, self.in_flight = client, connect, windows, run, in_flight
+        self.cancel = threading.Event()
+        self.ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
+
+    def _load(self, i: int) -> SyncResult:
+        previous = self.ended[i - 1] if i else None
         try:
-            previous = ended[i - 1] if i else None
-            with connect() as conn:
+            with self.connect() as conn:
                 return sync_orders_window(
-                    client, conn, start=start, end=end, window=key, cancel=cancel,
-                    before_merge=None if previous is None else (lambda: _wait_for(previous, cancel)), **kwargs)
+                    self.client, conn, self.windows[i], self.run, cancel=self.cancel,
+                    before_merge=None if previous is None else (lambda: _wait_for(previous, self.cancel)))
         finally:
-            ended[i].set()
+            self.ended[i].set()
 
-    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="orders-window")
-    window_failed = False
-    try:
-        started = [(i, pool.submit(load, i)) for i in range(min(in_flight, len(windows)))]
-        following = len(started)
-        while started:
-            i, future = started.pop(0)
-            try:
-                result = future.result()
-            except BaseException as exc:
-                # the window's own error, or the calling thread interrupted while it waited
-                window_failed = future.done() and not future.cancelled() and future.exception() is exc
-                raise
-            if following < len(windows):
-                started.append((following, pool.submit(load, following)))
-                following += 1
-            yield windows[i][2], result
-    finally:
-        if not window_failed:  # the caller stopped: the windows in flight roll back
-            cancel.set()
+    def results(self) -> Iterator[tuple[OrderWindow, SyncResult]]:
+        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="orders-window")
+        window_failed = False
         try:
-            pool.shutdown(wait=True)
-        except BaseException:  # interrupted again while the windows finish: stop them now
-            cancel.set()
-            pool.shutdown(wait=True)
-            raise
+            started = [(i, pool.submit(self._load, i)) for i in range(min(self.in_flight, len(self.windows)))]
+            following = len(started)
+            while started:
+                i, future = started.pop(0)
+                try:
+                    result = future.result()
+                except BaseException as exc:
+                    # the window's own error, or the calling thread interrupted while it waited
+                    window_failed = future.done() and not future.cancelled() and future.exception() is exc
+                    raise
+                if following < len(self.windows):
+                    started.append((following, pool.submit(self._load, following)))
+                    following += 1
+                yield self.windows[i], result
+        finally:
+            if not window_failed:  # the caller stopped: the windows in flight roll back
+                self.cancel.set()
+            try:
+                pool.shutdown(wait=True)
+            except BaseException:  # interrupted again while the windows finish: stop them now
+                self.cancel.set()
+                pool.shutdown(wait=True)
+                raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -531,14 +575,16 @@ def sync_inventory(
     run_id: str | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
+    confirm_s: int | None = None,
 ) -> SyncResult:
     """Replace each store's inventory levels and upsert today's snapshot (store-local date).
 
-    ``timezones`` as for :func:`sync_orders_window` (unset: ``taptouch.stores``). Each store
+    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`; unset: ``taptouch.stores``).
+    ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:func:`load_inventory`). Each store
     commits on its own: one store failing costs the others nothing.
     """
     t0 = time.monotonic()
-    say = progress or log.info
+    progress = progress or log.info
     timezones = store_timezones(conn) if timezones is None else timezones
     store_ids = sorted(timezones) if store_ids is None else store_ids
     now = now or datetime.now(timezone.utc)
@@ -548,7 +594,7 @@ def sync_inventory(
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
             snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
             counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id,
-                                    now=now)
+                                    now=now, confirm_s=confirm_s)
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)
@@ -558,6 +604,6 @@ def sync_inventory(
         result.records += len(records)
         result.stores_ok.append(store_id)
         result.per_store[store_id] = {"products": len(records), **counts.as_dict()}
-        say(f"store {store_id}: {len(records)} inventory levels ({counts.deleted} delisted)")
+        progress(f"store {store_id}: {len(records)} inventory levels ({counts.deleted} delisted)")
     result.seconds = time.monotonic() - t0
     return result

@@ -22,8 +22,8 @@ from .. import settings
 from ..accounts import DEFAULT, Account
 from ..partitions import daily_partitions
 from .preview import PREVIEW_ROWS, markdown_preview, read_frame
-from ..sync import (WINDOWS_IN_FLIGHT, StoreListing, SyncResult, day_window, describe, is_transient, list_stores,
-                    sync_inventory, sync_orders_windows, sync_stores)
+from ..sync import (FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, OrderWindow, StoreListing, SyncMode,
+                    SyncResult, describe, is_transient, list_stores, sync_inventory, sync_orders_windows, sync_stores)
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
 from ..warehouse.budget import SharedBudget
@@ -180,25 +180,30 @@ class OrdersConfig(dg.Config):
                                   "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
 
 
+def _sync_mode(context: dg.AssetExecutionContext, config: OrdersConfig, run: RunContext) -> SyncMode:
+    """Full refresh when the run config or the run's tag asks for it; else incremental, with the
+    run config's lookback, else the run's ``TAPTOUCH_LOOKBACK``."""
+    if config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true":
+        return FULL_REFRESH
+    return Incremental(run.settings.lookback if config.lookback is None else settings.lookback(config.lookback))
+
+
 def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listing: StoreListing,
-                      keys: list[str], lookback) -> SyncResult:
+                      windows: list[OrderWindow], mode: SyncMode) -> SyncResult:
     """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
     window's merge overlaps the next one's fetching), each its own transaction; a summary per day."""
-    windows = [(*day_window(key), key) for key in keys]
-    context.log.info(f"orders: loading {len(keys)} window(s) [{windows[0][0].isoformat()}, {windows[-1][1].isoformat()})"
-                     + (f", {WINDOWS_IN_FLIGHT} at a time" if len(keys) > 1 else ""))
+    context.log.info(f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
+                     f"{windows[-1].end.isoformat()})" + (f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""))
     total = SyncResult()
-    loads = sync_orders_windows(
-        run.client, run.connect, windows, run_id=context.run.run_id, store_ids=listing.store_ids,
-        timezones=listing.timezones, max_workers=run.settings.store_workers, batch_size=run.settings.batch_size,
-        progress=context.log.info, lookback=lookback,
-    )
+    orders_run = OrdersRun(timezones=listing.timezones, mode=mode, settings=run.settings, run_id=context.run.run_id,
+                           progress=context.log.info)
+    loads = sync_orders_windows(run.client, run.connect, windows, orders_run)
     # closing: whatever stops this loop (run termination) stops the windows in flight at once
     with closing(loads):
-        for key, result in loads:
+        for window, result in loads:
             c = result.counts
             context.log.info(
-                f"orders {key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+                f"orders {window.key}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
                 f"{c.quarantined} quarantined, {len(result.stores_ok)} stores ok, {len(result.failures)} failed "
                 f"({result.seconds:.1f}s)"
             )
@@ -222,50 +227,66 @@ def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
     }
 
 
-def _order_checks(conn, keys: list[str], start: datetime, end: datetime,
-                  account: Account = DEFAULT) -> list[dg.AssetCheckResult]:
+def _quarantined_orders(cur, keys: list[str], mine: str | None) -> tuple[int, str]:
+    """(unresolved quarantined orders of the windows ``keys``, their distinct reasons)."""
+    cur.execute(
+        "select count(*), coalesce(string_agg(distinct left(reason, 120), '; '), '') from taptouch.quarantine"
+        " where entity = 'order' and \"window\" = any(%s) and resolved_at is null"
+        " and (%s::text is null or account = %s)",
+        (keys, mine, mine),
+    )
+    return cur.fetchone()
+
+
+def _arithmetic_mismatches(cur, start: datetime, end: datetime, mine: str | None) -> tuple[int, int, int]:
+    """(orders checked, Σ item totals ≠ subtotal, completed orders whose Σ payments ≠ total)."""
+    cur.execute(
+        """
+        with o as (
+            select order_id, status, subtotal, total from taptouch.orders
+            where updated_at >= %s and updated_at < %s and (%s::text is null or account = %s)
+        ),
+        items as (
+            select i.order_id, sum(i.total) as item_total from taptouch.order_items i
+            join o using (order_id) group by i.order_id
+        ),
+        pays as (
+            select p.order_id, sum(p.amount) as paid from taptouch.order_payments p
+            join o using (order_id) group by p.order_id
+        )
+        select count(*),
+               count(*) filter (where items.item_total is not null and items.item_total <> o.subtotal),
+               count(*) filter (where o.status = 'completed' and coalesce(pays.paid, 0) <> o.total)
+        from o left join items using (order_id) left join pays using (order_id)
+        """,
+        (start, end, mine, mine),
+    )
+    return cur.fetchone()
+
+
+def _future_dated_orders(cur, start: datetime, end: datetime, mine: str | None) -> tuple[int, str]:
+    """Orders dated after the moment they were loaded (a till's clock running ahead: they load, and
+    cannot hold the store's high-water mark back or forward, pipelines/warehouse/marks.py): (count,
+    the first 20 named)."""
+    cur.execute(
+        "select count(*), coalesce(string_agg(order_id::text || ' (store ' || store_id || ', ' || updated_at"
+        " || ')', ', ' order by order_id) filter (where n <= 20), '') from (select order_id, store_id, updated_at,"
+        " row_number() over (order by order_id) n from taptouch.orders where updated_at >= %s and updated_at < %s"
+        " and updated_at > loaded_at + %s and (%s::text is null or account = %s)) f",
+        (start, end, FUTURE_TOLERANCE, mine, mine),
+    )
+    return cur.fetchone()
+
+
+def _order_checks(conn, windows: list[OrderWindow], account: Account = DEFAULT) -> list[dg.AssetCheckResult]:
+    """The orders asset's three checks over the run's windows."""
     # a named account checks only its own rows; the single account, every row (all are 'default')
     mine = account.name if account.prefixed else None
+    start, end = windows[0].start, windows[-1].end
     with conn.cursor() as cur:
-        cur.execute(
-            "select count(*), coalesce(string_agg(distinct left(reason, 120), '; '), '') from taptouch.quarantine"
-            " where entity = 'order' and \"window\" = any(%s) and resolved_at is null"
-            " and (%s::text is null or account = %s)",
-            (keys, mine, mine),
-        )
-        quarantined, reasons = cur.fetchone()
-        cur.execute(
-            """
-            with o as (
-                select order_id, status, subtotal, total from taptouch.orders
-                where updated_at >= %s and updated_at < %s and (%s::text is null or account = %s)
-            ),
-            items as (
-                select i.order_id, sum(i.total) as item_total from taptouch.order_items i
-                join o using (order_id) group by i.order_id
-            ),
-            pays as (
-                select p.order_id, sum(p.amount) as paid from taptouch.order_payments p
-                join o using (order_id) group by p.order_id
-            )
-            select count(*),
-                   count(*) filter (where items.item_total is not null and items.item_total <> o.subtotal),
-                   count(*) filter (where o.status = 'completed' and coalesce(pays.paid, 0) <> o.total)
-            from o left join items using (order_id) left join pays using (order_id)
-            """,
-            (start, end, mine, mine),
-        )
-        checked, bad_subtotal, bad_paid = cur.fetchone()
-        # a record dated after the moment it was loaded (a till's clock running ahead): it loads, and
-        # cannot hold the store's high-water mark back or forward (pipelines/warehouse/marks.py)
-        cur.execute(
-            "select count(*), coalesce(string_agg(order_id::text || ' (store ' || store_id || ', ' || updated_at"
-            " || ')', ', ' order by order_id) filter (where n <= 20), '') from (select order_id, store_id, updated_at,"
-            " row_number() over (order by order_id) n from taptouch.orders where updated_at >= %s and updated_at < %s"
-            " and updated_at > loaded_at + %s and (%s::text is null or account = %s)) f",
-            (start, end, FUTURE_TOLERANCE, mine, mine),
-        )
-        future, future_ids = cur.fetchone()
+        quarantined, reasons = _quarantined_orders(cur, [w.key for w in windows], mine)
+        checked, bad_subtotal, bad_paid = _arithmetic_mismatches(cur, start, end, mine)
+        future, future_ids = _future_dated_orders(cur, start, end, mine)
     return [
         dg.AssetCheckResult(
             check_name=CHECK_QUARANTINE, asset_key=account.key("orders"), passed=quarantined == 0,
@@ -286,31 +307,33 @@ def _order_checks(conn, keys: list[str], start: datetime, end: datetime,
     ]
 
 
-def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
-    """``stores``, ``orders`` and ``inventory`` of one account: under its key prefix (none for the
-    single-account setup), in its pool, with its resource (``account.resource_key``)."""
-    group, pool, resource_key = account.group, account.pool, account.resource_key
-    resource_keys = {resource_key, "warehouse"}
-    orders_key = account.key("orders")
-    stores_sql = ("select store_id, name, status, timezone, currency from taptouch.stores"
-                  + (" where account = :account" if account.prefixed else "") + " order by store_id limit :n")
+def _resources(context, account: Account) -> tuple[TaptouchResource, PostgresResource]:
+    return getattr(context.resources, account.resource_key), context.resources.warehouse
 
-    def _resources(context) -> tuple[TaptouchResource, PostgresResource]:
-        return getattr(context.resources, resource_key), context.resources.warehouse
+
+def _asset_args(account: Account) -> dict:
+    """What every API-calling asset of ``account`` shares: its group, pool, resources and retries."""
+    return {"group_name": account.group, "kinds": KINDS, "pool": account.pool, "retry_policy": RETRY,
+            "required_resource_keys": {account.resource_key, "warehouse"}}
+
+
+def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
+    """``stores`` of one account: the only writer of ``taptouch.stores``."""
+    preview_sql = ("select store_id, name, status, timezone, currency from taptouch.stores"
+                   + (" where account = :account" if account.prefixed else "") + " order by store_id limit :n")
 
     @dg.asset(
-        key=account.key("stores"), group_name=group, kinds=KINDS, pool=pool, retry_policy=RETRY,
-        required_resource_keys=resource_keys, metadata=table_metadata("taptouch.stores"),
+        key=account.key("stores"), **_asset_args(account), metadata=table_metadata("taptouch.stores"),
         description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
     )
     def stores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Every store the token may read; upserted."""
-        taptouch, warehouse = _resources(context)
+        taptouch, warehouse = _resources(context, account)
         with step_errors():
             with run_context(taptouch, warehouse, store_api=True, account=account) as run:
                 counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
             params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
-            preview = read_frame(warehouse, stores_sql, **params)
+            preview = read_frame(warehouse, preview_sql, **params)
         return dg.MaterializeResult(metadata={
             **counts.as_dict(),
             "dagster/row_count": len(records),
@@ -318,53 +341,63 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
             "preview": markdown_preview(preview),
         })
 
+    return stores
+
+
+def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(CHECK_QUARANTINE, asset=orders_key,
+                          description="No order of the partition was quarantined (warns when some were)."),
+        dg.AssetCheckSpec(CHECK_ARITHMETIC, asset=orders_key,
+                          description="Σ item totals = subtotal; Σ payments = total for completed orders."),
+        dg.AssetCheckSpec(CHECK_FUTURE, asset=orders_key,
+                          description="No order of the partition is dated more than 5 minutes after it was "
+                                      "loaded (a till's clock running ahead; such orders load, and warn)."),
+    ]
+
+
+def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
+    """``orders`` of one account: daily partitions, each day one window (:class:`OrderWindow`)."""
+
     @dg.asset(
-        key=orders_key, group_name=group, kinds=KINDS, partitions_def=daily_partitions,
+        key=account.key("orders"), **_asset_args(account), partitions_def=daily_partitions,
         metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments",
                                 "taptouch.order_refunds"),
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
-        pool=pool, retry_policy=RETRY, required_resource_keys=resource_keys,
-        check_specs=[
-            dg.AssetCheckSpec(CHECK_QUARANTINE, asset=orders_key,
-                              description="No order of the partition was quarantined (warns when some were)."),
-            dg.AssetCheckSpec(CHECK_ARITHMETIC, asset=orders_key,
-                              description="Σ item totals = subtotal; Σ payments = total for completed orders."),
-            dg.AssetCheckSpec(CHECK_FUTURE, asset=orders_key,
-                              description="No order of the partition is dated more than 5 minutes after it was "
-                                          "loaded (a till's clock running ahead; such orders load, and warn)."),
-        ],
+        check_specs=_orders_check_specs(account.key("orders")),
         description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day, "
                     "for every store in the API's store listing, which this asset reads itself (for the stores' "
                     "time zones, i.e. business dates); it never writes taptouch.stores.",
     )
     def orders(context: dg.AssetExecutionContext, config: OrdersConfig) -> dg.MaterializeResult:
         """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
-        taptouch, warehouse = _resources(context)
-        keys = list(context.partition_keys)
-        full = config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true"
-        lookback = None if full else settings.lookback(config.lookback)
-        context.log.info("orders: full refresh (high-water marks ignored)" if full else
-                         f"orders: incremental from each store's high-water mark, lookback {lookback}")
+        taptouch, warehouse = _resources(context, account)
+        windows = [OrderWindow.day(key) for key in context.partition_keys]
         with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+            mode = _sync_mode(context, config, run)
+            context.log.info(f"orders: {mode}")
             listing = run.store_listing(context)
-            total = _load_orders_days(context, run, listing, keys, lookback)
-            range_start, _ = day_window(keys[0])
-            _, range_end = day_window(keys[-1])
+            total = _load_orders_days(context, run, listing, windows, mode)
             # a connection of its own: run.conn sat idle while the windows loaded on theirs (a
             # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
             with run.connect() as conn:
-                checks = _order_checks(conn, keys, range_start, range_end, account)
-        metadata = {**_store_metadata(total, listing), "partitions": len(keys), "pages": total.pages,
-                    "full_refresh": full, "incremental_stores": total.incremental_stores,
+                checks = _order_checks(conn, windows, account)
+        metadata = {**_store_metadata(total, listing), "partitions": len(windows), "pages": total.pages,
+                    "full_refresh": mode == FULL_REFRESH, "incremental_stores": total.incremental_stores,
                     "incomplete_stores": ", ".join(map(str, total.incomplete)) or "none",
                     "pages_skipped": total.pages_skipped, **run.api_metadata()}
         context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in run.api_metadata().items()))
-        _fail_if_stores_failed(total, f"{account.key_string('orders')} {keys[0]}..{keys[-1]}", metadata)
+        _fail_if_stores_failed(total, f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}", metadata)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
+    return orders
+
+
+def inventory_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
+    """``inventory`` of one account: current levels and today's snapshot."""
+
     @dg.asset(
-        key=account.key("inventory"), group_name=group, kinds=KINDS, pool=pool, retry_policy=RETRY,
-        required_resource_keys=resource_keys,
+        key=account.key("inventory"), **_asset_args(account),
         metadata=table_metadata("taptouch.inventory_levels", "taptouch.inventory_snapshots"),
         description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
                     "every store in the API's store listing, which this asset reads itself (for the stores' time "
@@ -372,17 +405,20 @@ def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
     )
     def inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Current stock per store, replacing the previous list; today's snapshot per product."""
-        taptouch, warehouse = _resources(context)
+        taptouch, warehouse = _resources(context, account)
         with step_errors(), run_context(taptouch, warehouse, account=account) as run:
             listing = run.store_listing(context)
-            result = sync_inventory(run.client, run.conn, store_ids=listing.store_ids,
-                                    timezones=listing.timezones, run_id=context.run.run_id, progress=context.log.info)
+            result = sync_inventory(run.client, run.conn, store_ids=listing.store_ids, timezones=listing.timezones,
+                                    run_id=context.run.run_id, progress=context.log.info,
+                                    confirm_s=run.settings.reconcile_confirm_s)
         metadata = {**_store_metadata(result, listing), **run.api_metadata()}
         _fail_if_stores_failed(result, account.key_string("inventory"), metadata)
         return dg.MaterializeResult(metadata=metadata)
 
-    return [stores, orders, inventory]
+    return inventory
 
 
-# The single-account assets (today's keys): the factory with no prefix.
-stores, orders, inventory = taptouch_assets(DEFAULT)
+def taptouch_assets(account: Account = DEFAULT) -> list[dg.AssetsDefinition]:
+    """``stores``, ``orders`` and ``inventory`` of one account: under its key prefix (none for the
+    single-account setup), in its pool, with its resource (``account.resource_key``)."""
+    return [stores_asset(account), orders_asset(account), inventory_asset(account)]

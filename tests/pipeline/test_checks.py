@@ -9,10 +9,11 @@ import psycopg
 import pytest
 
 from pipelines.checks import DRIFT_CHECK, SHAPES, drift_checks, find_drift, freshness_checks
-from pipelines.sync import sync_inventory, sync_orders_window, sync_stores
+from pipelines.sync import sync_inventory, sync_stores
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 
 def _load(db_url: str, *, extra_fields: bool) -> Sandbox:
@@ -24,7 +25,7 @@ def _load(db_url: str, *, extra_fields: bool) -> Sandbox:
     with psycopg.connect(db_url, autocommit=True) as conn:
         sync_stores(client, conn)
         now = datetime.now(timezone.utc)
-        result = sync_orders_window(client, conn, start=now - timedelta(days=3), end=now + timedelta(days=2), window="all")
+        result = load_window(client, conn, "all", now - timedelta(days=3), now + timedelta(days=2))
         assert result.counts.inserted > 0 and not result.failures
         assert not sync_inventory(client, conn).failures
     return sb

@@ -15,12 +15,14 @@ import psycopg
 import pytest
 
 from pipelines import settings
-from pipelines.assets.taptouch import inventory, orders, step_errors, stores
+from pipelines.assets.taptouch import step_errors
 from pipelines.definitions import defs
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchAPIError, TaptouchConfigError, TaptouchResource, jsonutil
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import truth
+
+stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))  # as registered
 
 ROOT = Path(__file__).resolve().parents[2]
 END = date(2026, 11, 27)

@@ -15,13 +15,15 @@ import pytest
 
 from pipelines import settings
 from pipelines.accounts import Account
-from pipelines.assets.taptouch import orders, stores
 from pipelines.cli import main
+from pipelines.definitions import defs
 from pipelines.warehouse.db import DATABASE_URL_ENV, PGDATA_ENV, EmbeddedServerError, connect, with_database
 from pipelines.warehouse.embedded import embedded_data_dir, embedded_database_url
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchConfigError, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
+
+orders, stores = (defs.get_assets_def(key) for key in ("orders", "stores"))  # as registered
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = "2026-11-25"

@@ -9,11 +9,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pipelines.assets.taptouch import orders
+from pipelines.definitions import defs
 from pipelines.settings import FULL_REFRESH_TAG, lookback
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
+
+orders = defs.get_assets_def("orders")  # the asset as the code location registers it
 
 pytestmark = pytest.mark.postgres
 

@@ -15,7 +15,6 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pipelines.assets.taptouch import inventory, orders, stores
 from pipelines.definitions import defs
 from pipelines.schedules import orders_hourly
 from pipelines.settings import FULL_REFRESH_TAG
@@ -24,6 +23,8 @@ from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchResource, jsonutil
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from tests.support import truth
+
+stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))  # as registered
 
 END = date(2026, 11, 27)
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,11 +12,12 @@ import pytest
 
 from pipelines.reconcile import RECONCILE_CRON, order_deletions, orders_reconcile_daily, reconcile_days, reconcile_orders
 from pipelines.settings import reconcile_confirm_s
-from pipelines.sync import sync_orders_window, sync_stores
+from pipelines.sync import sync_stores
 from pipelines.warehouse.resource import PostgresResource
 from pipelines.warehouse.views import apply_views
 from taptouch_resource import TaptouchClient, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def world(migrated_db):
         sync_stores(client, conn)
         now = datetime.now(timezone.utc)
         start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
-        result = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+        result = load_window(client, conn, "all", start, now + timedelta(days=2))
         assert not result.failures and result.counts.inserted > 100
         apply_views(conn)
         yield sb, client, conn
@@ -96,7 +97,7 @@ def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
     assert set(_deleted(conn)) == {gone}
     sb.restore_order(gone)  # listed again, unchanged: the loader recognises it by its digest
     start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
-    again = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+    again = load_window(client, conn, "all", start, now + timedelta(days=2))
     assert again.counts.inserted == 0 and again.counts.updated == 0
     assert _deleted(conn) == {}  # restored by the load itself, not only by the next reconciliation
 

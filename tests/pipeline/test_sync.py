@@ -8,8 +8,10 @@ from datetime import date
 import psycopg
 import pytest
 
-from pipelines.sync import (PageFetched, StoreDone, day_window, is_transient, list_stores, sync_orders_window,
-                            sync_orders_windows, sync_stores)
+from pipelines.settings import RunSettings
+from pipelines.sync import (OrdersRun, OrderWindow, PageFetched, StoreDone, day_window, is_transient, list_stores,
+                            sync_orders_window, sync_orders_windows, sync_stores)
+from pipelines.warehouse.loader import store_timezones
 from taptouch_resource import TaptouchAPIError, TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
@@ -28,9 +30,10 @@ def test_unknown_store_is_a_named_failure_and_the_rest_loads(setup):
     sync_stores(client, conn)
     start, end = day_window("2026-11-26")
     ids = sb.store_ids()
-    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26", store_ids=ids + [9999])
+    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
+                                OrdersRun(store_timezones(conn), store_ids=ids + [9999]))
     assert [f.store_id for f in result.failures] == [9999]
-    assert "not in taptouch.stores" in result.failures[0].error and not result.failures[0].transient
+    assert "9999 is not in the API's store listing" in result.failures[0].error and not result.failures[0].transient
     expected = {o["id"] for s in ids for o in sb.orders_in_window(s, start, end)}
     assert {r[0] for r in conn.execute("select order_id from taptouch.orders")} == expected
     assert result.counts.inserted == len(expected) and result.stores_ok == ids
@@ -44,7 +47,8 @@ def test_parallel_pages_with_faults_load_everything_once(setup):
     sb.faults.retry_after = "0"
     sb.faults.server_error_every = 5
     start, end = day_window("2026-11-26")
-    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26", max_workers=3, batch_size=16)
+    run = OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=3, batch_size=16))
+    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end), run)
     expected = {o["id"]: o for s in sb.store_ids() for o in sb.orders_in_window(s, start, end)}
     got = dict(conn.execute("select order_id, total from taptouch.orders").fetchall())
     assert got == {k: o["total"] for k, o in expected.items()}
@@ -60,17 +64,18 @@ def test_windows_in_flight_load_every_window_once_in_order(setup, migrated_db, i
     sb, client, conn = setup
     sync_stores(client, conn)
     days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
-    windows = [(*day_window(d), d) for d in days]
-    reported = list(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True), windows,
-                                        in_flight=in_flight, max_workers=2, batch_size=16))
-    assert [key for key, _ in reported] == days
-    expected = {o["id"]: o["total"] for s in sb.store_ids() for start, end, _ in windows
-                for o in sb.orders_in_window(s, start, end)}
+    windows = [OrderWindow.day(d) for d in days]
+    run = OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2, batch_size=16))
+    reported = list(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True), windows, run,
+                                        in_flight=in_flight))
+    assert [window.key for window, _ in reported] == days
+    expected = {o["id"]: o["total"] for s in sb.store_ids() for w in windows
+                for o in sb.orders_in_window(s, w.start, w.end)}
     assert len(expected) > 100
     assert dict(conn.execute("select order_id, total from taptouch.orders").fetchall()) == expected
     assert sum(r.counts.inserted for _, r in reported) == len(expected)
     assert [r.records for _, r in reported] == [
-        sum(len(sb.orders_in_window(s, start, end)) for s in sb.store_ids()) for start, end, _ in windows]
+        sum(len(sb.orders_in_window(s, w.start, w.end)) for s in sb.store_ids()) for w in windows]
 
 
 def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monkeypatch):
@@ -83,18 +88,20 @@ def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monk
     days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
     real, asked = sync_module.sync_orders_window, []
 
-    def window_or_outage(client_, conn_, *, window, **kwargs):
-        asked.append(window)
-        if window == "2026-11-25":
+    def window_or_outage(client_, conn_, window, run, **kwargs):
+        asked.append(window.key)
+        if window.key == "2026-11-25":
             raise psycopg.OperationalError("connection to server lost")
-        return real(client_, conn_, window=window, **kwargs)
+        return real(client_, conn_, window, run, **kwargs)
 
     monkeypatch.setattr(sync_module, "sync_orders_window", window_or_outage)
     loaded = []
     with pytest.raises(psycopg.OperationalError, match="lost"):
-        for key, _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                          [(*day_window(d), d) for d in days], in_flight=2, max_workers=2):
-            loaded.append(key)
+        for window, _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
+                                             [OrderWindow.day(d) for d in days],
+                                             OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2)),
+                                             in_flight=2):
+            loaded.append(window.key)
     # 24 and 25 start together; 26 starts when 24 is reported; 25's error then stops the run: 27 never starts
     assert loaded == ["2026-11-24"] and sorted(asked) == days[:3]
     marks = {r[0] for r in conn.execute('select distinct "window" from taptouch.sync_marks')}
@@ -118,8 +125,8 @@ def test_orders_load_with_time_zones_from_the_listing_on_a_fresh_warehouse(setup
     sb, client, conn = setup
     listing = list_stores(client)
     start, end = day_window("2026-11-26")
-    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26",
-                                store_ids=listing.store_ids + [9999], timezones=listing.timezones)
+    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
+                                OrdersRun(listing.timezones, store_ids=listing.store_ids + [9999]))
     assert [(f.store_id, f.transient) for f in result.failures] == [(9999, False)]
     assert "not in the API's store listing" in result.failures[0].error
     expected = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, start, end)}
@@ -133,8 +140,8 @@ def test_a_failing_store_is_discarded_and_named(setup):
     bad = sb.store_ids()[1]
     sb.faults.forbidden_stores = {bad}
     start, end = day_window("2026-11-26")
-    result = sync_orders_window(client, conn, start=start, end=end, window="2026-11-26",
-                                timezones=listing.timezones, max_workers=3)
+    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
+                                OrdersRun(listing.timezones, settings=RunSettings(store_workers=3)))
     assert [(f.store_id, f.transient) for f in result.failures] == [(bad, False)]
     assert "store_forbidden" in result.failures[0].error
     assert result.stores_ok == [s for s in sb.store_ids() if s != bad]

@@ -16,9 +16,10 @@ import pytest
 
 import pipelines.sync as sync_module
 from pipelines.assets import taptouch as taptouch_assets_module
-from pipelines.sync import day_window, sync_orders_windows, sync_stores
+from pipelines.settings import RunSettings
+from pipelines.sync import OrdersRun, OrderWindow, day_window, sync_orders_windows, sync_stores
 from pipelines.warehouse import marks as marks_module
-from pipelines.warehouse.loader import OrderWindowLoad
+from pipelines.warehouse.loader import OrderWindowLoad, store_timezones
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
@@ -33,7 +34,12 @@ def _client(transport) -> TaptouchClient:
 
 
 def _windows(*days):
-    return [(*day_window(d), d) for d in days]
+    return [OrderWindow.day(d) for d in days]
+
+
+def _run(conn) -> OrdersRun:
+    """Two store workers over the stores the test's sync_stores loaded."""
+    return OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2))
 
 
 @pytest.fixture
@@ -86,14 +92,13 @@ def test_an_order_edited_between_the_windows_fetches_leaves_the_quarantine_as_a_
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         reported = dict(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                            _windows(D1, D2), in_flight=2, max_workers=2))
+                                            _windows(D1, D2), _run(conn), in_flight=2))
         v2 = sb.order(x)
         quarantine = conn.execute("select \"window\", resolved_at is not null from taptouch.quarantine"
                                   " where record_key = %s", (str(x),)).fetchall()
         held = conn.execute("select updated_at, currency from taptouch.orders where order_id = %s", (x,)).fetchall()
-        checks = {c.check_name: c for c in taptouch_assets_module._order_checks(
-            conn, [D1, D2], day_window(D1)[0], day_window(D2)[1])}
-    assert edited.is_set() and set(reported) == {D1, D2}
+        checks = {c.check_name: c for c in taptouch_assets_module._order_checks(conn, _windows(D1, D2))}
+    assert edited.is_set() and {w.key for w in reported} == {D1, D2}
     if case == "newer_version_invalid":
         # the newest version (D2's) is invalid: the warehouse keeps v1 and the quarantine says so
         assert held == [(datetime.fromisoformat(v1["updated_at"]), "AUD")]
@@ -125,9 +130,9 @@ def test_a_statement_timeout_does_not_cancel_a_window_waiting_for_the_other_wind
         sync_stores(client, conn)
         reported = list(sync_orders_windows(
             client, lambda: psycopg.connect(migrated_db, autocommit=True, options="-c statement_timeout=1000"),
-            _windows(*days), in_flight=2, max_workers=2))
+            _windows(*days), _run(conn), in_flight=2))
         loaded = dict(conn.execute("select order_id, total from taptouch.orders").fetchall())
-    assert [k for k, _ in reported] == days
+    assert [w.key for w, _ in reported] == days
     expected = {o["id"]: o["total"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))}
     assert loaded == expected
 
@@ -159,7 +164,7 @@ def test_an_interrupt_stops_the_windows_in_flight_and_nothing_more_commits(sb, m
             timer.start()
             with pytest.raises(dg.DagsterExecutionInterruptedError):
                 for _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                             _windows(*days), in_flight=2, max_workers=2):
+                                             _windows(*days), _run(conn), in_flight=2):
                     pass
             asked = len(requests)
             time.sleep(0.6)

@@ -19,13 +19,14 @@ from datetime import date, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse import records
 from pipelines.warehouse.loader import OrderWindowLoad, load_stores
 from pipelines.warehouse.views import apply_views
 from taptouch_resource import TaptouchClient, jsonutil
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import factories as f
+from tests.support.windows import load_window
 
 # (created_at text, zone, the local business date a person reads off a wall clock there)
 HOSTILE = [
@@ -149,7 +150,7 @@ def _daily(conn, store_id) -> dict[date, tuple]:
 def _load_days(client, conn, days, **kw):
     for day in days:
         start, end = day_window(day)
-        result = sync_orders_window(client, conn, start=start, end=end, window=day.isoformat(), **kw)
+        result = load_window(client, conn, day.isoformat(), start, end, **kw)
         assert not result.failures
 
 

@@ -7,13 +7,14 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse.db import connect, embedded_database_url, stop_embedded_server
 from pipelines.warehouse.migrations import migrate
 from tests.support.reliability import dbfaults
 from tests.support.reliability.check import compare
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 pytestmark = pytest.mark.reliability
 
@@ -63,7 +64,7 @@ def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
                     sync_stores(client, conn)
                     for d in days:
                         s, e = day_window(d)
-                        sync_orders_window(client, conn, start=s, end=e, window=d.isoformat())
+                        load_window(client, conn, d.isoformat(), s, e)
             except psycopg.Error as exc:
                 errors.append(exc)
 

@@ -7,11 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from pipelines.sync import sync_orders_window, sync_stores
+from pipelines.sync import sync_stores
 from tests.support.reliability import schedules
 from tests.support.reliability.check import compare, reset, truth_orders
 from tests.support.reliability.dbfaults import full_range, load_all, make_client, make_sandbox
 from tests.support.reliability.schedules import FakeClock, FaultTransport
+from tests.support.windows import load_window
 
 pytestmark = pytest.mark.reliability
 CI_SCHEDULES = int(os.environ.get("RELIABILITY_SCHEDULES", "20"))
@@ -54,7 +55,7 @@ def test_stale_read_never_moves_a_row_backwards(conn):
     assert all(stale[o]["updated_at"] < truth[o]["updated_at"] for o in stale)
     transport.stale, transport.stale_active = stale, True
     for w_start in (start + timedelta(days=i) for i in range(8)):
-        r = sync_orders_window(client, conn, start=w_start, end=w_start + timedelta(days=1), window="backfill")
+        r = load_window(client, conn, "backfill", w_start, w_start + timedelta(days=1))
         assert not r.failures
     assert transport.counts["stale_read"] >= len(stale)
     diff = compare(conn, sb, start, end)

@@ -8,13 +8,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.assets.taptouch import inventory, orders, stores
+from pipelines.definitions import defs
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchConfigError, TaptouchError, TaptouchResource
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from tests.support.reliability.dbfaults import END_DATE
 
 pytestmark = pytest.mark.reliability
+
+stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))
 
 
 @pytest.mark.parametrize("secret", [None, "", "   "])

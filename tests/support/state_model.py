@@ -43,11 +43,12 @@ from psycopg import sql
 
 from pipelines import settings
 from pipelines.reconcile import reconcile_orders
-from pipelines.sync import WindowCancelled, sync_orders_window, sync_stores
+from pipelines.sync import WindowCancelled, sync_stores
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
 
 from . import truth
+from tests.support.windows import load_window
 
 DAY = 86_400
 STORES = 2
@@ -302,8 +303,8 @@ class World:
                     raise Killed("killed just before the merge")
             self.phase = f"{name}:{key}"
             try:
-                result = sync_orders_window(self.client, self.conn, start=start, end=end, window=key,
-                                            lookback=lookback, cancel=cancel, before_merge=before_merge)
+                result = load_window(self.client, self.conn, key, start, end, lookback=lookback, cancel=cancel,
+                                     before_merge=before_merge)
             except (Killed, WindowCancelled) as exc:
                 out.append(f"{key}: killed ({type(exc).__name__})")
                 self._account({})

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, sync_orders_window
+from pipelines.sync import day_window
 from pipelines.warehouse.db import libpq_url
 from pipelines.warehouse.loader import load_inventory, load_stores
 from pipelines.warehouse.migrations import migrate
@@ -24,6 +24,7 @@ from pipelines.warehouse.views import ViewConflictError, apply_views, view_sql
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import truth
+from tests.support.windows import load_window
 
 D = Decimal
 CENT = D("0.01")
@@ -54,7 +55,7 @@ def utc_days(sb: Sandbox) -> list[date]:
 
 def sync_day(client: TaptouchClient, conn: psycopg.Connection, day: date) -> None:
     start, end = day_window(day)
-    result = sync_orders_window(client, conn, start=start, end=end, window=day.isoformat(), max_workers=2)
+    result = load_window(client, conn, day.isoformat(), start, end, store_workers=2)
     assert not result.failures, result.failures
 
 

@@ -16,12 +16,13 @@ import psycopg
 import pytest
 
 from pipelines.reconcile import order_deletions, reconcile_orders
-from pipelines.sync import sync_orders_window, sync_stores
+from pipelines.sync import sync_stores
 from pipelines.warehouse import deletions
 from pipelines.warehouse.loader import _LOCK_ORDERS
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 pytestmark = pytest.mark.postgres
 
@@ -82,7 +83,7 @@ def small(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=6)
-        assert not sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all").failures
+        assert not load_window(client, conn, "all", start, now + timedelta(days=2)).failures
         assert _live(conn, store) == sorted(keep) and len(keep) == 3
         yield sb, tamper, client, conn, store
 
@@ -97,7 +98,7 @@ def world(migrated_db):
         sync_stores(client, conn)
         now = datetime.now(timezone.utc)
         start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
-        result = sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+        result = load_window(client, conn, "all", start, now + timedelta(days=2))
         assert not result.failures and result.counts.inserted > 100
         yield sb, tamper, client, conn
 
@@ -211,7 +212,7 @@ def test_an_unparseable_record_counts_as_listed(world):
     assert _deleted(conn) == set() and _candidates(conn) == set()
     # the hook really served them broken: the orders loader quarantines both
     start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
-    sync_orders_window(client, conn, start=start, end=now + timedelta(days=2), window="all")
+    load_window(client, conn, "all", start, now + timedelta(days=2))
     keys = {r[0] for r in conn.execute("select record_key from taptouch.quarantine where entity = 'order'")}
     assert {str(as_string), str(bad_utf8)} <= keys
 
@@ -403,10 +404,10 @@ def test_a_complete_orders_listing_is_the_first_of_the_two(world):
                            (store, day - timedelta(days=2))).fetchone()[0]  # still listed, but not in range
     conn.execute("insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at)"
                  " values (%s, %s, %s, %s)", (outside, store, now, now))
-    result = sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all")
+    result = load_window(client, conn, "all", day, now + timedelta(days=2))
     assert not result.failures and not result.incomplete
     assert _candidates(conn) == {gone, outside} and _deleted(conn) == set()  # recorded, nothing deleted
-    again = sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all")
+    again = load_window(client, conn, "all", day, now + timedelta(days=2))
     assert not again.failures and _deleted(conn) == set()  # a second bounded listing still does not confirm
     reconciled = reconcile_orders(client, conn, days=7, now=now + HOUR + timedelta(minutes=1))
     assert not reconciled.failures and _deleted(conn) == {gone}
@@ -425,7 +426,7 @@ def test_the_hour_between_two_listings_is_timed_by_one_clock(world, skew):
     sb.delete_order(gone)
     sb.faults.clock_skew = skew
     day = now - timedelta(days=2)
-    assert not sync_orders_window(client, conn, start=day, end=now + timedelta(days=2), window="all").failures
+    assert not load_window(client, conn, "all", day, now + timedelta(days=2)).failures
     # a clock 2 h behind is believed (and its listing judged); one 10 years ahead is not, so that
     # listing proves nothing (no candidate) and the reconciliations below start the wait
     assert _candidates(conn) == ({gone} if skew < 0 else set())

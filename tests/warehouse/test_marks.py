@@ -10,10 +10,11 @@ import httpx
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse import marks
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 pytestmark = pytest.mark.postgres
 
@@ -69,7 +70,7 @@ def test_an_edit_during_the_listing_skips_no_order(migrated_db):
     sb, client = make(clock, wrap=wrap)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        result = sync_orders_window(client, conn, start=START, end=END, window=DAY)
+        result = load_window(client, conn, DAY, START, END)
         assert edited and result.incomplete == []
         assert held(conn) == truth(sb)  # every order, the edited one in its new version
         assert conn.execute("select status from taptouch.orders where order_id = %s", (edited[0],)).fetchone() == (
@@ -88,14 +89,14 @@ def test_a_future_dated_order_does_not_freeze_the_store(migrated_db):
     assert max(t(o["updated_at"]) for o in day) > START + timedelta(hours=22)  # future-dated records
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        sync_orders_window(client, conn, start=START, end=END, window=DAY, lookback=LOOKBACK)
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         assert held(conn) == truth(sb)  # the future-dated orders loaded too
         assert mark_of(conn, sid) == START + timedelta(hours=16, minutes=59, seconds=59)
 
         early = next(o for o in day if t(o["updated_at"]) < START + timedelta(hours=10))
         clock[0] = (START + timedelta(hours=18)).timestamp()
         sb.edit_order(early["id"], status="voided", updated_at=(START + timedelta(hours=17, minutes=30)).isoformat())
-        sync_orders_window(client, conn, start=START, end=END, window=DAY, lookback=LOOKBACK)
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         assert conn.execute("select status from taptouch.orders where order_id = %s", (early["id"],)).fetchone() == (
             "voided",)
         assert held(conn) == truth(sb)
@@ -119,7 +120,7 @@ def test_no_api_clock_no_mark(migrated_db):
     sb, client = make(clock, wrap=wrap)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        sync_orders_window(client, conn, start=START, end=END, window=DAY, lookback=LOOKBACK)
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         assert held(conn) == truth(sb)
         assert mark_of(conn, sb.store_ids()[0]) is None
 
@@ -130,7 +131,7 @@ def test_an_incomplete_listing_loads_what_it_read_and_keeps_the_mark(migrated_db
     sid = sb.store_ids()[0]
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        sync_orders_window(client, conn, start=START, end=END, window=DAY, lookback=LOOKBACK)
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         before = mark_of(conn, sid)
         assert before is not None
         clock[0] += 7200
@@ -140,7 +141,7 @@ def test_an_incomplete_listing_loads_what_it_read_and_keeps_the_mark(migrated_db
 
         real = client.iter_order_record_pages
         monkeypatch.setattr(client, "iter_order_record_pages", lambda *a, **kw: _Wrapped(real(*a, **kw)))
-        result = sync_orders_window(client, conn, start=START, end=END, window=DAY, lookback=LOOKBACK)
+        result = load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         assert result.incomplete == [sid]
         assert t(held(conn)[oid]) == newer  # what it read is loaded
         assert mark_of(conn, sid) == before  # but the mark did not move

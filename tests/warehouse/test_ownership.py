@@ -10,10 +10,11 @@ from datetime import date
 import psycopg
 import pytest
 
-from pipelines.sync import day_window, list_stores, sync_orders_window, sync_stores
+from pipelines.sync import day_window, list_stores, sync_stores
 from pipelines.warehouse.loader import OrderWindowLoad
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 pytestmark = pytest.mark.postgres
 
@@ -42,7 +43,7 @@ def test_the_first_account_owns_a_store_and_the_other_skips_it(sandbox, migrated
     with session(migrated_db, "north") as north, session(migrated_db, "south") as south:
         sync_stores(client, north)
         listing = list_stores(client, north)
-        sync_orders_window(client, north, start=START, end=END, window=DAY, timezones=listing.timezones)
+        load_window(client, north, DAY, START, END, timezones=listing.timezones)
 
         caplog.set_level(logging.WARNING)
         counts, records = sync_stores(client, south)  # south is granted the same stores
@@ -52,7 +53,7 @@ def test_the_first_account_owns_a_store_and_the_other_skips_it(sandbox, migrated
         text = caplog.text
         assert all(f"store {sid} skipped: account 'south' lists it, but account 'north'" in text
                    for sid in sandbox.store_ids())
-        result = sync_orders_window(client, south, start=START, end=END, window=DAY, timezones=theirs.timezones)
+        result = load_window(client, south, DAY, START, END, timezones=theirs.timezones)
         assert result.counts.rows == 0
         accounts = north.execute("select account, count(*) from taptouch.orders group by account").fetchall()
         assert accounts == [("north", len(sandbox.orders_in_window(sandbox.store_ids()[0], START, END))
@@ -65,7 +66,7 @@ def test_an_order_and_its_children_carry_one_account(sandbox, migrated_db):
     with session(migrated_db, "north") as north, session(migrated_db, "south") as south:
         sync_stores(client, north)
         tz = list_stores(client, north).timezones
-        sync_orders_window(client, north, start=START, end=END, window=DAY, timezones=tz)
+        load_window(client, north, DAY, START, END, timezones=tz)
         order = sandbox.orders_in_window(sid, START, END)[0]
         edited = sandbox.edit_order(order["id"], status="refunded")
         # another account's load of the edited order (as before ownership, or a store moved by hand)
@@ -87,7 +88,7 @@ def test_a_store_whose_orders_another_account_loaded_first_is_theirs(sandbox, mi
     client = client_of(sandbox)
     with session(migrated_db, "north") as north, session(migrated_db, "south") as south:
         tz = list_stores(client, north).timezones  # no store rows yet
-        sync_orders_window(client, north, start=START, end=END, window=DAY, timezones=tz)
+        load_window(client, north, DAY, START, END, timezones=tz)
         assert list_stores(client, south).foreign == {sid: "north" for sid in sandbox.store_ids()}
         counts, records = sync_stores(client, south)
         assert records == [] and north.execute("select count(*) from taptouch.stores").fetchone() == (0,)

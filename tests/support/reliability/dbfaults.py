@@ -20,13 +20,14 @@ from datetime import date, datetime, timedelta, timezone
 
 import psycopg
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse.db import connect
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
 from .check import Diff, compare, reset
+from tests.support.windows import load_window
 
 END_DATE = date(2026, 11, 27)
 
@@ -56,7 +57,7 @@ def load_all(client: TaptouchClient, conn: psycopg.Connection) -> None:
     sync_stores(client, conn)
     for d in days():
         s, e = day_window(d)
-        r = sync_orders_window(client, conn, start=s, end=e, window=d.isoformat())
+        r = load_window(client, conn, d.isoformat(), s, e)
         assert not r.failures, r.failures
 
 
@@ -109,7 +110,7 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         def run() -> None:
             s, e = day_window(day)
             try:
-                sync_orders_window(client, victim, start=s, end=e, window=day.isoformat())
+                load_window(client, victim, day.isoformat(), s, e)
             except BaseException as exc:  # noqa: BLE001 - inspected below
                 errors.append(exc)
 
@@ -132,7 +133,7 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         outcome.rows_after_failure = snapshot(conn)
         s, e = day_window(day)
         with connect(db_url, autocommit=True) as again:
-            sync_orders_window(client, again, start=s, end=e, window=day.isoformat())
+            load_window(client, again, day.isoformat(), s, e)
         outcome.diff = compare(conn, sb, *full_range())
     client.close()
     return outcome
@@ -179,7 +180,7 @@ def concurrent_runs(db_url: str, seed: int = 5) -> ConcurrencyOutcome:
         client = make_client(sb, page_size=rng.choice([7, 50]))
         try:
             with connect(db_url, autocommit=True) as c:
-                r = sync_orders_window(client, c, start=start, end=end, window=label, batch_size=rng.choice([5, 500]))
+                r = load_window(client, c, label, start, end, batch_size=rng.choice([5, 500]))
             with lock:
                 out.runs += 1
                 out.inserted += r.counts.inserted

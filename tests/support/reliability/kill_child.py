@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from datetime import date, timedelta
 
-from pipelines.sync import day_window, sync_orders_window, sync_stores
+from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse.db import connect
 from taptouch_resource import TaptouchClient
+from tests.support.windows import load_window
 
 
 def main(argv: list[str]) -> int:
@@ -25,8 +26,7 @@ def main(argv: list[str]) -> int:
         day = date.fromisoformat(first)
         while day < date.fromisoformat(last):
             start, end = day_window(day)
-            sync_orders_window(client, conn, start=start, end=end, window=day.isoformat(), batch_size=15,
-                               max_workers=3)
+            load_window(client, conn, day.isoformat(), start, end, batch_size=15, store_workers=3)
             day += timedelta(days=1)
     print("done", flush=True)
     return 0

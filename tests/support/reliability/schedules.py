@@ -33,7 +33,7 @@ from typing import Any, Callable
 import httpx
 import psycopg
 
-from pipelines.sync import sync_inventory, sync_orders_window, sync_stores
+from pipelines.sync import sync_inventory, sync_stores
 from pipelines.warehouse import records
 from taptouch_resource import TaptouchClient, TaptouchError, api, jsonutil
 from taptouch_resource.api import InvalidRecord
@@ -43,6 +43,7 @@ from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from taptouch_sandbox.data import recompute_order
 
 from .check import Diff, compare, reset
+from tests.support.windows import load_window
 
 END_DATE = date(2026, 11, 27)
 MAX_STEP_ATTEMPTS = 12  # a window re-run this many times (Dagster's RetryPolicy, generously)
@@ -252,8 +253,8 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
     def sync_windows(ws) -> None:
         for s, e, label in ws:
             for attempt in range(MAX_STEP_ATTEMPTS):
-                r = sync_orders_window(client, conn, start=s, end=e, window=label,
-                                       max_workers=rng.randint(1, 4), batch_size=rng.choice([3, 20, 5000]))
+                r = load_window(client, conn, label, s, e, store_workers=rng.randint(1, 4),
+                                batch_size=rng.choice([3, 20, 5000]))
                 if not r.failures:
                     break
                 result.step_retries += 1
