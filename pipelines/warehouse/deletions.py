@@ -10,7 +10,6 @@ docs/operating.md, "Deletions and restores".
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -19,10 +18,11 @@ from typing import Any, Iterable
 import psycopg
 
 from . import records
+from .merge import ORDERS
 
 log = logging.getLogger(__name__)
 
-LOCK_ORDERS = zlib.crc32(b"taptouch.orders.merge")  # = loader._LOCK_ORDERS (no import cycle)
+LOCK_ORDERS = ORDERS.lock_key  # the orders merge lock (MergeSpec ORDERS)
 
 MASS_SHARE = Decimal("0.10")
 MASS_FLOOR = 2
@@ -156,18 +156,7 @@ def judge_listing(
     result.live = len(live)
     missing = [oid for oid in live if oid not in listed]
     result.missing = missing
-    # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
-    # wait now: the interval is never shortened, and never made endless, by a clock step
-    cur.execute("update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s"
-                " and first_missing_at > %s", (now, store_id, now))
-    if listed_to is None:
-        cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
-                    (store_id,))
-    else:  # a bounded listing speaks only for the candidates whose order lies in its range
-        cur.execute("select c.order_id, c.first_missing_at from taptouch.deletion_candidates c join taptouch.orders o"
-                    " using (order_id) where c.store_id = %s and o.updated_at >= %s and o.updated_at < %s",
-                    (store_id, listed_from, bound))
-    held = dict(cur.fetchall())
+    held = _candidates_in_range(cur, store_id, listed_from, bound, bounded=listed_to is not None, now=now)
     # candidates no longer missing here (listed, moved out of range, deleted): not confirmed, dropped
     gone = sorted(set(held) - set(missing))
     if gone:
@@ -180,24 +169,55 @@ def judge_listing(
     ripe = [] if listed_to is not None else [oid for oid in missing if oid in held and now - held[oid] >= due]
     result.waiting = [oid for oid in missing if oid in held and oid not in ripe]
     result.candidates = [oid for oid in missing if oid not in held]
+    _record_missing(cur, result, now=now, started_at=started_at, seen_by=seen_by)
+    listed_n = len(listed) if listed_count is None else listed_count
+    _confirm(cur, result, ripe, listed=listed_n, mass_confirmed=mass_confirmed, now=now)
+    return result
+
+
+def _candidates_in_range(cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime, *,
+                         bounded: bool, now: datetime) -> dict[int, datetime]:
+    """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
+    them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
+    # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
+    # wait now: the interval is never shortened, and never made endless, by a clock step
+    cur.execute("update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s"
+                " and first_missing_at > %s", (now, store_id, now))
+    if not bounded:
+        cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
+                    (store_id,))
+    else:  # a bounded listing speaks only for the candidates whose order lies in its range
+        cur.execute("select c.order_id, c.first_missing_at from taptouch.deletion_candidates c join taptouch.orders o"
+                    " using (order_id) where c.store_id = %s and o.updated_at >= %s and o.updated_at < %s",
+                    (store_id, listed_from, bound))
+    return dict(cur.fetchall())
+
+
+def _record_missing(cur: psycopg.Cursor, result: Judgement, *, now: datetime, started_at: datetime,
+                    seen_by: str | None) -> None:
+    """New candidates recorded (first missed now); waiting ones stamped missed again now."""
     if result.candidates:
         cur.executemany(
             "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
             " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, %s) on conflict (order_id) do nothing",
-            [(oid, store_id, now, now, started_at, seen_by) for oid in result.candidates])
+            [(oid, result.store_id, now, now, started_at, seen_by) for oid in result.candidates])
     if result.waiting:
         cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
                     (now, result.waiting))
-    listed_n = len(listed) if listed_count is None else listed_count
-    if ripe and unusual_share(len(ripe), len(live), listed_n) and not mass_confirmed:
+
+
+def _confirm(cur: psycopg.Cursor, result: Judgement, ripe: list[int], *, listed: int, mass_confirmed: bool,
+             now: datetime) -> None:
+    """Mark the ``ripe`` candidates deleted, unless they are an unusual share of the live orders in
+    range (:func:`unusual_share`) and no operator confirmed it: then they stay candidates, refused."""
+    if ripe and unusual_share(len(ripe), result.live, listed) and not mass_confirmed:
         result.refused = ripe
         cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
                     (now, ripe))
         log.error("%s", result.refusal)
-        return result
+        return
     if ripe:
         cur.execute("update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
                     " returning order_id", (now, ripe))
         result.deleted = sorted(r[0] for r in cur.fetchall())
         cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ripe,))
-    return result

@@ -1,36 +1,20 @@
-"""The exact, idempotent loader: API records -> ``taptouch.*`` tables.
+"""The exact, idempotent loader: API records -> ``taptouch.*`` tables, in two steps.
 
-How a load works (orders; stores and inventory follow the same pattern):
-
-1. Records arrive page by page, as the exact bytes the API sent (or as parsed dicts, which are
-   serialised exactly). Each passes the record boundary (:mod:`.records`); a record that breaks a
-   rule goes to ``taptouch.quarantine`` with its reason and raw form, and costs no other record its
-   load. A value the boundary let through and PostgreSQL still refuses in COPY costs only its own
-   record too: the batch is retried record by record under savepoints and the refused one is
-   quarantined with PostgreSQL's reason.
-2. Valid rows are buffered and COPYed (psycopg 3 ``COPY``) in batches into temporary staging
-   tables, so memory is bounded by the batch size, never by the window.
-3. ``finish()`` reduces duplicates (newest ``updated_at`` at the precision the API sent it, kept
-   exactly in ``updated_at_exact``, then last seen), merges with
-   ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` the staged version is newer (or the same
-   version with different content), and replaces the items, payments and refunds of exactly the
-   orders whose version was accepted. Everything from the first staged row to the merge is one
-   transaction: a window commits whole or not at all.
-4. Merges of concurrent loads are serialised by a transaction-scoped advisory lock, and rows are
-   written in key order, so two runs of the same window never deadlock or duplicate.
-
-A record quarantined today is loaded normally once the source serves a valid version (usually
-with a later ``updated_at``); its quarantine row is then stamped ``resolved_at`` and kept as history.
+**Stage**: each record passes the record boundary (:mod:`.records`; a bad one is quarantined) and
+its rows are COPYed in batches into temporary tables. **Merge**: duplicates reduced, then
+:mod:`.merge`'s recipe under the table's lock (newest version wins; an order's children follow).
+Both steps are one transaction. An orders window's caller sequences them
+(:meth:`OrderWindowLoad.close_staging`, then :meth:`OrderWindowLoad.finish`) and may wait between
+them. The guarantees: docs/warehouse.md, "Loader guarantees".
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable
 
 import psycopg
 from psycopg import sql
@@ -40,13 +24,14 @@ import msgspec
 from taptouch_resource.api import InvalidRecord
 
 from . import deletions, derived, marks, records
+from .merge import (INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 5000
-_LOCK_ORDERS = zlib.crc32(b"taptouch.orders.merge")
-_LOCK_STORES = zlib.crc32(b"taptouch.stores.merge")
-_LOCK_INVENTORY = zlib.crc32(b"taptouch.inventory.merge")
+_LOCK_ORDERS = ORDERS.lock_key
+_LOCK_STORES = STORES.lock_key
+_LOCK_INVENTORY = INVENTORY.lock_key
 
 ORDER_COLS = records.ORDER_COLS
 ITEM_COLS = records.ITEM_COLS
@@ -54,9 +39,6 @@ PAYMENT_COLS = records.PAYMENT_COLS
 REFUND_COLS = records.REFUND_COLS
 STORE_COLS = records.STORE_COLS
 INVENTORY_COLS = records.INVENTORY_COLS
-_STAGED_ORDER_COLS = ORDER_COLS + ("updated_at_exact", "raw", "raw_hash")
-# an older row (loaded before migration 0005) has no exact version: its microsecond instant stands in
-_EXACT = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
 
 
 class UnknownStoreError(RuntimeError):
@@ -87,76 +69,6 @@ class LoadCounts:
         return asdict(self)
 
 
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _copy(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterable[tuple]) -> None:
-    stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
-    with cur.copy(stmt) as cp:
-        for r in rows:
-            cp.write_row(r)
-
-
-def _line(row: tuple) -> str:
-    """One row as a line of COPY's text format, without the newline, for values that need no escaping:
-    ``int``, ``Decimal`` (finite), ``date`` and text holding no backslash, tab, newline or carriage
-    return (None is ``\\N``). What psycopg's text dumpers write for the same values."""
-    return "\t".join(["\\N" if v is None else str(v) for v in row])
-
-
-def _copy_parts(cur: psycopg.Cursor, table: str, cols: Sequence[str], parts: list) -> None:
-    """COPY a mix of pre-formatted text lines (str) and lists of row tuples (psycopg formats them)."""
-    stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
-    with cur.copy(stmt) as cp:
-        text: list[str] = []
-        for part in parts:
-            if part.__class__ is str:
-                text.append(part)
-                if len(text) >= 1000:
-                    cp.write("".join(text))
-                    text = []
-            else:
-                for r in part:
-                    cp.write_row(r)
-        if text:
-            cp.write("".join(text))
-
-
-def _is_data_error(exc: psycopg.Error) -> bool:
-    """PostgreSQL refused a value (a record's fault), as opposed to a lost connection, a crash, a
-    deadlock or a cancel (the infrastructure's fault, which must fail the load)."""
-    state = exc.sqlstate or ""
-    return bool(state) and not state.startswith(("08", "40", "53", "57", "58", "XX", "25"))
-
-
-class _Quarantine:
-    def __init__(self, entity: str, window: str | None, run_id: str | None):
-        self.entity = entity
-        self.window = window
-        self.run_id = run_id
-        self.rows: list[tuple] = []
-
-    def add(self, raw: Any, reason: str, store_id: int | None) -> None:
-        candidate, text = records.quarantine_forms(raw)
-        key = records.record_key(self.entity, raw)
-        reason = reason[:2000].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-        self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id))
-        log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)
-
-    def flush(self, cur: psycopg.Cursor) -> None:
-        # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
-        # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
-        if self.rows:
-            cur.executemany(
-                "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, \"window\", run_id)"
-                " select e, k, s, r, j, case when j is null then t end, w, u from (select %s::text e, %s::text k,"
-                " %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j, %s::text t, %s::text w, %s::text u) x",
-                self.rows,
-            )
-            self.rows = []
-
-
 def _sync_log(cur, entity: str, store_id: int | None, window: str | None, run_id: str | None,
               started_at: datetime, counts: LoadCounts) -> None:
     cur.execute(
@@ -167,14 +79,9 @@ def _sync_log(cur, entity: str, store_id: int | None, window: str | None, run_id
     )
 
 
-def _set_list(cols: Sequence[str], skip: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(
-        sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in skip
-    )
-
-
-def _ids(cols: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(map(sql.Identifier, cols))
+def _raw_text(row: tuple) -> bytes:
+    """The raw record of a staged store or inventory row (its last column)."""
+    return row[-1].encode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +106,29 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
     ``history=False``: no ``sync_log`` row (``taptouch-sync rebuild`` retrying quarantined stores)."""
     started = datetime.now(timezone.utc)
     counts = StoreLoadCounts()
-    quarantine = _Quarantine("store", None, run_id)
+    quarantine = Quarantine("store", None, run_id)
+    rows = _newest_stores(records_, quarantine, counts)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("create temp table stage_stores (like taptouch.stores including defaults) on commit drop")
+        refused = copy_or_quarantine(cur, rows, lambda rs: copy_rows(cur, "stage_stores", STORES.cols, rs),
+                                     quarantine, lambda r: (_raw_text(r), None))
+        counts.quarantined += len(refused)
+        STORES.take_lock(cur)
+        cur.execute("create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
+                    " where store_id in (select store_id from stage_stores)")
+        STORES.merge(cur, "stage_stores", into="merged_stores")
+        counts.inserted, counts.updated, counts.unchanged = STORES.merged_counts(cur, "merged_stores", "stage_stores")
+        counts.business_dates_rederived = _follow_zone_changes(cur)
+        quarantine.flush(cur)
+        STORES.resolve_quarantine(cur, "stage_stores")
+        if history:
+            _sync_log(cur, "stores", None, None, run_id, started, counts)
+    return counts
+
+
+def _newest_stores(records_: Iterable[Any], quarantine: Quarantine, counts: LoadCounts) -> list[tuple]:
+    """The staged rows of the valid store records, one per store (the newest, then the last seen), in
+    store order; the others quarantined."""
     rows: dict[int, tuple] = {}
     seen = 0
     for raw in records_:
@@ -214,80 +143,28 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
         if prev is None or key >= prev[len(STORE_COLS)]:
             rows[row[0]] = row + (key, text)
     counts.duplicates = seen - len(rows)
-    cols = STORE_COLS + ("updated_at_exact", "raw")
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(sql.SQL("create temp table stage_stores (like taptouch.stores including defaults) on commit drop"))
-        _copy_or_quarantine(cur, "stage_stores", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
-                            lambda r: (r[-1].encode("utf-8"), None))
-        cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_STORES,))
-        cur.execute("create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
-                    " where store_id in (select store_id from stage_stores)")
-        cur.execute(sql.SQL(
-            "insert into taptouch.stores as t ({cols}) select {cols} from stage_stores order by store_id "
-            "on conflict (store_id) do update set {sets}, loaded_at = now() "
-            "where excluded.updated_at_exact > " + _EXACT + " "
-            "or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw is distinct from t.raw) "
-            "returning (xmax = 0)"
-        ).format(cols=_ids(cols), sets=_set_list(cols, ("store_id",))))
-        flags = [r[0] for r in cur.fetchall()]
-        counts.inserted = sum(flags)
-        counts.updated = len(flags) - counts.inserted
-        cur.execute("select count(*) from stage_stores")
-        counts.unchanged = cur.fetchone()[0] - len(flags)
-        # business dates follow the zone: stores accepted with a zone the warehouse did not hold
-        cur.execute("select s.store_id, b.timezone, s.timezone from taptouch.stores s join stage_stores g using (store_id)"
-                    " left join zones_before b using (store_id) where s.timezone is distinct from b.timezone"
-                    " order by s.store_id")
-        moved = cur.fetchall()
-        if moved:
-            cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))  # no orders merge between read and write
-            counts.business_dates_rederived = derived.rederive_business_dates(cur, [m[0] for m in moved])
-            for store_id, before, after in moved:
-                if before is not None:
-                    log.warning("store %s: time zone %s -> %s; business dates of its orders re-derived",
-                                store_id, before, after)
-            if counts.business_dates_rederived:
-                log.warning("stores: %d order business date(s) re-derived after a time zone change",
-                            counts.business_dates_rederived)
-        quarantine.flush(cur)
-        cur.execute(
-            "update taptouch.quarantine q set resolved_at = now() from stage_stores s where q.entity = 'store'"
-            " and q.resolved_at is null and q.record_key = s.store_id::text"
-        )
-        if history:
-            _sync_log(cur, "stores", None, None, run_id, started, counts)
-    return counts
+    return [rows[k] for k in sorted(rows)]
 
 
-def _copy_or_quarantine(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: list[tuple],
-                        quarantine: "_Quarantine", counts: LoadCounts, raw_of, ) -> None:
-    """COPY rows; if PostgreSQL refuses a value, COPY them one by one under savepoints and
-    quarantine exactly the refused ones (``raw_of(row)`` -> (raw, store_id))."""
-    if not rows:
-        return
-    try:
-        with cur.connection.transaction():
-            _copy(cur, table, cols, rows)
-        return
-    except psycopg.Error as exc:
-        if not _is_data_error(exc):
-            raise
-    for r in rows:
-        try:
-            with cur.connection.transaction():
-                _copy(cur, table, cols, [r])
-        except psycopg.Error as exc:
-            if not _is_data_error(exc):
-                raise
-            raw, store_id = raw_of(r)
-            quarantine.add(raw, _refused_reason(raw, quarantine.entity, exc), store_id)
-            counts.quarantined += 1
-
-
-def _refused_reason(raw: Any, entity: str, exc: psycopg.Error) -> str:
-    precise = records.deep_reason(records.as_bytes(raw), entity)
-    diag = (exc.diag.message_primary or str(exc)).strip()
-    return precise or f"PostgreSQL refused a value of the {entity} record: {diag}"
+def _follow_zone_changes(cur: psycopg.Cursor) -> int:
+    """Business dates follow the zone: the orders of the stores just accepted with a zone the
+    warehouse did not hold (``zones_before``) are re-derived, under the orders merge lock. Returns
+    how many dates changed."""
+    cur.execute("select s.store_id, b.timezone, s.timezone from taptouch.stores s join stage_stores g using (store_id)"
+                " left join zones_before b using (store_id) where s.timezone is distinct from b.timezone"
+                " order by s.store_id")
+    moved = cur.fetchall()
+    if not moved:
+        return 0
+    ORDERS.take_lock(cur)  # no orders merge between read and write
+    changed = derived.rederive_business_dates(cur, [m[0] for m in moved])
+    for store_id, before, after in moved:
+        if before is not None:
+            log.warning("store %s: time zone %s -> %s; business dates of its orders re-derived",
+                        store_id, before, after)
+    if changed:
+        log.warning("stores: %d order business date(s) re-derived after a time zone change", changed)
+    return changed
 
 
 def store_timezones(conn: psycopg.Connection) -> dict[int, str]:
@@ -326,29 +203,29 @@ def _order_id(raw: bytes) -> int | None:
 
 
 class OrderWindowLoad:
-    """One window of orders (e.g. a daily partition, all stores) loaded in one transaction.
+    """One window of orders (e.g. a daily partition, all stores) loaded in one transaction, in two
+    steps the caller sequences: staging, then the merge.
 
     Use as a context manager::
 
         with OrderWindowLoad(conn, window="2026-11-02", run_id=...) as load:
             for page in pages:
-                load.add_page(store_id, page)
-            load.discard_store(7103)        # a store whose fetch failed: none of its rows commit
-            counts = load.finish()          # merge + commit
+                load.add_page(store_id, page)   # stage
+            load.discard_store(7103)            # a store whose fetch failed: none of its rows commit
+            load.close_staging()                # the last rows staged, duplicates reduced
+            ...                                 # e.g. wait for the run's previous window to commit
+            counts = load.finish()              # merge + commit
 
-    Leaving the block without ``finish()`` (an exception) rolls everything back.
+    ``finish()`` closes the staging itself when the caller has not. Leaving the block without
+    ``finish()`` (an exception) rolls everything back.
     """
 
     def __init__(self, conn: psycopg.Connection, *, window: str | None, run_id: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None,
-                 full: bool = False, before_merge: Callable[[], None] | None = None):
+                 full: bool = False):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
-        of the stores passed to :meth:`store_listed` move in the same transaction as the data.
-        ``before_merge``: called by :meth:`finish` once everything is staged, before the merge
-        lock is taken (e.g. to wait, outside any statement, until the run's previous window has
-        committed: windows loaded at once then commit in order); an exception from it rolls back."""
+        of the stores passed to :meth:`store_listed` move in the same transaction as the data."""
         self.conn = conn
-        self.before_merge = before_merge
         self.full = full
         self._marks: dict[int, datetime | None] = {}  # store id -> where its mark may move (None: stays)
         self._judged: dict[int, tuple[datetime, datetime, datetime]] = {}  # complete listings (store_listed)
@@ -358,7 +235,7 @@ class OrderWindowLoad:
         self.run_id = run_id
         self.batch_size = batch_size
         self.timezones = timezones
-        self.quarantine = _Quarantine("order", window, run_id)
+        self.quarantine = Quarantine("order", window, run_id)
         self.counts = LoadCounts()
         self.per_store: dict[int, LoadCounts] = {}
         self._seq = 0
@@ -368,6 +245,7 @@ class OrderWindowLoad:
         self._started = datetime.now(timezone.utc)
         self._discarded: set[int] = set()
         self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
+        self._staging_closed = False
         self._finished = False
 
     def __enter__(self) -> "OrderWindowLoad":
@@ -379,9 +257,9 @@ class OrderWindowLoad:
         cur = self._cur
         cur.execute("create temp table stage_orders (seq bigint, like taptouch.orders) on commit drop")
         cur.execute("alter table stage_orders alter column loaded_at drop not null")
-        cur.execute("create temp table stage_items (seq bigint, like taptouch.order_items) on commit drop")
-        cur.execute("create temp table stage_payments (seq bigint, like taptouch.order_payments) on commit drop")
-        cur.execute("create temp table stage_refunds (seq bigint, like taptouch.order_refunds) on commit drop")
+        for child in ORDERS.children:
+            cur.execute(sql.SQL("create temp table {} (seq bigint, like {}) on commit drop").format(
+                sql.Identifier(child.stage), sql.Identifier(*child.table.split("."))))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -398,9 +276,13 @@ class OrderWindowLoad:
     def store_counts(self, store_id: int) -> LoadCounts:
         return self.per_store.setdefault(store_id, LoadCounts())
 
+    # -------------------------------------------------------------------------------------- staging
+
     def add_page(self, store_id: int, page: Iterable[Any]) -> int:
         """Validate and stage one page of one store's orders (each record its exact JSON bytes, or a
         parsed dict). Returns how many orders were staged."""
+        if self._staging_closed:
+            raise RuntimeError(f"order window {self.window}: a page arrived after close_staging()")
         tz = self.timezones.get(store_id)
         if tz is None:
             raise UnknownStoreError(
@@ -411,15 +293,8 @@ class OrderWindowLoad:
         sc = self.store_counts(store_id)
         raws = [records.as_bytes(r) for r in page]
         ids = [_order_id(r) for r in raws]
-        listed = self._listed.setdefault(store_id, set())
-        for raw, oid in zip(raws, ids):
-            oid = oid if oid is not None else deletions.listed_id(raw)  # a malformed record is listed too
-            if oid is None:
-                self._blind.add(store_id)
-            else:
-                listed.add(oid)
+        self._note_listed(store_id, raws, ids)
         known = self._known_digests(ids, store_id)
-        buf = self._buf
         blake = hashlib.blake2b
         for raw, oid in zip(raws, ids):
             digest = blake(raw, digest_size=16).digest()
@@ -437,25 +312,39 @@ class OrderWindowLoad:
                 self.counts.quarantined += 1
                 sc.quarantined += 1
                 continue
-            self._seq += 1
-            seq = self._seq
-            if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
-                # a byte COPY's text format must escape: psycopg formats (and escapes) these rows
-                buf.append((seq, store_id, raw, [(seq, *r.order, r.updated_key, r.raw, digest)],
-                            [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments],
-                            [(seq, *x) for x in r.refunds]))
-            else:
-                # every text of the rows is a piece of raw (or a number, a date): none needs escaping
-                p = f"{seq}\t"
-                buf.append((seq, store_id, raw,
-                            f"{p}{_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
-                            "".join([f"{p}{_line(x)}\n" for x in r.items]),
-                            "".join([f"{p}{_line(x)}\n" for x in r.payments]),
-                            "".join([f"{p}{_line(x)}\n" for x in r.refunds])))
+            self._buffer(store_id, raw, r, digest)
             staged += 1
-        if len(buf) >= self.batch_size:
-            self._flush()
+        if len(self._buf) >= self.batch_size:
+            self._copy_buffered()
         return staged
+
+    def _note_listed(self, store_id: int, raws: list[bytes], ids: list[int | None]) -> None:
+        """Every order id a page lists, a malformed record's too (for the deletion judgement)."""
+        listed = self._listed.setdefault(store_id, set())
+        for raw, oid in zip(raws, ids):
+            oid = oid if oid is not None else deletions.listed_id(raw)
+            if oid is None:
+                self._blind.add(store_id)
+            else:
+                listed.add(oid)
+
+    def _buffer(self, store_id: int, raw: bytes, r: records.OrderRows, digest: bytes) -> None:
+        """One valid order's rows, numbered, ready for COPY."""
+        self._seq += 1
+        seq = self._seq
+        if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
+            # a byte COPY's text format must escape: psycopg formats (and escapes) these rows
+            self._buf.append((seq, store_id, raw, [(seq, *r.order, r.updated_key, r.raw, digest)],
+                              [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments],
+                              [(seq, *x) for x in r.refunds]))
+        else:
+            # every text of the rows is a piece of raw (or a number, a date): none needs escaping
+            p = f"{seq}\t"
+            self._buf.append((seq, store_id, raw,
+                              f"{p}{copy_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
+                              "".join([f"{p}{copy_line(x)}\n" for x in r.items]),
+                              "".join([f"{p}{copy_line(x)}\n" for x in r.payments]),
+                              "".join([f"{p}{copy_line(x)}\n" for x in r.refunds])))
 
     def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, bytes]:
         """order id -> raw_hash of the version the warehouse holds, for the ids on this page, when that
@@ -468,36 +357,22 @@ class OrderWindowLoad:
                           (ids, store_id))
         return {oid: bytes(h) for oid, h in self._cur.fetchall() if h is not None}
 
-    def _flush(self) -> None:
-        cur = self._cur
+    def _copy_buffered(self) -> None:
+        """COPY the buffered orders into staging (an order PostgreSQL refuses is quarantined, alone),
+        and write the quarantine rows so far."""
         groups, self._buf = self._buf, []
-        if groups:
-            try:
-                with self.conn.transaction():  # a savepoint: a refused value costs only its record
-                    self._copy_groups(groups)
-            except psycopg.Error as exc:
-                if not _is_data_error(exc):
-                    raise
-                for g in groups:
-                    try:
-                        with self.conn.transaction():
-                            self._copy_groups([g])
-                    except psycopg.Error as exc:
-                        if not _is_data_error(exc):
-                            raise
-                        _, store_id, raw = g[:3]
-                        self.quarantine.add(raw, _refused_reason(raw, "order", exc), store_id)
-                        self.counts.quarantined += 1
-                        self.store_counts(store_id).quarantined += 1
-        self.quarantine.flush(cur)
+        refused = copy_or_quarantine(self._cur, groups, self._copy_groups, self.quarantine, lambda g: (g[2], g[1]))
+        for _, store_id, *_ in refused:
+            self.counts.quarantined += 1
+            self.store_counts(store_id).quarantined += 1
+        self.quarantine.flush(self._cur)
 
     def _copy_groups(self, groups: list[tuple]) -> None:
-        cur = self._cur
-        for i, table, cols in ((3, "stage_orders", _STAGED_ORDER_COLS), (4, "stage_items", ITEM_COLS),
-                               (5, "stage_payments", PAYMENT_COLS), (6, "stage_refunds", REFUND_COLS)):
+        tables = (("stage_orders", ORDERS.cols),) + tuple((c.stage, c.cols) for c in ORDERS.children)
+        for i, (table, cols) in enumerate(tables, start=3):
             parts = [g[i] for g in groups if g[i]]
             if parts:
-                _copy_parts(cur, table, ("seq",) + cols, parts)
+                copy_parts(self._cur, table, ("seq",) + cols, parts)
 
     def store_listed(self, store_id: int, mark: datetime | None,
                      complete: tuple[datetime, datetime, datetime] | None = None) -> None:
@@ -512,43 +387,32 @@ class OrderWindowLoad:
         if complete is not None:
             self._judged[store_id] = complete
 
-    def _judge_listings(self, cur: psycopg.Cursor) -> None:
-        """An order the API lists is not deleted at the source: restored, and no longer a deletion
-        candidate; a complete listing also records the orders it missed as candidates (.deletions),
-        timed by this machine's clock, as the reconciliation that may confirm them (never the API's)."""
-        for store_id, ids in sorted(self._listed.items()):
-            if store_id in self._discarded:
-                continue
-            judged = self._judged.get(store_id) if store_id not in self._blind else None
-            if judged is None:
-                deletions.note_listed(cur, ids)
-                continue
-            listed_from, listed_to, started_at = judged
-            deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
-                                    started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
-                                    seen_by=self.run_id)
-
     def discard_store(self, store_id: int) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
-        self._flush()
+        if self._staging_closed:
+            raise RuntimeError(f"order window {self.window}: store {store_id} discarded after close_staging()")
+        self._copy_buffered()
         self._discarded.add(store_id)
         cur = self._cur
         cur.execute("delete from stage_orders where store_id = %s returning seq", (store_id,))
         seqs = [r[0] for r in cur.fetchall()]
         if seqs:
-            for t in ("stage_items", "stage_payments", "stage_refunds"):
-                cur.execute(sql.SQL("delete from {} where seq = any(%s)").format(sql.Identifier(t)), (seqs,))
+            for child in ORDERS.children:
+                cur.execute(sql.SQL("delete from {} where seq = any(%s)").format(sql.Identifier(child.stage)), (seqs,))
         self.per_store.pop(store_id, None)
 
-    def finish(self) -> LoadCounts:
-        """Merge the staged window into the warehouse and commit. Returns the counts."""
-        self._flush()
+    def close_staging(self) -> None:
+        """The staging step's end: the last rows COPYed, then one version per order picked (newest
+        ``updated_at``, then the last seen; keys only, in temporary table ``pick``: the rows stay
+        staged). Takes no lock: the caller may wait after it, outside any statement."""
+        if self._staging_closed:
+            return
+        self._copy_buffered()
         cur = self._cur
         # statistics of the key columns only (the planner needs sizes; sampling raw's jsonb costs more
         # than the merge gains), and no JIT: its compile time exceeds what it saves on a window
         cur.execute("analyze stage_orders (seq, order_id, store_id)")
         cur.execute("set local jit = off")
-        # 1. one version per order: newest updated_at, then the last seen (keys only: the rows stay staged)
         cur.execute(
             "create temp table pick on commit drop as select distinct on (order_id) seq, order_id, store_id"
             " from stage_orders order by order_id, updated_at_exact desc, seq desc"
@@ -556,42 +420,39 @@ class OrderWindowLoad:
         cur.execute("analyze pick")
         cur.execute("select (select count(*) from stage_orders) - (select count(*) from pick)")
         self.counts.duplicates += cur.fetchone()[0]
-        cols = _STAGED_ORDER_COLS
-        if self.before_merge is not None:
-            self.before_merge()
-        # 2. merge under the advisory lock (concurrent loads of overlapping windows take turns)
-        cur.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ORDERS,))
-        cur.execute(sql.SQL(
-            "create temp table accepted on commit drop as "
-            "with up as ("
-            " insert into taptouch.orders as t ({cols}) select {scols} from stage_orders s join pick p on p.seq = s.seq"
-            " order by s.order_id"
-            " on conflict (order_id) do update set {sets}, loaded_at = now()"
-            " where excluded.updated_at_exact > " + _EXACT +
-            " or (excluded.updated_at_exact = " + _EXACT + " and excluded.raw_hash is distinct from t.raw_hash"
-            "     and excluded.raw::text is distinct from t.raw::text)"  # not the same JSON in another key order
-            " returning t.order_id, t.store_id, (xmax = 0) as inserted"
-            ") select up.order_id, up.store_id, up.inserted, pick.seq from up join pick using (order_id)"
-        ).format(cols=_ids(cols), sets=_set_list(cols, ("order_id",)),
-                 scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols)))
+        self._staging_closed = True
+
+    # ---------------------------------------------------------------------------------------- merge
+
+    def finish(self) -> LoadCounts:
+        """The merge step: merge the staged window into the warehouse under the orders merge lock
+        (concurrent loads of overlapping windows take turns), replace the children of the accepted
+        orders, record quarantine, history, the listings' deletion judgement and the marks, and
+        commit. Returns the counts."""
+        self.close_staging()
+        cur = self._cur
+        ORDERS.take_lock(cur)
+        ORDERS.merge(cur, "stage_orders s join pick p on p.seq = s.seq", into="accepted", prefix="s",
+                     returned=("store_id",), carry=("pick", "seq"))
         cur.execute("analyze accepted")
-        # 3. children of accepted orders: replaced, in the same transaction
-        for table, stage, cols_ in (("order_items", "stage_items", ITEM_COLS),
-                                    ("order_payments", "stage_payments", PAYMENT_COLS),
-                                    ("order_refunds", "stage_refunds", REFUND_COLS)):
-            cur.execute(sql.SQL(
-                "delete from taptouch.{t} c using accepted a where c.order_id = a.order_id and not a.inserted"
-            ).format(t=sql.Identifier(table)))
-            cur.execute(sql.SQL(
-                # the children carry their order's account, whichever account's run replaced them
-                "insert into taptouch.{t} ({cols}, account) select {scols}, o.account from {s} s"
-                " join accepted a on a.seq = s.seq join taptouch.orders o on o.order_id = s.order_id "
-                "order by s.order_id"
-            ).format(t=sql.Identifier(table), s=sql.Identifier(stage), cols=_ids(cols_),
-                     scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols_)))
+        ORDERS.replace_children(cur, "accepted")
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
         derived.follow_store_zones(cur, self.timezones, self.per_store, only="accepted")
-        # 4. counts per store
+        self._count_merged(cur)
+        self.quarantine.flush(cur)
+        ORDERS.resolve_quarantine(cur, "pick")
+        for store_id, sc in sorted(self.per_store.items()):
+            _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
+        self._judge_listings(cur)
+        if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
+            marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
+                                             if sid not in self._discarded}, full=self.full)
+        self._finished = True
+        self._tx.__exit__(None, None, None)
+        return self.counts
+
+    def _count_merged(self, cur: psycopg.Cursor) -> None:
+        """Inserted, updated and unchanged per store, from the picked versions and those accepted."""
         cur.execute(
             "select p.store_id, count(*), count(a.order_id) filter (where a.inserted),"
             " count(a.order_id) filter (where not a.inserted)"
@@ -612,20 +473,22 @@ class OrderWindowLoad:
                 self.store_counts(store_id).unchanged -= n
                 self.counts.duplicates += n
         self.counts.unchanged = sum(sc.unchanged for sc in self.per_store.values())
-        self.quarantine.flush(cur)
-        cur.execute(
-            "update taptouch.quarantine q set resolved_at = now() from pick p where q.entity = 'order'"
-            " and q.resolved_at is null and q.record_key = p.order_id::text"
-        )
-        for store_id, sc in sorted(self.per_store.items()):
-            _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
-        self._judge_listings(cur)
-        if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
-            marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
-                                             if sid not in self._discarded}, full=self.full)
-        self._finished = True
-        self._tx.__exit__(None, None, None)
-        return self.counts
+
+    def _judge_listings(self, cur: psycopg.Cursor) -> None:
+        """An order the API lists is not deleted at the source: restored, and no longer a deletion
+        candidate; a complete listing also records the orders it missed as candidates (.deletions),
+        timed by this machine's clock, as the reconciliation that may confirm them (never the API's)."""
+        for store_id, ids in sorted(self._listed.items()):
+            if store_id in self._discarded:
+                continue
+            judged = self._judged.get(store_id) if store_id not in self._blind else None
+            if judged is None:
+                deletions.note_listed(cur, ids)
+                continue
+            listed_from, listed_to, started_at = judged
+            deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
+                                    started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
+                                    seen_by=self.run_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -658,86 +521,95 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
 
         confirm_s = reconcile_confirm_s()
     counts = LoadCounts()
-    quarantine = _Quarantine("inventory", snapshot_date.isoformat(), run_id)
-    rows: dict[int, tuple] = {}
-    bad_ids: list[int] = []
-    unidentified = 0  # malformed records whose product id cannot be read
-    seen = 0
-    newest: Any = None
-    for raw in records_:
-        try:
-            row, key, text = records.inventory_row(raw, store_id)
-        except InvalidRecord as exc:
-            quarantine.add(raw, exc.reason, store_id)
-            counts.quarantined += 1
-            pid = _product_id(raw)
-            if pid is not None:
-                bad_ids.append(pid)
-            else:  # which product it lists is unknown: the listing cannot say what is no longer stocked
-                unidentified += 1
-            continue
-        seen += 1
-        prev = rows.get(row[1])
-        if prev is None or key is None or prev[-2] is None or key >= prev[-2]:  # newest, then last seen
-            rows[row[1]] = row + (key, text)
-        if key is not None and (newest is None or key > newest):
-            newest = key
-    counts.duplicates = seen - len(rows)
-    cols = INVENTORY_COLS + ("updated_at_exact", "raw")
+    quarantine = Quarantine("inventory", snapshot_date.isoformat(), run_id)
+    listing = _InventoryListing.read(records_, store_id, quarantine, counts)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop")
-        def refused(r: tuple) -> tuple[bytes, int]:
-            bad_ids.append(r[1])  # listed, just unloadable: keeps its previous level like any malformed record
-            return r[-1].encode("utf-8"), store_id
-
-        _copy_or_quarantine(cur, "stage_inventory", cols, [rows[k] for k in sorted(rows)], quarantine, counts,
-                            refused)
-        cur.execute("select pg_advisory_xact_lock(%s, %s)", (_LOCK_INVENTORY % 2**31, store_id % 2**31))
-        if unidentified:
-            # a destructive replace only from a well-formed listing: a record whose product cannot be
-            # identified might be any product, so nothing is delisted this time
-            log.warning("inventory of store %s: %d malformed record(s) without a readable product_id; "
-                        "no product is delisted from this listing", store_id, unidentified)
-            _forget_delistings(cur, store_id, stage=True, listed=bad_ids)
-        else:
-            counts.deleted = _delist(cur, store_id, bad_ids, newest, listed=seen + counts.quarantined, now=now,
-                                     confirm_s=confirm_s)
-        exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
-        cur.execute(sql.SQL(
-            "insert into taptouch.inventory_levels as t ({cols}) select {cols} from stage_inventory order by product_id "
-            "on conflict (store_id, product_id) do update set {sets}, synced_at = now() "
-            "where excluded.raw is distinct from t.raw and (excluded.updated_at_exact is null or t.updated_at is null"
-            " or excluded.updated_at_exact >= " + exact + ") "
-            "returning (xmax = 0)"
-        ).format(cols=_ids(cols), sets=_set_list(cols, ("store_id", "product_id"))))
-        flags = [r[0] for r in cur.fetchall()]
-        counts.inserted = sum(flags)
-        counts.updated = len(flags) - counts.inserted
-        cur.execute("select count(*) from stage_inventory")
-        counts.unchanged = cur.fetchone()[0] - len(flags)
-        # today's snapshot is the store's levels after the merge (the last sync of the day wins; a
-        # product delisted since an earlier sync today leaves it)
-        cur.execute(
-            "insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand, cost_price, sell_price)"
-            " select %s, store_id, product_id, on_hand, cost_price, sell_price from taptouch.inventory_levels"
-            " where store_id = %s order by product_id"
-            " on conflict (snapshot_date, store_id, product_id) do update set on_hand = excluded.on_hand,"
-            " cost_price = excluded.cost_price, sell_price = excluded.sell_price, synced_at = now()",
-            (snapshot_date, store_id),
-        )
-        cur.execute(
-            "delete from taptouch.inventory_snapshots n where n.snapshot_date = %s and n.store_id = %s"
-            " and not exists (select 1 from taptouch.inventory_levels l where l.store_id = n.store_id"
-            " and l.product_id = n.product_id)",
-            (snapshot_date, store_id),
-        )
+        refused = copy_or_quarantine(cur, listing.rows, lambda rs: copy_rows(cur, "stage_inventory", INVENTORY.cols, rs),
+                                     quarantine, lambda r: (_raw_text(r), store_id))
+        counts.quarantined += len(refused)
+        listing.bad_ids += [r[1] for r in refused]  # listed, just unloadable: keeps its previous level
+        INVENTORY.take_lock(cur, store_id)
+        counts.deleted = _delist_unlisted(cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now,
+                                          confirm_s=confirm_s)
+        INVENTORY.merge(cur, "stage_inventory", into="merged_inventory")
+        counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(cur, "merged_inventory",
+                                                                                    "stage_inventory")
+        _write_snapshot(cur, store_id, snapshot_date)
         quarantine.flush(cur)
-        cur.execute(
-            "update taptouch.quarantine q set resolved_at = now() from stage_inventory s where q.entity = 'inventory'"
-            " and q.resolved_at is null and q.store_id = %s and q.record_key = s.product_id::text", (store_id,),
-        )
+        INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
     return counts
+
+
+@dataclass
+class _InventoryListing:
+    """One store's inventory listing as read: the staged rows (one per product), the products
+    listed by a malformed record, how many malformed records name no product, and the newest version."""
+
+    rows: list[tuple] = field(default_factory=list)
+    bad_ids: list[int] = field(default_factory=list)
+    unidentified: int = 0
+    seen: int = 0  # valid records, duplicates included
+    newest: Any = None
+
+    @classmethod
+    def read(cls, records_: Iterable[Any], store_id: int, quarantine: Quarantine,
+             counts: LoadCounts) -> "_InventoryListing":
+        listing = cls()
+        rows: dict[int, tuple] = {}
+        for raw in records_:
+            try:
+                row, key, text = records.inventory_row(raw, store_id)
+            except InvalidRecord as exc:
+                quarantine.add(raw, exc.reason, store_id)
+                counts.quarantined += 1
+                pid = _product_id(raw)
+                if pid is not None:
+                    listing.bad_ids.append(pid)
+                else:  # which product it lists is unknown: the listing cannot say what is no longer stocked
+                    listing.unidentified += 1
+                continue
+            listing.seen += 1
+            prev = rows.get(row[1])
+            if prev is None or key is None or prev[-2] is None or key >= prev[-2]:  # newest, then last seen
+                rows[row[1]] = row + (key, text)
+            if key is not None and (listing.newest is None or key > listing.newest):
+                listing.newest = key
+        counts.duplicates = listing.seen - len(rows)
+        listing.rows = [rows[k] for k in sorted(rows)]
+        return listing
+
+
+def _delist_unlisted(cur: psycopg.Cursor, store_id: int, listing: _InventoryListing, *, listed: int,
+                     now: datetime, confirm_s: int) -> int:
+    """Delist what the listing no longer holds (:func:`_delist`), but only from a well-formed one: a
+    record whose product cannot be identified might be any product, so then nothing is delisted."""
+    if not listing.unidentified:
+        return _delist(cur, store_id, listing.bad_ids, listing.newest, listed=listed, now=now, confirm_s=confirm_s)
+    log.warning("inventory of store %s: %d malformed record(s) without a readable product_id; "
+                "no product is delisted from this listing", store_id, listing.unidentified)
+    _forget_delistings(cur, store_id, stage=True, listed=listing.bad_ids)
+    return 0
+
+
+def _write_snapshot(cur: psycopg.Cursor, store_id: int, snapshot_date: date) -> None:
+    """Today's snapshot is the store's levels after the merge (the last sync of the day wins; a
+    product delisted since an earlier sync today leaves it)."""
+    cur.execute(
+        "insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand, cost_price, sell_price)"
+        " select %s, store_id, product_id, on_hand, cost_price, sell_price from taptouch.inventory_levels"
+        " where store_id = %s order by product_id"
+        " on conflict (snapshot_date, store_id, product_id) do update set on_hand = excluded.on_hand,"
+        " cost_price = excluded.cost_price, sell_price = excluded.sell_price, synced_at = now()",
+        (snapshot_date, store_id),
+    )
+    cur.execute(
+        "delete from taptouch.inventory_snapshots n where n.snapshot_date = %s and n.store_id = %s"
+        " and not exists (select 1 from taptouch.inventory_levels l where l.store_id = n.store_id"
+        " and l.product_id = n.product_id)",
+        (snapshot_date, store_id),
+    )
 
 
 def _delist(cur: psycopg.Cursor, store_id: int, listed_bad: list[int], newest: Any, *, listed: int,

@@ -20,6 +20,7 @@ from psycopg import sql
 from taptouch_resource.api import InvalidRecord
 
 from . import derived, loader, records
+from .merge import INVENTORY, ORDERS, STORES, copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
     last = -1
     while True:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("select pg_advisory_xact_lock(%s)", (loader._LOCK_STORES,))
+            STORES.take_lock(cur)
             cur.execute("select store_id, raw::text from taptouch.stores where store_id > %s order by store_id limit %s",
                         (last, batch_size))
             batch = cur.fetchall()
@@ -163,13 +164,13 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
                 rows.append(row + (key,))
             counts.examined += len(rows)
             _stage(cur, "rb_stores", "stores", _STORE_STAGE_COLS)
-            loader._copy(cur, "rb_stores", _STORE_STAGE_COLS, rows)
+            copy_rows(cur, "rb_stores", _STORE_STAGE_COLS, rows)
             cur.execute("select s.store_id from rb_stores s join taptouch.stores t using (store_id)"
                         " where s.timezone is distinct from t.timezone")
             moved = [r[0] for r in cur.fetchall()]
             counts.changed += _update_changed(cur, "stores", "rb_stores", ("store_id",), _STORE_STAGE_COLS)
             if moved:
-                cur.execute("select pg_advisory_xact_lock(%s)", (loader._LOCK_ORDERS,))
+                ORDERS.take_lock(cur)
                 report.business_dates_rederived += derived.rederive_business_dates(cur, moved)
 
 
@@ -243,9 +244,9 @@ def _stage_orders(cur: psycopg.Cursor) -> None:
 
 
 def _copy_orders(cur: psycopg.Cursor, derived_rows: list[records.OrderRows]) -> None:
-    loader._copy(cur, "rb_orders", _ORDER_STAGE_COLS, [r.order + (r.updated_key,) for r in derived_rows])
+    copy_rows(cur, "rb_orders", _ORDER_STAGE_COLS, [r.order + (r.updated_key,) for r in derived_rows])
     for table, _, cols, attr in _CHILDREN:
-        loader._copy(cur, "rb_" + table, cols, [x for r in derived_rows for x in getattr(r, attr)])
+        copy_rows(cur, "rb_" + table, cols, [x for r in derived_rows for x in getattr(r, attr)])
 
 
 def _replace_children(cur: psycopg.Cursor, report: RebuildReport | None, of: str) -> None:
@@ -286,7 +287,7 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
     while True:
         with conn.transaction(), conn.cursor() as cur:
             # the merge lock: no load writes an order between this batch's read and its write
-            cur.execute("select pg_advisory_xact_lock(%s)", (loader._LOCK_ORDERS,))
+            ORDERS.take_lock(cur)
             zones = loader.store_timezones(conn)
             cur.execute("select order_id, store_id, raw::text from taptouch.orders where order_id > %s"
                         " order by order_id limit %s", (last, batch_size))
@@ -331,12 +332,9 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
                     " and record_key is null")
         q.examined = q.still_invalid = cur.fetchone()[0]
     last = ""
-    cols = _ORDER_STAGE_COLS + ("raw", "account")
-    exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
     while True:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("select pg_advisory_xact_lock(%s)", (loader._LOCK_ORDERS,))
-            zones = loader.store_timezones(conn)
+            ORDERS.take_lock(cur)
             # batches of records (every unresolved row of each), so a record's newest version decides
             cur.execute("select record_key from taptouch.quarantine where entity = 'order' and resolved_at is null"
                         " and record_key > %s group by record_key order by record_key limit %s", (last, batch_size))
@@ -344,48 +342,59 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
             if not keys:
                 return
             last = keys[-1]
-            cur.execute("select quarantine_id, store_id, account, coalesce(raw::text, raw_text) from taptouch.quarantine"
-                        " where entity = 'order' and resolved_at is null and record_key = any(%s)"
-                        " order by quarantine_id", (keys,))
-            batch = cur.fetchall()
-            q.examined += len(batch)
-            best: dict[int, tuple[Decimal, int, records.OrderRows, str]] = {}
-            for qid, store_id, account, text in batch:
-                raw = _exact_form(text)
-                tz = zones.get(store_id) if store_id is not None else None
-                try:
-                    if raw is None or tz is None:
-                        raise InvalidRecord("not retried")
-                    r = records.order_rows(raw, tz, store_id)
-                except InvalidRecord:
-                    q.still_invalid += 1
-                    continue
-                prev = best.get(r.order_id)
-                if prev is None or (r.updated_key, qid) > prev[:2]:
-                    best[r.order_id] = (r.updated_key, qid, r, account)
-            if not best:
-                continue
-            _stage_orders(cur)
-            cur.execute("alter table rb_orders add column raw jsonb, add column account text")
-            loader._copy(cur, "rb_orders", cols,
-                         [r.order + (r.updated_key, r.raw, account) for _, _, r, account in best.values()])
-            for table, _, ccols, attr in _CHILDREN:
-                loader._copy(cur, "rb_" + table, ccols, [x for _, _, r, _ in best.values() for x in getattr(r, attr)])
-            values = tuple(c for c in _ORDER_STAGE_COLS + ("raw",) if c != "order_id")
-            cur.execute(sql.SQL(
-                "create temp table rb_accepted on commit drop as with up as ("
-                " insert into taptouch.orders as t ({cols}) select {cols} from rb_orders order by order_id"
-                " on conflict (order_id) do update set {sets}, raw_hash = null, loaded_at = now()"
-                " where excluded.updated_at_exact > " + exact +
-                " or (excluded.updated_at_exact = " + exact + " and excluded.raw::text is distinct from t.raw::text)"
-                " returning t.order_id) select order_id from up"
-            ).format(cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                     sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in values)))
-            q.loaded += cur.rowcount
-            _replace_children(cur, None, "rb_accepted")
-            cur.execute("update taptouch.quarantine set resolved_at = now() where entity = 'order'"
-                        " and resolved_at is null and record_key = any(%s)", ([str(k) for k in best],))
-            q.resolved += cur.rowcount
+            best = _newest_valid_orders(cur, keys, q)
+            if best:
+                _merge_retried_orders(cur, best, q)
+
+
+def _newest_valid_orders(cur: psycopg.Cursor, keys: list[str],
+                         q: QuarantineCounts) -> dict[int, tuple[records.OrderRows, str]]:
+    """order id -> (rows, account) of the newest version that now passes among the unresolved
+    quarantine rows of ``keys`` (the same version: the later quarantine row)."""
+    zones = loader.store_timezones(cur.connection)
+    cur.execute("select quarantine_id, store_id, account, coalesce(raw::text, raw_text) from taptouch.quarantine"
+                " where entity = 'order' and resolved_at is null and record_key = any(%s)"
+                " order by quarantine_id", (keys,))
+    batch = cur.fetchall()
+    q.examined += len(batch)
+    best: dict[int, tuple[Decimal, int, records.OrderRows, str]] = {}
+    for qid, store_id, account, text in batch:
+        raw = _exact_form(text)
+        tz = zones.get(store_id) if store_id is not None else None
+        try:
+            if raw is None or tz is None:
+                raise InvalidRecord("not retried")
+            r = records.order_rows(raw, tz, store_id)
+        except InvalidRecord:
+            q.still_invalid += 1
+            continue
+        prev = best.get(r.order_id)
+        if prev is None or (r.updated_key, qid) > prev[:2]:
+            best[r.order_id] = (r.updated_key, qid, r, account)
+    return {oid: (r, account) for oid, (_, _, r, account) in best.items()}
+
+
+_RETRIED_ORDER_COLS = _ORDER_STAGE_COLS + ("raw", "raw_hash", "account")
+
+
+def _merge_retried_orders(cur: psycopg.Cursor, best: dict[int, tuple[records.OrderRows, str]],
+                          q: QuarantineCounts) -> None:
+    """Merge the retried versions with the orders' merge spec (their JSON compared without a
+    digest, which a retried row does not carry: ``raw_hash`` null), each new row with the account
+    of its quarantine row, replace the children of the accepted ones, and resolve the quarantine."""
+    _stage_orders(cur)
+    cur.execute("alter table rb_orders add column raw jsonb, add column raw_hash bytea, add column account text")
+    copy_rows(cur, "rb_orders", _RETRIED_ORDER_COLS,
+              [r.order + (r.updated_key, r.raw, None, account) for r, account in best.values()])
+    for table, _, ccols, attr in _CHILDREN:
+        copy_rows(cur, "rb_" + table, ccols, [x for r, _ in best.values() for x in getattr(r, attr)])
+    ORDERS.merge(cur, "rb_orders", into="rb_accepted", cols=_RETRIED_ORDER_COLS, keep=("account",),
+                 differs="excluded.raw::text is distinct from t.raw::text")
+    q.loaded += cur.rowcount
+    _replace_children(cur, None, "rb_accepted")
+    cur.execute("update taptouch.quarantine set resolved_at = now() where entity = 'order'"
+                " and resolved_at is null and record_key = any(%s)", ([str(k) for k in best],))
+    q.resolved += cur.rowcount
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,10 +402,6 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
 
 
 _INVENTORY_STAGE_COLS = records.INVENTORY_COLS + ("updated_at_exact",)
-
-
-def _inventory_lock(cur: psycopg.Cursor, store_id: int) -> None:
-    cur.execute("select pg_advisory_xact_lock(%s, %s)", (loader._LOCK_INVENTORY % 2**31, store_id % 2**31))
 
 
 def _inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int) -> None:
@@ -408,7 +413,7 @@ def _inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int)
         last = -1
         while True:
             with conn.transaction(), conn.cursor() as cur:
-                _inventory_lock(cur, store_id)  # the lock of that store's inventory loads
+                INVENTORY.take_lock(cur, store_id)  # the lock of that store's inventory loads
                 cur.execute("select product_id, raw::text from taptouch.inventory_levels where store_id = %s"
                             " and product_id > %s order by product_id limit %s", (store_id, last, batch_size))
                 batch = cur.fetchall()
@@ -429,7 +434,7 @@ def _inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int)
                     rows.append(row + (key,))
                 counts.examined += len(rows)
                 _stage(cur, "rb_inventory", "inventory_levels", _INVENTORY_STAGE_COLS)
-                loader._copy(cur, "rb_inventory", _INVENTORY_STAGE_COLS, rows)
+                copy_rows(cur, "rb_inventory", _INVENTORY_STAGE_COLS, rows)
                 counts.changed += _update_changed(cur, "inventory_levels", "rb_inventory", ("store_id", "product_id"),
                                                   _INVENTORY_STAGE_COLS)
 
@@ -445,11 +450,10 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
         cur.execute("select distinct store_id from taptouch.quarantine where entity = 'inventory'"
                     " and resolved_at is null and store_id is not null order by store_id")
         stores = [r[0] for r in cur.fetchall()]
-    exact = "coalesce(t.updated_at_exact, taptouch.exact_epoch(t.updated_at))"
     cols = _INVENTORY_STAGE_COLS + ("raw", "account")
     for store_id in stores:
         with conn.transaction(), conn.cursor() as cur:
-            _inventory_lock(cur, store_id)
+            INVENTORY.take_lock(cur, store_id)
             cur.execute(
                 "select q.quarantine_id, q.account, coalesce(q.raw::text, q.raw_text),"
                 " exists (select 1 from taptouch.sync_log l where l.entity = 'inventory' and l.store_id = q.store_id"
@@ -478,15 +482,8 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
             q.still_invalid += len(newest) - len(load)
             _stage(cur, "rb_inventory", "inventory_levels", _INVENTORY_STAGE_COLS + ("raw",))
             cur.execute("alter table rb_inventory add column account text")
-            loader._copy(cur, "rb_inventory", cols, load)
-            values = tuple(c for c in _INVENTORY_STAGE_COLS + ("raw",) if c not in ("store_id", "product_id"))
-            cur.execute(sql.SQL(
-                "insert into taptouch.inventory_levels as t ({cols}) select {cols} from rb_inventory order by product_id"
-                " on conflict (store_id, product_id) do update set {sets}, synced_at = now()"
-                " where excluded.raw is distinct from t.raw and (excluded.updated_at_exact is null or t.updated_at is null"
-                " or excluded.updated_at_exact >= " + exact + ")"
-            ).format(cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                     sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in values)))
+            copy_rows(cur, "rb_inventory", cols, load)
+            INVENTORY.merge(cur, "rb_inventory", into="rb_merged", cols=cols, keep=("account",))
             q.loaded += cur.rowcount
             cur.execute("update taptouch.quarantine set resolved_at = now() where entity = 'inventory'"
                         " and resolved_at is null and store_id = %s and record_key = any(%s)",

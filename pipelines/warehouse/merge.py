@@ -1,0 +1,276 @@
+"""The one staging and merge recipe of the loads: COPY or quarantine, then merge by a :class:`MergeSpec`.
+
+Every load (stores, orders, inventory) stages its valid rows with :func:`copy_or_quarantine` (a
+value PostgreSQL refuses costs only its own record, which is quarantined with the reason) and then
+merges them with :meth:`MergeSpec.merge`: under the spec's advisory lock, in key order, a held row
+replaced only where the spec's accept rule says the staged version wins. The SQL is in
+``sql/merge/`` (``upsert.sql``, the accept rules ``newer_wins.sql`` and ``not_older.sql``,
+``children.sql``, ``resolve_quarantine.sql``); the specs (:data:`STORES`, :data:`ORDERS`,
+:data:`INVENTORY`) declare what differs per table. See docs/warehouse.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Callable, Iterable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from . import records
+from .embedded import project_root
+
+log = logging.getLogger(__name__)
+
+
+def merge_dir():
+    return project_root() / "sql" / "merge"
+
+
+@cache
+def merge_sql(name: str) -> str:
+    """``sql/merge/<name>.sql`` without its comment lines."""
+    text = (merge_dir() / f"{name}.sql").read_text(encoding="utf-8")
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--")).strip()
+
+
+def _names(cols: Iterable[str], prefix: str | None = None) -> sql.Composable:
+    if prefix is None:
+        return sql.SQL(", ").join(map(sql.Identifier, cols))
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(prefix), sql.Identifier(c)) for c in cols)
+
+
+def _table(name: str) -> sql.Composable:
+    return sql.Identifier(*name.split("."))
+
+
+# ------------------------------------------------------------------------------------------------
+# staging: COPY, or quarantine what PostgreSQL refuses
+
+
+def copy_rows(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterable[tuple]) -> None:
+    """COPY row tuples (psycopg formats them) into ``table``."""
+    stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), _names(cols))
+    with cur.copy(stmt) as cp:
+        for r in rows:
+            cp.write_row(r)
+
+
+def copy_line(row: tuple) -> str:
+    """One row as a line of COPY's text format, without the newline, for values that need no escaping:
+    ``int``, ``Decimal`` (finite), ``date`` and text holding no backslash, tab, newline or carriage
+    return (None is ``\\N``). What psycopg's text dumpers write for the same values."""
+    return "\t".join(["\\N" if v is None else str(v) for v in row])
+
+
+def copy_parts(cur: psycopg.Cursor, table: str, cols: Sequence[str], parts: list) -> None:
+    """COPY a mix of pre-formatted text lines (str) and lists of row tuples (psycopg formats them)."""
+    stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), _names(cols))
+    with cur.copy(stmt) as cp:
+        text: list[str] = []
+        for part in parts:
+            if part.__class__ is str:
+                text.append(part)
+                if len(text) >= 1000:
+                    cp.write("".join(text))
+                    text = []
+            else:
+                for r in part:
+                    cp.write_row(r)
+        if text:
+            cp.write("".join(text))
+
+
+def is_data_error(exc: psycopg.Error) -> bool:
+    """PostgreSQL refused a value (a record's fault), as opposed to a lost connection, a crash, a
+    deadlock or a cancel (the infrastructure's fault, which must fail the load)."""
+    state = exc.sqlstate or ""
+    return bool(state) and not state.startswith(("08", "40", "53", "57", "58", "XX", "25"))
+
+
+class Quarantine:
+    """The records of one load that break a rule, written to ``taptouch.quarantine`` by :meth:`flush`
+    with their reason and raw form."""
+
+    def __init__(self, entity: str, window: str | None, run_id: str | None):
+        self.entity = entity
+        self.window = window
+        self.run_id = run_id
+        self.rows: list[tuple] = []
+
+    def add(self, raw: Any, reason: str, store_id: int | None) -> None:
+        candidate, text = records.quarantine_forms(raw)
+        key = records.record_key(self.entity, raw)
+        reason = reason[:2000].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id))
+        log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)
+
+    def refused(self, raw: Any, store_id: int | None, exc: psycopg.Error) -> None:
+        """Quarantine a record whose row PostgreSQL refused, with the precise reason when the record
+        boundary can name one, else PostgreSQL's."""
+        precise = records.deep_reason(records.as_bytes(raw), self.entity)
+        diag = (exc.diag.message_primary or str(exc)).strip()
+        self.add(raw, precise or f"PostgreSQL refused a value of the {self.entity} record: {diag}", store_id)
+
+    def flush(self, cur: psycopg.Cursor) -> None:
+        # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
+        # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
+        if self.rows:
+            cur.executemany(
+                "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, \"window\", run_id)"
+                " select e, k, s, r, j, case when j is null then t end, w, u from (select %s::text e, %s::text k,"
+                " %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j, %s::text t, %s::text w, %s::text u) x",
+                self.rows,
+            )
+            self.rows = []
+
+
+def copy_or_quarantine(cur: psycopg.Cursor, units: list, copy: Callable[[list], None], quarantine: Quarantine,
+                       raw_of: Callable[[Any], tuple[Any, int | None]]) -> list:
+    """Stage ``units`` (rows, or one record's rows each) with ``copy(units)`` under a savepoint. If
+    PostgreSQL refuses a value, stage them one by one, each under its own savepoint, and quarantine
+    exactly the refused ones (``raw_of(unit)`` -> (raw record, store id)). Returns the refused units.
+    Any other database error (a lost connection, a cancel) propagates and fails the load."""
+    if not units:
+        return []
+    try:
+        with cur.connection.transaction():
+            copy(units)
+        return []
+    except psycopg.Error as exc:
+        if not is_data_error(exc):
+            raise
+    refused = []
+    for unit in units:
+        try:
+            with cur.connection.transaction():
+                copy([unit])
+        except psycopg.Error as exc:
+            if not is_data_error(exc):
+                raise
+            raw, store_id = raw_of(unit)
+            quarantine.refused(raw, store_id, exc)
+            refused.append(unit)
+    return refused
+
+
+# ------------------------------------------------------------------------------------------------
+# merging
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child table replaced with its parent's accepted version (``children.sql``)."""
+
+    table: str  # taptouch.<table>
+    stage: str  # its staging table (rows carry the parent's ``seq``)
+    cols: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """How one table merges staged rows: what is the table's own, the recipe being shared.
+
+    ``keys`` identify a row; ``version`` orders versions (``updated_at_exact``); ``accept`` names the
+    rule (a file of ``sql/merge/``) that decides whether a staged row replaces the held one, with
+    ``differs`` its test that the staged content is not the held one; ``stamp`` is set to now()
+    where a row is replaced; ``lock`` names the advisory lock merges of the table take (per store
+    when ``lock_per_store``); ``children`` follow the accepted version; ``entity`` and ``record_key``
+    name the quarantine rows a staged record resolves."""
+
+    table: str
+    keys: tuple[str, ...]
+    cols: tuple[str, ...]
+    accept: str
+    differs: str
+    stamp: str
+    lock: str
+    entity: str
+    record_key: str
+    version: str = "updated_at_exact"
+    lock_per_store: bool = False
+    children: tuple[Child, ...] = ()
+
+    @property
+    def lock_key(self) -> int:
+        return zlib.crc32(self.lock.encode("ascii"))
+
+    def take_lock(self, cur: psycopg.Cursor, store_id: int | None = None) -> None:
+        """The transaction-scoped advisory lock of this table's merges (re-entrant in a transaction)."""
+        if self.lock_per_store:
+            cur.execute("select pg_advisory_xact_lock(%s, %s)", (self.lock_key % 2**31, store_id % 2**31))
+        else:
+            cur.execute("select pg_advisory_xact_lock(%s)", (self.lock_key,))
+
+    def accept_rule(self, differs: str | None = None) -> sql.Composable:
+        held = sql.SQL("coalesce(t.{v}, taptouch.exact_epoch(t.updated_at))").format(v=sql.Identifier(self.version))
+        return sql.SQL(merge_sql(self.accept)).format(version=sql.Identifier(self.version), held=held,
+                                                      differs=sql.SQL(differs or self.differs))
+
+    def merge(self, cur: psycopg.Cursor, source: str, *, into: str, cols: Sequence[str] | None = None,
+              returned: Sequence[str] = (), carry: tuple[str, str] | None = None, prefix: str | None = None,
+              keep: Sequence[str] = (), differs: str | None = None) -> None:
+        """Merge the rows of ``source`` (a staging table, or a join of them) with ``upsert.sql``.
+        The caller holds :meth:`take_lock`. Writes the temporary table ``into``: the keys written
+        plus ``returned``, ``inserted`` (new row), and ``carry`` = (table, column) joined on the
+        first key. ``cols`` (default the spec's) are the columns written, read from ``source``
+        (as ``prefix.col`` when given); ``keep``: columns written only by an insert."""
+        cols = tuple(cols or self.cols)
+        carried, carry_join = sql.SQL(""), sql.SQL("")
+        if carry is not None:
+            carried = sql.SQL(", {}.{}").format(sql.Identifier(carry[0]), sql.Identifier(carry[1]))
+            carry_join = sql.SQL(" join {} using ({})").format(sql.Identifier(carry[0]), sql.Identifier(self.keys[0]))
+        cur.execute(sql.SQL(merge_sql("upsert")).format(
+            into=sql.Identifier(into), table=_table(self.table), cols=_names(cols), source=sql.SQL(source),
+            source_cols=_names(cols, prefix), order=_names(self.keys, prefix), keys=_names(self.keys),
+            sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+                                    for c in cols if c not in self.keys and c not in keep),
+            stamp=sql.Identifier(self.stamp), accept=self.accept_rule(differs),
+            returned=_names(tuple(self.keys) + tuple(returned), "t"), carried=carried, carry_join=carry_join))
+
+    def merged_counts(self, cur: psycopg.Cursor, into: str, staged: str) -> tuple[int, int, int]:
+        """(inserted, updated, unchanged) of a merge into ``into`` of the rows of table ``staged``."""
+        cur.execute(sql.SQL("select (select count(*) filter (where inserted) from {i}), (select count(*) from {i}),"
+                            " (select count(*) from {s})").format(i=sql.Identifier(into), s=sql.Identifier(staged)))
+        inserted, written, staged_n = cur.fetchone()
+        return inserted, written - inserted, staged_n - written
+
+    def replace_children(self, cur: psycopg.Cursor, accepted: str) -> None:
+        """The children of the parents in ``accepted`` (with ``seq`` and ``inserted``) follow them."""
+        for child in self.children:
+            cur.execute(sql.SQL(merge_sql("children")).format(
+                child=_table(child.table), accepted=sql.Identifier(accepted), parent=_table(self.table),
+                parent_key=sql.Identifier(self.keys[0]), stage=sql.Identifier(child.stage),
+                cols=_names(child.cols), source_cols=_names(child.cols, "s")))
+
+    def resolve_quarantine(self, cur: psycopg.Cursor, staged: str, store_id: int | None = None) -> None:
+        """Stamp ``resolved_at`` on the unresolved quarantine rows of the records in ``staged``."""
+        of_store = sql.SQL("") if not self.lock_per_store else sql.SQL(" and q.store_id = {}").format(
+            sql.Literal(store_id))
+        cur.execute(sql.SQL(merge_sql("resolve_quarantine")).format(
+            staged=sql.Identifier(staged), entity=sql.Literal(self.entity),
+            record_key=sql.Identifier(self.record_key), of_store=of_store))
+
+
+STORES = MergeSpec(
+    table="taptouch.stores", keys=("store_id",), cols=records.STORE_COLS + ("updated_at_exact", "raw"),
+    accept="newer_wins", differs="excluded.raw is distinct from t.raw", stamp="loaded_at",
+    lock="taptouch.stores.merge", entity="store", record_key="store_id")
+
+ORDERS = MergeSpec(
+    table="taptouch.orders", keys=("order_id",), cols=records.ORDER_COLS + ("updated_at_exact", "raw", "raw_hash"),
+    accept="newer_wins", stamp="loaded_at", lock="taptouch.orders.merge", entity="order", record_key="order_id",
+    # the same bytes (by digest), or the same JSON in another key order, is the same content
+    differs="excluded.raw_hash is distinct from t.raw_hash and excluded.raw::text is distinct from t.raw::text",
+    children=(Child("taptouch.order_items", "stage_items", records.ITEM_COLS),
+              Child("taptouch.order_payments", "stage_payments", records.PAYMENT_COLS),
+              Child("taptouch.order_refunds", "stage_refunds", records.REFUND_COLS)))
+
+INVENTORY = MergeSpec(
+    table="taptouch.inventory_levels", keys=("store_id", "product_id"),
+    cols=records.INVENTORY_COLS + ("updated_at_exact", "raw"), accept="not_older",
+    differs="excluded.raw is distinct from t.raw", stamp="synced_at", lock="taptouch.inventory.merge",
+    lock_per_store=True, entity="inventory", record_key="product_id")
