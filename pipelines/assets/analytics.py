@@ -30,6 +30,7 @@ TABLE_WRITERS = {
     "stores": "stores",
     "orders": "orders", "order_items": "orders", "order_payments": "orders", "order_refunds": "orders",
     "inventory_levels": "inventory", "inventory_snapshots": "inventory",
+    "sync_log": "orders",  # what analytics.business_days reads: the orders windows' loads
 }
 
 

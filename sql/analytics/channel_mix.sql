@@ -14,6 +14,8 @@
 --   net_sales         Σ total − refunds
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete      true when the store's business date is completely loaded (analytics.business_days):
+--                     false for the current day and the edge days a load has not fully covered
 create or replace view analytics.channel_mix as
 select
     store_id,
@@ -25,6 +27,7 @@ select
     sum(refunds)::numeric(14, 2) as refunds,
     sum(net_total)::numeric(14, 2) as net_sales,
     account,
-    currency
+    currency,
+    day_complete
 from analytics.sales_orders
-group by store_id, store_name, business_date, source, fulfillment_type, account, currency;
+group by store_id, store_name, business_date, source, fulfillment_type, account, currency, day_complete;

@@ -14,6 +14,8 @@
 --   avg_order_value  Σ total / order_count, rounded to cents
 --   account          the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency         ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete     true when the store's business date is completely loaded (analytics.business_days):
+--                    false for the current day and the edge days a load has not fully covered
 create or replace view analytics.daily_store_sales as
 select
     store_id,
@@ -27,6 +29,7 @@ select
     sum(tax)::numeric(14, 2) as tax,
     round(sum(total) / count(*), 2) as avg_order_value,
     account,
-    currency
+    currency,
+    day_complete
 from analytics.sales_orders
-group by store_id, store_name, business_date, account, currency;
+group by store_id, store_name, business_date, account, currency, day_complete;

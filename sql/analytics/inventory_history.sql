@@ -18,6 +18,8 @@
 --   item_sales      Σ item total of those lines (0.00 if none)
 --   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency        ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete    true when the store's business date is completely loaded (analytics.business_days):
+--                   false for the current day and the edge days a load has not fully covered
 create or replace view analytics.inventory_history as
 with sales as (
     select order_id, store_id, business_date
@@ -51,7 +53,8 @@ select
     coalesce(daily_units.units_sold, 0) as units_sold,
     coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales,
     snapshots.account::text as account,
-    stores.currency
+    stores.currency,
+    coalesce(days.day_complete, false) as day_complete
 from taptouch.inventory_snapshots as snapshots
 left join daily_units
     on daily_units.store_id = snapshots.store_id
@@ -61,4 +64,6 @@ left join taptouch.inventory_levels as levels
     on levels.store_id = snapshots.store_id
     and levels.product_id = snapshots.product_id
 left join taptouch.stores as stores
-    on stores.store_id = snapshots.store_id;
+    on stores.store_id = snapshots.store_id
+left join analytics.business_days as days
+    on days.store_id = snapshots.store_id and days.business_date = snapshots.snapshot_date;

@@ -16,9 +16,11 @@
 --   tips           Σ tips given with those payments (on top of amount)
 --   account        the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency       ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete   true when the store's business date is completely loaded (analytics.business_days):
+--                  false for the current day and the edge days a load has not fully covered
 create or replace view analytics.payment_mix as
 with sales as (
-    select order_id, store_id, business_date, account
+    select order_id, store_id, business_date, account, day_complete
     from analytics.sales_orders
 ),
 payments as (
@@ -26,6 +28,7 @@ payments as (
         sales.store_id,
         sales.business_date,
         sales.account,
+        sales.day_complete,
         payments.method,
         payments.amount,
         payments.surcharge,
@@ -42,9 +45,10 @@ daily as (
         sum(amount) as amount,
         sum(surcharge) as surcharges,
         sum(tip) as tips,
-        account
+        account,
+        day_complete
     from payments
-    group by store_id, business_date, method, account
+    group by store_id, business_date, method, account, day_complete
 )
 select
     daily.store_id,
@@ -56,6 +60,7 @@ select
     daily.surcharges::numeric(14, 2) as surcharges,
     daily.tips::numeric(14, 2) as tips,
     daily.account,
-    stores.currency
+    stores.currency,
+    daily.day_complete
 from daily
 left join taptouch.stores as stores using (store_id);

@@ -22,9 +22,11 @@
 --                     before item discounts), rounded to cents
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete      true when the store's business date is completely loaded (analytics.business_days):
+--                     false for the current day and the edge days a load has not fully covered
 create or replace view analytics.product_sales as
 with sales as (
-    select order_id, store_id, business_date, account
+    select order_id, store_id, business_date, account, day_complete
     from analytics.sales_orders
 ),
 items as (
@@ -32,6 +34,7 @@ items as (
         sales.store_id,
         sales.business_date,
         sales.account,
+        sales.day_complete,
         items.order_id,
         items.item_id,
         items.product_id,
@@ -69,11 +72,12 @@ daily as (
         sum(items.total) as net_item_sales,
         sum(items.discount) as item_discounts,
         coalesce(sum(item_modifiers.modifier_revenue), 0) as modifier_revenue,
-        items.account
+        items.account,
+        items.day_complete
     from items
     left join item_modifiers using (order_id, item_id)
     group by items.store_id, items.business_date, items.product_id, items.product_name, items.category,
-             items.account
+             items.account, items.day_complete
 )
 select
     daily.store_id,
@@ -88,6 +92,7 @@ select
     daily.item_discounts::numeric(14, 2) as item_discounts,
     round(daily.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
     daily.account,
-    stores.currency
+    stores.currency,
+    daily.day_complete
 from daily
 left join taptouch.stores as stores using (store_id);

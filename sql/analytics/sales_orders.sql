@@ -21,6 +21,8 @@
 --   net_total         total − refunds
 --   account           the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 --   currency          ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete      true when the store's business date is completely loaded (analytics.business_days):
+--                     false for the current day and the edge days a load has not fully covered
 create or replace view analytics.sales_orders as
 with sales as (
     select
@@ -65,6 +67,9 @@ select
     coalesce(order_refunds.refunded, 0)::numeric(14, 2) as refunds,
     (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total,
     sales.account,
-    sales.currency
+    sales.currency,
+    coalesce(days.day_complete, false) as day_complete
 from sales
-left join order_refunds using (order_id);
+left join order_refunds using (order_id)
+left join analytics.business_days as days
+    on days.store_id = sales.store_id and days.business_date = sales.business_date;

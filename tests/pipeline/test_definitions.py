@@ -31,14 +31,15 @@ DAY = "2026-11-25"
 # What each analytics view reads, written out: the asset that writes each taptouch table it
 # names, and the views it builds on.
 VIEW_UPSTREAMS = {
-    "sales_orders": {"orders", "stores"},
+    "business_days": {"orders", "stores", "inventory"},  # orders, their windows' loads (sync_log), snapshots
+    "sales_orders": {"orders", "stores", "business_days"},
     "daily_store_sales": {"sales_orders"},
     "hourly_sales": {"sales_orders"},
     "channel_mix": {"sales_orders"},
     "payment_mix": {"sales_orders", "orders", "stores"},
     "product_sales": {"sales_orders", "orders", "stores"},
     "inventory_status": {"sales_orders", "orders", "stores", "inventory"},
-    "inventory_history": {"sales_orders", "orders", "stores", "inventory"},
+    "inventory_history": {"sales_orders", "orders", "stores", "inventory", "business_days"},
 }
 
 

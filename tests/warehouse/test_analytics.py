@@ -435,7 +435,7 @@ def test_analytics_assets_materialize_with_chart(loaded):
     assert result.success
     mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
             for e in result.get_asset_materialization_events()}
-    assert set(mats) == set(KEYS)
+    assert set(mats) == set(KEYS) | {"business_days"}
     for view, mat in mats.items():
         rows = conn.execute(f"select count(*) from analytics.{view}").fetchone()[0]
         assert mat.metadata["dagster/row_count"].value == rows > 0
@@ -467,7 +467,7 @@ def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
 
 # ------------------------------------------------------------------------------ applying views safely
 WIDER_SALES_ORDERS = view_sql("sales_orders").replace(
-    "sales.currency\nfrom sales", "sales.currency,\n    1 as retired_column\nfrom sales")
+    "as day_complete\nfrom sales", "as day_complete,\n    1 as retired_column\nfrom sales")
 assert "retired_column" in WIDER_SALES_ORDERS
 
 
@@ -483,7 +483,7 @@ def test_a_view_whose_columns_changed_is_recreated_with_every_view_built_on_it(m
         assert "retired_column" in {r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_name = 'sales_orders'")}
         assert apply_views(conn, ["sales_orders"]) == ["sales_orders"]
-        assert relations(conn, "analytics") == set(KEYS)  # the dependents came back
+        assert relations(conn, "analytics") == set(KEYS) | {"business_days"}  # the dependents came back
         assert "retired_column" not in {r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_name = 'sales_orders'")}
 
@@ -499,6 +499,129 @@ def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
         with pytest.raises(ViewConflictError, match="public.my_report"):
             apply_views(conn, ["sales_orders"])
         assert "my_report" in relations(conn, "public")
-        assert relations(conn, "analytics") == set(KEYS)
+        assert relations(conn, "analytics") == set(KEYS) | {"business_days"}
         assert "retired_column" in {r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+
+
+# ------------------------------------------------------------------------------ complete business days
+DATED_VIEWS = {"sales_orders": "business_date", "daily_store_sales": "business_date", "hourly_sales": "business_date",
+               "product_sales": "business_date", "payment_mix": "business_date", "channel_mix": "business_date",
+               "inventory_history": "snapshot_date"}
+
+
+def local_day(day: date, tz: ZoneInfo) -> tuple[datetime, datetime, list[date]]:
+    """(start, end) of a store-local day as UTC instants, and the UTC days (orders windows) it overlaps."""
+    starts = datetime.combine(day, datetime.min.time(), tz).astimezone(timezone.utc)
+    ends = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
+    first, last = starts.date(), (ends - timedelta(microseconds=1)).date()
+    return starts, ends, [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def window_loaded(window: date, day_ends: datetime, loaded: set[date], first_load: datetime,
+                  last_load: datetime) -> bool | None:
+    """Whether a window counts for a day, every window of ``loaded`` having been loaded once between
+    ``first_load`` and ``last_load``: it must have loaded after the day ended, or after the window
+    ended if that came first. None: undecidable (the instant fell while the loads ran)."""
+    if window not in loaded:
+        return False
+    after = min(day_ends, datetime.combine(window + timedelta(days=1), datetime.min.time(), timezone.utc))
+    return True if after <= first_load else False if after > last_load else None
+
+
+def test_business_days_say_which_days_are_completely_loaded(loaded, sandbox):
+    """Every store-day with an order or a snapshot, its windows, and day_complete, against the rule
+    computed in Python from the windows the fixture loaded (all at about the same time)."""
+    _, conn = loaded
+    first_load, last_load = conn.execute("select min(started_at), max(started_at) from taptouch.sync_log"
+                                         " where entity = 'orders'").fetchone()
+    tz = tz_of(sandbox)
+    days = {(sid, truth.business_date(o, str(tz[sid]))) for sid in sandbox.store_ids() for o in sandbox.orders(sid)}
+    days |= {(sid, d) for d in inventory_days(sandbox) for sid in sandbox.store_ids()}
+    got = {(r[0], r[1]): r[2:] for r in conn.execute(
+        "select store_id, business_date, day_complete, windows, windows_loaded, account from analytics.business_days")}
+    assert got.keys() == days
+    decided = {True: 0, False: 0}
+    for (sid, day), (complete, windows, windows_loaded, account) in got.items():
+        _, ends, overlapping = local_day(day, tz[sid])
+        assert windows == [w.isoformat() for w in overlapping] and account == "default"
+        judged = [window_loaded(w, ends, set(utc_days(sandbox)), first_load, last_load) for w in overlapping]
+        if None in judged:
+            continue
+        assert windows_loaded == [w.isoformat() for w, ok in zip(overlapping, judged) if ok], (sid, day)
+        assert complete == all(judged), (sid, day, judged)
+        decided[complete] += 1
+    assert decided[True] >= 3 * STORES, decided  # partial days: the next test and the one after
+    for sid in sandbox.store_ids():  # the store's current day has not ended: partial
+        today = datetime.now(tz[sid]).date()
+        assert got.get((sid, today), (False,))[0] is False
+
+
+def test_every_dated_view_says_whether_its_day_is_complete(loaded):
+    """day_complete, last in every dated view, is business_days' verdict on the row's store and date."""
+    _, conn = loaded
+    verdict = dict(((sid, d), ok) for sid, d, ok in conn.execute(
+        "select store_id, business_date, day_complete from analytics.business_days"))
+    for view, date_column in DATED_VIEWS.items():
+        cols = [c for (c,) in conn.execute(
+            "select column_name from information_schema.columns where table_schema = 'analytics'"
+            " and table_name = %s order by ordinal_position", (view,))]
+        assert cols[-3:] == ["account", "currency", "day_complete"], view
+        rows = conn.execute(f"select store_id, {date_column}, day_complete from analytics.{view}").fetchall()
+        assert rows and all(ok == verdict[(sid, d)] for sid, d, ok in rows), view
+
+
+def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended(migrated_db):
+    """A Sydney day (UTC+11 in November) overlaps two orders windows: the UTC day before it, which
+    ends first, and its own UTC day, which holds its end. Load times are set on the loads' sync_log
+    rows. A store with no order in a window is covered by its account's load of that window."""
+    sb = Sandbox(SandboxConfig(seed=7, stores=2, days=3, orders_per_day=20, end_date=date(2026, 11, 20),
+                               empty_store_ids=(7102,)))
+    sydney, empty = sb.store_ids()
+    with psycopg.connect(libpq_url(migrated_db), autocommit=True) as conn:
+        load_stores(conn, sb.stores())
+        for offset in range(-4, 2):
+            sync_day(client_for(sb), conn, sb.end_date + timedelta(days=offset))
+        apply_views(conn)
+        day = date(2026, 11, 19)
+        conn.execute("insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand)"
+                     " values (%s, %s, 1, 5)", (day, empty))
+        before, own = "2026-11-18", "2026-11-19"  # windows: [18th 13:00Z, 24:00Z) and [19th 00:00Z, 13:00Z)
+        day_ends = datetime(2026, 11, 19, 13, tzinfo=timezone.utc)
+
+        def loads(window: str, at: datetime, store_id: int | None = sydney) -> None:
+            conn.execute("update taptouch.sync_log set started_at = %s where entity = 'orders' and \"window\" = %s"
+                         " and store_id is not distinct from %s", (at, window, store_id))
+
+        def verdict(store_id: int = sydney) -> tuple[bool, list[str]]:
+            complete, loaded = conn.execute("select day_complete, windows_loaded from analytics.business_days"
+                                            " where store_id = %s and business_date = %s", (store_id, day)).fetchone()
+            for view, date_column in DATED_VIEWS.items():  # every dated view says the same of its rows
+                said = {r[0] for r in conn.execute(f"select day_complete from analytics.{view} where store_id = %s"
+                                                   f" and {date_column} = %s", (store_id, day))}
+                assert said <= {complete} and (said or view == "inventory_history" or store_id == empty), view
+            return complete, loaded
+
+        assert conn.execute("select windows from analytics.business_days where store_id = %s and business_date = %s",
+                            (sydney, day)).fetchone()[0] == [before, own]
+        loads(before, datetime(2026, 11, 19, 0, 5, tzinfo=timezone.utc))  # 5 min after its window ended
+        loads(own, day_ends + timedelta(minutes=5))
+        assert verdict() == (True, [before, own])
+        loads(own, day_ends - timedelta(minutes=5))  # the last load began before the local day ended
+        assert verdict() == (False, [before])
+        loads(own, day_ends + timedelta(hours=3))
+        loads(before, datetime(2026, 11, 18, 23, 55, tzinfo=timezone.utc))  # before its window ended
+        assert verdict() == (False, [own])
+        conn.execute("delete from taptouch.sync_log where store_id = %s and \"window\" = %s", (sydney, before))
+        conn.execute("insert into taptouch.sync_log (entity, store_id, \"window\", started_at) values"
+                     " ('orders', 999, %s, %s)", (before, day_ends))  # another store's load of the window
+        assert verdict() == (False, [own])  # the Sydney store has orders there: its own load is needed
+        # the empty store (Perth, UTC+8: its day ends at 16:00Z) has no order in either window: its
+        # account's loads of them count
+        perth_ends = datetime(2026, 11, 19, 16, tzinfo=timezone.utc)
+        conn.execute("update taptouch.sync_log set started_at = %s where \"window\" in (%s, %s)",
+                     (perth_ends + timedelta(minutes=1), before, own))
+        assert verdict(empty) == (True, [before, own])
+        conn.execute("update taptouch.sync_log set started_at = %s where \"window\" = %s",
+                     (perth_ends - timedelta(minutes=1), own))
+        assert verdict(empty) == (False, [before])
