@@ -156,6 +156,22 @@ def test_failed_store_discarded_others_commit(db):
     assert q(db, "select order_id from taptouch.orders") == [(300,)]
 
 
+def test_staging_and_merge_are_two_steps_with_no_lock_held_between_them(db, migrated_db):
+    first, newer = "2026-11-02T12:40:00+11:00", "2026-11-02T13:40:00+11:00"
+    with OrderWindowLoad(db, window="2026-11-02") as load:
+        load.add_page(7101, [f.order(800, updated_at=first), f.order(800, updated_at=newer)])
+        load.close_staging()
+        with conn_for(migrated_db) as other:  # between the steps: the merge lock is free, nothing is visible
+            assert other.execute("select pg_try_advisory_lock(%s)", (loader._LOCK_ORDERS,)).fetchone() == (True,)
+            other.execute("select pg_advisory_unlock(%s)", (loader._LOCK_ORDERS,))
+            assert other.execute("select count(*) from taptouch.orders").fetchone() == (0,)
+        with pytest.raises(RuntimeError, match="after close_staging"):
+            load.add_page(7101, [f.order(801)])
+        counts = load.finish()
+    assert (counts.inserted, counts.duplicates) == (1, 1)
+    assert q(db, "select order_id, updated_at = %s::timestamptz from taptouch.orders", newer) == [(800, True)]
+
+
 def test_error_mid_window_rolls_back_everything(db):
     with pytest.raises(RuntimeError):
         with OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
