@@ -14,6 +14,7 @@ A tunable set on a resource (in code, or per run in the launchpad) wins over its
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -43,33 +44,41 @@ DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
 DEFAULT_LOOKBACK = timedelta(minutes=5)
 
 
-try:  # the resources import dagster; this module stays importable without it
-    from dagster import Failure as _Failure
-except ImportError:  # pragma: no cover - dagster is a dependency of the code location
-    _Failure = None
-
-
 class SettingError(ValueError):
     """A ``TAPTOUCH_*`` setting (or the resource field standing for it) has a value the code location
     cannot use. The message names the variable, the value and what to set instead."""
 
 
-if _Failure is not None:
-    class RunSettingError(SettingError, _Failure):
-        """A setting read when a run starts: a ``dg.Failure`` that the step's ``RetryPolicy`` does not
-        retry (a retry cannot cure a bad setting), and still a ``ValueError``."""
+@functools.cache
+def _run_setting_error() -> type[SettingError]:
+    """``RunSettingError``: a setting read when a run starts, as a ``dg.Failure`` that the step's
+    ``RetryPolicy`` does not retry (a retry cannot cure a bad setting), and still a ``ValueError``.
+    Built on first use: the sync path (the benchmark, the CLI) imports this module without paying
+    for Dagster's import."""
+    try:
+        from dagster import Failure
+    except ImportError:  # pragma: no cover - dagster is a dependency of the code location
+        return type("RunSettingError", (SettingError,), {"__module__": __name__})
+
+    class RunSettingError(SettingError, Failure):
+        __doc__ = _run_setting_error.__doc__
 
         def __init__(self, message: str):
-            _Failure.__init__(self, description=message, allow_retries=False)
-else:  # pragma: no cover
-    class RunSettingError(SettingError):  # type: ignore[no-redef]
-        pass
+            Failure.__init__(self, description=message, allow_retries=False)
+
+    return RunSettingError
+
+
+def __getattr__(name: str):
+    if name == "RunSettingError":
+        return _run_setting_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None, *,
          at_load: bool = False) -> int:
     """``configured`` when set, else the variable ``name``, else ``default``; checked to lie in [lo, hi]."""
-    error = SettingError if at_load else RunSettingError
+    error = SettingError if at_load else _run_setting_error()
     if configured is None:
         source, raw = name, os.environ.get(name, "").strip()
         fix = f"set {name} to a whole number from {lo} to {hi}, or unset it for the default {default}"
@@ -164,7 +173,7 @@ def requests_per_second(configured: float | None = None, *, variable: str = "TAP
     except (ValueError, TypeError):
         value = float("nan")
     if not math.isfinite(value) or value < 0 or 0 < value < MIN_REQUESTS_PER_SECOND:
-        raise RunSettingError(
+        raise _run_setting_error()(
             f"{source} must be 0 (no limit) or a number of requests per second from {MIN_REQUESTS_PER_SECOND} "
             f"(e.g. 10 or 0.5), got {raw!r}: set it to the budget Taptouch gives the client id, or unset it for "
             f"the default {DEFAULT_REQUESTS_PER_SECOND:g}")
@@ -185,10 +194,10 @@ def lookback(configured: str | int | None = None) -> timedelta:
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "")
     fix = "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most 24h, or unset it for 5m"
     if not (number.isascii() and number.isdigit()):
-        raise RunSettingError(f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
+        raise _run_setting_error()(f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
     seconds = int(number) * _UNITS[unit]
     if not 0 <= seconds <= 86_400:
-        raise RunSettingError(f"{source} must be between 0 and 24h, got {raw!r}: {fix}")
+        raise _run_setting_error()(f"{source} must be between 0 and 24h, got {raw!r}: {fix}")
     return timedelta(seconds=seconds)
 
 
@@ -254,7 +263,7 @@ def account_resource(taptouch: "TaptouchResource", account: "Account") -> "Tapto
         if getattr(taptouch, field) is None:
             value = os.environ.get(account.env(setting), "").strip()  # a newline read from a file is no part of it
             if not value:
-                raise RunSettingError(
+                raise _run_setting_error()(
                     f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
                     f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
             update[field] = value
