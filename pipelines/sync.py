@@ -1,23 +1,12 @@
 """Sync jobs independent of Dagster: API -> loader, with parallel stores and per-store isolation.
 
-The assets call these functions, and so do the benchmark and the reliability report, so every
-measurement exercises the production code path.
-
-Orders of one window: stores are fetched in parallel threads (bounded; they share one client, so
-its token cache and request-rate limit are shared) while the calling thread validates and COPYs
-pages into staging as they arrive (fetching and loading overlap). The fetchers speak to the loader
-in typed events (:class:`PageFetched`, :class:`StoreDone`, :class:`StoreFailed`) through a bounded
-queue, which keeps memory independent of the window size. A store that fails is dropped from the
-window's staging; the other stores commit, and the failure is reported.
-
-Several windows (a ranged run): :func:`sync_orders_windows` loads :data:`WINDOWS_IN_FLIGHT` of
-them at once, each on its own connection and in its own transaction, so one window's merge runs in
-PostgreSQL while the next one is fetched; results come back, and merges commit, in the windows'
-order. If the caller stops (run termination), the windows in flight roll back.
-
-Which stores exist, and their time zones, comes from the API's store listing read by the caller's
-own client (:func:`list_stores`): only :func:`sync_stores` (the ``stores`` asset) writes
-``taptouch.stores``.
+The assets call these functions, and so do the benchmark and the reliability report. One orders
+window: stores are fetched in bounded parallel threads (one client, one token cache and rate
+limit) that hand pages to the calling thread through a bounded queue of typed events, so fetching
+and staging overlap and memory does not grow with the window; a failing store is dropped, the
+others commit. A ranged run (:func:`sync_orders_windows`) keeps :data:`WINDOWS_IN_FLIGHT` windows
+in flight, each its own connection and transaction, committing in window order. Only
+:func:`sync_stores` writes ``taptouch.stores``. docs/operating.md; the figures: docs/performance.md.
 """
 
 from __future__ import annotations

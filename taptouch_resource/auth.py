@@ -1,24 +1,12 @@
-"""OAuth 2.0 client-credentials tokens for Taptouch, as an ``httpx.Auth``.
+"""OAuth 2.0 tokens for Taptouch: :class:`TokenEndpoint` does the HTTP exchange with
+``/auth/v2/token``; the ``httpx.Auth`` flows attach tokens and refresh them.
 
-* Tokens are fetched from ``/auth/v2/token`` (form-encoded ``client_credentials`` grant), cached
-  on the instance, and refreshed early: ``min(300 s, 10 % of the lifetime)`` before expiry, so
-  short lifetimes work too.
-* One fetch at a time: threads that need a token while another thread fetches one wait for it
-  and reuse it (no stampede).
-* On a 401 from the API the flow refreshes once and resends; a second 401 is returned to the
-  caller, which raises :class:`TaptouchAuthError`.
-* The token endpoint itself is retried on 429 (honouring ``Retry-After``), 5xx and network errors.
-* Errors in RFC 6749 §5.2 form (``{"error": ..., "error_description": ...}``) and in the envelope
-  form (``{"status": {"ack": 401, "errors": ...}}``) are both understood.
-* A granted ``scope`` narrower than the requested one is an error naming the missing scopes.
-* The client secret and tokens never appear in ``repr()``, logs or exception text.
-* The HTTP exchange with the token endpoint is :class:`TokenEndpoint`'s; the ``httpx.Auth`` flow only
-  attaches tokens and refreshes them.
-* With a :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``; the code location passes
-  its Postgres token store), tokens are shared by every process of a deployment; the in-memory
-  cache stays in front of it.
-  :class:`MerchantAuth` serves a merchant's authorization-code grant from the store, rotating its
-  single-use refresh token under a row lock.
+:class:`ClientCredentialsAuth` caches a token, refreshes it ``min(300 s, 10 % of its lifetime)``
+early with one fetch at a time across threads, and refreshes and resends once on a 401; with a
+:class:`~taptouch_resource.tokens.TokenPersistence` (``store=``) every process shares it.
+:class:`MerchantAuth` serves a merchant's authorization-code grant from the store, rotating its
+single-use refresh token. Secrets and tokens never appear in ``repr()``, logs or errors.
+docs/client.md; grants and the token store: docs/authorization.md.
 """
 
 from __future__ import annotations

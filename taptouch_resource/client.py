@@ -1,16 +1,11 @@
-"""TaptouchClient: envelope, pagination (through :class:`~taptouch_resource.listing.Paginator`),
-retries, rate limit, typed errors.
+"""TaptouchClient: envelope, requests, retries, rate limit, typed errors; paging through
+:class:`~taptouch_resource.listing.Paginator`.
 
-Records are yielded lazily, page by page, either as parsed JSON (``dict``, every non-integer number
-as ``Decimal``) or, from the ``*_records`` / ``*_record_pages`` methods, as the exact bytes the API
-sent for each record (the envelope is decoded by msgspec with ``data`` as a list of raw records, so
-nothing about a record is re-spelled). Validation and the mapping to warehouse rows live in the
-warehouse's record boundary (``pipelines.warehouse.records``), so a malformed record is quarantined
-there, not lost here. A record that is not even JSON is yielded as its ``bytes`` by the dict methods.
-
-A page is only ever yielded from a well-formed answer: a 200 whose envelope has no ``data``, a null
-or non-list ``data``, or more records than ``count`` is a :class:`TaptouchProtocolError`, never an
-empty page, so a caller never replaces a store's data from an incomplete listing.
+Records are yielded lazily, page by page, as parsed JSON (money as ``Decimal``) or, from the
+``*_records`` / ``*_record_pages`` methods, as the exact bytes the API sent; validating them is the
+warehouse's record boundary's job (``pipelines.warehouse.records``). A malformed answer (no ``data``,
+a non-list ``data``, more records than ``count``) is a :class:`TaptouchProtocolError`, never an empty
+page. docs/client.md.
 """
 
 from __future__ import annotations
