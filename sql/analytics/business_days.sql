@@ -28,38 +28,36 @@ with days as (
     union
     select store_id, snapshot_date from taptouch.inventory_snapshots
 ),
-spans as (
+windows as (
     select
         days.store_id,
         stores.name as store_name,
         days.business_date,
-        days.business_date::timestamp at time zone stores.timezone as day_starts_at,
-        (days.business_date + 1)::timestamp at time zone stores.timezone as day_ends_at,
+        local_day.starts_at as day_starts_at,
+        local_day.ends_at as day_ends_at,
+        to_char(utc_days.utc_day, 'YYYY-MM-DD') as window_key,
+        utc_days.utc_day::timestamp at time zone 'UTC' as window_starts_at,
+        (utc_days.utc_day + 1)::timestamp at time zone 'UTC' as window_ends_at,
+        least(local_day.ends_at, (utc_days.utc_day + 1)::timestamp at time zone 'UTC') as loaded_after,
         stores.account
     from days
     join taptouch.stores as stores using (store_id)
-),
-windows as (
-    select
-        spans.store_id,
-        spans.business_date,
-        to_char(utc_day, 'YYYY-MM-DD') as window_key,
-        utc_day::timestamp at time zone 'UTC' as window_starts_at,
-        (utc_day + 1)::timestamp at time zone 'UTC' as window_ends_at,
-        least(spans.day_ends_at, (utc_day + 1)::timestamp at time zone 'UTC') as loaded_after,
-        spans.account
-    from spans
+    cross join lateral (
+        select
+            days.business_date::timestamp at time zone stores.timezone as starts_at,
+            (days.business_date + 1)::timestamp at time zone stores.timezone as ends_at
+    ) as local_day
     cross join lateral (
         select generated::date as utc_day
-        from generate_series((spans.day_starts_at at time zone 'UTC')::date,
-                             ((spans.day_ends_at - interval '1 microsecond') at time zone 'UTC')::date,
+        from generate_series((local_day.starts_at at time zone 'UTC')::date,
+                             ((local_day.ends_at - interval '1 microsecond') at time zone 'UTC')::date,
                              interval '1 day') as generated
     ) as utc_days
 ),
 judged as (
     select
         windows.*,
-        exists (
+        case when exists (
             select 1 from taptouch.sync_log as loads
             where loads.entity = 'orders' and loads.store_id = windows.store_id
               and loads."window" = windows.window_key and loads.started_at >= windows.loaded_after
@@ -74,28 +72,31 @@ judged as (
                 where loads.entity = 'orders' and loads.account = windows.account
                   and loads."window" = windows.window_key and loads.started_at >= windows.loaded_after
             )
-        ) as loaded
+        ) then windows.window_key end as loaded_window
     from windows
 ),
 per_day as (
     select
         store_id,
+        store_name,
         business_date,
-        bool_and(loaded) as all_loaded,
+        day_starts_at,
+        day_ends_at,
         array_agg(window_key order by window_key) as windows,
-        coalesce(array_agg(window_key order by window_key) filter (where loaded), '{}') as windows_loaded
+        coalesce(array_agg(loaded_window order by loaded_window) filter (where loaded_window is not null),
+                 '{}') as windows_loaded,
+        account
     from judged
-    group by store_id, business_date
+    group by store_id, store_name, business_date, day_starts_at, day_ends_at, account
 )
 select
-    spans.store_id,
-    spans.store_name,
-    spans.business_date,
-    (per_day.all_loaded and spans.day_ends_at <= now()) as day_complete,
-    spans.day_starts_at,
-    spans.day_ends_at,
-    per_day.windows,
-    per_day.windows_loaded,
-    spans.account::text as account
-from spans
-join per_day using (store_id, business_date);
+    store_id,
+    store_name,
+    business_date,
+    (cardinality(windows_loaded) = cardinality(windows) and day_ends_at <= now()) as day_complete,
+    day_starts_at,
+    day_ends_at,
+    windows,
+    windows_loaded,
+    account::text as account
+from per_day;
