@@ -1,16 +1,16 @@
 """The Taptouch client library: OAuth token manager, paginated client, typed errors, and the
-Dagster resource that hands assets a configured client.
+Dagster resource that hands assets a configured client (docs/client.md).
 
-The client modules (``api``, ``auth``, ``client``, ``errors``, ``retry``, ``tokens``) import neither
-Dagster nor psycopg. ``TaptouchResource`` (``resource.py``) is the only Dagster import; it is loaded
-on first use of the name, so ``from taptouch_resource import TaptouchClient`` stays light.
+Every module but ``resource`` imports neither Dagster nor psycopg. ``TaptouchResource``
+(``resource.py``) is the only Dagster import; it is loaded on first use of the name, so
+``from taptouch_resource import TaptouchClient`` stays light.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .api import ALL_SCOPES, DEFAULT_BASE_URL, InvalidRecord
 from .auth import ClientCredentialsAuth
-from .client import TaptouchClient
+from .client import ClientOptions, TaptouchClient
 from .errors import (
     TaptouchAPIError,
     TaptouchAuthError,
@@ -28,6 +28,7 @@ __all__ = [
     "ALL_SCOPES",
     "DEFAULT_BASE_URL",
     "ClientCredentialsAuth",
+    "ClientOptions",
     "InMemoryTokens",
     "InvalidRecord",
     "TaptouchAPIError",

@@ -1,35 +1,8 @@
-"""Paging: the page rules of every listing (:class:`Paginator`) and order listings that know whether
-they are complete (:class:`OrderListing`, keyset pages on top of the same rules).
+"""Paging: the page rules of every listing (:class:`Paginator`), and order listings that know whether
+they are complete (:class:`OrderListing`: keyset pages on the same rules, checked, with a verifying
+pass by page number when the server's order cannot be trusted).
 
-:class:`Paginator` holds the rules of the ``index``/``count`` contract: a page longer than asked for
-is refused; a short page ends the listing, unless the server says more records follow; a page
-identical to an earlier one (a server that ignores ``index``, or pages in a cycle) is an error, as is
-going past ``max_pages``. The client's listing methods all page through it.
-
-Reading a listing by page number while data changes under it skips records: an order on page 0
-edited before page 1 is read moves behind the reader, every later record shifts one place forward,
-and the record at the page boundary is never served. So :class:`OrderListing` reads *keyset* pages:
-each page asks from the newest ``updated_at`` seen so far (inclusive, since ``updated_from`` is
-inclusive), always at ``index`` 0, and drops what it has already read (by id and version). An edit
-moves an order *forward* (past the cursor, where it is read again in its new version), and a
-deletion removes a record behind the cursor: neither shifts what is still ahead.
-
-That is correct only while the server returns each page in ``updated_at`` order within the range
-asked for, which the contract does not promise. Every page is checked; the first page that is not
-in order (or holds records outside the range) ends the keyset pass; the whole range is then read by
-page number, and once more as a *verifying pass*. The listing counts as complete only if the
-verifying pass found no record older than the listing's start that the earlier reads had missed
-(an older record found only then proves a skip, and page numbers may have skipped others too).
-
-A whole page that cannot move the keyset cursor (a page or more of records at one instant, or a
-server that compares ``updated_from`` at whole seconds and holds a page of records within one
-second) has its second read alone (``[s, s + 1 s)``) by page number, twice (a record skipped in the
-first read because another one moved away is found by the second); the cursor then moves past it.
-
-After iteration a listing tells the sync what it may believe (see :class:`OrderListing`): whether it
-is ``complete``, the instant it ``started_at`` on the API's own clock (the first page's envelope
-``status.timestamp``, whole seconds, floored minus one second), and the ``newest`` instant read.
-A high-water mark is never moved by an incomplete listing, nor past ``started_at``.
+Why keyset pages, and what a listing may tell the sync afterwards: docs/client.md, "Paging".
 """
 
 from __future__ import annotations
