@@ -24,7 +24,7 @@ class Account:
     """One Taptouch client (OAuth client id) of the deployment and the names of its definitions."""
 
     name: str
-    prefixed: bool = True  # False only for the single-account setup (DEFAULT): today's names
+    prefixed: bool = True  # False only for the single-account setup (DEFAULT): names without a prefix
 
     # ---- Dagster names
     def key(self, asset: str) -> "object":

@@ -36,8 +36,8 @@ LISTING_SLACK = timedelta(seconds=1)  # the warehouse rounds instants to microse
 LISTING_HORIZON = timedelta(days=3660)
 WINDOW = "order_deletions"  # the ``window`` of the sync_log rows (and quarantine rows) of its repairs
 
-__all__ = ["reconcile_orders", "reconcile_days", "ReconcileResult", "StoreReconcile", "order_deletions",
-           "deletions_definitions", "DEFAULT_RECONCILE_DAYS"]
+__all__ = ["reconcile_orders", "reconcile_days", "ReconcileResult", "StoreReconcile", "deletions_definitions",
+           "DEFAULT_RECONCILE_DAYS"]
 
 
 @dataclass
@@ -153,11 +153,11 @@ def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int,
             found.append((oid, raw))
         if not found:
             continue
-        held = dict(((oid, (bytes(h) if h is not None else None, v)) for oid, h, v in conn.execute(
+        in_warehouse = dict(((oid, (bytes(h) if h is not None else None, v)) for oid, h, v in conn.execute(
             "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
             " from taptouch.orders where order_id = any(%s)", ([oid for oid, _ in found],))))
         for oid, raw in found:
-            have = held.get(oid)
+            have = in_warehouse.get(oid)
             if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
                 continue  # exactly this version
             version = _version(raw)
@@ -239,7 +239,7 @@ def reconcile_orders(
     if not conn.autocommit:
         raise ValueError("reconcile_orders needs an autocommit connection: its listing must run outside any "
                          "transaction (a transaction left open would hold its locks through every API call)")
-    say = progress or log.info
+    progress = progress or log.info
     confirmed = {int(s) for s in confirm_mass_deletion_stores}
     now = now or datetime.now(timezone.utc)
     start = now - timedelta(days=days)
@@ -261,19 +261,28 @@ def reconcile_orders(
         sr = StoreReconcile(store_id, listed=listing.records, listed_from=listed_from, complete=listing.complete,
                             unidentified=listing.unidentified)
         if listing.repairs and store_id in timezones:
-            with OrderWindowLoad(conn, window=WINDOW, run_id=run_id, timezones={store_id: timezones[store_id]}) as load:
-                load.add_page(store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
-                counts = load.finish()
-            sr.repaired, sr.quarantined = counts.inserted + counts.updated, counts.quarantined
+            _repair(conn, listing, sr, timezones[store_id], run_id)
         refusal = _judge_store(conn, listing, sr, start=start, now=now, confirm_s=confirm_s,
                                mass_confirmed=store_id in confirmed, seen_by=seen_by, run_id=run_id)
         if refusal:
             result.failures.append((store_id, refusal, False))
         result.stores.append(sr)
-        say(f"store {store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
+        progress(_store_summary(sr))
+    return result
+
+
+def _repair(conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, zone: str, run_id: str | None) -> None:
+    """Load the listed records the warehouse lacks or holds older through the orders loader's merge."""
+    with OrderWindowLoad(conn, window=WINDOW, run_id=run_id, timezones={sr.store_id: zone}) as load:
+        load.add_page(sr.store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
+        counts = load.finish()
+    sr.repaired, sr.quarantined = counts.inserted + counts.updated, counts.quarantined
+
+
+def _store_summary(sr: StoreReconcile) -> str:
+    return (f"store {sr.store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
             f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "
             f"restored, {sr.repaired} repaired" + ("" if sr.complete else " (listing incomplete: nothing deleted)"))
-    return result
 
 
 # ------------------------------------------------------------------------------------------ dagster
@@ -288,6 +297,42 @@ class ReconcileConfig(dg.Config):
     confirm_mass_deletion_stores: list[int] = []
     """Stores whose unusual share of deletions an operator confirms (they really were deleted in
     Taptouch): e.g. ``[1042]``. Confirms only orders two complete listings missed."""
+
+
+def _reconcile_metadata(result: ReconcileResult) -> dict:
+    """What ``order_deletions`` shows of a reconciliation: counts, the ids changed, the stores."""
+    deleted_ids = [oid for s in result.stores for oid in s.deleted]
+    restored_ids = [oid for s in result.stores for oid in s.restored]
+    return {
+        "window_start": result.start.isoformat(),
+        "window_end": result.end.isoformat(),
+        "listed": result.listed,
+        "checked": result.checked,
+        "newly_missing": result.candidates,
+        "awaiting_confirmation": result.waiting,
+        "deleted": result.deleted,
+        "restored": result.restored,
+        "repaired": result.repaired,
+        "refused": result.refused,
+        "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
+        "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
+        "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores
+                                       if not s.complete or s.unidentified) or "none",
+        "stores_ok": len(result.stores),
+        "stores_failed": len(result.failures),
+    }
+
+
+def _fail_if_not_reconciled(result: ReconcileResult, metadata: dict) -> None:
+    """A ``dg.Failure`` naming each store not reconciled (retried only when one failure is transient)."""
+    if not result.failures:
+        return
+    lines = "\n".join(f"- store {sid}: {err}" if not err.startswith(f"store {sid}:") else f"- {err}"
+                      for sid, err, _ in result.failures)
+    raise dg.Failure(
+        description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
+        metadata=metadata, allow_retries=any(transient for _, _, transient in result.failures),
+    )
 
 
 def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefinition, object, dg.ScheduleDefinition]:
@@ -314,7 +359,7 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
         from .assets.taptouch import run_context, step_errors
 
         taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
-        t = time.monotonic()
+        started = time.monotonic()
         with step_errors():
             with run_context(taptouch, warehouse, account=account) as run:
                 listing = run.store_listing(context)
@@ -324,35 +369,8 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
                                           confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
                                           run_id=context.run.run_id, progress=context.log.info)
                 api_md = run.api_metadata()
-        deleted_ids = [oid for s in result.stores for oid in s.deleted]
-        restored_ids = [oid for s in result.stores for oid in s.restored]
-        metadata = {
-            "window_start": result.start.isoformat(),
-            "window_end": result.end.isoformat(),
-            "listed": result.listed,
-            "checked": result.checked,
-            "newly_missing": result.candidates,
-            "awaiting_confirmation": result.waiting,
-            "deleted": result.deleted,
-            "restored": result.restored,
-            "repaired": result.repaired,
-            "refused": result.refused,
-            "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
-            "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
-            "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores
-                                           if not s.complete or s.unidentified) or "none",
-            "stores_ok": len(result.stores),
-            "stores_failed": len(result.failures),
-            **api_md,
-            "duration_s": round(time.monotonic() - t, 3),
-        }
-        if result.failures:
-            lines = "\n".join(f"- store {sid}: {err}" if not err.startswith(f"store {sid}:") else f"- {err}"
-                              for sid, err, _ in result.failures)
-            raise dg.Failure(
-                description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
-                metadata=metadata, allow_retries=any(tr for _, _, tr in result.failures),
-            )
+        metadata = {**_reconcile_metadata(result), **api_md, "duration_s": round(time.monotonic() - started, 3)}
+        _fail_if_not_reconciled(result, metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     job = dg.define_asset_job(
@@ -368,6 +386,3 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
     )
     return order_deletions, job, schedule
 
-
-# The single-account definitions (today's names): the factory with no prefix.
-order_deletions, reconcile_job, orders_reconcile_daily = deletions_definitions(DEFAULT)

@@ -20,7 +20,7 @@ FULL_REFRESH_HOUR = LATE_EDIT_HOURS  # then, once the day has closed, yesterday 
 
 def account_schedules(account: Account = DEFAULT) -> tuple[list[dg.ScheduleDefinition], list]:
     """The schedules and jobs of one account's ``stores``, ``orders`` and ``inventory``, named after
-    it (``north_orders_hourly``, ``north_orders_job``; today's names for the single account)."""
+    it (``north_orders_hourly``, ``north_orders_job``; unprefixed for the single account)."""
     orders_job = dg.define_asset_job(account.named("orders_job"), selection=dg.AssetSelection.assets(account.key("orders")),
                                      description="Load orders for one daily partition (UTC day).")
     stores_job = dg.define_asset_job(account.named("stores_job"), selection=dg.AssetSelection.assets(account.key("stores")))
@@ -59,8 +59,4 @@ def _orders_run(key: str, now, *, full: bool) -> dg.RunRequest:
                          tags=tags)
 
 
-# The single-account schedules and jobs (today's names): the factory with no prefix.
-schedules, jobs = account_schedules(DEFAULT)
-orders_hourly, stores_daily, inventory_hourly, merchant_tokens_keepalive = schedules
-orders_job, stores_job, inventory_job, merchant_tokens_keepalive_job = jobs
 # Freshness of orders: pipelines/checks.py (freshness_check + freshness_checks_sensor replace orders_freshness).

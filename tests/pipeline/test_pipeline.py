@@ -16,7 +16,6 @@ import psycopg
 import pytest
 
 from pipelines.definitions import defs
-from pipelines.schedules import orders_hourly
 from pipelines.settings import FULL_REFRESH_TAG
 from pipelines.warehouse.db import with_database
 from pipelines.warehouse.resource import PostgresResource
@@ -25,6 +24,7 @@ from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from tests.support import truth
 
 stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))  # as registered
+orders_hourly = defs.get_schedule_def("orders_hourly")
 
 END = date(2026, 11, 27)
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from pipelines.reconcile import RECONCILE_CRON, order_deletions, orders_reconcile_daily, reconcile_days, reconcile_orders
+from pipelines.definitions import defs
+from pipelines.reconcile import RECONCILE_CRON, reconcile_days, reconcile_orders
 from pipelines.settings import reconcile_confirm_s
 from pipelines.sync import sync_stores
 from pipelines.warehouse.resource import PostgresResource
@@ -18,6 +19,9 @@ from pipelines.warehouse.views import apply_views
 from taptouch_resource import TaptouchClient, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support.windows import load_window
+
+order_deletions = defs.get_assets_def("order_deletions")  # as the code location registers them
+orders_reconcile_daily = defs.get_schedule_def("orders_reconcile_daily")
 
 
 @pytest.fixture

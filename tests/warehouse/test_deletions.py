@@ -15,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from pipelines.reconcile import order_deletions, reconcile_orders
+from pipelines.definitions import defs
+from pipelines.reconcile import reconcile_orders
 from pipelines.sync import sync_stores
 from pipelines.warehouse import deletions
 from pipelines.warehouse.loader import _LOCK_ORDERS
@@ -27,6 +28,7 @@ from tests.support.windows import load_window
 pytestmark = pytest.mark.postgres
 
 HOUR = timedelta(hours=1)
+order_deletions = defs.get_assets_def("order_deletions")  # as the code location registers it
 _ORDERS = re.compile(r"/stores/(\d+)/orders$")
 
 
