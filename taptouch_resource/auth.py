@@ -1,12 +1,7 @@
-"""OAuth 2.0 tokens for Taptouch: :class:`TokenEndpoint` does the HTTP exchange with
-``/auth/v2/token``; the ``httpx.Auth`` flows attach tokens and refresh them.
-
-:class:`ClientCredentialsAuth` caches a token, refreshes it ``min(300 s, 10 % of its lifetime)``
-early with one fetch at a time across threads, and refreshes and resends once on a 401; with a
-:class:`~taptouch_resource.tokens.TokenPersistence` (``store=``) every process shares it.
-:class:`MerchantAuth` serves a merchant's authorization-code grant from the store, rotating its
-single-use refresh token. Secrets and tokens never appear in ``repr()``, logs or errors.
-docs/client.md; grants and the token store: docs/authorization.md.
+"""OAuth 2.0 for Taptouch: :class:`TokenEndpoint` does the HTTP exchange of every grant (client
+credentials, refresh token, authorization code); the ``httpx.Auth`` flows only attach its tokens and
+refresh them: :class:`ClientCredentialsAuth`, and :class:`MerchantAuth` (a merchant's grant, kept in
+the token store). Caching, retries, error forms and secrecy: docs/client.md, "Tokens".
 """
 
 from __future__ import annotations

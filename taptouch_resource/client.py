@@ -1,11 +1,7 @@
-"""TaptouchClient: envelope, requests, retries, rate limit, typed errors; paging through
-:class:`~taptouch_resource.listing.Paginator`.
-
-Records are yielded lazily, page by page, as parsed JSON (money as ``Decimal``) or, from the
-``*_records`` / ``*_record_pages`` methods, as the exact bytes the API sent; validating them is the
-warehouse's record boundary's job (``pipelines.warehouse.records``). A malformed answer (no ``data``,
-a non-list ``data``, more records than ``count``) is a :class:`TaptouchProtocolError`, never an empty
-page. docs/client.md.
+"""TaptouchClient: the listing methods, each request (rate limit, retries, typed errors) and the
+envelope, read with msgspec so that every record keeps the exact bytes the API sent; a body strict
+JSON refuses is split tolerantly, so one bad record is quarantined by the record boundary
+(``pipelines.warehouse.records``), not lost with its page. The page rules are :mod:`.listing`'s.
 """
 
 from __future__ import annotations

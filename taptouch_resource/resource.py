@@ -1,10 +1,9 @@
 """``TaptouchResource``: the Dagster resource that hands assets a configured :class:`TaptouchClient`.
 
-Credentials left unset are read from ``TAPTOUCH_CLIENT_ID``, ``TAPTOUCH_CLIENT_SECRET`` and
-``TAPTOUCH_BASE_URL`` when a client is made (a missing one is an error naming the variable). Clients
-of one process share a token cache, and with the warehouse's token store (``get_client(token_store=
-...)``) every process does. ``grant="authorization_code"`` makes :meth:`get_store_client` use a
-merchant's stored grant (docs/authorization.md); orders and inventory always use client credentials.
+Credentials and base URL left unset are read, when a client is made, from ``TAPTOUCH_CLIENT_ID``,
+``TAPTOUCH_CLIENT_SECRET`` and ``TAPTOUCH_BASE_URL``. Clients of one process share a token per
+credentials; given the warehouse's token store, every process does. Grants (``grant=``,
+``merchant=``): docs/authorization.md.
 """
 
 from __future__ import annotations

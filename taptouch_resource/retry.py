@@ -1,12 +1,7 @@
-"""The one retry engine (token and API requests), ``Retry-After`` parsing, the rate-limiter protocol
-and its in-process implementation, counters.
-
-:func:`with_retries` retries an attempt that raises :class:`Retryable` (429, 5xx, network errors)
-with capped full-jitter backoff, honouring ``Retry-After``, until ``max_retries`` or the wait budget
-is spent. Every wait of the package and of the warehouse's shared budget is one :func:`pause`: at
-most the larger of :data:`MAX_WAIT` and a ``Retry-After`` capped at :data:`MAX_RETRY_AFTER`, and
-ended at once (:class:`Stopped`) inside ``stop_on(event)`` when the run stops. docs/client.md;
-the bounds: docs/operating.md, "Request budget".
+"""The one retry engine (:func:`with_retries`, for the token endpoint and the API), ``Retry-After``
+parsing, the request-rate limiter protocol and its in-process implementation, counters, and
+:func:`pause`, the package's one way to wait (bounded, and cut short by :func:`stop_on`).
+What is retried, and how every wait is bounded and stopped: docs/client.md, "Retries and waits".
 """
 
 from __future__ import annotations
