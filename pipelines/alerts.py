@@ -42,7 +42,7 @@ def secret_envs() -> list[str]:
 
 def min_severity(alert: settings.AlertSettings) -> dg.AssetCheckSeverity:
     """The lowest severity of a failed check that is alerted on."""
-    return dg.AssetCheckSeverity[alert.min_severity]
+    return dg.AssetCheckSeverity[alert.checked_min_severity()]
 
 
 # ------------------------------------------------------------------------------------ redaction

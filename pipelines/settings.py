@@ -290,12 +290,17 @@ class AlertSettings:
     ui_url: str = DEFAULT_UI_URL  # links to runs, without a trailing /
     min_severity: str = DEFAULT_ALERT_MIN_SEVERITY  # WARN or ERROR: the failed checks alerted on
 
+    def checked_min_severity(self) -> str:
+        """``min_severity``, checked: only the failed-check sensor needs it, so a bad value never
+        stops a failed run's alert."""
+        if self.min_severity not in ALERT_SEVERITIES:
+            raise SettingError(f"{ALERT_MIN_SEVERITY_ENV} must be WARN or ERROR, got {self.min_severity!r}")
+        return self.min_severity
+
 
 def alert_settings() -> AlertSettings:
     """``TAPTOUCH_ALERT_WEBHOOK_URL``, ``TAPTOUCH_UI_URL`` and ``TAPTOUCH_ALERT_MIN_SEVERITY``, read now."""
     severity = os.environ.get(ALERT_MIN_SEVERITY_ENV, "").strip().upper() or DEFAULT_ALERT_MIN_SEVERITY
-    if severity not in ALERT_SEVERITIES:
-        raise SettingError(f"{ALERT_MIN_SEVERITY_ENV} must be WARN or ERROR, got {severity!r}")
     return AlertSettings(
         webhook_url=os.environ.get(ALERT_WEBHOOK_ENV, "").strip() or None,
         ui_url=(os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL).rstrip("/"),

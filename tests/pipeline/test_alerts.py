@@ -305,7 +305,7 @@ def test_without_the_outbox_alerts_are_sent_directly_and_that_is_logged(monkeypa
 def test_min_severity_is_validated(monkeypatch):
     monkeypatch.setenv(alerts.MIN_SEVERITY_ENV, "loud")
     with pytest.raises(ValueError, match="WARN or ERROR"):
-        settings.alert_settings()
+        alerts.min_severity(settings.alert_settings())
 
 
 # ------------------------------------------------------------------------------ end to end
