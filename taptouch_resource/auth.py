@@ -126,6 +126,7 @@ class TokenEndpoint:
 
     ``merchant``: the label of the merchant grant this endpoint serves, if any; Taptouch's
     ``invalid_grant`` then raises :class:`ReauthorizationRequired` naming the command to run.
+    ``held_token``: the access token its auth flow holds now (masked in error text too).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class TokenEndpoint:
         stats: ClientStats | None = None,
         deadline: float | None = DEFAULT_DEADLINE,
         merchant: str | None = None,
+        held_token: Callable[[], str | None] = lambda: None,
     ):
         self.token_url = token_url
         self.client_id = client_id
@@ -156,7 +158,7 @@ class TokenEndpoint:
         self.stats = stats or ClientStats()
         self._deadline = deadline
         self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
-        self.held_token: Callable[[], str | None] = lambda: None  # a token to mask too (the auth's own)
+        self._held_token = held_token
 
     def __repr__(self) -> str:
         return f"TokenEndpoint(token_url={self.token_url!r}, client_id={self.client_id!r}, secret=***)"
@@ -167,7 +169,7 @@ class TokenEndpoint:
 
     def secrets(self) -> list[str]:
         """What no text of this package may show: the client secret and the token the auth holds."""
-        return [v for v in (self._secret, self.held_token()) if v]
+        return [v for v in (self._secret, self._held_token()) if v]
 
     # -- the grants ------------------------------------------------------------------------------
     def client_credentials(self) -> tuple[TokenResponse, float]:
@@ -374,8 +376,7 @@ class ClientCredentialsAuth(httpx.Auth):
         self.endpoint = TokenEndpoint(
             token_url=token_url, client_id=client_id, client_secret=client_secret, scopes=self.scopes,
             transport=transport, timeout=timeout, verify=verify, backoff=backoff or Backoff(max_retries=max_retries),
-            clock=clock, sleep=sleep, stats=self.stats, deadline=deadline)
-        self.endpoint.held_token = lambda: self._token.access_token if self._token is not None else None
+            clock=clock, sleep=sleep, stats=self.stats, deadline=deadline, held_token=self._held_access)
         self._clock = clock
         self._lock = threading.Lock()
         self._token: Token | None = None
@@ -384,6 +385,10 @@ class ClientCredentialsAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return f"ClientCredentialsAuth(client_id={self.client_id!r}, scopes={self.scopes!r}, secret=***)"
+
+    def _held_access(self) -> str | None:
+        token = self._token
+        return token.access_token if token is not None else None
 
     def held_secrets(self) -> list[str]:
         """The client secret and the access token held now: what no error text may show."""
