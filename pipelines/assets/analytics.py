@@ -4,8 +4,9 @@ Each ``sql/analytics/<name>.sql`` becomes the asset ``<name>`` that creates or r
 ``analytics.<name>``. Its upstream assets are what its SQL reads: the asset that writes each
 ``taptouch.*`` table it names (:data:`TABLE_WRITERS`) and the analytics views it builds on, so the
 lineage graph shows raw -> sales_orders -> the views analysts query. Each materialization records
-the row count and a preview (pandas through the warehouse's SQLAlchemy engine);
-``daily_store_sales`` adds a chart of net sales.
+the row count, the column types, the SQL file (relative to the repository) and a preview of the
+first rows as a table (pandas through the warehouse's SQLAlchemy engine); ``daily_store_sales``
+adds its complete and partial store-days and a chart of net sales over complete days.
 """
 
 
@@ -20,8 +21,9 @@ import dagster as dg
 from ..accounts import DEFAULT, Account
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata
+from ..warehouse.db import project_root
 from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
-from .preview import markdown_preview, read_frame
+from .preview import PREVIEW_ROWS, read_frame, table_preview
 
 GROUP = "analytics"
 
@@ -46,38 +48,78 @@ def view_deps(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> list[str]:
     return sorted(writers | reads["analytics"])
 
 
-def sales_chart(warehouse: PostgresResource, days: int = 28) -> str | None:
-    """A PNG line chart of net sales per store over the last ``days`` business dates, as markdown
-    (an inline data URI); None when the view is empty."""
+CHART_DAYS = 28
+
+
+def sales_chart_series(warehouse: PostgresResource, days: int = CHART_DAYS):
+    """Net sales per business date (rows) and series (columns), over the last ``days`` complete
+    business dates: partial days (``day_complete`` false: the current day, a first day not fully
+    loaded) are left out, so no line starts or ends near 0. A series is one store of one account,
+    labelled ``<store_id> <name> (<account>, <currency>)``: two accounts' stores never share a line."""
+    frame = read_frame(
+        warehouse,
+        "select store_id, coalesce(store_name, store_id::text) as store_name, account, currency, business_date,"
+        " net_sales from analytics.daily_store_sales where day_complete and business_date >"
+        " (select max(business_date) from analytics.daily_store_sales where day_complete) - cast(:days as integer)",
+        days=days,
+    )
+    if frame.empty:
+        return None
+    frame["series"] = (frame["store_id"].astype(str) + " " + frame["store_name"] + " (" + frame["account"]
+                       + ", " + frame["currency"].fillna("?") + ")")
+    frame["net_sales"] = frame["net_sales"].astype(float)  # plotting only: the view's figures stay exact
+    return frame.pivot_table(index="business_date", columns="series", values="net_sales", aggfunc="sum")
+
+
+def sales_chart(warehouse: PostgresResource, days: int = CHART_DAYS) -> str | None:
+    """A PNG line chart of :func:`sales_chart_series` as markdown (an inline data URI), the legend
+    beside the plot; None when no business date is complete yet."""
+    series = sales_chart_series(warehouse, days)
+    if series is None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = read_frame(
-        warehouse,
-        "select store_id, coalesce(store_name, store_id::text) as store_name, business_date, net_sales"
-        " from analytics.daily_store_sales"
-        " where business_date > (select max(business_date) from analytics.daily_store_sales) - cast(:days as integer)",
-        days=days,
-    )
-    if frame.empty:
-        return None
-    frame["store"] = frame["store_id"].astype(str) + " " + frame["store_name"]
-    frame["net_sales"] = frame["net_sales"].astype(float)  # plotting only: the view's figures stay exact
-    series = frame.pivot_table(index="business_date", columns="store", values="net_sales", aggfunc="sum")
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=90)
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=90)
     series.plot(ax=ax, marker="o", markersize=3)
-    ax.set_title("Net sales per store per business date")
+    ax.set_title(f"Net sales per store, last {days} complete business dates")
     ax.set_xlabel("business date")
-    ax.set_ylabel("net sales")
+    ax.set_ylabel("net sales (the store's currency)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(title="store (account, currency)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.autofmt_xdate()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return f"![net sales per store per day](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def view_sql_path(name: str) -> str:
+    """Where the view's SQL lives, relative to the repository (``sql/analytics/<name>.sql``): the
+    same on every machine that loads the code."""
+    return (analytics_dir() / f"{name}.sql").relative_to(project_root()).as_posix()
+
+
+def _materialization_metadata(warehouse: PostgresResource, name: str) -> dict:
+    """Row count, column schema, the SQL file and a typed table preview of ``analytics.<name>``;
+    ``daily_store_sales`` adds its complete and partial days and the net sales chart."""
+    rows = int(read_frame(warehouse, f'select count(*) as n from analytics."{name}"')["n"].iloc[0])
+    described = view_materialization_metadata(warehouse, name)
+    types = {c.name: c.type for c in described["dagster/column_schema"].columns}
+    preview = read_frame(warehouse, f'select * from analytics."{name}" limit {PREVIEW_ROWS}')
+    metadata = {**described, "dagster/row_count": rows, "view": f"analytics.{name}",
+                "sql": dg.MetadataValue.path(view_sql_path(name)), "preview": table_preview(preview, types)}
+    if name == "daily_store_sales":
+        days = read_frame(warehouse, "select count(*) filter (where day_complete) as complete,"
+                                     " count(*) filter (where not day_complete) as partial from analytics.daily_store_sales")
+        metadata["complete_store_days"] = int(days["complete"].iloc[0])
+        metadata["partial_store_days"] = int(days["partial"].iloc[0])
+        chart = sales_chart(warehouse)
+        if chart:
+            metadata["net_sales_chart"] = dg.MetadataValue.md(chart)
+    return metadata
 
 
 def _make_view_asset(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> dg.AssetsDefinition:
@@ -86,22 +128,15 @@ def _make_view_asset(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> dg.
     @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=deps,
               description=view_description(name),
               code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
-              metadata=view_metadata(name), automation_condition=VIEW_AUTOMATION)
+              metadata={**view_metadata(name), "sql": dg.MetadataValue.path(view_sql_path(name))},
+              automation_condition=VIEW_AUTOMATION)
     def _view(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dg.MaterializeResult:
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:
             conn.autocommit = True
             apply_views(conn, [name])
-        rows = int(read_frame(warehouse, f'select count(*) as n from analytics."{name}"')["n"].iloc[0])
-        preview = read_frame(warehouse, f'select * from analytics."{name}" limit 20')
-        metadata = {**view_materialization_metadata(warehouse, name), "dagster/row_count": rows, "view": f"analytics.{name}",
-                    "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql")),
-                    "preview": markdown_preview(preview)}
-        if name == "daily_store_sales":
-            chart = sales_chart(warehouse)
-            if chart:
-                metadata["net_sales_chart"] = dg.MetadataValue.md(chart)
-        context.log.info(f"analytics.{name}: {rows} rows")
+        metadata = _materialization_metadata(warehouse, name)
+        context.log.info(f"analytics.{name}: {metadata['dagster/row_count']} rows")
         return dg.MaterializeResult(metadata=metadata)
 
     return _view

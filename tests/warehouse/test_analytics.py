@@ -8,6 +8,8 @@ sandbox's clean records (Decimal, zoneinfo), compared exactly, to the cent.
 from __future__ import annotations
 
 import base64
+import math
+from pathlib import Path
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -31,6 +33,7 @@ CENT = D("0.01")
 ZERO = D("0.00")
 SALES = truth.SALES_STATUSES
 STORES = 3
+ROOT = Path(__file__).resolve().parents[2]
 DAYS = 5
 
 
@@ -446,7 +449,10 @@ def test_analytics_assets_materialize_with_chart(loaded):
     assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
+def test_analytics_assets_show_a_typed_table_preview_and_the_sql_path_in_the_repository(loaded):
+    """The preview is a Dagster table (shown on the asset's page, not behind "[Show Markdown]"),
+    typed from information_schema, money exact; the SQL file is named relative to the repository,
+    in the definition and in every materialization."""
     import dagster as dg
 
     from pipelines.assets.analytics import analytics_assets
@@ -454,15 +460,59 @@ def test_analytics_assets_show_a_preview_read_through_pandas(loaded):
 
     url, conn = loaded
     result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})
-    mat = next(e.event_specific_data.materialization for e in result.get_asset_materialization_events()
-               if e.asset_key.to_user_string() == "daily_store_sales")
-    preview = mat.metadata["preview"].value.splitlines()
-    header = [c.strip() for c in preview[0].strip("|").split("|")]
-    assert header == ["store_id", "store_name", "business_date", "order_count", "gross_sales", "discounts",
-                      "refunds", "net_sales", "tax", "avg_order_value", "account", "currency"]
-    first = conn.execute("select store_id, store_name from analytics.daily_store_sales limit 1").fetchone()
-    assert len(preview) == 2 + min(20, mat.metadata["dagster/row_count"].value)
-    assert str(first[0]) in preview[2] and first[1] in preview[2]
+    mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()}
+    preview = mats["daily_store_sales"].metadata["preview"]
+    assert isinstance(preview, dg.TableMetadataValue)
+    columns = {c.name: c.type for c in preview.schema.columns}
+    assert list(columns) == ["store_id", "store_name", "business_date", "order_count", "gross_sales", "discounts",
+                             "refunds", "net_sales", "tax", "avg_order_value", "account", "currency", "day_complete"]
+    assert columns["net_sales"] == "numeric(14,2)" and columns["day_complete"] == "boolean"
+    first = conn.execute("select store_id, store_name, business_date, net_sales, day_complete"
+                         " from analytics.daily_store_sales limit 1").fetchone()
+    assert len(preview.records) == min(20, mats["daily_store_sales"].metadata["dagster/row_count"].value)
+    row = preview.records[0].data
+    assert (row["store_id"], row["store_name"], row["business_date"], row["net_sales"], row["day_complete"]) == \
+        (first[0], first[1], first[2].isoformat(), str(first[3]), first[4])  # money as its exact text
+    assert isinstance(mats["sales_orders"].metadata["preview"], dg.TableMetadataValue)
+    for asset in analytics_assets:
+        name = asset.key.to_user_string()
+        path = f"sql/analytics/{name}.sql"
+        assert asset.metadata_by_key[asset.key]["sql"].value == path == mats[name].metadata["sql"].value
+        assert (ROOT / path).is_file()
+    days = mats["daily_store_sales"].metadata
+    total = conn.execute("select count(*) from analytics.daily_store_sales").fetchone()[0]
+    assert days["complete_store_days"].value + days["partial_store_days"].value == total
+
+
+def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(migrated_db):
+    """Two accounts whose stores share names: each line is one store of one account; the partial
+    days (the first day, whose earlier window was not loaded, and a day whose last load began
+    before it ended) are not plotted."""
+    from pipelines.assets.analytics import sales_chart, sales_chart_series
+    from pipelines.warehouse.resource import PostgresResource
+
+    sb = Sandbox(SandboxConfig(seed=7, stores=2, days=4, orders_per_day=20, end_date=date(2026, 11, 20)))
+    with psycopg.connect(libpq_url(migrated_db), autocommit=True) as conn:
+        load_stores(conn, sb.stores())
+        for offset in range(-3, 2):  # not the window before the first local day of Sydney
+            sync_day(client_for(sb), conn, sb.end_date + timedelta(days=offset))
+        conn.execute("update taptouch.stores set account = 'north' where store_id = %s", (sb.store_ids()[1],))
+        conn.execute("update taptouch.orders set account = 'north' where store_id = %s", (sb.store_ids()[1],))
+        conn.execute("update taptouch.sync_log set started_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'")
+        apply_views(conn)
+        partial = {(sid, d) for sid, d in conn.execute(
+            "select store_id, business_date from analytics.daily_store_sales where not day_complete")}
+        names = dict(conn.execute("select store_id, name from taptouch.stores"))
+    sydney, perth = sb.store_ids()
+    assert {(sydney, date(2026, 11, 17)), (sydney, date(2026, 11, 19)), (perth, date(2026, 11, 19))} <= partial
+    series = sales_chart_series(PostgresResource(database_url=migrated_db))
+    assert set(series.columns) == {f"{sydney} {names[sydney]} (default, AUD)", f"{perth} {names[perth]} (north, AUD)"}
+    plotted = {(sid, d) for sid in (sydney, perth) for d in series.index
+               if not math.isnan(series.loc[d, next(c for c in series.columns if c.startswith(str(sid)))])}
+    assert plotted and not plotted & partial
+    assert date(2026, 11, 18) in series.index and date(2026, 11, 19) not in series.index
+    assert sales_chart(PostgresResource(database_url=migrated_db)).startswith("![net sales per store per day](data:")
 
 
 # ------------------------------------------------------------------------------ applying views safely
