@@ -13,6 +13,7 @@ from datetime import timedelta
 import dagster as dg
 
 from .accounts import DEFAULT, Account
+from .warehouse.entities import ENTITIES, Entity
 from .warehouse.resource import PostgresResource
 
 ORDERS_FRESHNESS = timedelta(hours=2)
@@ -49,35 +50,27 @@ class RawShape:
     kept_in_raw: frozenset[str] = frozenset()  # known fields deliberately left in raw only
 
 
-SHAPES: dict[str, RawShape] = {
-    "stores": RawShape(
-        table="taptouch.stores", seen_column="loaded_at",
-        top=frozenset({"id", "name", "business_name", "status", "timezone", "currency", "phone", "email",
-                       "address", "created_at", "updated_at"}),
-        objects={}, arrays={},
-    ),
-    "orders": RawShape(
-        table="taptouch.orders", seen_column="loaded_at",
-        top=frozenset({"id", "number", "store_id", "source", "fulfillment_type", "status", "cashier", "customer",
-                       "created_at", "updated_at", "completed_at", "currency", "subtotal", "discount", "surcharge",
-                       "rounding", "tax", "total", "tips", "redeem_points", "items", "payments", "refunds"}),
-        objects={"cashier": frozenset({"id", "name"}), "customer": frozenset({"id", "name"})},
-        arrays={
-            "items": frozenset({"id", "product_id", "sku", "name", "category", "quantity", "unit_price",
-                                "discount", "tax", "total", "modifiers"}),
-            "payments": frozenset({"id", "method", "amount", "tip", "surcharge", "paid_at"}),
-            "refunds": frozenset({"id", "amount", "reason", "refunded_at"}),
-        },
-        # the customer's e-mail is personal data the warehouse does not copy into a column
-        kept_in_raw=frozenset({"customer.email"}),
-    ),
-    "inventory": RawShape(
-        table="taptouch.inventory_levels", seen_column="synced_at",
-        top=frozenset({"product_id", "sku", "name", "category", "unit", "on_hand", "reorder_level", "cost_price",
-                       "sell_price", "updated_at"}),
-        objects={}, arrays={},
-    ),
-}
+def raw_shape(entity: Entity) -> RawShape:
+    """The fields of ``entity``'s raw record that its declared columns (pipelines/warehouse/entities.py)
+    and child tables carry."""
+    paths = [f.path for f in entity.fields if f.path is not None]
+    objects: dict[str, set[str]] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if rest:
+            objects.setdefault(head, set()).add(rest)
+    return RawShape(
+        table=entity.table or "", seen_column=entity.seen_column,
+        top=frozenset(p.partition(".")[0] for p in paths) | {name for name, _ in entity.lines},
+        objects={head: frozenset(fields) for head, fields in objects.items()},
+        arrays={name: frozenset(f.path for f in child.fields if f.path is not None) for name, child in entity.lines},
+        kept_in_raw=entity.kept_in_raw,
+    )
+
+
+SHAPES: dict[str, RawShape] = {asset: raw_shape(ENTITIES[name])
+                               for asset, name in (("stores", "store"), ("orders", "order"), ("inventory", "inventory"))}
+"""Per asset, which raw fields are known; a field outside is schema drift."""
 
 
 def carried_paths(shape: RawShape) -> list[str]:

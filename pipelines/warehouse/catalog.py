@@ -1,7 +1,8 @@
 """The warehouse's descriptions: one text per schema, table, view and column, for Dagster and PostgreSQL.
 
 Tables' texts live in :data:`TABLES` (applied migrations are immutable, so the text cannot live in
-their files); views' in the ``-- Columns:`` block of their SQL header (:func:`view_columns`). The
+their files; the columns the record boundary fills take theirs from their declaration in
+``entities.py``); views' in the ``-- Columns:`` block of their SQL header (:func:`view_columns`). The
 Dagster column schemas read them, and :func:`apply_comments` writes them as ``COMMENT ON`` where
 they differ. docs/warehouse.md, "Comments".
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 import psycopg
 
 from .comments import write_comments
+from .entities import INVENTORY, ITEM, MONEY_TEXT, ORDER, PAYMENT, REFUND, STORE, column_comments
 from .views import SCHEMA as VIEW_SCHEMA
 from .views import view_columns, view_description, view_names  # view_columns: also read from here
 
 ACCOUNT = "the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account"
-_MONEY = "numeric(12,2), in the store's currency (taptouch.stores.currency)"
+_MONEY = MONEY_TEXT
+RAW = "the record exactly as the API sent it (unknown fields included)"
+EXACT = "updated_at as exact epoch seconds with every fractional digit the API sent"
 
 SCHEMAS: dict[str, str] = {
     "taptouch": "Taptouch data as synced from the API by taptouch-sync (one row per record, newest version wins)",
@@ -26,102 +30,31 @@ SCHEMAS: dict[str, str] = {
 
 TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "taptouch.stores": ("Stores as the Taptouch stores API lists them", {
-        "store_id": "Taptouch store id (global across accounts)",
-        "name": "the store's name",
-        "business_name": "the merchant's business name",
-        "status": "the store's status as the API sends it",
-        "timezone": "IANA time zone of the store; business dates are local dates in it",
-        "currency": "ISO 4217 code of the store's money (every amount of its orders and inventory)",
-        "phone": "the store's phone number",
-        "email": "the store's email address",
-        "address": "the store's address as the API sends it (JSON)",
-        "created_at": "when the store was created in Taptouch",
-        "updated_at": "when Taptouch last changed the store (the version loaded)",
-        "raw": "the record exactly as the API sent it (unknown fields included)",
+        **column_comments(STORE),
+        "raw": RAW,
         "loaded_at": "when the pipeline last wrote the row",
-        "updated_at_exact": "updated_at as exact epoch seconds with every fractional digit the API sent",
+        "updated_at_exact": EXACT,
         "account": ACCOUNT,
     }),
     "taptouch.orders": ("Orders (sales, open and voided) as the Taptouch orders API lists them; "
                         "deleted_at marks the ones the API no longer returns", {
-        "order_id": "Taptouch order id (global across accounts)",
-        "store_id": "the store of the order (taptouch.stores.store_id)",
-        "number": "the order number shown to staff and customers",
-        "source": "where the order came from: pos | kiosk | online | ubereats | doordash",
-        "fulfillment_type": "dine_in | takeaway | delivery | pickup",
-        "status": "open | completed | partially_refunded | refunded | voided",
-        "created_at": "when the order was created",
-        "updated_at": "when Taptouch last changed the order (orders are windowed by it)",
-        "completed_at": "when the order was completed (null while open)",
-        "business_date": "local date of created_at in the store's time zone",
-        "currency": "ISO 4217 code the API sent with the order (null if unsent)",
-        "subtotal": f"Σ item totals, GST-inclusive, before the order discount; {_MONEY}",
-        "discount": f"order-level discount; {_MONEY}",
-        "surcharge": f"order-level surcharge; {_MONEY}",
-        "rounding": f"cash rounding; {_MONEY}",
-        "tax": f"GST included in total; {_MONEY}",
-        "total": f"what the customer paid: subtotal − discount + surcharge + rounding; {_MONEY}",
-        "tips": f"tips on the order (on top of total); {_MONEY}",
-        "redeem_points": "loyalty points redeemed",
-        "customer_id": "the customer's Taptouch id (null for walk-ins)",
-        "customer_name": "the customer's name",
-        "cashier_id": "the cashier's Taptouch id",
-        "cashier_name": "the cashier's name",
-        "raw": "the record exactly as the API sent it (unknown fields included)",
+        **column_comments(ORDER),
+        "raw": RAW,
         "loaded_at": "when the pipeline last wrote the row",
         "raw_hash": "blake2b-128 of raw's canonical JSON: an unchanged re-sync is recognised by it",
-        "updated_at_exact": "updated_at as exact epoch seconds with every fractional digit the API sent",
+        "updated_at_exact": EXACT,
         "deleted_at": "set when the reconciliation found the API no longer returns the order; null: live",
         "account": ACCOUNT,
     }),
-    "taptouch.order_items": ("Order lines, replaced with their order", {
-        "order_id": "the order (taptouch.orders.order_id)",
-        "item_id": "the line's id within the order",
-        "product_id": "the product (null for lines without one)",
-        "sku": "the product's SKU on the line",
-        "name": "the product's name on the line",
-        "category": "the product's category on the line",
-        "quantity": "units sold",
-        "unit_price": f"unit price, GST-inclusive; {_MONEY}",
-        "discount": f"item-level discount; {_MONEY}",
-        "tax": f"GST included in the line total; {_MONEY}",
-        "total": f"quantity × (unit price + modifiers) − item discount; {_MONEY}",
-        "modifiers": "the line's modifiers as the API sends them (JSON array of name, price, quantity)",
-        "account": ACCOUNT,
-    }),
-    "taptouch.order_payments": ("Payments of each order, replaced with their order", {
-        "order_id": "the order (taptouch.orders.order_id)",
-        "payment_id": "the payment's id within the order",
-        "method": "cash | visa | mastercard | amex | eftpos | gift_card | points (as the API sends it)",
-        "amount": f"amount paid, card surcharge included, tip not; {_MONEY}",
-        "tip": f"tip given with the payment (on top of amount); {_MONEY}",
-        "surcharge": f"card surcharge inside amount; {_MONEY}",
-        "paid_at": "when the payment was made",
-        "account": ACCOUNT,
-    }),
-    "taptouch.order_refunds": ("Refunds of each order (order-level amounts), replaced with their order", {
-        "order_id": "the order (taptouch.orders.order_id)",
-        "refund_id": "the refund's id within the order",
-        "amount": f"amount refunded; {_MONEY}",
-        "reason": "the reason given for the refund",
-        "refunded_at": "when the refund was made",
-        "account": ACCOUNT,
-    }),
+    **{child.table: (text, {**column_comments(child), "account": ACCOUNT}) for child, text in (
+        (ITEM, "Order lines, replaced with their order"),
+        (PAYMENT, "Payments of each order, replaced with their order"),
+        (REFUND, "Refunds of each order (order-level amounts), replaced with their order"))},
     "taptouch.inventory_levels": ("Current stock of every product the inventory API lists, per store", {
-        "store_id": "the store",
-        "product_id": "the product",
-        "sku": "the product's SKU",
-        "name": "the product's name",
-        "category": "the product's category",
-        "unit": "the unit stock is counted in",
-        "on_hand": "units in stock (negative when sales outran recorded receipts)",
-        "reorder_level": "the level at which to reorder (null if unset)",
-        "cost_price": f"unit cost; {_MONEY}",
-        "sell_price": f"unit sell price; {_MONEY}",
-        "updated_at": "when Taptouch last changed the level",
-        "raw": "the record exactly as the API sent it (unknown fields included)",
+        **column_comments(INVENTORY),
+        "raw": RAW,
         "synced_at": "when the pipeline last wrote the row",
-        "updated_at_exact": "updated_at as exact epoch seconds with every fractional digit the API sent",
+        "updated_at_exact": EXACT,
         "account": ACCOUNT,
     }),
     "taptouch.inventory_snapshots": ("Daily stock snapshots: the levels at the last inventory sync of "

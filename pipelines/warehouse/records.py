@@ -14,13 +14,19 @@ import json
 import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, partial
+from keyword import iskeyword
+from operator import itemgetter
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from taptouch_resource.api import InvalidRecord
+
+from .entities import (CURRENCY_MAX, DERIVED, ENTITIES, ID, INSTANT, LIST, MONEY, OBJECT, QUANTITY, SHORT_TEXT_MAX, TEXT,
+                       TEXT_MAX, ZERO, Entity, Field, tables)
+from .record_types import number_fields, number_struct, typed_struct
 
 __all__ = [
     "InvalidRecord", "OrderRows", "as_bytes", "deep_reason", "parse_inventory", "parse_order", "parse_store",
@@ -35,11 +41,7 @@ NUMERIC_MAX_SCALE = 16383  # digits after the decimal point numeric (and jsonb) 
 NUMERIC_MAX_WEIGHT = 131071  # adjusted exponent: 131072 digits before the point
 IMPLAUSIBLE = Decimal("1e15")  # quantities, points, stock: beyond this a value is a bug upstream
 MAX_OFFSET_HOURS = 15  # PostgreSQL refuses a UTC offset of 16:00 or more
-TEXT_MAX = 100_000  # characters of one known text field
-SHORT_TEXT_MAX = 200
-CURRENCY_MAX = 10
 CENT = Decimal("0.01")
-ZERO = Decimal("0.00")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 # Instants a reader in any time zone (offsets up to ±16 h) can still see in years 1-9999: psycopg
@@ -50,174 +52,23 @@ _MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------------------------
-# Typed shapes (the [model] field names of the contract, section 3-5). Unknown fields are allowed
-# and ignored here; they stay in ``raw``. ``Decimal`` fields are decoded from the number's exact text.
+# Typed shapes, generated from the declarations (entities.py; the [model] field names of the
+# contract, section 3-5). Unknown fields are allowed and ignored here; they stay in ``raw``.
 
-_NULL_RAW = msgspec.Raw(b"null")
-
-
-class _Modifier(msgspec.Struct):
-    price: Decimal
-    quantity: Decimal | None = None
-
-
-class _Item(msgspec.Struct):
-    id: int
-    quantity: Decimal
-    unit_price: Decimal
-    total: Decimal
-    product_id: int | None = None
-    sku: str | None = None
-    name: str | None = None
-    category: str | None = None
-    discount: Decimal | None = None
-    tax: Decimal | None = None
-    modifiers: msgspec.Raw = _NULL_RAW
-
-
-class _Payment(msgspec.Struct):
-    id: int
-    method: str
-    amount: Decimal
-    tip: Decimal | None = None
-    surcharge: Decimal | None = None
-    paid_at: str | None = None
-
-
-class _Refund(msgspec.Struct):
-    id: int
-    amount: Decimal
-    reason: str | None = None
-    refunded_at: str | None = None
-
-
-class _Person(msgspec.Struct):
-    id: int | None = None
-    name: str | None = None
-
-
-class _Order(msgspec.Struct):
-    id: int
-    store_id: int
-    status: str
-    created_at: str
-    updated_at: str
-    subtotal: Decimal
-    discount: Decimal
-    surcharge: Decimal
-    rounding: Decimal
-    tax: Decimal
-    total: Decimal
-    number: str | None = None
-    source: str | None = None
-    fulfillment_type: str | None = None
-    completed_at: str | None = None
-    currency: str | None = None
-    tips: Decimal | None = None
-    redeem_points: Decimal | None = None
-    customer: _Person | None = None
-    cashier: _Person | None = None
-    items: list[_Item] | None = None
-    payments: list[_Payment] | None = None
-    refunds: list[_Refund] | None = None
-
-
-class _Store(msgspec.Struct):
-    id: int
-    name: str
-    status: str
-    timezone: str
-    currency: str
-    updated_at: str
-    business_name: str | None = None
-    phone: str | None = None
-    email: str | None = None
-    address: msgspec.Raw = _NULL_RAW
-    created_at: str | None = None
-
-
-class _Inventory(msgspec.Struct):
-    product_id: int
-    on_hand: Decimal
-    sku: str | None = None
-    name: str | None = None
-    category: str | None = None
-    unit: str | None = None
-    reorder_level: Decimal | None = None
-    cost_price: Decimal | None = None
-    sell_price: Decimal | None = None
-    updated_at: str | None = None
-
-
-_DEC_ORDER = msgspec.json.Decoder(_Order)
-_DEC_STORE = msgspec.json.Decoder(_Store)
-_DEC_INVENTORY = msgspec.json.Decoder(_Inventory)
-_DEC_MODIFIERS = msgspec.json.Decoder(list[_Modifier] | None)
+ORDER, STORE, INVENTORY = ENTITIES["order"], ENTITIES["store"], ENTITIES["inventory"]
+_DECODERS = {name: msgspec.json.Decoder(typed_struct(e)) for name, e in ENTITIES.items()}
+_NUMS = {name: msgspec.json.Decoder(t) for name, t in ((n, number_struct(e)) for n, e in ENTITIES.items()) if t}
+# Number fields (money and quantities) per entity, with the lists of records below them: a number
+# sent as a string is refused (typed Decimal decoding would read "36.60" as 36.60).
+_NUMBER_FIELDS = {name: number_fields(e) for name, e in ENTITIES.items()}
+_LIST_DECODERS = {f.of.name: msgspec.json.Decoder(list[typed_struct(f.of)] | None)  # type: ignore[misc]
+                  for e in ENTITIES.values() for t in tables(e) for f in t.fields if f.kind == LIST and f.of}
 _DEC_OBJECT = msgspec.json.Decoder(dict | None)
 _ENC = msgspec.json.Encoder(decimal_format="number")
-
-# Number fields (money and quantities) per entity, with the lists of objects below them: a number
-# sent as a string is refused (typed Decimal decoding would read "36.60" as 36.60).
-_NUMBER_FIELDS: dict[str, tuple[frozenset, dict]] = {
-    "order": (frozenset({"subtotal", "discount", "surcharge", "rounding", "tax", "total", "tips", "redeem_points"}), {
-        "items": (frozenset({"quantity", "unit_price", "discount", "tax", "total"}),
-                  {"modifiers": (frozenset({"price", "quantity"}), {})}),
-        "payments": (frozenset({"amount", "tip", "surcharge"}), {}),
-        "refunds": (frozenset({"amount"}), {}),
-    }),
-    "store": (frozenset(), {}),
-    "inventory": (frozenset({"on_hand", "reorder_level", "cost_price", "sell_price"}), {}),
-}
-# A typed decode of only the number fields, as JSON numbers: compiled code refuses a number field
-# sent as a string (which the exact Decimal decoding above would read as a number).
-class _NumMod(msgspec.Struct):
-    price: int | float | None = None
-    quantity: int | float | None = None
-
-
-class _NumItem(msgspec.Struct):
-    quantity: int | float | None = None
-    unit_price: int | float | None = None
-    discount: int | float | None = None
-    tax: int | float | None = None
-    total: int | float | None = None
-    modifiers: list[_NumMod] | None = None
-
-
-class _NumPay(msgspec.Struct):
-    amount: int | float | None = None
-    tip: int | float | None = None
-    surcharge: int | float | None = None
-
-
-class _NumRefund(msgspec.Struct):
-    amount: int | float | None = None
-
-
-class _NumOrder(msgspec.Struct):
-    subtotal: int | float | None = None
-    discount: int | float | None = None
-    surcharge: int | float | None = None
-    rounding: int | float | None = None
-    tax: int | float | None = None
-    total: int | float | None = None
-    tips: int | float | None = None
-    redeem_points: int | float | None = None
-    items: list[_NumItem] | None = None
-    payments: list[_NumPay] | None = None
-    refunds: list[_NumRefund] | None = None
-
-
-class _NumInventory(msgspec.Struct):
-    on_hand: int | float | None = None
-    reorder_level: int | float | None = None
-    cost_price: int | float | None = None
-    sell_price: int | float | None = None
-
-
-_NUMS = {"order": msgspec.json.Decoder(_NumOrder), "inventory": msgspec.json.Decoder(_NumInventory)}
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789.", b"0000000000")
-_ID_FIELD = {"order": "id", "store": "id", "inventory": "product_id"}
+_ID_FIELD = {name: e.key for name, e in ENTITIES.items()}
+
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,7 +465,180 @@ def _raw_object(raw: msgspec.Raw | None, where: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# the entry points
+# the precise path: each declared field in column order, each failure with its reason (the reference)
+
+def _value_at(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        if obj is None:
+            return None
+        obj = getattr(obj, name)
+    return obj
+
+
+def _precise_value(f: Field, v: Any, where: str) -> Any:
+    """The column value of one declared field, or InvalidRecord saying why it cannot be stored."""
+    kind = f.kind
+    if kind == ID:
+        return _id(v, where, f.required)
+    if kind == TEXT:
+        return _text(v, where, f.required, f.limit)
+    if kind == INSTANT:
+        return _ts(v, where, f.required)
+    if kind == OBJECT:
+        return _raw_object(v, where)
+    if kind == LIST:
+        return _precise_list(f.of, v, where)
+    v = _money(v, where, f.required) if kind == MONEY else _number(v, where, f.required)
+    if v is None:
+        return f.default
+    if f.positive and v <= 0:
+        raise InvalidRecord(f"{where} must be positive, got {_show(v)}")
+    return v
+
+
+def _precise_row(entity: Entity, obj: Any, prefix: str, given: dict[str, Any]) -> tuple:
+    """The entity's row (DERIVED columns from ``given``), checked field by field in column order."""
+    row = []
+    for f in entity.fields:
+        if f.kind == DERIVED:
+            row.append(given[f.column])
+            continue
+        v = _precise_value(f, _value_at(obj, f.path), prefix + f.path)
+        if f.column is not None:
+            row.append(v)
+    return tuple(row)
+
+
+def _precise_list(of: Entity, raw: msgspec.Raw, where: str) -> str:
+    """The exact text of a JSON list of ``of`` records (``[]`` for null), each element checked."""
+    b = bytes(raw)
+    if b == b"[]" or b == b"null":
+        return "[]"
+    try:
+        elements = _LIST_DECODERS[of.name].decode(b)
+    except msgspec.ValidationError as exc:
+        reason = _translate(exc, f"{of.name} list")
+        raise InvalidRecord(f"{where}{reason}" if reason.startswith("[")
+                            else f"{where} must be a list of objects ({reason})") from None
+    for j, element in enumerate(elements or ()):
+        _precise_row(of, element, f"{where}[{j}].", {})
+    return b.decode("utf-8")
+
+
+def _precise_lines(name: str, child: Entity, lines: list | None, parent: dict[str, Any]) -> list[tuple]:
+    """The rows of a list of line records (ids unique in the order), each checked precisely."""
+    if not lines:
+        return []
+    if len(lines) > 1:
+        seen: set[int] = set()
+        for i, line in enumerate(lines):
+            key = getattr(line, child.key)
+            if key in seen:
+                raise InvalidRecord(f"{name}[{i}].{child.key} {key} appears twice in the order")
+            seen.add(key)
+    return [_precise_row(child, line, f"{name}[{i}].", parent) for i, line in enumerate(lines)]
+
+
+# --------------------------------------------------------------------------------------------
+# the fast path: straight-line code generated from the same declarations; anything unusual -> _Slow
+
+class _Slow(Exception):
+    """The fast path declines: the precise path decides (and says why)."""
+
+
+_MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # numeric(12,2), exact to the cent
+_mq = _MONEY_CTX.quantize  # _mq(v, CENT) raises unless v is exact to the cent and within numeric(12,2)
+
+
+def _q(v: Decimal) -> Decimal:
+    if v.__class__ is not Decimal or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE or (v != v.to_integral_value()
+                                                                              and v.as_tuple().exponent < -NUMERIC_MAX_SCALE):
+        raise _Slow
+    return v
+
+
+def _fast_check(f: Field, v: str, i: int) -> list[str]:
+    """Source lines that raise (_Slow, or an error the caller maps to it) unless local ``v`` holds a
+    value :func:`_precise_value` accepts, and leave in ``v`` the same column value."""
+    if f.kind == ID:
+        return [f"if not 0 <= {v} <= BIGINT_MAX: raise _Slow" if f.required
+                else f"if {v} is not None and not 0 <= {v} <= BIGINT_MAX: raise _Slow"]
+    if f.kind == TEXT:
+        return [f"if len({v}) > {f.limit} or not {v}.strip(): raise _Slow" if f.required
+                else f"if {v} is not None and len({v}) > {f.limit}: raise _Slow"]
+    if f.kind == LIST:
+        return [f"{v} = list_{i}({v})"]
+    checks = {INSTANT: [f"_instant({v})", f"if {v}[26:27].isdigit(): {v} = _pg({v})"], MONEY: [f"_mq({v}, CENT)"],
+              QUANTITY: [f"_q({v})"] + ([f"if not {v} > 0: raise _Slow"] if f.positive else [])}.get(f.kind)
+    if checks is None:
+        return ["raise _Slow"]  # OBJECT: left to the precise path
+    if f.required:
+        return checks  # None fails them too
+    return [f"if {v} is None:", f"    {v} = default_{i}", "else:", *(f"    {c}" for c in checks)]
+
+
+def _attribute(obj: str, path: str) -> str:
+    """Source reading ``path`` (dotted) of ``obj``: ``o.name``, or getattr for a name Python cannot spell."""
+    for name in path.split("."):
+        obj = f"{obj}.{name}" if name.isidentifier() and not iskeyword(name) else f"getattr({obj}, {name!r})"
+    return obj
+
+
+def _fast_source(entity: Entity) -> str:
+    """``fast_<entity>(o, <DERIVED columns>)``: the row of a decoded record, or an exception."""
+    given = [f.column for f in entity.fields if f.kind == DERIVED]
+    lines = [f"def fast_{entity.name}({', '.join(['o', *given])}):"]
+    cells: list[str] = []
+    objects: dict[str, str] = {}
+    for i, f in enumerate(entity.fields):
+        if f.kind == DERIVED:
+            cells.append(f.column)
+            continue
+        v, (head, _, rest) = f"v{i}", f.path.partition(".")
+        if rest and head not in objects:
+            lines.append(f"    n{i} = {_attribute('o', head)}")
+            objects[head] = f"n{i}"
+        lines.append(f"    {v} = None if {objects[head]} is None else {_attribute(objects[head], rest)}" if rest
+                     else f"    {v} = {_attribute('o', head)}")
+        lines += [f"    {line}" for line in _fast_check(f, v, i)]
+        if f.column is not None:
+            cells.append(v)
+    lines.append(f"    return ({''.join(c + ', ' for c in cells)})")
+    return "\n".join(lines) + "\n"
+
+
+def _fast_list(raw: msgspec.Raw, decoder: msgspec.json.Decoder, check: Callable) -> str:
+    b = bytes(raw)
+    if b == b"[]" or b == b"null":
+        return "[]"
+    for element in decoder.decode(b) or ():
+        check(element)
+    return b.decode("utf-8")
+
+
+def fast_row_function(entity: Entity) -> Callable[..., tuple]:
+    """Compile :func:`_fast_source` of the entity (``print(_fast_source(ORDER))`` shows the code)."""
+    namespace: dict[str, Any] = {"BIGINT_MAX": BIGINT_MAX, "CENT": CENT, "_Slow": _Slow, "_mq": _mq, "_q": _q,
+                                 "_instant": _instant, "_pg": _pg}
+    for i, f in enumerate(entity.fields):
+        namespace[f"default_{i}"] = f.default
+        if f.kind == LIST:
+            namespace[f"list_{i}"] = partial(_fast_list, decoder=_LIST_DECODERS[f.of.name],
+                                             check=fast_row_function(f.of))
+    exec(compile(_fast_source(entity), f"<fast path of {entity.name}>", "exec"), namespace)  # noqa: S102
+    return namespace[f"fast_{entity.name}"]
+
+
+def _fast_lines(lines: list | None, fast: Callable, key: str, parent_key: int) -> list[tuple]:
+    if not lines:
+        return []
+    if len(lines) > 1 and len({getattr(line, key) for line in lines}) != len(lines):
+        raise _Slow
+    return [fast(line, parent_key) for line in lines]
+
+
+# --------------------------------------------------------------------------------------------
+# an order: its declared fields (either path), then its own arithmetic (one function, both paths)
 
 class OrderRows(msgspec.Struct, array_like=True):
     """One valid order: the rows of each table (tuples in the loader's column order) and its raw text."""
@@ -628,6 +652,85 @@ class OrderRows(msgspec.Struct, array_like=True):
     refunds: list
     raw: str
 
+
+_ORDER_AT = {c: i for i, c in enumerate(ORDER.columns)}
+_ORDER_SUMS = itemgetter(*(_ORDER_AT[c] for c in ("subtotal", "discount", "surcharge", "rounding", "total",
+                                                   "status")))
+_ITEM_SUMS = itemgetter(*(ORDER.lines[0][1].columns.index(c) for c in ("quantity", "unit_price", "discount",
+                                                                         "total", "modifiers")))
+_PAYMENT_AMOUNT = itemgetter(ORDER.lines[1][1].columns.index("amount"))
+_FAST_ORDER = fast_row_function(ORDER)
+_FAST_LINES = tuple((name, fast_row_function(child), child.key) for name, child in ORDER.lines)
+
+
+@lru_cache(maxsize=4096)
+def _modifier_sum(text: str) -> Decimal:
+    """Σ price × quantity (1 when unsent) of a checked modifier list's text."""
+    total = ZERO
+    for m in _LIST_DECODERS["modifier"].decode(text) or ():
+        total += m.price * (1 if m.quantity is None else m.quantity)
+    return total
+
+
+def _order_sums(order: tuple, items: list, payments: list) -> None:
+    """Each item's total, subtotal = Σ item totals, total = subtotal − discount + surcharge +
+    rounding, and a completed order paid in full; InvalidRecord says which does not add up."""
+    subtotal, discount, surcharge, rounding, total, status = _ORDER_SUMS(order)
+    if items:
+        item_sum = ZERO
+        for i, item in enumerate(items):
+            qty, price, discount_i, item_total, modifiers = _ITEM_SUMS(item)
+            expected = qty * (price + (_modifier_sum(modifiers) if modifiers != "[]" else 0)) - discount_i
+            if abs(expected - item_total) >= CENT:  # fractional quantities round to the cent
+                raise InvalidRecord(
+                    f"items[{i}].total {item_total} != quantity x (unit_price + modifiers) - discount = "
+                    f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}")
+            item_sum += item_total
+        if item_sum != subtotal:
+            raise InvalidRecord(f"subtotal {subtotal} != sum of item totals {item_sum}")
+    expected_total = subtotal - discount + surcharge + rounding
+    if expected_total != total:
+        raise InvalidRecord(f"total {total} != subtotal - discount + surcharge + rounding = {expected_total}")
+    if status == "completed":
+        paid = sum(map(_PAYMENT_AMOUNT, payments), ZERO)
+        if paid != total:
+            raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
+
+
+def _order_precise(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
+    """The order by :func:`_precise_row` (the reference: says exactly why a record cannot be stored)."""
+    try:
+        business_day = _business_date(o.created_at, tz)
+    except (_BadInstant, TypeError):
+        business_day = None  # created_at's own check says why
+    order = _precise_row(ORDER, o, "", {"business_date": business_day})
+    given = dict(zip(ORDER.columns, order))
+    if listed_store is not None and given["store_id"] != listed_store:
+        raise InvalidRecord(f"store_id {given['store_id']} differs from the store it was listed under ({listed_store})")
+    lines = [_precise_lines(name, child, getattr(o, name), given) for name, child in ORDER.lines]
+    _order_sums(order, lines[0], lines[1])
+    return OrderRows(given["order_id"], given["store_id"], exact_instant(o.updated_at), order, *lines,
+                     raw.decode("utf-8"))
+
+
+def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
+    """The order by the generated code, or _Slow. Its contract with :func:`_order_precise` (the same
+    rows, or a decline): tests/records/test_records_properties.py."""
+    try:
+        order = _FAST_ORDER(o, _business_date(o.created_at, tz))
+        oid, sid = order[0], order[1]
+        if listed_store is not None and sid != listed_store:
+            raise _Slow
+        lines = [_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES]
+        _order_sums(order, lines[0], lines[1])
+        return OrderRows(oid, sid, _exact(o.updated_at), order, *lines, raw.decode("utf-8"))
+    except (_Slow, InvalidRecord, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError,
+            msgspec.ValidationError, OverflowError, ZoneInfoNotFoundError):
+        raise _Slow from None
+
+
+# --------------------------------------------------------------------------------------------
+# the entry points
 
 def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
     """The record decoded into its typed shape, or InvalidRecord with the most precise reason.
@@ -671,298 +774,37 @@ def _unforeseen(raw: bytes, entity: str, exc: Exception) -> InvalidRecord:
     return InvalidRecord(reason or f"the {entity} record could not be read: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _lines_unique(lines: list, name: str) -> None:
-    if len(lines) > 1:
-        ids = [line.id for line in lines]
-        if len(set(ids)) != len(ids):
-            seen: set[int] = set()
-            for i, x in enumerate(ids):
-                if x in seen:
-                    raise InvalidRecord(f"{name}[{i}].id {x} appears twice in the order")
-                seen.add(x)
-
-
 def order_rows(record: Any, timezone_name: str, store_id: int | None = None) -> OrderRows:
     """Validate one order (its bytes, or a parsed record) and build its rows. Raises InvalidRecord only."""
     raw = as_bytes(record)
     try:
-        o: _Order = _checked(raw, "order", _DEC_ORDER)
+        o = _checked(raw, "order", _DECODERS["order"])
         try:
             return _order_fast(o, raw, timezone_name, store_id)
         except _Slow:
-            return _order_rows(o, raw, timezone_name, store_id)  # the authority: says exactly why
+            return _order_precise(o, raw, timezone_name, store_id)  # the authority: says exactly why
     except InvalidRecord:
         raise
     except Exception as exc:  # a rule this module did not foresee: that record, not the window
         raise _unforeseen(raw, "order", exc) from None
 
 
-class _Slow(Exception):
-    """The fast path declines: the precise path decides (and says why)."""
-
-
-_MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # numeric(12,2), exact to the cent
-
-
-_mq = _MONEY_CTX.quantize
-_CENTS = (CENT,) * 6
-
-
-def _m(v: Decimal) -> Decimal:
-    return _mq(v, CENT)  # raises unless exact to the cent and within numeric(12,2)
-
-
-def _q(v: Decimal) -> Decimal:
-    if v.__class__ is not Decimal or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE or (v != v.to_integral_value()
-                                                                              and v.as_tuple().exponent < -NUMERIC_MAX_SCALE):
-        raise _Slow
-    return v
-
-
-def _t(v: str | None, limit: int) -> str | None:
-    if v is not None and len(v) > limit:
-        raise _Slow
-    return v
-
-
-def _order_fast(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
-    """The common case in as few Python operations as possible; anything unusual raises _Slow.
-    Accepts only what :func:`_order_rows` accepts, with the same rows."""
-    try:
-        oid = o.id
-        sid = o.store_id
-        if not (0 <= oid <= BIGINT_MAX and 0 <= sid <= BIGINT_MAX) or (listed_store is not None and sid != listed_store):
-            raise _Slow
-        long_ok = len(raw) < TEXT_MAX
-        status = o.status
-        if not status.strip() or len(status) > SHORT_TEXT_MAX:
-            raise _Slow
-        created, updated, completed = o.created_at, o.updated_at, o.completed_at
-        _instant(created)
-        key = _exact(updated)
-        if completed is not None:
-            _instant(completed)
-        # money: one trapped quantize each (exact cents and numeric(12,2) in one C call), mapped in C
-        subtotal, discount, surcharge, rounding, total, tax = map(_mq, (o.subtotal, o.discount, o.surcharge,
-                                                                       o.rounding, o.total, o.tax), _CENTS)
-        if subtotal - discount + surcharge + rounding != total:
-            raise _Slow
-        cust, cash = o.customer, o.cashier
-        cust_id = cust_name = cash_id = cash_name = None
-        if cust is not None:
-            cust_id, cust_name = cust.id, cust.name
-            if cust_id is not None and not 0 <= cust_id <= BIGINT_MAX:
-                raise _Slow
-        if cash is not None:
-            cash_id, cash_name = cash.id, cash.name
-            if cash_id is not None and not 0 <= cash_id <= BIGINT_MAX:
-                raise _Slow
-        number, source, ftype, currency = o.number, o.source, o.fulfillment_type, o.currency
-        if not long_ok:
-            for v in (number, source, ftype):
-                _t(v, SHORT_TEXT_MAX)
-            for v in (cust_name, cash_name):
-                _t(v, TEXT_MAX)
-        elif (number is not None and len(number) > SHORT_TEXT_MAX) or (source is not None and len(source) > SHORT_TEXT_MAX) \
-                or (ftype is not None and len(ftype) > SHORT_TEXT_MAX):
-            raise _Slow
-        if currency is not None and len(currency) > CURRENCY_MAX:
-            raise _Slow
-        tips = o.tips
-        rp = o.redeem_points
-        order = (oid, sid, number, source, ftype, status, _pg(created), _pg(updated), _pg(completed),
-                 _business_date(created, tz),
-                 currency, subtotal, discount, surcharge, rounding, tax, total,
-                 ZERO if tips is None else _mq(tips, CENT), None if rp is None else _q(rp),
-                 cust_id, cust_name, cash_id, cash_name)
-        items = []
-        if o.items:
-            seen = set()
-            item_sum = ZERO
-            for it in o.items:
-                iid, pid = it.id, it.product_id
-                if iid in seen or not 0 <= iid <= BIGINT_MAX or (pid is not None and not 0 <= pid <= BIGINT_MAX):
-                    raise _Slow
-                seen.add(iid)
-                qty = _q(it.quantity)
-                if qty <= 0:
-                    raise _Slow
-                price, itotal = _mq(it.unit_price, CENT), _mq(it.total, CENT)
-                idisc = ZERO if it.discount is None else _mq(it.discount, CENT)
-                mb = bytes(it.modifiers)
-                if mb == b"[]":
-                    mods_text, mod_sum = "[]", 0
-                elif mb == b"null":
-                    mods_text, mod_sum = "[]", 0
-                else:
-                    mod_sum = 0
-                    for m in _DEC_MODIFIERS.decode(mb) or ():
-                        mod_sum += _mq(m.price, CENT) * (1 if m.quantity is None else _q(m.quantity))
-                    mods_text = mb.decode("utf-8")
-                if abs(qty * (price + mod_sum) - idisc - itotal) >= CENT:
-                    raise _Slow
-                item_sum += itotal
-                sku, name, cat = it.sku, it.name, it.category
-                if not long_ok:
-                    for v in (sku, name, cat):
-                        _t(v, TEXT_MAX)
-                items.append((oid, iid, pid, sku, name, cat, qty, price, idisc,
-                              ZERO if it.tax is None else _mq(it.tax, CENT), itotal, mods_text))
-            if item_sum != subtotal:
-                raise _Slow
-        payments = []
-        paid = ZERO
-        if o.payments:
-            seen = set()
-            for pay in o.payments:
-                pid, method = pay.id, pay.method
-                if pid in seen or not 0 <= pid <= BIGINT_MAX or not method.strip() or len(method) > SHORT_TEXT_MAX:
-                    raise _Slow
-                seen.add(pid)
-                amount = _mq(pay.amount, CENT)
-                paid += amount
-                at = pay.paid_at
-                if at is not None:
-                    _instant(at)
-                payments.append((oid, pid, method, amount, ZERO if pay.tip is None else _mq(pay.tip, CENT),
-                                 ZERO if pay.surcharge is None else _mq(pay.surcharge, CENT), _pg(at)))
-        if status == "completed" and paid != total:
-            raise _Slow
-        refunds = []
-        if o.refunds:
-            seen = set()
-            for ref in o.refunds:
-                rid = ref.id
-                if rid in seen or not 0 <= rid <= BIGINT_MAX:
-                    raise _Slow
-                seen.add(rid)
-                at = ref.refunded_at
-                if at is not None:
-                    _instant(at)
-                if not long_ok:
-                    _t(ref.reason, TEXT_MAX)
-                refunds.append((oid, rid, _mq(ref.amount, CENT), ref.reason, _pg(at)))
-        return OrderRows(oid, sid, key, order, items, payments, refunds, raw.decode("utf-8"))
-    except (_Slow, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError, msgspec.ValidationError,
-            OverflowError, ZoneInfoNotFoundError):
-        raise _Slow from None
-
-
-def _order_rows(o: _Order, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
-    """The precise rules, one field at a time, each failure with its reason (the reference)."""
-    oid = _id(o.id, "id")
-    sid = _id(o.store_id, "store_id")
-    if listed_store is not None and sid != listed_store:
-        raise InvalidRecord(f"store_id {sid} differs from the store it was listed under ({listed_store})")
-    status = _text(o.status, "status", True, SHORT_TEXT_MAX)
-    created = _ts(o.created_at, "created_at")
-    updated = _ts(o.updated_at, "updated_at")
-    completed = _ts(o.completed_at, "completed_at", False)
-    subtotal = _money(o.subtotal, "subtotal")
-    discount = _money(o.discount, "discount")
-    surcharge = _money(o.surcharge, "surcharge")
-    rounding = _money(o.rounding, "rounding")
-    total = _money(o.total, "total")
-    cust = o.customer
-    cash = o.cashier
-    order = (
-        oid, sid, _text(o.number, "number", False, SHORT_TEXT_MAX), _text(o.source, "source", False, SHORT_TEXT_MAX),
-        _text(o.fulfillment_type, "fulfillment_type", False, SHORT_TEXT_MAX), status, created, updated, completed,
-        _business_date(created, tz), _text(o.currency, "currency", False, CURRENCY_MAX),
-        subtotal, discount, surcharge, rounding, _money(o.tax, "tax"), total,
-        ZERO if o.tips is None else _money(o.tips, "tips"),
-        _number(o.redeem_points, "redeem_points", False),
-        None if cust is None else _id(cust.id, "customer.id", False),
-        None if cust is None else _text(cust.name, "customer.name"),
-        None if cash is None else _id(cash.id, "cashier.id", False),
-        None if cash is None else _text(cash.name, "cashier.name"),
-    )
-    items = []
-    item_sum = ZERO
-    if o.items:
-        _lines_unique(o.items, "items")
-        for i, it in enumerate(o.items):
-            p = f"items[{i}]"
-            qty = _number(it.quantity, f"{p}.quantity")
-            if qty <= 0:
-                raise InvalidRecord(f"{p}.quantity must be positive, got {_show(qty)}")
-            price = _money(it.unit_price, f"{p}.unit_price")
-            idisc = ZERO if it.discount is None else _money(it.discount, f"{p}.discount")
-            itotal = _money(it.total, f"{p}.total")
-            mods_text = "[]"
-            mod_sum = 0
-            if it.modifiers is not None:
-                mb = bytes(it.modifiers)
-                if mb != b"[]" and mb != b"null":
-                    try:
-                        mods = _DEC_MODIFIERS.decode(mb)
-                    except msgspec.ValidationError as exc:
-                        reason = _translate(exc, "modifier list")
-                        raise InvalidRecord(f"{p}.modifiers{reason}" if reason.startswith("[")
-                                            else f"{p}.modifiers must be a list of objects ({reason})") from None
-                    for j, m in enumerate(mods or ()):
-                        mp = f"{p}.modifiers[{j}]"
-                        mq = 1 if m.quantity is None else _number(m.quantity, f"{mp}.quantity")
-                        mod_sum += _money(m.price, f"{mp}.price") * mq
-                    mods_text = mb.decode("utf-8")
-                elif mb == b"[]":
-                    mods_text = "[]"
-            expected = qty * (price + mod_sum) - idisc
-            if abs(expected - itotal) >= CENT:  # fractional quantities round to the cent
-                raise InvalidRecord(
-                    f"{p}.total {itotal} != quantity x (unit_price + modifiers) - discount = "
-                    f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}")
-            item_sum += itotal
-            items.append((oid, _id(it.id, f"{p}.id"),
-                          _id(it.product_id, f"{p}.product_id", False), _text(it.sku, f"{p}.sku"),
-                          _text(it.name, f"{p}.name"), _text(it.category, f"{p}.category"), qty, price, idisc,
-                          ZERO if it.tax is None else _money(it.tax, f"{p}.tax"), itotal, mods_text))
-        if item_sum != subtotal:
-            raise InvalidRecord(f"subtotal {subtotal} != sum of item totals {item_sum}")
-    payments = []
-    paid = ZERO
-    if o.payments:
-        _lines_unique(o.payments, "payments")
-        for i, pay in enumerate(o.payments):
-            p = f"payments[{i}]"
-            amount = _money(pay.amount, f"{p}.amount")
-            paid += amount
-            payments.append((oid, _id(pay.id, f"{p}.id"), _text(pay.method, f"{p}.method", True, SHORT_TEXT_MAX),
-                             amount, ZERO if pay.tip is None else _money(pay.tip, f"{p}.tip"),
-                             ZERO if pay.surcharge is None else _money(pay.surcharge, f"{p}.surcharge"),
-                             _ts(pay.paid_at, f"{p}.paid_at", False)))
-    refunds = []
-    if o.refunds:
-        _lines_unique(o.refunds, "refunds")
-        for i, ref in enumerate(o.refunds):
-            p = f"refunds[{i}]"
-            refunds.append((oid, _id(ref.id, f"{p}.id"), _money(ref.amount, f"{p}.amount"),
-                            _text(ref.reason, f"{p}.reason"), _ts(ref.refunded_at, f"{p}.refunded_at", False)))
-    expected_total = subtotal - discount + surcharge + rounding
-    if expected_total != total:
-        raise InvalidRecord(f"total {total} != subtotal - discount + surcharge + rounding = {expected_total}")
-    if status == "completed" and paid != total:
-        raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
-    return OrderRows(oid, sid, exact_instant(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
+_STORE_ZONE = STORE.columns.index("timezone")
 
 
 def store_row(record: Any) -> tuple[tuple, Decimal, str]:
     """(the ``taptouch.stores`` row in loader column order, exact version key, raw text)."""
     raw = as_bytes(record)
     try:
-        s: _Store = _checked(raw, "store", _DEC_STORE)
-        tz = _text(s.timezone, "timezone", True, SHORT_TEXT_MAX)
+        s = _checked(raw, "store", _DECODERS["store"])
+        row = _precise_row(STORE, s, "", {})
+        tz = row[_STORE_ZONE]
         try:
             if tz in _NOT_A_PLACE or tz.startswith(("posix/", "right/")):
                 raise ValueError(tz)  # this machine's zone, a placeholder, or leap-second clocks
             zone(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidRecord(f"timezone {tz!r} is not an IANA time zone (needed for business dates)") from None
-        address = _raw_object(s.address, "address")
-        row = (_id(s.id, "id"), _text(s.name, "name", True), _text(s.business_name, "business_name"),
-               _text(s.status, "status", True), tz, _text(s.currency, "currency", True),
-               _text(s.phone, "phone"), _text(s.email, "email"), address,
-               _ts(s.created_at, "created_at", False), _ts(s.updated_at, "updated_at"))
         return row, exact_instant(s.updated_at), raw.decode("utf-8")
     except InvalidRecord:
         raise
@@ -976,11 +818,8 @@ def inventory_row(record: Any, store_id: int) -> tuple[tuple, Decimal | None, st
     """(the ``taptouch.inventory_levels`` row in loader column order, exact version key or None, raw text)."""
     raw = as_bytes(record)
     try:
-        r: _Inventory = _checked(raw, "inventory", _DEC_INVENTORY)
-        row = (store_id, _id(r.product_id, "product_id"), _text(r.sku, "sku"), _text(r.name, "name"),
-               _text(r.category, "category"), _text(r.unit, "unit"), _number(r.on_hand, "on_hand"),
-               _number(r.reorder_level, "reorder_level", False), _money(r.cost_price, "cost_price", False),
-               _money(r.sell_price, "sell_price", False), _ts(r.updated_at, "updated_at", False))
+        r = _checked(raw, "inventory", _DECODERS["inventory"])
+        row = _precise_row(INVENTORY, r, "", {"store_id": store_id})
         return row, None if r.updated_at is None else exact_instant(r.updated_at), raw.decode("utf-8")
     except InvalidRecord:
         raise
@@ -989,22 +828,15 @@ def inventory_row(record: Any, store_id: int) -> tuple[tuple, Decimal | None, st
 
 
 # --------------------------------------------------------------------------------------------
-# dict-shaped views (compatibility with the former ``taptouch_resource.api.parse_*``)
+# column tuples (the loader's column order) and dict-shaped views (compatibility with the former
+# ``taptouch_resource.api.parse_*``)
 
-STORE_COLS = ("store_id", "name", "business_name", "status", "timezone", "currency", "phone", "email",
-              "address", "created_at", "updated_at")
-INVENTORY_COLS = ("store_id", "product_id", "sku", "name", "category", "unit", "on_hand", "reorder_level",
-                  "cost_price", "sell_price", "updated_at")
-ORDER_COLS = (
-    "order_id", "store_id", "number", "source", "fulfillment_type", "status", "created_at", "updated_at",
-    "completed_at", "business_date", "currency", "subtotal", "discount", "surcharge", "rounding", "tax",
-    "total", "tips", "redeem_points", "customer_id", "customer_name", "cashier_id", "cashier_name",
-)
-ITEM_COLS = ("order_id", "item_id", "product_id", "sku", "name", "category", "quantity", "unit_price",
-             "discount", "tax", "total", "modifiers")
-PAYMENT_COLS = ("order_id", "payment_id", "method", "amount", "tip", "surcharge", "paid_at")
-REFUND_COLS = ("order_id", "refund_id", "amount", "reason", "refunded_at")
-_TS_COLS = {"created_at", "updated_at", "completed_at", "paid_at", "refunded_at"}
+STORE_COLS = STORE.columns
+INVENTORY_COLS = INVENTORY.columns
+ORDER_COLS = ORDER.columns
+ITEM_COLS, PAYMENT_COLS, REFUND_COLS = (child.columns for _, child in ORDER.lines)
+_TS_COLS = {f.column for e in ENTITIES.values() for t in tables(e) for f in t.fields if f.kind == INSTANT}
+_JSON_COLS = {f.column for e in ENTITIES.values() for t in tables(e) for f in t.fields if f.kind in (OBJECT, LIST)}
 
 
 def _as_dict(cols: tuple, row: tuple) -> dict:
@@ -1012,8 +844,8 @@ def _as_dict(cols: tuple, row: tuple) -> dict:
     for c in _TS_COLS & d.keys():
         if d[c] is not None:
             d[c] = instant(d[c])
-    for c in ("address", "modifiers"):
-        if isinstance(d.get(c), str):
+    for c in _JSON_COLS & d.keys():
+        if isinstance(d[c], str):
             d[c] = json.loads(d[c], parse_float=Decimal)
     return d
 
@@ -1073,3 +905,4 @@ def quarantine_forms(record: Any) -> tuple[str | None, str]:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     candidate = _NUL_ESCAPE.sub(r"\1\\\\u0000", text) if "\\u0000" in text else text
     return candidate, text
+
