@@ -3,7 +3,9 @@
 ``taptouch-sync demo`` starts the sandbox API over HTTP and the embedded PostgreSQL, runs the real
 assets (``stores``, ``inventory``, the last N days of ``orders`` as one ranged run, the analytics
 views) on a persistent local instance (``.taptouch/dagster_home``, which ``taptouch-sync ui`` shows),
-and prints a summary; ``--accounts`` does it for two accounts. It is safe to re-run, and the sandbox
+and prints a summary; ``--accounts`` does it for two accounts, on an instance and a warehouse database
+of its own (``.taptouch/dagster_home_accounts``, ``taptouch_accounts``), so neither demo shows the
+other's assets or rows. It is safe to re-run, and the sandbox
 is used only because this command says so, on screen. What it shows: the README.
 """
 
@@ -20,10 +22,14 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .warehouse.db import project_root, redact_url, resolve_database_url
+from .warehouse.db import libpq_url, project_root, redact_url, resolve_database_url
 
 SANDBOX_DAYS = 30
 SANDBOX_STORES = 3
+ACCOUNTS_DEMO_HOME = "dagster_home_accounts"
+"""The two-account demo's Dagster instance, in ``.taptouch/``: apart from the single-account one."""
+ACCOUNTS_DEMO_DATABASE_SUFFIX = "_accounts"
+"""The two-account demo's warehouse: the embedded server's database name plus this (``taptouch_accounts``)."""
 
 
 LOCAL_INSTANCE_YAML = """\
@@ -111,18 +117,65 @@ def sandbox_accounts_env(days: int = SANDBOX_DAYS) -> Iterator[str]:
             yield url
 
 
+def use_accounts_demo_home() -> None:
+    """Point ``DAGSTER_HOME`` at the two-account demo's own instance (``.taptouch/dagster_home_accounts``)
+    unless it is set: the single-account UI then never lists ``north/*`` and ``south/*`` assets."""
+    from .warehouse.db import state_dir
+
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(state_dir() / ACCOUNTS_DEMO_HOME)
+
+
+def accounts_demo_database(url: str) -> str:
+    """The two-account demo's warehouse beside the embedded one at ``url``: the database named
+    ``<its name>_accounts`` on the same server, created when missing. Its stores, orders and views
+    never mix with the single-account demo's."""
+    from psycopg import sql
+
+    from .warehouse.db import connect_url, with_database
+
+    with connect_url(url, autocommit=True) as conn:
+        database = conn.execute("select current_database()").fetchone()[0] + ACCOUNTS_DEMO_DATABASE_SUFFIX
+        if not conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+    return with_database(url, database)
+
+
+def forget_other_demo_assets(instance, defined) -> list[str]:
+    """Wipe, from the instance, the assets of the two-account demo's accounts (``north/*``,
+    ``south/*``) that ``defined`` (the loaded definitions' asset keys) lacks: what an older version
+    of ``demo --accounts`` left in the single-account instance. Returns their keys."""
+    from taptouch_sandbox.group import DEMO_ACCOUNTS
+
+    stale = [key for key in instance.all_asset_keys()
+             if len(key.path) > 1 and key.path[0] in DEMO_ACCOUNTS and key not in defined]
+    if stale:
+        instance.wipe_assets(stale)
+    return sorted(key.to_user_string() for key in stale)
+
+
 def _run_config() -> dict:
     return {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _start(title: str):
-    """The demo's Dagster instance (owner-only, under .taptouch/) and warehouse, announced."""
+def _start(title: str, accounts: bool = False):
+    """The demo's Dagster instance (owner-only, under .taptouch/) and warehouse, announced.
+    ``accounts``: the two-account demo's own instance and, on the embedded PostgreSQL, its own
+    database (see :func:`use_accounts_demo_home`, :func:`accounts_demo_database`); a
+    ``DAGSTER_HOME`` or ``TAPTOUCH_DATABASE_URL`` that is set is used as it is."""
+    from .warehouse.db import DATABASE_URL_ENV
+
+    if accounts:
+        use_accounts_demo_home()
     os.environ["DAGSTER_HOME"] = str(dagster_home())
     import dagster as dg
 
     t0 = time.monotonic()
     print(f"==> {title}")
     url = resolve_database_url()
+    if accounts and not os.environ.get(DATABASE_URL_ENV, "").strip():
+        url = accounts_demo_database(url)
+        os.environ[DATABASE_URL_ENV] = url  # the runs' warehouse resource reads it
     print(f"==> warehouse: {redact_url(url)}")
     instance = dg.DagsterInstance.get()
     print(f"==> Dagster instance: {os.environ['DAGSTER_HOME']}")
@@ -132,12 +185,19 @@ def _start(title: str):
 def run_demo(days: int = 7, accounts: bool = False) -> int:
     if accounts:
         return run_accounts_demo(days)
+    own_home = not os.environ.get("DAGSTER_HOME")
     t0, url, instance = _start("taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
     import dagster as dg
 
     from .assets.analytics import analytics_assets
     from .definitions import RESOURCES, defs
     from .warehouse.resource import PostgresResource
+
+    if own_home:  # the demo's own instance: assets an older `demo --accounts` left here go
+        forgotten = forget_other_demo_assets(instance, set(defs.get_repository_def().asset_graph.get_all_asset_keys()))
+        if forgotten:
+            print(f"==> removed from this instance the assets of an earlier `demo --accounts`: {', '.join(forgotten)}"
+                  f" (that demo now keeps its own, in .taptouch/{ACCOUNTS_DEMO_HOME})")
 
     with sandbox_env():
         today = datetime.now(timezone.utc).date()
@@ -174,7 +234,8 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
 def run_accounts_demo(days: int = 7) -> int:
     """The demo with two accounts in one deployment: each account's stores, inventory and orders
     as its own runs, then the shared analytics views, and a per-account summary."""
-    t0, url, instance = _start("taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse")
+    t0, url, instance = _start("taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse",
+                               accounts=True)
     import dagster as dg
 
     from .warehouse.resource import PostgresResource
@@ -203,10 +264,12 @@ def run_accounts_demo(days: int = 7) -> int:
                               selection=dg.AssetSelection.groups("analytics"), tags={"source": "demo"}))
     print_accounts_summary(PostgresResource(database_url=url), first, today)
     print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated).")
-    print("Explore the same data:")
+    print("Explore the same data (this demo's own Dagster instance and warehouse, apart from `./dev demo`'s):")
     print("  ./dev ui --sandbox --accounts    # Dagster UI with both accounts' assets (north/..., south/...)")
-    print('  psql "$(./dev taptouch-sync db-url --raw)" -c "select account, business_date, sum(net_sales)'
-          ' from analytics.daily_store_sales group by account, business_date order by business_date, account"')
+    target = shlex.quote(libpq_url(url)) if redact_url(url) == url else '"$(./dev taptouch-sync db-url --raw)"'
+    print(f'  psql {target} -c "select account, business_date, sum(net_sales)'
+          ' from analytics.daily_store_sales where day_complete group by account, business_date'
+          ' order by business_date, account"')
     return 0
 
 
@@ -252,13 +315,20 @@ def print_summary(warehouse, first: date, last: date) -> None:
     sales = read_frame(
         warehouse,
         "select store_id as store, store_name as name, business_date as date, order_count as orders,"
-        " net_sales from analytics.daily_store_sales where business_date between :first and :last"
+        " net_sales, case when day_complete then '' else 'partial' end as day"
+        " from analytics.daily_store_sales where business_date between :first and :last and account = 'default'"
         " order by store_id, business_date",
         first=first, last=last,
     )
+    others = read_frame(warehouse, "select distinct account from taptouch.stores where account <> 'default'"
+                                   " order by account")["account"].tolist()
     print("\nWhat the warehouse holds:")
     print("  " + ", ".join(f"{r.table_name} {r.n}" for r in counts.itertuples()))
-    print(f"\nanalytics.daily_store_sales, business dates {first} .. {last}:")
+    if others:
+        print(f"  (also the stores of account(s) {', '.join(others)}, loaded before `demo --accounts` kept"
+              " its own database: left out below)")
+    print(f"\nanalytics.daily_store_sales, account 'default', business dates {first} .. {last}"
+          " (partial: a day not completely loaded yet, see docs/analytics.md):")
     sales["name"] = sales["name"].fillna("").str.slice(0, 28)
     print(sales.to_string(index=False, justify="left", formatters={
         "name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"}))
@@ -436,7 +506,9 @@ def _write_private_text(path: Path, text: str) -> None:
 def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False,
            env_file: str | Path | None = None) -> int:
     """``dagster dev`` on this code location and the local instance (optionally with the sandbox,
-    ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south), until a stop signal.
+    ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south, on the instance and
+    warehouse of ``demo --accounts`` unless DAGSTER_HOME / TAPTOUCH_DATABASE_URL say otherwise), until
+    a stop signal.
 
     * **The CLI's environment.** The warehouse URL is resolved once (the embedded PostgreSQL is started
       here when ``TAPTOUCH_DATABASE_URL`` is unset) and given to ``dagster dev``; ``DAGSTER_HOME``, that
@@ -456,6 +528,8 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
 
     with _StopSignals() as signals, contextlib.ExitStack() as stack:
         try:
+            if sandbox and accounts:  # the two-account demo's own instance and warehouse (as `demo --accounts`)
+                use_accounts_demo_home()
             os.environ["DAGSTER_HOME"] = str(dagster_home())
             _check_port_free(host, port)
             database_from_env = bool(os.environ.get(DATABASE_URL_ENV, "").strip())
@@ -470,6 +544,8 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
                 signals.raise_pending()
             else:
                 database_url = resolve_database_url()
+            if sandbox and accounts and not database_from_env:
+                database_url = accounts_demo_database(database_url)
             print(f"==> warehouse: {redact_url(database_url)}", flush=True)
             stack.enter_context(_exported({DATABASE_URL_ENV: database_url}))
             before = dict(os.environ)

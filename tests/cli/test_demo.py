@@ -38,3 +38,53 @@ def test_the_demo_loads_and_a_rerun_changes_nothing(database_url, tmp_path):
     assert "This run's orders: 0 inserted, 0 updated" in second
     with psycopg.connect(database_url) as conn:
         assert conn.execute("select count(*) from taptouch.orders").fetchone()[0] == orders
+
+
+# ------------------------------------------------------------------------------ the two demos kept apart
+def test_the_two_account_demo_has_an_instance_of_its_own(monkeypatch, tmp_path):
+    """Without DAGSTER_HOME, `demo --accounts` (and `ui --sandbox --accounts`) use
+    .taptouch/dagster_home_accounts, never the single-account demo's .taptouch/dagster_home; a
+    DAGSTER_HOME that is set is used as it is."""
+    from pipelines.demo import use_accounts_demo_home
+    from pipelines.warehouse.db import state_dir
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    use_accounts_demo_home()
+    assert os.environ["DAGSTER_HOME"] == str(state_dir() / "dagster_home_accounts")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    use_accounts_demo_home()
+    assert os.environ["DAGSTER_HOME"] == str(tmp_path)
+
+
+@pytest.mark.postgres
+def test_the_two_account_demo_has_a_warehouse_of_its_own(database_url):
+    """On the server of the single-account demo's database, the two-account demo gets the database
+    '<name>_accounts', created once: its stores and views never mix into the other's."""
+    from pipelines.demo import accounts_demo_database
+
+    with psycopg.connect(database_url) as conn:
+        name = conn.execute("select current_database()").fetchone()[0]
+    url = accounts_demo_database(database_url)
+    try:
+        assert accounts_demo_database(database_url) == url  # created once, then reused
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select current_database()").fetchone()[0] == f"{name}_accounts"
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}_accounts"')
+
+
+def test_the_single_account_demo_forgets_what_an_older_accounts_demo_left_in_its_instance(tmp_path):
+    """north/* and south/* assets that the loaded definitions lack are wiped from the instance;
+    the definitions' own assets and other assets stay."""
+    import dagster as dg
+
+    from pipelines.demo import forget_other_demo_assets
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for key in ("north/orders", "south/stores", "orders", "elsewhere/thing"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey.from_user_string(key)))
+        defined = {dg.AssetKey("orders")}
+        assert forget_other_demo_assets(instance, defined) == ["north/orders", "south/stores"]
+        assert {k.to_user_string() for k in instance.all_asset_keys()} == {"orders", "elsewhere/thing"}
+        assert forget_other_demo_assets(instance, defined) == []

@@ -675,3 +675,16 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
         conn.execute("update taptouch.sync_log set started_at = %s where \"window\" = %s",
                      (perth_ends - timedelta(minutes=1), own))
         assert verdict(empty) == (False, [before])
+
+
+def test_the_docs_example_queries_run_and_count_complete_days_only(loaded):
+    """Every query of docs/analytics.md runs on a loaded warehouse; the first counts at most the 7
+    complete business dates before today per store of an account (never 8, never a partial day)."""
+    import re
+
+    _, conn = loaded
+    queries = re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / "analytics.md").read_text(), re.S)
+    assert len(queries) >= 5
+    results = [conn.execute(q).fetchall() for q in queries]
+    assert results[0] and all(0 < row[4] <= 7 for row in results[0])  # days
+    assert len({(row[0], row[1]) for row in results[0]}) == len(results[0])  # one row per account and store
