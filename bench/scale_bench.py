@@ -506,6 +506,15 @@ def measure_size(url: str, scale: Scale, target: int) -> dict:
     return out
 
 
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def dead_added(result: dict, table: str, counter: str = "dead") -> int:
+    """How much a pg_stat_user_tables counter of the table grew over the day of edits."""
+    return result["bloat"]["after"][table][counter] - result["bloat"]["before"][table][counter]
+
+
 def bloat_cell(result: dict, table: str) -> str:
     approx = result["bloat"]["pgstattuple_approx"].get(table)
     return "-" if approx is None else f"{approx['dead_pct']} / {approx['free_pct']}"
@@ -517,7 +526,7 @@ def rows_of_table(results: list[dict]) -> list[tuple[str, list[str]]]:
 
     rows = [("orders built", [f"{r['build']['orders_built']:,}" for r in results]),
             ("orders in the warehouse (with earlier sizes' measurements)", [f"{r['storage']['orders']:,}" for r in results]),
-            ("build: orders/s (this run's increment)", [f"{r['build']['orders_per_s'] or '-'}" for r in results]),
+            ("build: orders/s (this run's increment)", [number(r["build"]["orders_per_s"]) for r in results]),
             ("hourly window: wall ms", [ms(r["hourly"].get("wall_s")) for r in results]),
             ("hourly window: merge ms", [ms(r["hourly"].get("merge_s")) for r in results]),
             ("hourly window: client CPU ms", [ms(r["hourly"].get("client_cpu_s")) for r in results]),
@@ -531,12 +540,15 @@ def rows_of_table(results: list[dict]) -> list[tuple[str, list[str]]]:
         rows.append((f"{name}: p50 / p95 ms", [f"{r['queries'][name]['p50_ms']:,.0f} / {r['queries'][name]['p95_ms']:,.0f}"
                                                for r in results]))
     for part in ("heap", "toast", "indexes", "total"):
-        rows.append((f"storage: {part} bytes/order", [f"{r['storage']['bytes_per_order'][part] or '-'}" for r in results]))
+        rows.append((f"storage: {part} bytes/order", [number(r["storage"]["bytes_per_order"][part]) for r in results]))
+    rows.append(("day of edits: orders inserted / updated",
+                 [f"{r['bloat']['day']['inserted']:,} / {r['bloat']['day']['updated']:,}" for r in results]))
     for table in ("orders", "order_items"):
-        rows.append((f"day of edits: {table} n_dead_tup", [f"{r['bloat']['after'][table]['dead']:,}" for r in results]))
+        rows.append((f"day of edits: {table} dead tuples added", [f"{dead_added(r, table):,}" for r in results]))
         rows.append((f"day of edits: {table} dead % / free %", [bloat_cell(r, table) for r in results]))
-    rows.append(("day of edits: autovacuums", [str(sum(t["autovacuums"] - r["bloat"]["before"][n]["autovacuums"]
-                                                   for n, t in r["bloat"]["after"].items())) for r in results]))
+    rows.append(("day of edits: autovacuums (server's autovacuum)",
+                 [f"{sum(dead_added(r, t, 'autovacuums') for t in BLOAT_TABLES)} "
+                  f"({r['bloat']['autovacuum_settings'].get('autovacuum')})" for r in results]))
     return rows
 
 
@@ -571,6 +583,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database", default=DEFAULT_DATABASE, help="the bench's database (resumed when it exists)")
     p.add_argument("--fresh", action="store_true", help="drop the bench's database first")
     p.add_argument("--json", type=Path, help="write every figure (and the plans) here")
+    p.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                   help="print the table of earlier runs' JSON files (their sizes side by side) and stop")
     for field, value in asdict(Scale()).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=int, default=value)
     return p.parse_args(argv)
@@ -578,6 +592,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.report:
+        results = [size for path in args.report for size in json.loads(path.read_text())["sizes"]]
+        print_table(results)
+        return {"sizes": results}
     scale = Scale(**{f: getattr(args, f) for f in asdict(Scale())})
     if sorted(args.sizes) != args.sizes:
         raise SystemExit("--sizes must ascend: the warehouse only grows")
