@@ -280,12 +280,14 @@ def print_accounts_summary(warehouse, first: date, last: date) -> None:
     frame = read_frame(
         warehouse,
         "select account, business_date as date, count(distinct store_id) as stores, sum(order_count)::integer as orders,"
-        " sum(net_sales) as net_sales from analytics.daily_store_sales"
+        " sum(net_sales) as net_sales, case when bool_and(day_complete) then '' else 'partial' end as day"
+        " from analytics.daily_store_sales"
         " where business_date between :first and :last group by account, business_date"
         " order by business_date, account",
         first=first, last=last,
     )
-    print(f"\nanalytics.daily_store_sales per account, business dates {first} .. {last}:")
+    print(f"\nanalytics.daily_store_sales per account, business dates {first} .. {last}"
+          " (partial: some store's day is not completely loaded yet, see docs/analytics.md):")
     print(frame.to_string(index=False, justify="left", formatters={"net_sales": lambda v: f"{v:>12,.2f}"}))
 
 
