@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ class SandboxServer:
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         cmd = [sys.executable, "-m", "taptouch_sandbox", "serve", "--port", "0", "--seed", str(SEED),
                "--stores", str(STORES), "--days", str(self.days), "--orders-per-day", str(ORDERS_PER_DAY),
                "--end-date", END_DATE.isoformat()]
@@ -152,6 +152,7 @@ def admin_url(cli: str | None) -> str:
 def fresh_database(admin: str, name: str, *, migrate: bool) -> str:
     import psycopg
     from psycopg import sql
+
     from pipelines.warehouse.db import libpq_url, with_database
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
@@ -166,6 +167,7 @@ def fresh_database(admin: str, name: str, *, migrate: bool) -> str:
 def drop_database(admin: str, name: str) -> None:
     import psycopg
     from psycopg import sql
+
     from pipelines.warehouse.db import libpq_url
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
@@ -265,7 +267,7 @@ def child_api(spec: dict) -> dict:
     orders = rows = 0
     with ThreadPoolExecutor(max_workers=spec["workers"]) as pool:
         for window in windows:
-            for n, r in pool.map(lambda s: drain(s, window.start, window.end), stores):
+            for n, r in pool.map(drain, stores, [window.start] * len(stores), [window.end] * len(stores)):
                 orders += n
                 rows += r
     wall = time.perf_counter() - t0
@@ -311,6 +313,7 @@ def _load_windows(client, db: str, windows: list, spec: dict, *, incremental: bo
     (incremental: ``TAPTOUCH_LOOKBACK``'s default). (orders fetched, load counts); a store failure
     fails the bench."""
     import psycopg
+
     from pipelines.settings import RunSettings
     from pipelines.sync import FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, list_stores, sync_orders_windows
     run_settings = RunSettings(store_workers=spec["workers"], batch_size=spec["batch_size"], page_size=PAGE_SIZE,
@@ -332,6 +335,7 @@ def _load_windows(client, db: str, windows: list, spec: dict, *, incremental: bo
 
 def child_ours(spec: dict) -> dict:
     import psycopg
+
     from pipelines.sync import WINDOWS_IN_FLIGHT, sync_stores
     profiler = None
     if spec.get("profile"):
@@ -367,6 +371,7 @@ def child_ours_runs(spec: dict) -> dict:
     import multiprocessing
 
     import psycopg
+
     from pipelines.sync import sync_stores
     client = _client(spec["url"])
     windows = utc_windows(spec["days"])  # frozen dataclasses: they pickle to the spawned processes
@@ -474,13 +479,14 @@ def child_dlt(spec: dict) -> dict:
 def child_loader(spec: dict) -> dict:
     """Issue 3: OrderWindowLoad fed pre-generated pages, one window, timed around the loader calls."""
     import psycopg
+
     from pipelines.warehouse.loader import OrderWindowLoad
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     in_loader = 0.0
     orders = 0
     with psycopg.connect(spec["db"], autocommit=True) as conn:
-        from taptouch_sandbox import Sandbox
         from pipelines.warehouse.loader import load_stores
+        from taptouch_sandbox import Sandbox
         load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())
         t = time.perf_counter()
         load = OrderWindowLoad(conn, window="bench", batch_size=spec["batch_size"])
@@ -639,7 +645,7 @@ def run_volume(n: int, args, work: Path) -> dict:
 
 
 def report(all_results: dict[int, dict], args) -> str:
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
+    lines = [f"{datetime.now(UTC):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
              f"{STORES} stores x {ORDERS_PER_DAY} orders/store/day · page size {PAGE_SIZE} · "
              f"{args.workers} store workers · batch {args.batch_size}", "", HEADER]
     for n, res in all_results.items():

@@ -27,7 +27,7 @@ class Account:
     prefixed: bool = True  # False only for the single-account setup (DEFAULT): names without a prefix
 
     # ---- Dagster names
-    def key(self, asset: str) -> "object":
+    def key(self, asset: str) -> object:
         """The asset key of ``asset`` (``orders`` -> ``north/orders``)."""
         import dagster as dg
 

@@ -11,16 +11,17 @@ the share guard, restores whatever the age): docs/operating.md, "Deletions and r
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import dagster as dg
 import msgspec
 import psycopg
 
-from taptouch_resource import TaptouchClient, TaptouchError
+from taptouch_resource import TaptouchClient
 
 from .accounts import DEFAULT, Account
 from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, reconcile_days
@@ -241,7 +242,7 @@ def reconcile_orders(
                          "transaction (a transaction left open would hold its locks through every API call)")
     progress = progress or log.info
     confirmed = {int(s) for s in confirm_mass_deletion_stores}
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     start = now - timedelta(days=days)
     result = ReconcileResult(start=start, end=now)
     timezones = store_timezones(conn) if timezones is None else timezones
@@ -253,7 +254,7 @@ def reconcile_orders(
         listed_from = min(start, earliest) if earliest is not None else start
         try:
             listing = _list_store(client, conn, store_id, listed_from - LISTING_SLACK,
-                                  max(now, datetime.now(timezone.utc)) + LISTING_HORIZON)
+                                  max(now, datetime.now(UTC)) + LISTING_HORIZON)
         except Exception as exc:  # a hostile answer costs its own store, never the others'
             result.failures.append((store_id, describe(exc), is_transient(exc)))
             log.error("reconcile: store %s: %s", store_id, describe(exc))
@@ -360,15 +361,14 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
 
         taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
         started = time.monotonic()
-        with step_errors():
-            with run_context(taptouch, warehouse, account=account) as run:
-                listing = run.store_listing(context)
-                result = reconcile_orders(run.client, run.conn, days=run.settings.reconcile_days,
-                                          store_ids=listing.store_ids, timezones=listing.timezones,
-                                          confirm_s=run.settings.reconcile_confirm_s,
-                                          confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
-                                          run_id=context.run.run_id, progress=context.log.info)
-                api_md = run.api_metadata()
+        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+            listing = run.store_listing(context)
+            result = reconcile_orders(run.client, run.conn, days=run.settings.reconcile_days,
+                                      store_ids=listing.store_ids, timezones=listing.timezones,
+                                      confirm_s=run.settings.reconcile_confirm_s,
+                                      confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
+                                      run_id=context.run.run_id, progress=context.log.info)
+            api_md = run.api_metadata()
         metadata = {**_reconcile_metadata(result), **api_md, "duration_s": round(time.monotonic() - started, 3)}
         _fail_if_not_reconciled(result, metadata)
         return dg.MaterializeResult(metadata=metadata)

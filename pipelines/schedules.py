@@ -14,7 +14,6 @@ from .accounts import DEFAULT, Account
 from .settings import FULL_REFRESH_TAG
 from .tokens import keepalive_job
 
-
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
 FULL_REFRESH_HOUR = LATE_EDIT_HOURS  # then, once the day has closed, yesterday is loaded once in full
 

@@ -18,7 +18,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from taptouch_resource import api
@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # the resources import dagster; this module stays importable 
     from taptouch_resource import TaptouchResource
 
     from .accounts import Account
-
     from .warehouse.resource import PostgresResource
 
 DEFAULT_START_DATE = "2024-01-01"
@@ -112,7 +111,7 @@ def start_date() -> str:
     except ValueError:
         raise SettingError(f"TAPTOUCH_START_DATE must be a date like 2026-01-01 (YYYY-MM-DD), got {raw!r}: set it "
                            f"to the first UTC day of orders to load, or unset it for {DEFAULT_START_DATE}") from None
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     if day > today:
         raise SettingError(f"TAPTOUCH_START_DATE {raw!r} is after today ({today}, UTC): the orders partitions run "
                            f"from it to today, so there would be no partition to load. Set it to the first UTC day "
@@ -194,7 +193,8 @@ def lookback(configured: str | int | None = None) -> timedelta:
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "")
     fix = "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most 24h, or unset it for 5m"
     if not (number.isascii() and number.isdigit()):
-        raise _run_setting_error()(f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
+        raise _run_setting_error()(
+            f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
     seconds = int(number) * _UNITS[unit]
     if not 0 <= seconds <= 86_400:
         raise _run_setting_error()(f"{source} must be between 0 and 24h, got {raw!r}: {fix}")
@@ -215,8 +215,8 @@ class RunSettings:
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
 
 
-def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
-            account: "Account | None" = None) -> tuple["TaptouchResource", RunSettings]:
+def for_run(taptouch: TaptouchResource, warehouse: PostgresResource,
+            account: Account | None = None) -> tuple[TaptouchResource, RunSettings]:
     """At run start, the one read of the environment: ``taptouch`` with its credentials and base
     URL resolved and every tunable it leaves unset taken from its variable, and the run's
     :class:`RunSettings` (the loader's batch size: ``warehouse.batch_size``, else
@@ -247,7 +247,7 @@ def for_run(taptouch: "TaptouchResource", warehouse: "PostgresResource",
     return taptouch, run
 
 
-def account_resource(taptouch: "TaptouchResource", account: "Account") -> "TaptouchResource":
+def account_resource(taptouch: TaptouchResource, account: Account) -> TaptouchResource:
     """``taptouch`` with the base URL and credentials it leaves unset taken from a named account's
     ``TAPTOUCH_<NAME>_BASE_URL`` / ``_CLIENT_ID`` / ``_CLIENT_SECRET`` (for runs and for the CLI's
     ``--account``). Run config for the resource (launchpad) replaces the EnvVar-bound credentials:

@@ -16,10 +16,10 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Callable, Iterator, Union
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -29,7 +29,7 @@ from taptouch_resource.retry import RETRY_STATUSES, stop_on
 from .settings import RunSettings
 from .warehouse import marks, ownership
 from .warehouse import records as record_rules
-from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores, store_timezones
+from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SyncResult:
     incremental_stores: int = 0  # stores fetched from their mark instead of the window's start
     incomplete: list[int] = field(default_factory=list)  # stores whose listing may have missed a record
 
-    def merge(self, other: "SyncResult") -> None:
+    def merge(self, other: SyncResult) -> None:
         self.counts += other.counts
         self.stores_ok = sorted(set(self.stores_ok) | set(other.stores_ok))
         self.failures.extend(other.failures)
@@ -100,7 +100,7 @@ def describe(exc: BaseException) -> str:
 def day_window(day: date | str) -> tuple[datetime, datetime]:
     """[day 00:00Z, next day 00:00Z)."""
     d = date.fromisoformat(day) if isinstance(day, str) else day
-    start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
 
 
@@ -115,7 +115,7 @@ class OrderWindow:
     end: datetime
 
     @classmethod
-    def day(cls, day: date | str) -> "OrderWindow":
+    def day(cls, day: date | str) -> OrderWindow:
         """The UTC day ``day`` (a daily partition of ``orders``), keyed ``YYYY-MM-DD``."""
         start, end = day_window(day)
         return cls(start.date().isoformat(), start, end)
@@ -141,7 +141,7 @@ class Incremental:
         return f"incremental from each store's high-water mark, lookback {self.lookback}"
 
 
-SyncMode = Union[FullRefresh, Incremental]
+SyncMode = FullRefresh | Incremental
 FULL_REFRESH = FullRefresh()
 
 
@@ -255,7 +255,7 @@ class StoreFailed:
     error: BaseException
 
 
-FetchEvent = Union[PageFetched, StoreDone, StoreFailed]
+FetchEvent = PageFetched | StoreDone | StoreFailed
 
 
 class WindowCancelled(Exception):
@@ -294,7 +294,7 @@ class _OrderFetchers:
         self._todo: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> "_OrderFetchers":
+    def __enter__(self) -> _OrderFetchers:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -413,7 +413,8 @@ def _fetch_starts(conn: psycopg.Connection, client: TaptouchClient, window: Orde
     from_mark = {sid: at for sid, at in starts.items() if at > window.start}
     if from_mark:
         with conn.cursor() as cur:
-            cur.execute("select s.store_id, count(o.order_id) from unnest(%s::bigint[], %s::timestamptz[]) as s(store_id, f)"
+            cur.execute("select s.store_id, count(o.order_id)"
+                        " from unnest(%s::bigint[], %s::timestamptz[]) as s(store_id, f)"
                         " left join taptouch.orders o on o.store_id = s.store_id and o.updated_at >= %s"
                         " and o.updated_at < s.f group by s.store_id",
                         (list(from_mark), list(from_mark.values()), window.start))
@@ -559,8 +560,8 @@ def sync_inventory(
     client: TaptouchClient,
     conn: psycopg.Connection,
     *,
+    timezones: dict[int, str],
     store_ids: list[int] | None = None,
-    timezones: dict[int, str] | None = None,
     run_id: str | None = None,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
@@ -568,15 +569,14 @@ def sync_inventory(
 ) -> SyncResult:
     """Replace each store's inventory levels and upsert today's snapshot (store-local date).
 
-    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`; unset: ``taptouch.stores``).
+    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`), which dates the snapshot.
     ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:func:`load_inventory`). Each store
     commits on its own: one store failing costs the others nothing.
     """
     t0 = time.monotonic()
     progress = progress or log.info
-    timezones = store_timezones(conn) if timezones is None else timezones
     store_ids = sorted(timezones) if store_ids is None else store_ids
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     result = SyncResult()
     for store_id in store_ids:
         try:

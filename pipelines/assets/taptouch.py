@@ -11,7 +11,6 @@ import time
 import warnings
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -21,13 +20,27 @@ from taptouch_resource import TaptouchError, TaptouchResource
 from .. import settings
 from ..accounts import DEFAULT, Account
 from ..partitions import daily_partitions
-from .preview import PREVIEW_ROWS, markdown_preview, read_frame
-from ..sync import (FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, OrderWindow, StoreListing, SyncMode,
-                    SyncResult, describe, is_transient, list_stores, sync_inventory, sync_orders_windows, sync_stores)
+from ..sync import (
+    FULL_REFRESH,
+    WINDOWS_IN_FLIGHT,
+    Incremental,
+    OrdersRun,
+    OrderWindow,
+    StoreListing,
+    SyncMode,
+    SyncResult,
+    describe,
+    is_transient,
+    list_stores,
+    sync_inventory,
+    sync_orders_windows,
+    sync_stores,
+)
+from ..warehouse.budget import SharedBudget
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
-from ..warehouse.budget import SharedBudget
 from ..warehouse.token_store import TokenStore
+from .preview import PREVIEW_ROWS, markdown_preview, read_frame
 
 # Every asset that calls the Taptouch API runs in its account's Dagster concurrency pool
 # (Account.pool), so concurrent runs (a backfill plus the hourly schedule) never exceed the API
@@ -175,7 +188,7 @@ class OrdersConfig(dg.Config):
     full_refresh: bool = Field(
         default=False, description="Fetch each window in full, ignoring the high-water marks (also: run tag "
                                    "taptouch/full_refresh=true, which a backfill can carry).")
-    lookback: Optional[str] = Field(
+    lookback: str | None = Field(
         default=None, description="Re-ask the API from each store's high-water mark minus this (seconds, or "
                                   "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
 
@@ -192,8 +205,9 @@ def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listin
                       windows: list[OrderWindow], mode: SyncMode) -> SyncResult:
     """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
     window's merge overlaps the next one's fetching), each its own transaction; a summary per day."""
+    at_once = f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""
     context.log.info(f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
-                     f"{windows[-1].end.isoformat()})" + (f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""))
+                     f"{windows[-1].end.isoformat()}){at_once}")
     total = SyncResult()
     orders_run = OrdersRun(timezones=listing.timezones, mode=mode, settings=run.settings, run_id=context.run.run_id,
                            progress=context.log.info)

@@ -11,9 +11,8 @@ import os
 import string
 import subprocess
 import sys
-import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -362,7 +361,7 @@ def test_daemon_delivers_exactly_one_alert_per_failed_run_even_when_the_first_po
             # the run-failure sensor only reports runs that fail after its first tick
             _wait(lambda: "taptouch_run_failure_alert" in daemon_log.read_text(errors="replace"), 60,
                   "the sensor's first tick", daemon, daemon_log)
-            partition = datetime.now(timezone.utc).date().isoformat()
+            partition = datetime.now(UTC).date().isoformat()
             run = subprocess.run(
                 [str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions", "--select", "orders",
                  "--partition", partition],

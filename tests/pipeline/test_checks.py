@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.checks import DRIFT_CHECK, SHAPES, drift_checks, find_drift, freshness_checks
 from pipelines.sync import sync_inventory, sync_stores
+from pipelines.warehouse.loader import store_timezones
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
@@ -27,7 +28,7 @@ def _load(db_url: str, *, extra_fields: bool) -> Sandbox:
         now = datetime.now(timezone.utc)
         result = load_window(client, conn, "all", now - timedelta(days=3), now + timedelta(days=2))
         assert result.counts.inserted > 0 and not result.failures
-        assert not sync_inventory(client, conn).failures
+        assert not sync_inventory(client, conn, timezones=store_timezones(conn)).failures
     return sb
 
 

@@ -233,16 +233,14 @@ def test_only_curable_errors_reach_the_retry_policy():
     curable = [TaptouchAPIError(status=503, path="/x"), TaptouchAPIError(status=429, path="/x"),
                TaptouchAPIError(status=0, path="/x"), psycopg.OperationalError("server closed the connection")]
     for exc in curable:
-        with pytest.raises(type(exc)):
-            with step_errors():
-                raise exc
+        with pytest.raises(type(exc)), step_errors():
+            raise exc
     permanent = [TaptouchAPIError(status=403, path="/x", code="store_forbidden"),
                  TaptouchConfigError("TAPTOUCH_CLIENT_ID is not set"), psycopg.errors.UndefinedTable("no table"),
                  RuntimeError("a bug")]
     for exc in permanent:
-        with pytest.raises(dg.Failure) as failed:
-            with step_errors():
-                raise exc
+        with pytest.raises(dg.Failure) as failed, step_errors():
+            raise exc
         assert failed.value.allow_retries is False
 
 

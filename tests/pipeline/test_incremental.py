@@ -3,7 +3,7 @@ high-water mark minus the lookback; a full refresh (run tag or config) fetches t
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -20,7 +20,7 @@ orders = defs.get_assets_def("orders")  # the asset as the code location registe
 pytestmark = pytest.mark.postgres
 
 DAY = "2026-11-25"
-START = datetime(2026, 11, 25, tzinfo=timezone.utc)
+START = datetime(2026, 11, 25, tzinfo=UTC)
 END = START + timedelta(days=1)
 PAGE = 100
 

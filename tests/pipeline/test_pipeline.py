@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -75,15 +75,15 @@ def test_orders_hourly_schedule_requests():
         return [(r.partition_key, r.tags.get("taptouch/full_refresh", "incremental"))
                 for r in orders_hourly.evaluate_tick(ctx).run_requests]
 
-    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=timezone.utc)) == [("2026-11-01", "incremental"),
+    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=UTC)) == [("2026-11-01", "incremental"),
                                                                        ("2026-11-02", "incremental")]
-    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=timezone.utc)) == [("2026-11-01", "incremental"),
+    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=UTC)) == [("2026-11-01", "incremental"),
                                                                        ("2026-11-02", "incremental")]
     # the closed day once in full, so a record later than the lookback is caught within a day
-    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=timezone.utc)) == [("2026-11-01", "true"),
+    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=UTC)) == [("2026-11-01", "true"),
                                                                        ("2026-11-02", "incremental")]
-    assert keys(datetime(2026, 11, 2, 5, 5, tzinfo=timezone.utc)) == [("2026-11-02", "incremental")]
-    assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=timezone.utc)) == [("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 5, 5, tzinfo=UTC)) == [("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=UTC)) == [("2026-11-02", "incremental")]
 
 
 def test_assets_load_ground_truth(sandbox, migrated_db):
@@ -141,7 +141,7 @@ def test_forbidden_store_is_isolated_and_named(sandbox, migrated_db):
     ok_stores = [s for s in sandbox.store_ids() if s != bad]
     loaded = {r[0] for r in rows(migrated_db, "select distinct store_id from taptouch.orders")}
     assert loaded == set(ok_stores)
-    start = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 25, tzinfo=UTC)
     expected = {o["id"] for s in ok_stores for o in sandbox.orders_in_window(s, start, start + timedelta(days=1))}
     assert {r[0] for r in rows(migrated_db, "select order_id from taptouch.orders")} == expected
 
@@ -179,7 +179,7 @@ def test_quarantine_check_warns_and_other_orders_load(migrated_db):
     assert checks["no_quarantined_records"].severity == dg.AssetCheckSeverity.WARN
     assert {int(k) for (k,) in quarantined} <= sb.malformed_order_ids()
     loaded = {r[0] for r in rows(migrated_db, "select order_id from taptouch.orders")}
-    start = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 26, tzinfo=UTC)
     all_ids = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, start, start + timedelta(days=1))}
     assert loaded == all_ids - {int(k) for (k,) in quarantined}
 

@@ -4,7 +4,7 @@ real PostgreSQL; a fake clock for the interval). The hostile cases: tests/wareho
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -26,14 +26,14 @@ orders_reconcile_daily = defs.get_schedule_def("orders_reconcile_daily")
 
 @pytest.fixture
 def world(migrated_db):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
     client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
                             requests_per_second=None, sleep=lambda s: None, page_size=50)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        now = datetime.now(timezone.utc)
-        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+        now = datetime.now(UTC)
+        start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=12)
         result = load_window(client, conn, "all", start, now + timedelta(days=2))
         assert not result.failures and result.counts.inserted > 100
         apply_views(conn)
@@ -58,7 +58,7 @@ def _twice(client, conn, now: datetime, **kwargs):
 
 def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_returns(world):
     sb, client, conn = world
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recent = conn.execute(
         "select order_id, store_id from taptouch.orders where status = 'completed' and updated_at >= %s"
         " and updated_at < %s order by order_id", (now - timedelta(days=3), now)).fetchall()
@@ -93,14 +93,14 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
 
 def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
     sb, client, conn = world
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     gone = conn.execute("select order_id from taptouch.orders where updated_at >= %s order by order_id limit 1",
                         (now - timedelta(days=3),)).fetchone()[0]
     sb.delete_order(gone)
     assert _twice(client, conn, now, days=7)[1].deleted == 1
     assert set(_deleted(conn)) == {gone}
     sb.restore_order(gone)  # listed again, unchanged: the loader recognises it by its digest
-    start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+    start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=12)
     again = load_window(client, conn, "all", start, now + timedelta(days=2))
     assert again.counts.inserted == 0 and again.counts.updated == 0
     assert _deleted(conn) == {}  # restored by the load itself, not only by the next reconciliation
@@ -108,7 +108,7 @@ def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
 
 def test_an_order_edited_after_the_load_is_not_taken_for_deleted(world):
     sb, client, conn = world
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     oid = conn.execute("select order_id from taptouch.orders where status = 'completed' and updated_at >= %s"
                        " and updated_at < %s order by order_id limit 1", (now - timedelta(days=6), now - timedelta(days=5))
                        ).fetchone()[0]
@@ -123,7 +123,7 @@ def test_a_mass_disappearance_is_refused_not_applied(world):
     store_id = sb.store_ids()[0]
     for o in list(sb.orders(store_id)):
         sb.delete_order(o["id"])
-    first, result = _twice(client, conn, datetime.now(timezone.utc), days=7)
+    first, result = _twice(client, conn, datetime.now(UTC), days=7)
     assert not first.failures  # candidates only
     assert [f[0] for f in result.failures] == [store_id]
     assert "confirm_mass_deletion_stores" in result.failures[0][1]
@@ -135,7 +135,7 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
     monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "5")
     monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "0")  # the asset reads the real clock
     assert reconcile_days() == 5
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     oid = conn.execute("select order_id from taptouch.orders where updated_at >= %s and updated_at < %s"
                        " order by order_id limit 1", (now - timedelta(days=2), now)).fetchone()[0]
     sb.delete_order(oid)

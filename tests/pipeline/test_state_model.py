@@ -27,15 +27,21 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
 import pytest
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from pipelines.warehouse.views import apply_views
 from taptouch_sandbox import Faults, OrdersPage, Sandbox, SandboxConfig
@@ -107,7 +113,7 @@ class StateModel(RuleBasedStateMachine):
         w = self.world
         w.begin_step()
         w.advance(seconds)
-        self.step(f"clock +{seconds}s -> {datetime.fromtimestamp(w.now, timezone.utc):%d %H:%M:%S}")
+        self.step(f"clock +{seconds}s -> {datetime.fromtimestamp(w.now, UTC):%d %H:%M:%S}")
 
     @rule(store=st.integers(0, STORES - 1))
     def new_order(self, store: int) -> None:
@@ -251,7 +257,7 @@ def test_random_histories_keep_sync_state_true(migrated_db):
 
 
 def _sandbox(**faults) -> tuple[Sandbox, httpx.Client, list[OrdersPage]]:
-    now = [datetime(2026, 11, 29, tzinfo=timezone.utc).timestamp()]  # after every record
+    now = [datetime(2026, 11, 29, tzinfo=UTC).timestamp()]  # after every record
     sb = Sandbox(SandboxConfig(seed=3, stores=1, days=2, end_date=datetime(2026, 11, 27).date(), orders_per_day=30),
                  faults=Faults(**faults), clock=lambda: now[0])
     sb.now = now
@@ -315,7 +321,7 @@ def test_an_edit_during_a_listing_read_by_page_number_skips_the_boundary_record(
         index += 1
     edited = seen[0].ids[0]
     assert sb.faults.edits_during_listing == 0
-    assert sb.order(edited)["updated_at"] == datetime.fromtimestamp(sb.now[0], timezone.utc).astimezone(
+    assert sb.order(edited)["updated_at"] == datetime.fromtimestamp(sb.now[0], UTC).astimezone(
         datetime.fromisoformat(sb.order(edited)["created_at"]).tzinfo).isoformat()
     missed = set(before) - set(read)
     assert missed == {before[10]}  # the first record of page 1 moved onto page 0, already read

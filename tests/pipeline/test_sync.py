@@ -9,8 +9,18 @@ import psycopg
 import pytest
 
 from pipelines.settings import RunSettings
-from pipelines.sync import (OrdersRun, OrderWindow, PageFetched, StoreDone, day_window, is_transient, list_stores,
-                            sync_orders_window, sync_orders_windows, sync_stores)
+from pipelines.sync import (
+    OrdersRun,
+    OrderWindow,
+    PageFetched,
+    StoreDone,
+    day_window,
+    is_transient,
+    list_stores,
+    sync_orders_window,
+    sync_orders_windows,
+    sync_stores,
+)
 from pipelines.warehouse.loader import store_timezones
 from taptouch_resource import TaptouchAPIError, TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 import dagster as dg
 import httpx

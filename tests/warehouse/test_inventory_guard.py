@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from pipelines.sync import sync_inventory, sync_stores
+from pipelines.warehouse.loader import store_timezones
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
@@ -48,7 +49,7 @@ def world(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         now = datetime.now(timezone.utc)
-        assert not sync_inventory(client, conn, now=now).failures
+        assert not sync_inventory(client, conn, timezones=store_timezones(conn), now=now).failures
         yield sb, transport, client, conn, now
 
 
@@ -68,12 +69,14 @@ def test_an_empty_listing_keeps_the_levels_until_a_second_one_agrees(world):
     held, held_other = _products(conn, store), _products(conn, other)
     assert len(held) > 10
     transport.keep = lambda sid, data: [] if sid == store else data
-    first = sync_inventory(client, conn, now=now + HOUR)
+    first = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
     assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
     assert _waiting(conn, store) == held
-    assert sync_inventory(client, conn, now=now + HOUR + HOUR / 2).counts.deleted == 0  # too soon
+    too_soon = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR + HOUR / 2)
+    assert too_soon.counts.deleted == 0
     assert _products(conn, store) == held
-    second = sync_inventory(client, conn, now=now + 2 * HOUR)  # an hour after the first: it agrees
+    # an hour after the first: it agrees
+    second = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + 2 * HOUR)
     assert second.per_store[store]["deleted"] == len(held)
     assert _products(conn, store) == [] and _waiting(conn, store) == []
     assert _products(conn, other) == held_other  # the other store was never touched
@@ -93,13 +96,13 @@ def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_
         return kept
 
     transport.keep = partial
-    first = sync_inventory(client, conn, now=now + HOUR)
+    first = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
     assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
     assert conn.execute("select on_hand from taptouch.inventory_levels where store_id = %s and product_id = %s",
                         (store, few[0])).fetchone()[0] == 4321
     assert _waiting(conn, store) == [p for p in held if p not in few]
     transport.keep = None  # the full listing comes back: nothing waits any more, nothing was delisted
-    sync_inventory(client, conn, now=now + 3 * HOUR)
+    sync_inventory(client, conn, timezones=store_timezones(conn), now=now + 3 * HOUR)
     assert _products(conn, store) == held and _waiting(conn, store) == []
 
 
@@ -109,6 +112,6 @@ def test_an_ordinary_listing_still_delists_at_once(world):
     held = _products(conn, store)
     gone = held[:3]
     transport.keep = lambda sid, data: [r for r in data if r["product_id"] not in gone] if sid == store else data
-    result = sync_inventory(client, conn, now=now + HOUR)
+    result = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
     assert result.per_store[store]["deleted"] == 3
     assert _products(conn, store) == held[3:] and _waiting(conn, store) == []

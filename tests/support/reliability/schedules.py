@@ -35,6 +35,7 @@ import psycopg
 
 from pipelines.sync import sync_inventory, sync_stores
 from pipelines.warehouse import records
+from pipelines.warehouse.loader import store_timezones
 from taptouch_resource import TaptouchClient, TaptouchError, api, jsonutil
 from taptouch_resource.api import InvalidRecord
 from taptouch_resource.auth import ClientCredentialsAuth
@@ -263,7 +264,7 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
 
     def sync_inv() -> None:
         for attempt in range(MAX_STEP_ATTEMPTS):
-            r = sync_inventory(client, conn)
+            r = sync_inventory(client, conn, timezones=store_timezones(conn))
             if not r.failures:
                 return
             result.step_retries += 1
