@@ -525,8 +525,7 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
       ``dagster dev`` gets SIGTERM (on Linux: :func:`_dies_with_parent`).
 
     Returns 0 after a stop asked by a signal, else ``dagster dev``'s exit status."""
-    from .warehouse.db import DATABASE_URL_ENV, state_dir, stop_embedded_server
-    from .warehouse.embedded import _embedded_running, embedded_data_dir
+    from .warehouse.db import DATABASE_URL_ENV, state_dir
 
     with _StopSignals() as signals, contextlib.ExitStack() as stack:
         try:
@@ -534,20 +533,7 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
                 use_accounts_demo_home()
             os.environ["DAGSTER_HOME"] = str(dagster_home())
             _check_port_free(host, port)
-            database_from_env = bool(os.environ.get(DATABASE_URL_ENV, "").strip())
-            if not database_from_env:
-                pgdata = embedded_data_dir()
-                signals.deferred = True  # the start of the embedded server is not interrupted halfway
-                was_running = _embedded_running(pgdata)
-                database_url = resolve_database_url()
-                if not was_running:
-                    stack.callback(_stop_embedded, stop_embedded_server, pgdata)
-                signals.deferred = False
-                signals.raise_pending()
-            else:
-                database_url = resolve_database_url()
-            if sandbox and accounts and not database_from_env:
-                database_url = accounts_demo_database(database_url)
+            database_url, database_from_env = _ui_warehouse(signals, stack, accounts_demo=sandbox and accounts)
             print(f"==> warehouse: {redact_url(database_url)}", flush=True)
             stack.enter_context(_exported({DATABASE_URL_ENV: database_url}))
             before = dict(os.environ)
@@ -573,6 +559,26 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
             return 0
         finally:
             signals.deferred = True  # the clean-up below (sandbox, env file, PostgreSQL) runs to its end
+
+
+def _ui_warehouse(signals: _StopSignals, stack: contextlib.ExitStack, accounts_demo: bool) -> tuple[str, bool]:
+    """(the UI's warehouse URL, whether it came from TAPTOUCH_DATABASE_URL). Unset, the embedded
+    PostgreSQL is started (uninterrupted by a stop signal) and, if this call started it, stopped when
+    ``stack`` closes; ``accounts_demo``: its database of the two-account demo."""
+    from .warehouse.db import DATABASE_URL_ENV, stop_embedded_server
+    from .warehouse.embedded import _embedded_running, embedded_data_dir
+
+    if os.environ.get(DATABASE_URL_ENV, "").strip():
+        return resolve_database_url(), True
+    pgdata = embedded_data_dir()
+    signals.deferred = True  # the start of the embedded server is not interrupted halfway
+    was_running = _embedded_running(pgdata)
+    database_url = resolve_database_url()
+    if not was_running:
+        stack.callback(_stop_embedded, stop_embedded_server, pgdata)
+    signals.deferred = False
+    signals.raise_pending()
+    return (accounts_demo_database(database_url) if accounts_demo else database_url), False
 
 
 def _serve(host: str, port: int, signals: _StopSignals) -> int:

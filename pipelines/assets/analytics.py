@@ -13,15 +13,14 @@ adds its complete and partial store-days and a chart of net sales over complete 
 import base64
 import hashlib
 import io
-
 from typing import Sequence
 
 import dagster as dg
 
 from ..accounts import DEFAULT, Account
+from ..warehouse.db import project_root
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata
-from ..warehouse.db import project_root
 from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
 from .preview import PREVIEW_ROWS, read_frame, table_preview
 
