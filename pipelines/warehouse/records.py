@@ -5,27 +5,43 @@ that one record to ``taptouch.quarantine`` with a reason a person understands; n
 :class:`InvalidRecord` leaves it, so no value can fail a window. Each record is decoded once by
 msgspec into typed Structs and screened by a few byte searches; only a record that trips a screen
 or fails the decode takes the precise path (:func:`deep_reason`). ``raw`` is the record's own bytes.
-The rules: docs/warehouse.md, "Quarantine".
+Every field's rules come from its declaration (``entities.py``); an order's fast path is code
+generated from the same declarations. The rules: docs/warehouse.md, "Quarantine" and "Adding a column".
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from functools import lru_cache, partial
 from keyword import iskeyword
 from operator import itemgetter
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from taptouch_resource.api import InvalidRecord
 
-from .entities import (CURRENCY_MAX, DERIVED, ENTITIES, ID, INSTANT, LIST, MONEY, OBJECT, QUANTITY, SHORT_TEXT_MAX, TEXT,
-                       TEXT_MAX, ZERO, Entity, Field, tables)
+from .entities import (
+    DERIVED,
+    ENTITIES,
+    ID,
+    INSTANT,
+    LIST,
+    MONEY,
+    OBJECT,
+    QUANTITY,
+    TEXT,
+    TEXT_MAX,
+    ZERO,
+    Entity,
+    Field,
+    tables,
+)
 from .record_types import number_fields, number_struct, typed_struct
 
 __all__ = [
@@ -167,9 +183,8 @@ def _walk_problem(doc: Any, path: str) -> str | None:
                 else f"is not a finite number ({obj})"
             if p:
                 return f"{where} {p}"
-        elif isinstance(obj, int) and not isinstance(obj, bool):
-            if obj.bit_length() > 400_000:
-                return f"{where} is an integer PostgreSQL cannot store"
+        elif isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 400_000:
+            return f"{where} is an integer PostgreSQL cannot store"
     return None
 
 
@@ -567,7 +582,7 @@ def _fast_check(f: Field, v: str, i: int) -> list[str]:
         return [f"if len({v}) > {f.limit} or not {v}.strip(): raise _Slow" if f.required
                 else f"if {v} is not None and len({v}) > {f.limit}: raise _Slow"]
     if f.kind == LIST:
-        return [f"{v} = list_{i}({v})"]
+        return [f"{v} = bytes({v})", f'{v} = "[]" if {v} == b"[]" or {v} == b"null" else list_{i}({v})']
     checks = {INSTANT: [f"_instant({v})", f"if {v}[26:27].isdigit(): {v} = _pg({v})"], MONEY: [f"_mq({v}, CENT)"],
               QUANTITY: [f"_q({v})"] + ([f"if not {v} > 0: raise _Slow"] if f.positive else [])}.get(f.kind)
     if checks is None:
@@ -607,10 +622,8 @@ def _fast_source(entity: Entity) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fast_list(raw: msgspec.Raw, decoder: msgspec.json.Decoder, check: Callable) -> str:
-    b = bytes(raw)
-    if b == b"[]" or b == b"null":
-        return "[]"
+def _fast_list(b: bytes, decoder: msgspec.json.Decoder, check: Callable) -> str:
+    """The text of a non-empty JSON list, each element checked by ``check`` (a generated fast path)."""
     for element in decoder.decode(b) or ():
         check(element)
     return b.decode("utf-8")
@@ -660,7 +673,7 @@ _ITEM_SUMS = itemgetter(*(ORDER.lines[0][1].columns.index(c) for c in ("quantity
                                                                          "total", "modifiers")))
 _PAYMENT_AMOUNT = itemgetter(ORDER.lines[1][1].columns.index("amount"))
 _FAST_ORDER = fast_row_function(ORDER)
-_FAST_LINES = tuple((name, fast_row_function(child), child.key) for name, child in ORDER.lines)
+_FAST_LINES = tuple((name, fast_row_function(child), child.key or "id") for name, child in ORDER.lines)
 
 
 @lru_cache(maxsize=4096)
@@ -704,13 +717,13 @@ def _order_precise(o: Any, raw: bytes, tz: str, listed_store: int | None) -> Ord
     except (_BadInstant, TypeError):
         business_day = None  # created_at's own check says why
     order = _precise_row(ORDER, o, "", {"business_date": business_day})
-    given = dict(zip(ORDER.columns, order))
+    given = dict(zip(ORDER.columns, order, strict=True))
     if listed_store is not None and given["store_id"] != listed_store:
         raise InvalidRecord(f"store_id {given['store_id']} differs from the store it was listed under ({listed_store})")
-    lines = [_precise_lines(name, child, getattr(o, name), given) for name, child in ORDER.lines]
-    _order_sums(order, lines[0], lines[1])
-    return OrderRows(given["order_id"], given["store_id"], exact_instant(o.updated_at), order, *lines,
-                     raw.decode("utf-8"))
+    items, payments, refunds = (_precise_lines(name, child, getattr(o, name), given) for name, child in ORDER.lines)
+    _order_sums(order, items, payments)
+    return OrderRows(given["order_id"], given["store_id"], exact_instant(o.updated_at), order, items, payments,
+                     refunds, raw.decode("utf-8"))
 
 
 def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
@@ -721,9 +734,9 @@ def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderR
         oid, sid = order[0], order[1]
         if listed_store is not None and sid != listed_store:
             raise _Slow
-        lines = [_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES]
-        _order_sums(order, lines[0], lines[1])
-        return OrderRows(oid, sid, _exact(o.updated_at), order, *lines, raw.decode("utf-8"))
+        items, payments, refunds = (_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES)
+        _order_sums(order, items, payments)
+        return OrderRows(oid, sid, _exact(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
     except (_Slow, InvalidRecord, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError,
             msgspec.ValidationError, OverflowError, ZoneInfoNotFoundError):
         raise _Slow from None
@@ -840,7 +853,7 @@ _JSON_COLS = {f.column for e in ENTITIES.values() for t in tables(e) for f in t.
 
 
 def _as_dict(cols: tuple, row: tuple) -> dict:
-    d = dict(zip(cols, row))
+    d = dict(zip(cols, row, strict=True))
     for c in _TS_COLS & d.keys():
         if d[c] is not None:
             d[c] = instant(d[c])
