@@ -11,7 +11,7 @@ columns and rebuild".
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import psycopg
 from psycopg import sql

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable
-
-import psycopg
-from psycopg import sql
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import msgspec
+import psycopg
+from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
 from . import deletions, derived, marks, records
-from .merge import (INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows)
+from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class LoadCounts:
     deleted: int = 0
     duplicates: int = 0  # extra copies of a record within one load (reduced before the merge)
 
-    def __iadd__(self, other: "LoadCounts") -> "LoadCounts":
+    def __iadd__(self, other: LoadCounts) -> LoadCounts:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
         return self
@@ -104,7 +104,7 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
     the ``business_date`` of its orders re-derived in the same transaction, under the orders merge
     lock (:func:`.derived.rederive_business_dates`), counted in ``business_dates_rederived``.
     ``history=False``: no ``sync_log`` row (``taptouch-sync rebuild`` retrying quarantined stores)."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     counts = StoreLoadCounts()
     quarantine = Quarantine("store", None, run_id)
     rows = _newest_stores(records_, quarantine, counts)
@@ -242,13 +242,13 @@ class OrderWindowLoad:
         self._buf: list[tuple] = []  # (seq, store_id, raw, order row, items, payments, refunds) per order
         self._tx: psycopg.Transaction | None = None
         self._cur: psycopg.Cursor | None = None
-        self._started = datetime.now(timezone.utc)
+        self._started = datetime.now(UTC)
         self._discarded: set[int] = set()
         self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
         self._staging_closed = False
         self._finished = False
 
-    def __enter__(self) -> "OrderWindowLoad":
+    def __enter__(self) -> OrderWindowLoad:
         self._tx = self.conn.transaction()
         self._tx.__enter__()
         self._cur = self.conn.cursor()
@@ -296,7 +296,7 @@ class OrderWindowLoad:
         self._note_listed(store_id, raws, ids)
         known = self._known_digests(ids, store_id)
         blake = hashlib.blake2b
-        for raw, oid in zip(raws, ids):
+        for raw, oid in zip(raws, ids, strict=True):
             digest = blake(raw, digest_size=16).digest()
             if oid is not None and known.get(oid) == digest:  # the warehouse holds exactly this version already
                 if oid in self._skipped:
@@ -321,7 +321,7 @@ class OrderWindowLoad:
     def _note_listed(self, store_id: int, raws: list[bytes], ids: list[int | None]) -> None:
         """Every order id a page lists, a malformed record's too (for the deletion judgement)."""
         listed = self._listed.setdefault(store_id, set())
-        for raw, oid in zip(raws, ids):
+        for raw, oid in zip(raws, ids, strict=True):
             oid = oid if oid is not None else deletions.listed_id(raw)
             if oid is None:
                 self._blind.add(store_id)
@@ -487,7 +487,7 @@ class OrderWindowLoad:
                 continue
             listed_from, listed_to, started_at = judged
             deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
-                                    started_at=started_at, now=datetime.now(timezone.utc), confirm_s=0,
+                                    started_at=started_at, now=datetime.now(UTC), confirm_s=0,
                                     seen_by=self.run_id)
 
 
@@ -514,7 +514,7 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
     ``confirm_s`` seconds later (``TAPTOUCH_RECONCILE_CONFIRM_S``, by ``now``) agrees. The levels it
     does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
     """
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     now = now or started
     if confirm_s is None:
         from ..settings import reconcile_confirm_s  # read at run time, like every TAPTOUCH_* tunable
@@ -555,7 +555,7 @@ class _InventoryListing:
 
     @classmethod
     def read(cls, records_: Iterable[Any], store_id: int, quarantine: Quarantine,
-             counts: LoadCounts) -> "_InventoryListing":
+             counts: LoadCounts) -> _InventoryListing:
         listing = cls()
         rows: dict[int, tuple] = {}
         for raw in records_:

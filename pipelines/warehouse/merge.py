@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -26,7 +28,8 @@ from .embedded import project_root
 log = logging.getLogger(__name__)
 
 
-def merge_dir():
+def merge_dir() -> Path:
+    """``sql/merge/``: the recipe's SQL files."""
     return project_root() / "sql" / "merge"
 
 

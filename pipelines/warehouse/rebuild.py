@@ -10,9 +10,10 @@ docs/operating.md, "Derived columns and rebuild".
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -463,7 +464,7 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
             batch = cur.fetchall()
             q.examined += len(batch)
             newest: dict[int, tuple] = {}
-            for qid, account, text, superseded in batch:
+            for _qid, account, text, superseded in batch:
                 raw = _exact_form(text)
                 try:
                     if raw is None:

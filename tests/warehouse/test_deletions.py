@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import httpx
@@ -72,10 +72,10 @@ def _client(transport, sleep=lambda s: None) -> TaptouchClient:
 @pytest.fixture
 def small(migrated_db):
     """One store left with exactly 3 orders (the others deleted at the source before the load)."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     sb = Sandbox(SandboxConfig(seed=5, stores=2, days=4, end_date=today, orders_per_day=6))
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keep = [o["id"] for o in sb.orders(store) if o["updated_at"] < (now - HOUR).isoformat()][-3:]
     for o in list(sb.orders(store)):
         if o["id"] not in keep:
@@ -84,7 +84,7 @@ def small(migrated_db):
     client = _client(tamper)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=6)
+        start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=6)
         assert not load_window(client, conn, "all", start, now + timedelta(days=2)).failures
         assert _live(conn, store) == sorted(keep) and len(keep) == 3
         yield sb, tamper, client, conn, store
@@ -92,14 +92,14 @@ def small(migrated_db):
 
 @pytest.fixture
 def world(migrated_db):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
     tamper = Tamper(sb)
     client = _client(tamper)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        now = datetime.now(timezone.utc)
-        start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+        now = datetime.now(UTC)
+        start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=12)
         result = load_window(client, conn, "all", start, now + timedelta(days=2))
         assert not result.failures and result.counts.inserted > 100
         yield sb, tamper, client, conn
@@ -129,7 +129,7 @@ def _recent(conn, store: int, now: datetime, days: int = 3) -> list[int]:
 
 def test_one_empty_answer_for_a_small_store_deletes_nothing(small):
     sb, tamper, client, conn, store = small
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tamper.hook = empty_answer(store)
     first = reconcile_orders(client, conn, days=7, now=now)
     assert first.deleted == 0 and not first.failures
@@ -150,7 +150,7 @@ def test_one_empty_answer_for_a_small_store_deletes_nothing(small):
 def test_a_partial_answer_then_a_full_one_an_hour_later(world):
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recent = _recent(conn, store, now)
     gone = recent[len(recent) // 2]
     sb.delete_order(gone)  # one real deletion among the orders the partial answer leaves out
@@ -180,7 +180,7 @@ def test_a_partial_answer_then_a_full_one_an_hour_later(world):
 def test_a_candidate_edited_and_loaded_meanwhile_is_not_deleted(world):
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     oid = _recent(conn, store, now)[0]
     sb.delete_order(oid)  # the listings miss it
     reconcile_orders(client, conn, days=7, now=now)
@@ -197,7 +197,7 @@ def test_a_candidate_edited_and_loaded_meanwhile_is_not_deleted(world):
 def test_an_unparseable_record_counts_as_listed(world):
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     as_string, bad_utf8 = _recent(conn, store, now)[:2]
 
     def hostile(sid, request, response):  # one record with a string id, one with bytes that are not UTF-8
@@ -213,7 +213,7 @@ def test_an_unparseable_record_counts_as_listed(world):
         assert result.deleted == 0 and not result.failures
     assert _deleted(conn) == set() and _candidates(conn) == set()
     # the hook really served them broken: the orders loader quarantines both
-    start = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=12)
+    start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=12)
     load_window(client, conn, "all", start, now + timedelta(days=2))
     keys = {r[0] for r in conn.execute("select record_key from taptouch.quarantine where entity = 'order'")}
     assert {str(as_string), str(bad_utf8)} <= keys
@@ -222,7 +222,7 @@ def test_an_unparseable_record_counts_as_listed(world):
 def test_a_record_without_a_readable_id_deletes_nothing_at_its_store(world, caplog):
     sb, tamper, client, conn = world
     store, other = sb.store_ids()[:2]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     nameless = _recent(conn, store, now)[0]
     gone, gone_other = _recent(conn, store, now)[3], _recent(conn, other, now)[3]
     sb.delete_order(gone)
@@ -245,7 +245,7 @@ def test_a_record_without_a_readable_id_deletes_nothing_at_its_store(world, capl
 
 def test_an_order_listed_again_long_after_its_deletion_is_restored(world):
     sb, tamper, client, conn = world
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old, store = conn.execute("select order_id, store_id from taptouch.orders where updated_at < %s"
                               " order by updated_at limit 1", (now - timedelta(days=8),)).fetchone()
     # deleted back when it was recent (or by a wider TAPTOUCH_RECONCILE_DAYS), and listed again since
@@ -259,7 +259,7 @@ def test_an_order_listed_again_long_after_its_deletion_is_restored(world):
 def test_orders_the_warehouse_lacks_or_holds_older_are_repaired_through_the_merge(world):
     sb, tamper, client, conn = world
     store = sb.store_ids()[1]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lost, stale = _recent(conn, store, now)[:2]
     conn.execute("delete from taptouch.orders where order_id = %s", (lost,))  # a record a listing skipped
     edited = sb.edit_order(stale, updated_at=(now - HOUR / 2).isoformat())  # an edit the hourly run missed
@@ -279,7 +279,7 @@ def test_a_mass_deletion_is_refused_until_confirmed_by_the_judging_function(smal
     sb, tamper, client, conn, store = small
     for oid in _live(conn, store):
         sb.delete_order(oid)  # really gone: every one of the store's orders
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     reconcile_orders(client, conn, days=7, now=now)
     refused = reconcile_orders(client, conn, days=7, now=now + HOUR)
     assert refused.deleted == 0 and refused.refused == 3 and [f[0] for f in refused.failures] == [store]
@@ -332,7 +332,7 @@ def test_mass_deletion_refused_then_confirmed_with_run_config(small, migrated_db
 def test_a_429_during_the_listing_never_blocks_an_orders_merge(world, migrated_db):
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sb.delete_order(_recent(conn, store, now)[2])  # something missing: the old code listed again under the lock
     probes: list[bool] = []
     rejected = threading.local()
@@ -369,7 +369,7 @@ def test_a_429_during_the_listing_never_blocks_an_orders_merge(world, migrated_d
 def test_a_bounded_listing_records_candidates_but_only_an_open_ended_one_confirms(world):
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recent = _recent(conn, store, now)
     moved = recent[0]
     day_from, day_to = now - timedelta(days=3), now - HOUR
@@ -398,7 +398,7 @@ def test_a_complete_orders_listing_is_the_first_of_the_two(world):
     it speaks only for its own range (a candidate outside it stays)."""
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     day = now - timedelta(days=2)
     gone = _recent(conn, store, now, days=1)[0]
     sb.delete_order(gone)
@@ -423,7 +423,7 @@ def test_the_hour_between_two_listings_is_timed_by_one_clock(world, skew):
     later nor never."""
     sb, tamper, client, conn = world
     store = sb.store_ids()[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     gone = _recent(conn, store, now, days=1)[0]
     sb.delete_order(gone)
     sb.faults.clock_skew = skew

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -48,7 +48,7 @@ def world(migrated_db):
                             requests_per_second=None, sleep=lambda s: None, page_size=500)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         assert not sync_inventory(client, conn, timezones=store_timezones(conn), now=now).failures
         yield sb, transport, client, conn, now
 

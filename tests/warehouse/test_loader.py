@@ -173,18 +173,17 @@ def test_staging_and_merge_are_two_steps_with_no_lock_held_between_them(db, migr
 
 
 def test_error_mid_window_rolls_back_everything(db):
-    with pytest.raises(RuntimeError):
-        with OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
-            load.add_page(7101, [f.order(400), f.order(401)])
-            raise RuntimeError("fetch failed")
+    with pytest.raises(RuntimeError), OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
+        load.add_page(7101, [f.order(400), f.order(401)])
+        raise RuntimeError("fetch failed")
     assert q(db, "select count(*) from taptouch.orders")[0][0] == 0
     assert q(db, "select count(*) from taptouch.sync_log where entity = 'orders'")[0][0] == 0
 
 
 def test_unknown_store_is_a_clear_error(db):
-    with pytest.raises(loader.UnknownStoreError, match="stores' asset first"):
-        with OrderWindowLoad(db, window="2026-11-02") as load:
-            load.add_page(9999, [f.order(500, store_id=9999)])
+    with pytest.raises(loader.UnknownStoreError, match="stores' asset first"), \
+            OrderWindowLoad(db, window="2026-11-02") as load:
+        load.add_page(9999, [f.order(500, store_id=9999)])
 
 
 def test_connection_killed_mid_merge_leaves_tables_unchanged(db, migrated_db):
@@ -318,7 +317,7 @@ def test_preformatted_copy_lines_land_what_psycopg_formats(db):
     compact = [records.as_bytes(o) for o in variants()]
     assert not any(b in r for r in compact for b in (b"\\", b"\n", b"\r", b"\t"))
     pretty = [json.dumps(json.loads(r.decode()), indent=1).encode() for r in compact]  # same values, newlines
-    assert all(jsonutil.loads(a) == jsonutil.loads(b) for a, b in zip(compact, pretty))
+    assert all(jsonutil.loads(a) == jsonutil.loads(b) for a, b in zip(compact, pretty, strict=True))
     tables = {"orders": "order_id", "order_items": "order_id, item_id", "order_payments": "order_id, payment_id",
               "order_refunds": "order_id, refund_id"}
 

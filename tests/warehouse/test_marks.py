@@ -4,7 +4,7 @@ listing's start on the API's clock, so a future-dated record cannot freeze a sto
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import psycopg
@@ -161,7 +161,7 @@ class _Wrapped:
 
 def test_marks_are_per_account(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        at = datetime(2026, 11, 26, 5, tzinfo=timezone.utc)
+        at = datetime(2026, 11, 26, 5, tzinfo=UTC)
         with conn.transaction(), conn.cursor() as cur:
             marks.advance(cur, DAY, {7101: at}, full=False)
         conn.execute("select set_config('taptouch.account', 'north', false)")

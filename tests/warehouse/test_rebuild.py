@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from pipelines import cli
-from pipelines.warehouse import loader, rebuild as rebuild_module
+from pipelines.warehouse import rebuild as rebuild_module
 from pipelines.warehouse.loader import OrderWindowLoad, load_inventory, load_stores
 from taptouch_resource import jsonutil
 from tests.support import factories as f
