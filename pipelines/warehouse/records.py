@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from functools import lru_cache, partial
 from keyword import iskeyword
@@ -58,13 +58,13 @@ NUMERIC_MAX_WEIGHT = 131071  # adjusted exponent: 131072 digits before the point
 IMPLAUSIBLE = Decimal("1e15")  # quantities, points, stock: beyond this a value is a bug upstream
 MAX_OFFSET_HOURS = 15  # PostgreSQL refuses a UTC offset of 16:00 or more
 CENT = Decimal("0.01")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 # Instants a reader in any time zone (offsets up to ±16 h) can still see in years 1-9999: psycopg
 # (and Python) cannot represent year 0 or 10000, so a row within a day of those limits could be
 # stored but never read back by a session whose time zone pushes it over.
-_MIN_INSTANT = datetime(1, 1, 2, tzinfo=timezone.utc)
-_MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=timezone.utc)
+_MIN_INSTANT = datetime(1, 1, 2, tzinfo=UTC)
+_MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def _instant(s: str) -> datetime:
     except ValueError as exc:
         raise _BadInstant(f"is not a valid date and time: {_show(s)} ({exc})") from None
     try:
-        utc = local.astimezone(timezone.utc)
+        utc = local.astimezone(UTC)
         if frac:  # cut, never rounded: rounding could carry 23:59:59.9999999 into the next day or year
             utc = utc + timedelta(microseconds=int(frac[:6].ljust(6, "0")))
     except OverflowError:

@@ -7,7 +7,7 @@ its raw form) or through the client (a malformed listing is an error, never an e
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import httpx
@@ -150,7 +150,7 @@ def test_seven_digit_fractions_keep_their_order(db):
     # within one load too, whatever the order on the page
     load_raw(db, [order_bytes(81, updated_at="2026-11-02T12:40:00.123456901Z", number="newer"),
                   order_bytes(81, updated_at="2026-11-02T12:40:00.1234569Z", number="older")])
-    whole = D(int(datetime(2026, 11, 2, 12, 40, tzinfo=timezone.utc).timestamp()))
+    whole = D(int(datetime(2026, 11, 2, 12, 40, tzinfo=UTC).timestamp()))
     assert q(db, "select order_id, number, updated_at_exact from taptouch.orders order by 1") == [
         (80, "newer", whole + D("0.1234569")), (81, "newer", whole + D("0.123456901"))]
     # the newer version then arrives again: unchanged
@@ -224,7 +224,7 @@ def test_exact_instant_keeps_every_digit():
     assert records.exact_instant("2026-11-02T12:40:00.1234569Z") > records.exact_instant("2026-11-02T12:40:00.1234561Z")
     assert records.exact_instant("1970-01-01T00:00:01.5+00:00") == D("1.5")
     assert records.exact_instant("1969-12-31T23:59:59.7Z") == D("-0.3")
-    assert records.instant("2026-11-02T12:40:00+11:00") == datetime(2026, 11, 2, 1, 40, tzinfo=timezone.utc)
+    assert records.instant("2026-11-02T12:40:00+11:00") == datetime(2026, 11, 2, 1, 40, tzinfo=UTC)
 
 
 def test_fractions_beyond_microseconds_are_cut_never_rounded_into_the_next_day(db):
@@ -232,12 +232,12 @@ def test_fractions_beyond_microseconds_are_cut_never_rounded_into_the_next_day(d
                            order_bytes(91, updated_at="2026-11-02T12:00:00.0000005Z")])
     assert (counts.inserted, counts.quarantined) == (2, 0)
     assert q(db, "select order_id, updated_at from taptouch.orders order by 1") == [
-        (90, datetime(2026, 11, 2, 23, 59, 59, 999999, tzinfo=timezone.utc)),  # still 2 November
-        (91, datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc))]
+        (90, datetime(2026, 11, 2, 23, 59, 59, 999999, tzinfo=UTC)),  # still 2 November
+        (91, datetime(2026, 11, 2, 12, 0, tzinfo=UTC))]
     assert q(db, "select updated_at_exact % 1 from taptouch.orders where order_id = 90") == [(D("0.999999999"),)]
     # the last nanosecond of the last readable day is in range (rounding would have crossed into the next)
     assert records.instant("9999-12-30T23:59:59.999999999+00:00") == datetime(9999, 12, 30, 23, 59, 59, 999999,
-                                                                                tzinfo=timezone.utc)
+                                                                                tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +280,8 @@ def test_empty_data_is_an_empty_listing():
 def test_one_non_json_record_keeps_its_page_and_its_bytes():
     body = b'{"status":{"ack":200,"errors":null},"data":[{"id":1,"v":1.50},{"id":2,"v":NaN},{"id":3,"s":"\xe9"}]}'
     with client_serving(body) as client:
-        pages = list(client.iter_order_record_pages(7101, updated_from=datetime(2026, 11, 2, tzinfo=timezone.utc),
-                                                    updated_to=datetime(2026, 11, 3, tzinfo=timezone.utc)))
+        pages = list(client.iter_order_record_pages(7101, updated_from=datetime(2026, 11, 2, tzinfo=UTC),
+                                                    updated_to=datetime(2026, 11, 3, tzinfo=UTC)))
         assert pages == [[b'{"id":1,"v":1.50}', b'{"id":2,"v":NaN}', b'{"id":3,"s":"\xe9"}']]
         parsed = list(client.iter_inventory(7101))
     assert parsed[0] == {"id": 1, "v": D("1.50")} and parsed[1]["v"].is_nan() and parsed[2] == b'{"id":3,"s":"\xe9"}'
@@ -309,7 +309,7 @@ def test_inventory_raw_is_the_bytes_the_api_sent(db):
     body = b'{"status":{"ack":200,"errors":null},"data":[' + level + b"]}"
     with client_serving(body) as client:
         result = sync_inventory(client, db, store_ids=[7101], timezones={7101: TZ},
-                                now=datetime(2026, 11, 27, tzinfo=timezone.utc))
+                                now=datetime(2026, 11, 27, tzinfo=UTC))
     assert result.failures == [] and result.counts.inserted == 1
     [(same, on_hand, reorder, spelled)] = q(
         db, "select raw = %s::jsonb, on_hand, reorder_level, raw->'x_new'->>'a' from taptouch.inventory_levels",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 
 import psycopg
 import pytest

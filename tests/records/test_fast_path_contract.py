@@ -24,9 +24,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="taptouch-hypothesis-"))  # nothing written into the checkout
 
-from pipelines.warehouse import entities, records
-from taptouch_resource import InvalidRecord
-from tests.support import factories as f
+from pipelines.warehouse import entities, records  # noqa: E402
+from taptouch_resource import InvalidRecord  # noqa: E402
+from tests.support import factories as f  # noqa: E402
 
 D = Decimal
 TZ = "Australia/Melbourne"

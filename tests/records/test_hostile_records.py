@@ -8,7 +8,7 @@ tests/records/test_boundary.py and tests/records/test_records_properties.py are 
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import psycopg
@@ -20,7 +20,6 @@ from tests.support import factories as f
 
 D = Decimal
 TZ = "Australia/Melbourne"
-UTC = timezone.utc
 DAY = date(2026, 11, 27)
 
 

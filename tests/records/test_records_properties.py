@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -25,10 +25,10 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="taptouch-hypothesis-"))  # nothing written into the checkout
 
-from pipelines.warehouse import records
-from pipelines.warehouse.loader import OrderWindowLoad, load_stores
-from taptouch_resource import InvalidRecord
-from tests.support import factories as f
+from pipelines.warehouse import records  # noqa: E402
+from pipelines.warehouse.loader import OrderWindowLoad, load_stores  # noqa: E402
+from taptouch_resource import InvalidRecord  # noqa: E402
+from tests.support import factories as f  # noqa: E402
 
 D = Decimal
 TZ = "Australia/Melbourne"
@@ -88,7 +88,7 @@ def versions(draw, order_id: int):
     """1-3 versions of one order (distinct instants, nanosecond fractions, any offset), each either
     valid, valid with odd unknown fields, or carrying one value that must quarantine it."""
     n = draw(st.integers(1, 3))
-    base = datetime(2026, 11, 2, 1, 0, tzinfo=timezone.utc)
+    base = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
     nanos = draw(st.lists(st.integers(0, 10**9 * 3600), min_size=n, max_size=n, unique=True))
     out = []
     instants = set()
