@@ -361,7 +361,7 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
 
         taptouch, warehouse = getattr(context.resources, resource_key), context.resources.warehouse
         started = time.monotonic()
-        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+        with step_errors(), run_context(taptouch, warehouse, account=account, context=context) as run:
             listing = run.store_listing(context)
             result = reconcile_orders(run.client, run.conn, days=run.settings.reconcile_days,
                                       store_ids=listing.store_ids, timezones=listing.timezones,

@@ -29,6 +29,7 @@ from taptouch_resource.retry import RETRY_STATUSES, stop_on
 from .settings import RunSettings
 from .warehouse import marks, ownership
 from .warehouse import records as record_rules
+from .warehouse.budget import requests_of
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,9 @@ class _OrderFetchers:
     already on the wire is not waited for when the block is left by an exception (a run being
     terminated, a window cancelled): the daemon thread is abandoned, and ends with that request."""
 
-    def __init__(self, client: TaptouchClient, starts: dict[int, datetime], end: datetime, workers: int):
-        self.client, self.starts, self.end = client, starts, end
+    def __init__(self, client: TaptouchClient, window: OrderWindow, starts: dict[int, datetime], workers: int):
+        self.client, self.starts, self.end = client, starts, window.end
+        self.label = window.key  # the label of the threads' requests (budget.RequestMeter counts them apart)
         self.events_q: queue.Queue[FetchEvent] = queue.Queue(maxsize=max(4, 2 * workers))
         self.stop = threading.Event()
         self.workers = workers
@@ -346,7 +348,9 @@ class _OrderFetchers:
                 continue
 
     def _fetch(self, store_id: int) -> None:
-        with stop_on(self.stop):  # leaving the block (a run stopping) ends this thread's waits at once
+        # leaving stop_on (a run stopping) ends this thread's waits at once; requests_of: the
+        # window's requests are counted apart (budget.RequestMeter)
+        with stop_on(self.stop), requests_of(self.label):
             self._fetch_store(store_id)
 
     def _fetch_store(self, store_id: int) -> None:
@@ -454,7 +458,7 @@ def sync_orders_window(client: TaptouchClient, conn: psycopg.Connection, window:
         return result
     workers = max(1, min(run.settings.store_workers, len(store_ids)))
     starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
-    with _OrderFetchers(client, starts, window.end, workers) as fetchers, \
+    with _OrderFetchers(client, window, starts, workers) as fetchers, \
             OrderWindowLoad(conn, window=window.key, run_id=run.run_id, timezones=run.timezones,
                             full=isinstance(run.mode, FullRefresh), batch_size=run.settings.batch_size) as load:
         for event in fetchers.events(store_ids, cancel):

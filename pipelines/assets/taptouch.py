@@ -36,7 +36,7 @@ from ..sync import (
     sync_orders_windows,
     sync_stores,
 )
-from ..warehouse.budget import SharedBudget
+from ..warehouse.budget import RequestMeter, SharedBudget, record_usage
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
 from ..warehouse.token_store import TokenStore
@@ -83,19 +83,30 @@ def step_errors():
 class RunContext:
     """What an API-calling asset works with in one run: a client with verified credentials, an
     autocommit connection (and ``connect`` for more like it), the run's :class:`~pipelines.settings.RunSettings`
-    and the clock."""
+    and the clock. ``meter``: the client's requests and their wall-clock wait for the budget."""
 
     def __init__(self, client, conn, run_settings: settings.RunSettings, *, api_before: dict | None = None,
-                 connect=None):
+                 connect=None, meter: RequestMeter | None = None):
         self.client = client
         self.conn = conn
         self.connect = connect  # another autocommit connection like conn (for windows loaded at once)
         self.settings = run_settings
+        self.meter = meter
         self.t0 = time.monotonic()
         self._api_before = api_before if api_before is not None else client.stats.snapshot()
 
+    def api_delta(self) -> dict[str, int]:
+        """The client's counters since the run's client started."""
+        return _api_delta(self._api_before, self.client.stats.snapshot())
+
+    def budget_wait_s(self, label: str | None = None) -> float:
+        """Wall-clock seconds during which some request (of ``label``) waited for the budget."""
+        return self.meter.figures(label)["wait_s"] if self.meter is not None else 0.0
+
     def api_metadata(self) -> dict:
-        return {**_api_metadata(_api_delta(self._api_before, self.client.stats.snapshot())),
+        """The run's API figures: requests, retries, 429s, token requests, its wall-clock wait for
+        the budget and its duration (``budget_wait_s`` <= ``duration_s``)."""
+        return {**_api_metadata(self.api_delta(), self.budget_wait_s()),
                 "duration_s": round(time.monotonic() - self.t0, 3)}
 
     def store_listing(self, context: dg.AssetExecutionContext) -> StoreListing:
@@ -129,40 +140,61 @@ def _account_connector(warehouse: PostgresResource, account: Account):
 
 @contextmanager
 def run_context(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False,
-                account: Account = DEFAULT):
+                account: Account = DEFAULT, context: dg.AssetExecutionContext | None = None):
     """At run start: read the settings (once: :func:`pipelines.settings.for_run`), migrate, make a
     client and check its credentials (failing clearly before any work), and open an autocommit
     connection to the warehouse, for a named ``account`` writing rows as that account. Yields the
-    :class:`RunContext`."""
+    :class:`RunContext`. At its end, with ``context`` (the asset's), the step's API usage is
+    recorded in ``taptouch_meta.api_usage``, whether the step failed or not."""
     taptouch, run_settings = settings.for_run(taptouch, warehouse, account)
     warehouse.ensure_migrated()
     url = warehouse.url()
     tokens = TokenStore.for_resource(taptouch, url)
-    # one request budget per client id, shared through the warehouse by every run and process
-    budget = SharedBudget.for_client(url, taptouch.client_id, run_settings.requests_per_second)
+    # one request budget per client id, shared through the warehouse by every run and process; the
+    # meter in front of it counts this run's requests and times their waits
+    meter = RequestMeter(SharedBudget.for_client(url, taptouch.client_id, run_settings.requests_per_second))
     get = taptouch.get_store_client if store_api else taptouch.get_client
-    client = get(token_store=tokens, limiter=budget)
+    client = get(token_store=tokens, limiter=meter)
+    connect = _account_connector(warehouse, account)
+    run = None
     try:
         api_before = client.stats.snapshot()  # the run's counters include its own token request
+        run = RunContext(client, None, run_settings, api_before=api_before, connect=connect, meter=meter)
         client.auth.get_token()
-        connect = _account_connector(warehouse, account)
         with connect() as conn:
-            yield RunContext(client, conn, run_settings, api_before=api_before, connect=connect)
+            run.conn = conn
+            yield run
     finally:
         client.close()
+        if context is not None and run is not None:
+            _record_usage(context, run, account, taptouch.client_id)
+
+
+def _record_usage(context: dg.AssetExecutionContext, run: RunContext, account: Account, client_id: str) -> None:
+    """The step's row of ``taptouch_meta.api_usage`` (on a connection of its own: the run's may be
+    the reason the step failed)."""
+    try:
+        conn = run.connect()
+    except Exception as exc:  # the warehouse is away: the run's own error, if any, says more
+        context.log.warning(f"API usage of this step not recorded: {describe(exc)}")
+        return
+    with conn:
+        record_usage(conn, run_id=context.run.run_id, asset=context.asset_key.to_user_string(),
+                     account=account.name, client_id=client_id, seconds=time.monotonic() - run.t0,
+                     api=run.api_delta(), wait_s=run.budget_wait_s())
 
 
 def _api_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-def _api_metadata(delta: dict[str, int]) -> dict[str, int]:
+def _api_metadata(delta: dict[str, int], budget_wait_s: float) -> dict[str, float]:
     return {
         "api_requests": delta["requests"],
         "api_retries": delta["retries"],
         "api_429s": delta["rate_limited"],
         "token_requests": delta["token_requests"],
-        "budget_wait_s": round(delta["waited_seconds"], 3),
+        "budget_wait_s": round(budget_wait_s, 3),
     }
 
 
@@ -202,13 +234,14 @@ def _sync_mode(context: dg.AssetExecutionContext, config: OrdersConfig, run: Run
 
 
 def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listing: StoreListing,
-                      windows: list[OrderWindow], mode: SyncMode) -> SyncResult:
+                      windows: list[OrderWindow], mode: SyncMode) -> tuple[SyncResult, dict[str, SyncResult]]:
     """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
-    window's merge overlaps the next one's fetching), each its own transaction; a summary per day."""
+    window's merge overlaps the next one's fetching), each its own transaction; a summary per day.
+    Returns the run's totals and each window's own result (by key)."""
     at_once = f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""
     context.log.info(f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
                      f"{windows[-1].end.isoformat()}){at_once}")
-    total = SyncResult()
+    total, per_window = SyncResult(), {}
     orders_run = OrdersRun(timezones=listing.timezones, mode=mode, settings=run.settings, run_id=context.run.run_id,
                            progress=context.log.info)
     loads = sync_orders_windows(run.client, run.connect, windows, orders_run)
@@ -222,23 +255,100 @@ def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listin
                 f"({result.seconds:.1f}s)"
             )
             total.merge(result)
-    return total
+            per_window[window.key] = result
+    return total, per_window
 
 
-def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
-    """Counts, and which stores loaded, failed, or were skipped for a malformed store record."""
-    failed = sorted({f.store_id for f in result.failures})
+def _listing_metadata(listing: StoreListing) -> dict:
+    """The stores skipped for a malformed store record or because another account owns them."""
     return {
-        **result.counts.as_dict(),
-        "dagster/row_count": result.counts.rows,
-        "stores_ok": len(set(result.stores_ok) - set(failed)),
-        "stores_failed": len(failed),
-        "failed_store_ids": ", ".join(map(str, failed)) or "none",
         "stores_skipped": len(listing.invalid) + len(listing.foreign),
         "stores_of_other_accounts": ", ".join(f"{sid} ({owner})" for sid, owner in sorted(listing.foreign.items()))
                                     or "none",
         "skipped_store_records": ", ".join(sorted(listing.invalid)) or "none",
     }
+
+
+def _result_metadata(result: SyncResult) -> dict:
+    """Counts, and which stores loaded or failed."""
+    failed = sorted({f.store_id for f in result.failures})
+    return {
+        **result.counts.as_dict(),
+        "stores_ok": len(set(result.stores_ok) - set(failed)),
+        "stores_failed": len(failed),
+        "failed_store_ids": ", ".join(map(str, failed)) or "none",
+    }
+
+
+def _store_metadata(result: SyncResult, listing: StoreListing) -> dict:
+    """Counts, and which stores loaded, failed, or were skipped for a malformed store record."""
+    return {**_result_metadata(result), "dagster/row_count": result.counts.rows, **_listing_metadata(listing)}
+
+
+SALE_STATUSES = ("completed", "partially_refunded", "refunded")  # as analytics.sales_orders counts sales
+
+_WINDOW_FIGURES = """
+with w as (select * from unnest(%(keys)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[]) as w(key, s, e)),
+o as (
+    select w.key, o.order_id, o.total,
+           coalesce(o.currency, (select s.currency from taptouch.stores s where s.store_id = o.store_id),
+                    'unknown') as currency,
+           o.status = any(%(sales)s) and o.deleted_at is null as sale
+    from w join taptouch.orders o
+      on o.store_id = any(%(stores)s) and o.updated_at >= w.s and o.updated_at < w.e and o.account = %(account)s
+),
+r as (
+    select r.order_id, sum(r.amount) as refunded from taptouch.order_refunds r
+    join o using (order_id) where o.sale group by r.order_id
+)
+select o.key, o.currency, count(*), count(*) filter (where o.sale),
+       coalesce(sum(o.total - coalesce(r.refunded, 0)) filter (where o.sale), 0)
+from o left join r using (order_id)
+group by o.key, o.currency
+"""
+
+
+def _window_figures(conn, windows: list[OrderWindow], store_ids: list[int], account: Account) -> dict[str, dict]:
+    """Each window's orders as the warehouse holds them after the merges, per key: ``dagster/row_count``
+    (the account's orders of the listed stores whose updated_at lies in the window), ``sales_orders``
+    (those that are sales: completed, partially or wholly refunded, not deleted) and
+    ``net_sales_<currency>`` (their totals less their refunds, per currency)."""
+    figures = {w.key: {"dagster/row_count": 0, "sales_orders": 0} for w in windows}
+    with conn.cursor() as cur:
+        cur.execute(_WINDOW_FIGURES, {
+            "keys": [w.key for w in windows], "starts": [w.start for w in windows], "ends": [w.end for w in windows],
+            "sales": list(SALE_STATUSES), "stores": store_ids, "account": account.name})
+        for key, currency, orders, sales, net in cur.fetchall():
+            figures[key]["dagster/row_count"] += orders
+            figures[key]["sales_orders"] += sales
+            figures[key][f"net_sales_{currency}"] = float(net)
+    return figures
+
+
+def _window_metadata(result: SyncResult, figures: dict, api: dict[str, float]) -> dict:
+    """One partition's own figures: what its load did, what the warehouse holds for its window,
+    and its API requests (``api``: the window's :meth:`RequestMeter.figures`)."""
+    return {
+        **_result_metadata(result),
+        **figures,
+        "pages": result.pages,
+        "incremental_stores": result.incremental_stores,
+        "incomplete_stores": ", ".join(map(str, result.incomplete)) or "none",
+        "pages_skipped": result.pages_skipped,
+        "api_requests": api["requests"],
+        "budget_wait_s": round(api["wait_s"], 3),
+        "duration_s": round(result.seconds, 3),
+    }
+
+
+def _run_summary(windows: list[OrderWindow], total: SyncResult, api: dict) -> str:
+    """The run's totals in one line: its log and its run tag (never a partition's metadata)."""
+    c = total.counts
+    span = windows[0].key if len(windows) == 1 else f"{windows[0].key}..{windows[-1].key}"
+    return (f"{len(windows)} partition(s) {span}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+            f"{c.quarantined} quarantined, {total.pages} pages; {api['api_requests']} API requests, "
+            f"{api['api_retries']} retries, {api['api_429s']} 429s, {api['token_requests']} token requests, "
+            f"budget wait {api['budget_wait_s']:.1f}s of {api['duration_s']:.1f}s")
 
 
 def _quarantined_orders(cur, keys: list[str], mine: str | None) -> tuple[int, str]:
@@ -344,7 +454,7 @@ def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
         """Every store the token may read; upserted."""
         taptouch, warehouse = _resources(context, account)
         with step_errors():
-            with run_context(taptouch, warehouse, store_api=True, account=account) as run:
+            with run_context(taptouch, warehouse, store_api=True, account=account, context=context) as run:
                 counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
             params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
             preview = read_frame(warehouse, preview_sql, **params)
@@ -370,6 +480,18 @@ def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
     ]
 
 
+RUN_TOTALS_TAG = "taptouch/{}_totals"
+"""The run tag holding an orders run's totals (``{}``: ``orders``, or ``north_orders`` for an account)."""
+
+
+def _report_run(context: dg.AssetExecutionContext, account: Account, windows: list[OrderWindow], total: SyncResult,
+                run: RunContext) -> None:
+    """The run's totals: a line of the run's log and a run tag, which the run's page shows."""
+    summary = _run_summary(windows, total, run.api_metadata())
+    context.log.info(f"{account.key_string('orders')} run totals: {summary}")
+    context.instance.add_run_tags(context.run.run_id, {RUN_TOTALS_TAG.format(account.named("orders")): summary})
+
+
 def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     """``orders`` of one account: daily partitions, each day one window (:class:`OrderWindow`)."""
 
@@ -387,21 +509,23 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
         """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
         taptouch, warehouse = _resources(context, account)
         windows = [OrderWindow.day(key) for key in context.partition_keys]
-        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+        with step_errors(), run_context(taptouch, warehouse, account=account, context=context) as run:
             mode = _sync_mode(context, config, run)
             context.log.info(f"orders: {mode}")
             listing = run.store_listing(context)
-            total = _load_orders_days(context, run, listing, windows, mode)
+            total, per_window = _load_orders_days(context, run, listing, windows, mode)
             # a connection of its own: run.conn sat idle while the windows loaded on theirs (a
             # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
             with run.connect() as conn:
                 checks = _order_checks(conn, windows, account)
-        metadata = {**_store_metadata(total, listing), "partitions": len(windows), "pages": total.pages,
-                    "full_refresh": mode == FULL_REFRESH, "incremental_stores": total.incremental_stores,
-                    "incomplete_stores": ", ".join(map(str, total.incomplete)) or "none",
-                    "pages_skipped": total.pages_skipped, **run.api_metadata()}
-        context.log.info("Taptouch API this run: " + ", ".join(f"{k} {v}" for k, v in run.api_metadata().items()))
-        _fail_if_stores_failed(total, f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}", metadata)
+                figures = _window_figures(conn, windows, listing.store_ids, account)
+        _report_run(context, account, windows, total, run)
+        for window in windows:  # each partition its own figures; the run's totals stay in the run
+            context.add_asset_metadata(_window_metadata(per_window[window.key], figures[window.key],
+                                                        run.meter.figures(window.key)), partition_key=window.key)
+        metadata = {**_listing_metadata(listing), "full_refresh": mode == FULL_REFRESH}
+        _fail_if_stores_failed(total, f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}",
+                               {**_store_metadata(total, listing), **run.api_metadata()})
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     return orders
@@ -420,7 +544,7 @@ def inventory_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     def inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Current stock per store, replacing the previous list; today's snapshot per product."""
         taptouch, warehouse = _resources(context, account)
-        with step_errors(), run_context(taptouch, warehouse, account=account) as run:
+        with step_errors(), run_context(taptouch, warehouse, account=account, context=context) as run:
             listing = run.store_listing(context)
             result = sync_inventory(run.client, run.conn, store_ids=listing.store_ids, timezones=listing.timezones,
                                     run_id=context.run.run_id, progress=context.log.info,

@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import psycopg
 import psycopg.errors
@@ -134,7 +135,7 @@ class SharedBudget:
         return f"SharedBudget(client_id={self.client_id!r}, rate={self.rate}, burst={self.burst})"
 
     # ------------------------------------------------------------------ one per process
-    _instances: dict[tuple, "SharedBudget"] = {}
+    _instances: dict[tuple, SharedBudget] = {}
     _instances_lock = threading.Lock()
 
     @classmethod
@@ -237,10 +238,8 @@ class SharedBudget:
         self.fallbacks += 1
         self._down_until = time.monotonic() + self._retry_after
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = (" Apply the migrations (taptouch-sync migrate)." if isinstance(exc, psycopg.errors.UndefinedTable)
@@ -249,3 +248,110 @@ class SharedBudget:
             "shared API budget for client %s unavailable (%s: %s).%s Falling back to this process's own limit of "
             "%g requests/s for %.0fs; meanwhile processes together may exceed the budget.",
             self.client_id, type(exc).__name__, detail, hint, self.rate, self._retry_after)
+
+
+# ------------------------------------------------------------------------------------------------
+# what a run's requests cost: counted and timed where they wait, and recorded per run
+
+_label = threading.local()
+KEEP_WAITS_S = 2 * 3600.0
+"""Waits that ended longer ago than this are only a sum: no wait of one request lasts that long
+(each is at most a 429's 15-minute pause plus a 60-s queue, repeated only while new 429s come)."""
+
+
+class _WallWait:
+    """The wall-clock time covered by a set of waits (overlapping waits of several threads count
+    once), with how many requests waited and their waits summed."""
+
+    def __init__(self):
+        self.requests = 0
+        self.summed_s = 0.0
+        self._closed_s = 0.0  # length of the waits too old to overlap a new one
+        self._recent: list[list[float]] = []  # disjoint [start, end], sorted
+
+    def add(self, start: float, end: float) -> None:
+        self.requests += 1
+        self.summed_s += end - start
+        if end <= start:
+            return
+        # every wait ends "now": only the tail of the sorted list can overlap it
+        while self._recent and self._recent[-1][1] >= start:
+            start = min(start, self._recent.pop()[0])
+        self._recent.append([start, end])
+        while self._recent and self._recent[0][1] < end - KEEP_WAITS_S:
+            old = self._recent.pop(0)
+            self._closed_s += old[1] - old[0]
+
+    @property
+    def wall_s(self) -> float:
+        return self._closed_s + sum(e - s for s, e in self._recent)
+
+
+class RequestMeter:
+    """A :class:`~taptouch_resource.retry.RequestLimiter` in front of another (the shared budget):
+    it counts the requests that pass and measures the **wall-clock** time they spent waiting there,
+    in total and per label (:func:`requests_of`: the orders window a fetch thread works for). Waits
+    of several threads at the same moment count once, so ``wait_s`` never exceeds the time the run
+    took; ``summed_wait_s`` is the sum over requests (what each request waited, added up)."""
+
+    def __init__(self, limiter: RequestLimiter, clock: Callable[[], float] = time.monotonic):
+        self.limiter = limiter
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._all = _WallWait()
+        self._by_label: dict[str, _WallWait] = {}
+
+    def acquire(self) -> float:
+        waited = self.limiter.acquire()
+        label = getattr(_label, "name", None)
+        with self._lock:  # the clock read under the lock: the waits arrive in the order they end
+            end = self._clock()
+            self._all.add(end - waited, end)
+            if label is not None:
+                self._by_label.setdefault(label, _WallWait()).add(end - waited, end)
+        return waited
+
+    def penalize(self, seconds: float) -> None:
+        self.limiter.penalize(seconds)
+
+    def figures(self, label: str | None = None) -> dict[str, float]:
+        """``requests``, ``wait_s`` (wall clock) and ``summed_wait_s`` of every request, or of the
+        requests made under ``label``."""
+        with self._lock:
+            meter = self._all if label is None else self._by_label.get(label, _WallWait())
+            return {"requests": meter.requests, "wait_s": meter.wall_s, "summed_wait_s": meter.summed_s}
+
+
+@contextmanager
+def requests_of(name: str) -> Iterator[None]:
+    """``with requests_of("2026-12-02"):`` the requests this thread makes are counted under that
+    label by every :class:`RequestMeter` they pass (threads do not inherit it)."""
+    before = getattr(_label, "name", None)
+    _label.name = name
+    try:
+        yield
+    finally:
+        _label.name = before
+
+
+_RECORD_USAGE = """
+insert into taptouch_meta.api_usage (run_id, asset, account, client_id, started_at, requests, retries,
+                                     rate_limited, token_requests, budget_wait_s)
+values (%s, %s, %s, %s, now() - %s * interval '1 second', %s, %s, %s, %s, %s)
+"""
+
+
+def record_usage(conn: psycopg.Connection, *, run_id: str | None, asset: str, account: str, client_id: str,
+                 seconds: float, api: dict[str, float], wait_s: float) -> bool:
+    """One row of ``taptouch_meta.api_usage`` for a run's step: what its client asked of the API
+    (``api``: the client's counters over the step) and how long it waited for the budget. A
+    database error costs only the row (a WARNING), never the run. Returns whether it was written."""
+    try:
+        conn.execute(_RECORD_USAGE, (run_id, asset, account, client_id, seconds, int(api["requests"]),
+                                     int(api["retries"]), int(api["rate_limited"]), int(api["token_requests"]),
+                                     round(wait_s, 3)))
+    except psycopg.Error as exc:
+        log.warning("API usage of %s (run %s) not recorded in taptouch_meta.api_usage: %s", asset, run_id,
+                    (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        return False
+    return True

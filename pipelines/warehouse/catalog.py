@@ -24,7 +24,7 @@ EXACT = "updated_at as exact epoch seconds with every fractional digit the API s
 SCHEMAS: dict[str, str] = {
     "taptouch": "Taptouch data as synced from the API by taptouch-sync (one row per record, newest version wins)",
     "analytics": "The analysts' views (sql/analytics/*.sql), created or replaced by the analytics assets",
-    "taptouch_meta": "taptouch-sync's working state: migrations applied, request budget, alert outbox",
+    "taptouch_meta": "taptouch-sync's working state: migrations applied, request budget and API usage, alert outbox",
     "taptouch_auth": "taptouch-sync's OAuth token store (Fernet-encrypted tokens); not for analysts",
 }
 
@@ -158,6 +158,21 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         "requests": "slots granted, all processes together, since the row was created",
         "rate_limited": "429s reported by any process, since the row was created",
         "updated_at": "when the row was last written",
+    }),
+    "taptouch_meta.api_usage": ("What each step of an API-calling asset asked of the Taptouch API, one row per "
+                                "step, written when it ends (failed or not)", {
+        "id": "row number",
+        "run_id": "the Dagster run (null outside one)",
+        "asset": "the asset key, e.g. orders or north/orders",
+        "account": ACCOUNT,
+        "client_id": "the Taptouch client id whose request budget the requests used",
+        "started_at": "when the step's client started",
+        "ended_at": "when the step's client ended",
+        "requests": "API requests sent, retries included (token requests not)",
+        "retries": "of those, retries of a failed attempt",
+        "rate_limited": "429s received",
+        "token_requests": "OAuth token requests",
+        "budget_wait_s": "wall-clock seconds during which some request of the step waited for the budget",
     }),
     "taptouch_meta.alert_outbox": ("Alerts waiting for, or done with, delivery to TAPTOUCH_ALERT_WEBHOOK_URL", {
         "idempotency_key": "e.g. run-failure:<run id>; sent as the Idempotency-Key header",

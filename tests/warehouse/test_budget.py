@@ -8,17 +8,26 @@ import logging
 import multiprocessing
 import threading
 import time
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 
 import httpx
 import psycopg
 import pytest
 
-from pipelines.warehouse.budget import DEFAULT_BURST, SharedBudget
+from pipelines.warehouse.budget import DEFAULT_BURST, RequestMeter, SharedBudget, requests_of
 from taptouch_resource import TaptouchClient
 from taptouch_resource.errors import TaptouchRateLimitError
-from taptouch_resource.retry import (MAX_RETRY_AFTER, MAX_WAIT, RateLimiter, RequestLimiter, Stopped, pause,
-                                     stop_events, stop_on)
+from taptouch_resource.retry import (
+    MAX_RETRY_AFTER,
+    MAX_WAIT,
+    RateLimiter,
+    RequestLimiter,
+    Stopped,
+    pause,
+    stop_events,
+    stop_on,
+)
 from taptouch_sandbox import Sandbox, SandboxConfig
 
 CLIENT_ID, SECRET = "sandbox-client", "sandbox-secret"
@@ -64,7 +73,7 @@ def _load(base_url: str, database_url: str, barrier, results) -> None:
         client.auth.get_token()
         stores = [s["id"] for s in client.list_stores()]
         barrier.wait(timeout=60)  # all four start loading at once
-        start = datetime.combine(END - timedelta(days=2), dtime(), tzinfo=timezone.utc)
+        start = datetime.combine(END - timedelta(days=2), dtime(), tzinfo=UTC)
         orders = sum(len(page) for store_id in stores
                      for page in client.iter_order_pages(store_id, updated_from=start,
                                                          updated_to=start + timedelta(days=2)))
@@ -124,7 +133,7 @@ def test_slots_are_spaced_one_interval_apart_whichever_connection_asks(migrated_
         slots.append(budgets[i % 2].last_slot)
     for budget in budgets:
         budget.close()
-    gaps = [b - a for a, b in zip(slots, slots[1:])]
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     assert all(gap == pytest.approx(1 / RATE, abs=1e-5) for gap in gaps), gaps
     assert max_in_one_second(slots) == RATE
 
@@ -201,7 +210,7 @@ def _row(db_url: str, client_id: str) -> dict:
             "extract(epoch from blocked_until - clock_timestamp())::float8 as blocked_ahead, requests "
             "from taptouch_meta.request_budget where client_id = %s", (client_id,))
         names = [c.name for c in cur.description]
-        return dict(zip(names, cur.fetchone()))
+        return dict(zip(names, cur.fetchone(), strict=True))
 
 
 def _set_row(db_url: str, client_id: str, assignments: str) -> None:
@@ -408,3 +417,99 @@ def test_pause_without_a_stop_event_sleeps_and_nested_scopes_all_stop():
     assert stop_events() == ()
     with stop_on(outer), pytest.raises(Stopped):  # already set: no wait, no request
         RateLimiter(10).acquire()
+
+
+# ------------------------------------------------------------------------------ the budget's figures
+
+
+class _FixedWait:
+    """A limiter whose every request waits ``seconds`` (really: threads overlap in time)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def acquire(self) -> float:
+        time.sleep(self.seconds)
+        return self.seconds
+
+    def penalize(self, seconds: float) -> None:
+        pass
+
+
+def test_the_meter_counts_overlapping_waits_of_several_threads_once():
+    meter = RequestMeter(_FixedWait(0.3))
+    barrier = threading.Barrier(4)
+
+    def one_request(label: str) -> None:
+        barrier.wait()
+        with requests_of(label):
+            meter.acquire()
+
+    threads = [threading.Thread(target=one_request, args=(label,)) for label in ("a", "a", "a", "b")]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    every = meter.figures()
+    assert every["requests"] == 4
+    assert every["summed_wait_s"] == pytest.approx(1.2)  # what each waited, added up: 4 x 0.3
+    assert 0.29 <= every["wait_s"] <= elapsed < 1.0  # the wall clock: about 0.3, never the 1.2
+    a, b = meter.figures("a"), meter.figures("b")
+    assert (a["requests"], b["requests"], meter.figures("c")["requests"]) == (3, 1, 0)
+    assert a["summed_wait_s"] == pytest.approx(0.9) and 0.29 <= a["wait_s"] <= elapsed
+    meter.acquire()  # no label: counted in the total only, and its wait comes after the others
+    assert meter.figures()["requests"] == 5 and meter.figures("a")["requests"] == 3
+    assert meter.figures()["wait_s"] == pytest.approx(every["wait_s"] + 0.3, abs=0.05)
+
+
+def test_the_meters_wall_time_is_the_union_of_the_waits():
+    clock = [0.0]
+    meter = RequestMeter(_Scripted(clock), clock=lambda: clock[0])
+    for end, wait in [(1.0, 1.0), (5.0, 1.0), (7.0, 5.0), (7.5, 0.0), (8.0, 0.25)]:
+        clock[0] = end
+        meter.limiter.next_wait = wait
+        meter.acquire()
+    # [0, 1] and [4, 5] and [2, 7] and [7.75, 8]: [0, 1] + [2, 7] + [7.75, 8] = 6.25 (summed: 7.25)
+    assert meter.figures() == {"requests": 5, "wait_s": 6.25, "summed_wait_s": 7.25}
+
+
+class _Scripted:
+    def __init__(self, clock):
+        self.next_wait = 0.0
+
+    def acquire(self) -> float:
+        return self.next_wait
+
+    def penalize(self, seconds: float) -> None:
+        pass
+
+
+@pytest.mark.postgres
+def test_a_runs_budget_wait_is_wall_time_and_its_requests_are_recorded(migrated_db):
+    """Three fetch threads (one per store) at 10 requests/s queue for the budget together, each
+    waiting most of the time: the partition's ``budget_wait_s`` is the wall time some request
+    waited, at most its duration (the waits summed over the threads, reported before, were about
+    three times it); ``taptouch_meta.api_usage`` holds the step, with the store listing's request."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from pipelines.warehouse.resource import PostgresResource
+    from taptouch_resource import TaptouchResource
+
+    sandbox = Sandbox(SandboxConfig(stores=3, days=2, end_date=END, orders_per_day=30))
+    with sandbox.serve() as url:
+        res = {"taptouch": TaptouchResource(client_id=CLIENT_ID, client_secret=SECRET, base_url=url, page_size=10,
+                                            requests_per_second=10, store_workers=3),
+               "warehouse": PostgresResource(database_url=migrated_db)}
+        result = dg.materialize([defs.get_assets_def("orders")], resources=res,
+                                partition_key=(END - timedelta(days=1)).isoformat())
+    assert result.success
+    md = {k: v.value for k, v in result.asset_materializations_for_node("orders")[0].metadata.items()}
+    assert md["api_requests"] >= 9 and 0.3 < md["budget_wait_s"] <= md["duration_s"]
+    with psycopg.connect(migrated_db) as conn:
+        rows = conn.execute("select run_id, asset, requests, budget_wait_s,"
+                            " extract(epoch from ended_at - started_at)::float8 from taptouch_meta.api_usage").fetchall()
+    assert [r[:3] for r in rows] == [(result.run_id, "orders", md["api_requests"] + 1)]
+    assert md["budget_wait_s"] <= rows[0][3] <= rows[0][4]
