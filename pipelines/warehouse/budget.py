@@ -100,7 +100,8 @@ class SharedBudget:
     """``rate`` requests per second for ``client_id``, shared by every process using the database at
     ``database_url``. Thread-safe (one connection per process, used for one statement at a time).
 
-    ``waited_seconds``: total wait spent here by this process; ``fallbacks``: how often the database
+    ``waited_seconds``: every request's wait here, added up over this process's threads (the wall
+    clock a run waited: :class:`RequestMeter`); ``fallbacks``: how often the database
     failed and the in-process limiter took over. Prefer :meth:`for_client`, which shares one
     instance (and one connection) per process.
     """
