@@ -329,8 +329,8 @@ def _window_metadata(result: SyncResult, figures: dict, api: dict[str, float]) -
     """One partition's own figures: what its load did, what the warehouse holds for its window,
     and its API requests (``api``: the window's :meth:`RequestMeter.figures`)."""
     return {
-        **_result_metadata(result),
         **figures,
+        **_result_metadata(result),
         "pages": result.pages,
         "incremental_stores": result.incremental_stores,
         "incomplete_stores": ", ".join(map(str, result.incomplete)) or "none",
@@ -520,13 +520,13 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
                 checks = _order_checks(conn, windows, account)
                 figures = _window_figures(conn, windows, listing.store_ids, account)
         _report_run(context, account, windows, total, run)
+        run_wide = {"full_refresh": mode == FULL_REFRESH, **_listing_metadata(listing)}  # true of each partition
         for window in windows:  # each partition its own figures; the run's totals stay in the run
-            context.add_asset_metadata(_window_metadata(per_window[window.key], figures[window.key],
-                                                        run.meter.figures(window.key)), partition_key=window.key)
-        metadata = {**_listing_metadata(listing), "full_refresh": mode == FULL_REFRESH}
+            own = _window_metadata(per_window[window.key], figures[window.key], run.meter.figures(window.key))
+            context.add_asset_metadata({**own, **run_wide}, partition_key=window.key)
         _fail_if_stores_failed(total, f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}",
                                {**_store_metadata(total, listing), **run.api_metadata()})
-        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+        return dg.MaterializeResult(check_results=checks)
 
     return orders
 
