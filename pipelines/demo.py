@@ -292,10 +292,15 @@ def print_accounts_summary(warehouse, first: date, last: date) -> None:
 
 
 def _orders_counts(result) -> str:
-    """'N inserted, M updated, K unchanged, Q quarantined' from the orders run's materialization."""
-    events = result.asset_materializations_for_node("orders")
-    md = {k: v.value for k, v in events[0].metadata.items()} if events else {}
-    return ", ".join(f"{md.get(k, 0)} {k}" for k in ("inserted", "updated", "unchanged", "quarantined"))
+    """'N inserted, M updated, K unchanged, Q quarantined', summed over the orders run's
+    materializations (one per partition, each carrying its own window's counts)."""
+    keys = ("inserted", "updated", "unchanged", "quarantined")
+    totals = dict.fromkeys(keys, 0)
+    for event in result.asset_materializations_for_node("orders"):
+        for key in keys:
+            entry = event.metadata.get(key)
+            totals[key] += int(entry.value) if entry is not None else 0
+    return ", ".join(f"{totals[k]} {k}" for k in keys)
 
 
 def _check(result) -> None:
