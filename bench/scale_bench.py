@@ -122,8 +122,11 @@ class Stopwatch:
 
     def stop(self) -> dict:
         server = backend_cpu_s(self.conn)
-        return {"wall_s": round(self.lap(), 4), "client_cpu_s": round(time.process_time() - self.cpu0, 4),
-                "server_cpu_s": None if server is None or self.server0 is None else round(server - self.server0, 4)}
+        return {
+            "wall_s": round(self.lap(), 4),
+            "client_cpu_s": round(time.process_time() - self.cpu0, 4),
+            "server_cpu_s": None if server is None or self.server0 is None else round(server - self.server0, 4),
+        }
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -139,8 +142,14 @@ def connect(url: str) -> psycopg.Connection:
 def generator(scale: Scale, end: date, orders_per_day: int | None = None, days: int = 1):
     from taptouch_sandbox import SandboxConfig
     from taptouch_sandbox.data import OrderData
-    config = SandboxConfig(seed=scale.seed, stores=scale.stores, days=days, end_date=end,
-                           orders_per_day=orders_per_day or scale.orders_per_day)
+
+    config = SandboxConfig(
+        seed=scale.seed,
+        stores=scale.stores,
+        days=days,
+        end_date=end,
+        orders_per_day=orders_per_day or scale.orders_per_day,
+    )
     return OrderData(config, end)
 
 
@@ -159,13 +168,14 @@ def day_ids(data, store_idx: int, day: date, limit: int | None = None) -> list[i
 def pages(data, store_id: int, ids: list[int]) -> list[tuple[int, list[bytes]]]:
     """The orders as the API pages them: (store, up to PAGE_SIZE exact JSON texts)."""
     texts = [data.order_text(oid).encode() for oid in ids]
-    return [(store_id, texts[i:i + PAGE_SIZE]) for i in range(0, len(texts), PAGE_SIZE)]
+    return [(store_id, texts[i : i + PAGE_SIZE]) for i in range(0, len(texts), PAGE_SIZE)]
 
 
 def load_window(conn: psycopg.Connection, window: str, store_pages: list[tuple[int, list[bytes]]]) -> dict:
     """One window through the loader's own path, timed: staging, then the merge (``finish``, after
     ``close_staging`` where the loader has it)."""
     from pipelines.warehouse.loader import OrderWindowLoad
+
     watch = Stopwatch(conn)
     with OrderWindowLoad(conn, window=window, run_id="scale-bench") as load:
         for store_id, page in store_pages:
@@ -176,9 +186,14 @@ def load_window(conn: psycopg.Connection, window: str, store_pages: list[tuple[i
         staged = watch.lap()
         counts = load.finish()
     out = watch.stop()
-    out.update(merge_s=round(out["wall_s"] - staged, 4), orders=sum(len(p) for _, p in store_pages),
-               inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
-               quarantined=counts.quarantined)
+    out.update(
+        merge_s=round(out["wall_s"] - staged, 4),
+        orders=sum(len(p) for _, p in store_pages),
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        quarantined=counts.quarantined,
+    )
     return out
 
 
@@ -197,6 +212,7 @@ def prepare_database(admin_url: str, name: str, *, fresh: bool) -> str:
     analytics views and the bench's own bookkeeping. Returns its URL."""
     from pipelines.warehouse.migrations import migrate
     from pipelines.warehouse.views import apply_views
+
     with psycopg.connect(libpq_url(admin_url), autocommit=True) as admin:
         if fresh:
             admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
@@ -215,6 +231,7 @@ def prepare_database(admin_url: str, name: str, *, fresh: bool) -> str:
 def load_chain_stores(conn: psycopg.Connection, scale: Scale) -> list[int]:
     """The chain's store records through the loader; returns the store ids."""
     from pipelines.warehouse.loader import load_stores
+
     data = generator(scale, END_DATE)
     load_stores(conn, [s.text.encode() for s in data.stores])
     return data.store_ids()
@@ -236,10 +253,15 @@ def build_day(conn: psycopg.Connection, data, day: date, deleted_every: int) -> 
     started = time.perf_counter()
     result = load_window(conn, f"scale-build-{day}", store_pages)
     with conn.transaction():
-        conn.execute("update taptouch.orders set deleted_at = %s where order_id = any(%s)",
-                     (datetime.combine(day + timedelta(days=2), dtime(3), UTC), deleted))
-        conn.execute("insert into scale_bench.built_days (business_day, orders, seconds) values (%s, %s, %s)"
-                      " on conflict (business_day) do nothing", (day, result["orders"], time.perf_counter() - started))
+        conn.execute(
+            "update taptouch.orders set deleted_at = %s where order_id = any(%s)",
+            (datetime.combine(day + timedelta(days=2), dtime(3), UTC), deleted),
+        )
+        conn.execute(
+            "insert into scale_bench.built_days (business_day, orders, seconds) values (%s, %s, %s)"
+            " on conflict (business_day) do nothing",
+            (day, result["orders"], time.perf_counter() - started),
+        )
     return result["orders"]
 
 
@@ -253,17 +275,26 @@ def grow(conn: psycopg.Connection, scale: Scale, target: int) -> dict:
         days += 1
         if time.perf_counter() - last_report > 60:
             last_report = time.perf_counter()
-            print(f"  built {orders:,} orders ({days} days), {(orders - start_orders) / watch.lap():,.0f} orders/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  built {orders:,} orders ({days} days), {(orders - start_orders) / watch.lap():,.0f} orders/s",
+                file=sys.stderr,
+                flush=True,
+            )
     out = watch.stop()
     added = orders - start_orders
     vacuum = time.perf_counter()
     if added:
-        conn.execute("vacuum (analyze) taptouch.orders, taptouch.order_items, taptouch.order_payments,"
-                     " taptouch.order_refunds, taptouch.stores")
-    out.update(days=days, orders_built=orders, orders_added=added,
-               orders_per_s=round(added / out["wall_s"]) if added else None,
-               vacuum_analyze_s=round(time.perf_counter() - vacuum, 2))
+        conn.execute(
+            "vacuum (analyze) taptouch.orders, taptouch.order_items, taptouch.order_payments,"
+            " taptouch.order_refunds, taptouch.stores"
+        )
+    out.update(
+        days=days,
+        orders_built=orders,
+        orders_added=added,
+        orders_per_s=round(added / out["wall_s"]) if added else None,
+        vacuum_analyze_s=round(time.perf_counter() - vacuum, 2),
+    )
     return out
 
 
@@ -274,21 +305,26 @@ def grow(conn: psycopg.Connection, scale: Scale, target: int) -> dict:
 QUERIES = {
     "store_month_daily": (
         "select business_date, order_count, net_sales from analytics.daily_store_sales"
-        " where store_id = %(store)s and business_date >= %(m0)s and business_date < %(m1)s order by business_date"),
+        " where store_id = %(store)s and business_date >= %(m0)s and business_date < %(m1)s order by business_date"
+    ),
     "chain_month_daily": (
         "select business_date, sum(order_count), sum(net_sales) from analytics.daily_store_sales"
-        " where business_date >= %(m0)s and business_date < %(m1)s group by business_date order by business_date"),
+        " where business_date >= %(m0)s and business_date < %(m1)s group by business_date order by business_date"
+    ),
     "store_quarter_top_products": (
         "select product_id, product_name, sum(units) as units, sum(net_item_sales) as sales"
         " from analytics.product_sales where store_id = %(store)s and business_date >= %(q0)s"
-        " and business_date < %(q1)s group by product_id, product_name order by sales desc limit 20"),
+        " and business_date < %(q1)s group by product_id, product_name order by sales desc limit 20"
+    ),
     "store_month_hourly": (
         "select local_hour, sum(order_count), sum(net_sales) from analytics.hourly_sales"
         " where store_id = %(store)s and business_date >= %(m0)s and business_date < %(m1)s"
-        " group by local_hour order by local_hour"),
+        " group by local_hour order by local_hour"
+    ),
     "month_payment_mix": (
         "select method, sum(payment_count), sum(amount) from analytics.payment_mix"
-        " where business_date >= %(m0)s and business_date < %(m1)s group by method order by 3 desc"),
+        " where business_date >= %(m0)s and business_date < %(m1)s group by method order by 3 desc"
+    ),
 }
 
 
@@ -302,8 +338,13 @@ def measure_query(conn: psycopg.Connection, query: str, store_ids: list[int], ru
     plan of the slowest run's parameters under EXPLAIN (ANALYZE, BUFFERS)."""
     times: list[tuple[float, dict]] = []
     for i in range(runs):
-        params = {"store": store_ids[i % len(store_ids)], "m0": MONTH[0], "m1": MONTH[1],
-                  "q0": QUARTER[0], "q1": QUARTER[1]}
+        params = {
+            "store": store_ids[i % len(store_ids)],
+            "m0": MONTH[0],
+            "m1": MONTH[1],
+            "q0": QUARTER[0],
+            "q1": QUARTER[1],
+        }
         started = time.perf_counter()
         rows = conn.execute(query, params).fetchall()
         times.append(((time.perf_counter() - started) * 1000, params))
@@ -312,10 +353,14 @@ def measure_query(conn: psycopg.Connection, query: str, store_ids: list[int], ru
     slowest = max(times, key=lambda t: t[0])[1]
     plan = conn.execute("explain (analyze, buffers) " + query, slowest).fetchall()
     ms = [t for t, _ in times]
-    return {"p50_ms": round(nearest_rank(ms, 0.5), 2), "p95_ms": round(nearest_rank(ms, 0.95), 2),
-            "runs_ms": [round(t, 2) for t in ms], "rows": first_rows,
-            "slowest_params": {k: str(v) for k, v in slowest.items()},
-            "explain_slowest": "\n".join(r[0] for r in plan)}
+    return {
+        "p50_ms": round(nearest_rank(ms, 0.5), 2),
+        "p95_ms": round(nearest_rank(ms, 0.95), 2),
+        "runs_ms": [round(t, 2) for t in ms],
+        "rows": first_rows,
+        "slowest_params": {k: str(v) for k, v in slowest.items()},
+        "explain_slowest": "\n".join(r[0] for r in plan),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,9 +374,13 @@ def storage(conn: psycopg.Connection) -> dict:
         "select c.relname, pg_relation_size(c.oid),"
         " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), pg_indexes_size(c.oid)"
         " from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-        " where n.nspname = 'taptouch' and c.relkind = 'r' order by 1").fetchall()
-    tables = {name: {"heap": heap, "toast": toast, "indexes": idx} for name, heap, toast, idx in rows
-              if heap + toast > 8192 * 2 or name.startswith("order")}
+        " where n.nspname = 'taptouch' and c.relkind = 'r' order by 1"
+    ).fetchall()
+    tables = {
+        name: {"heap": heap, "toast": toast, "indexes": idx}
+        for name, heap, toast, idx in rows
+        if heap + toast > 8192 * 2 or name.startswith("order")
+    }
     per = {part: sum(t[part] for t in tables.values()) for part in ("heap", "toast", "indexes")}
     per_order = {part: round(v / orders, 1) if orders else None for part, v in per.items()}
     per_order["total"] = round(sum(per.values()) / orders, 1) if orders else None
@@ -348,7 +397,9 @@ def table_stats(conn: psycopg.Connection) -> dict:
     conn.execute("select pg_stat_clear_snapshot()")
     rows = conn.execute(
         "select relname, n_live_tup, n_dead_tup, autovacuum_count from pg_stat_user_tables"
-        " where schemaname = 'taptouch' and relname = any(%s)", (list(BLOAT_TABLES),)).fetchall()
+        " where schemaname = 'taptouch' and relname = any(%s)",
+        (list(BLOAT_TABLES),),
+    ).fetchall()
     return {r[0]: {"live": r[1], "dead": r[2], "autovacuums": r[3]} for r in rows}
 
 
@@ -359,8 +410,10 @@ def dead_share(conn: psycopg.Connection) -> dict:
     if not conn.execute("select 1 from pg_extension where extname = 'pgstattuple'").fetchone():
         return out
     for table in BLOAT_TABLES:
-        row = conn.execute("select dead_tuple_percent, approx_free_percent, table_len from"
-                           " pgstattuple_approx(%s::regclass)", (f"taptouch.{table}",)).fetchone()
+        row = conn.execute(
+            "select dead_tuple_percent, approx_free_percent, table_len from pgstattuple_approx(%s::regclass)",
+            (f"taptouch.{table}",),
+        ).fetchone()
         out[table] = {"dead_pct": round(row[0], 2), "free_pct": round(row[1], 2), "bytes": row[2]}
     return out
 
@@ -370,8 +423,9 @@ def edited_text(data, oid: int, hour: int) -> bytes:
     else the order touched (updated_at moves on)."""
     status = data.order(oid)["status"]
     changes = {"status": "partially_refunded"} if status == "completed" else {}
-    changes["updated_at"] = datetime.combine(date.fromordinal(data.decode_id(oid)[1]), dtime(0),
-                                             UTC) + timedelta(days=1, hours=hour)
+    changes["updated_at"] = datetime.combine(date.fromordinal(data.decode_id(oid)[1]), dtime(0), UTC) + timedelta(
+        days=1, hours=hour
+    )
     data.edit_order(oid, changes)
     return data.order_text(oid).encode()
 
@@ -389,9 +443,9 @@ def hourly_window(conn: psycopg.Connection, scale: Scale, store_id: int, store_i
     ids = day_ids(data, store_idx, day, limit=2 * n)
     previous, new = ids[:n], ids[n:]
     load_window(conn, f"scale-hour-before-{day}", pages(data, store_id, previous))
-    edits = [edited_text(data, oid, 1) for oid in previous[:scale.hourly_edits]]
+    edits = [edited_text(data, oid, 1) for oid in previous[: scale.hourly_edits]]
     store_pages = pages(data, store_id, new)
-    store_pages += [(store_id, edits[i:i + PAGE_SIZE]) for i in range(0, len(edits), PAGE_SIZE)]
+    store_pages += [(store_id, edits[i : i + PAGE_SIZE]) for i in range(0, len(edits), PAGE_SIZE)]
     return load_window(conn, f"scale-hour-{day}", store_pages)
 
 
@@ -415,28 +469,53 @@ def reconcile_store(conn: psycopg.Connection, scale: Scale, store_id: int, store
     from pipelines.reconcile import reconcile_orders
     from taptouch_resource import TaptouchClient
     from taptouch_sandbox import Sandbox, SandboxConfig
+
     days, _ = built(conn)
-    config = SandboxConfig(seed=scale.seed, stores=scale.stores, days=max(days, 1), end_date=END_DATE,
-                           orders_per_day=scale.orders_per_day, empty_store_ids=(store_id,) if not days else ())
+    config = SandboxConfig(
+        seed=scale.seed,
+        stores=scale.stores,
+        days=max(days, 1),
+        end_date=END_DATE,
+        orders_per_day=scale.orders_per_day,
+        empty_store_ids=(store_id,) if not days else (),
+    )
     sb = Sandbox(config)
     data = generator(scale, END_DATE, days=3650)
     for k in range(days):
         for oid in day_ids(data, store_idx, END_DATE - timedelta(days=k)):
             if oid % scale.deleted_every == 0:
                 sb.delete_order(oid)
-    client = TaptouchClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, transport=sb.transport(),
-                            requests_per_second=None, sleep=lambda s: None, page_size=PAGE_SIZE)
+    client = TaptouchClient(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=PAGE_SIZE,
+    )
     now = datetime.combine(END_DATE + timedelta(days=1), dtime(0), UTC)
     watch = Stopwatch(conn)
-    result = reconcile_orders(client, conn, days=scale.reconcile_days, store_ids=[store_id], now=now,
-                              progress=lambda msg: None, run_id="scale-bench")
+    result = reconcile_orders(
+        client,
+        conn,
+        days=scale.reconcile_days,
+        store_ids=[store_id],
+        now=now,
+        progress=lambda msg: None,
+        run_id="scale-bench",
+    )
     out = watch.stop()
     sr = result.stores[0] if result.stores else None
-    out.update(failures=[f[1] for f in result.failures], listed=sr.listed if sr else 0,
-               checked=sr.checked if sr else 0, repaired=sr.repaired if sr else 0,
-               candidates=len(sr.candidates) if sr else 0, deleted=len(sr.deleted) if sr else 0,
-               restored=len(sr.restored) if sr else 0,
-               listed_from=sr.listed_from.isoformat() if sr and sr.listed_from else None)
+    out.update(
+        failures=[f[1] for f in result.failures],
+        listed=sr.listed if sr else 0,
+        checked=sr.checked if sr else 0,
+        repaired=sr.repaired if sr else 0,
+        candidates=len(sr.candidates) if sr else 0,
+        deleted=len(sr.deleted) if sr else 0,
+        restored=len(sr.restored) if sr else 0,
+        listed_from=sr.listed_from.isoformat() if sr and sr.listed_from else None,
+    )
     return out
 
 
@@ -460,24 +539,35 @@ def day_of_edits(conn: psycopg.Connection, scale: Scale, stores: list[tuple[int,
     data, old = generator(scale, day), generator(scale, END_DATE, days=3650)
     before = table_stats(conn)
     new = {sid: day_ids(data, idx, day) for sid, idx in stores}
-    plans = {sid: (edit_plan(ids), edit_plan(day_ids(old, idx, END_DATE), 0)) for (sid, idx), ids
-             in zip(stores, new.values(), strict=True)}
+    plans = {
+        sid: (edit_plan(ids), edit_plan(day_ids(old, idx, END_DATE), 0))
+        for (sid, idx), ids in zip(stores, new.values(), strict=True)
+    }
     totals = {"windows": 24, "orders": 0, "inserted": 0, "updated": 0, "wall_s": 0.0, "merge_s": 0.0}
     for hour in range(24):
         store_pages = []
         for sid, ids in new.items():
             edits = [edited_text(data, oid, hour) for oid in plans[sid][0].get(hour, [])]
             edits += [edited_text(old, oid, hour) for oid in plans[sid][1].get(hour, [])]
-            store_pages += pages(data, sid, ids[hour * len(ids) // 24:(hour + 1) * len(ids) // 24])
+            store_pages += pages(data, sid, ids[hour * len(ids) // 24 : (hour + 1) * len(ids) // 24])
             store_pages += [(sid, edits)] if edits else []
         result = load_window(conn, f"scale-edits-{day}-{hour:02d}", store_pages)
         for key in ("orders", "inserted", "updated", "wall_s", "merge_s"):
             totals[key] += result[key]
     after = table_stats(conn)
-    settings = dict(conn.execute("select name, setting from pg_settings where name in ('autovacuum',"
-                                 " 'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold')").fetchall())
-    return {"day": totals, "autovacuum_settings": settings, "before": before, "after": after,
-            "pgstattuple_approx": dead_share(conn)}
+    settings = dict(
+        conn.execute(
+            "select name, setting from pg_settings where name in ('autovacuum',"
+            " 'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold')"
+        ).fetchall()
+    )
+    return {
+        "day": totals,
+        "autovacuum_settings": settings,
+        "before": before,
+        "after": after,
+        "pgstattuple_approx": dead_share(conn),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -524,31 +614,51 @@ def rows_of_table(results: list[dict]) -> list[tuple[str, list[str]]]:
     def ms(v):
         return "-" if v is None else f"{v * 1000:,.0f}"
 
-    rows = [("orders built", [f"{r['build']['orders_built']:,}" for r in results]),
-            ("orders in the warehouse (with earlier sizes' measurements)", [f"{r['storage']['orders']:,}" for r in results]),
-            ("build: orders/s (this run's increment)", [number(r["build"]["orders_per_s"]) for r in results]),
-            ("hourly window: wall ms", [ms(r["hourly"].get("wall_s")) for r in results]),
-            ("hourly window: merge ms", [ms(r["hourly"].get("merge_s")) for r in results]),
-            ("hourly window: client CPU ms", [ms(r["hourly"].get("client_cpu_s")) for r in results]),
-            ("hourly window: server CPU ms", [ms(r["hourly"].get("server_cpu_s")) for r in results]),
-            ("busy day: wall s", [f"{r['busy_day']['wall_s']:.1f}" for r in results]),
-            ("busy day: merge s", [f"{r['busy_day']['merge_s']:.1f}" for r in results]),
-            ("busy day: orders/s", [f"{r['busy_day']['orders_per_s']:,}" for r in results]),
-            ("reconcile 1 store: wall s", [f"{r['reconcile']['wall_s']:.1f}" for r in results]),
-            ("reconcile 1 store: listed", [f"{r['reconcile']['listed']:,}" for r in results])]
+    rows = [
+        ("orders built", [f"{r['build']['orders_built']:,}" for r in results]),
+        (
+            "orders in the warehouse (with earlier sizes' measurements)",
+            [f"{r['storage']['orders']:,}" for r in results],
+        ),
+        ("build: orders/s (this run's increment)", [number(r["build"]["orders_per_s"]) for r in results]),
+        ("hourly window: wall ms", [ms(r["hourly"].get("wall_s")) for r in results]),
+        ("hourly window: merge ms", [ms(r["hourly"].get("merge_s")) for r in results]),
+        ("hourly window: client CPU ms", [ms(r["hourly"].get("client_cpu_s")) for r in results]),
+        ("hourly window: server CPU ms", [ms(r["hourly"].get("server_cpu_s")) for r in results]),
+        ("busy day: wall s", [f"{r['busy_day']['wall_s']:.1f}" for r in results]),
+        ("busy day: merge s", [f"{r['busy_day']['merge_s']:.1f}" for r in results]),
+        ("busy day: orders/s", [f"{r['busy_day']['orders_per_s']:,}" for r in results]),
+        ("reconcile 1 store: wall s", [f"{r['reconcile']['wall_s']:.1f}" for r in results]),
+        ("reconcile 1 store: listed", [f"{r['reconcile']['listed']:,}" for r in results]),
+    ]
     for name in QUERIES:
-        rows.append((f"{name}: p50 / p95 ms", [f"{r['queries'][name]['p50_ms']:,.0f} / {r['queries'][name]['p95_ms']:,.0f}"
-                                               for r in results]))
+        rows.append(
+            (
+                f"{name}: p50 / p95 ms",
+                [f"{r['queries'][name]['p50_ms']:,.0f} / {r['queries'][name]['p95_ms']:,.0f}" for r in results],
+            )
+        )
     for part in ("heap", "toast", "indexes", "total"):
         rows.append((f"storage: {part} bytes/order", [number(r["storage"]["bytes_per_order"][part]) for r in results]))
-    rows.append(("day of edits: orders inserted / updated",
-                 [f"{r['bloat']['day']['inserted']:,} / {r['bloat']['day']['updated']:,}" for r in results]))
+    rows.append(
+        (
+            "day of edits: orders inserted / updated",
+            [f"{r['bloat']['day']['inserted']:,} / {r['bloat']['day']['updated']:,}" for r in results],
+        )
+    )
     for table in ("orders", "order_items"):
         rows.append((f"day of edits: {table} dead tuples added", [f"{dead_added(r, table):,}" for r in results]))
         rows.append((f"day of edits: {table} dead % / free %", [bloat_cell(r, table) for r in results]))
-    rows.append(("day of edits: autovacuums (server's autovacuum)",
-                 [f"{sum(dead_added(r, t, 'autovacuums') for t in BLOAT_TABLES)} "
-                  f"({r['bloat']['autovacuum_settings'].get('autovacuum')})" for r in results]))
+    rows.append(
+        (
+            "day of edits: autovacuums (server's autovacuum)",
+            [
+                f"{sum(dead_added(r, t, 'autovacuums') for t in BLOAT_TABLES)} "
+                f"({r['bloat']['autovacuum_settings'].get('autovacuum')})"
+                for r in results
+            ],
+        )
+    )
     return rows
 
 
@@ -556,7 +666,8 @@ def print_table(results: list[dict]) -> None:
     rows = rows_of_table(results)
     head = ["", *[f"{r['target']:,}" for r in results]]
     widths = [max(len(head[0]), *(len(label) for label, _ in rows))] + [
-        max(len(head[i + 1]), *(len(cells[i]) for _, cells in rows)) for i in range(len(results))]
+        max(len(head[i + 1]), *(len(cells[i]) for _, cells in rows)) for i in range(len(results))
+    ]
     print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))
     for label, cells in rows:
         print("  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells, widths[1:], strict=True))]))
@@ -565,11 +676,13 @@ def print_table(results: list[dict]) -> None:
 def code_version() -> dict:
     """The commit measured, and the files of the loader and the views changed since it, if any."""
     import subprocess
+
     git = ["git", "-C", str(ROOT)]
     try:
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--", "pipelines", "sql"], capture_output=True,
-                                 text=True, check=True).stdout.splitlines()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "pipelines", "sql"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "changed": None}
     return {"commit": commit, "changed": changed}
@@ -577,14 +690,24 @@ def code_version() -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[0, 1_000_000, 10_000_000],
-                   help="warehouse sizes (orders) to measure at, ascending")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[0, 1_000_000, 10_000_000],
+        help="warehouse sizes (orders) to measure at, ascending",
+    )
     p.add_argument("--database-url", default=os.environ.get("TAPTOUCH_DATABASE_URL") or DEFAULT_ADMIN_URL)
     p.add_argument("--database", default=DEFAULT_DATABASE, help="the bench's database (resumed when it exists)")
     p.add_argument("--fresh", action="store_true", help="drop the bench's database first")
     p.add_argument("--json", type=Path, help="write every figure (and the plans) here")
-    p.add_argument("--report", type=Path, nargs="+", metavar="JSON",
-                   help="print the table of earlier runs' JSON files (their sizes side by side) and stop")
+    p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print the table of earlier runs' JSON files (their sizes side by side) and stop",
+    )
     for field, value in asdict(Scale()).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=int, default=value)
     return p.parse_args(argv)
@@ -604,10 +727,20 @@ def main(argv: list[str] | None = None) -> dict:
     for target in args.sizes:
         print(f"size {target:,}: building and measuring", file=sys.stderr, flush=True)
         results.append(measure_size(url, scale, target))
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "code": code_version(),
-              "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "niceness": os.getpriority(os.PRIO_PROCESS, 0)},
-              "database": args.database, "scale": asdict(scale), "end_date": str(END_DATE), "sizes": results}
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": code_version(),
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+        },
+        "database": args.database,
+        "scale": asdict(scale),
+        "end_date": str(END_DATE),
+        "sizes": results,
+    }
     with connect(url) as conn:
         report["machine"]["postgres"] = conn.execute("select version()").fetchone()[0]
     print_table(results)

@@ -82,6 +82,7 @@ def utc_windows(days: int) -> list:
 
 def sandbox_config(days: int):
     from taptouch_sandbox import SandboxConfig
+
     return SandboxConfig(seed=SEED, stores=STORES, days=days, orders_per_day=ORDERS_PER_DAY, end_date=END_DATE)
 
 
@@ -98,9 +99,24 @@ class SandboxServer:
         self.url = ""
 
     def __enter__(self) -> SandboxServer:
-        cmd = [sys.executable, "-m", "taptouch_sandbox", "serve", "--port", "0", "--seed", str(SEED),
-               "--stores", str(STORES), "--days", str(self.days), "--orders-per-day", str(ORDERS_PER_DAY),
-               "--end-date", END_DATE.isoformat()]
+        cmd = [
+            sys.executable,
+            "-m",
+            "taptouch_sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--seed",
+            str(SEED),
+            "--stores",
+            str(STORES),
+            "--days",
+            str(self.days),
+            "--orders-per-day",
+            str(ORDERS_PER_DAY),
+            "--end-date",
+            END_DATE.isoformat(),
+        ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if "serving http://" not in line:
@@ -154,12 +170,14 @@ def fresh_database(admin: str, name: str, *, migrate: bool) -> str:
     from psycopg import sql
 
     from pipelines.warehouse.db import libpq_url, with_database
+
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     url = with_database(libpq_url(admin), name)
     if migrate:
         from pipelines.warehouse.migrations import migrate as run_migrations
+
         run_migrations(url)
     return url
 
@@ -169,6 +187,7 @@ def drop_database(admin: str, name: str) -> None:
     from psycopg import sql
 
     from pipelines.warehouse.db import libpq_url
+
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
@@ -184,6 +203,7 @@ def _text_cell(v) -> str:
         s = v
     elif isinstance(v, (list, dict)):
         from taptouch_resource import jsonutil
+
         s = jsonutil.dumps(v)
     elif isinstance(v, bytes):
         s = v.decode("utf-8")
@@ -199,13 +219,18 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
     in-process. With ``pages_file``: also the API pages (by store), pickled one after another."""
     from pipelines.warehouse import loader, records
     from taptouch_sandbox import Sandbox
+
     sb = Sandbox(sandbox_config(days))
     tz = {s["id"]: s["timezone"] for s in sb.stores()}
-    names = {"orders": loader.ORDER_COLS + ("raw",), "items": loader.ITEM_COLS,
-             "payments": loader.PAYMENT_COLS, "refunds": loader.REFUND_COLS}
-    files = {k: open(directory / f"{k}.tsv", "w", encoding="utf-8") for k in names}
+    names = {
+        "orders": loader.ORDER_COLS + ("raw",),
+        "items": loader.ITEM_COLS,
+        "payments": loader.PAYMENT_COLS,
+        "refunds": loader.REFUND_COLS,
+    }
+    files = {k: open(directory / f"{k}.tsv", "w", encoding="utf-8") for k in names}  # noqa: SIM115 - closed in finally
     counts = dict.fromkeys(names, 0)
-    pf = open(pages_file, "wb") if pages_file else None
+    pf = open(pages_file, "wb") if pages_file else None  # noqa: SIM115 - closed in finally
     try:
         for store_id in sb.store_ids():
             page: list = []
@@ -231,8 +256,11 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
             f.close()
         if pf:
             pf.close()
-    return {"files": {k: str(directory / f"{k}.tsv") for k in names},
-            "cols": {k: list(v) for k, v in names.items()}, "counts": counts}
+    return {
+        "files": {k: str(directory / f"{k}.tsv") for k in names},
+        "cols": {k: list(v) for k, v in names.items()},
+        "counts": counts,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,15 +268,16 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
 
 
 def _rows_of(page: list) -> int:
-    return sum(1 + len(o.get("items") or ()) + len(o.get("payments") or ()) + len(o.get("refunds") or ())
-               for o in page)
+    return sum(1 + len(o.get("items") or ()) + len(o.get("payments") or ()) + len(o.get("refunds") or ()) for o in page)
 
 
 def _client(url: str):
     from taptouch_resource import TaptouchClient
+
     # No client-side rate limit: the sandbox has none, and the point is the throughput of the code.
-    return TaptouchClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=url, page_size=PAGE_SIZE,
-                          requests_per_second=None)
+    return TaptouchClient(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=url, page_size=PAGE_SIZE, requests_per_second=None
+    )
 
 
 def child_api(spec: dict) -> dict:
@@ -277,37 +306,52 @@ def child_api(spec: dict) -> dict:
 def child_copy(spec: dict) -> dict:
     import psycopg
     from psycopg import sql
+
     files = spec["copy"]["files"]
     cols = spec["copy"]["cols"]
-    like = {"orders": "taptouch.orders", "items": "taptouch.order_items", "payments": "taptouch.order_payments",
-            "refunds": "taptouch.order_refunds"}
+    like = {
+        "orders": "taptouch.orders",
+        "items": "taptouch.order_items",
+        "payments": "taptouch.order_payments",
+        "refunds": "taptouch.order_refunds",
+    }
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         for k, src in like.items():  # plain tables: the columns and NOT NULLs, no key, no index
-            conn.execute(sql.SQL("create table {} (like {} including defaults)").format(sql.Identifier(f"raw_{k}"), sql.SQL(src)))
+            conn.execute(
+                sql.SQL("create table {} (like {} including defaults)").format(sql.Identifier(f"raw_{k}"), sql.SQL(src))
+            )
         t0 = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
             for k, path in files.items():
                 stmt = sql.SQL("copy {} ({}) from stdin").format(
-                    sql.Identifier(f"raw_{k}"), sql.SQL(", ").join(map(sql.Identifier, cols[k])))
+                    sql.Identifier(f"raw_{k}"), sql.SQL(", ").join(map(sql.Identifier, cols[k]))
+                )
                 with cur.copy(stmt) as cp, open(path, "rb") as f:
                     while chunk := f.read(1 << 20):
                         cp.write(chunk)
         wall = time.perf_counter() - t0
-        counts = {k: conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(f"raw_{k}"))).fetchone()[0]
-                  for k in files}
+        counts = {
+            k: conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(f"raw_{k}"))).fetchone()[0]
+            for k in files
+        }
     return {"orders": counts["orders"], "rows": sum(counts.values()), "wall_s": wall, "requests": 0}
 
 
 def _warehouse_counts(conn) -> dict:
     out = {}
-    for k, t in (("orders", "orders"), ("items", "order_items"), ("payments", "order_payments"),
-                 ("refunds", "order_refunds")):
+    for k, t in (
+        ("orders", "orders"),
+        ("items", "order_items"),
+        ("payments", "order_payments"),
+        ("refunds", "order_refunds"),
+    ):
         out[k] = conn.execute(f"select count(*) from taptouch.{t}").fetchone()[0]
     return out
 
 
-def _load_windows(client, db: str, windows: list, spec: dict, *, incremental: bool = False,
-                  in_flight: int | None = None) -> tuple[int, dict]:
+def _load_windows(
+    client, db: str, windows: list, spec: dict, *, incremental: bool = False, in_flight: int | None = None
+) -> tuple[int, dict]:
     """Every window exactly as the ``orders`` asset loads a ranged run: the API's store listing for
     the stores' time zones, then ``sync_orders_windows`` with the run's settings and sync mode
     (incremental: ``TAPTOUCH_LOOKBACK``'s default). (orders fetched, load counts); a store failure
@@ -316,15 +360,26 @@ def _load_windows(client, db: str, windows: list, spec: dict, *, incremental: bo
 
     from pipelines.settings import RunSettings
     from pipelines.sync import FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, list_stores, sync_orders_windows
-    run_settings = RunSettings(store_workers=spec["workers"], batch_size=spec["batch_size"], page_size=PAGE_SIZE,
-                               requests_per_second=0.0)
+
+    run_settings = RunSettings(
+        store_workers=spec["workers"], batch_size=spec["batch_size"], page_size=PAGE_SIZE, requests_per_second=0.0
+    )
     with psycopg.connect(db, autocommit=True) as conn:
         listing = list_stores(client, conn)
-    run = OrdersRun(listing.timezones, mode=Incremental(run_settings.lookback) if incremental else FULL_REFRESH,
-                    settings=run_settings, progress=lambda msg: None)
+    run = OrdersRun(
+        listing.timezones,
+        mode=Incremental(run_settings.lookback) if incremental else FULL_REFRESH,
+        settings=run_settings,
+        progress=lambda msg: None,
+    )
     orders, totals = 0, {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
-    for window, result in sync_orders_windows(client, lambda: psycopg.connect(db, autocommit=True), windows, run,
-                                              in_flight=WINDOWS_IN_FLIGHT if in_flight is None else in_flight):
+    for window, result in sync_orders_windows(
+        client,
+        lambda: psycopg.connect(db, autocommit=True),
+        windows,
+        run,
+        in_flight=WINDOWS_IN_FLIGHT if in_flight is None else in_flight,
+    ):
         if result.failures:
             raise RuntimeError(f"window {window.key}: {result.failures}")
         orders += result.records
@@ -337,9 +392,11 @@ def child_ours(spec: dict) -> dict:
     import psycopg
 
     from pipelines.sync import WINDOWS_IN_FLIGHT, sync_stores
+
     profiler = None
     if spec.get("profile"):
         from pyinstrument import Profiler
+
         profiler = Profiler(interval=0.002)
         profiler.start()
     client = _client(spec["url"])
@@ -348,15 +405,27 @@ def child_ours(spec: dict) -> dict:
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
-        orders, totals = _load_windows(client, spec["db"], utc_windows(spec["days"]), spec,
-                                       incremental=bool(spec.get("incremental")), in_flight=in_flight)
+        orders, totals = _load_windows(
+            client,
+            spec["db"],
+            utc_windows(spec["days"]),
+            spec,
+            incremental=bool(spec.get("incremental")),
+            in_flight=in_flight,
+        )
         wall = time.perf_counter() - t0
         counts = _warehouse_counts(conn)
     if profiler:
         profiler.stop()
         Path(spec["profile"]).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-    return {"orders": orders, "rows": sum(counts.values()), "wall_s": wall, "requests": client.stats.snapshot()["requests"],
-            "counts": counts, "load": totals}
+    return {
+        "orders": orders,
+        "rows": sum(counts.values()),
+        "wall_s": wall,
+        "requests": client.stats.snapshot()["requests"],
+        "counts": counts,
+        "load": totals,
+    }
 
 
 def _ours_run(args: tuple) -> dict:
@@ -373,9 +442,10 @@ def child_ours_runs(spec: dict) -> dict:
     import psycopg
 
     from pipelines.sync import sync_stores
+
     client = _client(spec["url"])
     windows = utc_windows(spec["days"])  # frozen dataclasses: they pickle to the spawned processes
-    runs = [windows[i:i + 10] for i in range(0, len(windows), 10)]
+    runs = [windows[i : i + 10] for i in range(0, len(windows), 10)]
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         t0 = time.perf_counter()
         sync_stores(client, conn)
@@ -384,9 +454,14 @@ def child_ours_runs(spec: dict) -> dict:
         wall = time.perf_counter() - t0
         counts = _warehouse_counts(conn)
     totals = {k: sum(p["load"][k] for p in parts) for k in parts[0]["load"]}
-    return {"orders": sum(p["orders"] for p in parts), "rows": sum(counts.values()), "wall_s": wall,
-            "requests": client.stats.snapshot()["requests"] + sum(p["requests"] for p in parts),
-            "counts": counts, "load": totals}
+    return {
+        "orders": sum(p["orders"] for p in parts),
+        "rows": sum(counts.values()),
+        "wall_s": wall,
+        "requests": client.stats.snapshot()["requests"] + sum(p["requests"] for p in parts),
+        "counts": counts,
+        "load": totals,
+    }
 
 
 def _dlt_source(url: str, days: int, counter: list):
@@ -405,43 +480,49 @@ def _dlt_source(url: str, days: int, counter: list):
     updated_to = windows[-1].end.isoformat().replace("+00:00", "Z")
     session = CountingSession()
     auth = OAuth2ClientCredentials(
-        access_token_url=url + "/auth/v2/token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-        access_token_request_data={"scope": "integration.store integration.order"}, session=session,
+        access_token_url=url + "/auth/v2/token",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        access_token_request_data={"scope": "integration.store integration.order"},
+        session=session,
     )
-    return rest_api_source({
-        "client": {
-            "base_url": url + "/",
-            "auth": auth,
-            "session": session,
-            # index = page number from 0, count = page size; stops at the first short/empty page
-            "paginator": PageNumberPaginator(base_page=0, page_param="index", total_path=None),
-        },
-        "resource_defaults": {
-            "write_disposition": "merge",
-            "primary_key": "id",
-            "endpoint": {"data_selector": "data", "params": {"count": PAGE_SIZE}},
-        },
-        "resources": [
-            {"name": "stores", "endpoint": {"path": "integration/v1/stores"}},
-            {
-                "name": "orders",
-                "parallelized": True,
-                "endpoint": {
-                    "path": "integration/v1/stores/{store_id}/orders",
-                    "params": {
-                        "store_id": {"type": "resolve", "resource": "stores", "field": "id"},
-                        "updated_from": updated_from,
-                        "updated_to": updated_to,
+    return rest_api_source(
+        {
+            "client": {
+                "base_url": url + "/",
+                "auth": auth,
+                "session": session,
+                # index = page number from 0, count = page size; stops at the first short/empty page
+                "paginator": PageNumberPaginator(base_page=0, page_param="index", total_path=None),
+            },
+            "resource_defaults": {
+                "write_disposition": "merge",
+                "primary_key": "id",
+                "endpoint": {"data_selector": "data", "params": {"count": PAGE_SIZE}},
+            },
+            "resources": [
+                {"name": "stores", "endpoint": {"path": "integration/v1/stores"}},
+                {
+                    "name": "orders",
+                    "parallelized": True,
+                    "endpoint": {
+                        "path": "integration/v1/stores/{store_id}/orders",
+                        "params": {
+                            "store_id": {"type": "resolve", "resource": "stores", "field": "id"},
+                            "updated_from": updated_from,
+                            "updated_to": updated_to,
+                        },
                     },
                 },
-            },
-        ],
-    })
+            ],
+        }
+    )
 
 
 def _with_password(url: str) -> str:
     """dlt insists on a password; a trust-auth server (the default here) ignores this one."""
     from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     if parts.password is not None or "@" not in parts.netloc:
         return url
@@ -453,18 +534,27 @@ def child_dlt(spec: dict) -> dict:
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     import dlt
     import psycopg
+
     counter = [0]
-    pipeline = dlt.pipeline(pipeline_name="taptouch_bench", pipelines_dir=spec["dlt_dir"],
-                            destination=dlt.destinations.postgres(_with_password(spec["db"])), dataset_name="taptouch_dlt",
-                            progress=None)
+    pipeline = dlt.pipeline(
+        pipeline_name="taptouch_bench",
+        pipelines_dir=spec["dlt_dir"],
+        destination=dlt.destinations.postgres(_with_password(spec["db"])),
+        dataset_name="taptouch_dlt",
+        progress=None,
+    )
     t0 = time.perf_counter()
     info = pipeline.run(_dlt_source(spec["url"], spec["days"], counter))
     wall = time.perf_counter() - t0
     info.raise_on_failed_jobs()
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         counts = {}
-        for k, t in (("orders", "orders"), ("items", "orders__items"), ("payments", "orders__payments"),
-                     ("refunds", "orders__refunds")):
+        for k, t in (
+            ("orders", "orders"),
+            ("items", "orders__items"),
+            ("payments", "orders__payments"),
+            ("refunds", "orders__refunds"),
+        ):
             try:
                 counts[k] = conn.execute(f"select count(*) from taptouch_dlt.{t}").fetchone()[0]
             except psycopg.errors.UndefinedTable:
@@ -472,8 +562,14 @@ def child_dlt(spec: dict) -> dict:
     trace = pipeline.last_trace
     steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps if s.finished_at}
     orders = spec["expected_orders"]
-    return {"orders": orders, "rows": orders + counts["items"] + counts["payments"] + counts["refunds"],
-            "wall_s": wall, "requests": counter[0], "counts": counts, "steps": steps}
+    return {
+        "orders": orders,
+        "rows": orders + counts["items"] + counts["payments"] + counts["refunds"],
+        "wall_s": wall,
+        "requests": counter[0],
+        "counts": counts,
+        "steps": steps,
+    }
 
 
 def child_loader(spec: dict) -> dict:
@@ -481,12 +577,14 @@ def child_loader(spec: dict) -> dict:
     import psycopg
 
     from pipelines.warehouse.loader import OrderWindowLoad
+
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     in_loader = 0.0
     orders = 0
     with psycopg.connect(spec["db"], autocommit=True) as conn:
         from pipelines.warehouse.loader import load_stores
         from taptouch_sandbox import Sandbox
+
         load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())
         t = time.perf_counter()
         load = OrderWindowLoad(conn, window="bench", batch_size=spec["batch_size"])
@@ -507,21 +605,38 @@ def child_loader(spec: dict) -> dict:
         load.__exit__(None, None, None)
         in_loader += time.perf_counter() - t
         wc = _warehouse_counts(conn)
-    return {"orders": orders, "rows": sum(wc.values()), "wall_s": in_loader, "requests": 0, "counts": wc,
-            "load": counts.as_dict(), "rss_after_imports_mb": rss_before}
+    return {
+        "orders": orders,
+        "rows": sum(wc.values()),
+        "wall_s": in_loader,
+        "requests": 0,
+        "counts": wc,
+        "load": counts.as_dict(),
+        "rss_after_imports_mb": rss_before,
+    }
 
 
-CHILDREN = {"api": child_api, "copy": child_copy, "ours": child_ours, "ours-resync": child_ours,
-            "ours-incremental": child_ours, "ours-serial": child_ours,
-            "ours-2runs": child_ours_runs,
-            "dlt": child_dlt, "dlt-resync": child_dlt, "loader": child_loader}
+CHILDREN = {
+    "api": child_api,
+    "copy": child_copy,
+    "ours": child_ours,
+    "ours-resync": child_ours,
+    "ours-incremental": child_ours,
+    "ours-serial": child_ours,
+    "ours-2runs": child_ours_runs,
+    "dlt": child_dlt,
+    "dlt-resync": child_dlt,
+    "loader": child_loader,
+}
 
 
 def child_main(argv: list[str]) -> None:
     name, spec, out = argv[0], json.loads(argv[1]), argv[2]
     sys.path.insert(0, str(ROOT))
     result = CHILDREN[name](spec)
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    hwm = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
+    )
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # e.g. the runs of ours-2runs
     result["peak_rss_mb"] = max(hwm, children) / 1024
     Path(out).write_text(json.dumps(result, default=str))
@@ -534,12 +649,16 @@ def child_main(argv: list[str]) -> None:
 def fmt_row(name: str, r: dict) -> str:
     ops = r["orders"] / r["wall_s"] if r["wall_s"] else 0
     rps = r["rows"] / r["wall_s"] if r["wall_s"] else 0
-    return (f"| {name} | {r['orders']:,} | {r['rows']:,} | {r['wall_s']:.1f} | {ops:,.0f} | {rps:,.0f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['cpu_s']:.1f} | {r['requests']:,} |")
+    return (
+        f"| {name} | {r['orders']:,} | {r['rows']:,} | {r['wall_s']:.1f} | {ops:,.0f} | {rps:,.0f} | "
+        f"{r['peak_rss_mb']:.0f} | {r['cpu_s']:.1f} | {r['requests']:,} |"
+    )
 
 
-HEADER = ("| contender | orders | rows | wall s | orders/s | rows/s | peak RSS MB | CPU s (client) | API requests |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+HEADER = (
+    "| contender | orders | rows | wall s | orders/s | rows/s | peak RSS MB | CPU s (client) | API requests |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def rate(r: dict | None, key: str = "orders") -> float:
@@ -564,8 +683,9 @@ def _loader_volume(n: int, admin: str, base: dict, copy_spec: dict, vol_dir: Pat
     return results
 
 
-def _contender_spec(name: str, n: int, args, admin: str, base: dict, copy_spec: dict | None, vol_dir: Path,
-                    dbs: list[str]) -> dict:
+def _contender_spec(
+    name: str, n: int, args, admin: str, base: dict, copy_spec: dict | None, vol_dir: Path, dbs: list[str]
+) -> dict:
     """What the child of contender ``name`` is given: its database (fresh, or the one it re-syncs)."""
     from pipelines.warehouse.db import libpq_url, with_database
 
@@ -605,10 +725,12 @@ def _run_contender(name: str, n: int, days: int, spec: dict, vol_dir: Path, expe
     # Every contender that loads must hold every order the API serves: a fast wrong answer is no answer.
     if expected and r.get("counts") and r["counts"].get("orders") != expected:
         raise RuntimeError(f"{name} holds {r['counts'].get('orders')} orders, the API serves {expected}")
-    _progress(f"[{n}] {name}: {r['orders']:,} orders in {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
-              + (f", counts {r.get('counts')}" if r.get("counts") else "")
-              + (f", load {r.get('load')}" if r.get("load") else "")
-              + (f", steps {r.get('steps')}" if r.get("steps") else ""))
+    _progress(
+        f"[{n}] {name}: {r['orders']:,} orders in {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+        + (f", counts {r.get('counts')}" if r.get("counts") else "")
+        + (f", load {r.get('load')}" if r.get("load") else "")
+        + (f", steps {r.get('steps')}" if r.get("steps") else "")
+    )
     return r
 
 
@@ -630,13 +752,27 @@ def run_volume(n: int, args, work: Path) -> dict:
         if args.mode == "loader":
             return _loader_volume(n, admin, base, copy_spec, vol_dir, dbs)
         expected = None
-        for name in [c for c in ("api", "copy", "ours", "ours-resync", "ours-incremental", "ours-serial",
-                                 "ours-2runs", "dlt", "dlt-resync") if c in args.contenders]:
+        for name in [
+            c
+            for c in (
+                "api",
+                "copy",
+                "ours",
+                "ours-resync",
+                "ours-incremental",
+                "ours-serial",
+                "ours-2runs",
+                "dlt",
+                "dlt-resync",
+            )
+            if c in args.contenders
+        ]:
             spec = _contender_spec(name, n, args, admin, base, copy_spec, vol_dir, dbs)
             spec["expected_orders"] = expected or (results.get("api") or results.get("ours") or {}).get("orders", 0)
             results[name] = _run_contender(name, n, days, spec, vol_dir, expected)
-            expected = expected or (results[name]["orders"] if name in ("api", "ours", "ours-serial", "ours-2runs")
-                                    else None)
+            expected = expected or (
+                results[name]["orders"] if name in ("api", "ours", "ours-serial", "ours-2runs") else None
+            )
         return results
     finally:
         if not args.keep_databases:
@@ -645,9 +781,13 @@ def run_volume(n: int, args, work: Path) -> dict:
 
 
 def report(all_results: dict[int, dict], args) -> str:
-    lines = [f"{datetime.now(UTC):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
-             f"{STORES} stores x {ORDERS_PER_DAY} orders/store/day · page size {PAGE_SIZE} · "
-             f"{args.workers} store workers · batch {args.batch_size}", "", HEADER]
+    lines = [
+        f"{datetime.now(UTC):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
+        f"{STORES} stores x {ORDERS_PER_DAY} orders/store/day · page size {PAGE_SIZE} · "
+        f"{args.workers} store workers · batch {args.batch_size}",
+        "",
+        HEADER,
+    ]
     for n, res in all_results.items():
         for name, r in res.items():
             lines.append(fmt_row(f"{name} ({n // 1000}k)", r))
@@ -656,9 +796,11 @@ def report(all_results: dict[int, dict], args) -> str:
         if args.mode == "loader":
             c, lo = res.get("copy"), res.get("loader")
             if c and lo:
-                lines.append(f"- {n // 1000}k loader: {rate(lo, 'rows'):,.0f} rows/s = {rate(lo, 'rows') / rate(c, 'rows'):.0%} "
-                             f"of raw COPY ({rate(c, 'rows'):,.0f} rows/s); goal >= 40%; peak RSS {lo['peak_rss_mb']:.0f} MB "
-                             f"({lo['rss_after_imports_mb']:.0f} MB after imports)")
+                lines.append(
+                    f"- {n // 1000}k loader: {rate(lo, 'rows'):,.0f} rows/s = {rate(lo, 'rows') / rate(c, 'rows'):.0%} "
+                    f"of raw COPY ({rate(c, 'rows'):,.0f} rows/s); goal >= 40%; peak RSS {lo['peak_rss_mb']:.0f} MB "
+                    f"({lo['rss_after_imports_mb']:.0f} MB after imports)"
+                )
             continue
         ours, dlt_r = res.get("ours"), res.get("dlt")
         ceil = min(rate(res.get("api")), rate(res.get("copy")))
@@ -666,11 +808,15 @@ def report(all_results: dict[int, dict], args) -> str:
         if ours and dlt_r:
             parts.append(f"ours/dlt = {rate(ours) / rate(dlt_r):.1f}x (goal >= 3x)")
         if ours and res.get("api") and res.get("copy"):
-            parts.append(f"ours/min(API {rate(res['api']):,.0f}, COPY {rate(res['copy']):,.0f} orders/s) = "
-                         f"{rate(ours) / ceil:.0%} (goal >= 70%)")
+            parts.append(
+                f"ours/min(API {rate(res['api']):,.0f}, COPY {rate(res['copy']):,.0f} orders/s) = "
+                f"{rate(ours) / ceil:.0%} (goal >= 70%)"
+            )
         if ours and res.get("api"):
-            parts.append(f"client CPU ours/bare fetch = {ours['cpu_s']:.1f}/{res['api']['cpu_s']:.1f} s = "
-                         f"{ours['cpu_s'] / res['api']['cpu_s']:.1f}x (goal <= 2x)")
+            parts.append(
+                f"client CPU ours/bare fetch = {ours['cpu_s']:.1f}/{res['api']['cpu_s']:.1f} s = "
+                f"{ours['cpu_s'] / res['api']['cpu_s']:.1f}x (goal <= 2x)"
+            )
         runs2 = res.get("ours-2runs")
         if runs2 and dlt_r:
             parts.append(f"ours-2runs/dlt = {rate(runs2) / rate(dlt_r):.1f}x")
@@ -682,8 +828,10 @@ def report(all_results: dict[int, dict], args) -> str:
             parts.append(f"ours first/re-sync = {ours['wall_s'] / res['ours-resync']['wall_s']:.1f}x (goal >= 5x)")
         if ours and res.get("ours-incremental"):
             inc = res["ours-incremental"]
-            parts.append(f"ours first/incremental re-run = {ours['wall_s'] / inc['wall_s']:.1f}x "
-                         f"({inc['requests']:,} API requests against {ours['requests']:,})")
+            parts.append(
+                f"ours first/incremental re-run = {ours['wall_s'] / inc['wall_s']:.1f}x "
+                f"({inc['requests']:,} API requests against {ours['requests']:,})"
+            )
         if dlt_r and res.get("dlt-resync"):
             parts.append(f"dlt first/re-sync = {dlt_r['wall_s'] / res['dlt-resync']['wall_s']:.1f}x")
         lines.append(f"- {n // 1000}k: " + "; ".join(parts))
@@ -697,17 +845,39 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     from pipelines import settings
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orders", type=int, nargs="+", default=[100_000], help="volume(s), e.g. 10000 100000 1000000")
     p.add_argument("--mode", choices=("sync", "loader"), default="sync")
-    p.add_argument("--contenders", nargs="+", default=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"],
-                   choices=["api", "copy", "ours", "ours-resync", "ours-incremental", "ours-serial", "ours-2runs",
-                            "dlt", "dlt-resync"])
+    p.add_argument(
+        "--contenders",
+        nargs="+",
+        default=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"],
+        choices=[
+            "api",
+            "copy",
+            "ours",
+            "ours-resync",
+            "ours-incremental",
+            "ours-serial",
+            "ours-2runs",
+            "dlt",
+            "dlt-resync",
+        ],
+    )
     p.add_argument("--database-url", help="admin URL of the Postgres server (a database per contender is created)")
-    p.add_argument("--workers", type=int, default=settings.DEFAULT_STORE_WORKERS,
-                   help="stores fetched in parallel (TAPTOUCH_STORE_WORKERS)")
-    p.add_argument("--batch-size", type=int, default=settings.DEFAULT_BATCH_SIZE,
-                   help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=settings.DEFAULT_STORE_WORKERS,
+        help="stores fetched in parallel (TAPTOUCH_STORE_WORKERS)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=settings.DEFAULT_BATCH_SIZE,
+        help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)",
+    )
     p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--json", help="also write every figure to this JSON file")

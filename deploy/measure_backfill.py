@@ -52,16 +52,21 @@ def run_requests(stack: ProdStack, backfill_id: str) -> dict[str, dict]:
     os.environ["DAGSTER_PG_URL"] = stack.dagster_pg_url
     try:
         with dg.DagsterInstance.from_config(str(stack.workdir / "dagster_home")) as instance:
-            runs = {r.dagster_run.run_id: r for r in
-                    instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))}
+            runs = {
+                r.dagster_run.run_id: r
+                for r in instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+            }
             out = {}
             for record in instance.fetch_materializations(dg.AssetKey("orders"), limit=10_000).records:
                 if record.run_id in runs and record.run_id not in out:  # one event per partition, same metadata
                     md = record.asset_materialization.metadata
                     r = runs[record.run_id]
-                    out[record.run_id] = {"api_requests": md["api_requests"].value,
-                                          "duration_s": md["duration_s"].value,
-                                          "start": r.start_time, "end": r.end_time}
+                    out[record.run_id] = {
+                        "api_requests": md["api_requests"].value,
+                        "duration_s": md["duration_s"].value,
+                        "start": r.start_time,
+                        "end": r.end_time,
+                    }
             return out
     finally:
         del os.environ["DAGSTER_PG_URL"]
@@ -70,10 +75,16 @@ def run_requests(stack: ProdStack, backfill_id: str) -> dict[str, dict]:
 def measure(admin: str, limit: int, partitions: int, per_run: int, rps: float, page_size: int, workdir: Path) -> dict:
     keys = [(END - timedelta(days=d)).isoformat() for d in range(partitions, 0, -1)]
     (n1, instance_url), (n2, warehouse_url) = create_database(admin), create_database(admin)
-    stack = ProdStack(workdir=workdir / f"limit{limit}", dagster_pg_url=dagster_pg_url(instance_url),
-                      warehouse_url=warehouse_url, pool_limit=limit, backfill_runs=limit,
-                      partitions_per_run=per_run, requests_per_second=rps,
-                      extra_env={"TAPTOUCH_PAGE_SIZE": str(page_size)})
+    stack = ProdStack(
+        workdir=workdir / f"limit{limit}",
+        dagster_pg_url=dagster_pg_url(instance_url),
+        warehouse_url=warehouse_url,
+        pool_limit=limit,
+        backfill_runs=limit,
+        partitions_per_run=per_run,
+        requests_per_second=rps,
+        extra_env={"TAPTOUCH_PAGE_SIZE": str(page_size)},
+    )
     try:
         with stack:
             assert stack.wait_for_run(stack.launch_job("stores_job"))["status"] == "SUCCESS"
@@ -89,9 +100,14 @@ def measure(admin: str, limit: int, partitions: int, per_run: int, rps: float, p
     last = max(r["end"] for r in runs.values())
     requests = sum(r["api_requests"] for r in runs.values())
     return {
-        "limit": limit, "partitions": partitions, "runs": len(runs), "wall_s": wall,
-        "runs_span_s": last - first, "max_overlap": max_overlap([(r["start"], r["end"]) for r in runs.values()]),
-        "requests": requests, "req_per_s_span": requests / (last - first),
+        "limit": limit,
+        "partitions": partitions,
+        "runs": len(runs),
+        "wall_s": wall,
+        "runs_span_s": last - first,
+        "max_overlap": max_overlap([(r["start"], r["end"]) for r in runs.values()]),
+        "requests": requests,
+        "req_per_s_span": requests / (last - first),
         "req_per_s_in_step_max": max(r["api_requests"] / r["duration_s"] for r in runs.values()),
         "configured_limit_rps": limit * rps,
     }
@@ -113,15 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         for limit in args.limits:
             r = measure(admin, limit, args.partitions, args.per_run, args.rps, args.page_size, Path(tmp))
             results.append(r)
-            print(f"limit={r['limit']}: {r['partitions']} partitions in {r['runs']} runs, wall {r['wall_s']:.1f}s "
-                  f"(runs span {r['runs_span_s']:.1f}s, max overlap {r['max_overlap']}), {r['requests']} API requests, "
-                  f"{r['req_per_s_span']:.2f} req/s over the runs' span, max {r['req_per_s_in_step_max']:.2f} req/s "
-                  f"in one run's step; configured limit {r['configured_limit_rps']:.1f} req/s", flush=True)
-    print("\n| pool limit | partitions | runs | wall time (s) | max runs at once | API requests | req/s (span) | configured max req/s |")
+            print(
+                f"limit={r['limit']}: {r['partitions']} partitions in {r['runs']} runs, wall {r['wall_s']:.1f}s "
+                f"(runs span {r['runs_span_s']:.1f}s, max overlap {r['max_overlap']}), {r['requests']} API requests, "
+                f"{r['req_per_s_span']:.2f} req/s over the runs' span, max {r['req_per_s_in_step_max']:.2f} req/s "
+                f"in one run's step; configured limit {r['configured_limit_rps']:.1f} req/s",
+                flush=True,
+            )
+    print(
+        "\n| pool limit | partitions | runs | wall time (s) | max runs at once | API requests | req/s (span) | configured max req/s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['limit']} | {r['partitions']} | {r['runs']} | {r['wall_s']:.1f} | {r['max_overlap']} | "
-              f"{r['requests']} | {r['req_per_s_span']:.2f} | {r['configured_limit_rps']:.1f} |")
+        print(
+            f"| {r['limit']} | {r['partitions']} | {r['runs']} | {r['wall_s']:.1f} | {r['max_overlap']} | "
+            f"{r['requests']} | {r['req_per_s_span']:.2f} | {r['configured_limit_rps']:.1f} |"
+        )
     return 0
 
 

@@ -68,8 +68,9 @@ class Account:
 
         from taptouch_resource import TaptouchResource
 
-        return TaptouchResource(client_id=dg.EnvVar(self.env("CLIENT_ID")),
-                                client_secret=dg.EnvVar(self.env("CLIENT_SECRET")))
+        return TaptouchResource(
+            client_id=dg.EnvVar(self.env("CLIENT_ID")), client_secret=dg.EnvVar(self.env("CLIENT_SECRET"))
+        )
 
 
 DEFAULT = Account(DEFAULT_NAME, prefixed=False)
@@ -86,10 +87,13 @@ def parse(raw: str | None) -> list[Account]:
         if not _NAME.match(name) or len(name) > MAX_NAME:
             raise ValueError(
                 f"{ACCOUNTS_ENV}: {name!r} is not a valid account name: use lowercase letters, digits and _, "
-                f"starting with a letter, at most {MAX_NAME} characters (e.g. TAPTOUCH_ACCOUNTS=north,south)")
+                f"starting with a letter, at most {MAX_NAME} characters (e.g. TAPTOUCH_ACCOUNTS=north,south)"
+            )
         if name == DEFAULT_NAME:
-            raise ValueError(f"{ACCOUNTS_ENV}: 'default' is reserved for the single-account setup "
-                             f"(TAPTOUCH_ACCOUNTS unset); give the account another name")
+            raise ValueError(
+                f"{ACCOUNTS_ENV}: 'default' is reserved for the single-account setup "
+                f"(TAPTOUCH_ACCOUNTS unset); give the account another name"
+            )
         if name in seen:
             raise ValueError(f"{ACCOUNTS_ENV}: account {name!r} is named twice")
         seen.add(name)

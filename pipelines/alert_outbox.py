@@ -80,8 +80,14 @@ _abandoned: list[threading.Thread] = []
 _abandoned_guard = threading.Lock()
 
 
-def post(body: dict[str, Any], key: str, url: str, *, deadline: float = POST_DEADLINE,
-         transport: httpx.BaseTransport | None = None) -> None:
+def post(
+    body: dict[str, Any],
+    key: str,
+    url: str,
+    *,
+    deadline: float = POST_DEADLINE,
+    transport: httpx.BaseTransport | None = None,
+) -> None:
     """POST ``body`` as JSON with the ``Idempotency-Key`` header; returns once the webhook
     answered 2xx, raises :class:`DeliveryError` otherwise. Returns or raises within ``deadline``
     seconds, whatever the webhook does.
@@ -95,17 +101,20 @@ def post(body: dict[str, Any], key: str, url: str, *, deadline: float = POST_DEA
     with _abandoned_guard:
         _abandoned[:] = [t for t in _abandoned if t.is_alive()]
         if len(_abandoned) >= MAX_ABANDONED:
-            raise DeliveryError(f"the alert webhook is still answering {len(_abandoned)} earlier POSTs past their "
-                                f"deadline: not tried")
+            raise DeliveryError(
+                f"the alert webhook is still answering {len(_abandoned)} earlier POSTs past their deadline: not tried"
+            )
     payload = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
     outcome: dict[str, Any] = {}
 
     def attempt() -> None:
         try:
-            with httpx.Client(timeout=deadline, transport=transport) as client:
-                with client.stream("POST", url, content=payload, headers=headers) as response:
-                    outcome["status"] = response.status_code
+            with (
+                httpx.Client(timeout=deadline, transport=transport) as client,
+                client.stream("POST", url, content=payload, headers=headers) as response,
+            ):
+                outcome["status"] = response.status_code
         except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt; reported by its class only
             outcome["error"] = type(exc).__name__
 
@@ -167,8 +176,15 @@ def enqueue(conn, alerts: list[Alert]) -> int:
     return added
 
 
-def deliver_due(conn, url: str, *, batch: int = BATCH, budget: float = TICK_BUDGET,
-                deadline: float = POST_DEADLINE, send: Callable[..., None] = post) -> Delivery:
+def deliver_due(
+    conn,
+    url: str,
+    *,
+    batch: int = BATCH,
+    budget: float = TICK_BUDGET,
+    deadline: float = POST_DEADLINE,
+    send: Callable[..., None] = post,
+) -> Delivery:
     """POST the outbox rows that are due, oldest first: at most ``batch`` of them within
     ``budget`` seconds (each POST within ``min(deadline, what is left)``), stopping at the first
     failure. ``conn``: a psycopg connection in autocommit mode (each claim and outcome commits

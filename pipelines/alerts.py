@@ -30,14 +30,24 @@ DEFAULT_UI_URL = settings.DEFAULT_UI_URL
 ERROR_CHARS = 600
 
 # Environment variables whose values never appear in an alert, whatever the text around them.
-SECRET_ENVS = ("TAPTOUCH_CLIENT_SECRET", "TAPTOUCH_TOKEN_KEY", "TAPTOUCH_DATABASE_URL", "DAGSTER_PG_URL",
-               WEBHOOK_ENV, "TAPTOUCH_TEST_DATABASE_URL")
+SECRET_ENVS = (
+    "TAPTOUCH_CLIENT_SECRET",
+    "TAPTOUCH_TOKEN_KEY",
+    "TAPTOUCH_DATABASE_URL",
+    "DAGSTER_PG_URL",
+    WEBHOOK_ENV,
+    "TAPTOUCH_TEST_DATABASE_URL",
+)
 
 
 def secret_envs() -> list[str]:
     """:data:`SECRET_ENVS` and every account's ``TAPTOUCH_<NAME>_CLIENT_SECRET``."""
-    return [*SECRET_ENVS, *sorted(k for k in os.environ if k.startswith("TAPTOUCH_") and k.endswith("_CLIENT_SECRET")
-                                  and k not in SECRET_ENVS)]
+    return [
+        *SECRET_ENVS,
+        *sorted(
+            k for k in os.environ if k.startswith("TAPTOUCH_") and k.endswith("_CLIENT_SECRET") and k not in SECRET_ENVS
+        ),
+    ]
 
 
 def min_severity(alert: settings.AlertSettings) -> dg.AssetCheckSeverity:
@@ -55,7 +65,8 @@ _REDACTED = "***"
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b((?:client_)?secret|password|passwd|pwd|token|access_token|refresh_token|api_key|apikey|"
-    r"authorization|code_verifier|key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)")
+    r"authorization|code_verifier|key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)"
+)
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _LONG_TOKEN = re.compile(r"\b(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}\b")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
@@ -73,7 +84,7 @@ def _host_port(host: str) -> str:
         end = host.find("]")
         if end < 0:
             return _REDACTED
-        name, port = host[:end + 1], host[end + 1:]
+        name, port = host[: end + 1], host[end + 1 :]
         if port and not port.startswith(":"):
             return name + _REDACTED
         port = port[1:]
@@ -92,13 +103,18 @@ def _redact_url(url: str) -> str:
         scheme, _, rest = url.partition("://")
         at = rest.rfind("@")
         user_info = at >= 0
-        rest = rest[at + 1:]
+        rest = rest[at + 1 :]
         end = _AUTHORITY_END.search(rest)
-        authority, tail = (rest[:end.start()], rest[end.start():]) if end else (rest, "")
+        authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
         hosts = ",".join(_host_port(host) for host in authority.split(","))  # libpq: h1:5432,h2:5433
         path, mark, query = tail.partition("#")[0].partition("?")
-        return (f"{scheme}://" + (f"{_REDACTED}@" if user_info else "") + hosts + path
-                + (f"?{_REDACTED}" if mark and query else ""))
+        return (
+            f"{scheme}://"
+            + (f"{_REDACTED}@" if user_info else "")
+            + hosts
+            + path
+            + (f"?{_REDACTED}" if mark and query else "")
+        )
     except Exception:  # noqa: BLE001 - redaction must never raise; hide everything instead
         return _REDACTED
 
@@ -166,8 +182,9 @@ def _short(text: str | None, limit: int = ERROR_CHARS) -> str:
 # ------------------------------------------------------------------------------------ messages
 
 
-def build_message(*, title: str, fields: dict[str, str], error: str | None, link: str,
-                  keep: tuple[str | None, ...] = ()) -> dict:
+def build_message(
+    *, title: str, fields: dict[str, str], error: str | None, link: str, keep: tuple[str | None, ...] = ()
+) -> dict:
     """A Slack-compatible body: ``text`` (what every webhook shows) plus ``blocks``. Every field,
     the error and the link are redacted; ``keep`` (run id, partition) is shown as it is."""
     error = _short(redact(error, keep)) if error else None
@@ -203,8 +220,9 @@ def account_of(asset_keys) -> str:
     return ", ".join(sorted({k.path[0] for k in asset_keys if len(k.path) > 1}))
 
 
-def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message: str | None, *,
-                        ui_url: str = settings.DEFAULT_UI_URL) -> dict:
+def run_failure_message(
+    run, step_errors: list[tuple[str, str]], failure_message: str | None, *, ui_url: str = settings.DEFAULT_UI_URL
+) -> dict:
     """The alert for a failed ``run`` (a DagsterRun); ``step_errors`` = [(step key, error text)];
     ``ui_url``: the Dagster UI the link points at (:attr:`settings.AlertSettings.ui_url`)."""
     keys = list(run.asset_selection or ())
@@ -228,11 +246,15 @@ def run_failure_message(run, step_errors: list[tuple[str, str]], failure_message
     )
 
 
-def run_failure_alert(run, step_errors: list[tuple[str, str]], failure_message: str | None, *,
-                      ui_url: str) -> outbox.Alert:
+def run_failure_alert(
+    run, step_errors: list[tuple[str, str]], failure_message: str | None, *, ui_url: str
+) -> outbox.Alert:
     """:func:`run_failure_message` as an outbox alert, keyed ``run-failure:<run id>``."""
-    return outbox.Alert(key=outbox.alert_key("run-failure", run.run_id), kind="run_failure",
-                        body=run_failure_message(run, step_errors, failure_message, ui_url=ui_url))
+    return outbox.Alert(
+        key=outbox.alert_key("run-failure", run.run_id),
+        kind="run_failure",
+        body=run_failure_message(run, step_errors, failure_message, ui_url=ui_url),
+    )
 
 
 # ------------------------------------------------------------------------------------ delivery
@@ -245,8 +267,12 @@ STATEMENT_TIMEOUT_MS = 5000
 
 def _outbox_connection(warehouse: PostgresResource) -> psycopg.Connection:
     """An autocommit connection for the outbox, quick to give up: a sensor tick must stay short."""
-    return connect(warehouse.url(), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                   options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+    return connect(
+        warehouse.url(),
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -269,8 +295,10 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
         return
     except _OUTBOX_UNAVAILABLE as exc:
         reason = _reason(exc)
-    logger.warning(f"the alert outbox (taptouch_meta.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
-                   f"alert(s) directly, once, without retries")
+    logger.warning(
+        f"the alert outbox (taptouch_meta.alert_outbox) is unavailable ({reason}): sending {len(alerts)} "
+        f"alert(s) directly, once, without retries"
+    )
     lost = []
     for alert in alerts:
         try:
@@ -278,13 +306,17 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
         except outbox.DeliveryError as exc:
             lost.append(f"{alert.key}: {exc}")
     if lost:
-        raise RuntimeError(f"{len(lost)} alert(s) lost: the outbox is unavailable ({reason}) and the webhook did not "
-                           f"take them: {'; '.join(lost)}")
+        raise RuntimeError(
+            f"{len(lost)} alert(s) lost: the outbox is unavailable ({reason}) and the webhook did not "
+            f"take them: {'; '.join(lost)}"
+        )
 
 
 @dg.run_failure_sensor(
-    name="taptouch_run_failure_alert", monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=settings.alert_sensor_interval(),
+    name="taptouch_run_failure_alert",
+    monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"Queues one alert per failed run for ${WEBHOOK_ENV} (off when unset).",
 )
 def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: PostgresResource) -> None:
@@ -308,14 +340,20 @@ def check_failure_message(evaluation, run_id: str | None, partition: str | None,
     """The alert for a failed ``AssetCheckEvaluation``."""
     asset = evaluation.asset_key.to_user_string()
     summary = evaluation.description or ", ".join(
-        f"{k}={_metadata_text(v)}" for k, v in list(evaluation.metadata.items())[:6]
+        f"{k}={_metadata_text(v)}"
+        for k, v in list(evaluation.metadata.items())[:6]
         if not isinstance(v, dg.MarkdownMetadataValue)
     )
     return build_message(
         title=f"taptouch-sync: check {evaluation.check_name} on {asset} failed ({evaluation.severity.value})",
-        fields={"account": account_of([evaluation.asset_key]), "asset": asset, "check": evaluation.check_name,
-                "severity": evaluation.severity.value,
-                "partition": partition or "-", "run": run_id or "-"},
+        fields={
+            "account": account_of([evaluation.asset_key]),
+            "asset": asset,
+            "check": evaluation.check_name,
+            "severity": evaluation.severity.value,
+            "partition": partition or "-",
+            "run": run_id or "-",
+        },
         error=summary,
         link=f"{ui_url}/runs/{run_id}" if run_id else f"{ui_url}/assets/{'/'.join(evaluation.asset_key.path)}",
         keep=(run_id, partition),
@@ -342,7 +380,9 @@ def _check_partition(instance, run, entry, evaluation, materializations: dict) -
         if not materializations:
             from dagster._core.events import DagsterEventType
 
-            for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+            for record in instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+            ).records:
                 materializations[record.storage_id] = record.event_log_entry.dagster_event.partition
         if materializations.get(target.storage_id):
             return materializations[target.storage_id]
@@ -364,35 +404,49 @@ def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) ->
         if evaluation.passed or _severity_rank(evaluation.severity) < _severity_rank(threshold):
             continue
         partition = _check_partition(instance, run, entry, evaluation, materializations)
-        key = outbox.alert_key("check-failure", run_id, evaluation.asset_key.to_user_string(), evaluation.check_name,
-                               partition)
-        alerts.append(outbox.Alert(key=key, kind="check_failure",
-                                   body=check_failure_message(evaluation, run_id, partition, ui_url=alert.ui_url)))
+        key = outbox.alert_key(
+            "check-failure", run_id, evaluation.asset_key.to_user_string(), evaluation.check_name, partition
+        )
+        alerts.append(
+            outbox.Alert(
+                key=key,
+                kind="check_failure",
+                body=check_failure_message(evaluation, run_id, partition, ui_url=alert.ui_url),
+            )
+        )
     return alerts
 
 
 @dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS, name="taptouch_check_failure_alert", monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=settings.alert_sensor_interval(),
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    name="taptouch_check_failure_alert",
+    monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"Queues one alert per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
-                f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
+    f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
 )
 def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: PostgresResource) -> None:
     alert = settings.alert_settings()
     if not alert.webhook_url:
         return
-    submit(failed_check_alerts(context.instance, context.dagster_run.run_id, alert), alert.webhook_url, warehouse,
-           context.log)
+    submit(
+        failed_check_alerts(context.instance, context.dagster_run.run_id, alert),
+        alert.webhook_url,
+        warehouse,
+        context.log,
+    )
 
 
 # ------------------------------------------------------------------------------------ the outbox
 
 
 @dg.sensor(
-    name="taptouch_alert_outbox", default_status=dg.DefaultSensorStatus.RUNNING,
+    name="taptouch_alert_outbox",
+    default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"POSTs the alerts queued in taptouch_meta.alert_outbox to ${WEBHOOK_ENV}, retrying with backoff until "
-                f"they are taken (off when unset).",
+    f"they are taken (off when unset).",
 )
 def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: PostgresResource):
     url = settings.alert_settings().webhook_url
@@ -402,12 +456,16 @@ def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: Postgr
         with _outbox_connection(warehouse) as conn:
             delivery = outbox.deliver_due(conn, url)
     except _OUTBOX_UNAVAILABLE as exc:
-        raise RuntimeError(f"the alert outbox (taptouch_meta.alert_outbox) is unavailable: "
-                           f"{_reason(exc)} (the queued alerts wait; a missing table: run "
-                           f"taptouch-sync migrate)") from None
+        raise RuntimeError(
+            f"the alert outbox (taptouch_meta.alert_outbox) is unavailable: "
+            f"{_reason(exc)} (the queued alerts wait; a missing table: run "
+            f"taptouch-sync migrate)"
+        ) from None
     if delivery.failed:
-        raise RuntimeError(f"alert delivery failed: {delivery.error}; sent {delivery.sent}, {delivery.pending} pending "
-                           f"(retried with backoff)")
+        raise RuntimeError(
+            f"alert delivery failed: {delivery.error}; sent {delivery.sent}, {delivery.pending} pending "
+            f"(retried with backoff)"
+        )
     return dg.SkipReason(f"sent {delivery.sent} alert(s), {delivery.pending} pending")
 
 

@@ -11,6 +11,7 @@ nothing. :func:`keep_merchants_alive` refreshes stored grants well inside their 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -19,9 +20,10 @@ import secrets
 import threading
 import time
 import webbrowser
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -57,17 +59,28 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
-def authorize_url(base_url: str, *, client_id: str, scopes: Sequence[str], state: str, redirect_uri: str,
-                  code_challenge: str) -> str:
-    query = urlencode({"response_type": "code", "client_id": client_id, "scope": " ".join(scopes),
-                       "state": state, "redirect_uri": redirect_uri, "code_challenge": code_challenge,
-                       "code_challenge_method": "S256"})
+def authorize_url(
+    base_url: str, *, client_id: str, scopes: Sequence[str], state: str, redirect_uri: str, code_challenge: str
+) -> str:
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "state": state,
+            "redirect_uri": redirect_uri,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        }
+    )
     return f"{base_url.rstrip('/')}{api.AUTHORIZE_PATH}?{query}"
 
 
 # -------------------------------------------------------------------------------------------- callback
-_PAGE = ("<!doctype html><html><head><meta charset='utf-8'><title>taptouch-sync</title></head>"
-         "<body style='font-family:sans-serif;margin:3em'><h1>{title}</h1><p>{text}</p></body></html>")
+_PAGE = (
+    "<!doctype html><html><head><meta charset='utf-8'><title>taptouch-sync</title></head>"
+    "<body style='font-family:sans-serif;margin:3em'><h1>{title}</h1><p>{text}</p></body></html>"
+)
 
 
 class CallbackServer:
@@ -85,7 +98,7 @@ class CallbackServer:
             if parts.scheme != "http" or not parts.hostname or not is_loopback(parts.hostname):
                 raise TaptouchConfigError(f"{redirect_uri!r} is not a loopback http:// redirect URI.")
             host, port, path = parts.hostname, parts.port or 80, parts.path or "/"
-        self._answers: "queue.Queue[dict[str, str]]" = queue.Queue()
+        self._answers: queue.Queue[dict[str, str]] = queue.Queue()
         self.state = state
         self.ignored = 0
         answers, callback_path, server_self = self._answers, path, self
@@ -98,19 +111,25 @@ class CallbackServer:
                     return
                 params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
                 expected = server_self.state
-                if expected is not None and not hmac.compare_digest((params.get("state") or "").encode(),
-                                                                    expected.encode()):
+                if expected is not None and not hmac.compare_digest(
+                    (params.get("state") or "").encode(), expected.encode()
+                ):
                     server_self.ignored += 1
-                    self._page(400, "Not this authorization",
-                               "This redirect does not belong to the authorization taptouch-sync is waiting "
-                               "for (its state does not match); it was ignored.")
+                    self._page(
+                        400,
+                        "Not this authorization",
+                        "This redirect does not belong to the authorization taptouch-sync is waiting "
+                        "for (its state does not match); it was ignored.",
+                    )
                     return
                 if "error" in params:
-                    self._page(200, "Authorization not completed",
-                               "Taptouch did not authorize taptouch-sync. Return to your terminal for details.")
+                    self._page(
+                        200,
+                        "Authorization not completed",
+                        "Taptouch did not authorize taptouch-sync. Return to your terminal for details.",
+                    )
                 else:
-                    self._page(200, "Authorization received",
-                               "You can close this tab and return to your terminal.")
+                    self._page(200, "Authorization received", "You can close this tab and return to your terminal.")
                 answers.put(params)
 
             def _page(self, status: int, title: str, text: str) -> None:
@@ -130,14 +149,19 @@ class CallbackServer:
         except OSError as exc:
             raise TaptouchConfigError(
                 f"Cannot listen on {host}:{port} for the authorization callback ({exc.strerror}). "
-                f"Pass another --port (it must match a redirect URI registered with Taptouch).") from None
+                f"Pass another --port (it must match a redirect URI registered with Taptouch)."
+            ) from None
         self._server.daemon_threads = True
         bound_port = self._server.server_address[1]
         self.redirect_uri = redirect_uri or f"http://{host}:{bound_port}{path}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="taptouch-authorize-callback", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="taptouch-authorize-callback",
+            daemon=True,
+        )
 
-    def __enter__(self) -> "CallbackServer":
+    def __enter__(self) -> CallbackServer:
         self._thread.start()
         return self
 
@@ -151,12 +175,18 @@ class CallbackServer:
         try:
             return self._answers.get(timeout=timeout)
         except queue.Empty:
-            ignored = (f" ({self.ignored} request(s) with another state were ignored: an old tab, or another "
-                       f"program trying to interfere)" if self.ignored else "")
+            ignored = (
+                f" ({self.ignored} request(s) with another state were ignored: an old tab, or another "
+                f"program trying to interfere)"
+                if self.ignored
+                else ""
+            )
             raise AuthorizationFailed(
                 f"No authorization arrived at {self.redirect_uri} within {timeout:.0f} s{ignored}. Open the URL "
                 f"printed above in a browser on this machine and approve, or run the command again (--timeout "
-                f"to wait longer).", error="timeout") from None
+                f"to wait longer).",
+                error="timeout",
+            ) from None
 
 
 def _params_from_url(url: str) -> dict[str, str]:
@@ -169,15 +199,23 @@ def check_redirect(params: dict[str, str], *, state: str) -> str:
         error = params["error"]
         description = params.get("error_description", "")[:300]
         if error == "access_denied":
-            raise AuthorizationFailed(f"The merchant denied access (access_denied{': ' + description if description else ''}). "
-                                      f"Nothing was stored; run the command again to retry.", error=error)
-        raise AuthorizationFailed(f"Taptouch refused the authorization request: {error}"
-                                  f"{': ' + description if description else ''}. Nothing was stored.", error=error)
+            raise AuthorizationFailed(
+                f"The merchant denied access (access_denied{': ' + description if description else ''}). "
+                f"Nothing was stored; run the command again to retry.",
+                error=error,
+            )
+        raise AuthorizationFailed(
+            f"Taptouch refused the authorization request: {error}"
+            f"{': ' + description if description else ''}. Nothing was stored.",
+            error=error,
+        )
     received = params.get("state") or ""
     if not hmac.compare_digest(received.encode(), state.encode()):
         raise AuthorizationFailed(
             "The redirect's state does not match this authorization request (an old or forged redirect). "
-            "Nothing was stored; run the command again.", error="state_mismatch")
+            "Nothing was stored; run the command again.",
+            error="state_mismatch",
+        )
     code = params.get("code")
     if not code:
         raise AuthorizationFailed("The redirect carries no authorization code. Nothing was stored.", error="no_code")
@@ -193,11 +231,27 @@ class AuthorizeResult:
     access_expires_in: float
 
 
-def merchant_auth(store: TokenStore, *, base_url: str, client_id: str, client_secret: str, merchant: str,
-                  scopes: Sequence[str] = (api.SCOPE_STORE,), transport: httpx.BaseTransport | None = None,
-                  **kwargs: Any) -> MerchantAuth:
-    return MerchantAuth(client_id=client_id, client_secret=client_secret, token_url=base_url.rstrip("/") + api.TOKEN_PATH,
-                        scopes=tuple(scopes), store=store, merchant=merchant, transport=transport, **kwargs)
+def merchant_auth(
+    store: TokenStore,
+    *,
+    base_url: str,
+    client_id: str,
+    client_secret: str,
+    merchant: str,
+    scopes: Sequence[str] = (api.SCOPE_STORE,),
+    transport: httpx.BaseTransport | None = None,
+    **kwargs: Any,
+) -> MerchantAuth:
+    return MerchantAuth(
+        client_id=client_id,
+        client_secret=client_secret,
+        token_url=base_url.rstrip("/") + api.TOKEN_PATH,
+        scopes=tuple(scopes),
+        store=store,
+        merchant=merchant,
+        transport=transport,
+        **kwargs,
+    )
 
 
 def run_authorize(
@@ -220,8 +274,15 @@ def run_authorize(
     """The whole flow; see the module docstring. ``read_redirect`` returns the URL the merchant was
     redirected to, for a redirect URI that is not a loopback address (default: ask on stdin)."""
     GrantKey.merchant(base_url, client_id, merchant)  # an empty label fails before the merchant's work
-    auth = merchant_auth(store, base_url=base_url, client_id=client_id, client_secret=client_secret,
-                         merchant=merchant, scopes=scopes, transport=transport)
+    auth = merchant_auth(
+        store,
+        base_url=base_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        merchant=merchant,
+        scopes=scopes,
+        transport=transport,
+    )
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(24)
     loopback = redirect_uri is None or is_loopback(urlsplit(redirect_uri).hostname or "")
@@ -229,18 +290,31 @@ def run_authorize(
         raise TaptouchConfigError(
             f"The redirect URI {redirect_uri!r} is neither a loopback address (http://127.0.0.1:PORT/..., "
             f"http://localhost:PORT/...) nor https://: the authorization code would travel unencrypted. "
-            f"Register and pass an https:// URI.")
+            f"Register and pass an https:// URI."
+        )
     try:
         if loopback:
             with CallbackServer(redirect_uri, port=port, state=state) as server:
-                url = authorize_url(base_url, client_id=client_id, scopes=scopes, state=state,
-                                    redirect_uri=server.redirect_uri, code_challenge=challenge)
+                url = authorize_url(
+                    base_url,
+                    client_id=client_id,
+                    scopes=scopes,
+                    state=state,
+                    redirect_uri=server.redirect_uri,
+                    code_challenge=challenge,
+                )
                 _show(url, announce, open_browser)
                 params = server.wait(timeout)
                 redirect_uri = server.redirect_uri
         else:
-            url = authorize_url(base_url, client_id=client_id, scopes=scopes, state=state,
-                                redirect_uri=redirect_uri, code_challenge=challenge)
+            url = authorize_url(
+                base_url,
+                client_id=client_id,
+                scopes=scopes,
+                state=state,
+                redirect_uri=redirect_uri,
+                code_challenge=challenge,
+            )
             _show(url, announce, open_browser)
             announce(f"After approving, paste the full URL you were redirected to ({redirect_uri}?code=...):")
             params = _params_from_url((read_redirect or input)())
@@ -259,10 +333,8 @@ def run_authorize(
 def _show(url: str, announce: Callable[[str], None], open_browser: bool) -> None:
     announce(f"Ask the merchant to open this URL and approve access:\n\n  {url}\n")
     if open_browser:
-        try:
+        with contextlib.suppress(webbrowser.Error):
             webbrowser.open(url)
-        except webbrowser.Error:
-            pass
 
 
 def exchange_code(auth: MerchantAuth, *, code: str, redirect_uri: str, code_verifier: str) -> TokenResponse:
@@ -272,15 +344,26 @@ def exchange_code(auth: MerchantAuth, *, code: str, redirect_uri: str, code_veri
     except ReauthorizationRequired as exc:  # invalid_grant on a code: expired, reused, PKCE mismatch
         raise AuthorizationFailed(
             f"Taptouch refused the authorization code ({exc.description or exc.error}). Nothing was stored; run the "
-            f"command again.", status=exc.status, error=exc.error) from None
+            f"command again.",
+            status=exc.status,
+            error=exc.error,
+        ) from None
 
 
-def _list_store_ids(auth: MerchantAuth, base_url: str, client_id: str, client_secret: str,
-                    transport: httpx.BaseTransport | None) -> list[int]:
+def _list_store_ids(
+    auth: MerchantAuth, base_url: str, client_id: str, client_secret: str, transport: httpx.BaseTransport | None
+) -> list[int]:
     """The ids of the stores the new grant may read (best effort: a failure is logged, not fatal)."""
     try:
-        with TaptouchClient(client_id=client_id, client_secret=client_secret, base_url=base_url, auth=auth,
-                            transport=transport, requests_per_second=None, max_retries=2) as client:
+        with TaptouchClient(
+            client_id=client_id,
+            client_secret=client_secret,
+            base_url=base_url,
+            auth=auth,
+            transport=transport,
+            requests_per_second=None,
+            max_retries=2,
+        ) as client:
             return [int(s[api.STORE_ID_FIELD]) for s in client.list_stores()]
     except (TaptouchError, KeyError, TypeError, ValueError) as exc:
         log.warning("Stored the authorization, but could not list the merchant's stores: %s", exc)
@@ -295,9 +378,15 @@ class KeepAliveResult:
     error: str | None = None
 
 
-def keep_merchants_alive(store: TokenStore, *, base_url: str, client_id: str, client_secret: str,
-                         min_remaining: float = KEEPALIVE_MIN_REMAINING,
-                         transport: httpx.BaseTransport | None = None) -> list[KeepAliveResult]:
+def keep_merchants_alive(
+    store: TokenStore,
+    *,
+    base_url: str,
+    client_id: str,
+    client_secret: str,
+    min_remaining: float = KEEPALIVE_MIN_REMAINING,
+    transport: httpx.BaseTransport | None = None,
+) -> list[KeepAliveResult]:
     """Rotate every stored merchant grant of this client whose refresh token has less than
     ``min_remaining`` seconds left. A grant that fails (must be authorized again, cannot be decrypted,
     a bad answer) is reported in its result and logged, not raised: the others are still rotated."""
@@ -306,8 +395,15 @@ def keep_merchants_alive(store: TokenStore, *, base_url: str, client_id: str, cl
     for grant in store.grants(base_url=base_url, client_id=client_id):
         if grant.grant_type != GRANT_AUTHORIZATION_CODE:
             continue
-        auth = merchant_auth(store, base_url=base_url, client_id=client_id, client_secret=client_secret,
-                             merchant=grant.label, scopes=grant.scopes, transport=transport)
+        auth = merchant_auth(
+            store,
+            base_url=base_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            merchant=grant.label,
+            scopes=grant.scopes,
+            transport=transport,
+        )
         try:
             rotated = store.keep_alive(auth.store_key, refresh=auth.refresh_with, min_remaining=min_remaining)
             results.append(KeepAliveResult(grant.label, rotated))
@@ -322,6 +418,18 @@ def keep_merchants_alive(store: TokenStore, *, base_url: str, client_id: str, cl
     return results
 
 
-__all__ = ["AuthorizationFailed", "AuthorizeResult", "CallbackServer", "KeepAliveResult", "authorize_url",
-           "check_redirect", "exchange_code", "keep_merchants_alive", "merchant_auth", "pkce_pair",
-           "reauthorize_command", "run_authorize", "s256"]
+__all__ = [
+    "AuthorizationFailed",
+    "AuthorizeResult",
+    "CallbackServer",
+    "KeepAliveResult",
+    "authorize_url",
+    "check_redirect",
+    "exchange_code",
+    "keep_merchants_alive",
+    "merchant_auth",
+    "pkce_pair",
+    "reauthorize_command",
+    "run_authorize",
+    "s256",
+]

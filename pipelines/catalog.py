@@ -23,6 +23,5 @@ def describe_assets() -> str:
     return "\n".join(out)
 
 
-
 if __name__ == "__main__":
     print(describe_assets())

@@ -29,10 +29,13 @@ def freshness_definitions(account: Account = DEFAULT) -> tuple[list, dg.SensorDe
         # (pipelines/alerts.py) notifies on failed checks, so a check is what we want here.
         warnings.simplefilter("ignore")
         checks = dg.build_last_update_freshness_checks(
-            assets=[account.key("orders")], lower_bound_delta=ORDERS_FRESHNESS, severity=dg.AssetCheckSeverity.WARN,
+            assets=[account.key("orders")],
+            lower_bound_delta=ORDERS_FRESHNESS,
+            severity=dg.AssetCheckSeverity.WARN,
         )
         sensor = dg.build_sensor_for_freshness_checks(
-            freshness_checks=checks, name=account.named("freshness_checks_sensor"),
+            freshness_checks=checks,
+            name=account.named("freshness_checks_sensor"),
             minimum_interval_seconds=300,
         )
     return list(checks), sensor
@@ -60,7 +63,8 @@ def raw_shape(entity: Entity) -> RawShape:
         if rest:
             objects.setdefault(head, set()).add(rest)
     return RawShape(
-        table=entity.table or "", seen_column=entity.seen_column,
+        table=entity.table or "",
+        seen_column=entity.seen_column,
         top=frozenset(p.partition(".")[0] for p in paths) | {name for name, _ in entity.lines},
         objects={head: frozenset(fields) for head, fields in objects.items()},
         arrays={name: frozenset(f.path for f in child.fields if f.path is not None) for name, child in entity.lines},
@@ -68,8 +72,10 @@ def raw_shape(entity: Entity) -> RawShape:
     )
 
 
-SHAPES: dict[str, RawShape] = {asset: raw_shape(ENTITIES[name])
-                               for asset, name in (("stores", "store"), ("orders", "order"), ("inventory", "inventory"))}
+SHAPES: dict[str, RawShape] = {
+    asset: raw_shape(ENTITIES[name])
+    for asset, name in (("stores", "store"), ("orders", "order"), ("inventory", "inventory"))
+}
 """Per asset, which raw fields are known; a field outside is schema drift."""
 
 
@@ -112,23 +118,36 @@ order by path
 """
 
 
-def find_drift(conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS,
-               account: str | None = None) -> tuple[list[tuple], int]:
+def find_drift(
+    conn, entity: str, *, days: int = DRIFT_LOOKBACK_DAYS, account: str | None = None
+) -> tuple[list[tuple], int]:
     """``([(path, first_seen, records, example), ...], records scanned)`` for ``entity``; with
     ``account``, only that account's records."""
     from psycopg import sql
 
     shape = SHAPES[entity]
     schema, table = shape.table.split(".")
-    query = sql.SQL(_DRIFT_SQL).format(seen=sql.Identifier(shape.seen_column),
-                                       table=sql.Identifier(schema, table))
+    query = sql.SQL(_DRIFT_SQL).format(seen=sql.Identifier(shape.seen_column), table=sql.Identifier(schema, table))
     with conn.cursor() as cur:
-        cur.execute(query, {"days": days, "objects": sorted(shape.objects), "arrays": sorted(shape.arrays),
-                            "carried": carried_paths(shape), "chars": EXAMPLE_CHARS, "account": account})
+        cur.execute(
+            query,
+            {
+                "days": days,
+                "objects": sorted(shape.objects),
+                "arrays": sorted(shape.arrays),
+                "carried": carried_paths(shape),
+                "chars": EXAMPLE_CHARS,
+                "account": account,
+            },
+        )
         rows = cur.fetchall()
-        cur.execute(sql.SQL("select count(*) from {t} where {seen} >= now() - make_interval(days => %s)"
-                            " and (%s::text is null or account = %s)").format(
-            t=sql.Identifier(schema, table), seen=sql.Identifier(shape.seen_column)), (days, account, account))
+        cur.execute(
+            sql.SQL(
+                "select count(*) from {t} where {seen} >= now() - make_interval(days => %s)"
+                " and (%s::text is null or account = %s)"
+            ).format(t=sql.Identifier(schema, table), seen=sql.Identifier(shape.seen_column)),
+            (days, account, account),
+        )
         scanned = cur.fetchone()[0]
     return rows, scanned
 
@@ -146,9 +165,13 @@ def _make_drift_check(entity: str, account: Account = DEFAULT) -> dg.AssetChecks
     only = account.name if account.prefixed else None  # a named account looks at its own rows
 
     @dg.asset_check(
-        asset=account.key(entity), name=DRIFT_CHECK, blocking=False,
-        description=(f"Fields in {shape.table}.raw (records written in the last {DRIFT_LOOKBACK_DAYS} days) that no "
-                     f"typed column carries; warns, never fails the load. docs/alerts.md: promoting a field."),
+        asset=account.key(entity),
+        name=DRIFT_CHECK,
+        blocking=False,
+        description=(
+            f"Fields in {shape.table}.raw (records written in the last {DRIFT_LOOKBACK_DAYS} days) that no "
+            f"typed column carries; warns, never fails the load. docs/alerts.md: promoting a field."
+        ),
     )
     def _drift(warehouse: PostgresResource) -> dg.AssetCheckResult:
         warehouse.ensure_migrated()
@@ -163,9 +186,14 @@ def _make_drift_check(entity: str, account: Account = DEFAULT) -> dg.AssetChecks
         }
         if rows:
             metadata["drift"] = dg.MetadataValue.md(_md_table(rows))
-        return dg.AssetCheckResult(passed=not rows, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
-                                   description=(f"{len(rows)} field(s) in raw not carried by a column: "
-                                                + ", ".join(r[0] for r in rows)) if rows else None)
+        return dg.AssetCheckResult(
+            passed=not rows,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=metadata,
+            description=(f"{len(rows)} field(s) in raw not carried by a column: " + ", ".join(r[0] for r in rows))
+            if rows
+            else None,
+        )
 
     return _drift
 

@@ -13,7 +13,8 @@ import argparse
 import logging
 import shutil
 import sys
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import psycopg
 
@@ -25,7 +26,7 @@ EXIT_CONFIG = 2
 class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
     help: str
-    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 def _bounded(kind: type, lo: float, hi: float | None = None, *, what: str = "") -> Callable[[str], float]:
@@ -37,8 +38,9 @@ def _bounded(kind: type, lo: float, hi: float | None = None, *, what: str = "") 
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}: "
-                                             f"give one {allowed}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'}: give one {allowed}"
+            ) from None
         if value != value or not lo <= value <= (hi if hi is not None else float("inf")):
             raise argparse.ArgumentTypeError(f"{text!r} is out of range: give one {allowed}")
         return value
@@ -48,15 +50,18 @@ def _bounded(kind: type, lo: float, hi: float | None = None, *, what: str = "") 
 
 def _url_text(text: str) -> str:
     if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: give a postgresql:// URL, or leave --database-url out to use "
-                                         "TAPTOUCH_DATABASE_URL (else the embedded PostgreSQL)")
+        raise argparse.ArgumentTypeError(
+            "is empty: give a postgresql:// URL, or leave --database-url out to use "
+            "TAPTOUCH_DATABASE_URL (else the embedded PostgreSQL)"
+        )
     return text.strip()
 
 
 def _database_url_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
-        metavar="URL", type=_url_text,
+        metavar="URL",
+        type=_url_text,
         help="PostgreSQL URL; default $TAPTOUCH_DATABASE_URL, else the embedded PostgreSQL",
     )
 
@@ -87,7 +92,7 @@ def _db_url_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--raw",
         action="store_true",
-        help="print only the URL, password included (for scripts: psql \"$(taptouch-sync db-url --raw)\")",
+        help='print only the URL, password included (for scripts: psql "$(taptouch-sync db-url --raw)")',
     )
 
 
@@ -122,10 +127,15 @@ def _psql_executable() -> str:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=_bounded(int, 1, 366), default=7, help="how many daily order partitions to load (default 7)")
-    parser.add_argument("--accounts", action="store_true",
-                        help="two Taptouch accounts (north, south) in one deployment: TAPTOUCH_ACCOUNTS=north,south "
-                             "on a sandbox serving two clients with their own stores")
+    parser.add_argument(
+        "--days", type=_bounded(int, 1, 366), default=7, help="how many daily order partitions to load (default 7)"
+    )
+    parser.add_argument(
+        "--accounts",
+        action="store_true",
+        help="two Taptouch accounts (north, south) in one deployment: TAPTOUCH_ACCOUNTS=north,south "
+        "on a sandbox serving two clients with their own stores",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -135,32 +145,41 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sandbox", action="store_true",
-                        help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)")
-    parser.add_argument("--accounts", action="store_true",
-                        help="with --sandbox: the two-account demo (TAPTOUCH_ACCOUNTS=north,south)")
-    parser.add_argument("--port", type=_bounded(int, 1, 65535), default=3000, help="the webserver's port (default 3000)")
+    parser.add_argument(
+        "--sandbox", action="store_true", help="serve the sandbox API and point TAPTOUCH_* at it (the demo's data)"
+    )
+    parser.add_argument(
+        "--accounts", action="store_true", help="with --sandbox: the two-account demo (TAPTOUCH_ACCOUNTS=north,south)"
+    )
+    parser.add_argument(
+        "--port", type=_bounded(int, 1, 65535), default=3000, help="the webserver's port (default 3000)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--env-file", metavar="PATH",
-                        help="where to write the CLI's environment for this UI (default .taptouch/ui.env; "
-                             "`source` it so ./dev taptouch-sync / ./dev dagster use the same instance, warehouse "
-                             "and sandbox)")
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="where to write the CLI's environment for this UI (default .taptouch/ui.env; "
+        "`source` it so ./dev taptouch-sync / ./dev dagster use the same instance, warehouse "
+        "and sandbox)",
+    )
 
 
 def _ui(args: argparse.Namespace) -> int:
     from pipelines.demo import run_ui
 
-    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host, accounts=args.accounts,
-                  env_file=args.env_file)
+    return run_ui(sandbox=args.sandbox, port=args.port, host=args.host, accounts=args.accounts, env_file=args.env_file)
 
 
 # --- authorize / tokens / refresh (merchant grants, docs/merchant-auth.md) ----------------------
 
 
 def _account_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--account", metavar="NAME",
-                        help="an account of TAPTOUCH_ACCOUNTS: use its TAPTOUCH_<NAME>_CLIENT_ID / _CLIENT_SECRET / "
-                             "_BASE_URL; default the single-account TAPTOUCH_CLIENT_ID / _CLIENT_SECRET / _BASE_URL")
+    parser.add_argument(
+        "--account",
+        metavar="NAME",
+        help="an account of TAPTOUCH_ACCOUNTS: use its TAPTOUCH_<NAME>_CLIENT_ID / _CLIENT_SECRET / "
+        "_BASE_URL; default the single-account TAPTOUCH_CLIENT_ID / _CLIENT_SECRET / _BASE_URL",
+    )
 
 
 def _credentials(account_name: str | None) -> tuple[str, str, str]:
@@ -178,9 +197,11 @@ def _credentials(account_name: str | None) -> tuple[str, str, str]:
     account = accounts.get(account_name)
     if account is None:
         listed = ", ".join(accounts) or "unset"
-        raise TaptouchConfigError(f"--account {account_name!r} is not one of {ACCOUNTS_ENV} ({listed}). Add it there "
-                                  f"(with TAPTOUCH_{account_name.upper()}_CLIENT_ID and _CLIENT_SECRET), or leave out "
-                                  f"--account for the single-account TAPTOUCH_CLIENT_ID.")
+        raise TaptouchConfigError(
+            f"--account {account_name!r} is not one of {ACCOUNTS_ENV} ({listed}). Add it there "
+            f"(with TAPTOUCH_{account_name.upper()}_CLIENT_ID and _CLIENT_SECRET), or leave out "
+            f"--account for the single-account TAPTOUCH_CLIENT_ID."
+        )
     try:
         return settings.account_resource(TaptouchResource(), account).resolved()
     except settings.SettingError as err:
@@ -203,16 +224,34 @@ def _taptouch_store(args: argparse.Namespace):
 def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
     _account_argument(parser)
-    parser.add_argument("--merchant", default="default",
-                        help="a label for this merchant's grant (TaptouchResource.merchant); default 'default'")
-    parser.add_argument("--scope", action="append", dest="scopes", metavar="SCOPE",
-                        help="scope to ask the merchant for (repeatable); default integration.store")
-    parser.add_argument("--redirect-uri", metavar="URI",
-                        help="the redirect URI registered with Taptouch; default http://127.0.0.1:PORT/callback. "
-                             "A non-loopback URI (a deployed callback) makes the command ask for the URL the "
-                             "merchant was redirected to")
-    parser.add_argument("--port", type=_bounded(int, 0, 65535), default=8765, help="port of the loopback callback (0: any free port)")
-    parser.add_argument("--timeout", type=_bounded(float, 1, 86_400), default=300.0, help="seconds to wait for the merchant (default 300)")
+    parser.add_argument(
+        "--merchant",
+        default="default",
+        help="a label for this merchant's grant (TaptouchResource.merchant); default 'default'",
+    )
+    parser.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        metavar="SCOPE",
+        help="scope to ask the merchant for (repeatable); default integration.store",
+    )
+    parser.add_argument(
+        "--redirect-uri",
+        metavar="URI",
+        help="the redirect URI registered with Taptouch; default http://127.0.0.1:PORT/callback. "
+        "A non-loopback URI (a deployed callback) makes the command ask for the URL the "
+        "merchant was redirected to",
+    )
+    parser.add_argument(
+        "--port", type=_bounded(int, 0, 65535), default=8765, help="port of the loopback callback (0: any free port)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_bounded(float, 1, 86_400),
+        default=300.0,
+        help="seconds to wait for the merchant (default 300)",
+    )
     parser.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
 
 
@@ -223,15 +262,22 @@ def _has_browser() -> bool:
 
 
 def _authorize(args: argparse.Namespace) -> int:
-    from taptouch_resource import TaptouchError, api
     from pipelines.authorize import run_authorize
+    from taptouch_resource import TaptouchError, api
 
     try:
         client_id, secret, base_url, store = _taptouch_store(args)
         result = run_authorize(
-            base_url=base_url, client_id=client_id, client_secret=secret, store=store, merchant=args.merchant,
-            scopes=tuple(args.scopes or (api.SCOPE_STORE,)), redirect_uri=args.redirect_uri, port=args.port,
-            timeout=args.timeout, open_browser=not args.no_browser and _has_browser(),
+            base_url=base_url,
+            client_id=client_id,
+            client_secret=secret,
+            store=store,
+            merchant=args.merchant,
+            scopes=tuple(args.scopes or (api.SCOPE_STORE,)),
+            redirect_uri=args.redirect_uri,
+            port=args.port,
+            timeout=args.timeout,
+            open_browser=not args.no_browser and _has_browser(),
             announce=lambda text: print(text, flush=True),
         )
     except TaptouchError as err:
@@ -241,8 +287,10 @@ def _authorize(args: argparse.Namespace) -> int:
     print(f"Authorized merchant {result.merchant!r}: scopes {' '.join(result.scopes)}; stores {stores}.")
     schedule = f"{args.account}_merchant_tokens_keepalive" if args.account else "merchant_tokens_keepalive"
     again = f"taptouch-sync refresh --account {args.account}" if args.account else "taptouch-sync refresh"
-    print(f"The tokens are stored encrypted in taptouch_auth.tokens; the {schedule} schedule "
-          f"(or `{again}`) keeps them alive.")
+    print(
+        f"The tokens are stored encrypted in taptouch_auth.tokens; the {schedule} schedule "
+        f"(or `{again}`) keeps them alive."
+    )
     return EXIT_OK
 
 
@@ -260,12 +308,19 @@ def _tokens(args: argparse.Namespace) -> int:
         return EXIT_OK
     for g in grants:
         who = f"merchant {g.label}" if g.grant_type == "authorization_code" else "client credentials"
-        refresh = (f"refresh token valid until {g.refresh_expires_at:%Y-%m-%d %H:%M} UTC" if g.has_refresh_token
-                   else "no usable refresh token" if g.grant_type == "authorization_code" else "")
-        print(f"{who} [{g.client_id} @ {g.base_url}]: scopes {' '.join(g.scopes)}; "
-              f"access until {g.access_expires_at:%Y-%m-%d %H:%M} UTC; {refresh}"
-              + (f"; stores {', '.join(map(str, g.store_ids))}" if g.store_ids else "")
-              + f"; {g.rotations} refresh(es) since authorized {g.authorized_at:%Y-%m-%d %H:%M} UTC")
+        refresh = (
+            f"refresh token valid until {g.refresh_expires_at:%Y-%m-%d %H:%M} UTC"
+            if g.has_refresh_token
+            else "no usable refresh token"
+            if g.grant_type == "authorization_code"
+            else ""
+        )
+        print(
+            f"{who} [{g.client_id} @ {g.base_url}]: scopes {' '.join(g.scopes)}; "
+            f"access until {g.access_expires_at:%Y-%m-%d %H:%M} UTC; {refresh}"
+            + (f"; stores {', '.join(map(str, g.store_ids))}" if g.store_ids else "")
+            + f"; {g.rotations} refresh(es) since authorized {g.authorized_at:%Y-%m-%d %H:%M} UTC"
+        )
         if g.last_error:
             print(f"  ! {g.last_error}")
     return EXIT_OK
@@ -279,18 +334,27 @@ def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
 def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
     _account_argument(parser)
-    parser.add_argument("--min-remaining-hours", type=_bounded(float, 0, 96), default=72.0,
-                        help="rotate refresh tokens with less than this left of their 4 days (default 72)")
+    parser.add_argument(
+        "--min-remaining-hours",
+        type=_bounded(float, 0, 96),
+        default=72.0,
+        help="rotate refresh tokens with less than this left of their 4 days (default 72)",
+    )
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    from taptouch_resource import TaptouchError
     from pipelines.authorize import keep_merchants_alive
+    from taptouch_resource import TaptouchError
 
     try:
         client_id, secret, base_url, store = _taptouch_store(args)
-        results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret,
-                                       min_remaining=args.min_remaining_hours * 3600)
+        results = keep_merchants_alive(
+            store,
+            base_url=base_url,
+            client_id=client_id,
+            client_secret=secret,
+            min_remaining=args.min_remaining_hours * 3600,
+        )
     except TaptouchError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -306,8 +370,12 @@ def _refresh(args: argparse.Namespace) -> int:
 
 def _rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     _database_url_argument(parser)
-    parser.add_argument("--batch-size", type=_bounded(int, 1, 100_000), default=2000,
-                        help="rows per batch; each batch is its own transaction (default 2000)")
+    parser.add_argument(
+        "--batch-size",
+        type=_bounded(int, 1, 100_000),
+        default=2000,
+        help="rows per batch; each batch is its own transaction (default 2000)",
+    )
 
 
 def _rebuild(args: argparse.Namespace) -> int:
@@ -317,13 +385,17 @@ def _rebuild(args: argparse.Namespace) -> int:
 
     url = resolve_database_url(args.database_url)
     migrate(url)
-    print(f"Rebuilding the typed tables of {redact_url(url)} from raw (no API call; safe to interrupt and run again)",
-          flush=True)
+    print(
+        f"Rebuilding the typed tables of {redact_url(url)} from raw (no API call; safe to interrupt and run again)",
+        flush=True,
+    )
     with connect(url, autocommit=True) as conn:
         report = rebuild(conn, batch_size=args.batch_size, progress=lambda text: print(text, flush=True))
     for line in report.lines():
         print(line)
-    print(f"{report.changed} row(s) changed." if report.changed else "Nothing changed: every typed row matches its raw.")
+    print(
+        f"{report.changed} row(s) changed." if report.changed else "Nothing changed: every typed row matches its raw."
+    )
     return EXIT_OK
 
 
@@ -332,12 +404,14 @@ COMMANDS: dict[str, Command] = {
     "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
     "migrate": Command(_migrate, "apply pending database migrations", _database_url_argument),
     "db-url": Command(_db_url, "print the database URL and how to open psql on it", _db_url_arguments),
-    "authorize": Command(_authorize, "connect a merchant: authorization code + PKCE; stores the tokens encrypted",
-                         _authorize_arguments),
+    "authorize": Command(
+        _authorize, "connect a merchant: authorization code + PKCE; stores the tokens encrypted", _authorize_arguments
+    ),
     "tokens": Command(_tokens, "list stored OAuth grants (never the tokens)", _tokens_arguments),
     "refresh": Command(_refresh, "rotate merchant refresh tokens before their 4 days run out", _refresh_arguments),
-    "rebuild": Command(_rebuild, "re-derive every typed table from raw (no API call) and retry quarantined records",
-                       _rebuild_arguments),
+    "rebuild": Command(
+        _rebuild, "re-derive every typed table from raw (no API call) and retry quarantined records", _rebuild_arguments
+    ),
 }
 
 
@@ -356,9 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="taptouch-sync",
         description="Keep a Taptouch merchant's data in Postgres.",
     )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="log warnings and errors only"
-    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)

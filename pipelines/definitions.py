@@ -46,7 +46,8 @@ WAREHOUSE = PostgresResource()
 # (each view's automation condition, pipelines/warehouse/schema.py). Running by default: with the
 # daemon up, nothing has to be switched on for the views to follow the loads.
 views_automation = dg.AutomationConditionSensorDefinition(
-    "analytics_views_automation", target=dg.AssetSelection.groups("analytics"),
+    "analytics_views_automation",
+    target=dg.AssetSelection.groups("analytics"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-applies analytics views whose SQL changed or whose tables were loaded.",
 )

@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .warehouse.db import libpq_url, project_root, redact_url, resolve_database_url
 
@@ -77,8 +77,13 @@ def sandbox_env(seed: int = 1, stores: int = SANDBOX_STORES, days: int = SANDBOX
     sb = Sandbox(SandboxConfig(seed=seed, stores=stores, days=days))
     with sb.serve(host="127.0.0.1", port=0) as url:
         print(f"==> sandbox Taptouch API (fake, deterministic data: {stores} stores, {days} days) at {url}")
-        with _exported({"TAPTOUCH_BASE_URL": url, "TAPTOUCH_CLIENT_ID": sb.config.client_id,
-                        "TAPTOUCH_CLIENT_SECRET": sb.config.client_secret}):
+        with _exported(
+            {
+                "TAPTOUCH_BASE_URL": url,
+                "TAPTOUCH_CLIENT_ID": sb.config.client_id,
+                "TAPTOUCH_CLIENT_SECRET": sb.config.client_secret,
+            }
+        ):
             yield url
 
 
@@ -108,9 +113,13 @@ def sandbox_accounts_env(days: int = SANDBOX_DAYS) -> Iterator[str]:
     with group.serve(host="127.0.0.1", port=0) as url:
         values = {"TAPTOUCH_ACCOUNTS": ",".join(members)}
         for name, sb in members.items():
-            values.update({f"TAPTOUCH_{name.upper()}_BASE_URL": url,
-                           f"TAPTOUCH_{name.upper()}_CLIENT_ID": sb.config.client_id,
-                           f"TAPTOUCH_{name.upper()}_CLIENT_SECRET": sb.config.client_secret})
+            values.update(
+                {
+                    f"TAPTOUCH_{name.upper()}_BASE_URL": url,
+                    f"TAPTOUCH_{name.upper()}_CLIENT_ID": sb.config.client_id,
+                    f"TAPTOUCH_{name.upper()}_CLIENT_SECRET": sb.config.client_secret,
+                }
+            )
         described = ", ".join(f"{name}: stores {', '.join(map(str, sb.store_ids()))}" for name, sb in members.items())
         print(f"==> sandbox Taptouch API (fake, deterministic data, {days} days) at {url}, two clients: {described}")
         with _exported(values):
@@ -147,8 +156,11 @@ def forget_other_demo_assets(instance, defined) -> list[str]:
     of ``demo --accounts`` left in the single-account instance. Returns their keys."""
     from taptouch_sandbox.group import DEMO_ACCOUNTS
 
-    stale = [key for key in instance.all_asset_keys()
-             if len(key.path) > 1 and key.path[0] in DEMO_ACCOUNTS and key not in defined]
+    stale = [
+        key
+        for key in instance.all_asset_keys()
+        if len(key.path) > 1 and key.path[0] in DEMO_ACCOUNTS and key not in defined
+    ]
     if stale:
         instance.wipe_assets(stale)
     return sorted(key.to_user_string() for key in stale)
@@ -196,11 +208,13 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
     if own_home:  # the demo's own instance: assets an older `demo --accounts` left here go
         forgotten = forget_other_demo_assets(instance, set(defs.get_repository_def().asset_graph.get_all_asset_keys()))
         if forgotten:
-            print(f"==> removed from this instance the assets of an earlier `demo --accounts`: {', '.join(forgotten)}"
-                  f" (that demo now keeps its own, in .taptouch/{ACCOUNTS_DEMO_HOME})")
+            print(
+                f"==> removed from this instance the assets of an earlier `demo --accounts`: {', '.join(forgotten)}"
+                f" (that demo now keeps its own, in .taptouch/{ACCOUNTS_DEMO_HOME})"
+            )
 
     with sandbox_env():
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         # partitions are UTC days; business dates are local (up to UTC+13 here): load one more day
         first_partition = first - timedelta(days=1)
@@ -208,22 +222,44 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
         stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))
 
         print("==> [1/3] stores and inventory")
-        _check(dg.materialize([stores, inventory], instance=instance, resources=RESOURCES, run_config=_run_config(),
-                              tags={"source": "demo"}))
+        _check(
+            dg.materialize(
+                [stores, inventory],
+                instance=instance,
+                resources=RESOURCES,
+                run_config=_run_config(),
+                tags={"source": "demo"},
+            )
+        )
         print(f"==> [2/3] orders, partitions {first_partition} .. {today} (one ranged backfill run)")
         loaded = dg.materialize(
-            [orders], instance=instance, resources=RESOURCES, run_config=_run_config(),
-            tags={"dagster/asset_partition_range_start": first_partition.isoformat(),
-                  "dagster/asset_partition_range_end": today.isoformat(), "source": "demo"},
+            [orders],
+            instance=instance,
+            resources=RESOURCES,
+            run_config=_run_config(),
+            tags={
+                "dagster/asset_partition_range_start": first_partition.isoformat(),
+                "dagster/asset_partition_range_end": today.isoformat(),
+                "source": "demo",
+            },
         )
         _check(loaded)
         print("==> [3/3] analytics views")
-        _check(dg.materialize([*analytics_assets], instance=instance, resources=RESOURCES, run_config=_run_config(),
-                              tags={"source": "demo"}))
+        _check(
+            dg.materialize(
+                [*analytics_assets],
+                instance=instance,
+                resources=RESOURCES,
+                run_config=_run_config(),
+                tags={"source": "demo"},
+            )
+        )
     print_summary(PostgresResource(database_url=url), first, today)
     print(f"\nThis run's orders: {_orders_counts(loaded)}.")
-    print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated: a re-run "
-          f"reports 0 inserted, 0 updated).")
+    print(
+        f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated: a re-run "
+        f"reports 0 inserted, 0 updated)."
+    )
     print("Explore the same data:")
     print("  ./dev ui                         # Dagster UI on http://127.0.0.1:3000 (runs, assets, checks, schedules)")
     print("  ./dev taptouch-sync db-url       # the database URL and the psql command")
@@ -234,8 +270,9 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
 def run_accounts_demo(days: int = 7) -> int:
     """The demo with two accounts in one deployment: each account's stores, inventory and orders
     as its own runs, then the shared analytics views, and a per-account summary."""
-    t0, url, instance = _start("taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse",
-                               accounts=True)
+    t0, url, instance = _start(
+        "taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse", accounts=True
+    )
     import dagster as dg
 
     from .warehouse.resource import PostgresResource
@@ -243,33 +280,61 @@ def run_accounts_demo(days: int = 7) -> int:
     with sandbox_accounts_env():
         from . import definitions  # loaded now: TAPTOUCH_ACCOUNTS is set
 
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         first_partition = first - timedelta(days=1)
         assets = list(definitions.defs.assets)
         for account in definitions.ACCOUNTS:
             print(f"==> [{account.name}] {account.key_string('stores')} and {account.key_string('inventory')}")
-            _check(dg.materialize(assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
-                                  selection=[account.key("stores"), account.key("inventory")], tags={"source": "demo"}))
-            print(f"==> [{account.name}] {account.key_string('orders')}, partitions {first_partition} .. {today}"
-                  " (one ranged backfill run)")
-            _check(dg.materialize(
-                assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
-                selection=[account.key("orders")],
-                tags={"dagster/asset_partition_range_start": first_partition.isoformat(),
-                      "dagster/asset_partition_range_end": today.isoformat(), "source": "demo"},
-            ))
+            _check(
+                dg.materialize(
+                    assets,
+                    instance=instance,
+                    resources=definitions.RESOURCES,
+                    run_config=_run_config(),
+                    selection=[account.key("stores"), account.key("inventory")],
+                    tags={"source": "demo"},
+                )
+            )
+            print(
+                f"==> [{account.name}] {account.key_string('orders')}, partitions {first_partition} .. {today}"
+                " (one ranged backfill run)"
+            )
+            _check(
+                dg.materialize(
+                    assets,
+                    instance=instance,
+                    resources=definitions.RESOURCES,
+                    run_config=_run_config(),
+                    selection=[account.key("orders")],
+                    tags={
+                        "dagster/asset_partition_range_start": first_partition.isoformat(),
+                        "dagster/asset_partition_range_end": today.isoformat(),
+                        "source": "demo",
+                    },
+                )
+            )
         print("==> analytics views (shared: every account's rows, with their account)")
-        _check(dg.materialize(assets, instance=instance, resources=definitions.RESOURCES, run_config=_run_config(),
-                              selection=dg.AssetSelection.groups("analytics"), tags={"source": "demo"}))
+        _check(
+            dg.materialize(
+                assets,
+                instance=instance,
+                resources=definitions.RESOURCES,
+                run_config=_run_config(),
+                selection=dg.AssetSelection.groups("analytics"),
+                tags={"source": "demo"},
+            )
+        )
     print_accounts_summary(PostgresResource(database_url=url), first, today)
     print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated).")
     print("Explore the same data (this demo's own Dagster instance and warehouse, apart from `./dev demo`'s):")
     print("  ./dev ui --sandbox --accounts    # Dagster UI with both accounts' assets (north/..., south/...)")
     target = shlex.quote(libpq_url(url)) if redact_url(url) == url else '"$(./dev taptouch-sync db-url --raw)"'
-    print(f'  psql {target} -c "select account, business_date, sum(net_sales)'
-          ' from analytics.daily_store_sales where day_complete group by account, business_date'
-          ' order by business_date, account"')
+    print(
+        f'  psql {target} -c "select account, business_date, sum(net_sales)'
+        " from analytics.daily_store_sales where day_complete group by account, business_date"
+        ' order by business_date, account"'
+    )
     return 0
 
 
@@ -284,10 +349,13 @@ def print_accounts_summary(warehouse, first: date, last: date) -> None:
         " from analytics.daily_store_sales"
         " where business_date between :first and :last group by account, business_date"
         " order by business_date, account",
-        first=first, last=last,
+        first=first,
+        last=last,
     )
-    print(f"\nanalytics.daily_store_sales per account, business dates {first} .. {last}"
-          " (partial: some store's day is not completely loaded yet, see docs/analytics.md):")
+    print(
+        f"\nanalytics.daily_store_sales per account, business dates {first} .. {last}"
+        " (partial: some store's day is not completely loaded yet, see docs/analytics.md):"
+    )
     print(frame.to_string(index=False, justify="left", formatters={"net_sales": lambda v: f"{v:>12,.2f}"}))
 
 
@@ -316,29 +384,42 @@ def print_summary(warehouse, first: date, last: date) -> None:
     warehouse's SQLAlchemy engine; ``warehouse`` is a ``PostgresResource``)."""
     from .assets.preview import read_frame
 
-    counts = read_frame(warehouse, " union all ".join(
-        f"select '{t}' as table_name, count(*) as n from taptouch.{t}" for t in SUMMARY_TABLES)
-        + " union all select 'quarantined', count(*) from taptouch.quarantine where resolved_at is null")
+    counts = read_frame(
+        warehouse,
+        " union all ".join(f"select '{t}' as table_name, count(*) as n from taptouch.{t}" for t in SUMMARY_TABLES)
+        + " union all select 'quarantined', count(*) from taptouch.quarantine where resolved_at is null",
+    )
     sales = read_frame(
         warehouse,
         "select store_id as store, store_name as name, business_date as date, order_count as orders,"
         " net_sales, case when day_complete then '' else 'partial' end as day"
         " from analytics.daily_store_sales where business_date between :first and :last and account = 'default'"
         " order by store_id, business_date",
-        first=first, last=last,
+        first=first,
+        last=last,
     )
-    others = read_frame(warehouse, "select distinct account from taptouch.stores where account <> 'default'"
-                                   " order by account")["account"].tolist()
+    others = read_frame(
+        warehouse, "select distinct account from taptouch.stores where account <> 'default' order by account"
+    )["account"].tolist()
     print("\nWhat the warehouse holds:")
     print("  " + ", ".join(f"{r.table_name} {r.n}" for r in counts.itertuples()))
     if others:
-        print(f"  (also the stores of account(s) {', '.join(others)}, loaded before `demo --accounts` kept"
-              " its own database: left out below)")
-    print(f"\nanalytics.daily_store_sales, account 'default', business dates {first} .. {last}"
-          " (partial: a day not completely loaded yet, see docs/analytics.md):")
+        print(
+            f"  (also the stores of account(s) {', '.join(others)}, loaded before `demo --accounts` kept"
+            " its own database: left out below)"
+        )
+    print(
+        f"\nanalytics.daily_store_sales, account 'default', business dates {first} .. {last}"
+        " (partial: a day not completely loaded yet, see docs/analytics.md):"
+    )
     sales["name"] = sales["name"].fillna("").str.slice(0, 28)
-    print(sales.to_string(index=False, justify="left", formatters={
-        "name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"}))
+    print(
+        sales.to_string(
+            index=False,
+            justify="left",
+            formatters={"name": lambda v: f"{v:<28}", "net_sales": lambda v: f"{v:>12,.2f}"},
+        )
+    )
 
 
 UI_ENV_FILE = "ui.env"
@@ -374,7 +455,7 @@ class _StopSignals:
         self.deferred = False
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> _StopSignals:
         for sig in STOP_SIGNALS:
             if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
                 continue  # nohup: the user asked for hangups to be ignored
@@ -417,7 +498,7 @@ def _group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2 :].split()  # state ppid pgrp ...
         if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
@@ -475,7 +556,8 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise SystemExit(
                 f"taptouch-sync ui: {host}:{port} is in use ({exc.strerror}): another `./dev ui` or Dagster "
-                f"webserver still runs there. Stop it, or choose another port with --port.") from None
+                f"webserver still runs there. Stop it, or choose another port with --port."
+            ) from None
 
 
 def _ui_env_lines(pid: int, sandbox_keys: Sequence[str], database_url: str, database_from_env: bool) -> list[str]:
@@ -488,8 +570,10 @@ def _ui_env_lines(pid: int, sandbox_keys: Sequence[str], database_url: str, data
         f"export DAGSTER_HOME={q(os.environ['DAGSTER_HOME'])}",
     ]
     if database_from_env and redact_url(database_url) != database_url:
-        lines.append("# TAPTOUCH_DATABASE_URL: the one of the environment that started the UI (it holds a password,"
-                     " so it is not written here)")
+        lines.append(
+            "# TAPTOUCH_DATABASE_URL: the one of the environment that started the UI (it holds a password,"
+            " so it is not written here)"
+        )
     else:
         lines.append(f"export TAPTOUCH_DATABASE_URL={q(database_url)}")
     if sandbox_keys:
@@ -498,8 +582,10 @@ def _ui_env_lines(pid: int, sandbox_keys: Sequence[str], database_url: str, data
         if "TAPTOUCH_ACCOUNTS" not in os.environ:
             lines.append("unset TAPTOUCH_ACCOUNTS  # the UI runs the single-account sandbox")
     else:
-        lines.append("# TAPTOUCH_CLIENT_ID / _SECRET / _BASE_URL (or TAPTOUCH_ACCOUNTS): as in the environment that"
-                     " started the UI (real credentials are not written here)")
+        lines.append(
+            "# TAPTOUCH_CLIENT_ID / _SECRET / _BASE_URL (or TAPTOUCH_ACCOUNTS): as in the environment that"
+            " started the UI (real credentials are not written here)"
+        )
     return lines
 
 
@@ -510,8 +596,9 @@ def _write_private_text(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False,
-           env_file: str | Path | None = None) -> int:
+def run_ui(
+    sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: bool = False, env_file: str | Path | None = None
+) -> int:
     """``dagster dev`` on this code location and the local instance (optionally with the sandbox,
     ``accounts``: the two-account sandbox and TAPTOUCH_ACCOUNTS=north,south, on the instance and
     warehouse of ``demo --accounts`` unless DAGSTER_HOME / TAPTOUCH_DATABASE_URL say otherwise), until
@@ -552,12 +639,16 @@ def run_ui(sandbox: bool, port: int = 3000, host: str = "127.0.0.1", accounts: b
             text = "\n".join(lines) + "\n"
             _write_private_text(path, text)
             stack.callback(_remove_if_ours, path, text)
-            print(f"==> the CLI's environment for this UI, written to {path} "
-                  f"(in another shell: source {path}):", flush=True)
+            print(
+                f"==> the CLI's environment for this UI, written to {path} (in another shell: source {path}):",
+                flush=True,
+            )
             for line in lines:
                 print(f"    {line}")
-            print(f"==> Dagster UI on http://{host}:{port} (Ctrl-C or SIGTERM stops it and everything it started)",
-                  flush=True)
+            print(
+                f"==> Dagster UI on http://{host}:{port} (Ctrl-C or SIGTERM stops it and everything it started)",
+                flush=True,
+            )
             return _serve(host, port, signals)
         except _Stop as stop:
             print(f"==> taptouch-sync ui: stopped by {signal.Signals(stop.signum).name}", flush=True)
@@ -591,15 +682,20 @@ def _serve(host: str, port: int, signals: _StopSignals) -> int:
     read_fd, write_fd = os.pipe()
     signals.deferred = True  # no stop between the fork and knowing the child
     try:
-        proc = subprocess.Popen([*cmd, "--shutdown-pipe", str(read_fd)], cwd=project_root(),
-                                pass_fds=[read_fd], start_new_session=True, preexec_fn=_dies_with_parent())
+        proc = subprocess.Popen(
+            [*cmd, "--shutdown-pipe", str(read_fd)],
+            cwd=project_root(),
+            pass_fds=[read_fd],
+            start_new_session=True,
+            preexec_fn=_dies_with_parent(),
+        )
     finally:
         os.close(read_fd)
         signals.deferred = False
     try:
         signals.raise_pending()
         while True:  # never one blocking wait: a signal that lands on another thread (the sandbox's
-            try:     # server) would run its handler only when the main thread runs Python code again
+            try:  # server) would run its handler only when the main thread runs Python code again
                 code = proc.wait(timeout=0.25)
                 break
             except subprocess.TimeoutExpired:

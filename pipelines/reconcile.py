@@ -7,7 +7,6 @@ then lets :mod:`pipelines.warehouse.deletions` judge the listing. The rules (two
 the share guard, restores whatever the age): docs/operating.md, "Deletions and restores".
 """
 
-
 import hashlib
 import logging
 import time
@@ -37,8 +36,14 @@ LISTING_SLACK = timedelta(seconds=1)  # the warehouse rounds instants to microse
 LISTING_HORIZON = timedelta(days=3660)
 WINDOW = "order_deletions"  # the ``window`` of the sync_log rows (and quarantine rows) of its repairs
 
-__all__ = ["reconcile_orders", "reconcile_days", "ReconcileResult", "StoreReconcile", "deletions_definitions",
-           "DEFAULT_RECONCILE_DAYS"]
+__all__ = [
+    "reconcile_orders",
+    "reconcile_days",
+    "ReconcileResult",
+    "StoreReconcile",
+    "deletions_definitions",
+    "DEFAULT_RECONCILE_DAYS",
+]
 
 
 @dataclass
@@ -127,8 +132,9 @@ class _Listing:
     started_at: datetime | None = None
 
 
-def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int, start: datetime,
-                end: datetime) -> _Listing:
+def _list_store(
+    client: TaptouchClient, conn: psycopg.Connection, store_id: int, start: datetime, end: datetime
+) -> _Listing:
     """One listing of a store's orders, read as bytes, outside any transaction: the ids it names
     and the records the warehouse lacks or holds in an older version (checked page by page with a
     read-only query; the merge decides again under its lock)."""
@@ -145,8 +151,11 @@ def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int,
                 oid = deletions.listed_id(raw)
                 if oid is None:
                     out.unidentified += 1
-                    log.warning("reconcile: store %s lists a record whose order id cannot be read; nothing at "
-                                "this store is marked deleted from this listing", store_id)
+                    log.warning(
+                        "reconcile: store %s lists a record whose order id cannot be read; nothing at "
+                        "this store is marked deleted from this listing",
+                        store_id,
+                    )
                     continue
                 out.ids.add(oid)
                 continue  # listed (it shields its order), but not loadable here: the orders asset quarantines it
@@ -154,9 +163,16 @@ def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int,
             found.append((oid, raw))
         if not found:
             continue
-        in_warehouse = dict(((oid, (bytes(h) if h is not None else None, v)) for oid, h, v in conn.execute(
-            "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
-            " from taptouch.orders where order_id = any(%s)", ([oid for oid, _ in found],))))
+        in_warehouse = dict(
+            (
+                (oid, (bytes(h) if h is not None else None, v))
+                for oid, h, v in conn.execute(
+                    "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
+                    " from taptouch.orders where order_id = any(%s)",
+                    ([oid for oid, _ in found],),
+                )
+            )
+        )
         for oid, raw in found:
             have = in_warehouse.get(oid)
             if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
@@ -174,13 +190,24 @@ def _list_store(client: TaptouchClient, conn: psycopg.Connection, store_id: int,
 
 
 def _earliest_deleted(conn: psycopg.Connection, store_id: int) -> datetime | None:
-    row = conn.execute("select min(updated_at) from taptouch.orders where store_id = %s and deleted_at is not null",
-                       (store_id,)).fetchone()
+    row = conn.execute(
+        "select min(updated_at) from taptouch.orders where store_id = %s and deleted_at is not null", (store_id,)
+    ).fetchone()
     return row[0] if row else None
 
 
-def _judge_store(conn: psycopg.Connection, listing, sr: StoreReconcile, *, start: datetime, now: datetime,
-                 confirm_s: int, mass_confirmed: bool, seen_by: str, run_id: str | None) -> str | None:
+def _judge_store(
+    conn: psycopg.Connection,
+    listing,
+    sr: StoreReconcile,
+    *,
+    start: datetime,
+    now: datetime,
+    confirm_s: int,
+    mass_confirmed: bool,
+    seen_by: str,
+    run_id: str | None,
+) -> str | None:
     """One store's judgement of its finished listing, in one short transaction under the merge
     lock (deletions.judge_listing, or only restores from a listing that cannot judge), logged in
     sync_log. Returns the share guard's refusal, if any."""
@@ -189,26 +216,48 @@ def _judge_store(conn: psycopg.Connection, listing, sr: StoreReconcile, *, start
     with conn.transaction(), conn.cursor() as cur:
         if listing.complete and not listing.unidentified:
             judged = deletions.judge_listing(
-                cur, sr.store_id, listing.ids, listed_from=start, listed_to=None, started_at=started_at, now=now,
-                confirm_s=confirm_s, mass_confirmed=mass_confirmed, listed_count=listing.records,
-                seen_by=seen_by)
+                cur,
+                sr.store_id,
+                listing.ids,
+                listed_from=start,
+                listed_to=None,
+                started_at=started_at,
+                now=now,
+                confirm_s=confirm_s,
+                mass_confirmed=mass_confirmed,
+                listed_count=listing.records,
+                seen_by=seen_by,
+            )
             sr.checked = judged.live
             sr.deleted, sr.restored, sr.refused = judged.deleted, judged.restored, judged.refused
             sr.candidates, sr.waiting = judged.candidates, judged.waiting
             refusal = judged.refusal
         else:
-            why = ("the listing is not known to be complete" if not listing.complete else
-                   f"{listing.unidentified} listed record(s) have no readable order id")
-            log.warning("reconcile: store %s: %s; nothing at this store is marked deleted from it (listed "
-                        "orders are still restored)", sr.store_id, why)
+            why = (
+                "the listing is not known to be complete"
+                if not listing.complete
+                else f"{listing.unidentified} listed record(s) have no readable order id"
+            )
+            log.warning(
+                "reconcile: store %s: %s; nothing at this store is marked deleted from it (listed "
+                "orders are still restored)",
+                sr.store_id,
+                why,
+            )
             sr.restored, _ = deletions.note_listed(cur, listing.ids)
         if sr.deleted or sr.restored or sr.repaired:
             # sync_log: deleted = marked deleted, updated = restored (repairs have their own rows)
             cur.execute(
-                "insert into taptouch.sync_log (entity, store_id, \"window\", run_id, started_at, deleted, updated)"
+                'insert into taptouch.sync_log (entity, store_id, "window", run_id, started_at, deleted, updated)'
                 " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
-                (sr.store_id, f"{sr.listed_from.isoformat()}..{now.isoformat()}", run_id, now, len(sr.deleted),
-                 len(sr.restored)),
+                (
+                    sr.store_id,
+                    f"{sr.listed_from.isoformat()}..{now.isoformat()}",
+                    run_id,
+                    now,
+                    len(sr.deleted),
+                    len(sr.restored),
+                ),
             )
     return refusal
 
@@ -238,8 +287,10 @@ def reconcile_orders(
     ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
     """
     if not conn.autocommit:
-        raise ValueError("reconcile_orders needs an autocommit connection: its listing must run outside any "
-                         "transaction (a transaction left open would hold its locks through every API call)")
+        raise ValueError(
+            "reconcile_orders needs an autocommit connection: its listing must run outside any "
+            "transaction (a transaction left open would hold its locks through every API call)"
+        )
     progress = progress or log.info
     confirmed = {int(s) for s in confirm_mass_deletion_stores}
     now = now or datetime.now(UTC)
@@ -253,18 +304,33 @@ def reconcile_orders(
         earliest = _earliest_deleted(conn, store_id)
         listed_from = min(start, earliest) if earliest is not None else start
         try:
-            listing = _list_store(client, conn, store_id, listed_from - LISTING_SLACK,
-                                  max(now, datetime.now(UTC)) + LISTING_HORIZON)
+            listing = _list_store(
+                client, conn, store_id, listed_from - LISTING_SLACK, max(now, datetime.now(UTC)) + LISTING_HORIZON
+            )
         except Exception as exc:  # a hostile answer costs its own store, never the others'
             result.failures.append((store_id, describe(exc), is_transient(exc)))
             log.error("reconcile: store %s: %s", store_id, describe(exc))
             continue
-        sr = StoreReconcile(store_id, listed=listing.records, listed_from=listed_from, complete=listing.complete,
-                            unidentified=listing.unidentified)
+        sr = StoreReconcile(
+            store_id,
+            listed=listing.records,
+            listed_from=listed_from,
+            complete=listing.complete,
+            unidentified=listing.unidentified,
+        )
         if listing.repairs and store_id in timezones:
             _repair(conn, listing, sr, timezones[store_id], run_id)
-        refusal = _judge_store(conn, listing, sr, start=start, now=now, confirm_s=confirm_s,
-                               mass_confirmed=store_id in confirmed, seen_by=seen_by, run_id=run_id)
+        refusal = _judge_store(
+            conn,
+            listing,
+            sr,
+            start=start,
+            now=now,
+            confirm_s=confirm_s,
+            mass_confirmed=store_id in confirmed,
+            seen_by=seen_by,
+            run_id=run_id,
+        )
         if refusal:
             result.failures.append((store_id, refusal, False))
         result.stores.append(sr)
@@ -281,9 +347,11 @@ def _repair(conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, zon
 
 
 def _store_summary(sr: StoreReconcile) -> str:
-    return (f"store {sr.store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
-            f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "
-            f"restored, {sr.repaired} repaired" + ("" if sr.complete else " (listing incomplete: nothing deleted)"))
+    return (
+        f"store {sr.store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
+        f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "
+        f"restored, {sr.repaired} repaired" + ("" if sr.complete else " (listing incomplete: nothing deleted)")
+    )
 
 
 # ------------------------------------------------------------------------------------------ dagster
@@ -317,8 +385,8 @@ def _reconcile_metadata(result: ReconcileResult) -> dict:
         "refused": result.refused,
         "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
         "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
-        "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores
-                                       if not s.complete or s.unidentified) or "none",
+        "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores if not s.complete or s.unidentified)
+        or "none",
         "stores_ok": len(result.stores),
         "stores_failed": len(result.failures),
     }
@@ -328,11 +396,14 @@ def _fail_if_not_reconciled(result: ReconcileResult, metadata: dict) -> None:
     """A ``dg.Failure`` naming each store not reconciled (retried only when one failure is transient)."""
     if not result.failures:
         return
-    lines = "\n".join(f"- store {sid}: {err}" if not err.startswith(f"store {sid}:") else f"- {err}"
-                      for sid, err, _ in result.failures)
+    lines = "\n".join(
+        f"- store {sid}: {err}" if not err.startswith(f"store {sid}:") else f"- {err}"
+        for sid, err, _ in result.failures
+    )
     raise dg.Failure(
         description=f"order reconciliation: {len(result.failures)} store(s) not reconciled; the others were.\n{lines}",
-        metadata=metadata, allow_retries=any(transient for _, _, transient in result.failures),
+        metadata=metadata,
+        allow_retries=any(transient for _, _, transient in result.failures),
     )
 
 
@@ -342,11 +413,19 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
     resource_key = account.resource_key
 
     @dg.asset(
-        key=account.key(RECONCILE_ASSET), group_name=account.group, kinds={"taptouch", "postgres"},
-        deps=[account.key("orders")], pool=account.pool, required_resource_keys={resource_key, "warehouse"},
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
-        metadata={"writes": "taptouch.orders.deleted_at and taptouch.deletion_candidates; repairs (orders the "
-                            "warehouse lacks or holds older) through the orders loader's merge"},
+        key=account.key(RECONCILE_ASSET),
+        group_name=account.group,
+        kinds={"taptouch", "postgres"},
+        deps=[account.key("orders")],
+        pool=account.pool,
+        required_resource_keys={resource_key, "warehouse"},
+        retry_policy=dg.RetryPolicy(
+            max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ),
+        metadata={
+            "writes": "taptouch.orders.deleted_at and taptouch.deletion_candidates; repairs (orders the "
+            "warehouse lacks or holds older) through the orders loader's merge"
+        },
         description=(
             "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
             "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when "
@@ -363,26 +442,35 @@ def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefiniti
         started = time.monotonic()
         with step_errors(), run_context(taptouch, warehouse, account=account, context=context) as run:
             listing = run.store_listing(context)
-            result = reconcile_orders(run.client, run.conn, days=run.settings.reconcile_days,
-                                      store_ids=listing.store_ids, timezones=listing.timezones,
-                                      confirm_s=run.settings.reconcile_confirm_s,
-                                      confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
-                                      run_id=context.run.run_id, progress=context.log.info)
+            result = reconcile_orders(
+                run.client,
+                run.conn,
+                days=run.settings.reconcile_days,
+                store_ids=listing.store_ids,
+                timezones=listing.timezones,
+                confirm_s=run.settings.reconcile_confirm_s,
+                confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
+                run_id=context.run.run_id,
+                progress=context.log.info,
+            )
             api_md = run.api_metadata()
         metadata = {**_reconcile_metadata(result), **api_md, "duration_s": round(time.monotonic() - started, 3)}
         _fail_if_not_reconciled(result, metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     job = dg.define_asset_job(
-        account.named("orders_reconcile_job"), selection=dg.AssetSelection.assets(account.key(RECONCILE_ASSET)),
+        account.named("orders_reconcile_job"),
+        selection=dg.AssetSelection.assets(account.key(RECONCILE_ASSET)),
         description="Repair and soft-delete recent orders (two listings apart confirm a deletion); restore those "
-                    "listed again.",
+        "listed again.",
     )
     schedule = dg.ScheduleDefinition(
-        name=account.named("orders_reconcile_daily"), job=job, cron_schedule=RECONCILE_CRON, execution_timezone="UTC",
+        name=account.named("orders_reconcile_daily"),
+        job=job,
+        cron_schedule=RECONCILE_CRON,
+        execution_timezone="UTC",
         description="Every 6 hours (00:30, 06:30, 12:30, 18:30 UTC; the name says daily for compatibility): "
-                    "reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (repairs, deletions confirmed by a "
-                    "second listing, restores).",
+        "reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (repairs, deletions confirmed by a "
+        "second listing, restores).",
     )
     return order_deletions, job, schedule
-

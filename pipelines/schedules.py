@@ -17,19 +17,30 @@ from .tokens import keepalive_job
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
 FULL_REFRESH_HOUR = LATE_EDIT_HOURS  # then, once the day has closed, yesterday is loaded once in full
 
+
 def account_schedules(account: Account = DEFAULT) -> tuple[list[dg.ScheduleDefinition], list]:
     """The schedules and jobs of one account's ``stores``, ``orders`` and ``inventory``, named after
     it (``north_orders_hourly``, ``north_orders_job``; unprefixed for the single account)."""
-    orders_job = dg.define_asset_job(account.named("orders_job"), selection=dg.AssetSelection.assets(account.key("orders")),
-                                     description="Load orders for one daily partition (UTC day).")
-    stores_job = dg.define_asset_job(account.named("stores_job"), selection=dg.AssetSelection.assets(account.key("stores")))
-    inventory_job = dg.define_asset_job(account.named("inventory_job"),
-                                        selection=dg.AssetSelection.assets(account.key("inventory")))
+    orders_job = dg.define_asset_job(
+        account.named("orders_job"),
+        selection=dg.AssetSelection.assets(account.key("orders")),
+        description="Load orders for one daily partition (UTC day).",
+    )
+    stores_job = dg.define_asset_job(
+        account.named("stores_job"), selection=dg.AssetSelection.assets(account.key("stores"))
+    )
+    inventory_job = dg.define_asset_job(
+        account.named("inventory_job"), selection=dg.AssetSelection.assets(account.key("inventory"))
+    )
 
-    @dg.schedule(name=account.named("orders_hourly"), job=orders_job, cron_schedule="5 * * * *",
-                 execution_timezone="UTC",
-                 description="Hourly: today's orders partition from its high-water mark; yesterday's too in the first "
-                             "hours of a UTC day, then once in full.")
+    @dg.schedule(
+        name=account.named("orders_hourly"),
+        job=orders_job,
+        cron_schedule="5 * * * *",
+        execution_timezone="UTC",
+        description="Hourly: today's orders partition from its high-water mark; yesterday's too in the first "
+        "hours of a UTC day, then once in full.",
+    )
     def orders_hourly(context: dg.ScheduleEvaluationContext):
         now = context.scheduled_execution_time
         yesterday = (now - timedelta(days=1)).date().isoformat()
@@ -39,23 +50,39 @@ def account_schedules(account: Account = DEFAULT) -> tuple[list[dg.ScheduleDefin
             yield _orders_run(yesterday, now, full=True)
         yield _orders_run(now.date().isoformat(), now, full=False)
 
-    stores_daily = dg.ScheduleDefinition(name=account.named("stores_daily"), job=stores_job, cron_schedule="0 2 * * *",
-                                         execution_timezone="UTC", description="Daily at 02:00 UTC: stores.")
-    inventory_hourly = dg.ScheduleDefinition(name=account.named("inventory_hourly"), job=inventory_job,
-                                             cron_schedule="20 * * * *", execution_timezone="UTC",
-                                             description="Hourly at :20 UTC: inventory.")
+    stores_daily = dg.ScheduleDefinition(
+        name=account.named("stores_daily"),
+        job=stores_job,
+        cron_schedule="0 2 * * *",
+        execution_timezone="UTC",
+        description="Daily at 02:00 UTC: stores.",
+    )
+    inventory_hourly = dg.ScheduleDefinition(
+        name=account.named("inventory_hourly"),
+        job=inventory_job,
+        cron_schedule="20 * * * *",
+        execution_timezone="UTC",
+        description="Hourly at :20 UTC: inventory.",
+    )
     keepalive_job_ = keepalive_job(account)
     keepalive = dg.ScheduleDefinition(
-        name=account.named("merchant_tokens_keepalive"), job=keepalive_job_, cron_schedule="40 3 * * *",
-        execution_timezone="UTC", description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.")
-    return ([orders_hourly, stores_daily, inventory_hourly, keepalive],
-            [orders_job, stores_job, inventory_job, keepalive_job_])
+        name=account.named("merchant_tokens_keepalive"),
+        job=keepalive_job_,
+        cron_schedule="40 3 * * *",
+        execution_timezone="UTC",
+        description="Daily at 03:40 UTC: keep merchant refresh tokens (valid 4 days) alive.",
+    )
+    return (
+        [orders_hourly, stores_daily, inventory_hourly, keepalive],
+        [orders_job, stores_job, inventory_job, keepalive_job_],
+    )
 
 
 def _orders_run(key: str, now, *, full: bool) -> dg.RunRequest:
     tags = {FULL_REFRESH_TAG: "true"} if full else {}
-    return dg.RunRequest(run_key=f"orders-{key}-{now:%Y%m%dT%H%M}{'-full' if full else ''}", partition_key=key,
-                         tags=tags)
+    return dg.RunRequest(
+        run_key=f"orders-{key}-{now:%Y%m%dT%H%M}{'-full' if full else ''}", partition_key=key, tags=tags
+    )
 
 
 # Freshness of orders: pipelines/checks.py (freshness_check + freshness_checks_sensor replace orders_freshness).

@@ -74,8 +74,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None, *,
-         at_load: bool = False) -> int:
+def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None, *, at_load: bool = False) -> int:
     """``configured`` when set, else the variable ``name``, else ``default``; checked to lie in [lo, hi]."""
     error = SettingError if at_load else _run_setting_error()
     if configured is None:
@@ -109,16 +108,22 @@ def start_date() -> str:
     try:
         day = date.fromisoformat(raw)
     except ValueError:
-        raise SettingError(f"TAPTOUCH_START_DATE must be a date like 2026-01-01 (YYYY-MM-DD), got {raw!r}: set it "
-                           f"to the first UTC day of orders to load, or unset it for {DEFAULT_START_DATE}") from None
+        raise SettingError(
+            f"TAPTOUCH_START_DATE must be a date like 2026-01-01 (YYYY-MM-DD), got {raw!r}: set it "
+            f"to the first UTC day of orders to load, or unset it for {DEFAULT_START_DATE}"
+        ) from None
     today = datetime.now(UTC).date()
     if day > today:
-        raise SettingError(f"TAPTOUCH_START_DATE {raw!r} is after today ({today}, UTC): the orders partitions run "
-                           f"from it to today, so there would be no partition to load. Set it to the first UTC day "
-                           f"of orders to load, today or earlier.")
+        raise SettingError(
+            f"TAPTOUCH_START_DATE {raw!r} is after today ({today}, UTC): the orders partitions run "
+            f"from it to today, so there would be no partition to load. Set it to the first UTC day "
+            f"of orders to load, today or earlier."
+        )
     if day < EARLIEST_START_DATE:
-        raise SettingError(f"TAPTOUCH_START_DATE {raw!r} is before {EARLIEST_START_DATE}: set it to the first UTC day "
-                           f"of orders to load (Taptouch has none before it).")
+        raise SettingError(
+            f"TAPTOUCH_START_DATE {raw!r} is before {EARLIEST_START_DATE}: set it to the first UTC day "
+            f"of orders to load (Taptouch has none before it)."
+        )
     return day.isoformat()
 
 
@@ -175,7 +180,8 @@ def requests_per_second(configured: float | None = None, *, variable: str = "TAP
         raise _run_setting_error()(
             f"{source} must be 0 (no limit) or a number of requests per second from {MIN_REQUESTS_PER_SECOND} "
             f"(e.g. 10 or 0.5), got {raw!r}: set it to the budget Taptouch gives the client id, or unset it for "
-            f"the default {DEFAULT_REQUESTS_PER_SECOND:g}")
+            f"the default {DEFAULT_REQUESTS_PER_SECOND:g}"
+        )
     return value + 0.0  # -0.0 -> 0.0
 
 
@@ -194,7 +200,8 @@ def lookback(configured: str | int | None = None) -> timedelta:
     fix = "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most 24h, or unset it for 5m"
     if not (number.isascii() and number.isdigit()):
         raise _run_setting_error()(
-            f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}")
+            f"{source} must be seconds or a number with s/m/h (e.g. 300, 5m), got {raw!r}: {fix}"
+        )
     seconds = int(number) * _UNITS[unit]
     if not 0 <= seconds <= 86_400:
         raise _run_setting_error()(f"{source} must be between 0 and 24h, got {raw!r}: {fix}")
@@ -215,8 +222,9 @@ class RunSettings:
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
 
 
-def for_run(taptouch: TaptouchResource, warehouse: PostgresResource,
-            account: Account | None = None) -> tuple[TaptouchResource, RunSettings]:
+def for_run(
+    taptouch: TaptouchResource, warehouse: PostgresResource, account: Account | None = None
+) -> tuple[TaptouchResource, RunSettings]:
     """At run start, the one read of the environment: ``taptouch`` with its credentials and base
     URL resolved and every tunable it leaves unset taken from its variable, and the run's
     :class:`RunSettings` (the loader's batch size: ``warehouse.batch_size``, else
@@ -231,8 +239,8 @@ def for_run(taptouch: TaptouchResource, warehouse: PostgresResource,
     run = RunSettings(
         page_size=page_size(taptouch.page_size),
         requests_per_second=requests_per_second(
-            taptouch.requests_per_second,
-            **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})),
+            taptouch.requests_per_second, **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})
+        ),
         store_workers=store_workers(taptouch.store_workers),
         batch_size=batch_size(warehouse.batch_size),
         lookback=lookback(),
@@ -240,10 +248,16 @@ def for_run(taptouch: TaptouchResource, warehouse: PostgresResource,
         reconcile_confirm_s=reconcile_confirm_s(),
     )
     client_id, client_secret, base_url = taptouch.resolved()  # later uses read these fields, not the environment
-    taptouch = taptouch.model_copy(update={
-        "client_id": client_id, "client_secret": client_secret, "base_url": base_url,
-        "page_size": run.page_size, "requests_per_second": run.requests_per_second,
-        "store_workers": run.store_workers})
+    taptouch = taptouch.model_copy(
+        update={
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "base_url": base_url,
+            "page_size": run.page_size,
+            "requests_per_second": run.requests_per_second,
+            "store_workers": run.store_workers,
+        }
+    )
     return taptouch, run
 
 
@@ -265,7 +279,8 @@ def account_resource(taptouch: TaptouchResource, account: Account) -> TaptouchRe
             if not value:
                 raise _run_setting_error()(
                     f"{account.env(setting)} is not set: set it to the {setting.lower().replace('_', ' ')} "
-                    f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)")
+                    f"of Taptouch account {account.name!r} (TAPTOUCH_ACCOUNTS)"
+                )
             update[field] = value
     return taptouch.model_copy(update=update)
 
@@ -316,9 +331,11 @@ def alert_sensor_interval() -> int:
     try:
         value = int(raw) if raw else DEFAULT_ALERT_SENSOR_INTERVAL_S
     except ValueError:
-        raise SettingError(f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: "
-                           f"{fix}") from None
+        raise SettingError(
+            f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: {fix}"
+        ) from None
     if not 1 <= value <= 86_400:
-        raise SettingError(f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: "
-                           f"{fix}")
+        raise SettingError(
+            f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: {fix}"
+        )
     return value

@@ -91,7 +91,9 @@ def is_transient(exc: BaseException) -> bool:
 _WAREHOUSE_MISCONFIGURED = re.compile(
     r"password authentication failed|no password supplied|authentication failed|does not exist|"
     r"could not translate host name|failed to resolve host|Name or service not known|invalid (dsn|connection option|"
-    r"integer value|port)|role .* is not permitted|no pg_hba.conf entry", re.IGNORECASE)
+    r"integer value|port)|role .* is not permitted|no pg_hba.conf entry",
+    re.IGNORECASE,
+)
 
 
 def describe(exc: BaseException) -> str:
@@ -165,7 +167,9 @@ class OrdersRun:
 # stores
 
 
-def sync_stores(client: TaptouchClient, conn: psycopg.Connection, *, run_id: str | None = None) -> tuple[LoadCounts, list[dict]]:
+def sync_stores(
+    client: TaptouchClient, conn: psycopg.Connection, *, run_id: str | None = None
+) -> tuple[LoadCounts, list[dict]]:
     """Fetch every store the token may read and upsert them into ``taptouch.stores`` (the ``stores``
     asset, the table's one writer), except the stores another account owns
     (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded."""
@@ -176,16 +180,27 @@ def sync_stores(client: TaptouchClient, conn: psycopg.Connection, *, run_id: str
         _warn_foreign(conn, foreign)
         records = [r for r in records if not (isinstance(r, dict) and r.get("id") in foreign)]
     counts = load_stores(conn, records, run_id=run_id)
-    log.info("stores: %d listed, %d inserted, %d updated, %d unchanged, %d quarantined",
-             len(records), counts.inserted, counts.updated, counts.unchanged, counts.quarantined)
+    log.info(
+        "stores: %d listed, %d inserted, %d updated, %d unchanged, %d quarantined",
+        len(records),
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        counts.quarantined,
+    )
     return counts, records
 
 
 def _warn_foreign(conn: psycopg.Connection, foreign: dict[int, str]) -> None:
     me = ownership.session_account(conn)
     for sid, owner in sorted(foreign.items()):
-        log.warning("store %s skipped: account %r lists it, but account %r loaded it first and owns it "
-                    "(see docs/operating.md, 'Several accounts')", sid, me, owner)
+        log.warning(
+            "store %s skipped: account %r lists it, but account %r loaded it first and owns it "
+            "(see docs/operating.md, 'Several accounts')",
+            sid,
+            me,
+            owner,
+        )
 
 
 @dataclass(frozen=True)
@@ -356,34 +371,49 @@ class _OrderFetchers:
     def _fetch_store(self, store_id: int) -> None:
         pages = orders = 0
         try:
-            listing = self.client.iter_order_record_pages(store_id, updated_from=self.starts[store_id],
-                                                          updated_to=self.end)
+            listing = self.client.iter_order_record_pages(
+                store_id, updated_from=self.starts[store_id], updated_to=self.end
+            )
             for page in listing:
                 if self.stop.is_set():
                     return
                 pages += 1
                 orders += len(page)
                 self._put(PageFetched(store_id, page))
-            self._put(StoreDone(store_id, pages, orders, complete=listing.complete, mark=marks.mark_for(listing),
-                                listed_from=self.starts[store_id], started_at=listing.started_at))
+            self._put(
+                StoreDone(
+                    store_id,
+                    pages,
+                    orders,
+                    complete=listing.complete,
+                    mark=marks.mark_for(listing),
+                    listed_from=self.starts[store_id],
+                    started_at=listing.started_at,
+                )
+            )
         except BaseException as exc:  # reported per store, never silently
             self._put(StoreFailed(store_id, exc))
 
 
-def _apply_event(event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: OrderWindow,
-                 progress: Callable[[str], None]) -> None:
+def _apply_event(
+    event: FetchEvent, load: OrderWindowLoad, result: SyncResult, window: OrderWindow, progress: Callable[[str], None]
+) -> None:
     """Apply one fetch event to the window's load and to the result."""
     if isinstance(event, PageFetched):
         load.add_page(event.store_id, event.records)
     elif isinstance(event, StoreDone):
         complete = event.complete and event.started_at is not None and event.listed_from is not None
-        load.store_listed(event.store_id, event.mark,
-                          (event.listed_from, window.end, event.started_at) if complete else None)
+        load.store_listed(
+            event.store_id, event.mark, (event.listed_from, window.end, event.started_at) if complete else None
+        )
         if not event.complete:
             result.incomplete.append(event.store_id)
-            log.warning("orders %s: store %s: the listing may have missed a record that moved while it was read; "
-                        "what it read is loaded, and the store's high-water mark stays so the next run asks again",
-                        window.key, event.store_id)
+            log.warning(
+                "orders %s: store %s: the listing may have missed a record that moved while it was read; "
+                "what it read is loaded, and the store's high-water mark stays so the next run asks again",
+                window.key,
+                event.store_id,
+            )
         result.pages += event.pages
         result.records += event.orders
         result.stores_ok.append(event.store_id)
@@ -400,14 +430,26 @@ def _known_stores(store_ids: list[int], timezones: dict[int, str], result: SyncR
     """The stores whose time zone is known; the others become named, permanent failures."""
     for sid in store_ids:
         if sid not in timezones:
-            result.failures.append(StoreFailure(
-                sid, f"store {sid} is not in the API's store listing, so its time zone and the orders' "
-                     f"business dates are unknown", transient=False))
+            result.failures.append(
+                StoreFailure(
+                    sid,
+                    f"store {sid} is not in the API's store listing, so its time zone and the orders' "
+                    f"business dates are unknown",
+                    transient=False,
+                )
+            )
     return [sid for sid in store_ids if sid in timezones]
 
 
-def _fetch_starts(conn: psycopg.Connection, client: TaptouchClient, window: OrderWindow, store_ids: list[int],
-                  mode: SyncMode, result: SyncResult, progress: Callable[[str], None]) -> dict[int, datetime]:
+def _fetch_starts(
+    conn: psycopg.Connection,
+    client: TaptouchClient,
+    window: OrderWindow,
+    store_ids: list[int],
+    mode: SyncMode,
+    result: SyncResult,
+    progress: Callable[[str], None],
+) -> dict[int, datetime]:
     """Where each store's fetch starts: the window's start, or (incremental) its mark - lookback;
     counts the pages that are not requested again (orders already loaded before that point)."""
     if not isinstance(mode, Incremental):
@@ -417,22 +459,32 @@ def _fetch_starts(conn: psycopg.Connection, client: TaptouchClient, window: Orde
     from_mark = {sid: at for sid, at in starts.items() if at > window.start}
     if from_mark:
         with conn.cursor() as cur:
-            cur.execute("select s.store_id, count(o.order_id)"
-                        " from unnest(%s::bigint[], %s::timestamptz[]) as s(store_id, f)"
-                        " left join taptouch.orders o on o.store_id = s.store_id and o.updated_at >= %s"
-                        " and o.updated_at < s.f group by s.store_id",
-                        (list(from_mark), list(from_mark.values()), window.start))
+            cur.execute(
+                "select s.store_id, count(o.order_id)"
+                " from unnest(%s::bigint[], %s::timestamptz[]) as s(store_id, f)"
+                " left join taptouch.orders o on o.store_id = s.store_id and o.updated_at >= %s"
+                " and o.updated_at < s.f group by s.store_id",
+                (list(from_mark), list(from_mark.values()), window.start),
+            )
             before = dict(cur.fetchall())
         result.incremental_stores += len(from_mark)
         result.pages_skipped += sum(n // client.page_size for n in before.values())  # whole pages only
-        progress(f"orders {window.key}: {len(from_mark)} of {len(store_ids)} stores from their high-water mark "
-                 f"(lookback {mode.lookback}); about {result.pages_skipped} pages not requested again")
+        progress(
+            f"orders {window.key}: {len(from_mark)} of {len(store_ids)} stores from their high-water mark "
+            f"(lookback {mode.lookback}); about {result.pages_skipped} pages not requested again"
+        )
     return starts
 
 
-def sync_orders_window(client: TaptouchClient, conn: psycopg.Connection, window: OrderWindow, run: OrdersRun, *,
-                       cancel: threading.Event | None = None,
-                       before_merge: Callable[[], None] | None = None) -> SyncResult:
+def sync_orders_window(
+    client: TaptouchClient,
+    conn: psycopg.Connection,
+    window: OrderWindow,
+    run: OrdersRun,
+    *,
+    cancel: threading.Event | None = None,
+    before_merge: Callable[[], None] | None = None,
+) -> SyncResult:
     """Load the orders of ``window`` of every store of ``run`` as one transaction.
 
     :class:`Incremental`: each store is asked only from its high-water mark minus the lookback
@@ -450,17 +502,24 @@ def sync_orders_window(client: TaptouchClient, conn: psycopg.Connection, window:
     """
     t0 = time.monotonic()
     result = SyncResult()
-    store_ids = _known_stores(sorted(run.timezones) if run.store_ids is None else run.store_ids, run.timezones,
-                              result)
+    store_ids = _known_stores(sorted(run.timezones) if run.store_ids is None else run.store_ids, run.timezones, result)
     if not store_ids:
         run.progress(f"orders {window.key}: no stores to load")
         result.seconds = time.monotonic() - t0
         return result
     workers = max(1, min(run.settings.store_workers, len(store_ids)))
     starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
-    with _OrderFetchers(client, window, starts, workers) as fetchers, \
-            OrderWindowLoad(conn, window=window.key, run_id=run.run_id, timezones=run.timezones,
-                            full=isinstance(run.mode, FullRefresh), batch_size=run.settings.batch_size) as load:
+    with (
+        _OrderFetchers(client, window, starts, workers) as fetchers,
+        OrderWindowLoad(
+            conn,
+            window=window.key,
+            run_id=run.run_id,
+            timezones=run.timezones,
+            full=isinstance(run.mode, FullRefresh),
+            batch_size=run.settings.batch_size,
+        ) as load,
+    ):
         for event in fetchers.events(store_ids, cancel):
             _apply_event(event, load, result, window, run.progress)
         _check(cancel)
@@ -470,16 +529,22 @@ def sync_orders_window(client: TaptouchClient, conn: psycopg.Connection, window:
         result.counts = load.finish()  # the merge, and the commit
     for sid, sc in load.per_store.items():
         if sid in result.per_store:
-            result.per_store[sid].update(inserted=sc.inserted, updated=sc.updated, unchanged=sc.unchanged,
-                                         quarantined=sc.quarantined)
+            result.per_store[sid].update(
+                inserted=sc.inserted, updated=sc.updated, unchanged=sc.unchanged, quarantined=sc.quarantined
+            )
     result.stores_ok.sort()
     result.seconds = time.monotonic() - t0
     return result
 
 
-def sync_orders_windows(client: TaptouchClient, connect: Callable[[], psycopg.Connection],
-                        windows: list[OrderWindow], run: OrdersRun, *,
-                        in_flight: int = WINDOWS_IN_FLIGHT) -> Iterator[tuple[OrderWindow, SyncResult]]:
+def sync_orders_windows(
+    client: TaptouchClient,
+    connect: Callable[[], psycopg.Connection],
+    windows: list[OrderWindow],
+    run: OrdersRun,
+    *,
+    in_flight: int = WINDOWS_IN_FLIGHT,
+) -> Iterator[tuple[OrderWindow, SyncResult]]:
     """:func:`sync_orders_window` for each of ``windows``, up to ``in_flight`` at once, each on its
     own connection from ``connect()`` (autocommit, as the caller would pass to
     :func:`sync_orders_window`); yields ``(window, result)`` in the windows' order.
@@ -511,8 +576,14 @@ class _WindowsInFlight:
     """Windows of one run loaded ``in_flight`` at a time on a thread pool, their merges in order
     (:func:`sync_orders_windows`)."""
 
-    def __init__(self, client: TaptouchClient, connect: Callable[[], psycopg.Connection],
-                 windows: list[OrderWindow], run: OrdersRun, in_flight: int):
+    def __init__(
+        self,
+        client: TaptouchClient,
+        connect: Callable[[], psycopg.Connection],
+        windows: list[OrderWindow],
+        run: OrdersRun,
+        in_flight: int,
+    ):
         self.client, self.connect, self.windows, self.run, self.in_flight = client, connect, windows, run, in_flight
         self.cancel = threading.Event()
         self.ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
@@ -522,8 +593,13 @@ class _WindowsInFlight:
         try:
             with self.connect() as conn:
                 return sync_orders_window(
-                    self.client, conn, self.windows[i], self.run, cancel=self.cancel,
-                    before_merge=None if previous is None else (lambda: _wait_for(previous, self.cancel)))
+                    self.client,
+                    conn,
+                    self.windows[i],
+                    self.run,
+                    cancel=self.cancel,
+                    before_merge=None if previous is None else (lambda: _wait_for(previous, self.cancel)),
+                )
         finally:
             self.ended[i].set()
 
@@ -586,8 +662,9 @@ def sync_inventory(
         try:
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
             snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
-            counts = load_inventory(conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id,
-                                    now=now, confirm_s=confirm_s)
+            counts = load_inventory(
+                conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id, now=now, confirm_s=confirm_s
+            )
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)

@@ -6,9 +6,9 @@ import functools
 
 import dagster as dg
 
-from taptouch_resource import TaptouchResource
 from pipelines.authorize import keep_merchants_alive
 from pipelines.warehouse.token_store import TokenStore
+from taptouch_resource import TaptouchResource
 
 from . import settings
 from .accounts import DEFAULT, Account
@@ -20,8 +20,11 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
     """The keep-alive job of one account's client id (``<name>_merchant_tokens_keepalive_job``)."""
     resource_key = account.resource_key
 
-    @dg.op(name=account.named("refresh_merchant_tokens"), required_resource_keys={resource_key, "warehouse"},
-           description="Refresh stored merchant tokens whose refresh token has less than 3 days left.")
+    @dg.op(
+        name=account.named("refresh_merchant_tokens"),
+        required_resource_keys={resource_key, "warehouse"},
+        description="Refresh stored merchant tokens whose refresh token has less than 3 days left.",
+    )
     def refresh_merchant_tokens(context: dg.OpExecutionContext) -> dg.Output[int]:
         taptouch: TaptouchResource = getattr(context.resources, resource_key)
         warehouse: PostgresResource = context.resources.warehouse
@@ -38,16 +41,25 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
                 context.log.info(f"merchant {r.merchant}: {'rotated' if r.rotated else 'still fresh'}")
         failed = [r for r in results if r.error]
         if failed:
-            raise dg.Failure(description="\n".join(f"merchant {r.merchant}: {r.error}" for r in failed),
-                             allow_retries=False,
-                             metadata={"merchants": len(results), "failed": len(failed),
-                                       "failed_merchants": ", ".join(r.merchant for r in failed),
-                                       "rotated": sum(r.rotated for r in results)})
-        return dg.Output(sum(r.rotated for r in results),
-                         metadata={"merchants": len(results), "rotated": sum(r.rotated for r in results)})
+            raise dg.Failure(
+                description="\n".join(f"merchant {r.merchant}: {r.error}" for r in failed),
+                allow_retries=False,
+                metadata={
+                    "merchants": len(results),
+                    "failed": len(failed),
+                    "failed_merchants": ", ".join(r.merchant for r in failed),
+                    "rotated": sum(r.rotated for r in results),
+                },
+            )
+        return dg.Output(
+            sum(r.rotated for r in results),
+            metadata={"merchants": len(results), "rotated": sum(r.rotated for r in results)},
+        )
 
-    @dg.job(name=account.named("merchant_tokens_keepalive_job"),
-            description="Rotate merchant refresh tokens well inside their 4-day validity.")
+    @dg.job(
+        name=account.named("merchant_tokens_keepalive_job"),
+        description="Rotate merchant refresh tokens well inside their 4-day validity.",
+    )
     def _job():
         refresh_merchant_tokens()
 

@@ -112,7 +112,9 @@ def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) ->
         return default
     clamped = min(max(seconds, lo), hi)
     if clamped != seconds:
-        log.warning("The token endpoint sent %s=%s; clamped to %.0f s (allowed %.0f..%.0f)", name, seconds, clamped, lo, hi)
+        log.warning(
+            "The token endpoint sent %s=%s; clamped to %.0f s (allowed %.0f..%.0f)", name, seconds, clamped, lo, hi
+        )
     return clamped
 
 
@@ -174,24 +176,48 @@ class TokenEndpoint:
     # -- the grants ------------------------------------------------------------------------------
     def client_credentials(self) -> tuple[TokenResponse, float]:
         """The client-credentials grant: (answer, this endpoint's clock at the send that succeeded)."""
-        return self.request({"grant_type": "client_credentials", "client_id": self.client_id,
-                             "client_secret": self._secret, "scope": " ".join(self.scopes)})
+        return self.request(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._secret,
+                "scope": " ".join(self.scopes),
+            }
+        )
 
     def refresh(self, refresh_token: str) -> TokenResponse:
         """The refresh-token grant (one use of ``refresh_token``)."""
-        return self.request({"grant_type": "refresh_token", "refresh_token": refresh_token,
-                             "client_id": self.client_id, "client_secret": self._secret})[0]
+        return self.request(
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self.client_id,
+                "client_secret": self._secret,
+            }
+        )[0]
 
     def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str) -> TokenResponse:
         """The authorization_code grant (PKCE)."""
-        return self.request({"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                             "code_verifier": code_verifier, "client_id": self.client_id,
-                             "client_secret": self._secret})[0]
+        return self.request(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier,
+                "client_id": self.client_id,
+                "client_secret": self._secret,
+            }
+        )[0]
 
     def request(self, form: dict[str, str]) -> tuple[TokenResponse, float]:
         """POST ``form`` with the shared retry engine; (answer, this clock at the send that succeeded)."""
-        return with_retries(lambda: self._attempt(form), what="token endpoint", backoff=self._backoff,
-                            stats=self.stats, sleep=self._sleep)
+        return with_retries(
+            lambda: self._attempt(form),
+            what="token endpoint",
+            backoff=self._backoff,
+            stats=self.stats,
+            sleep=self._sleep,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -207,22 +233,32 @@ class TokenEndpoint:
             return self._parse(response), started
         if 300 <= response.status_code < 400:
             raise TaptouchAPIError(
-                status=response.status_code, path=api.TOKEN_PATH,
+                status=response.status_code,
+                path=api.TOKEN_PATH,
                 message=f"the token endpoint answered with a redirect{redirect_target(response)}; not followed "
-                        f"(the client secret would travel with it)",
-                hint="set TAPTOUCH_BASE_URL to the API's own address")
+                f"(the client secret would travel with it)",
+                hint="set TAPTOUCH_BASE_URL to the API's own address",
+            )
         if response.status_code not in RETRY_STATUSES:
             self._raise(response, form)
         status = response.status_code
         wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
-        raise Retryable(f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait,
-                        rate_limited=status == 429)
+        raise Retryable(
+            f"HTTP {status}", self._unavailable(status, f"HTTP {status}"), wait=wait, rate_limited=status == 429
+        )
 
     def _post(self, form: dict[str, str]) -> httpx.Response:
         try:
-            return send_bounded(self._http, "POST", self.token_url, data=form, limit=MAX_TOKEN_ANSWER_BYTES,
-                                what=f"The token endpoint {self.token_url}", headers={"Accept": "application/json"},
-                                deadline=self._deadline)
+            return send_bounded(
+                self._http,
+                "POST",
+                self.token_url,
+                data=form,
+                limit=MAX_TOKEN_ANSWER_BYTES,
+                what=f"The token endpoint {self.token_url}",
+                headers={"Accept": "application/json"},
+                deadline=self._deadline,
+            )
         except httpx.TransportError as exc:
             if tls_verification_failed(exc):
                 raise TaptouchConfigError(
@@ -233,9 +269,11 @@ class TokenEndpoint:
 
     def _unavailable(self, status: int, what: str) -> TaptouchAPIError:
         return TaptouchAPIError(
-            status=status, path=api.TOKEN_PATH, message=f"could not get an access token: {what}, retries exhausted",
+            status=status,
+            path=api.TOKEN_PATH,
+            message=f"could not get an access token: {what}, retries exhausted",
             hint=f"check that TAPTOUCH_BASE_URL ({self.base_url}) is the Taptouch API and reachable; if it is, "
-                 f"the token endpoint is down: try again later",
+            f"the token endpoint is down: try again later",
         )
 
     def _parse(self, response: httpx.Response) -> TokenResponse:
@@ -253,7 +291,8 @@ class TokenEndpoint:
             if isinstance(refresh, str) and refresh:
                 exc.rotated_refresh_token = refresh  # type: ignore[attr-defined]
                 exc.rotated_refresh_lifetime = parse_lifetime(  # type: ignore[attr-defined]
-                    doc.get("refresh_token_expires_in"), REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
+                    doc.get("refresh_token_expires_in"), REFRESH_LIFETIME_RANGE, "refresh_token_expires_in"
+                )
             raise
 
     def _parse_answer(self, response: httpx.Response) -> TokenResponse:
@@ -272,8 +311,13 @@ class TokenEndpoint:
         _check_access_token(access, doc.get("token_type"))
         granted_scopes = self._granted_scopes(doc.get("scope"))
         log.debug("Got a Taptouch access token for client %s, valid %.0fs", self.client_id, lifetime)
-        return TokenResponse(access, lifetime, granted_scopes,
-                             refresh if isinstance(refresh, str) and refresh else None, refresh_lifetime)
+        return TokenResponse(
+            access,
+            lifetime,
+            granted_scopes,
+            refresh if isinstance(refresh, str) and refresh else None,
+            refresh_lifetime,
+        )
 
     def _granted_scopes(self, granted: Any) -> tuple[str, ...]:
         """The scopes an answer grants (all asked for when it does not say); fewer is an error."""
@@ -308,19 +352,24 @@ class TokenEndpoint:
                 f"Taptouch refused the refresh token of merchant {self.merchant!r} ({description or error}): "
                 f"the grant was revoked, expired (4 days without a refresh) or its refresh token was already "
                 f"used. The merchant must authorize again: {reauthorize_command(self.merchant)}",
-                status=response.status_code, error=error, description=description,
+                status=response.status_code,
+                error=error,
+                description=description,
             )
         if error == "invalid_scope":
             raise TaptouchAuthError(
                 f"Taptouch refused the requested scope(s) {' '.join(self.scopes)}: {description}. "
                 f"Request only the scopes enabled for client {self.client_id!r}.",
-                status=response.status_code, error=error, missing_scopes=self.scopes,
+                status=response.status_code,
+                error=error,
+                missing_scopes=self.scopes,
             )
         label = f"{error}: {description}" if error else description
         raise TaptouchAuthError(
             f"Taptouch rejected the client credentials for client {self.client_id!r} "
             f"(HTTP {response.status_code}, {label}). {ENV_HINT}",
-            status=response.status_code, error=error,
+            status=response.status_code,
+            error=error,
         )
 
 
@@ -331,12 +380,14 @@ def _check_access_token(access: Any, token_type: Any) -> None:
     if not all("!" <= c <= "~" for c in access):  # it goes into an HTTP header: no spaces, CR/LF, non-ASCII
         raise TaptouchProtocolError(
             "The token endpoint answered 200 with an access_token that cannot be sent in an Authorization header "
-            "(it holds spaces, control or non-ASCII characters); it is not used and not stored.")
+            "(it holds spaces, control or non-ASCII characters); it is not used and not stored."
+        )
     if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
         shown = printable(str(token_type), 20)
         raise TaptouchProtocolError(
             f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
-            f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1).")
+            f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1)."
+        )
 
 
 class ClientCredentialsAuth(httpx.Auth):
@@ -374,9 +425,20 @@ class ClientCredentialsAuth(httpx.Auth):
         self.scopes = tuple(scopes)
         self.stats = stats or ClientStats()
         self.endpoint = TokenEndpoint(
-            token_url=token_url, client_id=client_id, client_secret=client_secret, scopes=self.scopes,
-            transport=transport, timeout=timeout, verify=verify, backoff=backoff or Backoff(max_retries=max_retries),
-            clock=clock, sleep=sleep, stats=self.stats, deadline=deadline, held_token=self._held_access)
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=self.scopes,
+            transport=transport,
+            timeout=timeout,
+            verify=verify,
+            backoff=backoff or Backoff(max_retries=max_retries),
+            clock=clock,
+            sleep=sleep,
+            stats=self.stats,
+            deadline=deadline,
+            held_token=self._held_access,
+        )
         self._clock = clock
         self._lock = threading.Lock()
         self._token: Token | None = None
@@ -444,8 +506,9 @@ class ClientCredentialsAuth(httpx.Auth):
 
     def _from_stored(self, stored: StoredAccess) -> Token:
         """The stored token with its wall-clock expiry moved onto this object's clock."""
-        return Token(stored.access_token, self._clock() + (stored.expires_at - self._wall()),
-                     stored.lifetime, stored.scopes)
+        return Token(
+            stored.access_token, self._clock() + (stored.expires_at - self._wall()), stored.lifetime, stored.scopes
+        )
 
     # -- httpx.Auth ------------------------------------------------------------------------------
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -486,8 +549,6 @@ def _error_inside_200(response: httpx.Response) -> httpx.Response:
     return httpx.Response(status, headers=response.headers, content=response.content, request=response.request)
 
 
-
-
 class MerchantAuth(ClientCredentialsAuth):
     """``httpx.Auth`` with a merchant's authorization-code grant, kept in a shared :class:`TokenStore`.
 
@@ -498,8 +559,14 @@ class MerchantAuth(ClientCredentialsAuth):
     names the command to run.
     """
 
-    def __init__(self, *, merchant: str, store: TokenPersistence,
-                 scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,), **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        merchant: str,
+        store: TokenPersistence,
+        scopes: tuple[str, ...] | list[str] = (api.SCOPE_STORE,),
+        **kwargs: Any,
+    ):
         if store is None:
             raise TaptouchAuthError("A merchant grant needs the token store (the warehouse database).")
         super().__init__(scopes=scopes, store=store, **kwargs)

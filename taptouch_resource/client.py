@@ -178,16 +178,31 @@ class TaptouchClient:
         self.stats = auth.stats if auth is not None else ClientStats()
         self._backoff = Backoff(max_retries=opts.max_retries, cap=opts.backoff_cap, budget=opts.retry_budget)
         self.auth = auth or ClientCredentialsAuth(
-            client_id=client_id, client_secret=client_secret, token_url=self.base_url + api.TOKEN_PATH,
-            scopes=scopes, transport=transport, timeout=timeout, max_retries=opts.max_retries,
-            backoff=self._backoff, sleep=sleep, stats=self.stats, verify=verify, deadline=opts.deadline,
+            client_id=client_id,
+            client_secret=client_secret,
+            token_url=self.base_url + api.TOKEN_PATH,
+            scopes=scopes,
+            transport=transport,
+            timeout=timeout,
+            max_retries=opts.max_retries,
+            backoff=self._backoff,
+            sleep=sleep,
+            stats=self.stats,
+            verify=verify,
+            deadline=opts.deadline,
         )
-        self.limiter: RequestLimiter = (limiter if limiter is not None
-                                        else RateLimiter(opts.requests_per_second, sleep=sleep))
+        self.limiter: RequestLimiter = (
+            limiter if limiter is not None else RateLimiter(opts.requests_per_second, sleep=sleep)
+        )
         limits = httpx.Limits(max_connections=opts.max_connections, max_keepalive_connections=opts.max_connections)
         self._http = httpx.Client(
-            base_url=self.base_url, auth=self.auth, timeout=timeout, transport=transport, verify=verify,
-            limits=limits, headers={"Accept": "application/json", "User-Agent": "taptouch-sync/0.1"},
+            base_url=self.base_url,
+            auth=self.auth,
+            timeout=timeout,
+            transport=transport,
+            verify=verify,
+            limits=limits,
+            headers={"Accept": "application/json", "User-Agent": "taptouch-sync/0.1"},
         )
 
     @property
@@ -215,21 +230,31 @@ class TaptouchClient:
         """Every store the token may read (``integration.store``)."""
         return _parsed(self._paginate(api.STORES_PATH, {}, "stores"))
 
-    def iter_orders(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
-                    status: str | None = None) -> Iterator[Any]:
+    def iter_orders(
+        self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str, status: str | None = None
+    ) -> Iterator[Any]:
         """Orders of one store with ``updated_at`` in ``[updated_from, updated_to)``, latest versions."""
         pages = self.iter_order_pages(store_id, updated_from=updated_from, updated_to=updated_to, status=status)
         return chain.from_iterable(pages)
 
-    def iter_order_pages(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
-                         status: str | None = None) -> Iterator[list[Any]]:
+    def iter_order_pages(
+        self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str, status: str | None = None
+    ) -> Iterator[list[Any]]:
         """Like :meth:`iter_orders`, one list per API page."""
-        for page in self.iter_order_record_pages(store_id, updated_from=updated_from, updated_to=updated_to,
-                                                 status=status):
+        for page in self.iter_order_record_pages(
+            store_id, updated_from=updated_from, updated_to=updated_to, status=status
+        ):
             yield _parse_page(page)
 
-    def iter_order_record_pages(self, store_id: int, *, updated_from: datetime | str, updated_to: datetime | str,
-                                status: str | None = None, confirm_end: bool = False) -> OrderListing:
+    def iter_order_record_pages(
+        self,
+        store_id: int,
+        *,
+        updated_from: datetime | str,
+        updated_to: datetime | str,
+        status: str | None = None,
+        confirm_end: bool = False,
+    ) -> OrderListing:
         """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
         loader stages: no parsing into Python objects on the way).
 
@@ -241,8 +266,9 @@ class TaptouchClient:
         if status:
             params[api.PARAM_STATUS] = status
         paginator = self._paginator(api.ORDERS_PATH.format(store_id=int(store_id)), f"store {store_id} orders")
-        return OrderListing(paginator, params=params, updated_from=updated_from, updated_to=updated_to,
-                            confirm_end=confirm_end)
+        return OrderListing(
+            paginator, params=params, updated_from=updated_from, updated_to=updated_to, confirm_end=confirm_end
+        )
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | str | None = None) -> Iterator[Any]:
         """Current stock levels of one store (``integration.inventory``)."""
@@ -259,8 +285,13 @@ class TaptouchClient:
     # -- pagination ----------------------------------------------------------------------------
     def _paginator(self, path: str, what: str) -> Paginator:
         """The page rules of ``path``, each page one retried request of this client."""
-        return Paginator(lambda params: self._get(path, params), page_size=self.page_size,
-                         max_pages=self.max_pages, what=what, stats=self.stats)
+        return Paginator(
+            lambda params: self._get(path, params),
+            page_size=self.page_size,
+            max_pages=self.max_pages,
+            what=what,
+            stats=self.stats,
+        )
 
     def _paginate(self, path: str, params: Params, what: str) -> Iterator[list[bytes]]:
         """The pages of ``path`` by page number (see :meth:`Paginator.paginate`), each a list of the
@@ -273,8 +304,13 @@ class TaptouchClient:
         engine on 429, 5xx, network errors and an envelope whose ``ack`` is one of those; an envelope
         acking 401 gets one fresh token, like an HTTP 401."""
         state = {"ack_401": False}
-        return with_retries(lambda: self._attempt(path, params, state), what=f"GET {path}", backoff=self._backoff,
-                            stats=self.stats, sleep=self._sleep)
+        return with_retries(
+            lambda: self._attempt(path, params, state),
+            what=f"GET {path}",
+            backoff=self._backoff,
+            stats=self.stats,
+            sleep=self._sleep,
+        )
 
     def _attempt(self, path: str, params: Params, state: dict[str, bool]) -> Page:
         response = self._send(path, params)
@@ -308,21 +344,35 @@ class TaptouchClient:
         waited = self.limiter.acquire()
         self.stats.add(requests=1, waited_seconds=waited)
         try:
-            response = send_bounded(self._http, "GET", path, params=params, limit=self.options.max_response_bytes,
-                                    what=f"GET {path}", deadline=self.options.deadline)
+            response = send_bounded(
+                self._http,
+                "GET",
+                path,
+                params=params,
+                limit=self.options.max_response_bytes,
+                what=f"GET {path}",
+                deadline=self.options.deadline,
+            )
         except httpx.TransportError as exc:
             self.stats.add(network_errors=1)
             if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-                raise TaptouchConfigError(f"Cannot reach the API at {self.base_url}: {type(exc).__name__}. "
-                                          f"Check TAPTOUCH_BASE_URL.") from None
+                raise TaptouchConfigError(
+                    f"Cannot reach the API at {self.base_url}: {type(exc).__name__}. Check TAPTOUCH_BASE_URL."
+                ) from None
             if tls_verification_failed(exc):
                 raise TaptouchConfigError(
                     f"The TLS certificate of {urlsplit(self.base_url).hostname} could not be verified (retrying "
                     f"cannot cure that). Check TAPTOUCH_BASE_URL; to trust a private CA pass verify= a CA bundle."
                 ) from None
-            raise Retryable(type(exc).__name__, TaptouchAPIError(
-                status=0, path=path, message=f"network error {type(exc).__name__}, retries exhausted",
-                hint=f"check that {self.base_url} is reachable")) from None
+            raise Retryable(
+                type(exc).__name__,
+                TaptouchAPIError(
+                    status=0,
+                    path=path,
+                    message=f"network error {type(exc).__name__}, retries exhausted",
+                    hint=f"check that {self.base_url} is reachable",
+                ),
+            ) from None
         return response
 
     def _refused_token(self, response: httpx.Response, path: str, state: dict[str, bool], *, ack: bool) -> NoReturn:
@@ -330,7 +380,8 @@ class TaptouchClient:
         sent = _bearer(response)
         error = TaptouchAuthError(
             f"Taptouch refused the access token {'(ack 401 in an HTTP 200)' if ack else '(HTTP 401)'} on {path}, "
-            f"a fresh one too: the token was revoked or the client was disabled. {ENV_HINT}", status=401,
+            f"a fresh one too: the token was revoked or the client was disabled. {ENV_HINT}",
+            status=401,
             error=self._redact(parse_error_body(response.content).code, response),
         )
         if ack and not state["ack_401"]:
@@ -354,7 +405,8 @@ class TaptouchClient:
             records = None if data in (b"", b"null") or data[:1] != b"[" else [bytes(r) for r in _RAW_LIST.decode(data)]
         except msgspec.ValidationError:  # JSON, but not an object
             raise TaptouchProtocolError(
-                f"GET {path}: the response is not the Taptouch envelope (no 'status' object).") from None
+                f"GET {path}: the response is not the Taptouch envelope (no 'status' object)."
+            ) from None
         except (msgspec.DecodeError, RecursionError, ValueError):
             # Not strict JSON somewhere (NaN, a lone surrogate, invalid UTF-8 in one record): split the
             # page tolerantly so that the boundary can quarantine that one record.
@@ -371,11 +423,14 @@ class TaptouchClient:
         ack = ack_status(status.get(api.ENVELOPE_ACK))
         if ack is None:
             raise TaptouchAPIError(
-                status=200, ack=status.get(api.ENVELOPE_ACK), path=path,
+                status=200,
+                ack=status.get(api.ENVELOPE_ACK),
+                path=path,
                 message=f"the envelope's status has no usable '{api.ENVELOPE_ACK}' (got "
-                        f"{_kind_of(status.get(api.ENVELOPE_ACK))}); success cannot be told from failure, so nothing "
-                        f"is loaded from it",
-                hint="check that TAPTOUCH_BASE_URL is the Taptouch API")
+                f"{_kind_of(status.get(api.ENVELOPE_ACK))}); success cannot be told from failure, so nothing "
+                f"is loaded from it",
+                hint="check that TAPTOUCH_BASE_URL is the Taptouch API",
+            )
         if ack != 200:
             return ack, None
         if records is None:
@@ -397,16 +452,25 @@ class TaptouchClient:
         hint = NO_RETRY_HINTS.get(status)
         if 300 <= http_status < 400:
             message = f"the API answered with a redirect{redirect_target(response)}"
-            hint = ("redirects are not followed (the access token would travel with them); set "
-                    "TAPTOUCH_BASE_URL to the API's own address")
+            hint = (
+                "redirects are not followed (the access token would travel with them); set "
+                "TAPTOUCH_BASE_URL to the API's own address"
+            )
         elif hint is None and status not in RETRY_STATUSES and not 400 <= status < 600:
             hint = "the API answers a listing with 200 and the envelope; check TAPTOUCH_BASE_URL"
         if body.code == api.ERROR_STORE_FORBIDDEN:
             hint = "the merchant has not granted this store to the integration"
         cls = TaptouchRateLimitError if status == 429 else TaptouchAPIError
-        return cls(status=status, ack=body.ack, code=self._redact(body.code, response),
-                   message=self._redact(message, response), path=path,
-                   parameter=self._redact(body.parameter, response), hint=hint, http_status=http_status)
+        return cls(
+            status=status,
+            ack=body.ack,
+            code=self._redact(body.code, response),
+            message=self._redact(message, response),
+            path=path,
+            parameter=self._redact(body.parameter, response),
+            hint=hint,
+            http_status=http_status,
+        )
 
     def _redact(self, text: str | None, response: httpx.Response) -> str | None:
         if not text:
@@ -418,11 +482,14 @@ class TaptouchClient:
 # sends them and contradicts a short last page is not trusted: see Paginator.page).
 _HINT_FIELDS = (*api.PAGINATION_MORE_FIELDS, *api.PAGINATION_CONTAINERS)
 
-_Envelope = msgspec.defstruct("_Envelope", [
-    ("status", Any, None),
-    ("data", msgspec.Raw, msgspec.Raw(b"")),  # empty: the key is missing
-    *[(name, Any, None) for name in _HINT_FIELDS],
-])
+_Envelope = msgspec.defstruct(
+    "_Envelope",
+    [
+        ("status", Any, None),
+        ("data", msgspec.Raw, msgspec.Raw(b"")),  # empty: the key is missing
+        *[(name, Any, None) for name in _HINT_FIELDS],
+    ],
+)
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -443,7 +510,8 @@ def _refuse_repeated_keys(body: bytes, path: str) -> None:
     if repeated:
         raise TaptouchProtocolError(
             f"GET {path}: HTTP 200 but the envelope gives {', '.join(repr(k) for k in repeated)} more than once; "
-            f"the listing is ambiguous. Nothing is loaded from it (the store is reported as failed).")
+            f"the listing is ambiguous. Nothing is loaded from it (the store is reported as failed)."
+        )
 
 
 def _kind_of(value: Any) -> str:

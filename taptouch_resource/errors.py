@@ -36,8 +36,9 @@ class TaptouchAuthError(TaptouchError):
     ``missing_scopes`` lists scopes that were asked for but not granted, when that is the cause.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, error: str | None = None,
-                 missing_scopes: tuple[str, ...] = ()):
+    def __init__(
+        self, message: str, *, status: int | None = None, error: str | None = None, missing_scopes: tuple[str, ...] = ()
+    ):
         super().__init__(message)
         self.status = status
         self.error = error
@@ -53,9 +54,18 @@ class TaptouchAPIError(TaptouchError):
     ``path`` (the request path, without query secrets), ``parameter`` (for 422).
     """
 
-    def __init__(self, *, status: int, ack: Any = None, code: str | None = None, message: str | None = None,
-                 path: str = "", parameter: str | None = None, hint: str | None = None,
-                 http_status: int | None = None):
+    def __init__(
+        self,
+        *,
+        status: int,
+        ack: Any = None,
+        code: str | None = None,
+        message: str | None = None,
+        path: str = "",
+        parameter: str | None = None,
+        hint: str | None = None,
+        http_status: int | None = None,
+    ):
         self.status = status
         self.http_status = status if http_status is None else http_status
         self.ack = ack

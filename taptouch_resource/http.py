@@ -18,9 +18,17 @@ from .errors import TaptouchProtocolError
 DEFAULT_DEADLINE = 300.0
 
 
-def send_bounded(http: httpx.Client, method: str, url: str, *, limit: int, what: str,
-                 deadline: float | None = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic,
-                 **kwargs: Any) -> httpx.Response:
+def send_bounded(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    limit: int,
+    what: str,
+    deadline: float | None = DEFAULT_DEADLINE,
+    clock: Callable[[], float] = time.monotonic,
+    **kwargs: Any,
+) -> httpx.Response:
     """``http.request(method, url, **kwargs)`` with at most ``limit`` bytes of the decoded body read:
     a compressed answer that unpacks to gigabytes (a zip bomb) is refused instead of exhausting
     memory. The body must be complete within ``deadline`` seconds of the headers, else
@@ -34,16 +42,20 @@ def send_bounded(http: httpx.Client, method: str, url: str, *, limit: int, what:
             for chunk in streamed.iter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise TaptouchProtocolError(f"{what} answered more than {limit} bytes once decompressed; refusing it.")
+                    raise TaptouchProtocolError(
+                        f"{what} answered more than {limit} bytes once decompressed; refusing it."
+                    )
                 chunks.append(chunk)
                 if deadline is not None and clock() - started > deadline:
-                    raise httpx.ReadTimeout(f"the answer took longer than {deadline:.0f} s in total",
-                                            request=streamed.request)
+                    raise httpx.ReadTimeout(
+                        f"the answer took longer than {deadline:.0f} s in total", request=streamed.request
+                    )
         except httpx.DecodingError:
             encoding = printable(streamed.headers.get("content-encoding", "?"), 40)
             raise TaptouchProtocolError(
                 f"{what} sent a body that is not valid {encoding} although its Content-Encoding says so; "
-                f"the answer cannot be read (a misconfigured server or proxy).") from None
+                f"the answer cannot be read (a misconfigured server or proxy)."
+            ) from None
     headers = [(k, v) for k, v in streamed.headers.items() if k.lower() not in ("content-encoding", "content-length")]
     return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks), request=streamed.request)
 
@@ -81,8 +93,12 @@ def printable(text: str, limit: int) -> str:
 
 
 _UTF8 = {"utf-8", "utf8", "utf_8"}
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def as_utf8(body: bytes, content_type: str | None) -> bytes:
@@ -91,7 +107,7 @@ def as_utf8(body: bytes, content_type: str | None) -> bytes:
     re-encoded. A body that is valid UTF-8 is never re-read in a declared charset (a server that
     says latin-1 but sends UTF-8 is common; reading it as latin-1 would garble every accent)."""
     if body.startswith(codecs.BOM_UTF8):
-        return body[len(codecs.BOM_UTF8):]
+        return body[len(codecs.BOM_UTF8) :]
     for bom, codec in _BOMS:
         if body.startswith(bom):
             try:

@@ -57,14 +57,16 @@ class RepeatGuard:
         if records == previous:
             raise TaptouchProtocolError(
                 f"{self.what}: page {index} is identical to page {index - 1}; the server seems to ignore "
-                f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever.")
+                f"the '{api.PARAM_INDEX}' parameter. Stopping instead of looping forever."
+            )
         if not self._seen:
             self._seen[_digest(previous)] = index - 1
         digest = _digest(records)
         if digest in self._seen:
             raise TaptouchProtocolError(
                 f"{self.what}: page {index} is identical to page {self._seen[digest]}; the server's pages "
-                f"go round in a cycle. Stopping instead of looping forever.")
+                f"go round in a cycle. Stopping instead of looping forever."
+            )
         self._seen[digest] = index
 
 
@@ -84,8 +86,15 @@ class Paginator:
     0 to the first short page, refusing repeated pages and more than ``max_pages``.
     """
 
-    def __init__(self, fetch: Callable[[Params], Page], *, page_size: int, max_pages: int, what: str,
-                 stats: ClientStats | None = None):
+    def __init__(
+        self,
+        fetch: Callable[[Params], Page],
+        *,
+        page_size: int,
+        max_pages: int,
+        what: str,
+        stats: ClientStats | None = None,
+    ):
         self._fetch = fetch
         self.page_size, self.max_pages, self.what = page_size, max_pages, what
         self._stats = stats
@@ -97,12 +106,14 @@ class Paginator:
         if size > count:
             raise TaptouchProtocolError(
                 f"{self.what}: page {index} holds {size} records, more than the {count} asked for; the listing "
-                f"cannot be trusted to be complete. Stopping without loading this store.")
+                f"cannot be trusted to be complete. Stopping without loading this store."
+            )
         if size < count and page.more is not None:
             raise TaptouchProtocolError(
                 f"{self.what}: page {index} is the last by the contract's rule (fewer records than asked for) but "
                 f"the server says {page.more}=true; the listing may be truncated. Stopping without loading this "
-                f"store.")
+                f"store."
+            )
         if self._stats is not None:
             self._stats.add(pages=1, records=size)
         return page
@@ -115,7 +126,8 @@ class Paginator:
         while True:
             if index >= self.max_pages:
                 raise TaptouchProtocolError(
-                    f"{self.what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real).")
+                    f"{self.what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
+                )
             page = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
             if len(page.records) == count:
                 guard.check(index, page.records)
@@ -225,8 +237,15 @@ class OrderListing:
     :meth:`Paginator.paginate` the page-number passes. ``params``: the query besides the range.
     """
 
-    def __init__(self, paginator: Paginator, *, params: Params, updated_from: datetime | str,
-                 updated_to: datetime | str, confirm_end: bool = False):
+    def __init__(
+        self,
+        paginator: Paginator,
+        *,
+        params: Params,
+        updated_from: datetime | str,
+        updated_to: datetime | str,
+        confirm_end: bool = False,
+    ):
         self._paginator = paginator
         self._params = params
         self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
@@ -262,14 +281,21 @@ class OrderListing:
             self.complete = not self._doubtful
             return
         self.verified = True
-        log.warning("%s: the API's pages were not in updated_at order; reading the range by page number, then "
-                    "once more to verify it", self.what)
+        log.warning(
+            "%s: the API's pages were not in updated_at order; reading the range by page number, then "
+            "once more to verify it",
+            self.what,
+        )
         yield from self._by_page_number(verifying=False)
         missed = yield from self._by_page_number(verifying=True)
         self.complete = missed == 0
         if missed:
-            log.warning("%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
-                        "still be incomplete, so no high-water mark moves from it", self.what, missed)
+            log.warning(
+                "%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
+                "still be incomplete, so no high-water mark moves from it",
+                self.what,
+                missed,
+            )
 
     def _keyset(self) -> Generator[list[bytes], None, bool]:
         """Keyset pages; returns False at the first page that is out of order (the rest is then
@@ -303,8 +329,9 @@ class OrderListing:
 
     def _keyset_page(self, cursor: datetime, index: int) -> Page:
         self._bound()
-        page = self._paginator.page({**self._params, api.PARAM_UPDATED_FROM: iso(cursor),
-                                     api.PARAM_INDEX: index, api.PARAM_COUNT: self._count})
+        page = self._paginator.page(
+            {**self._params, api.PARAM_UPDATED_FROM: iso(cursor), api.PARAM_INDEX: index, api.PARAM_COUNT: self._count}
+        )
         self._started(page)
         return page
 
@@ -321,11 +348,17 @@ class OrderListing:
         # an order edited meanwhile moves to the end with an instant after the listing started: that
         # is a busy store, not a short answer; anything else that differs is
         moved_on = first_ids <= again_ids and all(
-            at is not None and self.started_at is not None and at >= self.started_at for _, _, at in added)
+            at is not None and self.started_at is not None and at >= self.started_at for _, _, at in added
+        )
         if not moved_on:
             self._doubtful = True
-            log.warning("%s: the last page answered differently when asked again (%d then %d records); the "
-                        "listing is not trusted to be complete", self.what, len(records), len(again.records))
+            log.warning(
+                "%s: the last page answered differently when asked again (%d then %d records); the "
+                "listing is not trusted to be complete",
+                self.what,
+                len(records),
+                len(again.records),
+            )
         fresh, _, _ = self._take(again.records, None)
         if fresh:
             yield fresh
@@ -350,8 +383,9 @@ class OrderListing:
 
     def _bound(self) -> None:
         if self.pages >= self._max_pages:
-            raise TaptouchProtocolError(f"{self.what}: more than {self._max_pages} pages; stopping (raise "
-                                        f"max_pages if this is real).")
+            raise TaptouchProtocolError(
+                f"{self.what}: more than {self._max_pages} pages; stopping (raise max_pages if this is real)."
+            )
 
     def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, int]:
         """The whole range by page number (the client's loop guards apply). ``verifying``: returns
@@ -371,8 +405,9 @@ class OrderListing:
         if self.pages == 1:
             self.started_at = api_clock(page.timestamp)
 
-    def _take(self, records: list[bytes], cursor: datetime | None,
-              verifying: bool = False) -> tuple[list[bytes], list[datetime], bool]:
+    def _take(
+        self, records: list[bytes], cursor: datetime | None, verifying: bool = False
+    ) -> tuple[list[bytes], list[datetime], bool]:
         """(records not read before, the readable instants of the page, whether the page is in
         order within [cursor, updated_to)). ``verifying``: count the records older than the
         listing's start whose id the first pass never read (``_missed``)."""
@@ -383,8 +418,11 @@ class OrderListing:
         for raw in records:
             oid, version, at = record_key(raw)
             if at is not None:
-                if (previous is not None and at < previous) or (cursor is not None and at < cursor - _GRAIN) \
-                        or at >= self.updated_to:
+                if (
+                    (previous is not None and at < previous)
+                    or (cursor is not None and at < cursor - _GRAIN)
+                    or at >= self.updated_to
+                ):
                     in_order = False
                 previous = at
                 instants.append(at)
@@ -394,8 +432,11 @@ class OrderListing:
                 key = (oid, version)
                 if key in self._seen:
                     continue
-                if verifying and oid not in self._seen_ids and (
-                        at is None or self.started_at is None or at < self.started_at):
+                if (
+                    verifying
+                    and oid not in self._seen_ids
+                    and (at is None or self.started_at is None or at < self.started_at)
+                ):
                     self._missed += 1
                 self._seen.add(key)
                 self._seen_ids.add(oid)

@@ -145,8 +145,14 @@ class Retryable(Exception):
         self.rate_limited = rate_limited
 
 
-def with_retries(attempt: Callable[[], T], *, what: str, backoff: Backoff, stats: ClientStats,
-                 sleep: Callable[[float], None] | None = time.sleep) -> T:
+def with_retries(
+    attempt: Callable[[], T],
+    *,
+    what: str,
+    backoff: Backoff,
+    stats: ClientStats,
+    sleep: Callable[[float], None] | None = time.sleep,
+) -> T:
     """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget.
     Each wait is a :func:`pause` (a server's ``Retry-After`` at most :data:`MAX_RETRY_AFTER`, a
     back-off at most :data:`MAX_WAIT`), so a stopping thread's retry raises :class:`Stopped`."""
@@ -203,8 +209,13 @@ class RateLimiter:
     waiting, and 429s are left to the retry engine). ``waited_seconds`` is the total wait spent here.
     """
 
-    def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] | None = time.sleep):
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = time.sleep,
+    ):
         self.interval = 0.0 if not rate or rate <= 0 else 1.0 / rate
         self._clock = clock
         self._sleep = sleep

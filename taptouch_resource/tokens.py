@@ -43,8 +43,10 @@ class TokenResponse:
     refresh_lifetime: float | None = None  # seconds, when the server says; else the documented 4 days
 
     def __repr__(self) -> str:  # never show the tokens
-        return (f"TokenResponse(scopes={self.scopes!r}, lifetime={self.lifetime}, "
-                f"refresh_token={'***' if self.refresh_token else None})")
+        return (
+            f"TokenResponse(scopes={self.scopes!r}, lifetime={self.lifetime}, "
+            f"refresh_token={'***' if self.refresh_token else None})"
+        )
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,16 @@ class InMemoryTokens:
                 return held
             issued = self._clock()
             answer = fetch()
-            held = self._tokens[key] = StoredAccess(answer.access_token, issued + answer.lifetime,
-                                                    answer.lifetime, answer.scopes)
+            held = self._tokens[key] = StoredAccess(
+                answer.access_token, issued + answer.lifetime, answer.lifetime, answer.scopes
+            )
             return held
 
     def merchant_access(self, key: GrantKey, *, refresh: Callable[[str], TokenResponse]) -> StoredAccess:
-        raise TokenStoreError("A merchant grant is kept in the warehouse's token store; this process has none "
-                              "(set TAPTOUCH_DATABASE_URL, or run it through the Dagster code location).")
+        raise TokenStoreError(
+            "A merchant grant is kept in the warehouse's token store; this process has none "
+            "(set TAPTOUCH_DATABASE_URL, or run it through the Dagster code location)."
+        )
 
     def invalidate_access(self, key: GrantKey, access_token: str) -> None:
         with self._lock:

@@ -18,11 +18,12 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
@@ -42,8 +43,14 @@ CODE_LIFETIME = 600
 _API_PATH = re.compile(r"/integration/v1/stores(?:/([^/]+)/(orders|inventory))?/?$")
 _SCOPE_FOR = {None: "integration.store", "orders": "integration.order", "inventory": "integration.inventory"}
 _HTML_ERRORS = [(500, "Internal Server Error"), (502, "Bad Gateway"), (503, "Service Unavailable")]
-MALFORMED_KINDS = ("missing_total", "total_not_a_number", "created_at_without_offset",
-                   "items_not_a_list", "nul_in_number", "subtotal_three_decimals")
+MALFORMED_KINDS = (
+    "missing_total",
+    "total_not_a_number",
+    "created_at_without_offset",
+    "items_not_a_list",
+    "nul_in_number",
+    "subtotal_three_decimals",
+)
 
 
 @dataclass
@@ -110,8 +117,13 @@ def _corrupt(record: dict, kind: str) -> dict:
 
 def _add_extra_fields(record: dict, kind: str) -> dict:
     record["x_loyalty_tier"] = "gold"
-    record["x_meta"] = {"schema": 3, "source": f"sandbox-{kind}", "tags": ["☕", "beta"], "weight": 0.5,
-                        "nested": {"flag": True, "list": [1, None]}}
+    record["x_meta"] = {
+        "schema": 3,
+        "source": f"sandbox-{kind}",
+        "tags": ["☕", "beta"],
+        "weight": 0.5,
+        "nested": {"flag": True, "list": [1, None]},
+    }
     if kind == "order":
         items = record.get("items")
         for item in items if isinstance(items, list) else []:  # a malformed record may hold a dict
@@ -173,10 +185,15 @@ class _FaultCounter:
 class Sandbox:
     """A deterministic fake Taptouch merchant. See the package docstring for the surface."""
 
-    def __init__(self, config: SandboxConfig | None = None, *, faults: Faults | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        faults: Faults | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.config = config or SandboxConfig()
-        self.end_date: date = self.config.end_date or datetime.now(timezone.utc).date()
+        self.end_date: date = self.config.end_date or datetime.now(UTC).date()
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
         self.clock = clock
@@ -222,8 +239,7 @@ class Sandbox:
         """One order in its latest state (clean)."""
         return self._data.order(order_id)
 
-    def orders_in_window(self, store_id: int, updated_from: datetime | None,
-                         updated_to: datetime | None) -> list[dict]:
+    def orders_in_window(self, store_id: int, updated_from: datetime | None, updated_to: datetime | None) -> list[dict]:
         """The orders /orders serves for [updated_from, updated_to), in served order (clean)."""
         ids = self._data.window_ids(store_id, _epoch(updated_from), _epoch(updated_to))
         return [loads(self._data.order_text(oid)) for oid in ids]
@@ -237,8 +253,7 @@ class Sandbox:
         every = self.faults.malformed_every
         if every <= 0:
             return set()
-        return {oid for sid in self.store_ids() for oid in self._data.all_order_ids(sid)
-                if malformed_kind(oid, every)}
+        return {oid for sid in self.store_ids() for oid in self._data.all_order_ids(sid) if malformed_kind(oid, every)}
 
     def malformed_kind(self, order_id: int) -> str | None:
         return malformed_kind(order_id, self.faults.malformed_every)
@@ -298,8 +313,9 @@ class Sandbox:
         """In-process transport (no sockets) serving the API at any base URL."""
 
         def handler(request: httpx.Request) -> httpx.Response:
-            resp = self.handle(request.method, request.url.path, request.url.query.decode("ascii"),
-                               request.headers, request.content)
+            resp = self.handle(
+                request.method, request.url.path, request.url.query.decode("ascii"), request.headers, request.content
+            )
             if resp.stall:
                 raise httpx.ReadTimeout("sandbox: timeout fault (the server stalled)", request=request)
             return httpx.Response(resp.status, headers=resp.headers, content=resp.body)
@@ -310,8 +326,9 @@ class Sandbox:
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve over real HTTP on a background thread; yields the base URL."""
         server = self.make_server(host, port)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                  name="taptouch-sandbox", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="taptouch-sandbox", daemon=True
+        )
         thread.start()
         try:
             yield _url(server)
@@ -359,8 +376,12 @@ class Sandbox:
                 self._token_turn += 1
                 if self._token_turn % 2:
                     return _html(503, "Service Unavailable")
-                return _oauth_error(429, "temporarily_unavailable", "Too many token requests; retry later.",
-                                    [("Retry-After", self._retry_after())])
+                return _oauth_error(
+                    429,
+                    "temporarily_unavailable",
+                    "Too many token requests; retry later.",
+                    [("Retry-After", self._retry_after())],
+                )
         if method != "POST":
             return _oauth_error(405, "invalid_request", "Use POST for the token endpoint.")
         try:
@@ -376,9 +397,15 @@ class Sandbox:
             except ValueError:
                 return _oauth_error(401, "invalid_client", "Malformed Basic credentials.")
         cfg = self.config
-        if not (client_id and client_secret and hmac.compare_digest(client_id.encode(), cfg.client_id.encode())
-                and hmac.compare_digest(client_secret.encode(), cfg.client_secret.encode())):
-            return _oauth_error(401, "invalid_client", "Client authentication failed: check client_id and client_secret.")
+        if not (
+            client_id
+            and client_secret
+            and hmac.compare_digest(client_id.encode(), cfg.client_id.encode())
+            and hmac.compare_digest(client_secret.encode(), cfg.client_secret.encode())
+        ):
+            return _oauth_error(
+                401, "invalid_client", "Client authentication failed: check client_id and client_secret."
+            )
         grant = form.get("grant_type")
         if not grant:
             return _oauth_error(400, "invalid_request", "grant_type is required.")
@@ -399,10 +426,15 @@ class Sandbox:
         if not granted:
             return _oauth_error(400, "invalid_scope", "None of the requested scopes is granted to this client.")
         token = self.issue_token(granted)
-        payload = {"access_token": token, "token_type": "Bearer", "expires_in": self.faults.token_lifetime,
-                   "scope": " ".join(granted)}
-        return Response(200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
-                        dumps(payload).encode())
+        payload = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.faults.token_lifetime,
+            "scope": " ".join(granted),
+        }
+        return Response(
+            200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], dumps(payload).encode()
+        )
 
     # ---------------------------------------------------------------- authorization-code flow
     def _authorize_endpoint(self, method: str, query: str) -> Response:
@@ -422,18 +454,23 @@ class Sandbox:
             if state is not None:
                 answer["state"] = state
             sep = "&" if urlsplit(redirect_uri).query else "?"
-            return Response(302, [("Location", redirect_uri + sep + urlencode(answer)), ("Cache-Control", "no-store")], b"")
+            return Response(
+                302, [("Location", redirect_uri + sep + urlencode(answer)), ("Cache-Control", "no-store")], b""
+            )
 
         if params.get("response_type") != "code":
             return back(error="unsupported_response_type", error_description="response_type must be code.")
         wanted = params.get("scope", " ".join(MERCHANT_SCOPES)).split()
         if not wanted or any(s not in MERCHANT_SCOPES for s in wanted):
-            return back(error="invalid_scope",
-                        error_description=f"A merchant can grant only {' '.join(MERCHANT_SCOPES)}.")
+            return back(
+                error="invalid_scope", error_description=f"A merchant can grant only {' '.join(MERCHANT_SCOPES)}."
+            )
         challenge, method_ = params.get("code_challenge"), params.get("code_challenge_method", "plain")
         if challenge is not None and (method_ != "S256" or not re.fullmatch(r"[A-Za-z0-9_-]{43}", challenge)):
-            return back(error="invalid_request", error_description="Use code_challenge_method=S256 with a "
-                                                                   "43-character code_challenge.")
+            return back(
+                error="invalid_request",
+                error_description="Use code_challenge_method=S256 with a 43-character code_challenge.",
+            )
         if self.consent != "approve":
             return back(error="access_denied", error_description="The merchant denied access.")
         code = secrets.token_urlsafe(24)
@@ -454,10 +491,16 @@ class Sandbox:
         refresh = secrets.token_urlsafe(32)
         grant.access_tokens.add(access)
         self._refresh_tokens[refresh] = _RefreshToken(grant.grant_id, self.clock() + self.refresh_token_lifetime)
-        payload = {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
-                   "expires_in": self.faults.token_lifetime, "scope": " ".join(sorted(grant.scopes))}
-        return Response(200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
-                        dumps(payload).encode())
+        payload = {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": self.faults.token_lifetime,
+            "scope": " ".join(sorted(grant.scopes)),
+        }
+        return Response(
+            200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], dumps(payload).encode()
+        )
 
     def _code_grant(self, form: dict[str, str]) -> Response:
         with self._lock:
@@ -474,8 +517,9 @@ class Sandbox:
                 verifier = form.get("code_verifier") or ""
                 digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
                 if not hmac.compare_digest(digest, code.challenge.encode()):
-                    return _oauth_error(400, "invalid_grant", "PKCE verification failed: code_verifier does "
-                                                              "not match code_challenge.")
+                    return _oauth_error(
+                        400, "invalid_grant", "PKCE verification failed: code_verifier does not match code_challenge."
+                    )
             code.used = True
             grant = MerchantGrant(len(self._grants) + 1, code.grant_scopes, tuple(self.store_ids()))
             code.grant_id = grant.grant_id
@@ -490,8 +534,9 @@ class Sandbox:
             grant = self._grants[entry.grant_id]
             if entry.used:  # reuse of a rotated refresh token: revoke the whole grant (OAuth 2.0 BCP)
                 self._revoke(grant)
-                return _oauth_error(400, "invalid_grant", "The refresh token was already used; the "
-                                                          "authorization is revoked.")
+                return _oauth_error(
+                    400, "invalid_grant", "The refresh token was already used; the authorization is revoked."
+                )
             if grant.revoked:
                 return _oauth_error(400, "invalid_grant", "The merchant revoked this authorization.")
             if self.clock() >= entry.expires:
@@ -525,16 +570,29 @@ class Sandbox:
                 self._html_turn += 1
                 resp = _html(status, reason)
             elif rate_limited:
-                resp = self._envelope_error(429, {"code": "rate_limited", "message": "Too many requests; slow down."},
-                                            [("Retry-After", self._retry_after())])
+                resp = self._envelope_error(
+                    429,
+                    {"code": "rate_limited", "message": "Too many requests; slow down."},
+                    [("Retry-After", self._retry_after())],
+                )
             else:
                 try:
                     resp = self._route(method, path, query, headers)
                     if ack_mismatch and resp.status == 200:
-                        resp = Response(200, [("Content-Type", "application/json")], dumps(
-                            {"status": {"timestamp": self.api_time(), "ack": 500,
-                                        "errors": "Internal error while reading records; retry later."},
-                             "data": None}).encode())
+                        resp = Response(
+                            200,
+                            [("Content-Type", "application/json")],
+                            dumps(
+                                {
+                                    "status": {
+                                        "timestamp": self.api_time(),
+                                        "ack": 500,
+                                        "errors": "Internal error while reading records; retry later.",
+                                    },
+                                    "data": None,
+                                }
+                            ).encode(),
+                        )
                 except _ApiError as exc:
                     extra = [("WWW-Authenticate", f'Bearer error="{exc.errors["code"]}"')] if exc.status == 401 else []
                     resp = self._envelope_error(exc.status, exc.errors, extra)
@@ -554,7 +612,7 @@ class Sandbox:
             oid = page.ids[0]
             previous = int(datetime.fromisoformat(self._data.order(oid)["updated_at"]).timestamp())
             at = max(int(self.clock()), previous + 1)
-            self._data.edit_order(oid, {"updated_at": datetime.fromtimestamp(at, timezone.utc)})
+            self._data.edit_order(oid, {"updated_at": datetime.fromtimestamp(at, UTC)})
         if self.on_page is not None:
             self.on_page(page)
 
@@ -582,8 +640,11 @@ class Sandbox:
         except (ValueError, KeyError):
             raise _ApiError(404, "store_not_found", f"Store {store_part} does not exist.") from None
         if store_id in self.faults.forbidden_stores:
-            raise _ApiError(403, "store_forbidden", f"This token may not read store {store_id}; "
-                                                    "ask the merchant to grant access again.")
+            raise _ApiError(
+                403,
+                "store_forbidden",
+                f"This token may not read store {store_id}; ask the merchant to grant access again.",
+            )
         if kind == "inventory":
             since = _time_param(params, "updated_from")
             rows = self._data.inventory_rows(store.id)
@@ -595,8 +656,9 @@ class Sandbox:
             names = [s for v in params["status"] for s in v.split(",") if s]
             bad = [s for s in names if s not in STATUS_CODE]
             if bad:
-                raise _ApiError(422, "invalid_parameter", f"status must be one of {', '.join(STATUS_CODE)}",
-                                parameter="status")
+                raise _ApiError(
+                    422, "invalid_parameter", f"status must be one of {', '.join(STATUS_CODE)}", parameter="status"
+                )
             statuses = frozenset(STATUS_CODE[s] for s in names)
         ids = self._data.window_ids(store.id, f, t, statuses)
         start, stop = self._slice(index, count)
@@ -606,7 +668,7 @@ class Sandbox:
         if self._fires("empty_orders", faults.empty_orders_every):
             page_ids, fault = [], "empty"
         elif self._fires("partial_orders", faults.partial_orders_every) and page_ids:
-            page_ids, fault = page_ids[:len(page_ids) // 2], "partial"
+            page_ids, fault = page_ids[: len(page_ids) // 2], "partial"
         if faults.unsorted_pages and len(page_ids) > 1:
             shuffled = page_ids[:]
             random.Random(zlib.crc32(repr((store.id, index, page_ids)).encode())).shuffle(shuffled)
@@ -654,7 +716,7 @@ class Sandbox:
         if self.faults.extra_fields:
             texts = [dumps(_add_extra_fields(loads(t), kind)) for t in texts]
         stamp = self.api_time() if timestamp is None else timestamp
-        head = '{"status":{"timestamp":%d,"ack":200,"errors":null},"data":[' % stamp
+        head = '{"status":{"timestamp":' + str(int(stamp)) + ',"ack":200,"errors":null},"data":['
         body = (head + ",".join(texts) + "]}").encode()
         return Response(200, [("Content-Type", "application/json; charset=utf-8")], body)
 
@@ -679,8 +741,7 @@ def _int_param(params: dict[str, list[str]], name: str, default: int, lo: int, h
         value = None
     bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
     if value is None or value < lo or (hi is not None and value > hi):
-        raise _ApiError(422, "invalid_parameter", f"{name} must be an integer {bounds}, got {raw!r}",
-                        parameter=name)
+        raise _ApiError(422, "invalid_parameter", f"{name} must be an integer {bounds}, got {raw!r}", parameter=name)
     return value
 
 
@@ -694,9 +755,13 @@ def _time_param(params: dict[str, list[str]], name: str) -> int | None:
     except ValueError:
         value = None
     if value is None or value.tzinfo is None:
-        raise _ApiError(422, "invalid_parameter",
-                        f"{name} must be ISO 8601 with a UTC offset, e.g. 2026-11-27T00:00:00+11:00 "
-                        f"(URL-encode '+' as %2B), got {raw!r}", parameter=name)
+        raise _ApiError(
+            422,
+            "invalid_parameter",
+            f"{name} must be ISO 8601 with a UTC offset, e.g. 2026-11-27T00:00:00+11:00 "
+            f"(URL-encode '+' as %2B), got {raw!r}",
+            parameter=name,
+        )
     return math.ceil(value.timestamp())
 
 

@@ -19,15 +19,22 @@ from .config import SandboxConfig
 
 
 def drain(client: httpx.Client, sb: Sandbox, count: int) -> int:
-    token = client.post("/auth/v2/token", data={"grant_type": "client_credentials", "client_id": sb.config.client_id,
-                                                "client_secret": sb.config.client_secret}).json()["access_token"]
+    token = client.post(
+        "/auth/v2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": sb.config.client_id,
+            "client_secret": sb.config.client_secret,
+        },
+    ).json()["access_token"]
     headers = {"Authorization": f"bearer {token}"}
     total = 0
     for store_id in sb.store_ids():
         index = 0
         while True:
-            r = client.get(f"/integration/v1/stores/{store_id}/orders", headers=headers,
-                           params={"index": index, "count": count})
+            r = client.get(
+                f"/integration/v1/stores/{store_id}/orders", headers=headers, params={"index": index, "count": count}
+            )
             r.raise_for_status()
             page = json.loads(r.content, parse_float=Decimal)["data"]
             total += len(page)
@@ -44,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--orders-per-day", type=int, default=1000)
     p.add_argument("--count", type=int, default=500)
     args = p.parse_args(argv)
-    config = SandboxConfig(seed=1, stores=args.stores, days=args.days, orders_per_day=args.orders_per_day,
-                           end_date=date(2026, 11, 27))
+    config = SandboxConfig(
+        seed=1, stores=args.stores, days=args.days, orders_per_day=args.orders_per_day, end_date=date(2026, 11, 27)
+    )
     for label in ("in-process", "HTTP"):
         sb = Sandbox(config)  # fresh: no warm caches from the previous run
         t0 = time.perf_counter()

@@ -19,20 +19,65 @@ BUSINESS_NAME = "Prosperity Group Pty Ltd"
 
 CASHIER_NAMES = ["Jess", "Zoë", "Mateo", "Aroha", "Nguyễn An", "Priya", "Liam", "Søren"]
 CUSTOMER_NAMES = [
-    "Sam Lee", "Zoë Ng", "Mārama Te Ao", "José García", "Chloé Martin", "Aiden O'Brien",
-    "Wei Zhang", "Fatima Khan", "Hēmi Walker", "Olivia Smith", "Noah Brown", "Isla Wilson",
-    "Ethan Taylor", "Mia Anderson", "Lucas Thomas", "Ava Jackson", "Björn Larsen", "Yuki Tanaka",
-    "Ravi Patel", "Grace Kim", "Jack White", "Ruby Harris", "Leo Martin", "Ella Thompson",
-    "Oscar Garcia", "Sophie Martinez", "Henry Robinson", "Amelia Clark", "Charlie Lewis",
-    "Lily Walker", "Thomas Hall", "Harper Allen", "Max Young", "Zara King", "Finn Wright",
-    "Matilda Scott", "Archie Green", "Evie Baker", "Hugo Adams", "Ivy Nelson",
+    "Sam Lee",
+    "Zoë Ng",
+    "Mārama Te Ao",
+    "José García",
+    "Chloé Martin",
+    "Aiden O'Brien",
+    "Wei Zhang",
+    "Fatima Khan",
+    "Hēmi Walker",
+    "Olivia Smith",
+    "Noah Brown",
+    "Isla Wilson",
+    "Ethan Taylor",
+    "Mia Anderson",
+    "Lucas Thomas",
+    "Ava Jackson",
+    "Björn Larsen",
+    "Yuki Tanaka",
+    "Ravi Patel",
+    "Grace Kim",
+    "Jack White",
+    "Ruby Harris",
+    "Leo Martin",
+    "Ella Thompson",
+    "Oscar Garcia",
+    "Sophie Martinez",
+    "Henry Robinson",
+    "Amelia Clark",
+    "Charlie Lewis",
+    "Lily Walker",
+    "Thomas Hall",
+    "Harper Allen",
+    "Max Young",
+    "Zara King",
+    "Finn Wright",
+    "Matilda Scott",
+    "Archie Green",
+    "Evie Baker",
+    "Hugo Adams",
+    "Ivy Nelson",
 ]
 
 # Modifier groups: (modifier id, name, price in cents)
-MODS_COFFEE = [(77, "Oat milk", 80), (78, "Soy milk", 70), (79, "Almond milk", 80),
-               (80, "Extra shot", 60), (81, "Large", 100), (82, "Decaf", 50), (83, "Vanilla syrup", 70)]
-MODS_FOOD = [(90, "Add bacon", 450), (91, "Add egg", 300), (92, "Gluten-free bread", 150),
-             (93, "Halloumi", 400), (94, "Avocado", 400)]
+MODS_COFFEE = [
+    (77, "Oat milk", 80),
+    (78, "Soy milk", 70),
+    (79, "Almond milk", 80),
+    (80, "Extra shot", 60),
+    (81, "Large", 100),
+    (82, "Decaf", 50),
+    (83, "Vanilla syrup", 70),
+]
+MODS_FOOD = [
+    (90, "Add bacon", 450),
+    (91, "Add egg", 300),
+    (92, "Gluten-free bread", 150),
+    (93, "Halloumi", 400),
+    (94, "Avocado", 400),
+]
 MODS_BAKERY = [(95, "Warmed", 0), (96, "Butter", 50)]
 MODS_DRINKS = [(97, "No ice", 0), (98, "Extra ginger", 100)]
 
@@ -68,8 +113,14 @@ CATEGORIES = ["Coffee", "Food", "Drinks", "Bakery"]
 # category weights by part of day: (breakfast <11h, lunch <15h, rest)
 CATEGORY_WEIGHTS = ([55, 20, 5, 20], [30, 45, 15, 10], [25, 35, 25, 15])
 
-REFUND_REASONS = ["wrong order", "customer complaint", "item unavailable", "cold coffee",
-                  "duplicate charge", "café closed early — refund"]
+REFUND_REASONS = [
+    "wrong order",
+    "customer complaint",
+    "item unavailable",
+    "cold coffee",
+    "duplicate charge",
+    "café closed early — refund",
+]
 
 # Stock items: (product id, sku, name, category, unit, cost cents, sell cents)
 STOCK = [

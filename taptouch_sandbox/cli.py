@@ -56,19 +56,33 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             faults.add_argument(flag, type=kind, default=f.default, help=_FAULT_HELP.get(f.name))
-    faults.add_argument("--forbidden-store", type=int, action="append", default=[],
-                        help="403 store_forbidden for this store's orders and inventory (repeatable)")
+    faults.add_argument(
+        "--forbidden-store",
+        type=int,
+        action="append",
+        default=[],
+        help="403 store_forbidden for this store's orders and inventory (repeatable)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = SandboxConfig(seed=args.seed, stores=args.stores, days=args.days, end_date=args.end_date,
-                           orders_per_day=args.orders_per_day, client_id=args.client_id,
-                           client_secret=args.client_secret, granted_scopes=tuple(args.scopes.split()),
-                           empty_store_ids=tuple(args.empty_store))
-    faults = Faults(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Faults) if f.name != "forbidden_stores"},
-                    forbidden_stores=set(args.forbidden_store))
+    config = SandboxConfig(
+        seed=args.seed,
+        stores=args.stores,
+        days=args.days,
+        end_date=args.end_date,
+        orders_per_day=args.orders_per_day,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        granted_scopes=tuple(args.scopes.split()),
+        empty_store_ids=tuple(args.empty_store),
+    )
+    faults = Faults(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(Faults) if f.name != "forbidden_stores"},
+        forbidden_stores=set(args.forbidden_store),
+    )
     sandbox = Sandbox(config, faults=faults)
     server = sandbox.make_server(args.host, args.port)
     host, port = server.server_address[:2]
@@ -78,11 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"Taptouch sandbox serving {url}  (seed={config.seed}, stores={sandbox.store_ids()}, "
-          f"days={config.days} ending {sandbox.end_date}, ~{config.orders_per_day} orders/store/day)")
+    print(
+        f"Taptouch sandbox serving {url}  (seed={config.seed}, stores={sandbox.store_ids()}, "
+        f"days={config.days} ending {sandbox.end_date}, ~{config.orders_per_day} orders/store/day)"
+    )
     print(f"client_id={config.client_id} client_secret={config.client_secret}")
-    print(f"export TAPTOUCH_BASE_URL={url} TAPTOUCH_CLIENT_ID={config.client_id} "
-          f"TAPTOUCH_CLIENT_SECRET={config.client_secret}", flush=True)
+    print(
+        f"export TAPTOUCH_BASE_URL={url} TAPTOUCH_CLIENT_ID={config.client_id} "
+        f"TAPTOUCH_CLIENT_SECRET={config.client_secret}",
+        flush=True,
+    )
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

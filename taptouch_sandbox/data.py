@@ -14,10 +14,11 @@ import random
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import catalog
@@ -121,7 +122,7 @@ class OrderData:
         self.first_ordinal = self.first_date.toordinal()
         self.end_ordinal = end_date.toordinal()
         # no updated_at at or after (end_date + 1 day) 00:00 UTC
-        self.cap = int(datetime.combine(end_date + timedelta(days=1), time(0), timezone.utc).timestamp())
+        self.cap = int(datetime.combine(end_date + timedelta(days=1), time(0), UTC).timestamp())
         self._lock = threading.RLock()
         per_day = max(1, config.orders_per_day)
         self._skeletons = _LRU(max(32, 150_000 // per_day))
@@ -146,10 +147,14 @@ class OrderData:
         rng = random.Random(_seed64(cfg.seed, "store", store_id))
         slug = suburb.lower().replace(" ", "") + (str(round_ + 1) if round_ else "")
         created = datetime(2023, 1 + idx % 12, 1 + idx % 27, 9, 0, tzinfo=tz)
-        updated = datetime.combine(self.end_date - timedelta(days=rng.randrange(5, 200)),
-                                   time(rng.randrange(8, 18), rng.randrange(60)), tz)
-        phone_cc = "+64 9" if country == "NZ" else "+61 " + {"NSW": "2", "VIC": "3", "TAS": "3", "QLD": "7",
-                                                           "SA": "8", "WA": "8", "NT": "8"}[state]
+        updated = datetime.combine(
+            self.end_date - timedelta(days=rng.randrange(5, 200)), time(rng.randrange(8, 18), rng.randrange(60)), tz
+        )
+        phone_cc = (
+            "+64 9"
+            if country == "NZ"
+            else "+61 " + {"NSW": "2", "VIC": "3", "TAS": "3", "QLD": "7", "SA": "8", "WA": "8", "NT": "8"}[state]
+        )
         record = {
             "id": store_id,
             "name": name,
@@ -157,15 +162,28 @@ class OrderData:
             "status": "inactive" if store_id in cfg.inactive_store_ids else "active",
             "timezone": tzname,
             "currency": "AUD",
-            "address": {"line1": line1, "line2": "Shop 2" if idx % 4 == 1 else None, "suburb": suburb,
-                        "state": state, "postcode": postcode, "country": country},
+            "address": {
+                "line1": line1,
+                "line2": "Shop 2" if idx % 4 == 1 else None,
+                "suburb": suburb,
+                "state": state,
+                "postcode": postcode,
+                "country": country,
+            },
             "phone": f"{phone_cc} {rng.randrange(1000, 9999)} {rng.randrange(1000, 9999)}",
             "email": f"{slug}@prosperity.example.com",
             "created_at": created.isoformat(),
             "updated_at": updated.isoformat(),
         }
-        return Store(idx=idx, id=store_id, tz=tz, code=suburb[:3].upper() + (str(round_ + 1) if round_ else ""),
-                     surcharges=idx % 3 != 2, empty=store_id in cfg.empty_store_ids, text=dumps(record))
+        return Store(
+            idx=idx,
+            id=store_id,
+            tz=tz,
+            code=suburb[:3].upper() + (str(round_ + 1) if round_ else ""),
+            surcharges=idx % 3 != 2,
+            empty=store_id in cfg.empty_store_ids,
+            text=dumps(record),
+        )
 
     def store_ids(self) -> list[int]:
         return [s.id for s in self.stores]
@@ -250,8 +268,17 @@ class OrderData:
             source = "ubereats" if rand() < 0.6 else "doordash"
         else:
             r = rand()
-            source = "pos" if r < 0.62 else "kiosk" if r < 0.74 else "online" if r < 0.84 else \
-                "ubereats" if r < 0.93 else "doordash"
+            source = (
+                "pos"
+                if r < 0.62
+                else "kiosk"
+                if r < 0.74
+                else "online"
+                if r < 0.84
+                else "ubereats"
+                if r < 0.93
+                else "doordash"
+            )
         if source in ("ubereats", "doordash"):
             fulfillment = "delivery"
         elif source == "online":
@@ -265,8 +292,11 @@ class OrderData:
         else:
             k = randrange(len(catalog.CUSTOMER_NAMES))
             cname = catalog.CUSTOMER_NAMES[k]
-            customer = {"id": 90_000 + k, "name": cname,
-                        "email": f"customer{90_000 + k}@example.com" if rand() < 0.8 else None}
+            customer = {
+                "id": 90_000 + k,
+                "name": cname,
+                "email": f"customer{90_000 + k}@example.com" if rand() < 0.8 else None,
+            }
 
         # items
         part = 0 if hour < 11 else 1 if hour < 15 else 2
@@ -293,9 +323,21 @@ class OrderData:
             line = gross - disc
             subtotal += line
             largest = max(largest, line)
-            items.append({"id": item_no, "product_id": pid, "sku": sku, "name": name, "category": cat,
-                          "quantity": qty, "unit_price": money(price), "discount": money(disc),
-                          "tax": money(_half_up_div(line, 11)), "total": money(line), "modifiers": mods})
+            items.append(
+                {
+                    "id": item_no,
+                    "product_id": pid,
+                    "sku": sku,
+                    "name": name,
+                    "category": cat,
+                    "quantity": qty,
+                    "unit_price": money(price),
+                    "discount": money(disc),
+                    "tax": money(_half_up_div(line, 11)),
+                    "total": money(line),
+                    "modifiers": mods,
+                }
+            )
 
         r = rand()
         discount = _half_up_div(subtotal, 10) if r < 0.05 else 500 if r < 0.07 and subtotal > 2000 else 0
@@ -309,8 +351,16 @@ class OrderData:
         def pay(method: str, amount: int, sur: int, tip: int, at: int) -> None:
             nonlocal pay_seq
             pay_seq += 1
-            payments.append({"id": oid * 10 + pay_seq, "method": method, "amount": money(amount),
-                             "tip": money(tip), "surcharge": money(sur), "paid_at": ts(at, tz)})
+            payments.append(
+                {
+                    "id": oid * 10 + pay_seq,
+                    "method": method,
+                    "amount": money(amount),
+                    "tip": money(tip),
+                    "surcharge": money(sur),
+                    "paid_at": ts(at, tz),
+                }
+            )
 
         def card_part(amount: int, at: int) -> None:
             nonlocal surcharge, tips
@@ -344,14 +394,24 @@ class OrderData:
 
         refunds = []
         if status == REFUNDED:
-            refunds.append({"id": oid * 10 + 5, "amount": money(total),
-                            "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
-                            "refunded_at": ts(updated, tz)})
+            refunds.append(
+                {
+                    "id": oid * 10 + 5,
+                    "amount": money(total),
+                    "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
+                    "refunded_at": ts(updated, tz),
+                }
+            )
         elif status == PARTIAL:
             amount = largest if 0 < largest < total else max(1, total // 2)
-            refunds.append({"id": oid * 10 + 5, "amount": money(amount),
-                            "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
-                            "refunded_at": ts(updated, tz)})
+            refunds.append(
+                {
+                    "id": oid * 10 + 5,
+                    "amount": money(amount),
+                    "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
+                    "refunded_at": ts(updated, tz),
+                }
+            )
 
         completed_at = ts(done, tz) if status in (COMPLETED, PARTIAL, REFUNDED) else None
         order = {
@@ -404,8 +464,9 @@ class OrderData:
         hi = datetime.fromtimestamp(min(t, self.cap + 86400), store.tz).date().toordinal()
         return range(max(lo, self.first_ordinal), min(hi, self.end_ordinal) + 1)
 
-    def window_ids(self, store_id: int, f: int | None = None, t: int | None = None,
-                   statuses: frozenset[int] | None = None) -> array:
+    def window_ids(
+        self, store_id: int, f: int | None = None, t: int | None = None, statuses: frozenset[int] | None = None
+    ) -> array:
         """Ids of the store's orders with f <= updated_at < t (epoch seconds), sorted by (updated_at, id)."""
         f = -(1 << 62) if f is None else f
         t = 1 << 62 if t is None else t
@@ -502,10 +563,18 @@ class OrderData:
             at = end_local - timedelta(days=rng.randrange(0, 14), minutes=rng.randrange(6 * 60, 20 * 60))
             at = at.replace(second=0, microsecond=0)
             at = datetime.fromtimestamp(int(at.timestamp()), store.tz)
-            record = {"product_id": pid, "sku": sku, "name": name, "category": cat, "unit": unit,
-                      "on_hand": on_hand, "reorder_level": reorder,
-                      "cost_price": Decimal(cost).scaleb(-2), "sell_price": Decimal(sell).scaleb(-2),
-                      "updated_at": at.isoformat()}
+            record = {
+                "product_id": pid,
+                "sku": sku,
+                "name": name,
+                "category": cat,
+                "unit": unit,
+                "on_hand": on_hand,
+                "reorder_level": reorder,
+                "cost_price": Decimal(cost).scaleb(-2),
+                "sell_price": Decimal(sell).scaleb(-2),
+                "updated_at": at.isoformat(),
+            }
             rows.append((int(at.timestamp()), pid, dumps(record)))
         return rows
 
@@ -556,8 +625,16 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     total = pre + surcharge + rounding
     if status in ("completed", "partially_refunded", "refunded"):
         if not payments:
-            payments.append({"id": order_id * 10 + 1, "method": "eftpos", "amount": Decimal(0), "tip": Decimal("0.00"),
-                             "surcharge": Decimal("0.00"), "paid_at": upd_iso})
+            payments.append(
+                {
+                    "id": order_id * 10 + 1,
+                    "method": "eftpos",
+                    "amount": Decimal(0),
+                    "tip": Decimal("0.00"),
+                    "surcharge": Decimal("0.00"),
+                    "paid_at": upd_iso,
+                }
+            )
         paid_other = sum(_cents(p["amount"]) for p in payments[:-1])
         payments[-1]["amount"] = Decimal(total - paid_other).scaleb(-2)
     new["subtotal"] = Decimal(subtotal).scaleb(-2)
@@ -569,8 +646,14 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     if "refunds" not in changes:
         if status in ("refunded", "partially_refunded") and not new["refunds"]:
             amount = total if status == "refunded" else max(1, total // 2)
-            new["refunds"] = [{"id": order_id * 10 + 5, "amount": Decimal(amount).scaleb(-2),
-                               "reason": "customer complaint", "refunded_at": upd_iso}]
+            new["refunds"] = [
+                {
+                    "id": order_id * 10 + 5,
+                    "amount": Decimal(amount).scaleb(-2),
+                    "reason": "customer complaint",
+                    "refunded_at": upd_iso,
+                }
+            ]
         elif status == "refunded":
             new["refunds"] = [{**new["refunds"][0], "amount": new["total"]}] + new["refunds"][1:]
             paid = sum(_cents(r["amount"]) for r in new["refunds"])

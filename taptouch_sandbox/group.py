@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, unquote
 
 from .app import _AUTHORIZE_PATH, _TOKEN_PATH, Response, Sandbox, _parse_form
@@ -34,8 +34,10 @@ class SandboxGroup:
         for sb in sandboxes:
             stores = set(sb.store_ids())
             if stores & seen:
-                raise ValueError(f"store ids must be disjoint (Taptouch ids are global): {sorted(stores & seen)} "
-                                 f"appear twice; give each member its own store_id_base")
+                raise ValueError(
+                    f"store ids must be disjoint (Taptouch ids are global): {sorted(stores & seen)} "
+                    f"appear twice; give each member its own store_id_base"
+                )
             seen |= stores
         self.members: list[Sandbox] = list(sandboxes)
         self.faults = Faults()  # the server's own (the HTTP handler reads latency): members use theirs
@@ -100,14 +102,28 @@ def _token_client_id(headers: Mapping[str, str], body: bytes) -> str | None:
 # ids disjoint from each other and from the single-account demo's (7101.., id_space 0), so both
 # demos can share one warehouse and each row keeps the account that loaded it.
 DEMO_ACCOUNTS = {
-    "north": dict(seed=3, stores=3, store_id_base=7201, id_space=2, client_id="sandbox-north",
-                  client_secret="sandbox-north-secret"),
-    "south": dict(seed=2, stores=2, store_id_base=8101, id_space=1, client_id="sandbox-south", client_secret="sandbox-south-secret"),
+    "north": dict(
+        seed=3,
+        stores=3,
+        store_id_base=7201,
+        id_space=2,
+        client_id="sandbox-north",
+        client_secret="sandbox-north-secret",
+    ),
+    "south": dict(
+        seed=2,
+        stores=2,
+        store_id_base=8101,
+        id_space=1,
+        client_id="sandbox-south",
+        client_secret="sandbox-south-secret",
+    ),
 }
 
 
 def demo_group(days: int = 30, **config) -> tuple[SandboxGroup, dict[str, Sandbox]]:
     """The demo's two-account sandbox: ``(group, {"north": Sandbox, "south": Sandbox})``."""
-    members = {name: Sandbox(SandboxConfig(days=days, **{**fields, **config})) for name, fields in DEMO_ACCOUNTS.items()}
+    members = {
+        name: Sandbox(SandboxConfig(days=days, **{**fields, **config})) for name, fields in DEMO_ACCOUNTS.items()
+    }
     return SandboxGroup(list(members.values())), members
-

@@ -173,8 +173,13 @@ def test_public_names_of_the_package():
 
     assert issubclass(TaptouchResource, dg.ConfigurableResource)
     assert isinstance(TaptouchClient, type) and isinstance(ClientCredentialsAuth, type)
-    for error in (TaptouchAPIError, TaptouchAuthError, TaptouchConfigError, TaptouchProtocolError,
-                  TaptouchRateLimitError):
+    for error in (
+        TaptouchAPIError,
+        TaptouchAuthError,
+        TaptouchConfigError,
+        TaptouchProtocolError,
+        TaptouchRateLimitError,
+    ):
         assert issubclass(error, TaptouchError), error
     assert issubclass(InvalidRecord, Exception)
 
@@ -199,14 +204,17 @@ def _write_package(root: Path, files: dict[str, str]) -> None:
 
 
 def test_cycle_finder_sees_a_deferred_relative_cycle(tmp_path):
-    _write_package(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from . import b\n",  # `from pkg import b`: b is a module, so the edge is a -> b
-        "pkg/b.py": "import os\n\ndef later():\n    from .sub.c import thing\n",  # deferred, relative
-        "pkg/sub/__init__.py": "",
-        "pkg/sub/c.py": "from pkg.a import name\nthing = 1\n",
-        "pkg/d.py": "import pkg.sub.c\nimport json\n",  # imports into the cycle, is not part of it
-    })
+    _write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from . import b\n",  # `from pkg import b`: b is a module, so the edge is a -> b
+            "pkg/b.py": "import os\n\ndef later():\n    from .sub.c import thing\n",  # deferred, relative
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/c.py": "from pkg.a import name\nthing = 1\n",
+            "pkg/d.py": "import pkg.sub.c\nimport json\n",  # imports into the cycle, is not part of it
+        },
+    )
     graph = import_graph(tmp_path, ("pkg",))
     assert graph == {
         "pkg": set(),
@@ -220,21 +228,27 @@ def test_cycle_finder_sees_a_deferred_relative_cycle(tmp_path):
 
 
 def test_cycle_finder_on_a_package_init_and_two_cycles(tmp_path):
-    _write_package(tmp_path, {
-        "pkg/__init__.py": "from .x import X\n",  # X is a name, so the edge is to pkg.x
-        "pkg/x.py": "from pkg import helper\nX = 1\n",  # helper is a name in pkg/__init__: edge to pkg
-        "pkg/y.py": "from . import z\n",
-        "pkg/z.py": "if True:\n    from pkg import y\n",
-    })
+    _write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from .x import X\n",  # X is a name, so the edge is to pkg.x
+            "pkg/x.py": "from pkg import helper\nX = 1\n",  # helper is a name in pkg/__init__: edge to pkg
+            "pkg/y.py": "from . import z\n",
+            "pkg/z.py": "if True:\n    from pkg import y\n",
+        },
+    )
     assert find_cycles(import_graph(tmp_path, ("pkg",))) == [["pkg", "pkg.x", "pkg"], ["pkg.y", "pkg.z", "pkg.y"]]
 
 
 def test_cycle_finder_passes_an_acyclic_package(tmp_path):
-    _write_package(tmp_path, {
-        "pkg/__init__.py": "from .a import A\n",
-        "pkg/a.py": "from .b import B\nA = B\n",
-        "pkg/b.py": "B = 1\n",
-    })
+    _write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from .a import A\n",
+            "pkg/a.py": "from .b import B\nA = B\n",
+            "pkg/b.py": "B = 1\n",
+        },
+    )
     assert import_graph(tmp_path, ("pkg",)) == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": set()}
     assert find_cycles(import_graph(tmp_path, ("pkg",))) == []
 
@@ -294,8 +308,14 @@ def test_sandbox_imports_nothing_from_the_pipelines_or_the_resource():
     offending = {}
     for path in sorted((ROOT / "taptouch_sandbox").rglob("*.py")):
         names = _imported_names(path)
-        bad = [n for n in names if n == "pipelines" or n.startswith("pipelines.")
-               or n.startswith("taptouch_resource.resource") or n == "taptouch_resource.TaptouchResource"]
+        bad = [
+            n
+            for n in names
+            if n == "pipelines"
+            or n.startswith("pipelines.")
+            or n.startswith("taptouch_resource.resource")
+            or n == "taptouch_resource.TaptouchResource"
+        ]
         if bad:
             offending[str(path.relative_to(ROOT))] = bad
     assert offending == {}
@@ -309,16 +329,23 @@ def _imports_from_tests(path: Path) -> list[str]:
 
 
 def test_the_packages_import_nothing_from_tests():
-    importers = {str(path.relative_to(ROOT)): _imports_from_tests(path)
-                 for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+    importers = {
+        str(path.relative_to(ROOT)): _imports_from_tests(path)
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
     assert {path: names for path, names in importers.items() if names} == {}
 
 
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for d in ("bench", "deploy") for p in (ROOT / d).rglob("*.py"))
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_take_test_machinery_only_from_tests_support(script):
     """The benchmark and measurement scripts may use the test machinery, from its one home."""
-    outside = [n for n in _imports_from_tests(ROOT / script) if n != "tests.support" and not n.startswith("tests.support.")]
+    outside = [
+        n for n in _imports_from_tests(ROOT / script) if n != "tests.support" and not n.startswith("tests.support.")
+    ]
     assert outside == []
 
 
@@ -335,8 +362,9 @@ def relative_links(markdown: str) -> list[str]:
     ``#fragment``), without their fragment. Code fences and inline code are not links."""
     text = re.sub(r"`[^`\n]*`", "", FENCE.sub("", markdown))
     targets = INLINE_LINK.findall(text) + REFERENCE_LINK.findall(text)
-    return [t.split("#", 1)[0] for t in targets
-            if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", t) and not t.startswith("#")]
+    return [
+        t.split("#", 1)[0] for t in targets if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", t) and not t.startswith("#")
+    ]
 
 
 def broken_links(root: Path, documents: list[Path]) -> list[str]:

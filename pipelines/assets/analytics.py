@@ -9,11 +9,10 @@ first rows as a table (pandas through the warehouse's SQLAlchemy engine); ``dail
 adds its complete and partial store-days and a chart of net sales over complete days.
 """
 
-
 import base64
 import hashlib
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 
@@ -29,8 +28,12 @@ GROUP = "analytics"
 # The one asset that writes each table of schema taptouch.
 TABLE_WRITERS = {
     "stores": "stores",
-    "orders": "orders", "order_items": "orders", "order_payments": "orders", "order_refunds": "orders",
-    "inventory_levels": "inventory", "inventory_snapshots": "inventory",
+    "orders": "orders",
+    "order_items": "orders",
+    "order_payments": "orders",
+    "order_refunds": "orders",
+    "inventory_levels": "inventory",
+    "inventory_snapshots": "inventory",
     "sync_log": "orders",  # what analytics.business_days reads: the orders windows' loads
 }
 
@@ -41,8 +44,10 @@ def view_deps(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> list[str]:
     reads = view_reads(name)
     unowned = reads["taptouch"] - TABLE_WRITERS.keys()
     if unowned:
-        raise ValueError(f"sql/analytics/{name}.sql reads {', '.join(sorted(unowned))}, which no asset writes "
-                         f"(pipelines/assets/analytics.py TABLE_WRITERS)")
+        raise ValueError(
+            f"sql/analytics/{name}.sql reads {', '.join(sorted(unowned))}, which no asset writes "
+            f"(pipelines/assets/analytics.py TABLE_WRITERS)"
+        )
     writers = {a.key_string(TABLE_WRITERS[t]) for t in reads["taptouch"] for a in accounts}
     return sorted(writers | reads["analytics"])
 
@@ -64,8 +69,16 @@ def sales_chart_series(warehouse: PostgresResource, days: int = CHART_DAYS):
     )
     if frame.empty:
         return None
-    frame["series"] = (frame["store_id"].astype(str) + " " + frame["store_name"] + " (" + frame["account"]
-                       + ", " + frame["currency"].fillna("?") + ")")
+    frame["series"] = (
+        frame["store_id"].astype(str)
+        + " "
+        + frame["store_name"]
+        + " ("
+        + frame["account"]
+        + ", "
+        + frame["currency"].fillna("?")
+        + ")"
+    )
     frame["net_sales"] = frame["net_sales"].astype(float)  # plotting only: the view's figures stay exact
     return frame.pivot_table(index="business_date", columns="series", values="net_sales", aggfunc="sum")
 
@@ -108,11 +121,19 @@ def _materialization_metadata(warehouse: PostgresResource, name: str) -> dict:
     described = view_materialization_metadata(warehouse, name)
     types = {c.name: c.type for c in described["dagster/column_schema"].columns}
     preview = read_frame(warehouse, f'select * from analytics."{name}" limit {PREVIEW_ROWS}')
-    metadata = {**described, "dagster/row_count": rows, "view": f"analytics.{name}",
-                "sql": dg.MetadataValue.path(view_sql_path(name)), "preview": table_preview(preview, types)}
+    metadata = {
+        **described,
+        "dagster/row_count": rows,
+        "view": f"analytics.{name}",
+        "sql": dg.MetadataValue.path(view_sql_path(name)),
+        "preview": table_preview(preview, types),
+    }
     if name == "daily_store_sales":
-        days = read_frame(warehouse, "select count(*) filter (where day_complete) as complete,"
-                                     " count(*) filter (where not day_complete) as partial from analytics.daily_store_sales")
+        days = read_frame(
+            warehouse,
+            "select count(*) filter (where day_complete) as complete,"
+            " count(*) filter (where not day_complete) as partial from analytics.daily_store_sales",
+        )
         metadata["complete_store_days"] = int(days["complete"].iloc[0])
         metadata["partial_store_days"] = int(days["partial"].iloc[0])
         chart = sales_chart(warehouse)
@@ -124,11 +145,16 @@ def _materialization_metadata(warehouse: PostgresResource, name: str) -> dict:
 def _make_view_asset(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> dg.AssetsDefinition:
     deps = [dg.AssetKey.from_user_string(d) for d in view_deps(name, accounts)]
 
-    @dg.asset(name=name, group_name=GROUP, kinds={"postgres", "sql"}, deps=deps,
-              description=view_description(name),
-              code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
-              metadata={**view_metadata(name), "sql": dg.MetadataValue.path(view_sql_path(name))},
-              automation_condition=VIEW_AUTOMATION)
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        kinds={"postgres", "sql"},
+        deps=deps,
+        description=view_description(name),
+        code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
+        metadata={**view_metadata(name), "sql": dg.MetadataValue.path(view_sql_path(name))},
+        automation_condition=VIEW_AUTOMATION,
+    )
     def _view(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dg.MaterializeResult:
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -50,10 +51,13 @@ def table_preview(frame: pd.DataFrame, types: Mapping[str, str] | None = None) -
     """The first :data:`PREVIEW_ROWS` rows of ``frame`` as a Dagster table; ``types`` (column ->
     SQL type, e.g. from ``information_schema``) names the columns' types, else "string"."""
     types = types or {}
-    schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=types.get(str(c), "string"))
-                                     for c in frame.columns])
-    records = [dg.TableRecord({str(c): _cell(v) for c, v in row.items()})
-               for row in frame.head(PREVIEW_ROWS).to_dict("records")]
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name=str(c), type=types.get(str(c), "string")) for c in frame.columns]
+    )
+    records = [
+        dg.TableRecord({str(c): _cell(v) for c, v in row.items()})
+        for row in frame.head(PREVIEW_ROWS).to_dict("records")
+    ]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 

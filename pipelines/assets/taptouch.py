@@ -6,7 +6,6 @@ stores exist and their time zones, so neither depends on a ``stores`` run (``tap
 has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 """
 
-
 import time
 import warnings
 from contextlib import closing, contextmanager
@@ -85,8 +84,16 @@ class RunContext:
     autocommit connection (and ``connect`` for more like it), the run's :class:`~pipelines.settings.RunSettings`
     and the clock. ``meter``: the client's requests and their wall-clock wait for the budget."""
 
-    def __init__(self, client, conn, run_settings: settings.RunSettings, *, api_before: dict | None = None,
-                 connect=None, meter: RequestMeter | None = None):
+    def __init__(
+        self,
+        client,
+        conn,
+        run_settings: settings.RunSettings,
+        *,
+        api_before: dict | None = None,
+        connect=None,
+        meter: RequestMeter | None = None,
+    ):
         self.client = client
         self.conn = conn
         self.connect = connect  # another autocommit connection like conn (for windows loaded at once)
@@ -106,18 +113,24 @@ class RunContext:
     def api_metadata(self) -> dict:
         """The run's API figures: requests, retries, 429s, token requests, its wall-clock wait for
         the budget and its duration (``budget_wait_s`` <= ``duration_s``)."""
-        return {**_api_metadata(self.api_delta(), self.budget_wait_s()),
-                "duration_s": round(time.monotonic() - self.t0, 3)}
+        return {
+            **_api_metadata(self.api_delta(), self.budget_wait_s()),
+            "duration_s": round(time.monotonic() - self.t0, 3),
+        }
 
     def store_listing(self, context: dg.AssetExecutionContext) -> StoreListing:
         """The API's store listing (read only): a malformed store record costs only its store."""
         listing = list_stores(self.client, self.conn)
         for key, reason in listing.invalid.items():
-            context.log.warning(f"store {key} skipped: its store record is malformed ({reason}); "
-                                f"see taptouch.quarantine after the next stores run")
+            context.log.warning(
+                f"store {key} skipped: its store record is malformed ({reason}); "
+                f"see taptouch.quarantine after the next stores run"
+            )
         for sid, owner in sorted(listing.foreign.items()):
-            context.log.warning(f"store {sid} skipped: account {owner!r} loaded it first and owns it; this account "
-                                f"lists it too (see docs/operating.md, 'Several accounts')")
+            context.log.warning(
+                f"store {sid} skipped: account {owner!r} loaded it first and owns it; this account "
+                f"lists it too (see docs/operating.md, 'Several accounts')"
+            )
         return listing
 
 
@@ -125,6 +138,7 @@ def _account_connector(warehouse: PostgresResource, account: Account):
     """A function opening autocommit connections whose ``taptouch.account`` setting is a named
     account's name, which every row they write takes as its ``account`` (the column's default,
     migration 0009)."""
+
     def connect():
         conn = warehouse.connect()
         try:
@@ -135,12 +149,19 @@ def _account_connector(warehouse: PostgresResource, account: Account):
             conn.close()  # never leave a half-set-up connection open
             raise
         return conn
+
     return connect
 
 
 @contextmanager
-def run_context(taptouch: TaptouchResource, warehouse: PostgresResource, *, store_api: bool = False,
-                account: Account = DEFAULT, context: dg.AssetExecutionContext | None = None):
+def run_context(
+    taptouch: TaptouchResource,
+    warehouse: PostgresResource,
+    *,
+    store_api: bool = False,
+    account: Account = DEFAULT,
+    context: dg.AssetExecutionContext | None = None,
+):
     """At run start: read the settings (once: :func:`pipelines.settings.for_run`), migrate, make a
     client and check its credentials (failing clearly before any work), and open an autocommit
     connection to the warehouse, for a named ``account`` writing rows as that account. Yields the
@@ -179,9 +200,16 @@ def _record_usage(context: dg.AssetExecutionContext, run: RunContext, account: A
         context.log.warning(f"API usage of this step not recorded: {describe(exc)}")
         return
     with conn:
-        record_usage(conn, run_id=context.run.run_id, asset=context.asset_key.to_user_string(),
-                     account=account.name, client_id=client_id, seconds=time.monotonic() - run.t0,
-                     api=run.api_delta(), wait_s=run.budget_wait_s())
+        record_usage(
+            conn,
+            run_id=context.run.run_id,
+            asset=context.asset_key.to_user_string(),
+            account=account.name,
+            client_id=client_id,
+            seconds=time.monotonic() - run.t0,
+            api=run.api_delta(),
+            wait_s=run.budget_wait_s(),
+        )
 
 
 def _api_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -218,11 +246,15 @@ class OrdersConfig(dg.Config):
     """Launchpad / run config of ``orders`` (``ops: orders: config: ...``)."""
 
     full_refresh: bool = Field(
-        default=False, description="Fetch each window in full, ignoring the high-water marks (also: run tag "
-                                   "taptouch/full_refresh=true, which a backfill can carry).")
+        default=False,
+        description="Fetch each window in full, ignoring the high-water marks (also: run tag "
+        "taptouch/full_refresh=true, which a backfill can carry).",
+    )
     lookback: str | None = Field(
-        default=None, description="Re-ask the API from each store's high-water mark minus this (seconds, or "
-                                  "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.")
+        default=None,
+        description="Re-ask the API from each store's high-water mark minus this (seconds, or "
+        "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.",
+    )
 
 
 def _sync_mode(context: dg.AssetExecutionContext, config: OrdersConfig, run: RunContext) -> SyncMode:
@@ -233,17 +265,29 @@ def _sync_mode(context: dg.AssetExecutionContext, config: OrdersConfig, run: Run
     return Incremental(run.settings.lookback if config.lookback is None else settings.lookback(config.lookback))
 
 
-def _load_orders_days(context: dg.AssetExecutionContext, run: RunContext, listing: StoreListing,
-                      windows: list[OrderWindow], mode: SyncMode) -> tuple[SyncResult, dict[str, SyncResult]]:
+def _load_orders_days(
+    context: dg.AssetExecutionContext,
+    run: RunContext,
+    listing: StoreListing,
+    windows: list[OrderWindow],
+    mode: SyncMode,
+) -> tuple[SyncResult, dict[str, SyncResult]]:
     """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
     window's merge overlaps the next one's fetching), each its own transaction; a summary per day.
     Returns the run's totals and each window's own result (by key)."""
     at_once = f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""
-    context.log.info(f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
-                     f"{windows[-1].end.isoformat()}){at_once}")
+    context.log.info(
+        f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
+        f"{windows[-1].end.isoformat()}){at_once}"
+    )
     total, per_window = SyncResult(), {}
-    orders_run = OrdersRun(timezones=listing.timezones, mode=mode, settings=run.settings, run_id=context.run.run_id,
-                           progress=context.log.info)
+    orders_run = OrdersRun(
+        timezones=listing.timezones,
+        mode=mode,
+        settings=run.settings,
+        run_id=context.run.run_id,
+        progress=context.log.info,
+    )
     loads = sync_orders_windows(run.client, run.connect, windows, orders_run)
     # closing: whatever stops this loop (run termination) stops the windows in flight at once
     with closing(loads):
@@ -264,7 +308,7 @@ def _listing_metadata(listing: StoreListing) -> dict:
     return {
         "stores_skipped": len(listing.invalid) + len(listing.foreign),
         "stores_of_other_accounts": ", ".join(f"{sid} ({owner})" for sid, owner in sorted(listing.foreign.items()))
-                                    or "none",
+        or "none",
         "skipped_store_records": ", ".join(sorted(listing.invalid)) or "none",
     }
 
@@ -315,9 +359,17 @@ def _window_figures(conn, windows: list[OrderWindow], store_ids: list[int], acco
     ``net_sales_<currency>`` (their totals less their refunds, per currency)."""
     figures = {w.key: {"dagster/row_count": 0, "sales_orders": 0} for w in windows}
     with conn.cursor() as cur:
-        cur.execute(_WINDOW_FIGURES, {
-            "keys": [w.key for w in windows], "starts": [w.start for w in windows], "ends": [w.end for w in windows],
-            "sales": list(SALE_STATUSES), "stores": store_ids, "account": account.name})
+        cur.execute(
+            _WINDOW_FIGURES,
+            {
+                "keys": [w.key for w in windows],
+                "starts": [w.start for w in windows],
+                "ends": [w.end for w in windows],
+                "sales": list(SALE_STATUSES),
+                "stores": store_ids,
+                "account": account.name,
+            },
+        )
         for key, currency, orders, sales, net in cur.fetchall():
             figures[key]["dagster/row_count"] += orders
             figures[key]["sales_orders"] += sales
@@ -345,10 +397,12 @@ def _run_summary(windows: list[OrderWindow], total: SyncResult, api: dict) -> st
     """The run's totals in one line: its log and its run tag (never a partition's metadata)."""
     c = total.counts
     span = windows[0].key if len(windows) == 1 else f"{windows[0].key}..{windows[-1].key}"
-    return (f"{len(windows)} partition(s) {span}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
-            f"{c.quarantined} quarantined, {total.pages} pages; {api['api_requests']} API requests, "
-            f"{api['api_retries']} retries, {api['api_429s']} 429s, {api['token_requests']} token requests, "
-            f"budget wait {api['budget_wait_s']:.1f}s of {api['duration_s']:.1f}s")
+    return (
+        f"{len(windows)} partition(s) {span}: {c.inserted} inserted, {c.updated} updated, {c.unchanged} unchanged, "
+        f"{c.quarantined} quarantined, {total.pages} pages; {api['api_requests']} API requests, "
+        f"{api['api_retries']} retries, {api['api_429s']} 429s, {api['token_requests']} token requests, "
+        f"budget wait {api['budget_wait_s']:.1f}s of {api['duration_s']:.1f}s"
+    )
 
 
 def _quarantined_orders(cur, keys: list[str], mine: str | None) -> tuple[int, str]:
@@ -413,20 +467,32 @@ def _order_checks(conn, windows: list[OrderWindow], account: Account = DEFAULT) 
         future, future_ids = _future_dated_orders(cur, start, end, mine)
     return [
         dg.AssetCheckResult(
-            check_name=CHECK_QUARANTINE, asset_key=account.key("orders"), passed=quarantined == 0,
+            check_name=CHECK_QUARANTINE,
+            asset_key=account.key("orders"),
+            passed=quarantined == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"quarantined": quarantined, "reasons": reasons[:2000] or "none",
-                      "where": "select * from taptouch.quarantine where entity = 'order' and resolved_at is null"},
+            metadata={
+                "quarantined": quarantined,
+                "reasons": reasons[:2000] or "none",
+                "where": "select * from taptouch.quarantine where entity = 'order' and resolved_at is null",
+            },
         ),
         dg.AssetCheckResult(
-            check_name=CHECK_ARITHMETIC, asset_key=account.key("orders"), passed=bad_subtotal == 0 and bad_paid == 0,
+            check_name=CHECK_ARITHMETIC,
+            asset_key=account.key("orders"),
+            passed=bad_subtotal == 0 and bad_paid == 0,
             metadata={"orders_checked": checked, "subtotal_mismatches": bad_subtotal, "payment_mismatches": bad_paid},
         ),
         dg.AssetCheckResult(
-            check_name=CHECK_FUTURE, asset_key=account.key("orders"), passed=future == 0,
+            check_name=CHECK_FUTURE,
+            asset_key=account.key("orders"),
+            passed=future == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"future_dated": future, "orders": future_ids or "none",
-                      "tolerance_s": int(FUTURE_TOLERANCE.total_seconds())},
+            metadata={
+                "future_dated": future,
+                "orders": future_ids or "none",
+                "tolerance_s": int(FUTURE_TOLERANCE.total_seconds()),
+            },
         ),
     ]
 
@@ -437,17 +503,27 @@ def _resources(context, account: Account) -> tuple[TaptouchResource, PostgresRes
 
 def _asset_args(account: Account) -> dict:
     """What every API-calling asset of ``account`` shares: its group, pool, resources and retries."""
-    return {"group_name": account.group, "kinds": KINDS, "pool": account.pool, "retry_policy": RETRY,
-            "required_resource_keys": {account.resource_key, "warehouse"}}
+    return {
+        "group_name": account.group,
+        "kinds": KINDS,
+        "pool": account.pool,
+        "retry_policy": RETRY,
+        "required_resource_keys": {account.resource_key, "warehouse"},
+    }
 
 
 def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     """``stores`` of one account: the only writer of ``taptouch.stores``."""
-    preview_sql = ("select store_id, name, status, timezone, currency from taptouch.stores"
-                   + (" where account = :account" if account.prefixed else "") + " order by store_id limit :n")
+    preview_sql = (
+        "select store_id, name, status, timezone, currency from taptouch.stores"
+        + (" where account = :account" if account.prefixed else "")
+        + " order by store_id limit :n"
+    )
 
     @dg.asset(
-        key=account.key("stores"), **_asset_args(account), metadata=table_metadata("taptouch.stores"),
+        key=account.key("stores"),
+        **_asset_args(account),
+        metadata=table_metadata("taptouch.stores"),
         description="Every store the Taptouch token may read, upserted into taptouch.stores (its only writer).",
     )
     def stores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -458,25 +534,36 @@ def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
                 counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
             params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
             preview = read_frame(warehouse, preview_sql, **params)
-        return dg.MaterializeResult(metadata={
-            **counts.as_dict(),
-            "dagster/row_count": len(records),
-            **run.api_metadata(),
-            "preview": markdown_preview(preview),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                **counts.as_dict(),
+                "dagster/row_count": len(records),
+                **run.api_metadata(),
+                "preview": markdown_preview(preview),
+            }
+        )
 
     return stores
 
 
 def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(CHECK_QUARANTINE, asset=orders_key,
-                          description="No order of the partition was quarantined (warns when some were)."),
-        dg.AssetCheckSpec(CHECK_ARITHMETIC, asset=orders_key,
-                          description="Σ item totals = subtotal; Σ payments = total for completed orders."),
-        dg.AssetCheckSpec(CHECK_FUTURE, asset=orders_key,
-                          description="No order of the partition is dated more than 5 minutes after it was "
-                                      "loaded (a till's clock running ahead; such orders load, and warn)."),
+        dg.AssetCheckSpec(
+            CHECK_QUARANTINE,
+            asset=orders_key,
+            description="No order of the partition was quarantined (warns when some were).",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_ARITHMETIC,
+            asset=orders_key,
+            description="Σ item totals = subtotal; Σ payments = total for completed orders.",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_FUTURE,
+            asset=orders_key,
+            description="No order of the partition is dated more than 5 minutes after it was "
+            "loaded (a till's clock running ahead; such orders load, and warn).",
+        ),
     ]
 
 
@@ -484,8 +571,9 @@ RUN_TOTALS_TAG = "taptouch/{}_totals"
 """The run tag holding an orders run's totals (``{}``: ``orders``, or ``north_orders`` for an account)."""
 
 
-def _report_run(context: dg.AssetExecutionContext, account: Account, windows: list[OrderWindow], total: SyncResult,
-                run: RunContext) -> None:
+def _report_run(
+    context: dg.AssetExecutionContext, account: Account, windows: list[OrderWindow], total: SyncResult, run: RunContext
+) -> None:
     """The run's totals: a line of the run's log and a run tag, which the run's page shows."""
     summary = _run_summary(windows, total, run.api_metadata())
     context.log.info(f"{account.key_string('orders')} run totals: {summary}")
@@ -496,14 +584,17 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     """``orders`` of one account: daily partitions, each day one window (:class:`OrderWindow`)."""
 
     @dg.asset(
-        key=account.key("orders"), **_asset_args(account), partitions_def=daily_partitions,
-        metadata=table_metadata("taptouch.orders", "taptouch.order_items", "taptouch.order_payments",
-                                "taptouch.order_refunds"),
+        key=account.key("orders"),
+        **_asset_args(account),
+        partitions_def=daily_partitions,
+        metadata=table_metadata(
+            "taptouch.orders", "taptouch.order_items", "taptouch.order_payments", "taptouch.order_refunds"
+        ),
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_partitions_per_run()),
         check_specs=_orders_check_specs(account.key("orders")),
         description="Orders (with items, payments, refunds) whose updated_at falls in the partition's UTC day, "
-                    "for every store in the API's store listing, which this asset reads itself (for the stores' "
-                    "time zones, i.e. business dates); it never writes taptouch.stores.",
+        "for every store in the API's store listing, which this asset reads itself (for the stores' "
+        "time zones, i.e. business dates); it never writes taptouch.stores.",
     )
     def orders(context: dg.AssetExecutionContext, config: OrdersConfig) -> dg.MaterializeResult:
         """Orders updated in each UTC day, for every listed store, with items, payments and refunds."""
@@ -524,8 +615,11 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
         for window in windows:  # each partition its own figures; the run's totals stay in the run
             own = _window_metadata(per_window[window.key], figures[window.key], run.meter.figures(window.key))
             context.add_asset_metadata({**own, **run_wide}, partition_key=window.key)
-        _fail_if_stores_failed(total, f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}",
-                               {**_store_metadata(total, listing), **run.api_metadata()})
+        _fail_if_stores_failed(
+            total,
+            f"{account.key_string('orders')} {windows[0].key}..{windows[-1].key}",
+            {**_store_metadata(total, listing), **run.api_metadata()},
+        )
         return dg.MaterializeResult(check_results=checks)
 
     return orders
@@ -535,20 +629,27 @@ def inventory_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     """``inventory`` of one account: current levels and today's snapshot."""
 
     @dg.asset(
-        key=account.key("inventory"), **_asset_args(account),
+        key=account.key("inventory"),
+        **_asset_args(account),
         metadata=table_metadata("taptouch.inventory_levels", "taptouch.inventory_snapshots"),
         description="Current stock levels (taptouch.inventory_levels) and today's taptouch.inventory_snapshots, for "
-                    "every store in the API's store listing, which this asset reads itself (for the stores' time "
-                    "zones, i.e. snapshot dates); it never writes taptouch.stores.",
+        "every store in the API's store listing, which this asset reads itself (for the stores' time "
+        "zones, i.e. snapshot dates); it never writes taptouch.stores.",
     )
     def inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Current stock per store, replacing the previous list; today's snapshot per product."""
         taptouch, warehouse = _resources(context, account)
         with step_errors(), run_context(taptouch, warehouse, account=account, context=context) as run:
             listing = run.store_listing(context)
-            result = sync_inventory(run.client, run.conn, store_ids=listing.store_ids, timezones=listing.timezones,
-                                    run_id=context.run.run_id, progress=context.log.info,
-                                    confirm_s=run.settings.reconcile_confirm_s)
+            result = sync_inventory(
+                run.client,
+                run.conn,
+                store_ids=listing.store_ids,
+                timezones=listing.timezones,
+                run_id=context.run.run_id,
+                progress=context.log.info,
+                confirm_s=run.settings.reconcile_confirm_s,
+            )
         metadata = {**_store_metadata(result, listing), **run.api_metadata()}
         _fail_if_stores_failed(result, account.key_string("inventory"), metadata)
         return dg.MaterializeResult(metadata=metadata)

@@ -43,8 +43,10 @@ shorter): its times are moved back by the step."""
 # smaller lead is ordinary: a statement reads the clock before it waits for the row's lock, so the
 # row may have been updated a little after that reading; shifting then would bunch slots.)
 _NOW = "excluded.updated_at"
-_SKEW = (f"case when b.updated_at > {_NOW} + %(clock_step)s * interval '1 second' then b.updated_at - {_NOW} "
-         f"else interval '0' end")
+_SKEW = (
+    f"case when b.updated_at > {_NOW} + %(clock_step)s * interval '1 second' then b.updated_at - {_NOW} "
+    f"else interval '0' end"
+)
 _OLD_NEXT = f"(b.next_at - {_SKEW})"
 _OLD_BLOCKED = f"(b.blocked_until - {_SKEW})"
 _SECONDS = "* interval '1 second'"
@@ -106,11 +108,21 @@ class SharedBudget:
     instance (and one connection) per process.
     """
 
-    def __init__(self, database_url: str, client_id: str, rate_per_second: float, burst: int = DEFAULT_BURST, *,
-                 sleep: Callable[[float], None] = time.sleep, retry_database_after: float = RETRY_DATABASE_AFTER):
+    def __init__(
+        self,
+        database_url: str,
+        client_id: str,
+        rate_per_second: float,
+        burst: int = DEFAULT_BURST,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        retry_database_after: float = RETRY_DATABASE_AFTER,
+    ):
         if not rate_per_second or rate_per_second <= 0:
-            raise ValueError("SharedBudget needs a positive rate; use SharedBudget.for_client, which turns a "
-                             "rate of 0 or None into no limit.")
+            raise ValueError(
+                "SharedBudget needs a positive rate; use SharedBudget.for_client, which turns a "
+                "rate of 0 or None into no limit."
+            )
         if int(burst) < 1:
             raise ValueError(f"burst must be at least 1, got {burst}.")
         self._url = database_url
@@ -140,8 +152,9 @@ class SharedBudget:
     _instances_lock = threading.Lock()
 
     @classmethod
-    def for_client(cls, database_url: str, client_id: str, rate_per_second: float | None,
-                   burst: int = DEFAULT_BURST) -> RequestLimiter:
+    def for_client(
+        cls, database_url: str, client_id: str, rate_per_second: float | None, burst: int = DEFAULT_BURST
+    ) -> RequestLimiter:
         """The budget of ``client_id`` in the warehouse at ``database_url``, one instance per process
         (so all clients and threads of a process share its connection). ``rate_per_second`` None or
         <= 0 (``TAPTOUCH_REQUESTS_PER_SECOND=0``): no limit, an in-process limiter that never waits."""
@@ -182,12 +195,20 @@ class SharedBudget:
 
     def _report_heal(self, stepped_back: float | None, ahead: float | None, paused: bool) -> None:
         if stepped_back is not None and stepped_back > CLOCK_STEP:
-            log.warning("shared API budget for client %s: the database clock stepped back %.0fs since the budget "
-                        "was last used; its slots and pause were moved back with it", self.client_id, stepped_back)
+            log.warning(
+                "shared API budget for client %s: the database clock stepped back %.0fs since the budget "
+                "was last used; its slots and pause were moved back with it",
+                self.client_id,
+                stepped_back,
+            )
         elif not paused and ahead is not None and ahead > MAX_WAIT:
-            log.warning("shared API budget for client %s: the next slot was %.0fs ahead, more than the %.0fs any "
-                        "queue takes (the row was edited, or written by a clock that was ahead); reset to now",
-                        self.client_id, ahead, MAX_WAIT)
+            log.warning(
+                "shared API budget for client %s: the next slot was %.0fs ahead, more than the %.0fs any "
+                "queue takes (the row was edited, or written by a clock that was ahead); reset to now",
+                self.client_id,
+                ahead,
+                MAX_WAIT,
+            )
 
     def penalize(self, seconds: float) -> None:
         """A 429 asked for ``seconds`` of quiet: no process sharing the budget gets a slot before then."""
@@ -207,9 +228,17 @@ class SharedBudget:
     # ------------------------------------------------------------------ the database
     def _run(self, query: str, params: dict, *, fetch: bool = True) -> tuple | None:
         """Run one statement; None (after a WARNING) when the database fails or is still considered down."""
-        params = {"client_id": self.client_id, "rate": self.rate, "burst": self.burst, "interval": self._interval,
-                  "tau": self._tau, "max_wait": MAX_WAIT, "max_pause": MAX_RETRY_AFTER, "clock_step": CLOCK_STEP,
-                  **params}
+        params = {
+            "client_id": self.client_id,
+            "rate": self.rate,
+            "burst": self.burst,
+            "interval": self._interval,
+            "tau": self._tau,
+            "max_wait": MAX_WAIT,
+            "max_pause": MAX_RETRY_AFTER,
+            "clock_step": CLOCK_STEP,
+            **params,
+        }
         with self._lock:
             if time.monotonic() < self._down_until:
                 return None
@@ -220,8 +249,10 @@ class SharedBudget:
                 self._failed(exc)
                 return None
             if self.fallbacks and self._down_until:
-                log.warning("shared API budget for client %s: the database answers again; back to the shared "
-                            "budget", self.client_id)
+                log.warning(
+                    "shared API budget for client %s: the database answers again; back to the shared budget",
+                    self.client_id,
+                )
                 self._down_until = 0.0
             return tuple(row) if fetch else ()
 
@@ -230,9 +261,12 @@ class SharedBudget:
             self._conn, self._pid = None, os.getpid()
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
-                libpq_url(self._url), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                libpq_url(self._url),
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
                 application_name="taptouch-sync budget",
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}")
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}",
+            )
         return self._conn
 
     def _failed(self, exc: psycopg.Error) -> None:
@@ -243,12 +277,19 @@ class SharedBudget:
                 self._conn.close()
             self._conn = None
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = (" Apply the migrations (taptouch-sync migrate)." if isinstance(exc, psycopg.errors.UndefinedTable)
-                else "")
+        hint = (
+            " Apply the migrations (taptouch-sync migrate)." if isinstance(exc, psycopg.errors.UndefinedTable) else ""
+        )
         log.warning(
             "shared API budget for client %s unavailable (%s: %s).%s Falling back to this process's own limit of "
             "%g requests/s for %.0fs; meanwhile processes together may exceed the budget.",
-            self.client_id, type(exc).__name__, detail, hint, self.rate, self._retry_after)
+            self.client_id,
+            type(exc).__name__,
+            detail,
+            hint,
+            self.rate,
+            self._retry_after,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,17 +383,42 @@ values (%s, %s, %s, %s, now() - %s * interval '1 second', %s, %s, %s, %s, %s)
 """
 
 
-def record_usage(conn: psycopg.Connection, *, run_id: str | None, asset: str, account: str, client_id: str,
-                 seconds: float, api: dict[str, float], wait_s: float) -> bool:
+def record_usage(
+    conn: psycopg.Connection,
+    *,
+    run_id: str | None,
+    asset: str,
+    account: str,
+    client_id: str,
+    seconds: float,
+    api: dict[str, float],
+    wait_s: float,
+) -> bool:
     """One row of ``taptouch_meta.api_usage`` for a run's step: what its client asked of the API
     (``api``: the client's counters over the step) and how long it waited for the budget. A
     database error costs only the row (a WARNING), never the run. Returns whether it was written."""
     try:
-        conn.execute(_RECORD_USAGE, (run_id, asset, account, client_id, seconds, int(api["requests"]),
-                                     int(api["retries"]), int(api["rate_limited"]), int(api["token_requests"]),
-                                     round(wait_s, 3)))
+        conn.execute(
+            _RECORD_USAGE,
+            (
+                run_id,
+                asset,
+                account,
+                client_id,
+                seconds,
+                int(api["requests"]),
+                int(api["retries"]),
+                int(api["rate_limited"]),
+                int(api["token_requests"]),
+                round(wait_s, 3),
+            ),
+        )
     except psycopg.Error as exc:
-        log.warning("API usage of %s (run %s) not recorded in taptouch_meta.api_usage: %s", asset, run_id,
-                    (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        log.warning(
+            "API usage of %s (run %s) not recorded in taptouch_meta.api_usage: %s",
+            asset,
+            run_id,
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        )
         return False
     return True

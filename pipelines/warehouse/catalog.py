@@ -29,162 +29,203 @@ SCHEMAS: dict[str, str] = {
 }
 
 TABLES: dict[str, tuple[str, dict[str, str]]] = {
-    "taptouch.stores": ("Stores as the Taptouch stores API lists them", {
-        **column_comments(STORE),
-        "raw": RAW,
-        "loaded_at": "when the pipeline last wrote the row",
-        "updated_at_exact": EXACT,
-        "account": ACCOUNT,
-    }),
-    "taptouch.orders": ("Orders (sales, open and voided) as the Taptouch orders API lists them; "
-                        "deleted_at marks the ones the API no longer returns", {
-        **column_comments(ORDER),
-        "raw": RAW,
-        "loaded_at": "when the pipeline last wrote the row",
-        "raw_hash": "blake2b-128 of raw's canonical JSON: an unchanged re-sync is recognised by it",
-        "updated_at_exact": EXACT,
-        "deleted_at": "set when the reconciliation found the API no longer returns the order; null: live",
-        "account": ACCOUNT,
-    }),
-    **{child.table: (text, {**column_comments(child), "account": ACCOUNT}) for child, text in (
-        (ITEM, "Order lines, replaced with their order"),
-        (PAYMENT, "Payments of each order, replaced with their order"),
-        (REFUND, "Refunds of each order (order-level amounts), replaced with their order"))},
-    "taptouch.inventory_levels": ("Current stock of every product the inventory API lists, per store", {
-        **column_comments(INVENTORY),
-        "raw": RAW,
-        "synced_at": "when the pipeline last wrote the row",
-        "updated_at_exact": EXACT,
-        "account": ACCOUNT,
-    }),
-    "taptouch.inventory_snapshots": ("Daily stock snapshots: the levels at the last inventory sync of "
-                                     "each store-local date", {
-        "snapshot_date": "store-local date of the snapshot",
-        "store_id": "the store",
-        "product_id": "the product",
-        "on_hand": "units in stock at the snapshot",
-        "cost_price": f"unit cost at the snapshot; {_MONEY}",
-        "sell_price": f"unit sell price at the snapshot; {_MONEY}",
-        "synced_at": "when the pipeline wrote the snapshot",
-        "account": ACCOUNT,
-    }),
-    "taptouch.quarantine": ("Records that failed validation, kept with a reason a person understands", {
-        "quarantine_id": "row id",
-        "entity": "store | order | inventory",
-        "record_key": "the record's id when it has one",
-        "store_id": "the store the record belongs to, when known",
-        "reason": "why the record was not loaded, in plain words",
-        "raw": "the record as the API sent it (text in raw_text when not JSON-safe)",
-        "raw_text": "the record's text when PostgreSQL cannot hold it as jsonb",
-        "window": "partition key or window, e.g. 2026-11-02",
-        "run_id": "the Dagster run that quarantined it",
-        "quarantined_at": "when it was quarantined",
-        "resolved_at": "set when a later load accepted a valid version of the record",
-        "account": ACCOUNT,
-    }),
-    "taptouch.sync_log": ("Sync bookkeeping: one row per (entity, store, window) load that committed", {
-        "sync_id": "row id",
-        "entity": "what was loaded: stores | orders | inventory",
-        "store_id": "the store loaded (null for a load of every store)",
-        "window": "partition key or window loaded",
-        "run_id": "the Dagster run of the load",
-        "started_at": "when the load started",
-        "finished_at": "when the load committed",
-        "inserted": "records new to the warehouse",
-        "updated": "records that replaced an older version",
-        "unchanged": "records identical to the version held",
-        "quarantined": "records quarantined (taptouch.quarantine)",
-        "deleted": "records marked deleted or delisted",
-        "account": ACCOUNT,
-    }),
-    "taptouch.sync_marks": ("High-water marks of incremental order loads, per (entity, account, store, window)", {
-        "entity": "what the mark is for (orders)",
-        "store_id": "the store",
-        "window": "the partition key or window",
-        "high_water": "a re-run asks the API only from this mark minus TAPTOUCH_LOOKBACK",
-        "full_loaded_at": "when a complete listing of the window last loaded (null: never)",
-        "updated_at": "when the mark was last written",
-        "account": ACCOUNT,
-    }),
-    "taptouch.deletion_candidates": ("Orders a complete listing did not return; a second listing confirms "
-                                     "the deletion (taptouch.orders.deleted_at)", {
-        "order_id": "the order missing from the listing",
-        "account": ACCOUNT,
-        "store_id": "its store",
-        "first_missing_at": "when a listing first missed it (the judging run's clock)",
-        "last_missing_at": "when a listing last missed it (the judging run's clock)",
-        "listing_started_at": "the API's instant the first listing that missed it started",
-        "seen_by": "the listing that first missed it (asset and run)",
-    }),
-    "taptouch.inventory_delist_candidates": ("Products a suspicious inventory listing no longer lists; a second "
-                                             "such listing confirms the delisting", {
-        "store_id": "the store",
-        "product_id": "the product missing from the listing",
-        "account": ACCOUNT,
-        "first_missing_at": "when a listing first missed it",
-    }),
-    "taptouch_auth.tokens": ("OAuth tokens, one row per (API, client, grant, label); tokens are Fernet "
-                             "ciphertexts, never usable as read", {
-        "token_id": "row id",
-        "base_url": "the Taptouch API the token is for",
-        "client_id": "the OAuth client id",
-        "grant_type": "client_credentials | authorization_code",
-        "label": "authorization_code: the merchant's label; client_credentials: the scopes, sorted",
-        "scopes": "the scopes granted",
-        "access_token": "the access token, Fernet-encrypted",
-        "access_issued_at": "when the access token was issued",
-        "access_expires_at": "when the access token expires",
-        "refresh_token": "the refresh token, Fernet-encrypted (null for client_credentials)",
-        "refresh_expires_at": "when the refresh token expires",
-        "store_ids": "the stores the token may read",
-        "rotations": "refreshes so far",
-        "last_error": "why the last refresh failed (redacted); null when it succeeded",
-        "authorized_at": "when the merchant authorized",
-        "updated_at": "when the row was last written",
-    }),
-    "taptouch_meta.schema_migrations": ("Migrations of sql/migrations applied to this database", {
-        "version": "the file's number (NNNN)",
-        "name": "the file's name",
-        "checksum": "sha256 of the file's bytes when applied (an applied file is immutable)",
-        "applied_at": "when it was applied",
-    }),
-    "taptouch_meta.request_budget": ("API request budget per Taptouch client id, shared by every process "
-                                     "(a GCRA token bucket)", {
-        "client_id": "the Taptouch client id",
-        "rate": "requests per second, as last configured",
-        "burst": "requests allowed back to back after a pause",
-        "next_at": "the bucket's theoretical arrival time (server clock)",
-        "blocked_until": "a 429's Retry-After: nobody sends before it",
-        "requests": "slots granted, all processes together, since the row was created",
-        "rate_limited": "429s reported by any process, since the row was created",
-        "updated_at": "when the row was last written",
-    }),
-    "taptouch_meta.api_usage": ("What each step of an API-calling asset asked of the Taptouch API, one row per "
-                                "step, written when it ends (failed or not)", {
-        "id": "row number",
-        "run_id": "the Dagster run (null outside one)",
-        "asset": "the asset key, e.g. orders or north/orders",
-        "account": ACCOUNT,
-        "client_id": "the Taptouch client id whose request budget the requests used",
-        "started_at": "when the step's client started",
-        "ended_at": "when the step's client ended",
-        "requests": "API requests sent, retries included (token requests not)",
-        "retries": "of those, retries of a failed attempt",
-        "rate_limited": "429s received",
-        "token_requests": "OAuth token requests",
-        "budget_wait_s": "wall-clock seconds during which some request of the step waited for the budget",
-    }),
-    "taptouch_meta.alert_outbox": ("Alerts waiting for, or done with, delivery to TAPTOUCH_ALERT_WEBHOOK_URL", {
-        "idempotency_key": "e.g. run-failure:<run id>; sent as the Idempotency-Key header",
-        "kind": "run_failure | check_failure",
-        "body": "the JSON POSTed (carries idempotency_key too)",
-        "created_at": "when the alert was enqueued",
-        "attempts": "POSTs tried so far",
-        "next_attempt_at": "not tried again before this",
-        "last_attempt_at": "when the last POST was tried",
-        "last_error": "why the last POST failed (redacted); null once sent",
-        "sent_at": "the webhook answered 2xx; null: still pending",
-    }),
+    "taptouch.stores": (
+        "Stores as the Taptouch stores API lists them",
+        {
+            **column_comments(STORE),
+            "raw": RAW,
+            "loaded_at": "when the pipeline last wrote the row",
+            "updated_at_exact": EXACT,
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.orders": (
+        "Orders (sales, open and voided) as the Taptouch orders API lists them; "
+        "deleted_at marks the ones the API no longer returns",
+        {
+            **column_comments(ORDER),
+            "raw": RAW,
+            "loaded_at": "when the pipeline last wrote the row",
+            "raw_hash": "blake2b-128 of raw's canonical JSON: an unchanged re-sync is recognised by it",
+            "updated_at_exact": EXACT,
+            "deleted_at": "set when the reconciliation found the API no longer returns the order; null: live",
+            "account": ACCOUNT,
+        },
+    ),
+    **{
+        child.table: (text, {**column_comments(child), "account": ACCOUNT})
+        for child, text in (
+            (ITEM, "Order lines, replaced with their order"),
+            (PAYMENT, "Payments of each order, replaced with their order"),
+            (REFUND, "Refunds of each order (order-level amounts), replaced with their order"),
+        )
+    },
+    "taptouch.inventory_levels": (
+        "Current stock of every product the inventory API lists, per store",
+        {
+            **column_comments(INVENTORY),
+            "raw": RAW,
+            "synced_at": "when the pipeline last wrote the row",
+            "updated_at_exact": EXACT,
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.inventory_snapshots": (
+        "Daily stock snapshots: the levels at the last inventory sync of each store-local date",
+        {
+            "snapshot_date": "store-local date of the snapshot",
+            "store_id": "the store",
+            "product_id": "the product",
+            "on_hand": "units in stock at the snapshot",
+            "cost_price": f"unit cost at the snapshot; {_MONEY}",
+            "sell_price": f"unit sell price at the snapshot; {_MONEY}",
+            "synced_at": "when the pipeline wrote the snapshot",
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.quarantine": (
+        "Records that failed validation, kept with a reason a person understands",
+        {
+            "quarantine_id": "row id",
+            "entity": "store | order | inventory",
+            "record_key": "the record's id when it has one",
+            "store_id": "the store the record belongs to, when known",
+            "reason": "why the record was not loaded, in plain words",
+            "raw": "the record as the API sent it (text in raw_text when not JSON-safe)",
+            "raw_text": "the record's text when PostgreSQL cannot hold it as jsonb",
+            "window": "partition key or window, e.g. 2026-11-02",
+            "run_id": "the Dagster run that quarantined it",
+            "quarantined_at": "when it was quarantined",
+            "resolved_at": "set when a later load accepted a valid version of the record",
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.sync_log": (
+        "Sync bookkeeping: one row per (entity, store, window) load that committed",
+        {
+            "sync_id": "row id",
+            "entity": "what was loaded: stores | orders | inventory",
+            "store_id": "the store loaded (null for a load of every store)",
+            "window": "partition key or window loaded",
+            "run_id": "the Dagster run of the load",
+            "started_at": "when the load started",
+            "finished_at": "when the load committed",
+            "inserted": "records new to the warehouse",
+            "updated": "records that replaced an older version",
+            "unchanged": "records identical to the version held",
+            "quarantined": "records quarantined (taptouch.quarantine)",
+            "deleted": "records marked deleted or delisted",
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.sync_marks": (
+        "High-water marks of incremental order loads, per (entity, account, store, window)",
+        {
+            "entity": "what the mark is for (orders)",
+            "store_id": "the store",
+            "window": "the partition key or window",
+            "high_water": "a re-run asks the API only from this mark minus TAPTOUCH_LOOKBACK",
+            "full_loaded_at": "when a complete listing of the window last loaded (null: never)",
+            "updated_at": "when the mark was last written",
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.deletion_candidates": (
+        "Orders a complete listing did not return; a second listing confirms the deletion (taptouch.orders.deleted_at)",
+        {
+            "order_id": "the order missing from the listing",
+            "account": ACCOUNT,
+            "store_id": "its store",
+            "first_missing_at": "when a listing first missed it (the judging run's clock)",
+            "last_missing_at": "when a listing last missed it (the judging run's clock)",
+            "listing_started_at": "the API's instant the first listing that missed it started",
+            "seen_by": "the listing that first missed it (asset and run)",
+        },
+    ),
+    "taptouch.inventory_delist_candidates": (
+        "Products a suspicious inventory listing no longer lists; a second such listing confirms the delisting",
+        {
+            "store_id": "the store",
+            "product_id": "the product missing from the listing",
+            "account": ACCOUNT,
+            "first_missing_at": "when a listing first missed it",
+        },
+    ),
+    "taptouch_auth.tokens": (
+        "OAuth tokens, one row per (API, client, grant, label); tokens are Fernet ciphertexts, never usable as read",
+        {
+            "token_id": "row id",
+            "base_url": "the Taptouch API the token is for",
+            "client_id": "the OAuth client id",
+            "grant_type": "client_credentials | authorization_code",
+            "label": "authorization_code: the merchant's label; client_credentials: the scopes, sorted",
+            "scopes": "the scopes granted",
+            "access_token": "the access token, Fernet-encrypted",
+            "access_issued_at": "when the access token was issued",
+            "access_expires_at": "when the access token expires",
+            "refresh_token": "the refresh token, Fernet-encrypted (null for client_credentials)",
+            "refresh_expires_at": "when the refresh token expires",
+            "store_ids": "the stores the token may read",
+            "rotations": "refreshes so far",
+            "last_error": "why the last refresh failed (redacted); null when it succeeded",
+            "authorized_at": "when the merchant authorized",
+            "updated_at": "when the row was last written",
+        },
+    ),
+    "taptouch_meta.schema_migrations": (
+        "Migrations of sql/migrations applied to this database",
+        {
+            "version": "the file's number (NNNN)",
+            "name": "the file's name",
+            "checksum": "sha256 of the file's bytes when applied (an applied file is immutable)",
+            "applied_at": "when it was applied",
+        },
+    ),
+    "taptouch_meta.request_budget": (
+        "API request budget per Taptouch client id, shared by every process (a GCRA token bucket)",
+        {
+            "client_id": "the Taptouch client id",
+            "rate": "requests per second, as last configured",
+            "burst": "requests allowed back to back after a pause",
+            "next_at": "the bucket's theoretical arrival time (server clock)",
+            "blocked_until": "a 429's Retry-After: nobody sends before it",
+            "requests": "slots granted, all processes together, since the row was created",
+            "rate_limited": "429s reported by any process, since the row was created",
+            "updated_at": "when the row was last written",
+        },
+    ),
+    "taptouch_meta.api_usage": (
+        "What each step of an API-calling asset asked of the Taptouch API, one row per "
+        "step, written when it ends (failed or not)",
+        {
+            "id": "row number",
+            "run_id": "the Dagster run (null outside one)",
+            "asset": "the asset key, e.g. orders or north/orders",
+            "account": ACCOUNT,
+            "client_id": "the Taptouch client id whose request budget the requests used",
+            "started_at": "when the step's client started",
+            "ended_at": "when the step's client ended",
+            "requests": "API requests sent, retries included (token requests not)",
+            "retries": "of those, retries of a failed attempt",
+            "rate_limited": "429s received",
+            "token_requests": "OAuth token requests",
+            "budget_wait_s": "wall-clock seconds during which some request of the step waited for the budget",
+        },
+    ),
+    "taptouch_meta.alert_outbox": (
+        "Alerts waiting for, or done with, delivery to TAPTOUCH_ALERT_WEBHOOK_URL",
+        {
+            "idempotency_key": "e.g. run-failure:<run id>; sent as the Idempotency-Key header",
+            "kind": "run_failure | check_failure",
+            "body": "the JSON POSTed (carries idempotency_key too)",
+            "created_at": "when the alert was enqueued",
+            "attempts": "POSTs tried so far",
+            "next_attempt_at": "not tried again before this",
+            "last_attempt_at": "when the last POST was tried",
+            "last_error": "why the last POST failed (redacted); null once sent",
+            "sent_at": "the webhook answered 2xx; null: still pending",
+        },
+    ),
 }
 
 
@@ -196,6 +237,7 @@ def column_text(qualified: str, column: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------ views
 
+
 def comments() -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
     """(schema, relation) -> (its comment, {column: comment}) for every table and view described."""
     found = {tuple(q.split(".", 1)): entry for q, entry in TABLES.items()}
@@ -205,6 +247,7 @@ def comments() -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
 
 
 # --------------------------------------------------------------------------------------- applying
+
 
 def apply_comments(conn: psycopg.Connection, relations: list[tuple[str, str]] | None = None) -> int:
     """``COMMENT ON`` the named relations (``(schema, name)``) and their columns, where they exist

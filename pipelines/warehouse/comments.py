@@ -10,20 +10,28 @@ import psycopg
 from psycopg import sql
 
 
-def write_comments(conn: psycopg.Connection, wanted: dict[tuple[str, str], tuple[str, dict[str, str]]],
-                   schemas: dict[str, str] | None = None) -> int:
+def write_comments(
+    conn: psycopg.Connection,
+    wanted: dict[tuple[str, str], tuple[str, dict[str, str]]],
+    schemas: dict[str, str] | None = None,
+) -> int:
     """``COMMENT ON`` each relation of ``wanted`` (``(schema, name)`` -> (its comment, {column:
     comment})) and its columns, and each schema of ``schemas`` (name -> comment), where they exist
     and the stored comment differs. Returns the number of comments written."""
     written = 0
     with conn.cursor() as cur:
         if schemas:
-            cur.execute("select nspname, obj_description(oid, 'pg_namespace') from pg_namespace"
-                        " where nspname = any(%s)", (list(schemas),))
+            cur.execute(
+                "select nspname, obj_description(oid, 'pg_namespace') from pg_namespace where nspname = any(%s)",
+                (list(schemas),),
+            )
             for schema, current in cur.fetchall():
                 if current != schemas[schema]:
-                    cur.execute(sql.SQL("comment on schema {} is {}").format(
-                        sql.Identifier(schema), sql.Literal(schemas[schema])))
+                    cur.execute(
+                        sql.SQL("comment on schema {} is {}").format(
+                            sql.Identifier(schema), sql.Literal(schemas[schema])
+                        )
+                    )
                     written += 1
         cur.execute(
             """
@@ -50,7 +58,10 @@ def write_comments(conn: psycopg.Connection, wanted: dict[tuple[str, str], tuple
                     cur.execute(sql.SQL("comment on {} {} is {}").format(what, target, sql.Literal(text)))
                     written += 1
             if column in columns and col_comment != columns[column]:
-                cur.execute(sql.SQL("comment on column {}.{} is {}").format(
-                    target, sql.Identifier(column), sql.Literal(columns[column])))
+                cur.execute(
+                    sql.SQL("comment on column {}.{} is {}").format(
+                        target, sql.Identifier(column), sql.Literal(columns[column])
+                    )
+                )
                 written += 1
     return written

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import psycopg
 import sqlalchemy
@@ -38,10 +38,27 @@ DATABASE_URL_ENV = "TAPTOUCH_DATABASE_URL"
 _ACCEPTED_SCHEMES = ACCEPTED_SCHEMES
 _REDACTED = REDACTED
 
-__all__ = ["DATABASE_URL_ENV", "EMBEDDED_DATABASE", "PGDATA_ENV", "EmbeddedServerError", "WarehouseConfigError",
-           "connect", "embedded_data_dir", "embedded_database_url", "get_engine", "libpq_url", "project_root",
-           "redact_text", "redact_url", "redacted_error", "resolve_database_url", "secrets_of", "sqlalchemy_url",
-           "stop_embedded_server", "with_database"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "EMBEDDED_DATABASE",
+    "PGDATA_ENV",
+    "EmbeddedServerError",
+    "WarehouseConfigError",
+    "connect",
+    "embedded_data_dir",
+    "embedded_database_url",
+    "get_engine",
+    "libpq_url",
+    "project_root",
+    "redact_text",
+    "redact_url",
+    "redacted_error",
+    "resolve_database_url",
+    "secrets_of",
+    "sqlalchemy_url",
+    "stop_embedded_server",
+    "with_database",
+]
 
 
 class WarehouseConfigError(ValueError):
@@ -114,11 +131,11 @@ def with_database(url: str, database: str) -> str:
 # Connections
 # --------------------------------------------------------------------------------------------
 
-_engines: dict[tuple[str, Optional[int]], sqlalchemy.Engine] = {}
+_engines: dict[tuple[str, int | None], sqlalchemy.Engine] = {}
 _engines_guard = threading.Lock()
 
 
-def _timeout_options(statement_timeout_ms: Optional[int]) -> dict[str, Any]:
+def _timeout_options(statement_timeout_ms: int | None) -> dict[str, Any]:
     if statement_timeout_ms is None:
         return {}
     if statement_timeout_ms < 0:
@@ -128,19 +145,34 @@ def _timeout_options(statement_timeout_ms: Optional[int]) -> dict[str, Any]:
 
 # What an operator can do about a connection error, by libpq's message; {source} names the setting.
 _HINTS = (
-    (re.compile(r"invalid percent-encoded token|invalid URI|invalid (integer|port)|missing \"=\"|"
-                r"unexpected spaces|invalid \w+ value|invalid connection option", re.IGNORECASE),
-     "{source} is not a URL libpq can read: write it as postgresql://<user>:<password>@<host>:5432/<dbname> and "
-     "percent-encode the characters @ # ? / % : and spaces in the user name and password "
-     "(@ as %40, # as %23, ? as %3F, / as %2F, % as %25, : as %3A, space as %20)"),
-    (re.compile(r'database "[^"]*" does not exist', re.IGNORECASE),
-     "create that database (createdb), or fix the database name at the end of {source}"),
-    (re.compile(r"password authentication failed|no password supplied|role \"[^\"]*\" does not exist",
-                re.IGNORECASE),
-     "check the user name and password in {source}"),
-    (re.compile(r"could not translate host name|failed to resolve host|Name or service not known|"
-                r"Connection refused|timeout expired|No route to host|Network is unreachable", re.IGNORECASE),
-     "check the host and port in {source}, and that PostgreSQL runs there and accepts connections"),
+    (
+        re.compile(
+            r"invalid percent-encoded token|invalid URI|invalid (integer|port)|missing \"=\"|"
+            r"unexpected spaces|invalid \w+ value|invalid connection option",
+            re.IGNORECASE,
+        ),
+        "{source} is not a URL libpq can read: write it as postgresql://<user>:<password>@<host>:5432/<dbname> and "
+        "percent-encode the characters @ # ? / % : and spaces in the user name and password "
+        "(@ as %40, # as %23, ? as %3F, / as %2F, % as %25, : as %3A, space as %20)",
+    ),
+    (
+        re.compile(r'database "[^"]*" does not exist', re.IGNORECASE),
+        "create that database (createdb), or fix the database name at the end of {source}",
+    ),
+    (
+        re.compile(
+            r"password authentication failed|no password supplied|role \"[^\"]*\" does not exist", re.IGNORECASE
+        ),
+        "check the user name and password in {source}",
+    ),
+    (
+        re.compile(
+            r"could not translate host name|failed to resolve host|Name or service not known|"
+            r"Connection refused|timeout expired|No route to host|Network is unreachable",
+            re.IGNORECASE,
+        ),
+        "check the host and port in {source}, and that PostgreSQL runs there and accepts connections",
+    ),
 )
 
 
@@ -166,7 +198,7 @@ def _with_hint(error: BaseException, url: str) -> BaseException:
     message = str(error).strip()
     if source is None:
         return error
-    for pattern, hint in _HINTS:
+    for pattern, hint in _HINTS:  # noqa: B007 - the matching hint is used after the loop
         if pattern.search(message):
             break
     else:
@@ -190,9 +222,7 @@ def connect_url(url: str, **kwargs: Any) -> psycopg.Connection:
     raise error
 
 
-def get_engine(
-    url: str | None = None, *, statement_timeout_ms: Optional[int] = None
-) -> sqlalchemy.Engine:
+def get_engine(url: str | None = None, *, statement_timeout_ms: int | None = None) -> sqlalchemy.Engine:
     """A SQLAlchemy engine for ``url`` (resolved with :func:`resolve_database_url`), cached per
     URL and timeout, with ``pool_pre_ping=True`` so connections dropped by a server restart are
     replaced transparently.

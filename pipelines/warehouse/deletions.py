@@ -46,8 +46,10 @@ def unusual_share(to_delete: int, live: int, listed: int) -> bool:
 
 
 def describe_rule() -> str:
-    return (f"more than max({MASS_FLOOR}, {int(MASS_SHARE * 100)}%) of the store's live orders in range, "
-            f"or any from an empty listing")
+    return (
+        f"more than max({MASS_FLOOR}, {int(MASS_SHARE * 100)}%) of the store's live orders in range, "
+        f"or any from an empty listing"
+    )
 
 
 def listed_id(raw: Any) -> int | None:
@@ -91,16 +93,19 @@ class Judgement:
     def refusal(self) -> str | None:
         if not self.refused:
             return None
-        return (f"store {self.store_id}: the listing would mark {len(self.refused)} of the store's {self.live} "
-                f"live orders in range deleted ({describe_rule()} is refused as a probable API fault); nothing "
-                f"was marked deleted. If these orders really were deleted in Taptouch, confirm it with the run "
-                f"config of order_deletions: confirm_mass_deletion_stores: [{self.store_id}]")
+        return (
+            f"store {self.store_id}: the listing would mark {len(self.refused)} of the store's {self.live} "
+            f"live orders in range deleted ({describe_rule()} is refused as a probable API fault); nothing "
+            f"was marked deleted. If these orders really were deleted in Taptouch, confirm it with the run "
+            f"config of order_deletions: confirm_mass_deletion_stores: [{self.store_id}]"
+        )
 
 
 def _require_transaction(cur: psycopg.Cursor) -> None:
     if cur.connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
-        raise RuntimeError("pipelines.warehouse.deletions needs an open transaction (the merge lock is "
-                           "transaction-scoped)")
+        raise RuntimeError(
+            "pipelines.warehouse.deletions needs an open transaction (the merge lock is transaction-scoped)"
+        )
 
 
 def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int]:
@@ -114,8 +119,11 @@ def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int
     cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
     cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ids,))
     dropped = cur.rowcount
-    cur.execute("update taptouch.orders set deleted_at = null where deleted_at is not null and order_id = any(%s)"
-                " returning order_id", (ids,))
+    cur.execute(
+        "update taptouch.orders set deleted_at = null where deleted_at is not null and order_id = any(%s)"
+        " returning order_id",
+        (ids,),
+    )
     return sorted(r[0] for r in cur.fetchall()), dropped
 
 
@@ -151,8 +159,11 @@ def judge_listing(
     cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
     result.restored, result.dropped = note_listed(cur, listed)
     bound = started_at if listed_to is None else min(started_at, listed_to)
-    cur.execute("select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-                " and deleted_at is null order by order_id", (store_id, listed_from, bound))
+    cur.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " and deleted_at is null order by order_id",
+        (store_id, listed_from, bound),
+    )
     live = [r[0] for r in cur.fetchall()]
     result.live = len(live)
     missing = [oid for oid in live if oid not in listed]
@@ -176,49 +187,64 @@ def judge_listing(
     return result
 
 
-def _candidates_in_range(cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime, *,
-                         bounded: bool, now: datetime) -> dict[int, datetime]:
+def _candidates_in_range(
+    cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime, *, bounded: bool, now: datetime
+) -> dict[int, datetime]:
     """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
     them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
     # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
     # wait now: the interval is never shortened, and never made endless, by a clock step
-    cur.execute("update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s"
-                " and first_missing_at > %s", (now, store_id, now))
+    cur.execute(
+        "update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s and first_missing_at > %s",
+        (now, store_id, now),
+    )
     if not bounded:
-        cur.execute("select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s",
-                    (store_id,))
+        cur.execute(
+            "select order_id, first_missing_at from taptouch.deletion_candidates where store_id = %s", (store_id,)
+        )
     else:  # a bounded listing speaks only for the candidates whose order lies in its range
-        cur.execute("select c.order_id, c.first_missing_at from taptouch.deletion_candidates c join taptouch.orders o"
-                    " using (order_id) where c.store_id = %s and o.updated_at >= %s and o.updated_at < %s",
-                    (store_id, listed_from, bound))
+        cur.execute(
+            "select c.order_id, c.first_missing_at from taptouch.deletion_candidates c join taptouch.orders o"
+            " using (order_id) where c.store_id = %s and o.updated_at >= %s and o.updated_at < %s",
+            (store_id, listed_from, bound),
+        )
     return dict(cur.fetchall())
 
 
-def _record_missing(cur: psycopg.Cursor, result: Judgement, *, now: datetime, started_at: datetime,
-                    seen_by: str | None) -> None:
+def _record_missing(
+    cur: psycopg.Cursor, result: Judgement, *, now: datetime, started_at: datetime, seen_by: str | None
+) -> None:
     """New candidates recorded (first missed now); waiting ones stamped missed again now."""
     if result.candidates:
         cur.executemany(
             "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
             " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, %s) on conflict (order_id) do nothing",
-            [(oid, result.store_id, now, now, started_at, seen_by) for oid in result.candidates])
+            [(oid, result.store_id, now, now, started_at, seen_by) for oid in result.candidates],
+        )
     if result.waiting:
-        cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
-                    (now, result.waiting))
+        cur.execute(
+            "update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
+            (now, result.waiting),
+        )
 
 
-def _confirm(cur: psycopg.Cursor, result: Judgement, ripe: list[int], *, listed: int, mass_confirmed: bool,
-             now: datetime) -> None:
+def _confirm(
+    cur: psycopg.Cursor, result: Judgement, ripe: list[int], *, listed: int, mass_confirmed: bool, now: datetime
+) -> None:
     """Mark the ``ripe`` candidates deleted, unless they are an unusual share of the live orders in
     range (:func:`unusual_share`) and no operator confirmed it: then they stay candidates, refused."""
     if ripe and unusual_share(len(ripe), result.live, listed) and not mass_confirmed:
         result.refused = ripe
-        cur.execute("update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)",
-                    (now, ripe))
+        cur.execute(
+            "update taptouch.deletion_candidates set last_missing_at = %s where order_id = any(%s)", (now, ripe)
+        )
         log.error("%s", result.refusal)
         return
     if ripe:
-        cur.execute("update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
-                    " returning order_id", (now, ripe))
+        cur.execute(
+            "update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
+            " returning order_id",
+            (now, ripe),
+        )
         result.deleted = sorted(r[0] for r in cur.fetchall())
         cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ripe,))

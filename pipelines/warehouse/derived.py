@@ -40,13 +40,20 @@ def rederive_business_dates(cur: psycopg.Cursor, store_ids: Iterable[int], *, on
     if not zones:
         return 0
     conn = cur.connection
-    cur.execute("create temp table if not exists rederived_dates (order_id bigint primary key, business_date date)"
-                " on commit drop")
+    cur.execute(
+        "create temp table if not exists rederived_dates (order_id bigint primary key, business_date date)"
+        " on commit drop"
+    )
     cur.execute("truncate rederived_dates")
-    restrict = sql.SQL("") if only is None else sql.SQL(" and o.order_id in (select order_id from {})").format(
-        sql.Identifier(only))
-    query = sql.SQL("select o.order_id, o.created_at, o.business_date from taptouch.orders o"
-                    " where o.store_id = %s") + restrict
+    restrict = (
+        sql.SQL("")
+        if only is None
+        else sql.SQL(" and o.order_id in (select order_id from {})").format(sql.Identifier(only))
+    )
+    query = (
+        sql.SQL("select o.order_id, o.created_at, o.business_date from taptouch.orders o where o.store_id = %s")
+        + restrict
+    )
     derive = records.business_date
     for store_id, tz in sorted(zones.items()):
         # a server-side cursor: memory bounded by the chunk, whatever the store's size
@@ -61,13 +68,14 @@ def rederive_business_dates(cur: psycopg.Cursor, store_ids: Iterable[int], *, on
                     with cur.copy("copy rederived_dates (order_id, business_date) from stdin") as cp:
                         for row in changed:
                             cp.write_row(row)
-    cur.execute("update taptouch.orders o set business_date = r.business_date from rederived_dates r"
-                " where o.order_id = r.order_id and o.business_date is distinct from r.business_date")
+    cur.execute(
+        "update taptouch.orders o set business_date = r.business_date from rederived_dates r"
+        " where o.order_id = r.order_id and o.business_date is distinct from r.business_date"
+    )
     return cur.rowcount
 
 
-def follow_store_zones(cur: psycopg.Cursor, used: dict[int, str], store_ids: Iterable[int], *,
-                       only: str) -> int:
+def follow_store_zones(cur: psycopg.Cursor, used: dict[int, str], store_ids: Iterable[int], *, only: str) -> int:
     """The orders merge's guard: the orders in temporary table ``only`` (``order_id``) of the
     stores in ``store_ids`` were dated by the zones in ``used`` (the API's store listing); where
     the warehouse holds another zone for a store, re-date them by the warehouse's zone. Returns
@@ -80,8 +88,11 @@ def follow_store_zones(cur: psycopg.Cursor, used: dict[int, str], store_ids: Ite
     if not differ:
         return 0
     n = rederive_business_dates(cur, differ, only=only)
-    log.warning("orders of store(s) %s were listed with another time zone than taptouch.stores holds (the stores "
-                "asset has not loaded the change yet, or the listing was older): %d business date(s) follow "
-                "the warehouse's zone; the next stores run that loads the change re-derives them all",
-                ", ".join(map(str, differ)), n)
+    log.warning(
+        "orders of store(s) %s were listed with another time zone than taptouch.stores holds (the stores "
+        "asset has not loaded the change yet, or the listing was older): %d business date(s) follow "
+        "the warehouse's zone; the next stores run that loads the change re-derives them all",
+        ", ".join(map(str, differ)),
+        n,
+    )
     return n

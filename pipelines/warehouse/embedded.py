@@ -23,10 +23,11 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -46,8 +47,14 @@ _HBA = f"""{HBA_MARKER}
 # (the password is in the libpq password file next to the data directory, mode 0600)
 local   all   all   scram-sha-256
 """
-_SERVER_OPTIONS = ("-c", "listen_addresses=", "-c", "unix_socket_permissions=0700",
-                   "-c", "password_encryption=scram-sha-256")
+_SERVER_OPTIONS = (
+    "-c",
+    "listen_addresses=",
+    "-c",
+    "unix_socket_permissions=0700",
+    "-c",
+    "password_encryption=scram-sha-256",
+)
 
 _embedded_urls: dict[Path, str] = {}
 _embedded_guard = threading.Lock()
@@ -74,10 +81,8 @@ def private_dir(path: Path) -> Path:
         missing.append(probe)
         probe = probe.parent
     for directory in reversed(missing):
-        try:
+        with suppress(FileExistsError):
             directory.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
     return path
 
@@ -109,7 +114,8 @@ def _check_empty(pgdata: Path, setting: str) -> None:
     if pgdata.is_dir() and any(pgdata.iterdir()):
         raise EmbeddedServerError(
             f"{setting} is {pgdata}, a directory that holds other files and no PostgreSQL data: set {PGDATA_ENV} "
-            f"to a new or empty directory (e.g. {pgdata / 'pgdata'}), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server.")
+            f"to a new or empty directory (e.g. {pgdata / 'pgdata'}), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server."
+        )
 
 
 def _check_data_dir(pgdata: Path, setting: str) -> None:
@@ -119,7 +125,8 @@ def _check_data_dir(pgdata: Path, setting: str) -> None:
             if not path.is_dir():
                 raise EmbeddedServerError(
                     f"{setting} is {pgdata}, but {path} is a file, not a directory: set {PGDATA_ENV} to a directory "
-                    f"(it is created if missing), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server.")
+                    f"(it is created if missing), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server."
+                )
             break
 
 
@@ -188,8 +195,9 @@ def _run_mode() -> str:
     unshare = shutil.which("unshare")
     if unshare:
         uid, gid = _namespace_ids()
-        probe = subprocess.run([unshare, "--user", f"--map-user={uid}", f"--map-group={gid}", "true"],
-                               capture_output=True)
+        probe = subprocess.run(
+            [unshare, "--user", f"--map-user={uid}", f"--map-group={gid}", "true"], capture_output=True
+        )
         if probe.returncode == 0:
             return "userns"
     return "system-user"
@@ -201,8 +209,14 @@ def _command(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     mode = _run_mode()
     if mode == "userns":
         uid, gid = _namespace_ids()
-        return [shutil.which("unshare") or "unshare", "--user", f"--map-user={uid}", f"--map-group={gid}",
-                "--", *argv], {}
+        return [
+            shutil.which("unshare") or "unshare",
+            "--user",
+            f"--map-user={uid}",
+            f"--map-group={gid}",
+            "--",
+            *argv,
+        ], {}
     if mode == "system-user":
         return list(argv), {"user": "pgserver", "group": "pgserver"}
     return list(argv), {}
@@ -210,11 +224,13 @@ def _command(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
 
 def _run(argv: Sequence[str], *, input: str | None = None, timeout: float = 120) -> str:
     cmd, extra = _command(argv)
-    done = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "LC_ALL": "C"}, **extra)
+    done = subprocess.run(
+        cmd, input=input, capture_output=True, text=True, timeout=timeout, env={**os.environ, "LC_ALL": "C"}, **extra
+    )
     if done.returncode != 0:
-        raise EmbeddedServerError(f"{Path(argv[0]).name} failed (exit {done.returncode}): "
-                                  f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        raise EmbeddedServerError(
+            f"{Path(argv[0]).name} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}"
+        )
     return done.stdout
 
 
@@ -229,7 +245,8 @@ def _server_owner() -> tuple[int, int]:
             raise EmbeddedServerError(
                 "Running as root without user namespaces, the embedded PostgreSQL needs the system user "
                 "`pgserver` (useradd --system pgserver), or run taptouch-sync as an ordinary user, or set "
-                "TAPTOUCH_DATABASE_URL to a PostgreSQL server.") from None
+                "TAPTOUCH_DATABASE_URL to a PostgreSQL server."
+            ) from None
         return entry.pw_uid, entry.pw_gid
     return os.geteuid(), os.getegid()
 
@@ -248,7 +265,8 @@ def _check_reachable_by_server(path: Path) -> None:
                 f"The embedded PostgreSQL runs as the system user `pgserver` here (root, no user "
                 f"namespaces) and cannot reach {path}: {parent} is not traversable by it. taptouch-sync "
                 f"does not change the permissions of your directories: set TAPTOUCH_PGDATA to a directory "
-                f"under a path `pgserver` may traverse, run as an ordinary user, or set TAPTOUCH_DATABASE_URL.")
+                f"under a path `pgserver` may traverse, run as an ordinary user, or set TAPTOUCH_DATABASE_URL."
+            )
 
 
 # -------------------------------------------------------------------------------------- lifecycle
@@ -267,8 +285,7 @@ def _postmaster(pgdata: Path) -> dict[str, Any] | None:
         return None
     except PermissionError:
         pass
-    return {"pid": pid, "socket_dir": lines[4].strip(), "port": int(lines[3] or 5432),
-            "status": lines[7].strip()}
+    return {"pid": pid, "socket_dir": lines[4].strip(), "port": int(lines[3] or 5432), "status": lines[7].strip()}
 
 
 def _hardened(pgdata: Path) -> bool:
@@ -304,8 +321,20 @@ def _initdb(pgdata: Path, password: str) -> None:
         if uid != os.geteuid():
             os.chown(scratch, uid, gid)
             os.chown(pwfile, uid, gid)
-        _run([_bin("initdb"), "-D", str(pgdata), "-U", SUPERUSER, "--auth-local=scram-sha-256",
-              "--auth-host=reject", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-instructions"])
+        _run(
+            [
+                _bin("initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth-local=scram-sha-256",
+                "--auth-host=reject",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]
+        )
     hba = pgdata / "pg_hba.conf"
     _write_private(hba, _HBA)
     if uid != os.geteuid():
@@ -327,8 +356,10 @@ def _harden_existing(pgdata: Path, password: str) -> None:
         _chown_tree(pgdata, uid, gid)
     os.chmod(pgdata, 0o700)
     literal = password.replace("'", "''")
-    _run([_bin("postgres"), "--single", "-D", str(pgdata), SUPERUSER],
-         input=f"alter role {SUPERUSER} with password '{literal}';\n")
+    _run(
+        [_bin("postgres"), "--single", "-D", str(pgdata), SUPERUSER],
+        input=f"alter role {SUPERUSER} with password '{literal}';\n",
+    )
     hba = pgdata / "pg_hba.conf"
     _write_private(hba, _HBA)
     if uid != os.geteuid():
@@ -369,8 +400,10 @@ def _stop(pgdata: Path, info: dict[str, Any], timeout: float = 60) -> None:
 
 def server_url(info: dict[str, Any], pgdata: Path, database: str) -> str:
     """The URL of ``database``: the socket directory as ``host``, the password file as ``passfile``."""
-    query = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in
-                     (("host", info["socket_dir"]), ("port", info["port"]), ("passfile", passfile_path(pgdata))))
+    query = "&".join(
+        f"{k}={quote(str(v), safe='/')}"
+        for k, v in (("host", info["socket_dir"]), ("port", info["port"]), ("passfile", passfile_path(pgdata)))
+    )
     return f"postgresql://{SUPERUSER}@/{database}?{query}"
 
 
@@ -388,7 +421,8 @@ def embedded_database_url(data_dir: str | Path | None = None) -> str:
             f"The embedded PostgreSQL cannot use its data directory ({setting}): {exc.strerror or exc} "
             f"({exc.filename or embedded_data_dir(data_dir)}). Set {PGDATA_ENV} to a directory this user may "
             f"create and write (at most a few hundred characters long), or set TAPTOUCH_DATABASE_URL to a "
-            f"PostgreSQL server.")
+            f"PostgreSQL server."
+        )
     raise error
 
 

@@ -69,119 +69,212 @@ class Entity:
 
     def with_field(self, field: Field) -> Entity:
         """This entity with one more column at the end (what a migration adding a column pairs with)."""
-        return Entity(self.name, self.table, self.fields + (field,), self.lines, self.key, self.seen_column,
-                      self.kept_in_raw)
+        return Entity(
+            self.name, self.table, self.fields + (field,), self.lines, self.key, self.seen_column, self.kept_in_raw
+        )
 
 
 def _order_id() -> Field:
     return Field("order_id", None, DERIVED, "the order (taptouch.orders.order_id)")
 
 
-MODIFIER = Entity("modifier", None, key=None, fields=(
-    Field(None, "price", MONEY, required=True),
-    Field(None, "quantity", QUANTITY),
-))
+MODIFIER = Entity(
+    "modifier",
+    None,
+    key=None,
+    fields=(
+        Field(None, "price", MONEY, required=True),
+        Field(None, "quantity", QUANTITY),
+    ),
+)
 
-ITEM = Entity("item", "taptouch.order_items", key="id", fields=(
-    _order_id(),
-    Field("item_id", "id", ID, "the line's id within the order", required=True),
-    Field("product_id", "product_id", ID, "the product (null for lines without one)"),
-    Field("sku", "sku", TEXT, "the product's SKU on the line"),
-    Field("name", "name", TEXT, "the product's name on the line"),
-    Field("category", "category", TEXT, "the product's category on the line"),
-    Field("quantity", "quantity", QUANTITY, "units sold", required=True, positive=True),
-    Field("unit_price", "unit_price", MONEY, "unit price, GST-inclusive", required=True),
-    Field("discount", "discount", MONEY, "item-level discount", default=ZERO),
-    Field("tax", "tax", MONEY, "GST included in the line total", default=ZERO),
-    Field("total", "total", MONEY, "quantity × (unit price + modifiers) − item discount", required=True),
-    Field("modifiers", "modifiers", LIST, "the line's modifiers as the API sends them (JSON array of name, "
-          "price, quantity)", of=MODIFIER),
-))
+ITEM = Entity(
+    "item",
+    "taptouch.order_items",
+    key="id",
+    fields=(
+        _order_id(),
+        Field("item_id", "id", ID, "the line's id within the order", required=True),
+        Field("product_id", "product_id", ID, "the product (null for lines without one)"),
+        Field("sku", "sku", TEXT, "the product's SKU on the line"),
+        Field("name", "name", TEXT, "the product's name on the line"),
+        Field("category", "category", TEXT, "the product's category on the line"),
+        Field("quantity", "quantity", QUANTITY, "units sold", required=True, positive=True),
+        Field("unit_price", "unit_price", MONEY, "unit price, GST-inclusive", required=True),
+        Field("discount", "discount", MONEY, "item-level discount", default=ZERO),
+        Field("tax", "tax", MONEY, "GST included in the line total", default=ZERO),
+        Field("total", "total", MONEY, "quantity × (unit price + modifiers) − item discount", required=True),
+        Field(
+            "modifiers",
+            "modifiers",
+            LIST,
+            "the line's modifiers as the API sends them (JSON array of name, price, quantity)",
+            of=MODIFIER,
+        ),
+    ),
+)
 
-PAYMENT = Entity("payment", "taptouch.order_payments", key="id", fields=(
-    _order_id(),
-    Field("payment_id", "id", ID, "the payment's id within the order", required=True),
-    Field("method", "method", TEXT, "cash | visa | mastercard | amex | eftpos | gift_card | points (as the API "
-          "sends it)", required=True, limit=SHORT_TEXT_MAX),
-    Field("amount", "amount", MONEY, "amount paid, card surcharge included, tip not", required=True),
-    Field("tip", "tip", MONEY, "tip given with the payment (on top of amount)", default=ZERO),
-    Field("surcharge", "surcharge", MONEY, "card surcharge inside amount", default=ZERO),
-    Field("paid_at", "paid_at", INSTANT, "when the payment was made"),
-))
+PAYMENT = Entity(
+    "payment",
+    "taptouch.order_payments",
+    key="id",
+    fields=(
+        _order_id(),
+        Field("payment_id", "id", ID, "the payment's id within the order", required=True),
+        Field(
+            "method",
+            "method",
+            TEXT,
+            "cash | visa | mastercard | amex | eftpos | gift_card | points (as the API sends it)",
+            required=True,
+            limit=SHORT_TEXT_MAX,
+        ),
+        Field("amount", "amount", MONEY, "amount paid, card surcharge included, tip not", required=True),
+        Field("tip", "tip", MONEY, "tip given with the payment (on top of amount)", default=ZERO),
+        Field("surcharge", "surcharge", MONEY, "card surcharge inside amount", default=ZERO),
+        Field("paid_at", "paid_at", INSTANT, "when the payment was made"),
+    ),
+)
 
-REFUND = Entity("refund", "taptouch.order_refunds", key="id", fields=(
-    _order_id(),
-    Field("refund_id", "id", ID, "the refund's id within the order", required=True),
-    Field("amount", "amount", MONEY, "amount refunded", required=True),
-    Field("reason", "reason", TEXT, "the reason given for the refund"),
-    Field("refunded_at", "refunded_at", INSTANT, "when the refund was made"),
-))
+REFUND = Entity(
+    "refund",
+    "taptouch.order_refunds",
+    key="id",
+    fields=(
+        _order_id(),
+        Field("refund_id", "id", ID, "the refund's id within the order", required=True),
+        Field("amount", "amount", MONEY, "amount refunded", required=True),
+        Field("reason", "reason", TEXT, "the reason given for the refund"),
+        Field("refunded_at", "refunded_at", INSTANT, "when the refund was made"),
+    ),
+)
 
-ORDER = Entity("order", "taptouch.orders", key="id", fields=(
-    Field("order_id", "id", ID, "Taptouch order id (global across accounts)", required=True),
-    Field("store_id", "store_id", ID, "the store of the order (taptouch.stores.store_id)", required=True),
-    Field("number", "number", TEXT, "the order number shown to staff and customers", limit=SHORT_TEXT_MAX),
-    Field("source", "source", TEXT, "where the order came from: pos | kiosk | online | ubereats | doordash",
-          limit=SHORT_TEXT_MAX),
-    Field("fulfillment_type", "fulfillment_type", TEXT, "dine_in | takeaway | delivery | pickup",
-          limit=SHORT_TEXT_MAX),
-    Field("status", "status", TEXT, "open | completed | partially_refunded | refunded | voided", required=True,
-          limit=SHORT_TEXT_MAX),
-    Field("created_at", "created_at", INSTANT, "when the order was created", required=True),
-    Field("updated_at", "updated_at", INSTANT, "when Taptouch last changed the order (orders are windowed by it)",
-          required=True),
-    Field("completed_at", "completed_at", INSTANT, "when the order was completed (null while open)"),
-    Field("business_date", None, DERIVED, "local date of created_at in the store's time zone"),
-    Field("currency", "currency", TEXT, "ISO 4217 code the API sent with the order (null if unsent)",
-          limit=CURRENCY_MAX),
-    Field("subtotal", "subtotal", MONEY, "Σ item totals, GST-inclusive, before the order discount", required=True),
-    Field("discount", "discount", MONEY, "order-level discount", required=True),
-    Field("surcharge", "surcharge", MONEY, "order-level surcharge", required=True),
-    Field("rounding", "rounding", MONEY, "cash rounding", required=True),
-    Field("tax", "tax", MONEY, "GST included in total", required=True),
-    Field("total", "total", MONEY, "what the customer paid: subtotal − discount + surcharge + rounding",
-          required=True),
-    Field("tips", "tips", MONEY, "tips on the order (on top of total)", default=ZERO),
-    Field("redeem_points", "redeem_points", QUANTITY, "loyalty points redeemed"),
-    Field("customer_id", "customer.id", ID, "the customer's Taptouch id (null for walk-ins)"),
-    Field("customer_name", "customer.name", TEXT, "the customer's name"),
-    Field("cashier_id", "cashier.id", ID, "the cashier's Taptouch id"),
-    Field("cashier_name", "cashier.name", TEXT, "the cashier's name"),
-), lines=(("items", ITEM), ("payments", PAYMENT), ("refunds", REFUND)),
+ORDER = Entity(
+    "order",
+    "taptouch.orders",
+    key="id",
+    fields=(
+        Field("order_id", "id", ID, "Taptouch order id (global across accounts)", required=True),
+        Field("store_id", "store_id", ID, "the store of the order (taptouch.stores.store_id)", required=True),
+        Field("number", "number", TEXT, "the order number shown to staff and customers", limit=SHORT_TEXT_MAX),
+        Field(
+            "source",
+            "source",
+            TEXT,
+            "where the order came from: pos | kiosk | online | ubereats | doordash",
+            limit=SHORT_TEXT_MAX,
+        ),
+        Field(
+            "fulfillment_type", "fulfillment_type", TEXT, "dine_in | takeaway | delivery | pickup", limit=SHORT_TEXT_MAX
+        ),
+        Field(
+            "status",
+            "status",
+            TEXT,
+            "open | completed | partially_refunded | refunded | voided",
+            required=True,
+            limit=SHORT_TEXT_MAX,
+        ),
+        Field("created_at", "created_at", INSTANT, "when the order was created", required=True),
+        Field(
+            "updated_at",
+            "updated_at",
+            INSTANT,
+            "when Taptouch last changed the order (orders are windowed by it)",
+            required=True,
+        ),
+        Field("completed_at", "completed_at", INSTANT, "when the order was completed (null while open)"),
+        Field("business_date", None, DERIVED, "local date of created_at in the store's time zone"),
+        Field(
+            "currency",
+            "currency",
+            TEXT,
+            "ISO 4217 code the API sent with the order (null if unsent)",
+            limit=CURRENCY_MAX,
+        ),
+        Field("subtotal", "subtotal", MONEY, "Σ item totals, GST-inclusive, before the order discount", required=True),
+        Field("discount", "discount", MONEY, "order-level discount", required=True),
+        Field("surcharge", "surcharge", MONEY, "order-level surcharge", required=True),
+        Field("rounding", "rounding", MONEY, "cash rounding", required=True),
+        Field("tax", "tax", MONEY, "GST included in total", required=True),
+        Field(
+            "total", "total", MONEY, "what the customer paid: subtotal − discount + surcharge + rounding", required=True
+        ),
+        Field("tips", "tips", MONEY, "tips on the order (on top of total)", default=ZERO),
+        Field("redeem_points", "redeem_points", QUANTITY, "loyalty points redeemed"),
+        Field("customer_id", "customer.id", ID, "the customer's Taptouch id (null for walk-ins)"),
+        Field("customer_name", "customer.name", TEXT, "the customer's name"),
+        Field("cashier_id", "cashier.id", ID, "the cashier's Taptouch id"),
+        Field("cashier_name", "cashier.name", TEXT, "the cashier's name"),
+    ),
+    lines=(("items", ITEM), ("payments", PAYMENT), ("refunds", REFUND)),
     # the customer's e-mail is personal data the warehouse does not copy into a column
-    kept_in_raw=frozenset({"customer.email"}))
+    kept_in_raw=frozenset({"customer.email"}),
+)
 
-STORE = Entity("store", "taptouch.stores", key="id", fields=(
-    Field("store_id", "id", ID, "Taptouch store id (global across accounts)", required=True),
-    Field("name", "name", TEXT, "the store's name", required=True),
-    Field("business_name", "business_name", TEXT, "the merchant's business name"),
-    Field("status", "status", TEXT, "the store's status as the API sends it", required=True),
-    Field("timezone", "timezone", TEXT, "IANA time zone of the store; business dates are local dates in it",
-          required=True, limit=SHORT_TEXT_MAX),
-    Field("currency", "currency", TEXT, "ISO 4217 code of the store's money (every amount of its orders and "
-          "inventory)", required=True),
-    Field("phone", "phone", TEXT, "the store's phone number"),
-    Field("email", "email", TEXT, "the store's email address"),
-    Field("address", "address", OBJECT, "the store's address as the API sends it (JSON)"),
-    Field("created_at", "created_at", INSTANT, "when the store was created in Taptouch"),
-    Field("updated_at", "updated_at", INSTANT, "when Taptouch last changed the store (the version loaded)",
-          required=True),
-))
+STORE = Entity(
+    "store",
+    "taptouch.stores",
+    key="id",
+    fields=(
+        Field("store_id", "id", ID, "Taptouch store id (global across accounts)", required=True),
+        Field("name", "name", TEXT, "the store's name", required=True),
+        Field("business_name", "business_name", TEXT, "the merchant's business name"),
+        Field("status", "status", TEXT, "the store's status as the API sends it", required=True),
+        Field(
+            "timezone",
+            "timezone",
+            TEXT,
+            "IANA time zone of the store; business dates are local dates in it",
+            required=True,
+            limit=SHORT_TEXT_MAX,
+        ),
+        Field(
+            "currency",
+            "currency",
+            TEXT,
+            "ISO 4217 code of the store's money (every amount of its orders and inventory)",
+            required=True,
+        ),
+        Field("phone", "phone", TEXT, "the store's phone number"),
+        Field("email", "email", TEXT, "the store's email address"),
+        Field("address", "address", OBJECT, "the store's address as the API sends it (JSON)"),
+        Field("created_at", "created_at", INSTANT, "when the store was created in Taptouch"),
+        Field(
+            "updated_at",
+            "updated_at",
+            INSTANT,
+            "when Taptouch last changed the store (the version loaded)",
+            required=True,
+        ),
+    ),
+)
 
-INVENTORY = Entity("inventory", "taptouch.inventory_levels", key="product_id", seen_column="synced_at", fields=(
-    Field("store_id", None, DERIVED, "the store"),
-    Field("product_id", "product_id", ID, "the product", required=True),
-    Field("sku", "sku", TEXT, "the product's SKU"),
-    Field("name", "name", TEXT, "the product's name"),
-    Field("category", "category", TEXT, "the product's category"),
-    Field("unit", "unit", TEXT, "the unit stock is counted in"),
-    Field("on_hand", "on_hand", QUANTITY, "units in stock (negative when sales outran recorded receipts)",
-          required=True),
-    Field("reorder_level", "reorder_level", QUANTITY, "the level at which to reorder (null if unset)"),
-    Field("cost_price", "cost_price", MONEY, "unit cost"),
-    Field("sell_price", "sell_price", MONEY, "unit sell price"),
-    Field("updated_at", "updated_at", INSTANT, "when Taptouch last changed the level"),
-))
+INVENTORY = Entity(
+    "inventory",
+    "taptouch.inventory_levels",
+    key="product_id",
+    seen_column="synced_at",
+    fields=(
+        Field("store_id", None, DERIVED, "the store"),
+        Field("product_id", "product_id", ID, "the product", required=True),
+        Field("sku", "sku", TEXT, "the product's SKU"),
+        Field("name", "name", TEXT, "the product's name"),
+        Field("category", "category", TEXT, "the product's category"),
+        Field("unit", "unit", TEXT, "the unit stock is counted in"),
+        Field(
+            "on_hand",
+            "on_hand",
+            QUANTITY,
+            "units in stock (negative when sales outran recorded receipts)",
+            required=True,
+        ),
+        Field("reorder_level", "reorder_level", QUANTITY, "the level at which to reorder (null if unset)"),
+        Field("cost_price", "cost_price", MONEY, "unit cost"),
+        Field("sell_price", "sell_price", MONEY, "unit sell price"),
+        Field("updated_at", "updated_at", INSTANT, "when Taptouch last changed the level"),
+    ),
+)
 
 ENTITIES: dict[str, Entity] = {e.name: e for e in (STORE, ORDER, INVENTORY)}
 """The records the API lists, by the name used in taptouch.quarantine.entity."""

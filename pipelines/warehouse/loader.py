@@ -69,13 +69,30 @@ class LoadCounts:
         return asdict(self)
 
 
-def _sync_log(cur, entity: str, store_id: int | None, window: str | None, run_id: str | None,
-              started_at: datetime, counts: LoadCounts) -> None:
+def _sync_log(
+    cur,
+    entity: str,
+    store_id: int | None,
+    window: str | None,
+    run_id: str | None,
+    started_at: datetime,
+    counts: LoadCounts,
+) -> None:
     cur.execute(
-        "insert into taptouch.sync_log (entity, store_id, \"window\", run_id, started_at, inserted, updated,"
+        'insert into taptouch.sync_log (entity, store_id, "window", run_id, started_at, inserted, updated,'
         " unchanged, quarantined, deleted) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (entity, store_id, window, run_id, started_at, counts.inserted, counts.updated, counts.unchanged,
-         counts.quarantined, counts.deleted),
+        (
+            entity,
+            store_id,
+            window,
+            run_id,
+            started_at,
+            counts.inserted,
+            counts.updated,
+            counts.unchanged,
+            counts.quarantined,
+            counts.deleted,
+        ),
     )
 
 
@@ -96,8 +113,9 @@ class StoreLoadCounts(LoadCounts):
     business_dates_rederived: int = 0
 
 
-def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None,
-                history: bool = True) -> StoreLoadCounts:
+def load_stores(
+    conn: psycopg.Connection, records_: Iterable[Any], *, run_id: str | None = None, history: bool = True
+) -> StoreLoadCounts:
     """Upsert store records (newest ``updated_at`` wins, at full precision) in one transaction.
 
     A store accepted with another zone than the one the warehouse held (or not held before) has
@@ -110,12 +128,19 @@ def load_stores(conn: psycopg.Connection, records_: Iterable[Any], *, run_id: st
     rows = _newest_stores(records_, quarantine, counts)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("create temp table stage_stores (like taptouch.stores including defaults) on commit drop")
-        refused = copy_or_quarantine(cur, rows, lambda rs: copy_rows(cur, "stage_stores", STORES.cols, rs),
-                                     quarantine, lambda r: (_raw_text(r), None))
+        refused = copy_or_quarantine(
+            cur,
+            rows,
+            lambda rs: copy_rows(cur, "stage_stores", STORES.cols, rs),
+            quarantine,
+            lambda r: (_raw_text(r), None),
+        )
         counts.quarantined += len(refused)
         STORES.take_lock(cur)
-        cur.execute("create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
-                    " where store_id in (select store_id from stage_stores)")
+        cur.execute(
+            "create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
+            " where store_id in (select store_id from stage_stores)"
+        )
         STORES.merge(cur, "stage_stores", into="merged_stores")
         counts.inserted, counts.updated, counts.unchanged = STORES.merged_counts(cur, "merged_stores", "stage_stores")
         counts.business_dates_rederived = _follow_zone_changes(cur)
@@ -150,9 +175,11 @@ def _follow_zone_changes(cur: psycopg.Cursor) -> int:
     """Business dates follow the zone: the orders of the stores just accepted with a zone the
     warehouse did not hold (``zones_before``) are re-derived, under the orders merge lock. Returns
     how many dates changed."""
-    cur.execute("select s.store_id, b.timezone, s.timezone from taptouch.stores s join stage_stores g using (store_id)"
-                " left join zones_before b using (store_id) where s.timezone is distinct from b.timezone"
-                " order by s.store_id")
+    cur.execute(
+        "select s.store_id, b.timezone, s.timezone from taptouch.stores s join stage_stores g using (store_id)"
+        " left join zones_before b using (store_id) where s.timezone is distinct from b.timezone"
+        " order by s.store_id"
+    )
     moved = cur.fetchall()
     if not moved:
         return 0
@@ -160,8 +187,9 @@ def _follow_zone_changes(cur: psycopg.Cursor) -> int:
     changed = derived.rederive_business_dates(cur, [m[0] for m in moved])
     for store_id, before, after in moved:
         if before is not None:
-            log.warning("store %s: time zone %s -> %s; business dates of its orders re-derived",
-                        store_id, before, after)
+            log.warning(
+                "store %s: time zone %s -> %s; business dates of its orders re-derived", store_id, before, after
+            )
     if changed:
         log.warning("stores: %d order business date(s) re-derived after a time zone change", changed)
     return changed
@@ -220,9 +248,16 @@ class OrderWindowLoad:
     ``finish()`` (an exception) rolls everything back.
     """
 
-    def __init__(self, conn: psycopg.Connection, *, window: str | None, run_id: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, timezones: dict[int, str] | None = None,
-                 full: bool = False):
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        window: str | None,
+        run_id: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timezones: dict[int, str] | None = None,
+        full: bool = False,
+    ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data."""
         self.conn = conn
@@ -258,8 +293,11 @@ class OrderWindowLoad:
         cur.execute("create temp table stage_orders (seq bigint, like taptouch.orders) on commit drop")
         cur.execute("alter table stage_orders alter column loaded_at drop not null")
         for child in ORDERS.children:
-            cur.execute(sql.SQL("create temp table {} (seq bigint, like {}) on commit drop").format(
-                sql.Identifier(child.stage), sql.Identifier(*child.table.split("."))))
+            cur.execute(
+                sql.SQL("create temp table {} (seq bigint, like {}) on commit drop").format(
+                    sql.Identifier(child.stage), sql.Identifier(*child.table.split("."))
+                )
+            )
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -334,17 +372,31 @@ class OrderWindowLoad:
         seq = self._seq
         if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
             # a byte COPY's text format must escape: psycopg formats (and escapes) these rows
-            self._buf.append((seq, store_id, raw, [(seq, *r.order, r.updated_key, r.raw, digest)],
-                              [(seq, *x) for x in r.items], [(seq, *x) for x in r.payments],
-                              [(seq, *x) for x in r.refunds]))
+            self._buf.append(
+                (
+                    seq,
+                    store_id,
+                    raw,
+                    [(seq, *r.order, r.updated_key, r.raw, digest)],
+                    [(seq, *x) for x in r.items],
+                    [(seq, *x) for x in r.payments],
+                    [(seq, *x) for x in r.refunds],
+                )
+            )
         else:
             # every text of the rows is a piece of raw (or a number, a date): none needs escaping
             p = f"{seq}\t"
-            self._buf.append((seq, store_id, raw,
-                              f"{p}{copy_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
-                              "".join([f"{p}{copy_line(x)}\n" for x in r.items]),
-                              "".join([f"{p}{copy_line(x)}\n" for x in r.payments]),
-                              "".join([f"{p}{copy_line(x)}\n" for x in r.refunds])))
+            self._buf.append(
+                (
+                    seq,
+                    store_id,
+                    raw,
+                    f"{p}{copy_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
+                    "".join([f"{p}{copy_line(x)}\n" for x in r.items]),
+                    "".join([f"{p}{copy_line(x)}\n" for x in r.payments]),
+                    "".join([f"{p}{copy_line(x)}\n" for x in r.refunds]),
+                )
+            )
 
     def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, bytes]:
         """order id -> raw_hash of the version the warehouse holds, for the ids on this page, when that
@@ -353,8 +405,9 @@ class OrderWindowLoad:
         ids = [i for i in ids if i is not None]
         if not ids:
             return {}
-        self._cur.execute("select order_id, raw_hash from taptouch.orders where order_id = any(%s) and store_id = %s",
-                          (ids, store_id))
+        self._cur.execute(
+            "select order_id, raw_hash from taptouch.orders where order_id = any(%s) and store_id = %s", (ids, store_id)
+        )
         return {oid: bytes(h) for oid, h in self._cur.fetchall() if h is not None}
 
     def _copy_buffered(self) -> None:
@@ -374,8 +427,9 @@ class OrderWindowLoad:
             if parts:
                 copy_parts(self._cur, table, ("seq",) + cols, parts)
 
-    def store_listed(self, store_id: int, mark: datetime | None,
-                     complete: tuple[datetime, datetime, datetime] | None = None) -> None:
+    def store_listed(
+        self, store_id: int, mark: datetime | None, complete: tuple[datetime, datetime, datetime] | None = None
+    ) -> None:
         """A store's listing ended: its high-water mark may move to ``mark`` (None: it stays) when
         the window commits (:func:`.marks.mark_for` says how far a listing lets it move).
 
@@ -432,8 +486,14 @@ class OrderWindowLoad:
         self.close_staging()
         cur = self._cur
         ORDERS.take_lock(cur)
-        ORDERS.merge(cur, "stage_orders s join pick p on p.seq = s.seq", into="accepted", prefix="s",
-                     returned=("store_id",), carry=("pick", "seq"))
+        ORDERS.merge(
+            cur,
+            "stage_orders s join pick p on p.seq = s.seq",
+            into="accepted",
+            prefix="s",
+            returned=("store_id",),
+            carry=("pick", "seq"),
+        )
         cur.execute("analyze accepted")
         ORDERS.replace_children(cur, "accepted")
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
@@ -445,8 +505,12 @@ class OrderWindowLoad:
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
         self._judge_listings(cur)
         if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
-            marks.advance(cur, self.window, {sid: at for sid, at in sorted(self._marks.items())
-                                             if sid not in self._discarded}, full=self.full)
+            marks.advance(
+                cur,
+                self.window,
+                {sid: at for sid, at in sorted(self._marks.items()) if sid not in self._discarded},
+                full=self.full,
+            )
         self._finished = True
         self._tx.__exit__(None, None, None)
         return self.counts
@@ -467,8 +531,9 @@ class OrderWindowLoad:
         if self._skipped:
             # an order recognised as unchanged on one page and staged from another page (a duplicate
             # across a page boundary) was counted twice: once here, once in the skip
-            cur.execute("select store_id, count(*) from pick where order_id = any(%s) group by store_id",
-                        (list(self._skipped),))
+            cur.execute(
+                "select store_id, count(*) from pick where order_id = any(%s) group by store_id", (list(self._skipped),)
+            )
             for store_id, n in cur.fetchall():
                 self.store_counts(store_id).unchanged -= n
                 self.counts.duplicates += n
@@ -486,18 +551,33 @@ class OrderWindowLoad:
                 deletions.note_listed(cur, ids)
                 continue
             listed_from, listed_to, started_at = judged
-            deletions.judge_listing(cur, store_id, ids, listed_from=listed_from, listed_to=listed_to,
-                                    started_at=started_at, now=datetime.now(UTC), confirm_s=0,
-                                    seen_by=self.run_id)
+            deletions.judge_listing(
+                cur,
+                store_id,
+                ids,
+                listed_from=listed_from,
+                listed_to=listed_to,
+                started_at=started_at,
+                now=datetime.now(UTC),
+                confirm_s=0,
+                seen_by=self.run_id,
+            )
 
 
 # ------------------------------------------------------------------------------------------------
 # inventory
 
 
-def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[Any], *, snapshot_date: date,
-                   run_id: str | None = None, now: datetime | None = None,
-                   confirm_s: int | None = None) -> LoadCounts:
+def load_inventory(
+    conn: psycopg.Connection,
+    store_id: int,
+    records_: Iterable[Any],
+    *,
+    snapshot_date: date,
+    run_id: str | None = None,
+    now: datetime | None = None,
+    confirm_s: int | None = None,
+) -> LoadCounts:
     """Merge one store's complete inventory listing into ``inventory_levels`` and upsert today's snapshot.
 
     ``records_`` must be the store's complete listing (the client raises rather than return a
@@ -524,17 +604,26 @@ def load_inventory(conn: psycopg.Connection, store_id: int, records_: Iterable[A
     quarantine = Quarantine("inventory", snapshot_date.isoformat(), run_id)
     listing = _InventoryListing.read(records_, store_id, quarantine, counts)
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop")
-        refused = copy_or_quarantine(cur, listing.rows, lambda rs: copy_rows(cur, "stage_inventory", INVENTORY.cols, rs),
-                                     quarantine, lambda r: (_raw_text(r), store_id))
+        cur.execute(
+            "create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop"
+        )
+        refused = copy_or_quarantine(
+            cur,
+            listing.rows,
+            lambda rs: copy_rows(cur, "stage_inventory", INVENTORY.cols, rs),
+            quarantine,
+            lambda r: (_raw_text(r), store_id),
+        )
         counts.quarantined += len(refused)
         listing.bad_ids += [r[1] for r in refused]  # listed, just unloadable: keeps its previous level
         INVENTORY.take_lock(cur, store_id)
-        counts.deleted = _delist_unlisted(cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now,
-                                          confirm_s=confirm_s)
+        counts.deleted = _delist_unlisted(
+            cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now, confirm_s=confirm_s
+        )
         INVENTORY.merge(cur, "stage_inventory", into="merged_inventory")
-        counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(cur, "merged_inventory",
-                                                                                    "stage_inventory")
+        counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(
+            cur, "merged_inventory", "stage_inventory"
+        )
         _write_snapshot(cur, store_id, snapshot_date)
         quarantine.flush(cur)
         INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
@@ -554,8 +643,9 @@ class _InventoryListing:
     newest: Any = None
 
     @classmethod
-    def read(cls, records_: Iterable[Any], store_id: int, quarantine: Quarantine,
-             counts: LoadCounts) -> _InventoryListing:
+    def read(
+        cls, records_: Iterable[Any], store_id: int, quarantine: Quarantine, counts: LoadCounts
+    ) -> _InventoryListing:
         listing = cls()
         rows: dict[int, tuple] = {}
         for raw in records_:
@@ -581,14 +671,19 @@ class _InventoryListing:
         return listing
 
 
-def _delist_unlisted(cur: psycopg.Cursor, store_id: int, listing: _InventoryListing, *, listed: int,
-                     now: datetime, confirm_s: int) -> int:
+def _delist_unlisted(
+    cur: psycopg.Cursor, store_id: int, listing: _InventoryListing, *, listed: int, now: datetime, confirm_s: int
+) -> int:
     """Delist what the listing no longer holds (:func:`_delist`), but only from a well-formed one: a
     record whose product cannot be identified might be any product, so then nothing is delisted."""
     if not listing.unidentified:
         return _delist(cur, store_id, listing.bad_ids, listing.newest, listed=listed, now=now, confirm_s=confirm_s)
-    log.warning("inventory of store %s: %d malformed record(s) without a readable product_id; "
-                "no product is delisted from this listing", store_id, listing.unidentified)
+    log.warning(
+        "inventory of store %s: %d malformed record(s) without a readable product_id; "
+        "no product is delisted from this listing",
+        store_id,
+        listing.unidentified,
+    )
     _forget_delistings(cur, store_id, stage=True, listed=listing.bad_ids)
     return 0
 
@@ -612,8 +707,16 @@ def _write_snapshot(cur: psycopg.Cursor, store_id: int, snapshot_date: date) -> 
     )
 
 
-def _delist(cur: psycopg.Cursor, store_id: int, listed_bad: list[int], newest: Any, *, listed: int,
-            now: datetime, confirm_s: int) -> int:
+def _delist(
+    cur: psycopg.Cursor,
+    store_id: int,
+    listed_bad: list[int],
+    newest: Any,
+    *,
+    listed: int,
+    now: datetime,
+    confirm_s: int,
+) -> int:
     """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains;
     from a suspicious listing, only those a listing ``confirm_s`` seconds earlier also missed.
     Returns how many were delisted."""
@@ -634,28 +737,41 @@ def _delist(cur: psycopg.Cursor, store_id: int, listed_bad: list[int], newest: A
         _forget_delistings(cur, store_id)
         delist = gone
     else:
-        cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s and product_id <> all(%s)",
-                    (store_id, gone))
-        cur.execute("select product_id from taptouch.inventory_delist_candidates where store_id = %s"
-                    " and first_missing_at <= %s", (store_id, now - timedelta(seconds=confirm_s)))
+        cur.execute(
+            "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id <> all(%s)",
+            (store_id, gone),
+        )
+        cur.execute(
+            "select product_id from taptouch.inventory_delist_candidates where store_id = %s"
+            " and first_missing_at <= %s",
+            (store_id, now - timedelta(seconds=confirm_s)),
+        )
         delist = sorted(r[0] for r in cur.fetchall())
         cur.executemany(
             "insert into taptouch.inventory_delist_candidates (store_id, product_id, first_missing_at)"
             " values (%s, %s, %s) on conflict (store_id, product_id) do nothing",
-            [(store_id, pid, now) for pid in gone])
+            [(store_id, pid, now) for pid in gone],
+        )
         waiting = len(gone) - len(delist)
         if waiting:
-            log.warning("inventory of store %s: the listing %s; %d product(s) it no longer lists are kept until a "
-                        "second listing at least %d s later agrees", store_id,
-                        "is empty" if listed == 0 else f"would delist {len(gone)} of the store's {held} products",
-                        waiting, confirm_s)
+            log.warning(
+                "inventory of store %s: the listing %s; %d product(s) it no longer lists are kept until a "
+                "second listing at least %d s later agrees",
+                store_id,
+                "is empty" if listed == 0 else f"would delist {len(gone)} of the store's {held} products",
+                waiting,
+                confirm_s,
+            )
         if delist:
-            cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s and product_id = any(%s)",
-                        (store_id, delist))
+            cur.execute(
+                "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id = any(%s)",
+                (store_id, delist),
+            )
     if not delist:
         return 0
-    cur.execute("delete from taptouch.inventory_levels where store_id = %s and product_id = any(%s)",
-                (store_id, delist))
+    cur.execute(
+        "delete from taptouch.inventory_levels where store_id = %s and product_id = any(%s)", (store_id, delist)
+    )
     return cur.rowcount
 
 
@@ -663,9 +779,11 @@ def _forget_delistings(cur: psycopg.Cursor, store_id: int, *, stage: bool = Fals
     """Remove a store's waiting delistings: all of them, or (``stage``) those of the products this
     listing contains (staged, or ``listed`` but unreadable)."""
     if stage:
-        cur.execute("delete from taptouch.inventory_delist_candidates c where c.store_id = %s and (c.product_id = "
-                    "any(%s) or exists (select 1 from stage_inventory s where s.product_id = c.product_id))",
-                    (store_id, list(listed)))
+        cur.execute(
+            "delete from taptouch.inventory_delist_candidates c where c.store_id = %s and (c.product_id = "
+            "any(%s) or exists (select 1 from stage_inventory s where s.product_id = c.product_id))",
+            (store_id, list(listed)),
+        )
     else:
         cur.execute("delete from taptouch.inventory_delist_candidates where store_id = %s", (store_id,))
 

@@ -20,8 +20,11 @@ _ACCOUNT = "coalesce(nullif(current_setting('taptouch.account', true), ''), 'def
 def read(conn: psycopg.Connection, window: str, store_ids: list[int], entity: str = ORDERS) -> dict[int, datetime]:
     """store id -> high-water mark of this connection's account, for the stores of ``window`` that have one."""
     with conn.cursor() as cur:
-        cur.execute('select store_id, high_water from taptouch.sync_marks where entity = %s and "window" = %s'
-                    f" and store_id = any(%s) and account = {_ACCOUNT}", (entity, window, store_ids))
+        cur.execute(
+            'select store_id, high_water from taptouch.sync_marks where entity = %s and "window" = %s'
+            f" and store_id = any(%s) and account = {_ACCOUNT}",
+            (entity, window, store_ids),
+        )
         return dict(cur.fetchall())
 
 
@@ -39,8 +42,9 @@ def mark_for(listing: Any) -> datetime | None:
     return min(newest, started)
 
 
-def advance(cur: psycopg.Cursor, window: str, to: dict[int, datetime | None], *, full: bool,
-            entity: str = ORDERS) -> None:
+def advance(
+    cur: psycopg.Cursor, window: str, to: dict[int, datetime | None], *, full: bool, entity: str = ORDERS
+) -> None:
     """Move the marks of this connection's account to ``to`` (store id -> instant), in the caller's
     transaction. Never moves a mark back; a store mapped to None keeps its mark (a full refresh
     still stamps ``full_loaded_at`` for it once a mark exists)."""
@@ -57,5 +61,8 @@ def advance(cur: psycopg.Cursor, window: str, to: dict[int, datetime | None], *,
         )
     stay = [sid for sid, at in to.items() if at is None]
     if full and stay:
-        cur.execute('update taptouch.sync_marks set full_loaded_at = now(), updated_at = now() where entity = %s'
-                    f' and "window" = %s and store_id = any(%s) and account = {_ACCOUNT}', (entity, window, stay))
+        cur.execute(
+            "update taptouch.sync_marks set full_loaded_at = now(), updated_at = now() where entity = %s"
+            f' and "window" = %s and store_id = any(%s) and account = {_ACCOUNT}',
+            (entity, window, stay),
+        )

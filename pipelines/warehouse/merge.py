@@ -123,7 +123,7 @@ class Quarantine:
         # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
         if self.rows:
             cur.executemany(
-                "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, \"window\", run_id)"
+                'insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, "window", run_id)'
                 " select e, k, s, r, j, case when j is null then t end, w, u from (select %s::text e, %s::text k,"
                 " %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j, %s::text t, %s::text w, %s::text u) x",
                 self.rows,
@@ -131,8 +131,13 @@ class Quarantine:
             self.rows = []
 
 
-def copy_or_quarantine(cur: psycopg.Cursor, units: list, copy: Callable[[list], None], quarantine: Quarantine,
-                       raw_of: Callable[[Any], tuple[Any, int | None]]) -> list:
+def copy_or_quarantine(
+    cur: psycopg.Cursor,
+    units: list,
+    copy: Callable[[list], None],
+    quarantine: Quarantine,
+    raw_of: Callable[[Any], tuple[Any, int | None]],
+) -> list:
     """Stage ``units`` (rows, or one record's rows each) with ``copy(units)`` under a savepoint. If
     PostgreSQL refuses a value, stage them one by one, each under its own savepoint, and quarantine
     exactly the refused ones (``raw_of(unit)`` -> (raw record, store id)). Returns the refused units.
@@ -210,12 +215,23 @@ class MergeSpec:
 
     def accept_rule(self, differs: str | None = None) -> sql.Composable:
         held = sql.SQL("coalesce(t.{v}, taptouch.exact_epoch(t.updated_at))").format(v=sql.Identifier(self.version))
-        return sql.SQL(merge_sql(self.accept)).format(version=sql.Identifier(self.version), held=held,
-                                                      differs=sql.SQL(differs or self.differs))
+        return sql.SQL(merge_sql(self.accept)).format(
+            version=sql.Identifier(self.version), held=held, differs=sql.SQL(differs or self.differs)
+        )
 
-    def merge(self, cur: psycopg.Cursor, source: str, *, into: str, cols: Sequence[str] | None = None,
-              returned: Sequence[str] = (), carry: tuple[str, str] | None = None, prefix: str | None = None,
-              keep: Sequence[str] = (), differs: str | None = None) -> None:
+    def merge(
+        self,
+        cur: psycopg.Cursor,
+        source: str,
+        *,
+        into: str,
+        cols: Sequence[str] | None = None,
+        returned: Sequence[str] = (),
+        carry: tuple[str, str] | None = None,
+        prefix: str | None = None,
+        keep: Sequence[str] = (),
+        differs: str | None = None,
+    ) -> None:
         """Merge the rows of ``source`` (a staging table, or a join of them) with ``upsert.sql``.
         The caller holds :meth:`take_lock`. Writes the temporary table ``into``: the keys written
         plus ``returned``, ``inserted`` (new row), and ``carry`` = (table, column) joined on the
@@ -226,54 +242,108 @@ class MergeSpec:
         if carry is not None:
             carried = sql.SQL(", {}.{}").format(sql.Identifier(carry[0]), sql.Identifier(carry[1]))
             carry_join = sql.SQL(" join {} using ({})").format(sql.Identifier(carry[0]), sql.Identifier(self.keys[0]))
-        cur.execute(sql.SQL(merge_sql("upsert")).format(
-            into=sql.Identifier(into), table=_table(self.table), cols=_names(cols), source=sql.SQL(source),
-            source_cols=_names(cols, prefix), order=_names(self.keys, prefix), keys=_names(self.keys),
-            sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
-                                    for c in cols if c not in self.keys and c not in keep),
-            stamp=sql.Identifier(self.stamp), accept=self.accept_rule(differs),
-            returned=_names(tuple(self.keys) + tuple(returned), "t"), carried=carried, carry_join=carry_join))
+        cur.execute(
+            sql.SQL(merge_sql("upsert")).format(
+                into=sql.Identifier(into),
+                table=_table(self.table),
+                cols=_names(cols),
+                source=sql.SQL(source),
+                source_cols=_names(cols, prefix),
+                order=_names(self.keys, prefix),
+                keys=_names(self.keys),
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+                    for c in cols
+                    if c not in self.keys and c not in keep
+                ),
+                stamp=sql.Identifier(self.stamp),
+                accept=self.accept_rule(differs),
+                returned=_names(tuple(self.keys) + tuple(returned), "t"),
+                carried=carried,
+                carry_join=carry_join,
+            )
+        )
 
     def merged_counts(self, cur: psycopg.Cursor, into: str, staged: str) -> tuple[int, int, int]:
         """(inserted, updated, unchanged) of a merge into ``into`` of the rows of table ``staged``."""
-        cur.execute(sql.SQL("select (select count(*) filter (where inserted) from {i}), (select count(*) from {i}),"
-                            " (select count(*) from {s})").format(i=sql.Identifier(into), s=sql.Identifier(staged)))
+        cur.execute(
+            sql.SQL(
+                "select (select count(*) filter (where inserted) from {i}), (select count(*) from {i}),"
+                " (select count(*) from {s})"
+            ).format(i=sql.Identifier(into), s=sql.Identifier(staged))
+        )
         inserted, written, staged_n = cur.fetchone()
         return inserted, written - inserted, staged_n - written
 
     def replace_children(self, cur: psycopg.Cursor, accepted: str) -> None:
         """The children of the parents in ``accepted`` (with ``seq`` and ``inserted``) follow them."""
         for child in self.children:
-            cur.execute(sql.SQL(merge_sql("children")).format(
-                child=_table(child.table), accepted=sql.Identifier(accepted), parent=_table(self.table),
-                parent_key=sql.Identifier(self.keys[0]), stage=sql.Identifier(child.stage),
-                cols=_names(child.cols), source_cols=_names(child.cols, "s")))
+            cur.execute(
+                sql.SQL(merge_sql("children")).format(
+                    child=_table(child.table),
+                    accepted=sql.Identifier(accepted),
+                    parent=_table(self.table),
+                    parent_key=sql.Identifier(self.keys[0]),
+                    stage=sql.Identifier(child.stage),
+                    cols=_names(child.cols),
+                    source_cols=_names(child.cols, "s"),
+                )
+            )
 
     def resolve_quarantine(self, cur: psycopg.Cursor, staged: str, store_id: int | None = None) -> None:
         """Stamp ``resolved_at`` on the unresolved quarantine rows of the records in ``staged``."""
-        of_store = sql.SQL("") if not self.lock_per_store else sql.SQL(" and q.store_id = {}").format(
-            sql.Literal(store_id))
-        cur.execute(sql.SQL(merge_sql("resolve_quarantine")).format(
-            staged=sql.Identifier(staged), entity=sql.Literal(self.entity),
-            record_key=sql.Identifier(self.record_key), of_store=of_store))
+        of_store = (
+            sql.SQL("") if not self.lock_per_store else sql.SQL(" and q.store_id = {}").format(sql.Literal(store_id))
+        )
+        cur.execute(
+            sql.SQL(merge_sql("resolve_quarantine")).format(
+                staged=sql.Identifier(staged),
+                entity=sql.Literal(self.entity),
+                record_key=sql.Identifier(self.record_key),
+                of_store=of_store,
+            )
+        )
 
 
 STORES = MergeSpec(
-    table="taptouch.stores", keys=("store_id",), cols=records.STORE_COLS + ("updated_at_exact", "raw"),
-    accept="newer_wins", differs="excluded.raw is distinct from t.raw", stamp="loaded_at",
-    lock="taptouch.stores.merge", entity="store", record_key="store_id")
+    table="taptouch.stores",
+    keys=("store_id",),
+    cols=records.STORE_COLS + ("updated_at_exact", "raw"),
+    accept="newer_wins",
+    differs="excluded.raw is distinct from t.raw",
+    stamp="loaded_at",
+    lock="taptouch.stores.merge",
+    entity="store",
+    record_key="store_id",
+)
 
 ORDERS = MergeSpec(
-    table="taptouch.orders", keys=("order_id",), cols=records.ORDER_COLS + ("updated_at_exact", "raw", "raw_hash"),
-    accept="newer_wins", stamp="loaded_at", lock="taptouch.orders.merge", entity="order", record_key="order_id",
+    table="taptouch.orders",
+    keys=("order_id",),
+    cols=records.ORDER_COLS + ("updated_at_exact", "raw", "raw_hash"),
+    accept="newer_wins",
+    stamp="loaded_at",
+    lock="taptouch.orders.merge",
+    entity="order",
+    record_key="order_id",
     # the same bytes (by digest), or the same JSON in another key order, is the same content
     differs="excluded.raw_hash is distinct from t.raw_hash and excluded.raw::text is distinct from t.raw::text",
-    children=(Child("taptouch.order_items", "stage_items", records.ITEM_COLS),
-              Child("taptouch.order_payments", "stage_payments", records.PAYMENT_COLS),
-              Child("taptouch.order_refunds", "stage_refunds", records.REFUND_COLS)))
+    children=(
+        Child("taptouch.order_items", "stage_items", records.ITEM_COLS),
+        Child("taptouch.order_payments", "stage_payments", records.PAYMENT_COLS),
+        Child("taptouch.order_refunds", "stage_refunds", records.REFUND_COLS),
+    ),
+)
 
 INVENTORY = MergeSpec(
-    table="taptouch.inventory_levels", keys=("store_id", "product_id"),
-    cols=records.INVENTORY_COLS + ("updated_at_exact", "raw"), accept="not_older",
-    differs="excluded.raw is distinct from t.raw", stamp="synced_at", lock="taptouch.inventory.merge",
-    lock_per_store=True, entity="inventory", record_key="product_id")
+    table="taptouch.inventory_levels",
+    keys=("store_id", "product_id"),
+    cols=records.INVENTORY_COLS + ("updated_at_exact", "raw"),
+    accept="not_older",
+    differs="excluded.raw is distinct from t.raw",
+    stamp="synced_at",
+    lock="taptouch.inventory.merge",
+    lock_per_store=True,
+    entity="inventory",
+    record_key="product_id",
+)

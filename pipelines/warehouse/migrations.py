@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import psycopg
 
@@ -65,7 +64,7 @@ class MigrationStatus:
     version: int
     name: str
     state: str
-    applied_at: Optional[datetime] = None
+    applied_at: datetime | None = None
 
 
 def migrations_dir() -> Path:
@@ -82,14 +81,10 @@ def discover(directory: str | Path | None = None) -> list[Migration]:
     for path in sorted(root.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
         if not match:
-            raise MigrationError(
-                f"{path.name}: migration files must be named NNNN_name.sql (e.g. 0002_add_x.sql)."
-            )
+            raise MigrationError(f"{path.name}: migration files must be named NNNN_name.sql (e.g. 0002_add_x.sql).")
         version = int(match.group(1))
         if version in found:
-            raise MigrationError(
-                f"{path.name} and {found[version].name} share version {version}: renumber one."
-            )
+            raise MigrationError(f"{path.name} and {found[version].name} share version {version}: renumber one.")
         found[version] = Migration(
             version=version,
             name=path.name,
@@ -101,14 +96,10 @@ def discover(directory: str | Path | None = None) -> list[Migration]:
 
 def _applied(conn: psycopg.Connection) -> dict[int, tuple[str, str, datetime]]:
     """version -> (name, checksum, applied_at); empty when the bookkeeping table is missing."""
-    exists = conn.execute(
-        "select to_regclass('taptouch_meta.schema_migrations') is not null"
-    ).fetchone()
+    exists = conn.execute("select to_regclass('taptouch_meta.schema_migrations') is not null").fetchone()
     if not exists or not exists[0]:
         return {}
-    rows = conn.execute(
-        "select version, name, checksum, applied_at from taptouch_meta.schema_migrations"
-    ).fetchall()
+    rows = conn.execute("select version, name, checksum, applied_at from taptouch_meta.schema_migrations").fetchall()
     return {version: (name, checksum, applied_at) for version, name, checksum, applied_at in rows}
 
 
@@ -185,8 +176,7 @@ def migrate(url: str | None = None, *, directory: str | Path | None = None) -> l
                     with conn.transaction():
                         conn.execute(migration.sql())
                         conn.execute(
-                            "insert into taptouch_meta.schema_migrations (version, name, checksum)"
-                            " values (%s, %s, %s)",
+                            "insert into taptouch_meta.schema_migrations (version, name, checksum) values (%s, %s, %s)",
                             (migration.version, migration.name, migration.checksum),
                         )
                 except psycopg.Error as err:

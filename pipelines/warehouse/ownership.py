@@ -29,5 +29,7 @@ def foreign_stores(conn: psycopg.Connection, store_ids: list[int]) -> dict[int, 
         " left join taptouch.stores st on st.store_id = s.store_id"
         " left join lateral (select account from taptouch.orders where store_id = s.store_id limit 1) o"
         " on st.store_id is null"
-        f" where coalesce(st.account, o.account) <> {SESSION_ACCOUNT}", (list(store_ids),)).fetchall()
+        f" where coalesce(st.account, o.account) <> {SESSION_ACCOUNT}",
+        (list(store_ids),),
+    ).fetchall()
     return dict(rows)

@@ -28,23 +28,25 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 2000
 
 TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels")
-_CHILDREN = (("order_items", "item_id", records.ITEM_COLS, "items"),
-             ("order_payments", "payment_id", records.PAYMENT_COLS, "payments"),
-             ("order_refunds", "refund_id", records.REFUND_COLS, "refunds"))
+_CHILDREN = (
+    ("order_items", "item_id", records.ITEM_COLS, "items"),
+    ("order_payments", "payment_id", records.PAYMENT_COLS, "payments"),
+    ("order_refunds", "refund_id", records.REFUND_COLS, "refunds"),
+)
 
 
 @dataclass
 class TableCounts:
     examined: int = 0  # rows derived from raw (children: the rows the orders' raw gives)
-    changed: int = 0   # rows written because a typed value differed (children: rows added, changed or removed)
-    invalid: int = 0   # rows whose raw no longer passes the record boundary (kept as they are)
+    changed: int = 0  # rows written because a typed value differed (children: rows added, changed or removed)
+    invalid: int = 0  # rows whose raw no longer passes the record boundary (kept as they are)
 
 
 @dataclass
 class QuarantineCounts:
-    examined: int = 0   # unresolved quarantine rows tried
-    loaded: int = 0     # records inserted or updated from them
-    resolved: int = 0   # quarantine rows stamped resolved_at
+    examined: int = 0  # unresolved quarantine rows tried
+    loaded: int = 0  # records inserted or updated from them
+    resolved: int = 0  # quarantine rows stamped resolved_at
     still_invalid: int = 0
 
 
@@ -52,7 +54,8 @@ class QuarantineCounts:
 class RebuildReport:
     tables: dict[str, TableCounts] = field(default_factory=lambda: {t: TableCounts() for t in TABLES})
     quarantine: dict[str, QuarantineCounts] = field(
-        default_factory=lambda: {e: QuarantineCounts() for e in ("store", "order", "inventory")})
+        default_factory=lambda: {e: QuarantineCounts() for e in ("store", "order", "inventory")}
+    )
     business_dates_rederived: int = 0
     batches: int = 0
 
@@ -71,8 +74,9 @@ class RebuildReport:
         return out
 
 
-def rebuild(conn: psycopg.Connection, *, batch_size: int = DEFAULT_BATCH_SIZE,
-            progress: Callable[[str], None] | None = None) -> RebuildReport:
+def rebuild(
+    conn: psycopg.Connection, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[str], None] | None = None
+) -> RebuildReport:
     """Re-derive ``taptouch.stores``, ``orders`` (+ children) and ``inventory_levels`` from ``raw``,
     then retry unresolved quarantine rows. ``conn`` must be in autocommit mode (each batch is its
     own transaction). Returns what was examined and changed."""
@@ -84,8 +88,10 @@ def rebuild(conn: psycopg.Connection, *, batch_size: int = DEFAULT_BATCH_SIZE,
     say(f"stores: {report.tables['stores'].examined} examined, {report.tables['stores'].changed} changed")
     _orders(conn, report, batch_size, say)
     _inventory(conn, report, batch_size)
-    say(f"inventory levels: {report.tables['inventory_levels'].examined} examined, "
-        f"{report.tables['inventory_levels'].changed} changed")
+    say(
+        f"inventory levels: {report.tables['inventory_levels'].examined} examined, "
+        f"{report.tables['inventory_levels'].changed} changed"
+    )
     _retry_stores(conn, report)
     _retry_orders(conn, report, batch_size)
     _retry_inventory(conn, report, batch_size)
@@ -99,35 +105,49 @@ def rebuild(conn: psycopg.Connection, *, batch_size: int = DEFAULT_BATCH_SIZE,
 def _stage(cur: psycopg.Cursor, name: str, table: str, cols: tuple[str, ...]) -> None:
     """An empty temporary table ``name`` with ``cols`` of ``taptouch.<table>`` (types only: no
     constraints, no defaults), dropped at commit."""
-    cur.execute(sql.SQL("create temp table {} on commit drop as select {} from taptouch.{} with no data").format(
-        sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(table)))
+    cur.execute(
+        sql.SQL("create temp table {} on commit drop as select {} from taptouch.{} with no data").format(
+            sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(table)
+        )
+    )
 
 
 def _differs(cols: tuple[str, ...], a: str, b: str) -> sql.Composable:
     """``(a.c1, ...) is distinct from (b.c1, ...)``"""
     return sql.SQL("({}) is distinct from ({})").format(
         sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for c in cols),
-        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(b), sql.Identifier(c)) for c in cols))
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(b), sql.Identifier(c)) for c in cols),
+    )
 
 
 def _set(cols: tuple[str, ...], src: str) -> sql.Composable:
-    return sql.SQL(", ").join(sql.SQL("{} = {}.{}").format(sql.Identifier(c), sql.Identifier(src), sql.Identifier(c))
-                              for c in cols)
+    return sql.SQL(", ").join(
+        sql.SQL("{} = {}.{}").format(sql.Identifier(c), sql.Identifier(src), sql.Identifier(c)) for c in cols
+    )
 
 
 def _update_changed(cur: psycopg.Cursor, table: str, stage: str, keys: tuple[str, ...], cols: tuple[str, ...]) -> int:
     """Write the staged typed values where they differ from the table's; returns rows changed."""
     values = tuple(c for c in cols if c not in keys)
-    cur.execute(sql.SQL("update taptouch.{t} t set {sets} from {s} s where {on} and {differs}").format(
-        t=sql.Identifier(table), s=sql.Identifier(stage), sets=_set(values, "s"),
-        on=sql.SQL(" and ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in keys),
-        differs=_differs(values, "t", "s")))
+    cur.execute(
+        sql.SQL("update taptouch.{t} t set {sets} from {s} s where {on} and {differs}").format(
+            t=sql.Identifier(table),
+            s=sql.Identifier(stage),
+            sets=_set(values, "s"),
+            on=sql.SQL(" and ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(k)) for k in keys),
+            differs=_differs(values, "t", "s"),
+        )
+    )
     return cur.rowcount
 
 
 def _invalid(entity: str, key: Any, reason: str) -> None:
-    log.warning("rebuild: %s %s: its raw no longer passes the record boundary (%s); the row is kept as it is",
-                entity, key, reason)
+    log.warning(
+        "rebuild: %s %s: its raw no longer passes the record boundary (%s); the row is kept as it is",
+        entity,
+        key,
+        reason,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,8 +163,10 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
     while True:
         with conn.transaction(), conn.cursor() as cur:
             STORES.take_lock(cur)
-            cur.execute("select store_id, raw::text from taptouch.stores where store_id > %s order by store_id limit %s",
-                        (last, batch_size))
+            cur.execute(
+                "select store_id, raw::text from taptouch.stores where store_id > %s order by store_id limit %s",
+                (last, batch_size),
+            )
             batch = cur.fetchall()
             if not batch:
                 return
@@ -166,8 +188,10 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
             counts.examined += len(rows)
             _stage(cur, "rb_stores", "stores", _STORE_STAGE_COLS)
             copy_rows(cur, "rb_stores", _STORE_STAGE_COLS, rows)
-            cur.execute("select s.store_id from rb_stores s join taptouch.stores t using (store_id)"
-                        " where s.timezone is distinct from t.timezone")
+            cur.execute(
+                "select s.store_id from rb_stores s join taptouch.stores t using (store_id)"
+                " where s.timezone is distinct from t.timezone"
+            )
             moved = [r[0] for r in cur.fetchall()]
             counts.changed += _update_changed(cur, "stores", "rb_stores", ("store_id",), _STORE_STAGE_COLS)
             if moved:
@@ -180,8 +204,10 @@ def _retry_stores(conn: psycopg.Connection, report: RebuildReport) -> None:
     itself (newest wins; it resolves their quarantine rows), per account, without a sync_log row."""
     q = report.quarantine["store"]
     with conn.cursor() as cur:
-        cur.execute("select account, coalesce(raw::text, raw_text) from taptouch.quarantine"
-                    " where entity = 'store' and resolved_at is null order by quarantine_id")
+        cur.execute(
+            "select account, coalesce(raw::text, raw_text) from taptouch.quarantine"
+            " where entity = 'store' and resolved_at is null order by quarantine_id"
+        )
         rows = cur.fetchall()
     q.examined = len(rows)
     valid: dict[str, list[bytes]] = {}
@@ -258,27 +284,41 @@ def _replace_children(cur: psycopg.Cursor, report: RebuildReport | None, of: str
         stage = sql.Identifier("rb_" + table)
         t = sql.Identifier(table)
         values = tuple(c for c in cols if c not in ("order_id", child_key))
-        cur.execute(sql.SQL(
-            "create temp table rb_diff on commit drop as"
-            " select coalesce(s.order_id, c.order_id) as order_id from (select * from {stage} s"
-            "   where s.order_id in (select order_id from {of})) s"
-            " full join (select * from taptouch.{t} c where c.order_id in (select order_id from {of})) c"
-            "   on c.order_id = s.order_id and c.{k} = s.{k}"
-            " where s.order_id is null or c.order_id is null or {differs}"
-        ).format(stage=stage, t=t, of=sql.Identifier(of), k=sql.Identifier(child_key),
-                 differs=_differs(values, "c", "s")))
+        cur.execute(
+            sql.SQL(
+                "create temp table rb_diff on commit drop as"
+                " select coalesce(s.order_id, c.order_id) as order_id from (select * from {stage} s"
+                "   where s.order_id in (select order_id from {of})) s"
+                " full join (select * from taptouch.{t} c where c.order_id in (select order_id from {of})) c"
+                "   on c.order_id = s.order_id and c.{k} = s.{k}"
+                " where s.order_id is null or c.order_id is null or {differs}"
+            ).format(
+                stage=stage, t=t, of=sql.Identifier(of), k=sql.Identifier(child_key), differs=_differs(values, "c", "s")
+            )
+        )
         if report is not None:
-            cur.execute(sql.SQL("select (select count(*) from {stage}), (select count(*) from rb_diff)").format(stage=stage))
+            cur.execute(
+                sql.SQL("select (select count(*) from {stage}), (select count(*) from rb_diff)").format(stage=stage)
+            )
             examined, changed = cur.fetchone()
             report.tables[table].examined += examined
             report.tables[table].changed += changed
-        cur.execute(sql.SQL("delete from taptouch.{t} c where c.order_id in (select order_id from rb_diff)").format(t=t))
-        cur.execute(sql.SQL(
-            "insert into taptouch.{t} ({cols}, account) select {scols}, o.account from {stage} s"
-            " join taptouch.orders o using (order_id) where s.order_id in (select order_id from rb_diff)"
-            " order by s.order_id, s.{k}"
-        ).format(t=t, stage=stage, k=sql.Identifier(child_key), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                 scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols)))
+        cur.execute(
+            sql.SQL("delete from taptouch.{t} c where c.order_id in (select order_id from rb_diff)").format(t=t)
+        )
+        cur.execute(
+            sql.SQL(
+                "insert into taptouch.{t} ({cols}, account) select {scols}, o.account from {stage} s"
+                " join taptouch.orders o using (order_id) where s.order_id in (select order_id from rb_diff)"
+                " order by s.order_id, s.{k}"
+            ).format(
+                t=t,
+                stage=stage,
+                k=sql.Identifier(child_key),
+                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+            )
+        )
         cur.execute("drop table rb_diff")
 
 
@@ -290,8 +330,11 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
             # the merge lock: no load writes an order between this batch's read and its write
             ORDERS.take_lock(cur)
             zones = loader.store_timezones(conn)
-            cur.execute("select order_id, store_id, raw::text from taptouch.orders where order_id > %s"
-                        " order by order_id limit %s", (last, batch_size))
+            cur.execute(
+                "select order_id, store_id, raw::text from taptouch.orders where order_id > %s"
+                " order by order_id limit %s",
+                (last, batch_size),
+            )
             batch = cur.fetchall()
             if not batch:
                 return
@@ -329,16 +372,21 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
     now has a valid version is resolved, as a load resolves them."""
     q = report.quarantine["order"]
     with conn.cursor() as cur:  # a record without a readable id cannot pass the boundary
-        cur.execute("select count(*) from taptouch.quarantine where entity = 'order' and resolved_at is null"
-                    " and record_key is null")
+        cur.execute(
+            "select count(*) from taptouch.quarantine where entity = 'order' and resolved_at is null"
+            " and record_key is null"
+        )
         q.examined = q.still_invalid = cur.fetchone()[0]
     last = ""
     while True:
         with conn.transaction(), conn.cursor() as cur:
             ORDERS.take_lock(cur)
             # batches of records (every unresolved row of each), so a record's newest version decides
-            cur.execute("select record_key from taptouch.quarantine where entity = 'order' and resolved_at is null"
-                        " and record_key > %s group by record_key order by record_key limit %s", (last, batch_size))
+            cur.execute(
+                "select record_key from taptouch.quarantine where entity = 'order' and resolved_at is null"
+                " and record_key > %s group by record_key order by record_key limit %s",
+                (last, batch_size),
+            )
             keys = [r[0] for r in cur.fetchall()]
             if not keys:
                 return
@@ -348,14 +396,18 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
                 _merge_retried_orders(cur, best, q)
 
 
-def _newest_valid_orders(cur: psycopg.Cursor, keys: list[str],
-                         q: QuarantineCounts) -> dict[int, tuple[records.OrderRows, str]]:
+def _newest_valid_orders(
+    cur: psycopg.Cursor, keys: list[str], q: QuarantineCounts
+) -> dict[int, tuple[records.OrderRows, str]]:
     """order id -> (rows, account) of the newest version that now passes among the unresolved
     quarantine rows of ``keys`` (the same version: the later quarantine row)."""
     zones = loader.store_timezones(cur.connection)
-    cur.execute("select quarantine_id, store_id, account, coalesce(raw::text, raw_text) from taptouch.quarantine"
-                " where entity = 'order' and resolved_at is null and record_key = any(%s)"
-                " order by quarantine_id", (keys,))
+    cur.execute(
+        "select quarantine_id, store_id, account, coalesce(raw::text, raw_text) from taptouch.quarantine"
+        " where entity = 'order' and resolved_at is null and record_key = any(%s)"
+        " order by quarantine_id",
+        (keys,),
+    )
     batch = cur.fetchall()
     q.examined += len(batch)
     best: dict[int, tuple[Decimal, int, records.OrderRows, str]] = {}
@@ -378,23 +430,37 @@ def _newest_valid_orders(cur: psycopg.Cursor, keys: list[str],
 _RETRIED_ORDER_COLS = _ORDER_STAGE_COLS + ("raw", "raw_hash", "account")
 
 
-def _merge_retried_orders(cur: psycopg.Cursor, best: dict[int, tuple[records.OrderRows, str]],
-                          q: QuarantineCounts) -> None:
+def _merge_retried_orders(
+    cur: psycopg.Cursor, best: dict[int, tuple[records.OrderRows, str]], q: QuarantineCounts
+) -> None:
     """Merge the retried versions with the orders' merge spec (their JSON compared without a
     digest, which a retried row does not carry: ``raw_hash`` null), each new row with the account
     of its quarantine row, replace the children of the accepted ones, and resolve the quarantine."""
     _stage_orders(cur)
     cur.execute("alter table rb_orders add column raw jsonb, add column raw_hash bytea, add column account text")
-    copy_rows(cur, "rb_orders", _RETRIED_ORDER_COLS,
-              [r.order + (r.updated_key, r.raw, None, account) for r, account in best.values()])
+    copy_rows(
+        cur,
+        "rb_orders",
+        _RETRIED_ORDER_COLS,
+        [r.order + (r.updated_key, r.raw, None, account) for r, account in best.values()],
+    )
     for table, _, ccols, attr in _CHILDREN:
         copy_rows(cur, "rb_" + table, ccols, [x for r, _ in best.values() for x in getattr(r, attr)])
-    ORDERS.merge(cur, "rb_orders", into="rb_accepted", cols=_RETRIED_ORDER_COLS, keep=("account",),
-                 differs="excluded.raw::text is distinct from t.raw::text")
+    ORDERS.merge(
+        cur,
+        "rb_orders",
+        into="rb_accepted",
+        cols=_RETRIED_ORDER_COLS,
+        keep=("account",),
+        differs="excluded.raw::text is distinct from t.raw::text",
+    )
     q.loaded += cur.rowcount
     _replace_children(cur, None, "rb_accepted")
-    cur.execute("update taptouch.quarantine set resolved_at = now() where entity = 'order'"
-                " and resolved_at is null and record_key = any(%s)", ([str(k) for k in best],))
+    cur.execute(
+        "update taptouch.quarantine set resolved_at = now() where entity = 'order'"
+        " and resolved_at is null and record_key = any(%s)",
+        ([str(k) for k in best],),
+    )
     q.resolved += cur.rowcount
 
 
@@ -415,8 +481,11 @@ def _inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int)
         while True:
             with conn.transaction(), conn.cursor() as cur:
                 INVENTORY.take_lock(cur, store_id)  # the lock of that store's inventory loads
-                cur.execute("select product_id, raw::text from taptouch.inventory_levels where store_id = %s"
-                            " and product_id > %s order by product_id limit %s", (store_id, last, batch_size))
+                cur.execute(
+                    "select product_id, raw::text from taptouch.inventory_levels where store_id = %s"
+                    " and product_id > %s order by product_id limit %s",
+                    (store_id, last, batch_size),
+                )
                 batch = cur.fetchall()
                 if not batch:
                     break
@@ -436,8 +505,9 @@ def _inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int)
                 counts.examined += len(rows)
                 _stage(cur, "rb_inventory", "inventory_levels", _INVENTORY_STAGE_COLS)
                 copy_rows(cur, "rb_inventory", _INVENTORY_STAGE_COLS, rows)
-                counts.changed += _update_changed(cur, "inventory_levels", "rb_inventory", ("store_id", "product_id"),
-                                                  _INVENTORY_STAGE_COLS)
+                counts.changed += _update_changed(
+                    cur, "inventory_levels", "rb_inventory", ("store_id", "product_id"), _INVENTORY_STAGE_COLS
+                )
 
 
 def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size: int) -> None:
@@ -448,8 +518,10 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
     had it: the quarantine row stays, counted as still invalid). No snapshot is written."""
     q = report.quarantine["inventory"]
     with conn.cursor() as cur:
-        cur.execute("select distinct store_id from taptouch.quarantine where entity = 'inventory'"
-                    " and resolved_at is null and store_id is not null order by store_id")
+        cur.execute(
+            "select distinct store_id from taptouch.quarantine where entity = 'inventory'"
+            " and resolved_at is null and store_id is not null order by store_id"
+        )
         stores = [r[0] for r in cur.fetchall()]
     cols = _INVENTORY_STAGE_COLS + ("raw", "account")
     for store_id in stores:
@@ -460,7 +532,9 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
                 " exists (select 1 from taptouch.sync_log l where l.entity = 'inventory' and l.store_id = q.store_id"
                 "         and l.finished_at > q.quarantined_at)"
                 " from taptouch.quarantine q where q.entity = 'inventory' and q.resolved_at is null and q.store_id = %s"
-                " order by q.quarantined_at, q.quarantine_id", (store_id,))
+                " order by q.quarantined_at, q.quarantine_id",
+                (store_id,),
+            )
             batch = cur.fetchall()
             q.examined += len(batch)
             newest: dict[int, tuple] = {}
@@ -476,8 +550,10 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
                 newest[row[1]] = (row + (key, text_, account), superseded)  # later quarantine rows win
             if not newest:
                 continue
-            cur.execute("select product_id from taptouch.inventory_levels where store_id = %s and product_id = any(%s)",
-                        (store_id, list(newest)))
+            cur.execute(
+                "select product_id from taptouch.inventory_levels where store_id = %s and product_id = any(%s)",
+                (store_id, list(newest)),
+            )
             held = {r[0] for r in cur.fetchall()}
             load = [row for pid, (row, superseded) in newest.items() if pid in held or not superseded]
             q.still_invalid += len(newest) - len(load)
@@ -486,7 +562,9 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
             copy_rows(cur, "rb_inventory", cols, load)
             INVENTORY.merge(cur, "rb_inventory", into="rb_merged", cols=cols, keep=("account",))
             q.loaded += cur.rowcount
-            cur.execute("update taptouch.quarantine set resolved_at = now() where entity = 'inventory'"
-                        " and resolved_at is null and store_id = %s and record_key = any(%s)",
-                        (store_id, [str(r[1]) for r in load]))
+            cur.execute(
+                "update taptouch.quarantine set resolved_at = now() where entity = 'inventory'"
+                " and resolved_at is null and store_id = %s and record_key = any(%s)",
+                (store_id, [str(r[1]) for r in load]),
+            )
             q.resolved += cur.rowcount

@@ -45,8 +45,18 @@ from .entities import (
 from .record_types import number_fields, number_struct, typed_struct
 
 __all__ = [
-    "InvalidRecord", "OrderRows", "as_bytes", "deep_reason", "parse_inventory", "parse_order", "parse_store",
-    "quarantine_forms", "record_key", "zone", "local_date", "business_date",
+    "InvalidRecord",
+    "OrderRows",
+    "as_bytes",
+    "deep_reason",
+    "parse_inventory",
+    "parse_order",
+    "parse_store",
+    "quarantine_forms",
+    "record_key",
+    "zone",
+    "local_date",
+    "business_date",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -77,18 +87,22 @@ _NUMS = {name: msgspec.json.Decoder(t) for name, t in ((n, number_struct(e)) for
 # Number fields (money and quantities) per entity, with the lists of records below them: a number
 # sent as a string is refused (typed Decimal decoding would read "36.60" as 36.60).
 _NUMBER_FIELDS = {name: number_fields(e) for name, e in ENTITIES.items()}
-_LIST_DECODERS = {f.of.name: msgspec.json.Decoder(list[typed_struct(f.of)] | None)  # type: ignore[misc]
-                  for e in ENTITIES.values() for t in tables(e) for f in t.fields if f.kind == LIST and f.of}
+_LIST_DECODERS = {
+    f.of.name: msgspec.json.Decoder(list[typed_struct(f.of)] | None)  # type: ignore[misc]
+    for e in ENTITIES.values()
+    for t in tables(e)
+    for f in t.fields
+    if f.kind == LIST and f.of
+}
 _DEC_OBJECT = msgspec.json.Decoder(dict | None)
 _ENC = msgspec.json.Encoder(decimal_format="number")
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789.", b"0000000000")
 _ID_FIELD = {name: e.key for name, e in ENTITIES.items()}
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # bytes in, bytes out
+
 
 def as_bytes(record: Any) -> bytes:
     """The JSON bytes of one record: its own bytes when it came raw from the API, else the exact
@@ -127,6 +141,7 @@ def _text_of(raw: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 # the precise path: what exactly is wrong with a document
 
+
 def _parse_int(s: str) -> Any:
     return int(s) if len(s) < 4000 else Decimal(s)
 
@@ -141,8 +156,10 @@ def _number_problem(d: Decimal) -> str | None:
     if d:
         exp = d.as_tuple().exponent
         if exp < -NUMERIC_MAX_SCALE or d.adjusted() > NUMERIC_MAX_WEIGHT:
-            return f"is a number PostgreSQL cannot store ({_show(d)}: numeric holds at most {NUMERIC_MAX_SCALE} " \
-                   f"decimals and {NUMERIC_MAX_WEIGHT + 1} digits before the point)"
+            return (
+                f"is a number PostgreSQL cannot store ({_show(d)}: numeric holds at most {NUMERIC_MAX_SCALE} "
+                f"decimals and {NUMERIC_MAX_WEIGHT + 1} digits before the point)"
+            )
     return None
 
 
@@ -179,8 +196,11 @@ def _walk_problem(doc: Any, path: str) -> str | None:
             if p:
                 return f"{where} {p}"
         elif isinstance(obj, float):  # only from a parsed record handed in by a caller
-            p = _number_problem(Decimal(repr(obj))) if obj == obj and obj not in (float("inf"), float("-inf")) \
+            p = (
+                _number_problem(Decimal(repr(obj)))
+                if obj == obj and obj not in (float("inf"), float("-inf"))
                 else f"is not a finite number ({obj})"
+            )
             if p:
                 return f"{where} {p}"
         elif isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 400_000:
@@ -246,8 +266,8 @@ def _translate(exc: Exception, entity: str) -> str:
     """A msgspec validation message as a person reads it."""
     msg = str(exc)
     m = _MSGSPEC_PATH.search(msg)
-    where = (m.group(1).lstrip(".") if m else "")
-    head = msg[:m.start()] if m else msg
+    where = m.group(1).lstrip(".") if m else ""
+    head = msg[: m.start()] if m else msg
     mm = _MISSING.match(head)
     if mm:
         field = f"{where}.{mm.group(1)}" if where else mm.group(1)
@@ -259,15 +279,25 @@ def _translate(exc: Exception, entity: str) -> str:
             return f"the {entity} record is not a JSON object but {got}"
         if got == "null":
             return f"{where} is missing (null)"
-        want = {"int": "an integer id", "decimal": "a JSON number", "str": "text", "array": "a list",
-                "object": "an object", "array | null": "a list", "object | null": "an object",
-                "int | null": "an integer id", "decimal | null": "a JSON number", "str | null": "text"}.get(want, want)
+        want = {
+            "int": "an integer id",
+            "decimal": "a JSON number",
+            "str": "text",
+            "array": "a list",
+            "object": "an object",
+            "array | null": "a list",
+            "object | null": "an object",
+            "int | null": "an integer id",
+            "decimal | null": "a JSON number",
+            "str | null": "text",
+        }.get(want, want)
         return f"{where} must be {want}, got {got}"
     return f"{where + ': ' if where else ''}{head}"[:500]
 
 
 # --------------------------------------------------------------------------------------------
 # field rules (the fast path)
+
 
 def _show(v: Any) -> str:
     text = repr(v) if not isinstance(v, Decimal) else str(v)
@@ -364,8 +394,10 @@ def _instant(s: str) -> datetime:
     except OverflowError:
         raise _BadInstant(f"is outside years 1-9999 in UTC: {_show(s)}") from None
     if utc > _MAX_INSTANT or utc < _MIN_INSTANT:
-        raise _BadInstant(f"is outside years 1-9999 in UTC, or within a day of those limits where a reader's "
-                          f"time zone cannot show it: {_show(s)}")
+        raise _BadInstant(
+            f"is outside years 1-9999 in UTC, or within a day of those limits where a reader's "
+            f"time zone cannot show it: {_show(s)}"
+        )
     return utc
 
 
@@ -482,6 +514,7 @@ def _raw_object(raw: msgspec.Raw | None, where: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # the precise path: each declared field in column order, each failure with its reason (the reference)
 
+
 def _value_at(obj: Any, path: str) -> Any:
     for name in path.split("."):
         if obj is None:
@@ -533,8 +566,9 @@ def _precise_list(of: Entity, raw: msgspec.Raw, where: str) -> str:
         elements = _LIST_DECODERS[of.name].decode(b)
     except msgspec.ValidationError as exc:
         reason = _translate(exc, f"{of.name} list")
-        raise InvalidRecord(f"{where}{reason}" if reason.startswith("[")
-                            else f"{where} must be a list of objects ({reason})") from None
+        raise InvalidRecord(
+            f"{where}{reason}" if reason.startswith("[") else f"{where} must be a list of objects ({reason})"
+        ) from None
     for j, element in enumerate(elements or ()):
         _precise_row(of, element, f"{where}[{j}].", {})
     return b.decode("utf-8")
@@ -557,6 +591,7 @@ def _precise_lines(name: str, child: Entity, lines: list | None, parent: dict[st
 # --------------------------------------------------------------------------------------------
 # the fast path: straight-line code generated from the same declarations; anything unusual -> _Slow
 
+
 class _Slow(Exception):
     """The fast path declines: the precise path decides (and says why)."""
 
@@ -566,8 +601,11 @@ _mq = _MONEY_CTX.quantize  # _mq(v, CENT) raises unless v is exact to the cent a
 
 
 def _q(v: Decimal) -> Decimal:
-    if v.__class__ is not Decimal or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE or (v != v.to_integral_value()
-                                                                              and v.as_tuple().exponent < -NUMERIC_MAX_SCALE):
+    if (
+        v.__class__ is not Decimal
+        or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE
+        or (v != v.to_integral_value() and v.as_tuple().exponent < -NUMERIC_MAX_SCALE)
+    ):
         raise _Slow
     return v
 
@@ -576,15 +614,24 @@ def _fast_check(f: Field, v: str, i: int) -> list[str]:
     """Source lines that raise (_Slow, or an error the caller maps to it) unless local ``v`` holds a
     value :func:`_precise_value` accepts, and leave in ``v`` the same column value."""
     if f.kind == ID:
-        return [f"if not 0 <= {v} <= BIGINT_MAX: raise _Slow" if f.required
-                else f"if {v} is not None and not 0 <= {v} <= BIGINT_MAX: raise _Slow"]
+        return [
+            f"if not 0 <= {v} <= BIGINT_MAX: raise _Slow"
+            if f.required
+            else f"if {v} is not None and not 0 <= {v} <= BIGINT_MAX: raise _Slow"
+        ]
     if f.kind == TEXT:
-        return [f"if len({v}) > {f.limit} or not {v}.strip(): raise _Slow" if f.required
-                else f"if {v} is not None and len({v}) > {f.limit}: raise _Slow"]
+        return [
+            f"if len({v}) > {f.limit} or not {v}.strip(): raise _Slow"
+            if f.required
+            else f"if {v} is not None and len({v}) > {f.limit}: raise _Slow"
+        ]
     if f.kind == LIST:
         return [f"{v} = bytes({v})", f'{v} = "[]" if {v} == b"[]" or {v} == b"null" else list_{i}({v})']
-    checks = {INSTANT: [f"_instant({v})", f"if {v}[26:27].isdigit(): {v} = _pg({v})"], MONEY: [f"_mq({v}, CENT)"],
-              QUANTITY: [f"_q({v})"] + ([f"if not {v} > 0: raise _Slow"] if f.positive else [])}.get(f.kind)
+    checks = {
+        INSTANT: [f"_instant({v})", f"if {v}[26:27].isdigit(): {v} = _pg({v})"],
+        MONEY: [f"_mq({v}, CENT)"],
+        QUANTITY: [f"_q({v})"] + ([f"if not {v} > 0: raise _Slow"] if f.positive else []),
+    }.get(f.kind)
     if checks is None:
         return ["raise _Slow"]  # OBJECT: left to the precise path
     if f.required:
@@ -613,8 +660,11 @@ def _fast_source(entity: Entity) -> str:
         if rest and head not in objects:
             lines.append(f"    n{i} = {_attribute('o', head)}")
             objects[head] = f"n{i}"
-        lines.append(f"    {v} = None if {objects[head]} is None else {_attribute(objects[head], rest)}" if rest
-                     else f"    {v} = {_attribute('o', head)}")
+        lines.append(
+            f"    {v} = None if {objects[head]} is None else {_attribute(objects[head], rest)}"
+            if rest
+            else f"    {v} = {_attribute('o', head)}"
+        )
         lines += [f"    {line}" for line in _fast_check(f, v, i)]
         if f.column is not None:
             cells.append(v)
@@ -631,13 +681,21 @@ def _fast_list(b: bytes, decoder: msgspec.json.Decoder, check: Callable) -> str:
 
 def fast_row_function(entity: Entity) -> Callable[..., tuple]:
     """Compile :func:`_fast_source` of the entity (``print(_fast_source(ORDER))`` shows the code)."""
-    namespace: dict[str, Any] = {"BIGINT_MAX": BIGINT_MAX, "CENT": CENT, "_Slow": _Slow, "_mq": _mq, "_q": _q,
-                                 "_instant": _instant, "_pg": _pg}
+    namespace: dict[str, Any] = {
+        "BIGINT_MAX": BIGINT_MAX,
+        "CENT": CENT,
+        "_Slow": _Slow,
+        "_mq": _mq,
+        "_q": _q,
+        "_instant": _instant,
+        "_pg": _pg,
+    }
     for i, f in enumerate(entity.fields):
         namespace[f"default_{i}"] = f.default
         if f.kind == LIST:
-            namespace[f"list_{i}"] = partial(_fast_list, decoder=_LIST_DECODERS[f.of.name],
-                                             check=fast_row_function(f.of))
+            namespace[f"list_{i}"] = partial(
+                _fast_list, decoder=_LIST_DECODERS[f.of.name], check=fast_row_function(f.of)
+            )
     exec(compile(_fast_source(entity), f"<fast path of {entity.name}>", "exec"), namespace)  # noqa: S102
     return namespace[f"fast_{entity.name}"]
 
@@ -653,6 +711,7 @@ def _fast_lines(lines: list | None, fast: Callable, key: str, parent_key: int) -
 # --------------------------------------------------------------------------------------------
 # an order: its declared fields (either path), then its own arithmetic (one function, both paths)
 
+
 class OrderRows(msgspec.Struct, array_like=True):
     """One valid order: the rows of each table (tuples in the loader's column order) and its raw text."""
 
@@ -667,10 +726,10 @@ class OrderRows(msgspec.Struct, array_like=True):
 
 
 _ORDER_AT = {c: i for i, c in enumerate(ORDER.columns)}
-_ORDER_SUMS = itemgetter(*(_ORDER_AT[c] for c in ("subtotal", "discount", "surcharge", "rounding", "total",
-                                                   "status")))
-_ITEM_SUMS = itemgetter(*(ORDER.lines[0][1].columns.index(c) for c in ("quantity", "unit_price", "discount",
-                                                                         "total", "modifiers")))
+_ORDER_SUMS = itemgetter(*(_ORDER_AT[c] for c in ("subtotal", "discount", "surcharge", "rounding", "total", "status")))
+_ITEM_SUMS = itemgetter(
+    *(ORDER.lines[0][1].columns.index(c) for c in ("quantity", "unit_price", "discount", "total", "modifiers"))
+)
 _PAYMENT_AMOUNT = itemgetter(ORDER.lines[1][1].columns.index("amount"))
 _FAST_ORDER = fast_row_function(ORDER)
 _FAST_LINES = tuple((name, fast_row_function(child), child.key or "id") for name, child in ORDER.lines)
@@ -697,7 +756,8 @@ def _order_sums(order: tuple, items: list, payments: list) -> None:
             if abs(expected - item_total) >= CENT:  # fractional quantities round to the cent
                 raise InvalidRecord(
                     f"items[{i}].total {item_total} != quantity x (unit_price + modifiers) - discount = "
-                    f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}")
+                    f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}"
+                )
             item_sum += item_total
         if item_sum != subtotal:
             raise InvalidRecord(f"subtotal {subtotal} != sum of item totals {item_sum}")
@@ -722,8 +782,16 @@ def _order_precise(o: Any, raw: bytes, tz: str, listed_store: int | None) -> Ord
         raise InvalidRecord(f"store_id {given['store_id']} differs from the store it was listed under ({listed_store})")
     items, payments, refunds = (_precise_lines(name, child, getattr(o, name), given) for name, child in ORDER.lines)
     _order_sums(order, items, payments)
-    return OrderRows(given["order_id"], given["store_id"], exact_instant(o.updated_at), order, items, payments,
-                     refunds, raw.decode("utf-8"))
+    return OrderRows(
+        given["order_id"],
+        given["store_id"],
+        exact_instant(o.updated_at),
+        order,
+        items,
+        payments,
+        refunds,
+        raw.decode("utf-8"),
+    )
 
 
 def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
@@ -737,13 +805,24 @@ def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderR
         items, payments, refunds = (_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES)
         _order_sums(order, items, payments)
         return OrderRows(oid, sid, _exact(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
-    except (_Slow, InvalidRecord, ArithmeticError, _BadInstant, TypeError, AttributeError, ValueError,
-            msgspec.ValidationError, OverflowError, ZoneInfoNotFoundError):
+    except (
+        _Slow,
+        InvalidRecord,
+        ArithmeticError,
+        _BadInstant,
+        TypeError,
+        AttributeError,
+        ValueError,
+        msgspec.ValidationError,
+        OverflowError,
+        ZoneInfoNotFoundError,
+    ):
         raise _Slow from None
 
 
 # --------------------------------------------------------------------------------------------
 # the entry points
+
 
 def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
     """The record decoded into its typed shape, or InvalidRecord with the most precise reason.
@@ -877,13 +956,17 @@ def parse_inventory(record: Any, store_id: int) -> dict:
 def parse_order(record: Any, tz: str, **_: Any) -> dict:
     """``{"order": row, "items": [...], "payments": [...], "refunds": [...]}`` keyed by column names."""
     r = order_rows(record, tz)
-    return {"order": _as_dict(ORDER_COLS, r.order), "items": [_as_dict(ITEM_COLS, x) for x in r.items],
-            "payments": [_as_dict(PAYMENT_COLS, x) for x in r.payments],
-            "refunds": [_as_dict(REFUND_COLS, x) for x in r.refunds]}
+    return {
+        "order": _as_dict(ORDER_COLS, r.order),
+        "items": [_as_dict(ITEM_COLS, x) for x in r.items],
+        "payments": [_as_dict(PAYMENT_COLS, x) for x in r.payments],
+        "refunds": [_as_dict(REFUND_COLS, x) for x in r.refunds],
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # quarantine
+
 
 def record_key(entity: str, record: Any) -> str | None:
     """Best-effort identity of a record (its id as text), for quarantine rows."""
@@ -893,8 +976,9 @@ def record_key(entity: str, record: Any) -> str | None:
         try:
             doc = _loads_tolerant(_text_of(as_bytes(record)))
         except (ValueError, RecursionError):  # e.g. nested too deep: read a leading integer id if there is one
-            m = re.search(rb'"' + _ID_FIELD[entity].encode() + rb'"\s*:\s*(-?[0-9]{1,19})\s*[,}]',
-                          as_bytes(record)[:4096])
+            m = re.search(
+                rb'"' + _ID_FIELD[entity].encode() + rb'"\s*:\s*(-?[0-9]{1,19})\s*[,}]', as_bytes(record)[:4096]
+            )
             return m.group(1).decode() if m else None
     if not isinstance(doc, dict):
         return None
@@ -902,7 +986,11 @@ def record_key(entity: str, record: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
     text = str(value)[:200]
-    return text if _text_problem(text) is None else text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
+    return (
+        text
+        if _text_problem(text) is None
+        else text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
+    )
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -918,4 +1006,3 @@ def quarantine_forms(record: Any) -> tuple[str | None, str]:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     candidate = _NUL_ESCAPE.sub(r"\1\\\\u0000", text) if "\\u0000" in text else text
     return candidate, text
-

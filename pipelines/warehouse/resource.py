@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
 
 import dagster as dg
 import psycopg
@@ -13,7 +12,6 @@ from pydantic import Field
 
 from .db import DATABASE_URL_ENV, PGDATA_ENV, _timeout_options, connect, get_engine, resolve_database_url
 from .migrations import migrate
-
 
 _migrated: set[tuple[int, str]] = set()
 _migrated_guard = threading.Lock()
@@ -26,7 +24,7 @@ class PostgresResource(dg.ConfigurableResource):
     ``get_engine()`` for pandas / SQLAlchemy, ``ensure_migrated()`` before first use.
     """
 
-    database_url: Optional[str] = Field(
+    database_url: str | None = Field(
         default=None,
         description=(
             "PostgreSQL URL, postgresql://user:password@host:5432/dbname. When unset, falls back "
@@ -35,7 +33,7 @@ class PostgresResource(dg.ConfigurableResource):
             "and setting the environment variable keeps the password out of code and run config."
         ),
     )
-    statement_timeout_ms: Optional[int] = Field(
+    statement_timeout_ms: int | None = Field(
         default=None,
         description=(
             "Server-side statement_timeout in milliseconds for every connection this resource "
@@ -44,8 +42,9 @@ class PostgresResource(dg.ConfigurableResource):
         ),
     )
 
-    batch_size: Optional[int] = Field(
-        default=None, description="Orders per COPY batch (bounds memory). Unset: TAPTOUCH_BATCH_SIZE, else 5000.")
+    batch_size: int | None = Field(
+        default=None, description="Orders per COPY batch (bounds memory). Unset: TAPTOUCH_BATCH_SIZE, else 5000."
+    )
 
     def url(self) -> str:
         """The resolved database URL (may contain a password: log it with redact_url)."""
@@ -58,9 +57,7 @@ class PostgresResource(dg.ConfigurableResource):
     def connect(self) -> psycopg.Connection:
         """A new psycopg connection (autocommit off; the statement timeout applied for the
         whole session). Use as ``with resource.connect() as conn:``: commits on success."""
-        return connect(
-            self.url(), autocommit=False, **_timeout_options(self.statement_timeout_ms)
-        )
+        return connect(self.url(), autocommit=False, **_timeout_options(self.statement_timeout_ms))
 
     def ensure_migrated(self) -> list[str]:
         """Apply pending migrations (see :mod:`pipelines.warehouse.migrations`). Idempotent and

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import dagster as dg
@@ -104,8 +104,7 @@ def _column(defn: str, comment: str | None) -> Column | None:
     lowered = rest.lower()
     pk = "primary key" in lowered
     nullable = not ("not null" in lowered or pk)
-    return Column(name=name.strip('"'), type=col_type.lower(), nullable=nullable, primary_key=pk,
-                  description=comment)
+    return Column(name=name.strip('"'), type=col_type.lower(), nullable=nullable, primary_key=pk, description=comment)
 
 
 def parse_migrations(paths: list[Path]) -> dict[str, Table]:
@@ -123,7 +122,7 @@ def parse_migrations(paths: list[Path]) -> dict[str, Table]:
                     continue  # "if not exists": the first definition stands
                 table = tables[key] = Table(m.group(1).lower(), m.group(2).lower())
                 pk_cols: list[str] = []
-                comments = _line_comments(raw[m.start(3):m.end(3)])
+                comments = _line_comments(raw[m.start(3) : m.end(3)])
                 for defn in _split_top_level(m.group(3)):
                     flat = " ".join(defn.split())
                     pk = _PK_LIST.search(flat)
@@ -154,21 +153,25 @@ def parse_migrations(paths: list[Path]) -> dict[str, Table]:
     return tables
 
 
-@lru_cache(maxsize=None)
+@cache
 def warehouse_tables() -> dict[str, Table]:
     """Every table the migrations create, as they stand after the last migration."""
     return parse_migrations([m.path for m in discover()])
 
 
 def _table_schema(qualified: str, columns: list[Column]) -> dg.TableSchema:
-    return dg.TableSchema(columns=[
-        dg.TableColumn(
-            name=c.name, type=c.type, description=column_text(qualified, c.name) or c.description,
-            constraints=dg.TableColumnConstraints(nullable=c.nullable),
-            tags={"primary_key": "true"} if c.primary_key else None,
-        )
-        for c in columns
-    ])
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type=c.type,
+                description=column_text(qualified, c.name) or c.description,
+                constraints=dg.TableColumnConstraints(nullable=c.nullable),
+                tags={"primary_key": "true"} if c.primary_key else None,
+            )
+            for c in columns
+        ]
+    )
 
 
 def table_schema(qualified: str) -> dg.TableSchema:
@@ -192,6 +195,7 @@ def table_metadata(qualified: str, *also: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ views
 
+
 def view_code_version(name: str, directory: Path | None = None) -> str:
     """The view's code version: the first 12 hex digits of the sha256 of its SQL file."""
     return hashlib.sha256(view_sql(name, directory).encode()).hexdigest()[:12]
@@ -201,9 +205,9 @@ def view_metadata(name: str) -> dict:
     """Definition metadata of a view asset (the column types follow at materialization)."""
     return {
         "dagster/table_name": f"analytics.{name}",
-        "dagster/column_schema": dg.TableSchema(columns=[
-            dg.TableColumn(name=col, type="unknown", description=desc) for col, desc in view_columns(name)
-        ]),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name=col, type="unknown", description=desc) for col, desc in view_columns(name)]
+        ),
         "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql")),
     }
 

@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -49,16 +50,19 @@ log = logging.getLogger(__name__)
 
 ENV_TOKEN_KEY = "TAPTOUCH_TOKEN_KEY"
 KEEPALIVE_MIN_REMAINING = 3 * 86400.0  # the keep-alive rotates refresh tokens with less than this left
-_COLUMNS = ("token_id, base_url, client_id, grant_type, label, scopes, access_token, access_issued_at, "
-            "access_expires_at, refresh_token, refresh_expires_at, store_ids, rotations, last_error, "
-            "authorized_at, updated_at")
+_COLUMNS = (
+    "token_id, base_url, client_id, grant_type, label, scopes, access_token, access_issued_at, "
+    "access_expires_at, refresh_token, refresh_expires_at, store_ids, rotations, last_error, "
+    "authorized_at, updated_at"
+)
 
 
 # -------------------------------------------------------------------------------------------- keys
 def derive_key(client_id: str, client_secret: str) -> bytes:
     """A Fernet key derived from the client secret (HKDF-SHA256, bound to the client id)."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"taptouch-sync token store",
-                info=b"fernet-v1:" + client_id.encode())
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"taptouch-sync token store", info=b"fernet-v1:" + client_id.encode()
+    )
     return base64.urlsafe_b64encode(hkdf.derive(client_secret.encode()))
 
 
@@ -71,15 +75,16 @@ class TokenCipher:
         except (ValueError, TypeError):
             raise TaptouchConfigError(
                 f"{ENV_TOKEN_KEY} must be a Fernet key (32 url-safe base64-encoded bytes), or several "
-                f"separated by commas. Make one with: python -c \"from cryptography.fernet import Fernet; "
-                f"print(Fernet.generate_key().decode())\"") from None
+                f'separated by commas. Make one with: python -c "from cryptography.fernet import Fernet; '
+                f'print(Fernet.generate_key().decode())"'
+            ) from None
         self.source = source
 
     def __repr__(self) -> str:
         return f"TokenCipher(source={self.source!r})"
 
     @classmethod
-    def from_env(cls, client_id: str, client_secret: str, env: Mapping[str, str] | None = None) -> "TokenCipher":
+    def from_env(cls, client_id: str, client_secret: str, env: Mapping[str, str] | None = None) -> TokenCipher:
         """``TAPTOUCH_TOKEN_KEY`` when set, else a key derived from the client secret."""
         env = os.environ if env is None else env
         configured = (env.get(ENV_TOKEN_KEY) or "").strip()
@@ -122,7 +127,7 @@ class StoredGrant:
     updated_at: datetime
 
 
-_MAX_TS = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
+_MAX_TS = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
 
 def _ts(seconds: float) -> datetime:
@@ -130,15 +135,18 @@ def _ts(seconds: float) -> datetime:
     never a crash here (``year 33715 is out of range`` once cost a merchant their grant)."""
     if not math.isfinite(seconds):
         seconds = 0.0
-    return datetime.fromtimestamp(min(max(seconds, 0.0), _MAX_TS), timezone.utc)
+    return datetime.fromtimestamp(min(max(seconds, 0.0), _MAX_TS), UTC)
 
 
 def _lifetimes(answer: TokenResponse) -> tuple[float, float]:
     """(access, refresh) lifetimes of ``answer``, clamped to the documented ranges whoever built
     it (:func:`~taptouch_resource.auth.parse_lifetime`)."""
     access = parse_lifetime(answer.lifetime, ACCESS_LIFETIME_RANGE, "expires_in")
-    refresh = parse_lifetime(answer.refresh_lifetime if answer.refresh_lifetime is not None else REFRESH_LIFETIME,
-                             REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
+    refresh = parse_lifetime(
+        answer.refresh_lifetime if answer.refresh_lifetime is not None else REFRESH_LIFETIME,
+        REFRESH_LIFETIME_RANGE,
+        "refresh_token_expires_in",
+    )
     return access, refresh
 
 
@@ -150,9 +158,16 @@ class TokenStore:
     endpoint answered a refresh and before the new pair is committed (tests simulate a crash there).
     """
 
-    def __init__(self, database_url: str, *, cipher: TokenCipher, clock: Callable[[], float] = time.time,
-                 lock_timeout: float = 120.0, connect_timeout: int = 10,
-                 before_commit: Callable[[GrantKey], None] | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        cipher: TokenCipher,
+        clock: Callable[[], float] = time.time,
+        lock_timeout: float = 120.0,
+        connect_timeout: int = 10,
+        before_commit: Callable[[GrantKey], None] | None = None,
+    ):
         scheme, sep, rest = database_url.partition("://")
         if not sep:
             raise TaptouchConfigError("The token store needs a postgresql:// URL.")
@@ -167,11 +182,11 @@ class TokenStore:
         return f"TokenStore(cipher={self.cipher!r})"
 
     @classmethod
-    def for_client(cls, database_url: str, client_id: str, client_secret: str, **kwargs: Any) -> "TokenStore":
+    def for_client(cls, database_url: str, client_id: str, client_secret: str, **kwargs: Any) -> TokenStore:
         return cls(database_url, cipher=TokenCipher.from_env(client_id, client_secret), **kwargs)
 
     @classmethod
-    def for_resource(cls, taptouch: Any, database_url: str, **kwargs: Any) -> "TokenStore":
+    def for_resource(cls, taptouch: Any, database_url: str, **kwargs: Any) -> TokenStore:
         """The store for a ``TaptouchResource``'s credentials (its key derives from them)."""
         client_id, secret, _ = taptouch.resolved()
         return cls.for_client(database_url, client_id, secret, **kwargs)
@@ -197,8 +212,10 @@ class TokenStore:
 
     # ---------------------------------------------------------------- reading
     def _row(self, conn: psycopg.Connection, key: GrantKey, *, lock: bool = False) -> dict | None:
-        query = (f"select {_COLUMNS} from taptouch_auth.tokens where base_url = %s and client_id = %s "
-                 f"and grant_type = %s and label = %s" + (" for update" if lock else ""))
+        query = (
+            f"select {_COLUMNS} from taptouch_auth.tokens where base_url = %s and client_id = %s "
+            f"and grant_type = %s and label = %s" + (" for update" if lock else "")
+        )
         return conn.execute(query, (key.base_url, key.client_id, key.grant_type, key.label)).fetchone()
 
     def _fresh(self, row: dict) -> bool:
@@ -215,15 +232,39 @@ class TokenStore:
             rows = conn.execute(
                 f"select {_COLUMNS} from taptouch_auth.tokens where (%s::text is null or base_url = %s) "
                 f"and (%s::text is null or client_id = %s) order by grant_type, base_url, client_id, label",
-                (base_url, base_url, client_id, client_id)).fetchall()
-        return [StoredGrant(
-            r["token_id"], r["base_url"], r["client_id"], r["grant_type"], r["label"], tuple(r["scopes"]),
-            tuple(r["store_ids"]), r["access_expires_at"], r["refresh_expires_at"], r["refresh_token"] is not None,
-            r["rotations"], r["last_error"], r["authorized_at"], r["updated_at"]) for r in rows]
+                (base_url, base_url, client_id, client_id),
+            ).fetchall()
+        return [
+            StoredGrant(
+                r["token_id"],
+                r["base_url"],
+                r["client_id"],
+                r["grant_type"],
+                r["label"],
+                tuple(r["scopes"]),
+                tuple(r["store_ids"]),
+                r["access_expires_at"],
+                r["refresh_expires_at"],
+                r["refresh_token"] is not None,
+                r["rotations"],
+                r["last_error"],
+                r["authorized_at"],
+                r["updated_at"],
+            )
+            for r in rows
+        ]
 
     # ---------------------------------------------------------------- writing
-    def _upsert(self, conn: psycopg.Connection, key: GrantKey, answer: TokenResponse, issued: float, *,
-                store_ids: Sequence[int] | None = None, authorized: bool = False) -> None:
+    def _upsert(
+        self,
+        conn: psycopg.Connection,
+        key: GrantKey,
+        answer: TokenResponse,
+        issued: float,
+        *,
+        store_ids: Sequence[int] | None = None,
+        authorized: bool = False,
+    ) -> None:
         access_lifetime, refresh_lifetime = _lifetimes(answer)
         refresh_enc = self.cipher.encrypt(answer.refresh_token) if answer.refresh_token else None
         refresh_expires = _ts(issued + refresh_lifetime) if answer.refresh_token else None
@@ -247,15 +288,26 @@ class TokenStore:
                 authorized_at = case when %(authorized)s then excluded.authorized_at else t.authorized_at end,
                 last_error = null, updated_at = excluded.updated_at
             """,
-            {"base_url": key.base_url, "client_id": key.client_id, "grant_type": key.grant_type, "label": key.label,
-             "scopes": list(answer.scopes), "access": self.cipher.encrypt(answer.access_token),
-             "issued": _ts(issued), "expires": _ts(issued + access_lifetime), "refresh": refresh_enc,
-             "refresh_expires": refresh_expires, "store_ids": list(store_ids) if store_ids is not None else None,
-             "now": _ts(self._clock()), "authorized": authorized},
+            {
+                "base_url": key.base_url,
+                "client_id": key.client_id,
+                "grant_type": key.grant_type,
+                "label": key.label,
+                "scopes": list(answer.scopes),
+                "access": self.cipher.encrypt(answer.access_token),
+                "issued": _ts(issued),
+                "expires": _ts(issued + access_lifetime),
+                "refresh": refresh_enc,
+                "refresh_expires": refresh_expires,
+                "store_ids": list(store_ids) if store_ids is not None else None,
+                "now": _ts(self._clock()),
+                "authorized": authorized,
+            },
         )
 
-    def save_authorization(self, key: GrantKey, answer: TokenResponse, *, issued: float,
-                           store_ids: Sequence[int] = ()) -> None:
+    def save_authorization(
+        self, key: GrantKey, answer: TokenResponse, *, issued: float, store_ids: Sequence[int] = ()
+    ) -> None:
         """Store a merchant's new grant (the code exchange's answer), replacing an older one."""
         if not answer.refresh_token:
             raise TaptouchError("The code exchange returned no refresh_token: the grant could not be kept alive.")
@@ -265,15 +317,19 @@ class TokenStore:
 
     def set_store_ids(self, key: GrantKey, store_ids: Sequence[int]) -> None:
         with self._connect() as conn:
-            conn.execute("update taptouch_auth.tokens set store_ids = %s where base_url = %s and client_id = %s "
-                         "and grant_type = %s and label = %s",
-                         (list(store_ids), key.base_url, key.client_id, key.grant_type, key.label))
+            conn.execute(
+                "update taptouch_auth.tokens set store_ids = %s where base_url = %s and client_id = %s "
+                "and grant_type = %s and label = %s",
+                (list(store_ids), key.base_url, key.client_id, key.grant_type, key.label),
+            )
 
     def forget(self, key: GrantKey) -> bool:
         with self._connect() as conn:
-            cur = conn.execute("delete from taptouch_auth.tokens where base_url = %s and client_id = %s "
-                               "and grant_type = %s and label = %s",
-                               (key.base_url, key.client_id, key.grant_type, key.label))
+            cur = conn.execute(
+                "delete from taptouch_auth.tokens where base_url = %s and client_id = %s "
+                "and grant_type = %s and label = %s",
+                (key.base_url, key.client_id, key.grant_type, key.label),
+            )
             return cur.rowcount > 0
 
     def invalidate_access(self, key: GrantKey, access_token: str) -> None:
@@ -293,8 +349,11 @@ class TokenStore:
             except TokenStoreError:
                 stored = None
             if stored == access_token:
-                conn.execute("update taptouch_auth.tokens set access_expires_at = access_issued_at, updated_at = %s "
-                             "where token_id = %s", (_ts(self._clock()), row["token_id"]))
+                conn.execute(
+                    "update taptouch_auth.tokens set access_expires_at = access_issued_at, updated_at = %s "
+                    "where token_id = %s",
+                    (_ts(self._clock()), row["token_id"]),
+                )
 
     # ---------------------------------------------------------------- client credentials
     def client_credentials(self, key: GrantKey, *, fetch: Callable[[], TokenResponse]) -> StoredAccess:
@@ -304,7 +363,7 @@ class TokenStore:
         try:
             return self._client_credentials(key, fetch)
         except psycopg.Error as exc:
-            hint = (" Run: taptouch-sync migrate" if isinstance(exc, psycopg.errors.UndefinedTable) else "")
+            hint = " Run: taptouch-sync migrate" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
             raise TokenStoreError(f"The token store is unavailable ({type(exc).__name__}).{hint}") from None
 
     def _client_credentials(self, key: GrantKey, fetch: Callable[[], TokenResponse]) -> StoredAccess:
@@ -336,10 +395,17 @@ class TokenStore:
             blob = bytes(row["access_token"])
             if blob not in unreadable:
                 unreadable.append(blob)
-                changed = ("the client secret differs from the one that stored it"
-                           if self.cipher.source != ENV_TOKEN_KEY else f"{ENV_TOKEN_KEY} no longer holds its key")
-                log.info("The stored client-credentials token of client %s was sealed with another key (%s): "
-                         "fetching a new one", key.client_id, changed)
+                changed = (
+                    "the client secret differs from the one that stored it"
+                    if self.cipher.source != ENV_TOKEN_KEY
+                    else f"{ENV_TOKEN_KEY} no longer holds its key"
+                )
+                log.info(
+                    "The stored client-credentials token of client %s was sealed with another key (%s): "
+                    "fetching a new one",
+                    key.client_id,
+                    changed,
+                )
             return None
 
     # ---------------------------------------------------------------- merchant grants
@@ -347,8 +413,9 @@ class TokenStore:
         """The merchant's access token; refreshed (rotating the refresh token) when stale."""
         return self._rotate(key, refresh, lambda row: not self._fresh(row))
 
-    def keep_alive(self, key: GrantKey, *, refresh: Callable[[str], TokenResponse],
-                   min_remaining: float = KEEPALIVE_MIN_REMAINING) -> bool:
+    def keep_alive(
+        self, key: GrantKey, *, refresh: Callable[[str], TokenResponse], min_remaining: float = KEEPALIVE_MIN_REMAINING
+    ) -> bool:
         """Refresh when the refresh token has less than ``min_remaining`` seconds left (or the access
         token is stale). True when this call rotated the tokens. A grant without a usable refresh
         token raises :class:`ReauthorizationRequired` even while its access token still works."""
@@ -362,14 +429,22 @@ class TokenStore:
         self._rotate(key, refresh, stale, rotated=rotated)
         return bool(rotated)
 
-    def _rotate(self, key: GrantKey, refresh: Callable[[str], TokenResponse], stale: Callable[[dict], bool], *,
-                rotated: list[bool] | None = None) -> StoredAccess:
+    def _rotate(
+        self,
+        key: GrantKey,
+        refresh: Callable[[str], TokenResponse],
+        stale: Callable[[dict], bool],
+        *,
+        rotated: list[bool] | None = None,
+    ) -> StoredAccess:
         with self._connect() as conn:
             row = self._row(conn, key)
             if row is None:
                 raise ReauthorizationRequired(
                     f"No authorization of merchant {key.label!r} is stored for client {key.client_id!r} at "
-                    f"{key.base_url}. Run: {reauthorize_command(key.label)}", error="no_grant")
+                    f"{key.base_url}. Run: {reauthorize_command(key.label)}",
+                    error="no_grant",
+                )
             if not stale(row):
                 return self._access(row)
             row = self._row(conn, key, lock=True)  # waits while another process refreshes
@@ -379,11 +454,15 @@ class TokenStore:
             if row["refresh_token"] is None:
                 raise ReauthorizationRequired(
                     f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
-                    f"Run: {reauthorize_command(key.label)}", error="invalid_grant")
+                    f"Run: {reauthorize_command(key.label)}",
+                    error="invalid_grant",
+                )
             if row["refresh_expires_at"] is not None and self._clock() >= row["refresh_expires_at"].timestamp():
-                message = (f"The refresh token of merchant {key.label!r} expired at "
-                           f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
-                           f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}")
+                message = (
+                    f"The refresh token of merchant {key.label!r} expired at "
+                    f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
+                    f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
+                )
                 self._mark_unusable(conn, row, message)
                 conn.commit()
                 raise ReauthorizationRequired(message, error="invalid_grant")
@@ -398,8 +477,14 @@ class TokenStore:
             except TaptouchError as exc:
                 rotated_token = getattr(exc, "rotated_refresh_token", None)
                 if rotated_token:  # Taptouch rotated the token but the rest of its answer is unusable
-                    self._keep_rotated(conn, row, rotated_token, issued,
-                                       getattr(exc, "rotated_refresh_lifetime", None) or REFRESH_LIFETIME, str(exc))
+                    self._keep_rotated(
+                        conn,
+                        row,
+                        rotated_token,
+                        issued,
+                        getattr(exc, "rotated_refresh_lifetime", None) or REFRESH_LIFETIME,
+                        str(exc),
+                    )
                     conn.commit()
                 raise
             if self._before_commit is not None:
@@ -412,19 +497,30 @@ class TokenStore:
             log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, lifetime)
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
-    def _keep_rotated(self, conn: psycopg.Connection, row: dict, refresh_token: str, issued: float,
-                      lifetime: float, message: str) -> None:
+    def _keep_rotated(
+        self, conn: psycopg.Connection, row: dict, refresh_token: str, issued: float, lifetime: float, message: str
+    ) -> None:
         """Store a refresh token from an answer that was otherwise unusable: the old one is spent at
         Taptouch, this one keeps the grant alive. The access token is marked stale."""
         lifetime = parse_lifetime(lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
-        conn.execute("update taptouch_auth.tokens set refresh_token = %s, refresh_expires_at = %s, "
-                     "access_expires_at = access_issued_at, rotations = rotations + 1, last_error = %s, "
-                     "updated_at = %s where token_id = %s",
-                     (self.cipher.encrypt(refresh_token), _ts(issued + lifetime), message[:1000],
-                      _ts(self._clock()), row["token_id"]))
+        conn.execute(
+            "update taptouch_auth.tokens set refresh_token = %s, refresh_expires_at = %s, "
+            "access_expires_at = access_issued_at, rotations = rotations + 1, last_error = %s, "
+            "updated_at = %s where token_id = %s",
+            (
+                self.cipher.encrypt(refresh_token),
+                _ts(issued + lifetime),
+                message[:1000],
+                _ts(self._clock()),
+                row["token_id"],
+            ),
+        )
         log.warning("Merchant %s: kept the rotated refresh token of an unusable answer (%s)", row["label"], message)
 
     def _mark_unusable(self, conn: psycopg.Connection, row: dict, message: str) -> None:
         """Drop the dead refresh token; a still-valid access token stays usable until it expires."""
-        conn.execute("update taptouch_auth.tokens set refresh_token = null, last_error = %s, updated_at = %s "
-                     "where token_id = %s", (message[:1000], _ts(self._clock()), row["token_id"]))
+        conn.execute(
+            "update taptouch_auth.tokens set refresh_token = null, last_error = %s, updated_at = %s "
+            "where token_id = %s",
+            (message[:1000], _ts(self._clock()), row["token_id"]),
+        )

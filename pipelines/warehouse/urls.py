@@ -9,8 +9,9 @@ docs/security.md, "Database URLs and passwords".
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 REDACTED = "***"
@@ -18,8 +19,9 @@ ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]*")
-_KV_PASSWORD = re.compile(r"(?P<key>(?:^|(?<=\s))password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)",
-                          re.IGNORECASE)
+_KV_PASSWORD = re.compile(
+    r"(?P<key>(?:^|(?<=\s))password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)", re.IGNORECASE
+)
 
 
 class _Parts:
@@ -41,7 +43,7 @@ def _split(url: str, *, libpq: bool) -> _Parts | None:
     match = _SCHEME.match(url)
     if not match:
         return None
-    prefix, body = match.group(0), url[match.end():]
+    prefix, body = match.group(0), url[match.end() :]
     if libpq:
         end = len(body)
         for i, ch in enumerate(body):
@@ -53,7 +55,7 @@ def _split(url: str, *, libpq: bool) -> _Parts | None:
         at = body.rfind("@")
     if at < 0:
         return _Parts(prefix, None, None, body)
-    userinfo, rest = body[:at], body[at + 1:]
+    userinfo, rest = body[:at], body[at + 1 :]
     user, colon, password = userinfo.partition(":")
     return _Parts(prefix, user, password if colon else None, rest)
 
@@ -121,10 +123,8 @@ def secrets_of(url: str) -> set[str]:
             found.add(value)
             found.add(value.strip("'").replace("\\'", "'").replace("\\\\", "\\"))
     for value in list(found):
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             found.add(unquote(value, errors="strict"))
-        except UnicodeDecodeError:
-            pass
     return {s for s in found if s}
 
 

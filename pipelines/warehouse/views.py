@@ -122,7 +122,8 @@ def _recreate(cur: psycopg.Cursor, name: str) -> list[str]:
         raise ViewConflictError(
             f"analytics.{name} changed its columns, so it must be dropped and recreated, but "
             f"{', '.join(foreign)} depend(s) on it and cannot be recreated from sql/analytics/. "
-            f"Drop or adapt them, then materialize {name} again.")
+            f"Drop or adapt them, then materialize {name} again."
+        )
     again = [n for n in in_dependency_order(sorted(view for _, view in dependents)) if n != name]
     cur.execute(sql.SQL("drop view {} cascade").format(sql.Identifier(SCHEMA, name)))
     for view in [name] + again:
@@ -151,8 +152,9 @@ def apply_views(conn: psycopg.Connection, names: list[str] | None = None) -> lis
                     log.info("analytics.%s changed its columns: recreated with %s", name, ", ".join(recreated))
             applied.append(name)
         # A view dropped and recreated (with the views built on it) has lost its comments.
-        write_comments(conn, {(SCHEMA, name): (view_description(name), dict(view_columns(name)))
-                              for name in view_names()})
+        write_comments(
+            conn, {(SCHEMA, name): (view_description(name), dict(view_columns(name))) for name in view_names()}
+        )
     log.info("analytics views applied: %s", ", ".join(applied))
     return applied
 

@@ -21,10 +21,38 @@ SALES = "('completed', 'partially_refunded', 'refunded')"
 
 def run_bench(admin_url: str, database: str, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale_bench.py"), "--database-url", admin_url, "--database", database,
-         "--stores", "2", "--sizes", "0", "1000", "--hourly-orders", "100", "--hourly-edits", "10",
-         "--busy-day-orders", "500", "--query-runs", "2", "--repeats", "1", "--deleted-every", "37", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scale_bench.py"),
+            "--database-url",
+            admin_url,
+            "--database",
+            database,
+            "--stores",
+            "2",
+            "--sizes",
+            "0",
+            "1000",
+            "--hourly-orders",
+            "100",
+            "--hourly-edits",
+            "10",
+            "--busy-day-orders",
+            "500",
+            "--query-runs",
+            "2",
+            "--repeats",
+            "1",
+            "--deleted-every",
+            "37",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
@@ -59,9 +87,12 @@ def test_scale_mode_measures_a_tiny_warehouse_whose_views_agree_with_its_orders(
         direct = conn.execute(
             "select count(*), sum(o.total - coalesce(r.refunded, 0)) from taptouch.orders o left join"
             " (select order_id, sum(amount) as refunded from taptouch.order_refunds group by order_id) r using (order_id)"
-            f" where o.status in {SALES} and o.deleted_at is null").fetchone()
+            f" where o.status in {SALES} and o.deleted_at is null"
+        ).fetchone()
         assert views == direct and direct[0] > 1000
         # the build's soft deletions: every built order whose id is a multiple of 37, and no other
-        deleted = conn.execute("select count(*) filter (where deleted_at is not null), count(*) filter (where"
-                               " order_id % 37 = 0 and business_date <= '2026-11-30') from taptouch.orders").fetchone()
+        deleted = conn.execute(
+            "select count(*) filter (where deleted_at is not null), count(*) filter (where"
+            " order_id % 37 = 0 and business_date <= '2026-11-30') from taptouch.orders"
+        ).fetchone()
         assert deleted[0] == deleted[1] > 0

@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _demo(env: dict) -> str:
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "--days", "2"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "demo", "--days", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
@@ -25,8 +31,12 @@ def _demo(env: dict) -> str:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_the_demo_loads_and_a_rerun_changes_nothing(database_url, tmp_path):
-    env = {**os.environ, "TAPTOUCH_DATABASE_URL": database_url, "DAGSTER_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "TAPTOUCH_DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(ROOT),
+    }
     for name in ("TAPTOUCH_CLIENT_ID", "TAPTOUCH_CLIENT_SECRET", "TAPTOUCH_BASE_URL", "TAPTOUCH_ACCOUNTS"):
         env.pop(name, None)
     first = re.search(r"This run's orders: (\d+) inserted, (\d+) updated", _demo(env))

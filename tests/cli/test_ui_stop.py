@@ -11,14 +11,15 @@ its children kept serving the port.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import psutil
@@ -78,9 +79,16 @@ class UI:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         with self.log.open("wb") as out:
-            self.top = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=background_job if nohup else None)
+            self.top = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=background_job if nohup else None,
+            )
         self.tree: list[psutil.Process] = []
 
     def output(self) -> str:
@@ -103,8 +111,13 @@ class UI:
         while True:
             self.tree = [psutil.Process(self.top.pid), *psutil.Process(self.top.pid).children(recursive=True)]
             text = " ".join(" ".join(p.cmdline()) for p in self.tree if _alive(p))
-            if all(part in text for part in ("dagster dev", "dagster_webserver", "dagster._daemon",
-                                             "code-server start", "api grpc")) or time.monotonic() > deadline:
+            if (
+                all(
+                    part in text
+                    for part in ("dagster dev", "dagster_webserver", "dagster._daemon", "code-server start", "api grpc")
+                )
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.5)
         for part in ("dagster dev", "dagster_webserver", "dagster._daemon", "code-server start", "api grpc"):
@@ -120,10 +133,8 @@ class UI:
         """Send ``sig`` to the top process alone; the seconds until the whole tree is gone."""
         t0 = time.monotonic()
         os.kill(self.top.pid, sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.top.wait(timeout=STOP_WITHIN_S + 15)
-        except subprocess.TimeoutExpired:
-            pass
         deadline = t0 + STOP_WITHIN_S + 15
         while time.monotonic() < deadline and any(_alive(p) for p in self.tree):
             time.sleep(0.2)
@@ -208,10 +219,13 @@ def test_the_env_file_points_the_cli_at_the_uis_sandbox_warehouse_and_instance(s
     printed = ui.output()
     assert str(ui.env_file) in printed and "FAKE" in printed and values["TAPTOUCH_CLIENT_SECRET"] in printed
     assert oct(ui.env_file.stat().st_mode & 0o777) == "0o600"
-    script = (f"source {shlex.quote(str(ui.env_file))} && taptouch-sync db-url --raw && "
-              "dagster asset materialize -m pipelines.definitions --select stores")
-    run = subprocess.run(["bash", "-c", script], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
-                         timeout=300)
+    script = (
+        f"source {shlex.quote(str(ui.env_file))} && taptouch-sync db-url --raw && "
+        "dagster asset materialize -m pipelines.definitions --select stores"
+    )
+    run = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     database_url = run.stdout.splitlines()[0]
     assert database_url == values["TAPTOUCH_DATABASE_URL"]
@@ -234,8 +248,7 @@ def test_the_embedded_postgresql_it_started_is_stopped_with_it(start_ui, embedde
     postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
     assert f"passfile={embedded_pgdata}" in values["TAPTOUCH_DATABASE_URL"]
     script = f"source {shlex.quote(str(ui.env_file))} && taptouch-sync db-url --raw"
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == values["TAPTOUCH_DATABASE_URL"]
     took = ui.stop(signal.SIGTERM)
     _assert_all_gone(ui, values["TAPTOUCH_BASE_URL"], took)

@@ -50,8 +50,14 @@ def test_whole_flow_stores_the_grant_and_the_stores_asset_client_uses_it(sb, ser
     assert 4 * 86400 - 60 < (grant.refresh_expires_at - grant.authorized_at).total_seconds() <= 4 * 86400
 
     # the stores asset's client, configured for the merchant grant, reads the stores with it
-    res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
-                           grant="authorization_code", merchant="cafe", requests_per_second=0)
+    res = TaptouchResource(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        base_url=served,
+        grant="authorization_code",
+        merchant="cafe",
+        requests_per_second=0,
+    )
     client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert [s["id"] for s in client.list_stores()] == sb.store_ids()
     assert sb.grant_requests["client_credentials"] == 0 and sb.grant_requests["refresh_token"] == 0
@@ -64,13 +70,18 @@ def test_authorize_command_end_to_end(sb, served, migrated_db, capsys, monkeypat
     command catches the redirect, exchanges the code and stores the grant; ``tokens`` lists it."""
     done, browser = run_authorize_command(
         ["--merchant", "bakery", "--database-url", migrated_db],
-        {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET, "TAPTOUCH_BASE_URL": served})
+        {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET, "TAPTOUCH_BASE_URL": served},
+    )
     out = done.stdout
     assert done.returncode == 0, done.stderr
     assert "Authorized merchant 'bakery'" in out and "7101" in out
     assert browser.pages[-1].status_code == 200 and "Authorization received" in browser.pages[-1].text
 
-    for k, v in {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET, "TAPTOUCH_BASE_URL": served}.items():
+    for k, v in {
+        "TAPTOUCH_CLIENT_ID": CLIENT_ID,
+        "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET,
+        "TAPTOUCH_BASE_URL": served,
+    }.items():
         monkeypatch.setenv(k, v)
     from pipelines.cli import main
 
@@ -84,11 +95,14 @@ def test_authorize_command_end_to_end(sb, served, migrated_db, capsys, monkeypat
 def test_forged_state_is_ignored_and_the_flow_waits_until_its_timeout(sb, served, migrated_db):
     """Any local process or web page can reach the loopback callback: a request with another state
     (here: the only one that arrives) must not decide the authorization, not even fail it."""
+
     def forge(location: str) -> str:
         return re.sub(r"state=[^&]+", "state=forged", location)
 
     browser = Browser(tamper=forge)
-    with pytest.raises(AuthorizationFailed, match=r"within 2 s \(1 request\(s\) with another state were ignored") as exc:
+    with pytest.raises(
+        AuthorizationFailed, match=r"within 2 s \(1 request\(s\) with another state were ignored"
+    ) as exc:
         authorize(served, make_store(migrated_db), browser=browser, timeout=1.5)
     assert exc.value.error == "timeout"
     assert browser.pages[-1].status_code == 400 and "ignored" in browser.pages[-1].text
@@ -114,14 +128,26 @@ def test_forged_redirects_before_the_real_one_do_not_abort_it(sb, served, migrat
     assert sb.grant_requests["authorization_code"] == 1  # only the real code was exchanged
 
 
-@pytest.mark.parametrize("redirect_uri", ["http://sync.example.com/taptouch/callback",
-                                          "http://evil.localhost:8765/callback",
-                                          "http://127.0.0.1.nip.io:8765/callback"])
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "http://sync.example.com/taptouch/callback",
+        "http://evil.localhost:8765/callback",
+        "http://127.0.0.1.nip.io:8765/callback",
+    ],
+)
 def test_a_non_loopback_redirect_uri_must_be_https(sb, served, migrated_db, redirect_uri):
     with pytest.raises(TaptouchConfigError, match="https://"):
         authorize_module.run_authorize(
-            base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
-            merchant="cafe", redirect_uri=redirect_uri, announce=lambda text: None, read_redirect=lambda: "")
+            base_url=served,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            store=make_store(migrated_db),
+            merchant="cafe",
+            redirect_uri=redirect_uri,
+            announce=lambda text: None,
+            read_redirect=lambda: "",
+        )
     assert sb.grant_requests["authorization_code"] == 0 and stored_rows(migrated_db) == 0
 
 
@@ -138,10 +164,15 @@ def test_pasted_redirect_with_another_state_is_refused(sb, served, migrated_db):
     sb.registered_redirect_uris = ("https://sync.example.com/taptouch/callback",)
     with pytest.raises(AuthorizationFailed, match="state does not match") as exc:
         authorize_module.run_authorize(
-            base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
-            merchant="deployed", redirect_uri="https://sync.example.com/taptouch/callback",
+            base_url=served,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            store=make_store(migrated_db),
+            merchant="deployed",
+            redirect_uri="https://sync.example.com/taptouch/callback",
             announce=lambda text: None,
-            read_redirect=lambda: "https://sync.example.com/taptouch/callback?code=abc&state=forged")
+            read_redirect=lambda: "https://sync.example.com/taptouch/callback?code=abc&state=forged",
+        )
     assert exc.value.error == "state_mismatch" and stored_rows(migrated_db) == 0
 
 
@@ -169,8 +200,15 @@ def test_merchant_denies_access(sb, served, migrated_db):
 def test_no_redirect_times_out_clearly(served, migrated_db):
     with pytest.raises(AuthorizationFailed, match=r"No authorization arrived .* within 1 s") as exc:
         authorize_module.run_authorize(  # nobody opens the URL
-            base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
-            merchant="cafe", port=0, timeout=0.6, announce=lambda text: None)
+            base_url=served,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            store=make_store(migrated_db),
+            merchant="cafe",
+            port=0,
+            timeout=0.6,
+            announce=lambda text: None,
+        )
     assert exc.value.error == "timeout" and stored_rows(migrated_db) == 0
 
 
@@ -184,16 +222,30 @@ def test_deployed_callback_reads_the_pasted_redirect(sb, served, migrated_db):
         return httpx.get(url).headers["location"]  # https://sync.example.com/taptouch/callback?code=..&state=..
 
     result = authorize_module.run_authorize(
-        base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=make_store(migrated_db),
-        merchant="deployed", redirect_uri="https://sync.example.com/taptouch/callback", announce=shown.append,
-        read_redirect=pasted)
+        base_url=served,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        store=make_store(migrated_db),
+        merchant="deployed",
+        redirect_uri="https://sync.example.com/taptouch/callback",
+        announce=shown.append,
+        read_redirect=pasted,
+    )
     assert result.merchant == "deployed" and stored_rows(migrated_db) == 1
 
 
 # ---------------------------------------------------------------------------------------- the sandbox
 def _code(c: httpx.Client, verifier: str, *, redirect: str = "http://127.0.0.1:9/callback", **extra) -> httpx.Response:
-    query = {"response_type": "code", "client_id": CLIENT_ID, "scope": "integration.store", "state": "s1",
-             "redirect_uri": redirect, "code_challenge": s256(verifier), "code_challenge_method": "S256", **extra}
+    query = {
+        "response_type": "code",
+        "client_id": CLIENT_ID,
+        "scope": "integration.store",
+        "state": "s1",
+        "redirect_uri": redirect,
+        "code_challenge": s256(verifier),
+        "code_challenge_method": "S256",
+        **extra,
+    }
     return c.get("/auth/v2/authorize?" + urlencode(query))
 
 
@@ -211,20 +263,43 @@ def test_sandbox_authorization_code_and_refresh_grants():
         back = parse_qs(urlsplit(r.headers["location"]).query)
         assert back["state"] == ["s1"] and r.headers["location"].startswith("http://127.0.0.1:9/callback?")
         code = back["code"][0]
-        assert _token(c, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:9/other",
-                      code_verifier=verifier).json()["error"] == "invalid_grant"
-        pair = _token(c, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:9/callback",
-                      code_verifier=verifier).json()
+        assert (
+            _token(
+                c,
+                grant_type="authorization_code",
+                code=code,
+                redirect_uri="http://127.0.0.1:9/other",
+                code_verifier=verifier,
+            ).json()["error"]
+            == "invalid_grant"
+        )
+        pair = _token(
+            c,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri="http://127.0.0.1:9/callback",
+            code_verifier=verifier,
+        ).json()
         assert pair["scope"] == "integration.store" and pair["expires_in"] == 172800 and pair["refresh_token"]
-        again = _token(c, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:9/callback",
-                       code_verifier=verifier)
+        again = _token(
+            c,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri="http://127.0.0.1:9/callback",
+            code_verifier=verifier,
+        )
         assert again.json()["error"] == "invalid_grant" and "already used" in again.json()["error_description"]
         assert not sb.token_is_valid(pair["access_token"])  # a replayed code revokes what it gave
 
         # a fresh grant: single-use refresh tokens, 4 days on the sandbox clock
         code = parse_qs(urlsplit(_code(c, verifier).headers["location"]).query)["code"][0]
-        first = _token(c, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:9/callback",
-                       code_verifier=verifier).json()
+        first = _token(
+            c,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri="http://127.0.0.1:9/callback",
+            code_verifier=verifier,
+        ).json()
         now[0] += 4 * 86400 - 10
         second = _token(c, grant_type="refresh_token", refresh_token=first["refresh_token"]).json()
         assert second["refresh_token"] != first["refresh_token"] and sb.token_is_valid(second["access_token"])
@@ -234,12 +309,21 @@ def test_sandbox_authorization_code_and_refresh_grants():
 
         # reuse of a rotated refresh token revokes the grant (its newest tokens too)
         code = parse_qs(urlsplit(_code(c, verifier).headers["location"]).query)["code"][0]
-        a = _token(c, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:9/callback",
-                   code_verifier=verifier).json()
+        a = _token(
+            c,
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri="http://127.0.0.1:9/callback",
+            code_verifier=verifier,
+        ).json()
         b = _token(c, grant_type="refresh_token", refresh_token=a["refresh_token"]).json()
-        assert _token(c, grant_type="refresh_token", refresh_token=a["refresh_token"]).json()["error"] == "invalid_grant"
+        assert (
+            _token(c, grant_type="refresh_token", refresh_token=a["refresh_token"]).json()["error"] == "invalid_grant"
+        )
         assert not sb.token_is_valid(b["access_token"])
-        assert _token(c, grant_type="refresh_token", refresh_token=b["refresh_token"]).json()["error"] == "invalid_grant"
+        assert (
+            _token(c, grant_type="refresh_token", refresh_token=b["refresh_token"]).json()["error"] == "invalid_grant"
+        )
         assert sb.grant_requests["refresh_token"] == 5
 
 
@@ -248,9 +332,11 @@ def test_sandbox_authorize_refusals():
     with httpx.Client(transport=sb.transport(), base_url="http://sandbox") as c:
         assert _code(c, "v" * 50, redirect="https://evil.example.com/cb").status_code == 400  # never redirected
         assert _code(c, "v" * 50, client_id="someone-else").status_code == 400
-        for extra, error in [({"scope": "integration.order"}, "invalid_scope"),
-                             ({"response_type": "token"}, "unsupported_response_type"),
-                             ({"code_challenge_method": "plain"}, "invalid_request")]:
+        for extra, error in [
+            ({"scope": "integration.order"}, "invalid_scope"),
+            ({"response_type": "token"}, "unsupported_response_type"),
+            ({"code_challenge_method": "plain"}, "invalid_request"),
+        ]:
             r = _code(c, "v" * 50, **extra)
             assert r.status_code == 302 and parse_qs(urlsplit(r.headers["location"]).query)["error"] == [error]
 
@@ -259,8 +345,14 @@ def test_revoked_grant_asks_to_authorize_again(sb, served, migrated_db):
     store = make_store(migrated_db)
     authorize(served, store, merchant="cafe")
     auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
-    res = TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served,
-                           grant="authorization_code", merchant="cafe", requests_per_second=0)
+    res = TaptouchResource(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        base_url=served,
+        grant="authorization_code",
+        merchant="cafe",
+        requests_per_second=0,
+    )
     client = res.get_store_client(token_store=TokenStore.for_resource(res, migrated_db))
     assert len(list(client.list_stores())) == 2
     sb.revoke_grant()

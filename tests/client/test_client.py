@@ -87,15 +87,16 @@ class FakeAPI:
         count, index = int(q.get("count", 100)), int(q.get("index", 0))
         if self.ignore_index:
             index = 0
-        page = self.records[index * count:(index + 1) * count]
+        page = self.records[index * count : (index + 1) * count]
         return httpx.Response(200, content=jsonutil.dumps(envelope(page)).encode())
 
 
 def make_client(fake, **kw):
     kw.setdefault("sleep", lambda s: None)
     kw.setdefault("requests_per_second", None)
-    return TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE,
-                          transport=httpx.MockTransport(fake), **kw)
+    return TaptouchClient(
+        client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(fake), **kw
+    )
 
 
 def test_pagination_and_decimal_exactness():
@@ -132,8 +133,15 @@ def test_short_page_stops_and_params_sent():
         seen.append(dict(request.url.params))
         return fake(request)
 
-    client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(spy),
-                            page_size=100, requests_per_second=None, sleep=lambda s: None)
+    client = TaptouchClient(
+        client_id="cid",
+        client_secret=SECRET,
+        base_url=BASE,
+        transport=httpx.MockTransport(spy),
+        page_size=100,
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
     got = list(client.iter_orders(7101, updated_from=T0, updated_to=T1))
     assert len(got) == 250
     api_calls = [p for p in seen if "index" in p]
@@ -195,8 +203,13 @@ def test_concurrent_first_requests_fetch_one_token():
 def test_token_refreshed_early_with_fake_clock():
     now = [1000.0]
     fake = FakeAPI(lifetime=100)
-    auth = ClientCredentialsAuth(client_id="cid", client_secret=SECRET, token_url=BASE + "/auth/v2/token",
-                                 transport=httpx.MockTransport(fake), clock=lambda: now[0])
+    auth = ClientCredentialsAuth(
+        client_id="cid",
+        client_secret=SECRET,
+        token_url=BASE + "/auth/v2/token",
+        transport=httpx.MockTransport(fake),
+        clock=lambda: now[0],
+    )
     first = auth.get_token()
     now[0] += 89  # margin = min(300, 10% of 100) = 10 s: still valid at 89 s
     assert auth.get_token() == first and fake.token_calls == 1
@@ -236,8 +249,13 @@ def test_second_401_raises_auth_error():
 
 def test_bad_credentials_name_env_vars_and_hide_secret(caplog):
     fake = FakeAPI()
-    client = TaptouchClient(client_id="cid", client_secret="wrong-" + SECRET, base_url=BASE,
-                            transport=httpx.MockTransport(fake), sleep=lambda s: None)
+    client = TaptouchClient(
+        client_id="cid",
+        client_secret="wrong-" + SECRET,
+        base_url=BASE,
+        transport=httpx.MockTransport(fake),
+        sleep=lambda s: None,
+    )
     with caplog.at_level(logging.DEBUG), pytest.raises(TaptouchAuthError) as err:
         list(client.list_stores())
     text = str(err.value)
@@ -256,8 +274,10 @@ def test_token_error_envelope_form():
 
 def test_token_endpoint_retried_on_429_and_5xx():
     fake = FakeAPI(records=[{"id": 1}])
-    fake.token_faults = [httpx.Response(429, headers={"Retry-After": "0"}),
-                         httpx.Response(503, text="<html>down</html>")]
+    fake.token_faults = [
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(503, text="<html>down</html>"),
+    ]
     sleeps = []
     client = make_client(fake, sleep=sleeps.append)  # the token endpoint's waits too
     assert len(list(client.list_stores())) == 1
@@ -327,18 +347,21 @@ def test_network_errors_retried():
             raise httpx.ReadTimeout("timed out", request=request)
         return fake(request)
 
-    client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(flaky),
-                            sleep=lambda s: None)
+    client = TaptouchClient(
+        client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(flaky), sleep=lambda s: None
+    )
     assert len(list(client.list_stores())) == 1
     assert client.stats.network_errors == 2
 
 
-@pytest.mark.parametrize("status, code", [(400, "bad_request"), (403, "store_forbidden"), (404, "not_found"),
-                                          (422, "invalid_parameter")])
+@pytest.mark.parametrize(
+    "status, code", [(400, "bad_request"), (403, "store_forbidden"), (404, "not_found"), (422, "invalid_parameter")]
+)
 def test_no_retry_on_client_errors(status, code):
     fake = FakeAPI()
-    fake.faults = [httpx.Response(status, json=envelope(None, status, {"code": code, "message": "m",
-                                                                        "parameter": "count"}))]
+    fake.faults = [
+        httpx.Response(status, json=envelope(None, status, {"code": code, "message": "m", "parameter": "count"}))
+    ]
     client = make_client(fake)
     with pytest.raises(TaptouchAPIError) as err:
         list(client.iter_orders(7101, updated_from=T0, updated_to=T1))
@@ -391,12 +414,15 @@ def test_plain_http_to_remote_refused(url):
         TaptouchClient(client_id="a", client_secret="b", base_url=url)
 
 
-@pytest.mark.parametrize("url, base_url", [
-    ("http://127.0.0.1:8765", "http://127.0.0.1:8765"),
-    ("http://localhost:1/", "http://localhost:1"),
-    ("http://[::1]:9", "http://[::1]:9"),
-    (" https://api.taptouch.net/ ", "https://api.taptouch.net"),
-])
+@pytest.mark.parametrize(
+    "url, base_url",
+    [
+        ("http://127.0.0.1:8765", "http://127.0.0.1:8765"),
+        ("http://localhost:1/", "http://localhost:1"),
+        ("http://[::1]:9", "http://[::1]:9"),
+        (" https://api.taptouch.net/ ", "https://api.taptouch.net"),
+    ],
+)
 def test_loopback_http_and_https_allowed(url, base_url):
     client = TaptouchClient(client_id="a", client_secret="b", base_url=url)
     assert client.base_url == base_url
@@ -444,7 +470,7 @@ def test_jsonutil_roundtrip_exact():
     assert doc["a"] == Decimal("45.50") and str(doc["a"]) == "45.50"
     assert jsonutil.dumps({"a": doc["a"], "b": doc["b"]}) == '{"a":45.50,"b":[1,2.000,-0.01]}'
     assert jsonutil.loads("NaN").is_nan()
-    assert json.loads(jsonutil.dumps({"s": "tab\t\"q\" \\ 🍰"})) == {"s": "tab\t\"q\" \\ 🍰"}
+    assert json.loads(jsonutil.dumps({"s": 'tab\t"q" \\ 🍰'})) == {"s": 'tab\t"q" \\ 🍰'}
 
 
 def test_a_compressed_answer_that_unpacks_past_the_limit_fails_the_listing_not_the_memory():
@@ -463,8 +489,11 @@ def test_a_compressed_answer_that_unpacks_past_the_limit_fails_the_listing_not_t
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100  # the bomb was never unpacked whole (it would take 200 MB)
     # an ordinary gzip answer is read as before
-    fake.faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
-                                  content=gzip.compress(json.dumps(envelope([{"id": 1}])).encode()))]
+    fake.faults = [
+        httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, content=gzip.compress(json.dumps(envelope([{"id": 1}])).encode())
+        )
+    ]
     assert [r["id"] for r in make_client(fake).list_stores()] == [1]
 
 
@@ -482,8 +511,13 @@ def test_a_token_answer_that_unpacks_past_a_megabyte_is_refused():
     import gzip
 
     fake = FakeAPI()
-    fake.token_faults = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
-                                        content=gzip.compress(b'{"access_token": "' + b"x" * (50 * 2**20) + b'"}'))]
+    fake.token_faults = [
+        httpx.Response(
+            200,
+            headers={"Content-Encoding": "gzip"},
+            content=gzip.compress(b'{"access_token": "' + b"x" * (50 * 2**20) + b'"}'),
+        )
+    ]
     with pytest.raises(TaptouchProtocolError, match="more than 1048576 bytes"):
         make_client(fake).auth.get_token()
     assert make_client(fake).auth.get_token() == "tok-2"  # an ordinary answer is read as before

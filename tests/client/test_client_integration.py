@@ -23,11 +23,20 @@ def served_as_held(clean, served) -> bool:
 
 def faulty() -> Faults:
     return Faults(
-        rate_limit_every=6, rate_limit_burst=2, retry_after="0",
-        server_error_every=5, server_error_burst=2,
-        timeout_every=13, timeout_sleep=1.0,
-        token_lifetime=3, revoke_tokens_every=9, token_errors_every=2,
-        duplicate_page_boundary=True, malformed_every=15, extra_fields=True, ack_mismatch_every=7,
+        rate_limit_every=6,
+        rate_limit_burst=2,
+        retry_after="0",
+        server_error_every=5,
+        server_error_burst=2,
+        timeout_every=13,
+        timeout_sleep=1.0,
+        token_lifetime=3,
+        revoke_tokens_every=9,
+        token_errors_every=2,
+        duplicate_page_boundary=True,
+        malformed_every=15,
+        extra_fields=True,
+        ack_mismatch_every=7,
     )
 
 
@@ -38,9 +47,16 @@ def test_every_record_arrives_exactly_despite_every_fault():
     start = datetime(2026, 11, 26, tzinfo=UTC)
     end = start + timedelta(days=1)
     with sb.serve() as url:
-        client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
-                                page_size=10, timeout=0.5, max_retries=8, requests_per_second=None,
-                                sleep=lambda s: None)
+        client = TaptouchClient(
+            client_id="sandbox-client",
+            client_secret="sandbox-secret",
+            base_url=url,
+            page_size=10,
+            timeout=0.5,
+            max_retries=8,
+            requests_per_second=None,
+            sleep=lambda s: None,
+        )
         stores = {s["id"]: s for s in client.list_stores()}
         got: dict[int, dict] = {}
         copies = 0

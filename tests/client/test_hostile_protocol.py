@@ -34,8 +34,9 @@ def envelope(data, ack=200, errors=None, **extra):
 
 
 def token_answer(n: int, **over) -> httpx.Response:
-    return httpx.Response(200, json={"access_token": f"tok-{n}", "token_type": "Bearer", "expires_in": 3600,
-                                     "scope": SCOPES, **over})
+    return httpx.Response(
+        200, json={"access_token": f"tok-{n}", "token_type": "Bearer", "expires_in": 3600, "scope": SCOPES, **over}
+    )
 
 
 class Server:
@@ -67,8 +68,9 @@ class Server:
 def client_for(server: Server, **kw) -> TaptouchClient:
     kw.setdefault("sleep", lambda s: None)
     kw.setdefault("requests_per_second", None)
-    return TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE,
-                          transport=httpx.MockTransport(server), **kw)
+    return TaptouchClient(
+        client_id="cid", client_secret=SECRET, base_url=BASE, transport=httpx.MockTransport(server), **kw
+    )
 
 
 def raw(body: bytes, status: int = 200, headers: dict | None = None) -> httpx.Response:
@@ -88,17 +90,29 @@ def test_a_body_that_lies_about_its_gzip_encoding_is_a_protocol_error_not_a_raw_
     assert len(server.api_calls) == 1  # a misconfigured server: not retried
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (b"\xef\xbb\xbf" + json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode(), "application/json"),
-    (json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-16"), "application/json"),
-    (json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-16-le"),
-     "application/json; charset=UTF-16LE"),
-    (json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("latin-1"),
-     "application/json; charset=ISO-8859-1"),
-    # a server that says latin-1 but sends UTF-8 (common): the UTF-8 is kept, never garbled to "CafÃ©"
-    (json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-8"),
-     "application/json; charset=iso-8859-1"),
-])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (
+            b"\xef\xbb\xbf" + json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode(),
+            "application/json",
+        ),
+        (json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-16"), "application/json"),
+        (
+            json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-16-le"),
+            "application/json; charset=UTF-16LE",
+        ),
+        (
+            json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("latin-1"),
+            "application/json; charset=ISO-8859-1",
+        ),
+        # a server that says latin-1 but sends UTF-8 (common): the UTF-8 is kept, never garbled to "CafÃ©"
+        (
+            json.dumps(envelope([{"id": 1, "name": "Café"}]), ensure_ascii=False).encode("utf-8"),
+            "application/json; charset=iso-8859-1",
+        ),
+    ],
+)
 def test_a_bom_or_a_declared_charset_still_delivers_the_record_exactly(body, content_type):
     def server():
         return Server([raw(body, headers={"Content-Type": content_type})])
@@ -140,8 +154,13 @@ def test_a_200_acking_503_is_retried_and_if_it_persists_is_reported_as_transient
 
 def test_a_200_acking_401_gets_one_fresh_token_then_a_clear_auth_error():
     revoked = httpx.Response(200, json=envelope(None, 401, {"code": "invalid_token", "message": "expired"}))
-    server = Server(lambda req, n: revoked if req.headers["Authorization"] == "Bearer tok-1"
-                    else httpx.Response(200, json=envelope([{"id": 1}])))
+    server = Server(
+        lambda req, n: (
+            revoked
+            if req.headers["Authorization"] == "Bearer tok-1"
+            else httpx.Response(200, json=envelope([{"id": 1}]))
+        )
+    )
     assert [r["id"] for r in client_for(server).list_stores()] == [1]
     assert [r.headers["Authorization"] for r in server.api_calls] == ["Bearer tok-1", "Bearer tok-2"]
 
@@ -174,23 +193,36 @@ def test_a_redirecting_token_endpoint_is_not_reported_as_rejected_credentials():
 
 @pytest.mark.parametrize("status", [408, 520, 522, 524])
 def test_proxy_timeouts_are_retried_like_a_503(status):
-    server = Server([httpx.Response(status, text="<html>origin timeout</html>"),
-                     httpx.Response(200, json=envelope([{"id": 1}]))])
+    server = Server(
+        [httpx.Response(status, text="<html>origin timeout</html>"), httpx.Response(200, json=envelope([{"id": 1}]))]
+    )
     assert [r["id"] for r in client_for(server).list_stores()] == [1]
     assert len(server.api_calls) == 2
 
 
 def test_retry_after_on_a_503_is_honoured():
     sleeps: list[float] = []
-    server = Server([httpx.Response(503, headers={"Retry-After": "7"}, text="down"),
-                     httpx.Response(200, json=envelope([{"id": 1}]))])
+    server = Server(
+        [
+            httpx.Response(503, headers={"Retry-After": "7"}, text="down"),
+            httpx.Response(200, json=envelope([{"id": 1}])),
+        ]
+    )
     assert [r["id"] for r in client_for(server, sleep=sleeps.append).list_stores()] == [1]
     assert sleeps == [7.0]
 
 
-@pytest.mark.parametrize("header, wait", [("-5", 0.25), ("NaN", None), ("inf", 900.0), ("1e400", 900.0),
-                                          ("Mon, 01 Jan 1990 00:00:00 GMT", 0.25),
-                                          ("Fri, 31 Dec 9999 23:59:59 GMT", 900.0)])
+@pytest.mark.parametrize(
+    "header, wait",
+    [
+        ("-5", 0.25),
+        ("NaN", None),
+        ("inf", 900.0),
+        ("1e400", 900.0),
+        ("Mon, 01 Jan 1990 00:00:00 GMT", 0.25),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 900.0),
+    ],
+)
 def test_hostile_retry_after_values_are_bounded(header, wait):
     sleeps: list[float] = []
     server = Server([httpx.Response(429, headers={"Retry-After": header}), httpx.Response(200, json=envelope([]))])
@@ -225,14 +257,16 @@ def test_pages_that_cycle_are_caught_not_followed_to_the_page_bound():
     assert len(server.api_calls) == 3
 
 
-@pytest.mark.parametrize("extra, complete", [
-    ({"has_more": True}, False),
-    ({"pagination": {"total": 5}}, True),  # a total is not in the contract and moves with the data
-
-    ({"meta": {"hasMore": True}}, False),
-    ({"has_more": False, "total": 3}, True),
-    ({"total": 2}, True),  # a total below what arrived (duplicates across pages) does not matter
-])
+@pytest.mark.parametrize(
+    "extra, complete",
+    [
+        ({"has_more": True}, False),
+        ({"pagination": {"total": 5}}, True),  # a total is not in the contract and moves with the data
+        ({"meta": {"hasMore": True}}, False),
+        ({"has_more": False, "total": 3}, True),
+        ({"total": 2}, True),  # a total below what arrived (duplicates across pages) does not matter
+    ],
+)
 def test_a_short_last_page_contradicted_by_the_server_is_not_taken_as_complete(extra, complete):
     pages = [envelope([{"id": 1}, {"id": 2}]), envelope([{"id": 3}], **extra)]
     server = Server([httpx.Response(200, json=p) for p in pages])
@@ -243,13 +277,16 @@ def test_a_short_last_page_contradicted_by_the_server_is_not_taken_as_complete(e
             list(client_for(server, page_size=2).iter_inventory(7101))
 
 
-@pytest.mark.parametrize("body, match", [
-    (b"[]", "not the Taptouch envelope"),
-    (b"null", "not the Taptouch envelope"),
-    (b'{"status": {"ack": 200}}', "'data' is missing"),
-    (b'{"status": {"ack": 200}, "data": {"id": 1}}', "not a list"),
-    (b"<html><body>Welcome</body></html>", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"[]", "not the Taptouch envelope"),
+        (b"null", "not the Taptouch envelope"),
+        (b'{"status": {"ack": 200}}', "'data' is missing"),
+        (b'{"status": {"ack": 200}, "data": {"id": 1}}', "not a list"),
+        (b"<html><body>Welcome</body></html>", "not JSON"),
+    ],
+)
 def test_unusable_200_answers_fail_the_listing_without_a_retry(body, match):
     server = Server([raw(body, headers={"Content-Type": "text/html; charset=utf-8"})])
     with pytest.raises(TaptouchProtocolError, match=match):
@@ -271,9 +308,13 @@ def test_a_204_is_an_error_not_an_empty_listing():
 @pytest.mark.parametrize("access_token", ["abc\r\nX-Injected: 1", "tøken", "two words", "tab\there"])
 def test_an_access_token_that_cannot_go_into_a_header_is_refused_and_never_stored(access_token):
     store = InMemoryTokens()
-    auth = ClientCredentialsAuth(client_id="cid", client_secret=SECRET, token_url=BASE + "/auth/v2/token",
-                                 transport=httpx.MockTransport(lambda r: token_answer(1, access_token=access_token)),
-                                 store=store)
+    auth = ClientCredentialsAuth(
+        client_id="cid",
+        client_secret=SECRET,
+        token_url=BASE + "/auth/v2/token",
+        transport=httpx.MockTransport(lambda r: token_answer(1, access_token=access_token)),
+        store=store,
+    )
     with pytest.raises(TaptouchProtocolError, match="cannot be sent in an Authorization header") as err:
         auth.get_token()
     assert access_token not in str(err.value) and store._tokens == {}
@@ -295,8 +336,9 @@ def test_a_scope_granted_as_a_list_is_still_compared():
 
 
 def test_token_errors_inside_a_200_are_read_as_the_errors_they_are():
-    enveloped = httpx.Response(200, json={"status": {"ack": 401, "errors": {"code": "invalid_client",
-                                                                            "message": "unknown client"}}})
+    enveloped = httpx.Response(
+        200, json={"status": {"ack": 401, "errors": {"code": "invalid_client", "message": "unknown client"}}}
+    )
     with pytest.raises(TaptouchAuthError, match="invalid_client: unknown client.*TAPTOUCH_CLIENT_SECRET"):
         client_for(Server(token=enveloped)).auth.get_token()
     rfc = httpx.Response(200, json={"error": "invalid_client", "error_description": "bad secret"})
@@ -343,14 +385,17 @@ class RawServer:
                         return
                     head += chunk
                 if b"/auth/v2/token" in head.split(b"\r\n", 1)[0]:
-                    body = json.dumps({"access_token": "tok-raw", "token_type": "Bearer", "expires_in": 3600,
-                                       "scope": SCOPES}).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    body = json.dumps(
+                        {"access_token": "tok-raw", "token_type": "Bearer", "expires_in": 3600, "scope": SCOPES}
+                    ).encode()
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(body) + body
+                    )
                     return
                 self.api_calls += 1
                 step = self.script[min(self.api_calls, len(self.script)) - 1]
-                for piece, delay in (step if isinstance(step, list) else [(step, 0)]):
+                for piece, delay in step if isinstance(step, list) else [(step, 0)]:
                     if self.stop.is_set():
                         return
                     time.sleep(delay)
@@ -371,8 +416,15 @@ def test_a_body_that_never_ends_is_cut_by_the_total_deadline_then_retried():
     trickle = [(OK_HEAD + b"Content-Length: 100000\r\n\r\n", 0)] + [(b" ", 0.1)] * 200  # 20 s of dribble
     server = RawServer([trickle, OK_HEAD + b"Content-Length: %d\r\n\r\n" % len(GOOD) + GOOD])
     try:
-        client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=server.url, timeout=1.0,
-                                deadline=1.5, requests_per_second=None, sleep=lambda s: None)
+        client = TaptouchClient(
+            client_id="cid",
+            client_secret=SECRET,
+            base_url=server.url,
+            timeout=1.0,
+            deadline=1.5,
+            requests_per_second=None,
+            sleep=lambda s: None,
+        )
         started = time.monotonic()
         assert [r["id"] for r in client.list_stores()] == [1]
         assert time.monotonic() - started < 6 and server.api_calls == 2
@@ -385,8 +437,14 @@ def test_a_body_shorter_than_its_content_length_is_retried_not_parsed():
     cut = OK_HEAD + b"Content-Length: %d\r\n\r\n" % (len(GOOD) + 50) + GOOD
     server = RawServer([cut, OK_HEAD + b"Content-Length: %d\r\n\r\n" % len(GOOD) + GOOD])
     try:
-        client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=server.url, timeout=5.0,
-                                requests_per_second=None, sleep=lambda s: None)
+        client = TaptouchClient(
+            client_id="cid",
+            client_secret=SECRET,
+            base_url=server.url,
+            timeout=5.0,
+            requests_per_second=None,
+            sleep=lambda s: None,
+        )
         assert [r["id"] for r in client.list_stores()] == [1]
         assert server.api_calls == 2 and client.stats.network_errors == 1
     finally:
@@ -403,10 +461,21 @@ def test_an_unverifiable_certificate_is_a_config_error_not_five_retries():
         except ssl.SSLCertVerificationError as exc:
             raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]", request=request) from exc
 
-    auth = ClientCredentialsAuth(client_id="cid", client_secret=SECRET, token_url=BASE + "/auth/v2/token",
-                                 transport=httpx.MockTransport(lambda r: token_answer(1)))
-    client = TaptouchClient(client_id="cid", client_secret=SECRET, base_url=BASE, auth=auth,
-                            transport=httpx.MockTransport(handler), requests_per_second=None, sleep=lambda s: None)
+    auth = ClientCredentialsAuth(
+        client_id="cid",
+        client_secret=SECRET,
+        token_url=BASE + "/auth/v2/token",
+        transport=httpx.MockTransport(lambda r: token_answer(1)),
+    )
+    client = TaptouchClient(
+        client_id="cid",
+        client_secret=SECRET,
+        base_url=BASE,
+        auth=auth,
+        transport=httpx.MockTransport(handler),
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
     with pytest.raises(TaptouchConfigError, match="TLS certificate of api.taptouch.test could not be verified"):
         list(client.list_stores())
     assert calls == ["/integration/v1/stores"]

@@ -46,9 +46,11 @@ class MovingAPI:
         if self.unsorted:
             rows.sort(key=lambda r: (r[1] * 7919) % 1009)
         index, count = int(q.get("index", 0)), int(q["count"])
-        page = rows[index * count:(index + 1) * count]
-        body = {"status": {"timestamp": self.timestamp, "ack": 200, "errors": None},
-                "data": [{"id": oid, "updated_at": u.isoformat()} for u, oid in page]}
+        page = rows[index * count : (index + 1) * count]
+        body = {
+            "status": {"timestamp": self.timestamp, "ack": 200, "errors": None},
+            "data": [{"id": oid, "updated_at": u.isoformat()} for u, oid in page],
+        }
         self.pages += 1
         response = httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
         self.after_page(self.pages)
@@ -57,9 +59,16 @@ class MovingAPI:
 
 def client_for(handler, page_size: int = 5, **kw) -> TaptouchClient:
     """A client of the fake API (or of any request handler standing in front of it)."""
-    return TaptouchClient(client_id="cid", client_secret="s3cret", base_url="https://api.test",
-                          transport=httpx.MockTransport(handler), page_size=page_size, requests_per_second=None,
-                          sleep=lambda s: None, **kw)
+    return TaptouchClient(
+        client_id="cid",
+        client_secret="s3cret",
+        base_url="https://api.test",
+        transport=httpx.MockTransport(handler),
+        page_size=page_size,
+        requests_per_second=None,
+        sleep=lambda s: None,
+        **kw,
+    )
 
 
 def read(fake: MovingAPI, page_size: int = 5):
@@ -92,8 +101,9 @@ def test_offset_paging_would_have_skipped():
     fake = MovingAPI({i: i for i in range(1, 13)})
     fake.after_page = lambda n: fake.orders.update({2: 100}) if n == 1 else None
     client = client_for(fake)
-    pages = client._paginate("/integration/v1/stores/7101/orders",
-                             {"updated_from": T0.isoformat(), "updated_to": T1.isoformat()}, "orders")
+    pages = client._paginate(
+        "/integration/v1/stores/7101/orders", {"updated_from": T0.isoformat(), "updated_to": T1.isoformat()}, "orders"
+    )
     ids = {json.loads(r)["id"] for page in pages for r in page}
     assert 6 not in ids
 
@@ -116,13 +126,16 @@ def test_the_paginator_walks_index_pages_to_the_first_short_one():
     assert asked == [{"q": 1, "index": i, "count": 2} for i in range(3)]
 
 
-@pytest.mark.parametrize("answers, error", [
-    ([Page([b"1", b"2", b"3"])], "page 0 holds 3 records, more than the 2 asked for"),
-    ([Page([b"1", b"2"]), Page([b"3"], more="has_more")], "page 1 is the last .* has_more=true"),
-    ([Page([b"1", b"2"]), Page([b"1", b"2"])], "page 1 is identical to page 0; the server seems to ignore"),
-    ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"1", b"2"])], "page 2 is identical to page 0; .* cycle"),
-    ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"5", b"6"])], "more than 3 pages"),
-])
+@pytest.mark.parametrize(
+    "answers, error",
+    [
+        ([Page([b"1", b"2", b"3"])], "page 0 holds 3 records, more than the 2 asked for"),
+        ([Page([b"1", b"2"]), Page([b"3"], more="has_more")], "page 1 is the last .* has_more=true"),
+        ([Page([b"1", b"2"]), Page([b"1", b"2"])], "page 1 is identical to page 0; the server seems to ignore"),
+        ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"1", b"2"])], "page 2 is identical to page 0; .* cycle"),
+        ([Page([b"1", b"2"]), Page([b"3", b"4"]), Page([b"5", b"6"])], "more than 3 pages"),
+    ],
+)
 def test_the_paginator_refuses_what_the_page_rules_forbid(answers, error):
     with pytest.raises(TaptouchProtocolError, match=error):
         pages_of(answers, max_pages=3)
@@ -172,8 +185,7 @@ def test_a_missing_or_absurd_clock_gives_no_start(value):
 
 
 def test_nine_fractional_digits_floor_to_the_microsecond():
-    assert parse_instant("2026-11-27T12:31:05.123456789+11:00") == datetime(2026, 11, 27, 1, 31, 5, 123456,
-                                                                           tzinfo=UTC)
+    assert parse_instant("2026-11-27T12:31:05.123456789+11:00") == datetime(2026, 11, 27, 1, 31, 5, 123456, tzinfo=UTC)
     assert parse_instant("2026-11-27T12:31:05Z") == datetime(2026, 11, 27, 12, 31, 5, tzinfo=UTC)
     assert parse_instant("2026-11-27T12:31:05") is None  # no offset: not an instant
 
@@ -288,7 +300,9 @@ def test_a_server_that_cannot_read_one_second_is_read_by_page_number():
 
     def narrow_is_empty(request: httpx.Request) -> httpx.Response:
         q = {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()}
-        if "updated_to" in q and parse_instant(q["updated_to"]) - parse_instant(q["updated_from"]) <= timedelta(seconds=1):
+        if "updated_to" in q and parse_instant(q["updated_to"]) - parse_instant(q["updated_from"]) <= timedelta(
+            seconds=1
+        ):
             request = httpx.Request(request.method, request.url.copy_merge_params({"updated_to": q["updated_from"]}))
         return real(request)
 
@@ -315,8 +329,12 @@ def test_a_page_of_records_within_one_second_on_a_whole_seconds_server():
         hi = parse_instant(q["updated_to"])
         rows = sorted((at, oid) for oid, at in base.items() if lo <= at < hi)
         index, count = int(q.get("index", 0)), int(q["count"])
-        body = {"status": {"timestamp": NOW, "ack": 200, "errors": None},
-                "data": [{"id": oid, "updated_at": at.isoformat()} for at, oid in rows[index * count:(index + 1) * count]]}
+        body = {
+            "status": {"timestamp": NOW, "ack": 200, "errors": None},
+            "data": [
+                {"id": oid, "updated_at": at.isoformat()} for at, oid in rows[index * count : (index + 1) * count]
+            ],
+        }
         fake.pages += 1
         return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 

@@ -52,11 +52,13 @@ class RewriteTokenAnswers(httpx.BaseTransport):
 
 def expires_in(literal: str | None) -> Callable[[bytes], bytes]:
     """Replace ``expires_in``'s value by the raw JSON ``literal`` (None: drop the field)."""
+
     def edit(body: bytes) -> bytes:
         text = body.decode()
         if literal is None:
             return re.sub(r'"expires_in"\s*:\s*[^,}]+,?', "", text).replace(",}", "}").encode()
         return re.sub(r'("expires_in"\s*:\s*)[^,}]+', lambda m: m.group(1) + literal, text).encode()
+
     return edit
 
 
@@ -76,23 +78,25 @@ def stored_lifetimes(url: str, label: str) -> tuple[float, float | None]:
         access, refresh = conn.execute(
             "select extract(epoch from access_expires_at - access_issued_at)::float8, "
             "extract(epoch from refresh_expires_at - access_issued_at)::float8 "
-            "from taptouch_auth.tokens where label = %s", (label,)).fetchone()
+            "from taptouch_auth.tokens where label = %s",
+            (label,),
+        ).fetchone()
     return access, refresh
 
 
 # value sent as expires_in -> the lifetime the store must hold (documented in docs/security.md)
 ABSURD_LIFETIMES = [
-    (None, DEFAULT),            # missing
-    ('"soon"', DEFAULT),        # not a number
+    (None, DEFAULT),  # missing
+    ('"soon"', DEFAULT),  # not a number
     ("NaN", DEFAULT),
     ("Infinity", DEFAULT),
     ("-Infinity", DEFAULT),
-    ("1e400", DEFAULT),         # beyond a double: infinite once read
-    ("-5", LOW),                # negative
+    ("1e400", DEFAULT),  # beyond a double: infinite once read
+    ("-5", LOW),  # negative
     ("0", LOW),
-    ("1e12", HIGH),             # ~31,700 years: `year 33715 is out of range` in the store before the clamp
+    ("1e12", HIGH),  # ~31,700 years: `year 33715 is out of range` in the store before the clamp
     ("true", DEFAULT),
-    ('"7200"', 7200.0),         # a numeric string is read
+    ('"7200"', 7200.0),  # a numeric string is read
 ]
 
 
@@ -102,8 +106,13 @@ def test_client_credentials_lifetime_is_clamped_through_the_store(sb, migrated_d
     transport = RewriteTokenAnswers(sb, expires_in(literal))
 
     def auth() -> ClientCredentialsAuth:
-        return ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                                     token_url="http://sandbox" + api.TOKEN_PATH, transport=transport, store=store)
+        return ClientCredentialsAuth(
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            token_url="http://sandbox" + api.TOKEN_PATH,
+            transport=transport,
+            store=store,
+        )
 
     first = auth().get_token()
     assert sb.token_is_valid(first)
@@ -115,13 +124,16 @@ def test_client_credentials_lifetime_is_clamped_through_the_store(sb, migrated_d
         assert sb.stats.token_requests == 1
 
 
-@pytest.mark.parametrize(("literal", "expected"), [v for v in ABSURD_LIFETIMES if v[0] in ("1e12", "NaN", "-5", "1e400")])
+@pytest.mark.parametrize(
+    ("literal", "expected"), [v for v in ABSURD_LIFETIMES if v[0] in ("1e12", "NaN", "-5", "1e400")]
+)
 def test_merchant_rotation_with_an_absurd_lifetime_keeps_the_grant(sb, served, migrated_db, literal, expected):
     store = make_store(migrated_db)
     authorize(served, store, merchant="cafe")
     transport = RewriteTokenAnswers(sb, expires_in(literal))
-    auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                         merchant="cafe", transport=transport)
+    auth = merchant_auth(
+        store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe", transport=transport
+    )
     assert store.keep_alive(auth.store_key, refresh=auth.refresh_with, min_remaining=5 * DAY) is True
     access, refresh = stored_lifetimes(migrated_db, "cafe")
     assert access == pytest.approx(expected, abs=1) and refresh == pytest.approx(4 * DAY, abs=1)
@@ -134,19 +146,24 @@ def test_merchant_rotation_with_an_absurd_lifetime_keeps_the_grant(sb, served, m
     assert grant.has_refresh_token and grant.rotations == 2 and grant.last_error is None
 
 
-@pytest.mark.parametrize("bad_answer", [
-    lambda body: re.sub(rb'"access_token"\s*:\s*"[^"]*",?', b"", body),                      # no access token
-    lambda body: re.sub(rb'("access_token"\s*:\s*)"[^"]*"', rb'\1""', body),                  # empty
-    lambda body: re.sub(rb'("scope"\s*:\s*)"[^"]*"', rb'\1"integration.inventory"', body),   # another scope
-], ids=["no-access-token", "empty-access-token", "narrower-scope"])
+@pytest.mark.parametrize(
+    "bad_answer",
+    [
+        lambda body: re.sub(rb'"access_token"\s*:\s*"[^"]*",?', b"", body),  # no access token
+        lambda body: re.sub(rb'("access_token"\s*:\s*)"[^"]*"', rb'\1""', body),  # empty
+        lambda body: re.sub(rb'("scope"\s*:\s*)"[^"]*"', rb'\1"integration.inventory"', body),  # another scope
+    ],
+    ids=["no-access-token", "empty-access-token", "narrower-scope"],
+)
 def test_an_unusable_rotation_answer_never_costs_the_grant(sb, served, migrated_db, bad_answer):
     """Taptouch rotated the refresh token (the old one is spent) but the rest of its answer is
     unusable: the error is raised, and the new refresh token is stored so the next refresh works."""
     store = make_store(migrated_db)
     authorize(served, store, merchant="cafe")
     transport = RewriteTokenAnswers(sb, bad_answer)
-    auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                         merchant="cafe", transport=transport)
+    auth = merchant_auth(
+        store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe", transport=transport
+    )
     with pytest.raises(TaptouchError) as raised:
         store.keep_alive(auth.store_key, refresh=auth.refresh_with, min_remaining=5 * DAY)
     assert not isinstance(raised.value, ReauthorizationRequired)
@@ -168,7 +185,9 @@ def test_the_store_itself_clamps_what_any_caller_hands_it(migrated_db):
     key = GrantKey.client_credentials("https://api.example", CLIENT_ID, ["integration.store"])
     for lifetime in (1e12, float("inf"), float("nan"), -1.0):
         store.forget(key)
-        got = store.client_credentials(key, fetch=lambda lifetime=lifetime: TokenResponse("tok", lifetime, ("integration.store",)))
+        got = store.client_credentials(
+            key, fetch=lambda lifetime=lifetime: TokenResponse("tok", lifetime, ("integration.store",))
+        )
         assert LOW <= got.lifetime <= HIGH
         access, _ = stored_lifetimes(migrated_db, key.label)
         assert LOW <= access <= HIGH
@@ -188,18 +207,29 @@ def test_parse_lifetime_range_is_the_documented_one():
 # ---------------------------------------------------------------------------------------- echoed errors
 def _echo(status: int, error: str, description: Callable[[dict], str]) -> httpx.MockTransport:
     """A token endpoint that answers every request with an error quoting the form it received."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
         return httpx.Response(status, json={"error": error, "error_description": description(form)})
+
     return httpx.MockTransport(handler)
 
 
 def test_echoed_refresh_token_and_secret_are_redacted_whole_values_only():
     secret = "abc"  # short on purpose: must not mask "abcdef" or "fabc"
-    transport = _echo(400, "invalid_grant", lambda f: (
-        f"refresh_token {f['refresh_token']} of client secret {f['client_secret']}. See abcdef and fabc."))
-    auth = MerchantAuth(client_id=CLIENT_ID, client_secret=secret, token_url="https://api.example/auth/v2/token",
-                        merchant="cafe", store=InMemoryTokens(), transport=transport)
+    transport = _echo(
+        400,
+        "invalid_grant",
+        lambda f: f"refresh_token {f['refresh_token']} of client secret {f['client_secret']}. See abcdef and fabc.",
+    )
+    auth = MerchantAuth(
+        client_id=CLIENT_ID,
+        client_secret=secret,
+        token_url="https://api.example/auth/v2/token",
+        merchant="cafe",
+        store=InMemoryTokens(),
+        transport=transport,
+    )
     refresh = "rt-" + "Z" * 40
     with pytest.raises(ReauthorizationRequired) as raised:
         auth.refresh_with(refresh)
@@ -211,8 +241,14 @@ def test_echoed_refresh_token_and_secret_are_redacted_whole_values_only():
 
 def test_echoed_code_and_verifier_are_redacted():
     transport = _echo(400, "invalid_request", lambda f: f"code={f['code']} verifier={f['code_verifier']}")
-    auth = MerchantAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe", store=InMemoryTokens(),
-                        token_url="https://api.example/auth/v2/token", transport=transport)
+    auth = MerchantAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        merchant="cafe",
+        store=InMemoryTokens(),
+        token_url="https://api.example/auth/v2/token",
+        transport=transport,
+    )
     code, verifier = "code-" + "q" * 30, "v" * 60
     with pytest.raises(TaptouchAuthError) as raised:
         auth.exchange_code(code=code, redirect_uri="http://127.0.0.1:1/callback", code_verifier=verifier)
@@ -228,13 +264,20 @@ def test_echoed_access_token_is_redacted():
     def handler(request: httpx.Request) -> httpx.Response:
         if not issued:
             issued.append("at-" + "K" * 40)
-            return httpx.Response(200, json={"access_token": issued[0], "expires_in": 3600,
-                                             "scope": " ".join(api.ALL_SCOPES)})
-        return httpx.Response(400, json={"error": "invalid_request",
-                                         "error_description": f"token {issued[0]} is still valid"})
+            return httpx.Response(
+                200, json={"access_token": issued[0], "expires_in": 3600, "scope": " ".join(api.ALL_SCOPES)}
+            )
+        return httpx.Response(
+            400, json={"error": "invalid_request", "error_description": f"token {issued[0]} is still valid"}
+        )
 
-    auth = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, clock=lambda: now[0],
-                                 token_url="https://api.example/auth/v2/token", transport=httpx.MockTransport(handler))
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        clock=lambda: now[0],
+        token_url="https://api.example/auth/v2/token",
+        transport=httpx.MockTransport(handler),
+    )
     auth.get_token()
     now[0] = 3590.0  # inside the refresh margin: a new token is asked for
     with pytest.raises(TaptouchAuthError) as raised:
@@ -252,8 +295,9 @@ def test_keepalive_reports_an_unreadable_grant_and_rotates_the_others(sb, served
     authorize(served, old_store, merchant="a-cafe")
     authorize(served, new_store, merchant="b-bakery")
 
-    results = keep_merchants_alive(new_store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                                   min_remaining=5 * DAY)
+    results = keep_merchants_alive(
+        new_store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, min_remaining=5 * DAY
+    )
     by_merchant = {r.merchant: r for r in results}
     assert set(by_merchant) == {"a-cafe", "b-bakery"}
     assert by_merchant["a-cafe"].error and "cannot be decrypted" in by_merchant["a-cafe"].error

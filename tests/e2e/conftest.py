@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,12 @@ def prod_stack(tmp_path: Path, make_database: Callable[[], str]) -> Iterator[Cal
     stacks: list[ProdStack] = []
 
     def start(**kwargs: Any) -> ProdStack:
-        stack = ProdStack(workdir=tmp_path / f"stack{len(stacks)}", dagster_pg_url=dagster_pg_url(make_database()),
-                          warehouse_url=make_database(), **kwargs)
+        stack = ProdStack(
+            workdir=tmp_path / f"stack{len(stacks)}",
+            dagster_pg_url=dagster_pg_url(make_database()),
+            warehouse_url=make_database(),
+            **kwargs,
+        )
         stacks.append(stack)
         return stack.start()
 

@@ -17,8 +17,18 @@ import yaml
 
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support import truth
-from tests.support.prodstack import (API_POOL, DAYS, DEPLOY_DAGSTER_YAML, END, ORDERS_PER_DAY, SEED, STORES, ProdStack,
-                                     chromium_binary, max_overlap)
+from tests.support.prodstack import (
+    API_POOL,
+    DAYS,
+    DEPLOY_DAGSTER_YAML,
+    END,
+    ORDERS_PER_DAY,
+    SEED,
+    STORES,
+    ProdStack,
+    chromium_binary,
+    max_overlap,
+)
 
 POOL_LIMIT = 2
 PARTITIONS_PER_RUN = 2
@@ -100,11 +110,14 @@ def test_backfill_on_the_production_instance(prod_stack, tmp_path):
     want = truth.orders_updated_in_days(sb, BACKFILL)
     assert len(want) > 100
     with psycopg.connect(stack.warehouse_url) as conn:
-        got = {r[0]: r[1:] for r in conn.execute(
-            "select order_id, updated_at, status, total from taptouch.orders").fetchall()}
-        children = {name: dict(conn.execute(
-            f"select order_id, count(*) from taptouch.{name} group by order_id").fetchall())
-            for name in ("order_items", "order_payments", "order_refunds")}
+        got = {
+            r[0]: r[1:]
+            for r in conn.execute("select order_id, updated_at, status, total from taptouch.orders").fetchall()
+        }
+        children = {
+            name: dict(conn.execute(f"select order_id, count(*) from taptouch.{name} group by order_id").fetchall())
+            for name in ("order_items", "order_payments", "order_refunds")
+        }
         stores = dict(conn.execute("select store_id, name from taptouch.stores").fetchall())
     assert stores == {s["id"]: s["name"] for s in sb.stores()}
     assert set(got) == set(want)
@@ -128,12 +141,26 @@ def screenshot_orders_page(stack: ProdStack, png) -> None:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-             "--window-size=1400,900", f"--screenshot={png}",
-             f"{stack.webserver_url}/assets/orders?view=partitions"],
-            capture_output=True, timeout=120, check=False,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=15000",
+                "--window-size=1400,900",
+                f"--screenshot={png}",
+                f"{stack.webserver_url}/assets/orders?view=partitions",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -144,7 +171,7 @@ def screenshot_orders_page(stack: ProdStack, png) -> None:
     assert pixels.shape[:2] == (900, 1400)
     rgb = pixels[..., :3].reshape(-1, 3)
     # Not a blank page: many distinct colours (text, the partition bar's green squares).
-    distinct = {tuple(p) for p in (rgb[:: 97] * 255).astype(int).tolist()}
+    distinct = {tuple(p) for p in (rgb[::97] * 255).astype(int).tolist()}
     assert len(distinct) > 20, f"the page looks blank ({len(distinct)} colours)"
     greens = ((rgb[:, 1] > rgb[:, 0] + 0.15) & (rgb[:, 1] > rgb[:, 2] + 0.05)).sum()
     assert greens > 200, "no materialized (green) partitions on the orders page"
@@ -159,27 +186,114 @@ DOCKERFILE = DEPLOY_DAGSTER_YAML.parent / "Dockerfile"
 # Keys of Dagster's chart (helm/dagster/schema: DagsterHelmValues and its subschemas, chart 1.13)
 # that these values may use; helm itself is not installable here, so a typo is caught this way.
 CHART_KEYS = {
-    "": {"global", "dagsterWebserver", "dagster-user-deployments", "postgresql",
-         "generatePostgresqlPasswordSecret", "runLauncher", "dagsterDaemon", "concurrency", "pythonLogs",
-         "retention", "telemetry", "computeLogManager", "ingress", "imagePullSecrets", "serviceAccount"},
+    "": {
+        "global",
+        "dagsterWebserver",
+        "dagster-user-deployments",
+        "postgresql",
+        "generatePostgresqlPasswordSecret",
+        "runLauncher",
+        "dagsterDaemon",
+        "concurrency",
+        "pythonLogs",
+        "retention",
+        "telemetry",
+        "computeLogManager",
+        "ingress",
+        "imagePullSecrets",
+        "serviceAccount",
+    },
     "dagster-user-deployments": {"enabled", "enableSubchart", "imagePullSecrets", "deployments"},
-    "deployment": {"name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "port",
-                   "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity", "tolerations",
-                   "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
-                   "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName"},
-    "postgresql": {"image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword",
-                   "postgresqlDatabase", "postgresqlParams", "postgresqlScheme", "service"},
-    "k8sRunLauncher": {"image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile",
-                       "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes", "labels",
-                       "failPodOnRunFailure", "resources", "schedulerName", "securityContext", "runK8sConfig"},
+    "deployment": {
+        "name",
+        "image",
+        "dagsterApiGrpcArgs",
+        "codeServerArgs",
+        "includeConfigInLaunchedRuns",
+        "port",
+        "env",
+        "envConfigMaps",
+        "envSecrets",
+        "annotations",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "labels",
+        "volumeMounts",
+        "volumes",
+        "schedulerName",
+    },
+    "postgresql": {
+        "image",
+        "enabled",
+        "postgresqlHost",
+        "postgresqlUsername",
+        "postgresqlPassword",
+        "postgresqlDatabase",
+        "postgresqlParams",
+        "postgresqlScheme",
+        "service",
+    },
+    "k8sRunLauncher": {
+        "image",
+        "imagePullPolicy",
+        "jobNamespace",
+        "loadInclusterConfig",
+        "kubeconfigFile",
+        "envConfigMaps",
+        "envSecrets",
+        "envVars",
+        "volumeMounts",
+        "volumes",
+        "labels",
+        "failPodOnRunFailure",
+        "resources",
+        "schedulerName",
+        "securityContext",
+        "runK8sConfig",
+    },
     "runK8sConfig": {"containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"},
-    "dagsterDaemon": {"enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps",
-                      "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations",
-                      "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
-                      "startupProbe", "annotations", "runMonitoring", "runRetries", "sensors", "schedules",
-                      "schedulerName", "volumeMounts", "volumes"},
-    "queuedRunCoordinator": {"maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds",
-                             "dequeueNumWorkers", "dequeueUseThreads"},
+    "dagsterDaemon": {
+        "enabled",
+        "image",
+        "runCoordinator",
+        "heartbeatTolerance",
+        "env",
+        "envConfigMaps",
+        "envSecrets",
+        "deploymentLabels",
+        "labels",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "annotations",
+        "runMonitoring",
+        "runRetries",
+        "sensors",
+        "schedules",
+        "schedulerName",
+        "volumeMounts",
+        "volumes",
+    },
+    "queuedRunCoordinator": {
+        "maxConcurrentRuns",
+        "tagConcurrencyLimits",
+        "dequeueIntervalSeconds",
+        "dequeueNumWorkers",
+        "dequeueUseThreads",
+    },
     "concurrency": {"enabled", "pools", "runs"},
     "pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
     "runs": {"maxConcurrentRuns", "tagConcurrencyLimits"},
@@ -240,8 +354,10 @@ def test_helm_values_match_the_tested_instance_config():
     # The same limits as deploy/dagster.yaml, in the chart's camelCase keys.
     conc = values["concurrency"]
     assert conc["enabled"] is True
-    assert conc["pools"] == {"granularity": instance["concurrency"]["pools"]["granularity"],
-                             "defaultLimit": instance["concurrency"]["pools"]["default_limit"]}
+    assert conc["pools"] == {
+        "granularity": instance["concurrency"]["pools"]["granularity"],
+        "defaultLimit": instance["concurrency"]["pools"]["default_limit"],
+    }
     assert conc["runs"]["maxConcurrentRuns"] == instance["concurrency"]["runs"]["max_concurrent_runs"]
     assert conc["runs"]["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
     # Run limits live under `concurrency` only: Dagster rejects them in the run coordinator too.

@@ -32,8 +32,17 @@ END = date(2026, 11, 27)
 DAY = "2026-11-26"
 ROOT = Path(__file__).resolve().parents[2]
 NORTH, SOUTH = Account("north"), Account("south")
-TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels",
-          "inventory_snapshots", "sync_log", "sync_marks")
+TABLES = (
+    "stores",
+    "orders",
+    "order_items",
+    "order_payments",
+    "order_refunds",
+    "inventory_levels",
+    "inventory_snapshots",
+    "sync_log",
+    "sync_marks",
+)
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -50,14 +59,23 @@ def test_named_accounts_get_their_own_names():
     north, south = accounts.parse(" north, south_2 ")
     assert north.key("orders") == dg.AssetKey(["north", "orders"])
     assert (north.pool, north.resource_key, north.named("orders_hourly")) == (
-        "taptouch_api_north", "taptouch_north", "north_orders_hourly")
+        "taptouch_api_north",
+        "taptouch_north",
+        "north_orders_hourly",
+    )
     assert south.env("CLIENT_SECRET") == "TAPTOUCH_SOUTH_2_CLIENT_SECRET"
 
 
-@pytest.mark.parametrize("raw, error", [
-    ("North", "not a valid account name"), ("1st", "not a valid account name"), ("a-b", "not a valid account name"),
-    ("default", "reserved"), ("north,north", "named twice"),
-])
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        ("North", "not a valid account name"),
+        ("1st", "not a valid account name"),
+        ("a-b", "not a valid account name"),
+        ("default", "reserved"),
+        ("north,north", "named twice"),
+    ],
+)
 def test_bad_account_names_fail_at_load_naming_the_variable(raw, error):
     with pytest.raises(ValueError, match=f"TAPTOUCH_ACCOUNTS.*{error}"):
         accounts.parse(raw)
@@ -87,45 +105,72 @@ def _env(**extra: str) -> dict:
 
 
 def test_definitions_with_two_accounts_load_in_a_subprocess():
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", SHAPE], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(TAPTOUCH_ACCOUNTS="north,south"), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", SHAPE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(TAPTOUCH_ACCOUNTS="north,south"),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     shape = json.loads(out.stdout.strip().splitlines()[-1])
     for name in ("north", "south"):
         for asset in ("stores", "orders", "inventory", "order_deletions"):
             assert f"{name}/{asset}" in shape["assets"]
             assert shape["pools"][f"{name}/{asset}"] == [f"taptouch_api_{name}"]
-        for schedule in ("orders_hourly", "stores_daily", "inventory_hourly", "orders_reconcile_daily",
-                         "merchant_tokens_keepalive"):
+        for schedule in (
+            "orders_hourly",
+            "stores_daily",
+            "inventory_hourly",
+            "orders_reconcile_daily",
+            "merchant_tokens_keepalive",
+        ):
             assert f"{name}_{schedule}" in shape["schedules"]
         assert f"{name}_orders_job" in shape["jobs"] and f"{name}_freshness_checks_sensor" in shape["sensors"]
         assert f"taptouch_{name}" in shape["resources"]
-        for check in ("orders:freshness_check", "orders:no_quarantined_records", "orders:schema_drift",
-                      "stores:schema_drift", "inventory:schema_drift"):
+        for check in (
+            "orders:freshness_check",
+            "orders:no_quarantined_records",
+            "orders:schema_drift",
+            "stores:schema_drift",
+            "inventory:schema_drift",
+        ):
             assert f"{name}/{check}" in shape["checks"]
     assert not {"stores", "orders", "inventory", "order_deletions"} & set(shape["assets"])
     assert "taptouch" not in shape["resources"] and "warehouse" in shape["resources"]
     # sales_orders reads every account's orders and stores, and the shared business_days view
     assert shape["view_deps"] == ["business_days", "north/orders", "north/stores", "south/orders", "south/stores"]
     assert {"taptouch_run_failure_alert", "taptouch_check_failure_alert", "analytics_views_automation"} <= set(
-        shape["sensors"])
+        shape["sensors"]
+    )
 
 
-@pytest.mark.parametrize("command", [
-    [str(ROOT / ".venv/bin/dg"), "check", "defs"],
-    [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(ROOT / ".venv/bin/dg"), "check", "defs"],
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
+    ],
+)
 def test_check_defs_passes_with_accounts_configured_and_no_credentials(command):
     if not Path(command[0]).exists() and command[0].endswith("dg"):
         pytest.skip("dg is not installed in .venv")
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=_env(TAPTOUCH_ACCOUNTS="north,south"))
+    out = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env(TAPTOUCH_ACCOUNTS="north,south")
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
 
 
 def test_a_bad_accounts_value_fails_the_code_location_load_naming_it():
-    out = subprocess.run([sys.executable, "-c", "import pipelines.definitions"], cwd=ROOT, capture_output=True,
-                         text=True, env=_env(TAPTOUCH_ACCOUNTS="north,Default"), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "import pipelines.definitions"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(TAPTOUCH_ACCOUNTS="north,Default"),
+        timeout=300,
+    )
     assert out.returncode != 0 and "TAPTOUCH_ACCOUNTS" in out.stderr
 
 
@@ -135,10 +180,30 @@ def test_a_bad_accounts_value_fails_the_code_location_load_naming_it():
 @pytest.fixture
 def two_accounts(monkeypatch, migrated_db):
     """One server, two clients (north: stores 7101-7103, south: 8101-8102), their TAPTOUCH_* set."""
-    north = Sandbox(SandboxConfig(seed=7, stores=3, days=4, end_date=END, orders_per_day=30,
-                                  client_id="north-client", client_secret="north-secret"))
-    south = Sandbox(SandboxConfig(seed=8, stores=2, days=4, end_date=END, orders_per_day=30, store_id_base=8101,
-                                  id_space=1, client_id="south-client", client_secret="south-secret"))
+    north = Sandbox(
+        SandboxConfig(
+            seed=7,
+            stores=3,
+            days=4,
+            end_date=END,
+            orders_per_day=30,
+            client_id="north-client",
+            client_secret="north-secret",
+        )
+    )
+    south = Sandbox(
+        SandboxConfig(
+            seed=8,
+            stores=2,
+            days=4,
+            end_date=END,
+            orders_per_day=30,
+            store_id_base=8101,
+            id_space=1,
+            client_id="south-client",
+            client_secret="south-secret",
+        )
+    )
     group = SandboxGroup([north, south])
     with group.serve() as url:
         for account, sb in ((NORTH, north), (SOUTH, south)):
@@ -164,9 +229,14 @@ def _assets(account: Account) -> list:
 def _load(env, account: Account, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     """One account's stores, inventory and orders of DAY: one run, as its schedules would."""
     instance = env.setdefault("instance", dg.DagsterInstance.ephemeral())
-    return dg.materialize(_assets(account), resources=_resources(env["db"], account), partition_key=DAY,
-                          selection=[account.key("stores"), account.key("orders"), account.key("inventory")],
-                          instance=instance, raise_on_error=raise_on_error)
+    return dg.materialize(
+        _assets(account),
+        resources=_resources(env["db"], account),
+        partition_key=DAY,
+        selection=[account.key("stores"), account.key("orders"), account.key("inventory")],
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
 
 
 def _rows(db: str, sql: str, *args) -> list[tuple]:
@@ -194,13 +264,17 @@ def test_two_accounts_load_side_by_side_each_row_tagged_with_its_account(two_acc
         got = dict(_rows(db, "select order_id, account from taptouch.orders where store_id = any(%s)", sb.store_ids()))
         assert set(got) == set(want) and set(got.values()) == {name}
         assert _rows(db, "select store_id from taptouch.stores where account = %s order by 1", name) == [
-            (s,) for s in sb.store_ids()]
+            (s,) for s in sb.store_ids()
+        ]
     for table in TABLES:  # every table: every row belongs to one of the two accounts, none to 'default'
         accounts_in = {r[0] for r in _rows(db, f"select distinct account from taptouch.{table}")}
         assert accounts_in == {"north", "south"}, table
     # children carry their order's account
-    assert _rows(db, "select count(*) from taptouch.order_items i join taptouch.orders o using (order_id)"
-                     " where i.account <> o.account") == [(0,)]
+    assert _rows(
+        db,
+        "select count(*) from taptouch.order_items i join taptouch.orders o using (order_id)"
+        " where i.account <> o.account",
+    ) == [(0,)]
 
     # an analyst compares the accounts in one query
     with psycopg.connect(db, autocommit=True) as conn:
@@ -218,7 +292,9 @@ def test_checks_and_step_metadata_are_the_accounts_own(two_accounts):
     assert checked == len(_rows(env["db"], "select 1 from taptouch.orders where account = 'south'"))
     assert _load(env, NORTH).success
     evaluations = _load(env, SOUTH).get_asset_check_evaluations()  # north's rows are not south's to check
-    assert next(e for e in evaluations if e.check_name == "order_arithmetic").metadata["orders_checked"].value == checked
+    assert (
+        next(e for e in evaluations if e.check_name == "order_arithmetic").metadata["orders_checked"].value == checked
+    )
 
 
 def test_one_account_failing_leaves_the_other_accounts_data_and_runs_untouched(two_accounts, monkeypatch):
@@ -241,8 +317,13 @@ def test_one_account_failing_leaves_the_other_accounts_data_and_runs_untouched(t
     env["south"].faults.forbidden_stores = {8101}
     south_before = _rows(db, "select order_id, updated_at from taptouch.orders where account = 'south' order by 1")
     both = dg.materialize(
-        [*_assets(NORTH), *_assets(SOUTH)], resources=_resources(db, NORTH, SOUTH), partition_key=DAY,
-        selection=[NORTH.key("orders"), SOUTH.key("orders")], instance=env["instance"], raise_on_error=False)
+        [*_assets(NORTH), *_assets(SOUTH)],
+        resources=_resources(db, NORTH, SOUTH),
+        partition_key=DAY,
+        selection=[NORTH.key("orders"), SOUTH.key("orders")],
+        instance=env["instance"],
+        raise_on_error=False,
+    )
     assert not both.success
     failures = both.get_step_failure_events()
     assert {e.step_key for e in failures} == {"south__orders"}
@@ -250,7 +331,9 @@ def test_one_account_failing_leaves_the_other_accounts_data_and_runs_untouched(t
     assert {e.asset_key for e in both.get_asset_materialization_events()} == {NORTH.key("orders")}
     assert _snapshot(db, "north") == north_before
     # south's other store still committed (per-store isolation inside the account)
-    assert _rows(db, "select order_id, updated_at from taptouch.orders where account = 'south' order by 1") == south_before
+    assert (
+        _rows(db, "select order_id, updated_at from taptouch.orders where account = 'south' order by 1") == south_before
+    )
 
 
 def test_budgets_and_tokens_are_separate_per_account(two_accounts):
@@ -276,12 +359,17 @@ def test_existing_rows_and_the_single_account_setup_are_account_default(make_dat
     url = make_database()
     migrate(url, directory=_migrations_up_to(8))
     with psycopg.connect(url) as conn:
-        conn.execute("insert into taptouch.stores (store_id, name, status, timezone, currency, raw, updated_at)"
-                     " values (1, 'Old', 'active', 'UTC', 'AUD', '{}', now())")
+        conn.execute(
+            "insert into taptouch.stores (store_id, name, status, timezone, currency, raw, updated_at)"
+            " values (1, 'Old', 'active', 'UTC', 'AUD', '{}', now())"
+        )
     migrate(url)
     assert _rows(url, "select account from taptouch.stores") == [("default",)]
-    columns = _rows(url, "select table_name, data_type, is_nullable from information_schema.columns"
-                         " where table_schema = 'taptouch' and column_name = 'account' order by 1")
+    columns = _rows(
+        url,
+        "select table_name, data_type, is_nullable from information_schema.columns"
+        " where table_schema = 'taptouch' and column_name = 'account' order by 1",
+    )
     assert {c[0] for c in columns} >= set(TABLES) | {"quarantine"}
     assert {c[1:] for c in columns} == {("text", "NO")}
     with psycopg.connect(url) as conn:  # a session with no account set writes 'default'
@@ -311,8 +399,9 @@ def test_alerts_name_the_account_and_hide_its_secret(monkeypatch):
     from pipelines import alerts
 
     monkeypatch.setenv("TAPTOUCH_SOUTH_CLIENT_SECRET", "s0uth-very-secret")
-    run = SimpleNamespace(asset_selection={SOUTH.key("orders")}, tags={"dagster/partition": DAY},
-                          run_id="r1", job_name="south_orders_job")
+    run = SimpleNamespace(
+        asset_selection={SOUTH.key("orders")}, tags={"dagster/partition": DAY}, run_id="r1", job_name="south_orders_job"
+    )
     message = alerts.run_failure_message(run, [("south__orders", "invalid_client for s0uth-very-secret")], None)
     assert "account: south" in message["text"] and "south/orders" in message["text"]
     assert "s0uth-very-secret" not in json.dumps(message)
@@ -328,11 +417,31 @@ def test_an_operator_materializes_one_accounts_partition_from_the_command_line(t
     home.mkdir()
     variables = {k: v for k, v in os.environ.items() if k.startswith(("TAPTOUCH_NORTH_", "TAPTOUCH_SOUTH_"))}
     out = subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
-         "--select", "north/orders", "--partition", DAY],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=_env(TAPTOUCH_ACCOUNTS="north,south", TAPTOUCH_DATABASE_URL=db, DAGSTER_HOME=str(home),
-                 TAPTOUCH_REQUESTS_PER_SECOND="0", **variables))
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "pipelines.definitions",
+            "--select",
+            "north/orders",
+            "--partition",
+            DAY,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(
+            TAPTOUCH_ACCOUNTS="north,south",
+            TAPTOUCH_DATABASE_URL=db,
+            DAGSTER_HOME=str(home),
+            TAPTOUCH_REQUESTS_PER_SECOND="0",
+            **variables,
+        ),
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     want = truth.orders_updated_in_days(env["north"], [DAY])
     assert dict(_rows(db, "select order_id, account from taptouch.orders")) == {oid: "north" for oid in want}
@@ -351,21 +460,27 @@ def test_the_sandbox_group_keeps_each_clients_stores_and_tokens_apart():
     # with every row keeping the account that loaded it (ids are global: a shared id would stay 'default')
     single = Sandbox(SandboxConfig(days=2))
     assert not set(single.store_ids()) & (set(north.store_ids()) | set(south.store_ids()))
-    ids = {name: {o["id"] for s in sb.store_ids() for o in sb.orders(s)} for name, sb in
-           {"single": single, **members}.items()}
+    ids = {
+        name: {o["id"] for s in sb.store_ids() for o in sb.orders(s)}
+        for name, sb in {"single": single, **members}.items()
+    }
     assert all(ids.values()) and not ids["single"] & ids["north"] and not ids["single"] & ids["south"]
     with group.serve() as url, httpx.Client(base_url=url, timeout=10) as http:
+
         def token(client_id, secret):
-            return http.post("/auth/v2/token", data={"grant_type": "client_credentials", "client_id": client_id,
-                                                      "client_secret": secret})
+            return http.post(
+                "/auth/v2/token",
+                data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+            )
 
         assert token("nobody", "x").json()["error"] == "invalid_client"
         assert token(north.config.client_id, south.config.client_secret).status_code == 401
         north_token = token(north.config.client_id, north.config.client_secret).json()["access_token"]
         listed = http.get("/integration/v1/stores", headers={"Authorization": f"Bearer {north_token}"})
         assert [s["id"] for s in listed.json()["data"]] == north.store_ids()
-        other = http.get(f"/integration/v1/stores/{south.store_ids()[0]}/orders",
-                         headers={"Authorization": f"Bearer {north_token}"})
+        other = http.get(
+            f"/integration/v1/stores/{south.store_ids()[0]}/orders", headers={"Authorization": f"Bearer {north_token}"}
+        )
         assert other.status_code in (403, 404)  # north's token never reads south's store
     assert south.stats.token_requests == 0 and south.stats.api_requests == 0  # nothing above was south's
     with pytest.raises(ValueError, match="disjoint"):
@@ -390,18 +505,30 @@ def test_launchpad_config_of_an_accounts_resource_keeps_the_accounts_credentials
     env = two_accounts
     monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "south-client")
     monkeypatch.setenv("TAPTOUCH_CLIENT_SECRET", "south-secret")
-    result = dg.materialize(_assets(NORTH), resources=_resources(env["db"], NORTH), partition_key=DAY,
-                            selection=[NORTH.key("orders")], instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}})
+    result = dg.materialize(
+        _assets(NORTH),
+        resources=_resources(env["db"], NORTH),
+        partition_key=DAY,
+        selection=[NORTH.key("orders")],
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}},
+    )
     assert result.success
     assert env["south"].stats.token_requests == 0 and env["north"].stats.token_requests == 1
     assert set(dict(_rows(env["db"], "select order_id, account from taptouch.orders")).values()) == {"north"}
     monkeypatch.delenv("TAPTOUCH_NORTH_CLIENT_SECRET")
-    failed = dg.materialize(_assets(NORTH), resources=_resources(env["db"], NORTH), partition_key=DAY,
-                            selection=[NORTH.key("orders")], instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}},
-                            raise_on_error=False)
-    assert "TAPTOUCH_NORTH_CLIENT_SECRET is not set" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+    failed = dg.materialize(
+        _assets(NORTH),
+        resources=_resources(env["db"], NORTH),
+        partition_key=DAY,
+        selection=[NORTH.key("orders")],
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"resources": {"taptouch_north": {"config": {"page_size": 7}}}},
+        raise_on_error=False,
+    )
+    assert "TAPTOUCH_NORTH_CLIENT_SECRET is not set" in str(
+        failed.get_step_failure_events()[0].event_specific_data.error
+    )
 
 
 def test_an_accounts_token_keepalive_uses_its_own_client(two_accounts):

@@ -15,13 +15,21 @@ from tests.support.webhook import Receiver
 
 
 def alerts_for(n: int) -> list[outbox.Alert]:
-    return [outbox.Alert(key=outbox.alert_key("run-failure", f"run-{i:03d}"), kind="run_failure",
-                         body={"text": f"run {i} failed"}) for i in range(n)]
+    return [
+        outbox.Alert(
+            key=outbox.alert_key("run-failure", f"run-{i:03d}"), kind="run_failure", body={"text": f"run {i} failed"}
+        )
+        for i in range(n)
+    ]
 
 
 def sent_keys(conn) -> list[str]:
-    return [k for (k,) in conn.execute(
-        "select idempotency_key from taptouch_meta.alert_outbox where sent_at is not null order by idempotency_key")]
+    return [
+        k
+        for (k,) in conn.execute(
+            "select idempotency_key from taptouch_meta.alert_outbox where sent_at is not null order by idempotency_key"
+        )
+    ]
 
 
 def test_backoff_doubles_from_15_seconds_up_to_an_hour():
@@ -57,8 +65,10 @@ def test_a_tick_stays_within_its_budget_whatever_each_post_takes(migrated_db):
         assert time.monotonic() - started < 2.0
         assert 1 <= delivery.sent <= 3 and delivery.pending == 10 - delivery.sent
         # the rows the tick had no time for used no attempt
-        assert conn.execute("select count(*) from taptouch_meta.alert_outbox where attempts = 0").fetchone()[0] == \
-            10 - delivery.sent
+        assert (
+            conn.execute("select count(*) from taptouch_meta.alert_outbox where attempts = 0").fetchone()[0]
+            == 10 - delivery.sent
+        )
 
 
 def test_two_deliverers_at_once_send_each_alert_once(migrated_db):
@@ -90,19 +100,27 @@ def test_a_failure_backs_off_and_stops_the_tick(migrated_db):
         delivery = outbox.deliver_due(conn, receiver.url)
         assert (delivery.sent, delivery.failed, delivery.pending) == (0, 1, 3)
         assert "HTTP 503" in delivery.error and "XXXXsecretpath" not in delivery.error
-        wait = conn.execute("select extract(epoch from next_attempt_at - last_attempt_at) from taptouch_meta.alert_outbox "
-                            "where attempts = 1").fetchone()[0]
+        wait = conn.execute(
+            "select extract(epoch from next_attempt_at - last_attempt_at) from taptouch_meta.alert_outbox "
+            "where attempts = 1"
+        ).fetchone()[0]
         assert abs(float(wait) - outbox.BACKOFF_BASE) < 1
         assert len(receiver.bodies) == 1
         assert conn.execute("select count(*) from taptouch_meta.alert_outbox where attempts = 0").fetchone()[0] == 2
         assert outbox.deliver_due(conn, receiver.url).failed == 1  # the rows not tried yet are still due
         conn.execute("update taptouch_meta.alert_outbox set next_attempt_at = now() + interval '1 hour'")
-        first = conn.execute("select idempotency_key from taptouch_meta.alert_outbox where attempts = 1 "
-                             "order by idempotency_key limit 1").fetchone()[0]
-        conn.execute("update taptouch_meta.alert_outbox set next_attempt_at = now() where idempotency_key = %s", (first,))
+        first = conn.execute(
+            "select idempotency_key from taptouch_meta.alert_outbox where attempts = 1 order by idempotency_key limit 1"
+        ).fetchone()[0]
+        conn.execute(
+            "update taptouch_meta.alert_outbox set next_attempt_at = now() where idempotency_key = %s", (first,)
+        )
         outbox.deliver_due(conn, receiver.url)
-        attempts, wait = conn.execute("select attempts, extract(epoch from next_attempt_at - last_attempt_at) "
-                                      "from taptouch_meta.alert_outbox where idempotency_key = %s", (first,)).fetchone()
+        attempts, wait = conn.execute(
+            "select attempts, extract(epoch from next_attempt_at - last_attempt_at) "
+            "from taptouch_meta.alert_outbox where idempotency_key = %s",
+            (first,),
+        ).fetchone()
         assert attempts == 2 and float(wait) == pytest.approx(2 * outbox.BACKOFF_BASE, abs=1)
         assert len(receiver.bodies) == 3
 

@@ -35,9 +35,17 @@ def test_redaction_removes_credentials_but_keeps_the_story(monkeypatch):
     text = alerts.redact(
         "invalid_client for s3cr3t-value-xyz at https://user:pw@api.example.com/auth/v2/token?client_secret=abc "
         "postgresql://tap:hunter2@db:5432/warehouse password=hunter2 Authorization: Bearer abcdefghijklmnop "
-        "token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl and 0123456789abcdef0123456789abcdef01 store 7101")
-    for secret in ("s3cr3t-value-xyz", "pw@", "hunter2", "client_secret=abc", "abcdefghijklmnop", "eyJhbGci",
-                   "0123456789abcdef0123456789abcdef01"):
+        "token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl and 0123456789abcdef0123456789abcdef01 store 7101"
+    )
+    for secret in (
+        "s3cr3t-value-xyz",
+        "pw@",
+        "hunter2",
+        "client_secret=abc",
+        "abcdefghijklmnop",
+        "eyJhbGci",
+        "0123456789abcdef0123456789abcdef01",
+    ):
         assert secret not in text, secret
     assert "invalid_client" in text and "api.example.com/auth/v2/token" in text and "store 7101" in text
 
@@ -47,9 +55,16 @@ def test_redaction_does_not_crash_on_a_url_with_a_non_numeric_port():
     assert text == "schema changed, see https://help.taptouch.net:***/orders for the fields"
 
 
-@pytest.mark.parametrize("url", ["postgresql://u:1234#5678@h/db", "postgresql://u:1234?5678@h/db",
-                                 "postgresql://u:1234/5678@h/db", "postgresql://u:1234@5678@h/db",
-                                 "https://u:1234'5678@h/db?x=1#frag"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:1234#5678@h/db",
+        "postgresql://u:1234?5678@h/db",
+        "postgresql://u:1234/5678@h/db",
+        "postgresql://u:1234@5678@h/db",
+        "https://u:1234'5678@h/db?x=1#frag",
+    ],
+)
 def test_no_part_of_a_url_password_survives(url):
     text = alerts.redact(f"could not connect to {url} timed out")
     assert "1234" not in text and "5678" not in text, text
@@ -71,7 +86,8 @@ _URL_PUNCTUATION = "!$&'()*+,;=%~-._:#?/@[]{}^\\"
     scheme=st.sampled_from(["postgresql", "postgres", "https", "http", "redis", "amqp"]),
     user=st.text(string.ascii_lowercase, min_size=1, max_size=8),
     password=st.text(_SECRET_CHARS + _URL_PUNCTUATION, min_size=1, max_size=30).filter(
-        lambda p: any(c in _SECRET_CHARS for c in p)),
+        lambda p: any(c in _SECRET_CHARS for c in p)
+    ),
     host=st.text(string.ascii_lowercase + ".-", min_size=1, max_size=12),
     tail=st.text(string.ascii_lowercase + "/?#=&.", max_size=12),
     before=st.sampled_from(["", "error: ", "url=", "(", "connect to '", "dsn_", "x-", "é"]),
@@ -82,13 +98,42 @@ def test_a_password_in_a_urls_user_info_never_survives_in_any_part(scheme, user,
     assert not any(c in text for c in _SECRET_CHARS), text
 
 
-_PIECES = ["://", "@", ":", "[", "]", "#", "?", "/", "%", " ", "'", '"', ",", "https", "postgresql", "x", "1",
-           "99999999999", "password=", "token:", "Bearer ", "eyJ", ".", "\ue000", "\ue001", "é", "\x00"]
+_PIECES = [
+    "://",
+    "@",
+    ":",
+    "[",
+    "]",
+    "#",
+    "?",
+    "/",
+    "%",
+    " ",
+    "'",
+    '"',
+    ",",
+    "https",
+    "postgresql",
+    "x",
+    "1",
+    "99999999999",
+    "password=",
+    "token:",
+    "Bearer ",
+    "eyJ",
+    ".",
+    "\ue000",
+    "\ue001",
+    "é",
+    "\x00",
+]
 
 
 @hypothesis.settings(max_examples=400, deadline=None)
-@hypothesis.given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=30).map("".join),
-                  st.lists(st.text(max_size=40), max_size=2))
+@hypothesis.given(
+    st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=30).map("".join),
+    st.lists(st.text(max_size=40), max_size=2),
+)
 def test_redaction_never_raises(text, keep):
     assert isinstance(alerts._redact(text, tuple(keep)), str)  # the inner function: not saved by the fallback
     assert isinstance(alerts.redact(text, tuple(keep)), str)
@@ -101,11 +146,15 @@ def test_run_ids_are_shown_and_other_long_tokens_are_not(monkeypatch):
 
     monkeypatch.setenv("TAPTOUCH_UI_URL", "https://dagster.example.com")
     run_id = "2b5c9f0e-3d4a-4e1b-9c7d-0a1b2c3d4e5f"
-    run = SimpleNamespace(asset_selection=set(), tags={"dagster/partition": "2026-11-02"}, run_id=run_id,
-                          job_name="orders_job")
+    run = SimpleNamespace(
+        asset_selection=set(), tags={"dagster/partition": "2026-11-02"}, run_id=run_id, job_name="orders_job"
+    )
     message = alerts.run_failure_message(
-        run, [("orders", f"step of run {run_id} failed: key 0123456789abcdef0123456789abcdef01 refused")], None,
-        ui_url=settings.alert_settings().ui_url)
+        run,
+        [("orders", f"step of run {run_id} failed: key 0123456789abcdef0123456789abcdef01 refused")],
+        None,
+        ui_url=settings.alert_settings().ui_url,
+    )
     text = message["text"]
     assert f"run: {run_id}" in text and "partition: 2026-11-02" in text
     assert f"https://dagster.example.com/runs/{run_id}" in text and f"step of run {run_id} failed" in text
@@ -119,8 +168,12 @@ def test_a_run_id_that_holds_a_secret_setting_is_still_hidden(monkeypatch):
 
 def test_message_shape_is_slack_compatible(monkeypatch):
     monkeypatch.setenv("TAPTOUCH_UI_URL", "https://dagster.example.com/")
-    msg = alerts.build_message(title="t", fields={"asset": "orders", "partition": "2026-11-02", "run": "abc"},
-                               error="boom", link="https://dagster.example.com/runs/abc")
+    msg = alerts.build_message(
+        title="t",
+        fields={"asset": "orders", "partition": "2026-11-02", "run": "abc"},
+        error="boom",
+        link="https://dagster.example.com/runs/abc",
+    )
     assert isinstance(msg["text"], str) and "orders" in msg["text"] and "2026-11-02" in msg["text"]
     assert {b["type"] for b in msg["blocks"]} <= {"section", "context"}
     json.dumps(msg)
@@ -133,21 +186,34 @@ def _run_with_failed_checks(instance, *, partition: str | None = None) -> dg.Run
 
     partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01") if partition else None
 
-    @dg.asset(partitions_def=partitions, check_specs=[dg.AssetCheckSpec("looks_right", asset="widgets"),
-                                                      dg.AssetCheckSpec("soft", asset="widgets")])
+    @dg.asset(
+        partitions_def=partitions,
+        check_specs=[dg.AssetCheckSpec("looks_right", asset="widgets"), dg.AssetCheckSpec("soft", asset="widgets")],
+    )
     def widgets():
-        yield dg.MaterializeResult(check_results=[
-            dg.AssetCheckResult(check_name="looks_right", passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"bad_rows": 3}, description="3 rows look wrong"),
-            dg.AssetCheckResult(check_name="soft", passed=False, severity=dg.AssetCheckSeverity.WARN),
-        ])
+        yield dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="looks_right",
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    metadata={"bad_rows": 3},
+                    description="3 rows look wrong",
+                ),
+                dg.AssetCheckResult(check_name="soft", passed=False, severity=dg.AssetCheckSeverity.WARN),
+            ]
+        )
 
     result = dg.materialize([widgets], instance=instance, partition_key=partition)
     assert result.success
     run = instance.get_run_by_id(result.run_id)
     event = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_SUCCESS).records[0]
-    return dg.build_run_status_sensor_context(sensor_name="taptouch_check_failure_alert", dagster_instance=instance,
-                                              dagster_run=run, dagster_event=event.event_log_entry.dagster_event)
+    return dg.build_run_status_sensor_context(
+        sensor_name="taptouch_check_failure_alert",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=event.event_log_entry.dagster_event,
+    )
 
 
 def deliver(warehouse: PostgresResource, instance=None):
@@ -196,7 +262,9 @@ def test_a_failed_post_is_retried_on_a_later_tick_and_delivered_exactly_once(mon
     with Receiver(fail_first=1) as receiver, dg.instance_for_test() as instance:
         monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
         monkeypatch.setenv(alerts.MIN_SEVERITY_ENV, "ERROR")
-        alerts.taptouch_check_failure_alert(_run_with_failed_checks(instance), warehouse=warehouse)  # never raises for a webhook
+        alerts.taptouch_check_failure_alert(
+            _run_with_failed_checks(instance), warehouse=warehouse
+        )  # never raises for a webhook
         with pytest.raises(RuntimeError, match="HTTP 500") as err:
             deliver(warehouse, instance)
         assert "XXXXsecretpath" not in str(err.value)
@@ -229,7 +297,9 @@ def test_queuing_the_same_event_again_makes_no_second_row(monkeypatch, migrated_
         alerts.taptouch_check_failure_alert(context, warehouse=warehouse)  # a tick evaluated twice
         run_id = context.dagster_run.run_id
         assert [r["idempotency_key"] for r in outbox_rows(migrated_db)] == [
-            f"check-failure:{run_id}:widgets:looks_right:", f"check-failure:{run_id}:widgets:soft:"]
+            f"check-failure:{run_id}:widgets:looks_right:",
+            f"check-failure:{run_id}:widgets:soft:",
+        ]
         deliver(warehouse)
         alerts.taptouch_check_failure_alert(context, warehouse=warehouse)  # and once more after they were sent
         deliver(warehouse)
@@ -246,7 +316,9 @@ def test_each_alert_carries_its_idempotency_key_as_a_header_and_a_body_field(mon
     keys = sorted(r["idempotency_key"] for r in outbox_rows(migrated_db))
     assert sorted(b["idempotency_key"] for b in receiver.bodies) == keys
     assert sorted(h["Idempotency-Key"] for h in receiver.headers) == keys
-    assert all(h["Idempotency-Key"] == b["idempotency_key"] for h, b in zip(receiver.headers, receiver.bodies))
+    assert all(
+        h["Idempotency-Key"] == b["idempotency_key"] for h, b in zip(receiver.headers, receiver.bodies, strict=False)
+    )
 
 
 def test_a_webhook_that_trickles_its_answer_does_not_hold_the_tick(monkeypatch, migrated_db):
@@ -338,8 +410,8 @@ def test_daemon_delivers_exactly_one_alert_per_failed_run_even_when_the_first_po
     )
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
-        f"load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
-        f"      working_directory: {ROOT}\n")
+        f"load_from:\n  - python_module:\n      module_name: pipelines.definitions\n      working_directory: {ROOT}\n"
+    )
     sb = Sandbox(SandboxConfig(seed=2, stores=1, days=1, orders_per_day=5))
     with Receiver(fail_first=1) as receiver, sb.serve() as api_url:
         env = {
@@ -355,17 +427,41 @@ def test_daemon_delivers_exactly_one_alert_per_failed_run_even_when_the_first_po
         }
         daemon_log = tmp_path / "daemon.log"
         with open(daemon_log, "wb") as out:
-            daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], cwd=ROOT, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             # the run-failure sensor only reports runs that fail after its first tick
-            _wait(lambda: "taptouch_run_failure_alert" in daemon_log.read_text(errors="replace"), 60,
-                  "the sensor's first tick", daemon, daemon_log)
+            _wait(
+                lambda: "taptouch_run_failure_alert" in daemon_log.read_text(errors="replace"),
+                60,
+                "the sensor's first tick",
+                daemon,
+                daemon_log,
+            )
             partition = datetime.now(UTC).date().isoformat()
             run = subprocess.run(
-                [str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions", "--select", "orders",
-                 "--partition", partition],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                [
+                    str(BIN / "dagster"),
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "pipelines.definitions",
+                    "--select",
+                    "orders",
+                    "--partition",
+                    partition,
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert run.returncode != 0, run.stdout[-2000:]
             _wait(lambda: receiver.delivered(), 40 + alert_outbox.BACKOFF_BASE, "the alert", daemon, daemon_log)
             time.sleep(5)  # two more ticks at least: still exactly one

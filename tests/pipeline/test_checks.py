@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -18,14 +18,21 @@ from tests.support.windows import load_window
 
 
 def _load(db_url: str, *, extra_fields: bool) -> Sandbox:
-    today = datetime.now(timezone.utc).date()
-    sb = Sandbox(SandboxConfig(seed=4, stores=2, days=2, end_date=today, orders_per_day=10),
-                 faults=Faults(extra_fields=extra_fields))
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                            requests_per_second=None, sleep=lambda s: None)
+    today = datetime.now(UTC).date()
+    sb = Sandbox(
+        SandboxConfig(seed=4, stores=2, days=2, end_date=today, orders_per_day=10),
+        faults=Faults(extra_fields=extra_fields),
+    )
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
     with psycopg.connect(db_url, autocommit=True) as conn:
         sync_stores(client, conn)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         result = load_window(client, conn, "all", now - timedelta(days=3), now + timedelta(days=2))
         assert result.counts.inserted > 0 and not result.failures
         assert not sync_inventory(client, conn, timezones=store_timezones(conn)).failures
@@ -34,8 +41,11 @@ def _load(db_url: str, *, extra_fields: bool) -> Sandbox:
 
 def _run_drift_checks(db_url: str) -> dict[str, dg.AssetCheckEvaluation]:
     specs = [dg.AssetSpec(entity) for entity in SHAPES]
-    result = dg.materialize([*specs, *drift_checks], resources={"warehouse": PostgresResource(database_url=db_url)},
-                            selection=dg.AssetSelection.checks(*drift_checks))
+    result = dg.materialize(
+        [*specs, *drift_checks],
+        resources={"warehouse": PostgresResource(database_url=db_url)},
+        selection=dg.AssetSelection.checks(*drift_checks),
+    )
     assert result.success  # a drift never fails the run
     return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
 
@@ -82,9 +92,11 @@ def test_freshness_check_replaces_the_schedule_and_fails_when_orders_are_stale()
 
     orders = dg.AssetSpec("orders", partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01"))
     with dg.instance_for_test() as instance:
+
         def evaluate() -> dg.AssetCheckEvaluation:
-            result = dg.materialize([orders, *freshness_checks], instance=instance,
-                                    selection=dg.AssetSelection.checks(*freshness_checks))
+            result = dg.materialize(
+                [orders, *freshness_checks], instance=instance, selection=dg.AssetSelection.checks(*freshness_checks)
+            )
             return result.get_asset_check_evaluations()[0]
 
         instance.report_runless_asset_event(dg.AssetMaterialization("orders", partition="2026-11-02"))
@@ -93,7 +105,7 @@ def test_freshness_check_replaces_the_schedule_and_fails_when_orders_are_stale()
         # the same materialization three hours later: stale
         from dagster._core.definitions.asset_checks.asset_check_factories.freshness_checks import last_update
 
-        later = datetime.now(timezone.utc) + timedelta(hours=3)
+        later = datetime.now(UTC) + timedelta(hours=3)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(last_update, "get_current_timestamp", lambda: later.timestamp())
             stale = evaluate()
@@ -116,7 +128,11 @@ def test_shapes_cover_every_field_the_loader_maps():
                 out |= {f"{arr}[].{k}" for k in e}
         return out
 
-    for entity, records in (("stores", sb.stores()), ("orders", list(sb.orders(sid))), ("inventory", sb.inventory(sid))):
+    for entity, records in (
+        ("stores", sb.stores()),
+        ("orders", list(sb.orders(sid))),
+        ("inventory", sb.inventory(sid)),
+    ):
         carried = set(carried_paths(SHAPES[entity]))
         seen = set().union(*(paths(r, SHAPES[entity]) for r in records))
         assert seen <= carried, (entity, seen - carried)

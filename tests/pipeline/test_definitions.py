@@ -57,7 +57,12 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
     for name in repo.job_names:
         repo.get_job(name)
     assert {s.name for s in repo.schedule_defs} == {
-        "orders_hourly", "stores_daily", "inventory_hourly", "orders_reconcile_daily", "merchant_tokens_keepalive"}
+        "orders_hourly",
+        "stores_daily",
+        "inventory_hourly",
+        "orders_reconcile_daily",
+        "merchant_tokens_keepalive",
+    }
     assert all(s.execution_timezone == "UTC" for s in repo.schedule_defs)
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert keys == {"stores", "orders", "inventory", "order_deletions", *VIEW_UPSTREAMS}
@@ -66,14 +71,22 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
     orders_def = repo.assets_defs_by_key[dg.AssetKey("orders")]
     assert orders_def.partitions_def is not None and orders_def.backfill_policy is not None
     assert {k.name for k in repo.asset_graph.asset_check_keys} == {
-        "no_quarantined_records", "order_arithmetic", "no_future_dated_orders", "freshness_check", "schema_drift"}
+        "no_quarantined_records",
+        "order_arithmetic",
+        "no_future_dated_orders",
+        "freshness_check",
+        "schema_drift",
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [
-    ["dagster", "definitions", "validate", "-m", "pipelines.definitions"],
-    ["dg", "check", "defs"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "definitions", "validate", "-m", "pipelines.definitions"],
+        ["dg", "check", "defs"],
+    ],
+)
 def test_command_line_validation_passes_without_credentials(command):
     env = {k: v for k, v in os.environ.items() if k not in ("TAPTOUCH_CLIENT_ID", "TAPTOUCH_CLIENT_SECRET")}
     exe = str(Path(sys.executable).with_name(command[0]))
@@ -95,7 +108,9 @@ def test_loads_depend_on_no_other_asset():
     assert upstream("orders") == set()
     assert upstream("inventory") == set()
     for key in ("orders", "inventory"):
-        description = defs.get_repository_def().assets_defs_by_key[dg.AssetKey(key)].descriptions_by_key[dg.AssetKey(key)]
+        description = (
+            defs.get_repository_def().assets_defs_by_key[dg.AssetKey(key)].descriptions_by_key[dg.AssetKey(key)]
+        )
         assert "store listing" in description and "never writes taptouch.stores" in description
 
 
@@ -116,9 +131,16 @@ def sandbox():
 
 
 def resources(sb, db_url, **taptouch):
-    return {"taptouch": TaptouchResource(client_id=sb.config.client_id, client_secret=sb.config.client_secret,
-                                         base_url=sb.url, requests_per_second=0, **taptouch),
-            "warehouse": PostgresResource(database_url=db_url)}
+    return {
+        "taptouch": TaptouchResource(
+            client_id=sb.config.client_id,
+            client_secret=sb.config.client_secret,
+            base_url=sb.url,
+            requests_per_second=0,
+            **taptouch,
+        ),
+        "warehouse": PostgresResource(database_url=db_url),
+    }
 
 
 def count(db_url: str, table: str) -> int:
@@ -191,7 +213,12 @@ def test_tunables_are_resource_fields_read_at_run_start(monkeypatch):
     monkeypatch.setenv("TAPTOUCH_LOOKBACK", "1h")
     monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "3")
     resolved, run = settings.for_run(unset, db)  # the variables as they are now, not at import
-    assert (resolved.page_size, resolved.store_workers, resolved.requests_per_second, run.batch_size) == (7, 2, 0.0, 300)
+    assert (resolved.page_size, resolved.store_workers, resolved.requests_per_second, run.batch_size) == (
+        7,
+        2,
+        0.0,
+        300,
+    )
     assert (run.page_size, run.store_workers, run.requests_per_second) == (7, 2, 0.0)
     assert (run.lookback, run.reconcile_days, run.reconcile_confirm_s) == (timedelta(hours=1), 3, 3600)
     assert (resolved.client_id, resolved.client_secret) == ("id-1", "secret-1")  # read once, into the fields
@@ -213,10 +240,16 @@ def test_tunables_from_the_launchpad_reach_the_run(sandbox, migrated_db, monkeyp
     monkeypatch.setenv("TAPTOUCH_BASE_URL", sandbox.url)
     monkeypatch.setenv("TAPTOUCH_DATABASE_URL", migrated_db)
     monkeypatch.setenv("TAPTOUCH_PAGE_SIZE", "500")  # the launchpad's value wins over the variable
-    orders_per_store = [len([o for o in truth.orders_updated_in_days(sandbox, [DAY]).values() if o["store_id"] == s])
-                        for s in sandbox.store_ids()]
-    run_config = {"resources": {"taptouch": {"config": {"page_size": 5, "requests_per_second": 0}},
-                                "warehouse": {"config": {"batch_size": 7}}}}
+    orders_per_store = [
+        len([o for o in truth.orders_updated_in_days(sandbox, [DAY]).values() if o["store_id"] == s])
+        for s in sandbox.store_ids()
+    ]
+    run_config = {
+        "resources": {
+            "taptouch": {"config": {"page_size": 5, "requests_per_second": 0}},
+            "warehouse": {"config": {"batch_size": 7}},
+        }
+    }
     result = defs.resolve_job_def("orders_job").execute_in_process(run_config=run_config, partition_key=DAY)
     assert result.success
     pages = result.asset_materializations_for_node("orders")[0].metadata["pages"].value
@@ -230,14 +263,21 @@ def test_tunables_from_the_launchpad_reach_the_run(sandbox, migrated_db, monkeyp
 
 
 def test_only_curable_errors_reach_the_retry_policy():
-    curable = [TaptouchAPIError(status=503, path="/x"), TaptouchAPIError(status=429, path="/x"),
-               TaptouchAPIError(status=0, path="/x"), psycopg.OperationalError("server closed the connection")]
+    curable = [
+        TaptouchAPIError(status=503, path="/x"),
+        TaptouchAPIError(status=429, path="/x"),
+        TaptouchAPIError(status=0, path="/x"),
+        psycopg.OperationalError("server closed the connection"),
+    ]
     for exc in curable:
         with pytest.raises(type(exc)), step_errors():
             raise exc
-    permanent = [TaptouchAPIError(status=403, path="/x", code="store_forbidden"),
-                 TaptouchConfigError("TAPTOUCH_CLIENT_ID is not set"), psycopg.errors.UndefinedTable("no table"),
-                 RuntimeError("a bug")]
+    permanent = [
+        TaptouchAPIError(status=403, path="/x", code="store_forbidden"),
+        TaptouchConfigError("TAPTOUCH_CLIENT_ID is not set"),
+        psycopg.errors.UndefinedTable("no table"),
+        RuntimeError("a bug"),
+    ]
     for exc in permanent:
         with pytest.raises(dg.Failure) as failed, step_errors():
             raise exc
@@ -246,9 +286,13 @@ def test_only_curable_errors_reach_the_retry_policy():
 
 def test_a_permanent_error_fails_the_step_once(migrated_db, monkeypatch):
     monkeypatch.setenv("TAPTOUCH_PAGE_SIZE", "not-a-number")
-    res = {"taptouch": TaptouchResource(client_id="c", client_secret="s", base_url="http://127.0.0.1:9"),
-           "warehouse": PostgresResource(database_url=migrated_db)}
+    res = {
+        "taptouch": TaptouchResource(client_id="c", client_secret="s", base_url="http://127.0.0.1:9"),
+        "warehouse": PostgresResource(database_url=migrated_db),
+    }
     result = dg.materialize([orders], resources=res, partition_key=DAY, raise_on_error=False)
     assert not result.success
-    assert "TAPTOUCH_PAGE_SIZE must be an integer" in result.failure_data_for_node("orders").user_failure_data.description
+    assert (
+        "TAPTOUCH_PAGE_SIZE must be an integer" in result.failure_data_for_node("orders").user_failure_data.description
+    )
     assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]

@@ -41,14 +41,18 @@ def test_a_bad_lookback_fails_the_step_once_instead_of_retrying_with_backoff(mon
     # TAPTOUCH_LOOKBACK is read before the step's error boundary: it used to go to the RetryPolicy
     # (3 retries, 30 s exponential backoff) as a bare ValueError
     monkeypatch.setenv("TAPTOUCH_LOOKBACK", "1d")
-    res = {"taptouch": TaptouchResource(client_id="c", client_secret="s", base_url="http://127.0.0.1:9"),
-           "warehouse": PostgresResource(database_url="postgresql://nobody@127.0.0.1:9/none")}
+    res = {
+        "taptouch": TaptouchResource(client_id="c", client_secret="s", base_url="http://127.0.0.1:9"),
+        "warehouse": PostgresResource(database_url="postgresql://nobody@127.0.0.1:9/none"),
+    }
     result = dg.materialize([orders], resources=res, partition_key=DAY, raise_on_error=False)
     assert not result.success
     failure = result.failure_data_for_node("orders").user_failure_data
-    assert failure.description == ("TAPTOUCH_LOOKBACK must be seconds or a number with s/m/h (e.g. 300, 5m), got '1d': "
-                                   "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most "
-                                   "24h, or unset it for 5m")
+    assert failure.description == (
+        "TAPTOUCH_LOOKBACK must be seconds or a number with s/m/h (e.g. 300, 5m), got '1d': "
+        "set it to seconds or a whole number with s, m or h (e.g. 300, 5m, 1h), at most "
+        "24h, or unset it for 5m"
+    )
     assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
 
 
@@ -63,8 +67,10 @@ def test_a_negative_or_stalling_request_rate_is_refused_not_turned_into_no_limit
     monkeypatch.setenv("TAPTOUCH_REQUESTS_PER_SECOND", raw)
     with pytest.raises(settings.RunSettingError) as raised:
         settings.requests_per_second()
-    assert str(raised.value).startswith("TAPTOUCH_REQUESTS_PER_SECOND must be 0 (no limit) or a number of requests "
-                                        f"per second from 0.01 (e.g. 10 or 0.5), got '{raw}'")
+    assert str(raised.value).startswith(
+        "TAPTOUCH_REQUESTS_PER_SECOND must be 0 (no limit) or a number of requests "
+        f"per second from 0.01 (e.g. 10 or 0.5), got '{raw}'"
+    )
     assert isinstance(raised.value, ValueError) and raised.value.allow_retries is False
 
 
@@ -85,20 +91,30 @@ def test_a_bad_integer_setting_names_the_variable_once_and_says_what_to_do(monke
     monkeypatch.setenv("TAPTOUCH_PAGE_SIZE", "0")
     with pytest.raises(settings.RunSettingError) as raised:
         settings.page_size()
-    assert str(raised.value) == ("TAPTOUCH_PAGE_SIZE must be between 1 and 500, got 0: set TAPTOUCH_PAGE_SIZE to a "
-                                 "whole number from 1 to 500, or unset it for the default 100")
-    with pytest.raises(settings.RunSettingError, match=r"^TAPTOUCH_STORE_WORKERS \(the resource's store_workers\) "
-                                                       r"must be between 1 and 64, got 0"):
+    assert str(raised.value) == (
+        "TAPTOUCH_PAGE_SIZE must be between 1 and 500, got 0: set TAPTOUCH_PAGE_SIZE to a "
+        "whole number from 1 to 500, or unset it for the default 100"
+    )
+    with pytest.raises(
+        settings.RunSettingError,
+        match=r"^TAPTOUCH_STORE_WORKERS \(the resource's store_workers\) "
+        r"must be between 1 and 64, got 0",
+    ):
         settings.store_workers(0)
 
 
 def test_a_client_secret_read_from_a_file_with_its_newline_still_authenticates(migrated_db):
     sandbox = Sandbox(SandboxConfig(seed=3, stores=2, days=2, end_date=date(2026, 11, 27), orders_per_day=3))
     with sandbox.serve() as url:
-        res = {"taptouch": TaptouchResource(client_id=f" {sandbox.config.client_id}\n",
-                                            client_secret=f"{sandbox.config.client_secret}\n", base_url=f" {url}/ ",
-                                            requests_per_second=0),
-               "warehouse": PostgresResource(database_url=migrated_db)}
+        res = {
+            "taptouch": TaptouchResource(
+                client_id=f" {sandbox.config.client_id}\n",
+                client_secret=f"{sandbox.config.client_secret}\n",
+                base_url=f" {url}/ ",
+                requests_per_second=0,
+            ),
+            "warehouse": PostgresResource(database_url=migrated_db),
+        }
         result = dg.materialize([stores], resources=res, raise_on_error=False)
     assert result.success  # was: 401 invalid_client for the secret with its trailing newline
     with psycopg.connect(migrated_db) as conn:
@@ -115,14 +131,17 @@ def test_an_accounts_secret_is_stripped_too(monkeypatch):
 # ------------------------------------------------------------------------------ TAPTOUCH_BASE_URL
 
 
-@pytest.mark.parametrize("raw, error", [
-    ("http://api.example.com", "TAPTOUCH_BASE_URL: Refusing plain http to api.example.com"),
-    ("https://api.taptouch.net/v1?key=abc", "TAPTOUCH_BASE_URL must not have a query (?...) or fragment (#...)"),
-    ("https://api.taptouch.net#top", "TAPTOUCH_BASE_URL must not have a query (?...) or fragment (#...)"),
-    ("https://api.taptouch.net:99999", "TAPTOUCH_BASE_URL has an invalid port"),
-    ("https://api.taptouch.net:443x", "TAPTOUCH_BASE_URL has an invalid port"),
-    ("https://api.tap touch.net", "TAPTOUCH_BASE_URL must not contain spaces"),
-])
+@pytest.mark.parametrize(
+    "raw, error",
+    [
+        ("http://api.example.com", "TAPTOUCH_BASE_URL: Refusing plain http to api.example.com"),
+        ("https://api.taptouch.net/v1?key=abc", "TAPTOUCH_BASE_URL must not have a query (?...) or fragment (#...)"),
+        ("https://api.taptouch.net#top", "TAPTOUCH_BASE_URL must not have a query (?...) or fragment (#...)"),
+        ("https://api.taptouch.net:99999", "TAPTOUCH_BASE_URL has an invalid port"),
+        ("https://api.taptouch.net:443x", "TAPTOUCH_BASE_URL has an invalid port"),
+        ("https://api.tap touch.net", "TAPTOUCH_BASE_URL must not contain spaces"),
+    ],
+)
 def test_a_base_url_requests_cannot_be_appended_to_is_refused_naming_the_variable(monkeypatch, raw, error):
     monkeypatch.setenv("TAPTOUCH_BASE_URL", raw)
     with pytest.raises(TaptouchConfigError) as raised:
@@ -149,10 +168,13 @@ def test_a_bad_account_base_url_names_the_accounts_variable_not_taptouch_base_ur
 # ------------------------------------------------------------------------------ read at definition load
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("2099-01-01", "TAPTOUCH_START_DATE '2099-01-01' is after today"),
-    ("0001-01-01", "TAPTOUCH_START_DATE '0001-01-01' is before 1970-01-01"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("2099-01-01", "TAPTOUCH_START_DATE '2099-01-01' is after today"),
+        ("0001-01-01", "TAPTOUCH_START_DATE '0001-01-01' is before 1970-01-01"),
+    ],
+)
 def test_a_start_date_that_leaves_no_partitions_to_load_fails_at_load(monkeypatch, raw, message):
     # a future start used to load fine and then fail every run with "Could not find a partition"
     monkeypatch.setenv("TAPTOUCH_START_DATE", raw)
@@ -162,11 +184,22 @@ def test_a_start_date_that_leaves_no_partitions_to_load_fails_at_load(monkeypatc
 
 def test_an_iso_basic_start_date_loads_as_the_day_it_names():
     # 20240101 passed date.fromisoformat, then broke Dagster's partitions deep inside the load
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c",
-                          "from pipelines.definitions import defs\n"
-                          "from pipelines.partitions import daily_partitions as p\n"
-                          "print(p.get_first_partition_key())"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env(TAPTOUCH_START_DATE="20240101"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            "from pipelines.definitions import defs\n"
+            "from pipelines.partitions import daily_partitions as p\n"
+            "print(p.get_first_partition_key())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(TAPTOUCH_START_DATE="20240101"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "2024-01-01"
 
@@ -187,16 +220,20 @@ def test_a_missing_database_is_named_with_what_to_do(pg_admin_url, monkeypatch):
     monkeypatch.setenv(DATABASE_URL_ENV, url)
     with pytest.raises(psycopg.OperationalError) as raised:
         connect()
-    assert str(raised.value).endswith('database "tt_hostile_no_such_db" does not exist (create that database '
-                                      '(createdb), or fix the database name at the end of TAPTOUCH_DATABASE_URL)')
+    assert str(raised.value).endswith(
+        'database "tt_hostile_no_such_db" does not exist (create that database '
+        "(createdb), or fix the database name at the end of TAPTOUCH_DATABASE_URL)"
+    )
 
 
 def test_a_key_value_dsn_is_refused_cleanly_without_its_password(monkeypatch, capsys):
     monkeypatch.setenv(DATABASE_URL_ENV, "host=db.example user=app dbname=wh password=Hunter2pw")
     assert main(["-q", "migrate"]) == 2
     err = capsys.readouterr().err
-    assert ("error: The database URL from the environment variable TAPTOUCH_DATABASE_URL is not a PostgreSQL URL: "
-            "got a key=value connection string (host=... dbname=...).") in err
+    assert (
+        "error: The database URL from the environment variable TAPTOUCH_DATABASE_URL is not a PostgreSQL URL: "
+        "got a key=value connection string (host=... dbname=...)."
+    ) in err
     assert "Hunter2pw" not in err
 
 
@@ -238,8 +275,9 @@ def test_a_padded_pgdata_is_the_path_inside(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------ the command line
 
 
-@pytest.mark.parametrize("argv", [["migrate", "postgresql://app:Hunter2pw@db/wh"],
-                                  ["postgresql://app:Hunter2pw@db/wh"]])
+@pytest.mark.parametrize(
+    "argv", [["migrate", "postgresql://app:Hunter2pw@db/wh"], ["postgresql://app:Hunter2pw@db/wh"]]
+)
 def test_a_usage_error_never_echoes_a_password(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -248,12 +286,15 @@ def test_a_usage_error_never_echoes_a_password(argv, capsys):
     assert "postgresql://app:***@db/wh" in err and "Hunter2pw" not in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["demo", "--days", "-3"], "argument --days: '-3' is out of range: give one from 1 to 366"),
-    (["ui", "--port", "99999"], "argument --port: '99999' is out of range: give one from 1 to 65535"),
-    (["migrate", "--database-url", " "], "argument --database-url: is empty"),
-    (["refresh", "--min-remaining-hours", "nan"], "argument --min-remaining-hours: 'nan' is out of range"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--days", "-3"], "argument --days: '-3' is out of range: give one from 1 to 366"),
+        (["ui", "--port", "99999"], "argument --port: '99999' is out of range: give one from 1 to 65535"),
+        (["migrate", "--database-url", " "], "argument --database-url: is empty"),
+        (["refresh", "--min-remaining-hours", "nan"], "argument --min-remaining-hours: 'nan' is out of range"),
+    ],
+)
 def test_out_of_range_arguments_are_usage_errors(argv, message, capsys):
     # --days -3 used to run the demo into an IndexError; --port 99999 started dagster dev on no port;
     # an empty --database-url silently used the embedded server
@@ -263,8 +304,10 @@ def test_out_of_range_arguments_are_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("raw, expected", [("", 30), ("5", 5), (" 86400 ", 86400), ("0", None), ("-5", None),
-                                           ("86401", None), ("abc", None), ("1.5", None)])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("", 30), ("5", 5), (" 86400 ", 86400), ("0", None), ("-5", None), ("86401", None), ("abc", None), ("1.5", None)],
+)
 def test_the_alert_sensor_interval_is_checked_not_silently_raised(monkeypatch, raw, expected):
     monkeypatch.setenv("TAPTOUCH_ALERT_SENSOR_INTERVAL", raw)
     if expected is None:

@@ -35,23 +35,39 @@ def busy():
 
 
 def run(sb, db_url, *, tags=None, config=None):
-    res = {"taptouch": TaptouchResource(client_id=sb.config.client_id, client_secret=sb.config.client_secret,
-                                        base_url=sb.url, requests_per_second=0, page_size=PAGE),
-           "warehouse": PostgresResource(database_url=db_url)}
+    res = {
+        "taptouch": TaptouchResource(
+            client_id=sb.config.client_id,
+            client_secret=sb.config.client_secret,
+            base_url=sb.url,
+            requests_per_second=0,
+            page_size=PAGE,
+        ),
+        "warehouse": PostgresResource(database_url=db_url),
+    }
     sb.stats.reset()
-    result = dg.materialize([orders], resources=res, partition_key=DAY, tags=tags or {},
-                            run_config={"ops": {"orders": {"config": config}}} if config else None)
+    result = dg.materialize(
+        [orders],
+        resources=res,
+        partition_key=DAY,
+        tags=tags or {},
+        run_config={"ops": {"orders": {"config": config}}} if config else None,
+    )
     assert result.success
-    md = {k: v.value for k, v in result.asset_materializations_for_node("orders")[0].metadata.items()
-          if not k.startswith("dagster/")}
+    md = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("orders")[0].metadata.items()
+        if not k.startswith("dagster/")
+    }
     requests = {sid: sb.stats.api_requests_by_path[f"/integration/v1/stores/{sid}/orders"] for sid in sb.store_ids()}
     return md, requests
 
 
 def version(db_url, order_id):
     with psycopg.connect(db_url) as conn:
-        return conn.execute("select updated_at, status from taptouch.orders where order_id = %s",
-                            (order_id,)).fetchone()
+        return conn.execute(
+            "select updated_at, status from taptouch.orders where order_id = %s", (order_id,)
+        ).fetchone()
 
 
 def in_window(sb, store_id):

@@ -41,17 +41,23 @@ def sandbox():
 
 
 def resources(sb, db_url):
-    return {"taptouch": TaptouchResource(client_id=sb.config.client_id, client_secret=sb.config.client_secret,
-                                         base_url=sb.url, requests_per_second=0, page_size=PAGE),
-            "warehouse": PostgresResource(database_url=db_url)}
+    return {
+        "taptouch": TaptouchResource(
+            client_id=sb.config.client_id,
+            client_secret=sb.config.client_secret,
+            base_url=sb.url,
+            requests_per_second=0,
+            page_size=PAGE,
+        ),
+        "warehouse": PostgresResource(database_url=db_url),
+    }
 
 
 def expected(sb, day: str) -> dict:
     """What the warehouse should hold for the window of ``day``, from the sandbox's own records."""
     window = truth.orders_updated_in_days(sb, [day]).values()
     sales = [o for o in window if o["status"] in truth.SALES_STATUSES]
-    net = sum((o["total"] - sum((r["amount"] for r in o["refunds"]), Decimal("0.00")) for o in sales),
-              Decimal("0.00"))
+    net = sum((o["total"] - sum((r["amount"] for r in o["refunds"]), Decimal("0.00")) for o in sales), Decimal("0.00"))
     return {"dagster/row_count": len(window), "sales_orders": len(sales), "net_sales_AUD": float(net)}
 
 
@@ -60,7 +66,8 @@ def partition_metadata(instance, run_id: str) -> dict[str, dict]:
     out = {}
     for day in DAYS:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("orders"), asset_partitions=[day]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("orders"), asset_partitions=[day]), limit=1
+        ).records
         assert records and records[0].run_id == run_id, day
         out[day] = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
     return out
@@ -74,8 +81,10 @@ def orders_requests(sb) -> int:
 def warehouse_rows(db_url: str, day: str) -> int:
     start = datetime.fromisoformat(day + "T00:00:00+00:00")
     with psycopg.connect(db_url) as conn:
-        return conn.execute("select count(*) from taptouch.orders where updated_at >= %s and updated_at < %s",
-                            (start, start + timedelta(days=1))).fetchone()[0]
+        return conn.execute(
+            "select count(*) from taptouch.orders where updated_at >= %s and updated_at < %s",
+            (start, start + timedelta(days=1)),
+        ).fetchone()[0]
 
 
 def test_each_partition_of_a_ranged_run_carries_its_own_figures(sandbox, migrated_db, tmp_path):
@@ -94,7 +103,11 @@ def test_each_partition_of_a_ranged_run_carries_its_own_figures(sandbox, migrate
             assert md["dagster/row_count"] == warehouse_rows(migrated_db, day)
             # a fresh warehouse: the partition inserted exactly its own orders
             assert (md["inserted"], md["updated"], md["unchanged"], md["quarantined"]) == (
-                want[day]["dagster/row_count"], 0, 0, 0)
+                want[day]["dagster/row_count"],
+                0,
+                0,
+                0,
+            )
             assert md["budget_wait_s"] <= md["duration_s"]
             assert "partitions" not in md and "token_requests" not in md  # run-level, not the partition's
         assert sum(md["api_requests"] for md in got.values()) == orders_requests(sandbox)
@@ -103,8 +116,9 @@ def test_each_partition_of_a_ranged_run_carries_its_own_figures(sandbox, migrate
         # in the first run), counted by the sandbox
         for day in DAYS:
             sandbox.stats.reset()
-            alone = dg.materialize([orders], resources=res, instance=instance, partition_key=day,
-                                   tags={FULL_REFRESH_TAG: "true"})
+            alone = dg.materialize(
+                [orders], resources=res, instance=instance, partition_key=day, tags={FULL_REFRESH_TAG: "true"}
+            )
             assert alone.success
             assert got[day]["api_requests"] == orders_requests(sandbox), day
 
@@ -116,8 +130,11 @@ def test_each_partition_of_a_ranged_run_carries_its_own_figures(sandbox, migrate
         assert logged and totals in logged[0]
 
         # one order of the middle day voided: only that partition changes, by that order
-        target = next(o for o in truth.orders_updated_in_days(sandbox, [DAYS[1]]).values()
-                      if o["status"] == "completed" and not o["refunds"])
+        target = next(
+            o
+            for o in truth.orders_updated_in_days(sandbox, [DAYS[1]]).values()
+            if o["status"] == "completed" and not o["refunds"]
+        )
         day_end = datetime.fromisoformat(DAYS[1] + "T00:00:00+00:00") + timedelta(days=1)
         sandbox.edit_order(target["id"], status="voided", updated_at=day_end - timedelta(seconds=1))
         again = dg.materialize([orders], resources=res, instance=instance, tags=RANGE)
@@ -128,13 +145,18 @@ def test_each_partition_of_a_ranged_run_carries_its_own_figures(sandbox, migrate
         assert got[DAYS[1]]["net_sales_AUD"] == pytest.approx(want[DAYS[1]]["net_sales_AUD"] - float(target["total"]))
         for day in (DAYS[0], DAYS[2]):
             assert {k: got[day][k] for k in want[day]} == want[day]
-        assert instance.get_run_by_id(again.run_id).tags[TOTALS_TAG].startswith(
-            "3 partition(s) 2026-11-23..2026-11-25: 0 inserted, 1 updated")
+        assert (
+            instance.get_run_by_id(again.run_id)
+            .tags[TOTALS_TAG]
+            .startswith("3 partition(s) 2026-11-23..2026-11-25: 0 inserted, 1 updated")
+        )
 
     # every step's API usage is recorded, and the daily view adds them up
     with psycopg.connect(migrated_db) as conn:
-        steps = conn.execute("select run_id, asset, account, requests, (started_at at time zone 'UTC')::date"
-                             " from taptouch_meta.api_usage order by id").fetchall()
+        steps = conn.execute(
+            "select run_id, asset, account, requests, (started_at at time zone 'UTC')::date"
+            " from taptouch_meta.api_usage order by id"
+        ).fetchall()
         daily = conn.execute(requests_per_day_query()).fetchall()
     assert [(s[1], s[2]) for s in steps] == [("stores", "default")] + [("orders", "default")] * 5
     assert steps[1][0] == first.run_id
@@ -154,5 +176,7 @@ def requests_per_day_query() -> str:
 
 def partition_metadata_of(result) -> dict[str, dict]:
     """Each partition's metadata, from an in-process result's events."""
-    return {e.partition: {k: v.value for k, v in e.metadata.items()}
-            for e in result.asset_materializations_for_node("orders")}
+    return {
+        e.partition: {k: v.value for k, v in e.metadata.items()}
+        for e in result.asset_materializations_for_node("orders")
+    }

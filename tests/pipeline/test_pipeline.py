@@ -40,8 +40,12 @@ def sandbox():
 
 def resources(sb, db_url, secret=None):
     return {
-        "taptouch": TaptouchResource(client_id=sb.config.client_id, client_secret=secret or sb.config.client_secret,
-                                     base_url=sb.url, requests_per_second=0),
+        "taptouch": TaptouchResource(
+            client_id=sb.config.client_id,
+            client_secret=secret or sb.config.client_secret,
+            base_url=sb.url,
+            requests_per_second=0,
+        ),
         "warehouse": PostgresResource(database_url=db_url),
     }
 
@@ -54,7 +58,9 @@ def rows(db_url, sql, *args):
 def assert_orders_match(db_url, sb, days):
     want = truth.orders_updated_in_days(sb, days)
     assert want, "the sandbox must have orders in the window"
-    got = {r[0]: r[1:] for r in rows(db_url, "select order_id, updated_at, status, total, raw::text from taptouch.orders")}
+    got = {
+        r[0]: r[1:] for r in rows(db_url, "select order_id, updated_at, status, total, raw::text from taptouch.orders")
+    }
     assert set(got) == set(want)
     for oid, o in want.items():
         updated_at, status, total, raw = got[oid]
@@ -72,16 +78,21 @@ def assert_orders_match(db_url, sb, days):
 def test_orders_hourly_schedule_requests():
     def keys(when):
         ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
-        return [(r.partition_key, r.tags.get("taptouch/full_refresh", "incremental"))
-                for r in orders_hourly.evaluate_tick(ctx).run_requests]
+        return [
+            (r.partition_key, r.tags.get("taptouch/full_refresh", "incremental"))
+            for r in orders_hourly.evaluate_tick(ctx).run_requests
+        ]
 
-    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=UTC)) == [("2026-11-01", "incremental"),
-                                                                       ("2026-11-02", "incremental")]
-    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=UTC)) == [("2026-11-01", "incremental"),
-                                                                       ("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 1, 5, tzinfo=UTC)) == [
+        ("2026-11-01", "incremental"),
+        ("2026-11-02", "incremental"),
+    ]
+    assert keys(datetime(2026, 11, 2, 3, 5, tzinfo=UTC)) == [
+        ("2026-11-01", "incremental"),
+        ("2026-11-02", "incremental"),
+    ]
     # the closed day once in full, so a record later than the lookback is caught within a day
-    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=UTC)) == [("2026-11-01", "true"),
-                                                                       ("2026-11-02", "incremental")]
+    assert keys(datetime(2026, 11, 2, 4, 5, tzinfo=UTC)) == [("2026-11-01", "true"), ("2026-11-02", "incremental")]
     assert keys(datetime(2026, 11, 2, 5, 5, tzinfo=UTC)) == [("2026-11-02", "incremental")]
     assert keys(datetime(2026, 11, 2, 23, 5, tzinfo=UTC)) == [("2026-11-02", "incremental")]
 
@@ -90,13 +101,20 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     res = resources(sandbox, migrated_db)
     result = dg.materialize([stores, inventory], resources=res)
     assert result.success
-    tokens = [result.asset_materializations_for_node(n)[0].metadata["token_requests"].value for n in ("stores", "inventory")]
+    tokens = [
+        result.asset_materializations_for_node(n)[0].metadata["token_requests"].value for n in ("stores", "inventory")
+    ]
     assert sorted(tokens) == [0, 1]  # the first step's token request is counted; the second step reuses it
     got = dict(rows(migrated_db, "select store_id, name from taptouch.stores"))
     assert got == {s["id"]: s["name"] for s in sandbox.stores()}
-    levels = rows(migrated_db, "select store_id, product_id, on_hand, cost_price from taptouch.inventory_levels order by 1, 2")
-    assert levels == sorted((sid, p["product_id"], Decimal(p["on_hand"]), p["cost_price"])
-                            for sid in sandbox.store_ids() for p in sandbox.inventory(sid))
+    levels = rows(
+        migrated_db, "select store_id, product_id, on_hand, cost_price from taptouch.inventory_levels order by 1, 2"
+    )
+    assert levels == sorted(
+        (sid, p["product_id"], Decimal(p["on_hand"]), p["cost_price"])
+        for sid in sandbox.store_ids()
+        for p in sandbox.inventory(sid)
+    )
     assert rows(migrated_db, "select count(*) from taptouch.inventory_snapshots")[0][0] == len(levels)
 
     result = dg.materialize([orders], resources=res, partition_key="2026-11-25")
@@ -172,7 +190,9 @@ def test_missing_client_id_names_the_variable(migrated_db, monkeypatch):
 
 
 def test_quarantine_check_warns_and_other_orders_load(migrated_db):
-    sb = Sandbox(SandboxConfig(seed=3, stores=2, days=3, end_date=END, orders_per_day=60), faults=Faults(malformed_every=10))
+    sb = Sandbox(
+        SandboxConfig(seed=3, stores=2, days=3, end_date=END, orders_per_day=60), faults=Faults(malformed_every=10)
+    )
     with sb.serve() as url:
         sb.url = url
         res = resources(sb, migrated_db)
@@ -193,13 +213,24 @@ def test_quarantine_check_warns_and_other_orders_load(migrated_db):
 
 @pytest.mark.slow
 def test_operator_cli_materializes_a_partition(sandbox, migrated_db, tmp_path):
-    env = {**os.environ, "TAPTOUCH_BASE_URL": sandbox.url, "TAPTOUCH_CLIENT_ID": sandbox.config.client_id,
-           "TAPTOUCH_CLIENT_SECRET": sandbox.config.client_secret, "TAPTOUCH_DATABASE_URL": migrated_db,
-           "DAGSTER_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "TAPTOUCH_BASE_URL": sandbox.url,
+        "TAPTOUCH_CLIENT_ID": sandbox.config.client_id,
+        "TAPTOUCH_CLIENT_SECRET": sandbox.config.client_secret,
+        "TAPTOUCH_DATABASE_URL": migrated_db,
+        "DAGSTER_HOME": str(tmp_path),
+    }
     dagster = str(Path(sys.executable).with_name("dagster"))
     for select, extra in (("stores", []), ("orders", ["--partition", "2026-11-24"])):
-        proc = subprocess.run([dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", select, *extra],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", select, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert_orders_match(migrated_db, sandbox, ["2026-11-24"])
     assert sandbox.config.client_secret not in proc.stdout + proc.stderr

@@ -28,8 +28,14 @@ orders_reconcile_daily = defs.get_schedule_def("orders_reconcile_daily")
 def world(migrated_db):
     today = datetime.now(UTC).date()
     sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                            requests_per_second=None, sleep=lambda s: None, page_size=50)
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=50,
+    )
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         now = datetime.now(UTC)
@@ -61,9 +67,13 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
     now = datetime.now(UTC)
     recent = conn.execute(
         "select order_id, store_id from taptouch.orders where status = 'completed' and updated_at >= %s"
-        " and updated_at < %s order by order_id", (now - timedelta(days=3), now)).fetchall()
-    old = conn.execute("select order_id from taptouch.orders where updated_at < %s order by order_id limit 1",
-                       (now - timedelta(days=8),)).fetchone()
+        " and updated_at < %s order by order_id",
+        (now - timedelta(days=3), now),
+    ).fetchall()
+    old = conn.execute(
+        "select order_id from taptouch.orders where updated_at < %s order by order_id limit 1",
+        (now - timedelta(days=8),),
+    ).fetchone()
     assert recent and old
     gone, store_id = recent[len(recent) // 2]
     assert gone in _sales_ids(conn)
@@ -94,8 +104,10 @@ def test_deleted_order_is_marked_left_out_of_analytics_and_restored_when_it_retu
 def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
     sb, client, conn = world
     now = datetime.now(UTC)
-    gone = conn.execute("select order_id from taptouch.orders where updated_at >= %s order by order_id limit 1",
-                        (now - timedelta(days=3),)).fetchone()[0]
+    gone = conn.execute(
+        "select order_id from taptouch.orders where updated_at >= %s order by order_id limit 1",
+        (now - timedelta(days=3),),
+    ).fetchone()[0]
     sb.delete_order(gone)
     assert _twice(client, conn, now, days=7)[1].deleted == 1
     assert set(_deleted(conn)) == {gone}
@@ -109,9 +121,11 @@ def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
 def test_an_order_edited_after_the_load_is_not_taken_for_deleted(world):
     sb, client, conn = world
     now = datetime.now(UTC)
-    oid = conn.execute("select order_id from taptouch.orders where status = 'completed' and updated_at >= %s"
-                       " and updated_at < %s order by order_id limit 1", (now - timedelta(days=6), now - timedelta(days=5))
-                       ).fetchone()[0]
+    oid = conn.execute(
+        "select order_id from taptouch.orders where status = 'completed' and updated_at >= %s"
+        " and updated_at < %s order by order_id limit 1",
+        (now - timedelta(days=6), now - timedelta(days=5)),
+    ).fetchone()[0]
     # the API's version moves to a later updated_at (out of the warehouse's updated_at); never reloaded here
     sb.edit_order(oid, updated_at=(now - timedelta(minutes=5)).isoformat())
     for result in _twice(client, conn, now, days=7):
@@ -136,15 +150,24 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
     monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "0")  # the asset reads the real clock
     assert reconcile_days() == 5
     now = datetime.now(UTC)
-    oid = conn.execute("select order_id from taptouch.orders where updated_at >= %s and updated_at < %s"
-                       " order by order_id limit 1", (now - timedelta(days=2), now)).fetchone()[0]
+    oid = conn.execute(
+        "select order_id from taptouch.orders where updated_at >= %s and updated_at < %s order by order_id limit 1",
+        (now - timedelta(days=2), now),
+    ).fetchone()[0]
     sb.delete_order(oid)
     with sb.serve() as url:
-        first, result = (dg.materialize([order_deletions], resources={
-            "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
-                                         requests_per_second=0),
-            "warehouse": PostgresResource(database_url=migrated_db),
-        }) for _ in range(2))
+        first, result = (
+            dg.materialize(
+                [order_deletions],
+                resources={
+                    "taptouch": TaptouchResource(
+                        client_id="sandbox-client", client_secret="sandbox-secret", base_url=url, requests_per_second=0
+                    ),
+                    "warehouse": PostgresResource(database_url=migrated_db),
+                },
+            )
+            for _ in range(2)
+        )
     assert first.success and result.success
     assert first.asset_materializations_for_node("order_deletions")[0].metadata["newly_missing"].value == 1
     md = result.asset_materializations_for_node("order_deletions")[0].metadata

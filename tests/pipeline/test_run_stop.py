@@ -9,6 +9,7 @@ out the whole wait: the fetch threads are joined while the run unwinds)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,11 +27,21 @@ STOP_WITHIN_S = 5.0
 
 
 def _spawn(mode: str, url: str, db_url: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TAPTOUCH_STORE_WORKERS": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TAPTOUCH_STORE_WORKERS": "3",
+    }
     env.pop("TAPTOUCH_REQUESTS_PER_SECOND", None)
-    return subprocess.Popen([sys.executable, "-m", "tests.support.stop_child", mode, url, db_url], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.stop_child", mode, url, db_url],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 class _LimitedFetches(Sandbox):
@@ -41,8 +52,9 @@ class _LimitedFetches(Sandbox):
         if "/orders" in path or "/inventory" in path:
             with self._lock:
                 self.stats.responses_by_status[429] = self.stats.responses_by_status.get(429, 0) + 1
-            return self._envelope_error(429, {"code": "rate_limited", "message": "Too many requests; slow down."},
-                                        [("Retry-After", "600")])
+            return self._envelope_error(
+                429, {"code": "rate_limited", "message": "Too many requests; slow down."}, [("Retry-After", "600")]
+            )
         return super().handle(method, path, query, headers, body)
 
 
@@ -78,10 +90,8 @@ def _terminate_while_waiting(mode: str, sandbox: Sandbox, url: str, db_url: str)
         limited = sandbox.stats.responses_by_status[429]
         sent_at = time.monotonic()
         child.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            pass
         took = time.monotonic() - sent_at
         assert sandbox.stats.responses_by_status[429] == limited  # nothing was retried while stopping
         return took

@@ -13,8 +13,13 @@ import pytest
 from pipelines.assets.analytics import analytics_assets
 from pipelines.definitions import defs
 from pipelines.warehouse.resource import PostgresResource
-from pipelines.warehouse.schema import (VIEW_AUTOMATION, parse_migrations, view_code_version, view_columns,
-                                        warehouse_tables)
+from pipelines.warehouse.schema import (
+    VIEW_AUTOMATION,
+    parse_migrations,
+    view_code_version,
+    view_columns,
+    warehouse_tables,
+)
 from pipelines.warehouse.views import apply_views, view_names, view_sql
 
 TABLE_ASSETS = {"stores": "taptouch.stores", "orders": "taptouch.orders", "inventory": "taptouch.inventory_levels"}
@@ -43,10 +48,12 @@ def test_parser_follows_creates_alters_and_comments(tmp_path):
     (tmp_path / "0001_a.sql").write_text(
         "create table if not exists s.t (\n  id bigint primary key,\n  amount numeric(12, 2) not null, -- money\n"
         "  \"window\" text,\n  note text default 'a, b',\n  unique (amount, note)\n);\n"
-        "create table if not exists s.u (a int, b int, primary key (a, b));\n")
+        "create table if not exists s.u (a int, b int, primary key (a, b));\n"
+    )
     (tmp_path / "0002_b.sql").write_text(
         "alter table s.t add column if not exists extra jsonb, add column more date;\n"
-        "alter table s.t drop column if exists note;\n")
+        "alter table s.t drop column if exists note;\n"
+    )
     tables = parse_migrations(sorted(tmp_path.glob("*.sql")))
     t = tables["s.t"].columns
     assert list(t) == ["id", "amount", "window", "extra", "more"]
@@ -63,12 +70,16 @@ def test_parsed_schemas_match_the_database(migrated_db):
             schema, name = qualified.split(".")
             got = conn.execute(
                 "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
-                " order by ordinal_position", (schema, name)).fetchall()
+                " order by ordinal_position",
+                (schema, name),
+            ).fetchall()
             assert [r[0] for r in got] == list(table.columns), qualified
         for view in view_names():
             got = conn.execute(
                 "select column_name from information_schema.columns where table_schema = 'analytics'"
-                " and table_name = %s order by ordinal_position", (view,)).fetchall()
+                " and table_name = %s order by ordinal_position",
+                (view,),
+            ).fetchall()
             assert [r[0] for r in got] == [c for c, _ in view_columns(view)], view
 
 
@@ -76,8 +87,11 @@ def test_view_assets_know_their_version_schema_and_automation():
     for asset in analytics_assets:
         key = asset.key
         name = key.to_user_string()
-        assert asset.code_versions_by_key[key] == view_code_version(name) == \
-            hashlib.sha256(view_sql(name).encode()).hexdigest()[:12]
+        assert (
+            asset.code_versions_by_key[key]
+            == view_code_version(name)
+            == hashlib.sha256(view_sql(name).encode()).hexdigest()[:12]
+        )
         assert asset.automation_conditions_by_key[key] == VIEW_AUTOMATION
         md = asset.metadata_by_key[key]
         assert md["dagster/table_name"] == f"analytics.{name}"
@@ -96,8 +110,12 @@ def test_view_materialization_records_typed_columns(migrated_db):
 
 
 def _view_defs(code_version: str) -> dg.Definitions:
-    @dg.asset(key="daily_store_sales", deps=["orders", "stores"], code_version=code_version,
-              automation_condition=VIEW_AUTOMATION)
+    @dg.asset(
+        key="daily_store_sales",
+        deps=["orders", "stores"],
+        code_version=code_version,
+        automation_condition=VIEW_AUTOMATION,
+    )
     def view() -> None: ...
 
     orders = dg.AssetSpec("orders", partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01"))

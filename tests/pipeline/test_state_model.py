@@ -80,8 +80,11 @@ class StateModel(RuleBasedStateMachine):
         self.world = World(self.db_url, seed)
         w = self.world
         if LONG:
-            print(f"history {len(self.tallies) + 1} (sandbox seed {seed}, {len(w.live)} orders live, "
-                  f"{len(w.unborn)} to be born)", flush=True)
+            print(
+                f"history {len(self.tallies) + 1} (sandbox seed {seed}, {len(w.live)} orders live, "
+                f"{len(w.unborn)} to be born)",
+                flush=True,
+            )
 
     def teardown(self) -> None:
         w = self.world
@@ -91,10 +94,12 @@ class StateModel(RuleBasedStateMachine):
             problems = w.final_check()
             self.tallies.append(w.tally)
             t = w.tally
-            summary = (f"{t.steps} steps, runs {t.runs}, faults {t.faults}, pages faulted {t.pages_faulted}, "
-                       f"{t.kills} kills, {t.edits} edits ({t.edits_during_listing} during a listing), "
-                       f"{t.deletions} deletions, {t.restores} re-listings, {t.births} births; "
-                       f"lost {t.lost}, wrong {t.wrong}")
+            summary = (
+                f"{t.steps} steps, runs {t.runs}, faults {t.faults}, pages faulted {t.pages_faulted}, "
+                f"{t.kills} kills, {t.edits} edits ({t.edits_during_listing} during a listing), "
+                f"{t.deletions} deletions, {t.restores} re-listings, {t.births} births; "
+                f"lost {t.lost}, wrong {t.wrong}"
+            )
             note(summary)
             if LONG:
                 print("  => " + summary, flush=True)
@@ -165,8 +170,11 @@ class StateModel(RuleBasedStateMachine):
         self.step(f"arm {edits} edit(s) and {deletes} deletion(s) during the next listing pages")
 
     # ---------------------------------------------------------------- the server
-    @rule(kind=st.sampled_from(["empty", "partial", "unsorted", "skew", "rate_limit", "server_error"]),
-          every=st.integers(2, 5), skew=st.integers(-900, 900))
+    @rule(
+        kind=st.sampled_from(["empty", "partial", "unsorted", "skew", "rate_limit", "server_error"]),
+        every=st.integers(2, 5),
+        skew=st.integers(-900, 900),
+    )
     def fault_on(self, kind: str, every: int, skew: int) -> None:
         w = self.world
         w.begin_step()
@@ -184,8 +192,10 @@ class StateModel(RuleBasedStateMachine):
         else:
             f.server_error_every, f.server_error_burst = every, 1
         w.tally.add(w.tally.faults, kind)
-        self.step(f"fault on: {kind}" + (f" skew {skew}s" if kind == "skew" else
-                                         "" if kind == "unsorted" else f" every {every}"))
+        self.step(
+            f"fault on: {kind}"
+            + (f" skew {skew}s" if kind == "skew" else "" if kind == "unsorted" else f" every {every}")
+        )
 
     @rule()
     def faults_off(self) -> None:
@@ -230,10 +240,18 @@ def test_random_histories_keep_sync_state_true(migrated_db):
         apply_views(conn)
     StateModel.db_url = migrated_db
     StateModel.tallies = []
-    run_state_machine_as_test(StateModel, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=not LONG,
-        database=None, print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]))
+    run_state_machine_as_test(
+        StateModel,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            derandomize=not LONG,
+            database=None,
+            print_blob=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        ),
+    )
     tallies = StateModel.tallies
     if LONG:
         faults: dict[str, int] = {}
@@ -243,12 +261,14 @@ def test_random_histories_keep_sync_state_true(migrated_db):
                 faults[k] = faults.get(k, 0) + v
             for k, v in t.pages_faulted.items():
                 pages[k] = pages.get(k, 0) + v
-        print(f"\n{len(tallies)} histories, {sum(t.steps for t in tallies)} steps, "
-              f"{sum(sum(t.runs.values()) for t in tallies)} runs, {sum(t.kills for t in tallies)} kills, "
-              f"faults switched on {faults}, pages faulted {pages}, "
-              f"{sum(t.edits for t in tallies)} edits ({sum(t.edits_during_listing for t in tallies)} during a "
-              f"listing), {sum(t.deletions for t in tallies)} deletions, {sum(t.restores for t in tallies)} "
-              f"re-listings; lost {sum(t.lost for t in tallies)}, wrong {sum(t.wrong for t in tallies)}")
+        print(
+            f"\n{len(tallies)} histories, {sum(t.steps for t in tallies)} steps, "
+            f"{sum(sum(t.runs.values()) for t in tallies)} runs, {sum(t.kills for t in tallies)} kills, "
+            f"faults switched on {faults}, pages faulted {pages}, "
+            f"{sum(t.edits for t in tallies)} edits ({sum(t.edits_during_listing for t in tallies)} during a "
+            f"listing), {sum(t.deletions for t in tallies)} deletions, {sum(t.restores for t in tallies)} "
+            f"re-listings; lost {sum(t.lost for t in tallies)}, wrong {sum(t.wrong for t in tallies)}"
+        )
     assert tallies and all(t.lost == 0 and t.wrong == 0 for t in tallies)
 
 
@@ -258,13 +278,19 @@ def test_random_histories_keep_sync_state_true(migrated_db):
 
 def _sandbox(**faults) -> tuple[Sandbox, httpx.Client, list[OrdersPage]]:
     now = [datetime(2026, 11, 29, tzinfo=UTC).timestamp()]  # after every record
-    sb = Sandbox(SandboxConfig(seed=3, stores=1, days=2, end_date=datetime(2026, 11, 27).date(), orders_per_day=30),
-                 faults=Faults(**faults), clock=lambda: now[0])
+    sb = Sandbox(
+        SandboxConfig(seed=3, stores=1, days=2, end_date=datetime(2026, 11, 27).date(), orders_per_day=30),
+        faults=Faults(**faults),
+        clock=lambda: now[0],
+    )
     sb.now = now
     seen: list[OrdersPage] = []
     sb.on_page = seen.append
-    http = httpx.Client(base_url="https://api.taptouch.net", transport=sb.transport(),
-                        headers={"Authorization": f"Bearer {sb.issue_token()}"})
+    http = httpx.Client(
+        base_url="https://api.taptouch.net",
+        transport=sb.transport(),
+        headers={"Authorization": f"Bearer {sb.issue_token()}"},
+    )
     return sb, http, seen
 
 
@@ -321,8 +347,12 @@ def test_an_edit_during_a_listing_read_by_page_number_skips_the_boundary_record(
         index += 1
     edited = seen[0].ids[0]
     assert sb.faults.edits_during_listing == 0
-    assert sb.order(edited)["updated_at"] == datetime.fromtimestamp(sb.now[0], UTC).astimezone(
-        datetime.fromisoformat(sb.order(edited)["created_at"]).tzinfo).isoformat()
+    assert (
+        sb.order(edited)["updated_at"]
+        == datetime.fromtimestamp(sb.now[0], UTC)
+        .astimezone(datetime.fromisoformat(sb.order(edited)["created_at"]).tzinfo)
+        .isoformat()
+    )
     missed = set(before) - set(read)
     assert missed == {before[10]}  # the first record of page 1 moved onto page 0, already read
     assert read.count(edited) == 2  # read on page 0, and again at the end in its new version

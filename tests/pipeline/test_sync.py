@@ -29,8 +29,14 @@ from taptouch_sandbox import Sandbox, SandboxConfig
 @pytest.fixture
 def setup(migrated_db):
     sb = Sandbox(SandboxConfig(seed=5, stores=3, days=3, end_date=date(2026, 11, 27), orders_per_day=50))
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                            requests_per_second=None, sleep=lambda s: None, page_size=20)
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=20,
+    )
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         yield sb, client, conn
 
@@ -40,8 +46,9 @@ def test_unknown_store_is_a_named_failure_and_the_rest_loads(setup):
     sync_stores(client, conn)
     start, end = day_window("2026-11-26")
     ids = sb.store_ids()
-    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
-                                OrdersRun(store_timezones(conn), store_ids=ids + [9999]))
+    result = sync_orders_window(
+        client, conn, OrderWindow("2026-11-26", start, end), OrdersRun(store_timezones(conn), store_ids=ids + [9999])
+    )
     assert [f.store_id for f in result.failures] == [9999]
     assert "9999 is not in the API's store listing" in result.failures[0].error and not result.failures[0].transient
     expected = {o["id"] for s in ids for o in sb.orders_in_window(s, start, end)}
@@ -76,16 +83,21 @@ def test_windows_in_flight_load_every_window_once_in_order(setup, migrated_db, i
     days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
     windows = [OrderWindow.day(d) for d in days]
     run = OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2, batch_size=16))
-    reported = list(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True), windows, run,
-                                        in_flight=in_flight))
+    reported = list(
+        sync_orders_windows(
+            client, lambda: psycopg.connect(migrated_db, autocommit=True), windows, run, in_flight=in_flight
+        )
+    )
     assert [window.key for window, _ in reported] == days
-    expected = {o["id"]: o["total"] for s in sb.store_ids() for w in windows
-                for o in sb.orders_in_window(s, w.start, w.end)}
+    expected = {
+        o["id"]: o["total"] for s in sb.store_ids() for w in windows for o in sb.orders_in_window(s, w.start, w.end)
+    }
     assert len(expected) > 100
     assert dict(conn.execute("select order_id, total from taptouch.orders").fetchall()) == expected
     assert sum(r.counts.inserted for _, r in reported) == len(expected)
     assert [r.records for _, r in reported] == [
-        sum(len(sb.orders_in_window(s, w.start, w.end)) for s in sb.store_ids()) for w in windows]
+        sum(len(sb.orders_in_window(s, w.start, w.end)) for s in sb.store_ids()) for w in windows
+    ]
 
 
 def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monkeypatch):
@@ -107,10 +119,13 @@ def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monk
     monkeypatch.setattr(sync_module, "sync_orders_window", window_or_outage)
     loaded = []
     with pytest.raises(psycopg.OperationalError, match="lost"):
-        for window, _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                             [OrderWindow.day(d) for d in days],
-                                             OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2)),
-                                             in_flight=2):
+        for window, _ in sync_orders_windows(
+            client,
+            lambda: psycopg.connect(migrated_db, autocommit=True),
+            [OrderWindow.day(d) for d in days],
+            OrdersRun(store_timezones(conn), settings=RunSettings(store_workers=2)),
+            in_flight=2,
+        ):
             loaded.append(window.key)
     # 24 and 25 start together; 26 starts when 24 is reported; 25's error then stops the run: 27 never starts
     assert loaded == ["2026-11-24"] and sorted(asked) == days[:3]
@@ -122,7 +137,9 @@ def test_store_listing_is_read_only_and_a_malformed_record_costs_only_its_store(
     sb, client, conn = setup
     good, bad = sb.store_ids()[0], sb.store_ids()[2]
     served = sb.stores()
-    records = [r for r in served if r["id"] != bad] + [{**next(r for r in served if r["id"] == bad), "timezone": "Nowhere/Town"}]
+    records = [r for r in served if r["id"] != bad] + [
+        {**next(r for r in served if r["id"] == bad), "timezone": "Nowhere/Town"}
+    ]
     client.list_stores = lambda: iter(records)  # the listing as the API would serve it
     listing = list_stores(client)
     assert listing.store_ids == [s for s in sb.store_ids() if s != bad]
@@ -135,8 +152,12 @@ def test_orders_load_with_time_zones_from_the_listing_on_a_fresh_warehouse(setup
     sb, client, conn = setup
     listing = list_stores(client)
     start, end = day_window("2026-11-26")
-    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
-                                OrdersRun(listing.timezones, store_ids=listing.store_ids + [9999]))
+    result = sync_orders_window(
+        client,
+        conn,
+        OrderWindow("2026-11-26", start, end),
+        OrdersRun(listing.timezones, store_ids=listing.store_ids + [9999]),
+    )
     assert [(f.store_id, f.transient) for f in result.failures] == [(9999, False)]
     assert "not in the API's store listing" in result.failures[0].error
     expected = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, start, end)}
@@ -150,8 +171,12 @@ def test_a_failing_store_is_discarded_and_named(setup):
     bad = sb.store_ids()[1]
     sb.faults.forbidden_stores = {bad}
     start, end = day_window("2026-11-26")
-    result = sync_orders_window(client, conn, OrderWindow("2026-11-26", start, end),
-                                OrdersRun(listing.timezones, settings=RunSettings(store_workers=3)))
+    result = sync_orders_window(
+        client,
+        conn,
+        OrderWindow("2026-11-26", start, end),
+        OrdersRun(listing.timezones, settings=RunSettings(store_workers=3)),
+    )
     assert [(f.store_id, f.transient) for f in result.failures] == [(bad, False)]
     assert "store_forbidden" in result.failures[0].error
     assert result.stores_ok == [s for s in sb.store_ids() if s != bad]
@@ -167,17 +192,24 @@ def test_fetch_events_are_frozen_values():
 
 
 def test_only_errors_a_retry_can_cure_are_transient():
-    assert is_transient(TaptouchAPIError(status=503, path="/x")) and is_transient(TaptouchAPIError(status=429, path="/x"))
+    assert is_transient(TaptouchAPIError(status=503, path="/x")) and is_transient(
+        TaptouchAPIError(status=429, path="/x")
+    )
     assert is_transient(TaptouchAPIError(status=0, path="/x"))  # network
     assert is_transient(psycopg.OperationalError("connection lost"))
     assert not is_transient(TaptouchAPIError(status=404, path="/x"))
     # the step retries exactly what the client retries: a proxy's 408/524 yes, 501/505 (the request is wrong) no
-    assert [s for s in (408, 500, 501, 502, 503, 504, 505, 520, 524, 599)
-            if is_transient(TaptouchAPIError(status=s, path="/x"))] == [408, 500, 502, 503, 504, 520, 524]
+    assert [
+        s
+        for s in (408, 500, 501, 502, 503, 504, 505, 520, 524, 599)
+        if is_transient(TaptouchAPIError(status=s, path="/x"))
+    ] == [408, 500, 502, 503, 504, 520, 524]
     assert not is_transient(psycopg.errors.UniqueViolation("duplicate"))
     assert not is_transient(RuntimeError("a bug"))
     # a warehouse URL that is wrong fails the same way on every retry: not retried
     assert not is_transient(psycopg.OperationalError('connection failed: FATAL:  database "wh" does not exist'))
     assert not is_transient(psycopg.OperationalError('FATAL:  password authentication failed for user "etl"'))
     assert not is_transient(psycopg.OperationalError("failed to resolve host '***': Name or service not known"))
-    assert is_transient(psycopg.OperationalError("connection to server at 10.0.0.5, port 5432 failed: Connection refused"))
+    assert is_transient(
+        psycopg.OperationalError("connection to server at 10.0.0.5, port 5432 failed: Connection refused")
+    )

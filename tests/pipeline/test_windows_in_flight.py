@@ -29,8 +29,14 @@ LONG_CURRENCY = "AUD" * 4  # 12 characters: over CURRENCY_MAX (10), quarantined
 
 
 def _client(transport) -> TaptouchClient:
-    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
-                          requests_per_second=None, sleep=lambda s: None, page_size=20)
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=transport,
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=20,
+    )
 
 
 def _windows(*days):
@@ -49,7 +55,8 @@ def sb():
 
 @pytest.mark.parametrize("case", ["newer_version_invalid", "older_version_invalid"])
 def test_an_order_edited_between_the_windows_fetches_leaves_the_quarantine_as_a_serial_run_would(
-        sb, migrated_db, monkeypatch, case):
+    sb, migrated_db, monkeypatch, case
+):
     """Order X is listed in D1's window, then edited into D2 before D2 is fetched: D1 stages the old
     version, D2 the new one. D2 happens to be ready first. The warehouse must end as when D1 then
     D2 load one after the other: a quarantined newest version stays unresolved (an older valid
@@ -91,11 +98,15 @@ def test_an_order_edited_between_the_windows_fetches_leaves_the_quarantine_as_a_
     client = _client(httpx.MockTransport(handler))
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        reported = dict(sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                            _windows(D1, D2), _run(conn), in_flight=2))
+        reported = dict(
+            sync_orders_windows(
+                client, lambda: psycopg.connect(migrated_db, autocommit=True), _windows(D1, D2), _run(conn), in_flight=2
+            )
+        )
         v2 = sb.order(x)
-        quarantine = conn.execute("select \"window\", resolved_at is not null from taptouch.quarantine"
-                                  " where record_key = %s", (str(x),)).fetchall()
+        quarantine = conn.execute(
+            'select "window", resolved_at is not null from taptouch.quarantine where record_key = %s', (str(x),)
+        ).fetchall()
         held = conn.execute("select updated_at, currency from taptouch.orders where order_id = %s", (x,)).fetchall()
         checks = {c.check_name: c for c in taptouch_assets_module._order_checks(conn, _windows(D1, D2))}
     assert edited.is_set() and {w.key for w in reported} == {D1, D2}
@@ -112,8 +123,7 @@ def test_an_order_edited_between_the_windows_fetches_leaves_the_quarantine_as_a_
         assert checks["no_quarantined_records"].passed is True
 
 
-def test_a_statement_timeout_does_not_cancel_a_window_waiting_for_the_other_windows_merge(
-        sb, migrated_db, monkeypatch):
+def test_a_statement_timeout_does_not_cancel_a_window_waiting_for_the_other_windows_merge(sb, migrated_db, monkeypatch):
     """Every statement of a merge is under the warehouse's statement_timeout, but a merge is several
     statements: the window after it must not spend one statement waiting for all of them."""
     real_advance = marks_module.advance
@@ -128,12 +138,20 @@ def test_a_statement_timeout_does_not_cancel_a_window_waiting_for_the_other_wind
     days = [D1, D2]
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
-        reported = list(sync_orders_windows(
-            client, lambda: psycopg.connect(migrated_db, autocommit=True, options="-c statement_timeout=1000"),
-            _windows(*days), _run(conn), in_flight=2))
+        reported = list(
+            sync_orders_windows(
+                client,
+                lambda: psycopg.connect(migrated_db, autocommit=True, options="-c statement_timeout=1000"),
+                _windows(*days),
+                _run(conn),
+                in_flight=2,
+            )
+        )
         loaded = dict(conn.execute("select order_id, total from taptouch.orders").fetchall())
     assert [w.key for w, _ in reported] == days
-    expected = {o["id"]: o["total"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))}
+    expected = {
+        o["id"]: o["total"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))
+    }
     assert loaded == expected
 
 
@@ -163,8 +181,13 @@ def test_an_interrupt_stops_the_windows_in_flight_and_nothing_more_commits(sb, m
             sync_stores(client, conn)
             timer.start()
             with pytest.raises(dg.DagsterExecutionInterruptedError):
-                for _ in sync_orders_windows(client, lambda: psycopg.connect(migrated_db, autocommit=True),
-                                             _windows(*days), _run(conn), in_flight=2):
+                for _ in sync_orders_windows(
+                    client,
+                    lambda: psycopg.connect(migrated_db, autocommit=True),
+                    _windows(*days),
+                    _run(conn),
+                    in_flight=2,
+                ):
                     pass
             asked = len(requests)
             time.sleep(0.6)
@@ -191,9 +214,12 @@ def test_a_ranged_run_survives_the_server_closing_idle_sessions(migrated_db, mon
     sb = Sandbox(SandboxConfig(seed=5, stores=3, days=3, end_date=date(2026, 11, 27), orders_per_day=50))
     sb.faults.latency = 0.5  # over HTTP: the listing and the three days take a few seconds
     with sb.serve() as url:
-        res = {"taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret", base_url=url,
-                                            requests_per_second=0),
-               "warehouse": PostgresResource(database_url=migrated_db)}
+        res = {
+            "taptouch": TaptouchResource(
+                client_id="sandbox-client", client_secret="sandbox-secret", base_url=url, requests_per_second=0
+            ),
+            "warehouse": PostgresResource(database_url=migrated_db),
+        }
         assert dg.materialize([stores], resources=res).success
         days = ["2026-11-25", "2026-11-26", "2026-11-27"]
         tags = {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]}

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What the new declaration line is, and what loading with it gives (run in a fresh interpreter, so
 # that every module derives its types, columns and shapes from the extended declaration).
-LOAD_WITH_AN_EXTRA_COLUMN = r'''
+LOAD_WITH_AN_EXTRA_COLUMN = r"""
 import json, sys
 from decimal import Decimal
 import psycopg
@@ -59,18 +59,20 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
                                 " where attrelid = 'taptouch.orders'::regclass and attname = 'loyalty_tier'"
                                 ).fetchone()[0],
     }))
-'''
+"""
 
 
 def test_a_column_added_by_a_migration_and_one_declaration_line_is_parsed_validated_and_loaded(make_database):
     from pipelines.warehouse.migrations import migrate
+
     url = make_database()
     migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("alter table taptouch.orders add column loyalty_tier text")  # the migration's part
 
-    done = subprocess.run([sys.executable, "-c", LOAD_WITH_AN_EXTRA_COLUMN, url], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_WITH_AN_EXTRA_COLUMN, url], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -89,4 +91,5 @@ def test_a_column_added_by_a_migration_and_one_declaration_line_is_parsed_valida
 def test_the_declarations_in_this_process_are_the_shipped_ones():
     """The extra column above lives only in its own interpreter."""
     from pipelines.warehouse import records
+
     assert "loyalty_tier" not in records.ORDER_COLS

@@ -73,7 +73,11 @@ PROBES = [
     ("nesting deeper than can be stored", with_field(19, "[" * 3000 + "]" * 3000), "nested too deep"),
     ("year 1 with +05:00", order_bytes(20, created_at="0001-01-01T00:00:00+05:00"), "outside years 1-9999"),
     ("9999-12-31T23:59:59-05:00", order_bytes(21, updated_at="9999-12-31T23:59:59-05:00"), "outside years 1-9999"),
-    ("the last day of year 9999", order_bytes(22, updated_at="9999-12-31T23:59:59.9999999Z"), "within a day of those limits"),
+    (
+        "the last day of year 9999",
+        order_bytes(22, updated_at="9999-12-31T23:59:59.9999999Z"),
+        "within a day of those limits",
+    ),
     ("the first day of year 1", order_bytes(27, created_at="0001-01-01T12:00:00Z"), "within a day of those limits"),
     ("offset +23:59", order_bytes(23, created_at="2026-11-02T12:31:05+23:59"), "offset PostgreSQL refuses"),
     ("offset +00:00:30.5", order_bytes(24, created_at="2026-11-02T12:31:05+00:00:30.5"), "offset with seconds"),
@@ -86,12 +90,22 @@ PROBES = [
     ("item id a float", order_bytes(31).replace(b'"items":[{"id":1,', b'"items":[{"id":1.0,', 1), "integer id"),
     ("money as a string", order_bytes(32).replace(b'"tax":3.33', b'"tax":"3.33"', 1), "JSON number"),
     ("quantity as a string", order_bytes(33).replace(b'"quantity":2,', b'"quantity":"2",', 1), "JSON number"),
-    ("money beyond numeric(12,2)", order_bytes(34).replace(b'"tips":0.00', b'"tips":1e10', 1), "out of range for money"),
-    ("0.1234567890123456789012345 cents", order_bytes(35).replace(b'"tips":0.00', b'"tips":0.0000000000000000000000001', 1),
-     "more than 2 decimals"),
+    (
+        "money beyond numeric(12,2)",
+        order_bytes(34).replace(b'"tips":0.00', b'"tips":1e10', 1),
+        "out of range for money",
+    ),
+    (
+        "0.1234567890123456789012345 cents",
+        order_bytes(35).replace(b'"tips":0.00', b'"tips":0.0000000000000000000000001', 1),
+        "more than 2 decimals",
+    ),
     ("status true", order_bytes(36).replace(b'"status":"completed"', b'"status":true', 1), "must be text"),
-    ("items an object", order_bytes(37).replace(b'"items":[', b'"items":{"a":[', 1).replace(b'],"payments"', b']},"payments"', 1),
-     "items must be"),
+    (
+        "items an object",
+        order_bytes(37).replace(b'"items":[', b'"items":{"a":[', 1).replace(b'],"payments"', b']},"payments"', 1),
+        "items must be",
+    ),
     ("modifiers a string", order_bytes(38).replace(b'"modifiers":[{', b'"modifiers":"x","y":[{', 1), "modifiers"),
     ("NaN as a modifier price", order_bytes(39).replace(b'"price":0.80', b'"price":NaN', 1), "not a finite number"),
     ("duplicate item ids", order_bytes(40, items=[f.item(1, 1, "2.00"), f.item(1, 1, "3.00")]), "appears twice"),
@@ -126,16 +140,20 @@ def test_marker_texts_are_never_numbers(db):
     lookalike = order_bytes(62, number="D42E \\u0000D42\\u0000E")  # no NUL: a backslash and letters
     counts = load_raw(db, raws + [lookalike])
     assert (counts.inserted, counts.quarantined) == (1, 2)
-    assert q(db, "select raw->>'number' from taptouch.quarantine order by record_key") == \
-        [("\\u0000D42\\u0000E",), ("\\u0000Dfoo\\u0000E",)]
-    assert q(db, "select number, raw->>'number', jsonb_typeof(raw->'number') from taptouch.orders") == \
-        [("D42E \\u0000D42\\u0000E", "D42E \\u0000D42\\u0000E", "string")]
+    assert q(db, "select raw->>'number' from taptouch.quarantine order by record_key") == [
+        ("\\u0000D42\\u0000E",),
+        ("\\u0000Dfoo\\u0000E",),
+    ]
+    assert q(db, "select number, raw->>'number', jsonb_typeof(raw->'number') from taptouch.orders") == [
+        ("D42E \\u0000D42\\u0000E", "D42E \\u0000D42\\u0000E", "string")
+    ]
 
 
 def test_raw_is_exactly_what_the_api_sent(db):
     # unknown fields at any depth, number spelling (45.50, 1E+2, -0.0, 1e400), escapes, key order
     body = order_bytes(70)[:-1] + (
-        b',"x_b":{"z":[1.50,{"deep":1E+2}],"a":-0.0},"x_big":1e400,"x_esc":"tab\\t \\"q\\" \\u00e9 \\ud83d\\ude00"}')
+        b',"x_b":{"z":[1.50,{"deep":1E+2}],"a":-0.0},"x_big":1e400,"x_esc":"tab\\t \\"q\\" \\u00e9 \\ud83d\\ude00"}'
+    )
     assert load_raw(db, [body]).inserted == 1
     got = q(db, "select raw = %s::jsonb, raw->'x_b'->'z'->>0, raw->>'x_esc' from taptouch.orders", body.decode())[0]
     assert got == (True, "1.50", 'tab\t "q" é 😀')
@@ -148,20 +166,32 @@ def test_seven_digit_fractions_keep_their_order(db):
     counts = load_raw(db, [older])  # 0.8 microseconds older, loaded later
     assert (counts.updated, counts.unchanged) == (0, 1)
     # within one load too, whatever the order on the page
-    load_raw(db, [order_bytes(81, updated_at="2026-11-02T12:40:00.123456901Z", number="newer"),
-                  order_bytes(81, updated_at="2026-11-02T12:40:00.1234569Z", number="older")])
+    load_raw(
+        db,
+        [
+            order_bytes(81, updated_at="2026-11-02T12:40:00.123456901Z", number="newer"),
+            order_bytes(81, updated_at="2026-11-02T12:40:00.1234569Z", number="older"),
+        ],
+    )
     whole = D(int(datetime(2026, 11, 2, 12, 40, tzinfo=UTC).timestamp()))
     assert q(db, "select order_id, number, updated_at_exact from taptouch.orders order by 1") == [
-        (80, "newer", whole + D("0.1234569")), (81, "newer", whole + D("0.123456901"))]
+        (80, "newer", whole + D("0.1234569")),
+        (81, "newer", whole + D("0.123456901")),
+    ]
     # the newer version then arrives again: unchanged
     assert load_raw(db, [newer]).unchanged == 1
 
 
 def test_store_with_nan_in_address_costs_only_that_store(db):
-    bad = records.dumps(f.store(7102, "Australia/Perth"))[:-1].replace(
-        '"suburb":"Richmond"', '"suburb":NaN') + "}"
-    counts = load_stores(db, [bad.encode(), f.store(7103, "Pacific/Auckland"),
-                              records.dumps(f.store(7104, "UTC", updated_at="0001-01-01T00:00:00+05:00")).encode()])
+    bad = records.dumps(f.store(7102, "Australia/Perth"))[:-1].replace('"suburb":"Richmond"', '"suburb":NaN') + "}"
+    counts = load_stores(
+        db,
+        [
+            bad.encode(),
+            f.store(7103, "Pacific/Auckland"),
+            records.dumps(f.store(7104, "UTC", updated_at="0001-01-01T00:00:00+05:00")).encode(),
+        ],
+    )
     assert (counts.inserted, counts.quarantined) == (1, 2)
     reasons = dict(q(db, "select record_key, reason from taptouch.quarantine where entity = 'store'"))
     assert "not a finite number" in reasons["7102"] and "outside years" in reasons["7104"]
@@ -175,8 +205,10 @@ def test_stores_newest_wins_at_full_precision(db):
 
 def test_inventory_newest_wins_and_older_listing_deletes_nothing_newer(db):
     day = date(2026, 11, 27)
-    newer = [f.inventory(1, on_hand="5", updated_at="2026-11-27T09:00:00.0000002+11:00"),
-             f.inventory(2, on_hand="7", updated_at="2026-11-27T09:30:00+11:00")]  # product 2 is new
+    newer = [
+        f.inventory(1, on_hand="5", updated_at="2026-11-27T09:00:00.0000002+11:00"),
+        f.inventory(2, on_hand="7", updated_at="2026-11-27T09:30:00+11:00"),
+    ]  # product 2 is new
     older = [f.inventory(1, on_hand="99", updated_at="2026-11-27T09:00:00.0000001+11:00")]
     load_inventory(db, 7101, newer, snapshot_date=day)
     counts = load_inventory(db, 7101, older, snapshot_date=day)  # an older fetch committed later
@@ -184,15 +216,21 @@ def test_inventory_newest_wins_and_older_listing_deletes_nothing_newer(db):
     assert q(db, "select product_id, on_hand from taptouch.inventory_levels order by 1") == [(1, D(5)), (2, D(7))]
     assert q(db, "select product_id, on_hand from taptouch.inventory_snapshots order by 1") == [(1, D(5)), (2, D(7))]
     # a newer complete listing without product 2 delists it
-    counts = load_inventory(db, 7101, [f.inventory(1, on_hand="4", updated_at="2026-11-27T10:00:00+11:00")],
-                            snapshot_date=day)
+    counts = load_inventory(
+        db, 7101, [f.inventory(1, on_hand="4", updated_at="2026-11-27T10:00:00+11:00")], snapshot_date=day
+    )
     assert (counts.updated, counts.deleted) == (1, 1)
     assert q(db, "select product_id, on_hand from taptouch.inventory_levels") == [(1, D(4))]
 
 
 def test_inventory_bad_values_quarantined(db):
-    recs = [f.inventory(1), dict(f.inventory(2), on_hand=D("NaN")), dict(f.inventory(3), on_hand=D("1e-20000")),
-            dict(f.inventory(4), x_extra=D("1e-20000")), f.inventory(5, updated_at="9999-12-31T23:59:59-05:00")]
+    recs = [
+        f.inventory(1),
+        dict(f.inventory(2), on_hand=D("NaN")),
+        dict(f.inventory(3), on_hand=D("1e-20000")),
+        dict(f.inventory(4), x_extra=D("1e-20000")),
+        f.inventory(5, updated_at="9999-12-31T23:59:59-05:00"),
+    ]
     counts = load_inventory(db, 7101, recs, snapshot_date=date(2026, 11, 27))
     assert (counts.inserted, counts.quarantined) == (1, 4)
     assert q(db, "select product_id from taptouch.inventory_levels") == [(1,)]
@@ -200,6 +238,7 @@ def test_inventory_bad_values_quarantined(db):
 
 # ---------------------------------------------------------------------------------------------
 # the boundary without a database
+
 
 def test_parse_functions_raise_only_invalid_record():
     for raw in (b"", b"[]", b"null", b"\xff", b'{"id":' + b"9" * 5000 + b"}", "x", 5, None, {"id": {}}):
@@ -228,23 +267,32 @@ def test_exact_instant_keeps_every_digit():
 
 
 def test_fractions_beyond_microseconds_are_cut_never_rounded_into_the_next_day(db):
-    counts = load_raw(db, [order_bytes(90, updated_at="2026-11-02T23:59:59.999999999Z", number="last of the day"),
-                           order_bytes(91, updated_at="2026-11-02T12:00:00.0000005Z")])
+    counts = load_raw(
+        db,
+        [
+            order_bytes(90, updated_at="2026-11-02T23:59:59.999999999Z", number="last of the day"),
+            order_bytes(91, updated_at="2026-11-02T12:00:00.0000005Z"),
+        ],
+    )
     assert (counts.inserted, counts.quarantined) == (2, 0)
     assert q(db, "select order_id, updated_at from taptouch.orders order by 1") == [
         (90, datetime(2026, 11, 2, 23, 59, 59, 999999, tzinfo=UTC)),  # still 2 November
-        (91, datetime(2026, 11, 2, 12, 0, tzinfo=UTC))]
+        (91, datetime(2026, 11, 2, 12, 0, tzinfo=UTC)),
+    ]
     assert q(db, "select updated_at_exact % 1 from taptouch.orders where order_id = 90") == [(D("0.999999999"),)]
     # the last nanosecond of the last readable day is in range (rounding would have crossed into the next)
-    assert records.instant("9999-12-30T23:59:59.999999999+00:00") == datetime(9999, 12, 30, 23, 59, 59, 999999,
-                                                                                tzinfo=UTC)
+    assert records.instant("9999-12-30T23:59:59.999999999+00:00") == datetime(
+        9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # destructive replaces only from complete, well-formed listings
 
-TOKEN = (b'{"access_token":"t","token_type":"Bearer","expires_in":3600,'
-         b'"scope":"integration.store integration.order integration.inventory"}')
+TOKEN = (
+    b'{"access_token":"t","token_type":"Bearer","expires_in":3600,'
+    b'"scope":"integration.store integration.order integration.inventory"}'
+)
 
 
 def client_serving(body: bytes, page_size: int = 5) -> TaptouchClient:
@@ -252,18 +300,29 @@ def client_serving(body: bytes, page_size: int = 5) -> TaptouchClient:
         if request.url.path == api.TOKEN_PATH:
             return httpx.Response(200, content=TOKEN)
         return httpx.Response(200, content=body)
-    return TaptouchClient(client_id="c", client_secret="s", transport=httpx.MockTransport(handler),
-                          page_size=page_size, requests_per_second=None, sleep=lambda s: None, max_retries=1)
+
+    return TaptouchClient(
+        client_id="c",
+        client_secret="s",
+        transport=httpx.MockTransport(handler),
+        page_size=page_size,
+        requests_per_second=None,
+        sleep=lambda s: None,
+        max_retries=1,
+    )
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (b'{"status":{"ack":200}}', "'data' is missing"),
-    (b'{"status":{"ack":200},"data":null}', "'data' is null"),
-    (b'{"status":{"ack":200},"data":{"product_id":1}}', "not a list"),
-    (b'{"status":{"ack":200},"data":"[]"}', "not a list"),
-    (b'{"status":{"ack":200},"data":NaN}', "not a list"),
-    (b'{"status":{"ack":200},"data":[1,2,3,4,5,6]}', "more than the 5"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b'{"status":{"ack":200}}', "'data' is missing"),
+        (b'{"status":{"ack":200},"data":null}', "'data' is null"),
+        (b'{"status":{"ack":200},"data":{"product_id":1}}', "not a list"),
+        (b'{"status":{"ack":200},"data":"[]"}', "not a list"),
+        (b'{"status":{"ack":200},"data":NaN}', "not a list"),
+        (b'{"status":{"ack":200},"data":[1,2,3,4,5,6]}', "more than the 5"),
+    ],
+)
 def test_malformed_listing_is_a_protocol_error_not_an_empty_list(body, fragment):
     with client_serving(body) as client:
         with pytest.raises(TaptouchProtocolError, match=fragment):
@@ -280,8 +339,11 @@ def test_empty_data_is_an_empty_listing():
 def test_one_non_json_record_keeps_its_page_and_its_bytes():
     body = b'{"status":{"ack":200,"errors":null},"data":[{"id":1,"v":1.50},{"id":2,"v":NaN},{"id":3,"s":"\xe9"}]}'
     with client_serving(body) as client:
-        pages = list(client.iter_order_record_pages(7101, updated_from=datetime(2026, 11, 2, tzinfo=UTC),
-                                                    updated_to=datetime(2026, 11, 3, tzinfo=UTC)))
+        pages = list(
+            client.iter_order_record_pages(
+                7101, updated_from=datetime(2026, 11, 2, tzinfo=UTC), updated_to=datetime(2026, 11, 3, tzinfo=UTC)
+            )
+        )
         assert pages == [[b'{"id":1,"v":1.50}', b'{"id":2,"v":NaN}', b'{"id":3,"s":"\xe9"}']]
         parsed = list(client.iter_inventory(7101))
     assert parsed[0] == {"id": 1, "v": D("1.50")} and parsed[1]["v"].is_nan() and parsed[2] == b'{"id":3,"s":"\xe9"}'
@@ -303,22 +365,29 @@ def test_inventory_raw_is_the_bytes_the_api_sent(db):
     survive in ``raw`` exactly, as for orders."""
     from pipelines.sync import sync_inventory
 
-    level = (b'{"updated_at":"2026-11-27T08:00:00.1234567+11:00","product_id":3301,"sku":"LAT","name":"Latte beans",'
-             b'"category":"Coffee","unit":"kg","on_hand":12.50,"reorder_level":5E0,"cost_price":18.20,'
-             b'"sell_price":32.00,"x_new":{"b":1,"a":[1.0,-0]}}')
+    level = (
+        b'{"updated_at":"2026-11-27T08:00:00.1234567+11:00","product_id":3301,"sku":"LAT","name":"Latte beans",'
+        b'"category":"Coffee","unit":"kg","on_hand":12.50,"reorder_level":5E0,"cost_price":18.20,'
+        b'"sell_price":32.00,"x_new":{"b":1,"a":[1.0,-0]}}'
+    )
     body = b'{"status":{"ack":200,"errors":null},"data":[' + level + b"]}"
     with client_serving(body) as client:
-        result = sync_inventory(client, db, store_ids=[7101], timezones={7101: TZ},
-                                now=datetime(2026, 11, 27, tzinfo=UTC))
+        result = sync_inventory(
+            client, db, store_ids=[7101], timezones={7101: TZ}, now=datetime(2026, 11, 27, tzinfo=UTC)
+        )
     assert result.failures == [] and result.counts.inserted == 1
     [(same, on_hand, reorder, spelled)] = q(
-        db, "select raw = %s::jsonb, on_hand, reorder_level, raw->'x_new'->>'a' from taptouch.inventory_levels",
-        level.decode())
+        db,
+        "select raw = %s::jsonb, on_hand, reorder_level, raw->'x_new'->>'a' from taptouch.inventory_levels",
+        level.decode(),
+    )
     assert same and spelled == "[1.0, 0]" and (on_hand, reorder) == (D("12.50"), D("5"))
 
 
-@pytest.mark.parametrize("tz", ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris", "Mars/Olympus",
-                                "../../etc/passwd", ""])
+@pytest.mark.parametrize(
+    "tz",
+    ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris", "Mars/Olympus", "../../etc/passwd", ""],
+)
 def test_a_store_zone_that_is_not_a_place_is_quarantined(tz):
     """Business dates must not depend on the machine: ``localtime`` is the loader's own zone."""
     with pytest.raises(InvalidRecord, match="timezone"):

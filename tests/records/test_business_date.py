@@ -31,19 +31,19 @@ from tests.support.windows import load_window
 # (created_at text, zone, the local business date a person reads off a wall clock there)
 HOSTILE = [
     # Sydney: DST ends 2026-04-05 03:00 -> 02:00 (the hour 02:00-03:00 happens twice)
-    ("2026-04-04T13:30:00Z", "Australia/Sydney", date(2026, 4, 5)),    # 00:30 AEDT
+    ("2026-04-04T13:30:00Z", "Australia/Sydney", date(2026, 4, 5)),  # 00:30 AEDT
     ("2026-04-04T12:59:59.999999Z", "Australia/Sydney", date(2026, 4, 4)),  # 23:59:59.999999 AEDT
-    ("2026-04-04T13:00:00Z", "Australia/Sydney", date(2026, 4, 5)),    # midnight exactly
-    ("2026-04-04T15:30:00Z", "Australia/Sydney", date(2026, 4, 5)),    # 02:30 first time (fold 0)
-    ("2026-04-04T16:30:00Z", "Australia/Sydney", date(2026, 4, 5)),    # 02:30 second time (fold 1)
+    ("2026-04-04T13:00:00Z", "Australia/Sydney", date(2026, 4, 5)),  # midnight exactly
+    ("2026-04-04T15:30:00Z", "Australia/Sydney", date(2026, 4, 5)),  # 02:30 first time (fold 0)
+    ("2026-04-04T16:30:00Z", "Australia/Sydney", date(2026, 4, 5)),  # 02:30 second time (fold 1)
     # Sydney: DST starts 2026-10-04 02:00 -> 03:00 (no 02:xx that day)
-    ("2026-10-03T13:59:59Z", "Australia/Sydney", date(2026, 10, 3)),   # 23:59:59 AEST
+    ("2026-10-03T13:59:59Z", "Australia/Sydney", date(2026, 10, 3)),  # 23:59:59 AEST
     ("2026-10-03T14:00:00Z", "Australia/Sydney", date(2026, 10, 4)),
     ("2026-10-03T15:59:59+00:00", "Australia/Sydney", date(2026, 10, 4)),
     # New York: the gap at 02:00 on 2026-03-08, and midnight on either side of an offset text
     ("2026-03-08T04:59:59-00:00", "America/New_York", date(2026, 3, 7)),
     ("2026-03-08T00:00:00-05:00", "America/New_York", date(2026, 3, 8)),
-    ("2026-11-01T05:30:00Z", "America/New_York", date(2026, 11, 1)),   # 01:30 EDT... then EST
+    ("2026-11-01T05:30:00Z", "America/New_York", date(2026, 11, 1)),  # 01:30 EDT... then EST
     ("2026-11-01T06:30:00Z", "America/New_York", date(2026, 11, 1)),
     # the same instant written with offsets that are not the store's
     ("2026-11-02T23:50:00+11:00", "Australia/Perth", date(2026, 11, 2)),
@@ -51,15 +51,15 @@ HOSTILE = [
     ("2026-11-03T02:10:00+15:59", "Australia/Melbourne", date(2026, 11, 2)),  # 21:11 AEDT
     ("2026-11-02T00:10:00-15:59", "Pacific/Kiritimati", date(2026, 11, 3)),
     # half-hour, 45-minute and 30-minute-DST zones
-    ("2026-06-30T18:15:00Z", "Asia/Kathmandu", date(2026, 7, 1)),      # 00:00 +05:45
+    ("2026-06-30T18:15:00Z", "Asia/Kathmandu", date(2026, 7, 1)),  # 00:00 +05:45
     ("2026-06-30T18:14:59Z", "Asia/Kathmandu", date(2026, 6, 30)),
-    ("2026-01-01T10:15:00Z", "Pacific/Chatham", date(2026, 1, 2)),     # 00:00 +13:45 (DST)
+    ("2026-01-01T10:15:00Z", "Pacific/Chatham", date(2026, 1, 2)),  # 00:00 +13:45 (DST)
     ("2026-01-01T10:14:59Z", "Pacific/Chatham", date(2026, 1, 1)),
     ("2026-04-04T14:30:00Z", "Australia/Lord_Howe", date(2026, 4, 5)),  # 01:30 +11 (30-minute DST)
     ("2026-04-04T12:59:59Z", "Australia/Lord_Howe", date(2026, 4, 4)),
-    ("2026-07-01T14:30:00Z", "Australia/Adelaide", date(2026, 7, 2)),   # 00:00 +09:30
+    ("2026-07-01T14:30:00Z", "Australia/Adelaide", date(2026, 7, 2)),  # 00:00 +09:30
     # zones the tz database has also as abbreviations (PostgreSQL's `at time zone 'CET'` is +01:00 always)
-    ("2026-07-01T22:30:00Z", "CET", date(2026, 7, 2)),                 # 00:30 CEST
+    ("2026-07-01T22:30:00Z", "CET", date(2026, 7, 2)),  # 00:30 CEST
     ("2026-07-01T21:30:00Z", "EET", date(2026, 7, 2)),
     ("2026-07-01T23:30:00Z", "WET", date(2026, 7, 2)),
     # year edges, in and out of UTC
@@ -70,7 +70,7 @@ HOSTILE = [
     ("0001-01-02T00:00:00Z", "UTC", date(1, 1, 2)),
     ("9999-12-30T23:59:59.999999Z", "UTC", date(9999, 12, 30)),
     ("9999-12-30T12:00:00Z", "Pacific/Kiritimati", date(9999, 12, 31)),
-    ("1900-01-01T00:00:00Z", "Australia/Sydney", date(1900, 1, 1)),    # before any DST: LMT/standard
+    ("1900-01-01T00:00:00Z", "Australia/Sydney", date(1900, 1, 1)),  # before any DST: LMT/standard
 ]
 
 
@@ -99,7 +99,7 @@ def test_postgresql_reads_some_zone_names_otherwise(migrated_db):
     """Why the rule lives in Python only: PostgreSQL takes 'CET' as a fixed +01:00 abbreviation,
     the tz database (and every store record naming it) as Central European Time with DST."""
     with psycopg.connect(migrated_db) as conn:
-        sql_day, = conn.execute("select (timestamptz '2026-07-01T22:30:00Z' at time zone 'CET')::date").fetchone()
+        (sql_day,) = conn.execute("select (timestamptz '2026-07-01T22:30:00Z' at time zone 'CET')::date").fetchone()
     assert sql_day == date(2026, 7, 1) != records.business_date(records.instant("2026-07-01T22:30:00Z"), "CET")
 
 
@@ -125,15 +125,22 @@ def _sandbox_with_zone(sb: Sandbox, store_id: int, tz: str, updated_at: str) -> 
 @pytest.fixture
 def sandbox_db(migrated_db):
     sb = Sandbox(SandboxConfig(seed=11, stores=2, days=3, end_date=date(2026, 11, 27), orders_per_day=60))
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                            requests_per_second=None, sleep=lambda s: None, page_size=50)
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=50,
+    )
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         yield sb, client, conn
 
 
 def _dates(conn, store_id) -> dict[int, date]:
-    return dict(conn.execute("select order_id, business_date from taptouch.orders where store_id = %s",
-                             (store_id,)).fetchall())
+    return dict(
+        conn.execute("select order_id, business_date from taptouch.orders where store_id = %s", (store_id,)).fetchall()
+    )
 
 
 def _expected(conn, store_id, tz) -> dict[int, date]:
@@ -142,9 +149,13 @@ def _expected(conn, store_id, tz) -> dict[int, date]:
 
 
 def _daily(conn, store_id) -> dict[date, tuple]:
-    return {d: (n, net) for d, n, net in conn.execute(
-        "select business_date, order_count, net_sales from analytics.daily_store_sales where store_id = %s",
-        (store_id,)).fetchall()}
+    return {
+        d: (n, net)
+        for d, n, net in conn.execute(
+            "select business_date, order_count, net_sales from analytics.daily_store_sales where store_id = %s",
+            (store_id,),
+        ).fetchall()
+    }
 
 
 def _load_days(client, conn, days, **kw):
@@ -172,8 +183,14 @@ def test_stores_run_rederives_business_dates_when_a_zone_is_corrected(sandbox_db
 
     _sandbox_with_zone(sb, sid, new_tz, "2026-11-27T09:00:00+00:00")
     # a full refresh first: every order is unchanged (same bytes), none is re-dated by it
-    _load_days(client, conn, DAYS, timezones={s: new_tz if s == sid else t for s, t in
-                                              conn.execute("select store_id, timezone from taptouch.stores")})
+    _load_days(
+        client,
+        conn,
+        DAYS,
+        timezones={
+            s: new_tz if s == sid else t for s, t in conn.execute("select store_id, timezone from taptouch.stores")
+        },
+    )
     assert _dates(conn, sid) == before  # still the zone taptouch.stores holds: consistent with it
     counts, _ = sync_stores(client, conn)
     assert counts.updated == 1
@@ -185,8 +202,9 @@ def test_stores_run_rederives_business_dates_when_a_zone_is_corrected(sandbox_db
     assert sum(n for n, _ in daily_after.values()) == sum(n for n, _ in daily_before.values())
     # the other store is untouched; a second stores run re-derives nothing
     other = sb.store_ids()[1]
-    assert _dates(conn, other) == _expected(conn, other, conn.execute(
-        "select timezone from taptouch.stores where store_id = %s", (other,)).fetchone()[0])
+    assert _dates(conn, other) == _expected(
+        conn, other, conn.execute("select timezone from taptouch.stores where store_id = %s", (other,)).fetchone()[0]
+    )
     counts, _ = sync_stores(client, conn)
     assert counts.business_dates_rederived == 0 and counts.as_dict()["business_dates_rederived"] == 0
     # an hourly/full orders run afterwards keeps the new dates (unchanged orders and re-loaded ones)
@@ -229,12 +247,18 @@ def test_rederiving_100k_orders_of_a_store_is_fast(migrated_db):
                 " select i, %s, 'completed', t, t, (t at time zone 'Australia/Sydney')::date, 1, 0, 0, 0, 0, 1, 0, %s::jsonb"
                 " from (select i, timestamptz '2026-01-01T00:00:00Z' + (i - %s) * interval '5 minutes' as t"
                 "       from generate_series(%s::bigint, %s::bigint + 99999) i) x",
-                (sid, raw, first, first, first))
+                (sid, raw, first, first, first),
+            )
         t0 = time.monotonic()
         counts = load_stores(conn, [f.store(7101, "America/New_York", updated_at="2026-11-01T00:00:00Z")])
         seconds = time.monotonic() - t0
         assert _dates(conn, 7101) == _expected(conn, 7101, "America/New_York")
         assert 40_000 < counts.business_dates_rederived < 100_000  # ~15 h apart: about 60% of 5-minute slots move
         assert seconds < 10, seconds  # ~1-2 s on a 2-core machine
-        assert conn.execute("select count(*) from taptouch.orders where store_id = 7102"
-                            " and business_date <> (created_at at time zone 'Australia/Sydney')::date").fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "select count(*) from taptouch.orders where store_id = 7102"
+                " and business_date <> (created_at at time zone 'Australia/Sydney')::date"
+            ).fetchone()[0]
+            == 0
+        )

@@ -7,7 +7,8 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "reliability: fault schedules, kills, database faults, bad input, secrets (tests/reliability)")
+        "markers", "reliability: fault schedules, kills, database faults, bad input, secrets (tests/reliability)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,10 +10,10 @@ import pytest
 from pipelines.sync import day_window, sync_stores
 from pipelines.warehouse.db import connect, embedded_database_url, stop_embedded_server
 from pipelines.warehouse.migrations import migrate
-from tests.support.reliability import dbfaults
-from tests.support.reliability.check import compare
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
+from tests.support.reliability import dbfaults
+from tests.support.reliability.check import compare
 from tests.support.windows import load_window
 
 pytestmark = pytest.mark.reliability
@@ -29,8 +29,9 @@ def _assert_rolled_back_then_retried(o: dbfaults.FaultOutcome, conn) -> None:
     assert len(o.rows_before) > 100 and _version(o.rows_before, o.edited_order_id) < o.edited_updated_at
     assert o.rows_after_failure == o.rows_before  # the failed window rolled back whole
     assert o.diff.ok and o.diff.orders_found == o.diff.orders_expected, str(o.diff)  # the rerun loaded it
-    assert conn.execute("select updated_at, status from taptouch.orders where order_id = %s",
-                        (o.edited_order_id,)).fetchone() == (o.edited_updated_at, "refunded")
+    assert conn.execute(
+        "select updated_at, status from taptouch.orders where order_id = %s", (o.edited_order_id,)
+    ).fetchone() == (o.edited_updated_at, "refunded")
 
 
 def test_connection_terminated_mid_merge(migrated_db, conn):
@@ -50,13 +51,19 @@ def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
     url = embedded_database_url(embedded_pgdata)
     migrate(url)
     end_date = dbfaults.END_DATE
-    sb = Sandbox(SandboxConfig(seed=9, stores=3, days=5, end_date=end_date, orders_per_day=40),
-                 faults=Faults(latency=0.1))  # ~0.5 s per window: the restart lands mid-run
+    sb = Sandbox(
+        SandboxConfig(seed=9, stores=3, days=5, end_date=end_date, orders_per_day=40), faults=Faults(latency=0.1)
+    )  # ~0.5 s per window: the restart lands mid-run
     days = [end_date - timedelta(days=6) + timedelta(days=i) for i in range(8)]
     errors = []
     with sb.serve() as base_url:
-        client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=base_url,
-                                page_size=10, requests_per_second=None)
+        client = TaptouchClient(
+            client_id="sandbox-client",
+            client_secret="sandbox-secret",
+            base_url=base_url,
+            page_size=10,
+            requests_per_second=None,
+        )
 
         def run(db_url):
             try:
@@ -73,8 +80,9 @@ def test_embedded_postgres_restarted_during_a_run(embedded_pgdata):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # restart once the first window has committed
             with connect(url, autocommit=True) as probe:
-                done = probe.execute("select count(distinct \"window\") from taptouch.sync_log"
-                                     " where entity = 'orders'").fetchone()[0]
+                done = probe.execute(
+                    "select count(distinct \"window\") from taptouch.sync_log where entity = 'orders'"
+                ).fetchone()[0]
             if done >= 1:
                 break
             time.sleep(0.05)

@@ -32,8 +32,16 @@ def test_missing_or_empty_secret_names_the_variable(monkeypatch, secret):
         TaptouchClient(client_id="some-client", client_secret=secret or "")
 
 
-@pytest.mark.parametrize("url", ["http://api.taptouch.net", "http://10.0.0.5:8080", "http://example.com/",
-                                 "http://[2001:db8::1]/", "ftp://api.taptouch.net"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.taptouch.net",
+        "http://10.0.0.5:8080",
+        "http://example.com/",
+        "http://[2001:db8::1]/",
+        "ftp://api.taptouch.net",
+    ],
+)
 def test_plain_http_to_a_remote_host_is_refused(url):
     with pytest.raises(TaptouchConfigError, match="https"):
         TaptouchClient(client_id="c", client_secret="s", base_url=url)
@@ -46,8 +54,16 @@ def test_plain_http_to_loopback_is_allowed(url):
     TaptouchClient(client_id="c", client_secret="s", base_url=url).close()
 
 
-@pytest.mark.parametrize("url", ["http://evil.localhost:8765", "http://localhost.evil.com", "http://127.0.0.1.nip.io",
-                                 "http://0x7f000001.example", "http://[::ffff:10.0.0.1]/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.localhost:8765",
+        "http://localhost.evil.com",
+        "http://127.0.0.1.nip.io",
+        "http://0x7f000001.example",
+        "http://[::ffff:10.0.0.1]/",
+    ],
+)
 def test_loopback_is_literal(url):
     """Only literal loopback addresses and ``localhost`` itself skip https: any other name is
     resolved through DNS and may point anywhere."""
@@ -55,8 +71,15 @@ def test_loopback_is_literal(url):
         TaptouchClient(client_id="c", client_secret="s", base_url=url)
 
 
-@pytest.mark.parametrize("url", ["http://user:Hunter2#x@127.0.0.1:1", "https://u:Hunter2@api.taptouch.net",
-                                 "ftp://u:Hunter2?x@api.taptouch.net", "Hunter2"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:Hunter2#x@127.0.0.1:1",
+        "https://u:Hunter2@api.taptouch.net",
+        "ftp://u:Hunter2?x@api.taptouch.net",
+        "Hunter2",
+    ],
+)
 def test_a_bad_base_url_is_never_echoed(url):
     with pytest.raises(TaptouchConfigError) as raised:
         TaptouchClient(client_id="c", client_secret="s", base_url=url)
@@ -89,8 +112,10 @@ def _files_text(root: Path) -> tuple[int, bytes]:
 def test_no_secret_or_token_in_anything_a_run_wrote(migrated_db, tmp_path, caplog, monkeypatch):
     secret = f"TTSECRET-{uuid.uuid4().hex}"
     wrong = f"TTWRONG-{uuid.uuid4().hex}"
-    sb = Sandbox(SandboxConfig(seed=21, stores=2, days=3, end_date=END_DATE, orders_per_day=20, client_secret=secret),
-                 faults=Faults(revoke_tokens_every=7, token_lifetime=3600))
+    sb = Sandbox(
+        SandboxConfig(seed=21, stores=2, days=3, end_date=END_DATE, orders_per_day=20, client_secret=secret),
+        faults=Faults(revoke_tokens_every=7, token_lifetime=3600),
+    )
     issued: list[str] = []
     real_issue = sb.issue_token
 
@@ -106,16 +131,23 @@ def test_no_secret_or_token_in_anything_a_run_wrote(migrated_db, tmp_path, caplo
     exceptions: list[str] = []
     with sb.serve() as url, dg.instance_for_test(temp_dir=str(home)) as instance:
         monkeypatch.setenv("TAPTOUCH_CLIENT_SECRET", secret)
-        resources = {"taptouch": TaptouchResource(client_id="sandbox-client", base_url=url,
-                                                  requests_per_second=0, page_size=7),
-                     "warehouse": PostgresResource(database_url=migrated_db)}
-        ok = dg.materialize([stores, orders, inventory], resources=resources, partition_key="2026-11-26",
-                            instance=instance)
+        resources = {
+            "taptouch": TaptouchResource(client_id="sandbox-client", base_url=url, requests_per_second=0, page_size=7),
+            "warehouse": PostgresResource(database_url=migrated_db),
+        }
+        ok = dg.materialize(
+            [stores, orders, inventory], resources=resources, partition_key="2026-11-26", instance=instance
+        )
         assert ok.success
         # a failing run: a forbidden store (dg.Failure with text and metadata)
         sb.faults.forbidden_stores = {sb.store_ids()[0]}
-        bad = dg.materialize([stores, orders, inventory], resources=resources, partition_key="2026-11-25",
-                             instance=instance, raise_on_error=False)
+        bad = dg.materialize(
+            [stores, orders, inventory],
+            resources=resources,
+            partition_key="2026-11-25",
+            instance=instance,
+            raise_on_error=False,
+        )
         assert not bad.success
         sb.faults.forbidden_stores = set()
         # a run with a wrong secret: the error must not echo it
@@ -133,8 +165,12 @@ def test_no_secret_or_token_in_anything_a_run_wrote(migrated_db, tmp_path, caplo
         n_files, on_disk = _files_text(home)
     assert sb.stats.token_requests >= 3 and len(issued) >= 3, "revocations should have forced new tokens"
     assert exceptions and any("TAPTOUCH_CLIENT_SECRET" in e or "client credentials" in e for e in exceptions)
-    haystacks = {"event log": events, "python logging": caplog.text, "exception texts": "\n".join(exceptions),
-                 "dagster storage on disk": on_disk.decode("utf-8", "replace")}
+    haystacks = {
+        "event log": events,
+        "python logging": caplog.text,
+        "exception texts": "\n".join(exceptions),
+        "dagster storage on disk": on_disk.decode("utf-8", "replace"),
+    }
     assert n_files > 0 and len(events) > 10_000
     # the scan looks at real text: the client id (not secret) is there, in errors and on disk
     assert "sandbox-client" in haystacks["exception texts"] and "sandbox-client" in haystacks["dagster storage on disk"]

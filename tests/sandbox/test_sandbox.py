@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo
@@ -136,10 +136,15 @@ def test_token_grant_and_denials(sb):
         r = token_request(c, scope="integration.order admin.everything")
         assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
         # the documented curl sends multipart; accepted too
-        r = c.post("/auth/v2/token", files={"grant_type": (None, "client_credentials"),
-                                            "client_id": (None, "sandbox-client"),
-                                            "client_secret": (None, "sandbox-secret"),
-                                            "scope": (None, "integration.inventory")})
+        r = c.post(
+            "/auth/v2/token",
+            files={
+                "grant_type": (None, "client_credentials"),
+                "client_id": (None, "sandbox-client"),
+                "client_secret": (None, "sandbox-secret"),
+                "scope": (None, "integration.inventory"),
+            },
+        )
         assert r.status_code == 200 and r.json()["scope"] == "integration.inventory"
 
 
@@ -161,7 +166,12 @@ def test_bearer_tokens_invalid_expired_revoked():
         tok = token_request(c).json()
         assert tok["expires_in"] == 100
         for scheme in ("bearer", "Bearer", "BEARER"):
-            assert c.get("/integration/v1/stores", headers={"Authorization": f"{scheme} {tok['access_token']}"}).status_code == 200
+            assert (
+                c.get(
+                    "/integration/v1/stores", headers={"Authorization": f"{scheme} {tok['access_token']}"}
+                ).status_code
+                == 200
+            )
         for headers in ({}, {"Authorization": "bearer nope"}, {"Authorization": "Basic abc"}):
             r = c.get("/integration/v1/stores", headers=headers)
             assert r.status_code == 401 and parse(r)["status"]["errors"]["code"] == "invalid_token"
@@ -186,9 +196,15 @@ def test_envelope_and_store_pagination(sb):
         assert [len(p) for p in pages] == [2, 1]  # a short page is the last
         assert [s for p in pages for s in p] == sb.stores()
         assert {s["timezone"] for s in sb.stores()} == {"Australia/Sydney", "Australia/Perth", "Pacific/Auckland"}
-        for params, name in (({"count": 501}, "count"), ({"count": 0}, "count"), ({"count": "ten"}, "count"),
-                             ({"index": -1}, "index"), ({"updated_from": "2026-11-20T00:00:00"}, "updated_from"),
-                             ({"updated_to": "yesterday"}, "updated_to"), ({"status": "lost"}, "status")):
+        for params, name in (
+            ({"count": 501}, "count"),
+            ({"count": 0}, "count"),
+            ({"count": "ten"}, "count"),
+            ({"index": -1}, "index"),
+            ({"updated_from": "2026-11-20T00:00:00"}, "updated_from"),
+            ({"updated_to": "yesterday"}, "updated_to"),
+            ({"status": "lost"}, "status"),
+        ):
             r = c.get("/integration/v1/stores/7101/orders", headers=headers, params=params)
             assert r.status_code == 422, params
             body = parse(r)
@@ -216,21 +232,25 @@ def test_window_is_half_open_on_updated_at(sb):
     u = datetime.fromisoformat(target["updated_at"])
     headers = auth(sb)
     with client(sb) as c:
+
         def ids(f, t):
-            r = c.get("/integration/v1/stores/7101/orders", headers=headers, params={
-                "updated_from": f.isoformat(), "updated_to": t.isoformat(), "count": 500})
+            r = c.get(
+                "/integration/v1/stores/7101/orders",
+                headers=headers,
+                params={"updated_from": f.isoformat(), "updated_to": t.isoformat(), "count": 500},
+            )
             assert r.status_code == 200
             return {o["id"] for o in parse(r)["data"]}
 
         assert target["id"] in ids(u, u + timedelta(seconds=1))
         assert target["id"] not in ids(u - timedelta(hours=1), u)
         # the same instant written in another offset selects the same orders
-        utc = u.astimezone(timezone.utc)
+        utc = u.astimezone(UTC)
         assert ids(utc, utc + timedelta(hours=3)) == ids(u, u + timedelta(hours=3))
         r = c.get("/integration/v1/stores/7101/orders", headers=headers, params={"status": "refunded", "count": 500})
         assert {o["status"] for o in parse(r)["data"]} == {"refunded"}
     # consecutive windows partition the orders: every order exactly once
-    start = datetime.combine(END - timedelta(days=12), datetime.min.time(), timezone.utc)
+    start = datetime.combine(END - timedelta(days=12), datetime.min.time(), UTC)
     seen = []
     for day in range(14):
         f = start + timedelta(days=day)
@@ -257,7 +277,9 @@ def test_every_order_satisfies_the_contract_arithmetic(sb):
 def test_money_is_emitted_with_exactly_two_decimals(sb):
     with client(sb) as c:
         text = c.get("/integration/v1/stores/7103/orders", headers=auth(sb), params={"count": 200}).text
-    money = re.findall(r'"(?:subtotal|discount|surcharge|rounding|tax|total|tips|unit_price|price|amount|tip)":([-0-9.]+)', text)
+    money = re.findall(
+        r'"(?:subtotal|discount|surcharge|rounding|tax|total|tips|unit_price|price|amount|tip)":([-0-9.]+)', text
+    )
     assert len(money) > 1000 and all(re.fullmatch(r"-?\d+\.\d\d", m) for m in money)
 
 
@@ -272,7 +294,7 @@ def test_determinism_and_seed_sensitivity(sb):
 
 def test_business_date_edge_cases_exist(sb):
     late = early = utc_date_differs = False
-    for sid, store in zip(sb.store_ids(), sb.stores()):
+    for sid, store in zip(sb.store_ids(), sb.stores(), strict=False):
         tz = ZoneInfo(store["timezone"])
         for o in sb.orders(sid):
             created = datetime.fromisoformat(o["created_at"])
@@ -280,7 +302,7 @@ def test_business_date_edge_cases_exist(sb):
             assert created.utcoffset() == local.utcoffset()  # timestamps carry the store's own offset
             late |= local.hour == 23 and local.minute >= 50
             early |= local.hour == 0 and local.minute <= 15
-            utc_date_differs |= created.astimezone(timezone.utc).date() != local.date()
+            utc_date_differs |= created.astimezone(UTC).date() != local.date()
     assert late and early and utc_date_differs
 
 
@@ -291,8 +313,11 @@ def test_customer_nullable_and_variety(sb):
     assert {o["fulfillment_type"] for o in orders} == {"dine_in", "takeaway", "delivery", "pickup"}
     assert any(o["tips"] > 0 for o in orders) and any(o["surcharge"] > 0 for o in orders)
     assert any(o["rounding"] != 0 for o in orders)
-    assert any(datetime.fromisoformat(o["updated_at"]) - datetime.fromisoformat(o["completed_at"]) > timedelta(hours=1)
-               for o in orders if o["completed_at"])
+    assert any(
+        datetime.fromisoformat(o["updated_at"]) - datetime.fromisoformat(o["completed_at"]) > timedelta(hours=1)
+        for o in orders
+        if o["completed_at"]
+    )
 
 
 def test_inventory_levels_and_filter(sb):
@@ -304,10 +329,15 @@ def test_inventory_levels_and_filter(sb):
     with client(sb) as c:
         served = [r for p in fetch_all(c, "/integration/v1/stores/7101/inventory", headers, count=25) for r in p]
         assert served == rows
-        since = datetime(2026, 11, 20, tzinfo=timezone.utc)
-        recent = [r for p in fetch_all(c, "/integration/v1/stores/7101/inventory", headers,
-                                       updated_from=since.isoformat()) for r in p]
-    assert recent == [r for r in rows if datetime.fromisoformat(r["updated_at"]) >= since] and 0 < len(recent) < len(rows)
+        since = datetime(2026, 11, 20, tzinfo=UTC)
+        recent = [
+            r
+            for p in fetch_all(c, "/integration/v1/stores/7101/inventory", headers, updated_from=since.isoformat())
+            for r in p
+        ]
+    assert recent == [r for r in rows if datetime.fromisoformat(r["updated_at"]) >= since] and 0 < len(recent) < len(
+        rows
+    )
 
 
 def test_edit_order_publishes_a_later_valid_version():
@@ -315,7 +345,9 @@ def test_edit_order_publishes_a_later_valid_version():
     original = next(o for o in sb.orders(7101) if o["status"] == "completed")
     edited = sb.edit_order(original["id"], status="partially_refunded")
     check_arithmetic(edited)
-    assert datetime.fromisoformat(edited["updated_at"]) == datetime.fromisoformat(original["updated_at"]) + timedelta(hours=1)
+    assert datetime.fromisoformat(edited["updated_at"]) == datetime.fromisoformat(original["updated_at"]) + timedelta(
+        hours=1
+    )
     assert sb.order(original["id"]) == edited
     u = datetime.fromisoformat(edited["updated_at"])
     assert edited in sb.orders_in_window(7101, u, u + timedelta(seconds=1))
@@ -333,8 +365,12 @@ def test_truth_daily_store_sales_matches_a_recomputation_from_served_json(sb):
     headers = auth(sb)
     with client(sb) as c:
         raw = [o for p in fetch_all(c, "/integration/v1/stores/7102/orders", headers, count=500) for o in p]
-    mine = [o for o in raw if o["status"] in ("completed", "partially_refunded", "refunded")
-            and datetime.fromisoformat(o["created_at"]).astimezone(tz).date() == day]
+    mine = [
+        o
+        for o in raw
+        if o["status"] in ("completed", "partially_refunded", "refunded")
+        and datetime.fromisoformat(o["created_at"]).astimezone(tz).date() == day
+    ]
     total = sum(o["total"] for o in mine)
     refunds = sum(r["amount"] for o in mine for r in o["refunds"])
     expected = {
@@ -365,7 +401,7 @@ def test_rate_limit_bursts_with_retry_after_forms():
         sb.faults.retry_after = "date"
         sb.faults.rate_limit_every = 1
         r = c.get("/integration/v1/stores", headers=headers)
-        ahead = parsedate_to_datetime(r.headers["Retry-After"]) - datetime.now(timezone.utc)
+        ahead = parsedate_to_datetime(r.headers["Retry-After"]) - datetime.now(UTC)
         assert r.status_code == 429 and timedelta(0) < ahead <= timedelta(seconds=3)
     assert sb.stats.responses_by_status[429] == 5 and sb.stats.api_requests == 8
 
@@ -414,7 +450,7 @@ def test_duplicate_page_boundary_repeats_exactly_one_record_per_page():
         pages = fetch_all(c, "/integration/v1/stores/7101/orders", auth(sb), count=50)
     assert all(len(p) == 50 for p in pages[:-1]) and len(pages) >= 3
     later_pages = [page for page in pages[1:] if page]  # the last page may be empty
-    assert [page[0] for page in later_pages] == [prev[-1] for prev, page in zip(pages, pages[1:]) if page]
+    assert [page[0] for page in later_pages] == [prev[-1] for prev, page in zip(pages, pages[1:], strict=False) if page]
     served = [o["id"] for p in pages for o in p]
     assert len(served) - len(set(served)) == len(later_pages)  # one repeat per later page, nothing else
     assert sorted(set(served)) == sorted(truth_ids)
@@ -424,8 +460,12 @@ def test_ignore_index_serves_the_same_page_again():
     sb = make(stores=1, days=4, faults=Faults(ignore_index=True))
     with client(sb) as c:
         headers = auth(sb)
-        p0, p1 = (parse(c.get("/integration/v1/stores/7101/orders", headers=headers,
-                              params={"index": i, "count": 20}))["data"] for i in (0, 1))
+        p0, p1 = (
+            parse(c.get("/integration/v1/stores/7101/orders", headers=headers, params={"index": i, "count": 20}))[
+                "data"
+            ]
+            for i in (0, 1)
+        )
     assert p0 == p1 and len(p0) == 20
 
 
@@ -434,13 +474,22 @@ def test_malformed_and_extra_fields():
     bad = sb.malformed_order_ids()
     headers = auth(sb)
     with client(sb) as c:
-        served = {o["id"]: o for sid in sb.store_ids()
-                  for p in fetch_all(c, f"/integration/v1/stores/{sid}/orders", headers, count=500) for o in p}
+        served = {
+            o["id"]: o
+            for sid in sb.store_ids()
+            for p in fetch_all(c, f"/integration/v1/stores/{sid}/orders", headers, count=500)
+            for o in p
+        }
     clean = {o["id"]: o for sid in sb.store_ids() for o in sb.orders(sid)}
     assert 0 < len(bad) < len(clean) / 3 and bad <= set(served)
     assert {sb.malformed_kind(i) for i in bad} == {
-        "missing_total", "total_not_a_number", "created_at_without_offset", "items_not_a_list",
-        "nul_in_number", "subtotal_three_decimals"}
+        "missing_total",
+        "total_not_a_number",
+        "created_at_without_offset",
+        "items_not_a_list",
+        "nul_in_number",
+        "subtotal_three_decimals",
+    }
     for oid, o in served.items():
         if oid not in bad:
             assert o == clean[oid]
@@ -502,17 +551,39 @@ def test_real_http_server_serves_the_same_data_and_stalls():
 
 def test_cli_serves_until_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taptouch_sandbox", "serve", "--port", "0", "--stores", "2", "--days", "2",
-         "--end-date", "2026-11-27", "--forbidden-store", "7102", "--client-secret", "s3cret"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "taptouch_sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--stores",
+            "2",
+            "--days",
+            "2",
+            "--end-date",
+            "2026-11-27",
+            "--forbidden-store",
+            "7102",
+            "--client-secret",
+            "s3cret",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
         export = lines[2]
         url = re.search(r"TAPTOUCH_BASE_URL=(\S+)", export).group(1)
         assert "TAPTOUCH_CLIENT_SECRET=s3cret" in export and not url.endswith(":0")
         with httpx.Client(base_url=url, timeout=5) as c:
-            r = c.post("/auth/v2/token", data={"grant_type": "client_credentials", "client_id": "sandbox-client",
-                                                "client_secret": "s3cret"})
+            r = c.post(
+                "/auth/v2/token",
+                data={"grant_type": "client_credentials", "client_id": "sandbox-client", "client_secret": "s3cret"},
+            )
             headers = {"Authorization": f"bearer {r.json()['access_token']}"}
             assert [s["id"] for s in c.get("/integration/v1/stores", headers=headers).json()["data"]] == [7101, 7102]
             r = c.get("/integration/v1/stores/7102/orders", headers=headers)

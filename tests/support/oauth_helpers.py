@@ -7,14 +7,14 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from pipelines.authorize import AuthorizeResult, run_authorize
-from taptouch_sandbox import Sandbox
 from pipelines.warehouse.token_store import TokenCipher, TokenStore
+from taptouch_sandbox import Sandbox
 
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 BROWSER_THREAD = "merchant-browser"
@@ -54,12 +54,22 @@ def make_store(database_url: str, **kwargs) -> TokenStore:
     return TokenStore(database_url, cipher=TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET, env={}), **kwargs)
 
 
-def authorize(base_url: str, store: TokenStore, merchant: str = "cafe", browser: Browser | None = None,
-              **kwargs) -> AuthorizeResult:
+def authorize(
+    base_url: str, store: TokenStore, merchant: str = "cafe", browser: Browser | None = None, **kwargs
+) -> AuthorizeResult:
     browser = browser or Browser()
     try:
-        return run_authorize(base_url=base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, store=store,
-                             merchant=merchant, port=0, timeout=kwargs.pop("timeout", 10), announce=browser, **kwargs)
+        return run_authorize(
+            base_url=base_url,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            store=store,
+            merchant=merchant,
+            port=0,
+            timeout=kwargs.pop("timeout", 10),
+            announce=browser,
+            **kwargs,
+        )
     finally:
         browser.join()
 
@@ -74,8 +84,12 @@ def run_authorize_command(args: list[str], env: dict[str, str]) -> tuple[subproc
     browser, 30 s timeout), with a :class:`Browser` following the URL it prints as the merchant."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "authorize", *args, "--port", "0", "--no-browser", "--timeout", "30"],
-        cwd=Path(__file__).resolve().parents[2], env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     browser = Browser()
     try:
         for line in proc.stdout:

@@ -10,6 +10,7 @@ process group (the code servers and run workers it spawned) is killed on exit, e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -48,8 +49,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def derived_dagster_yaml(pool_limit: int, backfill_runs: int | None = None,
-                         max_concurrent_runs: int | None = None) -> dict:
+def derived_dagster_yaml(
+    pool_limit: int, backfill_runs: int | None = None, max_concurrent_runs: int | None = None
+) -> dict:
     """deploy/dagster.yaml with the `taptouch_api` pool limit (and optionally the backfill-run and
     total-run limits) replaced; everything else (storage from DAGSTER_PG_URL, queue, retention) as is."""
     config = yaml.safe_load(DEPLOY_DAGSTER_YAML.read_text())
@@ -113,9 +115,16 @@ class ProdStack:
     # -- processes ------------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -124,14 +133,17 @@ class ProdStack:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
-    def start(self) -> "ProdStack":
+    def start(self) -> ProdStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "TAPTOUCH_"))}
         self._start_sandbox(base_env)
         home = self.workdir / "dagster_home"
         home.mkdir(exist_ok=True)
-        (home / "dagster.yaml").write_text(yaml.safe_dump(
-            derived_dagster_yaml(self.pool_limit, self.backfill_runs, self.max_concurrent_runs), sort_keys=False))
+        (home / "dagster.yaml").write_text(
+            yaml.safe_dump(
+                derived_dagster_yaml(self.pool_limit, self.backfill_runs, self.max_concurrent_runs), sort_keys=False
+            )
+        )
         self.env = {
             **base_env,
             "DAGSTER_HOME": str(home),
@@ -148,17 +160,35 @@ class ProdStack:
         }
         port = free_port()
         self.webserver_url = f"http://127.0.0.1:{port}"
-        self._spawn("webserver", [str(BIN / "dagster-webserver"), "-w", "workspace.yaml",
-                                  "-h", "127.0.0.1", "-p", str(port)], self.env)
+        self._spawn(
+            "webserver",
+            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            self.env,
+        )
         self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], self.env)
         self.gql = Graphql(self.webserver_url)
         self._wait_for_webserver()
         return self
 
     def _start_sandbox(self, env: dict[str, str]) -> None:
-        argv = [str(BIN / "python"), "-m", "taptouch_sandbox", "serve", "--port", "0",
-                "--seed", str(SEED), "--stores", str(STORES), "--days", str(DAYS),
-                "--orders-per-day", str(ORDERS_PER_DAY), "--end-date", END.isoformat()]
+        argv = [
+            str(BIN / "python"),
+            "-m",
+            "taptouch_sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--seed",
+            str(SEED),
+            "--stores",
+            str(STORES),
+            "--days",
+            str(DAYS),
+            "--orders-per-day",
+            str(ORDERS_PER_DAY),
+            "--end-date",
+            END.isoformat(),
+        ]
         if self.sandbox_latency:
             argv += ["--latency", str(self.sandbox_latency)]
         proc = self._spawn("sandbox", argv, {**env, "PYTHONUNBUFFERED": "1"})
@@ -201,26 +231,21 @@ class ProdStack:
         """SIGTERM each process group, then SIGKILL what is left. Safe to call twice."""
         for proc in self.procs.values():
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 15
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # the group may hold children (code servers, run workers) even after the leader exits
+            # the group may hold children (code servers, run workers) even after the leader exits
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             if proc.poll() is None:
                 proc.wait(timeout=10)
         if getattr(self, "gql", None):
             self.gql.close()
 
-    def __enter__(self) -> "ProdStack":
+    def __enter__(self) -> ProdStack:
         try:
             return self.start()
         except BaseException:
@@ -242,8 +267,11 @@ class ProdStack:
     def wait_for_run(self, run_id: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.gql("""query($id: ID!) { runOrError(runId: $id) { __typename
-                ... on Run { runId status startTime endTime } } }""", id=run_id)["runOrError"]
+            run = self.gql(
+                """query($id: ID!) { runOrError(runId: $id) { __typename
+                ... on Run { runId status startTime endTime } } }""",
+                id=run_id,
+            )["runOrError"]
             if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
                 return run
             time.sleep(1)
@@ -251,7 +279,8 @@ class ProdStack:
 
     def launch_backfill(self, asset: str, partitions: list[str], title: str = "") -> str:
         """An asset backfill, as the UI's "Materialize selected" dialog launches it."""
-        result = self.gql("""mutation($params: LaunchBackfillParams!) {
+        result = self.gql(
+            """mutation($params: LaunchBackfillParams!) {
               launchPartitionBackfill(backfillParams: $params) {
                 __typename
                 ... on LaunchBackfillSuccess { backfillId }
@@ -263,8 +292,9 @@ class ProdStack:
                 ... on ConflictingExecutionParamsError { message }
                 ... on InvalidStepError { invalidStepKey }
                 ... on InvalidOutputError { invalidOutputName }
-              } }""", params={"assetSelection": [{"path": [asset]}], "partitionNames": partitions,
-                             "title": title or None})["launchPartitionBackfill"]
+              } }""",
+            params={"assetSelection": [{"path": [asset]}], "partitionNames": partitions, "title": title or None},
+        )["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
             raise AssertionError(f"backfill was not launched: {result}")
         return result["backfillId"]
@@ -279,20 +309,25 @@ class ProdStack:
         raise TimeoutError(f"backfill {backfill_id} did not finish in {timeout}s:\n{self.log('daemon')}")
 
     def backfill(self, backfill_id: str) -> dict:
-        data = self.gql("""query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+        data = self.gql(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
               ... on PartitionBackfill { id status numPartitions partitionNames startTime endTime
                   runs { runId status startTime endTime tags { key value } }
                   error { message } }
-              ... on PythonError { message } } }""", id=backfill_id)["partitionBackfillOrError"]
+              ... on PythonError { message } } }""",
+            id=backfill_id,
+        )["partitionBackfillOrError"]
         if data["__typename"] != "PartitionBackfill":
             raise AssertionError(f"backfill {backfill_id}: {data}")
         return data
 
     def schedules(self) -> dict[str, dict]:
-        data = self.gql("""query($sel: RepositorySelector!) { schedulesOrError(repositorySelector: $sel) {
+        data = self.gql(
+            """query($sel: RepositorySelector!) { schedulesOrError(repositorySelector: $sel) {
               __typename ... on PythonError { message } ... on RepositoryNotFoundError { message } ... on Schedules { results { name cronSchedule executionTimezone
                   scheduleState { status } } } } }""",
-                        sel={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY})
+            sel={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+        )
         result = data["schedulesOrError"]
         if result["__typename"] != "Schedules":
             raise AssertionError(f"schedules: {result}")

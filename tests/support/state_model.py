@@ -33,10 +33,11 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -46,9 +47,9 @@ from pipelines.reconcile import reconcile_orders
 from pipelines.sync import WindowCancelled, sync_stores
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 from . import truth
-from tests.support.windows import load_window
 
 DAY = 86_400
 STORES = 2
@@ -79,7 +80,7 @@ def confirm_s() -> int:
 
 
 def instant(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def epoch_of(iso: str) -> int:
@@ -88,14 +89,18 @@ def epoch_of(iso: str) -> int:
 
 def day_start(epoch: float) -> datetime:
     d = instant(epoch).date()
-    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
 def reset_warehouse(conn: psycopg.Connection) -> None:
     """Empty every table of schema ``taptouch`` (the cheapest fresh warehouse between histories:
     migrations and views stay)."""
-    tables = [r[0] for r in conn.execute(
-        "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname = 'taptouch'")]
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "select format('%I.%I', schemaname, tablename) from pg_tables where schemaname = 'taptouch'"
+        )
+    ]
     if tables:
         conn.execute("truncate " + ", ".join(tables))
 
@@ -123,20 +128,28 @@ class Tally:
 
 class World:
     def __init__(self, db_url: str, seed: int, *, log: Callable[[str], None] | None = None):
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         # well in the past: the fake clock (and the reconciliation's ``now``) never reaches real time
         self.end_date: date = today - timedelta(days=14)
         first_day = self.end_date - timedelta(days=DAYS - 1)
         # the first UTC day holding orders: a store east of UTC opens its first local day on the UTC day before
-        self.first_utc = datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc) - timedelta(days=1)
-        self.now: int = int(datetime(self.end_date.year, self.end_date.month, self.end_date.day, 6,
-                                     tzinfo=timezone.utc).timestamp()) - DAY
-        self.latest_allowed = int(datetime.now(timezone.utc).timestamp()) - 2 * DAY
-        self.sb = Sandbox(SandboxConfig(seed=seed, stores=STORES, days=DAYS, end_date=self.end_date,
-                                        orders_per_day=ORDERS_PER_DAY), clock=lambda: self.now)
-        self.client = TaptouchClient(client_id=self.sb.config.client_id, client_secret=self.sb.config.client_secret,
-                                     transport=self.sb.transport(), requests_per_second=None,
-                                     sleep=lambda s: None, page_size=PAGE_SIZE)
+        self.first_utc = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC) - timedelta(days=1)
+        self.now: int = (
+            int(datetime(self.end_date.year, self.end_date.month, self.end_date.day, 6, tzinfo=UTC).timestamp()) - DAY
+        )
+        self.latest_allowed = int(datetime.now(UTC).timestamp()) - 2 * DAY
+        self.sb = Sandbox(
+            SandboxConfig(seed=seed, stores=STORES, days=DAYS, end_date=self.end_date, orders_per_day=ORDERS_PER_DAY),
+            clock=lambda: self.now,
+        )
+        self.client = TaptouchClient(
+            client_id=self.sb.config.client_id,
+            client_secret=self.sb.config.client_secret,
+            transport=self.sb.transport(),
+            requests_per_second=None,
+            sleep=lambda s: None,
+            page_size=PAGE_SIZE,
+        )
         self.say = log or (lambda s: None)
         self.tally = Tally()
         self.conn = psycopg.connect(db_url, autocommit=True)
@@ -298,13 +311,16 @@ class World:
             if kill == "cancel":
                 self.kill_after, self.kill_action = 2, cancel.set
             elif kill == "merge":
+
                 def before_merge() -> None:
                     self.tally.kills += 1
                     raise Killed("killed just before the merge")
+
             self.phase = f"{name}:{key}"
             try:
-                result = load_window(self.client, self.conn, key, start, end, lookback=lookback, cancel=cancel,
-                                     before_merge=before_merge)
+                result = load_window(
+                    self.client, self.conn, key, start, end, lookback=lookback, cancel=cancel, before_merge=before_merge
+                )
             except (Killed, WindowCancelled) as exc:
                 out.append(f"{key}: killed ({type(exc).__name__})")
                 self._account({})
@@ -315,8 +331,10 @@ class World:
             ok = set(result.stores_ok) - {f.store_id for f in result.failures}
             self._account({f"{name}:{key}": ok})
             failed = ",".join(str(f.store_id) for f in result.failures)
-            out.append(f"{key}: {result.records} read, +{result.counts.inserted} ~{result.counts.updated}"
-                       + (f", failed {failed}" if failed else ""))
+            out.append(
+                f"{key}: {result.records} read, +{result.counts.inserted} ~{result.counts.updated}"
+                + (f", failed {failed}" if failed else "")
+            )
             if kill:
                 break  # the kill did not fire (too few pages): the run simply finished
         return "; ".join(out)
@@ -324,8 +342,10 @@ class World:
     def reconcile(self, *, days: int = RECONCILE_DAYS, kill: bool = False) -> str:
         self.tally.add(self.tally.runs, "reconcile" + ("-killed" if kill else ""))
         if kill:
+
             def stop() -> None:
                 raise Killed("killed while listing")
+
             self.kill_after, self.kill_action = 3, stop
         self.phase = "reconcile"
         try:
@@ -339,8 +359,9 @@ class World:
         failed = {f[0] if isinstance(f, tuple) else getattr(f, "store_id", None) for f in result.failures}
         ok = {s.store_id for s in result.stores} - failed
         self._account({"reconcile": ok})
-        return (f"{result.listed} listed, {result.deleted} deleted, {result.restored} restored"
-                + (f", failed {sorted(failed)}" if failed else ""))
+        return f"{result.listed} listed, {result.deleted} deleted, {result.restored} restored" + (
+            f", failed {sorted(failed)}" if failed else ""
+        )
 
     def _account(self, ok: dict[str, set[int]]) -> None:
         """Replay the step's events: ids a listing returned to a run that succeeded for that store
@@ -361,11 +382,18 @@ class World:
 
     # ------------------------------------------------------------------ invariants
     def _mark_key_columns(self) -> list[str]:
-        cols = [r[0] for r in self.conn.execute(
-            "select column_name from information_schema.columns where table_schema = 'taptouch'"
-            " and table_name = 'sync_marks' order by ordinal_position")]
-        return [c for c in cols if c not in ("high_water", "full_loaded_at", "updated_at", "started_at")
-                and not c.endswith("_at")]
+        cols = [
+            r[0]
+            for r in self.conn.execute(
+                "select column_name from information_schema.columns where table_schema = 'taptouch'"
+                " and table_name = 'sync_marks' order by ordinal_position"
+            )
+        ]
+        return [
+            c
+            for c in cols
+            if c not in ("high_water", "full_loaded_at", "updated_at", "started_at") and not c.endswith("_at")
+        ]
 
     def check_invariants(self) -> None:
         problems: list[str] = []
@@ -384,15 +412,24 @@ class World:
             if oid not in self.wh_version or at > self.wh_version[oid]:
                 self.wh_version[oid] = at
         # 2. no order a successful listing returned is marked deleted
-        wrongly = sorted(oid for oid, (_, deleted_at) in held.items()
-                         if deleted_at is not None and oid in self.seen_live)
+        wrongly = sorted(
+            oid for oid, (_, deleted_at) in held.items() if deleted_at is not None and oid in self.seen_live
+        )
         for oid in wrongly:
-            problems.append(f"order {oid} is marked deleted although a listing returned it "
-                            f"(source: {'deleted' if oid in self.deleted else 'live'})")
+            problems.append(
+                f"order {oid} is marked deleted although a listing returned it "
+                f"(source: {'deleted' if oid in self.deleted else 'live'})"
+            )
         # 3. no mark that moved passes its listing's start (the API's clock at the store's first page)
         cols = self.mark_key_cols
-        marks = {tuple(r[:-1]): r[-1] for r in self.conn.execute(sql.SQL(
-            "select {}, high_water from taptouch.sync_marks").format(sql.SQL(", ").join(map(sql.Identifier, cols))))}
+        marks = {
+            tuple(r[:-1]): r[-1]
+            for r in self.conn.execute(
+                sql.SQL("select {}, high_water from taptouch.sync_marks").format(
+                    sql.SQL(", ").join(map(sql.Identifier, cols))
+                )
+            )
+        }
         sid_at = cols.index("store_id")
         for key, mark in marks.items():
             if mark is None or self.marks.get(key) == mark:
@@ -401,8 +438,10 @@ class World:
             if not firsts:
                 problems.append(f"mark {key} moved to {mark.isoformat()} without a listing of its store")
             elif mark > instant(min(firsts)):
-                problems.append(f"mark {key} = {mark.isoformat()} passes its listing's start "
-                                f"{instant(min(firsts)).isoformat()} (API clock)")
+                problems.append(
+                    f"mark {key} = {mark.isoformat()} passes its listing's start "
+                    f"{instant(min(firsts)).isoformat()} (API clock)"
+                )
             self.mark_step[key] = self.tally.steps
         previous, self.marks = self.marks, marks
         # 4. no mark passes a record the warehouse lacks: the next incremental run asks only from
@@ -415,7 +454,7 @@ class World:
         win_at = cols.index("window") if "window" in cols else None
         for key, mark in marks.items():
             try:
-                start = datetime.fromisoformat(key[win_at]).replace(tzinfo=timezone.utc) if win_at is not None else None
+                start = datetime.fromisoformat(key[win_at]).replace(tzinfo=UTC) if win_at is not None else None
             except (TypeError, ValueError):
                 continue
             if mark is None or start is None or key not in self.mark_step or previous.get(key) == mark:
@@ -429,8 +468,10 @@ class World:
                 at = datetime.fromisoformat(self.sb.order(oid)["updated_at"])
                 got = held.get(oid)
                 if asked_from <= at < limit and (got is None or got[0] < at):
-                    problems.append(f"mark {key} = {mark.isoformat()} passed order {oid} ({at.isoformat()}), which "
-                                    f"the warehouse {'lacks' if got is None else 'holds older'}")
+                    problems.append(
+                        f"mark {key} = {mark.isoformat()} passed order {oid} ({at.isoformat()}), which "
+                        f"the warehouse {'lacks' if got is None else 'holds older'}"
+                    )
         if problems:
             raise Violation("; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
 
@@ -457,22 +498,27 @@ class World:
         self.check_invariants()
         self.say(f"final: full reload {full}; reconcile {r1}; again {r2}")
         window_start = self.now - days * DAY
-        problems, lost, wrong = compare_exact(self.conn, self.sb, {oid for oid, _ in self.deleted.items()
-                                                                   if self.version(oid) >= window_start})
+        problems, lost, wrong = compare_exact(
+            self.conn, self.sb, {oid for oid, _ in self.deleted.items() if self.version(oid) >= window_start}
+        )
         self.tally.lost += lost
         self.tally.wrong += wrong
         return problems
 
 
 def _children(order: dict) -> dict[str, set]:
-    return {"order_items": {(i["id"], Decimal(i["total"])) for i in order["items"]},
-            "order_payments": {(p["id"], Decimal(p["amount"])) for p in order["payments"]},
-            "order_refunds": {(r["id"], Decimal(r["amount"])) for r in order["refunds"]}}
+    return {
+        "order_items": {(i["id"], Decimal(i["total"])) for i in order["items"]},
+        "order_payments": {(p["id"], Decimal(p["amount"])) for p in order["payments"]},
+        "order_refunds": {(r["id"], Decimal(r["amount"])) for r in order["refunds"]},
+    }
 
 
-CHILD_SQL = {"order_items": "select order_id, item_id, total from taptouch.order_items",
-             "order_payments": "select order_id, payment_id, amount from taptouch.order_payments",
-             "order_refunds": "select order_id, refund_id, amount from taptouch.order_refunds"}
+CHILD_SQL = {
+    "order_items": "select order_id, item_id, total from taptouch.order_items",
+    "order_payments": "select order_id, payment_id, amount from taptouch.order_payments",
+    "order_refunds": "select order_id, refund_id, amount from taptouch.order_refunds",
+}
 
 
 def compare_exact(conn: psycopg.Connection, sb: Sandbox, deleted_in_window: set[int]) -> tuple[list[str], int, int]:
@@ -501,8 +547,10 @@ def compare_exact(conn: psycopg.Connection, sb: Sandbox, deleted_in_window: set[
     for oid, (_, deleted_at, _) in sorted(held.items()):
         if oid not in want and deleted_at is None:
             wrong += 1
-            problems.append(f"wrong: order {oid} is live in the warehouse but the API does not list it"
-                            + (" (deleted inside the reconciliation window)" if oid in deleted_in_window else ""))
+            problems.append(
+                f"wrong: order {oid} is live in the warehouse but the API does not list it"
+                + (" (deleted inside the reconciliation window)" if oid in deleted_in_window else "")
+            )
     for table, query in CHILD_SQL.items():
         got_rows: dict[int, set] = {}
         for oid, key, amount in conn.execute(query):
@@ -510,11 +558,17 @@ def compare_exact(conn: psycopg.Connection, sb: Sandbox, deleted_in_window: set[
         for oid, o in want.items():
             if oid in held and got_rows.get(oid, set()) != _children(o)[table]:
                 wrong += 1
-                problems.append(f"wrong: {table} of order {oid}: {sorted(got_rows.get(oid, set()))} != "
-                                f"{sorted(_children(o)[table])}")
+                problems.append(
+                    f"wrong: {table} of order {oid}: {sorted(got_rows.get(oid, set()))} != "
+                    f"{sorted(_children(o)[table])}"
+                )
     sales_cols = ("order_count", "gross_sales", "discounts", "refunds", "net_sales", "tax", "avg_order_value")
-    got_sales = {(r[0], r[1]): dict(zip(sales_cols, r[2:])) for r in conn.execute(
-        f"select store_id, business_date, {', '.join(sales_cols)} from analytics.daily_store_sales")}  # noqa: S608
+    got_sales = {
+        (r[0], r[1]): dict(zip(sales_cols, r[2:], strict=False))
+        for r in conn.execute(
+            f"select store_id, business_date, {', '.join(sales_cols)} from analytics.daily_store_sales"
+        )
+    }  # noqa: S608
     want_sales = truth.daily_store_sales(sb)
     for key in sorted(got_sales.keys() | want_sales.keys(), key=str):
         if got_sales.get(key) != want_sales.get(key):

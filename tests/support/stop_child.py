@@ -38,8 +38,9 @@ def _threads_asset(base_url: str, db_url: str) -> dg.AssetsDefinition:
     @dg.asset(name="fetch_threads")
     def fetch_threads(context) -> None:
         budget = SharedBudget.for_client(db_url, CLIENT_ID, 10)
-        taptouch = TaptouchResource(client_id=CLIENT_ID, client_secret=SECRET, base_url=base_url,
-                                    requests_per_second=10)
+        taptouch = TaptouchResource(
+            client_id=CLIENT_ID, client_secret=SECRET, base_url=base_url, requests_per_second=10
+        )
         client = taptouch.get_client(limiter=budget)
         stores = [s["id"] for s in client.list_stores()]
         stop = threading.Event()
@@ -60,17 +61,25 @@ def _threads_asset(base_url: str, db_url: str) -> dg.AssetsDefinition:
 
 
 def _resources() -> dict:
-    return {"taptouch": TaptouchResource(client_id=CLIENT_ID, client_secret=SECRET,
-                                         base_url=os.environ["STOP_CHILD_BASE_URL"], requests_per_second=10),
-            "warehouse": PostgresResource(database_url=os.environ["STOP_CHILD_DATABASE_URL"])}
+    return {
+        "taptouch": TaptouchResource(
+            client_id=CLIENT_ID,
+            client_secret=SECRET,
+            base_url=os.environ["STOP_CHILD_BASE_URL"],
+            requests_per_second=10,
+        ),
+        "warehouse": PostgresResource(database_url=os.environ["STOP_CHILD_DATABASE_URL"]),
+    }
 
 
 def orders_job() -> dg.JobDefinition:
     """The project's ``orders`` asset as a job (reconstructable: the step process builds it again)."""
     from pipelines.assets.taptouch import taptouch_assets
+
     stores, orders, _ = taptouch_assets()
-    defs = dg.Definitions(assets=[stores, orders], resources=_resources(),
-                          jobs=[dg.define_asset_job("orders_job", selection=[orders])])
+    defs = dg.Definitions(
+        assets=[stores, orders], resources=_resources(), jobs=[dg.define_asset_job("orders_job", selection=[orders])]
+    )
     return defs.resolve_job_def("orders_job")
 
 
@@ -81,12 +90,17 @@ def main(argv: list[str]) -> int:
     with capture_interrupts():
         if mode == "orders":
             from pipelines.assets.taptouch import taptouch_assets
+
             stores = taptouch_assets()[0]
             assert dg.materialize([stores], resources=_resources()).success
             with dg.instance_for_test() as instance:
                 print("ready", flush=True)
-                result = dg.execute_job(dg.reconstructable(orders_job), instance=instance, tags={"dagster/partition": DAY},
-                                        raise_on_error=False)
+                result = dg.execute_job(
+                    dg.reconstructable(orders_job),
+                    instance=instance,
+                    tags={"dagster/partition": DAY},
+                    raise_on_error=False,
+                )
         else:
             print("ready", flush=True)
             result = dg.materialize([_threads_asset(base_url, db_url)], raise_on_error=False)

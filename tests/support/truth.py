@@ -6,7 +6,7 @@ These follow /work/shared/warehouse.md, so a test can compare the warehouse with
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ def orders_updated_in_days(sb: Sandbox, days: list[str | date]) -> dict[int, dic
     out: dict[int, dict] = {}
     for d in days:
         d = date.fromisoformat(d) if isinstance(d, str) else d
-        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
         for sid in sb.store_ids():
             for o in sb.orders_in_window(sid, start, start + timedelta(days=1)):
                 out[o["id"]] = o
@@ -46,8 +46,15 @@ def daily_store_sales(sb: Sandbox, store_ids: list[int] | None = None) -> dict[t
     refunds, net_sales, tax, avg_order_value}} for every store-day with sales."""
     tz = {s["id"]: s["timezone"] for s in sb.stores()}
     acc: dict[tuple[int, date], dict] = defaultdict(
-        lambda: {"order_count": 0, "gross_sales": Decimal("0.00"), "discounts": Decimal("0.00"),
-                 "refunds": Decimal("0.00"), "total": Decimal("0.00"), "tax": Decimal("0.00")})
+        lambda: {
+            "order_count": 0,
+            "gross_sales": Decimal("0.00"),
+            "discounts": Decimal("0.00"),
+            "refunds": Decimal("0.00"),
+            "total": Decimal("0.00"),
+            "tax": Decimal("0.00"),
+        }
+    )
     for sid in store_ids if store_ids is not None else sb.store_ids():
         for order in sb.orders(sid):
             if order["status"] not in SALES_STATUSES:
@@ -65,8 +72,10 @@ def daily_store_sales(sb: Sandbox, store_ids: list[int] | None = None) -> dict[t
         total = row.pop("total")
         row["net_sales"] = total - row["refunds"]
         row["avg_order_value"] = (total / row["order_count"]).quantize(CENT, rounding=ROUND_HALF_UP)
-        out[key] = {k: row[k] for k in ("order_count", "gross_sales", "discounts", "refunds", "net_sales",
-                                        "tax", "avg_order_value")}
+        out[key] = {
+            k: row[k]
+            for k in ("order_count", "gross_sales", "discounts", "refunds", "net_sales", "tax", "avg_order_value")
+        }
     return out
 
 

@@ -39,7 +39,7 @@ class Receiver:
                         for i in range(len(answer)):
                             if outer.closing.is_set():
                                 break
-                            self.wfile.write(answer[i:i + 1])
+                            self.wfile.write(answer[i : i + 1])
                             self.wfile.flush()
                             time.sleep(trickle)
                     except OSError:
@@ -61,7 +61,7 @@ class Receiver:
 
     def delivered(self) -> list[dict]:
         """The bodies the webhook took (answered 2xx)."""
-        return [body for body, status in zip(self.bodies, self.answers) if 200 <= status < 300]
+        return [body for body, status in zip(self.bodies, self.answers, strict=False) if 200 <= status < 300]
 
     def __enter__(self):
         self.thread.start()

@@ -11,17 +11,39 @@ from pipelines.sync import FULL_REFRESH, Incremental, OrdersRun, OrderWindow, Sy
 from pipelines.warehouse.loader import store_timezones
 
 
-def warehouse_run(conn, mode: SyncMode = FULL_REFRESH, *, store_ids: list[int] | None = None,
-                  timezones: dict[int, str] | None = None, **run_settings) -> OrdersRun:
+def warehouse_run(
+    conn,
+    mode: SyncMode = FULL_REFRESH,
+    *,
+    store_ids: list[int] | None = None,
+    timezones: dict[int, str] | None = None,
+    **run_settings,
+) -> OrdersRun:
     """An :class:`OrdersRun` over the stores of ``taptouch.stores`` (or of ``timezones``);
     ``run_settings``: fields of :class:`RunSettings` (``store_workers``, ``batch_size``)."""
     zones = store_timezones(conn) if timezones is None else timezones
     return OrdersRun(timezones=zones, mode=mode, settings=RunSettings(**run_settings), store_ids=store_ids)
 
 
-def load_window(client, conn, key: str, start: datetime, end: datetime, *, lookback: timedelta | None = None,
-                cancel=None, before_merge=None, **run) -> SyncResult:
+def load_window(
+    client,
+    conn,
+    key: str,
+    start: datetime,
+    end: datetime,
+    *,
+    lookback: timedelta | None = None,
+    cancel=None,
+    before_merge=None,
+    **run,
+) -> SyncResult:
     """Window ``key`` = [start, end): incremental with ``lookback`` when given, else in full."""
     mode = FULL_REFRESH if lookback is None else Incremental(lookback)
-    return sync_orders_window(client, conn, OrderWindow(key, start, end), warehouse_run(conn, mode, **run),
-                              cancel=cancel, before_merge=before_merge)
+    return sync_orders_window(
+        client,
+        conn,
+        OrderWindow(key, start, end),
+        warehouse_run(conn, mode, **run),
+        cancel=cancel,
+        before_merge=before_merge,
+    )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import math
-from pathlib import Path
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -40,13 +40,19 @@ DAYS = 5
 # ------------------------------------------------------------------------------------------ loading
 def make_sandbox() -> Sandbox:
     # end_date = today (UTC): inventory_status looks at the 28 days before today in each store's zone
-    return Sandbox(SandboxConfig(seed=7, stores=STORES, days=DAYS, orders_per_day=40,
-                                 end_date=datetime.now(timezone.utc).date()))
+    return Sandbox(
+        SandboxConfig(seed=7, stores=STORES, days=DAYS, orders_per_day=40, end_date=datetime.now(UTC).date())
+    )
 
 
 def client_for(sb: Sandbox) -> TaptouchClient:
-    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                          page_size=500, requests_per_second=None)
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        page_size=500,
+        requests_per_second=None,
+    )
 
 
 def utc_days(sb: Sandbox) -> list[date]:
@@ -93,12 +99,24 @@ def sell_stock_products(sb: Sandbox) -> list[int]:
         sold = [listed[0], listed[5], listed[6]]
         for order in list(sb.orders(sid))[::9]:
             rec = stock[sid][sold[order["id"] % len(sold)]]
-            line = {"id": len(order["items"]) + 1, "product_id": rec["product_id"], "sku": rec["sku"],
-                    "name": rec["name"], "category": rec["category"], "quantity": 1 + order["id"] % 3,
-                    "unit_price": rec["sell_price"], "discount": ZERO, "tax": ZERO, "total": ZERO,
-                    "modifiers": []}
-            sb.edit_order(order["id"], items=order["items"] + [line],
-                          updated_at=datetime.fromisoformat(order["updated_at"]) + timedelta(minutes=5))
+            line = {
+                "id": len(order["items"]) + 1,
+                "product_id": rec["product_id"],
+                "sku": rec["sku"],
+                "name": rec["name"],
+                "category": rec["category"],
+                "quantity": 1 + order["id"] % 3,
+                "unit_price": rec["sell_price"],
+                "discount": ZERO,
+                "tax": ZERO,
+                "total": ZERO,
+                "modifiers": [],
+            }
+            sb.edit_order(
+                order["id"],
+                items=order["items"] + [line],
+                updated_at=datetime.fromisoformat(order["updated_at"]) + timedelta(minutes=5),
+            )
             edited.append(order["id"])
     return edited
 
@@ -154,9 +172,15 @@ def refunded(order: dict) -> Decimal:
 
 def truth_sales_orders(sb):
     return {
-        (order["id"],): {"store_id": sid, "business_date": day, "local_hour": local.hour, "status": order["status"],
-                         "total": order["total"], "refunds": refunded(order),
-                         "net_total": order["total"] - refunded(order)}
+        (order["id"],): {
+            "store_id": sid,
+            "business_date": day,
+            "local_hour": local.hour,
+            "status": order["status"],
+            "total": order["total"],
+            "refunds": refunded(order),
+            "net_total": order["total"] - refunded(order),
+        }
         for sid, day, local, order in sales_orders(sb)
     }
 
@@ -172,8 +196,15 @@ def truth_hourly_sales(sb):
 
 
 def truth_product_sales(sb):
-    acc = defaultdict(lambda: {"order_ids": set(), "units": D(0), "net_item_sales": ZERO, "item_discounts": ZERO,
-                               "modifier_revenue": D(0)})
+    acc = defaultdict(
+        lambda: {
+            "order_ids": set(),
+            "units": D(0),
+            "net_item_sales": ZERO,
+            "item_discounts": ZERO,
+            "modifier_revenue": D(0),
+        }
+    )
     for sid, day, _, order in sales_orders(sb):
         for item in order["items"]:
             row = acc[(sid, day, item["product_id"], item["name"], item["category"])]
@@ -183,10 +214,16 @@ def truth_product_sales(sb):
             row["item_discounts"] += item["discount"]
             for m in item["modifiers"]:
                 row["modifier_revenue"] += D(item["quantity"]) * m["price"] * D(m.get("quantity") or 1)
-    return {k: {"order_count": len(v["order_ids"]), "units": v["units"], "net_item_sales": v["net_item_sales"],
-                "item_discounts": v["item_discounts"],
-                "modifier_revenue": v["modifier_revenue"].quantize(CENT, ROUND_HALF_UP)}
-            for k, v in acc.items()}
+    return {
+        k: {
+            "order_count": len(v["order_ids"]),
+            "units": v["units"],
+            "net_item_sales": v["net_item_sales"],
+            "item_discounts": v["item_discounts"],
+            "modifier_revenue": v["modifier_revenue"].quantize(CENT, ROUND_HALF_UP),
+        }
+        for k, v in acc.items()
+    }
 
 
 def truth_payment_mix(sb):
@@ -253,9 +290,12 @@ def truth_inventory_history(sb):
         for sid in sb.store_ids():
             for rec in inventory_records(sb, sid, day):
                 u, s = units.get((sid, day, rec["product_id"]), (D(0), ZERO))
-                out[(day, sid, rec["product_id"])] = {"on_hand": D(rec["on_hand"]),
-                                                     "stock_value": stock_value(D(rec["on_hand"]), rec["cost_price"]),
-                                                     "units_sold": u, "item_sales": s}
+                out[(day, sid, rec["product_id"])] = {
+                    "on_hand": D(rec["on_hand"]),
+                    "stock_value": stock_value(D(rec["on_hand"]), rec["cost_price"]),
+                    "units_sold": u,
+                    "item_sales": s,
+                }
     return out
 
 
@@ -292,7 +332,7 @@ def expected(view: str, sb: Sandbox, now: datetime) -> dict:
 def actual(conn, view: str, columns) -> dict:
     keys = KEYS[view]
     cur = conn.execute(f"select {', '.join(keys + tuple(columns))} from analytics.{view}")
-    return {row[:len(keys)]: dict(zip(columns, row[len(keys):])) for row in cur.fetchall()}
+    return {row[: len(keys)]: dict(zip(columns, row[len(keys) :], strict=False)) for row in cur.fetchall()}
 
 
 def assert_view_matches(conn, view: str, sb: Sandbox) -> dict:
@@ -302,7 +342,7 @@ def assert_view_matches(conn, view: str, sb: Sandbox) -> dict:
     assert got.keys() == want.keys(), (view, sorted(got.keys() ^ want.keys(), key=str)[:5])
     wrong = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert not wrong, (view, list(wrong.items())[:3])
-    for k, row in got.items():  # money stays exact: Decimal with cents, never float
+    for _k, row in got.items():  # money stays exact: Decimal with cents, never float
         for col, value in row.items():
             assert not isinstance(value, float), (view, col)
     return got
@@ -329,16 +369,20 @@ def test_data_covers_midnight_refunds_voids_and_open_orders(loaded, sandbox):
             statuses[order["status"]] += 1
             created = datetime.fromisoformat(order["created_at"])
             local = created.astimezone(tz[sid])
-            if order["status"] in SALES and (local.hour == 0 or local.hour == 23) \
-                    and created.astimezone(timezone.utc).date() != local.date():
+            if (
+                order["status"] in SALES
+                and (local.hour == 0 or local.hour == 23)
+                and created.astimezone(UTC).date() != local.date()
+            ):
                 near_midnight[sid] += 1
     assert all(near_midnight[sid] > 0 for sid in sandbox.store_ids()), near_midnight
     for status in ("voided", "open", "refunded", "partially_refunded", "completed"):
         assert statuses[status] > 0, statuses
 
     # those orders land on their local date and hour, in every store
-    hours = conn.execute("select store_id, array_agg(distinct local_hour) from analytics.hourly_sales"
-                         " group by store_id").fetchall()
+    hours = conn.execute(
+        "select store_id, array_agg(distinct local_hour) from analytics.hourly_sales group by store_id"
+    ).fetchall()
     assert {sid for sid, hs in hours if 0 in hs and 23 in hs} == set(sandbox.store_ids())
     # the cross-view identities the README promises
     mismatches = conn.execute("""
@@ -360,8 +404,9 @@ def test_data_covers_midnight_refunds_voids_and_open_orders(loaded, sandbox):
 
 def test_inventory_cases_are_exercised(loaded, sandbox):
     _, conn = loaded
-    rows = conn.execute("select on_hand, stock_value, stock_out, below_reorder, days_of_cover"
-                        " from analytics.inventory_status").fetchall()
+    rows = conn.execute(
+        "select on_hand, stock_value, stock_out, below_reorder, days_of_cover from analytics.inventory_status"
+    ).fetchall()
     assert any(on_hand < 0 and value == 0 and out for on_hand, value, out, _, _ in rows)  # negative stock: value 0
     assert any(cover is not None and cover > 0 for *_, cover in rows)
     assert any(cover == 0 for *_, cover in rows)  # sold but out of stock
@@ -377,8 +422,10 @@ def test_views_follow_late_edits(migrated_db):
     sb = make_sandbox()
     conn = load_sandbox(migrated_db, sb)
     try:
-        before = {v: actual(conn, v, ["order_count", "net_sales"])
-                  for v in ("daily_store_sales", "hourly_sales", "channel_mix")}
+        before = {
+            v: actual(conn, v, ["order_count", "net_sales"])
+            for v in ("daily_store_sales", "hourly_sales", "channel_mix")
+        }
         tz = tz_of(sb)
         picked: dict[str, dict] = {}
         for sid in sb.store_ids():
@@ -397,24 +444,27 @@ def test_views_follow_late_edits(migrated_db):
                     picked["items"] = order
         assert picked.keys() == {"refund", "void", "complete", "midnight", "items"}, picked.keys()
         # published after every original version: in the UTC day after end_date
-        published = datetime.combine(sb.end_date + timedelta(days=1), datetime.min.time(), timezone.utc)
+        published = datetime.combine(sb.end_date + timedelta(days=1), datetime.min.time(), UTC)
         midnight_local = datetime.fromisoformat(picked["midnight"]["created_at"]).astimezone(
-            tz[picked["midnight"]["store_id"]])
+            tz[picked["midnight"]["store_id"]]
+        )
         edits = {
             "refund": {"status": "refunded"},
             "void": {"status": "voided"},
             "complete": {"status": "completed"},
             # created_at corrected from 23:xx to 00:05 the next local day: it moves business date
             "midnight": {"created_at": (midnight_local + timedelta(days=1)).replace(hour=0, minute=5).isoformat()},
-            "items": {"items": [{**picked["items"]["items"][0],
-                                 "quantity": picked["items"]["items"][0]["quantity"] + 2}]
-                      + picked["items"]["items"][1:]},
+            "items": {
+                "items": [{**picked["items"]["items"][0], "quantity": picked["items"]["items"][0]["quantity"] + 2}]
+                + picked["items"]["items"][1:]
+            },
         }
         for n, (case, changes) in enumerate(edits.items()):
             sb.edit_order(picked[case]["id"], updated_at=published + timedelta(minutes=n), **changes)
         moved = sb.order(picked["midnight"]["id"])
-        assert truth.business_date(moved, str(tz[moved["store_id"]])) != \
-            truth.business_date(picked["midnight"], str(tz[moved["store_id"]]))
+        assert truth.business_date(moved, str(tz[moved["store_id"]])) != truth.business_date(
+            picked["midnight"], str(tz[moved["store_id"]])
+        )
         assert sb.order(picked["refund"]["id"])["refunds"]
 
         sync_day(client_for(sb), conn, published.date())  # the window holding the new versions
@@ -436,8 +486,10 @@ def test_analytics_assets_materialize_with_chart(loaded):
     url, conn = loaded
     result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})
     assert result.success
-    mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
-            for e in result.get_asset_materialization_events()}
+    mats = {
+        e.asset_key.to_user_string(): e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
     assert set(mats) == set(KEYS) | {"business_days"}
     for view, mat in mats.items():
         rows = conn.execute(f"select count(*) from analytics.{view}").fetchone()[0]
@@ -460,20 +512,41 @@ def test_analytics_assets_show_a_typed_table_preview_and_the_sql_path_in_the_rep
 
     url, conn = loaded
     result = dg.materialize(analytics_assets, resources={"warehouse": PostgresResource(database_url=url)})
-    mats = {e.asset_key.to_user_string(): e.event_specific_data.materialization
-            for e in result.get_asset_materialization_events()}
+    mats = {
+        e.asset_key.to_user_string(): e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
     preview = mats["daily_store_sales"].metadata["preview"]
     assert isinstance(preview, dg.TableMetadataValue)
     columns = {c.name: c.type for c in preview.schema.columns}
-    assert list(columns) == ["store_id", "store_name", "business_date", "order_count", "gross_sales", "discounts",
-                             "refunds", "net_sales", "tax", "avg_order_value", "account", "currency", "day_complete"]
+    assert list(columns) == [
+        "store_id",
+        "store_name",
+        "business_date",
+        "order_count",
+        "gross_sales",
+        "discounts",
+        "refunds",
+        "net_sales",
+        "tax",
+        "avg_order_value",
+        "account",
+        "currency",
+        "day_complete",
+    ]
     assert columns["net_sales"] == "numeric(14,2)" and columns["day_complete"] == "boolean"
-    first = conn.execute("select store_id, store_name, business_date, net_sales, day_complete"
-                         " from analytics.daily_store_sales limit 1").fetchone()
+    first = conn.execute(
+        "select store_id, store_name, business_date, net_sales, day_complete from analytics.daily_store_sales limit 1"
+    ).fetchone()
     assert len(preview.records) == min(20, mats["daily_store_sales"].metadata["dagster/row_count"].value)
     row = preview.records[0].data
-    assert (row["store_id"], row["store_name"], row["business_date"], row["net_sales"], row["day_complete"]) == \
-        (first[0], first[1], first[2].isoformat(), str(first[3]), first[4])  # money as its exact text
+    assert (row["store_id"], row["store_name"], row["business_date"], row["net_sales"], row["day_complete"]) == (
+        first[0],
+        first[1],
+        first[2].isoformat(),
+        str(first[3]),
+        first[4],
+    )  # money as its exact text
     assert isinstance(mats["sales_orders"].metadata["preview"], dg.TableMetadataValue)
     for asset in analytics_assets:
         name = asset.key.to_user_string()
@@ -501,15 +574,23 @@ def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(mig
         conn.execute("update taptouch.orders set account = 'north' where store_id = %s", (sb.store_ids()[1],))
         conn.execute("update taptouch.sync_log set started_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'")
         apply_views(conn)
-        partial = {(sid, d) for sid, d in conn.execute(
-            "select store_id, business_date from analytics.daily_store_sales where not day_complete")}
+        partial = {
+            (sid, d)
+            for sid, d in conn.execute(
+                "select store_id, business_date from analytics.daily_store_sales where not day_complete"
+            )
+        }
         names = dict(conn.execute("select store_id, name from taptouch.stores"))
     sydney, perth = sb.store_ids()
     assert {(sydney, date(2026, 11, 17)), (sydney, date(2026, 11, 19)), (perth, date(2026, 11, 19))} <= partial
     series = sales_chart_series(PostgresResource(database_url=migrated_db))
     assert set(series.columns) == {f"{sydney} {names[sydney]} (default, AUD)", f"{perth} {names[perth]} (north, AUD)"}
-    plotted = {(sid, d) for sid in (sydney, perth) for d in series.index
-               if not math.isnan(series.loc[d, next(c for c in series.columns if c.startswith(str(sid)))])}
+    plotted = {
+        (sid, d)
+        for sid in (sydney, perth)
+        for d in series.index
+        if not math.isnan(series.loc[d, next(c for c in series.columns if c.startswith(str(sid)))])
+    }
     assert plotted and not plotted & partial
     assert date(2026, 11, 18) in series.index and date(2026, 11, 19) not in series.index
     assert sales_chart(PostgresResource(database_url=migrated_db)).startswith("![net sales per store per day](data:")
@@ -517,32 +598,44 @@ def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(mig
 
 # ------------------------------------------------------------------------------ applying views safely
 WIDER_SALES_ORDERS = view_sql("sales_orders").replace(
-    "as day_complete\nfrom sales", "as day_complete,\n    1 as retired_column\nfrom sales")
+    "as day_complete\nfrom sales", "as day_complete,\n    1 as retired_column\nfrom sales"
+)
 assert "retired_column" in WIDER_SALES_ORDERS
 
 
 def relations(conn, schema: str) -> set[str]:
-    return {r[0] for r in conn.execute(
-        "select table_name from information_schema.views where table_schema = %s", (schema,))}
+    return {
+        r[0] for r in conn.execute("select table_name from information_schema.views where table_schema = %s", (schema,))
+    }
 
 
 def test_a_view_whose_columns_changed_is_recreated_with_every_view_built_on_it(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         apply_views(conn)
         conn.execute(WIDER_SALES_ORDERS)  # an older version with one more column
-        assert "retired_column" in {r[0] for r in conn.execute(
-            "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+        assert "retired_column" in {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns where table_name = 'sales_orders'"
+            )
+        }
         assert apply_views(conn, ["sales_orders"]) == ["sales_orders"]
         assert relations(conn, "analytics") == set(KEYS) | {"business_days"}  # the dependents came back
-        assert "retired_column" not in {r[0] for r in conn.execute(
-            "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+        assert "retired_column" not in {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns where table_name = 'sales_orders'"
+            )
+        }
 
 
 def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         apply_views(conn)
-        conn.execute("create view public.my_report as select store_id, count(*) as n"
-                     " from analytics.daily_store_sales group by store_id")
+        conn.execute(
+            "create view public.my_report as select store_id, count(*) as n"
+            " from analytics.daily_store_sales group by store_id"
+        )
         apply_views(conn)  # same columns: replaced in place, the user's view untouched
         assert "my_report" in relations(conn, "public")
         conn.execute(WIDER_SALES_ORDERS)
@@ -550,32 +643,43 @@ def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
             apply_views(conn, ["sales_orders"])
         assert "my_report" in relations(conn, "public")
         assert relations(conn, "analytics") == set(KEYS) | {"business_days"}
-        assert "retired_column" in {r[0] for r in conn.execute(
-            "select column_name from information_schema.columns where table_name = 'sales_orders'")}
+        assert "retired_column" in {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.columns where table_name = 'sales_orders'"
+            )
+        }
 
 
 # ------------------------------------------------------------------------------ complete business days
-DATED_VIEWS = {"sales_orders": "business_date", "daily_store_sales": "business_date", "hourly_sales": "business_date",
-               "product_sales": "business_date", "payment_mix": "business_date", "channel_mix": "business_date",
-               "inventory_history": "snapshot_date"}
+DATED_VIEWS = {
+    "sales_orders": "business_date",
+    "daily_store_sales": "business_date",
+    "hourly_sales": "business_date",
+    "product_sales": "business_date",
+    "payment_mix": "business_date",
+    "channel_mix": "business_date",
+    "inventory_history": "snapshot_date",
+}
 
 
 def local_day(day: date, tz: ZoneInfo) -> tuple[datetime, datetime, list[date]]:
     """(start, end) of a store-local day as UTC instants, and the UTC days (orders windows) it overlaps."""
-    starts = datetime.combine(day, datetime.min.time(), tz).astimezone(timezone.utc)
-    ends = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
+    starts = datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+    ends = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).astimezone(UTC)
     first, last = starts.date(), (ends - timedelta(microseconds=1)).date()
     return starts, ends, [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def window_loaded(window: date, day_ends: datetime, loaded: set[date], first_load: datetime,
-                  last_load: datetime) -> bool | None:
+def window_loaded(
+    window: date, day_ends: datetime, loaded: set[date], first_load: datetime, last_load: datetime
+) -> bool | None:
     """Whether a window counts for a day, every window of ``loaded`` having been loaded once between
     ``first_load`` and ``last_load``: it must have loaded after the day ended, or after the window
     ended if that came first. None: undecidable (the instant fell while the loads ran)."""
     if window not in loaded:
         return False
-    after = min(day_ends, datetime.combine(window + timedelta(days=1), datetime.min.time(), timezone.utc))
+    after = min(day_ends, datetime.combine(window + timedelta(days=1), datetime.min.time(), UTC))
     return True if after <= first_load else False if after > last_load else None
 
 
@@ -583,13 +687,18 @@ def test_business_days_say_which_days_are_completely_loaded(loaded, sandbox):
     """Every store-day with an order or a snapshot, its windows, and day_complete, against the rule
     computed in Python from the windows the fixture loaded (all at about the same time)."""
     _, conn = loaded
-    first_load, last_load = conn.execute("select min(started_at), max(started_at) from taptouch.sync_log"
-                                         " where entity = 'orders'").fetchone()
+    first_load, last_load = conn.execute(
+        "select min(started_at), max(started_at) from taptouch.sync_log where entity = 'orders'"
+    ).fetchone()
     tz = tz_of(sandbox)
     days = {(sid, truth.business_date(o, str(tz[sid]))) for sid in sandbox.store_ids() for o in sandbox.orders(sid)}
     days |= {(sid, d) for d in inventory_days(sandbox) for sid in sandbox.store_ids()}
-    got = {(r[0], r[1]): r[2:] for r in conn.execute(
-        "select store_id, business_date, day_complete, windows, windows_loaded, account from analytics.business_days")}
+    got = {
+        (r[0], r[1]): r[2:]
+        for r in conn.execute(
+            "select store_id, business_date, day_complete, windows, windows_loaded, account from analytics.business_days"
+        )
+    }
     assert got.keys() == days
     decided = {True: 0, False: 0}
     for (sid, day), (complete, windows, windows_loaded, account) in got.items():
@@ -598,7 +707,7 @@ def test_business_days_say_which_days_are_completely_loaded(loaded, sandbox):
         judged = [window_loaded(w, ends, set(utc_days(sandbox)), first_load, last_load) for w in overlapping]
         if None in judged:
             continue
-        assert windows_loaded == [w.isoformat() for w, ok in zip(overlapping, judged) if ok], (sid, day)
+        assert windows_loaded == [w.isoformat() for w, ok in zip(overlapping, judged, strict=False) if ok], (sid, day)
         assert complete == all(judged), (sid, day, judged)
         decided[complete] += 1
     assert decided[True] >= 3 * STORES, decided  # partial days: the next test and the one after
@@ -610,12 +719,19 @@ def test_business_days_say_which_days_are_completely_loaded(loaded, sandbox):
 def test_every_dated_view_says_whether_its_day_is_complete(loaded):
     """day_complete, last in every dated view, is business_days' verdict on the row's store and date."""
     _, conn = loaded
-    verdict = dict(((sid, d), ok) for sid, d, ok in conn.execute(
-        "select store_id, business_date, day_complete from analytics.business_days"))
+    verdict = dict(
+        ((sid, d), ok)
+        for sid, d, ok in conn.execute("select store_id, business_date, day_complete from analytics.business_days")
+    )
     for view, date_column in DATED_VIEWS.items():
-        cols = [c for (c,) in conn.execute(
-            "select column_name from information_schema.columns where table_schema = 'analytics'"
-            " and table_name = %s order by ordinal_position", (view,))]
+        cols = [
+            c
+            for (c,) in conn.execute(
+                "select column_name from information_schema.columns where table_schema = 'analytics'"
+                " and table_name = %s order by ordinal_position",
+                (view,),
+            )
+        ]
         assert cols[-3:] == ["account", "currency", "day_complete"], view
         rows = conn.execute(f"select store_id, {date_column}, day_complete from analytics.{view}").fetchall()
         assert rows and all(ok == verdict[(sid, d)] for sid, d, ok in rows), view
@@ -625,8 +741,9 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
     """A Sydney day (UTC+11 in November) overlaps two orders windows: the UTC day before it, which
     ends first, and its own UTC day, which holds its end. Load times are set on the loads' sync_log
     rows. A store with no order in a window is covered by its account's load of that window."""
-    sb = Sandbox(SandboxConfig(seed=7, stores=2, days=3, orders_per_day=20, end_date=date(2026, 11, 20),
-                               empty_store_ids=(7102,)))
+    sb = Sandbox(
+        SandboxConfig(seed=7, stores=2, days=3, orders_per_day=20, end_date=date(2026, 11, 20), empty_store_ids=(7102,))
+    )
     sydney, empty = sb.store_ids()
     with psycopg.connect(libpq_url(migrated_db), autocommit=True) as conn:
         load_stores(conn, sb.stores())
@@ -634,46 +751,66 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
             sync_day(client_for(sb), conn, sb.end_date + timedelta(days=offset))
         apply_views(conn)
         day = date(2026, 11, 19)
-        conn.execute("insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand)"
-                     " values (%s, %s, 1, 5)", (day, empty))
+        conn.execute(
+            "insert into taptouch.inventory_snapshots (snapshot_date, store_id, product_id, on_hand)"
+            " values (%s, %s, 1, 5)",
+            (day, empty),
+        )
         before, own = "2026-11-18", "2026-11-19"  # windows: [18th 13:00Z, 24:00Z) and [19th 00:00Z, 13:00Z)
-        day_ends = datetime(2026, 11, 19, 13, tzinfo=timezone.utc)
+        day_ends = datetime(2026, 11, 19, 13, tzinfo=UTC)
 
         def loads(window: str, at: datetime, store_id: int | None = sydney) -> None:
-            conn.execute("update taptouch.sync_log set started_at = %s where entity = 'orders' and \"window\" = %s"
-                         " and store_id is not distinct from %s", (at, window, store_id))
+            conn.execute(
+                "update taptouch.sync_log set started_at = %s where entity = 'orders' and \"window\" = %s"
+                " and store_id is not distinct from %s",
+                (at, window, store_id),
+            )
 
         def verdict(store_id: int = sydney) -> tuple[bool, list[str]]:
-            complete, loaded = conn.execute("select day_complete, windows_loaded from analytics.business_days"
-                                            " where store_id = %s and business_date = %s", (store_id, day)).fetchone()
+            complete, loaded = conn.execute(
+                "select day_complete, windows_loaded from analytics.business_days"
+                " where store_id = %s and business_date = %s",
+                (store_id, day),
+            ).fetchone()
             for view, date_column in DATED_VIEWS.items():  # every dated view says the same of its rows
-                said = {r[0] for r in conn.execute(f"select day_complete from analytics.{view} where store_id = %s"
-                                                   f" and {date_column} = %s", (store_id, day))}
+                said = {
+                    r[0]
+                    for r in conn.execute(
+                        f"select day_complete from analytics.{view} where store_id = %s and {date_column} = %s",
+                        (store_id, day),
+                    )
+                }
                 assert said <= {complete} and (said or view == "inventory_history" or store_id == empty), view
             return complete, loaded
 
-        assert conn.execute("select windows from analytics.business_days where store_id = %s and business_date = %s",
-                            (sydney, day)).fetchone()[0] == [before, own]
-        loads(before, datetime(2026, 11, 19, 0, 5, tzinfo=timezone.utc))  # 5 min after its window ended
+        assert conn.execute(
+            "select windows from analytics.business_days where store_id = %s and business_date = %s", (sydney, day)
+        ).fetchone()[0] == [before, own]
+        loads(before, datetime(2026, 11, 19, 0, 5, tzinfo=UTC))  # 5 min after its window ended
         loads(own, day_ends + timedelta(minutes=5))
         assert verdict() == (True, [before, own])
         loads(own, day_ends - timedelta(minutes=5))  # the last load began before the local day ended
         assert verdict() == (False, [before])
         loads(own, day_ends + timedelta(hours=3))
-        loads(before, datetime(2026, 11, 18, 23, 55, tzinfo=timezone.utc))  # before its window ended
+        loads(before, datetime(2026, 11, 18, 23, 55, tzinfo=UTC))  # before its window ended
         assert verdict() == (False, [own])
-        conn.execute("delete from taptouch.sync_log where store_id = %s and \"window\" = %s", (sydney, before))
-        conn.execute("insert into taptouch.sync_log (entity, store_id, \"window\", started_at) values"
-                     " ('orders', 999, %s, %s)", (before, day_ends))  # another store's load of the window
+        conn.execute('delete from taptouch.sync_log where store_id = %s and "window" = %s', (sydney, before))
+        conn.execute(
+            "insert into taptouch.sync_log (entity, store_id, \"window\", started_at) values ('orders', 999, %s, %s)",
+            (before, day_ends),
+        )  # another store's load of the window
         assert verdict() == (False, [own])  # the Sydney store has orders there: its own load is needed
         # the empty store (Perth, UTC+8: its day ends at 16:00Z) has no order in either window: its
         # account's loads of them count
-        perth_ends = datetime(2026, 11, 19, 16, tzinfo=timezone.utc)
-        conn.execute("update taptouch.sync_log set started_at = %s where \"window\" in (%s, %s)",
-                     (perth_ends + timedelta(minutes=1), before, own))
+        perth_ends = datetime(2026, 11, 19, 16, tzinfo=UTC)
+        conn.execute(
+            'update taptouch.sync_log set started_at = %s where "window" in (%s, %s)',
+            (perth_ends + timedelta(minutes=1), before, own),
+        )
         assert verdict(empty) == (True, [before, own])
-        conn.execute("update taptouch.sync_log set started_at = %s where \"window\" = %s",
-                     (perth_ends - timedelta(minutes=1), own))
+        conn.execute(
+            'update taptouch.sync_log set started_at = %s where "window" = %s', (perth_ends - timedelta(minutes=1), own)
+        )
         assert verdict(empty) == (False, [before])
 
 

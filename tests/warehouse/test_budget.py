@@ -68,18 +68,28 @@ class _RecordingBudget(SharedBudget):
 def _load(base_url: str, database_url: str, barrier, results) -> None:
     """One process: every store's orders of two days, pages of 15, through the shared budget."""
     budget = _RecordingBudget(database_url, CLIENT_ID, RATE)
-    with TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, base_url=base_url, page_size=15,
-                        limiter=budget) as client:
+    with TaptouchClient(
+        client_id=CLIENT_ID, client_secret=SECRET, base_url=base_url, page_size=15, limiter=budget
+    ) as client:
         client.auth.get_token()
         stores = [s["id"] for s in client.list_stores()]
         barrier.wait(timeout=60)  # all four start loading at once
         start = datetime.combine(END - timedelta(days=2), dtime(), tzinfo=UTC)
-        orders = sum(len(page) for store_id in stores
-                     for page in client.iter_order_pages(store_id, updated_from=start,
-                                                         updated_to=start + timedelta(days=2)))
+        orders = sum(
+            len(page)
+            for store_id in stores
+            for page in client.iter_order_pages(store_id, updated_from=start, updated_to=start + timedelta(days=2))
+        )
         stats = client.stats.snapshot()
-    results.put({"requests": stats["requests"], "orders": orders, "waited_seconds": stats["waited_seconds"],
-                 "fallbacks": budget.fallbacks, "slots": budget.slots})
+    results.put(
+        {
+            "requests": stats["requests"],
+            "orders": orders,
+            "waited_seconds": stats["waited_seconds"],
+            "fallbacks": budget.fallbacks,
+            "slots": budget.slots,
+        }
+    )
     budget.close()
 
 
@@ -118,8 +128,10 @@ def test_four_processes_share_one_budget(migrated_db):
     span = max(times) - min(times)
     assert span >= (len(times) - DEFAULT_BURST - PROCESSES) / RATE * 0.9
     assert sum(r["waited_seconds"] for r in reports) > 0
-    print(f"\n{len(times)} requests from {PROCESSES} processes in {span:.2f}s; max {granted_peak} granted and "
-          f"{peak} received in any 1 s window (budget {RATE:g}/s, burst {DEFAULT_BURST})")
+    print(
+        f"\n{len(times)} requests from {PROCESSES} processes in {span:.2f}s; max {granted_peak} granted and "
+        f"{peak} received in any 1 s window (budget {RATE:g}/s, burst {DEFAULT_BURST})"
+    )
 
 
 @pytest.mark.postgres
@@ -203,12 +215,15 @@ def test_in_process_limiter_pauses_every_thread_after_a_429():
 # ------------------------------------------------------------------------------------------------
 # Every wait is bounded, an absurd row heals itself, and a stopping run's waits end.
 
+
 def _row(db_url: str, client_id: str) -> dict:
     with psycopg.connect(db_url, autocommit=True) as conn:
         cur = conn.execute(
             "select extract(epoch from next_at - clock_timestamp())::float8 as next_ahead, "
             "extract(epoch from blocked_until - clock_timestamp())::float8 as blocked_ahead, requests "
-            "from taptouch_meta.request_budget where client_id = %s", (client_id,))
+            "from taptouch_meta.request_budget where client_id = %s",
+            (client_id,),
+        )
         names = [c.name for c in cur.description]
         return dict(zip(names, cur.fetchone(), strict=True))
 
@@ -244,9 +259,13 @@ def test_a_database_clock_stepping_back_an_hour_costs_nobody_an_hour(migrated_db
     waits: list[float] = []
     budget = SharedBudget(migrated_db, "stepped", 10, sleep=waits.append)
     budget.acquire()
-    _set_row(migrated_db, "stepped", "updated_at = clock_timestamp() + interval '1 hour', "
-                                     "next_at = clock_timestamp() + interval '1 hour 0.1 second', "
-                                     "blocked_until = clock_timestamp() + interval '1 hour' - interval '10 seconds'")
+    _set_row(
+        migrated_db,
+        "stepped",
+        "updated_at = clock_timestamp() + interval '1 hour', "
+        "next_at = clock_timestamp() + interval '1 hour 0.1 second', "
+        "blocked_until = clock_timestamp() + interval '1 hour' - interval '10 seconds'",
+    )
     with caplog.at_level(logging.WARNING, logger="pipelines.warehouse.budget"):
         budget.acquire()
         budget.acquire()
@@ -270,9 +289,13 @@ def test_a_clock_step_during_a_429_pause_keeps_the_pause_not_the_hour(migrated_d
     budget = SharedBudget(migrated_db, "stepped-pause", 10, sleep=sleep)
     budget.acquire()
     waits.clear()
-    _set_row(migrated_db, "stepped-pause", "updated_at = clock_timestamp() + interval '1 hour', "
-                                           "blocked_until = clock_timestamp() + interval '1 hour 1 second', "
-                                           "next_at = clock_timestamp() + interval '1 hour 1 second'")
+    _set_row(
+        migrated_db,
+        "stepped-pause",
+        "updated_at = clock_timestamp() + interval '1 hour', "
+        "blocked_until = clock_timestamp() + interval '1 hour 1 second', "
+        "next_at = clock_timestamp() + interval '1 hour 1 second'",
+    )
     started = time.monotonic()
     budget.acquire()
     assert 0.5 <= waits[0] <= 1.1 and max(waits) <= 1.1, waits
@@ -288,8 +311,12 @@ def test_a_429_asking_for_ten_hours_pauses_every_process_for_fifteen_minutes_at_
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
-        _set_row(migrated_db, "ten-hours", f"blocked_until = blocked_until - interval '{seconds} seconds', "
-                                           f"next_at = next_at - interval '{seconds} seconds'")
+        _set_row(
+            migrated_db,
+            "ten-hours",
+            f"blocked_until = blocked_until - interval '{seconds} seconds', "
+            f"next_at = next_at - interval '{seconds} seconds'",
+        )
 
     budget = SharedBudget(migrated_db, "ten-hours", 10, sleep=sleep)
     budget.acquire()
@@ -316,8 +343,14 @@ def test_a_retry_after_of_ten_hours_is_waited_as_fifteen_minutes():
         return base.handle_request(request)
 
     waits: list[float] = []
-    with TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, transport=httpx.MockTransport(once_429),
-                        sleep=waits.append, requests_per_second=10, retry_budget=3600) as client:
+    with TaptouchClient(
+        client_id=CLIENT_ID,
+        client_secret=SECRET,
+        transport=httpx.MockTransport(once_429),
+        sleep=waits.append,
+        requests_per_second=10,
+        retry_budget=3600,
+    ) as client:
         stores = list(client.list_stores())
     assert stores and client.stats.rate_limited == 1 and len(limited) == 1
     assert max(waits) == MAX_RETRY_AFTER == 900.0 and all(w <= MAX_RETRY_AFTER for w in waits), waits
@@ -325,6 +358,7 @@ def test_a_retry_after_of_ten_hours_is_waited_as_fifteen_minutes():
 
 def test_a_backoff_never_waits_more_than_max_wait():
     from taptouch_resource.retry import Backoff, ClientStats, Retryable, with_retries
+
     waits: list[float] = []
     attempts = iter([Retryable("HTTP 503", RuntimeError("x")), Retryable("HTTP 503", RuntimeError("x"))])
 
@@ -372,8 +406,9 @@ def test_a_thread_in_a_429_wait_stops_at_once_when_its_run_stops():
     """The retry engine's wait for a 429's Retry-After (10 minutes, real clock) and the limiter's
     pause both end when the thread's stop event is set; without a stop event a pause is a sleep."""
     sandbox = Sandbox(SandboxConfig(stores=1, days=1, end_date=END, orders_per_day=5))
-    client = TaptouchClient(client_id=CLIENT_ID, client_secret=SECRET, transport=sandbox.transport(),
-                            requests_per_second=10)
+    client = TaptouchClient(
+        client_id=CLIENT_ID, client_secret=SECRET, transport=sandbox.transport(), requests_per_second=10
+    )
     client.auth.get_token()
     sandbox.faults.retry_after, sandbox.faults.rate_limit_every = "600", 1
     stop, outcomes = threading.Event(), []
@@ -500,16 +535,27 @@ def test_a_runs_budget_wait_is_wall_time_and_its_requests_are_recorded(migrated_
 
     sandbox = Sandbox(SandboxConfig(stores=3, days=2, end_date=END, orders_per_day=30))
     with sandbox.serve() as url:
-        res = {"taptouch": TaptouchResource(client_id=CLIENT_ID, client_secret=SECRET, base_url=url, page_size=10,
-                                            requests_per_second=10, store_workers=3),
-               "warehouse": PostgresResource(database_url=migrated_db)}
-        result = dg.materialize([defs.get_assets_def("orders")], resources=res,
-                                partition_key=(END - timedelta(days=1)).isoformat())
+        res = {
+            "taptouch": TaptouchResource(
+                client_id=CLIENT_ID,
+                client_secret=SECRET,
+                base_url=url,
+                page_size=10,
+                requests_per_second=10,
+                store_workers=3,
+            ),
+            "warehouse": PostgresResource(database_url=migrated_db),
+        }
+        result = dg.materialize(
+            [defs.get_assets_def("orders")], resources=res, partition_key=(END - timedelta(days=1)).isoformat()
+        )
     assert result.success
     md = {k: v.value for k, v in result.asset_materializations_for_node("orders")[0].metadata.items()}
     assert md["api_requests"] >= 9 and 0.3 < md["budget_wait_s"] <= md["duration_s"]
     with psycopg.connect(migrated_db) as conn:
-        rows = conn.execute("select run_id, asset, requests, budget_wait_s,"
-                            " extract(epoch from ended_at - started_at)::float8 from taptouch_meta.api_usage").fetchall()
+        rows = conn.execute(
+            "select run_id, asset, requests, budget_wait_s,"
+            " extract(epoch from ended_at - started_at)::float8 from taptouch_meta.api_usage"
+        ).fetchall()
     assert [r[:3] for r in rows] == [(result.run_id, "orders", md["api_requests"] + 1)]
     assert md["budget_wait_s"] <= rows[0][3] <= rows[0][4]

@@ -21,30 +21,46 @@ SCHEMAS = ("taptouch", "analytics", "taptouch_meta", "taptouch_auth")
 
 def missing_comments(conn: psycopg.Connection) -> list[str]:
     """Every schema, table, view and column of SCHEMAS without a comment."""
-    missing = [s for (s,) in conn.execute(
-        "select nspname from pg_namespace where nspname = any(%s)"
-        " and obj_description(oid, 'pg_namespace') is null", (list(SCHEMAS),)).fetchall()]
-    missing += [f"{s}.{t}" for s, t in conn.execute(
-        "select table_schema, table_name from information_schema.tables where table_schema = any(%s)"
-        " and obj_description(format('%%I.%%I', table_schema, table_name)::regclass, 'pg_class') is null",
-        (list(SCHEMAS),)).fetchall()]
-    missing += [f"{s}.{t}.{c}" for s, t, c in conn.execute(
-        """
+    missing = [
+        s
+        for (s,) in conn.execute(
+            "select nspname from pg_namespace where nspname = any(%s) and obj_description(oid, 'pg_namespace') is null",
+            (list(SCHEMAS),),
+        ).fetchall()
+    ]
+    missing += [
+        f"{s}.{t}"
+        for s, t in conn.execute(
+            "select table_schema, table_name from information_schema.tables where table_schema = any(%s)"
+            " and obj_description(format('%%I.%%I', table_schema, table_name)::regclass, 'pg_class') is null",
+            (list(SCHEMAS),),
+        ).fetchall()
+    ]
+    missing += [
+        f"{s}.{t}.{c}"
+        for s, t, c in conn.execute(
+            """
         select cols.table_schema, cols.table_name, cols.column_name
         from information_schema.columns as cols
         join pg_attribute as att
           on att.attrelid = format('%%I.%%I', cols.table_schema, cols.table_name)::regclass
          and att.attname = cols.column_name
         where cols.table_schema = any(%s) and col_description(att.attrelid, att.attnum) is null
-        """, (list(SCHEMAS),)).fetchall()]
+        """,
+            (list(SCHEMAS),),
+        ).fetchall()
+    ]
     return missing
 
 
 def db_comments(conn: psycopg.Connection, schema: str, relation: str) -> dict[str, str | None]:
-    return dict(conn.execute(
-        "select attname, col_description(attrelid, attnum) from pg_attribute"
-        " where attrelid = %s::regclass and attnum > 0 and not attisdropped",
-        (f"{schema}.{relation}",)).fetchall())
+    return dict(
+        conn.execute(
+            "select attname, col_description(attrelid, attnum) from pg_attribute"
+            " where attrelid = %s::regclass and attnum > 0 and not attisdropped",
+            (f"{schema}.{relation}",),
+        ).fetchall()
+    )
 
 
 @pytest.fixture
@@ -56,11 +72,15 @@ def conn(migrated_db):
 
 def test_every_schema_table_view_and_column_has_a_comment(conn):
     assert missing_comments(conn) == []
-    n = conn.execute("select count(*) from information_schema.columns where table_schema = any(%s)",
-                     (list(SCHEMAS),)).fetchone()[0]
+    n = conn.execute(
+        "select count(*) from information_schema.columns where table_schema = any(%s)", (list(SCHEMAS),)
+    ).fetchone()[0]
     assert n > 200  # the check looked at the whole warehouse
-    assert conn.execute("select obj_description('analytics.daily_store_sales'::regclass, 'pg_class')"
-                        ).fetchone()[0].startswith("analytics.daily_store_sales: sales per store")
+    assert (
+        conn.execute("select obj_description('analytics.daily_store_sales'::regclass, 'pg_class')")
+        .fetchone()[0]
+        .startswith("analytics.daily_store_sales: sales per store")
+    )
 
 
 def test_a_column_without_a_comment_is_found(conn):
@@ -85,8 +105,9 @@ def test_comments_are_the_dagster_descriptions(conn):
     for asset in analytics_assets:
         name = asset.key.to_user_string()
         md = asset.metadata_by_key[asset.key]
-        assert {c.name: c.description for c in md["dagster/column_schema"].columns} == \
-            db_comments(conn, "analytics", name)
+        assert {c.name: c.description for c in md["dagster/column_schema"].columns} == db_comments(
+            conn, "analytics", name
+        )
 
 
 def test_the_catalog_describes_every_migrated_column_and_nothing_else():
@@ -125,14 +146,23 @@ def test_money_views_carry_the_store_currency(make_database):
     with load_sandbox(url, sb) as conn:
         nzd = sb.store_ids()[0]
         conn.execute("update taptouch.stores set currency = 'NZD' where store_id = %s", (nzd,))
-        money_views = [v for (v,) in conn.execute(
-            "select distinct table_name from information_schema.columns where table_schema = 'analytics'"
-            " and data_type = 'numeric' and numeric_scale = 2").fetchall()]
+        money_views = [
+            v
+            for (v,) in conn.execute(
+                "select distinct table_name from information_schema.columns where table_schema = 'analytics'"
+                " and data_type = 'numeric' and numeric_scale = 2"
+            ).fetchall()
+        ]
         assert set(money_views) == set(view_names()) - {"business_days"}  # every other view holds money
         for view in money_views:
-            cols = [c for (c,) in conn.execute(
-                "select column_name from information_schema.columns where table_schema = 'analytics'"
-                " and table_name = %s order by ordinal_position", (view,)).fetchall()]
+            cols = [
+                c
+                for (c,) in conn.execute(
+                    "select column_name from information_schema.columns where table_schema = 'analytics'"
+                    " and table_name = %s order by ordinal_position",
+                    (view,),
+                ).fetchall()
+            ]
             # account and currency end the row; the dated views add day_complete after them
             assert cols[-2:] == ["account", "currency"] or cols[-3:] == ["account", "currency", "day_complete"], view
             rows = conn.execute(f"select store_id, currency from analytics.{view}").fetchall()
@@ -140,8 +170,9 @@ def test_money_views_carry_the_store_currency(make_database):
             assert {cur for sid, cur in rows if sid == nzd} == {"NZD"}, view
             assert {cur for sid, cur in rows if sid != nzd} == {"AUD"}, view
         # currency splits no group: one row per store-day still
-        assert conn.execute("select count(*) = count(distinct (store_id, business_date, account))"
-                            " from analytics.daily_store_sales").fetchone()[0]
+        assert conn.execute(
+            "select count(*) = count(distinct (store_id, business_date, account)) from analytics.daily_store_sales"
+        ).fetchone()[0]
 
 
 def test_asset_descriptions_match_view_comments():

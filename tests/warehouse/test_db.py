@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.cli import main
-from pipelines.warehouse.migrations import discover
 from pipelines.warehouse.db import (
     DATABASE_URL_ENV,
     PGDATA_ENV,
@@ -26,6 +25,7 @@ from pipelines.warehouse.db import (
     resolve_database_url,
     sqlalchemy_url,
 )
+from pipelines.warehouse.migrations import discover
 from pipelines.warehouse.resource import PostgresResource
 
 # --- URL resolution (no server needed) --------------------------------------------------------
@@ -50,7 +50,9 @@ def test_postgres_schemes_accepted(url: str) -> None:
     assert resolve_database_url(url) == url
 
 
-@pytest.mark.parametrize("url", ["mysql://u:hunter2@h/db", "sqlite:///x.db", "db.example:5432/x", "postgresql+asyncpg://u:hunter2@h/db"])
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hunter2@h/db", "sqlite:///x.db", "db.example:5432/x", "postgresql+asyncpg://u:hunter2@h/db"]
+)
 def test_other_urls_rejected_naming_the_setting(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv(DATABASE_URL_ENV, url)
     with pytest.raises(WarehouseConfigError) as raised:
@@ -113,9 +115,7 @@ def _url_from_other_process(pgdata: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_embedded_server_starts_once_and_is_reused(
-    embedded_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_embedded_server_starts_once_and_is_reused(embedded_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="pipelines.warehouse.db"):
         url = embedded_database_url(embedded_dir)
     assert f"starting embedded PostgreSQL in {embedded_dir}" in caplog.text
@@ -152,9 +152,7 @@ def test_embedded_server_started_by_several_processes_at_once(embedded_dir: Path
 
 
 @pytest.mark.slow
-def test_default_resolution_uses_embedded_server_in_pgdata(
-    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_resolution_uses_embedded_server_in_pgdata(embedded_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PGDATA_ENV, str(embedded_dir))
     url = resolve_database_url()
     assert url == embedded_database_url(embedded_dir)

@@ -55,18 +55,26 @@ def _answer(response: httpx.Response, body: bytes) -> httpx.Response:
 
 def empty_answer(store: int):
     """An HTTP 200 envelope with ``data: []`` for every orders request of ``store``."""
+
     def hook(sid, request, response):
         if sid != store or response.status_code != 200:
             return response
         env = json.loads(response.content)
         env["data"] = []
         return _answer(response, json.dumps(env).encode())
+
     return hook
 
 
 def _client(transport, sleep=lambda s: None) -> TaptouchClient:
-    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
-                          requests_per_second=None, sleep=sleep, page_size=50)
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=transport,
+        requests_per_second=None,
+        sleep=sleep,
+        page_size=50,
+    )
 
 
 @pytest.fixture
@@ -106,8 +114,13 @@ def world(migrated_db):
 
 
 def _live(conn, store: int) -> list[int]:
-    return [r[0] for r in conn.execute("select order_id from taptouch.orders where store_id = %s and deleted_at is null"
-                                       " order by order_id", (store,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "select order_id from taptouch.orders where store_id = %s and deleted_at is null order by order_id",
+            (store,),
+        )
+    ]
 
 
 def _deleted(conn) -> set[int]:
@@ -119,9 +132,14 @@ def _candidates(conn) -> set[int]:
 
 
 def _recent(conn, store: int, now: datetime, days: int = 3) -> list[int]:
-    return [r[0] for r in conn.execute(
-        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-        " order by order_id", (store, now - timedelta(days=days), now - HOUR))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+            " order by order_id",
+            (store, now - timedelta(days=days), now - HOUR),
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------- two listings
@@ -173,8 +191,9 @@ def test_a_partial_answer_then_a_full_one_an_hour_later(world):
     # an hour after the first listing: the one order both complete listings missed is deleted, only it
     second = reconcile_orders(client, conn, days=7, now=now + HOUR)
     assert second.deleted == 1 and _deleted(conn) == {gone} and _candidates(conn) == set()
-    assert conn.execute("select deleted_at from taptouch.orders where order_id = %s", (gone,)).fetchone()[0] \
-        == now + HOUR
+    assert (
+        conn.execute("select deleted_at from taptouch.orders where order_id = %s", (gone,)).fetchone()[0] == now + HOUR
+    )
 
 
 def test_a_candidate_edited_and_loaded_meanwhile_is_not_deleted(world):
@@ -246,8 +265,10 @@ def test_a_record_without_a_readable_id_deletes_nothing_at_its_store(world, capl
 def test_an_order_listed_again_long_after_its_deletion_is_restored(world):
     sb, tamper, client, conn = world
     now = datetime.now(UTC)
-    old, store = conn.execute("select order_id, store_id from taptouch.orders where updated_at < %s"
-                              " order by updated_at limit 1", (now - timedelta(days=8),)).fetchone()
+    old, store = conn.execute(
+        "select order_id, store_id from taptouch.orders where updated_at < %s order by updated_at limit 1",
+        (now - timedelta(days=8),),
+    ).fetchone()
     # deleted back when it was recent (or by a wider TAPTOUCH_RECONCILE_DAYS), and listed again since
     conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=8), old))
     result = reconcile_orders(client, conn, days=2, now=now)
@@ -267,8 +288,9 @@ def test_orders_the_warehouse_lacks_or_holds_older_are_repaired_through_the_merg
     assert result.repaired == 2 and result.deleted == 0
     row = conn.execute("select raw ->> 'updated_at' from taptouch.orders where order_id = %s", (stale,)).fetchone()
     assert row[0] == edited["updated_at"]
-    assert conn.execute("select count(*) from taptouch.order_items where order_id = %s", (lost,)).fetchone()[0] \
-        == len(sb.order(lost)["items"])
+    assert conn.execute("select count(*) from taptouch.order_items where order_id = %s", (lost,)).fetchone()[0] == len(
+        sb.order(lost)["items"]
+    )
     assert reconcile_orders(client, conn, days=7, now=now).repaired == 0  # nothing left to repair
 
 
@@ -306,11 +328,17 @@ def test_mass_deletion_refused_then_confirmed_with_run_config(small, migrated_db
 
     def run(config: dict | None = None):
         with sb.serve() as url:
-            return dg.materialize([order_deletions], raise_on_error=False, run_config=config, resources={
-                "taptouch": TaptouchResource(client_id="sandbox-client", client_secret="sandbox-secret",
-                                             base_url=url, requests_per_second=0),
-                "warehouse": PostgresResource(database_url=migrated_db),
-            })
+            return dg.materialize(
+                [order_deletions],
+                raise_on_error=False,
+                run_config=config,
+                resources={
+                    "taptouch": TaptouchResource(
+                        client_id="sandbox-client", client_secret="sandbox-secret", base_url=url, requests_per_second=0
+                    ),
+                    "warehouse": PostgresResource(database_url=migrated_db),
+                },
+            )
 
     first = run()  # candidates only
     assert first.success and _candidates(conn) == {*_candidates(conn)} and len(_candidates(conn)) == 3
@@ -341,9 +369,11 @@ def test_a_429_during_the_listing_never_blocks_an_orders_merge(world, migrated_d
         first = request.url.params.get("index") == "0"
         if first and not getattr(rejected, "done", False):
             rejected.done = True
-            return httpx.Response(429, headers={"Retry-After": "2", "content-type": "application/json"},
-                                  content=b'{"status":{"timestamp":1,"ack":429,"errors":{"code":"rate_limited"}},'
-                                          b'"data":null}')
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "2", "content-type": "application/json"},
+                content=b'{"status":{"timestamp":1,"ack":429,"errors":{"code":"rate_limited"}},"data":null}',
+            )
         rejected.done = False
         return response
 
@@ -377,8 +407,9 @@ def test_a_bounded_listing_records_candidates_but_only_an_open_ended_one_confirm
 
     def judge(at, to):
         with conn.transaction(), conn.cursor() as cur:
-            return deletions.judge_listing(cur, store, inside, listed_from=day_from, listed_to=to, started_at=day_to,
-                                           now=at, confirm_s=3600)
+            return deletions.judge_listing(
+                cur, store, inside, listed_from=day_from, listed_to=to, started_at=day_to, now=at, confirm_s=3600
+            )
 
     # an edit moved it past the window's end; the warehouse still holds the old version in the window
     first = judge(now, day_to)
@@ -402,10 +433,15 @@ def test_a_complete_orders_listing_is_the_first_of_the_two(world):
     day = now - timedelta(days=2)
     gone = _recent(conn, store, now, days=1)[0]
     sb.delete_order(gone)
-    outside = conn.execute("select min(order_id) from taptouch.orders where store_id = %s and updated_at < %s",
-                           (store, day - timedelta(days=2))).fetchone()[0]  # still listed, but not in range
-    conn.execute("insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at)"
-                 " values (%s, %s, %s, %s)", (outside, store, now, now))
+    outside = conn.execute(
+        "select min(order_id) from taptouch.orders where store_id = %s and updated_at < %s",
+        (store, day - timedelta(days=2)),
+    ).fetchone()[0]  # still listed, but not in range
+    conn.execute(
+        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at)"
+        " values (%s, %s, %s, %s)",
+        (outside, store, now, now),
+    )
     result = load_window(client, conn, "all", day, now + timedelta(days=2))
     assert not result.failures and not result.incomplete
     assert _candidates(conn) == {gone, outside} and _deleted(conn) == set()  # recorded, nothing deleted

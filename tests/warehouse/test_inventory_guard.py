@@ -44,8 +44,14 @@ class Listing(httpx.BaseTransport):
 def world(migrated_db):
     sb = Sandbox(SandboxConfig(seed=3, stores=2, days=2, orders_per_day=5))
     transport = Listing(sb)
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=transport,
-                            requests_per_second=None, sleep=lambda s: None, page_size=500)
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=transport,
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=500,
+    )
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         now = datetime.now(UTC)
@@ -54,13 +60,22 @@ def world(migrated_db):
 
 
 def _products(conn, store: int) -> list[int]:
-    return [r[0] for r in conn.execute("select product_id from taptouch.inventory_levels where store_id = %s"
-                                       " order by product_id", (store,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "select product_id from taptouch.inventory_levels where store_id = %s order by product_id", (store,)
+        )
+    ]
 
 
 def _waiting(conn, store: int) -> list[int]:
-    return [r[0] for r in conn.execute("select product_id from taptouch.inventory_delist_candidates"
-                                       " where store_id = %s order by product_id", (store,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "select product_id from taptouch.inventory_delist_candidates where store_id = %s order by product_id",
+            (store,),
+        )
+    ]
 
 
 def test_an_empty_listing_keeps_the_levels_until_a_second_one_agrees(world):
@@ -86,7 +101,7 @@ def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_
     sb, transport, client, conn, now = world
     store = sb.store_ids()[0]
     held = _products(conn, store)
-    few = held[:len(held) // 3]
+    few = held[: len(held) // 3]
 
     def partial(sid, data):
         if sid != store:
@@ -98,8 +113,12 @@ def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_
     transport.keep = partial
     first = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
     assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
-    assert conn.execute("select on_hand from taptouch.inventory_levels where store_id = %s and product_id = %s",
-                        (store, few[0])).fetchone()[0] == 4321
+    assert (
+        conn.execute(
+            "select on_hand from taptouch.inventory_levels where store_id = %s and product_id = %s", (store, few[0])
+        ).fetchone()[0]
+        == 4321
+    )
     assert _waiting(conn, store) == [p for p in held if p not in few]
     transport.keep = None  # the full listing comes back: nothing waits any more, nothing was delisted
     sync_inventory(client, conn, timezones=store_timezones(conn), now=now + 3 * HOUR)

@@ -62,8 +62,13 @@ def test_orders_loaded_exactly_with_children_and_business_date(db):
 
 def test_newest_wins_and_never_moves_backwards(db):
     v1 = f.order(10, updated_at="2026-11-02T12:40:00+11:00")
-    v2 = f.order(10, updated_at="2026-11-03T09:00:00+11:00", status="partially_refunded", refunds=["5.00"],
-                 items=[f.item(1, 1, "8.90", name="Orange juice")])
+    v2 = f.order(
+        10,
+        updated_at="2026-11-03T09:00:00+11:00",
+        status="partially_refunded",
+        refunds=["5.00"],
+        items=[f.item(1, 1, "8.90", name="Orange juice")],
+    )
     load_orders(db, [(7101, [v2])], window="2026-11-03")
     counts = load_orders(db, [(7101, [v1])], window="2026-11-02")  # an older window loaded later
     assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 1)
@@ -80,8 +85,13 @@ def test_newest_wins_and_never_moves_backwards(db):
 def test_children_replaced_with_accepted_version(db):
     v1 = f.order(20, updated_at="2026-11-02T12:40:00+11:00")  # 2 items, 1 payment
     load_orders(db, [(7101, [v1])])
-    v2 = f.order(20, updated_at="2026-11-02T13:00:00+11:00", items=[f.item(5, 3, "4.00")], status="refunded",
-                 refunds=["6.00", "6.00"])
+    v2 = f.order(
+        20,
+        updated_at="2026-11-02T13:00:00+11:00",
+        items=[f.item(5, 3, "4.00")],
+        status="refunded",
+        refunds=["6.00", "6.00"],
+    )
     counts = load_orders(db, [(7101, [v2])])
     assert counts.updated == 1
     assert q(db, "select item_id, quantity from taptouch.order_items where order_id = 20") == [(5, D(3))]
@@ -108,8 +118,9 @@ def test_bad_records_quarantined_others_loaded(db):
     string_money = dict(f.order(44), total="36.60")
     no_offset = f.order(45, created_at="2026-11-02T12:31:05")
     nan = dict(f.order(46), tax=D("NaN"))
-    counts = load_orders(db, [(7101, [good, bad_total, nul, three_dp, string_money, no_offset, nan, "not an object"])],
-                         run_id="run-1")
+    counts = load_orders(
+        db, [(7101, [good, bad_total, nul, three_dp, string_money, no_offset, nan, "not an object"])], run_id="run-1"
+    )
     assert counts.inserted == 1 and counts.quarantined == 7
     reasons = dict(q(db, "select record_key, reason from taptouch.quarantine where entity = 'order'"))
     assert "total 99.99 != subtotal" in reasons["41"]
@@ -118,10 +129,16 @@ def test_bad_records_quarantined_others_loaded(db):
     assert "must be a JSON number" in reasons["44"]
     assert "no UTC offset" in reasons["45"]
     assert "not a finite number" in reasons["46"]
-    assert q(db, "select count(*) from taptouch.quarantine where record_key is null and reason like '%not a JSON object%'")[0][0] == 1
+    assert (
+        q(
+            db,
+            "select count(*) from taptouch.quarantine where record_key is null and reason like '%not a JSON object%'",
+        )[0][0]
+        == 1
+    )
     # the NUL record is kept, readable: the NUL shown as \u0000
     assert q(db, "select raw->>'number' from taptouch.quarantine where record_key = '42'") == [("A\\u0000B",)]
-    assert q(db, "select distinct run_id, \"window\" from taptouch.quarantine") == [("run-1", "2026-11-02")]
+    assert q(db, 'select distinct run_id, "window" from taptouch.quarantine') == [("run-1", "2026-11-02")]
     # the source fixes order 41 later: it loads and the quarantine row is marked resolved
     load_orders(db, [(7101, [f.order(41, updated_at="2026-11-02T15:00:00+11:00")])])
     assert q(db, "select resolved_at is not null from taptouch.quarantine where record_key = '41'") == [(True,)]
@@ -129,10 +146,25 @@ def test_bad_records_quarantined_others_loaded(db):
 
 
 def test_hostile_text_survives_byte_for_byte(db):
-    texts = ["tab\there", "new\nline\r\n", "back\\slash \\N \\.", "quote ' \" `", "emoji ☕🥐 ünïcødé",
-             "'; drop table taptouch.orders; --", "Robert'); DELETE FROM taptouch.stores;--", "\\x00 literal"]
-    orders = [f.order(100 + i, number=t, customer={"id": 5, "name": t, "email": t},
-                      items=[f.item(1, 1, "2.00", name=t, category=t)]) for i, t in enumerate(texts)]
+    texts = [
+        "tab\there",
+        "new\nline\r\n",
+        "back\\slash \\N \\.",
+        "quote ' \" `",
+        "emoji ☕🥐 ünïcødé",
+        "'; drop table taptouch.orders; --",
+        "Robert'); DELETE FROM taptouch.stores;--",
+        "\\x00 literal",
+    ]
+    orders = [
+        f.order(
+            100 + i,
+            number=t,
+            customer={"id": 5, "name": t, "email": t},
+            items=[f.item(1, 1, "2.00", name=t, category=t)],
+        )
+        for i, t in enumerate(texts)
+    ]
     load_orders(db, [(7101, orders)])
     got = q(db, "select number, customer_name, raw->>'number' from taptouch.orders order by order_id")
     assert got == [(t, t, t) for t in texts]
@@ -181,16 +213,19 @@ def test_error_mid_window_rolls_back_everything(db):
 
 
 def test_unknown_store_is_a_clear_error(db):
-    with pytest.raises(loader.UnknownStoreError, match="stores' asset first"), \
-            OrderWindowLoad(db, window="2026-11-02") as load:
+    with (
+        pytest.raises(loader.UnknownStoreError, match="stores' asset first"),
+        OrderWindowLoad(db, window="2026-11-02") as load,
+    ):
         load.add_page(9999, [f.order(500, store_id=9999)])
 
 
 def test_connection_killed_mid_merge_leaves_tables_unchanged(db, migrated_db):
     load_orders(db, [(7101, [f.order(600, updated_at="2026-11-02T12:40:00+11:00")])])
     before = q(db, "select order_id, updated_at, total from taptouch.orders order by 1")
-    newer = [f.order(600, updated_at="2026-11-02T13:40:00+11:00", items=[f.item(1, 1, "1.00")])] + \
-            [f.order(601 + i) for i in range(50)]
+    newer = [f.order(600, updated_at="2026-11-02T13:40:00+11:00", items=[f.item(1, 1, "1.00")])] + [
+        f.order(601 + i) for i in range(50)
+    ]
     blocker = conn_for(migrated_db)
     blocker.execute("select pg_advisory_lock(%s)", (loader._LOCK_ORDERS,))  # the merge will wait here
     errors = []
@@ -244,8 +279,14 @@ def test_two_concurrent_loads_of_one_window(db, migrated_db):
 
 
 def test_stores_upsert_newest_wins(db):
-    counts = load_stores(db, [f.store(7101, "Australia/Melbourne", name="Renamed", updated_at="2026-11-01T10:00:00+10:00"),
-                              f.store(7103, "Pacific/Auckland"), f.store(7104, "Mars/Olympus")])
+    counts = load_stores(
+        db,
+        [
+            f.store(7101, "Australia/Melbourne", name="Renamed", updated_at="2026-11-01T10:00:00+10:00"),
+            f.store(7103, "Pacific/Auckland"),
+            f.store(7104, "Mars/Olympus"),
+        ],
+    )
     assert (counts.inserted, counts.updated, counts.quarantined) == (1, 1, 1)
     assert q(db, "select name from taptouch.stores where store_id = 7101") == [("Renamed",)]
     old = load_stores(db, [f.store(7101, "Australia/Melbourne", name="Old", updated_at="2026-01-01T00:00:00+10:00")])
@@ -255,15 +296,21 @@ def test_stores_upsert_newest_wins(db):
 
 def test_inventory_replaced_exactly_and_snapshot(db):
     day = date(2026, 11, 27)
-    c1 = load_inventory(db, 7101, [f.inventory(1), f.inventory(2, on_hand="-3"), f.inventory(3, on_hand="0.25")],
-                        snapshot_date=day)
+    c1 = load_inventory(
+        db, 7101, [f.inventory(1), f.inventory(2, on_hand="-3"), f.inventory(3, on_hand="0.25")], snapshot_date=day
+    )
     assert c1.inserted == 3
-    c2 = load_inventory(db, 7101, [f.inventory(1, on_hand="11"), f.inventory(3, on_hand="0.25"),
-                                   dict(f.inventory(4), on_hand="lots")], snapshot_date=day)
+    c2 = load_inventory(
+        db,
+        7101,
+        [f.inventory(1, on_hand="11"), f.inventory(3, on_hand="0.25"), dict(f.inventory(4), on_hand="lots")],
+        snapshot_date=day,
+    )
     assert (c2.updated, c2.unchanged, c2.deleted, c2.quarantined) == (1, 1, 1, 1)
     assert q(db, "select product_id, on_hand from taptouch.inventory_levels order by 1") == [(1, D(11)), (3, D("0.25"))]
-    assert q(db, "select product_id, on_hand from taptouch.inventory_snapshots where snapshot_date = %s order by 1",
-             day) == [(1, D(11)), (3, D("0.25"))]
+    assert q(
+        db, "select product_id, on_hand from taptouch.inventory_snapshots where snapshot_date = %s order by 1", day
+    ) == [(1, D(11)), (3, D("0.25"))]
     load_inventory(db, 7101, [f.inventory(1, on_hand="10")], snapshot_date=date(2026, 11, 28))
     assert q(db, "select count(*) from taptouch.inventory_snapshots")[0][0] == 3
 
@@ -287,7 +334,9 @@ def test_lone_surrogates_are_quarantined_not_fatal(db):
     assert (counts.inserted, counts.quarantined) == (1, 2)
     reasons = dict(q(db, "select record_key, reason from taptouch.quarantine where entity = 'order'"))
     assert "surrogate" in reasons["900"] and "surrogate" in reasons["901"]
-    assert q(db, "select raw is null, raw_text like '%\\\\ud800%' from taptouch.quarantine where record_key = '900'") == [(True, True)]
+    assert q(
+        db, "select raw is null, raw_text like '%\\\\ud800%' from taptouch.quarantine where record_key = '900'"
+    ) == [(True, True)]
     stores = load_stores(db, [f.store(7105, "Australia/Perth", name="Caf\udce9")])
     assert stores.quarantined == 1
 
@@ -302,10 +351,18 @@ def test_preformatted_copy_lines_land_what_psycopg_formats(db):
     def variants():
         yield f.order(1)
         yield f.order(2, status="open", customer={"id": 9, "name": "Mārama ☕🥐"}, number="N")
-        yield f.order(3, items=[f.item(1, D("0.375"), "12.40", name="Cheese (kg)"),
-                                f.item(2, 3, "1.10", [{"id": 5, "name": "x", "quantity": 2, "price": "0.25"}])],
-                      discount="0.50", surcharge="0.15", rounding="-0.02",
-                      created_at="2026-11-02T12:31:05.1234567Z", updated_at="2026-11-02T12:31:05.9999995-03:30")
+        yield f.order(
+            3,
+            items=[
+                f.item(1, D("0.375"), "12.40", name="Cheese (kg)"),
+                f.item(2, 3, "1.10", [{"id": 5, "name": "x", "quantity": 2, "price": "0.25"}]),
+            ],
+            discount="0.50",
+            surcharge="0.15",
+            rounding="-0.02",
+            created_at="2026-11-02T12:31:05.1234567Z",
+            updated_at="2026-11-02T12:31:05.9999995-03:30",
+        )
         o = f.order(4, refunds=("3.00",), redeem_points=D("12.5"), tips=D("1.00"))
         o["refunds"][0].update(reason=None, refunded_at="2026-11-02T13:00:00Z")
         o.update(source=None, fulfillment_type=None, currency=None, cashier=None)
@@ -318,15 +375,26 @@ def test_preformatted_copy_lines_land_what_psycopg_formats(db):
     assert not any(b in r for r in compact for b in (b"\\", b"\n", b"\r", b"\t"))
     pretty = [json.dumps(json.loads(r.decode()), indent=1).encode() for r in compact]  # same values, newlines
     assert all(jsonutil.loads(a) == jsonutil.loads(b) for a, b in zip(compact, pretty, strict=True))
-    tables = {"orders": "order_id", "order_items": "order_id, item_id", "order_payments": "order_id, payment_id",
-              "order_refunds": "order_id, refund_id"}
+    tables = {
+        "orders": "order_id",
+        "order_items": "order_id, item_id",
+        "order_payments": "order_id, payment_id",
+        "order_refunds": "order_id, refund_id",
+    }
 
     def snapshot():
         out = {}
         for t, key in tables.items():
-            cols = [c for (c,) in q(db, "select column_name from information_schema.columns where table_schema ="
-                                        " 'taptouch' and table_name = %s and column_name not in ('loaded_at', 'raw_hash')"
-                                        " order by ordinal_position", t)]
+            cols = [
+                c
+                for (c,) in q(
+                    db,
+                    "select column_name from information_schema.columns where table_schema ="
+                    " 'taptouch' and table_name = %s and column_name not in ('loaded_at', 'raw_hash')"
+                    " order by ordinal_position",
+                    t,
+                )
+            ]
             out[t] = q(db, f"select {', '.join(cols)} from taptouch.{t} order by {key}")
         return out
 
@@ -342,4 +410,6 @@ def test_preformatted_copy_lines_land_what_psycopg_formats(db):
     # and the values are the boundary's, exactly (scale of every numeric included)
     r = records.order_rows(compact[2], "Australia/Melbourne", 7101)
     row = next(x for x in first["order_items"] if x[:2] == (3, 1))
-    assert [str(v) for v in row[6:11]] == [str(v) for v in r.items[0][6:11]] == ["0.375", "12.40", "0.00", "0.42", "4.65"]
+    assert (
+        [str(v) for v in row[6:11]] == [str(v) for v in r.items[0][6:11]] == ["0.375", "12.40", "0.00", "0.42", "4.65"]
+    )

@@ -24,13 +24,20 @@ LOOKBACK = timedelta(minutes=5)
 
 
 def make(clock: list[float], *, wrap=None, page_size: int = 10):
-    sb = Sandbox(SandboxConfig(seed=3, stores=1, days=2, end_date=date(2026, 11, 26), orders_per_day=60),
-                 clock=lambda: clock[0])
+    sb = Sandbox(
+        SandboxConfig(seed=3, stores=1, days=2, end_date=date(2026, 11, 26), orders_per_day=60), clock=lambda: clock[0]
+    )
     transport = sb.transport()
     if wrap is not None:
         transport = httpx.MockTransport(wrap(sb, transport))
-    client = TaptouchClient(client_id=sb.config.client_id, client_secret=sb.config.client_secret,
-                            transport=transport, page_size=page_size, requests_per_second=None, sleep=lambda s: None)
+    client = TaptouchClient(
+        client_id=sb.config.client_id,
+        client_secret=sb.config.client_secret,
+        transport=transport,
+        page_size=page_size,
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
     return sb, client
 
 
@@ -65,6 +72,7 @@ def test_an_edit_during_the_listing_skips_no_order(migrated_db):
                 edited.append(page0[1]["id"])
                 sb.edit_order(page0[1]["id"], status="voided", updated_at=(END - timedelta(minutes=1)).isoformat())
             return response
+
         return handler
 
     sb, client = make(clock, wrap=wrap)
@@ -74,7 +82,8 @@ def test_an_edit_during_the_listing_skips_no_order(migrated_db):
         assert edited and result.incomplete == []
         assert held(conn) == truth(sb)  # every order, the edited one in its new version
         assert conn.execute("select status from taptouch.orders where order_id = %s", (edited[0],)).fetchone() == (
-            "voided",)
+            "voided",
+        )
 
 
 def test_a_future_dated_order_does_not_freeze_the_store(migrated_db):
@@ -98,7 +107,8 @@ def test_a_future_dated_order_does_not_freeze_the_store(migrated_db):
         sb.edit_order(early["id"], status="voided", updated_at=(START + timedelta(hours=17, minutes=30)).isoformat())
         load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
         assert conn.execute("select status from taptouch.orders where order_id = %s", (early["id"],)).fetchone() == (
-            "voided",)
+            "voided",
+        )
         assert held(conn) == truth(sb)
         assert mark_of(conn, sid) == START + timedelta(hours=17, minutes=59, seconds=59)
 
@@ -115,6 +125,7 @@ def test_no_api_clock_no_mark(migrated_db):
                 body = response.read().replace(b'"timestamp":', b'"clock":', 1)
                 return httpx.Response(response.status_code, headers={"content-type": "application/json"}, content=body)
             return response
+
         return handler
 
     sb, client = make(clock, wrap=wrap)

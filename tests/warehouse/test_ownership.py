@@ -34,8 +34,13 @@ def sandbox():
 
 
 def client_of(sb: Sandbox) -> TaptouchClient:
-    return TaptouchClient(client_id=sb.config.client_id, client_secret=sb.config.client_secret,
-                          transport=sb.transport(), requests_per_second=None, sleep=lambda s: None)
+    return TaptouchClient(
+        client_id=sb.config.client_id,
+        client_secret=sb.config.client_secret,
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
 
 
 def test_the_first_account_owns_a_store_and_the_other_skips_it(sandbox, migrated_db, caplog):
@@ -51,13 +56,19 @@ def test_the_first_account_owns_a_store_and_the_other_skips_it(sandbox, migrated
         theirs = list_stores(client, south)
         assert theirs.timezones == {} and theirs.foreign == {sid: "north" for sid in sandbox.store_ids()}
         text = caplog.text
-        assert all(f"store {sid} skipped: account 'south' lists it, but account 'north'" in text
-                   for sid in sandbox.store_ids())
+        assert all(
+            f"store {sid} skipped: account 'south' lists it, but account 'north'" in text for sid in sandbox.store_ids()
+        )
         result = load_window(client, south, DAY, START, END, timezones=theirs.timezones)
         assert result.counts.rows == 0
         accounts = north.execute("select account, count(*) from taptouch.orders group by account").fetchall()
-        assert accounts == [("north", len(sandbox.orders_in_window(sandbox.store_ids()[0], START, END))
-                             + len(sandbox.orders_in_window(sandbox.store_ids()[1], START, END)))]
+        assert accounts == [
+            (
+                "north",
+                len(sandbox.orders_in_window(sandbox.store_ids()[0], START, END))
+                + len(sandbox.orders_in_window(sandbox.store_ids()[1], START, END)),
+            )
+        ]
 
 
 def test_an_order_and_its_children_carry_one_account(sandbox, migrated_db):
@@ -78,7 +89,8 @@ def test_an_order_and_its_children_carry_one_account(sandbox, migrated_db):
             "select 'items', account from taptouch.order_items where order_id = %(id)s union all "
             "select 'payments', account from taptouch.order_payments where order_id = %(id)s union all "
             "select 'refunds', account from taptouch.order_refunds where order_id = %(id)s",
-            {"id": order["id"]}).fetchall()
+            {"id": order["id"]},
+        ).fetchall()
         assert {kind for kind, _ in rows} >= {"orders", "items", "refunds"}
         assert {account for _, account in rows} == {"north"}
 

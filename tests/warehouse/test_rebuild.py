@@ -29,19 +29,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TYPED = {
     "orders": "select order_id, store_id, number, status, created_at, updated_at, completed_at, business_date, subtotal,"
-              " total, tips, cashier_name, updated_at_exact, account, deleted_at, raw_hash from taptouch.orders"
-              " order by order_id",
+    " total, tips, cashier_name, updated_at_exact, account, deleted_at, raw_hash from taptouch.orders"
+    " order by order_id",
     "order_items": "select order_id, item_id, product_id, name, quantity, unit_price, total, modifiers::text, account"
-                   " from taptouch.order_items order by 1, 2",
+    " from taptouch.order_items order by 1, 2",
     "order_payments": "select order_id, payment_id, method, amount, paid_at, account from taptouch.order_payments"
-                      " order by 1, 2",
+    " order by 1, 2",
     "order_refunds": "select order_id, refund_id, amount, reason, account from taptouch.order_refunds order by 1, 2",
     "stores": "select store_id, name, timezone, address::text, updated_at, account from taptouch.stores order by 1",
     "inventory_levels": "select store_id, product_id, name, on_hand, cost_price, updated_at from taptouch.inventory_levels"
-                        " order by 1, 2",
+    " order by 1, 2",
 }
-HISTORY = ("select count(*) from taptouch.sync_log", "select count(*) from taptouch.inventory_snapshots",
-           "select count(*) from taptouch.sync_marks")
+HISTORY = (
+    "select count(*) from taptouch.sync_log",
+    "select count(*) from taptouch.inventory_snapshots",
+    "select count(*) from taptouch.sync_marks",
+)
 
 
 def state(conn) -> dict:
@@ -63,8 +66,9 @@ def warehouse(migrated_db):
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         load_stores(conn, [f.store(7101, "Australia/Melbourne"), f.store(7102, "Australia/Perth")])
         load_orders(conn, 7101, [f.order(i, refunds=["5.00"] if i % 3 == 0 else ()) for i in range(1, 31)])
-        load_orders(conn, 7102, [f.order(100 + i, store_id=7102, created_at="2026-11-02T17:30:00+00:00")
-                                 for i in range(1, 11)])
+        load_orders(
+            conn, 7102, [f.order(100 + i, store_id=7102, created_at="2026-11-02T17:30:00+00:00") for i in range(1, 11)]
+        )
         load_inventory(conn, 7101, [f.inventory(p) for p in range(500, 520)], snapshot_date=date(2026, 11, 27))
         yield migrated_db, conn
 
@@ -125,7 +129,9 @@ def test_rebuild_keeps_each_rows_account_and_soft_deletes(warehouse, capsys):
     run_rebuild(url, capsys)
     assert set(conn.execute("select account from taptouch.order_items where order_id = 4").fetchall()) == {("north",)}
     assert conn.execute("select name from taptouch.order_items where order_id = 4 order by item_id").fetchall() == [
-        ("Latte",), ("Big breakfast",)]
+        ("Latte",),
+        ("Big breakfast",),
+    ]
     assert conn.execute("select deleted_at is not null from taptouch.orders where order_id = 6").fetchone() == (True,)
 
 
@@ -154,8 +160,11 @@ def test_an_interrupted_rebuild_finishes_when_run_again(warehouse, capsys, monke
 
 
 def quarantine(conn, entity, key, store_id, record, reason="an old rule refused it"):
-    conn.execute("insert into taptouch.quarantine (entity, record_key, store_id, reason, raw) values (%s, %s, %s, %s,"
-                 " %s::jsonb) returning quarantine_id", (entity, key, store_id, reason, jsonutil.dumps(record)))
+    conn.execute(
+        "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw) values (%s, %s, %s, %s,"
+        " %s::jsonb) returning quarantine_id",
+        (entity, key, store_id, reason, jsonutil.dumps(record)),
+    )
 
 
 def test_rebuild_loads_quarantined_records_that_now_pass_never_over_a_newer_version(warehouse, capsys):
@@ -165,8 +174,13 @@ def test_rebuild_loads_quarantined_records_that_now_pass_never_over_a_newer_vers
     quarantine(conn, "order", "900", 7101, f.order(900, updated_at="2026-11-02T13:00:00+11:00", status="open"))
     quarantine(conn, "order", "900", 7101, f.order(900, updated_at="2026-11-02T14:00:00+11:00", refunds=["2.00"]))
     # an older version of an order the warehouse holds newer: not loaded, but resolved (superseded)
-    quarantine(conn, "order", "3", 7101, f.order(3, created_at="2026-11-02T10:00:00+11:00",
-                                                  updated_at="2026-11-01T10:00:00+11:00", status="open"))
+    quarantine(
+        conn,
+        "order",
+        "3",
+        7101,
+        f.order(3, created_at="2026-11-02T10:00:00+11:00", updated_at="2026-11-01T10:00:00+11:00", status="open"),
+    )
     # still invalid: stays unresolved
     bad = f.order(901)
     bad["total"] = D("1.00")
@@ -176,14 +190,20 @@ def test_rebuild_loads_quarantined_records_that_now_pass_never_over_a_newer_vers
     before = conn.execute("select order_id, total, updated_at from taptouch.orders where order_id = 3").fetchall()
 
     out = run_rebuild(url, capsys)
-    assert conn.execute("select status, updated_at_exact, business_date from taptouch.orders where order_id = 900"
-                        ).fetchone() == ("completed", D(1793588400), date(2026, 11, 2))
+    assert conn.execute(
+        "select status, updated_at_exact, business_date from taptouch.orders where order_id = 900"
+    ).fetchone() == ("completed", D(1793588400), date(2026, 11, 2))
     assert conn.execute("select amount from taptouch.order_refunds where order_id = 900").fetchall() == [(D("2.00"),)]
     assert conn.execute("select count(*) from taptouch.order_items where order_id = 900").fetchone()[0] == 2
-    assert conn.execute("select order_id, total, updated_at from taptouch.orders where order_id = 3").fetchall() == before
-    assert conn.execute("select timezone from taptouch.stores where store_id = 7103").fetchone() == ("Pacific/Auckland",)
-    assert conn.execute("select on_hand from taptouch.inventory_levels where store_id = 7101 and product_id = 600"
-                        ).fetchone() == (D("12.5"),)
+    assert (
+        conn.execute("select order_id, total, updated_at from taptouch.orders where order_id = 3").fetchall() == before
+    )
+    assert conn.execute("select timezone from taptouch.stores where store_id = 7103").fetchone() == (
+        "Pacific/Auckland",
+    )
+    assert conn.execute(
+        "select on_hand from taptouch.inventory_levels where store_id = 7101 and product_id = 600"
+    ).fetchone() == (D("12.5"),)
     unresolved = conn.execute("select entity, record_key from taptouch.quarantine where resolved_at is null").fetchall()
     assert unresolved == [("order", "901")]
     assert history(conn) == kept
@@ -209,11 +229,17 @@ def test_the_console_script_runs_it(warehouse):
     conn.execute("update taptouch.orders set subtotal = 1 where order_id = 2")
     script = Path(sys.executable).with_name("taptouch-sync")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "pipelines.cli"]
-    done = subprocess.run([*command, "rebuild", "--database-url", url], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [*command, "rebuild", "--database-url", url], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert report_row(done.stdout, "orders") == (40, 1, 0) and "1 row(s) changed." in done.stdout
     assert conn.execute("select subtotal from taptouch.orders where order_id = 2").fetchone() == (D("36.60"),)
-    bad = subprocess.run([*command, "rebuild", "--database-url", url, "--batch-size", "0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*command, "rebuild", "--database-url", url, "--batch-size", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--batch-size" in bad.stderr

@@ -27,7 +27,6 @@ from pipelines.warehouse.db import (
 )
 from pipelines.warehouse.migrations import migrate
 from pipelines.warehouse.resource import PostgresResource
-from pipelines.warehouse.token_store import TokenStore
 from tests.support.oauth_helpers import make_store
 
 # (URL, the password in it, what redact_url must show)
@@ -38,10 +37,17 @@ TRICKY = [
     ("postgres://app:sl/ash@db.example:5/wh", "sl/ash", "postgres://app:***@db.example:5/wh"),
     ("postgresql://app:p@ss#w?rd/x@db.example/wh", "p@ss#w?rd/x", "postgresql://app:***@db.example/wh"),
     ("postgresql+psycopg://app:co:lon@db.example/wh", "co:lon", "postgresql+psycopg://app:***@db.example/wh"),
-    ("postgresql://db.example/wh?user=app&password=q%23s%26&sslmode=require", "q%23s%26",
-     "postgresql://db.example/wh?user=app&password=***&sslmode=require"),
+    (
+        "postgresql://db.example/wh?user=app&password=q%23s%26&sslmode=require",
+        "q%23s%26",
+        "postgresql://db.example/wh?user=app&password=***&sslmode=require",
+    ),
     ("postgresql://db.example/wh?password=a#b", "a#b", "postgresql://db.example/wh?password=***"),
-    ("host=db.example user=app password='sp ace\\'q' dbname=wh", "sp ace", "host=db.example user=app password=*** dbname=wh"),
+    (
+        "host=db.example user=app password='sp ace\\'q' dbname=wh",
+        "sp ace",
+        "host=db.example user=app password=*** dbname=wh",
+    ),
     ("host=db.example password=Plain#1 dbname=wh", "Plain#1", "host=db.example password=*** dbname=wh"),
 ]
 
@@ -54,8 +60,10 @@ def test_redact_url_reads_urls_like_libpq(url: str, password: str, shown: str) -
 
 
 def test_with_database_keeps_a_password_libpq_accepts() -> None:
-    assert (with_database("postgresql://postgres:Hunter2#x@127.0.0.1:5432/db?sslmode=require", "dagster")
-            == "postgresql://postgres:Hunter2#x@127.0.0.1:5432/dagster?sslmode=require")
+    assert (
+        with_database("postgresql://postgres:Hunter2#x@127.0.0.1:5432/db?sslmode=require", "dagster")
+        == "postgresql://postgres:Hunter2#x@127.0.0.1:5432/dagster?sslmode=require"
+    )
 
 
 def _url_with_password(admin_url: str, password: str) -> str:
@@ -128,14 +136,21 @@ def test_a_failing_dagster_run_stores_no_password(tmp_path: Path, database_url: 
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        result = dg.materialize([probe], resources={"warehouse": PostgresResource(database_url=url)},
-                                instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            [probe],
+            resources={"warehouse": PostgresResource(database_url=url)},
+            instance=instance,
+            raise_on_error=False,
+        )
         assert not result.success
         from dagster._serdes import serialize_value
 
         events = "\n".join(serialize_value(e) for e in instance.all_logs(result.run_id))
-        failures = [e.event_specific_data.error.to_string() for e in result.all_events
-                    if e.event_specific_data is not None and getattr(e.event_specific_data, "error", None)]
+        failures = [
+            e.event_specific_data.error.to_string()
+            for e in result.all_events
+            if e.event_specific_data is not None and getattr(e.event_specific_data, "error", None)
+        ]
     on_disk = b"\n".join(p.read_bytes() for p in home.rglob("*") if p.is_file()).decode("utf-8", "replace")
     assert failures and "percent-encoded" in "".join(failures)
     for where, text in {"event log": events, "errors": "\n".join(failures), "storage": on_disk}.items():
@@ -162,5 +177,5 @@ def test_dagster_home_and_its_files_are_owner_only(tmp_path: Path, monkeypatch) 
 
 def test_local_prod_script_keeps_the_url_off_the_command_line() -> None:
     script = (Path(__file__).resolve().parents[2] / "deploy" / "local-prod.sh").read_text()
-    assert '"$DAGSTER_PG_URL")' not in script and 'sys.argv' not in script
+    assert '"$DAGSTER_PG_URL")' not in script and "sys.argv" not in script
     assert 'os.environ["DAGSTER_PG_URL"]' in script and "umask 077" in script

@@ -14,8 +14,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0 or not shutil.which("runuser"),
-                       reason="acting as another local user needs root and runuser"),
+    pytest.mark.skipif(
+        os.name != "posix" or os.geteuid() != 0 or not shutil.which("runuser"),
+        reason="acting as another local user needs root and runuser",
+    ),
 ]
 
 
@@ -99,8 +101,12 @@ def check_only_the_owner_gets_in(pgdata: Path, url: str) -> None:
         denied = as_nobody(psql(), target, "-c", "select 1")
         assert denied.returncode != 0, denied.stdout
         assert "Permission denied" in denied.stderr or "password" in denied.stderr
-    for probe in (["ls", str(pgdata)], ["cat", str(pgdata / "PG_VERSION")], ["cat", str(passfile)],
-                  ["ls", str(socket_dir)]):
+    for probe in (
+        ["ls", str(pgdata)],
+        ["cat", str(pgdata / "PG_VERSION")],
+        ["cat", str(passfile)],
+        ["ls", str(socket_dir)],
+    ):
         denied = as_nobody(*probe)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, probe
 
@@ -135,8 +141,14 @@ def test_db_url_raw_opens_psql_for_the_owner_only(open_parent: Path) -> None:
         started(pgdata)
         env = {**os.environ, "TAPTOUCH_PGDATA": str(pgdata)}
         env.pop("TAPTOUCH_DATABASE_URL", None)
-        raw = subprocess.run([sys.executable, "-m", "pipelines.cli", "db-url", "--raw"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+        raw = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "db-url", "--raw"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert raw.returncode == 0, raw.stderr
         url = raw.stdout.strip()
         mine = subprocess.run([psql(), url, "-Atc", "select current_database()"], capture_output=True, text=True)

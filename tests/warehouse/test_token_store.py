@@ -13,14 +13,13 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
+from pipelines.authorize import keep_merchants_alive, merchant_auth
 from pipelines.tokens import merchant_tokens_keepalive_job
 from pipelines.warehouse.resource import PostgresResource
+from pipelines.warehouse.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError, derive_key
 from taptouch_resource import TaptouchClient, TaptouchResource, api
 from taptouch_resource.auth import ClientCredentialsAuth, ReauthorizationRequired
-from pipelines.authorize import keep_merchants_alive, merchant_auth
 from taptouch_sandbox import Sandbox, SandboxConfig
-from pipelines.warehouse.token_store import ENV_TOKEN_KEY, TokenCipher, TokenStore, TokenStoreError, derive_key
-
 from tests.support.oauth_helpers import BROWSER_THREAD, CLIENT_ID, CLIENT_SECRET, authorize, make_store, sandbox_secrets
 
 PROCESSES = 10
@@ -47,16 +46,20 @@ def raw_rows(url: str) -> str:
 def make_stale(url: str, merchant: str = "cafe") -> None:
     """The stored access token enters its refresh margin (still valid at Taptouch)."""
     with psycopg.connect(url) as conn:
-        conn.execute("update taptouch_auth.tokens set access_issued_at = now() - interval '2 days', "
-                     "access_expires_at = now() + interval '60 seconds' where label = %s", (merchant,))
+        conn.execute(
+            "update taptouch_auth.tokens set access_issued_at = now() - interval '2 days', "
+            "access_expires_at = now() + interval '60 seconds' where label = %s",
+            (merchant,),
+        )
 
 
 # ---------------------------------------------------------------------------------------- at rest
 def test_tokens_are_encrypted_at_rest(sb, served, migrated_db, monkeypatch):
     store = make_store(migrated_db)
     authorize(served, store, merchant="cafe")
-    cc = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=served + api.TOKEN_PATH,
-                               store=store)
+    cc = ClientCredentialsAuth(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=served + api.TOKEN_PATH, store=store
+    )
     cc_token = cc.get_token()
     secrets = sandbox_secrets(sb)
     assert cc_token in secrets and len(secrets) >= 3
@@ -75,8 +78,9 @@ def test_tokens_are_encrypted_at_rest(sb, served, migrated_db, monkeypatch):
     # an explicit key, rotated: the old key listed after the new one still decrypts
     old_key = TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET, env={})
     new_key = Fernet.generate_key().decode()
-    rotated = TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET,
-                                   env={ENV_TOKEN_KEY: f"{new_key},{derive_key(CLIENT_ID, CLIENT_SECRET).decode()}"})
+    rotated = TokenCipher.from_env(
+        CLIENT_ID, CLIENT_SECRET, env={ENV_TOKEN_KEY: f"{new_key},{derive_key(CLIENT_ID, CLIENT_SECRET).decode()}"}
+    )
     assert rotated.decrypt(old_key.encrypt("x")) == "x" and rotated.source == ENV_TOKEN_KEY
     with pytest.raises(ValueError, match=ENV_TOKEN_KEY):
         TokenCipher.from_env(CLIENT_ID, CLIENT_SECRET, env={ENV_TOKEN_KEY: "not-a-key"})
@@ -94,8 +98,9 @@ def _merchant_worker(base_url: str, db_url: str, barrier, results) -> None:
 
 
 def _cc_worker(base_url: str, db_url: str, barrier, results) -> None:
-    auth = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=base_url + api.TOKEN_PATH,
-                                 store=make_store(db_url))
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=base_url + api.TOKEN_PATH, store=make_store(db_url)
+    )
     barrier.wait(timeout=30)
     try:
         results.put(("ok", auth.get_token()))
@@ -147,8 +152,9 @@ def test_ten_processes_fetch_one_client_credentials_token(sb, served, migrated_d
 # ---------------------------------------------------------------------------------------- the crash window
 def _crash_after_answer(base_url: str, db_url: str) -> None:
     store = make_store(db_url, before_commit=lambda key: os._exit(9))  # killed: no commit, no cleanup
-    merchant_auth(store, base_url=base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                  merchant="cafe").get_token()
+    merchant_auth(
+        store, base_url=base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe"
+    ).get_token()
 
 
 def test_crash_between_answer_and_commit_loses_the_rotated_token(sb, served, migrated_db):
@@ -174,8 +180,11 @@ def test_crash_between_answer_and_commit_loses_the_rotated_token(sb, served, mig
     assert not grant.has_refresh_token and "authorize --merchant cafe" in grant.last_error
 
     authorize(served, store, merchant="cafe")  # recovery: the merchant authorizes again
-    assert sb.token_is_valid(merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                                           merchant="cafe").get_token())
+    assert sb.token_is_valid(
+        merchant_auth(
+            store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe"
+        ).get_token()
+    )
     [grant] = store.grants()
     assert grant.has_refresh_token and grant.last_error is None and grant.rotations == 0
 
@@ -189,8 +198,9 @@ def test_keep_alive_outlives_the_four_days_and_lapses_without_it(migrated_db):
         store = make_store(migrated_db, clock=clock)
         authorize(base, store, merchant="kept", clock=clock)
         authorize(base, store, merchant="lapsed", clock=clock)
-        kept = merchant_auth(store, base_url=base, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="kept",
-                             wall_clock=clock)
+        kept = merchant_auth(
+            store, base_url=base, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="kept", wall_clock=clock
+        )
         rotations = 0
         for _ in range(10):  # ten days of the daily schedule (each run a minute later than the last)
             now[0] += DAY + 60
@@ -199,8 +209,9 @@ def test_keep_alive_outlives_the_four_days_and_lapses_without_it(migrated_db):
         now[0] += 0.5 * DAY
         assert not store.keep_alive(kept.store_key, refresh=kept.refresh_with)  # 3.5 days left: nothing to do
 
-        lapsed = merchant_auth(store, base_url=base, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                               merchant="lapsed", wall_clock=clock)
+        lapsed = merchant_auth(
+            store, base_url=base, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="lapsed", wall_clock=clock
+        )
         with pytest.raises(ReauthorizationRequired, match="expired .*taptouch-sync authorize --merchant lapsed"):
             lapsed.get_token()
 
@@ -210,12 +221,16 @@ def test_keepalive_job_and_refresh_command(sb, served, migrated_db, monkeypatch,
     store = make_store(migrated_db)
     authorize(served, store, merchant="cafe")
     # the grant is fresh (4 days left): with the default 3-day threshold nothing rotates
-    assert [r.rotated for r in keep_merchants_alive(store, base_url=served, client_id=CLIENT_ID,
-                                                    client_secret=CLIENT_SECRET)] == [False]
+    assert [
+        r.rotated
+        for r in keep_merchants_alive(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    ] == [False]
     with psycopg.connect(migrated_db) as conn:  # a day and a half later
         conn.execute("update taptouch_auth.tokens set refresh_expires_at = now() + interval '2.5 days'")
-    resources = {"taptouch": TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served),
-                 "warehouse": PostgresResource(database_url=migrated_db)}
+    resources = {
+        "taptouch": TaptouchResource(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served),
+        "warehouse": PostgresResource(database_url=migrated_db),
+    }
     result = merchant_tokens_keepalive_job.execute_in_process(resources=resources)
     assert result.success and result.output_for_node("refresh_merchant_tokens") == 1
     assert sb.grant_requests["refresh_token"] == 1
@@ -228,7 +243,11 @@ def test_keepalive_job_and_refresh_command(sb, served, migrated_db, monkeypatch,
     failure = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
     assert "taptouch-sync authorize --merchant cafe" in failure.step_failure_data.error.message
 
-    for k, v in {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET, "TAPTOUCH_BASE_URL": served}.items():
+    for k, v in {
+        "TAPTOUCH_CLIENT_ID": CLIENT_ID,
+        "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET,
+        "TAPTOUCH_BASE_URL": served,
+    }.items():
         monkeypatch.setenv(k, v)
     from pipelines.cli import main
 
@@ -243,11 +262,13 @@ def test_no_token_in_logs(sb, served, migrated_db, caplog):
     authorize(served, store, merchant="cafe")
     make_stale(migrated_db)
     auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
-    with TaptouchClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served, auth=auth,
-                        requests_per_second=None) as client:
+    with TaptouchClient(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=served, auth=auth, requests_per_second=None
+    ) as client:
         assert len(list(client.list_stores())) == 2  # after a refresh
-    cc = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=served + api.TOKEN_PATH,
-                               store=store)
+    cc = ClientCredentialsAuth(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, token_url=served + api.TOKEN_PATH, store=store
+    )
     cc.get_token()
     secrets = sandbox_secrets(sb)
     sb.revoke_grant()
@@ -267,12 +288,17 @@ def test_a_wrong_client_secret_says_so_without_blaming_the_token_key(sb, served,
     stored token (sealed with the key the right secret derives) is simply replaced. No warning about
     TAPTOUCH_TOKEN_KEY or restoring an old key, and one line at most about the stored token; the
     error is the token endpoint's refusal of the client."""
-    good = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                                 token_url=served + api.TOKEN_PATH, store=make_store(migrated_db))
+    good = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        token_url=served + api.TOKEN_PATH,
+        store=make_store(migrated_db),
+    )
     good.get_token()
     wrong_store = TokenStore(migrated_db, cipher=TokenCipher.from_env(CLIENT_ID, "a-wrong-secret", env={}))
-    wrong = ClientCredentialsAuth(client_id=CLIENT_ID, client_secret="a-wrong-secret",
-                                  token_url=served + api.TOKEN_PATH, store=wrong_store)
+    wrong = ClientCredentialsAuth(
+        client_id=CLIENT_ID, client_secret="a-wrong-secret", token_url=served + api.TOKEN_PATH, store=wrong_store
+    )
     caplog.set_level(logging.DEBUG)
     with pytest.raises(Exception) as refused:
         wrong.get_token()

@@ -17,8 +17,17 @@ import psycopg
 from taptouch_sandbox import Sandbox
 
 ORDER_FIELDS = ("store_id", "updated_at", "status", "subtotal", "discount", "total", "tax")
-TABLES = ("stores", "orders", "order_items", "order_payments", "order_refunds", "inventory_levels",
-          "inventory_snapshots", "quarantine", "sync_log")
+TABLES = (
+    "stores",
+    "orders",
+    "order_items",
+    "order_payments",
+    "order_refunds",
+    "inventory_levels",
+    "inventory_snapshots",
+    "quarantine",
+    "sync_log",
+)
 
 
 @dataclass
@@ -42,8 +51,10 @@ class Diff:
             self.problems.append(f"{kind}: {text}")
 
     def __str__(self) -> str:
-        head = (f"{self.orders_found}/{self.orders_expected} orders, lost {self.lost}, duplicated "
-                f"{self.duplicated}, backwards {self.backwards}, mismatched {self.mismatched}")
+        head = (
+            f"{self.orders_found}/{self.orders_expected} orders, lost {self.lost}, duplicated "
+            f"{self.duplicated}, backwards {self.backwards}, mismatched {self.mismatched}"
+        )
         return head + "".join(f"\n  {p}" for p in self.problems)
 
 
@@ -55,8 +66,15 @@ def truth_orders(sb: Sandbox, start: datetime, end: datetime) -> dict[int, dict]
     return {o["id"]: o for sid in sb.store_ids() for o in sb.orders_in_window(sid, start, end)}
 
 
-def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetime, *,
-            stores: bool = True, inventory: bool = False) -> Diff:
+def compare(
+    conn: psycopg.Connection,
+    sb: Sandbox,
+    start: datetime,
+    end: datetime,
+    *,
+    stores: bool = True,
+    inventory: bool = False,
+) -> Diff:
     diff = Diff()
     truth = truth_orders(sb, start, end)
     malformed = sb.malformed_order_ids() & set(truth)
@@ -65,8 +83,9 @@ def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetim
     diff.quarantined_expected = len(malformed)
     cur = conn.cursor()
 
-    cur.execute("select order_id, count(*) over (partition by order_id), " + ", ".join(ORDER_FIELDS)
-                + " from taptouch.orders")
+    cur.execute(
+        "select order_id, count(*) over (partition by order_id), " + ", ".join(ORDER_FIELDS) + " from taptouch.orders"
+    )
     found: dict[int, tuple] = {}
     for row in cur.fetchall():
         if row[1] > 1:
@@ -105,8 +124,7 @@ def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetim
 
     # malformed orders: quarantined with a reason, unresolved
     if malformed:
-        cur.execute("select record_key, reason from taptouch.quarantine where entity = 'order'"
-                    " and resolved_at is null")
+        cur.execute("select record_key, reason from taptouch.quarantine where entity = 'order' and resolved_at is null")
         quarantined = {r[0] for r in cur.fetchall() if r[1]}
         for oid in malformed:
             if str(oid) not in quarantined:
@@ -121,8 +139,11 @@ def compare(conn: psycopg.Connection, sb: Sandbox, start: datetime, end: datetim
     if inventory:
         cur.execute("select store_id, product_id, on_hand, sell_price from taptouch.inventory_levels")
         got_i = {(r[0], r[1]): (r[2], r[3]) for r in cur.fetchall()}
-        want_i = {(sid, r["product_id"]): (Decimal(r["on_hand"]), Decimal(r["sell_price"]))
-                  for sid in sb.store_ids() for r in sb.inventory(sid)}
+        want_i = {
+            (sid, r["product_id"]): (Decimal(r["on_hand"]), Decimal(r["sell_price"]))
+            for sid in sb.store_ids()
+            for r in sb.inventory(sid)
+        }
         _compare_keyed(diff, "inventory", want_i, got_i, extra="not listed by the API")
     cur.close()
     return diff

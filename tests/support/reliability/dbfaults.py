@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -25,9 +25,9 @@ from pipelines.warehouse.db import connect
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
 
 from .check import Diff, compare, reset
-from tests.support.windows import load_window
 
 END_DATE = date(2026, 11, 27)
 
@@ -39,8 +39,14 @@ def make_sandbox(seed: int = 3, **kw) -> Sandbox:
 
 
 def make_client(sb: Sandbox, **kw) -> TaptouchClient:
-    return TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", transport=sb.transport(),
-                          requests_per_second=None, sleep=lambda s: None, **kw)
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        **kw,
+    )
 
 
 def full_range() -> tuple[datetime, datetime]:
@@ -63,8 +69,10 @@ def load_all(client: TaptouchClient, conn: psycopg.Connection) -> None:
 
 def snapshot(conn: psycopg.Connection) -> list[tuple]:
     with conn.cursor() as cur:
-        cur.execute("select o.order_id, o.updated_at, o.total, o.status, count(i.item_id) from taptouch.orders o"
-                    " left join taptouch.order_items i using (order_id) group by 1 order by 1")
+        cur.execute(
+            "select o.order_id, o.updated_at, o.total, o.status, count(i.item_id) from taptouch.orders o"
+            " left join taptouch.order_items i using (order_id) group by 1 order by 1"
+        )
         return cur.fetchall()
 
 
@@ -101,7 +109,7 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         oid = next(iter(sb.orders(sb.store_ids()[0])))["id"]
         new = sb.edit_order(oid, status="refunded")
         outcome.edited_order_id, outcome.edited_updated_at = oid, datetime.fromisoformat(new["updated_at"])
-        day = datetime.fromisoformat(new["updated_at"]).astimezone(timezone.utc).date()
+        day = datetime.fromisoformat(new["updated_at"]).astimezone(UTC).date()
         outcome.rows_before = snapshot(conn)
         blocker = connect(db_url, autocommit=False)
         blocker.execute("select 1 from taptouch.orders where order_id = %s for update", (oid,))
@@ -119,8 +127,9 @@ def _blocked_merge(db_url: str, sb: Sandbox, victim: psycopg.Connection, *, term
         pid = victim.info.backend_pid
         if terminate:
             for _ in range(200):  # until the merge waits on the row lock, inside the insert
-                row = conn.execute("select wait_event_type, left(query, 60) from pg_stat_activity where pid = %s",
-                                   (pid,)).fetchone()
+                row = conn.execute(
+                    "select wait_event_type, left(query, 60) from pg_stat_activity where pid = %s", (pid,)
+                ).fetchone()
                 if row and row[0] == "Lock" and "taptouch.orders" in row[1]:
                     break
                 time.sleep(0.02)
@@ -213,8 +222,11 @@ def concurrent_runs(db_url: str, seed: int = 5) -> ConcurrencyOutcome:
             s, e = day_window(d)
             threads.append(threading.Thread(target=run, args=(s, e, d.isoformat())))
             hs = s + timedelta(hours=rng.randint(1, 23))
-            threads.append(threading.Thread(target=run, args=(hs, hs + timedelta(hours=rng.choice([1, 6, 25])),
-                                                              f"hourly {hs.isoformat()}")))
+            threads.append(
+                threading.Thread(
+                    target=run, args=(hs, hs + timedelta(hours=rng.choice([1, 6, 25])), f"hourly {hs.isoformat()}")
+                )
+            )
         rng.shuffle(threads)
         for t in threads:
             t.start()

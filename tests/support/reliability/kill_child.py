@@ -18,8 +18,13 @@ from tests.support.windows import load_window
 
 def main(argv: list[str]) -> int:
     base_url, db_url, first, last = argv
-    client = TaptouchClient(client_id="sandbox-client", client_secret="sandbox-secret", base_url=base_url,
-                            page_size=20, requests_per_second=None)
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        base_url=base_url,
+        page_size=20,
+        requests_per_second=None,
+    )
     with connect(db_url, autocommit=True) as conn:
         print("ready", flush=True)
         sync_stores(client, conn)

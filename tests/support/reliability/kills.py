@@ -9,18 +9,18 @@ the last kill the load runs to completion and the warehouse must equal the truth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
-import contextlib
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable
 
 import psycopg
 
@@ -50,8 +50,20 @@ class KillResult:
 def _spawn(url: str, db_url: str, first: date, last: date) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.reliability.kill_child", url, db_url, first.isoformat(), last.isoformat()],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.reliability.kill_child",
+            url,
+            db_url,
+            first.isoformat(),
+            last.isoformat(),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 
@@ -107,12 +119,12 @@ def check_after_kill(conn: psycopg.Connection, sb: Sandbox, days: list[date]) ->
     return problems, committed
 
 
-def run_kills(db_url: str, kills: int, *, seed: int = 0,
-              say: Callable[[str], None] | None = None) -> KillResult:
+def run_kills(db_url: str, kills: int, *, seed: int = 0, say: Callable[[str], None] | None = None) -> KillResult:
     rng = random.Random(seed)
     say = say or (lambda s: None)
-    sb = Sandbox(SandboxConfig(seed=seed, stores=3, days=5, end_date=END_DATE, orders_per_day=40),
-                 faults=Faults(latency=0.01))
+    sb = Sandbox(
+        SandboxConfig(seed=seed, stores=3, days=5, end_date=END_DATE, orders_per_day=40), faults=Faults(latency=0.01)
+    )
     first = END_DATE - timedelta(days=6)
     last = END_DATE + timedelta(days=2)
     days = [first + timedelta(days=i) for i in range((last - first).days)]
@@ -144,8 +156,10 @@ def run_kills(db_url: str, kills: int, *, seed: int = 0,
             problems, committed = check_after_kill(conn, sb, days)
             result.inconsistent.extend(problems)
             result.windows_committed_at_kill.append(committed)
-            say(f"kill {result.kills}: {committed}/{len(days)} windows committed, "
-                f"{'consistent' if not problems else 'INCONSISTENT'}")
+            say(
+                f"kill {result.kills}: {committed}/{len(days)} windows committed, "
+                f"{'consistent' if not problems else 'INCONSISTENT'}"
+            )
             if rng.random() < 0.6:
                 reset(conn)  # start over from empty now and then, so kills also land in first loads
         _, out, code = _full_run(url, db_url, first, last)

@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedules", type=int, default=200, help="random fault schedules to run (default 200)")
     p.add_argument("--seed", type=int, default=0, help="first schedule seed (default 0)")
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs of a running load (default 20)")
-    p.add_argument("--database-url", help="admin URL of a server where databases may be created "
-                                          "(default: TAPTOUCH_TEST_DATABASE_URL, else the embedded server)")
+    p.add_argument(
+        "--database-url",
+        help="admin URL of a server where databases may be created "
+        "(default: TAPTOUCH_TEST_DATABASE_URL, else the embedded server)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(message)s")
@@ -76,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 backwards += r.diff.backwards
                 mismatched += r.diff.mismatched
                 if r.diff.ok and r.incomplete:  # a step failed loudly after every retry: reported, nothing lost
-                    loud.append(f"schedule {seed}: {', '.join(r.incomplete)} still failing after "
-                                f"{schedules.MAX_STEP_ATTEMPTS} runs (faults {r.faults})")
+                    loud.append(
+                        f"schedule {seed}: {', '.join(r.incomplete)} still failing after "
+                        f"{schedules.MAX_STEP_ATTEMPTS} runs (faults {r.faults})"
+                    )
                 elif not r.ok:
                     failures.append(f"schedule {seed}: {r.diff} incomplete={r.incomplete} faults={r.faults}")
         t_sched = time.monotonic() - t0
@@ -120,22 +125,30 @@ def main(argv: list[str] | None = None) -> int:
 
     total = time.monotonic() - t0
     print("Reliability report")
-    print(f"  fault schedules run:      {args.schedules} (seeds {args.seed}..{args.seed + args.schedules - 1}), "
-          f"{orders} orders checked, {edits} late edits, {step_retries} window re-runs, {t_sched:.0f}s")
+    print(
+        f"  fault schedules run:      {args.schedules} (seeds {args.seed}..{args.seed + args.schedules - 1}), "
+        f"{orders} orders checked, {edits} late edits, {step_retries} window re-runs, {t_sched:.0f}s"
+    )
     print(f"  steps still failing after every retry (loud, reported; nothing lost): {len(loud)}")
     for line in loud:
         print(f"    {line}")
     print(f"  faults injected:          {sum(injected.values())}")
     for kind, n in sorted(injected.items(), key=lambda kv: -kv[1]):
         print(f"    {kind:<28}{n}")
-    print(f"  kills survived (SIGKILL): {k.kills} mid-load (+{k.completed_early} loads that finished first), "
-          f"windows committed at each kill: {sorted(Counter(k.windows_committed_at_kill).items())}, {t_kills:.0f}s")
+    print(
+        f"  kills survived (SIGKILL): {k.kills} mid-load (+{k.completed_early} loads that finished first), "
+        f"windows committed at each kill: {sorted(Counter(k.windows_committed_at_kill).items())}, {t_kills:.0f}s"
+    )
     print("  database faults:          " + ", ".join(f"{o.kind} -> {o.error}" for o in db_outcomes))
-    print(f"  concurrent runs:          {conc.runs} runs (same window twice; backfill vs hourly), "
-          f"{len(conc.errors)} errors")
-    print(f"  bad inputs tried:         {len(envelope) + len(records)} "
-          f"({len(envelope)} envelope-level, {len(records)} record-level), "
-          f"{sum(c.ok for c in envelope + records)} with the expected outcome")
+    print(
+        f"  concurrent runs:          {conc.runs} runs (same window twice; backfill vs hourly), "
+        f"{len(conc.errors)} errors"
+    )
+    print(
+        f"  bad inputs tried:         {len(envelope) + len(records)} "
+        f"({len(envelope)} envelope-level, {len(records)} record-level), "
+        f"{sum(c.ok for c in envelope + records)} with the expected outcome"
+    )
     print(f"  rows lost:                {lost}")
     print(f"  rows duplicated:          {duplicated}")
     print(f"  rows moved backwards:     {backwards}")

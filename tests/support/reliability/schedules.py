@@ -26,9 +26,10 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 import psycopg
@@ -42,9 +43,9 @@ from taptouch_resource.auth import ClientCredentialsAuth
 from taptouch_resource.retry import Backoff
 from taptouch_sandbox import Faults, Sandbox, SandboxConfig
 from taptouch_sandbox.data import recompute_order
+from tests.support.windows import load_window
 
 from .check import Diff, compare, reset
-from tests.support.windows import load_window
 
 END_DATE = date(2026, 11, 27)
 MAX_STEP_ATTEMPTS = 12  # a window re-run this many times (Dagster's RetryPolicy, generously)
@@ -136,8 +137,9 @@ class FaultTransport(httpx.BaseTransport):
                 self.count("stale_read")
         if not changed:
             return resp
-        return httpx.Response(200, headers={"Content-Type": "application/json"},
-                              content=jsonutil.dumps(doc).encode(), request=request)
+        return httpx.Response(
+            200, headers={"Content-Type": "application/json"}, content=jsonutil.dumps(doc).encode(), request=request
+        )
 
 
 @dataclass
@@ -163,9 +165,11 @@ def random_faults(rng: random.Random) -> Faults:
         return rng.randint(lo, hi) if rng.random() < p else 0
 
     return Faults(
-        rate_limit_every=every(4, 12), rate_limit_burst=rng.randint(1, 2),
+        rate_limit_every=every(4, 12),
+        rate_limit_burst=rng.randint(1, 2),
         retry_after=rng.choice(["0", "1", "2", "date"]),
-        server_error_every=every(5, 14), server_error_burst=rng.randint(1, 2),
+        server_error_every=every(5, 14),
+        server_error_burst=rng.randint(1, 2),
         timeout_every=every(4, 15, 0.4),
         token_lifetime=rng.choice([172800, 15, 40, 120]),
         revoke_tokens_every=every(6, 25, 0.4),
@@ -215,35 +219,48 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
     t0 = time.monotonic()
     rng = random.Random(seed)
     reset(conn)
-    config = SandboxConfig(seed=seed, stores=rng.randint(1, 3), days=rng.randint(1, 3), end_date=END_DATE,
-                           orders_per_day=rng.randint(4, 20))
+    config = SandboxConfig(
+        seed=seed,
+        stores=rng.randint(1, 3),
+        days=rng.randint(1, 3),
+        end_date=END_DATE,
+        orders_per_day=rng.randint(4, 20),
+    )
     clock = FakeClock()
     # the server's clock may run faster than ours: tokens then expire at the server mid-sync,
     # before the client's early-refresh margin replaces them (401 "expired", refresh, resend)
     drift = rng.choice([1.0, 1.0, 1.5])
     base = clock.now()
     faults = random_faults(rng)
-    fault_knobs = {k: v for k, v in vars(faults).items()
-                   if k != "timeout_sleep" and v != getattr(Faults(), k)}
+    fault_knobs = {k: v for k, v in vars(faults).items() if k != "timeout_sleep" and v != getattr(Faults(), k)}
     sb = Sandbox(config, faults=Faults(), clock=lambda: base + (clock.now() - base) * drift)
     transport = FaultTransport(sb, clock)
     page_size = rng.choice([5, 7, 10, 25, 100])
     auth = ClientCredentialsAuth(
-        client_id=config.client_id, client_secret=config.client_secret,
-        token_url=api.DEFAULT_BASE_URL + api.TOKEN_PATH, transport=transport, clock=clock.now,
-        sleep=lambda s: None, backoff=Backoff(max_retries=5, rng=random.Random(seed)),
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+        token_url=api.DEFAULT_BASE_URL + api.TOKEN_PATH,
+        transport=transport,
+        clock=clock.now,
+        sleep=lambda s: None,
+        backoff=Backoff(max_retries=5, rng=random.Random(seed)),
     )
-    client = TaptouchClient(client_id=config.client_id, client_secret=config.client_secret, auth=auth,
-                            transport=transport, page_size=page_size, requests_per_second=None,
-                            sleep=lambda s: None)
-    start = datetime.combine(END_DATE - timedelta(days=config.days + 2), datetime.min.time(), timezone.utc)
-    end = datetime.combine(END_DATE + timedelta(days=3), datetime.min.time(), timezone.utc)
+    client = TaptouchClient(
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+        auth=auth,
+        transport=transport,
+        page_size=page_size,
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
+    start = datetime.combine(END_DATE - timedelta(days=config.days + 2), datetime.min.time(), UTC)
+    end = datetime.combine(END_DATE + timedelta(days=3), datetime.min.time(), UTC)
     windows = _windows(start, end, rng.randint(1, 3))
-    result = ScheduleResult(seed=seed, faults=fault_knobs, injected=transport.counts, diff=Diff(),
-                            windows=len(windows))
+    result = ScheduleResult(seed=seed, faults=fault_knobs, injected=transport.counts, diff=Diff(), windows=len(windows))
 
     def retrying(what: str, fn: Callable[[], Any]) -> Any:
-        for attempt in range(MAX_STEP_ATTEMPTS):
+        for _attempt in range(MAX_STEP_ATTEMPTS):
             try:
                 return fn()
             except TaptouchError:
@@ -253,9 +270,10 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
 
     def sync_windows(ws) -> None:
         for s, e, label in ws:
-            for attempt in range(MAX_STEP_ATTEMPTS):
-                r = load_window(client, conn, label, s, e, store_workers=rng.randint(1, 4),
-                                batch_size=rng.choice([3, 20, 5000]))
+            for _attempt in range(MAX_STEP_ATTEMPTS):
+                r = load_window(
+                    client, conn, label, s, e, store_workers=rng.randint(1, 4), batch_size=rng.choice([3, 20, 5000])
+                )
                 if not r.failures:
                     break
                 result.step_retries += 1
@@ -263,7 +281,7 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
                 result.incomplete.append(f"orders {label}")
 
     def sync_inv() -> None:
-        for attempt in range(MAX_STEP_ATTEMPTS):
+        for _attempt in range(MAX_STEP_ATTEMPTS):
             r = sync_inventory(client, conn, timezones=store_timezones(conn))
             if not r.failures:
                 return
@@ -317,6 +335,8 @@ def run_schedule(seed: int, conn: psycopg.Connection, *, say: Callable[[str], No
     result.seconds = time.monotonic() - t0
     client.close()
     if say:
-        say(f"schedule {seed}: {'ok' if result.ok else 'FAILED'} {result.diff.orders_found} orders, "
-            f"{sum(result.injected.values())} faults, {result.step_retries} step retries ({result.seconds:.1f}s)")
+        say(
+            f"schedule {seed}: {'ok' if result.ok else 'FAILED'} {result.diff.orders_found} orders, "
+            f"{sum(result.injected.values())} faults, {result.step_retries} step retries ({result.seconds:.1f}s)"
+        )
     return result
