@@ -130,6 +130,26 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "account": ACCOUNT,
         },
     ),
+    "taptouch.store_business_days": (
+        "Per-store business day starts, edited by hand: they override TAPTOUCH_BUSINESS_DAY_START "
+        "(the next run re-derives the store's business dates)",
+        {
+            "store_id": "the store",
+            "day_starts": "local wall-clock time its business day starts, 00:00 to 11:59 "
+            "(a sale before it counts toward the previous business date)",
+            "note": "why, in plain words (optional)",
+            "updated_at": "when the row was written (set it when editing)",
+        },
+    ),
+    "taptouch_meta.business_day_starts": (
+        "The business day start each store's stored business dates follow (written with the dates; "
+        "no row: local midnight)",
+        {
+            "store_id": "the store",
+            "day_starts": "local wall-clock time its stored business dates start at",
+            "derived_at": "when its business dates were last derived with it",
+        },
+    ),
     "taptouch.deletion_candidates": (
         "Orders a complete listing did not return; a second listing confirms the deletion (taptouch.orders.deleted_at)",
         {
