@@ -26,7 +26,7 @@ import psycopg.errors
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from pipelines.warehouse.urls import redacted_error
 from taptouch_resource.auth import (
@@ -196,7 +196,7 @@ class TokenStore:
         """Which database: stores with the same identity share tokens (see ``shared_auth``)."""
         return hashlib.sha256(self._url.encode()).hexdigest()
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self) -> psycopg.Connection[DictRow]:
         try:
             conn = psycopg.connect(self._url, connect_timeout=self._connect_timeout, row_factory=dict_row)
         except psycopg.Error as exc:  # libpq may quote the password (``invalid percent-encoded token``)
@@ -205,13 +205,13 @@ class TokenStore:
             return self._configure(conn)
         raise error
 
-    def _configure(self, conn: psycopg.Connection) -> psycopg.Connection:
+    def _configure(self, conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
         conn.execute("select set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
         conn.commit()
         return conn
 
     # ---------------------------------------------------------------- reading
-    def _row(self, conn: psycopg.Connection, key: GrantKey, *, lock: bool = False) -> dict | None:
+    def _row(self, conn: psycopg.Connection[DictRow], key: GrantKey, *, lock: bool = False) -> DictRow | None:
         query = (
             f"select {_COLUMNS} from taptouch_auth.tokens where base_url = %s and client_id = %s "
             f"and grant_type = %s and label = %s" + (" for update" if lock else "")
@@ -257,7 +257,7 @@ class TokenStore:
     # ---------------------------------------------------------------- writing
     def _upsert(
         self,
-        conn: psycopg.Connection,
+        conn: psycopg.Connection[DictRow],
         key: GrantKey,
         answer: TokenResponse,
         issued: float,
@@ -438,16 +438,10 @@ class TokenStore:
         rotated: list[bool] | None = None,
     ) -> StoredAccess:
         with self._connect() as conn:
-            row = self._row(conn, key)
-            if row is None:
-                raise ReauthorizationRequired(
-                    f"No authorization of merchant {key.label!r} is stored for client {key.client_id!r} at "
-                    f"{key.base_url}. Run: {reauthorize_command(key.label)}",
-                    error="no_grant",
-                )
+            row = self._grant_row(conn, key)
             if not stale(row):
                 return self._access(row)
-            row = self._row(conn, key, lock=True)  # waits while another process refreshes
+            row = self._grant_row(conn, key, lock=True)  # waits while another process refreshes
             if not stale(row):
                 log.info("Merchant %s: another process refreshed the token; using it", key.label)
                 return self._access(row)
@@ -497,8 +491,25 @@ class TokenStore:
             log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, lifetime)
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
+    def _grant_row(self, conn: psycopg.Connection[DictRow], key: GrantKey, *, lock: bool = False) -> DictRow:
+        """The merchant's stored grant; none stored (or revoked meanwhile) must be authorized again."""
+        row = self._row(conn, key, lock=lock)
+        if row is None:
+            raise ReauthorizationRequired(
+                f"No authorization of merchant {key.label!r} is stored for client {key.client_id!r} at "
+                f"{key.base_url}. Run: {reauthorize_command(key.label)}",
+                error="no_grant",
+            )
+        return row
+
     def _keep_rotated(
-        self, conn: psycopg.Connection, row: dict, refresh_token: str, issued: float, lifetime: float, message: str
+        self,
+        conn: psycopg.Connection[DictRow],
+        row: dict,
+        refresh_token: str,
+        issued: float,
+        lifetime: float,
+        message: str,
     ) -> None:
         """Store a refresh token from an answer that was otherwise unusable: the old one is spent at
         Taptouch, this one keeps the grant alive. The access token is marked stale."""
@@ -517,7 +528,7 @@ class TokenStore:
         )
         log.warning("Merchant %s: kept the rotated refresh token of an unusable answer (%s)", row["label"], message)
 
-    def _mark_unusable(self, conn: psycopg.Connection, row: dict, message: str) -> None:
+    def _mark_unusable(self, conn: psycopg.Connection[DictRow], row: dict, message: str) -> None:
         """Drop the dead refresh token; a still-valid access token stays usable until it expires."""
         conn.execute(
             "update taptouch_auth.tokens set refresh_token = null, last_error = %s, updated_at = %s "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from datetime import date
 
 import dagster as dg
@@ -309,3 +311,38 @@ def test_a_wrong_client_secret_says_so_without_blaming_the_token_key(sb, served,
     assert "client" in str(refused.value).lower() and ENV_TOKEN_KEY not in str(refused.value)
     # the right secret still finds a token it can read (the refused fetch stored nothing)
     assert good.get_token()
+
+
+def test_a_grant_forgotten_while_waiting_for_the_refresh_lock_asks_to_authorize_again(sb, served, migrated_db):
+    """Another connection holds the grant's row lock and deletes the grant meanwhile (as
+    ``TokenStore.forget`` does); the refresh waiting for the lock then finds no row, and says to
+    authorize again instead of failing on the missing row."""
+    store = make_store(migrated_db)
+    authorize(served, store, merchant="cafe")
+    make_stale(migrated_db)
+    auth = merchant_auth(store, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            auth.get_token()
+        except BaseException as exc:  # the outcome is asserted below, in the test's thread
+            outcome.append(exc)
+
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute("select 1 from taptouch_auth.tokens where label = 'cafe' for update")
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline
+            and not holder.execute(
+                "select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+            ).fetchone()
+        ):
+            time.sleep(0.02)
+        holder.execute("delete from taptouch_auth.tokens where label = 'cafe'")
+    thread.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ReauthorizationRequired), outcome
+    assert "No authorization of merchant 'cafe'" in str(outcome[0])
+    assert sb.grant_requests["refresh_token"] == 0  # nothing was refreshed
