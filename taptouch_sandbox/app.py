@@ -30,7 +30,7 @@ import httpx
 
 from ._json import dumps, loads
 from .config import ALL_SCOPES, Faults, SandboxConfig, Stats
-from .data import STATUS_CODE, OrderData
+from .data import STATUS_CODE, OrderData, Store
 
 MAX_COUNT = 500
 DEFAULT_COUNT = 100
@@ -369,27 +369,50 @@ class Sandbox:
 
     # ---------------------------------------------------------------- OAuth
     def _token_endpoint(self, method: str, headers: Mapping[str, str], body: bytes) -> Response:
-        f = self.faults
         with self._lock:
             self.stats.token_requests += 1
-            if self._fires("token_errors", f.token_errors_every):
-                self._token_turn += 1
-                if self._token_turn % 2:
-                    return _html(503, "Service Unavailable")
-                return _oauth_error(
-                    429,
-                    "temporarily_unavailable",
-                    "Too many token requests; retry later.",
-                    [("Retry-After", self._retry_after())],
-                )
+            fault = self._token_fault()
+        if fault is not None:
+            return fault
         if method != "POST":
             return _oauth_error(405, "invalid_request", "Use POST for the token endpoint.")
         try:
             form = _parse_form(headers.get("content-type", ""), body)
         except ValueError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
+        failed = self._client_authentication(form, headers.get("authorization", ""))
+        if failed is not None:
+            return failed
+        grant = form.get("grant_type")
+        if not grant:
+            return _oauth_error(400, "invalid_request", "grant_type is required.")
+        with self._lock:
+            self.grant_requests[grant] += 1
+        if grant == "authorization_code":
+            return self._code_grant(form)
+        if grant == "refresh_token":
+            return self._refresh_grant(form)
+        if grant != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported.")
+        return self._client_credentials_grant(form)
+
+    def _token_fault(self) -> Response | None:
+        """Every ``token_errors_every``-th token request fails: a 503 HTML page or a 429, in turn."""
+        if not self._fires("token_errors", self.faults.token_errors_every):
+            return None
+        self._token_turn += 1
+        if self._token_turn % 2:
+            return _html(503, "Service Unavailable")
+        return _oauth_error(
+            429,
+            "temporarily_unavailable",
+            "Too many token requests; retry later.",
+            [("Retry-After", self._retry_after())],
+        )
+
+    def _client_authentication(self, form: dict[str, str], auth: str) -> Response | None:
+        """None if the client's id and secret (form fields or HTTP Basic) are right, else a 401."""
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
-        auth = headers.get("authorization", "")
         if auth[:6].lower() == "basic ":
             try:
                 cid, _, csec = base64.b64decode(auth[6:].strip()).decode().partition(":")
@@ -406,23 +429,16 @@ class Sandbox:
             return _oauth_error(
                 401, "invalid_client", "Client authentication failed: check client_id and client_secret."
             )
-        grant = form.get("grant_type")
-        if not grant:
-            return _oauth_error(400, "invalid_request", "grant_type is required.")
-        with self._lock:
-            self.grant_requests[grant] += 1
-        if grant == "authorization_code":
-            return self._code_grant(form)
-        if grant == "refresh_token":
-            return self._refresh_grant(form)
-        if grant != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported.")
+        return None
+
+    def _client_credentials_grant(self, form: dict[str, str]) -> Response:
+        """A token for the requested scopes (all by default) that this client is granted."""
         requested = form.get("scope")
         wanted = requested.split() if requested is not None else list(ALL_SCOPES)
         unknown = [s for s in wanted if s not in ALL_SCOPES]
         if unknown or not wanted:
             return _oauth_error(400, "invalid_scope", f"Unknown scope(s): {' '.join(unknown) or '(empty)'}.")
-        granted = [s for s in wanted if s in cfg.granted_scopes]
+        granted = [s for s in wanted if s in self.config.granted_scopes]
         if not granted:
             return _oauth_error(400, "invalid_scope", "None of the requested scopes is granted to this client.")
         token = self.issue_token(granted)
@@ -634,6 +650,16 @@ class Sandbox:
         if kind is None:
             texts = [s.text for s in self._data.stores]
             return self._page(texts, index, count, "store")
+        store = self._readable_store(store_part)
+        if kind == "inventory":
+            since = _time_param(params, "updated_from")
+            rows = self._data.inventory_rows(store.id)
+            texts = [text for at, _, text in rows if since is None or at >= since]
+            return self._page(texts, index, count, "inventory")
+        return self._orders_page(store, params, index, count)
+
+    def _readable_store(self, store_part: str) -> Store:
+        """The store of the path, if it exists and the token may read it (404, 403 otherwise)."""
         try:
             store_id = int(store_part)
             store = self._data.by_id[store_id]
@@ -645,24 +671,29 @@ class Sandbox:
                 "store_forbidden",
                 f"This token may not read store {store_id}; ask the merchant to grant access again.",
             )
-        if kind == "inventory":
-            since = _time_param(params, "updated_from")
-            rows = self._data.inventory_rows(store.id)
-            texts = [text for at, _, text in rows if since is None or at >= since]
-            return self._page(texts, index, count, "inventory")
+        return store
+
+    def _orders_page(self, store: Store, params: dict[str, list[str]], index: int, count: int) -> Response:
+        """A page of the store's orders window, with the listing faults that are switched on."""
         f, t = _time_param(params, "updated_from"), _time_param(params, "updated_to")
-        statuses = None
-        if params.get("status"):
-            names = [s for v in params["status"] for s in v.split(",") if s]
-            bad = [s for s in names if s not in STATUS_CODE]
-            if bad:
-                raise _ApiError(
-                    422, "invalid_parameter", f"status must be one of {', '.join(STATUS_CODE)}", parameter="status"
-                )
-            statuses = frozenset(STATUS_CODE[s] for s in names)
-        ids = self._data.window_ids(store.id, f, t, statuses)
+        ids = self._data.window_ids(store.id, f, t, _status_filter(params))
         start, stop = self._slice(index, count)
-        page_ids = list(ids[start:stop])
+        page_ids, fault = self._listing_faults(store, index, list(ids[start:stop]))
+        texts = [self._data.order_text(oid) for oid in page_ids]
+        every = self.faults.malformed_every
+        if every > 0:
+            for i, oid in enumerate(page_ids):
+                bad = malformed_kind(oid, every)
+                if bad:
+                    texts[i] = dumps(_corrupt(loads(texts[i]), bad))
+        self.stats.orders_served += len(texts)
+        timestamp = self.api_time()
+        resp = self._envelope(texts, "order", timestamp)
+        resp.extra["orders_page"] = OrdersPage(store.id, index, count, f, t, tuple(page_ids), timestamp, fault)
+        return resp
+
+    def _listing_faults(self, store: Store, index: int, page_ids: list[int]) -> tuple[list[int], str | None]:
+        """The page's ids as an eventually consistent listing serves them: emptied, cut or shuffled."""
         fault = None
         faults = self.faults
         if self._fires("empty_orders", faults.empty_orders_every):
@@ -675,18 +706,7 @@ class Sandbox:
             if shuffled == page_ids:
                 shuffled.reverse()
             page_ids, fault = shuffled, fault or "unsorted"
-        texts = [self._data.order_text(oid) for oid in page_ids]
-        every = faults.malformed_every
-        if every > 0:
-            for i, oid in enumerate(page_ids):
-                bad = malformed_kind(oid, every)
-                if bad:
-                    texts[i] = dumps(_corrupt(loads(texts[i]), bad))
-        self.stats.orders_served += len(texts)
-        timestamp = self.api_time()
-        resp = self._envelope(texts, "order", timestamp)
-        resp.extra["orders_page"] = OrdersPage(store.id, index, count, f, t, tuple(page_ids), timestamp, fault)
-        return resp
+        return page_ids, fault
 
     def _authorize(self, headers: Mapping[str, str], scope: str) -> None:
         auth = headers.get("authorization") or ""
@@ -728,6 +748,16 @@ def _epoch(value: datetime | None) -> int | None:
     if value.tzinfo is None:
         raise ValueError("datetimes must carry a UTC offset")
     return math.ceil(value.timestamp())
+
+
+def _status_filter(params: dict[str, list[str]]) -> frozenset[int] | None:
+    """The status codes of ``?status=a,b`` (repeatable), or None for every status."""
+    if not params.get("status"):
+        return None
+    names = [s for v in params["status"] for s in v.split(",") if s]
+    if any(s not in STATUS_CODE for s in names):
+        raise _ApiError(422, "invalid_parameter", f"status must be one of {', '.join(STATUS_CODE)}", parameter="status")
+    return frozenset(STATUS_CODE[s] for s in names)
 
 
 def _int_param(params: dict[str, list[str]], name: str, default: int, lo: int, hi: int | None) -> int:

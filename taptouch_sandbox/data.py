@@ -27,6 +27,7 @@ from .config import SandboxConfig
 
 STATUSES = ("completed", "open", "voided", "partially_refunded", "refunded")
 COMPLETED, OPEN, VOIDED, PARTIAL, REFUNDED = range(5)
+_PAID = (COMPLETED, PARTIAL, REFUNDED)  # statuses of an order paid in full once done
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 MAX_EDIT_LAG = 3 * 86400  # updated_at - created_at never exceeds this (30 h edits + completion)
 _ID_DAY = 10_000
@@ -249,171 +250,26 @@ class OrderData:
         return day_seed, out
 
     # ---------------------------------------------------------------- order detail
-    def _ts(self, epoch: int, tz: ZoneInfo) -> str:
-        return datetime.fromtimestamp(epoch, tz).isoformat()
-
     def _make_order(self, store: Store, ordinal: int, n: int) -> str:
+        """The order's served JSON, drawn from its own seed.
+
+        The draws come in a fixed order (channel, people, items, discount, payments, refund
+        reason): reordering them changes every generated order.
+        """
         day_seed, sk = self._skeleton(store, ordinal)
         created, done, updated, status, minute = sk[n]
         oid = self.order_id(store.idx, ordinal, n)
         rng = random.Random(day_seed + n + 1)
-        rand, randrange = rng.random, rng.randrange
         tz = store.tz
-        ts = self._ts
         hour = minute // 60
-        late_night = hour < 5 or hour >= 21
-
-        # source and fulfillment
-        if late_night:
-            source = "ubereats" if rand() < 0.6 else "doordash"
-        else:
-            r = rand()
-            source = (
-                "pos"
-                if r < 0.62
-                else "kiosk"
-                if r < 0.74
-                else "online"
-                if r < 0.84
-                else "ubereats"
-                if r < 0.93
-                else "doordash"
-            )
-        if source in ("ubereats", "doordash"):
-            fulfillment = "delivery"
-        elif source == "online":
-            fulfillment = "pickup" if rand() < 0.85 else "delivery"
-        else:
-            fulfillment = "dine_in" if rand() < 0.55 else "takeaway"
-        ci = randrange(len(catalog.CASHIER_NAMES))
-        cashier = {"id": (store.idx + 1) * 100 + ci, "name": catalog.CASHIER_NAMES[ci]}
-        if rand() < 0.4:
-            customer = None
-        else:
-            k = randrange(len(catalog.CUSTOMER_NAMES))
-            cname = catalog.CUSTOMER_NAMES[k]
-            customer = {
-                "id": 90_000 + k,
-                "name": cname,
-                "email": f"customer{90_000 + k}@example.com" if rand() < 0.8 else None,
-            }
-
-        # items
-        part = 0 if hour < 11 else 1 if hour < 15 else 2
-        cat_cum = _CAT_CUM[part]
-        r = rand()
-        n_items = 1 if r < 0.38 else 2 if r < 0.68 else 3 if r < 0.85 else 4 if r < 0.94 else 5
-        items = []
-        subtotal = 0
-        largest = 0
-        for item_no in range(1, n_items + 1):
-            cat = catalog.CATEGORIES[bisect.bisect(cat_cum, randrange(cat_cum[-1]))]
-            pid, sku, name, _, price, mod_group, mod_chance = _MENU_BY_CAT[cat][randrange(len(_MENU_BY_CAT[cat]))]
-            r = rand()
-            qty = 1 if r < 0.82 else 2 if r < 0.96 else 3
-            mods = []
-            mod_sum = 0
-            if rand() < mod_chance:
-                for mid, mname, mprice in rng.sample(mod_group, 1 if rand() < 0.75 else 2):
-                    mq = 2 if mid == 80 and rand() < 0.3 else 1
-                    mods.append({"id": mid, "name": mname, "quantity": mq, "price": money(mprice)})
-                    mod_sum += mprice * mq
-            gross = qty * (price + mod_sum)
-            disc = _half_up_div(gross, 10) if rand() < 0.06 else 0
-            line = gross - disc
-            subtotal += line
-            largest = max(largest, line)
-            items.append(
-                {
-                    "id": item_no,
-                    "product_id": pid,
-                    "sku": sku,
-                    "name": name,
-                    "category": cat,
-                    "quantity": qty,
-                    "unit_price": money(price),
-                    "discount": money(disc),
-                    "tax": money(_half_up_div(line, 11)),
-                    "total": money(line),
-                    "modifiers": mods,
-                }
-            )
-
-        r = rand()
-        discount = _half_up_div(subtotal, 10) if r < 0.05 else 500 if r < 0.07 and subtotal > 2000 else 0
-        pre = subtotal - discount
-
-        # payments
-        payments = []
-        surcharge = rounding = tips = points = 0
-        pay_seq = 0
-
-        def pay(method: str, amount: int, sur: int, tip: int, at: int) -> None:
-            nonlocal pay_seq
-            pay_seq += 1
-            payments.append(
-                {
-                    "id": oid * 10 + pay_seq,
-                    "method": method,
-                    "amount": money(amount),
-                    "tip": money(tip),
-                    "surcharge": money(sur),
-                    "paid_at": ts(at, tz),
-                }
-            )
-
-        def card_part(amount: int, at: int) -> None:
-            nonlocal surcharge, tips
-            r = rand()
-            method = "visa" if r < 0.42 else "mastercard" if r < 0.72 else "amex" if r < 0.80 else "eftpos"
-            bp = _SURCHARGE_BP[method] if store.surcharges else 0
-            sur = _half_up_div(amount * bp, 10_000)
-            tip = randrange(100, 550, 50) if rand() < 0.08 else 0
-            surcharge += sur
-            tips += tip
-            pay(method, amount + sur, sur, tip, at)
-
-        if status in (COMPLETED, PARTIAL, REFUNDED):
-            r = rand()
-            if r < 0.16:  # cash: rounded to 5 cents
-                rounding = _half_up_div(pre, 5) * 5 - pre
-                pay("cash", pre + rounding, 0, 0, done)
-            elif r < 0.24:  # gift card or points, the rest by card
-                method = "gift_card" if r < 0.20 else "points"
-                part_amount = min(pre, (500, 1000, 2000, 2500)[randrange(4)])
-                if method == "points":
-                    points = part_amount
-                pay(method, part_amount, 0, 0, done)
-                if pre > part_amount:
-                    card_part(pre - part_amount, done)
-            else:
-                card_part(pre, done)
-        elif status == OPEN and pre > 100 and rand() < 0.3:  # a part paid by gift card
-            pay("gift_card", randrange(100, pre), 0, 0, updated)
-        total = pre + surcharge + rounding
-
-        refunds = []
-        if status == REFUNDED:
-            refunds.append(
-                {
-                    "id": oid * 10 + 5,
-                    "amount": money(total),
-                    "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
-                    "refunded_at": ts(updated, tz),
-                }
-            )
-        elif status == PARTIAL:
-            amount = largest if 0 < largest < total else max(1, total // 2)
-            refunds.append(
-                {
-                    "id": oid * 10 + 5,
-                    "amount": money(amount),
-                    "reason": catalog.REFUND_REASONS[randrange(len(catalog.REFUND_REASONS))],
-                    "refunded_at": ts(updated, tz),
-                }
-            )
-
-        completed_at = ts(done, tz) if status in (COMPLETED, PARTIAL, REFUNDED) else None
+        updated_at = _iso(updated, tz)
+        source, fulfillment = _draw_channel(rng, hour)
+        cashier, customer = _draw_people(rng, store)
+        items, subtotal, largest = _draw_items(rng, hour)
+        discount = _draw_order_discount(rng, subtotal)
+        payments = _Payments(rng, store, oid)
+        payments.settle(status, subtotal - discount, done, updated)
+        total = subtotal - discount + payments.surcharge + payments.rounding
         order = {
             "id": oid,
             "number": f"{store.code}-{date.fromordinal(ordinal):%y%m%d}-{n + 1:04d}",
@@ -423,21 +279,21 @@ class OrderData:
             "status": STATUSES[status],
             "cashier": cashier,
             "customer": customer,
-            "created_at": ts(created, tz),
-            "updated_at": ts(updated, tz),
-            "completed_at": completed_at,
+            "created_at": _iso(created, tz),
+            "updated_at": updated_at,
+            "completed_at": _iso(done, tz) if status in _PAID else None,
             "currency": "AUD",
             "subtotal": money(subtotal),
             "discount": money(discount),
-            "surcharge": money(surcharge),
-            "rounding": money(rounding),
+            "surcharge": money(payments.surcharge),
+            "rounding": money(payments.rounding),
             "tax": money(_half_up_div(total, 11)),
             "total": money(total),
-            "tips": money(tips),
-            "redeem_points": points,
+            "tips": money(payments.tips),
+            "redeem_points": payments.points,
             "items": items,
-            "payments": payments,
-            "refunds": refunds,
+            "payments": payments.records,
+            "refunds": _draw_refunds(rng, status, total, largest, oid, updated_at),
         }
         return dumps_prepared(order)
 
@@ -579,6 +435,185 @@ class OrderData:
         return rows
 
 
+def _iso(epoch: int, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(epoch, tz).isoformat()
+
+
+def _draw_channel(rng: random.Random, hour: int) -> tuple[str, str]:
+    """The order's source and fulfillment type; late at night only the delivery platforms."""
+    rand = rng.random
+    if hour < 5 or hour >= 21:
+        source = "ubereats" if rand() < 0.6 else "doordash"
+    else:
+        r = rand()
+        source = (
+            "pos"
+            if r < 0.62
+            else "kiosk"
+            if r < 0.74
+            else "online"
+            if r < 0.84
+            else "ubereats"
+            if r < 0.93
+            else "doordash"
+        )
+    if source in ("ubereats", "doordash"):
+        return source, "delivery"
+    if source == "online":
+        return source, "pickup" if rand() < 0.85 else "delivery"
+    return source, "dine_in" if rand() < 0.55 else "takeaway"
+
+
+def _draw_people(rng: random.Random, store: Store) -> tuple[dict, dict | None]:
+    """The order's cashier, and its customer (none on about 40% of orders)."""
+    ci = rng.randrange(len(catalog.CASHIER_NAMES))
+    cashier = {"id": (store.idx + 1) * 100 + ci, "name": catalog.CASHIER_NAMES[ci]}
+    if rng.random() < 0.4:
+        return cashier, None
+    k = rng.randrange(len(catalog.CUSTOMER_NAMES))
+    customer = {
+        "id": 90_000 + k,
+        "name": catalog.CUSTOMER_NAMES[k],
+        "email": f"customer{90_000 + k}@example.com" if rng.random() < 0.8 else None,
+    }
+    return cashier, customer
+
+
+def _draw_items(rng: random.Random, hour: int) -> tuple[list[dict], int, int]:
+    """1 to 5 lines from the menu, by the time of day: (items, subtotal, largest line) in cents."""
+    cat_cum = _CAT_CUM[0 if hour < 11 else 1 if hour < 15 else 2]
+    r = rng.random()
+    n_items = 1 if r < 0.38 else 2 if r < 0.68 else 3 if r < 0.85 else 4 if r < 0.94 else 5
+    items = []
+    subtotal = largest = 0
+    for item_no in range(1, n_items + 1):
+        item, line = _draw_item(rng, item_no, cat_cum)
+        items.append(item)
+        subtotal += line
+        largest = max(largest, line)
+    return items, subtotal, largest
+
+
+def _draw_item(rng: random.Random, item_no: int, cat_cum: list[int]) -> tuple[dict, int]:
+    """One order line and its total in cents (after its own discount)."""
+    rand, randrange = rng.random, rng.randrange
+    cat = catalog.CATEGORIES[bisect.bisect(cat_cum, randrange(cat_cum[-1]))]
+    pid, sku, name, _, price, mod_group, mod_chance = _MENU_BY_CAT[cat][randrange(len(_MENU_BY_CAT[cat]))]
+    r = rand()
+    qty = 1 if r < 0.82 else 2 if r < 0.96 else 3
+    mods, mod_sum = _draw_modifiers(rng, mod_group, mod_chance)
+    gross = qty * (price + mod_sum)
+    disc = _half_up_div(gross, 10) if rand() < 0.06 else 0
+    line = gross - disc
+    item = {
+        "id": item_no,
+        "product_id": pid,
+        "sku": sku,
+        "name": name,
+        "category": cat,
+        "quantity": qty,
+        "unit_price": money(price),
+        "discount": money(disc),
+        "tax": money(_half_up_div(line, 11)),
+        "total": money(line),
+        "modifiers": mods,
+    }
+    return item, line
+
+
+def _draw_modifiers(rng: random.Random, group: list, chance: float) -> tuple[list[dict], int]:
+    """A line's modifiers (none, one or two of its group) and their price per unit in cents."""
+    rand = rng.random
+    mods = []
+    mod_sum = 0
+    if rand() < chance:
+        for mid, mname, mprice in rng.sample(group, 1 if rand() < 0.75 else 2):
+            mq = 2 if mid == 80 and rand() < 0.3 else 1
+            mods.append({"id": mid, "name": mname, "quantity": mq, "price": money(mprice)})
+            mod_sum += mprice * mq
+    return mods, mod_sum
+
+
+def _draw_order_discount(rng: random.Random, subtotal: int) -> int:
+    """The order-level discount in cents: 10% on about 5% of orders, $5 off on 2% of those over $20."""
+    r = rng.random()
+    return _half_up_div(subtotal, 10) if r < 0.05 else 500 if r < 0.07 and subtotal > 2000 else 0
+
+
+class _Payments:
+    """One order's payments as they are drawn, and the surcharge, rounding, tips and points they add."""
+
+    def __init__(self, rng: random.Random, store: Store, order_id: int):
+        self.rng = rng
+        self.tz = store.tz
+        self.surcharges = store.surcharges
+        self.order_id = order_id
+        self.records: list[dict] = []
+        self.surcharge = self.rounding = self.tips = self.points = 0
+
+    def settle(self, status: int, due: int, done: int, updated: int) -> None:
+        """Pay ``due`` cents as an order of ``status`` is paid: in full once done, in part if open."""
+        rng = self.rng
+        if status in _PAID:
+            r = rng.random()
+            if r < 0.16:  # cash: rounded to 5 cents
+                self.rounding = _half_up_div(due, 5) * 5 - due
+                self._add("cash", due + self.rounding, 0, 0, done)
+            elif r < 0.24:  # gift card or points, the rest by card
+                method = "gift_card" if r < 0.20 else "points"
+                part_amount = min(due, (500, 1000, 2000, 2500)[rng.randrange(4)])
+                if method == "points":
+                    self.points = part_amount
+                self._add(method, part_amount, 0, 0, done)
+                if due > part_amount:
+                    self._card(due - part_amount, done)
+            else:
+                self._card(due, done)
+        elif status == OPEN and due > 100 and rng.random() < 0.3:  # a part paid by gift card
+            self._add("gift_card", rng.randrange(100, due), 0, 0, updated)
+
+    def _card(self, amount: int, at: int) -> None:
+        """A card payment of ``amount`` plus the store's surcharge for the scheme, maybe a tip."""
+        rand = self.rng.random
+        r = rand()
+        method = "visa" if r < 0.42 else "mastercard" if r < 0.72 else "amex" if r < 0.80 else "eftpos"
+        bp = _SURCHARGE_BP[method] if self.surcharges else 0
+        sur = _half_up_div(amount * bp, 10_000)
+        tip = self.rng.randrange(100, 550, 50) if rand() < 0.08 else 0
+        self.surcharge += sur
+        self.tips += tip
+        self._add(method, amount + sur, sur, tip, at)
+
+    def _add(self, method: str, amount: int, sur: int, tip: int, at: int) -> None:
+        self.records.append(
+            {
+                "id": self.order_id * 10 + len(self.records) + 1,
+                "method": method,
+                "amount": money(amount),
+                "tip": money(tip),
+                "surcharge": money(sur),
+                "paid_at": _iso(at, self.tz),
+            }
+        )
+
+
+def _draw_refunds(rng: random.Random, status: int, total: int, largest: int, order_id: int, at: str) -> list[dict]:
+    """The refund of a refunded (all of it) or partially refunded (its largest line) order."""
+    if status == REFUNDED:
+        amount = total
+    elif status == PARTIAL:
+        amount = largest if 0 < largest < total else max(1, total // 2)
+    else:
+        return []
+    refund = {
+        "id": order_id * 10 + 5,
+        "amount": money(amount),
+        "reason": catalog.REFUND_REASONS[rng.randrange(len(catalog.REFUND_REASONS))],
+        "refunded_at": at,
+    }
+    return [refund]
+
+
 def _cents(value: Any) -> int:
     return int((Decimal(str(value)) * 100).to_integral_value())
 
@@ -591,26 +626,10 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     (datetime or ISO string) defaults to one hour after the previous version.
     """
     new = {**old, **{k: v for k, v in changes.items() if k != "updated_at"}}
-    upd = changes.get("updated_at")
-    if upd is None:
-        upd_dt = datetime.fromisoformat(old["updated_at"]) + timedelta(hours=1)
-    elif isinstance(upd, str):
-        upd_dt = datetime.fromisoformat(upd)
-    else:
-        upd_dt = upd
-    if upd_dt.tzinfo is None:
-        raise ValueError("updated_at must carry a UTC offset")
-    upd_iso = datetime.fromtimestamp(int(upd_dt.timestamp()), tz).isoformat()
+    upd_iso = _edited_at(old, changes.get("updated_at"), tz)
     new["updated_at"] = upd_iso
     status = new["status"]
-
-    subtotal = 0
-    for item in new["items"]:
-        mods = sum(_cents(m["price"]) * m["quantity"] for m in item.get("modifiers", []))
-        line = int(Decimal(str(item["quantity"])) * (_cents(item["unit_price"]) + mods)) - _cents(item["discount"])
-        item["total"] = Decimal(line).scaleb(-2)
-        item["tax"] = Decimal(_half_up_div(line, 11)).scaleb(-2)
-        subtotal += line
+    subtotal = _reprice_items(new["items"])
     pre = subtotal - _cents(new["discount"])
     if status == "voided" and "payments" not in changes:
         new["payments"] = []
@@ -624,19 +643,7 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     rounding = _half_up_div(pre, 5) * 5 - pre if cash else 0
     total = pre + surcharge + rounding
     if status in ("completed", "partially_refunded", "refunded"):
-        if not payments:
-            payments.append(
-                {
-                    "id": order_id * 10 + 1,
-                    "method": "eftpos",
-                    "amount": Decimal(0),
-                    "tip": Decimal("0.00"),
-                    "surcharge": Decimal("0.00"),
-                    "paid_at": upd_iso,
-                }
-            )
-        paid_other = sum(_cents(p["amount"]) for p in payments[:-1])
-        payments[-1]["amount"] = Decimal(total - paid_other).scaleb(-2)
+        _balance_payments(payments, total, order_id, upd_iso)
     new["subtotal"] = Decimal(subtotal).scaleb(-2)
     new["surcharge"] = Decimal(surcharge).scaleb(-2)
     new["rounding"] = Decimal(rounding).scaleb(-2)
@@ -644,21 +651,69 @@ def recompute_order(old: dict, changes: dict[str, Any], tz: ZoneInfo, order_id: 
     new["tax"] = Decimal(_half_up_div(total, 11)).scaleb(-2)
     new["tips"] = Decimal(sum(_cents(p["tip"]) for p in payments)).scaleb(-2)
     if "refunds" not in changes:
-        if status in ("refunded", "partially_refunded") and not new["refunds"]:
-            amount = total if status == "refunded" else max(1, total // 2)
-            new["refunds"] = [
-                {
-                    "id": order_id * 10 + 5,
-                    "amount": Decimal(amount).scaleb(-2),
-                    "reason": "customer complaint",
-                    "refunded_at": upd_iso,
-                }
-            ]
-        elif status == "refunded":
-            new["refunds"] = [{**new["refunds"][0], "amount": new["total"]}] + new["refunds"][1:]
-            paid = sum(_cents(r["amount"]) for r in new["refunds"])
-            if paid > total:
-                new["refunds"] = [{**new["refunds"][0], "amount": new["total"]}]
-        elif status in ("completed", "open", "voided"):
-            new["refunds"] = []
+        new["refunds"] = _matching_refunds(new.get("refunds", []), status, total, order_id, upd_iso)
     return new
+
+
+def _edited_at(old: dict, updated_at: datetime | str | None, tz: ZoneInfo) -> str:
+    """The new version's updated_at in the store's zone, whole seconds; an hour on by default."""
+    if updated_at is None:
+        upd_dt = datetime.fromisoformat(old["updated_at"]) + timedelta(hours=1)
+    elif isinstance(updated_at, str):
+        upd_dt = datetime.fromisoformat(updated_at)
+    else:
+        upd_dt = updated_at
+    if upd_dt.tzinfo is None:
+        raise ValueError("updated_at must carry a UTC offset")
+    return datetime.fromtimestamp(int(upd_dt.timestamp()), tz).isoformat()
+
+
+def _reprice_items(items: list[dict]) -> int:
+    """Set each line's total and tax from its quantity, price, modifiers and discount; the subtotal in cents."""
+    subtotal = 0
+    for item in items:
+        mods = sum(_cents(m["price"]) * m["quantity"] for m in item.get("modifiers", []))
+        line = int(Decimal(str(item["quantity"])) * (_cents(item["unit_price"]) + mods)) - _cents(item["discount"])
+        item["total"] = Decimal(line).scaleb(-2)
+        item["tax"] = Decimal(_half_up_div(line, 11)).scaleb(-2)
+        subtotal += line
+    return subtotal
+
+
+def _balance_payments(payments: list[dict], total: int, order_id: int, paid_at: str) -> None:
+    """Make a paid order's payments add up to its total: the last one takes the difference."""
+    if not payments:
+        payments.append(
+            {
+                "id": order_id * 10 + 1,
+                "method": "eftpos",
+                "amount": Decimal(0),
+                "tip": Decimal("0.00"),
+                "surcharge": Decimal("0.00"),
+                "paid_at": paid_at,
+            }
+        )
+    paid_other = sum(_cents(p["amount"]) for p in payments[:-1])
+    payments[-1]["amount"] = Decimal(total - paid_other).scaleb(-2)
+
+
+def _matching_refunds(refunds: list[dict], status: str, total: int, order_id: int, at: str) -> list[dict]:
+    """The refunds the edited order's status calls for, when the edit gave none."""
+    if status in ("refunded", "partially_refunded") and not refunds:
+        amount = total if status == "refunded" else max(1, total // 2)
+        return [
+            {
+                "id": order_id * 10 + 5,
+                "amount": Decimal(amount).scaleb(-2),
+                "reason": "customer complaint",
+                "refunded_at": at,
+            }
+        ]
+    if status == "refunded":
+        refunds = [{**refunds[0], "amount": Decimal(total).scaleb(-2)}] + refunds[1:]
+        if sum(_cents(r["amount"]) for r in refunds) > total:
+            refunds = [{**refunds[0], "amount": Decimal(total).scaleb(-2)}]
+        return refunds
+    if status in ("completed", "open", "voided"):
+        return []
+    return refunds
