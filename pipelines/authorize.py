@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -83,6 +84,59 @@ _PAGE = (
 )
 
 
+class _CallbackHandler(BaseHTTPRequestHandler):
+    """Answers a request to the callback server; a redirect with the right state is handed over."""
+
+    server: _CallbackHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        owner = self.server.owner
+        split = urlsplit(self.path)
+        if split.path != owner.callback_path:
+            self._page(404, "Not found", "This is the taptouch-sync authorization callback.")
+            return
+        params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        expected = owner.state
+        if expected is not None and not hmac.compare_digest((params.get("state") or "").encode(), expected.encode()):
+            owner.ignored += 1
+            self._page(
+                400,
+                "Not this authorization",
+                "This redirect does not belong to the authorization taptouch-sync is waiting "
+                "for (its state does not match); it was ignored.",
+            )
+            return
+        if "error" in params:
+            self._page(
+                200,
+                "Authorization not completed",
+                "Taptouch did not authorize taptouch-sync. Return to your terminal for details.",
+            )
+        else:
+            self._page(200, "Authorization received", "You can close this tab and return to your terminal.")
+        owner._answers.put(params)
+
+    def _page(self, status: int, title: str, text: str) -> None:
+        body = _PAGE.format(title=title, text=text).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the query holds the code: never log it
+        pass
+
+
+class _CallbackHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], owner: CallbackServer):
+        self.owner = owner
+        super().__init__(address, _CallbackHandler)
+
+
 class CallbackServer:
     """A one-shot HTTP server on a loopback address that catches the authorization redirect.
 
@@ -101,57 +155,14 @@ class CallbackServer:
         self._answers: queue.Queue[dict[str, str]] = queue.Queue()
         self.state = state
         self.ignored = 0
-        answers, callback_path, server_self = self._answers, path, self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                split = urlsplit(self.path)
-                if split.path != callback_path:
-                    self._page(404, "Not found", "This is the taptouch-sync authorization callback.")
-                    return
-                params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-                expected = server_self.state
-                if expected is not None and not hmac.compare_digest(
-                    (params.get("state") or "").encode(), expected.encode()
-                ):
-                    server_self.ignored += 1
-                    self._page(
-                        400,
-                        "Not this authorization",
-                        "This redirect does not belong to the authorization taptouch-sync is waiting "
-                        "for (its state does not match); it was ignored.",
-                    )
-                    return
-                if "error" in params:
-                    self._page(
-                        200,
-                        "Authorization not completed",
-                        "Taptouch did not authorize taptouch-sync. Return to your terminal for details.",
-                    )
-                else:
-                    self._page(200, "Authorization received", "You can close this tab and return to your terminal.")
-                answers.put(params)
-
-            def _page(self, status: int, title: str, text: str) -> None:
-                body = _PAGE.format(title=title, text=text).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # the query holds the code: never log it
-                pass
-
+        self.callback_path = path
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = _CallbackHTTPServer((host, port), self)
         except OSError as exc:
             raise TaptouchConfigError(
                 f"Cannot listen on {host}:{port} for the authorization callback ({exc.strerror}). "
                 f"Pass another --port (it must match a redirect URI registered with Taptouch)."
             ) from None
-        self._server.daemon_threads = True
         bound_port = self._server.server_address[1]
         self.redirect_uri = redirect_uri or f"http://{host}:{bound_port}{path}"
         self._thread = threading.Thread(
@@ -292,35 +303,20 @@ def run_authorize(
             f"http://localhost:PORT/...) nor https://: the authorization code would travel unencrypted. "
             f"Register and pass an https:// URI."
         )
+    url_for = functools.partial(
+        authorize_url, base_url, client_id=client_id, scopes=scopes, state=state, code_challenge=challenge
+    )
     try:
-        if loopback:
-            with CallbackServer(redirect_uri, port=port, state=state) as server:
-                url = authorize_url(
-                    base_url,
-                    client_id=client_id,
-                    scopes=scopes,
-                    state=state,
-                    redirect_uri=server.redirect_uri,
-                    code_challenge=challenge,
-                )
-                _show(url, announce, open_browser)
-                params = server.wait(timeout)
-                redirect_uri = server.redirect_uri
+        if redirect_uri is None or loopback:
+            params, used_uri = _catch_redirect(url_for, redirect_uri, port, state, timeout, announce, open_browser)
         else:
-            url = authorize_url(
-                base_url,
-                client_id=client_id,
-                scopes=scopes,
-                state=state,
-                redirect_uri=redirect_uri,
-                code_challenge=challenge,
-            )
-            _show(url, announce, open_browser)
-            announce(f"After approving, paste the full URL you were redirected to ({redirect_uri}?code=...):")
+            used_uri = redirect_uri
+            _show(url_for(redirect_uri=used_uri), announce, open_browser)
+            announce(f"After approving, paste the full URL you were redirected to ({used_uri}?code=...):")
             params = _params_from_url((read_redirect or input)())
         code = check_redirect(params, state=state)
         issued = clock()
-        answer = exchange_code(auth, code=code, redirect_uri=redirect_uri, code_verifier=verifier)
+        answer = exchange_code(auth, code=code, redirect_uri=used_uri, code_verifier=verifier)
         key = auth.store_key
         store.save_authorization(key, answer, issued=issued)
         store_ids = _list_store_ids(auth, base_url, client_id, client_secret, transport)
@@ -328,6 +324,22 @@ def run_authorize(
         return AuthorizeResult(merchant, answer.scopes, tuple(store_ids), answer.lifetime)
     finally:
         auth.close()
+
+
+def _catch_redirect(
+    url_for: Callable[..., str],
+    redirect_uri: str | None,
+    port: int,
+    state: str,
+    timeout: float,
+    announce: Callable[[str], None],
+    open_browser: bool,
+) -> tuple[dict[str, str], str]:
+    """Show the authorization URL and catch its redirect on a loopback callback server: the
+    redirect's query parameters and the redirect URI the code was issued for."""
+    with CallbackServer(redirect_uri, port=port, state=state) as server:
+        _show(url_for(redirect_uri=server.redirect_uri), announce, open_browser)
+        return server.wait(timeout), server.redirect_uri
 
 
 def _show(url: str, announce: Callable[[str], None], open_browser: bool) -> None:

@@ -252,3 +252,12 @@ def connect(url: str | None = None, **kwargs: Any) -> psycopg.Connection:
     commits on success, rolls back on error, and closes the connection. A connection error is
     re-raised without the password (see :func:`connect_url`)."""
     return connect_url(resolve_database_url(url), **kwargs)
+
+
+def first_value(cur: psycopg.Cursor[Any]) -> Any:
+    """The first column of the next row of ``cur`` (a cursor, or what ``conn.execute`` returns),
+    for a query that always returns a row (``count(*)``, ``select current_setting(...)``...)."""
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError("the query returned no row")
+    return row[0]

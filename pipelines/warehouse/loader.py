@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psycopg
@@ -24,6 +25,7 @@ from psycopg import sql
 from taptouch_resource.api import InvalidRecord
 
 from . import deletions, derived, marks, records
+from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,16 @@ def _order_id(raw: bytes) -> int | None:
     return oid if oid.__class__ is int and 0 <= oid <= records.BIGINT_MAX else None
 
 
+_T = TypeVar("_T")
+
+
+def _entered(value: _T | None) -> _T:
+    """What ``OrderWindowLoad.__enter__`` sets: a load used outside its ``with`` block is an error."""
+    if value is None:
+        raise RuntimeError("OrderWindowLoad is used outside its with block")
+    return value
+
+
 class OrderWindowLoad:
     """One window of orders (e.g. a daily partition, all stores) loaded in one transaction, in two
     steps the caller sequences: staging, then the merge.
@@ -252,7 +264,7 @@ class OrderWindowLoad:
         self,
         conn: psycopg.Connection,
         *,
-        window: str | None,
+        window: str,
         run_id: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         timezones: dict[int, str] | None = None,
@@ -275,8 +287,8 @@ class OrderWindowLoad:
         self.per_store: dict[int, LoadCounts] = {}
         self._seq = 0
         self._buf: list[tuple] = []  # (seq, store_id, raw, order row, items, payments, refunds) per order
-        self._tx: psycopg.Transaction | None = None
-        self._cur: psycopg.Cursor | None = None
+        self._tx: AbstractContextManager[psycopg.Transaction] | None = None  # both set by __enter__
+        self._cursor: psycopg.Cursor | None = None
         self._started = datetime.now(UTC)
         self._discarded: set[int] = set()
         self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
@@ -286,7 +298,7 @@ class OrderWindowLoad:
     def __enter__(self) -> OrderWindowLoad:
         self._tx = self.conn.transaction()
         self._tx.__enter__()
-        self._cur = self.conn.cursor()
+        self._cursor = self.conn.cursor()
         if self.timezones is None:
             self.timezones = store_timezones(self.conn)
         cur = self._cur
@@ -306,10 +318,14 @@ class OrderWindowLoad:
                 if exc_type is None:
                     log.warning("order window %s left without finish(): rolled back", self.window)
                     exc_type, exc = RuntimeError, RuntimeError("rolled back")
-                self._tx.__exit__(exc_type, exc, tb)
+                _entered(self._tx).__exit__(exc_type, exc, tb)
         finally:
-            if self._cur is not None:
-                self._cur.close()
+            if self._cursor is not None:
+                self._cursor.close()
+
+    @property
+    def _cur(self) -> psycopg.Cursor:
+        return _entered(self._cursor)
 
     def store_counts(self, store_id: int) -> LoadCounts:
         return self.per_store.setdefault(store_id, LoadCounts())
@@ -321,7 +337,7 @@ class OrderWindowLoad:
         parsed dict). Returns how many orders were staged."""
         if self._staging_closed:
             raise RuntimeError(f"order window {self.window}: a page arrived after close_staging()")
-        tz = self.timezones.get(store_id)
+        tz = _entered(self.timezones).get(store_id)
         if tz is None:
             raise UnknownStoreError(
                 f"store {store_id} is not in taptouch.stores, so its time zone (and the orders' business dates) "
@@ -473,7 +489,7 @@ class OrderWindowLoad:
         )
         cur.execute("analyze pick")
         cur.execute("select (select count(*) from stage_orders) - (select count(*) from pick)")
-        self.counts.duplicates += cur.fetchone()[0]
+        self.counts.duplicates += first_value(cur)
         self._staging_closed = True
 
     # ---------------------------------------------------------------------------------------- merge
@@ -497,7 +513,7 @@ class OrderWindowLoad:
         cur.execute("analyze accepted")
         ORDERS.replace_children(cur, "accepted")
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
-        derived.follow_store_zones(cur, self.timezones, self.per_store, only="accepted")
+        derived.follow_store_zones(cur, _entered(self.timezones), self.per_store, only="accepted")
         self._count_merged(cur)
         self.quarantine.flush(cur)
         ORDERS.resolve_quarantine(cur, "pick")
@@ -512,7 +528,7 @@ class OrderWindowLoad:
                 full=self.full,
             )
         self._finished = True
-        self._tx.__exit__(None, None, None)
+        _entered(self._tx).__exit__(None, None, None)
         return self.counts
 
     def _count_merged(self, cur: psycopg.Cursor) -> None:
@@ -731,7 +747,7 @@ def _delist(
     )
     gone = [r[0] for r in cur.fetchall()]
     cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))
-    held = cur.fetchone()[0]
+    held = first_value(cur)
     suspicious = bool(gone) and ((listed == 0 and held > 0) or 2 * len(gone) > held)
     if not suspicious:
         _forget_delistings(cur, store_id)
@@ -775,7 +791,7 @@ def _delist(
     return cur.rowcount
 
 
-def _forget_delistings(cur: psycopg.Cursor, store_id: int, *, stage: bool = False, listed: list[int] = ()) -> None:
+def _forget_delistings(cur: psycopg.Cursor, store_id: int, *, stage: bool = False, listed: Iterable[int] = ()) -> None:
     """Remove a store's waiting delistings: all of them, or (``stage``) those of the products this
     listing contains (staged, or ``listed`` but unreadable)."""
     if stage:
