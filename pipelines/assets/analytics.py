@@ -32,6 +32,7 @@ TABLE_WRITERS = {
     "order_items": "orders",
     "order_payments": "orders",
     "order_refunds": "orders",
+    **dict.fromkeys(("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products"), "orders"),
     "inventory_levels": "inventory",
     "inventory_snapshots": "inventory",
     "sync_log": "orders",  # what analytics.business_days reads: the orders windows' loads

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import psycopg
 
+from .aggregates import CATALOG as SALES_AGGREGATES
 from .comments import write_comments
 from .entities import INVENTORY, ITEM, MONEY_TEXT, ORDER, PAYMENT, REFUND, STORE, column_comments
 from .views import SCHEMA as VIEW_SCHEMA
@@ -171,6 +172,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "first_missing_at": "when a listing first missed it",
         },
     ),
+    **SALES_AGGREGATES,
     "taptouch_auth.tokens": (
         "OAuth tokens, one row per (API, client, grant, label); tokens are Fernet ciphertexts, never usable as read",
         {

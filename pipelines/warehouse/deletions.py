@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from . import records
+from . import aggregates, records
 from .merge import ORDERS
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int
         " returning order_id",
         (ids,),
     )
-    return sorted(r[0] for r in cur.fetchall()), dropped
+    restored = sorted(r[0] for r in cur.fetchall())
+    aggregates.refresh_orders(cur, restored)  # their store-days count them again
+    return restored, dropped
 
 
 def judge_listing(
@@ -247,4 +249,5 @@ def _confirm(
             (now, ripe),
         )
         result.deleted = sorted(r[0] for r in cur.fetchall())
+        aggregates.refresh_orders(cur, result.deleted)  # their store-days no longer count them
         cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ripe,))

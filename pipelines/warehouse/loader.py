@@ -24,7 +24,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from . import deletions, derived, marks, records
+from . import aggregates, deletions, derived, marks, records
 from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
@@ -502,6 +502,7 @@ class OrderWindowLoad:
         self.close_staging()
         cur = self._cur
         ORDERS.take_lock(cur)
+        aggregates.note_held(cur, "pick")  # the store-days the held versions are on
         ORDERS.merge(
             cur,
             "stage_orders s join pick p on p.seq = s.seq",
@@ -514,6 +515,8 @@ class OrderWindowLoad:
         ORDERS.replace_children(cur, "accepted")
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
         derived.follow_store_zones(cur, _entered(self.timezones), self.per_store, only="accepted")
+        aggregates.note_merged(cur, "accepted")  # and those they are on now: each recomputed whole
+        aggregates.recompute(cur)
         self._count_merged(cur)
         self.quarantine.flush(cur)
         ORDERS.resolve_quarantine(cur, "pick")

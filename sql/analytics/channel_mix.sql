@@ -3,10 +3,13 @@
 -- and exclusions are those of daily_store_sales (completed, partially_refunded and refunded orders;
 -- open and voided left out; refunds attributed to the order's business date and channel).
 -- Over a store-day, Σ order_count and Σ net_sales equal daily_store_sales.
+-- Reads taptouch.sales_channels: the figures per store-day kept current by every load, in the load's
+-- transaction (pipelines/warehouse/aggregates.py; the same figures as grouping
+-- analytics.sales_orders, read from a few rows per store-day). docs/warehouse.md.
 -- Columns:
 --   store_id          the store
 --   store_name        its name (taptouch.stores.name)
---   business_date     local date of the order's created_at in the store's time zone
+--   business_date     the store's business date of the order's created_at (taptouch.orders.business_date)
 --   source            where the order came from: pos | kiosk | online | ubereats | doordash (null if unsent)
 --   fulfillment_type  dine_in | takeaway | delivery | pickup (null if unsent)
 --   order_count       number of sales orders
@@ -18,16 +21,18 @@
 --                     false for the current day and the edge days a load has not fully covered
 create or replace view analytics.channel_mix as
 select
-    store_id,
-    store_name,
-    business_date,
-    source,
-    fulfillment_type,
-    count(*) as order_count,
-    sum(refunds)::numeric(14, 2) as refunds,
-    sum(net_total)::numeric(14, 2) as net_sales,
-    account,
-    currency,
-    day_complete
-from analytics.sales_orders
-group by store_id, store_name, business_date, source, fulfillment_type, account, currency, day_complete;
+    sales.store_id,
+    stores.name as store_name,
+    sales.business_date,
+    sales.source,
+    sales.fulfillment_type,
+    sales.order_count,
+    sales.refunds::numeric(14, 2) as refunds,
+    sales.net_sales::numeric(14, 2) as net_sales,
+    sales.account,
+    stores.currency,
+    coalesce(days.day_complete, false) as day_complete
+from taptouch.sales_channels as sales
+left join taptouch.stores as stores using (store_id)
+left join analytics.business_days as days
+    on days.store_id = sales.store_id and days.business_date = sales.business_date;

@@ -1,10 +1,13 @@
 -- analytics.daily_store_sales: sales per store and business date (the store's local calendar date).
 -- One row per (store_id, business_date) that has sales. Sales are orders with status completed,
 -- partially_refunded or refunded; open and voided orders are left out of every figure.
+-- Reads taptouch.sales_days: the figures per store-day kept current by every load, in the load's
+-- transaction (pipelines/warehouse/aggregates.py; the same figures as grouping
+-- analytics.sales_orders, read from a few rows per store-day). docs/warehouse.md.
 -- Columns:
 --   store_id         the store
 --   store_name       its name (taptouch.stores.name)
---   business_date    local date of the order's created_at in the store's time zone
+--   business_date    the store's business date of the order's created_at (taptouch.orders.business_date)
 --   order_count      number of sales orders
 --   gross_sales      Σ subtotal of those orders (GST-inclusive, before order discounts)
 --   discounts        Σ order-level discount
@@ -18,18 +21,20 @@
 --                    false for the current day and the edge days a load has not fully covered
 create or replace view analytics.daily_store_sales as
 select
-    store_id,
-    store_name,
-    business_date,
-    count(*) as order_count,
-    sum(subtotal)::numeric(14, 2) as gross_sales,
-    sum(discount)::numeric(14, 2) as discounts,
-    sum(refunds)::numeric(14, 2) as refunds,
-    sum(net_total)::numeric(14, 2) as net_sales,
-    sum(tax)::numeric(14, 2) as tax,
-    round(sum(total) / count(*), 2) as avg_order_value,
-    account,
-    currency,
-    day_complete
-from analytics.sales_orders
-group by store_id, store_name, business_date, account, currency, day_complete;
+    sales.store_id,
+    stores.name as store_name,
+    sales.business_date,
+    sales.order_count,
+    sales.gross_sales::numeric(14, 2) as gross_sales,
+    sales.discounts::numeric(14, 2) as discounts,
+    sales.refunds::numeric(14, 2) as refunds,
+    sales.net_sales::numeric(14, 2) as net_sales,
+    sales.tax::numeric(14, 2) as tax,
+    round(sales.total / sales.order_count, 2) as avg_order_value,
+    sales.account,
+    stores.currency,
+    coalesce(days.day_complete, false) as day_complete
+from taptouch.sales_days as sales
+left join taptouch.stores as stores using (store_id)
+left join analytics.business_days as days
+    on days.store_id = sales.store_id and days.business_date = sales.business_date;

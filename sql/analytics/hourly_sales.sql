@@ -3,11 +3,16 @@
 -- row (read it as 0). Sales, refunds and exclusions are those of daily_store_sales: orders with
 -- status completed, partially_refunded or refunded; open and voided orders are left out; refunds
 -- count against the hour the order was created, whenever they were made.
+-- Reads taptouch.sales_hours: the figures per store-day kept current by every load, in the load's
+-- transaction (pipelines/warehouse/aggregates.py; the same figures as grouping
+-- analytics.sales_orders, read from a few rows per store-day). docs/warehouse.md.
 -- Columns:
 --   store_id       the store
 --   store_name     its name (taptouch.stores.name)
---   business_date  local date of the order's created_at in the store's time zone
---   local_hour     0-23, extract(hour from created_at at time zone the store's time zone)
+--   business_date  the store's business date of the order's created_at (taptouch.orders.business_date)
+--   local_hour     0-23, extract(hour from created_at at time zone the store's time zone): the wall-clock
+--                  hour, also when the business day starts later (with a 04:00 start, hours 0-3 are in
+--                  the previous business date's rows)
 --   order_count    number of sales orders created in that hour
 --   refunds        Σ refund amounts of those orders
 --   net_sales      Σ total − refunds of those orders
@@ -18,15 +23,17 @@
 -- Over a store-day, Σ order_count and Σ net_sales equal daily_store_sales.
 create or replace view analytics.hourly_sales as
 select
-    store_id,
-    store_name,
-    business_date,
-    local_hour,
-    count(*) as order_count,
-    sum(refunds)::numeric(14, 2) as refunds,
-    sum(net_total)::numeric(14, 2) as net_sales,
-    account,
-    currency,
-    day_complete
-from analytics.sales_orders
-group by store_id, store_name, business_date, local_hour, account, currency, day_complete;
+    sales.store_id,
+    stores.name as store_name,
+    sales.business_date,
+    sales.local_hour,
+    sales.order_count,
+    sales.refunds::numeric(14, 2) as refunds,
+    sales.net_sales::numeric(14, 2) as net_sales,
+    sales.account,
+    stores.currency,
+    coalesce(days.day_complete, false) as day_complete
+from taptouch.sales_hours as sales
+left join taptouch.stores as stores using (store_id)
+left join analytics.business_days as days
+    on days.store_id = sales.store_id and days.business_date = sales.business_date;

@@ -5,10 +5,13 @@
 -- Refunds are order-level and carry no method, so they are not taken off any method here: Σ amount
 -- over a store-day's methods is the tendered Σ total, and daily_store_sales.net_sales =
 -- Σ amount − refunds.
+-- Reads taptouch.sales_payments: the figures per store-day kept current by every load, in the load's
+-- transaction (pipelines/warehouse/aggregates.py; the same figures as grouping
+-- analytics.sales_orders, read from a few rows per store-day). docs/warehouse.md.
 -- Columns:
 --   store_id       the store
 --   store_name     its name (taptouch.stores.name)
---   business_date  local date of the order's created_at in the store's time zone
+--   business_date  the store's business date of the order's created_at (taptouch.orders.business_date)
 --   method         cash | visa | mastercard | amex | eftpos | gift_card | points (as the API sends it)
 --   payment_count  number of payments
 --   amount         Σ payment amount (card surcharges included, tips not)
@@ -19,48 +22,19 @@
 --   day_complete   true when the store's business date is completely loaded (analytics.business_days):
 --                  false for the current day and the edge days a load has not fully covered
 create or replace view analytics.payment_mix as
-with sales as (
-    select order_id, store_id, business_date, account, day_complete
-    from analytics.sales_orders
-),
-payments as (
-    select
-        sales.store_id,
-        sales.business_date,
-        sales.account,
-        sales.day_complete,
-        payments.method,
-        payments.amount,
-        payments.surcharge,
-        payments.tip
-    from taptouch.order_payments as payments
-    join sales using (order_id)
-),
-daily as (
-    select
-        store_id,
-        business_date,
-        method,
-        count(*) as payment_count,
-        sum(amount) as amount,
-        sum(surcharge) as surcharges,
-        sum(tip) as tips,
-        account,
-        day_complete
-    from payments
-    group by store_id, business_date, method, account, day_complete
-)
 select
-    daily.store_id,
+    payments.store_id,
     stores.name as store_name,
-    daily.business_date,
-    daily.method,
-    daily.payment_count,
-    daily.amount::numeric(14, 2) as amount,
-    daily.surcharges::numeric(14, 2) as surcharges,
-    daily.tips::numeric(14, 2) as tips,
-    daily.account,
+    payments.business_date,
+    payments.method,
+    payments.payment_count,
+    payments.amount::numeric(14, 2) as amount,
+    payments.surcharges::numeric(14, 2) as surcharges,
+    payments.tips::numeric(14, 2) as tips,
+    payments.account,
     stores.currency,
-    daily.day_complete
-from daily
-left join taptouch.stores as stores using (store_id);
+    coalesce(days.day_complete, false) as day_complete
+from taptouch.sales_payments as payments
+left join taptouch.stores as stores using (store_id)
+left join analytics.business_days as days
+    on days.store_id = payments.store_id and days.business_date = payments.business_date;

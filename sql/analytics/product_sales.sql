@@ -7,10 +7,13 @@
 -- the items of a refunded or partially refunded order still count here, in full. Likewise the
 -- order-level discount is not allocated. So Σ net_item_sales over a store-day equals
 -- daily_store_sales.gross_sales (Σ subtotal), not its net_sales.
+-- Reads taptouch.sales_products: the figures per store-day kept current by every load, in the load's
+-- transaction (pipelines/warehouse/aggregates.py; the same figures as grouping
+-- analytics.sales_orders, read from a few rows per store-day). docs/warehouse.md.
 -- Columns:
 --   store_id          the store
 --   store_name        its name (taptouch.stores.name)
---   business_date     local date of the order's created_at in the store's time zone
+--   business_date     the store's business date of the order's created_at (taptouch.orders.business_date)
 --   product_id        the product (null for lines without one)
 --   product_name      order_items.name
 --   category          order_items.category
@@ -25,74 +28,22 @@
 --   day_complete      true when the store's business date is completely loaded (analytics.business_days):
 --                     false for the current day and the edge days a load has not fully covered
 create or replace view analytics.product_sales as
-with sales as (
-    select order_id, store_id, business_date, account, day_complete
-    from analytics.sales_orders
-),
-items as (
-    select
-        sales.store_id,
-        sales.business_date,
-        sales.account,
-        sales.day_complete,
-        items.order_id,
-        items.item_id,
-        items.product_id,
-        items.name as product_name,
-        items.category,
-        items.quantity,
-        items.total,
-        items.discount,
-        items.modifiers
-    from taptouch.order_items as items
-    join sales using (order_id)
-),
-item_modifiers as (
-    select
-        items.order_id,
-        items.item_id,
-        sum(
-            items.quantity
-            * (modifier ->> 'price')::numeric
-            * coalesce((modifier ->> 'quantity')::numeric, 1)
-        ) as modifier_revenue
-    from items
-    cross join lateral jsonb_array_elements(items.modifiers) as modifier
-    group by items.order_id, items.item_id
-),
-daily as (
-    select
-        items.store_id,
-        items.business_date,
-        items.product_id,
-        items.product_name,
-        items.category,
-        count(distinct items.order_id) as order_count,
-        sum(items.quantity) as units,
-        sum(items.total) as net_item_sales,
-        sum(items.discount) as item_discounts,
-        coalesce(sum(item_modifiers.modifier_revenue), 0) as modifier_revenue,
-        items.account,
-        items.day_complete
-    from items
-    left join item_modifiers using (order_id, item_id)
-    group by items.store_id, items.business_date, items.product_id, items.product_name, items.category,
-             items.account, items.day_complete
-)
 select
-    daily.store_id,
+    products.store_id,
     stores.name as store_name,
-    daily.business_date,
-    daily.product_id,
-    daily.product_name,
-    daily.category,
-    daily.order_count,
-    daily.units,
-    daily.net_item_sales::numeric(14, 2) as net_item_sales,
-    daily.item_discounts::numeric(14, 2) as item_discounts,
-    round(daily.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
-    daily.account,
+    products.business_date,
+    products.product_id,
+    products.product_name,
+    products.category,
+    products.order_count,
+    products.units,
+    products.net_item_sales::numeric(14, 2) as net_item_sales,
+    products.item_discounts::numeric(14, 2) as item_discounts,
+    round(products.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
+    products.account,
     stores.currency,
-    daily.day_complete
-from daily
-left join taptouch.stores as stores using (store_id);
+    coalesce(days.day_complete, false) as day_complete
+from taptouch.sales_products as products
+left join taptouch.stores as stores using (store_id)
+left join analytics.business_days as days
+    on days.store_id = products.store_id and days.business_date = products.business_date;

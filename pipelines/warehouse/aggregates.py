@@ -1,0 +1,253 @@
+"""Sales aggregates per store and business date, kept current by the loads (migration 0018).
+
+The analysts' views ``daily_store_sales``, ``hourly_sales``, ``channel_mix``, ``payment_mix`` and
+``product_sales`` read five tables of schema ``taptouch`` (``sales_days``, ``sales_hours``,
+``sales_channels``, ``sales_payments``, ``sales_products``) that hold, per (store_id,
+business_date), exactly the rows of the view's grouping. A store-day's rows are only ever
+recomputed whole, set-based, from ``taptouch.orders`` and its children (:func:`recompute`), in the
+transaction that changed its orders and under the orders merge lock:
+
+- the orders merge (:meth:`.loader.OrderWindowLoad.finish`) recomputes the store-days of the
+  orders it replaced, at their old and new business dates (:func:`note_held`, :func:`note_merged`);
+- a deletion confirmed, or an order restored, by a listing (:mod:`.deletions`) recomputes its
+  order's store-day (:func:`refresh_orders`);
+- a re-derivation of business dates (a store's corrected zone or day start, ``rebuild``)
+  recomputes every day of the stores concerned (:func:`refresh_store_days`).
+
+:func:`mismatches` compares the tables with a from-scratch recomputation (the orders asset's check
+and the tests). docs/warehouse.md, "Sales aggregates".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psycopg
+from psycopg import sql
+
+SALES_STATUSES = ("completed", "partially_refunded", "refunded")
+TABLES = ("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products")
+KEYS = "agg_keys"  # the temporary table of (store_id, business_date) keys to recompute
+
+# The sales orders of the keys, one row each, with the order's refunds (as analytics.sales_orders).
+_SALES = """
+create temp table {into} on commit drop as
+select
+    orders.order_id, orders.store_id, orders.business_date, orders.account::text as account,
+    extract(hour from orders.created_at at time zone stores.timezone)::integer as local_hour,
+    orders.source, orders.fulfillment_type, orders.subtotal, orders.discount, orders.total, orders.tax,
+    coalesce((select sum(r.amount) from taptouch.order_refunds as r where r.order_id = orders.order_id), 0)
+        as refunds
+from (select distinct store_id, business_date from {keys}) as keys
+join taptouch.orders as orders using (store_id, business_date)
+left join taptouch.stores as stores on stores.store_id = orders.store_id
+where orders.status in ('completed', 'partially_refunded', 'refunded') and orders.deleted_at is null
+"""
+
+# Each table's rows from the sales orders of {sales}: the views' groupings (same as migration 0018).
+_ROWS = {
+    "sales_days": """
+select store_id, business_date, account, count(*), sum(subtotal), sum(discount), sum(refunds),
+       sum(total - refunds), sum(tax), sum(total)
+from {sales} group by store_id, business_date, account""",
+    "sales_hours": """
+select store_id, business_date, local_hour, account, count(*), sum(refunds), sum(total - refunds)
+from {sales} group by store_id, business_date, local_hour, account""",
+    "sales_channels": """
+select store_id, business_date, source, fulfillment_type, account, count(*), sum(refunds), sum(total - refunds)
+from {sales} group by store_id, business_date, source, fulfillment_type, account""",
+    "sales_payments": """
+select sales.store_id, sales.business_date, payments.method, sales.account, count(*), sum(payments.amount),
+       sum(payments.surcharge), sum(payments.tip)
+from taptouch.order_payments as payments join {sales} as sales using (order_id)
+group by sales.store_id, sales.business_date, payments.method, sales.account""",
+    "sales_products": """
+select sales.store_id, sales.business_date, items.product_id, items.name, items.category, sales.account,
+       count(distinct items.order_id), sum(items.quantity), sum(items.total), sum(items.discount),
+       coalesce(sum(modifiers.revenue), 0)
+from taptouch.order_items as items
+join {sales} as sales using (order_id)
+left join lateral (
+    select sum(items.quantity * (modifier ->> 'price')::numeric * coalesce((modifier ->> 'quantity')::numeric, 1))
+        as revenue
+    from jsonb_array_elements(items.modifiers) as modifier
+) as modifiers on true
+group by sales.store_id, sales.business_date, items.product_id, items.name, items.category, sales.account""",
+}
+
+
+def _keys(cur: psycopg.Cursor) -> None:
+    cur.execute(f"create temp table if not exists {KEYS} (store_id bigint, business_date date) on commit drop")
+
+
+def note_keys(cur: psycopg.Cursor, select: str, params: tuple | dict | None = None) -> None:
+    """Add the (store_id, business_date) rows of query ``select`` to the keys to recompute."""
+    _keys(cur)
+    cur.execute(f"insert into {KEYS} (store_id, business_date) " + select, params)
+
+
+def note_held(cur: psycopg.Cursor, staged: str) -> None:
+    """Before a merge: the store-days the held versions of the orders of table ``staged`` (with
+    ``order_id``) are on (an edit may move an order to another day)."""
+    note_keys(cur, f"select o.store_id, o.business_date from taptouch.orders o join {staged} s using (order_id)")
+
+
+def note_merged(cur: psycopg.Cursor, accepted: str) -> None:
+    """After a merge: the store-days the accepted orders of table ``accepted`` are on now."""
+    note_keys(cur, f"select o.store_id, o.business_date from taptouch.orders o join {accepted} a using (order_id)")
+
+
+def recompute(cur: psycopg.Cursor) -> int:
+    """Recompute the aggregates of every (store_id, business_date) noted in the keys table, from
+    the orders and their children, and empty the keys. Set-based: one statement per table, plus
+    the sales orders of the keys. Call inside the transaction that changed the orders, holding the
+    orders merge lock (store-days are not recomputed concurrently). Returns the store-days."""
+    _keys(cur)
+    cur.execute(f"select count(*) from (select distinct store_id, business_date from {KEYS}) k")
+    days = cur.fetchone()[0]
+    if days:
+        cur.execute(f"analyze {KEYS}")
+        cur.execute("drop table if exists pg_temp.agg_sales")
+        cur.execute(_SALES.format(into="agg_sales", keys=KEYS))
+        cur.execute("analyze agg_sales")
+        for table in TABLES:
+            cur.execute(
+                sql.SQL(
+                    "delete from {} t using (select distinct store_id, business_date from {}) k"
+                    " where t.store_id = k.store_id and t.business_date = k.business_date"
+                ).format(sql.Identifier("taptouch", table), sql.Identifier(KEYS))
+            )
+            cur.execute(f"insert into taptouch.{table} " + _ROWS[table].format(sales="agg_sales"))
+    cur.execute(f"truncate {KEYS}")
+    return days
+
+
+def refresh_orders(cur: psycopg.Cursor, order_ids: Iterable[int]) -> int:
+    """Recompute the store-days of these orders (e.g. just marked deleted, or restored)."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return 0
+    note_keys(cur, "select store_id, business_date from taptouch.orders where order_id = any(%s)", (ids,))
+    return recompute(cur)
+
+
+def refresh_store_days(cur: psycopg.Cursor, store_ids: Iterable[int]) -> int:
+    """Recompute every business date of these stores: their aggregates are replaced by those of
+    the days their orders are on now (for use after business dates were re-derived, under the
+    orders merge lock). Inside a transaction. Returns the store-days recomputed."""
+    ids = sorted(set(store_ids))
+    if not ids:
+        return 0
+    for table in TABLES:  # the days they were on before the re-derivation go too
+        cur.execute(
+            sql.SQL("delete from {} where store_id = any(%s)").format(sql.Identifier("taptouch", table)), (ids,)
+        )
+    note_keys(cur, "select distinct store_id, business_date from taptouch.orders where store_id = any(%s)", (ids,))
+    return recompute(cur)
+
+
+def mismatches(cur: psycopg.Cursor, limit: int = 20) -> dict[str, list[tuple]]:
+    """The rows where an aggregate table and a from-scratch recomputation over every order differ
+    (``-`` held but not recomputed, ``+`` recomputed but not held), per table, at most ``limit``
+    each; empty tables only. Runs in the caller's transaction and changes nothing (temporary
+    tables); reads every sales order: a check, not for a load's path."""
+    cur.execute("drop table if exists pg_temp.agg_truth_keys")
+    cur.execute(
+        "create temp table agg_truth_keys on commit drop as"
+        " select distinct store_id, business_date from taptouch.orders"
+    )
+    cur.execute("drop table if exists pg_temp.agg_truth")
+    cur.execute(_SALES.format(into="agg_truth", keys="agg_truth_keys"))
+    found: dict[str, list[tuple]] = {}
+    for table in TABLES:
+        truth = _ROWS[table].format(sales="agg_truth")
+        cur.execute(
+            f"(select '-' as side, * from (select * from taptouch.{table} except all ({truth})) held limit %(n)s)"
+            f" union all (select '+', * from (({truth}) except all select * from taptouch.{table}) fresh limit %(n)s)",
+            {"n": limit},
+        )
+        rows = cur.fetchall()
+        if rows:
+            found[table] = rows
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# descriptions (pipelines/warehouse/catalog.py: COMMENT ON and the Dagster column schemas)
+
+_ACCOUNT = "the Taptouch account of the orders: its TAPTOUCH_ACCOUNTS name, 'default' for a single account"
+_KEY = {
+    "store_id": "the store",
+    "business_date": "the orders' business date (taptouch.orders.business_date)",
+}
+_SALES_TEXT = "sales orders: status completed, partially_refunded or refunded, not deleted"
+_NOTE = (
+    "; kept current by the orders loads (pipelines/warehouse/aggregates.py), recomputed whole per "
+    "store and business date; read by the analytics views"
+)
+_MONEY = "in the store's currency"
+_ORDER_SUMS = {
+    "order_count": f"number of {_SALES_TEXT}",
+    "refunds": f"Σ refund amounts of those orders, {_MONEY}",
+    "net_sales": f"Σ total − refunds of those orders, {_MONEY}",
+}
+CATALOG: dict[str, tuple[str, dict[str, str]]] = {
+    "taptouch.sales_days": (
+        "Sales per store, business date and account (analytics.daily_store_sales)" + _NOTE,
+        {
+            **_KEY,
+            "account": _ACCOUNT,
+            **_ORDER_SUMS,
+            "gross_sales": f"Σ subtotal of those orders, {_MONEY}",
+            "discounts": f"Σ order-level discount, {_MONEY}",
+            "tax": f"Σ GST included in total, {_MONEY}",
+            "total": f"Σ total (what customers paid), {_MONEY}",
+        },
+    ),
+    "taptouch.sales_hours": (
+        "Sales per store, business date, local hour and account (analytics.hourly_sales)" + _NOTE,
+        {
+            **_KEY,
+            "local_hour": "0-23, the hour of created_at in the store's time zone",
+            "account": _ACCOUNT,
+            **_ORDER_SUMS,
+        },
+    ),
+    "taptouch.sales_channels": (
+        "Sales per store, business date, source, fulfillment type and account (analytics.channel_mix)" + _NOTE,
+        {
+            **_KEY,
+            "source": "pos | kiosk | online | ubereats | doordash (null if unsent)",
+            "fulfillment_type": "dine_in | takeaway | delivery | pickup (null if unsent)",
+            "account": _ACCOUNT,
+            **_ORDER_SUMS,
+        },
+    ),
+    "taptouch.sales_payments": (
+        "Payments on sales orders per store, business date, method and account (analytics.payment_mix)" + _NOTE,
+        {
+            **_KEY,
+            "method": "the payment method as the API sends it",
+            "account": _ACCOUNT,
+            "payment_count": "number of payments",
+            "amount": f"Σ payment amount (card surcharges included, tips not), {_MONEY}",
+            "surcharges": f"Σ card surcharge inside those amounts, {_MONEY}",
+            "tips": f"Σ tips given with those payments, {_MONEY}",
+        },
+    ),
+    "taptouch.sales_products": (
+        "Order lines of sales orders per store, business date, product and account (analytics.product_sales)" + _NOTE,
+        {
+            **_KEY,
+            "product_id": "the product (null for lines without one)",
+            "product_name": "order_items.name",
+            "category": "order_items.category",
+            "account": _ACCOUNT,
+            "order_count": "sales orders with at least one line of the product",
+            "units": "Σ item quantity",
+            "net_item_sales": f"Σ item total, {_MONEY}",
+            "item_discounts": f"Σ item-level discount, {_MONEY}",
+            "modifier_revenue": f"Σ item quantity × modifier price × modifier quantity, unrounded, {_MONEY}",
+        },
+    ),
+}
