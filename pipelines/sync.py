@@ -420,7 +420,7 @@ def _apply_event(
         result.per_store[event.store_id] = {"pages": event.pages, "orders": event.orders}
         progress(f"store {event.store_id}: {event.pages} pages, {event.orders} orders ({window.key})")
     else:
-        load.discard_store(event.store_id)
+        load.discard_store(event.store_id, describe(event.error))
         failure = StoreFailure(event.store_id, describe(event.error), is_transient(event.error))
         result.failures.append(failure)
         log.error("orders %s: %s", window.key, failure)

@@ -35,6 +35,7 @@ from ..sync import (
     sync_orders_windows,
     sync_stores,
 )
+from ..warehouse import money_check
 from ..warehouse.budget import RequestMeter, SharedBudget, record_usage
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
@@ -564,6 +565,7 @@ def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
             description="No order of the partition is dated more than 5 minutes after it was "
             "loaded (a till's clock running ahead; such orders load, and warn).",
         ),
+        money_check.check_spec(orders_key),
     ]
 
 
@@ -609,6 +611,9 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
             # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
             with run.connect() as conn:
                 checks = _order_checks(conn, windows, account)
+                mine = account.name if account.prefixed else None  # a named account: its own rows
+                money = money_check.reconcile(conn, windows[0].start, windows[-1].end, mine)
+                checks.append(money_check.check_result(money, account.key("orders")))
                 figures = _window_figures(conn, windows, listing.store_ids, account)
         _report_run(context, account, windows, total, run)
         run_wide = {"full_refresh": mode == FULL_REFRESH, **_listing_metadata(listing)}  # true of each partition

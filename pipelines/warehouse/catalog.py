@@ -173,6 +173,40 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     **SALES_AGGREGATES,
+    "taptouch.listing_proofs": (
+        "Proven completeness: per store and orders window (UTC day), the latest complete listing of its "
+        "orders and how far back complete listings cover the window (pipelines/warehouse/proofs.py)",
+        {
+            "proof_id": "row id",
+            "store_id": "the store",
+            "window": "the orders window: the partition key, the UTC day (YYYY-MM-DD)",
+            "window_start": "the window's first instant (UTC midnight)",
+            "window_end": "the instant after it (the next UTC midnight)",
+            "complete": "complete listings cover the window from its start: proven (false: never completely listed)",
+            "covered_from": "complete listings cover [covered_from, window_end); null: none ever did",
+            "listed_from": "the latest complete listing asked for orders updated from this instant",
+            "listed_at": "when the latest complete listing started (this machine's clock, as sync_log.started_at)",
+            "api_started_at": "when it started on the API's clock",
+            "listed_orders": "orders it returned (readable ids), in the window",
+            "first_updated_at": "the earliest updated_at it returned",
+            "last_updated_at": "the latest updated_at it returned",
+            "proven_orders": "rows of taptouch.listing_proof_orders: the window's proven set",
+            "proved_by": "the Dagster run of the latest complete listing",
+            "proved_at": "when that listing's proof committed",
+            "failed_at": "when the latest listing that failed (or may have missed a record) ended",
+            "failed_by": "its Dagster run",
+            "failure": "why it proves nothing (the error, redacted)",
+            "account": ACCOUNT,
+        },
+    ),
+    "taptouch.listing_proof_orders": (
+        "The set of (order_id, version) that complete listings proved for a store's orders window",
+        {
+            "proof_id": "the window's proof (taptouch.listing_proofs)",
+            "order_id": "an order the listing returned",
+            "updated_at_exact": "its version as listed: updated_at as exact epoch seconds",
+        },
+    ),
     "taptouch_auth.tokens": (
         "OAuth tokens, one row per (API, client, grant, label); tokens are Fernet ciphertexts, never usable as read",
         {

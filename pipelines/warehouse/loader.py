@@ -24,7 +24,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from . import aggregates, deletions, derived, marks, records
+from . import aggregates, deletions, derived, marks, proofs, records
 from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
@@ -291,6 +291,7 @@ class OrderWindowLoad:
         self._cursor: psycopg.Cursor | None = None
         self._started = datetime.now(UTC)
         self._discarded: set[int] = set()
+        self._failed: dict[int, str] = {}  # store id -> why its listing proves nothing (.proofs)
         self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
         self._staging_closed = False
         self._finished = False
@@ -456,13 +457,18 @@ class OrderWindowLoad:
         self._marks[store_id] = mark
         if complete is not None:
             self._judged[store_id] = complete
+        else:
+            self._failed[store_id] = "the listing may have missed a record that moved while it was read"
 
-    def discard_store(self, store_id: int) -> None:
-        """Drop everything staged for a store whose fetch failed: none of its rows will commit."""
+    def discard_store(self, store_id: int, error: str | None = None) -> None:
+        """Drop everything staged for a store whose fetch failed: none of its rows will commit.
+        ``error``: why, recorded with the window's proofs (:mod:`.proofs`: no complete proof)."""
         if self._staging_closed:
             raise RuntimeError(f"order window {self.window}: store {store_id} discarded after close_staging()")
         self._copy_buffered()
         self._discarded.add(store_id)
+        self._judged.pop(store_id, None)
+        self._failed[store_id] = error or "the listing failed"
         cur = self._cur
         cur.execute("delete from stage_orders where store_id = %s returning seq", (store_id,))
         seqs = [r[0] for r in cur.fetchall()]
@@ -523,6 +529,7 @@ class OrderWindowLoad:
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
         self._judge_listings(cur)
+        self._prove(cur)
         if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
             marks.advance(
                 cur,
@@ -533,6 +540,31 @@ class OrderWindowLoad:
         self._finished = True
         _entered(self._tx).__exit__(None, None, None)
         return self.counts
+
+    def _prove(self, cur: psycopg.Cursor) -> None:
+        """The window's proofs (:mod:`.proofs`): each complete listing's set of (order_id, version),
+        from the versions it staged and those it recognised as unchanged (the warehouse's row holds
+        exactly those bytes); each failed or doubtful listing's failure."""
+        if proofs.window_bounds(self.window) is None:
+            return
+        judged = {sid: c for sid, c in self._judged.items() if sid not in self._discarded}
+        if judged:
+            proofs.create_source(cur)
+            cur.execute(
+                f"insert into {proofs.SOURCE} select store_id, order_id, max(updated_at_exact) from stage_orders"
+                " where store_id = any(%s) group by store_id, order_id",
+                (sorted(judged),),
+            )
+            if self._skipped:
+                cur.execute(
+                    f"insert into {proofs.SOURCE} select store_id, order_id,"
+                    " coalesce(updated_at_exact, taptouch.exact_epoch(updated_at)) from taptouch.orders"
+                    " where order_id = any(%s) and store_id = any(%s)",
+                    (sorted(self._skipped), sorted(judged)),
+                )
+            proofs.prove(cur, self.window, judged, listed_at=self._started, run_id=self.run_id)
+        if self._failed:
+            proofs.failed(cur, self.window, self._failed, run_id=self.run_id)
 
     def _count_merged(self, cur: psycopg.Cursor) -> None:
         """Inserted, updated and unchanged per store, from the picked versions and those accepted."""

@@ -74,6 +74,7 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
         "no_quarantined_records",
         "order_arithmetic",
         "no_future_dated_orders",
+        "money_reconciliation",
         "freshness_check",
         "schema_drift",
     }

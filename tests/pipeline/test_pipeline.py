@@ -127,7 +127,12 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
     totals = result.dagster_run.tags["taptouch/orders_totals"]
     assert f"1 partition(s) 2026-11-25: {md['inserted'].value} inserted" in totals and "0 token requests" in totals
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"no_quarantined_records": True, "order_arithmetic": True, "no_future_dated_orders": True}
+    assert checks == {
+        "no_quarantined_records": True,
+        "order_arithmetic": True,
+        "no_future_dated_orders": True,
+        "money_reconciliation": True,
+    }
 
 
 def test_backfill_of_three_partitions_through_an_instance_then_rerun_changes_nothing(sandbox, migrated_db, tmp_path):

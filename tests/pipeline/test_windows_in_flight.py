@@ -234,4 +234,9 @@ def test_a_ranged_run_survives_the_server_closing_idle_sessions(migrated_db, mon
     expected = {o["id"] for s in sb.store_ids() for d in days for o in sb.orders_in_window(s, *day_window(d))}
     assert loaded == expected
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"no_quarantined_records": True, "order_arithmetic": True, "no_future_dated_orders": True}
+    assert checks == {
+        "no_quarantined_records": True,
+        "order_arithmetic": True,
+        "no_future_dated_orders": True,
+        "money_reconciliation": True,
+    }
