@@ -25,7 +25,7 @@ from taptouch_resource import TaptouchClient
 from .accounts import DEFAULT, Account
 from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, reconcile_days
 from .sync import describe, is_transient
-from .warehouse import deletions, records
+from .warehouse import deletions, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class StoreReconcile:
     refused: list[int] = field(default_factory=list)  # the share guard refused to delete them
     repaired: int = 0
     quarantined: int = 0
+    proven: int = 0  # orders windows (UTC days) re-proven by the listing (.warehouse.proofs)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class _Listing:
     repairs: dict[int, tuple[Decimal, bytes]] = field(default_factory=dict)  # id -> (version, bytes)
     complete: bool = True
     started_at: datetime | None = None
+    versions: dict[int, Decimal] = field(default_factory=dict)  # id -> the newest version listed (readable)
 
 
 def _list_store(
@@ -176,8 +178,11 @@ def _list_store(
         for oid, raw in found:
             have = in_warehouse.get(oid)
             if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
+                _note_version(out, oid, have[1])
                 continue  # exactly this version
             version = _version(raw)
+            if version is not None:
+                _note_version(out, oid, version)
             if version is None or (have is not None and version < have[1]):
                 continue  # unreadable version (the orders asset quarantines it), or older than the warehouse's
             kept = out.repairs.get(oid)
@@ -187,6 +192,35 @@ def _list_store(
     started = getattr(listing, "started_at", None)
     out.started_at = started if isinstance(started, datetime) else None
     return out
+
+
+def _note_version(listing: _Listing, oid: int, version: Decimal | None) -> None:
+    if version is not None and (oid not in listing.versions or version > listing.versions[oid]):
+        listing.versions[oid] = version
+
+
+def _prove_days(
+    conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, *, listed_at: datetime, run_id: str | None
+) -> int:
+    """Re-prove every orders window (UTC day) the store's complete listing read whole, from its
+    first whole day to the day it started (:mod:`.warehouse.proofs`). Returns the windows proven."""
+    if not listing.complete or listing.unidentified or sr.listed_from is None:
+        return 0
+    first = sr.listed_from.astimezone(UTC).date() + timedelta(days=1)
+    if sr.listed_from == datetime(first.year, first.month, first.day, tzinfo=UTC) - timedelta(days=1):
+        first -= timedelta(days=1)  # it started on a day's first instant
+    started = listing.started_at or listed_at
+    keys = [(first + timedelta(days=n)).isoformat() for n in range((started.astimezone(UTC).date() - first).days + 1)]
+    rows = [(sr.store_id, oid, v) for oid, v in listing.versions.items()]
+    with conn.transaction(), conn.cursor() as cur:
+        proofs.create_source(cur)
+        with cur.copy(f"copy {proofs.SOURCE} (store_id, order_id, updated_at_exact) from stdin") as copy:
+            for row in rows:
+                copy.write_row(row)
+        for key in keys:
+            start, end = proofs.window_bounds(key)
+            proofs.prove(cur, key, {sr.store_id: (start, end, listing.started_at)}, listed_at=listed_at, run_id=run_id)
+    return len(keys)
 
 
 def _earliest_deleted(conn: psycopg.Connection, store_id: int) -> datetime | None:
@@ -303,6 +337,7 @@ def reconcile_orders(
     for store_id in store_ids:
         earliest = _earliest_deleted(conn, store_id)
         listed_from = min(start, earliest) if earliest is not None else start
+        listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
         try:
             listing = _list_store(
                 client, conn, store_id, listed_from - LISTING_SLACK, max(now, datetime.now(UTC)) + LISTING_HORIZON
@@ -333,6 +368,7 @@ def reconcile_orders(
         )
         if refusal:
             result.failures.append((store_id, refusal, False))
+        sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=run_id)
         result.stores.append(sr)
         progress(_store_summary(sr))
     return result
@@ -350,7 +386,8 @@ def _store_summary(sr: StoreReconcile) -> str:
     return (
         f"store {sr.store_id}: {sr.listed} listed, {sr.checked} checked, {len(sr.candidates)} newly missing, "
         f"{len(sr.waiting)} awaiting confirmation, {len(sr.deleted)} marked deleted, {len(sr.restored)} "
-        f"restored, {sr.repaired} repaired" + ("" if sr.complete else " (listing incomplete: nothing deleted)")
+        f"restored, {sr.repaired} repaired, {sr.proven} day window(s) re-proven"
+        + ("" if sr.complete else " (listing incomplete: nothing deleted)")
     )
 
 

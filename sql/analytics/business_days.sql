@@ -1,32 +1,53 @@
 -- analytics.business_days: whether each store's business date is completely loaded.
 -- One row per (store_id, business_date) that has an order (any status) or an inventory snapshot,
--- for stores in taptouch.stores. Orders are loaded in UTC-day windows of updated_at (the orders
--- partitions: taptouch.sync_log rows with entity 'orders' and the day as window), and an order is
--- updated no earlier than it is created, so the orders of a store-local day lie in the windows whose
--- UTC day overlaps it (two, or three around a daylight-saving change), or later ones (late edits).
--- A business date is complete when each of those windows has a load that started after the local
--- day ended, or, for a window that ends first, after the window ended (nothing enters a window
--- once it has ended: its content is final then). A load counts for the store when it has a
--- taptouch.sync_log row for the store and window; a store with no order at all in a window is
--- covered by any load of that window by its account (a load writes a row only for the stores it
--- read orders of). A day that has not ended yet is never complete. A store's first day with a
--- window before the first loaded partition, and the current day, are therefore partial.
+-- for stores in taptouch.stores (the distinct days are read by one index probe each, never by
+-- scanning the orders). Whether the day is complete is analytics.load_coverage's verdict: each orders
+-- window (UTC day) overlapping the day was completely listed for the store (taptouch.listing_proofs)
+-- after the day, or the window, ended; a store with no order in a window needs its own complete
+-- listing too (a failed listing proves nothing). A day load_coverage does not know (no listing of its
+-- windows was ever proven: loaded before migration 0016, or never), and a day that has not ended,
+-- are partial.
 -- Columns:
 --   store_id        the store
 --   store_name      its name (taptouch.stores.name)
 --   business_date   the store-local calendar date (as in every view's business_date)
---   day_complete    true when every orders window overlapping the day has loaded after the day (or
---                   the window) ended: the day's figures are final except for later edits
+--   day_complete    true when every orders window overlapping the day was completely listed after the
+--                   day (or the window) ended: the day's figures are final except for later edits
 --   day_starts_at   local midnight starting the day, as an instant (timestamptz)
 --   day_ends_at     local midnight ending it
 --   windows         the orders windows (UTC days, YYYY-MM-DD) overlapping the day
---   windows_loaded  those of them loaded after the day (or the window) ended
+--   windows_loaded  those of them completely listed after the day (or the window) ended
 --   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.business_days as
-with days as (
-    select store_id, business_date from taptouch.orders
+with recursive order_days (store_id, business_date) as (
+    -- the distinct (store, business date) of the orders, one index probe each (orders_store_business_date)
+    (select store_id, business_date from taptouch.orders where business_date is not null
+     order by store_id, business_date limit 1)
+    union all
+    select following.store_id, following.business_date
+    from order_days
+    cross join lateral (
+        select orders.store_id, orders.business_date from taptouch.orders as orders
+        where (orders.store_id, orders.business_date) > (order_days.store_id, order_days.business_date)
+        order by orders.store_id, orders.business_date limit 1
+    ) as following
+),
+snapshot_days (snapshot_date, store_id) as (
+    -- the distinct (date, store) of the inventory snapshots, one probe each of their primary key
+    (select snapshot_date, store_id from taptouch.inventory_snapshots order by snapshot_date, store_id limit 1)
+    union all
+    select following.snapshot_date, following.store_id
+    from snapshot_days
+    cross join lateral (
+        select snaps.snapshot_date, snaps.store_id from taptouch.inventory_snapshots as snaps
+        where (snaps.snapshot_date, snaps.store_id) > (snapshot_days.snapshot_date, snapshot_days.store_id)
+        order by snaps.snapshot_date, snaps.store_id limit 1
+    ) as following
+),
+days as (
+    select store_id, business_date from order_days
     union
-    select store_id, snapshot_date from taptouch.inventory_snapshots
+    select store_id, snapshot_date from snapshot_days
 ),
 windows as (
     select
@@ -42,38 +63,13 @@ windows as (
         stores.account
     from days
     join taptouch.stores as stores using (store_id)
-    cross join lateral (
-        select
-            days.business_date::timestamp at time zone stores.timezone as starts_at,
-            (days.business_date + 1)::timestamp at time zone stores.timezone as ends_at
-    ) as local_day
+    cross join lateral taptouch.business_day_bounds(days.store_id, days.business_date) as local_day
     cross join lateral (
         select generated::date as utc_day
         from generate_series((local_day.starts_at at time zone 'UTC')::date,
                              ((local_day.ends_at - interval '1 microsecond') at time zone 'UTC')::date,
                              interval '1 day') as generated
     ) as utc_days
-),
-judged as (
-    select
-        windows.*,
-        case when exists (
-            select 1 from taptouch.sync_log as loads
-            where loads.entity = 'orders' and loads.store_id = windows.store_id
-              and loads."window" = windows.window_key and loads.started_at >= windows.loaded_after
-        ) or (
-            not exists (
-                select 1 from taptouch.orders as orders
-                where orders.store_id = windows.store_id
-                  and orders.updated_at >= windows.window_starts_at and orders.updated_at < windows.window_ends_at
-            )
-            and exists (
-                select 1 from taptouch.sync_log as loads
-                where loads.entity = 'orders' and loads.account = windows.account
-                  and loads."window" = windows.window_key and loads.started_at >= windows.loaded_after
-            )
-        ) then windows.window_key end as loaded_window
-    from windows
 ),
 per_day as (
     select
@@ -83,20 +79,20 @@ per_day as (
         day_starts_at,
         day_ends_at,
         array_agg(window_key order by window_key) as windows,
-        coalesce(array_agg(loaded_window order by loaded_window) filter (where loaded_window is not null),
-                 '{}') as windows_loaded,
         account
-    from judged
+    from windows
     group by store_id, store_name, business_date, day_starts_at, day_ends_at, account
 )
 select
-    store_id,
-    store_name,
-    business_date,
-    (cardinality(windows_loaded) = cardinality(windows) and day_ends_at <= now()) as day_complete,
-    day_starts_at,
-    day_ends_at,
-    windows,
-    windows_loaded,
-    account::text as account
-from per_day;
+    per_day.store_id,
+    per_day.store_name,
+    per_day.business_date,
+    coalesce(coverage.day_complete and coverage.windows = per_day.windows, false) as day_complete,
+    per_day.day_starts_at,
+    per_day.day_ends_at,
+    per_day.windows,
+    coalesce(coverage.windows_proven, '{}') as windows_loaded,
+    per_day.account::text as account
+from per_day
+left join analytics.load_coverage as coverage
+    on coverage.store_id = per_day.store_id and coverage.business_date = per_day.business_date;

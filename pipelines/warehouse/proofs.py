@@ -1,0 +1,269 @@
+"""Proven completeness per store and orders window: ``taptouch.listing_proofs`` (migration 0016).
+
+A *proof* is a complete listing of one store's orders in one orders window (the UTC day of the
+partition key): every page read, no error, and the client knows nothing moved past it
+(``listing.complete``). It records what the listing returned (count, first and last instant) and
+the SET of (order_id, version) in ``taptouch.listing_proof_orders``, the run that listed it and
+when. A listing that failed, or may have missed a record, records only its failure: never a
+complete proof.
+
+Writers: the orders loads (:class:`~pipelines.warehouse.loader.OrderWindowLoad`, in the merge's
+transaction, from the versions it staged or recognised as unchanged) and the reconciliation
+(:func:`pipelines.reconcile.reconcile_orders`, for each UTC day it listed whole). Readers: the
+orders asset's check ``orders_proven`` (:func:`window_problems`) and ``analytics.load_coverage``.
+
+An incremental listing (from a store's high-water mark minus the lookback) re-proves the part of the
+window it read: the set's rows from that instant on are replaced by what it listed, the earlier
+ones stay from the listings before it, and ``covered_from`` records how far back complete listings
+reach. A window is *complete* once they reach its start. docs/operating.md, "Proven completeness".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+SOURCE = "listing_set"
+"""The temporary table a writer fills with what its listings returned: (store_id, order_id,
+updated_at_exact), one row per order and store (the newest version the listing held)."""
+
+_DAY_KEY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+FAILURE_CHARS = 500
+SHOWN = 10  # orders named per store and kind in a check's failure
+
+
+def window_bounds(key: str | None) -> tuple[datetime, datetime] | None:
+    """[start, end) of the orders window ``key`` (a daily partition key, the UTC day); None for a
+    window that is not a day (the reconciliation's repairs, ``order_deletions``)."""
+    if key is None or not _DAY_KEY.match(key):
+        return None
+    try:
+        day = date.fromisoformat(key)
+    except ValueError:
+        return None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def create_source(cur: psycopg.Cursor) -> None:
+    """The temporary table :data:`SOURCE` (dropped at commit)."""
+    cur.execute(
+        f"create temp table if not exists {SOURCE} (store_id bigint not null, order_id bigint not null,"
+        " updated_at_exact numeric not null) on commit drop"
+    )
+
+
+def _proof_row(cur: psycopg.Cursor, store_id: int, key: str, bounds: tuple[datetime, datetime]) -> tuple:
+    """(proof_id, covered_from) of the store's window, the row created when missing and locked."""
+    cur.execute(
+        'insert into taptouch.listing_proofs (store_id, "window", window_start, window_end) values (%s, %s, %s, %s)'
+        ' on conflict (store_id, "window") do nothing',
+        (store_id, key, *bounds),
+    )
+    cur.execute(
+        'select proof_id, covered_from from taptouch.listing_proofs where store_id = %s and "window" = %s for update',
+        (store_id, key),
+    )
+    return cur.fetchone()
+
+
+def prove(
+    cur: psycopg.Cursor,
+    key: str,
+    listings: dict[int, tuple[datetime, datetime, datetime | None]],
+    *,
+    listed_at: datetime,
+    run_id: str | None,
+) -> int:
+    """Record the complete listings of window ``key``: store id -> (listed from, listed to, started
+    at on the API's clock); what each returned is in :data:`SOURCE`. A listing that does not reach
+    the window's end proves nothing. Returns the proofs written."""
+    bounds = window_bounds(key)
+    if bounds is None:
+        return 0
+    start, end = bounds
+    written = 0
+    for store_id, (listed_from, listed_to, api_started_at) in sorted(listings.items()):
+        if listed_to < end:
+            continue
+        proof_id, covered_from = _proof_row(cur, store_id, key, bounds)
+        full = listed_from <= start
+        covered = listed_from if full or covered_from is None else min(covered_from, listed_from)
+        cur.execute(
+            "delete from taptouch.listing_proof_orders p where p.proof_id = %s and (%s or p.updated_at_exact >="
+            " taptouch.exact_epoch(%s) or p.order_id in (select order_id from listing_set where store_id = %s))",
+            (proof_id, full, listed_from, store_id),
+        )
+        cur.execute(
+            "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
+            " select %s, order_id, max(updated_at_exact) from listing_set where store_id = %s"
+            " and updated_at_exact >= taptouch.exact_epoch(%s) and updated_at_exact < taptouch.exact_epoch(%s)"
+            " group by order_id",
+            (proof_id, store_id, max(start, listed_from), end),
+        )
+        cur.execute(
+            """
+            update taptouch.listing_proofs as p set
+                covered_from = %s, complete = %s <= p.window_start, listed_from = %s, listed_at = %s,
+                api_started_at = %s, listed_orders = l.n, first_updated_at = l.first, last_updated_at = l.last,
+                proven_orders = (select count(*) from taptouch.listing_proof_orders where proof_id = p.proof_id),
+                proved_by = %s, proved_at = now()
+            from (
+                select count(*) as n, to_timestamp(min(updated_at_exact)::double precision) as first,
+                       to_timestamp(max(updated_at_exact)::double precision) as last
+                from (select distinct on (order_id) updated_at_exact from listing_set
+                      where store_id = %s and updated_at_exact >= taptouch.exact_epoch(%s)
+                        and updated_at_exact < taptouch.exact_epoch(%s)
+                      order by order_id, updated_at_exact desc) as listed
+            ) as l
+            where p.proof_id = %s
+            """,
+            (
+                covered,
+                covered,
+                listed_from,
+                listed_at,
+                api_started_at,
+                run_id,
+                store_id,
+                max(start, listed_from),
+                end,
+                proof_id,
+            ),
+        )
+        written += 1
+    return written
+
+
+def failed(cur: psycopg.Cursor, key: str, failures: dict[int, str], *, run_id: str | None) -> None:
+    """Record listings of window ``key`` that failed or may have missed a record (store id -> why):
+    never a complete proof; a proof an earlier listing made stays."""
+    bounds = window_bounds(key)
+    if bounds is None:
+        return
+    for store_id, why in sorted(failures.items()):
+        proof_id, _ = _proof_row(cur, store_id, key, bounds)
+        cur.execute(
+            "update taptouch.listing_proofs set failed_at = now(), failed_by = %s, failure = %s where proof_id = %s",
+            (run_id, why[:FAILURE_CHARS], proof_id),
+        )
+
+
+# ------------------------------------------------------------------------------------------ the check
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a store's window is not proven: ``kind`` is ``unproven`` (never completely listed),
+    ``missing`` (the listing returned versions the warehouse lacks or holds older) or ``extra`` (the
+    warehouse holds versions in the window the listing did not return)."""
+
+    store_id: int
+    window: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"store {self.store_id}, window {self.window}: {self.detail}"
+
+
+def _unproven(cur: psycopg.Cursor, key: str, store_ids: list[int]) -> tuple[list[Problem], dict[int, tuple]]:
+    cur.execute(
+        "select s.store_id, p.proof_id, p.complete, p.covered_from, p.failure, p.failed_by,"
+        " coalesce(p.api_started_at, p.listed_at)"
+        " from unnest(%s::bigint[]) as s(store_id) left join taptouch.listing_proofs p on p.store_id = s.store_id"
+        ' and p."window" = %s order by s.store_id',
+        (store_ids, key),
+    )
+    problems, proven = [], {}
+    for store_id, proof_id, complete, covered_from, failure, failed_by, started in cur.fetchall():
+        if complete:
+            proven[store_id] = (proof_id, started)
+            continue
+        if proof_id is None:
+            why = "never listed"
+        elif covered_from is not None:
+            why = f"complete listings cover it only from {covered_from.isoformat()}"
+        else:
+            why = "never completely listed"
+        if failure:
+            why += f"; the latest listing (run {failed_by}) failed: {failure}"
+        problems.append(Problem(store_id, key, "unproven", why))
+    return problems, proven
+
+
+def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, started: datetime) -> list[Problem]:
+    """The listing's set against the warehouse's (order_id, updated_at_exact) in the window."""
+    start, end = window_bounds(key)
+    cur.execute(
+        "select p.order_id, p.updated_at_exact, coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at)),"
+        " o.deleted_at is not null from taptouch.listing_proof_orders p left join taptouch.orders o using (order_id)"
+        " where p.proof_id = %s and (o.order_id is null or o.deleted_at is not null"
+        " or coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at)) < p.updated_at_exact)"
+        " order by p.order_id",
+        (proof_id,),
+    )
+    missing = [
+        f"{oid} v{v} ({'not held' if held is None else 'held deleted' if gone else f'held at v{held}'})"
+        for oid, v, held, gone in cur.fetchall()
+    ]
+    cur.execute(
+        "select o.order_id, coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at)) as v,"
+        " p.updated_at_exact from taptouch.orders o left join taptouch.listing_proof_orders p"
+        " on p.proof_id = %s and p.order_id = o.order_id"
+        " where o.store_id = %s and o.updated_at >= %s and o.updated_at < %s and o.deleted_at is null"
+        " and o.updated_at < %s and p.updated_at_exact is distinct from"
+        " coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at))"
+        " and not exists (select 1 from taptouch.deletion_candidates c where c.order_id = o.order_id)"
+        " order by o.order_id",
+        (proof_id, store_id, start, end, started),
+    )
+    extra = [f"{oid} v{v}" + ("" if listed is None else f" (listed v{listed})") for oid, v, listed in cur.fetchall()]
+    found = []
+    for kind, ids, what in (
+        ("missing", missing, "the latest complete listing returned order version(s) the warehouse lacks"),
+        ("extra", extra, "the warehouse holds order version(s) the latest complete listing did not return"),
+    ):
+        if ids:
+            shown = ", ".join(ids[:SHOWN]) + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
+            found.append(Problem(store_id, key, kind, f"{what}: {len(ids)}: {shown}"))
+    return found
+
+
+def window_problems(conn: psycopg.Connection, keys: list[str], store_ids: list[int]) -> list[Problem]:
+    """Every store of ``store_ids`` whose window (of ``keys``) is not proven, or whose warehouse set
+    disagrees with the latest complete listing's (sets of (order_id, version), not counts). An
+    order the warehouse holds at a version newer than the listing's start (an edit after it), or a
+    deletion candidate (a complete listing missed it; the reconciliation confirms it), is no
+    disagreement."""
+    problems: list[Problem] = []
+    with conn.cursor() as cur:
+        for key in keys:
+            if window_bounds(key) is None:
+                continue
+            unproven, proven = _unproven(cur, key, sorted(store_ids))
+            problems += unproven
+            for store_id, (proof_id, started) in sorted(proven.items()):
+                problems += _differences(cur, key, store_id, proof_id, started)
+    return problems
+
+
+def repair_hint(problems: list[Problem], asset: str = "orders") -> str:
+    """How to repair: which partitions to re-run, and how."""
+    keys = sorted({p.window for p in problems})
+    if not keys:
+        return "nothing to repair"
+    first, last = keys[0], keys[-1]
+    span = first if first == last else f"{first}...{last}"
+    return (
+        f"re-run the partition(s) {', '.join(keys)} of {asset}: dagster asset materialize -m pipelines.definitions "
+        f"--select {asset} --partition {first}"
+        + ("" if first == last else f" (one per partition, or a backfill of {span} in the UI)")
+        + f"; in the UI: Assets > {asset} > Materialize, partition(s) {', '.join(keys)}. An order the listing "
+        "no longer returns in the window because a later edit moved it to a later day is repaired by "
+        "re-running that later day's partition; an order deleted at the source, by the order_deletions "
+        "reconciliation"
+    )

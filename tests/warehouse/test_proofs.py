@@ -1,0 +1,199 @@
+"""Proven completeness per store and orders window (taptouch.listing_proofs, pipelines/warehouse/proofs.py),
+against the sandbox's own records: each store's proven set of (order_id, version) is the set the
+sandbox serves for the window; a store whose listing fails for one window is not proven there (even
+with no order in it), the check names the store, the window and the partition to re-run, and passes
+after the re-run; sets are compared, not counts."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import psycopg
+import pytest
+
+from pipelines.sync import day_window
+from pipelines.warehouse import proofs
+from pipelines.warehouse.db import libpq_url
+from pipelines.warehouse.loader import load_stores
+from pipelines.warehouse.records import exact_instant
+from taptouch_resource import TaptouchClient
+from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support.windows import load_window
+
+pytestmark = pytest.mark.postgres
+
+END = date(2026, 11, 20)
+DAYS = [END - timedelta(days=n) for n in (2, 1, 0)]
+EMPTY = 7103
+
+
+class FailingListings:
+    """A client whose orders listing fails for chosen (store, window start) pairs; else the real one."""
+
+    def __init__(self, client: TaptouchClient, failing: set[tuple[int, datetime]] | None = None):
+        self._client = client
+        self.failing = failing if failing is not None else set()
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def iter_order_record_pages(self, store_id, *, updated_from, updated_to, **kw):
+        for sid, start in self.failing:
+            if sid == store_id and updated_from <= start < updated_to:
+                raise RuntimeError(f"listing of store {store_id} failed on purpose")
+        return self._client.iter_order_record_pages(store_id, updated_from=updated_from, updated_to=updated_to, **kw)
+
+
+def make_sandbox() -> Sandbox:
+    return Sandbox(SandboxConfig(seed=11, stores=3, days=3, orders_per_day=15, end_date=END, empty_store_ids=(EMPTY,)))
+
+
+def client_for(sb: Sandbox) -> TaptouchClient:
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        page_size=7,
+        requests_per_second=None,
+    )
+
+
+def load_day(client, conn, day: date, *, lookback: timedelta | None = None):
+    start, end = day_window(day)
+    return load_window(client, conn, day.isoformat(), start, end, lookback=lookback, store_workers=2)
+
+
+def truth_set(sb: Sandbox, store_id: int, day: date) -> set[tuple[int, object]]:
+    start, end = day_window(day)
+    return {(o["id"], exact_instant(o["updated_at"])) for o in sb.orders_in_window(store_id, start, end)}
+
+
+def proven_set(conn, store_id: int, day: date) -> set[tuple[int, object]] | None:
+    row = conn.execute(
+        'select proof_id, complete from taptouch.listing_proofs where store_id = %s and "window" = %s',
+        (store_id, day.isoformat()),
+    ).fetchone()
+    if row is None or not row[1]:
+        return None
+    return set(
+        conn.execute(
+            "select order_id, updated_at_exact from taptouch.listing_proof_orders where proof_id = %s", (row[0],)
+        ).fetchall()
+    )
+
+
+@pytest.fixture
+def conn(migrated_db):
+    with psycopg.connect(libpq_url(migrated_db), autocommit=True) as c:
+        yield c
+
+
+def test_each_store_window_is_proven_with_the_sandbox_set_and_a_failed_listing_is_not(conn):
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    stores = sb.store_ids()
+    failing_day = DAYS[1]
+    client = FailingListings(client_for(sb), {(EMPTY, day_window(failing_day)[0])})
+    for day in DAYS:
+        result = load_day(client, conn, day)
+        assert [f.store_id for f in result.failures] == ([EMPTY] if day == failing_day else [])
+
+    for sid in stores:
+        for day in DAYS:
+            got = proven_set(conn, sid, day)
+            if sid == EMPTY and day == failing_day:
+                assert got is None  # the failed listing proved nothing, although the store has no orders
+            else:
+                assert got == truth_set(sb, sid, day), (sid, day)
+    assert truth_set(sb, EMPTY, DAYS[0]) == set() and proven_set(conn, EMPTY, DAYS[0]) == set()  # zero orders, proven
+    listed, first, last, n = conn.execute(
+        "select listed_orders, first_updated_at, last_updated_at, proven_orders from taptouch.listing_proofs"
+        ' where store_id = %s and "window" = %s',
+        (stores[0], DAYS[0].isoformat()),
+    ).fetchone()
+    versions = sorted(v for _, v in truth_set(sb, stores[0], DAYS[0]))
+    assert listed == n == len(versions) > 0
+    assert abs(first.timestamp() - float(versions[0])) < 1e-5 and abs(last.timestamp() - float(versions[-1])) < 1e-5
+
+    problems = proofs.window_problems(conn, [d.isoformat() for d in DAYS], stores)
+    assert [(p.store_id, p.window, p.kind) for p in problems] == [(EMPTY, failing_day.isoformat(), "unproven")]
+    assert "failed on purpose" in problems[0].detail
+    hint = proofs.repair_hint(problems)
+    assert f"--select orders --partition {failing_day.isoformat()}" in hint
+
+    client.failing.clear()
+    load_day(client, conn, failing_day)  # the repair: the partition re-run
+    assert proven_set(conn, EMPTY, failing_day) == set()
+    assert proofs.window_problems(conn, [d.isoformat() for d in DAYS], stores) == []
+
+
+def test_sets_are_compared_not_counts(conn):
+    """Same count, other order: the check names both the listed version the warehouse lacks and the
+    version it holds that the listing did not return."""
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    day = DAYS[0]
+    load_day(client, conn, day)
+    store = sb.store_ids()[0]
+    keys = [day.isoformat()]
+    assert proofs.window_problems(conn, keys, sb.store_ids()) == []
+    victim, *_ = sorted(truth_set(sb, store, day))
+    # swap one order of the window for a copy under a new id: the count stays the same
+    for child in ("order_items", "order_payments", "order_refunds"):
+        conn.execute(f"delete from taptouch.{child} where order_id = %s", (victim[0],))
+    conn.execute("update taptouch.orders set order_id = 990000001 where order_id = %s", (victim[0],))
+    count = conn.execute(
+        "select count(*) from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s",
+        (store, *day_window(day)),
+    ).fetchone()[0]
+    assert count == len(truth_set(sb, store, day))
+    problems = proofs.window_problems(conn, keys, sb.store_ids())
+    assert sorted(p.kind for p in problems) == ["extra", "missing"]
+    assert all(p.store_id == store and p.window == day.isoformat() for p in problems)
+    missing = next(p for p in problems if p.kind == "missing")
+    assert f"{victim[0]} v{victim[1]} (not held)" in missing.detail
+    assert "990000001" in next(p for p in problems if p.kind == "extra").detail
+    conn.execute("delete from taptouch.orders where order_id = 990000001")
+    load_day(client, conn, day)  # the re-run loads the missing order again
+    assert proofs.window_problems(conn, keys, sb.store_ids()) == []
+    # an older version held (as if an edit were never loaded): missing, named with the version held
+    conn.execute(
+        "update taptouch.orders set updated_at_exact = updated_at_exact - 1, raw_hash = null where order_id = %s",
+        (victim[0],),
+    )
+    problems = proofs.window_problems(conn, keys, sb.store_ids())
+    assert sorted(p.kind for p in problems) == ["extra", "missing"]  # both sides of the one order
+    assert f"held at v{victim[1] - 1}" in next(p for p in problems if p.kind == "missing").detail
+    assert (
+        f"{victim[0]} v{victim[1] - 1} (listed v{victim[1]})" in next(p for p in problems if p.kind == "extra").detail
+    )
+    load_day(client, conn, day)  # the re-run repairs it
+    assert proofs.window_problems(conn, keys, sb.store_ids()) == []
+
+
+def test_an_incremental_listing_keeps_the_window_proven_and_follows_edits(conn):
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    day = DAYS[1]
+    load_day(client, conn, day)
+    store = sb.store_ids()[0]
+    orders = sorted(truth_set(sb, store, day), key=lambda x: x[1])
+    # edit the latest order of the window, still inside it; and move an early one out to the next day
+    late = orders[-1][0]
+    edited = sb.edit_order(
+        late,
+        updated_at=(
+            datetime.fromtimestamp(float(orders[-1][1]), tz=day_window(day)[0].tzinfo) + timedelta(seconds=1)
+        ).isoformat(),
+    )
+    assert day_window(day)[0] <= datetime.fromisoformat(edited["updated_at"]) < day_window(day)[1]
+    load_day(client, conn, day, lookback=timedelta(minutes=5))  # from the mark: the edit only
+    from_, complete, covered = conn.execute(
+        'select listed_from, complete, covered_from from taptouch.listing_proofs where store_id = %s and "window" = %s',
+        (store, day.isoformat()),
+    ).fetchone()
+    assert from_ > day_window(day)[0] and complete and covered == day_window(day)[0]
+    assert proven_set(conn, store, day) == truth_set(sb, store, day)
+    assert proofs.window_problems(conn, [day.isoformat()], sb.store_ids()) == []
