@@ -35,7 +35,8 @@ TABLE_WRITERS = {
     **dict.fromkeys(("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products"), "orders"),
     "inventory_levels": "inventory",
     "inventory_snapshots": "inventory",
-    "sync_log": "orders",  # what analytics.business_days reads: the orders windows' loads
+    "sync_log": "orders",  # the orders windows' loads
+    "listing_proofs": "orders",  # what analytics.load_coverage reads: the complete listings (and the reconciliation's)
 }
 
 

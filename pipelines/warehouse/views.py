@@ -47,7 +47,7 @@ def view_description(name: str, directory: Path | None = None) -> str:
 
 
 _COMMENT = re.compile(r"--[^\n]*")
-_RELATION = re.compile(r"\b(taptouch|analytics)\.([a-z_][a-z0-9_]*)\b")
+_RELATION = re.compile(r"\b(taptouch|analytics)\.([a-z_][a-z0-9_]*)\b(?!\s*\()")  # a function call is no relation
 
 
 def view_reads(name: str, directory: Path | None = None) -> dict[str, set[str]]:
