@@ -35,7 +35,7 @@ from ..sync import (
     sync_orders_windows,
     sync_stores,
 )
-from ..warehouse import money_check
+from ..warehouse import money_check, proofs
 from ..warehouse.budget import RequestMeter, SharedBudget, record_usage
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
@@ -60,6 +60,7 @@ RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, 
 CHECK_QUARANTINE = "no_quarantined_records"
 CHECK_ARITHMETIC = "order_arithmetic"
 CHECK_FUTURE = "no_future_dated_orders"
+CHECK_PROVEN = "orders_proven"
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between a till and the warehouse that is not news
 
 
@@ -498,6 +499,30 @@ def _order_checks(conn, windows: list[OrderWindow], account: Account = DEFAULT) 
     ]
 
 
+def _proven_check(
+    conn, windows: list[OrderWindow], store_ids: list[int], account: Account = DEFAULT
+) -> dg.AssetCheckResult:
+    """``orders_proven``: every listed store's window of the run proven complete, its warehouse set
+    the latest complete listing's (:func:`pipelines.warehouse.proofs.window_problems`)."""
+    problems = proofs.window_problems(conn, [w.key for w in windows], store_ids)
+    lines = "\n".join(f"- {p}" for p in problems[:50])
+    if len(problems) > 50:
+        lines += f"\n- and {len(problems) - 50} more"
+    return dg.AssetCheckResult(
+        check_name=CHECK_PROVEN,
+        asset_key=account.key("orders"),
+        passed=not problems,
+        description=None if not problems else f"{len(problems)} store window(s) not proven:\n{lines}",
+        metadata={
+            "stores_checked": len(store_ids),
+            "windows_checked": len(windows),
+            "not_proven": len(problems),
+            "problems": (lines or "none")[:4000],
+            "repair": proofs.repair_hint(problems, account.key_string("orders")),
+        },
+    )
+
+
 def _resources(context, account: Account) -> tuple[TaptouchResource, PostgresResource]:
     return getattr(context.resources, account.resource_key), context.resources.warehouse
 
@@ -566,6 +591,13 @@ def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
             "loaded (a till's clock running ahead; such orders load, and warn).",
         ),
         money_check.check_spec(orders_key),
+        dg.AssetCheckSpec(
+            CHECK_PROVEN,
+            asset=orders_key,
+            description="Each store's window was completely listed (every page read, no error), and the "
+            "warehouse's set of (order_id, updated_at) in the window is the latest complete listing's. "
+            "A failure names the store and the window, and the partition to re-run.",
+        ),
     ]
 
 
@@ -614,6 +646,7 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
                 mine = account.name if account.prefixed else None  # a named account: its own rows
                 money = money_check.reconcile(conn, windows[0].start, windows[-1].end, mine)
                 checks.append(money_check.check_result(money, account.key("orders")))
+                checks.append(_proven_check(conn, windows, listing.store_ids, account))
                 figures = _window_figures(conn, windows, listing.store_ids, account)
         _report_run(context, account, windows, total, run)
         run_wide = {"full_refresh": mode == FULL_REFRESH, **_listing_metadata(listing)}  # true of each partition
