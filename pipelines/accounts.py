@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # dagster is imported when a key is made, not when the accounts are read
+    import dagster as dg
 
 ACCOUNTS_ENV = "TAPTOUCH_ACCOUNTS"
 DEFAULT_NAME = "default"
@@ -27,7 +31,7 @@ class Account:
     prefixed: bool = True  # False only for the single-account setup (DEFAULT): names without a prefix
 
     # ---- Dagster names
-    def key(self, asset: str) -> object:
+    def key(self, asset: str) -> dg.AssetKey:
         """The asset key of ``asset`` (``orders`` -> ``north/orders``)."""
         import dagster as dg
 

@@ -9,6 +9,7 @@ last :data:`DRIFT_LOOKBACK_DAYS` days. What they report and how to promote a fie
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -177,7 +178,7 @@ def _make_drift_check(entity: str, account: Account = DEFAULT) -> dg.AssetChecks
         warehouse.ensure_migrated()
         with warehouse.connect() as conn:
             rows, scanned = find_drift(conn, entity, account=only)
-        metadata = {
+        metadata: dict[str, Any] = {
             "unknown_fields": len(rows),
             "fields": ", ".join(r[0] for r in rows) or "none",
             "records_scanned": scanned,

@@ -65,4 +65,4 @@ def shared_definitions(accounts: list[Account]) -> dg.Definitions:
 
 defs = dg.Definitions.merge(*(account_definitions(account) for account in ACCOUNTS), shared_definitions(ACCOUNTS))
 # Every resource by key: "taptouch" (or "taptouch_<name>" per account) and "warehouse".
-RESOURCES = dict(defs.resources)
+RESOURCES = dict(defs.resources or {})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import msgspec
@@ -27,6 +27,9 @@ from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, recon
 from .sync import describe, is_transient
 from .warehouse import deletions, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
+
+if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster exports no public name for it)
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +447,9 @@ def _fail_if_not_reconciled(result: ReconcileResult, metadata: dict) -> None:
     )
 
 
-def deletions_definitions(account: Account = DEFAULT) -> tuple[dg.AssetsDefinition, object, dg.ScheduleDefinition]:
+def deletions_definitions(
+    account: Account = DEFAULT,
+) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
     """``order_deletions`` of one account (under its key prefix, in its pool, with its resource),
     its job and its schedule (every 6 hours; named ``orders_reconcile_daily`` as before)."""
     resource_key = account.resource_key

@@ -7,6 +7,7 @@ UTC days: ``orders_hourly`` (incremental, yesterday's once in full at 04:05), ``
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -14,11 +15,16 @@ from .accounts import DEFAULT, Account
 from .settings import FULL_REFRESH_TAG
 from .tokens import keepalive_job
 
+if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster exports no public name for it)
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 LATE_EDIT_HOURS = 4  # during the first hours of a UTC day, yesterday is loaded again too
 FULL_REFRESH_HOUR = LATE_EDIT_HOURS  # then, once the day has closed, yesterday is loaded once in full
 
 
-def account_schedules(account: Account = DEFAULT) -> tuple[list[dg.ScheduleDefinition], list]:
+def account_schedules(
+    account: Account = DEFAULT,
+) -> tuple[list[dg.ScheduleDefinition], list[UnresolvedAssetJobDefinition | dg.JobDefinition]]:
     """The schedules and jobs of one account's ``stores``, ``orders`` and ``inventory``, named after
     it (``north_orders_hourly``, ``north_orders_job``; unprefixed for the single account)."""
     orders_job = dg.define_asset_job(
