@@ -449,7 +449,7 @@ def _fail_if_not_reconciled(result: ReconcileResult, metadata: dict) -> None:
 
 def deletions_definitions(
     account: Account = DEFAULT,
-) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+) -> tuple[dg.AssetsDefinition, "UnresolvedAssetJobDefinition", dg.ScheduleDefinition]:
     """``order_deletions`` of one account (under its key prefix, in its pool, with its resource),
     its job and its schedule (every 6 hours; named ``orders_reconcile_daily`` as before)."""
     resource_key = account.resource_key
