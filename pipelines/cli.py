@@ -399,6 +399,36 @@ def _rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- forget-customer -------------------------------------------------------------------------
+
+
+def _forget_customer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "customer_id",
+        metavar="ID",
+        type=_bounded(int, 0, 2**63 - 1, what="a Taptouch customer id (a whole number, e.g. 901)"),
+        help="the customer's Taptouch id (taptouch.orders.customer_id)",
+    )
+    _database_url_argument(parser)
+
+
+def _forget_customer(args: argparse.Namespace) -> int:
+    from pipelines.warehouse.db import connect, redact_url, resolve_database_url
+    from pipelines.warehouse.forget import forget_customer
+    from pipelines.warehouse.migrations import migrate
+
+    url = resolve_database_url(args.database_url)
+    migrate(url)
+    with connect(url, autocommit=True) as conn:
+        changed = forget_customer(conn, args.customer_id)
+    print(f"Customer {args.customer_id}: personal fields removed from {redact_url(url)} (one transaction):")
+    for table, rows in changed.items():
+        print(f"  {table}: {rows} row(s) changed")
+    if not any(changed.values()):
+        print("Nothing to remove: the warehouse holds no personal field of this customer.")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, "run the whole pipeline on the sandbox API and the embedded PostgreSQL", _demo_arguments),
     "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
@@ -411,6 +441,11 @@ COMMANDS: dict[str, Command] = {
     "refresh": Command(_refresh, "rotate merchant refresh tokens before their 4 days run out", _refresh_arguments),
     "rebuild": Command(
         _rebuild, "re-derive every typed table from raw (no API call) and retry quarantined records", _rebuild_arguments
+    ),
+    "forget-customer": Command(
+        _forget_customer,
+        "remove one customer's personal fields (name, e-mail, ...) from raw, the order history and the typed tables",
+        _forget_customer_arguments,
     ),
 }
 

@@ -146,11 +146,21 @@ def batch_size(configured: int | None = None) -> int:
 
 DEFAULT_RECONCILE_DAYS = 7
 DEFAULT_RECONCILE_CONFIRM_S = 3600
+MAX_HISTORY_DAYS = 36_500
 
 
 def reconcile_days() -> int:
     """``TAPTOUCH_RECONCILE_DAYS`` (1..366): how many days back ``order_deletions`` judges orders."""
     return _int("TAPTOUCH_RECONCILE_DAYS", DEFAULT_RECONCILE_DAYS, 1, 366)
+
+
+def history_days() -> int | None:
+    """``TAPTOUCH_HISTORY_DAYS`` (1..36500, unset: keep everything): how many days an order version
+    is kept in ``taptouch.order_history`` after it was first seen (an order's current version is
+    always kept)."""
+    if not os.environ.get("TAPTOUCH_HISTORY_DAYS", "").strip():
+        return None
+    return _int("TAPTOUCH_HISTORY_DAYS", 0, 1, MAX_HISTORY_DAYS)
 
 
 def reconcile_confirm_s() -> int:
@@ -220,6 +230,7 @@ class RunSettings:
     lookback: timedelta = DEFAULT_LOOKBACK  # an incremental window re-asks from its mark minus this
     reconcile_days: int = DEFAULT_RECONCILE_DAYS
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
+    history_days: int | None = None  # TAPTOUCH_HISTORY_DAYS; None: order history kept forever
 
 
 def for_run(
@@ -246,6 +257,7 @@ def for_run(
         lookback=lookback(),
         reconcile_days=reconcile_days(),
         reconcile_confirm_s=reconcile_confirm_s(),
+        history_days=history_days(),
     )
     client_id, client_secret, base_url = taptouch.resolved()  # later uses read these fields, not the environment
     taptouch = taptouch.model_copy(

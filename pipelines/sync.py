@@ -30,6 +30,7 @@ from .settings import RunSettings
 from .warehouse import marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.budget import requests_of
+from .warehouse.history import Retention
 from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores
 
 log = logging.getLogger(__name__)
@@ -518,6 +519,7 @@ def sync_orders_window(
             timezones=run.timezones,
             full=isinstance(run.mode, FullRefresh),
             batch_size=run.settings.batch_size,
+            retention=Retention(run.settings.history_days),
         ) as load,
     ):
         for event in fetchers.events(store_ids, cancel):

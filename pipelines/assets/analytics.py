@@ -36,6 +36,7 @@ TABLE_WRITERS = {
     "inventory_levels": "inventory",
     "inventory_snapshots": "inventory",
     "sync_log": "orders",  # the orders windows' loads
+    "order_history": "orders",  # every version of an order a load saw (order_changes, daily_restatements)
     "listing_proofs": "orders",  # what analytics.load_coverage reads: the complete listings (and the reconciliation's)
 }
 

@@ -163,6 +163,24 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "seen_by": "the listing that first missed it (asset and run)",
         },
     ),
+    "taptouch.order_history": (
+        "Every distinct version of an order a load saw, append-only (TAPTOUCH_HISTORY_DAYS prunes superseded ones)",
+        {
+            "order_id": "the order",
+            "version": f"the version's {EXACT} (with order_id, the key)",
+            "updated_at": "the version's updated_at (to the microsecond)",
+            "store_id": "the store that listed the version",
+            "status": "open | completed | partially_refunded | refunded | voided, in this version",
+            "total": f"the version's total; {_MONEY}",
+            "refunds": f"Σ refund amounts of the version (0 when none); {_MONEY}",
+            "raw": RAW,
+            "first_seen_at": "when a load first saw the version (its merge statement's time); for versions "
+            "recorded by migration 0015, the order's loaded_at",
+            "first_seen_run_id": "the Dagster run whose load first saw it (null outside a run, and for "
+            "versions recorded by migration 0015)",
+            "account": ACCOUNT,
+        },
+    ),
     "taptouch.inventory_delist_candidates": (
         "Products a suspicious inventory listing no longer lists; a second such listing confirms the delisting",
         {
@@ -248,6 +266,16 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "requests": "slots granted, all processes together, since the row was created",
             "rate_limited": "429s reported by any process, since the row was created",
             "updated_at": "when the row was last written",
+        },
+    ),
+    "taptouch_meta.history_retention": (
+        "How far the order history's retention (TAPTOUCH_HISTORY_DAYS) has pruned; at most one row",
+        {
+            "singleton": "always true: the table holds one row at most",
+            "days": "TAPTOUCH_HISTORY_DAYS at the last prune",
+            "pruned_before": "superseded versions first seen before this instant are pruned",
+            "pruned_at": "when the retention last moved pruned_before",
+            "pruned": "versions pruned so far",
         },
     ),
     "taptouch_meta.api_usage": (

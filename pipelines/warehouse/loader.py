@@ -24,7 +24,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from . import aggregates, deletions, derived, marks, proofs, records
+from . import aggregates, deletions, derived, history, marks, proofs, records
 from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
@@ -269,11 +269,14 @@ class OrderWindowLoad:
         batch_size: int = DEFAULT_BATCH_SIZE,
         timezones: dict[int, str] | None = None,
         full: bool = False,
+        retention: history.Retention | None = None,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data."""
         self.conn = conn
         self.full = full
+        self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
+        self.versions_recorded = 0  # versions new to taptouch.order_history (finish)
         self._marks: dict[int, datetime | None] = {}  # store id -> where its mark may move (None: stays)
         self._judged: dict[int, tuple[datetime, datetime, datetime]] = {}  # complete listings (store_listed)
         self._listed: dict[int, set[int]] = {}  # store id -> every order id its pages held
@@ -519,6 +522,7 @@ class OrderWindowLoad:
         )
         cur.execute("analyze accepted")
         ORDERS.replace_children(cur, "accepted")
+        self.versions_recorded = history.record(cur, self.run_id, self.retention)  # taptouch.order_history
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
         derived.follow_store_zones(cur, _entered(self.timezones), self.per_store, only="accepted")
         aggregates.note_merged(cur, "accepted")  # and those they are on now: each recomputed whole

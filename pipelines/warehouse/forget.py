@@ -1,0 +1,115 @@
+"""``taptouch-sync forget-customer ID``: remove one customer's personal fields from the warehouse.
+
+A Taptouch order names its customer as ``"customer": {"id": 901, "name": ..., "email": ...}``
+(/work/shared/taptouch-api.md §4; a real API may add a phone or more). Forgetting customer 901
+keeps only ``{"id": 901}`` of that object wherever the warehouse holds it: ``raw`` of
+``taptouch.orders``, of every version in ``taptouch.order_history`` and of the quarantined order
+records (``taptouch.quarantine``, ``raw`` or ``raw_text``), and nulls the typed columns filled from
+the object (``customer_name``: every ``customer.*`` field of :data:`.entities.ORDER` but the id).
+One transaction, under the orders merge lock (no load merges meanwhile). It reports how many rows
+of each table changed, never a value. The id stays: it is Taptouch's key, not a personal field,
+and an order's ``customer_id`` keeps joining to it.
+
+``orders.raw_hash`` (a digest of the bytes the API sent) is kept, so a re-listing of the same
+version is still recognised as unchanged and does not bring the fields back. A *new* version of
+one of the customer's orders (an edit at the source) carries them again: erase the customer in
+Taptouch too, or run the command again after such an edit.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from .entities import ORDER
+from .merge import ORDERS
+
+# the typed order columns filled from the customer object, besides the id
+PERSONAL_COLUMNS = tuple(
+    f.column for f in ORDER.fields if f.column and f.path and f.path.startswith("customer.") and f.path != "customer.id"
+)
+
+_OF_CUSTOMER = "raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint) and raw -> 'customer' - 'id' <> '{}'::jsonb"
+_KEEP_ID = "jsonb_set(raw, '{customer}', jsonb_build_object('id', raw -> 'customer' -> 'id'))"
+
+
+def forget_customer(conn: psycopg.Connection, customer_id: int) -> dict[str, int]:
+    """Remove customer ``customer_id``'s personal fields everywhere (module docstring), in one
+    transaction. Returns the rows changed per table (``taptouch.orders``, ``taptouch.order_history``,
+    ``taptouch.quarantine``); 0 everywhere when there was nothing (left) to remove."""
+    changed: dict[str, int] = {}
+    params = {"id": customer_id}
+    with conn.transaction(), conn.cursor() as cur:
+        ORDERS.take_lock(cur)
+        cur.execute(_orders_statement(), params)
+        changed["taptouch.orders"] = cur.rowcount
+        cur.execute("update taptouch.order_history set raw = " + _KEEP_ID + " where " + _OF_CUSTOMER, params)
+        changed["taptouch.order_history"] = cur.rowcount
+        cur.execute(
+            "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER, params
+        )
+        changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id)
+    return changed
+
+
+def _orders_statement() -> sql.Composed:
+    """The update of ``taptouch.orders``: raw keeps only the customer's id, the typed personal
+    columns are nulled, on the customer's orders that still hold one of them."""
+    typed = [sql.Identifier(c) for c in PERSONAL_COLUMNS]
+    return sql.Composed(
+        [
+            sql.SQL(
+                "update taptouch.orders set raw = case when " + _OF_CUSTOMER + " then " + _KEEP_ID + " else raw end"
+            ),
+            *[sql.SQL(", {} = null").format(c) for c in typed],
+            sql.SQL(
+                " where (customer_id = %(id)s or raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint)) and (("
+                + _OF_CUSTOMER
+                + ")"
+            ),
+            *[sql.SQL(" or {} is not null").format(c) for c in typed],
+            sql.SQL(")"),
+        ]
+    )
+
+
+def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
+    """Quarantined order records PostgreSQL could not hold as jsonb (kept as text): those that parse
+    as JSON and name the customer lose its fields too. Returns how many changed."""
+    cur.execute(
+        "select quarantine_id, raw_text from taptouch.quarantine where entity = 'order' and raw is null"
+        " and raw_text like %s",
+        (f"%{customer_id}%",),
+    )
+    changed = 0
+    for quarantine_id, text in cur.fetchall():
+        try:
+            record = json.loads(text, parse_float=Decimal)
+        except (ValueError, RecursionError):
+            continue  # not JSON: nothing can be told apart in it
+        customer = record.get("customer") if isinstance(record, dict) else None
+        if not isinstance(customer, dict) or customer.get("id") != customer_id or set(customer) <= {"id"}:
+            continue
+        record["customer"] = {"id": customer["id"]}
+        cur.execute(
+            "update taptouch.quarantine set raw_text = %s where quarantine_id = %s",
+            (_dumps(record), quarantine_id),
+        )
+        changed += 1
+    return changed
+
+
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+def _dumps(record: dict) -> str:
+    """The record as JSON text, numbers with their own digits; a text msgspec cannot encode (a lone
+    surrogate) through ``json`` (every character escaped; numbers then as strings)."""
+    try:
+        return _ENCODER.encode(record).decode("utf-8")
+    except (UnicodeError, msgspec.EncodeError):
+        return json.dumps(record, default=str)

@@ -1,0 +1,114 @@
+-- analytics.daily_restatements: why did a day's figures change? A store-day's net sales as first loaded, at the end of the next business day, and now.
+-- One row per (store_id, business_date) that has a sales order in any version of taptouch.order_history
+-- or now. Each figure follows the rules of analytics.sales_orders (sales: completed,
+-- partially_refunded or refunded; net = total − refunds; refunds count on the order's business
+-- date), over a different version of each order:
+-- - first loaded: each order as a load first saw it (its earliest first_seen_at in the history);
+-- - at the end of the next business day: each order in the newest version a load had seen by the
+--   end of the business date after this one (the store's day bounds, by first_seen_at: when the
+--   warehouse knew it), leaving out orders the reconciliation had marked deleted by then; null
+--   until that day has ended;
+-- - now: the orders as taptouch.orders holds them (deleted ones left out), as in daily_store_sales.
+-- Versions the retention (TAPTOUCH_HISTORY_DAYS) pruned are missing from the first two.
+-- Columns:
+--   store_id              the store
+--   store_name            its name (taptouch.stores.name)
+--   business_date         the store's business date (taptouch.orders.business_date)
+--   next_day_ends_at      when the next business day ends: the instant the middle figures are taken at
+--   first_loaded_orders   sales orders, each as first loaded
+--   first_loaded_net      net sales, each order as first loaded
+--   next_day_orders       sales orders as the warehouse knew them at next_day_ends_at (null before then)
+--   next_day_net          net sales as the warehouse knew them at next_day_ends_at (null before then)
+--   now_orders            sales orders now
+--   now_net               net sales now (analytics.daily_store_sales.net_sales, 0 when no row)
+--   restated_after_next_day  now_net − next_day_net: what changed after the next day ended (null before then)
+--   orders_changed        orders of the day with more than one version in the history
+--   account               the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
+--   currency              ISO 4217 code of the store's money, every amount of the row is in it (taptouch.stores.currency)
+--   day_complete          true when the store's business date is completely loaded (analytics.business_days)
+create or replace view analytics.daily_restatements as
+with versions as (
+    select
+        history.order_id,
+        history.version,
+        history.first_seen_at,
+        orders.store_id,
+        orders.business_date,
+        orders.deleted_at,
+        orders.account::text as account,
+        case when history.status in ('completed', 'partially_refunded', 'refunded') then 1 else 0 end as sale,
+        case when history.status in ('completed', 'partially_refunded', 'refunded')
+             then history.total - history.refunds else 0 end as net,
+        row_number() over (partition by history.order_id order by history.first_seen_at, history.version)
+            as seen_rank,
+        count(*) over (partition by history.order_id) as versions
+    from taptouch.order_history as history
+    join taptouch.orders as orders using (order_id)
+),
+days as (
+    select store_id, business_date, account from versions where sale = 1
+    union
+    select store_id, business_date, account::text from taptouch.orders
+    where status in ('completed', 'partially_refunded', 'refunded') and deleted_at is null
+),
+bounded as (
+    select days.*, next_day.ends_at as next_day_ends_at
+    from days
+    left join lateral taptouch.business_day_bounds(days.store_id, days.business_date + 1) as next_day on true
+),
+first_loaded as (
+    select store_id, business_date, sum(sale) as orders, sum(net) as net,
+           count(*) filter (where versions > 1) as orders_changed
+    from versions where seen_rank = 1
+    group by store_id, business_date
+),
+next_known as (
+    select distinct on (versions.order_id)
+        versions.store_id, versions.business_date,
+        case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.sale end as sale,
+        case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.net end as net
+    from versions
+    join bounded using (store_id, business_date)
+    where versions.first_seen_at < bounded.next_day_ends_at and bounded.next_day_ends_at <= now()
+    order by versions.order_id, versions.version desc
+),
+next_day as (
+    select store_id, business_date, sum(sale) as orders, sum(net) as net
+    from next_known
+    group by store_id, business_date
+),
+now_sales as (
+    select store_id, business_date, count(*) as orders, sum(net_total) as net
+    from (
+        select orders.store_id, orders.business_date,
+               orders.total - coalesce((select sum(refunds.amount) from taptouch.order_refunds as refunds
+                                        where refunds.order_id = orders.order_id), 0) as net_total
+        from taptouch.orders as orders
+        where orders.status in ('completed', 'partially_refunded', 'refunded') and orders.deleted_at is null
+    ) as sales
+    group by store_id, business_date
+)
+select
+    bounded.store_id,
+    stores.name as store_name,
+    bounded.business_date,
+    bounded.next_day_ends_at,
+    coalesce(first_loaded.orders, 0) as first_loaded_orders,
+    coalesce(first_loaded.net, 0)::numeric(14, 2) as first_loaded_net,
+    case when bounded.next_day_ends_at <= now() then coalesce(next_day.orders, 0) end as next_day_orders,
+    case when bounded.next_day_ends_at <= now() then coalesce(next_day.net, 0)::numeric(14, 2) end as next_day_net,
+    coalesce(now_sales.orders, 0) as now_orders,
+    coalesce(now_sales.net, 0)::numeric(14, 2) as now_net,
+    case when bounded.next_day_ends_at <= now()
+         then (coalesce(now_sales.net, 0) - coalesce(next_day.net, 0))::numeric(14, 2) end as restated_after_next_day,
+    coalesce(first_loaded.orders_changed, 0) as orders_changed,
+    bounded.account,
+    stores.currency,
+    coalesce(days.day_complete, false) as day_complete
+from bounded
+left join first_loaded using (store_id, business_date)
+left join next_day using (store_id, business_date)
+left join now_sales using (store_id, business_date)
+left join taptouch.stores as stores on stores.store_id = bounded.store_id
+left join analytics.business_days as days
+    on days.store_id = bounded.store_id and days.business_date = bounded.business_date;

@@ -1,0 +1,451 @@
+"""Order history (taptouch.order_history), analytics.order_changes and analytics.daily_restatements
+against truth computed in Python from the sandbox's own records, across edits, refunds, voids and
+deletions; the retention (TAPTOUCH_HISTORY_DAYS).
+
+Data goes through the production path (sandbox API in-process -> TaptouchClient ->
+sync_orders_window -> loader -> PostgreSQL; deletions through reconcile_orders). The clock of the
+loads is simulated: after run k the test stamps the versions that run first saw (and the orders it
+marked deleted) with the instant T_k, so "as of the end of the next business day" is exercised on
+days that lie in the past.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from pipelines.reconcile import reconcile_orders
+from pipelines.settings import RunSettings
+from pipelines.sync import FULL_REFRESH, OrdersRun, OrderWindow, sync_orders_window, sync_stores
+from pipelines.warehouse.db import libpq_url
+from pipelines.warehouse.history import Retention
+from pipelines.warehouse.loader import store_timezones
+from pipelines.warehouse.views import apply_views
+from taptouch_resource import TaptouchClient
+from taptouch_sandbox import Sandbox, SandboxConfig
+from tests.support import truth
+from tests.support.state_model import reset_warehouse
+
+D = Decimal
+SALES = truth.SALES_STATUSES
+DAYS = 3
+VIEWS = ["order_changes", "daily_restatements"]
+
+
+# ------------------------------------------------------------------------------------------ world
+def epoch(iso: str) -> Decimal:
+    """The exact version of an ISO instant (the sandbox sends whole seconds)."""
+    return D(int(datetime.fromisoformat(iso).timestamp()))
+
+
+def refunds_of(order: dict) -> Decimal:
+    return sum((D(str(r["amount"])) for r in order["refunds"]), D("0.00"))
+
+
+class World:
+    """One sandbox (its days three or more days in the past), a warehouse, and the truth: every
+    version the runs listed, with the run and simulated instant that first saw it."""
+
+    def __init__(self, url: str, seed: int = 3):
+        end = datetime.now(UTC).date() - timedelta(days=4)
+        self.sb = Sandbox(SandboxConfig(seed=seed, stores=2, days=DAYS, orders_per_day=8, end_date=end))
+        self.client = TaptouchClient(
+            client_id="sandbox-client",
+            client_secret="sandbox-secret",
+            transport=self.sb.transport(),
+            page_size=500,
+            requests_per_second=None,
+        )
+        self.conn = psycopg.connect(libpq_url(url), autocommit=True)
+        reset_warehouse(self.conn)
+        sync_stores(self.client, self.conn)
+        self.tz = {s["id"]: ZoneInfo(s["timezone"]) for s in self.sb.stores()}
+        first = end - timedelta(days=DAYS)
+        self.windows = [OrderWindow.day(first + timedelta(days=i)) for i in range(DAYS + 6)]
+        self.t0 = datetime(first.year, first.month, first.day, 12, tzinfo=UTC)
+        self.runs = 0
+        self.seen: dict[tuple[int, Decimal], dict] = {}  # (order_id, version) -> record, run, instant
+        self.deleted_at: dict[int, datetime] = {}  # order id -> simulated instant it was marked deleted
+        self.pending_deletes: set[int] = set()
+        self.edits = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def live(self) -> list[dict]:
+        return sorted(truth.orders_by_id(self.sb).values(), key=lambda o: o["id"])
+
+    def now_of(self, k: int) -> datetime:
+        return self.t0 + timedelta(hours=13 * k)
+
+    def edit(self, order: dict, **changes) -> None:
+        self.edits += 1
+        at = max(datetime.fromisoformat(order["updated_at"]), self.now_of(self.runs)) + timedelta(minutes=self.edits)
+        self.sb.edit_order(order["id"], updated_at=at, **changes)
+
+    def run(self) -> None:
+        """Load every window in full as run ``run-k``, confirm deletions, stamp the simulated clock."""
+        k, run_id = self.runs, f"run-{self.runs}"
+        orders_run = OrdersRun(
+            timezones=store_timezones(self.conn), mode=FULL_REFRESH, settings=RunSettings(), run_id=run_id
+        )
+        for window in self.windows:
+            result = sync_orders_window(self.client, self.conn, window, orders_run)
+            assert not result.failures, result.failures
+        at = self.now_of(k)
+        if self.pending_deletes:
+            reconcile_orders(self.client, self.conn, days=30, confirm_s=0, run_id=run_id)
+            self.conn.execute(
+                "update taptouch.orders set deleted_at = %s where order_id = any(%s)",
+                (at, sorted(self.pending_deletes)),
+            )
+            for oid in self.pending_deletes:
+                self.deleted_at[oid] = at
+            self.pending_deletes = set()
+        self.conn.execute(
+            "update taptouch.order_history set first_seen_at = %s where first_seen_run_id = %s", (at, run_id)
+        )
+        for order in self.live():
+            key = (order["id"], epoch(order["updated_at"]))
+            self.seen.setdefault(key, {"record": order, "run_id": run_id, "at": at})
+        self.runs += 1
+
+    # ---------------------------------------------------------------------------------- truth
+    def versions(self) -> dict[int, list[tuple[Decimal, dict]]]:
+        out: dict[int, list[tuple[Decimal, dict]]] = defaultdict(list)
+        for (oid, version), seen in sorted(self.seen.items()):
+            out[oid].append((version, seen))
+        return out
+
+    def business_date(self, order: dict) -> date:
+        return datetime.fromisoformat(order["created_at"]).astimezone(self.tz[order["store_id"]]).date()
+
+    def day_end(self, store_id: int, day: date) -> datetime:
+        """Local midnight ending ``day`` at the store, as an instant."""
+        nxt = day + timedelta(days=1)
+        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz[store_id])
+
+    def current(self) -> dict[int, dict]:
+        """Every order the warehouse holds, as its newest version seen."""
+        return {oid: vs[-1][1]["record"] for oid, vs in self.versions().items()}
+
+
+def expected_history(w: World) -> set[tuple]:
+    return {
+        (
+            oid,
+            version,
+            s["run_id"],
+            s["at"],
+            s["record"]["status"],
+            D(str(s["record"]["total"])),
+            refunds_of(s["record"]),
+        )
+        for (oid, version), s in w.seen.items()
+    }
+
+
+def expected_changes(w: World) -> set[tuple]:
+    rows = set()
+    for oid, vs in w.versions().items():
+        current = vs[-1][1]["record"]
+        store_id, day = current["store_id"], w.business_date(current)
+        ends = w.day_end(store_id, day)
+        prev = None
+        for version, s in vs:
+            r = s["record"]
+            upd = datetime.fromisoformat(r["updated_at"])
+            refunds, total = refunds_of(r), D(str(r["total"]))
+            before_refunds = refunds_of(prev) if prev else D(0)
+            rows.add(
+                (
+                    oid,
+                    version,
+                    epoch(prev["updated_at"]) if prev else None,
+                    store_id,
+                    day,
+                    prev["status"] if prev else None,
+                    r["status"],
+                    prev is not None and prev["status"] != r["status"],
+                    total - D(str(prev["total"])) if prev else None,
+                    prev is not None and prev["items"] != r["items"],
+                    refunds - before_refunds,
+                    refunds > before_refunds and upd >= ends,
+                    r["status"] == "voided" and (prev is None or prev["status"] != "voided") and upd >= ends,
+                )
+            )
+            prev = r
+    return rows
+
+
+def _net(order: dict) -> tuple[int, Decimal]:
+    if order["status"] not in SALES:
+        return 0, D(0)
+    return 1, D(str(order["total"])) - refunds_of(order)
+
+
+def expected_restatements(w: World) -> dict[tuple[int, date], tuple]:
+    """(store, business date) -> (first orders, first net, next-day orders, next-day net, now orders, now net)."""
+    now = datetime.now(UTC)
+    acc: dict[tuple[int, date], list] = defaultdict(lambda: [0, D(0), 0, D(0), 0, D(0), False])
+    for oid, vs in w.versions().items():
+        current = vs[-1][1]["record"]
+        key = (current["store_id"], w.business_date(current))
+        row = acc[key]
+        first = min(vs, key=lambda v: (v[1]["at"], v[0]))[1]["record"]
+        n, net = _net(first)
+        row[0] += n
+        row[1] += net
+        row[6] = row[6] or n > 0
+        next_end = w.day_end(key[0], key[1] + timedelta(days=1))
+        known = [v for v in vs if v[1]["at"] < next_end]
+        if known and not (oid in w.deleted_at and w.deleted_at[oid] < next_end):
+            n, net = _net(known[-1][1]["record"])
+            row[2] += n
+            row[3] += net
+            row[6] = row[6] or n > 0
+        if oid not in w.deleted_at:
+            n, net = _net(current)
+            row[4] += n
+            row[5] += net
+            row[6] = row[6] or n > 0
+        assert next_end <= now  # every day of the sandbox lies in the past
+    return {k: tuple(v[:6]) for k, v in acc.items() if v[6]}
+
+
+# ------------------------------------------------------------------------------------------ reading
+def warehouse_history(conn: psycopg.Connection) -> set[tuple]:
+    return set(
+        conn.execute(
+            "select order_id, version, first_seen_run_id, first_seen_at, status, total, refunds"
+            " from taptouch.order_history"
+        ).fetchall()
+    )
+
+
+def warehouse_changes(conn: psycopg.Connection) -> set[tuple]:
+    return set(
+        conn.execute(
+            "select order_id, version, previous_version, store_id, business_date, status_before, status,"
+            " status_changed, total_change, items_changed, refunds_change, refunded_after_close,"
+            " voided_after_close from analytics.order_changes"
+        ).fetchall()
+    )
+
+
+def warehouse_restatements(conn: psycopg.Connection) -> dict[tuple[int, date], tuple]:
+    rows = conn.execute(
+        "select store_id, business_date, first_loaded_orders, first_loaded_net, next_day_orders, next_day_net,"
+        " now_orders, now_net, restated_after_next_day from analytics.daily_restatements"
+    ).fetchall()
+    out = {}
+    for store_id, day, *figures, restated in rows:
+        assert restated == figures[5] - figures[3]
+        out[(store_id, day)] = tuple(figures)
+    return out
+
+
+def check(w: World) -> None:
+    assert warehouse_history(w.conn) == expected_history(w)
+    raws = dict(w.conn.execute("select order_id || ':' || version, raw::text from taptouch.order_history").fetchall())
+    for (oid, version), s in w.seen.items():
+        assert json.loads(raws[f"{oid}:{version}"], parse_float=D) == s["record"]
+    assert warehouse_changes(w.conn) == expected_changes(w)
+    assert warehouse_restatements(w.conn) == expected_restatements(w)
+    # now_* is analytics.daily_store_sales, figure for figure
+    dss = dict(
+        ((s, d), (n, net))
+        for s, d, n, net in w.conn.execute(
+            "select store_id, business_date, order_count, net_sales from analytics.daily_store_sales"
+        ).fetchall()
+    )
+    for key, figures in warehouse_restatements(w.conn).items():
+        assert dss.get(key, (0, D(0))) == (figures[4], figures[5])
+
+
+# ------------------------------------------------------------------------------------------ tests
+@pytest.fixture
+def world(migrated_db):
+    with psycopg.connect(libpq_url(migrated_db)) as conn:
+        apply_views(conn)
+    w = World(migrated_db)
+    yield w
+    w.close()
+
+
+@pytest.mark.slow
+def test_history_and_views_follow_edits_refunds_voids_and_deletions(world):
+    w = world
+    w.run()
+    w.run()  # nothing changed: no version added
+    w.runs += 1  # the edits below are made 39 hours after the first run, after the first business date
+    orders = w.live()
+    first_day = min(w.business_date(o) for o in orders)
+    completed = [o for o in orders if o["status"] == "completed" and w.business_date(o) == first_day]
+    w.edit(completed[0], status="partially_refunded")  # a refund
+    w.edit(completed[1], status="voided")  # a void
+    item = dict(completed[2]["items"][0], quantity=completed[2]["items"][0]["quantity"] + 1)
+    w.edit(completed[2], items=[item] + completed[2]["items"][1:])  # an edit of the lines
+    w.sb.delete_order(completed[3]["id"])
+    w.pending_deletes.add(completed[3]["id"])
+    w.run()
+    check(w)
+    rows = w.conn.execute("select count(*) from analytics.order_changes where previous_version is not null").fetchone()
+    assert rows[0] == 3  # three orders have a second version; the deleted one none
+    changed = w.conn.execute(
+        "select order_id, status_before, status, refunded_after_close, voided_after_close, items_changed"
+        " from analytics.order_changes where previous_version is not null order by order_id"
+    ).fetchall()
+    assert sorted(changed) == sorted(
+        [
+            (completed[0]["id"], "completed", "partially_refunded", True, False, False),
+            (completed[1]["id"], "completed", "voided", False, True, False),
+            (completed[2]["id"], "completed", "completed", False, False, True),
+        ]
+    )  # every edit lies days after its business day (the simulated clock)
+    deleted = w.conn.execute(
+        "select deleted_at is not null from analytics.order_changes where order_id = %s", (completed[3]["id"],)
+    ).fetchone()
+    assert deleted == (True,)
+
+
+def test_a_relisting_of_the_same_versions_adds_nothing(world):
+    w = world
+    w.run()
+    before = w.conn.execute("select count(*), max(first_seen_at) from taptouch.order_history").fetchone()
+    assert before[0] == len(w.live()) > 0
+    w.run()  # the same versions listed again (skipped as unchanged, or staged and refused by the key)
+    after = w.conn.execute("select count(*), max(first_seen_at) from taptouch.order_history").fetchone()
+    assert after == before
+    assert (
+        w.conn.execute("select count(*) from taptouch.order_history where first_seen_run_id = 'run-1'").fetchone()[0]
+        == 0
+    )
+    check(w)
+
+
+def test_retention_prunes_old_superseded_versions_never_the_current_one(world):
+    w = world
+    w.run()
+    orders = [o for o in w.live() if o["status"] == "completed"][:3]
+    for o in orders:
+        w.edit(o, status="partially_refunded")
+    w.run()
+    # every version is now "old": first seen 10 days ago
+    w.conn.execute("update taptouch.order_history set first_seen_at = now() - interval '10 days'")
+    total = w.conn.execute("select count(*) from taptouch.order_history").fetchone()[0]
+    orders_run = OrdersRun(timezones=store_timezones(w.conn), settings=RunSettings(history_days=5), run_id="prune-run")
+    result = sync_orders_window(w.client, w.conn, w.windows[0], orders_run)  # any load prunes
+    assert not result.failures
+    left = w.conn.execute("select count(*) from taptouch.order_history").fetchone()[0]
+    assert left == total - 3  # the three superseded versions; every current one stays
+    assert (
+        w.conn.execute(
+            "select count(*) from taptouch.order_history h join taptouch.orders o using (order_id)"
+            " where h.version <> o.updated_at_exact"
+        ).fetchone()[0]
+        == 0
+    )
+    state = w.conn.execute("select days, pruned from taptouch_meta.history_retention").fetchone()
+    assert state == (5, 3)
+    # a version superseded later, first seen long ago, goes at the load that supersedes it
+    victim = [o for o in w.live() if o["status"] == "completed"][0]
+    w.edit(victim, status="voided")
+    windows = [win for win in w.windows]
+    for win in windows:
+        assert not sync_orders_window(w.client, w.conn, win, orders_run).failures
+    versions = w.conn.execute(
+        "select count(*) from taptouch.order_history where order_id = %s", (victim["id"],)
+    ).fetchone()[0]
+    assert versions == 1  # its old version (first seen 10 days ago) was pruned by the load that replaced it
+    # unset: nothing pruned, the progress forgotten
+    keep = OrdersRun(timezones=store_timezones(w.conn), settings=RunSettings(history_days=None))
+    w.conn.execute("update taptouch.order_history set first_seen_at = now() - interval '10 days'")
+    other = [o for o in w.live() if o["status"] == "completed"][0]
+    w.edit(other, status="voided")
+    for win in windows:
+        assert not sync_orders_window(w.client, w.conn, win, keep).failures
+    assert (
+        w.conn.execute("select count(*) from taptouch.order_history where order_id = %s", (other["id"],)).fetchone()[0]
+        == 2
+    )
+    assert w.conn.execute("select count(*) from taptouch_meta.history_retention").fetchone()[0] == 0
+    assert Retention(None).days is None
+
+
+# ------------------------------------------------------------------------------- state machine
+class HistoryMachine(RuleBasedStateMachine):
+    """Edits, refunds, voids, deletions and runs in any order; after every run the history and both
+    views equal the truth exactly."""
+
+    url: str = ""
+
+    @initialize()
+    def start(self):
+        self.w = World(self.url, seed=11)
+        self.w.run()
+
+    def teardown(self):
+        if hasattr(self, "w"):
+            self.w.close()
+
+    def _pick(self, data, statuses) -> dict | None:
+        candidates = [o for o in self.w.live() if o["status"] in statuses and o["id"] not in self.w.pending_deletes]
+        return data.draw(st.sampled_from(candidates)) if candidates else None
+
+    @rule(data=st.data())
+    def refund(self, data):
+        o = self._pick(data, {"completed"})
+        if o:
+            self.w.edit(o, status="partially_refunded")
+
+    @rule(data=st.data())
+    def void(self, data):
+        o = self._pick(data, {"completed", "open", "partially_refunded"})
+        if o:
+            self.w.edit(o, status="voided")
+
+    @rule(data=st.data())
+    def edit_lines(self, data):
+        o = self._pick(data, {"completed", "open"})
+        if o:
+            first = dict(o["items"][0], quantity=o["items"][0]["quantity"] + 1)
+            self.w.edit(o, items=[first] + o["items"][1:])
+
+    @precondition(lambda self: len(self.w.deleted_at) + len(self.w.pending_deletes) < 2)
+    @rule(data=st.data())
+    def delete(self, data):
+        o = self._pick(data, {"completed", "open", "partially_refunded", "refunded", "voided"})
+        if o:
+            self.w.sb.delete_order(o["id"])
+            self.w.pending_deletes.add(o["id"])
+
+    @rule()
+    def run(self):
+        self.w.run()
+        check(self.w)
+
+    @invariant()
+    def runs_bounded(self):
+        assert self.w.runs <= 12
+
+
+@pytest.mark.slow
+def test_state_machine(migrated_db):
+    with psycopg.connect(libpq_url(migrated_db)) as conn:
+        apply_views(conn)
+    HistoryMachine.url = migrated_db
+    machine = HistoryMachine.TestCase
+    machine.settings = settings(
+        max_examples=6, stateful_step_count=8, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    machine().runTest()
