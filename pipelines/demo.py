@@ -199,8 +199,6 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
         return run_accounts_demo(days)
     own_home = not os.environ.get("DAGSTER_HOME")
     t0, url, instance = _start("taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
-    import dagster as dg
-
     from .assets.analytics import analytics_assets
     from .definitions import RESOURCES, defs
     from .warehouse.resource import PostgresResource
@@ -222,38 +220,11 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
         stores, orders, inventory = (defs.get_assets_def(key) for key in ("stores", "orders", "inventory"))
 
         print("==> [1/3] stores and inventory")
-        _check(
-            dg.materialize(
-                [stores, inventory],
-                instance=instance,
-                resources=RESOURCES,
-                run_config=_run_config(),
-                tags={"source": "demo"},
-            )
-        )
+        _materialize([stores, inventory], instance, RESOURCES)
         print(f"==> [2/3] orders, partitions {first_partition} .. {today} (one ranged backfill run)")
-        loaded = dg.materialize(
-            [orders],
-            instance=instance,
-            resources=RESOURCES,
-            run_config=_run_config(),
-            tags={
-                "dagster/asset_partition_range_start": first_partition.isoformat(),
-                "dagster/asset_partition_range_end": today.isoformat(),
-                "source": "demo",
-            },
-        )
-        _check(loaded)
+        loaded = _materialize([orders], instance, RESOURCES, partitions=(first_partition, today))
         print("==> [3/3] analytics views")
-        _check(
-            dg.materialize(
-                [*analytics_assets],
-                instance=instance,
-                resources=RESOURCES,
-                run_config=_run_config(),
-                tags={"source": "demo"},
-            )
-        )
+        _materialize([*analytics_assets], instance, RESOURCES)
     print_summary(PostgresResource(database_url=url), first, today)
     print(f"\nThis run's orders: {_orders_counts(loaded)}.")
     print(
@@ -284,47 +255,19 @@ def run_accounts_demo(days: int = 7) -> int:
         first = today - timedelta(days=days - 1)
         first_partition = first - timedelta(days=1)
         assets = list(definitions.defs.assets)
+        resources = definitions.RESOURCES
         for account in definitions.ACCOUNTS:
             print(f"==> [{account.name}] {account.key_string('stores')} and {account.key_string('inventory')}")
-            _check(
-                dg.materialize(
-                    assets,
-                    instance=instance,
-                    resources=definitions.RESOURCES,
-                    run_config=_run_config(),
-                    selection=[account.key("stores"), account.key("inventory")],
-                    tags={"source": "demo"},
-                )
-            )
+            _materialize(assets, instance, resources, selection=[account.key("stores"), account.key("inventory")])
             print(
                 f"==> [{account.name}] {account.key_string('orders')}, partitions {first_partition} .. {today}"
                 " (one ranged backfill run)"
             )
-            _check(
-                dg.materialize(
-                    assets,
-                    instance=instance,
-                    resources=definitions.RESOURCES,
-                    run_config=_run_config(),
-                    selection=[account.key("orders")],
-                    tags={
-                        "dagster/asset_partition_range_start": first_partition.isoformat(),
-                        "dagster/asset_partition_range_end": today.isoformat(),
-                        "source": "demo",
-                    },
-                )
+            _materialize(
+                assets, instance, resources, selection=[account.key("orders")], partitions=(first_partition, today)
             )
         print("==> analytics views (shared: every account's rows, with their account)")
-        _check(
-            dg.materialize(
-                assets,
-                instance=instance,
-                resources=definitions.RESOURCES,
-                run_config=_run_config(),
-                selection=dg.AssetSelection.groups("analytics"),
-                tags={"source": "demo"},
-            )
-        )
+        _materialize(assets, instance, resources, selection=dg.AssetSelection.groups("analytics"))
     print_accounts_summary(PostgresResource(database_url=url), first, today)
     print(f"\nDone in {time.monotonic() - t0:.0f}s. Running it again is safe (nothing is duplicated).")
     print("Explore the same data (this demo's own Dagster instance and warehouse, apart from `./dev demo`'s):")
@@ -369,6 +312,25 @@ def _orders_counts(result) -> str:
             entry = event.metadata.get(key)
             totals[key] += int(entry.value) if entry is not None else 0
     return ", ".join(f"{totals[k]} {k}" for k in keys)
+
+
+def _materialize(assets, instance, resources, *, selection=None, partitions: tuple[date, date] | None = None):
+    """One demo run of ``assets`` (only the ``selection`` of them, if given; the UTC-day
+    ``partitions`` first..last as one ranged run, if given): its result, or SystemExit if it failed."""
+    import dagster as dg
+
+    tags = {"source": "demo"}
+    if partitions is not None:
+        tags = {
+            "dagster/asset_partition_range_start": partitions[0].isoformat(),
+            "dagster/asset_partition_range_end": partitions[1].isoformat(),
+            **tags,
+        }
+    result = dg.materialize(
+        assets, instance=instance, resources=resources, run_config=_run_config(), selection=selection, tags=tags
+    )
+    _check(result)
+    return result
 
 
 def _check(result) -> None:
