@@ -245,3 +245,21 @@ def test_a_deleted_order_and_another_accounts_orders_are_left_out(loaded):
     assert reconcile(conn, START, STOP, account="default").passed
     assert [d.examples for d in reconcile(conn, START, STOP, account="north").differences] == [((other, CENT),)]
     assert not reconcile(conn, START, STOP).passed  # the single account checks every row
+
+
+def test_two_errors_that_cancel_in_the_days_sum_are_still_named(loaded):
+    sb, conn = loaded
+    oid, sid, day, _ = _an_order(conn, "true")
+    other = conn.execute(
+        "select min(order_id) from taptouch.orders where store_id = %s and business_date = %s and order_id > %s"
+        " and status in ('completed', 'partially_refunded', 'refunded')",
+        (sid, day, oid),
+    ).fetchone()[0]
+    conn.execute("update taptouch.orders set tax = tax + 0.01 where order_id = %s", (oid,))
+    conn.execute("update taptouch.orders set tax = tax - 0.01 where order_id = %s", (other,))
+
+    report = reconcile(conn, START, STOP)
+
+    tax = money_truth(sb)[(sid, day, "tax")]
+    assert report.differences == [Difference(sid, day, "tax", tax, tax, 2, ((oid, CENT), (other, -CENT)))]
+    assert f"difference +0.00; 2 order(s): {oid} (+0.01), {other} (-0.01)" in money_check.describe_report(report)
