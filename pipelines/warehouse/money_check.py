@@ -88,7 +88,8 @@ def raw_side_sql() -> sql.Composable:
     head = sql.SQL(
         "select o.order_id, s.store_id, o.business_date, m.measure, m.amount from _money_scope o"
         " cross join lateral (select ({sid})::bigint as store_id"
-        " where jsonb_typeof(o.raw #> {sid_path}) = 'number' and {status} = any(%(sales)s)) s"
+        " where jsonb_typeof(o.raw #> {sid_path}) = 'number' and {sid} ~ '^[0-9]{{1,18}}$'"
+        " and {status} = any(%(sales)s)) s"
     ).format(
         sid=_raw_text("o.raw", _field(ORDER, "store_id")),
         sid_path=_json_path(_field(ORDER, "store_id")),

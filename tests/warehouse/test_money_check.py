@@ -263,3 +263,23 @@ def test_two_errors_that_cancel_in_the_days_sum_are_still_named(loaded):
     tax = money_truth(sb)[(sid, day, "tax")]
     assert report.differences == [Difference(sid, day, "tax", tax, tax, 2, ((oid, CENT), (other, -CENT)))]
     assert f"difference +0.00; 2 order(s): {oid} (+0.01), {other} (-0.01)" in money_check.describe_report(report)
+
+
+@pytest.mark.parametrize("bad", ['"7101"', "7101.5", "null", "99999999999999999999"])
+def test_a_raw_store_id_that_is_no_store_id_leaves_the_order_out_of_the_raw_side(loaded, bad):
+    _, conn = loaded
+    oid, sid, day, _ = _an_order(conn, "true")
+    conn.execute(
+        "update taptouch.orders set raw = jsonb_set(raw, '{store_id}', %s::jsonb) where order_id = %s", (bad, oid)
+    )
+
+    report = reconcile(conn, START, STOP)
+
+    orders = next(d for d in report.differences if d.measure == "orders")
+    assert (orders.store_id, orders.business_date, orders.typed - orders.raw, orders.examples) == (
+        sid,
+        day,
+        1,
+        ((oid, 1),),
+    )
+    assert {named for d in report.differences for named, _ in d.examples} == {oid}  # every other sum agrees
