@@ -28,42 +28,42 @@ class Account:
     """One Taptouch client (OAuth client id) of the deployment and the names of its definitions."""
 
     name: str
-    prefixed: bool = True  # False only for the single-account setup (DEFAULT): names without a prefix
+    is_default: bool = False  # True only for the single-account setup (DEFAULT): names without a prefix
 
     # ---- Dagster names
     def key(self, asset: str) -> dg.AssetKey:
         """The asset key of ``asset`` (``orders`` -> ``north/orders``)."""
         import dagster as dg
 
-        return dg.AssetKey([self.name, asset] if self.prefixed else [asset])
+        return dg.AssetKey([asset] if self.is_default else [self.name, asset])
 
     def key_string(self, asset: str) -> str:
-        return f"{self.name}/{asset}" if self.prefixed else asset
+        return asset if self.is_default else f"{self.name}/{asset}"
 
     def op_name(self, asset: str) -> str:
         """The op of ``asset`` in run config (``ops: {north__orders: ...}``)."""
-        return f"{self.name}__{asset}" if self.prefixed else asset
+        return asset if self.is_default else f"{self.name}__{asset}"
 
     def named(self, thing: str) -> str:
         """A job, schedule, sensor or group name (``orders_hourly`` -> ``north_orders_hourly``)."""
-        return f"{self.name}_{thing}" if self.prefixed else thing
+        return thing if self.is_default else f"{self.name}_{thing}"
 
     @property
     def pool(self) -> str:
-        return f"taptouch_api_{self.name}" if self.prefixed else "taptouch_api"
+        return "taptouch_api" if self.is_default else f"taptouch_api_{self.name}"
 
     @property
     def resource_key(self) -> str:
-        return f"taptouch_{self.name}" if self.prefixed else "taptouch"
+        return "taptouch" if self.is_default else f"taptouch_{self.name}"
 
     @property
     def group(self) -> str:
-        return f"taptouch_{self.name}" if self.prefixed else "taptouch"
+        return "taptouch" if self.is_default else f"taptouch_{self.name}"
 
     # ---- settings
     def env(self, setting: str) -> str:
         """The variable of ``setting`` (``CLIENT_ID`` -> ``TAPTOUCH_NORTH_CLIENT_ID``)."""
-        return f"TAPTOUCH_{self.name.upper()}_{setting}" if self.prefixed else f"TAPTOUCH_{setting}"
+        return f"TAPTOUCH_{setting}" if self.is_default else f"TAPTOUCH_{self.name.upper()}_{setting}"
 
     def resource(self):
         """The account's ``TaptouchResource``: credentials bound with ``dg.EnvVar`` (read when a run
@@ -77,7 +77,7 @@ class Account:
         )
 
 
-DEFAULT = Account(DEFAULT_NAME, prefixed=False)
+DEFAULT = Account(DEFAULT_NAME, is_default=True)
 
 
 def parse(raw: str | None) -> list[Account]:

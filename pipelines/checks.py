@@ -205,7 +205,7 @@ def account_checks(account: Account = DEFAULT) -> tuple[list, list[dg.SensorDefi
     return [*freshness, *(_make_drift_check(entity, account) for entity in SHAPES)], [sensor]
 
 
-# The single-account checks (today's names): the factory with no prefix.
+# The single-account checks (unprefixed names): the factory with no prefix.
 freshness_checks, freshness_checks_sensor = freshness_definitions(DEFAULT)
 drift_checks = [_make_drift_check(entity) for entity in SHAPES]
 asset_checks = [*freshness_checks, *drift_checks]

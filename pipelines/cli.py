@@ -191,7 +191,7 @@ def _credentials(account_name: str | None) -> tuple[str, str, str]:
     if not account_name:
         return TaptouchResource().resolved()
     try:
-        accounts = {a.name: a for a in configured() if a.prefixed}
+        accounts = {a.name: a for a in configured() if not a.is_default}
     except ValueError as err:
         raise TaptouchConfigError(str(err)) from None
     account = accounts.get(account_name)

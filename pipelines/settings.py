@@ -244,7 +244,7 @@ def for_run(
     A named ``account`` (``TAPTOUCH_ACCOUNTS``) reads ``TAPTOUCH_<NAME>_BASE_URL`` and
     ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
     ``TAPTOUCH_REQUESTS_PER_SECOND``, as for the single account)."""
-    named = account is not None and account.prefixed
+    named = account is not None and not account.is_default
     if named:
         taptouch = account_resource(taptouch, account)
     run = RunSettings(

@@ -66,6 +66,6 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
     return _job
 
 
-# The single-account job (today's names): the factory with no prefix.
+# The single-account job (unprefixed names): the factory with no prefix.
 merchant_tokens_keepalive_job = keepalive_job(DEFAULT)
 refresh_merchant_tokens = merchant_tokens_keepalive_job.graph.node_defs[0]

@@ -145,7 +145,7 @@ def _account_connector(warehouse: PostgresResource, account: Account):
         conn = warehouse.connect()
         try:
             conn.autocommit = True
-            if account.prefixed:
+            if not account.is_default:
                 conn.execute("select set_config('taptouch.account', %s, false)", (account.name,))
         except BaseException:
             conn.close()  # never leave a half-set-up connection open
@@ -461,7 +461,7 @@ def _future_dated_orders(cur, start: datetime, end: datetime, mine: str | None) 
 def _order_checks(conn, windows: list[OrderWindow], account: Account = DEFAULT) -> list[dg.AssetCheckResult]:
     """The orders asset's three checks over the run's windows."""
     # a named account checks only its own rows; the single account, every row (all are 'default')
-    mine = account.name if account.prefixed else None
+    mine = None if account.is_default else account.name
     start, end = windows[0].start, windows[-1].end
     with conn.cursor() as cur:
         quarantined, reasons = _quarantined_orders(cur, [w.key for w in windows], mine)
@@ -542,7 +542,7 @@ def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
     """``stores`` of one account: the only writer of ``taptouch.stores``."""
     preview_sql = (
         "select store_id, name, status, timezone, currency from taptouch.stores"
-        + (" where account = :account" if account.prefixed else "")
+        + ("" if account.is_default else " where account = :account")
         + " order by store_id limit :n"
     )
 
@@ -558,7 +558,7 @@ def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
         with step_errors():
             with run_context(taptouch, warehouse, store_api=True, account=account, context=context) as run:
                 counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
-            params = {"n": PREVIEW_ROWS, **({"account": account.name} if account.prefixed else {})}
+            params = {"n": PREVIEW_ROWS, **({} if account.is_default else {"account": account.name})}
             preview = read_frame(warehouse, preview_sql, **params)
         return dg.MaterializeResult(
             metadata={
@@ -643,7 +643,7 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
             # server's idle_session_timeout, a NAT or a proxy may have closed it meanwhile)
             with run.connect() as conn:
                 checks = _order_checks(conn, windows, account)
-                mine = account.name if account.prefixed else None  # a named account: its own rows
+                mine = None if account.is_default else account.name  # a named account: its own rows
                 money = money_check.reconcile(conn, windows[0].start, windows[-1].end, mine)
                 checks.append(money_check.check_result(money, account.key("orders")))
                 checks.append(_proven_check(conn, windows, listing.store_ids, account))

@@ -490,7 +490,7 @@ def test_analytics_assets_materialize_with_chart(loaded):
         e.asset_key.to_user_string(): e.event_specific_data.materialization
         for e in result.get_asset_materialization_events()
     }
-    assert set(mats) == set(KEYS) | {"business_days"}
+    assert set(mats) == set(KEYS) | {"business_days", "load_coverage"}
     for view, mat in mats.items():
         rows = conn.execute(f"select count(*) from analytics.{view}").fetchone()[0]
         assert mat.metadata["dagster/row_count"].value == rows > 0
@@ -572,7 +572,9 @@ def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(mig
             sync_day(client_for(sb), conn, sb.end_date + timedelta(days=offset))
         conn.execute("update taptouch.stores set account = 'north' where store_id = %s", (sb.store_ids()[1],))
         conn.execute("update taptouch.orders set account = 'north' where store_id = %s", (sb.store_ids()[1],))
-        conn.execute("update taptouch.sync_log set started_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'")
+        conn.execute(
+            "update taptouch.listing_proofs set listed_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'"
+        )
         apply_views(conn)
         partial = {
             (sid, d)
@@ -620,7 +622,8 @@ def test_a_view_whose_columns_changed_is_recreated_with_every_view_built_on_it(m
             )
         }
         assert apply_views(conn, ["sales_orders"]) == ["sales_orders"]
-        assert relations(conn, "analytics") == set(KEYS) | {"business_days"}  # the dependents came back
+        # the dependents came back
+        assert relations(conn, "analytics") == set(KEYS) | {"business_days", "load_coverage"}
         assert "retired_column" not in {
             r[0]
             for r in conn.execute(
@@ -642,7 +645,7 @@ def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
         with pytest.raises(ViewConflictError, match="public.my_report"):
             apply_views(conn, ["sales_orders"])
         assert "my_report" in relations(conn, "public")
-        assert relations(conn, "analytics") == set(KEYS) | {"business_days"}
+        assert relations(conn, "analytics") == set(KEYS) | {"business_days", "load_coverage"}
         assert "retired_column" in {
             r[0]
             for r in conn.execute(
@@ -739,8 +742,8 @@ def test_every_dated_view_says_whether_its_day_is_complete(loaded):
 
 def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended(migrated_db):
     """A Sydney day (UTC+11 in November) overlaps two orders windows: the UTC day before it, which
-    ends first, and its own UTC day, which holds its end. Load times are set on the loads' sync_log
-    rows. A store with no order in a window is covered by its account's load of that window."""
+    ends first, and its own UTC day, which holds its end. Load times are set on the stores' proofs
+    (taptouch.listing_proofs). A store with no order in a window needs its own complete listing too."""
     sb = Sandbox(
         SandboxConfig(seed=7, stores=2, days=3, orders_per_day=20, end_date=date(2026, 11, 20), empty_store_ids=(7102,))
     )
@@ -759,10 +762,10 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
         before, own = "2026-11-18", "2026-11-19"  # windows: [18th 13:00Z, 24:00Z) and [19th 00:00Z, 13:00Z)
         day_ends = datetime(2026, 11, 19, 13, tzinfo=UTC)
 
-        def loads(window: str, at: datetime, store_id: int | None = sydney) -> None:
+        def loads(window: str, at: datetime, store_id: int = sydney) -> None:
+            """The store's latest complete listing of the window started at ``at`` (its proof)."""
             conn.execute(
-                "update taptouch.sync_log set started_at = %s where entity = 'orders' and \"window\" = %s"
-                " and store_id is not distinct from %s",
+                'update taptouch.listing_proofs set listed_at = %s where "window" = %s and store_id = %s',
                 (at, window, store_id),
             )
 
@@ -794,24 +797,21 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
         loads(own, day_ends + timedelta(hours=3))
         loads(before, datetime(2026, 11, 18, 23, 55, tzinfo=UTC))  # before its window ended
         assert verdict() == (False, [own])
-        conn.execute('delete from taptouch.sync_log where store_id = %s and "window" = %s', (sydney, before))
-        conn.execute(
-            "insert into taptouch.sync_log (entity, store_id, \"window\", started_at) values ('orders', 999, %s, %s)",
-            (before, day_ends),
-        )  # another store's load of the window
-        assert verdict() == (False, [own])  # the Sydney store has orders there: its own load is needed
         # the empty store (Perth, UTC+8: its day ends at 16:00Z) has no order in either window: its
-        # account's loads of them count
+        # own complete listings of them are needed all the same
         perth_ends = datetime(2026, 11, 19, 16, tzinfo=UTC)
-        conn.execute(
-            'update taptouch.sync_log set started_at = %s where "window" in (%s, %s)',
-            (perth_ends + timedelta(minutes=1), before, own),
-        )
+        for window in (before, own):
+            loads(window, perth_ends + timedelta(minutes=1), empty)
         assert verdict(empty) == (True, [before, own])
-        conn.execute(
-            'update taptouch.sync_log set started_at = %s where "window" = %s', (perth_ends - timedelta(minutes=1), own)
-        )
+        loads(own, perth_ends - timedelta(minutes=1), empty)
         assert verdict(empty) == (False, [before])
+        loads(own, perth_ends + timedelta(minutes=1), empty)
+        conn.execute(  # its listing of the earlier window failed: never completely listed
+            "update taptouch.listing_proofs set complete = false, covered_from = null, failure = 'failed'"
+            ' where store_id = %s and "window" = %s',
+            (empty, before),
+        )
+        assert verdict(empty) == (False, [own])
 
 
 def test_the_docs_example_queries_run_and_count_complete_days_only(loaded):
