@@ -33,7 +33,11 @@ PERSONAL_COLUMNS = tuple(
     f.column for f in ORDER.fields if f.column and f.path and f.path.startswith("customer.") and f.path != "customer.id"
 )
 
-_OF_CUSTOMER = "raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint) and raw -> 'customer' - 'id' <> '{}'::jsonb"
+# the record names the customer and holds more of it than its id (a case: "-" on a non-object raises)
+_OF_CUSTOMER = (
+    "case when jsonb_typeof(raw -> 'customer') = 'object' and raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint)"
+    " then (raw -> 'customer') - 'id' <> '{}'::jsonb else false end"
+)
 _KEEP_ID = "jsonb_set(raw, '{customer}', jsonb_build_object('id', raw -> 'customer' -> 'id'))"
 
 

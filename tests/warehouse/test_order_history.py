@@ -12,10 +12,8 @@ days that lie in the past.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -23,203 +21,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pipelines.reconcile import reconcile_orders
 from pipelines.settings import RunSettings
-from pipelines.sync import FULL_REFRESH, OrdersRun, OrderWindow, sync_orders_window, sync_stores
+from pipelines.sync import OrdersRun, sync_orders_window
 from pipelines.warehouse.db import libpq_url
 from pipelines.warehouse.history import Retention
 from pipelines.warehouse.loader import store_timezones
 from pipelines.warehouse.views import apply_views
-from taptouch_resource import TaptouchClient
-from taptouch_sandbox import Sandbox, SandboxConfig
-from tests.support import truth
-from tests.support.state_model import reset_warehouse
+from tests.support.history_world import World, expected_changes, expected_history, expected_restatements
 
 D = Decimal
-SALES = truth.SALES_STATUSES
-DAYS = 3
 VIEWS = ["order_changes", "daily_restatements"]
-
-
-# ------------------------------------------------------------------------------------------ world
-def epoch(iso: str) -> Decimal:
-    """The exact version of an ISO instant (the sandbox sends whole seconds)."""
-    return D(int(datetime.fromisoformat(iso).timestamp()))
-
-
-def refunds_of(order: dict) -> Decimal:
-    return sum((D(str(r["amount"])) for r in order["refunds"]), D("0.00"))
-
-
-class World:
-    """One sandbox (its days three or more days in the past), a warehouse, and the truth: every
-    version the runs listed, with the run and simulated instant that first saw it."""
-
-    def __init__(self, url: str, seed: int = 3):
-        end = datetime.now(UTC).date() - timedelta(days=4)
-        self.sb = Sandbox(SandboxConfig(seed=seed, stores=2, days=DAYS, orders_per_day=8, end_date=end))
-        self.client = TaptouchClient(
-            client_id="sandbox-client",
-            client_secret="sandbox-secret",
-            transport=self.sb.transport(),
-            page_size=500,
-            requests_per_second=None,
-        )
-        self.conn = psycopg.connect(libpq_url(url), autocommit=True)
-        reset_warehouse(self.conn)
-        sync_stores(self.client, self.conn)
-        self.tz = {s["id"]: ZoneInfo(s["timezone"]) for s in self.sb.stores()}
-        first = end - timedelta(days=DAYS)
-        self.windows = [OrderWindow.day(first + timedelta(days=i)) for i in range(DAYS + 6)]
-        self.t0 = datetime(first.year, first.month, first.day, 12, tzinfo=UTC)
-        self.runs = 0
-        self.seen: dict[tuple[int, Decimal], dict] = {}  # (order_id, version) -> record, run, instant
-        self.deleted_at: dict[int, datetime] = {}  # order id -> simulated instant it was marked deleted
-        self.pending_deletes: set[int] = set()
-        self.edits = 0
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def live(self) -> list[dict]:
-        return sorted(truth.orders_by_id(self.sb).values(), key=lambda o: o["id"])
-
-    def now_of(self, k: int) -> datetime:
-        return self.t0 + timedelta(hours=13 * k)
-
-    def edit(self, order: dict, **changes) -> None:
-        self.edits += 1
-        at = max(datetime.fromisoformat(order["updated_at"]), self.now_of(self.runs)) + timedelta(minutes=self.edits)
-        self.sb.edit_order(order["id"], updated_at=at, **changes)
-
-    def run(self) -> None:
-        """Load every window in full as run ``run-k``, confirm deletions, stamp the simulated clock."""
-        k, run_id = self.runs, f"run-{self.runs}"
-        orders_run = OrdersRun(
-            timezones=store_timezones(self.conn), mode=FULL_REFRESH, settings=RunSettings(), run_id=run_id
-        )
-        for window in self.windows:
-            result = sync_orders_window(self.client, self.conn, window, orders_run)
-            assert not result.failures, result.failures
-        at = self.now_of(k)
-        if self.pending_deletes:
-            reconcile_orders(self.client, self.conn, days=30, confirm_s=0, run_id=run_id)
-            self.conn.execute(
-                "update taptouch.orders set deleted_at = %s where order_id = any(%s)",
-                (at, sorted(self.pending_deletes)),
-            )
-            for oid in self.pending_deletes:
-                self.deleted_at[oid] = at
-            self.pending_deletes = set()
-        self.conn.execute(
-            "update taptouch.order_history set first_seen_at = %s where first_seen_run_id = %s", (at, run_id)
-        )
-        for order in self.live():
-            key = (order["id"], epoch(order["updated_at"]))
-            self.seen.setdefault(key, {"record": order, "run_id": run_id, "at": at})
-        self.runs += 1
-
-    # ---------------------------------------------------------------------------------- truth
-    def versions(self) -> dict[int, list[tuple[Decimal, dict]]]:
-        out: dict[int, list[tuple[Decimal, dict]]] = defaultdict(list)
-        for (oid, version), seen in sorted(self.seen.items()):
-            out[oid].append((version, seen))
-        return out
-
-    def business_date(self, order: dict) -> date:
-        return datetime.fromisoformat(order["created_at"]).astimezone(self.tz[order["store_id"]]).date()
-
-    def day_end(self, store_id: int, day: date) -> datetime:
-        """Local midnight ending ``day`` at the store, as an instant."""
-        nxt = day + timedelta(days=1)
-        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz[store_id])
-
-    def current(self) -> dict[int, dict]:
-        """Every order the warehouse holds, as its newest version seen."""
-        return {oid: vs[-1][1]["record"] for oid, vs in self.versions().items()}
-
-
-def expected_history(w: World) -> set[tuple]:
-    return {
-        (
-            oid,
-            version,
-            s["run_id"],
-            s["at"],
-            s["record"]["status"],
-            D(str(s["record"]["total"])),
-            refunds_of(s["record"]),
-        )
-        for (oid, version), s in w.seen.items()
-    }
-
-
-def expected_changes(w: World) -> set[tuple]:
-    rows = set()
-    for oid, vs in w.versions().items():
-        current = vs[-1][1]["record"]
-        store_id, day = current["store_id"], w.business_date(current)
-        ends = w.day_end(store_id, day)
-        prev = None
-        for version, s in vs:
-            r = s["record"]
-            upd = datetime.fromisoformat(r["updated_at"])
-            refunds, total = refunds_of(r), D(str(r["total"]))
-            before_refunds = refunds_of(prev) if prev else D(0)
-            rows.add(
-                (
-                    oid,
-                    version,
-                    epoch(prev["updated_at"]) if prev else None,
-                    store_id,
-                    day,
-                    prev["status"] if prev else None,
-                    r["status"],
-                    prev is not None and prev["status"] != r["status"],
-                    total - D(str(prev["total"])) if prev else None,
-                    prev is not None and prev["items"] != r["items"],
-                    refunds - before_refunds,
-                    refunds > before_refunds and upd >= ends,
-                    r["status"] == "voided" and (prev is None or prev["status"] != "voided") and upd >= ends,
-                )
-            )
-            prev = r
-    return rows
-
-
-def _net(order: dict) -> tuple[int, Decimal]:
-    if order["status"] not in SALES:
-        return 0, D(0)
-    return 1, D(str(order["total"])) - refunds_of(order)
-
-
-def expected_restatements(w: World) -> dict[tuple[int, date], tuple]:
-    """(store, business date) -> (first orders, first net, next-day orders, next-day net, now orders, now net)."""
-    now = datetime.now(UTC)
-    acc: dict[tuple[int, date], list] = defaultdict(lambda: [0, D(0), 0, D(0), 0, D(0), False])
-    for oid, vs in w.versions().items():
-        current = vs[-1][1]["record"]
-        key = (current["store_id"], w.business_date(current))
-        row = acc[key]
-        first = min(vs, key=lambda v: (v[1]["at"], v[0]))[1]["record"]
-        n, net = _net(first)
-        row[0] += n
-        row[1] += net
-        row[6] = row[6] or n > 0
-        next_end = w.day_end(key[0], key[1] + timedelta(days=1))
-        known = [v for v in vs if v[1]["at"] < next_end]
-        if known and not (oid in w.deleted_at and w.deleted_at[oid] < next_end):
-            n, net = _net(known[-1][1]["record"])
-            row[2] += n
-            row[3] += net
-            row[6] = row[6] or n > 0
-        if oid not in w.deleted_at:
-            n, net = _net(current)
-            row[4] += n
-            row[5] += net
-            row[6] = row[6] or n > 0
-        assert next_end <= now  # every day of the sandbox lies in the past
-    return {k: tuple(v[:6]) for k, v in acc.items() if v[6]}
 
 
 # ------------------------------------------------------------------------------------------ reading
