@@ -75,6 +75,7 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
         "order_arithmetic",
         "no_future_dated_orders",
         "money_reconciliation",
+        "orders_proven",
         "freshness_check",
         "schema_drift",
     }

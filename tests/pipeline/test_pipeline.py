@@ -132,6 +132,7 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
         "order_arithmetic": True,
         "no_future_dated_orders": True,
         "money_reconciliation": True,
+        "orders_proven": True,
     }
 
 
