@@ -31,7 +31,8 @@ DAY = "2026-11-25"
 # What each analytics view reads, written out: the asset that writes each taptouch table it
 # names, and the views it builds on.
 VIEW_UPSTREAMS = {
-    "business_days": {"orders", "stores", "inventory"},  # orders, their windows' loads (sync_log), snapshots
+    "load_coverage": {"orders", "stores"},  # the complete listings (listing_proofs, written by orders)
+    "business_days": {"orders", "stores", "inventory", "load_coverage"},  # the days of orders and snapshots
     "sales_orders": {"orders", "stores", "business_days"},
     "daily_store_sales": {"sales_orders"},
     "hourly_sales": {"sales_orders"},
