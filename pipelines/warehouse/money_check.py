@@ -56,103 +56,114 @@ def _field(entity: Entity, column: str) -> Field:
     return next(f for f in entity.fields if f.column == column)
 
 
-def _json_path(f: Field) -> sql.Literal:
+def _rest(f: Field) -> tuple[str, list[str]]:
+    """``f``'s JSON path split into its top-level field and the path below it."""
     assert f.path is not None, f.column
-    return sql.Literal("{" + ",".join(f.path.split(".")) + "}")
+    head, *rest = f.path.split(".")
+    return head, rest
 
 
-def _raw_money(doc: str, f: Field) -> sql.Composable:
-    """The declared money field ``f`` read from the JSON value ``doc`` as numeric (0 when absent,
-    null or not a JSON number: the typed side then shows a difference)."""
-    path = _json_path(f)
-    return sql.SQL(
-        "coalesce(case when jsonb_typeof({doc} #> {p}) = 'number' then ({doc} #>> {p})::numeric end, 0)"
-    ).format(doc=sql.SQL(doc), p=path)
+def _value(doc: str, f: Field) -> sql.Composable:
+    """The JSON value of the declared field ``f``: in the order's record (``doc`` "r": the record's
+    top-level fields as columns of ``r``) or in a line's JSON object (``doc`` "l.doc")."""
+    head, rest = _rest(f)
+    if doc == "r":
+        base, path = sql.SQL("r.{}").format(sql.Identifier(head)), rest
+    else:
+        base, path = sql.SQL(doc), [head, *rest]
+    return sql.SQL("({} #> {})").format(base, sql.Literal("{" + ",".join(path) + "}"))
 
 
-def _raw_text(doc: str, f: Field) -> sql.Composable:
-    return sql.SQL("({doc} #>> {p})").format(doc=sql.SQL(doc), p=_json_path(f))
+def _money(doc: str, f: Field) -> sql.Composable:
+    """The money field ``f`` as numeric (0 when absent, null or not a JSON number: the typed side
+    then shows a difference)."""
+    v = _value(doc, f)
+    return sql.SQL("coalesce(case when jsonb_typeof({v}) = 'number' then ({v} #>> '{{}}')::numeric end, 0)").format(v=v)
 
 
-def _raw_lines(name: str) -> sql.Composable:
+def _text(doc: str, f: Field) -> sql.Composable:
+    return sql.SQL("({} #>> '{{}}')").format(_value(doc, f))
+
+
+def _lines(name: str) -> sql.Composable:
     """The elements of the order's JSON list ``name`` (none when it is not a list)."""
-    return sql.SQL(
-        "jsonb_array_elements(case when jsonb_typeof(o.raw -> {n}) = 'array' then o.raw -> {n} else '[]' end)"
-    ).format(n=sql.Literal(name))
+    col = sql.SQL("r.{}").format(sql.Identifier(name))
+    return sql.SQL("jsonb_array_elements(case when jsonb_typeof({c}) = 'array' then {c} else '[]' end)").format(c=col)
+
+
+def _record_columns() -> sql.Composable:
+    """``r``'s columns: the top-level fields of the record the raw side reads, each as jsonb."""
+    fields = [_field(ORDER, c) for c in ("store_id", "status", *(c for _, c in ORDER_MEASURES))]
+    heads = dict.fromkeys([_rest(f)[0] for f in fields] + [name for _, name, *_ in LINE_MEASURES] + [PAYMENTS[0]])
+    return sql.SQL(", ").join(sql.SQL("{} jsonb").format(sql.Identifier(h)) for h in heads)
 
 
 def raw_side_sql() -> sql.Composable:
     """The per-order rows ``(order_id, store_id, business_date, measure, amount)`` of the sales
-    orders in ``_money_scope``, from ``taptouch.orders.raw`` only (its JSON paths from the
-    declarations); ``business_date`` is the warehouse's (derived, not in the record)."""
-    head = sql.SQL(
-        "select o.order_id, s.store_id, o.business_date, m.measure, m.amount from _money_scope o"
-        " cross join lateral (select ({sid})::bigint as store_id"
-        " where jsonb_typeof(o.raw #> {sid_path}) = 'number' and {sid} ~ '^[0-9]{{1,18}}$'"
-        " and {status} = any(%(sales)s)) s"
-    ).format(
-        sid=_raw_text("o.raw", _field(ORDER, "store_id")),
-        sid_path=_json_path(_field(ORDER, "store_id")),
-        status=_raw_text("o.raw", _field(ORDER, "status")),
-    )
-    values = sql.SQL(", ").join(
-        [sql.SQL("('orders', 1::numeric)")]
-        + [
-            sql.SQL("({m}, {e})").format(m=sql.Literal(m), e=_raw_money("o.raw", _field(ORDER, c)))
-            for m, c in ORDER_MEASURES
-        ]
-    )
-    parts = [sql.SQL("{h} cross join lateral (values {v}) as m(measure, amount)").format(h=head, v=values)]
-    for measure, name, entity, column in LINE_MEASURES:
-        parts.append(
-            sql.SQL(
-                "{h} cross join lateral (select {m}::text as measure, coalesce(sum({e}), 0) as amount"
-                " from {lines} as l(doc)) m"
-            ).format(
-                h=head, m=sql.Literal(measure), e=_raw_money("l.doc", _field(entity, column)), lines=_raw_lines(name)
-            )
+    orders in ``_money_scope``, from ``taptouch.orders.raw`` only (read once per order; its JSON
+    paths from the declarations); ``business_date`` is the warehouse's (derived, not in the record).
+    An order whose record has no integer ``store_id`` is left out (the typed side then shows it)."""
+    sid = _value("r", _field(ORDER, "store_id"))
+    lines = [
+        sql.SQL("select {m}, coalesce(sum({e}), 0) from {lines} as l(doc)").format(
+            m=sql.Literal(measure), e=_money("l.doc", _field(entity, column)), lines=_lines(name)
         )
+        for measure, name, entity, column in LINE_MEASURES
+    ]
     name, entity, column, by = PAYMENTS
-    parts.append(
-        sql.SQL(
-            "{h} cross join lateral (select 'payments.' || coalesce({by}, '?') as measure, sum({e}) as amount"
-            " from {lines} as l(doc) group by 1) m"
-        ).format(
-            h=head,
-            by=_raw_text("l.doc", _field(entity, by)),
-            e=_raw_money("l.doc", _field(entity, column)),
-            lines=_raw_lines(name),
+    lines.append(
+        sql.SQL("(select 'payments.' || coalesce({by}, '?'), sum({e}) from {lines} as l(doc) group by 1)").format(
+            by=_text("l.doc", _field(entity, by)), e=_money("l.doc", _field(entity, column)), lines=_lines(name)
         )
     )
-    return sql.SQL(" union all ").join(parts)
+    values = [sql.SQL("({}, {})").format(sql.Literal(m), _money("r", _field(ORDER, c))) for m, c in ORDER_MEASURES]
+    return sql.SQL(
+        "select o.order_id, s.store_id, o.business_date, m.measure, m.amount from _money_scope o"
+        " cross join lateral jsonb_to_record(case when jsonb_typeof(o.raw) = 'object' then o.raw else '{{}}' end)"
+        " as r({columns})"
+        " cross join lateral (select case when jsonb_typeof({sid}) = 'number' and ({sid} #>> '{{}}') ~ '^[0-9]{{1,18}}$'"
+        " then ({sid} #>> '{{}}')::bigint end as store_id) s"
+        " cross join lateral (values ('orders', 1::numeric), {values} union all {lines}) as m(measure, amount)"
+        " where s.store_id is not null and {status} = any(%(sales)s)"
+    ).format(
+        columns=_record_columns(),
+        sid=sid,
+        values=sql.SQL(", ").join(values),
+        lines=sql.SQL(" union all ").join(lines),
+        status=_text("r", _field(ORDER, "status")),
+    )
 
 
 def typed_side_sql() -> sql.Composable:
-    """The same rows as :func:`raw_side_sql`, from the typed columns and child tables."""
-    head = sql.SQL(
-        "select o.order_id, t.store_id, o.business_date, m.measure, m.amount from _money_scope o"
-        " join taptouch.orders t on t.order_id = o.order_id and t.status = any(%(sales)s)"
-    )
-    values = sql.SQL(", ").join(
-        [sql.SQL("('orders', 1::numeric)")]
-        + [sql.SQL("({m}, t.{c})").format(m=sql.Literal(m), c=sql.Identifier(c)) for m, c in ORDER_MEASURES]
-    )
-    parts = [sql.SQL("{h} cross join lateral (values {v}) as m(measure, amount)").format(h=head, v=values)]
-    for measure, _, entity, column in LINE_MEASURES:
-        parts.append(
-            sql.SQL(
-                "{h} cross join lateral (select {m}::text as measure, coalesce(sum(l.{c}), 0) as amount"
-                " from {table} l where l.order_id = o.order_id) m"
-            ).format(h=head, m=sql.Literal(measure), c=sql.Identifier(column), table=_table(entity))
+    """The same rows as :func:`raw_side_sql`, from the typed columns (copied into ``_money_scope``)
+    and the child tables (by their primary keys)."""
+    lines = [
+        sql.SQL("select {m}, coalesce(sum(l.{c}), 0) from {table} l where l.order_id = o.order_id").format(
+            m=sql.Literal(measure), c=sql.Identifier(column), table=_table(entity)
         )
+        for measure, _, entity, column in LINE_MEASURES
+    ]
     _, entity, column, by = PAYMENTS
-    parts.append(
+    lines.append(
         sql.SQL(
-            "{h} cross join lateral (select 'payments.' || l.{by} as measure, sum(l.{c}) as amount"
-            " from {table} l where l.order_id = o.order_id group by 1) m"
-        ).format(h=head, by=sql.Identifier(by), c=sql.Identifier(column), table=_table(entity))
+            "(select 'payments.' || l.{by}, sum(l.{c}) from {table} l where l.order_id = o.order_id group by 1)"
+        ).format(by=sql.Identifier(by), c=sql.Identifier(column), table=_table(entity))
     )
-    return sql.SQL(" union all ").join(parts)
+    values = [sql.SQL("({}, o.{})").format(sql.Literal(m), sql.Identifier(c)) for m, c in ORDER_MEASURES]
+    return sql.SQL(
+        "select o.order_id, o.store_id, o.business_date, m.measure, m.amount from _money_scope o"
+        " cross join lateral (values ('orders', 1::numeric), {values} union all {lines}) as m(measure, amount)"
+        " where o.status = any(%(sales)s)"
+    ).format(values=sql.SQL(", ").join(values), lines=sql.SQL(" union all ").join(lines))
+
+
+def scope_sql() -> sql.Composable:
+    """``_money_scope``: every order (not deleted, of the account) of each store-day with an order
+    updated in the window, with its typed store, status and money columns and its ``raw``."""
+    typed = sql.SQL(", ").join(
+        sql.SQL("o.{}").format(sql.Identifier(c)) for c in ("store_id", "status", *(c for _, c in ORDER_MEASURES))
+    )
+    return sql.SQL(_SCOPE).format(typed=typed)
 
 
 def _table(entity: Entity) -> sql.Identifier:
@@ -162,7 +173,7 @@ def _table(entity: Entity) -> sql.Identifier:
 
 _SCOPE = """
 create temp table _money_scope on commit drop as
-select o.order_id, o.business_date, o.raw
+select o.order_id, o.business_date, {typed}, o.raw
 from (select distinct store_id, business_date from taptouch.orders
       where updated_at >= %(start)s and updated_at < %(end)s
         and (%(account)s::text is null or account = %(account)s)) d
@@ -308,7 +319,7 @@ class MoneyReport:
 def _execute_sides(cur, params: dict) -> None:
     """The scope (the store-days' orders) and each side's per-order rows, as temp tables."""
     cur.execute("drop table if exists _money_scope, _money_typed, _money_raw")
-    cur.execute(_SCOPE, params)
+    cur.execute(scope_sql(), params)
     cur.execute(sql.SQL("create temp table _money_typed on commit drop as {}").format(typed_side_sql()), params)
     cur.execute(sql.SQL("create temp table _money_raw on commit drop as {}").format(raw_side_sql()), params)
     cur.execute("analyze _money_typed; analyze _money_raw")
