@@ -397,7 +397,8 @@ def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) ->
 
     run = instance.get_run_by_id(run_id)
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-    alerts, materializations = [], {}
+    alerts: list[outbox.Alert] = []
+    materializations: dict[int, str | None] = {}
     for record in records:
         entry = record.event_log_entry
         evaluation = entry.dagster_event.event_specific_data

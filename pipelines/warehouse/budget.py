@@ -227,7 +227,8 @@ class SharedBudget:
 
     # ------------------------------------------------------------------ the database
     def _run(self, query: str, params: dict, *, fetch: bool = True) -> tuple | None:
-        """Run one statement; None (after a WARNING) when the database fails or is still considered down."""
+        """Run one statement; None (after a WARNING) when the database fails or is still considered down
+        (or, ``fetch``, returns no row: the statements here always return one)."""
         params = {
             "client_id": self.client_id,
             "rate": self.rate,
@@ -244,7 +245,8 @@ class SharedBudget:
                 return None
             try:
                 conn = self._connection()
-                row = conn.execute(query, params).fetchone() if fetch else conn.execute(query, params)
+                cursor = conn.execute(query, params)
+                row = cursor.fetchone() if fetch else ()
             except psycopg.Error as exc:
                 self._failed(exc)
                 return None
@@ -254,7 +256,7 @@ class SharedBudget:
                     self.client_id,
                 )
                 self._down_until = 0.0
-            return tuple(row) if fetch else ()
+            return None if row is None else tuple(row)
 
     def _connection(self) -> psycopg.Connection:
         if self._pid != os.getpid():  # forked: the parent's connection is not ours to use or close
@@ -305,7 +307,7 @@ class _WallWait:
     """The wall-clock time covered by a set of waits (overlapping waits of several threads count
     once), with how many requests waited and their waits summed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requests = 0
         self.summed_s = 0.0
         self._closed_s = 0.0  # length of the waits too old to overlap a new one

@@ -254,10 +254,15 @@ def connect(url: str | None = None, **kwargs: Any) -> psycopg.Connection:
     return connect_url(resolve_database_url(url), **kwargs)
 
 
-def first_value(cur: psycopg.Cursor[Any]) -> Any:
-    """The first column of the next row of ``cur`` (a cursor, or what ``conn.execute`` returns),
-    for a query that always returns a row (``count(*)``, ``select current_setting(...)``...)."""
+def one_row(cur: psycopg.Cursor[Any]) -> Any:
+    """The next row of ``cur`` (a cursor, or what ``conn.execute`` returns), for a query that
+    always returns a row (``count(*)``, ``select current_setting(...)``, ``... returning``)."""
     row = cur.fetchone()
     if row is None:
         raise LookupError("the query returned no row")
-    return row[0]
+    return row
+
+
+def first_value(cur: psycopg.Cursor[Any]) -> Any:
+    """The first column of :func:`one_row`."""
+    return one_row(cur)[0]

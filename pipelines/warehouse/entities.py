@@ -49,6 +49,13 @@ class Field:
     def comment(self) -> str:
         return f"{self.doc}; {MONEY_TEXT}" if self.kind == MONEY else self.doc
 
+    @property
+    def json_path(self) -> str:
+        """``path``, of a field read from the record (a DERIVED field has none: an error)."""
+        if self.path is None:
+            raise ValueError(f"{self.column}: a derived field has no path in the record")
+        return self.path
+
 
 @dataclass(frozen=True)
 class Entity:

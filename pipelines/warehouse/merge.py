@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from . import records
+from .db import one_row
 from .embedded import project_root
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,8 @@ class MergeSpec:
     def take_lock(self, cur: psycopg.Cursor, store_id: int | None = None) -> None:
         """The transaction-scoped advisory lock of this table's merges (re-entrant in a transaction)."""
         if self.lock_per_store:
+            if store_id is None:
+                raise ValueError(f"{self.table}: its merge lock is per store, and no store was given")
             cur.execute("select pg_advisory_xact_lock(%s, %s)", (self.lock_key % 2**31, store_id % 2**31))
         else:
             cur.execute("select pg_advisory_xact_lock(%s)", (self.lock_key,))
@@ -238,7 +241,8 @@ class MergeSpec:
         first key. ``cols`` (default the spec's) are the columns written, read from ``source``
         (as ``prefix.col`` when given); ``keep``: columns written only by an insert."""
         cols = tuple(cols or self.cols)
-        carried, carry_join = sql.SQL(""), sql.SQL("")
+        carried: sql.Composable = sql.SQL("")
+        carry_join: sql.Composable = sql.SQL("")
         if carry is not None:
             carried = sql.SQL(", {}.{}").format(sql.Identifier(carry[0]), sql.Identifier(carry[1]))
             carry_join = sql.SQL(" join {} using ({})").format(sql.Identifier(carry[0]), sql.Identifier(self.keys[0]))
@@ -272,7 +276,7 @@ class MergeSpec:
                 " (select count(*) from {s})"
             ).format(i=sql.Identifier(into), s=sql.Identifier(staged))
         )
-        inserted, written, staged_n = cur.fetchone()
+        inserted, written, staged_n = one_row(cur)
         return inserted, written - inserted, staged_n - written
 
     def replace_children(self, cur: psycopg.Cursor, accepted: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from pipelines.warehouse.db import connect, project_root, redact_url, resolve_database_url
+from pipelines.warehouse.db import connect, first_value, project_root, redact_url, resolve_database_url
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def migrate(url: str | None = None, *, directory: str | Path | None = None) -> l
     files = discover(directory)
     url = resolve_database_url(url)
     with connect(url, autocommit=True) as conn:
-        if not conn.execute("select pg_try_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,)).fetchone()[0]:
+        if not first_value(conn.execute("select pg_try_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,))):
             logger.info("waiting for another process to finish migrating %s", redact_url(url))
             conn.execute("select pg_advisory_lock(%s)", (MIGRATIONS_LOCK_KEY,))
         try:

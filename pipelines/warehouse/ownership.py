@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import psycopg
 
+from .db import first_value
+
 SESSION_ACCOUNT = "coalesce(nullif(current_setting('taptouch.account', true), ''), 'default')"
 
 
 def session_account(conn: psycopg.Connection) -> str:
     """The account this connection writes rows for (its ``taptouch.account`` setting)."""
-    return conn.execute(f"select {SESSION_ACCOUNT}").fetchone()[0]
+    return first_value(conn.execute(f"select {SESSION_ACCOUNT}"))
 
 
 def foreign_stores(conn: psycopg.Connection, store_ids: list[int]) -> dict[int, str]:

@@ -29,7 +29,7 @@ def _nested(entity: Entity) -> tuple[list[Field], dict[str, Entity]]:
     for f in entity.fields:
         if f.kind == DERIVED:
             continue
-        head, _, rest = f.path.partition(".")
+        head, _, rest = f.json_path.partition(".")
         if rest:
             objects.setdefault(head, []).append(replace(f, path=rest))
         else:
@@ -76,7 +76,7 @@ def number_struct(entity: Entity) -> type | None:
 def number_fields(entity: Entity) -> tuple[frozenset[str], dict[str, Any]]:
     """(the top-level number fields, {list of records: the same for its elements})."""
     top, _ = _nested(entity)
-    names = frozenset(f.path for f in top if f.kind in _NUMBER_KINDS)
-    below = {f.path: number_fields(f.of) for f in top if f.kind == LIST and f.of is not None}
+    names = frozenset(f.json_path for f in top if f.kind in _NUMBER_KINDS)
+    below = {f.json_path: number_fields(f.of) for f in top if f.kind == LIST and f.of is not None}
     below.update({name: number_fields(child) for name, child in entity.lines})
     return names, below

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from .comments import write_comments
-from .db import project_root
+from .db import first_value, project_root
 
 log = logging.getLogger(__name__)
 _LOCK = zlib.crc32(b"taptouch.analytics.views")
@@ -81,7 +81,7 @@ def in_dependency_order(names: list[str], directory: Path | None = None) -> list
 
 def _exists(cur: psycopg.Cursor, name: str) -> bool:
     cur.execute("select to_regclass(%s) is not null", (f"{SCHEMA}.{name}",))
-    return cur.fetchone()[0]
+    return first_value(cur)
 
 
 def _dependent_views(cur: psycopg.Cursor, name: str) -> list[tuple[str, str]]:
