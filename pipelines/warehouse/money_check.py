@@ -35,7 +35,7 @@ SALE_STATUSES = ("completed", "partially_refunded", "refunded")  # analytics.sal
 LISTED = 20  # differences and rule breaks listed in the check's metadata and description
 ORDERS_LISTED = 10  # orders named per difference
 
-# measure -> (entity, column): the order's own money fields, then its lines' (summed per order)
+# (measure, column of taptouch.orders): the order's own money fields
 ORDER_MEASURES = (
     ("gross", "subtotal"),
     ("discounts", "discount"),
@@ -45,6 +45,7 @@ ORDER_MEASURES = (
     ("total", "total"),
     ("tips", "tips"),
 )
+# (measure, the record's JSON list, its entity, the column summed per order)
 LINE_MEASURES = (("items", "items", ITEM, "total"), ("refunds", "refunds", REFUND, "amount"))
 PAYMENTS = ("payments", PAYMENT, "amount", "method")  # one measure per method: payments.<method>
 MEASURES = ("orders", *(m for m, _ in ORDER_MEASURES), *(m for m, *_ in LINE_MEASURES), "payments.<method>")
