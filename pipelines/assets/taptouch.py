@@ -35,7 +35,7 @@ from ..sync import (
     sync_orders_windows,
     sync_stores,
 )
-from ..warehouse import money_check, proofs
+from ..warehouse import aggregates, money_check, proofs
 from ..warehouse.budget import RequestMeter, SharedBudget, record_usage
 from ..warehouse.resource import PostgresResource
 from ..warehouse.schema import table_metadata
@@ -591,6 +591,7 @@ def _orders_check_specs(orders_key) -> list[dg.AssetCheckSpec]:
             "loaded (a till's clock running ahead; such orders load, and warn).",
         ),
         money_check.check_spec(orders_key),
+        aggregates.check_spec(orders_key),
         dg.AssetCheckSpec(
             CHECK_PROVEN,
             asset=orders_key,
@@ -646,6 +647,9 @@ def orders_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
                 mine = None if account.is_default else account.name  # a named account: its own rows
                 money = money_check.reconcile(conn, windows[0].start, windows[-1].end, mine)
                 checks.append(money_check.check_result(money, account.key("orders")))
+                checks.append(
+                    aggregates.check_result(conn, windows[0].start, windows[-1].end, mine, account.key("orders"))
+                )
                 checks.append(_proven_check(conn, windows, listing.store_ids, account))
                 figures = _window_figures(conn, windows, listing.store_ids, account)
         _report_run(context, account, windows, total, run)

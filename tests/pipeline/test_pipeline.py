@@ -133,6 +133,7 @@ def test_assets_load_ground_truth(sandbox, migrated_db):
         "no_future_dated_orders": True,
         "money_reconciliation": True,
         "orders_proven": True,
+        "sales_aggregates_exact": True,
     }
 
 
