@@ -158,9 +158,15 @@ def history_days() -> int | None:
     """``TAPTOUCH_HISTORY_DAYS`` (1..36500, unset: keep everything): how many days an order version
     is kept in ``taptouch.order_history`` after it was first seen (an order's current version is
     always kept)."""
-    if not os.environ.get("TAPTOUCH_HISTORY_DAYS", "").strip():
+    raw = os.environ.get("TAPTOUCH_HISTORY_DAYS", "").strip()
+    if not raw:
         return None
-    return _int("TAPTOUCH_HISTORY_DAYS", 0, 1, MAX_HISTORY_DAYS)
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_HISTORY_DAYS):
+        raise _run_setting_error()(
+            f"TAPTOUCH_HISTORY_DAYS must be a whole number of days from 1 to {MAX_HISTORY_DAYS}, got {raw!r}: "
+            "set it to how long superseded order versions are kept, or unset it to keep every version"
+        )
+    return int(raw)
 
 
 def reconcile_confirm_s() -> int:

@@ -129,6 +129,7 @@ def test_history_and_views_follow_edits_refunds_voids_and_deletions(world):
     assert deleted == (True,)
 
 
+@pytest.mark.slow
 def test_a_relisting_of_the_same_versions_adds_nothing(world):
     w = world
     w.run()
@@ -260,3 +261,16 @@ def test_state_machine(migrated_db):
         max_examples=6, stateful_step_count=8, deadline=None, suppress_health_check=list(HealthCheck)
     )
     machine().runTest()
+
+
+def test_history_days_setting(monkeypatch):
+    from pipelines.settings import SettingError, history_days
+
+    monkeypatch.delenv("TAPTOUCH_HISTORY_DAYS", raising=False)
+    assert history_days() is None  # unset: keep every version
+    monkeypatch.setenv("TAPTOUCH_HISTORY_DAYS", " 30 ")
+    assert history_days() == 30
+    for bad in ("0", "-1", "1.5", "36501", "a week"):
+        monkeypatch.setenv("TAPTOUCH_HISTORY_DAYS", bad)
+        with pytest.raises(SettingError, match="TAPTOUCH_HISTORY_DAYS must be a whole number of days"):
+            history_days()
