@@ -379,10 +379,16 @@ def _rebuild_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
+    from pipelines.settings import SettingError, business_day_start
     from pipelines.warehouse.db import connect, redact_url, resolve_database_url
     from pipelines.warehouse.migrations import migrate
     from pipelines.warehouse.rebuild import rebuild
+    from taptouch_resource import TaptouchConfigError
 
+    try:
+        day_start = business_day_start()
+    except SettingError as err:
+        raise TaptouchConfigError(str(err)) from None
     url = resolve_database_url(args.database_url)
     migrate(url)
     print(
@@ -390,7 +396,12 @@ def _rebuild(args: argparse.Namespace) -> int:
         flush=True,
     )
     with connect(url, autocommit=True) as conn:
-        report = rebuild(conn, batch_size=args.batch_size, progress=lambda text: print(text, flush=True))
+        report = rebuild(
+            conn,
+            batch_size=args.batch_size,
+            progress=lambda text: print(text, flush=True),
+            day_start=day_start,
+        )
     for line in report.lines():
         print(line)
     print(

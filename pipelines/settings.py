@@ -41,6 +41,7 @@ DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
 # Replica lag of a read API is seconds; 5 minutes is ample and keeps an unchanged re-run of a busy
 # day to one page per store (a cafe sells far fewer than a page of orders in 5 minutes).
 DEFAULT_LOOKBACK = timedelta(minutes=5)
+DEFAULT_BUSINESS_DAY_START = timedelta(0)  # local midnight
 
 
 class SettingError(ValueError):
@@ -224,6 +225,23 @@ def lookback(configured: str | int | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def business_day_start() -> timedelta:
+    """``TAPTOUCH_BUSINESS_DAY_START`` (``HH:MM``, 00:00 to 11:59, default 00:00): the local
+    wall-clock time every store's business day starts at, unless ``taptouch.store_business_days``
+    holds the store's own. A sale before it counts toward the previous business date."""
+    raw = os.environ.get("TAPTOUCH_BUSINESS_DAY_START", "").strip()
+    if raw == "":
+        return DEFAULT_BUSINESS_DAY_START
+    hours, sep, minutes = raw.partition(":")
+    ok = sep == ":" and len(minutes) == 2 and 1 <= len(hours) <= 2 and (hours + minutes).isascii()
+    if not (ok and hours.isdigit() and minutes.isdigit() and int(hours) < 12 and int(minutes) < 60):
+        raise _run_setting_error()(
+            f"TAPTOUCH_BUSINESS_DAY_START must be a local time HH:MM from 00:00 to 11:59, got {raw!r}: "
+            "set it to the time the stores' business day starts (e.g. 04:00), or unset it for 00:00"
+        )
+    return timedelta(hours=int(hours), minutes=int(minutes))
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every tunable of one run of one account, read once when the run starts (:func:`for_run`) and
@@ -236,6 +254,7 @@ class RunSettings:
     lookback: timedelta = DEFAULT_LOOKBACK  # an incremental window re-asks from its mark minus this
     reconcile_days: int = DEFAULT_RECONCILE_DAYS
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
+    business_day_start: timedelta = DEFAULT_BUSINESS_DAY_START  # stores without their own start
     history_days: int | None = None  # TAPTOUCH_HISTORY_DAYS; None: order history kept forever
 
 
@@ -263,6 +282,7 @@ def for_run(
         lookback=lookback(),
         reconcile_days=reconcile_days(),
         reconcile_confirm_s=reconcile_confirm_s(),
+        business_day_start=business_day_start(),
         history_days=history_days(),
     )
     client_id, client_secret, base_url = taptouch.resolved()  # later uses read these fields, not the environment

@@ -27,7 +27,7 @@ from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
 from taptouch_resource.retry import RETRY_STATUSES, stop_on
 
 from .settings import RunSettings
-from .warehouse import marks, ownership
+from .warehouse import derived, marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.budget import requests_of
 from .warehouse.history import Retention
@@ -169,11 +169,17 @@ class OrdersRun:
 
 
 def sync_stores(
-    client: TaptouchClient, conn: psycopg.Connection, *, run_id: str | None = None
+    client: TaptouchClient,
+    conn: psycopg.Connection,
+    *,
+    run_id: str | None = None,
+    day_start: timedelta | None = None,
 ) -> tuple[LoadCounts, list[dict]]:
     """Fetch every store the token may read and upsert them into ``taptouch.stores`` (the ``stores``
     asset, the table's one writer), except the stores another account owns
-    (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded."""
+    (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded. ``day_start``: the
+    run's TAPTOUCH_BUSINESS_DAY_START; stores whose day start moved get their orders re-dated
+    (:func:`.warehouse.derived.apply_day_starts`)."""
     records = list(client.list_stores())
     ids = [r.get("id") for r in records if isinstance(r, dict)]
     foreign = ownership.foreign_stores(conn, [i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
@@ -181,6 +187,8 @@ def sync_stores(
         _warn_foreign(conn, foreign)
         records = [r for r in records if not (isinstance(r, dict) and r.get("id") in foreign)]
     counts = load_stores(conn, records, run_id=run_id)
+    if day_start is not None:
+        counts.business_dates_rederived += sum(derived.apply_day_starts(conn, day_start).values())
     log.info(
         "stores: %d listed, %d inserted, %d updated, %d unchanged, %d quarantined",
         len(records),
@@ -508,6 +516,8 @@ def sync_orders_window(
         run.progress(f"orders {window.key}: no stores to load")
         result.seconds = time.monotonic() - t0
         return result
+    # a moved day start (TAPTOUCH_BUSINESS_DAY_START, a store's own) re-dates the stores' orders first
+    derived.apply_day_starts(conn, run.settings.business_day_start)
     workers = max(1, min(run.settings.store_workers, len(store_ids)))
     starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
     with (
@@ -649,9 +659,11 @@ def sync_inventory(
     progress: Callable[[str], None] | None = None,
     confirm_s: int | None = None,
 ) -> SyncResult:
-    """Replace each store's inventory levels and upsert today's snapshot (store-local date).
+    """Replace each store's inventory levels and upsert today's snapshot (the store's business date).
 
-    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`), which dates the snapshot.
+    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`), which dates the snapshot
+    with the day start the store's order dates follow (:func:`.warehouse.derived.dated_starts`;
+    a snapshot keeps its date when the start changes later).
     ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:func:`load_inventory`). Each store
     commits on its own: one store failing costs the others nothing.
     """
@@ -660,10 +672,13 @@ def sync_inventory(
     store_ids = sorted(timezones) if store_ids is None else store_ids
     now = now or datetime.now(UTC)
     result = SyncResult()
+    starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it
     for store_id in store_ids:
         try:
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-            snapshot_date = record_rules.local_date(now, timezones.get(store_id, "UTC"))
+            snapshot_date = record_rules.local_date(
+                now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
+            )
             counts = load_inventory(
                 conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id, now=now, confirm_s=confirm_s
             )

@@ -557,7 +557,9 @@ def stores_asset(account: Account = DEFAULT) -> dg.AssetsDefinition:
         taptouch, warehouse = _resources(context, account)
         with step_errors():
             with run_context(taptouch, warehouse, store_api=True, account=account, context=context) as run:
-                counts, records = sync_stores(run.client, run.conn, run_id=context.run.run_id)
+                counts, records = sync_stores(
+                    run.client, run.conn, run_id=context.run.run_id, day_start=run.settings.business_day_start
+                )
             params = {"n": PREVIEW_ROWS, **({} if account.is_default else {"account": account.name})}
             preview = read_frame(warehouse, preview_sql, **params)
         return dg.MaterializeResult(

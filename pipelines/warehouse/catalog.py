@@ -74,7 +74,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "taptouch.inventory_snapshots": (
         "Daily stock snapshots: the levels at the last inventory sync of each store-local date",
         {
-            "snapshot_date": "store-local date of the snapshot",
+            "snapshot_date": "the store's business date of the snapshot (its day start when taken)",
             "store_id": "the store",
             "product_id": "the product",
             "on_hand": "units in stock at the snapshot",

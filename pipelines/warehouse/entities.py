@@ -191,7 +191,12 @@ ORDER = Entity(
             required=True,
         ),
         Field("completed_at", "completed_at", INSTANT, "when the order was completed (null while open)"),
-        Field("business_date", None, DERIVED, "local date of created_at in the store's time zone"),
+        Field(
+            "business_date",
+            None,
+            DERIVED,
+            "the store's business date of created_at: local date of (wall-clock time minus the store's day start)",
+        ),
         Field(
             "currency",
             "currency",

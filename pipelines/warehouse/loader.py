@@ -270,9 +270,12 @@ class OrderWindowLoad:
         timezones: dict[int, str] | None = None,
         full: bool = False,
         retention: history.Retention | None = None,
+        day_starts: dict[int, timedelta] | None = None,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
-        of the stores passed to :meth:`store_listed` move in the same transaction as the data."""
+        of the stores passed to :meth:`store_listed` move in the same transaction as the data.
+        ``day_starts``: store id -> its business day start (unset: the ones its stored dates
+        follow, :func:`.derived.dated_starts`)."""
         self.conn = conn
         self.full = full
         self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
@@ -285,6 +288,7 @@ class OrderWindowLoad:
         self.run_id = run_id
         self.batch_size = batch_size
         self.timezones = timezones
+        self.day_starts = day_starts
         self.quarantine = Quarantine("order", window, run_id)
         self.counts = LoadCounts()
         self.per_store: dict[int, LoadCounts] = {}
@@ -305,6 +309,8 @@ class OrderWindowLoad:
         self._cursor = self.conn.cursor()
         if self.timezones is None:
             self.timezones = store_timezones(self.conn)
+        if self.day_starts is None:
+            self.day_starts = derived.dated_starts(self._cur)
         cur = self._cur
         cur.execute("create temp table stage_orders (seq bigint, like taptouch.orders) on commit drop")
         cur.execute("alter table stage_orders alter column loaded_at drop not null")
@@ -348,6 +354,7 @@ class OrderWindowLoad:
                 f"is unknown. Materialize the 'stores' asset first."
             )
         staged = 0
+        day_start = _entered(self.day_starts).get(store_id, records.NO_DAY_START)
         sc = self.store_counts(store_id)
         raws = [records.as_bytes(r) for r in page]
         ids = [_order_id(r) for r in raws]
@@ -364,7 +371,7 @@ class OrderWindowLoad:
                     sc.unchanged += 1
                 continue
             try:
-                r = records.order_rows(raw, tz, store_id)
+                r = records.order_rows(raw, tz, store_id, day_start)
             except InvalidRecord as exc:
                 self.quarantine.add(raw, exc.reason, store_id)
                 self.counts.quarantined += 1
@@ -524,7 +531,9 @@ class OrderWindowLoad:
         ORDERS.replace_children(cur, "accepted")
         self.versions_recorded = history.record(cur, self.run_id, self.retention)  # taptouch.order_history
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
-        derived.follow_store_zones(cur, _entered(self.timezones), self.per_store, only="accepted")
+        derived.follow_store_zones(
+            cur, _entered(self.timezones), self.per_store, only="accepted", used_starts=self.day_starts
+        )
         aggregates.note_merged(cur, "accepted")  # and those they are on now: each recomputed whole
         aggregates.recompute(cur)
         self._count_merged(cur)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +58,7 @@ class RebuildReport:
         default_factory=lambda: {e: QuarantineCounts() for e in ("store", "order", "inventory")}
     )
     business_dates_rederived: int = 0
+    day_start_dates_rederived: int = 0  # dates re-derived because a store's business day start moved
     batches: int = 0
 
     @property
@@ -71,19 +73,28 @@ class RebuildReport:
         for entity, q in self.quarantine.items():
             out.append(f"{'  ' + entity:<28}{q.examined:>10}{q.loaded:>10}{q.resolved:>10}{q.still_invalid:>10}")
         out.append(f"business dates re-derived after a zone change: {self.business_dates_rederived}")
+        out.append(f"business dates re-derived after a day start change: {self.day_start_dates_rederived}")
         return out
 
 
 def rebuild(
-    conn: psycopg.Connection, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[str], None] | None = None
+    conn: psycopg.Connection,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[str], None] | None = None,
+    day_start: timedelta | None = None,
 ) -> RebuildReport:
     """Re-derive ``taptouch.stores``, ``orders`` (+ children) and ``inventory_levels`` from ``raw``,
     then retry unresolved quarantine rows. ``conn`` must be in autocommit mode (each batch is its
-    own transaction). Returns what was examined and changed."""
+    own transaction). ``day_start``: TAPTOUCH_BUSINESS_DAY_START; stores whose business day start
+    moved (it, or their row in ``taptouch.store_business_days``) get their business dates re-derived
+    first (:func:`.derived.apply_day_starts`). Returns what was examined and changed."""
     if not conn.autocommit:
         raise ValueError("rebuild needs an autocommit connection: each batch commits on its own")
     say = progress or log.info
     report = RebuildReport()
+    if day_start is not None:
+        report.day_start_dates_rederived = sum(derived.apply_day_starts(conn, day_start).values())
     _stores(conn, report, batch_size)
     say(f"stores: {report.tables['stores'].examined} examined, {report.tables['stores'].changed} changed")
     _orders(conn, report, batch_size, say)
@@ -330,6 +341,7 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
             # the merge lock: no load writes an order between this batch's read and its write
             ORDERS.take_lock(cur)
             zones = loader.store_timezones(conn)
+            starts = derived.dated_starts(cur)
             cur.execute(
                 "select order_id, store_id, raw::text from taptouch.orders where order_id > %s"
                 " order by order_id limit %s",
@@ -346,7 +358,9 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
                 try:
                     if tz is None:
                         raise InvalidRecord(f"store {store_id} is not in taptouch.stores (its time zone is unknown)")
-                    r = records.order_rows(raw.encode("utf-8"), tz, store_id)
+                    r = records.order_rows(
+                        raw.encode("utf-8"), tz, store_id, starts.get(store_id, records.NO_DAY_START)
+                    )
                     if r.order_id != order_id:
                         raise InvalidRecord(f"raw has id {r.order_id}")
                 except InvalidRecord as exc:
@@ -402,6 +416,7 @@ def _newest_valid_orders(
     """order id -> (rows, account) of the newest version that now passes among the unresolved
     quarantine rows of ``keys`` (the same version: the later quarantine row)."""
     zones = loader.store_timezones(cur.connection)
+    starts = derived.dated_starts(cur)
     cur.execute(
         "select quarantine_id, store_id, account, coalesce(raw::text, raw_text) from taptouch.quarantine"
         " where entity = 'order' and resolved_at is null and record_key = any(%s)"
@@ -417,7 +432,7 @@ def _newest_valid_orders(
         try:
             if raw is None or tz is None:
                 raise InvalidRecord("not retried")
-            r = records.order_rows(raw, tz, store_id)
+            r = records.order_rows(raw, tz, store_id, starts.get(store_id, records.NO_DAY_START))
         except InvalidRecord:
             q.still_invalid += 1
             continue

@@ -465,7 +465,7 @@ def zone(name: str) -> ZoneInfo:
 
 
 NO_DAY_START = timedelta(0)
-"""A business day that starts at local midnight (issue 22 will read a store's own start)."""
+"""A business day that starts at local midnight (TAPTOUCH_BUSINESS_DAY_START's default)."""
 
 
 def business_date(at: datetime, tz: str, day_start: timedelta = NO_DAY_START) -> date:
@@ -478,7 +478,9 @@ def business_date(at: datetime, tz: str, day_start: timedelta = NO_DAY_START) ->
 
     Deliberately not computed in SQL: PostgreSQL reads some zone names as abbreviations with a
     fixed offset (``at time zone 'CET'`` is +01:00 all summer) and may ship other tz data than
-    Python, so a second SQL copy of the rule would not be the same rule."""
+    Python, so a second SQL copy of the rule would not be the same rule. (Views that must place a
+    stored date in time use migration 0017's ``taptouch.business_day_bounds``, which reads the start
+    the stored dates were derived with; the dates themselves are always computed here.)"""
     local = at.astimezone(zone(tz))
     if day_start:
         local = local.replace(tzinfo=None) - day_start
@@ -486,15 +488,15 @@ def business_date(at: datetime, tz: str, day_start: timedelta = NO_DAY_START) ->
 
 
 @lru_cache(maxsize=65536)
-def _business_date(created_at: str, tz: str) -> date:
+def _business_date(created_at: str, tz: str, day_start: timedelta = NO_DAY_START) -> date:
     """:func:`business_date` of an order's ``created_at`` text (cut to the microsecond as stored)."""
-    return business_date(_instant(created_at), tz)
+    return business_date(_instant(created_at), tz, day_start)
 
 
-def local_date(ts: datetime, tz: str) -> date:
-    """The store-local business date of an instant (e.g. an inventory snapshot's date: it lines up
+def local_date(ts: datetime, tz: str, day_start: timedelta = NO_DAY_START) -> date:
+    """The store's business date of an instant (e.g. an inventory snapshot's date: it lines up
     with the ``business_date`` of the sales beside it). The same rule: :func:`business_date`."""
-    return business_date(ts, tz)
+    return business_date(ts, tz, day_start)
 
 
 def _raw_object(raw: msgspec.Raw | None, where: str) -> str | None:
@@ -770,10 +772,12 @@ def _order_sums(order: tuple, items: list, payments: list) -> None:
             raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
 
 
-def _order_precise(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
+def _order_precise(
+    o: Any, raw: bytes, tz: str, listed_store: int | None, day_start: timedelta = NO_DAY_START
+) -> OrderRows:
     """The order by :func:`_precise_row` (the reference: says exactly why a record cannot be stored)."""
     try:
-        business_day = _business_date(o.created_at, tz)
+        business_day = _business_date(o.created_at, tz, day_start)
     except (_BadInstant, TypeError):
         business_day = None  # created_at's own check says why
     order = _precise_row(ORDER, o, "", {"business_date": business_day})
@@ -794,11 +798,13 @@ def _order_precise(o: Any, raw: bytes, tz: str, listed_store: int | None) -> Ord
     )
 
 
-def _order_fast(o: Any, raw: bytes, tz: str, listed_store: int | None) -> OrderRows:
+def _order_fast(
+    o: Any, raw: bytes, tz: str, listed_store: int | None, day_start: timedelta = NO_DAY_START
+) -> OrderRows:
     """The order by the generated code, or _Slow. Its contract with :func:`_order_precise` (the same
     rows, or a decline): tests/records/test_records_properties.py."""
     try:
-        order = _FAST_ORDER(o, _business_date(o.created_at, tz))
+        order = _FAST_ORDER(o, _business_date(o.created_at, tz, day_start))
         oid, sid = order[0], order[1]
         if listed_store is not None and sid != listed_store:
             raise _Slow
@@ -866,15 +872,19 @@ def _unforeseen(raw: bytes, entity: str, exc: Exception) -> InvalidRecord:
     return InvalidRecord(reason or f"the {entity} record could not be read: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def order_rows(record: Any, timezone_name: str, store_id: int | None = None) -> OrderRows:
-    """Validate one order (its bytes, or a parsed record) and build its rows. Raises InvalidRecord only."""
+def order_rows(
+    record: Any, timezone_name: str, store_id: int | None = None, day_start: timedelta = NO_DAY_START
+) -> OrderRows:
+    """Validate one order (its bytes, or a parsed record) and build its rows, its ``business_date``
+    by :func:`business_date` for a business day starting ``day_start`` after local midnight.
+    Raises InvalidRecord only."""
     raw = as_bytes(record)
     try:
         o = _checked(raw, "order", _DECODERS["order"])
         try:
-            return _order_fast(o, raw, timezone_name, store_id)
+            return _order_fast(o, raw, timezone_name, store_id, day_start)
         except _Slow:
-            return _order_precise(o, raw, timezone_name, store_id)  # the authority: says exactly why
+            return _order_precise(o, raw, timezone_name, store_id, day_start)  # the authority: says exactly why
     except InvalidRecord:
         raise
     except Exception as exc:  # a rule this module did not foresee: that record, not the window

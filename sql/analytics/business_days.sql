@@ -10,11 +10,12 @@
 -- Columns:
 --   store_id        the store
 --   store_name      its name (taptouch.stores.name)
---   business_date   the store-local calendar date (as in every view's business_date)
+--   business_date   the store's business date (as in every view's business_date)
 --   day_complete    true when every orders window overlapping the day was completely listed after the
 --                   day (or the window) ended: the day's figures are final except for later edits
---   day_starts_at   local midnight starting the day, as an instant (timestamptz)
---   day_ends_at     local midnight ending it
+--   day_starts_at   the instant the business day starts: the store's day start (local wall-clock
+--                   time, taptouch.business_day_bounds) on that date
+--   day_ends_at     the store's day start on the next date
 --   windows         the orders windows (UTC days, YYYY-MM-DD) overlapping the day
 --   windows_loaded  those of them completely listed after the day (or the window) ended
 --   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account

@@ -5,7 +5,7 @@
 -- with status completed, partially_refunded or refunded; open and voided are left out, refunds
 -- (order-level money) do not reduce units, as in inventory_status.
 -- Columns:
---   snapshot_date   store-local date of the snapshot (= the business_date of the sales beside it)
+--   snapshot_date   the store's business date of the snapshot (= the business_date of the sales beside it)
 --   store_id        the store
 --   store_name      its name (taptouch.stores.name)
 --   product_id      the product

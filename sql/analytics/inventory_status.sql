@@ -3,8 +3,9 @@
 -- the last inventory sync). Units sold come from items of sales orders (status completed,
 -- partially_refunded or refunded; open and voided left out, as in daily_store_sales), matched by
 -- product_id. Refunds are order-level money, not returned stock, so they do not reduce units sold.
--- "Last 28 days" = the 28 complete business dates before today, today being current_date in the
--- store's time zone (today's partial sales are not in the average).
+-- "Last 28 days" = the 28 complete business dates before today, today being the store's current
+-- business date (taptouch.business_date_at: its day start counts; today's partial sales are not
+-- in the average).
 -- Columns:
 --   store_id              the store
 --   store_name            its name (taptouch.stores.name)
@@ -30,7 +31,7 @@ create or replace view analytics.inventory_status as
 with levels as (
     select
         levels.*,
-        (now() at time zone stores.timezone)::date as local_today
+        taptouch.business_date_at(levels.store_id, now()) as local_today
     from taptouch.inventory_levels as levels
     join taptouch.stores as stores using (store_id)
 ),

@@ -8,7 +8,7 @@
 --   order_id          the order
 --   store_id          its store
 --   store_name        the store's name (taptouch.stores.name)
---   business_date     local date of created_at in the store's time zone
+--   business_date     the store's business date of created_at (taptouch.orders.business_date)
 --   local_hour        0-23, the hour of created_at in the store's time zone
 --   source            pos | kiosk | online | ubereats | doordash (null if unsent)
 --   fulfillment_type  dine_in | takeaway | delivery | pickup (null if unsent)
