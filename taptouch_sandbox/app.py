@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import formatdate
@@ -331,7 +331,7 @@ class Sandbox:
         )
         thread.start()
         try:
-            yield _url(server)
+            yield server_url(server)
         finally:
             server.shutdown()
             server.server_close()
@@ -632,7 +632,7 @@ class Sandbox:
         if self.on_page is not None:
             self.on_page(page)
 
-    def _envelope_error(self, status: int, errors: Any, headers: list[tuple[str, str]] = ()) -> Response:
+    def _envelope_error(self, status: int, errors: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
         body = dumps({"status": {"timestamp": self.api_time(), "ack": status, "errors": errors}, "data": None})
         return Response(status, [("Content-Type", "application/json"), *headers], body.encode())
 
@@ -815,7 +815,7 @@ def _parse_form(content_type: str, body: bytes) -> dict[str, str]:
     raise ValueError(f"Unsupported content type {ctype!r}: send application/x-www-form-urlencoded.")
 
 
-def _oauth_error(status: int, error: str, description: str, headers: list[tuple[str, str]] = ()) -> Response:
+def _oauth_error(status: int, error: str, description: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
     body = dumps({"error": error, "error_description": description}).encode()
     return Response(status, [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *headers], body)
 
@@ -825,8 +825,11 @@ def _html(status: int, reason: str) -> Response:
     return Response(status, [("Content-Type", "text/html")], body)
 
 
-def _url(server: ThreadingHTTPServer) -> str:
+def server_url(server: ThreadingHTTPServer) -> str:
+    """The base URL of a server listening on ``server.server_address`` (an IPv6 host in brackets)."""
     host, port = server.server_address[:2]
+    if isinstance(host, bytes):  # typeshed allows it; a TCP server's host is a str
+        host = host.decode()
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
@@ -842,7 +845,8 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         split = urlsplit(self.path)
         sb = self.sandbox
-        resp = sb.handle(self.command, unquote(split.path), split.query, self.headers, body)
+        headers = {name.lower(): value for name, value in self.headers.items()}  # looked up in lower case
+        resp = sb.handle(self.command, unquote(split.path), split.query, headers, body)
         delay = sb.faults.latency + (sb.faults.timeout_sleep if resp.stall else 0.0)
         if delay > 0:
             time.sleep(delay)

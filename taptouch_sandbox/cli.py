@@ -8,7 +8,7 @@ import signal
 import sys
 from datetime import date
 
-from .app import Sandbox
+from .app import Sandbox, server_url
 from .config import ALL_SCOPES, Faults, SandboxConfig
 
 _FAULT_HELP = {
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sandbox = Sandbox(config, faults=faults)
     server = sandbox.make_server(args.host, args.port)
-    host, port = server.server_address[:2]
-    url = f"http://{host}:{port}"
+    url = server_url(server)
 
     def stop(signum, frame):  # SIGTERM: leave like Ctrl-C
         raise KeyboardInterrupt
