@@ -118,7 +118,7 @@ class SandboxServer:
             END_DATE.isoformat(),
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
         if "serving http://" not in line:
             self.__exit__(None, None, None)
             raise RuntimeError(f"the sandbox did not start: {line!r}")
@@ -234,8 +234,8 @@ def build_copy_files(days: int, directory: Path, pages_file: Path | None = None)
     try:
         for store_id in sb.store_ids():
             page: list = []
-            for raw in sb.orders(store_id):
-                raw = records.as_bytes(raw)  # the bytes an API would send
+            for record in sb.orders(store_id):
+                raw = records.as_bytes(record)  # the bytes an API would send
                 p = records.order_rows(raw, tz[store_id])
                 row = list(p.order) + [p.raw]
                 files["orders"].write("\t".join(map(_text_cell, row)) + "\n")
@@ -307,6 +307,8 @@ def child_copy(spec: dict) -> dict:
     import psycopg
     from psycopg import sql
 
+    from pipelines.warehouse.db import first_value
+
     files = spec["copy"]["files"]
     cols = spec["copy"]["cols"]
     like = {
@@ -331,7 +333,7 @@ def child_copy(spec: dict) -> dict:
                         cp.write(chunk)
         wall = time.perf_counter() - t0
         counts = {
-            k: conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(f"raw_{k}"))).fetchone()[0]
+            k: first_value(conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(f"raw_{k}"))))
             for k in files
         }
     return {"orders": counts["orders"], "rows": sum(counts.values()), "wall_s": wall, "requests": 0}
@@ -535,6 +537,8 @@ def child_dlt(spec: dict) -> dict:
     import dlt
     import psycopg
 
+    from pipelines.warehouse.db import first_value
+
     counter = [0]
     pipeline = dlt.pipeline(
         pipeline_name="taptouch_bench",
@@ -556,7 +560,7 @@ def child_dlt(spec: dict) -> dict:
             ("refunds", "orders__refunds"),
         ):
             try:
-                counts[k] = conn.execute(f"select count(*) from taptouch_dlt.{t}").fetchone()[0]
+                counts[k] = first_value(conn.execute(f"select count(*) from taptouch_dlt.{t}"))
             except psycopg.errors.UndefinedTable:
                 counts[k] = 0
     trace = pipeline.last_trace
@@ -750,6 +754,7 @@ def run_volume(n: int, args, work: Path) -> dict:
     dbs: list[str] = []
     try:
         if args.mode == "loader":
+            assert copy_spec is not None  # built above for this mode
             return _loader_volume(n, admin, base, copy_spec, vol_dir, dbs)
         expected = None
         for name in [
