@@ -41,6 +41,8 @@ VIEW_UPSTREAMS = {
     "product_sales": {"sales_orders", "orders", "stores"},
     "inventory_status": {"sales_orders", "orders", "stores", "inventory"},
     "inventory_history": {"sales_orders", "orders", "stores", "inventory", "business_days"},
+    "order_changes": {"orders", "stores", "business_days"},  # order_history (written by orders), orders
+    "daily_restatements": {"orders", "stores", "business_days"},  # order_history, orders, refunds
 }
 
 
