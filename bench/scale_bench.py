@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from pipelines.warehouse.db import libpq_url, with_database  # noqa: E402
+from pipelines.warehouse.db import first_value, libpq_url, one_row, with_database  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_DATABASE = "taptouch_scale"
@@ -199,7 +200,7 @@ def load_window(conn: psycopg.Connection, window: str, store_pages: list[tuple[i
 
 def next_future_day(conn: psycopg.Connection) -> date:
     """A local day after the build's newest, never used before (measurement orders get fresh ids)."""
-    used = conn.execute("update scale_bench.future_days set used = used + 1 returning used").fetchone()[0]
+    used = first_value(conn.execute("update scale_bench.future_days set used = used + 1 returning used"))
     return END_DATE + timedelta(days=used)
 
 
@@ -239,7 +240,7 @@ def load_chain_stores(conn: psycopg.Connection, scale: Scale) -> list[int]:
 
 def built(conn: psycopg.Connection) -> tuple[int, int]:
     """(days built, orders built)."""
-    return conn.execute("select count(*), coalesce(sum(orders), 0) from scale_bench.built_days").fetchone()
+    return one_row(conn.execute("select count(*), coalesce(sum(orders), 0) from scale_bench.built_days"))
 
 
 def build_day(conn: psycopg.Connection, data, day: date, deleted_every: int) -> int:
@@ -369,7 +370,7 @@ def measure_query(conn: psycopg.Connection, query: str, store_ids: list[int], ru
 
 def storage(conn: psycopg.Connection) -> dict:
     """Bytes per order of every non-empty taptouch table: its heap, TOAST and indexes."""
-    orders = conn.execute("select count(*) from taptouch.orders").fetchone()[0]
+    orders = first_value(conn.execute("select count(*) from taptouch.orders"))
     rows = conn.execute(
         "select c.relname, pg_relation_size(c.oid),"
         " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), pg_indexes_size(c.oid)"
@@ -410,10 +411,12 @@ def dead_share(conn: psycopg.Connection) -> dict:
     if not conn.execute("select 1 from pg_extension where extname = 'pgstattuple'").fetchone():
         return out
     for table in BLOAT_TABLES:
-        row = conn.execute(
-            "select dead_tuple_percent, approx_free_percent, table_len from pgstattuple_approx(%s::regclass)",
-            (f"taptouch.{table}",),
-        ).fetchone()
+        row = one_row(
+            conn.execute(
+                "select dead_tuple_percent, approx_free_percent, table_len from pgstattuple_approx(%s::regclass)",
+                (f"taptouch.{table}",),
+            )
+        )
         out[table] = {"dead_pct": round(row[0], 2), "free_pct": round(row[1], 2), "bytes": row[2]}
     return out
 
@@ -422,7 +425,7 @@ def edited_text(data, oid: int, hour: int) -> bytes:
     """A new version of an order, edited ``hour`` hours after its day began: a refund on a sale,
     else the order touched (updated_at moves on)."""
     status = data.order(oid)["status"]
-    changes = {"status": "partially_refunded"} if status == "completed" else {}
+    changes: dict[str, Any] = {"status": "partially_refunded"} if status == "completed" else {}
     changes["updated_at"] = datetime.combine(date.fromordinal(data.decode_id(oid)[1]), dtime(0), UTC) + timedelta(
         days=1, hours=hour
     )
@@ -555,7 +558,7 @@ def day_of_edits(conn: psycopg.Connection, scale: Scale, stores: list[tuple[int,
         for key in ("orders", "inserted", "updated", "wall_s", "merge_s"):
             totals[key] += result[key]
     after = table_stats(conn)
-    settings = dict(
+    settings: dict[str, str] = dict(
         conn.execute(
             "select name, setting from pg_settings where name in ('autovacuum',"
             " 'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold')"
@@ -580,7 +583,7 @@ def measure_size(url: str, scale: Scale, target: int) -> dict:
         build = grow(conn, scale, target)
         pairs = list(zip(ids, range(len(ids)), strict=True))
         reconciled, others = pairs[-1], pairs[:-1] or pairs
-        out = {"target": target, "load_avg_before": os.getloadavg(), "build": build, "queries": {}}
+        out: dict[str, Any] = {"target": target, "load_avg_before": os.getloadavg(), "build": build, "queries": {}}
         for name, query in QUERIES.items():
             out["queries"][name] = measure_query(conn, query, ids, scale.query_runs)
         out["storage"] = storage(conn)
@@ -727,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict:
     for target in args.sizes:
         print(f"size {target:,}: building and measuring", file=sys.stderr, flush=True)
         results.append(measure_size(url, scale, target))
-    report = {
+    report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "code": code_version(),
         "machine": {
@@ -742,7 +745,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": results,
     }
     with connect(url) as conn:
-        report["machine"]["postgres"] = conn.execute("select version()").fetchone()[0]
+        report["machine"]["postgres"] = first_value(conn.execute("select version()"))
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
