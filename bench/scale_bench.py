@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from pipelines.warehouse import aggregates  # noqa: E402
 from pipelines.warehouse.db import first_value, libpq_url, one_row, with_database  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -253,11 +254,12 @@ def build_day(conn: psycopg.Connection, data, day: date, deleted_every: int) -> 
         deleted += [oid for oid in ids if oid % deleted_every == 0]
     started = time.perf_counter()
     result = load_window(conn, f"scale-build-{day}", store_pages)
-    with conn.transaction():
-        conn.execute(
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
             "update taptouch.orders set deleted_at = %s where order_id = any(%s)",
             (datetime.combine(day + timedelta(days=2), dtime(3), UTC), deleted),
         )
+        aggregates.refresh_orders(cur, deleted)  # as the reconciliation does for the orders it deletes
         conn.execute(
             "insert into scale_bench.built_days (business_day, orders, seconds) values (%s, %s, %s)"
             " on conflict (business_day) do nothing",

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from . import derived, loader, records
+from . import aggregates, derived, loader, records
 from .merge import INVENTORY, ORDERS, STORES, copy_rows
 
 log = logging.getLogger(__name__)
@@ -371,8 +371,11 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
             counts.examined += len(rows)
             _stage_orders(cur)
             _copy_orders(cur, rows)
+            aggregates.note_held(cur, "rb_orders")  # the batch's store-days, before and after: recomputed
             counts.changed += _update_changed(cur, "orders", "rb_orders", ("order_id",), _ORDER_STAGE_COLS)
             _replace_children(cur, report, "rb_orders")
+            aggregates.note_merged(cur, "rb_orders")
+            aggregates.recompute(cur)
         if report.batches % 50 == 0:
             say(f"orders: {counts.examined} examined, {counts.changed} changed so far")
     say(f"orders: {counts.examined} examined, {counts.changed} changed")
@@ -461,6 +464,7 @@ def _merge_retried_orders(
     )
     for table, _, ccols, attr in _CHILDREN:
         copy_rows(cur, "rb_" + table, ccols, [x for r, _ in best.values() for x in getattr(r, attr)])
+    aggregates.note_held(cur, "rb_orders")
     ORDERS.merge(
         cur,
         "rb_orders",
@@ -471,6 +475,8 @@ def _merge_retried_orders(
     )
     q.loaded += cur.rowcount
     _replace_children(cur, None, "rb_accepted")
+    aggregates.note_merged(cur, "rb_accepted")  # new orders: their store-days' aggregates count them
+    aggregates.recompute(cur)
     cur.execute(
         "update taptouch.quarantine set resolved_at = now() where entity = 'order'"
         " and resolved_at is null and record_key = any(%s)",
