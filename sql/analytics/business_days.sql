@@ -64,7 +64,15 @@ windows as (
         stores.account
     from days
     join taptouch.stores as stores using (store_id)
-    cross join lateral taptouch.business_day_bounds(days.store_id, days.business_date) as local_day
+    -- taptouch.business_day_bounds(store_id, business_date), written out so that it plans as a join
+    -- (a call per row of that function costs about 8 us, 1 s per 140k store-days)
+    cross join lateral (
+        select
+            (days.business_date + coalesce(dated.day_starts, time '00:00')) at time zone stores.timezone as starts_at,
+            (days.business_date + 1 + coalesce(dated.day_starts, time '00:00')) at time zone stores.timezone as ends_at
+        from (select) as one
+        left join taptouch_meta.business_day_starts as dated on dated.store_id = days.store_id
+    ) as local_day
     cross join lateral (
         select generated::date as utc_day
         from generate_series((local_day.starts_at at time zone 'UTC')::date,

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from pipelines.sync import day_window
+from pipelines.sync import day_window, sync_inventory, sync_stores
 from pipelines.warehouse import aggregates
-from pipelines.warehouse.loader import load_stores
+from pipelines.warehouse.loader import OrderWindowLoad, load_stores
 from pipelines.warehouse.rebuild import rebuild
 from pipelines.warehouse.views import apply_views
 from taptouch_resource import TaptouchClient
@@ -222,6 +222,11 @@ def test_views_follow_the_business_day(world):
         zone = ZoneInfo(ZONES[sid])
         assert starts_at == datetime.combine(d, time(0), zone) + starts[sid]
         assert ends_at == datetime.combine(d + timedelta(days=1), time(0), zone) + starts[sid]
+    # the view's bounds are taptouch.business_day_bounds' (written out there for speed)
+    assert conn.execute(
+        "select count(*) from analytics.business_days d, taptouch.business_day_bounds(d.store_id, d.business_date) b"
+        " where (b.starts_at, b.ends_at) is distinct from (d.day_starts_at, d.day_ends_at)"
+    ).fetchone() == (0,)
     # hourly_sales: the hour stays the wall-clock hour; hours before the start sit on the previous date
     hours = defaultdict(int)
     for sid in ZONES:
@@ -237,3 +242,34 @@ def test_views_follow_the_business_day(world):
     }
     assert got == dict(hours)
     assert any(h < 4 for (_, _, h) in got)  # the night's sales are there, on the night before
+
+
+def test_the_stores_run_re_dates_too_and_snapshots_take_the_start(world):
+    sb, placed, client, conn, _ = world
+    sync(client, conn, timedelta(0))
+    counts, _ = sync_stores(client, conn, day_start=FOUR)  # the stores asset, TAPTOUCH_BUSINESS_DAY_START=04:00
+    four = truth_dates(sb, dict.fromkeys(ZONES, FOUR))
+    assert stored_dates(conn) == four
+    midnight = truth_dates(sb, dict.fromkeys(ZONES, timedelta(0)))
+    assert counts.business_dates_rederived == sum(1 for oid in four if four[oid] != midnight[oid]) > 0
+    assert aggregate_mismatches(conn) == {}
+    # an inventory sync at 01:30 in Perth (17:30 UTC) snapshots the night before's business date
+    sync_inventory(client, conn, timezones=ZONES, store_ids=[PERTH], now=datetime(2026, 10, 4, 17, 30, tzinfo=UTC))
+    assert conn.execute("select distinct snapshot_date from taptouch.inventory_snapshots").fetchall() == [
+        (date(2026, 10, 4),)
+    ]
+
+
+def test_a_load_dated_with_a_start_that_moved_meanwhile_follows_the_warehouse(world):
+    sb, placed, client, conn, _ = world
+    sync(client, conn, FOUR)
+    # a load that dated its orders with midnight (it read the starts before another run moved them
+    # to 04:00): its merge re-dates them by the start the warehouse's dates follow
+    oid, (store, _) = next(iter(placed.items()))
+    sb.edit_order(oid, updated_at=datetime(2026, 10, 5, 12, tzinfo=UTC))
+    record = next(o for o in sb.orders(store) if o["id"] == oid)
+    with OrderWindowLoad(conn, window="2026-10-05", day_starts=dict.fromkeys(ZONES, timedelta(0))) as load:
+        load.add_page(store, [record])
+        load.finish()
+    assert stored_dates(conn)[oid] == (store, expected_date(record["created_at"], ZONES[store], FOUR))
+    assert stored_dates(conn)[oid] == placed[oid]
