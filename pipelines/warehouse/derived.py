@@ -9,7 +9,7 @@ Two inputs can change, and one mechanism follows both (:func:`rederive_business_
 orders merge lock): a stores load that accepts a new zone re-dates that store's orders, and a run
 that finds a store's wanted start (its row in ``taptouch.store_business_days``, else
 TAPTOUCH_BUSINESS_DAY_START) differing from the recorded one re-dates its orders and records the
-new start (:func:`follow_day_starts`: every orders run before its first window, the stores load and
+new start (:func:`follow_day_starts`: each orders window before it loads, the stores load and
 ``taptouch-sync rebuild``). The orders merge re-dates what it accepted where the zone or start it
 dated with is no longer the warehouse's (:func:`follow_store_zones`). The rule runs in Python,
 never as a SQL copy. docs/operating.md, "Derived columns and rebuild".
@@ -90,7 +90,8 @@ def follow_day_starts(cur: psycopg.Cursor, setting: timedelta) -> dict[int, int]
             " on conflict (store_id) do update set day_starts = excluded.day_starts, derived_at = now()",
             (sid, start),
         )
-        log.warning(
+        log.log(
+            logging.WARNING if changed[sid] else logging.INFO,
             "store %s: business day now starts at %s local time; %d business date(s) of its orders re-derived",
             sid,
             str(start)[:-3],
@@ -152,7 +153,7 @@ def rederive_business_dates(
         " where o.order_id = r.order_id and o.business_date is distinct from r.business_date"
         " returning o.store_id) select store_id, count(*) from moved group by store_id"
     )
-    moved = dict(cur.fetchall())
+    moved: dict[int, int] = dict(cur.fetchall())
     if moved and only is None:  # (with ``only``, the orders merge recomputes the days it noted)
         aggregates.refresh_store_days(cur, moved)  # the stores' sales aggregates follow their dates
     return sum(moved.values())
