@@ -483,7 +483,10 @@ def business_date(at: datetime, tz: str, day_start: timedelta = NO_DAY_START) ->
     the stored dates were derived with; the dates themselves are always computed here.)"""
     local = at.astimezone(zone(tz))
     if day_start:
-        local = local.replace(tzinfo=None) - day_start
+        wall = local.replace(tzinfo=None)
+        if wall - datetime.min < day_start:  # before 0001-01-01's start: the first date there is
+            return date.min
+        local = wall - day_start
     return local.date()
 
 

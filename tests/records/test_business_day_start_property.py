@@ -77,6 +77,13 @@ def test_dst_nights_minute_by_minute(tz, night, start):
         assert records.business_date(at, tz, timedelta(minutes=start)) == independent(at, tz, start)
 
 
+def test_the_first_representable_date_is_the_floor():
+    # a record may say year 1: before that day's start there is no earlier date to give
+    assert records.business_date(datetime(1, 1, 1, 1, tzinfo=UTC), "UTC", timedelta(hours=4)) == date.min
+    assert records.business_date(datetime(1, 1, 1, 4, tzinfo=UTC), "UTC", timedelta(hours=4)) == date(1, 1, 1)
+    assert records.business_date(datetime(1, 1, 2, 3, tzinfo=UTC), "UTC", timedelta(hours=4)) == date(1, 1, 1)
+
+
 def test_a_sale_at_0130_counts_toward_the_night_before():
     at = datetime(2026, 10, 2, 15, 30, tzinfo=UTC)  # 01:30 AEST on Saturday 2026-10-03
     assert records.business_date(at, "Australia/Sydney") == date(2026, 10, 3)
