@@ -44,7 +44,9 @@ class World:
     """One sandbox (its days three or more days in the past), a warehouse, and the truth: every
     version the runs listed, with the run and simulated instant that first saw it."""
 
-    def __init__(self, url: str, seed: int = 3):
+    def __init__(self, url: str, seed: int = 3, day_start: timedelta = timedelta(0)):
+        """``day_start``: TAPTOUCH_BUSINESS_DAY_START of the runs (the stores' business days start then)."""
+        self.day_start = day_start
         end = datetime.now(UTC).date() - timedelta(days=4)
         self.sb = Sandbox(SandboxConfig(seed=seed, stores=2, days=DAYS, orders_per_day=8, end_date=end))
         self.client = TaptouchClient(
@@ -56,7 +58,7 @@ class World:
         )
         self.conn = psycopg.connect(libpq_url(url), autocommit=True)
         reset_warehouse(self.conn)
-        sync_stores(self.client, self.conn)
+        sync_stores(self.client, self.conn, day_start=day_start)
         self.tz = {s["id"]: ZoneInfo(s["timezone"]) for s in self.sb.stores()}
         first = end - timedelta(days=DAYS)
         self.windows = [OrderWindow.day(first + timedelta(days=i)) for i in range(DAYS + 6)]
@@ -85,7 +87,10 @@ class World:
         """Load every window in full as run ``run-k``, confirm deletions, stamp the simulated clock."""
         k, run_id = self.runs, f"run-{self.runs}"
         orders_run = OrdersRun(
-            timezones=store_timezones(self.conn), mode=FULL_REFRESH, settings=RunSettings(), run_id=run_id
+            timezones=store_timezones(self.conn),
+            mode=FULL_REFRESH,
+            settings=RunSettings(business_day_start=self.day_start),
+            run_id=run_id,
         )
         for window in self.windows:
             result = sync_orders_window(self.client, self.conn, window, orders_run)
@@ -116,12 +121,14 @@ class World:
         return out
 
     def business_date(self, order: dict) -> date:
-        return datetime.fromisoformat(order["created_at"]).astimezone(self.tz[order["store_id"]]).date()
+        """The local date of the local wall-clock time of created_at minus the day start."""
+        local = datetime.fromisoformat(order["created_at"]).astimezone(self.tz[order["store_id"]])
+        return (local.replace(tzinfo=None) - self.day_start).date()
 
     def day_end(self, store_id: int, day: date) -> datetime:
-        """Local midnight ending ``day`` at the store, as an instant."""
-        nxt = day + timedelta(days=1)
-        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.tz[store_id])
+        """The day start (local wall-clock time) on the day after ``day``: the instant ``day`` ends."""
+        nxt = datetime.combine(day + timedelta(days=1), datetime.min.time()) + self.day_start
+        return nxt.replace(tzinfo=self.tz[store_id])
 
     def current(self) -> dict[int, dict]:
         """Every order the warehouse holds, as its newest version seen."""

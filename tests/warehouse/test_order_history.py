@@ -12,7 +12,7 @@ days that lie in the past.
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -127,6 +127,29 @@ def test_history_and_views_follow_edits_refunds_voids_and_deletions(world):
         "select deleted_at is not null from analytics.order_changes where order_id = %s", (completed[3]["id"],)
     ).fetchone()
     assert deleted == (True,)
+
+
+@pytest.mark.slow
+def test_views_follow_a_business_day_start_of_0400(migrated_db):
+    """With TAPTOUCH_BUSINESS_DAY_START=04:00 a day ends at 04:00 local: order_changes' day_ends_at
+    and the after-close flags, and daily_restatements' next day, follow it (the truth shifts by it)."""
+    with psycopg.connect(libpq_url(migrated_db)) as conn:
+        apply_views(conn)
+    w = World(migrated_db, seed=9, day_start=timedelta(hours=4))
+    try:
+        w.run()
+        w.runs += 2
+        for o in [o for o in w.live() if o["status"] == "completed"][:4]:
+            w.edit(o, status="partially_refunded")
+        w.run()
+        check(w)
+        ends = w.conn.execute(
+            "select distinct extract(hour from day_ends_at at time zone s.timezone)"
+            " from analytics.order_changes c join taptouch.stores s using (store_id)"
+        ).fetchall()
+        assert ends == [(4,)]
+    finally:
+        w.close()
 
 
 @pytest.mark.slow
