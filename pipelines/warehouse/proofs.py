@@ -70,6 +70,42 @@ def _proof_row(cur: psycopg.Cursor, store_id: int, key: str, bounds: tuple[datet
     return cur.fetchone()
 
 
+_DESCRIBE = """
+update taptouch.listing_proofs as p set
+    covered_from = %(covered)s, complete = %(covered)s <= p.window_start, listed_from = %(listed_from)s,
+    listed_at = %(listed_at)s, api_started_at = %(api_started_at)s, listed_orders = l.n,
+    first_updated_at = l.first, last_updated_at = l.last,
+    proven_orders = (select count(*) from taptouch.listing_proof_orders where proof_id = p.proof_id),
+    proved_by = %(run_id)s, proved_at = now()
+from (
+    select count(*) as n, to_timestamp(min(updated_at_exact)::double precision) as first,
+           to_timestamp(max(updated_at_exact)::double precision) as last
+    from (select distinct on (order_id) updated_at_exact from listing_set
+          where store_id = %(store_id)s and updated_at_exact >= taptouch.exact_epoch(%(lower)s)
+            and updated_at_exact < taptouch.exact_epoch(%(end)s)
+          order by order_id, updated_at_exact desc) as listed
+) as l
+where p.proof_id = %(proof_id)s
+"""
+
+
+def _replace_set(cur: psycopg.Cursor, proof_id: int, store_id: int, full: bool, lower: datetime, end: datetime) -> None:
+    """The proven set's part the listing re-read (all of it when ``full``; else from ``lower``, and
+    every order it returned) replaced by what it returned in [lower, end)."""
+    cur.execute(
+        "delete from taptouch.listing_proof_orders p where p.proof_id = %s and (%s or p.updated_at_exact >="
+        " taptouch.exact_epoch(%s) or p.order_id in (select order_id from listing_set where store_id = %s))",
+        (proof_id, full, lower, store_id),
+    )
+    cur.execute(
+        "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
+        " select %s, order_id, max(updated_at_exact) from listing_set where store_id = %s"
+        " and updated_at_exact >= taptouch.exact_epoch(%s) and updated_at_exact < taptouch.exact_epoch(%s)"
+        " group by order_id",
+        (proof_id, store_id, lower, end),
+    )
+
+
 def prove(
     cur: psycopg.Cursor,
     key: str,
@@ -91,48 +127,22 @@ def prove(
             continue
         proof_id, covered_from = _proof_row(cur, store_id, key, bounds)
         full = listed_from <= start
+        lower = max(start, listed_from)
+        _replace_set(cur, proof_id, store_id, full, lower, end)
         covered = listed_from if full or covered_from is None else min(covered_from, listed_from)
         cur.execute(
-            "delete from taptouch.listing_proof_orders p where p.proof_id = %s and (%s or p.updated_at_exact >="
-            " taptouch.exact_epoch(%s) or p.order_id in (select order_id from listing_set where store_id = %s))",
-            (proof_id, full, listed_from, store_id),
-        )
-        cur.execute(
-            "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
-            " select %s, order_id, max(updated_at_exact) from listing_set where store_id = %s"
-            " and updated_at_exact >= taptouch.exact_epoch(%s) and updated_at_exact < taptouch.exact_epoch(%s)"
-            " group by order_id",
-            (proof_id, store_id, max(start, listed_from), end),
-        )
-        cur.execute(
-            """
-            update taptouch.listing_proofs as p set
-                covered_from = %s, complete = %s <= p.window_start, listed_from = %s, listed_at = %s,
-                api_started_at = %s, listed_orders = l.n, first_updated_at = l.first, last_updated_at = l.last,
-                proven_orders = (select count(*) from taptouch.listing_proof_orders where proof_id = p.proof_id),
-                proved_by = %s, proved_at = now()
-            from (
-                select count(*) as n, to_timestamp(min(updated_at_exact)::double precision) as first,
-                       to_timestamp(max(updated_at_exact)::double precision) as last
-                from (select distinct on (order_id) updated_at_exact from listing_set
-                      where store_id = %s and updated_at_exact >= taptouch.exact_epoch(%s)
-                        and updated_at_exact < taptouch.exact_epoch(%s)
-                      order by order_id, updated_at_exact desc) as listed
-            ) as l
-            where p.proof_id = %s
-            """,
-            (
-                covered,
-                covered,
-                listed_from,
-                listed_at,
-                api_started_at,
-                run_id,
-                store_id,
-                max(start, listed_from),
-                end,
-                proof_id,
-            ),
+            _DESCRIBE,
+            {
+                "covered": covered,
+                "listed_from": listed_from,
+                "listed_at": listed_at,
+                "api_started_at": api_started_at,
+                "run_id": run_id,
+                "store_id": store_id,
+                "lower": lower,
+                "end": end,
+                "proof_id": proof_id,
+            },
         )
         written += 1
     return written
