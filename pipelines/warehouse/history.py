@@ -15,6 +15,8 @@ from datetime import timedelta
 import psycopg
 from psycopg import sql
 
+from .db import first_value
+
 log = logging.getLogger(__name__)
 
 # One row per order the load picked (``pick``: its newest staged version), with the sum of that
@@ -28,6 +30,19 @@ from stage_orders as s
 join pick as p on p.seq = s.seq
 left join (select seq, sum(amount) as refunds from stage_refunds group by seq) as r on r.seq = s.seq
 order by s.order_id, s.updated_at_exact
+on conflict (order_id, version) do nothing
+"""
+
+# The versions `taptouch-sync rebuild` merged from quarantined records that pass the boundary now
+# (temporary tables ``rb_orders``, one row per order, and ``rb_order_refunds``): seen by no run.
+_RECORD_RETRIED = """
+insert into taptouch.order_history
+    (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account)
+select o.order_id, o.updated_at_exact, o.updated_at, o.store_id, o.status, o.total,
+       coalesce(r.refunds, 0), o.raw, null, o.account
+from rb_orders as o
+left join (select order_id, sum(amount) as refunds from rb_order_refunds group by order_id) as r using (order_id)
+order by o.order_id
 on conflict (order_id, version) do nothing
 """
 
@@ -53,6 +68,13 @@ def record_versions(cur: psycopg.Cursor, run_id: str | None) -> int:
     return cur.rowcount
 
 
+def record_retried(cur: psycopg.Cursor) -> int:
+    """Insert the versions ``taptouch-sync rebuild`` retried from the quarantine (``rb_orders``) that
+    the history does not hold, first seen now by no run. Returns how many were new."""
+    cur.execute(_RECORD_RETRIED)
+    return cur.rowcount
+
+
 def record(cur: psycopg.Cursor, run_id: str | None, retention: Retention | None) -> int:
     """The load's history step: :func:`record_versions`, then :func:`prune` by ``retention`` (None:
     no pruning, e.g. a reconciliation's repair, which has no run settings). Returns the versions
@@ -74,7 +96,7 @@ def prune(cur: psycopg.Cursor, days: int | None, touched: str | None = None) -> 
         cur.execute("delete from taptouch_meta.history_retention")
         return 0
     cur.execute("select statement_timestamp() - %s", (timedelta(days=days),))
-    cutoff = cur.fetchone()[0]
+    cutoff = first_value(cur)
     cur.execute("select pruned_before from taptouch_meta.history_retention")
     row = cur.fetchone()
     since = row[0] if row is not None else None

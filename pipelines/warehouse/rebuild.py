@@ -2,8 +2,9 @@
 
 Each row's ``raw`` goes through the record boundary again and only what differs is written, in
 batches under the loads' advisory locks (safe to interrupt, finished by running it again); then
-unresolved quarantine rows are retried with the loads' newest-wins rules. It never writes history,
-``raw``, ``deleted_at`` or a row's account, and deletes nothing. When to use it and what it reports:
+unresolved quarantine rows are retried with the loads' newest-wins rules (a retried version that
+passes joins ``taptouch.order_history``). It never writes the loads' history (``sync_log``, marks,
+snapshots), ``raw``, ``deleted_at`` or a row's account, and deletes nothing. When to use it and what it reports:
 docs/operating.md, "Derived columns and rebuild".
 """
 
@@ -21,7 +22,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from . import aggregates, derived, loader, records
+from . import aggregates, derived, history, loader, records
 from .merge import INVENTORY, ORDERS, STORES, copy_rows
 
 log = logging.getLogger(__name__)
@@ -475,6 +476,7 @@ def _merge_retried_orders(
     )
     q.loaded += cur.rowcount
     _replace_children(cur, None, "rb_accepted")
+    history.record_retried(cur)  # the retried versions join taptouch.order_history
     aggregates.note_merged(cur, "rb_accepted")  # new orders: their store-days' aggregates count them
     aggregates.recompute(cur)
     cur.execute(

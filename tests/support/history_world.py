@@ -47,6 +47,7 @@ class World:
     def __init__(self, url: str, seed: int = 3, day_start: timedelta = timedelta(0)):
         """``day_start``: TAPTOUCH_BUSINESS_DAY_START of the runs (the stores' business days start then)."""
         self.day_start = day_start
+        self.url = url
         end = datetime.now(UTC).date() - timedelta(days=4)
         self.sb = Sandbox(SandboxConfig(seed=seed, stores=2, days=DAYS, orders_per_day=8, end_date=end))
         self.client = TaptouchClient(

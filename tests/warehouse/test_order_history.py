@@ -27,7 +27,7 @@ from pipelines.warehouse.db import libpq_url
 from pipelines.warehouse.history import Retention
 from pipelines.warehouse.loader import store_timezones
 from pipelines.warehouse.views import apply_views
-from tests.support.history_world import World, expected_changes, expected_history, expected_restatements
+from tests.support.history_world import World, epoch, expected_changes, expected_history, expected_restatements
 
 D = Decimal
 VIEWS = ["order_changes", "daily_restatements"]
@@ -297,3 +297,31 @@ def test_history_days_setting(monkeypatch):
         monkeypatch.setenv("TAPTOUCH_HISTORY_DAYS", bad)
         with pytest.raises(SettingError, match="TAPTOUCH_HISTORY_DAYS must be a whole number of days"):
             history_days()
+
+
+@pytest.mark.slow
+def test_a_version_rebuild_loads_from_the_quarantine_joins_the_history(world):
+    """A version an older rule quarantined, loaded by ``taptouch-sync rebuild`` once it passes, is a
+    version the warehouse holds: it joins the history (seen by no run), after the version it replaced."""
+    from pipelines.cli import main
+    from taptouch_resource import jsonutil
+
+    w = world
+    w.run()
+    order = next(o for o in w.live() if o["status"] == "completed")
+    newer = dict(order, status="voided", payments=[], completed_at=None)
+    newer["updated_at"] = "2030-01-01T00:00:00+00:00"  # newer than anything the sandbox serves
+    w.conn.execute(
+        "insert into taptouch.quarantine (entity, record_key, store_id, reason, raw) values"
+        " ('order', %s, %s, 'an old rule refused it', %s::jsonb)",
+        (str(order["id"]), order["store_id"], jsonutil.dumps(newer)),
+    )
+    assert main(["rebuild", "--database-url", w.url]) == 0
+    rows = w.conn.execute(
+        "select version, status, first_seen_run_id from taptouch.order_history where order_id = %s order by version",
+        (order["id"],),
+    ).fetchall()
+    assert rows == [(epoch(order["updated_at"]), "completed", "run-0"), (D(1893456000), "voided", None)]
+    assert w.conn.execute("select status from taptouch.orders where order_id = %s", (order["id"],)).fetchone() == (
+        "voided",
+    )
