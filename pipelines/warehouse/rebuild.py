@@ -92,15 +92,15 @@ def rebuild(
     first (:func:`.derived.apply_day_starts`). Returns what was examined and changed."""
     if not conn.autocommit:
         raise ValueError("rebuild needs an autocommit connection: each batch commits on its own")
-    say = progress or log.info
+    report_progress = progress or log.info
     report = RebuildReport()
     if day_start is not None:
         report.day_start_dates_rederived = sum(derived.apply_day_starts(conn, day_start).values())
     _stores(conn, report, batch_size)
-    say(f"stores: {report.tables['stores'].examined} examined, {report.tables['stores'].changed} changed")
-    _orders(conn, report, batch_size, say)
+    report_progress(f"stores: {report.tables['stores'].examined} examined, {report.tables['stores'].changed} changed")
+    _orders(conn, report, batch_size, report_progress)
     _inventory(conn, report, batch_size)
-    say(
+    report_progress(
         f"inventory levels: {report.tables['inventory_levels'].examined} examined, "
         f"{report.tables['inventory_levels'].changed} changed"
     )
@@ -334,7 +334,9 @@ def _replace_children(cur: psycopg.Cursor, report: RebuildReport | None, of: str
         cur.execute("drop table rb_diff")
 
 
-def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, say: Callable[[str], None]) -> None:
+def _orders(
+    conn: psycopg.Connection, report: RebuildReport, batch_size: int, report_progress: Callable[[str], None]
+) -> None:
     counts = report.tables["orders"]
     last = -1
     while True:
@@ -378,8 +380,8 @@ def _orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int, sa
             aggregates.note_merged(cur, "rb_orders")
             aggregates.recompute(cur)
         if report.batches % 50 == 0:
-            say(f"orders: {counts.examined} examined, {counts.changed} changed so far")
-    say(f"orders: {counts.examined} examined, {counts.changed} changed")
+            report_progress(f"orders: {counts.examined} examined, {counts.changed} changed so far")
+    report_progress(f"orders: {counts.examined} examined, {counts.changed} changed")
 
 
 def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: int) -> None:

@@ -402,7 +402,7 @@ def _instant(s: str) -> datetime:
 
 
 @lru_cache(maxsize=4096)
-def _exact(s: str) -> Decimal:
+def _exact_epoch(s: str) -> Decimal:
     utc = _instant(s)
     d = utc - EPOCH
     whole = d.days * 86400 + d.seconds
@@ -450,7 +450,7 @@ def instant(s: str) -> datetime:
 
 def exact_instant(s: str) -> Decimal:
     """Epoch seconds with every fractional digit the API sent: the version key of newest-wins."""
-    return _exact(s)
+    return _exact_epoch(s)
 
 
 _NOT_A_PLACE = frozenset({"localtime", "posixrules", "Factory"})
@@ -594,51 +594,53 @@ def _precise_lines(name: str, child: Entity, lines: list | None, parent: dict[st
 
 
 # --------------------------------------------------------------------------------------------
-# the fast path: straight-line code generated from the same declarations; anything unusual -> _Slow
+# the fast path: straight-line code generated from the same declarations; anything unusual -> _Declined
 
 
-class _Slow(Exception):
+class _Declined(Exception):
     """The fast path declines: the precise path decides (and says why)."""
 
 
 _MONEY_CTX = Context(prec=12, traps=[Inexact, InvalidOperation, Overflow])  # numeric(12,2), exact to the cent
-_mq = _MONEY_CTX.quantize  # _mq(v, CENT) raises unless v is exact to the cent and within numeric(12,2)
+_money_exact = (
+    _MONEY_CTX.quantize
+)  # _money_exact(v, CENT) raises unless v is exact to the cent and within numeric(12,2)
 
 
-def _q(v: Decimal) -> Decimal:
+def _plausible_quantity(v: Decimal) -> Decimal:
     if (
         v.__class__ is not Decimal
         or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE
         or (v != v.to_integral_value() and v.as_tuple().exponent < -NUMERIC_MAX_SCALE)
     ):
-        raise _Slow
+        raise _Declined
     return v
 
 
 def _fast_check(f: Field, v: str, i: int) -> list[str]:
-    """Source lines that raise (_Slow, or an error the caller maps to it) unless local ``v`` holds a
+    """Source lines that raise (_Declined, or an error the caller maps to it) unless local ``v`` holds a
     value :func:`_precise_value` accepts, and leave in ``v`` the same column value."""
     if f.kind == ID:
         return [
-            f"if not 0 <= {v} <= BIGINT_MAX: raise _Slow"
+            f"if not 0 <= {v} <= BIGINT_MAX: raise _Declined"
             if f.required
-            else f"if {v} is not None and not 0 <= {v} <= BIGINT_MAX: raise _Slow"
+            else f"if {v} is not None and not 0 <= {v} <= BIGINT_MAX: raise _Declined"
         ]
     if f.kind == TEXT:
         return [
-            f"if len({v}) > {f.limit} or not {v}.strip(): raise _Slow"
+            f"if len({v}) > {f.limit} or not {v}.strip(): raise _Declined"
             if f.required
-            else f"if {v} is not None and len({v}) > {f.limit}: raise _Slow"
+            else f"if {v} is not None and len({v}) > {f.limit}: raise _Declined"
         ]
     if f.kind == LIST:
         return [f"{v} = bytes({v})", f'{v} = "[]" if {v} == b"[]" or {v} == b"null" else list_{i}({v})']
     checks = {
         INSTANT: [f"_instant({v})", f"if {v}[26:27].isdigit(): {v} = _pg({v})"],
-        MONEY: [f"_mq({v}, CENT)"],
-        QUANTITY: [f"_q({v})"] + ([f"if not {v} > 0: raise _Slow"] if f.positive else []),
+        MONEY: [f"_money_exact({v}, CENT)"],
+        QUANTITY: [f"_plausible_quantity({v})"] + ([f"if not {v} > 0: raise _Declined"] if f.positive else []),
     }.get(f.kind)
     if checks is None:
-        return ["raise _Slow"]  # OBJECT: left to the precise path
+        return ["raise _Declined"]  # OBJECT: left to the precise path
     if f.required:
         return checks  # None fails them too
     return [f"if {v} is None:", f"    {v} = default_{i}", "else:", *(f"    {c}" for c in checks)]
@@ -689,9 +691,9 @@ def fast_row_function(entity: Entity) -> Callable[..., tuple]:
     namespace: dict[str, Any] = {
         "BIGINT_MAX": BIGINT_MAX,
         "CENT": CENT,
-        "_Slow": _Slow,
-        "_mq": _mq,
-        "_q": _q,
+        "_Declined": _Declined,
+        "_money_exact": _money_exact,
+        "_plausible_quantity": _plausible_quantity,
         "_instant": _instant,
         "_pg": _pg,
     }
@@ -709,7 +711,7 @@ def _fast_lines(lines: list | None, fast: Callable, key: str, parent_key: int) -
     if not lines:
         return []
     if len(lines) > 1 and len({getattr(line, key) for line in lines}) != len(lines):
-        raise _Slow
+        raise _Declined
     return [fast(line, parent_key) for line in lines]
 
 
@@ -804,18 +806,18 @@ def _order_precise(
 def _order_fast(
     o: Any, raw: bytes, tz: str, listed_store: int | None, day_start: timedelta = NO_DAY_START
 ) -> OrderRows:
-    """The order by the generated code, or _Slow. Its contract with :func:`_order_precise` (the same
+    """The order by the generated code, or _Declined. Its contract with :func:`_order_precise` (the same
     rows, or a decline): tests/records/test_records_properties.py."""
     try:
         order = _FAST_ORDER(o, _business_date(o.created_at, tz, day_start))
         oid, sid = order[0], order[1]
         if listed_store is not None and sid != listed_store:
-            raise _Slow
+            raise _Declined
         items, payments, refunds = (_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES)
         _order_sums(order, items, payments)
-        return OrderRows(oid, sid, _exact(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
+        return OrderRows(oid, sid, _exact_epoch(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
     except (
-        _Slow,
+        _Declined,
         InvalidRecord,
         ArithmeticError,
         _BadInstant,
@@ -826,7 +828,7 @@ def _order_fast(
         OverflowError,
         ZoneInfoNotFoundError,
     ):
-        raise _Slow from None
+        raise _Declined from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -886,7 +888,7 @@ def order_rows(
         o = _checked(raw, "order", _DECODERS["order"])
         try:
             return _order_fast(o, raw, timezone_name, store_id, day_start)
-        except _Slow:
+        except _Declined:
             return _order_precise(o, raw, timezone_name, store_id, day_start)  # the authority: says exactly why
     except InvalidRecord:
         raise

@@ -153,7 +153,7 @@ def _both_paths(raw: bytes):
         return None
     try:
         fast = records._order_fast(decoded, raw, TZ, STORE)
-    except records._Slow:
+    except records._Declined:
         fast = "declined"
     try:
         precise = records._order_precise(decoded, raw, TZ, STORE)
