@@ -14,7 +14,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import psycopg
 
@@ -465,7 +465,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, except that a usage error never echoes a password: ``taptouch-sync migrate
     postgresql://u:pw@h/db`` (the flag forgotten) quotes the URL as an unrecognized argument."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         from pipelines.warehouse.urls import redact_text
 
         super().error(redact_text(message))

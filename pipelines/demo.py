@@ -141,10 +141,10 @@ def accounts_demo_database(url: str) -> str:
     never mix with the single-account demo's."""
     from psycopg import sql
 
-    from .warehouse.db import connect_url, with_database
+    from .warehouse.db import connect_url, first_value, with_database
 
     with connect_url(url, autocommit=True) as conn:
-        database = conn.execute("select current_database()").fetchone()[0] + ACCOUNTS_DEMO_DATABASE_SUFFIX
+        database = first_value(conn.execute("select current_database()")) + ACCOUNTS_DEMO_DATABASE_SUFFIX
         if not conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     return with_database(url, database)
@@ -254,7 +254,7 @@ def run_accounts_demo(days: int = 7) -> int:
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         first_partition = first - timedelta(days=1)
-        assets = list(definitions.defs.assets)
+        assets = list(definitions.defs.assets or [])
         resources = definitions.RESOURCES
         for account in definitions.ACCOUNTS:
             print(f"==> [{account.name}] {account.key_string('stores')} and {account.key_string('inventory')}")

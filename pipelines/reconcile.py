@@ -221,7 +221,7 @@ def _prove_days(
             for row in rows:
                 copy.write_row(row)
         for key in keys:
-            start, end = proofs.window_bounds(key)
+            start, end = proofs.day_bounds(key)
             proofs.prove(cur, key, {sr.store_id: (start, end, listing.started_at)}, listed_at=listed_at, run_id=run_id)
     return len(keys)
 
@@ -289,7 +289,7 @@ def _judge_store(
                 " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
                 (
                     sr.store_id,
-                    f"{sr.listed_from.isoformat()}..{now.isoformat()}",
+                    f"{(sr.listed_from or start).isoformat()}..{now.isoformat()}",  # listed_from: set by the caller
                     run_id,
                     now,
                     len(sr.deleted),

@@ -244,7 +244,7 @@ def list_stores(client: TaptouchClient, conn: psycopg.Connection | None = None) 
     for key, reason in invalid.items():
         log.warning("store %s skipped: its store record is malformed (%s)", key, reason)
     foreign = ownership.foreign_stores(conn, sorted(timezones)) if conn is not None else {}
-    if foreign:
+    if foreign and conn is not None:
         _warn_foreign(conn, foreign)
         timezones = {sid: tz for sid, tz in timezones.items() if sid not in foreign}
     return StoreListing(timezones, invalid, foreign)
@@ -411,10 +411,10 @@ def _apply_event(
     if isinstance(event, PageFetched):
         load.add_page(event.store_id, event.records)
     elif isinstance(event, StoreDone):
-        complete = event.complete and event.started_at is not None and event.listed_from is not None
-        load.store_listed(
-            event.store_id, event.mark, (event.listed_from, window.end, event.started_at) if complete else None
-        )
+        complete = None  # (listed from, to, started at) of a complete listing
+        if event.complete and event.started_at is not None and event.listed_from is not None:
+            complete = (event.listed_from, window.end, event.started_at)
+        load.store_listed(event.store_id, event.mark, complete)
         if not event.complete:
             result.incomplete.append(event.store_id)
             log.warning(
@@ -475,7 +475,7 @@ def _fetch_starts(
                 " and o.updated_at < s.f group by s.store_id",
                 (list(from_mark), list(from_mark.values()), window.start),
             )
-            before = dict(cur.fetchall())
+            before: dict[int, int] = dict(cur.fetchall())
         result.incremental_stores += len(from_mark)
         result.pages_skipped += sum(n // client.page_size for n in before.values())  # whole pages only
         progress(

@@ -182,7 +182,57 @@ class _FaultCounter:
         return False
 
 
-class Sandbox:
+class _Serving:
+    """What serves a sandbox's API in process (:meth:`transport`) and over HTTP (:meth:`serve`):
+    anything with ``handle()`` and ``faults`` (a :class:`Sandbox`, a ``SandboxGroup``)."""
+
+    faults: Faults
+
+    def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
+        raise NotImplementedError
+
+    # ================================================================ transports
+    def transport(self) -> httpx.MockTransport:
+        """In-process transport (no sockets) serving the API at any base URL."""
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            resp = self.handle(
+                request.method, request.url.path, request.url.query.decode("ascii"), request.headers, request.content
+            )
+            if resp.stall:
+                raise httpx.ReadTimeout("sandbox: timeout fault (the server stalled)", request=request)
+            return httpx.Response(resp.status, headers=resp.headers, content=resp.body)
+
+        return httpx.MockTransport(handler)
+
+    @contextlib.contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve over real HTTP on a background thread; yields the base URL."""
+        server = self.make_server(host, port)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="taptouch-sandbox", daemon=True
+        )
+        thread.start()
+        try:
+            yield server_url(server)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+    def make_server(self, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+        sandbox = self
+
+        class Handler(_HTTPHandler):
+            pass
+
+        Handler.sandbox = sandbox
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        return server
+
+
+class Sandbox(_Serving):
     """A deterministic fake Taptouch merchant. See the package docstring for the surface."""
 
     def __init__(
@@ -307,46 +357,6 @@ class Sandbox:
         grant.revoked = True
         for token in grant.access_tokens:
             self._tokens.pop(token, None)
-
-    # ================================================================ transports
-    def transport(self) -> httpx.MockTransport:
-        """In-process transport (no sockets) serving the API at any base URL."""
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            resp = self.handle(
-                request.method, request.url.path, request.url.query.decode("ascii"), request.headers, request.content
-            )
-            if resp.stall:
-                raise httpx.ReadTimeout("sandbox: timeout fault (the server stalled)", request=request)
-            return httpx.Response(resp.status, headers=resp.headers, content=resp.body)
-
-        return httpx.MockTransport(handler)
-
-    @contextlib.contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-        """Serve over real HTTP on a background thread; yields the base URL."""
-        server = self.make_server(host, port)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="taptouch-sandbox", daemon=True
-        )
-        thread.start()
-        try:
-            yield server_url(server)
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-    def make_server(self, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-        sandbox = self
-
-        class Handler(_HTTPHandler):
-            pass
-
-        Handler.sandbox = sandbox
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
-        return server
 
     # ================================================================ the server
     def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
@@ -838,7 +848,7 @@ def server_url(server: ThreadingHTTPServer) -> str:
 class _HTTPHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 120  # idle keep-alive connections give up their thread after this
-    sandbox: Sandbox
+    sandbox: _Serving
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -14,11 +14,11 @@ import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, unquote
 
-from .app import _AUTHORIZE_PATH, _TOKEN_PATH, Response, Sandbox, _parse_form
+from .app import _AUTHORIZE_PATH, _TOKEN_PATH, Response, Sandbox, _parse_form, _Serving
 from .config import Faults, SandboxConfig
 
 
-class SandboxGroup:
+class SandboxGroup(_Serving):
     """One server, several clients (each a :class:`Sandbox` with its own store ids and id_space)."""
 
     def __init__(self, sandboxes: Sequence[Sandbox]):
@@ -50,11 +50,6 @@ class SandboxGroup:
 
     def __repr__(self) -> str:
         return f"SandboxGroup({', '.join(repr(sb) for sb in self.members)})"
-
-    # the server and the transports of a Sandbox work unchanged on anything with handle() and faults
-    serve = Sandbox.serve
-    make_server = Sandbox.make_server
-    transport = Sandbox.transport
 
     def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
         member = self._member(path, query, headers, body)

@@ -26,6 +26,8 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
+from .db import first_value
+
 SALES_STATUSES = ("completed", "partially_refunded", "refunded")
 TABLES = ("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products")
 KEYS = "agg_keys"  # the temporary table of (store_id, business_date) keys to recompute
@@ -105,7 +107,7 @@ def recompute(cur: psycopg.Cursor) -> int:
     orders merge lock (store-days are not recomputed concurrently). Returns the store-days."""
     _keys(cur)
     cur.execute(f"select count(*) from (select distinct store_id, business_date from {KEYS}) k")
-    days = cur.fetchone()[0]
+    days = first_value(cur)
     if days:
         cur.execute(f"analyze {KEYS}")
         cur.execute("drop table if exists pg_temp.agg_sales")
@@ -202,7 +204,7 @@ def check_result(conn: psycopg.Connection, start, end, account: str | None, asse
     with conn.transaction(), psycopg.ClientCursor(conn) as cur:  # client-side binding: CREATE TABLE AS
         found = mismatches(cur, _TOUCHED, {"start": start, "end": end, "account": account})
         cur.execute("select count(*) from agg_check_keys")
-        days = cur.fetchone()[0]
+        days = first_value(cur)
         cur.execute("drop table agg_check_keys, agg_truth")
     rows = [f"{table} {r[0]} {r[1:]}" for table, found_rows in found.items() for r in found_rows]
     return dg.AssetCheckResult(

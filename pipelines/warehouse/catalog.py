@@ -54,7 +54,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     **{
-        child.table: (text, {**column_comments(child), "account": ACCOUNT})
+        child.table_name: (text, {**column_comments(child), "account": ACCOUNT})
         for child, text in (
             (ITEM, "Order lines, replaced with their order"),
             (PAYMENT, "Payments of each order, replaced with their order"),

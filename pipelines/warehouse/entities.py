@@ -70,6 +70,13 @@ class Entity:
     kept_in_raw: frozenset[str] = frozenset()  # known fields deliberately left in raw only
 
     @property
+    def table_name(self) -> str:
+        """``table``, of an entity with a table of its own (a modifier has none: an error)."""
+        if self.table is None:
+            raise ValueError(f"{self.name} is stored inside its parent's column: it has no table")
+        return self.table
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """The table's columns the boundary fills, in the loader's order."""
         return tuple(f.column for f in self.fields if f.column is not None)

@@ -68,6 +68,7 @@ def _value(doc: str, f: Field) -> sql.Composable:
     """The JSON value of the declared field ``f``: in the order's record (``doc`` "r": the record's
     top-level fields as columns of ``r``) or in a line's JSON object (``doc`` "l.doc")."""
     head, rest = _rest(f)
+    base: sql.Composable
     if doc == "r":
         base, path = sql.SQL("r.{}").format(sql.Identifier(head)), rest
     else:

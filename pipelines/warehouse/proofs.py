@@ -21,10 +21,13 @@ reach. A window is *complete* once they reach its start. docs/operating.md, "Pro
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
+
+from .db import one_row
 
 SOURCE = "listing_set"
 """The temporary table a writer fills with what its listings returned: (store_id, order_id,
@@ -48,6 +51,14 @@ def window_bounds(key: str | None) -> tuple[datetime, datetime] | None:
     return start, start + timedelta(days=1)
 
 
+def day_bounds(key: str) -> tuple[datetime, datetime]:
+    """:func:`window_bounds` of a key that must be a day (an error otherwise)."""
+    bounds = window_bounds(key)
+    if bounds is None:
+        raise ValueError(f"orders window {key!r} is not a UTC day")
+    return bounds
+
+
 def create_source(cur: psycopg.Cursor) -> None:
     """The temporary table :data:`SOURCE` (dropped at commit)."""
     cur.execute(
@@ -67,7 +78,7 @@ def _proof_row(cur: psycopg.Cursor, store_id: int, key: str, bounds: tuple[datet
         'select proof_id, covered_from from taptouch.listing_proofs where store_id = %s and "window" = %s for update',
         (store_id, key),
     )
-    return cur.fetchone()
+    return one_row(cur)
 
 
 _DESCRIBE = """
@@ -109,7 +120,7 @@ def _replace_set(cur: psycopg.Cursor, proof_id: int, store_id: int, full: bool, 
 def prove(
     cur: psycopg.Cursor,
     key: str,
-    listings: dict[int, tuple[datetime, datetime, datetime | None]],
+    listings: Mapping[int, tuple[datetime, datetime, datetime | None]],
     *,
     listed_at: datetime,
     run_id: str | None,
@@ -207,7 +218,7 @@ def _unproven(cur: psycopg.Cursor, key: str, store_ids: list[int]) -> tuple[list
 
 def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, started: datetime) -> list[Problem]:
     """The listing's set against the warehouse's (order_id, updated_at_exact) in the window."""
-    start, end = window_bounds(key)
+    start, end = day_bounds(key)
     cur.execute(
         "select p.order_id, p.updated_at_exact, coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at)),"
         " o.deleted_at is not null from taptouch.listing_proof_orders p left join taptouch.orders o using (order_id)"
