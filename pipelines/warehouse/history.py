@@ -17,8 +17,6 @@ from psycopg import sql
 
 from .db import first_value
 
-from .db import first_value
-
 log = logging.getLogger(__name__)
 
 # One row per order the load picked (``pick``: its newest staged version), with the sum of that
