@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from taptouch_resource import api
+from taptouch_resource import api, client
 
 if TYPE_CHECKING:  # the resources import dagster; this module stays importable without it
     from taptouch_resource import TaptouchResource
@@ -34,7 +34,7 @@ DEFAULT_START_DATE = "2024-01-01"
 # windows in full, ignoring their high-water marks. Backfills launched from the UI can carry it.
 FULL_REFRESH_TAG = "taptouch/full_refresh"
 DEFAULT_PAGE_SIZE = api.DEFAULT_PAGE_SIZE  # the client's own default: one value for both
-DEFAULT_REQUESTS_PER_SECOND = 10.0
+DEFAULT_REQUESTS_PER_SECOND = client.DEFAULT_REQUESTS_PER_SECOND  # the client's own default
 DEFAULT_STORE_WORKERS = 4
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10

@@ -50,6 +50,7 @@ from .retry import (
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0  # seconds per read; connect: at most 10 s
+DEFAULT_REQUESTS_PER_SECOND = 10.0  # the client's own rate limit (TAPTOUCH_REQUESTS_PER_SECOND's default)
 DEFAULT_MAX_PAGES = 100_000
 # A page of 500 orders is about 1 MB of JSON; no real page comes near this (decoded size).
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20
@@ -118,7 +119,7 @@ class ClientOptions:
     max_retries: int = 5
     retry_budget: float = 600.0
     backoff_cap: float = 30.0
-    requests_per_second: float | None = 10.0
+    requests_per_second: float | None = DEFAULT_REQUESTS_PER_SECOND
     max_connections: int = 16
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     deadline: float | None = DEFAULT_DEADLINE

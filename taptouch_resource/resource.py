@@ -20,7 +20,7 @@ from pydantic import Field
 
 from . import api
 from .auth import ClientCredentialsAuth, MerchantAuth
-from .client import ClientOptions, TaptouchClient, check_base_url
+from .client import DEFAULT_REQUESTS_PER_SECOND, ClientOptions, TaptouchClient, check_base_url
 from .errors import TaptouchConfigError
 from .retry import ClientStats, RequestLimiter
 from .tokens import TokenPersistence
@@ -222,8 +222,8 @@ class TaptouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # ge
         return self._client(token_store, merchant=self.merchant_label(), scopes=(api.SCOPE_STORE,), limiter=limiter)
 
     def _rate_limit(self) -> float | None:
-        """The client's limit: unset -> 10/s (the library default), 0 -> none."""
-        rate = 10.0 if self.requests_per_second is None else self.requests_per_second
+        """The client's limit: unset -> the library default (10/s), 0 -> none."""
+        rate = DEFAULT_REQUESTS_PER_SECOND if self.requests_per_second is None else self.requests_per_second
         return rate if rate > 0 else None
 
     def merchant_label(self) -> str:
