@@ -89,15 +89,21 @@ def note_keys(cur: psycopg.Cursor, select: str, params: tuple | dict | None = No
     cur.execute(f"insert into {KEYS} (store_id, business_date) " + select, params)
 
 
+# the orders' store-days by primary key lookups (a join would let the planner scan every order)
+_OF_ORDERS = (
+    "select store_id, business_date from taptouch.orders where order_id = any(array(select order_id from {ids}))"
+)
+
+
 def note_held(cur: psycopg.Cursor, staged: str) -> None:
     """Before a merge: the store-days the held versions of the orders of table ``staged`` (with
     ``order_id``) are on (an edit may move an order to another day)."""
-    note_keys(cur, f"select o.store_id, o.business_date from taptouch.orders o join {staged} s using (order_id)")
+    note_keys(cur, _OF_ORDERS.format(ids=staged))
 
 
 def note_merged(cur: psycopg.Cursor, accepted: str) -> None:
     """After a merge: the store-days the accepted orders of table ``accepted`` are on now."""
-    note_keys(cur, f"select o.store_id, o.business_date from taptouch.orders o join {accepted} a using (order_id)")
+    note_keys(cur, _OF_ORDERS.format(ids=accepted))
 
 
 def recompute(cur: psycopg.Cursor) -> int:
