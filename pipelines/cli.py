@@ -383,12 +383,12 @@ def _rebuild(args: argparse.Namespace) -> int:
     from pipelines.warehouse.db import connect, redact_url, resolve_database_url
     from pipelines.warehouse.migrations import migrate
     from pipelines.warehouse.rebuild import rebuild
-    from taptouch_resource import TaptouchConfigError
 
     try:
         day_start = business_day_start()
     except SettingError as err:
-        raise TaptouchConfigError(str(err)) from None
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     url = resolve_database_url(args.database_url)
     migrate(url)
     print(
