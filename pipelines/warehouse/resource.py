@@ -8,7 +8,7 @@ import threading
 import dagster as dg
 import psycopg
 import sqlalchemy
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from .db import DATABASE_URL_ENV, PGDATA_ENV, _timeout_options, connect, get_engine, resolve_database_url
 from .migrations import migrate
@@ -46,9 +46,17 @@ class PostgresResource(dg.ConfigurableResource):
         default=None, description="Orders per COPY batch (bounds memory). Unset: TAPTOUCH_BATCH_SIZE, else 5000."
     )
 
+    # (database_url, the URL it resolved to): the environment is read once per resource instance
+    # (Dagster builds one per run), not per connection
+    _resolved: tuple[str | None, str] | None = PrivateAttr(default=None)
+
     def url(self) -> str:
-        """The resolved database URL (may contain a password: log it with redact_url)."""
-        return resolve_database_url(self.database_url)
+        """The database URL, resolved on first use: ``database_url``, else ``TAPTOUCH_DATABASE_URL``,
+        else the embedded server (may contain a password: log it with redact_url)."""
+        resolved = self._resolved
+        if resolved is None or resolved[0] != self.database_url:
+            resolved = self._resolved = (self.database_url, resolve_database_url(self.database_url))
+        return resolved[1]
 
     def get_engine(self) -> sqlalchemy.Engine:
         """A cached SQLAlchemy engine with this resource's statement timeout."""

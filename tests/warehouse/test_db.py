@@ -185,6 +185,19 @@ def test_resource_falls_back_to_environment(database_url: str, monkeypatch: pyte
         assert conn.execute(sa.text("select 1")).scalar() == 1
 
 
+def test_resource_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL is resolved on first use and kept by the resource (one per run): a later change of
+    TAPTOUCH_DATABASE_URL reaches a new resource, not the connections of this one."""
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://u@first.example:5432/a")
+    resource = PostgresResource()
+    assert resource.url() == "postgresql://u@first.example:5432/a"
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://u@second.example:5432/b")
+    assert resource.url() == "postgresql://u@first.example:5432/a"
+    assert PostgresResource().url() == "postgresql://u@second.example:5432/b"
+    explicit = PostgresResource(database_url="postgresql://u@explicit.example:5432/c")
+    assert explicit.url() == "postgresql://u@explicit.example:5432/c"
+
+
 def test_resource_ensure_migrated_is_idempotent(database_url: str) -> None:
     resource = PostgresResource(database_url=database_url)
     assert resource.ensure_migrated() == [m.name for m in discover()]
