@@ -9,9 +9,11 @@ Sunday 2026-10-04), 7102 Australia/Perth (no DST), 7103 Pacific/Auckland (DST si
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -242,6 +244,12 @@ def test_views_follow_the_business_day(world):
     }
     assert got == dict(hours)
     assert any(h < 4 for (_, _, h) in got)  # the night's sales are there, on the night before
+    # docs/analytics.md's query of the stores' business days
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "analytics.md").read_text()
+    query = next(q for q in re.findall(r"```sql\n(.*?)```", docs, re.S) if "business_day_bounds" in q)
+    rows = conn.execute(query).fetchall()
+    assert [(r[1], r[4]) for r in rows] == [(SYDNEY, time(4)), (PERTH, time(4)), (AUCKLAND, time(5))]
+    assert all(r[6] - r[5] in (timedelta(hours=23), timedelta(hours=24), timedelta(hours=25)) for r in rows)
 
 
 def test_the_stores_run_re_dates_too_and_snapshots_take_the_start(world):
