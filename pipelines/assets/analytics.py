@@ -17,10 +17,9 @@ from collections.abc import Sequence
 import dagster as dg
 
 from ..accounts import DEFAULT, Account
-from ..warehouse.db import project_root
 from ..warehouse.resource import PostgresResource
-from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata
-from ..warehouse.views import analytics_dir, apply_views, view_description, view_names, view_reads, view_sql
+from ..warehouse.schema import VIEW_AUTOMATION, view_materialization_metadata, view_metadata, view_sql_path
+from ..warehouse.views import apply_views, view_description, view_names, view_reads, view_sql
 from .preview import PREVIEW_ROWS, read_frame, table_preview
 
 GROUP = "analytics"
@@ -111,12 +110,6 @@ def sales_chart(warehouse: PostgresResource, days: int = CHART_DAYS) -> str | No
     return f"![net sales per store per day](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
-def view_sql_path(name: str) -> str:
-    """Where the view's SQL lives, relative to the repository (``sql/analytics/<name>.sql``): the
-    same on every machine that loads the code."""
-    return (analytics_dir() / f"{name}.sql").relative_to(project_root()).as_posix()
-
-
 def _materialization_metadata(warehouse: PostgresResource, name: str) -> dict:
     """Row count, column schema, the SQL file and a typed table preview of ``analytics.<name>``;
     ``daily_store_sales`` adds its complete and partial days and the net sales chart."""
@@ -155,7 +148,7 @@ def _make_view_asset(name: str, accounts: Sequence[Account] = (DEFAULT,)) -> dg.
         deps=deps,
         description=view_description(name),
         code_version=hashlib.sha256(view_sql(name).encode()).hexdigest()[:12],
-        metadata={**view_metadata(name), "sql": dg.MetadataValue.path(view_sql_path(name))},
+        metadata=view_metadata(name),
         automation_condition=VIEW_AUTOMATION,
     )
     def _view(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dg.MaterializeResult:

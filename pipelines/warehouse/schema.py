@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from .catalog import column_text, view_columns  # noqa: F401  (view_columns: re-exported)
+from .db import project_root
 from .migrations import discover
 from .views import analytics_dir, view_sql
 
@@ -210,8 +211,14 @@ def view_metadata(name: str) -> dict:
         "dagster/column_schema": dg.TableSchema(
             columns=[dg.TableColumn(name=col, type="unknown", description=desc) for col, desc in view_columns(name)]
         ),
-        "sql": dg.MetadataValue.path(str(analytics_dir() / f"{name}.sql")),
+        "sql": dg.MetadataValue.path(view_sql_path(name)),
     }
+
+
+def view_sql_path(name: str) -> str:
+    """Where the view's SQL lives, relative to the repository (``sql/analytics/<name>.sql``): the
+    same on every machine that loads the code."""
+    return (analytics_dir() / f"{name}.sql").relative_to(project_root()).as_posix()
 
 
 def view_schema_from_db(conn, name: str, schema: str = "analytics") -> dg.TableSchema:
