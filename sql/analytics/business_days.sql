@@ -78,6 +78,7 @@ windows as (
         from generate_series((local_day.starts_at at time zone 'UTC')::date,
                              ((local_day.ends_at - interval '1 microsecond') at time zone 'UTC')::date,
                              interval '1 day') as generated
+        limit 3  -- three around a daylight-saving change at most (limit: the planner's estimate)
     ) as utc_days
 ),
 per_day as (

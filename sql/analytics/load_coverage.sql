@@ -24,13 +24,17 @@
 --   account         the Taptouch account: its TAPTOUCH_ACCOUNTS name, 'default' for a single account
 create or replace view analytics.load_coverage as
 with days as (
-    select distinct proofs.store_id, dates.business_date::date as business_date
+    select distinct proofs.store_id, dates.business_date
     from taptouch.listing_proofs as proofs
-    cross join lateral generate_series(
-        taptouch.business_date_at(proofs.store_id, proofs.window_start),
-        taptouch.business_date_at(proofs.store_id, proofs.window_end - interval '1 microsecond'),
-        interval '1 day'
-    ) as dates(business_date)
+    cross join lateral (  -- a UTC day overlaps two business dates at most (limit: the planner's estimate)
+        select generated::date as business_date
+        from generate_series(
+            taptouch.business_date_at(proofs.store_id, proofs.window_start),
+            taptouch.business_date_at(proofs.store_id, proofs.window_end - interval '1 microsecond'),
+            interval '1 day'
+        ) as generated
+        limit 3
+    ) as dates
 ),
 windows as (
     select
@@ -50,6 +54,7 @@ windows as (
         from generate_series((local_day.starts_at at time zone 'UTC')::date,
                              ((local_day.ends_at - interval '1 microsecond') at time zone 'UTC')::date,
                              interval '1 day') as generated
+        limit 3  -- three around a daylight-saving change at most (limit: the planner's estimate)
     ) as utc_days
 ),
 judged as (
