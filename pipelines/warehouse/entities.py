@@ -56,6 +56,20 @@ class Field:
             raise ValueError(f"{self.column}: a derived field has no path in the record")
         return self.path
 
+    @property
+    def column_name(self) -> str:
+        """``column``, of a field with a column of its own (one kept inside its parent's JSON: an error)."""
+        if self.column is None:
+            raise ValueError(f"{self.path}: the field is stored inside its parent's column")
+        return self.column
+
+    @property
+    def element(self) -> Entity:
+        """``of``, what each element of a LIST field is (another field: an error)."""
+        if self.of is None:
+            raise ValueError(f"{self.column or self.path}: not a list of records")
+        return self.of
+
 
 @dataclass(frozen=True)
 class Entity:

@@ -23,6 +23,7 @@ from psycopg import sql
 from taptouch_resource.api import InvalidRecord
 
 from . import aggregates, derived, history, loader, records
+from .db import first_value, one_row
 from .merge import INVENTORY, ORDERS, STORES, copy_rows
 
 log = logging.getLogger(__name__)
@@ -237,11 +238,11 @@ def _retry_stores(conn: psycopg.Connection, report: RebuildReport) -> None:
         with _account(conn, account):
             with conn.cursor() as cur:
                 cur.execute("select count(*) from taptouch.quarantine where entity = 'store' and resolved_at is null")
-                before = cur.fetchone()[0]
+                before = first_value(cur)
             counts = loader.load_stores(conn, raws, history=False)
             with conn.cursor() as cur:
                 cur.execute("select count(*) from taptouch.quarantine where entity = 'store' and resolved_at is null")
-                q.resolved += before - cur.fetchone()[0]
+                q.resolved += before - first_value(cur)
         q.loaded += counts.inserted + counts.updated
         report.business_dates_rederived += counts.business_dates_rederived
 
@@ -253,7 +254,7 @@ class _account:
         self.conn, self.account = conn, account
 
     def __enter__(self) -> None:
-        self.before = self.conn.execute("select current_setting('taptouch.account', true)").fetchone()[0]
+        self.before = first_value(self.conn.execute("select current_setting('taptouch.account', true)"))
         self.conn.execute("select set_config('taptouch.account', %s, false)", (self.account,))
 
     def __exit__(self, *exc) -> None:
@@ -312,7 +313,7 @@ def _replace_children(cur: psycopg.Cursor, report: RebuildReport | None, of: str
             cur.execute(
                 sql.SQL("select (select count(*) from {stage}), (select count(*) from rb_diff)").format(stage=stage)
             )
-            examined, changed = cur.fetchone()
+            examined, changed = one_row(cur)
             report.tables[table].examined += examined
             report.tables[table].changed += changed
         cur.execute(
@@ -396,7 +397,7 @@ def _retry_orders(conn: psycopg.Connection, report: RebuildReport, batch_size: i
             "select count(*) from taptouch.quarantine where entity = 'order' and resolved_at is null"
             " and record_key is null"
         )
-        q.examined = q.still_invalid = cur.fetchone()[0]
+        q.examined = q.still_invalid = first_value(cur)
     last = ""
     while True:
         with conn.transaction(), conn.cursor() as cur:

@@ -19,7 +19,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from functools import lru_cache, partial
 from keyword import iskeyword
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -82,8 +82,12 @@ _MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
 # contract, section 3-5). Unknown fields are allowed and ignored here; they stay in ``raw``.
 
 ORDER, STORE, INVENTORY = ENTITIES["order"], ENTITIES["store"], ENTITIES["inventory"]
-_DECODERS = {name: msgspec.json.Decoder(typed_struct(e)) for name, e in ENTITIES.items()}
-_NUMS = {name: msgspec.json.Decoder(t) for name, t in ((n, number_struct(e)) for n, e in ENTITIES.items()) if t}
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(typed_struct(e)) for name, e in ENTITIES.items()
+}
+_NUMS: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(t) for name, t in ((n, number_struct(e)) for n, e in ENTITIES.items()) if t
+}
 # Number fields (money and quantities) per entity, with the lists of records below them: a number
 # sent as a string is refused (typed Decimal decoding would read "36.60" as 36.60).
 _NUMBER_FIELDS = {name: number_fields(e) for name, e in ENTITIES.items()}
@@ -97,7 +101,7 @@ _LIST_DECODERS = {
 _DEC_OBJECT = msgspec.json.Decoder(dict | None)
 _ENC = msgspec.json.Encoder(decimal_format="number")
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789.", b"0000000000")
-_ID_FIELD = {name: e.key for name, e in ENTITIES.items()}
+_ID_FIELD = {name: e.key for name, e in ENTITIES.items() if e.key is not None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def _number_problem(d: Decimal) -> str | None:
     if not d.is_finite():
         return f"is not a finite number ({d}), which JSON and PostgreSQL cannot hold"
     if d:
-        exp = d.as_tuple().exponent
+        exp = cast(int, d.as_tuple().exponent)  # finite: an int ('n', 'N', 'F' are NaN, sNaN, Infinity)
         if exp < -NUMERIC_MAX_SCALE or d.adjusted() > NUMERIC_MAX_WEIGHT:
             return (
                 f"is a number PostgreSQL cannot store ({_show(d)}: numeric holds at most {NUMERIC_MAX_SCALE} "
@@ -408,7 +412,9 @@ def _exact_epoch(s: str) -> Decimal:
     whole = d.days * 86400 + d.seconds
     if s[19:20] != ".":  # valid texts are date and time (19 characters), then a fraction or the offset
         return Decimal(whole)
-    frac = _FRAC.match(s, 20).group()
+    frac = _FRAC.match(s, 20)
+    assert frac is not None  # _instant accepted s: its "." is followed by digits
+    return Decimal(whole) + Decimal("0." + frac.group())  # the fraction as sent, every digit
     return Decimal(whole) + Decimal("0." + frac)  # the fraction as sent, every digit
 
 
@@ -420,7 +426,7 @@ def _pg(v: str | None) -> str | None:
     PostgreSQL does not round it (``23:59:59.9999999Z`` would become the next day, and of year 9999,
     year 10000). The version key keeps every digit (:func:`exact_instant`)."""
     if v is not None and v[19:20] == "." and v[26:27].isdigit():
-        end = _FRAC.match(v, 20).end()
+        end = _FRAC.match(v, 20).end()  # type: ignore[union-attr]  # validated: the "." is followed by digits
         if end > 26:  # more than six fractional digits (a shorter fraction is followed by its offset)
             return v[:26] + v[end:]
     return v
@@ -540,7 +546,7 @@ def _precise_value(f: Field, v: Any, where: str) -> Any:
     if kind == OBJECT:
         return _raw_object(v, where)
     if kind == LIST:
-        return _precise_list(f.of, v, where)
+        return _precise_list(f.element, v, where)
     v = _money(v, where, f.required) if kind == MONEY else _number(v, where, f.required)
     if v is None:
         return f.default
@@ -554,9 +560,9 @@ def _precise_row(entity: Entity, obj: Any, prefix: str, given: dict[str, Any]) -
     row = []
     for f in entity.fields:
         if f.kind == DERIVED:
-            row.append(given[f.column])
+            row.append(given[f.column_name])
             continue
-        v = _precise_value(f, _value_at(obj, f.path), prefix + f.path)
+        v = _precise_value(f, _value_at(obj, f.json_path), prefix + f.json_path)
         if f.column is not None:
             row.append(v)
     return tuple(row)
@@ -583,7 +589,7 @@ def _precise_lines(name: str, child: Entity, lines: list | None, parent: dict[st
     """The rows of a list of line records (ids unique in the order), each checked precisely."""
     if not lines:
         return []
-    if len(lines) > 1:
+    if len(lines) > 1 and child.key is not None:
         seen: set[int] = set()
         for i, line in enumerate(lines):
             key = getattr(line, child.key)
@@ -611,7 +617,7 @@ def _plausible_quantity(v: Decimal) -> Decimal:
     if (
         v.__class__ is not Decimal
         or not -IMPLAUSIBLE <= v <= IMPLAUSIBLE
-        or (v != v.to_integral_value() and v.as_tuple().exponent < -NUMERIC_MAX_SCALE)
+        or (v != v.to_integral_value() and v.as_tuple().exponent < -NUMERIC_MAX_SCALE)  # type: ignore[operator]  # finite here: an int exponent
     ):
         raise _Declined
     return v
@@ -655,15 +661,15 @@ def _attribute(obj: str, path: str) -> str:
 
 def _fast_source(entity: Entity) -> str:
     """``fast_<entity>(o, <DERIVED columns>)``: the row of a decoded record, or an exception."""
-    given = [f.column for f in entity.fields if f.kind == DERIVED]
+    given = [f.column_name for f in entity.fields if f.kind == DERIVED]
     lines = [f"def fast_{entity.name}({', '.join(['o', *given])}):"]
     cells: list[str] = []
     objects: dict[str, str] = {}
     for i, f in enumerate(entity.fields):
         if f.kind == DERIVED:
-            cells.append(f.column)
+            cells.append(f.column_name)
             continue
-        v, (head, _, rest) = f"v{i}", f.path.partition(".")
+        v, (head, _, rest) = f"v{i}", f.json_path.partition(".")
         if rest and head not in objects:
             lines.append(f"    n{i} = {_attribute('o', head)}")
             objects[head] = f"n{i}"
@@ -701,7 +707,7 @@ def fast_row_function(entity: Entity) -> Callable[..., tuple]:
         namespace[f"default_{i}"] = f.default
         if f.kind == LIST:
             namespace[f"list_{i}"] = partial(
-                _fast_list, decoder=_LIST_DECODERS[f.of.name], check=fast_row_function(f.of)
+                _fast_list, decoder=_LIST_DECODERS[f.element.name], check=fast_row_function(f.element)
             )
     exec(compile(_fast_source(entity), f"<fast path of {entity.name}>", "exec"), namespace)  # noqa: S102
     return namespace[f"fast_{entity.name}"]
