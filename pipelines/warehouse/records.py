@@ -415,7 +415,6 @@ def _exact_epoch(s: str) -> Decimal:
     frac = _FRAC.match(s, 20)
     assert frac is not None  # _instant accepted s: its "." is followed by digits
     return Decimal(whole) + Decimal("0." + frac.group())  # the fraction as sent, every digit
-    return Decimal(whole) + Decimal("0." + frac)  # the fraction as sent, every digit
 
 
 _FRAC = re.compile(r"[0-9]+")
