@@ -589,9 +589,14 @@ def child_loader(spec: dict) -> dict:
         from pipelines.warehouse.loader import load_stores
         from taptouch_sandbox import Sandbox
 
-        load_stores(conn, Sandbox(sandbox_config(spec["days"])).stores())
+        stores = Sandbox(sandbox_config(spec["days"])).stores()
+        load_stores(conn, stores)
+        # as the orders sync builds it: the stores' time zones from their listing, the run's id and batch size
+        timezones = {s["id"]: s["timezone"] for s in stores}
         t = time.perf_counter()
-        load = OrderWindowLoad(conn, window="bench", batch_size=spec["batch_size"])
+        load = OrderWindowLoad(
+            conn, window="bench", run_id="bench-loader", batch_size=spec["batch_size"], timezones=timezones
+        )
         load.__enter__()
         in_loader += time.perf_counter() - t
         with open(spec["pages"], "rb") as f:
