@@ -100,20 +100,32 @@ where p.proof_id = %(proof_id)s
 """
 
 
+_LISTED = """
+with listed as (
+    select order_id, max(updated_at_exact) as v from listing_set
+    where store_id = %(store_id)s and updated_at_exact >= taptouch.exact_epoch(%(lower)s)
+      and updated_at_exact < taptouch.exact_epoch(%(end)s)
+    group by order_id
+)
+"""
+
+
 def _replace_set(cur: psycopg.Cursor, proof_id: int, store_id: int, full: bool, lower: datetime, end: datetime) -> None:
     """The proven set's part the listing re-read (all of it when ``full``; else from ``lower``, and
-    every order it returned) replaced by what it returned in [lower, end)."""
+    every order it returned) replaced by what it returned in [lower, end). Rows it returned
+    unchanged stay as they are (an hourly re-run rewrites nothing it need not)."""
+    args = {"proof_id": proof_id, "store_id": store_id, "full": full, "lower": lower, "end": end}
     cur.execute(
-        "delete from taptouch.listing_proof_orders p where p.proof_id = %s and (%s or p.updated_at_exact >="
-        " taptouch.exact_epoch(%s) or p.order_id in (select order_id from listing_set where store_id = %s))",
-        (proof_id, full, lower, store_id),
+        _LISTED + "delete from taptouch.listing_proof_orders p where p.proof_id = %(proof_id)s"
+        " and (%(full)s or p.updated_at_exact >= taptouch.exact_epoch(%(lower)s)"
+        "      or p.order_id in (select order_id from listed))"
+        " and not exists (select 1 from listed where listed.order_id = p.order_id and listed.v = p.updated_at_exact)",
+        args,
     )
     cur.execute(
-        "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
-        " select %s, order_id, max(updated_at_exact) from listing_set where store_id = %s"
-        " and updated_at_exact >= taptouch.exact_epoch(%s) and updated_at_exact < taptouch.exact_epoch(%s)"
-        " group by order_id",
-        (proof_id, store_id, lower, end),
+        _LISTED + "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
+        " select %(proof_id)s, order_id, v from listed on conflict (proof_id, order_id) do nothing",
+        args,
     )
 
 
