@@ -78,6 +78,7 @@ def __getattr__(name: str):
 def _int(name: str, default: int, lo: int, hi: int, configured: int | None = None, *, at_load: bool = False) -> int:
     """``configured`` when set, else the variable ``name``, else ``default``; checked to lie in [lo, hi]."""
     error = SettingError if at_load else _run_setting_error()
+    raw: str | float  # the variable's text, or the resource's configured number
     if configured is None:
         source, raw = name, os.environ.get(name, "").strip()
         fix = f"set {name} to a whole number from {lo} to {hi}, or unset it for the default {default}"
@@ -87,7 +88,7 @@ def _int(name: str, default: int, lo: int, hi: int, configured: int | None = Non
         fix = f"set the resource's {field} to a whole number from {lo} to {hi}, or leave it unset to use {name}"
     if raw == "":
         return default
-    if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+    if isinstance(raw, bool) or isinstance(raw, float) and not float.is_integer(raw):
         raise error(f"{source} must be an integer, got {raw!r}: {fix}")
     try:
         value = int(raw) if not isinstance(raw, str) or raw.isascii() else int("x")
@@ -269,13 +270,13 @@ def for_run(
     A named ``account`` (``TAPTOUCH_ACCOUNTS``) reads ``TAPTOUCH_<NAME>_BASE_URL`` and
     ``TAPTOUCH_<NAME>_REQUESTS_PER_SECOND`` first (unset: ``TAPTOUCH_BASE_URL`` /
     ``TAPTOUCH_REQUESTS_PER_SECOND``, as for the single account)."""
-    named = account is not None and not account.is_default
-    if named:
-        taptouch = account_resource(taptouch, account)
+    named = account if account is not None and not account.is_default else None
+    if named is not None:
+        taptouch = account_resource(taptouch, named)
     run = RunSettings(
         page_size=page_size(taptouch.page_size),
         requests_per_second=requests_per_second(
-            taptouch.requests_per_second, **({"variable": account.env("REQUESTS_PER_SECOND")} if named else {})
+            taptouch.requests_per_second, **({"variable": named.env("REQUESTS_PER_SECOND")} if named else {})
         ),
         store_workers=store_workers(taptouch.store_workers),
         batch_size=batch_size(warehouse.batch_size),

@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -556,7 +556,7 @@ def sync_orders_windows(
     run: OrdersRun,
     *,
     in_flight: int = WINDOWS_IN_FLIGHT,
-) -> Iterator[tuple[OrderWindow, SyncResult]]:
+) -> Generator[tuple[OrderWindow, SyncResult], None, None]:
     """:func:`sync_orders_window` for each of ``windows``, up to ``in_flight`` at once, each on its
     own connection from ``connect()`` (autocommit, as the caller would pass to
     :func:`sync_orders_window`); yields ``(window, result)`` in the windows' order.

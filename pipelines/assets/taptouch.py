@@ -175,7 +175,8 @@ def run_context(
     tokens = TokenStore.for_resource(taptouch, url)
     # one request budget per client id, shared through the warehouse by every run and process; the
     # meter in front of it counts this run's requests and times their waits
-    meter = RequestMeter(SharedBudget.for_client(url, taptouch.client_id, run_settings.requests_per_second))
+    client_id = taptouch.resolved()[0]  # set by for_run: the field, no environment read
+    meter = RequestMeter(SharedBudget.for_client(url, client_id, run_settings.requests_per_second))
     get = taptouch.get_store_client if store_api else taptouch.get_client
     client = get(token_store=tokens, limiter=meter)
     connect = _account_connector(warehouse, account)
@@ -190,7 +191,7 @@ def run_context(
     finally:
         client.close()
         if context is not None and run is not None:
-            _record_usage(context, run, account, taptouch.client_id)
+            _record_usage(context, run, account, client_id)
 
 
 def _record_usage(context: dg.AssetExecutionContext, run: RunContext, account: Account, client_id: str) -> None:
@@ -359,7 +360,7 @@ def _window_figures(conn, windows: list[OrderWindow], store_ids: list[int], acco
     (the account's orders of the listed stores whose updated_at lies in the window), ``sales_orders``
     (those that are sales: completed, partially or wholly refunded, not deleted) and
     ``net_sales_<currency>`` (their totals less their refunds, per currency)."""
-    figures = {w.key: {"dagster/row_count": 0, "sales_orders": 0} for w in windows}
+    figures: dict[str, dict[str, float]] = {w.key: {"dagster/row_count": 0, "sales_orders": 0} for w in windows}
     with conn.cursor() as cur:
         cur.execute(
             _WINDOW_FIGURES,

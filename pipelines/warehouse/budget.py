@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 
 import psycopg
@@ -393,7 +393,7 @@ def record_usage(
     account: str,
     client_id: str,
     seconds: float,
-    api: dict[str, float],
+    api: Mapping[str, float],
     wait_s: float,
 ) -> bool:
     """One row of ``taptouch_meta.api_usage`` for a run's step: what its client asked of the API
