@@ -24,13 +24,13 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
+from ..settings import DEFAULT_BATCH_SIZE  # orders per COPY batch: the run's default
 from . import aggregates, deletions, derived, history, marks, proofs, records
 from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 5000
 _LOCK_ORDERS = ORDERS.lock_key
 _LOCK_STORES = STORES.lock_key
 _LOCK_INVENTORY = INVENTORY.lock_key
