@@ -163,7 +163,7 @@ def _md_table(rows: list[tuple]) -> str:
 
 def _make_drift_check(entity: str, account: Account = DEFAULT) -> dg.AssetChecksDefinition:
     shape = SHAPES[entity]
-    only = account.name if account.prefixed else None  # a named account looks at its own rows
+    only = None if account.is_default else account.name  # a named account looks at its own rows
 
     @dg.asset_check(
         asset=account.key(entity),

@@ -29,7 +29,7 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
         taptouch: TaptouchResource = getattr(context.resources, resource_key)
         warehouse: PostgresResource = context.resources.warehouse
         warehouse.ensure_migrated()
-        if account.prefixed:  # the account's TAPTOUCH_<NAME>_* fill what the resource leaves unset
+        if not account.is_default:  # the account's TAPTOUCH_<NAME>_* fill what the resource leaves unset
             taptouch = settings.for_run(taptouch, warehouse, account)[0]
         client_id, secret, base_url = taptouch.resolved()
         store = TokenStore.for_client(warehouse.url(), client_id, secret)
