@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from pipelines.cli import main
 from pipelines.sync import day_window, sync_inventory, sync_stores
 from pipelines.warehouse import aggregates
 from pipelines.warehouse.loader import OrderWindowLoad, load_stores
@@ -281,3 +282,17 @@ def test_a_load_dated_with_a_start_that_moved_meanwhile_follows_the_warehouse(wo
         load.finish()
     assert stored_dates(conn)[oid] == (store, expected_date(record["created_at"], ZONES[store], FOUR))
     assert stored_dates(conn)[oid] == placed[oid]
+
+
+def test_taptouch_sync_rebuild_applies_a_changed_setting(world, monkeypatch, capsys):
+    sb, _, client, conn, url = world
+    sync(client, conn, timedelta(0))
+    four, midnight = (truth_dates(sb, dict.fromkeys(ZONES, s)) for s in (FOUR, timedelta(0)))
+    moved = sum(1 for oid in four if four[oid] != midnight[oid])
+    monkeypatch.setenv("TAPTOUCH_BUSINESS_DAY_START", "04:00")
+    assert main(["rebuild", "--database-url", url]) == 0
+    assert f"business dates re-derived after a day start change: {moved}" in capsys.readouterr().out
+    assert stored_dates(conn) == four
+    assert aggregate_mismatches(conn) == {}
+    assert main(["rebuild", "--database-url", url]) == 0  # applied once: nothing moves again
+    assert "business dates re-derived after a day start change: 0" in capsys.readouterr().out
