@@ -445,21 +445,7 @@ class TokenStore:
             if not stale(row):
                 log.info("Merchant %s: another process refreshed the token; using it", key.label)
                 return self._access(row)
-            if row["refresh_token"] is None:
-                raise ReauthorizationRequired(
-                    f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
-                    f"Run: {reauthorize_command(key.label)}",
-                    error="invalid_grant",
-                )
-            if row["refresh_expires_at"] is not None and self._clock() >= row["refresh_expires_at"].timestamp():
-                message = (
-                    f"The refresh token of merchant {key.label!r} expired at "
-                    f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
-                    f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
-                )
-                self._mark_unusable(conn, row, message)
-                conn.commit()
-                raise ReauthorizationRequired(message, error="invalid_grant")
+            self._check_refreshable(conn, key, row)
             refresh_token = self.cipher.decrypt(row["refresh_token"])
             issued = self._clock()
             try:
@@ -490,6 +476,25 @@ class TokenStore:
             lifetime = _lifetimes(answer)[0]
             log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, lifetime)
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
+
+    def _check_refreshable(self, conn: psycopg.Connection[DictRow], key: GrantKey, row: DictRow) -> None:
+        """ReauthorizationRequired unless the locked grant ``row`` holds an unexpired refresh token
+        (an expired one marks the grant unusable, committed)."""
+        if row["refresh_token"] is None:
+            raise ReauthorizationRequired(
+                f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
+                f"Run: {reauthorize_command(key.label)}",
+                error="invalid_grant",
+            )
+        if row["refresh_expires_at"] is not None and self._clock() >= row["refresh_expires_at"].timestamp():
+            message = (
+                f"The refresh token of merchant {key.label!r} expired at "
+                f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
+                f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
+            )
+            self._mark_unusable(conn, row, message)
+            conn.commit()
+            raise ReauthorizationRequired(message, error="invalid_grant")
 
     def _grant_row(self, conn: psycopg.Connection[DictRow], key: GrantKey, *, lock: bool = False) -> DictRow:
         """The merchant's stored grant; none stored (or revoked meanwhile) must be authorized again."""
