@@ -668,18 +668,7 @@ def load_inventory(
     quarantine = Quarantine("inventory", snapshot_date.isoformat(), run_id)
     listing = _InventoryListing.read(records_, store_id, quarantine, counts)
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            "create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop"
-        )
-        refused = copy_or_quarantine(
-            cur,
-            listing.rows,
-            lambda rs: copy_rows(cur, "stage_inventory", INVENTORY.cols, rs),
-            quarantine,
-            lambda r: (_raw_text(r), store_id),
-        )
-        counts.quarantined += len(refused)
-        listing.bad_ids += [r[1] for r in refused]  # listed, just unloadable: keeps its previous level
+        _stage_inventory(cur, store_id, listing, quarantine, counts)
         INVENTORY.take_lock(cur, store_id)
         counts.deleted = _delist_unlisted(
             cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now, confirm_s=confirm_s
@@ -693,6 +682,23 @@ def load_inventory(
         INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
     return counts
+
+
+def _stage_inventory(
+    cur: psycopg.Cursor, store_id: int, listing: _InventoryListing, quarantine: Quarantine, counts: LoadCounts
+) -> None:
+    """Copy the listing's rows into a new ``stage_inventory``; a row the database refuses is
+    quarantined, and its product (listed, just unloadable) keeps its previous level."""
+    cur.execute("create temp table stage_inventory (like taptouch.inventory_levels including defaults) on commit drop")
+    refused = copy_or_quarantine(
+        cur,
+        listing.rows,
+        lambda rs: copy_rows(cur, "stage_inventory", INVENTORY.cols, rs),
+        quarantine,
+        lambda r: (_raw_text(r), store_id),
+    )
+    counts.quarantined += len(refused)
+    listing.bad_ids += [r[1] for r in refused]
 
 
 @dataclass
@@ -801,42 +807,50 @@ def _delist(
         _forget_delistings(cur, store_id)
         delist = gone
     else:
-        cur.execute(
-            "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id <> all(%s)",
-            (store_id, gone),
-        )
-        cur.execute(
-            "select product_id from taptouch.inventory_delist_candidates where store_id = %s"
-            " and first_missing_at <= %s",
-            (store_id, now - timedelta(seconds=confirm_s)),
-        )
-        delist = sorted(r[0] for r in cur.fetchall())
-        cur.executemany(
-            "insert into taptouch.inventory_delist_candidates (store_id, product_id, first_missing_at)"
-            " values (%s, %s, %s) on conflict (store_id, product_id) do nothing",
-            [(store_id, pid, now) for pid in gone],
-        )
-        waiting = len(gone) - len(delist)
-        if waiting:
-            log.warning(
-                "inventory of store %s: the listing %s; %d product(s) it no longer lists are kept until a "
-                "second listing at least %d s later agrees",
-                store_id,
-                "is empty" if listed == 0 else f"would delist {len(gone)} of the store's {held} products",
-                waiting,
-                confirm_s,
-            )
-        if delist:
-            cur.execute(
-                "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id = any(%s)",
-                (store_id, delist),
-            )
+        delist = _confirmed_delistings(cur, store_id, gone, held, listed=listed, now=now, confirm_s=confirm_s)
     if not delist:
         return 0
     cur.execute(
         "delete from taptouch.inventory_levels where store_id = %s and product_id = any(%s)", (store_id, delist)
     )
     return cur.rowcount
+
+
+def _confirmed_delistings(
+    cur: psycopg.Cursor, store_id: int, gone: list[int], held: int, *, listed: int, now: datetime, confirm_s: int
+) -> list[int]:
+    """From a suspicious listing: which of the products it misses (``gone``) a listing at least
+    ``confirm_s`` seconds earlier missed too (to delist now); the rest wait as candidates."""
+    cur.execute(
+        "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id <> all(%s)",
+        (store_id, gone),
+    )
+    cur.execute(
+        "select product_id from taptouch.inventory_delist_candidates where store_id = %s and first_missing_at <= %s",
+        (store_id, now - timedelta(seconds=confirm_s)),
+    )
+    delist = sorted(r[0] for r in cur.fetchall())
+    cur.executemany(
+        "insert into taptouch.inventory_delist_candidates (store_id, product_id, first_missing_at)"
+        " values (%s, %s, %s) on conflict (store_id, product_id) do nothing",
+        [(store_id, pid, now) for pid in gone],
+    )
+    waiting = len(gone) - len(delist)
+    if waiting:
+        log.warning(
+            "inventory of store %s: the listing %s; %d product(s) it no longer lists are kept until a "
+            "second listing at least %d s later agrees",
+            store_id,
+            "is empty" if listed == 0 else f"would delist {len(gone)} of the store's {held} products",
+            waiting,
+            confirm_s,
+        )
+    if delist:
+        cur.execute(
+            "delete from taptouch.inventory_delist_candidates where store_id = %s and product_id = any(%s)",
+            (store_id, delist),
+        )
+    return delist
 
 
 def _forget_delistings(cur: psycopg.Cursor, store_id: int, *, stage: bool = False, listed: Iterable[int] = ()) -> None:
