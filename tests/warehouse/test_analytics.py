@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from pipelines.sync import day_window
+from pipelines.warehouse import aggregates
 from pipelines.warehouse.db import libpq_url
 from pipelines.warehouse.loader import load_inventory, load_stores
 from pipelines.warehouse.migrations import migrate
@@ -572,6 +573,8 @@ def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(mig
             sync_day(client_for(sb), conn, sb.end_date + timedelta(days=offset))
         conn.execute("update taptouch.stores set account = 'north' where store_id = %s", (sb.store_ids()[1],))
         conn.execute("update taptouch.orders set account = 'north' where store_id = %s", (sb.store_ids()[1],))
+        with conn.transaction():  # rows moved to another account by hand: their sales aggregates follow
+            aggregates.refresh_store_days(conn.cursor(), [sb.store_ids()[1]])
         conn.execute(
             "update taptouch.listing_proofs set listed_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'"
         )
@@ -637,7 +640,7 @@ def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
         apply_views(conn)
         conn.execute(
             "create view public.my_report as select store_id, count(*) as n"
-            " from analytics.daily_store_sales group by store_id"
+            " from analytics.sales_orders group by store_id"
         )
         apply_views(conn)  # same columns: replaced in place, the user's view untouched
         assert "my_report" in relations(conn, "public")
