@@ -251,8 +251,10 @@ def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, st
         " and o.updated_at < %s and p.updated_at_exact is distinct from"
         " coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at))"
         " and not exists (select 1 from taptouch.deletion_candidates c where c.order_id = o.order_id)"
+        " and not exists (select 1 from taptouch.quarantine q where q.entity = 'order' and q.\"window\" = %s"
+        " and q.record_key = o.order_id::text and q.resolved_at is null)"
         " order by o.order_id",
-        (proof_id, store_id, start, end, started),
+        (proof_id, store_id, start, end, started, key),
     )
     extra = [f"{oid} v{v}" + ("" if listed is None else f" (listed v{listed})") for oid, v, listed in cur.fetchall()]
     found = []
@@ -269,9 +271,10 @@ def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, st
 def window_problems(conn: psycopg.Connection, keys: list[str], store_ids: list[int]) -> list[Problem]:
     """Every store of ``store_ids`` whose window (of ``keys``) is not proven, or whose warehouse set
     disagrees with the latest complete listing's (sets of (order_id, version), not counts). An
-    order the warehouse holds at a version newer than the listing's start (an edit after it), or a
-    deletion candidate (a complete listing missed it; the reconciliation confirms it), is no
-    disagreement."""
+    order the warehouse holds at a version newer than the listing's start (an edit after it), a
+    deletion candidate (a complete listing missed it; the reconciliation confirms it), or an order
+    whose listed version was quarantined in the window (the check ``no_quarantined_records`` warns
+    of it; the warehouse keeps the version before) is no disagreement."""
     problems: list[Problem] = []
     with conn.cursor() as cur:
         for key in keys:

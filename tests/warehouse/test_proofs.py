@@ -197,3 +197,26 @@ def test_an_incremental_listing_keeps_the_window_proven_and_follows_edits(conn):
     assert from_ > day_window(day)[0] and complete and covered == day_window(day)[0]
     assert proven_set(conn, store, day) == truth_set(sb, store, day)
     assert proofs.window_problems(conn, [day.isoformat()], sb.store_ids()) == []
+
+
+def test_an_order_whose_new_version_is_quarantined_is_left_to_the_quarantine_warning(conn):
+    """An edit served malformed is quarantined: the warehouse keeps the version before, which the
+    listing no longer returns valid. That is the quarantine check's warning, not a disagreement."""
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    day = DAYS[0]
+    load_day(client, conn, day)
+    sb.faults.malformed_every = 3
+    store = sb.store_ids()[0]
+    start, end = day_window(day)
+    broken = sorted(o["id"] for o in sb.orders_in_window(store, start, end) if o["id"] in sb.malformed_order_ids())
+    assert broken
+    result = load_day(client, conn, day)
+    assert result.counts.quarantined >= len(broken)
+    assert not {oid for oid, _ in proven_set(conn, store, day)} & set(broken)  # not proven: never read valid
+    assert proofs.window_problems(conn, [day.isoformat()], sb.store_ids()) == []
+    conn.execute("update taptouch.quarantine set resolved_at = now()")  # as if resolved: then it is one
+    problems = proofs.window_problems(conn, [day.isoformat()], sb.store_ids())
+    assert {p.kind for p in problems if p.store_id == store} == {"extra"}
+    assert all(str(oid) in next(p for p in problems if p.store_id == store).detail for oid in broken[:10])
