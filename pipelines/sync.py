@@ -522,15 +522,7 @@ def sync_orders_window(
     starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
     with (
         _OrderFetchers(client, window, starts, workers) as fetchers,
-        OrderWindowLoad(
-            conn,
-            window=window.key,
-            run_id=run.run_id,
-            timezones=run.timezones,
-            full=isinstance(run.mode, FullRefresh),
-            batch_size=run.settings.batch_size,
-            retention=Retention(run.settings.history_days),
-        ) as load,
+        window_load(conn, window, run) as load,
     ):
         for event in fetchers.events(store_ids, cancel):
             _apply_event(event, load, result, window, run.progress)
@@ -547,6 +539,20 @@ def sync_orders_window(
     result.stores_ok.sort()
     result.seconds = time.monotonic() - t0
     return result
+
+
+def window_load(conn: psycopg.Connection, window: OrderWindow, run: OrdersRun) -> OrderWindowLoad:
+    """The load of one orders window as the run makes it: its stores' time zones, the sync mode,
+    the run's batch size and history retention."""
+    return OrderWindowLoad(
+        conn,
+        window=window.key,
+        run_id=run.run_id,
+        timezones=run.timezones,
+        full=isinstance(run.mode, FullRefresh),
+        batch_size=run.settings.batch_size,
+        retention=Retention(run.settings.history_days),
+    )
 
 
 def sync_orders_windows(
