@@ -283,20 +283,26 @@ def _judge_store(
             )
             sr.restored, _ = deletions.note_listed(cur, listing.ids)
         if sr.deleted or sr.restored or sr.repaired:
-            # sync_log: deleted = marked deleted, updated = restored (repairs have their own rows)
-            cur.execute(
-                'insert into taptouch.sync_log (entity, store_id, "window", run_id, started_at, deleted, updated)'
-                " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
-                (
-                    sr.store_id,
-                    f"{(sr.listed_from or start).isoformat()}..{now.isoformat()}",  # listed_from: set by the caller
-                    run_id,
-                    now,
-                    len(sr.deleted),
-                    len(sr.restored),
-                ),
-            )
+            _log_judgement(cur, sr, start=start, now=now, run_id=run_id)
     return refusal
+
+
+def _log_judgement(
+    cur: psycopg.Cursor, sr: StoreReconcile, *, start: datetime, now: datetime, run_id: str | None
+) -> None:
+    """The store's sync_log row: deleted = marked deleted, updated = restored (repairs have their own rows)."""
+    cur.execute(
+        'insert into taptouch.sync_log (entity, store_id, "window", run_id, started_at, deleted, updated)'
+        " values ('order_deletions', %s, %s, %s, %s, %s, %s)",
+        (
+            sr.store_id,
+            f"{(sr.listed_from or start).isoformat()}..{now.isoformat()}",  # listed_from: set by the caller
+            run_id,
+            now,
+            len(sr.deleted),
+            len(sr.restored),
+        ),
+    )
 
 
 def reconcile_orders(
@@ -336,45 +342,73 @@ def reconcile_orders(
     timezones = store_timezones(conn) if timezones is None else timezones
     if store_ids is None:
         store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
-    seen_by = f"order_deletions run {run_id}" if run_id else "order_deletions"
+    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id)
     for store_id in store_ids:
-        earliest = _earliest_deleted(conn, store_id)
-        listed_from = min(start, earliest) if earliest is not None else start
-        listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
-        try:
-            listing = _list_store(
-                client, conn, store_id, listed_from - LISTING_SLACK, max(now, datetime.now(UTC)) + LISTING_HORIZON
-            )
-        except Exception as exc:  # a hostile answer costs its own store, never the others'
-            result.failures.append((store_id, describe(exc), is_transient(exc)))
-            log.error("reconcile: store %s: %s", store_id, describe(exc))
-            continue
-        sr = StoreReconcile(
-            store_id,
-            listed=listing.records,
-            listed_from=listed_from,
-            complete=listing.complete,
-            unidentified=listing.unidentified,
-        )
-        if listing.repairs and store_id in timezones:
-            _repair(conn, listing, sr, timezones[store_id], run_id)
-        refusal = _judge_store(
-            conn,
-            listing,
-            sr,
-            start=start,
-            now=now,
-            confirm_s=confirm_s,
-            mass_confirmed=store_id in confirmed,
-            seen_by=seen_by,
-            run_id=run_id,
-        )
-        if refusal:
-            result.failures.append((store_id, refusal, False))
-        sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=run_id)
-        result.stores.append(sr)
-        progress(_store_summary(sr))
+        sr = _reconcile_store(client, conn, store_id, rpass, result)
+        if sr is not None:
+            result.stores.append(sr)
+            progress(_store_summary(sr))
     return result
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What every store of one reconciliation shares: its period, clock, confirmations and run."""
+
+    start: datetime
+    now: datetime
+    confirm_s: int
+    mass_confirmed: set[int]
+    timezones: dict[int, str]
+    run_id: str | None
+
+    @property
+    def seen_by(self) -> str:
+        return f"order_deletions run {self.run_id}" if self.run_id else "order_deletions"
+
+
+def _reconcile_store(
+    client: TaptouchClient, conn: psycopg.Connection, store_id: int, rpass: _Pass, result: ReconcileResult
+) -> StoreReconcile | None:
+    """List one store (from the earliest of the period and its earliest deleted order), repair,
+    judge and re-prove it. A failed listing is added to ``result.failures`` (None returned); a
+    refusal of the share guard too (the store's outcome is returned)."""
+    start, now = rpass.start, rpass.now
+    earliest = _earliest_deleted(conn, store_id)
+    listed_from = min(start, earliest) if earliest is not None else start
+    listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
+    try:
+        listing = _list_store(
+            client, conn, store_id, listed_from - LISTING_SLACK, max(now, datetime.now(UTC)) + LISTING_HORIZON
+        )
+    except Exception as exc:  # a hostile answer costs its own store, never the others'
+        result.failures.append((store_id, describe(exc), is_transient(exc)))
+        log.error("reconcile: store %s: %s", store_id, describe(exc))
+        return None
+    sr = StoreReconcile(
+        store_id,
+        listed=listing.records,
+        listed_from=listed_from,
+        complete=listing.complete,
+        unidentified=listing.unidentified,
+    )
+    if listing.repairs and store_id in rpass.timezones:
+        _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
+    refusal = _judge_store(
+        conn,
+        listing,
+        sr,
+        start=start,
+        now=now,
+        confirm_s=rpass.confirm_s,
+        mass_confirmed=store_id in rpass.mass_confirmed,
+        seen_by=rpass.seen_by,
+        run_id=rpass.run_id,
+    )
+    if refusal:
+        result.failures.append((store_id, refusal, False))
+    sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id)
+    return sr
 
 
 def _repair(conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, zone: str, run_id: str | None) -> None:
@@ -500,6 +534,14 @@ def deletions_definitions(
         _fail_if_not_reconciled(result, metadata)
         return dg.MaterializeResult(metadata=metadata)
 
+    job, schedule = _reconcile_job_and_schedule(account)
+    return order_deletions, job, schedule
+
+
+def _reconcile_job_and_schedule(
+    account: Account,
+) -> tuple["UnresolvedAssetJobDefinition", dg.ScheduleDefinition]:
+    """The account's job of ``order_deletions`` and its schedule (every 6 hours)."""
     job = dg.define_asset_job(
         account.named("orders_reconcile_job"),
         selection=dg.AssetSelection.assets(account.key(RECONCILE_ASSET)),
@@ -515,4 +557,4 @@ def deletions_definitions(
         "reconcile the last TAPTOUCH_RECONCILE_DAYS days of orders (repairs, deletions confirmed by a "
         "second listing, restores).",
     )
-    return order_deletions, job, schedule
+    return job, schedule
