@@ -1,6 +1,6 @@
 """The type checker's configuration ([tool.mypy] in pyproject.toml): strict on ``taptouch_resource``,
-mypy's default checks on the other packages. Checked on two probe packages of the same names, with
-the same three functions, under the project's pyproject.toml."""
+mypy's default checks and the bodies of unannotated functions on the other packages. Checked on two
+probe packages of the same names, with the same four functions, under the project's pyproject.toml."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def bare(items: list) -> int:
 
 def wrong() -> int:
     return "text"
+
+
+def unannotated_body():
+    return len(5)
 """
 
 
@@ -46,5 +50,7 @@ def test_mypy_is_strict_on_the_client_only(tmp_path):
         ("taptouch_resource/probe.py", "no-untyped-def"),  # strict: every function annotated
         ("taptouch_resource/probe.py", "type-arg"),  # strict: no bare generic
         ("taptouch_resource/probe.py", "return-value"),
-        ("pipelines/probe.py", "return-value"),  # basic: what is annotated is checked, nothing more
+        ("taptouch_resource/probe.py", "arg-type"),
+        ("pipelines/probe.py", "return-value"),  # basic: what is annotated is checked...
+        ("pipelines/probe.py", "arg-type"),  # ...and the bodies of unannotated functions (check_untyped_defs)
     }, done.stdout
