@@ -1,5 +1,6 @@
 """The project's shape: the client imports neither Dagster nor psycopg, no import cycle anywhere,
-the sandbox stands alone, test machinery stays under tests/, and the README and docs link only to
+the sandbox stands alone, test machinery stays under tests/, no production function is over 60
+lines, and the README and docs link only to
 files that exist in the repository.
 
 Imports are read with :mod:`ast`, so every import statement counts wherever it stands: at module
@@ -194,6 +195,53 @@ def test_no_import_cycle_in_the_project():
     assert any(target.startswith("taptouch_resource") for target in graph["pipelines.sync"])
     cycles = find_cycles(graph)
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+# --- no production function over 60 lines -----------------------------------------------------
+MAX_FUNCTION_LINES = 60
+# Declarative tables may be longer (none is a function today): "module.qualname" -> why.
+LONG_FUNCTIONS_ALLOWED: dict[str, str] = {}
+
+
+def long_functions(root: Path, packages: tuple[str, ...], limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """``module.qualname`` -> lines of every def (methods and nested defs included, each counted
+    with what it nests) longer than ``limit``."""
+    found: dict[str, int] = {}
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = child.end_lineno - child.lineno + 1
+                if lines > limit:
+                    found[f"{prefix}{child.name}"] = lines
+                walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+            else:
+                walk(child, prefix)
+
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            module = ".".join(path.relative_to(root).with_suffix("").parts)
+            walk(ast.parse(path.read_text(), str(path)), f"{module}.")
+    return found
+
+
+def test_no_production_function_over_60_lines():
+    too_long = long_functions(ROOT, (*PACKAGES, "bench"))
+    assert {name: n for name, n in too_long.items() if name not in LONG_FUNCTIONS_ALLOWED} == {}
+
+
+def test_the_function_length_scan_counts_methods_and_nested_defs(tmp_path):
+    def block(indent: int) -> str:  # 60 lines
+        return "".join(f"{' ' * indent}x{i} = {i}\n" for i in range(60))
+
+    source = (
+        "def short():\n    return 1\n\n\ndef long():\n" + block(4) + "\n\nclass C:\n    def method(self):\n"
+        "        def inner():\n" + block(12) + "\n        return inner\n"
+    )
+    _write_package(tmp_path, {"pkg/__init__.py": "", "pkg/m.py": source})
+    assert long_functions(tmp_path, ("pkg",)) == {"pkg.m.long": 61, "pkg.m.C.method": 64, "pkg.m.C.method.inner": 61}
 
 
 def _write_package(root: Path, files: dict[str, str]) -> None:
