@@ -1,7 +1,6 @@
 """The project's shape: the client imports neither Dagster nor psycopg, no import cycle anywhere,
 the sandbox stands alone, test machinery stays under tests/, no production function is over 60
-lines, and the README and docs link only to
-files that exist in the repository.
+lines, and the README and docs link only to files that exist in the repository.
 
 Imports are read with :mod:`ast`, so every import statement counts wherever it stands: at module
 level, inside a function (a deferred import still closes a cycle the first time it runs), or under
