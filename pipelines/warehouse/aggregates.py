@@ -11,8 +11,10 @@ transaction that changed its orders and under the orders merge lock:
   orders it replaced, at their old and new business dates (:func:`note_held`, :func:`note_merged`);
 - a deletion confirmed, or an order restored, by a listing (:mod:`.deletions`) recomputes its
   order's store-day (:func:`refresh_orders`);
-- a re-derivation of business dates (a store's corrected zone or day start, ``rebuild``)
-  recomputes every day of the stores concerned (:func:`refresh_store_days`).
+- a re-derivation of business dates for whole stores (a corrected zone or day start, in
+  :mod:`.derived`) recomputes every day of the stores concerned (:func:`refresh_store_days`);
+- ``rebuild`` (:mod:`.rebuild`) recomputes the store-days of each batch of orders it re-derives
+  from ``raw``, and of the quarantined orders it merges.
 
 :func:`mismatches` compares the tables with a from-scratch recomputation (the orders asset's check
 and the tests). docs/warehouse.md, "Sales aggregates".
@@ -28,7 +30,6 @@ from psycopg import sql
 
 from .db import first_value
 
-SALES_STATUSES = ("completed", "partially_refunded", "refunded")
 TABLES = ("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products")
 KEYS = "agg_keys"  # the temporary table of (store_id, business_date) keys to recompute
 
@@ -127,7 +128,7 @@ def recompute(cur: psycopg.Cursor) -> int:
                 ).format(sql.Identifier("taptouch", table), sql.Identifier(KEYS))
             )
             cur.execute(f"insert into taptouch.{table} " + _ROWS[table].format(sales="agg_sales"))
-    cur.execute(f"truncate {KEYS}")
+    cur.execute(f"delete from {KEYS}")  # (a truncate would give the temp table a new file each time)
     return days
 
 
