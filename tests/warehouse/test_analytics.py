@@ -536,11 +536,13 @@ def test_analytics_assets_show_a_typed_table_preview_and_the_sql_path_in_the_rep
         "day_complete",
     ]
     assert columns["net_sales"] == "numeric(14,2)" and columns["day_complete"] == "boolean"
-    first = conn.execute(
-        "select store_id, store_name, business_date, net_sales, day_complete from analytics.daily_store_sales limit 1"
-    ).fetchone()
     assert len(preview.records) == min(20, mats["daily_store_sales"].metadata["dagster/row_count"].value)
     row = preview.records[0].data
+    first = conn.execute(  # the same store-day read directly (the preview has no order of its own)
+        "select store_id, store_name, business_date, net_sales, day_complete from analytics.daily_store_sales"
+        " where store_id = %s and business_date = %s",
+        (row["store_id"], row["business_date"]),
+    ).fetchone()
     assert (row["store_id"], row["store_name"], row["business_date"], row["net_sales"], row["day_complete"]) == (
         first[0],
         first[1],
