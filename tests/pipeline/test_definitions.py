@@ -34,11 +34,12 @@ VIEW_UPSTREAMS = {
     "load_coverage": {"orders", "stores"},  # the complete listings (listing_proofs, written by orders)
     "business_days": {"orders", "stores", "inventory", "load_coverage"},  # the days of orders and snapshots
     "sales_orders": {"orders", "stores", "business_days"},
-    "daily_store_sales": {"sales_orders"},
-    "hourly_sales": {"sales_orders"},
-    "channel_mix": {"sales_orders"},
-    "payment_mix": {"sales_orders", "orders", "stores"},
-    "product_sales": {"sales_orders", "orders", "stores"},
+    # the five sales views read the per-store-day aggregates (taptouch.sales_*, written by orders)
+    "daily_store_sales": {"orders", "stores", "business_days"},
+    "hourly_sales": {"orders", "stores", "business_days"},
+    "channel_mix": {"orders", "stores", "business_days"},
+    "payment_mix": {"orders", "stores", "business_days"},
+    "product_sales": {"orders", "stores", "business_days"},
     "inventory_status": {"sales_orders", "orders", "stores", "inventory"},
     "inventory_history": {"sales_orders", "orders", "stores", "inventory", "business_days"},
     "order_changes": {"orders", "stores", "business_days"},  # order_history (written by orders), orders
@@ -79,6 +80,7 @@ def test_definitions_load_and_everything_resolves_without_credentials(no_credent
         "no_future_dated_orders",
         "money_reconciliation",
         "orders_proven",
+        "sales_aggregates_exact",
         "freshness_check",
         "schema_drift",
     }

@@ -491,7 +491,7 @@ def test_analytics_assets_materialize_with_chart(loaded):
         e.asset_key.to_user_string(): e.event_specific_data.materialization
         for e in result.get_asset_materialization_events()
     }
-    assert set(mats) == set(KEYS) | {"business_days", "load_coverage"}
+    assert set(mats) == set(KEYS) | {"business_days", "load_coverage", "order_changes", "daily_restatements"}
     for view, mat in mats.items():
         rows = conn.execute(f"select count(*) from analytics.{view}").fetchone()[0]
         assert mat.metadata["dagster/row_count"].value == rows > 0
@@ -628,7 +628,12 @@ def test_a_view_whose_columns_changed_is_recreated_with_every_view_built_on_it(m
         }
         assert apply_views(conn, ["sales_orders"]) == ["sales_orders"]
         # the dependents came back
-        assert relations(conn, "analytics") == set(KEYS) | {"business_days", "load_coverage"}
+        assert relations(conn, "analytics") == set(KEYS) | {
+            "business_days",
+            "load_coverage",
+            "order_changes",
+            "daily_restatements",
+        }
         assert "retired_column" not in {
             r[0]
             for r in conn.execute(
@@ -650,7 +655,12 @@ def test_applying_views_never_drops_a_view_it_does_not_recreate(migrated_db):
         with pytest.raises(ViewConflictError, match="public.my_report"):
             apply_views(conn, ["sales_orders"])
         assert "my_report" in relations(conn, "public")
-        assert relations(conn, "analytics") == set(KEYS) | {"business_days", "load_coverage"}
+        assert relations(conn, "analytics") == set(KEYS) | {
+            "business_days",
+            "load_coverage",
+            "order_changes",
+            "daily_restatements",
+        }
         assert "retired_column" in {
             r[0]
             for r in conn.execute(
