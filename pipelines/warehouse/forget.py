@@ -34,8 +34,11 @@ PERSONAL_COLUMNS = tuple(
 )
 
 # the record names the customer and holds more of it than its id (a case: "-" on a non-object raises)
+# The id as the API should send it (a number), or as a string: the loader quarantines a record
+# whose customer.id is a string ("901"), and the quarantine is where such a record is kept.
 _OF_CUSTOMER = (
-    "case when jsonb_typeof(raw -> 'customer') = 'object' and raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint)"
+    "case when jsonb_typeof(raw -> 'customer') = 'object' and (raw -> 'customer' -> 'id' = to_jsonb(%(id)s::bigint)"
+    " or (jsonb_typeof(raw -> 'customer' -> 'id') = 'string' and btrim(raw -> 'customer' ->> 'id') = %(id)s::text))"
     " then (raw -> 'customer') - 'id' <> '{}'::jsonb else false end"
 )
 _KEEP_ID = "jsonb_set(raw, '{customer}', jsonb_build_object('id', raw -> 'customer' -> 'id'))"
@@ -96,7 +99,7 @@ def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
         except (ValueError, RecursionError):
             continue  # not JSON: nothing can be told apart in it
         customer = record.get("customer") if isinstance(record, dict) else None
-        if not isinstance(customer, dict) or customer.get("id") != customer_id or set(customer) <= {"id"}:
+        if not isinstance(customer, dict) or not _names(customer.get("id"), customer_id) or set(customer) <= {"id"}:
             continue
         record["customer"] = {"id": customer["id"]}
         cur.execute(
@@ -105,6 +108,13 @@ def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
         )
         changed += 1
     return changed
+
+
+def _names(value: object, customer_id: int) -> bool:
+    """Whether a record's ``customer.id`` names ``customer_id``: as a number, or as a string of it."""
+    if isinstance(value, str):
+        return value.strip() == str(customer_id)
+    return not isinstance(value, bool) and value == customer_id
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")

@@ -19,15 +19,20 @@ from .db import first_value
 
 log = logging.getLogger(__name__)
 
-# One row per order the load picked (``pick``: its newest staged version), with the sum of that
-# version's refunds from the staged refunds; a version the table already holds adds nothing.
+# One row per distinct version the load staged (an order edited while it was being paged is staged
+# twice, once per version: both are recorded; the same version staged twice counts once, as last
+# seen), with the sum of that version's refunds from the staged refunds; a version the table
+# already holds adds nothing.
 _RECORD = """
 insert into taptouch.order_history
     (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account)
 select s.order_id, s.updated_at_exact, s.updated_at, s.store_id, s.status, s.total,
        coalesce(r.refunds, 0), s.raw, %(run_id)s, s.account
-from stage_orders as s
-join pick as p on p.seq = s.seq
+from (
+    select distinct on (order_id, updated_at_exact) *
+    from stage_orders
+    order by order_id, updated_at_exact, seq desc
+) as s
 left join (select seq, sum(amount) as refunds from stage_refunds group by seq) as r on r.seq = s.seq
 order by s.order_id, s.updated_at_exact
 on conflict (order_id, version) do nothing
@@ -61,8 +66,8 @@ class Retention:
 
 
 def record_versions(cur: psycopg.Cursor, run_id: str | None) -> int:
-    """Insert into ``taptouch.order_history`` the versions the load picked (temporary tables
-    ``stage_orders``, ``pick``, ``stage_refunds``) that it does not hold yet, first seen now (the
+    """Insert into ``taptouch.order_history`` every distinct version the load staged (temporary
+    tables ``stage_orders``, ``stage_refunds``) that it does not hold yet, first seen now (the
     statement's time) by ``run_id``. Returns how many were new."""
     cur.execute(_RECORD, {"run_id": run_id})
     return cur.rowcount
@@ -72,7 +77,9 @@ def record_retried(cur: psycopg.Cursor) -> int:
     """Insert the versions ``taptouch-sync rebuild`` retried from the quarantine (``rb_orders``) that
     the history does not hold, first seen now by no run. Returns how many were new."""
     cur.execute(_RECORD_RETRIED)
-    return cur.rowcount
+    recorded = cur.rowcount
+    _prune_replaced(cur, "rb_orders")
+    return recorded
 
 
 def record(cur: psycopg.Cursor, run_id: str | None, retention: Retention | None) -> int:
@@ -82,7 +89,36 @@ def record(cur: psycopg.Cursor, run_id: str | None, retention: Retention | None)
     recorded = record_versions(cur, run_id)
     if retention is not None:
         prune(cur, retention.days, touched="accepted")
+    else:
+        _prune_replaced(cur, "accepted")
     return recorded
+
+
+def _prune_replaced(cur: psycopg.Cursor, touched: str) -> int:
+    """For a load that has no run settings (a reconciliation's repair, ``rebuild``): remove the
+    superseded versions of the orders it replaced (temporary table ``touched``) by the retention
+    the last load with settings applied (``taptouch_meta.history_retention``; none: nothing). The
+    range prune of later loads starts where the last one ended, so a version that was current then
+    and is replaced here would otherwise be kept forever."""
+    cur.execute("select days from taptouch_meta.history_retention")
+    row = cur.fetchone()
+    if row is None or row[0] is None:
+        return 0
+    cur.execute("select statement_timestamp() - %s", (timedelta(days=row[0]),))
+    return _delete_touched(cur, touched, first_value(cur))
+
+
+def _delete_touched(cur: psycopg.Cursor, touched: str, cutoff: object) -> int:
+    """Delete the versions first seen before ``cutoff`` of the orders in temporary table
+    ``touched`` that are not their order's current version. Returns how many."""
+    cur.execute(
+        sql.SQL(
+            "delete from taptouch.order_history as h where h.order_id in (select order_id from {})"
+            " and h.first_seen_at < %s and " + _NOT_CURRENT
+        ).format(sql.Identifier(touched)),
+        (cutoff,),
+    )
+    return cur.rowcount
 
 
 def prune(cur: psycopg.Cursor, days: int | None, touched: str | None = None) -> int:
@@ -102,14 +138,7 @@ def prune(cur: psycopg.Cursor, days: int | None, touched: str | None = None) -> 
     since = row[0] if row is not None else None
     removed = 0
     if touched is not None:
-        cur.execute(
-            sql.SQL(
-                "delete from taptouch.order_history as h where h.order_id in (select order_id from {})"
-                " and h.first_seen_at < %s and " + _NOT_CURRENT
-            ).format(sql.Identifier(touched)),
-            (cutoff,),
-        )
-        removed += cur.rowcount
+        removed += _delete_touched(cur, touched, cutoff)
     if since is None or since < cutoff:
         cur.execute(
             "delete from taptouch.order_history as h where h.first_seen_at < %s"
