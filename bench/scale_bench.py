@@ -177,10 +177,11 @@ def pages(data, store_id: int, ids: list[int]) -> list[tuple[int, list[bytes]]]:
 def load_window(conn: psycopg.Connection, window: str, store_pages: list[tuple[int, list[bytes]]]) -> dict:
     """One window through the loader's own path, timed: staging, then the merge (``finish``, after
     ``close_staging`` where the loader has it)."""
-    from pipelines.warehouse.loader import OrderWindowLoad
+    from pipelines.warehouse.loader import OrderWindowLoad, store_timezones
 
+    zones = store_timezones(conn)  # as the asset passes its run's store listing's zones
     watch = Stopwatch(conn)
-    with OrderWindowLoad(conn, window=window, run_id="scale-bench") as load:
+    with OrderWindowLoad(conn, window=window, run_id="scale-bench", timezones=zones) as load:
         for store_id, page in store_pages:
             load.add_page(store_id, page)
         close_staging = getattr(load, "close_staging", None)  # loaders before it: finish() does it
