@@ -545,7 +545,6 @@ def child_dlt(spec: dict) -> dict:
         pipelines_dir=spec["dlt_dir"],
         destination=dlt.destinations.postgres(_with_password(spec["db"])),
         dataset_name="taptouch_dlt",
-        progress=None,
     )
     t0 = time.perf_counter()
     info = pipeline.run(_dlt_source(spec["url"], spec["days"], counter))
@@ -563,8 +562,9 @@ def child_dlt(spec: dict) -> dict:
                 counts[k] = first_value(conn.execute(f"select count(*) from taptouch_dlt.{t}"))
             except psycopg.errors.UndefinedTable:
                 counts[k] = 0
-    trace = pipeline.last_trace
-    steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps if s.finished_at}
+    trace = pipeline.last_trace  # the run's above (None only before a first run)
+    done = [s for s in (trace.steps if trace else []) if s.finished_at]
+    steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in done}
     orders = spec["expected_orders"]
     return {
         "orders": orders,
