@@ -1,7 +1,7 @@
 """``taptouch-sync forget-customer ID``: remove one customer's personal fields from the warehouse.
 
 A Taptouch order names its customer as ``"customer": {"id": 901, "name": ..., "email": ...}``
-(/work/shared/taptouch-api.md §4; a real API may add a phone or more). Forgetting customer 901
+(docs/api-model.md; a real API may add a phone or more). Forgetting customer 901
 keeps only ``{"id": 901}`` of that object wherever the warehouse holds it: ``raw`` of
 ``taptouch.orders``, of every version in ``taptouch.order_history`` and of the quarantined order
 records (``taptouch.quarantine``, ``raw`` or ``raw_text``), and nulls the typed columns filled from

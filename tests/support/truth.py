@@ -1,6 +1,6 @@
 """Ground truth computed independently from a sandbox's records: plain Python, Decimal, zoneinfo.
 
-These follow /work/shared/warehouse.md, so a test can compare the warehouse with them directly.
+These follow the warehouse contract (docs/warehouse.md), so a test can compare the warehouse with them directly.
 """
 
 from __future__ import annotations
