@@ -53,6 +53,18 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# every contender, in the order a run measures them (--contenders picks some)
+CONTENDERS = (
+    "api",
+    "copy",
+    "ours",
+    "ours-resync",
+    "ours-incremental",
+    "ours-serial",
+    "ours-2runs",
+    "dlt",
+    "dlt-resync",
+)
 STORES = 4
 ORDERS_PER_DAY = 500
 END_DATE = date(2026, 11, 27)
@@ -762,21 +774,7 @@ def run_volume(n: int, args, work: Path) -> dict:
             assert copy_spec is not None  # built above for this mode
             return _loader_volume(n, admin, base, copy_spec, vol_dir, dbs)
         expected = None
-        for name in [
-            c
-            for c in (
-                "api",
-                "copy",
-                "ours",
-                "ours-resync",
-                "ours-incremental",
-                "ours-serial",
-                "ours-2runs",
-                "dlt",
-                "dlt-resync",
-            )
-            if c in args.contenders
-        ]:
+        for name in [c for c in CONTENDERS if c in args.contenders]:
             spec = _contender_spec(name, n, args, admin, base, copy_spec, vol_dir, dbs)
             spec["expected_orders"] = expected or (results.get("api") or results.get("ours") or {}).get("orders", 0)
             results[name] = _run_contender(name, n, days, spec, vol_dir, expected)
@@ -863,17 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         "--contenders",
         nargs="+",
         default=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"],
-        choices=[
-            "api",
-            "copy",
-            "ours",
-            "ours-resync",
-            "ours-incremental",
-            "ours-serial",
-            "ours-2runs",
-            "dlt",
-            "dlt-resync",
-        ],
+        choices=CONTENDERS,
     )
     p.add_argument("--database-url", help="admin URL of the Postgres server (a database per contender is created)")
     p.add_argument(
