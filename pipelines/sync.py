@@ -543,7 +543,7 @@ def sync_orders_window(
 
 def window_load(conn: psycopg.Connection, window: OrderWindow, run: OrdersRun) -> OrderWindowLoad:
     """The load of one orders window as the run makes it: its stores' time zones, the sync mode,
-    the run's batch size and history retention."""
+    the run's batch size, history retention and lookback (how long its proofs let records settle)."""
     return OrderWindowLoad(
         conn,
         window=window.key,
@@ -552,6 +552,7 @@ def window_load(conn: psycopg.Connection, window: OrderWindow, run: OrdersRun) -
         full=isinstance(run.mode, FullRefresh),
         batch_size=run.settings.batch_size,
         retention=Retention(run.settings.history_days),
+        settle=run.settings.lookback,
     )
 
 

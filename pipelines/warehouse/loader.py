@@ -24,7 +24,7 @@ from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
 
-from ..settings import DEFAULT_BATCH_SIZE  # orders per COPY batch: the run's default
+from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
 from . import aggregates, deletions, derived, history, marks, proofs, records
 from .db import first_value
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
@@ -271,11 +271,13 @@ class OrderWindowLoad:
         full: bool = False,
         retention: history.Retention | None = None,
         day_starts: dict[int, timedelta] | None = None,
+        settle: timedelta = DEFAULT_LOOKBACK,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data.
         ``day_starts``: store id -> its business day start (unset: the ones its stored dates
-        follow, :func:`.derived.dated_starts`)."""
+        follow, :func:`.derived.dated_starts`). ``settle``: the run's lookback, how long a record
+        may take to reach the API's listings (the window's proofs hold for what settled before)."""
         self.conn = conn
         self.full = full
         self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
@@ -289,6 +291,7 @@ class OrderWindowLoad:
         self.batch_size = batch_size
         self.timezones = timezones
         self.day_starts = day_starts
+        self.settle = settle
         self.quarantine = Quarantine("order", window, run_id)
         self.counts = LoadCounts()
         self.per_store: dict[int, LoadCounts] = {}
@@ -575,7 +578,7 @@ class OrderWindowLoad:
                     " where order_id = any(%s) and store_id = any(%s)",
                     (sorted(self._skipped), sorted(judged)),
                 )
-            proofs.prove(cur, self.window, judged, listed_at=self._started, run_id=self.run_id)
+            proofs.prove(cur, self.window, judged, listed_at=self._started, run_id=self.run_id, settle=self.settle)
         if self._failed:
             proofs.failed(cur, self.window, self._failed, run_id=self.run_id)
 

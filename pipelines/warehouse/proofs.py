@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
+from ..settings import DEFAULT_LOOKBACK
 from .db import one_row
 
 SOURCE = "listing_set"
@@ -84,7 +85,7 @@ def _proof_row(cur: psycopg.Cursor, store_id: int, key: str, bounds: tuple[datet
 _DESCRIBE = """
 update taptouch.listing_proofs as p set
     covered_from = %(covered)s, complete = %(covered)s <= p.window_start, listed_from = %(listed_from)s,
-    listed_at = %(listed_at)s, api_started_at = %(api_started_at)s, listed_orders = l.n,
+    listed_at = %(listed_at)s, settled_at = %(settled_at)s, api_started_at = %(api_started_at)s, listed_orders = l.n,
     first_updated_at = l.first, last_updated_at = l.last,
     proven_orders = (select count(*) from taptouch.listing_proof_orders where proof_id = p.proof_id),
     proved_by = %(run_id)s, proved_at = now()
@@ -136,10 +137,13 @@ def prove(
     *,
     listed_at: datetime,
     run_id: str | None,
+    settle: timedelta = DEFAULT_LOOKBACK,
 ) -> int:
     """Record the complete listings of window ``key``: store id -> (listed from, listed to, started
     at on the API's clock); what each returned is in :data:`SOURCE`. A listing that does not reach
-    the window's end proves nothing. Returns the proofs written."""
+    the window's end proves nothing. ``settle``: how long a record may take to reach the API's
+    listings (the run's lookback): the proof holds for what was updated before ``listed_at -
+    settle`` (``settled_at``, what analytics.load_coverage compares). Returns the proofs written."""
     bounds = window_bounds(key)
     if bounds is None:
         return 0
@@ -159,6 +163,7 @@ def prove(
                 "covered": covered,
                 "listed_from": listed_from,
                 "listed_at": listed_at,
+                "settled_at": listed_at - settle,
                 "api_started_at": api_started_at,
                 "run_id": run_id,
                 "store_id": store_id,

@@ -6,7 +6,8 @@
 -- overlaps it (two, or three around a daylight-saving change), or later ones (late edits). A day is
 -- complete when each of those windows has a complete listing of the store (every page read, no
 -- error, pipelines/warehouse/proofs.py) that started after the day ended, or, for a window that ends
--- first, after the window ended (nothing enters a window once it has ended). A store with no order
+-- first, after the window ended (nothing enters a window once it has ended), by at least the
+-- lookback a record may take to reach the API's listings (listing_proofs.settled_at). A store with no order
 -- in a window needs its own complete listing too: a failed listing proves nothing. A day that has not
 -- ended yet is never complete. Reads the proofs only (one row per store and window), never the orders.
 -- Columns:
@@ -62,7 +63,8 @@ judged as (
         windows.*,
         proofs.listed_at,
         proofs.proved_by,
-        case when proofs.complete and proofs.listed_at >= windows.proven_after then windows.window_key end
+        case when proofs.complete and coalesce(proofs.settled_at, proofs.listed_at) >= windows.proven_after
+             then windows.window_key end
             as proven_window
     from windows
     left join taptouch.listing_proofs as proofs

@@ -578,7 +578,8 @@ def test_the_sales_chart_leaves_out_partial_days_and_names_store_and_account(mig
         with conn.transaction():  # rows moved to another account by hand: their sales aggregates follow
             aggregates.refresh_store_days(conn.cursor(), [sb.store_ids()[1]])
         conn.execute(
-            "update taptouch.listing_proofs set listed_at = '2026-11-19 12:00Z' where \"window\" = '2026-11-19'"
+            "update taptouch.listing_proofs set listed_at = '2026-11-19 12:00Z',"
+            " settled_at = '2026-11-19 12:00Z'::timestamptz - interval '5 minutes' where \"window\" = '2026-11-19'"
         )
         apply_views(conn)
         partial = {
@@ -778,10 +779,12 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
         day_ends = datetime(2026, 11, 19, 13, tzinfo=UTC)
 
         def loads(window: str, at: datetime, store_id: int = sydney) -> None:
-            """The store's latest complete listing of the window started at ``at`` (its proof)."""
+            """The store's latest complete listing of the window started at ``at`` (its proof): it proves
+            what was updated up to the default lookback (5 minutes) before ``at``."""
             conn.execute(
-                'update taptouch.listing_proofs set listed_at = %s where "window" = %s and store_id = %s',
-                (at, window, store_id),
+                "update taptouch.listing_proofs set listed_at = %s, settled_at = %s"
+                ' where "window" = %s and store_id = %s',
+                (at, at - timedelta(minutes=5), window, store_id),  # it settles the lookback (5 minutes)
             )
 
         def verdict(store_id: int = sydney) -> tuple[bool, list[str]]:
@@ -817,10 +820,13 @@ def test_a_day_is_complete_once_each_window_loaded_after_the_day_or_window_ended
         perth_ends = datetime(2026, 11, 19, 16, tzinfo=UTC)
         for window in (before, own):
             loads(window, perth_ends + timedelta(minutes=1), empty)
+        assert verdict(empty) == (False, [before])  # 1 minute after the day: its last records unsettled
+        for window in (before, own):
+            loads(window, perth_ends + timedelta(minutes=5), empty)
         assert verdict(empty) == (True, [before, own])
         loads(own, perth_ends - timedelta(minutes=1), empty)
         assert verdict(empty) == (False, [before])
-        loads(own, perth_ends + timedelta(minutes=1), empty)
+        loads(own, perth_ends + timedelta(minutes=5), empty)
         conn.execute(  # its listing of the earlier window failed: never completely listed
             "update taptouch.listing_proofs set complete = false, covered_from = null, failure = 'failed'"
             ' where store_id = %s and "window" = %s',

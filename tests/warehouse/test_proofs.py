@@ -220,3 +220,46 @@ def test_an_order_whose_new_version_is_quarantined_is_left_to_the_quarantine_war
     problems = proofs.window_problems(conn, [day.isoformat()], sb.store_ids())
     assert {p.kind for p in problems if p.store_id == store} == {"extra"}
     assert all(str(oid) in next(p for p in problems if p.store_id == store).detail for oid in broken[:10])
+
+
+def test_a_listing_proves_a_day_only_for_what_had_settled_when_it_started(conn):
+    """The API is eventually consistent: a record may reach its listings up to the lookback after its
+    updated_at. A listing that started within the lookback of the day's end may have missed the
+    day's last records, so it does not prove the day; one that started later does."""
+    from pipelines.settings import DEFAULT_LOOKBACK
+    from pipelines.warehouse.views import apply_views
+
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    for day in DAYS:
+        load_day(client_for(sb), conn, day)
+    apply_views(conn)
+    drift = conn.execute(
+        "select count(*) from taptouch.listing_proofs where complete and settled_at <> listed_at - %s",
+        (DEFAULT_LOOKBACK,),
+    ).fetchone()[0]
+    assert drift == 0  # each proof settles the run's lookback (5 minutes) before its listing started
+    store = next(s for s in sb.store_ids() if s != EMPTY)
+    day = DAYS[1]
+    complete, ends_at, windows = conn.execute(
+        "select day_complete, day_ends_at, windows from analytics.load_coverage where store_id = %s"
+        " and business_date = %s",
+        (store, day),
+    ).fetchone()
+    assert complete  # listed days after it ended
+
+    def listed(after_end: timedelta) -> bool:
+        conn.execute(
+            "update taptouch.listing_proofs set listed_at = %s, settled_at = %s"
+            ' where store_id = %s and "window" = any(%s)',
+            (ends_at + after_end, ends_at + after_end - DEFAULT_LOOKBACK, store, windows),
+        )
+        return conn.execute(
+            "select day_complete from analytics.load_coverage where store_id = %s and business_date = %s",
+            (store, day),
+        ).fetchone()[0]
+
+    assert listed(timedelta(minutes=1)) is False  # started 1 minute after the day ended: not settled
+    assert listed(DEFAULT_LOOKBACK - timedelta(seconds=1)) is False
+    assert listed(DEFAULT_LOOKBACK) is True
+    assert listed(timedelta(hours=2)) is True
