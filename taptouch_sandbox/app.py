@@ -31,6 +31,7 @@ import httpx
 from ._json import dumps, loads
 from .config import ALL_SCOPES, Faults, SandboxConfig, Stats
 from .data import STATUS_CODE, OrderData, Store
+from .pagecache import PageCache
 
 MAX_COUNT = 500
 DEFAULT_COUNT = 100
@@ -248,6 +249,9 @@ class Sandbox(_Serving):
         self.stats = Stats()
         self.clock = clock
         self._data = OrderData(self.config, self.end_date)
+        # SandboxConfig.page_cache_mb > 0: orders pages served from memory once generated (None: off)
+        mb = self.config.page_cache_mb
+        self.page_cache: PageCache | None = PageCache(mb * 2**20) if mb > 0 else None
         self._tokens: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.RLock()
         self._counters: dict[str, _FaultCounter] = {}
@@ -684,11 +688,47 @@ class Sandbox(_Serving):
         return store
 
     def _orders_page(self, store: Store, params: dict[str, list[str]], index: int, count: int) -> Response:
-        """A page of the store's orders window, with the listing faults that are switched on."""
+        """A page of the store's orders window, with the listing faults that are switched on; from
+        the page cache when there is one and no fault shapes pages (byte for byte the same page)."""
         f, t = _time_param(params, "updated_from"), _time_param(params, "updated_to")
-        ids = self._data.window_ids(store.id, f, t, _status_filter(params))
-        start, stop = self._slice(index, count)
-        page_ids, fault = self._listing_faults(store, index, list(ids[start:stop]))
+        statuses = _status_filter(params)
+        cache = self.page_cache if self.page_cache is not None and not self._pages_shaped() else None
+        key, generation = (store.id, f, t, statuses, index, count), self._data.generation
+        entry = cache.get(key, generation) if cache is not None else None
+        if entry is not None:
+            page_ids, fault = self._listing_faults(store, index, list(entry[0]))  # counts as a request would
+            data = entry[1]
+        else:
+            ids = self._data.window_ids(store.id, f, t, statuses)
+            start, stop = self._slice(index, count)
+            page_ids, fault = self._listing_faults(store, index, list(ids[start:stop]))
+            texts = self._order_texts(page_ids)
+            if self.faults.extra_fields:
+                texts = [dumps(_add_extra_fields(loads(text), "order")) for text in texts]
+            data = ",".join(texts).encode()
+            if cache is not None:
+                cache.put(key, generation, tuple(page_ids), data)
+        self.stats.orders_served += len(page_ids)
+        timestamp = self.api_time()
+        resp = self._envelope_of(data, timestamp)
+        resp.extra["orders_page"] = OrdersPage(store.id, index, count, f, t, tuple(page_ids), timestamp, fault)
+        return resp
+
+    def _pages_shaped(self) -> bool:
+        """Whether a fault shapes what an orders page holds (then no page is served from the cache)."""
+        f = self.faults
+        return bool(
+            f.ignore_index
+            or f.duplicate_page_boundary
+            or f.unsorted_pages
+            or f.extra_fields
+            or f.empty_orders_every > 0
+            or f.partial_orders_every > 0
+            or f.malformed_every > 0
+        )
+
+    def _order_texts(self, page_ids: list[int]) -> list[str]:
+        """The served text of each order, broken as the malformed-record fault breaks it."""
         texts = [self._data.order_text(oid) for oid in page_ids]
         every = self.faults.malformed_every
         if every > 0:
@@ -696,11 +736,7 @@ class Sandbox(_Serving):
                 bad = malformed_kind(oid, every)
                 if bad:
                     texts[i] = dumps(_corrupt(loads(texts[i]), bad))
-        self.stats.orders_served += len(texts)
-        timestamp = self.api_time()
-        resp = self._envelope(texts, "order", timestamp)
-        resp.extra["orders_page"] = OrdersPage(store.id, index, count, f, t, tuple(page_ids), timestamp, fault)
-        return resp
+        return texts
 
     def _listing_faults(self, store: Store, index: int, page_ids: list[int]) -> tuple[list[int], str | None]:
         """The page's ids as an eventually consistent listing serves them: emptied, cut or shuffled."""
@@ -745,9 +781,13 @@ class Sandbox(_Serving):
     def _envelope(self, texts: list[str], kind: str, timestamp: int | None = None) -> Response:
         if self.faults.extra_fields:
             texts = [dumps(_add_extra_fields(loads(t), kind)) for t in texts]
+        return self._envelope_of(",".join(texts).encode(), timestamp)
+
+    def _envelope_of(self, data: bytes, timestamp: int | None = None) -> Response:
+        """An HTTP 200 envelope around the ``data`` array's content (its records' JSON, comma-separated)."""
         stamp = self.api_time() if timestamp is None else timestamp
-        head = '{"status":{"timestamp":' + str(int(stamp)) + ',"ack":200,"errors":null},"data":['
-        body = (head + ",".join(texts) + "]}").encode()
+        head = b'{"status":{"timestamp":' + str(int(stamp)).encode() + b',"ack":200,"errors":null},"data":['
+        body = b"".join((head, data, b"]}"))
         return Response(200, [("Content-Type", "application/json; charset=utf-8")], body)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from datetime import date
 
 from .app import Sandbox, server_url
 from .config import ALL_SCOPES, Faults, SandboxConfig
+
+PAGE_CACHE_ENV = "TAPTOUCH_SANDBOX_PAGE_CACHE_MB"  # the default of --page-cache-mb
 
 _FAULT_HELP = {
     "rate_limit_every": "every Nth API request starts a burst of 429s",
@@ -46,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-secret", default="sandbox-secret")
     serve.add_argument("--scopes", default=" ".join(ALL_SCOPES), help="space-separated scopes the client may get")
     serve.add_argument("--empty-store", type=int, action="append", default=[], help="a store id with no data")
+    serve.add_argument(
+        "--page-cache-mb",
+        type=int,
+        default=_page_cache_default(parser),
+        help=f"serve each orders page from memory once generated, up to this many MB (0: off; default "
+        f"${PAGE_CACHE_ENV}, else 0); bypassed while a fault shapes pages, emptied when the data changes",
+    )
     faults = serve.add_argument_group("faults")
     for f in dataclasses.fields(Faults):
         if f.name == "forbidden_stores":
@@ -66,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _page_cache_default(parser: argparse.ArgumentParser) -> int:
+    raw = os.environ.get(PAGE_CACHE_ENV, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        parser.error(f"{PAGE_CACHE_ENV} must be a whole number of megabytes (0: no page cache), got {raw!r}")
+    return int(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = SandboxConfig(
@@ -78,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         client_secret=args.client_secret,
         granted_scopes=tuple(args.scopes.split()),
         empty_store_ids=tuple(args.empty_store),
+        page_cache_mb=args.page_cache_mb,
     )
     faults = Faults(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(Faults) if f.name != "forbidden_stores"},
@@ -93,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     print(
         f"Taptouch sandbox serving {url}  (seed={config.seed}, stores={sandbox.store_ids()}, "
-        f"days={config.days} ending {sandbox.end_date}, ~{config.orders_per_day} orders/store/day)"
+        f"days={config.days} ending {sandbox.end_date}, ~{config.orders_per_day} orders/store/day"
+        + (f", page cache {config.page_cache_mb} MB" if config.page_cache_mb else "")
+        + ")"
     )
     print(f"client_id={config.client_id} client_secret={config.client_secret}")
     print(

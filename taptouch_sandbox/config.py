@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 ALL_SCOPES = ("integration.store", "integration.order", "integration.inventory")
+MAX_ORDERS_PER_DAY = 60_000  # a store-day holds at most 99,999 orders (see data.py's ids)
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class SandboxConfig:
     stores: int = 3
     days: int = 30
     end_date: date | None = None  # None: today in UTC, resolved once when the Sandbox is built
-    orders_per_day: int = 60  # mean per store per day; weekends a little busier; at most 9999
+    orders_per_day: int = 60  # mean per store per day; weekends a little busier; at most MAX_ORDERS_PER_DAY
     client_id: str = "sandbox-client"
     client_secret: str = field(default="sandbox-secret", repr=False)
     granted_scopes: tuple[str, ...] = ALL_SCOPES
@@ -28,14 +29,20 @@ class SandboxConfig:
     # Order ids of id_space 0 are today's; another client served by the same server (SandboxGroup)
     # takes another space so that its order ids, like its store ids, are its own (ids are global).
     id_space: int = 0
+    # How it serves, never what: with page_cache_mb > 0 each orders page is generated once and then
+    # served from memory (up to that many MB, least recently used first out) while the data does not
+    # change and no fault shapes pages: Sandbox.page_cache (docs/sandbox.md, "Page cache").
+    page_cache_mb: int = 0
 
     def __post_init__(self) -> None:
         if self.stores < 0 or self.stores > 899:
             raise ValueError("stores must be between 0 and 899")
         if self.days < 1:
             raise ValueError("days must be at least 1")
-        if not 0 <= self.orders_per_day <= 8000:
-            raise ValueError("orders_per_day must be between 0 and 8000")
+        if not 0 <= self.orders_per_day <= MAX_ORDERS_PER_DAY:
+            raise ValueError(f"orders_per_day must be between 0 and {MAX_ORDERS_PER_DAY}")
+        if self.page_cache_mb < 0:
+            raise ValueError("page_cache_mb must be 0 (no cache) or a positive number of megabytes")
         if not 0 <= self.id_space <= 99:
             raise ValueError("id_space must be between 0 and 99")
         unknown = set(self.granted_scopes) - set(ALL_SCOPES)

@@ -33,6 +33,10 @@ MAX_EDIT_LAG = 3 * 86400  # updated_at - created_at never exceeds this (30 h edi
 _ID_DAY = 10_000
 _ID_STORE = 1_000_000
 _ID_SPACE = 1_000  # store indexes per id space (stores <= 899)
+# A store-day's orders past its 9,999th (orders_per_day above 8,000, a busy day) take ids above every
+# other: id + (n // _ID_DAY) * _ID_HIGH, so the ids of the first 9,999 never change.
+_ID_HIGH = 10**15
+_HISTORIC_ORDERS_PER_DAY = 8_000  # up to this mean a store-day holds at most 9,999 orders, as it always did
 
 # minute-of-day weights of a café: breakfast and lunch peaks, a thin evening of deliveries
 _W = []
@@ -131,6 +135,9 @@ class OrderData:
         self._windows = _LRU(8)
         self._overrides: dict[int, _Override] = {}
         self._deleted: set[int] = set()  # deleted at the source: no longer listed (no tombstone) [model]
+        # Moves on with every change of what is served (an edit, a deletion, a restore): what was
+        # served from an older generation may be stale (the page cache drops it).
+        self.generation = 0
         self._inventory: dict[int, list[tuple[int, int, str]]] = {}
         self.stores: list[Store] = [self._make_store(i) for i in range(config.stores)]
         self.by_id: dict[int, Store] = {s.id: s for s in self.stores}
@@ -192,10 +199,22 @@ class OrderData:
     # ---------------------------------------------------------------- ids
     def order_id(self, store_idx: int, ordinal: int, n: int) -> int:
         # id_space > 0 (another client of the same server): another block of ids (Taptouch ids are global)
-        return ((self.config.id_space * _ID_SPACE + store_idx + 1) * _ID_STORE + ordinal) * _ID_DAY + n
+        high, n = divmod(n, _ID_DAY)
+        return (
+            ((self.config.id_space * _ID_SPACE + store_idx + 1) * _ID_STORE + ordinal) * _ID_DAY + n + high * _ID_HIGH
+        )
+
+    def day_ids(self, store_idx: int, ordinal: int, count: int) -> Iterator[int]:
+        """The ids of a store-day's first ``count`` orders, in the generator's (created_at) order."""
+        base = self.order_id(store_idx, ordinal, 0)
+        yield from range(base, base + min(count, _ID_DAY))
+        for high in range(1, (count + _ID_DAY - 1) // _ID_DAY):
+            start = base + high * _ID_HIGH
+            yield from range(start, start + min(_ID_DAY, count - high * _ID_DAY))
 
     def decode_id(self, order_id: int) -> tuple[Store, int, int] | None:
-        n = order_id % _ID_DAY
+        high, order_id = divmod(order_id, _ID_HIGH)
+        n = order_id % _ID_DAY + high * _ID_DAY
         rest = order_id // _ID_DAY
         ordinal = rest % _ID_STORE
         idx = rest // _ID_STORE - 1 - self.config.id_space * _ID_SPACE
@@ -219,7 +238,8 @@ class OrderData:
         rng = random.Random(day_seed)
         day = date.fromordinal(ordinal)
         factor = (0.9, 1.0, 1.0, 1.0, 1.05, 1.15, 1.15)[day.weekday()]
-        count = min(_ID_DAY - 1, max(0, round(cfg.orders_per_day * factor * rng.uniform(0.85, 1.15))))
+        most = _ID_DAY - 1 if cfg.orders_per_day <= _HISTORIC_ORDERS_PER_DAY else 10 * _ID_DAY - 1
+        count = min(most, max(0, round(cfg.orders_per_day * factor * rng.uniform(0.85, 1.15))))
         minutes = rng.choices(_MINUTES, cum_weights=_CUM, k=count)
         if count >= 4:  # a delivery just after and one just before local midnight, every day
             minutes[0] = rng.randrange(0, 15)
@@ -335,13 +355,12 @@ class OrderData:
         overrides = self._overrides
         for ordinal in self._days(store, f, t):
             _, sk = self._skeleton(store, ordinal)
-            base = self.order_id(store.idx, ordinal, 0)
-            for n, row in enumerate(sk):
+            for oid, row in zip(self.day_ids(store.idx, ordinal, len(sk)), sk, strict=True):
                 u = row[2]
                 if f <= u < t and (statuses is None or row[3] in statuses):
-                    if overrides and base + n in overrides:
+                    if overrides and oid in overrides:
                         continue
-                    rows.append((u, base + n))
+                    rows.append((u, oid))
         for oid, ov in overrides.items():
             if ov.store_id == store.id and f <= ov.updated < t and (statuses is None or ov.status in statuses):
                 rows.append((ov.updated, oid))
@@ -351,14 +370,13 @@ class OrderData:
         return array("q", [oid for _, oid in rows])
 
     def all_order_ids(self, store_id: int) -> Iterator[int]:
-        """Every order id of a store, by created_at (ids ascend with it)."""
+        """Every order id of a store, by created_at (ids ascend with it, up to a store-day's 9,999th order)."""
         store = self.by_id[store_id]
         for ordinal in range(self.first_ordinal, self.end_ordinal + 1):
             with self._lock:
                 n_orders = len(self._skeleton(store, ordinal)[1])
-            base = self.order_id(store.idx, ordinal, 0)
             deleted = self._deleted
-            yield from (oid for oid in range(base, base + n_orders) if oid not in deleted)
+            yield from (oid for oid in self.day_ids(store.idx, ordinal, n_orders) if oid not in deleted)
 
     # ---------------------------------------------------------------- edits
     def edit_order(self, order_id: int, changes: dict[str, Any]) -> dict:
@@ -370,6 +388,7 @@ class OrderData:
             status = STATUS_CODE.get(new["status"], COMPLETED)
             updated = int(datetime.fromisoformat(new["updated_at"]).timestamp())
             self._overrides[order_id] = _Override(store.id, updated, status, dumps(new))
+            self.generation += 1
             self._windows.clear()
             self._texts.pop(order_id, None)
             return self.order(order_id)
@@ -380,12 +399,14 @@ class OrderData:
             if self.decode_id(order_id) is None and order_id not in self._overrides:
                 raise KeyError(order_id)
             self._deleted.add(order_id)
+            self.generation += 1
             self._windows.clear()
 
     def restore_order(self, order_id: int) -> None:
         """Undo :meth:`delete_order`: the order is listed again, as it was."""
         with self._lock:
             self._deleted.discard(order_id)
+            self.generation += 1
             self._windows.clear()
 
     def deleted_order_ids(self) -> set[int]:
