@@ -31,6 +31,16 @@ Contenders (``--mode sync``):
 ``--mode loader`` (issue 3): OrderWindowLoad alone, fed pre-generated pages (one window holding
 every order), timed around the loader calls only, next to the raw COPY of the same rows.
 
+``--scenario busy-day`` (issue 23): one UTC day holding ~60,000 orders of 3 stores (``--orders``
+sets the count), against one sandbox serving pages from its page cache (warmed before timing):
+  api          the same ceiling, for that one window.
+  ours         the ``orders`` asset's load of the window in this process (store listing, then
+               sync_orders_windows in the asset's incremental mode, on a fresh warehouse), timed
+               from the load's start (after start-up) to the end of its merge.
+  ours-dagster ``dagster asset materialize --select orders --partition DAY``: start-up (from the
+               command's launch to the load's start) and the load, from the run's event log.
+  dlt          the same dlt pipeline, updated_from/updated_to = that window.
+
 Volume: 4 stores x 500 orders per store per local day; ``--orders N`` picks the number of days
 (10k -> 5 days, 100k -> 50, 1M -> 500). The sandbox's weekends are a little busier, so the real
 count is ~1-2% above N; the table shows the real count.
@@ -62,6 +72,7 @@ CONTENDERS = (
     "ours-incremental",
     "ours-serial",
     "ours-2runs",
+    "ours-dagster",
     "dlt",
     "dlt-resync",
 )
@@ -73,6 +84,14 @@ CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 PAGE_SIZE = 500
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHILD_TABLES = ("items", "payments", "refunds")
+# --scenario busy-day (issue 23): one UTC day of a busy chain, pages served from the sandbox's cache.
+BUSY_STORES = 3
+BUSY_DAY = date(2026, 11, 26)  # the UTC window; the sandbox's local days 25-27 Nov cover it, edits included
+BUSY_SANDBOX_DAYS = 3  # local days 25, 26, 27 (END_DATE)
+BUSY_ORDERS = 60_000
+BUSY_PER_DAY_FOR_60K = 18_500  # orders_per_day that puts 59,924 orders in BUSY_DAY's window (3 stores)
+BUSY_CACHE_MB = 1024  # ~1 kB per order: room for the day's pages several times over
+BUSY_CONTENDERS = ("api", "ours", "ours-dagster", "dlt")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,6 +111,20 @@ def utc_windows(days: int) -> list:
     return [OrderWindow.day(first + timedelta(days=i)) for i in range((END_DATE + timedelta(days=1) - first).days + 1)]
 
 
+def busy_orders_per_day(orders: int) -> int:
+    """The sandbox's orders_per_day that puts about ``orders`` orders in the busy day's window."""
+    return max(1, round(orders * BUSY_PER_DAY_FOR_60K / BUSY_ORDERS))
+
+
+def spec_windows(spec: dict) -> list:
+    """The windows a contender loads: the spec's UTC days (the busy day), else every UTC day of the volume."""
+    from pipelines.sync import OrderWindow
+
+    if spec.get("window_days"):
+        return [OrderWindow.day(day) for day in spec["window_days"]]
+    return utc_windows(spec["days"])
+
+
 def sandbox_config(days: int):
     from taptouch_sandbox import SandboxConfig
 
@@ -105,8 +138,10 @@ def sandbox_config(days: int):
 class SandboxServer:
     """``python -m taptouch_sandbox serve --port 0`` in its own process."""
 
-    def __init__(self, days: int):
-        self.days = days
+    def __init__(
+        self, days: int, *, stores: int = STORES, orders_per_day: int = ORDERS_PER_DAY, page_cache_mb: int = 0
+    ):
+        self.days, self.stores, self.orders_per_day, self.page_cache_mb = days, stores, orders_per_day, page_cache_mb
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -121,13 +156,15 @@ class SandboxServer:
             "--seed",
             str(SEED),
             "--stores",
-            str(STORES),
+            str(self.stores),
             "--days",
             str(self.days),
             "--orders-per-day",
-            str(ORDERS_PER_DAY),
+            str(self.orders_per_day),
             "--end-date",
             END_DATE.isoformat(),
+            "--page-cache-mb",
+            str(self.page_cache_mb),
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -154,6 +191,7 @@ def run_child(name: str, spec: dict, log_dir: Path) -> dict:
     out = log_dir / f"{name}.json"
     log = log_dir / f"{name}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "_child", name, json.dumps(spec), str(out)]
+    spawned_at = time.time()
     with open(log, "w") as lf:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=lf, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -166,6 +204,7 @@ def run_child(name: str, spec: dict, log_dir: Path) -> dict:
     # high-water mark of its own memory after exec (VmHWM), and of any process it waited for.
     result.setdefault("peak_rss_mb", usage.ru_maxrss / 1024)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["spawned_at"] = spawned_at
     return result
 
 
@@ -294,8 +333,8 @@ def _client(url: str):
 
 def child_api(spec: dict) -> dict:
     client = _client(spec["url"])
-    windows = utc_windows(spec["days"])
-    t0 = time.perf_counter()
+    windows = spec_windows(spec)
+    t0, started_at = time.perf_counter(), time.time()
     stores = [s["id"] for s in client.list_stores()]
 
     def drain(store_id: int, start: datetime, end: datetime) -> tuple[int, int]:
@@ -312,7 +351,8 @@ def child_api(spec: dict) -> dict:
                 orders += n
                 rows += r
     wall = time.perf_counter() - t0
-    return {"orders": orders, "rows": rows, "wall_s": wall, "requests": client.stats.snapshot()["requests"]}
+    requests = client.stats.snapshot()["requests"]
+    return {"orders": orders, "rows": rows, "wall_s": wall, "requests": requests, "started_at": started_at}
 
 
 def child_copy(spec: dict) -> dict:
@@ -364,12 +404,20 @@ def _warehouse_counts(conn) -> dict:
 
 
 def _load_windows(
-    client, db: str, windows: list, spec: dict, *, incremental: bool = False, in_flight: int | None = None
+    client,
+    db: str,
+    windows: list,
+    spec: dict,
+    *,
+    incremental: bool = False,
+    in_flight: int | None = None,
+    timing: dict | None = None,
 ) -> tuple[int, dict]:
     """Every window exactly as the ``orders`` asset loads a ranged run: the API's store listing for
     the stores' time zones, then ``sync_orders_windows`` with the run's settings and sync mode
     (incremental: ``TAPTOUCH_LOOKBACK``'s default). (orders fetched, load counts); a store failure
-    fails the bench."""
+    fails the bench. ``timing`` gets the epoch of the load's start (``load_at``, after the listing),
+    of its first orders request (``first_page_at``) and of the last window's commit (``merged_at``)."""
     import psycopg
 
     from pipelines.settings import RunSettings
@@ -387,9 +435,12 @@ def _load_windows(
         progress=lambda msg: None,
     )
     orders, totals = 0, {"inserted": 0, "updated": 0, "unchanged": 0, "quarantined": 0}
+    connect = lambda: psycopg.connect(db, autocommit=True)  # noqa: E731 - as the asset's run.connect
+    if timing is not None:
+        connect = _timed(client, db, timing)
     for window, result in sync_orders_windows(
         client,
-        lambda: psycopg.connect(db, autocommit=True),
+        connect,
         windows,
         run,
         in_flight=WINDOWS_IN_FLIGHT if in_flight is None else in_flight,
@@ -399,7 +450,48 @@ def _load_windows(
         orders += result.records
         for k in totals:
             totals[k] += getattr(result.counts, k)
+        if timing is not None:
+            timing["merged_at"] = time.time()
+            timing["load_cpu_s"] = time.process_time() - timing["load_cpu_at"]
     return orders, totals
+
+
+def _backend_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of a PostgreSQL backend on this machine, from /proc (None if not here)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(client, db: str, timing: dict):
+    """Marks the load's start now, the first orders request when it is made (the client's method
+    wrapped on this instance), and sums the CPU of the windows' backends (``backend_cpu_s``, read
+    from /proc as each connection closes: a local server only)."""
+    import psycopg
+
+    timing["load_at"] = time.time()
+    timing["load_cpu_at"] = time.process_time()  # this process's CPU, every thread's
+    timing["backend_cpu_s"] = 0.0
+    pages = client.iter_order_record_pages
+
+    def first_request(*args, **kwargs):
+        timing.setdefault("first_page_at", time.time())
+        return pages(*args, **kwargs)
+
+    client.iter_order_record_pages = first_request
+
+    class Watched(psycopg.Connection):
+        def close(self) -> None:
+            cpu = None if self.closed else _backend_cpu_s(self.info.backend_pid)
+            if cpu is None:
+                timing["backend_cpu_s"] = None
+            elif timing["backend_cpu_s"] is not None:
+                timing["backend_cpu_s"] += cpu
+            super().close()
+
+    return lambda: Watched.connect(db, autocommit=True)
 
 
 def child_ours(spec: dict) -> dict:
@@ -442,6 +534,40 @@ def child_ours(spec: dict) -> dict:
     }
 
 
+def child_ours_day(spec: dict) -> dict:
+    """busy-day ``ours``: the ``orders`` asset's load of the busy day's window, in this process: its
+    store listing, then ``sync_orders_windows`` in the asset's default (incremental) mode on a fresh
+    warehouse, which asks every store from the window's start. Epochs of the load's phases, its
+    backends' CPU and (``--profile``) a pyinstrument profile of this thread."""
+    import psycopg
+
+    profiler = None
+    if spec.get("profile"):
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.002)
+        profiler.start()
+    client = _client(spec["url"])
+    timing: dict = {}
+    t0 = time.perf_counter()
+    orders, totals = _load_windows(client, spec["db"], spec_windows(spec), spec, incremental=True, timing=timing)
+    wall = time.perf_counter() - t0
+    if profiler:
+        profiler.stop()
+        Path(spec["profile"]).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        counts = _warehouse_counts(conn)
+    return {
+        "orders": orders,
+        "rows": sum(counts.values()),
+        "wall_s": wall,
+        "requests": client.stats.snapshot()["requests"],
+        "counts": counts,
+        "load": totals,
+        "timing": timing,
+    }
+
+
 def _ours_run(args: tuple) -> dict:
     """One backfill run of ``ours-2runs``: its windows as the asset loads them, its own client."""
     url, db, windows, spec = args
@@ -478,7 +604,7 @@ def child_ours_runs(spec: dict) -> dict:
     }
 
 
-def _dlt_source(url: str, days: int, counter: list):
+def _dlt_source(url: str, windows: list, counter: list):
     import requests
     from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
     from dlt.sources.helpers.rest_client.paginators import PageNumberPaginator
@@ -489,7 +615,6 @@ def _dlt_source(url: str, days: int, counter: list):
             counter[0] += 1
             return super().send(request, **kw)
 
-    windows = utc_windows(days)
     updated_from = windows[0].start.isoformat().replace("+00:00", "Z")
     updated_to = windows[-1].end.isoformat().replace("+00:00", "Z")
     session = CountingSession()
@@ -558,8 +683,8 @@ def child_dlt(spec: dict) -> dict:
         destination=dlt.destinations.postgres(_with_password(spec["db"])),
         dataset_name="taptouch_dlt",
     )
-    t0 = time.perf_counter()
-    info = pipeline.run(_dlt_source(spec["url"], spec["days"], counter))
+    t0, started_at = time.perf_counter(), time.time()
+    info = pipeline.run(_dlt_source(spec["url"], spec_windows(spec), counter))
     wall = time.perf_counter() - t0
     info.raise_on_failed_jobs()
     with psycopg.connect(spec["db"], autocommit=True) as conn:
@@ -585,6 +710,7 @@ def child_dlt(spec: dict) -> dict:
         "requests": counter[0],
         "counts": counts,
         "steps": steps,
+        "started_at": started_at,
     }
 
 
@@ -641,6 +767,7 @@ CHILDREN = {
     "api": child_api,
     "copy": child_copy,
     "ours": child_ours,
+    "ours-day": child_ours_day,
     "ours-resync": child_ours,
     "ours-incremental": child_ours,
     "ours-serial": child_ours,
@@ -661,6 +788,267 @@ def child_main(argv: list[str]) -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # e.g. the runs of ours-2runs
     result["peak_rss_mb"] = max(hwm, children) / 1024
     Path(out).write_text(json.dumps(result, default=str))
+
+
+# ------------------------------------------------------------------------------------------------
+# busy day (issue 23): one UTC window of a fast API
+
+
+def warm_pages(url: str, windows: list, workers: int) -> int:
+    """Every orders page of the windows requested once, as the contenders will request them
+    (page size, bounds): the sandbox's page cache then holds them. The orders listed."""
+    client = _client(url)
+    stores = [s["id"] for s in client.list_stores()]
+
+    def drain(store_id: int, window) -> int:
+        pages = client.iter_order_record_pages(store_id, updated_from=window.start, updated_to=window.end)
+        return sum(len(page) for page in pages)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(drain, [s for w in windows for s in stores], [w for w in windows for _ in stores]))
+
+
+def _dagster_env(spec: dict, home: Path) -> dict:
+    """The environment of a ``dagster asset materialize`` against the bench's sandbox and warehouse
+    (no TAPTOUCH_* of the caller's: one account, no rate limit, the bench's page size)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPTOUCH_")}
+    env.update(
+        DAGSTER_HOME=str(home),
+        TAPTOUCH_BASE_URL=spec["url"],
+        TAPTOUCH_CLIENT_ID=CLIENT_ID,
+        TAPTOUCH_CLIENT_SECRET=CLIENT_SECRET,
+        TAPTOUCH_DATABASE_URL=spec["db"],
+        TAPTOUCH_REQUESTS_PER_SECOND="0",
+        TAPTOUCH_PAGE_SIZE=str(PAGE_SIZE),
+        TAPTOUCH_STORE_WORKERS=str(spec["workers"]),
+        TAPTOUCH_BATCH_SIZE=str(spec["batch_size"]),
+    )
+    return env
+
+
+# the Dagster events that mark a run's phases (the first of each: the orders step's)
+EVENT_MARKS = {
+    "PIPELINE_START": "run_at",
+    "STEP_START": "step_at",
+    "STEP_SUCCESS": "step_done_at",
+    "PIPELINE_SUCCESS": "run_done_at",
+}
+
+
+def dagster_marks(home: Path, day: str) -> dict:
+    """Epochs of one run's phases, from its event log: the run's start, the orders step's start,
+    the load's start (its "orders: loading" message, after the settings, the migration check, the
+    token and the store listing), the window's commit (its "orders DAY: ..." summary), the orders
+    step's end (after its asset checks) and the run's end (after the check steps of its own)."""
+    import dagster as dg
+
+    marks: dict = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run_id = instance.get_runs(limit=1)[0].run_id
+        for entry in instance.all_logs(run_id):
+            kind = entry.dagster_event.event_type_value if entry.dagster_event else None
+            message = entry.user_message or ""
+            name = EVENT_MARKS.get(kind or "")
+            if name is None and message.startswith("orders: loading"):
+                name = "load_at"
+            elif name is None and message.startswith(f"orders {day}:"):
+                name = "merged_at"
+            if name:
+                marks.setdefault(name, entry.timestamp)
+    missing = {"run_at", "step_at", "load_at", "merged_at", "step_done_at", "run_done_at"} - set(marks)
+    if missing:
+        raise RuntimeError(f"the run's event log has no {sorted(missing)} (home {home})")
+    return marks
+
+
+def run_dagster(spec: dict, log_dir: Path) -> dict:
+    """``ours-dagster``: ``dagster asset materialize -m pipelines.definitions --select orders
+    --partition DAY`` against a fresh, migrated warehouse and a fresh Dagster instance (sqlite);
+    the command's peak RSS and CPU are those of it and the step process it waits for."""
+    import psycopg
+
+    day = spec["window_days"][0]
+    home = log_dir / "dagster_home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions"]
+    log = log_dir / "ours-dagster.log"
+    with open(log, "w") as lf:
+        spawned_at = time.time()
+        proc = subprocess.Popen(
+            [*cmd, "--select", "orders", "--partition", day],
+            cwd=ROOT,
+            env=_dagster_env(spec, home),
+            stdout=lf,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        ended_at = time.time()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"ours-dagster failed; log {log}:\n{log.read_text()[-3000:]}")
+    timing = {"spawned_at": spawned_at, "ended_at": ended_at, **dagster_marks(home, day)}
+    with psycopg.connect(spec["db"], autocommit=True) as conn:
+        counts = _warehouse_counts(conn)
+        requests = conn.execute("select coalesce(sum(requests), 0) from taptouch_meta.api_usage").fetchone()
+    return {
+        "orders": counts["orders"],
+        "rows": sum(counts.values()),
+        "wall_s": ended_at - spawned_at,
+        "requests": requests[0] if requests else 0,
+        "counts": counts,
+        "timing": timing,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "spawned_at": spawned_at,
+    }
+
+
+def _after_startup(name: str, r: dict) -> None:
+    """``startup_s`` (launch to the load's start) and ``load_s`` (the load's start to the end of its
+    merge: ours; to the end of the run: api, dlt, which have no merge of their own)."""
+    timing = r.get("timing") or {}
+    if "load_at" in timing:
+        r["startup_s"] = timing["load_at"] - r["spawned_at"]
+        r["load_s"] = timing["merged_at"] - timing["load_at"]
+    else:
+        r["startup_s"] = r["started_at"] - r["spawned_at"]
+        r["load_s"] = r["wall_s"]
+
+
+def _busy_contender(name: str, n: int, args, admin: str, base: dict, vol_dir: Path, dbs: list[str]) -> dict:
+    """One busy-day contender against the warm sandbox, each loader into a fresh warehouse."""
+    spec = dict(base)
+    if name != "api":
+        db = f"bench_busy_{name.replace('-', '_')}_{n}"
+        dbs.append(db)
+        spec["db"] = fresh_database(admin, db, migrate=name != "dlt")  # as an hourly run finds it: migrated
+    if name == "dlt":
+        spec["dlt_dir"] = str(vol_dir / "dlt")
+        shutil.rmtree(spec["dlt_dir"], ignore_errors=True)
+    if name == "ours" and args.profile:
+        spec["profile"] = str(Path(args.profile).with_suffix(f".busy{n}.txt"))
+    _progress(f"[busy {n}] {name} ...")
+    if name == "ours-dagster":
+        r = run_dagster(spec, vol_dir)
+    else:
+        r = run_child("ours-day" if name == "ours" else name, spec, vol_dir)
+    expected = spec["expected_orders"]
+    if r.get("counts") and r["counts"].get("orders") != expected:
+        raise RuntimeError(f"{name} holds {r['counts'].get('orders')} orders, the API serves {expected}")
+    _after_startup(name, r)
+    _progress(
+        f"[busy {n}] {name}: {r['orders']:,} orders, start-up {r['startup_s']:.1f}s, load {r['load_s']:.1f}s "
+        f"({r['orders'] / r['load_s']:,.0f} orders/s), wall {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+    )
+    return r
+
+
+def run_busy_day(n: int, args, work: Path) -> dict:
+    """``--scenario busy-day``: one sandbox (``n`` orders in the busy day's window, page cache on),
+    every page requested once before timing, then each contender against it."""
+    admin = admin_url(args.database_url)
+    vol_dir = work / f"busy{n}"
+    vol_dir.mkdir(parents=True, exist_ok=True)
+    per_day = busy_orders_per_day(n)
+    base = {
+        "days": BUSY_SANDBOX_DAYS,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "window_days": [BUSY_DAY.isoformat()],
+    }
+    results: dict[str, dict] = {}
+    dbs: list[str] = []
+    server = SandboxServer(BUSY_SANDBOX_DAYS, stores=BUSY_STORES, orders_per_day=per_day, page_cache_mb=BUSY_CACHE_MB)
+    try:
+        with server:
+            base["url"] = server.url
+            t = time.perf_counter()
+            base["expected_orders"] = warm_pages(server.url, spec_windows(base), args.workers)
+            _progress(
+                f"[busy {n}] sandbox: {BUSY_STORES} stores x ~{per_day:,} orders/local day; {BUSY_DAY} holds "
+                f"{base['expected_orders']:,} orders; pages generated and cached in {time.perf_counter() - t:.1f}s "
+                "(untimed)"
+            )
+            for name in [c for c in BUSY_CONTENDERS if c in args.contenders]:
+                results[name] = _busy_contender(name, n, args, admin, base, vol_dir, dbs)
+        return results
+    finally:
+        if not args.keep_databases:
+            for db in dbs:
+                drop_database(admin, db)
+
+
+BUSY_HEADER = (
+    "| contender | orders | wall s | start-up s | load s | orders/s after start-up | peak RSS MB | CPU s | "
+    "API requests |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def _volume(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def busy_rate(r: dict | None) -> float:
+    return r["orders"] / r["load_s"] if r and r.get("load_s") else float("nan")
+
+
+def busy_report(all_results: dict[int, dict], args) -> str:
+    lines = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()}-core machine · load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (at the end) · Python {sys.version.split()[0]} · busy "
+        f"day {BUSY_DAY} (one UTC window) · {BUSY_STORES} stores · page size {PAGE_SIZE} · sandbox page cache "
+        f"on, warmed · {args.workers} store workers · batch {args.batch_size}",
+        "",
+        BUSY_HEADER,
+    ]
+    for n, res in all_results.items():
+        for name, r in res.items():
+            lines.append(
+                f"| {name} ({_volume(n)}) | {r['orders']:,} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | "
+                f"{r['load_s']:.1f} | {busy_rate(r):,.0f} | {r['peak_rss_mb']:.0f} | {r['cpu_s']:.1f} | "
+                f"{r['requests']:,} |"
+            )
+    lines.append("")
+    for n, res in all_results.items():
+        lines.extend(f"- {_volume(n)} {part}" for part in _busy_ratios(res))
+    return "\n".join(lines)
+
+
+def _busy_ratios(res: dict) -> list[str]:
+    api, dlt_r = res.get("api"), res.get("dlt")
+    parts = []
+    for name in ("ours", "ours-dagster"):
+        r = res.get(name)
+        if not r:
+            continue
+        part = f"{name}: {busy_rate(r):,.0f} orders/s after start-up (goal >= 5,000)"
+        if dlt_r:
+            part += f"; {name}/dlt = {busy_rate(r) / busy_rate(dlt_r):.1f}x (goal >= 4x)"
+        if api:
+            part += f"; {name}/API ceiling ({busy_rate(api):,.0f} orders/s) = {busy_rate(r) / busy_rate(api):.0%}"
+        part += f"; start-up {r['startup_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MB"
+        parts.append(part + _busy_breakdown(name, r))
+    return parts
+
+
+def _busy_breakdown(name: str, r: dict) -> str:
+    """Where the time went: the Dagster run's phases; ours' client and backend CPU during the load."""
+    t = r["timing"]
+    if name == "ours-dagster":
+        return (
+            f" (launch to run start {t['run_at'] - t['spawned_at']:.1f} s, to step start {t['step_at'] - t['run_at']:.1f}"
+            f" s, step start to load {t['load_at'] - t['step_at']:.1f} s; after the merge: the step's checks and "
+            f"metadata {t['step_done_at'] - t['merged_at']:.1f} s, the check steps "
+            f"{t['run_done_at'] - t['step_done_at']:.1f} s, to exit {t['ended_at'] - t['run_done_at']:.1f} s)"
+        )
+    first = t.get("first_page_at", t["load_at"]) - t["load_at"]
+    backend = t.get("backend_cpu_s")
+    return (
+        f" (during the load's {r['load_s']:.1f} s: load start to first request {first:.2f} s, this process's CPU "
+        f"{t['load_cpu_s']:.1f} s (fetch threads, decode, COPY), its PostgreSQL backend's CPU "
+        + (f"{backend:.1f} s" if backend is not None else "n/a (server not local)")
+        + ")"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -855,12 +1243,23 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import settings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--orders", type=int, nargs="+", default=[100_000], help="volume(s), e.g. 10000 100000 1000000")
+    p.add_argument(
+        "--orders",
+        type=int,
+        nargs="+",
+        help="volume(s), e.g. 10000 100000 1000000 (default 100000); busy-day: the day's orders (default 60000)",
+    )
     p.add_argument("--mode", choices=("sync", "loader"), default="sync")
+    p.add_argument(
+        "--scenario",
+        choices=("default", "busy-day"),
+        default="default",
+        help="busy-day (issue 23): one UTC day of 3 stores, pages served from the sandbox's cache",
+    )
     p.add_argument(
         "--contenders",
         nargs="+",
-        default=["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"],
+        help="default: api copy ours ours-resync dlt dlt-resync; busy-day: api ours ours-dagster dlt",
         choices=CONTENDERS,
     )
     p.add_argument("--database-url", help="admin URL of the Postgres server (a database per contender is created)")
@@ -880,11 +1279,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--json", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
+    busy = args.scenario == "busy-day"
+    args.orders = args.orders or [BUSY_ORDERS if busy else 100_000]
+    args.contenders = args.contenders or (
+        list(BUSY_CONTENDERS) if busy else ["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"]
+    )
+    if busy and (args.mode != "sync" or set(args.contenders) - set(BUSY_CONTENDERS)):
+        p.error(f"--scenario busy-day runs in --mode sync with contenders among {', '.join(BUSY_CONTENDERS)}")
+    if not busy and "ours-dagster" in args.contenders:
+        p.error("ours-dagster runs in --scenario busy-day only")
     all_results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="taptouch-bench-") as tmp:
         for n in args.orders:
-            all_results[n] = run_volume(n, args, Path(tmp))
-    text = report(all_results, args)
+            all_results[n] = run_busy_day(n, args, Path(tmp)) if busy else run_volume(n, args, Path(tmp))
+    text = busy_report(all_results, args) if busy else report(all_results, args)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in all_results.items()}, indent=2, default=str))
