@@ -3,12 +3,15 @@
 The analysts' views ``daily_store_sales``, ``hourly_sales``, ``channel_mix``, ``payment_mix`` and
 ``product_sales`` read five tables of schema ``taptouch`` (``sales_days``, ``sales_hours``,
 ``sales_channels``, ``sales_payments``, ``sales_products``) that hold, per (store_id,
-business_date), exactly the rows of the view's grouping. A store-day's rows are only ever
-recomputed whole, set-based, from ``taptouch.orders`` and its children (:func:`recompute`), in the
-transaction that changed its orders and under the orders merge lock:
+business_date), exactly the rows of the view's grouping. A store-day's rows are recomputed whole,
+set-based, from ``taptouch.orders`` and its children (:func:`recompute`), or, for orders new to the
+warehouse, their sales are added to them from the load's staged rows (:func:`add_staged`: every
+column is a count or a sum over distinct orders), in the transaction that changed its orders and
+under the orders merge lock:
 
 - the orders merge (:meth:`.loader.OrderWindowLoad.finish`) recomputes the store-days of the
-  orders it replaced, at their old and new business dates (:func:`note_held`, :func:`note_merged`);
+  orders it replaced, at their old and new business dates (:func:`note_held`, :func:`note_merged`),
+  and adds the orders it inserted to the other store-days they are on (:func:`add_staged`);
 - a deletion confirmed, or an order restored, by a listing (:mod:`.deletions`) recomputes its
   order's store-day (:func:`refresh_orders`);
 - a re-derivation of business dates for whole stores (a corrected zone or day start, in
@@ -63,14 +66,14 @@ from {sales} group by store_id, business_date, source, fulfillment_type, account
     "sales_payments": """
 select sales.store_id, sales.business_date, payments.method, sales.account, count(*), sum(payments.amount),
        sum(payments.surcharge), sum(payments.tip)
-from taptouch.order_payments as payments join {sales} as sales using (order_id)
+from {payments} as payments join {sales} as sales using ({link})
 group by sales.store_id, sales.business_date, payments.method, sales.account""",
     "sales_products": """
 select sales.store_id, sales.business_date, items.product_id, items.name, items.category, sales.account,
        count(distinct items.order_id), sum(items.quantity), sum(items.total), sum(items.discount),
        coalesce(sum(modifiers.revenue), 0)
-from taptouch.order_items as items
-join {sales} as sales using (order_id)
+from {items} as items
+join {sales} as sales using ({link})
 left join lateral (
     select sum(items.quantity * (modifier ->> 'price')::numeric * coalesce((modifier ->> 'quantity')::numeric, 1))
         as revenue
@@ -78,6 +81,38 @@ left join lateral (
 ) as modifiers on true
 group by sales.store_id, sales.business_date, items.product_id, items.name, items.category, sales.account""",
 }
+
+
+# Each table's columns in table order (what _ROWS select): the grouping, up to ``account``, then
+# the counts and sums, every one of them additive over distinct orders (add_staged).
+COLUMNS = {
+    "sales_days": (
+        "store_id", "business_date", "account",
+        "order_count", "gross_sales", "discounts", "refunds", "net_sales", "tax", "total",
+    ),
+    "sales_hours": ("store_id", "business_date", "local_hour", "account", "order_count", "refunds", "net_sales"),
+    "sales_channels": (
+        "store_id", "business_date", "source", "fulfillment_type", "account", "order_count", "refunds", "net_sales",
+    ),
+    "sales_payments": (
+        "store_id", "business_date", "method", "account", "payment_count", "amount", "surcharges", "tips",
+    ),
+    "sales_products": (
+        "store_id", "business_date", "product_id", "product_name", "category", "account",
+        "order_count", "units", "net_item_sales", "item_discounts", "modifier_revenue",
+    ),
+}  # fmt: skip
+
+
+def _rows(table: str, sales: str, *, staged: bool = False) -> str:
+    """The query of ``table``'s rows from the sales orders of temporary table ``sales``, their
+    payments and items read from the warehouse (linked by ``order_id``), or (``staged``) from the
+    orders load's staging tables (linked by the staging ``seq``)."""
+    if staged:
+        return _ROWS[table].format(sales=sales, payments="stage_payments", items="stage_items", link="seq")
+    return _ROWS[table].format(
+        sales=sales, payments="taptouch.order_payments", items="taptouch.order_items", link="order_id"
+    )
 
 
 def _keys(cur: psycopg.Cursor) -> None:
@@ -102,9 +137,76 @@ def note_held(cur: psycopg.Cursor, staged: str) -> None:
     note_keys(cur, _OF_ORDERS.format(ids=staged))
 
 
-def note_merged(cur: psycopg.Cursor, accepted: str) -> None:
-    """After a merge: the store-days the accepted orders of table ``accepted`` are on now."""
-    note_keys(cur, _OF_ORDERS.format(ids=accepted))
+def note_merged(cur: psycopg.Cursor, accepted: str, *, replaced_only: bool = False) -> None:
+    """After a merge: the store-days the accepted orders of table ``accepted`` are on now; with
+    ``replaced_only``, only those of the orders that replaced a held version (``not inserted``:
+    the new ones are added by :func:`add_staged`)."""
+    ids = f"(select order_id from {accepted} where not inserted) as replaced" if replaced_only else accepted
+    note_keys(cur, _OF_ORDERS.format(ids=ids))
+
+
+# The sales orders among the orders a merge inserted (temporary table {accepted}: seq, inserted),
+# read from the staging tables (same columns as _SALES, plus seq), on a store-day not noted in the
+# keys (those are recomputed whole). A staged order is never deleted (the load stages no deleted_at).
+_STAGED_SALES = """
+create temp table {into} on commit drop as
+select
+    s.order_id, s.store_id, s.business_date, s.account::text as account,
+    extract(hour from s.created_at at time zone stores.timezone)::integer as local_hour,
+    s.source, s.fulfillment_type, s.subtotal, s.discount, s.total, s.tax,
+    coalesce(r.refunds, 0) as refunds, s.seq
+from {accepted} as a
+join stage_orders as s on s.seq = a.seq
+left join taptouch.stores as stores on stores.store_id = s.store_id
+left join (select seq, sum(amount) as refunds from stage_refunds group by seq) as r on r.seq = s.seq
+where a.inserted and s.status in ('completed', 'partially_refunded', 'refunded')
+  and not exists (select from {keys} as k where k.store_id = s.store_id and k.business_date = s.business_date)
+"""
+
+# A table's rows of the store-days in {added}: the rows held, and the added ones, summed per group.
+_ADD = """
+with added as ({rows}),
+held as (
+    delete from taptouch.{table} as t using (select distinct store_id, business_date from added) as k
+    where t.store_id = k.store_id and t.business_date = k.business_date
+    returning {held}
+)
+insert into taptouch.{table} ({cols})
+select {group}, {sums} from (select * from held union all select * from added) as u ({cols}) group by {group}
+"""
+
+
+def add_staged(cur: psycopg.Cursor, accepted: str) -> int:
+    """Add the sales of the orders an orders merge just inserted (rows of temporary table
+    ``accepted`` with ``inserted``, their rows still in the load's staging tables ``stage_orders``,
+    ``stage_payments``, ``stage_items``, ``stage_refunds``, linked by ``seq``) to the aggregates of
+    their store-days, except the store-days noted in the keys (:func:`recompute` recomputes those
+    whole, from the warehouse). Exact: every aggregate column is a count or a sum over distinct
+    orders (``sales_products.order_count`` counts distinct orders too), an inserted order was in no
+    store-day's rows before, and its staged rows are the ones the merge wrote; so a store-day's rows
+    held plus the new orders' rows, summed per group, are its rows recomputed whole. Call it in the
+    merge's transaction, holding the orders merge lock, before :func:`recompute`, and only when the
+    merge changed no business date after staging (``derived.follow_store_zones``). Returns the
+    sales orders added."""
+    _keys(cur)
+    cur.execute("drop table if exists pg_temp.agg_staged")
+    cur.execute(_STAGED_SALES.format(into="agg_staged", accepted=accepted, keys=KEYS))
+    added = cur.rowcount
+    if added:
+        for table in TABLES:
+            cols = COLUMNS[table]
+            group = cols[: cols.index("account") + 1]
+            cur.execute(
+                _ADD.format(
+                    rows=_rows(table, "agg_staged", staged=True),
+                    table=table,
+                    cols=", ".join(cols),
+                    held=", ".join(f"t.{c}" for c in cols),
+                    group=", ".join(group),
+                    sums=", ".join(f"sum({c})" for c in cols[len(group) :]),
+                )
+            )
+    return added
 
 
 def recompute(cur: psycopg.Cursor) -> int:
@@ -127,7 +229,7 @@ def recompute(cur: psycopg.Cursor) -> int:
                     " where t.store_id = k.store_id and t.business_date = k.business_date"
                 ).format(sql.Identifier("taptouch", table), sql.Identifier(KEYS))
             )
-            cur.execute(f"insert into taptouch.{table} " + _ROWS[table].format(sales="agg_sales"))
+            cur.execute(f"insert into taptouch.{table} " + _rows(table, "agg_sales"))
     cur.execute(f"delete from {KEYS}")  # (a truncate would give the temp table a new file each time)
     return days
 
@@ -174,7 +276,7 @@ def mismatches(
     cur.execute(_SALES.format(into="agg_truth", keys="agg_check_keys"))
     found: dict[str, list[tuple]] = {}
     for table in TABLES:
-        truth = _ROWS[table].format(sales="agg_truth")
+        truth = _rows(table, "agg_truth")
         held = f"select t.* from taptouch.{table} t join agg_check_keys k using (store_id, business_date)"
         cur.execute(
             f"(select '-' as side, * from (({held}) except all ({truth})) held limit %(n)s)"
@@ -238,8 +340,8 @@ _KEY = {
 }
 _SALES_TEXT = "sales orders: status completed, partially_refunded or refunded, not deleted"
 _NOTE = (
-    "; kept current by the orders loads (pipelines/warehouse/aggregates.py), recomputed whole per "
-    "store and business date; read by the analytics views"
+    "; kept current by the orders loads (pipelines/warehouse/aggregates.py): recomputed whole per "
+    "store and business date, or the sales of orders new to the warehouse added; read by the analytics views"
 )
 _MONEY = "in the store's currency"
 _ORDER_SUMS = {

@@ -500,7 +500,9 @@ class OrderWindowLoad:
         cur = self._cur
         # statistics of the key columns only (the planner needs sizes; sampling raw's jsonb costs more
         # than the merge gains), and no JIT: its compile time exceeds what it saves on a window
-        cur.execute("analyze stage_orders (seq, order_id, store_id)")
+        cur.execute("analyze stage_orders (seq, order_id, store_id, status)")
+        for child in ORDERS.children:  # (their sizes: without them, a join on seq may loop over every row)
+            cur.execute(sql.SQL("analyze {} (seq)").format(sql.Identifier(child.stage)))
         cur.execute("set local jit = off")
         cur.execute(
             "create temp table pick on commit drop as select distinct on (order_id) seq, order_id, store_id"
@@ -534,10 +536,14 @@ class OrderWindowLoad:
         ORDERS.replace_children(cur, "accepted")
         self.versions_recorded = history.record(cur, self.run_id, self.retention)  # taptouch.order_history
         # business dates by the zone the warehouse holds, where the listing's differs (see .derived)
-        derived.follow_store_zones(
+        redated = derived.follow_store_zones(
             cur, _entered(self.timezones), self.per_store, only="accepted", used_starts=self.day_starts
         )
-        aggregates.note_merged(cur, "accepted")  # and those they are on now: each recomputed whole
+        # the store-days the replaced orders are on now: recomputed whole; the orders new to the
+        # warehouse are added from their staged rows (unless a date moved after staging)
+        aggregates.note_merged(cur, "accepted", replaced_only=not redated)
+        if not redated:
+            aggregates.add_staged(cur, "accepted")
         aggregates.recompute(cur)
         self._count_merged(cur)
         self.quarantine.flush(cur)
