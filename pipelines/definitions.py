@@ -13,6 +13,7 @@ from . import alerts, checks, reconcile
 from .accounts import Account
 from .assets.analytics import make_analytics_assets
 from .assets.taptouch import taptouch_assets
+from .executor import default_executor
 from .schedules import account_schedules
 from .warehouse.resource import PostgresResource
 
@@ -55,11 +56,12 @@ views_automation = dg.AutomationConditionSensorDefinition(
 
 def shared_definitions(accounts: list[Account]) -> dg.Definitions:
     """What every account shares: the analytics views (they read every account's tables), the alert
-    sensors, the views' automation sensor and the warehouse."""
+    sensors, the views' automation sensor, the warehouse and the executor (:mod:`pipelines.executor`)."""
     return dg.Definitions(
         assets=make_analytics_assets(accounts),
         sensors=[*alerts.sensors, views_automation],
         resources={"warehouse": WAREHOUSE},
+        executor=default_executor,  # Dagster's default, its step processes forked from one server per run
     )
 
 

@@ -1,6 +1,10 @@
 """Previews in asset metadata: pandas reads a query's first rows through the warehouse's
 SQLAlchemy engine, and Dagster shows them as a table (``MetadataValue.table``, typed by a
-``TableSchema``) on the asset's page, not behind a markdown toggle."""
+``TableSchema``) on the asset's page, not behind a markdown toggle.
+
+pandas and SQLAlchemy are imported when a preview is first read, not with the code location: the
+definitions do not need them, and every process that loads the definitions (a run, each of its
+steps, the code server) would pay for them (docs/performance.md, "Start-up")."""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import json
 import math
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
-import sqlalchemy
 
 from ..warehouse.resource import PostgresResource
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PREVIEW_ROWS = 20
 
@@ -23,6 +28,9 @@ PREVIEW_ROWS = 20
 def read_frame(warehouse: PostgresResource, query: str, **params) -> pd.DataFrame:
     """The rows of ``query`` (bound ``:name`` parameters) as a DataFrame; money stays Decimal
     (pandas would make numeric columns float by default)."""
+    import pandas as pd
+    import sqlalchemy
+
     with warehouse.get_engine().connect() as conn:
         return pd.read_sql_query(sqlalchemy.text(query), conn, params=params, coerce_float=False)
 
@@ -30,6 +38,8 @@ def read_frame(warehouse: PostgresResource, query: str, **params) -> pd.DataFram
 def _cell(value: Any) -> str | int | float | bool | None:
     """A value a ``TableRecord`` holds: money stays exact (Decimal as its text, e.g. ``12.30``),
     dates and instants in ISO 8601, arrays as JSON, missing values as None."""
+    import pandas as pd  # loaded already: the value comes from a frame
+
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
         return None
     if isinstance(value, bool) or hasattr(value, "dtype") and str(value.dtype) == "bool":

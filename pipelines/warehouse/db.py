@@ -12,10 +12,9 @@ import logging
 import os
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy
 
 from .embedded import (  # noqa: F401 - re-exported: the embedded server's names live here too
     EMBEDDED_DATABASE,
@@ -31,6 +30,9 @@ from .embedded import (  # noqa: F401 - re-exported: the embedded server's names
 )
 from .urls import ACCEPTED_SCHEMES, REDACTED, is_uri, redact_text, redact_url, redacted_error, scheme_of, secrets_of
 from .urls import with_database as _with_database
+
+if TYPE_CHECKING:  # imported by get_engine: only previews use an engine, and loading the code location need not
+    import sqlalchemy
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +232,8 @@ def get_engine(url: str | None = None, *, statement_timeout_ms: int | None = Non
     libpq, not SQLAlchemy, reads the URL (SQLAlchemy's parser disagrees with libpq about
     passwords holding ``@``, ``#`` or ``%``): the engine connects through :func:`connect_url`, so
     a connection error carries no password either. ``engine.url`` holds no credentials."""
+    import sqlalchemy
+
     target = libpq_url(resolve_database_url(url))
     key = (target, statement_timeout_ms)
     with _engines_guard:

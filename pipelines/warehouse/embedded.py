@@ -67,10 +67,17 @@ class EmbeddedServerError(RuntimeError):
 def project_root() -> Path:
     """The directory holding ``pyproject.toml`` above this file; the cwd when there is none
     (e.g. when the package is installed into site-packages)."""
+    return _source_root() or Path.cwd()
+
+
+@lru_cache(maxsize=1)
+def _source_root() -> Path | None:
+    """The directory holding ``pyproject.toml`` above this file, looked up once per process (the
+    definitions ask for it dozens of times while they load: every SQL file's path)."""
     for parent in Path(__file__).resolve().parents:
         if (parent / "pyproject.toml").is_file():
             return parent
-    return Path.cwd()
+    return None
 
 
 def private_dir(path: Path) -> Path:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import psycopg
-import sqlalchemy
 from pydantic import Field, PrivateAttr
 
 from .db import DATABASE_URL_ENV, PGDATA_ENV, _timeout_options, connect, get_engine, resolve_database_url
 from .migrations import migrate
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 _migrated: set[tuple[int, str]] = set()
 _migrated_guard = threading.Lock()
