@@ -466,32 +466,120 @@ def _backend_cpu_s(pid: int) -> float | None:
 
 
 def _timed(client, db: str, timing: dict):
-    """Marks the load's start now, the first orders request when it is made (the client's method
-    wrapped on this instance), and sums the CPU of the windows' backends (``backend_cpu_s``, read
-    from /proc as each connection closes: a local server only)."""
+    """Instruments one run's load (bench only, nothing in the pipelines changes): marks the load's
+    start now, its first orders request, and each window's phases (:class:`_WindowWatch`); returns
+    the ``connect`` the windows use, whose backends are watched."""
     import psycopg
 
-    timing["load_at"] = time.time()
-    timing["load_cpu_at"] = time.process_time()  # this process's CPU, every thread's
-    timing["backend_cpu_s"] = 0.0
+    from pipelines import sync
+
+    timing.update(load_at=time.time(), load_cpu_at=time.process_time(), backend_cpu_s=0.0, waits={})
     pages = client.iter_order_record_pages
 
     def first_request(*args, **kwargs):
         timing.setdefault("first_page_at", time.time())
         return pages(*args, **kwargs)
 
-    client.iter_order_record_pages = first_request
+    client.iter_order_record_pages = first_request  # this instance only
+    make_load = sync.window_load
+
+    def window_load(conn, window, run):
+        load = make_load(conn, window, run)
+        _WindowWatch.wrap(load, conn, timing)
+        return load
+
+    sync.window_load = window_load  # looked up by sync_orders_window at each call
 
     class Watched(psycopg.Connection):
+        """A window's connection: a sampler of its backend's wait events while it is open, and the
+        backend's CPU read from /proc as it closes (None when the server is not on this machine)."""
+
         def close(self) -> None:
+            sampler = getattr(self, "sampler", None)
+            if sampler is not None:
+                sampler.stop()
             cpu = None if self.closed else _backend_cpu_s(self.info.backend_pid)
-            if cpu is None:
+            if cpu is None or timing["backend_cpu_s"] is None:
                 timing["backend_cpu_s"] = None
-            elif timing["backend_cpu_s"] is not None:
+            else:
                 timing["backend_cpu_s"] += cpu
             super().close()
 
-    return lambda: Watched.connect(db, autocommit=True)
+    def connect():
+        conn = Watched.connect(db, autocommit=True)
+        conn.sampler = _WaitSampler(db, conn.info.backend_pid, timing)  # type: ignore[attr-defined]
+        return conn
+
+    return connect
+
+
+class _WindowWatch:
+    """The phases of a window's load (the busy day's one window), as epochs in ``timing``:
+    ``staged_at`` (every page fetched and staged: ``close_staging`` first called), ``merge_at`` and
+    ``commit_at`` (``finish``: the merge and the commit), with this process's and the backend's CPU
+    at each (``*_cpu``, ``*_backend_cpu``)."""
+
+    @staticmethod
+    def wrap(load, conn, timing: dict) -> None:
+        pid = conn.info.backend_pid
+        close_staging, finish = load.close_staging, load.finish
+
+        def mark(name: str) -> None:
+            timing[name] = time.time()
+            timing[f"{name}_cpu"] = time.process_time()
+            timing[f"{name}_backend_cpu"] = _backend_cpu_s(pid)
+
+        def staged() -> None:
+            if "staged_at" not in timing:  # finish() closes the staging again (a no-op): the first call counts
+                mark("staged_at")
+            timing["phase"] = "closing"
+            close_staging()
+            timing["phase"] = "merge"
+
+        def merged():
+            mark("merge_at")
+            counts = finish()
+            mark("commit_at")
+            timing["phase"] = "done"
+            return counts
+
+        load.close_staging, load.finish = staged, merged
+        timing["phase"] = "staging"
+
+
+class _WaitSampler:
+    """Every 50 ms, what a backend is doing (``pg_stat_activity``: its wait event, or CPU when it
+    waits on nothing; idle: waiting for the client), counted per phase of the window in
+    ``timing["waits"]``."""
+
+    def __init__(self, db: str, pid: int, timing: dict):
+        import threading
+
+        self.db, self.pid, self.timing = db, pid, timing
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bench-wait-sampler", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.db, autocommit=True) as conn:
+            while not self.done.wait(0.05):
+                row = conn.execute(
+                    "select state, wait_event_type, wait_event from pg_stat_activity where pid = %s", (self.pid,)
+                ).fetchone()
+                if row is None:
+                    continue
+                state, kind, event = row
+                what = (
+                    "idle (the client)" if state and state.startswith("idle") else f"{kind}:{event}" if kind else "CPU"
+                )
+                waits = self.timing["waits"].setdefault(self.timing.get("phase", "staging"), {})
+                waits[what] = waits.get(what, 0) + 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2)
 
 
 def child_ours(spec: dict) -> dict:
@@ -1041,14 +1129,37 @@ def _busy_breakdown(name: str, r: dict) -> str:
             f"metadata {t['step_done_at'] - t['merged_at']:.1f} s, the check steps "
             f"{t['run_done_at'] - t['step_done_at']:.1f} s, to exit {t['ended_at'] - t['run_done_at']:.1f} s)"
         )
-    first = t.get("first_page_at", t["load_at"]) - t["load_at"]
-    backend = t.get("backend_cpu_s")
-    return (
-        f" (during the load's {r['load_s']:.1f} s: load start to first request {first:.2f} s, this process's CPU "
-        f"{t['load_cpu_s']:.1f} s (fetch threads, decode, COPY), its PostgreSQL backend's CPU "
-        + (f"{backend:.1f} s" if backend is not None else "n/a (server not local)")
-        + ")"
+    return " (" + "; ".join(_ours_phases(r["timing"])) + ")"
+
+
+def _ours_phases(t: dict) -> list[str]:
+    """ours' load in its phases: wall, this process's CPU and the backend's, and what the backend
+    waited on (share of the samples)."""
+    out = [f"load start to first request {t.get('first_page_at', t['load_at']) - t['load_at']:.2f} s"]
+    if "staged_at" not in t:
+        return [*out, f"this process's CPU {t['load_cpu_s']:.1f} s"]
+    phases = (
+        ("fetch + decode + COPY to staging", "load_at", "staged_at", "staging"),
+        ("closing the staging", "staged_at", "merge_at", "closing"),
+        ("merge + commit", "merge_at", "commit_at", "merge"),
     )
+    for label, a, b, phase in phases:
+        cpu = t.get(f"{b}_cpu", 0) - (t["load_cpu_at"] if a == "load_at" else t.get(f"{a}_cpu", 0))
+        backend = _backend_delta(t, a, b)
+        part = f"{label} {t[b] - t[a]:.1f} s (client CPU {cpu:.1f} s, backend CPU {backend})"
+        waits = (t.get("waits") or {}).get(phase) or {}
+        if waits:
+            total = sum(waits.values())
+            top = sorted(waits.items(), key=lambda kv: -kv[1])[:4]
+            part += ", backend " + ", ".join(f"{what} {n / total:.0%}" for what, n in top)
+        out.append(part)
+    return out
+
+
+def _backend_delta(t: dict, a: str, b: str) -> str:
+    end = t.get(f"{b}_backend_cpu")
+    start = 0.0 if a == "load_at" else t.get(f"{a}_backend_cpu")
+    return "n/a" if end is None or start is None else f"{end - start:.1f} s"
 
 
 # ------------------------------------------------------------------------------------------------
