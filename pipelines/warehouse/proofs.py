@@ -29,6 +29,7 @@ import psycopg
 
 from ..settings import DEFAULT_LOOKBACK
 from .db import one_row
+from .merge import references_proven
 
 SOURCE = "listing_set"
 """The temporary table a writer fills with what its listings returned: (store_id, order_id,
@@ -82,52 +83,65 @@ def _proof_row(cur: psycopg.Cursor, store_id: int, key: str, bounds: tuple[datet
     return one_row(cur)
 
 
+# The proofs a writer's listings make (one row per store): created when missing, locked, in store order.
+_PROOF_ROWS = """
+insert into taptouch.listing_proofs (store_id, "window", window_start, window_end)
+select store_id, %(key)s, %(start)s, %(end)s from unnest(%(stores)s::bigint[]) as s(store_id) order by store_id
+on conflict (store_id, "window") do nothing
+"""
+_LOCK_ROWS = """
+select store_id, proof_id, covered_from from taptouch.listing_proofs
+where "window" = %(key)s and store_id = any(%(stores)s::bigint[]) order by store_id for update
+"""
+
+# What each proof covers (the listing's parameters), its bounds as exact epochs as the source holds them.
+_SCOPE = """
+insert into proof_scope
+select proof_id, store_id, whole, lower, taptouch.exact_epoch(lower), taptouch.exact_epoch(upper), covered,
+       listed_from, api_started_at
+from unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+            %s::timestamptz[], %s::timestamptz[])
+    as s(proof_id, store_id, whole, lower, upper, covered, listed_from, api_started_at)
+"""
+
+# Each proof's listing: its store's rows of the source in [lower, upper), one per order, the newest version.
+_LISTED = """
+create temp table proof_listed on commit drop as
+select s.proof_id, l.order_id, max(l.updated_at_exact) as v
+from proof_scope as s join listing_set as l using (store_id)
+where l.updated_at_exact >= s.lower_exact and l.updated_at_exact < s.upper_exact
+group by s.proof_id, l.order_id
+"""
+
+# The proven set's part each listing re-read (all of it when whole; else from lower, and every order it
+# returned), but for the rows it returned unchanged (an hourly re-run rewrites nothing it need not).
+_STALE = """
+delete from taptouch.listing_proof_orders as p using proof_scope as s
+where p.proof_id = s.proof_id
+  and (s.whole or p.updated_at_exact >= s.lower_exact
+       or exists (select from proof_listed as l where l.proof_id = p.proof_id and l.order_id = p.order_id))
+  and not exists (select from proof_listed as l
+                  where l.proof_id = p.proof_id and l.order_id = p.order_id and l.v = p.updated_at_exact)
+"""
+_ADD = """
+insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)
+select proof_id, order_id, v from proof_listed order by proof_id, order_id
+on conflict (proof_id, order_id) do nothing
+"""
+
 _DESCRIBE = """
 update taptouch.listing_proofs as p set
-    covered_from = %(covered)s, complete = %(covered)s <= p.window_start, listed_from = %(listed_from)s,
-    listed_at = %(listed_at)s, settled_at = %(settled_at)s, api_started_at = %(api_started_at)s, listed_orders = l.n,
-    first_updated_at = l.first, last_updated_at = l.last,
-    proven_orders = (select count(*) from taptouch.listing_proof_orders where proof_id = p.proof_id),
+    covered_from = s.covered, complete = s.covered <= p.window_start, listed_from = s.listed_from,
+    listed_at = %(listed_at)s, settled_at = %(settled_at)s, api_started_at = s.api_started_at,
+    listed_orders = coalesce(l.n, 0), first_updated_at = to_timestamp(l.first::double precision),
+    last_updated_at = to_timestamp(l.last::double precision),
+    proven_orders = (select count(*) from taptouch.listing_proof_orders as o where o.proof_id = p.proof_id),
     proved_by = %(run_id)s, proved_at = now()
-from (
-    select count(*) as n, to_timestamp(min(updated_at_exact)::double precision) as first,
-           to_timestamp(max(updated_at_exact)::double precision) as last
-    from (select distinct on (order_id) updated_at_exact from listing_set
-          where store_id = %(store_id)s and updated_at_exact >= taptouch.exact_epoch(%(lower)s)
-            and updated_at_exact < taptouch.exact_epoch(%(end)s)
-          order by order_id, updated_at_exact desc) as listed
-) as l
-where p.proof_id = %(proof_id)s
+from proof_scope as s
+left join (select proof_id, count(*) as n, min(v) as first, max(v) as last from proof_listed group by proof_id) as l
+    using (proof_id)
+where p.proof_id = s.proof_id
 """
-
-
-_LISTED = """
-with listed as (
-    select order_id, max(updated_at_exact) as v from listing_set
-    where store_id = %(store_id)s and updated_at_exact >= taptouch.exact_epoch(%(lower)s)
-      and updated_at_exact < taptouch.exact_epoch(%(end)s)
-    group by order_id
-)
-"""
-
-
-def _replace_set(cur: psycopg.Cursor, proof_id: int, store_id: int, full: bool, lower: datetime, end: datetime) -> None:
-    """The proven set's part the listing re-read (all of it when ``full``; else from ``lower``, and
-    every order it returned) replaced by what it returned in [lower, end). Rows it returned
-    unchanged stay as they are (an hourly re-run rewrites nothing it need not)."""
-    args = {"proof_id": proof_id, "store_id": store_id, "full": full, "lower": lower, "end": end}
-    cur.execute(
-        _LISTED + "delete from taptouch.listing_proof_orders p where p.proof_id = %(proof_id)s"
-        " and (%(full)s or p.updated_at_exact >= taptouch.exact_epoch(%(lower)s)"
-        "      or p.order_id in (select order_id from listed))"
-        " and not exists (select 1 from listed where listed.order_id = p.order_id and listed.v = p.updated_at_exact)",
-        args,
-    )
-    cur.execute(
-        _LISTED + "insert into taptouch.listing_proof_orders (proof_id, order_id, updated_at_exact)"
-        " select %(proof_id)s, order_id, v from listed on conflict (proof_id, order_id) do nothing",
-        args,
-    )
 
 
 def prove(
@@ -143,37 +157,36 @@ def prove(
     at on the API's clock); what each returned is in :data:`SOURCE`. A listing that does not reach
     the window's end proves nothing. ``settle``: how long a record may take to reach the API's
     listings (the run's lookback): the proof holds for what was updated before ``listed_at -
-    settle`` (``settled_at``, what analytics.load_coverage compares). Returns the proofs written."""
+    settle`` (``settled_at``, what analytics.load_coverage compares). Set-based: a handful of
+    statements for every store of the window. Returns the proofs written."""
     bounds = window_bounds(key)
     if bounds is None:
         return 0
     start, end = bounds
-    written = 0
-    for store_id, (listed_from, listed_to, api_started_at) in sorted(listings.items()):
-        if listed_to < end:
-            continue
-        proof_id, covered_from = _proof_row(cur, store_id, key, bounds)
-        full = listed_from <= start
-        lower = max(start, listed_from)
-        _replace_set(cur, proof_id, store_id, full, lower, end)
-        covered = listed_from if full or covered_from is None else min(covered_from, listed_from)
-        cur.execute(
-            _DESCRIBE,
-            {
-                "covered": covered,
-                "listed_from": listed_from,
-                "listed_at": listed_at,
-                "settled_at": listed_at - settle,
-                "api_started_at": api_started_at,
-                "run_id": run_id,
-                "store_id": store_id,
-                "lower": lower,
-                "end": end,
-                "proof_id": proof_id,
-            },
-        )
-        written += 1
-    return written
+    stores = sorted(sid for sid, (_, listed_to, _) in listings.items() if listed_to >= end)
+    if not stores:
+        return 0
+    cur.execute(_PROOF_ROWS, {"key": key, "start": start, "end": end, "stores": stores})
+    cur.execute(_LOCK_ROWS, {"key": key, "stores": stores})
+    scope = []
+    for store_id, proof_id, covered_from in cur.fetchall():
+        listed_from, _, api_started_at = listings[store_id]
+        whole = listed_from <= start
+        covered = listed_from if whole or covered_from is None else min(covered_from, listed_from)
+        scope.append((proof_id, store_id, whole, max(start, listed_from), end, covered, listed_from, api_started_at))
+    cur.execute("drop table if exists pg_temp.proof_scope, pg_temp.proof_listed")
+    cur.execute(
+        "create temp table proof_scope (proof_id bigint, store_id bigint, whole boolean, lower timestamptz,"
+        " lower_exact numeric, upper_exact numeric, covered timestamptz, listed_from timestamptz,"
+        " api_started_at timestamptz) on commit drop"
+    )
+    cur.execute(_SCOPE, [list(column) for column in zip(*scope, strict=True)])
+    cur.execute(_LISTED)
+    cur.execute(_STALE)
+    with references_proven(cur):  # each row's proof is one of the rows locked above
+        cur.execute(_ADD)
+    cur.execute(_DESCRIBE, {"listed_at": listed_at, "settled_at": listed_at - settle, "run_id": run_id})
+    return len(scope)
 
 
 def failed(cur: psycopg.Cursor, key: str, failures: dict[int, str], *, run_id: str | None) -> None:

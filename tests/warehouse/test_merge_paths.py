@@ -118,3 +118,38 @@ def test_the_declared_columns_are_the_tables_columns(migrated_db):
                 (table,),
             ).fetchone()[0]
             assert tuple(held) == cols, table
+
+
+def test_the_merge_skips_only_the_foreign_key_checks_it_proves(migrated_db, monkeypatch):
+    from pipelines.warehouse import merge
+
+    sb = Sandbox(SandboxConfig(seed=4, stores=1, days=1, orders_per_day=20, end_date=END))
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        load_stores(conn, sb.stores())
+        role = "select current_setting('session_replication_role')"
+        with conn.transaction(), conn.cursor() as cur:
+            assert merge.may_skip_reference_checks(cur)  # the tests' role is a superuser
+            with merge.references_proven(cur):
+                assert cur.execute(role).fetchone() == ("replica",)
+            assert cur.execute(role).fetchone() == ("origin",)
+        # without the privilege the checks run as usual
+        monkeypatch.setitem(merge._MAY_SKIP, conn, False)
+        with conn.transaction(), conn.cursor() as cur, merge.references_proven(cur):
+            assert cur.execute(role).fetchone() == ("origin",)
+        monkeypatch.undo()
+        for key, start, end, pages in _windows(sb, 1):
+            _load(conn, key, start, end, pages)
+        # the constraints stay declared and hold for every other writer
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(
+                "insert into taptouch.order_payments (order_id, payment_id, method, amount, tip, surcharge)"
+                " values (1, 1, 'cash', 1, 0, 0)"
+            )
+        orphans = conn.execute(
+            "select (select count(*) from taptouch.order_items i where not exists"
+            " (select from taptouch.orders o where o.order_id = i.order_id)),"
+            " (select count(*) from taptouch.listing_proof_orders p where not exists"
+            " (select from taptouch.listing_proofs l where l.proof_id = p.proof_id)),"
+            " (select count(*) from taptouch.order_items), (select count(*) from taptouch.listing_proof_orders)"
+        ).fetchone()
+        assert orphans[:2] == (0, 0) and orphans[2] > 0 and orphans[3] > 0
