@@ -22,17 +22,19 @@ log = logging.getLogger(__name__)
 # One row per distinct version the load staged (an order edited while it was being paged is staged
 # twice, once per version: both are recorded; the same version staged twice counts once, as last
 # seen), with the sum of that version's refunds from the staged refunds; a version the table
-# already holds adds nothing.
+# already holds adds nothing (the key's check, never a comparison of raw). The versions are picked
+# by their keys alone, so only one sort carries the rows' raw.
 _RECORD = """
 insert into taptouch.order_history
     (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account)
 select s.order_id, s.updated_at_exact, s.updated_at, s.store_id, s.status, s.total,
        coalesce(r.refunds, 0), s.raw, %(run_id)s, s.account
-from (
-    select distinct on (order_id, updated_at_exact) *
+from stage_orders as s
+join (
+    select distinct on (order_id, updated_at_exact) seq
     from stage_orders
     order by order_id, updated_at_exact, seq desc
-) as s
+) as v on v.seq = s.seq
 left join (select seq, sum(amount) as refunds from stage_refunds group by seq) as r on r.seq = s.seq
 order by s.order_id, s.updated_at_exact
 on conflict (order_id, version) do nothing
