@@ -901,6 +901,8 @@ def _dagster_env(spec: dict, home: Path) -> dict:
     (no TAPTOUCH_* of the caller's: one account, no rate limit, the bench's page size)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPTOUCH_")}
     env.update(
+        # this tree's code in every process of the run (an export of a commit measures that commit)
+        PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH")))),
         DAGSTER_HOME=str(home),
         TAPTOUCH_BASE_URL=spec["url"],
         TAPTOUCH_CLIENT_ID=CLIENT_ID,
