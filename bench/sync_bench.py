@@ -1347,6 +1347,20 @@ def report(all_results: dict[int, dict], args) -> str:
     return "\n".join(lines)
 
 
+def _scenario_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The volumes and contenders of the scenario (its defaults), checked against it."""
+    busy = args.scenario == "busy-day"
+    args.orders = args.orders or [BUSY_ORDERS if busy else 100_000]
+    args.contenders = args.contenders or (
+        list(BUSY_CONTENDERS) if busy else ["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"]
+    )
+    if busy and (args.mode != "sync" or set(args.contenders) - set(BUSY_CONTENDERS)):
+        p.error(f"--scenario busy-day runs in --mode sync with contenders among {', '.join(BUSY_CONTENDERS)}")
+    if not busy and "ours-dagster" in args.contenders:
+        p.error("ours-dagster runs in --scenario busy-day only")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_child":
@@ -1391,16 +1405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--json", help="also write every figure to this JSON file")
-    args = p.parse_args(argv)
+    args = _scenario_args(p, p.parse_args(argv))
     busy = args.scenario == "busy-day"
-    args.orders = args.orders or [BUSY_ORDERS if busy else 100_000]
-    args.contenders = args.contenders or (
-        list(BUSY_CONTENDERS) if busy else ["api", "copy", "ours", "ours-resync", "dlt", "dlt-resync"]
-    )
-    if busy and (args.mode != "sync" or set(args.contenders) - set(BUSY_CONTENDERS)):
-        p.error(f"--scenario busy-day runs in --mode sync with contenders among {', '.join(BUSY_CONTENDERS)}")
-    if not busy and "ours-dagster" in args.contenders:
-        p.error("ours-dagster runs in --scenario busy-day only")
     all_results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="taptouch-bench-") as tmp:
         for n in args.orders:
