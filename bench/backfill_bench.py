@@ -263,6 +263,7 @@ def dagster_figures(stack: ProdStack, result: dict[str, Any], keys: list[str]) -
         "run_statuses": dict(statuses),
         "runs_span_s": max(e for _, e in intervals) - min(s for s, _ in intervals) if intervals else 0.0,
         "most_runs_at_once": max_overlap(intervals) if intervals else 0,
+        "run_s_mean": round(sum(e - s for s, e in intervals) / len(intervals), 1) if intervals else 0.0,
         "run_retries": sum(1 for r in records if int(r.dagster_run.tags.get("dagster/retry_number", "0")) > 0),
         "step_retries": step_retries,
         "step_failures": len(failures),
@@ -283,7 +284,8 @@ def api_figures(warehouse_url: str, run_ids: list[str], samples: list[tuple[floa
             """select count(*), coalesce(sum(requests), 0), coalesce(sum(retries), 0),
                       coalesce(sum(rate_limited), 0), coalesce(sum(token_requests), 0),
                       coalesce(sum(budget_wait_s), 0),
-                      extract(epoch from max(ended_at) - min(started_at))
+                      extract(epoch from max(ended_at) - min(started_at)),
+                      extract(epoch from avg(ended_at - started_at))
                from taptouch_meta.api_usage where run_id = any(%s) and asset = 'orders'""",
             (run_ids,),
         ).fetchone()
@@ -292,7 +294,7 @@ def api_figures(warehouse_url: str, run_ids: list[str], samples: list[tuple[floa
             (CLIENT_ID,),
         ).fetchone()
     assert usage is not None
-    steps, requests, retries, limited, tokens, wait, span = usage
+    steps, requests, retries, limited, tokens, wait, span, step_mean = usage
     span_s = float(span or 0.0)
     return {
         "steps": steps,
@@ -302,6 +304,7 @@ def api_figures(warehouse_url: str, run_ids: list[str], samples: list[tuple[floa
         "token_requests": tokens,
         "budget_wait_s_summed_over_steps": round(float(wait), 1),
         "steps_span_s": round(span_s, 1),
+        "orders_step_s_mean": round(float(step_mean or 0.0), 1),
         "requests_per_s_over_steps_span": round(requests / span_s, 2) if span_s else None,
         "peak_requests_per_s_10s": round(peak_rate(samples), 2),
         "budget_rate": float(budget[0]) if budget else None,
@@ -442,7 +445,8 @@ def report(out: dict[str, Any]) -> None:
     print(f"  limits (deploy/dagster.yaml): {out['limits']}")
     print(
         f"  runs {d['runs']} {d['run_statuses']}, span {d['runs_span_s']:.0f} s, most at once "
-        f"{d['most_runs_at_once']}; partitions materialized {d['partitions_materialized']}/{d['partitions']}"
+        f"{d['most_runs_at_once']}, a run {d['run_s_mean']:.0f} s of which its orders step "
+        f"{out['api']['orders_step_s_mean']:.0f} s; partitions materialized {d['partitions_materialized']}/{d['partitions']}"
     )
     print(
         f"  retries: runs {d['run_retries']}, steps {d['step_retries']} (step failures {d['step_failures']}), "
