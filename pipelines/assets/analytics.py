@@ -36,7 +36,8 @@ TABLE_WRITERS = {
     "inventory_snapshots": "inventory",
     "sync_log": "orders",  # the orders windows' loads
     "order_history": "orders",  # every version of an order a load saw (order_changes, daily_restatements)
-    "listing_proofs": "orders",  # what analytics.load_coverage reads: the complete listings (and the reconciliation's)
+    "listing_proofs": "orders",  # the complete listings (and the reconciliation's)
+    "business_day_coverage": "orders",  # what analytics.load_coverage reads: kept from listing_proofs by triggers
 }
 
 

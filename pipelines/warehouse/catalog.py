@@ -219,6 +219,23 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "account": ACCOUNT,
         },
     ),
+    "taptouch.business_day_coverage": (
+        "Per store and business date, whether complete listings prove the day loaded: what"
+        " analytics.load_coverage reads, kept by triggers on listing_proofs, stores and business_day_starts"
+        " (migration 0020; the rule: taptouch.business_day_coverage_of)",
+        {
+            "store_id": "the store",
+            "business_date": "the store's business date",
+            "day_starts_at": "the instant the business day starts",
+            "day_ends_at": "the instant it ends (the next day's start)",
+            "windows": "the orders windows (UTC days, YYYY-MM-DD) overlapping the day",
+            "windows_proven": "those of them completely listed after the day (or the window) ended, as settled",
+            "all_proven": "windows_proven = windows: complete once the day has ended (the views compare day_ends_at"
+            " with now())",
+            "last_proven_at": "when the latest complete listing of one of the day's windows started",
+            "proven_by": "the Dagster run of that listing",
+        },
+    ),
     "taptouch.listing_proof_orders": (
         "The set of (order_id, version) that complete listings proved for a store's orders window",
         {

@@ -110,5 +110,5 @@ left join first_loaded using (store_id, business_date)
 left join next_day using (store_id, business_date)
 left join now_sales using (store_id, business_date)
 left join taptouch.stores as stores on stores.store_id = bounded.store_id
-left join analytics.business_days as days
+left join analytics.load_coverage as days
     on days.store_id = bounded.store_id and days.business_date = bounded.business_date;

@@ -35,5 +35,5 @@ select
     coalesce(days.day_complete, false) as day_complete
 from taptouch.sales_hours as sales
 left join taptouch.stores as stores using (store_id)
-left join analytics.business_days as days
+left join analytics.load_coverage as days
     on days.store_id = sales.store_id and days.business_date = sales.business_date;

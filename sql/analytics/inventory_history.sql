@@ -65,5 +65,5 @@ left join taptouch.inventory_levels as levels
     and levels.product_id = snapshots.product_id
 left join taptouch.stores as stores
     on stores.store_id = snapshots.store_id
-left join analytics.business_days as days
+left join analytics.load_coverage as days
     on days.store_id = snapshots.store_id and days.business_date = snapshots.snapshot_date;

@@ -90,5 +90,5 @@ from versions
 join taptouch.orders as orders using (order_id)
 left join taptouch.stores as stores on stores.store_id = orders.store_id
 left join lateral taptouch.business_day_bounds(orders.store_id, orders.business_date) as bounds on true
-left join analytics.business_days as days
+left join analytics.load_coverage as days
     on days.store_id = orders.store_id and days.business_date = orders.business_date;

@@ -71,5 +71,5 @@ select
     coalesce(days.day_complete, false) as day_complete
 from sales
 left join order_refunds using (order_id)
-left join analytics.business_days as days
+left join analytics.load_coverage as days
     on days.store_id = sales.store_id and days.business_date = sales.business_date;

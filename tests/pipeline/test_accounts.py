@@ -139,8 +139,8 @@ def test_definitions_with_two_accounts_load_in_a_subprocess():
             assert f"{name}/{check}" in shape["checks"]
     assert not {"stores", "orders", "inventory", "order_deletions"} & set(shape["assets"])
     assert "taptouch" not in shape["resources"] and "warehouse" in shape["resources"]
-    # sales_orders reads every account's orders and stores, and the shared business_days view
-    assert shape["view_deps"] == ["business_days", "north/orders", "north/stores", "south/orders", "south/stores"]
+    # sales_orders reads every account's orders and stores, and the shared load_coverage view
+    assert shape["view_deps"] == ["load_coverage", "north/orders", "north/stores", "south/orders", "south/stores"]
     assert {"taptouch_run_failure_alert", "taptouch_check_failure_alert", "analytics_views_automation"} <= set(
         shape["sensors"]
     )

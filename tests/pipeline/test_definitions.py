@@ -31,19 +31,19 @@ DAY = "2026-11-25"
 # What each analytics view reads, written out: the asset that writes each taptouch table it
 # names, and the views it builds on.
 VIEW_UPSTREAMS = {
-    "load_coverage": {"orders", "stores"},  # the complete listings (listing_proofs, written by orders)
+    "load_coverage": {"orders", "stores"},  # business_day_coverage (kept from listing_proofs, written by orders)
     "business_days": {"orders", "stores", "inventory", "load_coverage"},  # the days of orders and snapshots
-    "sales_orders": {"orders", "stores", "business_days"},
+    "sales_orders": {"orders", "stores", "load_coverage"},
     # the five sales views read the per-store-day aggregates (taptouch.sales_*, written by orders)
-    "daily_store_sales": {"orders", "stores", "business_days"},
-    "hourly_sales": {"orders", "stores", "business_days"},
-    "channel_mix": {"orders", "stores", "business_days"},
-    "payment_mix": {"orders", "stores", "business_days"},
-    "product_sales": {"orders", "stores", "business_days"},
+    "daily_store_sales": {"orders", "stores", "load_coverage"},
+    "hourly_sales": {"orders", "stores", "load_coverage"},
+    "channel_mix": {"orders", "stores", "load_coverage"},
+    "payment_mix": {"orders", "stores", "load_coverage"},
+    "product_sales": {"orders", "stores", "load_coverage"},
     "inventory_status": {"sales_orders", "orders", "stores", "inventory"},
-    "inventory_history": {"sales_orders", "orders", "stores", "inventory", "business_days"},
-    "order_changes": {"orders", "stores", "business_days"},  # order_history (written by orders), orders
-    "daily_restatements": {"orders", "stores", "business_days"},  # order_history, orders, refunds
+    "inventory_history": {"sales_orders", "orders", "stores", "inventory", "load_coverage"},
+    "order_changes": {"orders", "stores", "load_coverage"},  # order_history (written by orders), orders
+    "daily_restatements": {"orders", "stores", "load_coverage"},  # order_history, orders, refunds
 }
 
 

@@ -6,7 +6,9 @@ at its latest complete listing; the windows the check calls never completely lis
 those without one, and it never finds a listed version the warehouse lacks; and load_coverage's
 verdict per store and business date is the truth: complete exactly when every window overlapping
 the day had a complete listing of that store (the days are long over, so any listing counts), a
-failed one proving nothing, even for a store without orders."""
+failed one proving nothing, even for a store without orders; also when the business day's start
+(TAPTOUCH_BUSINESS_DAY_START) or a store's time zone moves between steps, and the per-store-day
+rows the triggers keep (taptouch.business_day_coverage) always equal the rule computed afresh."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from pipelines.sync import day_window
 from pipelines.warehouse import proofs
 from pipelines.warehouse.db import libpq_url
+from pipelines.warehouse.derived import apply_day_starts
 from pipelines.warehouse.loader import load_stores
 from pipelines.warehouse.records import exact_instant
 from pipelines.warehouse.views import apply_views
 from taptouch_sandbox import Sandbox, SandboxConfig
-from tests.warehouse.test_proofs import FailingListings, client_for, load_day
+from tests.support.windows import load_window
+from tests.warehouse.test_proofs import FailingListings, client_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -39,17 +43,23 @@ def truth_set(sb: Sandbox, store_id: int, day: date) -> frozenset:
     return frozenset((o["id"], exact_instant(o["updated_at"])) for o in sb.orders_in_window(store_id, *day_window(day)))
 
 
-def local_dates(window: date, zone: ZoneInfo) -> list[date]:
-    """The store-local dates (business day start 00:00) that the UTC day ``window`` overlaps."""
+def business_date(at: datetime, zone: ZoneInfo, day_start: timedelta) -> date:
+    return (at.astimezone(zone).replace(tzinfo=None) - day_start).date()
+
+
+def local_dates(window: date, zone: ZoneInfo, day_start: timedelta = timedelta(0)) -> list[date]:
+    """The store's business dates (its day starting ``day_start`` after local midnight) that the UTC
+    day ``window`` overlaps."""
     start, end = day_window(window)
-    first, last = start.astimezone(zone).date(), (end - timedelta(microseconds=1)).astimezone(zone).date()
+    first = business_date(start, zone, day_start)
+    last = business_date(end - timedelta(microseconds=1), zone, day_start)
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def windows_of(day: date, zone: ZoneInfo) -> list[date]:
-    starts = datetime.combine(day, datetime.min.time(), zone).astimezone(UTC)
-    ends = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).astimezone(UTC)
-    first, last = starts.date(), (ends - timedelta(microseconds=1)).date()
+def windows_of(day: date, zone: ZoneInfo, day_start: timedelta = timedelta(0)) -> list[date]:
+    starts = (datetime.combine(day, datetime.min.time()) + day_start).replace(tzinfo=zone).astimezone(UTC)
+    ends = (datetime.combine(day + timedelta(days=1), datetime.min.time()) + day_start).replace(tzinfo=zone)
+    first, last = starts.date(), (ends.astimezone(UTC) - timedelta(microseconds=1)).date()
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
@@ -74,6 +84,7 @@ class Coverage(RuleBasedStateMachine):
         self.client = FailingListings(client_for(self.sb))
         self.proven: dict[tuple[int, date], frozenset] = {}  # the model: the latest complete listing's set
         self.touched: set[tuple[int, date]] = set()  # every store window some listing tried
+        self.day_start = timedelta(0)  # TAPTOUCH_BUSINESS_DAY_START, as the warehouse's dates follow it
 
     def teardown(self) -> None:
         if hasattr(self, "conn"):
@@ -83,7 +94,10 @@ class Coverage(RuleBasedStateMachine):
     def run(self, window: date, failing: set[int]) -> None:
         note(f"run {window}, listings of {sorted(failing)} fail")
         self.client.failing = {(sid, day_window(window)[0]) for sid in failing}
-        result = load_day(self.client, self.conn, window)
+        start, end = day_window(window)
+        result = load_window(
+            self.client, self.conn, window.isoformat(), start, end, store_workers=2, business_day_start=self.day_start
+        )
         assert sorted(f.store_id for f in result.failures) == sorted(failing)
         for sid in self.sb.store_ids():
             self.touched.add((sid, window))
@@ -99,6 +113,42 @@ class Coverage(RuleBasedStateMachine):
             return
         note(f"edit order {order['id']}: updated_at {order['updated_at']} -> {at.isoformat()}")
         self.sb.edit_order(order["id"], updated_at=at.isoformat())
+
+    @rule(hours=st.sampled_from([0, 4, 11.5]))
+    def move_day_start(self, hours: float) -> None:
+        # TAPTOUCH_BUSINESS_DAY_START changes: applied at once, as the next orders run (which is
+        # given it from now on) would apply it first; every store's dates move
+        note(f"business day starts {hours} h after local midnight")
+        self.day_start = timedelta(hours=hours)
+        apply_day_starts(self.conn, self.day_start)
+
+    @rule(pick=st.integers(0, 2), zone=st.sampled_from(["Pacific/Auckland", "America/Los_Angeles", "UTC"]))
+    def move_store(self, pick: int, zone: str) -> None:
+        # a store's time zone changes (the stores asset writes the store's new row)
+        sid = sorted(self.zones)[pick]
+        note(f"store {sid} moves to {zone}")
+        self.conn.execute("update taptouch.stores set timezone = %s where store_id = %s", (zone, sid))
+        self.zones[sid] = ZoneInfo(zone)
+
+    @invariant()
+    def coverage_rows_are_recomputed(self) -> None:
+        # what the triggers keep equals the rule computed from scratch (migration 0020)
+        if not hasattr(self, "conn"):
+            return
+        kept = "select store_id, business_date, day_starts_at, day_ends_at, windows, windows_proven, last_proven_at,"
+        kept += " proven_by from taptouch.business_day_coverage"
+        fresh = "select c.* from taptouch.stores s, taptouch.business_day_coverage_of(s.store_id, null, null) c"
+        differ = self.conn.execute(f"({kept} except all {fresh}) union all ({fresh} except all {kept})").fetchall()
+        assert differ == []
+        # and its bounds and windows are those of the SQL helpers analysts (and business_days) use
+        other = self.conn.execute(
+            "select c.store_id, c.business_date from taptouch.business_day_coverage c"
+            " where (c.day_starts_at, c.day_ends_at) is distinct from"
+            " (select row(b.starts_at, b.ends_at) from taptouch.business_day_bounds(c.store_id, c.business_date) b)"
+            " or c.windows is distinct from (select array_agg(w.window_key order by w.window_key)"
+            " from taptouch.business_day_windows(c.store_id, c.business_date) w)"
+        ).fetchall()
+        assert other == []
 
     @invariant()
     def proofs_are_the_listings(self) -> None:
@@ -131,14 +181,14 @@ class Coverage(RuleBasedStateMachine):
         }
         want = {}
         for sid, window in self.touched:
-            for day in local_dates(window, self.zones[sid]):
-                windows = windows_of(day, self.zones[sid])
+            for day in local_dates(window, self.zones[sid], self.day_start):
+                windows = windows_of(day, self.zones[sid], self.day_start)
                 done = [w for w in windows if (sid, w) in self.proven]
                 want[(sid, day)] = (done == windows, done)
         assert got == want
         failed_empty = [k for k in KEYS if (EMPTY, k) in self.touched and (EMPTY, k) not in self.proven]
         for k in failed_empty:  # a store without orders whose listing failed is not covered there
-            assert all(not got[(EMPTY, d)][0] for d in local_dates(k, self.zones[EMPTY]))
+            assert all(not got[(EMPTY, d)][0] for d in local_dates(k, self.zones[EMPTY], self.day_start))
 
 
 def test_coverage_follows_runs_faults_and_edits(make_database):
