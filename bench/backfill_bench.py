@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml  # type: ignore[import-untyped]
+import yaml
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
