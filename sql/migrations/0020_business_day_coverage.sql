@@ -133,9 +133,14 @@ end
 $$;
 
 -- Replace a store's rows for business dates in [p_from, p_to] (null: all its rows) by what they must be.
+-- One writer per store at a time (a transaction-level lock, held to its commit): two transactions
+-- refreshing the same store-days (two windows of a store, a stores run moving its zone, a
+-- reconciliation) would otherwise both insert a day's row, the second failing on the first's
+-- (tests/warehouse/test_coverage_concurrency.py); the second waits, then reads what the first committed.
 create or replace function taptouch.refresh_business_day_coverage(p_store_id bigint, p_from date, p_to date)
 returns void language plpgsql set jit = off as $$
 begin
+    perform pg_advisory_xact_lock(hashtextextended('taptouch.business_day_coverage', p_store_id));
     delete from taptouch.business_day_coverage as coverage
     where coverage.store_id = p_store_id
       and coverage.business_date between coalesce(p_from, '-infinity') and coalesce(p_to, 'infinity');

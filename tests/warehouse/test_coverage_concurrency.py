@@ -1,0 +1,84 @@
+"""taptouch.business_day_coverage under concurrent writers (migration 0020).
+
+Two transactions may refresh the same store-days at once: two orders windows of a store (their
+business dates overlap), an orders run and a stores run that moves the store's zone, a
+reconciliation's re-proofs. Each refresh deletes the store-days' rows and inserts them again; the
+second one must wait for the first and then compute from what it committed, not fail on the rows
+the first inserted (a unique violation) nor leave rows computed from an older snapshot."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from pipelines.warehouse.db import libpq_url
+
+pytestmark = pytest.mark.postgres
+
+STORE = 7101
+FRESH = (
+    "select store_id, business_date, day_starts_at, day_ends_at, windows, windows_proven, last_proven_at, proven_by"
+    " from taptouch.business_day_coverage_of(%s, null, null)"
+)
+KEPT = (
+    "select store_id, business_date, day_starts_at, day_ends_at, windows, windows_proven, last_proven_at, proven_by"
+    " from taptouch.business_day_coverage where store_id = %s"
+)
+
+
+def prove(cur: psycopg.Cursor, window: str, *, run: str) -> None:
+    start = datetime.fromisoformat(window).replace(tzinfo=UTC)
+    cur.execute(
+        'insert into taptouch.listing_proofs (store_id, "window", window_start, window_end, complete, covered_from,'
+        " listed_at, settled_at, proved_by, account) values (%s, %s, %s, %s + interval '1 day', true, %s,"
+        " %s + interval '3 days', %s + interval '3 days', %s, 'default')",
+        (STORE, window, start, start, start, start, start, run),
+    )
+
+
+def test_two_writers_of_overlapping_store_days_wait_for_each_other(migrated_db):
+    url = libpq_url(migrated_db)
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute(
+            "insert into taptouch.stores (store_id, name, status, timezone, currency, updated_at, raw, account)"
+            " values (%s, 'Surry Hills', 'active', 'Australia/Sydney', 'AUD', now(), '{}', 'default')",
+            (STORE,),
+        )
+    first = psycopg.connect(url)
+    second = psycopg.connect(url)
+    errors: list[BaseException] = []
+    try:
+        with first.cursor() as cur:
+            prove(cur, "2026-11-17", run="first")  # Sydney business dates 17 and 18 of November
+        done = threading.Event()
+
+        def write_second() -> None:
+            try:
+                with second.cursor() as cur:
+                    prove(cur, "2026-11-18", run="second")  # dates 18 and 19: the 18th is shared
+                second.commit()
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+                second.rollback()
+            finally:
+                done.set()
+
+        writer = threading.Thread(target=write_second)
+        writer.start()
+        assert not done.wait(1.0), "the second writer must wait for the first's store-days"
+        first.commit()
+        writer.join(30)
+        assert errors == []
+        with psycopg.connect(url) as check:
+            kept = sorted(check.execute(KEPT, (STORE,)).fetchall())
+            fresh = sorted(check.execute(FRESH, (STORE,)).fetchall())
+        assert kept == fresh
+        # the 18th has both windows, each proven by its own writer's listing
+        day18 = next(row for row in kept if str(row[1]) == "2026-11-18")
+        assert day18[4] == ["2026-11-17", "2026-11-18"] and day18[5] == ["2026-11-17", "2026-11-18"]
+    finally:
+        first.close()
+        second.close()
