@@ -13,7 +13,7 @@ orders per store and local day, so two years hold about 10 million orders) serve
 exact JSON text; the texts go through the loader's merge path (``OrderWindowLoad``) one local day
 of every store per window, newest day first, until the warehouse holds at least the size asked.
 Every order whose id is a multiple of 499 (``--deleted-every``) is then soft-deleted (``deleted_at`` set), as the reconciliation leaves an
-order deleted at the source. The build is resumable: the days built are recorded in
+order deleted at the source. ``--build-workers`` processes (default 2) build days at once: one's staging overlaps another's merge. The build is resumable: the days built are recorded in
 ``scale_bench.built_days`` and a later run (same ``--database``) goes on from there; ``--fresh``
 starts over.
 
@@ -37,11 +37,14 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -240,9 +243,10 @@ def load_chain_stores(conn: psycopg.Connection, scale: Scale) -> list[int]:
     return data.store_ids()
 
 
-def built(conn: psycopg.Connection) -> tuple[int, int]:
-    """(days built, orders built)."""
-    return one_row(conn.execute("select count(*), coalesce(sum(orders), 0) from scale_bench.built_days"))
+def built(conn: psycopg.Connection) -> tuple[set[date], int]:
+    """(the local days built, orders built)."""
+    rows = conn.execute("select business_day, orders from scale_bench.built_days").fetchall()
+    return {day for day, _ in rows}, sum(n for _, n in rows)
 
 
 def build_day(conn: psycopg.Connection, data, day: date, deleted_every: int) -> int:
@@ -306,21 +310,71 @@ def prove_built_windows(conn: psycopg.Connection) -> dict:
     return out
 
 
-def grow(conn: psycopg.Connection, scale: Scale, target: int) -> dict:
-    """Build days (newest first, from where an earlier run stopped) until ``target`` orders are in."""
-    data = generator(scale, END_DATE, days=3650)
-    days, orders = built(conn)
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(url: str, scale: Scale) -> None:
+    """A build worker's process: its own connection and generator, kept for its life."""
+    _WORKER.update(conn=connect(url), data=generator(scale, END_DATE, days=3650), deleted_every=scale.deleted_every)
+
+
+def _worker_build(day: date) -> int:
+    return build_day(_WORKER["conn"], _WORKER["data"], day, _WORKER["deleted_every"])
+
+
+def days_to_build(done: set[date]) -> Iterator[date]:
+    """The local days not built yet, newest first (a build interrupted with days in flight may
+    leave gaps; a later run fills them first)."""
+    day = END_DATE
+    while True:
+        if day not in done:
+            yield day
+        day -= timedelta(days=1)
+
+
+def grow(conn: psycopg.Connection, url: str, scale: Scale, target: int, workers: int = 1) -> dict:
+    """Build days (newest first, from where an earlier run stopped) until ``target`` orders are in.
+
+    With ``workers`` > 1 that many processes build days at once, each one window (one local day of
+    every store) at a time through its own connection: one's staging (the generator and the client's
+    record boundary, in Python) overlaps another's merge (the loader's merges take the orders merge
+    lock, so they never run at the same time). Days are handed out while the orders built plus a
+    day's estimate for each day in flight stay under ``target``."""
+    done, orders = built(conn)
     start_orders, watch, last_report = orders, Stopwatch(conn), time.perf_counter()
-    while orders < target:
-        orders += build_day(conn, data, END_DATE - timedelta(days=days), scale.deleted_every)
-        days += 1
+    todo = days_to_build(done)
+
+    def report() -> None:
+        nonlocal last_report
         if time.perf_counter() - last_report > 60:
             last_report = time.perf_counter()
             print(
-                f"  built {orders:,} orders ({days} days), {(orders - start_orders) / watch.lap():,.0f} orders/s",
+                f"  built {orders:,} orders ({len(done)} days), {(orders - start_orders) / watch.lap():,.0f} orders/s",
                 file=sys.stderr,
                 flush=True,
             )
+
+    if workers <= 1:
+        data = generator(scale, END_DATE, days=3650)
+        while orders < target:
+            day = next(todo)
+            orders += build_day(conn, data, day, scale.deleted_every)
+            done.add(day)
+            report()
+    elif orders < target:
+        per_day = scale.stores * scale.orders_per_day  # an estimate (weekdays differ), to stop handing out
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(url, scale)) as pool:
+            running: dict[Future[int], date] = {}
+            while running or orders < target:
+                while len(running) < workers and orders + per_day * len(running) < target:
+                    day = next(todo)
+                    running[pool.submit(_worker_build, day)] = day
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    orders += future.result()  # a worker's failure stops the build (the days done stay)
+                    done.add(running.pop(future))
+                report()
     out = watch.stop()
     added = orders - start_orders
     vacuum = time.perf_counter()
@@ -331,7 +385,8 @@ def grow(conn: psycopg.Connection, scale: Scale, target: int) -> dict:
         " taptouch.order_refunds, taptouch.stores, taptouch.order_history"
     )
     out.update(
-        days=days,
+        days=len(done),
+        workers=workers,
         orders_built=orders,
         orders_added=added,
         orders_per_s=round(added / out["wall_s"]) if added else None,
@@ -514,7 +569,7 @@ def reconcile_store(conn: psycopg.Connection, scale: Scale, store_id: int, store
     from taptouch_resource import TaptouchClient
     from taptouch_sandbox import Sandbox, SandboxConfig
 
-    days, _ = built(conn)
+    days = len(built(conn)[0])  # the build leaves no gap once grow() returns: the newest days, contiguous
     config = SandboxConfig(
         seed=scale.seed,
         stores=scale.stores,
@@ -618,10 +673,10 @@ def day_of_edits(conn: psycopg.Connection, scale: Scale, stores: list[tuple[int,
 # one size, the run, the table
 
 
-def measure_size(url: str, scale: Scale, target: int) -> dict:
+def measure_size(url: str, scale: Scale, target: int, workers: int = 1) -> dict:
     with connect(url) as conn:
         ids = load_chain_stores(conn, scale)
-        build = grow(conn, scale, target)
+        build = grow(conn, url, scale, target, workers)
         build["proofs"] = prove_built_windows(conn)
         pairs = list(zip(ids, range(len(ids)), strict=True))
         reconciled, others = pairs[-1], pairs[:-1] or pairs
@@ -757,6 +812,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="build the warehouse up to the largest size and stop (measure later with the code of that moment)",
     )
+    p.add_argument(
+        "--build-workers",
+        type=int,
+        default=2,
+        help="processes building days at once (one's staging overlaps another's merge; 1: one at a time)",
+    )
     p.add_argument("--json", type=Path, help="write every figure (and the plans) here")
     p.add_argument(
         "--report",
@@ -783,13 +844,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.build_only:
         with connect(url) as conn:
             load_chain_stores(conn, scale)
-            build = grow(conn, scale, args.sizes[-1])
+            build = grow(conn, url, scale, args.sizes[-1], args.build_workers)
         print(json.dumps(build), flush=True)
         return {"build": build}
     results = []
     for target in args.sizes:
         print(f"size {target:,}: building and measuring", file=sys.stderr, flush=True)
-        results.append(measure_size(url, scale, target))
+        results.append(measure_size(url, scale, target, args.build_workers))
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "code": code_version(),
