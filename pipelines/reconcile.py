@@ -4,7 +4,8 @@ with the API's listing, store by store.
 It lists outside any transaction or lock, loads the listed orders the warehouse lacks or holds in
 an older version through the orders merge (:class:`~pipelines.warehouse.loader.OrderWindowLoad`),
 then lets :mod:`pipelines.warehouse.deletions` judge the listing. The rules (two complete listings,
-the share guard, restores whatever the age): docs/operating.md, "Deletions and restores".
+the share guard, restores of the deletions of the last ``TAPTOUCH_RESTORE_DAYS`` days): docs/operating.md,
+"Deletions and restores".
 """
 
 import hashlib
@@ -23,7 +24,7 @@ import psycopg
 from taptouch_resource import TaptouchClient
 
 from .accounts import DEFAULT, Account
-from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, reconcile_days
+from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, DEFAULT_RESTORE_DAYS, reconcile_days
 from .sync import describe, is_transient
 from .warehouse import deletions, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
@@ -226,10 +227,14 @@ def _prove_days(
     return len(keys)
 
 
-def _earliest_deleted(conn: psycopg.Connection, store_id: int) -> datetime | None:
-    row = conn.execute(
-        "select min(updated_at) from taptouch.orders where store_id = %s and deleted_at is not null", (store_id,)
-    ).fetchone()
+# one probe of the partial index orders_store_deleted_at (migration 0021), not a read of the store's orders
+EARLIEST_DELETED_SQL = "select min(updated_at) from taptouch.orders where store_id = %s and deleted_at >= %s"
+
+
+def _earliest_deleted(conn: psycopg.Connection, store_id: int, since: datetime) -> datetime | None:
+    """The earliest ``updated_at`` of the store's orders marked deleted at ``since`` or later (the
+    deletions still looked for again); None if there are none."""
+    row = conn.execute(EARLIEST_DELETED_SQL, (store_id, since)).fetchone()
     return row[0] if row else None
 
 
@@ -317,12 +322,16 @@ def reconcile_orders(
     confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S,
     confirm_mass_deletion_stores: Iterable[int] = (),
     run_id: str | None = None,
+    restore_days: int = DEFAULT_RESTORE_DAYS,
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
     listing at least ``confirm_s`` seconds earlier missed too, and restore what is listed again.
-    ``days`` and ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_DAYS`` and
-    ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:class:`pipelines.settings.RunSettings`).
+    ``days``, ``confirm_s`` and ``restore_days``: the run's ``TAPTOUCH_RECONCILE_DAYS``,
+    ``TAPTOUCH_RECONCILE_CONFIRM_S`` and ``TAPTOUCH_RESTORE_DAYS``
+    (:class:`pipelines.settings.RunSettings`). A store is listed from the earliest of ``now - days``
+    and the ``updated_at`` of its orders marked deleted at ``now - restore_days`` or later: older
+    deletions are settled, restored only if the listing of the period returns them.
 
     ``conn`` must be an autocommit connection: the listing runs outside any transaction, and each
     store's repairs and judgement are short transactions of their own. ``now`` (default: the
@@ -342,7 +351,7 @@ def reconcile_orders(
     timezones = store_timezones(conn) if timezones is None else timezones
     if store_ids is None:
         store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
-    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id)
+    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id, now - timedelta(days=restore_days))
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
@@ -361,6 +370,7 @@ class _Pass:
     mass_confirmed: set[int]
     timezones: dict[int, str]
     run_id: str | None
+    restore_since: datetime  # orders marked deleted since then are looked for again (TAPTOUCH_RESTORE_DAYS)
 
     @property
     def seen_by(self) -> str:
@@ -370,11 +380,11 @@ class _Pass:
 def _reconcile_store(
     client: TaptouchClient, conn: psycopg.Connection, store_id: int, rpass: _Pass, result: ReconcileResult
 ) -> StoreReconcile | None:
-    """List one store (from the earliest of the period and its earliest deleted order), repair,
-    judge and re-prove it. A failed listing is added to ``result.failures`` (None returned); a
-    refusal of the share guard too (the store's outcome is returned)."""
+    """List one store (from the earliest of the period and of its orders marked deleted since
+    ``rpass.restore_since``), repair, judge and re-prove it. A failed listing is added to
+    ``result.failures`` (None returned); a refusal of the share guard too (the store's outcome is returned)."""
     start, now = rpass.start, rpass.now
-    earliest = _earliest_deleted(conn, store_id)
+    earliest = _earliest_deleted(conn, store_id, rpass.restore_since)
     listed_from = min(start, earliest) if earliest is not None else start
     listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
     try:
@@ -504,8 +514,9 @@ def deletions_definitions(
         },
         description=(
             "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
-            "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when "
-            "they come back, whatever their age. Repairs orders the warehouse lacks or holds older. Run config "
+            "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when a "
+            "listing returns them again (it reaches back to the deletions of the last TAPTOUCH_RESTORE_DAYS days, "
+            "default 30). Repairs orders the warehouse lacks or holds older. Run config "
             "confirm_mass_deletion_stores: [<store>] confirms an unusual share of deletions."
         ),
     )
@@ -525,6 +536,7 @@ def deletions_definitions(
                 store_ids=listing.store_ids,
                 timezones=listing.timezones,
                 confirm_s=run.settings.reconcile_confirm_s,
+                restore_days=run.settings.restore_days,
                 confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
                 run_id=context.run.run_id,
                 progress=context.log.info,

@@ -148,12 +148,21 @@ def batch_size(configured: int | None = None) -> int:
 
 DEFAULT_RECONCILE_DAYS = 7
 DEFAULT_RECONCILE_CONFIRM_S = 3600
+DEFAULT_RESTORE_DAYS = 30
 MAX_HISTORY_DAYS = 36_500
 
 
 def reconcile_days() -> int:
     """``TAPTOUCH_RECONCILE_DAYS`` (1..366): how many days back ``order_deletions`` judges orders."""
     return _int("TAPTOUCH_RECONCILE_DAYS", DEFAULT_RECONCILE_DAYS, 1, 366)
+
+
+def restore_days() -> int:
+    """``TAPTOUCH_RESTORE_DAYS`` (1..36500, default 30): for how many days after an order was marked
+    deleted ``order_deletions`` keeps looking for it again (lists its store from the order's
+    ``updated_at``). An older deletion is restored only if a listing covering its ``updated_at``
+    returns it (an ``orders`` load of that day, or a run with a larger value)."""
+    return _int("TAPTOUCH_RESTORE_DAYS", DEFAULT_RESTORE_DAYS, 1, MAX_HISTORY_DAYS)
 
 
 def history_days() -> int | None:
@@ -255,6 +264,7 @@ class RunSettings:
     lookback: timedelta = DEFAULT_LOOKBACK  # an incremental window re-asks from its mark minus this
     reconcile_days: int = DEFAULT_RECONCILE_DAYS
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
+    restore_days: int = DEFAULT_RESTORE_DAYS  # deletions order_deletions still looks for again
     business_day_start: timedelta = DEFAULT_BUSINESS_DAY_START  # stores without their own start
     history_days: int | None = None  # TAPTOUCH_HISTORY_DAYS; None: order history kept forever
 
@@ -283,6 +293,7 @@ def for_run(
         lookback=lookback(),
         reconcile_days=reconcile_days(),
         reconcile_confirm_s=reconcile_confirm_s(),
+        restore_days=restore_days(),
         business_day_start=business_day_start(),
         history_days=history_days(),
     )

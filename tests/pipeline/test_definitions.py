@@ -219,6 +219,7 @@ def test_tunables_are_resource_fields_read_at_run_start(monkeypatch):
     monkeypatch.setenv("TAPTOUCH_BATCH_SIZE", "300")
     monkeypatch.setenv("TAPTOUCH_LOOKBACK", "1h")
     monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "3")
+    monkeypatch.setenv("TAPTOUCH_RESTORE_DAYS", "90")
     resolved, run = settings.for_run(unset, db)  # the variables as they are now, not at import
     assert (resolved.page_size, resolved.store_workers, resolved.requests_per_second, run.batch_size) == (
         7,
@@ -228,6 +229,7 @@ def test_tunables_are_resource_fields_read_at_run_start(monkeypatch):
     )
     assert (run.page_size, run.store_workers, run.requests_per_second) == (7, 2, 0.0)
     assert (run.lookback, run.reconcile_days, run.reconcile_confirm_s) == (timedelta(hours=1), 3, 3600)
+    assert run.restore_days == 90
     assert (resolved.client_id, resolved.client_secret) == ("id-1", "secret-1")  # read once, into the fields
     monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "changed mid-run")
     assert resolved.resolved()[0] == "id-1"

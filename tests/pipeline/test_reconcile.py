@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.definitions import defs
 from pipelines.reconcile import RECONCILE_CRON, reconcile_days, reconcile_orders
-from pipelines.settings import reconcile_confirm_s
+from pipelines.settings import RunSettings, reconcile_confirm_s, restore_days
 from pipelines.sync import sync_stores
 from pipelines.warehouse.resource import PostgresResource
 from pipelines.warehouse.views import apply_views
@@ -187,6 +187,66 @@ def test_reconcile_days_setting_is_validated(monkeypatch):
         reconcile_confirm_s()
     monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "60")
     assert reconcile_confirm_s() == 60
+
+
+def test_restore_days_setting_is_validated(monkeypatch):
+    monkeypatch.delenv("TAPTOUCH_RESTORE_DAYS", raising=False)
+    assert restore_days() == 30 and RunSettings().restore_days == 30
+    for bad in ("0", "36501", "-3", "thirty", "1.5", "7d"):
+        monkeypatch.setenv("TAPTOUCH_RESTORE_DAYS", bad)
+        with pytest.raises(ValueError, match="TAPTOUCH_RESTORE_DAYS.*whole number from 1 to 36500") as err:
+            restore_days()
+        assert repr(bad) in str(err.value) or bad in str(err.value)  # the value given is named
+    for good, days in (("1", 1), (" 365 ", 365), ("36500", 36500)):
+        monkeypatch.setenv("TAPTOUCH_RESTORE_DAYS", good)
+        assert restore_days() == days
+
+
+def test_the_asset_looks_for_deletions_of_the_last_restore_days_only(world, migrated_db, monkeypatch):
+    """TAPTOUCH_RESTORE_DAYS reaches the asset: an order marked deleted 6 days ago stays deleted with
+    5 (its store listed from the period's start) and is restored with 7 (listed from its updated_at)."""
+    sb, _, conn = world
+    monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "2")
+    now = datetime.now(UTC)
+    oid, updated_at = conn.execute(
+        "select order_id, updated_at from taptouch.orders where updated_at < %s order by updated_at limit 1",
+        (now - timedelta(days=8),),
+    ).fetchone()
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), oid))
+
+    def run(days: str) -> dict:
+        monkeypatch.setenv("TAPTOUCH_RESTORE_DAYS", days)
+        with sb.serve() as url:
+            result = dg.materialize(
+                [order_deletions],
+                resources={
+                    "taptouch": TaptouchResource(
+                        client_id="sandbox-client", client_secret="sandbox-secret", base_url=url, requests_per_second=0
+                    ),
+                    "warehouse": PostgresResource(database_url=migrated_db),
+                },
+            )
+        assert result.success
+        return result.asset_materializations_for_node("order_deletions")[0].metadata
+
+    settled = run("5")
+    assert settled["restored"].value == 0 and set(_deleted(conn)) == {oid}
+    store = sb.order(oid)["store_id"]
+
+    def listed_since(stores, at: datetime) -> int:  # the sandbox's orders a listing from ``at`` returns
+        return sum(1 for s in stores for o in sb.orders(s) if datetime.fromisoformat(o["updated_at"]) >= at)
+
+    # the run's own clock is a little later than ``now``: a minute either side bounds its period's start
+    early, late = now - timedelta(days=2, minutes=1), now - timedelta(days=2) + timedelta(minutes=1)
+    assert listed_since(sb.store_ids(), late) <= settled["listed"].value <= listed_since(sb.store_ids(), early)
+    raised = run("7")
+    assert raised["restored"].value == 1 and str(oid) in raised["restored_order_ids"].value
+    assert _deleted(conn) == {}
+    others = [s for s in sb.store_ids() if s != store]
+    # its store listed back to the order's updated_at (the other store its period only)
+    from_order = listed_since([store], updated_at)
+    assert from_order + listed_since(others, late) <= raised["listed"].value <= from_order + listed_since(others, early)
+    assert from_order > listed_since([store], early)  # more than its period holds
 
 
 def test_the_schedule_runs_every_six_hours():

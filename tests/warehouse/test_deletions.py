@@ -1,6 +1,7 @@
-"""Deletions you can trust: two complete listings an hour apart, the share
-guard, unparseable records, restores whatever the age, repairs, and no API call under the merge
-lock. Sandbox over an httpx transport, real PostgreSQL, a fake clock for the confirmation interval."""
+"""Deletions you can trust: two complete listings an hour apart, the share guard, unparseable
+records, restores (looked for while TAPTOUCH_RESTORE_DAYS lasts, then settled), repairs, and no API
+call under the merge lock. Sandbox over an httpx transport, real PostgreSQL, a fake clock for the
+confirmation interval."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from pipelines.definitions import defs
-from pipelines.reconcile import reconcile_orders
+from pipelines.reconcile import EARLIEST_DELETED_SQL, reconcile_orders
 from pipelines.sync import sync_stores
 from pipelines.warehouse import deletions
 from pipelines.warehouse.loader import _LOCK_ORDERS
@@ -262,19 +263,89 @@ def test_a_record_without_a_readable_id_deletes_nothing_at_its_store(world, capl
 # ------------------------------------------------------------------------------- restores, repairs
 
 
-def test_an_order_listed_again_long_after_its_deletion_is_restored(world):
+def listing_starts(starts: dict[int, datetime]):
+    """A hook recording, per store, the earliest ``updated_from`` an orders request sent (the listing's
+    start: later pages ask from their cursor), answers unchanged."""
+
+    def hook(sid, request, response):
+        sent = request.url.params.get("updated_from")
+        if sent is not None:
+            at = datetime.fromisoformat(sent)
+            starts[sid] = min(at, starts.get(sid, at))
+        return response
+
+    return hook
+
+
+def _oldest(conn, before: datetime) -> tuple[int, int, datetime]:
+    """(order, store, updated_at) of the warehouse's oldest order updated before ``before``."""
+    return conn.execute(
+        "select order_id, store_id, updated_at from taptouch.orders where updated_at < %s order by updated_at limit 1",
+        (before,),
+    ).fetchone()
+
+
+def test_an_order_deleted_within_the_restore_days_is_looked_for_from_its_updated_at_and_restored(world):
     sb, tamper, client, conn = world
     now = datetime.now(UTC)
-    old, store = conn.execute(
-        "select order_id, store_id from taptouch.orders where updated_at < %s order by updated_at limit 1",
-        (now - timedelta(days=8),),
-    ).fetchone()
-    # deleted back when it was recent (or by a wider TAPTOUCH_RECONCILE_DAYS), and listed again since
-    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=8), old))
-    result = reconcile_orders(client, conn, days=2, now=now)
+    old, store, updated_at = _oldest(conn, now - timedelta(days=8))
+    # marked deleted 6 days ago (when it was recent, or by a wider TAPTOUCH_RECONCILE_DAYS), listed again since
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), old))
+    starts: dict[int, datetime] = {}
+    tamper.hook = listing_starts(starts)
+    result = reconcile_orders(client, conn, days=2, now=now, restore_days=7)
     assert result.restored == 1 and _deleted(conn) == set()
     listed_from = [s.listed_from for s in result.stores if s.store_id == store][0]
-    assert listed_from < now - timedelta(days=8)
+    assert listed_from == updated_at  # not the period's start, now - 2 days
+    assert starts[store] == updated_at - timedelta(seconds=1)  # what the client asked for (1 s of slack)
+    other = [s for s in sb.store_ids() if s != store][0]  # a store without deletions lists its period only
+    assert starts[other] == now - timedelta(days=2, seconds=1)
+    # the default bound (TAPTOUCH_RESTORE_DAYS 30) covers a deletion of 6 days ago too
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), old))
+    assert reconcile_orders(client, conn, days=2, now=now).restored == 1 and _deleted(conn) == set()
+
+
+def test_a_deletion_older_than_the_restore_days_is_settled_until_a_listing_of_its_day_returns_it(world):
+    """Marked deleted 6 days ago, with TAPTOUCH_RESTORE_DAYS 5: the reconciliation lists only its
+    period (no widening for it) and the order stays deleted though the API lists it in its own
+    window; raising the bound (or loading its day) restores it."""
+    sb, tamper, client, conn = world
+    now = datetime.now(UTC)
+    old, store, updated_at = _oldest(conn, now - timedelta(days=8))
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), old))
+    window = client.iter_orders(store, updated_from=updated_at - HOUR, updated_to=updated_at + HOUR)
+    assert old in {o["id"] for o in window}  # the API does list it, in its old window
+    starts: dict[int, datetime] = {}
+    tamper.hook = listing_starts(starts)
+    settled = reconcile_orders(client, conn, days=2, now=now, restore_days=5)
+    assert not settled.failures and settled.restored == 0 and _deleted(conn) == {old}
+    assert [s.listed_from for s in settled.stores if s.store_id == store] == [now - timedelta(days=2)]
+    assert starts[store] == now - timedelta(days=2, seconds=1)  # the period's start, not the order's updated_at
+    # the bound raised past the deletion's age: looked for again from its updated_at, and restored
+    starts.clear()
+    raised = reconcile_orders(client, conn, days=2, now=now, restore_days=7)
+    assert raised.restored == 1 and _deleted(conn) == set()
+    assert starts[store] == updated_at - timedelta(seconds=1)
+    # settled again, then an orders load of its UTC day returns it: restored by the load
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), old))
+    assert reconcile_orders(client, conn, days=2, now=now, restore_days=5).restored == 0 and _deleted(conn) == {old}
+    day = datetime(updated_at.year, updated_at.month, updated_at.day, tzinfo=UTC)
+    assert not load_window(client, conn, day.date().isoformat(), day, day + timedelta(days=1)).failures
+    assert _deleted(conn) == set()
+
+
+def test_the_recent_deletions_of_a_store_are_found_by_one_probe_of_the_partial_index(world):
+    """The look-up run for every store on every reconciliation reads the partial index of deleted
+    orders (migration 0021), never the store's orders."""
+    sb, tamper, client, conn = world
+    now = datetime.now(UTC)
+    old, store, updated_at = _oldest(conn, now - timedelta(days=8))
+    conn.execute("update taptouch.orders set deleted_at = %s where order_id = %s", (now - timedelta(days=6), old))
+    conn.execute("analyze taptouch.orders")
+    assert conn.execute(EARLIEST_DELETED_SQL, (store, now - timedelta(days=7))).fetchone()[0] == updated_at
+    assert conn.execute(EARLIEST_DELETED_SQL, (store, now - timedelta(days=5))).fetchone()[0] is None
+    plan = "\n".join(r[0] for r in conn.execute("explain " + EARLIEST_DELETED_SQL, (store, now)))
+    assert "orders_store_deleted_at" in plan and "Seq Scan" not in plan, plan
 
 
 def test_orders_the_warehouse_lacks_or_holds_older_are_repaired_through_the_merge(world):
