@@ -28,6 +28,7 @@ from decimal import Decimal
 import dagster as dg
 from psycopg import sql
 
+from .aggregates import TOUCHED
 from .entities import ITEM, ORDER, PAYMENT, REFUND, Entity, Field
 
 CHECK_MONEY = "money_reconciliation"
@@ -176,19 +177,10 @@ def _table(entity: Entity) -> sql.Identifier:
     return sql.Identifier(*entity.table.split("."))
 
 
-_SCOPE = """
-create temp table _money_days on commit drop as
-with recursive stores (store_id) as (  -- every store id the orders hold, one index probe each
-    select min(store_id) from taptouch.orders
-    union all
-    select (select min(o.store_id) from taptouch.orders o where o.store_id > s.store_id)
-    from stores s where s.store_id is not null
-)
-select distinct o.store_id, o.business_date
-from stores s
-cross join lateral (select store_id, business_date, account from taptouch.orders
-                    where store_id = s.store_id and updated_at >= %(start)s and updated_at < %(end)s) o
-where (%(account)s::text is null or o.account = %(account)s);
+_SCOPE = (
+    "create temp table _money_days on commit drop as "
+    + TOUCHED
+    + """;
 analyze _money_days;
 create temp table _money_scope on commit drop as
 select o.order_id, o.business_date, {typed}
@@ -196,6 +188,7 @@ from _money_days d
 join taptouch.orders o using (store_id, business_date)
 where o.deleted_at is null and (%(account)s::text is null or o.account = %(account)s)
 """
+)
 
 
 def _measures(alias: str, *more: str) -> sql.Composable:
