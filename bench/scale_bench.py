@@ -20,7 +20,8 @@ starts over.
 At each size, in this order: the analysts' queries (``--query-runs`` each, p50/p95, the slowest's
 ``EXPLAIN (ANALYZE, BUFFERS)`` kept), storage per order, an hourly window (one store: a previous
 hour of ``--hourly-orders`` untimed, then ``--hourly-orders`` new orders and ``--hourly-edits``
-edits of the previous hour's, timed; ``--repeats`` times, median), a busy day's window
+edits of the previous hour's, timed, then the orders asset's money and aggregates checks over that
+run's windows; ``--repeats`` times, median), a busy day's window
 (``--busy-day-orders`` new orders over up to 4 stores), the reconciliation of one store
 (``pipelines.reconcile.reconcile_orders``, 7 days, against the in-process sandbox holding the same
 orders), and last a day of edits (24 hourly windows of every store: a new day of orders, and new
@@ -545,7 +546,31 @@ def hourly_window(conn: psycopg.Connection, scale: Scale, store_id: int, store_i
     edits = [edited_text(data, oid, 1) for oid in previous[: scale.hourly_edits]]
     store_pages = pages(data, store_id, new)
     store_pages += [(store_id, edits[i : i + PAGE_SIZE]) for i in range(0, len(edits), PAGE_SIZE)]
-    return load_window(conn, f"scale-hour-{day}", store_pages)
+    out = load_window(conn, f"scale-hour-{day}", store_pages)
+    start = datetime.combine(day, dtime(0), UTC)
+    out["checks"] = checks_after(conn, start, start + timedelta(days=2))  # the new orders' day and the edits'
+    return out
+
+
+def checks_after(conn: psycopg.Connection, start: datetime, end: datetime) -> dict:
+    """The orders asset's two heaviest checks after a run, over its windows ``[start, end)``: the
+    money reconciliation (``money_check.reconcile``) and the sales aggregates' exactness
+    (``aggregates.mismatches`` over ``aggregates.TOUCHED``, as ``aggregates.check_result``)."""
+    from pipelines.warehouse import money_check
+
+    watch = time.perf_counter()
+    money = money_check.reconcile(conn, start, end)
+    money_s = time.perf_counter() - watch
+    watch = time.perf_counter()
+    with conn.transaction(), psycopg.ClientCursor(conn) as cur:
+        found = aggregates.mismatches(cur, aggregates.TOUCHED, {"start": start, "end": end, "account": None})
+    return {
+        "money_s": round(money_s, 4),
+        "money_orders": money.orders_checked,
+        "money_passed": money.passed,
+        "aggregates_s": round(time.perf_counter() - watch, 4),
+        "aggregates_exact": not found,
+    }
 
 
 def busy_day_window(conn: psycopg.Connection, scale: Scale, stores: list[tuple[int, int]]) -> dict:
@@ -691,6 +716,8 @@ def measure_size(url: str, scale: Scale, target: int, workers: int = 1) -> dict:
         for key in ("wall_s", "merge_s", "client_cpu_s", "server_cpu_s"):
             values = [r[key] for r in runs if r[key] is not None]
             out["hourly"][key] = statistics.median(values) if values else None
+        for key in ("money_s", "aggregates_s"):
+            out["hourly"][f"checks_{key}"] = statistics.median(r["checks"][key] for r in runs)
         out["busy_day"] = busy_day_window(conn, scale, others)
         out["reconcile"] = reconcile_store(conn, scale, *reconciled)
         out["bloat"] = day_of_edits(conn, scale, others)
@@ -727,6 +754,8 @@ def rows_of_table(results: list[dict]) -> list[tuple[str, list[str]]]:
         ("hourly window: merge ms", [ms(r["hourly"].get("merge_s")) for r in results]),
         ("hourly window: client CPU ms", [ms(r["hourly"].get("client_cpu_s")) for r in results]),
         ("hourly window: server CPU ms", [ms(r["hourly"].get("server_cpu_s")) for r in results]),
+        ("hourly window: money check ms", [ms(r["hourly"].get("checks_money_s")) for r in results]),
+        ("hourly window: aggregates check ms", [ms(r["hourly"].get("checks_aggregates_s")) for r in results]),
         ("busy day: wall s", [f"{r['busy_day']['wall_s']:.1f}" for r in results]),
         ("busy day: merge s", [f"{r['busy_day']['merge_s']:.1f}" for r in results]),
         ("busy day: orders/s", [f"{r['busy_day']['orders_per_s']:,}" for r in results]),

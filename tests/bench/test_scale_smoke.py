@@ -70,6 +70,10 @@ def test_scale_mode_measures_a_tiny_warehouse_whose_views_agree_with_its_orders(
     hour = small["hourly"]["runs"][0]
     assert (hour["inserted"], hour["updated"], hour["quarantined"]) == (100, 10, 0)
     assert small["hourly"]["merge_s"] > 0 and small["hourly"]["wall_s"] >= small["hourly"]["merge_s"]
+    # the orders asset's checks over the hourly run's windows: every sales order of its store-days checked, exact
+    checks = hour["checks"]
+    assert checks["money_passed"] and checks["aggregates_exact"] and checks["money_orders"] > 0
+    assert small["hourly"]["checks_money_s"] > 0 and small["hourly"]["checks_aggregates_s"] > 0
     assert (small["busy_day"]["inserted"], small["busy_day"]["orders"]) == (500, 500)
     # the sandbox lists exactly what the warehouse holds of the reconciled store: nothing to repair
     reconciled = small["reconcile"]
