@@ -207,7 +207,8 @@ def _measures(alias: str, *more: str) -> sql.Composable:
 
 def sums_sql() -> sql.Composable:
     """``_money_sums``: per store, business date and measure, the typed sum and the raw sum (0 on
-    the side without a sales order of that store-day or a payment of that method)."""
+    the side without a sales order of that store-day or a payment of that method). ``pay``'s amounts
+    are read as text (a typed NaN amount is a JSON string in ``pay``, no JSON number)."""
     wide = sql.SQL(", ").join(sql.SQL("sum({m}) as {m}").format(m=sql.Identifier(m)) for m in WIDE)
     sides = []
     for side in ("typed", "raw"):
@@ -218,7 +219,7 @@ def sums_sql() -> sql.Composable:
                 "select x.store_id, x.business_date, m.measure, {a} from (select store_id, business_date, {wide}"
                 " from {t} group by store_id, business_date) as x cross join lateral {values} as m(measure, amount)"
                 " union all select x.store_id, x.business_date, 'payments.' || p.key, {b} from {t} as x"
-                " cross join lateral jsonb_each(coalesce(x.pay, '{{}}')) as p"
+                " cross join lateral jsonb_each_text(coalesce(x.pay, '{{}}')) as p"
             ).format(a=sql.SQL(amounts[0]), b=sql.SQL(amounts[1]), wide=wide, t=table, values=_measures("x"))
         )
     return sql.SQL(
@@ -268,7 +269,7 @@ order by g.store_id, g.business_date, g.measure
 _RULES = """
 select {side} as side, order_id, store_id, business_date, total, paid, refunded from (
     select order_id, store_id, business_date, coalesce(total, 0) as total,
-           coalesce((select sum(p.value::numeric) from jsonb_each(pay) as p), 0) as paid,
+           coalesce((select sum(p.value::numeric) from jsonb_each_text(pay) as p), 0) as paid,
            coalesce(refunds, 0) as refunded
     from {rows}
 ) x

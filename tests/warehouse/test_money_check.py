@@ -283,3 +283,33 @@ def test_a_raw_store_id_that_is_no_store_id_leaves_the_order_out_of_the_raw_side
         ((oid, 1),),
     )
     assert {named for d in report.differences for named, _ in d.examples} == {oid}  # every other sum agrees
+
+
+def test_a_typed_payment_amount_of_nan_is_a_difference_and_a_broken_rule_not_a_crash(loaded):
+    # numeric(12,2) takes 'NaN'; in the per-order payments object it is the JSON string "NaN"
+    sb, conn = loaded
+    oid, sid, day, _ = _an_order(
+        conn, "(select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1"
+    )
+    method, total = conn.execute(
+        "select p.method, o.total from taptouch.order_payments p join taptouch.orders o using (order_id)"
+        " where order_id = %s",
+        (oid,),
+    ).fetchone()
+    conn.execute("update taptouch.order_payments set amount = 'NaN' where order_id = %s", (oid,))
+
+    report = reconcile(conn, START, STOP)
+
+    paid = money_truth(sb)[(sid, day, f"payments.{method}")]
+    [diff] = report.differences
+    assert (diff.store_id, diff.business_date, diff.measure, diff.raw, diff.orders) == (
+        sid,
+        day,
+        f"payments.{method}",
+        paid,
+        1,
+    )
+    assert diff.typed.is_nan() and [(o, d.is_nan()) for o, d in diff.examples] == [(oid, True)]
+    assert report.sums[(sid, day, f"payments.{method}")][1] == paid
+    [broken] = report.rule_breaks
+    assert (broken.side, broken.order_id, broken.total) == ("typed", oid, total) and broken.paid.is_nan()
