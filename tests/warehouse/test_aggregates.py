@@ -431,3 +431,18 @@ def test_rebuild_recomputes_the_store_days_of_the_orders_it_re_derives(loaded):
         == before
     )
     assert differences(conn) == {}
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_a_recompute_plans_without_merge_joins_and_gives_the_transaction_its_setting_back(loaded, setting):
+    """The recompute turns merge joins off for its own statements only (a merge join over a child's
+    whole primary key was its slow plan at 10M orders): the transaction's own setting, whatever
+    it was, holds again after it, and the recomputed aggregates are exact."""
+    conn = loaded.conn
+    store_id = conn.execute("select min(store_id) from taptouch.sales_days").fetchone()[0]
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("select set_config('enable_mergejoin', %s, true)", (setting,))
+        assert aggregates.refresh_store_days(cur, [store_id]) >= 1
+        assert cur.execute("show enable_mergejoin").fetchone() == (setting,)
+    assert conn.execute("show enable_mergejoin").fetchone() == ("on",)
+    assert differences(conn) == {}
