@@ -44,7 +44,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -333,6 +333,35 @@ def days_to_build(done: set[date]) -> Iterator[date]:
         day -= timedelta(days=1)
 
 
+def _grow_in_parallel(
+    url: str,
+    scale: Scale,
+    target: int,
+    workers: int,
+    todo: Iterator[date],
+    done: set[date],
+    orders: int,
+    report: Callable[[int], None],
+) -> int:
+    """:func:`grow`'s days built by ``workers`` processes; returns the orders built."""
+    if orders >= target:
+        return orders
+    per_day = scale.stores * scale.orders_per_day  # an estimate (weekdays differ), to stop handing out
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(url, scale)) as pool:
+        running: dict[Future[int], date] = {}
+        while running or orders < target:
+            while len(running) < workers and orders + per_day * len(running) < target:
+                day = next(todo)
+                running[pool.submit(_worker_build, day)] = day
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                orders += future.result()  # a worker's failure stops the build (the days done stay)
+                done.add(running.pop(future))
+            report(orders)
+    return orders
+
+
 def grow(conn: psycopg.Connection, url: str, scale: Scale, target: int, workers: int = 1) -> dict:
     """Build days (newest first, from where an earlier run stopped) until ``target`` orders are in.
 
@@ -345,7 +374,7 @@ def grow(conn: psycopg.Connection, url: str, scale: Scale, target: int, workers:
     start_orders, watch, last_report = orders, Stopwatch(conn), time.perf_counter()
     todo = days_to_build(done)
 
-    def report() -> None:
+    def report(orders: int) -> None:
         nonlocal last_report
         if time.perf_counter() - last_report > 60:
             last_report = time.perf_counter()
@@ -361,21 +390,9 @@ def grow(conn: psycopg.Connection, url: str, scale: Scale, target: int, workers:
             day = next(todo)
             orders += build_day(conn, data, day, scale.deleted_every)
             done.add(day)
-            report()
-    elif orders < target:
-        per_day = scale.stores * scale.orders_per_day  # an estimate (weekdays differ), to stop handing out
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(url, scale)) as pool:
-            running: dict[Future[int], date] = {}
-            while running or orders < target:
-                while len(running) < workers and orders + per_day * len(running) < target:
-                    day = next(todo)
-                    running[pool.submit(_worker_build, day)] = day
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    orders += future.result()  # a worker's failure stops the build (the days done stay)
-                    done.add(running.pop(future))
-                report()
+            report(orders)
+    else:
+        orders = _grow_in_parallel(url, scale, target, workers, todo, done, orders, report)
     out = watch.stop()
     added = orders - start_orders
     vacuum = time.perf_counter()
