@@ -446,3 +446,39 @@ def test_a_recompute_plans_without_merge_joins_and_gives_the_transaction_its_set
         assert cur.execute("show enable_mergejoin").fetchone() == (setting,)
     assert conn.execute("show enable_mergejoin").fetchone() == ("on",)
     assert differences(conn) == {}
+
+
+def test_touched_finds_exactly_the_store_days_of_the_orders_updated_in_a_window(loaded):
+    """``aggregates.TOUCHED`` (each store's range of its (store_id, updated_at) index) returns the
+    same store-days as the plain filter on every order, for windows of every size and position,
+    per account and for every account; an order of a store missing from taptouch.stores counts."""
+    conn = loaded.conn
+    plain = (
+        "select distinct store_id, business_date from taptouch.orders where updated_at >= %(start)s"
+        " and updated_at < %(end)s and (%(account)s::text is null or account = %(account)s)"
+    )
+    conn.execute(  # an order of a store the stores table does not hold
+        "insert into taptouch.orders select (jsonb_populate_record(null::taptouch.orders,"
+        ' to_jsonb(o) || \'{"order_id": 999999999, "store_id": 4242}\')).* from taptouch.orders o'
+        " order by order_id limit 1"
+    )
+    assert conn.execute("select count(*) from taptouch.stores where store_id = 4242").fetchone() == (0,)
+    first, last = conn.execute("select min(updated_at), max(updated_at) from taptouch.orders").fetchone()
+    span = last - first
+    windows = [(first, last + timedelta(microseconds=1)), (first, first), (last, first)]
+    windows += [(first + span * k / 7, first + span * (k + 1) / 7) for k in range(7)]
+    windows += [(first + timedelta(hours=h), first + timedelta(hours=h, minutes=30)) for h in (0, 5, 13, 30)]
+    accounts = [None] + [a for (a,) in conn.execute("select distinct account::text from taptouch.orders")] + ["nobody"]
+    seen = 0
+    for start, end in windows:
+        for account in accounts:
+            params = {"start": start, "end": end, "account": account}
+            want = set(conn.execute(plain, params).fetchall())
+            got = conn.execute(aggregates.TOUCHED, params).fetchall()
+            assert len(got) == len(set(got)) and set(got) == want, (start, end, account)
+            seen += len(want)
+    assert seen > 10  # the windows did find store-days
+    assert any(
+        store == 4242
+        for store, _ in conn.execute(aggregates.TOUCHED, {"start": first, "end": last + span, "account": None})
+    )
