@@ -78,6 +78,9 @@ class UI:
         def background_job() -> None:  # `nohup cmd &` in a script: SIGINT ignored, then nohup ignores SIGHUP
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+        def foreground() -> None:  # a terminal's command: hangups at their default, even when the
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # test runner itself was started under nohup
+
         with self.log.open("wb") as out:
             self.top = subprocess.Popen(
                 argv,
@@ -87,7 +90,7 @@ class UI:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=background_job if nohup else None,
+                preexec_fn=background_job if nohup else foreground,
             )
         self.tree: list[psutil.Process] = []
 
