@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,9 +109,18 @@ def _sites(record: dict) -> list[tuple[tuple, entities.Field]]:
 
 
 def _put(record: dict, at: tuple, path: str, value) -> None:
-    obj = record
+    """Set the field at ``path`` under ``at``; nothing when an earlier hostile value replaced the
+    list or line that ``at`` leads through (``items`` sent as null, say): that site is gone."""
+    obj: Any = record
     for step in at:
+        if isinstance(step, int):
+            if not isinstance(obj, list) or step >= len(obj):
+                return
+        elif not isinstance(obj, dict) or step not in obj:
+            return
         obj = obj[step]
+    if not isinstance(obj, dict):
+        return
     *objects, last = path.split(".")
     for name in objects:
         if not isinstance(obj.get(name), dict):
