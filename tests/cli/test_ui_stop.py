@@ -35,6 +35,7 @@ EXE = ROOT / ".venv" / "bin" / "taptouch-sync"
 BIN = EXE.parent
 UP_WITHIN_S = 180.0  # two shared cores: the first start imports Dagster in five processes
 STOP_WITHIN_S = 20.0  # graceful stop (about 5 s here) + the SIGTERM grace; SIGKILL comes after
+DAGSTER_DEV_KILLS_AFTER_S = 60.0  # dagster dev kills a service that has not stopped 60 s after it asked
 
 
 def _free_port() -> int:
@@ -132,13 +133,14 @@ class UI:
         out = subprocess.run(["bash", "-c", script], env=_clean_env(), capture_output=True, text=True, check=True)
         return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
-    def stop(self, sig: int) -> float:
-        """Send ``sig`` to the top process alone; the seconds until the whole tree is gone."""
+    def stop(self, sig: int, within: float = STOP_WITHIN_S + 15) -> float:
+        """Send ``sig`` to the top process alone; the seconds until the whole tree is gone (waiting
+        at most ``within``)."""
         t0 = time.monotonic()
         os.kill(self.top.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.top.wait(timeout=STOP_WITHIN_S + 15)
-        deadline = t0 + STOP_WITHIN_S + 15
+            self.top.wait(timeout=within)
+        deadline = t0 + within
         while time.monotonic() < deadline and any(_alive(p) for p in self.tree):
             time.sleep(0.2)
         return time.monotonic() - t0
@@ -264,7 +266,10 @@ def test_sigkill_of_the_top_process_still_stops_dagster(start_ui):
     """The top process cannot clean up after SIGKILL: ``dagster dev`` gets SIGTERM from the kernel
     (parent-death signal) and stops its services; the sandbox thread died with the top process."""
     ui = start_ui()
-    took = ui.stop(signal.SIGKILL)
+    # after SIGKILL nothing of ours can escalate: dagster dev's own shutdown asks each service to
+    # stop and kills one still running after 60 s (dagster._cli.dev, _SUBPROCESS_WAIT_TIMEOUT); a
+    # daemon busy in an iteration under load has taken more than 35 s (a CI run, 2026-12-04)
+    took = ui.stop(signal.SIGKILL, within=DAGSTER_DEV_KILLS_AFTER_S + 15)
     left = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in ui.tree if _alive(p)]
     assert not left, f"still running {took:.1f}s after SIGKILL of the top process:\n" + "\n".join(left)
-    assert took < STOP_WITHIN_S and not _port_open(ui.port)
+    assert took < DAGSTER_DEV_KILLS_AFTER_S + 15 and not _port_open(ui.port)
