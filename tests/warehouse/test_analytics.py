@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from pipelines.settings import DEFAULT_LOOKBACK
 from pipelines.sync import day_window
 from pipelines.warehouse import aggregates
 from pipelines.warehouse.db import libpq_url
@@ -695,11 +696,13 @@ def window_loaded(
 ) -> bool | None:
     """Whether a window counts for a day, every window of ``loaded`` having been loaded once between
     ``first_load`` and ``last_load``: it must have loaded after the day ended, or after the window
-    ended if that came first. None: undecidable (the instant fell while the loads ran)."""
+    ended if that came first, by more than the listing's settle time (the lookback: a proof holds
+    for what settled before its listing started). None: undecidable (the instant fell while the
+    loads ran, or within the settle time before them: a day ending just before the test ran)."""
     if window not in loaded:
         return False
     after = min(day_ends, datetime.combine(window + timedelta(days=1), datetime.min.time(), UTC))
-    return True if after <= first_load else False if after > last_load else None
+    return True if after <= first_load - DEFAULT_LOOKBACK else False if after > last_load else None
 
 
 def test_business_days_say_which_days_are_completely_loaded(loaded, sandbox):
