@@ -78,6 +78,20 @@ def _an_order(conn, where: str) -> tuple[int, int, date, str]:
     ).fetchone()
 
 
+def _a_one_payment_order(conn) -> tuple[int, int, date, str, Decimal]:
+    """(order id, store, business date, its payment's method, its total) of the first sales order
+    paid with exactly one payment."""
+    oid, sid, day, _ = _an_order(
+        conn, "(select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1"
+    )
+    method, total = conn.execute(
+        "select p.method, o.total from taptouch.order_payments p join taptouch.orders o using (order_id)"
+        " where order_id = %s",
+        (oid,),
+    ).fetchone()
+    return oid, sid, day, method, total
+
+
 def test_a_clean_load_reconciles_and_both_sides_equal_the_sandboxs_sums(loaded):
     sb, conn = loaded
     want = money_truth(sb)
@@ -132,14 +146,7 @@ def test_a_cent_more_tax_on_one_typed_order_is_named_with_its_store_day(loaded):
 
 def test_a_payment_short_by_five_cents_breaks_the_sum_of_its_method_and_the_payment_rule(loaded):
     sb, conn = loaded
-    oid, sid, day, _ = _an_order(
-        conn, "(select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1"
-    )
-    method, total = conn.execute(
-        "select p.method, o.total from taptouch.order_payments p join taptouch.orders o using (order_id)"
-        " where order_id = %s",
-        (oid,),
-    ).fetchone()
+    oid, sid, day, method, total = _a_one_payment_order(conn)
     conn.execute("update taptouch.order_payments set amount = amount - 0.05 where order_id = %s", (oid,))
 
     report = reconcile(conn, START, STOP)
@@ -288,14 +295,7 @@ def test_a_raw_store_id_that_is_no_store_id_leaves_the_order_out_of_the_raw_side
 def test_a_typed_payment_amount_of_nan_is_a_difference_and_a_broken_rule_not_a_crash(loaded):
     # numeric(12,2) takes 'NaN'; in the per-order payments object it is the JSON string "NaN"
     sb, conn = loaded
-    oid, sid, day, _ = _an_order(
-        conn, "(select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1"
-    )
-    method, total = conn.execute(
-        "select p.method, o.total from taptouch.order_payments p join taptouch.orders o using (order_id)"
-        " where order_id = %s",
-        (oid,),
-    ).fetchone()
+    oid, sid, day, method, total = _a_one_payment_order(conn)
     conn.execute("update taptouch.order_payments set amount = 'NaN' where order_id = %s", (oid,))
 
     report = reconcile(conn, START, STOP)
