@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -235,6 +236,42 @@ def _order_id(raw: bytes) -> int | None:
 _T = TypeVar("_T")
 
 
+class _CopyBehind:
+    """At most one COPY in flight on a thread of its own (:meth:`OrderWindowLoad._copy_buffered`):
+    the load's connection is PostgreSQL's while the client decodes the next batch. psycopg's
+    connections may be shared by threads (each statement holds the connection's lock); the caller
+    uses the connection again only after :meth:`wait`."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        if self._pending is not None:
+            raise RuntimeError("a COPY is already in flight")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taptouch-copy")
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> Any:
+        """The COPY's result (None when none was in flight); its exception is raised here."""
+        pending, self._pending = self._pending, None
+        return None if pending is None else pending.result()
+
+    def close(self) -> None:
+        """Let a COPY in flight end (its error is the load's to report, already or never), then stop the thread."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.exception()  # waits; the error, if any, was raised by wait() or the load failed first
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def _entered(value: _T | None) -> _T:
     """What ``OrderWindowLoad.__enter__`` sets: a load used outside its ``with`` block is an error."""
     if value is None:
@@ -305,8 +342,12 @@ class OrderWindowLoad:
         self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
         self._staging_closed = False
         self._finished = False
+        self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
+        self._side: psycopg.Connection | None = None  # reads while a COPY holds self.conn (_lookup)
+        self._outermost = False  # the load's transaction is the connection's own, not a savepoint
 
     def __enter__(self) -> OrderWindowLoad:
+        self._outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         self._tx = self.conn.transaction()
         self._tx.__enter__()
         self._cursor = self.conn.cursor()
@@ -327,6 +368,9 @@ class OrderWindowLoad:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
+            self._behind.close()  # a COPY still running ends (or fails) before the rollback
+            if self._side is not None:
+                self._side.close()
             if not self._finished:  # an error, or a block left without finish(): roll back everything
                 if exc_type is None:
                     log.warning("order window %s left without finish(): rolled back", self.window)
@@ -435,27 +479,67 @@ class OrderWindowLoad:
         ids = [i for i in ids if i is not None]
         if not ids:
             return {}
-        self._cur.execute(
+        rows = self._lookup(
             "select order_id, raw_hash from taptouch.orders where order_id = any(%s) and store_id = %s", (ids, store_id)
         )
-        return {oid: bytes(h) for oid, h in self._cur.fetchall() if h is not None}
+        return {oid: bytes(h) for oid, h in rows if h is not None}
 
-    def _copy_buffered(self) -> None:
+    def _lookup(self, query: str, params: tuple) -> list[tuple]:
+        """A read of the warehouse during staging. While a batch's COPY holds the load's connection,
+        on a second connection (opened once, autocommit), so that the client decodes the next batch
+        as PostgreSQL parses the last: it reads what the load's own transaction would (read
+        committed, and the transaction has written only its temporary tables so far). When the load
+        runs inside a caller's transaction (a savepoint: that transaction's writes are its own) or
+        no second connection can be opened, the COPY is waited for."""
+        if self._behind.busy and self._outermost and self._side is None:
+            try:
+                self._side = psycopg.connect(self.conn.info.dsn, password=self.conn.info.password, autocommit=True)
+            except psycopg.Error as exc:
+                log.info("order window %s: no second connection for reads during COPY (%s)", self.window, exc)
+                self._outermost = False
+        if self._behind.busy and self._side is not None:
+            return self._side.execute(query, params).fetchall()
+        self._copy_done()
+        return self._cur.execute(query, params).fetchall()
+
+    def _copy_buffered(self, *, wait: bool = False) -> None:
         """COPY the buffered orders into staging (an order PostgreSQL refuses is quarantined, alone),
-        and write the quarantine rows so far."""
+        and write the quarantine rows so far. The COPY runs on a thread of its own while the caller
+        decodes the next batch (one batch at a time; ``wait``: done when this returns)."""
+        self._copy_done()
         groups, self._buf = self._buf, []
-        refused = copy_or_quarantine(self._cur, groups, self._copy_groups, self.quarantine, lambda g: (g[2], g[1]))
+        self.quarantine.flush(self._cur)
+        if groups:
+            self._behind.submit(self._copy_batch, groups)
+        if wait:
+            self._copy_done()
+
+    def _copy_batch(self, groups: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+        """(the orders refused, their quarantine rows): on the COPY's thread, its own cursor."""
+        refused_rows = Quarantine("order", self.window, self.run_id)
+        with self.conn.cursor() as cur:
+            refused = copy_or_quarantine(
+                cur, groups, lambda gs: self._copy_groups(cur, gs), refused_rows, lambda g: (g[2], g[1])
+            )
+        return refused, refused_rows.rows
+
+    def _copy_done(self) -> None:
+        """Wait for the batch being COPYed (its error raised here); count and keep what it refused."""
+        done = self._behind.wait()
+        if done is None:
+            return
+        refused, quarantine_rows = done
+        self.quarantine.rows.extend(quarantine_rows)
         for _, store_id, *_ in refused:
             self.counts.quarantined += 1
             self.store_counts(store_id).quarantined += 1
-        self.quarantine.flush(self._cur)
 
-    def _copy_groups(self, groups: list[tuple]) -> None:
+    def _copy_groups(self, cur: psycopg.Cursor, groups: list[tuple]) -> None:
         tables = (("stage_orders", ORDERS.cols),) + tuple((c.stage, c.cols) for c in ORDERS.children)
         for i, (table, cols) in enumerate(tables, start=3):
             parts = [g[i] for g in groups if g[i]]
             if parts:
-                copy_parts(self._cur, table, ("seq",) + cols, parts)
+                copy_parts(cur, table, ("seq",) + cols, parts)
 
     def store_listed(
         self, store_id: int, mark: datetime | None, complete: tuple[datetime, datetime, datetime] | None = None
@@ -478,7 +562,7 @@ class OrderWindowLoad:
         ``error``: why, recorded with the window's proofs (:mod:`.proofs`: no complete proof)."""
         if self._staging_closed:
             raise RuntimeError(f"order window {self.window}: store {store_id} discarded after close_staging()")
-        self._copy_buffered()
+        self._copy_buffered(wait=True)
         self._discarded.add(store_id)
         self._judged.pop(store_id, None)
         self._failed[store_id] = error or "the listing failed"
@@ -496,7 +580,7 @@ class OrderWindowLoad:
         staged). Takes no lock: the caller may wait after it, outside any statement."""
         if self._staging_closed:
             return
-        self._copy_buffered()
+        self._copy_buffered(wait=True)
         cur = self._cur
         # statistics of the key columns only (the planner needs sizes; sampling raw's jsonb costs more
         # than the merge gains), and no JIT: its compile time exceeds what it saves on a window

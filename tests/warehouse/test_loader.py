@@ -413,3 +413,66 @@ def test_preformatted_copy_lines_land_what_psycopg_formats(db):
     assert (
         [str(v) for v in row[6:11]] == [str(v) for v in r.items[0][6:11]] == ["0.375", "12.40", "0.00", "0.42", "4.65"]
     )
+
+
+def _refusing(monkeypatch, order_id):
+    """The record boundary passes order ``order_id`` with a tax PostgreSQL refuses (beyond numeric(12,2))."""
+    real = loader.records.order_rows
+    tax = loader.records.ORDER_COLS.index("tax")
+
+    def leaky(raw, *args):
+        r = real(raw, *args)
+        if r.order_id == order_id:
+            r.order = r.order[:tax] + (D("123456789012.00"),) + r.order[tax + 1 :]
+        return r
+
+    monkeypatch.setattr(loader.records, "order_rows", leaky)
+
+
+def test_batches_copied_while_the_next_is_decoded_keep_every_count_and_row_exact(db, monkeypatch):
+    """Batches of 3 orders: each batch's COPY runs while the next pages are decoded, and those
+    pages' unchanged-digest look-ups go to a second connection. A value PostgreSQL refuses in a
+    batch copied behind costs only its own order, counted and quarantined with the reason."""
+    orders = [f.order(900 + i) for i in range(20)]
+    _refusing(monkeypatch, 907)
+    pages = [(7101, orders[i : i + 2]) for i in range(0, 20, 2)]
+    with OrderWindowLoad(db, window="2026-11-02", batch_size=3) as load:
+        for store_id, page in pages:
+            load.add_page(store_id, page)
+        first = load.finish()
+    assert (first.inserted, first.quarantined, load.per_store[7101].quarantined) == (19, 1, 1)
+    assert q(db, "select count(*), count(*) filter (where order_id = 907) from taptouch.orders") == [(19, 0)]
+    assert q(db, "select record_key, reason like 'PostgreSQL refused%%' from taptouch.quarantine") == [("907", True)]
+    monkeypatch.undo()
+    # the same pages again, one new version among them: unchanged orders are recognised by digest
+    # whether their page was looked up beside a COPY (second connection) or not; 907 now loads
+    pages[4] = (7101, [orders[8], dict(orders[9], number="edited", updated_at="2026-11-02T14:00:00+11:00")])
+    with OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
+        for store_id, page in pages:
+            load.add_page(store_id, page)
+        assert load._side is not None  # a look-up did run while a COPY held the connection
+        again = load.finish()
+    assert (again.inserted, again.updated, again.unchanged, again.quarantined) == (1, 1, 18, 0)
+    assert q(db, "select number from taptouch.orders where order_id = 909") == [("edited",)]
+    assert q(db, "select count(*) from taptouch.order_items")[0][0] == 40
+    assert q(db, "select count(*) from taptouch.quarantine where resolved_at is null")[0][0] == 0
+
+
+def test_a_copy_failing_behind_the_decoding_fails_the_window_and_commits_nothing(db, monkeypatch):
+    """A lost connection (not a refused value) in a batch COPYed on its thread is the window's error:
+    raised at the load's next step, everything rolled back."""
+    calls = []
+    real = loader.copy_parts
+
+    def failing(cur, table, cols, parts):
+        calls.append(table)
+        if len(calls) > 4:  # the second batch (four tables each: orders, items, payments, refunds)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        real(cur, table, cols, parts)
+
+    monkeypatch.setattr(loader, "copy_parts", failing)
+    with pytest.raises(psycopg.OperationalError, match="closed the connection"):
+        load_orders(db, [(7101, [f.order(950 + i)]) for i in range(6)], batch_size=2)
+    assert q(db, "select count(*) from taptouch.orders")[0][0] == 0
+    assert q(db, "select count(*) from taptouch.sync_log where entity = 'orders'")[0][0] == 0
+    assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
