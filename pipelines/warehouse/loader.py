@@ -581,6 +581,9 @@ class OrderWindowLoad:
         if self._staging_closed:
             return
         self._copy_buffered(wait=True)
+        if self._side is not None:  # no more look-ups beside a COPY
+            self._side.close()
+            self._side = None
         cur = self._cur
         # statistics of the key columns only (the planner needs sizes; sampling raw's jsonb costs more
         # than the merge gains), and no JIT: its compile time exceeds what it saves on a window

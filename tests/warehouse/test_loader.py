@@ -451,6 +451,8 @@ def test_batches_copied_while_the_next_is_decoded_keep_every_count_and_row_exact
         for store_id, page in pages:
             load.add_page(store_id, page)
         assert load._side is not None  # a look-up did run while a COPY held the connection
+        load.close_staging()
+        assert load._side is None  # closed with the staging
         again = load.finish()
     assert (again.inserted, again.updated, again.unchanged, again.quarantined) == (1, 1, 18, 0)
     assert q(db, "select number from taptouch.orders where order_id = 909") == [("edited",)]
