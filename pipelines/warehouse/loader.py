@@ -490,7 +490,7 @@ class OrderWindowLoad:
         as PostgreSQL parses the last: it reads what the load's own transaction would (read
         committed, and the transaction has written only its temporary tables so far). When the load
         runs inside a caller's transaction (a savepoint: that transaction's writes are its own) or
-        no second connection can be opened, the COPY is waited for."""
+        no second connection can be opened (or it fails), the COPY is waited for."""
         if self._behind.busy and self._outermost and self._side is None:
             try:
                 self._side = psycopg.connect(self.conn.info.dsn, password=self.conn.info.password, autocommit=True)
@@ -498,7 +498,14 @@ class OrderWindowLoad:
                 log.info("order window %s: no second connection for reads during COPY (%s)", self.window, exc)
                 self._outermost = False
         if self._behind.busy and self._side is not None:
-            return self._side.execute(query, params).fetchall()
+            try:
+                return self._side.execute(query, params).fetchall()
+            except psycopg.Error as exc:  # e.g. ended while idle (idle_session_timeout): read here instead
+                log.info(
+                    "order window %s: the second connection failed (%s); reads wait for the COPY", self.window, exc
+                )
+                self._side.close()
+                self._side, self._outermost = None, False
         self._copy_done()
         return self._cur.execute(query, params).fetchall()
 
