@@ -16,15 +16,19 @@ def test_a_second_connection_lost_while_idle_between_pages_costs_the_window_noth
     connection, idle outside a transaction while the API pauses between pages, is ended by the
     server; the load's own connection, in its transaction, is not. The window still loads whole."""
     url = migrated_db.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url, autocommit=True, options="-c idle_session_timeout=300") as conn:
-        load_stores(conn, [f.store(7101, "Australia/Melbourne")])
-        orders = [f.order(900 + i) for i in range(6)]
-        with OrderWindowLoad(conn, window="2026-11-02", batch_size=1) as load:
-            for i, order in enumerate(orders):
-                load.add_page(7101, [order])
-                if i == 1:
-                    assert load._side is not None  # the page's look-up ran beside a COPY
-                    time.sleep(1)  # e.g. the API asks the fetcher to wait: the side connection idles
-            counts = load.finish()
-        assert (counts.inserted, counts.quarantined) == (6, 0)
-        assert conn.execute("select count(*) from taptouch.orders").fetchone()[0] == 6
+    with psycopg.connect(url, autocommit=True) as admin:
+        load_stores(admin, [f.store(7101, "Australia/Melbourne")])
+    orders = [f.order(900 + i) for i in range(6)]
+    with (
+        psycopg.connect(url, autocommit=True, options="-c idle_session_timeout=500") as conn,
+        OrderWindowLoad(conn, window="2026-11-02", batch_size=1) as load,
+    ):
+        for i, order in enumerate(orders):
+            load.add_page(7101, [order])
+            if i == 1:
+                assert load._side is not None  # the page's look-up ran beside a COPY
+                time.sleep(1.5)  # e.g. the API asks the fetcher to wait: the side connection idles
+        counts = load.finish()
+    assert (counts.inserted, counts.quarantined) == (6, 0)
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("select count(*) from taptouch.orders").fetchone()[0] == 6
