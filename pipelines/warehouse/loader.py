@@ -345,6 +345,7 @@ class OrderWindowLoad:
         self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
         self._side: psycopg.Connection | None = None  # reads while a COPY holds self.conn (_lookup)
         self._outermost = False  # the load's transaction is the connection's own, not a savepoint
+        self._side_args: tuple[str, str | None] = ("", None)  # (dsn, password) of the second connection
 
     def __enter__(self) -> OrderWindowLoad:
         self._outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -356,6 +357,10 @@ class OrderWindowLoad:
         if self.day_starts is None:
             self.day_starts = derived.dated_starts(self._cur)
         cur = self._cur
+        if self._outermost:  # the second connection (_lookup) reads what this transaction would
+            cur.execute("select current_setting('transaction_isolation')")
+            self._outermost = first_value(cur) == "read committed"
+            self._side_args = (self.conn.info.dsn, self.conn.info.password)  # read here, never beside a COPY
         cur.execute("create temp table stage_orders (seq bigint, like taptouch.orders) on commit drop")
         cur.execute("alter table stage_orders alter column loaded_at drop not null")
         for child in ORDERS.children:
@@ -490,10 +495,11 @@ class OrderWindowLoad:
         as PostgreSQL parses the last: it reads what the load's own transaction would (read
         committed, and the transaction has written only its temporary tables so far). When the load
         runs inside a caller's transaction (a savepoint: that transaction's writes are its own) or
-        no second connection can be opened (or it fails), the COPY is waited for."""
+        at another isolation level than read committed (its snapshot is not the second connection's),
+        or no second connection can be opened (or it fails), the COPY is waited for."""
         if self._behind.busy and self._outermost and self._side is None:
             try:
-                self._side = psycopg.connect(self.conn.info.dsn, password=self.conn.info.password, autocommit=True)
+                self._side = psycopg.connect(self._side_args[0], password=self._side_args[1], autocommit=True)
             except psycopg.Error as exc:
                 log.info("order window %s: no second connection for reads during COPY (%s)", self.window, exc)
                 self._outermost = False

@@ -478,3 +478,21 @@ def test_a_copy_failing_behind_the_decoding_fails_the_window_and_commits_nothing
     assert q(db, "select count(*) from taptouch.orders")[0][0] == 0
     assert q(db, "select count(*) from taptouch.sync_log where entity = 'orders'")[0][0] == 0
     assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_repeatable_read_load_reads_its_own_snapshot_not_a_second_connection(db):
+    """At repeatable read the load's snapshot is not what a second connection sees: its look-ups
+    beside a COPY wait for it and run in the load's transaction; the counts are the same."""
+    orders = [f.order(970 + i) for i in range(6)]
+    load_orders(db, [(7101, orders[:3])])
+    db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with OrderWindowLoad(db, window="2026-11-02", batch_size=1) as load:
+            for i in range(0, 6, 2):
+                load.add_page(7101, orders[i : i + 2])
+            assert load._side is None
+            assert load.conn.execute("show transaction_isolation").fetchone() == ("repeatable read",)
+            counts = load.finish()
+    finally:
+        db.isolation_level = None
+    assert (counts.inserted, counts.unchanged) == (3, 3)
