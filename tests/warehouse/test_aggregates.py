@@ -511,3 +511,12 @@ def test_a_store_quarter_of_product_sales_is_read_from_the_covering_index_alone(
     assert "sales_products_store_date" not in {
         r[0] for r in conn.execute("select indexname from pg_indexes where tablename = 'sales_products'")
     }
+    # vacuumed after 2% of their rows changed, so that few pages need the heap between vacuums
+    options = conn.execute(
+        "select relname, reloptions from pg_class where relnamespace = 'taptouch'::regnamespace and relname = any(%s)",
+        (list(aggregates.TABLES),),
+    ).fetchall()
+    assert sorted(options) == [
+        (t, ["autovacuum_vacuum_scale_factor=0.02", "autovacuum_vacuum_insert_scale_factor=0.02"])
+        for t in sorted(aggregates.TABLES)
+    ]
