@@ -25,14 +25,13 @@ and the tests). docs/warehouse.md, "Sales aggregates".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import dagster as dg
 import psycopg
 from psycopg import sql
 
-from .db import first_value
+from .db import first_value, index_joins
 
 TABLES = ("sales_days", "sales_hours", "sales_channels", "sales_payments", "sales_products")
 KEYS = "agg_keys"  # the temporary table of (store_id, business_date) keys to recompute
@@ -114,21 +113,6 @@ def _rows(table: str, sales: str, *, staged: bool = False) -> str:
     return _ROWS[table].format(
         sales=sales, payments="taptouch.order_payments", items="taptouch.order_items", link="order_id"
     )
-
-
-@contextmanager
-def _index_joins(cur: psycopg.Cursor) -> Iterator[None]:
-    """No merge joins for the statements inside (restored after, to the transaction's setting).
-    Joined to a store-day's orders, a child table's rows are a few index probes per order; a merge
-    join instead walks the child's primary key in order from its first entry, and the planner
-    takes it when it judges the orders' ids near the key's start (the whole of a 20M-row index
-    for a store-day of recent orders)."""
-    cur.execute("select current_setting('enable_mergejoin'), set_config('enable_mergejoin', 'off', true)")
-    before = first_value(cur)
-    try:
-        yield
-    finally:
-        cur.execute("select set_config('enable_mergejoin', %s, true)", (before,))
 
 
 def _keys(cur: psycopg.Cursor) -> None:
@@ -238,7 +222,7 @@ def recompute(cur: psycopg.Cursor) -> int:
         cur.execute("drop table if exists pg_temp.agg_sales")
         cur.execute(_SALES.format(into="agg_sales", keys=KEYS))
         cur.execute("analyze agg_sales")
-        with _index_joins(cur):
+        with index_joins(cur):
             for table in TABLES:
                 cur.execute(
                     sql.SQL(
@@ -292,7 +276,7 @@ def mismatches(
     cur.execute("drop table if exists pg_temp.agg_truth")
     cur.execute(_SALES.format(into="agg_truth", keys="agg_check_keys"))
     found: dict[str, list[tuple]] = {}
-    with _index_joins(cur):
+    with index_joins(cur):
         for table in TABLES:
             truth = _rows(table, "agg_truth")
             held = f"select t.* from taptouch.{table} t join agg_check_keys k using (store_id, business_date)"

@@ -27,7 +27,7 @@ from taptouch_resource.api import InvalidRecord
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
 from . import aggregates, deletions, derived, history, marks, proofs, records
-from .db import first_value
+from .db import first_value, prefer_index_joins
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
@@ -604,10 +604,7 @@ class OrderWindowLoad:
         for child in ORDERS.children:  # (their sizes: without them, a join on seq may loop over every row)
             cur.execute(sql.SQL("analyze {} (seq)").format(sql.Identifier(child.stage)))
         cur.execute("set local jit = off")
-        # the merge joins a window's orders to the warehouse's by key: a merge join would walk a
-        # table's whole primary key from its first entry (the planner chose it at 10M orders for an
-        # hour's 550 orders: their items replaced in 62 ms instead of 25)
-        cur.execute("set local enable_mergejoin = off")
+        prefer_index_joins(cur)  # the merge joins the window's orders to the warehouse's by key
         cur.execute(
             "create temp table pick on commit drop as select distinct on (order_id) seq, order_id, store_id"
             " from stage_orders order by order_id, updated_at_exact desc, seq desc"

@@ -29,6 +29,7 @@ import dagster as dg
 from psycopg import sql
 
 from .aggregates import TOUCHED
+from .db import prefer_index_joins
 from .entities import ITEM, ORDER, PAYMENT, REFUND, Entity, Field
 
 CHECK_MONEY = "money_reconciliation"
@@ -370,9 +371,7 @@ def _execute_sides(cur, params: dict) -> None:
     """The scope (the store-days' orders) and each side's per-order rows, as temp tables."""
     cur.execute("drop table if exists _money_days, _money_scope, _money_typed, _money_raw, _money_sums, _money_diff")
     cur.execute("set local jit = off")  # its compile time (about a second) exceeds what it saves here
-    # the orders by their keys: a merge join walks taptouch.orders' primary key from its first entry
-    # (at 10M orders the planner took it for a few thousand recent orders: 0.9 s instead of 0.1)
-    cur.execute("set local enable_mergejoin = off")
+    prefer_index_joins(cur)  # the store-days' orders and children by their keys
     cur.execute(scope_sql(), params)
     cur.execute("analyze _money_scope")
     cur.execute(sql.SQL("create temp table _money_typed on commit drop as {}").format(typed_side_sql()), params)
