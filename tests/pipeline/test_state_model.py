@@ -11,7 +11,9 @@ A hypothesis ``RuleBasedStateMachine`` (:class:`StateModel`) drives a small sand
 - the runs: the hourly incremental run (``sync_orders_window`` with the lookback), a full reload
   (every day, no lookback), the reconciliation (``reconcile_orders`` with ``now`` = the fake
   clock), and runs killed part way (terminated while fetching, killed just before the merge,
-  killed while the reconciliation lists).
+  killed while the reconciliation lists); each history COPYs in batches of 3, 7 or 5,000 orders
+  (``World.batch_size``), so its windows also COPY one batch while the next pages are decoded and
+  look up the versions held on the load's second connection.
 
 After every step: nothing moves backwards; no order a listing returned to a successful run is
 marked deleted; no high-water mark passes its listing's start. After the last step: faults off, a

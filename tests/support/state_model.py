@@ -56,6 +56,7 @@ STORES = 2
 DAYS = 3
 ORDERS_PER_DAY = 12
 PAGE_SIZE = 5
+BATCH_SIZES = (3, 7, 5000)  # orders per COPY batch (World.batch_size)
 RECONCILE_DAYS = 2  # the reconciliations within a history: orders age out of their window
 MAX_DELETED_PER_STORE = 2  # deletions at the source a store holds at once (below the unusual-share guard)
 CONFIRM_ENV = "TAPTOUCH_RECONCILE_CONFIRM_S"
@@ -151,6 +152,9 @@ class World:
             page_size=PAGE_SIZE,
         )
         self.say = log or (lambda s: None)
+        # orders per COPY batch, by history: tiny batches COPY while the next pages are decoded and
+        # look up the versions held on the load's second connection (the loader's overlap)
+        self.batch_size = BATCH_SIZES[seed % len(BATCH_SIZES)]
         self.tally = Tally()
         self.conn = psycopg.connect(db_url, autocommit=True)
         reset_warehouse(self.conn)
@@ -319,7 +323,15 @@ class World:
             self.phase = f"{name}:{key}"
             try:
                 result = load_window(
-                    self.client, self.conn, key, start, end, lookback=lookback, cancel=cancel, before_merge=before_merge
+                    self.client,
+                    self.conn,
+                    key,
+                    start,
+                    end,
+                    lookback=lookback,
+                    cancel=cancel,
+                    before_merge=before_merge,
+                    batch_size=self.batch_size,
                 )
             except (Killed, WindowCancelled) as exc:
                 out.append(f"{key}: killed ({type(exc).__name__})")
