@@ -27,7 +27,7 @@ from taptouch_resource.api import InvalidRecord
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
 from . import aggregates, deletions, derived, history, marks, proofs, records
-from .db import first_value, prefer_index_joins
+from .db import first_value, prefer_index_joins, redact_text
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
@@ -501,19 +501,27 @@ class OrderWindowLoad:
             try:
                 self._side = psycopg.connect(self._side_args[0], password=self._side_args[1], autocommit=True)
             except psycopg.Error as exc:
-                log.info("order window %s: no second connection for reads during COPY (%s)", self.window, exc)
+                log.info(
+                    "order window %s: no second connection for reads during COPY (%s)", self.window, self._said(exc)
+                )
                 self._outermost = False
         if self._behind.busy and self._side is not None:
             try:
                 return self._side.execute(query, params).fetchall()
             except psycopg.Error as exc:  # e.g. ended while idle (idle_session_timeout): read here instead
                 log.info(
-                    "order window %s: the second connection failed (%s); reads wait for the COPY", self.window, exc
+                    "order window %s: the second connection failed (%s); reads wait for the COPY",
+                    self.window,
+                    self._said(exc),
                 )
                 self._side.close()
                 self._side, self._outermost = None, False
         self._copy_done()
         return self._cur.execute(query, params).fetchall()
+
+    def _said(self, exc: BaseException) -> str:
+        """An error of the second connection as logged: no password of the load's connection in it."""
+        return redact_text(str(exc), [self._side_args[1]] if self._side_args[1] else [])
 
     def _copy_buffered(self, *, wait: bool = False) -> None:
         """COPY the buffered orders into staging (an order PostgreSQL refuses is quarantined, alone),
