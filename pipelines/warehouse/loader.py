@@ -344,11 +344,12 @@ class OrderWindowLoad:
         self._finished = False
         self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
         self._side: psycopg.Connection | None = None  # reads while a COPY holds self.conn (_lookup)
-        self._outermost = False  # the load's transaction is the connection's own, not a savepoint
+        self._side_ok = False  # a second connection sees what this load's transaction does (__enter__)
         self._side_args: tuple[str, str | None] = ("", None)  # (dsn, password) of the second connection
 
     def __enter__(self) -> OrderWindowLoad:
-        self._outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # the load's transaction is the connection's own (not a savepoint of the caller's)
+        self._side_ok = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         self._tx = self.conn.transaction()
         self._tx.__enter__()
         self._cursor = self.conn.cursor()
@@ -357,9 +358,9 @@ class OrderWindowLoad:
         if self.day_starts is None:
             self.day_starts = derived.dated_starts(self._cur)
         cur = self._cur
-        if self._outermost:  # the second connection (_lookup) reads what this transaction would
+        if self._side_ok:  # ... and at read committed: the second connection reads what it would
             cur.execute("select current_setting('transaction_isolation')")
-            self._outermost = first_value(cur) == "read committed"
+            self._side_ok = first_value(cur) == "read committed"
             self._side_args = (self.conn.info.dsn, self.conn.info.password)  # read here, never beside a COPY
         cur.execute("create temp table stage_orders (seq bigint, like taptouch.orders) on commit drop")
         cur.execute("alter table stage_orders alter column loaded_at drop not null")
@@ -374,8 +375,7 @@ class OrderWindowLoad:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self._behind.close()  # a COPY still running ends (or fails) before the rollback
-            if self._side is not None:
-                self._side.close()
+            self._close_side()
             if not self._finished:  # an error, or a block left without finish(): roll back everything
                 if exc_type is None:
                     log.warning("order window %s left without finish(): rolled back", self.window)
@@ -497,14 +497,14 @@ class OrderWindowLoad:
         runs inside a caller's transaction (a savepoint: that transaction's writes are its own) or
         at another isolation level than read committed (its snapshot is not the second connection's),
         or no second connection can be opened (or it fails), the COPY is waited for."""
-        if self._behind.busy and self._outermost and self._side is None:
+        if self._behind.busy and self._side_ok and self._side is None:
             try:
                 self._side = psycopg.connect(self._side_args[0], password=self._side_args[1], autocommit=True)
             except psycopg.Error as exc:
                 log.info(
                     "order window %s: no second connection for reads during COPY (%s)", self.window, self._said(exc)
                 )
-                self._outermost = False
+                self._side_ok = False
         if self._behind.busy and self._side is not None:
             try:
                 return self._side.execute(query, params).fetchall()
@@ -514,10 +514,15 @@ class OrderWindowLoad:
                     self.window,
                     self._said(exc),
                 )
-                self._side.close()
-                self._side, self._outermost = None, False
+                self._close_side()
+                self._side_ok = False
         self._copy_done()
         return self._cur.execute(query, params).fetchall()
+
+    def _close_side(self) -> None:
+        if self._side is not None:
+            self._side.close()
+            self._side = None
 
     def _said(self, exc: BaseException) -> str:
         """An error of the second connection as logged: no password of the load's connection in it."""
@@ -602,9 +607,7 @@ class OrderWindowLoad:
         if self._staging_closed:
             return
         self._copy_buffered(wait=True)
-        if self._side is not None:  # no more look-ups beside a COPY
-            self._side.close()
-            self._side = None
+        self._close_side()  # no more look-ups beside a COPY
         cur = self._cur
         # statistics of the key columns only (the planner needs sizes; sampling raw's jsonb costs more
         # than the merge gains), and no JIT: its compile time exceeds what it saves on a window

@@ -468,7 +468,7 @@ def test_a_copy_failing_behind_the_decoding_fails_the_window_and_commits_nothing
 
     def failing(cur, table, cols, parts):
         calls.append(table)
-        if len(calls) > 4:  # the second batch (four tables each: orders, items, payments, refunds)
+        if len(calls) > 4:  # within the second batch (up to four tables each: orders, items, payments, refunds)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         real(cur, table, cols, parts)
 
