@@ -139,9 +139,16 @@ class SandboxServer:
     """``python -m taptouch_sandbox serve --port 0`` in its own process."""
 
     def __init__(
-        self, days: int, *, stores: int = STORES, orders_per_day: int = ORDERS_PER_DAY, page_cache_mb: int = 0
+        self,
+        days: int,
+        *,
+        stores: int = STORES,
+        orders_per_day: int = ORDERS_PER_DAY,
+        page_cache_mb: int = 0,
+        latency: float = 0.0,
     ):
         self.days, self.stores, self.orders_per_day, self.page_cache_mb = days, stores, orders_per_day, page_cache_mb
+        self.latency = latency  # seconds the server waits before each answer (a remote API's round trip)
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -165,6 +172,8 @@ class SandboxServer:
             END_DATE.isoformat(),
             "--page-cache-mb",
             str(self.page_cache_mb),
+            "--latency",
+            str(self.latency),
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -1284,14 +1293,16 @@ def _contender_spec(
     return spec
 
 
-def _run_contender(name: str, n: int, days: int, spec: dict, vol_dir: Path, expected: int | None) -> dict:
+def _run_contender(
+    name: str, n: int, days: int, spec: dict, vol_dir: Path, expected: int | None, latency: float = 0.0
+) -> dict:
     """One contender in its child process (a fresh sandbox server for those that call the API);
     one that loads must end holding every order the API serves."""
     _progress(f"[{n}] {name} ...")
     if name == "copy":
         r = run_child(name, spec, vol_dir)
     else:
-        with SandboxServer(days) as server:  # fresh server: every contender pays the same generation cost
+        with SandboxServer(days, latency=latency) as server:  # fresh: every contender pays the same generation
             spec["url"] = server.url
             r = run_child(name, spec, vol_dir)
     # Every contender that loads must hold every order the API serves: a fast wrong answer is no answer.
@@ -1328,7 +1339,7 @@ def run_volume(n: int, args, work: Path) -> dict:
         for name in [c for c in CONTENDERS if c in args.contenders]:
             spec = _contender_spec(name, n, args, admin, base, copy_spec, vol_dir, dbs)
             spec["expected_orders"] = expected or (results.get("api") or results.get("ours") or {}).get("orders", 0)
-            results[name] = _run_contender(name, n, days, spec, vol_dir, expected)
+            results[name] = _run_contender(name, n, days, spec, vol_dir, expected, args.api_latency)
             expected = expected or (
                 results[name]["orders"] if name in ("api", "ours", "ours-serial", "ours-2runs") else None
             )
@@ -1343,7 +1354,8 @@ def report(all_results: dict[int, dict], args) -> str:
     lines = [
         f"{datetime.now(UTC):%Y-%m-%d} · {os.cpu_count()}-core machine · Python {sys.version.split()[0]} · "
         f"{STORES} stores x {ORDERS_PER_DAY} orders/store/day · page size {PAGE_SIZE} · "
-        f"{args.workers} store workers · batch {args.batch_size}",
+        f"{args.workers} store workers · batch {args.batch_size}"
+        + (f" · API latency {args.api_latency * 1000:.0f} ms per request" if args.api_latency else ""),
         "",
         HEADER,
     ]
@@ -1451,6 +1463,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=settings.DEFAULT_BATCH_SIZE,
         help="orders per COPY batch (TAPTOUCH_BATCH_SIZE)",
+    )
+    p.add_argument(
+        "--api-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the sandbox waits this long before each answer, as a remote API's round trip (default 0: loopback)",
     )
     p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
     p.add_argument("--keep-databases", action="store_true")

@@ -5,7 +5,8 @@ window: stores are fetched in bounded parallel threads (one client, one token ca
 limit) that hand pages to the calling thread through a bounded queue of typed events, so fetching
 and staging overlap and memory does not grow with the window; a failing store is dropped, the
 others commit. A ranged run (:func:`sync_orders_windows`) keeps :data:`WINDOWS_IN_FLIGHT` windows
-in flight, each its own connection and transaction, committing in window order. Only
+fetching (and one more staged, waiting to merge or merging), each its own connection and
+transaction, committing in window order. Only
 :func:`sync_stores` writes ``taptouch.stores``. docs/operating.md; the figures: docs/performance.md.
 """
 
@@ -36,8 +37,8 @@ from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_
 log = logging.getLogger(__name__)
 
 WINDOWS_IN_FLIGHT = 2
-"""Windows of a ranged run loaded at once (:func:`sync_orders_windows`), each in its own transaction
-on its own connection: one window's merge runs in PostgreSQL while the next one is fetched."""
+"""Windows of a ranged run fetched and staged at once (:func:`sync_orders_windows`), each in its own
+transaction on its own connection; a third, staged, waits for its turn to merge or merges meanwhile."""
 
 
 @dataclass
@@ -564,20 +565,22 @@ def sync_orders_windows(
     *,
     in_flight: int = WINDOWS_IN_FLIGHT,
 ) -> Generator[tuple[OrderWindow, SyncResult], None, None]:
-    """:func:`sync_orders_window` for each of ``windows``, up to ``in_flight`` at once, each on its
-    own connection from ``connect()`` (autocommit, as the caller would pass to
-    :func:`sync_orders_window`); yields ``(window, result)`` in the windows' order.
+    """:func:`sync_orders_window` for each of ``windows``, up to ``in_flight`` fetching and staging
+    at once (and one more waiting for its turn to merge, or merging), each on its own connection
+    from ``connect()`` (autocommit, as the caller would pass to :func:`sync_orders_window`); yields
+    ``(window, result)`` in the windows' order.
 
     Each window is its own transaction, exactly as when loaded one after the other; overlapping
-    them only lets one window's merge (PostgreSQL's work) run while the next window is fetched and
-    staged (the client's). The merges themselves commit in the windows' order (a window ready
+    them only lets one window's merge (PostgreSQL's work) run while the next windows are fetched and
+    staged (the client's, and the API's): a window that has staged everything gives its place to
+    the next one while it waits for its turn. The merges themselves commit in the windows' order (a window ready
     first waits, outside any statement, for the one before it), so the warehouse ends as after a
     serial run even when an order edited between two windows' fetches is in both (which version's
     quarantine row is resolved), and no window spends a statement (under statement_timeout) waiting
     for a whole merge of its own run. The windows share ``client`` (its token and request budget).
 
-    If a window raises, the windows already started finish (each commits or rolls back on its
-    own, and is safe to load again), no further window starts, and the error propagates. If the
+    If a window raises, the windows already fetching finish (each commits or rolls back on its
+    own, and is safe to load again), no further window starts fetching, and the error propagates. If the
     caller stops instead (run termination raises in the calling thread, or the generator is
     closed), the windows in flight stop fetching and roll back (those already merging commit), as
     a window loaded alone would; then the caller's exception propagates.
@@ -589,6 +592,36 @@ def sync_orders_windows(
             yield window, result
         return
     yield from _WindowsInFlight(client, connect, windows, run, in_flight).results()
+
+
+class _Places:
+    """The places of the windows fetching and staging at once: taken in window order (window ``i``
+    waits for the windows before it to have taken theirs), given back once the window has staged
+    everything or ended. Once a window of the run has failed (``failed``) or the caller stopped
+    (``cancel``), no window takes a place: it raises :class:`WindowCancelled` before fetching."""
+
+    def __init__(self, places: int, cancel: threading.Event):
+        self.free, self.next, self.cancel = places, 0, cancel
+        self.failed = threading.Event()
+        self.changed = threading.Condition()
+
+    def take(self, i: int) -> None:
+        with self.changed:
+            while not (self.next == i and self.free > 0):
+                if self.failed.is_set():
+                    raise WindowCancelled("an earlier window of the run failed; this one was not started")
+                _check(self.cancel)
+                self.changed.wait(_CANCEL_POLL_S)
+            if self.failed.is_set():
+                raise WindowCancelled("an earlier window of the run failed; this one was not started")
+            _check(self.cancel)
+            self.free -= 1
+            self.next += 1
+
+    def give_back(self) -> None:
+        with self.changed:
+            self.free += 1
+            self.changed.notify_all()
 
 
 class _WindowsInFlight:
@@ -606,27 +639,43 @@ class _WindowsInFlight:
         self.client, self.connect, self.windows, self.run, self.in_flight = client, connect, windows, run, in_flight
         self.cancel = threading.Event()
         self.ended = [threading.Event() for _ in windows]  # window i committed, rolled back or failed
+        self.places = _Places(in_flight, self.cancel)  # windows fetching and staging at once
 
     def _load(self, i: int) -> SyncResult:
         previous = self.ended[i - 1] if i else None
+        self.places.take(i)
+        held = [True]
+
+        def give_back() -> None:  # once: when staged, or when the window ends before that
+            if held[0]:
+                held[0] = False
+                self.places.give_back()
+
+        def before_merge() -> None:
+            give_back()  # staged: the next window fetches while this one waits for its turn and merges
+            if previous is not None:
+                _wait_for(previous, self.cancel)
+
         try:
             with self.connect() as conn:
                 return sync_orders_window(
-                    self.client,
-                    conn,
-                    self.windows[i],
-                    self.run,
-                    cancel=self.cancel,
-                    before_merge=None if previous is None else (lambda: _wait_for(previous, self.cancel)),
+                    self.client, conn, self.windows[i], self.run, cancel=self.cancel, before_merge=before_merge
                 )
+        except WindowCancelled:
+            raise
+        except BaseException:
+            self.places.failed.set()  # before its place is given back: no later window starts
+            raise
         finally:
+            give_back()
             self.ended[i].set()
 
     def results(self) -> Iterator[tuple[OrderWindow, SyncResult]]:
-        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="orders-window")
+        # one window more than fetch at once: it fetches while the others wait for their turn or merge
+        pool = ThreadPoolExecutor(max_workers=self.in_flight + 1, thread_name_prefix="orders-window")
         window_failed = False
         try:
-            started = [(i, pool.submit(self._load, i)) for i in range(min(self.in_flight, len(self.windows)))]
+            started = [(i, pool.submit(self._load, i)) for i in range(min(self.in_flight + 1, len(self.windows)))]
             following = len(started)
             while started:
                 i, future = started.pop(0)

@@ -275,10 +275,10 @@ def _load_orders_days(
     windows: list[OrderWindow],
     mode: SyncMode,
 ) -> tuple[SyncResult, dict[str, SyncResult]]:
-    """The run's daily windows, two in flight (:func:`~pipelines.sync.sync_orders_windows`: one
-    window's merge overlaps the next one's fetching), each its own transaction; a summary per day.
+    """The run's daily windows, two fetching at once (:func:`~pipelines.sync.sync_orders_windows`:
+    one window's merge overlaps the next ones' fetching), each its own transaction; a summary per day.
     Returns the run's totals and each window's own result (by key)."""
-    at_once = f", {WINDOWS_IN_FLIGHT} at a time" if len(windows) > 1 else ""
+    at_once = f", {WINDOWS_IN_FLIGHT} fetched at a time" if len(windows) > 1 else ""
     context.log.info(
         f"orders: loading {len(windows)} window(s) [{windows[0].start.isoformat()}, "
         f"{windows[-1].end.isoformat()}){at_once}"

@@ -20,6 +20,7 @@ from pipelines.settings import RunSettings
 from pipelines.sync import OrdersRun, OrderWindow, day_window, sync_orders_windows, sync_stores
 from pipelines.warehouse import marks as marks_module
 from pipelines.warehouse.loader import OrderWindowLoad, store_timezones
+from pipelines.warehouse.merge import ORDERS
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchResource
 from taptouch_sandbox import Sandbox, SandboxConfig
@@ -242,3 +243,77 @@ def test_a_ranged_run_survives_the_server_closing_idle_sessions(migrated_db, mon
         "orders_proven": True,
         "sales_aggregates_exact": True,
     }
+
+
+def test_the_next_window_is_fetched_while_the_staged_ones_wait_for_their_merge(sb, migrated_db, monkeypatch):
+    """Two windows fetch at once; a window that has staged everything gives its place to the next one
+    while it waits for its turn to merge. With the merges held back (another session holds the orders
+    merge lock), the third day is fetched before the first commits, never more than two windows stage
+    at once, and the three days still commit in order, exactly as served."""
+    days = ["2026-11-25", "2026-11-26", "2026-11-27"]
+    base = sb.transport()
+    third_asked = threading.Event()
+    staging, most = [0], [0]
+    count = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("updated_from", "").startswith(days[2]):
+            third_asked.set()
+        return base.handle_request(request)
+
+    class Counted(OrderWindowLoad):
+        def __enter__(self):
+            with count:
+                staging[0] += 1
+                most[0] = max(most[0], staging[0])
+            return super().__enter__()
+
+        def close_staging(self):
+            staged = self._staging_closed
+            super().close_staging()
+            if not staged:
+                with count:
+                    staging[0] -= 1
+
+        def finish(self):
+            counts = super().finish()  # committed
+            committed_order.append(self.window)
+            return counts
+
+    monkeypatch.setattr(sync_module, "OrderWindowLoad", Counted)
+    client = _client(httpx.MockTransport(handler))
+    seen_while_held: list[bool] = []
+    committed_order: list[str] = []
+
+    def hold_the_merge_lock(locked: threading.Event) -> None:
+        with psycopg.connect(migrated_db) as other:  # a transaction: the lock is held until it ends
+            other.execute("select pg_advisory_xact_lock(%s)", (ORDERS.lock_key,))
+            locked.set()
+            seen_while_held.append(third_asked.wait(15))
+            committed = other.execute("select count(*) from taptouch.sync_marks").fetchone()[0]
+            seen_while_held.append(committed == 0)
+
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_the_merge_lock, args=(locked,))
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        holder.start()
+        assert locked.wait(10)
+        reported = [
+            w.key
+            for w, _ in sync_orders_windows(
+                client, lambda: psycopg.connect(migrated_db, autocommit=True), _windows(*days), _run(conn), in_flight=2
+            )
+        ]
+        holder.join()
+        loaded = dict(conn.execute("select order_id, updated_at from taptouch.orders").fetchall())
+    assert seen_while_held == [True, True]  # the third day was asked for while nothing had committed
+    assert most[0] == 2
+    assert reported == days and committed_order == days
+    expected = {
+        o["id"]: datetime.fromisoformat(o["updated_at"])
+        for s in sb.store_ids()
+        for d in days
+        for o in sb.orders_in_window(s, *day_window(d))
+    }
+    assert loaded == expected
