@@ -1423,14 +1423,8 @@ def _scenario_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argp
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_child":
-        child_main(argv[1:])
-        return 0
-    sys.path.insert(0, str(ROOT))
-    from pipelines import settings
-
+def _arguments(settings) -> argparse.ArgumentParser:
+    """The command line (``settings``: :mod:`pipelines.settings`, for the defaults)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--orders",
@@ -1474,6 +1468,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="profile ours with pyinstrument; text report written to PROFILE.<orders>.txt")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--json", help="also write every figure to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        child_main(argv[1:])
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from pipelines import settings
+
+    p = _arguments(settings)
     args = _scenario_args(p, p.parse_args(argv))
     busy = args.scenario == "busy-day"
     all_results: dict[int, dict] = {}
