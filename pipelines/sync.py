@@ -286,7 +286,8 @@ FetchEvent = PageFetched | StoreDone | StoreFailed
 
 class WindowCancelled(Exception):
     """The caller of :func:`sync_orders_windows` stopped (run termination): this window stopped
-    before its merge, and rolled back."""
+    before its merge, and rolled back; or an earlier window of the run failed and this one was
+    never started (it fetched nothing)."""
 
 
 _ABANDON_AFTER_S = 1.0  # a stopping window waits this long for fetch threads busy in a request
@@ -579,8 +580,9 @@ def sync_orders_windows(
     quarantine row is resolved), and no window spends a statement (under statement_timeout) waiting
     for a whole merge of its own run. The windows share ``client`` (its token and request budget).
 
-    If a window raises, the windows already fetching finish (each commits or rolls back on its
-    own, and is safe to load again), no further window starts fetching, and the error propagates. If the
+    If a window raises, the windows already fetching or staged finish (each commits or rolls back
+    on its own, and is safe to load again), no further window starts fetching, and the error
+    propagates once they have. If the
     caller stops instead (run termination raises in the calling thread, or the generator is
     closed), the windows in flight stop fetching and roll back (those already merging commit), as
     a window loaded alone would; then the caller's exception propagates.
@@ -617,6 +619,7 @@ class _Places:
             _check(self.cancel)
             self.free -= 1
             self.next += 1
+            self.changed.notify_all()  # the next window may take a place now
 
     def give_back(self) -> None:
         with self.changed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import date
 
 import psycopg
@@ -101,8 +102,8 @@ def test_windows_in_flight_load_every_window_once_in_order(setup, migrated_db, i
 
 
 def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monkeypatch):
-    """The error propagates; the window already started after it finishes on its own (committed,
-    safe to load again), and no window after those starts."""
+    """The error propagates; the window already fetching beside it finishes on its own (committed,
+    safe to load again), and no window after it starts fetching."""
     import pipelines.sync as sync_module
 
     sb, client, conn = setup
@@ -110,10 +111,15 @@ def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monk
     days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
     real, asked = sync_module.sync_orders_window, []
 
+    outage = threading.Event()
+
     def window_or_outage(client_, conn_, window, run, **kwargs):
         asked.append(window.key)
         if window.key == "2026-11-25":
+            outage.set()
             raise psycopg.OperationalError("connection to server lost")
+        if window.key == "2026-11-24":
+            assert outage.wait(10)  # still fetching (holding its place) when 25 fails
         return real(client_, conn_, window, run, **kwargs)
 
     monkeypatch.setattr(sync_module, "sync_orders_window", window_or_outage)
@@ -127,8 +133,8 @@ def test_a_window_that_fails_stops_the_windows_after_it(setup, migrated_db, monk
             in_flight=2,
         ):
             loaded.append(window.key)
-    # 24 and 25 fetch together (26 waits for a place); 25 fails at once: 24 finishes and commits,
-    # 26 and 27 never start (not a request)
+    # 24 and 25 fetch together (26 waits for a place); 25 fails while 24 fetches: 24 finishes and
+    # commits, 26 and 27 never start (not a request)
     assert loaded == ["2026-11-24"] and sorted(asked) == days[:2]
     marks = {r[0] for r in conn.execute('select distinct "window" from taptouch.sync_marks')}
     assert marks == {"2026-11-24"}

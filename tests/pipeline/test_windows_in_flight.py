@@ -252,12 +252,17 @@ def test_the_next_window_is_fetched_while_the_staged_ones_wait_for_their_merge(s
     at once, and the three days still commit in order, exactly as served."""
     days = ["2026-11-25", "2026-11-26", "2026-11-27"]
     base = sb.transport()
-    third_asked = threading.Event()
+    second_asked, third_asked = threading.Event(), threading.Event()
     staging, most = [0], [0]
     count = threading.Lock()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("updated_from", "").startswith(days[2]):
+        day = request.url.params.get("updated_from", "")[:10]
+        if day == days[0]:
+            second_asked.wait(10)  # the first day stages until the second is being fetched beside it
+        elif day == days[1]:
+            second_asked.set()
+        elif day == days[2]:
             third_asked.set()
         return base.handle_request(request)
 
