@@ -609,14 +609,13 @@ class _Places:
 
     def take(self, i: int) -> None:
         with self.changed:
-            while not (self.next == i and self.free > 0):
+            while True:
                 if self.failed.is_set():
                     raise WindowCancelled("an earlier window of the run failed; this one was not started")
                 _check(self.cancel)
+                if self.next == i and self.free > 0:
+                    break
                 self.changed.wait(_CANCEL_POLL_S)
-            if self.failed.is_set():
-                raise WindowCancelled("an earlier window of the run failed; this one was not started")
-            _check(self.cancel)
             self.free -= 1
             self.next += 1
             self.changed.notify_all()  # the next window may take a place now
