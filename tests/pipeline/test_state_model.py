@@ -9,7 +9,10 @@ A hypothesis ``RuleBasedStateMachine`` (:class:`StateModel`) drives a small sand
   deletions and re-listings, and edits or deletions *while a listing runs*;
 - the server: empty and partial 200 answers, unsorted pages, a skewed API clock, 429 and 5xx bursts;
 - the runs: the hourly incremental run (``sync_orders_window`` with the lookback), a full reload
-  (every day, no lookback), the reconciliation (``reconcile_orders`` with ``now`` = the fake
+  (every day, no lookback), the same reload as one ranged run (``sync_orders_windows``: two windows
+  fetching and staging at once, each on its own connection, the merges in window order; whole, run
+  termination raised in the calling thread after some page, or one window failing while others
+  load), the reconciliation (``reconcile_orders`` with ``now`` = the fake
   clock), and runs killed part way (terminated while fetching, killed just before the merge,
   killed while the reconciliation lists); each history COPYs in batches of 3, 7 or 5,000 orders
   (``World.batch_size``), so its windows also COPY one batch while the next pages are decoded and
@@ -224,6 +227,12 @@ class StateModel(RuleBasedStateMachine):
         w = self.world
         w.begin_step()
         self.step("reconcile: " + w.reconcile())
+
+    @rule(kill=st.sampled_from([None, "interrupt", "window"]), after=st.integers(1, 16))
+    def ranged_reload(self, kill: str | None, after: int) -> None:
+        w = self.world
+        w.begin_step()
+        self.step(f"ranged reload{'' if kill is None else ' (' + kill + ')'}: " + w.ranged(kill=kill, after=after))
 
     @rule(kind=st.sampled_from(["hourly-cancel", "hourly-merge", "full-merge", "reconcile"]))
     def killed_run(self, kind: str) -> None:

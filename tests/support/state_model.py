@@ -29,11 +29,15 @@ clock), and compares the warehouse with the sandbox exactly (:func:`compare_exac
 
 from __future__ import annotations
 
+import _thread
+import dataclasses
 import json
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -44,10 +48,10 @@ from psycopg import sql
 
 from pipelines import settings
 from pipelines.reconcile import reconcile_orders
-from pipelines.sync import WindowCancelled, sync_stores
+from pipelines.sync import FULL_REFRESH, OrderWindow, WindowCancelled, sync_orders_windows, sync_stores
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
-from tests.support.windows import load_window
+from tests.support.windows import load_window, warehouse_run
 
 from . import truth
 
@@ -60,6 +64,7 @@ BATCH_SIZES = (3, 7, 5000)  # orders per COPY batch (World.batch_size)
 RECONCILE_DAYS = 2  # the reconciliations within a history: orders age out of their window
 MAX_DELETED_PER_STORE = 2  # deletions at the source a store holds at once (below the unusual-share guard)
 CONFIRM_ENV = "TAPTOUCH_RECONCILE_CONFIRM_S"
+RANGED = "ranged"  # the phase of a ranged run's pages (World.ranged): "ranged:<window key>"
 
 
 class Killed(BaseException):
@@ -156,6 +161,7 @@ class World:
         # look up the versions held on the load's second connection (the loader's overlap)
         self.batch_size = BATCH_SIZES[seed % len(BATCH_SIZES)]
         self.tally = Tally()
+        self.db_url = db_url
         self.conn = psycopg.connect(db_url, autocommit=True)
         reset_warehouse(self.conn)
         sync_stores(self.client, self.conn)
@@ -268,8 +274,11 @@ class World:
 
     # ------------------------------------------------------------------ during a listing
     def _on_page(self, page: OrdersPage) -> None:
+        phase = self.phase
+        if phase == RANGED and page.updated_from is not None:  # windows in flight: the page's own window
+            phase = f"{RANGED}:{instant(page.updated_from).date().isoformat()}"
         with self.events_lock:
-            self.events.append(("page", self.phase, page))
+            self.events.append(("page", phase, page))
         if page.fault:
             self.tally.add(self.tally.pages_faulted, page.fault)
         if self.listing_edits > 0 and page.ids and len(page.ids) == page.count:
@@ -283,12 +292,15 @@ class World:
             if oid not in self.deleted and self.can_delete(oid):
                 self.listing_deletes -= 1
                 self.delete(oid)
-        if self.kill_after is not None:
-            self.kill_after -= 1
-            if self.kill_after <= 0 and self.kill_action is not None:
-                action, self.kill_action, self.kill_after = self.kill_action, None, None
-                self.tally.kills += 1
-                action()
+        action = None
+        with self.events_lock:  # (pages of several windows and stores are served at once)
+            if self.kill_after is not None:
+                self.kill_after -= 1
+                if self.kill_after <= 0 and self.kill_action is not None:
+                    action, self.kill_action, self.kill_after = self.kill_action, None, None
+                    self.tally.kills += 1
+        if action is not None:
+            action()
 
     # ------------------------------------------------------------------ runs (the real code)
     def _windows(self, full: bool) -> list[tuple[datetime, datetime, str]]:
@@ -349,6 +361,60 @@ class World:
             )
             if kill:
                 break  # the kill did not fire (too few pages): the run simply finished
+        return "; ".join(out)
+
+    def ranged(self, *, kill: str | None = None, after: int = 1) -> str:
+        """A full reload of every day as one ranged run of the ``orders`` asset loads it
+        (:func:`sync_orders_windows`: two windows fetch and stage at once, each on a connection of
+        its own, the merges commit in window order). ``kill``: "interrupt" raises in the calling
+        thread once ``after`` pages were served (run termination: the windows in flight roll back,
+        one already merging commits); "window" fails the window whose store listing is the
+        ``after``-th to end (modulo the listings of DAYS windows: it fires; the windows already fetching or staged finish, no later one starts).
+        Only the windows the run reported are accounted (one that committed unreported is not)."""
+        self.tally.add(self.tally.runs, RANGED + ("-killed" if kill else ""))
+        listings_ended = [0]
+        fail_at = (after - 1) % (STORES * DAYS) + 1  # a listing of the first DAYS windows: it ends
+
+        def progress(message: str) -> None:  # on the windows' threads, as a store's listing ends
+            if kill == "window" and message.startswith("store "):
+                with self.events_lock:
+                    listings_ended[0] += 1
+                    fail = listings_ended[0] == fail_at
+                    self.tally.kills += fail
+                if fail:
+                    raise Killed("a window failed while the run loaded others")
+
+        armed = [kill == "interrupt"]
+
+        def interrupted(signum, frame) -> None:  # the calling thread, as Dagster's run termination
+            if armed[0]:
+                armed[0] = False
+                raise Killed("the run was terminated")
+
+        run = warehouse_run(self.conn, FULL_REFRESH, batch_size=self.batch_size, store_workers=2)
+        run = dataclasses.replace(run, progress=progress)
+        windows = [OrderWindow(key, start, end) for start, end, key in self._windows(True)]
+        previous = signal.signal(signal.SIGUSR1, interrupted)
+        if kill == "interrupt":
+            self.kill_after, self.kill_action = after, lambda: _thread.interrupt_main(signal.SIGUSR1)
+        self.phase = RANGED
+        ok: dict[str, set[int]] = {}
+        out = [f"after page {after}" if kill == "interrupt" else f"at listing {fail_at}" if kill else "whole"]
+        try:
+            with closing(
+                sync_orders_windows(self.client, lambda: psycopg.connect(self.db_url, autocommit=True), windows, run)
+            ) as results:
+                for window, result in results:
+                    ok[f"{RANGED}:{window.key}"] = set(result.stores_ok) - {f.store_id for f in result.failures}
+                    out.append(f"{window.key}: +{result.counts.inserted} ~{result.counts.updated}")
+        except (Killed, WindowCancelled) as exc:
+            out.append(f"killed ({exc})")
+        finally:
+            armed[0] = False  # an interrupt still pending does nothing now
+            signal.signal(signal.SIGUSR1, previous)
+            self.kill_after = self.kill_action = None
+            self.phase = "idle"
+        self._account(ok)
         return "; ".join(out)
 
     def reconcile(self, *, days: int = RECONCILE_DAYS, kill: bool = False) -> str:
