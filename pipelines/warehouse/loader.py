@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
+from taptouch_resource.retry import MAX_RETRY_AFTER
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
 from . import aggregates, deletions, derived, history, marks, proofs, records
@@ -31,6 +32,13 @@ from .db import first_value, prefer_index_joins, redact_text
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
+
+# An orders window's transaction is open while its pages are fetched: between two COPY batches it
+# sits idle in transaction as long as the API makes it wait (a Retry-After or the shared budget's
+# pause: up to MAX_RETRY_AFTER), and a ranged run's staged window waits there for its turn to merge.
+# A server's idle_in_transaction_session_timeout below this ends the session and fails the window
+# again on every retry: the load raises it to this, for its own transaction only (SET LOCAL).
+IDLE_IN_TRANSACTION_FLOOR_MS = int((MAX_RETRY_AFTER + 300) * 1000)
 
 _LOCK_ORDERS = ORDERS.lock_key
 _LOCK_STORES = STORES.lock_key
@@ -279,6 +287,17 @@ def _entered(value: _T | None) -> _T:
     return value
 
 
+def _outlast_api_waits(cur: psycopg.Cursor) -> None:
+    """Raise the server's ``idle_in_transaction_session_timeout`` for this transaction only, when it
+    is set (not 0) below :data:`IDLE_IN_TRANSACTION_FLOOR_MS` (a lower one stays for every other
+    session and transaction; 0, no limit, stays)."""
+    cur.execute(
+        "select set_config('idle_in_transaction_session_timeout', %s, true) from pg_settings"
+        " where name = 'idle_in_transaction_session_timeout' and setting::bigint between 1 and %s",
+        (str(IDLE_IN_TRANSACTION_FLOOR_MS), IDLE_IN_TRANSACTION_FLOOR_MS - 1),
+    )
+
+
 class OrderWindowLoad:
     """One window of orders (e.g. a daily partition, all stores) loaded in one transaction, in two
     steps the caller sequences: staging, then the merge.
@@ -353,6 +372,7 @@ class OrderWindowLoad:
         self._tx = self.conn.transaction()
         self._tx.__enter__()
         self._cursor = self.conn.cursor()
+        _outlast_api_waits(self._cursor)
         if self.timezones is None:
             self.timezones = store_timezones(self.conn)
         if self.day_starts is None:

@@ -322,3 +322,34 @@ def test_the_next_window_is_fetched_while_the_staged_ones_wait_for_their_merge(s
         for o in sb.orders_in_window(s, *day_window(d))
     }
     assert loaded == expected
+
+
+@pytest.mark.parametrize("server_ms", [1000, 0, 2_000_000])
+def test_a_window_waiting_on_the_api_outlasts_a_short_idle_in_transaction_timeout(sb, migrated_db, server_ms):
+    """A window's transaction is open while its pages are fetched; a DBA's
+    idle_in_transaction_session_timeout (here 1 s) would end it while the API makes the run wait
+    (a Retry-After can be 15 minutes), and again on every retry. The load raises the limit for its
+    own transaction only: every other session and transaction keeps the server's (0 and a larger
+    one stay as they are)."""
+    base = sb.transport()
+    asked = []
+
+    def slow_first_page(request: httpx.Request) -> httpx.Response:
+        if "/orders" in request.url.path:
+            asked.append(request.url.path)
+            if len(asked) == 1:
+                time.sleep(1.6)  # the window's transaction is open, idle, meanwhile
+        return base.handle_request(request)
+
+    client = _client(httpx.MockTransport(slow_first_page))
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(f"alter database {conn.info.dbname} set idle_in_transaction_session_timeout = {server_ms}")
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        result = sync_module.sync_orders_window(client, conn, OrderWindow.day(D1), _run(conn))
+        after = conn.execute("show idle_in_transaction_session_timeout").fetchone()[0]
+        loaded = {r[0] for r in conn.execute("select order_id from taptouch.orders")}
+    assert result.failures == [] and len(asked) > 1
+    expected = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, *day_window(D1))}
+    assert loaded == expected and expected
+    assert after == {1000: "1s", 0: "0", 2_000_000: "2000s"}[server_ms]  # the session's own limit is untouched
