@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from datetime import UTC, datetime
 
 import httpx
@@ -251,18 +252,22 @@ def test_random_histories_keep_sync_state_true(migrated_db):
         apply_views(conn)
     StateModel.db_url = migrated_db
     StateModel.tallies = []
-    run_state_machine_as_test(
-        StateModel,
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=STEPS,
-            deadline=None,
-            derandomize=not LONG,
-            database=None,
-            print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-        ),
-    )
+    previous = signal.getsignal(signal.SIGUSR1)  # the ranged runs' interrupt handler is the model's meanwhile
+    try:
+        run_state_machine_as_test(
+            StateModel,
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                derandomize=not LONG,
+                database=None,
+                print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+            ),
+        )
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL if previous is None else previous)
     tallies = StateModel.tallies
     if LONG:
         faults: dict[str, int] = {}

@@ -29,7 +29,6 @@ clock), and compares the warehouse with the sandbox exactly (:func:`compare_exac
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import json
 import math
@@ -48,7 +47,14 @@ from psycopg import sql
 
 from pipelines import settings
 from pipelines.reconcile import reconcile_orders
-from pipelines.sync import FULL_REFRESH, OrderWindow, WindowCancelled, sync_orders_windows, sync_stores
+from pipelines.sync import (
+    FULL_REFRESH,
+    WINDOWS_IN_FLIGHT,
+    OrderWindow,
+    WindowCancelled,
+    sync_orders_windows,
+    sync_stores,
+)
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
 from tests.support.windows import load_window, warehouse_run
@@ -70,6 +76,17 @@ RANGED = "ranged"  # the phase of a ranged run's pages (World.ranged): "ranged:<
 class Killed(BaseException):
     """A run stopped part way, as a terminated worker's run does (not an ``Exception``: no retry
     layer may swallow it)."""
+
+
+_INTERRUPT_ARMED = [False]  # World.ranged's interrupt: raise once, in the thread the signal reaches
+
+
+def _interrupted(signum, frame) -> None:
+    """SIGUSR1's handler while the model runs (World.ranged installs it): run termination, raised in
+    the main thread as Dagster raises it; does nothing unless armed (a signal arriving late)."""
+    if _INTERRUPT_ARMED[0]:
+        _INTERRUPT_ARMED[0] = False
+        raise Killed("the run was terminated")
 
 
 class Violation(AssertionError):
@@ -292,15 +309,13 @@ class World:
             if oid not in self.deleted and self.can_delete(oid):
                 self.listing_deletes -= 1
                 self.delete(oid)
-        action = None
-        with self.events_lock:  # (pages of several windows and stores are served at once)
+        with self.events_lock:  # (a run that ends clears the kill under this lock: none fires after it)
             if self.kill_after is not None:
                 self.kill_after -= 1
                 if self.kill_after <= 0 and self.kill_action is not None:
                     action, self.kill_action, self.kill_after = self.kill_action, None, None
                     self.tally.kills += 1
-        if action is not None:
-            action()
+                    action()
 
     # ------------------------------------------------------------------ runs (the real code)
     def _windows(self, full: bool) -> list[tuple[datetime, datetime, str]]:
@@ -366,14 +381,21 @@ class World:
     def ranged(self, *, kill: str | None = None, after: int = 1) -> str:
         """A full reload of every day as one ranged run of the ``orders`` asset loads it
         (:func:`sync_orders_windows`: two windows fetch and stage at once, each on a connection of
-        its own, the merges commit in window order). ``kill``: "interrupt" raises in the calling
-        thread once ``after`` pages were served (run termination: the windows in flight roll back,
-        one already merging commits); "window" fails the window whose store listing is the
-        ``after``-th to end (modulo the listings of DAYS windows: it fires; the windows already fetching or staged finish, no later one starts).
-        Only the windows the run reported are accounted (one that committed unreported is not)."""
+        its own, the merges commit in window order). ``kill``: "interrupt" sends SIGUSR1 to the
+        calling thread once ``after`` pages were served, whose handler raises there (as Dagster's
+        run termination does, also while the thread waits for a window); "window" fails the
+        window whose store listing is the ``after``-th to end (modulo the listings of DAYS
+        windows; it fires unless store failures leave fewer listings ending).
+
+        Afterwards (:meth:`_check_ranged_commits`): after an interrupt, no window after the first
+        one not reported committed (only a window already merging may still commit); after a
+        window failed, neither it nor any window more than ``WINDOWS_IN_FLIGHT`` after it
+        committed (those already fetching or staged may). Only the windows the run reported are
+        accounted for invariant 2 (the ids a successful listing returned)."""
         self.tally.add(self.tally.runs, RANGED + ("-killed" if kill else ""))
         listings_ended = [0]
-        fail_at = (after - 1) % (STORES * DAYS) + 1  # a listing of the first DAYS windows: it ends
+        failed_window: list[str] = []
+        fail_at = (after - 1) % (STORES * DAYS) + 1
 
         def progress(message: str) -> None:  # on the windows' threads, as a store's listing ends
             if kill == "window" and message.startswith("store "):
@@ -382,21 +404,20 @@ class World:
                     fail = listings_ended[0] == fail_at
                     self.tally.kills += fail
                 if fail:
+                    failed_window.append(message.rsplit("(", 1)[1].rstrip(")"))  # "... (<window key>)"
                     raise Killed("a window failed while the run loaded others")
 
-        armed = [kill == "interrupt"]
-
-        def interrupted(signum, frame) -> None:  # the calling thread, as Dagster's run termination
-            if armed[0]:
-                armed[0] = False
-                raise Killed("the run was terminated")
-
-        run = warehouse_run(self.conn, FULL_REFRESH, batch_size=self.batch_size, store_workers=2)
-        run = dataclasses.replace(run, progress=progress)
+        run = dataclasses.replace(
+            warehouse_run(self.conn, FULL_REFRESH, batch_size=self.batch_size, store_workers=2), progress=progress
+        )
         windows = [OrderWindow(key, start, end) for start, end, key in self._windows(True)]
-        previous = signal.signal(signal.SIGUSR1, interrupted)
+        logged = self._orders_logged()
+        if signal.getsignal(signal.SIGUSR1) is not _interrupted:
+            signal.signal(signal.SIGUSR1, _interrupted)  # left installed: a late signal does nothing
         if kill == "interrupt":
-            self.kill_after, self.kill_action = after, lambda: _thread.interrupt_main(signal.SIGUSR1)
+            main = threading.main_thread().ident
+            self.kill_after, self.kill_action = after, lambda: signal.pthread_kill(main, signal.SIGUSR1)
+            _INTERRUPT_ARMED[0] = True
         self.phase = RANGED
         ok: dict[str, set[int]] = {}
         out = [f"after page {after}" if kill == "interrupt" else f"at listing {fail_at}" if kill else "whole"]
@@ -406,16 +427,60 @@ class World:
             ) as results:
                 for window, result in results:
                     ok[f"{RANGED}:{window.key}"] = set(result.stores_ok) - {f.store_id for f in result.failures}
-                    out.append(f"{window.key}: +{result.counts.inserted} ~{result.counts.updated}")
+                    failed = ",".join(str(f.store_id) for f in result.failures)
+                    out.append(
+                        f"{window.key}: +{result.counts.inserted} ~{result.counts.updated}"
+                        + (f", failed {failed}" if failed else "")
+                    )
         except (Killed, WindowCancelled) as exc:
             out.append(f"killed ({exc})")
         finally:
-            armed[0] = False  # an interrupt still pending does nothing now
-            signal.signal(signal.SIGUSR1, previous)
-            self.kill_after = self.kill_action = None
+            _INTERRUPT_ARMED[0] = False  # an interrupt still on its way does nothing now
+            with self.events_lock:
+                unfired = self.kill_action is not None
+                self.kill_after = self.kill_action = None
             self.phase = "idle"
+        if (kill == "interrupt" and unfired) or (kill == "window" and not failed_window):
+            out.append("the kill did not fire")
         self._account(ok)
+        self._check_ranged_commits(
+            windows, logged, kill, [w for w in windows if f"{RANGED}:{w.key}" in ok], failed_window
+        )
         return "; ".join(out)
+
+    def _orders_logged(self) -> dict[str, int]:
+        """window key -> rows of taptouch.sync_log for orders (a window's commit writes one per store)."""
+        rows = self.conn.execute(
+            "select \"window\", count(*) from taptouch.sync_log where entity = 'orders' group by 1"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def _check_ranged_commits(
+        self,
+        windows: list[OrderWindow],
+        before: dict[str, int],
+        kill: str | None,
+        reported: list[OrderWindow],
+        failed_window: list[str],
+    ) -> None:
+        after = self._orders_logged()
+        committed = [i for i, w in enumerate(windows) if after.get(w.key, 0) > before.get(w.key, 0)]
+        keys = [w.key for w in windows]
+        problems = []
+        if kill == "interrupt" and len(reported) < len(windows):
+            first_unreported = len(reported)  # the windows are reported in order
+            late = [keys[i] for i in committed if i > first_unreported]
+            if late:
+                problems.append(
+                    f"windows {late} committed after the run was terminated (only {keys[first_unreported]} may)"
+                )
+        if kill == "window" and failed_window:
+            f = keys.index(failed_window[0])
+            late = [keys[i] for i in committed if i == f or i > f + WINDOWS_IN_FLIGHT]
+            if late:
+                problems.append(f"windows {late} committed although window {keys[f]} failed")
+        if problems:
+            raise Violation("; ".join(problems))
 
     def reconcile(self, *, days: int = RECONCILE_DAYS, kill: bool = False) -> str:
         self.tally.add(self.tally.runs, "reconcile" + ("-killed" if kill else ""))
