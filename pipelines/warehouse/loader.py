@@ -33,12 +33,14 @@ from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_qua
 
 log = logging.getLogger(__name__)
 
-# An orders window's transaction is open while its pages are fetched: between two COPY batches it
-# sits idle in transaction as long as the API makes it wait (a Retry-After or the shared budget's
-# pause: up to MAX_RETRY_AFTER), and a ranged run's staged window waits there for its turn to merge.
-# A server's idle_in_transaction_session_timeout below this ends the session and fails the window
-# again on every retry: the load raises it to this, for its own transaction only (SET LOCAL).
-IDLE_IN_TRANSACTION_FLOOR_MS = int((MAX_RETRY_AFTER + 300) * 1000)
+# An orders window's transaction is open while its pages are fetched: between two statements it
+# sits idle in transaction as long as the API makes it wait (the shared budget's pause or a
+# Retry-After, up to MAX_RETRY_AFTER, then the client's retries within its retry budget, 10 minutes
+# by default), and a ranged run's staged window waits there for the previous window's merge. A
+# server's idle_in_transaction_session_timeout below that ends the session and fails the window again
+# on every retry: the load raises it to an hour until its transaction ends (SET LOCAL).
+IDLE_IN_TRANSACTION_FLOOR_MS = 3_600_000
+assert IDLE_IN_TRANSACTION_FLOOR_MS >= (MAX_RETRY_AFTER + 600 + 900) * 1000
 
 _LOCK_ORDERS = ORDERS.lock_key
 _LOCK_STORES = STORES.lock_key
@@ -288,9 +290,10 @@ def _entered(value: _T | None) -> _T:
 
 
 def _outlast_api_waits(cur: psycopg.Cursor) -> None:
-    """Raise the server's ``idle_in_transaction_session_timeout`` for this transaction only, when it
-    is set (not 0) below :data:`IDLE_IN_TRANSACTION_FLOOR_MS` (a lower one stays for every other
-    session and transaction; 0, no limit, stays)."""
+    """Raise the server's ``idle_in_transaction_session_timeout`` to :data:`IDLE_IN_TRANSACTION_FLOOR_MS`
+    until the transaction ends (the caller's enclosing one, when the load runs inside it), when it is
+    set (not 0) below that; every other session and transaction keeps the server's, and 0 (no
+    limit) or a larger one stays."""
     cur.execute(
         "select set_config('idle_in_transaction_session_timeout', %s, true) from pg_settings"
         " where name = 'idle_in_transaction_session_timeout' and setting::bigint between 1 and %s",

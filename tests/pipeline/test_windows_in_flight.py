@@ -324,13 +324,12 @@ def test_the_next_window_is_fetched_while_the_staged_ones_wait_for_their_merge(s
     assert loaded == expected
 
 
-@pytest.mark.parametrize("server_ms", [1000, 0, 2_000_000])
-def test_a_window_waiting_on_the_api_outlasts_a_short_idle_in_transaction_timeout(sb, migrated_db, server_ms):
+def test_a_window_waiting_on_the_api_outlasts_a_short_idle_in_transaction_timeout(sb, migrated_db):
     """A window's transaction is open while its pages are fetched; a DBA's
     idle_in_transaction_session_timeout (here 1 s) would end it while the API makes the run wait
-    (a Retry-After can be 15 minutes), and again on every retry. The load raises the limit for its
-    own transaction only: every other session and transaction keeps the server's (0 and a larger
-    one stay as they are)."""
+    (a Retry-After can be 15 minutes), and again on every retry. The load raises the limit until
+    its transaction ends: the session keeps the server's afterwards."""
+    server_ms = 1000
     base = sb.transport()
     asked = []
 
@@ -352,4 +351,21 @@ def test_a_window_waiting_on_the_api_outlasts_a_short_idle_in_transaction_timeou
     assert result.failures == [] and len(asked) > 1
     expected = {o["id"] for s in sb.store_ids() for o in sb.orders_in_window(s, *day_window(D1))}
     assert loaded == expected and expected
-    assert after == {1000: "1s", 0: "0", 2_000_000: "2000s"}[server_ms]  # the session's own limit is untouched
+    assert after == "1s"  # the session's own limit is untouched
+
+
+@pytest.mark.parametrize(
+    ("server_ms", "inside"),
+    [(0, "0"), (1000, "1h"), (3_599_999, "1h"), (3_600_000, "1h"), (7_200_000, "2h")],
+)
+def test_the_load_raises_only_a_limit_below_an_hour_and_only_in_its_transaction(migrated_db, server_ms, inside):
+    """0 (no limit) and a limit of an hour or more stay; a lower one is an hour inside the load's
+    transaction, and the server's again after it."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(f"set idle_in_transaction_session_timeout = {server_ms}")
+        before = conn.execute("show idle_in_transaction_session_timeout").fetchone()[0]
+        with OrderWindowLoad(conn, window=D1) as load:
+            during = conn.execute("show idle_in_transaction_session_timeout").fetchone()[0]
+            load.finish()
+        after = conn.execute("show idle_in_transaction_session_timeout").fetchone()[0]
+    assert (during, after) == (inside, before)
