@@ -1459,7 +1459,7 @@ def report(all_results: dict[int, dict], args) -> str:
                 f"{rate(ours) / ceil:.0%} (goal >= 70%)"
             )
         if ours and res.get("api") and ours.get("machine_busy", float("nan")) > 0:
-            parts.append(machine_bound(ours, min(rate(res["api"]), ceil) if ceil == ceil else rate(res["api"])))
+            parts.append(machine_bound(ours, ceil if res.get("copy") else rate(res["api"])))
         if ours and res.get("api"):
             parts.append(
                 f"client CPU ours/bare fetch = {ours['cpu_s']:.1f}/{res['api']['cpu_s']:.1f} s = "

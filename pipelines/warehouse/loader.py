@@ -24,7 +24,6 @@ import psycopg
 from psycopg import sql
 
 from taptouch_resource.api import InvalidRecord
-from taptouch_resource.retry import MAX_RETRY_AFTER
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
 from . import aggregates, deletions, derived, history, marks, proofs, records
@@ -35,12 +34,11 @@ log = logging.getLogger(__name__)
 
 # An orders window's transaction is open while its pages are fetched: between two statements it
 # sits idle in transaction as long as the API makes it wait (the shared budget's pause or a
-# Retry-After, up to MAX_RETRY_AFTER, then the client's retries within its retry budget, 10 minutes
+# Retry-After, up to 15 minutes (taptouch_resource.retry.MAX_RETRY_AFTER), then the client's retries within its retry budget, 10 minutes
 # by default), and a ranged run's staged window waits there for the previous window's merge. A
 # server's idle_in_transaction_session_timeout below that ends the session and fails the window again
 # on every retry: the load raises it to an hour until its transaction ends (SET LOCAL).
 IDLE_IN_TRANSACTION_FLOOR_MS = 3_600_000
-assert IDLE_IN_TRANSACTION_FLOOR_MS >= (MAX_RETRY_AFTER + 600 + 900) * 1000
 
 _LOCK_ORDERS = ORDERS.lock_key
 _LOCK_STORES = STORES.lock_key

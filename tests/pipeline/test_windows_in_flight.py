@@ -18,11 +18,14 @@ import pipelines.sync as sync_module
 from pipelines.assets import taptouch as taptouch_assets_module
 from pipelines.settings import RunSettings
 from pipelines.sync import OrdersRun, OrderWindow, day_window, sync_orders_windows, sync_stores
+from pipelines.warehouse import loader as loader_module
 from pipelines.warehouse import marks as marks_module
 from pipelines.warehouse.loader import OrderWindowLoad, store_timezones
 from pipelines.warehouse.merge import ORDERS
 from pipelines.warehouse.resource import PostgresResource
 from taptouch_resource import TaptouchClient, TaptouchResource
+from taptouch_resource.client import ClientOptions
+from taptouch_resource.retry import MAX_RETRY_AFTER
 from taptouch_sandbox import Sandbox, SandboxConfig
 
 D1, D2 = "2026-11-25", "2026-11-26"
@@ -360,7 +363,9 @@ def test_a_window_waiting_on_the_api_outlasts_a_short_idle_in_transaction_timeou
 )
 def test_the_load_raises_only_a_limit_below_an_hour_and_only_in_its_transaction(migrated_db, server_ms, inside):
     """0 (no limit) and a limit of an hour or more stay; a lower one is an hour inside the load's
-    transaction, and the server's again after it."""
+    transaction, and the server's again after it. An hour outlasts the client's longest wait for
+    one request: a Retry-After at its cap, then the retry budget."""
+    assert (MAX_RETRY_AFTER + ClientOptions().retry_budget) * 1000 <= loader_module.IDLE_IN_TRANSACTION_FLOOR_MS
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         conn.execute(f"set idle_in_transaction_session_timeout = {server_ms}")
         before = conn.execute("show idle_in_transaction_session_timeout").fetchone()[0]
