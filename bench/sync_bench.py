@@ -484,11 +484,15 @@ def _load_windows(
     of its first orders request (``first_page_at``) and of the last window's commit (``merged_at``)."""
     import psycopg
 
-    from pipelines.settings import RunSettings
+    from pipelines.settings import RunSettings, decode_processes
     from pipelines.sync import FULL_REFRESH, WINDOWS_IN_FLIGHT, Incremental, OrdersRun, list_stores, sync_orders_windows
 
     run_settings = RunSettings(
-        store_workers=spec["workers"], batch_size=spec["batch_size"], page_size=PAGE_SIZE, requests_per_second=0.0
+        store_workers=spec["workers"],
+        batch_size=spec["batch_size"],
+        page_size=PAGE_SIZE,
+        requests_per_second=0.0,
+        decode_processes=decode_processes(),  # TAPTOUCH_DECODE_PROCESSES, as a run reads it
     )
     with psycopg.connect(db, autocommit=True) as conn:
         listing = list_stores(client, conn)

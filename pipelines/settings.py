@@ -37,6 +37,20 @@ DEFAULT_PAGE_SIZE = api.DEFAULT_PAGE_SIZE  # the client's own default: one value
 DEFAULT_REQUESTS_PER_SECOND = client.DEFAULT_REQUESTS_PER_SECOND  # the client's own default
 DEFAULT_STORE_WORKERS = 4
 DEFAULT_BATCH_SIZE = 5000
+MAX_DECODE_PROCESSES = 64
+
+
+def _default_decode_processes() -> int:
+    """One worker per core this process may use, at most 4; none on a single core (the loader's
+    thread itself is mostly waiting on the API and PostgreSQL once the decoding has left it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores) if cores > 1 else 0
+
+
+DEFAULT_DECODE_PROCESSES = _default_decode_processes()
 DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 10
 # Replica lag of a read API is seconds; 5 minutes is ample and keeps an unchanged re-run of a busy
 # day to one page per store (a cafe sells far fewer than a page of orders in 5 minutes).
@@ -144,6 +158,12 @@ def store_workers(configured: int | None = None) -> int:
 
 def batch_size(configured: int | None = None) -> int:
     return _int("TAPTOUCH_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1_000_000, configured)
+
+
+def decode_processes() -> int:
+    """``TAPTOUCH_DECODE_PROCESSES`` (0..64): worker processes decoding orders pages beside a run's
+    loader (0: the loader's thread decodes them); default one per core, at most 4 (0 on one core)."""
+    return _int("TAPTOUCH_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES, 0, MAX_DECODE_PROCESSES)
 
 
 DEFAULT_RECONCILE_DAYS = 7
@@ -261,6 +281,7 @@ class RunSettings:
     requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND  # 0: no limit
     store_workers: int = DEFAULT_STORE_WORKERS
     batch_size: int = DEFAULT_BATCH_SIZE  # orders per COPY batch
+    decode_processes: int = DEFAULT_DECODE_PROCESSES  # workers decoding orders pages (0: the loader's thread)
     lookback: timedelta = DEFAULT_LOOKBACK  # an incremental window re-asks from its mark minus this
     reconcile_days: int = DEFAULT_RECONCILE_DAYS
     reconcile_confirm_s: int = DEFAULT_RECONCILE_CONFIRM_S
@@ -290,6 +311,7 @@ def for_run(
         ),
         store_workers=store_workers(taptouch.store_workers),
         batch_size=batch_size(warehouse.batch_size),
+        decode_processes=decode_processes(),
         lookback=lookback(),
         reconcile_days=reconcile_days(),
         reconcile_confirm_s=reconcile_confirm_s(),

@@ -553,6 +553,7 @@ def window_load(conn: psycopg.Connection, window: OrderWindow, run: OrdersRun) -
         timezones=run.timezones,
         full=isinstance(run.mode, FullRefresh),
         batch_size=run.settings.batch_size,
+        decode_processes=run.settings.decode_processes,
         retention=Retention(run.settings.history_days),
         settle=run.settings.lookback,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -26,9 +27,9 @@ from psycopg import sql
 from taptouch_resource.api import InvalidRecord
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
-from . import aggregates, deletions, derived, history, marks, proofs, records
+from . import aggregates, decode, deletions, derived, history, marks, proofs, records
 from .db import first_value, prefer_index_joins, redact_text
-from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_line, copy_or_quarantine, copy_parts, copy_rows
+from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_or_quarantine, copy_parts, copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -329,12 +330,15 @@ class OrderWindowLoad:
         retention: history.Retention | None = None,
         day_starts: dict[int, timedelta] | None = None,
         settle: timedelta = DEFAULT_LOOKBACK,
+        decode_processes: int = 0,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data.
         ``day_starts``: store id -> its business day start (unset: the ones its stored dates
         follow, :func:`.derived.dated_starts`). ``settle``: the run's lookback, how long a record
-        may take to reach the API's listings (the window's proofs hold for what settled before)."""
+        may take to reach the API's listings (the window's proofs hold for what settled before).
+        ``decode_processes``: worker processes that decode the pages beside this thread
+        (:mod:`.decode`; 0: this thread decodes them)."""
         self.conn = conn
         self.full = full
         self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
@@ -354,6 +358,8 @@ class OrderWindowLoad:
         self.per_store: dict[int, LoadCounts] = {}
         self._seq = 0
         self._buf: list[tuple] = []  # (seq, store_id, raw, order row, items, payments, refunds) per order
+        self._decoders = decode.shared(decode_processes)
+        self._decoding: deque[tuple[Future, tuple]] = deque()  # pages in the workers: (groups, args)
         self._tx: AbstractContextManager[psycopg.Transaction] | None = None  # both set by __enter__
         self._cursor: psycopg.Cursor | None = None
         self._started = datetime.now(UTC)
@@ -417,7 +423,10 @@ class OrderWindowLoad:
 
     def add_page(self, store_id: int, page: Iterable[Any]) -> int:
         """Validate and stage one page of one store's orders (each record its exact JSON bytes, or a
-        parsed dict). Returns how many orders were staged."""
+        parsed dict). Returns how many orders it took to stage (not recognised as unchanged). A
+        page given to a decode worker is taken by a later call (at the latest, by
+        :meth:`discard_store` or :meth:`close_staging`); a record the boundary refuses is
+        quarantined then."""
         if self._staging_closed:
             raise RuntimeError(f"order window {self.window}: a page arrived after close_staging()")
         tz = _entered(self.timezones).get(store_id)
@@ -426,7 +435,6 @@ class OrderWindowLoad:
                 f"store {store_id} is not in taptouch.stores, so its time zone (and the orders' business dates) "
                 f"is unknown. Materialize the 'stores' asset first."
             )
-        staged = 0
         day_start = _entered(self.day_starts).get(store_id, records.NO_DAY_START)
         sc = self.store_counts(store_id)
         raws = [records.as_bytes(r) for r in page]
@@ -434,6 +442,8 @@ class OrderWindowLoad:
         self._note_listed(store_id, raws, ids)
         known = self._known_digests(ids, store_id)
         blake = hashlib.blake2b
+        todo: list[bytes] = []
+        digests: list[bytes] = []
         for raw, oid in zip(raws, ids, strict=True):
             digest = blake(raw, digest_size=16).digest()
             if oid is not None and known.get(oid) == digest:  # the warehouse holds exactly this version already
@@ -443,18 +453,46 @@ class OrderWindowLoad:
                     self._skipped.add(oid)
                     sc.unchanged += 1
                 continue
-            try:
-                r = records.order_rows(raw, tz, store_id, day_start)
-            except InvalidRecord as exc:
-                self.quarantine.add(raw, exc.reason, store_id)
-                self.counts.quarantined += 1
-                sc.quarantined += 1
-                continue
-            self._buffer(store_id, raw, r, digest)
-            staged += 1
+            todo.append(raw)
+            digests.append(digest)
+        if todo:
+            args = (store_id, tz, day_start, self._seq, todo, digests)
+            self._seq += len(todo)
+            pending = self._decoders.submit(args) if self._decoders and len(todo) >= decode.MIN_WORKER_PAGE else None
+            if pending is None:
+                self._take_decoded(args, decode.stage_page(*args))
+            else:
+                self._decoding.append((pending, args))
+        self._collect_decoded(in_flight=2 * self._decoders.processes + 1 if self._decoders else 0)
         if len(self._buf) >= self.batch_size:
             self._copy_buffered()
-        return staged
+        return len(todo)
+
+    def _collect_decoded(self, in_flight: int = 0) -> None:
+        """Take the pages the workers decoded, in order: every one done, and then wait until at most
+        ``in_flight`` remain (0: all). A page whose worker ended is decoded here."""
+        while self._decoding and (len(self._decoding) > in_flight or self._decoding[0][0].done()):
+            pending, args = self._decoding.popleft()
+            try:
+                groups = pending.result()
+            except decode.WorkerLost:
+                log.warning("order window %s: a decode worker ended; its page is decoded here", self.window)
+                groups = decode.stage_page(*args)
+            self._take_decoded(args, groups)
+
+    def _take_decoded(self, args: tuple, groups: list) -> None:
+        """A decoded page's orders buffered for COPY, its refused records quarantined."""
+        store_id, raws = args[0], args[4]
+        sc = self.store_counts(store_id)
+        for raw, g in zip(raws, groups, strict=True):
+            if g.__class__ is str:
+                self.quarantine.add(raw, g, store_id)
+                self.counts.quarantined += 1
+                sc.quarantined += 1
+            elif g[2] is None:
+                self._buf.append((g[0], store_id, raw, *g[3:]))
+            else:
+                self._buf.append(g)
 
     def _note_listed(self, store_id: int, raws: list[bytes], ids: list[int | None]) -> None:
         """Every order id a page lists, a malformed record's too (for the deletion judgement)."""
@@ -465,38 +503,6 @@ class OrderWindowLoad:
                 self._blind.add(store_id)
             else:
                 listed.add(oid)
-
-    def _buffer(self, store_id: int, raw: bytes, r: records.OrderRows, digest: bytes) -> None:
-        """One valid order's rows, numbered, ready for COPY."""
-        self._seq += 1
-        seq = self._seq
-        if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
-            # a byte COPY's text format must escape: psycopg formats (and escapes) these rows
-            self._buf.append(
-                (
-                    seq,
-                    store_id,
-                    raw,
-                    [(seq, *r.order, r.updated_key, r.raw, digest)],
-                    [(seq, *x) for x in r.items],
-                    [(seq, *x) for x in r.payments],
-                    [(seq, *x) for x in r.refunds],
-                )
-            )
-        else:
-            # every text of the rows is a piece of raw (or a number, a date): none needs escaping
-            p = f"{seq}\t"
-            self._buf.append(
-                (
-                    seq,
-                    store_id,
-                    raw,
-                    f"{p}{copy_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
-                    "".join([f"{p}{copy_line(x)}\n" for x in r.items]),
-                    "".join([f"{p}{copy_line(x)}\n" for x in r.payments]),
-                    "".join([f"{p}{copy_line(x)}\n" for x in r.refunds]),
-                )
-            )
 
     def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, bytes]:
         """order id -> raw_hash of the version the warehouse holds, for the ids on this page, when that
@@ -552,7 +558,10 @@ class OrderWindowLoad:
     def _copy_buffered(self, *, wait: bool = False) -> None:
         """COPY the buffered orders into staging (an order PostgreSQL refuses is quarantined, alone),
         and write the quarantine rows so far. The COPY runs on a thread of its own while the caller
-        decodes the next batch (one batch at a time; ``wait``: done when this returns)."""
+        decodes the next batch (one batch at a time; ``wait``: every page the workers hold taken,
+        and done when this returns)."""
+        if wait:
+            self._collect_decoded()
         self._copy_done()
         groups, self._buf = self._buf, []
         self.quarantine.flush(self._cur)

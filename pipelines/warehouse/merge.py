@@ -65,13 +65,6 @@ def copy_rows(cur: psycopg.Cursor, table: str, cols: Sequence[str], rows: Iterab
             cp.write_row(r)
 
 
-def copy_line(row: tuple) -> str:
-    """One row as a line of COPY's text format, without the newline, for values that need no escaping:
-    ``int``, ``Decimal`` (finite), ``date`` and text holding no backslash, tab, newline or carriage
-    return (None is ``\\N``). What psycopg's text dumpers write for the same values."""
-    return "\t".join(["\\N" if v is None else str(v) for v in row])
-
-
 def copy_parts(cur: psycopg.Cursor, table: str, cols: Sequence[str], parts: list) -> None:
     """COPY a mix of pre-formatted text lines (str) and lists of row tuples (psycopg formats them)."""
     stmt = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), _names(cols))

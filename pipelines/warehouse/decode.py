@@ -1,0 +1,280 @@
+"""An orders page's client-side work, in the loader's thread or in worker processes beside it.
+
+The record boundary's work per order (msgspec's decode, the rules, the rows and their COPY text) is
+pure Python and holds the interpreter's lock: in one process, a window's staging uses one core
+however many the machine has, and a ranged run's two windows share it. :func:`stage_page` is that
+work for one page, a pure function of the page; :class:`DecodeWorkers` runs it in worker processes
+(``python -m pipelines.warehouse.decode``, started on first use, one pipe each, answers in order),
+so the loader's thread only fetches, checks digests and COPYs. ``TAPTOUCH_DECODE_PROCESSES`` sets
+how many (0: none, every page in the loader's thread). A worker that dies is replaced, and the
+pages it held are decoded in the loader's thread: the rows staged are the same either way.
+docs/performance.md, "Decoding beside the loader".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from concurrent.futures import Future
+from datetime import timedelta
+from typing import IO, Any
+
+from taptouch_resource.api import InvalidRecord
+
+from . import records
+
+log = logging.getLogger(__name__)
+
+# A page this small is decoded in the loader's thread: a worker's round trip would cost more.
+MIN_WORKER_PAGE = 50
+
+_FRAME = struct.Struct("!Q")
+
+
+def staged_group(seq: int, store_id: int, raw: bytes, r: records.OrderRows, digest: bytes) -> tuple:
+    """One valid order's staging group: (seq, store_id, raw, order, items, payments, refunds), each
+    table's part a line of COPY's text format (str) or, when raw holds a byte that format must
+    escape, row tuples for psycopg to format."""
+    if b"\\" in raw or b"\n" in raw or b"\r" in raw or b"\t" in raw:
+        return (
+            seq,
+            store_id,
+            raw,
+            [(seq, *r.order, r.updated_key, r.raw, digest)],
+            [(seq, *x) for x in r.items],
+            [(seq, *x) for x in r.payments],
+            [(seq, *x) for x in r.refunds],
+        )
+    # every text of the rows is a piece of raw (or a number, a date): none needs escaping
+    p = f"{seq}\t"
+    return (
+        seq,
+        store_id,
+        raw,
+        f"{p}{copy_line(r.order)}\t{r.updated_key}\t{r.raw}\t\\\\x{digest.hex()}\n",
+        "".join([f"{p}{copy_line(x)}\n" for x in r.items]),
+        "".join([f"{p}{copy_line(x)}\n" for x in r.payments]),
+        "".join([f"{p}{copy_line(x)}\n" for x in r.refunds]),
+    )
+
+
+def copy_line(row: tuple) -> str:
+    """One row as a line of COPY's text format, without the newline, for values that need no escaping:
+    ``int``, ``Decimal`` (finite), ``date`` and text holding no backslash, tab, newline or carriage
+    return (None is ``\\N``). What psycopg's text dumpers write for the same values."""
+    return "\t".join(["\\N" if v is None else str(v) for v in row])
+
+
+def stage_page(
+    store_id: int, tz: str, day_start: timedelta, first_seq: int, raws: list[bytes], digests: list[bytes]
+) -> list[tuple | str]:
+    """Per record of one store's page (its exact bytes, and their digest): its staging group
+    (:func:`staged_group`, numbered ``first_seq + 1`` on, raw left None) or, for a record the
+    boundary refuses, the reason (str). Anything but :class:`InvalidRecord` propagates."""
+    out: list[tuple | str] = []
+    for seq, (raw, digest) in enumerate(zip(raws, digests, strict=True), start=first_seq + 1):
+        try:
+            r = records.order_rows(raw, tz, store_id, day_start)
+        except InvalidRecord as exc:
+            out.append(exc.reason)
+            continue
+        g = staged_group(seq, store_id, raw, r, digest)
+        out.append((seq, store_id, None, *g[3:]))  # the receiver holds raw
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# worker processes
+
+
+class WorkerLost(RuntimeError):
+    """A decode worker ended before it answered (the caller decodes the page itself)."""
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    body = stream.read(_FRAME.unpack(head)[0])
+    return body if len(body) == _FRAME.unpack(head)[0] else None
+
+
+def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_FRAME.pack(len(body)))
+    stream.write(body)
+    stream.flush()
+
+
+def serve(inp: IO[bytes], out: IO[bytes]) -> None:
+    """A worker's loop: each request (the arguments of :func:`stage_page`, pickled by its parent)
+    answered in order with ``(True, groups)`` or ``(False, the exception)``, until its input ends."""
+    while (body := _read_frame(inp)) is not None:
+        try:
+            answer: tuple[bool, Any] = (True, stage_page(*pickle.loads(body)))
+        except Exception as exc:  # the parent raises it, as if it had decoded the page itself
+            answer = (False, exc)
+        try:
+            payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an exception that does not pickle
+            payload = pickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        _write_frame(out, payload)
+
+
+class _Worker:
+    """One worker process and the futures of its requests, answered in order by its reader thread.
+    Requests are written under ``_writing``; the reader takes answers under ``_lock`` only, so a
+    write blocked on a full pipe never stops the reader that empties the other one."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.warehouse.decode"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=_project_dir(),
+        )
+        self.pending: deque[Future] = deque()
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self.alive = True
+        threading.Thread(target=self._read, name="taptouch-decode-reader", daemon=True).start()
+
+    def submit(self, body: bytes) -> Future:
+        fut: Future = Future()
+        with self._writing:
+            with self._lock:
+                if not self.alive:
+                    raise WorkerLost("the decode worker has ended")
+                self.pending.append(fut)
+            try:
+                _write_frame(_stdin(self.proc), body)
+            except (OSError, ValueError):
+                self._lost()  # fails fut too: the caller decodes the page itself
+        return fut
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        while out is not None and (body := _read_frame(out)) is not None:
+            ok, value = pickle.loads(body)
+            with self._lock:
+                fut = self.pending.popleft()
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        self._lost()
+
+    def _lost(self) -> None:
+        """No answer will come: every waiting request fails with :class:`WorkerLost`."""
+        with self._lock:
+            self.alive = False
+            waiting, self.pending = list(self.pending), deque()
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(WorkerLost("the decode worker ended before it answered"))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            _stdin(self.proc).close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stdin(proc: subprocess.Popen) -> IO[bytes]:
+    if proc.stdin is None:  # pragma: no cover - always a pipe
+        raise WorkerLost("the decode worker has no input")
+    return proc.stdin
+
+
+def _project_dir() -> str:
+    """The directory ``pipelines`` is imported from, so that the worker imports the same code."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class DecodeWorkers:
+    """``processes`` worker processes (started on first use) that run :func:`stage_page`; requests go
+    to them in turn. :meth:`submit` returns a future of the page's groups, or None when no worker
+    can take it (the caller decodes the page itself)."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._workers: list[_Worker] = []
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def submit(self, args: tuple) -> Future | None:
+        body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        for _ in range(2):  # a dead worker is replaced once
+            worker = self._worker()
+            if worker is None:
+                return None
+            try:
+                return worker.submit(body)
+            except WorkerLost:
+                continue
+        return None
+
+    def _worker(self) -> _Worker | None:
+        with self._lock:
+            slot = next(self._turn) % self.processes
+            if slot < len(self._workers) and self._workers[slot].alive:
+                return self._workers[slot]
+            try:
+                worker = _Worker()
+            except OSError as exc:
+                log.warning("no decode worker could start (%s): pages are decoded in the loader's thread", exc)
+                self.processes = 0
+                return None
+            if slot < len(self._workers):
+                log.warning("a decode worker ended; started another")
+                self._workers[slot] = worker
+            else:
+                self._workers.append(worker)
+            return worker
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
+            w.close()
+
+
+_SHARED: dict[int, DecodeWorkers] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(processes: int) -> DecodeWorkers | None:
+    """The process's workers for ``processes`` (None for 0): started once, stopped at exit."""
+    if processes <= 0:
+        return None
+    with _SHARED_LOCK:
+        if not _SHARED:
+            import atexit
+
+            atexit.register(_close_shared)
+        return _SHARED.setdefault(processes, DecodeWorkers(processes))
+
+
+def _close_shared() -> None:
+    with _SHARED_LOCK:
+        pools = list(_SHARED.values())
+        _SHARED.clear()
+    for p in pools:
+        p.close()
+
+
+if __name__ == "__main__":
+    _answers = os.fdopen(os.dup(1), "wb")  # the frames' own pipe: a stray print goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    serve(sys.stdin.buffer, _answers)
