@@ -936,6 +936,24 @@ CHILDREN = {
 }
 
 
+def _decode_workers_hwm_kb() -> int:
+    """The peak RSS (VmHWM) of this process's decode workers (pipelines.warehouse.decode), summed,
+    read before they stop; 0 when none ran."""
+    decode = sys.modules.get("pipelines.warehouse.decode")
+    if decode is None:
+        return 0
+    total = 0
+    for pool in list(decode._SHARED.values()):
+        for worker in pool._workers:
+            try:
+                status = Path(f"/proc/{worker.proc.pid}/status").read_text()
+            except OSError:
+                continue
+            total += next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")), 0)
+    decode._close_shared()
+    return total
+
+
 def child_main(argv: list[str]) -> None:
     name, spec, out = argv[0], json.loads(argv[1]), argv[2]
     sys.path.insert(0, str(ROOT))
@@ -943,8 +961,10 @@ def child_main(argv: list[str]) -> None:
     hwm = next(
         int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
     )
+    workers = _decode_workers_hwm_kb()  # they run beside this process: their memory adds to its own
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # e.g. the runs of ours-2runs
-    result["peak_rss_mb"] = max(hwm, children) / 1024
+    result["peak_rss_mb"] = max(hwm + workers, children) / 1024
+    result["decode_workers_rss_mb"] = workers / 1024
     Path(out).write_text(json.dumps(result, default=str))
 
 

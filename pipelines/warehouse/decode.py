@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+import traceback
 from collections import deque
 from concurrent.futures import Future
 from datetime import timedelta
@@ -94,6 +95,18 @@ def stage_page(
 # ------------------------------------------------------------------------------------------------
 # worker processes
 
+# How a worker starts: fd 1 is moved aside for the answers before anything is imported (a stray
+# print goes to stderr, never into the pipe), and Ctrl-C is the parent's to handle (a worker ends
+# when its input does: when the parent closes it, or exits).
+_BOOTSTRAP = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); answers = os.fdopen(os.dup(1), 'wb');"
+    " os.dup2(2, 1); sys.stdout = sys.stderr; from pipelines.warehouse.decode import serve;"
+    " serve(sys.stdin.buffer, answers)"
+)
+# A worker that ends this many times in a row without answering a page (it cannot start here):
+# no more are started, every page is decoded in the loader's thread.
+MAX_LOST_IN_A_ROW = 3
+
 
 class WorkerLost(RuntimeError):
     """A decode worker ended before it answered (the caller decodes the page itself)."""
@@ -103,8 +116,9 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     head = stream.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
-    body = stream.read(_FRAME.unpack(head)[0])
-    return body if len(body) == _FRAME.unpack(head)[0] else None
+    size = _FRAME.unpack(head)[0]
+    body = stream.read(size)
+    return body if len(body) == size else None
 
 
 def _write_frame(stream: IO[bytes], body: bytes) -> None:
@@ -115,11 +129,13 @@ def _write_frame(stream: IO[bytes], body: bytes) -> None:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """A worker's loop: each request (the arguments of :func:`stage_page`, pickled by its parent)
-    answered in order with ``(True, groups)`` or ``(False, the exception)``, until its input ends."""
+    answered in order with ``(True, groups)`` or ``(False, the exception)`` (its traceback added as
+    a note), until its input ends."""
     while (body := _read_frame(inp)) is not None:
         try:
             answer: tuple[bool, Any] = (True, stage_page(*pickle.loads(body)))
         except Exception as exc:  # the parent raises it, as if it had decoded the page itself
+            exc.add_note("in the decode worker:\n" + "".join(traceback.format_exception(exc)))
             answer = (False, exc)
         try:
             payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -128,23 +144,40 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
         _write_frame(out, payload)
 
 
+def _worker_env() -> dict[str, str]:
+    """The worker's environment: the parent's without its settings and credentials (``TAPTOUCH_*``,
+    libpq's ``PG*``), which a worker never needs, and with this code's directory on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPTOUCH_", "PG"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_project_dir(), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class _Worker:
     """One worker process and the futures of its requests, answered in order by its reader thread.
     Requests are written under ``_writing``; the reader takes answers under ``_lock`` only, so a
-    write blocked on a full pipe never stops the reader that empties the other one."""
+    write blocked on a full pipe never stops the reader that empties the other one. Any failure
+    (the process ended, an answer that cannot be read, a write interrupted half-way) ends the worker
+    and fails every request still waiting with :class:`WorkerLost`: no request ever gets another's
+    answer."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.warehouse.decode"],
+            [sys.executable, "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=_project_dir(),
+            env=_worker_env(),
         )
         self.pending: deque[Future] = deque()
+        self.answered = 0
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self.alive = True
-        threading.Thread(target=self._read, name="taptouch-decode-reader", daemon=True).start()
+        try:
+            threading.Thread(target=self._read, name="taptouch-decode-reader", daemon=True).start()
+        except BaseException:
+            self.end()
+            raise
 
     def submit(self, body: bytes) -> Future:
         fut: Future = Future()
@@ -156,32 +189,44 @@ class _Worker:
             try:
                 _write_frame(_stdin(self.proc), body)
             except (OSError, ValueError):
-                self._lost()  # fails fut too: the caller decodes the page itself
+                self.end()
+                raise WorkerLost("the decode worker has ended") from None
+            except BaseException:  # e.g. the run terminated while the write waited: half a frame sent
+                self.end()
+                raise
         return fut
 
     def _read(self) -> None:
-        out = self.proc.stdout
-        while out is not None and (body := _read_frame(out)) is not None:
-            ok, value = pickle.loads(body)
-            with self._lock:
-                fut = self.pending.popleft()
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        self._lost()
+        try:
+            out = self.proc.stdout
+            while out is not None and (body := _read_frame(out)) is not None:
+                ok, value = pickle.loads(body)
+                with self._lock:
+                    fut = self.pending.popleft()
+                    self.answered += 1
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        except BaseException:  # an answer that cannot be read: no later answer can be trusted
+            log.warning("a decode worker's answer could not be read; the worker is stopped", exc_info=True)
+        finally:
+            self.end()
 
-    def _lost(self) -> None:
-        """No answer will come: every waiting request fails with :class:`WorkerLost`."""
+    def end(self) -> None:
+        """Stop the worker: every waiting request fails with :class:`WorkerLost`."""
         with self._lock:
             self.alive = False
             waiting, self.pending = list(self.pending), deque()
         for fut in waiting:
             if not fut.done():
                 fut.set_exception(WorkerLost("the decode worker ended before it answered"))
+        if self.proc.poll() is None:
+            self.proc.kill()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        """Let the worker finish what it holds and end (its input closed), then reap it."""
+        with contextlib.suppress(OSError, ValueError):
             _stdin(self.proc).close()
         try:
             self.proc.wait(timeout=5)
@@ -204,13 +249,16 @@ def _project_dir() -> str:
 class DecodeWorkers:
     """``processes`` worker processes (started on first use) that run :func:`stage_page`; requests go
     to them in turn. :meth:`submit` returns a future of the page's groups, or None when no worker
-    can take it (the caller decodes the page itself)."""
+    can take it (the caller decodes the page itself). After :data:`MAX_LOST_IN_A_ROW` workers in a
+    row ended without answering, none is started again."""
 
     def __init__(self, processes: int):
         self.processes = processes
         self._workers: list[_Worker] = []
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        self._lost_in_a_row = 0
+        self._given_up = False
 
     def submit(self, args: tuple) -> Future | None:
         body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
@@ -226,14 +274,27 @@ class DecodeWorkers:
 
     def _worker(self) -> _Worker | None:
         with self._lock:
+            if self._given_up or self.processes <= 0:
+                return None
             slot = next(self._turn) % self.processes
-            if slot < len(self._workers) and self._workers[slot].alive:
-                return self._workers[slot]
+            if slot < len(self._workers):
+                old = self._workers[slot]
+                if old.alive:
+                    return old
+                self._lost_in_a_row = 0 if old.answered else self._lost_in_a_row + 1
+                old.close()
+            if self._lost_in_a_row >= MAX_LOST_IN_A_ROW:
+                log.warning(
+                    "%d decode workers in a row ended without answering: pages are decoded in the loader's thread",
+                    self._lost_in_a_row,
+                )
+                self._given_up = True
+                return None
             try:
                 worker = _Worker()
             except OSError as exc:
                 log.warning("no decode worker could start (%s): pages are decoded in the loader's thread", exc)
-                self.processes = 0
+                self._given_up = True
                 return None
             if slot < len(self._workers):
                 log.warning("a decode worker ended; started another")
@@ -271,10 +332,3 @@ def _close_shared() -> None:
         _SHARED.clear()
     for p in pools:
         p.close()
-
-
-if __name__ == "__main__":
-    _answers = os.fdopen(os.dup(1), "wb")  # the frames' own pipe: a stray print goes to stderr
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    serve(sys.stdin.buffer, _answers)

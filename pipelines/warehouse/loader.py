@@ -489,10 +489,8 @@ class OrderWindowLoad:
                 self.quarantine.add(raw, g, store_id)
                 self.counts.quarantined += 1
                 sc.quarantined += 1
-            elif g[2] is None:
+            else:  # numbered when its page was handed over: the buffer need not be in seq order
                 self._buf.append((g[0], store_id, raw, *g[3:]))
-            else:
-                self._buf.append(g)
 
     def _note_listed(self, store_id: int, raws: list[bytes], ids: list[int | None]) -> None:
         """Every order id a page lists, a malformed record's too (for the deletion judgement)."""

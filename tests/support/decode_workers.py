@@ -3,8 +3,9 @@
 A module that does ``from tests.support.decode_workers import through_workers`` and imports another
 module's tests re-collects them with every ``OrderWindowLoad`` (whatever its ``decode_processes``)
 handing each page, however small, to one worker process (:mod:`pipelines.warehouse.decode`). The
-tests' own expectations then hold for the worker path; the fixture fails the module if no page
-reached the worker (the re-run would prove nothing)."""
+tests' own expectations then hold for the worker path. The fixture fails the module if a page
+handed over was not answered by the worker (the loader would have decoded it itself) or if no page
+was answered at all (the re-run would prove nothing)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ from pipelines.warehouse import decode
 
 
 class CountingWorkers(decode.DecodeWorkers):
+    """Counts the pages handed over and those a worker answered (groups or the page's error)."""
+
     submitted = 0
+    answered = 0
 
     def submit(self, args):
         fut = super().submit(args)
         if fut is not None:
             self.submitted += 1
+            fut.add_done_callback(self._answered)
         return fut
+
+    def _answered(self, fut) -> None:
+        if not isinstance(fut.exception(), decode.WorkerLost):
+            self.answered += 1
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,4 +42,5 @@ def through_workers() -> Iterator[CountingWorkers]:
         mp.setattr(decode, "shared", lambda processes: workers)
         yield workers
     workers.close()
-    assert workers.submitted > 0, "no page reached the decode worker"
+    assert workers.answered > 0, "no page reached the decode worker"
+    assert workers.answered == workers.submitted, f"{workers.submitted - workers.answered} page(s) lost a worker"

@@ -108,3 +108,121 @@ def test_a_bad_setting_says_what_to_set(monkeypatch, value):
 def test_the_default_is_one_worker_per_core_up_to_4_and_none_on_one_core(monkeypatch, cores, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert settings._default_decode_processes() == expected
+
+
+def test_a_run_terminated_while_a_page_is_written_leaves_no_half_frame(db, monkeypatch):
+    """Termination raises in the loader's thread while it writes a page to the worker: that worker
+    ends (its pipe holds half a frame, and the next answer would be another page's), and the next
+    page goes to a new worker and gets its own rows."""
+    workers = decode.DecodeWorkers(1)
+    real_write = decode._write_frame
+    interrupted = []
+
+    def write_half(stream, body):
+        if not interrupted:
+            interrupted.append(True)
+            stream.write(decode._FRAME.pack(len(body)) + body[: len(body) // 2])
+            raise KeyboardInterrupt
+        real_write(stream, body)
+
+    monkeypatch.setattr(decode, "_write_frame", write_half)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers.submit(request(page(1, 60)))
+        first = workers._workers[0]
+        assert not first.alive and first.proc.wait(timeout=10) is not None
+        args = request(page(61, 60), first_seq=60)
+        assert workers.submit(args).result(timeout=30) == decode.stage_page(*args)
+        assert workers._workers[0] is not first
+    finally:
+        workers.close()
+
+
+def test_an_answer_that_cannot_be_read_ends_the_worker_and_fails_its_requests(monkeypatch):
+    """A worker that writes a frame that is not a pickled answer: the request fails with WorkerLost
+    (the loader decodes the page itself) instead of waiting for ever."""
+    garbage = (
+        "import sys; sys.stdout.buffer.write(bytes(7) + bytes([3]) + b'abc'); sys.stdout.flush(); sys.stdin.read()"
+    )
+    monkeypatch.setattr(decode, "_BOOTSTRAP", garbage)
+    workers = decode.DecodeWorkers(1)
+    try:
+        fut = workers.submit(request(page(1, 3)))
+        with pytest.raises(decode.WorkerLost):
+            fut.result(timeout=30)
+        assert not workers._workers[0].alive
+    finally:
+        workers.close()
+
+
+def test_workers_that_cannot_start_are_given_up_after_three(db, monkeypatch, caplog):
+    """A worker that dies at start (a broken interpreter here): after three in a row, no more are
+    started and every page is decoded in the loader's thread; the window loads every order."""
+    monkeypatch.setattr(decode, "_BOOTSTRAP", "raise SystemExit(3)")
+    started = []
+    real_init = decode._Worker.__init__
+
+    def counting_init(self):
+        started.append(True)
+        real_init(self)
+
+    monkeypatch.setattr(decode._Worker, "__init__", counting_init)
+    workers = decode.DecodeWorkers(1)
+    monkeypatch.setattr(decode, "shared", lambda processes: workers)
+    caplog.set_level(logging.WARNING)
+    try:
+        with OrderWindowLoad(db, window="2026-11-02", decode_processes=1) as load:
+            for i in range(8):
+                load.add_page(7101, page(1 + 60 * i, 60))
+                load._collect_decoded()  # each page's worker has ended before the next is handed over
+            counts = load.finish()
+    finally:
+        workers.close()
+    assert counts.inserted == 480
+    assert db.execute("select count(*) from taptouch.order_items").fetchone() == (960,)
+    assert len(started) == decode.MAX_LOST_IN_A_ROW
+    assert "3 decode workers in a row ended without answering" in caplog.text
+
+
+def test_two_windows_share_the_workers_and_each_gets_its_own_pages(migrated_db, monkeypatch):
+    """A ranged run's windows load at once on two threads through one set of workers."""
+    import threading
+
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        load_stores(conn, [f.store(7101, TZ), f.store(7102, "Australia/Perth")])
+    workers = decode.DecodeWorkers(1)
+    monkeypatch.setattr(decode, "shared", lambda processes: workers)
+    errors = []
+
+    def window(day: str, store_id: int, first_id: int) -> None:
+        try:
+            with (
+                psycopg.connect(migrated_db, autocommit=True) as conn,
+                OrderWindowLoad(conn, window=day, decode_processes=1) as load,
+            ):
+                for i in range(6):
+                    ids = range(first_id + 60 * i, first_id + 60 * (i + 1))
+                    load.add_page(store_id, [records.as_bytes(f.order(o, store_id=store_id)) for o in ids])
+                load.finish()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=window, args=("2026-11-02", 7101, 1)),
+        threading.Thread(target=window, args=("2026-11-03", 7102, 10_001)),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        workers.close()
+    assert errors == []
+    with psycopg.connect(migrated_db) as conn:
+        got = conn.execute(
+            "select store_id, count(*), min(order_id), max(order_id) from taptouch.orders group by 1 order by 1"
+        ).fetchall()
+        items = conn.execute("select count(*) from taptouch.order_items").fetchone()
+    assert got == [(7101, 360, 1, 360), (7102, 360, 10_001, 10_360)]
+    assert items == (1440,)
