@@ -35,8 +35,9 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable
-from contextlib import closing
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -45,7 +46,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipelines import settings
+from pipelines import settings, sync
 from pipelines.reconcile import reconcile_orders
 from pipelines.sync import (
     FULL_REFRESH,
@@ -55,6 +56,7 @@ from pipelines.sync import (
     sync_orders_windows,
     sync_stores,
 )
+from pipelines.warehouse.loader import OrderWindowLoad
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
 from tests.support.windows import load_window, warehouse_run
@@ -91,6 +93,47 @@ def _interrupted(signum, frame) -> None:
 
 class Violation(AssertionError):
     """An invariant broke."""
+
+
+# How much later than the run's cancel a window may be seen to begin its merge: it checks the
+# cancel, then calls finish(), and another thread may run between the two.
+MERGE_START_SLACK_S = 0.1
+
+
+@dataclass
+class _MergeClock:
+    """When a ranged run's cancel was first set, and when each window's merge began (monotonic)."""
+
+    cancelled_at: float | None = None
+    merging_at: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _merge_clock() -> Iterator[_MergeClock]:
+    """Time a ranged run's cancel and its windows' merges (sync._WindowsInFlight, OrderWindowLoad.finish)."""
+    clock = _MergeClock()
+
+    class TimedCancel(threading.Event):
+        def set(self) -> None:
+            if clock.cancelled_at is None:
+                clock.cancelled_at = time.monotonic()
+            super().set()
+
+    real_init, real_finish = sync._WindowsInFlight.__init__, OrderWindowLoad.finish
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.cancel = self.places.cancel = TimedCancel()
+
+    def finish(self: OrderWindowLoad) -> Any:
+        clock.merging_at.setdefault(self.window, time.monotonic())
+        return real_finish(self)
+
+    sync._WindowsInFlight.__init__, OrderWindowLoad.finish = init, finish  # type: ignore[method-assign]
+    try:
+        yield clock
+    finally:
+        sync._WindowsInFlight.__init__, OrderWindowLoad.finish = real_init, real_finish  # type: ignore[method-assign]
 
 
 def confirm_s() -> int:
@@ -388,7 +431,8 @@ class World:
         windows; it fires unless store failures leave fewer listings ending).
 
         Afterwards (:meth:`_check_ranged_commits`): after an interrupt, no window after the first
-        one not reported committed (only a window already merging may still commit); after a
+        one not reported committed unless its merge began before the run set its cancel (timed by
+        :func:`_merge_clock`: a window merging when the run acts on its termination commits); after a
         window failed, neither it nor any window more than ``WINDOWS_IN_FLIGHT`` after it
         committed (those already fetching or staged may). Only the windows the run reported are
         accounted for invariant 2 (the ids a successful listing returned)."""
@@ -422,9 +466,14 @@ class World:
         ok: dict[str, set[int]] = {}
         out = [f"after page {after}" if kill == "interrupt" else f"at listing {fail_at}" if kill else "whole"]
         try:
-            with closing(
-                sync_orders_windows(self.client, lambda: psycopg.connect(self.db_url, autocommit=True), windows, run)
-            ) as results:
+            with (
+                _merge_clock() as clock,
+                closing(
+                    sync_orders_windows(
+                        self.client, lambda: psycopg.connect(self.db_url, autocommit=True), windows, run
+                    )
+                ) as results,
+            ):
                 for window, result in results:
                     ok[f"{RANGED}:{window.key}"] = set(result.stores_ok) - {f.store_id for f in result.failures}
                     failed = ",".join(str(f.store_id) for f in result.failures)
@@ -444,7 +493,7 @@ class World:
             out.append("the kill did not fire")
         self._account(ok)
         self._check_ranged_commits(
-            windows, logged, kill, [w for w in windows if f"{RANGED}:{w.key}" in ok], failed_window
+            windows, logged, kill, [w for w in windows if f"{RANGED}:{w.key}" in ok], failed_window, clock
         )
         return "; ".join(out)
 
@@ -462,17 +511,27 @@ class World:
         kill: str | None,
         reported: list[OrderWindow],
         failed_window: list[str],
+        clock: _MergeClock,
     ) -> None:
         after = self._orders_logged()
         committed = [i for i, w in enumerate(windows) if after.get(w.key, 0) > before.get(w.key, 0)]
         keys = [w.key for w in windows]
         problems = []
         if kill == "interrupt" and len(reported) < len(windows):
-            first_unreported = len(reported)  # the windows are reported in order
-            late = [keys[i] for i in committed if i > first_unreported]
+            # the windows are reported in order; one committed but not yet reported may be followed
+            # by one whose merge had begun before the run acted on the termination (set its cancel)
+            first_unreported = len(reported)
+            cancelled = clock.cancelled_at
+            late = [
+                keys[i]
+                for i in committed
+                if i > first_unreported
+                and (cancelled is None or clock.merging_at.get(keys[i], math.inf) > cancelled + MERGE_START_SLACK_S)
+            ]
             if late:
                 problems.append(
-                    f"windows {late} committed after the run was terminated (only {keys[first_unreported]} may)"
+                    f"windows {late} committed after the run was terminated: their merges began after it"
+                    f" (only {keys[first_unreported]} and merges already begun may)"
                 )
         if kill == "window" and failed_window:
             f = keys.index(failed_window[0])
