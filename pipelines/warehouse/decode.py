@@ -97,11 +97,12 @@ def stage_page(
 
 # How a worker starts: fd 1 is moved aside for the answers before anything is imported (a stray
 # print goes to stderr, never into the pipe), and Ctrl-C is the parent's to handle (a worker ends
-# when its input does: when the parent closes it, or exits).
+# when its input does: when the parent closes it, or exits). It leaves with ``os._exit``: nothing
+# is left to flush into a pipe whose reader may be gone.
 _BOOTSTRAP = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); answers = os.fdopen(os.dup(1), 'wb');"
     " os.dup2(2, 1); sys.stdout = sys.stderr; from pipelines.warehouse.decode import serve;"
-    " serve(sys.stdin.buffer, answers)"
+    " serve(sys.stdin.buffer, answers); os._exit(0)"
 )
 # A worker that ends this many times in a row without answering a page (it cannot start here):
 # no more are started, every page is decoded in the loader's thread.
@@ -130,7 +131,8 @@ def _write_frame(stream: IO[bytes], body: bytes) -> None:
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """A worker's loop: each request (the arguments of :func:`stage_page`, pickled by its parent)
     answered in order with ``(True, groups)`` or ``(False, the exception)`` (its traceback added as
-    a note), until its input ends."""
+    a note), until its input ends or nobody reads the answers (the parent was killed): quietly,
+    since a killed run's workers must not print tracebacks into its log."""
     while (body := _read_frame(inp)) is not None:
         try:
             answer: tuple[bool, Any] = (True, stage_page(*pickle.loads(body)))
@@ -141,7 +143,10 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # an exception that does not pickle
             payload = pickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
-        _write_frame(out, payload)
+        try:
+            _write_frame(out, payload)
+        except BrokenPipeError:
+            return
 
 
 def _worker_env() -> dict[str, str]:

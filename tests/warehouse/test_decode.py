@@ -9,6 +9,8 @@ import logging
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from datetime import timedelta
 
 import psycopg
@@ -55,6 +57,27 @@ def test_a_worker_answers_each_request_in_order_with_what_the_loader_thread_comp
     assert [type(g) for g in second] == [str, str, tuple]  # two reasons, one order (escaped: row tuples)
     assert "total" in second[0] and isinstance(second[2][3], list)
     assert not ok3 and isinstance(error, TypeError)  # raised where the loader waits for the page
+
+
+def test_a_worker_whose_parent_is_gone_ends_quietly_with_nothing_on_stderr():
+    """A SIGKILLed run cannot close its workers: each finds its input ended and its answers
+    unread, and must end by itself without a traceback (it shares the run's stderr, the step log)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", decode._BOOTSTRAP],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=decode._project_dir(),
+        env=decode._worker_env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody will read the answer, as when the parent was killed
+    body = pickle.dumps(request(page(1, 200)))
+    proc.stdin.write(decode._FRAME.pack(len(body)) + body)
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
 
 
 @pytest.fixture
