@@ -91,8 +91,29 @@ def _full_run(url: str, db_url: str, first: date, last: date) -> tuple[float, st
     return time.monotonic() - t0, out, child.returncode
 
 
+def wait_for_backends_to_end(conn: psycopg.Connection, timeout: float = 30.0) -> None:
+    """Wait until no other session is connected to this database: the killed load's backends.
+
+    SIGKILL ends the client, not its PostgreSQL backends. A backend that had received the client's
+    ``COMMIT`` before the kill still commits, a moment later; one inside a transaction rolls back
+    when it notices the closed socket. Checking before they end would read the warehouse while a
+    window is still committing (its orders then appear between two of the check's queries)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and backend_type = 'client backend' and pid <> pg_backend_pid()"
+        ).fetchone()
+        if not row or not row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{row[0]} sessions of the killed load still connected after {timeout:.0f}s")
+        time.sleep(0.02)
+
+
 def check_after_kill(conn: psycopg.Connection, sb: Sandbox, days: list[date]) -> tuple[list[str], int]:
     """Problems (half-loaded windows, orders that differ from the truth), and whole windows present."""
+    wait_for_backends_to_end(conn)
     problems: list[str] = []
     cur = conn.cursor()
     cur.execute("select order_id from taptouch.orders")
