@@ -1,6 +1,7 @@
 """Where a first load's PostgreSQL time goes, statement by statement (issue 23's profile).
 
     ./dev python bench/merge_profile.py --days 10            # 12 UTC windows, ~20,800 orders
+    ./dev python bench/merge_profile.py --busy-day           # one UTC window of 59,924 orders, 3 stores
 
 Loads the sync bench's data (``sync_bench.sandbox_config``: 4 stores x 500 orders per day) window
 by window through ``OrderWindowLoad`` as a ranged run does (full refresh, every listing complete,
@@ -77,13 +78,30 @@ def instrument() -> None:
     psycopg.Cursor.copy = timed_copy  # type: ignore[method-assign]
 
 
-def windows(days: int) -> list[tuple[str, Any, Any, list[tuple[int, list[bytes]]]]]:
+def scenario(days: int, busy_day: bool) -> tuple[Any, list]:
+    """The sandbox's configuration and the UTC windows loaded: the sync bench's ``days``, or its busy day."""
+    from pipelines.sync import OrderWindow
+    from taptouch_sandbox import SandboxConfig
+
+    if not busy_day:
+        return sync_bench.sandbox_config(days), sync_bench.utc_windows(days)
+    config = SandboxConfig(
+        seed=sync_bench.SEED,
+        stores=sync_bench.BUSY_STORES,
+        days=sync_bench.BUSY_SANDBOX_DAYS,
+        orders_per_day=sync_bench.BUSY_PER_DAY_FOR_60K,
+        end_date=sync_bench.END_DATE,
+    )
+    return config, [OrderWindow.day(sync_bench.BUSY_DAY)]
+
+
+def windows(config: Any, utc_windows: list) -> list[tuple[str, Any, Any, list[tuple[int, list[bytes]]]]]:
     """Each UTC window's pages per store (500 exact JSON texts each), from the in-process sandbox."""
     from taptouch_sandbox import Sandbox
 
-    sb = Sandbox(sync_bench.sandbox_config(days))
+    sb = Sandbox(config)
     out = []
-    for w in sync_bench.utc_windows(days):
+    for w in utc_windows:
         pages = []
         for sid in sb.store_ids():
             ids = sb._data.window_ids(sid, int(w.start.timestamp()), int(w.end.timestamp()))
@@ -93,19 +111,19 @@ def windows(days: int) -> list[tuple[str, Any, Any, list[tuple[int, list[bytes]]
     return out
 
 
-def load(url: str, days: int) -> tuple[int, dict[str, float]]:
+def load(url: str, config: Any, utc_windows: list) -> tuple[int, dict[str, float]]:
     """Every window loaded, timed in three steps (client and backend CPU, wall)."""
     from pipelines.warehouse.history import Retention
     from pipelines.warehouse.loader import OrderWindowLoad, load_stores
     from taptouch_sandbox import Sandbox
 
-    stores = Sandbox(sync_bench.sandbox_config(days)).stores()
+    stores = Sandbox(config).stores()
     zones = {s["id"]: s["timezone"] for s in stores}
     steps: defaultdict[str, float] = defaultdict(float)
     orders = 0
     with psycopg.connect(url, autocommit=True) as conn:
         load_stores(conn, stores)
-        for key, start, end, pages in windows(days):
+        for key, start, end, pages in windows(config, utc_windows):
             _timing[0] = True
             marks = [(time.process_time(), backend_cpu_s(conn), time.perf_counter())]
             with OrderWindowLoad(
@@ -132,6 +150,9 @@ def load(url: str, days: int) -> tuple[int, dict[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--days", type=int, default=10)
+    p.add_argument(
+        "--busy-day", action="store_true", help="the sync bench's busy day instead (one window, ~60k orders)"
+    )
     p.add_argument("--database-url", default=None, help="admin URL (default as sync_bench)")
     p.add_argument("--database", default="taptouch_merge_profile")
     p.add_argument("--top", type=int, default=40)
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     url = sync_bench.fresh_database(sync_bench.admin_url(args.database_url), args.database, migrate=True)
     instrument()
-    orders, steps = load(url, args.days)
+    orders, steps = load(url, *scenario(args.days, args.busy_day))
     print(f"{orders:,} orders, load average {os.getloadavg()[0]:.1f}; CPU and wall µs per order")
     for k, v in steps.items():
         print(f"  {k:16s} {v / orders * 1e6:7.1f}")
