@@ -1,30 +1,50 @@
 """The Taptouch client library: OAuth token manager, paginated client, typed errors, and the
 Dagster resource that hands assets a configured client (docs/client.md).
 
-Every module but ``resource`` imports neither Dagster nor psycopg. ``TaptouchResource``
-(``resource.py``) is the only Dagster import; it is loaded on first use of the name, so
-``from taptouch_resource import TaptouchClient`` stays light.
+Every module but ``resource`` imports neither Dagster nor psycopg. The public names below are
+loaded on first use (:pep:`562`): ``from taptouch_resource import TaptouchClient`` imports the
+client and httpx, ``TaptouchResource`` Dagster too, and ``taptouch_resource.api`` (the record
+types a warehouse's decode workers need) neither.
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .api import ALL_SCOPES, DEFAULT_BASE_URL, InvalidRecord
-from .auth import ClientCredentialsAuth
-from .client import ClientOptions, TaptouchClient
-from .errors import (
-    TaptouchAPIError,
-    TaptouchAuthError,
-    TaptouchConfigError,
-    TaptouchError,
-    TaptouchProtocolError,
-    TaptouchRateLimitError,
-)
-from .tokens import InMemoryTokens, TokenPersistence
-
 if TYPE_CHECKING:
+    from .api import ALL_SCOPES, DEFAULT_BASE_URL, InvalidRecord
+    from .auth import ClientCredentialsAuth
+    from .client import ClientOptions, TaptouchClient
+    from .errors import (
+        TaptouchAPIError,
+        TaptouchAuthError,
+        TaptouchConfigError,
+        TaptouchError,
+        TaptouchProtocolError,
+        TaptouchRateLimitError,
+    )
     from .resource import TaptouchResource
+    from .tokens import InMemoryTokens, TokenPersistence
 
-__all__ = [
+# public name -> the module (of this package) that defines it
+_WHERE = {
+    "ALL_SCOPES": "api",
+    "DEFAULT_BASE_URL": "api",
+    "InvalidRecord": "api",
+    "ClientCredentialsAuth": "auth",
+    "ClientOptions": "client",
+    "TaptouchClient": "client",
+    "TaptouchAPIError": "errors",
+    "TaptouchAuthError": "errors",
+    "TaptouchConfigError": "errors",
+    "TaptouchError": "errors",
+    "TaptouchProtocolError": "errors",
+    "TaptouchRateLimitError": "errors",
+    "TaptouchResource": "resource",
+    "InMemoryTokens": "tokens",
+    "TokenPersistence": "tokens",
+}
+
+__all__ = [  # the same names (tests/client/test_package.py)
     "ALL_SCOPES",
     "DEFAULT_BASE_URL",
     "ClientCredentialsAuth",
@@ -44,8 +64,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TaptouchResource":  # the Dagster resource: imported on first use only
-        from .resource import TaptouchResource
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return TaptouchResource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

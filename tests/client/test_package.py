@@ -1,0 +1,46 @@
+"""The package's public names load on first use (taptouch_resource/__init__.py): each resolves to
+its module's object, and what a process imports depends on the names it uses."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import taptouch_resource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_public_name_resolves_to_the_object_of_its_module():
+    assert sorted(taptouch_resource.__all__) == sorted(taptouch_resource._WHERE)
+    for name, module in taptouch_resource._WHERE.items():
+        got = getattr(taptouch_resource, name)
+        assert got is getattr(importlib.import_module(f"taptouch_resource.{module}"), name), name
+    assert set(taptouch_resource.__all__) <= set(dir(taptouch_resource))
+    with pytest.raises(AttributeError, match="no attribute 'TaptouchClients'"):
+        taptouch_resource.TaptouchClients  # noqa: B018 (a typo is an AttributeError, as before)
+
+
+def _imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_a_decode_worker_imports_neither_httpx_nor_dagster_nor_psycopg():
+    """A worker imports :mod:`pipelines.warehouse.decode` only: light, quick to start and small
+    (each run process starts one per core)."""
+    loaded = _imported_after("import pipelines.warehouse.decode")
+    assert {"msgspec", "taptouch_resource", "pipelines"} <= loaded
+    assert not loaded & {"httpx", "dagster", "psycopg", "rich"}
+
+
+def test_the_client_imports_httpx_and_not_dagster():
+    loaded = _imported_after("from taptouch_resource import TaptouchClient, TaptouchError")
+    assert "httpx" in loaded
+    assert not loaded & {"dagster", "psycopg"}
+    assert "dagster" in _imported_after("from taptouch_resource import TaptouchResource")
