@@ -63,7 +63,13 @@ __all__ = [  # the same names (tests/client/test_package.py)
 ]
 
 
+# the package's modules, found as attributes as when this file imported them all
+_MODULES = frozenset({"api", "auth", "client", "errors", "http", "jsonutil", "listing", "resource", "retry", "tokens"})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:  # ``taptouch_resource.client.X`` after a bare ``import taptouch_resource``
+        return import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -73,4 +79,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | _MODULES)

@@ -25,6 +25,16 @@ def test_every_public_name_resolves_to_the_object_of_its_module():
         taptouch_resource.TaptouchClients  # noqa: B018 (a typo is an AttributeError, as before)
 
 
+def test_each_module_is_an_attribute_of_the_package_after_a_bare_import():
+    code = (
+        "import taptouch_resource as t; assert t.client.TaptouchClient is t.TaptouchClient;"
+        " assert t.retry.MAX_RETRY_AFTER > 0 and t.errors.TaptouchError is t.TaptouchError; print(sorted(t._MODULES))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    on_disk = sorted(p.stem for p in (ROOT / "taptouch_resource").glob("*.py") if p.stem != "__init__")
+    assert out.strip() == str(on_disk)
+
+
 def _imported_after(statement: str) -> set[str]:
     code = f"import sys; {statement}; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
