@@ -7,7 +7,7 @@ client and httpx, ``TaptouchResource`` Dagster too, and ``taptouch_resource.api`
 types a warehouse's decode workers need) neither.
 """
 
-from importlib import import_module
+from importlib import import_module as _import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,16 +67,26 @@ __all__ = [  # the same names (tests/client/test_package.py)
 _MODULES = frozenset({"api", "auth", "client", "errors", "http", "jsonutil", "listing", "resource", "retry", "tokens"})
 
 
+def _load(module: str) -> Any:
+    """This package's ``module``; an AttributeError raised while it loads (say, a dependency that
+    lost a name) is an ImportError here, never mistaken for a name this package lacks."""
+    try:
+        return _import_module(f".{module}", __name__)
+    except AttributeError as exc:
+        raise ImportError(f"cannot import {__name__}.{module}: {exc}") from exc
+
+
 def __getattr__(name: str) -> Any:
     if name in _MODULES:  # ``taptouch_resource.client.X`` after a bare ``import taptouch_resource``
-        return import_module(f".{name}", __name__)
+        return _load(name)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = getattr(_load(module), name)
     globals()[name] = value  # found directly from now on
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE) | _MODULES)
+    # the Dagster resource is listed once loaded, as before: listing the package imports no Dagster
+    return sorted(set(globals()) | ((set(_WHERE) | _MODULES) - {"TaptouchResource", "resource"}))

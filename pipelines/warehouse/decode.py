@@ -4,7 +4,7 @@ The record boundary's work per order (msgspec's decode, the rules, the rows and 
 pure Python and holds the interpreter's lock: in one process, a window's staging uses one core
 however many the machine has, and a ranged run's two windows share it. :func:`stage_page` is that
 work for one page, a pure function of the page; :class:`DecodeWorkers` runs it in worker processes
-(``python -m pipelines.warehouse.decode``, started on first use, one pipe each, answers in order),
+(``python -c`` running :func:`serve`, started on first use, one pipe each, answers in order),
 so the loader's thread only fetches, checks digests and COPYs. ``TAPTOUCH_DECODE_PROCESSES`` sets
 how many (0: none, every page in the loader's thread). A worker that dies is replaced, and the
 pages it held are decoded in the loader's thread: the rows staged are the same either way.
@@ -102,7 +102,7 @@ def stage_page(
 _BOOTSTRAP = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); answers = os.fdopen(os.dup(1), 'wb');"
     " os.dup2(2, 1); sys.stdout = sys.stderr; from pipelines.warehouse.decode import serve;"
-    " serve(sys.stdin.buffer, answers); os._exit(0)"
+    " serve(sys.stdin.buffer, answers); sys.stderr.flush(); os._exit(0)"
 )
 # A worker that ends this many times in a row without answering a page (it cannot start here):
 # no more are started, every page is decoded in the loader's thread.

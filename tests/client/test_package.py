@@ -54,3 +54,21 @@ def test_the_client_imports_httpx_and_not_dagster():
     assert "httpx" in loaded
     assert not loaded & {"dagster", "psycopg"}
     assert "dagster" in _imported_after("from taptouch_resource import TaptouchResource")
+
+
+def test_a_module_that_fails_to_load_says_why_instead_of_lacking_the_name():
+    """An AttributeError raised while ``client`` loads (a dependency that lost a name) must not read
+    as 'taptouch_resource has no TaptouchClient': the cause is in the error."""
+    code = (
+        "import httpx; del httpx.Auth\n"
+        "try:\n"
+        "    from taptouch_resource import TaptouchClient\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc, '|', exc.__cause__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "cannot import taptouch_resource.client" in out and "'Auth'" in out, out
+
+
+def test_listing_the_package_imports_no_dagster():
+    assert "dagster" not in _imported_after("import taptouch_resource, inspect; inspect.getmembers(taptouch_resource)")

@@ -70,14 +70,18 @@ def test_a_worker_whose_parent_is_gone_ends_quietly_with_nothing_on_stderr():
         cwd=decode._project_dir(),
         env=decode._worker_env(),
     )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # nobody will read the answer, as when the parent was killed
-    body = pickle.dumps(request(page(1, 200)))
-    proc.stdin.write(decode._FRAME.pack(len(body)) + body)
-    proc.stdin.close()
-    assert proc.wait(timeout=30) == 0
-    assert proc.stderr.read() == b""
-    proc.stderr.close()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdout.close()  # nobody will read the answer, as when the parent was killed
+        body = pickle.dumps(request(page(1, 200)))
+        proc.stdin.write(decode._FRAME.pack(len(body)) + body)
+        _, err = proc.communicate(timeout=30)  # (closes its input: the worker's loop ends)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert err == b""
 
 
 @pytest.fixture

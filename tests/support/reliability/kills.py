@@ -100,6 +100,7 @@ def wait_for_backends_to_end(conn: psycopg.Connection, timeout: float = 30.0) ->
     window is still committing (its orders then appear between two of the check's queries)."""
     deadline = time.monotonic() + timeout
     while True:
+        conn.execute("select pg_stat_clear_snapshot()")  # a fresh view each time, even inside a transaction
         row = conn.execute(
             "select count(*) from pg_stat_activity where datname = current_database()"
             " and backend_type = 'client backend' and pid <> pg_backend_pid()"
@@ -107,7 +108,10 @@ def wait_for_backends_to_end(conn: psycopg.Connection, timeout: float = 30.0) ->
         if not row or not row[0]:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{row[0]} sessions of the killed load still connected after {timeout:.0f}s")
+            raise RuntimeError(
+                f"{row[0]} other sessions still connected to the database {timeout:.0f}s after the kill"
+                " (the killed load's, or another client's: this check needs the database to itself)"
+            )
         time.sleep(0.02)
 
 
