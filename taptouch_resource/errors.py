@@ -90,6 +90,18 @@ class TaptouchAPIError(TaptouchError):
             parts.append(f"-- {hint}")
         super().__init__(" ".join(parts))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # its constructor takes keywords only: rebuilt from its message and attributes, so that it
+        # crosses a process boundary (a process pool, a worker's answer) as raised
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[TaptouchAPIError], args: tuple[Any, ...], state: dict[str, Any]) -> TaptouchAPIError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
+
 
 class TaptouchRateLimitError(TaptouchAPIError):
     """HTTP 429 persisted after every retry the client was allowed."""

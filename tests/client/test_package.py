@@ -4,6 +4,7 @@ its module's object, and what a process imports depends on the names it uses."""
 from __future__ import annotations
 
 import importlib
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 import taptouch_resource
+from taptouch_resource import (
+    TaptouchAPIError,
+    TaptouchAuthError,
+    TaptouchConfigError,
+    TaptouchProtocolError,
+    TaptouchRateLimitError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +80,23 @@ def test_a_module_that_fails_to_load_says_why_instead_of_lacking_the_name():
 
 def test_listing_the_package_imports_no_dagster():
     assert "dagster" not in _imported_after("import taptouch_resource, inspect; inspect.getmembers(taptouch_resource)")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TaptouchAPIError(status=503, ack=503, code="UNAVAILABLE", message="try later", path="/v1/orders", hint="wait"),
+        TaptouchRateLimitError(status=429, path="/v1/orders", http_status=200),
+        TaptouchAuthError("bad secret", status=401, error="invalid_client", missing_scopes=("orders:read",)),
+        TaptouchProtocolError("not the envelope"),
+        TaptouchConfigError("plain http to a remote host"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_every_error_survives_pickling_with_its_message_and_attributes(error):
+    """Errors cross process boundaries (a process pool, a decode worker's answer): each comes back
+    as raised (its keyword-only constructor used to make ``TaptouchAPIError`` fail to unpickle)."""
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    assert str(back) == str(error) and back.args == error.args
+    assert vars(back) == vars(error)
