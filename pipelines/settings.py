@@ -41,13 +41,16 @@ MAX_DECODE_PROCESSES = 64
 
 
 def _default_decode_processes() -> int:
-    """One worker per core this process may use, at most 4; none on a single core (the loader's
-    thread itself is mostly waiting on the API and PostgreSQL once the decoding has left it)."""
+    """One worker per core this process may use, at most 2; none on a single core (the loader's
+    thread itself is mostly waiting on the API and PostgreSQL once the decoding has left it). Two
+    decode about 50,000 orders/s (~36 µs per order each, measured on this project's 2-core VM),
+    more than one loader's thread fetches and COPYs (~17,000 on the busy day's staging); each
+    more would add ~35 MB and no speed (docs/performance.md, "Decoding beside the loader")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         cores = os.cpu_count() or 1
-    return min(4, cores) if cores > 1 else 0
+    return min(2, cores) if cores > 1 else 0
 
 
 DEFAULT_DECODE_PROCESSES = _default_decode_processes()
@@ -162,7 +165,7 @@ def batch_size(configured: int | None = None) -> int:
 
 def decode_processes() -> int:
     """``TAPTOUCH_DECODE_PROCESSES`` (0..64): worker processes decoding orders pages beside a run's
-    loader (0: the loader's thread decodes them); default one per core, at most 4 (0 on one core)."""
+    loader (0: the loader's thread decodes them); default one per core, at most 2 (0 on one core)."""
     return _int("TAPTOUCH_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES, 0, MAX_DECODE_PROCESSES)
 
 

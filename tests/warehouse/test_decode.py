@@ -131,8 +131,8 @@ def test_a_bad_setting_says_what_to_set(monkeypatch, value):
         settings.decode_processes()
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, 0), (2, 2), (3, 3), (16, 4)])
-def test_the_default_is_one_worker_per_core_up_to_4_and_none_on_one_core(monkeypatch, cores, expected):
+@pytest.mark.parametrize(("cores", "expected"), [(1, 0), (2, 2), (3, 2), (16, 2)])
+def test_the_default_is_one_worker_per_core_up_to_2_and_none_on_one_core(monkeypatch, cores, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert settings._default_decode_processes() == expected
 
