@@ -81,16 +81,11 @@ def instrument() -> None:
 def scenario(days: int, busy_day: bool) -> tuple[Any, list]:
     """The sandbox's configuration and the UTC windows loaded: the sync bench's ``days``, or its busy day."""
     from pipelines.sync import OrderWindow
-    from taptouch_sandbox import SandboxConfig
 
     if not busy_day:
         return sync_bench.sandbox_config(days), sync_bench.utc_windows(days)
-    config = SandboxConfig(
-        seed=sync_bench.SEED,
-        stores=sync_bench.BUSY_STORES,
-        days=sync_bench.BUSY_SANDBOX_DAYS,
-        orders_per_day=sync_bench.BUSY_PER_DAY_FOR_60K,
-        end_date=sync_bench.END_DATE,
+    config = sync_bench.sandbox_config(
+        sync_bench.BUSY_SANDBOX_DAYS, stores=sync_bench.BUSY_STORES, orders_per_day=sync_bench.BUSY_PER_DAY_FOR_60K
     )
     return config, [OrderWindow.day(sync_bench.BUSY_DAY)]
 

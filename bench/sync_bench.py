@@ -126,10 +126,10 @@ def spec_windows(spec: dict) -> list:
     return utc_windows(spec["days"])
 
 
-def sandbox_config(days: int):
+def sandbox_config(days: int, *, stores: int = STORES, orders_per_day: int = ORDERS_PER_DAY):
     from taptouch_sandbox import SandboxConfig
 
-    return SandboxConfig(seed=SEED, stores=STORES, days=days, orders_per_day=ORDERS_PER_DAY, end_date=END_DATE)
+    return SandboxConfig(seed=SEED, stores=stores, days=days, orders_per_day=orders_per_day, end_date=END_DATE)
 
 
 # ------------------------------------------------------------------------------------------------
