@@ -743,6 +743,7 @@ _ITEM_SUMS = itemgetter(
     *(ORDER.lines[0][1].columns.index(c) for c in ("quantity", "unit_price", "discount", "total", "modifiers"))
 )
 _PAYMENT_AMOUNT = itemgetter(ORDER.lines[1][1].columns.index("amount"))
+_REFUND_AMOUNT = itemgetter(ORDER.lines[2][1].columns.index("amount"))
 _FAST_ORDER = fast_row_function(ORDER)
 _FAST_LINES = tuple((name, fast_row_function(child), child.key or "id") for name, child in ORDER.lines)
 
@@ -756,9 +757,10 @@ def _modifier_sum(text: str) -> Decimal:
     return total
 
 
-def _order_sums(order: tuple, items: list, payments: list) -> None:
+def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> None:
     """Each item's total, subtotal = Σ item totals, total = subtotal − discount + surcharge +
-    rounding, and a completed order paid in full; InvalidRecord says which does not add up."""
+    rounding, a completed order paid in full, and its refunds summing to an amount (what the order's
+    history row and every figure of it hold); InvalidRecord says which does not add up."""
     subtotal, discount, surcharge, rounding, total, status = _ORDER_SUMS(order)
     if items:
         item_sum = ZERO
@@ -780,6 +782,10 @@ def _order_sums(order: tuple, items: list, payments: list) -> None:
         paid = sum(map(_PAYMENT_AMOUNT, payments), ZERO)
         if paid != total:
             raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
+    if refunds:
+        refunded = sum(map(_REFUND_AMOUNT, refunds), ZERO)
+        if abs(refunded) > MONEY_MAX:
+            raise InvalidRecord(f"refunds sum to {refunded}, beyond what an amount holds (numeric(12,2): {MONEY_MAX})")
 
 
 def _order_precise(
@@ -795,7 +801,7 @@ def _order_precise(
     if listed_store is not None and given["store_id"] != listed_store:
         raise InvalidRecord(f"store_id {given['store_id']} differs from the store it was listed under ({listed_store})")
     items, payments, refunds = (_precise_lines(name, child, getattr(o, name), given) for name, child in ORDER.lines)
-    _order_sums(order, items, payments)
+    _order_sums(order, items, payments, refunds)
     return OrderRows(
         given["order_id"],
         given["store_id"],
@@ -819,7 +825,7 @@ def _order_fast(
         if listed_store is not None and sid != listed_store:
             raise _Declined
         items, payments, refunds = (_fast_lines(getattr(o, name), fast, key, oid) for name, fast, key in _FAST_LINES)
-        _order_sums(order, items, payments)
+        _order_sums(order, items, payments, refunds)
         return OrderRows(oid, sid, _exact_epoch(o.updated_at), order, items, payments, refunds, raw.decode("utf-8"))
     except (
         _Declined,
