@@ -27,8 +27,8 @@ select
     sales.source,
     sales.fulfillment_type,
     sales.order_count,
-    sales.refunds::numeric(14, 2) as refunds,
-    sales.net_sales::numeric(14, 2) as net_sales,
+    round(sales.refunds, 2) as refunds,
+    round(sales.net_sales, 2) as net_sales,
     sales.account,
     stores.currency,
     coalesce(days.day_complete, false) as day_complete

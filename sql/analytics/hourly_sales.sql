@@ -28,8 +28,8 @@ select
     sales.business_date,
     sales.local_hour,
     sales.order_count,
-    sales.refunds::numeric(14, 2) as refunds,
-    sales.net_sales::numeric(14, 2) as net_sales,
+    round(sales.refunds, 2) as refunds,
+    round(sales.net_sales, 2) as net_sales,
     sales.account,
     stores.currency,
     coalesce(days.day_complete, false) as day_complete

@@ -49,9 +49,9 @@ select
     snapshots.on_hand,
     snapshots.cost_price,
     snapshots.sell_price,
-    round(greatest(snapshots.on_hand, 0) * snapshots.cost_price, 2)::numeric(14, 2) as stock_value,
+    round(greatest(snapshots.on_hand, 0) * snapshots.cost_price, 2) as stock_value,
     coalesce(daily_units.units_sold, 0) as units_sold,
-    coalesce(daily_units.item_sales, 0)::numeric(14, 2) as item_sales,
+    round(coalesce(daily_units.item_sales, 0), 2) as item_sales,
     snapshots.account::text as account,
     stores.currency,
     coalesce(days.day_complete, false) as day_complete

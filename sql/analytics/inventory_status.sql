@@ -66,7 +66,7 @@ select
     levels.reorder_level,
     levels.cost_price,
     levels.sell_price,
-    round(greatest(levels.on_hand, 0) * levels.cost_price, 2)::numeric(14, 2) as stock_value,
+    round(greatest(levels.on_hand, 0) * levels.cost_price, 2) as stock_value,
     coalesce(levels.on_hand < levels.reorder_level, false) as below_reorder,
     levels.on_hand <= 0 as stock_out,
     coalesce(recent_units.units_sold, 0) as units_sold_28d,

@@ -28,9 +28,9 @@ select
     payments.business_date,
     payments.method,
     payments.payment_count,
-    payments.amount::numeric(14, 2) as amount,
-    payments.surcharges::numeric(14, 2) as surcharges,
-    payments.tips::numeric(14, 2) as tips,
+    round(payments.amount, 2) as amount,
+    round(payments.surcharges, 2) as surcharges,
+    round(payments.tips, 2) as tips,
     payments.account,
     stores.currency,
     coalesce(days.day_complete, false) as day_complete

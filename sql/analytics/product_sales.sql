@@ -37,9 +37,9 @@ select
     products.category,
     products.order_count,
     products.units,
-    products.net_item_sales::numeric(14, 2) as net_item_sales,
-    products.item_discounts::numeric(14, 2) as item_discounts,
-    round(products.modifier_revenue, 2)::numeric(14, 2) as modifier_revenue,
+    round(products.net_item_sales, 2) as net_item_sales,
+    round(products.item_discounts, 2) as item_discounts,
+    round(products.modifier_revenue, 2) as modifier_revenue,
     products.account,
     stores.currency,
     coalesce(days.day_complete, false) as day_complete

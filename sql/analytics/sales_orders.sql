@@ -64,8 +64,8 @@ select
     sales.discount,
     sales.total,
     sales.tax,
-    coalesce(order_refunds.refunded, 0)::numeric(14, 2) as refunds,
-    (sales.total - coalesce(order_refunds.refunded, 0))::numeric(14, 2) as net_total,
+    round(coalesce(order_refunds.refunded, 0), 2) as refunds,
+    round(sales.total - coalesce(order_refunds.refunded, 0), 2) as net_total,
     sales.account,
     sales.currency,
     coalesce(days.day_complete, false) as day_complete

@@ -166,6 +166,31 @@ def test_refunds_summing_past_an_amount_quarantine_that_order_and_the_window_com
     assert reason.startswith("refunds sum to 1009999999998.99, beyond what an amount holds")
 
 
+def test_every_view_reads_a_store_day_of_amounts_at_their_limit(db):
+    """Each amount fits numeric(12,2), so a store-day's sums can pass any fixed precision (120 orders
+    at the limit make 1.2e12): every analytics view still reads, to the cent, for every store."""
+    from pipelines.warehouse.views import apply_views, view_names
+
+    top = "9999999999.99"
+    orders = [
+        dict(
+            f.order(600 + i, status="partially_refunded", items=[f.item(1, 1, top)]),
+            refunds=[{"id": 1, "amount": D(top), "reason": "x", "refunded_at": "2026-11-02T13:00:00+11:00"}],
+        )
+        for i in range(120)
+    ]
+    load_orders(db, [(7101, orders), (7102, [f.order(900, store_id=7102)])])
+    load_inventory(db, 7101, [f.inventory(1, on_hand="1e12", cost_price=D(top))], snapshot_date=date(2026, 11, 2))
+    apply_views(db)
+    for view in view_names():
+        q(db, f"select * from analytics.{view}")  # none fails with numeric field overflow
+    assert q(db, "select store_id, gross_sales, refunds, net_sales from analytics.daily_store_sales order by 1") == [
+        (7101, D(top) * 120, D(top) * 120, D("0.00")),
+        (7102, D("36.60"), D("0.00"), D("36.60")),
+    ]
+    assert q(db, "select stock_value from analytics.inventory_status where product_id = 1") == [(D(top) * 10**12,)]
+
+
 def test_hostile_text_survives_byte_for_byte(db):
     texts = [
         "tab\there",
