@@ -191,6 +191,26 @@ def test_every_view_reads_a_store_day_of_amounts_at_their_limit(db):
     assert q(db, "select stock_value from analytics.inventory_status where product_id = 1") == [(D(top) * 10**12,)]
 
 
+def test_a_zone_change_that_moves_no_date_still_moves_the_hours_of_every_day(db):
+    """Melbourne -> Perth moves 12:31 to 09:31 on the same business date: no date is re-derived, and
+    the store's hourly aggregates of every day still follow the new zone (the views and a
+    recomputation agree)."""
+    from pipelines.warehouse import aggregates
+    from pipelines.warehouse.views import apply_views
+
+    days = [f.order(60 + d, created_at=f"2026-11-0{d}T12:31:05+11:00") for d in (2, 3)]
+    load_orders(db, [(7101, days[:1])], window="2026-11-02")
+    load_orders(db, [(7101, days[1:])], window="2026-11-03")
+    apply_views(db)
+    hours = "select business_date, local_hour from analytics.hourly_sales where store_id = 7101 order by 1"
+    assert q(db, hours) == [(date(2026, 11, 2), 12), (date(2026, 11, 3), 12)]
+    counts = load_stores(db, [f.store(7101, "Australia/Perth", updated_at="2026-11-04T10:15:00+10:00")])
+    assert counts.business_dates_rederived == 0
+    assert q(db, hours) == [(date(2026, 11, 2), 9), (date(2026, 11, 3), 9)]
+    with db.transaction(), db.cursor() as cur:
+        assert aggregates.mismatches(cur) == {}
+
+
 def test_hostile_text_survives_byte_for_byte(db):
     texts = [
         "tab\there",
