@@ -225,16 +225,9 @@ _ID_DECODER = msgspec.json.Decoder(_Id)
 
 
 def _order_id(raw: bytes) -> int | None:
-    """The record's id when it is a valid bigint (for the unchanged-digest lookup), else None.
-
-    A record that starts ``{"id":<digits>,`` is read from its bytes. (Safe whatever the rest says: a
-    record is skipped only when the warehouse's row of that id holds exactly these bytes.)"""
-    if raw[:6] == b'{"id":':
-        end = raw.find(b",", 6, 32)
-        if end > 6:
-            token = raw[6:end]
-            if token.isdigit() and len(token) < 19:
-                return int(token)
+    """The record's id when it is a valid bigint (for the unchanged-digest lookup and the ids a
+    listing names), else None: read as the boundary and ``jsonb`` read it, so a record that names
+    ``"id"`` twice is the last one's (no shortcut over its first bytes)."""
     try:
         oid = _ID_DECODER.decode(raw).id
     except (msgspec.DecodeError, RecursionError, ValueError):

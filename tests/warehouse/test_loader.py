@@ -211,6 +211,25 @@ def test_a_zone_change_that_moves_no_date_still_moves_the_hours_of_every_day(db)
         assert aggregates.mismatches(cur) == {}
 
 
+def test_a_record_naming_id_twice_is_listed_under_the_id_it_is_loaded_as(db):
+    """JSON's last duplicate key wins for the boundary and jsonb: a listing of ``{"id":999,...,"id":5}``
+    lists order 5 (no deletion candidate for it), not an order 999 the warehouse never held."""
+    from datetime import UTC, datetime
+
+    compact = jsonutil.dumps(f.order(5)).replace(": ", ":").replace(", ", ",").encode()
+    load_orders(db, [(7101, [compact])])
+    twice = b'{"id":999,' + compact[1:]
+    with OrderWindowLoad(db, window="2026-11-02") as load:
+        load.add_page(7101, [twice])
+        now = datetime.now(UTC)
+        load.store_listed(
+            7101, None, complete=(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), now)
+        )
+        load.finish()
+    assert q(db, "select order_id, deleted_at from taptouch.orders") == [(5, None)]
+    assert q(db, "select order_id from taptouch.deletion_candidates") == []
+
+
 def test_hostile_text_survives_byte_for_byte(db):
     texts = [
         "tab\there",
