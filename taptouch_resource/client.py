@@ -148,7 +148,8 @@ class TaptouchClient:
     (``page_size=500``), which overrides ``options``. ``transport`` lets tests and the in-process
     sandbox run without sockets; ``auth``: a token manager to share (its ``stats`` are used);
     ``limiter``: e.g. the shared budget of ``pipelines.warehouse.budget`` (default: the client's own
-    :class:`~taptouch_resource.retry.RateLimiter`); ``sleep``: a test's clock. One client is safe to
+    :class:`~taptouch_resource.retry.RateLimiter`); ``sleep`` and ``clock`` (Unix seconds): a test's
+    clock. One client is safe to
     share between threads: the token cache, the rate limiter and the counters are shared.
     """
 
@@ -165,6 +166,7 @@ class TaptouchClient:
         limiter: RequestLimiter | None = None,
         verify: Any = True,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
         **tunables: Any,
     ):
         if verify is False:
@@ -175,6 +177,7 @@ class TaptouchClient:
         self.options = opts = (options or ClientOptions()).with_overrides(tunables)
         self.base_url = check_base_url(base_url)
         self._sleep = sleep
+        self._clock = clock
         timeout = opts.http_timeout()
         self.stats = auth.stats if auth is not None else ClientStats()
         self._backoff = Backoff(max_retries=opts.max_retries, cap=opts.backoff_cap, budget=opts.retry_budget)
@@ -261,14 +264,20 @@ class TaptouchClient:
 
         The pages come from an :class:`~taptouch_resource.listing.OrderListing` (keyset pages checked
         to be in order, else a verifying pass), which tells afterwards whether the listing is
-        ``complete``, when it ``started_at`` on the API's clock, and the ``newest`` instant read.
+        ``complete``, when it ``started_at`` (the API's clock, never after this machine's), and the
+        ``newest`` instant read.
         ``confirm_end``: the last page is asked for twice (see :class:`OrderListing`)."""
         params: Params = {api.PARAM_UPDATED_TO: iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
         paginator = self._paginator(api.ORDERS_PATH.format(store_id=int(store_id)), f"store {store_id} orders")
         return OrderListing(
-            paginator, params=params, updated_from=updated_from, updated_to=updated_to, confirm_end=confirm_end
+            paginator,
+            params=params,
+            updated_from=updated_from,
+            updated_to=updated_to,
+            confirm_end=confirm_end,
+            clock=self._clock,
         )
 
     def iter_inventory(self, store_id: int, *, updated_from: datetime | str | None = None) -> Iterator[Any]:

@@ -223,8 +223,10 @@ class OrderListing:
     - ``complete``: True once exhausted, if every record that was in the range for the whole
       listing was read (keyset pages, each checked to be in order, or a verifying pass that found
       nothing the first pass missed). False while reading, and when a skip cannot be ruled out.
-    - ``started_at``: the API's clock when the listing started (floor of the first page's
-      ``status.timestamp`` minus 1 s); None when the server sent no usable timestamp.
+    - ``started_at``: when the listing started: the API's clock (floor of the first page's
+      ``status.timestamp`` minus 1 s), or this machine's at the first request (floored, minus 1 s)
+      when that is earlier: an API clock running ahead must not carry a mark past edits that real
+      time has not reached. None when the server sent no usable timestamp.
     - ``newest``: the newest ``updated_at`` read (microsecond floor); None if none was readable.
     - ``verified``: True when the keyset pass had to be checked by a second pass.
     - ``pages``, ``records``: answers read, records yielded (duplicates dropped).
@@ -245,8 +247,12 @@ class OrderListing:
         updated_from: datetime | str,
         updated_to: datetime | str,
         confirm_end: bool = False,
+        clock: Callable[[], float] = time.time,
     ):
+        """``clock``: this machine's (Unix seconds; a test's fake clock)."""
         self._paginator = paginator
+        self._clock = clock
+        self._local_start: float | None = None  # this machine's clock at the first request
         self._params = params
         self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
         self._count, self._max_pages, self.what = paginator.page_size, paginator.max_pages, paginator.what
@@ -276,6 +282,7 @@ class OrderListing:
 
     # -- the two passes ------------------------------------------------------------------------
     def _run(self) -> Generator[list[bytes], None, None]:
+        self._local_start = self._clock()
         in_order = yield from self._keyset()
         if in_order:
             self.complete = not self._doubtful
@@ -403,7 +410,10 @@ class OrderListing:
     def _started(self, page: Page) -> None:
         self.pages += 1
         if self.pages == 1:
-            self.started_at = api_clock(page.timestamp)
+            local = self._clock() if self._local_start is None else self._local_start
+            api_at = api_clock(page.timestamp, local=local)
+            here = datetime.fromtimestamp(math.floor(local), UTC) - timedelta(seconds=1)
+            self.started_at = None if api_at is None else min(api_at, here)
 
     def _take(
         self, records: list[bytes], cursor: datetime | None, verifying: bool = False

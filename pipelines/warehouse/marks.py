@@ -2,7 +2,7 @@
 
 A re-run asks the API only from ``mark - lookback`` (:func:`fetch_from`). A mark moves only from a
 complete listing, to the newest ``updated_at`` it read but never past the listing's start on the
-API's clock (:func:`mark_for`), in the data's own transaction and never backwards
+API's clock or on this machine's, whichever is earlier (:func:`mark_for`), in the data's own transaction and never backwards
 (:func:`advance`). The rules: docs/operating.md, "The rules of a mark".
 """
 
@@ -35,7 +35,8 @@ def fetch_from(start: datetime, mark: datetime | None, lookback: timedelta) -> d
 
 def mark_for(listing: Any) -> datetime | None:
     """The instant a finished listing lets a mark move to (None: it may not move): the newest
-    ``updated_at`` read, capped at the listing's start on the API's clock; only from a complete one."""
+    ``updated_at`` read, capped at the listing's start (``started_at``: the API's clock, never after
+    this machine's); only from a complete one."""
     newest, started = getattr(listing, "newest", None), getattr(listing, "started_at", None)
     if not getattr(listing, "complete", False) or newest is None or started is None:
         return None

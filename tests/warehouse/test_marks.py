@@ -1,6 +1,7 @@
 """High-water marks you can trust, on the sandbox and real PostgreSQL:
 an edit during a listing skips nothing; a mark moves only from a complete listing and never past the
-listing's start on the API's clock, so a future-dated record cannot freeze a store's hourly loads."""
+listing's start on the API's clock (nor on this machine's), so a future-dated record cannot freeze a
+store's hourly loads."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ START, END = day_window(DAY)
 LOOKBACK = timedelta(minutes=5)
 
 
-def make(clock: list[float], *, wrap=None, page_size: int = 10):
+def make(clock: list[float], *, wrap=None, page_size: int = 10, here=None):
+    """``here``: this machine's clock for the client (default the real one, far after the sandbox's)."""
     sb = Sandbox(
         SandboxConfig(seed=3, stores=1, days=2, end_date=date(2026, 11, 26), orders_per_day=60), clock=lambda: clock[0]
     )
@@ -37,6 +39,7 @@ def make(clock: list[float], *, wrap=None, page_size: int = 10):
         page_size=page_size,
         requests_per_second=None,
         sleep=lambda s: None,
+        **({} if here is None else {"clock": here}),
     )
     return sb, client
 
@@ -111,6 +114,32 @@ def test_a_future_dated_order_does_not_freeze_the_store(migrated_db):
         )
         assert held(conn) == truth(sb)
         assert mark_of(conn, sid) == START + timedelta(hours=17, minutes=59, seconds=59)
+
+
+def test_an_api_clock_running_ahead_cannot_carry_the_mark_past_real_time(migrated_db):
+    """At 06:00 (this machine's clock, and the records' real time) the API's clock says 12:00 and
+    the day holds orders dated up to 23:59. Capped at the API's clock alone, the mark went to 11:59:59;
+    once the API's clock was right again, an edit at 06:30 lay before every later listing's start
+    (mark minus lookback) and no incremental run read it. The mark stops at this machine's clock."""
+    clock = [(START + timedelta(hours=6)).timestamp()]
+    sb, client = make(clock, here=lambda: clock[0])
+    sid = sb.store_ids()[0]
+    sb.faults.clock_skew = 6 * 3600
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
+        assert held(conn) == truth(sb)
+        assert mark_of(conn, sid) == START + timedelta(hours=5, minutes=59, seconds=59)
+
+        sb.faults.clock_skew = 0
+        clock[0] = (START + timedelta(hours=7)).timestamp()
+        early = next(o for o in sb.orders_in_window(sid, START, END) if t(o["updated_at"]) < START + timedelta(hours=5))
+        sb.edit_order(early["id"], status="voided", updated_at=(START + timedelta(hours=6, minutes=30)).isoformat())
+        load_window(client, conn, DAY, START, END, lookback=LOOKBACK)
+        assert conn.execute("select status from taptouch.orders where order_id = %s", (early["id"],)).fetchone() == (
+            "voided",
+        )
+        assert held(conn) == truth(sb)
 
 
 def test_no_api_clock_no_mark(migrated_db):
