@@ -734,12 +734,21 @@ def sync_inventory(
     starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it
     for store_id in store_ids:
         try:
+            # the database's clock before the listing: a level a load wrote since is not this listing's to delist
+            listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
             snapshot_date = record_rules.local_date(
                 now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
             )
             counts = load_inventory(
-                conn, store_id, records, snapshot_date=snapshot_date, run_id=run_id, now=now, confirm_s=confirm_s
+                conn,
+                store_id,
+                records,
+                snapshot_date=snapshot_date,
+                run_id=run_id,
+                now=now,
+                confirm_s=confirm_s,
+                listed_since=listed_since,
             )
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))

@@ -783,14 +783,17 @@ def load_inventory(
     run_id: str | None = None,
     now: datetime | None = None,
     confirm_s: int | None = None,
+    listed_since: datetime | None = None,
 ) -> LoadCounts:
     """Merge one store's complete inventory listing into ``inventory_levels`` and upsert today's snapshot.
 
     ``records_`` must be the store's complete listing (the client raises rather than return a
     partial or malformed one). Per product, the newest ``updated_at`` wins (full precision): an older
     listing loaded later never moves a level backwards. A product the listing does not contain is
-    delisted (deleted), unless its level is newer than every level of this listing (then this
-    listing is older than the row and cannot speak for it). A product whose record is malformed keeps
+    delisted (deleted), unless its level was written by a load whose transaction began after this
+    listing was requested (``synced_at`` >= ``listed_since``, the database's clock before the first
+    request; default: its clock when this function starts, right for a lazy ``records_``): that
+    load may hold a newer listing, which this one cannot speak for. A product whose record is malformed keeps
     its previous level (it is listed, just unreadable) and is quarantined. Everything (levels,
     deletions, snapshot, quarantine) commits in one transaction.
 
@@ -808,7 +811,10 @@ def load_inventory(
         confirm_s = reconcile_confirm_s()
     counts = LoadCounts()
     quarantine = Quarantine("inventory", snapshot_date.isoformat(), run_id)
+    if listed_since is None:
+        listed_since = first_value(conn.execute("select clock_timestamp()"))
     listing = _InventoryListing.read(records_, store_id, quarantine, counts)
+    listing.since = listed_since
     with conn.transaction(), conn.cursor() as cur:
         _stage_inventory(cur, store_id, listing, quarantine, counts)
         INVENTORY.take_lock(cur, store_id)
@@ -852,7 +858,7 @@ class _InventoryListing:
     bad_ids: list[int] = field(default_factory=list)
     unidentified: int = 0
     seen: int = 0  # valid records, duplicates included
-    newest: Any = None
+    since: datetime | None = None  # the database's clock before the listing was requested
 
     @classmethod
     def read(
@@ -876,8 +882,6 @@ class _InventoryListing:
             prev = rows.get(row[1])
             if prev is None or key is None or prev[-2] is None or key >= prev[-2]:  # newest, then last seen
                 rows[row[1]] = row + (key, text)
-            if key is not None and (listing.newest is None or key > listing.newest):
-                listing.newest = key
         counts.duplicates = listing.seen - len(rows)
         listing.rows = [rows[k] for k in sorted(rows)]
         return listing
@@ -889,7 +893,7 @@ def _delist_unlisted(
     """Delist what the listing no longer holds (:func:`_delist`), but only from a well-formed one: a
     record whose product cannot be identified might be any product, so then nothing is delisted."""
     if not listing.unidentified:
-        return _delist(cur, store_id, listing.bad_ids, listing.newest, listed=listed, now=now, confirm_s=confirm_s)
+        return _delist(cur, store_id, listing.bad_ids, listing.since, listed=listed, now=now, confirm_s=confirm_s)
     log.warning(
         "inventory of store %s: %d malformed record(s) without a readable product_id; "
         "no product is delisted from this listing",
@@ -923,23 +927,22 @@ def _delist(
     cur: psycopg.Cursor,
     store_id: int,
     listed_bad: list[int],
-    newest: Any,
+    since: datetime | None,
     *,
     listed: int,
     now: datetime,
     confirm_s: int,
 ) -> int:
-    """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains;
-    from a suspicious listing, only those a listing ``confirm_s`` seconds earlier also missed.
-    Returns how many were delisted."""
+    """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains,
+    but none written by a load that began after the listing was requested (``since``: the newer
+    listing it may hold is not this one's to contradict); from a suspicious listing, only those a
+    listing ``confirm_s`` seconds earlier also missed. Returns how many were delisted."""
     cur.execute(
         "select l.product_id from taptouch.inventory_levels l where l.store_id = %s"
         " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
-        " and l.product_id <> all(%s)"
-        " and (%s::numeric is null or l.updated_at is null"
-        "      or coalesce(l.updated_at_exact, taptouch.exact_epoch(l.updated_at)) <= %s::numeric)"
+        " and l.product_id <> all(%s) and (%s::timestamptz is null or l.synced_at < %s::timestamptz)"
         " order by l.product_id",
-        (store_id, listed_bad, newest, newest),
+        (store_id, listed_bad, since, since),
     )
     gone = [r[0] for r in cur.fetchall()]
     cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))

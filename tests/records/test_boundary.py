@@ -210,8 +210,9 @@ def test_inventory_newest_wins_and_older_listing_deletes_nothing_newer(db):
         f.inventory(2, on_hand="7", updated_at="2026-11-27T09:30:00+11:00"),
     ]  # product 2 is new
     older = [f.inventory(1, on_hand="99", updated_at="2026-11-27T09:00:00.0000001+11:00")]
+    older_requested = q(db, "select clock_timestamp()")[0][0]  # the older listing was asked for first
     load_inventory(db, 7101, newer, snapshot_date=day)
-    counts = load_inventory(db, 7101, older, snapshot_date=day)  # an older fetch committed later
+    counts = load_inventory(db, 7101, older, snapshot_date=day, listed_since=older_requested)  # committed later
     assert (counts.updated, counts.deleted) == (0, 0)
     assert q(db, "select product_id, on_hand from taptouch.inventory_levels order by 1") == [(1, D(5)), (2, D(7))]
     assert q(db, "select product_id, on_hand from taptouch.inventory_snapshots order by 1") == [(1, D(5)), (2, D(7))]
@@ -221,6 +222,19 @@ def test_inventory_newest_wins_and_older_listing_deletes_nothing_newer(db):
     )
     assert (counts.updated, counts.deleted) == (1, 1)
     assert q(db, "select product_id, on_hand from taptouch.inventory_levels") == [(1, D(4))]
+
+
+def test_inventory_the_most_recently_updated_product_is_delisted_like_any_other(db):
+    """The product restocked last stops being listed: the next listing delists it, although it is
+    newer than every level that listing holds (the old guard kept it until another product changed)."""
+    day = date(2026, 3, 6)
+    restocked_last = f.inventory(5, updated_at="2026-03-05T09:00:00+11:00")
+    rest = [f.inventory(pid, updated_at="2026-03-01T08:00:00+11:00") for pid in (1, 2, 3, 4)]
+    load_inventory(db, 7101, [*rest, restocked_last], snapshot_date=day)
+    counts = load_inventory(db, 7101, rest, snapshot_date=day)
+    assert counts.deleted == 1
+    assert q(db, "select product_id from taptouch.inventory_levels order by 1") == [(1,), (2,), (3,), (4,)]
+    assert q(db, "select product_id from taptouch.inventory_snapshots order by 1") == [(1,), (2,), (3,), (4,)]
 
 
 def test_inventory_bad_values_quarantined(db):
