@@ -290,7 +290,11 @@ class TaptouchClient:
 
     def _inventory_pages(self, store_id: int, updated_from: datetime | str | None) -> Iterator[list[bytes]]:
         params: Params = {} if updated_from is None else {api.PARAM_UPDATED_FROM: iso(updated_from)}
-        return self._paginate(api.INVENTORY_PATH.format(store_id=int(store_id)), params, f"store {store_id} inventory")
+        # a listing that delists what it misses: its end is asked for twice (an answer cut short
+        # looks like the end)
+        return self._paginator(
+            api.INVENTORY_PATH.format(store_id=int(store_id)), f"store {store_id} inventory"
+        ).paginate(params, confirm_end=updated_from is None)
 
     # -- pagination ----------------------------------------------------------------------------
     def _paginator(self, path: str, what: str) -> Paginator:

@@ -118,8 +118,12 @@ class Paginator:
             self._stats.add(pages=1, records=size)
         return page
 
-    def paginate(self, params: Params) -> Iterator[list[bytes]]:
-        """The records of every page of ``params`` (without ``index``/``count``), page by page."""
+    def paginate(self, params: Params, *, confirm_end: bool = False) -> Iterator[list[bytes]]:
+        """The records of every page of ``params`` (without ``index``/``count``), page by page.
+
+        ``confirm_end``: a short page (the end) is asked for once more, and its second answer
+        yielded too (a record may come twice): a 200 answer cut short looks exactly like the end, so
+        a second answer that is a full page means the first was cut, and the listing goes on."""
         count = self.page_size
         guard = RepeatGuard(self.what)
         records = index = 0
@@ -129,6 +133,18 @@ class Paginator:
                     f"{self.what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
                 )
             page = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            if len(page.records) < count and confirm_end:
+                again = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+                if len(again.records) != len(page.records):
+                    log.warning(
+                        "%s: page %d held %d records, and %d when asked again; reading on",
+                        self.what,
+                        index,
+                        len(page.records),
+                        len(again.records),
+                    )
+                yield page.records
+                page = again
             if len(page.records) == count:
                 guard.check(index, page.records)
             records += len(page.records)

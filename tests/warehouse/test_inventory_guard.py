@@ -134,3 +134,41 @@ def test_an_ordinary_listing_still_delists_at_once(world):
     result = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
     assert result.per_store[store]["deleted"] == 3
     assert _products(conn, store) == held[3:] and _waiting(conn, store) == []
+
+
+def test_a_page_cut_short_once_delists_nothing(migrated_db):
+    """A 200 answer cut short looks exactly like the last page. Inventory's end is asked for twice:
+    a second answer that is a full page means the listing goes on, and nothing listed is delisted."""
+    sb = Sandbox(SandboxConfig(seed=3, stores=1, days=2, orders_per_day=5))
+    inner, cuts = sb.transport(), []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = inner.handle_request(request)
+        if _INVENTORY.search(request.url.path) and request.url.params.get("index") == "1" and not cuts:
+            env = json.loads(response.read())
+            cuts.append(len(env["data"]))
+            env["data"] = env["data"][: len(env["data"]) // 2]  # once: the next answer is whole
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=json.dumps(env).encode())
+        return response
+
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=httpx.MockTransport(handler),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=10,
+    )
+    sid = sb.store_ids()[0]
+    assert len(sb.inventory(sid)) >= 30  # pages 0-2 are full: half of page 1 is a short page
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        cuts.append("loaded")  # the first sync reads whole pages
+        held = "select product_id from taptouch.inventory_levels where store_id = %s order by 1"
+        assert not sync_inventory(client, conn, timezones=store_timezones(conn)).failures
+        listed = sorted(r["product_id"] for r in sb.inventory(sid))
+        assert [r[0] for r in conn.execute(held, (sid,))] == listed
+        cuts.clear()  # now page 1 comes back cut short, once
+        result = sync_inventory(client, conn, timezones=store_timezones(conn))
+        assert cuts == [10] and result.counts.deleted == 0
+        assert [r[0] for r in conn.execute(held, (sid,))] == listed
