@@ -121,9 +121,10 @@ class Paginator:
     def paginate(self, params: Params, *, confirm_end: bool = False) -> Iterator[list[bytes]]:
         """The records of every page of ``params`` (without ``index``/``count``), page by page.
 
-        ``confirm_end``: a short page (the end) is asked for once more, and its second answer
-        yielded too (a record may come twice): a 200 answer cut short looks exactly like the end, so
-        a second answer that is a full page means the first was cut, and the listing goes on."""
+        ``confirm_end``: a short page (the end) is asked for once more, and the records of its second
+        answer that the first did not hold byte for byte are yielded too (a record changed between
+        the two comes in both versions): a 200 answer cut short looks exactly like the end, so a
+        second answer that is a full page means the first was cut, and the listing goes on."""
         count = self.page_size
         guard = RepeatGuard(self.what)
         records = index = 0
@@ -133,6 +134,7 @@ class Paginator:
                     f"{self.what}: more than {self.max_pages} pages; stopping (raise max_pages if this is real)."
                 )
             page = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            fresh = page.records
             if len(page.records) < count and confirm_end:
                 again = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
                 if len(again.records) != len(page.records):
@@ -143,13 +145,14 @@ class Paginator:
                         len(page.records),
                         len(again.records),
                     )
-                yield page.records
-                page = again
+                held = set(page.records)
+                fresh = page.records + [r for r in again.records if r not in held]
+                page = again  # the second answer says whether the listing goes on
             if len(page.records) == count:
                 guard.check(index, page.records)
-            records += len(page.records)
-            log.debug("%s: page %d, %d records", self.what, index, len(page.records))
-            yield page.records
+            records += len(fresh)
+            log.debug("%s: page %d, %d records", self.what, index, len(fresh))
+            yield fresh
             if len(page.records) < count:
                 break
             index += 1

@@ -62,7 +62,8 @@ class Server:
         n = len(self.api_calls)
         if callable(self.api):
             return self.api(request, n)
-        return self.api[min(n, len(self.api)) - 1]
+        served = self.api[min(n, len(self.api)) - 1]  # the last one, maybe again: a fresh copy each time
+        return httpx.Response(served.status_code, headers=served.headers, stream=served.stream)
 
 
 def client_for(server: Server, **kw) -> TaptouchClient:
@@ -275,6 +276,20 @@ def test_a_short_last_page_contradicted_by_the_server_is_not_taken_as_complete(e
     else:
         with pytest.raises(TaptouchProtocolError, match="may be truncated"):
             list(client_for(server, page_size=2).iter_inventory(7101))
+
+
+def test_an_inventory_page_cut_short_once_is_read_on_and_nothing_comes_twice():
+    """The end of an inventory listing is asked for twice; a full second answer means the first was
+    cut (HTTP 200), so the listing reads on. Each record is yielded once."""
+    answers = {0: [[1, 2]], 1: [[3], [3, 4]], 2: [[5], [5]]}  # page 1 cut short once
+
+    def api(request, n):
+        pages = answers[int(request.url.params["index"])]
+        return httpx.Response(200, json=envelope([{"id": i} for i in (pages.pop(0) if len(pages) > 1 else pages[0])]))
+
+    server = Server(api)
+    assert [r["id"] for r in client_for(server, page_size=2).iter_inventory(7101)] == [1, 2, 3, 4, 5]
+    assert [int(r.url.params["index"]) for r in server.api_calls] == [0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize(
