@@ -104,6 +104,15 @@ def _applied(conn: psycopg.Connection) -> dict[int, tuple[str, str, datetime]]:
 
 
 def _check_unchanged(files: list[Migration], applied: dict[int, tuple[str, str, datetime]]) -> None:
+    known = {m.version for m in files}
+    newer = [row[0] for version, row in sorted(applied.items()) if version not in known]
+    if newer:
+        raise MigrationError(
+            f"this database was migrated by a newer taptouch-sync: {', '.join(newer)} "
+            f"{'is' if len(newer) == 1 else 'are'} applied there and unknown to this version, whose "
+            "code could write what that schema no longer expects. Upgrade taptouch-sync here, or point "
+            "TAPTOUCH_DATABASE_URL at a warehouse of this version."
+        )
     for migration in files:
         row = applied.get(migration.version)
         if row is not None and row[1] != migration.checksum:

@@ -117,6 +117,22 @@ def test_changed_applied_file_is_refused(database_url: str, migrations_copy: Pat
     assert states == ["changed"] + ["applied"] * (len(REAL) - 1) + ["pending"]
 
 
+def test_a_database_migrated_by_a_newer_version_is_refused(database_url: str, migrations_copy: Path) -> None:
+    """A newer taptouch-sync applied a migration this version does not know (e.g. renamed a column):
+    this version refuses it, naming the migration, instead of saying "up to date" and running."""
+    newer = migrations_copy / _next("from_a_newer_version")
+    newer.write_text("create table taptouch.newer (id int);\n")
+    migrate(database_url, directory=migrations_copy)
+    newer.unlink()
+
+    with pytest.raises(MigrationError) as raised:
+        migrate(database_url, directory=migrations_copy)
+
+    message = str(raised.value)
+    assert newer.name in message and "newer taptouch-sync" in message and "TAPTOUCH_DATABASE_URL" in message
+    assert [s.state for s in status(database_url, directory=migrations_copy)][-1] == "missing"
+
+
 def test_failing_file_rolls_back_and_is_named(database_url: str, migrations_copy: Path) -> None:
     broken = migrations_copy / _next("broken")
     broken.write_text("create table taptouch.half_done (id int);\ninsert into taptouch.no_such_table values (1);\n")
