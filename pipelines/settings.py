@@ -349,7 +349,7 @@ def account_resource(taptouch: TaptouchResource, account: Account) -> TaptouchRe
     if taptouch.base_url is None and base_url:
         update["base_url"] = checked_base_url(base_url, variable)
     for field, setting in (("client_id", "CLIENT_ID"), ("client_secret", "CLIENT_SECRET")):
-        if getattr(taptouch, field) is None:
+        if not (getattr(taptouch, field) or "").strip():  # unset, or bound to the account's variable and blank
             value = os.environ.get(account.env(setting), "").strip()  # a newline read from a file is no part of it
             if not value:
                 raise _run_setting_error()(

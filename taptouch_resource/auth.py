@@ -42,7 +42,10 @@ from .tokens import (
 
 log = logging.getLogger(__name__)
 
-ENV_HINT = "Check TAPTOUCH_CLIENT_ID and TAPTOUCH_CLIENT_SECRET (and TAPTOUCH_BASE_URL)."
+ENV_HINT = (
+    "Check TAPTOUCH_CLIENT_ID and TAPTOUCH_CLIENT_SECRET (and TAPTOUCH_BASE_URL); for an account of "
+    "TAPTOUCH_ACCOUNTS, its TAPTOUCH_<NAME>_CLIENT_ID, _CLIENT_SECRET (and _BASE_URL)."
+)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,23 @@ def _env(**extra: str) -> dict:
     return {**env, **extra}
 
 
+def test_a_blank_account_credential_is_named_by_the_accounts_own_variable(monkeypatch):
+    """TAPTOUCH_NORTH_CLIENT_ID="   " (a resource bound to it holds the blanks): the error names that
+    variable, not TAPTOUCH_CLIENT_ID, which setting would not help."""
+    from pipelines import settings
+    from taptouch_resource import TaptouchResource
+
+    monkeypatch.setenv("TAPTOUCH_NORTH_CLIENT_ID", "   ")
+    monkeypatch.setenv("TAPTOUCH_NORTH_CLIENT_SECRET", "north-secret")
+    monkeypatch.setenv("TAPTOUCH_CLIENT_ID", "the-single-account")
+    bound = TaptouchResource(client_id="   ", client_secret="north-secret")
+    with pytest.raises(Exception, match="^TAPTOUCH_NORTH_CLIENT_ID is not set") as err:
+        settings.account_resource(bound, Account("north"))
+    assert "the-single-account" not in str(err.value)
+    monkeypatch.setenv("TAPTOUCH_NORTH_CLIENT_ID", " north-id\n")
+    assert settings.account_resource(bound, Account("north")).resolved()[:2] == ("north-id", "north-secret")
+
+
 def test_definitions_with_two_accounts_load_in_a_subprocess():
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", SHAPE],
