@@ -454,6 +454,10 @@ def taptouch_alert_outbox(context: dg.SensorEvaluationContext, warehouse: Postgr
     if not url:
         return dg.SkipReason(f"{WEBHOOK_ENV} is unset: alerts are off")
     try:
+        settings.checked_webhook_url(url)
+    except settings.SettingError as exc:  # the queued alerts wait for a URL that can be posted to
+        raise RuntimeError(f"{exc} (the queued alerts wait in taptouch_meta.alert_outbox)") from None
+    try:
         with _outbox_connection(warehouse) as conn:
             delivery = outbox.deliver_due(conn, url)
     except _OUTBOX_UNAVAILABLE as exc:

@@ -398,6 +398,28 @@ def alert_settings() -> AlertSettings:
     )
 
 
+def checked_webhook_url(url: str) -> str:
+    """``TAPTOUCH_ALERT_WEBHOOK_URL`` as it can be POSTed to: https (plain http only to a loopback
+    host), a host, no spaces. The error names the variable and never echoes the URL (a webhook URL
+    is a secret: whoever holds it can post)."""
+    from urllib.parse import urlsplit
+
+    fix = f"set {ALERT_WEBHOOK_ENV} to the webhook's full URL, e.g. https://hooks.slack.com/services/..."
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname or "", parts.port  # reading the port checks it
+    except ValueError:
+        raise SettingError(f"{ALERT_WEBHOOK_ENV} is not a URL (its host or port cannot be read): {fix}") from None
+    if parts.scheme not in ("https", "http") or not host or any(ch.isspace() for ch in url):
+        raise SettingError(f"{ALERT_WEBHOOK_ENV} must be an https:// URL with a host, without spaces: {fix}")
+    if parts.scheme == "http" and not client.is_loopback(host):
+        raise SettingError(
+            f"{ALERT_WEBHOOK_ENV} uses plain http:// to a host that is not this machine: the URL is a secret "
+            f"and the alerts would cross the network unencrypted. Use its https:// URL."
+        )
+    return url
+
+
 def alert_sensor_interval() -> int:
     """``TAPTOUCH_ALERT_SENSOR_INTERVAL``: seconds between the alert sensors' ticks (read when the
     definitions load)."""

@@ -255,6 +255,30 @@ def test_failed_checks_are_sent_once_each_at_or_above_the_severity(monkeypatch, 
         assert [r["sent_at"] is not None for r in outbox_rows(migrated_db)] == [True, True]
 
 
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("hooks.slack.com/services/T0/B0/XXXXsecretpath", "must be an https:// URL"),
+        ("http://192.0.2.2:18999/services/T0/B0/XXXXsecretpath", "plain http://"),
+        ("https://hooks.slack.com:99999/XXXXsecretpath", "is not a URL"),
+    ],
+)
+def test_a_webhook_url_that_cannot_be_posted_to_fails_the_tick_by_name_and_the_alert_waits(
+    monkeypatch, migrated_db, bad, says
+):
+    warehouse = PostgresResource(database_url=migrated_db)
+    with Receiver() as receiver, dg.instance_for_test() as instance:
+        monkeypatch.setenv(alerts.WEBHOOK_ENV, bad)
+        alerts.taptouch_check_failure_alert(_run_with_failed_checks(instance), warehouse=warehouse)
+        with pytest.raises(RuntimeError, match=f"TAPTOUCH_ALERT_WEBHOOK_URL.*{says}") as err:
+            deliver(warehouse)
+        assert "XXXXsecretpath" not in str(err.value) and "alert_outbox" in str(err.value)
+        assert [r["sent_at"] for r in outbox_rows(migrated_db)] == [None, None]  # kept, not lost
+        monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
+        deliver(warehouse)
+        assert len(receiver.bodies) == 2
+
+
 def test_a_failed_post_is_retried_on_a_later_tick_and_delivered_exactly_once(monkeypatch, migrated_db):
     """The old sensor POSTed inside the run-status tick; Dagster moved its cursor past the run even
     though the tick raised, so an alert whose POST failed was never sent."""
