@@ -226,7 +226,8 @@ def requests_per_second(configured: float | None = None, *, variable: str = "TAP
         value = float(raw) if not isinstance(raw, bool) else float("nan")
     except (ValueError, TypeError):
         value = float("nan")
-    if not math.isfinite(value) or value < 0 or 0 < value < MIN_REQUESTS_PER_SECOND:
+    underflow = value == 0 and isinstance(raw, str) and any(c in "123456789" for c in raw.lower().split("e")[0])
+    if not math.isfinite(value) or value < 0 or 0 < value < MIN_REQUESTS_PER_SECOND or underflow:
         raise _run_setting_error()(
             f"{source} must be 0 (no limit) or a number of requests per second from {MIN_REQUESTS_PER_SECOND} "
             f"(e.g. 10 or 0.5), got {raw!r}: set it to the budget Taptouch gives the client id, or unset it for "

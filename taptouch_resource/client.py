@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -125,8 +126,41 @@ class ClientOptions:
     deadline: float | None = DEFAULT_DEADLINE
 
     def __post_init__(self) -> None:
-        if not 1 <= self.page_size <= api.MAX_PAGE_SIZE:
-            raise TaptouchConfigError(f"page_size must be between 1 and {api.MAX_PAGE_SIZE}, got {self.page_size}.")
+        def whole(name: str, low: int, high: float = math.inf) -> None:
+            value = getattr(self, name)
+            if value.__class__ is not int or not low <= value <= high:
+                span = f"from {low} to {high}" if high != math.inf else f"{low} or more"
+                raise TaptouchConfigError(f"{name} must be a whole number {span}, got {value!r}.")
+
+        def seconds(name: str, *, optional: bool = False, zero: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not zero)
+            ):
+                allowed = "0 or more" if zero else "more than 0"
+                raise TaptouchConfigError(f"{name} must be a number of seconds, {allowed}, got {value!r}.")
+
+        whole("page_size", 1, api.MAX_PAGE_SIZE)
+        whole("max_pages", 1)
+        whole("max_retries", 0)
+        whole("max_connections", 1)
+        whole("max_response_bytes", 1)
+        if not isinstance(self.timeout, httpx.Timeout):
+            seconds("timeout")
+        seconds("retry_budget", zero=True)
+        seconds("backoff_cap", zero=True)
+        seconds("deadline", optional=True)
+        rate = self.requests_per_second
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0
+        ):
+            raise TaptouchConfigError(f"requests_per_second must be None or 0 (no limit) or positive, got {rate!r}.")
 
     def http_timeout(self) -> httpx.Timeout:
         timeout = self.timeout

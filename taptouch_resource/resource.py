@@ -9,6 +9,7 @@ credentials; given the warehouse's token store, every process does. Grants (``gr
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from typing import Any
@@ -224,10 +225,12 @@ class TaptouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # ge
     def _rate_limit(self) -> float | None:
         """The client's limit: unset -> the library default (10/s), 0 -> none."""
         rate = DEFAULT_REQUESTS_PER_SECOND if self.requests_per_second is None else self.requests_per_second
+        if not math.isfinite(rate) or rate < 0:
+            raise TaptouchConfigError(f"requests_per_second must be 0 (no limit) or positive, got {rate!r}.")
         return rate if rate > 0 else None
 
     def merchant_label(self) -> str:
-        return (self.merchant or os.environ.get(ENV_MERCHANT, "") or "default").strip()
+        return (self.merchant or "").strip() or os.environ.get(ENV_MERCHANT, "").strip() or "default"
 
     def _client(
         self,
@@ -254,7 +257,7 @@ class TaptouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # ge
         )
         options = ClientOptions(
             timeout=timeout,
-            page_size=self.page_size or api.DEFAULT_PAGE_SIZE,
+            page_size=api.DEFAULT_PAGE_SIZE if self.page_size is None else self.page_size,
             max_retries=self.max_retries,
             requests_per_second=self._rate_limit(),
         )

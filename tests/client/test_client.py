@@ -121,8 +121,46 @@ def test_tunables_come_in_options_or_as_keywords_which_override_them():
     assert options.page_size == 3  # the options given are not changed
     with pytest.raises(TypeError, match="page_sise"):
         make_client(fake, page_sise=5)
-    with pytest.raises(TaptouchConfigError, match="page_size must be between 1 and 500"):
+    with pytest.raises(TaptouchConfigError, match="page_size must be a whole number from 1 to 500, got 501"):
         ClientOptions(page_size=501)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"page_size": 2.5}, "page_size must be a whole number from 1 to 500, got 2.5"),
+        ({"page_size": True}, "page_size must be a whole number"),
+        ({"max_retries": -1}, "max_retries must be a whole number 0 or more, got -1"),
+        ({"max_pages": 0}, "max_pages must be a whole number 1 or more"),
+        ({"requests_per_second": -1}, "requests_per_second must be None or 0 .no limit. or positive, got -1"),
+        ({"requests_per_second": float("nan")}, "requests_per_second must be"),
+        ({"timeout": 0}, "timeout must be a number of seconds, more than 0, got 0"),
+        ({"deadline": -5.0}, "deadline must be a number of seconds"),
+        ({"retry_budget": float("inf")}, "retry_budget must be a number of seconds, 0 or more"),
+    ],
+)
+def test_a_client_refuses_a_tunable_it_would_otherwise_bend(bad, says):
+    """A negative rate used to mean no limit, 2.5 pages and -1 retries were taken as given: each is
+    refused by name, at construction, with the value it got."""
+    with pytest.raises(TaptouchConfigError, match=says):
+        ClientOptions(**bad)
+    with pytest.raises(TaptouchConfigError, match=says):
+        TaptouchClient(client_id="c", client_secret="s", transport=httpx.MockTransport(lambda r: None), **bad)
+
+
+def test_the_resource_refuses_a_negative_rate_and_a_zero_page_and_a_blank_merchant_is_the_default(monkeypatch):
+    from taptouch_resource import TaptouchResource
+
+    creds = {"client_id": "c", "client_secret": "s"}
+    with pytest.raises(TaptouchConfigError, match="requests_per_second must be 0 .no limit. or positive, got -5"):
+        TaptouchResource(requests_per_second=-5, **creds).get_client()
+    with pytest.raises(TaptouchConfigError, match="page_size must be a whole number from 1 to 500, got 0"):
+        TaptouchResource(page_size=0, **creds).get_client()
+    assert TaptouchResource(requests_per_second=0, **creds).get_client().options.requests_per_second is None
+    monkeypatch.setenv("TAPTOUCH_MERCHANT", "   ")
+    assert TaptouchResource(**creds).merchant_label() == "default"
+    monkeypatch.setenv("TAPTOUCH_MERCHANT", " cafe-north ")
+    assert TaptouchResource(merchant="  ", **creds).merchant_label() == "cafe-north"
 
 
 def test_short_page_stops_and_params_sent():

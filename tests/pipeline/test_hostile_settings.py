@@ -61,7 +61,7 @@ def test_an_uppercase_lookback_works_from_the_run_config_too():
     assert settings.lookback("5M") == timedelta(minutes=5)
 
 
-@pytest.mark.parametrize("raw", ["-1", "-0.5", "0.001", "-inf"])
+@pytest.mark.parametrize("raw", ["-1", "-0.5", "0.001", "-inf", "1e-400"])  # 1e-400 is 0.0 as a float
 def test_a_negative_or_stalling_request_rate_is_refused_not_turned_into_no_limit(monkeypatch, raw):
     # -1 used to become 0: no limit at all, silently
     monkeypatch.setenv("TAPTOUCH_REQUESTS_PER_SECOND", raw)
