@@ -208,17 +208,32 @@ def _credentials(account_name: str | None) -> tuple[str, str, str]:
         raise TaptouchConfigError(str(err)) from None
 
 
-def _taptouch_store(args: argparse.Namespace):
+def _taptouch_store(args: argparse.Namespace, *, read_only: bool = False):
     """(client id, secret, base URL, TokenStore) from TAPTOUCH_* (or ``--account``'s variables) and
-    the (migrated) warehouse."""
+    the warehouse, migrated first; ``read_only`` (a listing): never migrated here, refused while
+    migrations are pending (some take minutes on a large warehouse: that is `migrate`'s to do)."""
     from pipelines.warehouse.db import resolve_database_url
-    from pipelines.warehouse.migrations import migrate
+    from pipelines.warehouse.migrations import migrate, pending
     from pipelines.warehouse.token_store import TokenStore
+    from taptouch_resource import TaptouchConfigError
 
     client_id, secret, base_url = _credentials(getattr(args, "account", None))
     url = resolve_database_url(args.database_url)
-    migrate(url)
+    if not read_only:
+        migrate(url)
+    elif waiting := pending(url):
+        raise TaptouchConfigError(
+            f"the warehouse is not migrated ({len(waiting)} migration(s) pending, from {waiting[0]}), and listing "
+            f"tokens only reads: run taptouch-sync migrate first (or point --database-url at the warehouse)"
+        )
     return client_id, secret, base_url, TokenStore.for_client(url, client_id, secret)
+
+
+def _exit_code(err: Exception) -> int:
+    """A configuration error (e.g. credentials unset) is 2, any other failure 1."""
+    from taptouch_resource import TaptouchConfigError
+
+    return EXIT_CONFIG if isinstance(err, TaptouchConfigError) else EXIT_FAILED
 
 
 def _authorize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -282,6 +297,14 @@ def _authorize(args: argparse.Namespace) -> int:
         )
     except TaptouchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return _exit_code(err)
+    except (EOFError, KeyboardInterrupt) as err:  # no redirect URL pasted (input closed), or Ctrl-C
+        what = "input ended" if isinstance(err, EOFError) else "interrupted"
+        print(
+            f"error: the authorization was cancelled ({what}) before the merchant's redirect: nothing stored. "
+            "Run taptouch-sync authorize again.",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     stores = ", ".join(map(str, result.store_ids)) or "none listed"
     print(f"Authorized merchant {result.merchant!r}: scopes {' '.join(result.scopes)}; stores {stores}.")
@@ -298,11 +321,11 @@ def _tokens(args: argparse.Namespace) -> int:
     from taptouch_resource import TaptouchError
 
     try:
-        client_id, _, base_url, store = _taptouch_store(args)
+        client_id, _, base_url, store = _taptouch_store(args, read_only=True)
         grants = store.grants(client_id=client_id)  # this client's (account's) grants, not another's
     except TaptouchError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _exit_code(err)
     if not grants:
         print("No tokens stored. Connect a merchant with: taptouch-sync authorize --merchant NAME")
         return EXIT_OK
@@ -357,7 +380,7 @@ def _refresh(args: argparse.Namespace) -> int:
         )
     except TaptouchError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return _exit_code(err)
     if not results:
         print("No merchant grant stored for this client and base URL.")
     for r in results:

@@ -363,3 +363,54 @@ def test_revoked_grant_asks_to_authorize_again(sb, served, migrated_db):
     assert sb.grant_requests["refresh_token"] == 1
     [grant] = store.grants()
     assert not grant.has_refresh_token and "revoked" in grant.last_error
+
+
+# ----------------------------------------------------------------------------- the CLI's own faces
+def _cli_env(monkeypatch, served=None):
+    for k, v in {"TAPTOUCH_CLIENT_ID": CLIENT_ID, "TAPTOUCH_CLIENT_SECRET": CLIENT_SECRET}.items():
+        monkeypatch.setenv(k, v)
+    if served:
+        monkeypatch.setenv("TAPTOUCH_BASE_URL", served)
+
+
+@pytest.mark.parametrize("stop", [EOFError, KeyboardInterrupt])
+def test_authorize_cancelled_at_the_prompt_says_so_without_a_traceback(served, migrated_db, monkeypatch, capsys, stop):
+    """Input closed (`< /dev/null`) or Ctrl-C while the command waits for the pasted redirect."""
+    from pipelines import authorize
+    from pipelines.cli import main
+
+    _cli_env(monkeypatch, served)
+
+    def cancelled(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(authorize, "run_authorize", cancelled)
+    code = main(
+        ["authorize", "--merchant", "x", "--redirect-uri", "https://example.com/cb", "--database-url", migrated_db]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "the authorization was cancelled" in err and "nothing stored" in err
+    assert "Traceback" not in err
+
+
+def test_the_token_commands_exit_2_without_credentials(migrated_db, monkeypatch, capsys):
+    """The documented contract: 2 is a configuration error (refresh and authorize said 1)."""
+    from pipelines.cli import main
+
+    for k in ("TAPTOUCH_CLIENT_ID", "TAPTOUCH_CLIENT_SECRET"):
+        monkeypatch.delenv(k, raising=False)
+    for command in (["tokens"], ["refresh"], ["authorize", "--merchant", "x"]):
+        assert main([*command, "--database-url", migrated_db]) == 2, command
+        assert "TAPTOUCH_CLIENT_ID is not set" in capsys.readouterr().err
+
+
+def test_listing_tokens_never_migrates_a_database(database_url, monkeypatch, capsys):
+    """`tokens` only reads: on an unmigrated database it says to migrate, and creates nothing."""
+    from pipelines.cli import main
+
+    _cli_env(monkeypatch)
+    assert main(["tokens", "--database-url", database_url]) == 2
+    assert "run taptouch-sync migrate first" in capsys.readouterr().err
+    with psycopg.connect(database_url) as conn:
+        schemas = conn.execute("select count(*) from pg_namespace where nspname like 'taptouch%'").fetchone()[0]
+    assert schemas == 0
