@@ -11,7 +11,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn, TypeGuard
@@ -394,9 +394,13 @@ def _check_access_token(access: Any, token_type: Any) -> None:
 
 
 class ClientCredentialsAuth(httpx.Auth):
-    """``httpx.Auth`` that attaches a cached client-credentials bearer token to each request, and on
-    a 401 refreshes it once and resends. Tokens come from its :class:`TokenEndpoint` (``endpoint``),
-    or through a shared :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``)."""
+    """``httpx.Auth`` that attaches a cached client-credentials bearer token to each request of an
+    ``httpx.Client``, and on a 401 refreshes it once and resends. Tokens come from its
+    :class:`TokenEndpoint` (``endpoint``), or through a shared
+    :class:`~taptouch_resource.tokens.TokenPersistence` (``store=``). Fetching a token blocks (it
+    has its own synchronous HTTP client, and may wait on a lock): with ``httpx.AsyncClient`` it
+    refuses to run, rather than send requests without a token; there, call :meth:`get_token` (in a
+    worker thread) and set the ``Authorization: Bearer`` header."""
 
     requires_response_body = False
 
@@ -524,6 +528,13 @@ class ClientCredentialsAuth(httpx.Auth):
             self.invalidate(token)
             request.headers["Authorization"] = f"Bearer {self.get_token()}"
             yield request
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        raise TaptouchConfigError(
+            f"{type(self).__name__} works with httpx.Client: its token fetch blocks. With httpx.AsyncClient, "
+            "call get_token() in a worker thread and set the 'Authorization: Bearer <token>' header yourself."
+        )
+        yield request  # pragma: no cover  (makes this an async generator, as httpx expects)
 
     def close(self) -> None:
         self.endpoint.close()

@@ -559,3 +559,23 @@ def test_a_token_answer_that_unpacks_past_a_megabyte_is_refused():
     with pytest.raises(TaptouchProtocolError, match="more than 1048576 bytes"):
         make_client(fake).auth.get_token()
     assert make_client(fake).auth.get_token() == "tok-2"  # an ordinary answer is read as before
+
+
+def test_client_credentials_auth_refuses_an_async_client_instead_of_sending_no_token():
+    """It only attached its token through sync_auth_flow: an httpx.AsyncClient sent requests without
+    one (401 from any server). It now refuses, saying what to do."""
+    import asyncio
+
+    from taptouch_resource import ClientCredentialsAuth
+
+    sent = []
+    transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
+    auth = ClientCredentialsAuth(client_id="c", client_secret="s", token_url="https://api.example/auth/v2/token")
+
+    async def call():
+        async with httpx.AsyncClient(transport=transport, auth=auth) as c:
+            await c.get("https://api.example/integration/v1/stores")
+
+    with pytest.raises(TaptouchConfigError, match="works with httpx.Client.*get_token"):
+        asyncio.run(call())
+    assert sent == []
