@@ -87,7 +87,10 @@ def check_base_url(base_url: str) -> str:
     except ValueError:
         parts, hostname = None, None
     if parts is None or parts.scheme not in ("http", "https") or not hostname:
-        shown = f"a {parts.scheme}:// URL" if parts is not None and parts.scheme else "a value that is not a URL"
+        if parts is not None and parts.scheme in ("http", "https"):
+            shown = f"a {parts.scheme}:// URL without a host"
+        else:
+            shown = f"a {parts.scheme}:// URL" if parts is not None and parts.scheme else "a value that is not a URL"
         raise TaptouchConfigError(
             f"TAPTOUCH_BASE_URL must be an https:// URL such as {api.DEFAULT_BASE_URL}, got {shown}."
         )

@@ -106,7 +106,8 @@ def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
             )
         parts = urlsplit(checked)
         try:
-            _ = parts.port  # reading it checks it
+            if parts.port == 0:  # reading it checks it (0 is no port a server listens on)
+                raise ValueError
         except ValueError:
             raise TaptouchConfigError(
                 f"{source} has an invalid port: use https://HOST or https://HOST:PORT with PORT from 1 to 65535."

@@ -139,6 +139,11 @@ def test_an_accounts_secret_is_stripped_too(monkeypatch):
         ("https://api.taptouch.net#top", "TAPTOUCH_BASE_URL must not have a query (?...) or fragment (#...)"),
         ("https://api.taptouch.net:99999", "TAPTOUCH_BASE_URL has an invalid port"),
         ("https://api.taptouch.net:443x", "TAPTOUCH_BASE_URL has an invalid port"),
+        ("https://api.taptouch.net:0", "TAPTOUCH_BASE_URL has an invalid port"),
+        (
+            "https://",
+            "TAPTOUCH_BASE_URL must be an https:// URL such as https://api.taptouch.net, got a https:// URL without a host",
+        ),
         ("https://api.tap touch.net", "TAPTOUCH_BASE_URL must not contain spaces"),
     ],
 )
