@@ -106,16 +106,14 @@ def rederive_business_dates(
     *,
     only: str | None = None,
     starts: dict[int, timedelta] | None = None,
-    zone_changed: bool = False,
+    zone_changed: Iterable[int] = (),
 ) -> int:
     """Set ``business_date`` of the orders of ``store_ids`` (all of them, or only those whose
     ``order_id`` is in the temporary table named ``only``) to :func:`records.business_date` of
     their ``created_at`` in the zone ``taptouch.stores`` holds, for the day start in ``starts``
-    (default: the recorded ones, :func:`dated_starts`). Returns how many dates changed.
-
-    Without ``only``, the sales aggregates of the stores whose dates moved are recomputed; with
-    ``zone_changed`` (the stores' time zone changed), those of every store given: its orders' local
-    hours (``sales_hours``) moved even where no date did.
+    (default: the recorded ones, :func:`dated_starts`). Returns how many dates changed. Without
+    ``only``, the sales aggregates of the stores whose dates moved are recomputed, and those of the
+    stores in ``zone_changed`` (a new zone moves local hours, ``sales_hours``, even where no date moves).
 
     Runs in the caller's transaction; the caller holds the orders merge lock (see the module doc).
     Orders of a store the warehouse does not hold keep their date."""
@@ -160,8 +158,7 @@ def rederive_business_dates(
     )
     moved: dict[int, int] = dict(cur.fetchall())
     if only is None:  # (with ``only``, the orders merge recomputes the days it noted)
-        # the stores' sales aggregates follow their dates, and their local hours follow the zone
-        aggregates.refresh_store_days(cur, set(zones) if zone_changed else set(moved))
+        aggregates.refresh_store_days(cur, set(moved) | (set(zone_changed) & set(zones)))
     return sum(moved.values())
 
 

@@ -196,7 +196,9 @@ def _follow_zone_changes(cur: psycopg.Cursor) -> int:
     if not moved:
         return 0
     ORDERS.take_lock(cur)  # no orders merge between read and write
-    changed = derived.rederive_business_dates(cur, [m[0] for m in moved], zone_changed=True)
+    changed = derived.rederive_business_dates(
+        cur, [m[0] for m in moved], zone_changed=[sid for sid, before, _ in moved if before is not None]
+    )
     for store_id, before, after in moved:
         if before is not None:
             log.warning(

@@ -209,7 +209,7 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
             counts.changed += _update_changed(cur, "stores", "rb_stores", ("store_id",), _STORE_STAGE_COLS)
             if moved:
                 ORDERS.take_lock(cur)
-                report.business_dates_rederived += derived.rederive_business_dates(cur, moved, zone_changed=True)
+                report.business_dates_rederived += derived.rederive_business_dates(cur, moved, zone_changed=moved)
 
 
 def _retry_stores(conn: psycopg.Connection, report: RebuildReport) -> None:

@@ -149,8 +149,10 @@ def test_money_views_carry_the_store_currency(make_database):
         money_views = [
             v
             for (v,) in conn.execute(
-                "select distinct table_name from information_schema.columns where table_schema = 'analytics'"
-                " and data_type = 'numeric' and numeric_scale = 2"
+                "select distinct c.table_name from information_schema.columns c where c.table_schema = 'analytics'"
+                " and c.data_type = 'numeric' and c.column_name <> 'store_id' and exists (select 1 from"
+                " information_schema.columns m where m.table_schema = 'analytics' and m.table_name = c.table_name"
+                " and m.column_name = 'currency')"
             ).fetchall()
         ]
         assert set(money_views) == set(view_names()) - {"business_days", "load_coverage"}  # the others hold money
