@@ -98,6 +98,12 @@ def post(
     that goes silent also ends the thread). Only the status line and headers are read, never the
     body. A thread still running at the deadline is left to end on its own; while
     :data:`MAX_ABANDONED` of them are, no new POST starts (the attempt fails at once)."""
+    from .settings import SettingError, checked_webhook_url
+
+    try:
+        checked_webhook_url(url)  # never a secret URL in the clear across the network, whatever the path
+    except SettingError as exc:
+        raise DeliveryError(str(exc)) from None
     with _abandoned_guard:
         _abandoned[:] = [t for t in _abandoned if t.is_alive()]
         if len(_abandoned) >= MAX_ABANDONED:

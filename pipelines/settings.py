@@ -408,7 +408,9 @@ def checked_webhook_url(url: str) -> str:
     fix = f"set {ALERT_WEBHOOK_ENV} to the webhook's full URL, e.g. https://hooks.slack.com/services/..."
     try:
         parts = urlsplit(url)
-        host, _ = parts.hostname or "", parts.port  # reading the port checks it
+        host = parts.hostname or ""
+        if parts.port == 0:  # reading the port checks it (0 is no port a server listens on)
+            raise ValueError
     except ValueError:
         raise SettingError(f"{ALERT_WEBHOOK_ENV} is not a URL (its host or port cannot be read): {fix}") from None
     if parts.scheme not in ("https", "http") or not host or any(ch.isspace() for ch in url):

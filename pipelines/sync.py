@@ -272,7 +272,7 @@ class StoreDone:
     complete: bool = True
     mark: datetime | None = None
     listed_from: datetime | None = None
-    started_at: datetime | None = None  # on the API's clock
+    started_at: datetime | None = None  # the API's clock, never after this machine's (OrderListing)
 
 
 @dataclass(frozen=True)
@@ -501,7 +501,7 @@ def sync_orders_window(
     :class:`Incremental`: each store is asked only from its high-water mark minus the lookback
     (:mod:`.warehouse.marks`); :class:`FullRefresh`: the whole window. Either way a store's mark
     moves with the data, but only from a complete listing, and never past the instant its listing
-    started on the API's clock (``result.incomplete`` names the stores whose mark stayed).
+    started (the API's clock, never after this machine's; ``result.incomplete`` names the stores whose mark stayed).
 
     Stores that fail are discarded from the window and listed in ``result.failures``; everything
     else commits. An error on the database side rolls the whole window back and propagates.

@@ -94,6 +94,14 @@ def check_base_url(base_url: str) -> str:
         raise TaptouchConfigError(
             f"TAPTOUCH_BASE_URL must be an https:// URL such as {api.DEFAULT_BASE_URL}, got {shown}."
         )
+    try:
+        port_ok = parts.port != 0  # reading it checks it (0 is no port a server listens on)
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        raise TaptouchConfigError(
+            "TAPTOUCH_BASE_URL has an invalid port: use https://HOST or https://HOST:PORT with PORT from 1 to 65535."
+        )
     if parts.scheme == "http" and not is_loopback(hostname):
         raise TaptouchConfigError(
             f"Refusing plain http to {hostname}: credentials and tokens would travel unencrypted. "
@@ -154,7 +162,14 @@ class ClientOptions:
         whole("max_retries", 0)
         whole("max_connections", 1)
         whole("max_response_bytes", 1)
-        if not isinstance(self.timeout, httpx.Timeout):
+        if isinstance(self.timeout, httpx.Timeout):  # (the Dagster resource passes one)
+            for part in ("connect", "read", "write", "pool"):
+                value = getattr(self.timeout, part)
+                if value is not None and (not math.isfinite(value) or value <= 0):
+                    raise TaptouchConfigError(
+                        f"timeout ({part}) must be a number of seconds, more than 0, got {value!r}."
+                    )
+        else:
             seconds("timeout")
         seconds("retry_budget", zero=True)
         seconds("backoff_cap", zero=True)

@@ -124,7 +124,8 @@ class Paginator:
         ``confirm_end``: a short page (the end) is asked for once more, and the records of its second
         answer that the first did not hold byte for byte are yielded too (a record changed between
         the two comes in both versions): a 200 answer cut short looks exactly like the end, so a
-        second answer that is a full page means the first was cut, and the listing goes on."""
+        second answer that is a full page means the first was cut, and the listing goes on. Two
+        short answers of different sizes leave the end unknown: TaptouchProtocolError."""
         count = self.page_size
         guard = RepeatGuard(self.what)
         records = index = 0
@@ -138,12 +139,17 @@ class Paginator:
             if len(page.records) < count and confirm_end:
                 again = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
                 if len(again.records) != len(page.records):
+                    if len(again.records) < count:
+                        raise TaptouchProtocolError(
+                            f"{self.what}: the last page (page {index}) held {len(page.records)} records, and "
+                            f"{len(again.records)} when asked again: where the listing ends is unknown, so it is "
+                            f"not taken as complete. Stopping without loading this store; the next run asks again."
+                        )
                     log.warning(
-                        "%s: page %d held %d records, and %d when asked again; reading on",
+                        "%s: page %d held %d records, and a full page when asked again; reading on",
                         self.what,
                         index,
                         len(page.records),
-                        len(again.records),
                     )
                 held = set(page.records)
                 fresh = page.records + [r for r in again.records if r not in held]
@@ -204,6 +210,7 @@ def record_key(raw: bytes) -> tuple[Any, Any, datetime | None]:
 
 _EARLIEST_CLOCK = 978307200  # 2001-01-01: an API clock before that is broken, not a clock
 _CLOCK_AHEAD = 86400  # an API clock more than a day ahead of this machine's is not believed either
+_CLOCKS_APART = timedelta(seconds=60)  # an API clock further ahead of this machine's is logged
 
 
 def api_clock(timestamp: Any, *, local: float | None = None) -> datetime | None:
@@ -433,6 +440,13 @@ class OrderListing:
             api_at = api_clock(page.timestamp, local=local)
             here = datetime.fromtimestamp(math.floor(local), UTC) - timedelta(seconds=1)
             self.started_at = None if api_at is None else min(api_at, here)
+            if api_at is not None and api_at - here > _CLOCKS_APART:
+                log.warning(
+                    "%s: the API's clock is %d s ahead of this machine's: the listing counts from this "
+                    "machine's (a mark never passes it); check either clock",
+                    self.what,
+                    (api_at - here).total_seconds(),
+                )
 
     def _take(
         self, records: list[bytes], cursor: datetime | None, verifying: bool = False

@@ -204,7 +204,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "covered_from": "complete listings cover [covered_from, window_end); null: none ever did",
             "listed_from": "the latest complete listing asked for orders updated from this instant",
             "listed_at": "when the latest complete listing started (this machine's clock, as sync_log.started_at)",
-            "api_started_at": "when it started on the API's clock",
+            "api_started_at": "when it started: the API's clock, never after this machine's",
             "settled_at": "listed_at minus the lookback (TAPTOUCH_LOOKBACK): what the API held before it had"
             " settled when the listing started; load_coverage proves a day from it",
             "listed_orders": "orders it returned (readable ids), in the window",

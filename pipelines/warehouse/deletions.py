@@ -145,8 +145,8 @@ def judge_listing(
 ) -> Judgement:
     """Judge one store's orders by one COMPLETE listing whose records all had a readable id
     (the caller checks both) and that returned ``listed_ids`` for ``updated_at`` in
-    ``[listed_from, listed_to)`` (``None``: no upper bound), started at ``started_at`` on the API's
-    clock. Records candidates, confirms those missing for ``confirm_s`` seconds (by ``now``),
+    ``[listed_from, listed_to)`` (``None``: no upper bound), started at ``started_at`` (the API's
+    clock, never after this machine's). Records candidates, confirms those missing for ``confirm_s`` seconds (by ``now``),
     restores what was listed, and applies the share guard unless ``mass_confirmed``.
 
     Only an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the

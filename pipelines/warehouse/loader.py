@@ -596,7 +596,7 @@ class OrderWindowLoad:
         """A store's listing ended: its high-water mark may move to ``mark`` (None: it stays) when
         the window commits (:func:`.marks.mark_for` says how far a listing lets it move).
 
-        ``complete`` = (listed from, listed to, started at on the API's clock) of a listing known to
+        ``complete`` = (listed from, listed to, started at: the API's clock, never after this machine's) of a listing known to
         be complete: it also counts as one of the two listings that must miss an order before it
         is marked deleted (:func:`.deletions.judge_listing`; a bounded listing records and clears
         candidates, it never confirms a deletion)."""

@@ -154,8 +154,8 @@ def prove(
     settle: timedelta = DEFAULT_LOOKBACK,
 ) -> int:
     """Record the complete listings of window ``key``: store id -> (listed from, listed to, started
-    at on the API's clock); what each returned is in :data:`SOURCE`. A listing that does not reach
-    the window's end proves nothing. ``settle``: how long a record may take to reach the API's
+    at: the API's clock, never after this machine's); what each returned is in :data:`SOURCE`. A
+    listing that does not reach the window's end proves nothing. ``settle``: how long a record may take to reach the API's
     listings (the run's lookback): the proof holds for what was updated before ``listed_at -
     settle`` (``settled_at``, what analytics.load_coverage compares). Set-based: a handful of
     statements for every store of the window. Returns the proofs written."""

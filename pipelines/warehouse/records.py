@@ -63,6 +63,7 @@ __all__ = [
 # Limits of the warehouse types (PostgreSQL)
 BIGINT_MAX = 2**63 - 1
 MONEY_MAX = Decimal("9999999999.99")  # numeric(12,2)
+REFUNDS_MAX = Decimal("999999999999.99")  # numeric(14,2): an order's refunds in taptouch.order_history
 NUMERIC_MAX_SCALE = 16383  # digits after the decimal point numeric (and jsonb) can hold
 NUMERIC_MAX_WEIGHT = 131071  # adjusted exponent: 131072 digits before the point
 IMPLAUSIBLE = Decimal("1e15")  # quantities, points, stock: beyond this a value is a bug upstream
@@ -759,8 +760,8 @@ def _modifier_sum(text: str) -> Decimal:
 
 def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> None:
     """Each item's total, subtotal = Σ item totals, total = subtotal − discount + surcharge +
-    rounding, a completed order paid in full, and its refunds summing to an amount (what the order's
-    history row and every figure of it hold); InvalidRecord says which does not add up."""
+    rounding, a completed order paid in full, and its refunds summing to what the order's history row
+    holds; InvalidRecord says which does not add up."""
     subtotal, discount, surcharge, rounding, total, status = _ORDER_SUMS(order)
     if items:
         item_sum = ZERO
@@ -784,8 +785,10 @@ def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> Non
             raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
     if refunds:
         refunded = sum(map(_REFUND_AMOUNT, refunds), ZERO)
-        if abs(refunded) > MONEY_MAX:
-            raise InvalidRecord(f"refunds sum to {refunded}, beyond what an amount holds (numeric(12,2): {MONEY_MAX})")
+        if abs(refunded) > REFUNDS_MAX:
+            raise InvalidRecord(
+                f"refunds sum to {refunded}, beyond what the order's history row holds (numeric(14,2): {REFUNDS_MAX})"
+            )
 
 
 def _order_precise(

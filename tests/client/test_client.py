@@ -156,6 +156,13 @@ def test_the_resource_refuses_a_negative_rate_and_a_zero_page_and_a_blank_mercha
         TaptouchResource(requests_per_second=-5, **creds).get_client()
     with pytest.raises(TaptouchConfigError, match="page_size must be a whole number from 1 to 500, got 0"):
         TaptouchResource(page_size=0, **creds).get_client()
+    for timeout in (0.0, -5.0, float("nan")):  # the resource hands the client an httpx.Timeout
+        with pytest.raises(
+            TaptouchConfigError, match="timeout .(connect|read). must be a number of seconds, more than 0"
+        ):
+            TaptouchResource(timeout=timeout, **creds).get_client()
+    with pytest.raises(TaptouchConfigError, match="invalid port"):
+        TaptouchClient(client_id="c", client_secret="s", base_url="https://api.example:0")
     assert TaptouchResource(requests_per_second=0, **creds).get_client().options.requests_per_second is None
     monkeypatch.setenv("TAPTOUCH_MERCHANT", "   ")
     assert TaptouchResource(**creds).merchant_label() == "default"

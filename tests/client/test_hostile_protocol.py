@@ -292,6 +292,20 @@ def test_an_inventory_page_cut_short_once_is_read_on_and_nothing_comes_twice():
     assert [int(r.url.params["index"]) for r in server.api_calls] == [0, 1, 1, 2, 2]
 
 
+def test_an_inventory_end_that_answers_two_short_sizes_is_not_taken_as_complete():
+    """Page 1 answers 3 records, then 7 (both short of 10): where the listing ends is unknown. Taken
+    as complete, it would delist the products of every later page."""
+    answers = {0: [list(range(10))], 1: [[10, 11, 12], list(range(10, 17))]}
+
+    def api(request, n):
+        pages = answers[int(request.url.params["index"])]
+        return httpx.Response(200, json=envelope([{"id": i} for i in (pages.pop(0) if len(pages) > 1 else pages[0])]))
+
+    server = Server(api)
+    with pytest.raises(TaptouchProtocolError, match="held 3 records, and 7 when asked again: where the listing ends"):
+        list(client_for(server, page_size=10).iter_inventory_records(7101))
+
+
 @pytest.mark.parametrize(
     "body, match",
     [

@@ -169,3 +169,24 @@ def test_posts_abandoned_at_their_deadline_are_bounded():
             outbox.post({"text": "x"}, "k", receiver.url, deadline=0.5)
         assert time.monotonic() - started < 0.2
         assert len(receiver.bodies) == outbox.MAX_ABANDONED
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("http://192.0.2.2:18999/services/XXXXsecretpath", "plain http://"),
+        ("https://hooks.example:0/XXXXsecretpath", "is not a URL"),
+        ("hooks.example/XXXXsecretpath", "must be an https:// URL"),
+    ],
+)
+def test_a_post_to_a_url_that_cannot_take_it_is_refused_before_any_connection(url, says):
+    """Every path that POSTs (the delivery sensor, and the direct fallback when the outbox is
+    unavailable) checks the URL first: plain http to another host would carry the secret URL and
+    the alert in the clear."""
+    import httpx
+
+    tried = []
+    transport = httpx.MockTransport(lambda r: tried.append(r) or httpx.Response(200))
+    with pytest.raises(outbox.DeliveryError, match=f"TAPTOUCH_ALERT_WEBHOOK_URL.*{says}") as err:
+        outbox.post({"text": "x"}, "key-1", url, transport=transport)
+    assert tried == [] and "XXXXsecretpath" not in str(err.value)

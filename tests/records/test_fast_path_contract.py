@@ -224,15 +224,15 @@ def test_fast_path_contract_accepts_everyday_orders(order_id, status, refunds, q
         ),
         (lambda r: r["payments"][0].update(amount=D("1.00")), "completed order: payments sum to 1.00"),
         (lambda r: r.update(store_id=7102), "store_id 7102 differs from the store it was listed under (7101)"),
-        (  # each refund fits numeric(12,2); their sum does not (the history row's refunds would overflow)
+        (  # each refund fits numeric(12,2); their sum does not fit the history row's numeric(14,2)
             lambda r: r.update(
                 status="refunded",
                 refunds=[
                     {"id": i, "amount": D("9999999999.99"), "reason": "x", "refunded_at": r["updated_at"]}
-                    for i in (1, 2)
+                    for i in range(101)
                 ],
             ),
-            "refunds sum to 19999999999.98, beyond what an amount holds",
+            "refunds sum to 1009999999998.99, beyond what the order's history row holds (numeric(14,2)",
         ),
         (lambda r: r.update(status=" "), "status is empty"),
         (lambda r: r.update(currency="x" * 11), "currency is 11 characters long (limit 10)"),

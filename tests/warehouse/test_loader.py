@@ -146,24 +146,24 @@ def test_bad_records_quarantined_others_loaded(db):
 
 
 def test_refunds_summing_past_an_amount_quarantine_that_order_and_the_window_commits(db):
-    """Each refund fits numeric(12,2) and their sum does not: the order's history row (and every figure
-    of it) could not hold it, so it is that order's fault, found at the boundary, not the merge's."""
+    """Each refund fits numeric(12,2) and their sum does not fit the order's history row (numeric(14,2)):
+    that order's fault, found at the boundary, not at the merge (which failed the whole window)."""
     huge = [
         {"id": i, "amount": D("9999999999.99"), "reason": "x", "refunded_at": "2026-11-02T13:00:00+11:00"}
         for i in range(101)
     ]
     hostile = dict(f.order(50, status="refunded"), refunds=huge)
-    near = dict(f.order(51, status="refunded"), refunds=huge[:1])  # one refund at the limit: loads
+    near = dict(f.order(51, status="refunded"), refunds=huge[:100])  # 999,999,999,999.00: the history row holds it
     other_store = f.order(52, store_id=7102)
     counts = load_orders(db, [(7101, [hostile, near]), (7102, [other_store])], run_id="run-1", retention=None)
     assert (counts.inserted, counts.quarantined) == (2, 1)
     assert q(db, "select order_id from taptouch.orders order by 1") == [(51,), (52,)]
     assert q(db, "select order_id, refunds from taptouch.order_history order by 1") == [
-        (51, D("9999999999.99")),
+        (51, D("999999999999.00")),
         (52, D("0.00")),
     ]
     [(reason,)] = q(db, "select reason from taptouch.quarantine where record_key = '50'")
-    assert reason.startswith("refunds sum to 1009999999998.99, beyond what an amount holds")
+    assert reason.startswith("refunds sum to 1009999999998.99, beyond what the order's history row holds")
 
 
 def test_every_view_reads_a_store_day_of_amounts_at_their_limit(db):
