@@ -585,5 +585,5 @@ def test_the_token_commands_take_an_account(two_accounts, monkeypatch, capsys):
     assert main(["tokens", "--account", "east", "--database-url", db]) == 2
     assert "'east' is not one of TAPTOUCH_ACCOUNTS (north, south)" in capsys.readouterr().err
     monkeypatch.delenv("TAPTOUCH_SOUTH_CLIENT_SECRET")
-    assert main(["refresh", "--account", "south", "--database-url", db]) == 1
+    assert main(["refresh", "--account", "south", "--database-url", db]) == 2  # a configuration error
     assert "TAPTOUCH_SOUTH_CLIENT_SECRET is not set" in capsys.readouterr().err
