@@ -271,11 +271,11 @@ def test_a_webhook_url_that_cannot_be_posted_to_fails_the_tick_by_name_and_the_a
         monkeypatch.setenv(alerts.WEBHOOK_ENV, bad)
         alerts.taptouch_check_failure_alert(_run_with_failed_checks(instance), warehouse=warehouse)
         with pytest.raises(RuntimeError, match=f"TAPTOUCH_ALERT_WEBHOOK_URL.*{says}") as err:
-            deliver(warehouse)
+            deliver(warehouse, instance)
         assert "XXXXsecretpath" not in str(err.value) and "alert_outbox" in str(err.value)
         assert [r["sent_at"] for r in outbox_rows(migrated_db)] == [None, None]  # kept, not lost
         monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
-        deliver(warehouse)
+        deliver(warehouse, instance)
         assert len(receiver.bodies) == 2
 
 
