@@ -9,11 +9,9 @@ credentials; given the warehouse's token store, every process does. Grants (``gr
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import dagster as dg
 import httpx
@@ -94,8 +92,8 @@ def shared_auth(
 
 def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
     """``base_url`` as :func:`~taptouch_resource.client.check_base_url` accepts it (https unless
-    loopback, no credentials, no trailing slash), and usable as a prefix of every request path: no
-    whitespace inside, no query or fragment, a valid port. Every error names ``source`` (the
+    loopback, no credentials, a valid port, no trailing slash), and usable as a prefix of every
+    request path: no whitespace inside, no query or fragment. Every error names ``source`` (the
     variable or field the value came from) and never echoes the URL (it could carry credentials)."""
     text = base_url.strip()
     try:
@@ -104,14 +102,6 @@ def checked_base_url(base_url: str, source: str = ENV_BASE_URL) -> str:
             raise TaptouchConfigError(
                 f"{source} must not contain spaces: set it to a URL such as {api.DEFAULT_BASE_URL}."
             )
-        parts = urlsplit(checked)
-        try:
-            if parts.port == 0:  # reading it checks it (0 is no port a server listens on)
-                raise ValueError
-        except ValueError:
-            raise TaptouchConfigError(
-                f"{source} has an invalid port: use https://HOST or https://HOST:PORT with PORT from 1 to 65535."
-            ) from None
         if "?" in checked or "#" in checked:
             raise TaptouchConfigError(
                 f"{source} must not have a query (?...) or fragment (#...): the API paths are "
@@ -226,9 +216,7 @@ class TaptouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # ge
     def _rate_limit(self) -> float | None:
         """The client's limit: unset -> the library default (10/s), 0 -> none."""
         rate = DEFAULT_REQUESTS_PER_SECOND if self.requests_per_second is None else self.requests_per_second
-        if not math.isfinite(rate) or rate < 0:
-            raise TaptouchConfigError(f"requests_per_second must be 0 (no limit) or positive, got {rate!r}.")
-        return rate if rate > 0 else None
+        return None if rate == 0 else rate  # a negative or non-finite rate: ClientOptions refuses it
 
     def merchant_label(self) -> str:
         return (self.merchant or "").strip() or os.environ.get(ENV_MERCHANT, "").strip() or "default"

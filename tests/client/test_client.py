@@ -152,7 +152,9 @@ def test_the_resource_refuses_a_negative_rate_and_a_zero_page_and_a_blank_mercha
     from taptouch_resource import TaptouchResource
 
     creds = {"client_id": "c", "client_secret": "s"}
-    with pytest.raises(TaptouchConfigError, match="requests_per_second must be 0 .no limit. or positive, got -5"):
+    with pytest.raises(
+        TaptouchConfigError, match="requests_per_second must be None or 0 .no limit. or positive, got -5"
+    ):
         TaptouchResource(requests_per_second=-5, **creds).get_client()
     with pytest.raises(TaptouchConfigError, match="page_size must be a whole number from 1 to 500, got 0"):
         TaptouchResource(page_size=0, **creds).get_client()
