@@ -179,7 +179,7 @@ class StateModel(RuleBasedStateMachine):
     @rule(
         kind=st.sampled_from(["empty", "partial", "unsorted", "skew", "rate_limit", "server_error"]),
         every=st.integers(2, 5),
-        skew=st.integers(-900, 900),
+        skew=st.integers(-900, 4 * 3600),  # ahead by more than the lookback too
     )
     def fault_on(self, kind: str, every: int, skew: int) -> None:
         w = self.world

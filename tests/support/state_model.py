@@ -20,7 +20,9 @@ The invariants (:meth:`World.check_invariants`), after every step:
 2. no order that a listing returned to a run that succeeded for its store is marked deleted
    (unless the source deleted it after that listing);
 3. no high-water mark (``taptouch.sync_marks.high_water``) that moved in a step passes the
-   start of its listing on the API's clock (the ``status.timestamp`` of the store's first page).
+   start of its listing on the API's clock (the ``status.timestamp`` of the store's first page),
+   nor real time at that start (the fake clock: this machine's clock, the client's ``clock``, is
+   the real one; the API's runs up to hours ahead or minutes behind under the ``skew`` fault).
 
 :meth:`World.final_check` switches every fault off, lets the clock pass every instant at the
 source, runs a full reload and two reconciliations ``TAPTOUCH_RECONCILE_CONFIRM_S`` apart (fake
@@ -215,6 +217,7 @@ class World:
             requests_per_second=None,
             sleep=lambda s: None,
             page_size=PAGE_SIZE,
+            clock=lambda: self.now,  # this machine's clock is the real one (the API's may be skewed)
         )
         self.say = log or (lambda s: None)
         # orders per COPY batch, by history: tiny batches COPY while the next pages are decoded and
@@ -244,6 +247,7 @@ class World:
         self.visible_step: dict[int, int] = {}  # the step an order's current version became visible (0: from the start)
         self.step_pages: list[OrdersPage] = []  # the orders pages served during the current step
         self.mark_key_cols = self._mark_key_columns()
+        self.step_now = self.now
         # listing-time actions, armed by rules and spent by _on_page
         self.phase = "idle"
         self.events: list[tuple[str, str, Any]] = []
@@ -580,6 +584,7 @@ class World:
     def begin_step(self) -> None:
         self.tally.steps += 1
         self.step_pages = []
+        self.step_now = self.now  # this machine's clock when the step's listings start
         self._account({})
 
     # ------------------------------------------------------------------ invariants
@@ -643,6 +648,13 @@ class World:
                 problems.append(
                     f"mark {key} = {mark.isoformat()} passes its listing's start "
                     f"{instant(min(firsts)).isoformat()} (API clock)"
+                )
+            elif mark >= instant(self.step_now):
+                # an API clock running ahead: edits real time has not reached would fall behind the
+                # mark, where no incremental run asks again (the listing counts from this machine's)
+                problems.append(
+                    f"mark {key} = {mark.isoformat()} passes real time at its listing's start "
+                    f"{instant(self.step_now).isoformat()} (this machine's clock)"
                 )
             self.mark_step[key] = self.tally.steps
         previous, self.marks = self.marks, marks
