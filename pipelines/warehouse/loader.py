@@ -196,9 +196,10 @@ def _follow_zone_changes(cur: psycopg.Cursor) -> int:
     if not moved:
         return 0
     ORDERS.take_lock(cur)  # no orders merge between read and write
-    changed = derived.rederive_business_dates(
-        cur, [m[0] for m in moved], zone_changed=[sid for sid, before, _ in moved if before is not None]
-    )
+    # every store: one new to the warehouse may hold orders already (the orders asset dates them by
+    # the API's listing), whose aggregates took no local hour without the store's row
+    ids = [m[0] for m in moved]
+    changed = derived.rederive_business_dates(cur, ids, zone_changed=ids)
     for store_id, before, after in moved:
         if before is not None:
             log.warning(

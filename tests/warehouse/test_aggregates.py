@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -22,10 +22,14 @@ from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from pipelines import sync
+from pipelines.settings import RunSettings
 from pipelines.warehouse import aggregates
 from pipelines.warehouse.migrations import migrate
 from pipelines.warehouse.rebuild import rebuild
 from pipelines.warehouse.views import apply_views
+from taptouch_resource import TaptouchClient
+from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support.state_model import DAY, World
 
 EXAMPLES = int(os.environ.get("TAPTOUCH_AGGREGATES_EXAMPLES", "6"))
@@ -520,3 +524,29 @@ def test_a_store_quarter_of_product_sales_is_read_from_the_covering_index_alone(
         (t, ["autovacuum_vacuum_scale_factor=0.02", "autovacuum_vacuum_insert_scale_factor=0.02"])
         for t in sorted(aggregates.TABLES)
     ]
+
+
+def test_orders_loaded_before_their_store_take_its_local_hours_once_the_stores_load(migrated_db):
+    """The orders asset dates a new store's orders by the API's listing, before the stores asset
+    has written the store: its aggregates took no local hour then (the zone is read from
+    ``taptouch.stores``), and the stores load recomputes them, though no business date moves."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        apply_views(conn)
+        sb = Sandbox(SandboxConfig(seed=7, stores=2, days=2, orders_per_day=20))
+        client = TaptouchClient(
+            client_id=sb.config.client_id,
+            client_secret=sb.config.client_secret,
+            transport=sb.transport(),
+            requests_per_second=None,
+        )
+        listing = sync.list_stores(client, conn)  # read, not written: taptouch.stores stays empty
+        start = datetime.combine(sb.end_date - timedelta(days=3), datetime.min.time(), tzinfo=UTC)
+        run = sync.OrdersRun(timezones=listing.timezones, mode=sync.FULL_REFRESH, settings=RunSettings())
+        sync.sync_orders_window(client, conn, sync.OrderWindow("w", start, start + timedelta(days=6)), run)
+        hourless = "select count(*) from analytics.hourly_sales where local_hour is null"
+        assert conn.execute(hourless).fetchone()[0] > 0  # the store's zone is not known yet
+        assert conn.execute("select count(*) from taptouch.stores").fetchone()[0] == 0
+        sync.sync_stores(client, conn)
+        assert conn.execute(hourless).fetchone()[0] == 0
+        assert differences(conn) == {}
+        client.close()
