@@ -205,7 +205,8 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "listed_from": "the latest complete listing asked for orders updated from this instant",
             "listed_at": "when the latest complete listing started (this machine's clock, as sync_log.started_at)",
             "api_started_at": "when it started: the API's clock, never after this machine's",
-            "settled_at": "listed_at minus the lookback (TAPTOUCH_LOOKBACK): what the API held before it had"
+            "settled_at": "the earlier of listed_at and api_started_at, minus the lookback (TAPTOUCH_LOOKBACK):"
+            " what the API held before it had"
             " settled when the listing started; load_coverage proves a day from it",
             "listed_orders": "orders it returned (readable ids), in the window",
             "first_updated_at": "the earliest updated_at it returned",

@@ -90,7 +90,9 @@ select store_id, %(key)s, %(start)s, %(end)s from unnest(%(stores)s::bigint[]) a
 on conflict (store_id, "window") do nothing
 """
 _LOCK_ROWS = """
-select store_id, proof_id, covered_from from taptouch.listing_proofs
+select store_id, proof_id, covered_from,
+       nullif(least(coalesce(api_started_at, listed_at), now()), now())  -- (a start ahead of now is no start)
+from taptouch.listing_proofs
 where "window" = %(key)s and store_id = any(%(stores)s::bigint[]) order by store_id for update
 """
 
@@ -132,7 +134,8 @@ on conflict (proof_id, order_id) do nothing
 _DESCRIBE = """
 update taptouch.listing_proofs as p set
     covered_from = s.covered, complete = s.covered <= p.window_start, listed_from = s.listed_from,
-    listed_at = %(listed_at)s, settled_at = %(settled_at)s, api_started_at = s.api_started_at,
+    listed_at = %(listed_at)s, settled_at = least(%(listed_at)s, s.api_started_at) - %(settle)s::interval,
+    api_started_at = s.api_started_at,
     listed_orders = coalesce(l.n, 0), first_updated_at = to_timestamp(l.first::double precision),
     last_updated_at = to_timestamp(l.last::double precision),
     proven_orders = (select count(*) from taptouch.listing_proof_orders as o where o.proof_id = p.proof_id),
@@ -157,8 +160,12 @@ def prove(
     at: the API's clock, never after this machine's); what each returned is in :data:`SOURCE`. A
     listing that does not reach the window's end proves nothing. ``settle``: how long a record may take to reach the API's
     listings (the run's lookback): the proof holds for what was updated before ``listed_at -
-    settle`` (``settled_at``, what analytics.load_coverage compares). Set-based: a handful of
-    statements for every store of the window. Returns the proofs written."""
+    settle`` (``settled_at``, what analytics.load_coverage compares), or before the listing's start
+    on the API's clock minus ``settle`` when that is earlier (this machine's clock running ahead
+    must not settle a business day the API has not reached). A proof whose listing started later
+    (an overlapping run that committed first) is left as it is: an older listing never replaces a
+    newer one's set. Set-based: a handful of statements for every store of the window. Returns the
+    proofs written."""
     bounds = window_bounds(key)
     if bounds is None:
         return 0
@@ -169,8 +176,10 @@ def prove(
     cur.execute(_PROOF_ROWS, {"key": key, "start": start, "end": end, "stores": stores})
     cur.execute(_LOCK_ROWS, {"key": key, "stores": stores})
     scope = []
-    for store_id, proof_id, covered_from in cur.fetchall():
+    for store_id, proof_id, covered_from, proven_start in cur.fetchall():
         listed_from, _, api_started_at = listings[store_id]
+        if proven_start is not None and proven_start > (api_started_at or listed_at):
+            continue  # a listing that started later has proven it (overlapping runs committing out of order)
         whole = listed_from <= start
         covered = listed_from if whole or covered_from is None else min(covered_from, listed_from)
         scope.append((proof_id, store_id, whole, max(start, listed_from), end, covered, listed_from, api_started_at))
@@ -180,12 +189,14 @@ def prove(
         " lower_exact numeric, upper_exact numeric, covered timestamptz, listed_from timestamptz,"
         " api_started_at timestamptz) on commit drop"
     )
+    if not scope:
+        return 0
     cur.execute(_SCOPE, [list(column) for column in zip(*scope, strict=True)])
     cur.execute(_LISTED)
     cur.execute(_STALE)
     with references_proven(cur):  # each row's proof is one of the rows locked above
         cur.execute(_ADD)
-    cur.execute(_DESCRIBE, {"listed_at": listed_at, "settled_at": listed_at - settle, "run_id": run_id})
+    cur.execute(_DESCRIBE, {"listed_at": listed_at, "settle": settle, "run_id": run_id})
     return len(scope)
 
 

@@ -235,7 +235,8 @@ def test_a_listing_proves_a_day_only_for_what_had_settled_when_it_started(conn):
         load_day(client_for(sb), conn, day)
     apply_views(conn)
     drift = conn.execute(
-        "select count(*) from taptouch.listing_proofs where complete and settled_at <> listed_at - %s",
+        "select count(*) from taptouch.listing_proofs"
+        " where complete and settled_at <> least(listed_at, api_started_at) - %s",
         (DEFAULT_LOOKBACK,),
     ).fetchone()[0]
     assert drift == 0  # each proof settles the run's lookback (5 minutes) before its listing started
@@ -263,3 +264,78 @@ def test_a_listing_proves_a_day_only_for_what_had_settled_when_it_started(conn):
     assert listed(DEFAULT_LOOKBACK - timedelta(seconds=1)) is False
     assert listed(DEFAULT_LOOKBACK) is True
     assert listed(timedelta(hours=2)) is True
+
+
+def _prove_again(conn, store: int, day: date, ids: list[tuple[int, object]], *, api_started_at, listed_at) -> int:
+    """A listing of the store's window, started at ``api_started_at``, returning ``ids``, committed now."""
+    start, end = day_window(day)
+    with conn.transaction(), conn.cursor() as cur:
+        proofs.create_source(cur)
+        cur.executemany(f"insert into {proofs.SOURCE} values (%s, %s, %s)", [(store, o, v) for o, v in ids])
+        return proofs.prove(
+            cur, day.isoformat(), {store: (start, end, api_started_at)}, listed_at=listed_at, run_id="x"
+        )
+
+
+def _proof(conn, store: int, day: date) -> tuple:
+    return conn.execute(
+        "select listed_at, api_started_at, settled_at, proved_by from taptouch.listing_proofs"
+        ' where store_id = %s and "window" = %s',
+        (store, day.isoformat()),
+    ).fetchone()
+
+
+def test_a_listing_older_than_the_proof_committed_after_it_leaves_the_proof_alone(conn):
+    """Two runs of one window overlap (a backfill listed first, an hourly run listed later and
+    committed first): the backfill's older listing must not replace the newer proof's set (the next
+    check would name orders it never missed) nor move its start back."""
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    day = DAYS[1]
+    load_day(client_for(sb), conn, day)
+    store = next(s for s in sb.store_ids() if s != EMPTY)
+    truth = truth_set(sb, store, day)
+    newer = _proof(conn, store, day)
+    older_listing = sorted(truth)[1:]  # the backfill's listing, one order short (not yet visible to it)
+    hour = timedelta(hours=1)
+    written = _prove_again(conn, store, day, older_listing, api_started_at=newer[1] - hour, listed_at=newer[0] - hour)
+    assert written == 0
+    assert _proof(conn, store, day) == newer
+    assert proven_set(conn, store, day) == truth
+    # a listing that started later does replace it
+    later = newer[1] + timedelta(seconds=1)
+    assert _prove_again(conn, store, day, older_listing, api_started_at=later, listed_at=newer[0] + hour) == 1
+    assert _proof(conn, store, day)[1] == later and proven_set(conn, store, day) == set(older_listing)
+    # a proof's start ahead of the database's clock (a clock since corrected) is no reason to refuse
+    conn.execute(
+        "update taptouch.listing_proofs set api_started_at = now() + interval '1 day' where store_id = %s"
+        ' and "window" = %s',
+        (store, day.isoformat()),
+    )
+    assert _prove_again(conn, store, day, sorted(truth), api_started_at=later, listed_at=newer[0] + hour) == 1
+    assert proven_set(conn, store, day) == truth
+
+
+def test_a_proof_settles_by_the_api_clock_when_this_machine_runs_ahead(conn):
+    """This machine's clock 15 minutes ahead of the API's: a listing that started at 15:50 on the API's
+    clock holds only for what was updated before 15:45 (the lookback), never 16:00 - 5 minutes: a
+    business day ending at 16:00 UTC is not settled by it."""
+    from pipelines.settings import DEFAULT_LOOKBACK
+
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    day = DAYS[1]
+    store = next(s for s in sb.store_ids() if s != EMPTY)
+    start, _ = day_window(day)
+    api_start = start + timedelta(hours=15, minutes=50)
+    _prove_again(
+        conn,
+        store,
+        day,
+        sorted(truth_set(sb, store, day)),
+        api_started_at=api_start,
+        listed_at=api_start + timedelta(minutes=15),
+    )
+    listed_at, api_started_at, settled_at, _ = _proof(conn, store, day)
+    assert (listed_at - api_started_at) == timedelta(minutes=15)
+    assert settled_at == api_start - DEFAULT_LOOKBACK
