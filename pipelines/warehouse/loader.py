@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
@@ -361,7 +362,8 @@ class OrderWindowLoad:
         self._started = datetime.now(UTC)
         self._discarded: set[int] = set()
         self._failed: dict[int, str] = {}  # store id -> why its listing proves nothing (.proofs)
-        self._skipped: set[int] = set()  # orders recognised as unchanged by their raw_hash
+        # orders recognised as unchanged by their raw_hash -> (store, the version held then: what the listing read)
+        self._skipped: dict[int, tuple[int, Decimal]] = {}
         self._staging_closed = False
         self._finished = False
         self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
@@ -442,11 +444,12 @@ class OrderWindowLoad:
         digests: list[bytes] = []
         for raw, oid in zip(raws, ids, strict=True):
             digest = blake(raw, digest_size=16).digest()
-            if oid is not None and known.get(oid) == digest:  # the warehouse holds exactly this version already
+            held = known.get(oid) if oid is not None else None
+            if held is not None and held[0] == digest:  # the warehouse holds exactly this version already
                 if oid in self._skipped:
                     self.counts.duplicates += 1
                 else:
-                    self._skipped.add(oid)
+                    self._skipped[oid] = (store_id, held[1])
                     sc.unchanged += 1
                 continue
             todo.append(raw)
@@ -498,17 +501,19 @@ class OrderWindowLoad:
             else:
                 listed.add(oid)
 
-    def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, bytes]:
-        """order id -> raw_hash of the version the warehouse holds, for the ids on this page, when that
+    def _known_digests(self, ids: list[int | None], store_id: int) -> dict[int, tuple[bytes, Decimal]]:
+        """order id -> (raw_hash, exact version) of the version the warehouse holds, for the ids on this page, when that
         version belongs to the listed store (the same bytes listed under another store are checked,
         and quarantined for their store_id, never skipped as unchanged)."""
         ids = [i for i in ids if i is not None]
         if not ids:
             return {}
         rows = self._lookup(
-            "select order_id, raw_hash from taptouch.orders where order_id = any(%s) and store_id = %s", (ids, store_id)
+            "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
+            " from taptouch.orders where order_id = any(%s) and store_id = %s",
+            (ids, store_id),
         )
-        return {oid: bytes(h) for oid, h in rows if h is not None}
+        return {oid: (bytes(h), v) for oid, h, v in rows if h is not None}
 
     def _lookup(self, query: str, params: tuple) -> list[tuple]:
         """A read of the warehouse during staging. While a batch's COPY holds the load's connection,
@@ -713,12 +718,12 @@ class OrderWindowLoad:
                 " where store_id = any(%s) group by store_id, order_id",
                 (sorted(judged),),
             )
-            if self._skipped:
+            skipped = sorted((sid, oid, v) for oid, (sid, v) in self._skipped.items() if sid in judged)
+            if skipped:  # the versions the listing read (not what the warehouse holds at commit: another
+                # run may have merged a newer one since, which this listing never saw)
                 cur.execute(
-                    f"insert into {proofs.SOURCE} select store_id, order_id,"
-                    " coalesce(updated_at_exact, taptouch.exact_epoch(updated_at)) from taptouch.orders"
-                    " where order_id = any(%s) and store_id = any(%s)",
-                    (sorted(self._skipped), sorted(judged)),
+                    f"insert into {proofs.SOURCE} select * from unnest(%s::bigint[], %s::bigint[], %s::numeric[])",
+                    [list(c) for c in zip(*skipped, strict=True)],
                 )
             proofs.prove(cur, self.window, judged, listed_at=self._started, run_id=self.run_id, settle=self.settle)
         if self._failed:

@@ -339,3 +339,29 @@ def test_a_proof_settles_by_the_api_clock_when_this_machine_runs_ahead(conn):
     listed_at, api_started_at, settled_at, _ = _proof(conn, store, day)
     assert (listed_at - api_started_at) == timedelta(minutes=15)
     assert settled_at == api_start - DEFAULT_LOOKBACK
+
+
+def test_an_order_a_listing_read_unchanged_is_proven_at_the_version_it_read(conn, migrated_db):
+    """An order recognised as unchanged (the warehouse held those bytes) is proven at the version the
+    listing read, not at what the warehouse holds at the commit: another run may merge a newer
+    version meanwhile, which this listing never saw."""
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    day = DAYS[1]
+    load_day(client, conn, day)
+    store = next(s for s in sb.store_ids() if s != EMPTY)
+    oid, version = sorted(truth_set(sb, store, day))[0]
+
+    def another_run_merges_a_newer_version() -> None:
+        with psycopg.connect(libpq_url(migrated_db), autocommit=True) as other:
+            other.execute(
+                "update taptouch.orders set updated_at = updated_at + interval '1 hour',"
+                " updated_at_exact = updated_at_exact + 3600 where order_id = %s",
+                (oid,),
+            )
+
+    start, end = day_window(day)
+    again = load_window(client, conn, day.isoformat(), start, end, before_merge=another_run_merges_a_newer_version)
+    assert again.counts.unchanged > 0 and again.counts.updated == 0
+    assert (oid, version) in proven_set(conn, store, day)
