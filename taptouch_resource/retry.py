@@ -204,7 +204,9 @@ class RateLimiter:
     fairly and the lock is never held while waiting. A 429 (:meth:`penalize`, at most
     :data:`MAX_RETRY_AFTER`) pauses every thread of the process, not only the one that got it: while
     it lasts nobody reserves a slot, each caller waits for its end and then queues as usual, so no
-    single wait is longer than the larger of the pause and :data:`MAX_WAIT`. Every wait is a
+    single wait is longer than the larger of the pause and :data:`MAX_WAIT`. A queue longer than
+    :data:`MAX_WAIT` (a low rate, many threads) is joined in waits of at most that: a caller whose
+    slot would lie further ahead waits without one and asks again. Every wait is a
     :func:`pause` (a stopping thread's wait raises :class:`Stopped`). ``rate`` None or <= 0: off (no
     waiting, and 429s are left to the retry engine). ``waited_seconds`` is the total wait spent here.
     """
@@ -233,17 +235,22 @@ class RateLimiter:
             with self._lock:
                 now = max(self._clock(), now)  # (a test's clock may not move while it "sleeps")
                 blocked = min(self._blocked_until - now, MAX_RETRY_AFTER)
-                if blocked <= 0:  # not paused: reserve the next slot (a queue at most MAX_WAIT long)
-                    slot = min(max(now, self._next), now + MAX_WAIT)
+                queue = self._next - now
+                if blocked > 0:  # paused: wait for the pause's end holding no slot, then queue
+                    wait = blocked
+                elif queue > MAX_WAIT:  # a longer queue (a low rate, many threads): no slot yet
+                    wait = min(queue - MAX_WAIT, MAX_WAIT)
+                else:  # reserve the next slot
+                    slot = max(now, self._next)
                     self._next = slot + self.interval
-                wait = blocked if blocked > 0 else slot - now
+                    wait = slot - now
                 self.waited_seconds += wait
             waited += wait
             if wait > 0:
                 pause(wait, self._sleep)
-            if blocked <= 0:
+            if blocked <= 0 and queue <= MAX_WAIT:
                 return waited
-            now += blocked  # paused: wait for the pause's end holding no slot, then queue
+            now += wait
 
     def penalize(self, seconds: float) -> None:
         if not self.interval or seconds <= 0:

@@ -25,6 +25,9 @@ from taptouch_resource.retry import MAX_RETRY_AFTER, MAX_WAIT, RateLimiter, Requ
 
 log = logging.getLogger(__name__)
 
+QUEUE_LIMIT = 1024
+"""Requests that may wait in one budget's queue at once (every thread of every run): a next slot
+further ahead than they make it (``MAX_WAIT`` + this many intervals) is a wrong row, reset to now."""
 DEFAULT_BURST = 1
 """Requests that may go back to back after a pause (1: strictly spaced at ``1/rate``)."""
 RETRY_DATABASE_AFTER = 30.0
@@ -52,35 +55,45 @@ _OLD_BLOCKED = f"(b.blocked_until - {_SKEW})"
 _SECONDS = "* interval '1 second'"
 _MAX_PAUSE = f"{_NOW} + %(max_pause)s {_SECONDS}"
 _PAUSED = f"coalesce({_OLD_BLOCKED}, '-infinity') > {_NOW}"
-
+_AHEAD = f"{_OLD_NEXT} - %(tau)s {_SECONDS}"
+_QUEUED = f"{_AHEAD} > {_NOW} + %(max_wait)s {_SECONDS}"  # the queue is longer than one wait: no slot yet
+_FAR = f"{_AHEAD} > {_NOW} + %(heal_after)s {_SECONDS}"  # longer than any queue can be: a wrong row
 _ACQUIRE = f"""
 with clock as materialized (select clock_timestamp() as now)
-insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at)
-select %(client_id)s, %(rate)s, %(burst)s, now + %(interval)s {_SECONDS}, 1, now from clock
+insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at, last_slot)
+select %(client_id)s, %(rate)s, %(burst)s, now + %(interval)s {_SECONDS}, 1, now, now from clock
 on conflict (client_id) do update set
     blocked_until = case when {_OLD_BLOCKED} > {_MAX_PAUSE} then {_MAX_PAUSE} else {_OLD_BLOCKED} end,
     next_at = case when {_PAUSED} then {_OLD_NEXT}
-                   when {_OLD_NEXT} - %(tau)s {_SECONDS} > {_NOW} + %(max_wait)s {_SECONDS}
-                   then {_NOW} + %(interval)s {_SECONDS}
+                   when {_FAR} then {_NOW} + %(interval)s {_SECONDS}
+                   when {_QUEUED} then {_OLD_NEXT}
                    else greatest({_OLD_NEXT}, {_NOW}) + %(interval)s {_SECONDS} end,
+    last_slot = case when {_PAUSED} then null
+                     when {_FAR} then {_NOW}
+                     when {_QUEUED} then null
+                     else greatest({_AHEAD}, {_NOW}) end,
     rate = excluded.rate,
     burst = excluded.burst,
-    requests = b.requests + case when {_PAUSED} then 0 else 1 end,
+    requests = b.requests + case when {_PAUSED} or ({_QUEUED} and not {_FAR}) then 0 else 1 end,
     updated_at = {_NOW}
-returning coalesce(b.blocked_until > b.updated_at, false),
-          extract(epoch from case when b.blocked_until > b.updated_at then b.blocked_until
-                                  else greatest(b.next_at - (%(interval)s + %(tau)s) {_SECONDS}, b.updated_at) end
-                             - b.updated_at)::float8,
-          extract(epoch from greatest(b.next_at - (%(interval)s + %(tau)s) {_SECONDS}, b.updated_at))::float8,
+returning b.last_slot is null,
+          extract(epoch from case when b.blocked_until > b.updated_at then b.blocked_until - b.updated_at
+                                  when b.last_slot is null
+                                  then least(b.next_at - %(tau)s {_SECONDS} - b.updated_at - %(max_wait)s {_SECONDS},
+                                             %(max_wait)s {_SECONDS})
+                                  else b.last_slot - b.updated_at end)::float8,
+          extract(epoch from b.last_slot)::float8,
           (select extract(epoch from o.updated_at - b.updated_at)::float8
            from taptouch_meta.request_budget o where o.client_id = b.client_id),
           (select extract(epoch from o.next_at - b.updated_at)::float8 - %(tau)s
            from taptouch_meta.request_budget o where o.client_id = b.client_id)
 """
-"""One request: (paused, wait, slot, stepped_back, ahead). Paused (a 429's pause, at most
-``max_pause`` from now): no slot is given, ``wait`` is the pause's rest, and the caller asks again
-at its end. Otherwise the slot is ``wait`` from now, never more than ``max_wait``: a row whose next
-slot lies further ahead (a far-future value, however it got there) is reset to now. The last two
+"""One request: (no slot, wait, slot, stepped_back, ahead). No slot during a 429's pause (at most
+``max_pause`` from now: ``wait`` is the pause's rest) or while the queue is longer than ``max_wait``
+(a low rate, many waiters: ``wait`` until the queue's end is ``max_wait`` away, at most
+``max_wait``); the caller asks again after ``wait``. Otherwise the slot is ``wait`` from now, never
+more than ``max_wait``. A row whose next slot lies further ahead than ``heal_after`` (longer than
+:data:`QUEUE_LIMIT` waiters make it: a far-future value, however it got there) is reset to now. The last two
 (seconds the row's clock was ahead, seconds its next slot was ahead) are the row as this
 statement's snapshot saw it, for the WARNING only."""
 
@@ -170,8 +183,10 @@ class SharedBudget:
     # ------------------------------------------------------------------ RequestLimiter
     def acquire(self) -> float:
         """Wait for this request's slot in the shared budget; return the seconds waited. During a
-        429's pause it waits for the pause's end (holding no slot) and asks again, so no single wait
-        is longer than the larger of :data:`~taptouch_resource.retry.MAX_WAIT` and the pause. Every
+        429's pause it waits for the pause's end (holding no slot) and asks again, and while the queue
+        is longer than :data:`~taptouch_resource.retry.MAX_WAIT` (a low rate, many waiters) it waits
+        without a slot until the queue's end is that near, so no single wait is longer than the
+        larger of :data:`~taptouch_resource.retry.MAX_WAIT` and the pause. Every
         wait is a :func:`~taptouch_resource.retry.pause`: a stopping thread raises ``Stopped``."""
         waited = 0.0
         while True:
@@ -203,11 +218,11 @@ class SharedBudget:
             )
         elif not paused and ahead is not None and ahead > MAX_WAIT:
             log.warning(
-                "shared API budget for client %s: the next slot was %.0fs ahead, more than the %.0fs any "
-                "queue takes (the row was edited, or written by a clock that was ahead); reset to now",
+                "shared API budget for client %s: the next slot was %.0fs ahead, more than %d waiting "
+                "requests make it (the row was edited, or written by a clock that was ahead); reset to now",
                 self.client_id,
                 ahead,
-                MAX_WAIT,
+                QUEUE_LIMIT,
             )
 
     def penalize(self, seconds: float) -> None:
@@ -236,6 +251,7 @@ class SharedBudget:
             "interval": self._interval,
             "tau": self._tau,
             "max_wait": MAX_WAIT,
+            "heal_after": MAX_WAIT + QUEUE_LIMIT * self._interval,
             "max_pause": MAX_RETRY_AFTER,
             "clock_step": CLOCK_STEP,
             **params,

@@ -559,3 +559,54 @@ def test_a_runs_budget_wait_is_wall_time_and_its_requests_are_recorded(migrated_
         ).fetchall()
     assert [r[:3] for r in rows] == [(result.run_id, "orders", md["api_requests"] + 1)]
     assert md["budget_wait_s"] <= rows[0][3] <= rows[0][4]
+
+
+def test_the_in_process_limiter_spaces_a_rate_below_one_request_a_minute():
+    """0.01 requests/s: one request every 100 s, though no single wait may pass MAX_WAIT (60 s): a
+    request whose slot lies further ahead waits without one and asks again."""
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(0.01, clock=lambda: now[0], sleep=sleep)
+    sent = []
+    for _ in range(5):
+        limiter.acquire()
+        sent.append(now[0])
+    assert sent == pytest.approx([0, 100, 200, 300, 400])
+    assert max(waits) <= MAX_WAIT
+
+
+@pytest.mark.postgres
+def test_a_queue_longer_than_one_wait_stays_spaced(migrated_db, monkeypatch):
+    """More requests waiting than one MAX_WAIT holds (a low rate, several threads and processes):
+    each still gets its own slot, one interval after the last, never a slot "reset to now" beside
+    another. MAX_WAIT is cut to 1 s here so that the queue is long within seconds."""
+    from pipelines.warehouse import budget as budget_module
+    from taptouch_resource import retry
+
+    monkeypatch.setattr(budget_module, "MAX_WAIT", 1.0)
+    monkeypatch.setattr(retry, "MAX_WAIT", 1.0)
+    interval = 1.5  # longer than a wait: every request but the first queues past MAX_WAIT
+    budgets = [_RecordingBudget(migrated_db, "long-queue", 1 / interval) for _ in range(4)]  # four "processes"
+    waits: list[float] = []
+
+    def ask(budget: SharedBudget) -> None:
+        waits.append(budget.acquire())
+
+    threads = [threading.Thread(target=ask, args=(budget,)) for budget in budgets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    slots = sorted(s for b in budgets for s in b.slots)
+    for b in budgets:
+        b.close()
+    assert len(slots) == 4
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    assert all(gap == pytest.approx(interval, abs=1e-3) for gap in gaps), gaps
+    assert max(waits) == pytest.approx(3 * interval, abs=0.5)
+    assert _row(migrated_db, "long-queue")["requests"] == 4  # a request that waited without a slot counts once
