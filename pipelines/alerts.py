@@ -317,7 +317,8 @@ def submit(alerts: list[outbox.Alert], url: str, warehouse: PostgresResource, lo
     monitor_all_code_locations=True,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=settings.alert_sensor_interval(),
-    description=f"Queues one alert per failed run for ${WEBHOOK_ENV} (off when unset).",
+    description=f"Queues one alert per failed run, and one per failed non-blocking asset check of it (at or above "
+    f"${MIN_SEVERITY_ENV}), for ${WEBHOOK_ENV} (off when unset).",
 )
 def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: PostgresResource) -> None:
     alert = settings.alert_settings()
@@ -330,7 +331,9 @@ def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: P
         text = (err.message if err is not None else None) or event.message or ""
         step_errors.append((event.step_key or "?", text.strip()))
     failure = run_failure_alert(context.dagster_run, step_errors, context.failure_event.message, ui_url=alert.ui_url)
-    submit([failure], alert.webhook_url, warehouse, context.log)
+    # the run's failed non-blocking checks too (a run that fails after them has no other word of them)
+    checks = failed_check_alerts(context.instance, context.dagster_run.run_id, alert, blocking=False)
+    submit([failure, *checks], alert.webhook_url, warehouse, context.log)
 
 
 # ------------------------------------------------------------------------------------ failed checks
@@ -389,9 +392,12 @@ def _check_partition(instance, run, entry, evaluation, materializations: dict) -
     return _partition(dict(run.tags))
 
 
-def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) -> list[outbox.Alert]:
+def failed_check_alerts(
+    instance, run_id: str, alert: settings.AlertSettings, *, blocking: bool = True
+) -> list[outbox.Alert]:
     """One alert per failed check evaluation of run ``run_id`` at or above ``alert.min_severity``,
-    keyed ``check-failure:<run id>:<asset>:<check>:<partition>``."""
+    keyed ``check-failure:<run id>:<asset>:<check>:<partition>``; ``blocking=False``: not those of
+    blocking checks (a failed run's alert names them already: they failed its step)."""
     threshold = min_severity(alert)
     from dagster._core.events import DagsterEventType
 
@@ -403,6 +409,8 @@ def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) ->
         entry = record.event_log_entry
         evaluation = entry.dagster_event.event_specific_data
         if evaluation.passed or _severity_rank(evaluation.severity) < _severity_rank(threshold):
+            continue
+        if evaluation.blocking and not blocking:
             continue
         partition = _check_partition(instance, run, entry, evaluation, materializations)
         key = outbox.alert_key(
@@ -425,7 +433,7 @@ def failed_check_alerts(instance, run_id: str, alert: settings.AlertSettings) ->
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=settings.alert_sensor_interval(),
     description=f"Queues one alert per failed asset check (at or above ${MIN_SEVERITY_ENV}, default WARN) of a "
-    f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run has its own alert).",
+    f"run that succeeded for ${WEBHOOK_ENV} (off when unset; a failed run's are queued with its own alert).",
 )
 def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: PostgresResource) -> None:
     alert = settings.alert_settings()

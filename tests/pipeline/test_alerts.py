@@ -510,3 +510,48 @@ def test_daemon_delivers_exactly_one_alert_per_failed_run_even_when_the_first_po
     assert "invalid_client" in text  # the error summary
     assert "wrong-secret-7f3a9c" not in json.dumps(body) and "XXXXsecretpath" not in json.dumps(body)
     assert body["blocks"]
+
+
+def test_a_failed_run_alerts_its_failed_non_blocking_checks_too(monkeypatch, migrated_db):
+    """A WARN check failed, then a later step of the run failed: the run's alert and the check's
+    both go out (the check sensor watches successful runs only); a blocking check that failed the
+    run is in the run's alert, not a second message."""
+    from dagster._core.events import DagsterEventType
+
+    @dg.asset(
+        check_specs=[
+            dg.AssetCheckSpec("soft", asset="gadgets"),
+            dg.AssetCheckSpec("hard", asset="gadgets", blocking=True),
+        ]
+    )
+    def gadgets():
+        return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(check_name="soft", passed=False, severity=dg.AssetCheckSeverity.WARN),
+                dg.AssetCheckResult(check_name="hard", passed=False, severity=dg.AssetCheckSeverity.ERROR),
+            ]
+        )
+
+    @dg.asset(deps=[gadgets])
+    def later():
+        raise RuntimeError("the next step broke")
+
+    warehouse = PostgresResource(database_url=migrated_db)
+    with Receiver() as receiver, dg.instance_for_test() as instance:
+        monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
+        result = dg.materialize([gadgets, later], instance=instance, raise_on_error=False)
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        event = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records[0]
+        context = dg.build_run_status_sensor_context(
+            sensor_name="taptouch_run_failure_alert",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=event.event_log_entry.dagster_event,
+        ).for_run_failure()
+        alerts.taptouch_run_failure_alert(context, warehouse=warehouse)
+        deliver(warehouse, instance)
+        kinds = sorted(r["idempotency_key"].split(":")[0] for r in outbox_rows(migrated_db))
+        assert kinds == ["check-failure", "run-failure"]
+        texts = [b["text"] for b in receiver.bodies]
+        assert any("check soft" in t for t in texts) and not any("check hard" in t for t in texts)
