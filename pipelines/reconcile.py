@@ -66,6 +66,7 @@ class StoreReconcile:
     repaired: int = 0
     quarantined: int = 0
     proven: int = 0  # orders windows (UTC days) re-proven by the listing (.warehouse.proofs)
+    judged: deletions.Judgement | None = field(default=None, repr=False)  # its confirmations wait for the pass
 
 
 @dataclass
@@ -251,9 +252,8 @@ def _judge_store(
     run_id: str | None,
 ) -> str | None:
     """One store's judgement of its finished listing, in one short transaction under the merge
-    lock (deletions.judge_listing, or only restores from a listing that cannot judge), logged in
-    sync_log. Returns the share guard's refusal, if any."""
-    refusal = None
+    lock (deletions.judge_listing, or only restores from a listing that cannot judge). The
+    candidates due are confirmed by :func:`_confirm_store` once every store was listed."""
     started_at = listing.started_at or now
     with conn.transaction(), conn.cursor() as cur:
         if listing.complete and not listing.unidentified:
@@ -269,11 +269,11 @@ def _judge_store(
                 mass_confirmed=mass_confirmed,
                 listed_count=listing.records,
                 seen_by=seen_by,
+                defer=True,
             )
             sr.checked = judged.live
-            sr.deleted, sr.restored, sr.refused = judged.deleted, judged.restored, judged.refused
-            sr.candidates, sr.waiting = judged.candidates, judged.waiting
-            refusal = judged.refusal
+            sr.restored, sr.candidates, sr.waiting = judged.restored, judged.candidates, judged.waiting
+            sr.judged = judged
         else:
             why = (
                 "the listing is not known to be complete"
@@ -287,8 +287,21 @@ def _judge_store(
                 why,
             )
             sr.restored, _ = deletions.note_listed(cur, listing.ids)
+
+
+def _confirm_store(conn: psycopg.Connection, sr: StoreReconcile, rpass: "_Pass") -> str | None:
+    """The store's deletions confirmed, after every store of the pass was listed (one that a later
+    store's listing returned is not deleted: it moved there), and its judgement logged in sync_log.
+    Returns the share guard's refusal, if any."""
+    refusal = None
+    with conn.transaction(), conn.cursor() as cur:
+        judged = sr.judged
+        if judged is not None and judged.ripe:
+            deletions.confirm_deferred(cur, judged, mass_confirmed=sr.store_id in rpass.mass_confirmed, now=rpass.now)
+            sr.deleted, sr.refused = judged.deleted, judged.refused
+            refusal = judged.refusal
         if sr.deleted or sr.restored or sr.repaired:
-            _log_judgement(cur, sr, start=start, now=now, run_id=run_id)
+            _log_judgement(cur, sr, start=rpass.start, now=rpass.now, run_id=rpass.run_id)
     return refusal
 
 
@@ -356,7 +369,11 @@ def reconcile_orders(
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
             result.stores.append(sr)
-            progress(_store_summary(sr))
+    for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
+        refusal = _confirm_store(conn, sr, rpass)
+        if refusal:
+            result.failures.append((sr.store_id, refusal, False))
+        progress(_store_summary(sr))
     return result
 
 
@@ -381,8 +398,9 @@ def _reconcile_store(
     client: TaptouchClient, conn: psycopg.Connection, store_id: int, rpass: _Pass, result: ReconcileResult
 ) -> StoreReconcile | None:
     """List one store (from the earliest of the period and of its orders marked deleted since
-    ``rpass.restore_since``), repair, judge and re-prove it. A failed listing is added to
-    ``result.failures`` (None returned); a refusal of the share guard too (the store's outcome is returned)."""
+    ``rpass.restore_since``), repair, judge (its deletions are confirmed once every store was
+    listed: :func:`_confirm_store`) and re-prove it. A failed listing is added to
+    ``result.failures`` (None returned)."""
     start, now = rpass.start, rpass.now
     earliest = _earliest_deleted(conn, store_id, rpass.restore_since)
     listed_from = min(start, earliest) if earliest is not None else start
@@ -404,7 +422,7 @@ def _reconcile_store(
     )
     if listing.repairs and store_id in rpass.timezones:
         _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
-    refusal = _judge_store(
+    _judge_store(
         conn,
         listing,
         sr,
@@ -415,8 +433,6 @@ def _reconcile_store(
         seen_by=rpass.seen_by,
         run_id=rpass.run_id,
     )
-    if refusal:
-        result.failures.append((store_id, refusal, False))
     sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id)
     return sr
 

@@ -88,6 +88,8 @@ class Judgement:
     restored: list[int] = field(default_factory=list)
     refused: list[int] = field(default_factory=list)  # would have been deleted: the share guard refused
     dropped: int = 0  # candidates removed (listed again, or moved out of range)
+    ripe: list[int] = field(default_factory=list)  # due, their confirmation deferred (``defer``)
+    listed: int = 0  # records the listing returned (the share guard's empty-listing rule)
 
     @property
     def refusal(self) -> str | None:
@@ -142,6 +144,7 @@ def judge_listing(
     mass_confirmed: bool = False,
     listed_count: int | None = None,
     seen_by: str | None = None,
+    defer: bool = False,
 ) -> Judgement:
     """Judge one store's orders by one COMPLETE listing whose records all had a readable id
     (the caller checks both) and that returned ``listed_ids`` for ``updated_at`` in
@@ -154,7 +157,10 @@ def judge_listing(
     order edited past ``listed_to`` and not loaded yet is missing from it without being deleted.
 
     ``listed_count``: records the listing returned in all (default ``len(listed_ids)``), for the
-    empty-listing rule. Runs in the caller's transaction; takes the orders merge lock."""
+    empty-listing rule. ``defer``: the candidates due are returned (``ripe``), not confirmed:
+    :func:`confirm_deferred` confirms them once every store of the pass was listed (an order that
+    moved to another store is missing here and listed there). Runs in the caller's transaction;
+    takes the orders merge lock."""
     _require_transaction(cur)
     listed = set(listed_ids)
     result = Judgement(store_id)
@@ -184,9 +190,32 @@ def judge_listing(
     result.waiting = [oid for oid in missing if oid in held and oid not in ripe]
     result.candidates = [oid for oid in missing if oid not in held]
     _record_missing(cur, result, now=now, started_at=started_at, seen_by=seen_by)
-    listed_n = len(listed) if listed_count is None else listed_count
-    _confirm(cur, result, ripe, listed=listed_n, mass_confirmed=mass_confirmed, now=now)
+    result.listed = len(listed) if listed_count is None else listed_count
+    if defer:
+        result.ripe = ripe
+        return result
+    _confirm(cur, result, ripe, listed=result.listed, mass_confirmed=mass_confirmed, now=now)
     return result
+
+
+def confirm_deferred(cur: psycopg.Cursor, judged: Judgement, *, mass_confirmed: bool, now: datetime) -> None:
+    """Confirm the candidates a deferred :func:`judge_listing` found due (``judged.ripe``), those
+    still candidates of its store and still live there: a later listing of the pass that returned
+    one (another store's, for an order that moved) removed its candidate. The share guard judges
+    them against the store's live orders and listed records of that judgement. Runs in the caller's
+    transaction; takes the orders merge lock."""
+    _require_transaction(cur)
+    if not judged.ripe:
+        return
+    cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
+    cur.execute(
+        "select c.order_id from taptouch.deletion_candidates c join taptouch.orders o using (order_id)"
+        " where c.order_id = any(%s) and c.store_id = %s and o.store_id = %s and o.deleted_at is null"
+        " order by c.order_id",
+        (judged.ripe, judged.store_id, judged.store_id),
+    )
+    still = [r[0] for r in cur.fetchall()]
+    _confirm(cur, judged, still, listed=judged.listed, mass_confirmed=mass_confirmed, now=now)
 
 
 def _candidates_in_range(

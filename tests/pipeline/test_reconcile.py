@@ -252,3 +252,36 @@ def test_the_asset_looks_for_deletions_of_the_last_restore_days_only(world, migr
 def test_the_schedule_runs_every_six_hours():
     assert RECONCILE_CRON == "30 */6 * * *" and orders_reconcile_daily.cron_schedule == RECONCILE_CRON
     assert "6 hours" in orders_reconcile_daily.description
+
+
+def test_an_order_that_moved_to_a_store_listed_later_is_not_deleted_from_the_first(world):
+    """An order moved from store A to store B (an edit of its store), while B's listings failed: the
+    warehouse holds it at A, and an earlier reconciliation found it missing there (a candidate, due
+    now). A is listed before B: its deletion waits until every store of the pass was listed, and B's
+    listing returns the order, so nothing is deleted (before: deleted at A, restored by B's repair,
+    and reported as a deletion)."""
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    store_a, store_b = sorted(sb.store_ids())
+    moved = conn.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " order by order_id limit 1",
+        (store_b, now - timedelta(days=3), now - HOUR),
+    ).fetchone()[0]
+    conn.execute(  # the version before the move: older, at store A
+        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
+        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
+        (store_a, moved),
+    )
+    conn.execute(
+        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
+        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
+        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
+    )
+    result = reconcile_orders(client, conn, days=7, now=now)
+    assert not result.failures
+    assert result.deleted == 0 and _deleted(conn) == {}
+    assert conn.execute("select store_id from taptouch.orders where order_id = %s", (moved,)).fetchone()[0] == store_b
+    assert conn.execute("select count(*) from taptouch.deletion_candidates").fetchone()[0] == 0
+    logged = conn.execute("select coalesce(sum(deleted), 0) from taptouch.sync_log where entity = 'order_deletions'")
+    assert logged.fetchone()[0] == 0
