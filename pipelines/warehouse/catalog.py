@@ -179,6 +179,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "first_seen_run_id": "the Dagster run whose load first saw it (null outside a run, and for "
             "versions recorded by migration 0015)",
             "account": ACCOUNT,
+            "created_at": "the version's created_at (null for versions recorded before migration 0024)",
         },
     ),
     "taptouch.inventory_delist_candidates": (
@@ -286,6 +287,8 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "requests": "slots granted, all processes together, since the row was created",
             "rate_limited": "429s reported by any process, since the row was created",
             "updated_at": "when the row was last written",
+            "last_slot": "the slot the last request was given (server clock); null when it got none "
+            "(a 429's pause, or a queue longer than 60 s: it waits and asks again)",
         },
     ),
     "taptouch_meta.history_retention": (
