@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 # by their keys alone, so only one sort carries the rows' raw.
 _RECORD = """
 insert into taptouch.order_history
-    (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account)
+    (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account, created_at)
 select s.order_id, s.updated_at_exact, s.updated_at, s.store_id, s.status, s.total,
-       coalesce(r.refunds, 0), s.raw, %(run_id)s, s.account
+       coalesce(r.refunds, 0), s.raw, %(run_id)s, s.account, s.created_at
 from stage_orders as s
 join (
     select distinct on (order_id, updated_at_exact) seq
@@ -44,9 +44,9 @@ on conflict (order_id, version) do nothing
 # (temporary tables ``rb_orders``, one row per order, and ``rb_order_refunds``): seen by no run.
 _RECORD_RETRIED = """
 insert into taptouch.order_history
-    (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account)
+    (order_id, version, updated_at, store_id, status, total, refunds, raw, first_seen_run_id, account, created_at)
 select o.order_id, o.updated_at_exact, o.updated_at, o.store_id, o.status, o.total,
-       coalesce(r.refunds, 0), o.raw, null, o.account
+       coalesce(r.refunds, 0), o.raw, null, o.account, o.created_at
 from rb_orders as o
 left join (select order_id, sum(amount) as refunds from rb_order_refunds group by order_id) as r using (order_id)
 order by o.order_id

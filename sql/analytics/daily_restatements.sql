@@ -6,10 +6,13 @@
 -- - first loaded: each order as a load first saw it (its earliest first_seen_at in the history);
 -- - at the end of the next business day: each order in the newest version a load had seen by the
 --   end of the business date after this one (the store's day bounds, by first_seen_at: when the
---   warehouse knew it), leaving out orders the reconciliation had marked deleted by then; null
---   until that day has ended;
+--   warehouse knew it) if that version lies on this date, leaving out orders the reconciliation
+--   had marked deleted by then; null until that day has ended;
 -- - now: the orders as taptouch.orders holds them (deleted ones left out), as in daily_store_sales.
--- Versions the retention (TAPTOUCH_HISTORY_DAYS) pruned are missing from the first two.
+-- Each version counts at its own store and on its own business date (from its created_at, by the
+-- store's zone and day start as the warehouse holds them now; versions recorded before migration
+-- 0024 on the order's current date). Versions the retention (TAPTOUCH_HISTORY_DAYS) pruned are
+-- missing from the first two.
 -- Columns:
 --   store_id              the store
 --   store_name            its name (taptouch.stores.name)
@@ -32,8 +35,12 @@ with versions as (
         history.order_id,
         history.version,
         history.first_seen_at,
-        orders.store_id,
-        orders.business_date,
+        history.store_id,
+        case when history.created_at is null
+                  or (history.created_at = orders.created_at and history.store_id = orders.store_id)
+             then orders.business_date
+             else coalesce(taptouch.business_date_at(history.store_id, history.created_at), orders.business_date)
+        end as business_date,
         orders.deleted_at,
         orders.account::text as account,
         case when history.status in ('completed', 'partially_refunded', 'refunded') then 1 else 0 end as sale,
@@ -41,6 +48,9 @@ with versions as (
              then history.total - history.refunds else 0 end as net,
         row_number() over (partition by history.order_id order by history.first_seen_at, history.version)
             as seen_rank,
+        -- when a newer version was first seen: until then this one was the newest the warehouse knew
+        min(history.first_seen_at) over (partition by history.order_id order by history.version
+                                         rows between 1 following and unbounded following) as superseded_at,
         count(*) over (partition by history.order_id) as versions
     from taptouch.order_history as history
     join taptouch.orders as orders using (order_id)
@@ -63,14 +73,15 @@ first_loaded as (
     group by store_id, business_date
 ),
 next_known as (
-    select distinct on (versions.order_id)
+    -- each version that was the newest known when the day after its own date ended
+    select
         versions.store_id, versions.business_date,
         case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.sale end as sale,
         case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.net end as net
     from versions
     join bounded using (store_id, business_date)
     where versions.first_seen_at < bounded.next_day_ends_at and bounded.next_day_ends_at <= now()
-    order by versions.order_id, versions.version desc
+      and (versions.superseded_at is null or versions.superseded_at >= bounded.next_day_ends_at)
 ),
 next_day as (
     select store_id, business_date, sum(sale) as orders, sum(net) as net

@@ -200,29 +200,35 @@ def _net(order: dict) -> tuple[int, Decimal]:
 
 
 def expected_restatements(w: World) -> dict[tuple[int, date], tuple]:
-    """(store, business date) -> (first orders, first net, next-day orders, next-day net, now orders, now net)."""
+    """(store, business date) -> (first orders, first net, next-day orders, next-day net, now orders, now net).
+    Each version counts at its own store and business date: the first seen on its date; at the end
+    of the day after a version's date, the version the warehouse knew newest then."""
     now = datetime.now(UTC)
     acc: dict[tuple[int, date], list] = defaultdict(lambda: [0, D(0), 0, D(0), 0, D(0), False])
+
+    def key_of(record: dict) -> tuple[int, date]:
+        return record["store_id"], w.business_date(record)
+
     for oid, vs in w.versions().items():
-        current = vs[-1][1]["record"]
-        key = (current["store_id"], w.business_date(current))
-        row = acc[key]
+        for _, s in vs:  # a day with a sale in any version has a row
+            acc[key_of(s["record"])][6] |= _net(s["record"])[0] > 0
         first = min(vs, key=lambda v: (v[1]["at"], v[0]))[1]["record"]
         n, net = _net(first)
-        row[0] += n
-        row[1] += net
-        row[6] = row[6] or n > 0
-        next_end = w.day_end(key[0], key[1] + timedelta(days=1))
-        known = [v for v in vs if v[1]["at"] < next_end]
-        if known and not (oid in w.deleted_at and w.deleted_at[oid] < next_end):
-            n, net = _net(known[-1][1]["record"])
-            row[2] += n
-            row[3] += net
-            row[6] = row[6] or n > 0
+        acc[key_of(first)][0] += n
+        acc[key_of(first)][1] += net
+        for i, (_, s) in enumerate(vs):
+            key = key_of(s["record"])
+            next_end = w.day_end(key[0], key[1] + timedelta(days=1))
+            assert next_end <= now  # every day of the sandbox lies in the past
+            newest_then = s["at"] < next_end and all(later[1]["at"] >= next_end for later in vs[i + 1 :])
+            if newest_then and not (oid in w.deleted_at and w.deleted_at[oid] < next_end):
+                n, net = _net(s["record"])
+                acc[key][2] += n
+                acc[key][3] += net
+        current = vs[-1][1]["record"]
         if oid not in w.deleted_at:
             n, net = _net(current)
-            row[4] += n
-            row[5] += net
-            row[6] = row[6] or n > 0
-        assert next_end <= now  # every day of the sandbox lies in the past
+            acc[key_of(current)][4] += n
+            acc[key_of(current)][5] += net
+            acc[key_of(current)][6] |= n > 0
     return {k: tuple(v[:6]) for k, v in acc.items() if v[6]}

@@ -12,7 +12,8 @@ days that lie in the past.
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+import os
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -224,6 +225,8 @@ class HistoryMachine(RuleBasedStateMachine):
 
     url: str = ""
 
+    moved = 0  # across histories: some moved an order to another day
+
     @initialize()
     def start(self):
         self.w = World(self.url, seed=11)
@@ -256,6 +259,15 @@ class HistoryMachine(RuleBasedStateMachine):
             first = dict(o["items"][0], quantity=o["items"][0]["quantity"] + 1)
             self.w.edit(o, items=[first] + o["items"][1:])
 
+    @rule(data=st.data(), days=st.sampled_from([-1, 1]))
+    def move_to_another_day(self, data, days):
+        """created_at corrected by a day: the version lies on another business date."""
+        o = self._pick(data, {"completed", "partially_refunded", "refunded"})
+        if o:
+            created = datetime.fromisoformat(o["created_at"]) + timedelta(days=days)
+            self.w.edit(o, created_at=created.isoformat())
+            type(self).moved += 1
+
     @precondition(lambda self: len(self.w.deleted_at) + len(self.w.pending_deletes) < 2)
     @rule(data=st.data())
     def delete(self, data):
@@ -281,9 +293,14 @@ def test_state_machine(migrated_db):
     HistoryMachine.url = migrated_db
     machine = HistoryMachine.TestCase
     machine.settings = settings(
-        max_examples=6, stateful_step_count=8, deadline=None, suppress_health_check=list(HealthCheck)
+        max_examples=int(os.environ.get("TAPTOUCH_HISTORY_EXAMPLES", "6")),
+        stateful_step_count=8,
+        deadline=None,
+        derandomize=not os.environ.get("TAPTOUCH_HISTORY_EXAMPLES"),
+        suppress_health_check=list(HealthCheck),
     )
     machine().runTest()
+    assert HistoryMachine.moved > 0, "no history moved an order to another business date"
 
 
 def test_history_days_setting(monkeypatch):
@@ -325,3 +342,20 @@ def test_a_version_rebuild_loads_from_the_quarantine_joins_the_history(world):
     assert w.conn.execute("select status from taptouch.orders where order_id = %s", (order["id"],)).fetchone() == (
         "voided",
     )
+
+
+def test_a_version_counts_on_its_own_business_date(world):
+    """An order whose created_at was corrected by a day: as first loaded it counts on its first date,
+    now on its new one (before: every version on the order's current date)."""
+    w = world
+    w.run()
+    order = next(o for o in w.live() if o["status"] == "completed")
+    first_day = w.business_date(order)
+    w.edit(order, created_at=(datetime.fromisoformat(order["created_at"]) + timedelta(days=1)).isoformat())
+    assert w.business_date(w.sb.order(order["id"])) == first_day + timedelta(days=1)
+    w.run()
+    check(w)
+    got = warehouse_restatements(w.conn)
+    store = order["store_id"]
+    first_orders, _, _, _, now_orders, _ = got[(store, first_day)]
+    assert first_orders == now_orders + 1  # the order was first loaded on its first date, and is gone from it now
