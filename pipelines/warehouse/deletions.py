@@ -146,21 +146,16 @@ def judge_listing(
     seen_by: str | None = None,
     defer: bool = False,
 ) -> Judgement:
-    """Judge one store's orders by one COMPLETE listing whose records all had a readable id
-    (the caller checks both) and that returned ``listed_ids`` for ``updated_at`` in
-    ``[listed_from, listed_to)`` (``None``: no upper bound), started at ``started_at`` (the API's
-    clock, never after this machine's). Records candidates, confirms those missing for ``confirm_s`` seconds (by ``now``),
-    restores what was listed, and applies the share guard unless ``mass_confirmed``.
-
-    Only an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the
-    orders asset, a full reload) records and clears candidates but marks nothing deleted, since an
-    order edited past ``listed_to`` and not loaded yet is missing from it without being deleted.
-
-    ``listed_count``: records the listing returned in all (default ``len(listed_ids)``), for the
-    empty-listing rule. ``defer``: the candidates due are returned (``ripe``), not confirmed:
-    :func:`confirm_deferred` confirms them once every store of the pass was listed (an order that
-    moved to another store is missing here and listed there). Runs in the caller's transaction;
-    takes the orders merge lock."""
+    """Judge one store's orders by one COMPLETE listing whose records all had a readable id (the
+    caller checks both) and that returned ``listed_ids`` for ``updated_at`` in ``[listed_from,
+    listed_to)`` (``None``: no upper bound), started at ``started_at`` (the API's clock, never after
+    this machine's). Records candidates, confirms those missing for ``confirm_s`` seconds (by
+    ``now``), restores what was listed, and applies the share guard unless ``mass_confirmed``. Only
+    an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the orders asset,
+    a full reload) may miss an order edited past ``listed_to`` and not loaded yet. ``listed_count``:
+    records listed in all (default ``len(listed_ids)``), for the empty-listing rule. ``defer``: the
+    due candidates are returned (``ripe``) for :func:`confirm_deferred`. Runs in the caller's
+    transaction; takes the orders merge lock."""
     _require_transaction(cur)
     listed = set(listed_ids)
     result = Judgement(store_id)
@@ -193,15 +188,15 @@ def judge_listing(
     result.listed = len(listed) if listed_count is None else listed_count
     if defer:
         result.ripe = ripe
-        return result
-    _confirm(cur, result, ripe, listed=result.listed, mass_confirmed=mass_confirmed, now=now)
+    else:
+        _confirm(cur, result, ripe, listed=result.listed, mass_confirmed=mass_confirmed, now=now)
     return result
 
 
 def confirm_deferred(cur: psycopg.Cursor, judged: Judgement, *, mass_confirmed: bool, now: datetime) -> None:
-    """Confirm the candidates a deferred :func:`judge_listing` found due (``judged.ripe``), those
-    still candidates of its store and still live there: a later listing of the pass that returned
-    one (another store's, for an order that moved) removed its candidate. The share guard judges
+    """Confirm the candidates a deferred :func:`judge_listing` found due (``judged.ripe``), once
+    every store of the pass was listed: those still candidates of its store and still live there (a
+    later listing that returned one, another store's for an order that moved, removed its candidate). The share guard judges
     them against the store's live orders and listed records of that judgement. Runs in the caller's
     transaction; takes the orders merge lock."""
     _require_transaction(cur)
