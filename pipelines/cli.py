@@ -463,6 +463,51 @@ def _forget_customer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _move_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "store_id",
+        metavar="STORE",
+        type=_bounded(int, 0, 2**63 - 1, what="a Taptouch store id (a whole number, e.g. 1042)"),
+        help="the store's Taptouch id (taptouch.stores.store_id)",
+    )
+    parser.add_argument(
+        "account",
+        metavar="ACCOUNT",
+        help="the account that now holds the store's grant: a name of TAPTOUCH_ACCOUNTS, or 'default'",
+    )
+    _database_url_argument(parser)
+
+
+def _move_store(args: argparse.Namespace) -> int:
+    from pipelines import accounts
+    from pipelines.warehouse.db import connect, redact_url, resolve_database_url
+    from pipelines.warehouse.migrations import migrate
+    from pipelines.warehouse.ownership import StoreMoveError, move_store
+
+    name = args.account.strip()
+    if name != accounts.DEFAULT_NAME:
+        try:
+            accounts.parse(name)  # a name no account can have: the accounts' own rule says why
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+    url = resolve_database_url(args.database_url)
+    migrate(url)
+    with connect(url, autocommit=True) as conn:
+        try:
+            changed = move_store(conn, args.store_id, name)
+        except StoreMoveError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+    if not changed:
+        print(f"Store {args.store_id} already belongs to account {name}: nothing changed.")
+        return EXIT_OK
+    print(f"Store {args.store_id} handed to account {name} in {redact_url(url)} (one transaction):")
+    for table, rows in changed.items():
+        print(f"  taptouch.{table}: {rows} row(s)")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, "run the whole pipeline on the sandbox API and the embedded PostgreSQL", _demo_arguments),
     "ui": Command(_ui, "open the Dagster UI (dagster dev) on the local instance", _ui_arguments),
@@ -480,6 +525,11 @@ COMMANDS: dict[str, Command] = {
         _forget_customer,
         "remove one customer's personal fields (name, e-mail, ...) from raw, the order history and the typed tables",
         _forget_customer_arguments,
+    ),
+    "move-store": Command(
+        _move_store,
+        "hand a store to another account (its grant moved): every row of the store takes that account",
+        _move_store_arguments,
     ),
 }
 

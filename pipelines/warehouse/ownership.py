@@ -3,12 +3,13 @@
 Taptouch ids are global, so two accounts granted the same store would write each other's rows; any
 account other than the owner skips the store (stores, orders, inventory, reconciliation) with a
 warning naming both. Two accounts loading a store for the very first time at once may both load it
-once. docs/operating.md, "Several accounts".
+once. :func:`move_store` hands a store to another account. docs/operating.md, "Several accounts".
 """
 
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 from .db import first_value
 
@@ -35,3 +36,62 @@ def foreign_stores(conn: psycopg.Connection, store_ids: list[int]) -> dict[int, 
         (list(store_ids),),
     ).fetchall()
     return dict(rows)
+
+
+class StoreMoveError(ValueError):
+    """A store cannot be handed over as asked (unknown store, or a name no account can have)."""
+
+
+def _tables_with(cur: psycopg.Cursor, column: str) -> list[str]:
+    """Base tables of schema taptouch with both ``account`` and ``column``, in name order."""
+    cur.execute(
+        "select c.table_name from information_schema.columns c join information_schema.columns a"
+        " using (table_schema, table_name) join information_schema.tables t using (table_schema, table_name)"
+        " where c.table_schema = 'taptouch' and t.table_type = 'BASE TABLE' and a.column_name = 'account'"
+        " and c.column_name = %s order by c.table_name",
+        (column,),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[str, int]:
+    """Hand store ``store_id`` to ``account`` (its Taptouch grant moved to that account): every row of
+    the store in every table of schema ``taptouch`` that carries an account (the store, its orders
+    and their items, payments and refunds, history, aggregates, proofs, marks, candidates, inventory,
+    quarantine and load log) takes the new account, in one transaction under the orders merge lock,
+    so that no view or check sees the store split between accounts. Returns rows changed per table."""
+    from .merge import ORDERS
+
+    changed: dict[str, int] = {}
+    with conn.transaction(), conn.cursor() as cur:
+        ORDERS.take_lock(cur)
+        cur.execute("select account from taptouch.stores where store_id = %s for update", (store_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise StoreMoveError(
+                f"store {store_id} is not in taptouch.stores: load the stores asset of the account that lists it first"
+            )
+        if row[0] == account:
+            return changed
+        # the marks are keyed by account: the new account's (if it ever loaded the store) give way
+        cur.execute("delete from taptouch.sync_marks where store_id = %s and account = %s", (store_id, account))
+        for table in _tables_with(cur, "store_id"):
+            cur.execute(
+                sql.SQL("update {} set account = %s where store_id = %s and account <> %s").format(
+                    sql.Identifier("taptouch", table)
+                ),
+                (account, store_id, account),
+            )
+            changed[table] = cur.rowcount
+        for table in _tables_with(cur, "order_id"):
+            if table in changed:
+                continue
+            cur.execute(
+                sql.SQL(
+                    "update {} as c set account = %s from taptouch.orders as o"
+                    " where o.order_id = c.order_id and o.store_id = %s and c.account <> %s"
+                ).format(sql.Identifier("taptouch", table)),
+                (account, store_id, account),
+            )
+            changed[table] = cur.rowcount
+    return changed
