@@ -26,7 +26,7 @@ from taptouch_resource import TaptouchClient
 from .accounts import DEFAULT, Account
 from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, DEFAULT_RESTORE_DAYS, reconcile_days
 from .sync import describe, is_transient
-from .warehouse import deletions, proofs, records
+from .warehouse import aggregates, deletions, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
 
 if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster exports no public name for it)
@@ -519,6 +519,7 @@ def deletions_definitions(
         group_name=account.group,
         kinds={"taptouch", "postgres"},
         deps=[account.key("orders")],
+        check_specs=[aggregates.check_spec(account.key(RECONCILE_ASSET), "the reconciliation's period")],
         pool=account.pool,
         required_resource_keys={resource_key, "warehouse"},
         retry_policy=dg.RetryPolicy(
@@ -558,9 +559,14 @@ def deletions_definitions(
                 progress=context.log.info,
             )
             api_md = run.api_metadata()
+            # its deletions, restores and repairs, and whatever else moved a recent store-day (a zone
+            # change, a stores load) since the orders runs last checked it
+            mine = None if account.is_default else account.name
+            with run.connect() as conn:
+                check = aggregates.check_result(conn, result.start, result.end, mine, account.key(RECONCILE_ASSET))
         metadata = {**_reconcile_metadata(result), **api_md, "duration_s": round(time.monotonic() - started, 3)}
         _fail_if_not_reconciled(result, metadata)
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     job, schedule = _reconcile_job_and_schedule(account)
     return order_deletions, job, schedule

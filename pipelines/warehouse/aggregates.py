@@ -311,12 +311,13 @@ follows the orders updated, not the orders held (a range over the whole index wi
 reads every entry)."""
 
 
-def check_spec(asset_key) -> dg.AssetCheckSpec:
-    """The orders asset's check that the aggregates are exact (each run evaluates it)."""
+def check_spec(asset_key, scope: str = "the run's windows") -> dg.AssetCheckSpec:
+    """The check that the aggregates are exact (each run of the asset evaluates it), over the
+    store-days with an order updated in ``scope``."""
     return dg.AssetCheckSpec(
         CHECK_NAME,
         asset=asset_key,
-        description="Per store and business date with an order updated in the run's windows: the sales "
+        description=f"Per store and business date with an order updated in {scope}: the sales "
         "aggregates the analytics views read (taptouch.sales_days, sales_hours, sales_channels, sales_payments, "
         "sales_products) equal a from-scratch recomputation from the orders, row for row.",
     )

@@ -174,6 +174,40 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
     assert md["deleted"].value == 1 and md["restored"].value == 0
     assert str(oid) in md["deleted_order_ids"].value
     assert set(_deleted(conn)) == {oid}
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "sales_aggregates_exact" and check.passed
+    assert check.metadata["store_days_checked"].value > 0
+
+    # a recent store-day's aggregate gone wrong outside any orders run (say, a hand edit): the
+    # reconciliation's check over its period names it
+    conn.execute(
+        "update taptouch.sales_days set order_count = order_count + 1 where (store_id, business_date) ="
+        " (select store_id, business_date from taptouch.orders where order_id = %s)",
+        (sorted(_live_recent(conn, now))[0],),
+    )
+    with sb.serve() as url:
+        drifted = dg.materialize(
+            [order_deletions],
+            resources={
+                "taptouch": TaptouchResource(
+                    client_id="sandbox-client", client_secret="sandbox-secret", base_url=url, requests_per_second=0
+                ),
+                "warehouse": PostgresResource(database_url=migrated_db),
+            },
+        )
+    check = drifted.get_asset_check_evaluations()[0]
+    assert not check.passed and "sales_days" in check.metadata["tables_differing"].value
+
+
+def _live_recent(conn, now: datetime) -> list[int]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "select order_id from taptouch.orders where deleted_at is null and status = 'completed'"
+            " and updated_at >= %s",
+            (now - timedelta(days=2),),
+        )
+    ]
 
 
 def test_reconcile_days_setting_is_validated(monkeypatch):
