@@ -61,6 +61,16 @@ NO_RETRY_HINTS = {
     404: "check the store id and TAPTOUCH_BASE_URL",
     422: "a parameter was refused",
 }
+_OUTAGE = (
+    "Taptouch kept failing after every retry (an outage or overload on its side): the step's retry policy "
+    "runs it again; if it persists, re-run the partition later (nothing of this listing was loaded)"
+)
+EXHAUSTED_HINTS = {
+    429: "Taptouch kept answering 429 (too many requests) after every retry: lower TAPTOUCH_REQUESTS_PER_SECOND "
+    "(one budget for every run of this client id) or run fewer runs at once; the step's retry policy runs it again",
+    **{status: _OUTAGE for status in RETRY_STATUSES - {429}},
+}
+"""Hints of the statuses that are retried, for the error raised once the retries are spent."""
 
 
 def is_loopback(host: str) -> bool:
@@ -515,7 +525,7 @@ class TaptouchClient:
         status = http_status if ack is None else ack
         body = parse_error_body(as_utf8(response.content, response.headers.get("content-type")))
         message = body.message if body.is_json else f"non-JSON body ({_peek(response)})"
-        hint = NO_RETRY_HINTS.get(status)
+        hint = NO_RETRY_HINTS.get(status) or EXHAUSTED_HINTS.get(status)
         if 300 <= http_status < 400:
             message = f"the API answered with a redirect{redirect_target(response)}"
             hint = (

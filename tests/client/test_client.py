@@ -369,9 +369,21 @@ def test_rate_limit_retries_used_up():
     fake = FakeAPI()
     fake.faults = [httpx.Response(429, headers={"Retry-After": "1"}, json=envelope(None, 429, "x"))] * 10
     client = make_client(fake, max_retries=3)
-    with pytest.raises(TaptouchRateLimitError):
+    with pytest.raises(TaptouchRateLimitError) as err:
         list(client.list_stores())
     assert fake.api_calls == 4
+    assert "lower TAPTOUCH_REQUESTS_PER_SECOND" in str(err.value)  # what to do next
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_server_error_that_outlasts_the_retries_says_what_to_do(status):
+    fake = FakeAPI()
+    fake.faults = [httpx.Response(status, text="<html>down</html>")] * 10
+    client = make_client(fake, max_retries=2, sleep=lambda s: None)
+    with pytest.raises(TaptouchAPIError) as err:
+        list(client.list_stores())
+    assert fake.api_calls == 3
+    assert f"HTTP {status}" in str(err.value) and "re-run the partition later" in str(err.value)
 
 
 def test_5xx_html_retried_with_capped_jittered_backoff():
