@@ -559,17 +559,22 @@ def deletions_definitions(
                 progress=context.log.info,
             )
             api_md = run.api_metadata()
-            # its deletions, restores and repairs, and whatever else moved a recent store-day (a zone
-            # change, a stores load) since the orders runs last checked it
-            mine = None if account.is_default else account.name
-            with run.connect() as conn:
-                check = aggregates.check_result(conn, result.start, result.end, mine, account.key(RECONCILE_ASSET))
+            check = _aggregates_check(run, result, account)
         metadata = {**_reconcile_metadata(result), **api_md, "duration_s": round(time.monotonic() - started, 3)}
         _fail_if_not_reconciled(result, metadata)
         return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     job, schedule = _reconcile_job_and_schedule(account)
     return order_deletions, job, schedule
+
+
+def _aggregates_check(run: Any, result: ReconcileResult, account: Account) -> dg.AssetCheckResult:
+    """``sales_aggregates_exact`` over the reconciliation's period: its deletions, restores and
+    repairs, and whatever else moved a recent store-day (a zone change, a stores load) since the
+    orders runs last checked it."""
+    mine = None if account.is_default else account.name
+    with run.connect() as conn:
+        return aggregates.check_result(conn, result.start, result.end, mine, account.key(RECONCILE_ASSET))
 
 
 def _reconcile_job_and_schedule(

@@ -25,9 +25,6 @@ from taptouch_resource.retry import MAX_RETRY_AFTER, MAX_WAIT, RateLimiter, Requ
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 1024
-"""Requests that may wait in one budget's queue at once (every thread of every run): a next slot
-further ahead than they make it (``MAX_WAIT`` + this many intervals) is a wrong row, reset to now."""
 DEFAULT_BURST = 1
 """Requests that may go back to back after a pause (1: strictly spaced at ``1/rate``)."""
 RETRY_DATABASE_AFTER = 30.0
@@ -92,8 +89,9 @@ returning b.last_slot is null,
 ``max_pause`` from now: ``wait`` is the pause's rest) or while the queue is longer than ``max_wait``
 (a low rate, many waiters: ``wait`` until the queue's end is ``max_wait`` away, at most
 ``max_wait``); the caller asks again after ``wait``. Otherwise the slot is ``wait`` from now, never
-more than ``max_wait``. A row whose next slot lies further ahead than ``heal_after`` (longer than
-:data:`QUEUE_LIMIT` waiters make it: a far-future value, however it got there) is reset to now. The last two
+more than ``max_wait``. A row whose next slot lies further ahead than ``heal_after`` (``max_wait``
+plus one interval and :data:`CLOCK_STEP`, which no queue reaches: a far-future value, however it got
+there) is reset to now. The last two
 (seconds the row's clock was ahead, seconds its next slot was ahead) are the row as this
 statement's snapshot saw it, for the WARNING only."""
 
@@ -218,11 +216,10 @@ class SharedBudget:
             )
         elif not paused and ahead is not None and ahead > MAX_WAIT:
             log.warning(
-                "shared API budget for client %s: the next slot was %.0fs ahead, more than %d waiting "
-                "requests make it (the row was edited, or written by a clock that was ahead); reset to now",
+                "shared API budget for client %s: the next slot was %.0fs ahead, more than any queue makes "
+                "it (the row was edited, or written by a clock that was ahead); reset to now",
                 self.client_id,
                 ahead,
-                QUEUE_LIMIT,
             )
 
     def penalize(self, seconds: float) -> None:
@@ -251,7 +248,10 @@ class SharedBudget:
             "interval": self._interval,
             "tau": self._tau,
             "max_wait": MAX_WAIT,
-            "heal_after": MAX_WAIT + QUEUE_LIMIT * self._interval,
+            # a slot is given only while the queue ends within max_wait, and a request waiting without
+            # one moves nothing: a right row's next slot lies at most one interval further (outside a
+            # 429's pause, which comes first); further than that, with a clock's jitter, it is wrong
+            "heal_after": MAX_WAIT + self._interval + CLOCK_STEP,
             "max_pause": MAX_RETRY_AFTER,
             "clock_step": CLOCK_STEP,
             **params,

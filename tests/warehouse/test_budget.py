@@ -610,3 +610,22 @@ def test_a_queue_longer_than_one_wait_stays_spaced(migrated_db, monkeypatch):
     assert all(gap == pytest.approx(interval, abs=1e-3) for gap in gaps), gaps
     assert max(waits) == pytest.approx(3 * interval, abs=0.5)
     assert _row(migrated_db, "long-queue")["requests"] == 4  # a request that waited without a slot counts once
+
+
+@pytest.mark.postgres
+def test_a_slot_further_than_any_queue_reaches_heals_at_once(migrated_db, caplog):
+    """A slot is given only while the queue ends within MAX_WAIT, so a right row's next slot is never
+    more than one interval further (outside a 429's pause): a row 75 s ahead at 10 requests/s is
+    wrong (a hand edit, a clock that was ahead) and is reset at the next request, not waited out."""
+
+    def sleep(seconds: float) -> None:
+        assert seconds < 1.0, f"waited {seconds}s for a wrong row"
+
+    budget = SharedBudget(migrated_db, "wrong-row", 10, sleep=sleep)
+    budget.acquire()
+    _set_row(migrated_db, "wrong-row", "next_at = clock_timestamp() + interval '75 seconds'")
+    with caplog.at_level(logging.WARNING, logger="pipelines.warehouse.budget"):
+        assert budget.acquire() < 1.0
+    assert "reset to now" in caplog.text
+    assert _row(migrated_db, "wrong-row")["next_ahead"] < 1.0
+    budget.close()
