@@ -326,7 +326,10 @@ def check_spec(asset_key, scope: str = "the run's windows") -> dg.AssetCheckSpec
 def check_result(conn: psycopg.Connection, start, end, account: str | None, asset_key) -> dg.AssetCheckResult:
     """Evaluate :func:`check_spec` over the store-days with an order updated in ``[start, end)``
     (of ``account``, else of every account). Reads only."""
+    outermost = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with conn.transaction(), psycopg.ClientCursor(conn) as cur:  # client-side binding: CREATE TABLE AS
+        if outermost:  # one snapshot: a load committing between the recomputation and the comparison
+            cur.execute("set transaction isolation level repeatable read")  # is neither half-seen
         found = mismatches(cur, TOUCHED, {"start": start, "end": end, "account": account})
         cur.execute("select count(*) from agg_check_keys")
         days = first_value(cur)
