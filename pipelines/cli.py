@@ -473,7 +473,7 @@ def _move_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "account",
         metavar="ACCOUNT",
-        help="the account that now holds the store's grant: a name of TAPTOUCH_ACCOUNTS, or 'default'",
+        help="the account that now holds the store's grant: a name of TAPTOUCH_ACCOUNTS ('default' when unset)",
     )
     _database_url_argument(parser)
 
@@ -485,12 +485,18 @@ def _move_store(args: argparse.Namespace) -> int:
     from pipelines.warehouse.ownership import StoreMoveError, move_store
 
     name = args.account.strip()
-    if name != accounts.DEFAULT_NAME:
-        try:
-            accounts.parse(name)  # a name no account can have: the accounts' own rule says why
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_CONFIG
+    try:
+        known = [a.name for a in accounts.configured()]  # TAPTOUCH_ACCOUNTS, or the single 'default'
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if name not in known:
+        print(
+            f"error: {name!r} is not an account of this code location: TAPTOUCH_ACCOUNTS names "
+            f"{', '.join(known)} (unset: the single account 'default'); give one of them",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     url = resolve_database_url(args.database_url)
     migrate(url)
     with connect(url, autocommit=True) as conn:
@@ -499,8 +505,8 @@ def _move_store(args: argparse.Namespace) -> int:
         except StoreMoveError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_CONFIG
-    if not changed:
-        print(f"Store {args.store_id} already belongs to account {name}: nothing changed.")
+    if not any(changed.values()):
+        print(f"Store {args.store_id}: every row already carries account {name}: nothing changed.")
         return EXIT_OK
     print(f"Store {args.store_id} handed to account {name} in {redact_url(url)} (one transaction):")
     for table, rows in changed.items():

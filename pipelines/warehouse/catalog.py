@@ -164,7 +164,8 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "taptouch.order_history": (
-        "Every distinct version of an order a load saw, append-only (TAPTOUCH_HISTORY_DAYS prunes superseded ones)",
+        "Every distinct version of an order a load saw, append-only (TAPTOUCH_HISTORY_DAYS prunes superseded ones;"
+        " forget-customer and move-store rewrite fields)",
         {
             "order_id": "the order",
             "version": f"the version's {EXACT} (with order_id, the key)",

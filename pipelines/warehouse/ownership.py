@@ -58,24 +58,34 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
     """Hand store ``store_id`` to ``account`` (its Taptouch grant moved to that account): every row of
     the store in every table of schema ``taptouch`` that carries an account (the store, its orders
     and their items, payments and refunds, history, aggregates, proofs, marks, candidates, inventory,
-    quarantine and load log) takes the new account, in one transaction under the orders merge lock,
-    so that no view or check sees the store split between accounts. Returns rows changed per table."""
-    from .merge import ORDERS
+    quarantine and load log) takes the new account, in one transaction under the stores, orders and
+    store's inventory merge locks (in the loads' order), so that no view or check sees the store
+    split between accounts. Rows still carrying another account are moved even when the store's row
+    already names ``account`` (a run of the old account that merged meanwhile: run it again).
+    Returns rows changed per table."""
+    from .merge import INVENTORY, ORDERS, STORES
 
     changed: dict[str, int] = {}
     with conn.transaction(), conn.cursor() as cur:
+        STORES.take_lock(cur)
         ORDERS.take_lock(cur)
-        cur.execute("select account from taptouch.stores where store_id = %s for update", (store_id,))
-        row = cur.fetchone()
-        if row is None:
+        INVENTORY.take_lock(cur, store_id)
+        cur.execute("select 1 from taptouch.stores where store_id = %s", (store_id,))
+        if cur.fetchone() is None:
             raise StoreMoveError(
                 f"store {store_id} is not in taptouch.stores: load the stores asset of the account that lists it first"
             )
-        if row[0] == account:
-            return changed
         # the marks are keyed by account: the new account's (if it ever loaded the store) give way
-        cur.execute("delete from taptouch.sync_marks where store_id = %s and account = %s", (store_id, account))
+        cur.execute(
+            "delete from taptouch.sync_marks m where store_id = %s and account = %s and exists (select 1 from"
+            ' taptouch.sync_marks o where o.store_id = m.store_id and o.entity = m.entity and o."window" = m."window"'
+            " and o.account <> %s)",
+            (store_id, account, account),
+        )
+        by_order = _tables_with(cur, "order_id")
         for table in _tables_with(cur, "store_id"):
+            if table in by_order and table != "orders":
+                continue  # reached through the store's orders (an index), below
             cur.execute(
                 sql.SQL("update {} set account = %s where store_id = %s and account <> %s").format(
                     sql.Identifier("taptouch", table)
@@ -83,13 +93,13 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
                 (account, store_id, account),
             )
             changed[table] = cur.rowcount
-        for table in _tables_with(cur, "order_id"):
-            if table in changed:
+        for table in by_order:
+            if table == "orders":
                 continue
             cur.execute(
                 sql.SQL(
                     "update {} as c set account = %s from taptouch.orders as o"
-                    " where o.order_id = c.order_id and o.store_id = %s and c.account <> %s"
+                    " where o.store_id = %s and c.order_id = o.order_id and c.account <> %s"
                 ).format(sql.Identifier("taptouch", table)),
                 (account, store_id, account),
             )

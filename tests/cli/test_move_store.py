@@ -51,7 +51,8 @@ def loaded(migrated_db):
     world.close()
 
 
-def test_a_store_moves_to_another_account_in_every_table(loaded, migrated_db, capsys):
+def test_a_store_moves_to_another_account_in_every_table(loaded, migrated_db, capsys, monkeypatch):
+    monkeypatch.setenv("TAPTOUCH_ACCOUNTS", "north,south")
     moved, other = loaded.store_ids
     conn = loaded.conn
     before = accounts_of(conn, moved)
@@ -70,17 +71,28 @@ def test_a_store_moves_to_another_account_in_every_table(loaded, migrated_db, ca
     assert {r[0] for r in daily} <= {"south"}
 
     assert main(["move-store", str(moved), "south", "--database-url", migrated_db]) == 0
-    assert "already belongs to account south" in capsys.readouterr().out
+    assert "every row already carries account south" in capsys.readouterr().out
+
+    # a run of the old account that merged after the move (its rows take its session's account):
+    # the command run again moves them, though the store's row names south already
+    conn.execute("update taptouch.orders set account = 'default' where store_id = %s", (moved,))
+    assert main(["move-store", str(moved), "south", "--database-url", migrated_db]) == 0
+    assert "taptouch.orders:" in capsys.readouterr().out
+    assert all(found == {"south"} for found in accounts_of(conn, moved).values())
 
 
 @pytest.mark.parametrize(
     "argv, says",
     [
         (["999999", "south"], "store 999999 is not in taptouch.stores"),
-        (["7101", "South!"], "is not a valid account name"),
+        (["7101", "South!"], "'South!' is not an account of this code location"),
+        (["7101", ""], "'' is not an account"),
+        (["7101", "north,south"], "'north,south' is not an account"),
+        (["7101", "west"], "TAPTOUCH_ACCOUNTS names north, south"),
     ],
 )
-def test_a_store_that_cannot_move_says_why(loaded, migrated_db, capsys, argv, says):
+def test_a_store_that_cannot_move_says_why(loaded, migrated_db, capsys, monkeypatch, argv, says):
+    monkeypatch.setenv("TAPTOUCH_ACCOUNTS", "north,south")
     assert main(["move-store", *argv, "--database-url", migrated_db]) == 2
     assert says in capsys.readouterr().err
     with psycopg.connect(migrated_db) as conn:
