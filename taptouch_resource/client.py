@@ -62,12 +62,13 @@ NO_RETRY_HINTS = {
     422: "a parameter was refused",
 }
 _OUTAGE = (
-    "Taptouch kept failing after every retry (an outage or overload on its side): the step's retry policy "
+    "Taptouch kept failing until the retries ran out (an outage or overload on its side): the step's retry policy "
     "runs it again; if it persists, re-run the partition later (nothing of this listing was loaded)"
 )
 EXHAUSTED_HINTS = {
-    429: "Taptouch kept answering 429 (too many requests) after every retry: lower TAPTOUCH_REQUESTS_PER_SECOND "
-    "(one budget for every run of this client id) or run fewer runs at once; the step's retry policy runs it again",
+    429: "Taptouch answered 429 (too many requests) until the retries or their time budget ran out: lower "
+    "TAPTOUCH_REQUESTS_PER_SECOND (an account's TAPTOUCH_<NAME>_REQUESTS_PER_SECOND; one budget for every run of "
+    "this client id) or run fewer runs at once; the step's retry policy runs it again",
     **{status: _OUTAGE for status in RETRY_STATUSES - {429}},
 }
 """Hints of the statuses that are retried, for the error raised once the retries are spent."""
