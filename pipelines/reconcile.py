@@ -250,7 +250,7 @@ def _judge_store(
     mass_confirmed: bool,
     seen_by: str,
     run_id: str | None,
-) -> str | None:
+) -> None:
     """One store's judgement of its finished listing, in one short transaction under the merge
     lock (deletions.judge_listing, or only restores from a listing that cannot judge). The
     candidates due are confirmed by :func:`_confirm_store` once every store was listed."""

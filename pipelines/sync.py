@@ -32,7 +32,7 @@ from .warehouse import derived, marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.budget import requests_of
 from .warehouse.history import Retention
-from .warehouse.loader import LoadCounts, OrderWindowLoad, load_inventory, load_stores
+from .warehouse.loader import LoadCounts, OrderWindowLoad, _product_id, load_inventory, load_stores
 
 log = logging.getLogger(__name__)
 
@@ -707,6 +707,33 @@ class _WindowsInFlight:
 # inventory
 
 
+def _listed_again(
+    client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes], listed_since: datetime
+) -> list[bytes]:
+    """When the listing misses products the warehouse holds, the store is listed once more and the
+    records of products the first pass did not return are added: inventory pages are numbered, so a
+    product deleted on a page already read shifts the next page's first product onto that page,
+    unread by this listing, and it would be delisted although it is stocked. A product missing from
+    both passes is gone."""
+    listed = {_product_id(raw) for raw in records}
+    missing = conn.execute(
+        "select count(*) from taptouch.inventory_levels where store_id = %s and synced_at < %s"
+        " and product_id <> all(%s)",
+        (store_id, listed_since, sorted(p for p in listed if p is not None)),
+    ).fetchone()[0]  # type: ignore[index]
+    if not missing:
+        return []
+    again = [raw for raw in client.iter_inventory_records(store_id) if _product_id(raw) not in listed]
+    log.info(
+        "inventory of store %s: %d held product(s) missing from the listing; listed again to confirm "
+        "(%d record(s) only the second pass returned)",
+        store_id,
+        missing,
+        len(again),
+    )
+    return again
+
+
 def sync_inventory(
     client: TaptouchClient,
     conn: psycopg.Connection,
@@ -737,6 +764,7 @@ def sync_inventory(
             # the database's clock before the listing: a level a load wrote since is not this listing's to delist
             listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
+            records += _listed_again(client, conn, store_id, records, listed_since)
             snapshot_date = record_rules.local_date(
                 now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
             )

@@ -192,6 +192,16 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "first_missing_at": "when a listing first missed it",
         },
     ),
+    "taptouch.inventory_listings": (
+        "Per store, the latest committed inventory listing: an older one committed later changes nothing",
+        {
+            "store_id": "the store",
+            "listed_since": "the database's clock before the listing's first request",
+            "run_id": "the Dagster run that loaded it (null outside a run)",
+            "loaded_at": "when its load committed",
+            "account": ACCOUNT,
+        },
+    ),
     **SALES_AGGREGATES,
     "taptouch.listing_proofs": (
         "Proven completeness: per store and orders window (UTC day), the latest complete listing of its "

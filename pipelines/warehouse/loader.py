@@ -445,7 +445,7 @@ class OrderWindowLoad:
         for raw, oid in zip(raws, ids, strict=True):
             digest = blake(raw, digest_size=16).digest()
             held = known.get(oid) if oid is not None else None
-            if held is not None and held[0] == digest:  # the warehouse holds exactly this version already
+            if oid is not None and held is not None and held[0] == digest:  # the warehouse holds this version
                 if oid in self._skipped:
                     self.counts.duplicates += 1
                 else:
@@ -810,6 +810,7 @@ def load_inventory(
     ``taptouch.inventory_delist_candidates`` and are delisted only when a second listing at least
     ``confirm_s`` seconds later (``TAPTOUCH_RECONCILE_CONFIRM_S``, by ``now``) agrees. The levels it
     does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
+    A listing older than the store's latest committed one changes no level (:func:`_newest_listing`).
     """
     started = datetime.now(UTC)
     now = now or started
@@ -826,18 +827,58 @@ def load_inventory(
     with conn.transaction(), conn.cursor() as cur:
         _stage_inventory(cur, store_id, listing, quarantine, counts)
         INVENTORY.take_lock(cur, store_id)
-        counts.deleted = _delist_unlisted(
-            cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now, confirm_s=confirm_s
-        )
-        INVENTORY.merge(cur, "stage_inventory", into="merged_inventory")
-        counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(
-            cur, "merged_inventory", "stage_inventory"
-        )
-        _write_snapshot(cur, store_id, snapshot_date)
+        newest = _newest_listing(cur, store_id, listed_since, run_id)
+        if newest:
+            _merge_listing(cur, store_id, listing, counts, snapshot_date, now=now, confirm_s=confirm_s)
+        else:
+            counts.unchanged = len(listing.rows)  # a newer listing's levels (and quarantine) stand
         quarantine.flush(cur)
-        INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
+        if newest:
+            INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
     return counts
+
+
+def _merge_listing(
+    cur: psycopg.Cursor,
+    store_id: int,
+    listing: _InventoryListing,
+    counts: LoadCounts,
+    snapshot_date: date,
+    *,
+    now: datetime,
+    confirm_s: int,
+) -> None:
+    """The staged listing's delistings, levels and snapshot (:func:`load_inventory`), counted."""
+    counts.deleted = _delist_unlisted(
+        cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now, confirm_s=confirm_s
+    )
+    INVENTORY.merge(cur, "stage_inventory", into="merged_inventory")
+    counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(
+        cur, "merged_inventory", "stage_inventory"
+    )
+    _write_snapshot(cur, store_id, snapshot_date)
+
+
+def _newest_listing(cur: psycopg.Cursor, store_id: int, listed_since: datetime, run_id: str | None) -> bool:
+    """Record this listing as the store's latest (``taptouch.inventory_listings``), unless one that
+    started later has committed: then False, and this older listing changes nothing (it would bring
+    back a product the newer one delisted, or delist one it listed unchanged). Under the store's
+    inventory merge lock."""
+    cur.execute(
+        "insert into taptouch.inventory_listings as l (store_id, listed_since, run_id) values (%s, %s, %s)"
+        " on conflict (store_id) do update set listed_since = excluded.listed_since, run_id = excluded.run_id,"
+        " loaded_at = now() where l.listed_since <= excluded.listed_since returning 1",
+        (store_id, listed_since, run_id),
+    )
+    if cur.fetchone() is not None:
+        return True
+    log.warning(
+        "inventory of store %s: a listing that started after this one has committed meanwhile (overlapping "
+        "runs); this older listing changes no level",
+        store_id,
+    )
+    return False
 
 
 def _stage_inventory(
