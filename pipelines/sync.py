@@ -707,19 +707,17 @@ class _WindowsInFlight:
 # inventory
 
 
-def _listed_again(
-    client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes], listed_since: datetime
-) -> list[bytes]:
+def _listed_again(client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes]) -> list[bytes]:
     """When the listing misses products the warehouse holds, the store is listed once more and the
     records of products the first pass did not return are added: inventory pages are numbered, so a
     product deleted on a page already read shifts the next page's first product onto that page,
     unread by this listing, and it would be delisted although it is stocked. A product missing from
-    both passes is gone."""
+    both passes is delisted (a second deletion during the second pass could shift again: the next
+    sync lists it back)."""
     listed = {_product_id(raw) for raw in records}
     missing = conn.execute(
-        "select count(*) from taptouch.inventory_levels where store_id = %s and synced_at < %s"
-        " and product_id <> all(%s)",
-        (store_id, listed_since, sorted(p for p in listed if p is not None)),
+        "select count(*) from taptouch.inventory_levels where store_id = %s and product_id <> all(%s)",
+        (store_id, sorted(p for p in listed if p is not None)),
     ).fetchone()[0]  # type: ignore[index]
     if not missing:
         return []
@@ -764,7 +762,7 @@ def sync_inventory(
             # the database's clock before the listing: a level a load wrote since is not this listing's to delist
             listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
             records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-            records += _listed_again(client, conn, store_id, records, listed_since)
+            records += _listed_again(client, conn, store_id, records)
             snapshot_date = record_rules.local_date(
                 now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
             )

@@ -54,7 +54,14 @@ _MAX_PAUSE = f"{_NOW} + %(max_pause)s {_SECONDS}"
 _PAUSED = f"coalesce({_OLD_BLOCKED}, '-infinity') > {_NOW}"
 _AHEAD = f"{_OLD_NEXT} - %(tau)s {_SECONDS}"
 _QUEUED = f"{_AHEAD} > {_NOW} + %(max_wait)s {_SECONDS}"  # the queue is longer than one wait: no slot yet
-_FAR = f"{_AHEAD} > {_NOW} + %(heal_after)s {_SECONDS}"  # longer than any queue can be: a wrong row
+# Longer than any queue can be: a wrong row. A slot is given only while the queue ends within
+# max_wait, and a request waiting without one moves nothing, so a right row's next slot lies at most
+# one interval (and burst) of its last writer further (the row's rate: processes sharing a client id
+# may run at different rates), and a clock's jitter; outside a 429's pause, which comes first.
+_FAR = (
+    f"{_OLD_NEXT} > {_NOW} + (%(max_wait)s + %(clock_step)s + greatest(%(interval)s + %(tau)s, b.burst / b.rate))"
+    f" {_SECONDS}"
+)
 _ACQUIRE = f"""
 with clock as materialized (select clock_timestamp() as now)
 insert into taptouch_meta.request_budget as b (client_id, rate, burst, next_at, requests, updated_at, last_slot)
@@ -89,9 +96,9 @@ returning b.last_slot is null,
 ``max_pause`` from now: ``wait`` is the pause's rest) or while the queue is longer than ``max_wait``
 (a low rate, many waiters: ``wait`` until the queue's end is ``max_wait`` away, at most
 ``max_wait``); the caller asks again after ``wait``. Otherwise the slot is ``wait`` from now, never
-more than ``max_wait``. A row whose next slot lies further ahead than ``heal_after`` (``max_wait``
-plus one interval and :data:`CLOCK_STEP`, which no queue reaches: a far-future value, however it got
-there) is reset to now. The last two
+more than ``max_wait``. A row whose next slot lies further ahead than any queue reaches
+(``max_wait``, one interval and burst of the row's last writer, and :data:`CLOCK_STEP`: a far-future
+value, however it got there) is reset to now. The last two
 (seconds the row's clock was ahead, seconds its next slot was ahead) are the row as this
 statement's snapshot saw it, for the WARNING only."""
 
@@ -248,10 +255,6 @@ class SharedBudget:
             "interval": self._interval,
             "tau": self._tau,
             "max_wait": MAX_WAIT,
-            # a slot is given only while the queue ends within max_wait, and a request waiting without
-            # one moves nothing: a right row's next slot lies at most one interval further (outside a
-            # 429's pause, which comes first); further than that, with a clock's jitter, it is wrong
-            "heal_after": MAX_WAIT + self._interval + CLOCK_STEP,
             "max_pause": MAX_RETRY_AFTER,
             "clock_step": CLOCK_STEP,
             **params,

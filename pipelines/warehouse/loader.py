@@ -798,10 +798,10 @@ def load_inventory(
     ``records_`` must be the store's complete listing (the client raises rather than return a
     partial or malformed one). Per product, the newest ``updated_at`` wins (full precision): an older
     listing loaded later never moves a level backwards. A product the listing does not contain is
-    delisted (deleted), unless its level was written by a load whose transaction began after this
-    listing was requested (``synced_at`` >= ``listed_since``, the database's clock before the first
-    request; default: its clock when this function starts, right for a lazy ``records_``): that
-    load may hold a newer listing, which this one cannot speak for. A product whose record is malformed keeps
+    delisted (deleted). ``listed_since``: the database's clock before the first request (default:
+    its clock when this function starts, right for a lazy ``records_``); a listing that started
+    before the store's latest committed one changes no level (:func:`_newest_listing`), so one that
+    loads may delist anything it misses, whichever listing wrote it. A product whose record is malformed keeps
     its previous level (it is listed, just unreadable) and is quarantined. Everything (levels,
     deletions, snapshot, quarantine) commits in one transaction.
 
@@ -810,7 +810,6 @@ def load_inventory(
     ``taptouch.inventory_delist_candidates`` and are delisted only when a second listing at least
     ``confirm_s`` seconds later (``TAPTOUCH_RECONCILE_CONFIRM_S``, by ``now``) agrees. The levels it
     does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
-    A listing older than the store's latest committed one changes no level (:func:`_newest_listing`).
     """
     started = datetime.now(UTC)
     now = now or started
@@ -823,16 +822,13 @@ def load_inventory(
     if listed_since is None:
         listed_since = first_value(conn.execute("select clock_timestamp()"))
     listing = _InventoryListing.read(records_, store_id, quarantine, counts)
-    listing.since = listed_since
     with conn.transaction(), conn.cursor() as cur:
         _stage_inventory(cur, store_id, listing, quarantine, counts)
         INVENTORY.take_lock(cur, store_id)
         newest = _newest_listing(cur, store_id, listed_since, run_id)
         if newest:
             _merge_listing(cur, store_id, listing, counts, snapshot_date, now=now, confirm_s=confirm_s)
-        else:
-            counts.unchanged = len(listing.rows)  # a newer listing's levels (and quarantine) stand
-        quarantine.flush(cur)
+        quarantine.flush(cur, resolved=not newest)  # kept; a newer listing's quarantine stands
         if newest:
             INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
         _sync_log(cur, "inventory", store_id, snapshot_date.isoformat(), run_id, started, counts)
@@ -907,7 +903,6 @@ class _InventoryListing:
     bad_ids: list[int] = field(default_factory=list)
     unidentified: int = 0
     seen: int = 0  # valid records, duplicates included
-    since: datetime | None = None  # the database's clock before the listing was requested
 
     @classmethod
     def read(
@@ -942,7 +937,7 @@ def _delist_unlisted(
     """Delist what the listing no longer holds (:func:`_delist`), but only from a well-formed one: a
     record whose product cannot be identified might be any product, so then nothing is delisted."""
     if not listing.unidentified:
-        return _delist(cur, store_id, listing.bad_ids, listing.since, listed=listed, now=now, confirm_s=confirm_s)
+        return _delist(cur, store_id, listing.bad_ids, listed=listed, now=now, confirm_s=confirm_s)
     log.warning(
         "inventory of store %s: %d malformed record(s) without a readable product_id; "
         "no product is delisted from this listing",
@@ -976,22 +971,19 @@ def _delist(
     cur: psycopg.Cursor,
     store_id: int,
     listed_bad: list[int],
-    since: datetime | None,
     *,
     listed: int,
     now: datetime,
     confirm_s: int,
 ) -> int:
-    """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains,
-    but none written by a load that began after the listing was requested (``since``: the newer
-    listing it may hold is not this one's to contradict); from a suspicious listing, only those a
-    listing ``confirm_s`` seconds earlier also missed. Returns how many were delisted."""
+    """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains
+    (no newer listing has committed: :func:`_newest_listing`); from a suspicious listing, only those
+    a listing ``confirm_s`` seconds earlier also missed. Returns how many were delisted."""
     cur.execute(
         "select l.product_id from taptouch.inventory_levels l where l.store_id = %s"
         " and not exists (select 1 from stage_inventory s where s.product_id = l.product_id)"
-        " and l.product_id <> all(%s) and (%s::timestamptz is null or l.synced_at < %s::timestamptz)"
-        " order by l.product_id",
-        (store_id, listed_bad, since, since),
+        " and l.product_id <> all(%s) order by l.product_id",
+        (store_id, listed_bad),
     )
     gone = [r[0] for r in cur.fetchall()]
     cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))

@@ -114,15 +114,18 @@ class Quarantine:
         diag = (exc.diag.message_primary or str(exc)).strip()
         self.add(raw, precise or f"PostgreSQL refused a value of the {self.entity} record: {diag}", store_id)
 
-    def flush(self, cur: psycopg.Cursor) -> None:
+    def flush(self, cur: psycopg.Cursor, *, resolved: bool = False) -> None:
+        """Write the rows added. ``resolved``: kept, but resolved at once (a newer load superseded them)."""
         # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
         # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
         if self.rows:
             cur.executemany(
-                'insert into taptouch.quarantine (entity, record_key, store_id, reason, raw, raw_text, "window", run_id)'
-                " select e, k, s, r, j, case when j is null then t end, w, u from (select %s::text e, %s::text k,"
-                " %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j, %s::text t, %s::text w, %s::text u) x",
-                self.rows,
+                "insert into taptouch.quarantine"
+                ' (entity, record_key, store_id, reason, raw, raw_text, "window", run_id, resolved_at)'
+                " select e, k, s, r, j, case when j is null then t end, w, u, case when v then now() end from"
+                " (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
+                " %s::text t, %s::text w, %s::text u, %s::boolean v) x",
+                [(*row, resolved) for row in self.rows],
             )
             self.rows = []
 

@@ -629,3 +629,26 @@ def test_a_slot_further_than_any_queue_reaches_heals_at_once(migrated_db, caplog
     assert "reset to now" in caplog.text
     assert _row(migrated_db, "wrong-row")["next_ahead"] < 1.0
     budget.close()
+
+
+@pytest.mark.postgres
+def test_processes_at_different_rates_share_a_client_ids_queue(migrated_db, caplog):
+    """Two processes of one client id at 0.05 and 1 requests/s (an account's own rate): the slow one
+    queues slots 20 s apart, 80 s ahead at most; the fast one then waits behind them, and the row is
+    no wrong row to reset (its last writer's interval is 20 s, not 1)."""
+
+    class Waited(Exception):
+        pass
+
+    def must_wait(seconds: float) -> None:
+        raise Waited(seconds)
+
+    slow = SharedBudget(migrated_db, "mixed", 0.05, sleep=lambda s: None)
+    for _ in range(4):
+        slow.acquire()
+    fast = SharedBudget(migrated_db, "mixed", 1.0, sleep=must_wait)
+    with caplog.at_level(logging.WARNING, logger="pipelines.warehouse.budget"), pytest.raises(Waited) as waited:
+        fast.acquire()
+    assert waited.value.args[0] == pytest.approx(20, abs=1)  # until the queue's end is MAX_WAIT away
+    assert "reset to now" not in caplog.text
+    slow.close(), fast.close()

@@ -172,3 +172,64 @@ def test_a_page_cut_short_once_delists_nothing(migrated_db):
         result = sync_inventory(client, conn, timezones=store_timezones(conn))
         assert cuts == [10] and result.counts.deleted == 0
         assert [r[0] for r in conn.execute(held, (sid,))] == listed
+
+
+def _raw_records(client, store: int) -> list[bytes]:
+    return list(client.iter_inventory_records(store))
+
+
+def _clock(conn) -> datetime:
+    return conn.execute("select clock_timestamp()").fetchone()[0]
+
+
+def test_of_two_overlapping_listings_the_newer_decides_whichever_commits_first(world):
+    """Listing A reads product P; P is deleted at the source; listing B starts later and misses it.
+    A commits first, then B: B is the latest listing, so P is gone (before: B kept P because A's load
+    wrote it after B was requested). And the other way round: A is skipped, P stays gone."""
+    from pipelines.warehouse.loader import load_inventory
+
+    sb, _, client, conn, now = world
+    store = sb.store_ids()[0]
+    day = now.date()
+    gone = _products(conn, store)[2]
+    a_since = _clock(conn)
+    a_records = []
+    for raw in _raw_records(client, store):  # P restocked just before A reads it: A writes its level
+        record = json.loads(raw)
+        if record["product_id"] == gone:
+            record["on_hand"] += 5
+            record["updated_at"] = (now + timedelta(minutes=1)).isoformat()
+        a_records.append(json.dumps(record).encode())
+    b_since = _clock(conn)
+    b_records = [r for r in a_records if json.loads(r)["product_id"] != gone]
+    assert load_inventory(conn, store, a_records, snapshot_date=day, listed_since=a_since).updated == 1
+    counts = load_inventory(conn, store, b_records, snapshot_date=day, listed_since=b_since)
+    assert counts.deleted == 1 and gone not in _products(conn, store)
+
+    older = load_inventory(conn, store, a_records, snapshot_date=day, listed_since=a_since)  # committed last
+    assert older.inserted == older.updated == older.deleted == 0
+    assert gone not in _products(conn, store)
+
+
+def test_a_skipped_older_listing_keeps_its_malformed_records_resolved(world):
+    """An older listing committed after a newer one changes nothing: its malformed record is kept in
+    the quarantine (nothing is dropped) but resolved at once, since the newer listing stands."""
+    from pipelines.warehouse.loader import load_inventory
+
+    sb, _, client, conn, now = world
+    store = sb.store_ids()[0]
+    old_since = _clock(conn)
+    records = _raw_records(client, store)
+    bad = json.loads(records[0])
+    bad["on_hand"] = "lots"
+    load_inventory(conn, store, records, snapshot_date=now.date(), listed_since=_clock(conn))  # the newer one
+    before = _products(conn, store)
+    older = load_inventory(
+        conn, store, [json.dumps(bad).encode(), *records[1:]], snapshot_date=now.date(), listed_since=old_since
+    )
+    assert older.quarantined == 1 and _products(conn, store) == before
+    rows = conn.execute(
+        "select resolved_at is not null from taptouch.quarantine where entity = 'inventory' and record_key = %s",
+        (str(bad["product_id"]),),
+    ).fetchall()
+    assert rows == [(True,)]
