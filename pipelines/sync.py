@@ -707,26 +707,57 @@ class _WindowsInFlight:
 # inventory
 
 
+def _superseded_with_news(
+    conn: psycopg.Connection, store_id: int, records: list[bytes], listed_since: datetime
+) -> bool:
+    """Whether a listing that an overlapping newer one superseded (it changed nothing) returned
+    products the warehouse does not hold: the newer listing may have missed them (a page shifted
+    under a deletion) or they may be gone since; a fresh listing of the store decides."""
+    row = conn.execute(
+        "select listed_since from taptouch.inventory_listings where store_id = %s", (store_id,)
+    ).fetchone()
+    if row is None or row[0] <= listed_since:
+        return False
+    listed = sorted({p for p in map(_product_id, records) if p is not None})
+    news = conn.execute(
+        "select count(*) from unnest(%s::bigint[]) as l(product_id) where not exists"
+        " (select 1 from taptouch.inventory_levels i where i.store_id = %s and i.product_id = l.product_id)",
+        (listed, store_id),
+    ).fetchone()[0]  # type: ignore[index]
+    if news:
+        log.info(
+            "inventory of store %s: superseded by a newer listing that lacks %d of its products; listed afresh",
+            store_id,
+            news,
+        )
+    return bool(news)
+
+
 def _listed_again(client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes]) -> list[bytes]:
-    """When the listing misses products the warehouse holds, the store is listed once more and the
-    records of products the first pass did not return are added: inventory pages are numbered, so a
-    product deleted on a page already read shifts the next page's first product onto that page,
-    unread by this listing, and it would be delisted although it is stocked. A product missing from
+    """When the listing misses products the warehouse holds, or returns products it does not hold,
+    the store is listed once more and the records of products the first pass did not return are
+    added: inventory pages are numbered, so a product deleted on a page already read shifts the next
+    page's first product onto that page, unread by this listing, and it would be delisted although
+    it is stocked (or, new, be left out; a deletion and an addition come together). A product missing from
     both passes is delisted (a second deletion during the second pass could shift again: the next
     sync lists it back)."""
     listed = {_product_id(raw) for raw in records}
-    missing = conn.execute(
-        "select count(*) from taptouch.inventory_levels where store_id = %s and product_id <> all(%s)",
-        (store_id, sorted(p for p in listed if p is not None)),
-    ).fetchone()[0]  # type: ignore[index]
-    if not missing:
+    ids = sorted(p for p in listed if p is not None)
+    missing, news = conn.execute(
+        "select (select count(*) from taptouch.inventory_levels where store_id = %s and product_id <> all(%s)),"
+        " (select count(*) from unnest(%s::bigint[]) as l(product_id) where not exists (select 1 from"
+        " taptouch.inventory_levels i where i.store_id = %s and i.product_id = l.product_id))",
+        (store_id, ids, ids, store_id),
+    ).fetchone()  # type: ignore[misc]
+    if not missing and not news:
         return []
     again = [raw for raw in client.iter_inventory_records(store_id) if _product_id(raw) not in listed]
     log.info(
-        "inventory of store %s: %d held product(s) missing from the listing; listed again to confirm "
-        "(%d record(s) only the second pass returned)",
+        "inventory of store %s: %d held product(s) missing from the listing and %d new; listed again to "
+        "confirm (%d record(s) only the second pass returned)",
         store_id,
         missing,
+        news,
         len(again),
     )
     return again
@@ -758,24 +789,27 @@ def sync_inventory(
     result = SyncResult()
     starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it
     for store_id in store_ids:
+        snapshot_date = record_rules.local_date(
+            now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
+        )
         try:
-            # the database's clock before the listing: a level a load wrote since is not this listing's to delist
-            listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
-            records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-            records += _listed_again(client, conn, store_id, records)
-            snapshot_date = record_rules.local_date(
-                now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
-            )
-            counts = load_inventory(
-                conn,
-                store_id,
-                records,
-                snapshot_date=snapshot_date,
-                run_id=run_id,
-                now=now,
-                confirm_s=confirm_s,
-                listed_since=listed_since,
-            )
+            for attempt in (1, 2):
+                # the database's clock before the listing: which listing is the store's newest
+                listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
+                records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
+                records += _listed_again(client, conn, store_id, records)
+                counts = load_inventory(
+                    conn,
+                    store_id,
+                    records,
+                    snapshot_date=snapshot_date,
+                    run_id=run_id,
+                    now=now,
+                    confirm_s=confirm_s,
+                    listed_since=listed_since,
+                )
+                if attempt == 2 or not _superseded_with_news(conn, store_id, records, listed_since):
+                    break
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)

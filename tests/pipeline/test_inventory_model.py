@@ -350,3 +350,15 @@ def test_an_older_listing_committed_later_does_not_delist_what_a_newer_one_liste
     assert "overlapped" in w.sync(overlap=0)
     assert product in w.listed(sid)
     w.check_invariants()  # Violation: `product` is delisted although the newer listing returned it
+
+
+def test_a_newer_first_listing_shifted_by_a_deletion_is_listed_afresh(world_of):
+    """The store's first sync, overlapped by another: a product is deleted while the newer run lists,
+    shifting its pages past a product it then misses (the warehouse held nothing, so nothing looked
+    missing); the older run, which read that product, is superseded. The newer run's listing now lists
+    again when it returns products the warehouse does not hold, and a superseded listing that holds
+    products the warehouse lacks lists the store afresh: the product is there."""
+    w = world_of("shift", "resurrect", "unchanged")
+    w.pending = [["delete", 0, 3]]
+    assert "overlapped" in w.sync(overlap=1)
+    w.check_invariants()
