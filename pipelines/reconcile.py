@@ -249,7 +249,6 @@ def _judge_store(
     confirm_s: int,
     mass_confirmed: bool,
     seen_by: str,
-    run_id: str | None,
 ) -> None:
     """One store's judgement of its finished listing, in one short transaction under the merge
     lock (deletions.judge_listing, or only restores from a listing that cannot judge). The
@@ -369,6 +368,10 @@ def reconcile_orders(
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
             result.stores.append(sr)
+            progress(
+                f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
+                "missing; deletions are confirmed once every store is listed"
+            )
     for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
         refusal = _confirm_store(conn, sr, rpass)
         if refusal:
@@ -431,7 +434,6 @@ def _reconcile_store(
         confirm_s=rpass.confirm_s,
         mass_confirmed=store_id in rpass.mass_confirmed,
         seen_by=rpass.seen_by,
-        run_id=rpass.run_id,
     )
     sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id)
     return sr

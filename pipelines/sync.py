@@ -707,6 +707,18 @@ class _WindowsInFlight:
 # inventory
 
 
+def _against_levels(conn: psycopg.Connection, store_id: int, listed: set[int | None]) -> tuple[int, int]:
+    """(products the store's levels hold that ``listed`` lacks, listed products they do not hold)."""
+    ids = sorted(p for p in listed if p is not None)
+    row = conn.execute(
+        "select (select count(*) from taptouch.inventory_levels where store_id = %s and product_id <> all(%s)),"
+        " (select count(*) from unnest(%s::bigint[]) as l(product_id) where not exists (select 1 from"
+        " taptouch.inventory_levels i where i.store_id = %s and i.product_id = l.product_id))",
+        (store_id, ids, ids, store_id),
+    ).fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
 def _superseded_with_news(
     conn: psycopg.Connection, store_id: int, records: list[bytes], listed_since: datetime
 ) -> bool:
@@ -718,12 +730,7 @@ def _superseded_with_news(
     ).fetchone()
     if row is None or row[0] <= listed_since:
         return False
-    listed = sorted({p for p in map(_product_id, records) if p is not None})
-    news = conn.execute(
-        "select count(*) from unnest(%s::bigint[]) as l(product_id) where not exists"
-        " (select 1 from taptouch.inventory_levels i where i.store_id = %s and i.product_id = l.product_id)",
-        (listed, store_id),
-    ).fetchone()[0]  # type: ignore[index]
+    _, news = _against_levels(conn, store_id, {_product_id(raw) for raw in records})
     if news:
         log.info(
             "inventory of store %s: superseded by a newer listing that lacks %d of its products; listed afresh",
@@ -742,13 +749,7 @@ def _listed_again(client: TaptouchClient, conn: psycopg.Connection, store_id: in
     both passes is delisted (a second deletion during the second pass could shift again: the next
     sync lists it back)."""
     listed = {_product_id(raw) for raw in records}
-    ids = sorted(p for p in listed if p is not None)
-    missing, news = conn.execute(
-        "select (select count(*) from taptouch.inventory_levels where store_id = %s and product_id <> all(%s)),"
-        " (select count(*) from unnest(%s::bigint[]) as l(product_id) where not exists (select 1 from"
-        " taptouch.inventory_levels i where i.store_id = %s and i.product_id = l.product_id))",
-        (store_id, ids, ids, store_id),
-    ).fetchone()  # type: ignore[misc]
+    missing, news = _against_levels(conn, store_id, listed)
     if not missing and not news:
         return []
     again = [raw for raw in client.iter_inventory_records(store_id) if _product_id(raw) not in listed]
