@@ -128,8 +128,9 @@ def raw_side_sql() -> sql.Composable:
         " from _money_scope o join taptouch.orders t using (order_id)"
         " cross join lateral jsonb_to_record(case when jsonb_typeof(t.raw) = 'object' then t.raw else '{{}}' end)"
         " as r({columns})"
-        " cross join lateral (select case when jsonb_typeof({sid}) = 'number' and ({sid} #>> '{{}}') ~ '^[0-9]{{1,18}}$'"
-        " then ({sid} #>> '{{}}')::bigint end as store_id) s"
+        " cross join lateral (select case when jsonb_typeof({sid}) = 'number' and ({sid} #>> '{{}}') ~ '^-?[0-9]{{1,19}}$'"
+        " then case when ({sid} #>> '{{}}')::numeric between -9223372036854775808 and 9223372036854775807"
+        " then ({sid} #>> '{{}}')::bigint end end as store_id) s"
         " where s.store_id is not null and {status} = any(%(sales)s)"
     ).format(
         columns=_record_columns(),
@@ -290,11 +291,11 @@ order by store_id, business_date
 
 def _cents(amount: Decimal, measure: str = "") -> str:
     """A difference to the cent with its sign (``+0.01``), a count for the measure ``orders``."""
-    return f"{amount:+d}" if measure == "orders" else f"{amount:+.2f}"
+    return f"{int(amount):+d}" if measure == "orders" else f"{amount:+.2f}"
 
 
 def _shown(amount: Decimal, measure: str) -> str:
-    return f"{amount:d}" if measure == "orders" else f"{amount:.2f}"
+    return f"{int(amount):d}" if measure == "orders" else f"{amount:.2f}"
 
 
 @dataclass(frozen=True)

@@ -313,3 +313,32 @@ def test_a_typed_payment_amount_of_nan_is_a_difference_and_a_broken_rule_not_a_c
     assert report.sums[(sid, day, f"payments.{method}")][1] == paid
     [broken] = report.rule_breaks
     assert (broken.side, broken.order_id, broken.total) == ("typed", oid, total) and broken.paid.is_nan()
+
+
+def test_an_order_of_a_store_whose_id_has_19_digits_reconciles(loaded):
+    # ids are integers (bigint in the warehouse): the raw side reads a store id up to bigint's maximum
+    _, conn = loaded
+    oid, sid, _, _ = _an_order(conn, "true")
+    big = 9_223_372_036_854_775_807
+    conn.execute("create temp table big_store as select * from taptouch.stores where store_id = %s", (sid,))
+    conn.execute("update big_store set store_id = %s", (big,))
+    conn.execute("insert into taptouch.stores select * from big_store")
+    conn.execute(
+        "update taptouch.orders set store_id = %s, raw = jsonb_set(raw, '{store_id}', %s::text::jsonb)"
+        " where order_id = %s",
+        (big, big, oid),
+    )
+
+    report = reconcile(conn, START, STOP)
+
+    assert report.differences == []
+
+
+def test_a_difference_in_the_count_of_orders_is_described_not_a_crash(loaded):
+    _, conn = loaded
+    oid, sid, day, _ = _an_order(conn, "true")
+    conn.execute("update taptouch.orders set raw = jsonb_set(raw, '{store_id}', '\"x\"') where order_id = %s", (oid,))
+
+    described = money_check.describe_report(reconcile(conn, START, STOP))
+
+    assert f"store {sid}" in described and f"{oid} (+1)" in described, described
