@@ -382,8 +382,10 @@ class _OrderFetchers:
     def _fetch_store(self, store_id: int) -> None:
         pages = orders = 0
         try:
+            # the last page is asked for twice: an empty or cut-short 200 answer looks like the
+            # listing's end, and a complete listing proves the window (taptouch.listing_proofs)
             listing = self.client.iter_order_record_pages(
-                store_id, updated_from=self.starts[store_id], updated_to=self.end
+                store_id, updated_from=self.starts[store_id], updated_to=self.end, confirm_end=True
             )
             for page in listing:
                 if self.stop.is_set():
@@ -740,18 +742,20 @@ def _superseded_with_news(
     return bool(news)
 
 
-def _listed_again(client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes]) -> list[bytes]:
+def _listed_again(
+    client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes]
+) -> list[bytes] | None:
     """When the listing misses products the warehouse holds, or returns products it does not hold,
     the store is listed once more and the records of products the first pass did not return are
     added: inventory pages are numbered, so a product deleted on a page already read shifts the next
     page's first product onto that page, unread by this listing, and it would be delisted although
     it is stocked (or, new, be left out; a deletion and an addition come together). A product missing from
     both passes is delisted (a second deletion during the second pass could shift again: the next
-    sync lists it back)."""
+    sync lists it back). None when the store was not listed again."""
     listed = {_product_id(raw) for raw in records}
     missing, news = _against_levels(conn, store_id, listed)
     if not missing and not news:
-        return []
+        return None
     again = [raw for raw in client.iter_inventory_records(store_id) if _product_id(raw) not in listed]
     log.info(
         "inventory of store %s: %d held product(s) missing from the listing and %d new; listed again to "
@@ -798,7 +802,8 @@ def sync_inventory(
                 # the database's clock before the listing: which listing is the store's newest
                 listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
                 records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-                records += _listed_again(client, conn, store_id, records)
+                again = _listed_again(client, conn, store_id, records)
+                records += again or []
                 counts = load_inventory(
                     conn,
                     store_id,
@@ -806,7 +811,9 @@ def sync_inventory(
                     snapshot_date=snapshot_date,
                     run_id=run_id,
                     now=now,
-                    confirm_s=confirm_s,
+                    # listed twice: what both passes miss is gone (an empty store, most products
+                    # delisted: two listings agree, no wait for a later one)
+                    confirm_s=0 if again is not None else confirm_s,
                     listed_since=listed_since,
                 )
                 if attempt == 2 or not _superseded_with_news(conn, store_id, records, listed_since):

@@ -810,6 +810,8 @@ def load_inventory(
     ``taptouch.inventory_delist_candidates`` and are delisted only when a second listing at least
     ``confirm_s`` seconds later (``TAPTOUCH_RECONCILE_CONFIRM_S``, by ``now``) agrees. The levels it
     does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
+    ``confirm_s=0``: the records are already two listings that agree (what
+    :func:`pipelines.sync.sync_inventory` loads when the first missed products): delisted at once.
     """
     started = datetime.now(UTC)
     now = now or started
@@ -988,7 +990,8 @@ def _delist(
     gone = [r[0] for r in cur.fetchall()]
     cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))
     held = first_value(cur)
-    suspicious = bool(gone) and ((listed == 0 and held > 0) or 2 * len(gone) > held)
+    # confirm_s 0: the second listing is this one's own (sync_inventory lists again at once)
+    suspicious = bool(gone) and confirm_s > 0 and ((listed == 0 and held > 0) or 2 * len(gone) > held)
     if not suspicious:
         _forget_delistings(cur, store_id)
         delist = gone

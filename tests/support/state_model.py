@@ -22,7 +22,11 @@ The invariants (:meth:`World.check_invariants`), after every step:
 3. no high-water mark (``taptouch.sync_marks.high_water``) that moved in a step passes the
    start of its listing on the API's clock (the ``status.timestamp`` of the store's first page),
    nor real time at that start (the fake clock: this machine's clock, the client's ``clock``, is
-   the real one; the API's runs up to hours ahead or minutes behind under the ``skew`` fault).
+   the real one; the API's runs up to hours ahead or minutes behind under the ``skew`` fault);
+4. no mark passes a record the warehouse lacks;
+5.-7. the listing proofs (:meth:`World._check_proofs`): a window proven complete stays so; a
+   proof holds every order the source served over what it covers; ``orders_proven`` finds no
+   disagreement over an order the source never deleted.
 
 :meth:`World.final_check` switches every fault off, lets the clock pass every instant at the
 source, runs a full reload and two reconciliations ``TAPTOUCH_RECONCILE_CONFIRM_S`` apart (fake
@@ -35,6 +39,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -58,6 +63,7 @@ from pipelines.sync import (
     sync_orders_windows,
     sync_stores,
 )
+from pipelines.warehouse import proofs as proof_checks
 from pipelines.warehouse.loader import OrderWindowLoad
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import OrdersPage, Sandbox, SandboxConfig
@@ -155,6 +161,12 @@ def epoch_of(iso: str) -> int:
     return math.ceil(datetime.fromisoformat(iso).timestamp())
 
 
+def exact_epoch(iso: str) -> Decimal:
+    """An instant as exact epoch seconds (as ``taptouch.exact_epoch`` stores a version)."""
+    delta = datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=UTC)
+    return Decimal(delta.days * DAY + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
+
+
 def day_start(epoch: float) -> datetime:
     d = instant(epoch).date()
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
@@ -187,6 +199,7 @@ class Tally:
     deletions: int = 0
     restores: int = 0
     births: int = 0
+    overlaps: int = 0
     lost: int = 0
     wrong: int = 0
 
@@ -240,6 +253,11 @@ class World:
         for oid in self.unborn:
             self.sb.delete_order(oid)
         self.deleted: dict[int, int] = {}  # deleted at the source by the history -> when
+        self.ever_deleted: set[int] = set()
+        self.restored: set[int] = set()  # re-listed at the source: visible again with an old version
+        self.proofs_complete: set[tuple[int, str]] = set()  # (store, window) once proven complete
+        self.proof_started: dict[tuple[int, str], datetime | None] = {}  # its listing's start, as last seen
+        self.proof_exempt: dict[tuple[int, str], datetime] = {}  # proofs from a listing lied to twice
         self.seen_live: set[int] = set()  # returned to a successful run since the source last deleted it
         self.wh_version: dict[int, datetime] = {}
         self.marks: dict[tuple, datetime] = {}
@@ -256,6 +274,9 @@ class World:
         self.listing_deletes = 0
         self.kill_after: int | None = None  # pages until the kill fires
         self.kill_action: Callable[[], None] | None = None
+        # a run inside another's (World.overlapped): its stores' successes wait for the outer's end
+        self.deferred: dict[str, set[int]] | None = None
+        self.pending_ok: dict[str, set[int]] = {}
         self.sb.on_page = self._on_page
 
     def close(self) -> None:
@@ -323,6 +344,7 @@ class World:
     def delete(self, oid: int) -> None:
         self.sb.delete_order(oid)
         self.deleted[oid] = self.now
+        self.ever_deleted.add(oid)
         self.tally.deletions += 1
         if self.phase == "idle":
             self.seen_live.discard(oid)
@@ -334,6 +356,7 @@ class World:
         self.sb.restore_order(oid)
         self.visible_step[oid] = self.tally.steps
         del self.deleted[oid]
+        self.restored.add(oid)
         self.tally.restores += 1
 
     # ------------------------------------------------------------------ during a listing
@@ -375,15 +398,27 @@ class World:
             starts = ([today - timedelta(days=1)] if instant(self.now).hour < 4 else []) + [today]
         return [(s, s + timedelta(days=1), s.date().isoformat()) for s in starts]
 
-    def sync(self, *, full: bool, kill: str | None = None) -> str:
+    def sync(
+        self,
+        *,
+        full: bool,
+        kill: str | None = None,
+        conn: psycopg.Connection | None = None,
+        tag: str = "",
+        meanwhile: tuple[int, Callable[[], str]] | None = None,
+    ) -> str:
         """The hourly incremental run (``full=False``: lookback from the marks) or a full reload of
         every day. ``kill``: "cancel" stops the run after a few pages (run termination: the window
-        rolls back), "merge" raises just before the merge. Returns a summary."""
+        rolls back), "merge" raises just before the merge. ``conn``: the run's connection (default
+        the world's); ``tag`` names its pages' phase apart from another run's. ``meanwhile`` =
+        (i, run): once window i (modulo the windows) has fetched and staged everything, ``run()``
+        runs whole before that window merges (:meth:`overlapped`). Returns a summary."""
         lookback = None if full else settings.lookback()
-        name = "full" if full else "hourly"
+        name = tag + ("full" if full else "hourly")
         self.tally.add(self.tally.runs, name + ("-killed" if kill else ""))
         out = []
-        for start, end, key in self._windows(full):
+        windows = self._windows(full)
+        for i, (start, end, key) in enumerate(windows):
             cancel = threading.Event() if kill == "cancel" else None
             before_merge = None
             if kill == "cancel":
@@ -394,11 +429,17 @@ class World:
                     self.tally.kills += 1
                     raise Killed("killed just before the merge")
 
+            elif meanwhile is not None and i == meanwhile[0] % len(windows):
+
+                def before_merge(phase: str = f"{name}:{key}", key: str = key) -> None:
+                    out.append(f"{key} staged; meanwhile {meanwhile[1]()}; then {key} merges")
+                    self.phase = phase
+
             self.phase = f"{name}:{key}"
             try:
                 result = load_window(
                     self.client,
-                    self.conn,
+                    self.conn if conn is None else conn,
                     key,
                     start,
                     end,
@@ -545,7 +586,30 @@ class World:
         if problems:
             raise Violation("; ".join(problems))
 
-    def reconcile(self, *, days: int = RECONCILE_DAYS, kill: bool = False) -> str:
+    def overlapped(self, outer: str, inner: str, at: int) -> str:
+        """Two runs of one window overlapping, as a backfill and the hourly run do: the ``outer``
+        run ("hourly" or "full") fetches and stages its window ``at`` (modulo its windows), then the
+        ``inner`` run ("hourly", "full" or "reconcile") runs whole on a connection of its own and
+        commits, then the outer run merges what it listed before the inner one listed. The steps'
+        pages are accounted once both ended, in the order they were served."""
+        self.tally.overlaps += 1
+
+        def run_inner() -> str:
+            with psycopg.connect(self.db_url, autocommit=True, options="-c lock_timeout=30s") as conn:
+                self.deferred = {}
+                try:
+                    if inner == "reconcile":
+                        return "reconcile: " + self.reconcile(conn=conn)
+                    return f"{inner} run: " + self.sync(full=inner == "full", conn=conn, tag="inner-")
+                finally:
+                    self.pending_ok.update(self.deferred)
+                    self.deferred = None
+
+        return self.sync(full=outer == "full", meanwhile=(at, run_inner))
+
+    def reconcile(
+        self, *, days: int = RECONCILE_DAYS, kill: bool = False, conn: psycopg.Connection | None = None
+    ) -> str:
         self.tally.add(self.tally.runs, "reconcile" + ("-killed" if kill else ""))
         if kill:
 
@@ -555,7 +619,9 @@ class World:
             self.kill_after, self.kill_action = 3, stop
         self.phase = "reconcile"
         try:
-            result = reconcile_orders(self.client, self.conn, days=days, now=instant(self.now))
+            result = reconcile_orders(
+                self.client, self.conn if conn is None else conn, days=days, now=instant(self.now)
+            )
         except Killed:
             self._account({})
             return "killed"
@@ -572,6 +638,10 @@ class World:
     def _account(self, ok: dict[str, set[int]]) -> None:
         """Replay the step's events: ids a listing returned to a run that succeeded for that store
         (phase -> stores) are known live; a deletion at the source forgets that."""
+        if self.deferred is not None:  # a run inside another's (overlapped): accounted when the outer ends
+            self.deferred.update(ok)
+            return
+        ok, self.pending_ok = {**self.pending_ok, **ok}, {}
         with self.events_lock:
             events, self.events = self.events, []
         self.step_pages.extend(e[2] for e in events if e[0] == "page")
@@ -686,8 +756,74 @@ class World:
                         f"mark {key} = {mark.isoformat()} passed order {oid} ({at.isoformat()}), which "
                         f"the warehouse {'lacks' if got is None else 'holds older'}"
                     )
+        problems += self._check_proofs(held)
         if problems:
             raise Violation("; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+
+    def _check_proofs(self, held: dict[int, tuple[datetime, datetime | None]]) -> list[str]:
+        """5. A window once proven complete stays complete. 6. A proof holds every order of its store
+        that the source served, at its version, over what it covers: [covered_from, the listing's
+        start) within the window (an order re-listed at the source, visible again with an old
+        version, is the reconciliation's to find). 7. The check ``orders_proven`` finds no set
+        disagreeing with the warehouse (``missing``, ``extra``) unless the source changed the order
+        since the proof's listing started (the warehouse is then ahead of or behind the proof, and
+        the next listing of the window tells)."""
+        problems: list[str] = []
+        proofs = self.conn.execute(
+            'select proof_id, store_id, "window", window_start, window_end, complete, covered_from,'
+            " least(coalesce(api_started_at, listed_at), listed_at) from taptouch.listing_proofs"
+        ).fetchall()
+        sets: dict[int, dict[int, Decimal]] = {}
+        for proof_id, oid, v in self.conn.execute(
+            "select proof_id, order_id, updated_at_exact from taptouch.listing_proof_orders"
+        ):
+            sets.setdefault(proof_id, {})[oid] = v
+        live = [oid for oid in self.live if oid not in self.restored]
+        # the same request answered falsely twice (an empty or cut page, and its confirmation, both
+        # by the fault): the client cannot tell that from the listing's end, so such a store's proof
+        # of this step is not held to the source (the reconciliation, confirmed over time, is)
+        asked: dict[tuple, int] = {}
+        for page in self.step_pages:
+            if page.fault in ("empty", "partial"):
+                q = (page.store_id, page.updated_from, page.updated_to, page.index)
+                asked[q] = asked.get(q, 0) + 1
+        lied_twice = {q[0] for q, n in asked.items() if n >= 2}
+        for proof_id, sid, key, w_start, w_end, complete, covered_from, started in proofs:
+            if complete:
+                self.proofs_complete.add((sid, key))
+            elif (sid, key) in self.proofs_complete:
+                problems.append(f"proof of store {sid}, window {key} fell back to incomplete")
+            if self.proof_started.get((sid, key)) != started:
+                self.proof_started[(sid, key)] = started
+                if sid in lied_twice:
+                    self.tally.add(self.tally.faults, "lied twice")
+                    self.proof_exempt[(sid, key)] = started
+            if covered_from is None or started is None or self.proof_exempt.get((sid, key)) == started:
+                continue
+            lo, hi = max(w_start, covered_from), min(w_end, started)
+            got = sets.get(proof_id, {})
+            for oid in live:
+                if self.store_of[oid] != sid:
+                    continue
+                v = exact_epoch(self.sb.order(oid)["updated_at"])
+                if lo.timestamp() <= v < hi.timestamp() and got.get(oid) != v:
+                    problems.append(
+                        f"proof of store {sid}, window {key} (covers {lo.isoformat()} to {hi.isoformat()}) "
+                        f"lacks order {oid} v{v}" + ("" if oid not in got else f" (holds v{got[oid]})")
+                    )
+        # the check's disagreements over orders the source never deleted (a deletion is the
+        # reconciliation's to judge: until then the warehouse holds an order a listing no longer returns)
+        never_deleted = set(self.live) - self.ever_deleted
+        keys = sorted({p[2] for p in proofs})
+        for problem in proof_checks.window_problems(self.conn, keys, self.store_ids):
+            named = {int(m) for m in re.findall(r"(\d+) v", problem.detail.split(": ", 2)[-1])}
+            if (
+                problem.kind != "unproven"
+                and self.proof_exempt.get((problem.store_id, problem.window)) is None
+                and named & never_deleted
+            ):
+                problems.append(f"orders_proven: {problem}")
+        return problems
 
     # ------------------------------------------------------------------ the end of a history
     def final_check(self) -> list[str]:

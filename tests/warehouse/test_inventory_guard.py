@@ -1,7 +1,10 @@
-"""Inventory delisting you can trust: an empty listing for a store that holds levels,
-or one that would delist more than half of its products, delists nothing until a second listing at
-least TAPTOUCH_RECONCILE_CONFIRM_S later agrees; an ordinary listing still delists at once (sandbox
-over an httpx transport, real PostgreSQL, a fake clock)."""
+"""Inventory delisting you can trust, and exact: one empty or cut answer delists nothing (the last
+page is asked for twice, and a listing that misses held products lists the store once more); what
+two listings in a row miss is delisted at once, an emptied store included (the contract:
+``inventory_levels`` holds exactly what the API lists at the last successful sync). A single
+suspicious listing loaded on its own (``load_inventory`` without the second listing) waits for a
+second one TAPTOUCH_RECONCILE_CONFIRM_S later (sandbox over an httpx transport, real PostgreSQL, a
+fake clock)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import psycopg
 import pytest
 
 from pipelines.sync import sync_inventory, sync_stores
-from pipelines.warehouse.loader import store_timezones
+from pipelines.warehouse.loader import load_inventory, store_timezones
 from taptouch_resource import TaptouchClient
 from taptouch_sandbox import Sandbox, SandboxConfig
 
@@ -78,26 +81,40 @@ def _waiting(conn, store: int) -> list[int]:
     ]
 
 
-def test_an_empty_listing_keeps_the_levels_until_a_second_one_agrees(world):
+def test_a_store_emptied_at_the_source_is_emptied_in_the_warehouse_by_one_sync(world):
+    # the contract: inventory_levels holds exactly what the API lists at the last successful sync.
+    # The first listing misses every held product, so the store is listed again at once; both agree
     sb, transport, client, conn, now = world
     store, other = sb.store_ids()
     held, held_other = _products(conn, store), _products(conn, other)
     assert len(held) > 10
-    transport.keep = lambda sid, data: [] if sid == store else data
-    first = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
-    assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
-    assert _waiting(conn, store) == held
-    too_soon = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR + HOUR / 2)
-    assert too_soon.counts.deleted == 0
-    assert _products(conn, store) == held
-    # an hour after the first: it agrees
-    second = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + 2 * HOUR)
-    assert second.per_store[store]["deleted"] == len(held)
+    asked = []
+    transport.keep = lambda sid, data: (asked.append(sid), [])[1] if sid == store else data
+    result = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
+    assert result.per_store[store]["deleted"] == len(held) and not result.failures
     assert _products(conn, store) == [] and _waiting(conn, store) == []
+    assert len(asked) == 4  # two listings, each asking for its (empty) last page twice
     assert _products(conn, other) == held_other  # the other store was never touched
 
 
-def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_clears_the_wait(world):
+def test_one_empty_answer_delists_nothing(world):
+    sb, transport, client, conn, now = world
+    store = sb.store_ids()[0]
+    held = _products(conn, store)
+    answers = []
+
+    def once(sid, data):
+        if sid != store:
+            return data
+        answers.append(len(answers))
+        return [] if len(answers) == 1 else data
+
+    transport.keep = once
+    result = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
+    assert result.counts.deleted == 0 and _products(conn, store) == held
+
+
+def test_a_listing_that_drops_most_products_delists_them_and_merges_what_it_lists(world):
     sb, transport, client, conn, now = world
     store = sb.store_ids()[0]
     held = _products(conn, store)
@@ -107,20 +124,20 @@ def test_a_listing_that_drops_most_products_merges_what_it_lists_and_a_full_one_
         if sid != store:
             return data
         kept = [r for r in data if r["product_id"] in few]
-        kept[0]["on_hand"] = 4321  # the levels it does list still merge
+        kept[0]["on_hand"] = 4321  # the levels it does list merge
         return kept
 
     transport.keep = partial
     first = sync_inventory(client, conn, timezones=store_timezones(conn), now=now + HOUR)
-    assert first.per_store[store]["deleted"] == 0 and _products(conn, store) == held
+    assert first.per_store[store]["deleted"] == len(held) - len(few) and _products(conn, store) == few
     assert (
         conn.execute(
             "select on_hand from taptouch.inventory_levels where store_id = %s and product_id = %s", (store, few[0])
         ).fetchone()[0]
         == 4321
     )
-    assert _waiting(conn, store) == [p for p in held if p not in few]
-    transport.keep = None  # the full listing comes back: nothing waits any more, nothing was delisted
+    assert _waiting(conn, store) == []
+    transport.keep = None  # the products come back: listed again
     sync_inventory(client, conn, timezones=store_timezones(conn), now=now + 3 * HOUR)
     assert _products(conn, store) == held and _waiting(conn, store) == []
 
@@ -233,3 +250,18 @@ def test_a_skipped_older_listing_keeps_its_malformed_records_resolved(world):
         (str(bad["product_id"]),),
     ).fetchall()
     assert rows == [(True,)]
+
+
+def test_one_suspicious_listing_loaded_on_its_own_waits_for_a_second_one_later(world):
+    # load_inventory without sync_inventory's second listing: an empty listing of a store holding
+    # levels delists nothing until another one at least confirm_s later agrees
+    sb, _, _, conn, now = world
+    store = sb.store_ids()[0]
+    held = _products(conn, store)
+    day = now.date()
+    first = load_inventory(conn, store, [], snapshot_date=day, now=now + HOUR, confirm_s=3600)
+    assert first.deleted == 0 and _products(conn, store) == held and _waiting(conn, store) == held
+    soon = load_inventory(conn, store, [], snapshot_date=day, now=now + HOUR + HOUR / 2, confirm_s=3600)
+    assert soon.deleted == 0 and _products(conn, store) == held
+    later = load_inventory(conn, store, [], snapshot_date=day, now=now + 2 * HOUR, confirm_s=3600)
+    assert later.deleted == len(held) and _products(conn, store) == [] and _waiting(conn, store) == []
