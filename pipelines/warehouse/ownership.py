@@ -61,8 +61,10 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
     quarantine and load log) takes the new account, in one transaction under the stores, orders and
     store's inventory merge locks (in the loads' order), so that no view or check sees the store
     split between accounts. Rows still carrying another account are moved even when the store's row
-    already names ``account`` (a run of the old account that merged meanwhile: run it again).
+    already names ``account`` (a run of the old account that merged meanwhile: run it again). The
+    store's sales aggregates are recomputed from its moved orders (``sales_days``: the store-days).
     Returns rows changed per table."""
+    from . import aggregates
     from .merge import INVENTORY, ORDERS, STORES
 
     changed: dict[str, int] = {}
@@ -86,6 +88,8 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
         for table in _tables_with(cur, "store_id"):
             if table in by_order and table != "orders":
                 continue  # reached through the store's orders (an index), below
+            if table in aggregates.TABLES:
+                continue  # recomputed from the moved orders, below
             cur.execute(
                 sql.SQL("update {} set account = %s where store_id = %s and account <> %s").format(
                     sql.Identifier("taptouch", table)
@@ -104,4 +108,16 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
                 (account, store_id, account),
             )
             changed[table] = cur.rowcount
+        # the sales aggregates are grouped by account: rows of the old account updated in place would
+        # sit beside the new account's (a run of the old account that merged after an earlier move),
+        # two rows of one group; the store's are recomputed from its orders instead
+        cur.execute(
+            "select exists (select 1 from taptouch.sales_days where store_id = %s and account <> %s)",
+            (store_id, account),
+        )
+        if first_value(cur):
+            aggregates.refresh_store_days(cur, [store_id])
+            changed["sales_days"] = first_value(
+                cur.execute("select count(*) from taptouch.sales_days where store_id = %s", (store_id,))
+            )
     return changed

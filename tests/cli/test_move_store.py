@@ -97,3 +97,37 @@ def test_a_store_that_cannot_move_says_why(loaded, migrated_db, capsys, monkeypa
     assert says in capsys.readouterr().err
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("select count(*) from taptouch.orders where account <> 'default'").fetchone()[0] == 0
+
+
+def test_moving_again_after_an_old_account_run_merged_keeps_one_aggregate_row_per_group(migrated_db, monkeypatch):
+    # the documented cure for a run of the old account that merged after the move (run the command
+    # again) left the store-day's sales rows twice under the new account (updated in place beside
+    # the rows the earlier move had already moved): daily_store_sales showed the day twice
+    from pipelines.warehouse.loader import OrderWindowLoad, load_stores
+    from pipelines.warehouse.ownership import move_store
+    from tests.support import factories as f
+
+    monkeypatch.setenv("TAPTOUCH_ACCOUNTS", "north,south")
+    with psycopg.connect(migrated_db, autocommit=True) as north, psycopg.connect(migrated_db, autocommit=True) as south:
+        apply_views(south)
+        north.execute("select set_config('taptouch.account', 'north', false)")
+        south.execute("select set_config('taptouch.account', 'south', false)")
+        load_stores(north, [f.store(7101)])
+        tz = {7101: "Australia/Melbourne"}
+        with OrderWindowLoad(north, window="2026-11-02", timezones=tz) as load:
+            load.add_page(7101, [f.order(1)])
+            load.finish()
+        late = OrderWindowLoad(north, window="2026-11-02", timezones=tz)  # north's run, staged before the move
+        late.__enter__()
+        late.add_page(7101, [f.order(2, created_at="2026-11-02T13:00:00+11:00")])
+        late.close_staging()
+        move_store(south, 7101, "south")
+        late.finish()  # merges after the move, under north
+        move_store(south, 7101, "south")  # the cure
+
+        days = south.execute("select account, order_count from taptouch.sales_days where store_id = 7101").fetchall()
+        assert days == [("south", 2)]
+        with south.transaction(), south.cursor() as cur:
+            assert aggregates.mismatches(cur) == {}
+        daily = south.execute("select account, order_count from analytics.daily_store_sales where store_id = 7101")
+        assert daily.fetchall() == [("south", 2)]
