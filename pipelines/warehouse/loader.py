@@ -154,6 +154,16 @@ def load_stores(
             "create temp table zones_before on commit drop as select store_id, timezone from taptouch.stores"
             " where store_id in (select store_id from stage_stores)"
         )
+        cur.execute(
+            "select exists (select 1 from stage_stores g left join zones_before b using (store_id)"
+            " where b.store_id is null or g.timezone is distinct from b.timezone)"
+        )
+        if first_value(cur):
+            # a new store or a zone that may change: the merge's triggers lock the store's business-day
+            # coverage, and its orders are re-dated under the orders merge lock; an orders merge holds
+            # that lock and then its proofs lock the coverage: the orders lock first (stores, orders:
+            # the loads' order), or the two deadlock
+            ORDERS.take_lock(cur)
         STORES.merge(cur, "stage_stores", into="merged_stores")
         counts.inserted, counts.updated, counts.unchanged = STORES.merged_counts(cur, "merged_stores", "stage_stores")
         counts.business_dates_rederived = _follow_zone_changes(cur)

@@ -9,6 +9,7 @@ the first inserted (a unique violation) nor leave rows computed from an older sn
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -82,3 +83,58 @@ def test_two_writers_of_overlapping_store_days_wait_for_each_other(migrated_db):
     finally:
         first.close()
         second.close()
+
+
+def test_a_stores_load_moving_a_zone_waits_for_an_orders_merge_of_the_store_without_a_deadlock(migrated_db):
+    # the stores load's trigger locks the store's coverage, then re-dates its orders under the orders
+    # merge lock; an orders merge holds that lock, then its proof locks the coverage. Orders lock
+    # first in both (the stores load takes it before its merge when a zone may change), or one of
+    # the two runs failed with a deadlock. A third session holds the proof row so that the orders
+    # merge is inside its merge lock, before its proofs, when the stores load starts
+    from pipelines.warehouse.loader import OrderWindowLoad, load_stores
+    from tests.support import factories as f
+
+    window, start, end = "2026-11-02", datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
+
+    def listed(conn, oid: int, created_at: str) -> OrderWindowLoad:
+        load = OrderWindowLoad(conn, window=window, timezones={STORE: "Australia/Melbourne"})
+        load.__enter__()
+        load.add_page(STORE, [f.order(oid, created_at=created_at)])
+        load.store_listed(STORE, None, complete=(start, end, datetime(2026, 11, 3, 1, tzinfo=UTC)))
+        return load
+
+    url = libpq_url(migrated_db)
+    with (
+        psycopg.connect(url, autocommit=True) as first,
+        psycopg.connect(url) as holder,
+        psycopg.connect(url, autocommit=True) as orders_conn,
+        psycopg.connect(url, autocommit=True) as stores_conn,
+    ):
+        load_stores(first, [f.store(STORE, tz="Australia/Melbourne")])
+        listed(first, 1, "2026-11-02T12:00:00+11:00").finish()
+        holder.execute(
+            'select 1 from taptouch.listing_proofs where store_id = %s and "window" = %s for update', (STORE, window)
+        )
+        errors: dict[str, str] = {}
+        load = listed(orders_conn, 2, "2026-11-02T13:00:00+11:00")
+
+        def run(name, fn):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                errors[name] = repr(exc)
+
+        perth = f.store(STORE, tz="Australia/Perth", updated_at="2026-10-03T10:15:00+10:00")
+        orders = threading.Thread(target=run, args=("orders", load.finish))
+        orders.start()
+        time.sleep(1.0)  # the orders merge holds its lock, waiting for the proof row
+        stores = threading.Thread(target=run, args=("stores", lambda: load_stores(stores_conn, [perth])))
+        stores.start()
+        time.sleep(1.0)  # the stores load waits too (for the orders lock, or, before the fix, its coverage)
+        holder.rollback()
+        orders.join(60)
+        stores.join(60)
+
+        assert errors == {}
+        assert first.execute("select timezone from taptouch.stores").fetchone() == ("Australia/Perth",)
+        assert first.execute("select count(*) from taptouch.orders").fetchone() == (2,)
