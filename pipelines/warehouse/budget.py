@@ -76,8 +76,8 @@ on conflict (client_id) do update set
                      when {_FAR} then {_NOW}
                      when {_QUEUED} then null
                      else greatest({_AHEAD}, {_NOW}) end,
-    rate = excluded.rate,
-    burst = excluded.burst,
+    rate = case when {_PAUSED} or ({_QUEUED} and not {_FAR}) then b.rate else excluded.rate end,
+    burst = case when {_PAUSED} or ({_QUEUED} and not {_FAR}) then b.burst else excluded.burst end,
     requests = b.requests + case when {_PAUSED} or ({_QUEUED} and not {_FAR}) then 0 else 1 end,
     updated_at = {_NOW}
 returning b.last_slot is null,
@@ -98,7 +98,8 @@ returning b.last_slot is null,
 ``max_wait``); the caller asks again after ``wait``. Otherwise the slot is ``wait`` from now, never
 more than ``max_wait``. A row whose next slot lies further ahead than any queue reaches
 (``max_wait``, one interval and burst of the row's last writer, and :data:`CLOCK_STEP`: a far-future
-value, however it got there) is reset to now. The last two
+value, however it got there) is reset to now. Only a request given a slot writes its rate and
+burst: one waiting without a slot leaves the row to the writer of its queue. The last two
 (seconds the row's clock was ahead, seconds its next slot was ahead) are the row as this
 statement's snapshot saw it, for the WARNING only."""
 

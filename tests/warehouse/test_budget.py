@@ -652,3 +652,29 @@ def test_processes_at_different_rates_share_a_client_ids_queue(migrated_db, capl
     assert waited.value.args[0] == pytest.approx(20, abs=1)  # until the queue's end is MAX_WAIT away
     assert "reset to now" not in caplog.text
     slow.close(), fast.close()
+
+
+@pytest.mark.postgres
+def test_a_request_that_gets_no_slot_leaves_the_rows_rate_to_its_last_writer(migrated_db):
+    """The fast process's request that waits without a slot must not make the row its own (1/s):
+    the next fast request would then take the slow process's 80 s queue for a wrong row and reset it
+    to now, bunching the slots the slow one holds."""
+
+    class Waited(Exception):
+        pass
+
+    def must_wait(seconds: float) -> None:
+        raise Waited(seconds)
+
+    slow = SharedBudget(migrated_db, "mixed-again", 0.05, sleep=lambda s: None)
+    for _ in range(4):
+        slow.acquire()
+    queue_end = _row(migrated_db, "mixed-again")["next_ahead"]
+    assert queue_end > 60
+    fast = SharedBudget(migrated_db, "mixed-again", 1.0, sleep=must_wait)
+    for _ in range(2):
+        with pytest.raises(Waited) as waited:
+            fast.acquire()
+        assert waited.value.args[0] == pytest.approx(20, abs=1)
+    assert _row(migrated_db, "mixed-again")["next_ahead"] == pytest.approx(queue_end, abs=2)  # not reset
+    slow.close(), fast.close()
