@@ -74,16 +74,17 @@ def in_window(sb, store_id):
     return sorted(sb.orders_in_window(store_id, START, END), key=lambda o: o["updated_at"])
 
 
-def test_unchanged_rerun_asks_one_page_per_store_and_an_edit_after_the_mark_is_loaded(busy, migrated_db):
+def test_unchanged_rerun_asks_one_page_per_store_twice_and_an_edit_after_the_mark_is_loaded(busy, migrated_db):
     first, requests = run(busy, migrated_db)
     pages_per_store = {sid: len(in_window(busy, sid)) // PAGE + 1 for sid in busy.store_ids()}
     assert min(pages_per_store.values()) >= 3  # a busy day: several pages per store
-    assert requests == pages_per_store  # the first run has no mark: the whole window
+    # the first run has no mark: the whole window, and its last (short) page asked for twice
+    assert requests == {sid: n + 1 for sid, n in pages_per_store.items()}
     assert first["inserted"] == sum(len(in_window(busy, sid)) for sid in busy.store_ids())
     assert first["incremental_stores"] == 0 and first["pages_skipped"] == 0
 
     again, requests = run(busy, migrated_db)
-    assert requests == {sid: 1 for sid in busy.store_ids()}  # one orders request per store
+    assert requests == {sid: 2 for sid in busy.store_ids()}  # one (short) page per store, asked for twice
     assert again["incremental_stores"] == 3
     assert again["pages_skipped"] == sum(pages_per_store.values()) - 3
     assert again["inserted"] == 0 and again["updated"] == 0
@@ -92,7 +93,7 @@ def test_unchanged_rerun_asks_one_page_per_store_and_an_edit_after_the_mark_is_l
     target = in_window(busy, store)[0]["id"]
     edited = busy.edit_order(target, status="refunded", updated_at=END - timedelta(seconds=1))
     third, requests = run(busy, migrated_db)
-    assert requests == {sid: 1 for sid in busy.store_ids()}
+    assert requests == {sid: 2 for sid in busy.store_ids()}
     assert third["updated"] == 1
     assert version(migrated_db, target) == (datetime.fromisoformat(edited["updated_at"]), "refunded")
 
@@ -110,7 +111,7 @@ def test_a_record_later_than_the_lookback_is_caught_by_the_full_refresh(busy, mi
 
     full, requests = run(busy, migrated_db, tags={FULL_REFRESH_TAG: "true"})
     assert full["full_refresh"] is True and full["incremental_stores"] == 0
-    assert requests[store] == len(in_window(busy, store)) // PAGE + 1
+    assert requests[store] == len(in_window(busy, store)) // PAGE + 2
     assert full["updated"] == 1
     assert version(migrated_db, oldest["id"]) == (late_at, "voided")
 
