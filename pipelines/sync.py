@@ -422,8 +422,9 @@ def _apply_event(
         if not event.complete:
             result.incomplete.append(event.store_id)
             log.warning(
-                "orders %s: store %s: the listing may have missed a record that moved while it was read; "
-                "what it read is loaded, and the store's high-water mark stays so the next run asks again",
+                "orders %s: store %s: the listing may have missed a record (one moved while it was read, "
+                "or its last page answered differently when asked again); what it read is loaded, the "
+                "window is not proven, and the store's high-water mark stays so the next run asks again",
                 window.key,
                 event.store_id,
             )

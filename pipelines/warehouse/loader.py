@@ -620,7 +620,10 @@ class OrderWindowLoad:
         if complete is not None:
             self._judged[store_id] = complete
         else:
-            self._failed[store_id] = "the listing may have missed a record that moved while it was read"
+            self._failed[store_id] = (
+                "the listing may have missed a record (one moved while it was read, or its last page "
+                "answered differently when asked again)"
+            )
 
     def discard_store(self, store_id: int, error: str | None = None) -> None:
         """Drop everything staged for a store whose fetch failed: none of its rows will commit.
