@@ -265,6 +265,10 @@ def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, st
         " o.deleted_at is not null from taptouch.listing_proof_orders p left join taptouch.orders o using (order_id)"
         " where p.proof_id = %s and (o.order_id is null or o.deleted_at is not null"
         " or coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at)) < p.updated_at_exact)"
+        # a version the reconciliation read (and proved) whose repair was quarantined: the warehouse
+        # keeps the version before, the quarantine check's warning (an orders load never proves one)
+        " and not exists (select 1 from taptouch.quarantine q where q.entity = 'order'"
+        " and q.record_key = p.order_id::text and q.resolved_at is null)"
         " order by p.order_id",
         (proof_id,),
     )

@@ -365,3 +365,28 @@ def test_an_order_a_listing_read_unchanged_is_proven_at_the_version_it_read(conn
     again = load_window(client, conn, day.isoformat(), start, end, before_merge=another_run_merges_a_newer_version)
     assert again.counts.unchanged > 0 and again.counts.updated == 0
     assert (oid, version) in proven_set(conn, store, day)
+
+
+def test_a_reconciliation_that_reads_an_order_malformed_leaves_it_to_the_quarantine_warning(conn):
+    """The reconciliation re-proves each whole day it listed, from every version it read, and its
+    repair of a malformed one is quarantined: the warehouse keeps the version before (or none). As
+    for an orders load, that is the quarantine check's warning, not a ``missing`` disagreement."""
+    from pipelines.reconcile import reconcile_orders
+
+    sb = make_sandbox()
+    load_stores(conn, sb.stores())
+    client = client_for(sb)
+    for day in DAYS:
+        load_day(client, conn, day)
+    sb.faults.malformed_every = 3
+    store = sb.store_ids()[0]
+    day = DAYS[0]
+    start, end = day_window(day)
+    broken = sorted(o["id"] for o in sb.orders_in_window(store, start, end) if o["id"] in sb.malformed_order_ids())
+    assert broken
+    for oid in broken:  # a new version of each, served malformed: the reconciliation's repair
+        sb.edit_order(oid, status="refunded", updated_at=end - timedelta(seconds=1))
+    result = reconcile_orders(client, conn, days=7, now=end + timedelta(days=2))
+    assert sum(s.quarantined for s in result.stores) >= len(broken)
+    problems = proofs.window_problems(conn, [day.isoformat()], sb.store_ids())
+    assert [p for p in problems if p.kind == "missing"] == []
