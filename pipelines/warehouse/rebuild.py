@@ -206,9 +206,12 @@ def _stores(conn: psycopg.Connection, report: RebuildReport, batch_size: int) ->
                 " where s.timezone is distinct from t.timezone"
             )
             moved = [r[0] for r in cur.fetchall()]
+            if moved:
+                # before the update: its trigger locks the stores' business-day coverage, which an
+                # orders merge holding the orders lock waits for in its proofs (the loads' order)
+                ORDERS.take_lock(cur)
             counts.changed += _update_changed(cur, "stores", "rb_stores", ("store_id",), _STORE_STAGE_COLS)
             if moved:
-                ORDERS.take_lock(cur)
                 report.business_dates_rederived += derived.rederive_business_dates(cur, moved, zone_changed=moved)
 
 

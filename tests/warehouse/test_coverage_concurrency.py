@@ -85,12 +85,15 @@ def test_two_writers_of_overlapping_store_days_wait_for_each_other(migrated_db):
         second.close()
 
 
-def test_a_stores_load_moving_a_zone_waits_for_an_orders_merge_of_the_store_without_a_deadlock(migrated_db):
-    # the stores load's trigger locks the store's coverage, then re-dates its orders under the orders
-    # merge lock; an orders merge holds that lock, then its proof locks the coverage. Orders lock
-    # first in both (the stores load takes it before its merge when a zone may change), or one of
-    # the two runs failed with a deadlock. A third session holds the proof row so that the orders
-    # merge is inside its merge lock, before its proofs, when the stores load starts
+@pytest.mark.parametrize("writer", ["stores load", "rebuild"])
+def test_a_stores_writer_moving_a_zone_waits_for_an_orders_merge_of_the_store_without_a_deadlock(migrated_db, writer):
+    # the stores merge's trigger locks the store's coverage, then its orders are re-dated under the
+    # orders merge lock; an orders merge holds that lock, then its proof locks the coverage. Orders
+    # lock first in both (a stores load takes it before its merge when a zone may change, and so
+    # does taptouch-sync rebuild's stores pass), or one of the two runs failed with a deadlock. A
+    # third session holds the proof row so that the orders merge is inside its merge lock, before
+    # its proofs, when the stores writer starts
+    from pipelines.warehouse import rebuild
     from pipelines.warehouse.loader import OrderWindowLoad, load_stores
     from tests.support import factories as f
 
@@ -112,6 +115,19 @@ def test_a_stores_load_moving_a_zone_waits_for_an_orders_merge_of_the_store_with
     ):
         load_stores(first, [f.store(STORE, tz="Australia/Melbourne")])
         listed(first, 1, "2026-11-02T12:00:00+11:00").finish()
+        if writer == "rebuild":  # the typed zone differs from raw's (a rule changed): rebuild re-derives it
+            first.execute("update taptouch.stores set timezone = 'Australia/Perth' where store_id = %s", (STORE,))
+            want = "Australia/Melbourne"
+
+            def write() -> None:
+                rebuild._stores(stores_conn, rebuild.RebuildReport(), 100)
+
+        else:
+            want = "Australia/Perth"
+
+            def write() -> None:
+                load_stores(stores_conn, [f.store(STORE, tz=want, updated_at="2026-10-03T10:15:00+10:00")])
+
         holder.execute(
             'select 1 from taptouch.listing_proofs where store_id = %s and "window" = %s for update', (STORE, window)
         )
@@ -124,17 +140,16 @@ def test_a_stores_load_moving_a_zone_waits_for_an_orders_merge_of_the_store_with
             except Exception as exc:  # noqa: BLE001 - the test reports it
                 errors[name] = repr(exc)
 
-        perth = f.store(STORE, tz="Australia/Perth", updated_at="2026-10-03T10:15:00+10:00")
         orders = threading.Thread(target=run, args=("orders", load.finish))
         orders.start()
         time.sleep(1.0)  # the orders merge holds its lock, waiting for the proof row
-        stores = threading.Thread(target=run, args=("stores", lambda: load_stores(stores_conn, [perth])))
+        stores = threading.Thread(target=run, args=(writer, write))
         stores.start()
-        time.sleep(1.0)  # the stores load waits too (for the orders lock, or, before the fix, its coverage)
+        time.sleep(1.0)  # the stores writer waits too (for the orders lock, or, before the fix, its coverage)
         holder.rollback()
         orders.join(60)
         stores.join(60)
 
         assert errors == {}
-        assert first.execute("select timezone from taptouch.stores").fetchone() == ("Australia/Perth",)
+        assert first.execute("select timezone from taptouch.stores").fetchone() == (want,)
         assert first.execute("select count(*) from taptouch.orders").fetchone() == (2,)
