@@ -38,7 +38,7 @@ LISTING_SLACK = timedelta(seconds=1)  # the warehouse rounds instants to microse
 # The listing's upper bound: far enough that an order whose later version is future-dated (a bad
 # clock at the till) is still listed rather than taken for deleted.
 LISTING_HORIZON = timedelta(days=3660)
-WINDOW = "order_deletions"  # the ``window`` of the sync_log rows (and quarantine rows) of its repairs
+WINDOW = proofs.REPAIRS_WINDOW  # the ``window`` of the sync_log rows (and quarantine rows) of its repairs
 
 __all__ = [
     "reconcile_orders",

@@ -31,6 +31,10 @@ from ..settings import DEFAULT_LOOKBACK
 from .db import one_row
 from .merge import references_proven
 
+REPAIRS_WINDOW = "order_deletions"
+"""The ``window`` of the reconciliation's repairs (its sync_log and quarantine rows): a version it
+proved and then quarantined is the quarantine's, like one an orders load of the day quarantined."""
+
 SOURCE = "listing_set"
 """The temporary table a writer fills with what its listings returned: (store_id, order_id,
 updated_at_exact), one row per order and store (the newest version the listing held)."""
@@ -268,9 +272,9 @@ def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, st
         # a version the reconciliation read (and proved) whose repair was quarantined: the warehouse
         # keeps the version before, the quarantine check's warning (an orders load never proves one)
         " and not exists (select 1 from taptouch.quarantine q where q.entity = 'order'"
-        " and q.record_key = p.order_id::text and q.resolved_at is null)"
+        ' and q.record_key = p.order_id::text and q."window" in (%s, %s) and q.resolved_at is null)'
         " order by p.order_id",
-        (proof_id,),
+        (proof_id, key, REPAIRS_WINDOW),
     )
     missing = [
         f"{oid} v{v} ({'not held' if held is None else 'held deleted' if gone else f'held at v{held}'})"
@@ -284,10 +288,10 @@ def _differences(cur: psycopg.Cursor, key: str, store_id: int, proof_id: int, st
         " and o.updated_at < %s and p.updated_at_exact is distinct from"
         " coalesce(o.updated_at_exact, taptouch.exact_epoch(o.updated_at))"
         " and not exists (select 1 from taptouch.deletion_candidates c where c.order_id = o.order_id)"
-        " and not exists (select 1 from taptouch.quarantine q where q.entity = 'order' and q.\"window\" = %s"
+        " and not exists (select 1 from taptouch.quarantine q where q.entity = 'order' and q.\"window\" in (%s, %s)"
         " and q.record_key = o.order_id::text and q.resolved_at is null)"
         " order by o.order_id",
-        (proof_id, store_id, start, end, started, key),
+        (proof_id, store_id, start, end, started, key, REPAIRS_WINDOW),
     )
     extra = [f"{oid} v{v}" + ("" if listed is None else f" (listed v{listed})") for oid, v, listed in cur.fetchall()]
     found = []
