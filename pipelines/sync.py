@@ -313,8 +313,16 @@ class _OrderFetchers:
     already on the wire is not waited for when the block is left by an exception (a run being
     terminated, a window cancelled): the daemon thread is abandoned, and ends with that request."""
 
-    def __init__(self, client: TaptouchClient, window: OrderWindow, starts: dict[int, datetime], workers: int):
+    def __init__(
+        self,
+        client: TaptouchClient,
+        window: OrderWindow,
+        starts: dict[int, datetime],
+        workers: int,
+        late: timedelta = timedelta(0),
+    ):
         self.client, self.starts, self.end = client, starts, window.end
+        self.late = late  # how late a record may reach the listing (the run's lookback)
         self.label = window.key  # the label of the threads' requests (budget.RequestMeter counts them apart)
         self.events_q: queue.Queue[FetchEvent] = queue.Queue(maxsize=max(4, 2 * workers))
         self.stop = threading.Event()
@@ -385,7 +393,7 @@ class _OrderFetchers:
             # the last page is asked for twice: an empty or cut-short 200 answer looks like the
             # listing's end, and a complete listing proves the window (taptouch.listing_proofs)
             listing = self.client.iter_order_record_pages(
-                store_id, updated_from=self.starts[store_id], updated_to=self.end, confirm_end=True
+                store_id, updated_from=self.starts[store_id], updated_to=self.end, confirm_end=True, late=self.late
             )
             for page in listing:
                 if self.stop.is_set():
@@ -526,7 +534,7 @@ def sync_orders_window(
     workers = max(1, min(run.settings.store_workers, len(store_ids)))
     starts = _fetch_starts(conn, client, window, store_ids, run.mode, result, run.progress)
     with (
-        _OrderFetchers(client, window, starts, workers) as fetchers,
+        _OrderFetchers(client, window, starts, workers, late=run.settings.lookback) as fetchers,
         window_load(conn, window, run) as load,
     ):
         for event in fetchers.events(store_ids, cancel):

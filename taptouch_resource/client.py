@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import chain
 from typing import Any, NoReturn
@@ -321,6 +321,7 @@ class TaptouchClient:
         updated_to: datetime | str,
         status: str | None = None,
         confirm_end: bool = False,
+        late: timedelta = timedelta(0),
     ) -> OrderListing:
         """Like :meth:`iter_order_pages`, each record as the exact JSON bytes the API sent (what the
         loader stages: no parsing into Python objects on the way).
@@ -329,7 +330,8 @@ class TaptouchClient:
         to be in order, else a verifying pass), which tells afterwards whether the listing is
         ``complete``, when it ``started_at`` (the API's clock, never after this machine's), and the
         ``newest`` instant read.
-        ``confirm_end``: the last page is asked for twice (see :class:`OrderListing`)."""
+        ``confirm_end``: the last page is asked for twice, ``late``: how late a record may reach
+        the listing (see :class:`OrderListing`)."""
         params: Params = {api.PARAM_UPDATED_TO: iso(updated_to)}
         if status:
             params[api.PARAM_STATUS] = status
@@ -340,6 +342,7 @@ class TaptouchClient:
             updated_from=updated_from,
             updated_to=updated_to,
             confirm_end=confirm_end,
+            late=late,
             clock=self._clock,
         )
 

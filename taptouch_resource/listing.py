@@ -273,9 +273,12 @@ class OrderListing:
         updated_from: datetime | str,
         updated_to: datetime | str,
         confirm_end: bool = False,
+        late: timedelta = timedelta(0),
         clock: Callable[[], float] = time.time,
     ):
-        """``clock``: this machine's (Unix seconds; a test's fake clock)."""
+        """``clock``: this machine's (Unix seconds; a test's fake clock). ``late``: how late a
+        record may reach the API's listings (the run's lookback: a record stamped up to this long
+        before the listing started may appear on the last page's second answer of a complete one)."""
         self._paginator = paginator
         self._clock = clock
         self._local_start: float | None = None  # this machine's clock at the first request
@@ -283,6 +286,7 @@ class OrderListing:
         self.updated_from, self.updated_to = _utc(updated_from), _utc(updated_to)
         self._count, self._max_pages, self.what = paginator.page_size, paginator.max_pages, paginator.what
         self._confirm_end = confirm_end
+        self._late = late
         self.complete = False
         self.started_at: datetime | None = None
         self.newest: datetime | None = None
@@ -335,8 +339,9 @@ class OrderListing:
         left to the page-number passes)."""
         cursor, index = self.updated_from, 0
         guard = RepeatGuard(self.what)  # pages at one cursor: only a page of unreadable instants stays on it
+        again: Page | None = None  # a short page's second answer that came back whole
         while True:
-            page = self._keyset_page(cursor, index)
+            page, again = (again if again is not None else self._keyset_page(cursor, index)), None
             if len(page.records) == self._count:
                 guard.check(index, page.records)
             fresh, instants, in_order = self._take(page.records, cursor)
@@ -345,8 +350,17 @@ class OrderListing:
             if not in_order:
                 return False
             if len(page.records) < self._count:
-                if self._confirm_end:
-                    yield from self._confirm_last(cursor, index, page.records)
+                if not self._confirm_end:
+                    return True
+                again = self._keyset_page(cursor, index)
+                if len(again.records) == self._count:  # the first answer was cut short: read on
+                    log.warning(
+                        "%s: a page held %d records, and a full page when asked again; reading on",
+                        self.what,
+                        len(page.records),
+                    )
+                    continue
+                yield from self._confirm_last(again, page.records)
                 return True
             last = max(instants, default=None)
             if last is not None and last > cursor:
@@ -368,11 +382,12 @@ class OrderListing:
         self._started(page)
         return page
 
-    def _confirm_last(self, cursor: datetime, index: int, records: list[bytes]) -> Generator[list[bytes], None, None]:
-        """Ask for the last (short) page once more: an empty or cut-short 200 answer looks exactly
-        like the end of a listing. A second answer that differs makes the listing incomplete (what
-        it adds is read)."""
-        again = self._keyset_page(cursor, index)
+    def _confirm_last(self, again: Page, records: list[bytes]) -> Generator[list[bytes], None, None]:
+        """The last (short) page's second answer (``again``, also short): an empty or cut-short 200
+        answer looks exactly like the end of a listing. A second answer that differs makes the
+        listing incomplete (what it adds is read), unless all it adds are records of a busy store:
+        stamped after the listing started, or at most ``late`` before (a record reaching the API's
+        listing late, which the next run's lookback covers)."""
         if again.records == records:
             return
         first_ids = {record_key(r)[0] for r in records}
@@ -381,7 +396,7 @@ class OrderListing:
         # an order edited meanwhile moves to the end with an instant after the listing started: that
         # is a busy store, not a short answer; anything else that differs is
         moved_on = first_ids <= again_ids and all(
-            at is not None and self.started_at is not None and at >= self.started_at for _, _, at in added
+            at is not None and self.started_at is not None and at >= self.started_at - self._late for _, _, at in added
         )
         if not moved_on:
             self._doubtful = True
