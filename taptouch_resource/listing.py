@@ -140,7 +140,7 @@ class Paginator:
                 again = self.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
                 if len(again.records) != len(page.records):
                     if len(again.records) < count:
-                        raise TaptouchProtocolError(
+                        raise EndUnknown(
                             f"{self.what}: the last page (page {index}) held {len(page.records)} records, and "
                             f"{len(again.records)} when asked again: where the listing ends is unknown, so it is "
                             f"not taken as complete. Stopping without loading this store; the next run asks again."
@@ -163,6 +163,11 @@ class Paginator:
                 break
             index += 1
         log.debug("%s: %d pages, %d records", self.what, index + 1, records)
+
+
+class EndUnknown(TaptouchProtocolError):
+    """The last (short) page answered two different short pages: where the listing ends is unknown
+    (:meth:`Paginator.paginate` with ``confirm_end``)."""
 
 
 class _Key(msgspec.Struct):
@@ -325,7 +330,7 @@ class OrderListing:
         )
         yield from self._by_page_number(verifying=False)
         missed = yield from self._by_page_number(verifying=True)
-        self.complete = missed == 0
+        self.complete = missed == 0 and not self._doubtful
         if missed:
             log.warning(
                 "%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
@@ -440,11 +445,21 @@ class OrderListing:
         how many records older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
-        for records in self._paginator.paginate(params):
-            self._started(Page(records))
-            fresh, _, _ = self._take(records, None, verifying=verifying)
-            if fresh:
-                yield fresh
+        try:
+            # with confirm_end, each pass's last (short) page is asked for twice: an empty or cut
+            # answer in either pass looks like the end, and both passes could stop short alike
+            for records in self._paginator.paginate(params, confirm_end=self._confirm_end):
+                self._started(Page(records))
+                fresh, _, _ = self._take(records, None, verifying=verifying)
+                if fresh:
+                    yield fresh
+        except EndUnknown:
+            self._doubtful = True
+            log.warning(
+                "%s: a page-number pass's last page answered differently when asked again; what was read "
+                "is kept, and the listing is not trusted to be complete",
+                self.what,
+            )
         return self._missed
 
     # -- one page --------------------------------------------------------------------------------

@@ -293,6 +293,33 @@ def test_a_short_page_answered_differently_twice_is_not_complete():
     assert ids == set(range(1, 13)) and not listing.complete
 
 
+def test_an_unsorted_server_whose_passes_each_end_early_at_an_empty_answer_is_read_on():
+    # unsorted pages are read by page number, then once more to verify. An empty answer for page 2
+    # in the first pass and for page 1 in the second looked like the end in both: the verifying pass
+    # found nothing the first had missed, and a listing of 10 of 17 orders was called complete.
+    # Each pass's short page is asked for twice now, and a whole second answer reads on
+    fake = MovingAPI({i: i for i in range(1, 18)}, unsorted=True)
+    asked: dict[int, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        q = parse_qs(request.url.query.decode())
+        if request.url.path.endswith("/token") or "index" not in q:
+            return response
+        index = int(q["index"][-1])
+        asked[index] = asked.get(index, 0) + 1
+        if (index, asked[index]) in ((2, 1), (1, 2)):
+            body = json.loads(response.content)
+            body["data"] = []
+            return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        return response
+
+    listing = client_for(handler, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert listing.verified
+    assert (ids, listing.complete) == (set(range(1, 18)), True)
+
+
 @pytest.mark.parametrize("late, complete", [(timedelta(0), False), (timedelta(minutes=5), True)])
 def test_a_record_reaching_the_listing_late_is_a_busy_store_within_the_lookback(late, complete):
     # an order stamped 5 s before the listing started reaches the API's listing between the two

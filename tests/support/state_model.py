@@ -254,9 +254,10 @@ class World:
             self.sb.delete_order(oid)
         self.deleted: dict[int, int] = {}  # deleted at the source by the history -> when
         self.ever_deleted: set[int] = set()
-        self.restored: set[int] = set()  # re-listed at the source: visible again with an old version
+        self.restored: dict[int, int] = {}  # re-listed at the source (visible again with an old version) -> step
         self.proofs_complete: set[tuple[int, str]] = set()  # (store, window) once proven complete
         self.proof_started: dict[tuple[int, str], datetime | None] = {}  # its listing's start, as last seen
+        self.proof_step: dict[tuple[int, str], int] = {}  # the step it last changed in
         self.proof_exempt: dict[tuple[int, str], datetime] = {}  # proofs from a listing lied to twice
         self.seen_live: set[int] = set()  # returned to a successful run since the source last deleted it
         self.wh_version: dict[int, datetime] = {}
@@ -356,7 +357,7 @@ class World:
         self.sb.restore_order(oid)
         self.visible_step[oid] = self.tally.steps
         del self.deleted[oid]
-        self.restored.add(oid)
+        self.restored[oid] = self.tally.steps
         self.tally.restores += 1
 
     # ------------------------------------------------------------------ during a listing
@@ -771,41 +772,54 @@ class World:
         problems: list[str] = []
         proofs = self.conn.execute(
             'select proof_id, store_id, "window", window_start, window_end, complete, covered_from,'
-            " least(coalesce(api_started_at, listed_at), listed_at) from taptouch.listing_proofs"
+            " least(coalesce(api_started_at, listed_at), listed_at), listed_from from taptouch.listing_proofs"
         ).fetchall()
         sets: dict[int, dict[int, Decimal]] = {}
         for proof_id, oid, v in self.conn.execute(
             "select proof_id, order_id, updated_at_exact from taptouch.listing_proof_orders"
         ):
             sets.setdefault(proof_id, {})[oid] = v
-        live = [oid for oid in self.live if oid not in self.restored]
         # the same request answered falsely twice (an empty or cut page, and its confirmation, both
-        # by the fault): the client cannot tell that from the listing's end, so such a store's proof
-        # of this step is not held to the source (the reconciliation, confirmed over time, is)
+        # by the fault): the client cannot tell that from the listing's end, so the proofs of that
+        # store's windows the request reached are not held to the source in this step (the
+        # reconciliation, confirmed over time, is)
         asked: dict[tuple, int] = {}
         for page in self.step_pages:
             if page.fault in ("empty", "partial"):
                 q = (page.store_id, page.updated_from, page.updated_to, page.index)
                 asked[q] = asked.get(q, 0) + 1
-        lied_twice = {q[0] for q, n in asked.items() if n >= 2}
-        for proof_id, sid, key, w_start, w_end, complete, covered_from, started in proofs:
+        lied_twice = [q for q, n in asked.items() if n >= 2]
+        for proof_id, sid, key, w_start, w_end, complete, covered_from, started, listed_from in proofs:
             if complete:
                 self.proofs_complete.add((sid, key))
             elif (sid, key) in self.proofs_complete:
                 problems.append(f"proof of store {sid}, window {key} fell back to incomplete")
             if self.proof_started.get((sid, key)) != started:
                 self.proof_started[(sid, key)] = started
-                if sid in lied_twice:
+                self.proof_step[(sid, key)] = self.tally.steps
+                if any(
+                    q[0] == sid
+                    and (q[1] is None or q[1] < w_end.timestamp())
+                    and (q[2] is None or q[2] > w_start.timestamp())
+                    for q in lied_twice
+                ):
                     self.tally.add(self.tally.faults, "lied twice")
                     self.proof_exempt[(sid, key)] = started
             if covered_from is None or started is None or self.proof_exempt.get((sid, key)) == started:
                 continue
             lo, hi = max(w_start, covered_from), min(w_end, started)
             got = sets.get(proof_id, {})
-            for oid in live:
+            for oid in self.live:
                 if self.store_of[oid] != sid:
                     continue
                 v = exact_epoch(self.sb.order(oid)["updated_at"])
+                # re-listed at the source with an old version: the proof's latest listing must hold
+                # it if it was visible when that listing ran and lies in what it re-read
+                restored = self.restored.get(oid)
+                if restored is not None and (
+                    restored >= self.proof_step[(sid, key)] or listed_from is None or v < listed_from.timestamp()
+                ):
+                    continue
                 if lo.timestamp() <= v < hi.timestamp() and got.get(oid) != v:
                     problems.append(
                         f"proof of store {sid}, window {key} (covers {lo.isoformat()} to {hi.isoformat()}) "
