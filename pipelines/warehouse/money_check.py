@@ -7,10 +7,9 @@ of each store and business date:
 
 - :data:`MEASURES`: orders, gross (subtotal), discounts, surcharges, rounding, tax, total, tips,
   item totals, refunds, and payments per method (``payments.visa``, ...);
-- two rules on each side: a sales order's payments equal its total (the contract's "for completed
-  orders Σ payments.amount = total"; a refunded order was completed and paid first, its refunds are
-  separate records, and the sandbox keeps the rule for all three statuses), and its refunds never
-  exceed its total.
+- two rules on each side: a completed order's payments equal its total (the contract's "for
+  completed orders Σ payments.amount = total", and no more: a refunded order's payments may have
+  been adjusted by its refunds), and a sales order's refunds never exceed its total.
 
 The raw side is generated from the declarations (:mod:`.entities`: each measure names a declared
 column, whose JSON path the SQL reads from ``taptouch.orders.raw``) and reads no typed money, status
@@ -124,8 +123,8 @@ def raw_side_sql() -> sql.Composable:
         " from {lines} as l(doc) group by 1) as p) as pay"
     ).format(by=_text("l.doc", _field(entity, by)), e=_money("l.doc", _field(entity, column)), lines=_lines(name))
     return sql.SQL(
-        "select o.order_id, s.store_id, o.business_date, 1::numeric as orders, {values}, {lines}, {pay}"
-        " from _money_scope o join taptouch.orders t using (order_id)"
+        "select o.order_id, s.store_id, o.business_date, {status} as status, 1::numeric as orders, {values},"
+        " {lines}, {pay} from _money_scope o join taptouch.orders t using (order_id)"
         " cross join lateral jsonb_to_record(case when jsonb_typeof(t.raw) = 'object' then t.raw else '{{}}' end)"
         " as r({columns})"
         " cross join lateral (select case when jsonb_typeof({sid}) = 'number' and ({sid} #>> '{{}}') ~ '^-?[0-9]{{1,19}}$'"
@@ -159,7 +158,7 @@ def typed_side_sql() -> sql.Composable:
     ).format(by=sql.Identifier(by), c=sql.Identifier(column), table=_table(entity))
     values = [sql.SQL("o.{} as {}").format(sql.Identifier(c), sql.Identifier(m)) for m, c in ORDER_MEASURES]
     return sql.SQL(
-        "select o.order_id, o.store_id, o.business_date, 1::numeric as orders, {values}, {lines}, {pay}"
+        "select o.order_id, o.store_id, o.business_date, o.status, 1::numeric as orders, {values}, {lines}, {pay}"
         " from _money_scope o where o.status = any(%(sales)s)"
     ).format(values=sql.SQL(", ").join(values), lines=sql.SQL(", ").join(lines), pay=pay)
 
@@ -270,12 +269,12 @@ order by g.store_id, g.business_date, g.measure
 
 _RULES = """
 select {side} as side, order_id, store_id, business_date, total, paid, refunded from (
-    select order_id, store_id, business_date, coalesce(total, 0) as total,
+    select order_id, store_id, business_date, status, coalesce(total, 0) as total,
            coalesce((select sum(p.value::numeric) from jsonb_each_text(pay) as p), 0) as paid,
            coalesce(refunds, 0) as refunded
     from {rows}
 ) x
-where paid <> total or refunded > total
+where (paid <> total and status = 'completed') or refunded > total
 order by order_id
 """
 
@@ -435,8 +434,8 @@ def check_spec(asset_key) -> dg.AssetCheckSpec:
         asset=asset_key,
         description="Per store and business date touched by the run's windows: orders, gross, discounts, "
         "surcharges, rounding, tax, total, tips, item totals, refunds and payments per method summed from the "
-        "typed tables equal the same sums from raw, to the cent; each sales order's payments equal its total and "
-        "its refunds do not exceed it (on both sides). Fails naming the orders and the cent difference.",
+        "typed tables equal the same sums from raw, to the cent; each completed order's payments equal its total, "
+        "each sales order's refunds do not exceed it (on both sides). Fails naming the orders and the cent difference.",
     )
 
 

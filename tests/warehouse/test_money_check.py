@@ -79,10 +79,11 @@ def _an_order(conn, where: str) -> tuple[int, int, date, str]:
 
 
 def _a_one_payment_order(conn) -> tuple[int, int, date, str, Decimal]:
-    """(order id, store, business date, its payment's method, its total) of the first sales order
-    paid with exactly one payment."""
+    """(order id, store, business date, its payment's method, its total) of the first completed
+    order paid with exactly one payment."""
     oid, sid, day, _ = _an_order(
-        conn, "(select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1"
+        conn,
+        "o.status = 'completed' and (select count(*) from taptouch.order_payments p where p.order_id = o.order_id) = 1",
     )
     method, total = conn.execute(
         "select p.method, o.total from taptouch.order_payments p join taptouch.orders o using (order_id)"
@@ -342,3 +343,25 @@ def test_a_difference_in_the_count_of_orders_is_described_not_a_crash(loaded):
     described = money_check.describe_report(reconcile(conn, START, STOP))
 
     assert f"store {sid}" in described and f"{oid} (+1)" in described, described
+
+
+def test_a_refunded_order_whose_payments_the_api_adjusted_breaks_no_rule(loaded):
+    # the contract says payments equal the total for completed orders only: an API may send a
+    # refunded order's payments net of its refunds (both sides agree: nothing to report)
+    _, conn = loaded
+    oid, *_ = _an_order(conn, "o.status in ('refunded', 'partially_refunded')")
+    first = conn.execute("select min(payment_id) from taptouch.order_payments where order_id = %s", (oid,)).fetchone()[
+        0
+    ]
+    conn.execute(
+        "update taptouch.orders set raw = jsonb_set(raw, '{payments,0,amount}',"
+        " to_jsonb((raw #>> '{payments,0,amount}')::numeric - 1)) where order_id = %s",
+        (oid,),
+    )
+    conn.execute(
+        "update taptouch.order_payments set amount = amount - 1 where order_id = %s and payment_id = %s", (oid, first)
+    )
+
+    report = reconcile(conn, START, STOP)
+
+    assert report.differences == [] and report.rule_breaks == []
