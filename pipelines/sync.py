@@ -777,6 +777,42 @@ def _listed_again(
     return again
 
 
+def _store_inventory(
+    client: TaptouchClient,
+    conn: psycopg.Connection,
+    store_id: int,
+    *,
+    snapshot_date: date,
+    run_id: str | None,
+    now: datetime,
+    confirm_s: int | None,
+) -> tuple[list[bytes], LoadCounts]:
+    """One store's inventory listed (twice when the first misses held products) and loaded; listed
+    afresh once when an overlapping newer listing superseded it and lacks some of its products.
+    Returns (the records, the load's counts)."""
+    for attempt in (1, 2):
+        # the database's clock before the listing: which listing is the store's newest
+        listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
+        again = _listed_again(client, conn, store_id, records)
+        records += again or []
+        counts = load_inventory(
+            conn,
+            store_id,
+            records,
+            snapshot_date=snapshot_date,
+            run_id=run_id,
+            now=now,
+            # listed twice: what both passes miss is gone (an empty store, most products delisted:
+            # two listings agree, no wait for a later one)
+            confirm_s=0 if again is not None else confirm_s,
+            listed_since=listed_since,
+        )
+        if attempt == 2 or not _superseded_with_news(conn, store_id, records, listed_since):
+            break
+    return records, counts
+
+
 def sync_inventory(
     client: TaptouchClient,
     conn: psycopg.Connection,
@@ -807,26 +843,9 @@ def sync_inventory(
             now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
         )
         try:
-            for attempt in (1, 2):
-                # the database's clock before the listing: which listing is the store's newest
-                listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
-                records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-                again = _listed_again(client, conn, store_id, records)
-                records += again or []
-                counts = load_inventory(
-                    conn,
-                    store_id,
-                    records,
-                    snapshot_date=snapshot_date,
-                    run_id=run_id,
-                    now=now,
-                    # listed twice: what both passes miss is gone (an empty store, most products
-                    # delisted: two listings agree, no wait for a later one)
-                    confirm_s=0 if again is not None else confirm_s,
-                    listed_since=listed_since,
-                )
-                if attempt == 2 or not _superseded_with_news(conn, store_id, records, listed_since):
-                    break
+            records, counts = _store_inventory(
+                client, conn, store_id, snapshot_date=snapshot_date, run_id=run_id, now=now, confirm_s=confirm_s
+            )
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)

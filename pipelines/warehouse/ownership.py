@@ -108,16 +108,22 @@ def move_store(conn: psycopg.Connection, store_id: int, account: str) -> dict[st
                 (account, store_id, account),
             )
             changed[table] = cur.rowcount
-        # the sales aggregates are grouped by account: rows of the old account updated in place would
-        # sit beside the new account's (a run of the old account that merged after an earlier move),
-        # two rows of one group; the store's are recomputed from its orders instead
-        cur.execute(
-            "select exists (select 1 from taptouch.sales_days where store_id = %s and account <> %s)",
-            (store_id, account),
-        )
-        if first_value(cur):
-            aggregates.refresh_store_days(cur, [store_id])
-            changed["sales_days"] = first_value(
-                cur.execute("select count(*) from taptouch.sales_days where store_id = %s", (store_id,))
-            )
+        _recompute_sales(cur, store_id, account, changed)
     return changed
+
+
+def _recompute_sales(cur: psycopg.Cursor, store_id: int, account: str, changed: dict[str, int]) -> None:
+    """The sales aggregates are grouped by account: rows of the old account updated in place would
+    sit beside the new account's (a run of the old account that merged after an earlier move), two
+    rows of one group; the store's are recomputed from its moved orders instead (under the orders
+    merge lock the caller holds). ``changed["sales_days"]``: the store-days, when any moved."""
+    from . import aggregates
+
+    cur.execute(
+        "select exists (select 1 from taptouch.sales_days where store_id = %s and account <> %s)", (store_id, account)
+    )
+    if first_value(cur):
+        aggregates.refresh_store_days(cur, [store_id])
+        changed["sales_days"] = first_value(
+            cur.execute("select count(*) from taptouch.sales_days where store_id = %s", (store_id,))
+        )
