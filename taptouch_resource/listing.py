@@ -143,7 +143,9 @@ class Paginator:
                         raise EndUnknown(
                             f"{self.what}: the last page (page {index}) held {len(page.records)} records, and "
                             f"{len(again.records)} when asked again: where the listing ends is unknown, so it is "
-                            f"not taken as complete. Stopping without loading this store; the next run asks again."
+                            f"not taken as complete. Stopping without loading this store; the next run asks again.",
+                            first=page.records,
+                            again=again.records,
                         )
                     log.warning(
                         "%s: page %d held %d records, and a full page when asked again; reading on",
@@ -167,7 +169,12 @@ class Paginator:
 
 class EndUnknown(TaptouchProtocolError):
     """The last (short) page answered two different short pages: where the listing ends is unknown
-    (:meth:`Paginator.paginate` with ``confirm_end``)."""
+    (:meth:`Paginator.paginate` with ``confirm_end``). ``first``, ``again``: the two answers' records
+    (neither was yielded)."""
+
+    def __init__(self, message: str, *, first: list[bytes] | None = None, again: list[bytes] | None = None):
+        super().__init__(message)
+        self.first, self.again = list(first or []), list(again or [])
 
 
 class _Key(msgspec.Struct):
@@ -395,15 +402,7 @@ class OrderListing:
         listing late, which the next run's lookback covers)."""
         if again.records == records:
             return
-        first_ids = {record_key(r)[0] for r in records}
-        again_ids = {record_key(r)[0] for r in again.records}
-        added = [record_key(r) for r in again.records if r not in records]
-        # an order edited meanwhile moves to the end with an instant after the listing started: that
-        # is a busy store, not a short answer; anything else that differs is
-        moved_on = first_ids <= again_ids and all(
-            at is not None and self.started_at is not None and at >= self.started_at - self._late for _, _, at in added
-        )
-        if not moved_on:
+        if not self._moved_on(records, again.records):
             self._doubtful = True
             log.warning(
                 "%s: the last page answered differently when asked again (%d then %d records); the "
@@ -416,6 +415,18 @@ class OrderListing:
         if fresh:
             yield fresh
 
+    def _moved_on(self, first: list[bytes], again: list[bytes]) -> bool:
+        """Whether a last page's second answer differs from its first only as a busy store's does:
+        every id of the first is in it, and all it adds is stamped after the listing started (an
+        order edited meanwhile moves to the end), or at most ``late`` before (a record reaching the
+        listing late). Anything else that differs is an answer cut short."""
+        first_ids = {record_key(r)[0] for r in first}
+        again_ids = {record_key(r)[0] for r in again}
+        added = [record_key(r) for r in again if r not in first]
+        return first_ids <= again_ids and all(
+            at is not None and self.started_at is not None and at >= self.started_at - self._late for _, _, at in added
+        )
+
     def _one_second(self, second: datetime) -> Generator[list[bytes], None, int]:
         """Every record in ``[second, second + 1 s)``, where a whole page did not move the cursor (a
         page or more of records at one instant, or a server that compares ``updated_from`` at whole
@@ -424,15 +435,42 @@ class OrderListing:
         cannot read so narrow a range)."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(second), api.PARAM_UPDATED_TO: iso(second + _GRAIN)}
         served = 0
-        for _ in range(2):
-            for records in self._paginator.paginate(params):
+        for read in range(2):
+            for records in self._numbered(params, final=read == 1):
                 self._bound()
-                self._started(Page(records))
                 served += len(records)
                 fresh, _, _ = self._take(records, None)
                 if fresh:
                     yield fresh
         return served
+
+    def _numbered(self, params: Params, *, final: bool) -> Iterator[list[bytes]]:
+        """The pages of ``params`` by page number (:meth:`Paginator.paginate`), each counted. With
+        ``confirm_end`` each read's last (short) page is asked for twice: an empty or cut answer
+        looks like the end, and two reads of a range could each stop short at another page. Two
+        short answers of different sizes end the read, and both answers' records are read. The
+        second read of the range (``final``) then leaves the listing doubtful unless its second
+        answer only adds a busy store's records (:meth:`_moved_on`); the first read's is checked by
+        the second (on an unsorted server a new record shifts the pages, so a first read's last page
+        may well answer differently)."""
+        try:
+            for records in self._paginator.paginate(params, confirm_end=self._confirm_end):
+                self._started(Page(records))
+                yield records
+        except EndUnknown as exc:
+            self._started(Page(exc.first))
+            self._started(Page(exc.again))
+            held = set(exc.first)
+            yield exc.first + [r for r in exc.again if r not in held]
+            if final and not self._moved_on(exc.first, exc.again):
+                self._doubtful = True
+                log.warning(
+                    "%s: a page-number read's last page answered %d then %d records; what both held is read, "
+                    "and the listing is not trusted to be complete",
+                    self.what,
+                    len(exc.first),
+                    len(exc.again),
+                )
 
     def _bound(self) -> None:
         if self.pages >= self._max_pages:
@@ -445,21 +483,10 @@ class OrderListing:
         how many records older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
-        try:
-            # with confirm_end, each pass's last (short) page is asked for twice: an empty or cut
-            # answer in either pass looks like the end, and both passes could stop short alike
-            for records in self._paginator.paginate(params, confirm_end=self._confirm_end):
-                self._started(Page(records))
-                fresh, _, _ = self._take(records, None, verifying=verifying)
-                if fresh:
-                    yield fresh
-        except EndUnknown:
-            self._doubtful = True
-            log.warning(
-                "%s: a page-number pass's last page answered differently when asked again; what was read "
-                "is kept, and the listing is not trusted to be complete",
-                self.what,
-            )
+        for records in self._numbered(params, final=verifying):
+            fresh, _, _ = self._take(records, None, verifying=verifying)
+            if fresh:
+                yield fresh
         return self._missed
 
     # -- one page --------------------------------------------------------------------------------

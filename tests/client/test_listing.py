@@ -430,3 +430,97 @@ def test_a_page_of_records_within_one_second_on_a_whole_seconds_server():
 @pytest.mark.parametrize("timestamp", [10**400, "1e400", 1, 0.5, 253402300798, "nan", -1])
 def test_an_absurd_api_clock_is_not_believed(timestamp):
     assert api_clock(timestamp) is None
+
+
+def _query(request: httpx.Request) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(request.url.query.decode()).items()}
+
+
+def _answer(response: httpx.Response, data: list) -> httpx.Response:
+    body = json.loads(response.content)
+    body["data"] = data
+    return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+def test_a_crowded_second_whose_two_reads_each_end_early_at_an_empty_answer_is_read_on():
+    # 12 orders at one instant (more than a page) are read alone by page number, twice; an empty
+    # answer at page 1 of the first read and page 2 of the second ended each early: orders never
+    # served, yet the listing was complete and its mark passed them
+    fake = MovingAPI({i: 10 for i in range(1, 13)} | {20: 11, 21: 12})
+    narrow: dict[int, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        if request.url.path.endswith("/token"):
+            return response
+        q = _query(request)
+        if parse_instant(q["updated_to"]) - parse_instant(q["updated_from"]) <= timedelta(seconds=1):
+            index = int(q["index"])
+            narrow[index] = narrow.get(index, 0) + 1
+            if (index, narrow[index]) in ((1, 1), (2, 1)):
+                return _answer(response, [])
+        return response
+
+    listing = client_for(handler, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert (ids, listing.complete) == (set(range(1, 13)) | {20, 21}, True)
+
+
+def test_two_short_answers_of_a_page_number_read_are_both_read():
+    # an unsorted server's last page (2 records) answered cut to 1, then whole, in both passes; the
+    # verifying pass's second answer also holds an order created since the listing started. Both
+    # answers' records are read (neither was), and the listing is not complete (the verifying
+    # pass's answers differ by more than a busy store's)
+    started = T1 - timedelta(hours=1)
+    fake = MovingAPI({i: i for i in range(1, 18)}, unsorted=True)
+    fake.timestamp = int(started.timestamp())
+    asks = [0]
+    new = {"id": 500, "updated_at": (started + timedelta(seconds=30)).isoformat()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        if request.url.path.endswith("/token"):
+            return response
+        q = _query(request)
+        data = json.loads(response.content)["data"]
+        if q["updated_from"] == T0.isoformat() and q["index"] == "3":
+            asks[0] += 1
+            if asks[0] in (1, 3):
+                return _answer(response, data[:1])
+            if asks[0] == 4:
+                return _answer(response, data + [new])
+        return response
+
+    client = client_for(handler, 5, clock=lambda: started.timestamp())
+    listing = client.iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert listing.verified and not listing.complete
+    assert ids == set(range(1, 18)) | {500}
+
+
+def test_an_unsorted_busy_store_whose_first_pass_ends_differently_is_complete():
+    # an order created after the listing started lands between the two answers of the first
+    # pass's last page (the pages of an unsorted server shift): the verifying pass reads the range
+    # again and finds nothing older than the start missed, so the listing is complete
+    started = T1 - timedelta(hours=1)
+    fake = MovingAPI({i: i for i in range(1, 18)}, unsorted=True)
+    fake.timestamp = int(started.timestamp())
+    asks = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        if request.url.path.endswith("/token"):
+            return response
+        data = json.loads(response.content)["data"]
+        if _query(request)["updated_from"] == T0.isoformat() and 0 < len(data) < 5:
+            asks[0] += 1
+            if asks[0] == 1:
+                fake.orders[500] = int((started - T0).total_seconds()) + 30
+        return response
+
+    client = client_for(handler, 5, clock=lambda: started.timestamp())
+    listing = client.iter_order_record_pages(
+        7101, updated_from=T0, updated_to=T1, confirm_end=True, late=timedelta(minutes=5)
+    )
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert listing.verified and set(range(1, 18)) <= ids and listing.complete
