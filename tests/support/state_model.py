@@ -256,7 +256,7 @@ class World:
         self.ever_deleted: set[int] = set()
         self.restored: dict[int, int] = {}  # re-listed at the source (visible again with an old version) -> step
         self.proofs_complete: set[tuple[int, str]] = set()  # (store, window) once proven complete
-        self.proof_started: dict[tuple[int, str], datetime | None] = {}  # its listing's start, as last seen
+        self.proof_started: dict[tuple[int, str], datetime | None] = {}  # when it was last written, as last seen
         self.proof_step: dict[tuple[int, str], int] = {}  # the step it last changed in
         self.proof_exempt: dict[tuple[int, str], datetime] = {}  # proofs from a listing lied to twice
         self.seen_live: set[int] = set()  # returned to a successful run since the source last deleted it
@@ -772,7 +772,7 @@ class World:
         problems: list[str] = []
         proofs = self.conn.execute(
             'select proof_id, store_id, "window", window_start, window_end, complete, covered_from,'
-            " least(coalesce(api_started_at, listed_at), listed_at), listed_from from taptouch.listing_proofs"
+            " least(coalesce(api_started_at, listed_at), listed_at), listed_from, proved_at from taptouch.listing_proofs"
         ).fetchall()
         sets: dict[int, dict[int, Decimal]] = {}
         for proof_id, oid, v in self.conn.execute(
@@ -789,13 +789,13 @@ class World:
                 q = (page.store_id, page.updated_from, page.updated_to, page.index)
                 asked[q] = asked.get(q, 0) + 1
         lied_twice = [q for q, n in asked.items() if n >= 2]
-        for proof_id, sid, key, w_start, w_end, complete, covered_from, started, listed_from in proofs:
+        for proof_id, sid, key, w_start, w_end, complete, covered_from, started, listed_from, proved_at in proofs:
             if complete:
                 self.proofs_complete.add((sid, key))
             elif (sid, key) in self.proofs_complete:
                 problems.append(f"proof of store {sid}, window {key} fell back to incomplete")
-            if self.proof_started.get((sid, key)) != started:
-                self.proof_started[(sid, key)] = started
+            if self.proof_started.get((sid, key)) != proved_at:  # written in this step (the clock may stand still)
+                self.proof_started[(sid, key)] = proved_at
                 self.proof_step[(sid, key)] = self.tally.steps
                 if any(
                     q[0] == sid
@@ -804,8 +804,8 @@ class World:
                     for q in lied_twice
                 ):
                     self.tally.add(self.tally.faults, "lied twice")
-                    self.proof_exempt[(sid, key)] = started
-            if covered_from is None or started is None or self.proof_exempt.get((sid, key)) == started:
+                    self.proof_exempt[(sid, key)] = proved_at
+            if covered_from is None or started is None or self.proof_exempt.get((sid, key)) == proved_at:
                 continue
             lo, hi = max(w_start, covered_from), min(w_end, started)
             got = sets.get(proof_id, {})
@@ -829,11 +829,13 @@ class World:
         # reconciliation's to judge: until then the warehouse holds an order a listing no longer returns)
         never_deleted = set(self.live) - self.ever_deleted
         keys = sorted({p[2] for p in proofs})
+        written = {(p[1], p[2]): p[-1] for p in proofs}
         for problem in proof_checks.window_problems(self.conn, keys, self.store_ids):
             named = {int(m) for m in re.findall(r"(\d+) v", problem.detail.split(": ", 2)[-1])}
             if (
                 problem.kind != "unproven"
-                and self.proof_exempt.get((problem.store_id, problem.window)) is None
+                and self.proof_exempt.get((problem.store_id, problem.window))
+                != written.get((problem.store_id, problem.window))
                 and named & never_deleted
             ):
                 problems.append(f"orders_proven: {problem}")
