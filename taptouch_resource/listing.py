@@ -125,7 +125,8 @@ class Paginator:
         answer that the first did not hold byte for byte are yielded too (a record changed between
         the two comes in both versions): a 200 answer cut short looks exactly like the end, so a
         second answer that is a full page means the first was cut, and the listing goes on. Two
-        short answers of different sizes leave the end unknown: TaptouchProtocolError."""
+        short answers of different sizes leave the end unknown: :class:`EndUnknown` (a
+        TaptouchProtocolError carrying both answers' records)."""
         count = self.page_size
         guard = RepeatGuard(self.what)
         records = index = 0
@@ -269,9 +270,12 @@ class OrderListing:
     - ``verified``: True when the keyset pass had to be checked by a second pass.
     - ``pages``, ``records``: answers read, records yielded (duplicates dropped).
 
-    ``confirm_end``: ask for the last (short) page twice; an empty or cut-short 200 answer looks
-    exactly like the end of a listing, and a second answer that differs makes it incomplete. One
-    more request per listing: for listings that may prove deletions (the reconciliation).
+    ``confirm_end``: ask for the last (short) page twice (in every read of a range); an empty or
+    cut-short 200 answer looks exactly like the end of a listing. A second answer that is a whole
+    page means the first was cut, and the listing reads on; one that differs otherwise makes it
+    incomplete, unless it only adds a busy store's records (stamped after the listing started, or
+    at most ``late`` before). One more request per read: for listings that prove windows or
+    deletions (every orders load, the reconciliation).
 
     ``paginator``: the listing's page rules; its :meth:`Paginator.page` reads each keyset page, its
     :meth:`Paginator.paginate` the page-number passes. ``params``: the query besides the range.
