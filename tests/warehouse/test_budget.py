@@ -216,6 +216,14 @@ def test_in_process_limiter_pauses_every_thread_after_a_429():
 # Every wait is bounded, an absurd row heals itself, and a stopping run's waits end.
 
 
+class Waited(Exception):
+    """A budget's wait, raised instead of slept (the seconds it would wait)."""
+
+
+def must_wait(seconds: float) -> None:
+    raise Waited(seconds)
+
+
 def _row(db_url: str, client_id: str) -> dict:
     with psycopg.connect(db_url, autocommit=True) as conn:
         cur = conn.execute(
@@ -637,12 +645,6 @@ def test_processes_at_different_rates_share_a_client_ids_queue(migrated_db, capl
     queues slots 20 s apart, 80 s ahead at most; the fast one then waits behind them, and the row is
     no wrong row to reset (its last writer's interval is 20 s, not 1)."""
 
-    class Waited(Exception):
-        pass
-
-    def must_wait(seconds: float) -> None:
-        raise Waited(seconds)
-
     slow = SharedBudget(migrated_db, "mixed", 0.05, sleep=lambda s: None)
     for _ in range(4):
         slow.acquire()
@@ -659,12 +661,6 @@ def test_a_request_that_gets_no_slot_leaves_the_rows_rate_to_its_last_writer(mig
     """The fast process's request that waits without a slot must not make the row its own (1/s):
     the next fast request would then take the slow process's 80 s queue for a wrong row and reset it
     to now, bunching the slots the slow one holds."""
-
-    class Waited(Exception):
-        pass
-
-    def must_wait(seconds: float) -> None:
-        raise Waited(seconds)
 
     slow = SharedBudget(migrated_db, "mixed-again", 0.05, sleep=lambda s: None)
     for _ in range(4):

@@ -93,6 +93,21 @@ def _a_one_payment_order(conn) -> tuple[int, int, date, str, Decimal]:
     return oid, sid, day, method, total
 
 
+def _pay_one_less_on_both_sides(conn, oid: int) -> None:
+    """The order's first payment 1.00 lower in raw and in its typed row alike (as the API sent it)."""
+    first = conn.execute("select min(payment_id) from taptouch.order_payments where order_id = %s", (oid,)).fetchone()[
+        0
+    ]
+    conn.execute(
+        "update taptouch.orders set raw = jsonb_set(raw, '{payments,0,amount}',"
+        " to_jsonb((raw #>> '{payments,0,amount}')::numeric - 1)) where order_id = %s",
+        (oid,),
+    )
+    conn.execute(
+        "update taptouch.order_payments set amount = amount - 1 where order_id = %s and payment_id = %s", (oid, first)
+    )
+
+
 def test_a_clean_load_reconciles_and_both_sides_equal_the_sandboxs_sums(loaded):
     sb, conn = loaded
     want = money_truth(sb)
@@ -198,18 +213,7 @@ def test_corrupted_raw_is_found_and_a_full_reload_of_the_order_repairs_it(loaded
 def test_a_sales_order_paid_short_on_both_sides_is_listed_on_both(loaded):
     _, conn = loaded
     oid, *_ = _an_order(conn, "o.status = 'completed'")
-    first = conn.execute("select min(payment_id) from taptouch.order_payments where order_id = %s", (oid,)).fetchone()[
-        0
-    ]
-    # the API sent it so: raw and the typed row agree, the order does not add up
-    conn.execute(
-        "update taptouch.orders set raw = jsonb_set(raw, '{payments,0,amount}',"
-        " to_jsonb((raw #>> '{payments,0,amount}')::numeric - 1)) where order_id = %s",
-        (oid,),
-    )
-    conn.execute(
-        "update taptouch.order_payments set amount = amount - 1 where order_id = %s and payment_id = %s", (oid, first)
-    )
+    _pay_one_less_on_both_sides(conn, oid)  # the API sent it so: raw and the typed row agree
 
     report = reconcile(conn, START, STOP)
 
@@ -350,17 +354,7 @@ def test_a_refunded_order_whose_payments_the_api_adjusted_breaks_no_rule(loaded)
     # refunded order's payments net of its refunds (both sides agree: nothing to report)
     _, conn = loaded
     oid, *_ = _an_order(conn, "o.status in ('refunded', 'partially_refunded')")
-    first = conn.execute("select min(payment_id) from taptouch.order_payments where order_id = %s", (oid,)).fetchone()[
-        0
-    ]
-    conn.execute(
-        "update taptouch.orders set raw = jsonb_set(raw, '{payments,0,amount}',"
-        " to_jsonb((raw #>> '{payments,0,amount}')::numeric - 1)) where order_id = %s",
-        (oid,),
-    )
-    conn.execute(
-        "update taptouch.order_payments set amount = amount - 1 where order_id = %s and payment_id = %s", (oid, first)
-    )
+    _pay_one_less_on_both_sides(conn, oid)
 
     report = reconcile(conn, START, STOP)
 
