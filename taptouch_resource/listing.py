@@ -380,6 +380,10 @@ class OrderListing:
                 return True
             last = max(instants, default=None)
             if last is not None and last > cursor:
+                if index == 0:
+                    held = yield from self._jump_holds(page.records, cursor, last)
+                    if not held:
+                        return False
                 cursor, index, guard = last, 0, RepeatGuard(self.what)
             elif last is not None:  # a whole page that does not move the cursor: read its second alone
                 second = cursor.replace(microsecond=0)
@@ -389,6 +393,42 @@ class OrderListing:
                 cursor, index, guard = second + _GRAIN, 0, RepeatGuard(self.what)
             else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
                 index, self._doubtful = index + 1, True
+
+    def _jump_holds(self, records: list[bytes], cursor: datetime, last: datetime) -> Generator[list[bytes], None, bool]:
+        """Whether ``[cursor, last)``, which the cursor is about to jump over, holds only what the
+        whole page ``records`` (read at ``cursor``, index 0) held. A page in ``updated_at`` order
+        proves nothing about the pages after it: a server sorted by id or by creation serves an
+        order edited late at the end of a page that looks in order, and the cursor would jump over
+        later pages' earlier records. So that range is asked for once more, past what the page held
+        below ``last`` (pages of that many from page 1: one more request per whole page, an empty
+        answer from a server in order). A record the page did not hold, stamped before the listing
+        started (less ``late``): the server's order cannot be trusted (False: the page-number
+        passes). Later ones are a busy store's (read here, and the next page of the range asked
+        for while the answer is whole)."""
+        below = sum(1 for r in records if (at := record_key(r)[2]) is not None and at < last)
+        count, index = (below, 1) if below else (1, 0)
+        held = {record_key(r)[0] for r in records}
+        while True:
+            self._bound()
+            params = {**self._params, api.PARAM_UPDATED_FROM: iso(cursor), api.PARAM_UPDATED_TO: iso(last)}
+            probe = self._paginator.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
+            self._started(probe)
+            others = [r for r in probe.records if record_key(r)[0] not in held]
+            if others and not self._moved_on([], others):
+                log.warning(
+                    "%s: the range the listing's cursor was about to jump over holds %d record(s) its page "
+                    "did not: the API's pages are not in updated_at order",
+                    self.what,
+                    len(others),
+                )
+                return False
+            fresh, _, _ = self._take(others, None)
+            if fresh:
+                yield fresh
+            if len(probe.records) < count or not others:  # the end of the range, or a server ignoring index
+                return True
+            held.update(record_key(r)[0] for r in others)
+            index += 1
 
     def _keyset_page(self, cursor: datetime, index: int) -> Page:
         self._bound()

@@ -68,7 +68,8 @@ class OrdersPage:
     """One orders page as it reached the client (what :attr:`Sandbox.on_page` receives).
 
     ``ids`` are the order ids served, in served order, after any fault shaped the page;
-    ``fault`` names that fault ("empty", "partial" or "unsorted"), None for a faithful page.
+    ``fault`` names that fault ("empty", "partial" or "unsorted"), None for a faithful page (and for
+    a page of a listing sorted by id: its order is the whole listing's, not a page's fault).
     ``updated_from``/``updated_to`` are the request's bounds in epoch seconds (None if absent);
     ``timestamp`` is the envelope's ``status.timestamp`` (the API's clock, skew included)."""
 
@@ -700,6 +701,8 @@ class Sandbox(_Serving):
             data = entry[1]
         else:
             ids = self._data.window_ids(store.id, f, t, statuses)
+            if self.faults.sorted_by_id:
+                ids = sorted(ids)
             start, stop = self._slice(index, count)
             page_ids, fault = self._listing_faults(store, index, list(ids[start:stop]))
             texts = self._order_texts(page_ids)
@@ -721,6 +724,7 @@ class Sandbox(_Serving):
             f.ignore_index
             or f.duplicate_page_boundary
             or f.unsorted_pages
+            or f.sorted_by_id
             or f.extra_fields
             or f.empty_orders_every > 0
             or f.partial_orders_every > 0

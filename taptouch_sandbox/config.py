@@ -81,6 +81,9 @@ class Faults:
     empty_orders_every: int = 0  # every Nth orders request: HTTP 200 with "data": [] (looks like the end)
     partial_orders_every: int = 0  # every Nth orders request: its page cut to half (short: looks like the end)
     unsorted_pages: bool = False  # records of every orders page in a shuffled order (the contract promises none)
+    # orders listings sorted by id alone, not by (updated_at, id): each page looks in order until an
+    # order edited after later ones were created ends it
+    sorted_by_id: bool = False
     clock_skew: float = 0.0  # seconds added to the API's clock (status.timestamp) but not to record instants
     # The next N orders pages served full (more may follow) each get their first record edited right
     # after serving, as a merchant's edit while the listing runs: updated_at = max(clock, previous + 1 s).

@@ -27,11 +27,12 @@ def at(seconds: int) -> str:
 
 class MovingAPI:
     """A store's order listing over mutable data: [updated_from, updated_to) by updated_at, sorted by
-    (updated_at, id) unless ``unsorted``; ``after_page(n)`` runs after the n-th orders page is served."""
+    (updated_at, id) unless ``unsorted`` (shuffled) or ``by_id`` (by id alone, as a server sorting by
+    id or creation does); ``after_page(n)`` runs after the n-th orders page is served."""
 
-    def __init__(self, orders: dict[int, int], *, unsorted: bool = False):
+    def __init__(self, orders: dict[int, int], *, unsorted: bool = False, by_id: bool = False):
         self.orders = dict(orders)  # id -> seconds after T0
-        self.unsorted = unsorted
+        self.unsorted, self.by_id = unsorted, by_id
         self.after_page = lambda n: None
         self.pages = 0
         self.timestamp: object = NOW
@@ -45,6 +46,8 @@ class MovingAPI:
         rows = [(u, oid) for u, oid in rows if lo <= u < hi]
         if self.unsorted:
             rows.sort(key=lambda r: (r[1] * 7919) % 1009)
+        if self.by_id:
+            rows.sort(key=lambda r: r[1])
         index, count = int(q.get("index", 0)), int(q["count"])
         page = rows[index * count : (index + 1) * count]
         body = {
@@ -71,8 +74,8 @@ def client_for(handler, page_size: int = 5, **kw) -> TaptouchClient:
     )
 
 
-def read(fake: MovingAPI, page_size: int = 5):
-    listing = client_for(fake, page_size).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+def read(fake: MovingAPI, page_size: int = 5, late: timedelta = timedelta(0)):
+    listing = client_for(fake, page_size).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, late=late)
     ids = [json.loads(r)["id"] for page in listing for r in page]
     return listing, ids
 
@@ -159,6 +162,39 @@ def test_unsorted_pages_trigger_a_verifying_pass():
     assert listing.verified and listing.complete
 
 
+def test_a_server_sorted_by_id_whose_pages_look_in_order_skips_nothing():
+    # a server sorting by id (the contract promises updated_at order, but correctness must not
+    # depend on it): order 5 was edited last, so page 0 (ids 1-5) looks in order and ends at its
+    # edit. Before, the cursor jumped there and ids 6-12, stamped earlier, were never asked for,
+    # while the listing said it was complete. The range the cursor jumps over is now asked for once
+    # more; it holds orders page 0 did not, so the range is read by page number and verified
+    fake = MovingAPI({i: i for i in range(1, 13)} | {5: 100}, by_id=True)
+    listing, ids = read(fake)
+    assert set(ids) == set(range(1, 13))
+    assert listing.verified and listing.complete
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_listing_called_complete_holds_every_order_whatever_the_servers_order(seed):
+    """Random orders, some edited before the listing and more while it runs, on servers sorted by
+    (updated_at, id), by id alone, or shuffled: a listing that says it is complete read every order
+    that stayed in the range the whole time; without edits during it, it is complete."""
+    rng = random.Random(seed)
+    for _ in range(60):
+        n = rng.randint(0, 30)
+        orders = {i: i + rng.choice([0, 0, 0, rng.randint(0, 60)]) for i in range(1, n + 1)}
+        order = rng.choice(["updated", "id", "shuffled"])
+        fake = MovingAPI(orders, by_id=order == "id", unsorted=order == "shuffled")
+        untouched = set(orders)
+        moving = rng.random() < 0.5
+        if moving:
+            fake.after_page = random_chaos(fake, rng, untouched)
+        listing, ids = read(fake, page_size=rng.randint(3, 6))
+        assert not moving and listing.complete or moving
+        if listing.complete:
+            assert untouched <= set(ids), (order, orders)
+
+
 def test_unsorted_pages_with_a_skip_are_not_complete():
     # unsorted pages, and while the range is read by page number an old order appears at the front
     # (a late replica): that pass has already read the front, so only the verifying pass finds it,
@@ -222,7 +258,9 @@ def test_random_edits_and_deletions_during_a_listing_lose_nothing():
         fake = MovingAPI(orders)
         untouched = set(orders)
         fake.after_page = random_chaos(fake, rng, untouched)
-        listing, ids = read(fake, page_size=rng.randint(3, 6))
+        # the chaos's new orders are stamped in the range already read: records reaching the
+        # listing late, which ``late`` (a run's lookback) covers
+        listing, ids = read(fake, page_size=rng.randint(3, 6), late=timedelta(days=2))
         assert untouched <= set(ids)
         assert listing.complete
 
@@ -236,7 +274,7 @@ def test_an_empty_answer_that_looks_like_the_end_is_caught_when_asked_twice():
     answers = [0]
 
     def flaky(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/token"):
+        if request.url.path.endswith("/token") or _probe(request):
             return real(request)
         answers[0] += 1
         response = real(request)
@@ -258,6 +296,12 @@ def test_an_empty_answer_that_looks_like_the_end_is_caught_when_asked_twice():
     assert {json.loads(r)["id"] for page in steady for r in page} == set(range(1, 13)) and steady.complete
 
 
+def _probe(request: httpx.Request) -> bool:
+    """Whether an orders request asks for the range a listing's cursor is about to jump over (not
+    the listing's own range, ending at T1)."""
+    return parse_instant(parse_qs(request.url.query.decode())["updated_to"][-1]) != T1
+
+
 def _answers(fake: MovingAPI, shape: Callable[[int, list], list]) -> Callable[[httpx.Request], httpx.Response]:
     """The fake API with each orders answer's records reshaped: ``shape(n, records)`` for the n-th."""
     answers = [0]
@@ -265,6 +309,8 @@ def _answers(fake: MovingAPI, shape: Callable[[int, list], list]) -> Callable[[h
     def handler(request: httpx.Request) -> httpx.Response:
         response = fake(request)
         if request.url.path.endswith("/token"):
+            return response
+        if _probe(request):
             return response
         answers[0] += 1
         body = json.loads(response.content)
@@ -330,7 +376,7 @@ def test_a_record_reaching_the_listing_late_is_a_busy_store_within_the_lookback(
     fake.timestamp = int(started.timestamp())
 
     def arrive(n: int) -> None:
-        if n == 2:
+        if n == 3:  # page 0, the range its cursor jumps over, then the last page's first answer
             fake.orders[99] = int((started - T0).total_seconds()) - 5
 
     fake.after_page = arrive

@@ -78,8 +78,9 @@ def test_unchanged_rerun_asks_one_page_per_store_twice_and_an_edit_after_the_mar
     first, requests = run(busy, migrated_db)
     pages_per_store = {sid: len(in_window(busy, sid)) // PAGE + 1 for sid in busy.store_ids()}
     assert min(pages_per_store.values()) >= 3  # a busy day: several pages per store
-    # the first run has no mark: the whole window, and its last (short) page asked for twice
-    assert requests == {sid: n + 1 for sid, n in pages_per_store.items()}
+    # the first run has no mark: the whole window, each whole page's range behind the cursor asked
+    # for once more (an empty answer), and its last (short) page asked for twice
+    assert requests == {sid: 2 * n for sid, n in pages_per_store.items()}
     assert first["inserted"] == sum(len(in_window(busy, sid)) for sid in busy.store_ids())
     assert first["incremental_stores"] == 0 and first["pages_skipped"] == 0
 
@@ -111,7 +112,7 @@ def test_a_record_later_than_the_lookback_is_caught_by_the_full_refresh(busy, mi
 
     full, requests = run(busy, migrated_db, tags={FULL_REFRESH_TAG: "true"})
     assert full["full_refresh"] is True and full["incremental_stores"] == 0
-    assert requests[store] == len(in_window(busy, store)) // PAGE + 2
+    assert requests[store] == 2 * (len(in_window(busy, store)) // PAGE + 1)  # pages, probes, the last again
     assert full["updated"] == 1
     assert version(migrated_db, oldest["id"]) == (late_at, "voided")
 
@@ -127,3 +128,28 @@ def test_full_refresh_from_run_config_and_the_lookback_setting(busy, migrated_db
     for bad in ("soon", "-5", "2d", "100000"):
         with pytest.raises(ValueError, match="TAPTOUCH_LOOKBACK"):
             lookback(bad)
+
+
+def test_a_server_sorted_by_id_loses_no_order_behind_an_edit_that_ends_a_page(busy, migrated_db):
+    # the contract promises (updated_at, id) order, and that correctness does not depend on it. A
+    # server sorted by id: the day's first 100 ids were edited in id order, the 100th last of all
+    # (refunded in the window's last second), so page 0 looks in order and ends at that refund.
+    # Before, the listing's cursor jumped there and the store's other orders of the day were never
+    # asked for, while the window was proven complete
+    busy.faults.sorted_by_id = True
+    store = busy.store_ids()[0]
+    by_id = sorted(o["id"] for o in in_window(busy, store))
+    for i, oid in enumerate(by_id[: PAGE - 1]):
+        busy.edit_order(oid, updated_at=START + timedelta(seconds=i))
+    busy.edit_order(by_id[PAGE - 1], status="refunded", updated_at=END - timedelta(seconds=1))
+    md, requests = run(busy, migrated_db)
+    want = {o["id"]: o["updated_at"] for sid in busy.store_ids() for o in in_window(busy, sid)}
+    with psycopg.connect(migrated_db) as conn:
+        got = dict(conn.execute("select order_id, updated_at from taptouch.orders").fetchall())
+        proven = conn.execute(
+            "select count(*) from taptouch.listing_proofs where store_id = %s and complete", (store,)
+        ).fetchone()[0]
+    assert {oid: at for oid, at in got.items()} == {oid: datetime.fromisoformat(at) for oid, at in want.items()}
+    assert md["inserted"] == len(want)
+    assert proven >= 1  # read by page number and verified: still proven
+    assert requests[store] > len(by_id) // PAGE + 2  # the probe, then two page-number passes

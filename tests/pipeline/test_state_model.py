@@ -7,7 +7,8 @@ A hypothesis ``RuleBasedStateMachine`` (:class:`StateModel`) drives a small sand
 
 - the source: orders born as the clock passes them, new orders, edits, future-dated edits,
   deletions and re-listings, and edits or deletions *while a listing runs*;
-- the server: empty and partial 200 answers, unsorted pages, a skewed API clock, 429 and 5xx bursts;
+- the server: empty and partial 200 answers, unsorted pages, listings sorted by id, a skewed API
+  clock, 429 and 5xx bursts;
 - the runs: the hourly incremental run (``sync_orders_window`` with the lookback), a full reload
   (every day, no lookback), the same reload as one ranged run (``sync_orders_windows``: two windows
   fetching and staging at once, each on its own connection, the merges in window order; whole, run
@@ -181,7 +182,7 @@ class StateModel(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- the server
     @rule(
-        kind=st.sampled_from(["empty", "partial", "unsorted", "skew", "rate_limit", "server_error"]),
+        kind=st.sampled_from(["empty", "partial", "unsorted", "by id", "skew", "rate_limit", "server_error"]),
         every=st.integers(2, 5),
         skew=st.integers(-900, 4 * 3600),  # ahead by more than the lookback too
     )
@@ -195,6 +196,8 @@ class StateModel(RuleBasedStateMachine):
             f.partial_orders_every = every
         elif kind == "unsorted":
             f.unsorted_pages = True
+        elif kind == "by id":
+            f.sorted_by_id = True
         elif kind == "skew":
             f.clock_skew = skew
         elif kind == "rate_limit":
@@ -204,7 +207,7 @@ class StateModel(RuleBasedStateMachine):
         w.tally.add(w.tally.faults, kind)
         self.step(
             f"fault on: {kind}"
-            + (f" skew {skew}s" if kind == "skew" else "" if kind == "unsorted" else f" every {every}")
+            + (f" skew {skew}s" if kind == "skew" else "" if kind in ("unsorted", "by id") else f" every {every}")
         )
 
     @rule()
