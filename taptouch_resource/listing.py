@@ -381,7 +381,8 @@ class OrderListing:
             last = max(instants, default=None)
             if last is not None and last > cursor:
                 if index == 0:
-                    held = yield from self._jump_holds(page.records, cursor, last)
+                    below = sum(1 for at in instants if at < last)
+                    held = yield from self._jump_holds(page.records, below, cursor, last)
                     if not held:
                         return False
                 cursor, index, guard = last, 0, RepeatGuard(self.what)
@@ -394,9 +395,12 @@ class OrderListing:
             else:  # a whole page of unreadable instants: page numbers (such a listing is never complete)
                 index, self._doubtful = index + 1, True
 
-    def _jump_holds(self, records: list[bytes], cursor: datetime, last: datetime) -> Generator[list[bytes], None, bool]:
+    def _jump_holds(
+        self, records: list[bytes], below: int, cursor: datetime, last: datetime
+    ) -> Generator[list[bytes], None, bool]:
         """Whether ``[cursor, last)``, which the cursor is about to jump over, holds only what the
-        whole page ``records`` (read at ``cursor``, index 0) held. A page in ``updated_at`` order
+        whole page ``records`` (read at ``cursor``, index 0; ``below`` of them stamped before ``last``)
+        held. A page in ``updated_at`` order
         proves nothing about the pages after it: a server sorted by id or by creation serves an
         order edited late at the end of a page that looks in order, and the cursor would jump over
         later pages' earlier records. So that range is asked for once more, past what the page held
@@ -405,15 +409,18 @@ class OrderListing:
         started (less ``late``): the server's order cannot be trusted (False: the page-number
         passes). Later ones are a busy store's (read here, and the next page of the range asked
         for while the answer is whole)."""
-        below = sum(1 for r in records if (at := record_key(r)[2]) is not None and at < last)
         count, index = (below, 1) if below else (1, 0)
-        held = {record_key(r)[0] for r in records}
+        held: set[Any] | None = None  # the ids read in the range, once an answer holds any record
         while True:
             self._bound()
             params = {**self._params, api.PARAM_UPDATED_FROM: iso(cursor), api.PARAM_UPDATED_TO: iso(last)}
             probe = self._paginator.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
             self._started(probe)
-            others = [r for r in probe.records if record_key(r)[0] not in held]
+            if not probe.records:
+                return True
+            if held is None:
+                held = {record_key(r)[0] for r in records}
+            others = [r for r in probe.records if _jumped(record_key(r), held, last)]
             if others and not self._moved_on([], others):
                 log.warning(
                     "%s: the range the listing's cursor was about to jump over holds %d record(s) its page "
@@ -587,6 +594,15 @@ class OrderListing:
             fresh.append(raw)
         self.records += len(fresh)
         return fresh, instants, in_order
+
+
+def _jumped(key: tuple[Any, Any, datetime | None], held: set[Any], last: datetime) -> bool:
+    """Whether a record (its :func:`record_key`) answered for the range a cursor jumps over to
+    ``last`` is one the page did not hold (``held``: its ids) and lies in that range: a server
+    comparing ``updated_to`` at whole seconds, or not at all, also answers later records, which the
+    cursor reaches."""
+    oid, _, at = key
+    return oid not in held and (at is None or at < last)
 
 
 def _utc(ts: datetime | str) -> datetime:

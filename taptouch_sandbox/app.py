@@ -700,9 +700,8 @@ class Sandbox(_Serving):
             page_ids, fault = self._listing_faults(store, index, list(entry[0]))  # counts as a request would
             data = entry[1]
         else:
-            ids = self._data.window_ids(store.id, f, t, statuses)
-            if self.faults.sorted_by_id:
-                ids = sorted(ids)
+            window = self._data.window_ids(store.id, f, t, statuses)
+            ids = sorted(window) if self.faults.sorted_by_id else window
             start, stop = self._slice(index, count)
             page_ids, fault = self._listing_faults(store, index, list(ids[start:stop]))
             texts = self._order_texts(page_ids)

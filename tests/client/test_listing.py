@@ -423,6 +423,45 @@ def test_a_server_ignoring_updated_from_is_read_by_page_number():
     assert ids == set(range(1, 13)) and listing.verified and listing.complete
 
 
+@pytest.mark.parametrize("to", ["ignored", "next second"])
+def test_a_server_loose_with_updated_to_is_still_read_by_keyset(to):
+    # the range a cursor jumps over is asked for with updated_to = the page's newest instant: a
+    # server ignoring updated_to, or rounding it up to the next whole second, also answers records
+    # past it, which the cursor reaches anyway: no reason to read the range three times
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    real = fake.__call__
+
+    def loose(request: httpx.Request) -> httpx.Response:
+        upto = request.url.params.get("updated_to")
+        if upto is not None and not request.url.path.endswith("/token"):
+            moved = T1 if to == "ignored" else parse_instant(upto) + timedelta(seconds=1)
+            request = httpx.Request(request.method, request.url.copy_merge_params({"updated_to": moved.isoformat()}))
+        return real(request)
+
+    listing = client_for(loose, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    ids = [json.loads(r)["id"] for page in listing for r in page]
+    assert sorted(set(ids)) == list(range(1, 13)) and listing.complete and not listing.verified
+
+
+def test_a_server_ignoring_index_answers_the_jumped_range_with_the_page_itself():
+    # asked for page 1 of the range behind the cursor, a server ignoring index answers page 0: the
+    # page's own records, nothing it did not hold (a whole answer, so the range is not asked again)
+    fake = MovingAPI({i: i for i in range(1, 13)})
+    real = fake.__call__
+    asked: list[str] = []
+
+    def no_index(request: httpx.Request) -> httpx.Response:
+        if "index" in request.url.params:
+            asked.append(request.url.params["index"])
+            request = httpx.Request(request.method, request.url.copy_merge_params({"index": "0"}))
+        return real(request)
+
+    listing = client_for(no_index, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    ids = [json.loads(r)["id"] for page in listing for r in page]
+    assert sorted(ids) == list(range(1, 13)) and listing.complete
+    assert asked == ["0", "1", "0", "1", "0"]  # page, range behind it, page, range behind it, last page
+
+
 def test_a_server_that_cannot_read_one_second_is_read_by_page_number():
     fake = MovingAPI({i: 5 for i in range(1, 13)} | {20: 6})
     real = fake.__call__
