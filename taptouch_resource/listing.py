@@ -399,28 +399,32 @@ class OrderListing:
         self, records: list[bytes], below: int, cursor: datetime, last: datetime
     ) -> Generator[list[bytes], None, bool]:
         """Whether ``[cursor, last)``, which the cursor is about to jump over, holds only what the
-        whole page ``records`` (read at ``cursor``, index 0; ``below`` of them stamped before ``last``)
-        held. A page in ``updated_at`` order
-        proves nothing about the pages after it: a server sorted by id or by creation serves an
-        order edited late at the end of a page that looks in order, and the cursor would jump over
-        later pages' earlier records. So that range is asked for once more, past what the page held
-        below ``last`` (pages of that many from page 1: one more request per whole page, an empty
-        answer from a server in order). A record the page did not hold, stamped before the listing
-        started (less ``late``): the server's order cannot be trusted (False: the page-number
-        passes). Later ones are a busy store's (read here, and the next page of the range asked
-        for while the answer is whole)."""
-        count, index = (below, 1) if below else (1, 0)
-        held: set[Any] | None = None  # the ids read in the range, once an answer holds any record
-        while True:
-            self._bound()
-            params = {**self._params, api.PARAM_UPDATED_FROM: iso(cursor), api.PARAM_UPDATED_TO: iso(last)}
-            probe = self._paginator.page({**params, api.PARAM_INDEX: index, api.PARAM_COUNT: count})
-            self._started(probe)
-            if not probe.records:
+        whole page ``records`` held (read at ``cursor``, index 0; ``below`` of them stamped before
+        ``last``). A page in ``updated_at`` order proves nothing about the pages after it: a server
+        sorted by id or by creation serves an order edited late at the end of a page that looks in
+        order, and the cursor would jump over later pages' earlier records. So that range is asked
+        for once more, from its first page (an order that left it meanwhile makes room, never hides
+        another): one more request per whole page, answered with the page's own ``below`` records by
+        a server in order. A record the page did not hold, stamped before the listing started (less
+        ``late``): the server's order cannot be trusted (False: the page-number passes). Later ones
+        are a busy store's, read here. These requests are not the listing's ``pages``."""
+        params = {
+            **self._params,
+            api.PARAM_UPDATED_FROM: iso(cursor),
+            api.PARAM_UPDATED_TO: iso(last),
+            api.PARAM_COUNT: self._count,
+        }
+        held: set[Any] | None = None  # the ids read in the range
+        guard = RepeatGuard(self.what)
+        for index in range(self._max_pages):
+            answer = self._paginator.page({**params, api.PARAM_INDEX: index}).records
+            if index == 0 and answer == records[:below]:  # a server in order: the page's own records
                 return True
+            if len(answer) == self._count:
+                guard.check(index, answer)
             if held is None:
                 held = {record_key(r)[0] for r in records}
-            others = [r for r in probe.records if _jumped(record_key(r), held, last)]
+            others = [r for r in answer if _jumped(record_key(r), held, last)]
             if others and not self._moved_on([], others):
                 log.warning(
                     "%s: the range the listing's cursor was about to jump over holds %d record(s) its page "
@@ -432,10 +436,12 @@ class OrderListing:
             fresh, _, _ = self._take(others, None)
             if fresh:
                 yield fresh
-            if len(probe.records) < count or not others:  # the end of the range, or a server ignoring index
+            if len(answer) < self._count:
                 return True
             held.update(record_key(r)[0] for r in others)
-            index += 1
+        raise TaptouchProtocolError(
+            f"{self.what}: more than {self._max_pages} pages; stopping (raise max_pages if this is real)."
+        )
 
     def _keyset_page(self, cursor: datetime, index: int) -> Page:
         self._bound()

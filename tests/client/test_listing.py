@@ -443,9 +443,9 @@ def test_a_server_loose_with_updated_to_is_still_read_by_keyset(to):
     assert sorted(set(ids)) == list(range(1, 13)) and listing.complete and not listing.verified
 
 
-def test_a_server_ignoring_index_answers_the_jumped_range_with_the_page_itself():
-    # asked for page 1 of the range behind the cursor, a server ignoring index answers page 0: the
-    # page's own records, nothing it did not hold (a whole answer, so the range is not asked again)
+def test_a_server_ignoring_index_is_still_read_by_keyset():
+    # keyset pages and the ranges a cursor jumps over are all asked for at index 0: a server in
+    # order that ignores index answers them right
     fake = MovingAPI({i: i for i in range(1, 13)})
     real = fake.__call__
     asked: list[str] = []
@@ -458,8 +458,81 @@ def test_a_server_ignoring_index_answers_the_jumped_range_with_the_page_itself()
 
     listing = client_for(no_index, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
     ids = [json.loads(r)["id"] for page in listing for r in page]
-    assert sorted(ids) == list(range(1, 13)) and listing.complete
-    assert asked == ["0", "1", "0", "1", "0"]  # page, range behind it, page, range behind it, last page
+    assert sorted(ids) == list(range(1, 13)) and listing.complete and not listing.verified
+    assert asked == ["0"] * 5  # page, the range behind it, page, the range behind it, last page
+
+
+def _whole_seconds(handler: Callable[[httpx.Request], httpx.Response]) -> Callable[[httpx.Request], httpx.Response]:
+    """``handler`` behind a server that compares both bounds at whole seconds."""
+
+    def floored(request: httpx.Request) -> httpx.Response:
+        params = {}
+        for name in ("updated_from", "updated_to"):
+            if name in request.url.params:
+                params[name] = parse_instant(request.url.params[name]).replace(microsecond=0).isoformat()
+        return handler(httpx.Request(request.method, request.url.copy_merge_params(params)))
+
+    return floored
+
+
+@pytest.mark.parametrize("case", ["a read order deleted", "read orders edited", "whole seconds"])
+def test_a_server_sorted_by_id_is_caught_whatever_leaves_the_jumped_range(case):
+    # a server sorted by id: page 0 (ids 1-5) looks in order and ends at order 5, edited late; order
+    # 6, stamped earlier, lies in the range the cursor jumps over. Asking for that range's page 1
+    # (past the page's 4 records below 5's instant) missed order 6 whenever something made room:
+    # order 1 deleted after page 0, orders 1 and 5 edited to now (an open window), or a server
+    # comparing updated_to at whole seconds (100.5 read as 100: one of the page's records fewer)
+    # (review). The range is asked for from its first page now
+    late = timedelta(0)
+    upto = T1
+    if case == "whole seconds":
+        fake = MovingAPI({1: 1.5, 2: 2.5, 3: 3.5, 4: 100.2, 5: 100.5, 6: 50}, by_id=True)
+        handler = _whole_seconds(fake)
+    else:
+        fake = MovingAPI({1: 1, 2: 2, 3: 3, 4: 4, 5: 100, 6: 50}, by_id=True)
+        handler = fake
+    if case == "a read order deleted":
+        fake.after_page = lambda n: fake.orders.pop(1) if n == 1 else None
+    if case == "read orders edited":
+        now = NOW - T0.timestamp()
+        fake.after_page = lambda n: fake.orders.update({1: now, 5: now + 0.5}) if n == 1 else None
+        upto, late = T1 + timedelta(hours=2), timedelta(hours=1)
+    listing = client_for(handler, 5).iter_order_record_pages(
+        7101, updated_from=T0, updated_to=upto, confirm_end=True, late=late
+    )
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert 6 in ids and listing.verified
+
+
+def test_a_server_sorted_by_id_that_ignores_index_fails_loudly():
+    # two faults at once: the range the cursor jumps over shows order 6 (stamped before the late
+    # edit ending page 0), so the range is read by page number, where a server ignoring index
+    # serves page 0 again: an error, not a listing called complete without orders 6-12
+    fake = MovingAPI({i: i for i in range(1, 13)} | {5: 100}, by_id=True)
+    real = fake.__call__
+
+    def no_index(request: httpx.Request) -> httpx.Response:
+        if "index" in request.url.params:
+            request = httpx.Request(request.method, request.url.copy_merge_params({"index": "0"}))
+        return real(request)
+
+    listing = client_for(no_index, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    with pytest.raises(TaptouchProtocolError, match="ignore the 'index' parameter"):
+        [r for page in listing for r in page]
+
+
+def test_the_ranges_a_cursor_jumps_over_are_not_pages_of_the_listing():
+    # 40 orders in pages of 5 with max_pages 12: 10 pages (each from the newest instant read, so
+    # each holds the last record of the one before) and the last asked twice, within the bound; the
+    # 9 ranges behind the cursor are extra requests, not pages (review: they counted, and 20
+    # answers went past the bound)
+    fake = MovingAPI({i: i for i in range(1, 41)})
+    listing = client_for(fake, 5, max_pages=12).iter_order_record_pages(
+        7101, updated_from=T0, updated_to=T1, confirm_end=True
+    )
+    ids = [json.loads(r)["id"] for page in listing for r in page]
+    assert sorted(ids) == list(range(1, 41)) and listing.complete
+    assert (listing.pages, fake.pages) == (11, 20)
 
 
 def test_a_server_that_cannot_read_one_second_is_read_by_page_number():
