@@ -411,10 +411,13 @@ class OrderListing:
         it is unseen and the listing is not complete. This request is not one of the listing's
         ``pages``."""
         count = min(2 * self._count, api.MAX_PAGE_SIZE)  # room for records that reach the range late
+        # to the next whole second: a server reading updated_to at whole seconds would leave out
+        # [floor(last), last); what lies at or after ``last`` is the cursor's to read
+        upto = last if last.microsecond == 0 else min(last.replace(microsecond=0) + _GRAIN, self.updated_to)
         params = {
             **self._params,
             api.PARAM_UPDATED_FROM: iso(cursor),
-            api.PARAM_UPDATED_TO: iso(last),
+            api.PARAM_UPDATED_TO: iso(upto),
             api.PARAM_INDEX: 0,
             api.PARAM_COUNT: count,
         }

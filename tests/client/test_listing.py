@@ -504,6 +504,26 @@ def test_a_server_sorted_by_id_is_caught_whatever_leaves_the_jumped_range(case):
     assert 6 in ids and listing.verified
 
 
+def test_a_server_sorted_by_id_reading_updated_to_at_whole_seconds_is_caught():
+    # page 0 (ids 1-5) ends at order 5, stamped 100.5 s; order 6, at 100.2 s, lies in the range the
+    # cursor jumps over. Asked with updated_to = 100.5, a server reading it as 100 never showed
+    # order 6 (review). That range is asked up to the next whole second now; what lies at or after
+    # 100.5 is the cursor's
+    fake = MovingAPI({1: 1, 2: 2, 3: 3, 4: 4, 5: 100.5, 6: 100.2}, by_id=True)
+    real = fake.__call__
+
+    def floor_to(request: httpx.Request) -> httpx.Response:
+        upto = request.url.params.get("updated_to")
+        if upto is not None:
+            floored = parse_instant(upto).replace(microsecond=0).isoformat()
+            request = httpx.Request(request.method, request.url.copy_merge_params({"updated_to": floored}))
+        return real(request)
+
+    listing = client_for(floor_to, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert ids == set(range(1, 7)) and listing.verified and listing.complete
+
+
 def test_a_server_sorted_by_id_that_ignores_index_fails_loudly():
     # two faults at once: the range the cursor jumps over shows order 6 (stamped before the late
     # edit ending page 0), so the range is read by page number, where a server ignoring index
