@@ -187,6 +187,8 @@ _KEY_DECODER = msgspec.json.Decoder(_Key)
 # A server may compare ``updated_from`` at whole seconds: records up to a second before the cursor
 # are extra (dropped as read), not a sign of disorder. Further back, it ignores ``updated_from``.
 _GRAIN = timedelta(seconds=1)
+# verifying passes after the first page-number pass, at most: until two passes in a row read the same
+_VERIFYING_PASSES = 3
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 # what the record boundary accepts as an instant (RFC 3339: date, time, optional fraction, offset);
 # week dates, basic format or a comma fraction would drive the cursor while the loader quarantines
@@ -312,6 +314,7 @@ class OrderListing:
         self._seen: set[tuple[Any, Any]] = set()  # (id, version as sent) of every record yielded
         self._seen_ids: set[Any] = set()
         self._missed = 0
+        self._listed: set[tuple[Any, Any]] | None = None  # what a page-number pass read (see _by_page_number)
         # stepped by page number past records whose instants could not be read, or a last page
         # that answered differently when asked again: never complete
         self._doubtful = False
@@ -339,16 +342,20 @@ class OrderListing:
             "once more to verify it",
             self.what,
         )
-        yield from self._by_page_number(verifying=False)
-        missed = yield from self._by_page_number(verifying=True)
-        self.complete = missed == 0 and not self._doubtful
-        if missed:
-            log.warning(
-                "%s: the verifying pass found %d record(s) the first pass had missed; the listing may "
-                "still be incomplete, so no high-water mark moves from it",
-                self.what,
-                missed,
-            )
+        previous = yield from self._by_page_number(verifying=False)
+        for _ in range(_VERIFYING_PASSES):
+            listed = yield from self._by_page_number(verifying=True)
+            if self._missed == 0 and listed == previous:
+                self.complete = not self._doubtful
+                return
+            previous = listed
+        log.warning(
+            "%s: %d verifying passes found record(s) the passes before them had missed, or the range changed "
+            "under each (on a server not in updated_at order an edit shifts the pages, and two passes can "
+            "skip the same record); the listing may be incomplete, so no high-water mark moves from it",
+            self.what,
+            _VERIFYING_PASSES,
+        )
 
     def _keyset(self) -> Generator[list[bytes], None, bool]:
         """Keyset pages; returns False at the first page that is out of order (the rest is then
@@ -540,16 +547,21 @@ class OrderListing:
                 f"{self.what}: more than {self._max_pages} pages; stopping (raise max_pages if this is real)."
             )
 
-    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, int]:
-        """The whole range by page number (the client's loop guards apply). ``verifying``: returns
-        how many records older than the listing's start this pass found that no earlier pass read."""
+    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, set[tuple[Any, Any]]]:
+        """The whole range by page number (the client's loop guards apply). Returns the (id, version)
+        of every record the pass read that was stamped before the listing started, less ``late`` (or
+        whose instant is unreadable): two passes in a row that read the same set saw the range hold
+        still, so neither skipped a record by a shift. ``verifying``: ``_missed`` counts the records
+        older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
+        self._listed = set()
         for records in self._numbered(params, final=verifying):
             fresh, _, _ = self._take(records, None, verifying=verifying)
             if fresh:
                 yield fresh
-        return self._missed
+        listed, self._listed = self._listed, None
+        return listed
 
     # -- one page --------------------------------------------------------------------------------
     def _started(self, page: Page) -> None:
@@ -592,6 +604,10 @@ class OrderListing:
                     self.newest = at
             if oid is not None:
                 key = (oid, version)
+                if self._listed is not None and (
+                    at is None or self.started_at is None or at < self.started_at - self._late
+                ):
+                    self._listed.add(key)
                 if key in self._seen:
                     continue
                 if (

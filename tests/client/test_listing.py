@@ -195,16 +195,36 @@ def test_a_listing_called_complete_holds_every_order_whatever_the_servers_order(
             assert untouched <= set(ids), (order, orders)
 
 
-def test_unsorted_pages_with_a_skip_are_not_complete():
+def test_unsorted_pages_with_a_skip_are_read_again_until_two_passes_agree():
     # unsorted pages, and while the range is read by page number an old order appears at the front
     # (a late replica): that pass has already read the front, so only the verifying pass finds it,
-    # which proves the earlier reads skipped something: not complete
+    # which proves the first pass skipped something. A second verifying pass reads what the first
+    # did: the range held still for a whole pass, which then skipped nothing: complete
     fake = MovingAPI({i: i for i in range(1, 23)}, unsorted=True)
     assert (1009 * 7919) % 1009 == 0  # id 1009 sorts first on the unsorted server
     fake.after_page = lambda n: fake.orders.update({1009: 0}) if n == 2 else None
     listing, ids = read(fake)
     assert 1009 in ids  # found, and loaded
+    assert listing.verified and listing.complete
+    # the keyset page (out of order), then three passes of 5 pages (the last asked for once)
+    assert fake.pages == 1 + 5 + 5 + 5
+
+
+def test_a_range_that_changes_under_every_page_number_pass_is_not_complete():
+    # on a server not in updated_at order every edit shifts the pages, and two passes can skip the
+    # same record: after the first pass, verifying passes run until two in a row read the same
+    # versions (stamped before the listing started). Here an order is edited after every page, so
+    # no two passes agree: after three verifying passes the listing is not complete
+    fake = MovingAPI({i: i for i in range(1, 23)}, unsorted=True)
+
+    def edit(n: int) -> None:
+        fake.orders[n % 22 + 1] = 100 + n  # a new version, still in the range and before the start
+
+    fake.after_page = edit
+    listing, ids = read(fake)
+    assert set(range(1, 23)) <= set(ids)
     assert listing.verified and not listing.complete
+    assert fake.pages == 1 + 4 * 5  # the keyset page, the first pass and three verifying passes
 
 
 def test_started_at_is_the_api_clock_floor_minus_one_second():
