@@ -187,7 +187,7 @@ _KEY_DECODER = msgspec.json.Decoder(_Key)
 # A server may compare ``updated_from`` at whole seconds: records up to a second before the cursor
 # are extra (dropped as read), not a sign of disorder. Further back, it ignores ``updated_from``.
 _GRAIN = timedelta(seconds=1)
-# verifying passes after the first page-number pass, at most: until two passes in a row read the same
+# verifying passes after the first page-number pass, at most: until one finds the range held still
 _VERIFYING_PASSES = 3
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 # what the record boundary accepts as an instant (RFC 3339: date, time, optional fraction, offset);
@@ -314,7 +314,7 @@ class OrderListing:
         self._seen: set[tuple[Any, Any]] = set()  # (id, version as sent) of every record yielded
         self._seen_ids: set[Any] = set()
         self._missed = 0
-        self._listed: set[tuple[Any, Any]] | None = None  # what a page-number pass read (see _by_page_number)
+        self._listed: dict[tuple[Any, Any], bool] | None = None  # what a page-number pass read (_by_page_number)
         # stepped by page number past records whose instants could not be read, or a last page
         # that answered differently when asked again: never complete
         self._doubtful = False
@@ -345,7 +345,7 @@ class OrderListing:
         previous = yield from self._by_page_number(verifying=False)
         for _ in range(_VERIFYING_PASSES):
             listed = yield from self._by_page_number(verifying=True)
-            if self._missed == 0 and listed == previous:
+            if self._missed == 0 and _held_still(previous, listed):
                 self.complete = not self._doubtful
                 return
             previous = listed
@@ -547,15 +547,14 @@ class OrderListing:
                 f"{self.what}: more than {self._max_pages} pages; stopping (raise max_pages if this is real)."
             )
 
-    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, set[tuple[Any, Any]]]:
-        """The whole range by page number (the client's loop guards apply). Returns the (id, version)
-        of every record the pass read that was stamped before the listing started, less ``late`` (or
-        whose instant is unreadable): two passes in a row that read the same set saw the range hold
-        still, so neither skipped a record by a shift. ``verifying``: ``_missed`` counts the records
-        older than the listing's start this pass found that no earlier pass read."""
+    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, dict[tuple[Any, Any], bool]]:
+        """The whole range by page number (the client's loop guards apply). Returns every (id,
+        version) the pass read, each with whether it was stamped at or after the listing started,
+        less ``late`` (a new arrival), for :func:`_held_still`. ``verifying``: ``_missed`` counts the
+        records older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
-        self._listed = set()
+        self._listed = {}
         for records in self._numbered(params, final=verifying):
             fresh, _, _ = self._take(records, None, verifying=verifying)
             if fresh:
@@ -604,10 +603,9 @@ class OrderListing:
                     self.newest = at
             if oid is not None:
                 key = (oid, version)
-                if self._listed is not None and (
-                    at is None or self.started_at is None or at < self.started_at - self._late
-                ):
-                    self._listed.add(key)
+                if self._listed is not None:  # a version by its instant: replicas may render it differently
+                    new = at is not None and self.started_at is not None and at >= self.started_at - self._late
+                    self._listed[(oid, version if at is None else at)] = new
                 if key in self._seen:
                     continue
                 if (
@@ -621,6 +619,17 @@ class OrderListing:
             fresh.append(raw)
         self.records += len(fresh)
         return fresh, instants, in_order
+
+
+def _held_still(before: dict[tuple[Any, Any], bool], after: dict[tuple[Any, Any], bool]) -> bool:
+    """Whether the range held still for the page-number pass that read ``after`` (the one before it
+    read ``before``; each maps (id, version) to whether it is a new arrival). Read by page number, a
+    record that leaves the range or moves later in the server's order shifts every record after it
+    one place forward, and the record at the next page boundary is skipped. Each such change shows
+    as a version ``before`` read and ``after`` did not: every version read before must be read again,
+    and all ``after`` adds must be new arrivals (a record inserted shifts the others back: read twice,
+    never skipped)."""
+    return before.keys() <= after.keys() and all(after[key] for key in after.keys() - before.keys())
 
 
 def _jumped(key: tuple[Any, Any, datetime | None], held: set[Any], last: datetime) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import parse_qs
 
 import httpx
@@ -225,6 +225,79 @@ def test_a_range_that_changes_under_every_page_number_pass_is_not_complete():
     assert set(range(1, 23)) <= set(ids)
     assert listing.verified and not listing.complete
     assert fake.pages == 1 + 4 * 5  # the keyset page, the first pass and three verifying passes
+
+
+def _by_pass(
+    fake: MovingAPI, page_size: int, change: Callable[[str, int, int], None]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """``fake`` with ``change(when, read, index)`` run "before" and "after" each orders answer:
+    ``read`` counts the reads of the whole range from its first page (1: the keyset read, 2: the
+    first page-number pass, 3: the first verifying pass...), ``index`` is the answer's page."""
+    read = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return fake(request)
+        q = request.url.params
+        index = int(q.get("index", "0"))
+        if parse_instant(q["updated_from"]) == T0 and index == 0 and q["count"] == str(page_size):
+            read[0] += 1
+        change("before", read[0], index)
+        response = fake(request)
+        change("after", read[0], index)
+        return response
+
+    return handler
+
+
+@pytest.mark.parametrize("late", [timedelta(0), timedelta(hours=1)])
+def test_removed_recent_orders_cannot_hide_a_skip_from_the_verifying_passes(late):
+    # a server sorted by id, orders stamped in reverse of their ids (out of order: read by page
+    # number). Orders 1-3 are edited after the listing started (with late 1 h: to 30 min before
+    # it), then deleted one by one: during the first pass, between the passes and during the first
+    # verifying pass. Each slides order 5 onto a page already read, so both passes read the same
+    # versions of the orders stamped before the start (less late), and the listing was complete
+    # without order 5 (review). Every version a pass read must now be read again by the next one
+    now = NOW - T0.timestamp()
+    recent = now + 5 if late == timedelta(0) else now - 1800
+    fake = MovingAPI({i: 100 - i for i in range(1, 11)}, by_id=True)
+
+    def change(when: str, read: int, index: int) -> None:
+        if (when, read, index) == ("after", 1, 0):
+            fake.orders.update({1: recent, 2: recent, 3: recent})
+        elif (when, read, index) in (("after", 2, 1), ("before", 3, 0), ("after", 3, 0)):
+            fake.orders.pop(min(i for i in (1, 2, 3) if i in fake.orders), None)
+
+    listing = client_for(_by_pass(fake, 2, change), 2).iter_order_record_pages(
+        7101, updated_from=T0, updated_to=T1 + timedelta(days=2), late=late
+    )
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert listing.verified
+    assert 5 in ids or not listing.complete
+
+
+def test_one_version_rendered_with_another_offset_is_the_same_version():
+    # static data read by page number, each answer rendering updated_at in UTC or in +11:00 (two
+    # replicas behind a load balancer): the versions a pass reads are compared by their instants,
+    # so the passes agree and the listing is complete (review: compared as sent, they never did)
+    fake = MovingAPI({i: 100 - i for i in range(1, 8)}, by_id=True)
+    answers = [0]
+
+    def render(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        answers[0] += 1
+        if answers[0] % 3:
+            return response
+        body = json.loads(response.content)
+        for record in body["data"]:
+            record["updated_at"] = (
+                parse_instant(record["updated_at"]).astimezone(timezone(timedelta(hours=11))).isoformat()
+            )
+        return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+    listing = client_for(render, 2).iter_order_record_pages(7101, updated_from=T0, updated_to=T1)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert ids == set(range(1, 8)) and listing.verified and listing.complete
 
 
 def test_started_at_is_the_api_clock_floor_minus_one_second():
