@@ -412,11 +412,13 @@ class OrderListing:
         order, and the cursor would jump over later pages' earlier records. So that range is asked
         for once more, in one request of up to twice the page size (at most 500): an order that left
         the range meanwhile makes room, never hides another, and there is room for records that
-        reach the range late. A server in order answers with the page's own ``below`` records. A record the page did not hold, stamped before the listing started
-        (less ``late``), means the server's order cannot be trusted (False: the page-number
-        passes). Later ones are a busy store's, read here; when they fill the answer, what follows
-        it is unseen and the listing is not complete. This request is not one of the listing's
-        ``pages``."""
+        reach the range late. A server in order answers with the page's own ``below`` records; an
+        answer short of them (an empty or cut 200 answer looks so, and hides what it leaves out) is
+        asked for once more, and both are read. A record the page did not hold, stamped before the
+        listing started (less ``late``), means the server's order cannot be trusted (False: the
+        page-number passes). Later ones are a busy store's, read here; when they fill the answer,
+        what follows it is unseen and the listing is not complete. These requests are not among the
+        listing's ``pages``."""
         count = min(2 * self._count, api.MAX_PAGE_SIZE)  # room for records that reach the range late
         # to the next whole second: a server reading updated_to at whole seconds would leave out
         # [floor(last), last); what lies at or after ``last`` is the cursor's to read
@@ -431,6 +433,12 @@ class OrderListing:
         answer = self._paginator.page(params).records
         if answer == records[:below]:  # a server in order: the page's own records
             return True
+        if len(answer) < below:  # short of the page's own records: an empty or cut answer looks so
+            again = self._paginator.page(params).records
+            if again == records[:below]:
+                return True
+            first = set(answer)
+            answer = answer + [r for r in again if r not in first]
         held = {record_key(r)[0] for r in records}
         others = [r for r in answer if _jumped(record_key(r), held, last)]
         if not others:  # the page's records, or later ones (a server loose with updated_to)

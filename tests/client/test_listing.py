@@ -189,7 +189,11 @@ def test_a_listing_called_complete_holds_every_order_whatever_the_servers_order(
         moving = rng.random() < 0.5
         if moving:
             fake.after_page = random_chaos(fake, rng, untouched)
-        listing, ids = read(fake, page_size=rng.randint(3, 6))
+        try:
+            listing, ids = read(fake, page_size=rng.randint(3, 6))
+        except TaptouchProtocolError as exc:  # records moving by a whole page look like an ignored index
+            assert moving and "ignore the 'index'" in str(exc)
+            continue
         assert not moving and listing.complete or moving
         if listing.complete:
             assert untouched <= set(ids), (order, orders)
@@ -615,6 +619,29 @@ def test_a_server_sorted_by_id_reading_updated_to_at_whole_seconds_is_caught():
     listing = client_for(floor_to, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
     ids = {json.loads(r)["id"] for page in listing for r in page}
     assert ids == set(range(1, 7)) and listing.verified and listing.complete
+
+
+@pytest.mark.parametrize("lie", ["empty", "cut"])
+def test_an_empty_or_cut_answer_for_the_jumped_range_is_asked_again(lie):
+    # a server sorted by id whose answer for the range behind page 0 is an empty (or cut) 200: it
+    # held none of the orders the page did not, so the cursor jumped past order 6 and the listing
+    # was complete without it (the state model: a full reload with empty answers every 3rd
+    # request). An answer short of the page's own records is asked for once more
+    fake = MovingAPI({1: 1, 2: 2, 3: 3, 4: 4, 5: 100, 6: 50}, by_id=True)
+    lied = [False]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        if request.url.path.endswith("/token") or not _probe(request) or lied[0]:
+            return response
+        lied[0] = True
+        body = json.loads(response.content)
+        body["data"] = [] if lie == "empty" else body["data"][:2]
+        return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+    listing = client_for(handler, 5).iter_order_record_pages(7101, updated_from=T0, updated_to=T1, confirm_end=True)
+    ids = {json.loads(r)["id"] for page in listing for r in page}
+    assert lied[0] and ids == set(range(1, 7)) and listing.verified and listing.complete
 
 
 def test_a_server_sorted_by_id_that_ignores_index_fails_loudly():
