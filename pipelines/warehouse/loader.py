@@ -619,6 +619,9 @@ class OrderWindowLoad:
         self._marks[store_id] = mark
         if complete is not None:
             self._judged[store_id] = complete
+            # a complete listing that returned nothing judges its range too: the orders the
+            # warehouse holds there were missed (candidates; only the reconciliation confirms)
+            self._listed.setdefault(store_id, set())
         else:
             self._failed[store_id] = (
                 "the listing may have missed a record (one moved while it was read, or its last page "

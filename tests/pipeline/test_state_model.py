@@ -338,6 +338,33 @@ def test_a_history_the_model_found_on_a_server_sorted_by_id(migrated_db, monkeyp
     assert StateModel.tallies[-1].lost == 0 and StateModel.tallies[-1].wrong == 0
 
 
+@pytest.mark.slow
+def test_a_history_the_model_found_an_order_moved_to_a_later_day(migrated_db, monkeypatch):
+    """The model's history (2026-12-05): a full reload, then a future-dated edit moves order
+    17399400010 out of today's UTC day into tomorrow's, then the hourly run lists its store's part
+    of today and finds nothing there. That complete listing proved the window without the order,
+    but a store whose listing returned no record was never judged, so the order was no deletion
+    candidate either: ``orders_proven`` reported it as ``extra`` on every run until tomorrow's
+    window loaded it. It is now a candidate (the reconciliation, which lists open-ended, finds the
+    edit and loads it)."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        apply_views(conn)
+    StateModel.db_url = migrated_db
+    StateModel.tallies = []
+    monkeypatch.setattr(f"{__name__}.note", lambda text: None)  # hypothesis' notes need a hypothesis test
+    state = StateModel()
+    try:
+        state.start(seed=1)
+        state.delete(n=0)  # 17399390000
+        state.full_reload()
+        state.future_dated_edit(n=19, hours=18)  # 17399400010, to 00:00:00 tomorrow
+        state.hourly_run()
+        state.state_holds()
+    finally:
+        state.teardown()
+    assert StateModel.tallies[-1].lost == 0 and StateModel.tallies[-1].wrong == 0
+
+
 # ------------------------------------------------------------------------------------------------
 # the sandbox's knobs the model relies on
 

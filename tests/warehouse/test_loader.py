@@ -581,3 +581,25 @@ def test_a_repeatable_read_load_reads_its_own_snapshot_not_a_second_connection(d
     finally:
         db.isolation_level = None
     assert (counts.inserted, counts.unchanged) == (3, 3)
+
+
+def test_a_complete_listing_that_returned_nothing_still_judges_its_range(db):
+    """A store's complete listing of a window returned no record (its orders there were deleted at
+    the source, or an edit moved them to a later day): the orders the warehouse holds in that
+    range become deletion candidates, as when a listing returned others, and are not deleted
+    (a bounded listing never confirms). Before, a store with no page was never judged: its proof
+    dropped the order while nothing excused it, and ``orders_proven`` reported it as ``extra``
+    on every run until the later day loaded."""
+    from datetime import UTC, datetime
+
+    from pipelines.warehouse import proofs
+
+    load_orders(db, [(7101, [f.order(5)])])  # 2026-11-02T01:31:05Z
+    listed = (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), datetime.now(UTC))
+    with OrderWindowLoad(db, window="2026-11-02") as load:
+        load.store_listed(7101, None, complete=listed)  # not one page
+        load.store_listed(7102, None)  # an incomplete listing judges nothing
+        load.finish()
+    assert q(db, "select order_id, store_id from taptouch.deletion_candidates") == [(5, 7101)]
+    assert q(db, "select order_id, deleted_at from taptouch.orders") == [(5, None)]
+    assert proofs.window_problems(db, ["2026-11-02"], [7101]) == []
