@@ -705,17 +705,18 @@ class OrderWindowLoad:
         self._count_merged(cur)
         self.quarantine.flush(cur)
         ORDERS.resolve_quarantine(cur, "pick")
+        self._resolve_skipped(cur)
         for store_id, sc in sorted(self.per_store.items()):
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
         self._judge_listings(cur)
         self._prove(cur)
-        if self._marks:  # stores whose listing ended (a failed store was discarded, and its mark stays)
-            marks.advance(
-                cur,
-                self.window,
-                {sid: at for sid, at in sorted(self._marks.items()) if sid not in self._discarded},
-                full=self.full,
-            )
+        # stores whose listing ended (a failed store was discarded, and its mark stays); only a
+        # complete listing stamps a full refresh's full_loaded_at
+        ended = {sid: at for sid, at in sorted(self._marks.items()) if sid not in self._discarded}
+        for complete in (True, False):
+            part = {sid: at for sid, at in ended.items() if (sid in self._judged) is complete}
+            if part:
+                marks.advance(cur, self.window, part, full=self.full and complete)
         self._finished = True
         _entered(self._tx).__exit__(None, None, None)
         return self.counts
@@ -727,6 +728,9 @@ class OrderWindowLoad:
         if proofs.window_bounds(self.window) is None:
             return
         judged = {sid: c for sid, c in self._judged.items() if sid not in self._discarded}
+        for sid in sorted(self._blind & set(judged)):  # it judged no deletion: it proves nothing either
+            del judged[sid]
+            self._failed[sid] = "the listing held a record whose order id cannot be read (quarantined)"
         if judged:
             proofs.create_source(cur)
             cur.execute(
@@ -744,6 +748,18 @@ class OrderWindowLoad:
             proofs.prove(cur, self.window, judged, listed_at=self._started, run_id=self.run_id, settle=self.settle)
         if self._failed:
             proofs.failed(cur, self.window, self._failed, run_id=self.run_id)
+
+    def _resolve_skipped(self, cur: psycopg.Cursor) -> None:
+        """An order quarantined before and served valid again in exactly the bytes the warehouse
+        holds (recognised as unchanged, so never staged): its quarantine rows are resolved as a
+        staged record's are (``resolve_quarantine.sql``)."""
+        ids = sorted(str(oid) for oid, (sid, _) in self._skipped.items() if sid not in self._discarded)
+        if ids:
+            cur.execute(
+                "update taptouch.quarantine set resolved_at = now() where entity = 'order'"
+                " and resolved_at is null and record_key = any(%s)",
+                (ids,),
+            )
 
     def _count_merged(self, cur: psycopg.Cursor) -> None:
         """Inserted, updated and unchanged per store, from the picked versions and those accepted."""

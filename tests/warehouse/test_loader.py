@@ -603,3 +603,64 @@ def test_a_complete_listing_that_returned_nothing_still_judges_its_range(db):
     assert q(db, "select order_id, store_id from taptouch.deletion_candidates") == [(5, 7101)]
     assert q(db, "select order_id, deleted_at from taptouch.orders") == [(5, None)]
     assert proofs.window_problems(db, ["2026-11-02"], [7101]) == []
+
+
+def test_a_quarantined_order_served_valid_again_in_the_held_bytes_is_resolved(db):
+    """The API served an order malformed once (quarantined), then valid again in exactly the bytes
+    the warehouse holds: recognised as unchanged, it is never staged, and its quarantine row was
+    never resolved (the check no_quarantined_records warned on every run, and orders_proven excused
+    the order for good)."""
+    good = f.order(7)
+    load_orders(db, [(7101, [good])])
+    bad = dict(good, total=good["total"] + 1)  # the same id and version, its arithmetic broken
+    assert load_orders(db, [(7101, [bad])]).quarantined == 1
+    assert load_orders(db, [(7101, [good])]).unchanged == 1
+    assert q(db, "select resolved_at is not null from taptouch.quarantine where record_key = '7'") == [(True,)]
+
+
+def test_a_listing_that_cannot_judge_does_not_prove_its_window_either(db):
+    """A complete listing holding a record whose order id cannot be read judges no deletion (any
+    held order might be that record); it proved its window all the same, without the orders it did
+    not return, and orders_proven reported an order an edit had moved to a later day as extra. Like
+    the reconciliation's, such a listing now records its failure and the proof before it stays."""
+    from datetime import UTC, datetime
+
+    from pipelines.warehouse import proofs
+
+    listed = (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), datetime.now(UTC))
+    with OrderWindowLoad(db, window="2026-11-02") as load:
+        load.add_page(7101, [f.order(5)])  # 2026-11-02T01:31:05Z
+        load.store_listed(7101, None, complete=listed)
+        load.finish()
+    garbled = dict(f.order(6, updated_at="2026-11-02T12:40:00+11:00"), id="not-an-id")
+    with OrderWindowLoad(db, window="2026-11-02") as load:  # order 5 moved to a later day meanwhile
+        load.add_page(7101, [garbled])
+        load.store_listed(7101, None, complete=listed)
+        load.finish()
+    assert q(db, "select count(*) from taptouch.quarantine where resolved_at is null") == [(1,)]
+    assert q(db, "select order_id from taptouch.deletion_candidates") == []  # nothing judged
+    assert proofs.window_problems(db, ["2026-11-02"], [7101]) == []  # the first listing's proof stands
+    failure = "select failure from taptouch.listing_proofs where store_id = 7101 and failure is not null"
+    assert [r[0] for r in q(db, failure)] == ["the listing held a record whose order id cannot be read (quarantined)"]
+
+
+def test_an_incomplete_full_refresh_does_not_stamp_full_loaded_at(db):
+    """sync_marks.full_loaded_at is when a complete listing of the window last loaded: a full
+    refresh whose listing may have missed a record leaves it as it was."""
+    from datetime import UTC, datetime
+
+    listed = (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), datetime.now(UTC))
+    with OrderWindowLoad(db, window="2026-11-02") as load:  # an incremental run: a mark exists
+        load.add_page(7101, [f.order(5)])
+        load.store_listed(7101, datetime(2026, 11, 2, 1, 31, 5, tzinfo=UTC), complete=listed)
+        load.finish()
+    with OrderWindowLoad(db, window="2026-11-02", full=True) as load:
+        load.add_page(7101, [f.order(5)])
+        load.store_listed(7101, None)  # the full refresh's listing may have missed a record
+        load.finish()
+    assert q(db, "select full_loaded_at from taptouch.sync_marks where store_id = 7101") == [(None,)]
+    with OrderWindowLoad(db, window="2026-11-02", full=True) as load:
+        load.add_page(7101, [f.order(5)])
+        load.store_listed(7101, None, complete=listed)
+        load.finish()
+    assert q(db, "select full_loaded_at is not null from taptouch.sync_marks where store_id = 7101") == [(True,)]
