@@ -41,7 +41,7 @@ _SALES = """
 create temp table {into} on commit drop as
 select
     orders.order_id, orders.store_id, orders.business_date, orders.account::text as account,
-    extract(hour from orders.created_at at time zone stores.timezone)::integer as local_hour,
+    extract(hour from orders.created_at at time zone taptouch.pg_zone(stores.timezone))::integer as local_hour,
     orders.source, orders.fulfillment_type, orders.subtotal, orders.discount, orders.total, orders.tax,
     coalesce((select sum(r.amount) from taptouch.order_refunds as r where r.order_id = orders.order_id), 0)
         as refunds
@@ -152,7 +152,7 @@ _STAGED_SALES = """
 create temp table {into} on commit drop as
 select
     s.order_id, s.store_id, s.business_date, s.account::text as account,
-    extract(hour from s.created_at at time zone stores.timezone)::integer as local_hour,
+    extract(hour from s.created_at at time zone taptouch.pg_zone(stores.timezone))::integer as local_hour,
     s.source, s.fulfillment_type, s.subtotal, s.discount, s.total, s.tax,
     coalesce(r.refunds, 0) as refunds, s.seq
 from {accepted} as a

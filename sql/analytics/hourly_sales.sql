@@ -10,7 +10,8 @@
 --   store_id       the store
 --   store_name     its name (taptouch.stores.name)
 --   business_date  the store's business date of the order's created_at (taptouch.orders.business_date)
---   local_hour     0-23, extract(hour from created_at at time zone the store's time zone): the wall-clock
+--   local_hour     0-23, extract(hour from created_at at time zone the store's time zone, as
+--                  taptouch.pg_zone names it to PostgreSQL: 'CET' is CET with its summer time): the wall-clock
 --                  hour, also when the business day starts later (with a 04:00 start, hours 0-3 are in
 --                  the previous business date's rows)
 --   order_count    number of sales orders created in that hour

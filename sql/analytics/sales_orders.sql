@@ -30,7 +30,7 @@ with sales as (
         orders.store_id,
         stores.name as store_name,
         orders.business_date,
-        extract(hour from orders.created_at at time zone stores.timezone)::integer as local_hour,
+        extract(hour from orders.created_at at time zone taptouch.pg_zone(stores.timezone))::integer as local_hour,
         orders.source,
         orders.fulfillment_type,
         orders.status,
