@@ -65,7 +65,7 @@ _REDACTED = "***"
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b((?:client_)?secret|password|passwd|pwd|token|access_token|refresh_token|api_key|apikey|"
-    r"authorization|code_verifier|key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)"
+    r"authorization|code_verifier|key)([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _LONG_TOKEN = re.compile(r"\b(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}\b")
@@ -332,8 +332,13 @@ def taptouch_run_failure_alert(context: dg.RunFailureSensorContext, warehouse: P
         step_errors.append((event.step_key or "?", text.strip()))
     failure = run_failure_alert(context.dagster_run, step_errors, context.failure_event.message, ui_url=alert.ui_url)
     # the run's failed non-blocking checks too (a run that fails after them has no other word of them)
-    checks = failed_check_alerts(context.instance, context.dagster_run.run_id, alert, blocking=False)
+    threshold, bad = _threshold(alert)
+    checks = failed_check_alerts(
+        context.instance, context.dagster_run.run_id, alert, blocking=False, threshold=threshold
+    )
     submit([failure, *checks], alert.webhook_url, warehouse, context.log)
+    if bad is not None:
+        raise bad
 
 
 # ------------------------------------------------------------------------------------ failed checks
@@ -392,13 +397,31 @@ def _check_partition(instance, run, entry, evaluation, materializations: dict) -
     return _partition(dict(run.tags))
 
 
+def _threshold(alert: settings.AlertSettings) -> tuple[dg.AssetCheckSeverity, settings.SettingError | None]:
+    """(the lowest severity alerted on, the setting's error). A bad ``TAPTOUCH_ALERT_MIN_SEVERITY``
+    alerts on every failed check (WARN) and is raised after they are queued, failing the tick: a
+    run-status sensor's cursor moves past the run even when its tick fails, so raising first would
+    lose the run's alerts for good."""
+    try:
+        return min_severity(alert), None
+    except settings.SettingError as exc:
+        return dg.AssetCheckSeverity.WARN, exc
+
+
 def failed_check_alerts(
-    instance, run_id: str, alert: settings.AlertSettings, *, blocking: bool = True
+    instance,
+    run_id: str,
+    alert: settings.AlertSettings,
+    *,
+    blocking: bool = True,
+    threshold: dg.AssetCheckSeverity | None = None,
 ) -> list[outbox.Alert]:
-    """One alert per failed check evaluation of run ``run_id`` at or above ``alert.min_severity``,
-    keyed ``check-failure:<run id>:<asset>:<check>:<partition>``; ``blocking=False``: not those of
-    blocking checks (a failed run's alert names them already: they failed its step)."""
-    threshold = min_severity(alert)
+    """One alert per failed check evaluation of run ``run_id`` at or above ``threshold`` (default
+    ``alert.min_severity``), keyed ``check-failure:<run id>:<asset>:<check>:<partition>``;
+    ``blocking=False``: not those of blocking checks (a failed run's alert names them already:
+    they failed its step)."""
+    if threshold is None:
+        threshold = min_severity(alert)
     from dagster._core.events import DagsterEventType
 
     run = instance.get_run_by_id(run_id)
@@ -439,12 +462,15 @@ def taptouch_check_failure_alert(context: dg.RunStatusSensorContext, warehouse: 
     alert = settings.alert_settings()
     if not alert.webhook_url:
         return
+    threshold, bad = _threshold(alert)
     submit(
-        failed_check_alerts(context.instance, context.dagster_run.run_id, alert),
+        failed_check_alerts(context.instance, context.dagster_run.run_id, alert, threshold=threshold),
         alert.webhook_url,
         warehouse,
         context.log,
     )
+    if bad is not None:
+        raise bad
 
 
 # ------------------------------------------------------------------------------------ the outbox

@@ -157,6 +157,7 @@ class SharedBudget:
         self._pid = os.getpid()
         self._down_until = 0.0  # monotonic: use the fallback until then
         self._fallback = RateLimiter(self.rate, sleep=sleep)
+        self._unshared_until = 0.0  # monotonic: the end of a 429's pause the database missed (it was down)
         self.waited_seconds = 0.0
         self.fallbacks = 0
         self.last_slot: float | None = None
@@ -197,6 +198,8 @@ class SharedBudget:
         waited = 0.0
         while True:
             check_stop()
+            if self._unshared_until:
+                self._share_pause()
             row = self._run(_ACQUIRE, {})
             if row is None:  # the database failed: this process limits itself
                 wait = self._fallback.acquire()
@@ -236,8 +239,18 @@ class SharedBudget:
             return
         seconds = min(float(seconds), MAX_RETRY_AFTER)
         self._fallback.penalize(seconds)  # this process at least, even if the database fails
-        self._run(_PENALIZE, {"seconds": float(seconds)}, fetch=False)
+        if self._run(_PENALIZE, {"seconds": float(seconds)}, fetch=False) is None:
+            # shared once the database answers again (:meth:`_share_pause`): the fallback's own pause
+            # ends with the fallback, and every process would otherwise send inside it
+            self._unshared_until = max(self._unshared_until, time.monotonic() + seconds)
         log.info("Taptouch answered 429: every process using client %s waits %.2fs", self.client_id, seconds)
+
+    def _share_pause(self) -> None:
+        """The rest of a 429's pause that :meth:`penalize` could not write (the database was down),
+        written now if the database answers."""
+        left = self._unshared_until - time.monotonic()
+        if left <= 0 or self._run(_PENALIZE, {"seconds": left}, fetch=False) is not None:
+            self._unshared_until = 0.0
 
     def close(self) -> None:
         with self._lock:

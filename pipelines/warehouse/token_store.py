@@ -451,8 +451,11 @@ class TokenStore:
             try:
                 answer = refresh(refresh_token)
             except ReauthorizationRequired as exc:
-                self._mark_unusable(conn, row, str(exc))
+                expired = self._expired_message(key, row)
+                self._mark_unusable(conn, row, expired or str(exc))
                 conn.commit()
+                if expired is not None:
+                    raise ReauthorizationRequired(expired, error=exc.error) from exc
                 raise
             except TaptouchError as exc:
                 rotated_token = getattr(exc, "rotated_refresh_token", None)
@@ -478,23 +481,26 @@ class TokenStore:
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
     def _check_refreshable(self, conn: psycopg.Connection[DictRow], key: GrantKey, row: DictRow) -> None:
-        """ReauthorizationRequired unless the locked grant ``row`` holds an unexpired refresh token
-        (an expired one marks the grant unusable, committed)."""
+        """ReauthorizationRequired unless the locked grant ``row`` holds a refresh token. One this
+        machine's clock says has expired is presented all the same: only Taptouch's
+        ``invalid_grant`` drops it (a clock that jumped ahead must not destroy a grant Taptouch
+        still honours); :meth:`_expired_message` then says why."""
         if row["refresh_token"] is None:
             raise ReauthorizationRequired(
                 f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
                 f"Run: {reauthorize_command(key.label)}",
                 error="invalid_grant",
             )
-        if row["refresh_expires_at"] is not None and self._clock() >= row["refresh_expires_at"].timestamp():
-            message = (
-                f"The refresh token of merchant {key.label!r} expired at "
-                f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
-                f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
-            )
-            self._mark_unusable(conn, row, message)
-            conn.commit()
-            raise ReauthorizationRequired(message, error="invalid_grant")
+
+    def _expired_message(self, key: GrantKey, row: DictRow) -> str | None:
+        """Why Taptouch refused the grant's refresh token when it had expired by this machine's clock."""
+        if row["refresh_expires_at"] is None or self._clock() < row["refresh_expires_at"].timestamp():
+            return None
+        return (
+            f"The refresh token of merchant {key.label!r} expired at "
+            f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
+            f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
+        )
 
     def _grant_row(self, conn: psycopg.Connection[DictRow], key: GrantKey, *, lock: bool = False) -> DictRow:
         """The merchant's stored grant; none stored (or revoked meanwhile) must be authorized again."""

@@ -555,3 +555,59 @@ def test_a_failed_run_alerts_its_failed_non_blocking_checks_too(monkeypatch, mig
         assert kinds == ["check-failure", "run-failure"]
         texts = [b["text"] for b in receiver.bodies]
         assert any("check soft" in t for t in texts) and not any("check hard" in t for t in texts)
+
+
+def test_a_bad_min_severity_fails_the_ticks_after_queuing_every_alert(monkeypatch, migrated_db):
+    """TAPTOUCH_ALERT_MIN_SEVERITY=WARNING (a typo of WARN): both alert sensors still queue their
+    run's alerts, every failed check included (as WARN), then fail the tick naming the setting.
+    Raising first lost them for good: a run-status sensor's cursor moves past the run even when
+    its tick fails (before, a failed run's own alert was never queued)."""
+    from dagster._core.events import DagsterEventType
+
+    @dg.asset(check_specs=[dg.AssetCheckSpec("soft", asset="parts")])
+    def parts():
+        return dg.MaterializeResult(
+            check_results=[dg.AssetCheckResult(check_name="soft", passed=False, severity=dg.AssetCheckSeverity.WARN)]
+        )
+
+    @dg.asset(deps=[parts])
+    def broken():
+        raise RuntimeError("the step broke")
+
+    warehouse = PostgresResource(database_url=migrated_db)
+    with Receiver() as receiver, dg.instance_for_test() as instance:
+        monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
+        monkeypatch.setenv(alerts.MIN_SEVERITY_ENV, "WARNING")
+        result = dg.materialize([parts, broken], instance=instance, raise_on_error=False)
+        run = instance.get_run_by_id(result.run_id)
+        event = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records[0]
+        failed = dg.build_run_status_sensor_context(
+            sensor_name="taptouch_run_failure_alert",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=event.event_log_entry.dagster_event,
+        ).for_run_failure()
+        with pytest.raises(settings.SettingError, match="TAPTOUCH_ALERT_MIN_SEVERITY must be WARN or ERROR"):
+            alerts.taptouch_run_failure_alert(failed, warehouse=warehouse)
+        keys = [r["idempotency_key"] for r in outbox_rows(migrated_db)]
+        assert keys == [f"check-failure:{run.run_id}:parts:soft:", f"run-failure:{run.run_id}"]
+
+        succeeded = _run_with_failed_checks(instance)
+        with pytest.raises(settings.SettingError, match="got 'WARNING'"):
+            alerts.taptouch_check_failure_alert(succeeded, warehouse=warehouse)
+        checks = [
+            r["idempotency_key"]
+            for r in outbox_rows(migrated_db)
+            if succeeded.dagster_run.run_id in r["idempotency_key"]
+        ]
+        assert len(checks) == 2 and {k.split(":")[3] for k in checks} == {"looks_right", "soft"}
+
+
+def test_a_credential_in_json_form_is_redacted_like_key_equals_value():
+    """An HTTP error body echoed into an exception: `"password": "..."` (the key's closing quote
+    between key and colon) is hidden like `password=...` and `password: ...`."""
+    text = alerts.redact('HTTP 400 from the upstream: {"password": "hunter2", "refresh_token": "rt_9f8e7d6c5b4a"}')
+    assert "hunter2" not in text and "rt_9f8e7d6c5b4a" not in text
+    assert "HTTP 400 from the upstream" in text
+    assert alerts.redact("password: hunter2") == "password: ***"
+    assert alerts.redact("token=abc123 and 'secret' : 'x y'") == "token=*** and 'secret' : ***"

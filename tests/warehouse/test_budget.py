@@ -674,3 +674,26 @@ def test_a_request_that_gets_no_slot_leaves_the_rows_rate_to_its_last_writer(mig
         assert waited.value.args[0] == pytest.approx(20, abs=1)
     assert _row(migrated_db, "mixed-again")["next_ahead"] == pytest.approx(queue_end, abs=2)  # not reset
     slow.close(), fast.close()
+
+
+def test_a_429_seen_while_the_database_blipped_is_still_honoured_when_it_is_back(migrated_db):
+    """A 429 arrives while the budget's database is down (the pause is this process's alone); once
+    the database answers again, the rest of the pause is written there, so neither this process
+    nor another sends inside it (before, the shared row knew no pause and the first request went out
+    0.4 s into a 60-s Retry-After; that another process then waits is
+    test_a_429_seen_by_one_client_makes_another_wait's)."""
+    slept: list[float] = []
+    budget = SharedBudget(migrated_db, "blip-client", 10, sleep=slept.append, retry_database_after=0.3)
+    try:
+        budget.acquire()
+        with psycopg.connect(migrated_db, autocommit=True) as admin:  # the budget's connection drops
+            admin.execute("select pg_terminate_backend(%s)", (budget._conn.info.backend_pid,))
+        budget.acquire()  # falls back to the in-process limiter for 0.3 s
+        assert budget.fallbacks == 1
+        budget.penalize(60)  # Taptouch: 429, Retry-After: 60
+        time.sleep(0.4)  # the database is asked again (it is up)
+        waited = budget.acquire()
+        assert budget.fallbacks == 1  # the shared budget answered
+        assert waited >= 55, f"a request {waited:.2f}s into a 60-s Retry-After pause"
+    finally:
+        budget.close()

@@ -346,3 +346,19 @@ def test_a_grant_forgotten_while_waiting_for_the_refresh_lock_asks_to_authorize_
     assert len(outcome) == 1 and isinstance(outcome[0], ReauthorizationRequired), outcome
     assert "No authorization of merchant 'cafe'" in str(outcome[0])
     assert sb.grant_requests["refresh_token"] == 0  # nothing was refreshed
+
+
+def test_a_clock_that_jumps_ahead_does_not_destroy_a_grant_taptouch_still_honours(sb, served, migrated_db):
+    """This machine's clock jumps 5 days ahead: the refresh token looks expired here, but only
+    Taptouch's invalid_grant drops it. It is presented, Taptouch still honours it, and it is rotated
+    (before, it was dropped without asking, and the merchant had to authorize again)."""
+    authorize(served, make_store(migrated_db), merchant="cafe")
+    ahead = make_store(migrated_db, clock=lambda: time.time() + 5 * DAY)
+    auth = merchant_auth(ahead, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
+    assert ahead.keep_alive(auth.store_key, refresh=auth.refresh_with)  # rotated
+    assert sb.grant_requests["refresh_token"] == 1
+    fixed = make_store(migrated_db)  # the clock is right again
+    auth = merchant_auth(fixed, base_url=served, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, merchant="cafe")
+    [grant] = fixed.grants()
+    assert grant.has_refresh_token, grant.last_error
+    assert sb.token_is_valid(auth.get_token())
