@@ -372,7 +372,15 @@ def reconcile_orders(
                 f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
                 "missing; deletions are confirmed once every store is listed"
             )
+    unlisted = sorted(sid for sid, _, _ in result.failures)
+    if unlisted:  # an order missing at one store may have moved to one that could not be listed
+        progress(
+            f"store(s) {', '.join(map(str, unlisted))} could not be listed: no deletion is confirmed in this run "
+            "(an order missing elsewhere may have moved there); the candidates wait for a run that lists every store"
+        )
     for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
+        if unlisted and sr.judged is not None:
+            sr.judged.ripe = []
         refusal = _confirm_store(conn, sr, rpass)
         if refusal:
             result.failures.append((sr.store_id, refusal, False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -219,10 +219,13 @@ def _candidates_in_range(
     """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
     them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
     # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
-    # wait now: the interval is never shortened, and never made endless, by a clock step
+    # wait now: the interval is never shortened, and never made endless, by a clock step. "The
+    # future" is past the real clock too: a candidate an orders load recorded while a long
+    # reconciliation ran is later than that run's ``now`` (its start), and keeps its own time
+    ahead = max(now, datetime.now(UTC))
     cur.execute(
         "update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s and first_missing_at > %s",
-        (now, store_id, now),
+        (ahead, store_id, ahead),
     )
     if not bounded:
         cur.execute(

@@ -319,3 +319,62 @@ def test_an_order_that_moved_to_a_store_listed_later_is_not_deleted_from_the_fir
     assert conn.execute("select count(*) from taptouch.deletion_candidates").fetchone()[0] == 0
     logged = conn.execute("select coalesce(sum(deleted), 0) from taptouch.sync_log where entity = 'order_deletions'")
     assert logged.fetchone()[0] == 0
+
+
+def test_no_deletion_is_confirmed_while_a_store_cannot_be_listed(world):
+    """An order moved from store A to store B, whose listings keep failing: A's candidate is due,
+    but the reconciliation confirms nothing while any store's listing failed (the order may be at
+    the store it could not read), as docs/operating.md promises; before, the moved order was marked
+    deleted. Once B lists again, the move is found and nothing is deleted."""
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    store_a, store_b = sorted(sb.store_ids())
+    moved = conn.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " order by order_id limit 1",
+        (store_b, now - timedelta(days=3), now - HOUR),
+    ).fetchone()[0]
+    conn.execute(  # the warehouse holds the version before the move: older, at store A
+        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
+        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
+        (store_a, moved),
+    )
+    conn.execute(
+        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
+        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
+        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
+    )
+    sb.faults.forbidden_stores = {store_b}  # B's listings keep failing
+    result = reconcile_orders(client, conn, days=7, now=now)
+    assert [f[0] for f in result.failures] == [store_b]
+    assert result.deleted == 0 and _deleted(conn) == {}
+    sb.faults.forbidden_stores = set()
+    result = reconcile_orders(client, conn, days=7, now=now + HOUR)
+    assert result.failures == [] and _deleted(conn) == {}
+    assert conn.execute("select store_id from taptouch.orders where order_id = %s", (moved,)).fetchone() == (store_b,)
+
+
+def test_a_candidate_recorded_during_a_reconciliation_waits_the_full_interval(world):
+    """An hourly load records a candidate while a long reconciliation runs (its `now` is the run's
+    start, 40 minutes earlier): the candidate keeps its own first-missed time, so a run an hour
+    after that reconciliation's start (20 minutes after the first miss) does not confirm it (before,
+    its first miss was moved back to the run's start)."""
+    sb, client, conn = world
+    gone, updated = conn.execute(
+        "select order_id, updated_at from taptouch.orders where status = 'completed' and updated_at >= %s"
+        " and updated_at < %s order by order_id limit 1",
+        (datetime.now(UTC) - timedelta(days=3), datetime.now(UTC) - timedelta(days=2)),
+    ).fetchone()
+    day = datetime(updated.year, updated.month, updated.day, tzinfo=UTC)
+    sb.delete_order(gone)
+    loaded_at = datetime.now(UTC)
+    load_window(client, conn, day.date().isoformat(), day, day + timedelta(days=1))  # the hourly load
+    missing = "select first_missing_at from taptouch.deletion_candidates where order_id = %s"
+    first = conn.execute(missing, (gone,)).fetchone()[0]
+    assert first >= loaded_at
+    run_start = first - timedelta(minutes=40)  # the reconciliation began 40 minutes before that load
+    reconcile_orders(client, conn, days=7, now=run_start)
+    assert conn.execute(missing, (gone,)).fetchone()[0] == first
+    later = reconcile_orders(client, conn, days=7, now=run_start + HOUR)  # 20 minutes after the first miss
+    assert later.deleted == 0 and _deleted(conn) == {}
+    assert reconcile_orders(client, conn, days=7, now=first + HOUR).deleted == 1  # a full hour after it
