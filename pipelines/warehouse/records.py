@@ -763,19 +763,18 @@ def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> Non
     rounding, a completed order paid in full, and its refunds summing to what the order's history row
     holds; InvalidRecord says which does not add up."""
     subtotal, discount, surcharge, rounding, total, status = _ORDER_SUMS(order)
-    if items:
-        item_sum = ZERO
-        for i, item in enumerate(items):
-            qty, price, discount_i, item_total, modifiers = _ITEM_SUMS(item)
-            expected = qty * (price + (_modifier_sum(modifiers) if modifiers != "[]" else 0)) - discount_i
-            if abs(expected - item_total) >= CENT:  # fractional quantities round to the cent
-                raise InvalidRecord(
-                    f"items[{i}].total {item_total} != quantity x (unit_price + modifiers) - discount = "
-                    f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}"
-                )
-            item_sum += item_total
-        if item_sum != subtotal:
-            raise InvalidRecord(f"subtotal {subtotal} != sum of item totals {item_sum}")
+    item_sum = ZERO
+    for i, item in enumerate(items):
+        qty, price, discount_i, item_total, modifiers = _ITEM_SUMS(item)
+        expected = qty * (price + (_modifier_sum(modifiers) if modifiers != "[]" else 0)) - discount_i
+        if abs(expected - item_total) >= CENT:  # fractional quantities round to the cent
+            raise InvalidRecord(
+                f"items[{i}].total {item_total} != quantity x (unit_price + modifiers) - discount = "
+                f"{expected.quantize(CENT) if abs(expected) < IMPLAUSIBLE * 1000 else expected}"
+            )
+        item_sum += item_total
+    if item_sum != subtotal:  # no items: the subtotal is 0 (the contract's subtotal = sum of item totals)
+        raise InvalidRecord(f"subtotal {subtotal} != sum of item totals {item_sum}")
     expected_total = subtotal - discount + surcharge + rounding
     if expected_total != total:
         raise InvalidRecord(f"total {total} != subtotal - discount + surcharge + rounding = {expected_total}")

@@ -298,3 +298,20 @@ def test_hostile_shapes_quarantine_one_record(db, raw, reason):
     assert (counts.inserted, counts.quarantined) == (1, 1)
     assert q(db, "select reason, raw is not null or raw_text is not null from taptouch.quarantine") == [(reason, True)]
     assert q(db, "select order_id from taptouch.orders") == [(1,)]
+
+
+def test_an_order_without_lines_and_a_subtotal_is_quarantined():
+    """The contract's subtotal = Σ item totals holds with no items too (Σ = 0): an order of no
+    lines and a subtotal of 10.00 is refused with the reason (before, it loaded, and its subtotal
+    was in gross_sales but in no product_sales row, breaking analytics.md's identity)."""
+    from decimal import Decimal as D
+
+    from pipelines.warehouse import records
+    from tests.support import factories as f
+
+    o = f.order(2, items=[])
+    o["subtotal"] = o["total"] = o["payments"][0]["amount"] = D("10.00")
+    with pytest.raises(records.InvalidRecord, match=r"subtotal 10.00 != sum of item totals 0"):
+        records.order_rows(records.as_bytes(o), "Australia/Melbourne")
+    empty = f.order(3, items=[])  # no lines and a subtotal of 0: loads
+    assert records.order_rows(records.as_bytes(empty), "Australia/Melbourne").order_id == 3
