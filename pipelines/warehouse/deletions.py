@@ -110,10 +110,14 @@ def _require_transaction(cur: psycopg.Cursor) -> None:
         )
 
 
-def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int]:
+def note_listed(cur: psycopg.Cursor, ids: Iterable[int], listed_since: datetime | None = None) -> tuple[list[int], int]:
     """Orders a listing returned exist at the source: clear their ``deleted_at`` and remove their
     deletion candidates. Returns (restored order ids, candidates removed). Any listing may call it,
-    complete or not, inside a transaction."""
+    complete or not, inside a transaction. ``listed_since``: when the listing began (this machine's
+    clock); a deletion confirmed after that is newer news than the listing (e.g. a backfill's
+    window that waited its turn to merge while two reconciliations confirmed it), and stays. (Its
+    candidates are removed all the same: that only delays a deletion until a later listing misses
+    the order again.)"""
     _require_transaction(cur)
     ids = sorted(set(ids))
     if not ids:
@@ -123,8 +127,8 @@ def note_listed(cur: psycopg.Cursor, ids: Iterable[int]) -> tuple[list[int], int
     dropped = cur.rowcount
     cur.execute(
         "update taptouch.orders set deleted_at = null where deleted_at is not null and order_id = any(%s)"
-        " returning order_id",
-        (ids,),
+        " and (%s::timestamptz is null or deleted_at < %s) returning order_id",
+        (ids, listed_since, listed_since),
     )
     restored = sorted(r[0] for r in cur.fetchall())
     aggregates.refresh_orders(cur, restored)  # their store-days count them again
@@ -145,6 +149,7 @@ def judge_listing(
     listed_count: int | None = None,
     seen_by: str | None = None,
     defer: bool = False,
+    listed_since: datetime | None = None,
 ) -> Judgement:
     """Judge one store's orders by one COMPLETE listing whose records all had a readable id (the
     caller checks both) and that returned ``listed_ids`` for ``updated_at`` in ``[listed_from,
@@ -154,13 +159,13 @@ def judge_listing(
     an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the orders asset,
     a full reload) may miss an order edited past ``listed_to`` and not loaded yet. ``listed_count``:
     records listed in all (default ``len(listed_ids)``), for the empty-listing rule. ``defer``: the
-    due candidates are returned (``ripe``) for :func:`confirm_deferred`. Runs in the caller's
-    transaction; takes the orders merge lock."""
+    due candidates are returned (``ripe``) for :func:`confirm_deferred`. ``listed_since``: as
+    :func:`note_listed`'s. Runs in the caller's transaction; takes the orders merge lock."""
     _require_transaction(cur)
     listed = set(listed_ids)
     result = Judgement(store_id)
     cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
-    result.restored, result.dropped = note_listed(cur, listed)
+    result.restored, result.dropped = note_listed(cur, listed, listed_since)
     bound = started_at if listed_to is None else min(started_at, listed_to)
     cur.execute(
         "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"

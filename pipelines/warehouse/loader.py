@@ -794,7 +794,7 @@ class OrderWindowLoad:
                 continue
             judged = self._judged.get(store_id) if store_id not in self._blind else None
             if judged is None:
-                deletions.note_listed(cur, ids)
+                deletions.note_listed(cur, ids, self._started)
                 continue
             listed_from, listed_to, started_at = judged
             deletions.judge_listing(
@@ -807,6 +807,7 @@ class OrderWindowLoad:
                 now=datetime.now(UTC),
                 confirm_s=0,
                 seen_by=self.run_id,
+                listed_since=self._started,
             )
 
 

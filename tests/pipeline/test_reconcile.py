@@ -109,7 +109,7 @@ def test_the_loader_restores_a_deleted_order_the_api_lists_again(world):
         (now - timedelta(days=3),),
     ).fetchone()[0]
     sb.delete_order(gone)
-    assert _twice(client, conn, now, days=7)[1].deleted == 1
+    assert _twice(client, conn, now - 2 * HOUR, days=7)[1].deleted == 1  # confirmed an hour ago
     assert set(_deleted(conn)) == {gone}
     sb.restore_order(gone)  # listed again, unchanged: the loader recognises it by its digest
     start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=12)
@@ -378,3 +378,31 @@ def test_a_candidate_recorded_during_a_reconciliation_waits_the_full_interval(wo
     later = reconcile_orders(client, conn, days=7, now=run_start + HOUR)  # 20 minutes after the first miss
     assert later.deleted == 0 and _deleted(conn) == {}
     assert reconcile_orders(client, conn, days=7, now=first + HOUR).deleted == 1  # a full hour after it
+
+
+def test_a_listing_older_than_a_confirmed_deletion_does_not_restore_it(world, migrated_db):
+    """An orders load listed an order, then waited to merge (a backfill's window waiting its turn)
+    while the order was deleted at the source and two reconciliations confirmed it: the load's
+    older listing does not bring it back (before, it was restored and counted as a sale again until
+    two more reconciliations deleted it anew). A listing begun after a deletion still restores
+    (test_the_loader_restores_a_deleted_order_the_api_lists_again)."""
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    gone, updated = conn.execute(
+        "select order_id, updated_at from taptouch.orders where status = 'completed' and updated_at >= %s"
+        " and updated_at < %s order by order_id limit 1",
+        (now - timedelta(days=3), now - timedelta(days=2)),
+    ).fetchone()
+    day = datetime(updated.year, updated.month, updated.day, tzinfo=UTC)
+
+    def meanwhile() -> None:  # the load has listed and staged; it merges after this
+        sb.delete_order(gone)
+        with psycopg.connect(migrated_db, autocommit=True) as other:
+            reconcile_orders(client, other, days=7, now=datetime.now(UTC) - HOUR)
+            assert reconcile_orders(client, other, days=7, now=datetime.now(UTC)).deleted == 1
+
+    result = load_window(client, conn, day.date().isoformat(), day, day + timedelta(days=1), before_merge=meanwhile)
+    assert not result.failures
+    assert set(_deleted(conn)) == {gone}
+    apply_views(conn)
+    assert conn.execute("select 1 from analytics.sales_orders where order_id = %s", (gone,)).fetchall() == []
