@@ -65,7 +65,9 @@ _REDACTED = "***"
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"<>|`]+")
 _KEY_VALUE = re.compile(
     r"(?i)\b((?:client_)?secret|password|passwd|pwd|token|access_token|refresh_token|api_key|apikey|"
-    r"authorization|code_verifier|key)([\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"]+)"
+    r"authorization|code_verifier|key)(\\?[\"']?\s*[=:]\s*)"
+    # the value: JSON escaped inside a JSON string (\"...\"), a JSON string (escapes inside), quoted, bare
+    r"(\\\"(?:[^\"\\]|\\[^\"])*\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s,;&'\"]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
 _LONG_TOKEN = re.compile(r"\b(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}\b")

@@ -335,6 +335,7 @@ def reconcile_orders(
     confirm_mass_deletion_stores: Iterable[int] = (),
     run_id: str | None = None,
     restore_days: int = DEFAULT_RESTORE_DAYS,
+    excused_stores: Iterable[int] = (),
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
@@ -349,6 +350,8 @@ def reconcile_orders(
     store's repairs and judgement are short transactions of their own. ``now`` (default: the
     clock) is the only clock the decisions read, so tests pass a fake one. A store in
     ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
+    Deletions are confirmed only when every store was listed whole, but for ``excused_stores`` (an
+    operator's word that no order moved to them, e.g. a store whose access was withdrawn for good).
     """
     if not conn.autocommit:
         raise ValueError(
@@ -372,11 +375,17 @@ def reconcile_orders(
                 f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
                 "missing; deletions are confirmed once every store is listed"
             )
-    unlisted = sorted(sid for sid, _, _ in result.failures)
-    if unlisted:  # an order missing at one store may have moved to one that could not be listed
+    # an order missing at one store may have moved to one that could not be listed whole
+    # (a store with a record whose id cannot be read deletes nothing itself, but holds no one back)
+    unlisted = sorted(
+        ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete})
+        - set(excused_stores)
+    )
+    if unlisted:
         progress(
-            f"store(s) {', '.join(map(str, unlisted))} could not be listed: no deletion is confirmed in this run "
-            "(an order missing elsewhere may have moved there); the candidates wait for a run that lists every store"
+            f"store(s) {', '.join(map(str, unlisted))} could not be listed whole: no deletion is confirmed in this "
+            "run (an order missing elsewhere may have moved there); the candidates wait for a run that lists every "
+            "store, or for run config excused_stores naming these"
         )
     for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
         if unlisted and sr.judged is not None:
@@ -477,6 +486,11 @@ class ReconcileConfig(dg.Config):
     """Stores whose unusual share of deletions an operator confirms (they really were deleted in
     Taptouch): e.g. ``[1042]``. Confirms only orders two complete listings missed."""
 
+    excused_stores: list[int] = []
+    """Stores whose failed or incomplete listing does not hold back the other stores' deletions (an
+    operator's word that no order moved to them, e.g. a store whose access was withdrawn for good):
+    e.g. ``[1042]``. While any other store cannot be listed whole, no deletion is confirmed."""
+
 
 def _reconcile_metadata(result: ReconcileResult) -> dict:
     """What ``order_deletions`` shows of a reconciliation: counts, the ids changed, the stores."""
@@ -565,6 +579,7 @@ def deletions_definitions(
                 confirm_s=run.settings.reconcile_confirm_s,
                 restore_days=run.settings.restore_days,
                 confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
+                excused_stores=config.excused_stores,
                 run_id=context.run.run_id,
                 progress=context.log.info,
             )

@@ -242,15 +242,20 @@ class SharedBudget:
         if self._run(_PENALIZE, {"seconds": float(seconds)}, fetch=False) is None:
             # shared once the database answers again (:meth:`_share_pause`): the fallback's own pause
             # ends with the fallback, and every process would otherwise send inside it
-            self._unshared_until = max(self._unshared_until, time.monotonic() + seconds)
+            with self._lock:
+                self._unshared_until = max(self._unshared_until, time.monotonic() + seconds)
         log.info("Taptouch answered 429: every process using client %s waits %.2fs", self.client_id, seconds)
 
     def _share_pause(self) -> None:
         """The rest of a 429's pause that :meth:`penalize` could not write (the database was down),
         written now if the database answers."""
-        left = self._unshared_until - time.monotonic()
+        with self._lock:
+            until = self._unshared_until
+        left = until - time.monotonic()
         if left <= 0 or self._run(_PENALIZE, {"seconds": left}, fetch=False) is not None:
-            self._unshared_until = 0.0
+            with self._lock:  # unless another thread's 429 was kept meanwhile
+                if self._unshared_until == until:
+                    self._unshared_until = 0.0
 
     def close(self) -> None:
         with self._lock:

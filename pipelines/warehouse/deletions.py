@@ -275,10 +275,13 @@ def _confirm(
         log.error("%s", result.refusal)
         return
     if ripe:
+        # when the warehouse marks them: the run's clock, or the real one when later (a long
+        # reconciliation's `now` is its start; a listing begun after that start, and before this
+        # moment, is older news than the deletion and must not restore it: note_listed)
         cur.execute(
             "update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
             " returning order_id",
-            (now, ripe),
+            (max(now, datetime.now(UTC)), ripe),
         )
         result.deleted = sorted(r[0] for r in cur.fetchall())
         aggregates.refresh_orders(cur, result.deleted)  # their store-days no longer count them

@@ -125,6 +125,10 @@ end
 $$;
 
 -- the hourly aggregates of the stores in those zones, recomputed (as aggregates.py computes them)
+-- under the orders merge lock (pipelines/warehouse/merge.py, ORDERS.lock_key), which every writer of
+-- the aggregates holds: a load merging meanwhile would otherwise add its store-days' rows beside these
+select pg_advisory_xact_lock(791822641);
+
 delete from taptouch.sales_hours as hours using taptouch.stores as stores
 where stores.store_id = hours.store_id and stores.timezone in ('CET', 'MET', 'EET', 'WET');
 

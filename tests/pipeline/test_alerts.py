@@ -609,5 +609,7 @@ def test_a_credential_in_json_form_is_redacted_like_key_equals_value():
     text = alerts.redact('HTTP 400 from the upstream: {"password": "hunter2", "refresh_token": "rt_9f8e7d6c5b4a"}')
     assert "hunter2" not in text and "rt_9f8e7d6c5b4a" not in text
     assert "HTTP 400 from the upstream" in text
+    assert alerts.redact('{"password": "hun\\"ter2"}') == '{"password": ***}'  # an escaped quote inside
+    assert alerts.redact('{\\"password\\": \\"hunter2x\\"}') == '{\\"password\\": ***}'  # JSON in a string
     assert alerts.redact("password: hunter2") == "password: ***"
     assert alerts.redact("token=abc123 and 'secret' : 'x y'") == "token=*** and 'secret' : ***"

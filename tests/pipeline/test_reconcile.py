@@ -406,3 +406,72 @@ def test_a_listing_older_than_a_confirmed_deletion_does_not_restore_it(world, mi
     assert set(_deleted(conn)) == {gone}
     apply_views(conn)
     assert conn.execute("select 1 from analytics.sales_orders where order_id = %s", (gone,)).fetchall() == []
+
+
+def test_a_listing_older_than_a_deletion_confirmed_by_a_run_begun_before_it_does_not_restore_it(world, migrated_db):
+    """As test_a_listing_older_than_a_confirmed_deletion_does_not_restore_it, but the confirming
+    reconciliation began a minute before the load did (a long run, reaching this store after the
+    load listed it): deleted_at is when the deletion was marked, not the run's start, so the load's
+    older listing still does not restore it."""
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    gone, updated = conn.execute(
+        "select order_id, updated_at from taptouch.orders where status = 'completed' and updated_at >= %s"
+        " and updated_at < %s order by order_id limit 1",
+        (now - timedelta(days=3), now - timedelta(days=2)),
+    ).fetchone()
+    day = datetime(updated.year, updated.month, updated.day, tzinfo=UTC)
+    load_began = datetime.now(UTC)
+
+    def meanwhile() -> None:  # the load has listed and staged; it merges after this
+        sb.delete_order(gone)
+        with psycopg.connect(migrated_db, autocommit=True) as other:
+            reconcile_orders(client, other, days=7, now=load_began - 2 * HOUR)
+            assert reconcile_orders(client, other, days=7, now=load_began - timedelta(minutes=1)).deleted == 1
+
+    result = load_window(client, conn, day.date().isoformat(), day, day + timedelta(days=1), before_merge=meanwhile)
+    assert not result.failures
+    assert set(_deleted(conn)) == {gone}
+
+
+def test_an_incomplete_listing_holds_back_confirmations_unless_its_store_is_excused(world, monkeypatch):
+    """Store B's listing was not known to be complete (its last page answered differently when
+    asked again) and missed the order that moved there from store A: nothing is confirmed (before,
+    only a failed listing held confirmations back). An operator who excuses B (run config
+    excused_stores) lets A's due candidates be confirmed."""
+    import pipelines.reconcile as rec
+
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    store_a, store_b = sorted(sb.store_ids())
+    moved = conn.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " order by order_id limit 1",
+        (store_b, now - timedelta(days=3), now - HOUR),
+    ).fetchone()[0]
+    conn.execute(  # as in test_no_deletion_is_confirmed_while_a_store_cannot_be_listed
+        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
+        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
+        (store_a, moved),
+    )
+    conn.execute(
+        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
+        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
+        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
+    )
+    real = rec._list_store
+
+    def list_store(client, conn, store_id, start, end):
+        out = real(client, conn, store_id, start, end)
+        if store_id == store_b:  # B's listing may have missed a record: the moved order
+            out.complete = False
+            out.ids.discard(moved)
+            out.repairs.pop(moved, None)
+        return out
+
+    monkeypatch.setattr(rec, "_list_store", list_store)
+    result = reconcile_orders(client, conn, days=7, now=now)
+    assert result.failures == [] and [s.store_id for s in result.stores if not s.complete] == [store_b]
+    assert _deleted(conn) == {}
+    result = reconcile_orders(client, conn, days=7, now=now + timedelta(minutes=1), excused_stores=[store_b])
+    assert set(_deleted(conn)) == {moved}  # the operator's word: nothing moved to B

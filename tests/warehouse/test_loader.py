@@ -664,3 +664,14 @@ def test_an_incomplete_full_refresh_does_not_stamp_full_loaded_at(db):
         load.store_listed(7101, None, complete=listed)
         load.finish()
     assert q(db, "select full_loaded_at is not null from taptouch.sync_marks where store_id = 7101") == [(True,)]
+
+
+def test_a_newer_invalid_version_listed_in_the_same_load_stays_unresolved(db):
+    """One listing reads the held version of order 7 (recognised as unchanged), then, on a later
+    page, an edit of it that breaks a rule: that version's quarantine row stays open (resolving
+    what was skipped must not close what the same load refused)."""
+    good = f.order(7)
+    load_orders(db, [(7101, [good])])
+    newer_bad = dict(f.order(7, updated_at="2026-11-02T20:00:00+11:00"), total=good["total"] + 1)
+    assert load_orders(db, [(7101, [good]), (7101, [newer_bad])]).quarantined == 1
+    assert q(db, "select resolved_at is null from taptouch.quarantine where record_key = '7'") == [(True,)]

@@ -79,3 +79,26 @@ def test_migration_0026_repairs_the_hours_kept_before_it(migrated_db):
         assert q(db, "select * from taptouch.sales_hours where store_id = 7101") == before
         with db.transaction(), db.cursor() as cur:
             assert aggregates.mismatches(cur) == {}
+
+
+def test_migration_0026_waits_for_a_merge_in_flight(migrated_db):
+    """0026 rewrites sales_hours under the orders merge lock, which every writer of the aggregates
+    holds: applied while a load merges (every run applies pending migrations first), it waits for
+    that merge to commit instead of writing its store-days beside the load's."""
+    import threading
+
+    from pipelines.warehouse.merge import ORDERS
+
+    with conn_for(migrated_db) as db:
+        db.execute("delete from taptouch_meta.schema_migrations where version = 26")
+    applied: list[list[str]] = []
+    with conn_for(migrated_db) as merging:
+        merging.execute("begin")
+        merging.execute("select pg_advisory_xact_lock(%s)", (ORDERS.lock_key,))  # a merge in flight
+        worker = threading.Thread(target=lambda: applied.append(migrate(migrated_db)))
+        worker.start()
+        worker.join(2.0)
+        assert worker.is_alive() and applied == []  # waiting for the merge
+        merging.execute("commit")
+    worker.join(30)
+    assert applied == [["0026_wall_clock_zones.sql"]]
