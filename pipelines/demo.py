@@ -194,11 +194,43 @@ def _start(title: str, accounts: bool = False):
     return t0, url, instance
 
 
+def refuse_a_real_warehouse(url: str, sandbox_stores: list[dict]) -> None:
+    """The demo writes fake data: a warehouse holding a store the sandbox does not serve (a real
+    merchant's: another id, or another name under the same id) is refused before anything is
+    written, with what to do (``WarehouseConfigError``: exit 2). An empty warehouse, or one an
+    earlier demo filled, is used."""
+    import psycopg
+
+    from .warehouse.db import DATABASE_URL_ENV, WarehouseConfigError
+
+    served = {(int(s["id"]), s["name"]) for s in sandbox_stores}
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        if conn.execute("select to_regclass('taptouch.stores') is null").fetchone()[0]:
+            return
+        held = conn.execute("select store_id, name from taptouch.stores order by store_id").fetchall()
+    foreign = [f"{sid} ({name!r})" for sid, name in held if (sid, name) not in served]
+    if foreign:
+        raise WarehouseConfigError(
+            f"the demo loads the sandbox's fake stores and orders, and the warehouse at {redact_url(url)} holds "
+            f"stores the sandbox does not serve: {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}. "
+            f"Nothing was written. Unset {DATABASE_URL_ENV} to run the demo on the embedded PostgreSQL, or point "
+            "it at an empty database."
+        )
+
+
 def run_demo(days: int = 7, accounts: bool = False) -> int:
     if accounts:
         return run_accounts_demo(days)
     own_home = not os.environ.get("DAGSTER_HOME")
-    t0, url, instance = _start("taptouch-sync demo: sandbox API + embedded PostgreSQL + Dagster, end to end")
+    from .warehouse.db import DATABASE_URL_ENV
+
+    where = (
+        "PostgreSQL at $" + DATABASE_URL_ENV if os.environ.get(DATABASE_URL_ENV, "").strip() else "embedded PostgreSQL"
+    )
+    t0, url, instance = _start(f"taptouch-sync demo: sandbox API + {where} + Dagster, end to end")
+    from taptouch_sandbox import Sandbox, SandboxConfig
+
+    refuse_a_real_warehouse(url, Sandbox(SandboxConfig(seed=1, stores=SANDBOX_STORES, days=SANDBOX_DAYS)).stores())
     from .assets.analytics import analytics_assets
     from .definitions import RESOURCES, defs
     from .warehouse.resource import PostgresResource

@@ -151,7 +151,7 @@ def _timeout_options(statement_timeout_ms: int | None) -> dict[str, Any]:
 _HINTS = (
     (
         re.compile(
-            r"invalid percent-encoded token|invalid URI|invalid (integer|port)|missing \"=\"|"
+            r"invalid percent-encoded token|invalid URI|invalid (integer|port)|missing (key/value separator )?\"=\"|"
             r"unexpected spaces|invalid \w+ value|invalid connection option",
             re.IGNORECASE,
         ),

@@ -19,8 +19,9 @@ ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]*")
+_SECRET_KEYS = frozenset({"password", "sslpassword"})  # libpq's: the user's, and the client key's passphrase
 _KV_PASSWORD = re.compile(
-    r"(?P<key>(?:^|(?<=\s))password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)", re.IGNORECASE
+    r"(?P<key>(?:^|(?<=\s))(?:ssl)?password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)", re.IGNORECASE
 )
 
 
@@ -69,7 +70,7 @@ def _redact_query(query: str) -> str:
     out = []
     for pair in query.split("&"):
         key, eq, _ = pair.partition("=")
-        out.append(f"{key}={REDACTED}" if eq and unquote(key).strip().lower() == "password" else pair)
+        out.append(f"{key}={REDACTED}" if eq and unquote(key).strip().lower() in _SECRET_KEYS else pair)
     return "&".join(out)
 
 
@@ -115,7 +116,7 @@ def secrets_of(url: str) -> set[str]:
         _, query = _split_query(parts.rest)
         for pair in (query or "").split("&"):
             key, eq, value = pair.partition("=")
-            if eq and value and unquote(key).strip().lower() == "password":
+            if eq and value and unquote(key).strip().lower() in _SECRET_KEYS:
                 found.add(value)
     if not readings:
         for match in _KV_PASSWORD.finditer(url):

@@ -50,6 +50,38 @@ def test_the_demo_loads_and_a_rerun_changes_nothing(database_url, tmp_path):
         assert conn.execute("select count(*) from taptouch.orders").fetchone()[0] == orders
 
 
+@pytest.mark.postgres
+def test_the_demo_refuses_a_warehouse_holding_a_real_merchants_stores(database_url, tmp_path):
+    """TAPTOUCH_DATABASE_URL exported for production (the README's set-up), then the demo run: it
+    would upsert the sandbox's fake stores and orders over the real rows of the same store ids. It
+    refuses before writing anything, saying what to do (before, it overwrote store 7101 and
+    announced "embedded PostgreSQL")."""
+    from pipelines.warehouse.migrations import migrate
+
+    migrate(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into taptouch.stores (store_id, name, status, timezone, currency, updated_at, raw) "
+            "values (7101, 'Real Production Cafe', 'active', 'Australia/Sydney', 'AUD', '2000-01-01', '{}')"
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPTOUCH_") or k == "TAPTOUCH_PGDATA"}
+    env.update({"TAPTOUCH_DATABASE_URL": database_url, "DAGSTER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "demo", "--days", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "7101 ('Real Production Cafe')" in done.stderr and "Unset TAPTOUCH_DATABASE_URL" in done.stderr
+    assert "PostgreSQL at $TAPTOUCH_DATABASE_URL" in done.stdout
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("select store_id, name from taptouch.stores").fetchall() == [(7101, "Real Production Cafe")]
+        assert conn.execute("select count(*) from taptouch.orders").fetchone() == (0,)
+
+
 # ------------------------------------------------------------------------------ the two demos kept apart
 def test_the_two_account_demo_has_an_instance_of_its_own(monkeypatch, tmp_path):
     """Without DAGSTER_HOME, `demo --accounts` (and `ui --sandbox --accounts`) use

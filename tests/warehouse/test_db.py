@@ -241,3 +241,32 @@ def test_cli_db_url_redacts_unless_raw(capsys: pytest.CaptureFixture[str]) -> No
     assert 'psql "postgresql://app:***@db.example:5432/wh"' in out or '"postgresql://app:***@db.example:5432/wh"' in out
     assert main(["db-url", "--raw", "--database-url", url]) == 0
     assert capsys.readouterr().out.strip() == url
+
+
+def test_an_unencoded_at_then_question_mark_in_the_password_names_the_variable_and_the_fix(monkeypatch, capsys):
+    """libpq reads `Pa@ss?wd@...` as a query string and says `missing key/value separator "="`:
+    the error names the variable and says to percent-encode, and shows no piece of the password."""
+    from pipelines.cli import main
+    from pipelines.warehouse.db import DATABASE_URL_ENV
+
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://app:Pa@ss?wd@127.0.0.1:5432/wh")
+    assert main(["-q", "migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "Pa@ss" not in err and "ss?wd" not in err
+    assert "TAPTOUCH_DATABASE_URL" in err and "percent-encode" in err, err
+
+
+def test_db_url_and_migrate_hide_the_sslpassword(migrated_db, monkeypatch, capsys):
+    """libpq's sslpassword (the client key's passphrase) is a secret like password."""
+    from pipelines.cli import main
+    from pipelines.warehouse.db import DATABASE_URL_ENV
+
+    url = migrated_db + ("&" if "?" in migrated_db else "?") + "sslpassword=SslSecretX9"
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    assert main(["-q", "db-url"]) == 0
+    assert main(["-q", "migrate"]) == 0
+    out = capsys.readouterr()
+    assert "SslSecretX9" not in out.out + out.err and "sslpassword=***" in out.out
+    from pipelines.warehouse.urls import redact_text
+
+    assert redact_text("host=h sslpassword=Abc123 password=Xyz") == "host=h sslpassword=*** password=***"
