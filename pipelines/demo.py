@@ -205,7 +205,7 @@ def refuse_a_real_warehouse(url: str, sandbox_stores: list[dict]) -> None:
 
     served = {(int(s["id"]), s["name"]) for s in sandbox_stores}
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        if conn.execute("select to_regclass('taptouch.stores') is null").fetchone()[0]:
+        if conn.execute("select to_regclass('taptouch.stores')").fetchone() in (None, (None,)):
             return
         held = conn.execute("select store_id, name from taptouch.stores order by store_id").fetchall()
     foreign = [f"{sid} ({name!r})" for sid, name in held if (sid, name) not in served]

@@ -375,11 +375,22 @@ def reconcile_orders(
                 f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
                 "missing; deletions are confirmed once every store is listed"
             )
-    # an order missing at one store may have moved to one that could not be listed whole
-    # (a store with a record whose id cannot be read deletes nothing itself, but holds no one back)
+    _confirm_all(conn, result, rpass, set(excused_stores), progress)
+    return result
+
+
+def _confirm_all(
+    conn: psycopg.Connection,
+    result: ReconcileResult,
+    rpass: "_Pass",
+    excused: set[int],
+    progress: Callable[[str], None],
+) -> None:
+    """Every store's due deletions confirmed, unless a store (not ``excused``) could not be listed
+    whole: an order missing at one store may have moved to it (a store with a record whose id cannot
+    be read deletes nothing itself, but holds no one back)."""
     unlisted = sorted(
-        ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete})
-        - set(excused_stores)
+        ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete}) - excused
     )
     if unlisted:
         progress(
@@ -394,7 +405,6 @@ def reconcile_orders(
         if refusal:
             result.failures.append((sr.store_id, refusal, False))
         progress(_store_summary(sr))
-    return result
 
 
 @dataclass(frozen=True)

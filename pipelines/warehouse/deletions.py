@@ -158,10 +158,9 @@ def judge_listing(
     ``now``), restores what was listed, and applies the share guard unless ``mass_confirmed``. Only
     an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the orders asset,
     a full reload) may miss an order edited past ``listed_to`` and not loaded yet. ``listed_count``:
-    records listed in all (default ``len(listed_ids)``), for the empty-listing rule. ``defer``: the
-    due candidates are returned (``ripe``) for :func:`confirm_deferred`. ``listed_since``: as
-    :func:`note_listed`'s. Runs in the caller's transaction; takes the orders merge lock."""
-    _require_transaction(cur)
+    records listed in all (default ``len(listed_ids)``), for the empty-listing rule. ``defer``: due
+    ones returned (``ripe``) for :func:`confirm_deferred`. ``listed_since``: :func:`note_listed`'s."""
+    _require_transaction(cur)  # the caller's transaction; the orders merge lock is taken below
     listed = set(listed_ids)
     result = Judgement(store_id)
     cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
@@ -224,13 +223,12 @@ def _candidates_in_range(
     """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
     them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
     # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
-    # wait now: the interval is never shortened, and never made endless, by a clock step. "The
-    # future" is past the real clock too: a candidate an orders load recorded while a long
-    # reconciliation ran is later than that run's ``now`` (its start), and keeps its own time
-    ahead = max(now, datetime.now(UTC))
+    # wait now: the interval is never shortened, and never made endless, by a clock step. (Left
+    # alone: a reconciliation's ``now`` is its start, so a candidate an orders load records while a
+    # long reconciliation runs is reset to that start, shortening its wait by the run's length so far.)
     cur.execute(
         "update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s and first_missing_at > %s",
-        (ahead, store_id, ahead),
+        (now, store_id, now),
     )
     if not bounded:
         cur.execute(

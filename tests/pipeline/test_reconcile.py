@@ -354,32 +354,6 @@ def test_no_deletion_is_confirmed_while_a_store_cannot_be_listed(world):
     assert conn.execute("select store_id from taptouch.orders where order_id = %s", (moved,)).fetchone() == (store_b,)
 
 
-def test_a_candidate_recorded_during_a_reconciliation_waits_the_full_interval(world):
-    """An hourly load records a candidate while a long reconciliation runs (its `now` is the run's
-    start, 40 minutes earlier): the candidate keeps its own first-missed time, so a run an hour
-    after that reconciliation's start (20 minutes after the first miss) does not confirm it (before,
-    its first miss was moved back to the run's start)."""
-    sb, client, conn = world
-    gone, updated = conn.execute(
-        "select order_id, updated_at from taptouch.orders where status = 'completed' and updated_at >= %s"
-        " and updated_at < %s order by order_id limit 1",
-        (datetime.now(UTC) - timedelta(days=3), datetime.now(UTC) - timedelta(days=2)),
-    ).fetchone()
-    day = datetime(updated.year, updated.month, updated.day, tzinfo=UTC)
-    sb.delete_order(gone)
-    loaded_at = datetime.now(UTC)
-    load_window(client, conn, day.date().isoformat(), day, day + timedelta(days=1))  # the hourly load
-    missing = "select first_missing_at from taptouch.deletion_candidates where order_id = %s"
-    first = conn.execute(missing, (gone,)).fetchone()[0]
-    assert first >= loaded_at
-    run_start = first - timedelta(minutes=40)  # the reconciliation began 40 minutes before that load
-    reconcile_orders(client, conn, days=7, now=run_start)
-    assert conn.execute(missing, (gone,)).fetchone()[0] == first
-    later = reconcile_orders(client, conn, days=7, now=run_start + HOUR)  # 20 minutes after the first miss
-    assert later.deleted == 0 and _deleted(conn) == {}
-    assert reconcile_orders(client, conn, days=7, now=first + HOUR).deleted == 1  # a full hour after it
-
-
 def test_a_listing_older_than_a_confirmed_deletion_does_not_restore_it(world, migrated_db):
     """An orders load listed an order, then waited to merge (a backfill's window waiting its turn)
     while the order was deleted at the source and two reconciliations confirmed it: the load's
