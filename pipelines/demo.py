@@ -194,6 +194,16 @@ def _start(title: str, accounts: bool = False):
     return t0, url, instance
 
 
+def demo_stores() -> list[dict]:
+    """Every store the demos' sandboxes serve (the demo's, and both accounts' of ``demo --accounts``:
+    disjoint, so both demos may share a warehouse); names depend on the store's index only."""
+    from taptouch_sandbox import Sandbox, SandboxConfig
+    from taptouch_sandbox.group import demo_group
+
+    own = Sandbox(SandboxConfig(seed=1, stores=SANDBOX_STORES, days=SANDBOX_DAYS)).stores()
+    return own + [s for member in demo_group(days=1)[1].values() for s in member.stores()]
+
+
 def refuse_a_real_warehouse(url: str, sandbox_stores: list[dict]) -> None:
     """The demo writes fake data: a warehouse holding a store the sandbox does not serve (a real
     merchant's: another id, or another name under the same id) is refused before anything is
@@ -228,9 +238,7 @@ def run_demo(days: int = 7, accounts: bool = False) -> int:
         "PostgreSQL at $" + DATABASE_URL_ENV if os.environ.get(DATABASE_URL_ENV, "").strip() else "embedded PostgreSQL"
     )
     t0, url, instance = _start(f"taptouch-sync demo: sandbox API + {where} + Dagster, end to end")
-    from taptouch_sandbox import Sandbox, SandboxConfig
-
-    refuse_a_real_warehouse(url, Sandbox(SandboxConfig(seed=1, stores=SANDBOX_STORES, days=SANDBOX_DAYS)).stores())
+    refuse_a_real_warehouse(url, demo_stores())
     from .assets.analytics import analytics_assets
     from .definitions import RESOURCES, defs
     from .warehouse.resource import PostgresResource
@@ -276,6 +284,7 @@ def run_accounts_demo(days: int = 7) -> int:
     t0, url, instance = _start(
         "taptouch-sync demo --accounts: two Taptouch accounts, one deployment, one warehouse", accounts=True
     )
+    refuse_a_real_warehouse(url, demo_stores())
     import dagster as dg
 
     from .warehouse.resource import PostgresResource
@@ -608,9 +617,9 @@ def run_ui(
       whole group (webserver, daemon, code server, runs): see :func:`_stop_tree`. Then the sandbox API
       stops, the env file is removed, and the embedded PostgreSQL is stopped if this command started it
       (one already running is left running). Should this process die without cleaning up (SIGKILL),
-      ``dagster dev`` gets SIGTERM (on Linux: :func:`_dies_with_parent`).
-
-    Returns 0 after a stop asked by a signal, else ``dagster dev``'s exit status."""
+      ``dagster dev`` gets SIGTERM (on Linux: :func:`_dies_with_parent`). With the sandbox, a warehouse
+      holding a real merchant's stores is refused (:func:`refuse_a_real_warehouse`). Returns 0 after a
+      stop asked by a signal, else ``dagster dev``'s exit status."""
     from .warehouse.db import DATABASE_URL_ENV, state_dir
 
     with _StopSignals() as signals, contextlib.ExitStack() as stack:
@@ -624,6 +633,7 @@ def run_ui(
             stack.enter_context(_exported({DATABASE_URL_ENV: database_url}))
             before = dict(os.environ)
             if sandbox:
+                refuse_a_real_warehouse(database_url, demo_stores())  # no fake stores in a real merchant's warehouse
                 stack.enter_context(sandbox_accounts_env() if accounts else sandbox_env())
             elif not os.environ.get("TAPTOUCH_CLIENT_ID") and not os.environ.get("TAPTOUCH_ACCOUNTS"):
                 print("note: TAPTOUCH_CLIENT_ID is not set; runs will fail until it is (or use --sandbox).")

@@ -58,6 +58,7 @@ class StoreReconcile:
     listed_from: datetime | None = None
     complete: bool = True
     unidentified: int = 0  # listed records whose id cannot be read: nothing deleted at the store
+    listed_at: datetime | None = None  # the listing's start on this machine's clock
     deleted: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)  # first missed now
@@ -75,6 +76,7 @@ class ReconcileResult:
     end: datetime
     stores: list[StoreReconcile] = field(default_factory=list)
     failures: list[tuple[int, str, bool]] = field(default_factory=list)  # (store, error, transient)
+    held_back_by: list[int] = field(default_factory=list)  # stores not listed whole: no deletion confirmed
 
     def _n(self, name: str) -> int:
         return sum(len(getattr(s, name)) for s in self.stores)
@@ -296,7 +298,12 @@ def _confirm_store(conn: psycopg.Connection, sr: StoreReconcile, rpass: "_Pass")
     with conn.transaction(), conn.cursor() as cur:
         judged = sr.judged
         if judged is not None and judged.ripe:
-            deletions.confirm_deferred(cur, judged, mass_confirmed=sr.store_id in rpass.mass_confirmed, now=rpass.now)
+            # deleted as of the listing that missed them last (an orders load that began listing
+            # after it is newer news, and restores: deletions.note_listed)
+            marked = max(rpass.now, sr.listed_at) if sr.listed_at is not None else rpass.now
+            deletions.confirm_deferred(
+                cur, judged, mass_confirmed=sr.store_id in rpass.mass_confirmed, now=rpass.now, marked_at=marked
+            )
             sr.deleted, sr.refused = judged.deleted, judged.refused
             refusal = judged.refusal
         if sr.deleted or sr.restored or sr.repaired:
@@ -392,12 +399,15 @@ def _confirm_all(
     unlisted = sorted(
         ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete}) - excused
     )
+    result.held_back_by = unlisted
     if unlisted:
-        progress(
+        held = (
             f"store(s) {', '.join(map(str, unlisted))} could not be listed whole: no deletion is confirmed in this "
             "run (an order missing elsewhere may have moved there); the candidates wait for a run that lists every "
             "store, or for run config excused_stores naming these"
         )
+        log.warning("%s", held)
+        progress(held)
     for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
         if unlisted and sr.judged is not None:
             sr.judged.ripe = []
@@ -449,6 +459,7 @@ def _reconcile_store(
         listed_from=listed_from,
         complete=listing.complete,
         unidentified=listing.unidentified,
+        listed_at=listed_at,
     )
     if listing.repairs and store_id in rpass.timezones:
         _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
@@ -519,6 +530,7 @@ def _reconcile_metadata(result: ReconcileResult) -> dict:
         "refused": result.refused,
         "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
         "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
+        "deletions_held_back_by": ", ".join(map(str, result.held_back_by)) or "none",
         "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores if not s.complete or s.unidentified)
         or "none",
         "stores_ok": len(result.stores),

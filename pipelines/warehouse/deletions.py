@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -197,7 +197,9 @@ def judge_listing(
     return result
 
 
-def confirm_deferred(cur: psycopg.Cursor, judged: Judgement, *, mass_confirmed: bool, now: datetime) -> None:
+def confirm_deferred(
+    cur: psycopg.Cursor, judged: Judgement, *, mass_confirmed: bool, now: datetime, marked_at: datetime | None = None
+) -> None:
     """Confirm the candidates a deferred :func:`judge_listing` found due (``judged.ripe``), once
     every store of the pass was listed: those still candidates of its store and still live there (a
     later listing that returned one, another store's for an order that moved, removed its candidate). The share guard judges
@@ -214,7 +216,7 @@ def confirm_deferred(cur: psycopg.Cursor, judged: Judgement, *, mass_confirmed: 
         (judged.ripe, judged.store_id, judged.store_id),
     )
     still = [r[0] for r in cur.fetchall()]
-    _confirm(cur, judged, still, listed=judged.listed, mass_confirmed=mass_confirmed, now=now)
+    _confirm(cur, judged, still, listed=judged.listed, mass_confirmed=mass_confirmed, now=now, marked_at=marked_at)
 
 
 def _candidates_in_range(
@@ -261,7 +263,14 @@ def _record_missing(
 
 
 def _confirm(
-    cur: psycopg.Cursor, result: Judgement, ripe: list[int], *, listed: int, mass_confirmed: bool, now: datetime
+    cur: psycopg.Cursor,
+    result: Judgement,
+    ripe: list[int],
+    *,
+    listed: int,
+    mass_confirmed: bool,
+    now: datetime,
+    marked_at: datetime | None = None,
 ) -> None:
     """Mark the ``ripe`` candidates deleted, unless they are an unusual share of the live orders in
     range (:func:`unusual_share`) and no operator confirmed it: then they stay candidates, refused."""
@@ -273,13 +282,12 @@ def _confirm(
         log.error("%s", result.refusal)
         return
     if ripe:
-        # when the warehouse marks them: the run's clock, or the real one when later (a long
-        # reconciliation's `now` is its start; a listing begun after that start, and before this
-        # moment, is older news than the deletion and must not restore it: note_listed)
+        # deleted_at: ``marked_at`` (the start of the listing that missed them last, so that an
+        # orders listing begun before it cannot restore them and one begun after it can: note_listed), else now
         cur.execute(
             "update taptouch.orders set deleted_at = %s where order_id = any(%s) and deleted_at is null"
             " returning order_id",
-            (max(now, datetime.now(UTC)), ripe),
+            (marked_at or now, ripe),
         )
         result.deleted = sorted(r[0] for r in cur.fetchall())
         aggregates.refresh_orders(cur, result.deleted)  # their store-days no longer count them

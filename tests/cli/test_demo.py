@@ -130,3 +130,21 @@ def test_the_single_account_demo_forgets_what_an_older_accounts_demo_left_in_its
         assert forget_other_demo_assets(instance, defined) == ["north/orders", "south/stores"]
         assert {k.to_user_string() for k in instance.all_asset_keys()} == {"orders", "elsewhere/thing"}
         assert forget_other_demo_assets(instance, defined) == []
+
+
+@pytest.mark.postgres
+def test_both_demos_may_share_a_warehouse_and_a_real_store_is_refused(migrated_db):
+    """The guard accepts every store either demo's sandbox serves (the two-account demo's stores
+    are disjoint from the demo's, so both may share a warehouse) and refuses one it does not."""
+    from pipelines.demo import demo_stores, refuse_a_real_warehouse
+    from pipelines.warehouse.db import WarehouseConfigError
+    from pipelines.warehouse.loader import load_stores
+
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        load_stores(conn, demo_stores())
+        assert conn.execute("select count(*) from taptouch.stores").fetchone() == (8,)
+    refuse_a_real_warehouse(migrated_db, demo_stores())  # nothing raised
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("update taptouch.stores set name = 'Real Cafe' where store_id = 8101")
+    with pytest.raises(WarehouseConfigError, match=r"8101 \('Real Cafe'\)"):
+        refuse_a_real_warehouse(migrated_db, demo_stores())

@@ -446,6 +446,44 @@ def test_an_incomplete_listing_holds_back_confirmations_unless_its_store_is_excu
     monkeypatch.setattr(rec, "_list_store", list_store)
     result = reconcile_orders(client, conn, days=7, now=now)
     assert result.failures == [] and [s.store_id for s in result.stores if not s.complete] == [store_b]
-    assert _deleted(conn) == {}
+    assert _deleted(conn) == {} and result.held_back_by == [store_b]
     result = reconcile_orders(client, conn, days=7, now=now + timedelta(minutes=1), excused_stores=[store_b])
-    assert set(_deleted(conn)) == {moved}  # the operator's word: nothing moved to B
+    assert set(_deleted(conn)) == {moved} and result.held_back_by == []  # the operator's word: nothing moved to B
+
+
+def test_a_listing_newer_than_the_reconciliations_listing_restores(world, migrated_db, monkeypatch):
+    """The reconciliation listed store A (missing an order), then, before it confirmed the deletion,
+    the order came back at the source and an orders load of A began listing: that listing is newer
+    than the deletion's evidence, and restores the order even though it merges after the
+    confirmation (deleted_at is the start of the listing that missed it last, not the confirmation)."""
+    import pipelines.reconcile as rec
+
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    store_a, _ = sorted(sb.store_ids())
+    gone, updated = conn.execute(
+        "select order_id, updated_at from taptouch.orders where store_id = %s and status = 'completed'"
+        " and updated_at >= %s and updated_at < %s order by order_id limit 1",
+        (store_a, now - timedelta(days=3), now - timedelta(days=2)),
+    ).fetchone()
+    day = datetime(updated.year, updated.month, updated.day, tzinfo=UTC)
+    sb.delete_order(gone)
+    with psycopg.connect(migrated_db, autocommit=True) as other:
+        reconcile_orders(client, other, days=7, now=now - 2 * HOUR)  # the first miss
+    real_confirm_all = rec._confirm_all
+
+    def confirm_all(c, result, rpass, excused, progress):  # every store listed; not confirmed yet
+        sb.restore_order(gone)
+        load_window(
+            client,
+            conn,
+            day.date().isoformat(),
+            day,
+            day + timedelta(days=1),
+            before_merge=lambda: real_confirm_all(c, result, rpass, excused, progress),
+        )
+
+    monkeypatch.setattr(rec, "_confirm_all", confirm_all)
+    with psycopg.connect(migrated_db, autocommit=True) as other:
+        assert reconcile_orders(client, other, days=7, now=now).deleted == 1
+    assert _deleted(conn) == {}
