@@ -57,6 +57,27 @@ def _deleted(conn) -> dict[int, datetime | None]:
 HOUR = timedelta(hours=1)
 
 
+def _moved_to(conn, store_b: int, store_a: int, now: datetime) -> int:
+    """An order of store B that the warehouse still holds at store A, in its version before the move
+    (older), with a deletion candidate at A that an earlier reconciliation recorded two hours ago."""
+    moved = conn.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " order by order_id limit 1",
+        (store_b, now - timedelta(days=3), now - HOUR),
+    ).fetchone()[0]
+    conn.execute(
+        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
+        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
+        (store_a, moved),
+    )
+    conn.execute(
+        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
+        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
+        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
+    )
+    return moved
+
+
 def _twice(client, conn, now: datetime, **kwargs):
     """Two reconciliations an hour apart (TAPTOUCH_RECONCILE_CONFIRM_S's default): (first, second)."""
     return reconcile_orders(client, conn, now=now, **kwargs), reconcile_orders(client, conn, now=now + HOUR, **kwargs)
@@ -297,21 +318,7 @@ def test_an_order_that_moved_to_a_store_listed_later_is_not_deleted_from_the_fir
     sb, client, conn = world
     now = datetime.now(UTC)
     store_a, store_b = sorted(sb.store_ids())
-    moved = conn.execute(
-        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-        " order by order_id limit 1",
-        (store_b, now - timedelta(days=3), now - HOUR),
-    ).fetchone()[0]
-    conn.execute(  # the version before the move: older, at store A
-        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
-        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
-        (store_a, moved),
-    )
-    conn.execute(
-        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
-        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
-        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
-    )
+    moved = _moved_to(conn, store_b, store_a, now)
     result = reconcile_orders(client, conn, days=7, now=now)
     assert not result.failures
     assert result.deleted == 0 and _deleted(conn) == {}
@@ -329,21 +336,7 @@ def test_no_deletion_is_confirmed_while_a_store_cannot_be_listed(world):
     sb, client, conn = world
     now = datetime.now(UTC)
     store_a, store_b = sorted(sb.store_ids())
-    moved = conn.execute(
-        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-        " order by order_id limit 1",
-        (store_b, now - timedelta(days=3), now - HOUR),
-    ).fetchone()[0]
-    conn.execute(  # the warehouse holds the version before the move: older, at store A
-        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
-        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
-        (store_a, moved),
-    )
-    conn.execute(
-        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
-        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
-        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
-    )
+    moved = _moved_to(conn, store_b, store_a, now)
     sb.faults.forbidden_stores = {store_b}  # B's listings keep failing
     result = reconcile_orders(client, conn, days=7, now=now)
     assert [f[0] for f in result.failures] == [store_b]
@@ -418,21 +411,7 @@ def test_an_incomplete_listing_holds_back_confirmations_unless_its_store_is_excu
     sb, client, conn = world
     now = datetime.now(UTC)
     store_a, store_b = sorted(sb.store_ids())
-    moved = conn.execute(
-        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-        " order by order_id limit 1",
-        (store_b, now - timedelta(days=3), now - HOUR),
-    ).fetchone()[0]
-    conn.execute(  # as in test_no_deletion_is_confirmed_while_a_store_cannot_be_listed
-        "update taptouch.orders set store_id = %s, updated_at = updated_at - interval '1 minute',"
-        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
-        (store_a, moved),
-    )
-    conn.execute(
-        "insert into taptouch.deletion_candidates (order_id, store_id, first_missing_at, last_missing_at,"
-        " listing_started_at, seen_by) values (%s, %s, %s, %s, %s, 'an earlier reconciliation')",
-        (moved, store_a, now - 2 * HOUR, now - 2 * HOUR, now - 2 * HOUR),
-    )
+    moved = _moved_to(conn, store_b, store_a, now)
     real = rec._list_store
 
     def list_store(client, conn, store_id, start, end):

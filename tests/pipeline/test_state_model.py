@@ -305,6 +305,16 @@ def test_random_histories_keep_sync_state_true(migrated_db):
     assert tallies and all(t.lost == 0 and t.wrong == 0 for t in tallies)
 
 
+def _replay(migrated_db: str, monkeypatch) -> StateModel:
+    """A model whose steps a test calls itself (a history the model found, replayed as written)."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        apply_views(conn)
+    StateModel.db_url = migrated_db
+    StateModel.tallies = []
+    monkeypatch.setattr(f"{__name__}.note", lambda text: None)  # hypothesis' notes need a hypothesis test
+    return StateModel()
+
+
 @pytest.mark.slow
 def test_a_history_the_model_found_on_a_server_sorted_by_id(migrated_db, monkeypatch):
     """The model's shrunk history (2026-12-05, 260th history of a long run on the code before the
@@ -312,12 +322,7 @@ def test_a_history_the_model_found_on_a_server_sorted_by_id(migrated_db, monkeyp
     future-dated edit, then two full reloads overlapping. A page that looked in order ended at an
     order stamped later than the next pages' orders; the cursor jumped, the reload's mark passed 3
     orders the warehouse lacked, and the proof of that day said complete."""
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        apply_views(conn)
-    StateModel.db_url = migrated_db
-    StateModel.tallies = []
-    monkeypatch.setattr(f"{__name__}.note", lambda text: None)  # hypothesis' notes need a hypothesis test
-    state = StateModel()
+    state = _replay(migrated_db, monkeypatch)
     try:
         state.start(seed=4)
         state.overlapping_runs(at=0, inner="hourly", outer="hourly")
@@ -347,12 +352,7 @@ def test_a_history_the_model_found_an_order_moved_to_a_later_day(migrated_db, mo
     candidate either: ``orders_proven`` reported it as ``extra`` on every run until tomorrow's
     window loaded it. It is now a candidate (the reconciliation, which lists open-ended, finds the
     edit and loads it)."""
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        apply_views(conn)
-    StateModel.db_url = migrated_db
-    StateModel.tallies = []
-    monkeypatch.setattr(f"{__name__}.note", lambda text: None)  # hypothesis' notes need a hypothesis test
-    state = StateModel()
+    state = _replay(migrated_db, monkeypatch)
     try:
         state.start(seed=1)
         state.delete(n=0)  # 17399390000
