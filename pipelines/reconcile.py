@@ -142,14 +142,20 @@ class _Listing:
 
 
 def _list_store(
-    client: TaptouchClient, conn: psycopg.Connection, store_id: int, start: datetime, end: datetime
+    client: TaptouchClient,
+    conn: psycopg.Connection,
+    store_id: int,
+    start: datetime,
+    end: datetime,
+    late: timedelta = timedelta(0),
 ) -> _Listing:
     """One listing of a store's orders, read as bytes, outside any transaction: the ids it names
     and the records the warehouse lacks or holds in an older version (checked page by page with a
-    read-only query; the merge decides again under its lock)."""
+    read-only query; the merge decides again under its lock). ``late``: how late a record may reach
+    the API's listing and still leave it complete (the run's lookback, as the orders loads allow)."""
     out = _Listing()
     # the last page is asked for twice: an empty or cut-short 200 answer looks like the listing's end
-    listing = client.iter_order_record_pages(store_id, updated_from=start, updated_to=end, confirm_end=True)
+    listing = client.iter_order_record_pages(store_id, updated_from=start, updated_to=end, confirm_end=True, late=late)
     for page in listing:
         out.records += len(page)
         found: list[tuple[int, bytes]] = []
@@ -343,6 +349,7 @@ def reconcile_orders(
     run_id: str | None = None,
     restore_days: int = DEFAULT_RESTORE_DAYS,
     excused_stores: Iterable[int] = (),
+    late: timedelta = timedelta(0),
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
@@ -359,6 +366,11 @@ def reconcile_orders(
     ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
     Deletions are confirmed only when every store was listed whole, but for ``excused_stores`` (an
     operator's word that no order moved to them, e.g. a store whose access was withdrawn for good).
+    ``late``: the run's ``TAPTOUCH_LOOKBACK``: a record stamped up to this long before a store's
+    listing started that reaches the listing's last page between its two answers (a busy store
+    behind a lagging replica) leaves the listing complete, as in the orders loads, instead of
+    holding back every store's deletions. An order such a listing missed is only a candidate:
+    a deletion needs a second complete listing ``confirm_s`` later that misses it too.
     """
     if not conn.autocommit:
         raise ValueError(
@@ -373,7 +385,7 @@ def reconcile_orders(
     timezones = store_timezones(conn) if timezones is None else timezones
     if store_ids is None:
         store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
-    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id, now - timedelta(days=restore_days))
+    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id, now - timedelta(days=restore_days), late)
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
@@ -428,6 +440,7 @@ class _Pass:
     timezones: dict[int, str]
     run_id: str | None
     restore_since: datetime  # orders marked deleted since then are looked for again (TAPTOUCH_RESTORE_DAYS)
+    late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
 
     @property
     def seen_by(self) -> str:
@@ -447,7 +460,12 @@ def _reconcile_store(
     listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
     try:
         listing = _list_store(
-            client, conn, store_id, listed_from - LISTING_SLACK, max(now, datetime.now(UTC)) + LISTING_HORIZON
+            client,
+            conn,
+            store_id,
+            listed_from - LISTING_SLACK,
+            max(now, datetime.now(UTC)) + LISTING_HORIZON,
+            rpass.late,
         )
     except Exception as exc:  # a hostile answer costs its own store, never the others'
         result.failures.append((store_id, describe(exc), is_transient(exc)))
@@ -602,6 +620,7 @@ def deletions_definitions(
                 restore_days=run.settings.restore_days,
                 confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
                 excused_stores=config.excused_stores,
+                late=run.settings.lookback,
                 run_id=context.run.run_id,
                 progress=context.log.info,
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import httpx
 import psycopg
 import pytest
 
@@ -169,7 +170,17 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
     sb, _, conn = world
     monkeypatch.setenv("TAPTOUCH_RECONCILE_DAYS", "5")
     monkeypatch.setenv("TAPTOUCH_RECONCILE_CONFIRM_S", "0")  # the asset reads the real clock
+    monkeypatch.setenv("TAPTOUCH_LOOKBACK", "7m")  # how late a record may reach a complete listing
     assert reconcile_days() == 5
+    import pipelines.reconcile as rec
+
+    real, lateness = rec.reconcile_orders, []
+
+    def spied(*args, **kwargs):
+        lateness.append(kwargs["late"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rec, "reconcile_orders", spied)
     now = datetime.now(UTC)
     oid = conn.execute(
         "select order_id from taptouch.orders where updated_at >= %s and updated_at < %s order by order_id limit 1",
@@ -189,7 +200,7 @@ def test_the_asset_runs_through_dagster_and_reports_counts(world, migrated_db, m
             )
             for _ in range(2)
         )
-    assert first.success and result.success
+    assert first.success and result.success and lateness == [timedelta(minutes=7)] * 2
     assert first.asset_materializations_for_node("order_deletions")[0].metadata["newly_missing"].value == 1
     md = result.asset_materializations_for_node("order_deletions")[0].metadata
     assert md["deleted"].value == 1 and md["restored"].value == 0
@@ -414,8 +425,8 @@ def test_an_incomplete_listing_holds_back_confirmations_unless_its_store_is_excu
     moved = _moved_to(conn, store_b, store_a, now)
     real = rec._list_store
 
-    def list_store(client, conn, store_id, start, end):
-        out = real(client, conn, store_id, start, end)
+    def list_store(client, conn, store_id, *args):
+        out = real(client, conn, store_id, *args)
         if store_id == store_b:  # B's listing may have missed a record: the moved order
             out.complete = False
             out.ids.discard(moved)
@@ -466,3 +477,44 @@ def test_a_listing_newer_than_the_reconciliations_listing_restores(world, migrat
     with psycopg.connect(migrated_db, autocommit=True) as other:
         assert reconcile_orders(client, other, days=7, now=now).deleted == 1
     assert _deleted(conn) == {}
+
+
+@pytest.mark.parametrize("late, held_back", [(timedelta(0), True), (timedelta(minutes=5), False)])
+def test_a_record_reaching_a_busy_stores_listing_late_holds_back_nothing_within_the_lookback(
+    migrated_db, late, held_back
+):
+    """Store B's last page, asked again, adds an edit stamped 5 s before the listing started (a
+    replica behind): a busy store, as the orders loads judge it within their lookback. Before, the
+    reconciliation allowed no lateness: B's listing was incomplete, and every store's due deletion
+    was held back on every run while B stayed busy. Store A's deleted order is confirmed now."""
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)  # every order stamped before the listings
+    sb = Sandbox(SandboxConfig(seed=5, stores=2, days=6, end_date=yesterday, orders_per_day=12))
+    store_a, store_b = sorted(sb.store_ids())
+    inner, asked, to_edit = sb.transport(), {}, iter([o["id"] for o in sb.orders(store_b)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path, query = request.url.path, request.url.query
+        if path.endswith(f"/stores/{store_b}/orders") and asked.get(path) == query:
+            # the last page asked again: another order of B edited at 5 s before this listing started
+            sb.edit_order(next(to_edit), updated_at=datetime.fromtimestamp(sb.api_time() - 5, UTC))
+        asked[path] = query
+        return inner.handle_request(request)
+
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=httpx.MockTransport(handler),
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=20,
+    )
+    now = datetime.now(UTC)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        assert not load_window(client, conn, "all", now - timedelta(days=10), now + timedelta(days=1)).failures
+        gone = next(iter(sb.orders(store_a)))["id"]
+        sb.delete_order(gone)
+        first, second = _twice(client, conn, now, days=7, late=late)
+        assert [s.store_id for s in second.stores if not s.complete] == ([store_b] if held_back else [])
+        assert second.held_back_by == ([store_b] if held_back else [])
+        assert set(_deleted(conn)) == (set() if held_back else {gone})

@@ -620,8 +620,12 @@ class World:
             self.kill_after, self.kill_action = 3, stop
         self.phase = "reconcile"
         try:
-            result = reconcile_orders(
-                self.client, self.conn if conn is None else conn, days=days, now=instant(self.now)
+            result = reconcile_orders(  # as the asset calls it: late records within the run's lookback
+                self.client,
+                self.conn if conn is None else conn,
+                days=days,
+                now=instant(self.now),
+                late=settings.lookback(),
             )
         except Killed:
             self._account({})
