@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import msgspec
 import psycopg
 
 from taptouch_resource import TaptouchClient
@@ -114,22 +113,6 @@ class ReconcileResult:
         return sum(s.listed for s in self.stores)
 
 
-class _Version(msgspec.Struct):
-    updated_at: Any = None
-
-
-_VERSION = msgspec.json.Decoder(_Version)
-
-
-def _version(raw: bytes) -> Decimal | None:
-    """The record's exact version (``updated_at`` as epoch seconds, every digit sent), if readable."""
-    try:
-        text = _VERSION.decode(raw).updated_at
-        return records.exact_instant(text) if isinstance(text, str) else None
-    except (msgspec.DecodeError, RecursionError, ValueError):
-        return None
-
-
 @dataclass
 class _Listing:
     ids: set[int] = field(default_factory=set)
@@ -176,35 +159,40 @@ def _list_store(
                 continue  # listed (it shields its order), but not loadable here: the orders asset quarantines it
             out.ids.add(oid)
             found.append((oid, raw))
-        if not found:
-            continue
-        in_warehouse = dict(
-            (
-                (oid, (bytes(h) if h is not None else None, v))
-                for oid, h, v in conn.execute(
-                    "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
-                    " from taptouch.orders where order_id = any(%s)",
-                    ([oid for oid, _ in found],),
-                )
-            )
-        )
-        for oid, raw in found:
-            have = in_warehouse.get(oid)
-            if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
-                _note_version(out, oid, have[1])
-                continue  # exactly this version
-            version = _version(raw)
-            if version is not None:
-                _note_version(out, oid, version)
-            if version is None or (have is not None and version < have[1]):
-                continue  # unreadable version (the orders asset quarantines it), or older than the warehouse's
-            kept = out.repairs.get(oid)
-            if kept is None or version >= kept[0]:
-                out.repairs[oid] = (version, raw)
+        if found:
+            _note_found(conn, out, found)
     out.complete = bool(getattr(listing, "complete", True))
     started = getattr(listing, "started_at", None)
     out.started_at = started if isinstance(started, datetime) else None
     return out
+
+
+def _note_found(conn: psycopg.Connection, out: _Listing, found: list[tuple[int, bytes]]) -> None:
+    """A page's loadable records: each one's version noted, and kept for repair where the warehouse
+    lacks it or holds an older version."""
+    in_warehouse = dict(
+        (
+            (oid, (bytes(h) if h is not None else None, v))
+            for oid, h, v in conn.execute(
+                "select order_id, raw_hash, coalesce(updated_at_exact, taptouch.exact_epoch(updated_at))"
+                " from taptouch.orders where order_id = any(%s)",
+                ([oid for oid, _ in found],),
+            )
+        )
+    )
+    for oid, raw in found:
+        have = in_warehouse.get(oid)
+        if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
+            _note_version(out, oid, have[1])
+            continue  # exactly this version
+        version = records.record_version(raw)
+        if version is not None:
+            _note_version(out, oid, version)
+        if version is None or (have is not None and version < have[1]):
+            continue  # unreadable version (the orders asset quarantines it), or older than the warehouse's
+        kept = out.repairs.get(oid)
+        if kept is None or version >= kept[0]:
+            out.repairs[oid] = (version, raw)
 
 
 def _note_version(listing: _Listing, oid: int, version: Decimal | None) -> None:
@@ -372,11 +360,7 @@ def reconcile_orders(
     holding back every store's deletions. An order such a listing missed is only a candidate:
     a deletion needs a second complete listing ``confirm_s`` later that misses it too.
     """
-    if not conn.autocommit:
-        raise ValueError(
-            "reconcile_orders needs an autocommit connection: its listing must run outside any "
-            "transaction (a transaction left open would hold its locks through every API call)"
-        )
+    _need_autocommit(conn)
     progress = progress or log.info
     confirmed = {int(s) for s in confirm_mass_deletion_stores}
     now = now or datetime.now(UTC)
@@ -396,6 +380,14 @@ def reconcile_orders(
             )
     _confirm_all(conn, result, rpass, set(excused_stores), progress)
     return result
+
+
+def _need_autocommit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        raise ValueError(
+            "reconcile_orders needs an autocommit connection: its listing must run outside any "
+            "transaction (a transaction left open would hold its locks through every API call)"
+        )
 
 
 def _confirm_all(
@@ -571,6 +563,15 @@ def _fail_if_not_reconciled(result: ReconcileResult, metadata: dict) -> None:
     )
 
 
+_DESCRIPTION = (
+    "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
+    "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when a "
+    "listing returns them again (it reaches back to the deletions of the last TAPTOUCH_RESTORE_DAYS days, "
+    "default 30). Repairs orders the warehouse lacks or holds older. Run config "
+    "confirm_mass_deletion_stores: [<store>] confirms an unusual share of deletions."
+)
+
+
 def deletions_definitions(
     account: Account = DEFAULT,
 ) -> tuple[dg.AssetsDefinition, "UnresolvedAssetJobDefinition", dg.ScheduleDefinition]:
@@ -593,13 +594,7 @@ def deletions_definitions(
             "writes": "taptouch.orders.deleted_at and taptouch.deletion_candidates; repairs (orders the "
             "warehouse lacks or holds older) through the orders loader's merge"
         },
-        description=(
-            "Soft deletes: taptouch.orders.deleted_at for orders of the last TAPTOUCH_RECONCILE_DAYS days (default 7) "
-            "that two complete listings TAPTOUCH_RECONCILE_CONFIRM_S (3600 s) apart no longer return; cleared when a "
-            "listing returns them again (it reaches back to the deletions of the last TAPTOUCH_RESTORE_DAYS days, "
-            "default 30). Repairs orders the warehouse lacks or holds older. Run config "
-            "confirm_mass_deletion_stores: [<store>] confirms an unusual share of deletions."
-        ),
+        description=_DESCRIPTION,
     )
     def order_deletions(context: dg.AssetExecutionContext, config: ReconcileConfig) -> dg.MaterializeResult:
         """Compare the API's orders with the warehouse's: repair, record candidates, confirm, restore."""

@@ -97,7 +97,9 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "window": "partition key or window, e.g. 2026-11-02",
             "run_id": "the Dagster run that quarantined it",
             "quarantined_at": "when it was quarantined",
-            "resolved_at": "set when a later load accepted a valid version of the record",
+            "updated_at_exact": "the record's updated_at as exact epoch seconds, when readable: only a valid "
+            "version at least as new resolves the row",
+            "resolved_at": "set when the warehouse holds a valid version of the record at least as new",
             "account": ACCOUNT,
         },
     ),

@@ -752,16 +752,12 @@ class OrderWindowLoad:
     def _resolve_skipped(self, cur: psycopg.Cursor) -> None:
         """An order quarantined before and served valid again in exactly the bytes the warehouse
         holds (recognised as unchanged, so never staged): its quarantine rows are resolved as a
-        staged record's are (``resolve_quarantine.sql``), but for those this load wrote itself
-        (``quarantined_at`` is the transaction's start): a version this listing read after the held
-        one, and refused, stays open."""
-        ids = sorted(str(oid) for oid, (sid, _) in self._skipped.items() if sid not in self._discarded)
+        staged record's are (``resolve_quarantine.sql``: rows of a version no newer than the one
+        held; a newer version this listing read too, and refused, stays open)."""
+        ids = sorted(oid for oid, (sid, _) in self._skipped.items() if sid not in self._discarded)
         if ids:
-            cur.execute(
-                "update taptouch.quarantine set resolved_at = now() where entity = 'order'"
-                " and resolved_at is null and record_key = any(%s) and quarantined_at < now()",
-                (ids,),
-            )
+            cur.execute("create temp table skipped on commit drop as select unnest(%s::bigint[]) as order_id", (ids,))
+            ORDERS.resolve_quarantine(cur, "skipped")
 
     def _count_merged(self, cur: psycopg.Cursor) -> None:
         """Inserted, updated and unchanged per store, from the picked versions and those accepted."""

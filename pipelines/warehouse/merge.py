@@ -104,7 +104,8 @@ class Quarantine:
         candidate, text = records.quarantine_forms(raw)
         key = records.record_key(self.entity, raw)
         reason = reason[:2000].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-        self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id))
+        version = records.record_version(raw)  # only a valid version at least as new resolves the row
+        self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id, version))
         log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)
 
     def refused(self, raw: Any, store_id: int | None, exc: psycopg.Error) -> None:
@@ -121,10 +122,11 @@ class Quarantine:
         if self.rows:
             cur.executemany(
                 "insert into taptouch.quarantine"
-                ' (entity, record_key, store_id, reason, raw, raw_text, "window", run_id, resolved_at)'
-                " select e, k, s, r, j, case when j is null then t end, w, u, case when v then now() end from"
+                ' (entity, record_key, store_id, reason, raw, raw_text, "window", run_id, updated_at_exact,'
+                " resolved_at)"
+                " select e, k, s, r, j, case when j is null then t end, w, u, x, case when v then now() end from"
                 " (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
-                " %s::text t, %s::text w, %s::text u, %s::boolean v) x",
+                " %s::text t, %s::text w, %s::text u, %s::numeric x, %s::boolean v) x",
                 [(*row, resolved) for row in self.rows],
             )
             self.rows = []
@@ -341,13 +343,18 @@ class MergeSpec:
             )
 
     def resolve_quarantine(self, cur: psycopg.Cursor, staged: str, store_id: int | None = None) -> None:
-        """Stamp ``resolved_at`` on the unresolved quarantine rows of the records in ``staged``."""
+        """Stamp ``resolved_at`` on the unresolved quarantine rows of the records in ``staged`` (a
+        table holding the spec's keys) that the warehouse now holds in a valid version at least as
+        new as the quarantined one (a row whose version cannot be read: written by an earlier
+        transaction)."""
         of_store = (
             sql.SQL("") if not self.lock_per_store else sql.SQL(" and q.store_id = {}").format(sql.Literal(store_id))
         )
         cur.execute(
             sql.SQL(merge_sql("resolve_quarantine")).format(
                 staged=sql.Identifier(staged),
+                table=_table(self.table),
+                on_keys=sql.SQL(" and ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in self.keys),
                 entity=sql.Literal(self.entity),
                 record_key=sql.Identifier(self.record_key),
                 of_store=of_store,

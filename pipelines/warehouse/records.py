@@ -996,6 +996,24 @@ def parse_order(record: Any, tz: str, **_: Any) -> dict:
 # quarantine
 
 
+class _Version(msgspec.Struct):
+    updated_at: Any = None
+
+
+_VERSION = msgspec.json.Decoder(_Version)
+
+
+def record_version(record: Any) -> Decimal | None:
+    """A record's exact version (``updated_at`` as epoch seconds, every digit sent), if readable:
+    the version a listing read, and the version of a quarantined record (a quarantine row is
+    resolved only by a valid version at least as new)."""
+    try:
+        text = record.get("updated_at") if isinstance(record, dict) else _VERSION.decode(as_bytes(record)).updated_at
+        return exact_instant(text) if isinstance(text, str) else None
+    except (msgspec.DecodeError, RecursionError, ValueError, ArithmeticError):
+        return None
+
+
 def record_key(entity: str, record: Any) -> str | None:
     """Best-effort identity of a record (its id as text), for quarantine rows."""
     if isinstance(record, dict):

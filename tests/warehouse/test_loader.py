@@ -675,3 +675,33 @@ def test_a_newer_invalid_version_listed_in_the_same_load_stays_unresolved(db):
     newer_bad = dict(f.order(7, updated_at="2026-11-02T20:00:00+11:00"), total=good["total"] + 1)
     assert load_orders(db, [(7101, [good]), (7101, [newer_bad])]).quarantined == 1
     assert q(db, "select resolved_at is null from taptouch.quarantine where record_key = '7'") == [(True,)]
+
+
+def test_an_older_valid_version_staged_with_a_newer_refused_one_leaves_its_row_open(db):
+    """One listing serves order 7's older valid version (new to the warehouse, so staged) and, on a
+    later page, a newer version that breaks a rule: the older one is merged, and the newer one's
+    quarantine row stays open (before, any staged valid version resolved the record's rows)."""
+    good = f.order(7)
+    newer_bad = dict(f.order(7, updated_at="2026-11-02T20:00:00+11:00"), total=good["total"] + 1)
+    assert load_orders(db, [(7101, [good]), (7101, [newer_bad])]).quarantined == 1
+    assert q(db, "select resolved_at is null from taptouch.quarantine where record_key = '7'") == [(True,)]
+    fixed = f.order(7, updated_at="2026-11-02T20:00:00+11:00")  # the source fixes the newer version
+    assert load_orders(db, [(7101, [fixed])]).updated == 1
+    assert q(db, "select resolved_at is not null from taptouch.quarantine where record_key = '7'") == [(True,)]
+
+
+def test_a_replica_behind_serving_an_older_version_resolves_nothing_newer(db):
+    """A run quarantines order 7's newer version; the next run's listing comes from a replica behind
+    and serves an older valid version (the warehouse lacks it: staged, merged by newest-wins, and
+    still the newest valid one it has): the newer version's row stays open, since the warehouse does
+    not hold a valid version at least as new. A row of a version at or before the one held closes."""
+    older = f.order(7, updated_at="2026-11-02T08:00:00+11:00")
+    newer_bad = dict(f.order(7, updated_at="2026-11-02T20:00:00+11:00"), total=older["total"] + 1)
+    assert load_orders(db, [(7101, [newer_bad])]).quarantined == 1
+    assert load_orders(db, [(7101, [older])]).inserted == 1
+    assert q(db, "select resolved_at is null from taptouch.quarantine where record_key = '7'") == [(True,)]
+    stale_bad = dict(f.order(7, updated_at="2026-11-02T07:00:00+11:00"), total=older["total"] + 1)
+    assert load_orders(db, [(7101, [stale_bad])]).quarantined == 1  # a still older broken version
+    assert load_orders(db, [(7101, [older])]).unchanged == 1
+    rows = "select updated_at_exact is not null, resolved_at is null from taptouch.quarantine where record_key = '7'"
+    assert sorted(q(db, rows + " order by quarantine_id")) == [(True, False), (True, True)]
