@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -24,6 +24,14 @@ from .merge import ORDERS
 log = logging.getLogger(__name__)
 
 LOCK_ORDERS = ORDERS.lock_key  # the orders merge lock (MergeSpec ORDERS)
+
+
+def clock() -> datetime:
+    """This machine's clock, as the deletion judgement times candidates (an orders load's ``now``,
+    and the present a candidate's first miss may not pass). The state model replaces it with its
+    fake clock, which its reconciliations pass as their ``now``."""
+    return datetime.now(UTC)
+
 
 MASS_SHARE = Decimal("0.10")
 MASS_FLOOR = 2
@@ -224,13 +232,15 @@ def _candidates_in_range(
 ) -> dict[int, datetime]:
     """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
     them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
-    # a candidate first missed "in the future" (recorded by a clock ahead of this one) starts its
-    # wait now: the interval is never shortened, and never made endless, by a clock step. (Left
-    # alone: a reconciliation's ``now`` is its start, so a candidate an orders load records while a
-    # long reconciliation runs is reset to that start, shortening its wait by the run's length so far.)
+    # a candidate first missed "in the future" (recorded by a clock ahead of this machine's) starts
+    # its wait now: the interval is never shortened, and never made endless, by a clock step. The
+    # present is this machine's clock when later than ``now``: a reconciliation's ``now`` is its
+    # start, and a candidate an orders load recorded while it ran keeps its time (reset to the
+    # start, its wait was shortened by the run's length so far); it is waiting, not due, here.
+    present = max(now, clock())
     cur.execute(
         "update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s and first_missing_at > %s",
-        (now, store_id, now),
+        (present, store_id, present),
     )
     if not bounded:
         cur.execute(

@@ -802,7 +802,7 @@ class OrderWindowLoad:
                 listed_from=listed_from,
                 listed_to=listed_to,
                 started_at=started_at,
-                now=datetime.now(UTC),
+                now=deletions.clock(),
                 confirm_s=0,
                 seen_by=self.run_id,
                 listed_since=self._started,

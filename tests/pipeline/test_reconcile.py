@@ -518,3 +518,27 @@ def test_a_record_reaching_a_busy_stores_listing_late_holds_back_nothing_within_
         assert [s.store_id for s in second.stores if not s.complete] == ([store_b] if held_back else [])
         assert second.held_back_by == ([store_b] if held_back else [])
         assert set(_deleted(conn)) == (set() if held_back else {gone})
+
+
+def test_a_candidate_an_orders_load_records_during_a_long_reconciliation_waits_its_full_interval(world):
+    """A reconciliation began 40 minutes ago (its ``now``) and is still listing when an orders load
+    misses a deleted order and records it as a candidate (first missed: the real clock). The
+    reconciliation judged "first missed after my start" as a clock running ahead and reset it to its
+    start: the next reconciliation, 20 minutes later, confirmed the deletion after 20 minutes of
+    absence instead of TAPTOUCH_RECONCILE_CONFIRM_S (an hour)."""
+    sb, client, conn = world
+    real = datetime.now(UTC)
+    began = real - 40 * timedelta(minutes=1)  # the long reconciliation's start
+    gone = _live_recent(conn, real)[0]
+    sb.delete_order(gone)
+    start = datetime(real.year, real.month, real.day, tzinfo=UTC) - timedelta(days=12)
+    assert not load_window(client, conn, "all", start, real + timedelta(days=2)).failures  # records the candidate
+    first = conn.execute("select first_missing_at from taptouch.deletion_candidates where order_id = %s", (gone,))
+    first_missed = first.fetchone()[0]
+    assert first_missed >= real
+    long_run = reconcile_orders(client, conn, days=7, now=began)  # its store judged 40 minutes into the run
+    assert long_run.deleted == 0 and gone in {o for s in long_run.stores for o in s.waiting}
+    assert reconcile_orders(client, conn, days=7, now=began + HOUR).deleted == 0  # missed 20 minutes so far
+    assert _deleted(conn) == {}
+    assert reconcile_orders(client, conn, days=7, now=first_missed + HOUR).deleted == 1
+    assert set(_deleted(conn)) == {gone}

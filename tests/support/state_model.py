@@ -63,6 +63,7 @@ from pipelines.sync import (
     sync_orders_windows,
     sync_stores,
 )
+from pipelines.warehouse import deletions
 from pipelines.warehouse import proofs as proof_checks
 from pipelines.warehouse.loader import OrderWindowLoad
 from taptouch_resource import TaptouchClient
@@ -279,8 +280,13 @@ class World:
         self.deferred: dict[str, set[int]] | None = None
         self.pending_ok: dict[str, set[int]] = {}
         self.sb.on_page = self._on_page
+        # the deletion judgement's clock is the fake one too: the orders loads time their candidates
+        # by it, as the reconciliations (whose ``now`` it is) judge them
+        self._real_clock = deletions.clock
+        deletions.clock = lambda: instant(self.now)
 
     def close(self) -> None:
+        deletions.clock = self._real_clock
         self.sb.on_page = None
         self.client.close()
         self.conn.close()
