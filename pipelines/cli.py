@@ -154,7 +154,12 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=_bounded(int, 1, 65535), default=3000, help="the webserver's port (default 3000)"
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address the webserver listens on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
+        "UI, which has no login, to the network)",
+    )
     parser.add_argument(
         "--env-file",
         metavar="PATH",

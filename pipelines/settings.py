@@ -427,15 +427,12 @@ def alert_sensor_interval() -> int:
     """``TAPTOUCH_ALERT_SENSOR_INTERVAL``: seconds between the alert sensors' ticks (read when the
     definitions load)."""
     raw = os.environ.get(ALERT_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ALERT_SENSOR_INTERVAL_S
     fix = f"set it so, or unset it for {DEFAULT_ALERT_SENSOR_INTERVAL_S}"
-    try:
-        value = int(raw) if raw else DEFAULT_ALERT_SENSOR_INTERVAL_S
-    except ValueError:
+    # ASCII digits only: int() also reads other scripts' digits ("٣٠"), "1_0" and "+5"
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 86_400):
         raise SettingError(
             f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {raw!r}: {fix}"
-        ) from None
-    if not 1 <= value <= 86_400:
-        raise SettingError(
-            f"{ALERT_INTERVAL_ENV} must be a whole number of seconds from 1 to 86400, got {value}: {fix}"
         )
-    return value
+    return int(raw)

@@ -111,7 +111,8 @@ def _check_unchanged(files: list[Migration], applied: dict[int, tuple[str, str, 
             f"this database was migrated by a newer taptouch-sync: {', '.join(newer)} "
             f"{'is' if len(newer) == 1 else 'are'} applied there and unknown to this version, whose "
             "code could write what that schema no longer expects. Upgrade taptouch-sync here, or point "
-            "TAPTOUCH_DATABASE_URL at a warehouse of this version."
+            "the warehouse you gave (TAPTOUCH_DATABASE_URL, --database-url or the warehouse resource's "
+            "database_url) at one of this version."
         )
     for migration in files:
         row = applied.get(migration.version)

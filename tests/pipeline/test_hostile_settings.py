@@ -311,7 +311,19 @@ def test_out_of_range_arguments_are_usage_errors(argv, message, capsys):
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("", 30), ("5", 5), (" 86400 ", 86400), ("0", None), ("-5", None), ("86401", None), ("abc", None), ("1.5", None)],
+    [
+        ("", 30),
+        ("5", 5),
+        (" 86400 ", 86400),
+        ("0", None),
+        ("-5", None),
+        ("86401", None),
+        ("abc", None),
+        ("1.5", None),
+        ("\u0663\u0660", None),  # Arabic-Indic digits: int() reads them as 30
+        ("1_0", None),  # int() reads 10
+        ("+5", None),
+    ],
 )
 def test_the_alert_sensor_interval_is_checked_not_silently_raised(monkeypatch, raw, expected):
     monkeypatch.setenv("TAPTOUCH_ALERT_SENSOR_INTERVAL", raw)
@@ -320,3 +332,20 @@ def test_the_alert_sensor_interval_is_checked_not_silently_raised(monkeypatch, r
             settings.alert_sensor_interval()
     else:
         assert settings.alert_sensor_interval() == expected
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """``taptouch-sync <command> --help`` explains each option (``ui --host`` said nothing)."""
+    import argparse
+
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [
+        f"{name} {action.option_strings[0]}"
+        for name, command in commands.items()
+        for action in command._actions
+        if action.option_strings and action.help is None
+    ]
+    assert silent == []

@@ -129,7 +129,11 @@ def test_a_database_migrated_by_a_newer_version_is_refused(database_url: str, mi
         migrate(database_url, directory=migrations_copy)
 
     message = str(raised.value)
-    assert newer.name in message and "newer taptouch-sync" in message and "TAPTOUCH_DATABASE_URL" in message
+    assert (
+        newer.name in message
+        and "newer taptouch-sync" in message
+        and "TAPTOUCH_DATABASE_URL, --database-url" in message
+    )
     assert [s.state for s in status(database_url, directory=migrations_copy)][-1] == "missing"
 
 
