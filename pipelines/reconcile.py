@@ -26,7 +26,7 @@ from .accounts import DEFAULT, Account
 from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, DEFAULT_RESTORE_DAYS, reconcile_days
 from .sync import describe, is_transient
 from .warehouse import aggregates, deletions, proofs, records
-from .warehouse.loader import OrderWindowLoad, _order_id, store_timezones
+from .warehouse.loader import OrderWindowLoad, _order_id, resolve_held_orders, store_timezones
 
 if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster exports no public name for it)
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -122,6 +122,7 @@ class _Listing:
     complete: bool = True
     started_at: datetime | None = None
     versions: dict[int, Decimal] = field(default_factory=dict)  # id -> the newest version listed (readable)
+    held: set[int] = field(default_factory=set)  # ids listed in exactly the bytes the warehouse holds
 
 
 def _list_store(
@@ -184,6 +185,7 @@ def _note_found(conn: psycopg.Connection, out: _Listing, found: list[tuple[int, 
         have = in_warehouse.get(oid)
         if have is not None and have[0] == hashlib.blake2b(raw, digest_size=16).digest():
             _note_version(out, oid, have[1])
+            out.held.add(oid)
             continue  # exactly this version
         version = records.record_version(raw)
         if version is not None:
@@ -473,6 +475,9 @@ def _reconcile_store(
     )
     if listing.repairs and store_id in rpass.timezones:
         _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
+    if listing.held:  # served valid again in the held bytes: what was quarantined of them is replaced
+        with conn.transaction(), conn.cursor() as cur:
+            resolve_held_orders(cur, listing.held)
     _judge_store(
         conn,
         listing,

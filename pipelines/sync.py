@@ -32,7 +32,14 @@ from .warehouse import derived, marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.budget import requests_of
 from .warehouse.history import Retention
-from .warehouse.loader import LoadCounts, OrderWindowLoad, _product_id, load_inventory, load_stores
+from .warehouse.loader import (
+    LoadCounts,
+    OrderWindowLoad,
+    _product_id,
+    load_inventory,
+    load_stores,
+    store_timezones,
+)
 
 log = logging.getLogger(__name__)
 
@@ -826,9 +833,10 @@ def sync_inventory(
 ) -> SyncResult:
     """Replace each store's inventory levels and upsert today's snapshot (the store's business date).
 
-    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`), which dates the snapshot
-    with the day start the store's order dates follow (:func:`.warehouse.derived.dated_starts`;
-    a snapshot keeps its date when the start changes later).
+    ``timezones``: store id -> IANA zone (:attr:`StoreListing.timezones`). The snapshot is dated as
+    the store's orders are: by the zone the warehouse holds (the listing's only for a store the
+    warehouse does not hold yet) and the day start their dates follow
+    (:func:`.warehouse.derived.dated_starts`; a snapshot keeps its date when the start changes later).
     ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:func:`load_inventory`). Each store
     commits on its own: one store failing costs the others nothing.
     """
@@ -837,10 +845,12 @@ def sync_inventory(
     store_ids = sorted(timezones) if store_ids is None else store_ids
     now = now or datetime.now(UTC)
     result = SyncResult()
-    starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it
+    starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it, by the zone the
+    # warehouse holds (derived.follow_store_zones): the listing's may lag or lead the stores asset
+    zones = {**timezones, **store_timezones(conn)}
     for store_id in store_ids:
         snapshot_date = record_rules.local_date(
-            now, timezones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
+            now, zones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
         )
         try:
             records, counts = _store_inventory(

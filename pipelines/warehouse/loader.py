@@ -750,14 +750,8 @@ class OrderWindowLoad:
             proofs.failed(cur, self.window, self._failed, run_id=self.run_id)
 
     def _resolve_skipped(self, cur: psycopg.Cursor) -> None:
-        """An order quarantined before and served valid again in exactly the bytes the warehouse
-        holds (recognised as unchanged, so never staged): its quarantine rows are resolved as a
-        staged record's are (``resolve_quarantine.sql``: rows of a version no newer than the one
-        held; a newer version this listing read too, and refused, stays open)."""
-        ids = sorted(oid for oid, (sid, _) in self._skipped.items() if sid not in self._discarded)
-        if ids:
-            cur.execute("create temp table skipped on commit drop as select unnest(%s::bigint[]) as order_id", (ids,))
-            ORDERS.resolve_quarantine(cur, "skipped")
+        """The orders recognised as unchanged (never staged): :func:`resolve_held_orders`."""
+        resolve_held_orders(cur, [oid for oid, (sid, _) in self._skipped.items() if sid not in self._discarded])
 
     def _count_merged(self, cur: psycopg.Cursor) -> None:
         """Inserted, updated and unchanged per store, from the picked versions and those accepted."""
@@ -807,6 +801,18 @@ class OrderWindowLoad:
                 seen_by=self.run_id,
                 listed_since=self._started,
             )
+
+
+def resolve_held_orders(cur: psycopg.Cursor, order_ids: Iterable[int]) -> int:
+    """Orders a listing served valid in exactly the bytes the warehouse holds (so never staged):
+    their quarantine rows are resolved as a staged record's are (``resolve_quarantine.sql``: rows of
+    a version no newer than the one held; a newer version refused, even by the same load, stays
+    open). Runs in the caller's transaction. Returns how many rows were resolved."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return 0
+    cur.execute("create temp table held_orders on commit drop as select unnest(%s::bigint[]) as order_id", (ids,))
+    return ORDERS.resolve_quarantine(cur, "held_orders")
 
 
 # ------------------------------------------------------------------------------------------------

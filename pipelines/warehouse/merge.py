@@ -119,14 +119,23 @@ class Quarantine:
         """Write the rows added. ``resolved``: kept, but resolved at once (a newer load superseded them)."""
         # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
         # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
+        # A record refused again exactly as an open row of its window holds it (every hourly
+        # inventory run, a window's reload) is that row seen again: its run, reason and
+        # quarantined_at become this load's, and no second open row is written.
         if self.rows:
             cur.executemany(
-                "insert into taptouch.quarantine"
+                "with x as (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
+                " %s::text t, %s::text w, %s::text u, %s::numeric n, %s::boolean v),"
+                " seen as (update taptouch.quarantine o set quarantined_at = now(), run_id = x.u, reason = x.r"
+                " from x where not x.v and o.resolved_at is null and o.entity = x.e"
+                " and o.record_key is not distinct from x.k and o.store_id is not distinct from x.s"
+                ' and o."window" is not distinct from x.w'
+                " and (o.raw = x.j or (o.raw is null and x.j is null and o.raw_text = x.t)) returning 1)"
+                " insert into taptouch.quarantine"
                 ' (entity, record_key, store_id, reason, raw, raw_text, "window", run_id, updated_at_exact,'
                 " resolved_at)"
-                " select e, k, s, r, j, case when j is null then t end, w, u, x, case when v then now() end from"
-                " (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
-                " %s::text t, %s::text w, %s::text u, %s::numeric x, %s::boolean v) x",
+                " select e, k, s, r, j, case when j is null then t end, w, u, n, case when v then now() end from x"
+                " where not exists (select 1 from seen)",
                 [(*row, resolved) for row in self.rows],
             )
             self.rows = []
@@ -342,11 +351,11 @@ class MergeSpec:
                 )
             )
 
-    def resolve_quarantine(self, cur: psycopg.Cursor, staged: str, store_id: int | None = None) -> None:
+    def resolve_quarantine(self, cur: psycopg.Cursor, staged: str, store_id: int | None = None) -> int:
         """Stamp ``resolved_at`` on the unresolved quarantine rows of the records in ``staged`` (a
         table holding the spec's keys) that the warehouse now holds in a valid version at least as
         new as the quarantined one (a row whose version cannot be read: written by an earlier
-        transaction)."""
+        transaction). Returns how many."""
         of_store = (
             sql.SQL("") if not self.lock_per_store else sql.SQL(" and q.store_id = {}").format(sql.Literal(store_id))
         )
@@ -360,6 +369,7 @@ class MergeSpec:
                 of_store=of_store,
             )
         )
+        return cur.rowcount
 
 
 STORES = MergeSpec(

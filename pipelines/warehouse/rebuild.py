@@ -485,12 +485,8 @@ def _merge_retried_orders(
     history.record_retried(cur)  # the retried versions join taptouch.order_history
     aggregates.note_merged(cur, "rb_accepted")  # new orders: their store-days' aggregates count them
     aggregates.recompute(cur)
-    cur.execute(
-        "update taptouch.quarantine set resolved_at = now() where entity = 'order'"
-        " and resolved_at is null and record_key = any(%s)",
-        ([str(k) for k in best],),
-    )
-    q.resolved += cur.rowcount
+    # the rows the warehouse's version now supersedes (a newer version still refused stays open)
+    q.resolved += ORDERS.resolve_quarantine(cur, "rb_orders")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -591,9 +587,4 @@ def _retry_inventory(conn: psycopg.Connection, report: RebuildReport, batch_size
             copy_rows(cur, "rb_inventory", cols, load)
             INVENTORY.merge(cur, "rb_inventory", into="rb_merged", cols=cols, keep=("account",))
             q.loaded += cur.rowcount
-            cur.execute(
-                "update taptouch.quarantine set resolved_at = now() where entity = 'inventory'"
-                " and resolved_at is null and store_id = %s and record_key = any(%s)",
-                (store_id, [str(r[1]) for r in load]),
-            )
-            q.resolved += cur.rowcount
+            q.resolved += INVENTORY.resolve_quarantine(cur, "rb_inventory", store_id)
