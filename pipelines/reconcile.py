@@ -58,6 +58,7 @@ class StoreReconcile:
     complete: bool = True
     unidentified: int = 0  # listed records whose id cannot be read: nothing deleted at the store
     listed_at: datetime | None = None  # the listing's start on this machine's clock
+    late_tail: bool = False  # complete only by taking a record for a late arrival: confirms no deletion
     deleted: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)  # first missed now
@@ -123,6 +124,7 @@ class _Listing:
     started_at: datetime | None = None
     versions: dict[int, Decimal] = field(default_factory=dict)  # id -> the newest version listed (readable)
     held: set[int] = field(default_factory=set)  # ids listed in exactly the bytes the warehouse holds
+    late_tail: bool = False  # OrderListing.late_tail
 
 
 def _list_store(
@@ -163,6 +165,7 @@ def _list_store(
         if found:
             _note_found(conn, out, found)
     out.complete = bool(getattr(listing, "complete", True))
+    out.late_tail = getattr(listing, "late_tail", False) is True
     started = getattr(listing, "started_at", None)
     out.started_at = started if isinstance(started, datetime) else None
     return out
@@ -244,6 +247,7 @@ def _judge_store(
     *,
     start: datetime,
     now: datetime,
+    present: datetime,
     confirm_s: int,
     mass_confirmed: bool,
     seen_by: str,
@@ -267,6 +271,7 @@ def _judge_store(
                 listed_count=listing.records,
                 seen_by=seen_by,
                 defer=True,
+                present=present,
             )
             sr.checked = judged.live
             sr.restored, sr.candidates, sr.waiting = judged.restored, judged.candidates, judged.waiting
@@ -340,6 +345,7 @@ def reconcile_orders(
     restore_days: int = DEFAULT_RESTORE_DAYS,
     excused_stores: Iterable[int] = (),
     late: timedelta = timedelta(0),
+    clock: Callable[[], datetime] | None = None,
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
@@ -351,8 +357,10 @@ def reconcile_orders(
     deletions are settled, restored only if the listing of the period returns them.
 
     ``conn`` must be an autocommit connection: the listing runs outside any transaction, and each
-    store's repairs and judgement are short transactions of their own. ``now`` (default: the
-    clock) is the only clock the decisions read, so tests pass a fake one. A store in
+    store's repairs and judgement are short transactions of their own. ``now`` (default:
+    ``clock()``) is the run's start, and ``clock`` tells when each store is judged (default: this
+    machine's, :func:`.warehouse.deletions.clock`; when ``now`` is given, ``now`` itself, so tests
+    pass a fake one). A store in
     ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
     Deletions are confirmed only when every store was listed whole, but for ``excused_stores`` (an
     operator's word that no order moved to them, e.g. a store whose access was withdrawn for good).
@@ -364,24 +372,33 @@ def reconcile_orders(
     """
     _need_autocommit(conn)
     progress = progress or log.info
-    confirmed = {int(s) for s in confirm_mass_deletion_stores}
-    now = now or datetime.now(UTC)
+    clock = clock or (deletions.clock if now is None else _frozen(now))
+    now = now or clock()
     start = now - timedelta(days=days)
     result = ReconcileResult(start=start, end=now)
     timezones = store_timezones(conn) if timezones is None else timezones
     if store_ids is None:
         store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
-    rpass = _Pass(start, now, confirm_s, confirmed, timezones, run_id, now - timedelta(days=restore_days), late)
+    mass = {int(s) for s in confirm_mass_deletion_stores}
+    rpass = _Pass(start, now, confirm_s, mass, timezones, run_id, now - timedelta(days=restore_days), late, clock)
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
             result.stores.append(sr)
-            progress(
-                f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
-                "missing; deletions are confirmed once every store is listed"
-            )
+            progress(_listed_summary(sr))
     _confirm_all(conn, result, rpass, set(excused_stores), progress)
     return result
+
+
+def _listed_summary(sr: StoreReconcile) -> str:
+    return (
+        f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
+        "missing; deletions are confirmed once every store is listed"
+    )
+
+
+def _frozen(at: datetime) -> Callable[[], datetime]:
+    return lambda: at
 
 
 def _need_autocommit(conn: psycopg.Connection) -> None:
@@ -401,7 +418,8 @@ def _confirm_all(
 ) -> None:
     """Every store's due deletions confirmed, unless a store (not ``excused``) could not be listed
     whole: an order missing at one store may have moved to it (a store with a record whose id cannot
-    be read deletes nothing itself, but holds no one back)."""
+    be read deletes nothing itself, but holds no one back; nor does one complete only by taking a
+    record on its last page for a late arrival, an answer cut short being the other reading)."""
     unlisted = sorted(
         ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete}) - excused
     )
@@ -415,7 +433,14 @@ def _confirm_all(
         log.warning("%s", held)
         progress(held)
     for sr in result.stores:  # every store listed: an order that moved between stores is not deleted
-        if unlisted and sr.judged is not None:
+        if sr.judged is not None and (unlisted or sr.late_tail):
+            if sr.late_tail and sr.judged.ripe:
+                log.warning(
+                    "store %s: the listing's last page, asked again, held records stamped before it started "
+                    "(late arrivals, or a first answer cut short): its %d due deletion(s) wait for the next run",
+                    sr.store_id,
+                    len(sr.judged.ripe),
+                )
             sr.judged.ripe = []
         refusal = _confirm_store(conn, sr, rpass)
         if refusal:
@@ -435,6 +460,7 @@ class _Pass:
     run_id: str | None
     restore_since: datetime  # orders marked deleted since then are looked for again (TAPTOUCH_RESTORE_DAYS)
     late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
+    clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
 
     @property
     def seen_by(self) -> str:
@@ -472,6 +498,7 @@ def _reconcile_store(
         complete=listing.complete,
         unidentified=listing.unidentified,
         listed_at=listed_at,
+        late_tail=listing.late_tail,
     )
     if listing.repairs and store_id in rpass.timezones:
         _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
@@ -484,6 +511,7 @@ def _reconcile_store(
         sr,
         start=start,
         now=now,
+        present=rpass.clock(),
         confirm_s=rpass.confirm_s,
         mass_confirmed=store_id in rpass.mass_confirmed,
         seen_by=rpass.seen_by,
@@ -546,6 +574,7 @@ def _reconcile_metadata(result: ReconcileResult) -> dict:
         "deleted_order_ids": ", ".join(map(str, deleted_ids[:200])) or "none",
         "restored_order_ids": ", ".join(map(str, restored_ids[:200])) or "none",
         "deletions_held_back_by": ", ".join(map(str, result.held_back_by)) or "none",
+        "deletions_waiting_late_tail": ", ".join(str(s.store_id) for s in result.stores if s.late_tail) or "none",
         "stores_incomplete": ", ".join(str(s.store_id) for s in result.stores if not s.complete or s.unidentified)
         or "none",
         "stores_ok": len(result.stores),

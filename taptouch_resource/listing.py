@@ -270,6 +270,10 @@ class OrderListing:
       time has not reached. None when the server sent no usable timestamp.
     - ``newest``: the newest ``updated_at`` read (microsecond floor); None if none was readable.
     - ``verified``: True when the keyset pass had to be checked by a second pass.
+    - ``late_tail``: True when ``complete`` rests on taking a record that only the last page's
+      second answer held, stamped before the listing started (within ``late``), for a late arrival:
+      a first answer cut short looks the same, so an order edited just before the listing may be
+      missing from it. Enough to load and prove; the reconciliation confirms no deletion by it.
     - ``pages``, ``records``: answers read, records yielded (duplicates dropped).
 
     ``confirm_end``: ask for the last (short) page twice (in every read of a range); an empty or
@@ -309,6 +313,7 @@ class OrderListing:
         self.started_at: datetime | None = None
         self.newest: datetime | None = None
         self.verified = False
+        self.late_tail = False
         self.pages = 0
         self.records = 0
         self._seen: set[tuple[Any, Any]] = set()  # (id, version as sent) of every record yielded
@@ -479,7 +484,13 @@ class OrderListing:
         listing late, which the next run's lookback covers)."""
         if again.records == records:
             return
-        if not self._moved_on(records, again.records):
+        if self._moved_on(records, again.records):
+            # a late arrival, or an answer cut short: they look the same
+            self.late_tail = self.late_tail or any(
+                at is not None and self.started_at is not None and at < self.started_at
+                for _, _, at in (record_key(r) for r in again.records if r not in records)
+            )
+        else:
             self._doubtful = True
             log.warning(
                 "%s: the last page answered differently when asked again (%d then %d records); the "

@@ -158,6 +158,7 @@ def judge_listing(
     seen_by: str | None = None,
     defer: bool = False,
     listed_since: datetime | None = None,
+    present: datetime | None = None,
 ) -> Judgement:
     """Judge one store's orders by one COMPLETE listing whose records all had a readable id (the
     caller checks both) and that returned ``listed_ids`` for ``updated_at`` in ``[listed_from,
@@ -167,28 +168,24 @@ def judge_listing(
     an open-ended listing (``listed_to`` None) confirms: a bounded one (a window of the orders asset,
     a full reload) may miss an order edited past ``listed_to`` and not loaded yet. ``listed_count``:
     records listed in all (default ``len(listed_ids)``), for the empty-listing rule. ``defer``: due
-    ones returned (``ripe``) for :func:`confirm_deferred`. ``listed_since``: :func:`note_listed`'s."""
+    ones returned (``ripe``) for :func:`confirm_deferred`. ``listed_since``: :func:`note_listed`'s.
+    ``present``: the time of this judgement when later than ``now`` (default :func:`clock`; a
+    reconciliation's ``now`` is its start): candidates first missed now are stamped with it, and
+    only candidates first missed after it are reset."""
     _require_transaction(cur)  # the caller's transaction; the orders merge lock is taken below
     listed = set(listed_ids)
     result = Judgement(store_id)
     cur.execute("select pg_advisory_xact_lock(%s)", (LOCK_ORDERS,))
     result.restored, result.dropped = note_listed(cur, listed, listed_since)
     bound = started_at if listed_to is None else min(started_at, listed_to)
-    cur.execute(
-        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
-        " and deleted_at is null order by order_id",
-        (store_id, listed_from, bound),
-    )
-    live = [r[0] for r in cur.fetchall()]
+    live = _live_in_range(cur, store_id, listed_from, bound)
     result.live = len(live)
     missing = [oid for oid in live if oid not in listed]
     result.missing = missing
-    held = _candidates_in_range(cur, store_id, listed_from, bound, bounded=listed_to is not None, now=now)
+    present = max(now, clock() if present is None else present)
+    held = _candidates_in_range(cur, store_id, listed_from, bound, bounded=listed_to is not None, present=present)
     # candidates no longer missing here (listed, moved out of range, deleted): not confirmed, dropped
-    gone = sorted(set(held) - set(missing))
-    if gone:
-        cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (gone,))
-        result.dropped += cur.rowcount
+    result.dropped += _drop_candidates(cur, sorted(set(held) - set(missing)))
     due = timedelta(seconds=confirm_s)
     # A bounded listing ([from, to)) may miss an order only because an edit moved it past ``to``
     # and the warehouse has not loaded that version yet: it records candidates, and only an
@@ -196,13 +193,32 @@ def judge_listing(
     ripe = [] if listed_to is not None else [oid for oid in missing if oid in held and now - held[oid] >= due]
     result.waiting = [oid for oid in missing if oid in held and oid not in ripe]
     result.candidates = [oid for oid in missing if oid not in held]
-    _record_missing(cur, result, now=now, started_at=started_at, seen_by=seen_by)
+    # first missed when this listing was judged (a reconciliation's ``now`` is its start, maybe long
+    # before it listed this store: a candidate stamped then was due early, after seconds)
+    _record_missing(cur, result, now=present, started_at=started_at, seen_by=seen_by)
     result.listed = len(listed) if listed_count is None else listed_count
     if defer:
         result.ripe = ripe
     else:
         _confirm(cur, result, ripe, listed=result.listed, mass_confirmed=mass_confirmed, now=now)
     return result
+
+
+def _live_in_range(cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime) -> list[int]:
+    """The store's live orders the warehouse holds with ``updated_at`` in ``[listed_from, bound)``."""
+    cur.execute(
+        "select order_id from taptouch.orders where store_id = %s and updated_at >= %s and updated_at < %s"
+        " and deleted_at is null order by order_id",
+        (store_id, listed_from, bound),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def _drop_candidates(cur: psycopg.Cursor, order_ids: list[int]) -> int:
+    if not order_ids:
+        return 0
+    cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (order_ids,))
+    return cur.rowcount
 
 
 def confirm_deferred(
@@ -228,16 +244,15 @@ def confirm_deferred(
 
 
 def _candidates_in_range(
-    cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime, *, bounded: bool, now: datetime
+    cur: psycopg.Cursor, store_id: int, listed_from: datetime, bound: datetime, *, bounded: bool, present: datetime
 ) -> dict[int, datetime]:
     """order id -> first_missing_at of the store's deletion candidates a listing speaks for: all of
     them, or (``bounded``) those whose order lies in ``[listed_from, bound)``."""
     # a candidate first missed "in the future" (recorded by a clock ahead of this machine's) starts
     # its wait now: the interval is never shortened, and never made endless, by a clock step. The
-    # present is this machine's clock when later than ``now``: a reconciliation's ``now`` is its
-    # start, and a candidate an orders load recorded while it ran keeps its time (reset to the
-    # start, its wait was shortened by the run's length so far); it is waiting, not due, here.
-    present = max(now, clock())
+    # present is the judgement's time, later than a reconciliation's ``now`` (its start): a candidate
+    # an orders load recorded while it ran keeps its time (reset to the start, its wait was
+    # shortened by the run's length so far); it is waiting, not due, here.
     cur.execute(
         "update taptouch.deletion_candidates set first_missing_at = %s where store_id = %s and first_missing_at > %s",
         (present, store_id, present),
