@@ -481,7 +481,8 @@ class OrderListing:
         answer looks exactly like the end of a listing. A second answer that differs makes the
         listing incomplete (what it adds is read), unless all it adds are records of a busy store:
         stamped after the listing started, or at most ``late`` before (a record reaching the API's
-        listing late, which the next run's lookback covers)."""
+        listing late, which the next run's lookback covers; ``late_tail`` then says the listing
+        rests on that reading)."""
         if again.records == records:
             return
         if self._moved_on(records, again.records):
