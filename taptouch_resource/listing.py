@@ -418,12 +418,11 @@ class OrderListing:
         for once more, in one request of up to twice the page size (at most 500): an order that left
         the range meanwhile makes room, never hides another, and there is room for records that
         reach the range late. A server in order answers with the page's own ``below`` records; an
-        answer short of them (an empty or cut 200 answer looks so, and hides what it leaves out) is
-        asked for once more, and both are read. A record the page did not hold, stamped before the
-        listing started (less ``late``), means the server's order cannot be trusted (False: the
-        page-number passes). Later ones are a busy store's, read here; when they fill the answer,
-        what follows it is unseen and the listing is not complete. These requests are not among the
-        listing's ``pages``."""
+        empty or cut 200 answer may look so too (:meth:`_jumped_range`). A record the page did not
+        hold, stamped before the listing started (less ``late``), means the server's order cannot be
+        trusted (False: the page-number passes). Later ones are a busy store's, read here; when they
+        fill the answer, what follows it is unseen and the listing is not complete. These requests
+        are not among the listing's ``pages``."""
         count = min(2 * self._count, api.MAX_PAGE_SIZE)  # room for records that reach the range late
         # to the next whole second: a server reading updated_to at whole seconds would leave out
         # [floor(last), last); what lies at or after ``last`` is the cursor's to read
@@ -435,15 +434,9 @@ class OrderListing:
             api.PARAM_INDEX: 0,
             api.PARAM_COUNT: count,
         }
-        answer = self._paginator.page(params).records
+        answer, whole = self._jumped_range(params, below)
         if answer == records[:below]:  # a server in order: the page's own records
             return True
-        if len(answer) < below:  # short of the page's own records: an empty or cut answer looks so
-            again = self._paginator.page(params).records
-            if again == records[:below]:
-                return True
-            first = set(answer)
-            answer = answer + [r for r in again if r not in first]
         held = {record_key(r)[0] for r in records}
         others = [r for r in answer if _jumped(record_key(r), held, last)]
         if not others:  # the page's records, or later ones (a server loose with updated_to)
@@ -456,7 +449,7 @@ class OrderListing:
                 len(others),
             )
             return False
-        if len(answer) == count:  # what follows a whole answer is unseen
+        if whole:  # what follows a whole answer is unseen
             self._doubtful = True
             log.warning(
                 "%s: the range the listing's cursor was about to jump over filled a page with records that "
@@ -475,6 +468,32 @@ class OrderListing:
         )
         self._started(page)
         return page
+
+    def _jumped_range(self, params: Params, below: int) -> tuple[list[bytes], bool]:
+        """(what the answers for the range a cursor is about to jump over held, whether the last
+        one read was whole). An empty or cut 200 answer hides what it leaves out: one short of the
+        page's own ``below`` records is asked for once more, and both are read. One that is not
+        may still be cut, and cut to exactly the page's own records it looks like a server in order
+        (a server sorted by id puts the records the cursor would skip after them). So in a listing
+        that proves windows or deletions (``confirm_end``), what follows a short answer is asked for
+        by page number: the records at its length onwards, as many again (an empty answer, one
+        small request, from a server in order; a server that ignores ``index`` repeats the answer,
+        and the range is asked for once more). What follows a whole answer is unseen."""
+        count = params[api.PARAM_COUNT]
+        answer = self._paginator.page(params).records
+        if len(answer) == count:
+            return answer, True
+        if len(answer) < below or (self._confirm_end and not answer):
+            follow, asked = self._paginator.page(params).records, count
+        elif self._confirm_end:
+            follow = self._paginator.page({**params, api.PARAM_INDEX: 1, api.PARAM_COUNT: len(answer)}).records
+            asked = len(answer)
+            if follow and follow == answer[: len(follow)]:  # a server ignoring index: the range again
+                follow, asked = self._paginator.page(params).records, count
+        else:
+            return answer, False
+        seen = set(answer)
+        return answer + [r for r in follow if r not in seen], len(follow) == asked
 
     def _confirm_last(self, again: Page, records: list[bytes]) -> Generator[list[bytes], None, None]:
         """The last (short) page's second answer (``again``, also short): an empty or cut-short 200
