@@ -804,10 +804,20 @@ class World:
                 self.proofs_complete.add((sid, key))
             elif (sid, key) in self.proofs_complete:
                 problems.append(f"proof of store {sid}, window {key} fell back to incomplete")
-            if self.proof_started.get((sid, key)) != proved_at:  # written in this step (the clock may stand still)
+            previous = self.proof_started.get((sid, key))
+            if previous != proved_at:  # written in this step (the clock may stand still)
                 self.proof_started[(sid, key)] = proved_at
                 self.proof_step[(sid, key)] = self.tally.steps
-                if any(
+                # a proof that keeps coverage from before its own listing's range (an incremental
+                # listing extends the one before) inherits what that one missed: exempt if it was
+                inherited = (
+                    previous is not None
+                    and self.proof_exempt.get((sid, key)) == previous
+                    and covered_from is not None
+                    and listed_from is not None
+                    and covered_from < listed_from
+                )
+                if inherited or any(
                     q[0] == sid
                     and (q[1] is None or q[1] < w_end.timestamp())
                     and (q[2] is None or q[2] > w_start.timestamp())
