@@ -974,12 +974,15 @@ def child_main(argv: list[str]) -> None:
 
 def warm_pages(url: str, windows: list, workers: int) -> int:
     """Every orders page of the windows requested once, as the contenders will request them
-    (page size, bounds): the sandbox's page cache then holds them. The orders listed."""
+    (page size, bounds, and the checks of a listing that proves its window: ``confirm_end``): the
+    sandbox's page cache then holds them. The orders listed."""
     client = _client(url)
     stores = [s["id"] for s in client.list_stores()]
 
     def drain(store_id: int, window) -> int:
-        pages = client.iter_order_record_pages(store_id, updated_from=window.start, updated_to=window.end)
+        pages = client.iter_order_record_pages(
+            store_id, updated_from=window.start, updated_to=window.end, confirm_end=True
+        )
         return sum(len(page) for page in pages)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

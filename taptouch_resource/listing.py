@@ -439,6 +439,13 @@ class OrderListing:
             return True
         held = {record_key(r)[0] for r in records}
         others = [r for r in answer if _jumped(record_key(r), held, last)]
+        if not others and whole:  # what follows a whole answer is unseen, and may hold what the cursor skips
+            log.warning(
+                "%s: the range the listing's cursor was about to jump over filled a whole answer; reading the "
+                "range by page number instead",
+                self.what,
+            )
+            return False
         if not others:  # the page's records, or later ones (a server loose with updated_to)
             return True
         if not self._moved_on([], others):
@@ -470,30 +477,41 @@ class OrderListing:
         return page
 
     def _jumped_range(self, params: Params, below: int) -> tuple[list[bytes], bool]:
-        """(what the answers for the range a cursor is about to jump over held, whether the last
-        one read was whole). An empty or cut 200 answer hides what it leaves out: one short of the
-        page's own ``below`` records is asked for once more, and both are read. One that is not
-        may still be cut, and cut to exactly the page's own records it looks like a server in order
-        (a server sorted by id puts the records the cursor would skip after them). So in a listing
-        that proves windows or deletions (``confirm_end``), what follows a short answer is asked for
-        by page number: the records at its length onwards, as many again (an empty answer, one
-        small request, from a server in order; a server that ignores ``index`` repeats the answer,
-        and the range is asked for once more). What follows a whole answer is unseen."""
+        """(what the answers for the range a cursor is about to jump over held, whether what follows
+        them is unseen). An empty or cut 200 answer hides what it leaves out: one short of the page's
+        own ``below`` records is asked for once more, and both are read. One that is not may still be
+        cut, and cut to exactly the page's own records it looks like a server in order (a server
+        sorted by id puts the records the cursor would skip after them); and what follows a whole
+        answer is unseen. So what follows a whole answer, and in a listing that proves windows or
+        deletions (``confirm_end``) a short one, is asked for by page number from the answer's last
+        record on (``index`` 1, ``count`` one less than the answer): a server in order answers that
+        record alone (one small request). Any other first record (a record that left the range in
+        between shifted the pages; a server that ignores ``index``), or a whole answer, proves
+        nothing: a short answer's range is asked for once more from its first page (leaving makes
+        room there, never hides), and what follows a whole one stays unseen. What follows a whole
+        answer is asked for twice (a short answer may be cut), and proves its end only if both agree."""
         count = params[api.PARAM_COUNT]
         answer = self._paginator.page(params).records
-        if len(answer) == count:
-            return answer, True
-        if len(answer) < below or (self._confirm_end and not answer):
-            follow, asked = self._paginator.page(params).records, count
-        elif self._confirm_end:
-            follow = self._paginator.page({**params, api.PARAM_INDEX: 1, api.PARAM_COUNT: len(answer)}).records
-            asked = len(answer)
-            if follow and follow == answer[: len(follow)]:  # a server ignoring index: the range again
-                follow, asked = self._paginator.page(params).records, count
-        else:
+        short = len(answer) < count
+        if short and len(answer) >= below and not self._confirm_end:
             return answer, False
-        seen = set(answer)
-        return answer + [r for r in follow if r not in seen], len(follow) == asked
+        if len(answer) < below or (short and len(answer) < 3):  # nothing to ask what follows from
+            again = self._paginator.page(params).records
+            return _union(answer, again), len(again) == count
+        size = len(answer) - 1
+        after = {**params, api.PARAM_INDEX: 1, api.PARAM_COUNT: size}
+        follow = self._paginator.page(after).records
+        aligned = follow[:1] == answer[-1:] and len(follow) < size
+        if aligned and not short:  # the end of the range, in a short answer that may be cut too: asked twice
+            again = self._paginator.page(after).records
+            if again != follow:
+                return _union(_union(answer, follow), again), True
+        if aligned:
+            return _union(answer, follow), False
+        if short:
+            again = self._paginator.page(params).records
+            return _union(answer, again), len(again) == count
+        return _union(answer, follow), True
 
     def _confirm_last(self, again: Page, records: list[bytes]) -> Generator[list[bytes], None, None]:
         """The last (short) page's second answer (``again``, also short): an empty or cut-short 200
@@ -505,11 +523,7 @@ class OrderListing:
         if again.records == records:
             return
         if self._moved_on(records, again.records):
-            # a late arrival, or an answer cut short: they look the same
-            self.late_tail = self.late_tail or any(
-                at is not None and self.started_at is not None and at < self.started_at
-                for _, _, at in (record_key(r) for r in again.records if r not in records)
-            )
+            self._late_reading(records, again.records)  # a late arrival, or an answer cut short: they look the same
         else:
             self._doubtful = True
             log.warning(
@@ -523,6 +537,15 @@ class OrderListing:
         if fresh:
             yield fresh
 
+    def _late_reading(self, first: list[bytes], again: list[bytes]) -> None:
+        """``late_tail`` when ``again`` (taken by :meth:`_moved_on`) adds a version stamped before
+        the listing started: a late arrival, or a first answer cut short."""
+        held = {_version(r) for r in first}
+        self.late_tail = self.late_tail or any(
+            at is not None and self.started_at is not None and at < self.started_at
+            for _, _, at in (record_key(r) for r in again if _version(r) not in held)
+        )
+
     def _moved_on(self, first: list[bytes], again: list[bytes]) -> bool:
         """Whether a last page's second answer differs from its first only as a busy store's does:
         every id of the first is in it, and all it adds is stamped after the listing started (an
@@ -530,7 +553,8 @@ class OrderListing:
         listing late). Anything else that differs is an answer cut short."""
         first_ids = {record_key(r)[0] for r in first}
         again_ids = {record_key(r)[0] for r in again}
-        added = [record_key(r) for r in again if r not in first]
+        held = {_version(r) for r in first}  # a version by its instant: replicas may render it differently
+        added = [record_key(r) for r in again if _version(r) not in held]
         return first_ids <= again_ids and all(
             at is not None and self.started_at is not None and at >= self.started_at - self._late for _, _, at in added
         )
@@ -570,7 +594,9 @@ class OrderListing:
             self._started(Page(exc.again))
             held = set(exc.first)
             yield exc.first + [r for r in exc.again if r not in held]
-            if final and not self._moved_on(exc.first, exc.again):
+            if final and self._moved_on(exc.first, exc.again):
+                self._late_reading(exc.first, exc.again)  # a late arrival, or both answers cut short
+            elif final:
                 self._doubtful = True
                 log.warning(
                     "%s: a page-number read's last page answered %d then %d records; what both held is read, "
@@ -669,6 +695,18 @@ def _held_still(before: dict[tuple[Any, Any], bool], after: dict[tuple[Any, Any]
     and all ``after`` adds must be new arrivals (a record inserted shifts the others back: read twice,
     never skipped)."""
     return before.keys() <= after.keys() and all(after[key] for key in after.keys() - before.keys())
+
+
+def _union(first: list[bytes], then: list[bytes]) -> list[bytes]:
+    held = set(first)
+    return first + [r for r in then if r not in held]
+
+
+def _version(raw: bytes) -> Any:
+    """A record's version: (id, instant) where both can be read (two replicas may render one
+    instant differently), else its bytes."""
+    oid, _, at = record_key(raw)
+    return raw if oid is None or at is None else (oid, at)
 
 
 def _jumped(key: tuple[Any, Any, datetime | None], held: set[Any], last: datetime) -> bool:
