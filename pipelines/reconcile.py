@@ -367,8 +367,9 @@ def reconcile_orders(
     ``late``: the run's ``TAPTOUCH_LOOKBACK``: a record stamped up to this long before a store's
     listing started that reaches the listing's last page between its two answers (a busy store
     behind a lagging replica) leaves the listing complete, as in the orders loads, instead of
-    holding back every store's deletions. An order such a listing missed is only a candidate:
-    a deletion needs a second complete listing ``confirm_s`` later that misses it too.
+    holding back every store's deletions. But a first answer cut short reads the same, so such a
+    listing (``late_tail``) confirms no deletion at its store, due ones included, and holds back no
+    other store's: the orders it missed are recorded as candidates and wait for a later listing.
     """
     _need_autocommit(conn)
     progress = progress or log.info

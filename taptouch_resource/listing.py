@@ -280,8 +280,9 @@ class OrderListing:
     cut-short 200 answer looks exactly like the end of a listing. A second answer that is a whole
     page means the first was cut, and the listing reads on; one that differs otherwise makes it
     incomplete, unless it only adds a busy store's records (stamped after the listing started, or
-    at most ``late`` before). One more request per read: for listings that prove windows or
-    deletions (every orders load, the reconciliation).
+    at most ``late`` before). One more request per read, and one per whole page (what follows a
+    short answer for the range the cursor jumps over: :meth:`_jumped_range`): for listings that
+    prove windows or deletions (every orders load, the reconciliation).
 
     ``paginator``: the listing's page rules; its :meth:`Paginator.page` reads each keyset page, its
     :meth:`Paginator.paginate` the page-number passes. ``params``: the query besides the range.
@@ -421,8 +422,8 @@ class OrderListing:
         empty or cut 200 answer may look so too (:meth:`_jumped_range`). A record the page did not
         hold, stamped before the listing started (less ``late``), means the server's order cannot be
         trusted (False: the page-number passes). Later ones are a busy store's, read here; when they
-        fill the answer, what follows it is unseen and the listing is not complete. These requests
-        are not among the listing's ``pages``."""
+        fill the answer and what follows it could not be shown to end the range (:meth:`_jumped_range`),
+        the listing is not complete. These requests are not among the listing's ``pages``."""
         count = min(2 * self._count, api.MAX_PAGE_SIZE)  # room for records that reach the range late
         # to the next whole second: a server reading updated_to at whole seconds would leave out
         # [floor(last), last); what lies at or after ``last`` is the cursor's to read

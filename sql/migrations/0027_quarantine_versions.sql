@@ -2,8 +2,9 @@
 -- row is resolved only once the warehouse holds a valid version at least as new: before, any valid
 -- version of the record staged later resolved it, so an older version (a replica behind, or the
 -- same listing serving both) closed the row of a newer version the boundary had refused, and the
--- promise "kept until a valid version replaces it" was broken. Rows written before this migration
--- have no version and keep the old rule. pipelines/warehouse/merge.py, sql/merge/resolve_quarantine.sql.
+-- promise "kept until a valid version replaces it" was broken. Open rows written before this
+-- migration get their version below where PostgreSQL reads it; the others keep the old rule.
+-- pipelines/warehouse/merge.py, sql/merge/resolve_quarantine.sql.
 alter table taptouch.quarantine add column if not exists updated_at_exact numeric;
 
 -- The open rows written before it get their record's version where PostgreSQL reads its updated_at

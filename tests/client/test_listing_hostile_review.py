@@ -1,4 +1,5 @@
-"""A hostile review of the jumped-range check and late_tail (each test failed on the code before)."""
+"""A hostile review of the jumped-range check and late_tail: six tests failed on the code before;
+the two honest-server tests are controls (complete, one extra request per whole page)."""
 
 from __future__ import annotations
 
