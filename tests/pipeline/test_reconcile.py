@@ -17,9 +17,10 @@ from pipelines.reconcile import RECONCILE_CRON, reconcile_days, reconcile_orders
 from pipelines.settings import RunSettings, reconcile_confirm_s, restore_days
 from pipelines.sync import sync_stores
 from pipelines.warehouse import deletions
+from pipelines.warehouse.loader import OrderWindowLoad
 from pipelines.warehouse.resource import PostgresResource
 from pipelines.warehouse.views import apply_views
-from taptouch_resource import TaptouchClient, TaptouchResource
+from taptouch_resource import TaptouchClient, TaptouchResource, jsonutil
 from taptouch_sandbox import Sandbox, SandboxConfig
 from tests.support.windows import load_window
 
@@ -27,18 +28,29 @@ order_deletions = defs.get_assets_def("order_deletions")  # as the code location
 orders_reconcile_daily = defs.get_schedule_def("orders_reconcile_daily")
 
 
+def _client(transport: httpx.BaseTransport, page_size: int = 50) -> TaptouchClient:
+    """The sandbox's client over ``transport``: no rate limit, no sleeping."""
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=transport,
+        requests_per_second=None,
+        sleep=lambda s: None,
+        page_size=page_size,
+    )
+
+
+def _loaded(client: TaptouchClient, conn: psycopg.Connection, now: datetime) -> None:
+    """The sandbox's stores, and every order of the last ten days, loaded."""
+    sync_stores(client, conn)
+    assert not load_window(client, conn, "all", now - timedelta(days=10), now + timedelta(days=1)).failures
+
+
 @pytest.fixture
 def world(migrated_db):
     today = datetime.now(UTC).date()
     sb = Sandbox(SandboxConfig(seed=11, stores=2, days=10, end_date=today, orders_per_day=15))
-    client = TaptouchClient(
-        client_id="sandbox-client",
-        client_secret="sandbox-secret",
-        transport=sb.transport(),
-        requests_per_second=None,
-        sleep=lambda s: None,
-        page_size=50,
-    )
+    client = _client(sb.transport())
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
         now = datetime.now(UTC)
@@ -502,18 +514,10 @@ def test_a_record_reaching_a_busy_stores_listing_late_holds_back_nothing_within_
         asked[path] = query
         return inner.handle_request(request)
 
-    client = TaptouchClient(
-        client_id="sandbox-client",
-        client_secret="sandbox-secret",
-        transport=httpx.MockTransport(handler),
-        requests_per_second=None,
-        sleep=lambda s: None,
-        page_size=20,
-    )
+    client = _client(httpx.MockTransport(handler), page_size=20)
     now = datetime.now(UTC)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        sync_stores(client, conn)
-        assert not load_window(client, conn, "all", now - timedelta(days=10), now + timedelta(days=1)).failures
+        _loaded(client, conn, now)
         gone = next(iter(sb.orders(store_a)))["id"]
         sb.delete_order(gone)
         first, second = _twice(client, conn, now, days=7, late=late)
@@ -583,18 +587,10 @@ def test_a_last_page_cut_short_twice_does_not_delete_a_live_order(migrated_db, l
         return httpx.Response(response.status_code, headers=headers, content=content)
 
     cutting = False
-    client = TaptouchClient(
-        client_id="sandbox-client",
-        client_secret="sandbox-secret",
-        transport=httpx.MockTransport(handler),
-        requests_per_second=None,
-        sleep=lambda s: None,
-        page_size=20,
-    )
+    client = _client(httpx.MockTransport(handler), page_size=20)
     now = datetime.now(UTC)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        sync_stores(client, conn)
-        assert not load_window(client, conn, "all", now - timedelta(days=10), now + timedelta(days=1)).failures
+        _loaded(client, conn, now)
         tail = sorted(sb.orders(store), key=lambda o: o["updated_at"])[-30:]
         x, y = tail[0]["id"], tail[1]["id"]  # two orders of the store's last days, edited just now
         sb.edit_order(x, updated_at=now - timedelta(seconds=20))
@@ -630,3 +626,27 @@ def test_a_long_reconciliations_candidate_waits_from_the_listing_that_missed_it(
     apart = min(s.listed_at for s in next_run.stores) - max(listed_at.values())
     assert apart < HOUR / 60  # the two listings that missed it: seconds apart
     assert next_run.deleted == 0 and _deleted(conn) == {}
+
+
+def test_the_reconciliation_resolves_an_order_it_lists_valid_in_the_held_bytes(world):
+    """Order X of three days ago is held. A glitching answer once served it malformed at the same
+    version (say yesterday's full reload of its day): quarantined, the held version kept. The API
+    serves it valid again in exactly the held bytes, but no orders load lists that day any more (the
+    hourly runs start at their marks); the reconciliation listed it every 6 hours and skipped it as
+    'exactly this version', so the row stayed open for good (a hostile review's finding)."""
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    oid, store, updated = conn.execute(
+        "select order_id, store_id, updated_at from taptouch.orders where updated_at < %s"
+        " order by updated_at desc limit 1",
+        (now - timedelta(days=3),),
+    ).fetchone()
+    bad = sb.order(oid)
+    bad["total"] += 1  # same id, same version, arithmetic broken
+    with OrderWindowLoad(conn, window=updated.astimezone(UTC).date().isoformat()) as load:
+        load.add_page(store, [jsonutil.dumps(bad).encode()])
+        assert load.finish().quarantined == 1
+    result = reconcile_orders(client, conn, days=5, now=now)
+    assert not result.failures and result.repaired == 0 and result.listed > 0  # listed, nothing to repair
+    still_open = "select count(*) from taptouch.quarantine where record_key = %s and resolved_at is null"
+    assert conn.execute(still_open, (str(oid),)).fetchone() == (0,)
