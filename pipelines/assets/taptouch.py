@@ -9,6 +9,7 @@ has no foreign key to it: ``orders`` loads on a fresh warehouse too).
 import time
 import warnings
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -256,16 +257,21 @@ class OrdersConfig(dg.Config):
     lookback: str | None = Field(
         default=None,
         description="Re-ask the API from each store's high-water mark minus this (seconds, or "
-        "5m, 1h). Unset: TAPTOUCH_LOOKBACK, else 5m.",
+        "5m, 1h), and let a record this late still leave a listing complete. Unset: "
+        "TAPTOUCH_LOOKBACK, else 5m.",
     )
 
 
 def _sync_mode(context: dg.AssetExecutionContext, config: OrdersConfig, run: RunContext) -> SyncMode:
     """Full refresh when the run config or the run's tag asks for it; else incremental, with the
-    run config's lookback, else the run's ``TAPTOUCH_LOOKBACK``."""
+    run's lookback. The run config's ``lookback`` (else ``TAPTOUCH_LOOKBACK``) becomes the run's
+    lookback in every use: where a re-run asks from, how late a record may reach a listing that
+    stays complete, and how long its proofs let records settle."""
+    if config.lookback is not None:
+        run.settings = replace(run.settings, lookback=settings.lookback(config.lookback))
     if config.full_refresh or context.run.tags.get(settings.FULL_REFRESH_TAG, "").lower() == "true":
         return FULL_REFRESH
-    return Incremental(run.settings.lookback if config.lookback is None else settings.lookback(config.lookback))
+    return Incremental(run.settings.lookback)
 
 
 def _load_orders_days(

@@ -156,3 +156,23 @@ def test_a_server_sorted_by_id_loses_no_order_behind_an_edit_that_ends_a_page(bu
     assert md["inserted"] == len(want)
     assert proven >= 1  # read by page number and verified: still proven
     assert requests[store] > len(by_id) // PAGE + 2  # the probe, then two page-number passes
+
+
+def settling(db_url):
+    """How long each complete proof lets records settle before its listing (at most, since the
+    API's clock may start the listing a moment earlier than this machine's)."""
+    with psycopg.connect(db_url) as conn:
+        return [s for (s,) in conn.execute("select listed_at - settled_at from taptouch.listing_proofs where complete")]
+
+
+def test_the_run_configs_lookback_is_the_runs_lookback_everywhere(busy, migrated_db, monkeypatch):
+    # the orders config's lookback moved only where a re-run asks from; a listing's late allowance
+    # and its proofs' settling time read TAPTOUCH_LOOKBACK. Now the config's value is the run's:
+    # proofs written under a config of 1h hold for what was updated an hour before their listing
+    monkeypatch.setenv("TAPTOUCH_LOOKBACK", "2m")
+    run(busy, migrated_db)
+    first = settling(migrated_db)
+    assert len(first) == 3 and all(timedelta(minutes=2) <= s < timedelta(minutes=2, seconds=10) for s in first)
+    run(busy, migrated_db, config={"lookback": "1h"})
+    again = settling(migrated_db)
+    assert len(again) == 3 and all(timedelta(hours=1) <= s < timedelta(hours=1, seconds=10) for s in again)
