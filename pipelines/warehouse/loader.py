@@ -812,7 +812,9 @@ def resolve_held_orders(cur: psycopg.Cursor, order_ids: Iterable[int]) -> int:
     if not ids:
         return 0
     cur.execute("create temp table held_orders on commit drop as select unnest(%s::bigint[]) as order_id", (ids,))
-    return ORDERS.resolve_quarantine(cur, "held_orders")
+    resolved = ORDERS.resolve_quarantine(cur, "held_orders")
+    cur.execute("drop table held_orders")  # a second call in the same transaction creates it again
+    return resolved
 
 
 # ------------------------------------------------------------------------------------------------

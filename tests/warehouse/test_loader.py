@@ -618,6 +618,24 @@ def test_a_quarantined_order_served_valid_again_in_the_held_bytes_is_resolved(db
     assert q(db, "select resolved_at is not null from taptouch.quarantine where record_key = '7'") == [(True,)]
 
 
+def test_resolving_held_orders_twice_in_one_transaction(db):
+    """resolve_held_orders staged its ids in a temporary table kept to the commit: a second call in
+    the same transaction failed (the table existed). Each call now drops it."""
+    from pipelines.warehouse.loader import resolve_held_orders
+
+    for oid in (7, 8):
+        good = f.order(oid)
+        load_orders(db, [(7101, [good])])
+        load_orders(db, [(7101, [dict(good, total=good["total"] + 1)])])  # quarantined
+    with db.transaction(), db.cursor() as cur:
+        assert resolve_held_orders(cur, [7]) == 1
+        assert resolve_held_orders(cur, [8]) == 1
+    assert q(db, "select record_key, resolved_at is not null from taptouch.quarantine order by 1") == [
+        ("7", True),
+        ("8", True),
+    ]
+
+
 def test_a_listing_that_cannot_judge_does_not_prove_its_window_either(db):
     """A complete listing holding a record whose order id cannot be read judges no deletion (any
     held order might be that record); it proved its window all the same, without the orders it did
