@@ -820,6 +820,11 @@ def _store_inventory(
     return records, counts
 
 
+def _now() -> datetime:
+    """This machine's clock (a test moves it)."""
+    return datetime.now(UTC)
+
+
 def sync_inventory(
     client: TaptouchClient,
     conn: psycopg.Connection,
@@ -838,23 +843,25 @@ def sync_inventory(
     warehouse does not hold yet) and the day start their dates follow
     (:func:`.warehouse.derived.dated_starts`; a snapshot keeps its date when the start changes later).
     ``confirm_s``: the run's ``TAPTOUCH_RECONCILE_CONFIRM_S`` (:func:`load_inventory`). Each store
-    commits on its own: one store failing costs the others nothing.
+    commits on its own: one store failing costs the others nothing. ``now``: the clock of every
+    store (default: this machine's when the store is listed, so that a run crossing a store's
+    midnight files the stock it reads after it under the new day).
     """
     t0 = time.monotonic()
     progress = progress or log.info
     store_ids = sorted(timezones) if store_ids is None else store_ids
-    now = now or datetime.now(UTC)
     result = SyncResult()
     starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it, by the zone the
     # warehouse holds (derived.follow_store_zones): the listing's may lag or lead the stores asset
     zones = {**timezones, **store_timezones(conn)}
     for store_id in store_ids:
+        at = now or _now()
         snapshot_date = record_rules.local_date(
-            now, zones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
+            at, zones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
         )
         try:
             records, counts = _store_inventory(
-                client, conn, store_id, snapshot_date=snapshot_date, run_id=run_id, now=now, confirm_s=confirm_s
+                client, conn, store_id, snapshot_date=snapshot_date, run_id=run_id, now=at, confirm_s=confirm_s
             )
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))

@@ -4,6 +4,7 @@ holds, which dates the orders beside it (a hostile review's finding)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -40,3 +41,38 @@ def test_a_snapshot_is_dated_by_the_zone_the_warehouse_holds_not_an_older_listin
         assert not sync_inventory(client, conn, timezones={store: "UTC"}, now=now).failures
         dates = [r[0] for r in conn.execute("select distinct snapshot_date from taptouch.inventory_snapshots")]
         assert dates == [date(2026, 11, 28)]
+
+
+def test_a_run_crossing_a_stores_midnight_dates_each_snapshot_when_its_store_is_listed(migrated_db, monkeypatch):
+    """Every snapshot of a run was dated by the run's start: a run starting a moment before midnight
+    in Sydney filed the stock a store listed after midnight (the new day's) under the day before,
+    and analytics.inventory_history paired it with that day's sales. Each store's snapshot is now
+    dated when the store is listed."""
+    import pipelines.sync as sync
+
+    sb = Sandbox(SandboxConfig(seed=3, stores=2, days=2, orders_per_day=5, end_date=date(2026, 11, 28)))
+    client = TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
+    first, second = sorted(sb.store_ids())
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        sync_stores(client, conn)
+        zones = store_timezones(conn)
+        # the run starts at 23:59:59 on 27 November where the first store is; the second store is
+        # listed a moment after midnight (the 28th) where it is
+        clock = iter(
+            [
+                datetime(2026, 11, 27, 23, 59, 59, tzinfo=ZoneInfo(zones[first])),
+                datetime(2026, 11, 28, 0, 0, 1, tzinfo=ZoneInfo(zones[second])),
+            ]
+        )
+        monkeypatch.setattr(sync, "_now", lambda: next(clock))
+        assert not sync_inventory(client, conn, timezones=zones, store_ids=[first, second]).failures
+        dates = conn.execute(
+            "select distinct store_id, snapshot_date from taptouch.inventory_snapshots order by 1"
+        ).fetchall()
+    assert dates == [(first, date(2026, 11, 27)), (second, date(2026, 11, 28))]
