@@ -11,12 +11,13 @@ rules: docs/alerts.md, "The outbox".
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -64,9 +65,25 @@ def alert_key(kind: str, *parts: str | None) -> str:
     return ":".join([kind, *(quote(part or "", safe="/-_.~+=") for part in parts)])
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, strings...) with every NUL character and lone surrogate of its
+    strings replaced by U+FFFD: PostgreSQL's jsonb holds neither, and an error text quoting a server
+    may carry both (the API contract says the real API can send them)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
+
+
 def with_key(message: dict[str, Any], key: str) -> dict[str, Any]:
-    """``message`` with its idempotency key as a body field."""
-    return {**message, KEY_FIELD: key}
+    """``message`` with its idempotency key as a body field, every string storable in jsonb."""
+    return storable({**message, KEY_FIELD: key})
 
 
 def backoff(attempts: int) -> float:
@@ -111,13 +128,16 @@ def post(
                 f"the alert webhook is still answering {len(_abandoned)} earlier POSTs past their deadline: not tried"
             )
     payload = json.dumps(body).encode()
+    plain_http = urlsplit(url).scheme.lower() == "http"
     headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
     outcome: dict[str, Any] = {}
 
     def attempt() -> None:
         try:
             with (
-                httpx.Client(timeout=deadline, transport=transport) as client,
+                # no proxy from the environment for plain http (loopback only): the secret URL and
+                # the alert would cross the network in the clear to it
+                httpx.Client(timeout=deadline, transport=transport, trust_env=not plain_http) as client,
                 client.stream("POST", url, content=payload, headers=headers) as response,
             ):
                 outcome["status"] = response.status_code

@@ -402,21 +402,26 @@ class TaptouchClient:
             if ack == 401:
                 self._refused_token(response, path, state, ack=True)
             error = self._api_error(response, path, ack=ack)
-            if ack in RETRY_STATUSES:  # HTTP 200 whose envelope acks a retryable failure
-                raise Retryable(f"ack {ack} in an HTTP 200", error)
+            if ack in RETRY_STATUSES:  # HTTP 200 whose envelope acks a retryable failure: ack is the
+                # HTTP code (the contract), so an acked 429 slows everyone down as an HTTP 429 does
+                raise self._retryable(response, error, ack, f"ack {ack} in an HTTP 200")
             raise error
         if status == 401:
             self._refused_token(response, path, state, ack=False)
         if status not in RETRY_STATUSES:
             raise self._api_error(response, path)
-        error = self._api_error(response, path)
+        raise self._retryable(response, self._api_error(response, path), status, f"HTTP {status}")
+
+    def _retryable(self, response: httpx.Response, error: TaptouchAPIError, status: int, what: str) -> Retryable:
+        """A retryable answer (``status``: its HTTP code, or its envelope's ack), counted; a 429
+        holds back every request sharing the limiter (its ``Retry-After``, at least 1 s)."""
         wait = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         if status == 429:
             self.stats.add(rate_limited=1)
             self.limiter.penalize(MIN_429_WAIT if wait is None else wait)  # everyone sharing the limiter slows down
-            raise Retryable("HTTP 429", error, rate_limited=True, wait=wait)
+            return Retryable(what, error, rate_limited=True, wait=wait)
         self.stats.add(server_errors=1)
-        raise Retryable(f"HTTP {status}", error, wait=wait)
+        return Retryable(what, error, wait=wait)
 
     def _send(self, path: str, params: Params) -> httpx.Response:
         """One GET once the limiter allows it; a network error is :class:`Retryable`, unless no retry
