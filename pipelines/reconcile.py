@@ -206,7 +206,13 @@ def _note_version(listing: _Listing, oid: int, version: Decimal | None) -> None:
 
 
 def _prove_days(
-    conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, *, listed_at: datetime, run_id: str | None
+    conn: psycopg.Connection,
+    listing: _Listing,
+    sr: StoreReconcile,
+    *,
+    listed_at: datetime,
+    run_id: str | None,
+    settle: timedelta,
 ) -> int:
     """Re-prove every orders window (UTC day) the store's complete listing read whole, from its
     first whole day to the day it started (:mod:`.warehouse.proofs`). Returns the windows proven."""
@@ -225,7 +231,14 @@ def _prove_days(
                 copy.write_row(row)
         for key in keys:
             start, end = proofs.day_bounds(key)
-            proofs.prove(cur, key, {sr.store_id: (start, end, listing.started_at)}, listed_at=listed_at, run_id=run_id)
+            proofs.prove(
+                cur,
+                key,
+                {sr.store_id: (start, end, listing.started_at)},
+                listed_at=listed_at,
+                run_id=run_id,
+                settle=settle,  # the run's lookback, as the orders loads settle theirs
+            )
     return len(keys)
 
 
@@ -517,7 +530,7 @@ def _reconcile_store(
         mass_confirmed=store_id in rpass.mass_confirmed,
         seen_by=rpass.seen_by,
     )
-    sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id)
+    sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id, settle=rpass.late)
     return sr
 
 

@@ -650,3 +650,16 @@ def test_the_reconciliation_resolves_an_order_it_lists_valid_in_the_held_bytes(w
     assert not result.failures and result.repaired == 0 and result.listed > 0  # listed, nothing to repair
     still_open = "select count(*) from taptouch.quarantine where record_key = %s and resolved_at is null"
     assert conn.execute(still_open, (str(oid),)).fetchone() == (0,)
+
+
+def test_the_reconciliations_proofs_settle_by_the_runs_lookback(world):
+    """The reconciliation allows a record the run's lookback late in its listings (``late``), but
+    wrote its proofs with the default 5 minutes: with a longer lookback, a day that ended minutes
+    before it listed was called complete (analytics.load_coverage) while an order of that day,
+    reaching the API within the lookback, was not in the warehouse yet (a hostile review; the orders
+    loads' proofs settle by the run's lookback)."""
+    _, client, conn = world
+    conn.execute("delete from taptouch.listing_proofs")  # the orders load's own proofs
+    assert not reconcile_orders(client, conn, days=3, late=2 * HOUR).failures
+    settled = [r[0] for r in conn.execute("select listed_at - settled_at from taptouch.listing_proofs where complete")]
+    assert len(settled) >= 2 and all(2 * HOUR <= s < 2 * HOUR + timedelta(seconds=10) for s in settled), settled
