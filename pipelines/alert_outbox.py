@@ -11,7 +11,6 @@ rules: docs/alerts.md, "The outbox".
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+from taptouch_resource.errors import storable_text
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 KEY_FIELD = "idempotency_key"
@@ -65,15 +66,12 @@ def alert_key(kind: str, *parts: str | None) -> str:
     return ":".join([kind, *(quote(part or "", safe="/-_.~+=") for part in parts)])
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def storable(value: Any) -> Any:
-    """``value`` (JSON: dicts, lists, strings...) with every NUL character and lone surrogate of its
-    strings replaced by U+FFFD: PostgreSQL's jsonb holds neither, and an error text quoting a server
-    may carry both (the API contract says the real API can send them)."""
+    """``value`` (JSON: dicts, lists, strings...) with every string fit for jsonb
+    (:func:`~taptouch_resource.errors.storable_text`: a NUL or a lone surrogate shown escaped): an
+    error text quoting a server may carry both (the API contract says the real API can send them)."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
+        return storable_text(value)
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

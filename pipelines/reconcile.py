@@ -23,7 +23,13 @@ import psycopg
 from taptouch_resource import TaptouchClient
 
 from .accounts import DEFAULT, Account
-from .settings import DEFAULT_RECONCILE_CONFIRM_S, DEFAULT_RECONCILE_DAYS, DEFAULT_RESTORE_DAYS, reconcile_days
+from .settings import (
+    DEFAULT_LOOKBACK,
+    DEFAULT_RECONCILE_CONFIRM_S,
+    DEFAULT_RECONCILE_DAYS,
+    DEFAULT_RESTORE_DAYS,
+    reconcile_days,
+)
 from .sync import describe, is_transient
 from .warehouse import aggregates, deletions, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, resolve_held_orders, store_timezones
@@ -357,7 +363,7 @@ def reconcile_orders(
     run_id: str | None = None,
     restore_days: int = DEFAULT_RESTORE_DAYS,
     excused_stores: Iterable[int] = (),
-    late: timedelta = timedelta(0),
+    late: timedelta | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
@@ -394,7 +400,19 @@ def reconcile_orders(
     if store_ids is None:
         store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
     mass = {int(s) for s in confirm_mass_deletion_stores}
-    rpass = _Pass(start, now, confirm_s, mass, timezones, run_id, now - timedelta(days=restore_days), late, clock)
+    settle = DEFAULT_LOOKBACK if late is None else late  # proofs settle by the run's lookback (default 5 min)
+    rpass = _Pass(
+        start,
+        now,
+        confirm_s,
+        mass,
+        timezones,
+        run_id,
+        now - timedelta(days=restore_days),
+        timedelta(0) if late is None else late,
+        clock,
+        settle,
+    )
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
@@ -475,6 +493,7 @@ class _Pass:
     restore_since: datetime  # orders marked deleted since then are looked for again (TAPTOUCH_RESTORE_DAYS)
     late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
     clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
+    settle: timedelta = DEFAULT_LOOKBACK  # how long its proofs let records settle (the run's lookback)
 
     @property
     def seen_by(self) -> str:
@@ -530,7 +549,7 @@ def _reconcile_store(
         mass_confirmed=store_id in rpass.mass_confirmed,
         seen_by=rpass.seen_by,
     )
-    sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id, settle=rpass.late)
+    sr.proven = _prove_days(conn, listing, sr, listed_at=listed_at, run_id=rpass.run_id, settle=rpass.settle)
     return sr
 
 

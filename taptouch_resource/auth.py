@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn, TypeGuard
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -162,7 +163,13 @@ class TokenEndpoint:
         self._sleep = sleep
         self.stats = stats or ClientStats()
         self._deadline = deadline
-        self._http = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            verify=verify,
+            # plain http is allowed to loopback only: never through a proxy the environment names
+            trust_env=urlsplit(token_url).scheme.lower() != "http",
+        )
         self._held_token = held_token
 
     def __repr__(self) -> str:

@@ -270,6 +270,8 @@ class TaptouchClient:
             verify=verify,
             limits=limits,
             headers={"Accept": "application/json", "User-Agent": "taptouch-sync/0.1"},
+            # plain http is allowed to loopback only: never through a proxy the environment names
+            trust_env=urlsplit(self.base_url).scheme != "http",
         )
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -156,4 +157,17 @@ def parse_error_body(body: bytes | str | Any) -> ErrorBody:
 def _short(value: Any, limit: int) -> str | None:
     if value is None or value == "":
         return None
-    return str(value)[:limit]
+    return storable_text(str(value)[:limit])
+
+
+def storable_text(text: str) -> str:
+    """``text`` with a NUL shown as ``\\x00`` and a lone surrogate as ``\\udXXX``: a server's
+    text may carry both (the API contract), and neither can be written to PostgreSQL's text or
+    jsonb, encoded as UTF-8 or, in places, logged. Every text a server sent that the package puts
+    in an error goes through it; the warehouse cleans what it writes with it too."""
+    if "\x00" not in text and not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

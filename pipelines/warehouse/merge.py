@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from taptouch_resource.errors import storable_text
+
 from . import records
 from .db import first_value, one_row
 from .embedded import project_root
@@ -103,7 +105,7 @@ class Quarantine:
     def add(self, raw: Any, reason: str, store_id: int | None) -> None:
         candidate, text = records.quarantine_forms(raw)
         key = records.record_key(self.entity, raw)
-        reason = reason[:2000].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        reason = storable_text(reason[:2000])
         version = records.record_version(raw)  # only a valid version at least as new resolves the row
         self.rows.append((self.entity, key, store_id, reason, candidate, text, self.window, self.run_id, version))
         log.warning("quarantined %s %s (store %s): %s", self.entity, key or "(no id)", store_id, reason)

@@ -27,6 +27,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
+from taptouch_resource.errors import storable_text
+
 from ..settings import DEFAULT_LOOKBACK
 from .db import one_row
 from .merge import references_proven
@@ -214,7 +216,7 @@ def failed(cur: psycopg.Cursor, key: str, failures: dict[int, str], *, run_id: s
         proof_id, _ = _proof_row(cur, store_id, key, bounds)
         cur.execute(
             "update taptouch.listing_proofs set failed_at = now(), failed_by = %s, failure = %s where proof_id = %s",
-            (run_id, why[:FAILURE_CHARS], proof_id),
+            (run_id, storable_text(why[:FAILURE_CHARS]), proof_id),  # a server's text may hold a NUL
         )
 
 

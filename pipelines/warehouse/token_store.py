@@ -36,7 +36,7 @@ from taptouch_resource.auth import (
     parse_lifetime,
     reauthorize_command,
 )
-from taptouch_resource.errors import TaptouchConfigError, TaptouchError
+from taptouch_resource.errors import TaptouchConfigError, TaptouchError, storable_text
 from taptouch_resource.tokens import (
     REFRESH_LIFETIME,
     GrantKey,
@@ -532,7 +532,7 @@ class TokenStore:
             (
                 self.cipher.encrypt(refresh_token),
                 _ts(issued + lifetime),
-                message[:1000],
+                storable_text(message[:1000]),
                 _ts(self._clock()),
                 row["token_id"],
             ),
@@ -544,5 +544,5 @@ class TokenStore:
         conn.execute(
             "update taptouch_auth.tokens set refresh_token = null, last_error = %s, updated_at = %s "
             "where token_id = %s",
-            (message[:1000], _ts(self._clock()), row["token_id"]),
+            (storable_text(message[:1000]), _ts(self._clock()), row["token_id"]),
         )

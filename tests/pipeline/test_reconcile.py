@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.definitions import defs
 from pipelines.reconcile import RECONCILE_CRON, reconcile_days, reconcile_orders
-from pipelines.settings import RunSettings, reconcile_confirm_s, restore_days
+from pipelines.settings import DEFAULT_LOOKBACK, RunSettings, reconcile_confirm_s, restore_days
 from pipelines.sync import sync_stores
 from pipelines.warehouse import deletions
 from pipelines.warehouse.loader import OrderWindowLoad
@@ -659,7 +659,17 @@ def test_the_reconciliations_proofs_settle_by_the_runs_lookback(world):
     reaching the API within the lookback, was not in the warehouse yet (a hostile review; the orders
     loads' proofs settle by the run's lookback)."""
     _, client, conn = world
+
+    def settling() -> list[timedelta]:
+        return [r[0] for r in conn.execute("select listed_at - settled_at from taptouch.listing_proofs where complete")]
+
     conn.execute("delete from taptouch.listing_proofs")  # the orders load's own proofs
     assert not reconcile_orders(client, conn, days=3, late=2 * HOUR).failures
-    settled = [r[0] for r in conn.execute("select listed_at - settled_at from taptouch.listing_proofs where complete")]
+    settled = settling()
     assert len(settled) >= 2 and all(2 * HOUR <= s < 2 * HOUR + timedelta(seconds=10) for s in settled), settled
+    # a caller that gives no lookback (late unset: no record is let in late) settles by the default
+    # 5 minutes, as before, never by 0
+    conn.execute("delete from taptouch.listing_proofs")
+    assert not reconcile_orders(client, conn, days=3).failures
+    settled = settling()
+    assert len(settled) >= 2 and all(DEFAULT_LOOKBACK <= s < DEFAULT_LOOKBACK + timedelta(seconds=10) for s in settled)
