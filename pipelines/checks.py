@@ -141,7 +141,12 @@ def find_drift(
                 "account": account,
             },
         )
-        rows = cur.fetchall()
+        # a field of the customer object is personal data (forget-customer erases it from raw, never
+        # from a check's metadata or an alert): its path and count are shown, not its value
+        rows = [
+            (p, first, n, "(a customer field: value not shown)" if p.startswith("customer.") else ex)
+            for p, first, n, ex in cur.fetchall()
+        ]
         cur.execute(
             sql.SQL(
                 "select count(*) from {t} where {seen} >= now() - make_interval(days => %s)"

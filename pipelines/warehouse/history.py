@@ -154,6 +154,8 @@ def prune(cur: psycopg.Cursor, days: int | None, touched: str | None = None) -> 
             " pruned_at = now(), pruned = history_retention.pruned + excluded.pruned",
             (days, cutoff, removed),
         )
+    else:  # nothing aged since the last prune (the retention was raised): the setting still holds now
+        cur.execute("update taptouch_meta.history_retention set days = %s where days is distinct from %s", (days, days))
     if removed:
         log.info("order history: %d version(s) older than %d day(s) pruned", removed, days)
     return removed

@@ -132,7 +132,9 @@ class Quarantine:
                 " from x where not x.v and o.resolved_at is null and o.entity = x.e"
                 " and o.record_key is not distinct from x.k and o.store_id is not distinct from x.s"
                 ' and o."window" is not distinct from x.w'
-                " and (o.raw = x.j or (o.raw is null and x.j is null and o.raw_text = x.t)) returning 1)"
+                " and (o.raw = x.j or (o.raw is null and x.j is null and o.raw_text = x.t)"
+                " or (o.entity = 'order' and " + FORGOTTEN_CUSTOMER.format(held="o.raw", new="x.j") + "))"
+                " returning 1)"
                 " insert into taptouch.quarantine"
                 ' (entity, record_key, store_id, reason, raw, raw_text, "window", run_id, updated_at_exact,'
                 " resolved_at)"
@@ -386,6 +388,16 @@ STORES = MergeSpec(
     record_key="store_id",
 )
 
+# The held record is the staged one with a forgotten customer (taptouch-sync forget-customer kept
+# only the customer's id): the same content, so a re-listing of that version (in other bytes, or
+# against a row without a digest) does not write the personal fields back.
+FORGOTTEN_CUSTOMER = (
+    "(case when jsonb_typeof({held} -> 'customer') = 'object' and jsonb_typeof({new} -> 'customer') = 'object'"
+    " and {held} -> 'customer' = jsonb_build_object('id', {held} -> 'customer' -> 'id')"
+    " then jsonb_set({new}, array['customer'], jsonb_build_object('id', {new} -> 'customer' -> 'id')) = {held}"
+    " else false end)"
+)
+
 ORDERS = MergeSpec(
     table="taptouch.orders",
     keys=("order_id",),
@@ -396,7 +408,8 @@ ORDERS = MergeSpec(
     entity="order",
     record_key="order_id",
     # the same bytes (by digest), or the same JSON in another key order, is the same content
-    differs="excluded.raw_hash is distinct from t.raw_hash and excluded.raw::text is distinct from t.raw::text",
+    differs="excluded.raw_hash is distinct from t.raw_hash and excluded.raw::text is distinct from t.raw::text"
+    " and not " + FORGOTTEN_CUSTOMER.format(held="t.raw", new="excluded.raw::jsonb"),
     children=(
         Child("taptouch.order_items", "stage_items", records.ITEM_COLS),
         Child("taptouch.order_payments", "stage_payments", records.PAYMENT_COLS),

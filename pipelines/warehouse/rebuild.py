@@ -24,7 +24,7 @@ from taptouch_resource.api import InvalidRecord
 
 from . import aggregates, derived, history, loader, records
 from .db import first_value, one_row
-from .merge import INVENTORY, ORDERS, STORES, copy_rows
+from .merge import FORGOTTEN_CUSTOMER, INVENTORY, ORDERS, STORES, copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +478,8 @@ def _merge_retried_orders(
         into="rb_accepted",
         cols=_RETRIED_ORDER_COLS,
         keep=("account",),
-        differs="excluded.raw::text is distinct from t.raw::text",
+        differs="excluded.raw::text is distinct from t.raw::text and not "
+        + FORGOTTEN_CUSTOMER.format(held="t.raw", new="excluded.raw"),
     )
     q.loaded += cur.rowcount
     _replace_children(cur, None, "rb_accepted")
