@@ -585,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines are debugging noise here
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from pipelines.warehouse.db import EmbeddedServerError, WarehouseConfigError, redact_text
+    from pipelines.warehouse.db import EmbeddedServerError, WarehouseConfigError, redact_text, warehouse_misconfigured
+    from pipelines.warehouse.embedded import EmbeddedSettingError
     from pipelines.warehouse.migrations import MigrationError
 
     # Every message below goes through redact_text too: connection errors already come without the
@@ -595,12 +596,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WarehouseConfigError as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_CONFIG
+    except EmbeddedSettingError as err:  # TAPTOUCH_PGDATA: a setting to fix
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
+        return EXIT_CONFIG
     except (MigrationError, EmbeddedServerError) as err:
         print(f"error: {redact_text(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     except psycopg.OperationalError as err:
         print(f"error: cannot reach the database: {redact_text(str(err).strip())}", file=sys.stderr)
-        return EXIT_FAILED
+        # a URL that fails the same way on every attempt (its options, credentials, host name) is
+        # a configuration error; a server briefly away is a failure
+        return EXIT_CONFIG if warehouse_misconfigured(err) else EXIT_FAILED
     except psycopg.Error as err:  # e.g. a URL libpq cannot parse (ProgrammingError)
         print(f"error: the database URL or connection failed: {redact_text(str(err).strip())}", file=sys.stderr)
         return EXIT_CONFIG

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -31,6 +30,7 @@ from .settings import RunSettings
 from .warehouse import derived, marks, ownership
 from .warehouse import records as record_rules
 from .warehouse.budget import requests_of
+from .warehouse.db import warehouse_misconfigured
 from .warehouse.history import Retention
 from .warehouse.loader import (
     LoadCounts,
@@ -91,18 +91,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TaptouchAPIError):  # the statuses the client itself retries (RETRY_STATUSES)
         return exc.status == 0 or exc.status in RETRY_STATUSES
     if isinstance(exc, psycopg.OperationalError):
-        return not _WAREHOUSE_MISCONFIGURED.search(str(exc))
+        return not warehouse_misconfigured(exc)
     return False
-
-
-# A connection refused for these reasons fails the same way however often it is retried: the
-# warehouse URL (TAPTOUCH_DATABASE_URL) is wrong, not the server briefly away.
-_WAREHOUSE_MISCONFIGURED = re.compile(
-    r"password authentication failed|no password supplied|authentication failed|does not exist|"
-    r"could not translate host name|failed to resolve host|Name or service not known|invalid (dsn|connection option|"
-    r"integer value|port)|role .* is not permitted|no pg_hba.conf entry",
-    re.IGNORECASE,
-)
 
 
 def describe(exc: BaseException) -> str:

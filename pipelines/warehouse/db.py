@@ -61,12 +61,33 @@ __all__ = [
     "secrets_of",
     "sqlalchemy_url",
     "stop_embedded_server",
+    "warehouse_misconfigured",
     "with_database",
 ]
 
 
 class WarehouseConfigError(ValueError):
     """The warehouse is configured wrongly (e.g. a database URL that is not a PostgreSQL URL)."""
+
+
+# A connection refused for these reasons fails the same way however often it is retried: the
+# warehouse URL (TAPTOUCH_DATABASE_URL) is wrong, not the server briefly away.
+_WAREHOUSE_MISCONFIGURED = re.compile(
+    r"password authentication failed|no password supplied|authentication failed|does not exist|"
+    r"could not translate host name|failed to resolve host|Name or service not known|invalid (dsn|connection option|"
+    r"integer value|port)|role .* is not permitted|no pg_hba.conf entry|"
+    # libpq refusing an option's value (sslmode, target_session_attrs, ...), the server refusing
+    # the URL's options=-c ..., and an SSL or channel-binding demand the server cannot meet
+    r"invalid \w+ value|invalid value for parameter|unrecognized configuration parameter|"
+    r"server does not support SSL|channel binding required",
+    re.IGNORECASE,
+)
+
+
+def warehouse_misconfigured(exc: BaseException) -> bool:
+    """A connection error the warehouse URL causes (the same on every attempt: never retried, and
+    the CLI's configuration error)."""
+    return isinstance(exc, psycopg.OperationalError) and bool(_WAREHOUSE_MISCONFIGURED.search(str(exc)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,6 +64,10 @@ class EmbeddedServerError(RuntimeError):
     """The embedded PostgreSQL cannot be started safely here (the message says what to do)."""
 
 
+class EmbeddedSettingError(EmbeddedServerError):
+    """``TAPTOUCH_PGDATA`` (or the data directory given) cannot be a data directory: a setting to fix."""
+
+
 def project_root() -> Path:
     """The directory holding ``pyproject.toml`` above this file; the cwd when there is none
     (e.g. when the package is installed into site-packages)."""
@@ -119,7 +123,7 @@ def _setting(data_dir: str | Path | None) -> str:
 def _check_empty(pgdata: Path, setting: str) -> None:
     """Before ``initdb`` (under the start-up lock): ``pgdata`` is missing or empty."""
     if pgdata.is_dir() and any(pgdata.iterdir()):
-        raise EmbeddedServerError(
+        raise EmbeddedSettingError(
             f"{setting} is {pgdata}, a directory that holds other files and no PostgreSQL data: set {PGDATA_ENV} "
             f"to a new or empty directory (e.g. {pgdata / 'pgdata'}), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server."
         )
@@ -130,7 +134,7 @@ def _check_data_dir(pgdata: Path, setting: str) -> None:
     for path in (pgdata, *pgdata.parents):
         if path.exists():
             if not path.is_dir():
-                raise EmbeddedServerError(
+                raise EmbeddedSettingError(
                     f"{setting} is {pgdata}, but {path} is a file, not a directory: set {PGDATA_ENV} to a directory "
                     f"(it is created if missing), or set TAPTOUCH_DATABASE_URL to a PostgreSQL server."
                 )
@@ -424,7 +428,7 @@ def embedded_database_url(data_dir: str | Path | None = None) -> str:
         return _embedded_database_url(data_dir)
     except OSError as exc:  # the data directory cannot be made or used here
         setting = _setting(data_dir)
-        error = EmbeddedServerError(
+        error = EmbeddedSettingError(
             f"The embedded PostgreSQL cannot use its data directory ({setting}): {exc.strerror or exc} "
             f"({exc.filename or embedded_data_dir(data_dir)}). Set {PGDATA_ENV} to a directory this user may "
             f"create and write (at most a few hundred characters long), or set TAPTOUCH_DATABASE_URL to a "
