@@ -38,6 +38,7 @@ TABLE_WRITERS = {
     "order_history": "orders",  # every version of an order a load saw (order_changes, daily_restatements)
     "listing_proofs": "orders",  # the complete listings (and the reconciliation's)
     "business_day_coverage": "orders",  # what analytics.load_coverage reads: kept from listing_proofs by triggers
+    "deletion_log": "orders",  # as orders.deleted_at: confirmed by order_deletions, cleared by any listing
 }
 
 

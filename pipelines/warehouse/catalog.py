@@ -165,6 +165,16 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "seen_by": "the listing that first missed it (asset and run)",
         },
     ),
+    "taptouch.deletion_log": (
+        "Every deletion the reconciliation confirmed, and when the order was listed again (its deleted_at is"
+        " then cleared); analytics.daily_restatements reads what was deleted when",
+        {
+            "order_id": "the order",
+            "deleted_at": "its taptouch.orders.deleted_at as confirmed (with order_id, the key)",
+            "restored_at": "when a listing brought it back (null: still deleted)",
+            "account": ACCOUNT,
+        },
+    ),
     "taptouch.order_history": (
         "Every distinct version of an order a load saw, append-only (TAPTOUCH_HISTORY_DAYS prunes superseded ones;"
         " forget-customer and move-store rewrite fields)",

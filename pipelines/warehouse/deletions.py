@@ -139,6 +139,11 @@ def note_listed(cur: psycopg.Cursor, ids: Iterable[int], listed_since: datetime 
         (ids, listed_since, listed_since),
     )
     restored = sorted(r[0] for r in cur.fetchall())
+    if restored:
+        cur.execute(
+            "update taptouch.deletion_log set restored_at = now() where order_id = any(%s) and restored_at is null",
+            (restored,),
+        )
     aggregates.refresh_orders(cur, restored)  # their store-days count them again
     return restored, dropped
 
@@ -315,5 +320,11 @@ def _confirm(
             (marked_at or now, ripe),
         )
         result.deleted = sorted(r[0] for r in cur.fetchall())
+        cur.execute(  # kept after a restore clears deleted_at (analytics.daily_restatements)
+            "insert into taptouch.deletion_log (order_id, deleted_at, account)"
+            " select order_id, deleted_at, account from taptouch.orders where order_id = any(%s)"
+            " on conflict do nothing",
+            (result.deleted,),
+        )
         aggregates.refresh_orders(cur, result.deleted)  # their store-days no longer count them
         cur.execute("delete from taptouch.deletion_candidates where order_id = any(%s)", (ripe,))

@@ -7,7 +7,8 @@
 -- - at the end of the next business day: each order in the newest version a load had seen by the
 --   end of the business date after this one (the store's day bounds, by first_seen_at: when the
 --   warehouse knew it) if that version lies on this date, leaving out orders the reconciliation
---   had marked deleted by then; null until that day has ended;
+--   had marked deleted by then and not restored by then (taptouch.deletion_log); null until that
+--   day has ended;
 -- - now: the orders as taptouch.orders holds them (deleted ones left out), as in daily_store_sales.
 -- Each version counts at its own store and on its own business date (from its created_at, by the
 -- store's zone and day start as the warehouse holds them now; versions recorded before migration
@@ -41,7 +42,6 @@ with versions as (
              then orders.business_date
              else coalesce(taptouch.business_date_at(history.store_id, history.created_at), orders.business_date)
         end as business_date,
-        orders.deleted_at,
         orders.account::text as account,
         case when history.status in ('completed', 'partially_refunded', 'refunded') then 1 else 0 end as sale,
         case when history.status in ('completed', 'partially_refunded', 'refunded')
@@ -76,10 +76,17 @@ next_known as (
     -- each version that was the newest known when the day after its own date ended
     select
         versions.store_id, versions.business_date,
-        case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.sale end as sale,
-        case when versions.deleted_at < bounded.next_day_ends_at then 0 else versions.net end as net
+        case when deleted.order_id is not null then 0 else versions.sale end as sale,
+        case when deleted.order_id is not null then 0 else versions.net end as net
     from versions
     join bounded using (store_id, business_date)
+    -- marked deleted by then, and not restored by then (a restore clears orders.deleted_at)
+    left join lateral (
+        select log.order_id from taptouch.deletion_log as log
+        where log.order_id = versions.order_id and log.deleted_at < bounded.next_day_ends_at
+          and (log.restored_at is null or log.restored_at >= bounded.next_day_ends_at)
+        limit 1
+    ) as deleted on true
     where versions.first_seen_at < bounded.next_day_ends_at and bounded.next_day_ends_at <= now()
       and (versions.superseded_at is null or versions.superseded_at >= bounded.next_day_ends_at)
 ),

@@ -48,11 +48,24 @@ with versions as (
         history.status,
         lag(history.total) over by_version as total_before,
         history.total,
-        lag(history.raw -> 'items') over by_version as items_before,
-        history.raw -> 'items' as items,
+        lag(lines.items) over by_version as items_before,
+        lines.items,
         lag(history.refunds) over by_version as refunds_before,
         history.refunds
     from taptouch.order_history as history
+    -- the lines as a set: ordered by line id, each line's modifiers by modifier id (the API's array
+    -- order carries no meaning; order_items is keyed by item_id)
+    cross join lateral (
+        select jsonb_agg(
+                   case when jsonb_typeof(line -> 'modifiers') = 'array'
+                        then jsonb_set(line, '{modifiers}', coalesce(
+                                 (select jsonb_agg(modifier order by modifier -> 'id', modifier::text)
+                                  from jsonb_array_elements(line -> 'modifiers') as modifier), '[]'::jsonb))
+                        else line end
+                   order by line -> 'id', line::text) as items
+        from jsonb_array_elements(case when jsonb_typeof(history.raw -> 'items') = 'array'
+                                       then history.raw -> 'items' else '[]'::jsonb end) as line
+    ) as lines
     window by_version as (partition by history.order_id order by history.version)
 )
 select

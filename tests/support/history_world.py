@@ -108,10 +108,11 @@ class World:
                 (sorted(self.pending_deletes),),
             ).fetchall()
             assert not live, f"the reconciliation did not mark {live} deleted"
-            self.conn.execute(
-                "update taptouch.orders set deleted_at = %s where order_id = any(%s)",
-                (at, sorted(self.pending_deletes)),
-            )
+            for table in ("orders", "deletion_log"):  # (the log keeps each deletion's time)
+                self.conn.execute(
+                    f"update taptouch.{table} set deleted_at = %s where order_id = any(%s)",
+                    (at, sorted(self.pending_deletes)),
+                )
             for oid in self.pending_deletes:
                 self.deleted_at[oid] = at
             self.pending_deletes = set()
