@@ -107,6 +107,9 @@ _BOOTSTRAP = (
 # A worker that ends this many times in a row without answering a page (it cannot start here):
 # no more are started, every page is decoded in the loader's thread.
 MAX_LOST_IN_A_ROW = 3
+# A worker that holds a page this long without answering anything (stopped, wedged) is ended: its
+# pages are decoded in the loader's thread (a page takes ~36 µs per order; 5,000 orders: 0.2 s).
+STALLED_S = 60.0
 
 
 class WorkerLost(RuntimeError):
@@ -307,6 +310,18 @@ class DecodeWorkers:
             else:
                 self._workers.append(worker)
             return worker
+
+    def end_holder(self, fut: Future) -> None:
+        """End the worker that holds ``fut`` (it has not answered for too long): ``fut`` and every
+        other request it holds fail with :class:`WorkerLost`."""
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            with w._lock:
+                holds = fut in w.pending
+            if holds:
+                log.warning("a decode worker answered nothing for %.0f s; it is stopped", STALLED_S)
+                w.end()
 
     def close(self) -> None:
         with self._lock:

@@ -483,8 +483,13 @@ class OrderWindowLoad:
         while self._decoding and (len(self._decoding) > in_flight or self._decoding[0][0].done()):
             pending, args = self._decoding.popleft()
             try:
-                groups = pending.result()
-            except decode.WorkerLost:
+                try:
+                    groups = pending.result(timeout=decode.STALLED_S)
+                except TimeoutError:  # a worker alive but silent: ended, its pages decoded here
+                    if self._decoders is not None:
+                        self._decoders.end_holder(pending)
+                    groups = pending.result(timeout=decode.STALLED_S)
+            except (decode.WorkerLost, TimeoutError):
                 log.warning("order window %s: a decode worker ended; its page is decoded here", self.window)
                 groups = decode.stage_page(*args)
             self._take_decoded(args, groups)
@@ -536,6 +541,11 @@ class OrderWindowLoad:
         if self._behind.busy and self._side_ok and self._side is None:
             try:
                 self._side = psycopg.connect(self._side_args[0], password=self._side_args[1], autocommit=True)
+                # never wait for a lock: one the read must wait for (an ACCESS EXCLUSIVE, e.g. a
+                # migration's ALTER TABLE, queued behind this load's own ACCESS SHARE on
+                # taptouch.orders) waits for this load's commit, which waits for this read. The load's
+                # own connection holds that lock already, and reads at once after the COPY.
+                self._side.execute("set lock_timeout = '50ms'")
             except psycopg.Error as exc:
                 log.info(
                     "order window %s: no second connection for reads during COPY (%s)", self.window, self._said(exc)

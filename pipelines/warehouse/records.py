@@ -848,6 +848,26 @@ def _order_fast(
 # the entry points
 
 
+# Deepest nesting a record may have: a fixed limit, so that whether a record is "nested too deeply"
+# never depends on how deep the decoding thread's stack already is (the recursion limit is shared
+# with the caller's frames: a worker process, the loader's thread under Dagster, under the CLI).
+MAX_NESTING = 512
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _nesting_over(raw: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``limit`` (strings skipped)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for c in _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        depth += 1 if c in (0x5B, 0x7B) else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
     """The record decoded into its typed shape, or InvalidRecord with the most precise reason.
 
@@ -855,6 +875,8 @@ def _checked(raw: bytes, entity: str, decoder: msgspec.json.Decoder) -> Any:
     a run of thousands of digits (a number maybe beyond ``numeric``'s range, in any field) send the
     record down the precise path; a number field sent as a string fails the typed number decode.
     A false alarm (e.g. a text like "10e5") costs time, never correctness."""
+    if _nesting_over(raw):
+        raise InvalidRecord(f"the {entity} record is nested too deeply to be stored (more than {MAX_NESTING} levels)")
     if b"\\u0000" in raw:
         reason = deep_reason(raw, entity)
         if reason:
