@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -397,22 +397,11 @@ def reconcile_orders(
     start = now - timedelta(days=days)
     result = ReconcileResult(start=start, end=now)
     timezones = store_timezones(conn) if timezones is None else timezones
-    if store_ids is None:
-        store_ids = [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
+    store_ids = _every_store(conn) if store_ids is None else store_ids
     mass = {int(s) for s in confirm_mass_deletion_stores}
-    settle = DEFAULT_LOOKBACK if late is None else late  # proofs settle by the run's lookback (default 5 min)
-    rpass = _Pass(
-        start,
-        now,
-        confirm_s,
-        mass,
-        timezones,
-        run_id,
-        now - timedelta(days=restore_days),
-        timedelta(0) if late is None else late,
-        clock,
-        settle,
-    )
+    rpass = _Pass(start, now, confirm_s, mass, timezones, run_id, now - timedelta(days=restore_days), clock=clock)
+    if late is not None:  # unset: no record is let in late, and the proofs settle by the default 5 min
+        rpass = replace(rpass, late=late, settle=late)
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
@@ -427,6 +416,10 @@ def _listed_summary(sr: StoreReconcile) -> str:
         f"store {sr.store_id}: {sr.listed} listed, {sr.repaired} repaired, {len(sr.candidates)} newly "
         "missing; deletions are confirmed once every store is listed"
     )
+
+
+def _every_store(conn: psycopg.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("select store_id from taptouch.stores order by store_id")]
 
 
 def _frozen(at: datetime) -> Callable[[], datetime]:
@@ -492,8 +485,8 @@ class _Pass:
     run_id: str | None
     restore_since: datetime  # orders marked deleted since then are looked for again (TAPTOUCH_RESTORE_DAYS)
     late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
-    clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
     settle: timedelta = DEFAULT_LOOKBACK  # how long its proofs let records settle (the run's lookback)
+    clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
 
     @property
     def seen_by(self) -> str:

@@ -149,6 +149,8 @@ def versions(draw, order_id: int):
         digits = draw(st.sampled_from([0, 3, 6, 7, 9]))
         if (ns // 10 ** (9 - digits)) * 10 ** (9 - digits) in instants:
             digits = 9  # two versions of one order never share an instant (the tie rule is "last seen")
+            while ns in instants:  # its full instant may be another version's shortened one
+                ns += 1
         instants.add((ns // 10 ** (9 - digits)) * 10 ** (9 - digits))
         frac = f"{ns % 10**9:09d}"[:digits] if digits else ""
         sign = "+" if offset_min >= 0 else "-"
