@@ -165,6 +165,14 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "seen_by": "the listing that first missed it (asset and run)",
         },
     ),
+    "taptouch.forgotten_customers": (
+        "The customers taptouch-sync forget-customer forgot: an order held with such a customer reduced to its id"
+        " is the same content as the API's version with the customer's fields (they are not written back)",
+        {
+            "customer_id": "the customer's Taptouch id (the key)",
+            "forgotten_at": "when forget-customer first forgot it",
+        },
+    ),
     "taptouch.deletion_log": (
         "Every deletion the reconciliation confirmed, and when the order was listed again (its deleted_at is"
         " then cleared); analytics.daily_restatements reads what was deleted when",

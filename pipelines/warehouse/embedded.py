@@ -10,6 +10,7 @@ serialised by a ``flock``. The server is left running for the next process
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -418,6 +419,11 @@ def server_url(info: dict[str, Any], pgdata: Path, database: str) -> str:
     return f"postgresql://{SUPERUSER}@/{database}?{query}"
 
 
+_SETTING_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EROFS, errno.ELOOP}
+)
+
+
 def embedded_database_url(data_dir: str | Path | None = None) -> str:
     """URL of the ``taptouch`` database in the embedded PostgreSQL for ``data_dir`` (see
     :func:`embedded_data_dir`), started on first use and left running so later processes reuse it.
@@ -428,7 +434,9 @@ def embedded_database_url(data_dir: str | Path | None = None) -> str:
         return _embedded_database_url(data_dir)
     except OSError as exc:  # the data directory cannot be made or used here
         setting = _setting(data_dir)
-        error = EmbeddedSettingError(
+        # only what the directory itself causes is a setting to fix (a refused fork, a full disk: a failure)
+        kind = EmbeddedSettingError if exc.errno in _SETTING_ERRNOS else EmbeddedServerError
+        error = kind(
             f"The embedded PostgreSQL cannot use its data directory ({setting}): {exc.strerror or exc} "
             f"({exc.filename or embedded_data_dir(data_dir)}). Set {PGDATA_ENV} to a directory this user may "
             f"create and write (at most a few hundred characters long), or set TAPTOUCH_DATABASE_URL to a "

@@ -60,6 +60,10 @@ def forget_customer(conn: psycopg.Connection, customer_id: int) -> dict[str, int
             "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER, params
         )
         changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id)
+        # what tells a re-listing of a forgotten version from an order the API sent with the id alone
+        cur.execute(
+            "insert into taptouch.forgotten_customers (customer_id) values (%s) on conflict do nothing", (customer_id,)
+        )
     return changed
 
 
@@ -108,6 +112,28 @@ def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
         )
         changed += 1
     return changed
+
+
+def forgotten_text(text: str) -> tuple[str | None, int | None]:
+    """``text`` (a record held as text) as :func:`_forget_in_raw_text` rewrites it, and the
+    customer's id (a whole number, or a string of one); (None, None) when it names no such customer."""
+    try:
+        record = json.loads(text, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return None, None
+    customer = record.get("customer") if isinstance(record, dict) else None
+    if not isinstance(customer, dict) or "id" not in customer or set(customer) <= {"id"}:
+        return None, None
+    cid = customer["id"]
+    text_id = cid.strip() if isinstance(cid, str) else None if isinstance(cid, bool) else cid
+    try:
+        number = int(text_id) if isinstance(text_id, (int, str)) and str(text_id).isascii() else None
+    except ValueError:
+        number = None
+    if number is None or not 0 <= number < 2**63:
+        return None, None
+    record["customer"] = {"id": cid}
+    return _dumps(record), number
 
 
 def _names(value: object, customer_id: int) -> bool:

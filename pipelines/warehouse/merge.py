@@ -127,12 +127,13 @@ class Quarantine:
         if self.rows:
             cur.executemany(
                 "with x as (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
-                " %s::text t, %s::text w, %s::text u, %s::numeric n, %s::boolean v),"
+                " %s::text t, %s::text w, %s::text u, %s::numeric n, %s::boolean v, %s::text f, %s::bigint c),"
                 " seen as (update taptouch.quarantine o set quarantined_at = now(), run_id = x.u, reason = x.r"
                 " from x where not x.v and o.resolved_at is null and o.entity = x.e"
                 " and o.record_key is not distinct from x.k and o.store_id is not distinct from x.s"
                 ' and o."window" is not distinct from x.w'
-                " and (o.raw = x.j or (o.raw is null and x.j is null and o.raw_text = x.t)"
+                " and (o.raw = x.j or (o.raw is null and x.j is null and (o.raw_text = x.t or (o.raw_text = x.f"
+                " and exists (select 1 from taptouch.forgotten_customers fc where fc.customer_id = x.c))))"
                 " or (o.entity = 'order' and " + FORGOTTEN_CUSTOMER.format(held="o.raw", new="x.j") + "))"
                 " returning 1)"
                 " insert into taptouch.quarantine"
@@ -140,9 +141,19 @@ class Quarantine:
                 " resolved_at)"
                 " select e, k, s, r, j, case when j is null then t end, w, u, n, case when v then now() end from x"
                 " where not exists (select 1 from seen)",
-                [(*row, resolved) for row in self.rows],
+                [(*row, resolved, *_forgotten_text(row[0], row[5])) for row in self.rows],
             )
             self.rows = []
+
+
+def _forgotten_text(entity: str, text: str | None) -> tuple[str | None, int | None]:
+    """A record held as text (no jsonb) as forget-customer would have rewritten it, and its
+    customer's id; (None, None) when it names no customer to forget."""
+    if entity != "order" or not text:
+        return None, None
+    from .forget import forgotten_text
+
+    return forgotten_text(text)
 
 
 def copy_or_quarantine(
@@ -389,12 +400,16 @@ STORES = MergeSpec(
 )
 
 # The held record is the staged one with a forgotten customer (taptouch-sync forget-customer kept
-# only the customer's id): the same content, so a re-listing of that version (in other bytes, or
-# against a row without a digest) does not write the personal fields back.
+# only the customer's id, and recorded it in taptouch.forgotten_customers): the same content, so a
+# re-listing of that version (in other bytes, or against a row without a digest) does not write
+# the personal fields back. A customer never forgotten is not: the API sent its id alone first.
 FORGOTTEN_CUSTOMER = (
     "(case when jsonb_typeof({held} -> 'customer') = 'object' and jsonb_typeof({new} -> 'customer') = 'object'"
     " and {held} -> 'customer' = jsonb_build_object('id', {held} -> 'customer' -> 'id')"
+    " and btrim({held} -> 'customer' ->> 'id') ~ '^[0-9]{{1,18}}$'"
     " then jsonb_set({new}, array['customer'], jsonb_build_object('id', {new} -> 'customer' -> 'id')) = {held}"
+    " and exists (select 1 from taptouch.forgotten_customers as fc"
+    " where fc.customer_id = btrim({held} -> 'customer' ->> 'id')::bigint)"
     " else false end)"
 )
 

@@ -55,3 +55,24 @@ def test_a_pgdata_that_is_a_file_is_a_configuration_error_exit_2(tmp_path, monke
     err = capsys.readouterr().err
     assert "set TAPTOUCH_PGDATA to a directory" in err
     assert code == EXIT_CONFIG
+
+
+def test_a_server_that_cannot_start_for_want_of_resources_is_not_a_configuration_error(tmp_path, monkeypatch, capsys):
+    """embedded_database_url turns every OSError of the start-up into EmbeddedSettingError (exit 2,
+    "a configuration error"): a fork refused for want of processes (EAGAIN), a full disk, are not a
+    setting to fix (docs/operating.md: a usage or configuration error exits 2, any other failure 1)."""
+    import errno
+    import subprocess
+
+    from pipelines.cli import EXIT_FAILED, main
+
+    def no_fork(*a, **k):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "run", no_fork)
+    monkeypatch.delenv("TAPTOUCH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TAPTOUCH_PGDATA", str(tmp_path / "pgdata"))
+    code = main(["-q", "db-url"])
+    err = capsys.readouterr().err
+    assert "Resource temporarily unavailable" in err
+    assert code == EXIT_FAILED, err

@@ -135,3 +135,40 @@ def test_the_schema_drift_check_copies_a_customers_personal_field_out_of_the_war
         examples = {path: example for path, _, _, example in rows}
         assert "customer.phone" in examples
         assert "400 123 456" not in examples["customer.phone"], examples
+
+
+# a review of the fixes above (the same day)
+
+
+def test_same_version_relisted_with_the_customers_details_is_not_taken_for_a_forgotten_one(migrated_db):
+    """No forget-customer ever ran. The API first sent the version with only the customer's id, then
+    (same updated_at, other content: the contract's "same version AND different raw" is taken) with
+    the name and e-mail. FORGOTTEN_CUSTOMER cannot tell "forgotten" from "the API sent only the id",
+    so the new content is called the same and dropped: raw and customer_name stay without it."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        load_stores(conn, [f.store(STORE, ZONE)])
+        load(conn, [jsonutil.dumps(f.order(1, customer={"id": 901})).encode()])
+        load(conn, [jsonutil.dumps(f.order(1, customer=SAM)).encode()])  # same version, content added
+        name, raw_name = conn.execute(
+            "select customer_name, raw -> 'customer' ->> 'name' from taptouch.orders where order_id = 1"
+        ).fetchone()
+        assert (name, raw_name) == ("Sam Lee", "Sam Lee"), "the same version's new content was dropped"
+
+
+def test_a_forgotten_customers_refused_record_held_as_text_is_quarantined_again_in_full(migrated_db):
+    """The seen-again match of Quarantine.flush compares raw_text exactly when the record is no jsonb
+    (a lone surrogate). forget-customer rewrote raw_text (forget._forget_in_raw_text); the next run
+    of the unchanged window writes a second open row holding the name and e-mail again."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        load_stores(conn, [f.store(STORE, ZONE)])
+        text = jsonutil.dumps(f.order(1, customer=SAM))
+        bad = (text[:-1] + ',"note":"\\ud800"}').encode()  # a lone surrogate: jsonb refuses it
+        assert load(conn, [bad]).quarantined == 1
+        assert conn.execute("select raw is null from taptouch.quarantine").fetchone() == (True,)
+        forget_customer(conn, 901)
+        held = [r[0] for r in conn.execute("select raw_text from taptouch.quarantine")]
+        assert not any("Sam Lee" in t for t in held)
+
+        load(conn, [bad])  # the same window's next run, the record unchanged at the source
+        rows = [r[0] for r in conn.execute("select raw_text from taptouch.quarantine where resolved_at is null")]
+        assert not any("Sam Lee" in t for t in rows), f"personal data back in the quarantine ({len(rows)} open rows)"
