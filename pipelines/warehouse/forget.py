@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-import msgspec
 import psycopg
 from psycopg import sql
 
 from .entities import ORDER
-from .merge import ORDERS
+from .merge import ORDERS, dump_record
 
 # the typed order columns filled from the customer object, besides the id
 PERSONAL_COLUMNS = tuple(
@@ -108,32 +107,10 @@ def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
         record["customer"] = {"id": customer["id"]}
         cur.execute(
             "update taptouch.quarantine set raw_text = %s where quarantine_id = %s",
-            (_dumps(record), quarantine_id),
+            (dump_record(record), quarantine_id),
         )
         changed += 1
     return changed
-
-
-def forgotten_text(text: str) -> tuple[str | None, int | None]:
-    """``text`` (a record held as text) as :func:`_forget_in_raw_text` rewrites it, and the
-    customer's id (a whole number, or a string of one); (None, None) when it names no such customer."""
-    try:
-        record = json.loads(text, parse_float=Decimal)
-    except (ValueError, RecursionError):
-        return None, None
-    customer = record.get("customer") if isinstance(record, dict) else None
-    if not isinstance(customer, dict) or "id" not in customer or set(customer) <= {"id"}:
-        return None, None
-    cid = customer["id"]
-    text_id = cid.strip() if isinstance(cid, str) else None if isinstance(cid, bool) else cid
-    try:
-        number = int(text_id) if isinstance(text_id, (int, str)) and str(text_id).isascii() else None
-    except ValueError:
-        number = None
-    if number is None or not 0 <= number < 2**63:
-        return None, None
-    record["customer"] = {"id": cid}
-    return _dumps(record), number
 
 
 def _names(value: object, customer_id: int) -> bool:
@@ -141,15 +118,3 @@ def _names(value: object, customer_id: int) -> bool:
     if isinstance(value, str):
         return value.strip() == str(customer_id)
     return not isinstance(value, bool) and value == customer_id
-
-
-_ENCODER = msgspec.json.Encoder(decimal_format="number")
-
-
-def _dumps(record: dict) -> str:
-    """The record as JSON text, numbers with their own digits; a text msgspec cannot encode (a lone
-    surrogate) through ``json`` (every character escaped; numbers then as strings)."""
-    try:
-        return _ENCODER.encode(record).decode("utf-8")
-    except (UnicodeError, msgspec.EncodeError):
-        return json.dumps(record, default=str)

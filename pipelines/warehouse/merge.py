@@ -11,16 +11,19 @@ replaced only where the spec's accept rule says the staged version wins. The SQL
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -151,9 +154,41 @@ def _forgotten_text(entity: str, text: str | None) -> tuple[str | None, int | No
     customer's id; (None, None) when it names no customer to forget."""
     if entity != "order" or not text:
         return None, None
-    from .forget import forgotten_text
-
     return forgotten_text(text)
+
+
+def forgotten_text(text: str) -> tuple[str | None, int | None]:
+    """``text`` (a record held as text) as :func:`.forget._forget_in_raw_text` rewrites it, and the
+    customer's id (a whole number, or a string of one); (None, None) when it names no such customer."""
+    try:
+        record = json.loads(text, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return None, None
+    customer = record.get("customer") if isinstance(record, dict) else None
+    if not isinstance(customer, dict) or "id" not in customer or set(customer) <= {"id"}:
+        return None, None
+    cid = customer["id"]
+    text_id = cid.strip() if isinstance(cid, str) else None if isinstance(cid, bool) else cid
+    try:
+        number = int(text_id) if isinstance(text_id, (int, str)) and str(text_id).isascii() else None
+    except ValueError:
+        number = None
+    if number is None or not 0 <= number < 2**63:
+        return None, None
+    record["customer"] = {"id": cid}
+    return dump_record(record), number
+
+
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+def dump_record(record: dict) -> str:
+    """The record as JSON text, numbers with their own digits; a text msgspec cannot encode (a lone
+    surrogate) through ``json`` (every character escaped; numbers then as strings)."""
+    try:
+        return _ENCODER.encode(record).decode("utf-8")
+    except (UnicodeError, msgspec.EncodeError):
+        return json.dumps(record, default=str)
 
 
 def copy_or_quarantine(
