@@ -26,8 +26,13 @@ MISCONFIGURED_QUERIES = [
 def test_a_warehouse_url_that_can_never_connect_is_not_retried(pg_admin_url: str, query: str) -> None:
     url = with_database(pg_admin_url, "postgres")
     url = f"{url}{'&' if '?' in url else '?'}{query}"
-    with pytest.raises(Exception) as caught:
+    try:
         connect_url(url).close()
+    except Exception as exc:  # noqa: BLE001 - what matters is how it is classified
+        caught = pytest.ExceptionInfo.from_exception(exc)
+    else:  # libpq uses no SSL over a Unix socket (the embedded server): nothing to refuse
+        assert "sslmode=require" in query, "connected although the URL cannot work"
+        pytest.skip("a Unix socket connection: sslmode=require needs no SSL")
     if "sslmode=require" in query and "does not support SSL" not in str(caught.value):
         pytest.skip("the test server speaks SSL")
     # a step's RetryPolicy retries what is_transient calls transient: 3 retries, 30 s exponential
