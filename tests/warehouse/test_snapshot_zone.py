@@ -17,6 +17,17 @@ from taptouch_sandbox import Sandbox, SandboxConfig
 pytestmark = pytest.mark.postgres
 
 
+def _client(sb: Sandbox) -> TaptouchClient:
+    """The sandbox's client, in process: no rate limit, no sleeping."""
+    return TaptouchClient(
+        client_id="sandbox-client",
+        client_secret="sandbox-secret",
+        transport=sb.transport(),
+        requests_per_second=None,
+        sleep=lambda s: None,
+    )
+
+
 def test_a_snapshot_is_dated_by_the_zone_the_warehouse_holds_not_an_older_listings(migrated_db):
     """The stores asset loaded the store's zone (Australia/Sydney here); the inventory run's own
     store listing came from a lagging replica, or predates a zone correction the stores asset has
@@ -26,13 +37,7 @@ def test_a_snapshot_is_dated_by_the_zone_the_warehouse_holds_not_an_older_listin
     morning's stock, and analytics.inventory_history pairs it with the 27th's sales. Snapshots are
     never re-dated."""
     sb = Sandbox(SandboxConfig(seed=3, stores=1, days=2, orders_per_day=5, end_date=date(2026, 11, 28)))
-    client = TaptouchClient(
-        client_id="sandbox-client",
-        client_secret="sandbox-secret",
-        transport=sb.transport(),
-        requests_per_second=None,
-        sleep=lambda s: None,
-    )
+    client = _client(sb)
     store = sb.store_ids()[0]
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
@@ -51,13 +56,7 @@ def test_a_run_crossing_a_stores_midnight_dates_each_snapshot_when_its_store_is_
     import pipelines.sync as sync
 
     sb = Sandbox(SandboxConfig(seed=3, stores=2, days=2, orders_per_day=5, end_date=date(2026, 11, 28)))
-    client = TaptouchClient(
-        client_id="sandbox-client",
-        client_secret="sandbox-secret",
-        transport=sb.transport(),
-        requests_per_second=None,
-        sleep=lambda s: None,
-    )
+    client = _client(sb)
     first, second = sorted(sb.store_ids())
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         sync_stores(client, conn)
