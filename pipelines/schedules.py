@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from .accounts import DEFAULT, Account
+from .partitions import daily_partitions
 from .settings import FULL_REFRESH_TAG
 from .tokens import keepalive_job
 
@@ -49,11 +50,7 @@ def account_schedules(
     )
     def orders_hourly(context: dg.ScheduleEvaluationContext):
         now = context.scheduled_execution_time
-        yesterday = (now - timedelta(days=1)).date().isoformat()
-        if now.hour < LATE_EDIT_HOURS:
-            yield _orders_run(yesterday, now, full=False)
-        elif now.hour == FULL_REFRESH_HOUR:
-            yield _orders_run(yesterday, now, full=True)
+        yield from _yesterday_runs(now)
         yield _orders_run(now.date().isoformat(), now, full=False)
 
     stores_daily = dg.ScheduleDefinition(
@@ -82,6 +79,20 @@ def account_schedules(
         [orders_hourly, stores_daily, inventory_hourly, keepalive],
         [orders_job, stores_job, inventory_job, keepalive_job_],
     )
+
+
+def _yesterday_runs(now) -> list[dg.RunRequest]:
+    """Yesterday's run of the tick at ``now``: incremental in the first hours of a UTC day, then once
+    in full. None on the first partition's day (TAPTOUCH_START_DATE): yesterday is no partition, and
+    a request for it would fail the whole tick, today's run with it."""
+    yesterday = (now - timedelta(days=1)).date().isoformat()
+    if yesterday < daily_partitions.start.date().isoformat():
+        return []
+    if now.hour < LATE_EDIT_HOURS:
+        return [_orders_run(yesterday, now, full=False)]
+    if now.hour == FULL_REFRESH_HOUR:
+        return [_orders_run(yesterday, now, full=True)]
+    return []
 
 
 def _orders_run(key: str, now, *, full: bool) -> dg.RunRequest:

@@ -199,7 +199,10 @@ def sync_stores(
 
 
 def _warn_foreign(conn: psycopg.Connection, foreign: dict[int, str]) -> None:
+    """Name each store another account owns (skipped); stores of the unnamed account listed by a
+    named one fail the run instead (:func:`.warehouse.ownership.refuse_unnamed_owner`)."""
     me = ownership.session_account(conn)
+    ownership.refuse_unnamed_owner(me, foreign)
     for sid, owner in sorted(foreign.items()):
         log.warning(
             "store %s skipped: account %r lists it, but account %r loaded it first and owns it "

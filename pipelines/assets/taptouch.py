@@ -11,6 +11,7 @@ import warnings
 from contextlib import closing, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -254,7 +255,9 @@ class OrdersConfig(dg.Config):
         description="Fetch each window in full, ignoring the high-water marks (also: run tag "
         "taptouch/full_refresh=true, which a backfill can carry).",
     )
-    lookback: str | None = Field(
+    # Any: seconds are a number in YAML and JSON (lookback: 300), the units a string ("5m"); Dagster's
+    # config has no str-or-int type. settings.lookback checks the value either way.
+    lookback: Any = Field(
         default=None,
         description="Re-ask the API from each store's high-water mark minus this (seconds, or "
         "5m, 1h), and let a record this late still leave a listing complete. Unset: "

@@ -13,7 +13,13 @@ from psycopg import sql
 
 from .db import first_value
 
-SESSION_ACCOUNT = "coalesce(nullif(current_setting('taptouch.account', true), ''), 'default')"
+UNNAMED = "default"  # the one account of a deployment with TAPTOUCH_ACCOUNTS unset (accounts.DEFAULT_NAME)
+SESSION_ACCOUNT = f"coalesce(nullif(current_setting('taptouch.account', true), ''), '{UNNAMED}')"
+
+
+class UnnamedOwnerError(RuntimeError):
+    """A deployment that names its accounts lists stores the unnamed account owns (loaded while
+    ``TAPTOUCH_ACCOUNTS`` was unset): none of its accounts would ever load them again."""
 
 
 def session_account(conn: psycopg.Connection) -> str:
@@ -36,6 +42,24 @@ def foreign_stores(conn: psycopg.Connection, store_ids: list[int]) -> dict[int, 
         (list(store_ids),),
     ).fetchall()
     return dict(rows)
+
+
+def refuse_unnamed_owner(me: str, foreign: dict[int, str]) -> None:
+    """Raise :class:`UnnamedOwnerError` when account ``me`` (a named one) lists stores that the
+    unnamed account owns: a deployment that had one account and now names its accounts
+    (docs/deploying.md, "Adding a merchant") would skip them for ever, every run succeeding with
+    nothing loaded. A named account never writes the unnamed one's rows, so the owner is gone for
+    good; the store is handed over with ``taptouch-sync move-store``."""
+    orphans = sorted(sid for sid, owner in foreign.items() if owner == UNNAMED)
+    if not orphans or me == UNNAMED:
+        return
+    listed = ", ".join(map(str, orphans))
+    raise UnnamedOwnerError(
+        f"store(s) {listed} belong to account {UNNAMED!r} (loaded while TAPTOUCH_ACCOUNTS was unset), and this "
+        f"deployment names its accounts, so none of them loads these stores any more. Hand each store to the "
+        f"account whose credentials list it, e.g. `taptouch-sync move-store {orphans[0]} {me}` (docs/deploying.md, "
+        f"'Adding a merchant'), then run again."
+    )
 
 
 class StoreMoveError(ValueError):
