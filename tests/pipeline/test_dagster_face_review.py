@@ -46,8 +46,6 @@ def test_orders_hourly_on_the_first_partition_day_still_loads_today(hour):
 # ------------------------------------------------------------------ run config: orders `lookback`
 
 
-
-
 orders = defs.get_assets_def("orders")
 
 
@@ -95,7 +93,6 @@ def test_orders_config_lookback_in_seconds_as_the_docs_write_it(sandbox, migrate
 
 
 # ------------------------------------------ deploying.md "Adding a merchant": a second account
-
 
 
 @pytest.mark.postgres
