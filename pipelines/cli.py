@@ -231,7 +231,8 @@ def _taptouch_store(args: argparse.Namespace, *, read_only: bool = False):
             f"the warehouse is not migrated ({len(waiting)} migration(s) pending, from {waiting[0]}), and listing "
             f"tokens only reads: run taptouch-sync migrate first (or point --database-url at the warehouse)"
         )
-    return client_id, secret, base_url, TokenStore.for_client(url, client_id, secret)
+    account = getattr(args, "account", None) or None
+    return client_id, secret, base_url, TokenStore.for_client(url, client_id, secret, account=account)
 
 
 def _exit_code(err: Exception) -> int:

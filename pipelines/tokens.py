@@ -32,7 +32,9 @@ def keepalive_job(account: Account = DEFAULT) -> dg.JobDefinition:
         if not account.is_default:  # the account's TAPTOUCH_<NAME>_* fill what the resource leaves unset
             taptouch = settings.for_run(taptouch, warehouse, account)[0]
         client_id, secret, base_url = taptouch.resolved()
-        store = TokenStore.for_client(warehouse.url(), client_id, secret)
+        store = TokenStore.for_client(
+            warehouse.url(), client_id, secret, account=None if account.is_default else account.name
+        )
         results = keep_merchants_alive(store, base_url=base_url, client_id=client_id, client_secret=secret)
         for r in results:  # every grant is tried; each failure is reported, then the step fails
             if r.error:

@@ -69,8 +69,9 @@ class ReauthorizationRequired(TaptouchAuthError):
         self.description = description
 
 
-def reauthorize_command(merchant: str) -> str:
-    return f"taptouch-sync authorize --merchant {merchant}"
+def reauthorize_command(merchant: str, account: str | None = None) -> str:
+    """The command that authorizes ``merchant`` again (``account``: a name of TAPTOUCH_ACCOUNTS)."""
+    return f"taptouch-sync authorize{f' --account {account}' if account else ''} --merchant {merchant}"
 
 
 def describe_token_error(status: int, body: bytes) -> tuple[str | None, str]:
@@ -82,6 +83,7 @@ def describe_token_error(status: int, body: bytes) -> tuple[str | None, str]:
 
 
 _TOKEN_CHARS = r"A-Za-z0-9_\-"
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def redact_values(text: str, values: Iterable[str | None]) -> str:
@@ -100,8 +102,9 @@ ACCESS_LIFETIME_RANGE = (1.0, 7 * 86_400.0, 3600.0)  # (min, max, default): Tapt
 REFRESH_LIFETIME_RANGE = (60.0, REFRESH_LIFETIME, REFRESH_LIFETIME)  # refresh tokens: 4 days [doc]
 
 
-def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) -> float:
-    """``expires_in``-style seconds clamped to ``bounds`` = (min, max, default)."""
+def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str, secrets: Iterable[str] = ()) -> float:
+    """``expires_in``-style seconds clamped to ``bounds`` = (min, max, default); a value logged has
+    ``secrets`` masked (the endpoint may echo the form)."""
     lo, hi, default = bounds
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
         seconds = None
@@ -112,7 +115,9 @@ def parse_lifetime(value: Any, bounds: tuple[float, float, float], name: str) ->
             seconds = None
     if seconds is None or not math.isfinite(seconds):
         if value is not None:
-            log.warning("The token endpoint sent %s=%.40r; using %.0f s", name, value, default)
+            log.warning(
+                "The token endpoint sent %s=%.40s; using %.0f s", name, redact_values(repr(value), secrets), default
+            )
         return default
     clamped = min(max(seconds, lo), hi)
     if clamped != seconds:
@@ -240,7 +245,7 @@ class TokenEndpoint:
         if response.status_code == 200:
             response = _error_inside_200(response)
         if response.status_code == 200:
-            return self._parse(response), started
+            return self._parse(response, form), started
         if 300 <= response.status_code < 400:
             raise TaptouchAPIError(
                 status=response.status_code,
@@ -286,9 +291,9 @@ class TokenEndpoint:
             f"the token endpoint is down: try again later",
         )
 
-    def _parse(self, response: httpx.Response) -> TokenResponse:
+    def _parse(self, response: httpx.Response, form: dict[str, str] | None = None) -> TokenResponse:
         try:
-            return self._parse_answer(response)
+            return self._parse_answer(response, form)
         except TaptouchError as exc:
             # The endpoint answered 200 but the answer is unusable. If it rotated the refresh token,
             # the old one is spent: hand the new one to the caller (the token store persists it),
@@ -301,11 +306,14 @@ class TokenEndpoint:
             if isinstance(refresh, str) and refresh:
                 exc.rotated_refresh_token = refresh  # type: ignore[attr-defined]
                 exc.rotated_refresh_lifetime = parse_lifetime(  # type: ignore[attr-defined]
-                    doc.get("refresh_token_expires_in"), REFRESH_LIFETIME_RANGE, "refresh_token_expires_in"
+                    doc.get("refresh_token_expires_in"),
+                    REFRESH_LIFETIME_RANGE,
+                    "refresh_token_expires_in",
+                    [*self._secrets(form), refresh],
                 )
             raise
 
-    def _parse_answer(self, response: httpx.Response) -> TokenResponse:
+    def _parse_answer(self, response: httpx.Response, form: dict[str, str] | None = None) -> TokenResponse:
         try:
             doc = jsonutil.loads(response.content)
             access = doc["access_token"]
@@ -313,13 +321,17 @@ class TokenEndpoint:
             raise TaptouchProtocolError(
                 f"The token endpoint {self.token_url} answered 200 without a usable access_token."
             ) from None
-        lifetime = parse_lifetime(doc.get("expires_in"), ACCESS_LIFETIME_RANGE, "expires_in")
+        # what an error about this answer must not quote: the form's secrets, and the answer's own tokens
+        secrets = self._secrets(form) + [v for v in (access, doc.get("refresh_token")) if isinstance(v, str) and v]
+        lifetime = parse_lifetime(doc.get("expires_in"), ACCESS_LIFETIME_RANGE, "expires_in", secrets)
         refresh = doc.get("refresh_token")
         refresh_lifetime = doc.get("refresh_token_expires_in")
         if refresh_lifetime is not None:
-            refresh_lifetime = parse_lifetime(refresh_lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in")
-        _check_access_token(access, doc.get("token_type"))
-        granted_scopes = self._granted_scopes(doc.get("scope"))
+            refresh_lifetime = parse_lifetime(
+                refresh_lifetime, REFRESH_LIFETIME_RANGE, "refresh_token_expires_in", secrets
+            )
+        _check_access_token(access, doc.get("token_type"), secrets)
+        granted_scopes = self._granted_scopes(doc.get("scope"), secrets)
         log.debug("Got a Taptouch access token for client %s, valid %.0fs", self.client_id, lifetime)
         return TokenResponse(
             access,
@@ -329,15 +341,26 @@ class TokenEndpoint:
             refresh_lifetime,
         )
 
-    def _granted_scopes(self, granted: Any) -> tuple[str, ...]:
+    def _granted_scopes(self, granted: Any, secrets: Iterable[str] = ()) -> tuple[str, ...]:
         """The scopes an answer grants (all asked for when it does not say); fewer is an error."""
         if isinstance(granted, list) and all(isinstance(g, str) for g in granted):
             granted = " ".join(granted)
         granted_scopes = tuple(granted.split()) if isinstance(granted, str) else self.scopes
+        # RFC 6749 3.3: a scope-token is printable ASCII without '"' or '\'. Anything else (a NUL, a
+        # lone surrogate: valid JSON) is no scope this client asked for, and the token store could not
+        # hold it: the write would fail after Taptouch rotated the refresh token, losing the grant.
+        valid = tuple(s for s in granted_scopes if _SCOPE_TOKEN.fullmatch(s))
+        if len(valid) != len(granted_scopes):
+            log.warning(
+                "The token endpoint granted %d scope(s) that are not RFC 6749 scope tokens; ignored",
+                len(granted_scopes) - len(valid),
+            )
+            granted_scopes = valid
         missing = tuple(s for s in self.scopes if s not in granted_scopes)
         if missing:
+            shown = redact_values(" ".join(granted_scopes), secrets)  # an echoing endpoint: no secret shown
             raise TaptouchAuthError(
-                f"Taptouch granted only scope(s) {' '.join(granted_scopes) or '(none)'}; missing "
+                f"Taptouch granted only scope(s) {shown or '(none)'}; missing "
                 f"{' '.join(missing)}. Ask Taptouch to enable them for client {self.client_id!r}, or "
                 f"request fewer scopes.",
                 missing_scopes=missing,
@@ -383,7 +406,7 @@ class TokenEndpoint:
         )
 
 
-def _check_access_token(access: Any, token_type: Any) -> None:
+def _check_access_token(access: Any, token_type: Any, secrets: Iterable[str] = ()) -> None:
     """An access token usable as a Bearer header value, of type Bearer (or no type said)."""
     if not isinstance(access, str) or not access:
         raise TaptouchProtocolError("The token endpoint answered 200 with an empty access_token.")
@@ -393,7 +416,7 @@ def _check_access_token(access: Any, token_type: Any) -> None:
             "(it holds spaces, control or non-ASCII characters); it is not used and not stored."
         )
     if token_type is not None and (not isinstance(token_type, str) or token_type.strip().lower() != "bearer"):
-        shown = printable(str(token_type), 20)
+        shown = printable(redact_values(str(token_type), secrets), 20)
         raise TaptouchProtocolError(
             f"The token endpoint answered with token_type {shown!r}; this client speaks only Bearer tokens "
             f"(RFC 6750), and a token of another type must not be used as one (RFC 6749 §7.1)."

@@ -174,7 +174,7 @@ def run_context(
     taptouch, run_settings = settings.for_run(taptouch, warehouse, account)
     warehouse.ensure_migrated()
     url = warehouse.url()
-    tokens = TokenStore.for_resource(taptouch, url)
+    tokens = TokenStore.for_resource(taptouch, url, account=None if account.is_default else account.name)
     # one request budget per client id, shared through the warehouse by every run and process; the
     # meter in front of it counts this run's requests and times their waits
     client_id = taptouch.resolved()[0]  # set by for_run: the field, no environment read

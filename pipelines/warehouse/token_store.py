@@ -167,6 +167,7 @@ class TokenStore:
         lock_timeout: float = 120.0,
         connect_timeout: int = 10,
         before_commit: Callable[[GrantKey], None] | None = None,
+        account: str | None = None,
     ):
         scheme, sep, rest = database_url.partition("://")
         if not sep:
@@ -177,6 +178,7 @@ class TokenStore:
         self._lock_timeout_ms = int(lock_timeout * 1000)
         self._connect_timeout = connect_timeout
         self._before_commit = before_commit
+        self.account = account  # a named account of TAPTOUCH_ACCOUNTS: its errors name `authorize --account`
 
     def __repr__(self) -> str:
         return f"TokenStore(cipher={self.cipher!r})"
@@ -207,6 +209,12 @@ class TokenStore:
 
     def _configure(self, conn: psycopg.Connection[DictRow]) -> psycopg.Connection[DictRow]:
         conn.execute("select set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
+        # A rotation holds its transaction open while Taptouch answers (retries and Retry-After
+        # included): a server-wide idle/transaction timeout ending the session there would lose the
+        # rotated refresh token after Taptouch spent the old one. This session is exempt.
+        conn.execute("select set_config('idle_in_transaction_session_timeout', '0', false)")
+        if conn.info.server_version >= 170000:
+            conn.execute("select set_config('transaction_timeout', '0', false)")
         conn.commit()
         return conn
 
@@ -220,7 +228,9 @@ class TokenStore:
 
     def _fresh(self, row: dict) -> bool:
         expires, issued = row["access_expires_at"].timestamp(), row["access_issued_at"].timestamp()
-        return self._clock() < expires - refresh_margin(max(0.0, expires - issued))
+        if expires <= issued:  # marked refused or stale (invalidate_access, _keep_rotated): stale on every
+            return False  # clock, also one behind the clock of the host that issued it
+        return self._clock() < expires - refresh_margin(expires - issued)
 
     def _access(self, row: dict) -> StoredAccess:
         expires, issued = row["access_expires_at"].timestamp(), row["access_issued_at"].timestamp()
@@ -452,10 +462,13 @@ class TokenStore:
                 answer = refresh(refresh_token)
             except ReauthorizationRequired as exc:
                 expired = self._expired_message(key, row)
-                self._mark_unusable(conn, row, expired or str(exc))
+                message = expired or self._command_for_account(str(exc), key)
+                self._mark_unusable(conn, row, message)
                 conn.commit()
-                if expired is not None:
-                    raise ReauthorizationRequired(expired, error=exc.error) from exc
+                if message != str(exc):
+                    raise ReauthorizationRequired(
+                        message, error=exc.error, status=exc.status, description=exc.description
+                    ) from exc
                 raise
             except TaptouchError as exc:
                 rotated_token = getattr(exc, "rotated_refresh_token", None)
@@ -480,6 +493,13 @@ class TokenStore:
             log.info("Merchant %s: rotated the refresh token; access valid %.0fs", key.label, lifetime)
             return StoredAccess(answer.access_token, issued + lifetime, lifetime, answer.scopes)
 
+    def _reauthorize(self, key: GrantKey) -> str:
+        return reauthorize_command(key.label, self.account)
+
+    def _command_for_account(self, message: str, key: GrantKey) -> str:
+        """``message`` (the token endpoint's, which knows no account) naming this store's account."""
+        return message.replace(reauthorize_command(key.label), self._reauthorize(key)) if self.account else message
+
     def _check_refreshable(self, conn: psycopg.Connection[DictRow], key: GrantKey, row: DictRow) -> None:
         """ReauthorizationRequired unless the locked grant ``row`` holds a refresh token. One this
         machine's clock says has expired is presented all the same: only Taptouch's
@@ -488,7 +508,7 @@ class TokenStore:
         if row["refresh_token"] is None:
             raise ReauthorizationRequired(
                 f"Merchant {key.label!r} must authorize again ({row['last_error'] or 'no refresh token is stored'}). "
-                f"Run: {reauthorize_command(key.label)}",
+                f"Run: {self._reauthorize(key)}",
                 error="invalid_grant",
             )
 
@@ -499,7 +519,7 @@ class TokenStore:
         return (
             f"The refresh token of merchant {key.label!r} expired at "
             f"{row['refresh_expires_at']:%Y-%m-%d %H:%M} UTC (4 days without a refresh; is the "
-            f"merchant_tokens_keepalive schedule on?). Run: {reauthorize_command(key.label)}"
+            f"merchant_tokens_keepalive schedule on?). Run: {self._reauthorize(key)}"
         )
 
     def _grant_row(self, conn: psycopg.Connection[DictRow], key: GrantKey, *, lock: bool = False) -> DictRow:
@@ -508,7 +528,7 @@ class TokenStore:
         if row is None:
             raise ReauthorizationRequired(
                 f"No authorization of merchant {key.label!r} is stored for client {key.client_id!r} at "
-                f"{key.base_url}. Run: {reauthorize_command(key.label)}",
+                f"{key.base_url}. Run: {self._reauthorize(key)}",
                 error="no_grant",
             )
         return row
