@@ -751,8 +751,14 @@ def _superseded_with_news(
     return bool(news)
 
 
+def _held_products(conn: psycopg.Connection, store_id: int) -> set[int]:
+    """The products the store's levels hold now."""
+    rows = conn.execute("select product_id from taptouch.inventory_levels where store_id = %s", (store_id,))
+    return {r[0] for r in rows}
+
+
 def _listed_again(
-    client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes]
+    client: TaptouchClient, conn: psycopg.Connection, store_id: int, records: list[bytes], held: set[int]
 ) -> list[bytes] | None:
     """When the listing misses products the warehouse holds, or returns products it does not hold,
     the store is listed once more and the records of products the first pass did not return are
@@ -762,7 +768,7 @@ def _listed_again(
     both passes is delisted (a second deletion during the second pass could shift again: the next
     sync lists it back). None when the store was not listed again."""
     listed = {_product_id(raw) for raw in records}
-    missing, news = _against_levels(conn, store_id, listed)
+    missing, news = len(held - listed), len({p for p in listed if p is not None} - held)
     if not missing and not news:
         return None
     again = [raw for raw in client.iter_inventory_records(store_id) if _product_id(raw) not in listed]
@@ -782,19 +788,24 @@ def _store_inventory(
     conn: psycopg.Connection,
     store_id: int,
     *,
-    snapshot_date: date,
+    dated: Callable[[], tuple[datetime, date]],
     run_id: str | None,
-    now: datetime,
     confirm_s: int | None,
 ) -> tuple[list[bytes], LoadCounts]:
     """One store's inventory listed (twice when the first misses held products) and loaded; listed
     afresh once when an overlapping newer listing superseded it and lacks some of its products.
-    Returns (the records, the load's counts)."""
+    ``dated``: the clock and the snapshot date of a listing starting now (each listing is dated when
+    it starts: one taken afresh may start after the store's midnight). Returns (the records, the
+    load's counts)."""
     for attempt in (1, 2):
+        now, snapshot_date = dated()
         # the database's clock before the listing: which listing is the store's newest
         listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
         records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
-        again = _listed_again(client, conn, store_id, records)
+        # what the listing is judged against: a product another listing commits after this check
+        # (an older overlapping run) was never looked for twice by this one, so it delists only these
+        held = _held_products(conn, store_id)
+        again = _listed_again(client, conn, store_id, records, held)
         records += again or []
         counts = load_inventory(
             conn,
@@ -807,6 +818,7 @@ def _store_inventory(
             # two listings agree, no wait for a later one)
             confirm_s=0 if again is not None else confirm_s,
             listed_since=listed_since,
+            delistable=held,
         )
         if attempt == 2 or not _superseded_with_news(conn, store_id, records, listed_since):
             break
@@ -844,18 +856,19 @@ def sync_inventory(
     progress = progress or log.info
     store_ids = sorted(timezones) if store_ids is None else store_ids
     result = SyncResult()
-    starts = derived.dated_starts(conn)  # a snapshot is dated as the orders beside it, by the zone the
-    # warehouse holds (derived.follow_store_zones): the listing's may lag or lead the stores asset
-    zones = {**timezones, **store_timezones(conn)}
     for store_id in store_ids:
-        at = now or _now()
-        snapshot_date = record_rules.local_date(
-            at, zones.get(store_id, "UTC"), starts.get(store_id, record_rules.NO_DAY_START)
-        )
+
+        def dated(store_id: int = store_id) -> tuple[datetime, date]:
+            # a snapshot is dated as the orders beside it, by the zone the warehouse holds when the
+            # store is listed (derived.follow_store_zones): the listing's may lag or lead the stores
+            # asset, and a stores run may correct the zone while this run lists other stores
+            at = now or _now()
+            zone = store_timezones(conn, store_id).get(store_id) or timezones.get(store_id, "UTC")
+            start = derived.dated_starts(conn, store_id).get(store_id, record_rules.NO_DAY_START)
+            return at, record_rules.local_date(at, zone, start)
+
         try:
-            records, counts = _store_inventory(
-                client, conn, store_id, snapshot_date=snapshot_date, run_id=run_id, now=at, confirm_s=confirm_s
-            )
+            records, counts = _store_inventory(client, conn, store_id, dated=dated, run_id=run_id, confirm_s=confirm_s)
         except TaptouchError as exc:
             failure = StoreFailure(store_id, describe(exc), is_transient(exc))
             result.failures.append(failure)

@@ -38,10 +38,15 @@ def warehouse_zones(cur: psycopg.Cursor, store_ids: Iterable[int]) -> dict[int, 
     return dict(cur.fetchall())
 
 
-def dated_starts(cur: psycopg.Cursor | psycopg.Connection) -> dict[int, timedelta]:
+def dated_starts(cur: psycopg.Cursor | psycopg.Connection, store_id: int | None = None) -> dict[int, timedelta]:
     """store id -> the day start its stored business dates follow (stores without a recorded
-    start are left out: local midnight, :data:`records.NO_DAY_START`)."""
-    rows = cur.execute("select store_id, day_starts from taptouch_meta.business_day_starts").fetchall()
+    start are left out: local midnight, :data:`records.NO_DAY_START`); every store, or ``store_id``."""
+    if store_id is None:
+        rows = cur.execute("select store_id, day_starts from taptouch_meta.business_day_starts").fetchall()
+    else:
+        rows = cur.execute(
+            "select store_id, day_starts from taptouch_meta.business_day_starts where store_id = %s", (store_id,)
+        ).fetchall()
     return {sid: timedelta(hours=t.hour, minutes=t.minute, seconds=t.second) for sid, t in rows}
 
 

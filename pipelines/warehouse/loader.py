@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -221,9 +221,13 @@ def _follow_zone_changes(cur: psycopg.Cursor) -> int:
     return changed
 
 
-def store_timezones(conn: psycopg.Connection) -> dict[int, str]:
+def store_timezones(conn: psycopg.Connection, store_id: int | None = None) -> dict[int, str]:
+    """store id -> the zone ``taptouch.stores`` holds (every store, or ``store_id``'s)."""
     with conn.cursor() as cur:
-        cur.execute("select store_id, timezone from taptouch.stores")
+        if store_id is None:
+            cur.execute("select store_id, timezone from taptouch.stores")
+        else:
+            cur.execute("select store_id, timezone from taptouch.stores where store_id = %s", (store_id,))
         return dict(cur.fetchall())
 
 
@@ -841,6 +845,7 @@ def load_inventory(
     now: datetime | None = None,
     confirm_s: int | None = None,
     listed_since: datetime | None = None,
+    delistable: Collection[int] | None = None,
 ) -> LoadCounts:
     """Merge one store's complete inventory listing into ``inventory_levels`` and upsert today's snapshot.
 
@@ -861,6 +866,9 @@ def load_inventory(
     does list merge as usual. An ordinary listing delists at once and clears the store's waiting rows.
     ``confirm_s=0``: the records are already two listings that agree (what
     :func:`pipelines.sync.sync_inventory` loads when the first missed products): delisted at once.
+    ``delistable``: the products the caller judged the listing against (the store's levels when it
+    decided whether to list again); a product another listing loaded since is not delisted by this
+    one, whose second pass never looked for it (the next sync decides). None: any product.
     """
     started = datetime.now(UTC)
     now = now or started
@@ -878,7 +886,9 @@ def load_inventory(
         INVENTORY.take_lock(cur, store_id)
         newest = _newest_listing(cur, store_id, listed_since, run_id)
         if newest:
-            _merge_listing(cur, store_id, listing, counts, snapshot_date, now=now, confirm_s=confirm_s)
+            _merge_listing(
+                cur, store_id, listing, counts, snapshot_date, now=now, confirm_s=confirm_s, delistable=delistable
+            )
         quarantine.flush(cur, resolved=not newest)  # kept; a newer listing's quarantine stands
         if newest:
             INVENTORY.resolve_quarantine(cur, "stage_inventory", store_id)
@@ -895,10 +905,17 @@ def _merge_listing(
     *,
     now: datetime,
     confirm_s: int,
+    delistable: Collection[int] | None = None,
 ) -> None:
     """The staged listing's delistings, levels and snapshot (:func:`load_inventory`), counted."""
     counts.deleted = _delist_unlisted(
-        cur, store_id, listing, listed=listing.seen + counts.quarantined, now=now, confirm_s=confirm_s
+        cur,
+        store_id,
+        listing,
+        listed=listing.seen + counts.quarantined,
+        now=now,
+        confirm_s=confirm_s,
+        delistable=delistable,
     )
     INVENTORY.merge(cur, "stage_inventory", into="merged_inventory")
     counts.inserted, counts.updated, counts.unchanged = INVENTORY.merged_counts(
@@ -983,12 +1000,21 @@ class _InventoryListing:
 
 
 def _delist_unlisted(
-    cur: psycopg.Cursor, store_id: int, listing: _InventoryListing, *, listed: int, now: datetime, confirm_s: int
+    cur: psycopg.Cursor,
+    store_id: int,
+    listing: _InventoryListing,
+    *,
+    listed: int,
+    now: datetime,
+    confirm_s: int,
+    delistable: Collection[int] | None = None,
 ) -> int:
     """Delist what the listing no longer holds (:func:`_delist`), but only from a well-formed one: a
     record whose product cannot be identified might be any product, so then nothing is delisted."""
     if not listing.unidentified:
-        return _delist(cur, store_id, listing.bad_ids, listed=listed, now=now, confirm_s=confirm_s)
+        return _delist(
+            cur, store_id, listing.bad_ids, listed=listed, now=now, confirm_s=confirm_s, delistable=delistable
+        )
     log.warning(
         "inventory of store %s: %d malformed record(s) without a readable product_id; "
         "no product is delisted from this listing",
@@ -1026,6 +1052,7 @@ def _delist(
     listed: int,
     now: datetime,
     confirm_s: int,
+    delistable: Collection[int] | None = None,
 ) -> int:
     """Delist the store's products this listing (staged in ``stage_inventory``) no longer contains
     (no newer listing has committed: :func:`_newest_listing`); from a suspicious listing, only those
@@ -1037,6 +1064,16 @@ def _delist(
         (store_id, listed_bad),
     )
     gone = [r[0] for r in cur.fetchall()]
+    if delistable is not None:
+        unjudged = [p for p in gone if p not in delistable]
+        if unjudged:
+            log.warning(
+                "inventory of store %s: %d product(s) another listing loaded while this one was judged are "
+                "not in it; kept for the next sync to decide",
+                store_id,
+                len(unjudged),
+            )
+            gone = [p for p in gone if p in delistable]
     cur.execute("select count(*) from taptouch.inventory_levels where store_id = %s", (store_id,))
     held = first_value(cur)
     # confirm_s 0: the second listing is this one's own (sync_inventory lists again at once)

@@ -125,16 +125,18 @@ class Quarantine:
         # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
         # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
         # A record refused again exactly as an open row of its window holds it (every hourly
-        # inventory run, a window's reload) is that row seen again: its run, reason and
-        # quarantined_at become this load's, and no second open row is written.
+        # inventory run, on any day, a window's reload) is that row seen again: its run, reason,
+        # quarantined_at and window become this load's, and no second open row is written.
         if self.rows:
             cur.executemany(
                 "with x as (select %s::text e, %s::text k, %s::bigint s, %s::text r, taptouch.try_jsonb(%s::text) j,"
                 " %s::text t, %s::text w, %s::text u, %s::numeric n, %s::boolean v, %s::text f, %s::bigint c),"
-                " seen as (update taptouch.quarantine o set quarantined_at = now(), run_id = x.u, reason = x.r"
-                " from x where not x.v and o.resolved_at is null and o.entity = x.e"
+                " seen as (update taptouch.quarantine o set quarantined_at = now(), run_id = x.u, reason = x.r,"
+                ' "window" = x.w from x where not x.v and o.resolved_at is null and o.entity = x.e'
                 " and o.record_key is not distinct from x.k and o.store_id is not distinct from x.s"
-                ' and o."window" is not distinct from x.w'
+                # an inventory load's window is its snapshot date: the same record refused the next
+                # day is the same open row (its window becomes the latest day's)
+                " and (o.\"window\" is not distinct from x.w or x.e = 'inventory')"
                 " and (o.raw = x.j or (o.raw is null and x.j is null and (o.raw_text = x.t or (o.raw_text = x.f"
                 " and exists (select 1 from taptouch.forgotten_customers fc where fc.customer_id = x.c))))"
                 " or (o.entity = 'order' and " + FORGOTTEN_CUSTOMER.format(held="o.raw", new="x.j") + "))"
