@@ -749,6 +749,9 @@ _FAST_ORDER = fast_row_function(ORDER)
 _FAST_LINES = tuple((name, fast_row_function(child), child.key or "id") for name, child in ORDER.lines)
 
 
+_REFUNDED = frozenset({"partially_refunded", "refunded"})
+
+
 @lru_cache(maxsize=4096)
 def _modifier_sum(text: str) -> Decimal:
     """Σ price × quantity (1 when unsent) of a checked modifier list's text."""
@@ -760,7 +763,7 @@ def _modifier_sum(text: str) -> Decimal:
 
 def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> None:
     """Each item's total, subtotal = Σ item totals, total = subtotal − discount + surcharge +
-    rounding, a completed order paid in full, and its refunds summing to what the order's history row
+    rounding, a completed order paid in full, a refunded or partially refunded one with a refund, and its refunds summing to what the order's history row
     holds; InvalidRecord says which does not add up."""
     subtotal, discount, surcharge, rounding, total, status = _ORDER_SUMS(order)
     item_sum = ZERO
@@ -782,6 +785,8 @@ def _order_sums(order: tuple, items: list, payments: list, refunds: list) -> Non
         paid = sum(map(_PAYMENT_AMOUNT, payments), ZERO)
         if paid != total:
             raise InvalidRecord(f"completed order: payments sum to {paid}, total is {total}")
+    if not refunds and status in _REFUNDED:  # the contract: refunds "non-empty for partially_refunded and refunded"
+        raise InvalidRecord(f"{status} order without any refund (refunds is empty)")
     if refunds:
         refunded = sum(map(_REFUND_AMOUNT, refunds), ZERO)
         if abs(refunded) > REFUNDS_MAX:

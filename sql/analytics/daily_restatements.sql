@@ -19,6 +19,7 @@
 --   store_name            its name (taptouch.stores.name)
 --   business_date         the store's business date (taptouch.orders.business_date)
 --   next_day_ends_at      when the next business day ends: the instant the middle figures are taken at
+--                         (null when that is after year 9999's last readable instant: the day never ends)
 --   first_loaded_orders   sales orders, each as first loaded
 --   first_loaded_net      net sales, each order as first loaded
 --   next_day_orders       sales orders as the warehouse knew them at next_day_ends_at (null before then)
@@ -62,7 +63,12 @@ days as (
     where status in ('completed', 'partially_refunded', 'refunded') and deleted_at is null
 ),
 bounded as (
-    select days.*, next_day.ends_at as next_day_ends_at
+    -- null when the next day ends after the last instant the warehouse holds (records.py, _MAX_INSTANT:
+    -- 9999-12-30 23:59:59.999999 UTC): that day never ends within years 1-9999, and a later instant
+    -- (year 10000) cannot be read back by psycopg, which would make the whole view unreadable
+    select days.*,
+           case when next_day.ends_at <= timestamptz '9999-12-30 23:59:59.999999+00' then next_day.ends_at end
+               as next_day_ends_at
     from days
     left join lateral taptouch.business_day_bounds(days.store_id, days.business_date + 1) as next_day on true
 ),
