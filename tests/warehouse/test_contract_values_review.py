@@ -4,7 +4,7 @@ its fix, except the one marked xfail (a known defect, left alone)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 
 import psycopg
@@ -78,9 +78,7 @@ def test_a_refunded_order_without_any_refund_is_quarantined_not_counted_as_a_sal
     [(reason,)] = q(db, "select reason from taptouch.quarantine where record_key = '1'")
     assert "refund" in reason
     assert q(db, "select order_id from taptouch.orders") == [(2,)]
-    assert q(db, "select order_count, net_sales from analytics.daily_store_sales") == [
-        (1, good["total"] - D("5.00"))
-    ]
+    assert q(db, "select order_count, net_sales from analytics.daily_store_sales") == [(1, good["total"] - D("5.00"))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,7 +97,7 @@ def test_a_refunded_order_without_any_refund_is_quarantined_not_counted_as_a_sal
     " taptouch.business_day_bounds (docs/reliability.md, hostile reviews of 2026-12-06, evening)",
 )
 def test_business_day_bounds_contain_their_orders_when_the_day_starts_in_a_skipped_hour(migrated_db):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         load_stores(conn, [f.store(7101, "Australia/Melbourne")])
@@ -114,7 +112,7 @@ def test_business_day_bounds_contain_their_orders_when_the_day_starts_in_a_skipp
         assert load(conn, [(7101, [o])], window="2026-10-03").inserted == 1
         [(business_date, created_at)] = q(conn, "select business_date, created_at from taptouch.orders")
         assert business_date == date(2026, 10, 4)  # 03:10 - 02:30 = 00:40 on the 4th
-        assert created_at == datetime(2026, 10, 3, 16, 10, tzinfo=timezone.utc)
+        assert created_at == datetime(2026, 10, 3, 16, 10, tzinfo=UTC)
         [(starts_at, ends_at)] = q(
             conn, "select starts_at, ends_at from taptouch.business_day_bounds(7101, %s)", business_date
         )
