@@ -20,10 +20,12 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import psycopg
 
 from taptouch_resource import TaptouchAPIError, TaptouchClient, TaptouchError
+from taptouch_resource.listing import EndUnknown
 from taptouch_resource.retry import RETRY_STATUSES, stop_on
 
 from .settings import RunSettings
@@ -88,6 +90,8 @@ def is_transient(exc: BaseException) -> bool:
     API (what the client retries; not 501 or 505, which say the request itself is wrong), or a lost database
     connection (psycopg's OperationalError: also deadlocks and cancelled statements). Anything
     else (credentials, 4xx, a malformed answer, a bug) fails the same way again."""
+    if isinstance(exc, EndUnknown):  # a last page that changed while it was read: the data moved
+        return True
     if isinstance(exc, TaptouchAPIError):  # the statuses the client itself retries (RETRY_STATUSES)
         return exc.status == 0 or exc.status in RETRY_STATUSES
     if isinstance(exc, psycopg.OperationalError):
@@ -213,6 +217,34 @@ def _warn_foreign(conn: psycopg.Connection, foreign: dict[int, str]) -> None:
         )
 
 
+STORE_LISTING_PASSES = 3
+"""A store listing of more than one page is read until a pass adds no store (at most this many passes)."""
+
+
+def _every_store(client: TaptouchClient) -> Iterator[Any]:
+    """The records of the API's store listing, read again while a pass finds stores the passes before
+    it missed. The listing is read by page number: a store that leaves it while it is read (revoked,
+    made forbidden: the contract's "stores that become forbidden") shifts every later store one place
+    forward, and the store on the next page boundary is never served, though the token could read it
+    all along; its orders would silently not be loaded (the window checks cover listed stores only).
+    A listing of one page is one answer and cannot shift: it is read once."""
+    ids: set[Any] = set()
+    for n in range(STORE_LISTING_PASSES):
+        records = list(client.list_stores())
+        before = len(ids)
+        ids.update(_store_key(r) for r in records)
+        yield from records
+        if len(records) < client.page_size or (n and len(ids) == before):
+            return
+        if n:
+            log.warning("stores: a listing pass found %d store(s) the pass before it missed", len(ids) - before)
+
+
+def _store_key(record: Any) -> Any:
+    sid = record.get("id") if isinstance(record, dict) else None
+    return sid if isinstance(sid, (int, str)) else repr(record)
+
+
 @dataclass(frozen=True)
 class StoreListing:
     """The API's store listing, read only: each valid store's time zone, the records that break
@@ -235,7 +267,7 @@ def list_stores(client: TaptouchClient, conn: psycopg.Connection | None = None) 
     owns are left out (``foreign``), with a warning naming both accounts."""
     timezones: dict[int, str] = {}
     invalid: dict[str, str] = {}
-    for raw in client.list_stores():
+    for raw in _every_store(client):
         try:
             row = record_rules.parse_store(raw)
         except record_rules.InvalidRecord as exc:
@@ -783,6 +815,25 @@ def _listed_again(
     return again
 
 
+INVENTORY_LISTING_TRIES = 3
+"""Listings of one store's inventory tried while its last page answers differently when asked again."""
+
+
+def _inventory_records(client: TaptouchClient, store_id: int) -> list[bytes]:
+    """One store's inventory listing. Its last page is asked twice (an answer cut short looks like
+    the end); two different short answers mean the data changed under the paginator (a product
+    delisted or added meanwhile, an ordinary change): the store is listed afresh, and only a listing
+    that keeps changing fails the store, as a transient failure."""
+    for attempt in range(1, INVENTORY_LISTING_TRIES + 1):
+        try:
+            return list(client.iter_inventory_records(store_id))
+        except EndUnknown:
+            if attempt == INVENTORY_LISTING_TRIES:
+                raise
+            log.info("inventory of store %s: its last page changed while it was read; listed afresh", store_id)
+    raise AssertionError("unreachable")
+
+
 def _store_inventory(
     client: TaptouchClient,
     conn: psycopg.Connection,
@@ -801,7 +852,7 @@ def _store_inventory(
         now, snapshot_date = dated()
         # the database's clock before the listing: which listing is the store's newest
         listed_since = conn.execute("select clock_timestamp()").fetchone()[0]  # type: ignore[index]
-        records = list(client.iter_inventory_records(store_id))  # exact bytes: raw is what the API sent
+        records = _inventory_records(client, store_id)  # exact bytes: raw is what the API sent
         # what the listing is judged against: a product another listing commits after this check
         # (an older overlapping run) was never looked for twice by this one, so it delists only these
         held = _held_products(conn, store_id)

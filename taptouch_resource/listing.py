@@ -189,6 +189,8 @@ _KEY_DECODER = msgspec.json.Decoder(_Key)
 _GRAIN = timedelta(seconds=1)
 # verifying passes after the first page-number pass, at most: until one finds the range held still
 _VERIFYING_PASSES = 3
+# page-number reads of one crowded second, at most: until one re-reads every version the read before served
+_SECOND_READS = 4
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 # what the record boundary accepts as an instant (RFC 3339: date, time, optional fraction, offset);
 # week dates, basic format or a comma fraction would drive the cursor while the loader quarantines
@@ -563,18 +565,37 @@ class OrderListing:
     def _one_second(self, second: datetime) -> Generator[list[bytes], None, int]:
         """Every record in ``[second, second + 1 s)``, where a whole page did not move the cursor (a
         page or more of records at one instant, or a server that compares ``updated_from`` at whole
-        seconds), by page number, twice: a record skipped in the first read because another one
-        moved away is found by the second. Returns how many records the reads served (0: the server
-        cannot read so narrow a range)."""
+        seconds), by page number, until a read served again every version the read before it served
+        (at least twice, at most :data:`_SECOND_READS` times, else the listing is not complete): a
+        record that moves away during a read shifts its pages, and one that moves away during the
+        next read can make it skip the same record. Returns how many records the reads served (0:
+        the server cannot read so narrow a range)."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(second), api.PARAM_UPDATED_TO: iso(second + _GRAIN)}
         served = 0
-        for read in range(2):
-            for records in self._numbered(params, final=read == 1):
+        previous: set[Any] | None = None
+        for read in range(_SECOND_READS):
+            listed: set[Any] = set()
+            for records in self._numbered(params, final=read >= 1):
                 self._bound()
                 served += len(records)
+                listed.update(_version(r) for r in records)
                 fresh, _, _ = self._take(records, None)
                 if fresh:
                     yield fresh
+            # a version an earlier read served and this one did not left the second (an edit moves
+            # it forward) and shifted this read's pages: the record at a page boundary may have
+            # been skipped by both reads, so the second is read again until it held still
+            if previous is not None and previous <= listed:
+                return served
+            previous = listed
+        self._doubtful = True
+        log.warning(
+            "%s: the orders of %s changed under each of %d page-number reads; the listing is not trusted to be "
+            "complete",
+            self.what,
+            iso(second),
+            _SECOND_READS,
+        )
         return served
 
     def _numbered(self, params: Params, *, final: bool) -> Iterator[list[bytes]]:

@@ -29,6 +29,8 @@ MAX_WAIT = 60.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # A 429 without a usable Retry-After waits at least this long (the backoff's first steps are shorter).
 MIN_429_WAIT = 1.0
+# 429s with a Retry-After waited out for one request (besides max_retries), within the time budget.
+MAX_RATE_LIMITED_RETRIES = 30
 
 
 class Stopped(Exception):
@@ -156,15 +158,28 @@ def with_retries(
     """``attempt()`` until it returns; on :class:`Retryable`, wait and try again within the budget.
     Each wait is a :func:`pause` (a server's ``Retry-After`` at most :data:`MAX_RETRY_AFTER`, a
     back-off at most :data:`MAX_WAIT`), so a stopping thread's retry raises :class:`Stopped`."""
-    tries = 0
+    tries = limited = 0  # failures, and 429s the server said when to retry (Retry-After)
     waited = 0.0
     while True:
         check_stop()
         try:
             return attempt()
         except Retryable as retry:
-            tries += 1
             wait = retry.wait
+            # a 429 with Retry-After is the server pacing the client, not a failure: a burst of them
+            # is waited out within the time budget (and at most MAX_RATE_LIMITED_RETRIES of them), so
+            # that "Retry-After: 0" answered a few times in a row does not spend the retries in a second
+            # (max_retries=0: no retry at all)
+            paced = (
+                retry.rate_limited
+                and wait is not None
+                and backoff.max_retries > 0
+                and limited < MAX_RATE_LIMITED_RETRIES
+            )
+            if paced:
+                limited += 1
+            else:
+                tries += 1
             if wait is None:
                 wait = min(backoff.delay(tries), MAX_WAIT)
                 if retry.rate_limited:
@@ -174,7 +189,7 @@ def with_retries(
                 raise retry.failure from None
             waited += wait
             stats.add(retries=1)
-            log.info("%s: %s; retry %d/%d in %.2fs", what, retry.reason, tries, backoff.max_retries, wait)
+            log.info("%s: %s; retry %d/%d in %.2fs", what, retry.reason, tries + limited, backoff.max_retries, wait)
             pause(wait, sleep)
 
 

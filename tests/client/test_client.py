@@ -26,7 +26,7 @@ from taptouch_resource import (
     jsonutil,
 )
 from taptouch_resource.client import ClientOptions
-from taptouch_resource.retry import MIN_RETRY_AFTER, parse_retry_after
+from taptouch_resource.retry import MAX_RATE_LIMITED_RETRIES, MIN_RETRY_AFTER, parse_retry_after
 
 SECRET = "s3cr3t-value-never-shown"
 BASE = "https://api.taptouch.test"
@@ -367,11 +367,13 @@ def test_parse_retry_after_forms():
 
 def test_rate_limit_retries_used_up():
     fake = FakeAPI()
-    fake.faults = [httpx.Response(429, headers={"Retry-After": "1"}, json=envelope(None, 429, "x"))] * 10
+    # 429s with a Retry-After are the server pacing the client: MAX_RATE_LIMITED_RETRIES of them are
+    # waited out (within the time budget) before they count against max_retries
+    fake.faults = [httpx.Response(429, headers={"Retry-After": "1"}, json=envelope(None, 429, "x"))] * 40
     client = make_client(fake, max_retries=3)
     with pytest.raises(TaptouchRateLimitError) as err:
         list(client.list_stores())
-    assert fake.api_calls == 4
+    assert fake.api_calls == MAX_RATE_LIMITED_RETRIES + 4
     assert "lower TAPTOUCH_REQUESTS_PER_SECOND" in str(err.value)  # what to do next
 
 
