@@ -11,6 +11,7 @@ rules: docs/alerts.md, "The outbox".
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +94,33 @@ def backoff(attempts: int) -> float:
 
 _abandoned: list[threading.Thread] = []
 _abandoned_guard = threading.Lock()
+_posting = threading.local()  # .url: the webhook URL the POST of this thread (a worker of post) sends to
+
+
+class _HideWebhookURL(logging.Filter):
+    """httpx logs each request at INFO with its whole URL (``HTTP Request: POST https://...``): in a
+    POST of :func:`post`, the webhook's path and query (the secret) are shown as ``/***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        url = getattr(_posting, "url", None)
+        if url is None:
+            return True
+        if isinstance(record.args, tuple):
+            record.args = tuple(_shown(str(a)) if isinstance(a, httpx.URL) else a for a in record.args)
+        record.msg, record.args = record.getMessage().replace(url, _shown(url)), ()
+        return True
+
+
+def _shown(url: str) -> str:
+    """``url`` fit to log: its scheme and host only."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}{'' if parts.port is None else f':{parts.port}'}/***"
+    except ValueError:
+        return "***"
+
+
+logging.getLogger("httpx").addFilter(_HideWebhookURL())
 
 
 def post(
@@ -131,6 +159,7 @@ def post(
     outcome: dict[str, Any] = {}
 
     def attempt() -> None:
+        _posting.url = url  # this worker thread's records of httpx hide it (_HideWebhookURL)
         try:
             with (
                 # no proxy from the environment for plain http (loopback only): the secret URL and

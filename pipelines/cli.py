@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -586,12 +587,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines are debugging noise here
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from pipelines.warehouse.db import EmbeddedServerError, WarehouseConfigError, redact_text, warehouse_misconfigured
+    from pipelines.warehouse.db import (
+        DATABASE_URL_ENV,
+        EmbeddedServerError,
+        WarehouseConfigError,
+        secrets_of,
+        warehouse_misconfigured,
+    )
+    from pipelines.warehouse.db import redact_text as _redact_text
     from pipelines.warehouse.embedded import EmbeddedSettingError
     from pipelines.warehouse.migrations import MigrationError
 
     # Every message below goes through redact_text too: connection errors already come without the
-    # password (pipelines.warehouse.db), this catches any URL or password= that slipped through.
+    # password (pipelines.warehouse.db), this catches any URL or password= that slipped through,
+    # and the password of the database URLs this command was given, in every reading (libpq quotes
+    # a password it cannot parse without the URL around it: `invalid percent-encoded token: "..."`).
+    known = secrets_of(os.environ.get(DATABASE_URL_ENV, "").strip()) | secrets_of(
+        (getattr(args, "database_url", None) or "").strip()
+    )
+
+    def redact_text(text: str) -> str:
+        return _redact_text(text, known)
+
     try:
         return args._run(args)
     except WarehouseConfigError as err:

@@ -209,12 +209,11 @@ def refuse_a_real_warehouse(url: str, sandbox_stores: list[dict]) -> None:
     merchant's: another id, or another name under the same id) is refused before anything is
     written, with what to do (``WarehouseConfigError``: exit 2). An empty warehouse, or one an
     earlier demo filled, is used."""
-    import psycopg
-
-    from .warehouse.db import DATABASE_URL_ENV, WarehouseConfigError
+    from .warehouse.db import DATABASE_URL_ENV, WarehouseConfigError, connect_url
 
     served = {(int(s["id"]), s["name"]) for s in sandbox_stores}
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+    # connect_url: libpq's error is re-raised without the password (it may quote it)
+    with connect_url(url, autocommit=True) as conn:
         if conn.execute("select to_regclass('taptouch.stores')").fetchone() in (None, (None,)):
             return
         held = conn.execute("select store_id, name from taptouch.stores order by store_id").fetchall()
