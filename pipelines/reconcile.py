@@ -31,7 +31,7 @@ from .settings import (
     reconcile_days,
 )
 from .sync import describe, is_transient
-from .warehouse import aggregates, deletions, proofs, records
+from .warehouse import aggregates, deletions, forget, proofs, records
 from .warehouse.loader import OrderWindowLoad, _order_id, resolve_held_orders, store_timezones
 
 if TYPE_CHECKING:  # what dg.define_asset_job returns (dagster exports no public name for it)
@@ -504,6 +504,8 @@ def _reconcile_store(
     earliest = _earliest_deleted(conn, store_id, rpass.restore_since)
     listed_from = min(start, earliest) if earliest is not None else start
     listed_at = datetime.now(UTC)  # the listing's start on this machine's clock (as the proofs record it)
+    with conn.cursor() as cur:  # a customer forgotten while the store is listed is forgotten in its repairs
+        known = forget.forgotten(cur)
     try:
         listing = _list_store(
             client,
@@ -527,7 +529,7 @@ def _reconcile_store(
         late_tail=listing.late_tail,
     )
     if listing.repairs and store_id in rpass.timezones:
-        _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id)
+        _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id, known)
     if listing.held:  # served valid again in the held bytes: what was quarantined of them is replaced
         with conn.transaction(), conn.cursor() as cur:
             resolve_held_orders(cur, listing.held)
@@ -546,9 +548,19 @@ def _reconcile_store(
     return sr
 
 
-def _repair(conn: psycopg.Connection, listing: _Listing, sr: StoreReconcile, zone: str, run_id: str | None) -> None:
-    """Load the listed records the warehouse lacks or holds older through the orders loader's merge."""
-    with OrderWindowLoad(conn, window=WINDOW, run_id=run_id, timezones={sr.store_id: zone}) as load:
+def _repair(
+    conn: psycopg.Connection,
+    listing: _Listing,
+    sr: StoreReconcile,
+    zone: str,
+    run_id: str | None,
+    forgotten: frozenset[int] | None = None,
+) -> None:
+    """Load the listed records the warehouse lacks or holds older through the orders loader's merge
+    (``forgotten``: the customers forgotten before the store was listed)."""
+    with OrderWindowLoad(
+        conn, window=WINDOW, run_id=run_id, timezones={sr.store_id: zone}, forgotten=forgotten
+    ) as load:
         load.add_page(sr.store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
         counts = load.finish()
     sr.repaired, sr.quarantined = counts.inserted + counts.updated, counts.quarantined

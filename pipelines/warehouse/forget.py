@@ -47,22 +47,41 @@ def forget_customer(conn: psycopg.Connection, customer_id: int) -> dict[str, int
     """Remove customer ``customer_id``'s personal fields everywhere (module docstring), in one
     transaction. Returns the rows changed per table (``taptouch.orders``, ``taptouch.order_history``,
     ``taptouch.quarantine``); 0 everywhere when there was nothing (left) to remove."""
-    changed: dict[str, int] = {}
-    params = {"id": customer_id}
     with conn.transaction(), conn.cursor() as cur:
         ORDERS.take_lock(cur)
-        cur.execute(_orders_statement(), params)
-        changed["taptouch.orders"] = cur.rowcount
-        cur.execute("update taptouch.order_history set raw = " + _KEEP_ID + " where " + _OF_CUSTOMER, params)
-        changed["taptouch.order_history"] = cur.rowcount
-        cur.execute(
-            "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER, params
-        )
-        changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id)
+        changed = _forget(cur, customer_id)
         # what tells a re-listing of a forgotten version from an order the API sent with the id alone
         cur.execute(
             "insert into taptouch.forgotten_customers (customer_id) values (%s) on conflict do nothing", (customer_id,)
         )
+    return changed
+
+
+def forgotten(cur: psycopg.Cursor) -> frozenset[int]:
+    """The customers forget-customer has forgotten (``taptouch.forgotten_customers``)."""
+    return frozenset(r[0] for r in cur.execute("select customer_id from taptouch.forgotten_customers").fetchall())
+
+
+def forget_again(cur: psycopg.Cursor, known: frozenset[int]) -> dict[int, dict[str, int]]:
+    """A load's merge, holding the orders merge lock, before its commit: the customers forgotten
+    since ``known`` was read (:func:`forgotten`, before the load listed) are forgotten again in what
+    the load wrote (its orders, history versions and quarantine rows were listed before the command
+    committed, and it could not see them). Returns customer id -> rows changed per table."""
+    return {cid: _forget(cur, cid) for cid in sorted(forgotten(cur) - known)}
+
+
+def _forget(cur: psycopg.Cursor, customer_id: int) -> dict[str, int]:
+    """The customer's personal fields removed, in the caller's transaction (under the orders merge lock)."""
+    changed: dict[str, int] = {}
+    params = {"id": customer_id}
+    cur.execute(_orders_statement(), params)
+    changed["taptouch.orders"] = cur.rowcount
+    cur.execute("update taptouch.order_history set raw = " + _KEEP_ID + " where " + _OF_CUSTOMER, params)
+    changed["taptouch.order_history"] = cur.rowcount
+    cur.execute(
+        "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER, params
+    )
+    changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id)
     return changed
 
 

@@ -28,7 +28,7 @@ from psycopg import sql
 from taptouch_resource.api import InvalidRecord
 
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_LOOKBACK  # the run's defaults
-from . import aggregates, decode, deletions, derived, history, marks, proofs, records
+from . import aggregates, decode, deletions, derived, forget, history, marks, proofs, records
 from .db import first_value, prefer_index_joins, redact_text
 from .merge import INVENTORY, ORDERS, STORES, Quarantine, copy_or_quarantine, copy_parts, copy_rows
 
@@ -342,6 +342,7 @@ class OrderWindowLoad:
         day_starts: dict[int, timedelta] | None = None,
         settle: timedelta = DEFAULT_LOOKBACK,
         decode_processes: int = 0,
+        forgotten: frozenset[int] | None = None,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data.
@@ -349,8 +350,11 @@ class OrderWindowLoad:
         follow, :func:`.derived.dated_starts`). ``settle``: the run's lookback, how long a record
         may take to reach the API's listings (the window's proofs hold for what settled before).
         ``decode_processes``: worker processes that decode the pages beside this thread
-        (:mod:`.decode`; 0: this thread decodes them)."""
+        (:mod:`.decode`; 0: this thread decodes them). ``forgotten``: the customers forgotten
+        (:func:`.forget.forgotten`) before the records were listed (unset: read when the load
+        begins); one forgotten since is forgotten again in what the merge writes."""
         self.conn = conn
+        self.forgotten = forgotten
         self.full = full
         self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
         self.versions_recorded = 0  # versions new to taptouch.order_history (finish)
@@ -396,6 +400,8 @@ class OrderWindowLoad:
             self.timezones = store_timezones(self.conn)
         if self.day_starts is None:
             self.day_starts = derived.dated_starts(self._cur)
+        if self.forgotten is None:  # forget-customer may commit while the window lists (it waits only for merges)
+            self.forgotten = forget.forgotten(self._cur)
         cur = self._cur
         if self._side_ok:  # ... and at read committed: the second connection reads what it would
             cur.execute("select current_setting('transaction_isolation')")
@@ -587,7 +593,7 @@ class OrderWindowLoad:
             self._collect_decoded()
         self._copy_done()
         groups, self._buf = self._buf, []
-        self.quarantine.flush(self._cur)
+        self.quarantine.park(self._cur)  # written by finish(), under the merge lock
         if groups:
             self._behind.submit(self._copy_batch, groups)
         if wait:
@@ -724,6 +730,8 @@ class OrderWindowLoad:
             _sync_log(cur, "orders", store_id, self.window, self.run_id, self._started, sc)
         self._judge_listings(cur)
         self._prove(cur)
+        # a customer forgotten while this window listed and staged: what it wrote was listed before
+        forget.forget_again(cur, _entered(self.forgotten))
         # stores whose listing ended (a failed store was discarded, and its mark stays); only a
         # complete listing stamps a full refresh's full_loaded_at
         ended = {sid: at for sid, at in sorted(self._marks.items()) if sid not in self._discarded}

@@ -120,8 +120,51 @@ class Quarantine:
         diag = (exc.diag.message_primary or str(exc)).strip()
         self.add(raw, precise or f"PostgreSQL refused a value of the {self.entity} record: {diag}", store_id)
 
+    _PARKED = "parked_quarantine"
+    _PARKED_COLS = ("e", "k", "s", "r", "j", "t", "w", "u", "n")
+
+    def park(self, cur: psycopg.Cursor) -> None:
+        """Move the rows added so far out of memory into a temporary table of the transaction, for
+        :meth:`flush` to write. A load that stages outside its table's merge lock parks them: writing
+        ``taptouch.quarantine`` then (refreshing an open row) would hold a row that a writer holding
+        the merge lock (another load's resolve, forget-customer) may wait for while this load waits
+        for that lock, a deadlock."""
+        if not self.rows:
+            return
+        cur.execute(
+            f"create temp table if not exists {self._PARKED} (seq bigserial, e text, k text, s bigint, r text,"
+            " j text, t text, w text, u text, n numeric) on commit drop"
+        )
+        copy_rows(cur, self._PARKED, self._PARKED_COLS, self.rows)
+        self.rows = []
+
+    def _unpark(self, cur: psycopg.Cursor, chunk: int = 500) -> Iterator[list[tuple]]:
+        """The parked rows in the order they were added, ``chunk`` at a time (the table emptied)."""
+        cur.execute(f"select to_regclass('pg_temp.{self._PARKED}') is not null")
+        if not first_value(cur):
+            return
+        while True:
+            cur.execute(
+                f"delete from {self._PARKED} where seq in (select seq from {self._PARKED} order by seq limit %s)"
+                f" returning seq, {', '.join(self._PARKED_COLS)}",
+                (chunk,),
+            )
+            rows = [tuple(r[1:]) for r in sorted(cur.fetchall())]
+            if not rows:
+                return
+            yield rows
+
     def flush(self, cur: psycopg.Cursor, *, resolved: bool = False) -> None:
-        """Write the rows added. ``resolved``: kept, but resolved at once (a newer load superseded them)."""
+        """Write the rows added (those parked first). ``resolved``: kept, but resolved at once (a
+        newer load superseded them)."""
+        rows = self.rows
+        for parked in self._unpark(cur):
+            self.rows = parked
+            self._write(cur, resolved)
+        self.rows = rows
+        self._write(cur, resolved)
+
+    def _write(self, cur: psycopg.Cursor, resolved: bool) -> None:
         # raw: the record as jsonb when PostgreSQL can hold it (a NUL shown as the text \u0000), else
         # null and the text in raw_text. try_jsonb never raises: a quarantine row always lands.
         # A record refused again exactly as an open row of its window holds it (every hourly

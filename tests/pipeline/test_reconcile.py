@@ -673,3 +673,46 @@ def test_the_reconciliations_proofs_settle_by_the_runs_lookback(world):
     assert not reconcile_orders(client, conn, days=3).failures
     settled = settling()
     assert len(settled) >= 2 and all(DEFAULT_LOOKBACK <= s < DEFAULT_LOOKBACK + timedelta(seconds=10) for s in settled)
+
+
+def test_a_customer_forgotten_while_the_reconciliation_lists_is_not_written_back_by_its_repairs(
+    world, migrated_db, monkeypatch
+):
+    """(A review of different writers at once.) The reconciliation listed a store, whose listing
+    holds an order the warehouse holds older (a repair, loaded through the orders merge); the
+    operator's forget-customer of that order's customer committed after the listing, before the
+    repair merged: the repair wrote the name and e-mail back into taptouch.orders and the history."""
+    import pipelines.reconcile as rec
+    from pipelines.warehouse.forget import forget_customer
+
+    sb, client, conn = world
+    now = datetime.now(UTC)
+    oid, cid, name = conn.execute(
+        "select order_id, customer_id, raw -> 'customer' ->> 'name' from taptouch.orders"
+        " where raw -> 'customer' ->> 'name' is not null and updated_at < %s and updated_at > %s"
+        " order by order_id limit 1",
+        (now - HOUR, now - timedelta(days=3)),
+    ).fetchone()
+    conn.execute(  # the warehouse holds an older version of it: the reconciliation repairs it
+        "update taptouch.orders set updated_at = updated_at - interval '1 minute',"
+        " updated_at_exact = updated_at_exact - 60, raw_hash = null where order_id = %s",
+        (oid,),
+    )
+    real = rec._list_store
+
+    def list_store(client, conn, store_id, *args):
+        out = real(client, conn, store_id, *args)
+        if oid in out.repairs:
+            with psycopg.connect(migrated_db, autocommit=True) as operator:
+                forget_customer(operator, cid)
+        return out
+
+    monkeypatch.setattr(rec, "_list_store", list_store)
+    result = reconcile_orders(client, conn, days=7, now=now)
+    assert sum(s.repaired for s in result.stores) >= 1
+    held = [
+        table
+        for table in ("taptouch.orders", "taptouch.order_history")
+        if conn.execute(f"select count(*) from {table} where raw::text like %s", (f"%{name}%",)).fetchone()[0]  # noqa: S608
+    ]
+    assert held == [], "the reconciliation's repair wrote a customer forgotten meanwhile back"
