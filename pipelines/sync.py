@@ -182,7 +182,13 @@ def sync_stores(
     (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded. ``day_start``: the
     run's TAPTOUCH_BUSINESS_DAY_START; stores whose day start moved get their orders re-dated
     (:func:`.warehouse.derived.apply_day_starts`)."""
-    records = list(client.list_stores())
+    # read as list_stores reads it (_every_store: a store a shifted page hid is found by the next
+    # pass), each store once: the record of the last pass that served it
+    latest: dict[Any, Any] = {}
+    for raw in _every_store(client):
+        latest.pop(_store_key(raw), None)
+        latest[_store_key(raw)] = raw
+    records = list(latest.values())
     ids = [r.get("id") for r in records if isinstance(r, dict)]
     foreign = ownership.foreign_stores(conn, [i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
     if foreign:

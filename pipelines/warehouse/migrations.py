@@ -44,6 +44,7 @@ create table if not exists taptouch_meta.schema_migrations (
 AMENDED: dict[str, frozenset[str]] = {
     # 0015 failed on an order whose refunds sum past numeric(14,2) (loaded before the boundary checked
     # the sum): the warehouse stayed at 0014 for good. It records no history version for such an order.
+    # (refunds are signed money: a sum of -1e12 or less as well)
     "0015_order_history.sql": frozenset({"f769537ee291ea16a93a0ac3c540938be3a0f672b64eb8a098db361c9dd19b72"}),
 }
 

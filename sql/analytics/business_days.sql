@@ -61,9 +61,13 @@ select
     coalesce(coverage.day_starts_at,
              (select bounds.starts_at from taptouch.business_day_bounds(days.store_id, days.business_date) as bounds))
         as day_starts_at,
-    coalesce(coverage.day_ends_at,
-             (select bounds.ends_at from taptouch.business_day_bounds(days.store_id, days.business_date) as bounds))
-        as day_ends_at,
+    -- null past 9999-12-30 23:59:59.999999 UTC, the last instant the warehouse holds (a reader east
+    -- of UTC could not read a later one), as load_coverage's and daily_restatements'
+    (select case when ends.at <= timestamptz '9999-12-30 23:59:59.999999+00' then ends.at end
+     from (select coalesce(coverage.day_ends_at,
+                           (select bounds.ends_at
+                            from taptouch.business_day_bounds(days.store_id, days.business_date) as bounds)) as at
+          ) as ends) as day_ends_at,
     coalesce(coverage.windows,
              (select array_agg(windows.window_key order by windows.window_key)
               from taptouch.business_day_windows(days.store_id, days.business_date) as windows))

@@ -32,8 +32,9 @@ select
     stores.name as store_name,
     coverage.business_date,
     (coverage.all_proven and coverage.day_ends_at <= now()) as day_complete,
-    coverage.day_starts_at,
-    coverage.day_ends_at,
+    -- (null past 9999-12-30 23:59:59.999999 UTC: a reader east of UTC could not read it, as daily_restatements' next_day_ends_at)
+    case when coverage.day_starts_at <= timestamptz '9999-12-30 23:59:59.999999+00' then coverage.day_starts_at end as day_starts_at,
+    case when coverage.day_ends_at <= timestamptz '9999-12-30 23:59:59.999999+00' then coverage.day_ends_at end as day_ends_at,
     coverage.windows,
     coverage.windows_proven,
     coverage.last_proven_at,

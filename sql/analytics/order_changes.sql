@@ -90,7 +90,8 @@ select
     versions.refunds_before,
     versions.refunds,
     versions.refunds - coalesce(versions.refunds_before, 0) as refunds_change,
-    bounds.ends_at as day_ends_at,
+    -- (null past 9999-12-30 23:59:59.999999 UTC: a reader east of UTC could not read it, as daily_restatements' next_day_ends_at)
+    case when bounds.ends_at <= timestamptz '9999-12-30 23:59:59.999999+00' then bounds.ends_at end as day_ends_at,
     coalesce(versions.refunds > coalesce(versions.refunds_before, 0) and versions.updated_at >= bounds.ends_at,
              false) as refunded_after_close,
     coalesce(versions.status = 'voided' and versions.status_before is distinct from 'voided'

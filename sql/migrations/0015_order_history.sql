@@ -54,7 +54,8 @@ left join (
     select order_id, sum(amount) as refunds from taptouch.order_refunds group by order_id
 ) as r using (order_id)
 -- (amended: an order whose refunds sum past numeric(14,2), loaded before the boundary checked the
--- sum, gets no version here; the file failed on it, and the warehouse could not pass 0015)
-where coalesce(r.refunds, 0) < 1000000000000
+-- sum, gets no version here; the file failed on it, and the warehouse could not pass 0015; refunds are
+-- signed money, so a sum of -1e12 or less as well)
+where abs(coalesce(r.refunds, 0)) < 1000000000000
 order by o.order_id
 on conflict (order_id, version) do nothing;

@@ -90,11 +90,11 @@ def test_a_warehouse_that_applied_0015_before_its_amendment_counts_it_applied(mi
     told the file changed: status says applied, and migrate goes on. Any other checksum still is."""
     from pipelines.warehouse.migrations import AMENDED, MigrationError, status
 
-    (earlier,) = AMENDED["0015_order_history.sql"]
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        conn.execute("update taptouch_meta.schema_migrations set checksum = %s where version = 15", (earlier,))
-    assert [s.state for s in status(migrated_db) if s.version == 15] == ["applied"]
-    migrate(migrated_db)
+    for earlier in sorted(AMENDED["0015_order_history.sql"]):
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            conn.execute("update taptouch_meta.schema_migrations set checksum = %s where version = 15", (earlier,))
+        assert [s.state for s in status(migrated_db) if s.version == 15] == ["applied"]
+        migrate(migrated_db)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         conn.execute("update taptouch_meta.schema_migrations set checksum = %s where version = 15", ("0" * 64,))
     assert [s.state for s in status(migrated_db) if s.version == 15] == ["changed"]
