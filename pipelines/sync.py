@@ -182,13 +182,8 @@ def sync_stores(
     (:mod:`.warehouse.ownership`). Returns counts and the raw records loaded. ``day_start``: the
     run's TAPTOUCH_BUSINESS_DAY_START; stores whose day start moved get their orders re-dated
     (:func:`.warehouse.derived.apply_day_starts`)."""
-    # read as list_stores reads it (_every_store: a store a shifted page hid is found by the next
-    # pass), each store once: the record of the last pass that served it
-    latest: dict[Any, Any] = {}
-    for raw in _every_store(client):
-        latest.pop(_store_key(raw), None)
-        latest[_store_key(raw)] = raw
-    records = list(latest.values())
+    # read as list_stores reads it (_every_store: a store a shifted page hid is found by the next pass)
+    records = list(_every_store(client))
     ids = [r.get("id") for r in records if isinstance(r, dict)]
     foreign = ownership.foreign_stores(conn, [i for i in ids if isinstance(i, int) and not isinstance(i, bool)])
     if foreign:
@@ -233,17 +228,20 @@ def _every_store(client: TaptouchClient) -> Iterator[Any]:
     made forbidden: the contract's "stores that become forbidden") shifts every later store one place
     forward, and the store on the next page boundary is never served, though the token could read it
     all along; its orders would silently not be loaded (the window checks cover listed stores only).
-    A listing of one page is one answer and cannot shift: it is read once."""
+    A listing of one page is one answer and cannot shift: it is read once. A store's records are
+    those of the first pass that served it (duplicates within that pass included: the loader picks
+    the newest), so a store appears in one pass's records only."""
     ids: set[Any] = set()
     for n in range(STORE_LISTING_PASSES):
         records = list(client.list_stores())
-        before = len(ids)
-        ids.update(_store_key(r) for r in records)
-        yield from records
-        if len(records) < client.page_size or (n and len(ids) == before):
+        new = [r for r in records if _store_key(r) not in ids]
+        yield from new
+        found = {_store_key(r) for r in new}
+        ids |= found
+        if len(records) < client.page_size or (n and not found):
             return
         if n:
-            log.warning("stores: a listing pass found %d store(s) the pass before it missed", len(ids) - before)
+            log.warning("stores: a listing pass found %d store(s) the passes before it missed", len(found))
 
 
 def _store_key(record: Any) -> Any:
