@@ -291,6 +291,9 @@ def _judge_store(
                 seen_by=seen_by,
                 defer=True,
                 present=present,
+                # a deletion confirmed since this listing began (another reconciliation's) is newer
+                # news than it, and stays (as for the orders loads' listings: deletions.note_listed)
+                listed_since=_listed_since(sr, now),
             )
             sr.checked = judged.live
             sr.restored, sr.candidates, sr.waiting = judged.restored, judged.candidates, judged.waiting
@@ -307,7 +310,14 @@ def _judge_store(
                 sr.store_id,
                 why,
             )
-            sr.restored, _ = deletions.note_listed(cur, listing.ids)
+            sr.restored, _ = deletions.note_listed(cur, listing.ids, _listed_since(sr, now))
+
+
+def _listed_since(sr: StoreReconcile, now: datetime) -> datetime:
+    """When the store's listing began, as its confirmations date a deletion (``deleted_at``: the
+    run's ``now`` when later): a deletion another reconciliation confirmed after it is newer news
+    than this listing, and is not restored by it (deletions.note_listed's ``listed_since``)."""
+    return max(now, sr.listed_at) if sr.listed_at is not None else now
 
 
 def _confirm_store(conn: psycopg.Connection, sr: StoreReconcile, rpass: "_Pass") -> str | None:
@@ -320,7 +330,7 @@ def _confirm_store(conn: psycopg.Connection, sr: StoreReconcile, rpass: "_Pass")
         if judged is not None and judged.ripe:
             # deleted as of the listing that missed them last (an orders load that began listing
             # after it is newer news, and restores: deletions.note_listed)
-            marked = max(rpass.now, sr.listed_at) if sr.listed_at is not None else rpass.now
+            marked = _listed_since(sr, rpass.now)
             deletions.confirm_deferred(
                 cur, judged, mass_confirmed=sr.store_id in rpass.mass_confirmed, now=rpass.now, marked_at=marked
             )
@@ -365,6 +375,7 @@ def reconcile_orders(
     excused_stores: Iterable[int] = (),
     late: timedelta | None = None,
     clock: Callable[[], datetime] | None = None,
+    unreadable_stores: Iterable[str] = (),
 ) -> ReconcileResult:
     """Reconcile each store's orders with one listing of the API (module docstring): repair what
     the warehouse lacks or holds older, record deletion candidates, mark deleted those a complete
@@ -389,6 +400,10 @@ def reconcile_orders(
     holding back every store's deletions. But a first answer cut short reads the same, so such a
     listing (``late_tail``) confirms no deletion at its store, due ones included, and holds back no
     other store's: the orders it missed are recorded as candidates and wait for a later listing.
+    ``unreadable_stores``: the keys of store records the store listing holds but could not read (a
+    malformed record): those stores' orders are not listed, so, as a store whose listing failed,
+    each (by its id, when readable) holds back every deletion unless excused (an order missing
+    elsewhere may have moved there).
     """
     _need_autocommit(conn)
     progress = progress or log.info
@@ -399,7 +414,17 @@ def reconcile_orders(
     timezones = store_timezones(conn) if timezones is None else timezones
     store_ids = _every_store(conn) if store_ids is None else store_ids
     mass = {int(s) for s in confirm_mass_deletion_stores}
-    rpass = _Pass(start, now, confirm_s, mass, timezones, run_id, now - timedelta(days=restore_days), clock=clock)
+    rpass = _Pass(
+        start,
+        now,
+        confirm_s,
+        mass,
+        timezones,
+        run_id,
+        now - timedelta(days=restore_days),
+        clock=clock,
+        unreadable=frozenset(int(k) for k in unreadable_stores if str(k).isdigit()),
+    )
     if late is not None:  # unset: no record is let in late, and the proofs settle by the default 5 min
         rpass = replace(rpass, late=late, settle=late)
     for store_id in store_ids:
@@ -448,6 +473,8 @@ def _confirm_all(
     unlisted = sorted(
         ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete}) - excused
     )
+    # a store the store listing names in a record it could not read was not listed at all
+    unlisted += sorted(rpass.unreadable - excused - set(unlisted))
     result.held_back_by = unlisted
     if unlisted:
         held = (
@@ -487,6 +514,7 @@ class _Pass:
     late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
     settle: timedelta = DEFAULT_LOOKBACK  # how long its proofs let records settle (the run's lookback)
     clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
+    unreadable: frozenset[int] = frozenset()  # stores whose store record could not be read: not listed
 
     @property
     def seen_by(self) -> str:
@@ -529,7 +557,7 @@ def _reconcile_store(
         late_tail=listing.late_tail,
     )
     if listing.repairs and store_id in rpass.timezones:
-        _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id, known)
+        _repair(conn, listing, sr, rpass.timezones[store_id], rpass.run_id, rpass.now, known)
     if listing.held:  # served valid again in the held bytes: what was quarantined of them is replaced
         with conn.transaction(), conn.cursor() as cur:
             resolve_held_orders(cur, listing.held)
@@ -554,12 +582,19 @@ def _repair(
     sr: StoreReconcile,
     zone: str,
     run_id: str | None,
+    now: datetime,
     forgotten: frozenset[int] | None = None,
 ) -> None:
     """Load the listed records the warehouse lacks or holds older through the orders loader's merge
-    (``forgotten``: the customers forgotten before the store was listed)."""
+    (``forgotten``: the customers forgotten before the store was listed). Its listing began at
+    ``sr.listed_at``: a deletion confirmed since is newer news, and stays."""
     with OrderWindowLoad(
-        conn, window=WINDOW, run_id=run_id, timezones={sr.store_id: zone}, forgotten=forgotten
+        conn,
+        window=WINDOW,
+        run_id=run_id,
+        timezones={sr.store_id: zone},
+        forgotten=forgotten,
+        listed_since=_listed_since(sr, now),
     ) as load:
         load.add_page(sr.store_id, [raw for _, (_, raw) in sorted(listing.repairs.items())])
         counts = load.finish()
@@ -687,6 +722,7 @@ def deletions_definitions(
                 restore_days=run.settings.restore_days,
                 confirm_mass_deletion_stores=config.confirm_mass_deletion_stores,
                 excused_stores=config.excused_stores,
+                unreadable_stores=list(listing.invalid),  # their orders are not listed: they hold deletions back
                 late=run.settings.lookback,
                 run_id=context.run.run_id,
                 progress=context.log.info,

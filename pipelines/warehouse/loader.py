@@ -343,6 +343,7 @@ class OrderWindowLoad:
         settle: timedelta = DEFAULT_LOOKBACK,
         decode_processes: int = 0,
         forgotten: frozenset[int] | None = None,
+        listed_since: datetime | None = None,
     ):
         """``full``: a full refresh of the window (stamps the marks' ``full_loaded_at``); the marks
         of the stores passed to :meth:`store_listed` move in the same transaction as the data.
@@ -352,7 +353,9 @@ class OrderWindowLoad:
         ``decode_processes``: worker processes that decode the pages beside this thread
         (:mod:`.decode`; 0: this thread decodes them). ``forgotten``: the customers forgotten
         (:func:`.forget.forgotten`) before the records were listed (unset: read when the load
-        begins); one forgotten since is forgotten again in what the merge writes."""
+        begins); one forgotten since is forgotten again in what the merge writes. ``listed_since``:
+        when the listings whose pages it loads began, if before the load (a reconciliation's repair):
+        a deletion confirmed since is newer news, and stays (default: the load's own start)."""
         self.conn = conn
         self.forgotten = forgotten
         self.full = full
@@ -378,6 +381,7 @@ class OrderWindowLoad:
         self._tx: AbstractContextManager[psycopg.Transaction] | None = None  # both set by __enter__
         self._cursor: psycopg.Cursor | None = None
         self._started = datetime.now(UTC)
+        self._listed_since = self._started if listed_since is None else listed_since  # (_judge_listings)
         self._discarded: set[int] = set()
         self._failed: dict[int, str] = {}  # store id -> why its listing proves nothing (.proofs)
         # orders recognised as unchanged by their raw_hash -> (store, the version held then: what the listing read)
@@ -808,7 +812,7 @@ class OrderWindowLoad:
                 continue
             judged = self._judged.get(store_id) if store_id not in self._blind else None
             if judged is None:
-                deletions.note_listed(cur, ids, self._started)
+                deletions.note_listed(cur, ids, self._listed_since)
                 continue
             listed_from, listed_to, started_at = judged
             deletions.judge_listing(
@@ -821,7 +825,7 @@ class OrderWindowLoad:
                 now=deletions.clock(),
                 confirm_s=0,
                 seen_by=self.run_id,
-                listed_since=self._started,
+                listed_since=self._listed_since,
             )
 
 

@@ -182,7 +182,9 @@ class StateModel(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- the server
     @rule(
-        kind=st.sampled_from(["empty", "partial", "unsorted", "by id", "skew", "rate_limit", "server_error"]),
+        kind=st.sampled_from(
+            ["empty", "partial", "unsorted", "by id", "skew", "rate_limit", "server_error", "forbidden"]
+        ),
         every=st.integers(2, 5),
         skew=st.integers(-900, 4 * 3600),  # ahead by more than the lookback too
     )
@@ -200,6 +202,8 @@ class StateModel(RuleBasedStateMachine):
             f.sorted_by_id = True
         elif kind == "skew":
             f.clock_skew = skew
+        elif kind == "forbidden":
+            f.forbidden_stores = {w.store_ids[every % len(w.store_ids)]}
         elif kind == "rate_limit":
             f.rate_limit_every, f.rate_limit_burst, f.retry_after = every, 2, "1"
         else:

@@ -703,6 +703,11 @@ class World:
         wrongly = sorted(
             oid for oid, (_, deleted_at) in held.items() if deleted_at is not None and oid in self.seen_live
         )
+        # 2b. no order the source never deleted is marked deleted (whether or not a run listed it since)
+        for oid in sorted(
+            oid for oid, (_, deleted_at) in held.items() if deleted_at is not None and oid not in self.ever_deleted
+        ):
+            problems.append(f"order {oid} is marked deleted although the source never deleted it")
         for oid in wrongly:
             problems.append(
                 f"order {oid} is marked deleted although a listing returned it "
@@ -768,8 +773,28 @@ class World:
                         f"the warehouse {'lacks' if got is None else 'holds older'}"
                     )
         problems += self._check_proofs(held)
+        problems += self._check_deletion_log_and_aggregates()
         if problems:
             raise Violation("; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+
+    def _check_deletion_log_and_aggregates(self) -> list[str]:
+        """8. taptouch.deletion_log agrees with taptouch.orders.deleted_at: every order marked deleted has
+        its log row (that deleted_at, not restored), and every log row not restored is the order's
+        deletion in force. 9. the sales aggregates equal a recomputation from the orders."""
+        problems: list[str] = []
+        for oid, deleted_at, logged in self.conn.execute(
+            "select o.order_id, o.deleted_at, l.deleted_at from taptouch.orders o full join"
+            " (select * from taptouch.deletion_log where restored_at is null) l using (order_id)"
+            " where o.deleted_at is distinct from l.deleted_at"
+        ):
+            problems.append(f"deletion_log: order {oid} deleted_at {deleted_at} but the log's open row says {logged}")
+        from pipelines.warehouse import aggregates
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            found = aggregates.mismatches(cur)
+        for table, rows in found.items():
+            problems.append(f"aggregates: {table} differs from the orders: {rows[:3]}")
+        return problems
 
     def _check_proofs(self, held: dict[int, tuple[datetime, datetime | None]]) -> list[str]:
         """5. A window once proven complete stays complete. 6. A proof holds every order of its store
