@@ -738,8 +738,37 @@ def _dies_with_parent():
 
 
 def _stop_embedded(stop, pgdata: Path) -> None:
+    others = _other_sessions(pgdata)
+    if others:  # another command (a demo, psql, a run from ui.env's shell) still works on it
+        print(
+            f"==> the embedded PostgreSQL this command started ({pgdata}) is left running: {others} other "
+            'connection(s) use it (stop it later: ./dev python -c "from pipelines.warehouse.db import '
+            'stop_embedded_server; stop_embedded_server()")',
+            flush=True,
+        )
+        return
     if stop(pgdata):
         print(f"==> stopped the embedded PostgreSQL this command started ({pgdata})", flush=True)
+
+
+def _other_sessions(pgdata: Path) -> int:
+    """Client connections to the embedded server of ``pgdata`` other than the one asking (0 when
+    it does not run or cannot be asked)."""
+    import psycopg
+
+    from .warehouse.embedded import SUPERUSER, _postmaster, server_url
+
+    info = _postmaster(pgdata)
+    if info is None:
+        return 0
+    try:
+        with psycopg.connect(server_url(info, pgdata, SUPERUSER), autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ).fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
 
 
 def _remove_if_ours(path: Path, text: str) -> None:

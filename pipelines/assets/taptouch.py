@@ -70,11 +70,16 @@ FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between a till and the war
 def step_errors():
     """Errors a retry can cure (network, 5xx, 429, a lost database connection) propagate to the
     step's RetryPolicy; anything else (credentials, configuration, 4xx, a bug) fails the step at
-    once, unretried, with its message (a Taptouch error's says what to set)."""
+    once, unretried, with its message (a Taptouch error's says what to set). An interrupt (Ctrl-C,
+    the run terminated) fails the step unretried too: Dagster would take it for a failure its
+    RetryPolicy retries, and an in-process run (``taptouch-sync demo``) sat out the retry delay
+    and carried on loading after Ctrl-C."""
     try:
         yield
     except dg.Failure:
         raise
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        raise dg.Failure(description="interrupted (Ctrl-C, or the run was terminated)", allow_retries=False) from None
     except Exception as exc:
         if is_transient(exc):
             raise

@@ -297,7 +297,39 @@ def _postmaster(pgdata: Path) -> dict[str, Any] | None:
         return None
     except PermissionError:
         pass
+    if _runs_in(pid, pgdata) is False:  # a killed server's pid, now another process's
+        return None
     return {"pid": pid, "socket_dir": lines[4].strip(), "port": int(lines[3] or 5432), "status": lines[7].strip()}
+
+
+def _runs_in(pid: int, pgdata: Path) -> bool | None:
+    """Whether process ``pid`` works in ``pgdata`` (a postmaster's working directory is its data
+    directory): None when this system cannot tell (no /proc, another user's process)."""
+    if not Path("/proc/self/cwd").exists():
+        return None
+    try:
+        cwd = os.stat(f"/proc/{pid}/cwd")
+        data = os.stat(pgdata)
+    except FileNotFoundError:
+        return False  # gone meanwhile
+    except OSError:
+        return None
+    return (cwd.st_dev, cwd.st_ino) == (data.st_dev, data.st_ino)
+
+
+def _remove_stale_pid_file(pgdata: Path) -> None:
+    """A ``postmaster.pid`` left by a killed server whose pid another process now has: PostgreSQL
+    would refuse to start ("lock file already exists"), and nothing of ours may signal that pid.
+    Removed only when /proc shows that process is not in ``pgdata``."""
+    path = pgdata / "postmaster.pid"
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if _runs_in(pid, pgdata) is False:
+        logger.info("removing the stale %s (pid %s is not the embedded PostgreSQL)", path, pid)
+        with suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _hardened(pgdata: Path) -> bool:
@@ -382,7 +414,16 @@ def _start(pgdata: Path) -> dict[str, Any]:
     socket_dir = _socket_dir(pgdata)
     options = " ".join(shlex.quote(o) for o in ("-k", str(socket_dir), *_SERVER_OPTIONS))
     log_file = pgdata / "log"
-    _run([_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(log_file), "-o", options, "start"])
+    try:
+        _run([_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(log_file), "-o", options, "start"])
+    except EmbeddedServerError as exc:  # pg_ctl says only "Examine the log output": say why, and where
+        try:
+            tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-5:])
+        except OSError:
+            tail = ""
+        raise EmbeddedServerError(
+            f"The embedded PostgreSQL in {pgdata} did not start: {exc}\nIts log ({log_file}) ends with:\n{tail}"
+        ) from None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         info = _postmaster(pgdata)
@@ -416,6 +457,9 @@ def server_url(info: dict[str, Any], pgdata: Path, database: str) -> str:
         f"{k}={quote(str(v), safe='/')}"
         for k, v in (("host", info["socket_dir"]), ("port", info["port"]), ("passfile", passfile_path(pgdata)))
     )
+    # an empty password= : libpq then reads the passfile even when PGPASSWORD is set (it prefers
+    # PGPASSWORD, which a user of another PostgreSQL may well export, to the passfile)
+    query += "&password="
     return f"postgresql://{SUPERUSER}@/{database}?{query}"
 
 
@@ -468,6 +512,7 @@ def _embedded_database_url(data_dir: str | Path | None = None) -> str:
                     _initdb(pgdata, password)
                 if not _hardened(pgdata):
                     _harden_existing(pgdata, password)
+                _remove_stale_pid_file(pgdata)
                 logger.info("starting embedded PostgreSQL in %s", pgdata)
                 info = _start(pgdata)
             _create_database_if_missing(server_url(info, pgdata, SUPERUSER), EMBEDDED_DATABASE)

@@ -69,8 +69,9 @@ def _split_query(rest: str) -> tuple[str, str | None]:
 def _redact_query(query: str) -> str:
     out = []
     for pair in query.split("&"):
-        key, eq, _ = pair.partition("=")
-        out.append(f"{key}={REDACTED}" if eq and unquote(key).strip().lower() in _SECRET_KEYS else pair)
+        key, eq, value = pair.partition("=")
+        secret = eq and value and unquote(key).strip().lower() in _SECRET_KEYS  # an empty one hides nothing
+        out.append(f"{key}={REDACTED}" if secret else pair)
     return "&".join(out)
 
 
