@@ -10,6 +10,7 @@ the share guard, restores of the deletions of the last ``TAPTOUCH_RESTORE_DAYS``
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -82,7 +83,7 @@ class ReconcileResult:
     end: datetime
     stores: list[StoreReconcile] = field(default_factory=list)
     failures: list[tuple[int, str, bool]] = field(default_factory=list)  # (store, error, transient)
-    held_back_by: list[int] = field(default_factory=list)  # stores not listed whole: no deletion confirmed
+    held_back_by: list[int | str] = field(default_factory=list)  # stores not listed whole: no deletion confirmed
 
     def _n(self, name: str) -> int:
         return sum(len(getattr(s, name)) for s in self.stores)
@@ -313,6 +314,14 @@ def _judge_store(
             sr.restored, _ = deletions.note_listed(cur, listing.ids, _listed_since(sr, now))
 
 
+def _unreadable_key(key: object) -> int | str:
+    """A malformed store record's key (:func:`.sync.list_stores`'s ``invalid``): its store id when
+    the key is a whole number in ASCII digits, else the key itself (an id absent or not a number:
+    its store still holds deletions back, and no store id excuses it)."""
+    text = str(key)
+    return int(text) if re.fullmatch(r"[0-9]{1,19}", text) else text
+
+
 def _listed_since(sr: StoreReconcile, now: datetime) -> datetime:
     """When the store's listing began, as its confirmations date a deletion (``deleted_at``: the
     run's ``now`` when later): a deletion another reconciliation confirmed after it is newer news
@@ -423,7 +432,7 @@ def reconcile_orders(
         run_id,
         now - timedelta(days=restore_days),
         clock=clock,
-        unreadable=frozenset(int(k) for k in unreadable_stores if str(k).isdigit()),
+        unreadable=frozenset(_unreadable_key(k) for k in unreadable_stores),
     )
     if late is not None:  # unset: no record is let in late, and the proofs settle by the default 5 min
         rpass = replace(rpass, late=late, settle=late)
@@ -470,11 +479,13 @@ def _confirm_all(
     whole: an order missing at one store may have moved to it (a store with a record whose id cannot
     be read deletes nothing itself, but holds no one back; nor does one complete only by taking a
     record on its last page for a late arrival, an answer cut short being the other reading)."""
-    unlisted = sorted(
+    unlisted: list[int | str] = sorted(
         ({sid for sid, _, _ in result.failures} | {s.store_id for s in result.stores if not s.complete}) - excused
     )
-    # a store the store listing names in a record it could not read was not listed at all
-    unlisted += sorted(rpass.unreadable - excused - set(unlisted))
+    # a store the store listing names in a record it could not read was not listed at all (one
+    # whose id cannot be read either: it cannot be excused by its id)
+    unread = rpass.unreadable - excused - set(unlisted)
+    unlisted += sorted(k for k in unread if isinstance(k, int)) + sorted(k for k in unread if isinstance(k, str))
     result.held_back_by = unlisted
     if unlisted:
         held = (
@@ -514,7 +525,8 @@ class _Pass:
     late: timedelta = timedelta(0)  # how late a record may reach a complete listing (TAPTOUCH_LOOKBACK)
     settle: timedelta = DEFAULT_LOOKBACK  # how long its proofs let records settle (the run's lookback)
     clock: Callable[[], datetime] = deletions.clock  # each store's judgement time (``now``: the run's start)
-    unreadable: frozenset[int] = frozenset()  # stores whose store record could not be read: not listed
+    # stores whose store record could not be read: not listed (its key when the id is no whole number)
+    unreadable: frozenset[int | str] = frozenset()
 
     @property
     def seen_by(self) -> str:

@@ -246,7 +246,8 @@ def _every_store(client: TaptouchClient) -> Iterator[Any]:
 
 def _store_key(record: Any) -> Any:
     sid = record.get("id") if isinstance(record, dict) else None
-    return sid if isinstance(sid, (int, str)) else repr(record)
+    # (a boolean id is no store's: True == 1 would take store 1 for it)
+    return sid if isinstance(sid, (int, str)) and not isinstance(sid, bool) else repr(record)
 
 
 @dataclass(frozen=True)

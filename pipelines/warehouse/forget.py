@@ -66,28 +66,48 @@ def forget_again(cur: psycopg.Cursor, known: frozenset[int]) -> dict[int, dict[s
     """A load's merge, holding the orders merge lock, before its commit: the customers forgotten
     since ``known`` was read (:func:`forgotten`, before the load listed) are forgotten again in what
     the load wrote (its orders, history versions and quarantine rows were listed before the command
-    committed, and it could not see them). Returns customer id -> rows changed per table."""
-    return {cid: _forget(cur, cid) for cid in sorted(forgotten(cur) - known)}
+    committed, and it could not see them): the orders it merged (temporary table ``accepted``), the
+    versions it staged (``stage_orders``) and the quarantine rows this transaction wrote. What
+    another load wrote since the forget (a new version, an edit at the source: docs/operating.md)
+    keeps its fields. Returns customer id -> rows changed per table."""
+    return {cid: _forget(cur, cid, scoped=True) for cid in sorted(forgotten(cur) - known)}
 
 
-def _forget(cur: psycopg.Cursor, customer_id: int) -> dict[str, int]:
-    """The customer's personal fields removed, in the caller's transaction (under the orders merge lock)."""
+# forget_again's scope: what the load's own transaction wrote
+_OF_LOAD_ORDERS = " and order_id in (select order_id from accepted)"
+_OF_LOAD_HISTORY = " and (order_id, version) in (select order_id, updated_at_exact from stage_orders)"
+_OF_LOAD_QUARANTINE = " and quarantined_at = now()"  # inserted or refreshed by this transaction
+
+
+def _forget(cur: psycopg.Cursor, customer_id: int, *, scoped: bool = False) -> dict[str, int]:
+    """The customer's personal fields removed, in the caller's transaction (under the orders merge
+    lock). ``scoped``: only in what the caller's load wrote (:func:`forget_again`)."""
     changed: dict[str, int] = {}
     params = {"id": customer_id}
-    cur.execute(_orders_statement(), params)
+    cur.execute(_orders_statement(_OF_LOAD_ORDERS if scoped else ""), params)
     changed["taptouch.orders"] = cur.rowcount
-    cur.execute("update taptouch.order_history set raw = " + _KEEP_ID + " where " + _OF_CUSTOMER, params)
-    changed["taptouch.order_history"] = cur.rowcount
     cur.execute(
-        "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER, params
+        "update taptouch.order_history set raw = "
+        + _KEEP_ID
+        + " where "
+        + _OF_CUSTOMER
+        + (_OF_LOAD_HISTORY if scoped else ""),
+        params,
     )
-    changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id)
+    changed["taptouch.order_history"] = cur.rowcount
+    quarantine = _OF_LOAD_QUARANTINE if scoped else ""
+    cur.execute(
+        "update taptouch.quarantine set raw = " + _KEEP_ID + " where entity = 'order' and " + _OF_CUSTOMER + quarantine,
+        params,
+    )
+    changed["taptouch.quarantine"] = cur.rowcount + _forget_in_raw_text(cur, customer_id, quarantine)
     return changed
 
 
-def _orders_statement() -> sql.Composed:
+def _orders_statement(scope: str = "") -> sql.Composed:
     """The update of ``taptouch.orders``: raw keeps only the customer's id, the typed personal
-    columns are nulled, on the customer's orders that still hold one of them."""
+    columns are nulled, on the customer's orders that still hold one of them (``scope``: a further
+    condition, forget_again's)."""
     typed = [sql.Identifier(c) for c in PERSONAL_COLUMNS]
     return sql.Composed(
         [
@@ -101,17 +121,17 @@ def _orders_statement() -> sql.Composed:
                 + ")"
             ),
             *[sql.SQL(" or {} is not null").format(c) for c in typed],
-            sql.SQL(")"),
+            sql.SQL(")" + scope),
         ]
     )
 
 
-def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int) -> int:
+def _forget_in_raw_text(cur: psycopg.Cursor, customer_id: int, scope: str = "") -> int:
     """Quarantined order records PostgreSQL could not hold as jsonb (kept as text): those that parse
     as JSON and name the customer lose its fields too. Returns how many changed."""
     cur.execute(
         "select quarantine_id, raw_text from taptouch.quarantine where entity = 'order' and raw is null"
-        " and raw_text like %s",
+        " and raw_text like %s" + scope,
         (f"%{customer_id}%",),
     )
     changed = 0
