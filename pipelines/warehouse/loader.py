@@ -386,6 +386,7 @@ class OrderWindowLoad:
         self._failed: dict[int, str] = {}  # store id -> why its listing proves nothing (.proofs)
         # orders recognised as unchanged by their raw_hash -> (store, the version held then: what the listing read)
         self._skipped: dict[int, tuple[int, Decimal]] = {}
+        self._staged_ids: set[int] = set()  # orders with a record staged (a later read of the held bytes is staged too)
         self._staging_closed = False
         self._finished = False
         self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
@@ -469,7 +470,9 @@ class OrderWindowLoad:
         for raw, oid in zip(raws, ids, strict=True):
             digest = blake(raw, digest_size=16).digest()
             held = known.get(oid) if oid is not None else None
-            if oid is not None and held is not None and held[0] == digest:  # the warehouse holds this version
+            # the warehouse holds this version; unless another record of the order was staged before it:
+            # then it is staged too, so that the last seen of one version wins (close_staging's pick)
+            if oid is not None and held is not None and held[0] == digest and oid not in self._staged_ids:
                 if oid in self._skipped:
                     self.counts.duplicates += 1
                 else:
@@ -478,6 +481,8 @@ class OrderWindowLoad:
                 continue
             todo.append(raw)
             digests.append(digest)
+            if oid is not None:
+                self._staged_ids.add(oid)
         if todo:
             args = (store_id, tz, day_start, self._seq, todo, digests)
             self._seq += len(todo)
