@@ -18,6 +18,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -297,9 +298,27 @@ def _postmaster(pgdata: Path) -> dict[str, Any] | None:
         return None
     except PermissionError:
         pass
-    if _runs_in(pid, pgdata) is False:  # a killed server's pid, now another process's
-        return None
-    return {"pid": pid, "socket_dir": lines[4].strip(), "port": int(lines[3] or 5432), "status": lines[7].strip()}
+    info = {"pid": pid, "socket_dir": lines[4].strip(), "port": int(lines[3] or 5432), "status": lines[7].strip()}
+    if _runs_in(pid, pgdata) is False:
+        if not _answers(info):  # a killed server's pid, now another process's
+            return None
+        # a live server of another pid namespace (a container sharing the data directory): its
+        # pid here is another process's, never to be signalled
+        info["foreign"] = True
+    return info
+
+
+def _answers(info: dict[str, Any]) -> bool:
+    """Whether a server accepts connections on the socket a ``postmaster.pid`` names (a killed
+    server's socket file refuses them)."""
+    path = os.path.join(info["socket_dir"], f".s.PGSQL.{info['port']}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _runs_in(pid: int, pgdata: Path) -> bool | None:
@@ -320,13 +339,16 @@ def _runs_in(pid: int, pgdata: Path) -> bool | None:
 def _remove_stale_pid_file(pgdata: Path) -> None:
     """A ``postmaster.pid`` left by a killed server whose pid another process now has: PostgreSQL
     would refuse to start ("lock file already exists"), and nothing of ours may signal that pid.
-    Removed only when /proc shows that process is not in ``pgdata``."""
+    Removed only when /proc shows that process is not in ``pgdata`` and no server answers on the
+    socket the file names (a live server of another pid namespace does)."""
     path = pgdata / "postmaster.pid"
     try:
-        pid = int(path.read_text().split()[0])
+        lines = path.read_text().splitlines()
+        pid = int(lines[0])
+        info = {"socket_dir": lines[4].strip(), "port": int(lines[3] or 5432)}
     except (OSError, ValueError, IndexError):
         return
-    if _runs_in(pid, pgdata) is False:
+    if _runs_in(pid, pgdata) is False and not _answers(info):
         logger.info("removing the stale %s (pid %s is not the embedded PostgreSQL)", path, pid)
         with suppress(FileNotFoundError):
             path.unlink()
@@ -435,6 +457,11 @@ def _start(pgdata: Path) -> dict[str, Any]:
 
 def _stop(pgdata: Path, info: dict[str, Any], timeout: float = 60) -> None:
     """Fast shutdown (SIGINT), then immediate (SIGQUIT) if it takes longer than ``timeout``."""
+    if info.get("foreign"):
+        raise EmbeddedServerError(
+            f"The embedded PostgreSQL in {pgdata} runs in another pid namespace (a container sharing the "
+            f"data directory): stop it there (its pid {info['pid']} here is another process's)."
+        )
     pid = info["pid"]
     for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)):
         try:
