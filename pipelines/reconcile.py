@@ -399,8 +399,7 @@ def reconcile_orders(
     store's repairs and judgement are short transactions of their own. ``now`` (default:
     ``clock()``) is the run's start, and ``clock`` tells when each store is judged (default: this
     machine's, :func:`.warehouse.deletions.clock`; when ``now`` is given, ``now`` itself, so tests
-    pass a fake one). A store in
-    ``confirm_mass_deletion_stores`` may lose any share of its orders (an operator's confirmation).
+    pass a fake one). A store in ``confirm_mass_deletion_stores`` may lose any share of its orders.
     Deletions are confirmed only when every store was listed whole, but for ``excused_stores`` (an
     operator's word that no order moved to them, e.g. a store whose access was withdrawn for good).
     ``late``: the run's ``TAPTOUCH_LOOKBACK``: a record stamped up to this long before a store's
@@ -409,11 +408,8 @@ def reconcile_orders(
     holding back every store's deletions. But a first answer cut short reads the same, so such a
     listing (``late_tail``) confirms no deletion at its store, due ones included, and holds back no
     other store's: the orders it missed are recorded as candidates and wait for a later listing.
-    ``unreadable_stores``: the keys of store records the store listing holds but could not read (a
-    malformed record): those stores' orders are not listed, so, as a store whose listing failed,
-    each (by its id, when readable) holds back every deletion unless excused (an order missing
-    elsewhere may have moved there).
-    """
+    ``unreadable_stores``: keys of malformed store records: their stores' orders are not listed, so
+    each holds back every deletion unless excused, as a store whose listing failed."""
     _need_autocommit(conn)
     progress = progress or log.info
     clock = clock or (deletions.clock if now is None else _frozen(now))
@@ -423,19 +419,8 @@ def reconcile_orders(
     timezones = store_timezones(conn) if timezones is None else timezones
     store_ids = _every_store(conn) if store_ids is None else store_ids
     mass = {int(s) for s in confirm_mass_deletion_stores}
-    rpass = _Pass(
-        start,
-        now,
-        confirm_s,
-        mass,
-        timezones,
-        run_id,
-        now - timedelta(days=restore_days),
-        clock=clock,
-        unreadable=frozenset(_unreadable_key(k) for k in unreadable_stores),
-    )
-    if late is not None:  # unset: no record is let in late, and the proofs settle by the default 5 min
-        rpass = replace(rpass, late=late, settle=late)
+    rpass = _Pass(start, now, confirm_s, mass, timezones, run_id, now - timedelta(days=restore_days), clock=clock)
+    rpass = _with_late(replace(rpass, unreadable=frozenset(map(_unreadable_key, unreadable_stores))), late)
     for store_id in store_ids:
         sr = _reconcile_store(client, conn, store_id, rpass, result)
         if sr is not None:
@@ -443,6 +428,13 @@ def reconcile_orders(
             progress(_listed_summary(sr))
     _confirm_all(conn, result, rpass, set(excused_stores), progress)
     return result
+
+
+def _with_late(rpass: "_Pass", late: timedelta | None) -> "_Pass":
+    """The pass with the run's lookback: how late a record may reach a listing, and how long its
+    proofs let records settle (unset: no record is let in late, and the proofs settle by the
+    default 5 minutes)."""
+    return rpass if late is None else replace(rpass, late=late, settle=late)
 
 
 def _listed_summary(sr: StoreReconcile) -> str:

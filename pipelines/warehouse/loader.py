@@ -329,6 +329,17 @@ class OrderWindowLoad:
     ``finish()`` (an exception) rolls everything back.
     """
 
+    # immutable defaults, set per load as it goes
+    versions_recorded = 0  # versions new to taptouch.order_history (finish)
+    _seq = 0
+    _tx: AbstractContextManager[psycopg.Transaction] | None = None  # both set by __enter__
+    _cursor: psycopg.Cursor | None = None
+    _staging_closed = False
+    _finished = False
+    _side: psycopg.Connection | None = None  # reads while a COPY holds self.conn (_lookup)
+    _side_ok = False  # a second connection sees what this load's transaction does (__enter__)
+    _side_args: tuple[str, str | None] = ("", None)  # (dsn, password) of the second connection
+
     def __init__(
         self,
         conn: psycopg.Connection,
@@ -360,7 +371,6 @@ class OrderWindowLoad:
         self.forgotten = forgotten
         self.full = full
         self.retention = retention  # None: the load prunes no history (e.g. a reconciliation's repair)
-        self.versions_recorded = 0  # versions new to taptouch.order_history (finish)
         self._marks: dict[int, datetime | None] = {}  # store id -> where its mark may move (None: stays)
         self._judged: dict[int, tuple[datetime, datetime, datetime]] = {}  # complete listings (store_listed)
         self._listed: dict[int, set[int]] = {}  # store id -> every order id its pages held
@@ -374,12 +384,9 @@ class OrderWindowLoad:
         self.quarantine = Quarantine("order", window, run_id)
         self.counts = LoadCounts()
         self.per_store: dict[int, LoadCounts] = {}
-        self._seq = 0
         self._buf: list[tuple] = []  # (seq, store_id, raw, order row, items, payments, refunds) per order
         self._decoders = decode.shared(decode_processes)
         self._decoding: deque[tuple[Future, tuple]] = deque()  # pages in the workers: (groups, args)
-        self._tx: AbstractContextManager[psycopg.Transaction] | None = None  # both set by __enter__
-        self._cursor: psycopg.Cursor | None = None
         self._started = datetime.now(UTC)
         self._listed_since = self._started if listed_since is None else listed_since  # (_judge_listings)
         self._discarded: set[int] = set()
@@ -387,12 +394,7 @@ class OrderWindowLoad:
         # orders recognised as unchanged by their raw_hash -> (store, the version held then: what the listing read)
         self._skipped: dict[int, tuple[int, Decimal]] = {}
         self._staged_ids: set[int] = set()  # orders with a record staged (a later read of the held bytes is staged too)
-        self._staging_closed = False
-        self._finished = False
         self._behind = _CopyBehind()  # the batch being COPYed while the next one is decoded
-        self._side: psycopg.Connection | None = None  # reads while a COPY holds self.conn (_lookup)
-        self._side_ok = False  # a second connection sees what this load's transaction does (__enter__)
-        self._side_args: tuple[str, str | None] = ("", None)  # (dsn, password) of the second connection
 
     def __enter__(self) -> OrderWindowLoad:
         # the load's transaction is the connection's own (not a savepoint of the caller's)
