@@ -350,13 +350,16 @@ class OrderListing:
             "once more to verify it",
             self.what,
         )
-        previous = yield from self._by_page_number(verifying=False)
+        previous, shifted = yield from self._by_page_number(verifying=False)
         for _ in range(_VERIFYING_PASSES):
-            listed = yield from self._by_page_number(verifying=True)
-            if self._missed == 0 and _held_still(previous, listed):
+            listed, shifted_now = yield from self._by_page_number(verifying=True)
+            # a pass that served a record twice had its pages shifted by something inserted behind
+            # its reader, which may have left again unread (an order created and deleted during the
+            # pass) and skipped a record: that pass proves nothing about the one after it
+            if self._missed == 0 and not shifted and _held_still(previous, listed):
                 self.complete = not self._doubtful
                 return
-            previous = listed
+            previous, shifted = listed, shifted_now
         log.warning(
             "%s: %d verifying passes found record(s) the passes before them had missed, or the range changed "
             "under each (on a server not in updated_at order an edit shifts the pages, and two passes can "
@@ -573,21 +576,26 @@ class OrderListing:
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(second), api.PARAM_UPDATED_TO: iso(second + _GRAIN)}
         served = 0
         previous: set[Any] | None = None
+        shifted = False
         for read in range(_SECOND_READS):
             listed: set[Any] = set()
+            ids = _ServedTwice()
             for records in self._numbered(params, final=read >= 1):
                 self._bound()
                 served += len(records)
                 listed.update(_version(r) for r in records)
+                ids.page(records)
                 fresh, _, _ = self._take(records, None)
                 if fresh:
                     yield fresh
             # a version an earlier read served and this one did not left the second (an edit moves
             # it forward) and shifted this read's pages: the record at a page boundary may have
-            # been skipped by both reads, so the second is read again until it held still
-            if previous is not None and previous <= listed:
+            # been skipped by both reads, so the second is read again until it held still. So did
+            # a record served twice by the earlier read (something inserted behind its reader,
+            # which may have left again unread)
+            if previous is not None and not shifted and previous <= listed:
                 return served
-            previous = listed
+            previous, shifted = listed, ids.twice
         self._doubtful = True
         log.warning(
             "%s: the orders of %s changed under each of %d page-number reads; the listing is not trusted to be "
@@ -634,20 +642,25 @@ class OrderListing:
                 f"{self.what}: more than {self._max_pages} pages; stopping (raise max_pages if this is real)."
             )
 
-    def _by_page_number(self, *, verifying: bool) -> Generator[list[bytes], None, dict[tuple[Any, Any], bool]]:
+    def _by_page_number(
+        self, *, verifying: bool
+    ) -> Generator[list[bytes], None, tuple[dict[tuple[Any, Any], bool], bool]]:
         """The whole range by page number (the client's loop guards apply). Returns every (id,
         version) the pass read, each with whether it was stamped at or after the listing started,
-        less ``late`` (a new arrival), for :func:`_held_still`. ``verifying``: ``_missed`` counts the
-        records older than the listing's start this pass found that no earlier pass read."""
+        less ``late`` (a new arrival), for :func:`_held_still`; and whether a page served an id an
+        earlier page of the pass served (:class:`_ServedTwice`). ``verifying``: ``_missed`` counts
+        the records older than the listing's start this pass found that no earlier pass read."""
         params = {**self._params, api.PARAM_UPDATED_FROM: iso(self.updated_from)}
         self._missed = 0
         self._listed = {}
+        ids = _ServedTwice()
         for records in self._numbered(params, final=verifying):
+            ids.page(records)
             fresh, _, _ = self._take(records, None, verifying=verifying)
             if fresh:
                 yield fresh
         listed, self._listed = self._listed, None
-        return listed
+        return listed, ids.twice
 
     # -- one page --------------------------------------------------------------------------------
     def _started(self, page: Page) -> None:
@@ -706,6 +719,24 @@ class OrderListing:
             fresh.append(raw)
         self.records += len(fresh)
         return fresh, instants, in_order
+
+
+class _ServedTwice:
+    """The ids one page-number read served, page by page. ``twice``: a page served an id an earlier
+    page of the read served. Read by page number, a record inserted behind the reader (an order
+    created, or edited to an earlier place of the server's order) shifts every later record one
+    place back, and the record at the next page boundary is served twice; if it then leaves again
+    unread (an order created and deleted during the read), every record shifts forward and one is
+    skipped, and no version read shows it. A read that served nothing twice had no such shift."""
+
+    def __init__(self) -> None:
+        self._ids: set[Any] = set()
+        self.twice = False
+
+    def page(self, records: list[bytes]) -> None:
+        ids = {oid for oid, _, _ in (record_key(r) for r in records) if oid is not None}
+        self.twice = self.twice or not ids.isdisjoint(self._ids)
+        self._ids |= ids
 
 
 def _held_still(before: dict[tuple[Any, Any], bool], after: dict[tuple[Any, Any], bool]) -> bool:

@@ -49,6 +49,10 @@ class FakeAPI:
         self.before: Callable[[httpx.Request], httpx.Response | None] = lambda r: None
         self.sort: Callable[[dict], object] = lambda o: (instant(o["updated_at"]), o["id"])
         self.clock: Callable[[], int] | None = None  # the API's clock (status.timestamp), default: this machine's
+        # one page of the filtered, sorted rows (index, count): a server's page rules (default: a slice)
+        self.pager: Callable[[list, int, int], list] = lambda rows, index, count: rows[
+            index * count : (index + 1) * count
+        ]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/auth/v2/token":
@@ -87,7 +91,7 @@ class FakeAPI:
             rows = list(self.inventory.get(sid, []))
         else:
             return env(None, ack=404, errors="not found", status=404)
-        page = rows[index * count : (index + 1) * count]
+        page = self.pager(rows, index, count) if path.endswith("/orders") else rows[index * count : (index + 1) * count]
         response = env(page, timestamp=None if self.clock is None else self.clock())
         self.after(request)
         return response
