@@ -14,11 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .warehouse.ownership import UNNAMED
+
 if TYPE_CHECKING:  # dagster is imported when a key is made, not when the accounts are read
     import dagster as dg
 
 ACCOUNTS_ENV = "TAPTOUCH_ACCOUNTS"
-DEFAULT_NAME = "default"
+DEFAULT_NAME = UNNAMED  # the unnamed account's rows (warehouse.ownership)
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 MAX_NAME = 40
 

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from .db import first_value
 
-UNNAMED = "default"  # the one account of a deployment with TAPTOUCH_ACCOUNTS unset (accounts.DEFAULT_NAME)
+UNNAMED = "default"  # the one account of a deployment with TAPTOUCH_ACCOUNTS unset (its rows' account)
 SESSION_ACCOUNT = f"coalesce(nullif(current_setting('taptouch.account', true), ''), '{UNNAMED}')"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from taptouch_resource import TaptouchClient, TaptouchProtocolError
 from taptouch_resource.listing import Page, Paginator, api_clock, parse_instant
+from tests.support.contract_api import client_of
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
@@ -62,16 +63,7 @@ class MovingAPI:
 
 def client_for(handler, page_size: int = 5, **kw) -> TaptouchClient:
     """A client of the fake API (or of any request handler standing in front of it)."""
-    return TaptouchClient(
-        client_id="cid",
-        client_secret="s3cret",
-        base_url="https://api.test",
-        transport=httpx.MockTransport(handler),
-        page_size=page_size,
-        requests_per_second=None,
-        sleep=lambda s: None,
-        **kw,
-    )
+    return client_of(handler, page_size, **kw)
 
 
 def read(fake: MovingAPI, page_size: int = 5, late: timedelta = timedelta(0)):
